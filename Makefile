@@ -1,0 +1,64 @@
+# moesim: build, test, run. `make run` and `make test` are the two commands of the README.
+# Flags a user may override without losing the warnings: CFLAGS (optimisation), CPPFLAGS, LDFLAGS.
+
+CC      ?= cc
+CFLAGS  ?= -O2 -g -march=native
+WARN    := -std=c11 -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes
+DEFS    := -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE
+PKGS    := gsl sqlite3 inih jansson zlib openblas
+# GSL is linked against OpenBLAS, never against GSL's reference CBLAS (gslcblas).
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+PKG_LIBS   := $(filter-out -lgslcblas,$(shell pkg-config --libs $(PKGS) 2>/dev/null))
+ALL_CFLAGS  = $(WARN) $(DEFS) $(CFLAGS) $(PKG_CFLAGS) -Isim -MMD -MP
+LDLIBS     := $(PKG_LIBS) -lm -lpthread
+
+B        ?= build
+LIB_SRC  := $(filter-out sim/main.c,$(wildcard sim/*.c)) $(wildcard routers/*.c)
+LIB_OBJ  := $(LIB_SRC:%.c=$(B)/%.o)
+TEST_SRC := $(wildcard tests/test_*.c)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(B)/tests/%)
+SPEC     ?= experiments/default.ini
+
+DEB_PKGS := build-essential pkg-config libgsl-dev libopenblas-dev libsqlite3-dev sqlite3 \
+            libinih-dev libjansson-dev zlib1g-dev gnuplot-nox
+
+.PHONY: all deps run test test-unit test-asan bench plots clean fuzz
+all: moesim
+
+moesim: $(B)/sim/main.o $(B)/libmoesim.a
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+$(B)/libmoesim.a: $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(B)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(B)/tests/%: tests/%.c $(B)/libmoesim.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -Itests $(LDFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
+
+# Installs the Debian packages that are missing (as root), or prints the apt-get line.
+deps:
+	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+	    | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -z "$$missing" ]; then echo "deps: all Debian packages present"; \
+	elif [ "$$(id -u)" = 0 ]; then echo "deps: installing $$missing"; \
+	    (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else echo "deps: missing packages; run as root:"; echo "  apt-get install -y $$missing"; exit 1; fi
+
+run: deps moesim
+	./moesim run $(SPEC)
+
+test: moesim $(TEST_BIN)
+	@sh tests/run.sh $(B)
+
+bench: deps moesim
+	env -u OPENBLAS_CORETYPE ./moesim bench
+
+clean:
+	rm -rf $(B) build-asan moesim
+
+-include $(LIB_OBJ:.o=.d) $(B)/sim/main.d $(TEST_BIN:=.d)

@@ -1,0 +1,59 @@
+/* layer.h: the real MoE layer (gate GEMM, dispatch, expert FFNs, combine) in fp32 through
+ * GSL's BLAS interface (linked against OpenBLAS), plus the naive reference it is tested
+ * against and the dense mixture used for the output error.
+ *
+ * Expert FFN_e(h) = act(h W1_e + b1_e) W2_e + b2_e, with
+ *   w1 (E,D,F)  b1 (E,F)  w2 (E,F,D)  b2 (E,D)
+ * SwiGLU: w1 (E,D,2F), b1 (E,2F); columns [0,F) are the gate, [F,2F) the up projection:
+ *   FFN_e(h) = (silu(h W1g + b1g) * (h W1u + b1u)) W2_e + b2_e.
+ * GELU tanh form: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))); erf form: 0.5 x (1 + erf(x/sqrt 2)).
+ */
+#ifndef MOE_LAYER_H
+#define MOE_LAYER_H
+
+#include "moe.h"
+
+typedef struct {
+    int E, d, f;
+    int act;              /* enum moe_act */
+    const float *w1, *b1; /* (E,D,F) (E,F); SwiGLU (E,D,2F) (E,2F) */
+    const float *w2, *b2; /* (E,F,D) (E,D) */
+} moe_experts;
+
+typedef struct {
+    double gate, route, dispatch, experts, combine; /* seconds; route filled by the caller */
+} moe_layer_timing;
+
+typedef struct moe_layer moe_layer;
+
+/* Workspaces for up to n_max tokens, E experts with capacity C_max slots each (for soft_moe,
+ * C_max = P), width d, hidden f. Allocated once per shape, never inside forward. */
+moe_layer *moe_layer_alloc(int n_max, int E, long C_max, int d, int f, int act);
+void moe_layer_free(moe_layer *L);
+
+/* logits (T,M) = x (T,D) * wg (D,M), computed in fp32 by sgemm and widened to double. */
+int moe_layer_gate(moe_layer *L, const float *x, int n, const float *wg, int m, double *logits);
+
+/* y (T,D) = sum over plan entries of combine_w * FFN_e(h[e,s]), h[e,s] = sum dispatch_w * x[t].
+ * Sparse plans gather/scatter by index; dense plans (soft_moe) use GEMMs. Tokens without
+ * entries get y = 0. tm may be NULL. */
+int moe_layer_forward(moe_layer *L, const moe_experts *w, const moe_plan *plan, const float *x,
+                      float *y, moe_layer_timing *tm);
+
+/* Naive reference (triple loops, double accumulation): same contract as moe_layer_forward. */
+int moe_layer_forward_naive(const moe_experts *w, const moe_plan *plan, const float *x, float *y);
+
+/* Dense mixture y (T,D) = sum_e p[t,e] FFN_e(x_t) for the tokens listed in rows (nrows of them;
+ * rows = NULL means all n), p (T,E). y rows are written in the order of rows. */
+int moe_layer_dense_mixture(moe_layer *L, const moe_experts *w, const float *x, int n,
+                            const double *p, const int *rows, int nrows, float *y);
+
+/* ||a - ref||_2 / ||ref||_2 in double (0 if both are 0, +inf if only ref is 0). */
+double moe_rel_l2(const float *a, const float *ref, size_t len);
+
+/* Apply an activation in place to len values (not SwiGLU). */
+void moe_activate(int act, float *v, size_t len);
+const char *moe_act_name(int act);
+int moe_act_parse(const char *s, int *act);
+
+#endif

@@ -1,0 +1,213 @@
+/* moe.h: the core types of moesim, shared by the engine (sim/) and the routers (routers/).
+ *
+ * Dimension letters, used in every shape comment "(T,E)" in this code base:
+ *   T  tokens in one routing group (n)
+ *   E  experts
+ *   K  experts per token (k)
+ *   M  logit columns: E for most routers, E*P for soft_moe (P slots per expert)
+ *   C  capacity: slots per expert
+ *   D  model width (d)
+ *   F  expert hidden width (f)
+ *
+ * The routing plan (ROUTING.md section 1) is the one data structure every router produces:
+ * a list of entries (token, expert, slot, dispatch_weight, combine_weight).
+ */
+#ifndef MOE_H
+#define MOE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <gsl/gsl_rng.h>
+
+/* ---- errors ---------------------------------------------------------------------------
+ * Library code never exits: it records one message through moe_fail (the single breakpoint)
+ * and returns the status code. main.c prints "moesim: error: <what> (<where>)" and the hint. */
+enum {
+    MOE_OK = 0,
+    MOE_EINVAL = 1, /* bad option or argument value */
+    MOE_EIO = 2,    /* file cannot be read or written */
+    MOE_EFORMAT = 3, /* malformed file content */
+    MOE_ENOMEM = 4,
+    MOE_EDB = 5,    /* SQLite */
+    MOE_EINPUT = 6  /* bad numeric input: NaN/inf logits, n = 0, k out of range, bad ids */
+};
+/* Record an error; fmt should read "<what> (<where>)". hint may be NULL. Returns code. */
+int moe_fail(int code, const char *hint, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+const char *moe_errmsg(void);
+const char *moe_errhint(void);
+void moe_clear_error(void);
+/* Install moesim's handler as GSL's error handler (records through moe_fail, no abort). */
+void moe_install_gsl_handler(void);
+
+/* ---- random numbers (sim/rng.c) ----------------------------------------------------------
+ * PCG32 XSH-RR 64/32 (O'Neill 2014). State is a plain struct; streams are selected by
+ * (seed, stream): each purpose draws from its own stream. */
+typedef struct { uint64_t state, inc; } moe_pcg32;
+void moe_pcg32_seed(moe_pcg32 *r, uint64_t initstate, uint64_t initseq);
+uint32_t moe_pcg32_next(moe_pcg32 *r);
+extern const gsl_rng_type *moe_rng_pcg32; /* PCG32 as a GSL generator (range 0..2^32-1) */
+/* A gsl_rng running PCG32 seeded with (seed, stream). Free with gsl_rng_free. */
+gsl_rng *moe_rng_alloc(uint64_t seed, uint64_t stream);
+enum moe_stream {
+    MOE_STREAM_TOKENS = 1,   /* token source draws */
+    MOE_STREAM_GATE_W = 2,   /* gate matrix Wg */
+    MOE_STREAM_EXPERT_W = 3, /* expert weights */
+    MOE_STREAM_NOISE = 4,    /* noisy top-k gate noise */
+    MOE_STREAM_GSHARD = 5,   /* gshard second-expert draws */
+    MOE_STREAM_SOURCE_PARAM = 6 /* source parameters: cluster centres, embeddings */
+};
+
+/* ---- the plan ---------------------------------------------------------------------------- */
+typedef struct {
+    int32_t token, expert, slot;
+    double dispatch_w, combine_w;
+} moe_entry;
+
+typedef struct {
+    int n;           /* T */
+    int E;           /* experts */
+    int m;           /* M logit columns */
+    int k;           /* experts per token the router used (0 where it does not apply) */
+    long capacity;   /* C: slots per expert; every entry has 0 <= slot < C */
+    int dense;       /* 1 for soft_moe (dense dispatch weights: the layer uses GEMMs) */
+    size_t n_entries, cap_entries;
+    moe_entry *entries; /* (n_entries) in the order the router produced them */
+    /* Router-side statistics for the metrics (ROUTING.md section 4): */
+    long *assigned_load;  /* (E) claims on e before capacity */
+    double *importance;   /* (E) summed gate values of all claims on e before capacity */
+    long n_claims;        /* all claims (token-choice routers); entries for claim-less routers */
+    double aux_loss;      /* as defined per router; 0 where none */
+} moe_plan;
+
+moe_plan *moe_plan_alloc(int n_max, int E, size_t cap_entries);
+void moe_plan_free(moe_plan *p);            /* NULL is a no-op */
+/* Clear entries and statistics for a new routing group of n tokens, E experts, M columns. */
+int moe_plan_reset(moe_plan *p, int n, int E, int m);
+/* Append one entry (grows the buffer if needed; routers reserve enough up front). */
+int moe_plan_push(moe_plan *p, int32_t t, int32_t e, int32_t s, double dw, double cw);
+/* Write the plan as CSV with the exact header token,expert,slot,dispatch_weight,combine_weight
+ * (weights %.9g). Writes to a temporary name and renames. */
+int moe_plan_write_csv(const moe_plan *p, const char *path);
+
+/* ---- routing options (one struct for every router; sim/options.c fills it) --------------- */
+enum moe_rounding { MOE_ROUND_CEIL = 0, MOE_ROUND_FLOOR = 1, MOE_ROUND_HALF_EVEN = 2 };
+enum moe_order { MOE_ORDER_CHOICE_MAJOR = 0, MOE_ORDER_TOKEN_MAJOR = 1, MOE_ORDER_BPR = 2,
+                 MOE_ORDER_PROBS = 3 };
+enum moe_threshold { MOE_THRESH_NORMALIZED = 0, MOE_THRESH_RAW = 1 };
+enum moe_hash { MOE_HASH_MOD = 0, MOE_HASH_TABLE = 1, MOE_HASH_BALANCED = 2 };
+
+typedef struct {
+    int k;                   /* experts per token; 0 = the router's default */
+    int cf_set;              /* capacity factor given? */
+    long long cf_num, cf_den; /* cf exactly, as the decimal it was written as: 1.1 = 11/10 */
+    long capacity;           /* explicit C; < 0 = from the formula */
+    long min_capacity;       /* default 0 */
+    int rounding;            /* enum moe_rounding */
+    int order;               /* enum moe_order */
+    int renormalize;         /* 0/1 */
+    int threshold_on;        /* enum moe_threshold */
+    int hash;                /* enum moe_hash */
+    const int64_t *hash_table; size_t hash_table_len; /* for hash = table (index = id) */
+    int slots_per_expert;    /* soft_moe P; default 1 */
+    int num_experts;         /* soft_moe E (M = E*P); 0 = M / P */
+    double noise_std;        /* topk gate noise; 0 = off */
+    int dropless;            /* no capacity limit for token-choice routers */
+    /* dsv3_bias: bias update rate; base/sinkhorn: tolerances (issue 8) */
+    double bias_rate;
+    double sinkhorn_tol;
+} moe_route_opts;
+
+void moe_route_opts_default(moe_route_opts *o); /* cf = 1.0 (unset), capacity -1, ... */
+/* Parse a capacity factor written as a non-negative decimal ("1.25", "2", ".5") exactly. */
+int moe_decimal_parse(const char *s, long long *num, long long *den);
+/* C = max(min_capacity, ROUND(k*n*cf/E)) on integers; explicit capacity overrides.
+ * cf unset means cf = 1. Returns MOE_OK and stores C, or an error on overflow. */
+int moe_capacity(const moe_route_opts *o, int k, long n, int E, long *C);
+
+/* ---- routers ----------------------------------------------------------------------------- */
+typedef struct {
+    int n;                   /* T */
+    int m;                   /* M */
+    const double *logits;    /* (T,M) row-major, all finite (checked before route) */
+    const int64_t *ids;      /* (T) token ids, or NULL */
+    const double *uniforms;  /* (T) gshard draws u ~ U(0,1), or NULL to draw from rng */
+    gsl_rng *rng;            /* noise / draws; may be NULL when not needed */
+} moe_route_in;
+
+typedef struct moe_router moe_router;
+enum {
+    MOE_RF_NEEDS_IDS = 1u << 0, /* routes on token ids (hash) */
+    MOE_RF_USES_RNG = 1u << 1,  /* draws random numbers (gshard, noisy topk) */
+    MOE_RF_DENSE = 1u << 2,     /* dense plan (soft_moe) */
+    MOE_RF_STATEFUL = 1u << 3,  /* state carried across batches (observe) */
+    MOE_RF_HAS_DROPLESS = 1u << 4 /* has a dropless form (output error vs its own dropless) */
+};
+typedef struct moe_router_type {
+    const char *name;
+    const char *summary;   /* one line, for `moesim list routers` */
+    unsigned flags;
+    int default_k;         /* k when opts.k == 0 */
+    /* Allocate r->ws for up to r->n_max tokens and r->m columns (may be NULL). */
+    int (*alloc)(moe_router *r);
+    void (*free)(moe_router *r);
+    /* Route one group; plan has been reset by the caller (n, E, m set). Validated input. */
+    int (*route)(moe_router *r, const moe_route_in *in, moe_plan *plan);
+    /* Stateful routers: update state from the plan of the batch just routed; else NULL. */
+    void (*observe)(moe_router *r, const moe_route_in *in, const moe_plan *plan);
+} moe_router_type;
+
+struct moe_router {
+    const moe_router_type *type;
+    moe_route_opts opts;
+    int n_max, m, E, k;    /* E = experts (m / P for soft_moe); k = effective k */
+    void *ws;              /* router workspace/state, owned by the router type */
+};
+
+extern const moe_router_type *const moe_router_types[]; /* NULL-terminated (routers/registry.c) */
+const moe_router_type *moe_router_find(const char *name);
+/* Validates options against (n_max, m): k in 1..E, P divides M, ... */
+int moe_router_alloc(const moe_router_type *t, const moe_route_opts *o, int n_max, int m,
+                     moe_router **out);
+void moe_router_free(moe_router *r);
+/* Validates the input (n in 1..n_max, all logits finite, ids present/non-negative when needed),
+ * resets the plan and routes. */
+int moe_router_route(moe_router *r, const moe_route_in *in, moe_plan *plan);
+
+/* ---- shared numerics (sim/util.c) ---------------------------------------------------------- */
+/* p = softmax(x) over len values, in double (max-subtracted). */
+void moe_softmax(const double *x, int len, double *p);
+double moe_logsumexp(const double *x, int len);
+/* Stable argsort, descending by v; equal values keep ascending index order.
+ * idx (len) receives the order; tmp (len) is scratch. */
+void moe_argsort_desc(const double *v, int len, int *idx, int *tmp);
+
+/* ---- metrics (sim/metrics.c), ROUTING.md section 4 ----------------------------------------- */
+enum moe_act { MOE_ACT_GELU_TANH = 0, MOE_ACT_GELU_ERF = 1, MOE_ACT_RELU = 2, MOE_ACT_SWIGLU = 3 };
+
+typedef struct {
+    int E;
+    long capacity, num_entries, n_tokens;
+    long *assigned_load, *kept_load;   /* (E) */
+    double *importance;                /* (E) */
+    long *experts_per_token;           /* (E+1) histogram: tokens with 0..E kept experts */
+    double load_imbalance, kept_load_imbalance, load_cv;
+    double assignment_drop_rate, token_drop_rate;
+    double importance_cv2, aux_loss, z_loss;
+    /* FLOPs, counted analytically; 0 when the layer shape is unknown (d = 0). */
+    double flops_gate, flops_expert_useful, flops_expert_padded;
+    double flops_soft_dispatch, flops_soft_combine;
+    /* relative L2 errors of the layer output; NaN when not computed */
+    double output_error_dense, output_error_dropless;
+} moe_metrics;
+
+moe_metrics *moe_metrics_alloc(int E);
+void moe_metrics_free(moe_metrics *mt);
+/* Compute the routing metrics of a plan. logits (T,M) for z_loss; d, f, act for FLOPs
+ * (d = 0: no FLOPs); gate_computed: whether the gate GEMM ran (else flops_gate = 0). */
+int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f, int act,
+                        int gate_computed, moe_metrics *mt);
+/* Write the metrics as JSON (keys as in ROUTING.md) to a temporary name and rename. */
+int moe_metrics_write_json(const moe_metrics *mt, const char *router, const char *path);
+
+#endif

@@ -1,0 +1,109 @@
+/* plan.c: the routing plan (ROUTING.md section 1): allocation, entries, CSV export. */
+#include "moe.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+#include <unistd.h>
+
+moe_plan *moe_plan_alloc(int n_max, int E, size_t cap_entries)
+{
+    (void)n_max;
+    moe_plan *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    if (cap_entries < 16)
+        cap_entries = 16;
+    p->entries = malloc(cap_entries * sizeof *p->entries);
+    p->assigned_load = calloc((size_t)(E > 0 ? E : 1), sizeof *p->assigned_load);
+    p->importance = calloc((size_t)(E > 0 ? E : 1), sizeof *p->importance);
+    if (!p->entries || !p->assigned_load || !p->importance) {
+        moe_plan_free(p);
+        return NULL;
+    }
+    p->cap_entries = cap_entries;
+    p->E = E;
+    return p;
+}
+
+void moe_plan_free(moe_plan *p)
+{
+    if (!p)
+        return;
+    free(p->entries);
+    free(p->assigned_load);
+    free(p->importance);
+    free(p);
+}
+
+int moe_plan_reset(moe_plan *p, int n, int E, int m)
+{
+    if (E > p->E) {
+        long *al = realloc(p->assigned_load, (size_t)E * sizeof *al);
+        if (!al)
+            return moe_fail(MOE_ENOMEM, NULL, "out of memory (plan for %d experts)", E);
+        p->assigned_load = al;
+        double *im = realloc(p->importance, (size_t)E * sizeof *im);
+        if (!im)
+            return moe_fail(MOE_ENOMEM, NULL, "out of memory (plan for %d experts)", E);
+        p->importance = im;
+    }
+    p->n = n;
+    p->E = E;
+    p->m = m;
+    p->k = 0;
+    p->capacity = 0;
+    p->dense = 0;
+    p->n_entries = 0;
+    p->n_claims = 0;
+    p->aux_loss = 0.0;
+    memset(p->assigned_load, 0, (size_t)E * sizeof *p->assigned_load);
+    memset(p->importance, 0, (size_t)E * sizeof *p->importance);
+    return MOE_OK;
+}
+
+int moe_plan_push(moe_plan *p, int32_t t, int32_t e, int32_t s, double dw, double cw)
+{
+    if (p->n_entries == p->cap_entries) {
+        size_t nc = p->cap_entries * 2;
+        moe_entry *ne = realloc(p->entries, nc * sizeof *ne);
+        if (!ne)
+            return moe_fail(MOE_ENOMEM, NULL, "out of memory (plan with %zu entries)", nc);
+        p->entries = ne;
+        p->cap_entries = nc;
+    }
+    moe_entry *en = &p->entries[p->n_entries++];
+    en->token = t;
+    en->expert = e;
+    en->slot = s;
+    en->dispatch_w = dw;
+    en->combine_w = cw;
+    return MOE_OK;
+}
+
+int moe_plan_write_csv(const moe_plan *p, const char *path)
+{
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
+        return moe_fail(MOE_EIO, NULL, "path too long (%s)", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return moe_fail(MOE_EIO, "check that the folder exists and is writable",
+                        "cannot write plan: %s (%s)", strerror(errno), path);
+    int bad = fputs("token,expert,slot,dispatch_weight,combine_weight\n", f) < 0;
+    for (size_t i = 0; i < p->n_entries && !bad; i++) {
+        const moe_entry *en = &p->entries[i];
+        bad = fprintf(f, "%d,%d,%d,%.9g,%.9g\n", en->token, en->expert, en->slot,
+                      en->dispatch_w, en->combine_w) < 0;
+    }
+    if (fclose(f) != 0)
+        bad = 1;
+    if (bad || rename(tmp, path) != 0) {
+        int err = errno;
+        unlink(tmp);
+        return moe_fail(MOE_EIO, "check free space and permissions",
+                        "cannot write plan: %s (%s)", strerror(err), path);
+    }
+    return MOE_OK;
+}

@@ -1,0 +1,56 @@
+/* rng.c: PCG32, XSH-RR 64/32 (M. E. O'Neill, "PCG: A Family of Simple Fast Space-Efficient
+ * Statistically Good Algorithms for Random Number Generation", 2014), and its gsl_rng_type so
+ * that GSL's distributions draw from it. Streams are selected by (seed, stream) as in pcg-c's
+ * pcg32_srandom_r(initstate, initseq). */
+#include "moe.h"
+
+#include <gsl/gsl_rng.h>
+
+void moe_pcg32_seed(moe_pcg32 *r, uint64_t initstate, uint64_t initseq)
+{
+    r->state = 0u;
+    r->inc = (initseq << 1u) | 1u;
+    moe_pcg32_next(r);
+    r->state += initstate;
+    moe_pcg32_next(r);
+}
+
+uint32_t moe_pcg32_next(moe_pcg32 *r)
+{
+    uint64_t old = r->state;
+    r->state = old * 6364136223846793005ULL + r->inc;
+    uint32_t xorshifted = (uint32_t)(((old >> 18u) ^ old) >> 27u);
+    uint32_t rot = (uint32_t)(old >> 59u);
+    return (xorshifted >> rot) | (xorshifted << ((-rot) & 31u));
+}
+
+/* ---- gsl_rng_type ---- */
+
+static void pcg_set(void *state, unsigned long seed)
+{
+    /* gsl_rng_set(r, s): stream 0 (GSL passes one seed); moe_rng_alloc selects streams. */
+    moe_pcg32_seed(state, (uint64_t)seed, 0u);
+}
+
+static unsigned long pcg_get(void *state) { return moe_pcg32_next(state); }
+
+static double pcg_get_double(void *state)
+{
+    return moe_pcg32_next(state) / 4294967296.0; /* [0, 1) */
+}
+
+static const gsl_rng_type pcg32_type = {
+    "pcg32", 0xffffffffUL, 0, sizeof(moe_pcg32), pcg_set, pcg_get, pcg_get_double,
+};
+const gsl_rng_type *moe_rng_pcg32 = &pcg32_type;
+
+gsl_rng *moe_rng_alloc(uint64_t seed, uint64_t stream)
+{
+    gsl_rng *r = gsl_rng_alloc(moe_rng_pcg32);
+    if (!r) {
+        moe_fail(MOE_ENOMEM, NULL, "out of memory (random number generator)");
+        return NULL;
+    }
+    moe_pcg32_seed(gsl_rng_state(r), seed, stream);
+    return r;
+}

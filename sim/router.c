@@ -1,0 +1,124 @@
+/* router.c: the router instance around a router type (GSL's gsl_rng / gsl_rng_type pattern):
+ * option validation, input validation (ROUTING.md section 2), registry look-up. */
+#include "moe.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+const moe_router_type *moe_router_find(const char *name)
+{
+    for (int i = 0; moe_router_types[i]; i++)
+        if (strcmp(moe_router_types[i]->name, name) == 0)
+            return moe_router_types[i];
+    return NULL;
+}
+
+int moe_router_alloc(const moe_router_type *t, const moe_route_opts *o, int n_max, int m,
+                     moe_router **out)
+{
+    *out = NULL;
+    if (n_max <= 0)
+        return moe_fail(MOE_EINPUT, NULL, "router %s needs at least one token (n = %d)", t->name,
+                        n_max);
+    if (m <= 0)
+        return moe_fail(MOE_EINPUT, NULL, "router %s needs at least one logit column (M = %d)",
+                        t->name, m);
+    int E = m;
+    if (t->flags & MOE_RF_DENSE) {
+        int P = o->slots_per_expert;
+        if (P <= 0)
+            return moe_fail(MOE_EINVAL, NULL, "slots_per_expert must be >= 1 (got %d)", P);
+        if (o->num_experts > 0) {
+            if ((long)o->num_experts * P != m)
+                return moe_fail(MOE_EINPUT, "soft_moe needs M = num_experts * slots_per_expert",
+                                "logits have %d columns, not num_experts %d x slots_per_expert %d",
+                                m, o->num_experts, P);
+            E = o->num_experts;
+        } else {
+            if (m % P != 0)
+                return moe_fail(MOE_EINPUT, NULL,
+                                "logits have %d columns, not a multiple of slots_per_expert %d",
+                                m, P);
+            E = m / P;
+        }
+    } else if (o->num_experts > 0 && o->num_experts != m) {
+        return moe_fail(MOE_EINPUT, NULL, "logits have %d columns but num_experts is %d", m,
+                        o->num_experts);
+    }
+    int k = o->k > 0 ? o->k : t->default_k;
+    if (o->k < 0 || k < 1 || k > E)
+        return moe_fail(MOE_EINPUT, "k must be between 1 and the number of experts",
+                        "k = %d is outside 1..E = 1..%d (router %s)", o->k ? o->k : k, E, t->name);
+    if (o->capacity < -1 || o->min_capacity < 0)
+        return moe_fail(MOE_EINVAL, NULL, "capacity and min_capacity must be >= 0");
+    if (!(o->noise_std >= 0.0) || !isfinite(o->noise_std))
+        return moe_fail(MOE_EINVAL, NULL, "noise_std must be finite and >= 0 (got %g)",
+                        o->noise_std);
+    moe_router *r = calloc(1, sizeof *r);
+    if (!r)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (router %s)", t->name);
+    r->type = t;
+    r->opts = *o;
+    r->n_max = n_max;
+    r->m = m;
+    r->E = E;
+    r->k = k;
+    if (t->alloc) {
+        int rc = t->alloc(r);
+        if (rc) {
+            free(r);
+            return rc;
+        }
+    }
+    *out = r;
+    return MOE_OK;
+}
+
+void moe_router_free(moe_router *r)
+{
+    if (!r)
+        return;
+    if (r->type->free)
+        r->type->free(r);
+    free(r);
+}
+
+int moe_router_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
+{
+    const moe_router_type *t = r->type;
+    if (in->n <= 0)
+        return moe_fail(MOE_EINPUT, NULL, "no tokens to route (n = %d)", in->n);
+    if (in->n > r->n_max)
+        return moe_fail(MOE_EINPUT, NULL, "%d tokens exceed the router's workspace of %d", in->n,
+                        r->n_max);
+    if (in->m != r->m)
+        return moe_fail(MOE_EINPUT, NULL, "logits have %d columns, router was set up for %d",
+                        in->m, r->m);
+    size_t nm = (size_t)in->n * (size_t)in->m;
+    for (size_t i = 0; i < nm; i++)
+        if (!isfinite(in->logits[i]))
+            return moe_fail(MOE_EINPUT, "logits must be finite: check the gate or the file",
+                            "non-finite logit %g at token %zu, column %zu", in->logits[i],
+                            i / (size_t)in->m, i % (size_t)in->m);
+    if (t->flags & MOE_RF_NEEDS_IDS) {
+        if (!in->ids)
+            return moe_fail(MOE_EINPUT, "give token ids (--tokens IDS.npy)",
+                            "router %s needs token ids", t->name);
+        for (int i = 0; i < in->n; i++)
+            if (in->ids[i] < 0)
+                return moe_fail(MOE_EINPUT, NULL, "negative token id %lld at token %d",
+                                (long long)in->ids[i], i);
+    }
+    if (in->uniforms)
+        for (int i = 0; i < in->n; i++)
+            if (!(in->uniforms[i] >= 0.0 && in->uniforms[i] < 1.0))
+                return moe_fail(MOE_EINPUT, "uniform draws must lie in [0, 1)",
+                                "uniform draw %g at token %d is outside [0, 1)", in->uniforms[i],
+                                i);
+    int rc = moe_plan_reset(plan, in->n, r->E, in->m);
+    if (rc)
+        return rc;
+    plan->k = r->k;
+    return t->route(r, in, plan);
+}

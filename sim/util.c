@@ -1,0 +1,180 @@
+/* util.c: small numerics shared by routers and metrics: softmax, logsumexp, a stable argsort,
+ * exact capacity from a decimal capacity factor (ROUTING.md section 2). */
+#include "moe.h"
+
+#include <ctype.h>
+#include <limits.h>
+#include <math.h>
+#include <string.h>
+
+/* ---- softmax ---- */
+
+void moe_softmax(const double *x, int len, double *p)
+{
+    double mx = x[0];
+    for (int i = 1; i < len; i++)
+        if (x[i] > mx)
+            mx = x[i];
+    double s = 0.0;
+    for (int i = 0; i < len; i++) {
+        p[i] = exp(x[i] - mx);
+        s += p[i];
+    }
+    for (int i = 0; i < len; i++)
+        p[i] /= s;
+}
+
+double moe_logsumexp(const double *x, int len)
+{
+    double mx = x[0];
+    for (int i = 1; i < len; i++)
+        if (x[i] > mx)
+            mx = x[i];
+    double s = 0.0;
+    for (int i = 0; i < len; i++)
+        s += exp(x[i] - mx);
+    return mx + log(s);
+}
+
+/* ---- stable argsort (merge sort on indices) ---- */
+
+/* idx[lo..hi) sorted descending by v, ties ascending by index (stable because the input
+ * index order is ascending and merge takes the left run on equality). */
+static void merge_desc(const double *v, int *idx, int *tmp, int lo, int hi)
+{
+    if (hi - lo < 2)
+        return;
+    if (hi - lo <= 16) { /* insertion sort: stable */
+        for (int i = lo + 1; i < hi; i++) {
+            int x = idx[i], j = i;
+            while (j > lo && v[idx[j - 1]] < v[x]) {
+                idx[j] = idx[j - 1];
+                j--;
+            }
+            idx[j] = x;
+        }
+        return;
+    }
+    int mid = lo + (hi - lo) / 2;
+    merge_desc(v, idx, tmp, lo, mid);
+    merge_desc(v, idx, tmp, mid, hi);
+    int i = lo, j = mid, o = lo;
+    while (i < mid && j < hi)
+        tmp[o++] = (v[idx[j]] > v[idx[i]]) ? idx[j++] : idx[i++];
+    while (i < mid)
+        tmp[o++] = idx[i++];
+    while (j < hi)
+        tmp[o++] = idx[j++];
+    memcpy(idx + lo, tmp + lo, (size_t)(hi - lo) * sizeof *idx);
+}
+
+void moe_argsort_desc(const double *v, int len, int *idx, int *tmp)
+{
+    for (int i = 0; i < len; i++)
+        idx[i] = i;
+    merge_desc(v, idx, tmp, 0, len);
+}
+
+/* ---- exact capacity ---- */
+
+int moe_decimal_parse(const char *s, long long *num, long long *den)
+{
+    const char *p = s;
+    long long n = 0, d = 1;
+    int digits = 0, frac = 0, seen_dot = 0;
+    if (!s || !*s)
+        return moe_fail(MOE_EINVAL, "write it as a decimal such as 1.25",
+                        "empty capacity factor");
+    for (; *p; p++) {
+        if (*p == '.' && !seen_dot) {
+            seen_dot = 1;
+            continue;
+        }
+        if (!isdigit((unsigned char)*p))
+            return moe_fail(MOE_EINVAL, "write it as a non-negative decimal such as 1.25",
+                            "capacity factor '%s' is not a non-negative decimal", s);
+        if (n > (LLONG_MAX - 9) / 10 || (seen_dot && d > LLONG_MAX / 10))
+            return moe_fail(MOE_EINVAL, "use at most 15 significant digits",
+                            "capacity factor '%s' has too many digits", s);
+        n = n * 10 + (*p - '0');
+        if (seen_dot) {
+            d *= 10;
+            frac++;
+        }
+        digits++;
+    }
+    if (digits == 0)
+        return moe_fail(MOE_EINVAL, "write it as a decimal such as 1.25",
+                        "capacity factor '%s' has no digits", s);
+    (void)frac;
+    /* reduce by common powers of ten so 1.50 == 1.5 */
+    while (d > 1 && n % 10 == 0) {
+        n /= 10;
+        d /= 10;
+    }
+    *num = n;
+    *den = d;
+    return MOE_OK;
+}
+
+void moe_route_opts_default(moe_route_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->k = 0;
+    o->cf_set = 0;
+    o->cf_num = 1;
+    o->cf_den = 1;
+    o->capacity = -1;
+    o->min_capacity = 0;
+    o->rounding = MOE_ROUND_CEIL;
+    o->order = MOE_ORDER_CHOICE_MAJOR;
+    o->renormalize = 0;
+    o->threshold_on = MOE_THRESH_NORMALIZED;
+    o->hash = MOE_HASH_MOD;
+    o->slots_per_expert = 1;
+    o->num_experts = 0;
+    o->noise_std = 0.0;
+    o->dropless = 0;
+    o->bias_rate = 0.001;
+    o->sinkhorn_tol = 1e-9;
+}
+
+int moe_capacity(const moe_route_opts *o, int k, long n, int E, long *C)
+{
+    if (o->capacity >= 0) {
+        *C = o->capacity;
+        return MOE_OK;
+    }
+    if (E <= 0)
+        return moe_fail(MOE_EINVAL, NULL, "capacity needs E > 0 (E = %d)", E);
+    long long num = o->cf_set ? o->cf_num : 1, den = o->cf_set ? o->cf_den : 1;
+    long long a, b;
+    /* ROUND(k * n * num / (E * den)) on integers */
+    if (__builtin_mul_overflow((long long)k, (long long)n, &a) ||
+        __builtin_mul_overflow(a, num, &a) ||
+        __builtin_mul_overflow((long long)E, den, &b))
+        return moe_fail(MOE_EINVAL, "use a smaller capacity factor or an explicit capacity",
+                        "capacity k*n*cf/E overflows (k=%d, n=%ld, cf=%lld/%lld, E=%d)", k, n,
+                        num, den, E);
+    long long q = a / b, r = a % b;
+    switch (o->rounding) {
+    case MOE_ROUND_CEIL:
+        if (r)
+            q++;
+        break;
+    case MOE_ROUND_FLOOR:
+        break;
+    case MOE_ROUND_HALF_EVEN:
+        if (2 * r > b || (2 * r == b && (q & 1)))
+            q++;
+        break;
+    default:
+        return moe_fail(MOE_EINVAL, NULL, "unknown rounding mode %d", o->rounding);
+    }
+    if (q < o->min_capacity)
+        q = o->min_capacity;
+    if (q > LONG_MAX)
+        return moe_fail(MOE_EINVAL, NULL, "capacity %lld too large", q);
+    *C = (long)q;
+    return MOE_OK;
+}
