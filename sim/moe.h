@@ -133,6 +133,9 @@ typedef struct {
     const int64_t *ids;      /* (T) token ids, or NULL */
     const double *uniforms;  /* (T) gshard draws u ~ U(0,1), or NULL to draw from rng */
     gsl_rng *rng;            /* noise / draws; may be NULL when not needed */
+    const int32_t *choices;  /* (T,Krec) recorded expert ids for the replay router, or NULL */
+    const double *choice_w;  /* (T,Krec) recorded gate weights, or NULL */
+    int k_rec;               /* Krec */
 } moe_route_in;
 
 typedef struct moe_router moe_router;
