@@ -25,7 +25,10 @@ DEB_PKGS := build-essential pkg-config libgsl-dev libopenblas-dev libsqlite3-dev
 .PHONY: all deps run test test-unit test-asan bench plots clean fuzz
 all: moesim
 
-moesim: $(B)/sim/main.o $(B)/libmoesim.a
+moesim: $(B)/moesim
+	@cp $< $@
+
+$(B)/moesim: $(B)/sim/main.o $(B)/libmoesim.a
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 $(B)/libmoesim.a: $(LIB_OBJ)
@@ -52,11 +55,28 @@ deps:
 run: deps moesim
 	./moesim run $(SPEC)
 
+# The whole suite, then again under AddressSanitizer + UndefinedBehaviorSanitizer.
 test: moesim $(TEST_BIN)
 	@sh tests/run.sh $(B)
+	@$(MAKE) --no-print-directory test-asan
+
+test-unit: moesim $(TEST_BIN)
+	@sh tests/run.sh $(B)
+
+SAN := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+test-asan:
+	@$(MAKE) --no-print-directory B=build-asan CFLAGS="$(SAN)" LDFLAGS="$(SAN)" \
+	    build-asan/moesim $(TEST_SRC:tests/%.c=build-asan/tests/%)
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
+	    sh tests/run.sh build-asan
 
 bench: deps moesim
 	env -u OPENBLAS_CORETYPE ./moesim bench
+
+# Regenerates the committed route fixtures from the NumPy reference (tests/ref/moe_ref.py).
+.PHONY: fixtures
+fixtures:
+	/usr/bin/python3 tests/ref/gen_fixtures.py
 
 clean:
 	rm -rf $(B) build-asan moesim

@@ -1,8 +1,106 @@
-/* gshard.c: placeholder while the router is written (issue 2). */
+/* gshard.c: the `gshard` router (Lepikhin et al. 2020, Algorithm 1), ROUTING.md section 3.
+ * Fills moe_router_gshard: e1 = argmax logit, e2 = argmax of the rest (ties to the lower
+ * expert); g1, g2 = p1, p2 / (p1 + p2); the second expert is dispatched iff 2*g2 > u (strict),
+ * or 2*p2 > u with threshold_on = raw. u comes from in->uniforms[t], else one
+ * gsl_rng_uniform(in->rng) per token in token order (drawn for every token, needed or not, so
+ * a replay with the recorded draws gives the same plan). A second choice that is not dispatched
+ * claims no slot and is not counted in assigned_load or importance. Capacity with k = 2;
+ * combine weights g1, g2 unless renormalize; aux_loss = E * sum_e c_e * P_e, c_e fraction of
+ * tokens whose first choice is e. */
 #include "moe.h"
-static int route(moe_router *r, const moe_route_in *in, moe_plan *plan)
+#include "claims.h"
+
+#include <stdlib.h>
+
+typedef struct {
+    moe_claims *cl;
+    long *first; /* (E) tokens whose first choice is e */
+} gshard_ws;
+
+/* ---- workspace ---- */
+
+static void gshard_free(moe_router *r)
 {
-    (void)in; (void)plan;
-    return moe_fail(MOE_EINVAL, NULL, "router %s is not written yet", r->type->name);
+    gshard_ws *w = r->ws;
+    if (!w)
+        return;
+    moe_claims_free(w->cl);
+    free(w->first);
+    free(w);
+    r->ws = NULL;
 }
-const moe_router_type moe_router_gshard = { "gshard", "placeholder", 0, 1, NULL, NULL, route, NULL };
+
+static int gshard_alloc(moe_router *r)
+{
+    if (r->k != 2)
+        return moe_fail(MOE_EINPUT, "gshard routes every token to two experts; use topk or switch",
+                        "gshard needs k = 2, got k = %d (k)", r->k);
+    gshard_ws *w = calloc(1, sizeof *w);
+    if (!w)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (router gshard)");
+    r->ws = w;
+    w->cl = moe_claims_alloc(r->n_max, 2, r->E, 1);
+    w->first = malloc((size_t)r->E * sizeof *w->first);
+    if (!w->cl || !w->first) {
+        gshard_free(r);
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (router gshard, %d tokens)", r->n_max);
+    }
+    return MOE_OK;
+}
+
+/* ---- routing ---- */
+
+static int gshard_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
+{
+    gshard_ws *w = r->ws;
+    moe_claims *cl = w->cl;
+    const int n = in->n, E = r->E;
+    if (!in->uniforms && !in->rng)
+        return moe_fail(MOE_EINVAL, "give a seed or a file of draws (--uniforms U.npy)",
+                        "gshard needs uniform draws or a random generator (uniforms)");
+    long C = 0;
+    if (!r->opts.dropless) {
+        int rc = moe_capacity(&r->opts, 2, n, E, &C);
+        if (rc)
+            return rc;
+    }
+    moe_claims_softmax(cl, in->logits, n);
+    for (int e = 0; e < E; e++)
+        w->first[e] = 0;
+    for (int t = 0; t < n; t++) {
+        const double *lt = in->logits + (size_t)t * E, *pt = cl->p + (size_t)t * E;
+        int e1 = moe_claims_argmax(lt, E, -1), e2 = moe_claims_argmax(lt, E, e1);
+        double p1 = pt[e1], p2 = pt[e2];
+        double g1 = p1 / (p1 + p2), g2 = p2 / (p1 + p2);
+        double u = in->uniforms ? in->uniforms[t] : gsl_rng_uniform(in->rng);
+        double test = r->opts.threshold_on == MOE_THRESH_RAW ? p2 : g2;
+        size_t i = (size_t)t * 2;
+        cl->expert[i] = e1;
+        cl->gate[i] = g1;
+        cl->claim[i] = 1;
+        cl->expert[i + 1] = e2;
+        cl->gate[i + 1] = g2;
+        cl->claim[i + 1] = 2.0 * test > u;
+        w->first[e1]++;
+    }
+    int rc = moe_claims_resolve(cl, n, r->opts.order, C, r->opts.dropless, r->opts.renormalize,
+                                plan);
+    if (rc)
+        return rc;
+    double s = 0.0;
+    for (int e = 0; e < E; e++)
+        s += (double)w->first[e] / n * cl->pmean[e];
+    plan->aux_loss = E * s;
+    return MOE_OK;
+}
+
+const moe_router_type moe_router_gshard = {
+    "gshard",
+    "GShard top-2 (Lepikhin 2020): second expert kept iff 2*g2 > u",
+    MOE_RF_USES_RNG | MOE_RF_HAS_DROPLESS,
+    2,
+    gshard_alloc,
+    gshard_free,
+    gshard_route,
+    NULL,
+};

@@ -1,8 +1,68 @@
-/* switch.c: placeholder while the router is written (issue 2). */
+/* switch.c: the `switch` router (Fedus et al. 2022), ROUTING.md section 3. Fills
+ * moe_router_switch: top-1 by logit (ties to the lower expert), gate = full-softmax p of the
+ * chosen expert (not renormalised), capacity with k = 1,
+ * aux_loss = E * sum_e f_e * P_e (f_e fraction of tokens whose first choice is e, before
+ * capacity; P_e = mean_t p[t,e]). */
 #include "moe.h"
-static int route(moe_router *r, const moe_route_in *in, moe_plan *plan)
+#include "claims.h"
+
+#include <stdlib.h>
+
+/* ---- workspace ---- */
+
+static void switch_free(moe_router *r)
 {
-    (void)in; (void)plan;
-    return moe_fail(MOE_EINVAL, NULL, "router %s is not written yet", r->type->name);
+    moe_claims_free(r->ws);
+    r->ws = NULL;
 }
-const moe_router_type moe_router_switch = { "switch", "placeholder", 0, 1, NULL, NULL, route, NULL };
+
+static int switch_alloc(moe_router *r)
+{
+    if (r->opts.k != 0 && r->opts.k != 1)
+        return moe_fail(MOE_EINPUT, "switch routes every token to one expert; use topk for k > 1",
+                        "switch needs k = 1, got k = %d (k)", r->opts.k);
+    r->ws = moe_claims_alloc(r->n_max, 1, r->E, 1);
+    return r->ws ? MOE_OK : MOE_ENOMEM;
+}
+
+/* ---- routing ---- */
+
+static int switch_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
+{
+    moe_claims *cl = r->ws;
+    const int n = in->n, E = r->E;
+    long C = 0;
+    if (!r->opts.dropless) {
+        int rc = moe_capacity(&r->opts, 1, n, E, &C);
+        if (rc)
+            return rc;
+    }
+    moe_claims_softmax(cl, in->logits, n);
+    for (int t = 0; t < n; t++) {
+        int e = moe_claims_argmax(in->logits + (size_t)t * E, E, -1);
+        cl->expert[t] = e;
+        cl->gate[t] = cl->p[(size_t)t * E + e];
+        cl->claim[t] = 1;
+    }
+    int rc = moe_claims_resolve(cl, n, r->opts.order, C, r->opts.dropless, r->opts.renormalize,
+                                plan);
+    if (rc)
+        return rc;
+    /* every token claims its first choice, so f_e = assigned_load[e] / n */
+    double s = 0.0;
+    for (int e = 0; e < E; e++)
+        s += (double)plan->assigned_load[e] / n * cl->pmean[e];
+    plan->aux_loss = E * s;
+    return MOE_OK;
+}
+
+const moe_router_type moe_router_switch = {
+    "switch",
+    "Switch Transformer top-1 (Fedus 2022): gate = softmax p of the chosen expert",
+    MOE_RF_HAS_DROPLESS,
+    1,
+    switch_alloc,
+    switch_free,
+    switch_route,
+    NULL,
+};

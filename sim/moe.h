@@ -109,7 +109,7 @@ typedef struct {
     int threshold_on;        /* enum moe_threshold */
     int hash;                /* enum moe_hash */
     const int64_t *hash_table; size_t hash_table_len; /* for hash = table (index = id) */
-    int slots_per_expert;    /* soft_moe P; default 1 */
+    int slots_per_expert;    /* soft_moe P; 0 = M / num_experts if given, else 1 */
     int num_experts;         /* soft_moe E (M = E*P); 0 = M / P */
     double noise_std;        /* topk gate noise; 0 = off */
     int dropless;            /* no capacity limit for token-choice routers */

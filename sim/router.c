@@ -26,16 +26,26 @@ int moe_router_alloc(const moe_router_type *t, const moe_route_opts *o, int n_ma
                         t->name, m);
     int E = m;
     if (t->flags & MOE_RF_DENSE) {
+        /* P unset (0): M / num_experts when num_experts is given, else 1 */
         int P = o->slots_per_expert;
-        if (P <= 0)
+        if (P < 0)
             return moe_fail(MOE_EINVAL, NULL, "slots_per_expert must be >= 1 (got %d)", P);
         if (o->num_experts > 0) {
+            if (P == 0) {
+                if (m % o->num_experts != 0)
+                    return moe_fail(MOE_EINPUT, "soft_moe needs M = num_experts * slots_per_expert",
+                                    "logits have %d columns, not a multiple of num_experts %d", m,
+                                    o->num_experts);
+                P = m / o->num_experts;
+            }
             if ((long)o->num_experts * P != m)
                 return moe_fail(MOE_EINPUT, "soft_moe needs M = num_experts * slots_per_expert",
                                 "logits have %d columns, not num_experts %d x slots_per_expert %d",
                                 m, o->num_experts, P);
             E = o->num_experts;
         } else {
+            if (P == 0)
+                P = 1;
             if (m % P != 0)
                 return moe_fail(MOE_EINPUT, NULL,
                                 "logits have %d columns, not a multiple of slots_per_expert %d",

@@ -131,7 +131,7 @@ void moe_route_opts_default(moe_route_opts *o)
     o->renormalize = 0;
     o->threshold_on = MOE_THRESH_NORMALIZED;
     o->hash = MOE_HASH_MOD;
-    o->slots_per_expert = 1;
+    o->slots_per_expert = 0; /* soft_moe: M / num_experts, or 1 */
     o->num_experts = 0;
     o->noise_std = 0.0;
     o->dropless = 0;

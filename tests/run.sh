@@ -18,7 +18,7 @@ for t in "$B"/tests/test_*; do
 done
 for s in tests/t_*.sh; do
     [ -f "$s" ] || continue
-    out=$(MOESIM=./moesim sh "$s" 2>&1); rc=$?
+    out=$(MOESIM=$B/moesim BUILD=$B sh "$s" 2>&1); rc=$?
     line=$(printf '%s\n' "$out" | grep -E ': [0-9]+ passed, [0-9]+ failed' | tail -1)
     p=$(printf '%s' "$line" | sed -n 's/.*: \([0-9]*\) passed, \([0-9]*\) failed.*/\1/p')
     f=$(printf '%s' "$line" | sed -n 's/.*: \([0-9]*\) passed, \([0-9]*\) failed.*/\2/p')

@@ -1,0 +1,223 @@
+/* claims.c: claim resolution for the token-choice routers (topk, switch, gshard, hash):
+ * capacity, the four claim orders (choice_major, token_major, bpr, probs), renormalisation and
+ * the claim statistics, exactly as ROUTING.md section 2 says. Interface in claims.h. */
+#include "claims.h"
+
+#include <stdlib.h>
+
+/* ---- workspace ---- */
+
+moe_claims *moe_claims_alloc(int n_max, int K, int E, int with_p)
+{
+    moe_claims *c = calloc(1, sizeof *c);
+    if (!c) {
+        moe_fail(MOE_ENOMEM, NULL, "out of memory (claims workspace)");
+        return NULL;
+    }
+    size_t nk = (size_t)n_max * (size_t)K, nn = nk > (size_t)n_max ? nk : (size_t)n_max;
+    c->n_max = n_max;
+    c->K = K;
+    c->E = E;
+    c->expert = malloc(nk * sizeof *c->expert);
+    c->gate = malloc(nk * sizeof *c->gate);
+    c->claim = malloc(nk * sizeof *c->claim);
+    c->pmean = malloc((size_t)E * sizeof *c->pmean);
+    c->slot = malloc(nk * sizeof *c->slot);
+    c->fill = malloc((size_t)E * sizeof *c->fill);
+    c->off = malloc(((size_t)E + 1) * sizeof *c->off);
+    c->list = malloc(nk * sizeof *c->list);
+    c->order = malloc(nn * sizeof *c->order);
+    c->tmp = malloc(nn * sizeof *c->tmp);
+    c->val = malloc(nn * sizeof *c->val);
+    int bad = !c->expert || !c->gate || !c->claim || !c->pmean || !c->slot || !c->fill ||
+              !c->off || !c->list || !c->order || !c->tmp || !c->val;
+    if (with_p) {
+        c->p = malloc((size_t)n_max * (size_t)E * sizeof *c->p);
+        bad = bad || !c->p;
+    }
+    if (bad) {
+        moe_claims_free(c);
+        moe_fail(MOE_ENOMEM, NULL, "out of memory (claims workspace for %d tokens, %d experts)",
+                 n_max, E);
+        return NULL;
+    }
+    return c;
+}
+
+void moe_claims_free(moe_claims *c)
+{
+    if (!c)
+        return;
+    free(c->expert);
+    free(c->gate);
+    free(c->claim);
+    free(c->p);
+    free(c->pmean);
+    free(c->slot);
+    free(c->fill);
+    free(c->off);
+    free(c->list);
+    free(c->order);
+    free(c->tmp);
+    free(c->val);
+    free(c);
+}
+
+/* ---- helpers for the routers ---- */
+
+void moe_claims_softmax(moe_claims *c, const double *logits, int n)
+{
+    int E = c->E;
+    for (int e = 0; e < E; e++)
+        c->pmean[e] = 0.0;
+    for (int t = 0; t < n; t++) {
+        double *pt = c->p + (size_t)t * E;
+        moe_softmax(logits + (size_t)t * E, E, pt);
+        for (int e = 0; e < E; e++)
+            c->pmean[e] += pt[e];
+    }
+    for (int e = 0; e < E; e++)
+        c->pmean[e] /= n;
+}
+
+int moe_claims_argmax(const double *x, int len, int skip)
+{
+    int best = -1;
+    for (int i = 0; i < len; i++) {
+        if (i == skip)
+            continue;
+        if (best < 0 || x[i] > x[best]) /* strict: ties keep the lower index */
+            best = i;
+    }
+    return best;
+}
+
+/* ---- resolution ---- */
+
+/* Claim i = t*K+j takes the next free slot of its expert, or is dropped if the expert is full. */
+static void take(moe_claims *c, size_t i, long C)
+{
+    if (!c->claim[i])
+        return;
+    int e = c->expert[i];
+    c->slot[i] = c->fill[e] < C ? c->fill[e]++ : -1;
+}
+
+/* Order probs: each expert keeps the C claims with the highest p[t,e] (ties to the lower
+ * token); slots are then numbered in token order among the kept claims. */
+static void resolve_probs(moe_claims *c, int n, long C, const long *load)
+{
+    const int K = c->K, E = c->E;
+    enum { KEEP = -2 };
+    c->off[0] = 0;
+    for (int e = 0; e < E; e++) {
+        c->off[e + 1] = c->off[e] + load[e];
+        c->fill[e] = c->off[e];
+    }
+    /* list: claim indices grouped by expert, token order within an expert */
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < K; j++) {
+            size_t i = (size_t)t * K + j;
+            if (c->claim[i])
+                c->list[c->fill[c->expert[i]]++] = (int)i;
+        }
+    for (int e = 0; e < E; e++) {
+        int cnt = (int)(c->off[e + 1] - c->off[e]);
+        const int *li = c->list + c->off[e];
+        if (cnt <= C) {
+            for (int q = 0; q < cnt; q++)
+                c->slot[li[q]] = KEEP;
+            continue;
+        }
+        for (int q = 0; q < cnt; q++)
+            c->val[q] = c->p[(size_t)(li[q] / K) * E + e];
+        /* stable: equal p keep list order, which is token order */
+        moe_argsort_desc(c->val, cnt, c->order, c->tmp);
+        for (long q = 0; q < C; q++)
+            c->slot[li[c->order[q]]] = KEEP;
+    }
+    for (int e = 0; e < E; e++)
+        c->fill[e] = 0;
+    for (size_t i = 0; i < (size_t)n * K; i++)
+        if (c->slot[i] == KEEP)
+            c->slot[i] = c->fill[c->expert[i]]++;
+}
+
+int moe_claims_resolve(moe_claims *c, int n, int order, long C, int dropless, int renormalize,
+                       moe_plan *plan)
+{
+    const int K = c->K, E = c->E;
+    const size_t nk = (size_t)n * K;
+    if ((order == MOE_ORDER_BPR || order == MOE_ORDER_PROBS) && !c->p)
+        return moe_fail(MOE_EINVAL, "use order choice_major or token_major",
+                        "claim order %s needs router probabilities (order)",
+                        order == MOE_ORDER_BPR ? "bpr" : "probs");
+
+    /* claim statistics, before capacity */
+    long *load = plan->assigned_load;
+    for (size_t i = 0; i < nk; i++) {
+        c->slot[i] = -1;
+        if (!c->claim[i])
+            continue;
+        load[c->expert[i]]++;
+        plan->importance[c->expert[i]] += c->gate[i];
+        plan->n_claims++;
+    }
+    if (dropless) {
+        C = 0;
+        for (int e = 0; e < E; e++)
+            if (load[e] > C)
+                C = load[e];
+    }
+    plan->capacity = C;
+
+    /* slots */
+    for (int e = 0; e < E; e++)
+        c->fill[e] = 0;
+    switch (order) {
+    case MOE_ORDER_CHOICE_MAJOR:
+        for (int j = 0; j < K; j++)
+            for (int t = 0; t < n; t++)
+                take(c, (size_t)t * K + j, C);
+        break;
+    case MOE_ORDER_TOKEN_MAJOR:
+        for (size_t i = 0; i < nk; i++)
+            take(c, i, C);
+        break;
+    case MOE_ORDER_BPR:
+        /* visit tokens by descending max_e p[t,e]; the argsort is stable: ties to lower token */
+        for (int t = 0; t < n; t++) {
+            const double *pt = c->p + (size_t)t * E;
+            c->val[t] = pt[moe_claims_argmax(pt, E, -1)];
+        }
+        moe_argsort_desc(c->val, n, c->order, c->tmp);
+        for (int j = 0; j < K; j++)
+            for (int r = 0; r < n; r++)
+                take(c, (size_t)c->order[r] * K + j, C);
+        break;
+    case MOE_ORDER_PROBS:
+        resolve_probs(c, n, C, load);
+        break;
+    default:
+        return moe_fail(MOE_EINVAL, NULL, "unknown claim order %d (order)", order);
+    }
+
+    /* entries, token-major by token then choice rank */
+    for (int t = 0; t < n; t++) {
+        const size_t i0 = (size_t)t * K;
+        double sum = 0.0;
+        for (int j = 0; j < K; j++)
+            if (c->slot[i0 + j] >= 0)
+                sum += c->gate[i0 + j];
+        for (int j = 0; j < K; j++) {
+            size_t i = i0 + j;
+            if (c->slot[i] < 0)
+                continue;
+            double cw = (renormalize && sum > 0.0) ? c->gate[i] / sum : c->gate[i];
+            int rc = moe_plan_push(plan, t, c->expert[i], (int32_t)c->slot[i], 1.0, cw);
+            if (rc)
+                return rc;
+        }
+    }
+    return MOE_OK;
+}

@@ -1,0 +1,59 @@
+/* claims.h: claim resolution shared by the token-choice routers (topk, switch, gshard, hash):
+ * given each token's ordered choices, the claim order, the capacity and renormalisation
+ * (ROUTING.md section 2), produce the plan entries with their slots and the claim statistics
+ * (assigned_load, importance, n_claims, capacity).
+ *
+ * A router fills, for the n tokens of one group:
+ *   expert (T,K)  chosen expert of each choice, by rank (choice 0 = the token's first choice)
+ *   gate   (T,K)  gate value of each choice (the combine weight before renormalisation)
+ *   claim  (T,K)  1 if the choice claims a slot; 0 for a choice that makes no claim (gshard's
+ *                 second choice that failed its draw): it is not counted anywhere
+ *   p      (T,E)  full softmax of the logits (moe_claims_softmax), needed by orders bpr and probs
+ * then calls moe_claims_resolve. Every token has exactly K choices (K fixed per call).
+ */
+#ifndef MOE_CLAIMS_H
+#define MOE_CLAIMS_H
+
+#include "moe.h"
+
+typedef struct {
+    int n_max, K, E;
+    int32_t *expert;      /* (T,K) */
+    double *gate;         /* (T,K) */
+    unsigned char *claim; /* (T,K) */
+    double *p;            /* (T,E) full softmax, or NULL when allocated without it */
+    double *pmean;        /* (E) mean over tokens of p[t,e] (moe_claims_softmax) */
+    /* scratch for moe_claims_resolve */
+    long *slot;           /* (T,K) slot of each claim, -1 = dropped or no claim */
+    long *fill;           /* (E) next free slot per expert */
+    long *off;            /* (E+1) start of each expert's claims in list (order probs) */
+    int *list;            /* (T*K) claim indices t*K+j grouped by expert (order probs) */
+    int *order;           /* (max(T, T*K)) visiting order / argsort output */
+    int *tmp;             /* (max(T, T*K)) argsort scratch */
+    double *val;          /* (max(T, T*K)) sort keys */
+} moe_claims;
+
+/* Workspace for up to n_max tokens, K choices each, E experts. with_p = 0 leaves p NULL
+ * (router without probabilities, e.g. hash: orders bpr and probs are then unavailable).
+ * Returns NULL on out-of-memory (after moe_fail). */
+moe_claims *moe_claims_alloc(int n_max, int K, int E, int with_p);
+void moe_claims_free(moe_claims *c); /* NULL is a no-op */
+
+/* p (T,E) = softmax of each row of logits (T,E); pmean (E) = mean_t p[t,e]. */
+void moe_claims_softmax(moe_claims *c, const double *logits, int n);
+
+/* Index of the largest of x[0..len), skipping index skip (-1: none); ties to the lower index. */
+int moe_claims_argmax(const double *x, int len, int skip);
+
+/* Resolve the claims of n tokens into plan entries.
+ * order: enum moe_order. C: capacity (slots per expert); dropless = 1 ignores C and uses
+ * C = the largest number of claims on one expert, so nothing is dropped and slot < C holds.
+ * renormalize = 1: each token's kept gate values are divided by their sum.
+ * Fills plan->assigned_load, importance (claims before capacity), n_claims, capacity and the
+ * entries (dispatch_weight 1), emitted token-major: by token, then by choice rank.
+ * Does not touch plan->aux_loss. Errors: MOE_EINVAL for an unknown order or an order that needs
+ * p when the workspace has none. */
+int moe_claims_resolve(moe_claims *c, int n, int order, long C, int dropless, int renormalize,
+                       moe_plan *plan);
+
+#endif

@@ -1,0 +1,11 @@
+/* cli.h: the moesim subcommands. main.c parses the command word and calls one of these with
+ * argv[0] = the command word; each returns 0 or a moe status code (message in moe_errmsg()). */
+#ifndef MOE_CLI_H
+#define MOE_CLI_H
+
+int moe_cmd_route(int argc, char **argv);
+int moe_cmd_list(int argc, char **argv);
+/* `moesim trace info FILE`: what a recorded trace holds and its recorded load per layer. */
+int moe_cmd_trace(int argc, char **argv);
+
+#endif

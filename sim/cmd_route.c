@@ -1,0 +1,418 @@
+/* cmd_route.c: `moesim route`: route one recorded logits matrix, write the plan (ROUTING.md
+ * section 1) as CSV and the metrics (section 4) as JSON, and optionally run the real layer on
+ * given weights and write its output as .npy. Flags are those of DESIGN.md; the routing flags
+ * come from the option table in options.c (--capacity-factor sets capacity_factor). */
+#include "cli.h"
+#include "layer.h"
+#include "npy.h"
+#include "options.h"
+
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+enum { F_ROUTER = 1000, F_LOGITS, F_TOKENS, F_UNIFORMS, F_X, F_W1, F_B1, F_W2, F_B2, F_OUTPUT,
+       F_PLAN, F_METRICS, F_ACT, F_SEED, F_HELP, F_OPT0 };
+
+typedef struct {
+    const char *router, *logits, *tokens, *uniforms, *x, *w1, *b1, *w2, *b2, *output, *plan,
+        *metrics;
+    int act;
+    unsigned long long seed;
+} route_args;
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: moesim route --router NAME --logits L.npy --plan OUT.csv [--metrics OUT.json]\n"
+            "                    [--tokens IDS.npy] [--uniforms U.npy] [routing options]\n"
+            "                    [--x X.npy --w1 W1.npy --b1 B1.npy --w2 W2.npy --b2 B2.npy\n"
+            "                     --output Y.npy [--activation gelu_tanh|gelu_erf|relu|swiglu]]\n"
+            "                    [--seed S]\n"
+            "Routes one logits matrix L (T,M) as ROUTING.md says and writes the plan as CSV\n"
+            "(token,expert,slot,dispatch_weight,combine_weight) and the metrics as JSON.\n"
+            "With the weights x (T,D), w1 (E,D,F), b1 (E,F), w2 (E,F,D), b2 (E,D) (SwiGLU: w1\n"
+            "(E,D,2F), b1 (E,2F)) it runs the real layer and writes y (T,D) as float32 .npy,\n"
+            "and the metrics gain FLOPs and the output errors. --seed selects the PCG streams\n"
+            "of gshard's draws (when --uniforms is not given) and topk's noise (default 0).\n"
+            "Routing options:\n");
+    moe_route_options_print(out, 1);
+}
+
+/* ---- inputs ---- */
+
+static int read_array(const char *path, const char *what, int want_ndim, moe_npy *a)
+{
+    int rc = moe_npy_read(path, a);
+    if (rc)
+        return rc;
+    if (a->ndim != want_ndim) {
+        int nd = a->ndim;
+        moe_npy_free(a);
+        return moe_fail(MOE_EFORMAT, NULL, "%s must have %d dimensions, has %d (%s)", what,
+                        want_ndim, nd, path);
+    }
+    return MOE_OK;
+}
+
+static int read_float(const char *path, const char *what, int ndim, const size_t *shape,
+                      float **out)
+{
+    moe_npy a;
+    int rc = read_array(path, what, ndim, &a);
+    if (rc)
+        return rc;
+    for (int i = 0; i < ndim; i++)
+        if (a.shape[i] != shape[i]) {
+            char want[96], got[96];
+            int w = 0, g = 0;
+            for (int j = 0; j < ndim; j++) {
+                w += snprintf(want + w, sizeof want - (size_t)w, "%s%zu", j ? "," : "", shape[j]);
+                g += snprintf(got + g, sizeof got - (size_t)g, "%s%zu", j ? "," : "", a.shape[j]);
+            }
+            moe_npy_free(&a);
+            return moe_fail(MOE_EFORMAT, "shapes: x (T,D) w1 (E,D,F) b1 (E,F) w2 (E,F,D) b2 (E,D)",
+                            "%s has shape (%s), expected (%s) (%s)", what, got, want, path);
+        }
+    rc = moe_npy_as_float(&a, what, out);
+    moe_npy_free(&a);
+    return rc;
+}
+
+typedef struct {
+    float *x, *w1, *b1, *w2, *b2;
+    moe_experts ex;
+} layer_in;
+
+static void layer_in_free(layer_in *l)
+{
+    free(l->x);
+    free(l->w1);
+    free(l->b1);
+    free(l->w2);
+    free(l->b2);
+}
+
+static int read_layer(const route_args *a, int n, int E, layer_in *l)
+{
+    memset(l, 0, sizeof *l);
+    moe_npy w1;
+    int rc = read_array(a->w1, "w1", 3, &w1);
+    if (rc)
+        return rc;
+    size_t d = w1.shape[1], f2 = w1.shape[2], e = w1.shape[0];
+    moe_npy_free(&w1);
+    if ((int)e != E)
+        return moe_fail(MOE_EFORMAT, NULL, "w1 has %zu experts, the plan has %d (%s)", e, E,
+                        a->w1);
+    size_t f = f2;
+    if (a->act == MOE_ACT_SWIGLU) {
+        if (f2 % 2)
+            return moe_fail(MOE_EFORMAT, "SwiGLU w1 is (E,D,2F): gate then up projection",
+                            "w1 last dimension %zu is odd (%s)", f2, a->w1);
+        f = f2 / 2;
+    }
+    size_t sx[2] = {(size_t)n, d}, s1[3] = {e, d, f2}, sb1[2] = {e, f2}, s2[3] = {e, f, d},
+           sb2[2] = {e, d};
+    if ((rc = read_float(a->x, "x", 2, sx, &l->x)) ||
+        (rc = read_float(a->w1, "w1", 3, s1, &l->w1)) ||
+        (rc = read_float(a->b1, "b1", 2, sb1, &l->b1)) ||
+        (rc = read_float(a->w2, "w2", 3, s2, &l->w2)) ||
+        (rc = read_float(a->b2, "b2", 2, sb2, &l->b2))) {
+        layer_in_free(l);
+        return rc;
+    }
+    l->ex = (moe_experts){E, (int)d, (int)f, a->act, l->w1, l->b1, l->w2, l->b2};
+    return MOE_OK;
+}
+
+/* ---- the layer and its output errors ---- */
+
+/* p (T,E): the mixture weights of the dense reference: softmax of the logits, or for dense
+ * (soft_moe) plans the combine weights summed over each expert's slots. */
+static void mixture_weights(const moe_plan *plan, const double *logits, double *p)
+{
+    int n = plan->n, E = plan->E, m = plan->m;
+    if (plan->dense) {
+        memset(p, 0, (size_t)n * (size_t)E * sizeof *p);
+        for (size_t i = 0; i < plan->n_entries; i++) {
+            const moe_entry *en = &plan->entries[i];
+            p[(size_t)en->token * (size_t)E + (size_t)en->expert] += en->combine_w;
+        }
+        return;
+    }
+    for (int t = 0; t < n; t++)
+        moe_softmax(logits + (size_t)t * (size_t)m, m, p + (size_t)t * (size_t)E);
+}
+
+static int run_layer(const layer_in *l, const moe_plan *plan, float *y)
+{
+    moe_layer *L = moe_layer_alloc(plan->n, plan->E, plan->capacity > 0 ? plan->capacity : 1,
+                                   l->ex.d, l->ex.f, l->ex.act);
+    if (!L)
+        return moe_fail(MOE_ENOMEM, NULL, "cannot allocate the layer workspace");
+    int rc = moe_layer_forward(L, &l->ex, plan, l->x, y, NULL);
+    moe_layer_free(L);
+    return rc;
+}
+
+static int output_errors(const route_args *a, moe_router *r, const moe_route_in *in,
+                         const moe_plan *plan, const layer_in *l, const float *y,
+                         moe_metrics *mt)
+{
+    int n = plan->n, E = plan->E, d = l->ex.d;
+    size_t nd = (size_t)n * (size_t)d;
+    float *yref = malloc(nd * sizeof *yref);
+    double *p = malloc((size_t)n * (size_t)E * sizeof *p);
+    moe_layer *L = moe_layer_alloc(n, E, 1, d, l->ex.f, l->ex.act);
+    int rc = MOE_OK;
+    if (!yref || !p || !L) {
+        rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (dense mixture of %d tokens)", n);
+        goto out;
+    }
+    mixture_weights(plan, in->logits, p);
+    if ((rc = moe_layer_dense_mixture(L, &l->ex, l->x, n, p, NULL, n, yref)))
+        goto out;
+    mt->output_error_dense = moe_rel_l2(y, yref, nd);
+
+    if (r->type->flags & MOE_RF_HAS_DROPLESS) {
+        /* the same router without a capacity limit, on the same draws */
+        moe_route_opts o = r->opts;
+        o.dropless = 1;
+        moe_router *rd = NULL;
+        moe_plan *pd = moe_plan_alloc(n, E, plan->cap_entries);
+        gsl_rng *rng = NULL;
+        if (!pd) {
+            rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (dropless plan)");
+            goto out;
+        }
+        moe_route_in ind = *in;
+        if (in->rng) {
+            rng = moe_rng_alloc(a->seed, !strcmp(r->type->name, "gshard") ? MOE_STREAM_GSHARD
+                                                                            : MOE_STREAM_NOISE);
+            ind.rng = rng;
+        }
+        if (!(rc = moe_router_alloc(r->type, &o, n, in->m, &rd)) &&
+            !(rc = moe_router_route(rd, &ind, pd)) && !(rc = run_layer(l, pd, yref)))
+            mt->output_error_dropless = moe_rel_l2(y, yref, nd);
+        moe_router_free(rd);
+        moe_plan_free(pd);
+        gsl_rng_free(rng);
+    }
+out:
+    moe_layer_free(L);
+    free(yref);
+    free(p);
+    return rc;
+}
+
+/* ---- the command ---- */
+
+static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, int *help)
+{
+    enum { NOPT = 64 };
+    struct option lo[NOPT];
+    char names[NOPT][40];
+    int n = 0;
+    static const struct { const char *name; int val; } fixed[] = {
+        {"router", F_ROUTER}, {"logits", F_LOGITS}, {"tokens", F_TOKENS},
+        {"uniforms", F_UNIFORMS}, {"x", F_X}, {"w1", F_W1}, {"b1", F_B1}, {"w2", F_W2},
+        {"b2", F_B2}, {"output", F_OUTPUT}, {"plan", F_PLAN}, {"metrics", F_METRICS},
+        {"activation", F_ACT}, {"seed", F_SEED},
+    };
+    for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
+        lo[n++] = (struct option){fixed[i].name, required_argument, NULL, fixed[i].val};
+    lo[n++] = (struct option){"help", no_argument, NULL, F_HELP};
+    for (int i = 0; moe_route_options[i].key && n < NOPT - 1; i++) {
+        snprintf(names[i], sizeof names[i], "%s", moe_route_options[i].key);
+        for (char *c = names[i]; *c; c++)
+            if (*c == '_')
+                *c = '-';
+        lo[n++] = (struct option){names[i], required_argument, NULL, F_OPT0 + i};
+    }
+    lo[n] = (struct option){NULL, 0, NULL, 0};
+
+    optind = 0; /* glibc: full re-initialisation, so the command can run more than once */
+    opterr = 0;
+    int c, rc;
+    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (c) {
+        case F_ROUTER: a->router = optarg; break;
+        case F_LOGITS: a->logits = optarg; break;
+        case F_TOKENS: a->tokens = optarg; break;
+        case F_UNIFORMS: a->uniforms = optarg; break;
+        case F_X: a->x = optarg; break;
+        case F_W1: a->w1 = optarg; break;
+        case F_B1: a->b1 = optarg; break;
+        case F_W2: a->w2 = optarg; break;
+        case F_B2: a->b2 = optarg; break;
+        case F_OUTPUT: a->output = optarg; break;
+        case F_PLAN: a->plan = optarg; break;
+        case F_METRICS: a->metrics = optarg; break;
+        case F_ACT:
+            if ((rc = moe_act_parse(optarg, &a->act)))
+                return rc;
+            break;
+        case F_SEED: {
+            char *end;
+            a->seed = strtoull(optarg, &end, 10);
+            if (!*optarg || *end || *optarg == '-')
+                return moe_fail(MOE_EINVAL, NULL, "bad value '%s' for --seed", optarg);
+            break;
+        }
+        case F_HELP: *help = 1; return MOE_OK;
+        case '?':
+            return moe_fail(MOE_EINVAL, "`moesim route --help` lists the flags",
+                            "unknown or incomplete flag '%s'", argv[optind - 1]);
+        default:
+            if ((rc = moe_route_opts_set(o, moe_route_options[c - F_OPT0].key, optarg)))
+                return rc;
+        }
+    }
+    if (optind < argc)
+        return moe_fail(MOE_EINVAL, "`moesim route --help` lists the flags",
+                        "unexpected argument '%s'", argv[optind]);
+    if (!a->router || !a->logits || !a->plan)
+        return moe_fail(MOE_EINVAL, "`moesim route --help` shows an example",
+                        "route needs --router, --logits and --plan");
+    int nl = !!a->x + !!a->w1 + !!a->b1 + !!a->w2 + !!a->b2 + !!a->output;
+    if (nl != 0 && nl != 6)
+        return moe_fail(MOE_EINVAL, NULL,
+                        "the layer needs all of --x --w1 --b1 --w2 --b2 --output (%d of 6 given)",
+                        nl);
+    return MOE_OK;
+}
+
+int moe_cmd_route(int argc, char **argv)
+{
+    route_args a = {0};
+    a.act = MOE_ACT_GELU_TANH;
+    moe_route_opts o;
+    moe_route_opts_default(&o);
+    int help = 0, rc;
+    moe_npy L = {0}, ids = {0}, un = {0};
+    double *logits = NULL, *uniforms = NULL;
+    int64_t *tok = NULL;
+    moe_router *r = NULL;
+    moe_plan *plan = NULL;
+    moe_metrics *mt = NULL;
+    gsl_rng *rng = NULL;
+    layer_in lay = {0};
+    float *y = NULL;
+    int wrote_plan = 0, wrote_metrics = 0;
+
+    if ((rc = parse_args(argc, argv, &a, &o, &help)))
+        goto out;
+    if (help) {
+        usage(stdout);
+        goto out;
+    }
+    const moe_router_type *t = moe_router_find(a.router);
+    if (!t) {
+        rc = moe_fail(MOE_EINVAL, "`moesim list routers` lists them", "unknown router '%s'",
+                      a.router);
+        goto out;
+    }
+    if ((rc = read_array(a.logits, "logits", 2, &L)))
+        goto out;
+    if ((rc = moe_npy_as_double(&L, "logits", &logits)))
+        goto out;
+    if (L.shape[0] == 0 || L.shape[1] == 0 || L.shape[0] > 1u << 30 || L.shape[1] > 1u << 20) {
+        rc = moe_fail(MOE_EINPUT, NULL, "logits have shape (%zu,%zu): need n >= 1, M >= 1 (%s)",
+                      L.shape[0], L.shape[1], a.logits);
+        goto out;
+    }
+    int n = (int)L.shape[0], m = (int)L.shape[1];
+    if (a.tokens) {
+        if ((rc = read_array(a.tokens, "token ids", 1, &ids)) ||
+            (rc = moe_npy_as_int64(&ids, "token ids", &tok)))
+            goto out;
+        if (ids.shape[0] != (size_t)n) {
+            rc = moe_fail(MOE_EINPUT, NULL, "token ids have length %zu, logits have %d rows (%s)",
+                          ids.shape[0], n, a.tokens);
+            goto out;
+        }
+    }
+    if (a.uniforms) {
+        if ((rc = read_array(a.uniforms, "uniforms", 1, &un)) ||
+            (rc = moe_npy_as_double(&un, "uniforms", &uniforms)))
+            goto out;
+        if (un.shape[0] != (size_t)n) {
+            rc = moe_fail(MOE_EINPUT, NULL, "uniforms have length %zu, logits have %d rows (%s)",
+                          un.shape[0], n, a.uniforms);
+            goto out;
+        }
+    }
+    if ((rc = moe_router_alloc(t, &o, n, m, &r)))
+        goto out;
+    if (t->flags & MOE_RF_USES_RNG)
+        rng = moe_rng_alloc(a.seed, !strcmp(t->name, "gshard") ? MOE_STREAM_GSHARD
+                                                               : MOE_STREAM_NOISE);
+    size_t reserve = (t->flags & MOE_RF_DENSE) ? (size_t)n * (size_t)m : (size_t)n * (size_t)r->k;
+    plan = moe_plan_alloc(n, r->E, reserve);
+    mt = moe_metrics_alloc(r->E);
+    if (!plan || !mt || ((t->flags & MOE_RF_USES_RNG) && !rng)) {
+        rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (plan for %d tokens)", n);
+        goto out;
+    }
+    moe_route_in in = {n, m, logits, tok, uniforms, rng, NULL, NULL, 0};
+    if ((rc = moe_router_route(r, &in, plan)))
+        goto out;
+    if (a.w1) {
+        if ((rc = read_layer(&a, n, r->E, &lay)))
+            goto out;
+    }
+    if ((rc = moe_metrics_compute(plan, logits, a.w1 ? lay.ex.d : 0, a.w1 ? lay.ex.f : 0, a.act,
+                                  0, mt)))
+        goto out;
+    if (a.w1) {
+        y = malloc((size_t)n * (size_t)lay.ex.d * sizeof *y);
+        if (!y) {
+            rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (layer output)");
+            goto out;
+        }
+        if ((rc = run_layer(&lay, plan, y)))
+            goto out;
+        /* the dropless rerun draws again from a fresh stream of the same seed */
+        if ((rc = output_errors(&a, r, &in, plan, &lay, y, mt)))
+            goto out;
+    }
+    /* everything computed: now write, each file through a temporary name */
+    if ((rc = moe_plan_write_csv(plan, a.plan)))
+        goto out;
+    wrote_plan = 1;
+    if (a.metrics) {
+        if ((rc = moe_metrics_write_json(mt, t->name, a.metrics)))
+            goto out;
+        wrote_metrics = 1;
+    }
+    if (a.output) {
+        size_t shape[2] = {(size_t)n, (size_t)lay.ex.d};
+        if ((rc = moe_npy_write(a.output, MOE_F32, y, 2, shape)))
+            goto out;
+    }
+out:
+    if (rc) { /* nothing half-written: take back what this command already wrote */
+        if (wrote_plan)
+            unlink(a.plan);
+        if (wrote_metrics)
+            unlink(a.metrics);
+    }
+    free(y);
+    layer_in_free(&lay);
+    gsl_rng_free(rng);
+    moe_metrics_free(mt);
+    moe_plan_free(plan);
+    moe_router_free(r);
+    moe_route_opts_release(&o);
+    free(logits);
+    free(uniforms);
+    free(tok);
+    moe_npy_free(&L);
+    moe_npy_free(&ids);
+    moe_npy_free(&un);
+    return rc;
+}

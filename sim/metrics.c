@@ -1,0 +1,325 @@
+/* metrics.c: the routing metrics of one plan (ROUTING.md section 4) and their JSON export.
+ *
+ * Owns moe_metrics_alloc/_free, moe_metrics_compute and moe_metrics_write_json (moe.h).
+ * Loads and importance come from the plan's router-side statistics (assigned_load, importance,
+ * n_claims, aux_loss); kept loads, drops and the experts-per-token histogram are counted from
+ * the entries. Dense plans (soft_moe): kept_load[e] = distinct slots of e among the entries,
+ * nothing is dropped. FLOPs are analytic (README): gate 2*T*D*M, expert useful 4*D*F per kept
+ * entry (6*D*F for SwiGLU; dense plans: per filled slot), expert padded E*C*4*D*F, Soft MoE
+ * dispatch and combine 2*T*M*D each. Statistics (mean, population std, max) through GSL.
+ */
+#include "moe.h"
+
+#include <errno.h>
+#include <gsl/gsl_statistics_double.h>
+#include <gsl/gsl_statistics_long.h>
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* ---- allocation ---- */
+
+moe_metrics *moe_metrics_alloc(int E)
+{
+    if (E <= 0) {
+        moe_fail(MOE_EINVAL, NULL, "metrics need E >= 1 (E = %d)", E);
+        return NULL;
+    }
+    moe_metrics *mt = calloc(1, sizeof *mt);
+    if (!mt) {
+        moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics for %d experts)", E);
+        return NULL;
+    }
+    mt->E = E;
+    mt->assigned_load = calloc((size_t)E, sizeof *mt->assigned_load);
+    mt->kept_load = calloc((size_t)E, sizeof *mt->kept_load);
+    mt->importance = calloc((size_t)E, sizeof *mt->importance);
+    mt->experts_per_token = calloc((size_t)E + 1, sizeof *mt->experts_per_token);
+    if (!mt->assigned_load || !mt->kept_load || !mt->importance || !mt->experts_per_token) {
+        moe_metrics_free(mt);
+        moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics for %d experts)", E);
+        return NULL;
+    }
+    mt->output_error_dense = NAN;
+    mt->output_error_dropless = NAN;
+    mt->z_loss = NAN;
+    return mt;
+}
+
+void moe_metrics_free(moe_metrics *mt)
+{
+    if (!mt)
+        return;
+    free(mt->assigned_load);
+    free(mt->kept_load);
+    free(mt->importance);
+    free(mt->experts_per_token);
+    free(mt);
+}
+
+/* ---- statistics ---- */
+
+/* max/mean of v (E); 0 if the mean is 0. */
+static double long_imbalance(const long *v, int E)
+{
+    double mean = gsl_stats_long_mean(v, 1, (size_t)E);
+    return mean == 0.0 ? 0.0 : (double)gsl_stats_long_max(v, 1, (size_t)E) / mean;
+}
+
+/* population std / mean of v (E); 0 if the mean is 0. */
+static double long_cv(const long *v, int E)
+{
+    double mean = gsl_stats_long_mean(v, 1, (size_t)E);
+    return mean == 0.0 ? 0.0 : gsl_stats_long_sd_with_fixed_mean(v, 1, (size_t)E, mean) / mean;
+}
+
+/* population variance / mean^2 of v (E); 0 if the mean is 0. */
+static double double_cv2(const double *v, int E)
+{
+    double mean = gsl_stats_mean(v, 1, (size_t)E);
+    return mean == 0.0 ? 0.0
+                       : gsl_stats_variance_with_fixed_mean(v, 1, (size_t)E, mean) / (mean * mean);
+}
+
+/* ---- compute ---- */
+
+/* Check every entry lies inside the plan's (T, E, C) so the counts below can index by it. */
+static int check_entries(const moe_plan *plan)
+{
+    for (size_t i = 0; i < plan->n_entries; i++) {
+        const moe_entry *en = &plan->entries[i];
+        if (en->token < 0 || en->token >= plan->n || en->expert < 0 || en->expert >= plan->E ||
+            en->slot < 0 || en->slot >= plan->capacity)
+            return moe_fail(MOE_EINVAL, "the router produced an inconsistent plan",
+                            "plan entry %zu (token %d, expert %d, slot %d) outside T = %d, "
+                            "E = %d, C = %ld (metrics)",
+                            i, en->token, en->expert, en->slot, plan->n, plan->E, plan->capacity);
+    }
+    if (plan->n_claims > 0 && (size_t)plan->n_claims < plan->n_entries)
+        return moe_fail(MOE_EINVAL, "the router produced an inconsistent plan",
+                        "plan has %zu entries but only %ld claims (metrics)", plan->n_entries,
+                        plan->n_claims);
+    return MOE_OK;
+}
+
+int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f, int act,
+                        int gate_computed, moe_metrics *mt)
+{
+    const int n = plan->n, E = plan->E, M = plan->m;
+    if (E != mt->E)
+        return moe_fail(MOE_EINVAL, NULL, "plan has %d experts, metrics were set up for %d", E,
+                        mt->E);
+    if (n <= 0 || M <= 0)
+        return moe_fail(MOE_EINVAL, NULL, "plan has no tokens or columns (T = %d, M = %d)", n, M);
+    if (d < 0 || f < 0)
+        return moe_fail(MOE_EINVAL, NULL, "layer shape d = %d, f = %d must be >= 0 (metrics)", d,
+                        f);
+    int rc = check_entries(plan);
+    if (rc)
+        return rc;
+
+    /* Scratch: marks (T,E) for distinct experts per token; dense plans also (E,C) for
+     * distinct slots. One block per call, once per routing group (never in a routing loop). */
+    size_t te = (size_t)n * (size_t)E;
+    size_t ec = plan->dense ? (size_t)E * (size_t)plan->capacity : 0;
+    unsigned char *mark = calloc(te + ec + 1, 1);
+    if (!mark)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of %d tokens x %d experts)", n,
+                        E);
+    unsigned char *slot_mark = mark + te;
+
+    /* ---- loads ---- */
+    memcpy(mt->assigned_load, plan->assigned_load, (size_t)E * sizeof *mt->assigned_load);
+    memcpy(mt->importance, plan->importance, (size_t)E * sizeof *mt->importance);
+    memset(mt->kept_load, 0, (size_t)E * sizeof *mt->kept_load);
+    memset(mt->experts_per_token, 0, ((size_t)E + 1) * sizeof *mt->experts_per_token);
+    for (size_t i = 0; i < plan->n_entries; i++) {
+        const moe_entry *en = &plan->entries[i];
+        mark[(size_t)en->token * E + en->expert] = 1;
+        if (!plan->dense) {
+            mt->kept_load[en->expert]++;
+        } else {
+            unsigned char *sm = &slot_mark[(size_t)en->expert * plan->capacity + en->slot];
+            if (!*sm) {
+                *sm = 1;
+                mt->kept_load[en->expert]++;
+            }
+        }
+    }
+    for (int t = 0; t < n; t++) {
+        int cnt = 0;
+        for (int e = 0; e < E; e++)
+            cnt += mark[(size_t)t * E + e];
+        mt->experts_per_token[cnt]++;
+    }
+    free(mark);
+
+    mt->n_tokens = n;
+    mt->capacity = plan->capacity;
+    mt->num_entries = (long)plan->n_entries;
+    mt->load_imbalance = long_imbalance(mt->assigned_load, E);
+    mt->kept_load_imbalance = long_imbalance(mt->kept_load, E);
+    mt->load_cv = long_cv(mt->assigned_load, E);
+    mt->importance_cv2 = double_cv2(mt->importance, E);
+
+    /* ---- drops ---- */
+    if (plan->dense || plan->n_claims <= 0)
+        mt->assignment_drop_rate = 0.0;
+    else
+        mt->assignment_drop_rate =
+            (double)(plan->n_claims - (long)plan->n_entries) / (double)plan->n_claims;
+    mt->token_drop_rate = plan->dense ? 0.0 : (double)mt->experts_per_token[0] / n;
+
+    /* ---- losses ---- */
+    mt->aux_loss = plan->aux_loss;
+    if (logits) {
+        double z = 0.0;
+        for (int t = 0; t < n; t++) {
+            double lse = moe_logsumexp(logits + (size_t)t * M, M);
+            z += lse * lse;
+        }
+        mt->z_loss = z / n;
+    } else {
+        mt->z_loss = NAN;
+    }
+
+    /* ---- FLOPs ---- */
+    mt->flops_gate = mt->flops_expert_useful = mt->flops_expert_padded = 0.0;
+    mt->flops_soft_dispatch = mt->flops_soft_combine = 0.0;
+    if (d > 0) {
+        double per = (act == MOE_ACT_SWIGLU ? 6.0 : 4.0) * d * f; /* one token through FFN_e */
+        if (gate_computed)
+            mt->flops_gate = 2.0 * n * d * M;
+        if (plan->dense) {
+            long filled = 0;
+            for (int e = 0; e < E; e++)
+                filled += mt->kept_load[e];
+            mt->flops_expert_useful = per * (double)filled;
+            mt->flops_soft_dispatch = 2.0 * n * M * d;
+            mt->flops_soft_combine = 2.0 * n * M * d;
+        } else {
+            mt->flops_expert_useful = per * (double)plan->n_entries;
+        }
+        mt->flops_expert_padded = (double)E * (double)plan->capacity * per;
+    }
+
+    mt->output_error_dense = NAN;
+    mt->output_error_dropless = NAN;
+    return MOE_OK;
+}
+
+/* ---- JSON ---- */
+
+/* A real, or null when the value is not finite (JSON has no NaN or infinity). */
+static json_t *real_or_null(double v) { return isfinite(v) ? json_real(v) : json_null(); }
+
+static json_t *long_array(const long *v, size_t len)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < len; i++)
+        if (json_array_append_new(a, json_integer((json_int_t)v[i])) != 0) {
+            json_decref(a);
+            return NULL;
+        }
+    return a;
+}
+
+static json_t *real_array(const double *v, size_t len)
+{
+    json_t *a = json_array();
+    for (size_t i = 0; a && i < len; i++)
+        if (json_array_append_new(a, real_or_null(v[i])) != 0) {
+            json_decref(a);
+            return NULL;
+        }
+    return a;
+}
+
+/* The metrics object, keys in ROUTING.md order; NULL when out of memory. */
+static json_t *metrics_json(const moe_metrics *mt, const char *router)
+{
+    const size_t E = (size_t)mt->E;
+    json_t *o = json_object();
+    if (!o)
+        return NULL;
+    struct {
+        const char *key;
+        json_t *val;
+    } kv[] = {
+        {"router", router ? json_string(router) : json_null()},
+        {"n_tokens", json_integer(mt->n_tokens)},
+        {"num_experts", json_integer(mt->E)},
+        {"capacity", json_integer(mt->capacity)},
+        {"num_entries", json_integer(mt->num_entries)},
+        {"assigned_load", long_array(mt->assigned_load, E)},
+        {"kept_load", long_array(mt->kept_load, E)},
+        {"importance", real_array(mt->importance, E)},
+        {"load_imbalance", real_or_null(mt->load_imbalance)},
+        {"kept_load_imbalance", real_or_null(mt->kept_load_imbalance)},
+        {"load_cv", real_or_null(mt->load_cv)},
+        {"assignment_drop_rate", real_or_null(mt->assignment_drop_rate)},
+        {"token_drop_rate", real_or_null(mt->token_drop_rate)},
+        {"importance_cv2", real_or_null(mt->importance_cv2)},
+        {"aux_loss", real_or_null(mt->aux_loss)},
+        {"z_loss", real_or_null(mt->z_loss)},
+        {"experts_per_token", long_array(mt->experts_per_token, E + 1)},
+        {"flops_gate", real_or_null(mt->flops_gate)},
+        {"flops_expert_useful", real_or_null(mt->flops_expert_useful)},
+        {"flops_expert_padded", real_or_null(mt->flops_expert_padded)},
+        {"flops_soft_dispatch", real_or_null(mt->flops_soft_dispatch)},
+        {"flops_soft_combine", real_or_null(mt->flops_soft_combine)},
+        {"output_error_dense", real_or_null(mt->output_error_dense)},
+        {"output_error_dropless", real_or_null(mt->output_error_dropless)},
+    };
+    int bad = 0;
+    for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++)
+        /* json_object_set_new steals (and on failure releases) the value */
+        if (!kv[i].val || json_object_set_new(o, kv[i].key, kv[i].val) != 0)
+            bad = 1;
+    if (bad) {
+        json_decref(o);
+        return NULL;
+    }
+    return o;
+}
+
+int moe_metrics_write_json(const moe_metrics *mt, const char *router, const char *path)
+{
+    char tmp[4096];
+    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
+        return moe_fail(MOE_EIO, NULL, "path too long (%s)", path);
+    json_t *o = metrics_json(mt, router);
+    if (!o)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory building the metrics JSON (%s)", path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) {
+        int err = errno;
+        json_decref(o);
+        return moe_fail(MOE_EIO, "check that the folder exists and is writable",
+                        "cannot write metrics: %s (%s)", strerror(err), path);
+    }
+    errno = 0;
+    int bad = json_dumpf(o, f, JSON_INDENT(2) | JSON_REAL_PRECISION(17)) != 0;
+    json_decref(o);
+    bad |= fputc('\n', f) == EOF;
+    int err = errno;
+    if (fclose(f) != 0) {
+        bad = 1;
+        err = errno;
+    }
+    if (!bad && rename(tmp, path) != 0) {
+        bad = 1;
+        err = errno;
+    }
+    if (bad) {
+        unlink(tmp);
+        if (err == 0)
+            err = EIO;
+        return moe_fail(MOE_EIO, "check free space and permissions",
+                        "cannot write metrics: %s (%s)", strerror(err), path);
+    }
+    return MOE_OK;
+}

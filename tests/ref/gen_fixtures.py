@@ -1,0 +1,395 @@
+#!/usr/bin/python3
+"""gen_fixtures.py: writes the committed `moesim route` fixtures under tests/fixtures/route/ from
+the NumPy reference tests/ref/moe_ref.py (`make fixtures` runs it; `make test` never needs Python).
+
+Each case folder holds its inputs (.npy), `cmd` (one line of `moesim route` arguments, file names
+relative to the folder), expected_plan.csv (rows sorted by token, expert, slot; weights %.17g),
+expected_metrics.json and, for layer cases, expected_y.npy (float64).
+
+Every case is seeded and deterministic. A case whose outcome would hinge on a floating-point
+near-tie between two implementations (a cross-token comparison of probabilities closer than
+1e-9 relative that is not an exact tie of identical rows, or a gshard draw within 1e-9 of its
+threshold) is rejected and its seed advanced, so the fixtures test semantics, not rounding.
+
+The reference is first checked against examples worked by hand (asserts below)."""
+import json
+import math
+import os
+import shutil
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import moe_ref as R  # noqa: E402
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "route")
+
+# ---- hand-worked checks of the reference -------------------------------------------------
+
+
+def _entries(plan):
+    return [(t, e, s) for t, e, s, _, _ in plan.sorted_entries()]
+
+
+def hand_checks():
+    # Capacity: n=100, E=10, k=1, cf=1.1 -> 1*100*11/10/10 = 11 exactly; a double computes
+    # 100*1.1/10 = 11.000000000000002 and ceils to 12.
+    assert R.capacity(1, 100, 10, "1.1") == 11
+    assert math.ceil(1 * 100 * 1.1 / 10) == 12
+    # Rounding: k*n*cf/E = 10/4 = 2.5 -> ceil 3, floor 2, round (half even) 2; 14/4 = 3.5 -> 4.
+    assert [R.capacity(1, 10, 4, "1", rounding=r) for r in ("ceil", "floor", "round")] == [3, 2, 2]
+    assert R.capacity(1, 14, 4, "1", rounding="round") == 4
+    assert R.capacity(2, 13, 4, "1", rounding="round") == 6       # 6.5 -> 6 (even)
+    assert R.capacity(1, 8, 4, "0.25", min_capacity=3) == 3          # ceil(0.5) = 1 < 3
+    assert R.capacity(2, 5, 3, "0") == 0 and R.capacity(2, 5, 3, "1", cap=7) == 7
+
+    # Tie in one row, k=2: logits [1, 1, 0.5, 1] -> experts 0 and 1 (lower index wins),
+    # gate = softmax([1, 1]) = (0.5, 0.5). C = ceil(2*1*1/4) = 1.
+    p = R.route("topk", np.array([[1, 1, 0.5, 1]], np.float32), {})
+    assert p.capacity == 1
+    assert [(t, e, s, dw, cw) for t, e, s, dw, cw in p.sorted_entries()] == \
+        [(0, 0, 0, 1.0, 0.5), (0, 1, 0, 1.0, 0.5)]
+
+    # choice_major vs token_major, k=2, E=2, C=1 (explicit):
+    # rows t0 [1,0], t1 [0,1], t2 [1,0].
+    # choice_major: firsts t0->e0 s0, t1->e1 s0, t2->e0 full; seconds t0->e1 full, t1->e0 full.
+    # token_major: t0 takes e0 s0 and e1 s0; t1 and t2 find both full.
+    L = np.array([[1, 0], [0, 1], [1, 0]], np.float64)
+    assert _entries(R.route("topk", L, {"capacity": 1})) == [(0, 0, 0), (1, 1, 0)]
+    assert _entries(R.route("topk", L, {"capacity": 1, "order": "token_major"})) == \
+        [(0, 0, 0), (0, 1, 0)]
+
+    # bpr and probs, switch with C=1: t0 [0.5,0] (top p 0.62), t1 [0,0.1], t2 [2,0] (top p 0.88).
+    # t0 and t2 both want e0. choice_major: t0 gets it; bpr: t2 visited first gets it;
+    # probs: e0 keeps its claim with the higher p, t2's.
+    L = np.array([[0.5, 0], [0, 0.1], [2, 0]], np.float64)
+    assert _entries(R.route("switch", L, {"capacity": 1})) == [(0, 0, 0), (1, 1, 0)]
+    assert _entries(R.route("switch", L, {"capacity": 1, "order": "bpr"})) == [(1, 1, 0), (2, 0, 0)]
+    assert _entries(R.route("switch", L, {"capacity": 1, "order": "probs"})) == \
+        [(1, 1, 0), (2, 0, 0)]
+    # probs numbers slots in token order among kept claims: C=2, all three on e0 with
+    # p = .62, .5 (row [0,0]), .88 -> keep t0, t2 -> slots 0, 1 (token order, not p order).
+    L = np.array([[0.5, 0], [0, 0], [2, 0]], np.float64)
+    assert _entries(R.route("switch", L, {"capacity": 2, "order": "probs"})) == \
+        [(0, 0, 0), (2, 0, 1)]
+
+    # gshard threshold: L = [ln 3, 0, 0] -> p = (.6, .2, .2); e1 = 0, e2 = 1 (tie 1 vs 2 -> lower);
+    # g = (.75, .25). normalized: 2*g2 = 0.5 > u = 0.45 -> dispatched;
+    # raw: 2*p2 = 0.4 < 0.45 -> not dispatched.
+    L = np.array([[math.log(3), 0, 0]])
+    p = R.route("gshard", L, {}, u=[0.45])
+    assert _entries(p) == [(0, 0, 0), (0, 1, 0)]
+    assert abs(p.entries[0][4] - 0.75) < 1e-15 and abs(p.entries[1][4] - 0.25) < 1e-15
+    p = R.route("gshard", L, {"threshold_on": "raw"}, u=[0.45])
+    assert _entries(p) == [(0, 0, 0)] and abs(p.entries[0][4] - 0.75) < 1e-15
+    assert list(p.assigned) == [1, 0, 0]  # the failed second choice makes no claim
+    p = R.route("gshard", L, {"threshold_on": "raw", "renormalize": True}, u=[0.45])
+    assert p.entries[0][4] == 1.0
+
+    # expert choice: n=3, E=2, cf=1 -> C = ceil(3/2) = 2; rows t0 [1,0], t1 [1,0], t2 [0,1]:
+    # e0 scores (.73,.73,.27) -> t0 slot 0, t1 slot 1 (tie -> lower token); e1 -> t2, then t0.
+    L = np.array([[1, 0], [1, 0], [0, 1]], np.float64)
+    p = R.route("expert_choice", L, {})
+    assert p.capacity == 2
+    assert _entries(p) == [(0, 0, 0), (0, 1, 1), (1, 0, 1), (2, 1, 0)]
+
+    # hash balanced: ids 5,5,5,2,2,7,9,9, E=3. Frequencies 5:3, 2:2, 9:2, 7:1 -> order 5,2,9,7;
+    # 5 -> b0 (3,0,0); 2 -> b1 (3,2,0); 9 -> b2 (3,2,2); 7 -> b1 (tie b1/b2 at 2 -> lower).
+    ids = [5, 5, 5, 2, 2, 7, 9, 9]
+    assert R.hash_map(ids, 3, {"hash": "balanced"}) == {5: 0, 2: 1, 9: 2, 7: 1}
+    p = R.route("hash", np.zeros((8, 3)), {"hash": "balanced"}, ids=ids)
+    assert p.capacity == 3 and list(p.assigned) == [3, 3, 2]  # no limit: C = max load
+
+    # aux_loss is 1.0 when p is uniform (sum_e assigned_e = k*n, P_e = 1/E).
+    assert abs(R.route("topk", np.zeros((5, 4)), {}).aux_loss - 1.0) < 1e-15
+    assert abs(R.route("switch", np.zeros((5, 4)), {}).aux_loss - 1.0) < 1e-15
+
+    # soft_moe with one token: dispatch = softmax over one token = 1; combine = row softmax.
+    p = R.route("soft_moe", np.array([[0.0, math.log(3)]]), {})
+    assert [(e, s, dw) for _, e, s, dw, _ in p.entries] == [(0, 0, 1.0), (1, 0, 1.0)]
+    assert abs(p.entries[1][4] - 0.75) < 1e-15
+
+
+# ---- case inputs -------------------------------------------------------------------------
+
+
+def make_logits(rng, n, E, dtype=np.float32, skew=0.0, scale=1.0):
+    """Gaussian logits plus a linear preference for low experts (skew)."""
+    bias = -skew * np.arange(E) / max(E - 1, 1)
+    return (rng.standard_normal((n, E)) * scale + bias).astype(dtype)
+
+
+def make_tied_logits(rng, n, E, dtype=np.float32):
+    """Logits from {0, 0.5, 1, 1.5} (ties inside rows) with duplicated rows (ties across
+    tokens); exactly representable in float32."""
+    base = rng.integers(0, 4, size=(max(2, n // 2), E)) * 0.5
+    rows = np.concatenate([base, base[rng.integers(0, len(base), size=n - len(base))]])
+    return rows[rng.permutation(n)].astype(dtype)
+
+
+def make_weights(rng, E, d=8, f=16):
+    return {
+        "w1": (rng.standard_normal((E, d, f)) / math.sqrt(d)).astype(np.float32),
+        "b1": (0.1 * rng.standard_normal((E, f))).astype(np.float32),
+        "w2": (rng.standard_normal((E, f, d)) / math.sqrt(f)).astype(np.float32),
+        "b2": (0.1 * rng.standard_normal((E, d))).astype(np.float32),
+    }
+
+
+def zipf_ids(rng, n, vocab, s=1.2, dtype=np.int64):
+    w = 1.0 / np.arange(1, vocab + 1) ** s
+    return rng.choice(vocab, size=n, p=w / w.sum()).astype(dtype)
+
+
+# ---- robustness against near-ties -----------------------------------------------------------
+
+
+def _near_tie_free(vals, L):
+    """True if no two tokens' values are within 1e-9 relative unless their logit rows are
+    identical (then both implementations compute the very same value)."""
+    order = np.argsort(vals, kind="stable")
+    v = vals[order]
+    for a in range(len(v)):
+        for b in range(a + 1, len(v)):
+            if v[b] - v[a] > 1e-9 * max(abs(v[a]), abs(v[b]), 1e-300):
+                break
+            if not np.array_equal(L[order[a]], L[order[b]]):
+                return False
+    return True
+
+
+def robust(router, L, o, u):
+    L = np.asarray(L, dtype=np.float64)
+    if router == "soft_moe" or router == "hash":
+        return True
+    p = R.softmax(L)
+    order = o.get("order", "choice_major")
+    if router == "expert_choice" or (order == "probs"):
+        if not all(_near_tie_free(p[:, e], L) for e in range(L.shape[1])):
+            return False
+    if order == "bpr" and not _near_tie_free(p.max(axis=1), L):
+        return False
+    if router == "gshard":
+        raw = o.get("threshold_on", "normalized") == "raw"
+        for t in range(L.shape[0]):
+            idx = R.order_desc(L[t])
+            p1, p2 = p[t, idx[0]], p[t, idx[1]]
+            test = 2 * p2 if raw else 2 * p2 / (p1 + p2)
+            if abs(test - u[t]) < 1e-9:
+                return False
+    return True
+
+
+# ---- cases -------------------------------------------------------------------------------
+
+FLAG = {"k": "--k", "capacity_factor": "--capacity-factor", "capacity": "--capacity",
+        "min_capacity": "--min-capacity", "order": "--order", "renormalize": "--renormalize",
+        "threshold_on": "--threshold-on", "hash": "--hash",
+        "slots_per_expert": "--slots-per-expert",
+        "num_experts": "--num-experts", "rounding": "--rounding", "dropless": "--dropless"}
+
+CASES = []
+
+
+def case(name, router, seed, n, E, opts=None, dtype=np.float32, skew=0.0, scale=1.0, tied=False,
+         ids=None, id_dtype=np.int64, vocab=None, table=None, layer=False, m=None):
+    CASES.append(dict(name=name, router=router, seed=seed, n=n, E=E, opts=opts or {}, dtype=dtype,
+                      skew=skew, scale=scale, tied=tied, ids=ids, id_dtype=id_dtype, vocab=vocab,
+                      table=table, layer=layer, m=m))
+
+
+# topk: default k = 2, cf = 1.0
+case("topk_default", "topk", 1, 12, 4, skew=1.5)                                  # C = 6
+case("topk_k1_n100_e10_cf1.1", "topk", 2, 100, 10, {"k": 1, "capacity_factor": "1.1"},
+     dtype=np.float64, skew=2.0)                                                   # C = 11
+case("topk_choice_major", "topk", 3, 10, 4, {"capacity_factor": "0.8", "order": "choice_major"},
+     skew=2.0)                                                          # n % E != 0, C = 4
+case("topk_token_major", "topk", 3, 10, 4, {"capacity_factor": "0.8", "order": "token_major"},
+     skew=2.0)
+case("topk_bpr", "topk", 4, 16, 4, {"capacity_factor": "0.75", "order": "bpr"}, skew=2.0)
+case("topk_probs", "topk", 4, 16, 4, {"capacity_factor": "0.75", "order": "probs"}, skew=2.0)
+case("topk_renorm_true", "topk", 5, 12, 4, {"capacity_factor": "0.5", "renormalize": True},
+     skew=2.0)
+case("topk_renorm_false", "topk", 5, 12, 4, {"capacity_factor": "0.5", "renormalize": False},
+     skew=2.0)
+case("topk_k_eq_e", "topk", 6, 7, 4, {"k": 4, "capacity_factor": "0.5"}, skew=1.0)  # C = 4
+case("topk_cf0", "topk", 7, 6, 3, {"capacity_factor": "0"})                       # C = 0
+case("topk_huge_cf", "topk", 8, 9, 3, {"capacity_factor": "1000"}, dtype=np.float64)  # C = 6000
+case("topk_one_token", "topk", 9, 1, 4, {"k": 2})                                  # C = 1
+case("topk_ties_f32", "topk", 10, 10, 4, {"capacity_factor": "0.75"}, tied=True)
+case("topk_ties_probs", "topk", 11, 10, 4, {"capacity_factor": "0.75", "order": "probs"},
+     tied=True)
+case("topk_ties_bpr", "topk", 12, 10, 4, {"k": 1, "capacity_factor": "1", "order": "bpr"},
+     tied=True)
+case("topk_capacity2", "topk", 13, 10, 4, {"capacity": 2}, skew=1.0)
+case("topk_min_capacity", "topk", 14, 8, 4, {"k": 1, "capacity_factor": "0.25",
+                                              "min_capacity": 3}, skew=2.0)        # C = 3
+case("topk_round_down", "topk", 15, 10, 4, {"k": 1, "rounding": "round"}, skew=1.0)  # 2.5 -> 2
+case("topk_round_up", "topk", 16, 14, 4, {"k": 1, "rounding": "round"}, skew=1.0)    # 3.5 -> 4
+case("topk_ceil", "topk", 15, 10, 4, {"k": 1, "rounding": "ceil"}, skew=1.0)          # 3
+case("topk_floor", "topk", 15, 10, 4, {"k": 1, "rounding": "floor"}, skew=1.0)        # 2
+case("topk_dropless", "topk", 17, 12, 4, {"dropless": True}, skew=2.0)
+case("topk_dropless_false", "topk", 17, 12, 4, {"dropless": False}, skew=2.0)
+case("topk_k3_e5_f64", "topk", 18, 11, 5, {"k": 3, "capacity_factor": "1.2"}, dtype=np.float64,
+     skew=1.0, scale=3.0)
+# switch (k = 1)
+case("switch_default", "switch", 20, 12, 4, skew=1.0)                              # C = 3
+case("switch_cf1.25_f64", "switch", 21, 10, 4, {"capacity_factor": "1.25"}, dtype=np.float64,
+     skew=1.0)                                                                     # C = 4
+case("switch_token_major", "switch", 22, 16, 4, {"order": "token_major"}, skew=2.0)
+case("switch_bpr", "switch", 22, 16, 4, {"order": "bpr"}, skew=2.0)
+case("switch_probs", "switch", 22, 16, 4, {"order": "probs"}, skew=2.0)
+case("switch_renorm", "switch", 23, 12, 4, {"renormalize": True, "capacity_factor": "0.75"},
+     skew=1.0)
+case("switch_floor_c0", "switch", 24, 3, 8, {"capacity_factor": "0.5", "rounding": "floor"})
+case("switch_dropless", "switch", 25, 12, 4, {"dropless": True}, skew=2.0)
+case("switch_skewed_n100", "switch", 26, 100, 10, {"capacity_factor": "1.1"}, skew=4.0)
+# gshard (k = 2, draws given)
+case("gshard_default", "gshard", 30, 12, 4, skew=1.0)                              # C = 6
+case("gshard_normalized", "gshard", 31, 12, 4, {"threshold_on": "normalized",
+                                                "capacity_factor": "0.75"}, skew=2.0)
+case("gshard_raw", "gshard", 31, 12, 4, {"threshold_on": "raw", "capacity_factor": "0.75"},
+     skew=2.0)
+case("gshard_renorm", "gshard", 32, 12, 4, {"capacity_factor": "0.5", "renormalize": True},
+     skew=2.0)
+case("gshard_token_major", "gshard", 33, 12, 4, {"capacity_factor": "0.5",
+                                                 "order": "token_major"}, skew=2.0)
+case("gshard_bpr", "gshard", 33, 12, 4, {"capacity_factor": "0.5", "order": "bpr"}, skew=2.0)
+case("gshard_probs", "gshard", 33, 12, 4, {"capacity_factor": "0.5", "order": "probs"}, skew=2.0)
+case("gshard_dropless", "gshard", 34, 12, 4, {"dropless": True}, skew=2.0)
+case("gshard_n13_round", "gshard", 35, 13, 4, {"rounding": "round"}, dtype=np.float64,
+     skew=1.0)                                                                     # 6.5 -> 6
+case("gshard_ties", "gshard", 36, 10, 4, {"capacity_factor": "0.75"}, tied=True)
+# expert choice
+case("ec_default", "expert_choice", 40, 12, 4, skew=1.0)                           # C = 3
+case("ec_cf1.5_f64", "expert_choice", 41, 10, 4, {"capacity_factor": "1.5"}, dtype=np.float64)
+case("ec_huge_cf", "expert_choice", 42, 6, 3, {"capacity_factor": "100"})          # capped: 6
+case("ec_ties", "expert_choice", 43, 10, 4, {"capacity_factor": "1"}, tied=True)
+case("ec_round", "expert_choice", 44, 10, 4, {"rounding": "round"}, skew=2.0)      # 2.5 -> 2
+case("ec_floor_c0", "expert_choice", 45, 3, 4, {"rounding": "floor"})              # C = 0
+case("ec_capacity", "expert_choice", 46, 10, 4, {"capacity": 2}, skew=2.0)
+case("ec_min_capacity", "expert_choice", 47, 10, 4, {"capacity_factor": "0.1",
+                                                     "min_capacity": 3})          # C = 3
+case("ec_one_token", "expert_choice", 48, 1, 3)                                    # C = 1
+# hash (weights 1; no capacity limit unless cf or capacity given)
+case("hash_mod_i64", "hash", 50, 20, 4, ids=True, vocab=30)
+case("hash_mod_i32_cf1", "hash", 51, 20, 4, {"hash": "mod", "capacity_factor": "1"}, ids=True,
+     id_dtype=np.int32, vocab=30)                                                 # C = 5
+case("hash_table", "hash", 52, 20, 4, {"hash": "table"}, ids=True, vocab=25, table=25)
+case("hash_table_i32", "hash", 53, 16, 3, {"hash": "table", "capacity": 4}, ids=True,
+     id_dtype=np.int32, vocab=12, table=12)
+case("hash_balanced", "hash", 54, 24, 4, {"hash": "balanced"}, ids=True, vocab=40)
+case("hash_balanced_cf", "hash", 55, 24, 4, {"hash": "balanced", "capacity_factor": "0.75"},
+     ids=True, vocab=40, dtype=np.float64)
+# soft moe
+case("soft_default", "soft_moe", 60, 6, 4, dtype=np.float32)                       # P = 1
+case("soft_slots2", "soft_moe", 61, 7, 3, {"slots_per_expert": 2}, m=6, dtype=np.float64)
+case("soft_num_experts2", "soft_moe", 62, 5, 2, {"num_experts": 2, "slots_per_expert": 3},
+     m=6)                                                                          # P = 3
+case("soft_one_token", "soft_moe", 63, 1, 2, {"slots_per_expert": 2}, m=4)
+# layer cases (d = 8, f = 16, GELU tanh)
+case("layer_topk_ke_dropless", "topk", 70, 10, 4, {"k": 4, "dropless": True}, layer=True)
+case("layer_topk_drops", "topk", 71, 12, 4, {"capacity_factor": "0.5"}, skew=2.0, layer=True)
+case("layer_switch", "switch", 72, 12, 4, {"capacity_factor": "1.0"}, skew=1.0, layer=True)
+case("layer_gshard", "gshard", 73, 12, 4, {"capacity_factor": "0.75"}, skew=1.0, layer=True)
+case("layer_expert_choice", "expert_choice", 74, 12, 4, {"capacity_factor": "1"}, layer=True)
+case("layer_soft_moe", "soft_moe", 75, 8, 4, {"slots_per_expert": 2}, m=8, layer=True)
+case("layer_hash", "hash", 76, 12, 4, {"capacity_factor": "1"}, ids=True, vocab=10,
+     layer=True)
+
+
+def build_inputs(c, seed):
+    rng = np.random.default_rng(seed)
+    n, E = c["n"], c["E"]
+    m = c["m"] or E
+    if c["tied"]:
+        L = make_tied_logits(rng, n, m, c["dtype"])
+    else:
+        L = make_logits(rng, n, m, c["dtype"], c["skew"], c["scale"])
+    inp = {"logits": L}
+    if c["ids"]:
+        inp["ids"] = zipf_ids(rng, n, c["vocab"], dtype=c["id_dtype"])
+    if c["table"]:
+        inp["table"] = rng.integers(0, E, size=c["table"]).astype(np.int64)
+    if c["router"] == "gshard":
+        inp["u"] = rng.random(n)
+    if c["layer"]:
+        inp["x"] = rng.standard_normal((n, 8)).astype(np.float32)
+        inp["W"] = make_weights(rng, E)
+    return inp
+
+
+def write_case(c):
+    o = dict(c["opts"])
+    seed = c["seed"] * 1000
+    for _ in range(200):
+        inp = build_inputs(c, seed)
+        if robust(c["router"], inp["logits"], o, inp.get("u")):
+            break
+        seed += 1
+    else:
+        raise RuntimeError("no robust inputs for " + c["name"])
+    if "table" in inp:
+        o["hash_table_data"] = inp["table"]
+    plan, met, y = R.run_case(c["router"], inp["logits"], o, inp.get("ids"), inp.get("u"),
+                              inp.get("W"), inp.get("x"))
+    d = os.path.join(ROOT, c["name"])
+    os.makedirs(d)
+    args = ["--router", c["router"], "--logits", "logits.npy"]
+    np.save(os.path.join(d, "logits.npy"), inp["logits"])
+    if "ids" in inp:
+        np.save(os.path.join(d, "ids.npy"), inp["ids"])
+        args += ["--tokens", "ids.npy"]
+    if "table" in inp:
+        np.save(os.path.join(d, "table.npy"), inp["table"])
+        args += ["--hash-table", "table.npy"]
+    if "u" in inp:
+        np.save(os.path.join(d, "u.npy"), inp["u"])
+        args += ["--uniforms", "u.npy"]
+    for key, val in c["opts"].items():
+        if isinstance(val, bool):
+            val = "true" if val else "false"
+        args += [FLAG[key], str(val)]
+    if c["layer"]:
+        np.save(os.path.join(d, "x.npy"), inp["x"])
+        args += ["--x", "x.npy"]
+        for w in ("w1", "b1", "w2", "b2"):
+            np.save(os.path.join(d, w + ".npy"), inp["W"][w])
+            args += ["--" + w, w + ".npy"]
+        np.save(os.path.join(d, "expected_y.npy"), y)
+    with open(os.path.join(d, "cmd"), "w") as fh:
+        fh.write(" ".join(args) + "\n")
+    with open(os.path.join(d, "expected_plan.csv"), "w") as fh:
+        fh.write("token,expert,slot,dispatch_weight,combine_weight\n")
+        for t, e, s, dw, cw in plan.sorted_entries():
+            fh.write("%d,%d,%d,%.17g,%.17g\n" % (t, e, s, dw, cw))
+    with open(os.path.join(d, "expected_metrics.json"), "w") as fh:
+        fh.write("{\n" + ",\n".join(" %s: %s" % (json.dumps(k), json.dumps(v))
+                                     for k, v in met.items()) + "\n}\n")
+    return plan, met
+
+
+def main():
+    hand_checks()
+    names = [c["name"] for c in CASES]
+    assert len(names) == len(set(names))
+    if os.path.isdir(ROOT):
+        shutil.rmtree(ROOT)
+    os.makedirs(ROOT)
+    total = 0
+    for c in CASES:
+        plan, met = write_case(c)
+        if c["layer"] and c["name"] == "layer_topk_ke_dropless":
+            # k = E, dropless: every token keeps every expert with gate = softmax over all E
+            # logits = p, so y is the dense mixture.
+            assert met["output_error_dense"] < 1e-12, met["output_error_dense"]
+        if c["name"] == "topk_k1_n100_e10_cf1.1":
+            assert met["capacity"] == 11 and met["assignment_drop_rate"] > 0
+    for dp, _, fs in os.walk(ROOT):
+        total += sum(os.path.getsize(os.path.join(dp, f)) for f in fs)
+    print("gen_fixtures: %d cases, %d bytes in %s" % (len(CASES), total, os.path.normpath(ROOT)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,448 @@
+"""moe_ref.py: an independent NumPy reference implementation of ROUTING.md.
+
+Written from the document alone (not from the C routers), so that `tests/test_fixtures.c` compares
+two implementations of the same contract. It owns:
+  - capacity (section 2): exact decimal capacity factor via fractions.Fraction, ceil/floor/round
+    (half to even), min_capacity, explicit capacity, dropless;
+  - the claim orders choice_major / token_major / bpr / probs and renormalisation (section 2);
+  - the routers topk, switch, gshard (draws u given), expert_choice, hash (mod, table, balanced),
+    soft_moe (section 3);
+  - the metrics of section 4, FLOPs with (d, f) for GELU experts;
+  - the MoE layer output y (float64 math on the float32 inputs), the dense mixture and the
+    relative output errors against it and against the router's own dropless form.
+
+Shapes: L (n, m) logits, p (n, E) per-row softmax, x (n, d), w1 (E, d, f), b1 (E, f),
+w2 (E, f, d), b2 (E, d).
+
+Decisions that ROUTING.md leaves open, taken here (also listed in the h3 report):
+  - explicit capacity overrides the formula and min_capacity;
+  - expert_choice: C = max(min_capacity, ROUND(n*cf/E)) or the explicit capacity, then capped at n;
+    the reported capacity is the capped value;
+  - dropless (and hash without cf/capacity): reported capacity = max load actually claimed;
+  - hash with a capacity: assigned_load counts claims before capacity (as token-choice routers),
+    importance = sum of claim weights (= assigned_load, weights are 1);
+  - kept_load[e] = number of filled slots of e (entries for sparse plans, P for soft_moe);
+  - flops_expert_useful = 4*d*f * (filled slots) = 4*d*f*num kept entries for sparse plans and
+    4*d*f*m for soft_moe (each of the E*P slots is run once); flops_expert_padded = E*C*4*d*f;
+  - experts_per_token counts distinct experts per token among the plan's entries;
+  - ratios with a zero denominator (mean load 0, no claims) are 0.
+"""
+from fractions import Fraction
+import math
+
+import numpy as np
+
+# ---- capacity ---------------------------------------------------------------------------
+
+
+def round_fraction(x, rounding):
+    """ROUND of an exact Fraction: ceil, floor or round (half to even)."""
+    x = Fraction(x)
+    if rounding == "ceil":
+        return -((-x.numerator) // x.denominator)
+    if rounding == "floor":
+        return x.numerator // x.denominator
+    if rounding == "round":
+        return round(x)  # Fraction.__round__ rounds half to even
+    raise ValueError("rounding " + rounding)
+
+
+def capacity(k, n, E, cf=None, cap=None, min_capacity=0, rounding="ceil"):
+    """C = max(min_capacity, ROUND(k*n*cf/E)) exactly; cf is a decimal string (default "1.0");
+    an explicit capacity overrides."""
+    if cap is not None:
+        return int(cap)
+    cf = Fraction(cf if cf is not None else "1.0")
+    return max(int(min_capacity), round_fraction(Fraction(k * n) * cf / E, rounding))
+
+
+# ---- numerics ---------------------------------------------------------------------------
+
+
+def softmax(a, axis=-1):
+    a = np.asarray(a, dtype=np.float64)
+    z = np.exp(a - a.max(axis=axis, keepdims=True))
+    return z / z.sum(axis=axis, keepdims=True)
+
+
+def logsumexp(a, axis=-1):
+    a = np.asarray(a, dtype=np.float64)
+    mx = a.max(axis=axis, keepdims=True)
+    return (mx + np.log(np.exp(a - mx).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def order_desc(v):
+    """Indices by descending v; equal values keep ascending index order (stable)."""
+    v = np.asarray(v, dtype=np.float64)
+    return np.argsort(-v, kind="stable")
+
+
+def gelu_tanh(a):
+    return 0.5 * a * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (a + 0.044715 * a ** 3)))
+
+
+# ---- plans ------------------------------------------------------------------------------
+
+
+class Plan:
+    """entries: list of (token, expert, slot, dispatch_w, combine_w)."""
+
+    def __init__(self, router, n, E, m, C):
+        self.router, self.n, self.E, self.m, self.capacity = router, n, E, m, C
+        self.entries = []
+        self.assigned = np.zeros(E, dtype=np.int64)
+        self.importance = np.zeros(E)
+        self.n_claims = 0
+        self.aux_loss = 0.0
+        self.dense = False
+
+    def sorted_entries(self):
+        return sorted(self.entries, key=lambda r: (r[0], r[1], r[2]))
+
+
+def claim_slots(n, E, choices, p, C, order, renormalize):
+    """Token-choice claiming (ROUTING.md section 2).
+
+    choices[t]: list of (expert, gate) in rank order (first choice first); p (n, E) full softmax
+    (for bpr and probs); C slots per expert or None (no limit). Returns (entries, assigned,
+    importance, n_claims)."""
+    assigned = np.zeros(E, dtype=np.int64)
+    importance = np.zeros(E)
+    n_claims = 0
+    for t in range(n):
+        for e, g in choices[t]:
+            assigned[e] += 1
+            importance[e] += g
+            n_claims += 1
+    kept = {}  # (t, rank) -> slot
+    if order in ("choice_major", "token_major", "bpr"):
+        if order == "token_major":
+            seq = [(t, r) for t in range(n) for r in range(len(choices[t]))]
+        else:
+            if order == "bpr":
+                key = p.max(axis=1)
+                toks = sorted(range(n), key=lambda t: (-key[t], t))
+            else:
+                toks = list(range(n))
+            kmax = max(len(c) for c in choices) if n else 0
+            seq = [(t, r) for r in range(kmax) for t in toks if r < len(choices[t])]
+        fill = [0] * E
+        for t, r in seq:
+            e = choices[t][r][0]
+            if C is None or fill[e] < C:
+                kept[(t, r)] = fill[e]
+                fill[e] += 1
+    elif order == "probs":
+        for e in range(E):
+            cl = [(t, r) for t in range(n) for r in range(len(choices[t])) if choices[t][r][0] == e]
+            cl.sort(key=lambda tr: (-p[tr[0], e], tr[0]))
+            keep = cl if C is None else cl[:C]
+            keep.sort(key=lambda tr: tr[0])
+            for s, tr in enumerate(keep):
+                kept[tr] = s
+    else:
+        raise ValueError("order " + order)
+    entries = []
+    for t in range(n):
+        ks = [r for r in range(len(choices[t])) if (t, r) in kept]
+        tot = sum(choices[t][r][1] for r in ks)
+        for r in ks:
+            e, g = choices[t][r]
+            cw = g / tot if renormalize else g
+            entries.append((t, e, kept[(t, r)], 1.0, cw))
+    return entries, assigned, importance, n_claims
+
+
+def token_choice_plan(name, L, choices, k, o, E):
+    """Capacity + claiming for topk/switch/gshard/hash; o is the options dict."""
+    n = L.shape[0]
+    p = softmax(L)
+    if o.get("dropless"):
+        C = None
+    else:
+        C = capacity(k, n, E, o.get("capacity_factor"), o.get("capacity"),
+                     o.get("min_capacity", 0), o.get("rounding", "ceil"))
+    entries, assigned, importance, n_claims = claim_slots(
+        n, E, choices, p, C, o.get("order", "choice_major"), o.get("renormalize", False))
+    if C is None:
+        C = int(assigned.max())  # dropless: max load actually claimed
+    plan = Plan(name, n, E, L.shape[1], C)
+    plan.entries, plan.assigned = entries, assigned
+    plan.importance, plan.n_claims = importance, n_claims
+    return plan
+
+
+# ---- routers ----------------------------------------------------------------------------
+
+
+def route_topk(L, o):
+    n, E = L.shape
+    k = int(o.get("k", 2))
+    assert 1 <= k <= E
+    choices = []
+    for t in range(n):
+        idx = order_desc(L[t])[:k]
+        g = softmax(L[t, idx])
+        choices.append([(int(e), float(gi)) for e, gi in zip(idx, g)])
+    plan = token_choice_plan("topk", L, choices, k, o, E)
+    P = softmax(L).mean(axis=0)
+    plan.aux_loss = float(E / (k * n) * np.sum(plan.assigned * P))
+    return plan
+
+
+def route_switch(L, o):
+    n, E = L.shape
+    p = softmax(L)
+    choices = []
+    first = np.zeros(E)
+    for t in range(n):
+        e = int(order_desc(L[t])[0])
+        choices.append([(e, float(p[t, e]))])
+        first[e] += 1
+    plan = token_choice_plan("switch", L, choices, 1, o, E)
+    plan.aux_loss = float(E * np.sum(first / n * p.mean(axis=0)))
+    return plan
+
+
+def route_gshard(L, o, u):
+    n, E = L.shape
+    assert E >= 2
+    p = softmax(L)
+    raw = o.get("threshold_on", "normalized") == "raw"
+    choices = []
+    first = np.zeros(E)
+    for t in range(n):
+        idx = order_desc(L[t])
+        e1, e2 = int(idx[0]), int(idx[1])
+        p1, p2 = p[t, e1], p[t, e2]
+        g1, g2 = p1 / (p1 + p2), p2 / (p1 + p2)
+        first[e1] += 1
+        c = [(e1, float(g1))]
+        test = 2.0 * p2 if raw else 2.0 * g2
+        if test > u[t]:
+            c.append((e2, float(g2)))
+        choices.append(c)
+    plan = token_choice_plan("gshard", L, choices, 2, o, E)
+    plan.aux_loss = float(E * np.sum(first / n * p.mean(axis=0)))
+    return plan
+
+
+def route_expert_choice(L, o):
+    n, E = L.shape
+    S = softmax(L)
+    C = capacity(1, n, E, o.get("capacity_factor"), o.get("capacity"),
+                 o.get("min_capacity", 0), o.get("rounding", "ceil"))
+    C = min(C, n)
+    plan = Plan("expert_choice", n, E, E, C)
+    for e in range(E):
+        for s, t in enumerate(order_desc(S[:, e])[:C]):
+            plan.entries.append((int(t), e, s, 1.0, float(S[t, e])))
+            plan.importance[e] += S[t, e]
+    plan.assigned[:] = C
+    plan.n_claims = len(plan.entries)
+    plan.aux_loss = 0.0
+    return plan
+
+
+def hash_map(ids, E, o):
+    kind = o.get("hash", "mod")
+    if kind == "mod":
+        return {int(i): int(i) % E for i in ids}
+    if kind == "table":
+        tab = o["hash_table_data"]
+        return {int(i): int(tab[int(i)]) for i in ids}
+    if kind == "balanced":
+        freq = {}
+        for i in ids:
+            freq[int(i)] = freq.get(int(i), 0) + 1
+        order = sorted(freq, key=lambda i: (-freq[i], i))
+        load = [0] * E
+        m = {}
+        for i in order:
+            b = min(range(E), key=lambda j: (load[j], j))
+            m[i] = b
+            load[b] += freq[i]
+        return m
+    raise ValueError("hash " + kind)
+
+
+def route_hash(L, o, ids):
+    n, E = L.shape
+    h = hash_map(ids, E, o)
+    choices = [[(h[int(ids[t])], 1.0)] for t in range(n)]
+    limited = (o.get("capacity_factor") is not None or o.get("capacity") is not None) \
+        and not o.get("dropless")
+    oo = dict(o, order="choice_major", dropless=not limited)  # k = 1: token order
+    plan = token_choice_plan("hash", L, choices, 1, oo, E)
+    plan.aux_loss = 0.0
+    return plan
+
+
+def soft_shape(m, o):
+    P = o.get("slots_per_expert")
+    E = o.get("num_experts")
+    if E is not None and P is not None:
+        assert E * P == m
+    elif E is not None:
+        assert m % E == 0
+        P = m // E
+    else:
+        P = P or 1
+        assert m % P == 0
+        E = m // P
+    return int(E), int(P)
+
+
+def route_soft_moe(L, o):
+    n, m = L.shape
+    E, P = soft_shape(m, o)
+    D = softmax(L, axis=0)   # per column, over tokens
+    Cw = softmax(L, axis=1)  # per token, over all columns
+    plan = Plan("soft_moe", n, E, m, P)
+    plan.dense = True
+    for t in range(n):
+        for j in range(m):
+            plan.entries.append((t, j // P, j % P, float(D[t, j]), float(Cw[t, j])))
+    plan.assigned[:] = P
+    for e in range(E):
+        plan.importance[e] = Cw[:, e * P:(e + 1) * P].sum()
+    plan.n_claims = len(plan.entries)
+    plan.mix = Cw.reshape(n, E, P).sum(axis=2)  # p[t,e] of the dense mixture
+    return plan
+
+
+def route(router, L, o, ids=None, u=None):
+    L = np.asarray(L, dtype=np.float64)
+    assert L.ndim == 2 and L.shape[0] >= 1 and np.all(np.isfinite(L))
+    if router == "topk":
+        return route_topk(L, o)
+    if router == "switch":
+        return route_switch(L, o)
+    if router == "gshard":
+        return route_gshard(L, o, np.asarray(u, dtype=np.float64))
+    if router == "expert_choice":
+        return route_expert_choice(L, o)
+    if router == "hash":
+        return route_hash(L, o, np.asarray(ids))
+    if router == "soft_moe":
+        return route_soft_moe(L, o)
+    raise ValueError("router " + router)
+
+
+HAS_DROPLESS = ("topk", "switch", "gshard", "hash")
+
+# ---- the MoE layer ----------------------------------------------------------------------
+
+
+def ffn(W, e, h):
+    """FFN_e on rows h (r, d), float64: gelu_tanh(h w1[e] + b1[e]) w2[e] + b2[e]."""
+    a = h @ W["w1"][e] + W["b1"][e]
+    return gelu_tanh(a) @ W["w2"][e] + W["b2"][e]
+
+
+def layer_output(plan, x, W):
+    """y (n, d): h[e,s] = sum dispatch_w x[t]; y[t] = sum combine_w FFN_e(h[e,s])."""
+    x = np.asarray(x, dtype=np.float64)
+    h = {}
+    for t, e, s, dw, cw in plan.entries:
+        h[(e, s)] = h.get((e, s), 0.0) + dw * x[t]
+    out = {es: ffn(W, es[0], v[None, :])[0] for es, v in h.items()}
+    y = np.zeros_like(x)
+    for t, e, s, dw, cw in plan.entries:
+        y[t] += cw * out[(e, s)]
+    return y
+
+
+def dense_mixture(plan, L, x, W):
+    """sum_e p[t,e] FFN_e(x_t); p = softmax(L) per row, or soft_moe's summed combine weights."""
+    x = np.asarray(x, dtype=np.float64)
+    p = plan.mix if plan.dense else softmax(L)
+    y = np.zeros_like(x)
+    for e in range(plan.E):
+        y += p[:, e:e + 1] * ffn(W, e, x)
+    return y
+
+
+def rel_err(a, b):
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+# ---- metrics ----------------------------------------------------------------------------
+
+
+def _ratio(a, b):
+    return float(a / b) if b != 0 else 0.0
+
+
+def metrics(plan, L, W=None, y=None, y_dense=None, y_dropless=None):
+    """The JSON metrics of `moesim route` (ROUTING.md section 4)."""
+    L = np.asarray(L, dtype=np.float64)
+    n, E = plan.n, plan.E
+    assigned = np.asarray(plan.assigned, dtype=np.int64)
+    slots = {(e, s) for _, e, s, _, _ in plan.entries}
+    kept = np.zeros(E, dtype=np.int64)
+    for e, _ in slots:
+        kept[e] += 1
+    per_tok = [set() for _ in range(n)]
+    for t, e, _, _, _ in plan.entries:
+        per_tok[t].add(e)
+    hist = np.zeros(E + 1, dtype=np.int64)
+    for s in per_tok:
+        hist[len(s)] += 1
+    am = assigned.mean()
+    km = kept.mean()
+    imp = np.asarray(plan.importance, dtype=np.float64)
+    im = imp.mean()
+    num_entries = len(plan.entries)
+    if W is not None:
+        d, f = W["w1"].shape[1], W["w1"].shape[2]
+        useful = 4 * d * f * int(kept.sum())
+        padded = E * int(plan.capacity) * 4 * d * f
+        soft = 2 * n * plan.m * d if plan.dense else 0
+    else:
+        useful = padded = soft = 0
+    return {
+        "router": plan.router,
+        "n_tokens": n,
+        "num_experts": E,
+        "capacity": int(plan.capacity),
+        "num_entries": num_entries,
+        "assigned_load": [int(v) for v in assigned],
+        "kept_load": [int(v) for v in kept],
+        "importance": [float(v) for v in imp],
+        "load_imbalance": _ratio(assigned.max(), am),
+        "kept_load_imbalance": _ratio(kept.max(), km),
+        "load_cv": _ratio(assigned.std(), am),
+        "assignment_drop_rate": _ratio(plan.n_claims - num_entries, plan.n_claims),
+        "token_drop_rate": 0.0 if plan.dense else float(hist[0]) / n,
+        "importance_cv2": _ratio(imp.var(), im * im),
+        "aux_loss": float(plan.aux_loss),
+        "z_loss": float(np.mean(logsumexp(L, axis=1) ** 2)),
+        "experts_per_token": [int(v) for v in hist],
+        "flops_gate": 0,
+        "flops_expert_useful": useful,
+        "flops_expert_padded": padded,
+        "flops_soft_dispatch": soft,
+        "flops_soft_combine": soft,
+        "output_error_dense": None if y is None else rel_err(y, y_dense),
+        "output_error_dropless": None if (y is None or y_dropless is None)
+        else rel_err(y, y_dropless),
+    }
+
+
+def run_case(router, L, o, ids=None, u=None, W=None, x=None):
+    """Route, and with weights run the layer. Returns (plan, metrics dict, y or None)."""
+    plan = route(router, L, o, ids, u)
+    y = y_dense = y_dl = None
+    if W is not None:
+        y = layer_output(plan, x, W)
+        y_dense = dense_mixture(plan, L, x, W)
+        if router in HAS_DROPLESS:
+            if router == "hash":
+                odl = dict(o)
+                odl.pop("capacity_factor", None)
+                odl.pop("capacity", None)
+            else:
+                odl = dict(o, dropless=True)
+            y_dl = layer_output(route(router, L, odl, ids, u), x, W)
+    return plan, metrics(plan, L, W, y, y_dense, y_dl), y
