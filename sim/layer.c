@@ -1,0 +1,658 @@
+/* layer.c: the real MoE layer of layer.h: gate GEMM, dispatch by index, expert FFNs, combine,
+ * in fp32 through GSL's BLAS interface (gsl_blas_sgemm on matrix views over our own flat
+ * buffers; the build links OpenBLAS), plus the naive double-precision reference, the dense
+ * mixture used for the output error, and the activations.
+ *
+ * Workspaces (allocated once in moe_layer_alloc, never in forward). R = E * max(C_max, 1) rows:
+ *   xin  (R,D)   expert inputs, row e*C + s holds h[e,s] (C = the plan's capacity, so each
+ *                expert's rows form one contiguous block and a dense plan's M = E*C columns
+ *                map one-to-one onto rows)
+ *   hid  (R,FW)  hidden activations, FW = F (2F for SwiGLU); also the scratch of the phases
+ *                that do not need it at the same time: the gate logits (T,M) and the dense
+ *                plans' (T,M) dispatch / combine weight matrices, filled block of tokens by
+ *                block of tokens (rows per block = R*FW / M, at least FW for a dense plan)
+ *   out  (R,D)   expert outputs
+ *   used (E)     rows filled per expert in the current forward (max slot + 1)
+ * so the layer needs no (T,M) buffer of its own: a sparse layer with a large C_max does not
+ * pay n_max * E * C_max floats for matrices only soft_moe uses.
+ *
+ * The activations use a branch-free exp (Cephes expf polynomial) in loops of constant trip
+ * count VL, which GCC vectorises at -O2; libm's tanhf/erff would keep them scalar, and then
+ * the activation pass alone costs about as much as the expert GEMMs of the reference layer.
+ */
+#include "layer.h"
+
+#include <gsl/gsl_blas.h>
+#include <gsl/gsl_matrix_float.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+struct moe_layer {
+    int n_max, E, d, f, fw, act; /* fw = F, or 2F for SwiGLU */
+    long C_max;
+    size_t rows;                  /* R = E * max(C_max, 1) */
+    float *xin;                   /* (R,D) */
+    float *hid;                   /* (R,FW) */
+    float *out;                   /* (R,D) */
+    long *used;                   /* (E) */
+};
+
+/* ---- activations ---- */
+
+enum { VL = 16 }; /* chunk length: inner loops of this constant length vectorise at -O2 */
+
+typedef union { float f; uint32_t u; } moe_fbits;
+
+/* e^x in float, branch-free: x clamped to [-87, 88] (normal results, no inf), n = round(x/ln2)
+ * by the 1.5*2^23 shifter, r = x - n ln2 in two parts, Cephes expf's degree-6 polynomial
+ * (S. L. Moshier, relative error about 1 ulp), times 2^n built in the exponent bits. */
+static inline float fast_expf(float x)
+{
+    x = x < -87.0f ? -87.0f : x;
+    x = x > 88.0f ? 88.0f : x;
+    moe_fbits j;
+    j.f = x * 1.44269504088896341f + 12582912.0f;
+    float fn = j.f - 12582912.0f;
+    float r = x - fn * 0.693359375f;
+    r = r - fn * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    moe_fbits s;
+    s.u = (j.u - 0x4B400000u + 127u) << 23; /* low bits of j hold n; n + 127 in 1..254 */
+    return p * s.f;
+}
+
+/* 0.5 x (1 + tanh(z)) = x / (1 + e^(-2z)), z = sqrt(2/pi) (x + 0.044715 x^3): the sigmoid form
+ * has no cancellation for negative x. */
+static inline float gelu_tanh_f(float x)
+{
+    float z2 = 1.5957691216057308f * (x + 0.044715f * x * x * x); /* 2z */
+    return x / (1.0f + fast_expf(-z2));
+}
+
+/* x Phi(x) = 0.5 x erfc(-x/sqrt 2), erfc by Numerical Recipes' erfcc (2nd ed., section 6.2:
+ * fractional error below 1.2e-7 everywhere), so small negative tails keep their precision. */
+static inline float gelu_erf_f(float x)
+{
+    float z = -0.70710678118654752f * x;
+    float az = z < 0.0f ? -z : z;
+    float t = 1.0f / (1.0f + 0.5f * az);
+    float q = -1.26551223f + t * (1.00002368f + t * (0.37409196f + t * (0.09678418f +
+              t * (-0.18628806f + t * (0.27886807f + t * (-1.13520398f + t * (1.48851587f +
+              t * (-0.82215223f + t * 0.17087277f))))))));
+    float ans = t * fast_expf(-az * az + q);
+    float erfc = z >= 0.0f ? ans : 2.0f - ans;
+    return 0.5f * x * erfc;
+}
+
+static inline float relu_f(float x) { return x > 0.0f ? x : 0.0f; }
+
+static inline float silu_f(float x) { return x / (1.0f + fast_expf(-x)); }
+
+/* Runs STMT for I in [0, LEN): chunks of VL with a constant inner trip count, then the tail. */
+#define CHUNKED(I, LEN, STMT)                                                                 \
+    do {                                                                                      \
+        size_t I##0_ = 0, n_ = (LEN);                                                         \
+        for (; I##0_ + VL <= n_; I##0_ += VL)                                                 \
+            for (size_t I = I##0_; I < I##0_ + VL; I++) {                                     \
+                STMT;                                                                         \
+            }                                                                                 \
+        for (size_t I = I##0_; I < n_; I++) {                                                 \
+            STMT;                                                                             \
+        }                                                                                     \
+    } while (0)
+
+void moe_activate(int act, float *v, size_t len)
+{
+    switch (act) {
+    case MOE_ACT_GELU_TANH:
+        CHUNKED(i, len, v[i] = gelu_tanh_f(v[i]));
+        break;
+    case MOE_ACT_GELU_ERF:
+        CHUNKED(i, len, v[i] = gelu_erf_f(v[i]));
+        break;
+    case MOE_ACT_RELU:
+        CHUNKED(i, len, v[i] = relu_f(v[i]));
+        break;
+    default: /* SwiGLU needs both halves: see bias_swiglu */
+        break;
+    }
+}
+
+/* v (len) = act(v + b); act < 0: bias only. */
+static void bias_act(int act, float *restrict v, const float *restrict b, size_t len)
+{
+    switch (act) {
+    case MOE_ACT_GELU_TANH:
+        CHUNKED(i, len, v[i] = gelu_tanh_f(v[i] + b[i]));
+        break;
+    case MOE_ACT_GELU_ERF:
+        CHUNKED(i, len, v[i] = gelu_erf_f(v[i] + b[i]));
+        break;
+    case MOE_ACT_RELU:
+        CHUNKED(i, len, v[i] = relu_f(v[i] + b[i]));
+        break;
+    default:
+        CHUNKED(i, len, v[i] += b[i]);
+        break;
+    }
+}
+
+/* One SwiGLU row: g (F) = silu(g + bg) * (u + bu), u the up half (F) of the same row. */
+static void bias_swiglu(float *restrict g, const float *restrict u, const float *restrict bg,
+                        const float *restrict bu, size_t f)
+{
+    CHUNKED(j, f, g[j] = silu_f(g[j] + bg[j]) * (u[j] + bu[j]));
+}
+
+/* y (len) += a x (len) */
+static void axpy_f(float a, const float *restrict x, float *restrict y, size_t len)
+{
+    CHUNKED(i, len, y[i] += a * x[i]);
+}
+
+const char *moe_act_name(int act)
+{
+    switch (act) {
+    case MOE_ACT_GELU_TANH: return "gelu_tanh";
+    case MOE_ACT_GELU_ERF: return "gelu_erf";
+    case MOE_ACT_RELU: return "relu";
+    case MOE_ACT_SWIGLU: return "swiglu";
+    default: return "unknown";
+    }
+}
+
+int moe_act_parse(const char *s, int *act)
+{
+    for (int a = MOE_ACT_GELU_TANH; a <= MOE_ACT_SWIGLU; a++)
+        if (s && strcmp(s, moe_act_name(a)) == 0) {
+            *act = a;
+            return MOE_OK;
+        }
+    return moe_fail(MOE_EINVAL, "use one of gelu_tanh, gelu_erf, relu, swiglu",
+                    "unknown activation '%s' (act)", s ? s : "(null)");
+}
+
+/* ---- helpers ---- */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* c (m,n) = op(a) b + beta c on row-major blocks with leading dimensions lda, ldb, ldc;
+ * op(a) = a (m,k), or a^T when ta (a stored (k,m)). All sizes must be >= 1. */
+static int sgemm(int ta, size_t m, size_t n, size_t k, const float *a, size_t lda,
+                 const float *b, size_t ldb, float beta, float *c, size_t ldc, const char *where)
+{
+    gsl_matrix_float_const_view A = ta ? gsl_matrix_float_const_view_array_with_tda(a, k, m, lda)
+                                       : gsl_matrix_float_const_view_array_with_tda(a, m, k, lda);
+    gsl_matrix_float_const_view B = gsl_matrix_float_const_view_array_with_tda(b, k, n, ldb);
+    gsl_matrix_float_view Cv = gsl_matrix_float_view_array_with_tda(c, m, n, ldc);
+    int rc = gsl_blas_sgemm(ta ? CblasTrans : CblasNoTrans, CblasNoTrans, 1.0f, &A.matrix,
+                            &B.matrix, beta, &Cv.matrix);
+    if (rc)
+        return moe_fail(MOE_EINVAL, NULL, "sgemm failed with GSL error %d (%s)", rc, where);
+    return MOE_OK;
+}
+
+/* FFN_e on `rows` rows: hid (rows,FW) = in (rows,D) W1_e + b1_e, activation (SwiGLU: into
+ * columns [0,F)), out (rows,D) = act (rows,F) W2_e + b2_e. sgemm writes with beta = 0 and the
+ * biases are broadcast over rows in the activation pass. */
+static int ffn_rows(const moe_layer *L, const moe_experts *w, int e, const float *in,
+                    size_t rows, float *hid, float *out)
+{
+    size_t D = (size_t)L->d, F = (size_t)L->f, FW = (size_t)L->fw;
+    int rc = sgemm(0, rows, FW, D, in, D, w->w1 + (size_t)e * D * FW, FW, 0.0f, hid, FW,
+                   "expert first matrix");
+    if (rc)
+        return rc;
+    const float *b1 = w->b1 + (size_t)e * FW;
+    for (size_t r = 0; r < rows; r++) {
+        if (L->act == MOE_ACT_SWIGLU)
+            bias_swiglu(hid + r * FW, hid + r * FW + F, b1, b1 + F, F);
+        else
+            bias_act(L->act, hid + r * FW, b1, F);
+    }
+    rc = sgemm(0, rows, D, F, hid, FW, w->w2 + (size_t)e * F * D, D, 0.0f, out, D,
+               "expert second matrix");
+    if (rc)
+        return rc;
+    const float *b2 = w->b2 + (size_t)e * D;
+    for (size_t r = 0; r < rows; r++)
+        bias_act(-1, out + r * D, b2, D);
+    return MOE_OK;
+}
+
+static int check_experts(const moe_experts *w, int E, int d, int f, int act, const char *where)
+{
+    if (!w || !w->w1 || !w->b1 || !w->w2 || !w->b2)
+        return moe_fail(MOE_EINVAL, NULL, "expert weights missing (%s)", where);
+    if (w->act < MOE_ACT_GELU_TANH || w->act > MOE_ACT_SWIGLU)
+        return moe_fail(MOE_EINVAL, NULL, "unknown activation %d (%s)", w->act, where);
+    if (w->E != E || w->d != d || w->f != f || w->act != act)
+        return moe_fail(MOE_EINVAL, "allocate the layer with the experts' shape and activation",
+                        "experts E=%d d=%d f=%d act=%s do not match the layer E=%d d=%d f=%d "
+                        "act=%s (%s)", w->E, w->d, w->f, moe_act_name(w->act), E, d, f,
+                        moe_act_name(act), where);
+    return MOE_OK;
+}
+
+/* Every entry within (T, E, C); *sorted = whether tokens are non-decreasing in entry order. */
+static int check_plan(const moe_plan *plan, int E, const char *where, int *sorted)
+{
+    if (plan->E != E)
+        return moe_fail(MOE_EINVAL, NULL, "plan has %d experts, the layer %d (%s)", plan->E, E,
+                        where);
+    if (plan->n < 0 || plan->capacity < 0)
+        return moe_fail(MOE_EINVAL, NULL, "plan has n = %d, capacity = %ld (%s)", plan->n,
+                        plan->capacity, where);
+    int s = 1;
+    int32_t last = 0;
+    for (size_t i = 0; i < plan->n_entries; i++) {
+        const moe_entry *en = &plan->entries[i];
+        if (en->token < 0 || en->token >= plan->n || en->expert < 0 || en->expert >= E ||
+            en->slot < 0 || en->slot >= plan->capacity)
+            return moe_fail(MOE_EINVAL, "a router wrote an entry outside the plan's shape",
+                            "plan entry %zu (token %d, expert %d, slot %d) outside n = %d, "
+                            "E = %d, C = %ld (%s)", i, en->token, en->expert, en->slot, plan->n,
+                            E, plan->capacity, where);
+        if (en->token < last)
+            s = 0;
+        last = en->token;
+    }
+    if (sorted)
+        *sorted = s;
+    return MOE_OK;
+}
+
+/* ---- allocation ---- */
+
+moe_layer *moe_layer_alloc(int n_max, int E, long C_max, int d, int f, int act)
+{
+    if (n_max < 1 || E < 1 || C_max < 0 || d < 1 || f < 1 || act < MOE_ACT_GELU_TANH ||
+        act > MOE_ACT_SWIGLU) {
+        moe_fail(MOE_EINVAL, NULL, "bad layer shape n_max=%d E=%d C_max=%ld d=%d f=%d act=%d "
+                 "(moe_layer_alloc)", n_max, E, C_max, d, f, act);
+        return NULL;
+    }
+    int fw = act == MOE_ACT_SWIGLU ? 2 * f : f;
+    if (act == MOE_ACT_SWIGLU && f > 1073741823) {
+        moe_fail(MOE_EINVAL, NULL, "hidden width f=%d too large (moe_layer_alloc)", f);
+        return NULL;
+    }
+    size_t rows, nx, nh;
+    if (__builtin_mul_overflow((size_t)E, (size_t)(C_max > 0 ? C_max : 1), &rows) ||
+        __builtin_mul_overflow(rows, (size_t)d, &nx) ||
+        __builtin_mul_overflow(rows, (size_t)fw, &nh) || nx > SIZE_MAX / sizeof(float) ||
+        nh > SIZE_MAX / sizeof(float)) {
+        moe_fail(MOE_EINVAL, "use a smaller capacity", "layer workspace E=%d x C_max=%ld "
+                 "overflows (moe_layer_alloc)", E, C_max);
+        return NULL;
+    }
+    moe_layer *L = calloc(1, sizeof *L);
+    if (!L) {
+        moe_fail(MOE_ENOMEM, NULL, "out of memory (moe_layer_alloc)");
+        return NULL;
+    }
+    L->n_max = n_max;
+    L->E = E;
+    L->C_max = C_max;
+    L->d = d;
+    L->f = f;
+    L->fw = fw;
+    L->act = act;
+    L->rows = rows;
+    L->xin = malloc(nx * sizeof *L->xin);
+    L->hid = malloc(nh * sizeof *L->hid);
+    L->out = malloc(nx * sizeof *L->out);
+    L->used = calloc((size_t)E, sizeof *L->used);
+    if (!L->xin || !L->hid || !L->out || !L->used) {
+        moe_fail(MOE_ENOMEM, "use a smaller capacity, width or expert count",
+                 "out of memory for layer workspaces of %zu x (%d + %d + %d) floats "
+                 "(moe_layer_alloc)", rows, d, fw, d);
+        moe_layer_free(L);
+        return NULL;
+    }
+    return L;
+}
+
+void moe_layer_free(moe_layer *L)
+{
+    if (!L)
+        return;
+    free(L->xin);
+    free(L->hid);
+    free(L->out);
+    free(L->used);
+    free(L);
+}
+
+/* ---- gate ---- */
+
+/* Computed in blocks of tokens into the hidden workspace (R*FW floats, rows per block =
+ * R*FW / M), so any M up to R*FW works without a buffer of its own. */
+int moe_layer_gate(moe_layer *L, const float *x, int n, const float *wg, int m, double *logits)
+{
+    if (n < 0 || n > L->n_max)
+        return moe_fail(MOE_EINVAL, NULL, "%d tokens outside the layer's 0..%d (moe_layer_gate)",
+                        n, L->n_max);
+    if (m < 1)
+        return moe_fail(MOE_EINVAL, NULL, "gate needs M >= 1 columns (got %d) (moe_layer_gate)",
+                        m);
+    size_t cap = L->rows * (size_t)L->fw, M = (size_t)m, D = (size_t)L->d;
+    size_t tb = cap / M;
+    if (tb == 0)
+        return moe_fail(MOE_EINVAL, NULL, "gate with M = %d columns exceeds the layer's "
+                        "workspace of %zu floats (moe_layer_gate)", m, cap);
+    for (size_t t0 = 0; t0 < (size_t)n; t0 += tb) {
+        size_t rows = (size_t)n - t0 < tb ? (size_t)n - t0 : tb;
+        int rc = sgemm(0, rows, M, D, x + t0 * D, D, wg, M, 0.0f, L->hid, M, "gate");
+        if (rc)
+            return rc;
+        double *lg = logits + t0 * M;
+        for (size_t i = 0; i < rows * M; i++)
+            lg[i] = (double)L->hid[i];
+    }
+    return MOE_OK;
+}
+
+/* ---- forward: sparse plans ---- */
+
+static int forward_sparse(moe_layer *L, const moe_experts *w, const moe_plan *plan,
+                          const float *x, float *y, moe_layer_timing *tm)
+{
+    size_t D = (size_t)L->d, C = (size_t)plan->capacity, FW = (size_t)L->fw;
+    const moe_entry *en = plan->entries;
+    size_t ne = plan->n_entries;
+
+    /* dispatch: h[e*C + s] = sum dispatch_w * x[t] over the rows 0..used_e-1 of each expert */
+    double t0 = now_s();
+    for (int e = 0; e < L->E; e++)
+        L->used[e] = 0;
+    for (size_t i = 0; i < ne; i++)
+        if (en[i].slot + 1L > L->used[en[i].expert])
+            L->used[en[i].expert] = en[i].slot + 1L;
+    for (int e = 0; e < L->E; e++)
+        if (L->used[e])
+            memset(L->xin + (size_t)e * C * D, 0, (size_t)L->used[e] * D * sizeof(float));
+    for (size_t i = 0; i < ne; i++)
+        axpy_f((float)en[i].dispatch_w, x + (size_t)en[i].token * D,
+               L->xin + ((size_t)en[i].expert * C + (size_t)en[i].slot) * D, D);
+    double t1 = now_s();
+
+    /* experts: FFN_e on each expert's contiguous block of used rows */
+    for (int e = 0; e < L->E; e++) {
+        if (!L->used[e])
+            continue;
+        size_t r0 = (size_t)e * C;
+        int rc = ffn_rows(L, w, e, L->xin + r0 * D, (size_t)L->used[e], L->hid + r0 * FW,
+                          L->out + r0 * D);
+        if (rc)
+            return rc;
+    }
+    double t2 = now_s();
+
+    /* combine: y[t] += combine_w * out[e*C + s] */
+    memset(y, 0, (size_t)plan->n * D * sizeof *y);
+    for (size_t i = 0; i < ne; i++)
+        axpy_f((float)en[i].combine_w,
+               L->out + ((size_t)en[i].expert * C + (size_t)en[i].slot) * D,
+               y + (size_t)en[i].token * D, D);
+    double t3 = now_s();
+    if (tm) {
+        tm->dispatch = t1 - t0;
+        tm->experts = t2 - t1;
+        tm->combine = t3 - t2;
+    }
+    return MOE_OK;
+}
+
+/* ---- forward: dense plans (soft_moe) ---- */
+
+/* Fill W (tb,M) in the hidden workspace with the dispatch (which = 0) or combine (which = 1)
+ * weights of tokens t0..t0+tb-1; column e*C + s. *pos: cursor into token-sorted entries. */
+static void dense_block(moe_layer *L, const moe_plan *plan, int sorted, size_t *pos, size_t t0,
+                        size_t tb, int which)
+{
+    size_t C = (size_t)plan->capacity, M = (size_t)L->E * C;
+    float *W = L->hid;
+    memset(W, 0, tb * M * sizeof *W);
+    const moe_entry *en = plan->entries;
+    size_t i = sorted ? *pos : 0;
+    for (; i < plan->n_entries; i++) {
+        size_t t = (size_t)en[i].token;
+        if (t < t0 || t >= t0 + tb) {
+            if (sorted && t >= t0 + tb)
+                break;
+            continue;
+        }
+        W[(t - t0) * M + (size_t)en[i].expert * C + (size_t)en[i].slot] +=
+            (float)(which ? en[i].combine_w : en[i].dispatch_w);
+    }
+    *pos = i;
+}
+
+static int forward_dense(moe_layer *L, const moe_experts *w, const moe_plan *plan, int sorted,
+                         const float *x, float *y, moe_layer_timing *tm)
+{
+    size_t D = (size_t)L->d, C = (size_t)plan->capacity, FW = (size_t)L->fw;
+    size_t n = (size_t)plan->n, M = (size_t)L->E * C;
+    size_t tb = L->rows * FW / M; /* >= FW since M <= R */
+    if (tb > n)
+        tb = n;
+    int rc;
+
+    /* dispatch: H (M,D) = sum over token blocks Disp_b^T (M,tb) X_b (tb,D) */
+    double t0 = now_s();
+    size_t pos = 0;
+    for (size_t b0 = 0; b0 < n; b0 += tb) {
+        size_t rows = n - b0 < tb ? n - b0 : tb;
+        dense_block(L, plan, sorted, &pos, b0, rows, 0);
+        rc = sgemm(1, M, D, rows, L->hid, M, x + b0 * D, D, b0 ? 1.0f : 0.0f, L->xin, D,
+                   "soft dispatch");
+        if (rc)
+            return rc;
+    }
+    double t1 = now_s();
+
+    /* experts: FFN_e on its C slots (every slot of a dense plan is filled) */
+    for (int e = 0; e < L->E; e++) {
+        size_t r0 = (size_t)e * C;
+        rc = ffn_rows(L, w, e, L->xin + r0 * D, C, L->hid + r0 * FW, L->out + r0 * D);
+        if (rc)
+            return rc;
+    }
+    double t2 = now_s();
+
+    /* combine: Y_b (tb,D) = Cmb_b (tb,M) Out (M,D) */
+    pos = 0;
+    for (size_t b0 = 0; b0 < n; b0 += tb) {
+        size_t rows = n - b0 < tb ? n - b0 : tb;
+        dense_block(L, plan, sorted, &pos, b0, rows, 1);
+        rc = sgemm(0, rows, D, M, L->hid, M, L->out, D, 0.0f, y + b0 * D, D, "soft combine");
+        if (rc)
+            return rc;
+    }
+    double t3 = now_s();
+    if (tm) {
+        tm->dispatch = t1 - t0;
+        tm->experts = t2 - t1;
+        tm->combine = t3 - t2;
+    }
+    return MOE_OK;
+}
+
+int moe_layer_forward(moe_layer *L, const moe_experts *w, const moe_plan *plan, const float *x,
+                      float *y, moe_layer_timing *tm)
+{
+    int rc = check_experts(w, L->E, L->d, L->f, L->act, "moe_layer_forward");
+    if (rc)
+        return rc;
+    if (plan->n > L->n_max)
+        return moe_fail(MOE_EINVAL, "allocate the layer for more tokens",
+                        "plan has %d tokens, the layer's workspace %d (moe_layer_forward)",
+                        plan->n, L->n_max);
+    if (plan->capacity > L->C_max)
+        return moe_fail(MOE_EINVAL, "allocate the layer with C_max >= the plan's capacity",
+                        "plan capacity %ld exceeds the layer's C_max %ld (moe_layer_forward)",
+                        plan->capacity, L->C_max);
+    int sorted;
+    rc = check_plan(plan, L->E, "moe_layer_forward", &sorted);
+    if (rc)
+        return rc;
+    if (tm)
+        tm->dispatch = tm->experts = tm->combine = 0.0;
+    if (plan->n == 0)
+        return MOE_OK;
+    if (plan->capacity == 0) { /* no slot: every token gets y = 0 */
+        memset(y, 0, (size_t)plan->n * (size_t)L->d * sizeof *y);
+        return MOE_OK;
+    }
+    if (plan->dense)
+        return forward_dense(L, w, plan, sorted, x, y, tm);
+    return forward_sparse(L, w, plan, x, y, tm);
+}
+
+/* ---- naive reference ---- */
+
+static double act_d(int act, double v)
+{
+    switch (act) {
+    case MOE_ACT_GELU_TANH:
+        return 0.5 * v * (1.0 + tanh(sqrt(2.0 / M_PI) * (v + 0.044715 * v * v * v)));
+    case MOE_ACT_GELU_ERF:
+        return 0.5 * v * (1.0 + erf(v / sqrt(2.0)));
+    case MOE_ACT_RELU:
+        return v > 0.0 ? v : 0.0;
+    default:
+        return v;
+    }
+}
+
+/* Triple loops in double, straight from the definitions in layer.h and ROUTING.md section 1:
+ * h[e,s] = sum dispatch_w x[t]; o[e,s] = FFN_e(h[e,s]) for every slot with an entry;
+ * y[t] = sum combine_w o[e,s]. Allocates its own (E*C, D) buffers: a reference, not a kernel. */
+int moe_layer_forward_naive(const moe_experts *w, const moe_plan *plan, const float *x, float *y)
+{
+    int rc = check_experts(w, plan->E, w ? w->d : 0, w ? w->f : 0, w ? w->act : 0,
+                           "moe_layer_forward_naive");
+    if (rc)
+        return rc;
+    rc = check_plan(plan, w->E, "moe_layer_forward_naive", NULL);
+    if (rc)
+        return rc;
+    size_t E = (size_t)w->E, C = (size_t)plan->capacity, D = (size_t)w->d, F = (size_t)w->f;
+    size_t n = (size_t)plan->n, FW = w->act == MOE_ACT_SWIGLU ? 2 * F : F;
+    double *h = calloc(E * C * D + 1, sizeof *h);
+    double *o = calloc(E * C * D + 1, sizeof *o);
+    double *a = malloc((FW + 1) * sizeof *a);
+    double *acc = calloc(n * D + 1, sizeof *acc);
+    char *has = calloc(E * C + 1, 1);
+    if (!h || !o || !a || !acc || !has) {
+        free(h), free(o), free(a), free(acc), free(has);
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (moe_layer_forward_naive)");
+    }
+    const moe_entry *en = plan->entries;
+    for (size_t i = 0; i < plan->n_entries; i++) {
+        size_t row = (size_t)en[i].expert * C + (size_t)en[i].slot;
+        has[row] = 1;
+        for (size_t c = 0; c < D; c++)
+            h[row * D + c] += en[i].dispatch_w * (double)x[(size_t)en[i].token * D + c];
+    }
+    for (size_t row = 0; row < E * C; row++) {
+        if (!has[row])
+            continue;
+        size_t e = row / C;
+        const float *w1 = w->w1 + e * D * FW, *b1 = w->b1 + e * FW;
+        const float *w2 = w->w2 + e * F * D, *b2 = w->b2 + e * D;
+        for (size_t j = 0; j < FW; j++) {
+            double s = b1[j];
+            for (size_t c = 0; c < D; c++)
+                s += h[row * D + c] * (double)w1[c * FW + j];
+            a[j] = s;
+        }
+        for (size_t j = 0; j < F; j++)
+            a[j] = w->act == MOE_ACT_SWIGLU ? a[j] / (1.0 + exp(-a[j])) * a[F + j]
+                                            : act_d(w->act, a[j]);
+        for (size_t c = 0; c < D; c++) {
+            double s = b2[c];
+            for (size_t j = 0; j < F; j++)
+                s += a[j] * (double)w2[j * D + c];
+            o[row * D + c] = s;
+        }
+    }
+    for (size_t i = 0; i < plan->n_entries; i++) {
+        size_t row = (size_t)en[i].expert * C + (size_t)en[i].slot;
+        for (size_t c = 0; c < D; c++)
+            acc[(size_t)en[i].token * D + c] += en[i].combine_w * o[row * D + c];
+    }
+    for (size_t i = 0; i < n * D; i++)
+        y[i] = (float)acc[i];
+    free(h), free(o), free(a), free(acc), free(has);
+    return MOE_OK;
+}
+
+/* ---- dense mixture ---- */
+
+/* Chunks of up to R selected rows are gathered into xin; per expert one GEMM pair over the
+ * chunk, then y_row += p[t,e] * FFN_e(x_t). */
+int moe_layer_dense_mixture(moe_layer *L, const moe_experts *w, const float *x, int n,
+                            const double *p, const int *rows, int nrows, float *y)
+{
+    int rc = check_experts(w, L->E, L->d, L->f, L->act, "moe_layer_dense_mixture");
+    if (rc)
+        return rc;
+    if (n < 0 || (rows && nrows < 0))
+        return moe_fail(MOE_EINVAL, NULL, "dense mixture of n = %d, nrows = %d "
+                        "(moe_layer_dense_mixture)", n, nrows);
+    size_t cnt = rows ? (size_t)nrows : (size_t)n;
+    if (rows)
+        for (size_t i = 0; i < cnt; i++)
+            if (rows[i] < 0 || rows[i] >= n)
+                return moe_fail(MOE_EINVAL, NULL, "row %d of the dense mixture outside 0..%d "
+                                "(moe_layer_dense_mixture)", rows[i], n - 1);
+    size_t D = (size_t)L->d, E = (size_t)L->E;
+    memset(y, 0, cnt * D * sizeof *y);
+    for (size_t c0 = 0; c0 < cnt; c0 += L->rows) {
+        size_t nc = cnt - c0 < L->rows ? cnt - c0 : L->rows;
+        for (size_t i = 0; i < nc; i++) {
+            size_t t = rows ? (size_t)rows[c0 + i] : c0 + i;
+            memcpy(L->xin + i * D, x + t * D, D * sizeof *x);
+        }
+        for (size_t e = 0; e < E; e++) {
+            rc = ffn_rows(L, w, (int)e, L->xin, nc, L->hid, L->out);
+            if (rc)
+                return rc;
+            for (size_t i = 0; i < nc; i++) {
+                size_t t = rows ? (size_t)rows[c0 + i] : c0 + i;
+                axpy_f((float)p[t * E + e], L->out + i * D, y + (c0 + i) * D, D);
+            }
+        }
+    }
+    return MOE_OK;
+}
+
+/* ---- error ---- */
+
+double moe_rel_l2(const float *a, const float *ref, size_t len)
+{
+    double num = 0.0, den = 0.0;
+    for (size_t i = 0; i < len; i++) {
+        double d = (double)a[i] - (double)ref[i];
+        num += d * d;
+        den += (double)ref[i] * (double)ref[i];
+    }
+    if (den == 0.0)
+        return num == 0.0 ? 0.0 : INFINITY;
+    return sqrt(num / den);
+}

@@ -1,0 +1,466 @@
+/* test_layer.c: the MoE layer (sim/layer.c) against its naive double-precision reference.
+ *
+ * Plans are built by hand with moe_plan_push (no routers), weights drawn from PCG streams
+ * through gsl_ran_gaussian. Checked: forward == forward_naive for every activation on sparse
+ * plans with drops, empty experts, slot gaps and tokens without entries (which must get y = 0),
+ * and on dense (soft) plans in token order and shuffled; forward with k = E and combine p equals
+ * the dense mixture; the gate GEMM equals a double loop; activations at hand-computed points
+ * and against libm in double over [-10, 10]; moe_rel_l2 on hand values; error paths.
+ * Layer-vs-reference tolerance: abs 1e-4 + |ref| * 1e-4 (fp32 GEMMs vs double loops on O(1)
+ * values with D, F <= 24 terms per sum), worst difference reported by check_close_arrays. */
+#include "check.h"
+#include "layer.h"
+
+#include <gsl/gsl_randist.h>
+#include <string.h>
+
+#define TOL_ABS 1e-4
+#define TOL_REL 1e-4
+
+typedef struct {
+    moe_experts w;
+    float *w1, *b1, *w2, *b2;
+} owned_experts;
+
+static void fill_gauss(gsl_rng *r, float *v, size_t len, double sigma)
+{
+    for (size_t i = 0; i < len; i++)
+        v[i] = (float)gsl_ran_gaussian(r, sigma);
+}
+
+/* Weights scaled 1/sqrt(fan-in) so hidden values and outputs stay O(1). */
+static void experts_make(owned_experts *o, gsl_rng *r, int E, int d, int f, int act)
+{
+    size_t fw = act == MOE_ACT_SWIGLU ? 2 * (size_t)f : (size_t)f;
+    o->w1 = malloc((size_t)E * d * fw * sizeof(float));
+    o->b1 = malloc((size_t)E * fw * sizeof(float));
+    o->w2 = malloc((size_t)E * f * d * sizeof(float));
+    o->b2 = malloc((size_t)E * d * sizeof(float));
+    fill_gauss(r, o->w1, (size_t)E * d * fw, 1.0 / sqrt(d));
+    fill_gauss(r, o->b1, (size_t)E * fw, 0.3);
+    fill_gauss(r, o->w2, (size_t)E * f * d, 1.0 / sqrt(f));
+    fill_gauss(r, o->b2, (size_t)E * d, 0.3);
+    o->w = (moe_experts){E, d, f, act, o->w1, o->b1, o->w2, o->b2};
+}
+
+static void experts_free(owned_experts *o)
+{
+    free(o->w1), free(o->b1), free(o->w2), free(o->b2);
+}
+
+static void compare(const char *what, const float *got, const float *ref, size_t len)
+{
+    double *g = malloc(len * sizeof *g), *rf = malloc(len * sizeof *rf);
+    for (size_t i = 0; i < len; i++) {
+        g[i] = got[i];
+        rf[i] = ref[i];
+    }
+    check_close_arrays(what, g, rf, len, TOL_ABS, TOL_REL);
+    free(g), free(rf);
+}
+
+/* Token-choice plan, choice-major claims (ROUTING.md section 2): each token t with
+ * t % 7 != 3 picks k distinct experts uniformly among 0..E-2 (expert E-1 stays empty); a claim
+ * gets its expert's next slot or is dropped at capacity C. dispatch_w = 1 except 0.5 on every
+ * fifth entry (the layer must scale by it); combine_w ~ U(0,1). With gaps = 1, slots are
+ * remapped by s -> (3 s + 1) mod C (C not a multiple of 3), so experts have unfilled slots
+ * below their highest one. has[t] = 1 when token t kept an entry. */
+static void plan_sparse(moe_plan *p, gsl_rng *r, int n, int E, int k, long C, int gaps, int *has)
+{
+    moe_plan_reset(p, n, E, E);
+    p->k = k;
+    p->capacity = C;
+    int *pick = malloc((size_t)n * k * sizeof *pick), *pool = malloc((size_t)E * sizeof *pool);
+    long *fill = calloc((size_t)E, sizeof *fill);
+    for (int t = 0; t < n; t++) {
+        for (int e = 0; e < E - 1; e++)
+            pool[e] = e;
+        gsl_ran_shuffle(r, pool, (size_t)(E - 1), sizeof *pool);
+        for (int j = 0; j < k; j++)
+            pick[t * k + j] = pool[j];
+        has[t] = 0;
+    }
+    for (int j = 0; j < k; j++)
+        for (int t = 0; t < n; t++) {
+            if (t % 7 == 3)
+                continue;
+            int e = pick[t * k + j];
+            if (fill[e] >= C)
+                continue; /* dropped */
+            long s = fill[e]++;
+            if (gaps)
+                s = (3 * s + 1) % C;
+            double dw = p->n_entries % 5 == 4 ? 0.5 : 1.0;
+            moe_plan_push(p, t, e, (int32_t)s, dw, gsl_rng_uniform(r));
+            has[t] = 1;
+        }
+    free(pick), free(pool), free(fill);
+}
+
+/* Dense (soft) plan: column j = e*P + s; dispatch = softmax over tokens per column, combine =
+ * softmax over columns per token (ROUTING.md, soft_moe), logits ~ N(0,1). Token `skip` (if
+ * >= 0) gets no entries. shuffle: entries in random order instead of token order. */
+static void plan_soft(moe_plan *p, gsl_rng *r, int n, int E, int P, int skip, int shuffle)
+{
+    int M = E * P;
+    moe_plan_reset(p, n, E, M);
+    p->capacity = P;
+    p->dense = 1;
+    double *lg = malloc((size_t)n * M * sizeof *lg), *col = malloc((size_t)n * sizeof *col);
+    double *disp = malloc((size_t)n * M * sizeof *disp), *cmb = malloc((size_t)n * M * sizeof *cmb);
+    for (int i = 0; i < n * M; i++)
+        lg[i] = gsl_ran_gaussian(r, 1.0);
+    for (int j = 0; j < M; j++) {
+        for (int t = 0; t < n; t++)
+            col[t] = lg[t * M + j];
+        moe_softmax(col, n, col);
+        for (int t = 0; t < n; t++)
+            disp[t * M + j] = col[t];
+    }
+    for (int t = 0; t < n; t++)
+        moe_softmax(lg + (size_t)t * M, M, cmb + (size_t)t * M);
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < M; j++)
+            if (t != skip)
+                moe_plan_push(p, t, j / P, j % P, disp[t * M + j], cmb[t * M + j]);
+    if (shuffle)
+        gsl_ran_shuffle(r, p->entries, p->n_entries, sizeof *p->entries);
+    free(lg), free(col), free(disp), free(cmb);
+}
+
+/* ---- activations ---- */
+
+static void test_activations(void)
+{
+    /* gelu_tanh(1) = 0.5 (1 + tanh(sqrt(2/pi) * 1.044715)) = 0.8411919906082768 (the formula
+     * in double, NumPy: 0.5*(1+np.tanh(np.sqrt(2/np.pi)*(1+0.044715)))); gelu_erf(1) = Phi(1) =
+     * 0.5 (1 + erf(1/sqrt 2)) = 0.8413447460685429 (the standard normal CDF at 1); relu(-2) = 0
+     * and relu(3) = 3 by definition. Tolerance 1.2e-7: two float ulps at 0.84 (ulp 6e-8). */
+    float v[2] = {1.0f, -2.0f};
+    moe_activate(MOE_ACT_GELU_TANH, v, 1);
+    CHECK_NEAR(v[0], 0.8411919906082768, 1.2e-7);
+    v[0] = 1.0f;
+    moe_activate(MOE_ACT_GELU_ERF, v, 1);
+    CHECK_NEAR(v[0], 0.8413447460685429, 1.2e-7);
+    v[0] = 3.0f;
+    moe_activate(MOE_ACT_RELU, v, 2);
+    CHECK(v[0] == 3.0f && v[1] == 0.0f, "relu(3), relu(-2) = %g, %g", v[0], v[1]);
+
+    /* 2001 points on [-10, 10] (125 chunks of 16 plus a tail) against libm in double.
+     * Tolerance abs 1e-6 + rel 1e-5: the float argument z of exp carries a rounding of 6e-8
+     * relative, which exp turns into |z| * 6e-8 relative error, |z| <= 90 on this range. */
+    enum { NP = 2001 };
+    static float a[NP];
+    static double got[NP], ref[NP];
+    for (int act = MOE_ACT_GELU_TANH; act <= MOE_ACT_RELU; act++) {
+        for (int i = 0; i < NP; i++)
+            a[i] = (float)(-10.0 + 0.01 * i);
+        for (int i = 0; i < NP; i++) {
+            double x = a[i];
+            double z = sqrt(2.0 / M_PI) * (x + 0.044715 * x * x * x);
+            /* 1 + tanh(z) = 2 / (1 + e^(-2z)) and 1 + erf(u) = erfc(-u): the forms without
+             * cancellation in double for negative x (1 + tanh(-19) is 0 to 16 digits) */
+            ref[i] = act == MOE_ACT_GELU_TANH ? x / (1.0 + exp(-2.0 * z))
+                     : act == MOE_ACT_GELU_ERF ? 0.5 * x * erfc(-x / sqrt(2.0))
+                                               : (x > 0 ? x : 0.0);
+        }
+        moe_activate(act, a, NP);
+        for (int i = 0; i < NP; i++)
+            got[i] = a[i];
+        char what[64];
+        snprintf(what, sizeof what, "%s on [-10, 10]", moe_act_name(act));
+        check_close_arrays(what, got, ref, NP, 1e-6, 1e-5);
+    }
+
+    /* names round-trip; unknown name is an error naming it */
+    int ok = 1;
+    for (int act = MOE_ACT_GELU_TANH; act <= MOE_ACT_SWIGLU; act++) {
+        int back = -1;
+        if (moe_act_parse(moe_act_name(act), &back) != MOE_OK || back != act)
+            ok = 0;
+    }
+    CHECK(ok, "moe_act_parse(moe_act_name(a)) != a");
+    CHECK(strcmp(moe_act_name(MOE_ACT_SWIGLU), "swiglu") == 0, "swiglu name");
+    moe_clear_error();
+    int act = 99;
+    CHECK_INT(moe_act_parse("gelu_fast", &act), MOE_EINVAL);
+    CHECK(strstr(moe_errmsg(), "gelu_fast") != NULL, "message names the activation: %s",
+          moe_errmsg());
+    CHECK_INT(act, 99);
+    moe_clear_error();
+}
+
+/* ---- forward vs naive ---- */
+
+static void test_sparse(gsl_rng *r)
+{
+    enum { N = 37, E = 5, K = 2, D = 12, F = 20 };
+    const long C_MAX = 8;
+    float *x = malloc(N * D * sizeof *x), *y = malloc(N * D * sizeof *y),
+          *yr = malloc(N * D * sizeof *yr);
+    int has[N];
+    moe_plan *p = moe_plan_alloc(N, E, 64);
+    fill_gauss(r, x, N * D, 1.0);
+    for (int act = MOE_ACT_GELU_TANH; act <= MOE_ACT_SWIGLU; act++) {
+        owned_experts ow;
+        experts_make(&ow, r, E, D, F, act);
+        moe_layer *L = moe_layer_alloc(N, E, C_MAX, D, F, act);
+        CHECK(L != NULL, "alloc %s: %s", moe_act_name(act), moe_errmsg());
+        /* C = 6 < C_MAX (row stride is the plan's C); C = 7 with slot gaps */
+        for (int variant = 0; variant < 2 && L; variant++) {
+            long C = variant ? 7 : 6;
+            plan_sparse(p, r, N, E, K, C, variant, has);
+            /* the plan has drops: N - N/7 tokens claim K = 2 slots each on E - 1 = 4 experts
+             * of C <= 7 slots: 64 claims > 28 slots */
+            CHECK(p->n_entries < (size_t)(N - (N + 3) / 7) * K, "plan has no drops");
+            for (int i = 0; i < N * D; i++)
+                y[i] = NAN; /* forward must overwrite every row */
+            moe_layer_timing tm = {-1, -1, -1, -1, -1};
+            int rc = moe_layer_forward(L, &ow.w, p, x, y, &tm);
+            CHECK(rc == MOE_OK, "forward %s: %s", moe_act_name(act), moe_errmsg());
+            CHECK(tm.dispatch >= 0 && tm.experts >= 0 && tm.combine >= 0 && tm.gate == -1 &&
+                      tm.route == -1, "timing phases filled, gate and route left to the caller");
+            CHECK_INT(moe_layer_forward_naive(&ow.w, p, x, yr), MOE_OK);
+            char what[96];
+            snprintf(what, sizeof what, "sparse forward vs naive, %s, C=%ld%s",
+                     moe_act_name(act), C, variant ? " with slot gaps" : "");
+            compare(what, y, yr, N * D);
+            int zero_bad = 0, nz_rows = 0, without = 0;
+            for (int t = 0; t < N; t++) {
+                int nz = 0;
+                for (int c = 0; c < D; c++)
+                    nz += y[t * D + c] != 0.0f;
+                if (!has[t]) {
+                    without++;
+                    zero_bad += nz != 0;
+                } else {
+                    nz_rows += nz > 0;
+                }
+            }
+            CHECK(without >= 5 && zero_bad == 0,
+                  "%d tokens without entries, %d of them with y != 0", without, zero_bad);
+            CHECK_INT(nz_rows, N - without);
+        }
+        moe_layer_free(L);
+        experts_free(&ow);
+    }
+    moe_plan_free(p);
+    free(x), free(y), free(yr);
+}
+
+static void test_dense(gsl_rng *r)
+{
+    /* F = 8 with relu: token blocks of R*FW/M = FW = 8 rows, so N = 37 needs 5 blocks */
+    enum { N = 37, E = 3, P = 2, D = 10, F = 8 };
+    float *x = malloc(N * D * sizeof *x), *y = malloc(N * D * sizeof *y),
+          *yr = malloc(N * D * sizeof *yr);
+    moe_plan *p = moe_plan_alloc(N, E, (size_t)N * E * P);
+    fill_gauss(r, x, N * D, 1.0);
+    for (int act = MOE_ACT_GELU_TANH; act <= MOE_ACT_SWIGLU; act++) {
+        owned_experts ow;
+        experts_make(&ow, r, E, D, F, act);
+        moe_layer *L = moe_layer_alloc(N, E, P, D, F, act);
+        for (int shuffle = 0; shuffle < 2 && L; shuffle++) {
+            int skip = shuffle ? 11 : -1;
+            plan_soft(p, r, N, E, P, skip, shuffle);
+            for (int i = 0; i < N * D; i++)
+                y[i] = NAN;
+            CHECK(moe_layer_forward(L, &ow.w, p, x, y, NULL) == MOE_OK, "dense forward: %s",
+                  moe_errmsg());
+            CHECK_INT(moe_layer_forward_naive(&ow.w, p, x, yr), MOE_OK);
+            char what[96];
+            snprintf(what, sizeof what, "dense forward vs naive, %s, %s", moe_act_name(act),
+                     shuffle ? "shuffled entries, token 11 without entries" : "token order");
+            compare(what, y, yr, N * D);
+            if (shuffle) {
+                int nz = 0;
+                for (int c = 0; c < D; c++)
+                    nz += y[skip * D + c] != 0.0f;
+                CHECK(nz == 0, "dense: token without entries has %d non-zero outputs", nz);
+            }
+        }
+        moe_layer_free(L);
+        experts_free(&ow);
+    }
+    moe_plan_free(p);
+    free(x), free(y), free(yr);
+}
+
+/* k = E, every token on every expert (slot = token, C = N), combine = p = softmax of random
+ * logits: y[t] = sum_e p[t,e] FFN_e(x_t) by definition, which is the dense mixture. */
+static void test_mixture(gsl_rng *r)
+{
+    enum { N = 29, E = 4, D = 16, F = 24 };
+    float *x = malloc(N * D * sizeof *x), *y = malloc(N * D * sizeof *y),
+          *ym = malloc(N * D * sizeof *ym), *ysel = malloc(3 * D * sizeof *ysel);
+    double *p = malloc(N * E * sizeof *p), lg[E];
+    fill_gauss(r, x, N * D, 1.0);
+    for (int t = 0; t < N; t++) {
+        for (int e = 0; e < E; e++)
+            lg[e] = gsl_ran_gaussian(r, 1.0);
+        moe_softmax(lg, E, p + t * E);
+    }
+    moe_plan *pl = moe_plan_alloc(N, E, N * E);
+    moe_plan_reset(pl, N, E, E);
+    pl->k = E;
+    pl->capacity = N;
+    for (int e = 0; e < E; e++)
+        for (int t = 0; t < N; t++)
+            moe_plan_push(pl, t, e, t, 1.0, p[t * E + e]);
+    for (int act = MOE_ACT_GELU_TANH; act <= MOE_ACT_SWIGLU; act++) {
+        owned_experts ow;
+        experts_make(&ow, r, E, D, F, act);
+        moe_layer *L = moe_layer_alloc(N, E, N, D, F, act);
+        /* C_max = 2: the mixture runs in chunks of E * 2 = 8 rows */
+        moe_layer *Ls = moe_layer_alloc(N, E, 2, D, F, act);
+        CHECK_INT(moe_layer_forward(L, &ow.w, pl, x, y, NULL), MOE_OK);
+        CHECK_INT(moe_layer_dense_mixture(L, &ow.w, x, N, p, NULL, 0, ym), MOE_OK);
+        char what[96];
+        snprintf(what, sizeof what, "forward k=E vs dense mixture, %s", moe_act_name(act));
+        compare(what, y, ym, N * D);
+        CHECK_INT(moe_layer_dense_mixture(Ls, &ow.w, x, N, p, NULL, 0, ym), MOE_OK);
+        snprintf(what, sizeof what, "forward k=E vs dense mixture in chunks of 8, %s",
+                 moe_act_name(act));
+        compare(what, y, ym, N * D);
+        /* selected rows, written in the order given */
+        const int rows[3] = {17, 0, 28};
+        CHECK_INT(moe_layer_dense_mixture(Ls, &ow.w, x, N, p, rows, 3, ysel), MOE_OK);
+        float ypick[3 * D];
+        for (int i = 0; i < 3; i++)
+            memcpy(ypick + i * D, y + rows[i] * D, D * sizeof(float));
+        snprintf(what, sizeof what, "dense mixture rows {17,0,28}, %s", moe_act_name(act));
+        compare(what, ysel, ypick, 3 * D);
+        moe_layer_free(L);
+        moe_layer_free(Ls);
+        experts_free(&ow);
+    }
+    moe_plan_free(pl);
+    free(x), free(y), free(ym), free(ysel), free(p);
+}
+
+/* ---- gate ---- */
+
+static void test_gate(gsl_rng *r)
+{
+    /* workspace R*FW = E*C_max*F = 4*1*3 = 12 floats: M = 4 runs in blocks of 3 tokens,
+     * M = 12 (soft, P = 3) one token per block */
+    enum { N = 20, E = 4, D = 9, F = 3 };
+    moe_layer *L = moe_layer_alloc(N, E, 1, D, F, MOE_ACT_RELU);
+    float *x = malloc(N * D * sizeof *x), *wg = malloc(D * 12 * sizeof *wg);
+    double *lg = malloc(N * 12 * sizeof *lg), *ref = malloc(N * 12 * sizeof *ref);
+    fill_gauss(r, x, N * D, 1.0);
+    fill_gauss(r, wg, D * 12, 1.0);
+    const int ms[2] = {E, 12};
+    for (int i = 0; i < 2; i++) {
+        int m = ms[i];
+        for (int t = 0; t < N; t++)
+            for (int j = 0; j < m; j++) {
+                double s = 0.0;
+                for (int c = 0; c < D; c++)
+                    s += (double)x[t * D + c] * wg[c * m + j];
+                ref[t * m + j] = s;
+            }
+        CHECK(moe_layer_gate(L, x, N, wg, m, lg) == MOE_OK, "gate M=%d: %s", m, moe_errmsg());
+        char what[64];
+        snprintf(what, sizeof what, "gate GEMM vs double loop, M=%d", m);
+        check_close_arrays(what, lg, ref, (size_t)N * m, TOL_ABS, TOL_REL);
+    }
+    moe_clear_error();
+    CHECK_INT(moe_layer_gate(L, x, N + 1, wg, E, lg), MOE_EINVAL);   /* n > n_max */
+    moe_clear_error();
+    CHECK_INT(moe_layer_gate(L, x, N, wg, 13, lg), MOE_EINVAL);      /* M beyond workspace */
+    moe_clear_error();
+    moe_layer_free(L);
+    free(x), free(wg), free(lg), free(ref);
+}
+
+/* ---- errors and small contracts ---- */
+
+static void test_errors(gsl_rng *r)
+{
+    enum { N = 10, E = 3, D = 4, F = 5 };
+    owned_experts ow;
+    experts_make(&ow, r, E, D, F, MOE_ACT_GELU_TANH);
+    moe_layer *L = moe_layer_alloc(N, E, 4, D, F, MOE_ACT_GELU_TANH);
+    float x[(N + 1) * D], y[(N + 1) * D];
+    fill_gauss(r, x, (N + 1) * D, 1.0);
+    moe_plan *p = moe_plan_alloc(N + 1, E, 16);
+
+    moe_clear_error();
+    moe_plan_reset(p, N, E, E);
+    p->capacity = 5; /* > C_max = 4 */
+    moe_plan_push(p, 0, 0, 4, 1.0, 1.0);
+    CHECK_INT(moe_layer_forward(L, &ow.w, p, x, y, NULL), MOE_EINVAL);
+    CHECK(strstr(moe_errmsg(), "C_max") != NULL, "capacity message: %s", moe_errmsg());
+    moe_clear_error();
+
+    moe_plan_reset(p, N + 1, E, E); /* n > n_max */
+    p->capacity = 2;
+    moe_plan_push(p, N, 1, 0, 1.0, 1.0);
+    CHECK_INT(moe_layer_forward(L, &ow.w, p, x, y, NULL), MOE_EINVAL);
+    CHECK(strstr(moe_errmsg(), "tokens") != NULL, "n_max message: %s", moe_errmsg());
+    moe_clear_error();
+
+    moe_plan_reset(p, N, E, E); /* slot outside the plan's capacity */
+    p->capacity = 2;
+    moe_plan_push(p, 1, 1, 2, 1.0, 1.0);
+    CHECK_INT(moe_layer_forward(L, &ow.w, p, x, y, NULL), MOE_EINVAL);
+    moe_clear_error();
+    CHECK_INT(moe_layer_forward_naive(&ow.w, p, x, y), MOE_EINVAL);
+    moe_clear_error();
+
+    moe_plan_reset(p, N, E, E); /* experts of another width */
+    p->capacity = 2;
+    moe_plan_push(p, 1, 1, 1, 1.0, 1.0);
+    moe_experts bad = ow.w;
+    bad.f = F + 1;
+    CHECK_INT(moe_layer_forward(L, &bad, p, x, y, NULL), MOE_EINVAL);
+    moe_clear_error();
+    bad = ow.w;
+    bad.act = MOE_ACT_RELU;
+    CHECK_INT(moe_layer_forward(L, &bad, p, x, y, NULL), MOE_EINVAL);
+    moe_clear_error();
+
+    /* capacity 0 (cf = 0): everything dropped, y = 0 */
+    moe_plan_reset(p, N, E, E);
+    p->capacity = 0;
+    for (int i = 0; i < N * D; i++)
+        y[i] = NAN;
+    CHECK_INT(moe_layer_forward(L, &ow.w, p, x, y, NULL), MOE_OK);
+    int nz = 0;
+    for (int i = 0; i < N * D; i++)
+        nz += y[i] != 0.0f;
+    CHECK_INT(nz, 0);
+
+    moe_clear_error();
+    CHECK(moe_layer_alloc(0, E, 4, D, F, MOE_ACT_RELU) == NULL, "alloc n_max = 0");
+    CHECK(moe_errmsg()[0] != '\0', "alloc failure recorded");
+    moe_clear_error();
+    CHECK(moe_layer_alloc(N, E, 4, D, F, 7) == NULL, "alloc with unknown activation");
+    moe_clear_error();
+    moe_layer_free(NULL); /* no-op */
+
+    /* rel_l2: a = (1,2), ref = (1,1): |(0,1)| / |(1,1)| = 1/sqrt(2) */
+    const float a[2] = {1, 2}, b[2] = {1, 1}, z[2] = {0, 0};
+    CHECK_NEAR(moe_rel_l2(a, b, 2), 1.0 / sqrt(2.0), 1e-15);
+    CHECK(moe_rel_l2(z, z, 2) == 0.0, "rel_l2 of zeros");
+    CHECK(isinf(moe_rel_l2(a, z, 2)), "rel_l2 against a zero reference is inf");
+
+    moe_plan_free(p);
+    moe_layer_free(L);
+    experts_free(&ow);
+}
+
+int main(void)
+{
+    moe_install_gsl_handler();
+    gsl_rng *r = moe_rng_alloc(20240607u, MOE_STREAM_EXPERT_W);
+    test_activations();
+    test_gate(r);
+    test_sparse(r);
+    test_dense(r);
+    test_mixture(r);
+    test_errors(r);
+    gsl_rng_free(r);
+    return check_report("test_layer");
+}
