@@ -94,21 +94,24 @@ static void layer_in_free(layer_in *l)
     free(l->b1);
     free(l->w2);
     free(l->b2);
+    memset(l, 0, sizeof *l);
 }
 
 static int read_layer(const route_args *a, int n, int E, layer_in *l)
 {
     memset(l, 0, sizeof *l);
-    moe_npy w1;
-    int rc = read_array(a->w1, "w1", 3, &w1);
+    /* D from x (T,D); F from w1 (E,D,F) (SwiGLU: (E,D,2F)); every other shape follows */
+    moe_npy xa, w1;
+    int rc = read_array(a->x, "x", 2, &xa);
     if (rc)
         return rc;
-    size_t d = w1.shape[1], f2 = w1.shape[2], e = w1.shape[0];
+    size_t d = xa.shape[1];
+    moe_npy_free(&xa);
+    if ((rc = read_array(a->w1, "w1", 3, &w1)))
+        return rc;
+    size_t f2 = w1.shape[2];
     moe_npy_free(&w1);
-    if ((int)e != E)
-        return moe_fail(MOE_EFORMAT, NULL, "w1 has %zu experts, the plan has %d (%s)", e, E,
-                        a->w1);
-    size_t f = f2;
+    size_t e = (size_t)E, f = f2;
     if (a->act == MOE_ACT_SWIGLU) {
         if (f2 % 2)
             return moe_fail(MOE_EFORMAT, "SwiGLU w1 is (E,D,2F): gate then up projection",

@@ -1,0 +1,178 @@
+/* test_invariants.c: properties every router in the registry must keep, looped over
+ * moe_router_types (a new router is picked up without editing this file), on random logits of
+ * several shapes and capacity factors:
+ *   ids in range, 0 <= slot < capacity, no duplicate (token, expert) for sparse plans and no two
+ *   entries in one (expert, slot), kept load <= capacity, finite weights, identical plans for
+ *   identical seeds, and the metrics computed from the plan are finite. */
+#include "check.h"
+#include "moe.h"
+
+#include <gsl/gsl_randist.h>
+#include <string.h>
+
+typedef struct { int n, m, k; const char *cf; } shape;
+
+static int plans_equal(const moe_plan *a, const moe_plan *b)
+{
+    if (a->n_entries != b->n_entries || a->capacity != b->capacity)
+        return 0;
+    for (size_t i = 0; i < a->n_entries; i++) {
+        const moe_entry *x = &a->entries[i], *y = &b->entries[i];
+        if (x->token != y->token || x->expert != y->expert || x->slot != y->slot ||
+            x->dispatch_w != y->dispatch_w || x->combine_w != y->combine_w)
+            return 0;
+    }
+    return 1;
+}
+
+/* route once with a fresh rng of (seed, stream 5); returns 0 on success */
+static int route(const moe_router_type *t, const moe_route_opts *o, const shape *s,
+                 const double *L, const int64_t *ids, uint64_t seed, moe_plan **out, int *E)
+{
+    moe_router *r = NULL;
+    if (moe_router_alloc(t, o, s->n, s->m, &r))
+        return -1;
+    gsl_rng *rng = moe_rng_alloc(seed, MOE_STREAM_GSHARD);
+    moe_plan *p = moe_plan_alloc(s->n, r->E, (size_t)s->n * (size_t)s->m);
+    moe_route_in in = {s->n, s->m, L, ids, NULL, rng, NULL, NULL, 0};
+    int rc = moe_router_route(r, &in, p);
+    *E = r->E;
+    moe_router_free(r);
+    gsl_rng_free(rng);
+    if (rc) {
+        moe_plan_free(p);
+        return rc;
+    }
+    *out = p;
+    return 0;
+}
+
+int main(void)
+{
+    const shape shapes[] = {
+        {1, 4, 1, "1.0"}, {7, 3, 2, "1.0"}, {64, 8, 2, "1.25"}, {100, 10, 1, "1.1"},
+        {33, 4, 4, "0.5"}, {256, 16, 2, "0.0"}, {50, 6, 2, "8"},
+    };
+    gsl_rng *g = moe_rng_alloc(2024, MOE_STREAM_TOKENS);
+    int routers = 0;
+    for (int ri = 0; moe_router_types[ri]; ri++) {
+        const moe_router_type *t = moe_router_types[ri];
+        routers++;
+        int bad_range = 0, bad_dup = 0, bad_load = 0, bad_w = 0, bad_repro = 0, bad_metric = 0;
+        int routed = 0;
+        for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+            shape s = shapes[si];
+            moe_route_opts o;
+            moe_route_opts_default(&o);
+            if (moe_decimal_parse(s.cf, &o.cf_num, &o.cf_den))
+                return 2;
+            o.cf_set = 1;
+            o.k = s.k;
+            if (t->flags & MOE_RF_DENSE)
+                o.k = 0;
+            double *L = malloc((size_t)s.n * (size_t)s.m * sizeof *L);
+            int64_t *ids = malloc((size_t)s.n * sizeof *ids);
+            for (int i = 0; i < s.n * s.m; i++)
+                L[i] = gsl_ran_gaussian(g, 2.0);
+            for (int i = 0; i < s.n; i++)
+                ids[i] = (int64_t)gsl_rng_uniform_int(g, 1000);
+            moe_plan *p = NULL, *q = NULL;
+            int E = 0;
+            if (route(t, &o, &s, L, ids, 99, &p, &E)) {
+                /* a router may refuse a k it does not support (switch, gshard, hash):
+                 * retry with its own default k */
+                moe_clear_error();
+                o.k = 0;
+                if (route(t, &o, &s, L, ids, 99, &p, &E)) {
+                    CHECK(0, "%s on shape %zu: %s", t->name, si, moe_errmsg());
+                    moe_clear_error();
+                    free(L);
+                    free(ids);
+                    continue;
+                }
+            }
+            routed++;
+            long *kept = calloc((size_t)E, sizeof *kept);
+            char *pair = calloc((size_t)s.n * (size_t)E, 1);
+            char *slot = calloc((size_t)E * (size_t)(p->capacity > 0 ? p->capacity : 1), 1);
+            for (size_t i = 0; i < p->n_entries; i++) {
+                const moe_entry *en = &p->entries[i];
+                if (en->token < 0 || en->token >= s.n || en->expert < 0 || en->expert >= E ||
+                    en->slot < 0 || en->slot >= p->capacity) {
+                    bad_range++;
+                    continue;
+                }
+                size_t pi = (size_t)en->token * (size_t)E + (size_t)en->expert;
+                size_t sl = (size_t)en->expert * (size_t)p->capacity + (size_t)en->slot;
+                if ((!p->dense && pair[pi]) || (!p->dense && slot[sl]))
+                    bad_dup++;
+                pair[pi] = slot[sl] = 1;
+                kept[en->expert]++;
+                if (!isfinite(en->dispatch_w) || !isfinite(en->combine_w))
+                    bad_w++;
+            }
+            for (int e = 0; e < E; e++)
+                if (!p->dense && kept[e] > p->capacity)
+                    bad_load++;
+            if (route(t, &o, &s, L, ids, 99, &q, &E) || !plans_equal(p, q))
+                bad_repro++;
+            moe_metrics *mt = moe_metrics_alloc(E);
+            if (!mt || moe_metrics_compute(p, L, 8, 16, MOE_ACT_GELU_TANH, 1, mt) ||
+                !isfinite(mt->load_imbalance) || !isfinite(mt->importance_cv2) ||
+                !isfinite(mt->z_loss) || !isfinite(mt->aux_loss))
+                bad_metric++;
+            moe_metrics_free(mt);
+            free(kept);
+            free(pair);
+            free(slot);
+            moe_plan_free(p);
+            moe_plan_free(q);
+            free(L);
+            free(ids);
+        }
+        CHECK(routed == (int)(sizeof shapes / sizeof *shapes), "%s routed %d shapes", t->name,
+              routed);
+        CHECK(bad_range == 0, "%s: %d entries out of range", t->name, bad_range);
+        CHECK(bad_dup == 0, "%s: %d duplicate (token, expert) or (expert, slot)", t->name, bad_dup);
+        CHECK(bad_load == 0, "%s: %d experts over capacity", t->name, bad_load);
+        CHECK(bad_w == 0, "%s: %d non-finite weights", t->name, bad_w);
+        CHECK(bad_repro == 0, "%s: %d plans differ for the same seed", t->name, bad_repro);
+        CHECK(bad_metric == 0, "%s: %d plans with bad metrics", t->name, bad_metric);
+    }
+    CHECK(routers >= 6, "registry holds %d routers", routers);
+
+    /* input validation shared by all routers: NaN logits, k > E, n = 0 */
+    for (int ri = 0; moe_router_types[ri]; ri++) {
+        const moe_router_type *t = moe_router_types[ri];
+        moe_route_opts o;
+        moe_route_opts_default(&o);
+        moe_router *r = NULL;
+        double L[6] = {0.1, 0.2, NAN, 0.4, 0.5, 0.6};
+        int64_t ids[2] = {1, 2};
+        int rc = moe_router_alloc(t, &o, 2, 3, &r);
+        CHECK(rc == 0, "%s alloc: %s", t->name, moe_errmsg());
+        if (rc) {
+            moe_clear_error();
+            continue;
+        }
+        moe_plan *p = moe_plan_alloc(2, r->E, 8);
+        moe_route_in in = {2, 3, L, ids, NULL, g, NULL, NULL, 0};
+        moe_clear_error();
+        rc = moe_router_route(r, &in, p);
+        CHECK(rc == MOE_EINPUT && strstr(moe_errmsg(), "non-finite logit"),
+              "%s NaN: rc %d, %s", t->name, rc, moe_errmsg());
+        moe_clear_error();
+        in.n = 0;
+        rc = moe_router_route(r, &in, p);
+        CHECK(rc == MOE_EINPUT, "%s n = 0: rc %d", t->name, rc);
+        moe_clear_error();
+        moe_router_free(r);
+        moe_plan_free(p);
+        o.k = 4; /* k > E = 3 */
+        rc = moe_router_alloc(t, &o, 2, 3, &r);
+        CHECK(rc == MOE_EINPUT && r == NULL, "%s k > E: rc %d", t->name, rc);
+        moe_clear_error();
+    }
+    gsl_rng_free(g);
+    return check_report("test_invariants");
+}
