@@ -44,6 +44,14 @@ static void usage(FILE *out)
 
 /* ---- inputs ---- */
 
+/* "logits path/to/L.npy": names an input and its file in conversion errors */
+static const char *what_of(const char *what, const char *path)
+{
+    static char buf[4200];
+    snprintf(buf, sizeof buf, "%s %s", what, path);
+    return buf;
+}
+
 static int read_array(const char *path, const char *what, int want_ndim, moe_npy *a)
 {
     int rc = moe_npy_read(path, a);
@@ -77,7 +85,9 @@ static int read_float(const char *path, const char *what, int ndim, const size_t
             return moe_fail(MOE_EFORMAT, "shapes: x (T,D) w1 (E,D,F) b1 (E,F) w2 (E,F,D) b2 (E,D)",
                             "%s has shape (%s), expected (%s) (%s)", what, got, want, path);
         }
-    rc = moe_npy_as_float(&a, what, out);
+    char w[4200];
+    snprintf(w, sizeof w, "%s %s", what, path);
+    rc = moe_npy_as_float(&a, w, out);
     moe_npy_free(&a);
     return rc;
 }
@@ -321,7 +331,7 @@ int moe_cmd_route(int argc, char **argv)
     }
     if ((rc = read_array(a.logits, "logits", 2, &L)))
         goto out;
-    if ((rc = moe_npy_as_double(&L, "logits", &logits)))
+    if ((rc = moe_npy_as_double(&L, what_of("logits", a.logits), &logits)))
         goto out;
     if (L.shape[0] == 0 || L.shape[1] == 0 || L.shape[0] > 1u << 30 || L.shape[1] > 1u << 20) {
         rc = moe_fail(MOE_EINPUT, NULL, "logits have shape (%zu,%zu): need n >= 1, M >= 1 (%s)",
@@ -331,7 +341,7 @@ int moe_cmd_route(int argc, char **argv)
     int n = (int)L.shape[0], m = (int)L.shape[1];
     if (a.tokens) {
         if ((rc = read_array(a.tokens, "token ids", 1, &ids)) ||
-            (rc = moe_npy_as_int64(&ids, "token ids", &tok)))
+            (rc = moe_npy_as_int64(&ids, what_of("token ids", a.tokens), &tok)))
             goto out;
         if (ids.shape[0] != (size_t)n) {
             rc = moe_fail(MOE_EINPUT, NULL, "token ids have length %zu, logits have %d rows (%s)",
@@ -341,7 +351,7 @@ int moe_cmd_route(int argc, char **argv)
     }
     if (a.uniforms) {
         if ((rc = read_array(a.uniforms, "uniforms", 1, &un)) ||
-            (rc = moe_npy_as_double(&un, "uniforms", &uniforms)))
+            (rc = moe_npy_as_double(&un, what_of("uniforms", a.uniforms), &uniforms)))
             goto out;
         if (un.shape[0] != (size_t)n) {
             rc = moe_fail(MOE_EINPUT, NULL, "uniforms have length %zu, logits have %d rows (%s)",

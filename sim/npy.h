@@ -1,7 +1,8 @@
 /* npy.h: NumPy .npy files (format versions 1.0, 2.0, 3.0), C order only.
- * Reads float32/float64/int32/int64 little-endian arrays of 1..4 dimensions; anything else
- * (Fortran order, big-endian, other dtypes, truncated data, bad header) is a clear error
- * naming the file. Writes float32/float64/int64 arrays to a temporary name, then renames. */
+ * Reads float32/float64/int32/int64 little-endian arrays of 0..4 dimensions (0-d: one value);
+ * anything else (Fortran order, big-endian, other dtypes, truncated data, bad header) is a
+ * clear error naming the file. Writes float32/float64/int32/int64 arrays to a temporary name,
+ * then renames. */
 #ifndef MOE_NPY_H
 #define MOE_NPY_H
 
@@ -19,6 +20,9 @@ typedef struct {
 } moe_npy;
 
 int moe_npy_read(const char *path, moe_npy *out);
+/* Parse a whole .npy file held in memory (len bytes at buf); name stands for the file in
+ * errors. Same checks as moe_npy_read, which shares the parser; out->data is a copy. */
+int moe_npy_parse(const void *buf, size_t len, const char *name, moe_npy *out);
 void moe_npy_free(moe_npy *a);              /* frees data; NULL-safe */
 /* Converted copies (malloc'd; caller frees). Integer -> float conversions are refused for
  * _double/_float; float -> int refused for _int64. `what` names the input in errors. */

@@ -113,7 +113,9 @@ static int load_hash_table(moe_route_opts *o, const char *path)
         return moe_fail(MOE_EFORMAT, "the hash table is a 1-d array: expert of each token id",
                         "hash table must be 1-d, has %d dimensions (%s)", a.ndim, path);
     }
-    rc = moe_npy_as_int64(&a, "hash table", &t);
+    char what[4200];
+    snprintf(what, sizeof what, "hash table %s", path);
+    rc = moe_npy_as_int64(&a, what, &t);
     size_t len = a.count;
     moe_npy_free(&a);
     if (rc)

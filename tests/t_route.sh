@@ -51,12 +51,12 @@ expect_error "bad order" "want one of choice_major|token_major|bpr|probs" --rout
 expect_error "missing file" "no_such.npy" --router topk --logits $F/no_such.npy
 expect_error "truncated npy" "truncated.npy" --router topk --logits $F/truncated.npy
 expect_error "fortran order" "fortran.npy" --router topk --logits $F/fortran.npy
-expect_error "int logits" "must be float32 or float64, got int64 (logits)" --router topk --logits $F/int_logits.npy
+expect_error "int logits" "must be float32 or float64, got int64 (logits tests/fixtures/errors/int_logits.npy)" --router topk --logits $F/int_logits.npy
 expect_error "1-d logits" "logits must have 2 dimensions, has 1" --router topk --logits $F/one_d.npy
 expect_error "no tokens" "need n >= 1" --router topk --logits $F/empty.npy
 expect_error "ids length" "token ids have length 5, logits have 6 rows" --router hash --logits $F/good.npy --tokens $F/ids5.npy
 expect_error "negative id" "negative token id -3 at token 2" --router hash --logits $F/good.npy --tokens $F/ids_neg.npy
-expect_error "float ids" "must be int32 or int64, got float64 (token ids)" --router hash --logits $F/good.npy --tokens $F/ids_float.npy
+expect_error "float ids" "must be int32 or int64, got float64 (token ids tests/fixtures/errors/ids_float.npy)" --router hash --logits $F/good.npy --tokens $F/ids_float.npy
 expect_error "hash without ids" "router hash needs token ids" --router hash --logits $F/good.npy
 expect_error "switch k=2" "k" --router switch --logits $F/good.npy --k 2
 expect_error "w1 shape" "w1 has shape (4,2,5), expected (4,3,5)" --router topk --logits $F/good.npy \
