@@ -39,6 +39,12 @@ $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
+# The git revision stored with every result (sim/provenance.c); provenance.o is rebuilt when a
+# source file, HEAD or the index changes, so "-dirty" stays truthful.
+GIT_REV  := $(shell git describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)
+$(B)/sim/provenance.o: DEFS += -DMOESIM_GIT_REV=\"$(GIT_REV)\"
+$(B)/sim/provenance.o: $(LIB_SRC) sim/main.c $(wildcard .git/HEAD .git/index .git/logs/HEAD)
+
 $(B)/tests/%: tests/%.c $(B)/libmoesim.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Itests $(LDFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)

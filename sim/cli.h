@@ -7,5 +7,13 @@ int moe_cmd_route(int argc, char **argv);
 int moe_cmd_list(int argc, char **argv);
 /* `moesim trace info FILE`: what a recorded trace holds and its recorded load per layer. */
 int moe_cmd_trace(int argc, char **argv);
+/* `moesim bench`: layer speed against BLAS and PyTorch (issue 10); sim/cmd_bench.c. */
+int moe_cmd_bench(int argc, char **argv);
+
+/* `moesim run SPEC [--set key=value]... [--db PATH] [--force] [--no-plots]`: run a sweep into
+ * SQLite, resuming (sim/cmd_run.c). */
+int moe_cmd_run(int argc, char **argv);
+/* `moesim report DB [--csv]`: the stored points and their main metrics (sim/cmd_report.c). */
+int moe_cmd_report(int argc, char **argv);
 
 #endif

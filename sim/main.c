@@ -15,8 +15,12 @@ typedef struct {
 } command;
 
 static const command commands[] = {
+    {"run", moe_cmd_run, "run an experiment spec into SQLite (resumable), then draw its charts"},
+    {"report", moe_cmd_report, "print the points of a results database (table or --csv)"},
     {"route", moe_cmd_route, "route one logits matrix; write the plan, metrics, layer output"},
     {"list", moe_cmd_list, "list routers, sources, metrics or options"},
+    {"trace", moe_cmd_trace, "moesim trace info PATH: what a recorded trace holds, load per layer"},
+    {"bench", moe_cmd_bench, "layer speed against a dense GEMM pair and PyTorch (make bench)"},
     {NULL, NULL, NULL},
 };
 

@@ -1,0 +1,346 @@
+/* cmd_run.c: `moesim run SPEC [--set section.key=value]... [--db PATH] [--force] [--no-plots]
+ * [--dry-run]` (cli.h). Loads and checks the spec (every router allocated, every source opened
+ * before the first point runs), opens results/NAME.db (or --db), skips points whose config_key
+ * is stored (resume; --force reruns and replaces them), runs the rest, and prints a summary
+ * table. A progress bar on a terminal (stderr), one plain line per point otherwise.
+ * SIGINT/SIGTERM: the point in progress is abandoned unwritten (each point is one transaction),
+ * the database is closed cleanly and the command fails; rerunning resumes.
+ */
+#include "cli.h"
+#include "moe.h"
+#include "provenance.h"
+#include "spec.h"
+#include "store.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t stop_flag;
+
+static void on_signal(int sig)
+{
+    (void)sig;
+    stop_flag = 1;
+}
+
+static const char usage_text[] =
+    "usage: moesim run SPEC [--set section.key=value]... [--db PATH] [--force] [--no-plots]\n"
+    "                       [--dry-run]\n"
+    "Runs the sweep of an experiment spec (experiments/*.ini) into SQLite.\n"
+    "  --set S.K=V   override key K of section S, e.g. --set experiment.tokens=1024,\n"
+    "                --set router.topk.k=1 (repeatable; may add keys and sections)\n"
+    "  --db PATH     results database (default results/NAME.db, NAME from [experiment])\n"
+    "  --force       rerun points already stored and replace them (default: skip them)\n"
+    "  --no-plots    do not draw the charts after the run\n"
+    "  --dry-run     check the spec and list the points without running them\n"
+    "Points already stored with the same configuration are skipped, so an interrupted run\n"
+    "resumes where it stopped. `moesim report DB` prints the results.\n";
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void fmt_duration(double s, char *buf, size_t len)
+{
+    if (!(s >= 0.0) || s > 1e7) {
+        snprintf(buf, len, "--:--");
+        return;
+    }
+    long t = (long)(s + 0.5);
+    if (t >= 3600)
+        snprintf(buf, len, "%ld:%02ld:%02ld", t / 3600, (t / 60) % 60, t % 60);
+    else
+        snprintf(buf, len, "%ld:%02ld", t / 60, t % 60);
+}
+
+/* ---- progress ---- */
+
+static void progress_bar(size_t done, size_t total, const moe_point *pt, double elapsed,
+                         size_t ran, size_t to_run)
+{
+    const int width = 28;
+    int fill = total ? (int)((double)done / (double)total * width) : width;
+    char bar[64];
+    for (int i = 0; i < width; i++)
+        bar[i] = i < fill ? '#' : '.';
+    bar[width] = '\0';
+    char eta[32];
+    fmt_duration(ran ? elapsed / (double)ran * (double)(to_run - ran) : -1.0, eta, sizeof eta);
+    fprintf(stderr, "\r[%s] %zu/%zu ETA %s  %s cf=%s %s %s\033[K", bar, done, total, eta,
+            pt ? pt->router : "", pt ? pt->cf_text : "", pt ? pt->distribution : "",
+            pt ? pt->shape : "");
+    fflush(stderr);
+}
+
+static void progress_line(size_t i, size_t total, const moe_point *pt,
+                          const moe_point_result *res)
+{
+    const double imb = res->mean[moe_point_metric_index("load_imbalance")],
+                 drop = res->mean[moe_point_metric_index("assignment_drop_rate")],
+                 err = res->mean[moe_point_metric_index("output_error_dense")];
+    fprintf(stderr,
+            "[%zu/%zu] router=%s cf=%s distribution=%s shape=%s tokens=%d seed=%llu: "
+            "imbalance %.3f drop %.4f error %.4f (%.2f s)\n",
+            i, total, pt->router, pt->cf_text, pt->distribution, pt->shape, pt->tokens,
+            (unsigned long long)pt->seed, imb, drop, err, res->wall_s);
+}
+
+/* ---- summary ---- */
+
+/* Mean over distributions, shapes, tokens and seeds of the main metrics, per router and cf,
+ * for the points of this sweep (stored now or before). */
+static int print_summary(moe_store *st, const moe_spec *spec)
+{
+    sqlite3 *db = moe_store_db(st);
+    int rc = sqlite3_exec(db, "CREATE TEMP TABLE IF NOT EXISTS sweep (key TEXT PRIMARY KEY);"
+                              "DELETE FROM temp.sweep;", NULL, NULL, NULL);
+    sqlite3_stmt *ins = NULL, *q = NULL;
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(db, "INSERT OR IGNORE INTO temp.sweep VALUES (?)", -1, &ins,
+                                NULL);
+    for (size_t i = 0; rc == SQLITE_OK && i < moe_spec_npoints(spec); i++) {
+        rc = sqlite3_bind_text(ins, 1, moe_spec_point(spec, i)->config_key, -1, SQLITE_STATIC);
+        if (rc == SQLITE_OK && (rc = sqlite3_step(ins)) == SQLITE_DONE)
+            rc = SQLITE_OK;
+        int r2 = sqlite3_reset(ins);
+        if (rc == SQLITE_OK)
+            rc = r2;
+    }
+    sqlite3_finalize(ins); /* returns the step's error, handled above */
+    if (rc == SQLITE_OK)
+        rc = sqlite3_prepare_v2(
+            db,
+            "SELECT router, capacity_factor, count(*), avg(load_imbalance),"
+            " avg(assignment_drop_rate), avg(token_drop_rate), avg(output_error_dense),"
+            " avg(output_error_dropless), avg(tokens_per_s)"
+            " FROM points JOIN temp.sweep ON points.config_key = sweep.key"
+            " GROUP BY router, capacity_factor ORDER BY router, min(capacity_factor_value)",
+            -1, &q, NULL);
+    if (rc != SQLITE_OK) {
+        int r = moe_fail(MOE_EDB, NULL, "cannot summarise the sweep: %s (%s)",
+                         sqlite3_errmsg(db), moe_store_path(st));
+        sqlite3_finalize(q);
+        return r;
+    }
+    printf("\n%-16s %6s %6s %10s %10s %10s %10s %10s %12s\n", "router", "cf", "points",
+           "imbalance", "drop_rate", "tok_drop", "err_dense", "err_drpls", "tokens/s");
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        char cells[6][32];
+        for (int c = 0; c < 6; c++) {
+            if (sqlite3_column_type(q, 3 + c) == SQLITE_NULL)
+                snprintf(cells[c], sizeof cells[c], "-");
+            else if (c == 5)
+                snprintf(cells[c], sizeof cells[c], "%.0f", sqlite3_column_double(q, 3 + c));
+            else
+                snprintf(cells[c], sizeof cells[c], "%.4f", sqlite3_column_double(q, 3 + c));
+        }
+        printf("%-16s %6s %6d %10s %10s %10s %10s %10s %12s\n",
+               (const char *)sqlite3_column_text(q, 0), (const char *)sqlite3_column_text(q, 1),
+               sqlite3_column_int(q, 2), cells[0], cells[1], cells[2], cells[3], cells[4],
+               cells[5]);
+    }
+    int r = rc == SQLITE_DONE ? MOE_OK
+                              : moe_fail(MOE_EDB, NULL, "cannot summarise the sweep: %s (%s)",
+                                         sqlite3_errmsg(db), moe_store_path(st));
+    sqlite3_finalize(q);
+    if (!r)
+        printf("(means over distributions, shapes, token counts and seeds; per point: "
+               "moesim report %s)\n", moe_store_path(st));
+    return r;
+}
+
+/* ---- the command ---- */
+
+static int make_results_dir(void)
+{
+    if (mkdir("results", 0777) == 0 || errno == EEXIST)
+        return MOE_OK;
+    return moe_fail(MOE_EIO, "give --db PATH to write elsewhere",
+                    "cannot create the folder results: %s (results/)", strerror(errno));
+}
+
+int moe_cmd_run(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"set", required_argument, NULL, 's'}, {"db", required_argument, NULL, 'd'},
+        {"force", no_argument, NULL, 'f'},     {"no-plots", no_argument, NULL, 'P'},
+        {"dry-run", no_argument, NULL, 'n'},   {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char **sets = calloc((size_t)argc + 1, sizeof *sets);
+    if (!sets)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim run)");
+    int nsets = 0, force = 0, no_plots = 0, dry = 0;
+    const char *db_path = NULL;
+    int c;
+    optind = 1;
+    opterr = 0;
+    while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
+        switch (c) {
+        case 's': sets[nsets++] = optarg; break;
+        case 'd': db_path = optarg; break;
+        case 'f': force = 1; break;
+        case 'P': no_plots = 1; break;
+        case 'n': dry = 1; break;
+        case 'h':
+            fputs(usage_text, stdout);
+            free(sets);
+            return MOE_OK;
+        default:
+            free(sets);
+            return moe_fail(MOE_EINVAL, "moesim run --help lists the options",
+                            "unknown option or missing value '%s' (moesim run)",
+                            argv[optind - 1]);
+        }
+    }
+    if (optind != argc - 1) {
+        free(sets);
+        return moe_fail(MOE_EINVAL, "moesim run experiments/default.ini",
+                        optind >= argc ? "no spec given (moesim run)"
+                                       : "more than one spec given (moesim run)");
+    }
+    const char *spec_path = argv[optind];
+    (void)no_plots;
+
+    moe_spec *spec = NULL;
+    moe_store *st = NULL;
+    moe_point_result *res = NULL;
+    char *dbbuf = NULL;
+    int rc = moe_spec_load(spec_path, sets, nsets, &spec);
+    free(sets);
+    if (rc)
+        return rc;
+    if ((rc = moe_spec_check(spec)))
+        goto out;
+    const size_t total = moe_spec_npoints(spec);
+    if (dry) {
+        for (size_t i = 0; i < total; i++)
+            printf("%s\n", moe_spec_point(spec, i)->config_key);
+        printf("%zu points; spec %s checked\n", total, spec_path);
+        goto out;
+    }
+    if (!db_path) {
+        if ((rc = make_results_dir()))
+            goto out;
+        size_t len = strlen(moe_spec_name(spec)) + 16;
+        dbbuf = malloc(len);
+        if (!dbbuf) {
+            rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim run)");
+            goto out;
+        }
+        snprintf(dbbuf, len, "results/%s.db", moe_spec_name(spec));
+        db_path = dbbuf;
+    }
+    if ((rc = moe_store_open(db_path, 0, &st)))
+        goto out;
+    moe_provenance pv;
+    moe_provenance_get(&pv);
+
+    /* which points run */
+    unsigned char *stored = calloc(total + 1, 1);
+    if (!stored) {
+        rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim run)");
+        goto out;
+    }
+    size_t nstored = 0;
+    for (size_t i = 0; i < total && !rc; i++) {
+        long long id;
+        rc = moe_store_find(st, moe_spec_point(spec, i)->config_key, &id);
+        stored[i] = id != 0;
+        nstored += stored[i];
+    }
+    if (rc) {
+        free(stored);
+        goto out;
+    }
+    const size_t to_run = force ? total : total - nstored;
+    const int tty = isatty(STDERR_FILENO);
+    fprintf(stderr, "moesim run %s: %zu points, %zu stored%s, %zu to run -> %s\n", spec_path,
+            total, nstored, force && nstored ? " (rerun: --force)" : "", to_run, db_path);
+
+    struct sigaction sa, old_int, old_term;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESETHAND; /* a second Ctrl-C kills at once */
+    stop_flag = 0;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+
+    const double t0 = now_s();
+    size_t ran = 0, done = 0, failed = 0;
+    for (size_t i = 0; i < total; i++) {
+        const moe_point *pt = moe_spec_point(spec, i);
+        if (stop_flag)
+            break;
+        if (stored[i] && !force) {
+            done++;
+            continue;
+        }
+        if (tty)
+            progress_bar(done, total, pt, now_s() - t0, ran, to_run);
+        res = moe_point_result_alloc(pt->E, pt->batches);
+        if (!res) {
+            rc = MOE_ENOMEM;
+            break;
+        }
+        moe_clear_error();
+        failed = i;
+        /* interrupted inside a point: it is abandoned and nothing of it is written */
+        if ((rc = moe_point_run(pt, &stop_flag, res)))
+            break;
+        if ((rc = moe_store_put(st, moe_spec_name(spec), pt, res, &pv, stored[i])))
+            break;
+        ran++;
+        done++;
+        if (!tty)
+            progress_line(done, total, pt, res);
+        moe_point_result_free(res);
+        res = NULL;
+    }
+    if (tty) {
+        progress_bar(done, total, NULL, now_s() - t0, ran, to_run);
+        fputc('\n', stderr);
+    }
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
+    free(stored);
+    char el[32];
+    fmt_duration(now_s() - t0, el, sizeof el);
+    if (stop_flag) {
+        moe_clear_error();
+        rc = moe_fail(MOE_EINVAL, "run the same command again to resume",
+                      "interrupted: %zu of %zu points stored in %s (signal)", done, total,
+                      db_path);
+        goto out;
+    }
+    if (rc) {
+        fprintf(stderr, "moesim: point %zu of %zu failed: %s\n", failed + 1, total,
+                moe_spec_point(spec, failed)->config_key);
+        goto out;
+    }
+    fprintf(stderr, "moesim run: %zu points run, %zu skipped (stored), %s\n", ran, done - ran,
+            el);
+    if ((rc = print_summary(st, spec)))
+        goto out;
+    /* Charts: after a successful run and unless --no-plots, the plotting module draws them
+     * from the database here: moe_plot_db(db_path, "plots/<NAME>") (issue: plots, not yet
+     * written). */
+out:
+    moe_point_result_free(res);
+    moe_store_close(st);
+    moe_spec_free(spec);
+    free(dbbuf);
+    return rc;
+}

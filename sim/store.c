@@ -1,0 +1,555 @@
+/* store.c: the SQLite results database of store.h. Owns the schema (version
+ * MOE_STORE_VERSION), opening with its checks (newer version, foreign file, read-only, locked),
+ * and the one-transaction write of a point. Every sqlite3 return code is checked; errors are
+ * MOE_EDB naming the database file.
+ *
+ * Schema, version 1 (STRICT tables; `sqlite3 results/x.db .schema` shows it):
+ *   points             one row per sweep point: configuration columns (router, router_type,
+ *                      router_options, capacity_factor text + _value real + _note, distribution,
+ *                      source, source_params, shape, d, f, E, k, m, activation, tokens, batches,
+ *                      seed, error_tokens, config_key UNIQUE), provenance (git_rev, blas_library,
+ *                      blas_core, blas_threads, created_at), every scalar metric of moe_metrics
+ *                      as <name> (mean over batches) and <name>_std (sample std; NULL for one
+ *                      batch), time_<phase>_s and _std per batch for gate, route, dispatch,
+ *                      experts, combine, total, then tokens_per_s, gflops_per_s, wall_s
+ *   expert_loads       (point, expert): assigned, kept, importance, means per batch
+ *   batches            (point, batch): every scalar metric and time_<phase>_s of one batch
+ *   experts_per_token  (point, experts): tokens with that many kept experts, summed over batches
+ *   views              summary, by_router_cf, loads, provenance
+ * Child rows go with their point (ON DELETE CASCADE; foreign_keys is on for our connection).
+ */
+#include "store.h"
+
+#include "layer.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct moe_store {
+    sqlite3 *db;
+    char *path;
+    int readonly;
+    sqlite3_stmt *find, *del, *ins_point, *ins_load, *ins_batch, *ins_ept;
+};
+
+/* ---- errors ---- */
+
+static int db_fail(const moe_store *st, sqlite3 *db, int rc, const char *what)
+{
+    int prim = rc & 0xff;
+    const char *hint = NULL;
+    if (prim == SQLITE_BUSY || prim == SQLITE_LOCKED)
+        hint = "another process is writing to this database: wait for it, or give --db PATH";
+    else if (prim == SQLITE_READONLY || prim == SQLITE_CANTOPEN || prim == SQLITE_PERM)
+        hint = "the database or its folder is not writable: fix the permissions or give --db "
+               "PATH";
+    else if (prim == SQLITE_NOTADB || prim == SQLITE_CORRUPT)
+        hint = "this file is not a moesim results database";
+    else if (prim == SQLITE_FULL)
+        hint = "the disk is full";
+    const char *msg = db ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+    return moe_fail(MOE_EDB, hint, "%s: %s (%s)", what, msg, st->path);
+}
+
+/* ---- schema ---- */
+
+static const char *const config_cols[][2] = {
+    {"spec", "TEXT NOT NULL"},
+    {"router", "TEXT NOT NULL"},
+    {"router_type", "TEXT NOT NULL"},
+    {"router_options", "TEXT NOT NULL"},
+    {"capacity_factor", "TEXT NOT NULL"},
+    {"capacity_factor_value", "REAL"},
+    {"capacity_factor_note", "TEXT"},
+    {"distribution", "TEXT NOT NULL"},
+    {"source", "TEXT NOT NULL"},
+    {"source_params", "TEXT NOT NULL"},
+    {"shape", "TEXT NOT NULL"},
+    {"d", "INTEGER NOT NULL"},
+    {"f", "INTEGER NOT NULL"},
+    {"E", "INTEGER NOT NULL"},
+    {"k", "INTEGER NOT NULL"},
+    {"m", "INTEGER NOT NULL"},
+    {"activation", "TEXT NOT NULL"},
+    {"tokens", "INTEGER NOT NULL"},
+    {"batches", "INTEGER NOT NULL"},
+    {"seed", "INTEGER NOT NULL"},
+    {"error_tokens", "INTEGER NOT NULL"},
+    {"config_key", "TEXT NOT NULL UNIQUE"},
+    {"git_rev", "TEXT NOT NULL"},
+    {"blas_library", "TEXT NOT NULL"},
+    {"blas_core", "TEXT NOT NULL"},
+    {"blas_threads", "INTEGER NOT NULL"},
+};
+enum { NCONFIG = sizeof config_cols / sizeof config_cols[0] };
+
+static const char *const views_sql =
+    "CREATE VIEW summary AS SELECT id, router, router_type AS type, capacity_factor AS cf,"
+    " distribution, shape, E, tokens, batches, seed,"
+    " round(load_imbalance, 3) AS load_imbalance,"
+    " round(assignment_drop_rate, 4) AS drop_rate,"
+    " round(token_drop_rate, 4) AS token_drop_rate,"
+    " round(output_error_dense, 4) AS error_dense,"
+    " round(output_error_dropless, 4) AS error_dropless,"
+    " round(aux_loss, 4) AS aux_loss,"
+    " CAST(round(tokens_per_s) AS INTEGER) AS tokens_per_s,"
+    " round(gflops_per_s, 2) AS gflops_per_s"
+    " FROM points ORDER BY distribution, shape, router, capacity_factor_value, tokens, seed;\n"
+    "CREATE VIEW by_router_cf AS SELECT router, capacity_factor AS cf, distribution, shape,"
+    " count(*) AS points,"
+    " round(avg(load_imbalance), 3) AS load_imbalance,"
+    " round(avg(assignment_drop_rate), 4) AS drop_rate,"
+    " round(avg(token_drop_rate), 4) AS token_drop_rate,"
+    " round(avg(output_error_dense), 4) AS error_dense,"
+    " CAST(round(avg(tokens_per_s)) AS INTEGER) AS tokens_per_s"
+    " FROM points GROUP BY router, capacity_factor, distribution, shape"
+    " ORDER BY distribution, shape, router, min(capacity_factor_value);\n"
+    "CREATE VIEW loads AS SELECT p.id AS point, p.router, p.capacity_factor AS cf,"
+    " p.distribution, p.shape, l.expert, l.assigned, l.kept, round(l.importance, 4) AS importance"
+    " FROM expert_loads l JOIN points p ON p.id = l.point ORDER BY p.id, l.expert;\n"
+    "CREATE VIEW provenance AS SELECT git_rev, blas_library, blas_core, blas_threads,"
+    " count(*) AS points, min(created_at) AS first_point, max(created_at) AS last_point"
+    " FROM points GROUP BY git_rev, blas_library, blas_core, blas_threads;\n";
+
+/* The CREATE statements of version MOE_STORE_VERSION (malloc'd). */
+static char *schema_sql(void)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&buf, &len);
+    if (!m)
+        return NULL;
+    fprintf(m, "CREATE TABLE points (\n  id INTEGER PRIMARY KEY");
+    for (int i = 0; i < NCONFIG; i++)
+        fprintf(m, ",\n  %s %s", config_cols[i][0], config_cols[i][1]);
+    fprintf(m, ",\n  created_at TEXT NOT NULL DEFAULT (strftime('%%Y-%%m-%%dT%%H:%%M:%%SZ', "
+               "'now'))");
+    for (const moe_point_metric *mm = moe_point_metrics; mm->name; mm++)
+        fprintf(m, ",\n  %s REAL,\n  %s_std REAL", mm->name, mm->name);
+    for (int i = 0; i < MOE_T_COUNT; i++)
+        fprintf(m, ",\n  time_%s_s REAL,\n  time_%s_s_std REAL", moe_point_phases[i],
+                moe_point_phases[i]);
+    fprintf(m, ",\n  tokens_per_s REAL,\n  gflops_per_s REAL,\n  wall_s REAL\n) STRICT;\n");
+    fprintf(m, "CREATE TABLE expert_loads (\n"
+               "  point INTEGER NOT NULL REFERENCES points(id) ON DELETE CASCADE,\n"
+               "  expert INTEGER NOT NULL,\n  assigned REAL NOT NULL,\n  kept REAL NOT NULL,\n"
+               "  importance REAL,\n  PRIMARY KEY (point, expert)\n) STRICT;\n");
+    fprintf(m, "CREATE TABLE batches (\n"
+               "  point INTEGER NOT NULL REFERENCES points(id) ON DELETE CASCADE,\n"
+               "  batch INTEGER NOT NULL");
+    for (const moe_point_metric *mm = moe_point_metrics; mm->name; mm++)
+        fprintf(m, ",\n  %s REAL", mm->name);
+    for (int i = 0; i < MOE_T_COUNT; i++)
+        fprintf(m, ",\n  time_%s_s REAL", moe_point_phases[i]);
+    fprintf(m, ",\n  PRIMARY KEY (point, batch)\n) STRICT;\n");
+    fprintf(m, "CREATE TABLE experts_per_token (\n"
+               "  point INTEGER NOT NULL REFERENCES points(id) ON DELETE CASCADE,\n"
+               "  experts INTEGER NOT NULL,\n  tokens INTEGER NOT NULL,\n"
+               "  PRIMARY KEY (point, experts)\n) STRICT;\n");
+    fputs(views_sql, m);
+    fprintf(m, "PRAGMA user_version = %d;\n", MOE_STORE_VERSION);
+    if (fclose(m) != 0) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+/* INSERT INTO points (...) VALUES (?, ...) over the config columns, metrics and timings. */
+static char *insert_point_sql(void)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&buf, &len);
+    if (!m)
+        return NULL;
+    int n = 0;
+    fprintf(m, "INSERT INTO points (");
+    for (int i = 0; i < NCONFIG; i++, n++)
+        fprintf(m, "%s%s", n ? ", " : "", config_cols[i][0]);
+    for (const moe_point_metric *mm = moe_point_metrics; mm->name; mm++, n += 2)
+        fprintf(m, ", %s, %s_std", mm->name, mm->name);
+    for (int i = 0; i < MOE_T_COUNT; i++, n += 2)
+        fprintf(m, ", time_%s_s, time_%s_s_std", moe_point_phases[i], moe_point_phases[i]);
+    fprintf(m, ", tokens_per_s, gflops_per_s, wall_s) VALUES (");
+    n += 3;
+    for (int i = 0; i < n; i++)
+        fprintf(m, "%s?", i ? ", " : "");
+    fprintf(m, ")");
+    if (fclose(m) != 0) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+static char *insert_batch_sql(void)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&buf, &len);
+    if (!m)
+        return NULL;
+    int n = 2;
+    fprintf(m, "INSERT INTO batches (point, batch");
+    for (const moe_point_metric *mm = moe_point_metrics; mm->name; mm++, n++)
+        fprintf(m, ", %s", mm->name);
+    for (int i = 0; i < MOE_T_COUNT; i++, n++)
+        fprintf(m, ", time_%s_s", moe_point_phases[i]);
+    fprintf(m, ") VALUES (");
+    for (int i = 0; i < n; i++)
+        fprintf(m, "%s?", i ? ", " : "");
+    fprintf(m, ")");
+    if (fclose(m) != 0) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+/* ---- small statement helpers ---- */
+
+static int exec(moe_store *st, const char *sql, const char *what)
+{
+    int rc = sqlite3_exec(st->db, sql, NULL, NULL, NULL);
+    return rc == SQLITE_OK ? MOE_OK : db_fail(st, st->db, rc, what);
+}
+
+/* Run a one-row query returning an integer. */
+static int query_int(moe_store *st, const char *sql, long long *out, const char *what)
+{
+    sqlite3_stmt *q = NULL;
+    int rc = sqlite3_prepare_v2(st->db, sql, -1, &q, NULL);
+    if (rc != SQLITE_OK)
+        return db_fail(st, st->db, rc, what);
+    rc = sqlite3_step(q);
+    if (rc != SQLITE_ROW) {
+        int r = db_fail(st, st->db, rc, what);
+        sqlite3_finalize(q);
+        return r;
+    }
+    *out = sqlite3_column_int64(q, 0);
+    rc = sqlite3_finalize(q);
+    return rc == SQLITE_OK ? MOE_OK : db_fail(st, st->db, rc, what);
+}
+
+static int prepare(moe_store *st, const char *sql, sqlite3_stmt **q)
+{
+    if (!sql)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (%s)", st->path);
+    int rc = sqlite3_prepare_v3(st->db, sql, -1, SQLITE_PREPARE_PERSISTENT, q, NULL);
+    return rc == SQLITE_OK ? MOE_OK : db_fail(st, st->db, rc, "cannot prepare a statement");
+}
+
+/* ---- open / close ---- */
+
+static int create_or_check(moe_store *st)
+{
+    long long version = 0, objects = 0;
+    int rc = query_int(st, "PRAGMA user_version", &version, "cannot read the schema version");
+    if (rc)
+        return rc;
+    if (version > MOE_STORE_VERSION)
+        return moe_fail(MOE_EDB, "use a newer moesim, or give --db PATH for a new database",
+                        "database schema version %lld is newer than this moesim's %d (%s)",
+                        version, MOE_STORE_VERSION, st->path);
+    if ((rc = query_int(st, "SELECT count(*) FROM sqlite_master", &objects,
+                        "cannot read the schema")))
+        return rc;
+    if (version == 0 && objects > 0)
+        return moe_fail(MOE_EDB, "give --db PATH for a new database",
+                        "not a moesim results database: it has tables but no schema version "
+                        "(%s)", st->path);
+    if (version > 0 && version < MOE_STORE_VERSION)
+        return moe_fail(MOE_EDB, "rerun the sweep into a new database (--db PATH)",
+                        "database schema version %lld is older than this moesim's %d (%s)",
+                        version, MOE_STORE_VERSION, st->path);
+    if (st->readonly) {
+        if (version == 0)
+            return moe_fail(MOE_EDB, "run `moesim run SPEC --db PATH` first",
+                            "empty database: no moesim results (%s)", st->path);
+        return MOE_OK;
+    }
+    /* WAL is a property of the file: set it once, outside any transaction */
+    sqlite3_stmt *q = NULL;
+    rc = sqlite3_prepare_v2(st->db, "PRAGMA journal_mode = WAL", -1, &q, NULL);
+    if (rc != SQLITE_OK)
+        return db_fail(st, st->db, rc, "cannot set WAL mode");
+    rc = sqlite3_step(q);
+    int wal = rc == SQLITE_ROW && sqlite3_column_text(q, 0) &&
+              strcmp((const char *)sqlite3_column_text(q, 0), "wal") == 0;
+    if (rc != SQLITE_ROW) {
+        int r = db_fail(st, st->db, rc, "cannot set WAL mode");
+        sqlite3_finalize(q);
+        return r;
+    }
+    if ((rc = sqlite3_finalize(q)) != SQLITE_OK)
+        return db_fail(st, st->db, rc, "cannot set WAL mode");
+    if (!wal)
+        return moe_fail(MOE_EDB, "the database or its folder may be read-only",
+                        "cannot switch the database to WAL mode (%s)", st->path);
+    /* take the write lock once: a locked or read-only database fails here, before any point */
+    if ((rc = exec(st, "BEGIN IMMEDIATE", "cannot write to the database")))
+        return rc;
+    if ((rc = query_int(st, "PRAGMA user_version", &version, "cannot read the schema version")))
+        goto rollback;
+    if (version == 0) { /* (another process may have created it meanwhile) */
+        char *sql = schema_sql();
+        if (!sql) {
+            rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (%s)", st->path);
+            goto rollback;
+        }
+        rc = exec(st, sql, "cannot create the schema");
+        free(sql);
+        if (rc)
+            goto rollback;
+    }
+    if ((rc = exec(st, "COMMIT", "cannot write to the database")))
+        goto rollback;
+    return MOE_OK;
+rollback:
+    sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL); /* the first error is the one reported */
+    return rc;
+}
+
+int moe_store_open(const char *path, int readonly, moe_store **out)
+{
+    *out = NULL;
+    moe_store *st = calloc(1, sizeof *st);
+    if (!st)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (%s)", path);
+    st->path = malloc(strlen(path) + 1);
+    if (!st->path) {
+        free(st);
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (%s)", path);
+    }
+    strcpy(st->path, path);
+    st->readonly = readonly;
+    int flags = readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
+    int rc = sqlite3_open_v2(path, &st->db, flags, NULL);
+    if (rc != SQLITE_OK) {
+        int r = db_fail(st, st->db, rc, "cannot open the database");
+        moe_store_close(st);
+        return r;
+    }
+    if ((rc = sqlite3_extended_result_codes(st->db, 1)) != SQLITE_OK ||
+        (rc = sqlite3_busy_timeout(st->db, 250)) != SQLITE_OK) {
+        int r = db_fail(st, st->db, rc, "cannot configure the database connection");
+        moe_store_close(st);
+        return r;
+    }
+    int r = create_or_check(st);
+    if (!r && !readonly) {
+        r = exec(st, "PRAGMA foreign_keys = ON", "cannot enable foreign keys");
+        char *ip = NULL, *ib = NULL;
+        if (!r)
+            r = prepare(st, "SELECT id FROM points WHERE config_key = ?", &st->find);
+        if (!r)
+            r = prepare(st, "DELETE FROM points WHERE config_key = ?", &st->del);
+        if (!r)
+            r = prepare(st, ip = insert_point_sql(), &st->ins_point);
+        if (!r)
+            r = prepare(st, ib = insert_batch_sql(), &st->ins_batch);
+        if (!r)
+            r = prepare(st, "INSERT INTO expert_loads (point, expert, assigned, kept, importance)"
+                            " VALUES (?, ?, ?, ?, ?)", &st->ins_load);
+        if (!r)
+            r = prepare(st, "INSERT INTO experts_per_token (point, experts, tokens)"
+                            " VALUES (?, ?, ?)", &st->ins_ept);
+        free(ip);
+        free(ib);
+    } else if (!r) {
+        r = prepare(st, "SELECT id FROM points WHERE config_key = ?", &st->find);
+    }
+    if (r) {
+        moe_store_close(st);
+        return r;
+    }
+    *out = st;
+    return MOE_OK;
+}
+
+void moe_store_close(moe_store *st)
+{
+    if (!st)
+        return;
+    sqlite3_stmt *qs[] = {st->find, st->del, st->ins_point, st->ins_load, st->ins_batch,
+                          st->ins_ept};
+    for (size_t i = 0; i < sizeof qs / sizeof qs[0]; i++)
+        sqlite3_finalize(qs[i]); /* returns the statement's last error, already reported */
+    if (st->db && sqlite3_close(st->db) != SQLITE_OK)
+        fprintf(stderr, "moesim: warning: closing %s: %s\n", st->path, sqlite3_errmsg(st->db));
+    free(st->path);
+    free(st);
+}
+
+sqlite3 *moe_store_db(moe_store *st) { return st->db; }
+const char *moe_store_path(const moe_store *st) { return st->path; }
+
+/* ---- queries and the write of a point ---- */
+
+int moe_store_find(moe_store *st, const char *config_key, long long *id)
+{
+    *id = 0;
+    int rc = sqlite3_bind_text(st->find, 1, config_key, -1, SQLITE_TRANSIENT);
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st->find);
+        if (rc == SQLITE_ROW) {
+            *id = sqlite3_column_int64(st->find, 0);
+            rc = SQLITE_DONE;
+        }
+    }
+    int r = rc == SQLITE_DONE ? MOE_OK : db_fail(st, st->db, rc, "cannot look up a point");
+    sqlite3_reset(st->find); /* returns the step's error, reported above */
+    sqlite3_clear_bindings(st->find);
+    return r;
+}
+
+/* Binding with one sticky return code: the first failure wins. */
+typedef struct {
+    sqlite3_stmt *q;
+    int i, rc;
+} binder;
+
+static void b_text(binder *b, const char *s)
+{
+    int rc = s ? sqlite3_bind_text(b->q, ++b->i, s, -1, SQLITE_TRANSIENT)
+               : sqlite3_bind_null(b->q, ++b->i);
+    if (b->rc == SQLITE_OK)
+        b->rc = rc;
+}
+
+static void b_int(binder *b, long long v)
+{
+    int rc = sqlite3_bind_int64(b->q, ++b->i, (sqlite3_int64)v);
+    if (b->rc == SQLITE_OK)
+        b->rc = rc;
+}
+
+static void b_real(binder *b, double v) /* NaN and inf are stored as NULL */
+{
+    int rc = isfinite(v) ? sqlite3_bind_double(b->q, ++b->i, v) : sqlite3_bind_null(b->q, ++b->i);
+    if (b->rc == SQLITE_OK)
+        b->rc = rc;
+}
+
+/* Step a bound insert/delete to completion and reset it. */
+static int run(moe_store *st, binder *b, const char *what)
+{
+    int rc = b->rc;
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(b->q);
+        if (rc == SQLITE_DONE)
+            rc = SQLITE_OK;
+    }
+    int r = rc == SQLITE_OK ? MOE_OK : db_fail(st, st->db, rc, what);
+    sqlite3_reset(b->q); /* returns the step's error, reported above */
+    sqlite3_clear_bindings(b->q);
+    return r;
+}
+
+static int put_rows(moe_store *st, const char *spec_name, const moe_point *pt,
+                    const moe_point_result *res, const moe_provenance *pv, int replace)
+{
+    int r;
+    if (replace) {
+        binder b = {st->del, 0, SQLITE_OK};
+        b_text(&b, pt->config_key);
+        if ((r = run(st, &b, "cannot delete the stored point")))
+            return r;
+    }
+    binder b = {st->ins_point, 0, SQLITE_OK};
+    b_text(&b, spec_name);
+    b_text(&b, pt->router);
+    b_text(&b, pt->rtype->name);
+    b_text(&b, pt->opts_text);
+    b_text(&b, pt->cf_text);
+    b_real(&b, pt->cf);
+    b_text(&b, pt->cf_note);
+    b_text(&b, pt->distribution);
+    b_text(&b, pt->source);
+    b_text(&b, pt->params_text);
+    b_text(&b, pt->shape);
+    b_int(&b, pt->d);
+    b_int(&b, pt->f);
+    b_int(&b, pt->E);
+    b_int(&b, pt->k);
+    b_int(&b, pt->m);
+    b_text(&b, moe_act_name(pt->act));
+    b_int(&b, pt->tokens);
+    b_int(&b, pt->batches);
+    b_int(&b, (long long)pt->seed);
+    b_int(&b, pt->error_tokens);
+    b_text(&b, pt->config_key);
+    b_text(&b, pv->git_rev);
+    b_text(&b, pv->blas_library);
+    b_text(&b, pv->blas_core);
+    b_int(&b, pv->blas_threads);
+    for (int i = 0; i < MOE_POINT_NMETRICS; i++) {
+        b_real(&b, res->mean[i]);
+        b_real(&b, res->std[i]);
+    }
+    for (int i = 0; i < MOE_T_COUNT; i++) {
+        b_real(&b, res->time_mean[i]);
+        b_real(&b, res->time_std[i]);
+    }
+    b_real(&b, res->tokens_per_s);
+    b_real(&b, res->gflops_per_s);
+    b_real(&b, res->wall_s);
+    if ((r = run(st, &b, "cannot insert the point")))
+        return r;
+    sqlite3_int64 id = sqlite3_last_insert_rowid(st->db);
+    for (int e = 0; e < res->E; e++) {
+        binder l = {st->ins_load, 0, SQLITE_OK};
+        b_int(&l, id);
+        b_int(&l, e);
+        b_real(&l, res->assigned[e]);
+        b_real(&l, res->kept[e]);
+        b_real(&l, res->importance[e]);
+        if ((r = run(st, &l, "cannot insert expert loads")))
+            return r;
+    }
+    for (int j = 0; j <= res->E; j++) {
+        binder h = {st->ins_ept, 0, SQLITE_OK};
+        b_int(&h, id);
+        b_int(&h, j);
+        b_int(&h, res->experts_per_token[j]);
+        if ((r = run(st, &h, "cannot insert the experts-per-token histogram")))
+            return r;
+    }
+    for (int bt = 0; bt < res->batches; bt++) {
+        binder q = {st->ins_batch, 0, SQLITE_OK};
+        b_int(&q, id);
+        b_int(&q, bt);
+        for (int i = 0; i < MOE_POINT_NMETRICS; i++)
+            b_real(&q, res->batch_metric[(size_t)bt * MOE_POINT_NMETRICS + i]);
+        for (int i = 0; i < MOE_T_COUNT; i++)
+            b_real(&q, res->batch_time[(size_t)bt * MOE_T_COUNT + i]);
+        if ((r = run(st, &q, "cannot insert batch rows")))
+            return r;
+    }
+    return MOE_OK;
+}
+
+int moe_store_put(moe_store *st, const char *spec_name, const moe_point *pt,
+                  const moe_point_result *res, const moe_provenance *pv, int replace)
+{
+    if (st->readonly)
+        return moe_fail(MOE_EDB, NULL, "database opened read-only (%s)", st->path);
+    int r = exec(st, "BEGIN IMMEDIATE", "cannot start a transaction");
+    if (r)
+        return r;
+    r = put_rows(st, spec_name, pt, res, pv, replace);
+    if (!r)
+        r = exec(st, "COMMIT", "cannot commit the point");
+    if (r) {
+        int rc = sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+        if (rc != SQLITE_OK && sqlite3_get_autocommit(st->db) == 0)
+            fprintf(stderr, "moesim: warning: rollback failed: %s (%s)\n",
+                    sqlite3_errmsg(st->db), st->path);
+    }
+    return r;
+}

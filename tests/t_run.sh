@@ -1,0 +1,282 @@
+#!/bin/sh
+# t_run.sh: `moesim run` and `moesim report` end to end on small shapes (tests/run.sh runs it with
+# MOESIM=<build>/moesim). A sweep stores the expected rows; a sweep killed with SIGKILL part-way
+# and rerun ends with exactly the rows of an uninterrupted run (timings aside), without
+# duplicates; SIGINT stops cleanly with a non-zero exit; --force reruns and replaces; a read-only
+# folder, a locked database, a newer schema version and a foreign file give clear errors and
+# leave the database as it was. Prints "t_run: N passed, N failed" last.
+MOESIM=${MOESIM:-./moesim}
+case "$MOESIM" in /*) ;; *) MOESIM="$(pwd)/$MOESIM" ;; esac
+pass=0
+fail=0
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL t_run: $*" >&2; }
+# check DESCRIPTION COMMAND...: the command succeeds
+check() { d=$1; shift; if "$@"; then ok; else bad "$d"; fi; }
+# contains DESCRIPTION FILE TEXT: FILE contains TEXT
+contains() { if grep -qF -- "$3" "$2"; then ok; else bad "$1: '$3' not in: $(cat "$2")"; fi; }
+q() { sqlite3 "$@"; }
+
+tmp=$(mktemp -d /tmp/moesim_t_run.XXXXXX) || exit 1
+holder=
+cleanup() {
+    [ -n "$holder" ] && kill "$holder" 2>/dev/null
+    chmod -R u+w "$tmp" 2>/dev/null
+    rm -rf "$tmp"
+}
+trap cleanup EXIT
+chmod 755 "$tmp"
+
+# 4 routers (topk, switch, gshard at 2 capacity factors; soft_moe once: dense, no capacity)
+# x 2 distributions = (3*2 + 1) * 2 = 14 points, E = 8, 2 batches each.
+cat > "$tmp/t.ini" <<'EOF'
+; t_run.ini: a small sweep for tests/t_run.sh
+[experiment]
+name = t_run
+routers = topk switch gshard soft
+capacity_factors = 1.0 1.5
+tokens = 128
+batches = 2
+seeds = 1
+error_tokens = 32
+
+[router.topk]
+type = topk
+k = 2
+
+[router.switch]
+type = switch
+
+[router.gshard]
+type = gshard
+
+[router.soft]
+type = soft_moe
+
+[distribution.g]
+source = gaussian
+
+[distribution.c]
+source = clustered
+zipf_s = 1.5
+
+[shape.s]
+d = 16
+f = 32
+E = 8
+EOF
+spec=$tmp/t.ini
+
+# ---- a small sweep: expected rows ----
+db=$tmp/a.db
+"$MOESIM" run "$spec" --db "$db" --no-plots >"$tmp/out" 2>"$tmp/err"
+check "small sweep exits 0 ($(cat "$tmp/err"))" test $? = 0
+check "14 points" test "$(q "$db" 'SELECT count(*) FROM points')" = 14
+check "14 x 8 expert_loads rows" test "$(q "$db" 'SELECT count(*) FROM expert_loads')" = 112
+check "14 x 2 batches rows" test "$(q "$db" 'SELECT count(*) FROM batches')" = 28
+check "14 x (8+1) experts_per_token rows" \
+    test "$(q "$db" 'SELECT count(*) FROM experts_per_token')" = 126
+check "soft_moe stored once with capacity factor none" \
+    test "$(q "$db" "SELECT count(*) FROM points WHERE router='soft' AND capacity_factor='none' AND capacity_factor_value IS NULL")" = 2
+check "schema version 1" test "$(q "$db" 'PRAGMA user_version')" = 1
+check "WAL journal" test "$(q "$db" 'PRAGMA journal_mode')" = wal
+check "histogram sums to tokens x batches" \
+    test "$(q "$db" 'SELECT count(*) FROM (SELECT point, sum(tokens) s FROM experts_per_token GROUP BY point) WHERE s != 256')" = 0
+check "summary view" test "$(q "$db" 'SELECT count(*) FROM summary')" = 14
+contains "summary table printed" "$tmp/out" "router"
+
+# rerun: everything is stored, nothing runs
+"$MOESIM" run "$spec" --db "$db" >"$tmp/out" 2>"$tmp/err"
+check "rerun exits 0" test $? = 0
+contains "rerun skips all" "$tmp/err" "0 points run, 14 skipped"
+check "rerun adds no rows" test "$(q "$db" 'SELECT count(*) FROM points')" = 14
+
+# --set adds points (a new seed), the old ones stay
+"$MOESIM" run "$spec" --db "$db" --set experiment.seeds="1 2" >"$tmp/out" 2>"$tmp/err"
+check "--set seeds exits 0" test $? = 0
+contains "--set runs only the new seed" "$tmp/err" "14 points run, 14 skipped"
+check "28 points after a second seed" test "$(q "$db" 'SELECT count(*) FROM points')" = 28
+
+# ---- report ----
+"$MOESIM" report "$db" --csv >"$tmp/csv" 2>"$tmp/err"
+check "report --csv exits 0" test $? = 0
+check "csv: header + 28 rows" test "$(wc -l <"$tmp/csv")" = 29
+contains "csv header" "$tmp/csv" "id,router,cf,distribution"
+"$MOESIM" report "$db" >"$tmp/out" 2>"$tmp/err"
+check "report exits 0" test $? = 0
+contains "report table" "$tmp/out" "(28 points"
+
+# ---- --force reruns and replaces ----
+maxid=$(q "$db" 'SELECT max(id) FROM points')
+q "$db" 'SELECT config_key, load_imbalance, assignment_drop_rate, output_error_dense FROM points ORDER BY config_key' >"$tmp/before"
+"$MOESIM" run "$spec" --db "$db" --force >"$tmp/out" 2>"$tmp/err"
+check "--force exits 0" test $? = 0
+contains "--force runs all 14" "$tmp/err" "14 points run, 0 skipped"
+check "--force keeps 28 points" test "$(q "$db" 'SELECT count(*) FROM points')" = 28
+check "--force replaced the 14 (new ids)" \
+    test "$(q "$db" "SELECT count(*) FROM points WHERE id > $maxid")" = 14
+check "--force leaves no orphan loads" \
+    test "$(q "$db" 'SELECT count(*) FROM expert_loads WHERE point NOT IN (SELECT id FROM points)')" = 0
+q "$db" 'SELECT config_key, load_imbalance, assignment_drop_rate, output_error_dense FROM points ORDER BY config_key' >"$tmp/after"
+check "--force reproduces the metrics" cmp -s "$tmp/before" "$tmp/after"
+
+# ---- killed with SIGKILL part-way, rerun = uninterrupted run ----
+# heavier points (4096 tokens, d 64) so that the kill lands part-way: 42 points
+heavy="--set experiment.tokens=4096 --set shape.s.d=64 --set shape.s.f=128 --set experiment.seeds=1,2,3"
+ref=$tmp/ref.db
+# shellcheck disable=SC2086
+"$MOESIM" run "$spec" --db "$ref" $heavy >/dev/null 2>&1
+check "reference run stores 42 points" test "$(q "$ref" 'SELECT count(*) FROM points')" = 42
+kdb=$tmp/k.db
+# shellcheck disable=SC2086
+"$MOESIM" run "$spec" --db "$kdb" $heavy >/dev/null 2>&1 &
+pid=$!
+n=0
+i=0
+while [ $i -lt 400 ]; do
+    n=$(q "$kdb" 'SELECT count(*) FROM points' 2>/dev/null || echo 0)
+    [ "${n:-0}" -ge 3 ] 2>/dev/null && break
+    sleep 0.02
+    i=$((i + 1))
+done
+kill -9 "$pid" 2>/dev/null
+wait "$pid" 2>/dev/null
+n=$(q "$kdb" 'SELECT count(*) FROM points')
+check "killed part-way ($n of 42 stored)" test "$n" -ge 3 -a "$n" -lt 42
+check "killed database passes integrity_check" test "$(q "$kdb" 'PRAGMA integrity_check')" = ok
+# shellcheck disable=SC2086
+"$MOESIM" run "$spec" --db "$kdb" $heavy >/dev/null 2>"$tmp/err"
+check "resume exits 0" test $? = 0
+contains "resume skips what was stored" "$tmp/err" "$((42 - n)) points run, $n skipped"
+check "resumed: 42 points, no duplicates" \
+    test "$(q "$kdb" 'SELECT count(*), count(DISTINCT config_key) FROM points')" = "42|42"
+cols="config_key, router, router_type, router_options, capacity_factor, capacity_factor_value,
+ distribution, source, source_params, shape, d, f, E, k, m, activation, tokens, batches, seed,
+ error_tokens, capacity, num_entries, n_tokens, load_imbalance, load_imbalance_std,
+ kept_load_imbalance, load_cv, assignment_drop_rate, assignment_drop_rate_std, token_drop_rate,
+ importance_cv2, aux_loss, z_loss, flops_gate, flops_expert_useful, flops_expert_padded,
+ flops_soft_dispatch, flops_soft_combine, output_error_dense, output_error_dense_std,
+ output_error_dropless"
+q "$ref" "SELECT $cols FROM points ORDER BY config_key" >"$tmp/ref.points"
+q "$kdb" "SELECT $cols FROM points ORDER BY config_key" >"$tmp/k.points"
+check "resumed points equal the uninterrupted run" cmp -s "$tmp/ref.points" "$tmp/k.points"
+child="SELECT p.config_key, l.expert, l.assigned, l.kept, l.importance FROM expert_loads l JOIN points p ON p.id = l.point ORDER BY 1, 2"
+q "$ref" "$child" >"$tmp/ref.loads"
+q "$kdb" "$child" >"$tmp/k.loads"
+check "resumed expert loads equal" cmp -s "$tmp/ref.loads" "$tmp/k.loads"
+child="SELECT p.config_key, b.batch, b.load_imbalance, b.assignment_drop_rate, b.output_error_dense, b.output_error_dropless FROM batches b JOIN points p ON p.id = b.point ORDER BY 1, 2"
+q "$ref" "$child" >"$tmp/ref.batches"
+q "$kdb" "$child" >"$tmp/k.batches"
+check "resumed batch rows equal" cmp -s "$tmp/ref.batches" "$tmp/k.batches"
+child="SELECT p.config_key, h.experts, h.tokens FROM experts_per_token h JOIN points p ON p.id = h.point ORDER BY 1, 2"
+q "$ref" "$child" >"$tmp/ref.ept"
+q "$kdb" "$child" >"$tmp/k.ept"
+check "resumed histograms equal" cmp -s "$tmp/ref.ept" "$tmp/k.ept"
+check "resumed child row counts" \
+    test "$(q "$kdb" 'SELECT (SELECT count(*) FROM expert_loads), (SELECT count(*) FROM batches), (SELECT count(*) FROM experts_per_token)')" = "336|84|378"
+
+# ---- SIGINT: clean stop, non-zero exit, resumable ----
+idb=$tmp/i.db
+# shellcheck disable=SC2086
+"$MOESIM" run "$spec" --db "$idb" $heavy >/dev/null 2>"$tmp/err" &
+pid=$!
+i=0
+while [ $i -lt 400 ]; do
+    n=$(q "$idb" 'SELECT count(*) FROM points' 2>/dev/null || echo 0)
+    [ "${n:-0}" -ge 2 ] 2>/dev/null && break
+    sleep 0.02
+    i=$((i + 1))
+done
+kill -INT "$pid" 2>/dev/null
+wait "$pid"
+rc=$?
+check "SIGINT exits non-zero" test "$rc" != 0
+contains "SIGINT says interrupted" "$tmp/err" "interrupted"
+n=$(q "$idb" 'SELECT count(*) FROM points')
+check "SIGINT leaves whole points ($n)" test "$(q "$idb" "SELECT count(*) FROM batches")" = $((n * 2))
+check "SIGINT database passes integrity_check" test "$(q "$idb" 'PRAGMA integrity_check')" = ok
+
+# ---- a read-only folder ----
+# Root ignores permissions: as root the runs below drop to user nobody (setpriv), when it can
+# run the binary; otherwise these checks are skipped, and say so.
+as_user() { if [ "$(id -u)" = 0 ]; then setpriv --reuid=65534 --regid=65534 --clear-groups "$@"; else "$@"; fi; }
+ro=$tmp/ro
+mkdir "$ro"
+cp "$db" "$ro/x.db"
+chmod 755 "$ro"
+chmod 644 "$ro/x.db" "$spec"
+if as_user "$MOESIM" report --help >/dev/null 2>&1; then
+    sum_before=$(cksum <"$ro/x.db")
+    chmod 555 "$ro"
+    as_user "$MOESIM" run "$spec" --db "$ro/new.db" >/dev/null 2>"$tmp/err"
+    check "read-only folder, new database: non-zero exit" test $? != 0
+    contains "read-only folder: clear error" "$tmp/err" "cannot open the database"
+    contains "read-only folder: names the file" "$tmp/err" "$ro/new.db"
+    as_user "$MOESIM" run "$spec" --db "$ro/x.db" --force >/dev/null 2>"$tmp/err"
+    check "read-only folder, existing database: non-zero exit" test $? != 0
+    contains "read-only folder: hint" "$tmp/err" "not writable"
+    check "read-only folder: database unchanged" test "$(cksum <"$ro/x.db")" = "$sum_before"
+    check "read-only folder: no new file" test ! -e "$ro/new.db"
+    chmod 755 "$ro"
+else
+    echo "SKIP t_run: read-only folder checks (running as root without setpriv to user nobody)"
+fi
+
+# ---- a locked database ----
+ldb=$tmp/l.db
+cp "$db" "$ldb"
+rm -f "$tmp/fifo"
+mkfifo "$tmp/fifo"
+sqlite3 "$ldb" <"$tmp/fifo" >/dev/null 2>&1 &
+holder=$!
+exec 3>"$tmp/fifo"
+echo "BEGIN EXCLUSIVE; DELETE FROM experts_per_token WHERE point = -1;" >&3
+i=0
+while [ $i -lt 200 ]; do # wait until the lock is held
+    sqlite3 "$ldb" 'BEGIN IMMEDIATE; ROLLBACK;' >/dev/null 2>&1 || break
+    sleep 0.02
+    i=$((i + 1))
+done
+"$MOESIM" run "$spec" --db "$ldb" --force >/dev/null 2>"$tmp/err"
+check "locked database: non-zero exit" test $? != 0
+contains "locked database: clear error" "$tmp/err" "locked"
+echo "ROLLBACK;" >&3
+exec 3>&-
+wait "$holder"
+holder=
+check "locked database: points unchanged" \
+    test "$(q "$ldb" 'SELECT count(*), max(id) FROM points')" = "$(q "$db" 'SELECT count(*), max(id) FROM points')"
+check "locked database: integrity_check" test "$(q "$ldb" 'PRAGMA integrity_check')" = ok
+
+# ---- a newer schema version; a foreign database ----
+ndb=$tmp/n.db
+cp "$db" "$ndb"
+q "$ndb" 'PRAGMA user_version = 99'
+sum_before=$(cksum <"$ndb")
+"$MOESIM" run "$spec" --db "$ndb" --force >/dev/null 2>"$tmp/err"
+check "newer version: non-zero exit" test $? != 0
+contains "newer version: clear error" "$tmp/err" "schema version 99 is newer"
+check "newer version: file untouched" test "$(cksum <"$ndb")" = "$sum_before"
+check "newer version: no WAL file left" test ! -s "$ndb-wal"
+"$MOESIM" report "$ndb" >/dev/null 2>"$tmp/err"
+check "newer version: report refuses" test $? != 0
+contains "newer version: report error" "$tmp/err" "newer"
+fdb=$tmp/f.db
+q "$fdb" 'CREATE TABLE t (x); INSERT INTO t VALUES (1)'
+"$MOESIM" run "$spec" --db "$fdb" >/dev/null 2>"$tmp/err"
+check "foreign database: non-zero exit" test $? != 0
+contains "foreign database: clear error" "$tmp/err" "not a moesim results database"
+check "foreign database: untouched" test "$(q "$fdb" 'SELECT count(*) FROM sqlite_master')" = 1
+printf 'this is not sqlite, just text that is long enough to look like a header......\n' >"$tmp/junk.db"
+"$MOESIM" run "$spec" --db "$tmp/junk.db" >/dev/null 2>"$tmp/err"
+check "junk file: non-zero exit" test $? != 0
+contains "junk file: names the file" "$tmp/err" "$tmp/junk.db"
+
+# ---- spec errors stop before anything runs ----
+"$MOESIM" run "$spec" --db "$tmp/e.db" --set router.topk.k=9 >/dev/null 2>"$tmp/err"
+check "k > E: non-zero exit" test $? != 0
+contains "k > E: located" "$tmp/err" "(--set:1, key router.topk.k)"
+check "k > E: no database created" test ! -e "$tmp/e.db"
+
+echo "t_run: $pass passed, $fail failed"
+[ "$fail" = 0 ]
