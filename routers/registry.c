@@ -5,6 +5,9 @@
 
 extern const moe_router_type moe_router_topk, moe_router_switch, moe_router_gshard,
     moe_router_expert_choice, moe_router_hash, moe_router_soft_moe;
+extern const moe_router_type moe_router_replay;
+extern const moe_router_type moe_router_base, moe_router_sinkhorn, moe_router_dsv3_bias,
+    moe_router_dense;
 
 const moe_router_type *const moe_router_types[] = {
     &moe_router_topk,
@@ -13,5 +16,10 @@ const moe_router_type *const moe_router_types[] = {
     &moe_router_expert_choice,
     &moe_router_hash,
     &moe_router_soft_moe,
+    &moe_router_base,
+    &moe_router_sinkhorn,
+    &moe_router_dsv3_bias,
+    &moe_router_dense,
+    &moe_router_replay,
     NULL,
 };

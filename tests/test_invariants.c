@@ -35,7 +35,27 @@ static int route(const moe_router_type *t, const moe_route_opts *o, const shape 
     gsl_rng *rng = moe_rng_alloc(seed, MOE_STREAM_GSHARD);
     moe_plan *p = moe_plan_alloc(s->n, r->E, (size_t)s->n * (size_t)s->m);
     moe_route_in in = {s->n, s->m, L, ids, NULL, rng, NULL, NULL, 0};
+    /* routers that replay recorded choices (replay) get the top-k of the logits as the record */
+    int32_t *ch = NULL;
+    if (t->flags & MOE_RF_NEEDS_CHOICES) {
+        ch = malloc((size_t)s->n * (size_t)s->k * sizeof *ch);
+        for (int i = 0; i < s->n; i++)
+            for (int j = 0; j < s->k; j++) {
+                int best = -1;
+                for (int e = 0; e < s->m; e++) {
+                    int used = 0;
+                    for (int q = 0; q < j; q++)
+                        used |= ch[(size_t)i * s->k + q] == e;
+                    if (!used && (best < 0 || L[(size_t)i * s->m + e] > L[(size_t)i * s->m + best]))
+                        best = e;
+                }
+                ch[(size_t)i * s->k + j] = best;
+            }
+        in.choices = ch;
+        in.k_rec = s->k;
+    }
     int rc = moe_router_route(r, &in, p);
+    free(ch);
     *E = r->E;
     moe_router_free(r);
     gsl_rng_free(rng);

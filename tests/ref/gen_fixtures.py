@@ -9,9 +9,13 @@ expected_metrics.json and, for layer cases, expected_y.npy (float64).
 Every case is seeded and deterministic. A case whose outcome would hinge on a floating-point
 near-tie between two implementations (a cross-token comparison of probabilities closer than
 1e-9 relative that is not an exact tie of identical rows, or a gshard draw within 1e-9 of its
-threshold) is rejected and its seed advanced, so the fixtures test semantics, not rounding.
+threshold; for base an optimal assignment that is not unique by a margin of 1e-6; for sinkhorn
+two of a row's first k+1 balanced scores closer than 1e-6 relative; for dsv3_bias two of a row's
+first k+1 sigmoid scores closer than 1e-9 unless their logits are equal) is rejected and its seed
+advanced, so the fixtures test semantics, not rounding.
 
 The reference is first checked against examples worked by hand (asserts below)."""
+import itertools
 import json
 import math
 import os
@@ -110,6 +114,60 @@ def hand_checks():
     assert [(e, s, dw) for _, e, s, dw, _ in p.entries] == [(0, 0, 1.0), (1, 0, 1.0)]
     assert abs(p.entries[1][4] - 0.75) < 1e-15
 
+    # base, n=4, E=2, C=2: L = [1,0], [1,0], [5,0], [0,-3]. Expert 0 holds two tokens; total =
+    # sum_t L[t,1] + the two largest advantages L[t,0]-L[t,1] = (1, 1, 5, 3): -3 + 5 + 3 = 5
+    # with t2, t3 on e0 (next best 5 + 1: -3 + 6 = 3). Slots in token order: e1 gets t0 s0,
+    # t1 s1; e0 gets t2 s0, t3 s1. Greedy in token order would give t0, t1 e0 and total -1.
+    L = np.array([[1, 0], [1, 0], [5, 0], [0, -3]], np.float64)
+    p = R.route("base", L, {})
+    assert p.capacity == 2
+    assert _entries(p) == [(0, 1, 0), (1, 1, 1), (2, 0, 0), (3, 0, 1)]
+    assert p.entries[0][4] == 0.5 and abs(p.entries[3][4] - 1 / (1 + math.exp(-0.0))) < 1e-15
+    # base against brute force over every assignment with at most ceil(n/E) per expert.
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        n, E = int(rng.integers(1, 7)), int(rng.integers(1, 4))
+        L = rng.standard_normal((n, E))
+        C = -(-n // E)
+        best = max(sum(L[t, a[t]] for t in range(n)) for a in itertools.product(range(E), repeat=n)
+                   if np.bincount(a, minlength=E).max() <= C)
+        asg, _ = R.base_assignment(L)
+        assert np.bincount(asg, minlength=E).max() <= C
+        assert abs(sum(L[t, asg[t]] for t in range(n)) - best) < 1e-12
+
+    # sinkhorn, n=2, E=2, L = [2,0], [1,0]: both tokens prefer e0, but the balanced matrix
+    # B = [[x, 1/2-x], [1/2-x, x]] (rows and columns 1/2) keeps the cross ratio of exp(L):
+    # x^2 / (1/2-x)^2 = e^2 * e^0 / (e^0 * e^1) = e, so x = sqrt(e) / (2 (1 + sqrt(e))) = 0.311
+    # > 1/4: t0 -> e0, t1 -> e1. k = 1: gates sigmoid(2) and sigmoid(0) = 1/2; dropless, C = 1.
+    L = np.array([[2, 0], [1, 0]], np.float64)
+    a, b, _ = R.sinkhorn_scalings(L)
+    B = np.exp(a[:, None] + L + b[None, :])
+    x = math.sqrt(math.e) / (2 * (1 + math.sqrt(math.e)))
+    assert np.abs(B - np.array([[x, 0.5 - x], [0.5 - x, x]])).max() < 1e-9
+    p = R.route("sinkhorn", L, {})
+    assert _entries(p) == [(0, 0, 0), (1, 1, 0)] and p.capacity == 1
+    assert abs(p.entries[0][4] - 1 / (1 + math.exp(-2))) < 1e-15 and p.entries[1][4] == 0.5
+    # all-zero logits: converged after one iteration (d1 stays 1); ties -> expert 0 for all.
+    assert R.sinkhorn_scalings(np.zeros((4, 2)))[2] == 1
+    assert _entries(R.route("sinkhorn", np.zeros((4, 2)), {})) == [(t, 0, t) for t in range(4)]
+
+    # dsv3_bias, k=2, L = [0, ln 3, 0]: s = (1/2, 3/4, 1/2); bias 0 -> e1, then e0 (tie with e2
+    # -> lower); gates 3/4 / (5/4) = 0.6 and 0.4. Bias (0, 0, 0.3): keys (.5, .75, .8) -> e2, e1
+    # with the unbiased gates 0.4 (e2) and 0.6 (e1).
+    L = np.array([[0, math.log(3), 0]])
+    p = R.route("dsv3_bias", L, {})
+    assert [(e, round(cw, 12)) for _, e, _, _, cw in p.entries] == [(1, 0.6), (0, 0.4)]
+    p = R.route_dsv3_bias(L, {}, bias=[0, 0, 0.3])
+    assert [(e, round(cw, 12)) for _, e, _, _, cw in p.entries] == [(2, 0.4), (1, 0.6)]
+    # bias update: loads (3, 1), mean 2 -> b = (-r, +r); equal loads leave b unchanged.
+    assert list(R.dsv3_bias_update([0, 0], [3, 1], 0.1)) == [-0.1, 0.1]
+    assert list(R.dsv3_bias_update([0.5, 0], [2, 2], 0.1)) == [0.5, 0.0]
+
+    # dense: L = [0, ln 3] -> p = (1/4, 3/4); slot = token index; capacity n.
+    p = R.route("dense", np.array([[0.0, math.log(3)], [0.0, 0.0]]), {})
+    assert _entries(p) == [(0, 0, 0), (0, 1, 0), (1, 0, 1), (1, 1, 1)] and p.capacity == 2
+    assert abs(p.entries[1][4] - 0.75) < 1e-15 and list(p.assigned) == [2, 2]
+
 
 # ---- case inputs -------------------------------------------------------------------------
 
@@ -159,10 +217,46 @@ def _near_tie_free(vals, L):
     return True
 
 
+def _gaps_ok(key, L, k, gap):
+    """Each row's first k+1 keys in descending order are at least gap apart, unless the two
+    logits are identical (then both implementations tie exactly)."""
+    for t in range(key.shape[0]):
+        idx = R.order_desc(key[t])[:k + 1]
+        for a, b in zip(idx[:-1], idx[1:]):
+            if key[t, a] - key[t, b] < gap and L[t, a] != L[t, b]:
+                return False
+    return True
+
+
+def _base_unique(L, margin=1e-6):
+    """The optimal BASE assignment is unique by margin: forbidding any token its expert costs
+    more than margin (so a solver that is exact up to rounding finds the same assignment)."""
+    n, E = L.shape
+    asg, C = R.base_assignment(L)
+    best = L[np.arange(n), asg].sum()
+    if E == 1:
+        return True
+    for t in range(n):
+        L2 = L.copy()
+        L2[t, asg[t]] = -1e6
+        a2, _ = R.base_assignment(L2)
+        if best - L2[np.arange(n), a2].sum() <= margin:
+            return False
+    return True
+
+
 def robust(router, L, o, u):
     L = np.asarray(L, dtype=np.float64)
-    if router == "soft_moe" or router == "hash":
+    if router == "soft_moe" or router == "hash" or router == "dense":
         return True
+    if router == "base":
+        return _base_unique(L)
+    if router == "sinkhorn":
+        _, b, _ = R.sinkhorn_scalings(L, float(o.get("sinkhorn_tol", 1e-9)))
+        if not _gaps_ok(L + b[None, :], L, int(o.get("k", 1)), 1e-6):
+            return False
+    if router == "dsv3_bias" and not _gaps_ok(R.sigmoid(L), L, int(o.get("k", 2)), 1e-9):
+        return False
     p = R.softmax(L)
     order = o.get("order", "choice_major")
     if router == "expert_choice" or (order == "probs"):
@@ -187,7 +281,8 @@ FLAG = {"k": "--k", "capacity_factor": "--capacity-factor", "capacity": "--capac
         "min_capacity": "--min-capacity", "order": "--order", "renormalize": "--renormalize",
         "threshold_on": "--threshold-on", "hash": "--hash",
         "slots_per_expert": "--slots-per-expert",
-        "num_experts": "--num-experts", "rounding": "--rounding", "dropless": "--dropless"}
+        "num_experts": "--num-experts", "rounding": "--rounding", "dropless": "--dropless",
+        "sinkhorn_tol": "--sinkhorn-tol", "bias_rate": "--bias-rate"}
 
 CASES = []
 
@@ -297,6 +392,46 @@ case("layer_expert_choice", "expert_choice", 74, 12, 4, {"capacity_factor": "1"}
 case("layer_soft_moe", "soft_moe", 75, 8, 4, {"slots_per_expert": 2}, m=8, layer=True)
 case("layer_hash", "hash", 76, 12, 4, {"capacity_factor": "1"}, ids=True, vocab=10,
      layer=True)
+# beyond the six (issue 8)
+# base: C = ceil(n/E), every token served, total affinity maximal; slots in token order
+case("base_default", "base", 80, 12, 4, skew=2.0)                                # C = 3
+case("base_n13_f64", "base", 81, 13, 4, dtype=np.float64, skew=3.0)             # C = 4
+case("base_skewed_n40_e8", "base", 82, 40, 8, skew=4.0)                         # C = 5
+case("base_cf_ignored", "base", 83, 10, 4, {"capacity_factor": "0.5"}, skew=1.0)  # C = 3
+case("base_one_token", "base", 84, 1, 3)                                         # C = 1
+case("base_n_lt_e", "base", 85, 3, 5, dtype=np.float64, scale=2.0)              # C = 1
+# sinkhorn: top-k of the balanced matrix; dropless unless cf or capacity
+case("sinkhorn_default", "sinkhorn", 90, 12, 4, skew=2.0)                        # k = 1
+case("sinkhorn_k2_f64", "sinkhorn", 91, 16, 4, {"k": 2}, dtype=np.float64, skew=2.0)
+case("sinkhorn_cf1", "sinkhorn", 92, 16, 4, {"capacity_factor": "1.0"}, skew=3.0)  # C = 4
+case("sinkhorn_k2_token_major", "sinkhorn", 93, 16, 4, {"k": 2, "capacity_factor": "0.75",
+                                                        "order": "token_major"}, skew=3.0)
+case("sinkhorn_k2_probs", "sinkhorn", 93, 16, 4, {"k": 2, "capacity_factor": "0.75",
+                                                  "order": "probs"}, skew=3.0)
+case("sinkhorn_k2_renorm", "sinkhorn", 94, 12, 4, {"k": 2, "capacity": 4, "renormalize": True},
+     skew=3.0)
+case("sinkhorn_tol1e-4", "sinkhorn", 95, 20, 5, {"sinkhorn_tol": "1e-4"}, skew=1.0, scale=2.0)
+case("sinkhorn_dropless_cf", "sinkhorn", 96, 12, 4, {"capacity_factor": "0.5",
+                                                     "dropless": True}, skew=2.0)
+# dsv3_bias: one batch, bias 0: top-k of sigmoid(L), gates normalised over the k selected
+case("dsv3_default", "dsv3_bias", 100, 12, 4, skew=2.0)                          # k = 2
+case("dsv3_k1", "dsv3_bias", 101, 12, 4, {"k": 1}, skew=2.0)
+case("dsv3_k3_f64", "dsv3_bias", 102, 11, 5, {"k": 3}, dtype=np.float64, scale=3.0)
+case("dsv3_cf1", "dsv3_bias", 103, 16, 4, {"capacity_factor": "1.0"}, skew=2.0)  # C = 8
+case("dsv3_cf_bpr", "dsv3_bias", 104, 16, 4, {"capacity_factor": "0.75", "order": "bpr"},
+     skew=3.0)
+case("dsv3_ties", "dsv3_bias", 105, 10, 4, {"capacity_factor": "0.75"}, tied=True)
+case("dsv3_bias_rate", "dsv3_bias", 106, 8, 4, {"bias_rate": "0.5"}, skew=1.0)  # one batch
+# dense: every expert, weights p; slot = token, capacity n
+case("dense_default", "dense", 110, 6, 4)
+case("dense_f64_k_e", "dense", 111, 5, 3, {"k": 3}, dtype=np.float64, scale=3.0)
+case("dense_one_token", "dense", 112, 1, 4, {"capacity_factor": "0.5"})          # cf ignored
+case("layer_base", "base", 120, 12, 4, skew=2.0, layer=True)
+case("layer_sinkhorn_k2_cf", "sinkhorn", 121, 12, 4, {"k": 2, "capacity_factor": "0.75"},
+     skew=2.0, layer=True)
+case("layer_dsv3_cf", "dsv3_bias", 122, 12, 4, {"capacity_factor": "0.75"}, skew=2.0,
+     layer=True)
+case("layer_dense", "dense", 123, 10, 4, layer=True)
 
 
 def build_inputs(c, seed):
@@ -384,6 +519,12 @@ def main():
             # k = E, dropless: every token keeps every expert with gate = softmax over all E
             # logits = p, so y is the dense mixture.
             assert met["output_error_dense"] < 1e-12, met["output_error_dense"]
+        if c["name"] == "layer_dense":
+            # the dense router's layer output is the dense mixture itself
+            assert met["output_error_dense"] < 1e-12, met["output_error_dense"]
+        if c["router"] == "base":
+            assert max(met["assigned_load"]) <= met["capacity"] == -(-c["n"] // c["E"])
+            assert met["token_drop_rate"] == 0.0 and met["num_entries"] == c["n"]
         if c["name"] == "topk_k1_n100_e10_cf1.1":
             assert met["capacity"] == 11 and met["assignment_drop_rate"] > 0
     for dp, _, fs in os.walk(ROOT):

@@ -6,7 +6,10 @@ two implementations of the same contract. It owns:
     (half to even), min_capacity, explicit capacity, dropless;
   - the claim orders choice_major / token_major / bpr / probs and renormalisation (section 2);
   - the routers topk, switch, gshard (draws u given), expert_choice, hash (mod, table, balanced),
-    soft_moe (section 3);
+    soft_moe (section 3), and beyond the six: base (exact balanced assignment by the Hungarian
+    method on the n x (E*ceil(n/E)) slot matrix), sinkhorn (log-domain Sinkhorn to the same
+    relative tolerance on the column scalings), dsv3_bias (one batch, bias given or 0; the bias
+    update rule as dsv3_bias_update) and dense;
   - the metrics of section 4, FLOPs with (d, f) for GELU experts;
   - the MoE layer output y (float64 math on the float32 inputs), the dense mixture and the
     relative output errors against it and against the router's own dropless form.
@@ -25,7 +28,13 @@ Decisions that ROUTING.md leaves open, taken here (also listed in the h3 report)
   - flops_expert_useful = 4*d*f * (filled slots) = 4*d*f*num kept entries for sparse plans and
     4*d*f*m for soft_moe (each of the E*P slots is run once); flops_expert_padded = E*C*4*d*f;
   - experts_per_token counts distinct experts per token among the plan's entries;
-  - ratios with a zero denominator (mean load 0, no claims) are 0.
+  - ratios with a zero denominator (mean load 0, no claims) are 0;
+  - base (issue 8): capacity options are ignored (C = ceil(n/E) by definition); importance = sum
+    of the sigmoid gates; n_claims = n;
+  - sinkhorn and dsv3_bias: a capacity limit only when capacity_factor or capacity is given (as
+    hash); then claims in the given order, with p = softmax(L) for bpr and probs;
+  - dense: capacity = n, slot = token index, assigned = n per expert, k = E; capacity options
+    are ignored.
 """
 from fractions import Fraction
 import math
@@ -311,6 +320,171 @@ def route_soft_moe(L, o):
     return plan
 
 
+# ---- beyond the six (ROUTING.md section 3, last bullet) ------------------------------------
+
+
+def sigmoid(a):
+    a = np.asarray(a, dtype=np.float64)
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+def hungarian_min(cost):
+    """Minimum-cost assignment of every row of cost (r, c), r <= c, to a distinct column
+    (Kuhn-Munkres with row potentials u and column potentials v, O(r^2 c), vectorised over
+    columns). Returns col (r,): the column of each row."""
+    cost = np.asarray(cost, dtype=np.float64)
+    r, c = cost.shape
+    assert r <= c
+    INF = float("inf")
+    u = np.zeros(r + 1)
+    v = np.zeros(c + 1)
+    owner = np.zeros(c + 1, dtype=np.int64)  # owner[j] = row (1-based) holding column j; 0 free
+    way = np.zeros(c + 1, dtype=np.int64)
+    for i in range(1, r + 1):
+        owner[0] = i
+        j0 = 0
+        minv = np.full(c + 1, INF)
+        used = np.zeros(c + 1, dtype=bool)
+        while True:
+            used[j0] = True
+            i0 = owner[j0]
+            free = ~used[1:]
+            cur = cost[i0 - 1] - u[i0] - v[1:]
+            better = free & (cur < minv[1:])
+            minv[1:][better] = cur[better]
+            way[1:][better] = j0
+            cand = np.where(free, minv[1:], INF)
+            j1 = int(np.argmin(cand)) + 1
+            delta = cand[j1 - 1]
+            u[owner[used]] += delta
+            v[used] -= delta
+            minv[1:][free] -= delta
+            j0 = j1
+            if owner[j0] == 0:
+                break
+        while True:
+            j1 = way[j0]
+            owner[j0] = owner[j1]
+            j0 = j1
+            if j0 == 0:
+                break
+    col = np.zeros(r, dtype=np.int64)
+    for j in range(1, c + 1):
+        if owner[j]:
+            col[owner[j] - 1] = j - 1
+    return col
+
+
+def base_assignment(L):
+    """BASE: the expert of each token maximising sum_t L[t, e(t)] with at most C = ceil(n/E)
+    tokens per expert, as a Hungarian assignment of tokens to the E*C expert slots (column
+    e*C + q is slot q of expert e). Returns (experts (n,), C)."""
+    L = np.asarray(L, dtype=np.float64)
+    n, E = L.shape
+    C = -(-n // E)
+    cost = -np.repeat(L, C, axis=1)  # (n, E*C): column j -> expert j // C
+    return hungarian_min(cost) // C, C
+
+
+def route_base(L, o):
+    n, E = L.shape
+    asg, C = base_assignment(L)
+    plan = Plan("base", n, E, E, C)
+    fill = [0] * E
+    for t in range(n):  # slots in token order
+        e = int(asg[t])
+        g = float(sigmoid(L[t, e]))
+        plan.entries.append((t, e, fill[e], 1.0, g))
+        fill[e] += 1
+        plan.assigned[e] += 1
+        plan.importance[e] += g
+    plan.n_claims = n
+    plan.aux_loss = 0.0
+    return plan
+
+
+SINKHORN_MAX_ITER = 10000
+
+
+def sinkhorn_scalings(L, tol=1e-9, max_iter=SINKHORN_MAX_ITER):
+    """Sinkhorn balancing of exp(L) to column sums 1/E and row sums 1/n, in the log domain:
+    a = log d0 (n,), b = log d1 (E,) with B = exp(a[:,None] + L + b[None,:]);
+    b starts at 0; a = -log n - logsumexp(L + b, axis 1); b' = -log E - logsumexp(L + a, axis 0);
+    stop when max_e |d1' - d1| / d1' = max |1 - exp(b - b')| < tol. Returns (a, b, iterations)."""
+    L = np.asarray(L, dtype=np.float64)
+    n, E = L.shape
+    b = np.zeros(E)
+    for it in range(1, max_iter + 1):
+        a = -math.log(n) - logsumexp(L + b[None, :], axis=1)
+        b_new = -math.log(E) - logsumexp(L + a[:, None], axis=0)
+        delta = float(np.max(np.abs(1.0 - np.exp(b - b_new))))
+        b = b_new
+        if delta < tol:
+            return a, b, it
+    raise RuntimeError("sinkhorn did not converge")
+
+
+def limited_capacity(o):
+    """sinkhorn, dsv3_bias, hash: a capacity limit only with a capacity factor or capacity."""
+    return (o.get("capacity_factor") is not None or o.get("capacity") is not None) \
+        and not o.get("dropless")
+
+
+def route_sinkhorn(L, o):
+    n, E = L.shape
+    k = int(o.get("k", 1))
+    a, b, _ = sinkhorn_scalings(L, float(o.get("sinkhorn_tol", 1e-9)))
+    key = L + b[None, :]  # log of the balanced matrix up to each row's constant
+    p = softmax(L)
+    choices = []
+    for t in range(n):
+        idx = order_desc(key[t])[:k]
+        g = [float(sigmoid(L[t, e])) if k == 1 else float(p[t, e]) for e in idx]
+        choices.append([(int(e), gi) for e, gi in zip(idx, g)])
+    oo = dict(o, dropless=not limited_capacity(o))
+    plan = token_choice_plan("sinkhorn", L, choices, k, oo, E)
+    plan.aux_loss = 0.0
+    return plan
+
+
+def route_dsv3_bias(L, o, bias=None):
+    """DeepSeek-V3: top-k of sigmoid(L) + bias (bias 0 for one `moesim route` batch), gates the
+    selected sigmoid scores divided by their sum."""
+    n, E = L.shape
+    k = int(o.get("k", 2))
+    s = sigmoid(L)
+    bvec = np.zeros(E) if bias is None else np.asarray(bias, dtype=np.float64)
+    choices = []
+    for t in range(n):
+        idx = order_desc(s[t] + bvec)[:k]
+        tot = s[t, idx].sum()
+        choices.append([(int(e), float(s[t, e] / tot)) for e in idx])
+    oo = dict(o, dropless=not limited_capacity(o))
+    plan = token_choice_plan("dsv3_bias", L, choices, k, oo, E)
+    plan.aux_loss = 0.0
+    return plan
+
+
+def dsv3_bias_update(bias, assigned, rate):
+    """b_e += rate * sign(mean load - load_e), load = assigned load of the batch."""
+    assigned = np.asarray(assigned, dtype=np.float64)
+    return np.asarray(bias, dtype=np.float64) + rate * np.sign(assigned.mean() - assigned)
+
+
+def route_dense(L, o):
+    n, E = L.shape
+    p = softmax(L)
+    plan = Plan("dense", n, E, E, n)
+    for t in range(n):
+        for e in range(E):
+            plan.entries.append((t, e, t, 1.0, float(p[t, e])))
+    plan.assigned[:] = n
+    plan.importance = p.sum(axis=0)
+    plan.n_claims = n * E
+    plan.aux_loss = 0.0
+    return plan
+
+
 def route(router, L, o, ids=None, u=None):
     L = np.asarray(L, dtype=np.float64)
     assert L.ndim == 2 and L.shape[0] >= 1 and np.all(np.isfinite(L))
@@ -326,10 +500,18 @@ def route(router, L, o, ids=None, u=None):
         return route_hash(L, o, np.asarray(ids))
     if router == "soft_moe":
         return route_soft_moe(L, o)
+    if router == "base":
+        return route_base(L, o)
+    if router == "sinkhorn":
+        return route_sinkhorn(L, o)
+    if router == "dsv3_bias":
+        return route_dsv3_bias(L, o)
+    if router == "dense":
+        return route_dense(L, o)
     raise ValueError("router " + router)
 
 
-HAS_DROPLESS = ("topk", "switch", "gshard", "hash")
+HAS_DROPLESS = ("topk", "switch", "gshard", "hash", "sinkhorn", "dsv3_bias")
 
 # ---- the MoE layer ----------------------------------------------------------------------
 

@@ -1,0 +1,150 @@
+/* dsv3_bias.c: the `dsv3_bias` router (DeepSeek-V3, auxiliary-loss-free load balancing; Wang et
+ * al. 2024 and the DeepSeek-V3 report), ROUTING.md section 3. Fills moe_router_dsv3_bias and
+ * owns moe_dsv3_bias_state (dsv3_bias.h). Stateful (MOE_RF_STATEFUL): the bias lives in r->ws.
+ *
+ *   scores     s[t,e] = sigmoid(L[t,e]) (V3 uses sigmoid affinities)
+ *   selection  top-k of s[t,e] + b[e] per token, compared in double, ties to the lower expert
+ *              (stable sort); b (E) is the per-expert bias state, 0 when the router is allocated
+ *   gates      the unbiased scores of the selected experts normalised over the k selected:
+ *              g = s[t,e] / sum_{selected j} s[t,j] (V3 normalises the selected sigmoid scores;
+ *              its routed scaling factor 2.5 is a model constant and is left out)
+ *   capacity   dropless unless a capacity factor or an explicit capacity is given (then C from
+ *              the formula with this k and claims in opts.order through claims.c, renormalize as
+ *              given); opts.dropless forces dropless
+ *   observe    after each batch: b[e] += rate * sign(mean load - load[e]), rate =
+ *              opts.bias_rate (default 0.001, V3's gamma), load = the batch's assigned_load
+ *              (claims before capacity), mean load = sum_e load[e] / E; sign(0) = 0
+ *   statistics assigned_load and importance from the claims; aux_loss = 0 (V3's small
+ *              sequence-wise balance loss is not modelled)
+ * Default k = 2 (V3 routes each token to 8 of 256 experts, with node-limited routing to at
+ * most 4 nodes; moesim's default shapes have few experts, and node limits are not modelled).
+ * `moesim route` routes one batch with the bias at 0; sweeps carry it across batches.
+ */
+#include "moe.h"
+#include "claims.h"
+#include "dsv3_bias.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+extern const moe_router_type moe_router_dsv3_bias;
+
+/* ---- workspace and state ---- */
+
+typedef struct {
+    moe_claims *cl;
+    double *bias;   /* (E) the state b */
+    double *s;      /* (E) sigmoid scores of one token */
+    double *key;    /* (E) s + b */
+    int *idx, *tmp; /* (E) argsort of key, scratch */
+} dsv3_ws;
+
+static void dsv3_free(moe_router *r)
+{
+    dsv3_ws *w = r->ws;
+    if (!w)
+        return;
+    moe_claims_free(w->cl);
+    free(w->bias);
+    free(w->s);
+    free(w->key);
+    free(w->idx);
+    free(w->tmp);
+    free(w);
+    r->ws = NULL;
+}
+
+static int dsv3_alloc(moe_router *r)
+{
+    if (!(r->opts.bias_rate >= 0.0) || !isfinite(r->opts.bias_rate))
+        return moe_fail(MOE_EINVAL, NULL, "bias_rate must be finite and >= 0 (got %g)",
+                        r->opts.bias_rate);
+    dsv3_ws *w = calloc(1, sizeof *w);
+    if (!w)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (router dsv3_bias)");
+    r->ws = w;
+    const size_t E = (size_t)r->E;
+    w->cl = moe_claims_alloc(r->n_max, r->k, r->E, 1);
+    w->bias = calloc(E, sizeof *w->bias);
+    w->s = malloc(E * sizeof *w->s);
+    w->key = malloc(E * sizeof *w->key);
+    w->idx = malloc(E * sizeof *w->idx);
+    w->tmp = malloc(E * sizeof *w->tmp);
+    if (!w->cl || !w->bias || !w->s || !w->key || !w->idx || !w->tmp) {
+        dsv3_free(r);
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (router dsv3_bias, %d tokens)",
+                        r->n_max);
+    }
+    return MOE_OK;
+}
+
+const double *moe_dsv3_bias_state(const moe_router *r)
+{
+    if (!r || r->type != &moe_router_dsv3_bias || !r->ws)
+        return NULL;
+    return ((const dsv3_ws *)r->ws)->bias;
+}
+
+/* ---- routing ---- */
+
+static int dsv3_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
+{
+    dsv3_ws *w = r->ws;
+    moe_claims *cl = w->cl;
+    const moe_route_opts *o = &r->opts;
+    const int n = in->n, E = r->E, k = r->k;
+    moe_claims_softmax(cl, in->logits, n); /* p for orders bpr and probs */
+    for (int t = 0; t < n; t++) {
+        const double *lt = in->logits + (size_t)t * E;
+        for (int e = 0; e < E; e++) {
+            w->s[e] = 1.0 / (1.0 + exp(-lt[e]));
+            w->key[e] = w->s[e] + w->bias[e];
+        }
+        moe_argsort_desc(w->key, E, w->idx, w->tmp); /* stable: ties to the lower expert */
+        double sum = 0.0;
+        for (int j = 0; j < k; j++)
+            sum += w->s[w->idx[j]];
+        for (int j = 0; j < k; j++) {
+            const size_t i = (size_t)t * k + j;
+            cl->expert[i] = w->idx[j];
+            cl->gate[i] = w->s[w->idx[j]] / sum;
+            cl->claim[i] = 1;
+        }
+    }
+    const int limited = !o->dropless && (o->cf_set || o->capacity >= 0);
+    long C = 0;
+    int rc;
+    if (limited && (rc = moe_capacity(o, k, n, E, &C)))
+        return rc;
+    if ((rc = moe_claims_resolve(cl, n, o->order, C, !limited, o->renormalize, plan)))
+        return rc;
+    plan->aux_loss = 0.0;
+    return MOE_OK;
+}
+
+/* b[e] += rate * sign(mean load - load[e]) from the batch just routed. */
+static void dsv3_observe(moe_router *r, const moe_route_in *in, const moe_plan *plan)
+{
+    (void)in;
+    dsv3_ws *w = r->ws;
+    const int E = r->E;
+    long total = 0;
+    for (int e = 0; e < E; e++)
+        total += plan->assigned_load[e];
+    const double mean = (double)total / E, rate = r->opts.bias_rate;
+    for (int e = 0; e < E; e++) {
+        const double load = (double)plan->assigned_load[e];
+        w->bias[e] += mean > load ? rate : mean < load ? -rate : 0.0;
+    }
+}
+
+const moe_router_type moe_router_dsv3_bias = {
+    "dsv3_bias",
+    "DeepSeek-V3 aux-loss-free balancing: top-k of sigmoid + bias, bias updated per batch",
+    MOE_RF_STATEFUL | MOE_RF_HAS_DROPLESS,
+    2,
+    dsv3_alloc,
+    dsv3_free,
+    dsv3_route,
+    dsv3_observe,
+};
