@@ -656,3 +656,13 @@ double moe_rel_l2(const float *a, const float *ref, size_t len)
         return num == 0.0 ? 0.0 : INFINITY;
     return sqrt(num / den);
 }
+
+/* ---- workspace size (issue 10: `moesim bench` reports memory) ---- */
+
+size_t moe_layer_workspace_bytes(const moe_layer *L)
+{
+    if (!L)
+        return 0;
+    return L->rows * (2 * (size_t)L->d + (size_t)L->fw) * sizeof(float) +
+           (size_t)L->E * sizeof *L->used;
+}

@@ -56,4 +56,8 @@ void moe_activate(int act, float *v, size_t len);
 const char *moe_act_name(int act);
 int moe_act_parse(const char *s, int *act);
 
+/* Bytes of the layer's own workspaces (xin, hid, out, used): E*C_max*(2D + FW) floats plus E
+ * longs; the caller's x and y are not counted. 0 for NULL. */
+size_t moe_layer_workspace_bytes(const moe_layer *L);
+
 #endif

@@ -144,7 +144,8 @@ enum {
     MOE_RF_USES_RNG = 1u << 1,  /* draws random numbers (gshard, noisy topk) */
     MOE_RF_DENSE = 1u << 2,     /* dense plan (soft_moe) */
     MOE_RF_STATEFUL = 1u << 3,  /* state carried across batches (observe) */
-    MOE_RF_HAS_DROPLESS = 1u << 4 /* has a dropless form (output error vs its own dropless) */
+    MOE_RF_HAS_DROPLESS = 1u << 4, /* has a dropless form (output error vs its own dropless) */
+    MOE_RF_NEEDS_CHOICES = 1u << 5 /* routes on recorded choices (replay): choices, k_rec */
 };
 typedef struct moe_router_type {
     const char *name;

@@ -1,0 +1,1397 @@
+/* cmd_bench.c: `moesim bench` (issue 10): the speed of the real MoE layer against the BLAS it
+ * runs on and against PyTorch, in one run, stored in SQLite like any experiment.
+ *
+ * For each layer configuration (E=16 k=2 topk, E=64 k=1 switch, E=8 k=2 topk; n=8192, d=512,
+ * f=2048, cf=1.25, GELU tanh, fp32; --quick shrinks the shapes for a smoke run) it measures,
+ * after one warm-up, `repeats` forwards of gate + route + dispatch + experts + combine, and:
+ *   - each phase's median and spread, the layer's tokens/s;
+ *   - the expert phase's GFLOP/s on useful FLOPs (4*d*f per kept entry) against a dense sgemm
+ *     pair of the same useful FLOPs, (N x D)(D x F) then (N x F)(F x D) with N = kept entries,
+ *     timed in the same run, against the same GEMMs grouped per expert (the expert phase without
+ *     bias, activation or gather: what OpenBLAS allows on these shapes), and against the fp32
+ *     peak (--peak-gflops, default 467: issue 10's measurement of this machine);
+ *   - the share of route + dispatch + combine in the layer time;
+ *   - a check of the layer output against the naive reference (moe_layer_forward_naive) on the
+ *     first tokens (all tokens with --quick);
+ *   - PyTorch (tests/bench/torch_moe.py, run with /usr/bin/python3 when torch imports) on the same
+ *     inputs: the per-expert loop of Mixtral and the one-hot einsum dispatch of GShard/DeepSpeed,
+ *     1 and 2 threads, OMP_WAIT_POLICY=passive; its outputs must agree with moesim's.
+ * On the first configuration it also measures time per token for n = 1k, 4k, 16k, 64k (with the
+ * grouped GEMM pair alone at each n, to tell the layer's overhead from OpenBLAS's small-GEMM
+ * efficiency) and the layer's workspace bytes against n*d, E*C*d and the n*E*C of a one-hot
+ * dispatch. `--config` selects configurations; a forced OPENBLAS_CORETYPE weaker than the CPU
+ * is warned about (blas_info.h) and recorded.
+ *
+ * Timings are reported, never asserted: the command fails only on errors and on outputs that
+ * disagree. Rows go to the table `bench` of --db (default results/bench.db), one transaction per
+ * run, with the BLAS provenance (library, core, threads, OPENBLAS_CORETYPE) on every row.
+ */
+#include "blas_info.h"
+#include "cli.h"
+#include "layer.h"
+#include "npy.h"
+#include "options.h"
+#include "provenance.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <gsl/gsl_blas.h>
+#include <gsl/gsl_matrix_float.h>
+#include <gsl/gsl_randist.h>
+#include <gsl/gsl_sort.h>
+#include <gsl/gsl_statistics_double.h>
+#include <jansson.h>
+#include <math.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+/* ---- configuration ---- */
+
+typedef struct {
+    const char *name;   /* config column in the database */
+    const char *router; /* topk for k >= 2, switch for k = 1 */
+    int E, k;
+} bench_cfg;
+
+static const bench_cfg bench_cfgs[] = {
+    {"E16k2", "topk", 16, 2}, /* the reference layer of issue 10 */
+    {"E64k1", "switch", 64, 1},
+    {"E8k2", "topk", 8, 2},
+};
+enum { NCFG = sizeof bench_cfgs / sizeof *bench_cfgs };
+
+/* Layer shapes: full and --quick. cf = 1.25 in both. */
+typedef struct {
+    int n, d, f;
+    int scale_n[4]; /* the n-scaling points of the first configuration */
+    int nscale;
+    int check_tokens; /* tokens checked against the naive reference; 0 = all */
+} bench_shape;
+
+static const bench_shape shape_full = {8192, 512, 2048, {1024, 4096, 16384, 65536}, 4, 256};
+static const bench_shape shape_quick = {1024, 64, 256, {256, 1024, 4096, 0}, 3, 0};
+
+#define BENCH_CF "1.25"
+#define BENCH_PEAK_GFLOPS 467.0 /* issue 10: fp32 FMA peak measured on this machine (2 cores) */
+#define TORCH_TOL 1e-4          /* relative L2 for moesim vs PyTorch outputs */
+#define NAIVE_TOL 1e-5          /* relative L2 for moesim vs its naive double reference */
+
+typedef struct {
+    int quick, repeats, threads, no_torch;
+    const char *db, *python, *script;
+    const char *configs; /* comma-separated names to run, NULL = all */
+    double peak;
+    unsigned long long seed;
+} bench_args;
+
+/* ---- statistics ---- */
+
+typedef struct {
+    double median, q1, q3, min, max;
+} bench_stat;
+
+/* Sorts v (len >= 1) in place. */
+static bench_stat stat_of(double *v, int len)
+{
+    bench_stat s;
+    gsl_sort(v, 1, (size_t)len);
+    s.median = gsl_stats_median_from_sorted_data(v, 1, (size_t)len);
+    s.q1 = gsl_stats_quantile_from_sorted_data(v, 1, (size_t)len, 0.25);
+    s.q3 = gsl_stats_quantile_from_sorted_data(v, 1, (size_t)len, 0.75);
+    s.min = v[0];
+    s.max = v[len - 1];
+    return s;
+}
+
+static bench_stat stat_one(double v) { return (bench_stat){v, NAN, NAN, NAN, NAN}; }
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---- the run: options, provenance, database ---- */
+
+typedef struct {
+    bench_args a;
+    const bench_shape *sh;
+    moe_blas_info bi;
+    char run_id[64];
+    char torch_version[64];
+    sqlite3 *db;
+    sqlite3_stmt *ins;
+    int failures; /* correctness checks that failed (outputs disagree) */
+} bench_ctx;
+
+/* The context of one row: which layer it measures. */
+typedef struct {
+    const char *config, *router;
+    int E, k, n;
+    long C;
+    size_t kept;
+} row_key;
+
+static const char *const schema_sql =
+    "CREATE TABLE IF NOT EXISTS bench ("
+    " run TEXT NOT NULL,"          /* UTC start of the `moesim bench` run, plus its pid */
+    " git_rev TEXT, blas_library TEXT, blas_core TEXT, blas_threads INTEGER,"
+    " openblas_coretype TEXT,"     /* OPENBLAS_CORETYPE of the run, NULL when unset */
+    " torch TEXT,"                 /* PyTorch version, NULL when not measured */
+    " quick INTEGER NOT NULL, repeats INTEGER NOT NULL,"
+    " config TEXT NOT NULL, router TEXT, E INTEGER, k INTEGER, n INTEGER NOT NULL,"
+    " d INTEGER, f INTEGER, cf REAL, capacity INTEGER, kept INTEGER,"
+    " metric TEXT NOT NULL, unit TEXT,"
+    " median REAL, q1 REAL, q3 REAL, min REAL, max REAL,"
+    " PRIMARY KEY (run, config, n, metric))";
+
+static int db_check(bench_ctx *c, int rc, const char *what)
+{
+    if (rc == SQLITE_OK || rc == SQLITE_DONE || rc == SQLITE_ROW)
+        return MOE_OK;
+    return moe_fail(MOE_EDB, "is the database writable and not a different file type?",
+                    "SQLite: %s (%s, %s)", sqlite3_errmsg(c->db), what, c->a.db);
+}
+
+static int db_open(bench_ctx *c)
+{
+    /* the default lives in results/, which a fresh checkout may not have yet */
+    if (strcmp(c->a.db, "results/bench.db") == 0 && mkdir("results", 0777) != 0 &&
+        errno != EEXIST)
+        return moe_fail(MOE_EIO, NULL, "cannot create results/ (%s)", strerror(errno));
+    int rc = sqlite3_open_v2(c->a.db, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
+    if (rc != SQLITE_OK)
+        return moe_fail(MOE_EDB, "--db names the results database to create or extend",
+                        "cannot open the results database: %s (%s)",
+                        c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc), c->a.db);
+    sqlite3_busy_timeout(c->db, 5000);
+    if ((rc = db_check(c, sqlite3_exec(c->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL),
+                       "journal mode")) ||
+        (rc = db_check(c, sqlite3_exec(c->db, schema_sql, NULL, NULL, NULL), "create table")) ||
+        (rc = db_check(c, sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL), "begin")))
+        return rc;
+    return db_check(c,
+                    sqlite3_prepare_v2(c->db,
+                                       "INSERT INTO bench VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
+                                       "?,?,?,?,?,?,?,?,?,?,?)",
+                                       -1, &c->ins, NULL),
+                    "prepare insert");
+}
+
+static void db_close(bench_ctx *c, int commit)
+{
+    if (!c->db)
+        return;
+    sqlite3_finalize(c->ins);
+    c->ins = NULL;
+    if (!commit)
+        sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+    sqlite3_close(c->db);
+    c->db = NULL;
+}
+
+static void bind_text_or_null(sqlite3_stmt *st, int i, const char *s)
+{
+    if (s && *s)
+        sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT);
+    else
+        sqlite3_bind_null(st, i);
+}
+
+static void bind_real_or_null(sqlite3_stmt *st, int i, double v)
+{
+    if (isfinite(v))
+        sqlite3_bind_double(st, i, v);
+    else
+        sqlite3_bind_null(st, i);
+}
+
+/* One row: a metric of the layer rk, its median and spread (NaN spread = a single value). */
+static int db_put(bench_ctx *c, const row_key *rk, const char *metric, const char *unit,
+                  bench_stat s)
+{
+    sqlite3_stmt *st = c->ins;
+    int i = 1;
+    sqlite3_reset(st);
+    sqlite3_clear_bindings(st);
+    sqlite3_bind_text(st, i++, c->run_id, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, i++, moe_git_rev(), -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, i++, c->bi.library, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, i++, c->bi.core, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_int(st, i++, c->bi.threads);
+    bind_text_or_null(st, i++, c->bi.coretype_env);
+    bind_text_or_null(st, i++, c->torch_version);
+    sqlite3_bind_int(st, i++, c->a.quick);
+    sqlite3_bind_int(st, i++, c->a.repeats);
+    sqlite3_bind_text(st, i++, rk->config, -1, SQLITE_TRANSIENT);
+    bind_text_or_null(st, i++, rk->router);
+    sqlite3_bind_int(st, i++, rk->E);
+    sqlite3_bind_int(st, i++, rk->k);
+    sqlite3_bind_int(st, i++, rk->n);
+    sqlite3_bind_int(st, i++, c->sh->d);
+    sqlite3_bind_int(st, i++, c->sh->f);
+    sqlite3_bind_double(st, i++, atof(BENCH_CF));
+    sqlite3_bind_int64(st, i++, rk->C);
+    sqlite3_bind_int64(st, i++, (sqlite3_int64)rk->kept);
+    sqlite3_bind_text(st, i++, metric, -1, SQLITE_TRANSIENT);
+    sqlite3_bind_text(st, i++, unit, -1, SQLITE_TRANSIENT);
+    bind_real_or_null(st, i++, s.median);
+    bind_real_or_null(st, i++, s.q1);
+    bind_real_or_null(st, i++, s.q3);
+    bind_real_or_null(st, i++, s.min);
+    bind_real_or_null(st, i++, s.max);
+    return db_check(c, sqlite3_step(st), metric);
+}
+
+/* ---- inputs ---- */
+
+typedef struct {
+    int E, d, f;
+    float *wg;              /* (D,E) gate */
+    float *w1, *b1, *w2, *b2; /* (E,D,F) (E,F) (E,F,D) (E,D) */
+    moe_experts ex;
+} bench_weights;
+
+static void fill_gauss(gsl_rng *r, float *v, size_t len, double sigma)
+{
+    for (size_t i = 0; i < len; i++)
+        v[i] = (float)gsl_ran_gaussian_ziggurat(r, sigma);
+}
+
+static void weights_free(bench_weights *w)
+{
+    free(w->wg);
+    free(w->w1);
+    free(w->b1);
+    free(w->w2);
+    free(w->b2);
+    memset(w, 0, sizeof *w);
+}
+
+/* Gate N(0, 1/d) (logits of unit scale), W1 N(0, 1/d), W2 N(0, 1/f), biases N(0, 0.1^2), each
+ * from its PCG stream. */
+static int weights_alloc(const bench_ctx *c, int E, bench_weights *w)
+{
+    size_t D = (size_t)c->sh->d, F = (size_t)c->sh->f, e = (size_t)E;
+    memset(w, 0, sizeof *w);
+    w->E = E;
+    w->d = c->sh->d;
+    w->f = c->sh->f;
+    w->wg = malloc(D * e * sizeof(float));
+    w->w1 = malloc(e * D * F * sizeof(float));
+    w->b1 = malloc(e * F * sizeof(float));
+    w->w2 = malloc(e * F * D * sizeof(float));
+    w->b2 = malloc(e * D * sizeof(float));
+    gsl_rng *rg = moe_rng_alloc(c->a.seed, MOE_STREAM_GATE_W);
+    gsl_rng *rw = moe_rng_alloc(c->a.seed, MOE_STREAM_EXPERT_W);
+    int rc = MOE_OK;
+    if (!w->wg || !w->w1 || !w->b1 || !w->w2 || !w->b2 || !rg || !rw) {
+        rc = moe_fail(MOE_ENOMEM, "try --quick", "out of memory (weights of %d experts, d=%zu, "
+                      "f=%zu)", E, D, F);
+        weights_free(w);
+    } else {
+        fill_gauss(rg, w->wg, D * e, 1.0 / sqrt((double)D));
+        fill_gauss(rw, w->w1, e * D * F, 1.0 / sqrt((double)D));
+        fill_gauss(rw, w->b1, e * F, 0.1);
+        fill_gauss(rw, w->w2, e * F * D, 1.0 / sqrt((double)F));
+        fill_gauss(rw, w->b2, e * D, 0.1);
+        w->ex = (moe_experts){E, (int)D, (int)F, MOE_ACT_GELU_TANH, w->w1, w->b1, w->w2, w->b2};
+    }
+    gsl_rng_free(rg);
+    gsl_rng_free(rw);
+    return rc;
+}
+
+/* x (T,D) ~ N(0,1), T = n rows. */
+static int tokens_alloc(const bench_ctx *c, int n, float **x)
+{
+    size_t len = (size_t)n * (size_t)c->sh->d;
+    *x = malloc(len * sizeof **x);
+    gsl_rng *r = moe_rng_alloc(c->a.seed, MOE_STREAM_TOKENS);
+    if (!*x || !r) {
+        free(*x);
+        *x = NULL;
+        gsl_rng_free(r);
+        return moe_fail(MOE_ENOMEM, "try --quick", "out of memory (%d tokens)", n);
+    }
+    fill_gauss(r, *x, len, 1.0);
+    gsl_rng_free(r);
+    return MOE_OK;
+}
+
+/* ---- one layer point: router, plan, workspace; timed forwards ---- */
+
+enum { PH_GATE, PH_ROUTE, PH_DISPATCH, PH_EXPERTS, PH_COMBINE, PH_LAYER, NPH };
+static const char *const phase_names[NPH] = {"gate", "route", "dispatch", "experts", "combine",
+                                             "layer"};
+
+typedef struct {
+    int n;
+    long C;
+    moe_router *r;
+    moe_plan *plan;
+    moe_layer *L;
+    double *logits; /* (T,E) */
+    float *y;       /* (T,D) */
+} layer_point;
+
+static void point_free(layer_point *p)
+{
+    moe_router_free(p->r);
+    moe_plan_free(p->plan);
+    moe_layer_free(p->L);
+    free(p->logits);
+    free(p->y);
+    memset(p, 0, sizeof *p);
+}
+
+static int point_alloc(const bench_cfg *cfg, const bench_shape *sh, int n, layer_point *p)
+{
+    memset(p, 0, sizeof *p);
+    p->n = n;
+    moe_route_opts o;
+    moe_route_opts_default(&o);
+    char kbuf[16];
+    snprintf(kbuf, sizeof kbuf, "%d", cfg->k);
+    int rc;
+    if ((rc = moe_route_opts_set(&o, "k", kbuf)) ||
+        (rc = moe_route_opts_set(&o, "capacity_factor", BENCH_CF)) ||
+        (rc = moe_capacity(&o, cfg->k, n, cfg->E, &p->C)))
+        return rc;
+    const moe_router_type *t = moe_router_find(cfg->router);
+    if (!t)
+        return moe_fail(MOE_EINVAL, NULL, "router %s is not registered (bench)", cfg->router);
+    if ((rc = moe_router_alloc(t, &o, n, cfg->E, &p->r)))
+        return rc;
+    p->plan = moe_plan_alloc(n, cfg->E, (size_t)n * (size_t)cfg->k);
+    p->L = moe_layer_alloc(n, cfg->E, p->C > 0 ? p->C : 1, sh->d, sh->f, MOE_ACT_GELU_TANH);
+    p->logits = malloc((size_t)n * (size_t)cfg->E * sizeof *p->logits);
+    p->y = malloc((size_t)n * (size_t)sh->d * sizeof *p->y);
+    if (!p->plan || !p->L || !p->logits || !p->y) {
+        point_free(p);
+        return moe_fail(MOE_ENOMEM, "try --quick", "out of memory (layer of %d tokens, E=%d)", n,
+                        cfg->E);
+    }
+    return MOE_OK;
+}
+
+/* One forward: t[NPH] gets the phase times and the whole layer's wall time. */
+static int point_forward(layer_point *p, const bench_weights *w, const float *x, double *t)
+{
+    moe_layer_timing tm = {0};
+    double t0 = now_s();
+    int rc = moe_layer_gate(p->L, x, p->n, w->wg, w->E, p->logits);
+    if (rc)
+        return rc;
+    double t1 = now_s();
+    moe_route_in in = {p->n, w->E, p->logits, NULL, NULL, NULL, NULL, NULL, 0};
+    if ((rc = moe_router_route(p->r, &in, p->plan)))
+        return rc;
+    double t2 = now_s();
+    if ((rc = moe_layer_forward(p->L, &w->ex, p->plan, x, p->y, &tm)))
+        return rc;
+    double t3 = now_s();
+    t[PH_GATE] = t1 - t0;
+    t[PH_ROUTE] = t2 - t1;
+    t[PH_DISPATCH] = tm.dispatch;
+    t[PH_EXPERTS] = tm.experts;
+    t[PH_COMBINE] = tm.combine;
+    t[PH_LAYER] = t3 - t0;
+    return MOE_OK;
+}
+
+/* One warm-up, then `repeats` timed forwards; st[NPH] gets the statistics. */
+static int point_measure(layer_point *p, const bench_weights *w, const float *x, int repeats,
+                         bench_stat *st)
+{
+    double t[NPH];
+    double *v = malloc((size_t)NPH * (size_t)repeats * sizeof *v);
+    if (!v)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (timings)");
+    int rc = point_forward(p, w, x, t);
+    for (int r = 0; !rc && r < repeats; r++) {
+        rc = point_forward(p, w, x, t);
+        for (int ph = 0; ph < NPH; ph++)
+            v[(size_t)ph * (size_t)repeats + (size_t)r] = t[ph];
+    }
+    if (!rc)
+        for (int ph = 0; ph < NPH; ph++)
+            st[ph] = stat_of(v + (size_t)ph * (size_t)repeats, repeats);
+    free(v);
+    return rc;
+}
+
+/* ---- reference GEMMs: the same useful FLOPs as the expert phase ---- */
+
+/* c (m,n) = a (m,k) b (k,n) through GSL's BLAS interface (OpenBLAS). */
+static int sgemm_nn(size_t m, size_t n, size_t k, const float *a, const float *b, float *c)
+{
+    gsl_matrix_float_const_view A = gsl_matrix_float_const_view_array(a, m, k);
+    gsl_matrix_float_const_view B = gsl_matrix_float_const_view_array(b, k, n);
+    gsl_matrix_float_view Cv = gsl_matrix_float_view_array(c, m, n);
+    int rc = gsl_blas_sgemm(CblasNoTrans, CblasNoTrans, 1.0f, &A.matrix, &B.matrix, 0.0f,
+                            &Cv.matrix);
+    return rc ? moe_fail(MOE_EINVAL, NULL, "sgemm failed with GSL error %d (bench)", rc)
+              : MOE_OK;
+}
+
+typedef struct {
+    bench_stat dense;   /* s: (N,D)(D,F) then (N,F)(F,D), N = kept entries, expert 0's weights */
+    bench_stat grouped; /* s: the same per expert, kept_e rows each, expert e's weights */
+    bench_stat act;     /* s: the activation alone on (N,F) */
+} gemm_ref;
+
+/* Times the grouped GEMM pair and, when dense, the dense pair and the activation alone. The
+ * grouped pair reuses one (maxrows,F) hidden buffer, as a layer that runs one expert at a time
+ * can: the best case for the caches. */
+static int gemm_measure(const bench_weights *w, const moe_plan *plan, const float *x,
+                        int repeats, int dense, gemm_ref *g)
+{
+    size_t D = (size_t)w->d, F = (size_t)w->f, N = plan->n_entries, E = (size_t)w->E;
+    if (N == 0)
+        return moe_fail(MOE_EINPUT, NULL, "the plan kept no entry (bench)");
+    size_t *off = calloc(E + 1, sizeof *off); /* (E+1) first row of each expert */
+    size_t *fill = calloc(E, sizeof *fill);   /* (E) */
+    float *A = malloc(N * D * sizeof *A);     /* (N,D) kept tokens grouped by expert */
+    float *O = malloc(N * D * sizeof *O);     /* (N,D) */
+    float *H = NULL, *Hg = NULL;              /* (N,F) dense, (maxrows,F) grouped */
+    double *v = malloc(3 * (size_t)repeats * sizeof *v);
+    int rc = MOE_OK;
+    if (!A || !O || !off || !fill || !v) {
+        rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (reference GEMMs on %zu rows)", N);
+        goto out;
+    }
+    for (size_t i = 0; i < N; i++)
+        off[plan->entries[i].expert + 1]++;
+    size_t maxrows = 0;
+    for (size_t e = 0; e < E; e++) {
+        maxrows = off[e + 1] > maxrows ? off[e + 1] : maxrows;
+        off[e + 1] += off[e];
+    }
+    Hg = malloc(maxrows * F * sizeof *Hg);
+    H = dense ? malloc(N * F * sizeof *H) : NULL;
+    if (!Hg || (dense && !H)) {
+        rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (reference GEMMs on %zu rows)", N);
+        goto out;
+    }
+    for (size_t i = 0; i < N; i++) {
+        const moe_entry *en = &plan->entries[i];
+        size_t row = off[en->expert] + fill[en->expert]++;
+        memcpy(A + row * D, x + (size_t)en->token * D, D * sizeof *A);
+    }
+    /* one warm-up round (r = -1), then the timed ones */
+    for (int r = -1; r < repeats && !rc; r++) {
+        double t0 = now_s();
+        for (size_t e = 0; e < E && !rc; e++) {
+            size_t rows = off[e + 1] - off[e];
+            if (rows == 0)
+                continue;
+            rc = sgemm_nn(rows, F, D, A + off[e] * D, w->w1 + e * D * F, Hg);
+            if (!rc)
+                rc = sgemm_nn(rows, D, F, Hg, w->w2 + e * F * D, O + off[e] * D);
+        }
+        double t1 = now_s(), t2 = t1, t3 = t1;
+        if (dense && !rc) {
+            if ((rc = sgemm_nn(N, F, D, A, w->w1, H)) || (rc = sgemm_nn(N, D, F, H, w->w2, O)))
+                break;
+            t2 = now_s();
+            moe_activate(MOE_ACT_GELU_TANH, H, N * F);
+            t3 = now_s();
+        }
+        if (r >= 0) {
+            v[r] = t1 - t0;
+            v[repeats + r] = t2 - t1;
+            v[2 * repeats + r] = t3 - t2;
+        }
+    }
+    if (!rc) {
+        g->grouped = stat_of(v, repeats);
+        g->dense = dense ? stat_of(v + repeats, repeats) : stat_one(NAN);
+        g->act = dense ? stat_of(v + 2 * repeats, repeats) : stat_one(NAN);
+    }
+out:
+    free(A);
+    free(H);
+    free(Hg);
+    free(O);
+    free(off);
+    free(fill);
+    free(v);
+    return rc;
+}
+
+/* ---- correctness: the layer against its naive double-precision reference ---- */
+
+/* Compares p->y on the first `ntok` tokens (0 = all) with moe_layer_forward_naive on the
+ * sub-plan of those tokens' entries (a sparse slot holds one token, so their rows are exact). */
+static int naive_check(const layer_point *p, const bench_weights *w, const float *x, int ntok,
+                       double *err)
+{
+    const moe_plan *pl = p->plan;
+    int nt = ntok > 0 && ntok < pl->n ? ntok : pl->n;
+    size_t cnt = 0;
+    for (size_t i = 0; i < pl->n_entries; i++)
+        cnt += pl->entries[i].token < nt;
+    moe_plan *sub = moe_plan_alloc(nt, pl->E, cnt);
+    float *yref = malloc((size_t)nt * (size_t)w->d * sizeof *yref);
+    int rc = MOE_OK;
+    if (!sub || !yref) {
+        rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (naive check)");
+        goto out;
+    }
+    if ((rc = moe_plan_reset(sub, nt, pl->E, pl->m)))
+        goto out;
+    sub->k = pl->k;
+    sub->capacity = pl->capacity;
+    for (size_t i = 0; i < pl->n_entries && !rc; i++) {
+        const moe_entry *en = &pl->entries[i];
+        if (en->token < nt)
+            rc = moe_plan_push(sub, en->token, en->expert, en->slot, en->dispatch_w,
+                               en->combine_w);
+    }
+    if (!rc && !(rc = moe_layer_forward_naive(&w->ex, sub, x, yref)))
+        *err = moe_rel_l2(p->y, yref, (size_t)nt * (size_t)w->d);
+out:
+    moe_plan_free(sub);
+    free(yref);
+    return rc;
+}
+
+/* ---- PyTorch reference (tests/bench/torch_moe.py) ---- */
+
+enum { TORCH_STYLES = 2, TORCH_MAXTH = 4 };
+static const char *const torch_styles[TORCH_STYLES] = {"loop", "einsum"};
+
+typedef struct {
+    int available;          /* 0: torch missing or --no-torch; why in note */
+    char note[160];
+    int nth;
+    int threads[TORCH_MAXTH];
+    bench_stat t[TORCH_STYLES][TORCH_MAXTH]; /* s per layer; median NaN if not measured */
+    int best_style, best_th;
+    double rel_l2[TORCH_STYLES];
+    long routing_mismatch;
+    int blas_threads_set; /* the script set OpenBLAS's threads along with torch's */
+} torch_result;
+
+/* Appends a space (unless at the start or after one) and s in single quotes (a ' becomes
+ * '\''). */
+static int shell_quote(char *buf, size_t len, size_t *pos, const char *s)
+{
+    if (*pos + 2 >= len)
+        return -1;
+    if (*pos > 0 && buf[*pos - 1] != ' ')
+        buf[(*pos)++] = ' ';
+    buf[(*pos)++] = '\'';
+    for (; *s; s++) {
+        const char *piece = *s == '\'' ? "'\\''" : NULL;
+        size_t pl = piece ? 4 : 1;
+        if (*pos + pl + 2 >= len)
+            return -1;
+        if (piece)
+            memcpy(buf + *pos, piece, pl);
+        else
+            buf[*pos] = *s;
+        *pos += pl;
+    }
+    buf[(*pos)++] = '\'';
+    buf[*pos] = '\0';
+    return 0;
+}
+
+static int write_npy(const char *dir, const char *name, int dtype, const void *data, int ndim,
+                     size_t s0, size_t s1, size_t s2)
+{
+    char path[4096 + 32];
+    size_t shape[3] = {s0, s1, s2};
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return moe_npy_write(path, dtype, data, ndim, shape);
+}
+
+static const char *const torch_files[] = {"x.npy", "wg.npy", "w1.npy", "b1.npy", "w2.npy",
+                                          "b2.npy", "kept.npy", "y_loop.npy", "y_einsum.npy",
+                                          NULL};
+
+static void torch_cleanup(const char *dir)
+{
+    char path[4096 + 32];
+    for (int i = 0; torch_files[i]; i++) {
+        snprintf(path, sizeof path, "%s/%s", dir, torch_files[i]);
+        unlink(path);
+    }
+    rmdir(dir);
+}
+
+static int torch_write_inputs(const char *dir, const bench_weights *w, const float *x,
+                              const layer_point *p)
+{
+    size_t n = (size_t)p->n, D = (size_t)w->d, F = (size_t)w->f, E = (size_t)w->E;
+    size_t N = p->plan->n_entries;
+    int64_t *kept = malloc((2 * N + 1) * sizeof *kept); /* (N,2) token, expert */
+    if (!kept)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (plan for torch)");
+    for (size_t i = 0; i < N; i++) {
+        kept[2 * i] = p->plan->entries[i].token;
+        kept[2 * i + 1] = p->plan->entries[i].expert;
+    }
+    int rc = write_npy(dir, "x.npy", MOE_F32, x, 2, n, D, 0);
+    if (!rc)
+        rc = write_npy(dir, "wg.npy", MOE_F32, w->wg, 2, D, E, 0);
+    if (!rc)
+        rc = write_npy(dir, "w1.npy", MOE_F32, w->w1, 3, E, D, F);
+    if (!rc)
+        rc = write_npy(dir, "b1.npy", MOE_F32, w->b1, 2, E, F, 0);
+    if (!rc)
+        rc = write_npy(dir, "w2.npy", MOE_F32, w->w2, 3, E, F, D);
+    if (!rc)
+        rc = write_npy(dir, "b2.npy", MOE_F32, w->b2, 2, E, D, 0);
+    if (!rc)
+        rc = write_npy(dir, "kept.npy", MOE_I64, kept, 2, N, 2, 0);
+    free(kept);
+    return rc;
+}
+
+/* Runs the command, returns its stdout (malloc'd) and exit status. */
+static char *run_capture(const char *cmd, int *status)
+{
+    FILE *f = popen(cmd, "r");
+    if (!f) {
+        *status = -1;
+        return NULL;
+    }
+    size_t cap = 4096, len = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        if (len + 1024 > cap) {
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+        size_t got = fread(buf + len, 1, cap - len - 1, f);
+        len += got;
+        if (got == 0)
+            break;
+    }
+    if (buf)
+        buf[len] = '\0';
+    int st = pclose(f);
+    *status = st == -1 ? -1 : WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+    return buf;
+}
+
+static double json_num(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    return json_is_number(v) ? json_number_value(v) : NAN;
+}
+
+static int torch_parse(bench_ctx *c, const char *text, torch_result *tr)
+{
+    json_error_t err;
+    json_t *root = json_loads(text, 0, &err);
+    if (!root || !json_is_object(root)) {
+        json_decref(root);
+        return moe_fail(MOE_EFORMAT, "run the script by hand to see its output",
+                        "cannot read the PyTorch reference's JSON: %s (%s, line %d)", err.text,
+                        c->a.script, err.line);
+    }
+    json_t *ver = json_object_get(root, "torch");
+    if (json_is_string(ver))
+        snprintf(c->torch_version, sizeof c->torch_version, "%s", json_string_value(ver));
+    tr->routing_mismatch = (long)json_integer_value(json_object_get(root, "routing_mismatch"));
+    tr->blas_threads_set = json_is_true(json_object_get(root, "blas_threads_set"));
+    json_t *res = json_object_get(root, "results");
+    size_t i;
+    json_t *it;
+    json_array_foreach(res, i, it) {
+        const char *style = json_string_value(json_object_get(it, "style"));
+        int th = (int)json_integer_value(json_object_get(it, "threads"));
+        int s = -1, j;
+        for (int q = 0; q < TORCH_STYLES; q++)
+            if (style && strcmp(style, torch_styles[q]) == 0)
+                s = q;
+        for (j = 0; j < tr->nth; j++)
+            if (tr->threads[j] == th)
+                break;
+        if (s < 0 || j == tr->nth)
+            continue;
+        tr->t[s][j] = (bench_stat){json_num(it, "median"), json_num(it, "q1"),
+                                   json_num(it, "q3"), json_num(it, "min"), json_num(it, "max")};
+    }
+    json_decref(root);
+    return MOE_OK;
+}
+
+static int torch_compare(const char *dir, const char *name, const float *y, size_t n, size_t D,
+                         double *err)
+{
+    char path[4096 + 32];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    moe_npy a;
+    int rc = moe_npy_read(path, &a);
+    if (rc)
+        return rc;
+    if (a.dtype != MOE_F32 || a.ndim != 2 || a.shape[0] != n || a.shape[1] != D) {
+        moe_npy_free(&a);
+        return moe_fail(MOE_EFORMAT, NULL, "PyTorch output is not float32 (%zu,%zu) (%s)", n, D,
+                        path);
+    }
+    *err = moe_rel_l2(y, a.data, n * D);
+    moe_npy_free(&a);
+    return MOE_OK;
+}
+
+static int torch_measure(bench_ctx *c, const bench_cfg *cfg, const bench_weights *w,
+                         const float *x, const layer_point *p, torch_result *tr)
+{
+    memset(tr, 0, sizeof *tr);
+    tr->threads[0] = 1;
+    tr->threads[1] = 2;
+    tr->nth = 2;
+    for (int s = 0; s < TORCH_STYLES; s++)
+        for (int j = 0; j < TORCH_MAXTH; j++)
+            tr->t[s][j] = stat_one(NAN);
+    tr->rel_l2[0] = tr->rel_l2[1] = NAN;
+    if (c->a.no_torch) {
+        snprintf(tr->note, sizeof tr->note, "skipped (--no-torch)");
+        return MOE_OK;
+    }
+    if (access(c->a.script, R_OK) != 0) {
+        snprintf(tr->note, sizeof tr->note, "skipped: %s not found (run from the repository)",
+                 c->a.script);
+        return MOE_OK;
+    }
+    const char *tmp = getenv("TMPDIR");
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s/moesim-bench-XXXXXX", tmp && *tmp ? tmp : "/tmp");
+    if (!mkdtemp(dir))
+        return moe_fail(MOE_EIO, "set TMPDIR to a writable folder",
+                        "cannot create a temporary folder (%s: %s)", dir, strerror(errno));
+    int rc = torch_write_inputs(dir, w, x, p);
+    char cmd[16384], num[160];
+    size_t pos = 0;
+    char *out = NULL;
+    if (rc)
+        goto out;
+    pos = (size_t)snprintf(cmd, sizeof cmd, "OMP_WAIT_POLICY=passive ");
+    int repeats_einsum = c->a.repeats < 3 ? c->a.repeats : 3; /* seconds per forward */
+    snprintf(num, sizeof num, " --dir ");
+    if (shell_quote(cmd, sizeof cmd, &pos, c->a.python) ||
+        shell_quote(cmd, sizeof cmd, &pos, c->a.script) ||
+        pos + strlen(num) >= sizeof cmd)
+        goto toolong;
+    memcpy(cmd + pos, num, strlen(num) + 1);
+    pos += strlen(num);
+    if (shell_quote(cmd, sizeof cmd, &pos, dir))
+        goto toolong;
+    snprintf(num, sizeof num,
+             " --router %s --k %d --capacity %ld --repeats %d --einsum-repeats %d --threads 1,2",
+             cfg->router, cfg->k, p->C, c->a.repeats, repeats_einsum);
+    if (pos + strlen(num) >= sizeof cmd)
+        goto toolong;
+    memcpy(cmd + pos, num, strlen(num) + 1);
+
+    int status;
+    fflush(stdout);
+    out = run_capture(cmd, &status);
+    if (status == 3 || status == 127) { /* the script's "torch not importable", or no python */
+        snprintf(tr->note, sizeof tr->note, "skipped: PyTorch not available to %s (exit %d)",
+                 c->a.python, status);
+        goto out;
+    }
+    if (status != 0 || !out) {
+        rc = moe_fail(MOE_EIO, "run the command by hand: it prints its error on stderr",
+                      "the PyTorch reference failed with exit status %d (%s)", status, cmd);
+        goto out;
+    }
+    if ((rc = torch_parse(c, out, tr)))
+        goto out;
+    size_t n = (size_t)p->n, D = (size_t)w->d;
+    if ((rc = torch_compare(dir, "y_loop.npy", p->y, n, D, &tr->rel_l2[0])) ||
+        (rc = torch_compare(dir, "y_einsum.npy", p->y, n, D, &tr->rel_l2[1])))
+        goto out;
+    tr->available = 1;
+    tr->best_style = tr->best_th = -1;
+    for (int s = 0; s < TORCH_STYLES; s++)
+        for (int j = 0; j < tr->nth; j++)
+            if (isfinite(tr->t[s][j].median) &&
+                (tr->best_style < 0 ||
+                 tr->t[s][j].median < tr->t[tr->best_style][tr->best_th].median)) {
+                tr->best_style = s;
+                tr->best_th = j;
+            }
+    if (tr->best_style < 0) {
+        rc = moe_fail(MOE_EFORMAT, NULL, "the PyTorch reference reported no timing (%s)",
+                      c->a.script);
+        goto out;
+    }
+    goto out;
+toolong:
+    rc = moe_fail(MOE_EINVAL, NULL, "paths too long for the PyTorch command (%s)", c->a.script);
+out:
+    free(out);
+    torch_cleanup(dir);
+    return rc;
+}
+
+/* ---- one configuration ---- */
+
+typedef struct {
+    const bench_cfg *cfg;
+    int n;
+    long C;
+    size_t kept;
+    bench_stat ph[NPH];
+    double flops;     /* useful expert FLOPs: 4*d*f per kept entry */
+    gemm_ref g;
+    double share;     /* (route + dispatch + combine) / layer, medians */
+    double naive_err;
+    torch_result tr;
+} cfg_result;
+
+typedef struct {
+    int n;
+    long C;
+    size_t kept;
+    bench_stat layer, experts;
+    double per_token;  /* s, median layer / n */
+    double grouped;    /* s, median of the grouped GEMM pair on this plan */
+    size_t ws_bytes;
+} scale_result;
+
+static double gflops(double flops, double s) { return flops / s * 1e-9; }
+
+static void print_phases(const cfg_result *r)
+{
+    printf("%-9s %11s %23s %23s %7s\n", "phase", "median ms", "IQR ms", "min..max ms", "share");
+    for (int ph = 0; ph < NPH; ph++) {
+        const bench_stat *s = &r->ph[ph];
+        printf("%-9s %11.3f %11.3f..%-11.3f %11.3f..%-11.3f %6.1f%%\n", phase_names[ph],
+               1e3 * s->median, 1e3 * s->q1, 1e3 * s->q3, 1e3 * s->min, 1e3 * s->max,
+               100.0 * s->median / r->ph[PH_LAYER].median);
+    }
+    const bench_stat *L = &r->ph[PH_LAYER];
+    printf("layer: %.0f tokens/s (IQR %.0f..%.0f, min..max %.0f..%.0f)\n", r->n / L->median,
+           r->n / L->q3, r->n / L->q1, r->n / L->max, r->n / L->min);
+}
+
+static void print_gemm(const bench_ctx *c, const cfg_result *r)
+{
+    int d = c->sh->d, f = c->sh->f;
+    double ge = gflops(r->flops, r->ph[PH_EXPERTS].median);
+    double gd = gflops(r->flops, r->g.dense.median), gg = gflops(r->flops, r->g.grouped.median);
+    printf("expert phase: %.3f GFLOP useful (4*d*f x %zu kept) in %.2f ms = %.1f GFLOP/s\n",
+           r->flops * 1e-9, r->kept, 1e3 * r->ph[PH_EXPERTS].median, ge);
+    printf("  dense GEMM pair (%zux%d)(%dx%d), (%zux%d)(%dx%d): %.2f ms = %.1f GFLOP/s "
+           "(min..max %.1f..%.1f)\n", r->kept, d, d, f, r->kept, f, f, d,
+           1e3 * r->g.dense.median, gd, gflops(r->flops, r->g.dense.max),
+           gflops(r->flops, r->g.dense.min));
+    printf("  grouped GEMM pair (the same GEMMs per expert, no gather/bias/activation): "
+           "%.2f ms = %.1f GFLOP/s\n", 1e3 * r->g.grouped.median, gg);
+    printf("  activation gelu_tanh alone on (%zux%d): %.2f ms (%.1f%% of the expert phase)\n",
+           r->kept, f, 1e3 * r->g.act.median,
+           100.0 * r->g.act.median / r->ph[PH_EXPERTS].median);
+    printf("  ratios: experts/dense %.3f (target >= 0.90), experts/grouped %.3f, "
+           "experts/peak %.3f, dense/peak %.3f (peak %.0f GFLOP/s)\n", ge / gd, ge / gg,
+           ge / c->a.peak, gd / c->a.peak, c->a.peak);
+    printf("route+dispatch+combine: %.2f%% of the layer (target <= 5%%)\n", 100.0 * r->share);
+}
+
+static void print_torch(const bench_ctx *c, const cfg_result *r)
+{
+    const torch_result *tr = &r->tr;
+    if (!tr->available) {
+        printf("torch: %s\n", tr->note);
+        return;
+    }
+    printf("torch %s (OMP_WAIT_POLICY=passive; threads = torch's%s), whole layer per forward, "
+           "median ms (min..max):\n", c->torch_version,
+           tr->blas_threads_set ? " and OpenBLAS's" : " only: OpenBLAS's not settable");
+    for (int s = 0; s < TORCH_STYLES; s++) {
+        printf("  %-7s", torch_styles[s]);
+        for (int j = 0; j < tr->nth; j++)
+            printf("  %d thread%s %9.2f (%.2f..%.2f)", tr->threads[j], tr->threads[j] > 1 ? "s" : " ",
+                   1e3 * tr->t[s][j].median, 1e3 * tr->t[s][j].min, 1e3 * tr->t[s][j].max);
+        printf("\n");
+    }
+    double best = tr->t[tr->best_style][tr->best_th].median;
+    printf("  fastest: %s, %d thread%s: %.0f tokens/s; moesim/torch-best = %.2fx "
+           "(target >= 1.3x)\n", torch_styles[tr->best_style], tr->threads[tr->best_th],
+           tr->threads[tr->best_th] > 1 ? "s" : "", r->n / best,
+           best / r->ph[PH_LAYER].median);
+    int ok = tr->rel_l2[0] < TORCH_TOL && tr->rel_l2[1] < TORCH_TOL;
+    printf("  agreement: rel L2 vs moesim: loop %.2e, einsum %.2e (%s, tolerance %.0e); "
+           "routing %s (%ld kept (token,expert) pairs differ)\n", tr->rel_l2[0], tr->rel_l2[1],
+           ok ? "ok" : "DISAGREE", TORCH_TOL, tr->routing_mismatch ? "differs" : "identical",
+           tr->routing_mismatch);
+}
+
+static int store_cfg(bench_ctx *c, const cfg_result *r)
+{
+    row_key rk = {r->cfg->name, r->cfg->router, r->cfg->E, r->cfg->k, r->n, r->C, r->kept};
+    char m[48];
+    int rc = MOE_OK;
+    for (int ph = 0; ph < NPH && !rc; ph++) {
+        snprintf(m, sizeof m, "time_%s", phase_names[ph]);
+        rc = db_put(c, &rk, m, "s", r->ph[ph]);
+    }
+    const bench_stat *L = &r->ph[PH_LAYER];
+    double ge = gflops(r->flops, r->ph[PH_EXPERTS].median);
+    double gd = gflops(r->flops, r->g.dense.median), gg = gflops(r->flops, r->g.grouped.median);
+    if (rc || (rc = db_put(c, &rk, "tokens_per_s", "1/s",
+                           (bench_stat){r->n / L->median, r->n / L->q3, r->n / L->q1,
+                                        r->n / L->max, r->n / L->min})) ||
+        (rc = db_put(c, &rk, "flops_expert_useful", "FLOP", stat_one(r->flops))) ||
+        (rc = db_put(c, &rk, "gflops_experts", "GFLOP/s", stat_one(ge))) ||
+        (rc = db_put(c, &rk, "time_dense_gemm_pair", "s", r->g.dense)) ||
+        (rc = db_put(c, &rk, "time_grouped_gemm_pair", "s", r->g.grouped)) ||
+        (rc = db_put(c, &rk, "time_activation", "s", r->g.act)) ||
+        (rc = db_put(c, &rk, "gflops_dense_gemm_pair", "GFLOP/s", stat_one(gd))) ||
+        (rc = db_put(c, &rk, "gflops_grouped_gemm_pair", "GFLOP/s", stat_one(gg))) ||
+        (rc = db_put(c, &rk, "ratio_experts_vs_dense", "1", stat_one(ge / gd))) ||
+        (rc = db_put(c, &rk, "ratio_experts_vs_peak", "1", stat_one(ge / c->a.peak))) ||
+        (rc = db_put(c, &rk, "ratio_dense_vs_peak", "1", stat_one(gd / c->a.peak))) ||
+        (rc = db_put(c, &rk, "peak_gflops", "GFLOP/s", stat_one(c->a.peak))) ||
+        (rc = db_put(c, &rk, "share_route_dispatch_combine", "1", stat_one(r->share))) ||
+        (rc = db_put(c, &rk, "rel_l2_vs_naive", "1", stat_one(r->naive_err))))
+        return rc;
+    const torch_result *tr = &r->tr;
+    if (!tr->available)
+        return MOE_OK;
+    for (int s = 0; s < TORCH_STYLES && !rc; s++) {
+        for (int j = 0; j < tr->nth && !rc; j++) {
+            snprintf(m, sizeof m, "torch_%s_%dt_time_layer", torch_styles[s], tr->threads[j]);
+            rc = db_put(c, &rk, m, "s", tr->t[s][j]);
+        }
+        if (!rc) {
+            snprintf(m, sizeof m, "torch_%s_rel_l2", torch_styles[s]);
+            rc = db_put(c, &rk, m, "1", stat_one(tr->rel_l2[s]));
+        }
+    }
+    double best = tr->t[tr->best_style][tr->best_th].median;
+    if (!rc)
+        rc = db_put(c, &rk, "ratio_vs_torch_best", "1", stat_one(best / L->median));
+    if (!rc)
+        rc = db_put(c, &rk, "torch_routing_mismatch", "1", stat_one((double)tr->routing_mismatch));
+    return rc;
+}
+
+static int bench_config(bench_ctx *c, const bench_cfg *cfg, const bench_weights *w,
+                        const float *x, cfg_result *r)
+{
+    int n = c->sh->n;
+    layer_point p;
+    int rc = point_alloc(cfg, c->sh, n, &p);
+    if (rc)
+        return rc;
+    memset(r, 0, sizeof *r);
+    r->cfg = cfg;
+    r->n = n;
+    r->C = p.C;
+    if ((rc = point_measure(&p, w, x, c->a.repeats, r->ph)))
+        goto out;
+    r->kept = p.plan->n_entries;
+    r->flops = 4.0 * c->sh->d * c->sh->f * (double)r->kept;
+    r->share = (r->ph[PH_ROUTE].median + r->ph[PH_DISPATCH].median +
+                r->ph[PH_COMBINE].median) / r->ph[PH_LAYER].median;
+    printf("\n== layer %s: %s k=%d, E=%d, n=%d, d=%d, f=%d, cf=%s, C=%ld, kept %zu of %ld "
+           "claims, %d repeats ==\n", cfg->name, cfg->router, cfg->k, cfg->E, n, c->sh->d,
+           c->sh->f, BENCH_CF, p.C, r->kept, p.plan->n_claims, c->a.repeats);
+    print_phases(r);
+    if ((rc = gemm_measure(w, p.plan, x, c->a.repeats, 1, &r->g)))
+        goto out;
+    print_gemm(c, r);
+    if ((rc = naive_check(&p, w, x, c->sh->check_tokens, &r->naive_err)))
+        goto out;
+    int nt = c->sh->check_tokens > 0 && c->sh->check_tokens < n ? c->sh->check_tokens : n;
+    int ok = r->naive_err < NAIVE_TOL;
+    printf("check: layer output vs naive double reference on %d tokens: rel L2 %.2e (%s)\n", nt,
+           r->naive_err, ok ? "ok" : "DISAGREE");
+    if (!ok)
+        c->failures++;
+    if ((rc = torch_measure(c, cfg, w, x, &p, &r->tr)))
+        goto out;
+    print_torch(c, r);
+    if (r->tr.available && !(r->tr.rel_l2[0] < TORCH_TOL && r->tr.rel_l2[1] < TORCH_TOL))
+        c->failures++;
+    fflush(stdout);
+    rc = store_cfg(c, r);
+out:
+    point_free(&p);
+    return rc;
+}
+
+/* ---- n-scaling and memory (first configuration) ---- */
+
+static int bench_scaling(bench_ctx *c, const bench_cfg *cfg, const bench_weights *w,
+                         const float *x, scale_result *sr)
+{
+    const bench_shape *sh = c->sh;
+    size_t D = (size_t)sh->d, F = (size_t)sh->f, E = (size_t)cfg->E;
+    printf("\n== scaling %s: n from %d to %d tokens ==\n", cfg->name, sh->scale_n[0],
+           sh->scale_n[sh->nscale - 1]);
+    int rc = MOE_OK;
+    for (int i = 0; i < sh->nscale && !rc; i++) {
+        layer_point p;
+        int n = sh->scale_n[i];
+        if ((rc = point_alloc(cfg, sh, n, &p)))
+            break;
+        bench_stat st[NPH];
+        gemm_ref g;
+        if (!(rc = point_measure(&p, w, x, c->a.repeats, st)))
+            rc = gemm_measure(w, p.plan, x, c->a.repeats, 0, &g);
+        if (!rc)
+            sr[i] = (scale_result){n, p.C, p.plan->n_entries, st[PH_LAYER], st[PH_EXPERTS],
+                                   st[PH_LAYER].median / n, g.grouped.median,
+                                   moe_layer_workspace_bytes(p.L)};
+        row_key rk = {"scaling", cfg->router, cfg->E, cfg->k, n, p.C, p.plan->n_entries};
+        double nd_ecd = 4.0 * ((double)n * (double)D + (double)E * (double)p.C * (double)D);
+        if (!rc)
+            rc = db_put(c, &rk, "time_layer", "s", st[PH_LAYER]);
+        if (!rc)
+            rc = db_put(c, &rk, "time_experts", "s", st[PH_EXPERTS]);
+        if (!rc)
+            rc = db_put(c, &rk, "time_grouped_gemm_pair", "s", g.grouped);
+        if (!rc)
+            rc = db_put(c, &rk, "time_per_token", "s", stat_one(sr[i].per_token));
+        if (!rc)
+            rc = db_put(c, &rk, "workspace_bytes", "B", stat_one((double)sr[i].ws_bytes));
+        if (!rc)
+            rc = db_put(c, &rk, "ratio_workspace_vs_nd_ECd", "1",
+                        stat_one((double)sr[i].ws_bytes / nd_ecd));
+        point_free(&p);
+    }
+    if (rc)
+        return rc;
+    double best = INFINITY, gbest = INFINITY;
+    for (int i = 0; i < sh->nscale; i++) {
+        best = fmin(best, sr[i].per_token);
+        gbest = fmin(gbest, sr[i].grouped / sr[i].n);
+    }
+    printf("%7s %6s %10s %9s %6s %13s %6s %9s %10s %9s %11s\n", "n", "C", "layer ms",
+           "us/token", "/best", "GEMMs us/tok", "/best", "GEMM GF/s", "workspace", "ws/4(nd+",
+           "one-hot nEC");
+    printf("%7s %6s %10s %9s %6s %13s %6s %9s %10s %9s %11s\n", "", "", "", "", "", "(grouped)",
+           "", "", "MB", "ECd)", "MB");
+    for (int i = 0; i < sh->nscale; i++) {
+        double n = sr[i].n, C = (double)sr[i].C, gt = sr[i].grouped / n;
+        printf("%7d %6ld %10.2f %9.3f %6.3f %13.3f %6.3f %9.1f %10.1f %9.3f %11.1f\n", sr[i].n,
+               sr[i].C, 1e3 * sr[i].layer.median, 1e6 * sr[i].per_token, sr[i].per_token / best,
+               1e6 * gt, gt / gbest,
+               gflops(4.0 * (double)D * (double)F * (double)sr[i].kept, sr[i].grouped),
+               (double)sr[i].ws_bytes / 1048576.0,
+               (double)sr[i].ws_bytes / (4.0 * (n * (double)D + (double)E * C * (double)D)),
+               4.0 * n * (double)E * C / 1048576.0);
+    }
+    printf("(GEMMs: the expert GEMM pair alone, grouped per expert as the layer runs it; "
+           "workspace: the layer's own buffers, E*C rows of expert input, hidden (F = %zu) and "
+           "output; x and y are the caller's)\n", F);
+    return MOE_OK;
+}
+
+/* ---- targets ---- */
+
+static const char *verdict(int met) { return met ? "met" : "MISSED"; }
+
+static void print_targets(const bench_ctx *c, const cfg_result *res, int ncfg,
+                          const scale_result *sr, int nscale)
+{
+    printf("\n== targets (issue 10) ==\n");
+    for (int i = 0; i < ncfg; i++) {
+        const cfg_result *r = &res[i];
+        double ge = gflops(r->flops, r->ph[PH_EXPERTS].median);
+        double gd = gflops(r->flops, r->g.dense.median), gg = gflops(r->flops, r->g.grouped.median);
+        printf("%-6s experts/dense GEMM pair        %6.3f  (>= 0.90)  %s\n", r->cfg->name, ge / gd,
+               verdict(ge / gd >= 0.9));
+        printf("%-6s route+dispatch+combine share   %5.2f%%  (<= 5%%)    %s\n", r->cfg->name,
+               100.0 * r->share, verdict(r->share <= 0.05));
+        if (r->tr.available) {
+            double x = r->tr.t[r->tr.best_style][r->tr.best_th].median / r->ph[PH_LAYER].median;
+            printf("%-6s layer vs fastest PyTorch       %5.2fx  (>= 1.3x)  %s\n", r->cfg->name, x,
+                   verdict(x >= 1.3));
+        } else {
+            printf("%-6s layer vs fastest PyTorch       not measured (%s)\n", r->cfg->name,
+                   r->tr.note);
+        }
+        /* what OpenBLAS itself allows on these shapes, to tell its limits from the layer's */
+        printf("%-6s   OpenBLAS: one dense pair %.0f GFLOP/s (%.0f%% of peak), the pair grouped "
+               "per expert (%.0f rows each on average) %.0f (%.0f%%); expert phase %.0f = %.2f "
+               "of grouped\n", r->cfg->name, gd, 100.0 * gd / c->a.peak,
+               (double)r->kept / r->cfg->E, gg, 100.0 * gg / c->a.peak, ge, ge / gg);
+    }
+    if (nscale > 0) {
+        double lo = INFINITY, hi = 0.0, wlo = INFINITY, whi = 0.0;
+        for (int i = 0; i < nscale; i++) {
+            lo = fmin(lo, sr[i].per_token);
+            hi = fmax(hi, sr[i].per_token);
+            double w = (double)sr[i].ws_bytes /
+                       (4.0 * ((double)sr[i].n * c->sh->d +
+                               (double)res[0].cfg->E * (double)sr[i].C * c->sh->d));
+            wlo = fmin(wlo, w);
+            whi = fmax(whi, w);
+        }
+        double glo = INFINITY, ghi = 0.0;
+        int worst = 0;
+        for (int i = 0; i < nscale; i++) {
+            double gt = sr[i].grouped / sr[i].n;
+            glo = fmin(glo, gt);
+            ghi = fmax(ghi, gt);
+            if (sr[i].per_token > sr[worst].per_token)
+                worst = i;
+        }
+        printf("scaling time per token max/min n=%d..%d  %6.3f  (<= 1.10)  %s\n", sr[0].n,
+               sr[nscale - 1].n, hi / lo, verdict(hi / lo <= 1.10));
+        if (hi / lo > 1.10)
+            printf("         the GEMM pair alone, grouped per expert: max/min %.3f per token "
+                   "(slowest at n=%d: %.0f rows per expert on average)\n", ghi / glo,
+                   sr[worst].n, (double)sr[worst].kept / res[0].cfg->E);
+        /* an O(n*E*C) term would grow this ratio with n (64x from 1k to 64k tokens) */
+        printf("memory workspace / 4(n*d + E*C*d) stays in %.2f..%.2f over n  %s\n", wlo, whi,
+               verdict(whi / wlo <= 1.5));
+    }
+}
+
+/* ---- the command ---- */
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+            "usage: moesim bench [--quick] [--repeats N] [--threads N] [--db PATH] [--no-torch]\n"
+            "                    [--python PATH] [--torch-script PATH] [--peak-gflops X]\n"
+            "                    [--seed S]\n"
+            "Measures the MoE layer forward (gate, route, dispatch, experts, combine) on\n"
+            "E=16 k=2 (topk), E=64 k=1 (switch), E=8 k=2 (topk) with n=8192 tokens, d=512,\n"
+            "f=2048, cf=1.25, fp32: median and spread of each phase, tokens/s, the expert phase's\n"
+            "GFLOP/s against a dense sgemm pair of the same useful FLOPs and the fp32 peak, the\n"
+            "n-scaling from 1k to 64k tokens, the layer's memory, and PyTorch (per-expert loop\n"
+            "and one-hot einsum styles, 1 and 2 threads) on the same inputs when torch imports.\n"
+            "Results go to the table `bench` of the database. Run it as `make bench`, which\n"
+            "unsets OPENBLAS_CORETYPE so that OpenBLAS picks its own (AVX-512) kernels.\n"
+            "  --quick            small shapes (n=1024, d=64, f=256) for a smoke run\n"
+            "  --repeats N        timed forwards per measurement after one warm-up (default 7,\n"
+            "                     3 with --quick)\n"
+            "  --threads N        BLAS threads (default 2)\n"
+            "  --db PATH          results database (default results/bench.db)\n"
+            "  --no-torch         skip the PyTorch reference\n"
+            "  --python PATH      interpreter with numpy and torch (default /usr/bin/python3)\n"
+            "  --torch-script P   default tests/bench/torch_moe.py\n"
+            "  --peak-gflops X    fp32 peak for the ratios (default 467: measured on the\n"
+            "                     reference machine, 2 cores AVX-512)\n"
+            "  --seed S           PCG seed of tokens and weights (default 1)\n"
+            "  --config LIST      run only these of E16k2,E64k1,E8k2 (the n-scaling runs with\n"
+            "                     E16k2)\n");
+}
+
+static int parse_int(const char *s, const char *flag, int lo, int hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || errno || v < lo || v > hi)
+        return moe_fail(MOE_EINVAL, NULL, "bad value '%s' for %s (an integer in %d..%d)", s,
+                        flag, lo, hi);
+    *out = (int)v;
+    return MOE_OK;
+}
+
+static int parse_args(int argc, char **argv, bench_args *a, int *help)
+{
+    enum { O_QUICK = 1000, O_REPEATS, O_THREADS, O_DB, O_NOTORCH, O_PYTHON, O_SCRIPT, O_PEAK,
+           O_SEED, O_CONFIG, O_HELP };
+    static const struct option lo[] = {
+        {"quick", no_argument, NULL, O_QUICK},
+        {"repeats", required_argument, NULL, O_REPEATS},
+        {"threads", required_argument, NULL, O_THREADS},
+        {"db", required_argument, NULL, O_DB},
+        {"no-torch", no_argument, NULL, O_NOTORCH},
+        {"python", required_argument, NULL, O_PYTHON},
+        {"torch-script", required_argument, NULL, O_SCRIPT},
+        {"peak-gflops", required_argument, NULL, O_PEAK},
+        {"seed", required_argument, NULL, O_SEED},
+        {"config", required_argument, NULL, O_CONFIG},
+        {"help", no_argument, NULL, O_HELP},
+        {NULL, 0, NULL, 0},
+    };
+    optind = 1;
+    opterr = 0;
+    int c, rc;
+    char *end;
+    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (c) {
+        case O_QUICK: a->quick = 1; break;
+        case O_REPEATS:
+            if ((rc = parse_int(optarg, "--repeats", 1, 1000, &a->repeats)))
+                return rc;
+            break;
+        case O_THREADS:
+            if ((rc = parse_int(optarg, "--threads", 1, 1024, &a->threads)))
+                return rc;
+            break;
+        case O_DB: a->db = optarg; break;
+        case O_NOTORCH: a->no_torch = 1; break;
+        case O_PYTHON: a->python = optarg; break;
+        case O_SCRIPT: a->script = optarg; break;
+        case O_PEAK:
+            a->peak = strtod(optarg, &end);
+            if (!*optarg || *end || !(a->peak > 0.0) || !isfinite(a->peak))
+                return moe_fail(MOE_EINVAL, NULL, "bad value '%s' for --peak-gflops", optarg);
+            break;
+        case O_SEED:
+            errno = 0;
+            a->seed = strtoull(optarg, &end, 10);
+            if (!*optarg || *end || *optarg == '-' || errno)
+                return moe_fail(MOE_EINVAL, NULL, "bad value '%s' for --seed", optarg);
+            break;
+        case O_CONFIG: a->configs = optarg; break;
+        case O_HELP: *help = 1; return MOE_OK;
+        default:
+            return moe_fail(MOE_EINVAL, "`moesim bench --help` lists the flags",
+                            "unknown or incomplete flag '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind < argc)
+        return moe_fail(MOE_EINVAL, "`moesim bench --help` lists the flags",
+                        "unexpected argument '%s'", argv[optind]);
+    for (const char *q = a->configs; q && *q;) {
+        size_t len = strcspn(q, ",");
+        int found = 0;
+        for (int i = 0; i < NCFG; i++)
+            found |= strlen(bench_cfgs[i].name) == len && !strncmp(q, bench_cfgs[i].name, len);
+        if (!found)
+            return moe_fail(MOE_EINVAL, "configurations: E16k2 (with the n-scaling), E64k1, E8k2",
+                            "unknown configuration '%.*s' for --config", (int)len, q);
+        q += len + (q[len] == ',');
+    }
+    return MOE_OK;
+}
+
+/* Whether --config selects cfg (all when not given). */
+static int cfg_selected(const bench_args *a, const bench_cfg *cfg)
+{
+    if (!a->configs)
+        return 1;
+    size_t len = strlen(cfg->name);
+    for (const char *q = a->configs; *q;) {
+        size_t l = strcspn(q, ",");
+        if (l == len && !strncmp(q, cfg->name, len))
+            return 1;
+        q += l + (q[l] == ',');
+    }
+    return 0;
+}
+
+static void print_provenance(bench_ctx *c)
+{
+    char line[512];
+    moe_blas_info_format(&c->bi, line, sizeof line);
+    printf("moesim bench%s: run %s, git %s\n", c->a.quick ? " --quick" : "", c->run_id,
+           moe_git_rev());
+    printf("BLAS: %s\n", line);
+    if (!c->bi.coretype_env[0])
+        printf("OPENBLAS_CORETYPE is unset: OpenBLAS picked the %s kernels itself (%d-bit)\n",
+               c->bi.core, moe_blas_core_width(c->bi.core));
+    else
+        printf("OPENBLAS_CORETYPE=%s forces the %s kernels (%d-bit)%s; `make bench` runs without "
+               "it\n", c->bi.coretype_env, c->bi.core, moe_blas_core_width(c->bi.core),
+               c->bi.cpu_avx512f && !c->bi.core_avx512 ? " on an AVX-512 CPU" : "");
+    printf("threads: %d BLAS; layer fp32, GELU tanh; peak for ratios %.0f GFLOP/s\n",
+           c->bi.threads, c->a.peak);
+}
+
+int moe_cmd_bench(int argc, char **argv)
+{
+    bench_ctx c;
+    memset(&c, 0, sizeof c);
+    c.a = (bench_args){0, 0, 2, 0, "results/bench.db", "/usr/bin/python3",
+                       "tests/bench/torch_moe.py", NULL, BENCH_PEAK_GFLOPS, 1};
+    int help = 0;
+    int rc = parse_args(argc, argv, &c.a, &help);
+    if (rc)
+        return rc;
+    if (help) {
+        usage(stdout);
+        return MOE_OK;
+    }
+    c.sh = c.a.quick ? &shape_quick : &shape_full;
+    if (c.a.repeats == 0)
+        c.a.repeats = c.a.quick ? 3 : 7;
+    moe_blas_check_coretype(stderr);
+    moe_blas_set_threads(c.a.threads);
+    moe_blas_info_get(&c.bi);
+    time_t now = time(NULL);
+    struct tm utc;
+    gmtime_r(&now, &utc);
+    char stamp[32];
+    strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", &utc);
+    snprintf(c.run_id, sizeof c.run_id, "%s-%ld", stamp, (long)getpid());
+    if ((rc = db_open(&c))) {
+        db_close(&c, 0);
+        return rc;
+    }
+    print_provenance(&c);
+
+    cfg_result res[NCFG];
+    scale_result sr[4];
+    int nscale = 0;
+    bench_weights w = {0};
+    float *x = NULL;
+    int ncfg = 0;
+    for (int i = 0; i < NCFG && !rc; i++) {
+        const bench_cfg *cfg = &bench_cfgs[i];
+        if (!cfg_selected(&c.a, cfg))
+            continue;
+        /* the first configuration also runs the n-scaling: its tokens cover the largest n */
+        int nx = c.sh->n;
+        if (i == 0)
+            for (int s = 0; s < c.sh->nscale; s++)
+                if (c.sh->scale_n[s] > nx)
+                    nx = c.sh->scale_n[s];
+        if ((rc = weights_alloc(&c, cfg->E, &w)) || (rc = tokens_alloc(&c, nx, &x)))
+            break;
+        rc = bench_config(&c, cfg, &w, x, &res[ncfg]);
+        if (!rc)
+            ncfg++;
+        if (!rc && i == 0) {
+            rc = bench_scaling(&c, cfg, &w, x, sr);
+            if (!rc)
+                nscale = c.sh->nscale;
+        }
+        weights_free(&w);
+        free(x);
+        x = NULL;
+    }
+    weights_free(&w);
+    free(x);
+    if (rc) {
+        db_close(&c, 0);
+        return rc;
+    }
+    print_targets(&c, res, ncfg, sr, nscale);
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    printf("peak resident memory %.0f MB\n", (double)ru.ru_maxrss / 1024.0);
+    if ((rc = db_check(&c, sqlite3_exec(c.db, "COMMIT", NULL, NULL, NULL), "commit"))) {
+        db_close(&c, 0);
+        return rc;
+    }
+    db_close(&c, 1);
+    printf("stored in %s, table bench, run '%s'\n", c.a.db, c.run_id);
+    if (c.failures)
+        return moe_fail(MOE_EINPUT, "the timings are stored; the outputs above marked DISAGREE "
+                        "are a correctness bug", "%d output check%s failed (bench)", c.failures,
+                        c.failures > 1 ? "s" : "");
+    return MOE_OK;
+}

@@ -1,0 +1,25 @@
+#!/bin/sh
+# fake_torch.sh: stands in for torch_moe.py in tests/t_bench.sh (run as `--python /bin/sh
+# --torch-script tests/bench/fake_torch.sh`), so the bench's handling of the PyTorch reference is
+# tested without Python. FAKE_TORCH selects the behaviour:
+#   missing   exit 3, as torch_moe.py does when torch cannot be imported
+#   garbage   exit 0 with output that is not JSON
+#   wrong     valid JSON and timings, but y_loop.npy / y_einsum.npy are copies of x.npy: the
+#             outputs disagree with moesim's (x and y are both float32 (T,D))
+dir=
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --dir) dir=$2; shift ;;
+    esac
+    shift
+done
+case "${FAKE_TORCH:-wrong}" in
+missing) echo '{"error": "cannot import torch: fake"}'; exit 3 ;;
+garbage) echo 'this is not json'; exit 0 ;;
+esac
+cp "$dir/x.npy" "$dir/y_loop.npy" && cp "$dir/x.npy" "$dir/y_einsum.npy" || exit 1
+printf '%s\n' '{"torch": "fake", "routing_mismatch": 0, "results": [
+ {"style": "loop", "threads": 1, "median": 0.5, "q1": 0.5, "q3": 0.5, "min": 0.5, "max": 0.5},
+ {"style": "loop", "threads": 2, "median": 0.25, "q1": 0.25, "q3": 0.25, "min": 0.25, "max": 0.25},
+ {"style": "einsum", "threads": 1, "median": 2, "q1": 2, "q3": 2, "min": 2, "max": 2},
+ {"style": "einsum", "threads": 2, "median": 1, "q1": 1, "q3": 1, "min": 1, "max": 1}]}'

@@ -1,0 +1,118 @@
+#!/bin/sh
+# t_bench.sh: `moesim bench --quick` as a smoke test of the benchmark's pipeline (issue 10): the
+# report has its sections, the layer output agrees with the naive reference, the results land in
+# the `bench` table with the BLAS provenance, a forced weaker OPENBLAS_CORETYPE is warned about,
+# the PyTorch reference's failure modes are handled (tests/bench/fake_torch.sh stands in for
+# torch), and bad flags are errors. No timing is asserted: timings belong to `make bench`.
+M=$(realpath "${MOESIM:-./moesim}")
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+pass=0; fail=0
+ok() { pass=$((pass + 1)); }
+no() { fail=$((fail + 1)); echo "FAIL: $*"; }
+has() { grep -q -- "$2" "$1" && ok || no "$(basename "$1") lacks '$2'"; }
+count() { n=$(grep -c -- "$2" "$1"); [ "$n" = "$3" ] && ok || no "$(basename "$1"): '$2' $n times, expected $3"; }
+q() { sqlite3 "$T/b.db" "$1" 2>&1; }
+eq() { got=$(q "$2"); [ "$got" = "$3" ] && ok || no "$1: got '$got', expected '$3'"; }
+WARN="moesim: warning: OPENBLAS_CORETYPE=Haswell forces 256-bit kernels on an AVX-512 CPU (about half the GEMM speed here); unset it"
+avx512=0; grep -qw avx512f /proc/cpuinfo 2>/dev/null && avx512=1
+
+# ---- a quick run without the override, as `make bench` runs ----
+if env -u OPENBLAS_CORETYPE "$M" bench --quick --no-torch --repeats 2 --db "$T/b.db" \
+        >"$T/out" 2>"$T/err"; then ok; else no "bench --quick exited $?: $(cat "$T/err")"; fi
+has "$T/out" '^BLAS: OpenBLAS .*; core [A-Za-z]*; 2 threads; OPENBLAS_CORETYPE unset$'
+has "$T/out" '^OPENBLAS_CORETYPE is unset: OpenBLAS picked the'
+# sections: three layers with C = ceil(k*n*cf/E) for n = 1024, cf = 1.25 (2*1024*1.25/16 = 160,
+# 1024*1.25/64 = 20, 2*1024*1.25/8 = 320), the scaling table and the targets
+has "$T/out" '^== layer E16k2: topk k=2, E=16, n=1024, d=64, f=256, cf=1.25, C=160,'
+has "$T/out" '^== layer E64k1: switch k=1, E=64, n=1024, d=64, f=256, cf=1.25, C=20,'
+has "$T/out" '^== layer E8k2: topk k=2, E=8, n=1024, d=64, f=256, cf=1.25, C=320,'
+for ph in gate route dispatch experts combine layer; do count "$T/out" "^$ph  " 3; done
+count "$T/out" '^layer: [0-9]* tokens/s' 3
+count "$T/out" '^expert phase: .* GFLOP/s$' 3
+count "$T/out" '^  dense GEMM pair (' 3
+count "$T/out" '^route+dispatch+combine: ' 3
+count "$T/out" '^check: layer output vs naive double reference on 1024 tokens: rel L2 .* (ok)$' 3
+count "$T/out" '^torch: skipped (--no-torch)$' 3
+has "$T/out" '^== scaling E16k2: n from 256 to 4096 tokens ==$'
+for n in 256 1024 4096; do has "$T/out" "^ *$n  "; done
+has "$T/out" '^== targets (issue 10) ==$'
+has "$T/out" '^memory workspace / 4(n\*d + E\*C\*d) stays in'
+has "$T/out" "^stored in $T/b.db, table bench, run '"
+[ -s "$T/err" ] && no "unexpected stderr: $(cat "$T/err")" || ok
+
+# ---- the database ----
+if command -v sqlite3 >/dev/null; then
+    eq "runs" "SELECT count(DISTINCT run) FROM bench" 1
+    eq "configs" "SELECT group_concat(config) FROM (SELECT DISTINCT config FROM bench ORDER BY config)" \
+        "E16k2,E64k1,E8k2,scaling"
+    eq "capacities" "SELECT group_concat(config || '=' || capacity) FROM (SELECT DISTINCT config, capacity FROM bench WHERE config != 'scaling' ORDER BY config)" \
+        "E16k2=160,E64k1=20,E8k2=320"
+    eq "scaling points" "SELECT group_concat(n) FROM (SELECT DISTINCT n FROM bench WHERE config = 'scaling' ORDER BY n)" "256,1024,4096"
+    eq "phases stored" "SELECT count(*) FROM bench WHERE metric LIKE 'time_%' AND config != 'scaling' AND metric IN ('time_gate','time_route','time_dispatch','time_experts','time_combine','time_layer') AND median > 0 AND min <= median AND median <= max" 18
+    eq "provenance" "SELECT DISTINCT blas_threads || ',' || (blas_library LIKE 'OpenBLAS%') || ',' || ifnull(openblas_coretype, 'unset') || ',' || quick || ',' || repeats FROM bench" "2,1,unset,1,2"
+    core=$(sed -n 's/^BLAS: .*; core \([A-Za-z]*\);.*/\1/p' "$T/out")
+    eq "core as printed" "SELECT DISTINCT blas_core FROM bench" "$core"
+    # useful FLOPs = 4*d*f per kept entry (d = 64, f = 256)
+    eq "useful flops" "SELECT count(*) FROM bench WHERE metric = 'flops_expert_useful' AND median = 4*64*256*kept" 3
+    eq "naive check stored" "SELECT count(*) FROM bench WHERE metric = 'rel_l2_vs_naive' AND median < 1e-5" 3
+else
+    no "the sqlite3 command is missing (make deps installs it)"
+fi
+
+# ---- a second run adds rows, it does not replace them ----
+if env -u OPENBLAS_CORETYPE "$M" bench --quick --no-torch --repeats 1 --db "$T/b.db" \
+        >"$T/out2" 2>"$T/err2"; then ok; else no "second run exited $?: $(cat "$T/err2")"; fi
+command -v sqlite3 >/dev/null && eq "two runs" "SELECT count(DISTINCT run) FROM bench" 2
+
+# ---- a forced core type weaker than the CPU's ----
+OPENBLAS_CORETYPE=Haswell "$M" bench --quick --no-torch --repeats 1 --db "$T/h.db" \
+    >"$T/out3" 2>"$T/err3" && ok || no "bench with OPENBLAS_CORETYPE=Haswell exited $?"
+has "$T/out3" '^BLAS: .*core Haswell; 2 threads; OPENBLAS_CORETYPE Haswell$'
+if [ $avx512 = 1 ]; then
+    [ "$(cat "$T/err3")" = "$WARN" ] && ok || no "warning: got '$(cat "$T/err3")'"
+else
+    [ -s "$T/err3" ] && no "warning on a CPU without AVX-512: $(cat "$T/err3")" || ok
+fi
+# an AVX-512 core forced on purpose is no loss: no warning
+OPENBLAS_CORETYPE=SkylakeX "$M" bench --quick --no-torch --repeats 1 --db "$T/s.db" \
+    >"$T/out4" 2>"$T/err4" && ok || no "bench with OPENBLAS_CORETYPE=SkylakeX exited $?"
+[ -s "$T/err4" ] && no "warning for SkylakeX: $(cat "$T/err4")" || ok
+
+# ---- the PyTorch reference's failure modes, with a stand-in script ----
+FT="--python /bin/sh --torch-script tests/bench/fake_torch.sh"
+FAKE_TORCH=missing env -u OPENBLAS_CORETYPE "$M" bench --quick --repeats 1 --db "$T/f.db" $FT \
+    >"$T/out5" 2>"$T/err5" && ok || no "torch missing: exit $?: $(cat "$T/err5")"
+count "$T/out5" '^torch: skipped: PyTorch not available to /bin/sh (exit 3)$' 3
+mkdir "$T/tmp"
+FAKE_TORCH=wrong TMPDIR="$T/tmp" env -u OPENBLAS_CORETYPE "$M" bench --quick --repeats 1 \
+    --db "$T/f.db" $FT >"$T/out6" 2>"$T/err6" && no "outputs that disagree: exit 0" || ok
+count "$T/out6" '^  agreement: rel L2 vs moesim: .*(DISAGREE, tolerance 1e-04)' 3
+has "$T/err6" '^moesim: error: 3 output checks failed (bench)$'
+has "$T/out6" '^E16k2  layer vs fastest PyTorch'
+[ -z "$(ls -A "$T/tmp")" ] && ok || no "temporary files left: $(ls -R "$T/tmp")"
+FAKE_TORCH=garbage env -u OPENBLAS_CORETYPE "$M" bench --quick --repeats 1 --db "$T/g.db" $FT \
+    >"$T/out7" 2>"$T/err7" && no "garbage from torch: exit 0" || ok
+has "$T/err7" "^moesim: error: cannot read the PyTorch reference's JSON"
+if command -v sqlite3 >/dev/null; then
+    # a failed run stores nothing (one transaction per run)
+    n=$(sqlite3 "$T/g.db" "SELECT count(*) FROM bench" 2>&1)
+    [ "$n" = 0 ] && ok || no "failed run stored rows: $n"
+fi
+
+# ---- flags ----
+"$M" bench --help >"$T/help" 2>&1 && ok || no "bench --help exited $?"
+has "$T/help" '^usage: moesim bench'
+experr() {
+    desc=$1; pat=$2; shift 2
+    "$M" bench "$@" >"$T/o" 2>"$T/e" && { no "$desc: exit 0"; return; }
+    grep -q -- "$pat" "$T/e" && ok || no "$desc: '$(head -1 "$T/e")' lacks '$pat'"
+}
+experr "repeats 0" "moesim: error: bad value '0' for --repeats" --quick --repeats 0
+experr "threads x" "moesim: error: bad value 'x' for --threads" --quick --threads x
+experr "unknown flag" "unknown or incomplete flag '--fast'" --fast
+experr "stray argument" "unexpected argument 'extra'" --quick extra
+experr "bad db" "cannot open the results database" --quick --no-torch --db "$T/no/such/dir/b.db"
+
+echo "t_bench: $pass passed, $fail failed"
+[ "$fail" = 0 ]
