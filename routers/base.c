@@ -307,7 +307,7 @@ static int base_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 const moe_router_type moe_router_base = {
     "base",
     "BASE layers (Lewis 2021): exact balanced assignment, <= ceil(n/E) per expert, gate sigmoid",
-    0,
+    MOE_RF_NO_CAPACITY,
     1,
     base_alloc,
     base_free,

@@ -58,7 +58,7 @@ static int dense_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 const moe_router_type moe_router_dense = {
     "dense",
     "dense MoE: every token to every expert, combine weight p = softmax(L)",
-    0,
+    MOE_RF_NO_CAPACITY | MOE_RF_ALL_EXPERTS,
     1, /* placeholder: the effective k is E (set in dense_alloc) */
     dense_alloc,
     dense_free,

@@ -145,7 +145,9 @@ enum {
     MOE_RF_DENSE = 1u << 2,     /* dense plan (soft_moe) */
     MOE_RF_STATEFUL = 1u << 3,  /* state carried across batches (observe) */
     MOE_RF_HAS_DROPLESS = 1u << 4, /* has a dropless form (output error vs its own dropless) */
-    MOE_RF_NEEDS_CHOICES = 1u << 5 /* routes on recorded choices (replay): choices, k_rec */
+    MOE_RF_NEEDS_CHOICES = 1u << 5, /* routes on recorded choices (replay): choices, k_rec */
+    MOE_RF_NO_CAPACITY = 1u << 6,   /* capacity factor has no effect (base, dense) */
+    MOE_RF_ALL_EXPERTS = 1u << 7    /* every token goes to every expert: effective k = E */
 };
 typedef struct moe_router_type {
     const char *name;

@@ -1001,6 +1001,8 @@ static int point_router(const spec_router *r, const spec_shape *sh, moe_point *p
     if (!r->k_kv && is_topk && sh->k > 0)
         p->opts.k = sh->k;
     int k = p->opts.k > 0 ? p->opts.k : r->type->default_k;
+    if ((r->type->flags & MOE_RF_ALL_EXPERTS) && p->opts.k == 0)
+        k = sh->E;
     if (k > sh->E) {
         const spec_kv *kv = r->k_kv ? r->k_kv : (is_topk && sh->k_kv) ? sh->k_kv : sh->E_kv;
         const spec_section *sec = r->k_kv ? r->sec : sh->sec;
@@ -1118,6 +1120,8 @@ static int expand(moe_spec *s)
                                 note = "dropless";
                             else if (r->type->flags & MOE_RF_DENSE)
                                 note = "dense plan: no capacity";
+                            else if (r->type->flags & MOE_RF_NO_CAPACITY)
+                                note = "router has no capacity factor";
                             if (note) {
                                 p.cf_note = note;
                                 p.cf_text = "none";
