@@ -5,12 +5,16 @@
  *
  * PCG streams (seed, stream), so that a source is reproducible from its seed and batch b is
  * reproducible on its own (batch 3 is the same whether or not batches 0..2 were drawn):
- *   tokens of batch b        (seed, MOE_STREAM_TOKENS + 16 b): per-token draws (cluster or id
- *                            or sampled experts, then x row by row, then uniform ids)
+ *   tokens of batch b        (seed, MOE_STREAM_TOKENS + 16 b): the per-token draws (a
+ *                            cluster and its x row, an id, or two experts), then Gaussian x
+ *                            rows where x is not drawn per token, then uniform ids
  *   fixed parameters         (seed, MOE_STREAM_SOURCE_PARAM): cluster centres, direction u
  *   Dirichlet weights        (seed, MOE_STREAM_SOURCE_PARAM + 16)
  *   embedding of token id i  (seed, MOE_STREAM_SOURCE_PARAM + 16 (i + 2))
  *   gate Wg (D,M)            (seed, MOE_STREAM_GATE_W)
+ * Recorded sources (npy, trace_*) hold N rows of one layer; batch b is rows (b T + t) mod N.
+ * A recorded source fixes M (moe_source_required_m): its batches have that M whatever M the
+ * caller asked for, and the caller compares it with its layer.
  * Shapes: x (T,D), ids (T), logits (T,M), choices and choice_w (T,Krec), Wg (D,M) row-major.
  */
 #include "source.h"

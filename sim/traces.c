@@ -720,6 +720,13 @@ static int gz_line(gzFile g, char *buf, int len, const char *path, long ln)
         return 0;
     }
     size_t n = strlen(buf);
+    if (n > 0 && buf[n - 1] != '\n') { /* a last line: complete, or cut by a broken stream */
+        int err;
+        const char *m = gzerror(g, &err);
+        if (err != Z_OK)
+            return -moe_fail(MOE_EFORMAT, "is the file truncated?",
+                             "corrupt or truncated gzip data: %s (%s:%ld)", m, path, ln);
+    }
     if (n == (size_t)len - 1 && buf[n - 1] != '\n' && !gzeof(g))
         return -moe_fail(MOE_EFORMAT, NULL, "line longer than %d bytes (%s:%ld)", len - 1, path,
                          ln);

@@ -612,7 +612,8 @@ static void test_npy(void)
     CHECK(bad == 0 && bt.m == 4 && bt.choices == NULL, "npy rows cycle: %d wrong values", bad);
     moe_source_close(s);
 
-    /* errors: a layer outside the array, a width that is not d, rows that disagree, M */
+    /* errors: a layer outside the array, a width that is not d, rows that disagree, no array,
+     * a missing file */
     struct {
         moe_kv kv[2];
         int nkv, d, m;
@@ -620,10 +621,7 @@ static void test_npy(void)
     } bad_cases[] = {
         {{{"logits", pl, "t.ini", 1}, {"layer", "3", "t.ini", 9}}, 2, 2, 0, "t.ini:9, key layer"},
         {{{"hidden", px, "t.ini", 5}, {NULL, NULL, NULL, 0}}, 1, 3, 4, "t.ini:5, key hidden"},
-        {{{"logits", pl, "t.ini", 1}, {"ids", p6, "t.ini", 6}},
-         2,
-         2,
-         0,
+        {{{"logits", pl, "t.ini", 1}, {"ids", p6, "t.ini", 6}}, 2, 2, 0,
          "ids has 6 rows, the other arrays 5 (t.ini:6, key ids)"},
         {{{"layer", "0", "t.ini", 1}}, 1, 2, 4, "needs at least one of logits, hidden, ids"},
         {{{"ids", "/nonexistent/ids.npy", "t.ini", 1}}, 1, 2, 4, "/nonexistent/ids.npy"},
