@@ -20,7 +20,26 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(B)/tests/%)
 SPEC     ?= experiments/default.ini
 
 DEB_PKGS := build-essential pkg-config libgsl-dev libopenblas-dev libsqlite3-dev sqlite3 \
-            libinih-dev libjansson-dev zlib1g-dev gnuplot-nox
+            libinih-dev libjansson-dev zlib1g-dev gnuplot-nox valgrind clang \
+            libopenmpi-dev openmpi-bin
+
+# MPI (issue 9, sim/mpi.c): expert parallelism and sweeps over ranks, built only when mpicc is
+# found (`make MPICC=` builds without). Only sim/mpi.o sees MPI's headers (-DMOESIM_MPI); the
+# binaries link libmpi where they use it (--as-needed). tests/mpi_ep_check runs under mpirun.
+MPICC ?= $(shell command -v mpicc 2>/dev/null)
+ifneq ($(strip $(MPICC)),)
+MPI_INC  := $(patsubst -I%,-isystem %,$(filter -I%,$(shell $(MPICC) --showme:compile 2>/dev/null)))
+LDLIBS   += -Wl,--as-needed $(shell $(MPICC) --showme:link 2>/dev/null) -Wl,--no-as-needed
+$(B)/sim/mpi.o: DEFS += -DMOESIM_MPI $(MPI_INC)
+MPI_TEST := tests/mpi_ep_check
+ifeq ($(MAKELEVEL),0)
+$(info MPI: found ($(MPICC)), expert parallelism enabled)
+endif
+else
+ifeq ($(MAKELEVEL),0)
+$(info MPI: not found, building without expert parallelism (apt-get install libopenmpi-dev openmpi-bin))
+endif
+endif
 
 .PHONY: all deps run test test-unit test-asan bench plots clean fuzz
 all: moesim
@@ -58,33 +77,66 @@ deps:
 	    (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	else echo "deps: missing packages; run as root:"; echo "  apt-get install -y $$missing"; exit 1; fi
 
+# OPENBLAS_CORETYPE (exported as Haswell on some machines) forces OpenBLAS's kernels and can
+# halve GEMM speed; run and bench let OpenBLAS detect the CPU, and say so.
 run: deps moesim
-	./moesim run $(SPEC)
+	@[ -z "$$OPENBLAS_CORETYPE" ] || echo "make run: unsetting OPENBLAS_CORETYPE=$$OPENBLAS_CORETYPE so OpenBLAS picks the kernels for this CPU"
+	env -u OPENBLAS_CORETYPE ./moesim run $(SPEC)
 
 # The whole suite, then again under AddressSanitizer + UndefinedBehaviorSanitizer.
-test: moesim $(TEST_BIN)
+test: moesim $(TEST_BIN) $(B)/moesim-perturb $(MPI_TEST:%=$(B)/%)
 	@sh tests/run.sh $(B)
 	@$(MAKE) --no-print-directory test-asan
 
-test-unit: moesim $(TEST_BIN)
+test-unit: moesim $(TEST_BIN) $(B)/moesim-perturb $(MPI_TEST:%=$(B)/%)
 	@sh tests/run.sh $(B)
 
 SAN := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 test-asan:
 	@$(MAKE) --no-print-directory B=build-asan CFLAGS="$(SAN)" LDFLAGS="$(SAN)" \
-	    build-asan/moesim $(TEST_SRC:tests/%.c=build-asan/tests/%)
+	    build-asan/moesim build-asan/moesim-perturb $(TEST_SRC:tests/%.c=build-asan/tests/%) \
+	    $(MPI_TEST:%=build-asan/%)
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	    sh tests/run.sh build-asan
 
 bench: deps moesim
+	@[ -z "$$OPENBLAS_CORETYPE" ] || echo "make bench: unsetting OPENBLAS_CORETYPE=$$OPENBLAS_CORETYPE so OpenBLAS picks the kernels for this CPU"
 	env -u OPENBLAS_CORETYPE ./moesim bench
+
+# Regression baselines (results/regression/README.md): reruns experiments/regression/*.ini,
+# prints what changed against the recorded metrics (moesim compare), then replaces them.
+.PHONY: record
+record: moesim
+	@sh experiments/regression/record.sh $(B)/moesim
+
+# The perturbed-router build of tests/t_regression.sh: moesim with routers/topk.c compiled with
+# -DMOESIM_PERTURB_TOPK (first gate nudged by 1e-3), which the regression comparison must catch.
+# Only topk.o differs; it precedes the library on the link line, so the archive's is not used.
+$(B)/perturb/topk.o: routers/topk.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -DMOESIM_PERTURB_TOPK -c -o $@ $<
+
+$(B)/moesim-perturb: $(B)/sim/main.o $(B)/perturb/topk.o $(B)/libmoesim.a
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 # Regenerates the committed route fixtures from the NumPy reference (tests/ref/moe_ref.py).
 .PHONY: fixtures
 fixtures:
 	/usr/bin/python3 tests/ref/gen_fixtures.py
 
+# libFuzzer targets tests/fuzz/fuzz_*.c (clang), built into build-fuzz/ and run FUZZ_SECONDS each
+# on a scratch copy of their corpus; crashes land in tests/fuzz/crashes/ (see tests/fuzz/run.sh).
+FUZZ_SECONDS ?= 30
+fuzz:
+	@FUZZ_SECONDS=$(FUZZ_SECONDS) MAKE="$(MAKE)" sh tests/fuzz/run.sh
+
+$(B)/fuzz/%: tests/fuzz/%.c $(B)/libmoesim.a $(wildcard tests/fuzz/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer $(LDFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
+
 clean:
-	rm -rf $(B) build-asan moesim
+	rm -rf $(B) build-asan build-fuzz moesim
 
 -include $(LIB_OBJ:.o=.d) $(B)/sim/main.d $(TEST_BIN:=.d)
+-include $(B)/perturb/topk.d
+-include $(MPI_TEST:%=$(B)/%.d)

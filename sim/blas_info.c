@@ -69,6 +69,8 @@ void moe_blas_set_threads(int n)
         openblas_set_num_threads(n);
 }
 
+int moe_blas_threads(void) { return openblas_get_num_threads(); }
+
 int moe_blas_info_format(const moe_blas_info *bi, char *buf, size_t len)
 {
     return snprintf(buf, len, "%s; core %s; %d thread%s; OPENBLAS_CORETYPE %s", bi->library,

@@ -24,6 +24,8 @@ void moe_blas_info_get(moe_blas_info *bi);
 
 /* Set the number of BLAS threads (openblas_set_num_threads); n < 1 is ignored. */
 void moe_blas_set_threads(int n);
+/* The number of BLAS threads (openblas_get_num_threads). */
+int moe_blas_threads(void);
 
 /* 1 if name (case-insensitive, as OpenBLAS compares it) is one of OpenBLAS's AVX-512 cores:
  * SkylakeX, Cooperlake, SapphireRapids. */

@@ -22,9 +22,12 @@
  */
 #include "layer.h"
 
+#include "blas_info.h"
+
 #include <gsl/gsl_blas.h>
 #include <gsl/gsl_matrix_float.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -205,6 +208,64 @@ static int sgemm(int ta, size_t m, size_t n, size_t k, const float *a, size_t ld
     return MOE_OK;
 }
 
+/* ---- bias + activation over rows, split across the BLAS threads ----
+ * Between the two GEMMs of an expert the activation pass runs on its own; on one thread it costs
+ * about 8% of the expert phase at the reference shape while the other core idles. Rows are split
+ * into contiguous ranges, one per thread; each element is computed independently, so the result
+ * does not depend on the thread count. */
+typedef struct {
+    const moe_layer *L;
+    float *buf;            /* (rows, ld) */
+    const float *b;        /* bias (width) or (2F) for SwiGLU */
+    size_t r0, r1, ld, width;
+    int act;               /* activation, -1 = bias only, MOE_ACT_SWIGLU = gate/up halves */
+} act_job;
+
+static void act_rows(const act_job *j)
+{
+    for (size_t r = j->r0; r < j->r1; r++) {
+        float *row = j->buf + r * j->ld;
+        if (j->act == MOE_ACT_SWIGLU)
+            bias_swiglu(row, row + j->width, j->b, j->b + j->width, j->width);
+        else
+            bias_act(j->act, row, j->b, j->width);
+    }
+}
+
+static void *act_thread(void *arg)
+{
+    act_rows(arg);
+    return NULL;
+}
+
+static void act_parallel(const moe_layer *L, int act, float *buf, size_t rows, size_t ld,
+                         const float *b, size_t width)
+{
+    enum { MAXT = 8 };
+    int nt = moe_blas_threads();
+    if (nt > MAXT)
+        nt = MAXT;
+    if (nt < 1 || rows * width < 65536) /* small: threads cost more than they save */
+        nt = 1;
+    if ((size_t)nt > rows)
+        nt = (int)rows;
+    act_job jobs[MAXT];
+    pthread_t th[MAXT];
+    int started[MAXT] = {0};
+    for (int i = 0; i < nt; i++)
+        jobs[i] = (act_job){L, buf, b, rows * (size_t)i / (size_t)nt,
+                            rows * (size_t)(i + 1) / (size_t)nt, ld, width, act};
+    for (int i = 1; i < nt; i++)
+        started[i] = pthread_create(&th[i], NULL, act_thread, &jobs[i]) == 0;
+    act_rows(&jobs[0]);
+    for (int i = 1; i < nt; i++) {
+        if (started[i])
+            pthread_join(th[i], NULL);
+        else
+            act_rows(&jobs[i]); /* no thread to be had: do it here */
+    }
+}
+
 /* FFN_e on `rows` rows: hid (rows,FW) = in (rows,D) W1_e + b1_e, activation (SwiGLU: into
  * columns [0,F)), out (rows,D) = act (rows,F) W2_e + b2_e. sgemm writes with beta = 0 and the
  * biases are broadcast over rows in the activation pass. */
@@ -216,20 +277,12 @@ static int ffn_rows(const moe_layer *L, const moe_experts *w, int e, const float
                    "expert first matrix");
     if (rc)
         return rc;
-    const float *b1 = w->b1 + (size_t)e * FW;
-    for (size_t r = 0; r < rows; r++) {
-        if (L->act == MOE_ACT_SWIGLU)
-            bias_swiglu(hid + r * FW, hid + r * FW + F, b1, b1 + F, F);
-        else
-            bias_act(L->act, hid + r * FW, b1, F);
-    }
+    act_parallel(L, L->act, hid, rows, FW, w->b1 + (size_t)e * FW, F);
     rc = sgemm(0, rows, D, F, hid, FW, w->w2 + (size_t)e * F * D, D, 0.0f, out, D,
                "expert second matrix");
     if (rc)
         return rc;
-    const float *b2 = w->b2 + (size_t)e * D;
-    for (size_t r = 0; r < rows; r++)
-        bias_act(-1, out + r * D, b2, D);
+    act_parallel(L, -1, out, rows, D, w->b2 + (size_t)e * D, D);
     return MOE_OK;
 }
 
@@ -354,16 +407,24 @@ int moe_layer_gate(moe_layer *L, const float *x, int n, const float *wg, int m, 
     if (tb == 0)
         return moe_fail(MOE_EINVAL, NULL, "gate with M = %d columns exceeds the layer's "
                         "workspace of %zu floats (moe_layer_gate)", m, cap);
-    for (size_t t0 = 0; t0 < (size_t)n; t0 += tb) {
+    /* The gate runs on one BLAS thread: threaded OpenBLAS sgemm splits the rows over threads
+     * and rounds edge tiles differently, so some logits (51 of 16384 for (2048,32) x (32,8),
+     * 1 vs 2 threads) and with them routing decisions would change with OPENBLAS_NUM_THREADS;
+     * routing must not depend on the thread count (issue 6, tests/t_regression.sh). */
+    int threads = moe_blas_threads();
+    if (threads > 1)
+        moe_blas_set_threads(1);
+    int rc = MOE_OK;
+    for (size_t t0 = 0; t0 < (size_t)n && !rc; t0 += tb) {
         size_t rows = (size_t)n - t0 < tb ? (size_t)n - t0 : tb;
-        int rc = sgemm(0, rows, M, D, x + t0 * D, D, wg, M, 0.0f, L->hid, M, "gate");
-        if (rc)
-            return rc;
+        rc = sgemm(0, rows, M, D, x + t0 * D, D, wg, M, 0.0f, L->hid, M, "gate");
         double *lg = logits + t0 * M;
-        for (size_t i = 0; i < rows * M; i++)
+        for (size_t i = 0; !rc && i < rows * M; i++)
             lg[i] = (double)L->hid[i];
     }
-    return MOE_OK;
+    if (threads > 1)
+        moe_blas_set_threads(threads);
+    return rc;
 }
 
 /* ---- forward: sparse plans ---- */

@@ -1,5 +1,6 @@
 /* main.c: the moesim command line. Parses the command word and dispatches; the only place that
  * prints library errors and exits. */
+#include "blas_info.h"
 #include "cli.h"
 #include "moe.h"
 #include "source.h"
@@ -16,7 +17,9 @@ typedef struct {
 
 static const command commands[] = {
     {"run", moe_cmd_run, "run an experiment spec into SQLite (resumable), then draw its charts"},
+    {"plot", moe_cmd_plot, "draw the charts of a results database with gnuplot (PNG, SVG)"},
     {"report", moe_cmd_report, "print the points of a results database (table or --csv)"},
+    {"compare", moe_cmd_compare, "compare recorded metrics of two runs; exit 1 on drift"},
     {"route", moe_cmd_route, "route one logits matrix; write the plan, metrics, layer output"},
     {"list", moe_cmd_list, "list routers, sources, metrics or options"},
     {"trace", moe_cmd_trace, "moesim trace info PATH: what a recorded trace holds, load per layer"},
@@ -92,6 +95,9 @@ int main(int argc, char **argv)
     }
     for (const command *c = commands; c->name; c++) {
         if (strcmp(c->name, argv[1]) == 0) {
+            /* commands that run GEMMs warn when OPENBLAS_CORETYPE forces weaker kernels */
+            if (!strcmp(c->name, "run") || !strcmp(c->name, "route"))
+                moe_blas_check_coretype(stderr);
             int rc = c->fn(argc - 1, argv + 1);
             if (rc) {
                 fprintf(stderr, "moesim: error: %s\n", moe_errmsg());
