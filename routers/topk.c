@@ -82,6 +82,11 @@ static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         for (int j = 0; j < k; j++)
             w->sel[j] = w->row[w->idx[j]];
         moe_softmax(w->sel, k, w->g);
+#ifdef MOESIM_PERTURB_TOPK
+        /* Test build only (Makefile $(B)/moesim-perturb, tests/t_regression.sh): a deliberately
+         * perturbed router, its first gate nudged by 1e-3, that `moesim compare` must catch. */
+        w->g[0] += 1e-3;
+#endif
         for (int j = 0; j < k; j++) {
             size_t i = (size_t)t * k + j;
             cl->expert[i] = w->idx[j];

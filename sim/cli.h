@@ -15,5 +15,10 @@ int moe_cmd_bench(int argc, char **argv);
 int moe_cmd_run(int argc, char **argv);
 /* `moesim report DB [--csv]`: the stored points and their main metrics (sim/cmd_report.c). */
 int moe_cmd_report(int argc, char **argv);
+/* `moesim plot DB [--out DIR]`: the charts of a results database, by gnuplot (sim/cmd_plot.c). */
+int moe_cmd_plot(int argc, char **argv);
+/* `moesim compare BASELINE CANDIDATE [--rtol X] [--atol X]` and `moesim compare --record SOURCE
+ * FILE`: regression tests on recorded metrics; drift is MOE_EINVAL (sim/cmd_compare.c). */
+int moe_cmd_compare(int argc, char **argv);
 
 #endif
