@@ -86,13 +86,13 @@ check "summary view" test "$(q "$db" 'SELECT count(*) FROM summary')" = 14
 contains "summary table printed" "$tmp/out" "router"
 
 # rerun: everything is stored, nothing runs
-"$MOESIM" run "$spec" --db "$db" >"$tmp/out" 2>"$tmp/err"
+"$MOESIM" run "$spec" --db "$db" --no-plots >"$tmp/out" 2>"$tmp/err"
 check "rerun exits 0" test $? = 0
 contains "rerun skips all" "$tmp/err" "0 points run, 14 skipped"
 check "rerun adds no rows" test "$(q "$db" 'SELECT count(*) FROM points')" = 14
 
 # --set adds points (a new seed), the old ones stay
-"$MOESIM" run "$spec" --db "$db" --set experiment.seeds="1 2" >"$tmp/out" 2>"$tmp/err"
+"$MOESIM" run "$spec" --db "$db" --no-plots --set experiment.seeds="1 2" >"$tmp/out" 2>"$tmp/err"
 check "--set seeds exits 0" test $? = 0
 contains "--set runs only the new seed" "$tmp/err" "14 points run, 14 skipped"
 check "28 points after a second seed" test "$(q "$db" 'SELECT count(*) FROM points')" = 28
@@ -109,7 +109,7 @@ contains "report table" "$tmp/out" "(28 points"
 # ---- --force reruns and replaces ----
 maxid=$(q "$db" 'SELECT max(id) FROM points')
 q "$db" 'SELECT config_key, load_imbalance, assignment_drop_rate, output_error_dense FROM points ORDER BY config_key' >"$tmp/before"
-"$MOESIM" run "$spec" --db "$db" --force >"$tmp/out" 2>"$tmp/err"
+"$MOESIM" run "$spec" --db "$db" --no-plots --force >"$tmp/out" 2>"$tmp/err"
 check "--force exits 0" test $? = 0
 contains "--force runs all 14" "$tmp/err" "14 points run, 0 skipped"
 check "--force keeps 28 points" test "$(q "$db" 'SELECT count(*) FROM points')" = 28
@@ -125,11 +125,11 @@ check "--force reproduces the metrics" cmp -s "$tmp/before" "$tmp/after"
 heavy="--set experiment.tokens=4096 --set shape.s.d=64 --set shape.s.f=128 --set experiment.seeds=1,2,3"
 ref=$tmp/ref.db
 # shellcheck disable=SC2086
-"$MOESIM" run "$spec" --db "$ref" $heavy >/dev/null 2>&1
+"$MOESIM" run "$spec" --db "$ref" --no-plots $heavy >/dev/null 2>&1
 check "reference run stores 42 points" test "$(q "$ref" 'SELECT count(*) FROM points')" = 42
 kdb=$tmp/k.db
 # shellcheck disable=SC2086
-"$MOESIM" run "$spec" --db "$kdb" $heavy >/dev/null 2>&1 &
+"$MOESIM" run "$spec" --db "$kdb" --no-plots $heavy >/dev/null 2>&1 &
 pid=$!
 n=0
 i=0
@@ -145,7 +145,7 @@ n=$(q "$kdb" 'SELECT count(*) FROM points')
 check "killed part-way ($n of 42 stored)" test "$n" -ge 3 -a "$n" -lt 42
 check "killed database passes integrity_check" test "$(q "$kdb" 'PRAGMA integrity_check')" = ok
 # shellcheck disable=SC2086
-"$MOESIM" run "$spec" --db "$kdb" $heavy >/dev/null 2>"$tmp/err"
+"$MOESIM" run "$spec" --db "$kdb" --no-plots $heavy >/dev/null 2>"$tmp/err"
 check "resume exits 0" test $? = 0
 contains "resume skips what was stored" "$tmp/err" "$((42 - n)) points run, $n skipped"
 check "resumed: 42 points, no duplicates" \
@@ -178,7 +178,7 @@ check "resumed child row counts" \
 # ---- SIGINT: clean stop, non-zero exit, resumable ----
 idb=$tmp/i.db
 # shellcheck disable=SC2086
-"$MOESIM" run "$spec" --db "$idb" $heavy >/dev/null 2>"$tmp/err" &
+"$MOESIM" run "$spec" --db "$idb" --no-plots $heavy >/dev/null 2>"$tmp/err" &
 pid=$!
 i=0
 while [ $i -lt 400 ]; do
@@ -208,11 +208,11 @@ chmod 644 "$ro/x.db" "$spec"
 if as_user "$MOESIM" report --help >/dev/null 2>&1; then
     sum_before=$(cksum <"$ro/x.db")
     chmod 555 "$ro"
-    as_user "$MOESIM" run "$spec" --db "$ro/new.db" >/dev/null 2>"$tmp/err"
+    as_user "$MOESIM" run "$spec" --db "$ro/new.db" --no-plots >/dev/null 2>"$tmp/err"
     check "read-only folder, new database: non-zero exit" test $? != 0
     contains "read-only folder: clear error" "$tmp/err" "cannot open the database"
     contains "read-only folder: names the file" "$tmp/err" "$ro/new.db"
-    as_user "$MOESIM" run "$spec" --db "$ro/x.db" --force >/dev/null 2>"$tmp/err"
+    as_user "$MOESIM" run "$spec" --db "$ro/x.db" --no-plots --force >/dev/null 2>"$tmp/err"
     check "read-only folder, existing database: non-zero exit" test $? != 0
     contains "read-only folder: hint" "$tmp/err" "not writable"
     check "read-only folder: database unchanged" test "$(cksum <"$ro/x.db")" = "$sum_before"
@@ -237,7 +237,7 @@ while [ $i -lt 200 ]; do # wait until the lock is held
     sleep 0.02
     i=$((i + 1))
 done
-"$MOESIM" run "$spec" --db "$ldb" --force >/dev/null 2>"$tmp/err"
+"$MOESIM" run "$spec" --db "$ldb" --no-plots --force >/dev/null 2>"$tmp/err"
 check "locked database: non-zero exit" test $? != 0
 contains "locked database: clear error" "$tmp/err" "locked"
 echo "ROLLBACK;" >&3
@@ -253,7 +253,7 @@ ndb=$tmp/n.db
 cp "$db" "$ndb"
 q "$ndb" 'PRAGMA user_version = 99'
 sum_before=$(cksum <"$ndb")
-"$MOESIM" run "$spec" --db "$ndb" --force >/dev/null 2>"$tmp/err"
+"$MOESIM" run "$spec" --db "$ndb" --no-plots --force >/dev/null 2>"$tmp/err"
 check "newer version: non-zero exit" test $? != 0
 contains "newer version: clear error" "$tmp/err" "schema version 99 is newer"
 check "newer version: file untouched" test "$(cksum <"$ndb")" = "$sum_before"
@@ -263,17 +263,17 @@ check "newer version: report refuses" test $? != 0
 contains "newer version: report error" "$tmp/err" "newer"
 fdb=$tmp/f.db
 q "$fdb" 'CREATE TABLE t (x); INSERT INTO t VALUES (1)'
-"$MOESIM" run "$spec" --db "$fdb" >/dev/null 2>"$tmp/err"
+"$MOESIM" run "$spec" --db "$fdb" --no-plots >/dev/null 2>"$tmp/err"
 check "foreign database: non-zero exit" test $? != 0
 contains "foreign database: clear error" "$tmp/err" "not a moesim results database"
 check "foreign database: untouched" test "$(q "$fdb" 'SELECT count(*) FROM sqlite_master')" = 1
 printf 'this is not sqlite, just text that is long enough to look like a header......\n' >"$tmp/junk.db"
-"$MOESIM" run "$spec" --db "$tmp/junk.db" >/dev/null 2>"$tmp/err"
+"$MOESIM" run "$spec" --db "$tmp/junk.db" --no-plots >/dev/null 2>"$tmp/err"
 check "junk file: non-zero exit" test $? != 0
 contains "junk file: names the file" "$tmp/err" "$tmp/junk.db"
 
 # ---- spec errors stop before anything runs ----
-"$MOESIM" run "$spec" --db "$tmp/e.db" --set router.topk.k=9 >/dev/null 2>"$tmp/err"
+"$MOESIM" run "$spec" --db "$tmp/e.db" --no-plots --set router.topk.k=9 >/dev/null 2>"$tmp/err"
 check "k > E: non-zero exit" test $? != 0
 contains "k > E: located" "$tmp/err" "(--set:1, key router.topk.k)"
 check "k > E: no database created" test ! -e "$tmp/e.db"

@@ -1,0 +1,51 @@
+# expert_loads.gp: per-expert loads sorted from the most to the least loaded expert, at the
+# capacity factor nearest loadcf (routers that ignore it: their one point), a panel per router
+# (rows, one y scale per row) and distribution (columns): the assigned load (claims before
+# capacity, light) behind the kept load (solid), and the capacity C (dashed). Loads are means per
+# batch (tokens; Soft MoE: slots). Data (expert_loads.dat, written by moesim plot):
+# "distribution" "shape" "router" "cf" rank assigned kept capacity points; one block per
+# (distribution, shape, router), loads sorted per point then averaged by rank.
+load plotdir.'/common.gp'
+nkeys = 3; keylen = strlen('assigned (claims before capacity)')
+eval KEYGEOM
+
+set multiplot title sprintf('Expert loads, most loaded first, at capacity factor %.2f or the nearest stored  (%s)', loadcf, dbname) font ',14'
+gnr = nrows; gnc = ncols
+set style fill solid 1.0 noborder
+set boxwidth 0.8 relative
+set grid noxtics
+do for [r=1:nrows] {
+    # one y scale per router row
+    rtop = 0
+    do for [c=1:ncols] {
+        f = first(r, c)
+        if (f >= 0) {
+            stats [*:*] [*:*] datafile index f using 6 nooutput
+            rtop = max(rtop, STATS_max)
+            stats [*:*] [*:*] datafile index f using 8 nooutput
+            rtop = max(rtop, STATS_max)
+        }
+    }
+    set yrange [0:ytop(rtop, 1)]
+    do for [c=1:ncols] {
+        f = first(r, c); l = last(r, c)
+        if (f <= l) {
+            eval PANEL
+            set title sprintf('%s, %s', rt(r), ct(c)) font ',12'
+            set ylabel (c == 1 ? 'load per expert' : '')
+            set xlabel (r == nrows ? 'experts, most loaded first' : '')
+            stats [*:*] [*:*] datafile index f using 5 nooutput
+            set xrange [0.4:STATS_max + 0.6]
+            set xtics 1, (STATS_max > 16 ? 4 : (STATS_max > 8 ? 2 : 1)) out
+            plot datafile index f using 5:6 with boxes lt bs(f) fs transparent solid 0.35, \
+                 datafile index f using 5:7 with boxes lt bs(f), \
+                 datafile index f using 5:8 with steps lc rgb '#333333' dt 2 lw 1.5
+        }
+    }
+}
+eval LEGEND
+plot '+' using (-1):(-1) with points notitle, \
+     keyentry with boxes lc rgb '#999999' fs transparent solid 0.35 title 'assigned (claims before capacity)', \
+     keyentry with boxes lc rgb '#555555' fs solid 1.0 title 'kept', \
+     keyentry with lines lc rgb '#333333' dt 2 lw 1.5 title 'capacity C'
+unset multiplot

@@ -1,0 +1,900 @@
+/* plot.c: the charts of plot.h. Owns the chart table (one SQL query per chart), the export of
+ * each query into a gnuplot data file, the layout variables handed to the tracked scripts
+ * plots/NAME.gp, and running gnuplot (fork/exec, no shell) for PNG and SVG.
+ *
+ * Every chart query returns 7 layout columns, then the data columns written to the file:
+ *   col_rank col_label    panel column (a distribution with its shape)
+ *   row_rank row_label    panel row (a router for expert_loads and experts_per_token; else 1)
+ *   ser_rank ser_label    series: a line or bar set (a router; a capacity factor for
+ *                         experts_per_token); ser_rank is its style (colour), stable across charts
+ *   flat                  1 for a router that ignores the capacity factor (drawn dashed, flat
+ *                         across the swept range: its row is written at both ends)
+ * Rows are ordered by (col_rank, row_rank, ser_rank, x): each (col, row, series) is one gnuplot
+ * data block (`index` i, blocks separated by two blank lines). Text is written in double quotes,
+ * NULL as NaN, reals with %.17g, so the file holds the database's numbers exactly.
+ *
+ * gnuplot gets, through -e (plots/common.gp documents them): datafile, outfile, term, plotdir,
+ * dbname, width, height, cflo, cfhi, loadcf, the range of each metric column (mn_J, mx_J), the
+ * grid (ncols, nrows, ct_C, rt_R), the legend (nseries, st_K, ss_K, sf_K), the blocks (nblocks,
+ * bs_I, bf_I, bk_I, bm_I) and the blocks of each panel (first_R_C, last_R_C; first > last when
+ * the panel is empty).
+ */
+#include "plot.h"
+
+#include "moe.h"
+#include "store.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define XSTR(x) STR(x)
+#define STR(x) #x
+
+/* ---- the charts ---- */
+
+/* Shared by every query: routers (rt) and panels (pn) ranked by their first stored point, so
+ * that a router keeps its colour in every chart; the swept capacity factor range (span). */
+#define CTE                                                                                        \
+    "WITH rt AS (SELECT router, row_number() OVER (ORDER BY min(id)) AS rk FROM points"            \
+    " GROUP BY router),"                                                                           \
+    " pn AS (SELECT distribution, shape, row_number() OVER (ORDER BY min(id)) AS rk,"              \
+    " CASE WHEN (SELECT count(DISTINCT shape) FROM points) > 1"                                    \
+    " THEN distribution || ' (' || shape || ')' ELSE distribution END AS label"                    \
+    " FROM points GROUP BY distribution, shape),"                                                  \
+    " span AS (SELECT min(capacity_factor_value) AS lo, max(capacity_factor_value) AS hi"          \
+    " FROM points)"
+
+/* A metric vs capacity factor, means over the points of each (distribution, shape, router, cf)
+ * (seeds, token counts, batches); AGG: the aggregates with their names, OUT: those names. */
+#define CF_QUERY(AGG, OUT)                                                                         \
+    CTE ", g AS (SELECT distribution, shape, router, capacity_factor AS cf,"                       \
+        " min(capacity_factor_value) AS v, " AGG ", count(*) AS points FROM points"                \
+        " GROUP BY distribution, shape, router, capacity_factor),"                                 \
+        " xs AS (SELECT g.*, g.v AS x FROM g WHERE g.v IS NOT NULL"                                \
+        " UNION ALL SELECT g.*, span.lo FROM g, span WHERE g.v IS NULL"                            \
+        " UNION ALL SELECT g.*, span.hi FROM g, span WHERE g.v IS NULL AND span.hi > span.lo)"     \
+        " SELECT pn.rk, pn.label, 1, '', rt.rk, xs.router, xs.v IS NULL,"                          \
+        " xs.distribution, xs.shape, xs.router, xs.cf, xs.x, " OUT ", xs.points"                   \
+        " FROM xs JOIN pn USING (distribution, shape) JOIN rt USING (router)"                      \
+        " ORDER BY pn.rk, rt.rk, xs.x"
+
+typedef struct {
+    const char *name;    /* plots/NAME.gp, DIR/NAME.{dat,png,svg} */
+    const char *what;    /* for notes and the data file header */
+    const char *columns; /* the data columns (after the 7 layout columns) */
+    int nkey;            /* leading data columns that are keys or x */
+    int nmetric;         /* metric columns after them: the chart needs one non-NULL value */
+    int needs_cf;        /* needs a capacity factor sweep */
+    int panel_rows;      /* rows of panels per data row (for the image height); 0 = data rows */
+    const char *empty;   /* why the query can return nothing */
+    const char *sql;
+} chart;
+
+static const chart charts[] = {
+    {"drop_rate", "drop rate vs capacity factor",
+     "distribution shape router cf x assignment_drop_rate token_drop_rate points", 5, 2, 1, 2,
+     "no points",
+     CF_QUERY("avg(assignment_drop_rate) AS assignment_drop_rate,"
+              " avg(token_drop_rate) AS token_drop_rate",
+              "xs.assignment_drop_rate, xs.token_drop_rate")},
+    {"load_imbalance", "load imbalance (max/mean) vs capacity factor",
+     "distribution shape router cf x load_imbalance kept_load_imbalance points", 5, 2, 1, 2,
+     "no points",
+     CF_QUERY("avg(load_imbalance) AS load_imbalance,"
+              " avg(kept_load_imbalance) AS kept_load_imbalance",
+              "xs.load_imbalance, xs.kept_load_imbalance")},
+    {"flops_per_token", "FLOPs per token (useful vs capacity-padded) vs capacity factor",
+     "distribution shape router cf x useful_flops_per_token padded_flops_per_token points", 5, 2,
+     1, 2, "no points",
+     CF_QUERY("avg((flops_gate + flops_expert_useful + flops_soft_dispatch + flops_soft_combine)"
+              " / n_tokens) AS useful,"
+              " avg((flops_gate + flops_expert_padded + flops_soft_dispatch + flops_soft_combine)"
+              " / n_tokens) AS padded",
+              "xs.useful, xs.padded")},
+    {"output_error", "output error vs capacity factor",
+     "distribution shape router cf x output_error_dense output_error_dropless points", 5, 2, 1, 2,
+     "no points",
+     CF_QUERY("avg(output_error_dense) AS output_error_dense,"
+              " avg(output_error_dropless) AS output_error_dropless",
+              "xs.output_error_dense, xs.output_error_dropless")},
+    {"expert_loads", "per-expert loads, sorted, at capacity factor " XSTR(MOE_PLOT_LOAD_CF),
+     "distribution shape router cf rank assigned kept capacity points", 5, 3, 0, 0,
+     "no per-expert loads",
+     CTE ", pick AS (SELECT distribution, shape, router, cf FROM (SELECT distribution, shape,"
+         " router, capacity_factor AS cf, row_number() OVER (PARTITION BY distribution, shape,"
+         " router ORDER BY abs(coalesce(min(capacity_factor_value), " XSTR(MOE_PLOT_LOAD_CF)
+         ") - " XSTR(MOE_PLOT_LOAD_CF) "), min(capacity_factor_value)) AS n FROM points"
+         " GROUP BY distribution, shape, router, capacity_factor) WHERE n = 1),"
+         " ranked AS (SELECT p.distribution, p.shape, p.router, p.capacity_factor AS cf,"
+         " p.capacity, l.assigned, l.kept, row_number() OVER (PARTITION BY l.point"
+         " ORDER BY l.assigned DESC, l.kept DESC, l.expert) AS rank"
+         " FROM expert_loads l JOIN points p ON p.id = l.point JOIN pick"
+         " ON pick.distribution = p.distribution AND pick.shape = p.shape"
+         " AND pick.router = p.router AND pick.cf = p.capacity_factor)"
+         " SELECT pn.rk, pn.label, rt.rk, r.router, rt.rk, r.router, 0, r.distribution, r.shape,"
+         " r.router, r.cf, r.rank, avg(r.assigned), avg(r.kept), avg(r.capacity), count(*)"
+         " FROM ranked r JOIN pn USING (distribution, shape) JOIN rt USING (router)"
+         " GROUP BY r.distribution, r.shape, r.router, r.cf, r.rank"
+         " ORDER BY pn.rk, rt.rk, r.rank"},
+    {"experts_per_token", "experts-per-token histogram (expert_choice, gshard)",
+     "distribution shape router cf experts fraction tokens", 5, 1, 0, 0,
+     "no expert_choice or gshard points",
+     CTE ", sel AS (SELECT p.distribution, p.shape, p.router, p.capacity_factor AS cf,"
+         " min(p.capacity_factor_value) AS v, h.experts, sum(h.tokens) AS tokens"
+         " FROM experts_per_token h JOIN points p ON p.id = h.point"
+         " WHERE p.router_type IN ('expert_choice', 'gshard')"
+         " GROUP BY p.distribution, p.shape, p.router, p.capacity_factor, h.experts),"
+         " top AS (SELECT router, max(experts) AS mx FROM sel WHERE tokens > 0 GROUP BY router),"
+         " cfk AS (SELECT cf, row_number() OVER (ORDER BY min(coalesce(v, 1e308)), cf) AS rk"
+         " FROM sel GROUP BY cf)"
+         " SELECT pn.rk, pn.label, rt.rk, s.router, cfk.rk, s.cf, 0, s.distribution,"
+         " s.shape, s.router, s.cf, s.experts, s.tokens * 1.0 / sum(s.tokens) OVER"
+         " (PARTITION BY s.distribution, s.shape, s.router, s.cf), s.tokens"
+         " FROM sel s JOIN top USING (router) JOIN pn USING (distribution, shape)"
+         " JOIN rt USING (router) JOIN cfk USING (cf) WHERE s.experts <= top.mx"
+         " ORDER BY pn.rk, rt.rk, cfk.rk, s.experts"},
+    {"throughput", "throughput (tokens/s) and achieved GFLOP/s per router",
+     "distribution shape router x tokens_per_s tokens_per_s_min tokens_per_s_max gflops_per_s "
+     "gflops_per_s_min gflops_per_s_max points",
+     4, 6, 0, 2, "no points",
+     CTE " SELECT pn.rk, pn.label, 1, '', rt.rk, p.router, 0, p.distribution, p.shape, p.router,"
+         " rt.rk, avg(p.tokens_per_s), min(p.tokens_per_s), max(p.tokens_per_s),"
+         " avg(p.gflops_per_s), min(p.gflops_per_s), max(p.gflops_per_s), count(*)"
+         " FROM points p JOIN pn USING (distribution, shape) JOIN rt USING (router)"
+         " GROUP BY p.distribution, p.shape, p.router ORDER BY pn.rk, rt.rk"},
+};
+enum { NCHARTS = sizeof charts / sizeof charts[0], NLAYOUT = 7 };
+
+/* ---- small helpers ---- */
+
+/* malloc'd "a" "b" "c" joined; NULL (with moe_fail) when out of memory. */
+static char *join3(const char *a, const char *b, const char *c)
+{
+    size_t la = strlen(a), lb = strlen(b), lc = strlen(c);
+    char *s = malloc(la + lb + lc + 1);
+    if (!s) {
+        moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim plot)");
+        return NULL;
+    }
+    memcpy(s, a, la);
+    memcpy(s + la, b, lb);
+    memcpy(s + la + lb, c, lc + 1);
+    return s;
+}
+
+/* mkdir -p */
+static int make_dirs(const char *dir)
+{
+    char *p = join3(dir, "", "");
+    if (!p)
+        return MOE_ENOMEM;
+    int rc = MOE_OK;
+    for (char *s = p + 1;; s++) {
+        if (*s != '/' && *s != '\0')
+            continue;
+        char c = *s;
+        *s = '\0';
+        struct stat sb;
+        if (mkdir(p, 0777) != 0 && errno != EEXIST) {
+            rc = moe_fail(MOE_EIO, "give a writable folder with --out DIR",
+                          "cannot create the folder: %s (%s)", strerror(errno), p);
+            break;
+        }
+        if (stat(p, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+            rc = moe_fail(MOE_EIO, "give a folder with --out DIR", "not a folder (%s)", p);
+            break;
+        }
+        *s = c;
+        if (c == '\0')
+            break;
+    }
+    free(p);
+    return rc;
+}
+
+/* plots/out/<file name of db without .db> (malloc'd). */
+static char *default_out_dir(const char *db_path)
+{
+    const char *base = strrchr(db_path, '/');
+    base = base ? base + 1 : db_path;
+    size_t n = strlen(base);
+    if (n > 3 && strcmp(base + n - 3, ".db") == 0)
+        n -= 3;
+    char *s = malloc(n + 16);
+    if (!s) {
+        moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim plot)");
+        return NULL;
+    }
+    snprintf(s, n + 16, "plots/out/%.*s", (int)n, base);
+    return s;
+}
+
+/* The gnuplot executable on PATH (malloc'd), or NULL with moe_fail. */
+static char *find_gnuplot(void)
+{
+    const char *path = getenv("PATH");
+    if (path) {
+        const char *p = path;
+        for (;;) {
+            const char *end = strchr(p, ':');
+            size_t len = end ? (size_t)(end - p) : strlen(p);
+            char *cand = malloc(len + 10);
+            if (!cand) {
+                moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim plot)");
+                return NULL;
+            }
+            if (len) /* an empty entry is the working directory */
+                snprintf(cand, len + 10, "%.*s/gnuplot", (int)len, p);
+            else
+                snprintf(cand, len + 10, "./gnuplot");
+            struct stat sb;
+            if (stat(cand, &sb) == 0 && S_ISREG(sb.st_mode) && access(cand, X_OK) == 0)
+                return cand;
+            free(cand);
+            if (!end)
+                break;
+            p = end + 1;
+        }
+    }
+    moe_fail(MOE_EIO, "install gnuplot-nox (make deps)", "gnuplot not found on PATH (%s)",
+             path ? path : "PATH unset");
+    return NULL;
+}
+
+/* ---- gnuplot variables ---- */
+
+/* Append a gnuplot string literal: single quotes, '' for a quote, control characters as
+ * spaces. */
+static void gp_str(FILE *m, const char *s)
+{
+    fputc('\'', m);
+    for (; *s; s++) {
+        if (*s == '\'')
+            fputs("''", m);
+        else if ((unsigned char)*s < 32)
+            fputc(' ', m);
+        else
+            fputc(*s, m);
+    }
+    fputc('\'', m);
+}
+
+/* A gnuplot real (always with a decimal point or exponent, so never an integer). */
+static void gp_real(FILE *m, double v)
+{
+    if (!isfinite(v)) {
+        fputs("NaN", m);
+        return;
+    }
+    char buf[40];
+    snprintf(buf, sizeof buf, "%.17g", v);
+    fputs(buf, m);
+    if (!strpbrk(buf, ".eE"))
+        fputs(".0", m);
+}
+
+/* ---- layout of a chart: the panels and series found while exporting ---- */
+
+typedef struct {
+    long long rank;
+    char *label;
+    int flat;
+} key;
+
+typedef struct {
+    key *v;
+    int n, cap;
+} keyset;
+
+static void keyset_clear(keyset *ks)
+{
+    for (int i = 0; i < ks->n; i++)
+        free(ks->v[i].label);
+    free(ks->v);
+    ks->v = NULL;
+    ks->n = ks->cap = 0;
+}
+
+/* Add (rank, label) unless a key with this rank is present. */
+static int keyset_add(keyset *ks, long long rank, const char *label, int flat)
+{
+    for (int i = 0; i < ks->n; i++)
+        if (ks->v[i].rank == rank)
+            return MOE_OK;
+    if (ks->n == ks->cap) {
+        int cap = ks->cap ? 2 * ks->cap : 16;
+        key *v = realloc(ks->v, (size_t)cap * sizeof *v);
+        if (!v)
+            return moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim plot)");
+        ks->v = v;
+        ks->cap = cap;
+    }
+    char *l = join3(label ? label : "", "", "");
+    if (!l)
+        return MOE_ENOMEM;
+    ks->v[ks->n++] = (key){rank, l, flat};
+    return MOE_OK;
+}
+
+static int key_cmp(const void *a, const void *b)
+{
+    long long x = ((const key *)a)->rank, y = ((const key *)b)->rank;
+    return (x > y) - (x < y);
+}
+
+/* 1-based position of rank in the sorted set. */
+static int keyset_pos(const keyset *ks, long long rank)
+{
+    for (int i = 0; i < ks->n; i++)
+        if (ks->v[i].rank == rank)
+            return i + 1;
+    return 0;
+}
+
+typedef struct {
+    long long col, row, ser; /* ranks */
+    int flat;
+    unsigned mask; /* bit j: metric column j has a value in this block */
+} block;
+
+enum { MAXMETRIC = 8 };
+
+typedef struct {
+    keyset cols, rows, sers;
+    block *b;
+    int nb, capb;
+    long rows_written;
+    int has_metric;               /* some metric cell is not NULL */
+    double lo[MAXMETRIC], hi[MAXMETRIC]; /* range of each metric column (NaN: no value) */
+} layout;
+
+static void layout_clear(layout *L)
+{
+    keyset_clear(&L->cols);
+    keyset_clear(&L->rows);
+    keyset_clear(&L->sers);
+    free(L->b);
+    memset(L, 0, sizeof *L);
+}
+
+static int layout_block(layout *L, long long col, long long row, long long ser, int flat)
+{
+    if (L->nb == L->capb) {
+        int cap = L->capb ? 2 * L->capb : 32;
+        block *b = realloc(L->b, (size_t)cap * sizeof *b);
+        if (!b)
+            return moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim plot)");
+        L->b = b;
+        L->capb = cap;
+    }
+    L->b[L->nb++] = (block){col, row, ser, flat, 0u};
+    return MOE_OK;
+}
+
+/* ---- export: one query into one data file ---- */
+
+static void write_cell(FILE *f, sqlite3_stmt *q, int c)
+{
+    switch (sqlite3_column_type(q, c)) {
+    case SQLITE_NULL:
+        fputs("NaN", f);
+        break;
+    case SQLITE_INTEGER:
+        fprintf(f, "%lld", (long long)sqlite3_column_int64(q, c));
+        break;
+    case SQLITE_FLOAT: {
+        double v = sqlite3_column_double(q, c);
+        if (isfinite(v))
+            fprintf(f, "%.17g", v);
+        else
+            fputs("NaN", f);
+        break;
+    }
+    default: {
+        const unsigned char *s = sqlite3_column_text(q, c);
+        fputc('"', f);
+        for (; s && *s; s++)
+            fputc(*s == '"' ? '\'' : *s < 32 ? ' ' : *s, f);
+        fputc('"', f);
+    }
+    }
+}
+
+/* Run the chart's query, write tmp_path, fill L. */
+static int export_chart(sqlite3 *db, const char *db_path, const chart *ch, const char *tmp_path,
+                        const char *final_path, layout *L)
+{
+    sqlite3_stmt *q = NULL;
+    int rc = sqlite3_prepare_v2(db, ch->sql, -1, &q, NULL);
+    if (rc != SQLITE_OK)
+        return moe_fail(MOE_EDB, "is this database from another moesim version?",
+                        "cannot query the data of chart %s: %s (%s)", ch->name,
+                        sqlite3_errmsg(db), db_path);
+    const int ncol = sqlite3_column_count(q);
+    if (ncol != NLAYOUT + ch->nkey + ch->nmetric + 1 || ch->nmetric > MAXMETRIC) {
+        sqlite3_finalize(q);
+        return moe_fail(MOE_EINVAL, NULL, "chart %s: query has %d columns (sim/plot.c)",
+                        ch->name, ncol);
+    }
+    FILE *f = fopen(tmp_path, "w");
+    if (!f) {
+        int e = errno;
+        sqlite3_finalize(q);
+        return moe_fail(MOE_EIO, "give a writable folder with --out DIR",
+                        "cannot write the data file: %s (%s)", strerror(e), tmp_path);
+    }
+    fprintf(f, "# %s: %s; written by moesim plot from %s (sim/plot.c), drawn by plots/%s.gp\n",
+            final_path, ch->what, db_path, ch->name);
+    fprintf(f, "# one block (gnuplot index) per panel and series; NaN: NULL in the database\n");
+    fprintf(f, "# columns: %s\n", ch->columns);
+    fprintf(f, "# query (first %d result columns are the layout, not written): %s\n", NLAYOUT,
+            ch->sql);
+    long long pc = 0, pr = 0, ps = 0;
+    for (int j = 0; j < MAXMETRIC; j++)
+        L->lo[j] = L->hi[j] = NAN;
+    while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
+        long long c = sqlite3_column_int64(q, 0), r = sqlite3_column_int64(q, 2),
+                  s = sqlite3_column_int64(q, 4);
+        int flat = sqlite3_column_int(q, 6);
+        if (L->rows_written == 0 || c != pc || r != pr || s != ps) {
+            if (L->rows_written)
+                fputs("\n\n", f);
+            if ((rc = layout_block(L, c, r, s, flat)) ||
+                (rc = keyset_add(&L->cols, c, (const char *)sqlite3_column_text(q, 1), 0)) ||
+                (rc = keyset_add(&L->rows, r, (const char *)sqlite3_column_text(q, 3), 0)) ||
+                (rc = keyset_add(&L->sers, s, (const char *)sqlite3_column_text(q, 5), flat))) {
+                fclose(f);
+                sqlite3_finalize(q);
+                return rc;
+            }
+            pc = c;
+            pr = r;
+            ps = s;
+        }
+        for (int i = NLAYOUT; i < ncol; i++) {
+            if (i > NLAYOUT)
+                fputc(' ', f);
+            write_cell(f, q, i);
+        }
+        fputc('\n', f);
+        for (int j = 0; j < ch->nmetric; j++) {
+            const int i = NLAYOUT + ch->nkey + j;
+            const double v = sqlite3_column_double(q, i);
+            if (sqlite3_column_type(q, i) == SQLITE_NULL || !isfinite(v))
+                continue;
+            L->has_metric = 1;
+            L->b[L->nb - 1].mask |= 1u << j;
+            if (!(v >= L->lo[j]))
+                L->lo[j] = v;
+            if (!(v <= L->hi[j]))
+                L->hi[j] = v;
+        }
+        L->rows_written++;
+    }
+    int r = MOE_OK;
+    if (rc != SQLITE_DONE)
+        r = moe_fail(MOE_EDB, NULL, "cannot query the data of chart %s: %s (%s)", ch->name,
+                     sqlite3_errmsg(db), db_path);
+    sqlite3_finalize(q);
+    int bad_write = ferror(f);
+    if (fclose(f) != 0 || bad_write) {
+        if (!r)
+            r = moe_fail(MOE_EIO, "is the disk full?", "cannot write the data file (%s)",
+                         tmp_path);
+    }
+    if (!r && L->nb > 0) {
+        qsort(L->cols.v, (size_t)L->cols.n, sizeof *L->cols.v, key_cmp);
+        qsort(L->rows.v, (size_t)L->rows.n, sizeof *L->rows.v, key_cmp);
+        qsort(L->sers.v, (size_t)L->sers.n, sizeof *L->sers.v, key_cmp);
+    }
+    return r;
+}
+
+/* The -e argument of gnuplot for one output (malloc'd). */
+static char *gnuplot_vars(const chart *ch, const layout *L, const char *plotdir,
+                          const char *dbname, const char *datafile, const char *outfile,
+                          const char *term, double cflo, double cfhi)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&buf, &len);
+    if (!m) {
+        moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim plot)");
+        return NULL;
+    }
+    const int panel_rows = ch->panel_rows ? ch->panel_rows : L->rows.n;
+    int width = 360 * L->cols.n + 180, height = 300 * panel_rows + 200;
+    if (width < 1200)
+        width = 1200;
+    if (height < 800)
+        height = 800;
+    fputs("datafile=", m);
+    gp_str(m, datafile);
+    fputs("; outfile=", m);
+    gp_str(m, outfile);
+    fputs("; term=", m);
+    gp_str(m, term);
+    fputs("; plotdir=", m);
+    gp_str(m, plotdir);
+    fputs("; dbname=", m);
+    gp_str(m, dbname);
+    fprintf(m, "; width=%d; height=%d; cflo=", width, height);
+    gp_real(m, cflo);
+    fputs("; cfhi=", m);
+    gp_real(m, cfhi);
+    fputs("; loadcf=", m);
+    gp_real(m, MOE_PLOT_LOAD_CF);
+    for (int j = 0; j < ch->nmetric; j++) {
+        fprintf(m, "; mn_%d=", j + 1);
+        gp_real(m, L->lo[j]);
+        fprintf(m, "; mx_%d=", j + 1);
+        gp_real(m, L->hi[j]);
+    }
+    fprintf(m, "; ncols=%d; nrows=%d", L->cols.n, L->rows.n);
+    for (int i = 0; i < L->cols.n; i++) {
+        fprintf(m, "; ct_%d=", i + 1);
+        gp_str(m, L->cols.v[i].label);
+    }
+    for (int i = 0; i < L->rows.n; i++) {
+        fprintf(m, "; rt_%d=", i + 1);
+        gp_str(m, L->rows.v[i].label);
+    }
+    fprintf(m, "; nseries=%d", L->sers.n);
+    for (int i = 0; i < L->sers.n; i++) {
+        fprintf(m, "; st_%d=", i + 1);
+        gp_str(m, L->sers.v[i].label);
+        fprintf(m, "; ss_%d=%lld; sf_%d=%d", i + 1, L->sers.v[i].rank, i + 1,
+                L->sers.v[i].flat);
+    }
+    fprintf(m, "; nblocks=%d", L->nb);
+    for (int i = 0; i < L->nb; i++)
+        fprintf(m, "; bs_%d=%lld; bf_%d=%d; bk_%d=%d; bm_%d=%u", i, L->b[i].ser, i,
+                L->b[i].flat, i, keyset_pos(&L->sers, L->b[i].ser), i, L->b[i].mask);
+    for (int r = 1; r <= L->rows.n; r++)
+        for (int c = 1; c <= L->cols.n; c++) {
+            int first = -1, last = -2;
+            for (int i = 0; i < L->nb; i++)
+                if (keyset_pos(&L->rows, L->b[i].row) == r &&
+                    keyset_pos(&L->cols, L->b[i].col) == c) {
+                    if (first < 0)
+                        first = i;
+                    last = i;
+                }
+            fprintf(m, "; first_%d_%d=%d; last_%d_%d=%d", r, c, first, r, c, last);
+        }
+    if (fclose(m) != 0) {
+        free(buf);
+        moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim plot)");
+        return NULL;
+    }
+    return buf;
+}
+
+/* ---- running gnuplot ---- */
+
+/* Last non-empty line of s, trimmed (points into s, which it modifies). */
+static const char *last_line(char *s)
+{
+    size_t n = strlen(s);
+    while (n && (s[n - 1] == '\n' || s[n - 1] == ' ' || s[n - 1] == '\r'))
+        s[--n] = '\0';
+    char *nl = strrchr(s, '\n');
+    return nl ? nl + 1 : s;
+}
+
+/* gnuplot -e VARS SCRIPT, stdin and stdout on /dev/null; its stderr is returned in *err
+ * (malloc'd, may be empty). *status: the exit status, or -1 when it did not exit normally. */
+static int spawn_gnuplot(const char *gnuplot, const char *vars, const char *script, char **err,
+                         int *status)
+{
+    *err = NULL;
+    *status = -1;
+    int fd[2];
+    if (pipe(fd) != 0)
+        return moe_fail(MOE_EIO, NULL, "cannot create a pipe: %s (gnuplot)", strerror(errno));
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid < 0) {
+        int e = errno;
+        close(fd[0]);
+        close(fd[1]);
+        return moe_fail(MOE_EIO, NULL, "cannot start gnuplot: %s (%s)", strerror(e), gnuplot);
+    }
+    if (pid == 0) {
+        int nul = open("/dev/null", O_RDWR);
+        if (nul >= 0) {
+            dup2(nul, 0);
+            dup2(nul, 1);
+        }
+        dup2(fd[1], 2);
+        close(fd[0]);
+        close(fd[1]);
+        char *const argv[] = {(char *)"gnuplot", (char *)"-e", (char *)vars, (char *)script,
+                              NULL};
+        execv(gnuplot, argv);
+        _exit(127);
+    }
+    close(fd[1]);
+    size_t len = 0, cap = 4096;
+    char *buf = malloc(cap);
+    char chunk[4096];
+    ssize_t got;
+    while ((got = read(fd[0], chunk, sizeof chunk)) != 0) {
+        if (got < 0) {
+            if (errno == EINTR)
+                continue;
+            break;
+        }
+        if (buf && len + (size_t)got + 1 > cap && len < (1u << 20)) {
+            while (len + (size_t)got + 1 > cap)
+                cap *= 2;
+            char *nb = realloc(buf, cap);
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+            } else {
+                buf = nb;
+            }
+        }
+        if (buf && len + (size_t)got + 1 <= cap) {
+            memcpy(buf + len, chunk, (size_t)got);
+            len += (size_t)got;
+        }
+    }
+    close(fd[0]);
+    int ws;
+    while (waitpid(pid, &ws, 0) < 0) {
+        if (errno != EINTR) {
+            free(buf);
+            return moe_fail(MOE_EIO, NULL, "cannot wait for gnuplot: %s (%s)", strerror(errno),
+                            gnuplot);
+        }
+    }
+    if (!buf)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (gnuplot output)");
+    buf[len] = '\0';
+    *err = buf;
+    *status = WIFEXITED(ws) ? WEXITSTATUS(ws) : -1;
+    return MOE_OK;
+}
+
+/* Draw one output: gnuplot into tmp, check it, rename to final. */
+static int draw(const char *gnuplot, const char *script, const char *vars, const char *tmp,
+                const char *final)
+{
+    char *err = NULL;
+    int status;
+    int rc = spawn_gnuplot(gnuplot, vars, script, &err, &status);
+    if (rc) {
+        unlink(tmp);
+        return rc;
+    }
+    struct stat sb;
+    int ok = status == 0 && stat(tmp, &sb) == 0 && sb.st_size > 0;
+    if (!ok) {
+        unlink(tmp);
+        const char *why = *err ? last_line(err)
+                          : status == 127 ? "could not run gnuplot"
+                          : status < 0    ? "gnuplot was killed"
+                                          : "no output written";
+        rc = moe_fail(MOE_EIO, "check the script and the data file next to the chart",
+                      "gnuplot failed on %s: %s (%s)", script, why, final);
+        free(err);
+        return rc;
+    }
+    if (*err) { /* warnings: the chart is drawn, but say so */
+        char *s = err, *nl;
+        while (*s) {
+            nl = strchr(s, '\n');
+            if (nl)
+                *nl = '\0';
+            if (*s)
+                fprintf(stderr, "moesim: gnuplot (%s): %s\n", script, s);
+            if (!nl)
+                break;
+            s = nl + 1;
+        }
+    }
+    free(err);
+    if (rename(tmp, final) != 0) {
+        int e = errno;
+        unlink(tmp);
+        return moe_fail(MOE_EIO, NULL, "cannot rename %s: %s (%s)", tmp, strerror(e), final);
+    }
+    return MOE_OK;
+}
+
+/* ---- the command ---- */
+
+/* Checks of the database: points, and whether a capacity factor was swept. */
+static int check_db(sqlite3 *db, const char *db_path, long long *npoints, double *cflo,
+                    double *cfhi)
+{
+    sqlite3_stmt *q = NULL;
+    int rc = sqlite3_prepare_v2(db, "SELECT count(*), min(capacity_factor_value),"
+                                    " max(capacity_factor_value) FROM points", -1, &q, NULL);
+    if (rc == SQLITE_OK && (rc = sqlite3_step(q)) == SQLITE_ROW) {
+        *npoints = sqlite3_column_int64(q, 0);
+        *cflo = sqlite3_column_type(q, 1) == SQLITE_NULL ? NAN : sqlite3_column_double(q, 1);
+        *cfhi = sqlite3_column_type(q, 2) == SQLITE_NULL ? NAN : sqlite3_column_double(q, 2);
+        rc = SQLITE_OK;
+    }
+    int r = rc == SQLITE_OK ? MOE_OK
+                            : moe_fail(MOE_EDB, "this file is not a moesim results database",
+                                       "cannot read the points: %s (%s)", sqlite3_errmsg(db),
+                                       db_path);
+    sqlite3_finalize(q);
+    if (!r && *npoints == 0)
+        r = moe_fail(MOE_EDB, "run `moesim run SPEC --db PATH` first",
+                     "no points in the database: nothing to plot (%s)", db_path);
+    return r;
+}
+
+/* The script folder: $MOESIM_PLOTS or plots; every script and common.gp must be there. */
+static int check_scripts(const char **dir_out)
+{
+    const char *dir = getenv("MOESIM_PLOTS");
+    const int from_env = dir && *dir;
+    if (!from_env)
+        dir = "plots";
+    *dir_out = dir;
+    static const char *const shared[] = {"common", "cf_rows"}; /* loaded by the scripts */
+    for (int i = -2; i < NCHARTS; i++) {
+        char *p = join3(dir, "/", i < 0 ? shared[i + 2] : charts[i].name);
+        char *gp = p ? join3(p, ".gp", "") : NULL;
+        free(p);
+        if (!gp)
+            return MOE_ENOMEM;
+        int ok = access(gp, R_OK) == 0;
+        if (!ok) {
+            int r = moe_fail(MOE_EIO,
+                             from_env ? "MOESIM_PLOTS must name moesim's plots/ folder"
+                                      : "run moesim from the repository root, or set "
+                                        "MOESIM_PLOTS=/path/to/moesim/plots",
+                             "gnuplot script not found (%s)", gp);
+            free(gp);
+            return r;
+        }
+        free(gp);
+    }
+    return MOE_OK;
+}
+
+/* Draw one chart: data file, then PNG and SVG. *drawn: 1 if drawn, 0 if skipped. */
+static int plot_chart(sqlite3 *db, const char *db_path, const char *dbname, const chart *ch,
+                      const char *gnuplot, const char *plotdir, const char *out_dir,
+                      double cflo, double cfhi, FILE *list, int *drawn)
+{
+    *drawn = 0;
+    char pid[32];
+    snprintf(pid, sizeof pid, ".tmp.%ld", (long)getpid());
+    char *stem = join3(out_dir, "/", ch->name);
+    char *dat = stem ? join3(stem, ".dat", "") : NULL;
+    char *dat_tmp = stem ? join3(stem, pid, ".dat") : NULL;
+    char *script0 = join3(plotdir, "/", ch->name);
+    char *script = script0 ? join3(script0, ".gp", "") : NULL;
+    free(script0);
+    layout L;
+    memset(&L, 0, sizeof L);
+    int rc = (stem && dat && dat_tmp && script) ? MOE_OK : MOE_ENOMEM;
+    const char *skip = NULL; /* why the database cannot feed this chart */
+    if (!rc && ch->needs_cf && !isfinite(cflo))
+        skip = "no capacity factor sweep (every point has capacity factor none)";
+    else if (!rc && !(rc = export_chart(db, db_path, ch, dat_tmp, dat, &L)))
+        skip = L.rows_written == 0 ? ch->empty : !L.has_metric ? "its metrics are all NULL" : NULL;
+    if (!rc && skip) { /* a chart of an earlier plot into this folder would mislead: removed */
+        unlink(dat_tmp);
+        int removed = 0;
+        static const char *const exts[] = {".dat", ".png", ".svg"};
+        for (int i = 0; i < 3; i++) {
+            char *old = join3(stem, exts[i], "");
+            removed += old && unlink(old) == 0;
+            free(old);
+        }
+        fprintf(stderr, "moesim plot: %s skipped: %s in %s%s\n", ch->name, skip, db_path,
+                removed ? " (its earlier chart removed)" : "");
+        goto out;
+    }
+    if (!rc && rename(dat_tmp, dat) != 0)
+        rc = moe_fail(MOE_EIO, NULL, "cannot rename %s: %s (%s)", dat_tmp, strerror(errno), dat);
+    if (rc) {
+        if (dat_tmp)
+            unlink(dat_tmp);
+        goto out;
+    }
+    if (list)
+        fprintf(list, "%s\n", dat);
+    static const char *const terms[][2] = {{"pngcairo", "png"}, {"svg", "svg"}};
+    for (int t = 0; t < 2 && !rc; t++) {
+        char *out = join3(stem, ".", terms[t][1]);
+        char *tmp = join3(stem, pid, ".");
+        char *tmp2 = tmp ? join3(tmp, terms[t][1], "") : NULL;
+        char *vars = (out && tmp2) ? gnuplot_vars(ch, &L, plotdir, dbname, dat, tmp2,
+                                                  terms[t][0], cflo, cfhi)
+                                   : NULL;
+        if (!vars)
+            rc = MOE_ENOMEM;
+        else
+            rc = draw(gnuplot, script, vars, tmp2, out);
+        if (!rc && list)
+            fprintf(list, "%s\n", out);
+        free(vars);
+        free(out);
+        free(tmp);
+        free(tmp2);
+    }
+    if (!rc)
+        *drawn = 1;
+out:
+    layout_clear(&L);
+    free(stem);
+    free(dat);
+    free(dat_tmp);
+    free(script);
+    return rc;
+}
+
+int moe_plot_db_list(const char *db_path, const char *out_dir, FILE *list)
+{
+    moe_store *st = NULL;
+    char *gnuplot = NULL, *dir_buf = NULL;
+    const char *plotdir = NULL;
+    long long npoints = 0;
+    double cflo = NAN, cfhi = NAN;
+    int rc = moe_store_open(db_path, 1, &st);
+    if (rc)
+        return rc;
+    sqlite3 *db = moe_store_db(st);
+    if ((rc = check_db(db, db_path, &npoints, &cflo, &cfhi)))
+        goto out;
+    if (!(gnuplot = find_gnuplot())) {
+        rc = MOE_EIO;
+        goto out;
+    }
+    if ((rc = check_scripts(&plotdir)))
+        goto out;
+    if (!out_dir) {
+        if (!(dir_buf = default_out_dir(db_path))) {
+            rc = MOE_ENOMEM;
+            goto out;
+        }
+        out_dir = dir_buf;
+    }
+    if ((rc = make_dirs(out_dir)))
+        goto out;
+    const char *dbname = strrchr(db_path, '/');
+    dbname = dbname ? dbname + 1 : db_path;
+    int ndrawn = 0;
+    for (int i = 0; i < NCHARTS && !rc; i++) {
+        int drawn = 0;
+        rc = plot_chart(db, db_path, dbname, &charts[i], gnuplot, plotdir, out_dir, cflo, cfhi,
+                        list, &drawn);
+        ndrawn += drawn;
+    }
+    if (!rc && ndrawn == 0)
+        rc = moe_fail(MOE_EDB, "is this a database of a moesim run with metrics?",
+                      "no chart can be drawn: the points lack every metric the charts need "
+                      "(%s)", db_path);
+    if (!rc) {
+        const size_t n = strlen(out_dir);
+        printf("moesim plot: %d charts from %lld points in %s%s (PNG and SVG; data in .dat)\n",
+               ndrawn, npoints, out_dir, n && out_dir[n - 1] == '/' ? "" : "/");
+    }
+out:
+    moe_store_close(st);
+    free(gnuplot);
+    free(dir_buf);
+    return rc;
+}
+
+int moe_plot_db(const char *db_path, const char *out_dir)
+{
+    return moe_plot_db_list(db_path, out_dir, NULL);
+}
