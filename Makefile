@@ -83,6 +83,10 @@ run: deps moesim
 	@[ -z "$$OPENBLAS_CORETYPE" ] || echo "make run: unsetting OPENBLAS_CORETYPE=$$OPENBLAS_CORETYPE so OpenBLAS picks the kernels for this CPU"
 	env -u OPENBLAS_CORETYPE ./moesim run $(SPEC)
 
+# Redraws the charts of SPEC's results (results/<spec name>.db) into plots/out/<spec name>/.
+plots: moesim
+	./moesim plot results/$(basename $(notdir $(SPEC))).db
+
 # The whole suite, then again under AddressSanitizer + UndefinedBehaviorSanitizer.
 test: moesim $(TEST_BIN) $(B)/moesim-perturb $(MPI_TEST:%=$(B)/%)
 	@sh tests/run.sh $(B)
@@ -135,7 +139,7 @@ $(B)/fuzz/%: tests/fuzz/%.c $(B)/libmoesim.a $(wildcard tests/fuzz/*.h)
 	$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer $(LDFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
 
 clean:
-	rm -rf $(B) build-asan build-fuzz moesim
+	rm -rf $(B) $(B)-valgrind build-asan build-fuzz moesim
 
 -include $(LIB_OBJ:.o=.d) $(B)/sim/main.d $(TEST_BIN:=.d)
 -include $(B)/perturb/topk.d

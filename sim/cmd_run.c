@@ -8,6 +8,8 @@
  */
 #include "cli.h"
 #include "moe.h"
+#include "moe_mpi.h" /* issue 9: under mpirun, points over ranks or --expert-parallel */
+#include "plot.h"
 #include "provenance.h"
 #include "spec.h"
 #include "store.h"
@@ -41,6 +43,9 @@ static const char usage_text[] =
     "  --force       rerun points already stored and replace them (default: skip them)\n"
     "  --no-plots    do not draw the charts after the run\n"
     "  --dry-run     check the spec and list the points without running them\n"
+    "  --expert-parallel  under `mpirun -np P`: shard every point's experts over the P ranks\n"
+    "                and exchange tokens with MPI_Alltoallv; per-rank load, bytes and times go\n"
+    "                to the table ep_ranks (without it, mpirun -np P deals the points out)\n"
     "Points already stored with the same configuration are skipped, so an interrupted run\n"
     "resumes where it stopped. `moesim report DB` prints the results.\n";
 
@@ -176,12 +181,14 @@ int moe_cmd_run(int argc, char **argv)
         {"set", required_argument, NULL, 's'}, {"db", required_argument, NULL, 'd'},
         {"force", no_argument, NULL, 'f'},     {"no-plots", no_argument, NULL, 'P'},
         {"dry-run", no_argument, NULL, 'n'},   {"help", no_argument, NULL, 'h'},
+        {"expert-parallel", no_argument, NULL, 'X'},
         {NULL, 0, NULL, 0},
     };
     const char **sets = calloc((size_t)argc + 1, sizeof *sets);
     if (!sets)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim run)");
-    int nsets = 0, force = 0, no_plots = 0, dry = 0;
+    int nsets = 0, force = 0, no_plots = 0, dry = 0, ep = 0;
+    moe_mpi_run *mp = NULL; /* MPI (issue 9): NULL for a single-process run */
     const char *db_path = NULL;
     int c;
     optind = 1;
@@ -193,6 +200,7 @@ int moe_cmd_run(int argc, char **argv)
         case 'f': force = 1; break;
         case 'P': no_plots = 1; break;
         case 'n': dry = 1; break;
+        case 'X': ep = 1; break;
         case 'h':
             fputs(usage_text, stdout);
             free(sets);
@@ -224,6 +232,13 @@ int moe_cmd_run(int argc, char **argv)
     if ((rc = moe_spec_check(spec)))
         goto out;
     const size_t total = moe_spec_npoints(spec);
+    /* ---- MPI (issue 9, sim/mpi.c): workers run their share; rank 0 writes and reports ---- */
+    if ((rc = moe_mpi_init()) || (rc = moe_mpi_run_alloc(ep, &mp)))
+        goto out;
+    if (moe_mpi_run_is_worker(mp)) { /* (--dry-run: rank 0 lists, then tells them to stop) */
+        rc = moe_mpi_run_worker(mp, spec, &stop_flag);
+        goto out;
+    }
     if (dry) {
         for (size_t i = 0; i < total; i++)
             printf("%s\n", moe_spec_point(spec, i)->config_key);
@@ -264,6 +279,7 @@ int moe_cmd_run(int argc, char **argv)
         free(stored);
         goto out;
     }
+    moe_mpi_run_share(mp, stored, total, force, MOE_OK); /* MPI: the points to run */
     const size_t to_run = force ? total : total - nstored;
     const int tty = isatty(STDERR_FILENO);
     fprintf(stderr, "moesim run %s: %zu points, %zu stored%s, %zu to run -> %s\n", spec_path,
@@ -298,9 +314,12 @@ int moe_cmd_run(int argc, char **argv)
         moe_clear_error();
         failed = i;
         /* interrupted inside a point: it is abandoned and nothing of it is written */
-        if ((rc = moe_point_run(pt, &stop_flag, res)))
+        /* MPI (issue 9): run here, received from its rank, or expert-parallel on all ranks */
+        if ((rc = mp ? moe_mpi_run_point(mp, i, ran, pt, &stop_flag, res)
+                     : moe_point_run(pt, &stop_flag, res)))
             break;
-        if ((rc = moe_store_put(st, moe_spec_name(spec), pt, res, &pv, stored[i])))
+        rc = moe_store_put(st, moe_spec_name(spec), pt, res, &pv, stored[i]);
+        if ((rc = moe_mpi_run_stored(mp, moe_store_db(st), db_path, pt, rc)))
             break;
         ran++;
         done++;
@@ -334,10 +353,14 @@ int moe_cmd_run(int argc, char **argv)
             el);
     if ((rc = print_summary(st, spec)))
         goto out;
-    /* Charts: after a successful run and unless --no-plots, the plotting module draws them
-     * from the database here: moe_plot_db(db_path, "plots/<NAME>") (issue: plots, not yet
-     * written). */
+    /* Charts: after a successful run and unless --no-plots, drawn from the database alone
+     * (sim/plot.h) into plots/out/<db file name without .db>/. */
+    if (!no_plots)
+        rc = moe_plot_db(db_path, NULL);
 out:
+    rc = moe_mpi_run_finish(mp, rc); /* MPI: stop and release the workers */
+    moe_mpi_run_free(mp);
+    moe_mpi_finalize(rc);
     moe_point_result_free(res);
     moe_store_close(st);
     moe_spec_free(spec);

@@ -22,6 +22,7 @@
 #include "plot.h"
 
 #include "moe.h"
+#include "moe_mpi.h" /* issue 9: the expert-parallel chart ep_ranks */
 #include "store.h"
 
 #include <errno.h>
@@ -151,6 +152,13 @@ static const chart charts[] = {
          " GROUP BY p.distribution, p.shape, p.router ORDER BY pn.rk, rt.rk"},
 };
 enum { NCHARTS = sizeof charts / sizeof charts[0], NLAYOUT = 7 };
+
+/* Issue 9 (sim/mpi.c): per-rank load, bytes and all-to-all vs expert time of an expert-parallel
+ * run; drawn after the charts above only when the database has ep_ranks rows. */
+static const chart ep_chart = {
+    "ep_ranks", "expert parallelism per rank (moesim run --expert-parallel)",
+    "router cf capacity rank tokens bytes_sent a2a_s expert_s points", 4, 4, 0, 0,
+    "no expert-parallel points", MOE_MPI_EP_CHART_SQL(XSTR(MOE_PLOT_LOAD_CF))};
 
 /* ---- small helpers ---- */
 
@@ -875,6 +883,12 @@ int moe_plot_db_list(const char *db_path, const char *out_dir, FILE *list)
     for (int i = 0; i < NCHARTS && !rc; i++) {
         int drawn = 0;
         rc = plot_chart(db, db_path, dbname, &charts[i], gnuplot, plotdir, out_dir, cflo, cfhi,
+                        list, &drawn);
+        ndrawn += drawn;
+    }
+    if (!rc && moe_mpi_ep_has_rows(db)) { /* issue 9: the expert-parallel chart */
+        int drawn = 0;
+        rc = plot_chart(db, db_path, dbname, &ep_chart, gnuplot, plotdir, out_dir, cflo, cfhi,
                         list, &drawn);
         ndrawn += drawn;
     }

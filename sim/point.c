@@ -180,6 +180,8 @@ typedef struct {
     double *logits, *p;
     int *rows;
     float *y, *y2, *ysub, *ydense;
+    long C_max;  /* the layer's C_max and the plan's entry capacity (expert-parallel hook) */
+    size_t cap;
 } point_ws;
 
 static void ws_free(point_ws *w)
@@ -277,6 +279,8 @@ static int point_alloc(const moe_point *pt, point_ws *w, int *want_dropless)
         if (kept_max > cap)
             cap = kept_max; /* expert choice: E*C entries */
     }
+    w->C_max = C_max;
+    w->cap = cap;
     w->L = moe_layer_alloc(T, E, C_max, D, pt->f, pt->act);
     if (!w->L)
         return moe_fail(MOE_ENOMEM, NULL, "cannot allocate the layer (T = %d, E = %d, C = %ld, "
@@ -299,6 +303,12 @@ static int point_alloc(const moe_point *pt, point_ws *w, int *want_dropless)
 
 int moe_point_run(const moe_point *pt, volatile sig_atomic_t *stop, moe_point_result *res)
 {
+    return moe_point_run_ep(pt, stop, res, NULL);
+}
+
+int moe_point_run_ep(const moe_point *pt, volatile sig_atomic_t *stop, moe_point_result *res,
+                     const moe_point_ep *ep)
+{
     const double wall0 = now_s();
     if (res->E != pt->E || res->batches != pt->batches)
         return moe_fail(MOE_EINVAL, NULL, "result sized for E = %d, %d batches; point has "
@@ -308,6 +318,8 @@ int moe_point_run(const moe_point *pt, volatile sig_atomic_t *stop, moe_point_re
     memset(&w, 0, sizeof w);
     int want_dropless = 0;
     int rc = point_alloc(pt, &w, &want_dropless);
+    if (!rc && ep) /* expert parallel (sim/mpi.c) */
+        rc = ep->begin(ep->ctx, pt, w.r, w.C_max, w.cap);
     if (rc) {
         ws_free(&w);
         return rc;
@@ -358,7 +370,8 @@ int moe_point_run(const moe_point *pt, volatile sig_atomic_t *stop, moe_point_re
         tm[MOE_T_ROUTE] = now_s() - t0;
         /* layer */
         moe_layer_timing lt = {0};
-        if ((rc = moe_layer_forward(w.L, &ex, w.plan, batch.x, w.y, &lt)))
+        if ((rc = ep ? ep->forward(ep->ctx, &ex, w.plan, &in, batch.x, w.y, &lt)
+                     : moe_layer_forward(w.L, &ex, w.plan, batch.x, w.y, &lt)))
             break;
         tm[MOE_T_DISPATCH] = lt.dispatch;
         tm[MOE_T_EXPERTS] = lt.experts;

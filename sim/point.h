@@ -9,6 +9,7 @@
 #ifndef MOE_POINT_H
 #define MOE_POINT_H
 
+#include "layer.h" /* moe_experts, moe_layer_timing (expert-parallel hook) */
 #include "moe.h"
 #include "source.h"
 
@@ -76,6 +77,20 @@ void moe_point_result_free(moe_point_result *r); /* NULL is a no-op */
  * point is abandoned with MOE_EINVAL "interrupted" and res is not valid. res must be allocated
  * for pt->E experts and pt->batches batches. */
 int moe_point_run(const moe_point *pt, volatile sig_atomic_t *stop, moe_point_result *res);
+
+/* ---- expert-parallel hook (issue 9, sim/mpi.c) ----
+ * moe_point_run_ep runs the point as moe_point_run does, but with the layer forward of every
+ * batch replaced by ep->forward (same contract as moe_layer_forward: y (T,D) complete). begin is
+ * called once the point's workspaces exist, with the point's router, the layer's C_max and the
+ * plan's entry capacity; in is the batch's routing input. moe_point_run = ep NULL. */
+typedef struct {
+    void *ctx;
+    int (*begin)(void *ctx, const moe_point *pt, moe_router *r, long C_max, size_t cap_entries);
+    int (*forward)(void *ctx, const moe_experts *w, const moe_plan *plan, const moe_route_in *in,
+                   const float *x, float *y, moe_layer_timing *tm);
+} moe_point_ep;
+int moe_point_run_ep(const moe_point *pt, volatile sig_atomic_t *stop, moe_point_result *res,
+                     const moe_point_ep *ep);
 
 /* Rows of the dense-mixture error subset: nrows = min(T, error_tokens) (all if 0), evenly
  * spaced rows[i] = floor(i*T/nrows). rows must hold T ints. Returns nrows. */
