@@ -72,6 +72,7 @@ typedef struct {
     char *name; /* "experiment", "router.topk", ... */
     spec_kv *kv;
     int nkv, cap;
+    spec_kv head; /* where the section starts (key ""), for errors about a section without keys */
 } spec_section;
 
 /* ---- interpreted sections ---- */
@@ -149,6 +150,8 @@ static int loc_fail(int code, const char *file, int line, const char *section, c
         snprintf(where, sizeof where, "%s:%d", file, line);
     else
         snprintf(where, sizeof where, "%s", file);
+    if (!*key) /* the section as a whole */
+        return moe_fail(code, hint, "%s (%s, section [%s])", what, where, section);
     return moe_fail(code, hint, "%s (%s, key %s.%s)", what, where, section, key);
 }
 
@@ -198,6 +201,8 @@ static spec_section *section_get(moe_spec *s, const char *name)
     sec->name = xstrdup(name);
     if (!sec->name)
         return NULL;
+    sec->head.key = sec->head.value = (char *)"";
+    sec->head.file = s->path;
     s->nsecs++;
     return sec;
 }
@@ -269,6 +274,31 @@ static char *reader(char *str, int num, void *stream)
         c->failed = 1;
     }
     c->indented = str[0] == ' ' || str[0] == '\t';
+    /* A section header makes its section even when no key follows (libinih reports keys only):
+     * `[router.soft_moe]` alone is a router of type soft_moe. Named as inih names it: the text
+     * between '[' and the first ']' after leading white space. */
+    const char *b = str;
+    while (isspace((unsigned char)*b))
+        b++;
+    const char *e = *b == '[' ? strchr(b, ']') : NULL;
+    if (e && !c->failed && !(c->indented && c->last)) { /* (indented after a key: a value) */
+        char name[256];
+        size_t n = (size_t)(e - b - 1);
+        c->last = NULL; /* a header ends any continuation; section_get may move the sections */
+        c->last_sec = NULL;
+        if (n < sizeof name) {
+            memcpy(name, b + 1, n);
+            name[n] = '\0';
+            spec_section *sec = section_find(c->s, name);
+            if (!sec && (sec = section_get(c->s, name)) != NULL)
+                sec->head.line = c->line;
+            if (!sec) {
+                c->code = moe_fail(MOE_ENOMEM, NULL, "out of memory (%s:%d)", c->s->path,
+                                   c->line);
+                c->failed = 1;
+            }
+        }
+    }
     return str;
 }
 
@@ -474,8 +504,13 @@ static int int_list(const spec_section *sec, const spec_kv *kv, long lo, long hi
         free_words(w, nw);
         return moe_fail(MOE_ENOMEM, NULL, "out of memory");
     }
-    for (int i = 0; i < nw && !rc; i++)
+    for (int i = 0; i < nw && !rc; i++) {
         rc = parse_int(sec, kv, w[i], lo, hi, &v[i]);
+        for (int j = 0; j < i && !rc; j++) /* "8" and "08" are one value: one point */
+            if (v[j] == v[i])
+                rc = KV_FAIL(MOE_EINVAL, sec, kv, "give each value once",
+                             "%ld is listed twice ('%s' and '%s')", v[i], w[j], w[i]);
+    }
     free_words(w, nw);
     if (rc) {
         free(v);
@@ -528,7 +563,10 @@ static int section_kind(const char *name, const char *kind, const char **rest)
 }
 
 /* The first key of a section (for errors about the section as a whole). */
-static const spec_kv *first_kv(const spec_section *sec) { return &sec->kv[0]; }
+static const spec_kv *first_kv(const spec_section *sec)
+{
+    return sec->nkv ? &sec->kv[0] : &sec->head;
+}
 
 static int load_router(const spec_section *sec, const char *name, spec_router *r)
 {
@@ -847,6 +885,10 @@ static int load_experiment(moe_spec *s)
                 rc = KV_FAIL(MOE_EINVAL, exp, kv, NULL,
                              "bad number '%s': want a seed in 0..2^63-1", w[i]);
             s->seeds[i] = (uint64_t)x;
+            for (int j = 0; j < i && !rc; j++)
+                if (s->seeds[j] == s->seeds[i])
+                    rc = KV_FAIL(MOE_EINVAL, exp, kv, "give each value once",
+                                 "seed %llu is listed twice ('%s' and '%s')", x, w[j], w[i]);
         }
         s->nseeds = nw;
         free_words(w, nw);

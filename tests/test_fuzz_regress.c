@@ -1,0 +1,242 @@
+/* test_fuzz_regress.c: replays every input kept for the fuzz targets, in the normal build (and
+ * under ASan/UBSan in `make test-asan`): the seed corpora tests/fuzz/corpus_NAME/ and the
+ * inputs that once crashed a target, tests/fuzz/crashes/fuzz_NAME-*. Each input goes through
+ * the very entry point libFuzzer calls: the targets' .c files are included here with
+ * LLVMFuzzerTestOneInput renamed. Their contracts (tests/fuzz/fuzz.h: errors are status codes
+ * with a one-line message naming the input, results keep their invariants) abort on a
+ * violation, naming the input; reaching the end of a folder is the check that nothing crashed.
+ * Then the inputs kept for fixed bugs are checked for the exact message they now get.
+ * Run from the repository root (tests/run.sh does).
+ */
+#include "check.h"
+
+#define LLVMFuzzerTestOneInput fuzz_one_npy
+#include "fuzz/fuzz_npy.c"
+#undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput fuzz_one_spec
+#include "fuzz/fuzz_spec.c"
+#undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput fuzz_one_deepseek
+#include "fuzz/fuzz_trace_deepseek.c"
+#undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput fuzz_one_mixtral
+#include "fuzz/fuzz_trace_mixtral.c"
+#undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput fuzz_one_flame
+#include "fuzz/fuzz_trace_flame.c"
+#undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput fuzz_one_popularity
+#include "fuzz/fuzz_trace_popularity.c"
+#undef LLVMFuzzerTestOneInput
+
+#include <dirent.h>
+#include <signal.h>
+
+#define FUZZ_ROOT "tests/fuzz"
+
+typedef struct {
+    const char *name; /* fuzz_NAME.c, corpus_NAME/, crashes/fuzz_NAME-* */
+    int (*one)(const uint8_t *, size_t);
+} target;
+
+static const target targets[] = {
+    {"npy", fuzz_one_npy},
+    {"spec", fuzz_one_spec},
+    {"trace_deepseek", fuzz_one_deepseek},
+    {"trace_mixtral", fuzz_one_mixtral},
+    {"trace_flame", fuzz_one_flame},
+    {"trace_popularity", fuzz_one_popularity},
+    {NULL, NULL},
+};
+
+/* ---- naming the input at fault when a replay aborts or ASan reports ---- */
+
+static void on_abort(int sig)
+{
+    static const char msg[] = "test_fuzz_regress: aborted while replaying ";
+    if (fuzz_current) {
+        ssize_t w = write(2, msg, sizeof msg - 1);
+        w = write(2, fuzz_current, strlen(fuzz_current));
+        w = write(2, "\n", 1);
+        (void)w;
+    }
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+void __asan_on_error(void);
+void __asan_on_error(void)
+{
+    if (fuzz_current)
+        fprintf(stderr, "test_fuzz_regress: sanitizer report while replaying %s\n",
+                fuzz_current);
+}
+#endif
+
+/* ---- replaying ---- */
+
+static uint8_t *read_all(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    size_t cap = 4096, n = 0;
+    uint8_t *buf = malloc(cap);
+    while (buf) {
+        n += fread(buf + n, 1, cap - n, f);
+        if (n < cap)
+            break;
+        uint8_t *nb = realloc(buf, cap * 2);
+        if (!nb) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
+        buf = nb;
+        cap *= 2;
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (err) {
+        free(buf);
+        return NULL;
+    }
+    *len = n;
+    return buf;
+}
+
+/* Replay the files of dir whose names start with prefix ("" = all); returns how many, or -1
+ * if a file could not be read. */
+static int replay_dir(const char *dir, const char *prefix, const target *t)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return 0;
+    int n = 0;
+    struct dirent *de;
+    char path[1024];
+    while ((de = readdir(d))) {
+        if (de->d_name[0] == '.' || strncmp(de->d_name, prefix, strlen(prefix)) != 0)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        size_t len = 0;
+        uint8_t *data = read_all(path, &len);
+        if (!data) {
+            fprintf(stderr, "cannot read %s\n", path);
+            n = -1;
+            break;
+        }
+        fuzz_current = path;
+        t->one(data, len);
+        fuzz_current = NULL;
+        free(data);
+        n++;
+    }
+    closedir(d);
+    return n;
+}
+
+/* Every corpus folder belongs to a target (a new target must be listed above). */
+static void check_corpus_folders(void)
+{
+    DIR *d = opendir(FUZZ_ROOT);
+    CHECK(d != NULL, "cannot open %s: run from the repository root", FUZZ_ROOT);
+    if (!d)
+        return;
+    struct dirent *de;
+    int unknown = 0;
+    while ((de = readdir(d))) {
+        if (strncmp(de->d_name, "corpus_", 7) != 0)
+            continue;
+        int found = 0;
+        for (const target *t = targets; t->name; t++)
+            found |= strcmp(de->d_name + 7, t->name) == 0;
+        if (!found) {
+            fprintf(stderr, "FAIL: %s/%s has no entry point in test_fuzz_regress.c\n", FUZZ_ROOT,
+                    de->d_name);
+            unknown++;
+        }
+    }
+    closedir(d);
+    CHECK(unknown == 0, "%d corpus folders without a target", unknown);
+}
+
+/* ---- inputs kept for fixed bugs: the message they get now ---- */
+
+/* Load a spec given as text; returns the error message ("" if it loaded) and the points. */
+static const char *spec_message(const char *text, size_t *npoints, const char **router_type)
+{
+    char path[400];
+    snprintf(path, sizeof path, "%s/spec.ini", fuzz_dir());
+    fuzz_write(path, (const uint8_t *)text, strlen(text));
+    moe_spec *s = NULL;
+    int rc = moe_spec_load(path, NULL, 0, &s);
+    *npoints = rc ? 0 : moe_spec_npoints(s);
+    *router_type = rc ? "" : moe_spec_point(s, 0)->rtype->name;
+    moe_spec_free(s);
+    return rc ? moe_errmsg() : "";
+}
+
+/* Bugs found by fuzz_spec and fixed in sim/spec.c, and what the inputs get now. */
+static void check_fixed_bugs(void)
+{
+    char want[600];
+    size_t np;
+    const char *type;
+    const char *msg;
+    /* "1" and "01" made two points with one configuration key (the store then refused the
+     * second point in the middle of the sweep): now one value listed twice, located */
+    msg = spec_message("[experiment]\nseeds = 1 01\n[router.topk]\nk = 1\n"
+                       "[distribution.g]\nsource = gaussian\n[shape.s]\nd = 2\nf = 2\nE = 2\n",
+                       &np, &type);
+    snprintf(want, sizeof want,
+             "seed 1 is listed twice ('1' and '01') (%s/spec.ini:2, key experiment.seeds)",
+             fuzz_dir());
+    CHECK(strcmp(msg, want) == 0, "seeds 1 01: '%s', expected '%s'", msg, want);
+    msg = spec_message("[experiment]\ntokens = 8 008\n[router.topk]\nk = 1\n"
+                       "[distribution.g]\nsource = gaussian\n[shape.s]\nd = 2\nf = 2\nE = 2\n",
+                       &np, &type);
+    snprintf(want, sizeof want,
+             "8 is listed twice ('8' and '008') (%s/spec.ini:2, key experiment.tokens)",
+             fuzz_dir());
+    CHECK(strcmp(msg, want) == 0, "tokens 8 008: '%s', expected '%s'", msg, want);
+    /* a section without keys did not exist (libinih reports keys only), so the documented
+     * `[router.soft_moe]` alone (type defaults to the name) was "no [router.NAME] sections" */
+    msg = spec_message("[router.soft_moe]\n[distribution.g]\nsource = gaussian\n"
+                       "[shape.s]\nd = 2\nf = 2\nE = 2\n",
+                       &np, &type);
+    CHECK(msg[0] == '\0' && np == 1 && strcmp(type, "soft_moe") == 0,
+          "[router.soft_moe] alone: '%s', %zu points of type %s", msg, np, type);
+    msg = spec_message("[router.topk]\nk = 1\n[distribution.g]\n[shape.s]\nd = 2\nf = 2\nE = 2\n",
+                       &np, &type);
+    snprintf(want, sizeof want, "missing key (%s/spec.ini:3, key distribution.g.source)",
+             fuzz_dir());
+    CHECK(strcmp(msg, want) == 0, "empty distribution: '%s', expected '%s'", msg, want);
+    /* an indented [x] after a key continues its value (as libinih reads it): no section x */
+    msg = spec_message("[experiment]\nrouters = topk\n  [x]\n[router.topk]\n"
+                       "[distribution.g]\nsource = gaussian\n[shape.s]\nd = 2\nf = 2\nE = 2\n",
+                       &np, &type);
+    snprintf(want, sizeof want,
+             "no section [router.[x]] for '[x]' (%s/spec.ini:2, key experiment.routers)",
+             fuzz_dir());
+    CHECK(strcmp(msg, want) == 0, "indented [x]: '%s', expected '%s'", msg, want);
+}
+
+int main(void)
+{
+    signal(SIGABRT, on_abort);
+    moe_install_gsl_handler();
+    check_corpus_folders();
+    for (const target *t = targets; t->name; t++) {
+        char dir[256], prefix[64];
+        snprintf(dir, sizeof dir, "%s/corpus_%s", FUZZ_ROOT, t->name);
+        int n = replay_dir(dir, "", t);
+        CHECK(n > 0, "%s: %d seed inputs replayed (want at least one)", dir, n);
+        snprintf(prefix, sizeof prefix, "fuzz_%s-", t->name);
+        n = replay_dir(FUZZ_ROOT "/crashes", prefix, t);
+        CHECK(n >= 0, "crashes/%s*: an input could not be read", prefix);
+    }
+    check_fixed_bugs();
+    return check_report("test_fuzz_regress");
+}
