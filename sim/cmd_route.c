@@ -2,6 +2,7 @@
  * section 1) as CSV and the metrics (section 4) as JSON, and optionally run the real layer on
  * given weights and write its output as .npy. Flags are those of DESIGN.md; the routing flags
  * come from the option table in options.c (--capacity-factor sets capacity_factor). */
+#include "blas_info.h"
 #include "cli.h"
 #include "layer.h"
 #include "npy.h"
@@ -273,16 +274,18 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
             char *end;
             a->seed = strtoull(optarg, &end, 10);
             if (!*optarg || *end || *optarg == '-')
-                return moe_fail(MOE_EINVAL, NULL, "bad value '%s' for --seed", optarg);
+                return moe_fail(MOE_EINVAL, NULL, "bad value '%s' (--seed)", optarg);
             break;
         }
         case F_HELP: *help = 1; return MOE_OK;
         case '?':
             return moe_fail(MOE_EINVAL, "`moesim route --help` lists the flags",
-                            "unknown or incomplete flag '%s'", argv[optind - 1]);
+                            "unknown or incomplete flag '%s' (command line)", argv[optind - 1]);
         default:
-            if ((rc = moe_route_opts_set(o, moe_route_options[c - F_OPT0].key, optarg)))
+            if ((rc = moe_route_opts_set(o, moe_route_options[c - F_OPT0].key, optarg))) {
+                moe_error_where("--%s", names[c - F_OPT0]);
                 return rc;
+            }
         }
     }
     if (optind < argc)
@@ -325,8 +328,8 @@ int moe_cmd_route(int argc, char **argv)
     }
     const moe_router_type *t = moe_router_find(a.router);
     if (!t) {
-        rc = moe_fail(MOE_EINVAL, "`moesim list routers` lists them", "unknown router '%s'",
-                      a.router);
+        rc = moe_fail(MOE_EINVAL, "`moesim list routers` lists them",
+                      "unknown router '%s' (--router)", a.router);
         goto out;
     }
     if ((rc = read_array(a.logits, "logits", 2, &L)))
@@ -339,6 +342,13 @@ int moe_cmd_route(int argc, char **argv)
         goto out;
     }
     int n = (int)L.shape[0], m = (int)L.shape[1];
+    for (size_t i = 0; i < L.count; i++)
+        if (!isfinite(logits[i])) {
+            rc = moe_fail(MOE_EINPUT, "logits must be finite: check the gate or the file",
+                          "non-finite logit %g at token %zu, column %zu (%s)", logits[i],
+                          i / (size_t)m, i % (size_t)m, a.logits);
+            goto out;
+        }
     if (a.tokens) {
         if ((rc = read_array(a.tokens, "token ids", 1, &ids)) ||
             (rc = moe_npy_as_int64(&ids, what_of("token ids", a.tokens), &tok)))
@@ -375,6 +385,7 @@ int moe_cmd_route(int argc, char **argv)
     if ((rc = moe_router_route(r, &in, plan)))
         goto out;
     if (a.w1) {
+        moe_blas_check_coretype(stderr);
         if ((rc = read_layer(&a, n, r->E, &lay)))
             goto out;
     }

@@ -26,6 +26,26 @@ int moe_fail(int code, const char *hint, const char *fmt, ...)
     return code;
 }
 
+void moe_error_where(const char *fmt, ...)
+{
+    if (err_code == 0)
+        return;
+    size_t len = strlen(err_msg);
+    if (len + 2 >= sizeof err_msg)
+        return;
+    err_msg[len++] = ' ';
+    err_msg[len++] = '(';
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err_msg + len, sizeof err_msg - len, fmt, ap);
+    va_end(ap);
+    len = strlen(err_msg);
+    if (len + 1 < sizeof err_msg) {
+        err_msg[len] = ')';
+        err_msg[len + 1] = '\0';
+    }
+}
+
 const char *moe_errmsg(void) { return err_code ? err_msg : ""; }
 const char *moe_errhint(void) { return err_code ? err_hint : ""; }
 

@@ -34,6 +34,9 @@ enum {
 /* Record an error; fmt should read "<what> (<where>)". hint may be NULL. Returns code. */
 int moe_fail(int code, const char *hint, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Append " (<where>)" to the recorded message: for callers that know where the input came from
+ * (a command-line flag, a file) when the callee did not. No-op without a recorded error. */
+void moe_error_where(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 const char *moe_errmsg(void);
 const char *moe_errhint(void);
 void moe_clear_error(void);

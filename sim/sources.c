@@ -549,6 +549,14 @@ static int recorded_batch(moe_source *s, int b)
 
 /* One .npy input of the npy source: (N,W) or (L,N,W) (vectors: (N) or (L,N)); selects the
  * layer and returns the rows N and width W. */
+/* "logits L.npy": names an npy source's input and its file in conversion errors */
+static const char *npy_what(const moe_source *s, const char *key)
+{
+    static _Thread_local char buf[4200];
+    snprintf(buf, sizeof buf, "%s %s", key, pstr(s, key));
+    return buf;
+}
+
 static int npy_input(moe_source *s, const char *key, int vec, moe_npy *a, size_t *off,
                      long *N, long *W, int *layered)
 {
@@ -605,7 +613,7 @@ static int npy_open(moe_source *s)
     r->n = N;
     if (!rc && a[0].data) { /* logits */
         double *all = NULL;
-        rc = moe_npy_as_double(&a[0], "logits", &all);
+        rc = moe_npy_as_double(&a[0], npy_what(s, "logits"), &all);
         if (!rc) {
             r->E = (int)W[0];
             r->logits = malloc((size_t)N * r->E * sizeof *r->logits);
@@ -629,7 +637,7 @@ static int npy_open(moe_source *s)
                        "hidden states have width %ld but the layer has d = %d (%s)", W[1], s->d,
                        pstr(s, "hidden"));
         if (!rc)
-            rc = moe_npy_as_float(&a[1], "hidden", &all);
+            rc = moe_npy_as_float(&a[1], npy_what(s, "hidden"), &all);
         if (!rc) {
             r->d = s->d;
             r->x = malloc((size_t)N * s->d * sizeof *r->x);
@@ -642,7 +650,7 @@ static int npy_open(moe_source *s)
     }
     if (!rc && a[2].data) { /* ids */
         int64_t *all = NULL;
-        rc = moe_npy_as_int64(&a[2], "ids", &all);
+        rc = moe_npy_as_int64(&a[2], npy_what(s, "ids"), &all);
         if (!rc) {
             r->ids = malloc((size_t)N * sizeof *r->ids);
             if (!r->ids)

@@ -128,7 +128,7 @@ expect_error "truncated .npy in an npy source" \
     run n_trunc.ini
 npy_spec n_int int_logits.npy
 expect_error "int64 logits in an npy source" \
-    "array must be float32 or float64, got int64 (logits) (n_int.ini:9, key distribution.g.source)" \
+    "array must be float32 or float64, got int64 (logits int_logits.npy) (n_int.ini:10, key distribution.g.logits)" \
     run n_int.ini
 
 # ---- malformed trace rows: through a trace source of a spec, and moesim trace info ----

@@ -39,14 +39,14 @@ else
     no "layer case $c failed: $(cat "$T/stderr")"
 fi
 
-expect_error "NaN logit" "non-finite logit nan at token 2, column 1" --router topk --logits $F/nan.npy
-expect_error "inf logit" "non-finite logit -inf at token 5, column 3" --router switch --logits $F/inf.npy
+expect_error "NaN logit" "non-finite logit nan at token 2, column 1 (tests/fixtures/errors/nan.npy)" --router topk --logits $F/nan.npy
+expect_error "inf logit" "non-finite logit -inf at token 5, column 3 (tests/fixtures/errors/inf.npy)" --router switch --logits $F/inf.npy
 expect_error "k > E" "k = 5 is outside 1..E = 1..4" --router topk --logits $F/good.npy --k 5
-expect_error "k = 0" "bad value '0' for option k" --router topk --logits $F/good.npy --k 0
-expect_error "unknown router" "unknown router 'top3'" --router top3 --logits $F/good.npy
-expect_error "unknown option" "unknown or incomplete flag '--capacity-fraction'" --router topk --logits $F/good.npy --capacity-fraction 1
+expect_error "k = 0" "bad value '0' for option k: want an integer >= 1 (--k)" --router topk --logits $F/good.npy --k 0
+expect_error "unknown router" "unknown router 'top3' (--router)" --router top3 --logits $F/good.npy
+expect_error "unknown option" "unknown or incomplete flag '--capacity-fraction' (command line)" --router topk --logits $F/good.npy --capacity-fraction 1
 expect_error "bad cf" "capacity factor '1.2.3'" --router topk --logits $F/good.npy --capacity-factor 1.2.3
-expect_error "negative cf" "capacity factor '-1'" --router topk --logits $F/good.npy --capacity-factor -1
+expect_error "negative cf" "capacity factor '-1' is not a non-negative decimal (--capacity-factor)" --router topk --logits $F/good.npy --capacity-factor -1
 expect_error "bad order" "want one of choice_major|token_major|bpr|probs" --router topk --logits $F/good.npy --order random
 expect_error "missing file" "no_such.npy" --router topk --logits $F/no_such.npy
 expect_error "truncated npy" "truncated.npy" --router topk --logits $F/truncated.npy
