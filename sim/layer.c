@@ -28,6 +28,7 @@
 #include <gsl/gsl_matrix_float.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -269,20 +270,121 @@ static void act_parallel(const moe_layer *L, int act, float *buf, size_t rows, s
 /* FFN_e on `rows` rows: hid (rows,FW) = in (rows,D) W1_e + b1_e, activation (SwiGLU: into
  * columns [0,F)), out (rows,D) = act (rows,F) W2_e + b2_e. sgemm writes with beta = 0 and the
  * biases are broadcast over rows in the activation pass. */
-static int ffn_rows(const moe_layer *L, const moe_experts *w, int e, const float *in,
-                    size_t rows, float *hid, float *out)
+static int ffn_rows_par(const moe_layer *L, const moe_experts *w, int e, const float *in,
+                        size_t rows, float *hid, float *out, int par)
 {
     size_t D = (size_t)L->d, F = (size_t)L->f, FW = (size_t)L->fw;
     int rc = sgemm(0, rows, FW, D, in, D, w->w1 + (size_t)e * D * FW, FW, 0.0f, hid, FW,
                    "expert first matrix");
     if (rc)
         return rc;
-    act_parallel(L, L->act, hid, rows, FW, w->b1 + (size_t)e * FW, F);
+    if (par) {
+        act_parallel(L, L->act, hid, rows, FW, w->b1 + (size_t)e * FW, F);
+    } else {
+        act_job j = {L, hid, w->b1 + (size_t)e * FW, 0, rows, FW, F, L->act};
+        act_rows(&j);
+    }
     rc = sgemm(0, rows, D, F, hid, FW, w->w2 + (size_t)e * F * D, D, 0.0f, out, D,
                "expert second matrix");
     if (rc)
         return rc;
-    act_parallel(L, -1, out, rows, D, w->b2 + (size_t)e * D, D);
+    if (par) {
+        act_parallel(L, -1, out, rows, D, w->b2 + (size_t)e * D, D);
+    } else {
+        act_job j = {L, out, w->b2 + (size_t)e * D, 0, rows, D, D, -1};
+        act_rows(&j);
+    }
+    return MOE_OK;
+}
+
+static int ffn_rows(const moe_layer *L, const moe_experts *w, int e, const float *in,
+                    size_t rows, float *hid, float *out)
+{
+    return ffn_rows_par(L, w, e, in, rows, hid, out, 1);
+}
+
+/* ---- the expert phase: experts in parallel, one BLAS thread each ----
+ * With T BLAS threads, T workers take experts from a shared queue (most rows first) and run
+ * each expert's FFN with single-threaded sgemm on its own block of rows: every core stays busy
+ * through both GEMMs and the activation between them, and no GEMM pays OpenBLAS's fork/join
+ * and partitioning on a block of a few hundred rows. Each expert's result is computed by one
+ * thread from its own rows, so the output does not depend on the schedule or thread count
+ * (tested against the naive reference). With one thread, or one expert, the experts run in
+ * turn with OpenBLAS's own threading. */
+typedef struct {
+    const moe_layer *L;
+    const moe_experts *w;
+    size_t C;              /* rows per expert block */
+    const long *rows;      /* (E) rows to compute per expert */
+    const int *order;      /* experts, most rows first */
+    int n;                 /* experts with rows */
+    atomic_int next;
+    atomic_int rc;
+} expert_pool;
+
+static void *expert_worker(void *arg)
+{
+    expert_pool *p = arg;
+    size_t D = (size_t)p->L->d, FW = (size_t)p->L->fw;
+    for (;;) {
+        int i = atomic_fetch_add(&p->next, 1);
+        if (i >= p->n || atomic_load(&p->rc))
+            break;
+        int e = p->order[i];
+        size_t r0 = (size_t)e * p->C;
+        int rc = ffn_rows_par(p->L, p->w, e, p->L->xin + r0 * D, (size_t)p->rows[e],
+                              p->L->hid + r0 * FW, p->L->out + r0 * D, 0);
+        if (rc)
+            atomic_store(&p->rc, rc);
+    }
+    return NULL;
+}
+
+static int experts_run(moe_layer *L, const moe_experts *w, size_t C, const long *rows)
+{
+    enum { MAXT = 8 };
+    int order[4096], n = 0, use_pool = L->E <= 4096;
+    for (int e = 0; use_pool && e < L->E; e++) {
+        if (rows[e] <= 0)
+            continue;
+        int j = n++; /* insertion by rows, descending; ties by expert index */
+        while (j > 0 && rows[order[j - 1]] < rows[e]) {
+            order[j] = order[j - 1];
+            j--;
+        }
+        order[j] = e;
+    }
+    const int blas_threads = moe_blas_threads();
+    int nt = blas_threads > MAXT ? MAXT : blas_threads;
+    if (!use_pool || nt < 2 || n < 2) {
+        size_t D = (size_t)L->d, FW = (size_t)L->fw;
+        for (int e = 0; e < L->E; e++) {
+            if (rows[e] <= 0)
+                continue;
+            size_t r0 = (size_t)e * C;
+            int rc = ffn_rows(L, w, e, L->xin + r0 * D, (size_t)rows[e], L->hid + r0 * FW,
+                              L->out + r0 * D);
+            if (rc)
+                return rc;
+        }
+        return MOE_OK;
+    }
+    if (nt > n)
+        nt = n;
+    expert_pool pool = {L, w, C, rows, order, n, 0, 0};
+    pthread_t th[MAXT];
+    int started[MAXT] = {0};
+    moe_blas_set_threads(1);
+    for (int i = 1; i < nt; i++)
+        started[i] = pthread_create(&th[i], NULL, expert_worker, &pool) == 0;
+    expert_worker(&pool);
+    for (int i = 1; i < nt; i++)
+        if (started[i])
+            pthread_join(th[i], NULL);
+    moe_blas_set_threads(blas_threads);
+    int rc = atomic_load(&pool.rc);
+    if (rc)
+        return moe_fail(rc, NULL, "an expert's FFN failed in a worker thread (expert phase)");
     return MOE_OK;
 }
 
@@ -427,14 +529,74 @@ int moe_layer_gate(moe_layer *L, const float *x, int n, const float *wg, int m, 
     return rc;
 }
 
-/* ---- forward: sparse plans ---- */
+/* ---- forward: sparse plans ----
+ * Dispatch and combine are memory-bound copies; with T BLAS threads they are split over T
+ * threads. Dispatch writes one distinct row (e,s) per entry, so any split of the entries is
+ * safe. Combine adds into y[t]: it is split only at token boundaries, when the entries are
+ * sorted by token (every token-choice router emits them so), and each thread zeroes and fills
+ * its own token range; otherwise it runs on one thread. Per token, the entries are added in the
+ * same order either way, so y does not depend on the thread count. */
+typedef struct {
+    const moe_layer *L;
+    const moe_entry *en;
+    const float *x;
+    float *y;
+    size_t C, e0, e1;   /* entries [e0, e1) */
+    size_t t0, t1;      /* combine: token rows [t0, t1) to zero first */
+    int combine;
+} copy_job;
 
-static int forward_sparse(moe_layer *L, const moe_experts *w, const moe_plan *plan,
+static void *copy_run(void *arg)
+{
+    const copy_job *j = arg;
+    size_t D = (size_t)j->L->d;
+    if (!j->combine) {
+        for (size_t i = j->e0; i < j->e1; i++) {
+            const moe_entry *en = &j->en[i];
+            float *h = j->L->xin + ((size_t)en->expert * j->C + (size_t)en->slot) * D;
+            axpy_f((float)en->dispatch_w, j->x + (size_t)en->token * D, h, D);
+        }
+        return NULL;
+    }
+    memset(j->y + j->t0 * D, 0, (j->t1 - j->t0) * D * sizeof(float));
+    for (size_t i = j->e0; i < j->e1; i++) {
+        const moe_entry *en = &j->en[i];
+        axpy_f((float)en->combine_w,
+               j->L->out + ((size_t)en->expert * j->C + (size_t)en->slot) * D,
+               j->y + (size_t)en->token * D, D);
+    }
+    return NULL;
+}
+
+static void copy_parallel(copy_job *jobs, int nt)
+{
+    enum { MAXT = 8 };
+    pthread_t th[MAXT];
+    int started[MAXT] = {0};
+    for (int i = 1; i < nt; i++)
+        started[i] = pthread_create(&th[i], NULL, copy_run, &jobs[i]) == 0;
+    copy_run(&jobs[0]);
+    for (int i = 1; i < nt; i++) {
+        if (started[i])
+            pthread_join(th[i], NULL);
+        else
+            copy_run(&jobs[i]);
+    }
+}
+
+static int forward_sparse(moe_layer *L, const moe_experts *w, const moe_plan *plan, int sorted,
                           const float *x, float *y, moe_layer_timing *tm)
 {
-    size_t D = (size_t)L->d, C = (size_t)plan->capacity, FW = (size_t)L->fw;
+    enum { MAXT = 8 };
+    size_t D = (size_t)L->d, C = (size_t)plan->capacity, n = (size_t)plan->n;
     const moe_entry *en = plan->entries;
     size_t ne = plan->n_entries;
+    int nt = moe_blas_threads();
+    if (nt > MAXT)
+        nt = MAXT;
+    if (nt < 1 || ne * D < (1u << 18)) /* small: one thread */
+        nt = 1;
+    copy_job jobs[MAXT];
 
     /* dispatch: h[e*C + s] = sum dispatch_w * x[t] over the rows 0..used_e-1 of each expert */
     double t0 = now_s();
@@ -446,29 +608,39 @@ static int forward_sparse(moe_layer *L, const moe_experts *w, const moe_plan *pl
     for (int e = 0; e < L->E; e++)
         if (L->used[e])
             memset(L->xin + (size_t)e * C * D, 0, (size_t)L->used[e] * D * sizeof(float));
-    for (size_t i = 0; i < ne; i++)
-        axpy_f((float)en[i].dispatch_w, x + (size_t)en[i].token * D,
-               L->xin + ((size_t)en[i].expert * C + (size_t)en[i].slot) * D, D);
+    for (int i = 0; i < nt; i++)
+        jobs[i] = (copy_job){L, en, x, y, C, ne * (size_t)i / (size_t)nt,
+                             ne * (size_t)(i + 1) / (size_t)nt, 0, 0, 0};
+    copy_parallel(jobs, nt);
     double t1 = now_s();
 
     /* experts: FFN_e on each expert's contiguous block of used rows */
-    for (int e = 0; e < L->E; e++) {
-        if (!L->used[e])
-            continue;
-        size_t r0 = (size_t)e * C;
-        int rc = ffn_rows(L, w, e, L->xin + r0 * D, (size_t)L->used[e], L->hid + r0 * FW,
-                          L->out + r0 * D);
-        if (rc)
-            return rc;
-    }
+    int rc = experts_run(L, w, C, L->used);
+    if (rc)
+        return rc;
     double t2 = now_s();
 
-    /* combine: y[t] += combine_w * out[e*C + s] */
-    memset(y, 0, (size_t)plan->n * D * sizeof *y);
-    for (size_t i = 0; i < ne; i++)
-        axpy_f((float)en[i].combine_w,
-               L->out + ((size_t)en[i].expert * C + (size_t)en[i].slot) * D,
-               y + (size_t)en[i].token * D, D);
+    /* combine: y[t] = sum combine_w * out[e*C + s], split at token boundaries when sorted */
+    int ct = sorted ? nt : 1;
+    size_t cut[MAXT + 1];
+    cut[0] = 0;
+    cut[ct] = ne;
+    for (int i = 1; i < ct; i++) {
+        size_t c = ne * (size_t)i / (size_t)ct;
+        if (c < cut[i - 1])
+            c = cut[i - 1];
+        while (c > 0 && c < ne && en[c].token == en[c - 1].token)
+            c++;
+        cut[i] = c;
+    }
+    for (int i = 0; i < ct; i++) {
+        size_t tok0 = i == 0 ? 0 : (cut[i] < ne ? (size_t)en[cut[i]].token : n);
+        size_t tok1 = i == ct - 1 ? n : (cut[i + 1] < ne ? (size_t)en[cut[i + 1]].token : n);
+        if (tok1 < tok0)
+            tok1 = tok0;
+        jobs[i] = (copy_job){L, en, x, y, C, cut[i], cut[i + 1], tok0, tok1, 1};
+    }
+    copy_parallel(jobs, ct);
     double t3 = now_s();
     if (tm) {
         tm->dispatch = t1 - t0;
@@ -527,12 +699,10 @@ static int forward_dense(moe_layer *L, const moe_experts *w, const moe_plan *pla
     double t1 = now_s();
 
     /* experts: FFN_e on its C slots (every slot of a dense plan is filled) */
-    for (int e = 0; e < L->E; e++) {
-        size_t r0 = (size_t)e * C;
-        rc = ffn_rows(L, w, e, L->xin + r0 * D, C, L->hid + r0 * FW, L->out + r0 * D);
-        if (rc)
-            return rc;
-    }
+    for (int e = 0; e < L->E; e++)
+        L->used[e] = (long)C;
+    if ((rc = experts_run(L, w, C, L->used)))
+        return rc;
     double t2 = now_s();
 
     /* combine: Y_b (tb,D) = Cmb_b (tb,M) Out (M,D) */
@@ -581,7 +751,7 @@ int moe_layer_forward(moe_layer *L, const moe_experts *w, const moe_plan *plan, 
     }
     if (plan->dense)
         return forward_dense(L, w, plan, sorted, x, y, tm);
-    return forward_sparse(L, w, plan, x, y, tm);
+    return forward_sparse(L, w, plan, sorted, x, y, tm);
 }
 
 /* ---- naive reference ---- */

@@ -10,6 +10,7 @@
  * values with D, F <= 24 terms per sum), worst difference reported by check_close_arrays. */
 #include "check.h"
 #include "layer.h"
+#include "blas_info.h"
 
 #include <gsl/gsl_randist.h>
 #include <string.h>
@@ -451,6 +452,62 @@ static void test_errors(gsl_rng *r)
     experts_free(&ow);
 }
 
+/* The threaded paths of the layer (dispatch split over entries, combine split at token
+ * boundaries when entries are sorted by token, experts on a queue with one BLAS thread each)
+ * only engage on plans with at least 2^18 entry-values; this plan (about 2570 entries of
+ * D = 200) is above that. Checked: the same y, bit for bit, with 1 and 2 BLAS threads, for
+ * entries in claim order (combine on one thread) and sorted by token (combine split), and y
+ * against the naive reference. */
+static int by_token(const void *a, const void *b)
+{
+    const moe_entry *x = a, *y = b;
+    if (x->token != y->token)
+        return x->token < y->token ? -1 : 1;
+    if (x->expert != y->expert) /* a token has one entry per expert: a total order */
+        return x->expert < y->expert ? -1 : 1;
+    return 0;
+}
+
+static void test_threads(gsl_rng *r)
+{
+    enum { N = 1500, E = 9, K = 2, D = 200, F = 24 };
+    const long C = 330;
+    float *x = malloc((size_t)N * D * sizeof *x), *y1 = malloc((size_t)N * D * sizeof *y1),
+          *y2 = malloc((size_t)N * D * sizeof *y2), *yr = malloc((size_t)N * D * sizeof *yr);
+    int *has = malloc(N * sizeof *has);
+    moe_plan *p = moe_plan_alloc(N, E, (size_t)N * K);
+    fill_gauss(r, x, (size_t)N * D, 1.0);
+    owned_experts ow;
+    experts_make(&ow, r, E, D, F, MOE_ACT_GELU_TANH);
+    moe_layer *L = moe_layer_alloc(N, E, C, D, F, MOE_ACT_GELU_TANH);
+    plan_sparse(p, r, N, E, K, C, 0, has);
+    CHECK(p->n_entries * D >= (1u << 18), "plan too small for the threaded paths: %zu entries",
+          p->n_entries);
+    int saved = moe_blas_threads();
+    for (int sorted = 0; sorted < 2 && L; sorted++) {
+        if (sorted)
+            qsort(p->entries, p->n_entries, sizeof *p->entries, by_token);
+        for (size_t i = 0; i < (size_t)N * D; i++)
+            y1[i] = y2[i] = NAN; /* every row must be written, entries or not */
+        moe_blas_set_threads(1);
+        int rc1 = moe_layer_forward(L, &ow.w, p, x, y1, NULL);
+        moe_blas_set_threads(2);
+        int rc2 = moe_layer_forward(L, &ow.w, p, x, y2, NULL);
+        moe_blas_set_threads(saved);
+        CHECK(rc1 == MOE_OK && rc2 == MOE_OK, "forward: %s", moe_errmsg());
+        CHECK(memcmp(y1, y2, (size_t)N * D * sizeof *y1) == 0,
+              "y differs between 1 and 2 threads (entries %s)", sorted ? "by token" : "by claim");
+        CHECK_INT(moe_layer_forward_naive(&ow.w, p, x, yr), MOE_OK);
+        compare(sorted ? "threaded forward vs naive, entries by token"
+                       : "threaded forward vs naive, entries by claim",
+                y2, yr, (size_t)N * D);
+    }
+    moe_layer_free(L);
+    experts_free(&ow);
+    moe_plan_free(p);
+    free(x), free(y1), free(y2), free(yr), free(has);
+}
+
 int main(void)
 {
     moe_install_gsl_handler();
@@ -458,6 +515,7 @@ int main(void)
     test_activations();
     test_gate(r);
     test_sparse(r);
+    test_threads(r);
     test_dense(r);
     test_mixture(r);
     test_errors(r);
