@@ -49,10 +49,17 @@ for name in $names; do
     "$MOESIM" compare --record "$tmp/$name.db" "$tmp/$name.tsv" >/dev/null || { status=1; continue; }
     if [ -f "$rec" ]; then
         if "$MOESIM" compare "$rec" "$tmp/$name.tsv" 2>&1; then
-            echo "$rec: unchanged"
-            continue
+            if cmp -s "$rec" "$tmp/$name.tsv"; then
+                echo "$rec: unchanged"
+                continue
+            fi
+            # no drift beyond the tolerances, but some value moved in its last bits (e.g. an
+            # fp32 output error after a change to the layer's GEMM schedule): rewrite, so the
+            # tracked file stays what this build records byte for byte
+            echo "$rec: within tolerance, last bits differ: rewritten ($(diff "$rec" "$tmp/$name.tsv" | grep -c '^>') values)"
+        else
+            echo "$rec: updated"
         fi
-        echo "$rec: updated"
     else
         echo "$rec: new ($(grep -c '^point' "$tmp/$name.tsv") points)"
     fi
