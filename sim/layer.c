@@ -209,6 +209,30 @@ static int sgemm(int ta, size_t m, size_t n, size_t k, const float *a, size_t ld
     return MOE_OK;
 }
 
+/* ---- threads ----
+ * run_jobs runs fn on nt jobs (job i at (char *)jobs + i*size; size 0: every thread gets the
+ * same job), job 0 on the calling thread and the others on new threads; a job whose thread
+ * cannot be created runs on the caller. Used by the activation pass, dispatch, combine and the
+ * expert queue; the work is a few ms per call, so creating threads (~20 us) is cheap enough. */
+enum { MOE_MAX_THREADS = 8 };
+
+static void run_jobs(void *(*fn)(void *), void *jobs, size_t size, int nt)
+{
+    pthread_t th[MOE_MAX_THREADS];
+    int started[MOE_MAX_THREADS] = {0};
+    if (nt > MOE_MAX_THREADS)
+        nt = MOE_MAX_THREADS;
+    for (int i = 1; i < nt; i++)
+        started[i] = pthread_create(&th[i], NULL, fn, (char *)jobs + (size_t)i * size) == 0;
+    fn(jobs);
+    for (int i = 1; i < nt; i++) {
+        if (started[i])
+            pthread_join(th[i], NULL);
+        else
+            fn((char *)jobs + (size_t)i * size);
+    }
+}
+
 /* ---- bias + activation over rows, split across the BLAS threads ----
  * Between the two GEMMs of an expert the activation pass runs on its own; on one thread it costs
  * about 8% of the expert phase at the reference shape while the other core idles. Rows are split
@@ -242,29 +266,18 @@ static void *act_thread(void *arg)
 static void act_parallel(const moe_layer *L, int act, float *buf, size_t rows, size_t ld,
                          const float *b, size_t width)
 {
-    enum { MAXT = 8 };
     int nt = moe_blas_threads();
-    if (nt > MAXT)
-        nt = MAXT;
+    if (nt > MOE_MAX_THREADS)
+        nt = MOE_MAX_THREADS;
     if (nt < 1 || rows * width < 65536) /* small: threads cost more than they save */
         nt = 1;
     if ((size_t)nt > rows)
         nt = (int)rows;
-    act_job jobs[MAXT];
-    pthread_t th[MAXT];
-    int started[MAXT] = {0};
+    act_job jobs[MOE_MAX_THREADS];
     for (int i = 0; i < nt; i++)
         jobs[i] = (act_job){L, buf, b, rows * (size_t)i / (size_t)nt,
                             rows * (size_t)(i + 1) / (size_t)nt, ld, width, act};
-    for (int i = 1; i < nt; i++)
-        started[i] = pthread_create(&th[i], NULL, act_thread, &jobs[i]) == 0;
-    act_rows(&jobs[0]);
-    for (int i = 1; i < nt; i++) {
-        if (started[i])
-            pthread_join(th[i], NULL);
-        else
-            act_rows(&jobs[i]); /* no thread to be had: do it here */
-    }
+    run_jobs(act_thread, jobs, sizeof *jobs, nt);
 }
 
 /* FFN_e on `rows` rows: hid (rows,FW) = in (rows,D) W1_e + b1_e, activation (SwiGLU: into
@@ -342,7 +355,6 @@ static void *expert_worker(void *arg)
 
 static int experts_run(moe_layer *L, const moe_experts *w, size_t C, const long *rows)
 {
-    enum { MAXT = 8 };
     int order[4096], n = 0, use_pool = L->E <= 4096;
     for (int e = 0; use_pool && e < L->E; e++) {
         if (rows[e] <= 0)
@@ -355,7 +367,7 @@ static int experts_run(moe_layer *L, const moe_experts *w, size_t C, const long 
         order[j] = e;
     }
     const int blas_threads = moe_blas_threads();
-    int nt = blas_threads > MAXT ? MAXT : blas_threads;
+    int nt = blas_threads > MOE_MAX_THREADS ? MOE_MAX_THREADS : blas_threads;
     if (!use_pool || nt < 2 || n < 2) {
         size_t D = (size_t)L->d, FW = (size_t)L->fw;
         for (int e = 0; e < L->E; e++) {
@@ -372,15 +384,8 @@ static int experts_run(moe_layer *L, const moe_experts *w, size_t C, const long 
     if (nt > n)
         nt = n;
     expert_pool pool = {L, w, C, rows, order, n, 0, 0};
-    pthread_t th[MAXT];
-    int started[MAXT] = {0};
     moe_blas_set_threads(1);
-    for (int i = 1; i < nt; i++)
-        started[i] = pthread_create(&th[i], NULL, expert_worker, &pool) == 0;
-    expert_worker(&pool);
-    for (int i = 1; i < nt; i++)
-        if (started[i])
-            pthread_join(th[i], NULL);
+    run_jobs(expert_worker, &pool, 0, nt); /* every worker takes experts from one queue */
     moe_blas_set_threads(blas_threads);
     int rc = atomic_load(&pool.rc);
     if (rc)
@@ -568,35 +573,18 @@ static void *copy_run(void *arg)
     return NULL;
 }
 
-static void copy_parallel(copy_job *jobs, int nt)
-{
-    enum { MAXT = 8 };
-    pthread_t th[MAXT];
-    int started[MAXT] = {0};
-    for (int i = 1; i < nt; i++)
-        started[i] = pthread_create(&th[i], NULL, copy_run, &jobs[i]) == 0;
-    copy_run(&jobs[0]);
-    for (int i = 1; i < nt; i++) {
-        if (started[i])
-            pthread_join(th[i], NULL);
-        else
-            copy_run(&jobs[i]);
-    }
-}
-
 static int forward_sparse(moe_layer *L, const moe_experts *w, const moe_plan *plan, int sorted,
                           const float *x, float *y, moe_layer_timing *tm)
 {
-    enum { MAXT = 8 };
     size_t D = (size_t)L->d, C = (size_t)plan->capacity, n = (size_t)plan->n;
     const moe_entry *en = plan->entries;
     size_t ne = plan->n_entries;
     int nt = moe_blas_threads();
-    if (nt > MAXT)
-        nt = MAXT;
+    if (nt > MOE_MAX_THREADS)
+        nt = MOE_MAX_THREADS;
     if (nt < 1 || ne * D < (1u << 18)) /* small: one thread */
         nt = 1;
-    copy_job jobs[MAXT];
+    copy_job jobs[MOE_MAX_THREADS];
 
     /* dispatch: h[e*C + s] = sum dispatch_w * x[t] over the rows 0..used_e-1 of each expert */
     double t0 = now_s();
@@ -611,7 +599,7 @@ static int forward_sparse(moe_layer *L, const moe_experts *w, const moe_plan *pl
     for (int i = 0; i < nt; i++)
         jobs[i] = (copy_job){L, en, x, y, C, ne * (size_t)i / (size_t)nt,
                              ne * (size_t)(i + 1) / (size_t)nt, 0, 0, 0};
-    copy_parallel(jobs, nt);
+    run_jobs(copy_run, jobs, sizeof *jobs, nt);
     double t1 = now_s();
 
     /* experts: FFN_e on each expert's contiguous block of used rows */
@@ -622,7 +610,7 @@ static int forward_sparse(moe_layer *L, const moe_experts *w, const moe_plan *pl
 
     /* combine: y[t] = sum combine_w * out[e*C + s], split at token boundaries when sorted */
     int ct = sorted ? nt : 1;
-    size_t cut[MAXT + 1];
+    size_t cut[MOE_MAX_THREADS + 1];
     cut[0] = 0;
     cut[ct] = ne;
     for (int i = 1; i < ct; i++) {
@@ -640,7 +628,7 @@ static int forward_sparse(moe_layer *L, const moe_experts *w, const moe_plan *pl
             tok1 = tok0;
         jobs[i] = (copy_job){L, en, x, y, C, cut[i], cut[i + 1], tok0, tok1, 1};
     }
-    copy_parallel(jobs, ct);
+    run_jobs(copy_run, jobs, sizeof *jobs, ct);
     double t3 = now_s();
     if (tm) {
         tm->dispatch = t1 - t0;
