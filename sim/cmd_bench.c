@@ -1171,7 +1171,7 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: moesim bench [--quick] [--repeats N] [--threads N] [--db PATH] [--no-torch]\n"
             "                    [--python PATH] [--torch-script PATH] [--peak-gflops X]\n"
-            "                    [--seed S]\n"
+            "                    [--seed S] [--config LIST]\n"
             "Measures the MoE layer forward (gate, route, dispatch, experts, combine) on\n"
             "E=16 k=2 (topk), E=64 k=1 (switch), E=8 k=2 (topk) with n=8192 tokens, d=512,\n"
             "f=2048, cf=1.25, fp32: median and spread of each phase, tokens/s, the expert phase's\n"
@@ -1201,8 +1201,8 @@ static int parse_int(const char *s, const char *flag, int lo, int hi, int *out)
     errno = 0;
     long v = strtol(s, &end, 10);
     if (!*s || *end || errno || v < lo || v > hi)
-        return moe_fail(MOE_EINVAL, NULL, "bad value '%s' for %s (an integer in %d..%d)", s,
-                        flag, lo, hi);
+        return moe_fail(MOE_EINVAL, NULL, "bad value '%s' for %s: want an integer in %d..%d "
+                        "(command line)", s, flag, lo, hi);
     *out = (int)v;
     return MOE_OK;
 }
@@ -1247,24 +1247,26 @@ static int parse_args(int argc, char **argv, bench_args *a, int *help)
         case O_PEAK:
             a->peak = strtod(optarg, &end);
             if (!*optarg || *end || !(a->peak > 0.0) || !isfinite(a->peak))
-                return moe_fail(MOE_EINVAL, NULL, "bad value '%s' for --peak-gflops", optarg);
+                return moe_fail(MOE_EINVAL, NULL, "bad value '%s' for --peak-gflops: want a "
+                                "positive number (command line)", optarg);
             break;
         case O_SEED:
             errno = 0;
             a->seed = strtoull(optarg, &end, 10);
             if (!*optarg || *end || *optarg == '-' || errno)
-                return moe_fail(MOE_EINVAL, NULL, "bad value '%s' for --seed", optarg);
+                return moe_fail(MOE_EINVAL, NULL, "bad value '%s' for --seed: want an integer "
+                                ">= 0 (command line)", optarg);
             break;
         case O_CONFIG: a->configs = optarg; break;
         case O_HELP: *help = 1; return MOE_OK;
         default:
             return moe_fail(MOE_EINVAL, "`moesim bench --help` lists the flags",
-                            "unknown or incomplete flag '%s'", argv[optind - 1]);
+                            "unknown or incomplete flag '%s' (command line)", argv[optind - 1]);
         }
     }
     if (optind < argc)
         return moe_fail(MOE_EINVAL, "`moesim bench --help` lists the flags",
-                        "unexpected argument '%s'", argv[optind]);
+                        "unexpected argument '%s' (command line)", argv[optind]);
     for (const char *q = a->configs; q && *q;) {
         size_t len = strcspn(q, ",");
         int found = 0;
@@ -1272,7 +1274,8 @@ static int parse_args(int argc, char **argv, bench_args *a, int *help)
             found |= strlen(bench_cfgs[i].name) == len && !strncmp(q, bench_cfgs[i].name, len);
         if (!found)
             return moe_fail(MOE_EINVAL, "configurations: E16k2 (with the n-scaling), E64k1, E8k2",
-                            "unknown configuration '%.*s' for --config", (int)len, q);
+                            "unknown configuration '%.*s' for --config (command line)",
+                            (int)len, q);
         q += len + (q[len] == ',');
     }
     return MOE_OK;

@@ -18,6 +18,7 @@ static const char usage_text[] =
     "  expert_loads       per-expert loads, sorted, per router at capacity factor 1.0\n"
     "  experts_per_token  experts-per-token histogram (expert_choice, gshard)\n"
     "  throughput         tokens/s and achieved GFLOP/s per router\n"
+    "  ep_ranks           per-rank load, bytes and times (only after run --expert-parallel)\n"
     "each as DIR/NAME.png and DIR/NAME.svg, with its data in DIR/NAME.dat.\n"
     "  --out DIR    output folder (default plots/out/<DB file name without .db>)\n"
     "The scripts are plots/NAME.gp under the working directory, or in $MOESIM_PLOTS.\n"

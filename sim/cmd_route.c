@@ -290,15 +290,15 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
     }
     if (optind < argc)
         return moe_fail(MOE_EINVAL, "`moesim route --help` lists the flags",
-                        "unexpected argument '%s'", argv[optind]);
+                        "unexpected argument '%s' (command line)", argv[optind]);
     if (!a->router || !a->logits || !a->plan)
         return moe_fail(MOE_EINVAL, "`moesim route --help` shows an example",
-                        "route needs --router, --logits and --plan");
+                        "route needs --router, --logits and --plan (command line)");
     int nl = !!a->x + !!a->w1 + !!a->b1 + !!a->w2 + !!a->b2 + !!a->output;
     if (nl != 0 && nl != 6)
         return moe_fail(MOE_EINVAL, NULL,
-                        "the layer needs all of --x --w1 --b1 --w2 --b2 --output (%d of 6 given)",
-                        nl);
+                        "the layer needs all of --x --w1 --b1 --w2 --b2 --output, %d of 6 given "
+                        "(command line)", nl);
     return MOE_OK;
 }
 

@@ -6,6 +6,7 @@
  * SIGINT/SIGTERM: the point in progress is abandoned unwritten (each point is one transaction),
  * the database is closed cleanly and the command fails; rerunning resumes.
  */
+#include "blas_info.h"
 #include "cli.h"
 #include "moe.h"
 #include "moe_mpi.h" /* issue 9: under mpirun, points over ranks or --expert-parallel */
@@ -245,6 +246,8 @@ int moe_cmd_run(int argc, char **argv)
         printf("%zu points; spec %s checked\n", total, spec_path);
         goto out;
     }
+    /* the points run GEMMs: warn (once, rank 0) when OPENBLAS_CORETYPE forces weaker kernels */
+    moe_blas_check_coretype(stderr);
     if (!db_path) {
         if ((rc = make_results_dir()))
             goto out;

@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 struct moe_store {
     sqlite3 *db;
@@ -328,6 +329,13 @@ int moe_store_open(const char *path, int readonly, moe_store **out)
     }
     strcpy(st->path, path);
     st->readonly = readonly;
+    struct stat sb;
+    if (readonly && stat(path, &sb) != 0) { /* report, plot, compare: say the file is missing */
+        int r = moe_fail(MOE_EDB, "check the path: `moesim run SPEC` writes results/NAME.db",
+                         "cannot open the database: %s (%s)", strerror(errno), path);
+        moe_store_close(st);
+        return r;
+    }
     int flags = readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
     int rc = sqlite3_open_v2(path, &st->db, flags, NULL);
     if (rc != SQLITE_OK) {

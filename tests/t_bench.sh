@@ -108,10 +108,13 @@ experr() {
     "$M" bench "$@" >"$T/o" 2>"$T/e" && { no "$desc: exit 0"; return; }
     grep -q -- "$pat" "$T/e" && ok || no "$desc: '$(head -1 "$T/e")' lacks '$pat'"
 }
-experr "repeats 0" "moesim: error: bad value '0' for --repeats" --quick --repeats 0
-experr "threads x" "moesim: error: bad value 'x' for --threads" --quick --threads x
-experr "unknown flag" "unknown or incomplete flag '--fast'" --fast
-experr "stray argument" "unexpected argument 'extra'" --quick extra
+experr "repeats 0" "moesim: error: bad value '0' for --repeats: want an integer in 1..1000 (command line)" --quick --repeats 0
+experr "threads x" "moesim: error: bad value 'x' for --threads: want an integer in 1..1024 (command line)" --quick --threads x
+experr "peak x" "moesim: error: bad value 'x' for --peak-gflops: want a positive number (command line)" --quick --peak-gflops x
+experr "seed -1" "moesim: error: bad value '-1' for --seed: want an integer >= 0 (command line)" --quick --seed -1
+experr "unknown config" "moesim: error: unknown configuration 'E1' for --config (command line)" --quick --config E1
+experr "unknown flag" "moesim: error: unknown or incomplete flag '--fast' (command line)" --fast
+experr "stray argument" "moesim: error: unexpected argument 'extra' (command line)" --quick extra
 experr "bad db" "cannot open the results database" --quick --no-torch --db "$T/no/such/dir/b.db"
 
 echo "t_bench: $pass passed, $fail failed"

@@ -248,6 +248,20 @@ check "--expert-parallel without mpirun (one rank)" \
     >ep1.out 2>&1
 same "one rank: ep_ranks rows, all rows local" "$(q ep1.db "SELECT count(*), sum(rows_out + rows_in)
     FROM ep_ranks")" "8|0.0"
+# `moesim list metrics` names every per-rank metric of ep_ranks (all columns but the keys and
+# the rank's placement) as ep_ranks.<column>
+"$MOESIM" list metrics | awk '{print $1}' >listed.txt
+q ep1.db "SELECT 'ep_ranks.' || name FROM pragma_table_info('ep_ranks') WHERE name NOT IN
+    ('point', 'capacity', 'rank', 'ranks', 'first_expert', 'experts', 'first_token',
+    'tokens_held')" >stored.txt
+unlisted=$(grep -vxF -f listed.txt stored.txt | tr '\n' ' ')
+same "list metrics names the ep_ranks metrics ($(wc -l <stored.txt) columns)" "$unlisted" ""
+
+# the OPENBLAS_CORETYPE warning (when it applies) comes from rank 0 only, not once per rank
+same "points over 4 ranks: at most one OPENBLAS_CORETYPE warning" \
+    "$(grep -c 'warning: OPENBLAS_CORETYPE' sw4.out | awk '{print ($1 <= 1)}')" 1
+same "--expert-parallel over 4 ranks: at most one OPENBLAS_CORETYPE warning" \
+    "$(grep -c 'warning: OPENBLAS_CORETYPE' ep4.out | awk '{print ($1 <= 1)}')" 1
 
 # ---- errors: a clear message, a non-zero exit, no rank left waiting ----
 mpi 4 "$MOESIM" run ep.ini --db err.db --no-plots --expert-parallel --set shape.s.E=2 \

@@ -240,6 +240,14 @@ contains "no capacity factor sweep: says so" "$tmp/err" "drop_rate skipped: no c
 check "no capacity factor sweep: expert loads and throughput only" \
     test "$(cd "$tmp/nocf" && ls *.png | tr '\n' ' ')" = "expert_loads.png throughput.png "
 
+# ---- plot --help lists every chart script (plots/NAME.gp but the shared common.gp, cf_rows.gp) ----
+"$MOESIM" plot --help >"$tmp/help"
+for gp in plots/*.gp; do
+    name=$(basename "$gp" .gp)
+    case $name in common | cf_rows) continue ;; esac
+    if grep -q "^  $name " "$tmp/help"; then ok; else bad "plot --help lacks the chart $name"; fi
+done
+
 # ---- errors ----
 mkdir "$tmp/bin"
 ln -s "$(command -v sh)" "$tmp/bin/sh"
@@ -253,7 +261,10 @@ q "$tmp/empty.db" "PRAGMA foreign_keys = ON; DELETE FROM points"
 expect_error "schema without points" "no points in the database: nothing to plot" "$tmp/empty.db"
 : >"$tmp/zero.db"
 expect_error "zero-byte database" "empty database: no moesim results" "$tmp/zero.db"
-expect_error "no such database" "cannot open the database" "$tmp/none.db"
+expect_error "no such database" \
+    "cannot open the database: No such file or directory ($tmp/none.db)" "$tmp/none.db"
+contains "no such database: hint names the cause, not permissions" "$tmp/eerr" \
+    "hint: check the path: \`moesim run SPEC\` writes results/NAME.db"
 check "no such database: not created" test ! -e "$tmp/none.db"
 q "$tmp/foreign.db" 'CREATE TABLE t (x); INSERT INTO t VALUES (1)'
 expect_error "SQLite file of another program" "not a moesim results database" "$tmp/foreign.db"

@@ -61,7 +61,8 @@ expect_error "hash without ids" "router hash needs token ids" --router hash --lo
 expect_error "switch k=2" "k" --router switch --logits $F/good.npy --k 2
 expect_error "w1 shape" "w1 has shape (4,2,5), expected (4,3,5)" --router topk --logits $F/good.npy \
     --x $F/x.npy --w1 $F/w1_bad.npy --b1 $F/b1.npy --w2 $F/w2.npy --b2 $F/b2.npy --output "$T/out.npy"
-expect_error "partial layer flags" "the layer needs all of" --router topk --logits $F/good.npy --x $F/x.npy
+expect_error "partial layer flags" "the layer needs all of --x --w1 --b1 --w2 --b2 --output, 1 of 6 given (command line)" --router topk --logits $F/good.npy --x $F/x.npy
+expect_error "stray argument" "unexpected argument 'extra' (command line)" --router topk --logits $F/good.npy extra
 expect_error "unknown activation" "gelu_fast" --router topk --logits $F/good.npy --activation gelu_fast
 
 # an unwritable output folder: error naming the path, nothing written
@@ -83,6 +84,19 @@ fi
 n=$("$M" list routers | wc -l)
 [ "$n" -ge 6 ] && ok || no "list routers printed $n lines"
 "$M" list routers | grep -q '^expert_choice ' && ok || no "list routers lacks expert_choice"
+
+# errors of the command line name where they come from: exact first line, exit 1
+# first_error WANT ARGS...: `moesim ARGS` exits 1 and its first stderr line is WANT
+first_error() {
+    want=$1; shift
+    "$M" "$@" >"$T/stdout" 2>"$T/stderr"
+    rc=$?
+    got=$(head -1 "$T/stderr")
+    [ $rc = 1 ] && [ "$got" = "$want" ] && ok || no "moesim $*: exit $rc, '$got', want '$want'"
+}
+first_error "moesim: error: route needs --router, --logits and --plan (command line)" \
+    route --router topk --logits $F/good.npy
+first_error "moesim: error: unknown list 'bogus' (moesim list)" list bogus
 
 echo "t_route: $pass passed, $fail failed"
 [ $fail = 0 ]

@@ -278,5 +278,33 @@ check "k > E: non-zero exit" test $? != 0
 contains "k > E: located" "$tmp/err" "(--set:1, key router.topk.k)"
 check "k > E: no database created" test ! -e "$tmp/e.db"
 
+# ---- `moesim list metrics` names every metric the database stores ----
+# (the columns of points from capacity on: every REAL column but the _std spreads)
+"$MOESIM" list metrics | awk '{print $1}' >"$tmp/listed"
+q "$db" "SELECT name FROM pragma_table_info('points') WHERE type = 'REAL' AND name NOT LIKE '%_std' AND cid > (SELECT cid FROM pragma_table_info('points') WHERE name = 'created_at')" >"$tmp/stored"
+check "points has metric columns" test "$(wc -l <"$tmp/stored")" -ge 20
+unlisted=$(grep -vxF -f "$tmp/listed" "$tmp/stored" | tr '\n' ' ')
+check "list metrics lacks stored metrics: $unlisted" test -z "$unlisted"
+
+# ---- the OPENBLAS_CORETYPE warning: once, and only when points run (not for --help, --dry-run
+# or a spec error); on CPUs without AVX-512 Haswell is no loss and nothing is printed ----
+WARN="moesim: warning: OPENBLAS_CORETYPE=Haswell forces 256-bit kernels on an AVX-512 CPU (about half the GEMM speed here); unset it"
+OPENBLAS_CORETYPE=Haswell "$MOESIM" run --help >/dev/null 2>"$tmp/err"
+check "run --help: nothing on stderr ($(cat "$tmp/err"))" test ! -s "$tmp/err"
+OPENBLAS_CORETYPE=Haswell "$MOESIM" run "$spec" --dry-run >/dev/null 2>"$tmp/err"
+check "run --dry-run: nothing on stderr ($(cat "$tmp/err"))" test ! -s "$tmp/err"
+OPENBLAS_CORETYPE=Haswell "$MOESIM" run "$tmp/no_such.ini" >/dev/null 2>"$tmp/err"
+check "missing spec: the error is the first line ($(head -1 "$tmp/err"))" \
+    test "$(head -1 "$tmp/err")" = "moesim: error: cannot open spec: No such file or directory ($tmp/no_such.ini)"
+OPENBLAS_CORETYPE=Haswell "$MOESIM" run "$spec" --db "$tmp/w.db" --no-plots \
+    --set experiment.routers=switch --set experiment.batches=1 >/dev/null 2>"$tmp/err"
+check "run with OPENBLAS_CORETYPE=Haswell exits 0" test $? = 0
+if grep -qw avx512f /proc/cpuinfo 2>/dev/null; then
+    check "run: the warning once, first" test "$(grep -c 'OPENBLAS_CORETYPE' "$tmp/err")" = 1 -a \
+        "$(head -1 "$tmp/err")" = "$WARN"
+else
+    check "run: no warning without AVX-512" test "$(grep -c 'OPENBLAS_CORETYPE' "$tmp/err")" = 0
+fi
+
 echo "t_run: $pass passed, $fail failed"
 [ "$fail" = 0 ]
