@@ -16,6 +16,7 @@
 typedef struct {
     const char *key, *value;
     const char *file; int line; /* where it was written (spec file and line, or "--set", 0) */
+    const char *section;        /* spec section ("distribution.g") for messages, or NULL */
 } moe_kv;
 
 typedef struct {

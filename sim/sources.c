@@ -227,10 +227,12 @@ static const char *pstr(const moe_source *s, const char *key)
 /* "<where>, key <key>" of a parameter (or of a kv) for error messages. */
 static void where(const moe_source *s, const moe_kv *kv, const char *key, char *buf, size_t len)
 {
+    const char *sec = kv && kv->section ? kv->section : NULL;
     if (kv && kv->file && kv->line > 0)
-        snprintf(buf, len, "%s:%d, key %s", kv->file, kv->line, key);
+        snprintf(buf, len, "%s:%d, key %s%s%s", kv->file, kv->line, sec ? sec : "",
+                 sec ? "." : "", key);
     else if (kv && kv->file)
-        snprintf(buf, len, "%s, key %s", kv->file, key);
+        snprintf(buf, len, "%s, key %s%s%s", kv->file, sec ? sec : "", sec ? "." : "", key);
     else
         snprintf(buf, len, "source %s, key %s", s->kind->name, key);
 }

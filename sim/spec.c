@@ -41,7 +41,7 @@
  * once, recorded with capacity_factor "none" and the reason. Comments: lines starting with ; or #, and
  * " ; ..." at the end of a line. Lines are at most 197 characters. Paths (hash_table, trace files)
  * are relative to the directory moesim runs in. Overrides: `--set experiment.tokens=1024`,
- * `--set router.topk.k=1`, `--set distribution.zipf.s=1.2`; a --set may add a key or a section.
+ * `--set router.topk.k=1`, `--set distribution.zipf.zipf_s=1.2`; a --set may add a key or a section.
  * Errors: unknown keys and sections, bad values, empty or repeated list items, k > E and any
  * failure to allocate a router or open a source are reported as
  * "<what> (<file>:<line>, key <section>.<key>)" before any point runs.
@@ -691,7 +691,8 @@ static int load_dist(const spec_section *sec, const char *name, spec_dist *di)
         if (kv == di->source_kv || kv == di->shapes_kv)
             continue;
         di->params[di->nparams++] =
-            (moe_kv){.key = kv->key, .value = kv->value, .file = kv->file, .line = kv->line};
+            (moe_kv){.key = kv->key, .value = kv->value, .file = kv->file, .line = kv->line,
+                     .section = sec->name};
     }
     /* canonical parameter text, sorted by key */
     moe_kv *sorted = malloc(((size_t)di->nparams + 1) * sizeof *sorted);

@@ -118,10 +118,10 @@ npy_spec() {
 }
 npy_spec n_nan nan.npy
 expect_error "NaN logit in an npy source" \
-    "non-finite logit at row 2, column 1 of nan.npy (n_nan.ini:10, key logits)" run n_nan.ini
+    "non-finite logit at row 2, column 1 of nan.npy (n_nan.ini:10, key distribution.g.logits)" run n_nan.ini
 npy_spec n_inf inf.npy
 expect_error "-inf logit in an npy source" \
-    "non-finite logit at row 5, column 3 of inf.npy (n_inf.ini:10, key logits)" run n_inf.ini
+    "non-finite logit at row 5, column 3 of inf.npy (n_inf.ini:10, key distribution.g.logits)" run n_inf.ini
 npy_spec n_trunc truncated.npy
 expect_error "truncated .npy in an npy source" \
     "truncated .npy data: the header promises 96 bytes (24 float32), the file holds 86 (truncated.npy) (n_trunc.ini:10, key distribution.g.logits)" \
