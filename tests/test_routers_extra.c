@@ -4,8 +4,10 @@
  * (routers/dsv3_bias.h).
  *   - hand-worked cases, each worked in the comment above it, with the tie rules pinned;
  *   - base: optimality against brute force over every feasible assignment (n <= 8, E <= 3,
- *     300 random cases, a third of them with tied logits); n = 16384, E = 64: constraints and
- *     an optimality certificate (no negative cycle in the residual graph, Floyd-Warshall);
+ *     300 random cases, a third of them with tied logits); n = 16384, E = 64 with skew 3 and
+ *     with skew 1000 (every token ranks the experts alike), and 400 random groups (n <= 3000,
+ *     E <= 64, skewed, tied, near-tied): constraints and an optimality certificate (no
+ *     negative cycle in the residual graph, Floyd-Warshall); identical rows pin the tie rule;
  *   - sinkhorn: the converged matrix has column sums 1/E and row sums 1/n within tolerance;
  *     non-convergence is an error;
  *   - dsv3_bias: the sign rule on a 2-batch example, and over many batches of a skewed
@@ -168,8 +170,8 @@ static void test_base_hand(void)
           p->importance[1]);
 
     /* Ties: all-zero logits, n = 5, E = 2, C = 3. Every assignment is optimal; the rule
-     * (tokens added in token order, Dijkstra ties to the lower expert, a label replaced only
-     * by a strictly smaller one) fills the experts in order: token t -> expert floor(t/C):
+     * (routers/base.c: prices stay 0, and in token order each token takes the lowest of its
+     * tied best experts that has room) fills the experts in order: token t -> floor(t/C):
      * t0, t1, t2 -> e0 slots 0..2, t3, t4 -> e1 slots 0, 1. Gates sig(0) = 1/2. */
     const double L2[10] = {0};
     CHECK_INT(route("base", &o, L2, 5, 2, p), MOE_OK);
@@ -324,6 +326,49 @@ static double residual_min_cycle(const double *L, const int *asg, int n, int E, 
     return m;
 }
 
+/* Route L (n,E) with a fresh base router into p and read the plan back: asg (n) gets each
+ * token's expert. Returns the number of violated constraints (a token not served exactly
+ * once, a slot out of token order, a load above C = ceil(n/E), assigned_load not the entry
+ * count, capacity not C), or -1 if routing failed. */
+static int base_read_plan(const double *L, int n, int E, moe_plan *p, int *asg)
+{
+    moe_route_opts o = opts();
+    if (route("base", &o, L, n, E, p) != MOE_OK)
+        return -1;
+    const long C = ((long)n + E - 1) / E;
+    int bad = 0;
+    long load[64] = {0};
+    for (int t = 0; t < n; t++)
+        asg[t] = -1;
+    for (size_t i = 0; i < p->n_entries; i++) {
+        const moe_entry *en = &p->entries[i];
+        bad += asg[en->token] != -1 || en->slot != load[en->expert];
+        asg[en->token] = en->expert;
+        load[en->expert]++;
+    }
+    for (int t = 0; t < n; t++)
+        bad += asg[t] < 0;
+    for (int e = 0; e < E; e++)
+        bad += load[e] > C || load[e] != p->assigned_load[e];
+    bad += p->n_entries != (size_t)n || p->capacity != C;
+    return bad;
+}
+
+/* Constraints and optimality certificate of base on L (n,E), E <= 64: one CHECK each. */
+static void check_base_optimal(const char *what, const double *L, int n, int E, moe_plan *p,
+                               int *asg, double *dist)
+{
+    const int C = (n + E - 1) / E;
+    int bad = base_read_plan(L, n, E, p, asg);
+    CHECK(bad == 0, "%s (n=%d E=%d): %d constraint violations (-1: routing failed: %s)", what,
+          n, E, bad, moe_errmsg());
+    if (bad == 0) {
+        double m = residual_min_cycle(L, asg, n, E, C, dist);
+        CHECK(m > -1e-9, "%s (n=%d E=%d): residual graph has a negative cycle of %.3g (not "
+              "optimal)", what, n, E, m);
+    }
+}
+
 static void test_base_large(void)
 {
     enum { N = 16384, E = 64 };
@@ -338,36 +383,8 @@ static void test_base_large(void)
     for (int t = 0; t < N; t++)
         for (int e = 0; e < E; e++)
             L[(size_t)t * E + e] = gsl_ran_gaussian(g, 1.0) - 3.0 * e / (E - 1);
-    moe_route_opts o = opts();
-    for (int c = 0; c < 2; c++) {
-        const int n = sizes[c], C = (n + E - 1) / E;
-        int rc = route("base", &o, L, n, E, p);
-        CHECK(rc == MOE_OK, "base n=%d E=%d: %s", n, E, moe_errmsg());
-        if (rc)
-            continue;
-        int bad = 0;
-        long load[E] = {0};
-        for (int t = 0; t < n; t++)
-            asg[t] = -1;
-        for (size_t i = 0; i < p->n_entries; i++) {
-            const moe_entry *en = &p->entries[i];
-            bad += asg[en->token] != -1 || en->slot != load[en->expert];
-            asg[en->token] = en->expert;
-            load[en->expert]++;
-        }
-        for (int t = 0; t < n; t++)
-            bad += asg[t] < 0;
-        for (int e = 0; e < E; e++)
-            bad += load[e] > C || load[e] != p->assigned_load[e];
-        CHECK(p->n_entries == (size_t)n && p->capacity == C && bad == 0,
-              "base n=%d: %zu entries, C %ld (want %d), %d constraint violations", n,
-              p->n_entries, p->capacity, C, bad);
-        if (bad == 0) {
-            double m = residual_min_cycle(L, asg, n, E, C, dist);
-            CHECK(m > -1e-9, "base n=%d: residual graph has a negative cycle of %.3g (not "
-                  "optimal)", n, m);
-        }
-    }
+    for (int c = 0; c < 2; c++)
+        check_base_optimal("base skew 3", L, sizes[c], E, p, asg, dist);
     /* and the certificate itself detects a non-optimal assignment: token order greedy to the
      * best expert with room */
     {
@@ -384,6 +401,109 @@ static void test_base_large(void)
         CHECK(residual_min_cycle(L, asg, n, E, C, dist) < -1e-3,
               "the certificate rejects the greedy assignment");
     }
+
+    /* Strong skew: L = N(0,1) - 1000 e/(E-1). Adjacent experts differ by 1000/63 = 15.9
+     * standard deviations, so every token ranks the experts the same way (checked below):
+     * the unconstrained choice puts all tokens on expert 0, and the optimum is decided by the
+     * noise alone (with every expert full the skew adds the same total to every assignment).
+     * This is the case a token-by-token solve pays most for: every new token pushes a chain
+     * of tokens one expert down. */
+    int unranked = 0;
+    for (int t = 0; t < N; t++) {
+        for (int e = 0; e < E; e++)
+            L[(size_t)t * E + e] = gsl_ran_gaussian(g, 1.0) - 1000.0 * e / (E - 1);
+        for (int e = 1; e < E; e++)
+            if (!(L[(size_t)t * E + e] < L[(size_t)t * E + e - 1])) {
+                unranked++;
+                break;
+            }
+    }
+    CHECK(unranked == 0, "skew 1000: %d tokens do not rank the experts 0, 1, ..., E-1",
+          unranked);
+    for (int c = 0; c < 2; c++)
+        check_base_optimal("base skew 1000", L, sizes[c], E, p, asg, dist);
+
+    /* Identical rows, L[t,e] = -e: every assignment that fills the experts is optimal (the
+     * certificate's cycles all cost 0). The tie rule (routers/base.c) pins the plan: L + pi
+     * ends all tied, so the experts fill in token order, token t -> expert floor(t/C), for
+     * n = N (C = 256) and n = N - 37 (C = 256, expert 63 takes the last 219 tokens). */
+    for (int t = 0; t < N; t++)
+        for (int e = 0; e < E; e++)
+            L[(size_t)t * E + e] = -(double)e;
+    for (int c = 0; c < 2; c++) {
+        const int n = sizes[c], C = (n + E - 1) / E;
+        check_base_optimal("base identical rows", L, n, E, p, asg, dist);
+        int off = 0;
+        for (int t = 0; t < n; t++)
+            off += asg[t] != t / C;
+        CHECK(off == 0, "base identical rows n=%d: %d tokens not on expert floor(t/C)", n, off);
+    }
+    gsl_rng_free(g);
+    moe_plan_free(p);
+    free(dist);
+    free(asg);
+    free(L);
+}
+
+/* 400 random groups, n in 1..3000 and E in 1..64, from families that stress the solver:
+ * Gaussian logits with a skew of 0..1000 toward low experts, the same with the skew's sign
+ * flipped for the first half of the tokens (the order of the tokens matters), integer logits
+ * (many exact ties), rows equal across tokens, all-equal logits, and near-ties (noise 1e-6 on
+ * a skew). Every plan must satisfy the constraints and the optimality certificate; the count
+ * of failing groups is checked once. */
+static void test_base_random(void)
+{
+    enum { NMAX = 3000, EMAX = 64 };
+    double *L = malloc((size_t)NMAX * EMAX * sizeof *L);
+    int *asg = malloc(NMAX * sizeof *asg);
+    double *dist = malloc((EMAX + 1) * (EMAX + 1) * sizeof *dist);
+    moe_plan *p = moe_plan_alloc(NMAX, EMAX, NMAX);
+    gsl_rng *g = moe_rng_alloc(91, MOE_STREAM_TOKENS);
+    int groups = 0, bad_route = 0, bad_plan = 0, bad_opt = 0;
+    double worst = 0.0;
+    for (int trial = 0; trial < 400; trial++) {
+        const int n = 1 + (int)gsl_rng_uniform_int(g, trial % 4 == 0 ? NMAX : 300);
+        const int E = 1 + (int)gsl_rng_uniform_int(g, trial % 2 == 0 ? EMAX : 12);
+        const int family = trial % 6;
+        const double skew = gsl_rng_uniform(g) * (trial % 3 == 0 ? 1000.0 : 10.0);
+        for (int t = 0; t < n; t++)
+            for (int e = 0; e < E; e++) {
+                const double z = gsl_ran_gaussian(g, 1.0), f = E > 1 ? (double)e / (E - 1) : 0;
+                double x;
+                if (family == 0)
+                    x = z - skew * f;
+                else if (family == 1)
+                    x = z + (t < n / 2 ? skew : -skew) * f;
+                else if (family == 2)
+                    x = round(1.5 * z) - round(skew * f);
+                else if (family == 3)
+                    x = -(double)e;
+                else if (family == 4)
+                    x = 0.0;
+                else
+                    x = 1e-6 * z - skew * f;
+                L[(size_t)t * E + e] = x;
+            }
+        groups++;
+        int bad = base_read_plan(L, n, E, p, asg);
+        if (bad < 0) {
+            bad_route++;
+            continue;
+        }
+        if (bad > 0) {
+            bad_plan++;
+            continue;
+        }
+        double m = residual_min_cycle(L, asg, n, E, (n + E - 1) / E, dist);
+        if (m < worst)
+            worst = m;
+        bad_opt += !(m > -1e-9);
+    }
+    CHECK(groups == 400 && bad_route == 0, "base random: %d of %d groups failed to route (%s)",
+          bad_route, groups, moe_errmsg());
+    CHECK(bad_plan == 0, "base random: %d groups violate the constraints", bad_plan);
+    CHECK(bad_opt == 0, "base random: %d groups not optimal (most negative cycle %.3g)",
+          bad_opt, worst);
     gsl_rng_free(g);
     moe_plan_free(p);
     free(dist);
@@ -730,6 +850,7 @@ int main(void)
     test_base_hand();
     test_base_brute();
     test_base_large();
+    test_base_random();
     test_sinkhorn_hand();
     test_sinkhorn_converged();
     test_dsv3_hand();
