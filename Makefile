@@ -6,9 +6,16 @@ CFLAGS  ?= -O2 -g -march=native
 WARN    := -std=c11 -Wall -Wextra -Wpedantic -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 DEFS    := -D_POSIX_C_SOURCE=200809L -D_DEFAULT_SOURCE
 PKGS    := gsl sqlite3 inih jansson zlib openblas
-# GSL is linked against OpenBLAS, never against GSL's reference CBLAS (gslcblas).
+# GSL is linked against OpenBLAS, never against GSL's reference CBLAS (gslcblas). Debian's
+# libgsl.so itself NEEDs libgslcblas.so, so the static libgsl.a is linked where present: its
+# cblas_* calls then resolve to OpenBLAS at link time and no gslcblas is loaded at all
+# (tests/t_link.sh checks with ldd).
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(filter-out -lgslcblas,$(shell pkg-config --libs $(PKGS) 2>/dev/null))
+GSL_STATIC := $(wildcard $(shell pkg-config --variable=libdir gsl 2>/dev/null)/libgsl.a)
+ifneq ($(GSL_STATIC),)
+PKG_LIBS   := $(patsubst -lgsl,$(GSL_STATIC),$(PKG_LIBS))
+endif
 ALL_CFLAGS  = $(WARN) $(DEFS) $(CFLAGS) $(PKG_CFLAGS) -Isim -MMD -MP
 LDLIBS     := $(PKG_LIBS) -lm -lpthread
 

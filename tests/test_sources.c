@@ -261,7 +261,7 @@ static void test_gaussian(void)
 {
     double p[8];
     gauss_bins_p(p);
-    moe_kv kv[] = {{"sigma", "2.5", "t.ini", 3}, {"vocab", "1000", "t.ini", 4}};
+    moe_kv kv[] = {{"sigma", "2.5", "t.ini", 3, NULL}, {"vocab", "1000", "t.ini", 4, NULL}};
     src_ctx c = {"gaussian", kv, 2, 500, 16, 8, 11, 2.5, -1, 0};
     hist_check("gaussian coordinates vs N(0, 2.5^2) in bins at -3..3 sigma", sample_coords, &c, p,
                8, 400000);
@@ -288,10 +288,10 @@ static void test_clustered(void)
      * argmax_e x . Wg[:,e] recovers the cluster (centre directions have |cos| < 0.6, so the
      * margin is > 12 while the noise along a direction is N(0, 1)). */
     enum { K = 8 };
-    moe_kv kv[] = {{"radius", "30", "t.ini", 1},
-                   {"gate", "aligned", "t.ini", 2},
-                   {"gate_noise", "0", "t.ini", 3},
-                   {"zipf_s", "1.2", "t.ini", 4}};
+    moe_kv kv[] = {{"radius", "30", "t.ini", 1, NULL},
+                   {"gate", "aligned", "t.ini", 2, NULL},
+                   {"gate_noise", "0", "t.ini", 3, NULL},
+                   {"zipf_s", "1.2", "t.ini", 4, NULL}};
     double p[K];
     zipf_p(p, K, 1.2);
     src_ctx c = {"clustered", kv, 4, 1000, 64, K, 21, 1.0, -1, 0};
@@ -320,11 +320,11 @@ static void test_clustered(void)
     }
 
     /* Dirichlet weights: rebuilt from (seed, SOURCE_PARAM + 16) as sources.c documents */
-    moe_kv kd[] = {{"radius", "30", "t.ini", 1},
-                   {"gate", "aligned", "t.ini", 2},
-                   {"gate_noise", "0", "t.ini", 3},
-                   {"weights", "dirichlet", "t.ini", 4},
-                   {"alpha", "2", "t.ini", 5}};
+    moe_kv kd[] = {{"radius", "30", "t.ini", 1, NULL},
+                   {"gate", "aligned", "t.ini", 2, NULL},
+                   {"gate_noise", "0", "t.ini", 3, NULL},
+                   {"weights", "dirichlet", "t.ini", 4, NULL},
+                   {"alpha", "2", "t.ini", 5, NULL}};
     src_ctx cd = {"clustered", kd, 5, 1000, 64, K, 31, 1.0, -1, 0};
     /* every attempt uses seed + attempt: the weights differ per attempt, so check attempt 0's
      * sample against attempt 0's weights, sized so that one sample suffices */
@@ -349,10 +349,10 @@ static void test_clustered(void)
 static void test_drift(void)
 {
     enum { K = 6 };
-    moe_kv kv[] = {{"radius", "30", "t.ini", 1},
-                   {"gate", "aligned", "t.ini", 2},
-                   {"gate_noise", "0", "t.ini", 3},
-                   {"drift_step", "2", "t.ini", 4}};
+    moe_kv kv[] = {{"radius", "30", "t.ini", 1, NULL},
+                   {"gate", "aligned", "t.ini", 2, NULL},
+                   {"gate_noise", "0", "t.ini", 3, NULL},
+                   {"drift_step", "2", "t.ini", 4, NULL}};
     double w[K], p[K];
     zipf_p(w, K, 1.2);
     /* batch b: cluster (i + 2b) mod 6 gets weight w_i, i.e. p_b[c] = w[(c - 2b) mod 6] */
@@ -389,7 +389,7 @@ static void test_zipf_ids(void)
 {
     enum { V = 50 };
     moe_kv kv[] = {
-        {"vocab", "50", "t.ini", 1}, {"zipf_s", "1.1", "t.ini", 2}, {"sigma", "0.5", "t.ini", 3}};
+        {"vocab", "50", "t.ini", 1, NULL}, {"zipf_s", "1.1", "t.ini", 2, NULL}, {"sigma", "0.5", "t.ini", 3, NULL}};
     double p[V];
     zipf_p(p, V, 1.1);
     src_ctx c = {"zipf_ids", kv, 3, 2000, 8, 4, 51, 0.5, -1, 0};
@@ -440,7 +440,7 @@ static void test_zipf_ids(void)
 
 static void test_collapsed(void)
 {
-    moe_kv kv[] = {{"collapse", "0.9", "t.ini", 1}};
+    moe_kv kv[] = {{"collapse", "0.9", "t.ini", 1, NULL}};
     double pg[8];
     gauss_bins_p(pg);
     col_ctx cc = {{"collapsed", kv, 1, 1000, 256, 8, 61, 1.0, -1, 0}, 0.9};
@@ -521,7 +521,7 @@ static void test_gate(void)
 {
     /* random gate: Wg entries N(0, 1/D): sqrt(D) Wg in the Gaussian bins (64 x 64 entries) */
     moe_source *s = open_src("gaussian", NULL, 0, 4, 64, 64, 3);
-    moe_kv k2[] = {{"gate_scale", "2", "t.ini", 1}};
+    moe_kv k2[] = {{"gate_scale", "2", "t.ini", 1, NULL}};
     moe_source *s2 = open_src("gaussian", k2, 1, 4, 64, 64, 3);
     if (!s || !s2) {
         CHECK(0, "open gaussian");
@@ -543,9 +543,9 @@ static void test_gate(void)
     moe_source_close(s2);
 
     /* aligned gate with fewer clusters than columns: column e points at centre e mod 4 */
-    moe_kv ka[] = {{"clusters", "4", "t.ini", 1},
-                   {"gate", "aligned", "t.ini", 2},
-                   {"gate_noise", "0", "t.ini", 3}};
+    moe_kv ka[] = {{"clusters", "4", "t.ini", 1, NULL},
+                   {"gate", "aligned", "t.ini", 2, NULL},
+                   {"gate_noise", "0", "t.ini", 3, NULL}};
     s = open_src("clustered", ka, 3, 4, 16, 8, 5);
     if (!s) {
         CHECK(0, "open clustered");
@@ -587,10 +587,10 @@ static void test_npy(void)
         moe_clear_error();
         return;
     }
-    moe_kv kv[] = {{"logits", pl, "t.ini", 1},
-                   {"hidden", px, "t.ini", 2},
-                   {"ids", pi, "t.ini", 3},
-                   {"layer", "1", "t.ini", 4}};
+    moe_kv kv[] = {{"logits", pl, "t.ini", 1, NULL},
+                   {"hidden", px, "t.ini", 2, NULL},
+                   {"ids", pi, "t.ini", 3, NULL},
+                   {"layer", "1", "t.ini", 4, NULL}};
     moe_source *s = open_src("npy", kv, 4, 7, 2, 0, 1);
     if (!s) {
         CHECK(0, "open npy");
@@ -619,12 +619,12 @@ static void test_npy(void)
         int nkv, d, m;
         const char *want;
     } bad_cases[] = {
-        {{{"logits", pl, "t.ini", 1}, {"layer", "3", "t.ini", 9}}, 2, 2, 0, "t.ini:9, key layer"},
-        {{{"hidden", px, "t.ini", 5}, {NULL, NULL, NULL, 0}}, 1, 3, 4, "t.ini:5, key hidden"},
-        {{{"logits", pl, "t.ini", 1}, {"ids", p6, "t.ini", 6}}, 2, 2, 0,
+        {{{"logits", pl, "t.ini", 1, NULL}, {"layer", "3", "t.ini", 9, NULL}}, 2, 2, 0, "t.ini:9, key layer"},
+        {{{"hidden", px, "t.ini", 5, NULL}, {NULL, NULL, NULL, 0, NULL}}, 1, 3, 4, "t.ini:5, key hidden"},
+        {{{"logits", pl, "t.ini", 1, NULL}, {"ids", p6, "t.ini", 6, NULL}}, 2, 2, 0,
          "ids has 6 rows, the other arrays 5 (t.ini:6, key ids)"},
-        {{{"layer", "0", "t.ini", 1}}, 1, 2, 4, "needs at least one of logits, hidden, ids"},
-        {{{"ids", "/nonexistent/ids.npy", "t.ini", 1}}, 1, 2, 4, "/nonexistent/ids.npy"},
+        {{{"layer", "0", "t.ini", 1, NULL}}, 1, 2, 4, "needs at least one of logits, hidden, ids"},
+        {{{"ids", "/nonexistent/ids.npy", "t.ini", 1, NULL}}, 1, 2, 4, "/nonexistent/ids.npy"},
     };
     for (size_t i = 0; i < sizeof bad_cases / sizeof *bad_cases; i++) {
         moe_source *e = NULL;
@@ -675,7 +675,7 @@ static void test_params(void)
     };
     int bad = 0;
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        moe_kv kv = {cases[i].key, cases[i].value, "spec.ini", 12};
+        moe_kv kv = {cases[i].key, cases[i].value, "spec.ini", 12, NULL};
         moe_source *s = NULL;
         int rc = moe_source_open(cases[i].kind, &kv, 1, 8, 4, 4, 1, &s);
         if (rc != MOE_EINVAL || s || !strstr(moe_errmsg(), cases[i].want)) {
@@ -688,19 +688,19 @@ static void test_params(void)
     CHECK(bad == 0, "%d of %zu bad parameters not reported as expected", bad,
           sizeof cases / sizeof *cases);
     /* a value given on the command line is located as such */
-    moe_kv kv = {"sigma", "x", "--set:2", 0};
+    moe_kv kv = {"sigma", "x", "--set:2", 0, NULL};
     moe_source *s = NULL;
     moe_source_open("gaussian", &kv, 1, 8, 4, 4, 1, &s);
     CHECK(strstr(moe_errmsg(), "(--set:2, key sigma)") != NULL, "message '%s'", moe_errmsg());
     moe_clear_error();
     /* every value is validated, even one that a later value overrides */
-    moe_kv two[] = {{"sigma", "-3", "a.ini", 1}, {"sigma", "2", "--set:1", 0}};
+    moe_kv two[] = {{"sigma", "-3", "a.ini", 1, NULL}, {"sigma", "2", "--set:1", 0, NULL}};
     CHECK(moe_source_open("gaussian", two, 2, 8, 4, 4, 1, &s) == MOE_EINVAL,
           "each value is validated when given");
     moe_clear_error();
     /* the later of two values wins (a --set override after the spec's value) */
-    moe_kv later[] = {{"sigma", "1", "a.ini", 1}, {"sigma", "3", "--set:1", 0}};
-    moe_kv only[] = {{"sigma", "3", "a.ini", 1}};
+    moe_kv later[] = {{"sigma", "1", "a.ini", 1, NULL}, {"sigma", "3", "--set:1", 0, NULL}};
+    moe_kv only[] = {{"sigma", "3", "a.ini", 1, NULL}};
     moe_source *a = open_src("gaussian", later, 2, 8, 4, 4, 1);
     moe_source *b = open_src("gaussian", only, 1, 8, 4, 4, 1);
     if (a && b) {

@@ -117,11 +117,11 @@ static int has_dir(const char *p)
 
 static void test_deepseek(void)
 {
-    /* prompt_1 (3 tokens), prompt_2 (2), prompt_10 (1), read in natural order 1, 2, 10 */
+    /* sample_1 (3 tokens), sample_2 (2), sample_10 (1), read in natural order 1, 2, 10 */
     static const int32_t want[6][6] = {{8, 26, 56, 57, 60, 43}, {0, 1, 2, 3, 4, 5},
                                        {0, 1, 2, 3, 4, 63},     {0, 1, 2, 3, 4, 5},
                                        {0, 7, 2, 3, 4, 5},      {5, 6, 7, 8, 9, 10}};
-    moe_kv kv[] = {{"path", FX "/deepseek", "t.ini", 1}, {"layer", "1", "t.ini", 2}};
+    moe_kv kv[] = {{"path", FX "/deepseek", "t.ini", 1, NULL}, {"layer", "1", "t.ini", 2, NULL}};
     moe_source *s = open_src("trace_deepseek", kv, 2, 6, 0);
     if (!s)
         return;
@@ -177,7 +177,7 @@ static void test_deepseek(void)
     moe_source_close(s);
 
     /* layer 2, batches cycle: n = 4 over 6 rows -> batch 1 is rows 4, 5, 0, 1 */
-    moe_kv k2[] = {{"path", FX "/deepseek", "t.ini", 1}, {"layer", "2", "t.ini", 2}};
+    moe_kv k2[] = {{"path", FX "/deepseek", "t.ini", 1, NULL}, {"layer", "2", "t.ini", 2, NULL}};
     s = open_src("trace_deepseek", k2, 2, 4, 64);
     if (s) {
         moe_source_batch(s, 1, &bt);
@@ -187,7 +187,7 @@ static void test_deepseek(void)
         moe_source_close(s);
     }
     /* a layer the trace lacks, a wrong M */
-    moe_kv k3[] = {{"path", FX "/deepseek", "t.ini", 1}, {"layer", "7", "t.ini", 2}};
+    moe_kv k3[] = {{"path", FX "/deepseek", "t.ini", 1, NULL}, {"layer", "7", "t.ini", 2, NULL}};
     moe_source *e = NULL;
     int rc = moe_source_open("trace_deepseek", k3, 2, 4, 8, 64, 1, &e);
     CHECK(rc == MOE_EINVAL && strstr(moe_errmsg(), "layer 7 is not in the trace, which holds "
@@ -210,7 +210,7 @@ static void test_deepseek(void)
 
 static void test_mixtral(void)
 {
-    moe_kv kv[] = {{"path", FX "/mixtral", "t.ini", 1}};
+    moe_kv kv[] = {{"path", FX "/mixtral", "t.ini", 1, NULL}};
     moe_source *s = open_src("trace_mixtral", kv, 1, 5, 8);
     if (!s)
         return;
@@ -286,7 +286,7 @@ static void test_mixtral(void)
     moe_source_close(s);
 
     /* layer 1: problem 1 token 1 has no record there: 4 rows, counts 4 1 1 1 1 0 0 0 */
-    moe_kv k1[] = {{"path", FX "/mixtral", "t.ini", 1}, {"layer", "1", "t.ini", 2}};
+    moe_kv k1[] = {{"path", FX "/mixtral", "t.ini", 1, NULL}, {"layer", "1", "t.ini", 2, NULL}};
     s = open_src("trace_mixtral", k1, 2, 4, 8);
     if (s) {
         moe_source_batch(s, 0, &bt);
@@ -299,7 +299,7 @@ static void test_mixtral(void)
 
     /* raw prefill + decode log: prefill positions 0..2, decode steps at 3 (layers 0, 1) and 4
      * (layer 1 only): layer 0 has 4 rows, layer 1 has 5, the last being step 1's [0, 7] */
-    moe_kv kr[] = {{"path", FX "/mixtral_raw/raw.jsonl", "t.ini", 1}, {"layer", "1", "t.ini", 2}};
+    moe_kv kr[] = {{"path", FX "/mixtral_raw/raw.jsonl", "t.ini", 1, NULL}, {"layer", "1", "t.ini", 2, NULL}};
     moe_rec rec;
     int rc = moe_trace_load(MOE_TRACE_MIXTRAL, FX "/mixtral_raw/raw.jsonl", 0, 100, 32000, &rec);
     CHECK(rc == 0 && rec.n == 4 && rec.choices[6] == 5 && rec.choices[7] == 6,
@@ -319,7 +319,7 @@ static void test_mixtral(void)
 
 static void test_flame(void)
 {
-    moe_kv kv[] = {{"path", FX "/flame", "t.ini", 1}, {"layer", "2", "t.ini", 2}};
+    moe_kv kv[] = {{"path", FX "/flame", "t.ini", 1, NULL}, {"layer", "2", "t.ini", 2, NULL}};
     moe_source *s = open_src("trace_flame", kv, 2, 3, 0);
     if (!s)
         return;
@@ -350,8 +350,8 @@ static void test_flame(void)
     moe_source_close(s);
 
     /* layer 3 from the plain .csv; a single file is read whatever its layer */
-    moe_kv k3[] = {{"path", FX "/flame", "t.ini", 1}, {"layer", "3", "t.ini", 2}};
-    moe_kv kf[] = {{"path", FX "/flame/t_layer3_enc.csv", "t.ini", 1}, {"layer", "2", "t.ini", 2}};
+    moe_kv k3[] = {{"path", FX "/flame", "t.ini", 1, NULL}, {"layer", "3", "t.ini", 2, NULL}};
+    moe_kv kf[] = {{"path", FX "/flame/t_layer3_enc.csv", "t.ini", 1, NULL}, {"layer", "2", "t.ini", 2, NULL}};
     for (int i = 0; i < 2; i++) {
         s = open_src("trace_flame", i ? kf : k3, 2, 2, 8);
         if (!s)
@@ -361,7 +361,7 @@ static void test_flame(void)
               "flame layer 3 (%s)", i ? "single file" : "folder");
         moe_source_close(s);
     }
-    moe_kv k5[] = {{"path", FX "/flame", "t.ini", 1}, {"layer", "5", "t.ini", 2}};
+    moe_kv k5[] = {{"path", FX "/flame", "t.ini", 1, NULL}, {"layer", "5", "t.ini", 2, NULL}};
     moe_source *e = NULL;
     int rc = moe_source_open("trace_flame", k5, 2, 2, 8, 0, 1, &e);
     CHECK(rc == MOE_EINVAL &&
@@ -383,8 +383,8 @@ static void test_popularity(void)
     for (int layer = 0; layer < 2; layer++) {
         char lay[16];
         snprintf(lay, sizeof lay, "%d", layer);
-        moe_kv kv[] = {{"path", FX "/popularity/small.json", "t.ini", 1},
-                       {"layer", lay, "t.ini", 2}};
+        moe_kv kv[] = {{"path", FX "/popularity/small.json", "t.ini", 1, NULL},
+                       {"layer", lay, "t.ini", 2, NULL}};
         int ok = 0, other = 0;
         long N = 20000;
         for (int attempt = 0; attempt < 3 && !ok; attempt++, N *= 2) {
@@ -421,7 +421,7 @@ static void test_popularity(void)
         CHECK_INT(other, 0);
     }
 
-    moe_kv kl[] = {{"path", FX "/popularity/small.json", "t.ini", 1}, {"layer", "2", "t.ini", 7}};
+    moe_kv kl[] = {{"path", FX "/popularity/small.json", "t.ini", 1, NULL}, {"layer", "2", "t.ini", 7, NULL}};
     moe_source *e = NULL;
     int rc = moe_source_open("trace_mixtral_popularity", kl, 2, 4, 8, 0, 1, &e);
     CHECK(rc == MOE_EINVAL && strstr(moe_errmsg(), "(t.ini:7, key layer)"), "popularity layer: %s",
@@ -498,7 +498,7 @@ static void test_malformed(void)
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
         char path[512];
         snprintf(path, sizeof path, FX "/%s", cases[i].file);
-        moe_kv kv = {"path", path, "t.ini", 1};
+        moe_kv kv = {"path", path, "t.ini", 1, NULL};
         moe_source *s = NULL;
         int rc = moe_source_open(cases[i].kind, &kv, 1, 4, 8, 0, 1, &s);
         if (rc == 0 || s || !strstr(moe_errmsg(), cases[i].want)) {
@@ -618,7 +618,7 @@ static void test_real(void)
         1666, 1142, 1338, 1344, 2184, 1414, 1041, 1188, 1385, 1444, 1393, 1351, 1287,
         1274, 1340, 1514, 1339, 1799, 1600, 803,  1691, 1061, 1258, 1412, 1377};
     snprintf(path, sizeof path, "%s/deepseek-v2-lite-moebeyond/puffin_prompts_0001-0200", root);
-    moe_kv kd[] = {{"path", path, "t.ini", 1}};
+    moe_kv kd[] = {{"path", path, "t.ini", 1, NULL}};
     moe_source *s = open_src("trace_deepseek", kd, 1, 14911, 64);
     if (s) {
         moe_source_batch(s, 0, &bt);
@@ -632,7 +632,7 @@ static void test_real(void)
     }
     /* the default path (both subsets), capped: max_tokens = 1000 rows, so batch 1 of 1000
      * cycles back to row 0 */
-    moe_kv km[] = {{"max_tokens", "1000", "t.ini", 1}};
+    moe_kv km[] = {{"max_tokens", "1000", "t.ini", 1, NULL}};
     s = open_src("trace_deepseek", km, 1, 1000, 64);
     if (s) {
         int32_t c0[6];
@@ -684,7 +684,7 @@ static void test_real(void)
              "%s/mixtral-8x7b-instruct-fp8-specmoe/"
              "humaneval_p0_prefill_decode_raw.jsonl",
              root);
-    moe_kv kr[] = {{"path", path, "t.ini", 1}};
+    moe_kv kr[] = {{"path", path, "t.ini", 1, NULL}};
     s = open_src("trace_mixtral", kr, 1, 218, 8);
     if (s) {
         moe_source_batch(s, 0, &bt);
@@ -728,7 +728,7 @@ static void test_real(void)
              root);
     int L = 0, E = 0;
     long *counts = NULL;
-    moe_kv kp[] = {{"path", path, "t.ini", 1}, {"layer", "11", "t.ini", 2}};
+    moe_kv kp[] = {{"path", path, "t.ini", 1, NULL}, {"layer", "11", "t.ini", 2, NULL}};
     s = moe_trace_popularity_read(path, &L, &E, &counts)
             ? NULL
             : open_src("trace_mixtral_popularity", kp, 2, 50000, 8);

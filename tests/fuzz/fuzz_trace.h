@@ -80,8 +80,8 @@ static void fuzz_trace_source(int format, const char *path, int layer, int m)
 {
     char ltext[16];
     snprintf(ltext, sizeof ltext, "%d", layer);
-    moe_kv kv[3] = {{"path", path, "fuzz", 1}, {"layer", ltext, "fuzz", 2},
-                    {"vocab", "1000", "fuzz", 3}};
+    moe_kv kv[3] = {{"path", path, "fuzz", 1, NULL}, {"layer", ltext, "fuzz", 2, NULL},
+                    {"vocab", "1000", "fuzz", 3, NULL}};
     moe_source *src = NULL;
     moe_clear_error();
     int rc = moe_source_open(fuzz_trace_sources[format], kv, 3, 3, 4, m, 7, &src);
