@@ -112,13 +112,6 @@ static bench_stat stat_of(double *v, int len)
 
 static bench_stat stat_one(double v) { return (bench_stat){v, NAN, NAN, NAN, NAN}; }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* ---- the run: options, provenance, database ---- */
 
 typedef struct {
@@ -387,18 +380,18 @@ static int point_alloc(const bench_cfg *cfg, const bench_shape *sh, int n, layer
 static int point_forward(layer_point *p, const bench_weights *w, const float *x, double *t)
 {
     moe_layer_timing tm = {0};
-    double t0 = now_s();
+    double t0 = moe_now();
     int rc = moe_layer_gate(p->L, x, p->n, w->wg, w->E, p->logits);
     if (rc)
         return rc;
-    double t1 = now_s();
+    double t1 = moe_now();
     moe_route_in in = {p->n, w->E, p->logits, NULL, NULL, NULL, NULL, NULL, 0};
     if ((rc = moe_router_route(p->r, &in, p->plan)))
         return rc;
-    double t2 = now_s();
+    double t2 = moe_now();
     if ((rc = moe_layer_forward(p->L, &w->ex, p->plan, x, p->y, &tm)))
         return rc;
-    double t3 = now_s();
+    double t3 = moe_now();
     t[PH_GATE] = t1 - t0;
     t[PH_ROUTE] = t2 - t1;
     t[PH_DISPATCH] = tm.dispatch;
@@ -489,7 +482,7 @@ static int gemm_measure(const bench_weights *w, const moe_plan *plan, const floa
     }
     /* one warm-up round (r = -1), then the timed ones */
     for (int r = -1; r < repeats && !rc; r++) {
-        double t0 = now_s();
+        double t0 = moe_now();
         for (size_t e = 0; e < E && !rc; e++) {
             size_t rows = off[e + 1] - off[e];
             if (rows == 0)
@@ -498,13 +491,13 @@ static int gemm_measure(const bench_weights *w, const moe_plan *plan, const floa
             if (!rc)
                 rc = sgemm_nn(rows, D, F, Hg, w->w2 + e * F * D, O + off[e] * D);
         }
-        double t1 = now_s(), t2 = t1, t3 = t1;
+        double t1 = moe_now(), t2 = t1, t3 = t1;
         if (dense && !rc) {
             if ((rc = sgemm_nn(N, F, D, A, w->w1, H)) || (rc = sgemm_nn(N, D, F, H, w->w2, O)))
                 break;
-            t2 = now_s();
+            t2 = moe_now();
             moe_activate(MOE_ACT_GELU_TANH, H, N * F);
-            t3 = now_s();
+            t3 = moe_now();
         }
         if (r >= 0) {
             v[r] = t1 - t0;

@@ -50,13 +50,6 @@ static const char usage_text[] =
     "Points already stored with the same configuration are skipped, so an interrupted run\n"
     "resumes where it stopped. `moesim report DB` prints the results.\n";
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void fmt_duration(double s, char *buf, size_t len)
 {
     if (!(s >= 0.0) || s > 1e7) {
@@ -297,7 +290,7 @@ int moe_cmd_run(int argc, char **argv)
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
 
-    const double t0 = now_s();
+    const double t0 = moe_now();
     size_t ran = 0, done = 0, failed = 0;
     for (size_t i = 0; i < total; i++) {
         const moe_point *pt = moe_spec_point(spec, i);
@@ -308,7 +301,7 @@ int moe_cmd_run(int argc, char **argv)
             continue;
         }
         if (tty)
-            progress_bar(done, total, pt, now_s() - t0, ran, to_run);
+            progress_bar(done, total, pt, moe_now() - t0, ran, to_run);
         res = moe_point_result_alloc(pt->E, pt->batches);
         if (!res) {
             rc = MOE_ENOMEM;
@@ -332,14 +325,14 @@ int moe_cmd_run(int argc, char **argv)
         res = NULL;
     }
     if (tty) {
-        progress_bar(done, total, NULL, now_s() - t0, ran, to_run);
+        progress_bar(done, total, NULL, moe_now() - t0, ran, to_run);
         fputc('\n', stderr);
     }
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     free(stored);
     char el[32];
-    fmt_duration(now_s() - t0, el, sizeof el);
+    fmt_duration(moe_now() - t0, el, sizeof el);
     if (stop_flag) {
         moe_clear_error();
         rc = moe_fail(MOE_EINVAL, "run the same command again to resume",

@@ -186,13 +186,6 @@ int moe_act_parse(const char *s, int *act)
 
 /* ---- helpers ---- */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* c (m,n) = op(a) b + beta c on row-major blocks with leading dimensions lda, ldb, ldc;
  * op(a) = a (m,k), or a^T when ta (a stored (k,m)). All sizes must be >= 1. */
 static int sgemm(int ta, size_t m, size_t n, size_t k, const float *a, size_t lda,
@@ -587,7 +580,7 @@ static int forward_sparse(moe_layer *L, const moe_experts *w, const moe_plan *pl
     copy_job jobs[MOE_MAX_THREADS];
 
     /* dispatch: h[e*C + s] = sum dispatch_w * x[t] over the rows 0..used_e-1 of each expert */
-    double t0 = now_s();
+    double t0 = moe_now();
     for (int e = 0; e < L->E; e++)
         L->used[e] = 0;
     for (size_t i = 0; i < ne; i++)
@@ -600,13 +593,13 @@ static int forward_sparse(moe_layer *L, const moe_experts *w, const moe_plan *pl
         jobs[i] = (copy_job){L, en, x, y, C, ne * (size_t)i / (size_t)nt,
                              ne * (size_t)(i + 1) / (size_t)nt, 0, 0, 0};
     run_jobs(copy_run, jobs, sizeof *jobs, nt);
-    double t1 = now_s();
+    double t1 = moe_now();
 
     /* experts: FFN_e on each expert's contiguous block of used rows */
     int rc = experts_run(L, w, C, L->used);
     if (rc)
         return rc;
-    double t2 = now_s();
+    double t2 = moe_now();
 
     /* combine: y[t] = sum combine_w * out[e*C + s], split at token boundaries when sorted */
     int ct = sorted ? nt : 1;
@@ -629,7 +622,7 @@ static int forward_sparse(moe_layer *L, const moe_experts *w, const moe_plan *pl
         jobs[i] = (copy_job){L, en, x, y, C, cut[i], cut[i + 1], tok0, tok1, 1};
     }
     run_jobs(copy_run, jobs, sizeof *jobs, ct);
-    double t3 = now_s();
+    double t3 = moe_now();
     if (tm) {
         tm->dispatch = t1 - t0;
         tm->experts = t2 - t1;
@@ -674,7 +667,7 @@ static int forward_dense(moe_layer *L, const moe_experts *w, const moe_plan *pla
     int rc;
 
     /* dispatch: H (M,D) = sum over token blocks Disp_b^T (M,tb) X_b (tb,D) */
-    double t0 = now_s();
+    double t0 = moe_now();
     size_t pos = 0;
     for (size_t b0 = 0; b0 < n; b0 += tb) {
         size_t rows = n - b0 < tb ? n - b0 : tb;
@@ -684,14 +677,14 @@ static int forward_dense(moe_layer *L, const moe_experts *w, const moe_plan *pla
         if (rc)
             return rc;
     }
-    double t1 = now_s();
+    double t1 = moe_now();
 
     /* experts: FFN_e on its C slots (every slot of a dense plan is filled) */
     for (int e = 0; e < L->E; e++)
         L->used[e] = (long)C;
     if ((rc = experts_run(L, w, C, L->used)))
         return rc;
-    double t2 = now_s();
+    double t2 = moe_now();
 
     /* combine: Y_b (tb,D) = Cmb_b (tb,M) Out (M,D) */
     pos = 0;
@@ -702,7 +695,7 @@ static int forward_dense(moe_layer *L, const moe_experts *w, const moe_plan *pla
         if (rc)
             return rc;
     }
-    double t3 = now_s();
+    double t3 = moe_now();
     if (tm) {
         tm->dispatch = t1 - t0;
         tm->experts = t2 - t1;

@@ -190,6 +190,8 @@ double moe_logsumexp(const double *x, int len);
 /* Stable argsort, descending by v; equal values keep ascending index order.
  * idx (len) receives the order; tmp (len) is scratch. */
 void moe_argsort_desc(const double *v, int len, int *idx, int *tmp);
+/* Seconds on the monotonic clock (for timings: differences only). */
+double moe_now(void);
 
 /* ---- metrics (sim/metrics.c), ROUTING.md section 4 ----------------------------------------- */
 enum moe_act { MOE_ACT_GELU_TANH = 0, MOE_ACT_GELU_ERF = 1, MOE_ACT_RELU = 2, MOE_ACT_SWIGLU = 3 };

@@ -55,13 +55,6 @@
 
 enum { MOE_EP_STREAM = 64 }; /* rank q's per-rank-capacity draws: stream 64 + q */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* ---- processes ---- */
 
 static struct {
@@ -546,7 +539,7 @@ static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan,
     const long Cc = ep->Cc;
     const moe_entry *en = plan->entries;
     const size_t ne = plan->n_entries;
-    double a2a = 0.0, tp = now_s();
+    double a2a = 0.0, tp = moe_now();
 
     /* ---- dispatch: one row per slot (e,s) this rank's tokens touch, grouped by the expert's
      * rank in order of first appearance in the plan ---- */
@@ -621,10 +614,10 @@ static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan,
                 return rc;
         }
     }
-    double t1s = now_s();
+    double t1s = moe_now();
     a2av_rows(ep->send, ep->scnt, ep->sdsp, ep->recv, ep->rcnt, ep->rdsp, D, ep->ic, ep->id,
               ep->jc, ep->jd);
-    double t2s = now_s();
+    double t2s = moe_now();
     a2a += t2s - t1s;
 
     /* ---- experts: this rank's FFNs on the received rows ---- */
@@ -633,12 +626,12 @@ static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan,
                             w->b2 + (size_t)e0 * D};
     if (nrecv > 0 && (rc = moe_layer_forward(ep->L, &wl, ep->sub, ep->recv, ep->out, NULL)))
         return rc; /* (cannot fail on a valid plan: shapes checked above) */
-    double t3s = now_s();
+    double t3s = moe_now();
 
     /* ---- combine: outputs back in the same row order; y[t] += combine_w * out ---- */
     a2av_rows(ep->out, ep->rcnt, ep->rdsp, ep->ret, ep->scnt, ep->sdsp, D, ep->ic, ep->id,
               ep->jc, ep->jd);
-    double t4s = now_s();
+    double t4s = moe_now();
     a2a += t4s - t3s;
     memset(y + (size_t)t0 * D, 0, (size_t)ep->tn * D * sizeof *y);
     for (size_t i = 0; i < ne; i++) {
@@ -650,7 +643,7 @@ static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan,
         for (size_t c = 0; c < D; c++)
             yt[c] += a * o[c];
     }
-    double t5s = now_s();
+    double t5s = moe_now();
     if (gather)
         allgather_rows(y, ep->tbeg, D, ep->ic, ep->id);
     if (st) {

@@ -129,13 +129,6 @@ void moe_point_result_free(moe_point_result *r)
 
 /* ---- helpers ---- */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 int moe_point_error_rows(int T, int error_tokens, int *rows)
 {
     int nr = (error_tokens <= 0 || error_tokens > T) ? T : error_tokens;
@@ -309,7 +302,7 @@ int moe_point_run(const moe_point *pt, volatile sig_atomic_t *stop, moe_point_re
 int moe_point_run_ep(const moe_point *pt, volatile sig_atomic_t *stop, moe_point_result *res,
                      const moe_point_ep *ep)
 {
-    const double wall0 = now_s();
+    const double wall0 = moe_now();
     if (res->E != pt->E || res->batches != pt->batches)
         return moe_fail(MOE_EINVAL, NULL, "result sized for E = %d, %d batches; point has "
                         "E = %d, %d batches (moe_point_run)", res->E, res->batches, pt->E,
@@ -354,20 +347,20 @@ int moe_point_run_ep(const moe_point *pt, volatile sig_atomic_t *stop, moe_point
         const double *logits = batch.logits;
         int gate_computed = 0;
         if (!logits) {
-            double t0 = now_s();
+            double t0 = moe_now();
             if ((rc = moe_layer_gate(w.L, batch.x, T, wg, M, w.logits)))
                 break;
-            tm[MOE_T_GATE] = now_s() - t0;
+            tm[MOE_T_GATE] = moe_now() - t0;
             logits = w.logits;
             gate_computed = 1;
         }
         /* route */
         moe_route_in in = {T, M, logits, batch.ids, NULL, w.rng, batch.choices, batch.choice_w,
                            batch.k_rec};
-        double t0 = now_s();
+        double t0 = moe_now();
         if ((rc = moe_router_route(w.r, &in, w.plan)))
             break;
-        tm[MOE_T_ROUTE] = now_s() - t0;
+        tm[MOE_T_ROUTE] = moe_now() - t0;
         /* layer */
         moe_layer_timing lt = {0};
         if ((rc = ep ? ep->forward(ep->ctx, &ex, w.plan, &in, batch.x, w.y, &lt)
@@ -440,6 +433,6 @@ int moe_point_run_ep(const moe_point *pt, volatile sig_atomic_t *stop, moe_point
     double total = res->time_mean[MOE_T_TOTAL] * (double)nb;
     res->tokens_per_s = total > 0.0 ? (double)T * (double)nb / total : NAN;
     res->gflops_per_s = total > 0.0 ? flops_exec / total * 1e-9 : NAN;
-    res->wall_s = now_s() - wall0;
+    res->wall_s = moe_now() - wall0;
     return MOE_OK;
 }

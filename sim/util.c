@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <math.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- softmax ---- */
 
@@ -177,4 +178,13 @@ int moe_capacity(const moe_route_opts *o, int k, long n, int E, long *C)
         return moe_fail(MOE_EINVAL, NULL, "capacity %lld too large", q);
     *C = (long)q;
     return MOE_OK;
+}
+
+/* ---- clock ---- */
+
+double moe_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
