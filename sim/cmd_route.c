@@ -145,23 +145,6 @@ static int read_layer(const route_args *a, int n, int E, layer_in *l)
 
 /* ---- the layer and its output errors ---- */
 
-/* p (T,E): the mixture weights of the dense reference: softmax of the logits, or for dense
- * (soft_moe) plans the combine weights summed over each expert's slots. */
-static void mixture_weights(const moe_plan *plan, const double *logits, double *p)
-{
-    int n = plan->n, E = plan->E, m = plan->m;
-    if (plan->dense) {
-        memset(p, 0, (size_t)n * (size_t)E * sizeof *p);
-        for (size_t i = 0; i < plan->n_entries; i++) {
-            const moe_entry *en = &plan->entries[i];
-            p[(size_t)en->token * (size_t)E + (size_t)en->expert] += en->combine_w;
-        }
-        return;
-    }
-    for (int t = 0; t < n; t++)
-        moe_softmax(logits + (size_t)t * (size_t)m, m, p + (size_t)t * (size_t)E);
-}
-
 static int run_layer(const layer_in *l, const moe_plan *plan, float *y)
 {
     moe_layer *L = moe_layer_alloc(plan->n, plan->E, plan->capacity > 0 ? plan->capacity : 1,
@@ -187,7 +170,7 @@ static int output_errors(const route_args *a, moe_router *r, const moe_route_in 
         rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (dense mixture of %d tokens)", n);
         goto out;
     }
-    mixture_weights(plan, in->logits, p);
+    moe_plan_mixture_weights(plan, in->logits, p);
     if ((rc = moe_layer_dense_mixture(L, &l->ex, l->x, n, p, NULL, n, yref)))
         goto out;
     mt->output_error_dense = moe_rel_l2(y, yref, nd);

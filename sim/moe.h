@@ -89,6 +89,10 @@ void moe_plan_free(moe_plan *p);            /* NULL is a no-op */
 int moe_plan_reset(moe_plan *p, int n, int E, int m);
 /* Append one entry (grows the buffer if needed; routers reserve enough up front). */
 int moe_plan_push(moe_plan *p, int32_t t, int32_t e, int32_t s, double dw, double cw);
+/* w (T,E): the weights of the dense mixture sum_e w[t,e] FFN_e(x_t) that output errors are
+ * measured against: softmax of the logits (T,M) for sparse plans (M = E), the combine weights
+ * summed over each expert's slots for dense (soft_moe) plans. */
+void moe_plan_mixture_weights(const moe_plan *p, const double *logits, double *w);
 /* Write the plan as CSV with the exact header token,expert,slot,dispatch_weight,combine_weight
  * (weights %.9g). Writes to a temporary name and renames. */
 int moe_plan_write_csv(const moe_plan *p, const char *path);

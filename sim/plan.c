@@ -82,6 +82,21 @@ int moe_plan_push(moe_plan *p, int32_t t, int32_t e, int32_t s, double dw, doubl
     return MOE_OK;
 }
 
+void moe_plan_mixture_weights(const moe_plan *p, const double *logits, double *w)
+{
+    size_t n = (size_t)p->n, E = (size_t)p->E;
+    if (p->dense) {
+        memset(w, 0, n * E * sizeof *w);
+        for (size_t i = 0; i < p->n_entries; i++) {
+            const moe_entry *en = &p->entries[i];
+            w[(size_t)en->token * E + (size_t)en->expert] += en->combine_w;
+        }
+        return;
+    }
+    for (size_t t = 0; t < n; t++) /* sparse plans: M = E */
+        moe_softmax(logits + t * (size_t)p->m, p->m, w + t * E);
+}
+
 int moe_plan_write_csv(const moe_plan *p, const char *path)
 {
     char tmp[4096];

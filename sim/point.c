@@ -143,23 +143,6 @@ static void draw_normal(gsl_rng *rng, double sigma, float *v, size_t len)
         v[i] = (float)gsl_ran_gaussian_ziggurat(rng, sigma);
 }
 
-/* p (T,E) for the dense mixture: softmax of the logits (sparse routers, M = E), or the combine
- * weights of a dense plan summed per expert. */
-static void mixture_weights(const moe_plan *plan, const double *logits, int T, int E, int m,
-                            double *p)
-{
-    if (plan->dense) {
-        memset(p, 0, (size_t)T * (size_t)E * sizeof *p);
-        for (size_t i = 0; i < plan->n_entries; i++) {
-            const moe_entry *en = &plan->entries[i];
-            p[(size_t)en->token * E + en->expert] += en->combine_w;
-        }
-        return;
-    }
-    for (int t = 0; t < T; t++)
-        moe_softmax(logits + (size_t)t * m, E, p + (size_t)t * E);
-}
-
 /* ---- the runner ---- */
 
 typedef struct {
@@ -375,7 +358,7 @@ int moe_point_run_ep(const moe_point *pt, volatile sig_atomic_t *stop, moe_point
         if ((rc = moe_metrics_compute(w.plan, logits, D, pt->f, pt->act, gate_computed, w.mt)))
             break;
         /* output error vs the dense mixture, on the subset of rows */
-        mixture_weights(w.plan, logits, T, E, M, w.p);
+        moe_plan_mixture_weights(w.plan, logits, w.p);
         if ((rc = moe_layer_dense_mixture(w.L, &ex, batch.x, T, w.p, w.rows, nrows, w.ydense)))
             break;
         for (int i = 0; i < nrows; i++)
