@@ -188,8 +188,7 @@ static int output_errors(const route_args *a, moe_router *r, const moe_route_in 
         }
         moe_route_in ind = *in;
         if (in->rng) {
-            rng = moe_rng_alloc(a->seed, !strcmp(r->type->name, "gshard") ? MOE_STREAM_GSHARD
-                                                                            : MOE_STREAM_NOISE);
+            rng = moe_rng_alloc(a->seed, moe_router_stream(r->type));
             ind.rng = rng;
         }
         if (!(rc = moe_router_alloc(r->type, &o, n, in->m, &rd)) &&
@@ -355,8 +354,7 @@ int moe_cmd_route(int argc, char **argv)
     if ((rc = moe_router_alloc(t, &o, n, m, &r)))
         goto out;
     if (t->flags & MOE_RF_USES_RNG)
-        rng = moe_rng_alloc(a.seed, !strcmp(t->name, "gshard") ? MOE_STREAM_GSHARD
-                                                               : MOE_STREAM_NOISE);
+        rng = moe_rng_alloc(a.seed, moe_router_stream(t));
     size_t reserve = (t->flags & MOE_RF_DENSE) ? (size_t)n * (size_t)m : (size_t)n * (size_t)r->k;
     plan = moe_plan_alloc(n, r->E, reserve);
     mt = moe_metrics_alloc(r->E);

@@ -179,6 +179,9 @@ struct moe_router {
 
 extern const moe_router_type *const moe_router_types[]; /* NULL-terminated (routers/registry.c) */
 const moe_router_type *moe_router_find(const char *name);
+/* The PCG stream a router's random draws come from (with the run's seed): gshard's second-expert
+ * draws from MOE_STREAM_GSHARD, gate noise from MOE_STREAM_NOISE. */
+uint64_t moe_router_stream(const moe_router_type *t);
 /* Validates options against (n_max, m): k in 1..E, P divides M, ... */
 int moe_router_alloc(const moe_router_type *t, const moe_route_opts *o, int n_max, int m,
                      moe_router **out);

@@ -223,8 +223,7 @@ static int point_alloc(const moe_point *pt, point_ws *w, int *want_dropless)
             return rc;
     }
     if ((flags & MOE_RF_USES_RNG) || pt->opts.noise_std > 0.0) {
-        uint64_t stream =
-            strcmp(pt->rtype->name, "gshard") == 0 ? MOE_STREAM_GSHARD : MOE_STREAM_NOISE;
+        uint64_t stream = moe_router_stream(pt->rtype);
         w->rng = moe_rng_alloc(pt->seed, stream);
         w->rng2 = moe_rng_alloc(pt->seed, stream);
         if (!w->rng || !w->rng2)

@@ -14,6 +14,11 @@ const moe_router_type *moe_router_find(const char *name)
     return NULL;
 }
 
+uint64_t moe_router_stream(const moe_router_type *t)
+{
+    return strcmp(t->name, "gshard") == 0 ? MOE_STREAM_GSHARD : MOE_STREAM_NOISE;
+}
+
 int moe_router_alloc(const moe_router_type *t, const moe_route_opts *o, int n_max, int m,
                      moe_router **out)
 {
