@@ -361,37 +361,23 @@ static int write_recorded(const mset *s, const char *path)
     if (s->n == 0)
         return moe_fail(MOE_EINVAL, "run the experiment into the database first",
                         "no points to record (%s)", s->path);
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
-        return moe_fail(MOE_EINVAL, NULL, "output path too long (%s)", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f)
-        return moe_fail(MOE_EIO, "check that the folder exists and is writable",
-                        "cannot write: %s (%s)", strerror(errno), path);
-    fputs(recorded_header, f);
-    fprintf(f, "moesim-metrics\t1\n");
+    moe_outfile o;
+    int rc = moe_outfile_open(&o, path, "recorded metrics", "w");
+    if (rc)
+        return rc;
+    fputs(recorded_header, o.f);
+    fprintf(o.f, "moesim-metrics\t1\n");
     if (s->blas_core)
-        fprintf(f, "blas_core\t%s\n", s->blas_core);
+        fprintf(o.f, "blas_core\t%s\n", s->blas_core);
     for (size_t i = 0; i < s->n; i++) {
-        fprintf(f, "point\t%s\n", s->p[i].key);
+        fprintf(o.f, "point\t%s\n", s->p[i].key);
         for (size_t j = 0; j < s->p[i].n; j++) {
             char buf[64];
             fmt_value(&s->p[i].v[j], buf, sizeof buf);
-            fprintf(f, "\t%s\t%s\n", s->p[i].v[j].name, buf);
+            fprintf(o.f, "\t%s\t%s\n", s->p[i].v[j].name, buf);
         }
     }
-    int bad = ferror(f);
-    if (fclose(f) != 0 || bad) {
-        int e = errno;
-        remove(tmp);
-        return moe_fail(MOE_EIO, NULL, "cannot write: %s (%s)", strerror(e), path);
-    }
-    if (rename(tmp, path) != 0) {
-        int e = errno;
-        remove(tmp);
-        return moe_fail(MOE_EIO, NULL, "cannot replace: %s (%s)", strerror(e), path);
-    }
-    return MOE_OK;
+    return moe_outfile_commit(&o, ferror(o.f));
 }
 
 static int bad_line(const mset *s, long line, const char *what)

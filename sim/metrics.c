@@ -10,7 +10,6 @@
  */
 #include "moe.h"
 
-#include <errno.h>
 #include <gsl/gsl_statistics_double.h>
 #include <gsl/gsl_statistics_long.h>
 #include <jansson.h>
@@ -18,7 +17,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 /* ---- allocation ---- */
 
@@ -288,38 +286,17 @@ static json_t *metrics_json(const moe_metrics *mt, const char *router)
 
 int moe_metrics_write_json(const moe_metrics *mt, const char *router, const char *path)
 {
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
-        return moe_fail(MOE_EIO, NULL, "path too long (%s)", path);
     json_t *o = metrics_json(mt, router);
     if (!o)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory building the metrics JSON (%s)", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f) {
-        int err = errno;
+    moe_outfile out;
+    int rc = moe_outfile_open(&out, path, "metrics", "w");
+    if (rc) {
         json_decref(o);
-        return moe_fail(MOE_EIO, "check that the folder exists and is writable",
-                        "cannot write metrics: %s (%s)", strerror(err), path);
+        return rc;
     }
-    errno = 0;
-    int bad = json_dumpf(o, f, JSON_INDENT(2) | JSON_REAL_PRECISION(17)) != 0;
+    int bad = json_dumpf(o, out.f, JSON_INDENT(2) | JSON_REAL_PRECISION(17)) != 0;
     json_decref(o);
-    bad |= fputc('\n', f) == EOF;
-    int err = errno;
-    if (fclose(f) != 0) {
-        bad = 1;
-        err = errno;
-    }
-    if (!bad && rename(tmp, path) != 0) {
-        bad = 1;
-        err = errno;
-    }
-    if (bad) {
-        unlink(tmp);
-        if (err == 0)
-            err = EIO;
-        return moe_fail(MOE_EIO, "check free space and permissions",
-                        "cannot write metrics: %s (%s)", strerror(err), path);
-    }
-    return MOE_OK;
+    bad |= fputc('\n', out.f) == EOF;
+    return moe_outfile_commit(&out, bad);
 }

@@ -17,6 +17,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <gsl/gsl_rng.h>
 
 /* ---- errors ---------------------------------------------------------------------------
@@ -96,6 +97,19 @@ void moe_plan_mixture_weights(const moe_plan *p, const double *logits, double *w
 /* Write the plan as CSV with the exact header token,expert,slot,dispatch_weight,combine_weight
  * (weights %.9g). Writes to a temporary name and renames. */
 int moe_plan_write_csv(const moe_plan *p, const char *path);
+
+/* ---- output files (sim/outfile.c) --------------------------------------------------------
+ * Written under "<path>.tmp.<pid>" and renamed over path only when complete. Errors read
+ * "cannot write <what>: <reason> (<path>)"; on failure nothing is left behind. */
+typedef struct {
+    FILE *f;          /* write to this */
+    const char *path, *what;
+    char tmp[4096];
+} moe_outfile;
+int moe_outfile_open(moe_outfile *o, const char *path, const char *what, const char *mode);
+/* Close, then rename over path unless bad (a write failed: errno tells why) or the close or the
+ * rename fails; otherwise remove the temporary. */
+int moe_outfile_commit(moe_outfile *o, int bad);
 
 /* ---- routing options (one struct for every router; sim/options.c fills it) --------------- */
 enum moe_rounding { MOE_ROUND_CEIL = 0, MOE_ROUND_FLOOR = 1, MOE_ROUND_HALF_EVEN = 2 };

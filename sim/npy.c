@@ -684,27 +684,10 @@ int moe_npy_write(const char *path, int dtype, const void *data, int ndim, const
     size_t hsize = format_header(head, sizeof head, dtype, ndim, shape);
     if (hsize == 0) /* cannot happen for 4 dimensions of 20 digits: kept as a guard */
         return moe_fail(MOE_EINVAL, NULL, ".npy header too long (%s)", path);
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
-        return moe_fail(MOE_EIO, NULL, "path too long (%s)", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f)
-        return moe_fail(MOE_EIO, "check that the folder exists and is writable",
-                        "cannot write .npy file: %s (%s)", strerror(errno), path);
-    int bad = fwrite(head, 1, hsize, f) != hsize || write_le(f, data, count, es) != 0;
-    int err = errno;
-    if (fclose(f) != 0 && !bad) {
-        bad = 1;
-        err = errno;
-    }
-    if (!bad && rename(tmp, path) != 0) {
-        bad = 1;
-        err = errno;
-    }
-    if (bad) {
-        unlink(tmp);
-        return moe_fail(MOE_EIO, "check free space and permissions",
-                        "cannot write .npy file: %s (%s)", strerror(err), path);
-    }
-    return MOE_OK;
+    moe_outfile o;
+    int rc = moe_outfile_open(&o, path, ".npy file", "wb");
+    if (rc)
+        return rc;
+    int bad = fwrite(head, 1, hsize, o.f) != hsize || write_le(o.f, data, count, es) != 0;
+    return moe_outfile_commit(&o, bad);
 }

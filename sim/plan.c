@@ -4,8 +4,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <errno.h>
-#include <unistd.h>
 
 moe_plan *moe_plan_alloc(int n_max, int E, size_t cap_entries)
 {
@@ -99,26 +97,15 @@ void moe_plan_mixture_weights(const moe_plan *p, const double *logits, double *w
 
 int moe_plan_write_csv(const moe_plan *p, const char *path)
 {
-    char tmp[4096];
-    if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
-        return moe_fail(MOE_EIO, NULL, "path too long (%s)", path);
-    FILE *f = fopen(tmp, "w");
-    if (!f)
-        return moe_fail(MOE_EIO, "check that the folder exists and is writable",
-                        "cannot write plan: %s (%s)", strerror(errno), path);
-    int bad = fputs("token,expert,slot,dispatch_weight,combine_weight\n", f) < 0;
+    moe_outfile o;
+    int rc = moe_outfile_open(&o, path, "plan", "w");
+    if (rc)
+        return rc;
+    int bad = fputs("token,expert,slot,dispatch_weight,combine_weight\n", o.f) < 0;
     for (size_t i = 0; i < p->n_entries && !bad; i++) {
         const moe_entry *en = &p->entries[i];
-        bad = fprintf(f, "%d,%d,%d,%.9g,%.9g\n", en->token, en->expert, en->slot,
+        bad = fprintf(o.f, "%d,%d,%d,%.9g,%.9g\n", en->token, en->expert, en->slot,
                       en->dispatch_w, en->combine_w) < 0;
     }
-    if (fclose(f) != 0)
-        bad = 1;
-    if (bad || rename(tmp, path) != 0) {
-        int err = errno;
-        unlink(tmp);
-        return moe_fail(MOE_EIO, "check free space and permissions",
-                        "cannot write plan: %s (%s)", strerror(err), path);
-    }
-    return MOE_OK;
+    return moe_outfile_commit(&o, bad);
 }
