@@ -30,14 +30,14 @@ DEB_PKGS := build-essential pkg-config libgsl-dev libopenblas-dev libsqlite3-dev
             libinih-dev libjansson-dev zlib1g-dev gnuplot-nox valgrind clang \
             libopenmpi-dev openmpi-bin
 
-# MPI (issue 9, sim/mpi.c): expert parallelism and sweeps over ranks, built only when mpicc is
-# found (`make MPICC=` builds without). Only sim/mpi.o sees MPI's headers (-DMOESIM_MPI); the
+# MPI (sim/mpi_*.c): expert parallelism and sweeps over ranks, built only when mpicc is
+# found (`make MPICC=` builds without). Only sim/mpi_*.o see MPI's headers (-DMOESIM_MPI); the
 # binaries link libmpi where they use it (--as-needed). tests/mpi_ep_check runs under mpirun.
 MPICC ?= $(shell command -v mpicc 2>/dev/null)
 ifneq ($(strip $(MPICC)),)
 MPI_INC  := $(patsubst -I%,-isystem %,$(filter -I%,$(shell $(MPICC) --showme:compile 2>/dev/null)))
 LDLIBS   += -Wl,--as-needed $(shell $(MPICC) --showme:link 2>/dev/null) -Wl,--no-as-needed
-$(B)/sim/mpi.o: DEFS += -DMOESIM_MPI $(MPI_INC)
+$(B)/sim/mpi%.o: DEFS += -DMOESIM_MPI $(MPI_INC)
 MPI_TEST := tests/mpi_ep_check
 ifeq ($(MAKELEVEL),0)
 $(info MPI: found ($(MPICC)), expert parallelism enabled)

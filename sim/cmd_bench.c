@@ -31,7 +31,9 @@
 #include "layer.h"
 #include "npy.h"
 #include "options.h"
+#include "pipeline.h"
 #include "provenance.h"
+#include "store.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -42,7 +44,6 @@
 #include <gsl/gsl_statistics_double.h>
 #include <jansson.h>
 #include <math.h>
-#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,8 +121,7 @@ typedef struct {
     moe_blas_info bi;
     char run_id[64];
     char torch_version[64];
-    sqlite3 *db;
-    sqlite3_stmt *ins;
+    moe_store *db; /* --db, one transaction for the whole run */
     int failures; /* correctness checks that failed (outputs disagree) */
 } bench_ctx;
 
@@ -133,115 +133,20 @@ typedef struct {
     size_t kept;
 } row_key;
 
-static const char *const schema_sql =
-    "CREATE TABLE IF NOT EXISTS bench ("
-    " run TEXT NOT NULL,"          /* UTC start of the `moesim bench` run, plus its pid */
-    " git_rev TEXT, blas_library TEXT, blas_core TEXT, blas_threads INTEGER,"
-    " openblas_coretype TEXT,"     /* OPENBLAS_CORETYPE of the run, NULL when unset */
-    " torch TEXT,"                 /* PyTorch version, NULL when not measured */
-    " quick INTEGER NOT NULL, repeats INTEGER NOT NULL,"
-    " config TEXT NOT NULL, router TEXT, E INTEGER, k INTEGER, n INTEGER NOT NULL,"
-    " d INTEGER, f INTEGER, cf REAL, capacity INTEGER, kept INTEGER,"
-    " metric TEXT NOT NULL, unit TEXT,"
-    " median REAL, q1 REAL, q3 REAL, min REAL, max REAL,"
-    " PRIMARY KEY (run, config, n, metric))";
-
-static int db_check(bench_ctx *c, int rc, const char *what)
-{
-    if (rc == SQLITE_OK || rc == SQLITE_DONE || rc == SQLITE_ROW)
-        return MOE_OK;
-    return moe_fail(MOE_EDB, "is the database writable and not a different file type?",
-                    "SQLite: %s (%s, %s)", sqlite3_errmsg(c->db), what, c->a.db);
-}
-
-static int db_open(bench_ctx *c)
-{
-    /* the default lives in results/, which a fresh checkout may not have yet */
-    if (strcmp(c->a.db, "results/bench.db") == 0 && mkdir("results", 0777) != 0 &&
-        errno != EEXIST)
-        return moe_fail(MOE_EIO, NULL, "cannot create results/ (%s)", strerror(errno));
-    int rc = sqlite3_open_v2(c->a.db, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, NULL);
-    if (rc != SQLITE_OK)
-        return moe_fail(MOE_EDB, "--db names the results database to create or extend",
-                        "cannot open the results database: %s (%s)",
-                        c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc), c->a.db);
-    sqlite3_busy_timeout(c->db, 5000);
-    if ((rc = db_check(c, sqlite3_exec(c->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL),
-                       "journal mode")) ||
-        (rc = db_check(c, sqlite3_exec(c->db, schema_sql, NULL, NULL, NULL), "create table")) ||
-        (rc = db_check(c, sqlite3_exec(c->db, "BEGIN IMMEDIATE", NULL, NULL, NULL), "begin")))
-        return rc;
-    return db_check(c,
-                    sqlite3_prepare_v2(c->db,
-                                       "INSERT INTO bench VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
-                                       "?,?,?,?,?,?,?,?,?,?,?)",
-                                       -1, &c->ins, NULL),
-                    "prepare insert");
-}
-
-static void db_close(bench_ctx *c, int commit)
-{
-    if (!c->db)
-        return;
-    sqlite3_finalize(c->ins);
-    c->ins = NULL;
-    if (!commit)
-        sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
-    sqlite3_close(c->db);
-    c->db = NULL;
-}
-
-static void bind_text_or_null(sqlite3_stmt *st, int i, const char *s)
-{
-    if (s && *s)
-        sqlite3_bind_text(st, i, s, -1, SQLITE_TRANSIENT);
-    else
-        sqlite3_bind_null(st, i);
-}
-
-static void bind_real_or_null(sqlite3_stmt *st, int i, double v)
-{
-    if (isfinite(v))
-        sqlite3_bind_double(st, i, v);
-    else
-        sqlite3_bind_null(st, i);
-}
-
-/* One row: a metric of the layer rk, its median and spread (NaN spread = a single value). */
+/* One row of the run in the table bench (store.h): a metric of the layer rk, its median and
+ * spread (NaN spread = a single value). */
 static int db_put(bench_ctx *c, const row_key *rk, const char *metric, const char *unit,
                   bench_stat s)
 {
-    sqlite3_stmt *st = c->ins;
-    int i = 1;
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    sqlite3_bind_text(st, i++, c->run_id, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text(st, i++, moe_git_rev(), -1, SQLITE_STATIC);
-    sqlite3_bind_text(st, i++, c->bi.library, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text(st, i++, c->bi.core, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_int(st, i++, c->bi.threads);
-    bind_text_or_null(st, i++, c->bi.coretype_env);
-    bind_text_or_null(st, i++, c->torch_version);
-    sqlite3_bind_int(st, i++, c->a.quick);
-    sqlite3_bind_int(st, i++, c->a.repeats);
-    sqlite3_bind_text(st, i++, rk->config, -1, SQLITE_TRANSIENT);
-    bind_text_or_null(st, i++, rk->router);
-    sqlite3_bind_int(st, i++, rk->E);
-    sqlite3_bind_int(st, i++, rk->k);
-    sqlite3_bind_int(st, i++, rk->n);
-    sqlite3_bind_int(st, i++, c->sh->d);
-    sqlite3_bind_int(st, i++, c->sh->f);
-    sqlite3_bind_double(st, i++, atof(BENCH_CF));
-    sqlite3_bind_int64(st, i++, rk->C);
-    sqlite3_bind_int64(st, i++, (sqlite3_int64)rk->kept);
-    sqlite3_bind_text(st, i++, metric, -1, SQLITE_TRANSIENT);
-    sqlite3_bind_text(st, i++, unit, -1, SQLITE_TRANSIENT);
-    bind_real_or_null(st, i++, s.median);
-    bind_real_or_null(st, i++, s.q1);
-    bind_real_or_null(st, i++, s.q3);
-    bind_real_or_null(st, i++, s.min);
-    bind_real_or_null(st, i++, s.max);
-    return db_check(c, sqlite3_step(st), metric);
+    const moe_bench_row row = {
+        .run = c->run_id, .git_rev = moe_git_rev(), .blas_library = c->bi.library,
+        .blas_core = c->bi.core, .blas_threads = c->bi.threads,
+        .openblas_coretype = c->bi.coretype_env, .torch = c->torch_version,
+        .quick = c->a.quick, .repeats = c->a.repeats, .config = rk->config,
+        .router = rk->router, .E = rk->E, .k = rk->k, .n = rk->n, .d = c->sh->d, .f = c->sh->f,
+        .cf = atof(BENCH_CF), .capacity = rk->C, .kept = (long long)rk->kept, .metric = metric,
+        .unit = unit, .median = s.median, .q1 = s.q1, .q3 = s.q3, .min = s.min, .max = s.max};
+    return moe_store_bench_put(c->db, &row);
 }
 
 /* ---- inputs ---- */
@@ -320,103 +225,88 @@ static int tokens_alloc(const bench_ctx *c, int n, float **x)
     return MOE_OK;
 }
 
-/* ---- one layer point: router, plan, workspace; timed forwards ---- */
+/* ---- one layer point: the one-batch pipeline (gate, route, layer), timed ---- */
 
-enum { PH_GATE, PH_ROUTE, PH_DISPATCH, PH_EXPERTS, PH_COMBINE, PH_LAYER, NPH };
-static const char *const phase_names[NPH] = {"gate", "route", "dispatch", "experts", "combine",
-                                             "layer"};
+/* Bench rows name the total of the phases "layer" (time_layer). */
+static const char *phase_name(int ph)
+{
+    return ph == MOE_PHASE_TOTAL ? "layer" : moe_phase_names[ph];
+}
 
 typedef struct {
     int n;
     long C;
-    moe_router *r;
-    moe_plan *plan;
-    moe_layer *L;
-    double *logits; /* (T,E) */
-    float *y;       /* (T,D) */
+    moe_route_opts o;
+    moe_pipeline *pipe;
+    const moe_plan *plan; /* the pipeline's, after a forward */
+    const float *y;       /* (T,D) the pipeline's output */
 } layer_point;
 
 static void point_free(layer_point *p)
 {
-    moe_router_free(p->r);
-    moe_plan_free(p->plan);
-    moe_layer_free(p->L);
-    free(p->logits);
-    free(p->y);
+    moe_pipeline_free(p->pipe);
+    moe_route_opts_release(&p->o);
     memset(p, 0, sizeof *p);
 }
 
-static int point_alloc(const bench_cfg *cfg, const bench_shape *sh, int n, layer_point *p)
+static int point_alloc(const bench_cfg *cfg, const bench_weights *w, int n, layer_point *p)
 {
     memset(p, 0, sizeof *p);
     p->n = n;
-    moe_route_opts o;
-    moe_route_opts_default(&o);
+    moe_route_opts_default(&p->o);
     char kbuf[16];
     snprintf(kbuf, sizeof kbuf, "%d", cfg->k);
     int rc;
-    if ((rc = moe_route_opts_set(&o, "k", kbuf)) ||
-        (rc = moe_route_opts_set(&o, "capacity_factor", BENCH_CF)) ||
-        (rc = moe_capacity(&o, cfg->k, n, cfg->E, &p->C)))
-        return rc;
-    const moe_router_type *t = moe_router_find(cfg->router);
-    if (!t)
-        return moe_fail(MOE_EINVAL, NULL, "router %s is not registered (bench)", cfg->router);
-    if ((rc = moe_router_alloc(t, &o, n, cfg->E, &p->r)))
-        return rc;
-    p->plan = moe_plan_alloc(n, cfg->E, (size_t)n * (size_t)cfg->k);
-    p->L = moe_layer_alloc(n, cfg->E, p->C > 0 ? p->C : 1, sh->d, sh->f, MOE_ACT_GELU_TANH);
-    p->logits = malloc((size_t)n * (size_t)cfg->E * sizeof *p->logits);
-    p->y = malloc((size_t)n * (size_t)sh->d * sizeof *p->y);
-    if (!p->plan || !p->L || !p->logits || !p->y) {
+    if ((rc = moe_route_opts_set(&p->o, "k", kbuf)) ||
+        (rc = moe_route_opts_set(&p->o, "capacity_factor", BENCH_CF)) ||
+        (rc = moe_capacity(&p->o, cfg->k, n, cfg->E, &p->C))) {
         point_free(p);
-        return moe_fail(MOE_ENOMEM, "try --quick", "out of memory (layer of %d tokens, E=%d)", n,
-                        cfg->E);
+        return rc;
     }
+    const moe_router_type *t = moe_router_find(cfg->router);
+    const moe_pipeline_cfg pc = {.rtype = t, .opts = &p->o, .T = n, .M = cfg->E,
+                                 .C_max = p->C > 0 ? p->C : 1, .w = &w->ex, .wg = w->wg,
+                                 .flags = MOE_PIPE_LAYER, .label = cfg->name};
+    if (!t)
+        rc = moe_fail(MOE_EINVAL, NULL, "router %s is not registered (bench)", cfg->router);
+    else
+        rc = moe_pipeline_alloc(&pc, &p->pipe);
+    if (rc) {
+        point_free(p);
+        return rc;
+    }
+    p->plan = moe_pipeline_plan(p->pipe);
+    p->y = moe_pipeline_output(p->pipe);
     return MOE_OK;
 }
 
-/* One forward: t[NPH] gets the phase times and the whole layer's wall time. */
+/* One forward through the pipeline: t[MOE_NPHASES] gets the phase times. */
 static int point_forward(layer_point *p, const bench_weights *w, const float *x, double *t)
 {
-    moe_layer_timing tm = {0};
-    double t0 = moe_now();
-    int rc = moe_layer_gate(p->L, x, p->n, w->wg, w->E, p->logits);
-    if (rc)
-        return rc;
-    double t1 = moe_now();
-    moe_route_in in = {p->n, w->E, p->logits, NULL, NULL, NULL, NULL, NULL, 0};
-    if ((rc = moe_router_route(p->r, &in, p->plan)))
-        return rc;
-    double t2 = moe_now();
-    if ((rc = moe_layer_forward(p->L, &w->ex, p->plan, x, p->y, &tm)))
-        return rc;
-    double t3 = moe_now();
-    t[PH_GATE] = t1 - t0;
-    t[PH_ROUTE] = t2 - t1;
-    t[PH_DISPATCH] = tm.dispatch;
-    t[PH_EXPERTS] = tm.experts;
-    t[PH_COMBINE] = tm.combine;
-    t[PH_LAYER] = t3 - t0;
-    return MOE_OK;
+    moe_batch b = {p->n, w->d, w->E, (float *)x, NULL, NULL, NULL, NULL, 0};
+    moe_phase_times tm;
+    int rc = moe_pipeline_run_batch(p->pipe, &b, NULL, &tm);
+    if (!rc)
+        moe_phase_times_array(&tm, t);
+    return rc;
 }
 
-/* One warm-up, then `repeats` timed forwards; st[NPH] gets the statistics. */
+/* One warm-up, then `repeats` timed forwards; st[MOE_NPHASES] gets the statistics. */
 static int point_measure(layer_point *p, const bench_weights *w, const float *x, int repeats,
                          bench_stat *st)
 {
-    double t[NPH];
-    double *v = malloc((size_t)NPH * (size_t)repeats * sizeof *v);
+    double t[MOE_NPHASES];
+    double *v = malloc((size_t)MOE_NPHASES * (size_t)repeats * sizeof *v);
     if (!v)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (timings)");
     int rc = point_forward(p, w, x, t);
     for (int r = 0; !rc && r < repeats; r++) {
         rc = point_forward(p, w, x, t);
-        for (int ph = 0; ph < NPH; ph++)
+        for (int ph = 0; ph < MOE_NPHASES; ph++)
             v[(size_t)ph * (size_t)repeats + (size_t)r] = t[ph];
     }
     if (!rc)
-        for (int ph = 0; ph < NPH; ph++)
+        for (int ph = 0; ph < MOE_NPHASES; ph++)
             st[ph] = stat_of(v + (size_t)ph * (size_t)repeats, repeats);
     free(v);
     return rc;
@@ -847,7 +737,7 @@ typedef struct {
     int n;
     long C;
     size_t kept;
-    bench_stat ph[NPH];
+    bench_stat ph[MOE_NPHASES];
     double flops;     /* useful expert FLOPs: 4*d*f per kept entry */
     gemm_ref g;
     double share;     /* (route + dispatch + combine) / layer, medians */
@@ -870,13 +760,13 @@ static double gflops(double flops, double s) { return flops / s * 1e-9; }
 static void print_phases(const cfg_result *r)
 {
     printf("%-9s %11s %23s %23s %7s\n", "phase", "median ms", "IQR ms", "min..max ms", "share");
-    for (int ph = 0; ph < NPH; ph++) {
+    for (int ph = 0; ph < MOE_NPHASES; ph++) {
         const bench_stat *s = &r->ph[ph];
-        printf("%-9s %11.3f %11.3f..%-11.3f %11.3f..%-11.3f %6.1f%%\n", phase_names[ph],
+        printf("%-9s %11.3f %11.3f..%-11.3f %11.3f..%-11.3f %6.1f%%\n", phase_name(ph),
                1e3 * s->median, 1e3 * s->q1, 1e3 * s->q3, 1e3 * s->min, 1e3 * s->max,
-               100.0 * s->median / r->ph[PH_LAYER].median);
+               100.0 * s->median / r->ph[MOE_PHASE_TOTAL].median);
     }
-    const bench_stat *L = &r->ph[PH_LAYER];
+    const bench_stat *L = &r->ph[MOE_PHASE_TOTAL];
     printf("layer: %.0f tokens/s (IQR %.0f..%.0f, min..max %.0f..%.0f)\n", r->n / L->median,
            r->n / L->q3, r->n / L->q1, r->n / L->max, r->n / L->min);
 }
@@ -884,10 +774,10 @@ static void print_phases(const cfg_result *r)
 static void print_gemm(const bench_ctx *c, const cfg_result *r)
 {
     int d = c->sh->d, f = c->sh->f;
-    double ge = gflops(r->flops, r->ph[PH_EXPERTS].median);
+    double ge = gflops(r->flops, r->ph[MOE_PHASE_EXPERTS].median);
     double gd = gflops(r->flops, r->g.dense.median), gg = gflops(r->flops, r->g.grouped.median);
     printf("expert phase: %.3f GFLOP useful (4*d*f x %zu kept) in %.2f ms = %.1f GFLOP/s\n",
-           r->flops * 1e-9, r->kept, 1e3 * r->ph[PH_EXPERTS].median, ge);
+           r->flops * 1e-9, r->kept, 1e3 * r->ph[MOE_PHASE_EXPERTS].median, ge);
     printf("  dense GEMM pair (%zux%d)(%dx%d), (%zux%d)(%dx%d): %.2f ms = %.1f GFLOP/s "
            "(min..max %.1f..%.1f)\n", r->kept, d, d, f, r->kept, f, f, d,
            1e3 * r->g.dense.median, gd, gflops(r->flops, r->g.dense.max),
@@ -896,7 +786,7 @@ static void print_gemm(const bench_ctx *c, const cfg_result *r)
            "%.2f ms = %.1f GFLOP/s\n", 1e3 * r->g.grouped.median, gg);
     printf("  activation gelu_tanh alone on (%zux%d): %.2f ms (%.1f%% of the expert phase)\n",
            r->kept, f, 1e3 * r->g.act.median,
-           100.0 * r->g.act.median / r->ph[PH_EXPERTS].median);
+           100.0 * r->g.act.median / r->ph[MOE_PHASE_EXPERTS].median);
     printf("  ratios: experts/dense %.3f (target >= 0.90), experts/grouped %.3f, "
            "experts/peak %.3f, dense/peak %.3f (peak %.0f GFLOP/s)\n", ge / gd, ge / gg,
            ge / c->a.peak, gd / c->a.peak, c->a.peak);
@@ -924,7 +814,7 @@ static void print_torch(const bench_ctx *c, const cfg_result *r)
     printf("  fastest: %s, %d thread%s: %.0f tokens/s; moesim/torch-best = %.2fx "
            "(target >= 1.3x)\n", torch_styles[tr->best_style], tr->threads[tr->best_th],
            tr->threads[tr->best_th] > 1 ? "s" : "", r->n / best,
-           best / r->ph[PH_LAYER].median);
+           best / r->ph[MOE_PHASE_TOTAL].median);
     int ok = tr->rel_l2[0] < TORCH_TOL && tr->rel_l2[1] < TORCH_TOL;
     printf("  agreement: rel L2 vs moesim: loop %.2e, einsum %.2e (%s, tolerance %.0e); "
            "routing %s (%ld kept (token,expert) pairs differ)\n", tr->rel_l2[0], tr->rel_l2[1],
@@ -937,12 +827,12 @@ static int store_cfg(bench_ctx *c, const cfg_result *r)
     row_key rk = {r->cfg->name, r->cfg->router, r->cfg->E, r->cfg->k, r->n, r->C, r->kept};
     char m[48];
     int rc = MOE_OK;
-    for (int ph = 0; ph < NPH && !rc; ph++) {
-        snprintf(m, sizeof m, "time_%s", phase_names[ph]);
+    for (int ph = 0; ph < MOE_NPHASES && !rc; ph++) {
+        snprintf(m, sizeof m, "time_%s", phase_name(ph));
         rc = db_put(c, &rk, m, "s", r->ph[ph]);
     }
-    const bench_stat *L = &r->ph[PH_LAYER];
-    double ge = gflops(r->flops, r->ph[PH_EXPERTS].median);
+    const bench_stat *L = &r->ph[MOE_PHASE_TOTAL];
+    double ge = gflops(r->flops, r->ph[MOE_PHASE_EXPERTS].median);
     double gd = gflops(r->flops, r->g.dense.median), gg = gflops(r->flops, r->g.grouped.median);
     if (rc || (rc = db_put(c, &rk, "tokens_per_s", "1/s",
                            (bench_stat){r->n / L->median, r->n / L->q3, r->n / L->q1,
@@ -987,7 +877,7 @@ static int bench_config(bench_ctx *c, const bench_cfg *cfg, const bench_weights 
 {
     int n = c->sh->n;
     layer_point p;
-    int rc = point_alloc(cfg, c->sh, n, &p);
+    int rc = point_alloc(cfg, w, n, &p);
     if (rc)
         return rc;
     memset(r, 0, sizeof *r);
@@ -998,8 +888,8 @@ static int bench_config(bench_ctx *c, const bench_cfg *cfg, const bench_weights 
         goto out;
     r->kept = p.plan->n_entries;
     r->flops = 4.0 * c->sh->d * c->sh->f * (double)r->kept;
-    r->share = (r->ph[PH_ROUTE].median + r->ph[PH_DISPATCH].median +
-                r->ph[PH_COMBINE].median) / r->ph[PH_LAYER].median;
+    r->share = (r->ph[MOE_PHASE_ROUTE].median + r->ph[MOE_PHASE_DISPATCH].median +
+                r->ph[MOE_PHASE_COMBINE].median) / r->ph[MOE_PHASE_TOTAL].median;
     printf("\n== layer %s: %s k=%d, E=%d, n=%d, d=%d, f=%d, cf=%s, C=%ld, kept %zu of %ld "
            "claims, %d repeats ==\n", cfg->name, cfg->router, cfg->k, cfg->E, n, c->sh->d,
            c->sh->f, BENCH_CF, p.C, r->kept, p.plan->n_claims, c->a.repeats);
@@ -1040,22 +930,22 @@ static int bench_scaling(bench_ctx *c, const bench_cfg *cfg, const bench_weights
     for (int i = 0; i < sh->nscale && !rc; i++) {
         layer_point p;
         int n = sh->scale_n[i];
-        if ((rc = point_alloc(cfg, sh, n, &p)))
+        if ((rc = point_alloc(cfg, w, n, &p)))
             break;
-        bench_stat st[NPH];
+        bench_stat st[MOE_NPHASES];
         gemm_ref g;
         if (!(rc = point_measure(&p, w, x, c->a.repeats, st)))
             rc = gemm_measure(w, p.plan, x, c->a.repeats, 0, &g);
         if (!rc)
-            sr[i] = (scale_result){n, p.C, p.plan->n_entries, st[PH_LAYER], st[PH_EXPERTS],
-                                   st[PH_LAYER].median / n, g.grouped.median,
-                                   moe_layer_workspace_bytes(p.L)};
+            sr[i] = (scale_result){n, p.C, p.plan->n_entries, st[MOE_PHASE_TOTAL], st[MOE_PHASE_EXPERTS],
+                                   st[MOE_PHASE_TOTAL].median / n, g.grouped.median,
+                                   moe_layer_workspace_bytes(moe_pipeline_layer(p.pipe))};
         row_key rk = {"scaling", cfg->router, cfg->E, cfg->k, n, p.C, p.plan->n_entries};
         double nd_ecd = 4.0 * ((double)n * (double)D + (double)E * (double)p.C * (double)D);
         if (!rc)
-            rc = db_put(c, &rk, "time_layer", "s", st[PH_LAYER]);
+            rc = db_put(c, &rk, "time_layer", "s", st[MOE_PHASE_TOTAL]);
         if (!rc)
-            rc = db_put(c, &rk, "time_experts", "s", st[PH_EXPERTS]);
+            rc = db_put(c, &rk, "time_experts", "s", st[MOE_PHASE_EXPERTS]);
         if (!rc)
             rc = db_put(c, &rk, "time_grouped_gemm_pair", "s", g.grouped);
         if (!rc)
@@ -1105,14 +995,14 @@ static void print_targets(const bench_ctx *c, const cfg_result *res, int ncfg,
     printf("\n== targets (issue 10) ==\n");
     for (int i = 0; i < ncfg; i++) {
         const cfg_result *r = &res[i];
-        double ge = gflops(r->flops, r->ph[PH_EXPERTS].median);
+        double ge = gflops(r->flops, r->ph[MOE_PHASE_EXPERTS].median);
         double gd = gflops(r->flops, r->g.dense.median), gg = gflops(r->flops, r->g.grouped.median);
         printf("%-6s experts/dense GEMM pair        %6.3f  (>= 0.90)  %s\n", r->cfg->name, ge / gd,
                verdict(ge / gd >= 0.9));
         printf("%-6s route+dispatch+combine share   %5.2f%%  (<= 5%%)    %s\n", r->cfg->name,
                100.0 * r->share, verdict(r->share <= 0.05));
         if (r->tr.available) {
-            double x = r->tr.t[r->tr.best_style][r->tr.best_th].median / r->ph[PH_LAYER].median;
+            double x = r->tr.t[r->tr.best_style][r->tr.best_th].median / r->ph[MOE_PHASE_TOTAL].median;
             printf("%-6s layer vs fastest PyTorch       %5.2fx  (>= 1.3x)  %s\n", r->cfg->name, x,
                    verdict(x >= 1.3));
         } else {
@@ -1333,8 +1223,14 @@ int moe_cmd_bench(int argc, char **argv)
     char stamp[32];
     strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", &utc);
     snprintf(c.run_id, sizeof c.run_id, "%s-%ld", stamp, (long)getpid());
-    if ((rc = db_open(&c))) {
-        db_close(&c, 0);
+    /* the default lives in results/, which a fresh checkout may not have yet */
+    if (strcmp(c.a.db, "results/bench.db") == 0 && mkdir("results", 0777) != 0 &&
+        errno != EEXIST)
+        return moe_fail(MOE_EIO, NULL, "cannot create results/ (%s)", strerror(errno));
+    if ((rc = moe_store_open(c.a.db, 0, &c.db)))
+        return rc;
+    if ((rc = moe_store_bench_begin(c.db))) {
+        moe_store_close(c.db);
         return rc;
     }
     print_provenance(&c);
@@ -1372,18 +1268,18 @@ int moe_cmd_bench(int argc, char **argv)
     weights_free(&w);
     free(x);
     if (rc) {
-        db_close(&c, 0);
+        moe_store_bench_end(c.db, 0);
+        moe_store_close(c.db);
         return rc;
     }
     print_targets(&c, res, ncfg, sr, nscale);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("peak resident memory %.0f MB\n", (double)ru.ru_maxrss / 1024.0);
-    if ((rc = db_check(&c, sqlite3_exec(c.db, "COMMIT", NULL, NULL, NULL), "commit"))) {
-        db_close(&c, 0);
+    rc = moe_store_bench_end(c.db, 1);
+    moe_store_close(c.db);
+    if (rc)
         return rc;
-    }
-    db_close(&c, 1);
     printf("stored in %s, table bench, run '%s'\n", c.a.db, c.run_id);
     if (c.failures)
         return moe_fail(MOE_EINPUT, "the timings are stored; the outputs above marked DISAGREE "

@@ -1,12 +1,14 @@
 /* cmd_route.c: `moesim route`: route one recorded logits matrix, write the plan (ROUTING.md
  * section 1) as CSV and the metrics (section 4) as JSON, and optionally run the real layer on
- * given weights and write its output as .npy. Flags are those of DESIGN.md; the routing flags
+ * given weights and write its output as .npy. The batch runs through the one-batch pipeline
+ * (pipeline.h), as `moesim run` does. Flags are those of DESIGN.md; the routing flags
  * come from the option table in options.c (--capacity-factor sets capacity_factor). */
 #include "blas_info.h"
 #include "cli.h"
 #include "layer.h"
 #include "npy.h"
 #include "options.h"
+#include "pipeline.h"
 
 #include <getopt.h>
 #include <math.h>
@@ -143,68 +145,6 @@ static int read_layer(const route_args *a, int n, int E, layer_in *l)
     return MOE_OK;
 }
 
-/* ---- the layer and its output errors ---- */
-
-static int run_layer(const layer_in *l, const moe_plan *plan, float *y)
-{
-    moe_layer *L = moe_layer_alloc(plan->n, plan->E, plan->capacity > 0 ? plan->capacity : 1,
-                                   l->ex.d, l->ex.f, l->ex.act);
-    if (!L)
-        return moe_fail(MOE_ENOMEM, NULL, "cannot allocate the layer workspace");
-    int rc = moe_layer_forward(L, &l->ex, plan, l->x, y, NULL);
-    moe_layer_free(L);
-    return rc;
-}
-
-static int output_errors(const route_args *a, moe_router *r, const moe_route_in *in,
-                         const moe_plan *plan, const layer_in *l, const float *y,
-                         moe_metrics *mt)
-{
-    int n = plan->n, E = plan->E, d = l->ex.d;
-    size_t nd = (size_t)n * (size_t)d;
-    float *yref = malloc(nd * sizeof *yref);
-    double *p = malloc((size_t)n * (size_t)E * sizeof *p);
-    moe_layer *L = moe_layer_alloc(n, E, 1, d, l->ex.f, l->ex.act);
-    int rc = MOE_OK;
-    if (!yref || !p || !L) {
-        rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (dense mixture of %d tokens)", n);
-        goto out;
-    }
-    moe_plan_mixture_weights(plan, in->logits, p);
-    if ((rc = moe_layer_dense_mixture(L, &l->ex, l->x, n, p, NULL, n, yref)))
-        goto out;
-    mt->output_error_dense = moe_rel_l2(y, yref, nd);
-
-    if (r->type->flags & MOE_RF_HAS_DROPLESS) {
-        /* the same router without a capacity limit, on the same draws */
-        moe_route_opts o = r->opts;
-        o.dropless = 1;
-        moe_router *rd = NULL;
-        moe_plan *pd = moe_plan_alloc(n, E, plan->cap_entries);
-        gsl_rng *rng = NULL;
-        if (!pd) {
-            rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (dropless plan)");
-            goto out;
-        }
-        moe_route_in ind = *in;
-        if (in->rng) {
-            rng = moe_rng_alloc(a->seed, moe_router_stream(r->type));
-            ind.rng = rng;
-        }
-        if (!(rc = moe_router_alloc(r->type, &o, n, in->m, &rd)) &&
-            !(rc = moe_router_route(rd, &ind, pd)) && !(rc = run_layer(l, pd, yref)))
-            mt->output_error_dropless = moe_rel_l2(y, yref, nd);
-        moe_router_free(rd);
-        moe_plan_free(pd);
-        gsl_rng_free(rng);
-    }
-out:
-    moe_layer_free(L);
-    free(yref);
-    free(p);
-    return rc;
-}
-
 /* ---- the command ---- */
 
 static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, int *help)
@@ -294,12 +234,8 @@ int moe_cmd_route(int argc, char **argv)
     moe_npy L = {0}, ids = {0}, un = {0};
     double *logits = NULL, *uniforms = NULL;
     int64_t *tok = NULL;
-    moe_router *r = NULL;
-    moe_plan *plan = NULL;
-    moe_metrics *mt = NULL;
-    gsl_rng *rng = NULL;
+    moe_pipeline *pipe = NULL;
     layer_in lay = {0};
-    float *y = NULL;
     int wrote_plan = 0, wrote_metrics = 0;
 
     if ((rc = parse_args(argc, argv, &a, &o, &help)))
@@ -351,40 +287,24 @@ int moe_cmd_route(int argc, char **argv)
             goto out;
         }
     }
-    if ((rc = moe_router_alloc(t, &o, n, m, &r)))
-        goto out;
-    if (t->flags & MOE_RF_USES_RNG)
-        rng = moe_rng_alloc(a.seed, moe_router_stream(t));
-    size_t reserve = (t->flags & MOE_RF_DENSE) ? (size_t)n * (size_t)m : (size_t)n * (size_t)r->k;
-    plan = moe_plan_alloc(n, r->E, reserve);
-    mt = moe_metrics_alloc(r->E);
-    if (!plan || !mt || ((t->flags & MOE_RF_USES_RNG) && !rng)) {
-        rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (plan for %d tokens)", n);
-        goto out;
-    }
-    moe_route_in in = {n, m, logits, tok, uniforms, rng, NULL, NULL, 0};
-    if ((rc = moe_router_route(r, &in, plan)))
+    /* one batch through the pipeline: route, and with weights the layer and its errors (the
+     * dropless twin draws from a fresh stream of the same seed) */
+    const moe_pipeline_cfg cfg = {
+        .rtype = t, .opts = &o, .T = n, .M = m, .seed = a.seed, .label = "moesim route",
+        .flags = MOE_PIPE_METRICS | (a.w1 ? MOE_PIPE_LAYER | MOE_PIPE_ERRORS : 0)};
+    if ((rc = moe_pipeline_alloc(&cfg, &pipe)))
         goto out;
     if (a.w1) {
         moe_blas_check_coretype(stderr);
-        if ((rc = read_layer(&a, n, r->E, &lay)))
+        if ((rc = read_layer(&a, n, moe_pipeline_router(pipe)->E, &lay)) ||
+            (rc = moe_pipeline_set_experts(pipe, &lay.ex)))
             goto out;
     }
-    if ((rc = moe_metrics_compute(plan, logits, a.w1 ? lay.ex.d : 0, a.w1 ? lay.ex.f : 0, a.act,
-                                  0, mt)))
+    const moe_batch batch = {n, a.w1 ? lay.ex.d : 0, m, lay.x, tok, logits, NULL, NULL, 0};
+    if ((rc = moe_pipeline_run_batch(pipe, &batch, uniforms, NULL)))
         goto out;
-    if (a.w1) {
-        y = malloc((size_t)n * (size_t)lay.ex.d * sizeof *y);
-        if (!y) {
-            rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (layer output)");
-            goto out;
-        }
-        if ((rc = run_layer(&lay, plan, y)))
-            goto out;
-        /* the dropless rerun draws again from a fresh stream of the same seed */
-        if ((rc = output_errors(&a, r, &in, plan, &lay, y, mt)))
-            goto out;
-    }
+    const moe_plan *plan = moe_pipeline_plan(pipe);
+    const moe_metrics *mt = moe_pipeline_metrics(pipe);
     /* everything computed: now write, each file through a temporary name */
     if ((rc = moe_plan_write_csv(plan, a.plan)))
         goto out;
@@ -396,7 +316,7 @@ int moe_cmd_route(int argc, char **argv)
     }
     if (a.output) {
         size_t shape[2] = {(size_t)n, (size_t)lay.ex.d};
-        if ((rc = moe_npy_write(a.output, MOE_F32, y, 2, shape)))
+        if ((rc = moe_npy_write(a.output, MOE_F32, moe_pipeline_output(pipe), 2, shape)))
             goto out;
     }
 out:
@@ -406,12 +326,8 @@ out:
         if (wrote_metrics)
             unlink(a.metrics);
     }
-    free(y);
+    moe_pipeline_free(pipe);
     layer_in_free(&lay);
-    gsl_rng_free(rng);
-    moe_metrics_free(mt);
-    moe_plan_free(plan);
-    moe_router_free(r);
     moe_route_opts_release(&o);
     free(logits);
     free(uniforms);

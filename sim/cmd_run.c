@@ -314,8 +314,9 @@ int moe_cmd_run(int argc, char **argv)
         if ((rc = mp ? moe_mpi_run_point(mp, i, ran, pt, &stop_flag, res)
                      : moe_point_run(pt, &stop_flag, res)))
             break;
-        rc = moe_store_put(st, moe_spec_name(spec), pt, res, &pv, stored[i]);
-        if ((rc = moe_mpi_run_stored(mp, moe_store_db(st), db_path, pt, rc)))
+        moe_store_ep epr;
+        if ((rc = moe_store_put_ep(st, moe_spec_name(spec), pt, res, &pv, stored[i],
+                                   moe_mpi_run_ep_rows(mp, &epr) ? &epr : NULL)))
             break;
         ran++;
         done++;

@@ -567,7 +567,7 @@ static void *copy_run(void *arg)
 }
 
 static int forward_sparse(moe_layer *L, const moe_experts *w, const moe_plan *plan, int sorted,
-                          const float *x, float *y, moe_layer_timing *tm)
+                          const float *x, float *y, moe_phase_times *tm)
 {
     size_t D = (size_t)L->d, C = (size_t)plan->capacity, n = (size_t)plan->n;
     const moe_entry *en = plan->entries;
@@ -657,7 +657,7 @@ static void dense_block(moe_layer *L, const moe_plan *plan, int sorted, size_t *
 }
 
 static int forward_dense(moe_layer *L, const moe_experts *w, const moe_plan *plan, int sorted,
-                         const float *x, float *y, moe_layer_timing *tm)
+                         const float *x, float *y, moe_phase_times *tm)
 {
     size_t D = (size_t)L->d, C = (size_t)plan->capacity, FW = (size_t)L->fw;
     size_t n = (size_t)plan->n, M = (size_t)L->E * C;
@@ -705,7 +705,7 @@ static int forward_dense(moe_layer *L, const moe_experts *w, const moe_plan *pla
 }
 
 int moe_layer_forward(moe_layer *L, const moe_experts *w, const moe_plan *plan, const float *x,
-                      float *y, moe_layer_timing *tm)
+                      float *y, moe_phase_times *tm)
 {
     int rc = check_experts(w, L->E, L->d, L->f, L->act, "moe_layer_forward");
     if (rc)
@@ -852,6 +852,21 @@ int moe_layer_dense_mixture(moe_layer *L, const moe_experts *w, const float *x, 
         }
     }
     return MOE_OK;
+}
+
+/* ---- phase timings ---- */
+
+const char *const moe_phase_names[MOE_NPHASES] = {"gate",    "route",   "dispatch",
+                                                  "experts", "combine", "total"};
+
+void moe_phase_times_array(const moe_phase_times *t, double *v)
+{
+    v[MOE_PHASE_GATE] = t->gate;
+    v[MOE_PHASE_ROUTE] = t->route;
+    v[MOE_PHASE_DISPATCH] = t->dispatch;
+    v[MOE_PHASE_EXPERTS] = t->experts;
+    v[MOE_PHASE_COMBINE] = t->combine;
+    v[MOE_PHASE_TOTAL] = t->total;
 }
 
 /* ---- error ---- */

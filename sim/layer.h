@@ -20,9 +20,18 @@ typedef struct {
     const float *w2, *b2; /* (E,F,D) (E,D) */
 } moe_experts;
 
+/* Seconds one batch spends in each phase: the one timing struct of moesim. The layer fills
+ * dispatch, experts and combine; the batch pipeline (pipeline.h) gate, route and total
+ * (the sum of the five phases). MOE_PHASE_* index the same phases in arrays of results, in
+ * this order; moe_phase_names[] are their names in the database (time_<name>_s). */
 typedef struct {
-    double gate, route, dispatch, experts, combine; /* seconds; route filled by the caller */
-} moe_layer_timing;
+    double gate, route, dispatch, experts, combine, total;
+} moe_phase_times;
+enum { MOE_PHASE_GATE, MOE_PHASE_ROUTE, MOE_PHASE_DISPATCH, MOE_PHASE_EXPERTS, MOE_PHASE_COMBINE,
+       MOE_PHASE_TOTAL, MOE_NPHASES };
+extern const char *const moe_phase_names[MOE_NPHASES];
+/* The phases of t as an array v (MOE_NPHASES) in MOE_PHASE_* order. */
+void moe_phase_times_array(const moe_phase_times *t, double *v);
 
 typedef struct moe_layer moe_layer;
 
@@ -38,7 +47,7 @@ int moe_layer_gate(moe_layer *L, const float *x, int n, const float *wg, int m, 
  * Sparse plans gather/scatter by index; dense plans (soft_moe) use GEMMs. Tokens without
  * entries get y = 0. tm may be NULL. */
 int moe_layer_forward(moe_layer *L, const moe_experts *w, const moe_plan *plan, const float *x,
-                      float *y, moe_layer_timing *tm);
+                      float *y, moe_phase_times *tm);
 
 /* Naive reference (triple loops, double accumulation): same contract as moe_layer_forward. */
 int moe_layer_forward_naive(const moe_experts *w, const moe_plan *plan, const float *x, float *y);

@@ -1,8 +1,10 @@
-/* moe_mpi.h: moesim over MPI (issue 9, DESIGN.md "Scale beyond one machine"): the process setup,
- * expert parallelism (experts sharded over ranks, tokens moved with MPI_Alltoallv as in Shazeer
- * et al. 2017, GShard, DeepSpeed and Tutel) and `moesim run` spread over ranks.
+/* moe_mpi.h: moesim over MPI (DESIGN.md "Scale beyond one machine"), in three files: the process
+ * setup, placement, collectives and error agreement (mpi_proc.c), expert parallelism (experts
+ * sharded over ranks, tokens moved with MPI_Alltoallv as in Shazeer et al. 2017, GShard,
+ * DeepSpeed and Tutel; mpi_ep.c) and `moesim run` spread over ranks (mpi_run.c). The header is
+ * not called mpi.h so that it cannot shadow MPI's own <mpi.h> on the -Isim include path.
  *
- * MPI is optional: sim/mpi.c uses it only when the Makefile found mpicc (-DMOESIM_MPI). Without
+ * MPI is optional: sim/mpi_*.c use it only when the Makefile found mpicc (-DMOESIM_MPI). Without
  * it every process is one rank, moe_mpi_compiled() is 0 and --expert-parallel is refused with a
  * clear error. MPI_Init runs only when the process was started by mpirun (or another MPI
  * launcher), so a plain `./moesim` never needs MPI.
@@ -33,9 +35,9 @@
 #include "moe.h"
 #include "point.h"
 #include "spec.h"
+#include "store.h"
 
 #include <signal.h>
-#include <sqlite3.h>
 
 /* ---- processes ------------------------------------------------------------------------- */
 
@@ -128,7 +130,7 @@ int moe_mpi_agree_point(int rc);
  * to rank 0, the only SQLite writer, which stores them in point order, so the database equals a
  * single-process run's except timings and created_at. Expert parallel (ep = 1): all ranks run
  * every point together, the layer forward through moe_ep_forward; rank 0 stores the point and
- * its per-rank rows in the table ep_ranks. */
+ * its per-rank rows in the table ep_ranks (moe_store_put_ep). */
 typedef struct moe_mpi_run moe_mpi_run;
 
 /* NULL in *out when the run needs no MPI (ep = 0 and one rank). */
@@ -145,44 +147,13 @@ int moe_mpi_run_share(moe_mpi_run *m, const unsigned char *stored, size_t total,
  * points; every point in ep mode, together with the workers) or received from its rank. */
 int moe_mpi_run_point(moe_mpi_run *m, size_t i, size_t j, const moe_point *pt,
                       volatile sig_atomic_t *stop, moe_point_result *res);
-/* Rank 0, after writing the point (rc = the write's status): in ep mode store its ep_ranks rows
- * under the point's id (a second transaction) and tell the workers whether to go on. */
-int moe_mpi_run_stored(moe_mpi_run *m, sqlite3 *db, const char *db_path, const moe_point *pt,
-                       int rc);
+/* Rank 0, ep mode, after moe_mpi_run_point: the point's ep_ranks rows in *out (valid until the
+ * next point), for moe_store_put_ep. Returns 0 (and leaves *out) when m is not in ep mode. */
+int moe_mpi_run_ep_rows(const moe_mpi_run *m, moe_store_ep *out);
 /* Rank 0 at the end of the loop (normal or not): stop the workers and collect their last
  * messages. Returns rc, or a worker's error when rc is 0. */
 int moe_mpi_run_finish(moe_mpi_run *m, int rc);
 /* Workers: receive the list of points and run their share until rank 0 says stop. */
 int moe_mpi_run_worker(moe_mpi_run *m, const moe_spec *spec, volatile sig_atomic_t *stop);
-
-/* ---- the ep_ranks table -------------------------------------------------------------------- */
-
-/* CREATE TABLE IF NOT EXISTS ep_ranks and the view ep_summary (columns in sim/mpi.c). */
-int moe_mpi_ep_schema(sqlite3 *db, const char *db_path);
-/* 1 when the database has a table ep_ranks with rows (then `moesim plot` draws ep_ranks). */
-int moe_mpi_ep_has_rows(sqlite3 *db);
-
-/* The query of the chart ep_ranks (sim/plot.c, drawn by plots/ep_ranks.gp): plot.c's 7 layout
- * columns (panel column 1; panel row = router, ranked by its first point; series = capacity
- * mode: 1 global, 2 per rank), then router, cf, capacity, rank, tokens, bytes_sent, a2a_s,
- * expert_s (means per batch, averaged over the router's points at the capacity factor nearest
- * CF, a string literal) and the number of rows averaged. */
-#define MOE_MPI_EP_CHART_SQL(CF)                                                                 \
-    "WITH rt AS (SELECT router, row_number() OVER (ORDER BY min(id)) AS rk FROM points"           \
-    " GROUP BY router),"                                                                          \
-    " ep AS (SELECT e.*, p.router, p.capacity_factor AS cf, p.capacity_factor_value AS v"         \
-    " FROM ep_ranks e JOIN points p ON p.id = e.point),"                                          \
-    " pick AS (SELECT router, cf FROM (SELECT router, cf, row_number() OVER (PARTITION BY"        \
-    " router ORDER BY abs(coalesce(min(v), " CF ") - " CF "), min(v)) AS n FROM ep"               \
-    " GROUP BY router, cf) WHERE n = 1),"                                                         \
-    " g AS (SELECT ep.router, ep.cf, ep.capacity, ep.rank, avg(ep.tokens) AS tokens,"             \
-    " avg(ep.bytes_sent) AS bytes, avg(ep.a2a_s) AS a2a, avg(ep.expert_s) AS expert,"             \
-    " count(*) AS n FROM ep JOIN pick USING (router, cf)"                                         \
-    " GROUP BY ep.router, ep.cf, ep.capacity, ep.rank)"                                           \
-    " SELECT 1, '', rt.rk, g.router, CASE g.capacity WHEN 'global' THEN 1 ELSE 2 END,"            \
-    " CASE g.capacity WHEN 'global' THEN 'global capacity' ELSE"                                  \
-    " 'capacity per rank (DeepSpeed)' END, 0, g.router, g.cf, g.capacity, g.rank, g.tokens,"      \
-    " g.bytes, g.a2a, g.expert, g.n FROM g JOIN rt USING (router)"                                \
-    " ORDER BY rt.rk, g.capacity != 'global', g.rank"
 
 #endif

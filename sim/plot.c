@@ -22,7 +22,6 @@
 #include "plot.h"
 
 #include "moe.h"
-#include "moe_mpi.h" /* issue 9: the expert-parallel chart ep_ranks */
 #include "store.h"
 
 #include <errno.h>
@@ -158,7 +157,7 @@ enum { NCHARTS = sizeof charts / sizeof charts[0], NLAYOUT = 7 };
 static const chart ep_chart = {
     "ep_ranks", "expert parallelism per rank (moesim run --expert-parallel)",
     "router cf capacity rank tokens bytes_sent a2a_s expert_s points", 4, 4, 0, 0,
-    "no expert-parallel points", MOE_MPI_EP_CHART_SQL(XSTR(MOE_PLOT_LOAD_CF))};
+    "no expert-parallel points", MOE_STORE_EP_CHART_SQL(XSTR(MOE_PLOT_LOAD_CF))};
 
 /* ---- small helpers ---- */
 
@@ -886,7 +885,7 @@ int moe_plot_db_list(const char *db_path, const char *out_dir, FILE *list)
                         list, &drawn);
         ndrawn += drawn;
     }
-    if (!rc && moe_mpi_ep_has_rows(db)) { /* issue 9: the expert-parallel chart */
+    if (!rc && moe_store_ep_has_rows(db)) { /* issue 9: the expert-parallel chart */
         int drawn = 0;
         rc = plot_chart(db, db_path, dbname, &ep_chart, gnuplot, plotdir, out_dir, cflo, cfhi,
                         list, &drawn);

@@ -3,7 +3,7 @@
  * and the one-transaction write of a point. Every sqlite3 return code is checked; errors are
  * MOE_EDB naming the database file.
  *
- * Schema, version 1 (STRICT tables; `sqlite3 results/x.db .schema` shows it):
+ * Schema, version 2 (STRICT tables; `sqlite3 results/x.db .schema` shows it):
  *   points             one row per sweep point: configuration columns (router, router_type,
  *                      router_options, capacity_factor text + _value real + _note, distribution,
  *                      source, source_params, shape, d, f, E, k, m, activation, tokens, batches,
@@ -15,8 +15,17 @@
  *   expert_loads       (point, expert): assigned, kept, importance, means per batch
  *   batches            (point, batch): every scalar metric and time_<phase>_s of one batch
  *   experts_per_token  (point, experts): tokens with that many kept experts, summed over batches
- *   views              summary, by_router_cf, loads, provenance
+ *   ep_ranks           (point, capacity, rank): per-rank load, rows, bytes and times of an
+ *                      expert-parallel point (moe_store_put_ep), means per batch
+ *   bench              (run, config, n, metric): `moesim bench` rows with their provenance
+ *   views              summary, by_router_cf, loads, provenance, ep_summary
  * Child rows go with their point (ON DELETE CASCADE; foreign_keys is on for our connection).
+ *
+ * Migrations, run in the transaction that opens a writable database of an older version:
+ *   0 -> 2  a database holding only the table bench (written by `moesim bench` before the
+ *           store owned it): the whole schema is added around it
+ *   1 -> 2  ep_ranks, ep_summary and bench are added (ep_ranks may exist already: the
+ *           expert-parallel runs of version 1 created it on demand, with the same columns)
  */
 #include "store.h"
 
@@ -33,7 +42,7 @@ struct moe_store {
     sqlite3 *db;
     char *path;
     int readonly;
-    sqlite3_stmt *find, *del, *ins_point, *ins_load, *ins_batch, *ins_ept;
+    sqlite3_stmt *find, *del, *ins_point, *ins_load, *ins_batch, *ins_ept, *ins_ep, *ins_bench;
 };
 
 /* ---- errors ---- */
@@ -115,6 +124,54 @@ static const char *const views_sql =
     " count(*) AS points, min(created_at) AS first_point, max(created_at) AS last_point"
     " FROM points GROUP BY git_rev, blas_library, blas_core, blas_threads;\n";
 
+/* Tables added by version 2 (IF NOT EXISTS: the migrations run them on older databases). */
+static const char *const ep_ranks_sql =
+    "CREATE TABLE IF NOT EXISTS ep_ranks (\n"
+    "  point INTEGER NOT NULL REFERENCES points(id) ON DELETE CASCADE,\n"
+    "  capacity TEXT NOT NULL,       -- 'global': the point's plan; 'per_rank': DeepSpeed's\n"
+    "                                -- capacity per rank from its own tokens\n"
+    "  rank INTEGER NOT NULL,\n"
+    "  ranks INTEGER NOT NULL,\n"
+    "  first_expert INTEGER NOT NULL, experts INTEGER NOT NULL,\n"
+    "  first_token INTEGER NOT NULL, tokens_held INTEGER NOT NULL,\n"
+    "  plan_capacity REAL,           -- slots per expert (per_rank: summed over ranks)\n"
+    "  tokens REAL NOT NULL,         -- entries on the rank's experts per batch\n"
+    "  rows_out REAL, rows_in REAL, rows_local REAL, -- dispatch rows per batch\n"
+    "  bytes_sent REAL, bytes_recv REAL,             -- both all-to-alls, per batch\n"
+    "  a2a_s REAL, expert_s REAL, pack_s REAL,       -- seconds per batch\n"
+    "  claims REAL, dropped REAL,    -- per_rank: its tokens' claims; dropped by its capacity\n"
+    "  PRIMARY KEY (point, capacity, rank)\n"
+    ") STRICT;\n"
+    "CREATE VIEW IF NOT EXISTS ep_summary AS SELECT p.id AS point, p.router,"
+    " p.capacity_factor AS cf, p.distribution, p.shape, e.capacity, count(*) AS ranks,"
+    " round(max(e.tokens) / nullif(avg(e.tokens), 0), 3) AS device_imbalance,"
+    " CAST(sum(e.bytes_sent) AS INTEGER) AS bytes_sent,"
+    " round(max(e.a2a_s) * 1e3, 3) AS a2a_ms, round(max(e.expert_s) * 1e3, 3) AS expert_ms,"
+    " round(CASE e.capacity WHEN 'global' THEN p.assignment_drop_rate"
+    " ELSE sum(e.dropped) / nullif(sum(e.claims), 0) END, 4) AS drop_rate"
+    " FROM ep_ranks e JOIN points p ON p.id = e.point"
+    " GROUP BY e.point, e.capacity ORDER BY e.point, e.capacity;\n";
+
+/* ep_ranks columns after (point, capacity, rank, ranks), in MOE_EP_* order. */
+static const char *const ep_cols[MOE_EP_NFIELDS] = {
+    "first_expert", "experts", "first_token", "tokens_held", "plan_capacity", "tokens",
+    "rows_out", "rows_in", "rows_local", "bytes_sent", "bytes_recv", "a2a_s", "expert_s",
+    "pack_s", "claims", "dropped"};
+static const char *const ep_modes[MOE_EP_NMODES] = {"global", "per_rank"};
+
+static const char *const bench_sql =
+    "CREATE TABLE IF NOT EXISTS bench ("
+    " run TEXT NOT NULL,"          /* UTC start of the `moesim bench` run, plus its pid */
+    " git_rev TEXT, blas_library TEXT, blas_core TEXT, blas_threads INTEGER,"
+    " openblas_coretype TEXT,"     /* OPENBLAS_CORETYPE of the run, NULL when unset */
+    " torch TEXT,"                 /* PyTorch version, NULL when not measured */
+    " quick INTEGER NOT NULL, repeats INTEGER NOT NULL,"
+    " config TEXT NOT NULL, router TEXT, E INTEGER, k INTEGER, n INTEGER NOT NULL,"
+    " d INTEGER, f INTEGER, cf REAL, capacity INTEGER, kept INTEGER,"
+    " metric TEXT NOT NULL, unit TEXT,"
+    " median REAL, q1 REAL, q3 REAL, min REAL, max REAL,"
+    " PRIMARY KEY (run, config, n, metric));\n";
+
 /* The CREATE statements of version MOE_STORE_VERSION (malloc'd). */
 static char *schema_sql(void)
 {
@@ -130,9 +187,9 @@ static char *schema_sql(void)
                "'now'))");
     for (const moe_point_metric *mm = moe_point_metrics; mm->name; mm++)
         fprintf(m, ",\n  %s REAL,\n  %s_std REAL", mm->name, mm->name);
-    for (int i = 0; i < MOE_T_COUNT; i++)
-        fprintf(m, ",\n  time_%s_s REAL,\n  time_%s_s_std REAL", moe_point_phases[i],
-                moe_point_phases[i]);
+    for (int i = 0; i < MOE_NPHASES; i++)
+        fprintf(m, ",\n  time_%s_s REAL,\n  time_%s_s_std REAL", moe_phase_names[i],
+                moe_phase_names[i]);
     fprintf(m, ",\n  tokens_per_s REAL,\n  gflops_per_s REAL,\n  wall_s REAL\n) STRICT;\n");
     fprintf(m, "CREATE TABLE expert_loads (\n"
                "  point INTEGER NOT NULL REFERENCES points(id) ON DELETE CASCADE,\n"
@@ -143,14 +200,16 @@ static char *schema_sql(void)
                "  batch INTEGER NOT NULL");
     for (const moe_point_metric *mm = moe_point_metrics; mm->name; mm++)
         fprintf(m, ",\n  %s REAL", mm->name);
-    for (int i = 0; i < MOE_T_COUNT; i++)
-        fprintf(m, ",\n  time_%s_s REAL", moe_point_phases[i]);
+    for (int i = 0; i < MOE_NPHASES; i++)
+        fprintf(m, ",\n  time_%s_s REAL", moe_phase_names[i]);
     fprintf(m, ",\n  PRIMARY KEY (point, batch)\n) STRICT;\n");
     fprintf(m, "CREATE TABLE experts_per_token (\n"
                "  point INTEGER NOT NULL REFERENCES points(id) ON DELETE CASCADE,\n"
                "  experts INTEGER NOT NULL,\n  tokens INTEGER NOT NULL,\n"
                "  PRIMARY KEY (point, experts)\n) STRICT;\n");
     fputs(views_sql, m);
+    fputs(ep_ranks_sql, m);
+    fputs(bench_sql, m);
     fprintf(m, "PRAGMA user_version = %d;\n", MOE_STORE_VERSION);
     if (fclose(m) != 0) {
         free(buf);
@@ -173,8 +232,8 @@ static char *insert_point_sql(void)
         fprintf(m, "%s%s", n ? ", " : "", config_cols[i][0]);
     for (const moe_point_metric *mm = moe_point_metrics; mm->name; mm++, n += 2)
         fprintf(m, ", %s, %s_std", mm->name, mm->name);
-    for (int i = 0; i < MOE_T_COUNT; i++, n += 2)
-        fprintf(m, ", time_%s_s, time_%s_s_std", moe_point_phases[i], moe_point_phases[i]);
+    for (int i = 0; i < MOE_NPHASES; i++, n += 2)
+        fprintf(m, ", time_%s_s, time_%s_s_std", moe_phase_names[i], moe_phase_names[i]);
     fprintf(m, ", tokens_per_s, gflops_per_s, wall_s) VALUES (");
     n += 3;
     for (int i = 0; i < n; i++)
@@ -198,11 +257,33 @@ static char *insert_batch_sql(void)
     fprintf(m, "INSERT INTO batches (point, batch");
     for (const moe_point_metric *mm = moe_point_metrics; mm->name; mm++, n++)
         fprintf(m, ", %s", mm->name);
-    for (int i = 0; i < MOE_T_COUNT; i++, n++)
-        fprintf(m, ", time_%s_s", moe_point_phases[i]);
+    for (int i = 0; i < MOE_NPHASES; i++, n++)
+        fprintf(m, ", time_%s_s", moe_phase_names[i]);
     fprintf(m, ") VALUES (");
     for (int i = 0; i < n; i++)
         fprintf(m, "%s?", i ? ", " : "");
+    fprintf(m, ")");
+    if (fclose(m) != 0) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+/* INSERT INTO ep_ranks (point, capacity, rank, ranks, <ep_cols>) VALUES (?, ...). */
+static char *insert_ep_sql(void)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *m = open_memstream(&buf, &len);
+    if (!m)
+        return NULL;
+    fprintf(m, "INSERT INTO ep_ranks (point, capacity, rank, ranks");
+    for (int f = 0; f < MOE_EP_NFIELDS; f++)
+        fprintf(m, ", %s", ep_cols[f]);
+    fprintf(m, ") VALUES (?, ?, ?, ?");
+    for (int f = 0; f < MOE_EP_NFIELDS; f++)
+        fprintf(m, ", ?");
     fprintf(m, ")");
     if (fclose(m) != 0) {
         free(buf);
@@ -247,36 +328,46 @@ static int prepare(moe_store *st, const char *sql, sqlite3_stmt **q)
 
 /* ---- open / close ---- */
 
-static int create_or_check(moe_store *st)
+/* 1 when every object of a database without a version belongs to the table bench (written by
+ * `moesim bench` before the store owned that table). */
+static int bench_only(moe_store *st, int *yes)
 {
-    long long version = 0, objects = 0;
-    int rc = query_int(st, "PRAGMA user_version", &version, "cannot read the schema version");
-    if (rc)
-        return rc;
-    if (version > MOE_STORE_VERSION)
-        return moe_fail(MOE_EDB, "use a newer moesim, or give --db PATH for a new database",
-                        "database schema version %lld is newer than this moesim's %d (%s)",
-                        version, MOE_STORE_VERSION, st->path);
-    if ((rc = query_int(st, "SELECT count(*) FROM sqlite_master", &objects,
-                        "cannot read the schema")))
-        return rc;
-    if (version == 0 && objects > 0)
-        return moe_fail(MOE_EDB, "give --db PATH for a new database",
-                        "not a moesim results database: it has tables but no schema version "
-                        "(%s)", st->path);
-    if (version > 0 && version < MOE_STORE_VERSION)
-        return moe_fail(MOE_EDB, "rerun the sweep into a new database (--db PATH)",
-                        "database schema version %lld is older than this moesim's %d (%s)",
-                        version, MOE_STORE_VERSION, st->path);
-    if (st->readonly) {
-        if (version == 0)
-            return moe_fail(MOE_EDB, "run `moesim run SPEC --db PATH` first",
-                            "empty database: no moesim results (%s)", st->path);
+    long long others = 0;
+    int rc = query_int(st, "SELECT count(*) FROM sqlite_master WHERE name != 'bench' AND"
+                           " name NOT LIKE 'sqlite_autoindex_bench_%'", &others,
+                       "cannot read the schema");
+    *yes = !rc && others == 0;
+    return rc;
+}
+
+/* Inside the opening transaction: create the schema (version 0) or migrate an older one. */
+static int create_or_migrate(moe_store *st, long long version)
+{
+    if (version == MOE_STORE_VERSION)
         return MOE_OK;
+    char *sql = NULL;
+    if (version == 0) {
+        sql = schema_sql();
+    } else { /* 1 -> 2 */
+        size_t len = strlen(ep_ranks_sql) + strlen(bench_sql) + 64;
+        sql = malloc(len);
+        if (sql)
+            snprintf(sql, len, "%s%sPRAGMA user_version = %d;\n", ep_ranks_sql, bench_sql,
+                     MOE_STORE_VERSION);
     }
-    /* WAL is a property of the file: set it once, outside any transaction */
+    if (!sql)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (%s)", st->path);
+    int rc = exec(st, sql, version == 0 ? "cannot create the schema"
+                                        : "cannot upgrade the database schema");
+    free(sql);
+    return rc;
+}
+
+/* WAL is a property of the file: set it once, outside any transaction. */
+static int set_wal(moe_store *st)
+{
     sqlite3_stmt *q = NULL;
-    rc = sqlite3_prepare_v2(st->db, "PRAGMA journal_mode = WAL", -1, &q, NULL);
+    int rc = sqlite3_prepare_v2(st->db, "PRAGMA journal_mode = WAL", -1, &q, NULL);
     if (rc != SQLITE_OK)
         return db_fail(st, st->db, rc, "cannot set WAL mode");
     rc = sqlite3_step(q);
@@ -292,23 +383,42 @@ static int create_or_check(moe_store *st)
     if (!wal)
         return moe_fail(MOE_EDB, "the database or its folder may be read-only",
                         "cannot switch the database to WAL mode (%s)", st->path);
+    return MOE_OK;
+}
+
+static int create_or_check(moe_store *st)
+{
+    long long version = 0, objects = 0;
+    int rc = query_int(st, "PRAGMA user_version", &version, "cannot read the schema version");
+    if (rc)
+        return rc;
+    if (version > MOE_STORE_VERSION)
+        return moe_fail(MOE_EDB, "use a newer moesim, or give --db PATH for a new database",
+                        "database schema version %lld is newer than this moesim's %d (%s)",
+                        version, MOE_STORE_VERSION, st->path);
+    if ((rc = query_int(st, "SELECT count(*) FROM sqlite_master", &objects,
+                        "cannot read the schema")))
+        return rc;
+    int bench = 0;
+    if (version == 0 && objects > 0 && ((rc = bench_only(st, &bench)) || !bench))
+        return rc ? rc : moe_fail(MOE_EDB, "give --db PATH for a new database",
+                                  "not a moesim results database: it has tables but no schema "
+                                  "version (%s)", st->path);
+    if (st->readonly) { /* an older version is read as it is: its tables are a subset */
+        if (version == 0)
+            return moe_fail(MOE_EDB, "run `moesim run SPEC --db PATH` first",
+                            "empty database: no moesim results (%s)", st->path);
+        return MOE_OK;
+    }
+    if ((rc = set_wal(st)))
+        return rc;
     /* take the write lock once: a locked or read-only database fails here, before any point */
     if ((rc = exec(st, "BEGIN IMMEDIATE", "cannot write to the database")))
         return rc;
-    if ((rc = query_int(st, "PRAGMA user_version", &version, "cannot read the schema version")))
-        goto rollback;
-    if (version == 0) { /* (another process may have created it meanwhile) */
-        char *sql = schema_sql();
-        if (!sql) {
-            rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (%s)", st->path);
-            goto rollback;
-        }
-        rc = exec(st, sql, "cannot create the schema");
-        free(sql);
-        if (rc)
-            goto rollback;
-    }
-    if ((rc = exec(st, "COMMIT", "cannot write to the database")))
+    /* (another process may have created or upgraded it meanwhile) */
+    if ((rc = query_int(st, "PRAGMA user_version", &version, "cannot read the schema version")) ||
+        (rc = create_or_migrate(st, version)) ||
+        (rc = exec(st, "COMMIT", "cannot write to the database")))
         goto rollback;
     return MOE_OK;
 rollback:
@@ -352,7 +462,7 @@ int moe_store_open(const char *path, int readonly, moe_store **out)
     int r = create_or_check(st);
     if (!r && !readonly) {
         r = exec(st, "PRAGMA foreign_keys = ON", "cannot enable foreign keys");
-        char *ip = NULL, *ib = NULL;
+        char *ip = NULL, *ib = NULL, *ie = NULL;
         if (!r)
             r = prepare(st, "SELECT id FROM points WHERE config_key = ?", &st->find);
         if (!r)
@@ -367,8 +477,14 @@ int moe_store_open(const char *path, int readonly, moe_store **out)
         if (!r)
             r = prepare(st, "INSERT INTO experts_per_token (point, experts, tokens)"
                             " VALUES (?, ?, ?)", &st->ins_ept);
+        if (!r)
+            r = prepare(st, ie = insert_ep_sql(), &st->ins_ep);
+        if (!r)
+            r = prepare(st, "INSERT INTO bench VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
+                            "?,?,?,?,?,?)", &st->ins_bench);
         free(ip);
         free(ib);
+        free(ie);
     } else if (!r) {
         r = prepare(st, "SELECT id FROM points WHERE config_key = ?", &st->find);
     }
@@ -385,7 +501,7 @@ void moe_store_close(moe_store *st)
     if (!st)
         return;
     sqlite3_stmt *qs[] = {st->find, st->del, st->ins_point, st->ins_load, st->ins_batch,
-                          st->ins_ept};
+                          st->ins_ept, st->ins_ep, st->ins_bench};
     for (size_t i = 0; i < sizeof qs / sizeof qs[0]; i++)
         sqlite3_finalize(qs[i]); /* returns the statement's last error, already reported */
     if (st->db && sqlite3_close(st->db) != SQLITE_OK)
@@ -459,8 +575,29 @@ static int run(moe_store *st, binder *b, const char *what)
     return r;
 }
 
+/* The ep_ranks rows of the point id. */
+static int put_ep_rows(moe_store *st, sqlite3_int64 id, const moe_store_ep *ep)
+{
+    for (int mo = 0; mo < MOE_EP_NMODES; mo++)
+        for (int q = 0; q < ep->ranks; q++) {
+            const double *v = ep->v + ((size_t)q * MOE_EP_NMODES + (size_t)mo) * MOE_EP_NFIELDS;
+            binder b = {st->ins_ep, 0, SQLITE_OK};
+            b_int(&b, id);
+            b_text(&b, ep_modes[mo]);
+            b_int(&b, q);
+            b_int(&b, ep->ranks);
+            for (int f = 0; f < MOE_EP_NFIELDS; f++)
+                b_real(&b, v[f]);
+            int r = run(st, &b, "cannot insert the per-rank rows (ep_ranks)");
+            if (r)
+                return r;
+        }
+    return MOE_OK;
+}
+
 static int put_rows(moe_store *st, const char *spec_name, const moe_point *pt,
-                    const moe_point_result *res, const moe_provenance *pv, int replace)
+                    const moe_point_result *res, const moe_provenance *pv, int replace,
+                    const moe_store_ep *ep)
 {
     int r;
     if (replace) {
@@ -500,7 +637,7 @@ static int put_rows(moe_store *st, const char *spec_name, const moe_point *pt,
         b_real(&b, res->mean[i]);
         b_real(&b, res->std[i]);
     }
-    for (int i = 0; i < MOE_T_COUNT; i++) {
+    for (int i = 0; i < MOE_NPHASES; i++) {
         b_real(&b, res->time_mean[i]);
         b_real(&b, res->time_std[i]);
     }
@@ -534,30 +671,111 @@ static int put_rows(moe_store *st, const char *spec_name, const moe_point *pt,
         b_int(&q, bt);
         for (int i = 0; i < MOE_POINT_NMETRICS; i++)
             b_real(&q, res->batch_metric[(size_t)bt * MOE_POINT_NMETRICS + i]);
-        for (int i = 0; i < MOE_T_COUNT; i++)
-            b_real(&q, res->batch_time[(size_t)bt * MOE_T_COUNT + i]);
+        for (int i = 0; i < MOE_NPHASES; i++)
+            b_real(&q, res->batch_time[(size_t)bt * MOE_NPHASES + i]);
         if ((r = run(st, &q, "cannot insert batch rows")))
             return r;
     }
-    return MOE_OK;
+    return ep ? put_ep_rows(st, id, ep) : MOE_OK;
 }
 
 int moe_store_put(moe_store *st, const char *spec_name, const moe_point *pt,
                   const moe_point_result *res, const moe_provenance *pv, int replace)
+{
+    return moe_store_put_ep(st, spec_name, pt, res, pv, replace, NULL);
+}
+
+/* ROLLBACK after a failed write; the first error is the one reported. */
+static void rollback(moe_store *st)
+{
+    int rc = sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+    if (rc != SQLITE_OK && sqlite3_get_autocommit(st->db) == 0)
+        fprintf(stderr, "moesim: warning: rollback failed: %s (%s)\n", sqlite3_errmsg(st->db),
+                st->path);
+}
+
+int moe_store_put_ep(moe_store *st, const char *spec_name, const moe_point *pt,
+                     const moe_point_result *res, const moe_provenance *pv, int replace,
+                     const moe_store_ep *ep)
 {
     if (st->readonly)
         return moe_fail(MOE_EDB, NULL, "database opened read-only (%s)", st->path);
     int r = exec(st, "BEGIN IMMEDIATE", "cannot start a transaction");
     if (r)
         return r;
-    r = put_rows(st, spec_name, pt, res, pv, replace);
+    r = put_rows(st, spec_name, pt, res, pv, replace, ep);
     if (!r)
         r = exec(st, "COMMIT", "cannot commit the point");
-    if (r) {
-        int rc = sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
-        if (rc != SQLITE_OK && sqlite3_get_autocommit(st->db) == 0)
-            fprintf(stderr, "moesim: warning: rollback failed: %s (%s)\n",
-                    sqlite3_errmsg(st->db), st->path);
+    if (r)
+        rollback(st);
+    return r;
+}
+
+int moe_store_ep_has_rows(sqlite3 *db)
+{
+    sqlite3_stmt *q = NULL;
+    int has = 0;
+    if (sqlite3_prepare_v2(db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND"
+                               " name = 'ep_ranks'", -1, &q, NULL) == SQLITE_OK)
+        has = sqlite3_step(q) == SQLITE_ROW;
+    sqlite3_finalize(q);
+    q = NULL;
+    if (has && sqlite3_prepare_v2(db, "SELECT EXISTS (SELECT 1 FROM main.ep_ranks)", -1, &q,
+                                  NULL) == SQLITE_OK)
+        has = sqlite3_step(q) == SQLITE_ROW && sqlite3_column_int(q, 0);
+    sqlite3_finalize(q);
+    return has;
+}
+
+/* ---- bench runs ---- */
+
+int moe_store_bench_begin(moe_store *st)
+{
+    if (st->readonly)
+        return moe_fail(MOE_EDB, NULL, "database opened read-only (%s)", st->path);
+    return exec(st, "BEGIN IMMEDIATE", "cannot start a transaction");
+}
+
+int moe_store_bench_put(moe_store *st, const moe_bench_row *r)
+{
+    binder b = {st->ins_bench, 0, SQLITE_OK};
+    b_text(&b, r->run);
+    b_text(&b, r->git_rev);
+    b_text(&b, r->blas_library);
+    b_text(&b, r->blas_core);
+    b_int(&b, r->blas_threads);
+    b_text(&b, r->openblas_coretype && *r->openblas_coretype ? r->openblas_coretype : NULL);
+    b_text(&b, r->torch && *r->torch ? r->torch : NULL);
+    b_int(&b, r->quick);
+    b_int(&b, r->repeats);
+    b_text(&b, r->config);
+    b_text(&b, r->router && *r->router ? r->router : NULL);
+    b_int(&b, r->E);
+    b_int(&b, r->k);
+    b_int(&b, r->n);
+    b_int(&b, r->d);
+    b_int(&b, r->f);
+    b_real(&b, r->cf);
+    b_int(&b, r->capacity);
+    b_int(&b, r->kept);
+    b_text(&b, r->metric);
+    b_text(&b, r->unit);
+    b_real(&b, r->median);
+    b_real(&b, r->q1);
+    b_real(&b, r->q3);
+    b_real(&b, r->min);
+    b_real(&b, r->max);
+    return run(st, &b, r->metric ? r->metric : "cannot insert a bench row");
+}
+
+int moe_store_bench_end(moe_store *st, int commit)
+{
+    if (!commit) {
+        rollback(st);
+        return MOE_OK;
     }
+    int r = exec(st, "COMMIT", "cannot commit the bench run");
+    if (r)
+        rollback(st);
     return r;
 }

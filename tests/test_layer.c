@@ -216,7 +216,7 @@ static void test_sparse(gsl_rng *r)
             CHECK(p->n_entries < (size_t)(N - (N + 3) / 7) * K, "plan has no drops");
             for (int i = 0; i < N * D; i++)
                 y[i] = NAN; /* forward must overwrite every row */
-            moe_layer_timing tm = {-1, -1, -1, -1, -1};
+            moe_phase_times tm = {-1, -1, -1, -1, -1, -1};
             int rc = moe_layer_forward(L, &ow.w, p, x, y, &tm);
             CHECK(rc == MOE_OK, "forward %s: %s", moe_act_name(act), moe_errmsg());
             CHECK(tm.dispatch >= 0 && tm.experts >= 0 && tm.combine >= 0 && tm.gate == -1 &&

@@ -1,0 +1,582 @@
+/* mpi_ep.c: the expert-parallel layer of moe_mpi.h (experts sharded over the ranks, tokens
+ * moved with MPI_Alltoallv), the plan under DeepSpeed's per-rank capacity, and the pipeline
+ * hook of an expert-parallel point (mpi_internal.h).
+ *
+ * Expert-parallel workspaces (moe_ep, allocated once per layer shape; Cc = slots per expert the
+ * key spaces cover, C_max or P*C_max with per-rank plans; El = this rank's experts):
+ *   send (Sx,D), ret (Sx,D)    dispatch rows this rank sends, and their expert outputs back
+ *   recv (Rx,D), out (Rx,D)    rows it receives for its experts, and their outputs
+ *   sgen, srow (E*Cc)          slot (e,s) -> send row, valid where sgen = the pass's stamp
+ *   rgen (P*El*Cc)             (source rank, local slot) seen in the receive pass
+ *   sub                        the plan of the received rows: (row, local expert, slot, 1, 1)
+ *   L                          moe_layer for El experts: h[e,s] = sum of the rows of (e,s)
+ * Sx = rows of this rank's tokens at most (<= the plan's entries), Rx = entries at most. Buffers
+ * are sized for the worst case but touched only as far as a plan fills them. The received rows
+ * run through moe_layer_forward: this file is a layer implementation, like layer.c.
+ *
+ * Per-rank capacity (DeepSpeed): the routing draws of rank q's local routing come from stream
+ * MOE_EP_STREAM + q of the point's seed.
+ */
+#include "mpi_internal.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { MOE_EP_STREAM = 64 }; /* rank q's per-rank-capacity draws: stream 64 + q */
+
+/* ---- the expert-parallel layer ---- */
+
+struct moe_ep {
+    int P, rank, T, E, d, f, act, fw;
+    long Cc;                  /* slots per expert covered by the key spaces */
+    int e0, el, t0, tn;       /* this rank's experts [e0, e0+el), tokens [t0, t0+tn) */
+    int *ebeg, *tbeg;         /* (P+1) block starts */
+    int *eown, *town;         /* (E) (T) owners */
+    size_t sx, rx;            /* rows of send/ret and recv/out */
+    float *send, *ret, *recv, *out;
+    unsigned *sgen, *rgen;
+    int *srow;
+    unsigned stamp;
+    long *scnt, *sdsp, *rcnt, *rdsp, *cur; /* (P) rows */
+    int *ic, *id, *jc, *jd;                /* (P) MPI counts in floats */
+    moe_layer *L;
+    moe_plan *sub, *loc;
+};
+
+void moe_ep_free(moe_ep *ep)
+{
+    if (!ep)
+        return;
+    free(ep->ebeg);
+    free(ep->tbeg);
+    free(ep->eown);
+    free(ep->town);
+    free(ep->send);
+    free(ep->ret);
+    free(ep->recv);
+    free(ep->out);
+    free(ep->sgen);
+    free(ep->rgen);
+    free(ep->srow);
+    free(ep->scnt);
+    free(ep->sdsp);
+    free(ep->rcnt);
+    free(ep->rdsp);
+    free(ep->cur);
+    free(ep->ic);
+    free(ep->id);
+    free(ep->jc);
+    free(ep->jd);
+    moe_layer_free(ep->L);
+    moe_plan_free(ep->sub);
+    moe_plan_free(ep->loc);
+    free(ep);
+}
+
+void *moe_mpi_xcalloc(size_t n, size_t size, int *bad)
+{
+    void *p = calloc(n ? n : 1, size);
+    if (!p)
+        *bad = 1;
+    return p;
+}
+
+moe_ep *moe_ep_alloc(int T, int E, long C_max, int d, int f, int act, size_t cap_entries,
+                     int per_rank)
+{
+    const int P = moe_mpi_g.size, rank = moe_mpi_g.rank;
+    if (E < P || T < P) {
+        moe_fail(MOE_EINVAL, "use at most as many ranks as experts and tokens",
+                 "expert parallelism over %d ranks needs E >= %d and T >= %d tokens, got E = %d, "
+                 "T = %d (moe_ep_alloc)", P, P, P, E, T);
+        return NULL;
+    }
+    if (d < 1 || f < 1 || C_max < 0 || cap_entries < 1) {
+        moe_fail(MOE_EINVAL, NULL, "bad expert-parallel shape d=%d f=%d C_max=%ld entries=%zu "
+                 "(moe_ep_alloc)", d, f, C_max, cap_entries);
+        return NULL;
+    }
+    moe_ep *ep = calloc(1, sizeof *ep);
+    if (!ep) {
+        moe_fail(MOE_ENOMEM, NULL, "out of memory (moe_ep_alloc)");
+        return NULL;
+    }
+    ep->P = P;
+    ep->rank = rank;
+    ep->T = T;
+    ep->E = E;
+    ep->d = d;
+    ep->f = f;
+    ep->act = act;
+    ep->fw = act == MOE_ACT_SWIGLU ? 2 * f : f;
+    long Cc = (per_rank ? (long)P : 1L) * (C_max > 0 ? C_max : 1);
+    ep->Cc = Cc;
+    int bad = 0;
+    ep->ebeg = moe_mpi_xcalloc((size_t)P + 1, sizeof *ep->ebeg, &bad);
+    ep->tbeg = moe_mpi_xcalloc((size_t)P + 1, sizeof *ep->tbeg, &bad);
+    ep->eown = moe_mpi_xcalloc((size_t)E, sizeof *ep->eown, &bad);
+    ep->town = moe_mpi_xcalloc((size_t)T, sizeof *ep->town, &bad);
+    if (bad)
+        goto nomem;
+    for (int q = 0; q <= P; q++) {
+        ep->ebeg[q] = moe_mpi_block_start(E, P, q);
+        ep->tbeg[q] = moe_mpi_block_start(T, P, q);
+    }
+    for (int e = 0; e < E; e++)
+        ep->eown[e] = moe_mpi_block_owner(E, P, e);
+    for (int t = 0; t < T; t++)
+        ep->town[t] = moe_mpi_block_owner(T, P, t);
+    ep->e0 = ep->ebeg[rank];
+    ep->el = ep->ebeg[rank + 1] - ep->e0;
+    ep->t0 = ep->tbeg[rank];
+    ep->tn = ep->tbeg[rank + 1] - ep->t0;
+    /* rows: sent <= entries of this rank's tokens <= one plan's entries (a per-rank plan of
+     * n_q <= T tokens has at most as many as a plan of T); received <= all entries of the plan
+     * (P plans' worth for the union of per-rank plans) and <= source ranks x local slots */
+    size_t keys, rkeys;
+    if (__builtin_mul_overflow((size_t)E, (size_t)Cc, &keys) ||
+        __builtin_mul_overflow((size_t)P * (size_t)ep->el, (size_t)Cc, &rkeys)) {
+        moe_fail(MOE_EINVAL, "use a smaller capacity", "expert-parallel slot space E=%d x C=%ld "
+                 "overflows (moe_ep_alloc)", E, Cc);
+        moe_ep_free(ep);
+        return NULL;
+    }
+    size_t ent = cap_entries * (per_rank ? (size_t)P : 1);
+    ep->sx = cap_entries < keys ? cap_entries : keys;
+    ep->rx = ent < rkeys ? ent : rkeys;
+    if (ep->sx * (size_t)d > INT_MAX || ep->rx * (size_t)d > INT_MAX ||
+        (size_t)T * (size_t)d > INT_MAX || ep->rx > INT_MAX) {
+        moe_fail(MOE_EINVAL, "use fewer tokens, a smaller width or more ranks",
+                 "expert-parallel buffers of %zu x %d floats exceed MPI's int counts "
+                 "(moe_ep_alloc)", ep->rx > ep->sx ? ep->rx : ep->sx, d);
+        moe_ep_free(ep);
+        return NULL;
+    }
+    ep->send = malloc((ep->sx ? ep->sx : 1) * (size_t)d * sizeof(float));
+    ep->ret = malloc((ep->sx ? ep->sx : 1) * (size_t)d * sizeof(float));
+    ep->recv = malloc((ep->rx ? ep->rx : 1) * (size_t)d * sizeof(float));
+    ep->out = malloc((ep->rx ? ep->rx : 1) * (size_t)d * sizeof(float));
+    ep->sgen = moe_mpi_xcalloc(keys, sizeof *ep->sgen, &bad);
+    ep->srow = moe_mpi_xcalloc(keys, sizeof *ep->srow, &bad);
+    ep->rgen = moe_mpi_xcalloc(rkeys, sizeof *ep->rgen, &bad);
+    ep->scnt = moe_mpi_xcalloc((size_t)P, sizeof(long), &bad);
+    ep->sdsp = moe_mpi_xcalloc((size_t)P, sizeof(long), &bad);
+    ep->rcnt = moe_mpi_xcalloc((size_t)P, sizeof(long), &bad);
+    ep->rdsp = moe_mpi_xcalloc((size_t)P, sizeof(long), &bad);
+    ep->cur = moe_mpi_xcalloc((size_t)P, sizeof(long), &bad);
+    ep->ic = moe_mpi_xcalloc((size_t)P, sizeof(int), &bad);
+    ep->id = moe_mpi_xcalloc((size_t)P, sizeof(int), &bad);
+    ep->jc = moe_mpi_xcalloc((size_t)P, sizeof(int), &bad);
+    ep->jd = moe_mpi_xcalloc((size_t)P, sizeof(int), &bad);
+    if (bad || !ep->send || !ep->ret || !ep->recv || !ep->out)
+        goto nomem;
+    ep->L = moe_layer_alloc(ep->rx > 0 ? (int)ep->rx : 1, ep->el, Cc, d, f, act);
+    if (!ep->L) {
+        moe_ep_free(ep);
+        return NULL;
+    }
+    ep->sub = moe_plan_alloc((int)ep->rx, ep->el, ep->rx);
+    ep->loc = per_rank ? moe_plan_alloc(T, E, cap_entries) : NULL;
+    if (!ep->sub || (per_rank && !ep->loc))
+        goto nomem;
+    return ep;
+nomem:
+    moe_ep_free(ep);
+    moe_fail(MOE_ENOMEM, "use fewer tokens, experts or a smaller capacity",
+             "out of memory for expert-parallel workspaces (T = %d, E = %d, C = %ld, D = %d)",
+             T, E, Cc, d);
+    return NULL;
+}
+
+/* A fresh stamp for the slot marks; on wrap-around the marks are cleared. */
+static unsigned next_stamp(moe_ep *ep)
+{
+    if (++ep->stamp == 0) {
+        memset(ep->sgen, 0, (size_t)ep->E * (size_t)ep->Cc * sizeof *ep->sgen);
+        memset(ep->rgen, 0,
+               (size_t)ep->P * (size_t)ep->el * (size_t)ep->Cc * sizeof *ep->rgen);
+        ep->stamp = 1;
+    }
+    return ep->stamp;
+}
+
+static int check_ep_plan(const moe_ep *ep, const moe_plan *plan)
+{
+    if (plan->n != ep->T || plan->E != ep->E)
+        return moe_fail(MOE_EINVAL, NULL, "plan of %d tokens and %d experts, the expert-parallel "
+                        "layer was set up for %d and %d (moe_ep_forward)", plan->n, plan->E,
+                        ep->T, ep->E);
+    if (plan->capacity < 0 || plan->capacity > ep->Cc)
+        return moe_fail(MOE_EINVAL, NULL, "plan capacity %ld outside the expert-parallel "
+                        "layer's 0..%ld (moe_ep_forward)", plan->capacity, ep->Cc);
+    for (size_t i = 0; i < plan->n_entries; i++) {
+        const moe_entry *en = &plan->entries[i];
+        if (en->token < 0 || en->token >= plan->n || en->expert < 0 || en->expert >= plan->E ||
+            en->slot < 0 || en->slot >= plan->capacity)
+            return moe_fail(MOE_EINVAL, NULL, "plan entry %zu (token %d, expert %d, slot %d) "
+                            "outside n = %d, E = %d, C = %ld (moe_ep_forward)", i, en->token,
+                            en->expert, en->slot, plan->n, plan->E, plan->capacity);
+    }
+    return MOE_OK;
+}
+
+/* Prefix sums: dsp[q] = sum of cnt[0..q); returns the total. */
+static long prefix(const long *cnt, long *dsp, int P)
+{
+    long s = 0;
+    for (int q = 0; q < P; q++) {
+        dsp[q] = s;
+        s += cnt[q];
+    }
+    return s;
+}
+
+/* moe_ep_forward with this rank's status so far (rc_in != 0: fail, together with the others). */
+static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan, const float *x,
+                         float *y, int gather, moe_ep_stats *st, int rc_in)
+{
+    int rc = rc_in ? rc_in : check_ep_plan(ep, plan);
+    if (!rc && (!w || w->E != ep->E || w->d != ep->d || w->f != ep->f || w->act != ep->act))
+        rc = moe_fail(MOE_EINVAL, NULL, "expert weights do not match the expert-parallel layer "
+                      "(moe_ep_forward)");
+    if ((rc = moe_mpi_agree_fwd(rc)))
+        return rc;
+    const int P = ep->P, me = ep->rank, e0 = ep->e0, el = ep->el;
+    const int t0 = ep->t0, t1 = ep->t0 + ep->tn;
+    const size_t D = (size_t)ep->d, FW = (size_t)ep->fw, F = (size_t)ep->f;
+    const long Cc = ep->Cc;
+    const moe_entry *en = plan->entries;
+    const size_t ne = plan->n_entries;
+    double a2a = 0.0, tp = moe_now();
+
+    /* ---- dispatch: one row per slot (e,s) this rank's tokens touch, grouped by the expert's
+     * rank in order of first appearance in the plan ---- */
+    memset(ep->scnt, 0, (size_t)P * sizeof *ep->scnt);
+    unsigned sa = next_stamp(ep);
+    for (size_t i = 0; i < ne; i++) {
+        if (en[i].token < t0 || en[i].token >= t1)
+            continue;
+        size_t key = (size_t)en[i].expert * (size_t)Cc + (size_t)en[i].slot;
+        if (ep->sgen[key] != sa) {
+            ep->sgen[key] = sa;
+            ep->scnt[ep->eown[en[i].expert]]++;
+        }
+    }
+    long nsend = prefix(ep->scnt, ep->sdsp, P);
+    if ((size_t)nsend > ep->sx)
+        return moe_fail(MOE_EINVAL, NULL, "%ld dispatch rows exceed the workspace of %zu "
+                        "(moe_ep_forward)", nsend, ep->sx);
+    memcpy(ep->cur, ep->sdsp, (size_t)P * sizeof *ep->cur);
+    unsigned sb = next_stamp(ep);
+    for (size_t i = 0; i < ne; i++) {
+        if (en[i].token < t0 || en[i].token >= t1)
+            continue;
+        size_t key = (size_t)en[i].expert * (size_t)Cc + (size_t)en[i].slot;
+        if (ep->sgen[key] != sb) {
+            ep->sgen[key] = sb;
+            ep->srow[key] = (int)ep->cur[ep->eown[en[i].expert]]++;
+            memset(ep->send + (size_t)ep->srow[key] * D, 0, D * sizeof(float));
+        }
+        float a = (float)en[i].dispatch_w, *row = ep->send + (size_t)ep->srow[key] * D;
+        const float *xt = x + (size_t)en[i].token * D;
+        for (size_t c = 0; c < D; c++)
+            row[c] += a * xt[c];
+    }
+    /* what arrives: the same first-appearance order, per source rank, for this rank's experts */
+    memset(ep->rcnt, 0, (size_t)P * sizeof *ep->rcnt);
+    long tokens = 0;
+    unsigned ra = next_stamp(ep);
+    for (size_t i = 0; i < ne; i++) {
+        int e = en[i].expert;
+        if (e < e0 || e >= e0 + el)
+            continue;
+        tokens++;
+        int src = ep->town[en[i].token];
+        size_t key = ((size_t)src * (size_t)el + (size_t)(e - e0)) * (size_t)Cc +
+                     (size_t)en[i].slot;
+        if (ep->rgen[key] != ra) {
+            ep->rgen[key] = ra;
+            ep->rcnt[src]++;
+        }
+    }
+    long nrecv = prefix(ep->rcnt, ep->rdsp, P);
+    if ((size_t)nrecv > ep->rx)
+        return moe_fail(MOE_EINVAL, NULL, "%ld received rows exceed the workspace of %zu "
+                        "(moe_ep_forward)", nrecv, ep->rx);
+    if ((rc = moe_plan_reset(ep->sub, (int)nrecv, el, 0)))
+        return rc;
+    ep->sub->capacity = plan->capacity;
+    memcpy(ep->cur, ep->rdsp, (size_t)P * sizeof *ep->cur);
+    unsigned rb = next_stamp(ep);
+    for (size_t i = 0; i < ne; i++) {
+        int e = en[i].expert;
+        if (e < e0 || e >= e0 + el)
+            continue;
+        int src = ep->town[en[i].token];
+        size_t key = ((size_t)src * (size_t)el + (size_t)(e - e0)) * (size_t)Cc +
+                     (size_t)en[i].slot;
+        if (ep->rgen[key] != rb) {
+            ep->rgen[key] = rb;
+            if ((rc = moe_plan_push(ep->sub, (int32_t)ep->cur[src]++, e - e0, en[i].slot, 1.0,
+                                    1.0)))
+                return rc;
+        }
+    }
+    double t1s = moe_now();
+    moe_mpi_a2av_rows(ep->send, ep->scnt, ep->sdsp, ep->recv, ep->rcnt, ep->rdsp, D, ep->ic, ep->id,
+              ep->jc, ep->jd);
+    double t2s = moe_now();
+    a2a += t2s - t1s;
+
+    /* ---- experts: this rank's FFNs on the received rows ---- */
+    const moe_experts wl = {el, ep->d, ep->f, ep->act, w->w1 + (size_t)e0 * D * FW,
+                            w->b1 + (size_t)e0 * FW, w->w2 + (size_t)e0 * F * D,
+                            w->b2 + (size_t)e0 * D};
+    if (nrecv > 0 && (rc = moe_layer_forward(ep->L, &wl, ep->sub, ep->recv, ep->out, NULL)))
+        return rc; /* (cannot fail on a valid plan: shapes checked above) */
+    double t3s = moe_now();
+
+    /* ---- combine: outputs back in the same row order; y[t] += combine_w * out ---- */
+    moe_mpi_a2av_rows(ep->out, ep->rcnt, ep->rdsp, ep->ret, ep->scnt, ep->sdsp, D, ep->ic, ep->id,
+              ep->jc, ep->jd);
+    double t4s = moe_now();
+    a2a += t4s - t3s;
+    memset(y + (size_t)t0 * D, 0, (size_t)ep->tn * D * sizeof *y);
+    for (size_t i = 0; i < ne; i++) {
+        if (en[i].token < t0 || en[i].token >= t1)
+            continue;
+        size_t key = (size_t)en[i].expert * (size_t)Cc + (size_t)en[i].slot;
+        float a = (float)en[i].combine_w, *yt = y + (size_t)en[i].token * D;
+        const float *o = ep->ret + (size_t)ep->srow[key] * D;
+        for (size_t c = 0; c < D; c++)
+            yt[c] += a * o[c];
+    }
+    double t5s = moe_now();
+    if (gather)
+        moe_mpi_allgather_rows(y, ep->tbeg, D, ep->ic, ep->id);
+    if (st) {
+        memset(st, 0, sizeof *st);
+        st->rank = me;
+        st->P = P;
+        st->e0 = e0;
+        st->experts = el;
+        st->t0 = t0;
+        st->held = ep->tn;
+        st->tokens = tokens;
+        st->rows_local = ep->scnt[me];
+        st->rows_out = nsend - ep->scnt[me];
+        st->rows_in = nrecv - ep->rcnt[me];
+        st->bytes_sent = st->bytes_recv =
+            (double)(st->rows_out + st->rows_in) * (double)D * sizeof(float);
+        st->a2a_s = a2a;
+        st->expert_s = t3s - t2s;
+        st->pack_s = (t1s - tp) + (t5s - t4s);
+        st->dispatch_s = t2s - tp;
+        st->combine_s = t5s - t3s;
+    }
+    return MOE_OK;
+}
+
+int moe_ep_forward(moe_ep *ep, const moe_experts *w, const moe_plan *plan, const float *x,
+                   float *y, int gather, moe_ep_stats *st)
+{
+    return ep_forward_rc(ep, w, plan, x, y, gather, st, MOE_OK);
+}
+
+/* ---- DeepSpeed's per-rank capacity ---- */
+
+int moe_ep_plan_per_rank(moe_ep *ep, moe_router *r, const moe_route_in *in, gsl_rng *const *rngs,
+                         moe_plan *out, long *claims, long *dropped)
+{
+    if (!ep->loc)
+        return moe_fail(MOE_EINVAL, "allocate the layer with per_rank = 1",
+                        "no per-rank workspace (moe_ep_plan_per_rank)");
+    if (in->n != ep->T)
+        return moe_fail(MOE_EINVAL, NULL, "%d tokens, the expert-parallel layer has %d "
+                        "(moe_ep_plan_per_rank)", in->n, ep->T);
+    int rc = moe_plan_reset(out, ep->T, ep->E, in->m);
+    if (rc)
+        return rc;
+    long off = 0;
+    const size_t M = (size_t)in->m, K = (size_t)(in->k_rec > 0 ? in->k_rec : 0);
+    for (int q = 0; q < ep->P; q++) {
+        const int tq = ep->tbeg[q];
+        moe_route_in iq = *in;
+        iq.n = ep->tbeg[q + 1] - tq;
+        iq.logits = in->logits + (size_t)tq * M;
+        iq.ids = in->ids ? in->ids + tq : NULL;
+        iq.uniforms = in->uniforms ? in->uniforms + tq : NULL;
+        iq.choices = in->choices ? in->choices + (size_t)tq * K : NULL;
+        iq.choice_w = in->choice_w ? in->choice_w + (size_t)tq * K : NULL;
+        iq.rng = rngs ? rngs[q] : in->rng;
+        moe_plan *lp = ep->loc;
+        if ((rc = moe_router_route(r, &iq, lp)))
+            return rc;
+        for (size_t i = 0; i < lp->n_entries; i++) {
+            const moe_entry *e = &lp->entries[i];
+            if ((rc = moe_plan_push(out, e->token + tq, e->expert, (int32_t)(e->slot + off),
+                                    e->dispatch_w, e->combine_w)))
+                return rc;
+        }
+        for (int e = 0; e < ep->E; e++) {
+            out->assigned_load[e] += lp->assigned_load[e];
+            out->importance[e] += lp->importance[e];
+        }
+        out->k = lp->k;
+        out->dense |= lp->dense;
+        const int has_claims = !lp->dense && lp->n_claims > 0;
+        out->n_claims += has_claims ? lp->n_claims : (long)lp->n_entries;
+        if (claims)
+            claims[q] = has_claims ? lp->n_claims : (long)lp->n_entries;
+        if (dropped)
+            dropped[q] = has_claims ? lp->n_claims - (long)lp->n_entries : 0;
+        off += lp->capacity;
+    }
+    out->capacity = off;
+    if (off > ep->Cc)
+        return moe_fail(MOE_EINVAL, NULL, "per-rank capacities sum to %ld slots, above the "
+                        "expert-parallel layer's %ld (moe_ep_plan_per_rank)", off, ep->Cc);
+    return MOE_OK;
+}
+
+/* ---- the expert-parallel point: the pipeline hook ---- */
+
+struct moe_ep_point {
+    moe_pipeline_ep hooks;
+    moe_ep *ep;
+    moe_router *r;
+    gsl_rng **rngs;   /* (P) or NULL */
+    moe_plan *uplan;  /* the per-rank-capacity plan */
+    float *yscratch;  /* (T,D) its output (not kept) */
+    long *claims, *dropped; /* (P) */
+    double acc[MOE_EP_NMODES][MOE_EP_NFIELDS];
+    int nb, P;
+};
+
+static void ep_point_clear(moe_ep_point *c)
+{
+    moe_ep_free(c->ep);
+    if (c->rngs)
+        for (int q = 0; q < c->P; q++)
+            gsl_rng_free(c->rngs[q]);
+    free(c->rngs);
+    moe_plan_free(c->uplan);
+    free(c->yscratch);
+    free(c->claims);
+    free(c->dropped);
+    moe_pipeline_ep hooks = c->hooks;
+    memset(c, 0, sizeof *c);
+    c->hooks = hooks;
+}
+
+static int ep_begin(void *ctx, const moe_pipeline_cfg *cfg, moe_router *r, long C_max,
+                    size_t cap)
+{
+    moe_ep_point *c = ctx;
+    ep_point_clear(c);
+    const moe_experts *w = cfg->w;
+    c->P = moe_mpi_g.size;
+    c->r = r;
+    c->ep = moe_ep_alloc(cfg->T, w->E, C_max, w->d, w->f, w->act, cap, 1);
+    if (!c->ep)
+        return MOE_EINVAL;
+    int bad = 0;
+    c->uplan = moe_plan_alloc(cfg->T, w->E, cap * (size_t)c->P);
+    c->yscratch = malloc((size_t)cfg->T * (size_t)w->d * sizeof *c->yscratch);
+    c->claims = moe_mpi_xcalloc((size_t)c->P, sizeof *c->claims, &bad);
+    c->dropped = moe_mpi_xcalloc((size_t)c->P, sizeof *c->dropped, &bad);
+    if ((cfg->rtype->flags & MOE_RF_USES_RNG) || cfg->opts->noise_std > 0.0) {
+        c->rngs = moe_mpi_xcalloc((size_t)c->P, sizeof *c->rngs, &bad);
+        for (int q = 0; !bad && q < c->P; q++)
+            if (!(c->rngs[q] = moe_rng_alloc(cfg->seed, MOE_EP_STREAM + (uint64_t)q)))
+                bad = 1;
+    }
+    if (bad || !c->uplan || !c->yscratch)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (expert-parallel point %s)",
+                        cfg->label ? cfg->label : "");
+    return MOE_OK;
+}
+
+static void ep_accumulate(double *acc, const moe_ep_stats *st, long capacity)
+{
+    acc[MOE_EP_FIRST_EXPERT] = st->e0;
+    acc[MOE_EP_EXPERTS] = st->experts;
+    acc[MOE_EP_FIRST_TOKEN] = st->t0;
+    acc[MOE_EP_TOKENS_HELD] = st->held;
+    acc[MOE_EP_PLAN_CAPACITY] += (double)capacity;
+    acc[MOE_EP_TOKENS] += (double)st->tokens;
+    acc[MOE_EP_ROWS_OUT] += (double)st->rows_out;
+    acc[MOE_EP_ROWS_IN] += (double)st->rows_in;
+    acc[MOE_EP_ROWS_LOCAL] += (double)st->rows_local;
+    acc[MOE_EP_BYTES_SENT] += st->bytes_sent;
+    acc[MOE_EP_BYTES_RECV] += st->bytes_recv;
+    acc[MOE_EP_A2A_S] += st->a2a_s;
+    acc[MOE_EP_EXPERT_S] += st->expert_s;
+    acc[MOE_EP_PACK_S] += st->pack_s;
+}
+
+static int ep_forward(void *ctx, const moe_experts *w, const moe_plan *plan,
+                      const moe_route_in *in, const float *x, float *y, moe_phase_times *tm)
+{
+    moe_ep_point *c = ctx;
+    moe_ep_stats st;
+    /* the point's plan: its output is the layer output */
+    int rc = moe_ep_forward(c->ep, w, plan, x, y, 1, &st);
+    if (rc)
+        return rc;
+    if (tm) {
+        tm->dispatch = st.dispatch_s;
+        tm->experts = st.expert_s;
+        tm->combine = st.combine_s;
+    }
+    ep_accumulate(c->acc[MOE_EP_GLOBAL], &st, plan->capacity);
+    /* the same batch under DeepSpeed's per-rank capacity: measured, not kept */
+    rc = moe_ep_plan_per_rank(c->ep, c->r, in, c->rngs, c->uplan, c->claims, c->dropped);
+    if ((rc = ep_forward_rc(c->ep, w, c->uplan, x, c->yscratch, 0, &st, rc)))
+        return rc;
+    ep_accumulate(c->acc[MOE_EP_PER_RANK], &st, c->uplan->capacity);
+    c->acc[MOE_EP_PER_RANK][MOE_EP_CLAIMS] += (double)c->claims[moe_mpi_g.rank];
+    c->acc[MOE_EP_PER_RANK][MOE_EP_DROPPED] += (double)c->dropped[moe_mpi_g.rank];
+    c->nb++;
+    return MOE_OK;
+}
+
+moe_ep_point *moe_ep_point_alloc(void)
+{
+    moe_ep_point *c = calloc(1, sizeof *c);
+    if (!c) {
+        moe_fail(MOE_ENOMEM, NULL, "out of memory (expert-parallel point)");
+        return NULL;
+    }
+    c->hooks = (moe_pipeline_ep){c, ep_begin, ep_forward};
+    return c;
+}
+
+void moe_ep_point_free(moe_ep_point *c)
+{
+    if (!c)
+        return;
+    ep_point_clear(c);
+    free(c);
+}
+
+const moe_pipeline_ep *moe_ep_point_hooks(moe_ep_point *c) { return &c->hooks; }
+
+void moe_ep_point_means(const moe_ep_point *c, double *v)
+{
+    const double nb = c->nb > 0 ? (double)c->nb : 1.0;
+    for (int mo = 0; mo < MOE_EP_NMODES; mo++)
+        for (int f = 0; f < MOE_EP_NFIELDS; f++) {
+            double x = c->acc[mo][f];
+            if (f != MOE_EP_FIRST_EXPERT && f != MOE_EP_EXPERTS && f != MOE_EP_FIRST_TOKEN &&
+                f != MOE_EP_TOKENS_HELD)
+                x /= nb;
+            v[mo * MOE_EP_NFIELDS + f] = x;
+        }
+    /* per token shard: only known per rank's plan */
+    v[MOE_EP_GLOBAL * MOE_EP_NFIELDS + MOE_EP_CLAIMS] = NAN;
+    v[MOE_EP_GLOBAL * MOE_EP_NFIELDS + MOE_EP_DROPPED] = NAN;
+}

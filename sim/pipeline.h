@@ -1,0 +1,100 @@
+/* pipeline.h: one batch through the MoE layer, the only place that runs it (DESIGN.md "Data
+ * flow"). `moesim run` (point.c, and its expert-parallel form in mpi_run.c), `moesim route`
+ * (cmd_route.c) and `moesim bench` (cmd_bench.c) all measure this code:
+ *
+ *   batch     from a token source (moe_pipeline_run_source) or given (moe_pipeline_run_batch)
+ *   gate      logits (T,M) = x (T,D) Wg (D,M) in fp32, skipped when the batch brings logits
+ *   route     the router's plan (moe_router_route), timed on its own
+ *   layer     dispatch, experts, combine (moe_layer_forward, or the expert-parallel hook)
+ *   metrics   moe_metrics_compute on the plan
+ *   errors    output_error_dense: rel. L2 of y from the dense mixture sum_e p[t,e] FFN_e(x_t)
+ *             on min(T, error_rows) evenly spaced rows (p = softmax of the logits; dense plans:
+ *             the combine weights summed per expert); output_error_dropless (routers with a
+ *             dropless form): rel. L2 of y from the same router with dropless = 1 on the same
+ *             batch and the same random draws (a twin router, its generator seeded
+ *             identically); 0 for a router that is dropless already. Not part of the timings.
+ *   observe   stateful routers update their state from their plans (twin included)
+ *
+ * A pipeline is allocated once per point (router, twin, layer, plans, metrics and every
+ * workspace sized from the configuration) and then runs any number of batches; flags say
+ * which stages run. Random draws of the router come from (seed, moe_router_stream(type)).
+ */
+#ifndef MOE_PIPELINE_H
+#define MOE_PIPELINE_H
+
+#include "layer.h"
+#include "moe.h"
+#include "source.h"
+
+/* What a batch computes. Routing always runs. */
+enum {
+    MOE_PIPE_LAYER = 1u << 0,   /* dispatch, experts, combine: y (T,D); needs experts */
+    MOE_PIPE_METRICS = 1u << 1, /* routing metrics and FLOPs of the plan */
+    MOE_PIPE_ERRORS = 1u << 2,  /* output errors; needs LAYER and METRICS */
+    MOE_PIPE_OBSERVE = 1u << 3  /* stateful routers observe each batch's plan */
+};
+
+typedef struct moe_pipeline_cfg moe_pipeline_cfg;
+
+/* Expert-parallel hook (mpi_ep.c): forward replaces moe_layer_forward for the batch's plan
+ * (same contract: y (T,D) complete; in is the batch's routing input, for per-rank routing).
+ * begin runs once at the end of moe_pipeline_alloc with the router, the layer's C_max and the
+ * plan's entry capacity. */
+typedef struct {
+    void *ctx;
+    int (*begin)(void *ctx, const moe_pipeline_cfg *cfg, moe_router *r, long C_max,
+                 size_t cap_entries);
+    int (*forward)(void *ctx, const moe_experts *w, const moe_plan *plan, const moe_route_in *in,
+                   const float *x, float *y, moe_phase_times *tm);
+} moe_pipeline_ep;
+
+struct moe_pipeline_cfg {
+    const moe_router_type *rtype;
+    const moe_route_opts *opts; /* k, capacity, ...: copied by the routers */
+    int T, M;                   /* tokens per batch, logit columns (E, or E*P for soft_moe) */
+    int k_claims;               /* claims per token to size the plan when a batch records more
+                                 * than the router's k (replay); 0: the router's k */
+    long C_max;                 /* layer slots per expert; 0: any plan's (max(formula, T)) */
+    const moe_experts *w;       /* expert weights (E,D,F), or NULL until moe_pipeline_set_experts */
+    const float *wg;            /* (D,M) gate for batches without logits, or NULL */
+    uint64_t seed;              /* the router's random stream, and the twin's */
+    int error_rows;             /* rows of the dense-mixture error; 0 = all */
+    unsigned flags;             /* MOE_PIPE_* */
+    const moe_pipeline_ep *ep;  /* expert-parallel forward, or NULL */
+    const char *source;         /* names the source in messages (moe_pipeline_run_source) */
+    const char *label;          /* names the point in messages */
+};
+
+typedef struct moe_pipeline moe_pipeline;
+
+/* Allocate everything one point needs (the configuration is copied; opts, w, wg and ep must
+ * outlive the pipeline). Errors (bad options, k > E, out of memory) through moe_fail. */
+int moe_pipeline_alloc(const moe_pipeline_cfg *cfg, moe_pipeline **out);
+void moe_pipeline_free(moe_pipeline *p); /* NULL is a no-op */
+
+/* Attach expert weights to a pipeline allocated without them (w (E,D,F) with E the router's
+ * experts); allocates the layer, and the dropless twin with MOE_PIPE_ERRORS. Once only. */
+int moe_pipeline_set_experts(moe_pipeline *p, const moe_experts *w);
+
+/* Run one batch b (b->n tokens, b->n <= T; b->m = M; x (T,D) needed with a layer or a gate).
+ * uniforms (T) are gshard's draws, or NULL to draw from the pipeline's stream. tm (may be
+ * NULL) receives the phase times. */
+int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *uniforms,
+                           moe_phase_times *tm);
+/* Batch number index of src, checked to be (T,D,M), then moe_pipeline_run_batch. */
+int moe_pipeline_run_source(moe_pipeline *p, moe_source *src, int index, moe_phase_times *tm);
+
+/* Results of the last batch, valid until the next one. */
+moe_router *moe_pipeline_router(const moe_pipeline *p);
+const moe_plan *moe_pipeline_plan(const moe_pipeline *p);
+const moe_metrics *moe_pipeline_metrics(const moe_pipeline *p); /* MOE_PIPE_METRICS */
+const float *moe_pipeline_output(const moe_pipeline *p);        /* y (T,D), MOE_PIPE_LAYER */
+const double *moe_pipeline_logits(const moe_pipeline *p);       /* (T,M) routed on */
+int moe_pipeline_gate_computed(const moe_pipeline *p);          /* the gate GEMM ran */
+const moe_layer *moe_pipeline_layer(const moe_pipeline *p);     /* NULL without experts */
+
+/* Rows of the dense-mixture error subset: nrows = min(T, error_rows) (all if 0), evenly spaced
+ * rows[i] = floor(i*T/nrows). rows must hold T ints. Returns nrows. */
+int moe_pipeline_error_rows(int T, int error_rows, int *rows);
+
+#endif

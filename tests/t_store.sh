@@ -1,0 +1,82 @@
+#!/bin/sh
+# t_store.sh: migrations of the results database (sim/store.c). A database of schema version 1
+# (tests/data/store_v1.sql: dumped from a database the version-1 binary wrote, see its header)
+# is upgraded in place to version 2 by `moesim run` and keeps its point; read-only commands read
+# it without writing; a database holding only the table `bench` of an older `moesim bench` gets
+# the rest of the schema around its rows. Run with MOESIM=<build>/moesim.
+MOESIM=${MOESIM:-./moesim}
+case "$MOESIM" in /*) ;; *) MOESIM="$(pwd)/$MOESIM" ;; esac
+cd "$(dirname "$0")/.." || exit 1
+pass=0 fail=0
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL t_store: $1"; }
+check() { d=$1; shift; if "$@"; then ok; else bad "$d"; fi; }
+q() { sqlite3 "$@"; }
+tmp=$(mktemp -d /tmp/moesim_t_store.XXXXXX) || exit 1
+trap 'rm -rf "$tmp"' EXIT
+if ! command -v sqlite3 >/dev/null; then
+    echo "t_store: skipped: the sqlite3 command is missing (1 skipped)"
+    echo "t_store: 0 passed, 0 failed"; exit 0
+fi
+
+# ---- version 1 -> 2 ----
+db=$tmp/v1.db
+q "$db" < tests/data/store_v1.sql
+check "fixture is version 1" test "$(q "$db" 'PRAGMA user_version')" = 1
+key=$(q "$db" 'SELECT config_key FROM points')
+# read-only: report reads it and leaves it at version 1
+"$MOESIM" report "$db" > "$tmp/report" 2>&1
+check "report reads a version-1 database" grep -q topk "$tmp/report"
+check "report leaves version 1" test "$(q "$db" 'PRAGMA user_version')" = 1
+# the same spec and point: the upgrade keeps it, so the run skips it as stored (resume)
+"$MOESIM" run experiments/regression/recorded.ini --set experiment.routers=topk \
+    --set experiment.capacity_factors=1.25 --set experiment.distributions=popularity_instruct \
+    --set experiment.tokens=32 --set experiment.batches=1 --db "$db" --no-plots \
+    > "$tmp/out" 2> "$tmp/err"
+rc=$?
+check "run on a version-1 database succeeds: $(cat "$tmp/err")" test $rc = 0
+check "upgraded to version 2" test "$(q "$db" 'PRAGMA user_version')" = 2
+check "the stored point is kept and skipped" grep -q "1 stored" "$tmp/err"
+check "same point" test "$(q "$db" 'SELECT config_key FROM points')" = "$key"
+check "its batch and loads kept" test "$(q "$db" 'SELECT count(*) FROM batches')|$(q "$db" \
+    'SELECT count(*) FROM expert_loads')" = "1|8"
+for t in ep_ranks bench; do
+    check "table $t added" test "$(q "$db" "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '$t'")" = 1
+done
+check "view ep_summary added" test "$(q "$db" "SELECT count(*) FROM sqlite_master WHERE type = 'view' AND name = 'ep_summary'")" = 1
+# the upgraded schema has the same tables and columns as a new database of version 2
+new=$tmp/new.db
+"$MOESIM" run experiments/regression/recorded.ini --set experiment.routers=topk \
+    --set experiment.capacity_factors=1.25 --set experiment.distributions=popularity_instruct \
+    --set experiment.tokens=32 --set experiment.batches=1 --db "$new" --no-plots >/dev/null 2>&1
+cols() { q "$1" "SELECT m.name || '.' || p.name || ':' || p.type FROM sqlite_master m,
+    pragma_table_info(m.name) p WHERE m.type IN ('table', 'view') ORDER BY m.name, p.cid"; }
+cols "$db" > "$tmp/cols_upgraded"; cols "$new" > "$tmp/cols_new"
+check "upgraded schema = new schema" cmp -s "$tmp/cols_upgraded" "$tmp/cols_new"
+# a version newer than the binary is still refused
+q "$db" 'PRAGMA user_version = 3'
+"$MOESIM" report "$db" > /dev/null 2> "$tmp/err"
+check "newer version refused" grep -q "schema version 3 is newer" "$tmp/err"
+
+# ---- a database with only an older bench table (no version) ----
+bdb=$tmp/bench.db
+q "$bdb" "CREATE TABLE bench (run TEXT NOT NULL, git_rev TEXT, blas_library TEXT,
+    blas_core TEXT, blas_threads INTEGER, openblas_coretype TEXT, torch TEXT,
+    quick INTEGER NOT NULL, repeats INTEGER NOT NULL, config TEXT NOT NULL, router TEXT,
+    E INTEGER, k INTEGER, n INTEGER NOT NULL, d INTEGER, f INTEGER, cf REAL, capacity INTEGER,
+    kept INTEGER, metric TEXT NOT NULL, unit TEXT, median REAL, q1 REAL, q3 REAL, min REAL,
+    max REAL, PRIMARY KEY (run, config, n, metric));
+    INSERT INTO bench (run, quick, repeats, config, n, metric, median)
+    VALUES ('old', 1, 1, 'E8k2', 1024, 'time_layer', 0.5);"
+"$MOESIM" run experiments/regression/recorded.ini --set experiment.routers=topk \
+    --set experiment.capacity_factors=1.25 --set experiment.distributions=popularity_instruct \
+    --set experiment.tokens=32 --set experiment.batches=1 --db "$bdb" --no-plots \
+    > /dev/null 2> "$tmp/err"
+rc=$?
+check "run on a bench-only database: $(cat "$tmp/err")" test $rc = 0
+check "bench-only database: version 2" test "$(q "$bdb" 'PRAGMA user_version')" = 2
+check "bench rows kept" test "$(q "$bdb" "SELECT median FROM bench WHERE run = 'old'")" = 0.5
+check "point stored next to them" test "$(q "$bdb" 'SELECT count(*) FROM points')" = 1
+
+echo "t_store: $pass passed, $fail failed"
+[ "$fail" = 0 ]
