@@ -1,4 +1,4 @@
-/* cmd_bench.c: `moesim bench` (issue 10): the speed of the real MoE layer against the BLAS it
+/* cmd_bench.c: `moesim bench`: the speed of the real MoE layer against the BLAS it
  * runs on and against PyTorch, in one run, stored in SQLite like any experiment.
  *
  * For each layer configuration (E=16 k=2 topk, E=64 k=1 switch, E=8 k=2 topk; n=8192, d=512,
@@ -9,11 +9,11 @@
  *     pair of the same useful FLOPs, (N x D)(D x F) then (N x F)(F x D) with N = kept entries,
  *     timed in the same run, against the same GEMMs grouped per expert (the expert phase without
  *     bias, activation or gather: what OpenBLAS allows on these shapes), and against the fp32
- *     peak (--peak-gflops, default 467: issue 10's measurement of this machine);
+ *     peak (--peak-gflops, default 467, measured on the reference machine);
  *   - the share of route + dispatch + combine in the layer time;
  *   - a check of the layer output against the naive reference (moe_layer_forward_naive) on the
  *     first tokens (all tokens with --quick);
- *   - PyTorch (tests/bench/torch_moe.py, run with /usr/bin/python3 when torch imports) on the same
+ *   - PyTorch (sim/bench_torch_moe.py, run with /usr/bin/python3 when torch imports) on the same
  *     inputs: the per-expert loop of Mixtral and the one-hot einsum dispatch of GShard/DeepSpeed,
  *     1 and 2 threads, OMP_WAIT_POLICY=passive; its outputs must agree with moesim's.
  * On the first configuration it also measures time per token for n = 1k, 4k, 16k, 64k (with the
@@ -26,6 +26,7 @@
  * disagree. Rows go to the table `bench` of --db (default results/bench.db), one transaction per
  * run, with the BLAS provenance (library, core, threads, OPENBLAS_CORETYPE) on every row.
  */
+#include "bench.h"
 #include "blas_info.h"
 #include "cli.h"
 #include "layer.h"
@@ -53,50 +54,18 @@
 #include <time.h>
 #include <unistd.h>
 
-/* ---- configuration ---- */
-
-typedef struct {
-    const char *name;   /* config column in the database */
-    const char *router; /* topk for k >= 2, switch for k = 1 */
-    int E, k;
-} bench_cfg;
-
 static const bench_cfg bench_cfgs[] = {
-    {"E16k2", "topk", 16, 2}, /* the reference layer of issue 10 */
+    {"E16k2", "topk", 16, 2}, /* the reference layer */
     {"E64k1", "switch", 64, 1},
     {"E8k2", "topk", 8, 2},
 };
 enum { NCFG = sizeof bench_cfgs / sizeof *bench_cfgs };
 
-/* Layer shapes: full and --quick. cf = 1.25 in both. */
-typedef struct {
-    int n, d, f;
-    int scale_n[4]; /* the n-scaling points of the first configuration */
-    int nscale;
-    int check_tokens; /* tokens checked against the naive reference; 0 = all */
-} bench_shape;
-
 static const bench_shape shape_full = {8192, 512, 2048, {1024, 4096, 16384, 65536}, 4, 256};
 static const bench_shape shape_quick = {1024, 64, 256, {256, 1024, 4096, 0}, 3, 0};
 
-#define BENCH_CF "1.25"
-#define BENCH_PEAK_GFLOPS 467.0 /* issue 10: fp32 FMA peak measured on this machine (2 cores) */
-#define TORCH_TOL 1e-4          /* relative L2 for moesim vs PyTorch outputs */
-#define NAIVE_TOL 1e-5          /* relative L2 for moesim vs its naive double reference */
-
-typedef struct {
-    int quick, repeats, threads, no_torch;
-    const char *db, *python, *script;
-    const char *configs; /* comma-separated names to run, NULL = all */
-    double peak;
-    unsigned long long seed;
-} bench_args;
-
 /* ---- statistics ---- */
 
-typedef struct {
-    double median, q1, q3, min, max;
-} bench_stat;
 
 /* Sorts v (len >= 1) in place. */
 static bench_stat stat_of(double *v, int len)
@@ -111,19 +80,10 @@ static bench_stat stat_of(double *v, int len)
     return s;
 }
 
-static bench_stat stat_one(double v) { return (bench_stat){v, NAN, NAN, NAN, NAN}; }
+bench_stat bench_stat_one(double v) { return (bench_stat){v, NAN, NAN, NAN, NAN}; }
 
 /* ---- the run: options, provenance, database ---- */
 
-typedef struct {
-    bench_args a;
-    const bench_shape *sh;
-    moe_blas_info bi;
-    char run_id[64];
-    char torch_version[64];
-    moe_store *db; /* --db, one transaction for the whole run */
-    int failures; /* correctness checks that failed (outputs disagree) */
-} bench_ctx;
 
 /* The context of one row: which layer it measures. */
 typedef struct {
@@ -151,12 +111,6 @@ static int db_put(bench_ctx *c, const row_key *rk, const char *metric, const cha
 
 /* ---- inputs ---- */
 
-typedef struct {
-    int E, d, f;
-    float *wg;              /* (D,E) gate */
-    float *w1, *b1, *w2, *b2; /* (E,D,F) (E,F) (E,F,D) (E,D) */
-    moe_experts ex;
-} bench_weights;
 
 static void fill_gauss(gsl_rng *r, float *v, size_t len, double sigma)
 {
@@ -233,14 +187,6 @@ static const char *phase_name(int ph)
     return ph == MOE_PHASE_TOTAL ? "layer" : moe_phase_names[ph];
 }
 
-typedef struct {
-    int n;
-    long C;
-    moe_route_opts o;
-    moe_pipeline *pipe;
-    const moe_plan *plan; /* the pipeline's, after a forward */
-    const float *y;       /* (T,D) the pipeline's output */
-} layer_point;
 
 static void point_free(layer_point *p)
 {
@@ -397,8 +343,8 @@ static int gemm_measure(const bench_weights *w, const moe_plan *plan, const floa
     }
     if (!rc) {
         g->grouped = stat_of(v, repeats);
-        g->dense = dense ? stat_of(v + repeats, repeats) : stat_one(NAN);
-        g->act = dense ? stat_of(v + 2 * repeats, repeats) : stat_one(NAN);
+        g->dense = dense ? stat_of(v + repeats, repeats) : bench_stat_one(NAN);
+        g->act = dense ? stat_of(v + 2 * repeats, repeats) : bench_stat_one(NAN);
     }
 out:
     free(A);
@@ -445,288 +391,6 @@ static int naive_check(const layer_point *p, const bench_weights *w, const float
 out:
     moe_plan_free(sub);
     free(yref);
-    return rc;
-}
-
-/* ---- PyTorch reference (tests/bench/torch_moe.py) ---- */
-
-enum { TORCH_STYLES = 2, TORCH_MAXTH = 4 };
-static const char *const torch_styles[TORCH_STYLES] = {"loop", "einsum"};
-
-typedef struct {
-    int available;          /* 0: torch missing or --no-torch; why in note */
-    char note[160];
-    int nth;
-    int threads[TORCH_MAXTH];
-    bench_stat t[TORCH_STYLES][TORCH_MAXTH]; /* s per layer; median NaN if not measured */
-    int best_style, best_th;
-    double rel_l2[TORCH_STYLES];
-    long routing_mismatch;
-    int blas_threads_set; /* the script set OpenBLAS's threads along with torch's */
-} torch_result;
-
-/* Appends a space (unless at the start or after one) and s in single quotes (a ' becomes
- * '\''). */
-static int shell_quote(char *buf, size_t len, size_t *pos, const char *s)
-{
-    if (*pos + 2 >= len)
-        return -1;
-    if (*pos > 0 && buf[*pos - 1] != ' ')
-        buf[(*pos)++] = ' ';
-    buf[(*pos)++] = '\'';
-    for (; *s; s++) {
-        const char *piece = *s == '\'' ? "'\\''" : NULL;
-        size_t pl = piece ? 4 : 1;
-        if (*pos + pl + 2 >= len)
-            return -1;
-        if (piece)
-            memcpy(buf + *pos, piece, pl);
-        else
-            buf[*pos] = *s;
-        *pos += pl;
-    }
-    buf[(*pos)++] = '\'';
-    buf[*pos] = '\0';
-    return 0;
-}
-
-static int write_npy(const char *dir, const char *name, int dtype, const void *data, int ndim,
-                     size_t s0, size_t s1, size_t s2)
-{
-    char path[4096 + 32];
-    size_t shape[3] = {s0, s1, s2};
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    return moe_npy_write(path, dtype, data, ndim, shape);
-}
-
-static const char *const torch_files[] = {"x.npy", "wg.npy", "w1.npy", "b1.npy", "w2.npy",
-                                          "b2.npy", "kept.npy", "y_loop.npy", "y_einsum.npy",
-                                          NULL};
-
-static void torch_cleanup(const char *dir)
-{
-    char path[4096 + 32];
-    for (int i = 0; torch_files[i]; i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, torch_files[i]);
-        unlink(path);
-    }
-    rmdir(dir);
-}
-
-static int torch_write_inputs(const char *dir, const bench_weights *w, const float *x,
-                              const layer_point *p)
-{
-    size_t n = (size_t)p->n, D = (size_t)w->d, F = (size_t)w->f, E = (size_t)w->E;
-    size_t N = p->plan->n_entries;
-    int64_t *kept = malloc((2 * N + 1) * sizeof *kept); /* (N,2) token, expert */
-    if (!kept)
-        return moe_fail(MOE_ENOMEM, NULL, "out of memory (plan for torch)");
-    for (size_t i = 0; i < N; i++) {
-        kept[2 * i] = p->plan->entries[i].token;
-        kept[2 * i + 1] = p->plan->entries[i].expert;
-    }
-    int rc = write_npy(dir, "x.npy", MOE_F32, x, 2, n, D, 0);
-    if (!rc)
-        rc = write_npy(dir, "wg.npy", MOE_F32, w->wg, 2, D, E, 0);
-    if (!rc)
-        rc = write_npy(dir, "w1.npy", MOE_F32, w->w1, 3, E, D, F);
-    if (!rc)
-        rc = write_npy(dir, "b1.npy", MOE_F32, w->b1, 2, E, F, 0);
-    if (!rc)
-        rc = write_npy(dir, "w2.npy", MOE_F32, w->w2, 3, E, F, D);
-    if (!rc)
-        rc = write_npy(dir, "b2.npy", MOE_F32, w->b2, 2, E, D, 0);
-    if (!rc)
-        rc = write_npy(dir, "kept.npy", MOE_I64, kept, 2, N, 2, 0);
-    free(kept);
-    return rc;
-}
-
-/* Runs the command, returns its stdout (malloc'd) and exit status. */
-static char *run_capture(const char *cmd, int *status)
-{
-    FILE *f = popen(cmd, "r");
-    if (!f) {
-        *status = -1;
-        return NULL;
-    }
-    size_t cap = 4096, len = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        if (len + 1024 > cap) {
-            char *nb = realloc(buf, cap * 2);
-            if (!nb) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-        size_t got = fread(buf + len, 1, cap - len - 1, f);
-        len += got;
-        if (got == 0)
-            break;
-    }
-    if (buf)
-        buf[len] = '\0';
-    int st = pclose(f);
-    *status = st == -1 ? -1 : WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-    return buf;
-}
-
-static double json_num(json_t *o, const char *key)
-{
-    json_t *v = json_object_get(o, key);
-    return json_is_number(v) ? json_number_value(v) : NAN;
-}
-
-static int torch_parse(bench_ctx *c, const char *text, torch_result *tr)
-{
-    json_error_t err;
-    json_t *root = json_loads(text, 0, &err);
-    if (!root || !json_is_object(root)) {
-        json_decref(root);
-        return moe_fail(MOE_EFORMAT, "run the script by hand to see its output",
-                        "cannot read the PyTorch reference's JSON: %s (%s, line %d)", err.text,
-                        c->a.script, err.line);
-    }
-    json_t *ver = json_object_get(root, "torch");
-    if (json_is_string(ver))
-        snprintf(c->torch_version, sizeof c->torch_version, "%s", json_string_value(ver));
-    tr->routing_mismatch = (long)json_integer_value(json_object_get(root, "routing_mismatch"));
-    tr->blas_threads_set = json_is_true(json_object_get(root, "blas_threads_set"));
-    json_t *res = json_object_get(root, "results");
-    size_t i;
-    json_t *it;
-    json_array_foreach(res, i, it) {
-        const char *style = json_string_value(json_object_get(it, "style"));
-        int th = (int)json_integer_value(json_object_get(it, "threads"));
-        int s = -1, j;
-        for (int q = 0; q < TORCH_STYLES; q++)
-            if (style && strcmp(style, torch_styles[q]) == 0)
-                s = q;
-        for (j = 0; j < tr->nth; j++)
-            if (tr->threads[j] == th)
-                break;
-        if (s < 0 || j == tr->nth)
-            continue;
-        tr->t[s][j] = (bench_stat){json_num(it, "median"), json_num(it, "q1"),
-                                   json_num(it, "q3"), json_num(it, "min"), json_num(it, "max")};
-    }
-    json_decref(root);
-    return MOE_OK;
-}
-
-static int torch_compare(const char *dir, const char *name, const float *y, size_t n, size_t D,
-                         double *err)
-{
-    char path[4096 + 32];
-    snprintf(path, sizeof path, "%s/%s", dir, name);
-    moe_npy a;
-    int rc = moe_npy_read(path, &a);
-    if (rc)
-        return rc;
-    if (a.dtype != MOE_F32 || a.ndim != 2 || a.shape[0] != n || a.shape[1] != D) {
-        moe_npy_free(&a);
-        return moe_fail(MOE_EFORMAT, NULL, "PyTorch output is not float32 (%zu,%zu) (%s)", n, D,
-                        path);
-    }
-    *err = moe_rel_l2(y, a.data, n * D);
-    moe_npy_free(&a);
-    return MOE_OK;
-}
-
-static int torch_measure(bench_ctx *c, const bench_cfg *cfg, const bench_weights *w,
-                         const float *x, const layer_point *p, torch_result *tr)
-{
-    memset(tr, 0, sizeof *tr);
-    tr->threads[0] = 1;
-    tr->threads[1] = 2;
-    tr->nth = 2;
-    for (int s = 0; s < TORCH_STYLES; s++)
-        for (int j = 0; j < TORCH_MAXTH; j++)
-            tr->t[s][j] = stat_one(NAN);
-    tr->rel_l2[0] = tr->rel_l2[1] = NAN;
-    if (c->a.no_torch) {
-        snprintf(tr->note, sizeof tr->note, "skipped (--no-torch)");
-        return MOE_OK;
-    }
-    if (access(c->a.script, R_OK) != 0) {
-        snprintf(tr->note, sizeof tr->note, "skipped: %s not found (run from the repository)",
-                 c->a.script);
-        return MOE_OK;
-    }
-    const char *tmp = getenv("TMPDIR");
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s/moesim-bench-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    if (!mkdtemp(dir))
-        return moe_fail(MOE_EIO, "set TMPDIR to a writable folder",
-                        "cannot create a temporary folder (%s: %s)", dir, strerror(errno));
-    int rc = torch_write_inputs(dir, w, x, p);
-    char cmd[16384], num[160];
-    size_t pos = 0;
-    char *out = NULL;
-    if (rc)
-        goto out;
-    pos = (size_t)snprintf(cmd, sizeof cmd, "OMP_WAIT_POLICY=passive ");
-    int repeats_einsum = c->a.repeats < 3 ? c->a.repeats : 3; /* seconds per forward */
-    snprintf(num, sizeof num, " --dir ");
-    if (shell_quote(cmd, sizeof cmd, &pos, c->a.python) ||
-        shell_quote(cmd, sizeof cmd, &pos, c->a.script) ||
-        pos + strlen(num) >= sizeof cmd)
-        goto toolong;
-    memcpy(cmd + pos, num, strlen(num) + 1);
-    pos += strlen(num);
-    if (shell_quote(cmd, sizeof cmd, &pos, dir))
-        goto toolong;
-    snprintf(num, sizeof num,
-             " --router %s --k %d --capacity %ld --repeats %d --einsum-repeats %d --threads 1,2",
-             cfg->router, cfg->k, p->C, c->a.repeats, repeats_einsum);
-    if (pos + strlen(num) >= sizeof cmd)
-        goto toolong;
-    memcpy(cmd + pos, num, strlen(num) + 1);
-
-    int status;
-    fflush(stdout);
-    out = run_capture(cmd, &status);
-    if (status == 3 || status == 127) { /* the script's "torch not importable", or no python */
-        snprintf(tr->note, sizeof tr->note, "skipped: PyTorch not available to %s (exit %d)",
-                 c->a.python, status);
-        goto out;
-    }
-    if (status != 0 || !out) {
-        rc = moe_fail(MOE_EIO, "run the command by hand: it prints its error on stderr",
-                      "the PyTorch reference failed with exit status %d (%s)", status, cmd);
-        goto out;
-    }
-    if ((rc = torch_parse(c, out, tr)))
-        goto out;
-    size_t n = (size_t)p->n, D = (size_t)w->d;
-    if ((rc = torch_compare(dir, "y_loop.npy", p->y, n, D, &tr->rel_l2[0])) ||
-        (rc = torch_compare(dir, "y_einsum.npy", p->y, n, D, &tr->rel_l2[1])))
-        goto out;
-    tr->available = 1;
-    tr->best_style = tr->best_th = -1;
-    for (int s = 0; s < TORCH_STYLES; s++)
-        for (int j = 0; j < tr->nth; j++)
-            if (isfinite(tr->t[s][j].median) &&
-                (tr->best_style < 0 ||
-                 tr->t[s][j].median < tr->t[tr->best_style][tr->best_th].median)) {
-                tr->best_style = s;
-                tr->best_th = j;
-            }
-    if (tr->best_style < 0) {
-        rc = moe_fail(MOE_EFORMAT, NULL, "the PyTorch reference reported no timing (%s)",
-                      c->a.script);
-        goto out;
-    }
-    goto out;
-toolong:
-    rc = moe_fail(MOE_EINVAL, NULL, "paths too long for the PyTorch command (%s)", c->a.script);
-out:
-    free(out);
-    torch_cleanup(dir);
     return rc;
 }
 
@@ -837,19 +501,19 @@ static int store_cfg(bench_ctx *c, const cfg_result *r)
     if (rc || (rc = db_put(c, &rk, "tokens_per_s", "1/s",
                            (bench_stat){r->n / L->median, r->n / L->q3, r->n / L->q1,
                                         r->n / L->max, r->n / L->min})) ||
-        (rc = db_put(c, &rk, "flops_expert_useful", "FLOP", stat_one(r->flops))) ||
-        (rc = db_put(c, &rk, "gflops_experts", "GFLOP/s", stat_one(ge))) ||
+        (rc = db_put(c, &rk, "flops_expert_useful", "FLOP", bench_stat_one(r->flops))) ||
+        (rc = db_put(c, &rk, "gflops_experts", "GFLOP/s", bench_stat_one(ge))) ||
         (rc = db_put(c, &rk, "time_dense_gemm_pair", "s", r->g.dense)) ||
         (rc = db_put(c, &rk, "time_grouped_gemm_pair", "s", r->g.grouped)) ||
         (rc = db_put(c, &rk, "time_activation", "s", r->g.act)) ||
-        (rc = db_put(c, &rk, "gflops_dense_gemm_pair", "GFLOP/s", stat_one(gd))) ||
-        (rc = db_put(c, &rk, "gflops_grouped_gemm_pair", "GFLOP/s", stat_one(gg))) ||
-        (rc = db_put(c, &rk, "ratio_experts_vs_dense", "1", stat_one(ge / gd))) ||
-        (rc = db_put(c, &rk, "ratio_experts_vs_peak", "1", stat_one(ge / c->a.peak))) ||
-        (rc = db_put(c, &rk, "ratio_dense_vs_peak", "1", stat_one(gd / c->a.peak))) ||
-        (rc = db_put(c, &rk, "peak_gflops", "GFLOP/s", stat_one(c->a.peak))) ||
-        (rc = db_put(c, &rk, "share_route_dispatch_combine", "1", stat_one(r->share))) ||
-        (rc = db_put(c, &rk, "rel_l2_vs_naive", "1", stat_one(r->naive_err))))
+        (rc = db_put(c, &rk, "gflops_dense_gemm_pair", "GFLOP/s", bench_stat_one(gd))) ||
+        (rc = db_put(c, &rk, "gflops_grouped_gemm_pair", "GFLOP/s", bench_stat_one(gg))) ||
+        (rc = db_put(c, &rk, "ratio_experts_vs_dense", "1", bench_stat_one(ge / gd))) ||
+        (rc = db_put(c, &rk, "ratio_experts_vs_peak", "1", bench_stat_one(ge / c->a.peak))) ||
+        (rc = db_put(c, &rk, "ratio_dense_vs_peak", "1", bench_stat_one(gd / c->a.peak))) ||
+        (rc = db_put(c, &rk, "peak_gflops", "GFLOP/s", bench_stat_one(c->a.peak))) ||
+        (rc = db_put(c, &rk, "share_route_dispatch_combine", "1", bench_stat_one(r->share))) ||
+        (rc = db_put(c, &rk, "rel_l2_vs_naive", "1", bench_stat_one(r->naive_err))))
         return rc;
     const torch_result *tr = &r->tr;
     if (!tr->available)
@@ -861,14 +525,14 @@ static int store_cfg(bench_ctx *c, const cfg_result *r)
         }
         if (!rc) {
             snprintf(m, sizeof m, "torch_%s_rel_l2", torch_styles[s]);
-            rc = db_put(c, &rk, m, "1", stat_one(tr->rel_l2[s]));
+            rc = db_put(c, &rk, m, "1", bench_stat_one(tr->rel_l2[s]));
         }
     }
     double best = tr->t[tr->best_style][tr->best_th].median;
     if (!rc)
-        rc = db_put(c, &rk, "ratio_vs_torch_best", "1", stat_one(best / L->median));
+        rc = db_put(c, &rk, "ratio_vs_torch_best", "1", bench_stat_one(best / L->median));
     if (!rc)
-        rc = db_put(c, &rk, "torch_routing_mismatch", "1", stat_one((double)tr->routing_mismatch));
+        rc = db_put(c, &rk, "torch_routing_mismatch", "1", bench_stat_one((double)tr->routing_mismatch));
     return rc;
 }
 
@@ -905,7 +569,7 @@ static int bench_config(bench_ctx *c, const bench_cfg *cfg, const bench_weights 
            r->naive_err, ok ? "ok" : "DISAGREE");
     if (!ok)
         c->failures++;
-    if ((rc = torch_measure(c, cfg, w, x, &p, &r->tr)))
+    if ((rc = bench_torch_measure(c, cfg, w, x, &p, &r->tr)))
         goto out;
     print_torch(c, r);
     if (r->tr.available && !(r->tr.rel_l2[0] < TORCH_TOL && r->tr.rel_l2[1] < TORCH_TOL))
@@ -949,12 +613,12 @@ static int bench_scaling(bench_ctx *c, const bench_cfg *cfg, const bench_weights
         if (!rc)
             rc = db_put(c, &rk, "time_grouped_gemm_pair", "s", g.grouped);
         if (!rc)
-            rc = db_put(c, &rk, "time_per_token", "s", stat_one(sr[i].per_token));
+            rc = db_put(c, &rk, "time_per_token", "s", bench_stat_one(sr[i].per_token));
         if (!rc)
-            rc = db_put(c, &rk, "workspace_bytes", "B", stat_one((double)sr[i].ws_bytes));
+            rc = db_put(c, &rk, "workspace_bytes", "B", bench_stat_one((double)sr[i].ws_bytes));
         if (!rc)
             rc = db_put(c, &rk, "ratio_workspace_vs_nd_ECd", "1",
-                        stat_one((double)sr[i].ws_bytes / nd_ecd));
+                        bench_stat_one((double)sr[i].ws_bytes / nd_ecd));
         point_free(&p);
     }
     if (rc)
@@ -992,7 +656,7 @@ static const char *verdict(int met) { return met ? "met" : "MISSED"; }
 static void print_targets(const bench_ctx *c, const cfg_result *res, int ncfg,
                           const scale_result *sr, int nscale)
 {
-    printf("\n== targets (issue 10) ==\n");
+    printf("\n== targets ==\n");
     for (int i = 0; i < ncfg; i++) {
         const cfg_result *r = &res[i];
         double ge = gflops(r->flops, r->ph[MOE_PHASE_EXPERTS].median);
@@ -1070,7 +734,7 @@ static void usage(FILE *out)
             "  --db PATH          results database (default results/bench.db)\n"
             "  --no-torch         skip the PyTorch reference\n"
             "  --python PATH      interpreter with numpy and torch (default /usr/bin/python3)\n"
-            "  --torch-script P   default tests/bench/torch_moe.py\n"
+            "  --torch-script P   default sim/bench_torch_moe.py\n"
             "  --peak-gflops X    fp32 peak for the ratios (default 467: measured on the\n"
             "                     reference machine, 2 cores AVX-512)\n"
             "  --seed S           PCG seed of tokens and weights (default 1)\n"
@@ -1202,7 +866,7 @@ int moe_cmd_bench(int argc, char **argv)
     bench_ctx c;
     memset(&c, 0, sizeof c);
     c.a = (bench_args){0, 0, 2, 0, "results/bench.db", "/usr/bin/python3",
-                       "tests/bench/torch_moe.py", NULL, BENCH_PEAK_GFLOPS, 1};
+                       "sim/bench_torch_moe.py", NULL, BENCH_PEAK_GFLOPS, 1};
     int help = 0;
     int rc = parse_args(argc, argv, &c.a, &help);
     if (rc)

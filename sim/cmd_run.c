@@ -9,7 +9,7 @@
 #include "blas_info.h"
 #include "cli.h"
 #include "moe.h"
-#include "moe_mpi.h" /* issue 9: under mpirun, points over ranks or --expert-parallel */
+#include "moe_mpi.h" /* under mpirun: points over ranks, or --expert-parallel */
 #include "plot.h"
 #include "provenance.h"
 #include "spec.h"
@@ -169,7 +169,14 @@ static int make_results_dir(void)
                     "cannot create the folder results: %s (results/)", strerror(errno));
 }
 
-int moe_cmd_run(int argc, char **argv)
+typedef struct {
+    const char **sets;
+    int nsets, force, no_plots, dry, ep;
+    const char *db_path, *spec_path;
+} run_args;
+
+/* Flags and the spec path; *help when --help was given (usage printed). */
+static int parse_args(int argc, char **argv, run_args *a, int *help)
 {
     static const struct option longopts[] = {
         {"set", required_argument, NULL, 's'}, {"db", required_argument, NULL, 'd'},
@@ -178,109 +185,145 @@ int moe_cmd_run(int argc, char **argv)
         {"expert-parallel", no_argument, NULL, 'X'},
         {NULL, 0, NULL, 0},
     };
-    const char **sets = calloc((size_t)argc + 1, sizeof *sets);
-    if (!sets)
-        return moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim run)");
-    int nsets = 0, force = 0, no_plots = 0, dry = 0, ep = 0;
-    moe_mpi_run *mp = NULL; /* MPI (issue 9): NULL for a single-process run */
-    const char *db_path = NULL;
     int c;
     optind = 1;
     opterr = 0;
     while ((c = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (c) {
-        case 's': sets[nsets++] = optarg; break;
-        case 'd': db_path = optarg; break;
-        case 'f': force = 1; break;
-        case 'P': no_plots = 1; break;
-        case 'n': dry = 1; break;
-        case 'X': ep = 1; break;
+        case 's': a->sets[a->nsets++] = optarg; break;
+        case 'd': a->db_path = optarg; break;
+        case 'f': a->force = 1; break;
+        case 'P': a->no_plots = 1; break;
+        case 'n': a->dry = 1; break;
+        case 'X': a->ep = 1; break;
         case 'h':
             fputs(usage_text, stdout);
-            free(sets);
+            *help = 1;
             return MOE_OK;
         default:
-            free(sets);
             return moe_fail(MOE_EINVAL, "moesim run --help lists the options",
                             "unknown option or missing value '%s' (moesim run)",
                             argv[optind - 1]);
         }
     }
-    if (optind != argc - 1) {
-        free(sets);
+    if (optind != argc - 1)
         return moe_fail(MOE_EINVAL, "moesim run experiments/default.ini",
                         optind >= argc ? "no spec given (moesim run)"
                                        : "more than one spec given (moesim run)");
-    }
-    const char *spec_path = argv[optind];
-    (void)no_plots;
+    a->spec_path = argv[optind];
+    return MOE_OK;
+}
 
-    moe_spec *spec = NULL;
-    moe_store *st = NULL;
-    moe_point_result *res = NULL;
-    char *dbbuf = NULL;
-    int rc = moe_spec_load(spec_path, sets, nsets, &spec);
-    free(sets);
-    if (rc)
-        return rc;
-    if ((rc = moe_spec_check(spec)))
-        goto out;
-    const size_t total = moe_spec_npoints(spec);
-    /* ---- MPI (issue 9, sim/mpi.c): workers run their share; rank 0 writes and reports ---- */
-    if ((rc = moe_mpi_init()) || (rc = moe_mpi_run_alloc(ep, &mp)))
-        goto out;
-    if (moe_mpi_run_is_worker(mp)) { /* (--dry-run: rank 0 lists, then tells them to stop) */
-        rc = moe_mpi_run_worker(mp, spec, &stop_flag);
-        goto out;
-    }
-    if (dry) {
-        for (size_t i = 0; i < total; i++)
-            printf("%s\n", moe_spec_point(spec, i)->config_key);
-        printf("%zu points; spec %s checked\n", total, spec_path);
-        goto out;
-    }
-    /* the points run GEMMs: warn (once, rank 0) when OPENBLAS_CORETYPE forces weaker kernels */
-    moe_blas_check_coretype(stderr);
-    if (!db_path) {
+/* Opens --db, or results/NAME.db (*dbbuf: the malloc'd path). */
+static int open_db(run_args *a, const moe_spec *spec, char **dbbuf, moe_store **st)
+{
+    int rc;
+    if (!a->db_path) {
         if ((rc = make_results_dir()))
-            goto out;
+            return rc;
         size_t len = strlen(moe_spec_name(spec)) + 16;
-        dbbuf = malloc(len);
-        if (!dbbuf) {
-            rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim run)");
-            goto out;
-        }
-        snprintf(dbbuf, len, "results/%s.db", moe_spec_name(spec));
-        db_path = dbbuf;
+        *dbbuf = malloc(len);
+        if (!*dbbuf)
+            return moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim run)");
+        snprintf(*dbbuf, len, "results/%s.db", moe_spec_name(spec));
+        a->db_path = *dbbuf;
     }
-    if ((rc = moe_store_open(db_path, 0, &st)))
-        goto out;
-    moe_provenance pv;
-    moe_provenance_get(&pv);
+    return moe_store_open(a->db_path, 0, st);
+}
 
-    /* which points run */
-    unsigned char *stored = calloc(total + 1, 1);
-    if (!stored) {
-        rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim run)");
-        goto out;
-    }
-    size_t nstored = 0;
+/* stored[i] = point i is in the database; *nstored of them. */
+static int find_stored(moe_store *st, const moe_spec *spec, unsigned char **stored,
+                       size_t *nstored)
+{
+    const size_t total = moe_spec_npoints(spec);
+    *nstored = 0;
+    *stored = calloc(total + 1, 1);
+    if (!*stored)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim run)");
+    int rc = MOE_OK;
     for (size_t i = 0; i < total && !rc; i++) {
         long long id;
         rc = moe_store_find(st, moe_spec_point(spec, i)->config_key, &id);
-        stored[i] = id != 0;
-        nstored += stored[i];
+        (*stored)[i] = id != 0;
+        *nstored += (*stored)[i];
     }
-    if (rc) {
-        free(stored);
-        goto out;
-    }
-    moe_mpi_run_share(mp, stored, total, force, MOE_OK); /* MPI: the points to run */
-    const size_t to_run = force ? total : total - nstored;
-    const int tty = isatty(STDERR_FILENO);
-    fprintf(stderr, "moesim run %s: %zu points, %zu stored%s, %zu to run -> %s\n", spec_path,
-            total, nstored, force && nstored ? " (rerun: --force)" : "", to_run, db_path);
+    return rc;
+}
 
+typedef struct {
+    size_t ran, done, failed;
+} run_counts;
+
+/* Runs the points not stored (all with --force) and stores each in one transaction; stops at
+ * the first error or at a signal (stop_flag). */
+static int run_points(const run_args *a, const moe_spec *spec, moe_store *st,
+                      moe_mpi_run *mp, const unsigned char *stored, size_t to_run,
+                      run_counts *n)
+{
+    const size_t total = moe_spec_npoints(spec);
+    const int tty = isatty(STDERR_FILENO);
+    moe_provenance pv;
+    moe_provenance_get(&pv);
+    const double t0 = moe_now();
+    int rc = MOE_OK;
+    for (size_t i = 0; i < total && !stop_flag; i++) {
+        const moe_point *pt = moe_spec_point(spec, i);
+        if (stored[i] && !a->force) {
+            n->done++;
+            continue;
+        }
+        if (tty)
+            progress_bar(n->done, total, pt, moe_now() - t0, n->ran, to_run);
+        moe_point_result *res = moe_point_result_alloc(pt->E, pt->batches);
+        if (!res) {
+            rc = MOE_ENOMEM;
+            break;
+        }
+        moe_clear_error();
+        n->failed = i;
+        /* interrupted inside a point: it is abandoned and nothing of it is written. MPI: run
+         * here, received from its rank, or expert-parallel on all ranks */
+        moe_store_ep epr;
+        if (!(rc = mp ? moe_mpi_run_point(mp, i, n->ran, pt, &stop_flag, res)
+                      : moe_point_run(pt, &stop_flag, res)))
+            rc = moe_store_put_ep(st, moe_spec_name(spec), pt, res, &pv, stored[i],
+                                  moe_mpi_run_ep_rows(mp, &epr) ? &epr : NULL);
+        if (!rc) {
+            n->ran++;
+            n->done++;
+            if (!tty)
+                progress_line(n->done, total, pt, res);
+        }
+        moe_point_result_free(res);
+        if (rc)
+            break;
+    }
+    if (tty) {
+        progress_bar(n->done, total, NULL, moe_now() - t0, n->ran, to_run);
+        fputc('\n', stderr);
+    }
+    return rc;
+}
+
+/* Rank 0 after the spec is checked: open the database, run, report, draw. */
+static int run_sweep(run_args *a, const moe_spec *spec, moe_mpi_run *mp)
+{
+    const size_t total = moe_spec_npoints(spec);
+    moe_store *st = NULL;
+    char *dbbuf = NULL;
+    unsigned char *stored = NULL;
+    size_t nstored = 0;
+    /* the points run GEMMs: warn (once, rank 0) when OPENBLAS_CORETYPE forces weaker kernels */
+    moe_blas_check_coretype(stderr);
+    int rc = open_db(a, spec, &dbbuf, &st);
+    if (!rc)
+        rc = find_stored(st, spec, &stored, &nstored);
+    if (rc)
+        goto out;
+    moe_mpi_run_share(mp, stored, total, a->force, MOE_OK); /* MPI: the points to run */
+    const size_t to_run = a->force ? total : total - nstored;
+    fprintf(stderr, "moesim run %s: %zu points, %zu stored%s, %zu to run -> %s\n", a->spec_path,
+            total, nstored, a->force && nstored ? " (rerun: --force)" : "", to_run, a->db_path);
     struct sigaction sa, old_int, old_term;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_signal;
@@ -289,78 +332,73 @@ int moe_cmd_run(int argc, char **argv)
     stop_flag = 0;
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
-
     const double t0 = moe_now();
-    size_t ran = 0, done = 0, failed = 0;
-    for (size_t i = 0; i < total; i++) {
-        const moe_point *pt = moe_spec_point(spec, i);
-        if (stop_flag)
-            break;
-        if (stored[i] && !force) {
-            done++;
-            continue;
-        }
-        if (tty)
-            progress_bar(done, total, pt, moe_now() - t0, ran, to_run);
-        res = moe_point_result_alloc(pt->E, pt->batches);
-        if (!res) {
-            rc = MOE_ENOMEM;
-            break;
-        }
-        moe_clear_error();
-        failed = i;
-        /* interrupted inside a point: it is abandoned and nothing of it is written */
-        /* MPI (issue 9): run here, received from its rank, or expert-parallel on all ranks */
-        if ((rc = mp ? moe_mpi_run_point(mp, i, ran, pt, &stop_flag, res)
-                     : moe_point_run(pt, &stop_flag, res)))
-            break;
-        moe_store_ep epr;
-        if ((rc = moe_store_put_ep(st, moe_spec_name(spec), pt, res, &pv, stored[i],
-                                   moe_mpi_run_ep_rows(mp, &epr) ? &epr : NULL)))
-            break;
-        ran++;
-        done++;
-        if (!tty)
-            progress_line(done, total, pt, res);
-        moe_point_result_free(res);
-        res = NULL;
-    }
-    if (tty) {
-        progress_bar(done, total, NULL, moe_now() - t0, ran, to_run);
-        fputc('\n', stderr);
-    }
+    run_counts n = {0, 0, 0};
+    rc = run_points(a, spec, st, mp, stored, to_run, &n);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
-    free(stored);
     char el[32];
     fmt_duration(moe_now() - t0, el, sizeof el);
     if (stop_flag) {
         moe_clear_error();
         rc = moe_fail(MOE_EINVAL, "run the same command again to resume",
-                      "interrupted: %zu of %zu points stored in %s (signal)", done, total,
-                      db_path);
+                      "interrupted: %zu of %zu points stored in %s (signal)", n.done, total,
+                      a->db_path);
+    } else if (rc) {
+        fprintf(stderr, "moesim: point %zu of %zu failed: %s\n", n.failed + 1, total,
+                moe_spec_point(spec, n.failed)->config_key);
+    } else {
+        fprintf(stderr, "moesim run: %zu points run, %zu skipped (stored), %s\n", n.ran,
+                n.done - n.ran, el);
+        rc = print_summary(st, spec);
+        /* Charts: after a successful run and unless --no-plots, drawn from the database alone
+         * (sim/plot.h) into plots/out/<db file name without .db>/. */
+        if (!rc && !a->no_plots)
+            rc = moe_plot_db(a->db_path, NULL);
+    }
+out:
+    free(stored);
+    moe_store_close(st);
+    free(dbbuf);
+    return rc;
+}
+
+int moe_cmd_run(int argc, char **argv)
+{
+    run_args a = {0};
+    a.sets = calloc((size_t)argc + 1, sizeof *a.sets);
+    if (!a.sets)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim run)");
+    int help = 0;
+    int rc = parse_args(argc, argv, &a, &help);
+    moe_spec *spec = NULL;
+    if (!rc && !help)
+        rc = moe_spec_load(a.spec_path, a.sets, a.nsets, &spec);
+    free(a.sets);
+    if (rc || help)
+        return rc;
+    moe_mpi_run *mp = NULL; /* MPI: NULL for a single-process run */
+    if ((rc = moe_spec_check(spec)))
+        goto out;
+    /* MPI: workers run their share; rank 0 writes and reports */
+    if ((rc = moe_mpi_init()) || (rc = moe_mpi_run_alloc(a.ep, &mp)))
+        goto out;
+    if (moe_mpi_run_is_worker(mp)) { /* (--dry-run: rank 0 lists, then tells them to stop) */
+        rc = moe_mpi_run_worker(mp, spec, &stop_flag);
         goto out;
     }
-    if (rc) {
-        fprintf(stderr, "moesim: point %zu of %zu failed: %s\n", failed + 1, total,
-                moe_spec_point(spec, failed)->config_key);
+    if (a.dry) {
+        const size_t total = moe_spec_npoints(spec);
+        for (size_t i = 0; i < total; i++)
+            printf("%s\n", moe_spec_point(spec, i)->config_key);
+        printf("%zu points; spec %s checked\n", total, a.spec_path);
         goto out;
     }
-    fprintf(stderr, "moesim run: %zu points run, %zu skipped (stored), %s\n", ran, done - ran,
-            el);
-    if ((rc = print_summary(st, spec)))
-        goto out;
-    /* Charts: after a successful run and unless --no-plots, drawn from the database alone
-     * (sim/plot.h) into plots/out/<db file name without .db>/. */
-    if (!no_plots)
-        rc = moe_plot_db(db_path, NULL);
+    rc = run_sweep(&a, spec, mp);
 out:
     rc = moe_mpi_run_finish(mp, rc); /* MPI: stop and release the workers */
     moe_mpi_run_free(mp);
     moe_mpi_finalize(rc);
-    moe_point_result_free(res);
-    moe_store_close(st);
     moe_spec_free(spec);
-    free(dbbuf);
     return rc;
 }

@@ -152,8 +152,9 @@ static const chart charts[] = {
 };
 enum { NCHARTS = sizeof charts / sizeof charts[0], NLAYOUT = 7 };
 
-/* Issue 9 (sim/mpi.c): per-rank load, bytes and all-to-all vs expert time of an expert-parallel
- * run; drawn after the charts above only when the database has ep_ranks rows. */
+/* Expert parallelism (table ep_ranks, its query in store.h): per-rank load, bytes and all-to-all
+ * vs expert time of an expert-parallel run; drawn after the charts above only when the database
+ * has ep_ranks rows. */
 static const chart ep_chart = {
     "ep_ranks", "expert parallelism per rank (moesim run --expert-parallel)",
     "router cf capacity rank tokens bytes_sent a2a_s expert_s points", 4, 4, 0, 0,
@@ -885,7 +886,7 @@ int moe_plot_db_list(const char *db_path, const char *out_dir, FILE *list)
                         list, &drawn);
         ndrawn += drawn;
     }
-    if (!rc && moe_store_ep_has_rows(db)) { /* issue 9: the expert-parallel chart */
+    if (!rc && moe_store_ep_has_rows(db)) { /* the expert-parallel chart */
         int drawn = 0;
         rc = plot_chart(db, db_path, dbname, &ep_chart, gnuplot, plotdir, out_dir, cflo, cfhi,
                         list, &drawn);

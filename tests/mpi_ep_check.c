@@ -1,4 +1,4 @@
-/* mpi_ep_check.c: the expert-parallel layer of sim/mpi.c under `mpirun -np P` (tests/t_mpi.sh
+/* mpi_ep_check.c: the expert-parallel layer of sim/mpi_ep.c under `mpirun -np P` (tests/t_mpi.sh
  * runs it with P = 1, 2 and 4; it also runs as one process without mpirun). For every case all
  * ranks build the same inputs from fixed seeds and route them (routing is replicated), then:
  *   - moe_ep_forward equals the single-process moe_layer_forward on the same plan: bit for bit
@@ -48,7 +48,7 @@ static float *normal_f(uint64_t seed, uint64_t stream, size_t n, double sigma)
     return v;
 }
 
-/* smallest t with t*P >= q*T, i.e. ceil(q*T/P), written independently of sim/mpi.c */
+/* smallest t with t*P >= q*T, i.e. ceil(q*T/P), written independently of sim/mpi_proc.c */
 static int start_of(int n, int q)
 {
     int t = 0;

@@ -1,0 +1,101 @@
+/* bench.h: the types `moesim bench` shares between its files: cmd_bench.c (the command, the
+ * timed layer points, the reference GEMMs, the naive check, the tables and the store rows) and
+ * bench_torch.c (the PyTorch reference, sim/bench_torch_moe.py, on the same inputs). Private to
+ * those two files.
+ */
+#ifndef MOE_BENCH_H
+#define MOE_BENCH_H
+
+#include "blas_info.h"
+#include "layer.h"
+#include "pipeline.h"
+#include "store.h"
+
+/* ---- configuration ---- */
+
+typedef struct {
+    const char *name;   /* config column in the database */
+    const char *router; /* topk for k >= 2, switch for k = 1 */
+    int E, k;
+} bench_cfg;
+
+
+/* Layer shapes: full and --quick. cf = 1.25 in both. */
+typedef struct {
+    int n, d, f;
+    int scale_n[4]; /* the n-scaling points of the first configuration */
+    int nscale;
+    int check_tokens; /* tokens checked against the naive reference; 0 = all */
+} bench_shape;
+
+
+#define BENCH_CF "1.25"
+#define BENCH_PEAK_GFLOPS 467.0 /* fp32 FMA peak measured on the reference machine (2 cores) */
+#define TORCH_TOL 1e-4          /* relative L2 for moesim vs PyTorch outputs */
+#define NAIVE_TOL 1e-5          /* relative L2 for moesim vs its naive double reference */
+
+typedef struct {
+    int quick, repeats, threads, no_torch;
+    const char *db, *python, *script;
+    const char *configs; /* comma-separated names to run, NULL = all */
+    double peak;
+    unsigned long long seed;
+} bench_args;
+
+typedef struct {
+    double median, q1, q3, min, max;
+} bench_stat;
+
+/* A single value: median v, no spread. */
+bench_stat bench_stat_one(double v);
+
+typedef struct {
+    bench_args a;
+    const bench_shape *sh;
+    moe_blas_info bi;
+    char run_id[64];
+    char torch_version[64];
+    moe_store *db; /* --db, one transaction for the whole run */
+    int failures; /* correctness checks that failed (outputs disagree) */
+} bench_ctx;
+
+typedef struct {
+    int E, d, f;
+    float *wg;              /* (D,E) gate */
+    float *w1, *b1, *w2, *b2; /* (E,D,F) (E,F) (E,F,D) (E,D) */
+    moe_experts ex;
+} bench_weights;
+
+typedef struct {
+    int n;
+    long C;
+    moe_route_opts o;
+    moe_pipeline *pipe;
+    const moe_plan *plan; /* the pipeline's, after a forward */
+    const float *y;       /* (T,D) the pipeline's output */
+} layer_point;
+
+/* ---- the PyTorch reference (bench_torch.c) ---- */
+
+enum { TORCH_STYLES = 2, TORCH_MAXTH = 4 };
+extern const char *const torch_styles[TORCH_STYLES]; /* "loop", "einsum" */
+
+typedef struct {
+    int available;          /* 0: torch missing or --no-torch; why in note */
+    char note[160];
+    int nth;
+    int threads[TORCH_MAXTH];
+    bench_stat t[TORCH_STYLES][TORCH_MAXTH]; /* s per layer; median NaN if not measured */
+    int best_style, best_th;
+    double rel_l2[TORCH_STYLES];
+    long routing_mismatch;
+    int blas_threads_set; /* the script set OpenBLAS's threads along with torch's */
+} torch_result;
+
+/* Runs the PyTorch reference (c->a.script with c->a.python) on the inputs of layer point p of
+ * configuration cfg and compares its outputs with p's; tr->available = 0 with a note when it is
+ * skipped (--no-torch, no script, no torch). */
+int bench_torch_measure(bench_ctx *c, const bench_cfg *cfg, const bench_weights *w,
+                        const float *x, const layer_point *p, torch_result *tr);
+
+#endif
