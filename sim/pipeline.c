@@ -26,7 +26,7 @@ struct moe_pipeline {
     const double *routed;     /* (T,M) logits of the last batch */
     int gate_computed;
     double *p;                /* (T,E) mixture weights */
-    int *rows, nrows;         /* (T) rows of the dense-mixture error */
+    int *rows, nrows, rows_n; /* (T) rows of the dense-mixture error, for batches of rows_n */
     float *y, *y2, *ysub, *ydense; /* (T,D) */
 };
 
@@ -137,6 +137,7 @@ int moe_pipeline_set_experts(moe_pipeline *p, const moe_experts *w)
     if ((p->twin && (!p->plan2 || !p->y2)) || !p->p || !p->rows || !p->ysub || !p->ydense)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (output errors, %d tokens)", T);
     p->nrows = moe_pipeline_error_rows(T, c->error_rows, p->rows);
+    p->rows_n = T;
     return MOE_OK;
 }
 
@@ -175,9 +176,12 @@ static int output_errors(moe_pipeline *p, const moe_batch *b, const moe_route_in
     const moe_experts *w = p->cfg.w;
     const int T = in->n, D = w->d;
     moe_plan_mixture_weights(p->plan, in->logits, p->p);
-    int nrows = p->nrows, rc;
-    if (T != p->cfg.T) /* a short batch: its own rows */
-        nrows = moe_pipeline_error_rows(T, p->cfg.error_rows, p->rows);
+    int rc;
+    if (T != p->rows_n) { /* a batch of another size: its own rows */
+        p->nrows = moe_pipeline_error_rows(T, p->cfg.error_rows, p->rows);
+        p->rows_n = T;
+    }
+    const int nrows = p->nrows;
     if ((rc = moe_layer_dense_mixture(p->L, w, b->x, T, p->p, p->rows, nrows, p->ydense)))
         return rc;
     for (int i = 0; i < nrows; i++)

@@ -1,0 +1,205 @@
+/* test_pipeline.c: the one-batch pipeline (sim/pipeline.c) on a small topk layer, T = 6 tokens,
+ * E = 3 experts, k = 1, cf = 1 (C = ROUND(1*6*1/3) = 2 slots), D = 4, F = 5, GELU tanh.
+ * Reference values come from the library's own parts run by hand on the same inputs, never from
+ * the pipeline's output:
+ *   - the plan: the same router type and options routed directly (moe_router_route);
+ *   - y: moe_layer_forward_naive (the layer's double-precision reference) on that plan;
+ *   - output_error_dense: y against moe_layer_forward_naive on a hand-built dense plan, one
+ *     entry (t, e, slot t) per token and expert with combine weight softmax(logits[t])[e],
+ *     which is sum_e p[t,e] FFN_e(x_t);
+ *   - output_error_dropless: y against the naive forward of the plan routed with dropless = 1;
+ *   - the gate: logits[t][e] = sum_d x[t][d] wg[d][e] summed in double here;
+ *   - the phase times: total is the sum of the five phases, layer phases 0 without a layer.
+ * Error paths: a layer without experts, experts of the wrong E.
+ */
+#include "check.h"
+#include "options.h"
+#include "pipeline.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { T = 6, E = 3, D = 4, F = 5 };
+
+/* logits (T,E): tokens 0, 1, 3, 5 prefer expert 0 (4 claims for C = 2 slots: 2 dropped),
+ * token 2 expert 1, token 4 expert 2. */
+static const double logits[T * E] = {2.0, 0.5, 0.1, 1.5, 0.2, 0.3, 0.1, 1.2, 0.4,
+                                     1.1, 0.9, 0.2, 0.3, 0.1, 0.8, 0.9, 0.3, 0.6};
+
+static float frand(unsigned *s) /* deterministic values in [-1, 1) */
+{
+    *s = *s * 1103515245u + 12345u;
+    return (float)((*s >> 8) & 0xffff) / 32768.0f - 1.0f;
+}
+
+static void fill(float *v, size_t n, unsigned *s, float scale)
+{
+    for (size_t i = 0; i < n; i++)
+        v[i] = scale * frand(s);
+}
+
+static moe_route_opts opts_of(const char *dropless)
+{
+    moe_route_opts o;
+    moe_route_opts_default(&o);
+    if (moe_route_opts_set(&o, "k", "1") || moe_route_opts_set(&o, "capacity_factor", "1") ||
+        moe_route_opts_set(&o, "dropless", dropless))
+        fprintf(stderr, "options: %s\n", moe_errmsg());
+    return o;
+}
+
+/* The plan of t's router on the logits, routed directly. */
+static moe_plan *route_direct(const moe_route_opts *o)
+{
+    moe_router *r = NULL;
+    moe_plan *p = moe_plan_alloc(T, E, (size_t)T * E);
+    moe_route_in in = {T, E, logits, NULL, NULL, NULL, NULL, NULL, 0};
+    if (moe_router_alloc(moe_router_find("topk"), o, T, E, &r) || moe_router_route(r, &in, p)) {
+        fprintf(stderr, "direct routing: %s\n", moe_errmsg());
+        moe_plan_free(p);
+        p = NULL;
+    }
+    moe_router_free(r);
+    return p;
+}
+
+static int same_plan(const moe_plan *a, const moe_plan *b)
+{
+    if (!a || !b || a->n_entries != b->n_entries || a->capacity != b->capacity)
+        return 0;
+    for (size_t i = 0; i < a->n_entries; i++) {
+        const moe_entry *x = &a->entries[i], *y = &b->entries[i];
+        if (x->token != y->token || x->expert != y->expert || x->slot != y->slot ||
+            x->dispatch_w != y->dispatch_w || x->combine_w != y->combine_w)
+            return 0;
+    }
+    return 1;
+}
+
+static void check_times(const char *what, const moe_phase_times *t, int layer)
+{
+    CHECK(t->total == t->gate + t->route + t->dispatch + t->experts + t->combine,
+          "%s: total %g is the sum of the phases", what, t->total);
+    CHECK(t->gate >= 0 && t->route >= 0 && t->dispatch >= 0 && t->experts >= 0 &&
+              t->combine >= 0, "%s: phases non-negative", what);
+    if (!layer)
+        CHECK(t->dispatch == 0 && t->experts == 0 && t->combine == 0,
+              "%s: no layer phases without a layer", what);
+}
+
+int main(void)
+{
+    unsigned seed = 7;
+    float x[T * D], w1[E * D * F], b1[E * F], w2[E * F * D], b2[E * D], wg[D * E];
+    fill(x, T * D, &seed, 1.0f);
+    fill(w1, E * D * F, &seed, 0.5f);
+    fill(b1, E * F, &seed, 0.1f);
+    fill(w2, E * F * D, &seed, 0.45f);
+    fill(b2, E * D, &seed, 0.1f);
+    fill(wg, D * E, &seed, 0.5f);
+    const moe_experts ex = {E, D, F, MOE_ACT_GELU_TANH, w1, b1, w2, b2};
+    moe_route_opts o = opts_of("false"), od = opts_of("true");
+    moe_plan *ref = route_direct(&o), *refd = route_direct(&od);
+    CHECK(ref && ref->capacity == 2 && ref->n_entries == 4,
+          "direct plan: C = 2 and 4 kept entries (2 of expert 0's 4 claims dropped)");
+    const moe_batch b = {T, D, E, x, NULL, (double *)logits, NULL, NULL, 0};
+
+    /* ---- routing only ---- */
+    moe_pipeline_cfg cfg = {.rtype = moe_router_find("topk"), .opts = &o, .T = T, .M = E,
+                            .flags = MOE_PIPE_METRICS, .label = "test"};
+    moe_pipeline *p = NULL;
+    moe_phase_times tm;
+    CHECK_INT(moe_pipeline_alloc(&cfg, &p), MOE_OK);
+    CHECK_INT(moe_pipeline_run_batch(p, &b, NULL, &tm), MOE_OK);
+    CHECK(same_plan(moe_pipeline_plan(p), ref), "routing only: the plan of the router itself");
+    CHECK(moe_pipeline_output(p) == NULL && moe_pipeline_layer(p) == NULL,
+          "routing only: no layer, no output");
+    CHECK(moe_pipeline_metrics(p)->flops_expert_useful == 0.0 &&
+              moe_pipeline_metrics(p)->num_entries == 4,
+          "routing only: 4 entries, no FLOPs without a layer shape");
+    check_times("routing only", &tm, 0);
+    moe_pipeline_free(p);
+
+    /* ---- a layer without experts; experts of the wrong E ---- */
+    cfg.flags = MOE_PIPE_LAYER | MOE_PIPE_METRICS;
+    CHECK_INT(moe_pipeline_alloc(&cfg, &p), MOE_OK);
+    CHECK_INT(moe_pipeline_run_batch(p, &b, NULL, NULL), MOE_EINVAL);
+    const moe_experts ex2 = {2, D, F, MOE_ACT_GELU_TANH, w1, b1, w2, b2};
+    CHECK_INT(moe_pipeline_set_experts(p, &ex2), MOE_EINVAL);
+    moe_pipeline_free(p);
+
+    /* ---- layer, metrics, output errors ---- */
+    cfg.flags = MOE_PIPE_LAYER | MOE_PIPE_METRICS | MOE_PIPE_ERRORS;
+    cfg.w = &ex;
+    CHECK_INT(moe_pipeline_alloc(&cfg, &p), MOE_OK);
+    CHECK_INT(moe_pipeline_run_batch(p, &b, NULL, &tm), MOE_OK);
+    check_times("layer", &tm, 1);
+    CHECK(same_plan(moe_pipeline_plan(p), ref), "layer: the plan of the router itself");
+    float y_naive[T * D], y_dense[T * D], y_drop[T * D];
+    CHECK_INT(moe_layer_forward_naive(&ex, ref, x, y_naive), MOE_OK);
+    const float *y = moe_pipeline_output(p);
+    double worst = 0.0;
+    for (int i = 0; i < T * D; i++)
+        worst = fmax(worst, fabs((double)y[i] - y_naive[i]) / (1e-6 + fabs(y_naive[i])));
+    CHECK(worst < 1e-4, "y = the naive forward of the plan (worst rel. diff %.3g)", worst);
+    /* the dense mixture as a hand-built plan */
+    moe_plan *dp = moe_plan_alloc(T, E, (size_t)T * E);
+    CHECK_INT(moe_plan_reset(dp, T, E, E), MOE_OK);
+    dp->capacity = T;
+    for (int t = 0; t < T; t++) {
+        double pr[E];
+        moe_softmax(logits + t * E, E, pr);
+        for (int e = 0; e < E; e++)
+            moe_plan_push(dp, t, e, t, 1.0, pr[e]);
+    }
+    CHECK_INT(moe_layer_forward_naive(&ex, dp, x, y_dense), MOE_OK);
+    double want = moe_rel_l2(y_naive, y_dense, T * D);
+    const moe_metrics *mt = moe_pipeline_metrics(p);
+    CHECK(want > 0.01 && fabs(mt->output_error_dense - want) <= 1e-4 * want,
+          "output_error_dense %.9g, expected %.9g", mt->output_error_dense, want);
+    CHECK_INT(moe_layer_forward_naive(&ex, refd, x, y_drop), MOE_OK);
+    want = moe_rel_l2(y_naive, y_drop, T * D);
+    CHECK(want > 0.01 && fabs(mt->output_error_dropless - want) <= 1e-4 * want,
+          "output_error_dropless %.9g, expected %.9g", mt->output_error_dropless, want);
+    CHECK(mt->flops_expert_useful == 4.0 * D * F * 4, "useful FLOPs 4*D*F per kept entry: %g",
+          mt->flops_expert_useful);
+    moe_pipeline_free(p);
+
+    /* ---- a router that is dropless already: output_error_dropless = 0 ---- */
+    cfg.opts = &od;
+    CHECK_INT(moe_pipeline_alloc(&cfg, &p), MOE_OK);
+    CHECK_INT(moe_pipeline_run_batch(p, &b, NULL, NULL), MOE_OK);
+    CHECK(same_plan(moe_pipeline_plan(p), refd), "dropless: the plan of the router itself");
+    CHECK(moe_pipeline_metrics(p)->output_error_dropless == 0.0,
+          "dropless router: output_error_dropless = 0");
+    moe_pipeline_free(p);
+
+    /* ---- the gate: a batch without logits ---- */
+    cfg.opts = &o;
+    cfg.wg = wg;
+    CHECK_INT(moe_pipeline_alloc(&cfg, &p), MOE_OK);
+    const moe_batch bx = {T, D, E, x, NULL, NULL, NULL, NULL, 0};
+    CHECK_INT(moe_pipeline_run_batch(p, &bx, NULL, &tm), MOE_OK);
+    CHECK_INT(moe_pipeline_gate_computed(p), 1);
+    const double *lg = moe_pipeline_logits(p);
+    worst = 0.0;
+    for (int t = 0; t < T; t++)
+        for (int e = 0; e < E; e++) {
+            double s = 0.0;
+            for (int d = 0; d < D; d++)
+                s += (double)x[t * D + d] * wg[d * E + e];
+            worst = fmax(worst, fabs(lg[t * E + e] - s));
+        }
+    CHECK(worst < 1e-5, "gate logits = x wg (worst abs. diff %.3g)", worst);
+    check_times("gate", &tm, 1);
+    moe_pipeline_free(p);
+
+    moe_plan_free(ref);
+    moe_plan_free(refd);
+    moe_plan_free(dp);
+    moe_route_opts_release(&o);
+    moe_route_opts_release(&od);
+    printf("test_pipeline: %d passed, %d failed\n", check_pass, check_fail);
+    return check_fail ? 1 : 0;
+}
