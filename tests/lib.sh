@@ -12,8 +12,8 @@
 #                                     the small sweep most tests run: ROUTERS (names from topk,
 #                                     switch, gshard, ec, soft) at capacity factors 1.0 and 1.5,
 #                                     128 tokens, 2 batches, 1 seed, 32 error tokens; distributions
-#                                     DIST1 (gaussian) and DIST2 (clustered, zipf_s 1.5); one shape
-#                                     d 16, f 32, E 8
+#                                     DIST1 (gaussian; none when "-") and DIST2 (clustered, zipf_s
+#                                     1.5); one shape d 16, f 32, E 8
 #   finish                            prints "NAME: N passed, N failed[, N skipped]" and exits
 # tests/run.sh reads that last line and the SKIP lines.
 REPO=$(pwd)
@@ -65,7 +65,7 @@ tiny_spec() {
             *) printf '\n[router.%s]\ntype = %s\n' "$r" "$r" ;;
             esac
         done
-        printf '\n[distribution.%s]\nsource = gaussian\n' "$4"
+        [ "$4" = - ] || printf '\n[distribution.%s]\nsource = gaussian\n' "$4"
         printf '\n[distribution.%s]\nsource = clustered\nzipf_s = 1.5\n' "$5"
         printf '\n[shape.s]\nd = 16\nf = 32\nE = 8\n'
     } >"$1"

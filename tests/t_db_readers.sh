@@ -87,5 +87,6 @@ sed "s/^\(\tload_imbalance\t\)inf$/\1-inf/" "$tmp/inf.tsv" >"$tmp/ninf.tsv"
 status "-inf vs inf is drift" 1 "$tmp/c7" "$MOESIM" compare "$tmp/ninf.tsv" "$tmp/inf.tsv"
 sed "s/^\(\tload_imbalance\t\)inf$/\1infinity/" "$tmp/inf.tsv" >"$tmp/bad.tsv"
 status "a value spelt otherwise is refused" 1 "$tmp/c8" "$MOESIM" compare "$tmp/bad.tsv" "$tmp/inf.tsv"
-contains "a value spelt otherwise: names file and line" "$tmp/c8" "value is not a number, inf, -inf or null ($tmp/bad.tsv:"
+ln=$(grep -n "$(printf '^\tload_imbalance\tinfinity$')" "$tmp/bad.tsv" | cut -d: -f1)
+contains "a value spelt otherwise: names file and line" "$tmp/c8" "value is not a number, inf, -inf or null ($tmp/bad.tsv:$ln)"
 finish
