@@ -13,6 +13,11 @@
  * data block (`index` i, blocks separated by two blank lines). Text is written in double quotes,
  * NULL as NaN, reals with %.17g, so the file holds the database's numbers exactly.
  *
+ * No name that gnuplot could read as a command ('<cmd', '|cmd') or a special file ('-', '+')
+ * reaches it: the data file and the output are given as /dev/fd/N (descriptors of the data file
+ * and of the output's mkstemp temporary, sim/outfile.c, which moesim renames when gnuplot
+ * succeeded), the scripts by absolute path, every path double-quoted with octal escapes.
+ *
  * gnuplot gets, through -e (plots/common.gp documents them): datafile, outfile, term, plotdir,
  * dbname, width, height, cflo, cfhi, loadcf, the range of each metric column (mn_J, mx_J), the
  * grid (ncols, nrows, ct_C, rt_R), the legend (nseries, st_K, ss_K, sf_K), the blocks (nblocks,
