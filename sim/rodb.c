@@ -7,9 +7,11 @@
  *   - the file and its folder are writable: opened read-write but with PRAGMA query_only, so
  *     SQLite handles WAL as for any client (it reads a writer's committed points, and the last
  *     connection to close removes -wal and -shm); nothing is ever written;
- *   - otherwise, without a -wal file: no writer can exist (it would need a -wal file, and the
- *     folder or file is not writable), so the file is complete and is opened immutable
- *     ("file:PATH?immutable=1"): no lock, no -shm;
+ *   - otherwise, without a -wal file: no writer is active (a WAL writer keeps a -wal file while
+ *     it is connected) and this process could not create the -shm file a lock needs, so the
+ *     file is complete and is opened immutable ("file:PATH?immutable=1"): no lock, no -shm.
+ *     (A writer with more rights that starts meanwhile writes into its own -wal file; only its
+ *     checkpoint, at 1000 pages or when it closes, touches the file read here.)
  *   - otherwise (a -wal file exists next to a file moesim cannot write): SQLITE_OPEN_READONLY,
  *     which reads through the existing -wal and -shm files (SQLite 3.22 and later).
  * The file is also noted as an input (moe_outfile_note_input): no output may replace it. */
