@@ -9,7 +9,7 @@ PKGS    := gsl sqlite3 inih jansson zlib openblas
 # GSL is linked against OpenBLAS, never against GSL's reference CBLAS (gslcblas). Debian's
 # libgsl.so itself NEEDs libgslcblas.so, so the static libgsl.a is linked where present: its
 # cblas_* calls then resolve to OpenBLAS at link time and no gslcblas is loaded at all
-# (tests/t_link.sh checks with ldd).
+# (tests/t_blas_link.sh checks with ldd).
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   := $(filter-out -lgslcblas,$(shell pkg-config --libs $(PKGS) 2>/dev/null))
 GSL_STATIC := $(wildcard $(shell pkg-config --variable=libdir gsl 2>/dev/null)/libgsl.a)
@@ -94,13 +94,16 @@ run: deps moesim
 plots: moesim
 	./moesim plot results/$(basename $(notdir $(SPEC))).db
 
-# The whole suite, then again under AddressSanitizer + UndefinedBehaviorSanitizer.
+# The whole suite ("plain:" pass), then again under AddressSanitizer + UndefinedBehaviorSanitizer
+# ("asan:" pass); the last line adds up both passes.
 test: moesim $(TEST_BIN) $(B)/moesim-perturb $(MPI_TEST:%=$(B)/%)
-	@sh tests/run.sh $(B)
-	@$(MAKE) --no-print-directory test-asan
+	@rm -f $(B)/test-totals
+	@sh tests/run.sh $(B) plain $(B)/test-totals
+	@$(MAKE) --no-print-directory test-asan TOTALS=$(CURDIR)/$(B)/test-totals
+	@awk '{p += $$1; f += $$2; s += $$3} END {printf "plain+asan: %d passed, %d failed, %d skipped\n%d passed, %d failed%s\n", p, f, s, p, f, s ? sprintf(", %d skipped", s) : ""}' $(B)/test-totals
 
 test-unit: moesim $(TEST_BIN) $(B)/moesim-perturb $(MPI_TEST:%=$(B)/%)
-	@sh tests/run.sh $(B)
+	@sh tests/run.sh $(B) plain
 
 SAN := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 test-asan:
@@ -108,7 +111,7 @@ test-asan:
 	    build-asan/moesim build-asan/moesim-perturb $(TEST_SRC:tests/%.c=build-asan/tests/%) \
 	    $(MPI_TEST:%=build-asan/%)
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
-	    sh tests/run.sh build-asan
+	    sh tests/run.sh build-asan asan $(TOTALS)
 
 bench: deps moesim
 	@[ -z "$$OPENBLAS_CORETYPE" ] || echo "make bench: unsetting OPENBLAS_CORETYPE=$$OPENBLAS_CORETYPE so OpenBLAS picks the kernels for this CPU"

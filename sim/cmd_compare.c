@@ -401,8 +401,9 @@ static int parse_value_line(mset *s, char *text, long line)
     char *end = NULL;
     errno = 0;
     double v = strtod(val, &end);
-    if (*end || errno == ERANGE || !isfinite(v))
-        return bad_line(s, line, "value is not a finite number or null");
+    int inf = strcmp(val, "inf") == 0 || strcmp(val, "-inf") == 0; /* as %.17g writes them */
+    if (*end || (errno == ERANGE && !inf) || (!isfinite(v) && !inf))
+        return bad_line(s, line, "value is not a number, inf, -inf or null");
     return mset_add_value(s, 0, v, "%s", name);
 }
 
@@ -463,6 +464,8 @@ static int read_recorded(mset *s)
 static int mset_read(const char *path, mset **out)
 {
     *out = NULL;
+    if (moe_outfile_note_input(path)) /* compare --record SOURCE FILE: FILE must not be SOURCE */
+        return MOE_ENOMEM;
     FILE *f = fopen(path, "rb");
     if (!f)
         return moe_fail(MOE_EIO, "give a results database or a recorded metrics file",
@@ -549,6 +552,9 @@ static int compare_value(drift *d, const tolerances *t, const char *key, const m
     double rel = 0.0;
     if (b->null || c->null) {
         ok = b->null && c->null;
+        rel = NAN;
+    } else if (!isfinite(b->v) || !isfinite(c->v)) { /* inf only equals itself */
+        ok = b->v == c->v || (isnan(b->v) && isnan(c->v));
         rel = NAN;
     } else {
         double diff = fabs(b->v - c->v), scale = fmax(fabs(b->v), fabs(c->v));

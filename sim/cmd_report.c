@@ -4,6 +4,7 @@
 #include "cli.h"
 #include "moe.h"
 #include "store.h"
+#include "textsafe.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -63,8 +64,7 @@ static const char *cell(sqlite3_stmt *q, int c, int csv, char *buf, size_t len)
         return buf;
     }
     const unsigned char *t = sqlite3_column_text(q, c);
-    snprintf(buf, len, "%s", t ? (const char *)t : "");
-    return buf;
+    return moe_text_escape(t ? (const char *)t : "", buf, len); /* no terminal escapes */
 }
 
 static int report(moe_store *st, int csv)

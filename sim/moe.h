@@ -99,8 +99,10 @@ void moe_plan_mixture_weights(const moe_plan *p, const double *logits, double *w
 int moe_plan_write_csv(const moe_plan *p, const char *path);
 
 /* ---- output files (sim/outfile.c) --------------------------------------------------------
- * Written under "<path>.tmp.<pid>" and renamed over path only when complete. Errors read
- * "cannot write <what>: <reason> (<path>)"; on failure nothing is left behind. */
+ * Written into a fresh "<path>.tmp.XXXXXX" (mkstemp in the target folder) and renamed over path
+ * only when complete. Errors read "cannot write <what>: <reason> (<path>)"; on failure nothing is
+ * left behind. A path that is a symlink, FIFO, device, socket or folder is refused, and so is a
+ * file this process noted as an input. */
 typedef struct {
     FILE *f;          /* write to this */
     const char *path, *what;
@@ -110,6 +112,15 @@ int moe_outfile_open(moe_outfile *o, const char *path, const char *what, const c
 /* Close, then rename over path unless bad (a write failed: errno tells why) or the close or the
  * rename fails; otherwise remove the temporary. */
 int moe_outfile_commit(moe_outfile *o, int bad);
+/* Close and remove the temporary: nothing is written (no error is recorded). */
+void moe_outfile_discard(moe_outfile *o);
+/* The checks of moe_outfile_open alone: path is absent or a regular file that is no input. */
+int moe_outfile_check(const char *path, const char *what);
+/* Remember the file at path (device and inode) as an input that no output may replace; a
+ * missing file is ignored. */
+int moe_outfile_note_input(const char *path);
+/* Remove the temporaries of outputs still open (async-signal-safe: for signal handlers). */
+void moe_outfile_remove_temps(void);
 
 /* ---- routing options (one struct for every router; sim/options.c fills it) --------------- */
 enum moe_rounding { MOE_ROUND_CEIL = 0, MOE_ROUND_FLOOR = 1, MOE_ROUND_HALF_EVEN = 2 };

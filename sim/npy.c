@@ -429,6 +429,8 @@ static int read_fail(FILE *f, const char *path, const char *what)
 int moe_npy_read(const char *path, moe_npy *out)
 {
     memset(out, 0, sizeof *out);
+    if (moe_outfile_note_input(path))
+        return MOE_ENOMEM;
     FILE *f = fopen(path, "rb");
     if (!f)
         return npy_err(MOE_EIO, "check the path and its permissions", path,

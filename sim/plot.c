@@ -13,6 +13,11 @@
  * data block (`index` i, blocks separated by two blank lines). Text is written in double quotes,
  * NULL as NaN, reals with %.17g, so the file holds the database's numbers exactly.
  *
+ * No name that gnuplot could read as a command ('<cmd', '|cmd') or a special file ('-', '+')
+ * reaches it: the data file and the output are given as /dev/fd/N (descriptors of the data file
+ * and of the output's mkstemp temporary, sim/outfile.c, which moesim renames when gnuplot
+ * succeeded), the scripts by absolute path, every path double-quoted with octal escapes.
+ *
  * gnuplot gets, through -e (plots/common.gp documents them): datafile, outfile, term, plotdir,
  * dbname, width, height, cflo, cfhi, loadcf, the range of each metric column (mn_J, mx_J), the
  * grid (ncols, nrows, ct_C, rt_R), the legend (nseries, st_K, ss_K, sf_K), the blocks (nblocks,
@@ -23,10 +28,12 @@
 
 #include "moe.h"
 #include "store.h"
+#include "textsafe.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -215,6 +222,11 @@ static char *default_out_dir(const char *db_path)
     size_t n = strlen(base);
     if (n > 3 && strcmp(base + n - 3, ".db") == 0)
         n -= 3;
+    if ((n == 1 && base[0] == '.') || (n == 2 && base[0] == '.' && base[1] == '.')) {
+        moe_fail(MOE_EINVAL, "give the chart folder with --out DIR",
+                 "no chart folder can be named after this database (%s)", db_path);
+        return NULL;
+    }
     char *s = malloc(n + 16);
     if (!s) {
         moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim plot)");
@@ -272,6 +284,25 @@ static void gp_str(FILE *m, const char *s)
             fputc(*s, m);
     }
     fputc('\'', m);
+}
+
+/* Append a file name for gnuplot: a double-quoted string with \\, \" and every control character
+ * as an octal escape, so the name arrives byte for byte. Callers pass absolute paths or
+ * /dev/fd/N only: gnuplot reads a name starting with '<' or '|' as a shell command, and '-',
+ * '+' or '' as special files. */
+static void gp_path(FILE *m, const char *s)
+{
+    fputc('"', m);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            fprintf(m, "\\%c", c);
+        else if (c < 32 || c == 127)
+            fprintf(m, "\\%03o", c);
+        else
+            fputc(c, m);
+    }
+    fputc('"', m);
 }
 
 /* A gnuplot real (always with a decimal point or exponent, so never an integer). */
@@ -415,8 +446,8 @@ static void write_cell(FILE *f, sqlite3_stmt *q, int c)
     }
 }
 
-/* Run the chart's query, write tmp_path, fill L. */
-static int export_chart(sqlite3 *db, const char *db_path, const chart *ch, const char *tmp_path,
+/* Run the chart's query, write it to f (the temporary of final_path), fill L. */
+static int export_chart(sqlite3 *db, const char *db_path, const chart *ch, FILE *f,
                         const char *final_path, layout *L)
 {
     sqlite3_stmt *q = NULL;
@@ -431,15 +462,11 @@ static int export_chart(sqlite3 *db, const char *db_path, const chart *ch, const
         return moe_fail(MOE_EINVAL, NULL, "chart %s: query has %d columns (sim/plot.c)",
                         ch->name, ncol);
     }
-    FILE *f = fopen(tmp_path, "w");
-    if (!f) {
-        int e = errno;
-        sqlite3_finalize(q);
-        return moe_fail(MOE_EIO, "give a writable folder with --out DIR",
-                        "cannot write the data file: %s (%s)", strerror(e), tmp_path);
-    }
-    fprintf(f, "# %s: %s; written by moesim plot from %s (sim/plot.c), drawn by plots/%s.gp\n",
-            final_path, ch->what, db_path, ch->name);
+    fputs("# ", f); /* paths escaped: a newline in one must not end the comment */
+    moe_text_fput(final_path, f);
+    fprintf(f, ": %s; written by moesim plot from ", ch->what);
+    moe_text_fput(db_path, f);
+    fprintf(f, " (sim/plot.c), drawn by plots/%s.gp\n", ch->name);
     fprintf(f, "# one block (gnuplot index) per panel and series; NaN: NULL in the database\n");
     fprintf(f, "# columns: %s\n", ch->columns);
     fprintf(f, "# query (first %d result columns are the layout, not written): %s\n", NLAYOUT,
@@ -458,7 +485,6 @@ static int export_chart(sqlite3 *db, const char *db_path, const chart *ch, const
                 (rc = keyset_add(&L->cols, c, (const char *)sqlite3_column_text(q, 1), 0)) ||
                 (rc = keyset_add(&L->rows, r, (const char *)sqlite3_column_text(q, 3), 0)) ||
                 (rc = keyset_add(&L->sers, s, (const char *)sqlite3_column_text(q, 5), flat))) {
-                fclose(f);
                 sqlite3_finalize(q);
                 return rc;
             }
@@ -491,12 +517,6 @@ static int export_chart(sqlite3 *db, const char *db_path, const chart *ch, const
         r = moe_fail(MOE_EDB, NULL, "cannot query the data of chart %s: %s (%s)", ch->name,
                      sqlite3_errmsg(db), db_path);
     sqlite3_finalize(q);
-    int bad_write = ferror(f);
-    if (fclose(f) != 0 || bad_write) {
-        if (!r)
-            r = moe_fail(MOE_EIO, "is the disk full?", "cannot write the data file (%s)",
-                         tmp_path);
-    }
     if (!r && L->nb > 0) {
         qsort(L->cols.v, (size_t)L->cols.n, sizeof *L->cols.v, key_cmp);
         qsort(L->rows.v, (size_t)L->rows.n, sizeof *L->rows.v, key_cmp);
@@ -524,13 +544,13 @@ static char *gnuplot_vars(const chart *ch, const layout *L, const char *plotdir,
     if (height < 800)
         height = 800;
     fputs("datafile=", m);
-    gp_str(m, datafile);
+    gp_path(m, datafile);
     fputs("; outfile=", m);
-    gp_str(m, outfile);
+    gp_path(m, outfile);
     fputs("; term=", m);
     gp_str(m, term);
     fputs("; plotdir=", m);
-    gp_str(m, plotdir);
+    gp_path(m, plotdir);
     fputs("; dbname=", m);
     gp_str(m, dbname);
     fprintf(m, "; width=%d; height=%d; cflo=", width, height);
@@ -673,27 +693,27 @@ static int spawn_gnuplot(const char *gnuplot, const char *vars, const char *scri
     return MOE_OK;
 }
 
-/* Draw one output: gnuplot into tmp, check it, rename to final. */
-static int draw(const char *gnuplot, const char *script, const char *vars, const char *tmp,
-                const char *final)
+/* Draw one output: gnuplot writes o's temporary through /dev/fd/N (set by the caller in vars);
+ * checked, then renamed to o->path, or discarded. */
+static int draw(const char *gnuplot, const char *script, const char *vars, moe_outfile *o)
 {
     char *err = NULL;
     int status;
     int rc = spawn_gnuplot(gnuplot, vars, script, &err, &status);
     if (rc) {
-        unlink(tmp);
+        moe_outfile_discard(o);
         return rc;
     }
     struct stat sb;
-    int ok = status == 0 && stat(tmp, &sb) == 0 && sb.st_size > 0;
+    int ok = status == 0 && fstat(fileno(o->f), &sb) == 0 && sb.st_size > 0;
     if (!ok) {
-        unlink(tmp);
+        moe_outfile_discard(o);
         const char *why = *err ? last_line(err)
                           : status == 127 ? "could not run gnuplot"
                           : status < 0    ? "gnuplot was killed"
                                           : "no output written";
         rc = moe_fail(MOE_EIO, "check the script and the data file next to the chart",
-                      "gnuplot failed on %s: %s (%s)", script, why, final);
+                      "gnuplot failed on %s: %s (%s)", script, why, o->path);
         free(err);
         return rc;
     }
@@ -711,12 +731,7 @@ static int draw(const char *gnuplot, const char *script, const char *vars, const
         }
     }
     free(err);
-    if (rename(tmp, final) != 0) {
-        int e = errno;
-        unlink(tmp);
-        return moe_fail(MOE_EIO, NULL, "cannot rename %s: %s (%s)", tmp, strerror(e), final);
-    }
-    return MOE_OK;
+    return moe_outfile_commit(o, 0);
 }
 
 /* ---- the command ---- */
@@ -745,14 +760,15 @@ static int check_db(sqlite3 *db, const char *db_path, long long *npoints, double
     return r;
 }
 
-/* The script folder: $MOESIM_PLOTS or plots; every script and common.gp must be there. */
-static int check_scripts(const char **dir_out)
+/* The script folder: $MOESIM_PLOTS or plots; every script and common.gp must be there.
+ * *dir_out: its absolute path (malloc'd), so that gnuplot can never read it as a command. */
+static int check_scripts(char **dir_out)
 {
+    *dir_out = NULL;
     const char *dir = getenv("MOESIM_PLOTS");
     const int from_env = dir && *dir;
     if (!from_env)
         dir = "plots";
-    *dir_out = dir;
     static const char *const shared[] = {"common", "cf_rows"}; /* loaded by the scripts */
     for (int i = -2; i < NCHARTS; i++) {
         char *p = join3(dir, "/", i < 0 ? shared[i + 2] : charts[i].name);
@@ -772,7 +788,49 @@ static int check_scripts(const char **dir_out)
         }
         free(gp);
     }
+    if (!(*dir_out = realpath(dir, NULL)))
+        return moe_fail(MOE_EIO, NULL, "cannot resolve the script folder: %s (%s)",
+                        strerror(errno), dir);
     return MOE_OK;
+}
+
+/* Print a path written to list (escaped: one path per line whatever its characters). */
+static void list_path(FILE *list, const char *path)
+{
+    if (list) {
+        moe_text_fput(path, list);
+        fputc('\n', list);
+    }
+}
+
+/* One image of a chart: gnuplot with term writes stem.ext. dat: the data file, given to gnuplot
+ * as /dev/fd/datfd. */
+static int plot_image(const chart *ch, const layout *L, const char *gnuplot, const char *script,
+                      const char *plotdir, const char *dbname, const char *stem, int datfd,
+                      const char *term, const char *ext, double cflo, double cfhi, FILE *list)
+{
+    char *out = join3(stem, ".", ext);
+    if (!out)
+        return MOE_ENOMEM;
+    moe_outfile o;
+    int rc = moe_outfile_open(&o, out, "chart", "wb");
+    if (!rc) {
+        char datname[32], outname[32]; /* descriptors: no path is read as a pipe or a name */
+        snprintf(datname, sizeof datname, "/dev/fd/%d", datfd);
+        snprintf(outname, sizeof outname, "/dev/fd/%d", fileno(o.f));
+        char *vars = gnuplot_vars(ch, L, plotdir, dbname, datname, outname, term, cflo, cfhi);
+        if (!vars) {
+            moe_outfile_discard(&o);
+            rc = MOE_ENOMEM;
+        } else {
+            rc = draw(gnuplot, script, vars, &o);
+        }
+        free(vars);
+    }
+    if (!rc)
+        list_path(list, out);
+    free(out);
+    return rc;
 }
 
 /* Draw one chart: data file, then PNG and SVG. *drawn: 1 if drawn, 0 if skipped. */
@@ -781,24 +839,31 @@ static int plot_chart(sqlite3 *db, const char *db_path, const char *dbname, cons
                       double cflo, double cfhi, FILE *list, int *drawn)
 {
     *drawn = 0;
-    char pid[32];
-    snprintf(pid, sizeof pid, ".tmp.%ld", (long)getpid());
     char *stem = join3(out_dir, "/", ch->name);
     char *dat = stem ? join3(stem, ".dat", "") : NULL;
-    char *dat_tmp = stem ? join3(stem, pid, ".dat") : NULL;
     char *script0 = join3(plotdir, "/", ch->name);
     char *script = script0 ? join3(script0, ".gp", "") : NULL;
     free(script0);
     layout L;
     memset(&L, 0, sizeof L);
-    int rc = (stem && dat && dat_tmp && script) ? MOE_OK : MOE_ENOMEM;
+    moe_outfile o;
+    int datfd = -1, rc = (stem && dat && script) ? MOE_OK : MOE_ENOMEM;
     const char *skip = NULL; /* why the database cannot feed this chart */
     if (!rc && ch->needs_cf && !isfinite(cflo))
         skip = "no capacity factor sweep (every point has capacity factor none)";
-    else if (!rc && !(rc = export_chart(db, db_path, ch, dat_tmp, dat, &L)))
-        skip = L.rows_written == 0 ? ch->empty : !L.has_metric ? "its metrics are all NULL" : NULL;
+    else if (!rc && !(rc = moe_outfile_open(&o, dat, "the data file", "w"))) {
+        if ((rc = export_chart(db, db_path, ch, o.f, dat, &L)))
+            moe_outfile_discard(&o);
+        else if ((skip = L.rows_written == 0 ? ch->empty
+                         : !L.has_metric    ? "its metrics are all NULL"
+                                            : NULL))
+            moe_outfile_discard(&o);
+        else if (fflush(o.f) != 0 || (datfd = dup(fileno(o.f))) < 0)
+            rc = moe_outfile_commit(&o, 1);
+        else
+            rc = moe_outfile_commit(&o, ferror(o.f));
+    }
     if (!rc && skip) { /* a chart of an earlier plot into this folder would mislead: removed */
-        unlink(dat_tmp);
         int removed = 0;
         static const char *const exts[] = {".dat", ".png", ".svg"};
         for (int i = 0; i < 3; i++) {
@@ -810,50 +875,42 @@ static int plot_chart(sqlite3 *db, const char *db_path, const char *dbname, cons
                 removed ? " (its earlier chart removed)" : "");
         goto out;
     }
-    if (!rc && rename(dat_tmp, dat) != 0)
-        rc = moe_fail(MOE_EIO, NULL, "cannot rename %s: %s (%s)", dat_tmp, strerror(errno), dat);
-    if (rc) {
-        if (dat_tmp)
-            unlink(dat_tmp);
+    if (rc)
         goto out;
-    }
-    if (list)
-        fprintf(list, "%s\n", dat);
+    list_path(list, dat);
     static const char *const terms[][2] = {{"pngcairo", "png"}, {"svg", "svg"}};
-    for (int t = 0; t < 2 && !rc; t++) {
-        char *out = join3(stem, ".", terms[t][1]);
-        char *tmp = join3(stem, pid, ".");
-        char *tmp2 = tmp ? join3(tmp, terms[t][1], "") : NULL;
-        char *vars = (out && tmp2) ? gnuplot_vars(ch, &L, plotdir, dbname, dat, tmp2,
-                                                  terms[t][0], cflo, cfhi)
-                                   : NULL;
-        if (!vars)
-            rc = MOE_ENOMEM;
-        else
-            rc = draw(gnuplot, script, vars, tmp2, out);
-        if (!rc && list)
-            fprintf(list, "%s\n", out);
-        free(vars);
-        free(out);
-        free(tmp);
-        free(tmp2);
-    }
+    for (int t = 0; t < 2 && !rc; t++)
+        rc = plot_image(ch, &L, gnuplot, script, plotdir, dbname, stem, datfd, terms[t][0],
+                        terms[t][1], cflo, cfhi, list);
     if (!rc)
         *drawn = 1;
 out:
+    if (datfd >= 0)
+        close(datfd);
     layout_clear(&L);
     free(stem);
     free(dat);
-    free(dat_tmp);
     free(script);
     return rc;
+}
+
+/* SIGINT, SIGTERM, SIGHUP while drawing: remove the temporaries, then die of the signal. */
+static const int plot_signals[] = {SIGINT, SIGTERM, SIGHUP};
+enum { NSIG_PLOT = sizeof plot_signals / sizeof plot_signals[0] };
+
+static void on_plot_signal(int sig)
+{
+    moe_outfile_remove_temps();
+    signal(sig, SIG_DFL);
+    raise(sig);
 }
 
 int moe_plot_db_list(const char *db_path, const char *out_dir, FILE *list)
 {
     moe_store *st = NULL;
-    char *gnuplot = NULL, *dir_buf = NULL;
-    const char *plotdir = NULL;
+    char *gnuplot = NULL, *dir_buf = NULL, *plotdir = NULL;
+    struct sigaction old[NSIG_PLOT], sa;
+    int caught = 0;
     long long npoints = 0;
     double cflo = NAN, cfhi = NAN;
     int rc = moe_store_open(db_path, 1, &st);
@@ -877,6 +934,14 @@ int moe_plot_db_list(const char *db_path, const char *out_dir, FILE *list)
     }
     if ((rc = make_dirs(out_dir)))
         goto out;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_plot_signal;
+    sigemptyset(&sa.sa_mask);
+    for (caught = 0; caught < NSIG_PLOT; caught++) { /* an ignored signal stays ignored */
+        sigaction(plot_signals[caught], NULL, &old[caught]);
+        if (old[caught].sa_handler != SIG_IGN)
+            sigaction(plot_signals[caught], &sa, NULL);
+    }
     const char *dbname = strrchr(db_path, '/');
     dbname = dbname ? dbname + 1 : db_path;
     int ndrawn = 0;
@@ -902,9 +967,12 @@ int moe_plot_db_list(const char *db_path, const char *out_dir, FILE *list)
                ndrawn, npoints, out_dir, n && out_dir[n - 1] == '/' ? "" : "/");
     }
 out:
+    for (int i = 0; i < caught; i++)
+        sigaction(plot_signals[i], &old[i], NULL);
     moe_store_close(st);
     free(gnuplot);
     free(dir_buf);
+    free(plotdir);
     return rc;
 }
 

@@ -3,7 +3,8 @@
  * header naming its columns and the query it came from, then one gnuplot `index` block per
  * panel and series) and runs the tracked script plots/NAME.gp on it twice: DIR/NAME.png
  * (pngcairo) and DIR/NAME.svg. Outputs are written under temporary names and renamed, so a
- * failed gnuplot leaves no partial chart.
+ * failed or interrupted gnuplot (SIGINT, SIGTERM, SIGHUP) leaves no partial chart; gnuplot
+ * writes through a descriptor and never gets a file name it could run as a command.
  *
  * Charts (NAME): drop_rate, load_imbalance, flops_per_token, output_error (vs capacity factor,
  * a line per router, a panel per distribution), expert_loads (sorted per-expert load bars per

@@ -836,6 +836,10 @@ static int load_experiment(moe_spec *s)
             char *dot = strrchr(s->name, '.');
             if (dot && dot != s->name)
                 *dot = '\0';
+            if (!strcmp(s->name, ".") || !strcmp(s->name, "..")) /* results/...db, plots/out/.. */
+                return moe_fail(MOE_EINVAL, "add name = NAME to [experiment]",
+                                "no experiment name: the file name gives '%s' (%s)", s->name,
+                                s->path);
         }
     }
     if (!s->name)

@@ -29,6 +29,8 @@
  */
 #include "store.h"
 
+#include "rodb.h"
+
 #include "layer.h"
 
 #include <errno.h>
@@ -447,7 +449,7 @@ int moe_store_open(const char *path, int readonly, moe_store **out)
         return r;
     }
     int flags = readonly ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE;
-    int rc = sqlite3_open_v2(path, &st->db, flags, NULL);
+    int rc = readonly ? moe_rodb_open(path, &st->db) : sqlite3_open_v2(path, &st->db, flags, NULL);
     if (rc != SQLITE_OK) {
         int r = db_fail(st, st->db, rc, "cannot open the database");
         moe_store_close(st);

@@ -1,7 +1,6 @@
 #!/bin/sh
-# t_errors.sh: the bad-input table of tests/ERRORS.md, one test per row not tested elsewhere
-# (the others: tests/t_route.sh for `moesim route`, tests/t_run.sh for read-only, locked and
-# newer-schema databases, tests/t_plot.sh for `moesim plot`). Each test checks the exact
+# t_errors.sh: the rows of the README's bad-input table ("Bad inputs") whose "where tested"
+# column names this file (the table names the test of every row). Each test checks the exact
 # "moesim: error:" line, a non-zero exit, one error line only, and that nothing was written:
 # no file appears in the working folder, and an existing output stays intact. Disk-full runs on
 # a 64 KiB tmpfs when this test may mount one (root), else it is skipped with a message; the
@@ -9,22 +8,14 @@
 # Either way a sweep's database must pass PRAGMA integrity_check and hold whole points only,
 # and resume to the full sweep once there is room.
 # tests/run.sh runs it from the repository root with MOESIM; prints "t_errors: N passed, N
-# failed" last.
-M=${MOESIM:-./moesim}
-case "$M" in /*) ;; *) M="$(pwd)/$M" ;; esac
-FIX="$(pwd)/tests/fixtures/errors"
-pass=0; fail=0
-ok() { pass=$((pass + 1)); }
-no() { fail=$((fail + 1)); echo "FAIL t_errors: $*"; }
-q() { sqlite3 "$@"; }
-
-T=$(mktemp -d "${TMPDIR:-/tmp}/moesim_t_errors.XXXXXX") || exit 1
+# failed[, N skipped]" last.
+NAME=t_errors
+. tests/lib.sh
+FIX="$REPO/tests/fixtures/errors"
 mounted=
-cleanup() {
-    [ -n "$mounted" ] && umount "$mounted" 2>/dev/null
-    rm -rf "$T"
-}
-trap cleanup EXIT
+cleanup_extra='[ -n "$mounted" ] && umount "$mounted" 2>/dev/null'
+make_tmp
+T=$tmp
 O=$T/out          # captured stdout/stderr, outside the working folder
 W=$T/w            # working folder: messages name files relative to it
 mkdir -p "$O" "$W"
@@ -289,8 +280,6 @@ if [ "$(id -u)" = 0 ] && mount -t tmpfs -o size=64k tmpfs "$T/full" 2>/dev/null;
         && ok || no "resume after the disk was full: $(tail -1 "$O/stderr")"
     umount "$T/full" && mounted=
 else
-    echo "SKIP t_errors: full-disk checks (cannot mount a tmpfs here: needs root); the file-size limit checks ran"
+    skip 7 "full-disk checks (cannot mount a tmpfs here: needs root); the file-size limit checks ran"
 fi
-
-echo "t_errors: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish

@@ -8,26 +8,14 @@
 # lack every metric the charts need, a missing script folder and a failing script all exit
 # non-zero with one clear error line and leave no chart behind. Prints "t_plot: N passed, N
 # failed" last.
-MOESIM=${MOESIM:-./moesim}
-case "$MOESIM" in /*) ;; *) MOESIM="$(pwd)/$MOESIM" ;; esac
-PLOTS="$(pwd)/plots"
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL t_plot: $*" >&2; }
-# check DESCRIPTION COMMAND...: the command succeeds
-check() { d=$1; shift; if "$@"; then ok; else bad "$d"; fi; }
-# contains DESCRIPTION FILE TEXT: FILE contains TEXT
-contains() { if grep -qF -- "$3" "$2"; then ok; else bad "$1: '$3' not in: $(cat "$2")"; fi; }
-q() { sqlite3 "$@"; }
-
-tmp=$(mktemp -d /tmp/moesim_t_plot.XXXXXX) || exit 1
-trap 'rm -rf "$tmp"' EXIT
+NAME=t_plot
+. tests/lib.sh
+PLOTS="$REPO/plots"
+make_tmp
 
 if ! command -v gnuplot >/dev/null 2>&1; then
-    echo "FAIL t_plot: gnuplot is not installed (make deps installs gnuplot-nox)" >&2
-    echo "t_plot: 0 passed, 1 failed"
-    exit 1
+    bad "gnuplot is not installed (make deps installs gnuplot-nox)"
+    finish
 fi
 
 charts="drop_rate load_imbalance flops_per_token output_error expert_loads experts_per_token throughput"
@@ -59,42 +47,7 @@ expect_error() {
 # ---- a tiny sweep, run with --no-plots ----
 # (topk, gshard, ec at cf 1.0 and 1.5; soft_moe once, capacity factor none) x 2 distributions
 # = (3*2 + 1) * 2 = 14 points, E = 8.
-cat >"$tmp/t.ini" <<'EOF'
-; t_plot.ini: a tiny sweep for tests/t_plot.sh
-[experiment]
-name = t_plot
-routers = topk gshard ec soft
-capacity_factors = 1.0 1.5
-tokens = 128
-batches = 2
-seeds = 1
-error_tokens = 32
-
-[router.topk]
-type = topk
-k = 2
-
-[router.gshard]
-type = gshard
-
-[router.ec]
-type = expert_choice
-
-[router.soft]
-type = soft_moe
-
-[distribution.gauss]
-source = gaussian
-
-[distribution.clus]
-source = clustered
-zipf_s = 1.5
-
-[shape.s]
-d = 16
-f = 32
-E = 8
-EOF
+tiny_spec "$tmp/t.ini" t_plot "topk gshard ec soft" gauss clus
 db=$tmp/a.db
 mkdir "$tmp/cwd"
 (cd "$tmp/cwd" && "$MOESIM" run "$tmp/t.ini" --db "$db" --no-plots >"$tmp/out" 2>"$tmp/err")
@@ -299,5 +252,4 @@ contains "no database given: message" "$tmp/err" "no database given"
 "$MOESIM" plot "$db" --bogus >/dev/null 2>"$tmp/err"
 check "unknown option: non-zero exit" test $? != 0
 
-echo "t_plot: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish

@@ -1,5 +1,5 @@
 #!/bin/sh
-# t_regression.sh: regression tests on recorded metrics (issue 6); tests/run.sh runs it with
+# t_regression.sh: regression tests on recorded metrics; tests/run.sh runs it with
 # MOESIM=<build>/moesim and BUILD=<build>.
 #  1. every experiments/regression/*.ini is rerun and compared with results/regression/NAME.tsv
 #     (moesim compare, default tolerances); specs marked "; needs: traces" are skipped, with a
@@ -14,33 +14,11 @@
 #     no timestamps/paths/timings in a recorded file, malformed files named with their line.
 #  5. re-recording (experiments/regression/record.sh, i.e. make record) into a scratch folder
 #     prints what changed and rewrites the file; a second run reports it unchanged.
-# Prints "t_regression: N passed, N failed" last.
-MOESIM=${MOESIM:-./moesim}
-case "$MOESIM" in /*) ;; *) MOESIM="$(pwd)/$MOESIM" ;; esac
-BUILD=${BUILD:-build}
+# Prints "t_regression: N passed, N failed[, N skipped]" last.
+NAME=t_regression
+. tests/lib.sh
 PERTURB=$BUILD/moesim-perturb
-case "$PERTURB" in /*) ;; *) PERTURB="$(pwd)/$PERTURB" ;; esac
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL t_regression: $*" >&2; }
-# check DESCRIPTION COMMAND...: the command succeeds
-check() { d=$1; shift; if "$@"; then ok; else bad "$d"; fi; }
-# contains DESCRIPTION FILE TEXT: FILE contains TEXT
-contains() { if grep -qF -- "$3" "$2"; then ok; else bad "$1: '$3' not in: $(head -c 3000 "$2")"; fi; }
-# lacks DESCRIPTION FILE TEXT: FILE does not contain TEXT
-lacks() { if grep -qF -- "$3" "$2"; then bad "$1: '$3' in: $(head -c 3000 "$2")"; else ok; fi; }
-# status DESCRIPTION EXPECTED OUTFILE COMMAND...: run COMMAND (stdout+stderr to OUTFILE) and
-# check its exit status
-status() {
-    d=$1 want=$2 of=$3; shift 3
-    "$@" >"$of" 2>&1
-    got=$?
-    if [ "$got" = "$want" ]; then ok; else bad "$d: exit $got, expected $want: $(head -c 3000 "$of")"; fi
-}
-
-tmp=$(mktemp -d /tmp/moesim_t_regression.XXXXXX) || exit 1
-trap 'rm -rf "$tmp"' EXIT
+make_tmp
 . experiments/regression/blas_env.sh
 traces=${MOESIM_TRACES:-../shared/data/traces}
 mkdir -p "$tmp/no-traces"
@@ -61,7 +39,7 @@ for spec in experiments/regression/*.ini; do
     rec=results/regression/$name.tsv
     check "$rec is recorded (make record)" test -f "$rec"
     if grep -q '^; needs: traces' "$spec" && [ ! -d "$traces" ]; then
-        echo "t_regression: $name skipped: it needs the recorded traces under $traces (absent)"
+        skip 3 "$name: it needs the recorded traces under $traces (absent)"
         continue
     fi
     nspecs=$((nspecs + 1))
@@ -92,7 +70,7 @@ syn_loose=
 if [ "$syn_core" != "$syn_want" ]; then
     same_core=0
     syn_loose="--rtol 1e-6"
-    echo "t_regression: note: BLAS core $syn_core, not $syn_want: byte-for-byte checks skipped"
+    skip 2 "BLAS core $syn_core, not $syn_want: the byte-for-byte checks of the recorded file"
 fi
 # no baseline without its experiment
 for rec in results/regression/*.tsv; do
@@ -236,7 +214,7 @@ status "a foreign file is an error" 1 "$tmp/e2" "$MOESIM" compare "$tmp/junk.tsv
 contains "foreign file: said so, with its line" "$tmp/e2" "not a moesim recorded metrics file (no \"moesim-metrics<TAB>1\" line) ($tmp/junk.tsv:1)"
 sed '12s/\t[^\t]*$/\t12abc/' "$base" >"$tmp/badval.tsv"
 status "a malformed value is an error" 1 "$tmp/e3" "$MOESIM" compare "$base" "$tmp/badval.tsv"
-contains "malformed value: file and line" "$tmp/e3" "value is not a finite number or null ($tmp/badval.tsv:12)"
+contains "malformed value: file and line" "$tmp/e3" "value is not a number, inf, -inf or null ($tmp/badval.tsv:12)"
 { head -12 "$base"; sed -n '/^point/{p;q;}' "$base"; } >"$tmp/dup.tsv"
 status "a point twice is an error" 1 "$tmp/e4" "$MOESIM" compare "$tmp/dup.tsv" "$base"
 contains "duplicate point: said so" "$tmp/e4" "point stored twice"
@@ -270,5 +248,4 @@ status "record.sh again" 0 "$tmp/rec3.out" \
     sh experiments/regression/record.sh "$MOESIM" "$tmp/results" synthetic
 contains "record: unchanged the second time" "$tmp/rec3.out" "$tmp/results/synthetic.tsv: unchanged"
 
-echo "t_regression: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish

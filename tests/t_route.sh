@@ -1,16 +1,15 @@
 #!/bin/sh
 # t_route.sh: `moesim route` as a user runs it: a successful run writes the plan, metrics and
-# layer output; every bad input of issue 2 (NaN/inf logits, k > E, wrong shapes or dtypes, unknown
+# layer output; every bad input (NaN/inf logits, k > E, wrong shapes or dtypes, unknown
 # router or option, unreadable or truncated file, unwritable output) exits non-zero with a
 # one-line "moesim: error:" message naming the problem, and leaves no output file behind.
-M=$(realpath "${MOESIM:-./moesim}")
+# Prints "t_route: N passed, N failed" last.
+NAME=t_route
+. tests/lib.sh
 F=tests/fixtures/errors
 R=tests/fixtures/route
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok() { pass=$((pass + 1)); }
-no() { fail=$((fail + 1)); echo "FAIL: $*"; }
+make_tmp
+T=$tmp
 
 # expect_error DESCRIPTION PATTERN ARGS...: non-zero exit, PATTERN in the error line, no outputs
 expect_error() {
@@ -98,5 +97,4 @@ first_error "moesim: error: route needs --router, --logits and --plan (command l
     route --router topk --logits $F/good.npy
 first_error "moesim: error: unknown list 'bogus' (moesim list)" list bogus
 
-echo "t_route: $pass passed, $fail failed"
-[ $fail = 0 ]
+finish

@@ -4,67 +4,17 @@
 # and rerun ends with exactly the rows of an uninterrupted run (timings aside), without
 # duplicates; SIGINT stops cleanly with a non-zero exit; --force reruns and replaces; a read-only
 # folder, a locked database, a newer schema version and a foreign file give clear errors and
-# leave the database as it was. Prints "t_run: N passed, N failed" last.
-MOESIM=${MOESIM:-./moesim}
-case "$MOESIM" in /*) ;; *) MOESIM="$(pwd)/$MOESIM" ;; esac
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL t_run: $*" >&2; }
-# check DESCRIPTION COMMAND...: the command succeeds
-check() { d=$1; shift; if "$@"; then ok; else bad "$d"; fi; }
-# contains DESCRIPTION FILE TEXT: FILE contains TEXT
-contains() { if grep -qF -- "$3" "$2"; then ok; else bad "$1: '$3' not in: $(cat "$2")"; fi; }
-q() { sqlite3 "$@"; }
-
-tmp=$(mktemp -d /tmp/moesim_t_run.XXXXXX) || exit 1
+# leave the database as it was. Prints "t_run: N passed, N failed[, N skipped]" last.
+NAME=t_run
+. tests/lib.sh
 holder=
-cleanup() {
-    [ -n "$holder" ] && kill "$holder" 2>/dev/null
-    chmod -R u+w "$tmp" 2>/dev/null
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
+cleanup_extra='[ -n "$holder" ] && kill "$holder" 2>/dev/null; chmod -R u+w "$tmp" 2>/dev/null'
+make_tmp
 chmod 755 "$tmp"
 
 # 4 routers (topk, switch, gshard at 2 capacity factors; soft_moe once: dense, no capacity)
 # x 2 distributions = (3*2 + 1) * 2 = 14 points, E = 8, 2 batches each.
-cat > "$tmp/t.ini" <<'EOF'
-; t_run.ini: a small sweep for tests/t_run.sh
-[experiment]
-name = t_run
-routers = topk switch gshard soft
-capacity_factors = 1.0 1.5
-tokens = 128
-batches = 2
-seeds = 1
-error_tokens = 32
-
-[router.topk]
-type = topk
-k = 2
-
-[router.switch]
-type = switch
-
-[router.gshard]
-type = gshard
-
-[router.soft]
-type = soft_moe
-
-[distribution.g]
-source = gaussian
-
-[distribution.c]
-source = clustered
-zipf_s = 1.5
-
-[shape.s]
-d = 16
-f = 32
-E = 8
-EOF
+tiny_spec "$tmp/t.ini" t_run "topk switch gshard soft" g c
 spec=$tmp/t.ini
 
 # ---- a small sweep: expected rows ----
@@ -219,7 +169,7 @@ if as_user "$MOESIM" report --help >/dev/null 2>&1; then
     check "read-only folder: no new file" test ! -e "$ro/new.db"
     chmod 755 "$ro"
 else
-    echo "SKIP t_run: read-only folder checks (running as root without setpriv to user nobody)"
+    skip 7 "read-only folder checks (running as root without setpriv to user nobody)"
 fi
 
 # ---- a locked database ----
@@ -306,5 +256,4 @@ else
     check "run: no warning without AVX-512" test "$(grep -c 'OPENBLAS_CORETYPE' "$tmp/err")" = 0
 fi
 
-echo "t_run: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish

@@ -421,8 +421,7 @@ static void test_json(void)
     CHECK(strstr(moe_errmsg(), bad) != NULL, "message names the path: %s", moe_errmsg());
     CHECK(access(bad, F_OK) != 0, "%s exists", bad);
 
-    /* the target is a directory: the temporary is written, the rename fails, the temporary
-     * is removed */
+    /* the target is a directory: refused before a temporary is made */
     snprintf(bad, sizeof bad, "%s/adir", dir);
     CHECK(mkdir(bad, 0700) == 0, "mkdir %s", bad);
     moe_clear_error();

@@ -16,6 +16,7 @@
 #include "moe.h"
 #include "npy.h"
 
+#include <dirent.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -41,6 +42,27 @@ static int exists(const char *path)
 {
     struct stat st;
     return stat(path, &st) == 0;
+}
+
+/* 1 when a temporary of path ("<path>.tmp.XXXXXX", sim/outfile.c) is left in its folder. */
+static int temp_left(const char *path)
+{
+    char dir[256];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    const char *base = slash ? slash + 1 : path;
+    if (slash)
+        *slash = '\0';
+    char prefix[300];
+    snprintf(prefix, sizeof prefix, "%s.tmp.", base);
+    DIR *d = opendir(slash ? dir : ".");
+    int left = 0;
+    struct dirent *e;
+    while (d && (e = readdir(d)))
+        left |= strncmp(e->d_name, prefix, strlen(prefix)) == 0;
+    if (d)
+        closedir(d);
+    return left;
 }
 
 static void tmp_path(char *out, size_t cap, const char *name)
@@ -354,9 +376,8 @@ static void test_round_trips(void)
                 if (dt == MOE_I32) ((int32_t *)src)[i] = (int32_t)iv;
                 if (dt == MOE_I64) ((int64_t *)src)[i] = iv * 1000003;
             }
-            char path[256], tmp[300];
+            char path[256];
             tmp_path(path, sizeof path, "rt.npy");
-            snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
             moe_npy a;
             moe_clear_error();
             int rc = moe_npy_write(path, dt, src, nd, shapes[nd - 1]);
@@ -367,7 +388,7 @@ static void test_round_trips(void)
             size_t es = dt == MOE_F32 || dt == MOE_I32 ? 4 : 8;
             const size_t *s = shapes[nd - 1];
             int ok = rc == MOE_OK && shape_is(&a, dt, nd, s[0], s[1], s[2], s[3]) &&
-                     memcmp(a.data, src, count * es) == 0 && !exists(tmp);
+                     memcmp(a.data, src, count * es) == 0 && !temp_left(path);
             if (!ok) {
                 bad++;
                 fprintf(stderr, "round trip dtype %d ndim %d: rc %d \"%s\"\n", dt, nd, rc,
@@ -403,7 +424,7 @@ static void test_write_failures(void)
 {
     const size_t s2[1] = {2};
     const float v[2] = {1.0f, 2.0f};
-    char path[256], tmp[300];
+    char path[256];
 
     /* a folder that does not exist: nothing is created */
     tmp_path(path, sizeof path, "no/such/dir/out.npy");
@@ -412,17 +433,16 @@ static void test_write_failures(void)
     CHECK(rc == MOE_EIO && msg_has(path) && !exists(path), "missing folder: rc %d \"%s\"", rc,
           moe_errmsg());
 
-    /* the path is a directory: the temporary file is written, the rename fails, and the
-     * temporary is removed; the directory is untouched */
+    /* the path is a directory: refused before a temporary is made; the directory is
+     * untouched */
     tmp_path(path, sizeof path, "a_directory");
     mkdir(path, 0700);
-    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
     moe_clear_error();
     rc = moe_npy_write(path, MOE_F32, v, 1, s2);
     struct stat st;
-    CHECK(rc == MOE_EIO && msg_has(path) && !exists(tmp) && stat(path, &st) == 0 &&
+    CHECK(rc == MOE_EIO && msg_has(path) && !temp_left(path) && stat(path, &st) == 0 &&
               S_ISDIR(st.st_mode),
-          "onto a directory: rc %d \"%s\", temp left: %d", rc, moe_errmsg(), exists(tmp));
+          "onto a directory: rc %d \"%s\", temp left: %d", rc, moe_errmsg(), temp_left(path));
     rmdir(path);
 
     /* bad arguments */

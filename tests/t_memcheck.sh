@@ -1,34 +1,30 @@
 #!/bin/sh
-# t_valgrind.sh: moesim under valgrind (memcheck) must be clean: no invalid read or write, no use
+# t_memcheck.sh: moesim under valgrind (memcheck) must be clean: no invalid read or write, no use
 # of uninitialised values, no definite or indirect leak. Runs a tiny sweep (2 routers x 2
 # capacity factors, tiny shapes, 1 batch, set by --set overrides on a spec in a temp folder,
 # --no-plots), its report, `moesim route` on the real layer, a trace info, and three error paths
 # (bad spec value, NaN logits, truncated .npy), each under
 #   valgrind --error-exitcode=9 --leak-check=full --errors-for-leak-kinds=definite,indirect
 # with OPENBLAS_NUM_THREADS=1. tests/run.sh runs it with MOESIM and BUILD; prints
-# "t_valgrind: N passed, N failed" last. Skipped (0 passed, 0 failed) without valgrind and for
-# the ASan build (ASan and valgrind do not mix).
+# "t_memcheck: N passed, N failed[, N skipped]" last. Its 10 checks are skipped, and counted as
+# such, without valgrind and for the ASan build (ASan and valgrind do not mix).
 #
 # valgrind (3.19) cannot decode AVX-512: a binary built with -march=native on an AVX-512 CPU
 # dies with SIGILL under it. Then this test builds a portable copy (CFLAGS="-O1 -g") in
 # BUILD-valgrind/ and checks that one, and keeps OpenBLAS on its AVX2 kernels
 # (OPENBLAS_CORETYPE=Haswell) unless OPENBLAS_CORETYPE is already set.
-M=${MOESIM:-./moesim}
-BUILD=${BUILD:-build}
-case "$M" in /*) ;; *) M="$(pwd)/$M" ;; esac
-pass=0; fail=0
-ok() { pass=$((pass + 1)); }
-no() { fail=$((fail + 1)); echo "FAIL t_valgrind: $*"; }
-finish() { echo "t_valgrind: $pass passed, $fail failed"; [ "$fail" = 0 ]; exit $?; }
+NAME=t_memcheck
+. tests/lib.sh
+NCHECKS=10
 
-case "$BUILD" in *asan*) echo "SKIP t_valgrind: $BUILD is an AddressSanitizer build"; finish ;; esac
+case "$BUILD" in *asan*) skip $NCHECKS "$(basename "$BUILD") is an AddressSanitizer build (valgrind does not run it)"; finish ;; esac
 if ! command -v valgrind >/dev/null 2>&1; then
-    echo "SKIP t_valgrind: valgrind is not installed (apt-get install valgrind)"
+    skip $NCHECKS "valgrind is not installed (apt-get install valgrind)"
     finish
 fi
 
-T=$(mktemp -d "${TMPDIR:-/tmp}/moesim_t_valgrind.XXXXXX") || exit 1
-trap 'rm -rf "$T"' EXIT
+make_tmp
+T=$tmp
 export OPENBLAS_NUM_THREADS=1
 if [ -z "${OPENBLAS_CORETYPE:-}" ] && grep -q avx512f /proc/cpuinfo 2>/dev/null; then
     export OPENBLAS_CORETYPE=Haswell
@@ -55,35 +51,16 @@ $VG -q "$M" route --router topk --logits tests/fixtures/errors/good.npy --plan "
     >/dev/null 2>"$T/probe.err"
 if grep -q 'SIGILL\|Illegal opcode\|unhandled instruction' "$T/probe.err"; then
     VB="$BUILD-valgrind"
-    echo "t_valgrind: $M uses instructions valgrind cannot run (-march=native); building $VB/moesim with CFLAGS=\"-O1 -g\""
+    echo "t_memcheck: $M uses instructions valgrind cannot run (-march=native); building $VB/moesim with CFLAGS=\"-O1 -g\""
     if ! ${MAKE:-make} --no-print-directory B="$VB" CFLAGS="-O1 -g" "$VB/moesim" >"$T/build.log" 2>&1; then
         no "build of $VB/moesim failed: $(tail -5 "$T/build.log")"
         finish
     fi
-    M="$(pwd)/$VB/moesim"
+    M="$VB/moesim"
 fi
 
 # ---- a tiny sweep: 2 routers x 2 capacity factors, 1 batch, and its report ----
-cat >"$T/v.ini" <<'EOF'
-; t_valgrind.sh: the tiny sweep (the --set overrides below make it tinier)
-[experiment]
-name = t_valgrind
-routers = topk gshard
-capacity_factors = 1.0 1.5
-tokens = 256
-batches = 2
-[router.topk]
-k = 2
-[router.gshard]
-type = gshard
-[distribution.c]
-source = clustered
-zipf_s = 1.5
-[shape.s]
-d = 64
-f = 128
-E = 8
-EOF
+tiny_spec "$T/v.ini" t_memcheck "topk gshard" - c
 vg sweep 0 "$M" run "$T/v.ini" --db "$T/v.db" --no-plots --set experiment.tokens=32 \
     --set experiment.batches=1 --set shape.s.d=8 --set shape.s.f=16 --set shape.s.E=4 \
     --set experiment.error_tokens=8

@@ -1,0 +1,72 @@
+# tests/lib.sh: the helpers every shell test tests/t_*.sh sources, from the repository root:
+#     NAME=t_x; . tests/lib.sh
+# It sets MOESIM and BUILD (absolute), REPO (the repository root), the counters, and gives:
+#   ok; bad MSG (alias no)            count a passed / failed check (a failure is printed)
+#   check DESC CMD...                 CMD succeeds
+#   same DESC GOT WANT                the two strings are equal
+#   contains DESC FILE TEXT / lacks   FILE holds (does not hold) the fixed string TEXT
+#   status DESC WANT OUT CMD...       CMD (stdout+stderr to OUT) exits WANT
+#   skip N REASON                     N checks not run, printed as "SKIP NAME: N checks: REASON"
+#   make_tmp                          tmp=a fresh folder, removed on exit (with $cleanup_extra)
+#   tiny_spec FILE NAME ROUTERS DIST1 DIST2
+#                                     the small sweep most tests run: ROUTERS (names from topk,
+#                                     switch, gshard, ec, soft) at capacity factors 1.0 and 1.5,
+#                                     128 tokens, 2 batches, 1 seed, 32 error tokens; distributions
+#                                     DIST1 (gaussian; none when "-") and DIST2 (clustered, zipf_s
+#                                     1.5); one shape d 16, f 32, E 8
+#   finish                            prints "NAME: N passed, N failed[, N skipped]" and exits
+# tests/run.sh reads that last line and the SKIP lines.
+REPO=$(pwd)
+MOESIM=${MOESIM:-./moesim}
+case "$MOESIM" in /*) ;; *) MOESIM="$REPO/$MOESIM" ;; esac
+BUILD=${BUILD:-build}
+case "$BUILD" in /*) ;; *) BUILD="$REPO/$BUILD" ;; esac
+M=$MOESIM
+pass=0; fail=0; skipped=0
+
+ok() { pass=$((pass + 1)); }
+bad() { fail=$((fail + 1)); echo "FAIL $NAME: $*"; }
+no() { bad "$@"; }
+check() { d=$1; shift; if "$@"; then ok; else bad "$d"; fi; }
+same() { if [ "$2" = "$3" ]; then ok; else bad "$1: got '$2', want '$3'"; fi; }
+contains() { if grep -qF -- "$3" "$2"; then ok; else bad "$1: '$3' not in: $(head -c 3000 "$2")"; fi; }
+lacks() { if grep -qF -- "$3" "$2"; then bad "$1: '$3' in: $(head -c 3000 "$2")"; else ok; fi; }
+status() {
+    d=$1 want=$2 of=$3; shift 3
+    "$@" >"$of" 2>&1
+    got=$?
+    if [ "$got" = "$want" ]; then ok; else bad "$d: exit $got, expected $want: $(head -c 3000 "$of")"; fi
+}
+skip() { skipped=$((skipped + $1)); echo "SKIP $NAME: $1 checks: $2"; }
+q() { sqlite3 "$@"; }
+finish() {
+    if [ "$skipped" = 0 ]; then echo "$NAME: $pass passed, $fail failed"
+    else echo "$NAME: $pass passed, $fail failed, $skipped skipped"; fi
+    [ "$fail" = 0 ]
+    exit $?
+}
+
+cleanup_extra=:
+make_tmp() {
+    tmp=$(mktemp -d "${TMPDIR:-/tmp}/moesim_$NAME.XXXXXX") || exit 1
+    trap 'eval "$cleanup_extra"; rm -rf "$tmp"' EXIT
+}
+
+tiny_spec() {
+    {
+        printf '; %s: a small sweep for tests/%s.sh (tests/lib.sh tiny_spec)\n' "$2" "$NAME"
+        printf '[experiment]\nname = %s\nrouters = %s\n' "$2" "$3"
+        printf 'capacity_factors = 1.0 1.5\ntokens = 128\nbatches = 2\nseeds = 1\nerror_tokens = 32\n'
+        for r in $3; do
+            case $r in
+            topk) printf '\n[router.topk]\ntype = topk\nk = 2\n' ;;
+            ec) printf '\n[router.ec]\ntype = expert_choice\n' ;;
+            soft) printf '\n[router.soft]\ntype = soft_moe\n' ;;
+            *) printf '\n[router.%s]\ntype = %s\n' "$r" "$r" ;;
+            esac
+        done
+        [ "$4" = - ] || printf '\n[distribution.%s]\nsource = gaussian\n' "$4"
+        printf '\n[distribution.%s]\nsource = clustered\nzipf_s = 1.5\n' "$5"
+        printf '\n[shape.s]\nd = 16\nf = 32\nE = 8\n'
+    } >"$1"
+}
