@@ -130,7 +130,6 @@ static int alloc_buffers(moe_trainer *tr)
     tr->y = xalloc(n * d, rs, &bad);
     tr->ystar = xalloc(n * d, rs, &bad);
     tr->dy = xalloc(n * d, rs, &bad);
-    tr->held_y = xalloc(n * d, rs, &bad);
     tr->L = xalloc(n * M, sizeof(double), &bad);
     tr->Ln = xalloc(n * M, sizeof(double), &bad);
     tr->dL = xalloc(n * M, sizeof(double), &bad);
@@ -235,7 +234,7 @@ void moe_train_free(moe_trainer *tr)
         return;
     moe_router_free(tr->r);
     void *bufs[] = {tr->theta, tr->grad, tr->adam_m, tr->adam_v, tr->t_theta, tr->xr, tr->y,
-                    tr->ystar, tr->dy, tr->held_y, tr->L, tr->Ln, tr->dL, tr->p, tr->dwc,
+                    tr->ystar, tr->dy, tr->L, tr->Ln, tr->dL, tr->p, tr->dwc,
                     tr->dd, tr->tl, tr->kept, tr->gm, tr->dm, tr->wc, tr->drow, tr->grow,
                     tr->srow, tr->sig, tr->key, tr->idx, tr->itmp, tr->off, tr->fill, tr->unif,
                     tr->noise, tr->tnoise, tr->t_top1, tr->s_top1, tr->prev_top1, tr->window,

@@ -6,7 +6,8 @@
  *
  * Model (shapes as in moe.h):
  *   L (T,M)  = x (T,D) Wg (D,M)                      gate GEMM (BLAS), widened to double
- *   plan     = router(L + noise)                     noise only for topk with noise_std > 0
+ *   plan     = router(L + noise)                     noise only for topk with noise_std > 0, on
+ *                                                    training batches (eval routes clean logits)
  *   y (T,D)  = sum over plan entries cw * FFN_e(dw * x_t); dense plans (soft_moe): slot inputs
  *              D^T x, y = W FFN(slots) (GEMMs), as moe_layer_forward
  *   FFN_e(h) = act(h W1_e + b1_e) W2_e + b2_e        w1 (E,D,FW) b1 (E,FW) w2 (E,F,D) b2 (E,D)

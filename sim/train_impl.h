@@ -108,7 +108,6 @@ struct moe_trainer {
     double *tnoise;             /* (T,D) target noise */
     /* eval */
     moe_batch held;             /* copy of batch 0 */
-    void *held_y;               /* (T,D) noise-free teacher targets */
     int *t_top1, *s_top1, *prev_top1; /* (probe) */
     long *window;               /* (E) kept loads since the last row */
     long rows_done;

@@ -13,16 +13,17 @@
 
 /* ---- draws ---- */
 
-static void draw(moe_trainer *tr, gsl_rng *r)
+/* gshard's uniforms always; gate noise and target noise for training batches only. */
+static void draw(moe_trainer *tr, gsl_rng *r, int train)
 {
     const size_t n = (size_t)tr->c.n, M = (size_t)tr->M, d = (size_t)tr->c.d;
     if (tr->gate_kind == TR_GATE_GSHARD)
         for (size_t t = 0; t < n; t++)
             tr->unif[t] = gsl_rng_uniform(r);
-    if (tr->noise_std > 0.0)
+    if (train && tr->noise_std > 0.0)
         for (size_t i = 0; i < n * M; i++)
             tr->noise[i] = tr->noise_std * gsl_ran_gaussian_ziggurat(r, 1.0);
-    if (tr->c.target_noise > 0.0)
+    if (train && tr->c.target_noise > 0.0)
         for (size_t i = 0; i < n * d; i++)
             tr->tnoise[i] = gsl_ran_gaussian_ziggurat(r, tr->c.target_noise);
 }
@@ -99,9 +100,9 @@ static int forward(moe_trainer *tr, const moe_batch *b, moe_plan *p, int train, 
         return moe_fail(MOE_EINVAL, NULL, "batch of %d tokens x %d, trainer expects %d x %d "
                         "(train)", b->n, b->d, tr->c.n, tr->c.d);
     if (train && !tr->frozen)
-        draw(tr, tr->rng_train);
+        draw(tr, tr->rng_train, 1);
     else if (!train)
-        draw(tr, tr->rng_eval);
+        draw(tr, tr->rng_eval, 0);
     tr->k->load_x(tr->xr, b->x, n * d);
     int rc = teacher_forward(tr, tr->ystar);
     if (rc)
@@ -111,7 +112,7 @@ static int forward(moe_trainer *tr, const moe_batch *b, moe_plan *p, int train, 
     /* student: logits, routed logits, plan */
     tr->k->gate(tr, tr->xr, tr->theta, tr->M, tr->L);
     for (size_t i = 0; i < n * M; i++)
-        tr->Ln[i] = tr->L[i] + (tr->noise_std > 0.0 ? tr->noise[i] : 0.0);
+        tr->Ln[i] = tr->L[i] + (train && tr->noise_std > 0.0 ? tr->noise[i] : 0.0);
     moe_route_in in = {0};
     in.n = tr->c.n;
     in.m = tr->M;
@@ -234,7 +235,8 @@ int moe_train_source_batch(void *ctx, long b, moe_batch *out)
 
 /* ---- the run ---- */
 
-/* Keep batch 0 as the held-out batch (deep copy) with its noise-free teacher targets. */
+/* Keep batch 0 as the held-out batch (deep copy) and its teacher's top-1 on the probe tokens
+ * (the held-out loss recomputes the noise-free targets at each eval). */
 static int keep_heldout(moe_trainer *tr, const moe_batch *b)
 {
     const size_t n = (size_t)tr->c.n, d = (size_t)tr->c.d;
@@ -257,7 +259,7 @@ static int keep_heldout(moe_trainer *tr, const moe_batch *b)
     }
     tr->k->load_x(tr->xr, h->x, n * d);
     int threads = blas_enter(tr);
-    int rc = teacher_forward(tr, tr->held_y);
+    int rc = teacher_forward(tr, tr->ystar);
     blas_leave(threads);
     if (rc)
         return rc;
