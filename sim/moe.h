@@ -9,7 +9,7 @@
  *   D  model width (d)
  *   F  expert hidden width (f)
  *
- * The routing plan (ROUTING.md section 1) is the one data structure every router produces:
+ * The routing plan is the one data structure every router produces:
  * a list of entries (token, expert, slot, dispatch_weight, combine_weight).
  */
 #ifndef MOE_H
@@ -77,7 +77,7 @@ typedef struct {
     int dense;       /* 1 for soft_moe (dense dispatch weights: the layer uses GEMMs) */
     size_t n_entries, cap_entries;
     moe_entry *entries; /* (n_entries) in the order the router produced them */
-    /* Router-side statistics for the metrics (ROUTING.md section 4): */
+    /* Router-side statistics for the metrics (sim/metrics.c): */
     long *assigned_load;  /* (E) claims on e before capacity */
     double *importance;   /* (E) summed gate values of all claims on e before capacity */
     long n_claims;        /* all claims (token-choice routers); entries for claim-less routers */
@@ -217,7 +217,7 @@ void moe_argsort_desc(const double *v, int len, int *idx, int *tmp);
 /* Seconds on the monotonic clock (for timings: differences only). */
 double moe_now(void);
 
-/* ---- metrics (sim/metrics.c), ROUTING.md section 4 ----------------------------------------- */
+/* ---- metrics (sim/metrics.c; the table of them: sim/metric_table.c) --------------------------- */
 enum moe_act { MOE_ACT_GELU_TANH = 0, MOE_ACT_GELU_ERF = 1, MOE_ACT_RELU = 2, MOE_ACT_SWIGLU = 3 };
 
 typedef struct {
@@ -242,7 +242,8 @@ void moe_metrics_free(moe_metrics *mt);
  * (d = 0: no FLOPs); gate_computed: whether the gate GEMM ran (else flops_gate = 0). */
 int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f, int act,
                         int gate_computed, moe_metrics *mt);
-/* Write the metrics as JSON (keys as in ROUTING.md) to a temporary name and rename. */
+/* Write the metrics as JSON (keys and order from the metric table) to a temporary name and
+ * rename. */
 int moe_metrics_write_json(const moe_metrics *mt, const char *router, const char *path);
 
 #endif

@@ -1,5 +1,5 @@
 /* router.c: the router instance around a router type (GSL's gsl_rng / gsl_rng_type pattern):
- * option validation, input validation (ROUTING.md section 2), registry look-up. */
+ * option validation, input validation, registry look-up. */
 #include "moe.h"
 
 #include <math.h>
