@@ -97,7 +97,7 @@ static int gshard_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 const moe_router_type moe_router_gshard = {
     "gshard",
     "GShard top-2 (Lepikhin 2020): second expert kept iff 2*g2 > u",
-    MOE_RF_USES_RNG | MOE_RF_HAS_DROPLESS,
+    MOE_RF_USES_RNG | MOE_RF_HAS_DROPLESS | MOE_RF_STREAM_GSHARD,
     2,
     gshard_alloc,
     gshard_free,

@@ -1,5 +1,5 @@
 /* cmd_compare.c: `moesim compare BASELINE CANDIDATE [--rtol X] [--atol X] [--max-rows N]` and
- * `moesim compare --record SOURCE FILE` (cli.h): regression tests on recorded metrics (issue 6).
+ * `moesim compare --record SOURCE FILE` (cli.h): regression tests on recorded metrics.
  *
  * Each side is a results database (moesim run) or a recorded metrics file (results/regression/
  * *.tsv, written by --record). Both are read into the same metric set: per point (keyed by its
@@ -8,7 +8,8 @@
  * experts_per_token[j], j = 0..E. Timings, throughput, provenance (git revision, BLAS threads,
  * created_at) and the spec name are not part of it.
  *
- * Tolerances, by metric class (a value passes when |b - c| <= atol + rtol * max(|b|, |c|)):
+ * Tolerances, by metric class (the `tol` column of the metric table, sim/metric_table.c; a value
+ * passes when |b - c| <= atol + rtol * max(|b|, |c|)):
  *   counts    capacity, num_entries, n_tokens, flops_*, assigned[e], kept[e],
  *             experts_per_token[j]: exact, always (a plan that moved one token shows here).
  *   routing   every other metric (imbalances, drop rates, importance, aux and z losses, the
@@ -35,6 +36,7 @@
  *   <TAB><metric><TAB><value>         (%.17g, which round-trips a double; null = not stored)
  */
 #include "cli.h"
+#include "metric_table.h"
 #include "moe.h"
 #include "point.h"
 #include "store.h"
@@ -74,7 +76,12 @@ static const char usage_text[] =
 
 /* ---- metric classes and tolerances ---- */
 
-enum { CLASS_COUNT, CLASS_ROUTING, CLASS_OUTPUT };
+/* the tolerance classes of the metric table */
+enum {
+    CLASS_ROUTING = MOE_TOL_ROUTING,
+    CLASS_COUNT = MOE_TOL_EXACT,
+    CLASS_OUTPUT = MOE_TOL_OUTPUT
+};
 
 typedef struct {
     double rtol[3], atol[3];
@@ -82,22 +89,30 @@ typedef struct {
 
 static int has_prefix(const char *s, const char *p) { return strncmp(s, p, strlen(p)) == 0; }
 
-/* The class of a metric by its name (names this moesim does not know are routing metrics). */
+/* The class of a metric by its name, from the metric table's tolerance: "<name>_std" is a routing
+ * metric unless <name> is an output error; "<column>[i]" is the array row of that column; names
+ * this moesim does not know are routing metrics. */
 static int metric_class(const char *name)
 {
-    size_t len = strlen(name);
-    int is_std = len > 4 && strcmp(name + len - 4, "_std") == 0;
-    if (has_prefix(name, "output_error_"))
-        return CLASS_OUTPUT;
-    if (is_std)
+    char base[64];
+    size_t len = strcspn(name, "[");
+    int is_std = 0;
+    if (len > 4 && strncmp(name + len - 4, "_std", 4) == 0 && !name[len]) {
+        len -= 4;
+        is_std = 1;
+    }
+    if (len >= sizeof base)
         return CLASS_ROUTING;
-    if (has_prefix(name, "flops_") || has_prefix(name, "assigned[") ||
-        has_prefix(name, "kept[") || has_prefix(name, "experts_per_token["))
-        return CLASS_COUNT;
-    int i = moe_point_metric_index(name);
-    if (i >= 0 && moe_point_metrics[i].is_long)
-        return CLASS_COUNT;
-    return CLASS_ROUTING;
+    memcpy(base, name, len);
+    base[len] = '\0';
+    const moe_point_metric *m = moe_metric_find(base);
+    if (!m)
+        return CLASS_ROUTING;
+    if (m->tol == MOE_TOL_OUTPUT)
+        return CLASS_OUTPUT;
+    if (is_std || m->tol == MOE_TOL_ROUTING)
+        return CLASS_ROUTING;
+    return CLASS_COUNT;
 }
 
 /* ---- metric sets ---- */
@@ -219,18 +234,27 @@ static int db_err(sqlite3 *db, const char *path)
     return moe_fail(MOE_EDB, NULL, "cannot read the metrics: %s (%s)", sqlite3_errmsg(db), path);
 }
 
-/* SELECT id, config_key, E, <metric>, <metric>_std ... FROM points (malloc'd). */
-static char *points_sql(void)
+/* The SELECT of the metric table's stored values (malloc'd): for the points (per_expert 0)
+ * id, config_key, E and every scalar metric with its _std; for one point's expert_loads
+ * (per_expert 1) the expert and every per-expert column. */
+static char *metrics_sql(int per_expert)
 {
     char *buf = NULL;
     size_t len = 0;
     FILE *m = open_memstream(&buf, &len);
     if (!m)
         return NULL;
-    fprintf(m, "SELECT id, config_key, E");
-    for (const moe_point_metric *mm = moe_point_metrics; mm->name; mm++)
-        fprintf(m, ", %s, %s_std", mm->name, mm->name);
-    fprintf(m, " FROM points ORDER BY config_key");
+    fprintf(m, per_expert ? "SELECT expert" : "SELECT id, config_key, E");
+    for (int i = 0; i < MOE_METRIC_NROWS; i++) {
+        const moe_point_metric *mm = moe_metric_row(i);
+        int is_expert = mm->kind == MOE_METRIC_EXPERT_LONG || mm->kind == MOE_METRIC_EXPERT_DOUBLE;
+        if (per_expert && is_expert)
+            fprintf(m, ", %s", mm->column);
+        else if (!per_expert && i < MOE_POINT_NMETRICS)
+            fprintf(m, ", %s, %s_std", mm->name, mm->name);
+    }
+    fprintf(m, per_expert ? " FROM expert_loads WHERE point = ?1 ORDER BY expert"
+                          : " FROM points ORDER BY config_key");
     if (fclose(m) != 0) {
         free(buf);
         return NULL;
@@ -265,15 +289,19 @@ static int add_rows(mset *s, sqlite3 *db, sqlite3_stmt *q, int col, const char *
 static int read_children(mset *s, sqlite3 *db, sqlite3_stmt *loads, sqlite3_stmt *hist,
                          long long id)
 {
-    static const char *const load_names[] = {"assigned", "kept", "importance"};
     if (sqlite3_bind_int64(loads, 1, id) != SQLITE_OK ||
         sqlite3_bind_int64(hist, 1, id) != SQLITE_OK)
         return db_err(db, s->path);
-    int rc = MOE_OK;
-    for (int col = 0; col < 3 && !rc; col++) /* grouped: assigned[*], kept[*], importance[*] */
-        rc = add_rows(s, db, loads, 1 + col, "%s[%d]", load_names[col]);
-    if (!rc)
-        rc = add_rows(s, db, hist, 1, "%s[%d]", "experts_per_token");
+    int rc = MOE_OK, col = 1;
+    /* grouped by metric: assigned[*], kept[*], importance[*], then the histogram; loads selects
+     * expert and the per-expert columns in table order (metrics_sql) */
+    for (int i = 0; i < MOE_METRIC_NROWS && !rc; i++) {
+        const moe_point_metric *m = moe_metric_row(i);
+        if (m->kind == MOE_METRIC_EXPERT_LONG || m->kind == MOE_METRIC_EXPERT_DOUBLE)
+            rc = add_rows(s, db, loads, col++, "%s[%d]", m->column);
+        else if (m->kind == MOE_METRIC_HISTOGRAM)
+            rc = add_rows(s, db, hist, 1, "%s[%d]", m->column);
+    }
     return rc;
 }
 
@@ -285,15 +313,15 @@ static int read_db(mset *s)
         return rc;
     sqlite3 *db = moe_store_db(st);
     sqlite3_stmt *q = NULL, *loads = NULL, *hist = NULL, *cores = NULL;
-    char *sql = points_sql();
-    if (!sql) {
+    char *sql = metrics_sql(0), *lsql = metrics_sql(1);
+    if (!sql || !lsql) {
+        free(sql);
+        free(lsql);
         moe_store_close(st);
         return nomem(s->path);
     }
     if (sqlite3_prepare_v2(db, sql, -1, &q, NULL) != SQLITE_OK ||
-        sqlite3_prepare_v2(db, "SELECT expert, assigned, kept, importance FROM expert_loads"
-                               " WHERE point = ?1 ORDER BY expert", -1, &loads, NULL) !=
-            SQLITE_OK ||
+        sqlite3_prepare_v2(db, lsql, -1, &loads, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(db, "SELECT experts, tokens FROM experts_per_token WHERE point = ?1"
                                " ORDER BY experts", -1, &hist, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(db, "SELECT group_concat(blas_core, ',') FROM (SELECT DISTINCT"
@@ -336,6 +364,7 @@ done:
     sqlite3_finalize(hist);
     sqlite3_finalize(cores);
     free(sql);
+    free(lsql);
     moe_store_close(st);
     return rc ? rc : mset_sort(s);
 }
@@ -867,7 +896,8 @@ int moe_cmd_compare(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    tolerances t = {{0.0, 1e-9, 1e-6}, {0.0, 0.0, 1e-6}};
+    tolerances t = {.rtol = {[CLASS_COUNT] = 0.0, [CLASS_ROUTING] = 1e-9, [CLASS_OUTPUT] = 1e-6},
+                     .atol = {[CLASS_COUNT] = 0.0, [CLASS_ROUTING] = 0.0, [CLASS_OUTPUT] = 1e-6}};
     int record = 0, c, rc;
     long max_rows = 40;
     double v;

@@ -1,6 +1,7 @@
 /* cmd_list.c: `moesim list [routers|sources|metrics|options]`: what the registry, the source
  * table, the metric table and the routing option table hold. */
 #include "cli.h"
+#include "metric_table.h"
 #include "moe.h"
 #include "options.h"
 #include "source.h"
@@ -8,29 +9,9 @@
 #include <stdio.h>
 #include <string.h>
 
-static const char *const metric_names[][2] = {
-    {"assigned_load", "(E) claims on each expert before capacity"},
-    {"kept_load", "(E) entries kept on each expert"},
-    {"importance", "(E) summed gate values of the claims on each expert before capacity"},
-    {"load_imbalance", "max/mean of assigned_load"},
-    {"kept_load_imbalance", "max/mean of kept_load"},
-    {"load_cv", "population std/mean of assigned_load"},
-    {"assignment_drop_rate", "dropped claims / all claims"},
-    {"token_drop_rate", "tokens with no kept entry / n"},
-    {"importance_cv2", "CV^2 (population) of importance"},
-    {"aux_loss", "the router's auxiliary balancing loss (ROUTING.md section 3)"},
-    {"z_loss", "mean over tokens of logsumexp(L[t,:])^2"},
-    {"capacity", "slots per expert C"},
-    {"num_entries", "plan entries"},
-    {"n_tokens", "tokens per routing group T"},
-    {"experts_per_token", "(E+1) histogram of tokens by number of experts kept"},
-    {"flops_gate", "2*n*d*M"},
-    {"flops_expert_useful", "4*d*f per kept entry (6*d*f for SwiGLU)"},
-    {"flops_expert_padded", "E*C*4*d*f: what a capacity-padded implementation executes"},
-    {"flops_soft_dispatch", "2*n*M*d (soft_moe)"},
-    {"flops_soft_combine", "2*n*M*d (soft_moe)"},
-    {"output_error_dense", "relative L2 distance from the dense mixture sum_e p[t,e] FFN_e(x_t)"},
-    {"output_error_dropless", "relative L2 distance from the router's own dropless output"},
+/* What the store holds beside the metric table's metrics: speed and the per-rank table of
+ * expert-parallel runs. */
+static const char *const other_measures[][2] = {
     /* speed, stored per point by moesim run (points; per batch in batches); not compared */
     {"time_gate_s", "seconds per batch in the gate GEMM X*Wg (0 when the logits are recorded)"},
     {"time_route_s", "seconds per batch in the router"},
@@ -71,8 +52,11 @@ int moe_cmd_list(int argc, char **argv)
     } else if (!strcmp(what, "sources")) {
         moe_source_list(stdout);
     } else if (!strcmp(what, "metrics")) {
-        for (int i = 0; metric_names[i][0]; i++)
-            printf("%-24s %s\n", metric_names[i][0], metric_names[i][1]);
+        for (int i = 1; i <= MOE_METRIC_NROWS; i++)
+            if (moe_metric_in_order(i))
+                printf("%-24s %s\n", moe_metric_in_order(i)->name, moe_metric_in_order(i)->help);
+        for (int i = 0; other_measures[i][0]; i++)
+            printf("%-24s %s\n", other_measures[i][0], other_measures[i][1]);
     } else if (!strcmp(what, "options")) {
         moe_route_options_print(stdout, 0);
     } else {

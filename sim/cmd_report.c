@@ -2,6 +2,7 @@
  * their main metrics, as an aligned table or as CSV (full precision, RFC 4180 quoting). Opens
  * the database read-only; a database of a newer schema version is refused (store.c). */
 #include "cli.h"
+#include "metric_table.h"
 #include "moe.h"
 #include "store.h"
 #include "textsafe.h"
@@ -17,7 +18,13 @@ static const char usage_text[] =
     "an aligned table, or CSV with --csv. All columns: sqlite3 DB 'SELECT * FROM points'.\n";
 
 /* column: header, SQL expression, printf format for the table (NULL = text) */
-static const char *const cols[][3] = {
+typedef struct {
+    const char *header, *expr, *fmt;
+} column;
+
+/* The configuration of a point, then the metrics the metric table shows in the report (in its
+ * order), then the speed. */
+static const column config_cols[] = {
     {"id", "id", NULL},
     {"router", "router", NULL},
     {"cf", "capacity_factor", NULL},
@@ -27,16 +34,29 @@ static const char *const cols[][3] = {
     {"tokens", "tokens", NULL},
     {"batches", "batches", NULL},
     {"seed", "seed", NULL},
-    {"load_imbalance", "load_imbalance", "%.3f"},
-    {"drop_rate", "assignment_drop_rate", "%.4f"},
-    {"token_drop_rate", "token_drop_rate", "%.4f"},
-    {"error_dense", "output_error_dense", "%.4f"},
-    {"error_dropless", "output_error_dropless", "%.4f"},
-    {"aux_loss", "aux_loss", "%.4f"},
+};
+static const column speed_cols[] = {
     {"tokens_per_s", "tokens_per_s", "%.0f"},
     {"gflops_per_s", "gflops_per_s", "%.2f"},
 };
-enum { NCOLS = sizeof cols / sizeof cols[0] };
+enum { NCONFIG = sizeof config_cols / sizeof config_cols[0],
+       NSPEED = sizeof speed_cols / sizeof speed_cols[0],
+       MAXCOLS = NCONFIG + MOE_POINT_NMETRICS + NSPEED };
+
+static column cols[MAXCOLS];
+static int ncols; /* columns in use */
+
+static void columns_init(void)
+{
+    ncols = 0;
+    for (int i = 0; i < NCONFIG; i++)
+        cols[ncols++] = config_cols[i];
+    for (const moe_point_metric *m = moe_point_metrics; m->name; m++)
+        if (m->report)
+            cols[ncols++] = (column){m->report, m->name, m->report_fmt};
+    for (int i = 0; i < NSPEED; i++)
+        cols[ncols++] = speed_cols[i];
+}
 
 static void csv_cell(FILE *out, const char *s)
 {
@@ -60,7 +80,7 @@ static const char *cell(sqlite3_stmt *q, int c, int csv, char *buf, size_t len)
     if (type == SQLITE_NULL)
         return csv ? "" : "-";
     if (type == SQLITE_FLOAT) {
-        snprintf(buf, len, csv || !cols[c][2] ? "%.9g" : cols[c][2], sqlite3_column_double(q, c));
+        snprintf(buf, len, csv || !cols[c].fmt ? "%.9g" : cols[c].fmt, sqlite3_column_double(q, c));
         return buf;
     }
     const unsigned char *t = sqlite3_column_text(q, c);
@@ -69,11 +89,12 @@ static const char *cell(sqlite3_stmt *q, int c, int csv, char *buf, size_t len)
 
 static int report(moe_store *st, int csv)
 {
+    columns_init();
     sqlite3 *db = moe_store_db(st);
     char sql[2048];
     size_t n = (size_t)snprintf(sql, sizeof sql, "SELECT ");
-    for (int c = 0; c < NCOLS; c++)
-        n += (size_t)snprintf(sql + n, sizeof sql - n, "%s%s", c ? ", " : "", cols[c][1]);
+    for (int c = 0; c < ncols; c++)
+        n += (size_t)snprintf(sql + n, sizeof sql - n, "%s%s", c ? ", " : "", cols[c].expr);
     snprintf(sql + n, sizeof sql - n, " FROM points ORDER BY distribution, shape, router,"
              " capacity_factor_value, tokens, batches, seed, id");
     sqlite3_stmt *q = NULL;
@@ -83,14 +104,14 @@ static int report(moe_store *st, int csv)
                         moe_store_path(st));
     /* rows as text, for the column widths */
     size_t nrows = 0, cap = 64;
-    char **text = malloc(cap * NCOLS * sizeof *text);
-    int width[NCOLS];
-    for (int c = 0; c < NCOLS; c++)
-        width[c] = (int)strlen(cols[c][0]);
+    char **text = malloc(cap * ncols * sizeof *text);
+    int width[MAXCOLS];
+    for (int c = 0; c < ncols; c++)
+        width[c] = (int)strlen(cols[c].header);
     int r = text ? MOE_OK : moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim report)");
     while (!r && (rc = sqlite3_step(q)) == SQLITE_ROW) {
         if (nrows == cap) {
-            char **nt = realloc(text, 2 * cap * NCOLS * sizeof *text);
+            char **nt = realloc(text, 2 * cap * ncols * sizeof *text);
             if (!nt) {
                 r = moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim report)");
                 break;
@@ -98,13 +119,13 @@ static int report(moe_store *st, int csv)
             text = nt;
             cap *= 2;
         }
-        for (int c = 0; c < NCOLS; c++) {
+        for (int c = 0; c < ncols; c++) {
             char buf[512];
             const char *s = cell(q, c, csv, buf, sizeof buf);
             char *dup = malloc(strlen(s) + 1);
             if (dup)
                 strcpy(dup, s);
-            text[nrows * NCOLS + (size_t)c] = dup;
+            text[nrows * ncols + (size_t)c] = dup;
             if (!dup)
                 r = moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim report)");
             else if ((int)strlen(dup) > width[c])
@@ -117,22 +138,22 @@ static int report(moe_store *st, int csv)
                      moe_store_path(st));
     sqlite3_finalize(q);
     if (!r) {
-        for (int c = 0; c < NCOLS; c++) {
+        for (int c = 0; c < ncols; c++) {
             if (csv)
-                printf("%s%s", c ? "," : "", cols[c][0]);
+                printf("%s%s", c ? "," : "", cols[c].header);
             else
-                printf("%s%*s", c ? "  " : "", cols[c][2] ? width[c] : -width[c], cols[c][0]);
+                printf("%s%*s", c ? "  " : "", cols[c].fmt ? width[c] : -width[c], cols[c].header);
         }
         putchar('\n');
         for (size_t i = 0; i < nrows; i++) {
-            for (int c = 0; c < NCOLS; c++) {
-                const char *s = text[i * NCOLS + (size_t)c];
+            for (int c = 0; c < ncols; c++) {
+                const char *s = text[i * ncols + (size_t)c];
                 if (csv) {
                     if (c)
                         putchar(',');
                     csv_cell(stdout, s);
                 } else {
-                    printf("%s%*s", c ? "  " : "", cols[c][2] ? width[c] : -width[c], s);
+                    printf("%s%*s", c ? "  " : "", cols[c].fmt ? width[c] : -width[c], s);
                 }
             }
             putchar('\n');
@@ -141,7 +162,7 @@ static int report(moe_store *st, int csv)
             printf("(%zu points; all columns: sqlite3 %s 'SELECT * FROM points')\n", nrows,
                    moe_store_path(st));
     }
-    for (size_t i = 0; text && i < nrows * NCOLS; i++)
+    for (size_t i = 0; text && i < nrows * ncols; i++)
         free(text[i]);
     free(text);
     return r;

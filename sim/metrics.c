@@ -1,4 +1,5 @@
-/* metrics.c: the routing metrics of one plan (ROUTING.md section 4) and their JSON export.
+/* metrics.c: the routing metrics of one plan and their JSON export (keys and order from the
+ * metric table, sim/metric_table.c).
  *
  * Owns moe_metrics_alloc/_free, moe_metrics_compute and moe_metrics_write_json (moe.h).
  * Loads and importance come from the plan's router-side statistics (assigned_load, importance,
@@ -8,6 +9,7 @@
  * entry (6*D*F for SwiGLU; dense plans: per filled slot), expert padded E*C*4*D*F, Soft MoE
  * dispatch and combine 2*T*M*D each. Statistics (mean, population std, max) through GSL.
  */
+#include "metric_table.h"
 #include "moe.h"
 
 #include <gsl/gsl_statistics_double.h>
@@ -236,47 +238,43 @@ static json_t *real_array(const double *v, size_t len)
     return a;
 }
 
-/* The metrics object, keys in ROUTING.md order; NULL when out of memory. */
+/* The JSON value of metric m. */
+static json_t *metric_json(const moe_metrics *mt, const moe_point_metric *m)
+{
+    const void *field = (const char *)mt + m->offset;
+    size_t len = moe_metric_len(m, mt->E);
+    switch (m->kind) {
+    case MOE_METRIC_LONG:
+    case MOE_METRIC_INT: return json_integer((json_int_t)moe_metric_value(mt, m));
+    case MOE_METRIC_EXPERT_LONG:
+    case MOE_METRIC_HISTOGRAM: {
+        const long *v;
+        memcpy(&v, field, sizeof v);
+        return long_array(v, len);
+    }
+    case MOE_METRIC_EXPERT_DOUBLE: {
+        const double *v;
+        memcpy(&v, field, sizeof v);
+        return real_array(v, len);
+    }
+    default: return real_or_null(moe_metric_value(mt, m));
+    }
+}
+
+/* The metrics object: "router", then every row of the metric table at its JSON position; NULL
+ * when out of memory. */
 static json_t *metrics_json(const moe_metrics *mt, const char *router)
 {
-    const size_t E = (size_t)mt->E;
     json_t *o = json_object();
     if (!o)
         return NULL;
-    struct {
-        const char *key;
-        json_t *val;
-    } kv[] = {
-        {"router", router ? json_string(router) : json_null()},
-        {"n_tokens", json_integer(mt->n_tokens)},
-        {"num_experts", json_integer(mt->E)},
-        {"capacity", json_integer(mt->capacity)},
-        {"num_entries", json_integer(mt->num_entries)},
-        {"assigned_load", long_array(mt->assigned_load, E)},
-        {"kept_load", long_array(mt->kept_load, E)},
-        {"importance", real_array(mt->importance, E)},
-        {"load_imbalance", real_or_null(mt->load_imbalance)},
-        {"kept_load_imbalance", real_or_null(mt->kept_load_imbalance)},
-        {"load_cv", real_or_null(mt->load_cv)},
-        {"assignment_drop_rate", real_or_null(mt->assignment_drop_rate)},
-        {"token_drop_rate", real_or_null(mt->token_drop_rate)},
-        {"importance_cv2", real_or_null(mt->importance_cv2)},
-        {"aux_loss", real_or_null(mt->aux_loss)},
-        {"z_loss", real_or_null(mt->z_loss)},
-        {"experts_per_token", long_array(mt->experts_per_token, E + 1)},
-        {"flops_gate", real_or_null(mt->flops_gate)},
-        {"flops_expert_useful", real_or_null(mt->flops_expert_useful)},
-        {"flops_expert_padded", real_or_null(mt->flops_expert_padded)},
-        {"flops_soft_dispatch", real_or_null(mt->flops_soft_dispatch)},
-        {"flops_soft_combine", real_or_null(mt->flops_soft_combine)},
-        {"output_error_dense", real_or_null(mt->output_error_dense)},
-        {"output_error_dropless", real_or_null(mt->output_error_dropless)},
-    };
-    int bad = 0;
-    for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++)
-        /* json_object_set_new steals (and on failure releases) the value */
-        if (!kv[i].val || json_object_set_new(o, kv[i].key, kv[i].val) != 0)
-            bad = 1;
+    /* json_object_set_new steals (and on failure releases) the value */
+    int bad = json_object_set_new(o, "router", router ? json_string(router) : json_null()) != 0;
+    for (int i = 1; i <= MOE_METRIC_NROWS && !bad; i++) {
+        const moe_point_metric *m = moe_metric_in_order(i);
+        json_t *v = m ? metric_json(mt, m) : NULL;
+        bad = !v || json_object_set_new(o, m->name, v) != 0;
+    }
     if (bad) {
         json_decref(o);
         return NULL;

@@ -9,7 +9,7 @@
  *   D  model width (d)
  *   F  expert hidden width (f)
  *
- * The routing plan (ROUTING.md section 1) is the one data structure every router produces:
+ * The routing plan is the one data structure every router produces:
  * a list of entries (token, expert, slot, dispatch_weight, combine_weight).
  */
 #ifndef MOE_H
@@ -77,7 +77,7 @@ typedef struct {
     int dense;       /* 1 for soft_moe (dense dispatch weights: the layer uses GEMMs) */
     size_t n_entries, cap_entries;
     moe_entry *entries; /* (n_entries) in the order the router produced them */
-    /* Router-side statistics for the metrics (ROUTING.md section 4): */
+    /* Router-side statistics for the metrics (sim/metrics.c): */
     long *assigned_load;  /* (E) claims on e before capacity */
     double *importance;   /* (E) summed gate values of all claims on e before capacity */
     long n_claims;        /* all claims (token-choice routers); entries for claim-less routers */
@@ -145,12 +145,13 @@ typedef struct {
     int num_experts;         /* soft_moe E (M = E*P); 0 = M / P */
     double noise_std;        /* topk gate noise; 0 = off */
     int dropless;            /* no capacity limit for token-choice routers */
-    /* dsv3_bias: bias update rate; base/sinkhorn: tolerances (issue 8) */
+    /* dsv3_bias: bias update rate; sinkhorn: convergence tolerance */
     double bias_rate;
     double sinkhorn_tol;
 } moe_route_opts;
 
-void moe_route_opts_default(moe_route_opts *o); /* cf = 1.0 (unset), capacity -1, ... */
+/* The defaults of the option table (sim/options.c): cf = 1.0 (unset), capacity -1, ... */
+void moe_route_opts_default(moe_route_opts *o);
 /* Parse a capacity factor written as a non-negative decimal ("1.25", "2", ".5") exactly. */
 int moe_decimal_parse(const char *s, long long *num, long long *den);
 /* C = max(min_capacity, ROUND(k*n*cf/E)) on integers; explicit capacity overrides.
@@ -179,7 +180,8 @@ enum {
     MOE_RF_HAS_DROPLESS = 1u << 4, /* has a dropless form (output error vs its own dropless) */
     MOE_RF_NEEDS_CHOICES = 1u << 5, /* routes on recorded choices (replay): choices, k_rec */
     MOE_RF_NO_CAPACITY = 1u << 6,   /* capacity factor has no effect (base, dense) */
-    MOE_RF_ALL_EXPERTS = 1u << 7    /* every token goes to every expert: effective k = E */
+    MOE_RF_ALL_EXPERTS = 1u << 7,   /* every token goes to every expert: effective k = E */
+    MOE_RF_STREAM_GSHARD = 1u << 8  /* random draws from MOE_STREAM_GSHARD, not MOE_STREAM_NOISE */
 };
 typedef struct moe_router_type {
     const char *name;
@@ -204,8 +206,9 @@ struct moe_router {
 
 extern const moe_router_type *const moe_router_types[]; /* NULL-terminated (routers/registry.c) */
 const moe_router_type *moe_router_find(const char *name);
-/* The PCG stream a router's random draws come from (with the run's seed): gshard's second-expert
- * draws from MOE_STREAM_GSHARD, gate noise from MOE_STREAM_NOISE. */
+/* The PCG stream a router's random draws come from (with the run's seed): MOE_STREAM_GSHARD for
+ * a type flagged MOE_RF_STREAM_GSHARD (gshard's second-expert draws), else MOE_STREAM_NOISE
+ * (gate noise). */
 uint64_t moe_router_stream(const moe_router_type *t);
 /* Validates options against (n_max, m): k in 1..E, P divides M, ... */
 int moe_router_alloc(const moe_router_type *t, const moe_route_opts *o, int n_max, int m,
@@ -225,7 +228,7 @@ void moe_argsort_desc(const double *v, int len, int *idx, int *tmp);
 /* Seconds on the monotonic clock (for timings: differences only). */
 double moe_now(void);
 
-/* ---- metrics (sim/metrics.c), ROUTING.md section 4 ----------------------------------------- */
+/* ---- metrics (sim/metrics.c; the table of them: sim/metric_table.c) --------------------------- */
 enum moe_act { MOE_ACT_GELU_TANH = 0, MOE_ACT_GELU_ERF = 1, MOE_ACT_RELU = 2, MOE_ACT_SWIGLU = 3 };
 
 typedef struct {
@@ -250,7 +253,8 @@ void moe_metrics_free(moe_metrics *mt);
  * (d = 0: no FLOPs); gate_computed: whether the gate GEMM ran (else flops_gate = 0). */
 int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f, int act,
                         int gate_computed, moe_metrics *mt);
-/* Write the metrics as JSON (keys as in ROUTING.md) to a temporary name and rename. */
+/* Write the metrics as JSON (keys and order from the metric table) to a temporary name and
+ * rename. */
 int moe_metrics_write_json(const moe_metrics *mt, const char *router, const char *path);
 
 #endif

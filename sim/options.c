@@ -1,36 +1,130 @@
-/* options.c: the table of routing options (STYLE.md: one table drives the spec parser, the
- * --set overrides, `moesim route` flags, validation and --help) and the setter behind it. */
+/* options.c: the table of routing options (options.h) and the code it drives: defaults, the
+ * setter behind spec keys, --set overrides and `moesim route` flags, --help, and the canonical
+ * text of an option set. */
 #include "options.h"
 #include "npy.h"
 
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
+#define OFF(field) offsetof(moe_route_opts, field)
+
+/* key, type, kind, field, default, lower bound, exclusive, enum values, default text, choices
+ * text, help */
 const moe_option moe_route_options[] = {
-    {"k", "int", "router default (topk 2)", ">= 1, <= E", "experts per token"},
-    {"capacity_factor", "decimal", "1.0", ">= 0, exact decimal",
+    {"k", "int", MOE_OPT_INT, OFF(k), 0, 1, 0, NULL, "router default (topk 2)", ">= 1, <= E",
+     "experts per token"},
+    {"capacity_factor", "decimal", MOE_OPT_DECIMAL, OFF(cf_set), 1, 0, 0, NULL, "1.0",
+     ">= 0, exact decimal",
      "C = max(min_capacity, ROUND(k*n*cf/E)), computed exactly on integers"},
-    {"capacity", "int", "formula", ">= 0", "explicit slots per expert (overrides the formula)"},
-    {"min_capacity", "int", "0", ">= 0", "lower bound on the capacity"},
-    {"rounding", "enum", "ceil", "ceil|floor|round", "ROUND in the capacity formula (round: half to even)"},
-    {"order", "enum", "choice_major", "choice_major|token_major|bpr|probs",
+    {"capacity", "int", MOE_OPT_LONG, OFF(capacity), -1, 0, 0, NULL, "formula", NULL,
+     "explicit slots per expert (overrides the formula)"},
+    {"min_capacity", "int", MOE_OPT_LONG, OFF(min_capacity), 0, 0, 0, NULL, NULL, NULL,
+     "lower bound on the capacity"},
+    {"rounding", "enum", MOE_OPT_ENUM, OFF(rounding), MOE_ROUND_CEIL, 0, 0, "ceil|floor|round",
+     NULL, NULL, "ROUND in the capacity formula (round: half to even)"},
+    {"order", "enum", MOE_OPT_ENUM, OFF(order), MOE_ORDER_CHOICE_MAJOR, 0, 0,
+     "choice_major|token_major|bpr|probs", NULL, NULL,
      "order in which token-choice claims take slots"},
-    {"renormalize", "bool", "false", "true|false", "divide kept gates by their sum after drops"},
-    {"threshold_on", "enum", "normalized", "normalized|raw",
-     "gshard: test 2*g2 > u (normalized) or 2*p2 > u (raw)"},
-    {"hash", "enum", "mod", "mod|table|balanced", "hash router: expert of a token id"},
-    {"hash_table", "path", "none", ".npy of int", "hash = table: expert of each id (index = id)"},
-    {"slots_per_expert", "int", "M/E or 1", ">= 1", "soft_moe: slots P per expert (M = E*P columns)"},
-    {"num_experts", "int", "M / P", ">= 1", "experts E (soft_moe: M = E*P)"},
-    {"noise_std", "number", "0", ">= 0", "topk: std of Gaussian noise added to the logits"},
-    {"dropless", "bool", "false", "true|false", "token-choice routers: no capacity limit"},
-    {"bias_rate", "number", "0.001", ">= 0", "dsv3_bias: bias update rate"},
-    {"sinkhorn_tol", "number", "1e-9", "> 0", "sinkhorn: convergence tolerance"},
-    {NULL, NULL, NULL, NULL, NULL},
+    {"renormalize", "bool", MOE_OPT_BOOL, OFF(renormalize), 0, 0, 0, NULL, NULL, NULL,
+     "divide kept gates by their sum after drops"},
+    {"threshold_on", "enum", MOE_OPT_ENUM, OFF(threshold_on), MOE_THRESH_NORMALIZED, 0, 0,
+     "normalized|raw", NULL, NULL, "gshard: test 2*g2 > u (normalized) or 2*p2 > u (raw)"},
+    {"hash", "enum", MOE_OPT_ENUM, OFF(hash), MOE_HASH_MOD, 0, 0, "mod|table|balanced", NULL,
+     NULL, "hash router: expert of a token id"},
+    {"hash_table", "path", MOE_OPT_TABLE, OFF(hash_table), 0, 0, 0, NULL, "none", ".npy of int",
+     "hash = table: expert of each id (index = id)"},
+    {"slots_per_expert", "int", MOE_OPT_INT, OFF(slots_per_expert), 0, 1, 0, NULL, "M/E or 1",
+     NULL, "soft_moe: slots P per expert (M = E*P columns)"},
+    {"num_experts", "int", MOE_OPT_INT, OFF(num_experts), 0, 1, 0, NULL, "M / P", NULL,
+     "experts E (soft_moe: M = E*P)"},
+    {"noise_std", "number", MOE_OPT_NUMBER, OFF(noise_std), 0.0, 0, 0, NULL, NULL, NULL,
+     "topk: std of Gaussian noise added to the logits"},
+    {"dropless", "bool", MOE_OPT_BOOL, OFF(dropless), 0, 0, 0, NULL, NULL, NULL,
+     "token-choice routers: no capacity limit"},
+    {"bias_rate", "number", MOE_OPT_NUMBER, OFF(bias_rate), 0.001, 0, 0, NULL, NULL, NULL,
+     "dsv3_bias: bias update rate"},
+    {"sinkhorn_tol", "number", MOE_OPT_NUMBER, OFF(sinkhorn_tol), 1e-9, 0, 1, NULL, "1e-9", NULL,
+     "sinkhorn: convergence tolerance"},
+    {NULL, NULL, 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL},
 };
+#undef OFF
+
+const moe_option *moe_route_option_find(const char *key)
+{
+    for (const moe_option *op = moe_route_options; op->key; op++)
+        if (!strcmp(op->key, key))
+            return op;
+    return NULL;
+}
+
+/* ---- fields by offset ---- */
+
+static void *field(moe_route_opts *o, const moe_option *op) { return (char *)o + op->offset; }
+
+static const void *cfield(const moe_route_opts *o, const moe_option *op)
+{
+    return (const char *)o + op->offset;
+}
+
+static int get_int(const moe_route_opts *o, const moe_option *op)
+{
+    int v;
+    memcpy(&v, cfield(o, op), sizeof v);
+    return v;
+}
+
+static long get_long(const moe_route_opts *o, const moe_option *op)
+{
+    long v;
+    memcpy(&v, cfield(o, op), sizeof v);
+    return v;
+}
+
+static double get_double(const moe_route_opts *o, const moe_option *op)
+{
+    double v;
+    memcpy(&v, cfield(o, op), sizeof v);
+    return v;
+}
+
+static void put_int(moe_route_opts *o, const moe_option *op, int v)
+{
+    memcpy(field(o, op), &v, sizeof v);
+}
+
+static void put_long(moe_route_opts *o, const moe_option *op, long v)
+{
+    memcpy(field(o, op), &v, sizeof v);
+}
+
+static void put_double(moe_route_opts *o, const moe_option *op, double v)
+{
+    memcpy(field(o, op), &v, sizeof v);
+}
+
+void moe_route_opts_default(moe_route_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    for (const moe_option *op = moe_route_options; op->key; op++) {
+        switch (op->kind) {
+        case MOE_OPT_INT:
+        case MOE_OPT_BOOL:
+        case MOE_OPT_ENUM: put_int(o, op, (int)op->def); break;
+        case MOE_OPT_LONG: put_long(o, op, (long)op->def); break;
+        case MOE_OPT_NUMBER: put_double(o, op, op->def); break;
+        case MOE_OPT_DECIMAL: /* unset; cf = 1 when unset */
+            o->cf_set = 0;
+            o->cf_num = o->cf_den = 1;
+            break;
+        default: break; /* MOE_OPT_TABLE: no table */
+        }
+    }
+}
 
 /* ---- value parsers ---- */
 
@@ -130,53 +224,41 @@ static int load_hash_table(moe_route_opts *o, const char *path)
 
 int moe_route_opts_set(moe_route_opts *o, const char *key, const char *v)
 {
-    long l;
-    double d;
-    int rc = MOE_OK;
-    if (!strcmp(key, "k")) {
-        if (!(rc = parse_long(key, v, 1, &l)))
-            o->k = l > INT_MAX ? INT_MAX : (int)l;
-    } else if (!strcmp(key, "capacity_factor")) {
+    const moe_option *op = moe_route_option_find(key);
+    if (!op)
+        return moe_fail(MOE_EINVAL, "`moesim list options` shows the routing options",
+                        "unknown routing option '%s'", key);
+    long l = 0;
+    double d = 0.0;
+    int i = 0, rc = MOE_OK;
+    switch (op->kind) {
+    case MOE_OPT_INT:
+        if (!(rc = parse_long(key, v, (long)op->lo, &l)))
+            put_int(o, op, l > INT_MAX ? INT_MAX : (int)l);
+        break;
+    case MOE_OPT_LONG:
+        if (!(rc = parse_long(key, v, (long)op->lo, &l)))
+            put_long(o, op, l);
+        break;
+    case MOE_OPT_NUMBER:
+        if (!(rc = parse_num(key, v, op->lo, op->lo_open, &d)))
+            put_double(o, op, d);
+        break;
+    case MOE_OPT_BOOL:
+        if (!(rc = parse_bool(key, v, &i)))
+            put_int(o, op, i);
+        break;
+    case MOE_OPT_ENUM:
+        if (!(rc = parse_enum(key, v, op->values, &i)))
+            put_int(o, op, i);
+        break;
+    case MOE_OPT_DECIMAL:
         if (!(rc = moe_decimal_parse(v, &o->cf_num, &o->cf_den)))
             o->cf_set = 1;
-    } else if (!strcmp(key, "capacity")) {
-        if (!(rc = parse_long(key, v, 0, &l)))
-            o->capacity = l;
-    } else if (!strcmp(key, "min_capacity")) {
-        if (!(rc = parse_long(key, v, 0, &l)))
-            o->min_capacity = l;
-    } else if (!strcmp(key, "rounding")) {
-        rc = parse_enum(key, v, "ceil|floor|round", &o->rounding);
-    } else if (!strcmp(key, "order")) {
-        rc = parse_enum(key, v, "choice_major|token_major|bpr|probs", &o->order);
-    } else if (!strcmp(key, "renormalize")) {
-        rc = parse_bool(key, v, &o->renormalize);
-    } else if (!strcmp(key, "threshold_on")) {
-        rc = parse_enum(key, v, "normalized|raw", &o->threshold_on);
-    } else if (!strcmp(key, "hash")) {
-        rc = parse_enum(key, v, "mod|table|balanced", &o->hash);
-    } else if (!strcmp(key, "hash_table")) {
+        break;
+    default:
         rc = load_hash_table(o, v);
-    } else if (!strcmp(key, "slots_per_expert")) {
-        if (!(rc = parse_long(key, v, 1, &l)))
-            o->slots_per_expert = l > INT_MAX ? INT_MAX : (int)l;
-    } else if (!strcmp(key, "num_experts")) {
-        if (!(rc = parse_long(key, v, 1, &l)))
-            o->num_experts = l > INT_MAX ? INT_MAX : (int)l;
-    } else if (!strcmp(key, "noise_std")) {
-        if (!(rc = parse_num(key, v, 0.0, 0, &d)))
-            o->noise_std = d;
-    } else if (!strcmp(key, "dropless")) {
-        rc = parse_bool(key, v, &o->dropless);
-    } else if (!strcmp(key, "bias_rate")) {
-        if (!(rc = parse_num(key, v, 0.0, 0, &d)))
-            o->bias_rate = d;
-    } else if (!strcmp(key, "sinkhorn_tol")) {
-        if (!(rc = parse_num(key, v, 0.0, 1, &d)))
-            o->sinkhorn_tol = d;
-    } else {
-        rc = moe_fail(MOE_EINVAL, "`moesim list options` shows the routing options",
-                      "unknown routing option '%s'", key);
+        break;
     }
     return rc;
 }
@@ -188,10 +270,26 @@ void moe_route_opts_release(moe_route_opts *o)
     o->hash_table_len = 0;
 }
 
+/* The i-th value of "a|b|c" into buf. */
+static const char *enum_name(const char *values, int i, char *buf, size_t len)
+{
+    const char *p = values;
+    for (; i > 0 && p; i--) {
+        p = strchr(p, '|');
+        if (p)
+            p++;
+    }
+    if (!p)
+        p = "?";
+    size_t n = strcspn(p, "|");
+    snprintf(buf, len, "%.*s", (int)(n < len ? n : len - 1), p);
+    return buf;
+}
+
 void moe_route_options_print(FILE *out, int as_flags)
 {
     for (const moe_option *op = moe_route_options; op->key; op++) {
-        char name[64];
+        char name[64], def[64], choices[64];
         if (as_flags) {
             snprintf(name, sizeof name, "--%s", op->key);
             for (char *c = name + 2; *c; c++)
@@ -200,63 +298,88 @@ void moe_route_options_print(FILE *out, int as_flags)
         } else {
             snprintf(name, sizeof name, "%s", op->key);
         }
-        fprintf(out, "  %-20s %-8s default %-14s %s (%s)\n", name, op->type, op->def, op->help,
-                op->choices ? op->choices : "");
+        if (op->def_text)
+            snprintf(def, sizeof def, "%s", op->def_text);
+        else if (op->kind == MOE_OPT_ENUM)
+            enum_name(op->values, (int)op->def, def, sizeof def);
+        else if (op->kind == MOE_OPT_BOOL)
+            snprintf(def, sizeof def, "%s", op->def != 0 ? "true" : "false");
+        else
+            snprintf(def, sizeof def, "%g", op->def);
+        if (op->choices)
+            snprintf(choices, sizeof choices, "%s", op->choices);
+        else if (op->kind == MOE_OPT_ENUM)
+            snprintf(choices, sizeof choices, "%s", op->values);
+        else if (op->kind == MOE_OPT_BOOL)
+            snprintf(choices, sizeof choices, "true|false");
+        else
+            snprintf(choices, sizeof choices, "%s %g", op->lo_open ? ">" : ">=", op->lo);
+        fprintf(out, "  %-20s %-8s default %-14s %s (%s)\n", name, op->type, def, op->help,
+                choices);
     }
+}
+
+/* Append " key=value" (no space first) for op when o differs from the default; *n grows by
+ * what the value needs even when buf is too small. */
+static int describe_one(const moe_route_opts *o, const moe_option *op, char *buf, size_t len,
+                        size_t *n)
+{
+    char v[64];
+    v[0] = '\0';
+    switch (op->kind) {
+    case MOE_OPT_INT:
+    case MOE_OPT_BOOL:
+    case MOE_OPT_ENUM: {
+        int x = get_int(o, op);
+        if (x == (int)op->def)
+            return MOE_OK;
+        if (op->kind == MOE_OPT_INT)
+            snprintf(v, sizeof v, "%d", x);
+        else if (op->kind == MOE_OPT_BOOL)
+            snprintf(v, sizeof v, "%s", x ? "true" : "false");
+        else
+            enum_name(op->values, x, v, sizeof v);
+        break;
+    }
+    case MOE_OPT_LONG:
+        if (get_long(o, op) == (long)op->def)
+            return MOE_OK;
+        snprintf(v, sizeof v, "%ld", get_long(o, op));
+        break;
+    case MOE_OPT_NUMBER:
+        if (get_double(o, op) == op->def)
+            return MOE_OK;
+        snprintf(v, sizeof v, "%.17g", get_double(o, op));
+        break;
+    case MOE_OPT_DECIMAL:
+        if (!o->cf_set)
+            return MOE_OK;
+        snprintf(v, sizeof v, "%lld/%lld", o->cf_num, o->cf_den);
+        break;
+    default: /* the table is described by its length; the spec adds its path */
+        if (!o->hash_table)
+            return MOE_OK;
+        snprintf(v, sizeof v, "%zu", o->hash_table_len);
+        break;
+    }
+    int w = snprintf(buf + *n, *n < len ? len - *n : 0, "%s%s%s=%s", *n ? " " : "", op->key,
+                     op->kind == MOE_OPT_TABLE ? "_len" : "", v);
+    if (w < 0)
+        return moe_fail(MOE_EINVAL, NULL, "cannot describe routing options");
+    *n += (size_t)w;
+    return MOE_OK;
 }
 
 int moe_route_opts_describe(const moe_route_opts *o, char *buf, size_t len)
 {
-    moe_route_opts d;
-    moe_route_opts_default(&d);
-    static const char *rounding[] = {"ceil", "floor", "round"};
-    static const char *order[] = {"choice_major", "token_major", "bpr", "probs"};
-    static const char *thr[] = {"normalized", "raw"};
-    static const char *hash[] = {"mod", "table", "balanced"};
     size_t n = 0;
-    int w;
-#define PUT(...)                                                                              \
-    do {                                                                                      \
-        w = snprintf(buf + n, n < len ? len - n : 0, __VA_ARGS__);                            \
-        if (w < 0)                                                                            \
-            return moe_fail(MOE_EINVAL, NULL, "cannot describe routing options");             \
-        n += (size_t)w;                                                                       \
-    } while (0)
     if (len)
         buf[0] = '\0';
-    if (o->k != d.k)
-        PUT("%sk=%d", n ? " " : "", o->k);
-    if (o->cf_set)
-        PUT("%scapacity_factor=%lld/%lld", n ? " " : "", o->cf_num, o->cf_den);
-    if (o->capacity != d.capacity)
-        PUT("%scapacity=%ld", n ? " " : "", o->capacity);
-    if (o->min_capacity != d.min_capacity)
-        PUT("%smin_capacity=%ld", n ? " " : "", o->min_capacity);
-    if (o->rounding != d.rounding)
-        PUT("%srounding=%s", n ? " " : "", rounding[o->rounding]);
-    if (o->order != d.order)
-        PUT("%sorder=%s", n ? " " : "", order[o->order]);
-    if (o->renormalize != d.renormalize)
-        PUT("%srenormalize=true", n ? " " : "");
-    if (o->threshold_on != d.threshold_on)
-        PUT("%sthreshold_on=%s", n ? " " : "", thr[o->threshold_on]);
-    if (o->hash != d.hash)
-        PUT("%shash=%s", n ? " " : "", hash[o->hash]);
-    if (o->hash_table)
-        PUT("%shash_table_len=%zu", n ? " " : "", o->hash_table_len);
-    if (o->slots_per_expert != d.slots_per_expert)
-        PUT("%sslots_per_expert=%d", n ? " " : "", o->slots_per_expert);
-    if (o->num_experts != d.num_experts)
-        PUT("%snum_experts=%d", n ? " " : "", o->num_experts);
-    if (o->noise_std != d.noise_std)
-        PUT("%snoise_std=%.17g", n ? " " : "", o->noise_std);
-    if (o->dropless != d.dropless)
-        PUT("%sdropless=true", n ? " " : "");
-    if (o->bias_rate != d.bias_rate)
-        PUT("%sbias_rate=%.17g", n ? " " : "", o->bias_rate);
-    if (o->sinkhorn_tol != d.sinkhorn_tol)
-        PUT("%ssinkhorn_tol=%.17g", n ? " " : "", o->sinkhorn_tol);
-#undef PUT
+    for (const moe_option *op = moe_route_options; op->key; op++) {
+        int rc = describe_one(o, op, buf, len, &n);
+        if (rc)
+            return rc;
+    }
     if (n >= len)
         return moe_fail(MOE_EINVAL, NULL, "routing options too long to describe");
     return MOE_OK;

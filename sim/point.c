@@ -19,43 +19,6 @@
 #include <string.h>
 #include <time.h>
 
-/* ---- the metric table ---- */
-
-#define MD(name) {#name, offsetof(moe_metrics, name), 0}
-#define ML(name) {#name, offsetof(moe_metrics, name), 1}
-const moe_point_metric moe_point_metrics[] = {
-    ML(capacity),
-    ML(num_entries),
-    ML(n_tokens),
-    MD(load_imbalance),
-    MD(kept_load_imbalance),
-    MD(load_cv),
-    MD(assignment_drop_rate),
-    MD(token_drop_rate),
-    MD(importance_cv2),
-    MD(aux_loss),
-    MD(z_loss),
-    MD(flops_gate),
-    MD(flops_expert_useful),
-    MD(flops_expert_padded),
-    MD(flops_soft_dispatch),
-    MD(flops_soft_combine),
-    MD(output_error_dense),
-    MD(output_error_dropless),
-    {NULL, 0, 0},
-};
-#undef MD
-#undef ML
-_Static_assert(sizeof moe_point_metrics / sizeof moe_point_metrics[0] == MOE_POINT_NMETRICS + 1,
-               "MOE_POINT_NMETRICS must match the metric table");
-
-int moe_point_metric_index(const char *name)
-{
-    for (int i = 0; moe_point_metrics[i].name; i++)
-        if (strcmp(moe_point_metrics[i].name, name) == 0)
-            return i;
-    return -1;
-}
 
 static double metric_value(const moe_metrics *mt, const moe_point_metric *m)
 {

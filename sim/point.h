@@ -41,12 +41,21 @@ typedef struct {
 
 /* ---- metrics of a point ---- */
 
-/* Scalar metrics of moe_metrics, one column each (mean and std over batches) in `points` and
- * one column each in `batches`. */
+/* One row of the metric table (sim/metric_table.c, metric_table.h): a field of moe_metrics and
+ * everything that shows it. moe_point_metrics holds the scalar metrics, one column each (mean
+ * and std over batches) in `points` and one column each in `batches`; the per-expert and
+ * histogram metrics are rows of the same table, reached through moe_metric_row. */
 typedef struct {
     const char *name;
     size_t offset;   /* offsetof(moe_metrics, field) */
     int is_long;     /* field is long (capacity, counts), else double */
+    int kind;        /* enum moe_metric_kind (metric_table.h) */
+    const char *help;       /* one line, for `moesim list metrics` */
+    const char *column;     /* arrays: column of the store's child table, compare's "column[i]" */
+    int json_pos;           /* position of the key in the metrics JSON (router is 0) */
+    const char *report;     /* column header in `moesim report`, or NULL */
+    const char *report_fmt; /* printf format of that column in the aligned table */
+    int tol;                /* enum moe_metric_tol: how `moesim compare` tolerates drift */
 } moe_point_metric;
 extern const moe_point_metric moe_point_metrics[]; /* terminated by name == NULL */
 enum { MOE_POINT_NMETRICS = 18 };

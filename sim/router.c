@@ -1,5 +1,5 @@
 /* router.c: the router instance around a router type (GSL's gsl_rng / gsl_rng_type pattern):
- * option validation, input validation (ROUTING.md section 2), registry look-up. */
+ * option validation, input validation, registry look-up. */
 #include "moe.h"
 
 #include <math.h>
@@ -16,7 +16,7 @@ const moe_router_type *moe_router_find(const char *name)
 
 uint64_t moe_router_stream(const moe_router_type *t)
 {
-    return strcmp(t->name, "gshard") == 0 ? MOE_STREAM_GSHARD : MOE_STREAM_NOISE;
+    return (t->flags & MOE_RF_STREAM_GSHARD) ? MOE_STREAM_GSHARD : MOE_STREAM_NOISE;
 }
 
 int moe_router_alloc(const moe_router_type *t, const moe_route_opts *o, int n_max, int m,

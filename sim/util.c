@@ -1,5 +1,5 @@
 /* util.c: small numerics shared by routers and metrics: softmax, logsumexp, a stable argsort,
- * exact capacity from a decimal capacity factor (ROUTING.md section 2). */
+ * exact capacity from a decimal capacity factor, the monotonic clock. */
 #include "moe.h"
 
 #include <ctype.h>
@@ -116,28 +116,6 @@ int moe_decimal_parse(const char *s, long long *num, long long *den)
     *num = n;
     *den = d;
     return MOE_OK;
-}
-
-void moe_route_opts_default(moe_route_opts *o)
-{
-    memset(o, 0, sizeof *o);
-    o->k = 0;
-    o->cf_set = 0;
-    o->cf_num = 1;
-    o->cf_den = 1;
-    o->capacity = -1;
-    o->min_capacity = 0;
-    o->rounding = MOE_ROUND_CEIL;
-    o->order = MOE_ORDER_CHOICE_MAJOR;
-    o->renormalize = 0;
-    o->threshold_on = MOE_THRESH_NORMALIZED;
-    o->hash = MOE_HASH_MOD;
-    o->slots_per_expert = 0; /* soft_moe: M / num_experts, or 1 */
-    o->num_experts = 0;
-    o->noise_std = 0.0;
-    o->dropless = 0;
-    o->bias_rate = 0.001;
-    o->sinkhorn_tol = 1e-9;
 }
 
 int moe_capacity(const moe_route_opts *o, int k, long n, int E, long *C)

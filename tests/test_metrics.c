@@ -1,7 +1,8 @@
-/* test_metrics.c: the routing metrics (ROUTING.md section 4) on hand-built plans, each value
+/* test_metrics.c: the routing metrics (sim/metrics.c) on hand-built plans, each value
  * worked by hand in the comment above its check (NumPy confirmations quoted where stated), and
  * the JSON writer: keys, values, null for NaN, atomic write, errors on unwritable paths. */
 #include "check.h"
+#include "metric_table.h"
 #include "moe.h"
 
 #include <dirent.h>
@@ -361,7 +362,7 @@ static void test_json(void)
     json_t *o = json_load_file(path, 0, &jerr);
     CHECK(o && json_is_object(o), "read back %s: %s", path, o ? "" : jerr.text);
     if (o) {
-        /* exactly the keys of ROUTING.md section 4, in that order */
+        /* exactly the keys of the metrics JSON, in the documented order */
         size_t nk = sizeof json_keys / sizeof json_keys[0], i = 0;
         int order_bad = 0;
         const char *key;
@@ -439,6 +440,68 @@ out:
     moe_plan_free(p);
 }
 
+/* The metric table: each JSON position 1..rows once (the JSON test above checks the order they
+ * give); the scalar rows are the stored columns, their kind agrees with is_long; array rows are
+ * found by their store column; values read through the table equal the fields; the compare
+ * classes of the rows are those documented by `moesim compare --help` (counts exact, output
+ * errors their own class, everything else routing). */
+static void test_table(void)
+{
+    int seen[MOE_METRIC_NROWS + 1] = {0};
+    for (int i = 0; i < MOE_METRIC_NROWS; i++) {
+        const moe_point_metric *m = moe_metric_row(i);
+        CHECK(m && m->name && m->help, "row %d", i);
+        if (!m)
+            continue;
+        CHECK(m->json_pos >= 1 && m->json_pos <= MOE_METRIC_NROWS, "%s json_pos", m->name);
+        if (m->json_pos >= 1 && m->json_pos <= MOE_METRIC_NROWS)
+            seen[m->json_pos]++;
+        int scalar = m->kind == MOE_METRIC_DOUBLE || m->kind == MOE_METRIC_LONG;
+        CHECK(scalar == (i < MOE_POINT_NMETRICS), "%s: scalar rows first", m->name);
+        if (scalar)
+            CHECK(m->is_long == (m->kind == MOE_METRIC_LONG), "%s is_long", m->name);
+        else
+            CHECK(m->kind == MOE_METRIC_INT || m->column, "%s has a store column", m->name);
+    }
+    for (int p = 1; p <= MOE_METRIC_NROWS; p++)
+        CHECK(seen[p] == 1, "JSON position %d used %d times", p, seen[p]);
+    CHECK(moe_metric_row(MOE_METRIC_NROWS) == NULL && moe_metric_row(-1) == NULL, "bounds");
+    CHECK(moe_point_metrics[MOE_POINT_NMETRICS].name == NULL, "scalar table terminated");
+
+    const moe_point_metric *a = moe_metric_find("assigned");
+    const moe_point_metric *h = moe_metric_find("experts_per_token");
+    CHECK(a && !strcmp(a->name, "assigned_load") && a->kind == MOE_METRIC_EXPERT_LONG, "assigned");
+    CHECK(h && h->kind == MOE_METRIC_HISTOGRAM, "histogram");
+    if (h)
+        CHECK_INT(moe_metric_len(h, 8), 9);
+    CHECK(moe_metric_find("nope") == NULL, "unknown metric");
+
+    static const struct { const char *name; int tol; } tols[] = {
+        {"capacity", MOE_TOL_EXACT},          {"n_tokens", MOE_TOL_EXACT},
+        {"flops_gate", MOE_TOL_EXACT},        {"kept", MOE_TOL_EXACT},
+        {"experts_per_token", MOE_TOL_EXACT}, {"importance", MOE_TOL_ROUTING},
+        {"load_cv", MOE_TOL_ROUTING},         {"z_loss", MOE_TOL_ROUTING},
+        {"output_error_dense", MOE_TOL_OUTPUT}, {"output_error_dropless", MOE_TOL_OUTPUT},
+    };
+    for (size_t i = 0; i < sizeof tols / sizeof tols[0]; i++) {
+        const moe_point_metric *m = moe_metric_find(tols[i].name);
+        CHECK(m && m->tol == tols[i].tol, "tolerance class of %s", tols[i].name);
+    }
+
+    moe_metrics *mt = moe_metrics_alloc(4);
+    CHECK(mt != NULL, "alloc");
+    if (mt) {
+        mt->capacity = 7;
+        mt->load_cv = 0.25;
+        CHECK(moe_metric_value(mt, moe_metric_find("capacity")) == 7.0, "long value");
+        CHECK(moe_metric_value(mt, moe_metric_find("load_cv")) == 0.25, "double value");
+        CHECK(moe_metric_value(mt, moe_metric_find("num_experts")) == 4.0, "int value (E)");
+        CHECK_INT(moe_point_metric_index("load_cv"),
+                  moe_metric_find("load_cv") - moe_point_metrics);
+        moe_metrics_free(mt);
+    }
+}
+
 int main(void)
 {
     test_sparse();
@@ -447,5 +510,6 @@ int main(void)
     test_from_routers();
     test_errors();
     test_json();
+    test_table();
     return check_report("test_metrics");
 }

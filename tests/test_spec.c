@@ -2,8 +2,10 @@
  * every error names file, line and key: unknown key, unknown section, bad number, empty list,
  * repeated list item, k > E (router and shape), a missing file (spec, hash table, trace), bad
  * --set; --set overrides replace and add keys; routers without use for the capacity factor run
- * once, recorded as "none". Specs are written to temporary files; the expected line numbers are
- * those of the text below (line 1 = the first line of the string). */
+ * once, recorded as "none"; CR and CRLF line ends and a byte order mark are read, NUL bytes
+ * (/dev/zero included) and a repeated section are errors naming the line. Specs are written to
+ * temporary files; the expected line numbers are those of the text below (line 1 = the first
+ * line of the string). */
 #include "check.h"
 #include "spec.h"
 
@@ -14,7 +16,11 @@
 
 static char spec_path[64];
 
-static void write_spec(const char *text)
+static void write_bytes(const char *text, size_t len);
+
+static void write_spec(const char *text) { write_bytes(text, strlen(text)); }
+
+static void write_bytes(const char *text, size_t len)
 {
     snprintf(spec_path, sizeof spec_path, "/tmp/moesim_test_spec_XXXXXX");
     int fd = mkstemp(spec_path);
@@ -22,7 +28,6 @@ static void write_spec(const char *text)
         perror("mkstemp");
         exit(2);
     }
-    size_t len = strlen(text);
     if (write(fd, text, len) != (ssize_t)len) {
         perror("write");
         exit(2);
@@ -50,13 +55,11 @@ static int load(const char *text, const char *const *sets, int nsets, moe_spec *
     return rc;
 }
 
-/* The load fails and the message contains each of the fragments (the spec path is
+/* The load failed (rc, s) and the message contains each of the fragments (the spec path is
  * substituted for %s in the first one). */
-static void expect_error(const char *what, const char *text, const char *const *sets, int nsets,
-                         const char *where_fmt, const char *frag)
+static void check_error(const char *what, int rc, moe_spec *s, const char *where_fmt,
+                        const char *frag)
 {
-    moe_spec *s = NULL;
-    int rc = load(text, sets, nsets, &s);
     char where[256];
     snprintf(where, sizeof where, where_fmt, spec_path);
     const char *msg = moe_errmsg();
@@ -65,6 +68,14 @@ static void expect_error(const char *what, const char *text, const char *const *
     CHECK(strstr(msg, frag) != NULL, "%s: message '%s' lacks '%s'", what, msg, frag);
     moe_spec_free(s);
     moe_clear_error();
+}
+
+static void expect_error(const char *what, const char *text, const char *const *sets, int nsets,
+                         const char *where_fmt, const char *frag)
+{
+    moe_spec *s = NULL;
+    int rc = load(text, sets, nsets, &s);
+    check_error(what, rc, s, where_fmt, frag);
 }
 
 /* lines:                        1 */
@@ -317,6 +328,107 @@ static void test_required_m(void)
     moe_clear_error();
 }
 
+/* A spec of len bytes (NUL bytes included) fails with a message holding where and frag. */
+static void expect_bytes_error(const char *what, const char *bytes, size_t len,
+                               const char *where_fmt, const char *frag)
+{
+    write_bytes(bytes, len);
+    moe_spec *s = NULL;
+    int rc = moe_spec_load(spec_path, NULL, 0, &s);
+    unlink(spec_path);
+    check_error(what, rc, s, where_fmt, frag);
+}
+
+/* The base spec with every "\n" replaced by eol; expands to the 8 points of test_valid. */
+static void expect_line_ends(const char *eol)
+{
+    static char buf[4096];
+    size_t n = 0;
+    for (const char *p = base; *p && n + 3 < sizeof buf; p++) {
+        if (*p == '\n') {
+            memcpy(buf + n, eol, strlen(eol));
+            n += strlen(eol);
+        } else {
+            buf[n++] = *p;
+        }
+    }
+    buf[n] = '\0';
+    moe_spec *s = NULL;
+    int rc = load(buf, NULL, 0, &s);
+    CHECK(rc == 0, "line ends %s: %s", eol[0] == '\r' && !eol[1] ? "CR" : "CRLF", moe_errmsg());
+    if (!rc) {
+        CHECK_INT(moe_spec_npoints(s), 8);
+        CHECK_INT(moe_spec_point(s, 2)->opts.cf_num, 2); /* the continuation line (line 4) */
+        CHECK_INT(moe_spec_point(s, 0)->k, 2);           /* k = 2 ; inline comment */
+        moe_spec_free(s);
+    }
+    moe_clear_error();
+}
+
+/* Bytes a text editor or a wrong path can put in a spec: line ends of other systems, a byte
+ * order mark, NUL bytes, a section given twice, an endless file. */
+static void test_robustness(void)
+{
+    expect_line_ends("\r");
+    expect_line_ends("\r\n");
+
+    /* a UTF-8 byte order mark before a section without keys: the section still exists
+     * (soft_moe with the defaults: one point per token count, 2 more than test_valid's 8) */
+    char bom[4096];
+    snprintf(bom, sizeof bom, "\xEF\xBB\xBF[router.sm]\ntype = soft_moe\n%s",
+             with_line(2, "routers = topk soft sm"));
+    moe_spec *s = NULL;
+    int rc = load(bom, NULL, 0, &s);
+    CHECK(rc == 0, "byte order mark: %s", moe_errmsg());
+    if (!rc) {
+        CHECK_INT(moe_spec_npoints(s), 10);
+        moe_spec_free(s);
+    }
+    char bom_bare[4096];
+    snprintf(bom_bare, sizeof bom_bare, "\xEF\xBB\xBF[router.soft_moe]\n%s",
+             with_line(2, "routers = topk soft soft_moe"));
+    rc = load(bom_bare, NULL, 0, &s);
+    CHECK(rc == 0, "byte order mark before a section without keys: %s", moe_errmsg());
+    if (!rc) {
+        CHECK_INT(moe_spec_npoints(s), 10);
+        moe_spec_free(s);
+    }
+    moe_clear_error();
+
+    /* a section given twice: both lines named (the second [router.topk] is line 25) */
+    char twice[4096];
+    snprintf(twice, sizeof twice, "%s[router.topk]\nk = 1\n", base);
+    expect_error("repeated section", twice, NULL, 0, "%s:25, section [router.topk]",
+                 "repeated section (first given at line 10)");
+
+    /* a NUL byte inside a value of line 6 ("tokens = 64 32" would read as "tokens = 64") */
+    char nul[4096];
+    size_t len = strlen(base);
+    memcpy(nul, base, len + 1);
+    char *at = strstr(nul, "64 32");
+    CHECK(at != NULL, "line 6 of the base spec");
+    if (at)
+        at[2] = '\0';
+    expect_bytes_error("NUL byte", nul, len, "%s:6", "NUL byte in the spec");
+
+    /* an endless stream of NUL bytes (this looped forever once) */
+    rc = moe_spec_load("/dev/zero", NULL, 0, &s);
+    CHECK(rc == MOE_EFORMAT && s == NULL, "/dev/zero: rc %d", rc);
+    CHECK(strstr(moe_errmsg(), "NUL byte in the spec (/dev/zero:1)") != NULL, "/dev/zero: %s",
+          moe_errmsg());
+    moe_clear_error();
+
+    /* an over-long line in a file with CR line ends is reported as such, on its own line */
+    char longline[320];
+    memset(longline, 'x', sizeof longline - 1);
+    longline[0] = ';';
+    longline[sizeof longline - 1] = '\0';
+    char crlong[4096];
+    snprintf(crlong, sizeof crlong, "[experiment]\rtokens = 16\r%s\r", longline);
+    expect_error("long line, CR line ends", crlong, NULL, 0, "%s:3",
+                 "line longer than 197 characters");
+}
+
 int main(void)
 {
     moe_install_gsl_handler();
@@ -325,5 +437,6 @@ int main(void)
     test_errors();
     test_cf_ignored();
     test_required_m();
+    test_robustness();
     return check_report("test_spec");
 }

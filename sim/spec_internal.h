@@ -1,0 +1,114 @@
+/* spec_internal.h: what the parts of the spec module share (not a public interface): the raw
+ * sections and keys read from the INI file and --set overrides (sim/spec_read.c), the
+ * interpreted sections (sim/spec_load.c), and the spec itself with its sweep points
+ * (sim/spec.c: expansion, the public functions and the check before a run). */
+#ifndef MOE_SPEC_INTERNAL_H
+#define MOE_SPEC_INTERNAL_H
+
+#include "spec.h"
+
+#include <stdint.h>
+
+/* ---- raw sections and keys ---- */
+
+typedef struct {
+    char *key, *value;
+    const char *file; /* the spec path, or a "--set" label */
+    int line;         /* spec line, or the index of the --set (from 1) */
+} spec_kv;
+
+typedef struct {
+    char *name; /* "experiment", "router.topk", ... */
+    spec_kv *kv;
+    int nkv, cap;
+    spec_kv head; /* where the section starts (key ""), for errors about a section without keys */
+} spec_section;
+
+/* ---- interpreted sections ---- */
+
+typedef struct {
+    const spec_section *sec;
+    const char *name; /* after "router." */
+    const moe_router_type *type;
+    const spec_kv *type_kv, *k_kv, *cf_kv, *cap_kv, *ne_kv;
+    moe_route_opts opts; /* options of the section (owns the hash table) */
+    const char *hash_path;
+    char cf_text[48];    /* canonical text of the section's own capacity_factor */
+} spec_router;
+
+typedef struct {
+    const spec_section *sec;
+    const char *name, *source;
+    const spec_kv *source_kv, *shapes_kv;
+    moe_kv *params;
+    int nparams;
+    char *params_text;
+    unsigned char *pairs; /* (nshapes) 1 if this distribution pairs with shape i */
+} spec_dist;
+
+typedef struct {
+    const spec_section *sec;
+    const char *name;
+    int d, f, E, k, act;
+    const spec_kv *E_kv, *k_kv;
+} spec_shape;
+
+typedef struct {
+    long long num, den;
+    char text[48];
+} spec_cf;
+
+struct moe_spec {
+    char *path, *name;
+    spec_section *secs;
+    int nsecs;
+    char **labels; /* "--set" labels owned here */
+    int nlabels;
+    spec_router *routers;
+    int nrouters;
+    spec_dist *dists;
+    int ndists;
+    spec_shape *shapes;
+    int nshapes;
+    spec_cf *cfs;
+    int ncfs;
+    long *tokens, *batches;
+    int ntokens, nbatches;
+    uint64_t *seeds;
+    int nseeds;
+    int error_tokens;
+    moe_point *points;
+    size_t npoints, cap_points;
+};
+
+
+/* ---- sim/spec_read.c: raw sections, errors with a location ---- */
+
+/* Record "<what> (<file>:<line>, key <section>.<key>)" (line 0: no line; key "": the section as
+ * a whole, "section [<section>]"). Returns code. */
+int moe_spec_fail_at(int code, const char *file, int line, const char *section, const char *key,
+                     const char *hint, const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+#define KV_FAIL(code, sec, kv, hint, ...)                                                     \
+    moe_spec_fail_at(code, (kv)->file, (kv)->line, (sec)->name, (kv)->key, hint, __VA_ARGS__)
+
+/* Re-report the error a callee recorded, with the location of kv appended. */
+int moe_spec_relocate(int rc, const spec_section *sec, const spec_kv *kv);
+char *moe_spec_strdup(const char *s);
+spec_section *moe_spec_section_find(moe_spec *s, const char *name);
+/* The section called name, created (without keys) when absent; NULL when out of memory. */
+spec_section *moe_spec_section_get(moe_spec *s, const char *name);
+spec_kv *moe_spec_kv_find(const spec_section *sec, const char *key);
+/* Read s->path into raw sections. */
+int moe_spec_read_ini(moe_spec *s);
+/* Apply override i (from 1) "section.key=value": replaces or adds the key. */
+int moe_spec_apply_set(moe_spec *s, const char *set, int i);
+
+/* ---- sim/spec_load.c: interpreting the sections ---- */
+
+/* The first key of a section (for errors about the section as a whole). */
+const spec_kv *moe_spec_first_kv(const spec_section *sec);
+/* Check [experiment] and the section names, and load the axes, shapes, routers and
+ * distributions of the sweep. */
+int moe_spec_interpret(moe_spec *s);
+
+#endif

@@ -1,0 +1,111 @@
+/* test_options.c: the routing option table (sim/options.c) drives the defaults, the setter with
+ * its bounds and messages, and the canonical description. Expected values are worked by hand from
+ * the table's rows: defaults k 0 (router default), capacity -1 (formula), rounding ceil, bias_rate
+ * 0.001, sinkhorn_tol 1e-9; the description lists non-defaults in table order as key=value with
+ * the capacity factor as the fraction it was written as (1.25 = 125/100). */
+#include "check.h"
+#include "options.h"
+
+#include <string.h>
+
+static void test_defaults(void)
+{
+    moe_route_opts o;
+    moe_route_opts_default(&o);
+    CHECK_INT(o.k, 0);
+    CHECK_INT(o.cf_set, 0);
+    CHECK(o.cf_num == 1 && o.cf_den == 1, "cf 1/1 when unset");
+    CHECK_INT(o.capacity, -1);
+    CHECK_INT(o.min_capacity, 0);
+    CHECK_INT(o.rounding, MOE_ROUND_CEIL);
+    CHECK_INT(o.order, MOE_ORDER_CHOICE_MAJOR);
+    CHECK_INT(o.threshold_on, MOE_THRESH_NORMALIZED);
+    CHECK_INT(o.hash, MOE_HASH_MOD);
+    CHECK(o.hash_table == NULL && o.hash_table_len == 0, "no hash table");
+    CHECK(o.bias_rate == 0.001 && o.sinkhorn_tol == 1e-9 && o.noise_std == 0.0, "numbers");
+    char buf[256];
+    CHECK_INT(moe_route_opts_describe(&o, buf, sizeof buf), MOE_OK);
+    CHECK(buf[0] == '\0', "defaults describe as '' ('%s')", buf);
+}
+
+static void test_set_describe(void)
+{
+    moe_route_opts o;
+    moe_route_opts_default(&o);
+    static const char *const kv[][2] = {
+        {"noise_std", "0.5"}, {"k", "3"},          {"order", "bpr"}, {"renormalize", "yes"},
+        {"capacity_factor", "1.25"}, {"min_capacity", "4"}, {"hash", "balanced"},
+        {"sinkhorn_tol", "1e-4"},
+    };
+    for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++)
+        CHECK(moe_route_opts_set(&o, kv[i][0], kv[i][1]) == MOE_OK, "set %s=%s: %s", kv[i][0],
+              kv[i][1], moe_errmsg());
+    CHECK_INT(o.k, 3);
+    CHECK_INT(o.order, MOE_ORDER_BPR);
+    CHECK_INT(o.renormalize, 1);
+    CHECK_INT(o.hash, MOE_HASH_BALANCED);
+    CHECK_INT(o.min_capacity, 4);
+    char buf[256];
+    CHECK_INT(moe_route_opts_describe(&o, buf, sizeof buf), MOE_OK);
+    const char *want = "k=3 capacity_factor=125/100 min_capacity=4 order=bpr renormalize=true "
+                       "hash=balanced noise_std=0.5 sinkhorn_tol=0.0001";
+    CHECK(strcmp(buf, want) == 0, "describe '%s', want '%s'", buf, want);
+    /* too small a buffer is an error, not a cut text */
+    CHECK_INT(moe_route_opts_describe(&o, buf, 10), MOE_EINVAL);
+    moe_clear_error();
+    /* back to the default: no longer described */
+    CHECK_INT(moe_route_opts_set(&o, "renormalize", "false"), MOE_OK);
+    CHECK_INT(moe_route_opts_set(&o, "order", "choice_major"), MOE_OK);
+    CHECK_INT(moe_route_opts_describe(&o, buf, sizeof buf), MOE_OK);
+    CHECK(strstr(buf, "order") == NULL && strstr(buf, "renormalize") == NULL, "'%s'", buf);
+    /* k above INT_MAX is clamped (int field) */
+    CHECK_INT(moe_route_opts_set(&o, "k", "99999999999"), MOE_OK);
+    CHECK_INT(o.k, 2147483647);
+}
+
+static void expect_bad(const char *key, const char *value, const char *frag)
+{
+    moe_route_opts o;
+    moe_route_opts_default(&o);
+    moe_clear_error();
+    int rc = moe_route_opts_set(&o, key, value);
+    CHECK(rc == MOE_EINVAL, "%s=%s: rc %d", key, value, rc);
+    CHECK(strstr(moe_errmsg(), frag) != NULL, "%s=%s: message '%s' lacks '%s'", key, value,
+          moe_errmsg(), frag);
+    moe_clear_error();
+}
+
+static void test_bounds(void)
+{
+    expect_bad("k", "0", "bad value '0' for option k: want an integer >= 1");
+    expect_bad("capacity", "-1", "want an integer >= 0");
+    expect_bad("slots_per_expert", "1.5", "want an integer >= 1");
+    expect_bad("noise_std", "-0.1", "want a number >= 0");
+    expect_bad("noise_std", "inf", "want a number >= 0");
+    expect_bad("sinkhorn_tol", "0", "want a number > 0");
+    expect_bad("rounding", "up", "want one of ceil|floor|round");
+    expect_bad("dropless", "maybe", "bad value 'maybe' for option dropless");
+    expect_bad("capacity_factor", "-1", "capacity factor '-1' is not a non-negative decimal");
+    expect_bad("kk", "2", "unknown routing option 'kk'");
+}
+
+/* Every row is found by its key and has help; 16 options (counted in the table). */
+static void test_rows(void)
+{
+    int n = 0;
+    for (const moe_option *op = moe_route_options; op->key; op++, n++) {
+        CHECK(moe_route_option_find(op->key) == op, "find %s", op->key);
+        CHECK(op->help && op->type, "%s has help and type", op->key);
+    }
+    CHECK_INT(n, 16);
+    CHECK(moe_route_option_find("nope") == NULL, "unknown key");
+}
+
+int main(void)
+{
+    test_defaults();
+    test_set_describe();
+    test_bounds();
+    test_rows();
+    return check_report("test_options");
+}
