@@ -440,7 +440,8 @@ void moe_source_list(FILE *out)
             char rng[256];
             range_text(p, rng, sizeof rng);
             fprintf(out, "    %-11s default %s; %s%s\n", p->key, p->def,
-                    p->kind == MOE_SP_ENUM ? "one of " : "", p->kind == MOE_SP_STR ? "a path" : rng);
+                    p->kind == MOE_SP_ENUM ? "one of " : "",
+                    p->kind == MOE_SP_STR ? "a path" : rng);
             print_wrapped(out, p->help, 16);
         }
     }

@@ -2,8 +2,7 @@
  * (sim/sources/trace_*.c), the loader and report of traces.c, and `moesim trace info`
  * (cmd_trace.c). Internal: the public interface is source.h.
  *
- * Four real traces live under $MOESIM_TRACES (default ../shared/data/traces, relative to the
- * working directory, i.e. the repository root); each folder has a SOURCE.md:
+ * Four real traces live in folders of moe_trace_root() ($MOESIM_TRACES), one per trace:
  *   deepseek-v2-lite-moebeyond       CSV, top-6 expert ids per token and layer, token text
  *   mixtral-8x7b-instruct-fp8-specmoe JSONL, top-2 ids and renormalised gate probabilities
  *   flame-moe-290m-dynande           csv.gz, router softmax probabilities (top-6 non-zero)
@@ -50,8 +49,8 @@ int moe_trace_load(int format, const char *path, int layer, long max_tokens, lon
 /* Read a Fiddler popularity JSON: counts (L,E), malloc'd, of L layers and E experts. */
 int moe_trace_popularity_read(const char *path, int *L, int *E, long **counts);
 
-/* Affinities row (E) of one token from its K recorded choices (ROUTING-side formula, also in
- * `moesim list sources`):
+/* Affinities row (E) of one token from its K recorded choices (the formula
+ * `moesim list sources` states):
  *   p != NULL (FLAME, full router probabilities (E) with the K chosen non-zero):
  *       row[e] = log p[e] on the chosen experts; the unrecorded mass 1 - sum is spread evenly
  *       over the other E-K experts, capped at the smallest recorded p (and at least 1e-12), so
@@ -125,6 +124,8 @@ int moe_trace_check_ids(const int32_t *ids, int k, int E, const char *file, long
 void moe_trace_chomp(char *s);            /* drop trailing '\n' and '\r' */
 int moe_trace_blank(const char *s);       /* only white space */
 int moe_trace_parse_long(const char *s, long *out); /* the whole string as an integer; 0 = ok */
+/* zlib's gzerror message without the "<path>: " it starts with */
+const char *moe_trace_gz_message(const char *msg, const char *path);
 /* line past a UTF-8 byte order mark, if it starts with one */
 const char *moe_trace_skip_bom(const char *line);
 

@@ -259,6 +259,14 @@ int moe_trace_check_ids(const int32_t *ids, int k, int E, const char *file, long
     return MOE_OK;
 }
 
+const char *moe_trace_gz_message(const char *msg, const char *path)
+{
+    size_t n = strlen(path);
+    if (msg && strncmp(msg, path, n) == 0 && msg[n] == ':' && msg[n + 1] == ' ')
+        return msg + n + 2;
+    return msg ? msg : "";
+}
+
 const char *moe_trace_skip_bom(const char *line)
 {
     const unsigned char *u = (const unsigned char *)line;
@@ -370,8 +378,8 @@ static int load_sink(void *vctx, const moe_trace_rec *r)
     return rec->n >= c->max ? MOE_TRACE_STOP : MOE_TRACE_MORE;
 }
 
-static int read_one(int format, const char *file, int layer, moe_trace_state *st, moe_trace_sink sink,
-                    void *ctx)
+static int read_one(int format, const char *file, int layer, moe_trace_state *st,
+                    moe_trace_sink sink, void *ctx)
 {
     st->files++;
     switch (format) {
@@ -548,21 +556,28 @@ static int detect_format(const char *file, int *format)
         return moe_fail(MOE_EIO, moe_trace_hint, "cannot open trace: %s (%s)",
                         errno ? strerror(errno) : "gzopen failed", file);
     char head[128] = "";
-    if (!gzgets(g, head, sizeof head))
+    int zerr = Z_OK;
+    char zmsg[128] = "";
+    if (!gzgets(g, head, sizeof head)) {
         head[0] = '\0';
+        snprintf(zmsg, sizeof zmsg, "%s", moe_trace_gz_message(gzerror(g, &zerr), file));
+    }
     gzclose(g);
-    if (!strncmp(head, moe_trace_ds_header, strlen(moe_trace_ds_header)) ||
-        !strncmp(head, "\xEF\xBB\xBF" "Layer ID,", 12)) {
+    if (zerr != Z_OK)
+        return moe_fail(MOE_EFORMAT, "is the file truncated or not gzip?",
+                        "corrupt or truncated gzip data: %s (%s)", zmsg, file);
+    const char *h = moe_trace_skip_bom(head);
+    if (!strncmp(h, moe_trace_ds_header, strlen(moe_trace_ds_header))) {
         *format = MOE_TRACE_DEEPSEEK;
         return MOE_OK;
     }
-    if (!strncmp(head, "layer_id,token_id,", 18)) {
+    if (!strncmp(h, "layer_id,token_id,", 18)) {
         *format = MOE_TRACE_FLAME;
         return MOE_OK;
     }
     return moe_fail(MOE_EFORMAT,
-                    "moesim reads the DeepSeek CSV, Mixtral JSONL, FLAME csv.gz and Fiddler "
-                    "popularity JSON traces (see their SOURCE.md)",
+                    "moesim reads the DeepSeek CSV, Mixtral JSONL, FLAME csv(.gz) and Fiddler "
+                    "popularity JSON traces (moesim list sources)",
                     "unknown trace format: %s (%s)", head[0] ? "unrecognised header" : "empty file",
                     file);
 }
@@ -591,6 +606,27 @@ static void print_layer_row(FILE *out, int layer, long tokens, const long *cnt, 
             mx);
 }
 
+/* Tokens of each layer of popularity counts (L,E): the layer's counts / 2 (top-2). */
+static long pop_layer_tokens(const long *c, int E)
+{
+    long s = 0;
+    for (int e = 0; e < E; e++)
+        s += c[e];
+    return s / 2;
+}
+
+/* max/mean of the per-expert counts of one layer (0 for an empty layer) */
+static double pop_imbalance(const long *c, int E)
+{
+    long sum = 0, mx = 0;
+    for (int e = 0; e < E; e++) {
+        sum += c[e];
+        mx = c[e] > mx ? c[e] : mx;
+    }
+    double mean = (double)sum / E;
+    return mean > 0 ? mx / mean : 0.0;
+}
+
 static int info_popularity(const char *path, FILE *out)
 {
     int L, E;
@@ -599,13 +635,9 @@ static int info_popularity(const char *path, FILE *out)
     if (rc)
         return rc;
     long maxtok = 0;
-    for (int l = 0; l < L; l++) {
-        long s = 0;
-        for (int e = 0; e < E; e++)
-            s += c[(size_t)l * E + e];
-        if (s / 2 > maxtok)
-            maxtok = s / 2;
-    }
+    for (int l = 0; l < L; l++)
+        if (pop_layer_tokens(c + (size_t)l * E, E) > maxtok)
+            maxtok = pop_layer_tokens(c + (size_t)l * E, E);
     fprintf(out, "trace    %s\nformat   %s\nsource   %s\nfiles    1\n", path, format_desc[3],
             format_source[3]);
     fprintf(out, "layers   %d (0..%d)\nexperts  %d\n", L, L - 1, E);
@@ -613,51 +645,89 @@ static int info_popularity(const char *path, FILE *out)
     fprintf(out, "weights  none (counts only)\ntokens   %ld (largest layer)\n", maxtok);
     fprintf(out, "recorded load per layer (imbalance = max/mean of per-expert counts):\n");
     fprintf(out, "layer   tokens  imbalance      min      max\n");
-    for (int l = 0; l < L; l++) {
-        long s = 0;
-        for (int e = 0; e < E; e++)
-            s += c[(size_t)l * E + e];
-        print_layer_row(out, l, s / 2, c + (size_t)l * E, E);
-    }
+    for (int l = 0; l < L; l++)
+        print_layer_row(out, l, pop_layer_tokens(c + (size_t)l * E, E), c + (size_t)l * E, E);
     free(c);
     return MOE_OK;
 }
 
-int moe_trace_info(const char *path, FILE *out)
+/* A folder of popularity files (and no per-token trace): one line per file. */
+static int info_popularity_folder(const char *path, const strlist *files, FILE *out)
 {
-    strlist any = {0};
-    int rc = MOE_OK, format = -1;
-    const char *probe = path;
-    if (is_dir(path)) {
-        rc = list_files(path, accept_any_trace, &any, 1);
-        /* prefer the per-token files of a folder */
-        for (size_t i = 0; !rc && i < any.n && format < 0; i++) {
-            if (ends_with(any.v[i], ".json"))
-                continue;
-            if (ends_with(any.v[i], ".jsonl") && !accept_routing(base_name(any.v[i])))
-                continue;
-            probe = any.v[i];
-            rc = detect_format(probe, &format);
+    size_t n = 0, skip = strlen(path) + 1;
+    int width = 4;
+    for (size_t i = 0; i < files->n; i++)
+        if (ends_with(files->v[i], ".json")) {
+            n++;
+            int len = (int)strlen(files->v[i] + skip);
+            width = len > width ? len : width;
         }
-        if (!rc && format < 0)
-            rc = moe_fail(MOE_EFORMAT,
-                          any.n ? "give one expert_popularity_*.json or .jsonl file" : moe_trace_hint,
-                          "no per-token trace files in folder (%s)", path);
-    } else if (is_file(path)) {
-        rc = detect_format(path, &format);
-    } else {
-        rc = moe_fail(MOE_EIO, moe_trace_hint, "trace not found: %s (%s)", strerror(ENOENT), path);
+    fprintf(out, "trace    %s\nformat   %s\nsource   %s\nfiles    %zu\n", path, format_desc[3],
+            format_source[3], n);
+    fprintf(out, "k        2 (Mixtral top-2; tokens = counts/2)\nweights  none (counts only)\n");
+    fprintf(out, "recorded load per file (tokens of the largest layer; imbalance = max/mean\n"
+                 "of the per-expert counts, its mean and max over the layers):\n");
+    fprintf(out, "%-*s %6s %7s %8s %9s %9s\n", width, "file", "layers", "experts", "tokens",
+            "imb mean", "imb max");
+    for (size_t i = 0; i < files->n; i++) {
+        if (!ends_with(files->v[i], ".json"))
+            continue;
+        int L, E;
+        long *c;
+        int rc = moe_trace_popularity_read(files->v[i], &L, &E, &c);
+        if (rc)
+            return rc;
+        long maxtok = 0;
+        double imb_sum = 0.0, imb_max = 0.0;
+        for (int l = 0; l < L; l++) {
+            const long *row = c + (size_t)l * E;
+            maxtok = pop_layer_tokens(row, E) > maxtok ? pop_layer_tokens(row, E) : maxtok;
+            imb_sum += pop_imbalance(row, E);
+            imb_max = fmax(imb_max, pop_imbalance(row, E));
+        }
+        free(c);
+        fprintf(out, "%-*s %6d %7d %8ld %9.4f %9.4f\n", width, files->v[i] + skip, L, E, maxtok,
+                imb_sum / L, imb_max);
     }
-    strlist_free(&any);
-    if (rc)
-        return rc;
-    if (format == MOE_TRACE_POPULARITY)
-        return info_popularity(path, out);
+    fprintf(out, "give one file for its per-layer table\n");
+    return MOE_OK;
+}
 
+/* The format of path: a file's, or that of the first per-token trace file of a folder (-1 for
+ * a folder holding only popularity counts); *files lists the folder's trace files. */
+static int info_format(const char *path, strlist *files, int *format)
+{
+    *format = -1;
+    if (is_file(path))
+        return detect_format(path, format);
+    if (!is_dir(path))
+        return moe_fail(MOE_EIO, moe_trace_hint, "trace not found: %s (%s)", strerror(ENOENT),
+                        path);
+    int rc = list_files(path, accept_any_trace, files, 1);
+    int json = 0;
+    for (size_t i = 0; !rc && i < files->n && *format < 0; i++) {
+        if (ends_with(files->v[i], ".json")) {
+            json = 1;
+            continue;
+        }
+        if (ends_with(files->v[i], ".jsonl") && !accept_routing(base_name(files->v[i])))
+            continue;
+        rc = detect_format(files->v[i], format);
+    }
+    if (!rc && *format < 0 && !json)
+        rc = moe_fail(MOE_EFORMAT, files->n ? "give one .jsonl file" : moe_trace_hint,
+                      "no trace files in folder (%s)", path);
+    return rc;
+}
+
+/* The report of a per-token trace (DeepSeek, Mixtral, FLAME). */
+static int info_records(const char *path, int format, FILE *out)
+{
     strlist files = {0};
     info_ctx c = {0};
     moe_trace_state st = {format == MOE_TRACE_FLAME ? 0 : moe_trace_experts(format), 0, -1, 0, 0};
-    if ((rc = trace_files(format, path, &files)))
+    int rc = trace_files(format, path, &files);
+    if (rc)
         goto done;
     c.tokens = calloc(MOE_TRACE_MAX_LAYERS, sizeof *c.tokens);
     if (!c.tokens) {
@@ -677,18 +747,16 @@ int moe_trace_info(const char *path, FILE *out)
         goto done;
     int E = c.E;
     int nl = 0, lo = -1, hi = -1;
-    long tokens = 0, maxl = 0;
+    long tokens = 0;
     for (int l = 0; l < MOE_TRACE_MAX_LAYERS; l++)
         if (c.tokens[l]) {
             nl++;
             if (lo < 0)
                 lo = l;
             hi = l;
-            if (c.tokens[l] > maxl)
-                maxl = c.tokens[l];
         }
-    for (long s = 0; s < c.nseq; s++)
-        tokens += c.seq_max[s] + 1;
+    for (long q = 0; q < c.nseq; q++)
+        tokens += c.seq_max[q] + 1;
     fprintf(out, "trace    %s\nformat   %s\nsource   %s\nfiles    %ld\n", path,
             format_desc[format], format_source[format], st.files);
     fprintf(out, "layers   %d (%d..%d)\nexperts  %d\nk        %d recorded experts per token\n",
@@ -704,7 +772,6 @@ int moe_trace_info(const char *path, FILE *out)
     for (int l = 0; l < MOE_TRACE_MAX_LAYERS; l++)
         if (c.tokens[l])
             print_layer_row(out, l, c.tokens[l], c.counts + (size_t)l * c.E, E);
-    (void)maxl;
 done:
     strlist_free(&files);
     free(c.counts);
@@ -713,3 +780,17 @@ done:
     return rc;
 }
 
+int moe_trace_info(const char *path, FILE *out)
+{
+    strlist any = {0};
+    int format;
+    int rc = info_format(path, &any, &format);
+    if (!rc && format < 0)
+        rc = info_popularity_folder(path, &any, out);
+    else if (!rc && format == MOE_TRACE_POPULARITY)
+        rc = info_popularity(path, out);
+    else if (!rc)
+        rc = info_records(path, format, out);
+    strlist_free(&any);
+    return rc;
+}

@@ -40,14 +40,16 @@ static int npy_input(moe_source *s, const char *key, int vec, moe_npy *a, size_t
         return rc;
     int base = vec ? 1 : 2;
     if (a->ndim != base && a->ndim != base + 1)
-        return moe_source_fail(s, key, vec ? "token ids are (N) or (L,N)" : "arrays are (N,W) or (L,N,W)",
+        return moe_source_fail(s, key,
+                               vec ? "token ids are (N) or (L,N)" : "arrays are (N,W) or (L,N,W)",
                      "%s has %d dimensions, want %d or %d (%s)", key, a->ndim, base, base + 1,
                      path);
     *layered = a->ndim == base + 1;
     long layer = (long)moe_source_num(s, "layer");
     size_t L = *layered ? a->shape[0] : 1;
     if (*layered && (size_t)layer >= L)
-        return moe_source_fail(s, "layer", NULL, "layer %ld is outside the %zu layers of %s", layer, L,
+        return moe_source_fail(s, "layer", NULL, "layer %ld is outside the %zu layers of %s", layer,
+                               L,
                      path);
     *N = (long)a->shape[*layered];
     *W = vec ? 1 : (long)a->shape[*layered + 1];
@@ -110,7 +112,8 @@ static int npy_open(moe_source *s)
     if (!rc && a[1].data) { /* hidden */
         float *all = NULL;
         if (W[1] != s->d)
-            rc = moe_source_fail(s, "hidden", "set the layer shape's d to the width of the hidden states",
+            rc = moe_source_fail(s, "hidden",
+                                 "set the layer shape's d to the width of the hidden states",
                        "hidden states have width %ld but the layer has d = %d (%s)", W[1], s->d,
                        moe_source_str(s, "hidden"));
         if (!rc)

@@ -163,7 +163,8 @@ int moe_trace_read_deepseek(const char *path, moe_trace_state *st, moe_trace_sin
                           "bad expert id list '%.60s' (%s:%ld)", fld[3], path, ln);
             goto done;
         }
-        if ((rc = moe_trace_check_ids(ids, k, MOE_TRACE_DS_E, path, ln)) || (rc = moe_trace_check_k(st, k, 0, path, ln)))
+        if ((rc = moe_trace_check_ids(ids, k, MOE_TRACE_DS_E, path, ln)) ||
+            (rc = moe_trace_check_k(st, k, 0, path, ln)))
             goto done;
         if (layer != cur) {
             if (cur >= 0 && first_count < 0) {

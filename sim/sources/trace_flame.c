@@ -27,7 +27,8 @@ static int gz_line(gzFile g, char *buf, int len, const char *path, long ln)
         const char *m = gzerror(g, &err);
         if (err != Z_OK)
             return -moe_fail(MOE_EFORMAT, "is the file truncated?",
-                             "corrupt or truncated gzip data: %s (%s:%ld)", m, path, ln);
+                             "corrupt or truncated gzip data: %s (%s:%ld)",
+                             moe_trace_gz_message(m, path), path, ln);
         return 0;
     }
     size_t n = strlen(buf);
@@ -36,7 +37,8 @@ static int gz_line(gzFile g, char *buf, int len, const char *path, long ln)
         const char *m = gzerror(g, &err);
         if (err != Z_OK)
             return -moe_fail(MOE_EFORMAT, "is the file truncated?",
-                             "corrupt or truncated gzip data: %s (%s:%ld)", m, path, ln);
+                             "corrupt or truncated gzip data: %s (%s:%ld)",
+                             moe_trace_gz_message(m, path), path, ln);
     }
     if (n == (size_t)len - 1 && buf[n - 1] != '\n' && !gzeof(g))
         return -moe_fail(MOE_EFORMAT, NULL, "line longer than %d bytes (%s:%ld)", len - 1, path,
@@ -61,7 +63,8 @@ static int split_commas(char *s, char **f, int maxf)
     }
 }
 
-int moe_trace_read_flame(const char *path, int layer, moe_trace_state *st, moe_trace_sink sink, void *ctx)
+int moe_trace_read_flame(const char *path, int layer, moe_trace_state *st, moe_trace_sink sink,
+                         void *ctx)
 {
     gzFile g = gzopen(path, "rb");
     if (!g)
