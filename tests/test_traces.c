@@ -1,14 +1,15 @@
-/* test_traces.c: the recorded-trace sources and readers (sim/traces.c, sim/sources.c), the
- * replay router (routers/replay.c) and `moesim trace info`:
+/* test_traces.c: the recorded-trace sources and readers (sim/traces.c, sim/sources/trace_*.c),
+ * the replay router (routers/replay.c) and `moesim trace info`:
  *   - hand-made fixtures in tests/fixtures/traces/ (written by make.py there) in the four
  *     formats: the rows, choices, weights, affinities and ids each source yields, worked by hand
  *     below; malformed files (truncated, wrong columns, ids out of range, empty, ...) give a
  *     clear error naming the file, never a crash;
  *   - replay reproduces the recorded per-expert counts exactly when dropless, and drops in
  *     choice-major order with a capacity (worked by hand);
- *   - the real traces under ../shared/data/traces (or $MOESIM_TRACES), when present: token
- *     counts from their SOURCE.md and per-expert counts from tests/fixtures/traces/
- *     real_counts.py (an independent Python reader). Absent: "skipped: ... absent", no failure.
+ *   - the real traces under moe_trace_root() ($MOESIM_TRACES), when present: token counts
+ *     from the provenance notes published with each trace and per-expert counts from
+ *     tests/fixtures/traces/real_counts.py (an independent Python reader). Absent: "skipped:
+ *     ... absent", no failure.
  * Run from the repository root. */
 #include "check.h"
 #include "moe.h"
@@ -727,7 +728,8 @@ static void test_real(void)
     moe_batch bt;
     moe_plan *p;
 
-    /* DeepSeek Puffin subset, layer 1: 14,911 tokens (SOURCE.md); counts from real_counts.py */
+    /* DeepSeek Puffin subset, layer 1: 14,911 tokens (the trace's provenance notes); counts
+     * from real_counts.py */
     static const long ds_cnt[64] = {
         1327, 1100, 1926, 1357, 1231, 1521, 1871, 1233, 3619, 1344, 1284, 1520, 1022,
         1377, 1173, 1199, 840,  1160, 1582, 1173, 1187, 1390, 1255, 1113, 1981, 1040,
