@@ -19,27 +19,28 @@
 static const char *const hint_flame_header =
     "a FLAME trace starts with the header layer_id,token_id,expert_0,...,expert_{E-1}";
 
+/* 0 if the stream is sound, else the error (negated) naming file and line. */
+static int gz_broken(gzFile g, const char *path, long ln)
+{
+    int err;
+    const char *m = gzerror(g, &err);
+    if (err == Z_OK)
+        return 0;
+    return -moe_fail(MOE_EFORMAT, "is the file truncated?",
+                     "corrupt or truncated gzip data: %s (%s:%ld)", moe_trace_gz_message(m, path),
+                     path, ln);
+}
+
 /* Read one line with gzgets; 1 = line, 0 = end of file, < 0 = error (code negated). */
 static int gz_line(gzFile g, char *buf, int len, const char *path, long ln)
 {
-    if (!gzgets(g, buf, len)) {
-        int err;
-        const char *m = gzerror(g, &err);
-        if (err != Z_OK)
-            return -moe_fail(MOE_EFORMAT, "is the file truncated?",
-                             "corrupt or truncated gzip data: %s (%s:%ld)",
-                             moe_trace_gz_message(m, path), path, ln);
-        return 0;
-    }
+    if (!gzgets(g, buf, len))
+        return gz_broken(g, path, ln);
     size_t n = strlen(buf);
-    if (n > 0 && buf[n - 1] != '\n') { /* a last line: complete, or cut by a broken stream */
-        int err;
-        const char *m = gzerror(g, &err);
-        if (err != Z_OK)
-            return -moe_fail(MOE_EFORMAT, "is the file truncated?",
-                             "corrupt or truncated gzip data: %s (%s:%ld)",
-                             moe_trace_gz_message(m, path), path, ln);
-    }
+    int rc;
+    /* a last line without '\n': complete, or cut by a broken stream */
+    if (n > 0 && buf[n - 1] != '\n' && (rc = gz_broken(g, path, ln)))
+        return rc;
     if (n == (size_t)len - 1 && buf[n - 1] != '\n' && !gzeof(g))
         return -moe_fail(MOE_EFORMAT, NULL, "line longer than %d bytes (%s:%ld)", len - 1, path,
                          ln);
