@@ -20,7 +20,8 @@ ALL_CFLAGS  = $(WARN) $(DEFS) $(CFLAGS) $(PKG_CFLAGS) -Isim -MMD -MP
 LDLIBS     := $(PKG_LIBS) -lm -lpthread
 
 B        ?= build
-LIB_SRC  := $(filter-out sim/main.c,$(wildcard sim/*.c)) $(wildcard routers/*.c)
+LIB_SRC  := $(filter-out sim/main.c,$(wildcard sim/*.c)) $(wildcard sim/sources/*.c) \
+            $(wildcard routers/*.c)
 LIB_OBJ  := $(LIB_SRC:%.c=$(B)/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(B)/tests/%)

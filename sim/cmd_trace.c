@@ -1,6 +1,6 @@
 /* cmd_trace.c: `moesim trace info FILE`: what a recorded trace (file or folder) holds (format,
  * files, layers, tokens, experts, k, recorded weights) and its recorded load imbalance (max/mean
- * of the per-expert counts) per layer. The readers are in traces.c. Declared in cli.h. */
+ * of the per-expert counts) per layer. The report is moe_trace_info (traces.c). Declared in cli.h. */
 #include "cli.h"
 #include "moe.h"
 #include "trace.h"
@@ -16,7 +16,8 @@ static void usage(FILE *out)
             "k, recorded weights) and the recorded load imbalance (max/mean of the per-expert\n"
             "counts) of every layer. PATH is a trace file or a folder of them:\n"
             "  DeepSeek-V2-Lite CSV (prompt_*_data.csv), Mixtral JSONL (*_routing.jsonl),\n"
-            "  FLAME-MoE csv.gz (one file per layer), Fiddler popularity JSON.\n"
+            "  FLAME-MoE csv.gz (one file per layer), Fiddler popularity JSON (a folder of\n"
+            "  them gets one line per file).\n"
             "The traces live under $MOESIM_TRACES (default %s).\n",
             moe_trace_root());
 }

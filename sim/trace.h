@@ -1,8 +1,8 @@
-/* trace.h: recorded routing traces, shared by the token sources (sources.c), the trace readers
- * (traces.c) and `moesim trace info` (cmd_trace.c). Internal: the public interface is source.h.
+/* trace.h: recorded routing traces, shared by the trace token sources and their readers
+ * (sim/sources/trace_*.c), the loader and report of traces.c, and `moesim trace info`
+ * (cmd_trace.c). Internal: the public interface is source.h.
  *
- * Four real traces live under $MOESIM_TRACES (default ../shared/data/traces, relative to the
- * working directory, i.e. the repository root); each folder has a SOURCE.md:
+ * Four real traces live in folders of moe_trace_root() ($MOESIM_TRACES), one per trace:
  *   deepseek-v2-lite-moebeyond       CSV, top-6 expert ids per token and layer, token text
  *   mixtral-8x7b-instruct-fp8-specmoe JSONL, top-2 ids and renormalised gate probabilities
  *   flame-moe-290m-dynande           csv.gz, router softmax probabilities (top-6 non-zero)
@@ -16,6 +16,7 @@
 #define MOE_TRACE_H
 
 #include "moe.h"
+#include "source.h"
 
 #include <stdio.h>
 
@@ -28,22 +29,6 @@ enum moe_trace_format {
 
 #define MOE_TRACE_EPS 1e-4      /* affinity of an expert a token did not choose */
 #define MOE_TRACE_MAX_LAYERS 1024 /* layer numbers 0..1023 */
-
-/* A recorded table: N rows (tokens) of one layer. Arrays are malloc'd; moe_rec_clear frees. */
-typedef struct {
-    long n;            /* N rows */
-    int E;             /* experts (M) */
-    int K;             /* Krec recorded choices per row; 0 = none */
-    double *logits;    /* (N,E) logits or affinities, or NULL */
-    int32_t *choices;  /* (N,K) recorded expert ids, or NULL */
-    double *choice_w;  /* (N,K) recorded gate weights, or NULL (replay then combines with 1/K) */
-    int64_t *ids;      /* (N) token ids, or NULL (the source draws them uniformly) */
-    float *x;          /* (N,D) recorded hidden states, or NULL (synthesised) */
-    int d;             /* D of x */
-    int layer_lo, layer_hi; /* layers seen in the trace (for messages) */
-} moe_rec;
-
-void moe_rec_clear(moe_rec *r); /* frees the arrays, zeroes the struct */
 
 /* The folder holding the trace folders: $MOESIM_TRACES if set and non-empty, else
  * "../shared/data/traces". */
@@ -64,8 +49,8 @@ int moe_trace_load(int format, const char *path, int layer, long max_tokens, lon
 /* Read a Fiddler popularity JSON: counts (L,E), malloc'd, of L layers and E experts. */
 int moe_trace_popularity_read(const char *path, int *L, int *E, long **counts);
 
-/* Affinities row (E) of one token from its K recorded choices (ROUTING-side formula, also in
- * `moesim list sources`):
+/* Affinities row (E) of one token from its K recorded choices (the formula
+ * `moesim list sources` states):
  *   p != NULL (FLAME, full router probabilities (E) with the K chosen non-zero):
  *       row[e] = log p[e] on the chosen experts; the unrecorded mass 1 - sum is spread evenly
  *       over the other E-K experts, capped at the smallest recorded p (and at least 1e-12), so
@@ -84,5 +69,72 @@ void moe_trace_affinity(int E, int K, const int32_t *experts, const double *w, c
  * holds (format, files, layers, tokens, experts, k) and the recorded load imbalance (max/mean
  * of the per-expert counts) of every layer. */
 int moe_trace_info(const char *path, FILE *out);
+
+/* ---- for the readers and the trace sources (sim/traces.c, sim/sources/trace_*.c) ---------- */
+
+#define MOE_TRACE_DS_E 64     /* DeepSeek-V2-Lite routed experts */
+#define MOE_TRACE_MX_E 8      /* Mixtral-8x7B experts */
+#define MOE_TRACE_MAX_E 4096  /* experts of a FLAME file or popularity table at most */
+
+extern const char moe_trace_hint[]; /* where traces are looked up, for "not found" errors */
+extern const char moe_trace_ds_header[]; /* the header line of a DeepSeek CSV */
+
+/* The folder of a format's trace under moe_trace_root(). */
+const char *moe_trace_folder(int format);
+
+/* One record: one token at one layer, as a reader hands it to a sink. */
+typedef struct {
+    const char *file;
+    long line;
+    int layer;
+    long seq, pos;            /* sequence (prompt, problem) and token position within it */
+    int E;                    /* experts of the trace */
+    int k;
+    const int32_t *experts;   /* (K) */
+    const double *w;          /* (K) recorded gate weights, or NULL */
+    const double *p;          /* (E) recorded router probabilities, or NULL */
+    const char *text;         /* token text, or NULL */
+} moe_trace_rec;
+
+/* A sink returns MOE_TRACE_MORE, MOE_TRACE_STOP (enough rows) or a MOE error code > 0. */
+enum { MOE_TRACE_MORE = 0, MOE_TRACE_STOP = -1 };
+typedef int (*moe_trace_sink)(void *ctx, const moe_trace_rec *r);
+
+/* What a trace holds, shared by the readers of one load (consistency across files). */
+typedef struct {
+    int E;
+    int K;         /* 0 until the first record */
+    int has_w;     /* -1 until the first record */
+    long seq_next; /* next sequence number */
+    long files;
+} moe_trace_state;
+
+/* The readers: every record of one file to sink, in file order. A FLAME file is one layer. */
+int moe_trace_read_deepseek(const char *path, moe_trace_state *st, moe_trace_sink sink,
+                            void *ctx);
+int moe_trace_read_mixtral(const char *path, moe_trace_state *st, moe_trace_sink sink,
+                           void *ctx);
+int moe_trace_read_flame(const char *path, int layer, moe_trace_state *st, moe_trace_sink sink,
+                         void *ctx);
+
+/* Checks shared by the readers: the same k (and weights or none) in every record; ids in
+ * 0..E-1 and distinct. Errors name file and line. */
+int moe_trace_check_k(moe_trace_state *st, int k, int has_w, const char *file, long line);
+int moe_trace_check_ids(const int32_t *ids, int k, int E, const char *file, long line);
+void moe_trace_chomp(char *s);            /* drop trailing '\n' and '\r' */
+int moe_trace_blank(const char *s);       /* only white space */
+int moe_trace_parse_long(const char *s, long *out); /* the whole string as an integer; 0 = ok */
+/* zlib's gzerror message without the "<path>: " it starts with */
+const char *moe_trace_gz_message(const char *msg, const char *path);
+/* line past a UTF-8 byte order mark, if it starts with one */
+const char *moe_trace_skip_bom(const char *line);
+
+/* The parameters every per-token trace source has, and its open: the rows of `layer` from
+ * `path` (default: the format's folder under moe_trace_root()) as the source's moe_rec. */
+#define MOE_SP_TRACE(layer_def, layer_dn)                                                     \
+    {"layer", MOE_SP_INT, layer_def, layer_dn, 0, MOE_TRACE_MAX_LAYERS - 1, 0, NULL,          \
+     "model layer, numbered as the trace numbers it"},                                        \
+    {"max_tokens", MOE_SP_INT, "65536", 65536, 1, 1e9, 0, NULL, "read at most this many tokens"}
+int moe_trace_source_open(moe_source *s, int format);
 
 #endif

@@ -1,22 +1,11 @@
-/* traces.c: readers for the four real routing traces (trace.h; the SOURCE.md of each folder
- * under ../shared/data/traces describes them), the conversion of recorded choices into
- * affinities, and the report behind `moesim trace info`.
+/* traces.c: what the recorded-trace sources share (sim/sources/trace_*.c hold one reader and
+ * one token source per trace family): the trace folder, file lists in natural order, the
+ * checks every reader applies, the conversion of recorded choices into affinities, the loader
+ * of one layer's rows, and the report behind `moesim trace info`.
  *
  * Every reader turns its format into a stream of records (one token at one layer) handed to a
  * sink: the loader keeps the rows of one layer (moe_trace_load), the info report counts every
- * layer (moe_trace_info). Quirks handled here, from the SOURCE.md files:
- *   DeepSeek CSV   rows grouped by layer, token order within a layer; the 6 ids are a set (the
- *                  hook's order is an artifact); tokens may be CSV-quoted; no weights.
- *   Mixtral JSONL  records (problem, layer, token) in file order; some (token, layer) records
- *                  are missing: a layer's rows are the tokens that have a record at that layer.
- *                  Post-processed logs carry `token_idx`; the raw prefill+decode log carries
- *                  `token_pos`, 0..P-1 over the prompt and then 0 at every decode step: a
- *                  decode step starts whenever the layer does not increase, and its position is
- *                  P + step. A folder means its *_routing.jsonl files (the raw log repeats the
- *                  decode tokens of HumanEval problem 0; give it as a file to read it).
- *   FLAME csv.gz   one file per layer (layer number from the file name, `layer_id` is always 0),
- *                  64 probabilities per row of which the top 6 are non-zero (not renormalised).
- *   popularity     counts only; turned into tokens by the trace_mixtral_popularity source.
+ * layer (moe_trace_info).
  */
 #include "trace.h"
 
@@ -31,13 +20,17 @@
 #include <sys/stat.h>
 #include <zlib.h>
 
-#define DS_E 64   /* DeepSeek-V2-Lite routed experts */
-#define MX_E 8    /* Mixtral-8x7B experts */
-#define FLAME_MAX_E 4096
-#define LINE_MAX_FLAME (1 << 16)
-
-static const char *const hint_traces =
+const char moe_trace_hint[] =
     "set MOESIM_TRACES to the folder holding the traces, or give the file or folder as path";
+
+static const char *const trace_folder[4] = {
+    "deepseek-v2-lite-moebeyond", "mixtral-8x7b-instruct-fp8-specmoe", "flame-moe-290m-dynande",
+    "mixtral-8x7b-fiddler-popularity"};
+
+const char *moe_trace_folder(int format)
+{
+    return format >= 0 && format < 4 ? trace_folder[format] : "";
+}
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
@@ -49,19 +42,8 @@ const char *moe_trace_root(void)
 
 int moe_trace_experts(int format)
 {
-    return (format == MOE_TRACE_MIXTRAL || format == MOE_TRACE_POPULARITY) ? MX_E : DS_E;
-}
-
-void moe_rec_clear(moe_rec *r)
-{
-    if (!r)
-        return;
-    free(r->logits);
-    free(r->choices);
-    free(r->choice_w);
-    free(r->ids);
-    free(r->x);
-    memset(r, 0, sizeof *r);
+    return (format == MOE_TRACE_MIXTRAL || format == MOE_TRACE_POPULARITY) ? MOE_TRACE_MX_E
+                                                                            : MOE_TRACE_DS_E;
 }
 
 static int is_dir(const char *p)
@@ -124,8 +106,7 @@ static int natcmp_ptr(const void *a, const void *b)
     return natcmp(*(char *const *)a, *(char *const *)b);
 }
 
-/* strict integer: the whole string */
-static int parse_long_str(const char *s, long *out)
+int moe_trace_parse_long(const char *s, long *out)
 {
     char *end;
     errno = 0;
@@ -136,14 +117,14 @@ static int parse_long_str(const char *s, long *out)
     return 0;
 }
 
-static void chomp(char *s)
+void moe_trace_chomp(char *s)
 {
     size_t n = strlen(s);
     while (n && (s[n - 1] == '\n' || s[n - 1] == '\r'))
         s[--n] = '\0';
 }
 
-static int blank(const char *s)
+int moe_trace_blank(const char *s)
 {
     while (*s && isspace((unsigned char)*s))
         s++;
@@ -190,7 +171,7 @@ static int list_files(const char *dir, int (*accept)(const char *), strlist *out
 {
     DIR *d = opendir(dir);
     if (!d)
-        return moe_fail(MOE_EIO, hint_traces, "cannot read folder: %s (%s)", strerror(errno),
+        return moe_fail(MOE_EIO, moe_trace_hint, "cannot read folder: %s (%s)", strerror(errno),
                         dir);
     int rc = MOE_OK;
     struct dirent *de;
@@ -244,34 +225,9 @@ static int flame_layer_of(const char *path)
     return v >= 0 && v < MOE_TRACE_MAX_LAYERS ? (int)v : -1;
 }
 
-/* ---- records and sinks ------------------------------------------------------------------ */
+/* ---- checks ------------------------------------------------------------------ */
 
-typedef struct {
-    const char *file;
-    long line;
-    int layer;
-    long seq, pos;            /* sequence (prompt, problem) and token position within it */
-    int E;                    /* experts of the trace */
-    int k;
-    const int32_t *experts;   /* (K) */
-    const double *w;          /* (K) recorded gate weights, or NULL */
-    const double *p;          /* (E) recorded router probabilities, or NULL */
-    const char *text;         /* token text, or NULL */
-} trace_rec;
-
-enum { SINK_MORE = 0, SINK_STOP = -1 }; /* or a MOE error code > 0 */
-typedef int (*trace_sink)(void *ctx, const trace_rec *r);
-
-/* What a trace holds, shared by the readers of one load (consistency across files). */
-typedef struct {
-    int E;
-    int K;         /* 0 until the first record */
-    int has_w;     /* -1 until the first record */
-    long seq_next; /* next sequence number */
-    long files;
-} trace_state;
-
-static int check_k(trace_state *st, int k, int has_w, const char *file, long line)
+int moe_trace_check_k(moe_trace_state *st, int k, int has_w, const char *file, long line)
 {
     if (st->K == 0) {
         st->K = k;
@@ -288,8 +244,7 @@ static int check_k(trace_state *st, int k, int has_w, const char *file, long lin
     return MOE_OK;
 }
 
-/* ids in 0..E-1 and distinct */
-static int check_ids(const int32_t *ids, int k, int E, const char *file, long line)
+int moe_trace_check_ids(const int32_t *ids, int k, int E, const char *file, long line)
 {
     for (int j = 0; j < k; j++) {
         if (ids[j] < 0 || ids[j] >= E)
@@ -304,617 +259,18 @@ static int check_ids(const int32_t *ids, int k, int E, const char *file, long li
     return MOE_OK;
 }
 
-/* ---- DeepSeek-V2-Lite CSV ----------------------------------------------------------------- */
-
-static const char ds_header[] = "Layer ID,Batch Number,Token,Activated Expert IDs";
-static const char *const hint_ds_header =
-    "a DeepSeek trace starts with the header Layer ID,Batch Number,Token,Activated Expert IDs";
-static const char *const hint_ds_layers =
-    "every layer of a prompt logs every token: is the file truncated?";
-
-/* Split one CSV line (newline removed) into at most maxf fields, in place; RFC 4180 quoting
- * ("" inside quotes is a quote). Returns the number of fields, -1 for an unterminated quote,
- * -2 for text after a closing quote, maxf + 1 for too many fields. */
-static int csv_split(char *s, char **f, int maxf)
+const char *moe_trace_gz_message(const char *msg, const char *path)
 {
-    int nf = 0;
-    char *r = s, *w = s;
-    for (;;) {
-        if (nf == maxf)
-            return maxf + 1;
-        f[nf++] = w;
-        if (*r == '"') {
-            r++;
-            for (;;) {
-                if (!*r)
-                    return -1;
-                if (*r == '"') {
-                    if (r[1] == '"') {
-                        *w++ = '"';
-                        r += 2;
-                        continue;
-                    }
-                    r++;
-                    break;
-                }
-                *w++ = *r++;
-            }
-            if (*r && *r != ',')
-                return -2;
-        } else {
-            while (*r && *r != ',')
-                *w++ = *r++;
-        }
-        if (!*r) {
-            *w = '\0';
-            return nf;
-        }
-        r++; /* the comma */
-        *w++ = '\0';
-    }
+    size_t n = strlen(path);
+    if (msg && strncmp(msg, path, n) == 0 && msg[n] == ':' && msg[n + 1] == ' ')
+        return msg + n + 2;
+    return msg ? msg : "";
 }
 
-/* "[8, 26, 56]" -> ids; returns k, or -1 on a syntax error, -2 for more than maxk ids. */
-static int parse_id_list(const char *s, int32_t *ids, int maxk)
+const char *moe_trace_skip_bom(const char *line)
 {
-    int k = 0;
-    while (isspace((unsigned char)*s))
-        s++;
-    if (*s++ != '[')
-        return -1;
-    for (;;) {
-        while (isspace((unsigned char)*s))
-            s++;
-        if (*s == ']' && k == 0)
-            return -1;
-        char *end;
-        errno = 0;
-        long v = strtol(s, &end, 10);
-        if (end == s || errno || v < INT32_MIN || v > INT32_MAX)
-            return -1;
-        if (k == maxk)
-            return -2;
-        ids[k++] = (int32_t)v;
-        s = end;
-        while (isspace((unsigned char)*s))
-            s++;
-        if (*s == ',') {
-            s++;
-            continue;
-        }
-        if (*s != ']')
-            return -1;
-        s++;
-        while (isspace((unsigned char)*s))
-            s++;
-        return *s ? -1 : k;
-    }
-}
-
-static int read_deepseek(const char *path, trace_state *st, trace_sink sink, void *ctx)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return moe_fail(MOE_EIO, hint_traces, "cannot open trace: %s (%s)", strerror(errno),
-                        path);
-    char *line = NULL;
-    size_t cap = 0;
-    long ln = 0, rows = 0, pos = 0, first_count = -1;
-    int rc = MOE_OK, cur = -1, first_layer = -1;
-    unsigned char *seen = calloc(MOE_TRACE_MAX_LAYERS, 1);
-    long seq = st->seq_next++;
-    if (!seen) {
-        fclose(f);
-        return moe_fail(MOE_ENOMEM, NULL, "out of memory (%s)", path);
-    }
-    if (getline(&line, &cap, f) < 0) {
-        rc = moe_fail(MOE_EFORMAT, hint_ds_header, "empty file: no header (%s)", path);
-        goto done;
-    }
-    ln = 1;
-    chomp(line);
-    const char *h = line;
-    if ((unsigned char)h[0] == 0xEF && (unsigned char)h[1] == 0xBB && (unsigned char)h[2] == 0xBF)
-        h += 3;
-    if (strcmp(h, ds_header) != 0) {
-        rc = moe_fail(MOE_EFORMAT, hint_ds_header, "not a DeepSeek trace: header '%.80s' (%s:1)",
-                      h, path);
-        goto done;
-    }
-    while (getline(&line, &cap, f) >= 0) {
-        ln++;
-        chomp(line);
-        if (blank(line))
-            continue;
-        char *fld[4];
-        int nf = csv_split(line, fld, 4);
-        if (nf == -1 || nf == -2) {
-            rc = moe_fail(MOE_EFORMAT, "is the file truncated?", "%s (%s:%ld)",
-                          nf == -1 ? "unterminated quoted field" : "text after a closing quote",
-                          path, ln);
-            goto done;
-        }
-        if (nf != 4) {
-            rc = moe_fail(MOE_EFORMAT, "columns: Layer ID,Batch Number,Token,Activated Expert IDs",
-                          "expected 4 columns, found %s%d (%s:%ld)", nf > 4 ? "more than " : "",
-                          nf > 4 ? 4 : nf, path, ln);
-            goto done;
-        }
-        long layer, batch;
-        if (parse_long_str(fld[0], &layer) || layer < 0 || layer >= MOE_TRACE_MAX_LAYERS) {
-            rc = moe_fail(MOE_EFORMAT, NULL, "bad layer id '%.40s' (%s:%ld)", fld[0], path, ln);
-            goto done;
-        }
-        if (parse_long_str(fld[1], &batch)) {
-            rc = moe_fail(MOE_EFORMAT, NULL, "bad batch number '%.40s' (%s:%ld)", fld[1], path,
-                          ln);
-            goto done;
-        }
-        int32_t ids[DS_E];
-        int k = parse_id_list(fld[3], ids, DS_E);
-        if (k < 0) {
-            rc = moe_fail(MOE_EFORMAT, "expert ids are written \"[8, 26, 56, 57, 60, 43]\"",
-                          "bad expert id list '%.60s' (%s:%ld)", fld[3], path, ln);
-            goto done;
-        }
-        if ((rc = check_ids(ids, k, DS_E, path, ln)) || (rc = check_k(st, k, 0, path, ln)))
-            goto done;
-        if (layer != cur) {
-            if (cur >= 0 && first_count < 0) {
-                first_count = pos; /* tokens of the file's first layer */
-            } else if (cur >= 0 && pos != first_count) {
-                rc = moe_fail(MOE_EFORMAT, hint_ds_layers,
-                              "layer %d has %ld tokens, layer %d has %ld (%s:%ld)", cur, pos,
-                              first_layer, first_count, path, ln - 1);
-                goto done;
-            }
-            if (seen[layer]) {
-                rc = moe_fail(MOE_EFORMAT, "rows are grouped by layer",
-                              "rows of layer %ld are not contiguous (%s:%ld)", layer, path, ln);
-                goto done;
-            }
-            seen[layer] = 1;
-            if (first_layer < 0)
-                first_layer = (int)layer;
-            cur = (int)layer;
-            pos = 0;
-        }
-        trace_rec r = {path, ln, (int)layer, seq, pos++, DS_E, k, ids, NULL, NULL, fld[2]};
-        rows++;
-        rc = sink(ctx, &r);
-        if (rc)
-            goto done;
-    }
-    if (ferror(f)) {
-        rc = moe_fail(MOE_EIO, NULL, "read error: %s (%s)", strerror(errno), path);
-        goto done;
-    }
-    if (rows == 0) {
-        rc = moe_fail(MOE_EFORMAT, NULL, "no records after the header (%s)", path);
-        goto done;
-    }
-    if (first_count >= 0 && pos != first_count)
-        rc = moe_fail(MOE_EFORMAT, hint_ds_layers,
-                      "layer %d has %ld tokens, layer %d has %ld (%s:%ld)", cur, pos, first_layer,
-                      first_count, path, ln);
-done:
-    free(seen);
-    free(line);
-    fclose(f);
-    return rc;
-}
-
-/* ---- Mixtral-8x7B JSONL ----------------------------------------------------------------- */
-
-typedef struct {
-    long id, seq;
-    int decode;        /* token_pos logs: past the prefill */
-    long base, step;   /* decode positions: base + step */
-    int prev_layer;
-    long max_pos;
-    long last[MOE_TRACE_MAX_LAYERS]; /* last position seen at each layer, -1 = none */
-} mx_problem;
-
-static int mx_int(json_t *o, const char *key, long lo, long hi, long *out)
-{
-    json_t *v = json_object_get(o, key);
-    if (!v)
-        return 1;
-    if (!json_is_integer(v))
-        return -1;
-    json_int_t x = json_integer_value(v);
-    if (x < lo || x > hi)
-        return -1;
-    *out = (long)x;
-    return 0;
-}
-
-static int read_mixtral(const char *path, trace_state *st, trace_sink sink, void *ctx)
-{
-    FILE *f = fopen(path, "r");
-    if (!f)
-        return moe_fail(MOE_EIO, hint_traces, "cannot open trace: %s (%s)", strerror(errno),
-                        path);
-    char *line = NULL;
-    size_t cap = 0;
-    long ln = 0, rows = 0;
-    int rc = MOE_OK;
-    mx_problem **pr = NULL;
-    size_t npr = 0, cur = 0;
-    json_t *o = NULL;
-    while (getline(&line, &cap, f) >= 0) {
-        ln++;
-        chomp(line);
-        if (blank(line))
-            continue;
-        json_error_t jerr;
-        o = json_loads(line, 0, &jerr);
-        if (!o) {
-            rc = moe_fail(MOE_EFORMAT, "one JSON object per line: is the file truncated?",
-                          "not a JSON record: %s (%s:%ld)", jerr.text, path, ln);
-            goto done;
-        }
-        if (!json_is_object(o)) {
-            rc = moe_fail(MOE_EFORMAT, NULL, "record is not a JSON object (%s:%ld)", path, ln);
-            goto done;
-        }
-        long layer, pid = 0, idx;
-        if (mx_int(o, "layer", 0, MOE_TRACE_MAX_LAYERS - 1, &layer)) {
-            rc = moe_fail(MOE_EFORMAT,
-                          "records read {\"problem_id\": 0, \"layer\": 0, \"experts\": [6, 5], "
-                          "\"gating_probs\": [0.7, 0.3], \"token_idx\": 0}",
-                          "missing or bad \"layer\" (an integer 0..%d) (%s:%ld)",
-                          MOE_TRACE_MAX_LAYERS - 1, path, ln);
-            goto done;
-        }
-        if (mx_int(o, "problem_id", 0, LONG_MAX, &pid) < 0) {
-            rc = moe_fail(MOE_EFORMAT, NULL, "bad \"problem_id\" (%s:%ld)", path, ln);
-            goto done;
-        }
-        json_t *je = json_object_get(o, "experts"), *jg = json_object_get(o, "gating_probs");
-        int k = json_is_array(je) ? (int)json_array_size(je) : 0;
-        if (k < 1 || k > MX_E) {
-            rc = moe_fail(MOE_EFORMAT, NULL,
-                          "missing or bad \"experts\" (a list of 1..%d expert ids) (%s:%ld)", MX_E,
-                          path, ln);
-            goto done;
-        }
-        int32_t ids[MX_E];
-        double w[MX_E];
-        for (int j = 0; j < k; j++) {
-            json_t *v = json_array_get(je, (size_t)j);
-            if (!json_is_integer(v) || json_integer_value(v) < INT32_MIN ||
-                json_integer_value(v) > INT32_MAX) {
-                rc = moe_fail(MOE_EFORMAT, NULL, "expert id %d is not an integer (%s:%ld)", j,
-                              path, ln);
-                goto done;
-            }
-            ids[j] = (int32_t)json_integer_value(v);
-        }
-        if ((rc = check_ids(ids, k, MX_E, path, ln)))
-            goto done;
-        if (jg) {
-            if (!json_is_array(jg) || (int)json_array_size(jg) != k) {
-                rc = moe_fail(MOE_EFORMAT, NULL,
-                              "\"gating_probs\" must list one weight per expert (%d) (%s:%ld)", k,
-                              path, ln);
-                goto done;
-            }
-            for (int j = 0; j < k; j++) {
-                json_t *v = json_array_get(jg, (size_t)j);
-                w[j] = json_is_number(v) ? json_number_value(v) : NAN;
-                if (!(w[j] >= 0.0 && w[j] <= 1.0)) {
-                    rc = moe_fail(MOE_EFORMAT, NULL,
-                                  "gating_probs[%d] is not a probability in [0, 1] (%s:%ld)", j,
-                                  path, ln);
-                    goto done;
-                }
-            }
-        }
-        if ((rc = check_k(st, k, jg != NULL, path, ln)))
-            goto done;
-        /* the problem's state */
-        if (npr == 0 || pr[cur]->id != pid) {
-            size_t i = 0;
-            while (i < npr && pr[i]->id != pid)
-                i++;
-            if (i == npr) {
-                mx_problem **np = realloc(pr, (npr + 1) * sizeof *np);
-                mx_problem *p = np ? malloc(sizeof *p) : NULL;
-                if (np)
-                    pr = np;
-                if (!p) {
-                    rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (%s)", path);
-                    goto done;
-                }
-                p->id = pid;
-                p->seq = st->seq_next++;
-                p->decode = 0;
-                p->base = p->step = 0;
-                p->prev_layer = -1;
-                p->max_pos = -1;
-                for (int l = 0; l < MOE_TRACE_MAX_LAYERS; l++)
-                    p->last[l] = -1;
-                pr[npr++] = p;
-            }
-            cur = i;
-        }
-        mx_problem *p = pr[cur];
-        long pos;
-        int r1 = mx_int(o, "token_idx", 0, LONG_MAX / 2, &idx);
-        if (r1 == 0) {
-            pos = idx;
-        } else if (r1 == 1 && mx_int(o, "token_pos", 0, LONG_MAX / 2, &idx) == 0) {
-            if (!p->decode && p->last[layer] >= 0 && idx <= p->last[layer]) {
-                p->decode = 1; /* position did not advance: the decode steps begin */
-                p->base = p->max_pos + 1;
-                p->step = 0;
-                p->prev_layer = (int)layer;
-            } else if (p->decode) {
-                if (idx != 0) {
-                    rc = moe_fail(MOE_EFORMAT,
-                                  "after the prefill, every decode record has token_pos 0",
-                                  "token_pos %ld in the decode part of problem %ld (%s:%ld)", idx,
-                                  pid, path, ln);
-                    goto done;
-                }
-                if (layer <= p->prev_layer)
-                    p->step++;
-                p->prev_layer = (int)layer;
-            }
-            pos = p->decode ? p->base + p->step : idx;
-        } else {
-            rc = moe_fail(MOE_EFORMAT, NULL,
-                          "record needs an integer \"token_idx\" or \"token_pos\" (%s:%ld)", path,
-                          ln);
-            goto done;
-        }
-        if (pos <= p->last[layer]) {
-            rc = moe_fail(MOE_EFORMAT,
-                          "records of one (problem, layer) come in token order, once each",
-                          "duplicate or out-of-order record: problem %ld, layer %ld, token %ld "
-                          "(%s:%ld)",
-                          pid, layer, pos, path, ln);
-            goto done;
-        }
-        p->last[layer] = pos;
-        if (pos > p->max_pos)
-            p->max_pos = pos;
-        trace_rec r = {path, ln, (int)layer, p->seq, pos, MX_E, k, ids, jg ? w : NULL, NULL, NULL};
-        rows++;
-        json_decref(o);
-        o = NULL;
-        if ((rc = sink(ctx, &r)))
-            goto done;
-    }
-    if (ferror(f)) {
-        rc = moe_fail(MOE_EIO, NULL, "read error: %s (%s)", strerror(errno), path);
-        goto done;
-    }
-    if (rows == 0)
-        rc = moe_fail(MOE_EFORMAT, NULL, "no records (%s)", path);
-done:
-    json_decref(o);
-    for (size_t i = 0; i < npr; i++)
-        free(pr[i]);
-    free(pr);
-    free(line);
-    fclose(f);
-    return rc;
-}
-
-/* ---- FLAME-MoE csv(.gz) ------------------------------------------------------------------- */
-
-static const char *const hint_flame_header =
-    "a FLAME trace starts with the header layer_id,token_id,expert_0,...,expert_{E-1}";
-
-/* Read one line with gzgets; 1 = line, 0 = end of file, < 0 = error (code negated). */
-static int gz_line(gzFile g, char *buf, int len, const char *path, long ln)
-{
-    if (!gzgets(g, buf, len)) {
-        int err;
-        const char *m = gzerror(g, &err);
-        if (err != Z_OK)
-            return -moe_fail(MOE_EFORMAT, "is the file truncated?",
-                             "corrupt or truncated gzip data: %s (%s:%ld)", m, path, ln);
-        return 0;
-    }
-    size_t n = strlen(buf);
-    if (n > 0 && buf[n - 1] != '\n') { /* a last line: complete, or cut by a broken stream */
-        int err;
-        const char *m = gzerror(g, &err);
-        if (err != Z_OK)
-            return -moe_fail(MOE_EFORMAT, "is the file truncated?",
-                             "corrupt or truncated gzip data: %s (%s:%ld)", m, path, ln);
-    }
-    if (n == (size_t)len - 1 && buf[n - 1] != '\n' && !gzeof(g))
-        return -moe_fail(MOE_EFORMAT, NULL, "line longer than %d bytes (%s:%ld)", len - 1, path,
-                         ln);
-    chomp(buf);
-    return 1;
-}
-
-/* Split on commas in place (no quoting in this format). Returns the field count. */
-static int split_commas(char *s, char **f, int maxf)
-{
-    int nf = 0;
-    for (;;) {
-        if (nf == maxf)
-            return maxf + 1;
-        f[nf++] = s;
-        char *c = strchr(s, ',');
-        if (!c)
-            return nf;
-        *c = '\0';
-        s = c + 1;
-    }
-}
-
-static int read_flame(const char *path, int layer, trace_state *st, trace_sink sink, void *ctx)
-{
-    gzFile g = gzopen(path, "rb");
-    if (!g)
-        return moe_fail(MOE_EIO, hint_traces, "cannot open trace: %s (%s)",
-                        errno ? strerror(errno) : "gzopen failed", path);
-    char *buf = malloc(LINE_MAX_FLAME);
-    char **fld = malloc((FLAME_MAX_E + 3) * sizeof *fld);
-    double *p = malloc(FLAME_MAX_E * sizeof *p);
-    double *w = malloc(FLAME_MAX_E * sizeof *w);
-    int32_t *ids = malloc(FLAME_MAX_E * sizeof *ids);
-    int rc = MOE_OK, E = 0, got;
-    long ln = 1, rows = 0;
-    if (!buf || !fld || !p || !w || !ids) {
-        rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (%s)", path);
-        goto done;
-    }
-    if ((got = gz_line(g, buf, LINE_MAX_FLAME, path, ln)) <= 0) {
-        rc = got < 0 ? -got
-                     : moe_fail(MOE_EFORMAT, hint_flame_header, "empty file: no header (%s)",
-                                path);
-        goto done;
-    }
-    int nf = split_commas(buf, fld, FLAME_MAX_E + 2);
-    int hdr_ok = nf >= 3 && nf <= FLAME_MAX_E + 2 && !strcmp(fld[0], "layer_id") &&
-                 !strcmp(fld[1], "token_id");
-    for (int e = 0; hdr_ok && e < nf - 2; e++) {
-        char want[32];
-        snprintf(want, sizeof want, "expert_%d", e);
-        hdr_ok = !strcmp(fld[e + 2], want);
-    }
-    if (!hdr_ok) {
-        rc = moe_fail(MOE_EFORMAT, hint_flame_header, "not a FLAME trace: bad header (%s:1)", path);
-        goto done;
-    }
-    E = nf - 2;
-    if (st->E == 0)
-        st->E = E;
-    if (E != st->E) {
-        rc = moe_fail(MOE_EFORMAT, NULL, "file has %d experts, earlier files %d (%s:1)", E, st->E,
-                      path);
-        goto done;
-    }
-    long seq = st->seq_next; /* every layer file holds the same tokens */
-    while ((got = gz_line(g, buf, LINE_MAX_FLAME, path, ln + 1)) > 0) {
-        ln++;
-        if (blank(buf))
-            continue;
-        nf = split_commas(buf, fld, E + 2);
-        if (nf != E + 2) {
-            rc = moe_fail(MOE_EFORMAT, "columns: layer_id,token_id,expert_0,...,expert_{E-1}",
-                          "expected %d columns, found %s%d (%s:%ld)", E + 2,
-                          nf > E + 2 ? "more than " : "", nf > E + 2 ? E + 2 : nf, path, ln);
-            goto done;
-        }
-        long v;
-        if (parse_long_str(fld[0], &v) || parse_long_str(fld[1], &v) || v < 0) {
-            rc = moe_fail(MOE_EFORMAT, NULL, "bad layer_id or token_id (%s:%ld)", path, ln);
-            goto done;
-        }
-        int k = 0;
-        for (int e = 0; e < E; e++) {
-            char *end;
-            p[e] = strtod(fld[e + 2], &end);
-            if (end == fld[e + 2] || *end || !(p[e] >= 0.0 && p[e] <= 1.0)) {
-                rc = moe_fail(MOE_EFORMAT, "scores are router probabilities in [0, 1]",
-                              "bad score '%.30s' for expert %d (%s:%ld)", fld[e + 2], e, path, ln);
-                goto done;
-            }
-            if (p[e] > 0.0) {
-                /* insert by descending p, ties keep the lower expert first */
-                int j = k++;
-                while (j > 0 && p[ids[j - 1]] < p[e]) {
-                    ids[j] = ids[j - 1];
-                    j--;
-                }
-                ids[j] = e;
-            }
-        }
-        if (k == 0) {
-            rc = moe_fail(MOE_EFORMAT, NULL, "row has no non-zero score (%s:%ld)", path, ln);
-            goto done;
-        }
-        if ((rc = check_k(st, k, 1, path, ln)))
-            goto done;
-        for (int j = 0; j < k; j++)
-            w[j] = p[ids[j]];
-        trace_rec r = {path, ln, layer, seq, rows++, E, k, ids, w, p, NULL};
-        if ((rc = sink(ctx, &r)))
-            goto done;
-    }
-    if (got < 0) {
-        rc = -got;
-        goto done;
-    }
-    if (rows == 0)
-        rc = moe_fail(MOE_EFORMAT, NULL, "no records after the header (%s)", path);
-done:
-    free(buf);
-    free(fld);
-    free(p);
-    free(w);
-    free(ids);
-    gzclose(g);
-    return rc;
-}
-
-/* ---- Fiddler popularity JSON --------------------------------------------------------------- */
-
-int moe_trace_popularity_read(const char *path, int *L, int *E, long **counts)
-{
-    *counts = NULL;
-    if (!is_file(path))
-        return moe_fail(MOE_EIO, hint_traces, "cannot open trace: %s (%s)",
-                        is_dir(path) ? "is a folder, give one expert_popularity_*.json"
-                                     : strerror(ENOENT),
-                        path);
-    json_error_t jerr;
-    json_t *root = json_load_file(path, 0, &jerr);
-    if (!root)
-        return moe_fail(MOE_EFORMAT, "is the file truncated?", "not JSON: %s (%s:%d)", jerr.text,
-                        path, jerr.line);
-    json_t *pop = json_object_get(root, "expert_popularity");
-    size_t nl = json_is_array(pop) ? json_array_size(pop) : 0;
-    json_t *row0 = nl ? json_array_get(pop, 0) : NULL;
-    size_t ne = json_is_array(row0) ? json_array_size(row0) : 0;
-    int rc = MOE_OK;
-    if (nl == 0 || nl > MOE_TRACE_MAX_LAYERS || ne == 0 || ne > FLAME_MAX_E) {
-        rc = moe_fail(MOE_EFORMAT, "expected {\"expert_popularity\": [[8 counts] per layer]}",
-                      "no \"expert_popularity\" layers x experts array (%s)", path);
-        goto done;
-    }
-    long *c = malloc(nl * ne * sizeof *c);
-    if (!c) {
-        rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (%s)", path);
-        goto done;
-    }
-    for (size_t l = 0; l < nl; l++) {
-        json_t *row = json_array_get(pop, l);
-        if (!json_is_array(row) || json_array_size(row) != ne) {
-            free(c);
-            rc = moe_fail(MOE_EFORMAT, "every layer lists one count per expert",
-                          "layer %zu of expert_popularity does not have %zu counts (%s)", l, ne,
-                          path);
-            goto done;
-        }
-        for (size_t e = 0; e < ne; e++) {
-            json_t *v = json_array_get(row, e);
-            if (!json_is_integer(v) || json_integer_value(v) < 0 ||
-                json_integer_value(v) > LONG_MAX / 4) {
-                free(c);
-                rc = moe_fail(MOE_EFORMAT, NULL,
-                              "count of layer %zu, expert %zu is not a non-negative integer (%s)",
-                              l, e, path);
-                goto done;
-            }
-            c[l * ne + e] = (long)json_integer_value(v);
-        }
-    }
-    *counts = c;
-    *L = (int)nl;
-    *E = (int)ne;
-done:
-    json_decref(root);
-    return rc;
+    const unsigned char *u = (const unsigned char *)line;
+    return u[0] == 0xEF && u[1] == 0xBB && u[2] == 0xBF ? line + 3 : line;
 }
 
 /* ---- affinities ---------------------------------------------------------------------------- */
@@ -980,7 +336,7 @@ static int grow(void **p, size_t count, size_t size)
     return MOE_OK;
 }
 
-static int load_sink(void *vctx, const trace_rec *r)
+static int load_sink(void *vctx, const moe_trace_rec *r)
 {
     load_ctx *c = vctx;
     if (r->layer < c->lo)
@@ -988,7 +344,7 @@ static int load_sink(void *vctx, const trace_rec *r)
     if (r->layer > c->hi)
         c->hi = r->layer;
     if (c->layer >= 0 && r->layer != c->layer)
-        return SINK_MORE;
+        return MOE_TRACE_MORE;
     moe_rec *rec = c->rec;
     const int K = r->k;
     if (rec->n == 0) {
@@ -1019,20 +375,20 @@ static int load_sink(void *vctx, const trace_rec *r)
         rec->ids[t] = (int64_t)(fnv1a(r->text) % (uint64_t)c->vocab);
     moe_trace_affinity(E, K, r->experts, r->w, r->p, 0, rec->logits + t * E);
     rec->n++;
-    return rec->n >= c->max ? SINK_STOP : SINK_MORE;
+    return rec->n >= c->max ? MOE_TRACE_STOP : MOE_TRACE_MORE;
 }
 
-static int read_one(int format, const char *file, int layer, trace_state *st, trace_sink sink,
-                    void *ctx)
+static int read_one(int format, const char *file, int layer, moe_trace_state *st,
+                    moe_trace_sink sink, void *ctx)
 {
     st->files++;
     switch (format) {
     case MOE_TRACE_DEEPSEEK:
-        return read_deepseek(file, st, sink, ctx);
+        return moe_trace_read_deepseek(file, st, sink, ctx);
     case MOE_TRACE_MIXTRAL:
-        return read_mixtral(file, st, sink, ctx);
+        return moe_trace_read_mixtral(file, st, sink, ctx);
     case MOE_TRACE_FLAME:
-        return read_flame(file, layer, st, sink, ctx);
+        return moe_trace_read_flame(file, layer, st, sink, ctx);
     default:
         return moe_fail(MOE_EINVAL, NULL, "trace format %d has no record reader", format);
     }
@@ -1054,14 +410,14 @@ static int trace_files(int format, const char *path, strlist *files)
     if (is_file(path))
         return strlist_add(files, NULL, path);
     if (!is_dir(path))
-        return moe_fail(MOE_EIO, hint_traces, "trace not found: %s (%s)", strerror(ENOENT),
+        return moe_fail(MOE_EIO, moe_trace_hint, "trace not found: %s (%s)", strerror(ENOENT),
                         path);
     int (*acc)(const char *) = format == MOE_TRACE_DEEPSEEK  ? accept_csv
                                : format == MOE_TRACE_MIXTRAL ? accept_routing
                                                              : accept_flame;
     int rc = list_files(path, acc, files, 1);
     if (!rc && files->n == 0)
-        rc = moe_fail(MOE_EFORMAT, hint_traces, "no trace files (%s) in folder (%s)",
+        rc = moe_fail(MOE_EFORMAT, moe_trace_hint, "no trace files (%s) in folder (%s)",
                       format_glob(format), path);
     return rc;
 }
@@ -1082,7 +438,7 @@ int moe_trace_load(int format, const char *path, int layer, long max_tokens, lon
     load_ctx c = {single && format == MOE_TRACE_FLAME ? -1 : layer,
                   max_tokens > 0 ? max_tokens : LONG_MAX, vocab > 0 ? vocab : 1,
                   0, rec, 0, INT_MAX, -1};
-    trace_state st = {format == MOE_TRACE_FLAME ? 0 : moe_trace_experts(format), 0, -1, 0, 0};
+    moe_trace_state st = {format == MOE_TRACE_FLAME ? 0 : moe_trace_experts(format), 0, -1, 0, 0};
     for (size_t i = 0; i < files.n && !rc; i++) {
         int fl = layer;
         if (format == MOE_TRACE_FLAME) {
@@ -1098,7 +454,7 @@ int moe_trace_load(int format, const char *path, int layer, long max_tokens, lon
         }
         rc = read_one(format, files.v[i], fl, &st, load_sink, &c);
     }
-    if (rc == SINK_STOP)
+    if (rc == MOE_TRACE_STOP)
         rc = MOE_OK;
     if (!rc && rec->n == 0) {
         if (c.hi >= 0)
@@ -1118,6 +474,28 @@ int moe_trace_load(int format, const char *path, int layer, long max_tokens, lon
     return MOE_OK;
 }
 
+/* ---- the per-token trace sources ------------------------------------------------------------ */
+
+int moe_trace_source_open(moe_source *s, int format)
+{
+    char def[4096];
+    const char *path = moe_source_str(s, "path");
+    if (!moe_source_given(s, "path")) {
+        snprintf(def, sizeof def, "%s/%s", moe_trace_root(), moe_trace_folder(format));
+        path = def;
+    }
+    moe_rec *r = moe_source_rec_alloc(s);
+    if (!r)
+        return MOE_ENOMEM;
+    int rc = moe_trace_load(format, path, (int)moe_source_num(s, "layer"),
+                            (long)moe_source_num(s, "max_tokens"), s->vocab, r);
+    if (rc)
+        return rc;
+    s->required_m = r->E;
+    moe_source_rec_ready(s);
+    return MOE_OK;
+}
+
 /* ---- trace info ----------------------------------------------------------------------------- */
 
 typedef struct {
@@ -1130,7 +508,7 @@ typedef struct {
     int has_text;
 } info_ctx;
 
-static int info_sink(void *vctx, const trace_rec *r)
+static int info_sink(void *vctx, const moe_trace_rec *r)
 {
     info_ctx *c = vctx;
     if (!c->counts) {
@@ -1159,7 +537,7 @@ static int info_sink(void *vctx, const trace_rec *r)
     c->tokens[r->layer]++;
     c->records++;
     c->has_text |= r->text != NULL;
-    return SINK_MORE;
+    return MOE_TRACE_MORE;
 }
 
 /* Detect the format of one file from its name and first line. */
@@ -1175,24 +553,31 @@ static int detect_format(const char *file, int *format)
     }
     gzFile g = gzopen(file, "rb");
     if (!g)
-        return moe_fail(MOE_EIO, hint_traces, "cannot open trace: %s (%s)",
+        return moe_fail(MOE_EIO, moe_trace_hint, "cannot open trace: %s (%s)",
                         errno ? strerror(errno) : "gzopen failed", file);
     char head[128] = "";
-    if (!gzgets(g, head, sizeof head))
+    int zerr = Z_OK;
+    char zmsg[128] = "";
+    if (!gzgets(g, head, sizeof head)) {
         head[0] = '\0';
+        snprintf(zmsg, sizeof zmsg, "%s", moe_trace_gz_message(gzerror(g, &zerr), file));
+    }
     gzclose(g);
-    if (!strncmp(head, ds_header, sizeof ds_header - 1) ||
-        !strncmp(head, "\xEF\xBB\xBF" "Layer ID,", 12)) {
+    if (zerr != Z_OK)
+        return moe_fail(MOE_EFORMAT, "is the file truncated or not gzip?",
+                        "corrupt or truncated gzip data: %s (%s)", zmsg, file);
+    const char *h = moe_trace_skip_bom(head);
+    if (!strncmp(h, moe_trace_ds_header, strlen(moe_trace_ds_header))) {
         *format = MOE_TRACE_DEEPSEEK;
         return MOE_OK;
     }
-    if (!strncmp(head, "layer_id,token_id,", 18)) {
+    if (!strncmp(h, "layer_id,token_id,", 18)) {
         *format = MOE_TRACE_FLAME;
         return MOE_OK;
     }
     return moe_fail(MOE_EFORMAT,
-                    "moesim reads the DeepSeek CSV, Mixtral JSONL, FLAME csv.gz and Fiddler "
-                    "popularity JSON traces (see their SOURCE.md)",
+                    "moesim reads the DeepSeek CSV, Mixtral JSONL, FLAME csv(.gz) and Fiddler "
+                    "popularity JSON traces (moesim list sources)",
                     "unknown trace format: %s (%s)", head[0] ? "unrecognised header" : "empty file",
                     file);
 }
@@ -1221,6 +606,27 @@ static void print_layer_row(FILE *out, int layer, long tokens, const long *cnt, 
             mx);
 }
 
+/* Tokens of each layer of popularity counts (L,E): the layer's counts / 2 (top-2). */
+static long pop_layer_tokens(const long *c, int E)
+{
+    long s = 0;
+    for (int e = 0; e < E; e++)
+        s += c[e];
+    return s / 2;
+}
+
+/* max/mean of the per-expert counts of one layer (0 for an empty layer) */
+static double pop_imbalance(const long *c, int E)
+{
+    long sum = 0, mx = 0;
+    for (int e = 0; e < E; e++) {
+        sum += c[e];
+        mx = c[e] > mx ? c[e] : mx;
+    }
+    double mean = (double)sum / E;
+    return mean > 0 ? mx / mean : 0.0;
+}
+
 static int info_popularity(const char *path, FILE *out)
 {
     int L, E;
@@ -1229,13 +635,9 @@ static int info_popularity(const char *path, FILE *out)
     if (rc)
         return rc;
     long maxtok = 0;
-    for (int l = 0; l < L; l++) {
-        long s = 0;
-        for (int e = 0; e < E; e++)
-            s += c[(size_t)l * E + e];
-        if (s / 2 > maxtok)
-            maxtok = s / 2;
-    }
+    for (int l = 0; l < L; l++)
+        if (pop_layer_tokens(c + (size_t)l * E, E) > maxtok)
+            maxtok = pop_layer_tokens(c + (size_t)l * E, E);
     fprintf(out, "trace    %s\nformat   %s\nsource   %s\nfiles    1\n", path, format_desc[3],
             format_source[3]);
     fprintf(out, "layers   %d (0..%d)\nexperts  %d\n", L, L - 1, E);
@@ -1243,51 +645,89 @@ static int info_popularity(const char *path, FILE *out)
     fprintf(out, "weights  none (counts only)\ntokens   %ld (largest layer)\n", maxtok);
     fprintf(out, "recorded load per layer (imbalance = max/mean of per-expert counts):\n");
     fprintf(out, "layer   tokens  imbalance      min      max\n");
-    for (int l = 0; l < L; l++) {
-        long s = 0;
-        for (int e = 0; e < E; e++)
-            s += c[(size_t)l * E + e];
-        print_layer_row(out, l, s / 2, c + (size_t)l * E, E);
-    }
+    for (int l = 0; l < L; l++)
+        print_layer_row(out, l, pop_layer_tokens(c + (size_t)l * E, E), c + (size_t)l * E, E);
     free(c);
     return MOE_OK;
 }
 
-int moe_trace_info(const char *path, FILE *out)
+/* A folder of popularity files (and no per-token trace): one line per file. */
+static int info_popularity_folder(const char *path, const strlist *files, FILE *out)
 {
-    strlist any = {0};
-    int rc = MOE_OK, format = -1;
-    const char *probe = path;
-    if (is_dir(path)) {
-        rc = list_files(path, accept_any_trace, &any, 1);
-        /* prefer the per-token files of a folder */
-        for (size_t i = 0; !rc && i < any.n && format < 0; i++) {
-            if (ends_with(any.v[i], ".json"))
-                continue;
-            if (ends_with(any.v[i], ".jsonl") && !accept_routing(base_name(any.v[i])))
-                continue;
-            probe = any.v[i];
-            rc = detect_format(probe, &format);
+    size_t n = 0, skip = strlen(path) + 1;
+    int width = 4;
+    for (size_t i = 0; i < files->n; i++)
+        if (ends_with(files->v[i], ".json")) {
+            n++;
+            int len = (int)strlen(files->v[i] + skip);
+            width = len > width ? len : width;
         }
-        if (!rc && format < 0)
-            rc = moe_fail(MOE_EFORMAT,
-                          any.n ? "give one expert_popularity_*.json or .jsonl file" : hint_traces,
-                          "no per-token trace files in folder (%s)", path);
-    } else if (is_file(path)) {
-        rc = detect_format(path, &format);
-    } else {
-        rc = moe_fail(MOE_EIO, hint_traces, "trace not found: %s (%s)", strerror(ENOENT), path);
+    fprintf(out, "trace    %s\nformat   %s\nsource   %s\nfiles    %zu\n", path, format_desc[3],
+            format_source[3], n);
+    fprintf(out, "k        2 (Mixtral top-2; tokens = counts/2)\nweights  none (counts only)\n");
+    fprintf(out, "recorded load per file (tokens of the largest layer; imbalance = max/mean\n"
+                 "of the per-expert counts, its mean and max over the layers):\n");
+    fprintf(out, "%-*s %6s %7s %8s %9s %9s\n", width, "file", "layers", "experts", "tokens",
+            "imb mean", "imb max");
+    for (size_t i = 0; i < files->n; i++) {
+        if (!ends_with(files->v[i], ".json"))
+            continue;
+        int L, E;
+        long *c;
+        int rc = moe_trace_popularity_read(files->v[i], &L, &E, &c);
+        if (rc)
+            return rc;
+        long maxtok = 0;
+        double imb_sum = 0.0, imb_max = 0.0;
+        for (int l = 0; l < L; l++) {
+            const long *row = c + (size_t)l * E;
+            maxtok = pop_layer_tokens(row, E) > maxtok ? pop_layer_tokens(row, E) : maxtok;
+            imb_sum += pop_imbalance(row, E);
+            imb_max = fmax(imb_max, pop_imbalance(row, E));
+        }
+        free(c);
+        fprintf(out, "%-*s %6d %7d %8ld %9.4f %9.4f\n", width, files->v[i] + skip, L, E, maxtok,
+                imb_sum / L, imb_max);
     }
-    strlist_free(&any);
-    if (rc)
-        return rc;
-    if (format == MOE_TRACE_POPULARITY)
-        return info_popularity(path, out);
+    fprintf(out, "give one file for its per-layer table\n");
+    return MOE_OK;
+}
 
+/* The format of path: a file's, or that of the first per-token trace file of a folder (-1 for
+ * a folder holding only popularity counts); *files lists the folder's trace files. */
+static int info_format(const char *path, strlist *files, int *format)
+{
+    *format = -1;
+    if (is_file(path))
+        return detect_format(path, format);
+    if (!is_dir(path))
+        return moe_fail(MOE_EIO, moe_trace_hint, "trace not found: %s (%s)", strerror(ENOENT),
+                        path);
+    int rc = list_files(path, accept_any_trace, files, 1);
+    int json = 0;
+    for (size_t i = 0; !rc && i < files->n && *format < 0; i++) {
+        if (ends_with(files->v[i], ".json")) {
+            json = 1;
+            continue;
+        }
+        if (ends_with(files->v[i], ".jsonl") && !accept_routing(base_name(files->v[i])))
+            continue;
+        rc = detect_format(files->v[i], format);
+    }
+    if (!rc && *format < 0 && !json)
+        rc = moe_fail(MOE_EFORMAT, files->n ? "give one .jsonl file" : moe_trace_hint,
+                      "no trace files in folder (%s)", path);
+    return rc;
+}
+
+/* The report of a per-token trace (DeepSeek, Mixtral, FLAME). */
+static int info_records(const char *path, int format, FILE *out)
+{
     strlist files = {0};
     info_ctx c = {0};
-    trace_state st = {format == MOE_TRACE_FLAME ? 0 : moe_trace_experts(format), 0, -1, 0, 0};
-    if ((rc = trace_files(format, path, &files)))
+    moe_trace_state st = {format == MOE_TRACE_FLAME ? 0 : moe_trace_experts(format), 0, -1, 0, 0};
+    int rc = trace_files(format, path, &files);
+    if (rc)
         goto done;
     c.tokens = calloc(MOE_TRACE_MAX_LAYERS, sizeof *c.tokens);
     if (!c.tokens) {
@@ -1307,18 +747,16 @@ int moe_trace_info(const char *path, FILE *out)
         goto done;
     int E = c.E;
     int nl = 0, lo = -1, hi = -1;
-    long tokens = 0, maxl = 0;
+    long tokens = 0;
     for (int l = 0; l < MOE_TRACE_MAX_LAYERS; l++)
         if (c.tokens[l]) {
             nl++;
             if (lo < 0)
                 lo = l;
             hi = l;
-            if (c.tokens[l] > maxl)
-                maxl = c.tokens[l];
         }
-    for (long s = 0; s < c.nseq; s++)
-        tokens += c.seq_max[s] + 1;
+    for (long q = 0; q < c.nseq; q++)
+        tokens += c.seq_max[q] + 1;
     fprintf(out, "trace    %s\nformat   %s\nsource   %s\nfiles    %ld\n", path,
             format_desc[format], format_source[format], st.files);
     fprintf(out, "layers   %d (%d..%d)\nexperts  %d\nk        %d recorded experts per token\n",
@@ -1334,11 +772,25 @@ int moe_trace_info(const char *path, FILE *out)
     for (int l = 0; l < MOE_TRACE_MAX_LAYERS; l++)
         if (c.tokens[l])
             print_layer_row(out, l, c.tokens[l], c.counts + (size_t)l * c.E, E);
-    (void)maxl;
 done:
     strlist_free(&files);
     free(c.counts);
     free(c.tokens);
     free(c.seq_max);
+    return rc;
+}
+
+int moe_trace_info(const char *path, FILE *out)
+{
+    strlist any = {0};
+    int format;
+    int rc = info_format(path, &any, &format);
+    if (!rc && format < 0)
+        rc = info_popularity_folder(path, &any, out);
+    else if (!rc && format == MOE_TRACE_POPULARITY)
+        rc = info_popularity(path, out);
+    else if (!rc)
+        rc = info_records(path, format, out);
+    strlist_free(&any);
     return rc;
 }

@@ -1,11 +1,14 @@
-/* test_sources.c: the synthetic token sources (sim/sources.c) against their distributions, in
+/* test_sources.c: the synthetic token sources (sim/sources/) against their distributions, in
  * the GSL style: histograms of a sample against the exact pmf/pdf, a bin failing when it lies
  * more than 5 sigma (sqrt(N p (1-p))) from N p; on an outlier the sample is doubled (fresh
  * draws) instead of loosening the bound, twice at most. Also: reproducibility by seed and per
  * batch, repeated ids giving identical rows, drift, collapse, the gate matrix, the npy source
- * and parameter validation.
+ * and parameter validation. Registry-wide (test_registry, every type of moe_source_types):
+ * a documented parameter table with vocab, listed by `moesim list sources`; the same seed gives
+ * identical batches and gate, batch b alone equals batch b after the others, another seed
+ * other x; batch shapes; an unknown key is an error naming it and where it was written.
  *
- * Documented stream contract used here to rebuild hidden parameters (sources.c header):
+ * Documented stream contract used here to rebuild hidden parameters (sim/source.c header):
  * centres and u from (seed, MOE_STREAM_SOURCE_PARAM) through gsl_ran_dir_nd, Dirichlet weights
  * from (seed, MOE_STREAM_SOURCE_PARAM + 16) through gsl_ran_dirichlet. */
 #include "check.h"
@@ -319,7 +322,7 @@ static void test_clustered(void)
         moe_source_close(s);
     }
 
-    /* Dirichlet weights: rebuilt from (seed, SOURCE_PARAM + 16) as sources.c documents */
+    /* Dirichlet weights: rebuilt from (seed, SOURCE_PARAM + 16) as sim/source.c documents */
     moe_kv kd[] = {{"radius", "30", "t.ini", 1, NULL},
                    {"gate", "aligned", "t.ini", 2, NULL},
                    {"gate_noise", "0", "t.ini", 3, NULL},
@@ -742,6 +745,156 @@ static void test_params(void)
     }
 }
 
+/* ---- the registry ------------------------------------------------------------------------ */
+
+/* Parameters that open each source of the registry on the committed fixtures; a source without
+ * an entry here fails test_registry, so a new source comes with its test configuration. */
+#define TKV(k, v) {k, v, "t.ini", 1, NULL}
+static const struct {
+    const char *name;
+    int nkv;
+    moe_kv kv[2];
+} reg_configs[] = {
+    {"gaussian", 0, {{0}}},
+    {"clustered", 0, {{0}}},
+    {"zipf_ids", 0, {{0}}},
+    {"drift", 0, {{0}}},
+    {"collapsed", 0, {{0}}},
+    {"npy", 1, {TKV("logits", "tests/fixtures/npy/f32_2x3.npy")}},
+    {"trace_deepseek", 2, {TKV("path", "tests/fixtures/traces/deepseek"), TKV("layer", "1")}},
+    {"trace_mixtral", 2, {TKV("path", "tests/fixtures/traces/mixtral"), TKV("layer", "0")}},
+    {"trace_flame", 2, {TKV("path", "tests/fixtures/traces/flame"), TKV("layer", "2")}},
+    {"trace_mixtral_popularity", 1, {TKV("path", "tests/fixtures/traces/popularity/small.json")}},
+};
+
+/* The parameter table of a type: named, documented, within MOE_SP_MAX, with vocab. */
+static int reg_table_bad(const moe_source_type *t)
+{
+    int n = 0, bad = !t->name || !*t->name || !t->summary || !*t->summary || !t->open ||
+                     !t->batch || moe_source_find(t->name) != t;
+    int vocab = 0;
+    for (; t->params[n].key; n++) {
+        const moe_source_param *p = &t->params[n];
+        bad |= !p->def || !p->help || !*p->help || (p->kind == MOE_SP_ENUM && !p->choices);
+        vocab |= strcmp(p->key, "vocab") == 0;
+        for (int j = 0; j < n; j++)
+            bad |= strcmp(t->params[j].key, p->key) == 0;
+    }
+    return bad || n > MOE_SP_MAX || !vocab;
+}
+
+/* Batch b of two sources equal in every array. */
+static int reg_same(const moe_batch *a, const moe_batch *b)
+{
+    size_t n = (size_t)a->n;
+    if (a->n != b->n || a->d != b->d || a->m != b->m || a->k_rec != b->k_rec)
+        return 0;
+    return !memcmp(a->x, b->x, n * a->d * sizeof *a->x) &&
+           !memcmp(a->ids, b->ids, n * sizeof *a->ids) &&
+           (!a->logits || !memcmp(a->logits, b->logits, n * a->m * sizeof *a->logits)) &&
+           (!a->choices || !memcmp(a->choices, b->choices, n * a->k_rec * sizeof *a->choices)) &&
+           (!a->choice_w || !memcmp(a->choice_w, b->choice_w, n * a->k_rec * sizeof *a->choice_w));
+}
+
+/* Shapes of a batch of n = 6 tokens, d = 4, as the source announced them. */
+static int reg_shape_bad(const moe_source *s, const moe_batch *bt, int m_asked, long vocab)
+{
+    int rm = moe_source_required_m(s), recorded = (s->type->flags & MOE_SOURCE_RECORDED) != 0;
+    int bad = bt->n != 6 || bt->d != 4 || bt->m != (rm > 0 ? rm : m_asked) || !bt->x || !bt->ids;
+    bad |= (bt->k_rec > 0) != (bt->choices != NULL) || (bt->choice_w && !bt->choices);
+    bad |= !recorded && (bt->logits || bt->choices); /* synthetic: the gate GEMM routes */
+    for (int t = 0; t < bt->n; t++)
+        bad |= bt->ids[t] < 0 || bt->ids[t] >= vocab;
+    return bad;
+}
+
+/* One source of the registry, opened with its test configuration. */
+static void reg_check_source(const moe_source_type *t, const moe_kv *kv, int nkv)
+{
+    const int m = (t->flags & MOE_SOURCE_RECORDED) ? 0 : 8;
+    moe_source *a = open_src(t->name, kv, nkv, 6, 4, m, 7);
+    moe_source *b = open_src(t->name, kv, nkv, 6, 4, m, 7);
+    moe_source *c = open_src(t->name, kv, nkv, 6, 4, m, 8);
+    CHECK(a && b && c, "source %s opens with its test configuration", t->name);
+    if (a && b && c) {
+        moe_batch ba, bb, bc;
+        int rc = moe_source_batch(a, 0, &ba) || moe_source_batch(a, 1, &ba) ||
+                 moe_source_batch(a, 2, &ba) || moe_source_batch(b, 2, &bb) ||
+                 moe_source_batch(c, 2, &bc);
+        CHECK(rc == 0, "source %s: batches drawn", t->name);
+        if (!rc) {
+            CHECK(reg_same(&ba, &bb), "source %s: same seed, batch 2 alone equals batch 2 after "
+                  "batches 0 and 1", t->name);
+            CHECK(memcmp(ba.x, bc.x, 6 * 4 * sizeof *ba.x) != 0,
+                  "source %s: seeds 7 and 8 give the same x", t->name);
+            CHECK(!reg_shape_bad(a, &ba, m, a->vocab), "source %s: batch shapes", t->name);
+            const int gm = ba.m;
+            CHECK(!memcmp(moe_source_gate(a), moe_source_gate(b), 4 * (size_t)gm * sizeof(float)),
+                  "source %s: same seed, different gate", t->name);
+        }
+    }
+    moe_source_close(a);
+    moe_source_close(b);
+    moe_source_close(c);
+    /* an unknown key is refused, naming it, the source and where it was written */
+    moe_kv bad[3];
+    for (int i = 0; i < nkv; i++)
+        bad[i] = kv[i];
+    bad[nkv] = (moe_kv){"no_such_key", "1", "spec.ini", 3, NULL};
+    char want[256];
+    snprintf(want, sizeof want,
+             "unknown parameter 'no_such_key' for source %s (spec.ini:3, key no_such_key)",
+             t->name);
+    moe_source *s = NULL;
+    int rc = moe_source_open(t->name, bad, nkv + 1, 6, 4, 8, 1, &s);
+    CHECK(rc == MOE_EINVAL && !s && strstr(moe_errmsg(), want), "source %s: '%s'", t->name,
+          moe_errmsg());
+    moe_clear_error();
+    /* a synthetic source needs M >= 1 */
+    if (!(t->flags & MOE_SOURCE_RECORDED)) {
+        rc = moe_source_open(t->name, kv, nkv, 6, 4, 0, 1, &s);
+        CHECK(rc == MOE_EINVAL && !s, "source %s opened with M = 0", t->name);
+        moe_clear_error();
+    }
+}
+
+/* Registry-wide properties: every source of moe_source_types. */
+static void test_registry(void)
+{
+    const size_t nconf = sizeof reg_configs / sizeof *reg_configs;
+    int count = 0;
+    char *list = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&list, &len);
+    if (f) {
+        moe_source_list(f);
+        fclose(f);
+    }
+    for (int i = 0; moe_source_types[i]; i++, count++) {
+        const moe_source_type *t = moe_source_types[i];
+        CHECK(!reg_table_bad(t), "source %s: parameter table", t->name);
+        char head[128];
+        snprintf(head, sizeof head, "\n%s\n", t->name);
+        int listed = list && strstr(list, head);
+        for (int j = 0; listed && t->params[j].key; j++) {
+            char key[64];
+            snprintf(key, sizeof key, "    %s ", t->params[j].key);
+            listed = strstr(list, key) != NULL;
+        }
+        CHECK(listed, "moesim list sources shows %s and its parameters", t->name);
+        size_t c = 0;
+        while (c < nconf && strcmp(reg_configs[c].name, t->name) != 0)
+            c++;
+        CHECK(c < nconf, "source %s has no test configuration in test_sources.c", t->name);
+        if (c < nconf)
+            reg_check_source(t, reg_configs[c].kv, reg_configs[c].nkv);
+    }
+    free(list);
+    CHECK(count == (int)nconf, "registry holds %d sources, the test configures %zu", count, nconf);
+    CHECK(moe_source_find("no_such_source") == NULL && moe_source_find(NULL) == NULL,
+          "moe_source_find of an unknown name");
+}
+
 int main(void)
 {
     moe_install_gsl_handler();
@@ -754,5 +907,6 @@ int main(void)
     test_gate();
     test_npy();
     test_params();
+    test_registry();
     return check_report("test_sources");
 }

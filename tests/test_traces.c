@@ -1,14 +1,15 @@
-/* test_traces.c: the recorded-trace sources and readers (sim/traces.c, sim/sources.c), the
- * replay router (routers/replay.c) and `moesim trace info`:
+/* test_traces.c: the recorded-trace sources and readers (sim/traces.c, sim/sources/trace_*.c),
+ * the replay router (routers/replay.c) and `moesim trace info`:
  *   - hand-made fixtures in tests/fixtures/traces/ (written by make.py there) in the four
  *     formats: the rows, choices, weights, affinities and ids each source yields, worked by hand
  *     below; malformed files (truncated, wrong columns, ids out of range, empty, ...) give a
  *     clear error naming the file, never a crash;
  *   - replay reproduces the recorded per-expert counts exactly when dropless, and drops in
  *     choice-major order with a capacity (worked by hand);
- *   - the real traces under ../shared/data/traces (or $MOESIM_TRACES), when present: token
- *     counts from their SOURCE.md and per-expert counts from tests/fixtures/traces/
- *     real_counts.py (an independent Python reader). Absent: "skipped: ... absent", no failure.
+ *   - the real traces under moe_trace_root() ($MOESIM_TRACES), when present: token counts
+ *     from the provenance notes published with each trace and per-expert counts from
+ *     tests/fixtures/traces/real_counts.py (an independent Python reader). Absent: "skipped:
+ *     ... absent", no failure.
  * Run from the repository root. */
 #include "check.h"
 #include "moe.h"
@@ -597,6 +598,123 @@ static void test_info(void)
     free(txt);
 }
 
+/* ---- byte order marks, corrupt gzip, popularity folders ------------------------------------ */
+
+/* path with the bytes of src, after a UTF-8 byte order mark */
+static int write_with_bom(const char *src, const char *path)
+{
+    FILE *in = fopen(src, "rb"), *out = fopen(path, "wb");
+    int ok = in && out && fwrite("\xEF\xBB\xBF", 1, 3, out) == 3;
+    char buf[4096];
+    size_t n;
+    while (ok && (n = fread(buf, 1, sizeof buf, in)) > 0)
+        ok = fwrite(buf, 1, n, out) == n;
+    if (in)
+        fclose(in);
+    if (out && fclose(out))
+        ok = 0;
+    return ok;
+}
+
+/* A file that starts with a UTF-8 byte order mark reads exactly as the same file without it,
+ * in all three per-token formats (the mark is not part of the header or of the first record). */
+static void test_bom(void)
+{
+    static const struct {
+        int format, layer;
+        const char *src, *copy;
+    } cases[] = {
+        {MOE_TRACE_DEEPSEEK, 1, FX "/deepseek/sample_1.csv", "/tmp/moesim_test_traces_bom_data.csv"},
+        {MOE_TRACE_MIXTRAL, 0, FX "/mixtral/a_routing.jsonl", "/tmp/moesim_test_traces_bom_routing.jsonl"},
+        {MOE_TRACE_FLAME, 3, FX "/flame/t_layer3_enc.csv", "/tmp/moesim_test_traces_bom_layer3.csv"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        if (!write_with_bom(cases[i].src, cases[i].copy)) {
+            CHECK(0, "cannot write %s", cases[i].copy);
+            continue;
+        }
+        moe_rec a, b;
+        int ra = moe_trace_load(cases[i].format, cases[i].src, cases[i].layer, 0, 1000, &a);
+        int rb = moe_trace_load(cases[i].format, cases[i].copy, cases[i].layer, 0, 1000, &b);
+        CHECK(ra == MOE_OK && rb == MOE_OK, "load %s with a byte order mark: %s", cases[i].copy,
+              moe_errmsg());
+        moe_clear_error();
+        if (!ra && !rb) {
+            int same = a.n == b.n && a.E == b.E && a.K == b.K && a.n > 0 &&
+                       !memcmp(a.choices, b.choices, (size_t)a.n * a.K * sizeof *a.choices) &&
+                       !memcmp(a.logits, b.logits, (size_t)a.n * a.E * sizeof *a.logits);
+            CHECK(same, "%s: the rows differ from those of the file without the mark",
+                  cases[i].copy);
+        }
+        moe_rec_clear(&a);
+        moe_rec_clear(&b);
+        int rc;
+        char *txt = info_text(cases[i].copy, &rc);
+        CHECK(rc == MOE_OK && txt && !strncmp(txt, "trace ", 6), "trace info %s: %s",
+              cases[i].copy, moe_errmsg());
+        moe_clear_error();
+        free(txt);
+        remove(cases[i].copy);
+    }
+}
+
+/* Bytes that start like gzip but do not hold a deflate stream are reported as corrupt gzip
+ * data (not as an empty file), by `trace info` and by the FLAME loader. The bytes, by hand
+ * (RFC 1952 and 1951): magic 1f 8b, method 08 (deflate), flags 00, mtime 0, xfl 00, OS 03,
+ * then 0x07: BFINAL = 1 and BTYPE = 11, a block type deflate reserves (zlib: "invalid block
+ * type"), then filler. */
+static void test_corrupt_gzip(void)
+{
+    static const unsigned char bytes[] = {0x1f, 0x8b, 0x08, 0x00, 0, 0, 0, 0, 0x00, 0x03,
+                                          0x07, 0x55, 0xaa, 0x01, 0x02, 0x03};
+    const char *path = "/tmp/moesim_test_traces_layer0_corrupt.csv.gz";
+    FILE *f = fopen(path, "wb");
+    int ok = f && fwrite(bytes, 1, sizeof bytes, f) == sizeof bytes;
+    if (f && fclose(f))
+        ok = 0;
+    CHECK(ok, "cannot write %s", path);
+    int rc;
+    char *txt = info_text(path, &rc);
+    CHECK(rc == MOE_EFORMAT && strstr(moe_errmsg(), "corrupt or truncated gzip data") &&
+              strstr(moe_errmsg(), path) && !strstr(moe_errmsg(), "empty file"),
+          "trace info on corrupt gzip: rc %d, '%s'", rc, moe_errmsg());
+    moe_clear_error();
+    free(txt);
+    moe_rec r;
+    rc = moe_trace_load(MOE_TRACE_FLAME, path, 0, 0, 1000, &r);
+    CHECK(rc == MOE_EFORMAT && strstr(moe_errmsg(), "corrupt or truncated gzip data") &&
+              strstr(moe_errmsg(), path),
+          "FLAME load of corrupt gzip: rc %d, '%s'", rc, moe_errmsg());
+    moe_clear_error();
+    remove(path);
+}
+
+/* `trace info` on a folder of popularity counts: one line per file. */
+static void test_info_popularity_folder(void)
+{
+    /* tests/fixtures/traces/popularity holds small.json: layers [3 2 2 1] and [2 0 3 3]; each
+     * 8 counts = 4 tokens, max 3 / mean 2 = 1.5 in both layers (mean and max 1.5) */
+    int rc;
+    char *txt = info_text(FX "/popularity", &rc);
+    CHECK(rc == MOE_OK && txt && strstr(txt, "files    1\n") &&
+              strstr(txt, "small.json      2       4        4    1.5000    1.5000\n"),
+          "trace info on the popularity fixture folder: rc %d %s\n%s", rc, moe_errmsg(),
+          txt ? txt : "");
+    moe_clear_error();
+    free(txt);
+    /* the shipped counts: 7 subjects x 2 models; the international_law line computed from its
+     * JSON with Python's json module: tokens max over layers of sum/2 = 1920, max/mean per
+     * layer averaged over the 32 layers 1.42324, largest 1.89583 */
+    const char *shipped = "experiments/data/mixtral-8x7b-popularity";
+    txt = info_text(shipped, &rc);
+    CHECK(rc == MOE_OK && txt && strstr(txt, "files    14\n") &&
+              strstr(txt, "mixtral_8x7b_instruct/expert_popularity_international_law.json") &&
+              strstr(txt, "     32       8     1920    1.4232    1.8958\n"),
+          "trace info on %s: rc %d %s\n%s", shipped, rc, moe_errmsg(), txt ? txt : "");
+    moe_clear_error();
+    free(txt);
+}
+
 /* ---- the real traces --------------------------------------------------------------------- */
 
 static void test_real(void)
@@ -610,7 +728,8 @@ static void test_real(void)
     moe_batch bt;
     moe_plan *p;
 
-    /* DeepSeek Puffin subset, layer 1: 14,911 tokens (SOURCE.md); counts from real_counts.py */
+    /* DeepSeek Puffin subset, layer 1: 14,911 tokens (the trace's provenance notes); counts
+     * from real_counts.py */
     static const long ds_cnt[64] = {
         1327, 1100, 1926, 1357, 1231, 1521, 1871, 1233, 3619, 1344, 1284, 1520, 1022,
         1377, 1173, 1199, 840,  1160, 1582, 1173, 1187, 1390, 1255, 1113, 1981, 1040,
@@ -778,6 +897,9 @@ int main(void)
     test_popularity();
     test_malformed();
     test_info();
+    test_bom();
+    test_corrupt_gzip();
+    test_info_popularity_folder();
     test_real();
     return check_report("test_traces");
 }

@@ -1,6 +1,6 @@
 /* fuzz_trace.h: the body shared by the trace importer targets fuzz_trace_<kind>.c (sim/trace.h:
  * moe_trace_load, moe_trace_info, moe_trace_popularity_read, and the trace token sources of
- * sim/sources.c that sit on them).
+ * sim/sources/ that sit on them).
  *
  * An input is one trace file, or several separated by lines reading `#--file--` (fuzz.h), which
  * then become a folder of files named as the real traces name them (natural order, a subfolder,
