@@ -22,7 +22,8 @@
 #include "plot.h"
 
 #include "moe.h"
-#include "moe_mpi.h" /* issue 9: the expert-parallel chart ep_ranks */
+#include "moe_mpi.h" /* the expert-parallel chart ep_ranks */
+#include "paths.h"
 #include "store.h"
 
 #include <errno.h>
@@ -153,7 +154,7 @@ static const chart charts[] = {
 };
 enum { NCHARTS = sizeof charts / sizeof charts[0], NLAYOUT = 7 };
 
-/* Issue 9 (sim/mpi.c): per-rank load, bytes and all-to-all vs expert time of an expert-parallel
+/* Expert parallelism (sim/mpi.c): per-rank load, bytes and all-to-all vs expert time of an expert-parallel
  * run; drawn after the charts above only when the database has ep_ranks rows. */
 static const chart ep_chart = {
     "ep_ranks", "expert parallelism per rank (moesim run --expert-parallel)",
@@ -748,10 +749,13 @@ static int check_db(sqlite3 *db, const char *db_path, long long *npoints, double
 /* The script folder: $MOESIM_PLOTS or plots; every script and common.gp must be there. */
 static int check_scripts(const char **dir_out)
 {
+    static char found[4096];
     const char *dir = getenv("MOESIM_PLOTS");
     const int from_env = dir && *dir;
+    if (!from_env && moe_data_path("plots", found, sizeof found))
+        return MOE_EIO;
     if (!from_env)
-        dir = "plots";
+        dir = found;
     *dir_out = dir;
     static const char *const shared[] = {"common", "cf_rows"}; /* loaded by the scripts */
     for (int i = -2; i < NCHARTS; i++) {
@@ -764,7 +768,7 @@ static int check_scripts(const char **dir_out)
         if (!ok) {
             int r = moe_fail(MOE_EIO,
                              from_env ? "MOESIM_PLOTS must name moesim's plots/ folder"
-                                      : "run moesim from the repository root, or set "
+                                      : "set MOESIM_DATA to moesim's data folder, or "
                                         "MOESIM_PLOTS=/path/to/moesim/plots",
                              "gnuplot script not found (%s)", gp);
             free(gp);
@@ -886,7 +890,7 @@ int moe_plot_db_list(const char *db_path, const char *out_dir, FILE *list)
                         list, &drawn);
         ndrawn += drawn;
     }
-    if (!rc && moe_mpi_ep_has_rows(db)) { /* issue 9: the expert-parallel chart */
+    if (!rc && moe_mpi_ep_has_rows(db)) { /* the expert-parallel chart */
         int drawn = 0;
         rc = plot_chart(db, db_path, dbname, &ep_chart, gnuplot, plotdir, out_dir, cflo, cfhi,
                         list, &drawn);

@@ -743,10 +743,12 @@ static int popularity_open(moe_source *s)
         snprintf(tail, sizeof tail, rel, "", pstr(s, "model"), pstr(s, "subject"));
         snprintf(buf, sizeof buf, "%s/%s%s", moe_trace_root(), trace_folder[3], tail);
         FILE *f = fopen(buf, "r");
+        char shipped[600];
+        snprintf(shipped, sizeof shipped, "experiments/data/mixtral-8x7b-popularity%s", tail);
         if (f)
             fclose(f);
-        else
-            snprintf(buf, sizeof buf, "experiments/data/mixtral-8x7b-popularity%s", tail);
+        else if (moe_data_path(shipped, buf, sizeof buf))
+            return MOE_EIO;
         path = buf;
     }
     int L, E;
@@ -1069,6 +1071,6 @@ void moe_source_list(FILE *out)
             print_wrapped(out, p->help, 16);
         }
     }
-    fprintf(out, "\nTrace folders are read from $MOESIM_TRACES (default ../shared/data/traces, "
-                 "relative to the working directory).\n");
+    fprintf(out, "\nTrace folders are read from $MOESIM_TRACES (default %s).\n",
+            moe_trace_root());
 }

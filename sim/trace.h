@@ -1,8 +1,8 @@
 /* trace.h: recorded routing traces, shared by the token sources (sources.c), the trace readers
  * (traces.c) and `moesim trace info` (cmd_trace.c). Internal: the public interface is source.h.
  *
- * Four real traces live under $MOESIM_TRACES (default ../shared/data/traces, relative to the
- * working directory, i.e. the repository root); each folder has a SOURCE.md:
+ * Four real traces live under $MOESIM_TRACES (default ../shared/data/traces beside the source
+ * tree holding the binary: sim/paths.h); each folder has a SOURCE.md:
  *   deepseek-v2-lite-moebeyond       CSV, top-6 expert ids per token and layer, token text
  *   mixtral-8x7b-instruct-fp8-specmoe JSONL, top-2 ids and renormalised gate probabilities
  *   flame-moe-290m-dynande           csv.gz, router softmax probabilities (top-6 non-zero)
@@ -16,6 +16,7 @@
 #define MOE_TRACE_H
 
 #include "moe.h"
+#include "paths.h"
 
 #include <stdio.h>
 
@@ -45,9 +46,7 @@ typedef struct {
 
 void moe_rec_clear(moe_rec *r); /* frees the arrays, zeroes the struct */
 
-/* The folder holding the trace folders: $MOESIM_TRACES if set and non-empty, else
- * "../shared/data/traces". */
-const char *moe_trace_root(void);
+/* moe_trace_root (the folder holding the trace folders) and moe_trace_hint: sim/paths.h. */
 
 /* Experts of a format (64, 8, 64, 8). */
 int moe_trace_experts(int format);

@@ -36,16 +36,10 @@
 #define FLAME_MAX_E 4096
 #define LINE_MAX_FLAME (1 << 16)
 
-static const char *const hint_traces =
-    "set MOESIM_TRACES to the folder holding the traces, or give the file or folder as path";
+/* where the trace folder was looked for, and how to point moesim at it (sim/paths.c) */
+#define hint_traces moe_trace_hint()
 
 /* ---- small helpers ---------------------------------------------------------------------- */
-
-const char *moe_trace_root(void)
-{
-    const char *e = getenv("MOESIM_TRACES");
-    return (e && *e) ? e : "../shared/data/traces";
-}
 
 int moe_trace_experts(int format)
 {
