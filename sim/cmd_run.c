@@ -9,7 +9,7 @@
 #include "blas_info.h"
 #include "cli.h"
 #include "moe.h"
-#include "moe_mpi.h" /* issue 9: under mpirun, points over ranks or --expert-parallel */
+#include "moe_mpi.h" /* under mpirun, points over ranks or --expert-parallel */
 #include "plot.h"
 #include "provenance.h"
 #include "spec.h"
@@ -28,11 +28,7 @@
 
 static volatile sig_atomic_t stop_flag;
 
-static void on_signal(int sig)
-{
-    (void)sig;
-    stop_flag = 1;
-}
+static void on_signal(int sig) { stop_flag = sig; } /* SIGINT or SIGTERM, never 0 */
 
 static const char usage_text[] =
     "usage: moesim run SPEC [--set section.key=value]... [--db PATH] [--force] [--no-plots]\n"
@@ -182,7 +178,7 @@ int moe_cmd_run(int argc, char **argv)
     if (!sets)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim run)");
     int nsets = 0, force = 0, no_plots = 0, dry = 0, ep = 0;
-    moe_mpi_run *mp = NULL; /* MPI (issue 9): NULL for a single-process run */
+    moe_mpi_run *mp = NULL; /* MPI: NULL for a single-process run */
     const char *db_path = NULL;
     int c;
     optind = 1;
@@ -226,7 +222,7 @@ int moe_cmd_run(int argc, char **argv)
     if ((rc = moe_spec_check(spec)))
         goto out;
     const size_t total = moe_spec_npoints(spec);
-    /* ---- MPI (issue 9, sim/mpi.c): workers run their share; rank 0 writes and reports ---- */
+    /* ---- MPI (sim/mpi.c): workers run their share; rank 0 writes and reports ---- */
     if ((rc = moe_mpi_init()) || (rc = moe_mpi_run_alloc(ep, &mp)))
         goto out;
     if (moe_mpi_run_is_worker(mp)) { /* (--dry-run: rank 0 lists, then tells them to stop) */
@@ -310,7 +306,7 @@ int moe_cmd_run(int argc, char **argv)
         moe_clear_error();
         failed = i;
         /* interrupted inside a point: it is abandoned and nothing of it is written */
-        /* MPI (issue 9): run here, received from its rank, or expert-parallel on all ranks */
+        /* MPI: run here, received from its rank, or expert-parallel on all ranks */
         if ((rc = mp ? moe_mpi_run_point(mp, i, ran, pt, &stop_flag, res)
                      : moe_point_run(pt, &stop_flag, res)))
             break;
@@ -333,11 +329,12 @@ int moe_cmd_run(int argc, char **argv)
     free(stored);
     char el[32];
     fmt_duration(moe_now() - t0, el, sizeof el);
-    if (stop_flag) {
+    if (stop_flag) { /* main.c exits 128 + the signal number, as the shell does */
         moe_clear_error();
-        rc = moe_fail(MOE_EINVAL, "run the same command again to resume",
-                      "interrupted: %zu of %zu points stored in %s (signal)", done, total,
-                      db_path);
+        moe_fail(MOE_EINVAL, "run the same command again to resume",
+                 "interrupted by %s: %zu of %zu points stored, the point in progress not "
+                 "written (%s)", stop_flag == SIGINT ? "SIGINT" : "SIGTERM", done, total, db_path);
+        rc = 128 + (int)stop_flag;
         goto out;
     }
     if (rc) {
