@@ -1,4 +1,4 @@
-/* cmd_bench.c: `moesim bench` (issue 10): the speed of the real MoE layer against the BLAS it
+/* cmd_bench.c: `moesim bench`: the speed of the real MoE layer against the BLAS it
  * runs on and against PyTorch, in one run, stored in SQLite like any experiment.
  *
  * For each layer configuration (E=16 k=2 topk, E=64 k=1 switch, E=8 k=2 topk; n=8192, d=512,
@@ -9,7 +9,7 @@
  *     pair of the same useful FLOPs, (N x D)(D x F) then (N x F)(F x D) with N = kept entries,
  *     timed in the same run, against the same GEMMs grouped per expert (the expert phase without
  *     bias, activation or gather: what OpenBLAS allows on these shapes), and against the fp32
- *     peak (--peak-gflops, default 467: issue 10's measurement of this machine);
+ *     peak (--peak-gflops, default 467: measured on the 2-core development machine);
  *   - the share of route + dispatch + combine in the layer time;
  *   - a check of the layer output against the naive reference (moe_layer_forward_naive) on the
  *     first tokens (all tokens with --quick);
@@ -61,7 +61,7 @@ typedef struct {
 } bench_cfg;
 
 static const bench_cfg bench_cfgs[] = {
-    {"E16k2", "topk", 16, 2}, /* the reference layer of issue 10 */
+    {"E16k2", "topk", 16, 2}, /* the reference layer */
     {"E64k1", "switch", 64, 1},
     {"E8k2", "topk", 8, 2},
 };
@@ -79,7 +79,7 @@ static const bench_shape shape_full = {8192, 512, 2048, {1024, 4096, 16384, 6553
 static const bench_shape shape_quick = {1024, 64, 256, {256, 1024, 4096, 0}, 3, 0};
 
 #define BENCH_CF "1.25"
-#define BENCH_PEAK_GFLOPS 467.0 /* issue 10: fp32 FMA peak measured on this machine (2 cores) */
+#define BENCH_PEAK_GFLOPS 467.0 /* fp32 FMA peak measured on this machine (2 cores) */
 #define TORCH_TOL 1e-4          /* relative L2 for moesim vs PyTorch outputs */
 #define NAIVE_TOL 1e-5          /* relative L2 for moesim vs its naive double reference */
 
@@ -1102,7 +1102,7 @@ static const char *verdict(int met) { return met ? "met" : "MISSED"; }
 static void print_targets(const bench_ctx *c, const cfg_result *res, int ncfg,
                           const scale_result *sr, int nscale)
 {
-    printf("\n== targets (issue 10) ==\n");
+    printf("\n== targets ==\n");
     for (int i = 0; i < ncfg; i++) {
         const cfg_result *r = &res[i];
         double ge = gflops(r->flops, r->ph[PH_EXPERTS].median);

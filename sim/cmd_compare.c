@@ -1,5 +1,5 @@
 /* cmd_compare.c: `moesim compare BASELINE CANDIDATE [--rtol X] [--atol X] [--max-rows N]` and
- * `moesim compare --record SOURCE FILE` (cli.h): regression tests on recorded metrics (issue 6).
+ * `moesim compare --record SOURCE FILE` (cli.h): regression tests on recorded metrics.
  *
  * Each side is a results database (moesim run) or a recorded metrics file (results/regression/
  * *.tsv, written by --record). Both are read into the same metric set: per point (keyed by its

@@ -18,7 +18,7 @@ static const char *const metric_names[][2] = {
     {"assignment_drop_rate", "dropped claims / all claims"},
     {"token_drop_rate", "tokens with no kept entry / n"},
     {"importance_cv2", "CV^2 (population) of importance"},
-    {"aux_loss", "the router's auxiliary balancing loss (ROUTING.md section 3)"},
+    {"aux_loss", "the router's auxiliary balancing loss (docs/metrics.md)"},
     {"z_loss", "mean over tokens of logsumexp(L[t,:])^2"},
     {"capacity", "slots per expert C"},
     {"num_entries", "plan entries"},

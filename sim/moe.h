@@ -134,7 +134,7 @@ typedef struct {
     int num_experts;         /* soft_moe E (M = E*P); 0 = M / P */
     double noise_std;        /* topk gate noise; 0 = off */
     int dropless;            /* no capacity limit for token-choice routers */
-    /* dsv3_bias: bias update rate; base/sinkhorn: tolerances (issue 8) */
+    /* dsv3_bias: bias update rate; base/sinkhorn: tolerances */
     double bias_rate;
     double sinkhorn_tol;
 } moe_route_opts;

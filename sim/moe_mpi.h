@@ -1,4 +1,4 @@
-/* moe_mpi.h: moesim over MPI (issue 9, DESIGN.md "Scale beyond one machine"): the process setup,
+/* moe_mpi.h: moesim over MPI: the process setup,
  * expert parallelism (experts sharded over ranks, tokens moved with MPI_Alltoallv as in Shazeer
  * et al. 2017, GShard, DeepSpeed and Tutel) and `moesim run` spread over ranks.
  *

@@ -1,4 +1,4 @@
-/* mpi.c: moesim over MPI (moe_mpi.h, issue 9; the header is not called mpi.h so that it cannot
+/* mpi.c: moesim over MPI (moe_mpi.h; the header is not called mpi.h so that it cannot
  * shadow MPI's own <mpi.h> on the -Isim include path). Owns the process setup (MPI_Init only
  * under an MPI launcher), the expert-parallel layer forward (MPI_Alltoallv dispatch and
  * combine), the plan under DeepSpeed's per-rank capacity, the error agreement between ranks,

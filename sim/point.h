@@ -78,7 +78,7 @@ void moe_point_result_free(moe_point_result *r); /* NULL is a no-op */
  * for pt->E experts and pt->batches batches. */
 int moe_point_run(const moe_point *pt, volatile sig_atomic_t *stop, moe_point_result *res);
 
-/* ---- expert-parallel hook (issue 9, sim/mpi.c) ----
+/* ---- expert-parallel hook (sim/mpi.c) ----
  * moe_point_run_ep runs the point as moe_point_run does, but with the layer forward of every
  * batch replaced by ep->forward (same contract as moe_layer_forward: y (T,D) complete). begin is
  * called once the point's workspaces exist, with the point's router, the layer's C_max and the

@@ -1,5 +1,5 @@
 #!/bin/sh
-# t_bench.sh: `moesim bench --quick` as a smoke test of the benchmark's pipeline (issue 10): the
+# t_bench.sh: `moesim bench --quick` as a smoke test of the benchmark's pipeline: the
 # report has its sections, the layer output agrees with the naive reference, the results land in
 # the `bench` table with the BLAS provenance, a forced weaker OPENBLAS_CORETYPE is warned about,
 # the PyTorch reference's failure modes are handled (tests/bench/fake_torch.sh stands in for
@@ -36,7 +36,7 @@ count "$T/out" '^check: layer output vs naive double reference on 1024 tokens: r
 count "$T/out" '^torch: skipped (--no-torch)$' 3
 has "$T/out" '^== scaling E16k2: n from 256 to 4096 tokens ==$'
 for n in 256 1024 4096; do has "$T/out" "^ *$n  "; done
-has "$T/out" '^== targets (issue 10) ==$'
+has "$T/out" '^== targets ==$'
 has "$T/out" '^memory workspace / 4(n\*d + E\*C\*d) stays in'
 has "$T/out" "^stored in $T/b.db, table bench, run '"
 [ -s "$T/err" ] && no "unexpected stderr: $(cat "$T/err")" || ok

@@ -1,5 +1,5 @@
 #!/bin/sh
-# t_mpi.sh: moesim over MPI (issue 9; sim/mpi.c), run by tests/run.sh with MOESIM=<build>/moesim
+# t_mpi.sh: moesim over MPI (sim/mpi.c), run by tests/run.sh with MOESIM=<build>/moesim
 # and BUILD=<build>. Skipped (0 passed, 0 failed) when mpirun is absent or moesim was built
 # without MPI (no BUILD/tests/mpi_ep_check). With 2 and 4 ranks (--oversubscribe: CI has 2 cores):
 #   - tests/mpi_ep_check: the expert-parallel layer against the single-process layer;

@@ -1,5 +1,5 @@
 #!/bin/sh
-# t_regression.sh: regression tests on recorded metrics (issue 6); tests/run.sh runs it with
+# t_regression.sh: regression tests on recorded metrics; tests/run.sh runs it with
 # MOESIM=<build>/moesim and BUILD=<build>.
 #  1. every experiments/regression/*.ini is rerun and compared with results/regression/NAME.tsv
 #     (moesim compare, default tolerances); specs marked "; needs: traces" are skipped, with a

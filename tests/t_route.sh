@@ -1,6 +1,6 @@
 #!/bin/sh
 # t_route.sh: `moesim route` as a user runs it: a successful run writes the plan, metrics and
-# layer output; every bad input of issue 2 (NaN/inf logits, k > E, wrong shapes or dtypes, unknown
+# layer output; every bad input (NaN/inf logits, k > E, wrong shapes or dtypes, unknown
 # router or option, unreadable or truncated file, unwritable output) exits non-zero with a
 # one-line "moesim: error:" message naming the problem, and leaves no output file behind.
 M=$(realpath "${MOESIM:-./moesim}")

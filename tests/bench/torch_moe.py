@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""PyTorch CPU reference of moesim's MoE layer, for `moesim bench` (issue 10).
+"""PyTorch CPU reference of moesim's MoE layer, for `moesim bench`.
 
 Run by the bench with /usr/bin/python3 (Debian's python3-torch and python3-numpy). It reads the
 inputs the bench wrote to --dir (x (T,D), wg (D,E), w1 (E,D,F), b1 (E,F), w2 (E,F,D), b2 (E,D),
