@@ -18,6 +18,10 @@
 #define PATH_MAX 4096
 #endif
 
+/* Folders above the binary that may be the top of its source tree: ./moesim, build/moesim and
+ * build/tests/test_x sit 0, 1 and 2 levels below it. */
+#define TREE_LEVELS 3
+
 const char *moe_data_dir_installed(void) { return MOESIM_DATADIR; }
 
 static int exists(const char *p)
@@ -41,60 +45,72 @@ static int exe_dir(char *dir, size_t len)
     return snprintf(dir, len, "%s", buf[0] ? buf : "/") < (int)len;
 }
 
-/* The candidate folders of the shipped files, in search order; returns how many (at most 3). */
-static int data_roots(char roots[3][PATH_MAX])
+/* The moesim source tree holding the binary, into dir: the first of the binary's folder and
+ * the TREE_LEVELS - 1 folders above it that holds sim/main.c. 0 if there is none. */
+static int source_tree(char *dir, size_t len)
+{
+    char d[PATH_MAX];
+    if (!exe_dir(d, sizeof d))
+        return 0;
+    for (int level = 0; level < TREE_LEVELS; level++) {
+        char p[PATH_MAX + 16];
+        if (snprintf(p, sizeof p, "%s/sim/main.c", d) < (int)sizeof p && exists(p))
+            return snprintf(dir, len, "%s", d) < (int)len;
+        char *slash = strrchr(d, '/');
+        if (!slash || slash == d)
+            return 0;
+        *slash = '\0';
+    }
+    return 0;
+}
+
+/* The folders searched for shipped files, in order; returns how many (at most 2). */
+static int data_roots(char roots[2][PATH_MAX])
 {
     const char *env = getenv("MOESIM_DATA");
-    if (env && *env) {
-        snprintf(roots[0], PATH_MAX, "%s", env);
-        return 1;
-    }
-    int n = 0;
-    char dir[PATH_MAX];
-    if (exe_dir(dir, sizeof dir)) {
-        snprintf(roots[n++], PATH_MAX, "%s", dir);
-        char *slash = strrchr(dir, '/');
-        if (slash && slash != dir) {
-            *slash = '\0';
-            snprintf(roots[n++], PATH_MAX, "%s", dir);
-        }
-    }
-    if (MOESIM_DATADIR[0])
-        snprintf(roots[n++], PATH_MAX, "%s", MOESIM_DATADIR);
+    if (env && *env)
+        return snprintf(roots[0], PATH_MAX, "%s", env) < PATH_MAX;
+    int n = source_tree(roots[0], PATH_MAX);
+    if (MOESIM_DATADIR[0] && snprintf(roots[n], PATH_MAX, "%s", MOESIM_DATADIR) < PATH_MAX)
+        n++;
     return n;
 }
 
 int moe_data_path(const char *rel, char *out, size_t len)
 {
-    char roots[3][PATH_MAX];
+    char roots[2][PATH_MAX];
     int n = data_roots(roots);
+    char looked[2 * PATH_MAX + 600] = "";
     if (len)
         snprintf(out, len, "%s", rel);
     for (int i = 0; i < n; i++) {
-        char p[PATH_MAX + 256];
-        snprintf(p, sizeof p, "%s/%s", roots[i], rel);
+        char p[PATH_MAX + 512];
+        if (snprintf(p, sizeof p, "%s/%s", roots[i], rel) >= (int)sizeof p)
+            continue;
         if (i == 0 && len)
             snprintf(out, len, "%s", p);
-        if (exists(p)) {
-            if (snprintf(out, len, "%s", p) >= (int)len)
-                return moe_fail(MOE_EIO, NULL, "path too long (%s)", p);
-            return MOE_OK;
-        }
-    }
-    char looked[1024] = "";
-    for (int i = 0; i < n; i++) {
+        if (exists(p))
+            return snprintf(out, len, "%s", p) < (int)len
+                       ? MOE_OK
+                       : moe_fail(MOE_EIO, NULL, "path too long (%s)", p);
         size_t l = strlen(looked);
-        if (snprintf(looked + l, sizeof looked - l, "%s%s/%s", i ? ", " : "", roots[i], rel) < 0)
+        if (snprintf(looked + l, sizeof looked - l, "%s%s", i ? ", " : "", p) < 0)
             break;
     }
-    const int env = getenv("MOESIM_DATA") && *getenv("MOESIM_DATA");
-    return moe_fail(MOE_EIO,
-                    env ? "MOESIM_DATA must name moesim's data folder (the one holding plots/ and "
-                          "experiments/data/), or be unset"
-                        : "install moesim with `make install PREFIX=...`, or set MOESIM_DATA to "
-                          "the folder holding plots/ and experiments/data/",
-                    "%s not found (looked in %s)", rel, 
-                    n ? looked : "nowhere: the binary's folder is unknown");
+    const char *env = getenv("MOESIM_DATA");
+    if (env && *env)
+        return moe_fail(MOE_EIO,
+                        "MOESIM_DATA must name moesim's data folder (the one holding plots/ and "
+                        "experiments/data/), or be unset",
+                        "%s not found (looked in %s)", rel, looked);
+    const char *hint = "install moesim with `make install PREFIX=...`, or set MOESIM_DATA to "
+                       "the folder holding plots/ and experiments/data/";
+    if (!n)
+        return moe_fail(MOE_EIO, hint,
+                        "%s not found (nowhere to look: the binary is in no moesim source tree "
+                        "and was not installed by make install)",
+                        rel);
+    return moe_fail(MOE_EIO, hint, "%s not found (looked in %s)", rel, looked);
 }
 
 static char trace_root[PATH_MAX + 64];
@@ -105,16 +121,11 @@ const char *moe_trace_root(void)
     const char *e = getenv("MOESIM_TRACES");
     if (e && *e)
         return e;
-    /* the source tree holding the binary: the first candidate folder holding sim/main.c */
-    char roots[3][PATH_MAX];
-    int n = getenv("MOESIM_DATA") && *getenv("MOESIM_DATA") ? 0 : data_roots(roots);
-    for (int i = 0; i < n; i++) {
-        char p[PATH_MAX + 32];
-        if (snprintf(p, sizeof p, "%s/sim/main.c", roots[i]) < (int)sizeof p && exists(p) &&
-            snprintf(trace_root, sizeof trace_root, "%s/../shared/data/traces", roots[i]) <
-                (int)sizeof trace_root)
-            return trace_root;
-    }
+    char tree[PATH_MAX];
+    if (source_tree(tree, sizeof tree) &&
+        snprintf(trace_root, sizeof trace_root, "%s/../shared/data/traces", tree) <
+            (int)sizeof trace_root)
+        return trace_root;
     return "../shared/data/traces";
 }
 

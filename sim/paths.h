@@ -3,8 +3,8 @@
  *
  * Shipped files are looked up, in this order, in
  *   1. $MOESIM_DATA, when set and not empty (then nowhere else);
- *   2. the source tree holding the binary: the binary's folder (./moesim at the top of the
- *      tree) or its parent (build/moesim);
+ *   2. the moesim source tree holding the binary: the first of the binary's folder (./moesim),
+ *      its parent (build/moesim) and grandparent (build/tests/test_x) that holds sim/main.c;
  *   3. the installed data folder compiled in by `make install PREFIX=...` (MOESIM_DATADIR,
  *      PREFIX/share/moesim).
  * Recorded traces: $MOESIM_TRACES, else ../shared/data/traces beside that source tree, else

@@ -135,6 +135,18 @@ cp -R "$P/share/moesim/plots" "$tmp/data/plots"
     --out charts4 >"$tmp/out" 2>"$tmp/err")
 check "MOESIM_DATA with plots/: plot exits 0 ($(cat "$tmp/err"))" test $? = 0
 
+# a copy of the build's binary outside any source tree, not installed: nowhere to look, and says so
+mkdir "$tmp/lonely"
+cp "$MOESIM" "$tmp/lonely/moesim"
+(cd "$tmp/elsewhere" && "$tmp/lonely/moesim" plot results/tiny.db --out charts5 >"$tmp/out" 2>"$tmp/err")
+check "binary outside a tree: non-zero exit" test $? != 0
+contains "binary outside a tree: says why" "$tmp/err" \
+    "moesim: error: plots not found (nowhere to look: the binary is in no moesim source tree"
+contains "binary outside a tree: hint" "$tmp/err" "hint: install moesim with \`make install PREFIX=...\`"
+(cd "$tmp/elsewhere" && MOESIM_DATA="$ROOT" "$tmp/lonely/moesim" plot results/tiny.db --out charts5 \
+    >"$tmp/out" 2>"$tmp/err")
+check "binary outside a tree, MOESIM_DATA = the tree: plot exits 0 ($(cat "$tmp/err"))" test $? = 0
+
 # ---- a missing trace names the folder looked in ----
 sed -e 's/source = trace_mixtral_popularity/source = trace_deepseek/' -e '/^model\|^subject/d' \
     "$tmp/elsewhere/tiny.ini" >"$tmp/elsewhere/ds.ini"
