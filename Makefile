@@ -27,9 +27,12 @@ TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(B)/tests/%)
 SPEC     ?= experiments/default.ini
 
-DEB_PKGS := build-essential pkg-config libgsl-dev libopenblas-dev libsqlite3-dev sqlite3 \
-            libinih-dev libjansson-dev zlib1g-dev gnuplot-nox valgrind clang \
-            libopenmpi-dev openmpi-bin
+# Debian packages: what `make run` needs (build, sweep, charts), and the optional tools of
+# `make test` (the sqlite3 shell, valgrind, clang for fuzzing, Open MPI); tests whose tool is
+# missing are skipped and counted.
+DEB_PKGS      := build-essential pkg-config libgsl-dev libopenblas-dev libsqlite3-dev \
+                 libinih-dev libjansson-dev zlib1g-dev gnuplot-nox
+DEB_PKGS_TEST := sqlite3 valgrind clang libopenmpi-dev openmpi-bin
 
 # MPI (sim/mpi_*.c): expert parallelism and sweeps over ranks, built only when mpicc is
 # found (`make MPICC=` builds without). Only sim/mpi_*.o see MPI's headers (-DMOESIM_MPI); the
@@ -49,7 +52,7 @@ $(info MPI: not found, building without expert parallelism (apt-get install libo
 endif
 endif
 
-.PHONY: all deps run test test-unit test-asan bench plots clean fuzz
+.PHONY: all deps deps-test run test test-unit test-asan bench plots clean fuzz install uninstall
 all: moesim
 
 moesim: $(B)/moesim
@@ -76,14 +79,23 @@ $(B)/tests/%: tests/%.c $(B)/libmoesim.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -Itests $(LDFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
 
-# Installs the Debian packages that are missing (as root), or prints the apt-get line.
-deps:
-	@missing=$$(for p in $(DEB_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+# deps: installs the missing packages `make run` needs (as root), or prints the apt-get line and
+# fails. deps-test: the same for the optional test tools, which only warns when not root.
+# Without dpkg (not Debian) both only say so, and the build shows what is missing.
+DEPS_CHECK = if ! command -v dpkg-query >/dev/null 2>&1; then \
+	    echo "$@: no dpkg-query (not Debian): not checking $$pkgs"; exit 0; fi; \
+	missing=$$(for p in $$pkgs; do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 	    | grep -q 'install ok installed' || echo $$p; done); \
-	if [ -z "$$missing" ]; then echo "deps: all Debian packages present"; \
-	elif [ "$$(id -u)" = 0 ]; then echo "deps: installing $$missing"; \
+	if [ -z "$$missing" ]; then echo "$@: all Debian packages present"; \
+	elif [ "$$(id -u)" = 0 ]; then echo "$@: installing" $$missing; \
 	    (apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
-	else echo "deps: missing packages; run as root:"; echo "  apt-get install -y $$missing"; exit 1; fi
+	else echo "$@: missing packages; run as root:"; echo "  apt-get install -y" $$missing; \
+	    if [ -n "$$optional" ]; then echo "$@: optional: the tests that need them are skipped"; \
+	    else exit 1; fi; fi
+deps:
+	@pkgs="$(DEB_PKGS)"; optional=; $(DEPS_CHECK)
+deps-test:
+	@pkgs="$(DEB_PKGS_TEST)"; optional=1; $(DEPS_CHECK)
 
 # OPENBLAS_CORETYPE (exported as Haswell on some machines) forces OpenBLAS's kernels and can
 # halve GEMM speed; run and bench let OpenBLAS detect the CPU, and say so.
@@ -117,6 +129,31 @@ test-asan:
 bench: deps moesim
 	@[ -z "$$OPENBLAS_CORETYPE" ] || echo "make bench: unsetting OPENBLAS_CORETYPE=$$OPENBLAS_CORETYPE so OpenBLAS picks the kernels for this CPU"
 	env -u OPENBLAS_CORETYPE ./moesim bench
+
+# Installs moesim into PREFIX: the binary (bin/), the gnuplot scripts, the shipped data and the
+# specs (share/moesim/), and the manual page (share/man/man1/moesim.1). The installed binary is
+# linked with a paths.o that has share/moesim compiled in (sim/paths.h), so it works from any
+# folder; it precedes the library on the link line, like the perturbed build below.
+PREFIX  ?= /usr/local
+BINDIR  ?= $(PREFIX)/bin
+DATADIR ?= $(PREFIX)/share/moesim
+MANDIR  ?= $(PREFIX)/share/man
+install: $(B)/sim/main.o $(B)/libmoesim.a
+	@mkdir -p $(B)/install
+	$(CC) $(ALL_CFLAGS) -DMOESIM_DATADIR='"$(DATADIR)"' -c -o $(B)/install/paths.o sim/paths.c
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $(B)/install/moesim $(B)/sim/main.o $(B)/install/paths.o \
+	    $(B)/libmoesim.a $(LDLIBS)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(DATADIR)/plots $(DESTDIR)$(DATADIR)/experiments \
+	    $(DESTDIR)$(MANDIR)/man1
+	install -m 755 $(B)/install/moesim $(DESTDIR)$(BINDIR)/moesim
+	install -m 644 plots/*.gp $(DESTDIR)$(DATADIR)/plots/
+	install -m 644 experiments/*.ini $(DESTDIR)$(DATADIR)/experiments/
+	cp -R experiments/data $(DESTDIR)$(DATADIR)/experiments/
+	install -m 644 docs/moesim.1 $(DESTDIR)$(MANDIR)/man1/moesim.1
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/moesim $(DESTDIR)$(MANDIR)/man1/moesim.1
+	rm -rf $(DESTDIR)$(DATADIR)
 
 # Regression baselines (results/regression/README.md): reruns experiments/regression/*.ini,
 # prints what changed against the recorded metrics (moesim compare), then replaces them.

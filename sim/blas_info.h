@@ -1,4 +1,4 @@
-/* blas_info.h: the BLAS configuration as provenance (issue 10): which library, which kernel
+/* blas_info.h: the BLAS configuration as provenance: which library, which kernel
  * ("core") OpenBLAS runs, how many threads, and whether OPENBLAS_CORETYPE forces a core weaker
  * than what the CPU supports. moesim links OpenBLAS (never GSL's reference CBLAS), so these
  * are thin wrappers over openblas_get_config / _get_corename / _get_num_threads.

@@ -1,5 +1,7 @@
 /* cli.h: the moesim subcommands. main.c parses the command word and calls one of these with
- * argv[0] = the command word; each returns 0 or a moe status code (message in moe_errmsg()). */
+ * argv[0] = the command word; each returns 0 or a moe status code (message in moe_errmsg()),
+ * or 128 + N when it stopped on signal N (moesim run on SIGINT or SIGTERM), main.c's exit
+ * status then. */
 #ifndef MOE_CLI_H
 #define MOE_CLI_H
 
@@ -7,7 +9,7 @@ int moe_cmd_route(int argc, char **argv);
 int moe_cmd_list(int argc, char **argv);
 /* `moesim trace info FILE`: what a recorded trace holds and its recorded load per layer. */
 int moe_cmd_trace(int argc, char **argv);
-/* `moesim bench`: layer speed against BLAS and PyTorch (issue 10); sim/cmd_bench.c. */
+/* `moesim bench`: layer speed against BLAS and PyTorch; sim/cmd_bench.c. */
 int moe_cmd_bench(int argc, char **argv);
 
 /* `moesim run SPEC [--set key=value]... [--db PATH] [--force] [--no-plots]`: run a sweep into

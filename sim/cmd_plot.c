@@ -21,7 +21,9 @@ static const char usage_text[] =
     "  ep_ranks           per-rank load, bytes and times (only after run --expert-parallel)\n"
     "each as DIR/NAME.png and DIR/NAME.svg, with its data in DIR/NAME.dat.\n"
     "  --out DIR    output folder (default plots/out/<DB file name without .db>)\n"
-    "The scripts are plots/NAME.gp under the working directory, or in $MOESIM_PLOTS.\n"
+    "The scripts NAME.gp are read from $MOESIM_PLOTS, else from plots/ of moesim's data\n"
+    "folder ($MOESIM_DATA, the source tree holding the binary, or the installed one:\n"
+    "moesim --version names it).\n"
     "Needs gnuplot with the pngcairo and svg terminals (Debian: gnuplot-nox; make deps).\n";
 
 int moe_cmd_plot(int argc, char **argv)

@@ -35,7 +35,7 @@ static void usage(FILE *out)
             "                    [--x X.npy --w1 W1.npy --b1 B1.npy --w2 W2.npy --b2 B2.npy\n"
             "                     --output Y.npy [--activation gelu_tanh|gelu_erf|relu|swiglu]]\n"
             "                    [--seed S]\n"
-            "Routes one logits matrix L (T,M) as ROUTING.md says and writes the plan as CSV\n"
+            "Routes one logits matrix L (T,M) as docs/routing.md says and writes the plan as CSV\n"
             "(token,expert,slot,dispatch_weight,combine_weight) and the metrics as JSON.\n"
             "With the weights x (T,D), w1 (E,D,F), b1 (E,F), w2 (E,F,D), b2 (E,D) (SwiGLU: w1\n"
             "(E,D,2F), b1 (E,2F)) it runs the real layer and writes y (T,D) as float32 .npy,\n"

@@ -28,11 +28,7 @@
 
 static volatile sig_atomic_t stop_flag;
 
-static void on_signal(int sig)
-{
-    (void)sig;
-    stop_flag = 1;
-}
+static void on_signal(int sig) { stop_flag = sig; } /* SIGINT or SIGTERM, never 0 */
 
 static const char usage_text[] =
     "usage: moesim run SPEC [--set section.key=value]... [--db PATH] [--force] [--no-plots]\n"
@@ -339,11 +335,13 @@ static int run_sweep(run_args *a, const moe_spec *spec, moe_mpi_run *mp)
     sigaction(SIGTERM, &old_term, NULL);
     char el[32];
     fmt_duration(moe_now() - t0, el, sizeof el);
-    if (stop_flag) {
+    if (stop_flag) { /* main.c exits 128 + the signal number, as the shell does */
         moe_clear_error();
-        rc = moe_fail(MOE_EINVAL, "run the same command again to resume",
-                      "interrupted: %zu of %zu points stored in %s (signal)", n.done, total,
-                      a->db_path);
+        moe_fail(MOE_EINVAL, "run the same command again to resume",
+                 "interrupted by %s: %zu of %zu points stored, the point in progress not "
+                 "written (%s)", stop_flag == SIGINT ? "SIGINT" : "SIGTERM", n.done, total,
+                 a->db_path);
+        rc = 128 + (int)stop_flag;
     } else if (rc) {
         fprintf(stderr, "moesim: point %zu of %zu failed: %s\n", n.failed + 1, total,
                 moe_spec_point(spec, n.failed)->config_key);

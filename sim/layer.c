@@ -510,7 +510,7 @@ int moe_layer_gate(moe_layer *L, const float *x, int n, const float *wg, int m, 
     /* The gate runs on one BLAS thread: threaded OpenBLAS sgemm splits the rows over threads
      * and rounds edge tiles differently, so some logits (51 of 16384 for (2048,32) x (32,8),
      * 1 vs 2 threads) and with them routing decisions would change with OPENBLAS_NUM_THREADS;
-     * routing must not depend on the thread count (issue 6, tests/t_regression.sh). */
+     * routing must not depend on the thread count (tests/t_regression.sh). */
     int threads = moe_blas_threads();
     if (threads > 1)
         moe_blas_set_threads(1);
@@ -884,7 +884,7 @@ double moe_rel_l2(const float *a, const float *ref, size_t len)
     return sqrt(num / den);
 }
 
-/* ---- workspace size (issue 10: `moesim bench` reports memory) ---- */
+/* ---- workspace size (`moesim bench` reports memory) ---- */
 
 size_t moe_layer_workspace_bytes(const moe_layer *L)
 {

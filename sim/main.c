@@ -1,7 +1,9 @@
 /* main.c: the moesim command line. Parses the command word and dispatches; the only place that
- * prints library errors and exits. */
+ * prints library errors and exits. Exit status: 0, 1 on an error, 2 on a bad command line, and
+ * 128 + N when a command stopped on signal N (SIGINT: 130), as a shell reports it. */
 #include "cli.h"
 #include "moe.h"
+#include "provenance.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -26,9 +28,13 @@ static const command commands[] = {
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: moesim COMMAND [options]   (moesim COMMAND --help for each)\n\n");
+    fprintf(out, "usage: moesim COMMAND [options]   (moesim COMMAND --help for each)\n"
+                 "       moesim --version\n\n");
     for (const command *c = commands; c->name; c++)
         fprintf(out, "  %-8s %s\n", c->name, c->help);
+    fprintf(out, "\nEnvironment: MOESIM_DATA (the folder holding plots/ and experiments/data/),\n"
+                 "MOESIM_PLOTS (the gnuplot scripts), MOESIM_TRACES (the recorded traces).\n"
+                 "Manual: man moesim, and docs/ in the source tree.\n");
 }
 
 int main(int argc, char **argv)
@@ -39,11 +45,21 @@ int main(int argc, char **argv)
         usage(argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;
     }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) {
+        moe_provenance_print_version(stdout);
+        return 0;
+    }
     for (const command *c = commands; c->name; c++) {
         if (strcmp(c->name, argv[1]) == 0) {
             /* run, route (with a layer) and bench warn themselves when OPENBLAS_CORETYPE
              * forces weaker kernels, just before their GEMMs run */
             int rc = c->fn(argc - 1, argv + 1);
+            if (rc > 128) { /* stopped by signal rc - 128 (sim/cmd_run.c) */
+                fprintf(stderr, "moesim: %s\n", moe_errmsg());
+                if (*moe_errhint())
+                    fprintf(stderr, "hint: %s\n", moe_errhint());
+                return rc;
+            }
             if (rc) {
                 fprintf(stderr, "moesim: error: %s\n", moe_errmsg());
                 if (*moe_errhint())

@@ -27,6 +27,7 @@
 #include "plot.h"
 
 #include "moe.h"
+#include "paths.h"
 #include "store.h"
 #include "textsafe.h"
 
@@ -765,10 +766,13 @@ static int check_db(sqlite3 *db, const char *db_path, long long *npoints, double
 static int check_scripts(char **dir_out)
 {
     *dir_out = NULL;
+    static char found[4096];
     const char *dir = getenv("MOESIM_PLOTS");
     const int from_env = dir && *dir;
+    if (!from_env && moe_data_path("plots", found, sizeof found))
+        return MOE_EIO;
     if (!from_env)
-        dir = "plots";
+        dir = found;
     static const char *const shared[] = {"common", "cf_rows"}; /* loaded by the scripts */
     for (int i = -2; i < NCHARTS; i++) {
         char *p = join3(dir, "/", i < 0 ? shared[i + 2] : charts[i].name);
@@ -780,7 +784,7 @@ static int check_scripts(char **dir_out)
         if (!ok) {
             int r = moe_fail(MOE_EIO,
                              from_env ? "MOESIM_PLOTS must name moesim's plots/ folder"
-                                      : "run moesim from the repository root, or set "
+                                      : "set MOESIM_DATA to moesim's data folder, or "
                                         "MOESIM_PLOTS=/path/to/moesim/plots",
                              "gnuplot script not found (%s)", gp);
             free(gp);

@@ -18,6 +18,7 @@
  * Shapes: x (T,D), ids (T), logits (T,M), choices and choice_w (T,Krec), Wg (D,M) row-major.
  */
 #include "source.h"
+#include "paths.h"
 
 #include <errno.h>
 #include <gsl/gsl_randist.h>
@@ -445,7 +446,7 @@ void moe_source_list(FILE *out)
             print_wrapped(out, p->help, 16);
         }
     }
-    fprintf(out, "\nTrace folders are read from $MOESIM_TRACES (default ../shared/data/traces, "
-                 "relative to the working directory).\n");
+    fprintf(out, "\nTrace folders are read from $MOESIM_TRACES (default %s).\n",
+            moe_trace_root());
 }
 

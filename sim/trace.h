@@ -2,7 +2,8 @@
  * (sim/sources/trace_*.c), the loader and report of traces.c, and `moesim trace info`
  * (cmd_trace.c). Internal: the public interface is source.h.
  *
- * Four real traces live in folders of moe_trace_root() ($MOESIM_TRACES), one per trace:
+ * Four real traces live in folders of moe_trace_root() ($MOESIM_TRACES, or ../shared/data/traces
+ * beside the source tree holding the binary: sim/paths.h), one per trace:
  *   deepseek-v2-lite-moebeyond       CSV, top-6 expert ids per token and layer, token text
  *   mixtral-8x7b-instruct-fp8-specmoe JSONL, top-2 ids and renormalised gate probabilities
  *   flame-moe-290m-dynande           csv.gz, router softmax probabilities (top-6 non-zero)
@@ -16,6 +17,7 @@
 #define MOE_TRACE_H
 
 #include "moe.h"
+#include "paths.h"
 #include "source.h"
 
 #include <stdio.h>
@@ -30,9 +32,6 @@ enum moe_trace_format {
 #define MOE_TRACE_EPS 1e-4      /* affinity of an expert a token did not choose */
 #define MOE_TRACE_MAX_LAYERS 1024 /* layer numbers 0..1023 */
 
-/* The folder holding the trace folders: $MOESIM_TRACES if set and non-empty, else
- * "../shared/data/traces". */
-const char *moe_trace_root(void);
 
 /* Experts of a format (64, 8, 64, 8). */
 int moe_trace_experts(int format);
@@ -76,7 +75,6 @@ int moe_trace_info(const char *path, FILE *out);
 #define MOE_TRACE_MX_E 8      /* Mixtral-8x7B experts */
 #define MOE_TRACE_MAX_E 4096  /* experts of a FLAME file or popularity table at most */
 
-extern const char moe_trace_hint[]; /* where traces are looked up, for "not found" errors */
 extern const char moe_trace_ds_header[]; /* the header line of a DeepSeek CSV */
 
 /* The folder of a format's trace under moe_trace_root(). */

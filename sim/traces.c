@@ -20,8 +20,6 @@
 #include <sys/stat.h>
 #include <zlib.h>
 
-const char moe_trace_hint[] =
-    "set MOESIM_TRACES to the folder holding the traces, or give the file or folder as path";
 
 static const char *const trace_folder[4] = {
     "deepseek-v2-lite-moebeyond", "mixtral-8x7b-instruct-fp8-specmoe", "flame-moe-290m-dynande",
@@ -34,11 +32,6 @@ const char *moe_trace_folder(int format)
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
-const char *moe_trace_root(void)
-{
-    const char *e = getenv("MOESIM_TRACES");
-    return (e && *e) ? e : "../shared/data/traces";
-}
 
 int moe_trace_experts(int format)
 {
@@ -171,7 +164,7 @@ static int list_files(const char *dir, int (*accept)(const char *), strlist *out
 {
     DIR *d = opendir(dir);
     if (!d)
-        return moe_fail(MOE_EIO, moe_trace_hint, "cannot read folder: %s (%s)", strerror(errno),
+        return moe_fail(MOE_EIO, moe_trace_hint(), "cannot read folder: %s (%s)", strerror(errno),
                         dir);
     int rc = MOE_OK;
     struct dirent *de;
@@ -410,14 +403,14 @@ static int trace_files(int format, const char *path, strlist *files)
     if (is_file(path))
         return strlist_add(files, NULL, path);
     if (!is_dir(path))
-        return moe_fail(MOE_EIO, moe_trace_hint, "trace not found: %s (%s)", strerror(ENOENT),
+        return moe_fail(MOE_EIO, moe_trace_hint(), "trace not found: %s (%s)", strerror(ENOENT),
                         path);
     int (*acc)(const char *) = format == MOE_TRACE_DEEPSEEK  ? accept_csv
                                : format == MOE_TRACE_MIXTRAL ? accept_routing
                                                              : accept_flame;
     int rc = list_files(path, acc, files, 1);
     if (!rc && files->n == 0)
-        rc = moe_fail(MOE_EFORMAT, moe_trace_hint, "no trace files (%s) in folder (%s)",
+        rc = moe_fail(MOE_EFORMAT, moe_trace_hint(), "no trace files (%s) in folder (%s)",
                       format_glob(format), path);
     return rc;
 }
@@ -553,7 +546,7 @@ static int detect_format(const char *file, int *format)
     }
     gzFile g = gzopen(file, "rb");
     if (!g)
-        return moe_fail(MOE_EIO, moe_trace_hint, "cannot open trace: %s (%s)",
+        return moe_fail(MOE_EIO, moe_trace_hint(), "cannot open trace: %s (%s)",
                         errno ? strerror(errno) : "gzopen failed", file);
     char head[128] = "";
     int zerr = Z_OK;
@@ -701,7 +694,7 @@ static int info_format(const char *path, strlist *files, int *format)
     if (is_file(path))
         return detect_format(path, format);
     if (!is_dir(path))
-        return moe_fail(MOE_EIO, moe_trace_hint, "trace not found: %s (%s)", strerror(ENOENT),
+        return moe_fail(MOE_EIO, moe_trace_hint(), "trace not found: %s (%s)", strerror(ENOENT),
                         path);
     int rc = list_files(path, accept_any_trace, files, 1);
     int json = 0;
@@ -715,7 +708,7 @@ static int info_format(const char *path, strlist *files, int *format)
         rc = detect_format(files->v[i], format);
     }
     if (!rc && *format < 0 && !json)
-        rc = moe_fail(MOE_EFORMAT, files->n ? "give one .jsonl file" : moe_trace_hint,
+        rc = moe_fail(MOE_EFORMAT, files->n ? "give one .jsonl file" : moe_trace_hint(),
                       "no trace files in folder (%s)", path);
     return rc;
 }

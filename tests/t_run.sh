@@ -2,7 +2,7 @@
 # t_run.sh: `moesim run` and `moesim report` end to end on small shapes (tests/run.sh runs it with
 # MOESIM=<build>/moesim). A sweep stores the expected rows; a sweep killed with SIGKILL part-way
 # and rerun ends with exactly the rows of an uninterrupted run (timings aside), without
-# duplicates; SIGINT stops cleanly with a non-zero exit; --force reruns and replaces; a read-only
+# duplicates; SIGINT stops cleanly with exit 130; --force reruns and replaces; a read-only
 # folder, a locked database, a newer schema version and a foreign file give clear errors and
 # leave the database as it was. Prints "t_run: N passed, N failed[, N skipped]" last.
 NAME=t_run
@@ -140,8 +140,11 @@ done
 kill -INT "$pid" 2>/dev/null
 wait "$pid"
 rc=$?
-check "SIGINT exits non-zero" test "$rc" != 0
-contains "SIGINT says interrupted" "$tmp/err" "interrupted"
+# 130 = 128 + SIGINT (2), what a shell reports for a process stopped by Ctrl-C
+check "SIGINT exits 130 ($rc)" test "$rc" = 130
+contains "SIGINT says interrupted by SIGINT" "$tmp/err" "moesim: interrupted by SIGINT: "
+contains "SIGINT: the point in progress is not written" "$tmp/err" "the point in progress not written ($idb)"
+check "SIGINT: no '(signal)' placeholder" test "$(grep -c "(signal)" "$tmp/err")" = 0
 n=$(q "$idb" 'SELECT count(*) FROM points')
 check "SIGINT leaves whole points ($n)" test "$(q "$idb" "SELECT count(*) FROM batches")" = $((n * 2))
 check "SIGINT database passes integrity_check" test "$(q "$idb" 'PRAGMA integrity_check')" = ok

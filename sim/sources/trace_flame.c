@@ -69,7 +69,7 @@ int moe_trace_read_flame(const char *path, int layer, moe_trace_state *st, moe_t
 {
     gzFile g = gzopen(path, "rb");
     if (!g)
-        return moe_fail(MOE_EIO, moe_trace_hint, "cannot open trace: %s (%s)",
+        return moe_fail(MOE_EIO, moe_trace_hint(), "cannot open trace: %s (%s)",
                         errno ? strerror(errno) : "gzopen failed", path);
     char *buf = malloc(LINE_MAX_FLAME);
     char **fld = malloc((MOE_TRACE_MAX_E + 3) * sizeof *fld);

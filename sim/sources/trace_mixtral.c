@@ -219,7 +219,7 @@ int moe_trace_read_mixtral(const char *path, moe_trace_state *st, moe_trace_sink
 {
     FILE *f = fopen(path, "r");
     if (!f)
-        return moe_fail(MOE_EIO, moe_trace_hint, "cannot open trace: %s (%s)", strerror(errno),
+        return moe_fail(MOE_EIO, moe_trace_hint(), "cannot open trace: %s (%s)", strerror(errno),
                         path);
     char *line = NULL;
     size_t cap = 0;

@@ -27,7 +27,7 @@ int moe_trace_popularity_read(const char *path, int *L, int *E, long **counts)
 {
     *counts = NULL;
     if (!stat_mode(path, S_IFREG))
-        return moe_fail(MOE_EIO, moe_trace_hint, "cannot open trace: %s (%s)",
+        return moe_fail(MOE_EIO, moe_trace_hint(), "cannot open trace: %s (%s)",
                         stat_mode(path, S_IFDIR) ? "is a folder, give one expert_popularity_*.json"
                                      : strerror(ENOENT),
                         path);
@@ -153,8 +153,14 @@ static const char *popularity_path(const moe_source *s, char *buf, size_t len)
     FILE *f = fopen(buf, "r");
     if (f)
         fclose(f);
-    else
-        snprintf(buf, len, "experiments/data/mixtral-8x7b-popularity%s", tail);
+    else {
+        /* the shipped copy, wherever moesim's data folder is; when it is missing, buf names
+         * the first place looked in and opening it reports that */
+        char rel[600];
+        snprintf(rel, sizeof rel, "experiments/data/mixtral-8x7b-popularity%s", tail);
+        if (moe_data_path(rel, buf, len))
+            moe_clear_error();
+    }
     return buf;
 }
 

@@ -392,7 +392,7 @@ case("layer_expert_choice", "expert_choice", 74, 12, 4, {"capacity_factor": "1"}
 case("layer_soft_moe", "soft_moe", 75, 8, 4, {"slots_per_expert": 2}, m=8, layer=True)
 case("layer_hash", "hash", 76, 12, 4, {"capacity_factor": "1"}, ids=True, vocab=10,
      layer=True)
-# beyond the six (issue 8)
+# beyond the six
 # base: C = ceil(n/E), every token served, total affinity maximal; slots in token order
 case("base_default", "base", 80, 12, 4, skew=2.0)                                # C = 3
 case("base_n13_f64", "base", 81, 13, 4, dtype=np.float64, skew=3.0)             # C = 4

@@ -29,7 +29,7 @@ Decisions that ROUTING.md leaves open, taken here (also listed in the h3 report)
     4*d*f*m for soft_moe (each of the E*P slots is run once); flops_expert_padded = E*C*4*d*f;
   - experts_per_token counts distinct experts per token among the plan's entries;
   - ratios with a zero denominator (mean load 0, no claims) are 0;
-  - base (issue 8): capacity options are ignored (C = ceil(n/E) by definition); importance = sum
+  - base: capacity options are ignored (C = ceil(n/E) by definition); importance = sum
     of the sigmoid gates; n_claims = n;
   - sinkhorn and dsv3_bias: a capacity limit only when capacity_factor or capacity is given (as
     hash); then claims in the given order, with p = softmax(L) for bpr and probs;
