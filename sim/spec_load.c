@@ -426,6 +426,10 @@ static int load_name(moe_spec *s, const spec_section *exp)
             char *dot = strrchr(s->name, '.');
             if (dot && dot != s->name)
                 *dot = '\0';
+            if (!strcmp(s->name, ".") || !strcmp(s->name, "..")) /* results/...db, plots/out/.. */
+                return moe_fail(MOE_EINVAL, "add name = NAME to [experiment]",
+                                "no experiment name: the file name gives '%s' (%s)", s->name,
+                                s->path);
         }
     }
     if (!s->name)
