@@ -31,7 +31,7 @@
 
 static int pindex(const moe_source_type *t, const char *key)
 {
-    for (int i = 0; t->params[i].key; i++)
+    for (int i = 0; t->params[i].key && i < MOE_SP_MAX; i++)
         if (strcmp(t->params[i].key, key) == 0)
             return i;
     return -1;

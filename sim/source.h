@@ -89,7 +89,7 @@ typedef struct moe_source_type {
     const char *name;
     const char *summary;              /* for `moesim list sources` */
     unsigned flags;                   /* MOE_SOURCE_RECORDED */
-    const moe_source_param *params;   /* ends with MOE_SP_END; at most MOE_SP_MAX */
+    const moe_source_param *params;   /* ends with MOE_SP_END; at most MOE_SP_MAX; has vocab */
     /* Read the parameters, build s->ws, and set required_m, k_rec, has_logits, has_choice_w
      * as the batches need. On error the caller calls close. */
     int (*open)(moe_source *s);
@@ -98,7 +98,7 @@ typedef struct moe_source_type {
     /* Free s->ws (may be partly built); NULL when open allocates nothing. */
     void (*close)(moe_source *s);
     /* Unit directions (count,D) the aligned gate points along, or NULL for the random gate;
-     * NULL for a type without an aligned gate. */
+     * NULL for a type without an aligned gate. A type with one has a gate_noise parameter. */
     const double *(*gate_dirs)(const moe_source *s, int *count);
 } moe_source_type;
 
