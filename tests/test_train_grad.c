@@ -66,6 +66,19 @@ static void tbatch_fill(tbatch *tb, gsl_rng *r)
     tb->b.logits = NULL;
 }
 
+/* The small shape of these checks: T = N tokens of width D, F hidden, M columns, all tokens
+ * probed; the other keys at their defaults. */
+static void small_config(moe_train_config *c, int m, int act)
+{
+    moe_train_config_default(c);
+    c->n = N;
+    c->d = D;
+    c->f = F;
+    c->m = m;
+    c->act = act;
+    c->probe_tokens = N;
+}
+
 static int same_plan(const moe_plan *a, const moe_entry *ref, size_t nref)
 {
     if (a->n_entries != nref)
@@ -90,12 +103,7 @@ static void check_case(const gcase *gc)
     if (!rt)
         return;
     moe_train_config c;
-    moe_train_config_default(&c);
-    c.n = N;
-    c.d = D;
-    c.f = F;
-    c.m = strcmp(gc->router, "soft_moe") == 0 ? 2 * E : E;
-    c.act = gc->act;
+    small_config(&c, strcmp(gc->router, "soft_moe") == 0 ? 2 * E : E, gc->act);
     c.optimizer = MOE_OPT_SGD;
     c.lr = 0.05;
     c.aux_weight = 0.1;
@@ -103,7 +111,6 @@ static void check_case(const gcase *gc)
     c.aux_kind = gc->aux_kind;
     c.teacher_experts = 4;
     c.teacher_k = 2;
-    c.probe_tokens = N;
     c.precision = MOE_TRAIN_FP64;
     c.seed = 7;
     moe_route_opts o;
@@ -218,13 +225,7 @@ static void test_gradients(void)
 static void check_forward(const char *router, int m, int act)
 {
     moe_train_config c;
-    moe_train_config_default(&c);
-    c.n = N;
-    c.d = D;
-    c.f = F;
-    c.m = m;
-    c.act = act;
-    c.probe_tokens = N;
+    small_config(&c, m, act);
     moe_route_opts o;
     moe_route_opts_default(&o);
     if (m != E)
@@ -287,12 +288,7 @@ static void test_schedule(void)
 static void test_optimizer_step(int optimizer)
 {
     moe_train_config c;
-    moe_train_config_default(&c);
-    c.n = N;
-    c.d = D;
-    c.f = F;
-    c.m = E;
-    c.probe_tokens = N;
+    small_config(&c, E, MOE_ACT_GELU_TANH);
     c.precision = MOE_TRAIN_FP64;
     c.optimizer = optimizer;
     c.lr = 0.01;
