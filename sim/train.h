@@ -36,8 +36,11 @@
  * Precision: MOE_TRAIN_FP32 (float parameters, sgemm) is the engine; MOE_TRAIN_FP64 runs the
  * same code in double (dgemm), for the finite-difference gradient checks.
  *
- * Determinism: all reductions are sequential or inside BLAS GEMMs; OpenBLAS's GEMMs partition
- * the output, not the sum, so results do not depend on the BLAS thread count (tested).
+ * Threads and determinism: threaded OpenBLAS sgemm rounds differently with the thread count, so
+ * every GEMM of the engine runs on one BLAS thread; the caller's BLAS thread count
+ * (moe_blas_threads) becomes the number of workers that take the experts' FFN forward and
+ * backward from a queue, one expert per worker at a time. Other reductions are sequential.
+ * Results are identical for any thread count (tested with 1 and 2).
  */
 #ifndef MOE_TRAIN_H
 #define MOE_TRAIN_H
@@ -150,6 +153,11 @@ size_t moe_train_n_params(const moe_trainer *tr);
 size_t moe_train_n_gate_params(const moe_trainer *tr); /* D*M: the first ones */
 double moe_train_param_get(const moe_trainer *tr, size_t i);
 void moe_train_param_set(moe_trainer *tr, size_t i, double v);
+/* The learning rate of step s (0-based) under c's schedule: lr (s+1)/warmup for s < warmup,
+ * then lr (constant) or lr (1 + cos(pi (s - warmup) / (steps - warmup))) / 2 (cosine). */
+double moe_train_lr(const moe_train_config *c, long s);
+/* Element i of the student output y (T,D) of the last objective or step. */
+double moe_train_output(const moe_trainer *tr, size_t i);
 /* The plan of the last objective or step (valid until the next call). */
 const moe_plan *moe_train_last_plan(const moe_trainer *tr);
 /* Whether the router's combine weights depend on the logits (0 for hash, replay). */

@@ -175,8 +175,7 @@ int moe_train_objective(moe_trainer *tr, const moe_batch *b, double *loss, doubl
 
 void moe_train_freeze_draws(moe_trainer *tr, int on) { tr->frozen = on && tr->drawn; }
 
-/* lr at step s: linear warmup over `warmup` steps, then constant or cosine to 0 at `steps`. */
-static double lr_at(const moe_train_config *c, long s)
+double moe_train_lr(const moe_train_config *c, long s)
 {
     if (s < c->warmup)
         return c->lr * (double)(s + 1) / c->warmup;
@@ -191,7 +190,7 @@ static void update(moe_trainer *tr)
     long s = tr->t_adam++;
     double bc1 = 1.0 - pow(0.9, (double)tr->t_adam), bc2 = 1.0 - pow(0.999, (double)tr->t_adam);
     size_t len = tr->c.trainable == MOE_TRAIN_ALL ? tr->n_params : tr->n_gate;
-    tr->k->update(tr, len, lr_at(&tr->c, s), bc1, bc2);
+    tr->k->update(tr, len, moe_train_lr(&tr->c, s), bc1, bc2);
 }
 
 static void observe(moe_trainer *tr, const moe_batch *b)
@@ -226,6 +225,7 @@ size_t moe_train_n_gate_params(const moe_trainer *tr) { return tr->n_gate; }
 double moe_train_param_get(const moe_trainer *tr, size_t i) { return tr->k->get(tr->theta, i); }
 void moe_train_param_set(moe_trainer *tr, size_t i, double v) { tr->k->set(tr->theta, i, v); }
 const moe_plan *moe_train_last_plan(const moe_trainer *tr) { return tr->plan; }
+double moe_train_output(const moe_trainer *tr, size_t i) { return tr->k->get(tr->y, i); }
 int moe_train_gate_has_grad(const moe_trainer *tr) { return tr->gate_kind != TR_GATE_CONST; }
 
 int moe_train_source_batch(void *ctx, long b, moe_batch *out)
