@@ -49,7 +49,7 @@ endif
 endif
 
 .PHONY: all deps run test test-unit test-asan bench plots clean fuzz
-all: moesim
+all: moesim $(B)/libmoesim.so
 
 moesim: $(B)/moesim
 	@cp $< $@
@@ -64,6 +64,33 @@ $(B)/libmoesim.a: $(LIB_OBJ)
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+# libmoesim.so, the C API of sim/moesim_api.h (used by the Python package in python/): a second
+# object set compiled with -fPIC (build/pic/), of which the link pulls only what api.o needs.
+# GSL comes from the static libgsl.a as for the binary (Debian builds it position-independent),
+# so no libgslcblas is loaded and cblas_* resolve to OpenBLAS; --exclude-libs keeps every
+# archive symbol local, so the library exports only the moesim_* functions of api.o.
+PIC_OBJ := $(LIB_SRC:%.c=$(B)/pic/%.o)
+$(B)/pic/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -fPIC -c -o $@ $<
+
+$(B)/libmoesim-pic.a: $(PIC_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(B)/libmoesim.so: $(B)/pic/sim/api.o $(B)/libmoesim-pic.a
+	$(CC) $(ALL_CFLAGS) -shared -fPIC $(LDFLAGS) -Wl,-z,defs -Wl,--exclude-libs,ALL -o $@ $^ \
+	    -Wl,--as-needed $(LDLIBS) -Wl,--no-as-needed
+
+# The Python package (python/README.md): builds libmoesim.so and installs moesim with Debian's
+# pip, offline; PIP_FLAGS="--user" installs for the current user only.
+PYTHON    ?= /usr/bin/python3
+PIP_FLAGS ?= --break-system-packages
+.PHONY: python
+python: $(B)/libmoesim.so
+	MOESIM_LIB=$(abspath $(B)/libmoesim.so) $(PYTHON) -m pip install --no-build-isolation \
+	    --no-index --no-deps $(PIP_FLAGS) ./python
 
 # The git revision stored with every result (sim/provenance.c); provenance.o is rebuilt when a
 # source file, HEAD or the index changes, so "-dirty" stays truthful.
@@ -95,11 +122,11 @@ plots: moesim
 	./moesim plot results/$(basename $(notdir $(SPEC))).db
 
 # The whole suite, then again under AddressSanitizer + UndefinedBehaviorSanitizer.
-test: moesim $(TEST_BIN) $(B)/moesim-perturb $(MPI_TEST:%=$(B)/%)
+test: moesim $(B)/libmoesim.so $(TEST_BIN) $(B)/moesim-perturb $(MPI_TEST:%=$(B)/%)
 	@sh tests/run.sh $(B)
 	@$(MAKE) --no-print-directory test-asan
 
-test-unit: moesim $(TEST_BIN) $(B)/moesim-perturb $(MPI_TEST:%=$(B)/%)
+test-unit: moesim $(B)/libmoesim.so $(TEST_BIN) $(B)/moesim-perturb $(MPI_TEST:%=$(B)/%)
 	@sh tests/run.sh $(B)
 
 SAN := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
@@ -149,5 +176,6 @@ clean:
 	rm -rf $(B) $(B)-valgrind build-asan build-fuzz moesim
 
 -include $(LIB_OBJ:.o=.d) $(B)/sim/main.d $(TEST_BIN:=.d)
+-include $(PIC_OBJ:.o=.d)
 -include $(B)/perturb/topk.d
 -include $(MPI_TEST:%=$(B)/%.d)
