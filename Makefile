@@ -28,7 +28,7 @@ SPEC     ?= experiments/default.ini
 
 DEB_PKGS := build-essential pkg-config libgsl-dev libopenblas-dev libsqlite3-dev sqlite3 \
             libinih-dev libjansson-dev zlib1g-dev gnuplot-nox valgrind clang \
-            libopenmpi-dev openmpi-bin
+            libopenmpi-dev openmpi-bin python3-numpy python3-pip python3-setuptools python3-wheel
 
 # MPI (issue 9, sim/mpi.c): expert parallelism and sweeps over ranks, built only when mpicc is
 # found (`make MPICC=` builds without). Only sim/mpi.o sees MPI's headers (-DMOESIM_MPI); the
@@ -91,6 +91,12 @@ PIP_FLAGS ?= --break-system-packages
 python: $(B)/libmoesim.so
 	MOESIM_LIB=$(abspath $(B)/libmoesim.so) $(PYTHON) -m pip install --no-build-isolation \
 	    --no-index --no-deps $(PIP_FLAGS) ./python
+
+# What moesim.route costs over the C call it wraps (65536 x 64 logits; python/tests/bench_route.py).
+.PHONY: bench-python
+bench-python: $(B)/libmoesim.so
+	env -u OPENBLAS_CORETYPE PYTHONPATH=python MOESIM_LIB=$(abspath $(B)/libmoesim.so) \
+	    $(PYTHON) python/tests/bench_route.py
 
 # The git revision stored with every result (sim/provenance.c); provenance.o is rebuilt when a
 # source file, HEAD or the index changes, so "-dirty" stays truthful.

@@ -1,0 +1,81 @@
+"""bench_route.py: what moesim.route costs over the C routing it wraps, on T x M logits.
+
+For each router, REPS rounds that run the three in turn (so that load from other processes falls
+on all three alike), reporting the fastest run of each (the least disturbed) and the median, in
+CPU seconds of this process (routing is single-threaded; CPU time is what other processes on a
+shared machine disturb least):
+  C      the C call alone: moesim_route (options, router, route, metrics) + moesim_result_free,
+         on prepared arguments (one ctypes call; no Python per token);
+  py64   moesim.route(logits float64 C-order): zero-copy input, entries copied out, metrics read;
+  py32   moesim.route(logits float32): plus the widening to float64 that moesim needs;
+and the ratios py/C. Run: make bench-python (or PYTHONPATH=python python3 this T M REPS).
+Timings only: no assertion (the test suite checks results, not speed).
+"""
+import ctypes
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import moesim
+from moesim import _lib
+
+T = int(sys.argv[1]) if len(sys.argv) > 1 else 65536
+M = int(sys.argv[2]) if len(sys.argv) > 2 else 64
+REPS = int(sys.argv[3]) if len(sys.argv) > 3 else 15
+CASES = [("topk", {"k": 2, "capacity_factor": 1.25}),
+         ("switch", {"capacity_factor": 1.25}),
+         ("expert_choice", {"capacity_factor": 2}),
+         ("gshard", {"capacity_factor": 1.25})]
+
+
+def c_only(L, router, opts):
+    keys = [k.encode() for k in opts]
+    vals = [moesim._option_text(k, v).encode() for k, v in opts.items()]
+    a = _lib.RouteArgs()
+    a.router, a.logits, a.n, a.m = router.encode(), L.ctypes.data, L.shape[0], L.shape[1]
+    a.n_opts = len(keys)
+    a.keys = (ctypes.c_char_p * len(keys))(*keys)
+    a.values = (ctypes.c_char_p * len(vals))(*vals)
+    res = ctypes.c_void_p()
+
+    def run():
+        if moesim._C.moesim_route(ctypes.byref(a), ctypes.byref(res)):
+            raise moesim.Error(moesim._C.moesim_errmsg().decode())
+        moesim._C.moesim_result_free(res)
+    return run
+
+
+def interleaved(fns):
+    """[(min, median)] seconds of each fn over REPS rounds that run every fn once."""
+    for fn in fns:
+        fn()  # warm-up: page faults of the first allocations
+    ts = [[] for _ in fns]
+    for _ in range(REPS):
+        for fn, t in zip(fns, ts):
+            t0 = time.process_time()
+            fn()
+            t.append(time.process_time() - t0)
+    return [(min(t), statistics.median(t)) for t in ts]
+
+
+def main():
+    rng = np.random.default_rng(0)
+    L32 = (rng.standard_normal((T, M)) * 2).astype(np.float32)
+    L64 = L32.astype(np.float64)
+    print("moesim.route on %d x %d logits, %d interleaved rounds: fastest (median) in ms"
+          % (T, M, REPS))
+    print("%-14s %17s %17s %17s %13s %13s" % ("router", "C", "py64", "py32", "py64/C", "py32/C"))
+    for router, opts in CASES:
+        (c, cm), (p64, p64m), (p32, p32m) = interleaved([
+            c_only(L64, router, opts),
+            lambda: moesim.route(L64, router, **opts),
+            lambda: moesim.route(L32, router, **opts)])
+        print("%-14s %7.1f (%7.1f) %7.1f (%7.1f) %7.1f (%7.1f) %5.3f (%5.3f) %5.3f (%5.3f)"
+              % (router, c * 1e3, cm * 1e3, p64 * 1e3, p64m * 1e3, p32 * 1e3, p32m * 1e3,
+                 p64 / c, p64m / cm, p32 / c, p32m / cm))
+
+
+if __name__ == "__main__":
+    main()
