@@ -13,9 +13,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-_Static_assert(MOESIM_EINVAL == MOE_EINVAL && MOESIM_EIO == MOE_EIO &&
-               MOESIM_EFORMAT == MOE_EFORMAT && MOESIM_ENOMEM == MOE_ENOMEM &&
-               MOESIM_EINPUT == MOE_EINPUT, "moesim_api.h status codes follow moe.h");
+_Static_assert((int)MOESIM_EINVAL == MOE_EINVAL && (int)MOESIM_EIO == MOE_EIO &&
+               (int)MOESIM_EFORMAT == MOE_EFORMAT && (int)MOESIM_ENOMEM == MOE_ENOMEM &&
+               (int)MOESIM_EINPUT == MOE_EINPUT, "moesim_api.h status codes follow moe.h");
 
 struct moesim_result {
     moe_plan *plan;

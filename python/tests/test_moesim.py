@@ -91,25 +91,28 @@ def close(got, want, abs_tol, rel_tol):
 
 
 def metrics_equal(name, got, want, skip=()):
-    """Every key of want equal in got (exact: both are the same doubles)."""
-    for key, w in want.items():
-        if key in skip:
-            continue
-        g = got.get(key, "missing")
-        check(g == w, "%s: metrics %s = %r, CLI %r" % (name, key, g, w))
+    """Every key of want equal in got (exact: both are the same doubles); one check per case."""
+    bad = ["%s = %r, CLI %r" % (k, got.get(k, "missing"), w) for k, w in want.items()
+           if k not in skip and got.get(k, "missing") != w]
+    check(not bad, "%s: metrics differ from moesim route's: %s" % (name, "; ".join(bad)))
 
 
 def metrics_close(name, got, want, skip=()):
-    """Against the NumPy reference's expected_metrics.json, with test_fixtures.c's tolerances."""
+    """Against the NumPy reference's expected_metrics.json, with test_fixtures.c's tolerances
+    (integer-valued keys, strings and nulls exactly); one check per case."""
+    bad = []
     for key, w in want.items():
         if key in skip:
             continue
         g = got.get(key, "missing")
         if w is None or isinstance(w, str) or key in EXACT_KEYS:
-            check(g == w, "%s: %s = %r, expected %r" % (name, key, g, w))
+            ok = g == w
         else:
             ok = g is not None and g != "missing" and close(g, w, MET_ABS, MET_REL)
-            check(ok, "%s: %s = %r, expected %r (1e-6 + 1e-5 rel)" % (name, key, g, w))
+        if not ok:
+            bad.append("%s = %r, expected %r" % (key, g, w))
+    check(not bad, "%s: metrics vs expected_metrics.json (1e-6 + 1e-5 rel): %s"
+          % (name, "; ".join(bad)))
 
 
 def fixture_case(name, tmp):
