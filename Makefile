@@ -92,11 +92,15 @@ python: $(B)/libmoesim.so
 	MOESIM_LIB=$(abspath $(B)/libmoesim.so) $(PYTHON) -m pip install --no-build-isolation \
 	    --no-index --no-deps $(PIP_FLAGS) ./python
 
-# What moesim.route costs over the C call it wraps (65536 x 64 logits; python/tests/bench_route.py).
+# What moesim.route costs over the C call it wraps and over the static build's routing
+# (tests/bench/route_time.c), on 65536 x 64 logits (python/tests/bench_route.py).
 .PHONY: bench-python
-bench-python: $(B)/libmoesim.so
+bench-python: $(B)/libmoesim.so $(B)/route_time
 	env -u OPENBLAS_CORETYPE PYTHONPATH=python MOESIM_LIB=$(abspath $(B)/libmoesim.so) \
-	    $(PYTHON) python/tests/bench_route.py
+	    ROUTE_TIME=$(abspath $(B)/route_time) $(PYTHON) python/tests/bench_route.py
+
+$(B)/route_time: tests/bench/route_time.c $(B)/libmoesim.a
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
 
 # The git revision stored with every result (sim/provenance.c); provenance.o is rebuilt when a
 # source file, HEAD or the index changes, so "-dirty" stays truthful.
