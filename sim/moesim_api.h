@@ -11,9 +11,9 @@
  *   moesim_option_get     the routing option table (key, type, default, choices, help)
  *   moesim_errmsg/_hint   the one-line message of the last failed call on this thread
  *
- * Every function that can fail returns MOESIM_OK (0) or a status code below, and records the
- * message "<what> (<where>)" that moesim_errmsg() returns until the next call of this API on
- * the same thread. Results equal `moesim route`'s for the same inputs, options and seed.
+ * moesim_route and moesim_layer return MOESIM_OK (0) or a status code below; on failure the
+ * message "<what> (<where>)" is what moesim_errmsg() returns on the same thread until the next
+ * moesim_route or moesim_layer call there. Results equal `moesim route`'s for the same inputs, options and seed.
  * Only the moesim_* symbols are exported; the library is not thread-safe across calls that
  * share a result, and reentrant otherwise. Dimension letters as in moe.h: T tokens, M logit
  * columns, E experts, C slots per expert, D model width, F expert hidden width, Krec recorded
@@ -37,7 +37,7 @@ enum {
 };
 
 int moesim_api_version(void); /* MOESIM_API_VERSION of the library that was loaded */
-const char *moesim_errmsg(void);  /* "" when the last call succeeded */
+const char *moesim_errmsg(void);  /* "" after a successful moesim_route or moesim_layer */
 const char *moesim_errhint(void); /* a hint for the user, or "" */
 
 /* ---- routing ---- */
