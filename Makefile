@@ -66,14 +66,15 @@ $(B)/%.o: %.c
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
 # libmoesim.so, the C API of sim/moesim_api.h (used by the Python package in python/): a second
-# object set compiled with -fPIC (build/pic/), of which the link pulls only what api.o needs.
+# object set compiled with -fPIC (build/pic/), of which the link pulls only what api.o needs;
+# -fno-semantic-interposition lets GCC inline and call within it as in the static build.
 # GSL comes from the static libgsl.a as for the binary (Debian builds it position-independent),
 # so no libgslcblas is loaded and cblas_* resolve to OpenBLAS; --exclude-libs keeps every
 # archive symbol local, so the library exports only the moesim_* functions of api.o.
 PIC_OBJ := $(LIB_SRC:%.c=$(B)/pic/%.o)
 $(B)/pic/%.o: %.c
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) -fPIC -c -o $@ $<
+	$(CC) $(ALL_CFLAGS) -fPIC -fno-semantic-interposition -c -o $@ $<
 
 $(B)/libmoesim-pic.a: $(PIC_OBJ)
 	@rm -f $@
