@@ -32,7 +32,8 @@ SPEC     ?= experiments/default.ini
 # missing are skipped and counted.
 DEB_PKGS      := build-essential pkg-config libgsl-dev libopenblas-dev libsqlite3-dev \
                  libinih-dev libjansson-dev zlib1g-dev gnuplot-nox
-DEB_PKGS_TEST := sqlite3 valgrind clang libopenmpi-dev openmpi-bin
+DEB_PKGS_TEST := sqlite3 valgrind clang libopenmpi-dev openmpi-bin python3-numpy python3-pip \
+                 python3-setuptools python3-wheel
 
 # MPI (sim/mpi_*.c): expert parallelism and sweeps over ranks, built only when mpicc is
 # found (`make MPICC=` builds without). Only sim/mpi_*.o see MPI's headers (-DMOESIM_MPI); the
@@ -53,7 +54,7 @@ endif
 endif
 
 .PHONY: all deps deps-test run test test-unit test-asan bench plots clean fuzz install uninstall
-all: moesim
+all: moesim $(B)/libmoesim.so
 
 moesim: $(B)/moesim
 	@cp $< $@
@@ -68,6 +69,44 @@ $(B)/libmoesim.a: $(LIB_OBJ)
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+# libmoesim.so, the C API of sim/moesim_api.h (used by the Python package in python/): a second
+# object set compiled with -fPIC (build/pic/), of which the link pulls only what api.o needs;
+# -fno-semantic-interposition lets GCC inline and call within it as in the static build.
+# GSL comes from the static libgsl.a as for the binary (Debian builds it position-independent),
+# so no libgslcblas is loaded and cblas_* resolve to OpenBLAS; --exclude-libs keeps every
+# archive symbol local, so the library exports only the moesim_* functions of api.o.
+PIC_OBJ := $(LIB_SRC:%.c=$(B)/pic/%.o)
+$(B)/pic/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -fPIC -fno-semantic-interposition -c -o $@ $<
+
+$(B)/libmoesim-pic.a: $(PIC_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(B)/libmoesim.so: $(B)/pic/sim/api.o $(B)/libmoesim-pic.a
+	$(CC) $(ALL_CFLAGS) -shared -fPIC $(LDFLAGS) -Wl,-z,defs -Wl,--exclude-libs,ALL -o $@ $^ \
+	    -Wl,--as-needed $(LDLIBS) -Wl,--no-as-needed
+
+# The Python package (python/README.md): builds libmoesim.so and installs moesim with Debian's
+# pip, offline; PIP_FLAGS="--user" installs for the current user only.
+PYTHON    ?= /usr/bin/python3
+PIP_FLAGS ?= --break-system-packages
+.PHONY: python
+python: $(B)/libmoesim.so
+	MOESIM_LIB=$(abspath $(B)/libmoesim.so) $(PYTHON) -m pip install --no-build-isolation \
+	    --no-index --no-deps $(PIP_FLAGS) ./python
+
+# What moesim.route costs over the C call it wraps and over the static build's routing
+# (tests/bench/route_time.c), on 65536 x 64 logits (python/tests/bench_route.py).
+.PHONY: bench-python
+bench-python: $(B)/libmoesim.so $(B)/route_time
+	env -u OPENBLAS_CORETYPE PYTHONPATH=python MOESIM_LIB=$(abspath $(B)/libmoesim.so) \
+	    ROUTE_TIME=$(abspath $(B)/route_time) $(PYTHON) python/tests/bench_route.py
+
+$(B)/route_time: tests/bench/route_time.c $(B)/libmoesim.a
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
 
 # The git revision stored with every result (sim/provenance.c); provenance.o is rebuilt when a
 # source file, HEAD or the index changes, so "-dirty" stays truthful.
@@ -109,13 +148,13 @@ plots: moesim
 
 # The whole suite ("plain:" pass), then again under AddressSanitizer + UndefinedBehaviorSanitizer
 # ("asan:" pass); the last line adds up both passes.
-test: moesim $(TEST_BIN) $(B)/moesim-perturb $(MPI_TEST:%=$(B)/%)
+test: moesim $(B)/libmoesim.so $(TEST_BIN) $(B)/moesim-perturb $(MPI_TEST:%=$(B)/%)
 	@rm -f $(B)/test-totals
 	@sh tests/run.sh $(B) plain $(B)/test-totals
 	@$(MAKE) --no-print-directory test-asan TOTALS=$(CURDIR)/$(B)/test-totals
 	@awk '{p += $$1; f += $$2; s += $$3} END {printf "plain+asan: %d passed, %d failed, %d skipped\n%d passed, %d failed%s\n", p, f, s, p, f, s ? sprintf(", %d skipped", s) : ""}' $(B)/test-totals
 
-test-unit: moesim $(TEST_BIN) $(B)/moesim-perturb $(MPI_TEST:%=$(B)/%)
+test-unit: moesim $(B)/libmoesim.so $(TEST_BIN) $(B)/moesim-perturb $(MPI_TEST:%=$(B)/%)
 	@sh tests/run.sh $(B) plain
 
 SAN := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
@@ -190,5 +229,6 @@ clean:
 	rm -rf $(B) $(B)-valgrind build-asan build-fuzz moesim
 
 -include $(LIB_OBJ:.o=.d) $(B)/sim/main.d $(TEST_BIN:=.d)
+-include $(PIC_OBJ:.o=.d)
 -include $(B)/perturb/topk.d
 -include $(MPI_TEST:%=$(B)/%.d)

@@ -286,6 +286,30 @@ static const char *enum_name(const char *values, int i, char *buf, size_t len)
     return buf;
 }
 
+void moe_option_default_text(const moe_option *op, char *def, size_t len)
+{
+    if (op->def_text)
+        snprintf(def, len, "%s", op->def_text);
+    else if (op->kind == MOE_OPT_ENUM)
+        enum_name(op->values, (int)op->def, def, len);
+    else if (op->kind == MOE_OPT_BOOL)
+        snprintf(def, len, "%s", op->def != 0 ? "true" : "false");
+    else
+        snprintf(def, len, "%g", op->def);
+}
+
+void moe_option_choices_text(const moe_option *op, char *choices, size_t len)
+{
+    if (op->choices)
+        snprintf(choices, len, "%s", op->choices);
+    else if (op->kind == MOE_OPT_ENUM)
+        snprintf(choices, len, "%s", op->values);
+    else if (op->kind == MOE_OPT_BOOL)
+        snprintf(choices, len, "true|false");
+    else
+        snprintf(choices, len, "%s %g", op->lo_open ? ">" : ">=", op->lo);
+}
+
 void moe_route_options_print(FILE *out, int as_flags)
 {
     for (const moe_option *op = moe_route_options; op->key; op++) {
@@ -298,22 +322,8 @@ void moe_route_options_print(FILE *out, int as_flags)
         } else {
             snprintf(name, sizeof name, "%s", op->key);
         }
-        if (op->def_text)
-            snprintf(def, sizeof def, "%s", op->def_text);
-        else if (op->kind == MOE_OPT_ENUM)
-            enum_name(op->values, (int)op->def, def, sizeof def);
-        else if (op->kind == MOE_OPT_BOOL)
-            snprintf(def, sizeof def, "%s", op->def != 0 ? "true" : "false");
-        else
-            snprintf(def, sizeof def, "%g", op->def);
-        if (op->choices)
-            snprintf(choices, sizeof choices, "%s", op->choices);
-        else if (op->kind == MOE_OPT_ENUM)
-            snprintf(choices, sizeof choices, "%s", op->values);
-        else if (op->kind == MOE_OPT_BOOL)
-            snprintf(choices, sizeof choices, "true|false");
-        else
-            snprintf(choices, sizeof choices, "%s %g", op->lo_open ? ">" : ">=", op->lo);
+        moe_option_default_text(op, def, sizeof def);
+        moe_option_choices_text(op, choices, sizeof choices);
         fprintf(out, "  %-20s %-8s default %-14s %s (%s)\n", name, op->type, def, op->help,
                 choices);
     }

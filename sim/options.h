@@ -46,6 +46,9 @@ const moe_option *moe_route_option_find(const char *key);
 int moe_route_opts_set(moe_route_opts *o, const char *key, const char *value);
 /* Free what moe_route_opts_set allocated (the hash table). */
 void moe_route_opts_release(moe_route_opts *o);
+/* The default and the allowed values of op as `--help` shows them. */
+void moe_option_default_text(const moe_option *op, char *def, size_t len);
+void moe_option_choices_text(const moe_option *op, char *choices, size_t len);
 /* Print the option table (for --help and `moesim list options`). */
 void moe_route_options_print(FILE *out, int as_flags);
 /* Canonical text of a routing option set, "k=2 capacity_factor=1.25 ..." (only non-defaults,

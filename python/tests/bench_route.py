@@ -1,0 +1,139 @@
+"""bench_route.py: what moesim.route costs over the C routing it wraps, on T x M logits.
+
+For each router, REPS rounds that run the three in turn (so that load from other processes falls
+on all three alike), reporting the fastest run of each (the least disturbed) and the median, in
+CPU seconds of this process (routing is single-threaded; CPU time is what other processes on a
+shared machine disturb least):
+  C      the C call alone: moesim_route (options, router, route, metrics) + moesim_result_free,
+         on prepared arguments (one ctypes call; no Python per token);
+  py64   moesim.route(logits float64 C-order): zero-copy input, entries copied out, metrics read;
+  py32   moesim.route(logits float32): plus the widening to float64 that moesim needs;
+and the ratios py/C; with $ROUTE_TIME (tests/bench/route_time.c, built by make bench-python) also
+  static the same routing in the static build (no -fPIC), on the same logits, REPS runs,
+and py64/static. On a loaded machine these totals vary by more than the overhead itself, so the
+parts moesim.route adds around the C call are also timed alone, as fractions of the C time:
+  copy out  the entries copied into five NumPy arrays and the metrics read (topk's result);
+  widen     float32 logits widened to the float64 that moesim routes on.
+Run: make bench-python (or PYTHONPATH=python python3 this T M REPS).
+Timings only: no assertion (the test suite checks results, not speed).
+"""
+import ctypes
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+import moesim
+from moesim import _lib
+
+T = int(sys.argv[1]) if len(sys.argv) > 1 else 65536
+M = int(sys.argv[2]) if len(sys.argv) > 2 else 64
+REPS = int(sys.argv[3]) if len(sys.argv) > 3 else 15
+CASES = [("topk", {"k": 2, "capacity_factor": 1.25}),
+         ("switch", {"capacity_factor": 1.25}),
+         ("expert_choice", {"capacity_factor": 2}),
+         ("gshard", {"capacity_factor": 1.25})]
+
+
+def c_args(L, router, opts):
+    """moesim_route's arguments for L and opts, and the objects they point into."""
+    keys = [k.encode() for k in opts]
+    vals = [moesim._option_text(k, v).encode() for k, v in opts.items()]
+    a = _lib.RouteArgs()
+    a.router, a.logits, a.n, a.m = router.encode(), L.ctypes.data, L.shape[0], L.shape[1]
+    a.n_opts = len(keys)
+    a.keys = (ctypes.c_char_p * len(keys))(*keys)
+    a.values = (ctypes.c_char_p * len(vals))(*vals)
+    return a, (keys, vals)
+
+
+def c_only(L, router, opts):
+    a, keep = c_args(L, router, opts)
+    res = ctypes.c_void_p()
+
+    def run(keep=keep):  # keep: the option strings a points into stay alive with run
+        if moesim._C.moesim_route(ctypes.byref(a), ctypes.byref(res)):
+            raise moesim.Error(moesim._C.moesim_errmsg().decode())
+        moesim._C.moesim_result_free(res)
+    return run
+
+
+def copy_out(L, router, opts):
+    """A function doing what route() does after the C call (entries into five arrays, metrics
+    read), on one result of router, and the call that frees that result."""
+    a, _ = c_args(L, router, opts)
+    res = ctypes.c_void_p()
+    if moesim._C.moesim_route(ctypes.byref(a), ctypes.byref(res)):
+        raise moesim.Error(moesim._C.moesim_errmsg().decode())
+    info = _lib.PlanInfo()
+    moesim._C.moesim_result_info(res, ctypes.byref(info))
+    N = info.n_entries
+
+    def run():
+        out = [np.empty(N, np.int32) for _ in range(3)] + [np.empty(N) for _ in range(2)]
+        moesim._C.moesim_result_entries(res, *(x.ctypes.data for x in out))
+        moesim._metrics(res, router, info.num_experts)
+    return run, lambda: moesim._C.moesim_result_free(res), N
+
+
+def interleaved(fns):
+    """[(min, median)] seconds of each fn over REPS rounds that run every fn once."""
+    for fn in fns:
+        fn()  # warm-up: page faults of the first allocations
+    ts = [[] for _ in fns]
+    for _ in range(REPS):
+        for fn, t in zip(fns, ts):
+            t0 = time.process_time()
+            fn()
+            t.append(time.process_time() - t0)
+    return [(min(t), statistics.median(t)) for t in ts]
+
+
+def static_time(L, router, opts):
+    """(fastest, median) CPU seconds of the static build's routing, or None without ROUTE_TIME."""
+    exe = os.environ.get("ROUTE_TIME")
+    if not exe:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "logits.npy")
+        np.save(path, L)
+        kv = ["%s=%s" % (k, moesim._option_text(k, v)) for k, v in opts.items()]
+        out = subprocess.run([exe, path, str(REPS), router] + kv, capture_output=True,
+                             text=True, check=True).stdout.split()
+    return float(out[1]), float(out[2])
+
+
+def main():
+    rng = np.random.default_rng(0)
+    L32 = (rng.standard_normal((T, M)) * 2).astype(np.float32)
+    L64 = L32.astype(np.float64)
+    print("moesim.route on %d x %d logits, %d interleaved rounds: fastest (median) CPU ms"
+          % (T, M, REPS))
+    print("%-14s %17s %17s %17s %17s %13s %13s %13s" % (
+        "router", "static", "C", "py64", "py32", "py64/static", "py64/C", "py32/C"))
+    parts = {}
+    for router, opts in CASES:
+        (c, cm), (p64, p64m), (p32, p32m) = interleaved([
+            c_only(L64, router, opts),
+            lambda: moesim.route(L64, router, **opts),
+            lambda: moesim.route(L32, router, **opts)])
+        st = static_time(L64, router, opts) or (float("nan"), float("nan"))
+        parts[router] = c
+        print("%-14s %7.1f (%7.1f) %7.1f (%7.1f) %7.1f (%7.1f) %7.1f (%7.1f) %5.3f (%5.3f) "
+              "%5.3f (%5.3f) %5.3f (%5.3f)"
+              % (router, st[0] * 1e3, st[1] * 1e3, c * 1e3, cm * 1e3, p64 * 1e3, p64m * 1e3,
+                 p32 * 1e3, p32m * 1e3, p64 / st[0], p64m / st[1], p64 / c, p64m / cm,
+                 p32 / c, p32m / cm))
+    run, free, N = copy_out(L64, "topk", CASES[0][1])
+    (copy, _), (widen, _) = interleaved([run, lambda: moesim._array(L32, "logits", np.float64, 2)])
+    free()
+    print("copy out (%d entries) %.2f ms = %.4f of topk's C time; widen float32 %.2f ms = %.4f"
+          % (N, copy * 1e3, copy / parts["topk"], widen * 1e3, widen / parts["topk"]))
+
+
+if __name__ == "__main__":
+    main()

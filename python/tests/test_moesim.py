@@ -1,0 +1,390 @@
+"""test_moesim.py: the Python package against the moesim CLI and the committed route fixtures.
+
+Usage (from the repository root): python3 python/tests/test_moesim.py MOESIM_BINARY
+with PYTHONPATH=python and MOESIM_LIB=build/libmoesim.so (tests/t_python.sh sets both).
+
+For every case folder of tests/fixtures/route (as tests/test_fixtures.c reads them: `cmd` holds
+the route flags, file names relative to the folder; expected_y.npy marks a layer case):
+  - moesim.route on the same arrays and options, and `moesim route` run on the same files:
+    the plan CSV text equal byte for byte (Plan.csv() prints %.9g as moesim does), the CLI's
+    CSV parsed back equal to the in-memory entries, the metrics dict equal to the CLI's JSON
+    (printed with 17 digits, so equal doubles read back equal) key by key, exactly;
+  - the in-memory doubles against the fixture's expectations from the NumPy reference
+    (tests/ref/moe_ref.py) with test_fixtures.c's tolerances: plan weights 1e-6 + 1e-5 rel,
+    metrics 1e-6 + 1e-5 rel (integer-valued keys exactly), layer output 1e-4 + 1e-3 rel;
+  - layer cases: moesim.layer on the same weights equal to the CLI's y.npy bit for bit.
+Then input conversions (dtypes, order, torch tensors, __array__), the seeded draws against
+`moesim route --seed`, errors, the registry listings against `moesim list`, and an offline
+`pip install --target` imported from another folder. Prints "test_python: N passed, N failed".
+"""
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+import moesim
+
+MOESIM = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build/moesim")
+FIXTURES = "tests/fixtures/route"
+LAYER_FLAGS = ("x", "w1", "b1", "w2", "b2")
+PLAN_ABS, PLAN_REL, MET_ABS, MET_REL, OUT_ABS, OUT_REL = 1e-6, 1e-5, 1e-6, 1e-5, 1e-4, 1e-3
+EXACT_KEYS = {"n_tokens", "num_experts", "capacity", "num_entries", "assigned_load",
+              "kept_load", "experts_per_token"}
+
+passed = failed = 0
+
+
+def check(ok, what):
+    global passed, failed
+    if ok:
+        passed += 1
+    else:
+        failed += 1
+        print("FAIL: " + what)
+
+
+def parse_cmd(text):
+    """cmd words -> (router, files {flag: name}, options {key: text}, activation)."""
+    words = shlex.split(text)
+    router, files, opts, act = None, {}, {}, "gelu_tanh"
+    for flag, val in zip(words[::2], words[1::2]):
+        key = flag[2:].replace("-", "_")
+        if key == "router":
+            router = val
+        elif key == "activation":
+            act = val
+        elif key in ("logits", "tokens", "uniforms", "hash_table") + LAYER_FLAGS:
+            files[key] = val
+        else:
+            opts[key] = val
+    return router, files, opts, act
+
+
+def run_cli(args, cwd, out):
+    """moesim route ARGS --plan/--metrics in out; returns (csv text, metrics dict)."""
+    cmd = [MOESIM, "route"] + args + ["--plan", os.path.join(out, "plan.csv"),
+                                      "--metrics", os.path.join(out, "metrics.json")]
+    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError("%s: %s" % (" ".join(cmd), p.stderr.strip()))
+    with open(os.path.join(out, "plan.csv")) as f:
+        csv = f.read()
+    with open(os.path.join(out, "metrics.json")) as f:
+        met = json.load(f)
+    return csv, met
+
+
+def parse_csv(text):
+    rows = [line.split(",") for line in text.splitlines()[1:] if line]
+    cols = list(zip(*rows)) if rows else [(), (), (), (), ()]
+    return ([np.array(c, dtype=np.int64) for c in cols[:3]] +
+            [np.array(c, dtype=np.float64) for c in cols[3:]])
+
+
+def close(got, want, abs_tol, rel_tol):
+    got, want = np.asarray(got, dtype=np.float64), np.asarray(want, dtype=np.float64)
+    return got.shape == want.shape and bool(np.all(np.abs(got - want) <= abs_tol + np.abs(want) * rel_tol))
+
+
+def metrics_equal(name, got, want, skip=()):
+    """Every key of want equal in got (exact: both are the same doubles); one check per case."""
+    bad = ["%s = %r, CLI %r" % (k, got.get(k, "missing"), w) for k, w in want.items()
+           if k not in skip and got.get(k, "missing") != w]
+    check(not bad, "%s: metrics differ from moesim route's: %s" % (name, "; ".join(bad)))
+
+
+def metrics_close(name, got, want, skip=()):
+    """Against the NumPy reference's expected_metrics.json, with test_fixtures.c's tolerances
+    (integer-valued keys, strings and nulls exactly); one check per case."""
+    bad = []
+    for key, w in want.items():
+        if key in skip:
+            continue
+        g = got.get(key, "missing")
+        if w is None or isinstance(w, str) or key in EXACT_KEYS:
+            ok = g == w
+        else:
+            ok = g is not None and g != "missing" and close(g, w, MET_ABS, MET_REL)
+        if not ok:
+            bad.append("%s = %r, expected %r" % (key, g, w))
+    check(not bad, "%s: metrics vs expected_metrics.json (1e-6 + 1e-5 rel): %s"
+          % (name, "; ".join(bad)))
+
+
+def fixture_case(name, tmp):
+    d = os.path.join(FIXTURES, name)
+    with open(os.path.join(d, "cmd")) as f:
+        cmd_text = f.read()
+    router, files, opts, act = parse_cmd(cmd_text)
+    arr = {k: np.load(os.path.join(d, v)) for k, v in files.items()}
+    layer_case = "x" in files
+    plan = moesim.route(arr["logits"], router, uniforms=arr.get("uniforms"),
+                        tokens=arr.get("tokens"), hash_table=arr.get("hash_table"), **opts)
+    args = shlex.split(cmd_text)
+    if layer_case:
+        args += ["--output", os.path.join(tmp, "y.npy")]
+    csv, met = run_cli(args, d, tmp)
+
+    # bit for bit against the CLI
+    check(plan.csv() == csv, "%s: plan CSV differs from moesim route's" % name)
+    tok, exp, slot, dw, cw = parse_csv(csv)
+    check(np.array_equal(plan.token, tok) and np.array_equal(plan.expert, exp) and
+          np.array_equal(plan.slot, slot), "%s: entries (token, expert, slot) differ" % name)
+    check(np.array_equal(np.array(["%.9g" % v for v in plan.dispatch_weight], dtype=np.float64), dw)
+          and np.array_equal(np.array(["%.9g" % v for v in plan.combine_weight], dtype=np.float64), cw),
+          "%s: weights differ from the CLI's at %%.9g" % name)
+    layer_keys = {k for k in met if k.startswith(("flops_", "output_error"))}
+    metrics_equal(name, plan.metrics, met, skip=layer_keys if layer_case else ())
+
+    # the in-memory doubles against the NumPy reference's expectations
+    with open(os.path.join(d, "expected_plan.csv")) as f:
+        etok, eexp, eslot, edw, ecw = parse_csv(f.read())
+    order = np.lexsort((plan.slot, plan.expert, plan.token))
+    eorder = np.lexsort((eslot, eexp, etok))
+    same = (len(order) == len(eorder) and np.array_equal(plan.token[order], etok[eorder]) and
+            np.array_equal(plan.expert[order], eexp[eorder]) and
+            np.array_equal(plan.slot[order], eslot[eorder]))
+    check(same, "%s: plan rows differ from expected_plan.csv" % name)
+    if same:
+        check(close(plan.dispatch_weight[order], edw[eorder], PLAN_ABS, PLAN_REL) and
+              close(plan.combine_weight[order], ecw[eorder], PLAN_ABS, PLAN_REL),
+              "%s: plan weights differ from expected_plan.csv beyond 1e-6 + 1e-5 rel" % name)
+    with open(os.path.join(d, "expected_metrics.json")) as f:
+        emet = json.load(f)
+    metrics_close(name, plan.metrics, emet,
+                  skip={k for k in emet if k.startswith(("flops_", "output_error"))})
+
+    if layer_case:
+        y = moesim.layer(arr["x"], arr["w1"], arr["b1"], arr["w2"], arr["b2"], plan,
+                         activation=act)
+        ycli = np.load(os.path.join(tmp, "y.npy"))
+        check(y.dtype == ycli.dtype and np.array_equal(y, ycli),
+              "%s: layer output differs from moesim route's (max |diff| %g)"
+              % (name, float(np.max(np.abs(y.astype(np.float64) - ycli))) if y.shape == ycli.shape else -1))
+        ey = np.load(os.path.join(d, "expected_y.npy"))
+        check(close(y, ey, OUT_ABS, OUT_REL), "%s: layer output vs expected_y.npy" % name)
+
+
+def test_fixtures(tmp):
+    names = sorted(n for n in os.listdir(FIXTURES) if os.path.exists(os.path.join(FIXTURES, n, "cmd")))
+    check(len(names) >= 30, "%d fixture cases in %s, expected at least 30" % (len(names), FIXTURES))
+    for name in names:
+        try:
+            fixture_case(name, tmp)
+        except Exception as e:  # a case that raises fails alone
+            check(False, "%s: %s: %s" % (name, type(e).__name__, e))
+
+
+# ---- conversions ------------------------------------------------------------------------------
+
+def same_plan(a, b):
+    return (np.array_equal(a.token, b.token) and np.array_equal(a.expert, b.expert) and
+            np.array_equal(a.slot, b.slot) and np.array_equal(a.dispatch_weight, b.dispatch_weight)
+            and np.array_equal(a.combine_weight, b.combine_weight) and a.metrics == b.metrics)
+
+
+class ArrayLike:
+    def __init__(self, a):
+        self.a = a
+
+    def __array__(self, dtype=None):
+        return self.a if dtype is None else self.a.astype(dtype)
+
+
+def test_conversions():
+    rng = np.random.default_rng(5)
+    L32 = rng.standard_normal((40, 8)).astype(np.float32)
+    ref = moesim.route(L32.astype(np.float64), "topk", k=2, capacity_factor=0.75)
+    check(same_plan(moesim.route(L32, "topk", k=2, capacity_factor=0.75), ref),
+          "float32 logits route as their float64 values")
+    check(same_plan(moesim.route(np.asfortranarray(L32), "topk", k=2, capacity_factor=0.75), ref),
+          "Fortran-order logits")
+    check(same_plan(moesim.route(L32.astype(np.float64)[:, ::1][::-1][::-1], "topk", k=2,
+                                 capacity_factor=0.75), ref), "strided view logits")
+    check(same_plan(moesim.route(ArrayLike(L32), "topk", k=2, capacity_factor="0.75"), ref),
+          "an object with __array__; capacity_factor as text")
+    check(same_plan(moesim.route(L32.astype(np.float64).tolist(), "topk", k=np.int64(2),
+                                 capacity_factor=0.75), ref), "nested lists; k as a NumPy int")
+    L16 = L32.astype(np.float16)
+    check(same_plan(moesim.route(L16, "switch"), moesim.route(L16.astype(np.float64), "switch")),
+          "float16 logits route as their float64 values")
+    Li = rng.integers(-5, 5, size=(30, 4)).astype(np.int32)
+    check(same_plan(moesim.route(Li, "switch"), moesim.route(Li.astype(np.float64), "switch")),
+          "int32 logits convert exactly")
+    L64 = np.ascontiguousarray(L32, dtype=np.float64)
+    check(moesim._array(L64, "logits", np.float64, 2) is L64,
+          "float64 C-contiguous logits are passed without a copy")
+    for bad, what in ((L32.astype(np.complex128), "complex"),
+                      (np.array([[2 ** 60 + 1, 1]], dtype=np.int64), "int64 beyond 2^53"),
+                      (np.array([["a", "b"]]), "strings")):
+        try:
+            moesim.route(bad, "switch")
+            check(False, "%s logits must be refused" % what)
+        except moesim.Error as e:
+            check("(logits)" in str(e), "%s logits: message names logits: %s" % (what, e))
+    try:
+        import torch
+    except ImportError:
+        print("test_python: torch absent, torch checks skipped")
+        return
+    T32 = torch.from_numpy(L32.copy()).requires_grad_(True)
+    check(same_plan(moesim.route(T32, "topk", k=2, capacity_factor=0.75), ref),
+          "a torch float32 tensor that requires grad")
+    Tb = torch.from_numpy(L32.copy()).to(torch.bfloat16)
+    want = moesim.route(Tb.float().numpy().astype(np.float64), "gshard", seed=3)
+    check(same_plan(moesim.route(Tb, "gshard", seed=3), want), "a torch bfloat16 tensor")
+    Th = torch.from_numpy(L32.copy()).half()
+    check(same_plan(moesim.route(Th, "switch"), moesim.route(Th.numpy().astype(np.float64), "switch")),
+          "a torch float16 tensor")
+    ids = torch.arange(40)
+    check(same_plan(moesim.route(T32, "hash", tokens=ids), moesim.route(L32, "hash", tokens=np.arange(40))),
+          "torch int64 token ids")
+
+
+# ---- draws, options, errors, listings --------------------------------------------------------
+
+def test_seeded_draws(tmp):
+    """gshard without uniforms and topk with noise draw from PCG streams of the seed: equal to
+    `moesim route --seed` on the same logits."""
+    d = os.path.join(FIXTURES, "gshard_default")
+    L = np.load(os.path.join(d, "logits.npy"))
+    for router, opts, extra in (("gshard", {"capacity_factor": 0.75}, ["--capacity-factor", "0.75"]),
+                                ("topk", {"noise_std": 0.5}, ["--noise-std", "0.5"])):
+        for seed in (0, 12345):
+            csv, met = run_cli(["--router", router, "--logits", "logits.npy", "--seed", str(seed)]
+                               + extra, d, tmp)
+            p = moesim.route(L, router, seed=seed, **opts)
+            check(p.csv() == csv and p.metrics == met,
+                  "%s seed %d: plan and metrics equal moesim route --seed" % (router, seed))
+    p0, p1 = moesim.route(L, "gshard", seed=0), moesim.route(L, "gshard", seed=1)
+    check(not same_plan(p0, p1), "gshard: different seeds draw differently")
+
+
+def test_hash_table_path():
+    d = os.path.join(FIXTURES, "hash_table")
+    L, ids = np.load(os.path.join(d, "logits.npy")), np.load(os.path.join(d, "ids.npy"))
+    table = os.path.join(d, "table.npy")
+    a = moesim.route(L, "hash", tokens=ids, hash="table", hash_table=table)
+    b = moesim.route(L, "hash", tokens=ids, hash="table", hash_table=np.load(table))
+    check(same_plan(a, b), "hash_table as a .npy path and as an array give the same plan")
+
+
+def expect_error(want, fn, *args, **kw):
+    try:
+        fn(*args, **kw)
+        check(False, "no error, expected: %s" % want)
+    except moesim.Error as e:
+        check(str(e) == want, "error message %r, expected %r" % (str(e), want))
+
+
+def test_errors():
+    L = np.zeros((4, 3))
+    # messages from options.c, router.c and layer.c, with the where that api.c appends
+    expect_error("bad value 'x' for option k: want an integer >= 1 (option k)",
+                 moesim.route, L, "topk", k="x")
+    expect_error("unknown routing option 'capacity_fctor' (option capacity_fctor)",
+                 moesim.route, L, "topk", capacity_fctor=1)
+    expect_error("bad value 'sideways' for option order: want one of "
+                 "choice_major|token_major|bpr|probs (option order)",
+                 moesim.route, L, "topk", order="sideways")
+    expect_error("unknown router 'top_k' (router)", moesim.route, L, "top_k")
+    expect_error("k = 4 is outside 1..E = 1..3 (router topk)", moesim.route, L, "topk", k=4)
+    Ln = L.copy()
+    Ln[2, 1] = np.nan
+    expect_error("non-finite logit nan at token 2, column 1", moesim.route, Ln, "switch")
+    expect_error("router hash needs token ids", moesim.route, L, "hash")
+    expect_error("uniform draw 1.5 at token 0 is outside [0, 1)", moesim.route, L, "gshard",
+                 uniforms=[1.5, 0, 0, 0])
+    expect_error("uniforms have length 3, logits have 4 rows (uniforms)", moesim.route, L,
+                 "gshard", uniforms=[0.5, 0, 0])
+    expect_error("logits must have 2 dimensions, has 1 (logits)", moesim.route, [1.0, 2.0])
+    p = moesim.route(np.eye(3), "switch")
+    x = np.ones((3, 2), np.float32)
+    w1, b1 = np.ones((3, 2, 4), np.float32), np.ones((3, 4), np.float32)
+    w2, b2 = np.ones((3, 4, 2), np.float32), np.ones((3, 2), np.float32)
+    expect_error("unknown activation 'gelu' (act)", moesim.layer, x, w1, b1, w2, b2, p,
+                 activation="gelu")
+    expect_error("w2 has shape (3, 4, 3), expected (3, 4, 2): x (T,D) w1 (E,D,F) b1 (E,F) "
+                 "w2 (E,F,D) b2 (E,D) (w2)", moesim.layer, x, w1, b1, np.ones((3, 4, 3)), b2, p)
+    expect_error("value 1e+300 at index 0 is outside the float32 range (x)", moesim.layer,
+                 np.full((3, 2), 1e300), w1, b1, w2, b2, p)
+    # a plan whose slot exceeds the capacity is refused by the layer's own check
+    class Bad:
+        token, expert, slot = [0], [0], [5]
+        dispatch_weight = combine_weight = [1.0]
+        n_tokens, num_experts, capacity, dense = 3, 3, 1, False
+    try:
+        moesim.layer(x, w1, b1, w2, b2, Bad())
+        check(False, "a slot beyond the capacity must be refused")
+    except moesim.Error as e:
+        check("moe_layer_forward" in str(e), "bad plan: message from the layer: %s" % e)
+    # a relu layer on a hand-worked plan: token 0 to expert 1 with weights 1:
+    # h = x W1 + b1 = [1,1]·ones(2,4) + 1 = 3 per unit; relu 3; y = 3*4*1 + 1 = 13 per output
+    class One:
+        token, expert, slot = [0], [1], [0]
+        dispatch_weight = combine_weight = [1.0]
+        n_tokens, num_experts, capacity, dense = 3, 3, 1, False
+    y = moesim.layer(x, w1, b1, w2, b2, One(), activation="relu")
+    check(np.array_equal(y, np.array([[13, 13], [0, 0], [0, 0]], np.float32)),
+          "hand-worked relu layer: %s" % y.tolist())
+
+
+def test_listings():
+    out = subprocess.run([MOESIM, "list", "routers"], capture_output=True, text=True).stdout
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    check([r["name"] for r in moesim.routers()] == names,
+          "moesim.routers() names equal `moesim list routers`")
+    out = subprocess.run([MOESIM, "list", "options"], capture_output=True, text=True).stdout
+    keys = [line.split()[0] for line in out.splitlines() if line.startswith("  ")]
+    check([o["key"] for o in moesim.options("switch")] == keys,
+          "moesim.options() keys equal `moesim list options`")
+    check(moesim.options("switch")[0]["default"] == "1" and
+          moesim.options("topk")[0]["default"] == "2", "k's default is the router's")
+    expect_error("unknown router 'nope' (router)", moesim.options, "nope")
+
+
+def test_install(tmp):
+    """pip installs the package offline into a folder; imported from another folder it finds
+    the libmoesim.so shipped inside it."""
+    target = os.path.join(tmp, "site")
+    env = dict(os.environ)
+    if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode:
+        print("test_python: pip absent (apt-get install python3-pip): install check skipped")
+        return
+    p = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-build-isolation",
+                        "--no-index", "--no-deps", "--target", target, "./python"],
+                       capture_output=True, text=True, env=env)
+    check(p.returncode == 0, "pip install --target: %s" % p.stderr.strip()[-500:])
+    env.pop("MOESIM_LIB", None)
+    env["PYTHONPATH"] = target
+    code = ("import moesim, os; p = moesim.route([[0.0, 1.0], [2.0, 0.0]], 'switch'); "
+            "print(os.path.dirname(moesim.__file__), list(p.expert))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       cwd="/")
+    check(p.returncode == 0 and p.stdout.split()[0] == os.path.join(target, "moesim") and
+          p.stdout.strip().endswith("[1, 0]") and
+          os.path.exists(os.path.join(target, "moesim", "libmoesim.so")),
+          "installed package imports from / with its own library: %r %r"
+          % (p.stdout.strip(), p.stderr.strip()[-300:]))
+
+
+def main():
+    with tempfile.TemporaryDirectory() as tmp:
+        test_fixtures(tmp)
+        test_conversions()
+        test_seeded_draws(tmp)
+        test_hash_table_path()
+        test_errors()
+        test_listings()
+        if "--no-install" not in sys.argv:
+            test_install(tmp)
+    print("test_python: %d passed, %d failed" % (passed, failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+/* api.c: the C API of libmoesim.so (moesim_api.h) over the library's public functions:
+ * moe_route_opts_set for the options, the one-batch pipeline (pipeline.h) for the plan and its
+ * metrics, moe_layer_alloc/_forward for a given plan through the layer. Each call does what `moesim route`
+ * does for the same inputs (sim/cmd_route.c), so that results match it bit for bit. */
+#include "moesim_api.h"
+
+#include "layer.h"
+#include "moe.h"
+#include "metric_table.h"
+#include "options.h"
+#include "pipeline.h"
+
+#include <math.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+
+_Static_assert((int)MOESIM_EINVAL == MOE_EINVAL && (int)MOESIM_EIO == MOE_EIO &&
+               (int)MOESIM_EFORMAT == MOE_EFORMAT && (int)MOESIM_ENOMEM == MOE_ENOMEM &&
+               (int)MOESIM_EINPUT == MOE_EINPUT, "moesim_api.h status codes follow moe.h");
+
+struct moesim_result {
+    moe_route_opts opts;          /* must outlive the pipeline */
+    const int64_t *caller_table;  /* a hash table given by the caller (not freed here) */
+    moe_pipeline *pipe;  /* owns the plan and the metrics of the routed batch */
+    const moe_plan *plan;
+    const moe_metrics *mt;
+};
+
+/* Every entry point starts clean: moe_fail keeps the first message of a chain. */
+static void api_enter(void)
+{
+    moe_clear_error();
+    moe_install_gsl_handler();
+}
+
+int moesim_api_version(void) { return MOESIM_API_VERSION; }
+const char *moesim_errmsg(void) { return moe_errmsg(); }
+const char *moesim_errhint(void) { return moe_errhint(); }
+
+/* ---- routing ---- */
+
+static int set_options(const moesim_route_args *a, moe_route_opts *o)
+{
+    for (int i = 0; i < a->n_opts; i++) {
+        if (!a->keys[i] || !a->values[i])
+            return moe_fail(MOE_EINVAL, NULL, "routing option %d has no key or value", i);
+        int rc = moe_route_opts_set(o, a->keys[i], a->values[i]);
+        if (rc) {
+            moe_error_where("option %s", a->keys[i]);
+            return rc;
+        }
+    }
+    if (a->hash_table) { /* the caller's table, not owned: replaces a loaded one */
+        moe_route_opts_release(o);
+        o->hash_table = a->hash_table;
+        o->hash_table_len = a->hash_table_len;
+    }
+    return MOE_OK;
+}
+
+int moesim_route(const moesim_route_args *a, moesim_result **out)
+{
+    api_enter();
+    *out = NULL;
+    const moe_router_type *t = a->router ? moe_router_find(a->router) : NULL;
+    if (!t)
+        return moe_fail(MOE_EINVAL, "moesim.routers() lists them", "unknown router '%s' (router)",
+                        a->router ? a->router : "(null)");
+    if (a->n <= 0 || a->m <= 0 || !a->logits)
+        return moe_fail(MOE_EINPUT, NULL, "logits have shape (%d,%d): need n >= 1, M >= 1 (logits)",
+                        a->n, a->m);
+    moesim_result *res = calloc(1, sizeof *res);
+    if (!res)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (result)");
+    moe_route_opts *o = &res->opts;
+    moe_route_opts_default(o);
+    res->caller_table = a->hash_table;
+    int rc = set_options(a, o);
+    if (!rc) { /* one batch through the pipeline, routing and metrics only, as `moesim route` */
+        const moe_pipeline_cfg cfg = {.rtype = t, .opts = o, .T = a->n, .M = a->m,
+                                      .k_claims = a->k_rec, .seed = a->seed,
+                                      .label = "moesim.route", .flags = MOE_PIPE_METRICS};
+        const moe_batch batch = {a->n, 0, a->m, NULL, (int64_t *)a->token_ids,
+                                 (double *)a->logits, (int32_t *)a->choices,
+                                 (double *)a->choice_weights, a->k_rec};
+        if (!(rc = moe_pipeline_alloc(&cfg, &res->pipe)) &&
+            !(rc = moe_pipeline_run_batch(res->pipe, &batch, a->uniforms, NULL))) {
+            res->plan = moe_pipeline_plan(res->pipe);
+            res->mt = moe_pipeline_metrics(res->pipe);
+        }
+    }
+    if (rc)
+        moesim_result_free(res);
+    else
+        *out = res;
+    return rc;
+}
+
+void moesim_result_free(moesim_result *r)
+{
+    if (!r)
+        return;
+    moe_pipeline_free(r->pipe);
+    if (r->opts.hash_table == r->caller_table) /* the caller's: not ours to free */
+        r->opts.hash_table = NULL;
+    moe_route_opts_release(&r->opts);
+    free(r);
+}
+
+void moesim_result_info(const moesim_result *r, moesim_plan_info *info)
+{
+    const moe_plan *p = r->plan;
+    *info = (moesim_plan_info){p->n_entries, p->n, p->E, p->m, p->k, p->capacity, p->dense};
+}
+
+void moesim_result_entries(const moesim_result *r, int32_t *token, int32_t *expert,
+                           int32_t *slot, double *dispatch_weight, double *combine_weight)
+{
+    const moe_entry *en = r->plan->entries;
+    for (size_t i = 0; i < r->plan->n_entries; i++) {
+        token[i] = en[i].token;
+        expert[i] = en[i].expert;
+        slot[i] = en[i].slot;
+        dispatch_weight[i] = en[i].dispatch_w;
+        combine_weight[i] = en[i].combine_w;
+    }
+}
+
+/* ---- metrics: the metric table (sim/metric_table.c), in the order of the metrics JSON ---- */
+
+const char *moesim_metric_name(int i)
+{
+    const moe_point_metric *m = moe_metric_in_order(i + 1);
+    return m ? m->name : NULL;
+}
+
+long moesim_result_metric(const moesim_result *r, int i, double *out, size_t len, int *is_int)
+{
+    const moe_point_metric *m = moe_metric_in_order(i + 1);
+    if (!m)
+        return -1;
+    const moe_metrics *mt = r->mt;
+    const char *field = (const char *)mt + m->offset;
+    const size_t count = moe_metric_len(m, mt->E);
+    *is_int = m->kind != MOE_METRIC_DOUBLE && m->kind != MOE_METRIC_EXPERT_DOUBLE;
+    for (size_t j = 0; j < count && j < len; j++) {
+        switch (m->kind) {
+        case MOE_METRIC_DOUBLE:
+        case MOE_METRIC_LONG: out[j] = moe_metric_value(mt, m); break;
+        case MOE_METRIC_INT: out[j] = (double)*(const int *)field; break;
+        case MOE_METRIC_EXPERT_DOUBLE: out[j] = (*(double *const *)field)[j]; break;
+        default: out[j] = (double)(*(long *const *)field)[j]; break; /* per expert, histogram */
+        }
+    }
+    return (long)count;
+}
+
+/* ---- the layer ---- */
+
+int moesim_layer(const moesim_plan_view *pv, const float *x, int d, int f, const float *w1,
+                 const float *b1, const float *w2, const float *b2, const char *activation,
+                 float *y)
+{
+    api_enter();
+    int act, rc;
+    if ((rc = moe_act_parse(activation ? activation : "", &act)))
+        return rc;
+    if (pv->n_tokens <= 0 || pv->num_experts <= 0 || pv->capacity < 0 || d <= 0 || f <= 0)
+        return moe_fail(MOE_EINPUT, NULL, "layer shape T = %d, E = %d, C = %ld, D = %d, F = %d: "
+                        "need all >= 1, C >= 0 (moesim_layer)", pv->n_tokens, pv->num_experts,
+                        pv->capacity, d, f);
+    moe_plan *plan = moe_plan_alloc(pv->n_tokens, pv->num_experts, pv->n_entries);
+    moe_layer *L = moe_layer_alloc(pv->n_tokens, pv->num_experts,
+                                   pv->capacity > 0 ? pv->capacity : 1, d, f, act);
+    if (!plan || !L) {
+        rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (layer for %d tokens)", pv->n_tokens);
+        goto out;
+    }
+    plan->n = pv->n_tokens;
+    plan->capacity = pv->capacity;
+    plan->dense = pv->dense;
+    for (size_t i = 0; i < pv->n_entries && !rc; i++)
+        rc = moe_plan_push(plan, pv->token[i], pv->expert[i], pv->slot[i],
+                           pv->dispatch_weight[i], pv->combine_weight[i]);
+    moe_experts ex = {pv->num_experts, d, f, act, w1, b1, w2, b2};
+    if (!rc)
+        rc = moe_layer_forward(L, &ex, plan, x, y, NULL);
+out:
+    moe_layer_free(L);
+    moe_plan_free(plan);
+    return rc;
+}
+
+/* ---- what the library holds ---- */
+
+int moesim_router_get(int i, moesim_router_info *out)
+{
+    int n = 0;
+    while (moe_router_types[n])
+        n++;
+    if (i < 0 || i >= n)
+        return -1;
+    const moe_router_type *t = moe_router_types[i];
+    unsigned fl = t->flags;
+    *out = (moesim_router_info){t->name, t->summary, t->default_k,
+                                !!(fl & MOE_RF_NEEDS_IDS), !!(fl & MOE_RF_USES_RNG),
+                                !!(fl & MOE_RF_DENSE), !!(fl & MOE_RF_NEEDS_CHOICES),
+                                !!(fl & MOE_RF_NO_CAPACITY), !!(fl & MOE_RF_ALL_EXPERTS)};
+    return 0;
+}
+
+int moesim_option_get(int i, moesim_option_info *out)
+{
+    int n = 0;
+    while (moe_route_options[n].key)
+        n++;
+    if (i < 0 || i >= n)
+        return -1;
+    const moe_option *op = &moe_route_options[i];
+    static _Thread_local char def[64], choices[64]; /* valid until the next call */
+    moe_option_default_text(op, def, sizeof def);
+    moe_option_choices_text(op, choices, sizeof choices);
+    *out = (moesim_option_info){op->key, op->type, def, choices, op->help};
+    return 0;
+}
