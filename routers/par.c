@@ -1,8 +1,10 @@
 /* par.c: the routers' threads (interface in par.h). Threads are created per call: a routing
  * pass is milliseconds, thread creation tens of microseconds. */
 #include "par.h"
+#include "moe.h"
 
 #include <pthread.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 static int par_threads; /* 0 = not set: the online processors */
@@ -64,4 +66,33 @@ void moe_par_run(void (*fn)(void *ctx, int i, int nparts), void *ctx, int nparts
         else
             fn(ctx, i, nparts);
     }
+}
+
+typedef struct {
+    const double *x;
+    int n, M;
+    double *lse;
+} lse_job;
+
+static void lse_part(void *ctx, int i, int np)
+{
+    lse_job *j = ctx;
+    long lo, hi;
+    moe_par_range(j->n, i, np, &lo, &hi);
+    for (long t = lo; t < hi; t++)
+        j->lse[t] = moe_logsumexp(j->x + (size_t)t * j->M, j->M);
+}
+
+int moe_par_sum_lse_sq(const double *x, int n, int M, double *sum)
+{
+    lse_job j = {x, n, M, malloc((size_t)(n > 0 ? n : 1) * sizeof(double))};
+    if (!j.lse)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (logsumexp of %d rows)", n);
+    moe_par_run(lse_part, &j, moe_par_parts((long)n * M, 65536));
+    double z = 0.0;
+    for (int t = 0; t < n; t++)
+        z += j.lse[t] * j.lse[t];
+    free(j.lse);
+    *sum = z;
+    return MOE_OK;
 }

@@ -24,4 +24,9 @@ void moe_par_range(long n, int i, int nparts, long *lo, long *hi);
  * thread cannot be created runs on the caller. */
 void moe_par_run(void (*fn)(void *ctx, int i, int nparts), void *ctx, int nparts);
 
+/* *sum = sum over t of logsumexp(x[t,:])^2 for x (n,M), each row as moe_logsumexp computes it
+ * and the squares added in token order (so the sum does not depend on the number of threads);
+ * the rows on the threads. MOE_ENOMEM when the (n) scratch cannot be allocated. */
+int moe_par_sum_lse_sq(const double *x, int n, int M, double *sum);
+
 #endif
