@@ -135,6 +135,24 @@ int moe_claims_argmax(const double *x, int len, int skip)
     return best;
 }
 
+void moe_claims_topk(const double *v, int len, int k, int32_t *idx, double *val)
+{
+    int cnt = 0;
+    for (int e = 0; e < len; e++) {
+        const double x = v[e];
+        if (cnt == k && !(x > val[k - 1]))
+            continue; /* equal to the k-th: the lower index stays */
+        int j = cnt < k ? cnt++ : k - 1;
+        while (j > 0 && val[j - 1] < x) {
+            val[j] = val[j - 1];
+            idx[j] = idx[j - 1];
+            j--;
+        }
+        val[j] = x;
+        idx[j] = e;
+    }
+}
+
 /* ---- resolution ---- */
 
 /* Claim i = t*K+j takes the next free slot of its expert, or is dropped if the expert is full. */

@@ -55,6 +55,11 @@ void moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_
 /* Index of the largest of x[0..len), skipping index skip (-1: none); ties to the lower index. */
 int moe_claims_argmax(const double *x, int len, int skip);
 
+/* The k largest of v[0..len) in descending order, ties to the lower index (the first k of a
+ * stable descending argsort): idx (k) their indices, val (k) their values. By insertion into a
+ * sorted list of k: O(len) for the small k of routing. */
+void moe_claims_topk(const double *v, int len, int k, int32_t *idx, double *val);
+
 /* Resolve the claims of n tokens into plan entries.
  * order: enum moe_order. C: capacity (slots per expert); dropless = 1 ignores C and uses
  * C = the largest number of claims on one expert, so nothing is dropped and slot < C holds.

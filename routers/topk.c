@@ -45,29 +45,14 @@ static int topk_alloc(moe_router *r)
 
 /* ---- routing ---- */
 
-/* Token t's k largest of row (E), ties to the lower expert (the first k of a stable descending
- * argsort), by insertion into a sorted list of k: expert[t*k..] and gate[t*k..] = softmax of the
- * selected values. */
+/* Token t's k largest of row (E), ties to the lower expert: expert[t*k..] and gate[t*k..] =
+ * softmax of the selected values. */
 static void topk_select(moe_claims *cl, int t, const double *row)
 {
-    const int E = cl->E, k = cl->K;
+    const int k = cl->K;
     const size_t i0 = (size_t)t * k;
-    int32_t *ex = cl->expert + i0;
     double *sv = cl->gate + i0; /* the selected values, then their softmax in place */
-    int cnt = 0;
-    for (int e = 0; e < E; e++) {
-        const double v = row[e];
-        if (cnt == k && !(v > sv[k - 1]))
-            continue; /* equal to the k-th: the lower expert stays */
-        int j = cnt < k ? cnt++ : k - 1;
-        while (j > 0 && sv[j - 1] < v) {
-            sv[j] = sv[j - 1];
-            ex[j] = ex[j - 1];
-            j--;
-        }
-        sv[j] = v;
-        ex[j] = e;
-    }
+    moe_claims_topk(row, cl->E, k, cl->expert + i0, sv);
     moe_softmax(sv, k, sv);
 #ifdef MOESIM_PERTURB_TOPK
     /* Test build only (Makefile $(B)/moesim-perturb, tests/t_regression.sh): a deliberately
