@@ -46,6 +46,7 @@ enum { BR_NCASES = sizeof br_cases / sizeof br_cases[0] };
 typedef struct {
     int sizes[4], nsizes, experts[4], nexperts, repeats, check_n, threads, torch;
     const char *python, *script;
+    const char *routers; /* comma-separated names to run, or NULL for all */
 } br_args;
 
 typedef struct {
@@ -175,8 +176,20 @@ static int br_route_once(br_run *b, const double *L, int n, int E, const double 
     return rc;
 }
 
-static int br_skip(const br_case *c, long n, long E)
+/* name is one of the comma-separated names of list */
+static int br_listed(const char *list, const char *name)
 {
+    const size_t len = strlen(name);
+    for (const char *p = list; p && *p; p = strchr(p, ',') ? strchr(p, ',') + 1 : "")
+        if (strncmp(p, name, len) == 0 && (p[len] == ',' || p[len] == '\0'))
+            return 1;
+    return 0;
+}
+
+static int br_skip(const br_args *a, const br_case *c, long n, long E)
+{
+    if (a->routers && !br_listed(a->routers, c->router))
+        return 1;
     if (strcmp(c->router, "base") == 0)
         return n > BR_BASE_MAX_N;
     if (strcmp(c->router, "dense") == 0 || strcmp(c->router, "soft_moe") == 0)
@@ -378,13 +391,14 @@ static int br_parse_list(const char *s, int *v, int *nv, int max, const char *fl
 static int br_parse_args(int argc, char **argv, br_args *a)
 {
     *a = (br_args){{65536, 1048576}, 2, {8, 64, 256}, 3, 3, 4096, 0, 1, "/usr/bin/python3",
-                   "tests/bench/torch_routing.py"};
+                   "tests/bench/torch_routing.py", NULL};
     static const struct option lo[] = {
         {"routing", no_argument, NULL, 'R'},     {"sizes", required_argument, NULL, 'n'},
         {"experts", required_argument, NULL, 'e'}, {"repeats", required_argument, NULL, 'r'},
         {"threads", required_argument, NULL, 't'}, {"check-n", required_argument, NULL, 'c'},
         {"no-torch", no_argument, NULL, 'N'},    {"python", required_argument, NULL, 'p'},
-        {"torch-script", required_argument, NULL, 's'}, {NULL, 0, NULL, 0}};
+        {"torch-script", required_argument, NULL, 's'}, {"routers", required_argument, NULL, 'o'},
+        {NULL, 0, NULL, 0}};
     int c, rc = MOE_OK;
     opterr = 0;
     optind = 1;
@@ -399,10 +413,11 @@ static int br_parse_args(int argc, char **argv, br_args *a)
         case 'N': a->torch = 0; break;
         case 'p': a->python = optarg; break;
         case 's': a->script = optarg; break;
+        case 'o': a->routers = optarg; break;
         default:
             return moe_fail(MOE_EINVAL, "flags: --routing [--sizes N,..] [--experts E,..] "
                             "[--repeats R] [--threads T] [--check-n N] [--no-torch] "
-                            "[--python PATH] [--torch-script PATH]",
+                            "[--python PATH] [--torch-script PATH] [--routers NAME,..]",
                             "unknown or incomplete flag '%s' (command line)", argv[optind - 1]);
         }
     }
@@ -448,7 +463,7 @@ int moe_bench_routing(int argc, char **argv)
                 r->n = n;
                 r->E = E;
                 r->bound_ms = bound;
-                if (br_skip(&br_cases[c], n, E))
+                if (br_skip(&a, &br_cases[c], n, E))
                     continue;
                 double s;
                 rc = br_time(&br_cases[c], L, n, E, a.repeats, &s);
