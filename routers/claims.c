@@ -73,6 +73,7 @@ typedef struct {
     int n;
     moe_claims_row_fn row;
     void *ctx;
+    double *lse; /* (T) or NULL */
 } rows_job;
 
 static void rows_part(void *arg, int i, int np)
@@ -84,7 +85,10 @@ static void rows_part(void *arg, int i, int np)
     for (long t = lo; t < hi; t++) {
         const double *lt = j->logits + (size_t)t * E;
         double *pt = j->c->p + (size_t)t * E;
-        moe_softmax(lt, E, pt);
+        if (j->lse)
+            j->lse[t] = moe_softmax_lse(lt, E, pt);
+        else
+            moe_softmax(lt, E, pt);
         if (j->row)
             j->row(j->ctx, (int)t, lt, pt);
     }
@@ -110,17 +114,22 @@ static void pmean_part(void *arg, int i, int np)
         pm[e] /= j->n;
 }
 
-void moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_fn row,
-                     void *ctx)
+int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_fn row,
+                    void *ctx, moe_plan *plan)
 {
-    rows_job j = {c, logits, n, row, ctx};
+    rows_job j = {c, logits, n, row, ctx, NULL};
+    if (plan && !(j.lse = moe_plan_lse_buffer(plan)))
+        return MOE_ENOMEM;
     moe_par_run(rows_part, &j, moe_par_parts(n, 2048));
     moe_par_run(pmean_part, &j, (long)n * c->E >= 65536 ? moe_par_parts(c->E, 1) : 1);
+    if (plan)
+        plan->lse_of = logits;
+    return MOE_OK;
 }
 
-void moe_claims_softmax(moe_claims *c, const double *logits, int n)
+int moe_claims_softmax(moe_claims *c, const double *logits, int n, moe_plan *plan)
 {
-    moe_claims_rows(c, logits, n, NULL, NULL);
+    return moe_claims_rows(c, logits, n, NULL, NULL, plan);
 }
 
 int moe_claims_argmax(const double *x, int len, int skip)

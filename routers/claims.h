@@ -40,8 +40,10 @@ moe_claims *moe_claims_alloc(int n_max, int K, int E, int with_p);
 void moe_claims_free(moe_claims *c); /* NULL is a no-op */
 
 /* p (T,E) = softmax of each row of logits (T,E); pmean (E) = mean_t p[t,e]. On the routers'
- * threads (par.h); the values do not depend on their number. */
-void moe_claims_softmax(moe_claims *c, const double *logits, int n);
+ * threads (par.h); the values do not depend on their number. plan (may be NULL): also keeps
+ * each row's logsumexp in plan->lse (plan->lse_of = logits), for the z-loss. Returns MOE_OK or
+ * MOE_ENOMEM. */
+int moe_claims_softmax(moe_claims *c, const double *logits, int n, moe_plan *plan);
 
 /* A router's per-token work, called once per token t with its logits lt (E) and softmax pt (E)
  * right after pt is computed; calls run concurrently for different tokens, so row must write
@@ -49,8 +51,8 @@ void moe_claims_softmax(moe_claims *c, const double *logits, int n);
 typedef void (*moe_claims_row_fn)(void *ctx, int t, const double *lt, const double *pt);
 
 /* moe_claims_softmax with row() called for every token (row may be NULL). */
-void moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_fn row,
-                     void *ctx);
+int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_fn row,
+                    void *ctx, moe_plan *plan);
 
 /* Index of the largest of x[0..len), skipping index skip (-1: none); ties to the lower index. */
 int moe_claims_argmax(const double *x, int len, int skip);

@@ -88,7 +88,9 @@ static int dsv3_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     moe_claims *cl = w->cl;
     const moe_route_opts *o = &r->opts;
     const int n = in->n, E = r->E, k = r->k;
-    moe_claims_softmax(cl, in->logits, n); /* p for orders bpr and probs */
+    int rc = moe_claims_softmax(cl, in->logits, n, plan); /* p for orders bpr and probs */
+    if (rc)
+        return rc;
     for (int t = 0; t < n; t++) {
         const double *lt = in->logits + (size_t)t * E;
         for (int e = 0; e < E; e++) {
@@ -108,7 +110,6 @@ static int dsv3_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     }
     const int limited = !o->dropless && (o->cf_set || o->capacity >= 0);
     long C = 0;
-    int rc;
     if (limited && (rc = moe_capacity(o, k, n, E, &C)))
         return rc;
     if ((rc = moe_claims_resolve(cl, n, o->order, C, !limited, o->renormalize, plan)))

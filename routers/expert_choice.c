@@ -100,6 +100,7 @@ typedef struct {
     long C;
     moe_entry *out;  /* (E,C) the plan's entries */
     double *imp;     /* (E) importance */
+    double *lse;     /* (T) the rows' logsumexp (plan->lse) */
 } ec_job;
 
 /* heap of part p, expert e */
@@ -124,11 +125,9 @@ static void ec_block(void *arg, int p, int np)
     int *hsz = w->hsz + (size_t)p * E;
     for (int e = 0; e < E; e++)
         hsz[e] = 0;
-    if (cap == 0)
-        return;
     for (long t = lo; t < hi; t++) {
-        moe_softmax(j->logits + (size_t)t * E, E, row);
-        for (int e = 0; e < E; e++) {
+        j->lse[t] = moe_softmax_lse(j->logits + (size_t)t * E, E, row);
+        for (int e = 0; cap > 0 && e < E; e++) {
             double *hv = hv0 + (size_t)e * cap;
             int32_t *ht = ht0 + (size_t)e * cap;
             const double v = row[e];
@@ -218,10 +217,13 @@ static int ec_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         plan->cap_entries = ne;
     }
     ec_job j = {r->ws, in->logits, n, E, moe_par_parts(n, 2048), C, plan->entries,
-                plan->importance};
+                plan->importance, moe_plan_lse_buffer(plan)};
+    if (!j.lse)
+        return MOE_ENOMEM;
     moe_par_run(ec_block, &j, j.P);
     moe_par_run(ec_merge, &j, moe_par_parts(E, 1));
     plan->n_entries = ne;
+    plan->lse_of = in->logits;
     plan->k = 0;
     plan->capacity = C;
     plan->aux_loss = 0.0;

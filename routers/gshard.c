@@ -80,7 +80,9 @@ static int gshard_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     for (int t = 0; t < n; t++) /* one draw per token in token order, needed or not */
         w->u[t] = in->uniforms ? in->uniforms[t] : gsl_rng_uniform(in->rng);
     w->raw = r->opts.threshold_on == MOE_THRESH_RAW;
-    moe_claims_rows(w->cl, in->logits, n, gshard_row, w);
+    int rc = moe_claims_rows(w->cl, in->logits, n, gshard_row, w, plan);
+    if (rc)
+        return rc;
     return moe_claims_finish(w->cl, &r->opts, n, MOE_CLAIMS_AUX_FIRST, plan);
 }
 

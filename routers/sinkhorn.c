@@ -141,7 +141,8 @@ static int sinkhorn_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
                                   w->K, w->d0, w->d1, w->colsum, &w->iters);
     if (rc)
         return rc;
-    moe_claims_softmax(cl, in->logits, n);
+    if ((rc = moe_claims_softmax(cl, in->logits, n, plan)))
+        return rc;
     for (int t = 0; t < n; t++) {
         const double *kt = w->K + (size_t)t * E, *lt = in->logits + (size_t)t * E;
         for (int e = 0; e < E; e++)

@@ -40,7 +40,9 @@ static void switch_row(void *ctx, int t, const double *lt, const double *pt)
 static int switch_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 {
     moe_claims *cl = r->ws;
-    moe_claims_rows(cl, in->logits, in->n, switch_row, cl);
+    int rc = moe_claims_rows(cl, in->logits, in->n, switch_row, cl, plan);
+    if (rc)
+        return rc;
     /* aux_loss with f_e = (tokens whose first choice is e) / n */
     return moe_claims_finish(cl, &r->opts, in->n, MOE_CLAIMS_AUX_FIRST, plan);
 }

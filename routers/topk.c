@@ -79,7 +79,9 @@ static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         return moe_fail(MOE_EINVAL, "give a seed for the gate noise",
                         "topk with noise_std %g needs a random generator (noise_std)", sd);
     /* p of the un-noised logits; without noise the selection runs in the same pass */
-    moe_claims_rows(cl, in->logits, n, sd > 0.0 ? NULL : topk_row, cl);
+    int rc = moe_claims_rows(cl, in->logits, n, sd > 0.0 ? NULL : topk_row, cl, plan);
+    if (rc)
+        return rc;
     for (int t = 0; sd > 0.0 && t < n; t++) {
         /* row (E) = logits[t,:] + noise, drawn in token then expert order */
         const double *lt = in->logits + (size_t)t * E;

@@ -176,7 +176,10 @@ int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f
     mt->aux_loss = plan->aux_loss;
     if (logits) {
         double z = 0.0;
-        if ((rc = moe_par_sum_lse_sq(logits, n, M, &z)))
+        if (plan->lse_of == logits) /* the router's logsumexps of these logits */
+            for (int t = 0; t < n; t++)
+                z += plan->lse[t] * plan->lse[t];
+        else if ((rc = moe_par_sum_lse_sq(logits, n, M, &z)))
             return rc;
         mt->z_loss = z / n;
     } else {

@@ -10,19 +10,35 @@
 
 /* ---- softmax ---- */
 
-void moe_softmax(const double *x, int len, double *p)
+/* p = exp(x - max x), returns their sum (in index order) and stores max x in *mx. */
+static inline double softmax_exp(const double *x, int len, double *p, double *mx)
 {
-    double mx = x[0];
+    double m = x[0];
     for (int i = 1; i < len; i++)
-        if (x[i] > mx)
-            mx = x[i];
+        if (x[i] > m)
+            m = x[i];
     double s = 0.0;
     for (int i = 0; i < len; i++) {
-        p[i] = exp(x[i] - mx);
+        p[i] = exp(x[i] - m);
         s += p[i];
     }
+    *mx = m;
+    return s;
+}
+
+void moe_softmax(const double *x, int len, double *p)
+{
+    double mx, s = softmax_exp(x, len, p, &mx);
     for (int i = 0; i < len; i++)
         p[i] /= s;
+}
+
+double moe_softmax_lse(const double *x, int len, double *p)
+{
+    double mx, s = softmax_exp(x, len, p, &mx);
+    for (int i = 0; i < len; i++)
+        p[i] /= s;
+    return mx + log(s);
 }
 
 double moe_logsumexp(const double *x, int len)

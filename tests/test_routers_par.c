@@ -1,7 +1,7 @@
 /* test_routers_par.c: the routers' threads (routers/par.c) do not change plans. Every router
  * that runs on several threads routes the same logits with 1 and with 2 threads and must give
  * the same plan bit for bit (entries, loads, importance, aux loss, capacity) and the same
- * z-loss; the logits are quantised to quarters so that many scores tie and the tie rules are
+ * z-loss (also through the logsumexps the routers keep in the plan); the logits are quantised to quarters so that many scores tie and the tie rules are
  * exercised across the thread boundary. The selections that replaced full sorts are also
  * checked against the stable argsort of sim/util.c (moe_argsort_desc) run on the same values:
  * expert choice's top C tokens per expert and moe_claims_topk's k largest per row. */
@@ -88,6 +88,18 @@ static void test_threads_same_plan(void)
         zr += l * l;
     }
     CHECK(rc == 0 && z1 == zr && z2 == zr, "z-loss sums %.17g, %.17g, serial %.17g", z1, z2, zr);
+    /* the z-loss of the metrics from the logsumexps the routers kept equals the serial one */
+    static const char *kept[] = {"switch", "topk", "gshard", "expert_choice", "sinkhorn"};
+    moe_metrics *mt = moe_metrics_alloc(E);
+    for (size_t c = 0; c < sizeof kept / sizeof kept[0]; c++) {
+        moe_plan *p = route(kept[c], 0, 0, 2);
+        CHECK(p->lse_of == L, "%s did not keep the logsumexps", kept[c]);
+        rc = moe_metrics_compute(p, L, 0, 0, 0, 0, mt);
+        CHECK(rc == 0 && mt->z_loss == zr / N, "%s: z-loss %.17g, serial %.17g", kept[c],
+              mt->z_loss, zr / N);
+        moe_plan_free(p);
+    }
+    moe_metrics_free(mt);
 }
 
 /* expert choice: expert e's entries are the first C of the stable argsort of softmax column e */
