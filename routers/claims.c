@@ -74,6 +74,7 @@ typedef struct {
     moe_claims_row_fn row;
     void *ctx;
     double *lse; /* (T) or NULL */
+    long t0;     /* tokens whose p is already in pmean (the first block) */
 } rows_job;
 
 static void rows_part(void *arg, int i, int np)
@@ -91,11 +92,16 @@ static void rows_part(void *arg, int i, int np)
             moe_softmax(lt, E, pt);
         if (j->row)
             j->row(j->ctx, (int)t, lt, pt);
+        if (i == 0) /* the first block's part of pmean, in token order, while pt is cached */
+            for (int e = 0; e < E; e++)
+                j->c->pmean[e] += pt[e];
     }
+    if (i == 0)
+        j->t0 = hi;
 }
 
-/* pmean pass: expert range i sums its columns in token order (the order of the serial sum, so
- * pmean does not depend on the number of threads). */
+/* pmean pass: expert range i adds the rest of its columns, from token t0 on, in token order
+ * (the order of the serial sum, so pmean does not depend on the number of threads). */
 static void pmean_part(void *arg, int i, int np)
 {
     rows_job *j = arg;
@@ -103,9 +109,7 @@ static void pmean_part(void *arg, int i, int np)
     long lo, hi;
     moe_par_range(E, i, np, &lo, &hi);
     double *pm = j->c->pmean;
-    for (long e = lo; e < hi; e++)
-        pm[e] = 0.0;
-    for (int t = 0; t < j->n; t++) {
+    for (long t = j->t0; t < j->n; t++) {
         const double *pt = j->c->p + (size_t)t * E;
         for (long e = lo; e < hi; e++)
             pm[e] += pt[e];
@@ -117,9 +121,11 @@ static void pmean_part(void *arg, int i, int np)
 int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_fn row,
                     void *ctx, moe_plan *plan)
 {
-    rows_job j = {c, logits, n, row, ctx, NULL};
+    rows_job j = {c, logits, n, row, ctx, NULL, 0};
     if (plan && !(j.lse = moe_plan_lse_buffer(plan)))
         return MOE_ENOMEM;
+    for (int e = 0; e < c->E; e++)
+        c->pmean[e] = 0.0;
     moe_par_run(rows_part, &j, moe_par_parts(n, 2048));
     moe_par_run(pmean_part, &j, (long)n * c->E >= 65536 ? moe_par_parts(c->E, 1) : 1);
     if (plan)
