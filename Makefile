@@ -113,6 +113,7 @@ test-asan:
 bench: deps moesim
 	@[ -z "$$OPENBLAS_CORETYPE" ] || echo "make bench: unsetting OPENBLAS_CORETYPE=$$OPENBLAS_CORETYPE so OpenBLAS picks the kernels for this CPU"
 	env -u OPENBLAS_CORETYPE ./moesim bench
+	env -u OPENBLAS_CORETYPE ./moesim bench --routing
 
 # Regression baselines (results/regression/README.md): reruns experiments/regression/*.ini,
 # prints what changed against the recorded metrics (moesim compare), then replaces them.

@@ -388,7 +388,11 @@ static int br_parse_list(const char *s, int *v, int *nv, int max, const char *fl
     return *nv ? MOE_OK : moe_fail(MOE_EINVAL, NULL, "empty list (%s)", flag);
 }
 
-static int br_parse_args(int argc, char **argv, br_args *a)
+#define BR_USAGE "usage: moesim bench --routing [--sizes N,..] [--experts E,..] [--repeats R] " \
+                 "[--threads T] [--check-n N] [--no-torch] [--python PATH] " \
+                 "[--torch-script PATH] [--routers NAME,..]"
+
+static int br_parse_args(int argc, char **argv, br_args *a, int *help)
 {
     *a = (br_args){{65536, 1048576}, 2, {8, 64, 256}, 3, 3, 4096, 0, 1, "/usr/bin/python3",
                    "tests/bench/torch_routing.py", NULL};
@@ -398,13 +402,14 @@ static int br_parse_args(int argc, char **argv, br_args *a)
         {"threads", required_argument, NULL, 't'}, {"check-n", required_argument, NULL, 'c'},
         {"no-torch", no_argument, NULL, 'N'},    {"python", required_argument, NULL, 'p'},
         {"torch-script", required_argument, NULL, 's'}, {"routers", required_argument, NULL, 'o'},
-        {NULL, 0, NULL, 0}};
+        {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int c, rc = MOE_OK;
     opterr = 0;
     optind = 1;
     while (!rc && (c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (c) {
         case 'R': break;
+        case 'h': *help = 1; break;
         case 'n': rc = br_parse_list(optarg, a->sizes, &a->nsizes, 4, "--sizes"); break;
         case 'e': rc = br_parse_list(optarg, a->experts, &a->nexperts, 4, "--experts"); break;
         case 'r': a->repeats = atoi(optarg); break;
@@ -415,9 +420,7 @@ static int br_parse_args(int argc, char **argv, br_args *a)
         case 's': a->script = optarg; break;
         case 'o': a->routers = optarg; break;
         default:
-            return moe_fail(MOE_EINVAL, "flags: --routing [--sizes N,..] [--experts E,..] "
-                            "[--repeats R] [--threads T] [--check-n N] [--no-torch] "
-                            "[--python PATH] [--torch-script PATH] [--routers NAME,..]",
+            return moe_fail(MOE_EINVAL, BR_USAGE,
                             "unknown or incomplete flag '%s' (command line)", argv[optind - 1]);
         }
     }
@@ -430,9 +433,13 @@ static int br_parse_args(int argc, char **argv, br_args *a)
 int moe_bench_routing(int argc, char **argv)
 {
     br_args a;
-    int rc = br_parse_args(argc, argv, &a);
+    int help = 0, rc = br_parse_args(argc, argv, &a, &help);
     if (rc)
         return rc;
+    if (help) {
+        printf("%s\n", BR_USAGE);
+        return MOE_OK;
+    }
     moe_par_set_threads(a.threads);
     const int ncell = a.nsizes * a.nexperts * BR_NCASES;
     br_result *res = calloc((size_t)ncell, sizeof *res);
