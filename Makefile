@@ -168,6 +168,7 @@ test-asan:
 bench: deps moesim
 	@[ -z "$$OPENBLAS_CORETYPE" ] || echo "make bench: unsetting OPENBLAS_CORETYPE=$$OPENBLAS_CORETYPE so OpenBLAS picks the kernels for this CPU"
 	env -u OPENBLAS_CORETYPE ./moesim bench
+	env -u OPENBLAS_CORETYPE ./moesim bench --routing
 
 # Installs moesim into PREFIX: the binary (bin/), the gnuplot scripts, the shipped data and the
 # specs (share/moesim/), and the manual page (share/man/man1/moesim.1). The installed binary is

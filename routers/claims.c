@@ -2,6 +2,7 @@
  * capacity, the four claim orders (choice_major, token_major, bpr, probs), renormalisation and
  * the claim statistics, exactly as ROUTING.md section 2 says. Interface in claims.h. */
 #include "claims.h"
+#include "par.h"
 
 #include <stdlib.h>
 
@@ -65,19 +66,76 @@ void moe_claims_free(moe_claims *c)
 
 /* ---- helpers for the routers ---- */
 
-void moe_claims_softmax(moe_claims *c, const double *logits, int n)
+/* Rows pass: token block i of n computes p rows (moe_softmax, exactly) and calls row(). */
+typedef struct {
+    moe_claims *c;
+    const double *logits;
+    int n;
+    moe_claims_row_fn row;
+    void *ctx;
+    double *lse; /* (T) or NULL */
+    long t0;     /* tokens whose p is already in pmean (the first block) */
+} rows_job;
+
+static void rows_part(void *arg, int i, int np)
 {
-    int E = c->E;
-    for (int e = 0; e < E; e++)
-        c->pmean[e] = 0.0;
-    for (int t = 0; t < n; t++) {
-        double *pt = c->p + (size_t)t * E;
-        moe_softmax(logits + (size_t)t * E, E, pt);
-        for (int e = 0; e < E; e++)
-            c->pmean[e] += pt[e];
+    rows_job *j = arg;
+    const int E = j->c->E;
+    long lo, hi;
+    moe_par_range(j->n, i, np, &lo, &hi);
+    for (long t = lo; t < hi; t++) {
+        const double *lt = j->logits + (size_t)t * E;
+        double *pt = j->c->p + (size_t)t * E;
+        if (j->lse)
+            j->lse[t] = moe_softmax_lse(lt, E, pt);
+        else
+            moe_softmax(lt, E, pt);
+        if (j->row)
+            j->row(j->ctx, (int)t, lt, pt);
+        if (i == 0) /* the first block's part of pmean, in token order, while pt is cached */
+            for (int e = 0; e < E; e++)
+                j->c->pmean[e] += pt[e];
     }
-    for (int e = 0; e < E; e++)
-        c->pmean[e] /= n;
+    if (i == 0)
+        j->t0 = hi;
+}
+
+/* pmean pass: expert range i adds the rest of its columns, from token t0 on, in token order
+ * (the order of the serial sum, so pmean does not depend on the number of threads). */
+static void pmean_part(void *arg, int i, int np)
+{
+    rows_job *j = arg;
+    const int E = j->c->E;
+    long lo, hi;
+    moe_par_range(E, i, np, &lo, &hi);
+    double *pm = j->c->pmean;
+    for (long t = j->t0; t < j->n; t++) {
+        const double *pt = j->c->p + (size_t)t * E;
+        for (long e = lo; e < hi; e++)
+            pm[e] += pt[e];
+    }
+    for (long e = lo; e < hi; e++)
+        pm[e] /= j->n;
+}
+
+int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_fn row,
+                    void *ctx, moe_plan *plan)
+{
+    rows_job j = {c, logits, n, row, ctx, NULL, 0};
+    if (plan && !(j.lse = moe_plan_lse_buffer(plan)))
+        return MOE_ENOMEM;
+    for (int e = 0; e < c->E; e++)
+        c->pmean[e] = 0.0;
+    moe_par_run(rows_part, &j, moe_par_parts(n, 2048));
+    moe_par_run(pmean_part, &j, (long)n * c->E >= 65536 ? moe_par_parts(c->E, 1) : 1);
+    if (plan)
+        plan->lse_of = logits;
+    return MOE_OK;
+}
+
+int moe_claims_softmax(moe_claims *c, const double *logits, int n, moe_plan *plan)
+{
+    return moe_claims_rows(c, logits, n, NULL, NULL, plan);
 }
 
 int moe_claims_argmax(const double *x, int len, int skip)
@@ -90,6 +148,24 @@ int moe_claims_argmax(const double *x, int len, int skip)
             best = i;
     }
     return best;
+}
+
+void moe_claims_topk(const double *v, int len, int k, int32_t *idx, double *val)
+{
+    int cnt = 0;
+    for (int e = 0; e < len; e++) {
+        const double x = v[e];
+        if (cnt == k && !(x > val[k - 1]))
+            continue; /* equal to the k-th: the lower index stays */
+        int j = cnt < k ? cnt++ : k - 1;
+        while (j > 0 && val[j - 1] < x) {
+            val[j] = val[j - 1];
+            idx[j] = idx[j - 1];
+            j--;
+        }
+        val[j] = x;
+        idx[j] = e;
+    }
 }
 
 /* ---- resolution ---- */
@@ -218,6 +294,36 @@ int moe_claims_resolve(moe_claims *c, int n, int order, long C, int dropless, in
             if (rc)
                 return rc;
         }
+    }
+    return MOE_OK;
+}
+
+int moe_claims_finish(moe_claims *c, const moe_route_opts *o, int n, int aux, moe_plan *plan)
+{
+    const int K = c->K, E = c->E;
+    long C = 0;
+    if (!o->dropless) {
+        int rc = moe_capacity(o, K, n, E, &C);
+        if (rc)
+            return rc;
+    }
+    int rc = moe_claims_resolve(c, n, o->order, C, o->dropless, o->renormalize, plan);
+    if (rc)
+        return rc;
+    double s = 0.0;
+    if (aux == MOE_CLAIMS_AUX_ASSIGNED) {
+        for (int e = 0; e < E; e++)
+            s += (double)plan->assigned_load[e] * c->pmean[e];
+        plan->aux_loss = (double)E / ((double)K * n) * s;
+    } else {
+        /* fill: the first choices per expert (every first choice claims) */
+        for (int e = 0; e < E; e++)
+            c->fill[e] = 0;
+        for (int t = 0; t < n; t++)
+            c->fill[c->expert[(size_t)t * K]]++;
+        for (int e = 0; e < E; e++)
+            s += (double)c->fill[e] / n * c->pmean[e];
+        plan->aux_loss = E * s;
     }
     return MOE_OK;
 }

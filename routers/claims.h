@@ -39,11 +39,28 @@ typedef struct {
 moe_claims *moe_claims_alloc(int n_max, int K, int E, int with_p);
 void moe_claims_free(moe_claims *c); /* NULL is a no-op */
 
-/* p (T,E) = softmax of each row of logits (T,E); pmean (E) = mean_t p[t,e]. */
-void moe_claims_softmax(moe_claims *c, const double *logits, int n);
+/* p (T,E) = softmax of each row of logits (T,E); pmean (E) = mean_t p[t,e]. On the routers'
+ * threads (par.h); the values do not depend on their number. plan (may be NULL): also keeps
+ * each row's logsumexp in plan->lse (plan->lse_of = logits), for the z-loss. Returns MOE_OK or
+ * MOE_ENOMEM. */
+int moe_claims_softmax(moe_claims *c, const double *logits, int n, moe_plan *plan);
+
+/* A router's per-token work, called once per token t with its logits lt (E) and softmax pt (E)
+ * right after pt is computed; calls run concurrently for different tokens, so row must write
+ * only token t's outputs (expert, gate, claim at t*K..t*K+K-1, or the router's own (T) arrays). */
+typedef void (*moe_claims_row_fn)(void *ctx, int t, const double *lt, const double *pt);
+
+/* moe_claims_softmax with row() called for every token (row may be NULL). */
+int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_fn row,
+                    void *ctx, moe_plan *plan);
 
 /* Index of the largest of x[0..len), skipping index skip (-1: none); ties to the lower index. */
 int moe_claims_argmax(const double *x, int len, int skip);
+
+/* The k largest of v[0..len) in descending order, ties to the lower index (the first k of a
+ * stable descending argsort): idx (k) their indices, val (k) their values. By insertion into a
+ * sorted list of k: O(len) for the small k of routing. */
+void moe_claims_topk(const double *v, int len, int k, int32_t *idx, double *val);
 
 /* Resolve the claims of n tokens into plan entries.
  * order: enum moe_order. C: capacity (slots per expert); dropless = 1 ignores C and uses
@@ -55,5 +72,15 @@ int moe_claims_argmax(const double *x, int len, int skip);
  * p when the workspace has none. */
 int moe_claims_resolve(moe_claims *c, int n, int order, long C, int dropless, int renormalize,
                        moe_plan *plan);
+
+/* The shared tail of the token-choice routers topk, switch and gshard: capacity
+ * C = moe_capacity(o, K, n, E) (none if o->dropless), moe_claims_resolve with o's order and
+ * renormalisation, then aux_loss:
+ *   MOE_CLAIMS_AUX_ASSIGNED  E / (K*n) * sum_e assigned_load[e] * pmean[e]   (topk)
+ *   MOE_CLAIMS_AUX_FIRST     E * sum_e (first[e] / n) * pmean[e], first[e] = tokens whose
+ *                            first choice is e                            (switch, gshard)
+ * Needs moe_claims_rows (or _softmax) run on the same n tokens first. */
+enum { MOE_CLAIMS_AUX_ASSIGNED = 0, MOE_CLAIMS_AUX_FIRST = 1 };
+int moe_claims_finish(moe_claims *c, const moe_route_opts *o, int n, int aux, moe_plan *plan);
 
 #endif

@@ -36,7 +36,6 @@ typedef struct {
     double *bias;   /* (E) the state b */
     double *s;      /* (E) sigmoid scores of one token */
     double *key;    /* (E) s + b */
-    int *idx, *tmp; /* (E) argsort of key, scratch */
 } dsv3_ws;
 
 static void dsv3_free(moe_router *r)
@@ -48,8 +47,6 @@ static void dsv3_free(moe_router *r)
     free(w->bias);
     free(w->s);
     free(w->key);
-    free(w->idx);
-    free(w->tmp);
     free(w);
     r->ws = NULL;
 }
@@ -68,9 +65,7 @@ static int dsv3_alloc(moe_router *r)
     w->bias = calloc(E, sizeof *w->bias);
     w->s = malloc(E * sizeof *w->s);
     w->key = malloc(E * sizeof *w->key);
-    w->idx = malloc(E * sizeof *w->idx);
-    w->tmp = malloc(E * sizeof *w->tmp);
-    if (!w->cl || !w->bias || !w->s || !w->key || !w->idx || !w->tmp) {
+    if (!w->cl || !w->bias || !w->s || !w->key) {
         dsv3_free(r);
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router dsv3_bias, %d tokens)",
                         r->n_max);
@@ -93,27 +88,28 @@ static int dsv3_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     moe_claims *cl = w->cl;
     const moe_route_opts *o = &r->opts;
     const int n = in->n, E = r->E, k = r->k;
-    moe_claims_softmax(cl, in->logits, n); /* p for orders bpr and probs */
+    int rc = moe_claims_softmax(cl, in->logits, n, plan); /* p for orders bpr and probs */
+    if (rc)
+        return rc;
     for (int t = 0; t < n; t++) {
         const double *lt = in->logits + (size_t)t * E;
         for (int e = 0; e < E; e++) {
             w->s[e] = 1.0 / (1.0 + exp(-lt[e]));
             w->key[e] = w->s[e] + w->bias[e];
         }
-        moe_argsort_desc(w->key, E, w->idx, w->tmp); /* stable: ties to the lower expert */
+        int32_t *ex = cl->expert + (size_t)t * k;
+        moe_claims_topk(w->key, E, k, ex, cl->gate + (size_t)t * k); /* ties: lower expert */
         double sum = 0.0;
         for (int j = 0; j < k; j++)
-            sum += w->s[w->idx[j]];
+            sum += w->s[ex[j]];
         for (int j = 0; j < k; j++) {
             const size_t i = (size_t)t * k + j;
-            cl->expert[i] = w->idx[j];
-            cl->gate[i] = w->s[w->idx[j]] / sum;
+            cl->gate[i] = w->s[ex[j]] / sum;
             cl->claim[i] = 1;
         }
     }
     const int limited = !o->dropless && (o->cf_set || o->capacity >= 0);
     long C = 0;
-    int rc;
     if (limited && (rc = moe_capacity(o, k, n, E, &C)))
         return rc;
     if ((rc = moe_claims_resolve(cl, n, o->order, C, !limited, o->renormalize, plan)))

@@ -14,7 +14,8 @@
 
 typedef struct {
     moe_claims *cl;
-    long *first; /* (E) tokens whose first choice is e */
+    double *u;   /* (T) the draws of the group */
+    int raw;     /* threshold_on = raw */
 } gshard_ws;
 
 /* ---- workspace ---- */
@@ -25,7 +26,7 @@ static void gshard_free(moe_router *r)
     if (!w)
         return;
     moe_claims_free(w->cl);
-    free(w->first);
+    free(w->u);
     free(w);
     r->ws = NULL;
 }
@@ -40,8 +41,8 @@ static int gshard_alloc(moe_router *r)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router gshard)");
     r->ws = w;
     w->cl = moe_claims_alloc(r->n_max, 2, r->E, 1);
-    w->first = malloc((size_t)r->E * sizeof *w->first);
-    if (!w->cl || !w->first) {
+    w->u = malloc((size_t)r->n_max * sizeof *w->u);
+    if (!w->cl || !w->u) {
         gshard_free(r);
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router gshard, %d tokens)", r->n_max);
     }
@@ -50,48 +51,39 @@ static int gshard_alloc(moe_router *r)
 
 /* ---- routing ---- */
 
+/* Token t's two choices and the draw test (runs on the routers' threads, see claims.h). */
+static void gshard_row(void *ctx, int t, const double *lt, const double *pt)
+{
+    gshard_ws *w = ctx;
+    moe_claims *cl = w->cl;
+    const int E = cl->E;
+    int e1 = moe_claims_argmax(lt, E, -1), e2 = moe_claims_argmax(lt, E, e1);
+    double p1 = pt[e1], p2 = pt[e2];
+    double g1 = p1 / (p1 + p2), g2 = p2 / (p1 + p2);
+    double test = w->raw ? p2 : g2;
+    size_t i = (size_t)t * 2;
+    cl->expert[i] = e1;
+    cl->gate[i] = g1;
+    cl->claim[i] = 1;
+    cl->expert[i + 1] = e2;
+    cl->gate[i + 1] = g2;
+    cl->claim[i + 1] = 2.0 * test > w->u[t];
+}
+
 static int gshard_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 {
     gshard_ws *w = r->ws;
-    moe_claims *cl = w->cl;
-    const int n = in->n, E = r->E;
+    const int n = in->n;
     if (!in->uniforms && !in->rng)
         return moe_fail(MOE_EINVAL, "give a seed or a file of draws (--uniforms U.npy)",
                         "gshard needs uniform draws or a random generator (uniforms)");
-    long C = 0;
-    if (!r->opts.dropless) {
-        int rc = moe_capacity(&r->opts, 2, n, E, &C);
-        if (rc)
-            return rc;
-    }
-    moe_claims_softmax(cl, in->logits, n);
-    for (int e = 0; e < E; e++)
-        w->first[e] = 0;
-    for (int t = 0; t < n; t++) {
-        const double *lt = in->logits + (size_t)t * E, *pt = cl->p + (size_t)t * E;
-        int e1 = moe_claims_argmax(lt, E, -1), e2 = moe_claims_argmax(lt, E, e1);
-        double p1 = pt[e1], p2 = pt[e2];
-        double g1 = p1 / (p1 + p2), g2 = p2 / (p1 + p2);
-        double u = in->uniforms ? in->uniforms[t] : gsl_rng_uniform(in->rng);
-        double test = r->opts.threshold_on == MOE_THRESH_RAW ? p2 : g2;
-        size_t i = (size_t)t * 2;
-        cl->expert[i] = e1;
-        cl->gate[i] = g1;
-        cl->claim[i] = 1;
-        cl->expert[i + 1] = e2;
-        cl->gate[i + 1] = g2;
-        cl->claim[i + 1] = 2.0 * test > u;
-        w->first[e1]++;
-    }
-    int rc = moe_claims_resolve(cl, n, r->opts.order, C, r->opts.dropless, r->opts.renormalize,
-                                plan);
+    for (int t = 0; t < n; t++) /* one draw per token in token order, needed or not */
+        w->u[t] = in->uniforms ? in->uniforms[t] : gsl_rng_uniform(in->rng);
+    w->raw = r->opts.threshold_on == MOE_THRESH_RAW;
+    int rc = moe_claims_rows(w->cl, in->logits, n, gshard_row, w, plan);
     if (rc)
         return rc;
-    double s = 0.0;
-    for (int e = 0; e < E; e++)
-        s += (double)w->first[e] / n * cl->pmean[e];
-    plan->aux_loss = E * s;
-    return MOE_OK;
+    return moe_claims_finish(w->cl, &r->opts, n, MOE_CLAIMS_AUX_FIRST, plan);
 }
 
 const moe_router_type moe_router_gshard = {

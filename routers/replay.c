@@ -95,8 +95,8 @@ static int replay_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         c->gate[i] = in->choice_w ? in->choice_w[i] : 1.0 / K;
         c->claim[i] = 1;
     }
-    if (w->with_p)
-        moe_claims_softmax(c, in->logits, n);
+    if (w->with_p && (rc = moe_claims_softmax(c, in->logits, n, plan)))
+        return rc;
     rc = moe_claims_resolve(c, n, r->opts.order, C, r->opts.dropless, r->opts.renormalize,
                             plan);
     plan->k = K;

@@ -86,7 +86,6 @@ typedef struct {
     double *d1;     /* (E) column scalings */
     double *colsum; /* (E) scratch */
     double *key;    /* (E) selection key of one token: K[t,e] * d1[e] */
-    int *idx, *tmp; /* (E) argsort of key, scratch */
     int iters;      /* iterations of the last balancing */
 } sinkhorn_ws;
 
@@ -101,8 +100,6 @@ static void sinkhorn_free(moe_router *r)
     free(w->d1);
     free(w->colsum);
     free(w->key);
-    free(w->idx);
-    free(w->tmp);
     free(w);
     r->ws = NULL;
 }
@@ -123,9 +120,7 @@ static int sinkhorn_alloc(moe_router *r)
     w->d1 = malloc(E * sizeof *w->d1);
     w->colsum = malloc(E * sizeof *w->colsum);
     w->key = malloc(E * sizeof *w->key);
-    w->idx = malloc(E * sizeof *w->idx);
-    w->tmp = malloc(E * sizeof *w->tmp);
-    if (!w->cl || !w->K || !w->d0 || !w->d1 || !w->colsum || !w->key || !w->idx || !w->tmp) {
+    if (!w->cl || !w->K || !w->d0 || !w->d1 || !w->colsum || !w->key) {
         sinkhorn_free(r);
         return moe_fail(MOE_ENOMEM, "use fewer tokens per routing group",
                         "out of memory (sinkhorn workspace for %d tokens x %d experts)",
@@ -146,16 +141,16 @@ static int sinkhorn_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
                                   w->K, w->d0, w->d1, w->colsum, &w->iters);
     if (rc)
         return rc;
-    moe_claims_softmax(cl, in->logits, n);
+    if ((rc = moe_claims_softmax(cl, in->logits, n, plan)))
+        return rc;
     for (int t = 0; t < n; t++) {
         const double *kt = w->K + (size_t)t * E, *lt = in->logits + (size_t)t * E;
         for (int e = 0; e < E; e++)
             w->key[e] = kt[e] * w->d1[e];
-        moe_argsort_desc(w->key, E, w->idx, w->tmp); /* stable: ties to the lower expert */
+        moe_claims_topk(w->key, E, k, cl->expert + (size_t)t * k, cl->gate + (size_t)t * k);
         for (int j = 0; j < k; j++) {
             const size_t i = (size_t)t * k + j;
-            const int e = w->idx[j];
-            cl->expert[i] = e;
+            const int e = cl->expert[i];
             cl->gate[i] = k == 1 ? 1.0 / (1.0 + exp(-lt[e])) : cl->p[(size_t)t * E + e];
             cl->claim[i] = 1;
         }

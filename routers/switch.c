@@ -27,33 +27,24 @@ static int switch_alloc(moe_router *r)
 
 /* ---- routing ---- */
 
+/* Token t: its first choice and gate (runs on the routers' threads, see claims.h). */
+static void switch_row(void *ctx, int t, const double *lt, const double *pt)
+{
+    moe_claims *cl = ctx;
+    int e = moe_claims_argmax(lt, cl->E, -1);
+    cl->expert[t] = e;
+    cl->gate[t] = pt[e];
+    cl->claim[t] = 1;
+}
+
 static int switch_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 {
     moe_claims *cl = r->ws;
-    const int n = in->n, E = r->E;
-    long C = 0;
-    if (!r->opts.dropless) {
-        int rc = moe_capacity(&r->opts, 1, n, E, &C);
-        if (rc)
-            return rc;
-    }
-    moe_claims_softmax(cl, in->logits, n);
-    for (int t = 0; t < n; t++) {
-        int e = moe_claims_argmax(in->logits + (size_t)t * E, E, -1);
-        cl->expert[t] = e;
-        cl->gate[t] = cl->p[(size_t)t * E + e];
-        cl->claim[t] = 1;
-    }
-    int rc = moe_claims_resolve(cl, n, r->opts.order, C, r->opts.dropless, r->opts.renormalize,
-                                plan);
+    int rc = moe_claims_rows(cl, in->logits, in->n, switch_row, cl, plan);
     if (rc)
         return rc;
-    /* every token claims its first choice, so f_e = assigned_load[e] / n */
-    double s = 0.0;
-    for (int e = 0; e < E; e++)
-        s += (double)plan->assigned_load[e] / n * cl->pmean[e];
-    plan->aux_loss = E * s;
-    return MOE_OK;
+    /* aux_loss with f_e = (tokens whose first choice is e) / n */
+    return moe_claims_finish(cl, &r->opts, in->n, MOE_CLAIMS_AUX_FIRST, plan);
 }
 
 const moe_router_type moe_router_switch = {

@@ -12,11 +12,7 @@
 
 typedef struct {
     moe_claims *cl;
-    double *row;  /* (E) the token's (noisy) logits */
-    int *idx;     /* (E) argsort of row */
-    int *tmp;     /* (E) argsort scratch */
-    double *sel;  /* (K) selected logits */
-    double *g;    /* (K) softmax of sel */
+    double *row;  /* (E) the token's noisy logits (noise_std > 0) */
 } topk_ws;
 
 /* ---- workspace ---- */
@@ -28,10 +24,6 @@ static void topk_free(moe_router *r)
         return;
     moe_claims_free(w->cl);
     free(w->row);
-    free(w->idx);
-    free(w->tmp);
-    free(w->sel);
-    free(w->g);
     free(w);
     r->ws = NULL;
 }
@@ -44,11 +36,7 @@ static int topk_alloc(moe_router *r)
     r->ws = w;
     w->cl = moe_claims_alloc(r->n_max, r->k, r->E, 1);
     w->row = malloc((size_t)r->E * sizeof *w->row);
-    w->idx = malloc((size_t)r->E * sizeof *w->idx);
-    w->tmp = malloc((size_t)r->E * sizeof *w->tmp);
-    w->sel = malloc((size_t)r->k * sizeof *w->sel);
-    w->g = malloc((size_t)r->k * sizeof *w->g);
-    if (!w->cl || !w->row || !w->idx || !w->tmp || !w->sel || !w->g) {
+    if (!w->cl || !w->row) {
         topk_free(r);
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router topk, %d tokens)", r->n_max);
     }
@@ -57,52 +45,51 @@ static int topk_alloc(moe_router *r)
 
 /* ---- routing ---- */
 
+/* Token t's k largest of row (E), ties to the lower expert: expert[t*k..] and gate[t*k..] =
+ * softmax of the selected values. */
+static void topk_select(moe_claims *cl, int t, const double *row)
+{
+    const int k = cl->K;
+    const size_t i0 = (size_t)t * k;
+    double *sv = cl->gate + i0; /* the selected values, then their softmax in place */
+    moe_claims_topk(row, cl->E, k, cl->expert + i0, sv);
+    moe_softmax(sv, k, sv);
+#ifdef MOESIM_PERTURB_TOPK
+    /* Test build only (Makefile $(B)/moesim-perturb, tests/t_regression.sh): a deliberately
+     * perturbed router, its first gate nudged by 1e-3, that `moesim compare` must catch. */
+    sv[0] += 1e-3;
+#endif
+    for (int j = 0; j < k; j++)
+        cl->claim[i0 + j] = 1;
+}
+
+static void topk_row(void *ctx, int t, const double *lt, const double *pt)
+{
+    (void)pt;
+    topk_select(ctx, t, lt);
+}
+
 static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 {
     topk_ws *w = r->ws;
     moe_claims *cl = w->cl;
-    const int n = in->n, E = r->E, k = r->k;
+    const int n = in->n, E = r->E;
     const double sd = r->opts.noise_std;
     if (sd > 0.0 && !in->rng)
         return moe_fail(MOE_EINVAL, "give a seed for the gate noise",
                         "topk with noise_std %g needs a random generator (noise_std)", sd);
-    long C = 0;
-    if (!r->opts.dropless) {
-        int rc = moe_capacity(&r->opts, k, n, E, &C);
-        if (rc)
-            return rc;
-    }
-    moe_claims_softmax(cl, in->logits, n);
-    for (int t = 0; t < n; t++) {
-        /* row (E) = logits[t,:] (+ noise, drawn in token then expert order) */
-        const double *lt = in->logits + (size_t)t * E;
-        for (int e = 0; e < E; e++)
-            w->row[e] = sd > 0.0 ? lt[e] + sd * gsl_ran_gaussian_ziggurat(in->rng, 1.0) : lt[e];
-        moe_argsort_desc(w->row, E, w->idx, w->tmp); /* stable: ties to the lower expert */
-        for (int j = 0; j < k; j++)
-            w->sel[j] = w->row[w->idx[j]];
-        moe_softmax(w->sel, k, w->g);
-#ifdef MOESIM_PERTURB_TOPK
-        /* Test build only (Makefile $(B)/moesim-perturb, tests/t_regression.sh): a deliberately
-         * perturbed router, its first gate nudged by 1e-3, that `moesim compare` must catch. */
-        w->g[0] += 1e-3;
-#endif
-        for (int j = 0; j < k; j++) {
-            size_t i = (size_t)t * k + j;
-            cl->expert[i] = w->idx[j];
-            cl->gate[i] = w->g[j];
-            cl->claim[i] = 1;
-        }
-    }
-    int rc = moe_claims_resolve(cl, n, r->opts.order, C, r->opts.dropless, r->opts.renormalize,
-                                plan);
+    /* p of the un-noised logits; without noise the selection runs in the same pass */
+    int rc = moe_claims_rows(cl, in->logits, n, sd > 0.0 ? NULL : topk_row, cl, plan);
     if (rc)
         return rc;
-    double s = 0.0;
-    for (int e = 0; e < E; e++)
-        s += (double)plan->assigned_load[e] * cl->pmean[e];
-    plan->aux_loss = (double)E / ((double)k * n) * s;
-    return MOE_OK;
+    for (int t = 0; sd > 0.0 && t < n; t++) {
+        /* row (E) = logits[t,:] + noise, drawn in token then expert order */
+        const double *lt = in->logits + (size_t)t * E;
+        for (int e = 0; e < E; e++)
+            w->row[e] = lt[e] + sd * gsl_ran_gaussian_ziggurat(in->rng, 1.0);
+        topk_select(cl, t, w->row);
+    }
+    return moe_claims_finish(cl, &r->opts, n, MOE_CLAIMS_AUX_ASSIGNED, plan);
 }
 
 const moe_router_type moe_router_topk = {

@@ -54,6 +54,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_routing.h"
+
 static const bench_cfg bench_cfgs[] = {
     {"E16k2", "topk", 16, 2}, /* the reference layer */
     {"E64k1", "switch", 64, 1},
@@ -867,6 +869,9 @@ int moe_cmd_bench(int argc, char **argv)
     memset(&c, 0, sizeof c);
     c.a = (bench_args){0, 0, 2, 0, "results/bench.db", "/usr/bin/python3",
                        "sim/bench_torch_moe.py", NULL, BENCH_PEAK_GFLOPS, 1};
+    for (int i = 1; i < argc; i++) /* the route phase of every router: bench_routing.c */
+        if (strcmp(argv[i], "--routing") == 0)
+            return moe_bench_routing(argc, argv);
     int help = 0;
     int rc = parse_args(argc, argv, &c.a, &help);
     if (rc)

@@ -11,6 +11,7 @@
  */
 #include "metric_table.h"
 #include "moe.h"
+#include "../routers/par.h"
 
 #include <gsl/gsl_statistics_double.h>
 #include <gsl/gsl_statistics_long.h>
@@ -177,10 +178,11 @@ int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f
     mt->aux_loss = plan->aux_loss;
     if (logits) {
         double z = 0.0;
-        for (int t = 0; t < n; t++) {
-            double lse = moe_logsumexp(logits + (size_t)t * M, M);
-            z += lse * lse;
-        }
+        if (plan->lse_of == logits) /* the router's logsumexps of these logits */
+            for (int t = 0; t < n; t++)
+                z += plan->lse[t] * plan->lse[t];
+        else if ((rc = moe_par_sum_lse_sq(logits, n, M, &z)))
+            return rc;
         mt->z_loss = z / n;
     } else {
         mt->z_loss = NAN;

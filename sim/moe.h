@@ -82,12 +82,21 @@ typedef struct {
     double *importance;   /* (E) summed gate values of all claims on e before capacity */
     long n_claims;        /* all claims (token-choice routers); entries for claim-less routers */
     double aux_loss;      /* as defined per router; 0 where none */
+    /* Routers that take each token's softmax also keep its logsumexp (for the z-loss, so the
+     * metrics do not take the exponentials again): lse (T) = moe_logsumexp of each row of
+     * lse_of, the logits routed; lse_of = NULL (reset) when not kept. Valid while those logits
+     * are unchanged. */
+    const double *lse_of;
+    double *lse;
+    size_t lse_cap;
 } moe_plan;
 
 moe_plan *moe_plan_alloc(int n_max, int E, size_t cap_entries);
 void moe_plan_free(moe_plan *p);            /* NULL is a no-op */
 /* Clear entries and statistics for a new routing group of n tokens, E experts, M columns. */
 int moe_plan_reset(moe_plan *p, int n, int E, int m);
+/* The (T) buffer for plan->lse, grown to p->n rows; NULL when out of memory (after moe_fail). */
+double *moe_plan_lse_buffer(moe_plan *p);
 /* Append one entry (grows the buffer if needed; routers reserve enough up front). */
 int moe_plan_push(moe_plan *p, int32_t t, int32_t e, int32_t s, double dw, double cw);
 /* w (T,E): the weights of the dense mixture sum_e w[t,e] FFN_e(x_t) that output errors are
@@ -221,6 +230,8 @@ int moe_router_route(moe_router *r, const moe_route_in *in, moe_plan *plan);
 /* ---- shared numerics (sim/util.c) ---------------------------------------------------------- */
 /* p = softmax(x) over len values, in double (max-subtracted). */
 void moe_softmax(const double *x, int len, double *p);
+/* moe_softmax, returning logsumexp(x) exactly as moe_logsumexp computes it. */
+double moe_softmax_lse(const double *x, int len, double *p);
 double moe_logsumexp(const double *x, int len);
 /* Stable argsort, descending by v; equal values keep ascending index order.
  * idx (len) receives the order; tmp (len) is scratch. */

@@ -32,6 +32,7 @@ void moe_plan_free(moe_plan *p)
     free(p->entries);
     free(p->assigned_load);
     free(p->importance);
+    free(p->lse);
     free(p);
 }
 
@@ -56,9 +57,24 @@ int moe_plan_reset(moe_plan *p, int n, int E, int m)
     p->n_entries = 0;
     p->n_claims = 0;
     p->aux_loss = 0.0;
+    p->lse_of = NULL;
     memset(p->assigned_load, 0, (size_t)E * sizeof *p->assigned_load);
     memset(p->importance, 0, (size_t)E * sizeof *p->importance);
     return MOE_OK;
+}
+
+double *moe_plan_lse_buffer(moe_plan *p)
+{
+    if (p->lse_cap < (size_t)p->n) {
+        double *l = realloc(p->lse, (size_t)p->n * sizeof *l);
+        if (!l) {
+            moe_fail(MOE_ENOMEM, NULL, "out of memory (plan logsumexp of %d tokens)", p->n);
+            return NULL;
+        }
+        p->lse = l;
+        p->lse_cap = (size_t)p->n;
+    }
+    return p->lse;
 }
 
 int moe_plan_push(moe_plan *p, int32_t t, int32_t e, int32_t s, double dw, double cw)

@@ -10,19 +10,48 @@
 
 /* ---- softmax ---- */
 
-void moe_softmax(const double *x, int len, double *p)
+/* p = exp(x - max x), returns their sum (in index order) and stores max x in *mx. */
+static inline double softmax_exp(const double *x, int len, double *p, double *mx)
 {
-    double mx = x[0];
+    double m = x[0];
     for (int i = 1; i < len; i++)
-        if (x[i] > mx)
-            mx = x[i];
+        if (x[i] > m)
+            m = x[i];
     double s = 0.0;
     for (int i = 0; i < len; i++) {
-        p[i] = exp(x[i] - mx);
+        p[i] = exp(x[i] - m);
         s += p[i];
     }
-    for (int i = 0; i < len; i++)
+    *mx = m;
+    return s;
+}
+
+/* p[i] /= s, four at a time (each quotient correctly rounded, as one at a time). */
+typedef double softmax_v4 __attribute__((vector_size(32)));
+static inline void softmax_div(double *p, int len, double s)
+{
+    int i = 0;
+    for (; i + 4 <= len; i += 4) {
+        softmax_v4 v;
+        memcpy(&v, p + i, sizeof v);
+        v /= s;
+        memcpy(p + i, &v, sizeof v);
+    }
+    for (; i < len; i++)
         p[i] /= s;
+}
+
+void moe_softmax(const double *x, int len, double *p)
+{
+    double mx, s = softmax_exp(x, len, p, &mx);
+    softmax_div(p, len, s);
+}
+
+double moe_softmax_lse(const double *x, int len, double *p)
+{
+    double mx, s = softmax_exp(x, len, p, &mx);
+    softmax_div(p, len, s);
+    return mx + log(s);
 }
 
 double moe_logsumexp(const double *x, int len)

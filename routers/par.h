@@ -1,0 +1,32 @@
+/* par.h: the threads of the routers. Routing work is split into contiguous parts (token blocks or
+ * expert ranges); part i runs fn(ctx, i, nparts), part 0 on the calling thread, the others on
+ * new threads joined before moe_par_run returns. Every part writes only its own outputs and
+ * every reduction whose rounding matters is done in a fixed order by the caller, so a router's
+ * plan and statistics do not depend on the number of threads.
+ */
+#ifndef MOE_PAR_H
+#define MOE_PAR_H
+
+enum { MOE_PAR_MAX = 8 };
+
+/* Threads the routers use: nt >= 1, or 0 = the online processors (at most MOE_PAR_MAX).
+ * Process-wide; set it before routing, not while routers run. */
+void moe_par_set_threads(int nt);
+int moe_par_threads(void);
+
+/* Parts for `work` items of which a part should hold at least `grain`: 1..moe_par_threads(). */
+int moe_par_parts(long work, long grain);
+
+/* [lo, hi) of part i of n items split into nparts contiguous ranges of near-equal size. */
+void moe_par_range(long n, int i, int nparts, long *lo, long *hi);
+
+/* Run fn(ctx, i, nparts) for i = 0..nparts-1 (nparts <= MOE_PAR_MAX), in parallel; a part whose
+ * thread cannot be created runs on the caller. */
+void moe_par_run(void (*fn)(void *ctx, int i, int nparts), void *ctx, int nparts);
+
+/* *sum = sum over t of logsumexp(x[t,:])^2 for x (n,M), each row as moe_logsumexp computes it
+ * and the squares added in token order (so the sum does not depend on the number of threads);
+ * the rows on the threads. MOE_ENOMEM when the (n) scratch cannot be allocated. */
+int moe_par_sum_lse_sq(const double *x, int n, int M, double *sum);
+
+#endif

@@ -1,0 +1,159 @@
+/* test_routers_par.c: the routers' threads (routers/par.c) do not change plans. Every router
+ * that runs on several threads routes the same logits with 1 and with 2 threads and must give
+ * the same plan bit for bit (entries, loads, importance, aux loss, capacity) and the same
+ * z-loss (also through the logsumexps the routers keep in the plan); the logits are quantised to quarters so that many scores tie and the tie rules are
+ * exercised across the thread boundary. The selections that replaced full sorts are also
+ * checked against the stable argsort of sim/util.c (moe_argsort_desc) run on the same values:
+ * expert choice's top C tokens per expert and moe_claims_topk's k largest per row. */
+#include "check.h"
+#include "moe.h"
+#include "../routers/claims.h"
+#include "../routers/par.h"
+
+#include <gsl/gsl_randist.h>
+#include <string.h>
+
+enum { N = 6000, E = 16 };
+
+static double L[N * E], U[N];
+
+static moe_plan *route(const char *name, int k, int order, int threads)
+{
+    moe_par_set_threads(threads);
+    moe_route_opts o;
+    moe_route_opts_default(&o);
+    o.k = k;
+    o.order = order;
+    o.cf_set = 1;
+    o.cf_num = 5;
+    o.cf_den = 4;
+    moe_router *r = NULL;
+    moe_plan *p = moe_plan_alloc(N, E, 16);
+    int rc = moe_router_alloc(moe_router_find(name), &o, N, E, &r);
+    moe_route_in in = {N, E, L, NULL, U, NULL, NULL, NULL, 0};
+    if (!rc)
+        rc = moe_router_route(r, &in, p);
+    CHECK(rc == 0, "%s k=%d order %d threads %d: %s", name, k, order, threads, moe_errmsg());
+    moe_router_free(r);
+    moe_par_set_threads(0);
+    return p;
+}
+
+static int same_plan(const moe_plan *a, const moe_plan *b)
+{
+    if (a->n_entries != b->n_entries || a->capacity != b->capacity ||
+        a->n_claims != b->n_claims || memcmp(&a->aux_loss, &b->aux_loss, sizeof a->aux_loss))
+        return 0;
+    for (size_t i = 0; i < a->n_entries; i++) {
+        const moe_entry *x = &a->entries[i], *y = &b->entries[i];
+        if (x->token != y->token || x->expert != y->expert || x->slot != y->slot ||
+            memcmp(&x->combine_w, &y->combine_w, sizeof x->combine_w) ||
+            memcmp(&x->dispatch_w, &y->dispatch_w, sizeof x->dispatch_w))
+            return 0;
+    }
+    return memcmp(a->assigned_load, b->assigned_load, E * sizeof *a->assigned_load) == 0 &&
+           memcmp(a->importance, b->importance, E * sizeof *a->importance) == 0;
+}
+
+static void test_threads_same_plan(void)
+{
+    static const struct {
+        const char *name;
+        int k, order;
+    } cases[] = {
+        {"switch", 1, MOE_ORDER_CHOICE_MAJOR},  {"topk", 1, MOE_ORDER_CHOICE_MAJOR},
+        {"topk", 2, MOE_ORDER_CHOICE_MAJOR},    {"topk", 8, MOE_ORDER_TOKEN_MAJOR},
+        {"topk", 2, MOE_ORDER_BPR},             {"topk", 2, MOE_ORDER_PROBS},
+        {"gshard", 2, MOE_ORDER_CHOICE_MAJOR},  {"expert_choice", 0, MOE_ORDER_CHOICE_MAJOR},
+        {"dsv3_bias", 2, MOE_ORDER_CHOICE_MAJOR}, {"sinkhorn", 1, MOE_ORDER_CHOICE_MAJOR},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        moe_plan *a = route(cases[c].name, cases[c].k, cases[c].order, 1);
+        moe_plan *b = route(cases[c].name, cases[c].k, cases[c].order, 2);
+        CHECK(a->n_entries > 0 && same_plan(a, b), "%s k=%d order %d: 1 and 2 threads differ",
+              cases[c].name, cases[c].k, cases[c].order);
+        moe_plan_free(a);
+        moe_plan_free(b);
+    }
+    double z1, z2;
+    moe_par_set_threads(1);
+    int rc = moe_par_sum_lse_sq(L, N, E, &z1);
+    moe_par_set_threads(2);
+    rc |= moe_par_sum_lse_sq(L, N, E, &z2);
+    moe_par_set_threads(0);
+    /* reference: the serial loop of moe_logsumexp rows, squares added in token order */
+    double zr = 0.0;
+    for (int t = 0; t < N; t++) {
+        double l = moe_logsumexp(L + (size_t)t * E, E);
+        zr += l * l;
+    }
+    CHECK(rc == 0 && z1 == zr && z2 == zr, "z-loss sums %.17g, %.17g, serial %.17g", z1, z2, zr);
+    /* the z-loss of the metrics from the logsumexps the routers kept equals the serial one */
+    static const char *kept[] = {"switch", "topk", "gshard", "expert_choice", "sinkhorn"};
+    moe_metrics *mt = moe_metrics_alloc(E);
+    for (size_t c = 0; c < sizeof kept / sizeof kept[0]; c++) {
+        moe_plan *p = route(kept[c], 0, 0, 2);
+        CHECK(p->lse_of == L, "%s did not keep the logsumexps", kept[c]);
+        rc = moe_metrics_compute(p, L, 0, 0, 0, 0, mt);
+        CHECK(rc == 0 && mt->z_loss == zr / N, "%s: z-loss %.17g, serial %.17g", kept[c],
+              mt->z_loss, zr / N);
+        moe_plan_free(p);
+    }
+    moe_metrics_free(mt);
+}
+
+/* expert choice: expert e's entries are the first C of the stable argsort of softmax column e */
+static void test_expert_choice_vs_argsort(void)
+{
+    moe_plan *p = route("expert_choice", 0, 0, 2);
+    static double S[N * E], col[N];
+    static int idx[N], tmp[N];
+    for (int t = 0; t < N; t++)
+        moe_softmax(L + (size_t)t * E, E, S + (size_t)t * E);
+    const long C = p->capacity;
+    CHECK_INT(C, (N * 5 + 4 * E - 1) / (4 * E)); /* ceil(n * 1.25 / E) */
+    int bad = 0;
+    for (int e = 0; e < E; e++) {
+        for (int t = 0; t < N; t++)
+            col[t] = S[(size_t)t * E + e];
+        moe_argsort_desc(col, N, idx, tmp);
+        for (long s = 0; s < C; s++) {
+            const moe_entry *en = &p->entries[e * C + s];
+            bad += en->token != idx[s] || en->expert != e || en->slot != s ||
+                   en->combine_w != col[idx[s]];
+        }
+    }
+    CHECK(bad == 0, "expert_choice: %d entries differ from the stable argsort", bad);
+    moe_plan_free(p);
+}
+
+static void test_topk_vs_argsort(void)
+{
+    int idx[E], tmp[E], bad = 0;
+    int32_t sel[E];
+    double val[E];
+    for (int k = 1; k <= E; k++)
+        for (int t = 0; t < 200; t++) {
+            const double *row = L + (size_t)t * E;
+            moe_argsort_desc(row, E, idx, tmp);
+            moe_claims_topk(row, E, k, sel, val);
+            for (int j = 0; j < k; j++)
+                bad += sel[j] != idx[j] || val[j] != row[idx[j]];
+        }
+    CHECK(bad == 0, "moe_claims_topk: %d selections differ from the stable argsort", bad);
+}
+
+int main(void)
+{
+    gsl_rng *g = moe_rng_alloc(11, 1);
+    for (int i = 0; i < N * E; i++) /* quarters in [-2, 2]: many exact ties */
+        L[i] = (double)(int)(gsl_ran_gaussian_ziggurat(g, 1.0) * 4.0) / 4.0;
+    for (int i = 0; i < N; i++)
+        U[i] = gsl_rng_uniform(g);
+    gsl_rng_free(g);
+    test_threads_same_plan();
+    test_expert_choice_vs_argsort();
+    test_topk_vs_argsort();
+    printf("test_routers_par: %d passed, %d failed\n", check_pass, check_fail);
+    return check_fail != 0;
+}
