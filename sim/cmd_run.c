@@ -270,7 +270,7 @@ static int run_points(const run_args *a, const moe_spec *spec, moe_store *st,
         }
         if (tty)
             progress_bar(n->done, total, pt, moe_now() - t0, n->ran, to_run);
-        moe_point_result *res = moe_point_result_alloc(pt->E, pt->batches);
+        moe_point_result *res = moe_point_result_alloc_for(pt);
         if (!res) {
             rc = MOE_ENOMEM;
             break;
