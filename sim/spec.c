@@ -35,6 +35,9 @@
  *   k = 2                         ; optional: k of topk routers that set no k of their own
  *   activation = gelu_tanh        ; gelu_tanh (default), gelu_erf, relu, swiglu
  *
+ *   [train]                       ; optional: every point becomes a training run of the layer
+ *   steps = 200                   ; keys and defaults: sim/spec_train.c, docs/spec.md
+ *
  * Every list (routers, capacity_factors, distributions, shapes, tokens, batches, seeds) is a sweep
  * axis; values are separated by spaces or commas, and a long list may continue on indented lines.
  * The sweep is the product of all axes (a distribution with `shapes` pairs only with those).
