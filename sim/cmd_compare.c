@@ -6,8 +6,8 @@
  * config_key), the mean of every scalar metric of moe_point_metrics, its sample std over batches
  * (<name>_std), the per-expert loads assigned[e], kept[e], importance[e] and the histogram
  * experts_per_token[j], j = 0..E, and for a training point its eval rows, <column>[step] for
- * every column of the table steps and step_loads[step:expert]. Timings, throughput, provenance (git revision, BLAS threads,
- * created_at) and the spec name are not part of it.
+ * every column of the table steps and step_loads[step:expert]. Timings, throughput,
+ * provenance (git revision, BLAS threads, created_at) and the spec name are not part of it.
  *
  * Tolerances, by metric class (the `tol` column of the metric table, sim/metric_table.c; a value
  * passes when |b - c| <= atol + rtol * max(|b|, |c|)):

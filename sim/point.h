@@ -98,9 +98,9 @@ void moe_point_result_free(moe_point_result *r); /* NULL is a no-op */
 /* Run one point. A training point (pt->train) runs moe_train_run with the point's router,
  * shape and source (batch 0 held out, batch s + 1 for step s) and fills the eval rows; its
  * scalar metrics are those of the last eval row where the names agree (load_imbalance, drop
- * rates, aux_loss), the others NaN. stop (may be NULL) is polled between batches: when it becomes non-zero the
- * point is abandoned with MOE_EINVAL "interrupted" and res is not valid. res must be allocated
- * for pt->E experts and pt->batches batches. */
+ * rates, aux_loss), the others NaN. stop (may be NULL) is polled between batches: when it
+ * becomes non-zero the point is abandoned with MOE_EINVAL "interrupted" and res is not valid.
+ * res must be allocated for the point (moe_point_result_alloc_for). */
 int moe_point_run(const moe_point *pt, volatile sig_atomic_t *stop, moe_point_result *res);
 
 /* Run the point as moe_point_run does, with the layer forward of every batch replaced by the
