@@ -5,8 +5,9 @@
  * *.tsv, written by --record). Both are read into the same metric set: per point (keyed by its
  * config_key), the mean of every scalar metric of moe_point_metrics, its sample std over batches
  * (<name>_std), the per-expert loads assigned[e], kept[e], importance[e] and the histogram
- * experts_per_token[j], j = 0..E. Timings, throughput, provenance (git revision, BLAS threads,
- * created_at) and the spec name are not part of it.
+ * experts_per_token[j], j = 0..E, and for a training point its eval rows, <column>[step] for
+ * every column of the table steps and step_loads[step:expert]. Timings, throughput,
+ * provenance (git revision, BLAS threads, created_at) and the spec name are not part of it.
  *
  * Tolerances, by metric class (the `tol` column of the metric table, sim/metric_table.c; a value
  * passes when |b - c| <= atol + rtol * max(|b|, |c|)):
@@ -305,6 +306,43 @@ static int read_children(mset *s, sqlite3 *db, sqlite3_stmt *loads, sqlite3_stmt
     return rc;
 }
 
+/* The eval rows of training point id, if the database has them: "<column>[step]" for every
+ * column of steps, "step_loads[step:expert]" (routing class: names the metric table lacks). */
+static int read_train(mset *s, sqlite3 *db, long long id)
+{
+    sqlite3_stmt *q = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT 1 FROM sqlite_master WHERE name = 'steps'", -1, &q,
+                           NULL) != SQLITE_OK)
+        return db_err(db, s->path);
+    int has = sqlite3_step(q) == SQLITE_ROW, rc = MOE_OK, src;
+    sqlite3_finalize(q);
+    if (!has)
+        return MOE_OK;
+    for (int pass = 0; pass < 2 && !rc; pass++) {
+        q = NULL;
+        if (sqlite3_prepare_v2(db, pass ? "SELECT step, expert, load FROM step_loads WHERE"
+                                          " point = ?1 ORDER BY step, expert"
+                                        : "SELECT * FROM steps WHERE point = ?1 ORDER BY step",
+                               -1, &q, NULL) != SQLITE_OK ||
+            sqlite3_bind_int64(q, 1, id) != SQLITE_OK) {
+            sqlite3_finalize(q);
+            return db_err(db, s->path);
+        }
+        while (!rc && (src = sqlite3_step(q)) == SQLITE_ROW) {
+            const int step = sqlite3_column_int(q, pass ? 0 : 1);
+            if (pass)
+                rc = mset_add_value(s, 0, sqlite3_column_double(q, 2), "step_loads[%d:%d]", step,
+                                    sqlite3_column_int(q, 1));
+            for (int c = 2; !pass && c < sqlite3_column_count(q) && !rc; c++)
+                rc = add_column(s, q, c, "%s[%d]", sqlite3_column_name(q, c), step);
+        }
+        if (!rc && src != SQLITE_DONE)
+            rc = db_err(db, s->path);
+        sqlite3_finalize(q);
+    }
+    return rc;
+}
+
 static int read_db(mset *s)
 {
     moe_store *st = NULL;
@@ -348,6 +386,8 @@ static int read_db(mset *s)
             rc = add_column(s, q, c + 1, "%s_std", mm->name, -1);
         if (!rc)
             rc = read_children(s, db, loads, hist, sqlite3_column_int64(q, 0));
+        if (!rc)
+            rc = read_train(s, db, sqlite3_column_int64(q, 0));
     }
     if (!rc && src != SQLITE_DONE)
         rc = db_err(db, s->path);

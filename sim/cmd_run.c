@@ -84,6 +84,16 @@ static void progress_line(size_t i, size_t total, const moe_point *pt,
     const double imb = res->mean[moe_point_metric_index("load_imbalance")],
                  drop = res->mean[moe_point_metric_index("assignment_drop_rate")],
                  err = res->mean[moe_point_metric_index("output_error_dense")];
+    if (res->train_rows > 0) { /* training: the last eval row's losses (columns 1 and 2) */
+        const double *last = res->train_row + (size_t)(res->train_rows - 1) * MOE_TRAIN_NCOLS;
+        fprintf(stderr,
+                "[%zu/%zu] router=%s cf=%s distribution=%s shape=%s tokens=%d seed=%llu: "
+                "%d steps, loss %.4f held-out %.4f imbalance %.3f drop %.4f (%.2f s)\n",
+                i, total, pt->router, pt->cf_text, pt->distribution, pt->shape, pt->tokens,
+                (unsigned long long)pt->seed, pt->tc.steps, last[1], last[2], imb, drop,
+                res->wall_s);
+        return;
+    }
     fprintf(stderr,
             "[%zu/%zu] router=%s cf=%s distribution=%s shape=%s tokens=%d seed=%llu: "
             "imbalance %.3f drop %.4f error %.4f (%.2f s)\n",
@@ -152,6 +162,46 @@ static int print_summary(moe_store *st, const moe_spec *spec)
     if (!r)
         printf("(means over distributions, shapes, token counts and seeds; per point: "
                "moesim report %s)\n", moe_store_path(st));
+    return r;
+}
+
+/* Training sweeps: the last eval row per point, averaged per router and cf over the points of
+ * this sweep (temp.sweep, filled by print_summary). */
+static int print_train_summary(moe_store *st)
+{
+    sqlite3 *db = moe_store_db(st);
+    sqlite3_stmt *q = NULL;
+    int rc = sqlite3_prepare_v2(
+        db,
+        "SELECT p.router, p.capacity_factor, count(*), avg(s.loss), avg(s.heldout_loss),"
+        " avg(s.load_imbalance), avg(s.assignment_drop_rate), avg(s.dead_experts),"
+        " avg(s.specialisation) FROM points p JOIN temp.sweep ON p.config_key = sweep.key"
+        " JOIN steps s ON s.point = p.id AND s.step = (SELECT max(step) FROM steps"
+        " WHERE point = p.id) GROUP BY p.router, p.capacity_factor"
+        " ORDER BY p.router, min(p.capacity_factor_value)", -1, &q, NULL);
+    if (rc == SQLITE_OK)
+        printf("\n%-16s %6s %6s %10s %10s %10s %10s %6s %8s\n", "router", "cf", "points",
+               "loss", "held-out", "imbalance", "drop_rate", "dead", "special.");
+    while (rc == SQLITE_OK && (rc = sqlite3_step(q)) == SQLITE_ROW) {
+        char spec[32];
+        if (sqlite3_column_type(q, 8) == SQLITE_NULL)
+            snprintf(spec, sizeof spec, "-");
+        else
+            snprintf(spec, sizeof spec, "%.3f", sqlite3_column_double(q, 8));
+        printf("%-16s %6s %6d %10.4f %10.4f %10.3f %10.4f %6.1f %8s\n",
+               (const char *)sqlite3_column_text(q, 0), (const char *)sqlite3_column_text(q, 1),
+               sqlite3_column_int(q, 2), sqlite3_column_double(q, 3),
+               sqlite3_column_double(q, 4), sqlite3_column_double(q, 5),
+               sqlite3_column_double(q, 6), sqlite3_column_double(q, 7), spec);
+        rc = SQLITE_OK;
+    }
+    int r = rc == SQLITE_DONE ? MOE_OK
+                              : moe_fail(MOE_EDB, NULL, "cannot summarise the training runs: "
+                                         "%s (%s)", sqlite3_errmsg(db), moe_store_path(st));
+    sqlite3_finalize(q);
+    if (!r)
+        printf("(the last eval row of each training run; curves: table steps of %s)\n",
+               moe_store_path(st));
     return r;
 }
 
@@ -270,7 +320,7 @@ static int run_points(const run_args *a, const moe_spec *spec, moe_store *st,
         }
         if (tty)
             progress_bar(n->done, total, pt, moe_now() - t0, n->ran, to_run);
-        moe_point_result *res = moe_point_result_alloc(pt->E, pt->batches);
+        moe_point_result *res = moe_point_result_alloc_for(pt);
         if (!res) {
             rc = MOE_ENOMEM;
             break;
@@ -349,6 +399,8 @@ static int run_sweep(run_args *a, const moe_spec *spec, moe_mpi_run *mp)
         fprintf(stderr, "moesim run: %zu points run, %zu skipped (stored), %s\n", n.ran,
                 n.done - n.ran, el);
         rc = print_summary(st, spec);
+        if (!rc && moe_spec_point(spec, 0)->train)
+            rc = print_train_summary(st);
         /* Charts: after a successful run and unless --no-plots, drawn from the database alone
          * (sim/plot.h) into plots/out/<db file name without .db>/. */
         if (!rc && !a->no_plots)

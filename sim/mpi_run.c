@@ -22,11 +22,12 @@
 /* ---- results over the wire ---- */
 #ifdef MOESIM_MPI
 
-/* Doubles and longs of a moe_point_result for E experts and b batches. */
-static size_t result_ndoubles(int E, int b)
+/* Doubles of a moe_point_result for E experts, b batches and its eval rows (training). */
+static size_t result_ndoubles(const moe_point_result *r)
 {
-    return 2 * (size_t)MOE_POINT_NMETRICS + 2 * (size_t)MOE_NPHASES + 4 + 3 * (size_t)E +
-           (size_t)b * (MOE_POINT_NMETRICS + MOE_NPHASES);
+    return 2 * (size_t)MOE_POINT_NMETRICS + 2 * (size_t)MOE_NPHASES + 4 + 3 * (size_t)r->E +
+           (size_t)r->batches * (MOE_POINT_NMETRICS + MOE_NPHASES) +
+           (size_t)r->train_rows * (MOE_TRAIN_NCOLS + (size_t)r->E);
 }
 
 static void result_pack(const moe_point_result *r, double *d, long *l)
@@ -51,7 +52,10 @@ static void result_pack(const moe_point_result *r, double *d, long *l)
     }
     memcpy(d + k, r->batch_metric, (size_t)r->batches * MOE_POINT_NMETRICS * sizeof *d);
     k += (size_t)r->batches * MOE_POINT_NMETRICS;
-    memcpy(d + k, r->batch_time, (size_t)r->batches * MOE_NPHASES * sizeof *d);
+    k += (size_t)r->batches * MOE_NPHASES;
+    memcpy(d + k, r->train_row, (size_t)r->train_rows * MOE_TRAIN_NCOLS * sizeof *d);
+    k += (size_t)r->train_rows * MOE_TRAIN_NCOLS;
+    memcpy(d + k, r->train_loads, (size_t)r->train_rows * (size_t)r->E * sizeof *d);
     memcpy(l, r->experts_per_token, ((size_t)r->E + 1) * sizeof *l);
 }
 
@@ -77,7 +81,10 @@ static void result_unpack(moe_point_result *r, const double *d, const long *l)
     }
     memcpy(r->batch_metric, d + k, (size_t)r->batches * MOE_POINT_NMETRICS * sizeof *d);
     k += (size_t)r->batches * MOE_POINT_NMETRICS;
-    memcpy(r->batch_time, d + k, (size_t)r->batches * MOE_NPHASES * sizeof *d);
+    k += (size_t)r->batches * MOE_NPHASES;
+    memcpy(r->train_row, d + k, (size_t)r->train_rows * MOE_TRAIN_NCOLS * sizeof *d);
+    k += (size_t)r->train_rows * MOE_TRAIN_NCOLS;
+    memcpy(r->train_loads, d + k, (size_t)r->train_rows * (size_t)r->E * sizeof *d);
     memcpy(r->experts_per_token, l, ((size_t)r->E + 1) * sizeof *l);
 }
 #endif
@@ -232,7 +239,7 @@ static int recv_result(moe_mpi_run *m, int w, size_t i, moe_point_result *res)
         msg[MOE_MPI_MSG_LEN - 1] = '\0';
         return moe_fail(hdr[2] ? (int)hdr[2] : MOE_EINVAL, NULL, "rank %d: %s", w, msg);
     }
-    size_t nd = result_ndoubles(res->E, res->batches);
+    size_t nd = result_ndoubles(res);
     double *d = malloc(((size_t)hdr[3] > nd ? (size_t)hdr[3] : nd) * sizeof *d);
     long *l = malloc(((size_t)hdr[4] > (size_t)res->E + 1 ? (size_t)hdr[4] : (size_t)res->E + 1) *
                      sizeof *l);
@@ -362,9 +369,9 @@ static int sweep_worker(moe_mpi_run *m, const moe_spec *spec, volatile sig_atomi
             break; /* the CTL message is taken below */
         const moe_point *pt = moe_spec_point(spec, i);
         moe_clear_error();
-        moe_point_result *res = moe_point_result_alloc(pt->E, pt->batches);
+        moe_point_result *res = moe_point_result_alloc_for(pt);
         int rc = res ? moe_point_run(pt, stop, res) : MOE_ENOMEM;
-        size_t nd = res ? result_ndoubles(pt->E, pt->batches) : 0;
+        size_t nd = res ? result_ndoubles(res) : 0;
         double *d = rc ? NULL : malloc(nd * sizeof *d);
         long *l = rc ? NULL : malloc(((size_t)pt->E + 1) * sizeof *l);
         if (!rc && (!d || !l))
@@ -415,7 +422,7 @@ static int ep_worker(moe_mpi_run *m, const moe_spec *spec)
         }
         const moe_point *pt = moe_spec_point(spec, (size_t)cmd);
         moe_clear_error();
-        moe_point_result *res = moe_point_result_alloc(pt->E, pt->batches);
+        moe_point_result *res = moe_point_result_alloc_for(pt);
         /* no stop here: rank 0 decides, and its interruption reaches us through the agreement */
         int rc = ep_run_point(m, pt, NULL, res);
         moe_point_result_free(res);

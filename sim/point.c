@@ -74,7 +74,27 @@ void moe_point_result_free(moe_point_result *r)
     free(r->experts_per_token);
     free(r->batch_metric);
     free(r->batch_time);
+    free(r->train_row);
+    free(r->train_loads);
     free(r);
+}
+
+moe_point_result *moe_point_result_alloc_for(const moe_point *pt)
+{
+    moe_point_result *r = moe_point_result_alloc(pt->E, pt->batches);
+    const int rows = moe_point_train_rows(pt);
+    if (!r || rows == 0)
+        return r;
+    r->train_rows = rows;
+    r->train_row = calloc((size_t)rows * MOE_TRAIN_NCOLS, sizeof *r->train_row);
+    r->train_loads = calloc((size_t)rows * (size_t)pt->E, sizeof *r->train_loads);
+    if (!r->train_row || !r->train_loads) {
+        moe_point_result_free(r);
+        moe_fail(MOE_ENOMEM, NULL, "out of memory (%d eval rows, point %s)", rows,
+                 pt->config_key);
+        return NULL;
+    }
+    return r;
 }
 
 /* ---- the runner ---- */
@@ -206,6 +226,11 @@ int moe_point_run(const moe_point *pt, volatile sig_atomic_t *stop, moe_point_re
 int moe_point_run_ep(const moe_point *pt, volatile sig_atomic_t *stop, moe_point_result *res,
                      const moe_pipeline_ep *ep)
 {
+    if (pt->train)
+        return ep ? moe_fail(MOE_EINVAL, "run training sweeps without --expert-parallel",
+                             "training points run on one process, not expert-parallel "
+                             "(point %s)", pt->config_key)
+                  : moe_point_train_run(pt, stop, res);
     const double wall0 = moe_now();
     if (res->E != pt->E || res->batches != pt->batches)
         return moe_fail(MOE_EINVAL, NULL, "result sized for E = %d, %d batches; point has "

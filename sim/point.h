@@ -13,6 +13,7 @@
 #include "pipeline.h" /* moe_pipeline_ep (expert-parallel hook), moe_phase_times */
 #include "moe.h"
 #include "source.h"
+#include "train.h"
 
 #include <signal.h>
 
@@ -36,6 +37,9 @@ typedef struct {
     int tokens, batches;             /* T per batch, number of batches */
     uint64_t seed;
     int error_tokens;                /* rows for the dense-mixture error; 0 = all */
+    int train;                       /* 1: a training run of the layer ([train] section) */
+    moe_train_config tc;             /* train: steps, optimizer, lr, ...; n, d, f, m, act, seed
+                                      * are the point's, set by the spec expander */
     const char *config_key;          /* canonical text of all of the above */
 } moe_point;
 
@@ -73,19 +77,44 @@ typedef struct {
     double *batch_metric;      /* (batches, MOE_POINT_NMETRICS) */
     double *batch_time;        /* (batches, MOE_NPHASES) */
     double wall_s;             /* wall time of the whole point, errors included */
+    int train_rows;            /* training points: eval rows (moe_point_train_rows), else 0 */
+    double *train_row;         /* (train_rows, MOE_TRAIN_NCOLS) in moe_train_columns order */
+    double *train_loads;       /* (train_rows, E) kept tokens per expert since the last row */
 } moe_point_result;
 
+/* Columns of one eval row of a training point (the store's table `steps`): step, then the
+ * metrics of moe_train_row under their names. */
+enum { MOE_TRAIN_NCOLS = 12 };
+extern const char *const moe_train_columns[MOE_TRAIN_NCOLS];
+/* Eval rows of a training point: steps 0, eval_every, 2 eval_every, ... and the last step
+ * (0 for a point that does not train). */
+int moe_point_train_rows(const moe_point *pt);
+
 moe_point_result *moe_point_result_alloc(int E, int batches);
+/* A result sized for pt: E, batches and, for a training point, its eval rows. */
+moe_point_result *moe_point_result_alloc_for(const moe_point *pt);
 void moe_point_result_free(moe_point_result *r); /* NULL is a no-op */
 
-/* Run one point. stop (may be NULL) is polled between batches: when it becomes non-zero the
- * point is abandoned with MOE_EINVAL "interrupted" and res is not valid. res must be allocated
- * for pt->E experts and pt->batches batches. */
+/* Run one point. A training point (pt->train) runs moe_train_run with the point's router,
+ * shape and source (batch 0 held out, batch s + 1 for step s) and fills the eval rows; its
+ * scalar metrics are those of the last eval row where the names agree (load_imbalance, drop
+ * rates, aux_loss), the others NaN. stop (may be NULL) is polled between batches: when it
+ * becomes non-zero the point is abandoned with MOE_EINVAL "interrupted" and res is not valid.
+ * res must be allocated for the point (moe_point_result_alloc_for). */
 int moe_point_run(const moe_point *pt, volatile sig_atomic_t *stop, moe_point_result *res);
 
 /* Run the point as moe_point_run does, with the layer forward of every batch replaced by the
- * expert-parallel hook ep (pipeline.h; mpi_ep.c). moe_point_run = ep NULL. */
+ * expert-parallel hook ep (pipeline.h; mpi_ep.c). moe_point_run = ep NULL. A training point
+ * with ep is an error (training runs on one process). */
 int moe_point_run_ep(const moe_point *pt, volatile sig_atomic_t *stop, moe_point_result *res,
                      const moe_pipeline_ep *ep);
+
+/* Names of the enumerated training keys (optimizer, lr_schedule, aux, trainable, teacher):
+ * the name of value, "?" for an unknown key or value; the value of name (1), or 0. */
+const char *moe_train_enum_name(const char *key, int value);
+int moe_train_enum_value(const char *key, const char *name, int *value);
+
+/* The training run of moe_point_run (sim/point_train.c); res from moe_point_result_alloc_for. */
+int moe_point_train_run(const moe_point *pt, volatile sig_atomic_t *stop, moe_point_result *res);
 
 #endif

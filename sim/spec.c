@@ -35,6 +35,9 @@
  *   k = 2                         ; optional: k of topk routers that set no k of their own
  *   activation = gelu_tanh        ; gelu_tanh (default), gelu_erf, relu, swiglu
  *
+ *   [train]                       ; optional: every point becomes a training run of the layer
+ *   steps = 200                   ; keys and defaults: sim/spec_train.c, docs/spec.md
+ *
  * Every list (routers, capacity_factors, distributions, shapes, tokens, batches, seeds) is a sweep
  * axis; values are separated by spaces or commas, and a long list may continue on indented lines.
  * The sweep is the product of all axes (a distribution with `shapes` pairs only with those).
@@ -128,6 +131,7 @@ static char *point_key(const moe_point *p)
             p->router, p->rtype->name, p->opts_text, p->cf_text, p->distribution, p->source,
             p->params_text, p->shape, p->d, p->f, p->E, p->k, moe_act_name(p->act), p->tokens,
             p->batches, (unsigned long long)p->seed, p->error_tokens);
+    moe_spec_train_key(p, m);
     if (fclose(m) != 0) {
         free(buf);
         return NULL;
@@ -137,6 +141,8 @@ static char *point_key(const moe_point *p)
 
 static int add_point(moe_spec *s, moe_point *p, const spec_router *r)
 {
+    if (s->train && !p->train) /* one point per combination of the [train] lists */
+        return moe_spec_train_expand(s, p, r, add_point);
     char desc[1024];
     moe_clear_error();
     int rc = moe_route_opts_describe(&p->opts, desc, sizeof desc);
@@ -288,6 +294,7 @@ void moe_spec_free(moe_spec *s)
     free(s->tokens);
     free(s->batches);
     free(s->seeds);
+    moe_spec_train_free(s->train);
     for (int i = 0; i < s->nsecs; i++) {
         for (int j = 0; j < s->secs[i].nkv; j++) {
             free(s->secs[i].kv[j].key);
@@ -381,7 +388,7 @@ int moe_spec_check(const moe_spec *s)
         rc = check_router(r, p, 0);
         if (!rc && (p->rtype->flags & MOE_RF_HAS_DROPLESS) && !p->opts.dropless)
             rc = check_router(r, p, 1);
-        if (rc)
+        if (rc || (rc = moe_spec_train_check(s, p)))
             break;
         seen_t *sn = NULL;
         for (size_t j = 0; j < nseen && !sn; j++)

@@ -8,6 +8,7 @@
 #include "spec.h"
 
 #include <stdint.h>
+#include <stdio.h>
 
 /* ---- raw sections and keys ---- */
 
@@ -79,6 +80,7 @@ struct moe_spec {
     int error_tokens;
     moe_point *points;
     size_t npoints, cap_points;
+    struct spec_train *train; /* the [train] section (sim/spec_train.c), NULL without one */
 };
 
 
@@ -110,5 +112,23 @@ const spec_kv *moe_spec_first_kv(const spec_section *sec);
 /* Check [experiment] and the section names, and load the axes, shapes, routers and
  * distributions of the sweep. */
 int moe_spec_interpret(moe_spec *s);
+/* Split a list value on spaces and commas (an empty list or a repeated item is an error). */
+int moe_spec_split_list(const spec_section *sec, const spec_kv *kv, char ***out, int *n);
+void moe_spec_free_words(char **w, int n);
+
+/* ---- sim/spec_train.c: the [train] section ---- */
+
+/* Load [train] (absent: s->train stays NULL; with it, experiment.batches is an error). */
+int moe_spec_train_load(moe_spec *s);
+void moe_spec_train_free(struct spec_train *t); /* NULL is a no-op */
+/* Add p once per combination of the [train] value lists (p->train set, p->tc filled, checked
+ * against the point's shape), each through add (which sees p->train = 1). */
+int moe_spec_train_expand(moe_spec *s, moe_point *p, const spec_router *r,
+                          int (*add)(moe_spec *, moe_point *, const spec_router *));
+/* " train={steps=... optimizer=... ...}": the training part of a point's config key. */
+void moe_spec_train_key(const moe_point *p, FILE *m);
+/* The check of a training point before the run: the router can train (trainable = gate needs
+ * a router whose combine weights depend on the gate). */
+int moe_spec_train_check(const moe_spec *s, const moe_point *p);
 
 #endif

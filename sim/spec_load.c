@@ -72,6 +72,13 @@ static void free_words(char **w, int n)
     free(w);
 }
 
+int moe_spec_split_list(const spec_section *sec, const spec_kv *kv, char ***out, int *n)
+{
+    return split_list(sec, kv, out, n);
+}
+
+void moe_spec_free_words(char **w, int n) { free_words(w, n); }
+
 static int parse_int(const spec_section *sec, const spec_kv *kv, const char *text, long lo,
                      long hi, long *out)
 {
@@ -392,14 +399,14 @@ static int check_names(const moe_spec *s, const spec_section *exp)
     for (int i = 0; i < s->nsecs; i++) {
         const char *rest;
         const spec_section *sec = &s->secs[i];
-        if (strcmp(sec->name, "experiment") == 0)
+        if (strcmp(sec->name, "experiment") == 0 || strcmp(sec->name, "train") == 0)
             continue;
         if (!section_kind(sec->name, "router", &rest) &&
             !section_kind(sec->name, "distribution", &rest) &&
             !section_kind(sec->name, "shape", &rest))
             return KV_FAIL(MOE_EINVAL, sec, moe_spec_first_kv(sec),
                            "sections are [experiment], [router.NAME], [distribution.NAME], "
-                           "[shape.NAME]",
+                           "[shape.NAME], [train]",
                            "unknown section [%s]", sec->name);
         if (!valid_name(rest))
             return KV_FAIL(MOE_EINVAL, sec, moe_spec_first_kv(sec),
@@ -640,8 +647,8 @@ int moe_spec_interpret(moe_spec *s)
     rc = load_kind(s, exp, "distributions", "distribution", &items, sizeof *s->dists,
                    &s->ndists, load_dist_item);
     s->dists = items;
-    if (rc)
+    if (rc || (rc = pair_dists(s)))
         return rc;
-    return pair_dists(s);
+    return moe_spec_train_load(s);
 }
 

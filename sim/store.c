@@ -3,7 +3,7 @@
  * and the one-transaction write of a point. Every sqlite3 return code is checked; errors are
  * MOE_EDB naming the database file.
  *
- * Schema, version 2 (STRICT tables; `sqlite3 results/x.db .schema` shows it):
+ * Schema, version 3 (STRICT tables; `sqlite3 results/x.db .schema` shows it):
  *   points             one row per sweep point: configuration columns (router, router_type,
  *                      router_options, capacity_factor text + _value real + _note, distribution,
  *                      source, source_params, shape, d, f, E, k, m, activation, tokens, batches,
@@ -18,14 +18,21 @@
  *   ep_ranks           (point, capacity, rank): per-rank load, rows, bytes and times of an
  *                      expert-parallel point (moe_store_put_ep), means per batch
  *   bench              (run, config, n, metric): `moesim bench` rows with their provenance
- *   views              summary, by_router_cf, loads, provenance, ep_summary
+ *   train_points       (point): the training configuration of a training point ([train])
+ *   steps              (point, step): the eval rows of a training point (moe_train_columns)
+ *   step_loads         (point, step, expert): kept tokens per expert since the previous row
+ *   views              summary, by_router_cf, loads, provenance, ep_summary, train_summary
+ * A training point has its points row (metrics of its last eval row) and the three training
+ * tables, but no expert_loads, batches or experts_per_token rows.
  * Child rows go with their point (ON DELETE CASCADE; foreign_keys is on for our connection).
  *
  * Migrations, run in the transaction that opens a writable database of an older version:
- *   0 -> 2  a database holding only the table bench (written by `moesim bench` before the
+ *   0 -> 3  a database holding only the table bench (written by `moesim bench` before the
  *           store owned it): the whole schema is added around it
- *   1 -> 2  ep_ranks, ep_summary and bench are added (ep_ranks may exist already: the
- *           expert-parallel runs of version 1 created it on demand, with the same columns)
+ *   1 -> 3  ep_ranks, ep_summary and bench are added (ep_ranks may exist already: the
+ *           expert-parallel runs of version 1 created it on demand, with the same columns),
+ *           then the training tables as for 2 -> 3
+ *   2 -> 3  train_points, steps, step_loads and the view train_summary are added
  */
 #include "store.h"
 
@@ -45,6 +52,7 @@ struct moe_store {
     char *path;
     int readonly;
     sqlite3_stmt *find, *del, *ins_point, *ins_load, *ins_batch, *ins_ept, *ins_ep, *ins_bench;
+    sqlite3_stmt *ins_train, *ins_step, *ins_sload;
 };
 
 /* ---- errors ---- */
@@ -154,6 +162,59 @@ static const char *const ep_ranks_sql =
     " FROM ep_ranks e JOIN points p ON p.id = e.point"
     " GROUP BY e.point, e.capacity ORDER BY e.point, e.capacity;\n";
 
+/* Tables of training points, added by version 3: the configuration of a training point, its
+ * eval rows (columns named as moe_train_columns) and per-expert loads per eval row. */
+static const char *const train_sql =
+    "CREATE TABLE IF NOT EXISTS train_points (\n"
+    "  point INTEGER PRIMARY KEY REFERENCES points(id) ON DELETE CASCADE,\n"
+    "  steps INTEGER NOT NULL,          -- training steps\n"
+    "  optimizer TEXT NOT NULL,         -- 'sgd' | 'adam'\n"
+    "  lr REAL NOT NULL,\n"
+    "  lr_schedule TEXT NOT NULL,       -- 'constant' | 'cosine'\n"
+    "  warmup INTEGER NOT NULL,         -- steps of linear warmup\n"
+    "  aux TEXT NOT NULL,               -- 'router' (its own balance loss) | 'importance'\n"
+    "  aux_weight REAL NOT NULL,\n"
+    "  z_weight REAL NOT NULL,\n"
+    "  trainable TEXT NOT NULL,         -- 'gate' | 'all'\n"
+    "  eval_every INTEGER NOT NULL,\n"
+    "  probe_tokens INTEGER NOT NULL,\n"
+    "  teacher TEXT NOT NULL,           -- 'moe' | 'dense'\n"
+    "  teacher_experts INTEGER NOT NULL,\n"
+    "  teacher_k INTEGER NOT NULL,\n"
+    "  target_noise REAL NOT NULL\n"
+    ") STRICT;\n"
+    "CREATE TABLE IF NOT EXISTS steps (\n"
+    "  point INTEGER NOT NULL REFERENCES points(id) ON DELETE CASCADE,\n"
+    "  step INTEGER NOT NULL,           -- 0, eval_every, 2 eval_every, ..., the last step\n"
+    "  loss REAL,                       -- mse of the step's batch (before its update)\n"
+    "  heldout_loss REAL,               -- mse on the fixed held-out batch\n"
+    "  aux_loss REAL, z_loss REAL,      -- unweighted\n"
+    "  load_imbalance REAL,             -- max/mean of assigned loads of the training batch\n"
+    "  assignment_drop_rate REAL, token_drop_rate REAL,\n"
+    "  dead_experts INTEGER,            -- experts with no kept token since the last row\n"
+    "  fluctuation REAL,                -- probe tokens whose top-1 changed (0 at step 0)\n"
+    "  specialisation REAL,             -- NMI(teacher, student top-1); NULL: dense teacher\n"
+    "  gate_entropy REAL,               -- nats\n"
+    "  PRIMARY KEY (point, step)\n"
+    ") STRICT;\n"
+    "CREATE TABLE IF NOT EXISTS step_loads (\n"
+    "  point INTEGER NOT NULL REFERENCES points(id) ON DELETE CASCADE,\n"
+    "  step INTEGER NOT NULL,\n"
+    "  expert INTEGER NOT NULL,\n"
+    "  load INTEGER NOT NULL,           -- kept tokens summed over the steps since the last\n"
+    "                                   -- row (step 0: the step-0 batch)\n"
+    "  PRIMARY KEY (point, step, expert)\n"
+    ") STRICT;\n"
+    "CREATE VIEW IF NOT EXISTS train_summary AS SELECT p.id AS point, p.router,\n"
+    " p.capacity_factor AS cf, p.distribution, p.shape, p.seed, t.optimizer, t.lr,\n"
+    " t.aux_weight, t.z_weight, t.trainable, t.steps, s.loss, s.heldout_loss,\n"
+    " s.load_imbalance, s.assignment_drop_rate, s.dead_experts, s.specialisation,\n"
+    " s.fluctuation\n"
+    " FROM train_points t JOIN points p ON p.id = t.point\n"
+    " JOIN steps s ON s.point = t.point\n"
+    " AND s.step = (SELECT max(step) FROM steps WHERE point = t.point)\n"
+    " ORDER BY p.id;\n";
+
 /* ep_ranks columns after (point, capacity, rank, ranks), in MOE_EP_* order. */
 static const char *const ep_cols[MOE_EP_NFIELDS] = {
     "first_expert", "experts", "first_token", "tokens_held", "plan_capacity", "tokens",
@@ -212,6 +273,7 @@ static char *schema_sql(void)
     fputs(views_sql, m);
     fputs(ep_ranks_sql, m);
     fputs(bench_sql, m);
+    fputs(train_sql, m);
     fprintf(m, "PRAGMA user_version = %d;\n", MOE_STORE_VERSION);
     if (fclose(m) != 0) {
         free(buf);
@@ -272,20 +334,21 @@ static char *insert_batch_sql(void)
     return buf;
 }
 
-/* INSERT INTO ep_ranks (point, capacity, rank, ranks, <ep_cols>) VALUES (?, ...). */
-static char *insert_ep_sql(void)
+/* "<head>, <cols>) VALUES (?, ...)" with nhead + ncols placeholders; head names the table and
+ * its first nhead columns, e.g. "INSERT INTO steps (point". */
+static char *insert_cols_sql(const char *head, int nhead, const char *const *cols, int ncols)
 {
     char *buf = NULL;
     size_t len = 0;
     FILE *m = open_memstream(&buf, &len);
     if (!m)
         return NULL;
-    fprintf(m, "INSERT INTO ep_ranks (point, capacity, rank, ranks");
-    for (int f = 0; f < MOE_EP_NFIELDS; f++)
-        fprintf(m, ", %s", ep_cols[f]);
-    fprintf(m, ") VALUES (?, ?, ?, ?");
-    for (int f = 0; f < MOE_EP_NFIELDS; f++)
-        fprintf(m, ", ?");
+    fputs(head, m);
+    for (int f = 0; f < ncols; f++)
+        fprintf(m, ", %s", cols[f]);
+    fprintf(m, ") VALUES (");
+    for (int f = 0; f < nhead + ncols; f++)
+        fprintf(m, "%s?", f ? ", " : "");
     fprintf(m, ")");
     if (fclose(m) != 0) {
         free(buf);
@@ -350,11 +413,12 @@ static int create_or_migrate(moe_store *st, long long version)
     char *sql = NULL;
     if (version == 0) {
         sql = schema_sql();
-    } else { /* 1 -> 2 */
-        size_t len = strlen(ep_ranks_sql) + strlen(bench_sql) + 64;
+    } else { /* 1 -> 2 adds ep_ranks and bench, 2 -> 3 the training tables */
+        const char *v2 = version < 2 ? ep_ranks_sql : "", *v2b = version < 2 ? bench_sql : "";
+        size_t len = strlen(v2) + strlen(v2b) + strlen(train_sql) + 64;
         sql = malloc(len);
         if (sql)
-            snprintf(sql, len, "%s%sPRAGMA user_version = %d;\n", ep_ranks_sql, bench_sql,
+            snprintf(sql, len, "%s%s%sPRAGMA user_version = %d;\n", v2, v2b, train_sql,
                      MOE_STORE_VERSION);
     }
     if (!sql)
@@ -480,10 +544,26 @@ int moe_store_open(const char *path, int readonly, moe_store **out)
             r = prepare(st, "INSERT INTO experts_per_token (point, experts, tokens)"
                             " VALUES (?, ?, ?)", &st->ins_ept);
         if (!r)
-            r = prepare(st, ie = insert_ep_sql(), &st->ins_ep);
+            r = prepare(st, ie = insert_cols_sql("INSERT INTO ep_ranks (point, capacity, rank,"
+                                                 " ranks", 4, ep_cols, MOE_EP_NFIELDS),
+                        &st->ins_ep);
         if (!r)
             r = prepare(st, "INSERT INTO bench VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,"
                             "?,?,?,?,?,?)", &st->ins_bench);
+        if (!r)
+            r = prepare(st, "INSERT INTO train_points (point, steps, optimizer, lr, lr_schedule,"
+                            " warmup, aux, aux_weight, z_weight, trainable, eval_every,"
+                            " probe_tokens, teacher, teacher_experts, teacher_k, target_noise)"
+                            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)", &st->ins_train);
+        char *is = NULL;
+        if (!r)
+            r = prepare(st, is = insert_cols_sql("INSERT INTO steps (point", 1,
+                                                 moe_train_columns, MOE_TRAIN_NCOLS),
+                        &st->ins_step);
+        if (!r)
+            r = prepare(st, "INSERT INTO step_loads (point, step, expert, load)"
+                            " VALUES (?, ?, ?, ?)", &st->ins_sload);
+        free(is);
         free(ip);
         free(ib);
         free(ie);
@@ -503,7 +583,8 @@ void moe_store_close(moe_store *st)
     if (!st)
         return;
     sqlite3_stmt *qs[] = {st->find, st->del, st->ins_point, st->ins_load, st->ins_batch,
-                          st->ins_ept, st->ins_ep, st->ins_bench};
+                          st->ins_ept, st->ins_ep, st->ins_bench, st->ins_train,
+                          st->ins_step, st->ins_sload};
     for (size_t i = 0; i < sizeof qs / sizeof qs[0]; i++)
         sqlite3_finalize(qs[i]); /* returns the statement's last error, already reported */
     if (st->db && sqlite3_close(st->db) != SQLITE_OK)
@@ -597,6 +678,52 @@ static int put_ep_rows(moe_store *st, sqlite3_int64 id, const moe_store_ep *ep)
     return MOE_OK;
 }
 
+/* The train_points row of the training point id, its steps and step_loads rows. */
+static int put_train_rows(moe_store *st, sqlite3_int64 id, const moe_point *pt,
+                          const moe_point_result *res)
+{
+    const moe_train_config *c = &pt->tc;
+    binder b = {st->ins_train, 0, SQLITE_OK};
+    b_int(&b, id);
+    b_int(&b, c->steps);
+    b_text(&b, moe_train_enum_name("optimizer", c->optimizer));
+    b_real(&b, c->lr);
+    b_text(&b, moe_train_enum_name("lr_schedule", c->lr_schedule));
+    b_int(&b, c->warmup);
+    b_text(&b, moe_train_enum_name("aux", c->aux_kind));
+    b_real(&b, c->aux_weight);
+    b_real(&b, c->z_weight);
+    b_text(&b, moe_train_enum_name("trainable", c->trainable));
+    b_int(&b, c->eval_every);
+    b_int(&b, c->probe_tokens);
+    b_text(&b, moe_train_enum_name("teacher", c->teacher));
+    b_int(&b, c->teacher_experts);
+    b_int(&b, c->teacher_k);
+    b_real(&b, c->target_noise);
+    int r = run(st, &b, "cannot insert the training configuration (train_points)");
+    for (int i = 0; !r && i < res->train_rows; i++) {
+        const double *v = res->train_row + (size_t)i * MOE_TRAIN_NCOLS;
+        binder q = {st->ins_step, 0, SQLITE_OK};
+        b_int(&q, id);
+        for (int k = 0; k < MOE_TRAIN_NCOLS; k++) {
+            if (k == 0 || strcmp(moe_train_columns[k], "dead_experts") == 0)
+                b_int(&q, (long long)v[k]);
+            else
+                b_real(&q, v[k]);
+        }
+        r = run(st, &q, "cannot insert the eval rows (steps)");
+        for (int e = 0; !r && e < res->E; e++) {
+            binder l = {st->ins_sload, 0, SQLITE_OK};
+            b_int(&l, id);
+            b_int(&l, (long long)v[0]);
+            b_int(&l, e);
+            b_int(&l, (long long)res->train_loads[(size_t)i * (size_t)res->E + (size_t)e]);
+            r = run(st, &l, "cannot insert the per-expert loads (step_loads)");
+        }
+    }
+    return r;
+}
+
 static int put_rows(moe_store *st, const char *spec_name, const moe_point *pt,
                     const moe_point_result *res, const moe_provenance *pv, int replace,
                     const moe_store_ep *ep)
@@ -649,6 +776,8 @@ static int put_rows(moe_store *st, const char *spec_name, const moe_point *pt,
     if ((r = run(st, &b, "cannot insert the point")))
         return r;
     sqlite3_int64 id = sqlite3_last_insert_rowid(st->db);
+    if (res->train_rows > 0) /* a training point: its configuration and eval rows only */
+        return put_train_rows(st, id, pt, res);
     for (int e = 0; e < res->E; e++) {
         binder l = {st->ins_load, 0, SQLITE_OK};
         b_int(&l, id);

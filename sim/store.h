@@ -3,8 +3,10 @@
  * configuration value in its own column, the provenance, the mean and std over batches of
  * every scalar metric and the timings; per-expert loads in `expert_loads`, per-batch rows in
  * `batches`, the experts-per-token histogram in `experts_per_token`, the per-rank rows of
- * expert-parallel points in `ep_ranks`, the rows of `moesim bench` in `bench`; views
- * `summary`, `by_router_cf`, `loads`, `provenance` and `ep_summary` for `sqlite3 results/x.db`.
+ * expert-parallel points in `ep_ranks`, the rows of `moesim bench` in `bench`, the
+ * configuration and eval rows of training points in `train_points`, `steps` and `step_loads`;
+ * views `summary`, `by_router_cf`, `loads`, `provenance`, `ep_summary` and `train_summary` for
+ * `sqlite3 results/x.db`.
  *
  * Schema versioned with PRAGMA user_version (MOE_STORE_VERSION), WAL journal, STRICT tables,
  * each point (its ep_ranks rows included) and each bench run written in one transaction,
@@ -19,7 +21,7 @@
 
 #include <sqlite3.h>
 
-#define MOE_STORE_VERSION 2
+#define MOE_STORE_VERSION 3
 
 typedef struct moe_store moe_store;
 
@@ -34,7 +36,8 @@ void moe_store_close(moe_store *st); /* NULL is a no-op */
 /* id of the point stored under config_key, or 0 in *id when there is none. */
 int moe_store_find(moe_store *st, const char *config_key, long long *id);
 
-/* Write one point (its row, expert loads, batches and histogram) in one transaction; replace:
+/* Write one point (its row, expert loads, batches and histogram; a training point: its row,
+ * train_points, steps and step_loads) in one transaction; replace:
  * delete a stored point with the same config_key first (in the same transaction). Without
  * replace, a stored point with the same key is an error. On any error nothing is written. */
 int moe_store_put(moe_store *st, const char *spec_name, const moe_point *pt,

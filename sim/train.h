@@ -160,6 +160,10 @@ double moe_train_lr(const moe_train_config *c, long s);
 double moe_train_output(const moe_trainer *tr, size_t i);
 /* The plan of the last objective or step (valid until the next call). */
 const moe_plan *moe_train_last_plan(const moe_trainer *tr);
+/* Whether the engine can train router r (MOE_EINVAL with a message when it has no training
+ * gradient) and, in *gate_trains, whether its combine weights depend on the logits (0 for
+ * hash and replay: trainable = gate leaves nothing to train). For checks before a run. */
+int moe_train_router_check(const moe_router *r, int *gate_trains);
 /* Whether the router's combine weights depend on the logits (0 for hash, replay). */
 int moe_train_gate_has_grad(const moe_trainer *tr);
 

@@ -44,6 +44,14 @@ int moe_train_gate_kind(const moe_router *r, int *gate_kind, int *aux_router, in
                     r->type->name);
 }
 
+int moe_train_router_check(const moe_router *r, int *gate_trains)
+{
+    int g = TR_GATE_CONST, a = 0, rn = 0;
+    int rc = moe_train_gate_kind(r, &g, &a, &rn);
+    *gate_trains = !rc && g != TR_GATE_CONST;
+    return rc;
+}
+
 /* ---- aux and z ---- */
 
 void moe_train_aux_z(moe_trainer *tr, const moe_plan *p, int grad, double *aux, double *z)

@@ -5,7 +5,9 @@
  * once, recorded as "none"; CR and CRLF line ends and a byte order mark are read, NUL bytes
  * (/dev/zero included) and a repeated section are errors naming the line. Specs are written to
  * temporary files; the expected line numbers are those of the text below (line 1 = the first
- * line of the string). */
+ * line of the string). A [train] section: each list is an axis (the last key varies fastest),
+ * the defaults resolved per point (teacher_experts = E, probe_tokens = min(256, tokens)), the
+ * training configuration in the config key, and the section's own errors. */
 #include "check.h"
 #include "spec.h"
 
@@ -429,6 +431,83 @@ static void test_robustness(void)
                  "line longer than 197 characters");
 }
 
+static void test_train(void)
+{
+    /* 2 routers x lr (2) x aux_weight (3) = 12 points, hand-counted */
+    static const char *const text = "[experiment]\n"          /* 1 */
+                                    "routers = topk switch\n"  /* 2 */
+                                    "tokens = 64\n"            /* 3 */
+                                    "[router.topk]\n"          /* 4 */
+                                    "k = 2\n"                  /* 5 */
+                                    "[router.switch]\n"        /* 6 */
+                                    "[distribution.g]\n"       /* 7 */
+                                    "source = gaussian\n"      /* 8 */
+                                    "[shape.s]\n"              /* 9 */
+                                    "d = 8\nf = 16\nE = 4\n" /* 10-12 */
+                                    "[train]\n"                /* 13 */
+                                    "steps = 7\n"              /* 14 */
+                                    "lr = 1e-2 0.5\n"          /* 15 */
+                                    "aux_weight = 0 1e-3 0.25\n" /* 16 */
+                                    "optimizer = sgd\n";       /* 17 */
+    moe_spec *s = NULL;
+    int rc = load(text, NULL, 0, &s);
+    CHECK(rc == 0, "train spec loads: %s", moe_errmsg());
+    if (rc)
+        return;
+    CHECK(moe_spec_npoints(s) == 12, "12 training points, got %zu", moe_spec_npoints(s));
+    const double aw[3] = {0, 1e-3, 0.25};
+    for (size_t i = 0; i < moe_spec_npoints(s) && i < 12; i++) {
+        const moe_point *p = moe_spec_point(s, i);
+        CHECK(p->train == 1 && p->batches == 1, "point %zu: training, one batch", i);
+        /* router slowest, then lr, then aux_weight fastest */
+        CHECK(strcmp(p->router, i < 6 ? "topk" : "switch") == 0, "point %zu router %s", i,
+              p->router);
+        CHECK(p->tc.lr == ((i / 3) % 2 ? 0.5 : 1e-2), "point %zu lr %g", i, p->tc.lr);
+        CHECK(p->tc.aux_weight == aw[i % 3], "point %zu aux_weight %g", i, p->tc.aux_weight);
+        CHECK(p->tc.steps == 7 && p->tc.optimizer == MOE_OPT_SGD, "point %zu steps, optimizer",
+              i);
+        /* defaults: teacher_experts = E = 4, probe_tokens = min(256, 64), eval_every 10 */
+        CHECK(p->tc.teacher_experts == 4 && p->tc.probe_tokens == 64 && p->tc.eval_every == 10,
+              "point %zu defaults: teacher_experts %d probe %d eval_every %d", i,
+              p->tc.teacher_experts, p->tc.probe_tokens, p->tc.eval_every);
+        /* 7 steps, eval_every 10: rows at steps 0 and 6 */
+        CHECK(moe_point_train_rows(p) == 2, "point %zu: 2 eval rows, got %d", i,
+              moe_point_train_rows(p));
+    }
+    const char *key = moe_spec_point(s, 1)->config_key;
+    CHECK(strstr(key, " train={steps=7 optimizer=sgd lr=0.01 lr_schedule=constant warmup=0 "
+                      "aux=router aux_weight=0.001 z_weight=0 trainable=all eval_every=10 "
+                      "probe_tokens=64 teacher=moe teacher_experts=4 teacher_k=1 "
+                      "target_noise=0}") != NULL, "config key: %s", key);
+    moe_spec_free(s);
+    /* eval rows: steps 0, e, 2e, ... and the last (hand-counted) */
+    moe_point pt;
+    memset(&pt, 0, sizeof pt);
+    pt.train = 1;
+    const int cases[][3] = {{25, 10, 4}, {30, 10, 4}, {21, 10, 3}, {1, 10, 1}, {10, 1, 10},
+                            {11, 5, 3}, {12, 5, 4}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        pt.tc.steps = cases[i][0];
+        pt.tc.eval_every = cases[i][1];
+        CHECK(moe_point_train_rows(&pt) == cases[i][2], "steps %d eval_every %d: %d rows, got %d",
+              cases[i][0], cases[i][1], cases[i][2], moe_point_train_rows(&pt));
+    }
+    expect_error("train: unknown key", edit(text, 17, "optimiser = sgd"), NULL, 0,
+                 "%s:17, key train.optimiser", "unknown key");
+    expect_error("train: bad schedule", edit(text, 17, "lr_schedule = linear"), NULL, 0,
+                 "%s:17, key train.lr_schedule", "bad value 'linear': want constant or cosine");
+    expect_error("train: nan lr", edit(text, 15, "lr = nan"), NULL, 0,
+                 "%s:15, key train.lr", "bad number 'nan'");
+    expect_error("train: empty list", edit(text, 16, "aux_weight ="), NULL, 0,
+                 "%s:16, key train.aux_weight", "empty list");
+    expect_error("train: teacher_k", edit(text, 17, "teacher_k = 5"), NULL, 0,
+                 "%s:17, key train.teacher_k", "teacher_k = 5 exceeds teacher_experts = 4");
+    static const char *const set_gate[] = {"train.trainable=gate", "experiment.routers=hash",
+                                           "router.hash.type=hash"};
+    expect_error("train: gate with hash", text, set_gate, 3, "--set:1, key train.trainable",
+                 "trainable = gate: router hash (hash) has no trainable gate");
+}
+
 int main(void)
 {
     moe_install_gsl_handler();
@@ -438,5 +517,6 @@ int main(void)
     test_cf_ignored();
     test_required_m();
     test_robustness();
+    test_train();
     return check_report("test_spec");
 }
