@@ -75,7 +75,18 @@ typedef struct {
     const float *y;       /* (T,D) the pipeline's output */
 } layer_point;
 
+/* Whether --config selects the configuration called name (all when --config is not given);
+ * cmd_bench.c. */
+int bench_selected(const bench_args *a, const char *name);
+
 /* ---- the PyTorch reference (bench_torch.c) ---- */
+
+/* Appends a space (unless at the start or after one) and s in single quotes (a ' becomes
+ * '\'') to buf (len bytes, *pos used); -1 when it does not fit. */
+int bench_shell_quote(char *buf, size_t len, size_t *pos, const char *s);
+/* Runs the shell command, returns its stdout (malloc'd, NULL when out of memory) and its exit
+ * status (-1: could not run; 128: killed). */
+char *bench_run_capture(const char *cmd, int *status);
 
 enum { TORCH_STYLES = 2, TORCH_MAXTH = 4 };
 extern const char *const torch_styles[TORCH_STYLES]; /* "loop", "einsum" */
@@ -97,5 +108,14 @@ typedef struct {
  * skipped (--no-torch, no script, no torch). */
 int bench_torch_measure(bench_ctx *c, const bench_cfg *cfg, const bench_weights *w,
                         const float *x, const layer_point *p, torch_result *tr);
+
+/* ---- the training-step benchmark (bench_train.c) ---- */
+
+/* moe_train_bench (train.h: topk k=2, E=16, n=4096, d=256, f=1024, Adam, relu and gelu_tanh)
+ * against sim/bench_torch_train.py (the PyTorch CPU loop of the same model, autograd, with
+ * c->a.python, c->a.threads threads) in this run: prints the times and their ratio, stores them
+ * as rows of config "train". Skipped (with a line saying so) by --quick; the PyTorch side by
+ * --no-torch or when torch cannot be imported. */
+int bench_train(bench_ctx *c);
 
 #endif

@@ -23,9 +23,7 @@ const char *const torch_styles[TORCH_STYLES] = {"loop", "einsum"};
 
 
 
-/* Appends a space (unless at the start or after one) and s in single quotes (a ' becomes
- * '\''). */
-static int shell_quote(char *buf, size_t len, size_t *pos, const char *s)
+int bench_shell_quote(char *buf, size_t len, size_t *pos, const char *s)
 {
     if (*pos + 2 >= len)
         return -1;
@@ -100,8 +98,7 @@ static int torch_write_inputs(const char *dir, const bench_weights *w, const flo
     return rc;
 }
 
-/* Runs the command, returns its stdout (malloc'd) and exit status. */
-static char *run_capture(const char *cmd, int *status)
+char *bench_run_capture(const char *cmd, int *status)
 {
     FILE *f = popen(cmd, "r");
     if (!f) {
@@ -230,13 +227,13 @@ int bench_torch_measure(bench_ctx *c, const bench_cfg *cfg, const bench_weights 
     pos = (size_t)snprintf(cmd, sizeof cmd, "OMP_WAIT_POLICY=passive ");
     int repeats_einsum = c->a.repeats < 3 ? c->a.repeats : 3; /* seconds per forward */
     snprintf(num, sizeof num, " --dir ");
-    if (shell_quote(cmd, sizeof cmd, &pos, c->a.python) ||
-        shell_quote(cmd, sizeof cmd, &pos, c->a.script) ||
+    if (bench_shell_quote(cmd, sizeof cmd, &pos, c->a.python) ||
+        bench_shell_quote(cmd, sizeof cmd, &pos, c->a.script) ||
         pos + strlen(num) >= sizeof cmd)
         goto toolong;
     memcpy(cmd + pos, num, strlen(num) + 1);
     pos += strlen(num);
-    if (shell_quote(cmd, sizeof cmd, &pos, dir))
+    if (bench_shell_quote(cmd, sizeof cmd, &pos, dir))
         goto toolong;
     snprintf(num, sizeof num,
              " --router %s --k %d --capacity %ld --repeats %d --einsum-repeats %d --threads 1,2",
@@ -247,7 +244,7 @@ int bench_torch_measure(bench_ctx *c, const bench_cfg *cfg, const bench_weights 
 
     int status;
     fflush(stdout);
-    out = run_capture(cmd, &status);
+    out = bench_run_capture(cmd, &status);
     if (status == 3 || status == 127) { /* the script's "torch not importable", or no python */
         snprintf(tr->note, sizeof tr->note, "skipped: PyTorch not available to %s (exit %d)",
                  c->a.python, status);

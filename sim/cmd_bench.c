@@ -19,7 +19,8 @@
  * On the first configuration it also measures time per token for n = 1k, 4k, 16k, 64k (with the
  * grouped GEMM pair alone at each n, to tell the layer's overhead from OpenBLAS's small-GEMM
  * efficiency) and the layer's workspace bytes against n*d, E*C*d and the n*E*C of a one-hot
- * dispatch. `--config` selects configurations; a forced OPENBLAS_CORETYPE weaker than the CPU
+ * dispatch. Then the training step against a PyTorch training loop (bench_train.c, config
+ * "train"; not with --quick). `--config` selects configurations; a forced OPENBLAS_CORETYPE weaker than the CPU
  * is warned about (blas_info.h) and recorded.
  *
  * Timings are reported, never asserted: the command fails only on errors and on outputs that
@@ -740,8 +741,10 @@ static void usage(FILE *out)
             "  --peak-gflops X    fp32 peak for the ratios (default 467: measured on the\n"
             "                     reference machine, 2 cores AVX-512)\n"
             "  --seed S           PCG seed of tokens and weights (default 1)\n"
-            "  --config LIST      run only these of E16k2,E64k1,E8k2 (the n-scaling runs with\n"
-            "                     E16k2)\n");
+            "  --config LIST      run only these of E16k2,E64k1,E8k2,train (the n-scaling runs\n"
+            "                     with E16k2; train: the training step, E=16 k=2 n=4096 d=256\n"
+            "                     f=1024, forward + backward + Adam, against a PyTorch training\n"
+            "                     loop, sim/bench_torch_train.py, next to --torch-script)\n");
 }
 
 static int parse_int(const char *s, const char *flag, int lo, int hi, int *out)
@@ -818,11 +821,12 @@ static int parse_args(int argc, char **argv, bench_args *a, int *help)
                         "unexpected argument '%s' (command line)", argv[optind]);
     for (const char *q = a->configs; q && *q;) {
         size_t len = strcspn(q, ",");
-        int found = 0;
+        int found = len == 5 && !strncmp(q, "train", 5);
         for (int i = 0; i < NCFG; i++)
             found |= strlen(bench_cfgs[i].name) == len && !strncmp(q, bench_cfgs[i].name, len);
         if (!found)
-            return moe_fail(MOE_EINVAL, "configurations: E16k2 (with the n-scaling), E64k1, E8k2",
+            return moe_fail(MOE_EINVAL, "configurations: E16k2 (with the n-scaling), E64k1, E8k2, "
+                            "train",
                             "unknown configuration '%.*s' for --config (command line)",
                             (int)len, q);
         q += len + (q[len] == ',');
@@ -830,15 +834,14 @@ static int parse_args(int argc, char **argv, bench_args *a, int *help)
     return MOE_OK;
 }
 
-/* Whether --config selects cfg (all when not given). */
-static int cfg_selected(const bench_args *a, const bench_cfg *cfg)
+int bench_selected(const bench_args *a, const char *name)
 {
     if (!a->configs)
         return 1;
-    size_t len = strlen(cfg->name);
+    size_t len = strlen(name);
     for (const char *q = a->configs; *q;) {
         size_t l = strcspn(q, ",");
-        if (l == len && !strncmp(q, cfg->name, len))
+        if (l == len && !strncmp(q, name, len))
             return 1;
         q += l + (q[l] == ',');
     }
@@ -912,7 +915,7 @@ int moe_cmd_bench(int argc, char **argv)
     int ncfg = 0;
     for (int i = 0; i < NCFG && !rc; i++) {
         const bench_cfg *cfg = &bench_cfgs[i];
-        if (!cfg_selected(&c.a, cfg))
+        if (!bench_selected(&c.a, cfg->name))
             continue;
         /* the first configuration also runs the n-scaling: its tokens cover the largest n */
         int nx = c.sh->n;
@@ -936,6 +939,8 @@ int moe_cmd_bench(int argc, char **argv)
     }
     weights_free(&w);
     free(x);
+    if (!rc && bench_selected(&c.a, "train"))
+        rc = bench_train(&c);
     if (rc) {
         moe_store_bench_end(c.db, 0);
         moe_store_close(c.db);

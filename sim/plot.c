@@ -28,6 +28,7 @@
 
 #include "moe.h"
 #include "paths.h"
+#include "plot_train.h"
 #include "store.h"
 #include "textsafe.h"
 
@@ -167,6 +168,10 @@ static const chart ep_chart = {
     "ep_ranks", "expert parallelism per rank (moesim run --expert-parallel)",
     "router cf capacity rank tokens bytes_sent a2a_s expert_s points", 4, 4, 0, 0,
     "no expert-parallel points", MOE_STORE_EP_CHART_SQL(XSTR(MOE_PLOT_LOAD_CF))};
+
+/* Training runs (plot_train.h): drawn only when the database has steps rows. */
+static const chart train_charts[] = {MOE_PLOT_TRAIN_CHARTS(XSTR(MOE_PLOT_LOAD_CF))};
+enum { NTRAIN = sizeof train_charts / sizeof train_charts[0] };
 
 /* ---- small helpers ---- */
 
@@ -959,6 +964,12 @@ int moe_plot_db_list(const char *db_path, const char *out_dir, FILE *list)
         int drawn = 0;
         rc = plot_chart(db, db_path, dbname, &ep_chart, gnuplot, plotdir, out_dir, cflo, cfhi,
                         list, &drawn);
+        ndrawn += drawn;
+    }
+    for (int i = 0, has = !rc && moe_plot_train_has_rows(db); has && i < NTRAIN && !rc; i++) {
+        int drawn = 0;
+        rc = plot_chart(db, db_path, dbname, &train_charts[i], gnuplot, plotdir, out_dir, cflo,
+                        cfhi, list, &drawn);
         ndrawn += drawn;
     }
     if (!rc && ndrawn == 0)

@@ -9,7 +9,8 @@
  * Charts (NAME): drop_rate, load_imbalance, flops_per_token, output_error (vs capacity factor,
  * a line per router, a panel per distribution), expert_loads (sorted per-expert load bars per
  * router at the capacity factor nearest MOE_PLOT_LOAD_CF), experts_per_token (histogram for
- * expert_choice and gshard routers), throughput (tokens/s and GFLOP/s per router). A chart whose
+ * expert_choice and gshard routers), throughput (tokens/s and GFLOP/s per router); with training
+ * rows (table steps), the training charts of plot_train.h. A chart whose
  * data the database does not hold (no capacity factor sweep, no expert_choice or gshard point,
  * metrics all NULL) is skipped with a note on stderr; when no chart at all can be drawn, that is
  * an error.

@@ -2,8 +2,10 @@
  * float (moe_train_kern_f32: sgemm, the engine) and double (moe_train_kern_f64: dgemm, for the
  * gradient checks), from the one body in train_kern.h: gate GEMM, expert rows (gather or
  * dense dispatch GEMM), expert FFN forward and backward through BLAS GEMMs, activations and
- * their derivatives, combine and its backward, MSE, the gate-weight gradient GEMM, SGD/Adam. */
+ * their derivatives (float: GELU vectorised, see train_kern.h), combine and its backward, MSE, the gate-weight gradient GEMM, SGD/Adam. */
 #include "train_impl.h"
+
+#include "layer.h"
 
 #include <gsl/gsl_cblas.h>
 #include <math.h>
@@ -17,6 +19,7 @@
 #define ERF erff
 #define SQRT sqrtf
 #define KERN moe_train_kern_f32
+#define FAST_GELU 1
 #include "train_kern.h"
 #undef R
 #undef FN
@@ -26,6 +29,7 @@
 #undef ERF
 #undef SQRT
 #undef KERN
+#undef FAST_GELU
 
 #define R double
 #define FN(name) name##_f64
@@ -35,4 +39,5 @@
 #define ERF erf
 #define SQRT sqrt
 #define KERN moe_train_kern_f64
+#define FAST_GELU 0
 #include "train_kern.h"

@@ -1,6 +1,9 @@
 /* train_kern.h: the body of the training kernels, written once over a real type R and
  * included by train_kern.c for float (sgemm) and double (dgemm). Each inclusion defines
- * R, FN(name) (name suffixed by the type), GEMM (cblas_sgemm / cblas_dgemm), EXP, TANH, ERF.
+ * R, FN(name) (name suffixed by the type), GEMM (cblas_sgemm / cblas_dgemm), EXP, TANH, ERF,
+ * and FAST_GELU: 1 (float) takes GELU from the layer's vectorised moe_activate (layer.h) and
+ * its derivative from the forward's output, 0 (double, the gradient checks) uses libm's
+ * tanh/erf throughout.
  * Not a header of its own: no include guard on purpose. */
 
 /* c (m,n) = op(a) op(b) + beta c, row-major, leading dimensions as stored. */
@@ -46,6 +49,11 @@ static void FN(act_forward)(int act, const R *hid, R *a, size_t nr, size_t f)
             a[i] = hid[i] > (R)0 ? hid[i] : (R)0;
         return;
     }
+#if FAST_GELU
+    memcpy(a, hid, len * sizeof(R));
+    moe_activate(act, a, len);
+    return;
+#endif
     for (size_t i = 0; i < len; i++) {
         R h = hid[i];
         switch (act) {
@@ -56,8 +64,13 @@ static void FN(act_forward)(int act, const R *hid, R *a, size_t nr, size_t f)
 }
 
 /* dh (nr,FW) = da (nr,F) * act'(hid); da may alias dh's first F columns only for non-SwiGLU
- * (it is dh itself there: the row widths agree). */
-static void FN(act_backward)(int act, const R *hid, R *dh, size_t nr, size_t f)
+ * (it is dh itself there: the row widths agree). a (nr,F): act(hid) from the forward.
+ * FAST_GELU: GELU is h g(h) with g = sigmoid(2z), z = sqrt(2/pi) (h + 0.044715 h^3) for the
+ * tanh form and g = Phi(h) for the erf form, so g = a / h (g(0) = 1/2, taken for |h| below
+ * 1e-30 where the quotient loses precision), and
+ *   tanh form: act' = g + 2 h g (1 - g) sqrt(2/pi) (1 + 0.134145 h^2)
+ *   erf form:  act' = g + h e^(-h^2/2) / sqrt(2 pi). */
+static void FN(act_backward)(int act, const R *hid, const R *a, R *dh, size_t nr, size_t f)
 {
     const R c = (R)0.7978845608028654;
     if (act == MOE_ACT_SWIGLU) {
@@ -79,6 +92,22 @@ static void FN(act_backward)(int act, const R *hid, R *dh, size_t nr, size_t f)
             dh[i] = hid[i] > (R)0 ? dh[i] : (R)0;
         return;
     }
+#if FAST_GELU
+    if (act == MOE_ACT_GELU_TANH) {
+        for (size_t i = 0; i < len; i++) {
+            R h = hid[i], g = (h > (R)1e-30 || h < (R)-1e-30) ? a[i] / h : (R)0.5;
+            dh[i] *= g + (R)2 * h * g * ((R)1 - g) * c * ((R)1 + (R)0.134145 * h * h);
+        }
+        return;
+    }
+    for (size_t i = 0; i < len; i++) { /* erf form */
+        R h = hid[i], g = (h > (R)1e-30 || h < (R)-1e-30) ? a[i] / h : (R)0.5;
+        dh[i] *= g + h * (R)0.3989422804014327 * EXP((R)-0.5 * h * h);
+    }
+    return;
+#else
+    (void)a;
+#endif
     for (size_t i = 0; i < len; i++) {
         R h = hid[i], dv;
         switch (act) {
@@ -237,7 +266,7 @@ static void FN(expert_backward)(void *ctx, int e)
         return;
     /* da (nr,F) = dout W2_e^T, written with row stride FW, then times act'(hid) */
     FN(gemm)(0, 1, nr, f, d, go, d, w2 + (size_t)e * f * d, d, (R)0, dh + r0 * fw, fw);
-    FN(act_backward)(w->act, hid + r0 * fw, dh + r0 * fw, nr, f);
+    FN(act_backward)(w->act, hid + r0 * fw, a + r0 * f, dh + r0 * fw, nr, f);
     if (gw) {
         R *gb1 = (R *)gw->b1 + (size_t)e * fw;
         FN(gemm)(1, 0, d, fw, nr, xin + r0 * d, d, dh + r0 * fw, fw, (R)0,

@@ -14,6 +14,8 @@
 #                                     128 tokens, 2 batches, 1 seed, 32 error tokens; distributions
 #                                     DIST1 (gaussian; none when "-") and DIST2 (clustered, zipf_s
 #                                     1.5); one shape d 16, f 32, E 8
+#   chart_files DIR NAME              DIR/NAME.png is a non-empty PNG, DIR/NAME.svg a whole SVG,
+#                                     DIR/NAME.dat non-empty (3 checks)
 #   finish                            prints "NAME: N passed, N failed[, N skipped]" and exits
 # tests/run.sh reads that last line and the SKIP lines.
 REPO=$(pwd)
@@ -69,4 +71,13 @@ tiny_spec() {
         printf '\n[distribution.%s]\nsource = clustered\nzipf_s = 1.5\n' "$5"
         printf '\n[shape.s]\nd = 16\nf = 32\nE = 8\n'
     } >"$1"
+}
+
+chart_files() {
+    png=$1/$2.png svg=$1/$2.svg
+    if [ -s "$png" ] && [ "$(od -An -tx1 -N8 "$png" | tr -d ' \n')" = 89504e470d0a1a0a ]; then ok
+    else bad "$2.png: missing, empty or not a PNG"; fi
+    if [ -s "$svg" ] && grep -q '<svg' "$svg" && grep -q '</svg>' "$svg"; then ok
+    else bad "$2.svg: missing, empty or not a whole SVG"; fi
+    check "$2.dat written" test -s "$1/$2.dat"
 }

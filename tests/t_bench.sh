@@ -37,6 +37,7 @@ count "$T/out" '^torch: skipped (--no-torch)$' 3
 has "$T/out" '^== scaling E16k2: n from 256 to 4096 tokens ==$'
 for n in 256 1024 4096; do has "$T/out" "^ *$n  "; done
 has "$T/out" '^== targets ==$'
+has "$T/out" '^== training step: skipped (--quick; it runs at full size only) ==$'
 has "$T/out" '^memory workspace / 4(n\*d + E\*C\*d) stays in'
 has "$T/out" "^stored in $T/b.db, table bench, run '"
 [ -s "$T/err" ] && no "unexpected stderr: $(cat "$T/err")" || ok
@@ -59,6 +60,12 @@ if command -v sqlite3 >/dev/null; then
 else
     no "the sqlite3 command is missing (make deps installs it)"
 fi
+
+# ---- --config train alone: no layer section (with --quick the training step only says so) ----
+if env -u OPENBLAS_CORETYPE "$M" bench --quick --no-torch --config train --db "$T/t.db" \
+        >"$T/outt" 2>"$T/errt"; then ok; else no "bench --config train exited $?: $(cat "$T/errt")"; fi
+count "$T/outt" '^== layer ' 0
+count "$T/outt" '^== training step: skipped' 1
 
 # ---- a second run adds rows, it does not replace them ----
 if env -u OPENBLAS_CORETYPE "$M" bench --quick --no-torch --repeats 1 --db "$T/b.db" \
@@ -113,6 +120,7 @@ experr "threads x" "moesim: error: bad value 'x' for --threads: want an integer 
 experr "peak x" "moesim: error: bad value 'x' for --peak-gflops: want a positive number (command line)" --quick --peak-gflops x
 experr "seed -1" "moesim: error: bad value '-1' for --seed: want an integer >= 0 (command line)" --quick --seed -1
 experr "unknown config" "moesim: error: unknown configuration 'E1' for --config (command line)" --quick --config E1
+experr "unknown config after train" "moesim: error: unknown configuration 'trainx' for --config (command line)" --quick --config train,trainx
 experr "unknown flag" "moesim: error: unknown or incomplete flag '--fast' (command line)" --fast
 experr "stray argument" "moesim: error: unexpected argument 'extra' (command line)" --quick extra
 experr "bad db" "moesim: error: cannot open the database: unable to open database file" --quick --no-torch --db "$T/no/such/dir/b.db"

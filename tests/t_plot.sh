@@ -193,11 +193,12 @@ contains "no capacity factor sweep: says so" "$tmp/err" "drop_rate skipped: no c
 check "no capacity factor sweep: expert loads and throughput only" \
     test "$(cd "$tmp/nocf" && ls *.png | tr '\n' ' ')" = "expert_loads.png throughput.png "
 
-# ---- plot --help lists every chart script (plots/NAME.gp but the shared common.gp, cf_rows.gp) ----
+# ---- plot --help lists every chart script (plots/NAME.gp but the shared common.gp, cf_rows.gp,
+# train_rows.gp) ----
 "$MOESIM" plot --help >"$tmp/help"
 for gp in plots/*.gp; do
     name=$(basename "$gp" .gp)
-    case $name in common | cf_rows) continue ;; esac
+    case $name in common | cf_rows | train_rows) continue ;; esac
     if grep -q "^  $name " "$tmp/help"; then ok; else bad "plot --help lacks the chart $name"; fi
 done
 

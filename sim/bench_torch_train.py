@@ -4,7 +4,7 @@
 The same model, loss and optimizer as moe_train_bench, differentiated by autograd:
   student  topk router (k = 2, E = 16; gate = softmax over the k largest logits; capacity
            C = k*T/E = 512 slots per expert, claims choice-major, a claim beyond C dropped:
-           torch_moe.route), experts FFN_e(h) = act(h W1_e + b1_e) W2_e + b2_e in the
+           bench_torch_moe.route), experts FFN_e(h) = act(h W1_e + b1_e) W2_e + b2_e in the
            per-expert loop style of Mixtral (index_select, addmm, index_add_);
   teacher  a fixed MoE of 16 experts, top-2, softmax over the two, no capacity limit, computed
            under torch.no_grad() inside the timed step (moesim computes it every step too);
@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 try:
     import torch  # noqa: E402
     import torch.nn.functional as tF  # noqa: E402
-    from torch_moe import openblas_setter, route  # noqa: E402
+    from bench_torch_moe import openblas_setter, route  # noqa: E402
 except Exception as exc:  # pragma: no cover - depends on the machine
     print(json.dumps({"error": "cannot import torch: %s" % exc}))
     sys.exit(3)
