@@ -168,6 +168,9 @@ typedef struct {
     int groups;              /* G contiguous expert groups; 0 = no group limit */
     int topk_groups;         /* M groups kept per token; 0 = all G */
     int group_score;         /* enum moe_group_score */
+    /* Variable-k routers topp and relu: */
+    double top_p;            /* topp: experts until their cumulative probability reaches this */
+    int max_k;               /* topp, relu: at most this many experts per token; 0 = E */
 } moe_route_opts;
 
 /* The defaults of the option table (sim/options.c): cf = 1.0 (unset), capacity -1, ... */

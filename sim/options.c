@@ -65,6 +65,10 @@ const moe_option moe_route_options[] = {
     {"group_score", "enum", MOE_OPT_ENUM, OFF(group_score), MOE_GSCORE_TOPK_SUM, 0, 0,
      "topk_sum|max", NULL, NULL,
      "group-limited routing: group score = sum of its top-(k/M) scores, or its max"},
+    {"top_p", "number", MOE_OPT_NUMBER, OFF(top_p), 0.5, 0, 1, NULL, NULL, "> 0, <= 1",
+     "topp: experts in descending p until their cumulative p reaches this"},
+    {"max_k", "int", MOE_OPT_INT, OFF(max_k), 0, 1, 0, NULL, "E", "<= E",
+     "topp, relu: at most this many experts per token"},
     {NULL, NULL, 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL},
 };
 #undef OFF

@@ -1,7 +1,8 @@
 /* test_routers_score.c: the score path of the token-choice routers (routers/score.h): options
  * score, normalize_topk, route_scale, groups, topk_groups and group_score on topk, switch,
- * gshard, dsv3_bias and replay, against cases worked by hand from the conventions of
- * Megatron-LM core megatron/core/transformer/moe/moe_utils.py (topk_routing_with_score_function:
+ * gshard, dsv3_bias and replay, and the variable-k routers topp and relu, against cases worked
+ * by hand from the conventions of Megatron-LM core megatron/core/transformer/moe/moe_utils.py
+ * (topk_routing_with_score_function:
  * scores = softmax / sigmoid / sqrtsoftplus of the logits, top-k of the scores, sigmoid and
  * sqrtsoftplus normalised over the chosen only when k > 1, times scaling_factor;
  * group_limited_topk: group score = sum of the group's top-(k / group_topk) scores, experts
@@ -223,8 +224,43 @@ static void test_defaults(void)
     moe_plan_free(pb);
 }
 
+/* Variable k. topp: L = (log 5, log 3, log 2, 0): exp = (5, 3, 2, 1), p = (5, 3, 2, 1)/11;
+ * top_p 0.7: 5/11 = 0.4545 < 0.7, 8/11 = 0.7273 >= 0.7: experts 0, 1 with raw p.
+ * relu: L = (1.5, -2, 0, 0.25): experts 0, 3 with weights 1.5, 0.25 (0 is not > 0);
+ * aux_loss = 1.75. */
+static void test_variable_k(void)
+{
+    const double L[4] = {log(5), log(3), log(2), 0}, R[4] = {1.5, -2, 0, 0.25};
+    moe_route_opts o = opts(0, NULL, NULL, NULL);
+    o.dropless = 0;
+    o.top_p = 0.7;
+    const int e01[2] = {0, 1}, e03[2] = {0, 3};
+    double w[2] = {5.0 / 11, 3.0 / 11};
+    moe_plan *p = route("topp", &o, 1, 4, L, NULL, NULL);
+    check_token0("topp 0.7", p, 2, e01, w);
+    moe_plan_free(p);
+    o.max_k = 1; /* at most one */
+    p = route("topp", &o, 1, 4, L, NULL, NULL);
+    check_token0("topp 0.7 max_k 1", p, 1, e01, w);
+    moe_plan_free(p);
+    o.max_k = 0;
+    w[0] = 1.5;
+    w[1] = 0.25;
+    p = route("relu", &o, 1, 4, R, NULL, NULL);
+    check_token0("relu", p, 2, e03, w);
+    CHECK(p && fabs(p->aux_loss - 1.75) < 1e-15, "relu aux_loss = sum of ReLU(L) = 1.75");
+    moe_plan_free(p);
+    int rc = 0;
+    o.top_p = 1.5;
+    p = route("topp", &o, 1, 4, L, NULL, &rc);
+    CHECK(!p && rc && strstr(moe_errmsg(), "top_p = 1.5 is outside (0, 1]"),
+          "topp: top_p 1.5 refused: '%s'", moe_errmsg());
+    moe_plan_free(p);
+}
+
 int main(void)
 {
+    test_variable_k();
     test_scores();
     test_gshard();
     test_groups();

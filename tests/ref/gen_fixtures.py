@@ -277,6 +277,18 @@ def robust(router, L, o, u):
     L = np.asarray(L, dtype=np.float64)
     if R.uses_score_path(o) and not _score_ok(router, L, o, u):
         return False
+    if router == "topp":  # no deciding cumulative sum within 1e-9 of top_p, no near-tied p
+        p = R.softmax(L)
+        P = float(o.get("top_p", 0.5))
+        kmax = int(o.get("max_k", 0)) or L.shape[1]
+        for t in range(L.shape[0]):
+            cum = np.cumsum(np.sort(p[t])[::-1])[:kmax - 1]  # the last can stop nothing
+            if (cum.size and np.min(np.abs(cum - P)) < 1e-9) or not _gaps_ok(p[t:t + 1], L[t:t + 1],
+                                                                          L.shape[1] - 1, 1e-9):
+                return False
+    if router == "relu" and (np.min(np.abs(L)) < 1e-9 or
+                             not _gaps_ok(L, L, L.shape[1] - 1, 1e-9)):
+        return False
     if router == "soft_moe" or router == "hash" or router == "dense":
         return True
     if router == "base":
@@ -314,7 +326,8 @@ FLAG = {"k": "--k", "capacity_factor": "--capacity-factor", "capacity": "--capac
         "num_experts": "--num-experts", "rounding": "--rounding", "dropless": "--dropless",
         "sinkhorn_tol": "--sinkhorn-tol", "bias_rate": "--bias-rate", "score": "--score",
         "normalize_topk": "--normalize-topk", "route_scale": "--route-scale",
-        "groups": "--groups", "topk_groups": "--topk-groups", "group_score": "--group-score"}
+        "groups": "--groups", "topk_groups": "--topk-groups", "group_score": "--group-score",
+        "top_p": "--top-p", "max_k": "--max-k"}
 
 CASES = []
 
@@ -488,6 +501,17 @@ case("score_dsv3_softmax_k1", "dsv3_bias", 141, 12, 4, {"k": 1, "score": "softma
 case("layer_score_topk_groups", "topk", 142, 12, 8,
      {"score": "sigmoid", "k": 2, "groups": 4, "topk_groups": 2, "route_scale": "1.5"},
      scale=2.0, layer=True)
+# variable k: topp (dynamic top-p) and relu (ReMoE); dropless unless cf or capacity
+case("topp_default", "topp", 150, 12, 6, skew=1.0)
+case("topp_p09_maxk3", "topp", 151, 16, 8, {"top_p": "0.9", "max_k": 3}, dtype=np.float64)
+case("topp_p1", "topp", 152, 8, 4, {"top_p": "1"}, scale=3.0)
+case("topp_cf1", "topp", 153, 16, 6, {"top_p": "0.6", "capacity_factor": "1.0"}, skew=2.0)
+case("relu_default", "relu", 154, 12, 6)
+case("relu_maxk2_f64", "relu", 155, 12, 6, {"max_k": 2}, dtype=np.float64, scale=2.0)
+case("relu_cf_token_major", "relu", 156, 16, 4, {"capacity_factor": "0.75",
+                                                 "order": "token_major"}, skew=1.0)
+case("layer_topp", "topp", 157, 12, 6, {"top_p": "0.7"}, skew=1.0, layer=True)
+case("layer_relu_cf", "relu", 158, 12, 6, {"capacity_factor": "1.0"}, skew=1.0, layer=True)
 
 
 def build_inputs(c, seed):

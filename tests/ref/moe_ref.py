@@ -569,6 +569,54 @@ def route_dense(L, o):
     return plan
 
 
+def variable_plan(name, L, choices, o):
+    """Claims of the variable-k routers: dropless unless cf or capacity; then
+    C = ROUND(claims * cf / E) (capacity with k = 1 and n = the number of claims)."""
+    n, E = L.shape
+    claims = sum(len(c) for c in choices)
+    C = capacity(1, claims, E, o.get("capacity_factor"), o.get("capacity"),
+                 o.get("min_capacity", 0), o.get("rounding", "ceil")) \
+        if limited_capacity(o) else None
+    entries, assigned, importance, n_claims = claim_slots(
+        n, E, choices, softmax(L), C, o.get("order", "choice_major"), o.get("renormalize", False))
+    plan = Plan(name, n, E, E, int(assigned.max()) if C is None else C)
+    plan.entries, plan.assigned = entries, assigned
+    plan.importance, plan.n_claims = importance, n_claims
+    return plan
+
+
+def route_topp(L, o):
+    """Dynamic top-p routing (Huang et al. 2024): experts by descending p until the cumulative
+    p reaches top_p (at least 1, at most max_k), weights the raw p."""
+    n, E = L.shape
+    P, kmax = float(o.get("top_p", 0.5)), int(o.get("max_k", 0)) or E
+    p = softmax(L)
+    choices = []
+    for t in range(n):
+        c, cum = [], 0.0
+        for e in order_desc(p[t])[:kmax]:
+            if c and cum >= P:
+                break
+            c.append((int(e), float(p[t, e])))
+            cum += p[t, e]
+        choices.append(c)
+    plan = variable_plan("topp", L, choices, o)
+    plan.aux_loss = float(E / plan.n_claims * np.sum(plan.assigned * p.mean(axis=0)))
+    return plan
+
+
+def route_relu(L, o):
+    """ReMoE: every expert with L > 0, weight L, by descending L, at most max_k; aux_loss the
+    mean over tokens of sum ReLU(L)."""
+    n, E = L.shape
+    kmax = int(o.get("max_k", 0)) or E
+    choices = [[(int(e), float(L[t, e])) for e in order_desc(L[t])[:kmax] if L[t, e] > 0]
+               for t in range(n)]
+    plan = variable_plan("relu", L, choices, o)
+    plan.aux_loss = float(np.maximum(L, 0.0).sum(axis=1).mean())
+    return plan
+
+
 def route(router, L, o, ids=None, u=None):
     L = np.asarray(L, dtype=np.float64)
     assert L.ndim == 2 and L.shape[0] >= 1 and np.all(np.isfinite(L))
@@ -592,10 +640,14 @@ def route(router, L, o, ids=None, u=None):
         return route_dsv3_bias(L, o)
     if router == "dense":
         return route_dense(L, o)
+    if router == "topp":
+        return route_topp(L, o)
+    if router == "relu":
+        return route_relu(L, o)
     raise ValueError("router " + router)
 
 
-HAS_DROPLESS = ("topk", "switch", "gshard", "hash", "sinkhorn", "dsv3_bias")
+HAS_DROPLESS = ("topk", "switch", "gshard", "hash", "sinkhorn", "dsv3_bias", "topp", "relu")
 
 # ---- the MoE layer ----------------------------------------------------------------------
 
