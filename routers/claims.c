@@ -327,3 +327,17 @@ int moe_claims_finish(moe_claims *c, const moe_route_opts *o, int n, int aux, mo
     }
     return MOE_OK;
 }
+
+int moe_claims_finish_variable(moe_claims *c, const moe_route_opts *o, int n, moe_plan *plan)
+{
+    const int limited = !o->dropless && (o->cf_set || o->capacity >= 0);
+    long claims = 0, C = 0;
+    for (size_t i = 0; i < (size_t)n * c->K; i++)
+        claims += c->claim[i];
+    if (limited) {
+        int rc = moe_capacity(o, 1, claims, c->E, &C);
+        if (rc)
+            return rc;
+    }
+    return moe_claims_resolve(c, n, o->order, C, !limited, o->renormalize, plan);
+}

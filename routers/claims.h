@@ -83,4 +83,11 @@ int moe_claims_resolve(moe_claims *c, int n, int order, long C, int dropless, in
 enum { MOE_CLAIMS_AUX_ASSIGNED = 0, MOE_CLAIMS_AUX_FIRST = 1 };
 int moe_claims_finish(moe_claims *c, const moe_route_opts *o, int n, int aux, moe_plan *plan);
 
+/* The tail of the variable-k routers (topp, relu): each token makes its own number of claims
+ * (claim = 0 on the unused choices of the K columns). Dropless unless o gives a capacity factor
+ * or a capacity (and o->dropless is not set): then C = moe_capacity(o, 1, claims, E), i.e.
+ * ROUND(claims * cf / E) with claims the number of claims of the group (k*n for fixed k), and
+ * the claims take slots in o's order. Weights renormalised as o says; aux_loss untouched. */
+int moe_claims_finish_variable(moe_claims *c, const moe_route_opts *o, int n, moe_plan *plan);
+
 #endif

@@ -23,6 +23,7 @@
 #include "moe.h"
 #include "claims.h"
 #include "dsv3_bias.h"
+#include "score.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -36,6 +37,8 @@ typedef struct {
     double *bias;   /* (E) the state b */
     double *s;      /* (E) sigmoid scores of one token */
     double *key;    /* (E) s + b */
+    moe_score_cfg sc;    /* the score path (score.h); sc.is_default: the code below */
+    moe_score_tmp *tmp;  /* its scratch, when not the default */
 } dsv3_ws;
 
 static void dsv3_free(moe_router *r)
@@ -44,6 +47,7 @@ static void dsv3_free(moe_router *r)
     if (!w)
         return;
     moe_claims_free(w->cl);
+    moe_score_tmp_free(w->tmp);
     free(w->bias);
     free(w->s);
     free(w->key);
@@ -60,6 +64,15 @@ static int dsv3_alloc(moe_router *r)
     if (!w)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router dsv3_bias)");
     r->ws = w;
+    int rc = moe_score_setup(&w->sc, &r->opts, r->k, r->E, MOE_SCORE_SIGMOID, 1, "dsv3_bias");
+    if (rc) {
+        dsv3_free(r);
+        return rc;
+    }
+    if (!w->sc.is_default && !(w->tmp = moe_score_tmp_alloc(&w->sc, r->n_max))) {
+        dsv3_free(r);
+        return MOE_ENOMEM;
+    }
     const size_t E = (size_t)r->E;
     w->cl = moe_claims_alloc(r->n_max, r->k, r->E, 1);
     w->bias = calloc(E, sizeof *w->bias);
@@ -91,7 +104,15 @@ static int dsv3_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     int rc = moe_claims_softmax(cl, in->logits, n, plan); /* p for orders bpr and probs */
     if (rc)
         return rc;
-    for (int t = 0; t < n; t++) {
+    for (int t = 0; !w->sc.is_default && t < n; t++) { /* the score path (score.h) */
+        const size_t i0 = (size_t)t * k;
+        double *st = w->tmp->s + (size_t)t * E;
+        moe_score_apply(w->sc.score, in->logits + (size_t)t * E, cl->p + (size_t)t * E, E, st);
+        moe_score_token(&w->sc, w->tmp, t, st, w->bias, cl->expert + i0, cl->gate + i0);
+        for (int j = 0; j < k; j++)
+            cl->claim[i0 + j] = 1;
+    }
+    for (int t = 0; w->sc.is_default && t < n; t++) {
         const double *lt = in->logits + (size_t)t * E;
         for (int e = 0; e < E; e++) {
             w->s[e] = 1.0 / (1.0 + exp(-lt[e]));

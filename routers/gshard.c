@@ -9,6 +9,7 @@
  * tokens whose first choice is e. */
 #include "moe.h"
 #include "claims.h"
+#include "score.h"
 
 #include <stdlib.h>
 
@@ -16,6 +17,8 @@ typedef struct {
     moe_claims *cl;
     double *u;   /* (T) the draws of the group */
     int raw;     /* threshold_on = raw */
+    moe_score_cfg sc;    /* the score path (score.h); sc.is_default: g = p / (p1 + p2) */
+    moe_score_tmp *tmp;  /* its scratch, when not the default */
 } gshard_ws;
 
 /* ---- workspace ---- */
@@ -26,6 +29,7 @@ static void gshard_free(moe_router *r)
     if (!w)
         return;
     moe_claims_free(w->cl);
+    moe_score_tmp_free(w->tmp);
     free(w->u);
     free(w);
     r->ws = NULL;
@@ -40,8 +44,17 @@ static int gshard_alloc(moe_router *r)
     if (!w)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router gshard)");
     r->ws = w;
+    int rc = moe_score_setup(&w->sc, &r->opts, 2, r->E, MOE_SCORE_SOFTMAX, 1, "gshard");
+    if (rc) {
+        gshard_free(r);
+        return rc;
+    }
     w->cl = moe_claims_alloc(r->n_max, 2, r->E, 1);
     w->u = malloc((size_t)r->n_max * sizeof *w->u);
+    if (!w->sc.is_default && !(w->tmp = moe_score_tmp_alloc(&w->sc, r->n_max))) {
+        gshard_free(r);
+        return MOE_ENOMEM;
+    }
     if (!w->cl || !w->u) {
         gshard_free(r);
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router gshard, %d tokens)", r->n_max);
@@ -70,6 +83,23 @@ static void gshard_row(void *ctx, int t, const double *lt, const double *pt)
     cl->claim[i + 1] = 2.0 * test > w->u[t];
 }
 
+/* Token t through the score path (score.h): the two largest scores s1, s2 (group-limited when
+ * asked), combine weights from score.h; the draw test on s2 / (s1 + s2), or s2 with
+ * threshold_on = raw. */
+static void gshard_score_row(void *ctx, int t, const double *lt, const double *pt)
+{
+    gshard_ws *w = ctx;
+    moe_claims *cl = w->cl;
+    const size_t i = (size_t)t * 2;
+    double *st = w->tmp->s + (size_t)t * cl->E;
+    moe_score_apply(w->sc.score, lt, pt, cl->E, st);
+    moe_score_token(&w->sc, w->tmp, t, st, NULL, cl->expert + i, cl->gate + i);
+    double s1 = st[cl->expert[i]], s2 = st[cl->expert[i + 1]];
+    double test = w->raw ? s2 : s2 / (s1 + s2);
+    cl->claim[i] = 1;
+    cl->claim[i + 1] = 2.0 * test > w->u[t];
+}
+
 static int gshard_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 {
     gshard_ws *w = r->ws;
@@ -80,7 +110,8 @@ static int gshard_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     for (int t = 0; t < n; t++) /* one draw per token in token order, needed or not */
         w->u[t] = in->uniforms ? in->uniforms[t] : gsl_rng_uniform(in->rng);
     w->raw = r->opts.threshold_on == MOE_THRESH_RAW;
-    int rc = moe_claims_rows(w->cl, in->logits, n, gshard_row, w, plan);
+    int rc = moe_claims_rows(w->cl, in->logits, n,
+                             w->sc.is_default ? gshard_row : gshard_score_row, w, plan);
     if (rc)
         return rc;
     return moe_claims_finish(w->cl, &r->opts, n, MOE_CLAIMS_AUX_FIRST, plan);

@@ -8,6 +8,7 @@ extern const moe_router_type moe_router_topk, moe_router_switch, moe_router_gsha
 extern const moe_router_type moe_router_replay;
 extern const moe_router_type moe_router_base, moe_router_sinkhorn, moe_router_dsv3_bias,
     moe_router_dense;
+extern const moe_router_type moe_router_topp, moe_router_relu;
 
 const moe_router_type *const moe_router_types[] = {
     &moe_router_topk,
@@ -21,5 +22,7 @@ const moe_router_type *const moe_router_types[] = {
     &moe_router_dsv3_bias,
     &moe_router_dense,
     &moe_router_replay,
+    &moe_router_topp,
+    &moe_router_relu,
     NULL,
 };

@@ -11,6 +11,7 @@
  * different Krec it is re-sized once, on the first route, and reused afterwards. */
 #include "claims.h"
 #include "moe.h"
+#include "score.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -18,7 +19,8 @@
 typedef struct {
     moe_claims *c;
     int K;       /* claims per token of the workspace */
-    int with_p;  /* orders bpr and probs need the softmax */
+    int with_p;  /* orders bpr and probs need the softmax (and score = softmax) */
+    double *s;   /* (E) one token's scores, when a score is given */
 } replay_ws;
 
 static void replay_free(moe_router *r)
@@ -27,6 +29,7 @@ static void replay_free(moe_router *r)
     if (!w)
         return;
     moe_claims_free(w->c);
+    free(w->s);
     free(w);
     r->ws = NULL;
 }
@@ -36,13 +39,48 @@ static int replay_alloc(moe_router *r)
     replay_ws *w = calloc(1, sizeof *w);
     if (!w)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router replay)");
-    w->with_p = r->opts.order == MOE_ORDER_BPR || r->opts.order == MOE_ORDER_PROBS;
+    if (r->opts.groups) {
+        free(w);
+        return moe_fail(MOE_EINPUT, "the trace fixes the experts: drop groups",
+                        "replay takes the recorded choices: groups = %d does not apply (groups)",
+                        r->opts.groups);
+    }
+    w->with_p = r->opts.order == MOE_ORDER_BPR || r->opts.order == MOE_ORDER_PROBS ||
+                r->opts.score == MOE_SCORE_SOFTMAX;
+    w->s = malloc((size_t)r->E * sizeof *w->s);
+    if (!w->s) {
+        free(w);
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (router replay)");
+    }
     w->K = r->k;
     w->c = moe_claims_alloc(r->n_max, w->K, r->E, w->with_p);
     r->ws = w;
     if (!w->c) {
         replay_free(r);
         return MOE_ENOMEM;
+    }
+    return MOE_OK;
+}
+
+/* A score given: gate of recorded choice j = s[t, choice j] of s = f(logits) (score.h),
+ * normalised over the Krec choices unless normalize_topk = false, times route_scale. */
+static int replay_scores(moe_router *r, const moe_route_in *in, moe_claims *c, int K)
+{
+    replay_ws *w = r->ws;
+    moe_score_cfg sc;
+    moe_route_opts o = r->opts;
+    if (o.normalize_topk == MOE_TRI_AUTO)
+        o.normalize_topk = MOE_TRI_TRUE;
+    int rc = moe_score_setup(&sc, &o, K, r->E, o.score, 1, "replay");
+    if (rc)
+        return rc;
+    for (int t = 0; t < in->n; t++) {
+        const size_t i0 = (size_t)t * K;
+        moe_score_apply(sc.score, in->logits + (size_t)t * r->E,
+                        c->p ? c->p + (size_t)t * r->E : NULL, r->E, w->s);
+        for (int j = 0; j < K; j++)
+            c->gate[i0 + j] = w->s[c->expert[i0 + j]];
+        moe_score_weights(&sc, c->gate + i0, K, c->gate + i0);
     }
     return MOE_OK;
 }
@@ -96,6 +134,8 @@ static int replay_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         c->claim[i] = 1;
     }
     if (w->with_p && (rc = moe_claims_softmax(c, in->logits, n, plan)))
+        return rc;
+    if (r->opts.score != MOE_SCORE_AUTO && (rc = replay_scores(r, in, c, K)))
         return rc;
     rc = moe_claims_resolve(c, n, r->opts.order, C, r->opts.dropless, r->opts.renormalize,
                             plan);

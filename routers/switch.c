@@ -5,14 +5,26 @@
  * capacity; P_e = mean_t p[t,e]). */
 #include "moe.h"
 #include "claims.h"
+#include "score.h"
 
 #include <stdlib.h>
+
+typedef struct {
+    moe_claims *cl;
+    moe_score_cfg sc;    /* the score path (score.h); sc.is_default: gate = p of the argmax */
+    moe_score_tmp *tmp;  /* its scratch, when not the default */
+} switch_ws;
 
 /* ---- workspace ---- */
 
 static void switch_free(moe_router *r)
 {
-    moe_claims_free(r->ws);
+    switch_ws *w = r->ws;
+    if (!w)
+        return;
+    moe_claims_free(w->cl);
+    moe_score_tmp_free(w->tmp);
+    free(w);
     r->ws = NULL;
 }
 
@@ -21,8 +33,21 @@ static int switch_alloc(moe_router *r)
     if (r->opts.k != 0 && r->opts.k != 1)
         return moe_fail(MOE_EINPUT, "switch routes every token to one expert; use topk for k > 1",
                         "switch needs k = 1, got k = %d (k)", r->opts.k);
-    r->ws = moe_claims_alloc(r->n_max, 1, r->E, 1);
-    return r->ws ? MOE_OK : MOE_ENOMEM;
+    switch_ws *w = calloc(1, sizeof *w);
+    if (!w)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (router switch)");
+    r->ws = w;
+    int rc = moe_score_setup(&w->sc, &r->opts, 1, r->E, MOE_SCORE_SOFTMAX, 0, "switch");
+    if (rc) {
+        switch_free(r);
+        return rc;
+    }
+    w->cl = moe_claims_alloc(r->n_max, 1, r->E, 1);
+    if (!w->cl || (!w->sc.is_default && !(w->tmp = moe_score_tmp_alloc(&w->sc, r->n_max)))) {
+        switch_free(r);
+        return MOE_ENOMEM;
+    }
+    return MOE_OK;
 }
 
 /* ---- routing ---- */
@@ -37,10 +62,23 @@ static void switch_row(void *ctx, int t, const double *lt, const double *pt)
     cl->claim[t] = 1;
 }
 
+/* Token t through the score path (score.h). */
+static void switch_score_row(void *ctx, int t, const double *lt, const double *pt)
+{
+    switch_ws *w = ctx;
+    moe_claims *cl = w->cl;
+    double *st = w->tmp->s + (size_t)t * cl->E;
+    moe_score_apply(w->sc.score, lt, pt, cl->E, st);
+    moe_score_token(&w->sc, w->tmp, t, st, NULL, cl->expert + t, cl->gate + t);
+    cl->claim[t] = 1;
+}
+
 static int switch_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 {
-    moe_claims *cl = r->ws;
-    int rc = moe_claims_rows(cl, in->logits, in->n, switch_row, cl, plan);
+    switch_ws *w = r->ws;
+    moe_claims *cl = w->cl;
+    int rc = w->sc.is_default ? moe_claims_rows(cl, in->logits, in->n, switch_row, cl, plan)
+                              : moe_claims_rows(cl, in->logits, in->n, switch_score_row, w, plan);
     if (rc)
         return rc;
     /* aux_loss with f_e = (tokens whose first choice is e) / n */

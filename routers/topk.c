@@ -6,6 +6,7 @@
  * softmax of the un-noised logits (also the p of orders bpr and probs). */
 #include "moe.h"
 #include "claims.h"
+#include "score.h"
 
 #include <gsl/gsl_randist.h>
 #include <stdlib.h>
@@ -13,6 +14,8 @@
 typedef struct {
     moe_claims *cl;
     double *row;  /* (E) the token's noisy logits (noise_std > 0) */
+    moe_score_cfg sc;    /* the score path (score.h); sc.is_default: softmax over the k logits */
+    moe_score_tmp *tmp;  /* its scratch, when not the default */
 } topk_ws;
 
 /* ---- workspace ---- */
@@ -23,6 +26,7 @@ static void topk_free(moe_router *r)
     if (!w)
         return;
     moe_claims_free(w->cl);
+    moe_score_tmp_free(w->tmp);
     free(w->row);
     free(w);
     r->ws = NULL;
@@ -34,8 +38,17 @@ static int topk_alloc(moe_router *r)
     if (!w)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router topk)");
     r->ws = w;
+    int rc = moe_score_setup(&w->sc, &r->opts, r->k, r->E, MOE_SCORE_SOFTMAX, 1, "topk");
+    if (rc) {
+        topk_free(r);
+        return rc;
+    }
     w->cl = moe_claims_alloc(r->n_max, r->k, r->E, 1);
     w->row = malloc((size_t)r->E * sizeof *w->row);
+    if (!w->sc.is_default && !(w->tmp = moe_score_tmp_alloc(&w->sc, r->n_max))) {
+        topk_free(r);
+        return MOE_ENOMEM;
+    }
     if (!w->cl || !w->row) {
         topk_free(r);
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router topk, %d tokens)", r->n_max);
@@ -69,6 +82,24 @@ static void topk_row(void *ctx, int t, const double *lt, const double *pt)
     topk_select(ctx, t, lt);
 }
 
+/* The score path (score.h) for token t of logits lt (E); pt (E) = their softmax or NULL. */
+static void topk_score_select(topk_ws *w, int t, const double *lt, const double *pt)
+{
+    moe_claims *cl = w->cl;
+    const int k = cl->K;
+    const size_t i0 = (size_t)t * k;
+    double *st = w->tmp->s + (size_t)t * cl->E;
+    moe_score_apply(w->sc.score, lt, pt, cl->E, st);
+    moe_score_token(&w->sc, w->tmp, t, st, NULL, cl->expert + i0, cl->gate + i0);
+    for (int j = 0; j < k; j++)
+        cl->claim[i0 + j] = 1;
+}
+
+static void topk_score_row(void *ctx, int t, const double *lt, const double *pt)
+{
+    topk_score_select(ctx, t, lt, pt);
+}
+
 static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 {
     topk_ws *w = r->ws;
@@ -79,7 +110,10 @@ static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         return moe_fail(MOE_EINVAL, "give a seed for the gate noise",
                         "topk with noise_std %g needs a random generator (noise_std)", sd);
     /* p of the un-noised logits; without noise the selection runs in the same pass */
-    int rc = moe_claims_rows(cl, in->logits, n, sd > 0.0 ? NULL : topk_row, cl, plan);
+    const int dflt = w->sc.is_default;
+    int rc = moe_claims_rows(cl, in->logits, n,
+                             sd > 0.0 ? NULL : dflt ? topk_row : topk_score_row,
+                             dflt ? (void *)cl : (void *)w, plan);
     if (rc)
         return rc;
     for (int t = 0; sd > 0.0 && t < n; t++) {
@@ -87,7 +121,10 @@ static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         const double *lt = in->logits + (size_t)t * E;
         for (int e = 0; e < E; e++)
             w->row[e] = lt[e] + sd * gsl_ran_gaussian_ziggurat(in->rng, 1.0);
-        topk_select(cl, t, w->row);
+        if (dflt)
+            topk_select(cl, t, w->row);
+        else /* the scores of the noisy logits */
+            topk_score_select(w, t, w->row, NULL);
     }
     return moe_claims_finish(cl, &r->opts, n, MOE_CLAIMS_AUX_ASSIGNED, plan);
 }

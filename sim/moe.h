@@ -137,6 +137,10 @@ enum moe_order { MOE_ORDER_CHOICE_MAJOR = 0, MOE_ORDER_TOKEN_MAJOR = 1, MOE_ORDE
                  MOE_ORDER_PROBS = 3 };
 enum moe_threshold { MOE_THRESH_NORMALIZED = 0, MOE_THRESH_RAW = 1 };
 enum moe_hash { MOE_HASH_MOD = 0, MOE_HASH_TABLE = 1, MOE_HASH_BALANCED = 2 };
+enum moe_score { MOE_SCORE_AUTO = 0, MOE_SCORE_SOFTMAX = 1, MOE_SCORE_SIGMOID = 2,
+                 MOE_SCORE_SQRTSOFTPLUS = 3 };
+enum moe_tri { MOE_TRI_AUTO = 0, MOE_TRI_TRUE = 1, MOE_TRI_FALSE = 2 };
+enum moe_group_score { MOE_GSCORE_TOPK_SUM = 0, MOE_GSCORE_MAX = 1 };
 
 typedef struct {
     int k;                   /* experts per token; 0 = the router's default */
@@ -157,6 +161,16 @@ typedef struct {
     /* dsv3_bias: bias update rate; sinkhorn: convergence tolerance */
     double bias_rate;
     double sinkhorn_tol;
+    /* Score path of the token-choice routers (routers/claims.h, moe_score_*): */
+    int score;               /* enum moe_score; AUTO = the router's own score function */
+    int normalize_topk;      /* enum moe_tri; AUTO = the router's own normalisation */
+    double route_scale;      /* combine weights times this after normalisation; default 1 */
+    int groups;              /* G contiguous expert groups; 0 = no group limit */
+    int topk_groups;         /* M groups kept per token; 0 = all G */
+    int group_score;         /* enum moe_group_score */
+    /* Variable-k routers topp and relu: */
+    double top_p;            /* topp: experts until their cumulative probability reaches this */
+    int max_k;               /* topp, relu: at most this many experts per token; 0 = E */
 } moe_route_opts;
 
 /* The defaults of the option table (sim/options.c): cf = 1.0 (unset), capacity -1, ... */

@@ -29,7 +29,15 @@ int moe_train_gate_kind(const moe_router *r, int *gate_kind, int *aux_router, in
         {"dsv3_bias", TR_GATE_SIG_NORM, TR_AUX_NONE, 1},
         {"hash", TR_GATE_CONST, TR_AUX_NONE, 0},
         {"replay", TR_GATE_CONST, TR_AUX_NONE, 0},
+        {"topp", TR_GATE_FULL_P, TR_AUX_NONE, 1}, /* the raw p of the taken experts */
+        {"relu", TR_GATE_RELU, TR_AUX_NONE, 1},
     };
+    const moe_route_opts *o = &r->opts;
+    if (o->score || o->normalize_topk || o->route_scale != 1.0 || o->groups)
+        return moe_fail(MOE_EINVAL, "train with the router's own score options",
+                        "router %s with score, normalize_topk, route_scale or groups has no "
+                        "training gradient (train)",
+                        r->type->name);
     for (size_t i = 0; i < sizeof tab / sizeof tab[0]; i++)
         if (strcmp(tab[i].name, r->type->name) == 0) {
             *gate_kind = tab[i].gate;
@@ -194,6 +202,10 @@ static void token_backward(moe_trainer *tr, int t, const unsigned char *kept, do
         for (int e = 0; e < E; e++)
             g[e] = 1.0 / (1.0 + exp(-lt[e]));
         break;
+    case TR_GATE_RELU:
+        for (int e = 0; e < E; e++)
+            g[e] = lt[e] > 0.0 ? lt[e] : 0.0;
+        break;
     case TR_GATE_SIG_NORM: { /* selection by s + bias, gates s / sum of selected s */
         const double *b = moe_dsv3_bias_state(tr->r);
         for (int e = 0; e < E; e++)
@@ -244,6 +256,10 @@ static void token_backward(moe_trainer *tr, int t, const unsigned char *kept, do
     case TR_GATE_SIGMOID:
         for (int e = 0; e < E; e++)
             dl[e] += dg[e] * g[e] * (1.0 - g[e]);
+        break;
+    case TR_GATE_RELU: /* kept experts have L > 0: slope 1 */
+        for (int e = 0; e < E; e++)
+            dl[e] += lt[e] > 0.0 ? dg[e] : 0.0;
         break;
     case TR_GATE_SIG_NORM: /* ds_i = (dg_i - <g, dg>) / S on the selected, sigmoid' */
         for (int j = 0; j < ns; j++) {

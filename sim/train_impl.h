@@ -17,7 +17,8 @@ enum tr_gate {
     TR_GATE_SIGMOID = 3,     /* base, sinkhorn k = 1: sigmoid(L[t,e]) */
     TR_GATE_SIG_NORM = 4,    /* dsv3_bias: sigmoid normalised over the k selected (s + bias) */
     TR_GATE_SOFT = 5,        /* soft_moe: dispatch and combine softmaxes */
-    TR_GATE_CONST = 6        /* hash, replay */
+    TR_GATE_CONST = 6,       /* hash, replay */
+    TR_GATE_RELU = 7         /* relu: ReLU(L[t,e]) */
 };
 enum tr_auxrouter { TR_AUX_NONE = 0, TR_AUX_TOPK = 1, TR_AUX_SWITCH = 2, TR_AUX_GSHARD = 3 };
 

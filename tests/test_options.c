@@ -87,9 +87,16 @@ static void test_bounds(void)
     expect_bad("dropless", "maybe", "bad value 'maybe' for option dropless");
     expect_bad("capacity_factor", "-1", "capacity factor '-1' is not a non-negative decimal");
     expect_bad("kk", "2", "unknown routing option 'kk'");
+    expect_bad("score", "tanh", "want one of auto|softmax|sigmoid|sqrtsoftplus");
+    expect_bad("normalize_topk", "yes", "want one of auto|true|false");
+    expect_bad("route_scale", "0", "want a number > 0");
+    expect_bad("groups", "0", "want an integer >= 1");
+    expect_bad("group_score", "mean", "want one of topk_sum|max");
+    expect_bad("top_p", "0", "want a number > 0");
 }
 
-/* Every row is found by its key and has help; 16 options (counted in the table). */
+/* Every row is found by its key and has help; 24 options (counted in the table: 16, then the
+ * score path's 6 and the variable-k routers' top_p and max_k). */
 static void test_rows(void)
 {
     int n = 0;
@@ -97,7 +104,7 @@ static void test_rows(void)
         CHECK(moe_route_option_find(op->key) == op, "find %s", op->key);
         CHECK(op->help && op->type, "%s has help and type", op->key);
     }
-    CHECK_INT(n, 16);
+    CHECK_INT(n, 24);
     CHECK(moe_route_option_find("nope") == NULL, "unknown key");
 }
 

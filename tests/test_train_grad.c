@@ -209,6 +209,9 @@ static void test_gradients(void)
         {"dense", "dense", 0, MOE_ACT_GELU_TANH, MOE_AUX_ROUTER, 0, 0, 0.0},
         {"hash", "hash (experts only)", 0, MOE_ACT_GELU_TANH, MOE_AUX_ROUTER, 0, 0, 0.0},
         {"replay", "replay (experts only)", 0, MOE_ACT_GELU_TANH, MOE_AUX_ROUTER, 0, 0, 0.0},
+        /* topp and relu: their router losses are not trained; the importance loss is */
+        {"topp", "topp importance", 0, MOE_ACT_GELU_TANH, MOE_AUX_IMPORTANCE, 0, 0, 0.0},
+        {"relu", "relu renormalize", 0, MOE_ACT_GELU_TANH, MOE_AUX_IMPORTANCE, 1, 0, 0.0},
     };
     int seen[64] = {0};
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

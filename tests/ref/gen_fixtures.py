@@ -245,8 +245,50 @@ def _base_unique(L, margin=1e-6):
     return True
 
 
+def _score_ok(router, L, o, u):
+    """Score path (routers/score.c): the keys of each token, its group scores and gshard's draw
+    test are at least 1e-9 apart from the values that decide them."""
+    k = 1 if router == "switch" else 2 if router == "gshard" else int(o.get("k", 2))
+    cfg = R.score_cfg(o, k, "sigmoid" if router == "dsv3_bias" else "softmax", True)
+    s = R.scores(L, cfg["score"])
+    key = s.copy()
+    G, M = cfg["G"], cfg["M"]
+    for t in range(L.shape[0]) if G else ():
+        kg = s[t].reshape(G, -1)
+        per = min(max(k // M, 1), kg.shape[1])
+        gs = kg.max(axis=1) if cfg["gmax"] else np.sort(kg, axis=1)[:, ::-1][:, :per].sum(axis=1)
+        srt = np.sort(gs)[::-1]
+        if M < G and srt[M - 1] - srt[M] < 1e-9:
+            return False
+        key[t] = np.where(R.group_keep(s[t], cfg, k), s[t], -np.inf)
+    if not _gaps_ok(key, L, k, 1e-9):
+        return False
+    if router == "gshard":
+        raw = o.get("threshold_on", "normalized") == "raw"
+        for t in range(L.shape[0]):
+            idx = R.order_desc(key[t])[:2]
+            s1, s2 = s[t, idx[0]], s[t, idx[1]]
+            if abs((2 * s2 if raw else 2 * s2 / (s1 + s2)) - u[t]) < 1e-9:
+                return False
+    return True
+
+
 def robust(router, L, o, u):
     L = np.asarray(L, dtype=np.float64)
+    if R.uses_score_path(o) and not _score_ok(router, L, o, u):
+        return False
+    if router == "topp":  # no deciding cumulative sum within 1e-9 of top_p, no near-tied p
+        p = R.softmax(L)
+        P = float(o.get("top_p", 0.5))
+        kmax = int(o.get("max_k", 0)) or L.shape[1]
+        for t in range(L.shape[0]):
+            cum = np.cumsum(np.sort(p[t])[::-1])[:kmax - 1]  # the last can stop nothing
+            if (cum.size and np.min(np.abs(cum - P)) < 1e-9) or not _gaps_ok(p[t:t + 1], L[t:t + 1],
+                                                                          L.shape[1] - 1, 1e-9):
+                return False
+    if router == "relu" and (np.min(np.abs(L)) < 1e-9 or
+                             not _gaps_ok(L, L, L.shape[1] - 1, 1e-9)):
+        return False
     if router == "soft_moe" or router == "hash" or router == "dense":
         return True
     if router == "base":
@@ -282,7 +324,10 @@ FLAG = {"k": "--k", "capacity_factor": "--capacity-factor", "capacity": "--capac
         "threshold_on": "--threshold-on", "hash": "--hash",
         "slots_per_expert": "--slots-per-expert",
         "num_experts": "--num-experts", "rounding": "--rounding", "dropless": "--dropless",
-        "sinkhorn_tol": "--sinkhorn-tol", "bias_rate": "--bias-rate"}
+        "sinkhorn_tol": "--sinkhorn-tol", "bias_rate": "--bias-rate", "score": "--score",
+        "normalize_topk": "--normalize-topk", "route_scale": "--route-scale",
+        "groups": "--groups", "topk_groups": "--topk-groups", "group_score": "--group-score",
+        "top_p": "--top-p", "max_k": "--max-k"}
 
 CASES = []
 
@@ -432,6 +477,41 @@ case("layer_sinkhorn_k2_cf", "sinkhorn", 121, 12, 4, {"k": 2, "capacity_factor":
 case("layer_dsv3_cf", "dsv3_bias", 122, 12, 4, {"capacity_factor": "0.75"}, skew=2.0,
      layer=True)
 case("layer_dense", "dense", 123, 10, 4, layer=True)
+# score path (routers/score.c): score functions, normalisation, route_scale, group limits
+case("score_topk_sigmoid", "topk", 130, 12, 8, {"score": "sigmoid"}, skew=1.5)
+case("score_topk_sqrtsoftplus_raw", "topk", 131, 12, 8,
+     {"score": "sqrtsoftplus", "normalize_topk": "false", "k": 3}, dtype=np.float64)
+case("score_topk_softmax_raw_cf", "topk", 132, 16, 4,
+     {"normalize_topk": "false", "capacity_factor": "0.75"}, skew=2.0)
+case("score_topk_sigmoid_scale", "topk", 133, 10, 6,
+     {"score": "sigmoid", "route_scale": "2.5", "k": 3}, scale=2.0)
+case("score_topk_groups_sum", "topk", 134, 16, 8,
+     {"score": "sigmoid", "k": 4, "groups": 4, "topk_groups": 2}, scale=2.0)
+case("score_topk_groups_max", "topk", 135, 16, 8,
+     {"k": 2, "groups": 4, "topk_groups": 1, "group_score": "max"}, scale=2.0)
+case("score_switch_sigmoid", "switch", 136, 12, 4, {"score": "sigmoid"}, skew=1.0)
+case("score_switch_norm_cf", "switch", 137, 12, 4,
+     {"normalize_topk": "true", "capacity_factor": "1.0"}, skew=2.0)
+case("score_gshard_sigmoid", "gshard", 138, 12, 6, {"score": "sigmoid"}, skew=1.0)
+case("score_gshard_groups_raw", "gshard", 139, 12, 6,
+     {"groups": 3, "topk_groups": 1, "normalize_topk": "false"}, scale=2.0)
+case("score_dsv3_groups", "dsv3_bias", 140, 16, 8,
+     {"k": 4, "groups": 4, "topk_groups": 2, "route_scale": "2.5"}, scale=2.0)
+case("score_dsv3_softmax_k1", "dsv3_bias", 141, 12, 4, {"k": 1, "score": "softmax"})
+case("layer_score_topk_groups", "topk", 142, 12, 8,
+     {"score": "sigmoid", "k": 2, "groups": 4, "topk_groups": 2, "route_scale": "1.5"},
+     scale=2.0, layer=True)
+# variable k: topp (dynamic top-p) and relu (ReMoE); dropless unless cf or capacity
+case("topp_default", "topp", 150, 12, 6, skew=1.0)
+case("topp_p09_maxk3", "topp", 151, 16, 8, {"top_p": "0.9", "max_k": 3}, dtype=np.float64)
+case("topp_p1", "topp", 152, 8, 4, {"top_p": "1"}, scale=3.0)
+case("topp_cf1", "topp", 153, 16, 6, {"top_p": "0.6", "capacity_factor": "1.0"}, skew=2.0)
+case("relu_default", "relu", 154, 12, 6)
+case("relu_maxk2_f64", "relu", 155, 12, 6, {"max_k": 2}, dtype=np.float64, scale=2.0)
+case("relu_cf_token_major", "relu", 156, 16, 4, {"capacity_factor": "0.75",
+                                                 "order": "token_major"}, skew=1.0)
+case("layer_topp", "topp", 157, 12, 6, {"top_p": "0.7"}, skew=1.0, layer=True)
+case("layer_relu_cf", "relu", 158, 12, 6, {"capacity_factor": "1.0"}, skew=1.0, layer=True)
 
 
 def build_inputs(c, seed):

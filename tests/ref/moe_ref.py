@@ -181,6 +181,77 @@ def token_choice_plan(name, L, choices, k, o, E):
     return plan
 
 
+# ---- score path (routers/score.c) --------------------------------------------------------
+# Megatron-LM core megatron/core/transformer/moe/moe_utils.py: topk_routing_with_score_function
+# (scores softmax / sigmoid / sqrtsoftplus, top-k, sigmoid and sqrtsoftplus normalised only for
+# k > 1, times scaling_factor) and group_limited_topk (group score = sum of the top-(k/M)
+# scores of a group; experts outside the M best groups masked); DeepSeek-V3 inference/model.py
+# Gate.forward (group score = max of the group).
+
+SCORE_KEYS = ("score", "normalize_topk", "route_scale", "groups", "topk_groups", "group_score")
+
+
+def uses_score_path(o):
+    return any(key in o for key in SCORE_KEYS)
+
+
+def scores(L, name):
+    L = np.asarray(L, dtype=np.float64)
+    if name == "sigmoid":
+        return sigmoid(L)
+    if name == "sqrtsoftplus":
+        return np.sqrt(np.logaddexp(0.0, L))
+    return softmax(L)
+
+
+def score_cfg(o, k, def_score, def_norm):
+    sc = o.get("score", "auto")
+    sc = def_score if sc == "auto" else sc
+    nz = o.get("normalize_topk", "auto")
+    norm = def_norm if nz == "auto" else nz in (True, "true")
+    if k == 1 and sc != "softmax":
+        norm = False
+    G = int(o.get("groups", 0))
+    M = int(o.get("topk_groups", G))
+    return dict(score=sc, norm=norm, scale=float(o.get("route_scale", 1.0)), G=G, M=M,
+                gmax=o.get("group_score", "topk_sum") == "max")
+
+
+def group_keep(key, cfg, k):
+    """Boolean (E) mask of the experts of the M best groups (ties: lower group)."""
+    E, G, M = len(key), cfg["G"], cfg["M"]
+    kg = key.reshape(G, E // G)
+    if cfg["gmax"]:
+        gs = kg.max(axis=1)
+    else:
+        per = min(max(k // M, 1), E // G)
+        gs = np.array([np.sort(row)[::-1][:per].sum() for row in kg])
+    keep = np.zeros(G, dtype=bool)
+    keep[order_desc(gs)[:M]] = True
+    return np.repeat(keep, E // G)
+
+
+def score_weights(chosen, cfg):
+    chosen = np.asarray(chosen, dtype=np.float64)
+    w = chosen / chosen.sum() if cfg["norm"] and chosen.sum() > 0 else chosen
+    return w * cfg["scale"]
+
+
+def score_choices(L, o, k, def_score, def_norm, bias=None):
+    """Each token's k choices [(expert, weight)] through the score path; also s (T,E)."""
+    cfg = score_cfg(o, k, def_score, def_norm)
+    s = scores(L, cfg["score"])
+    out = []
+    for t in range(L.shape[0]):
+        key = s[t] + (0.0 if bias is None else bias)
+        if cfg["G"]:
+            key = np.where(group_keep(key, cfg, k), key, -np.inf)
+        idx = order_desc(key)[:k]
+        w = score_weights(s[t, idx], cfg)
+        out.append([(int(e), float(wi)) for e, wi in zip(idx, w)])
+    return out, s, cfg
+
+
 # ---- routers ----------------------------------------------------------------------------
 
 
@@ -189,7 +260,9 @@ def route_topk(L, o):
     k = int(o.get("k", 2))
     assert 1 <= k <= E
     choices = []
-    for t in range(n):
+    if uses_score_path(o):
+        choices = score_choices(L, o, k, "softmax", True)[0]
+    for t in range(n if not choices else 0):
         idx = order_desc(L[t])[:k]
         g = softmax(L[t, idx])
         choices.append([(int(e), float(gi)) for e, gi in zip(idx, g)])
@@ -204,9 +277,13 @@ def route_switch(L, o):
     p = softmax(L)
     choices = []
     first = np.zeros(E)
+    sp = score_choices(L, o, 1, "softmax", False)[0] if uses_score_path(o) else None
     for t in range(n):
         e = int(order_desc(L[t])[0])
         choices.append([(e, float(p[t, e]))])
+        if sp:
+            choices[-1] = sp[t]
+            e = sp[t][0][0]
         first[e] += 1
     plan = token_choice_plan("switch", L, choices, 1, o, E)
     plan.aux_loss = float(E * np.sum(first / n * p.mean(axis=0)))
@@ -220,14 +297,19 @@ def route_gshard(L, o, u):
     raw = o.get("threshold_on", "normalized") == "raw"
     choices = []
     first = np.zeros(E)
+    sp = score_choices(L, o, 2, "softmax", True) if uses_score_path(o) else None
     for t in range(n):
         idx = order_desc(L[t])
         e1, e2 = int(idx[0]), int(idx[1])
         p1, p2 = p[t, e1], p[t, e2]
         g1, g2 = p1 / (p1 + p2), p2 / (p1 + p2)
+        test = 2.0 * p2 if raw else 2.0 * g2
+        if sp:  # score path: weights from score_weights, the test on the scores s1, s2
+            (e1, g1), (e2, g2) = sp[0][t]
+            s1, s2 = sp[1][t, e1], sp[1][t, e2]
+            test = 2.0 * s2 if raw else 2.0 * s2 / (s1 + s2)
         first[e1] += 1
         c = [(e1, float(g1))]
-        test = 2.0 * p2 if raw else 2.0 * g2
         if test > u[t]:
             c.append((e2, float(g2)))
         choices.append(c)
@@ -455,7 +537,9 @@ def route_dsv3_bias(L, o, bias=None):
     s = sigmoid(L)
     bvec = np.zeros(E) if bias is None else np.asarray(bias, dtype=np.float64)
     choices = []
-    for t in range(n):
+    if uses_score_path(o):
+        choices = score_choices(L, o, k, "sigmoid", True, bvec)[0]
+    for t in range(n if not choices else 0):
         idx = order_desc(s[t] + bvec)[:k]
         tot = s[t, idx].sum()
         choices.append([(int(e), float(s[t, e] / tot)) for e in idx])
@@ -485,6 +569,54 @@ def route_dense(L, o):
     return plan
 
 
+def variable_plan(name, L, choices, o):
+    """Claims of the variable-k routers: dropless unless cf or capacity; then
+    C = ROUND(claims * cf / E) (capacity with k = 1 and n = the number of claims)."""
+    n, E = L.shape
+    claims = sum(len(c) for c in choices)
+    C = capacity(1, claims, E, o.get("capacity_factor"), o.get("capacity"),
+                 o.get("min_capacity", 0), o.get("rounding", "ceil")) \
+        if limited_capacity(o) else None
+    entries, assigned, importance, n_claims = claim_slots(
+        n, E, choices, softmax(L), C, o.get("order", "choice_major"), o.get("renormalize", False))
+    plan = Plan(name, n, E, E, int(assigned.max()) if C is None else C)
+    plan.entries, plan.assigned = entries, assigned
+    plan.importance, plan.n_claims = importance, n_claims
+    return plan
+
+
+def route_topp(L, o):
+    """Dynamic top-p routing (Huang et al. 2024): experts by descending p until the cumulative
+    p reaches top_p (at least 1, at most max_k), weights the raw p."""
+    n, E = L.shape
+    P, kmax = float(o.get("top_p", 0.5)), int(o.get("max_k", 0)) or E
+    p = softmax(L)
+    choices = []
+    for t in range(n):
+        c, cum = [], 0.0
+        for e in order_desc(p[t])[:kmax]:
+            if c and cum >= P:
+                break
+            c.append((int(e), float(p[t, e])))
+            cum += p[t, e]
+        choices.append(c)
+    plan = variable_plan("topp", L, choices, o)
+    plan.aux_loss = float(E / plan.n_claims * np.sum(plan.assigned * p.mean(axis=0)))
+    return plan
+
+
+def route_relu(L, o):
+    """ReMoE: every expert with L > 0, weight L, by descending L, at most max_k; aux_loss the
+    mean over tokens of sum ReLU(L)."""
+    n, E = L.shape
+    kmax = int(o.get("max_k", 0)) or E
+    choices = [[(int(e), float(L[t, e])) for e in order_desc(L[t])[:kmax] if L[t, e] > 0]
+               for t in range(n)]
+    plan = variable_plan("relu", L, choices, o)
+    plan.aux_loss = float(np.maximum(L, 0.0).sum(axis=1).mean())
+    return plan
+
+
 def route(router, L, o, ids=None, u=None):
     L = np.asarray(L, dtype=np.float64)
     assert L.ndim == 2 and L.shape[0] >= 1 and np.all(np.isfinite(L))
@@ -508,10 +640,14 @@ def route(router, L, o, ids=None, u=None):
         return route_dsv3_bias(L, o)
     if router == "dense":
         return route_dense(L, o)
+    if router == "topp":
+        return route_topp(L, o)
+    if router == "relu":
+        return route_relu(L, o)
     raise ValueError("router " + router)
 
 
-HAS_DROPLESS = ("topk", "switch", "gshard", "hash", "sinkhorn", "dsv3_bias")
+HAS_DROPLESS = ("topk", "switch", "gshard", "hash", "sinkhorn", "dsv3_bias", "topp", "relu")
 
 # ---- the MoE layer ----------------------------------------------------------------------
 

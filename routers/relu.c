@@ -1,0 +1,89 @@
+/* relu.c: the `relu` router (ReMoE, Wang et al. 2024, "ReMoE: Fully Differentiable
+ * Mixture-of-Experts with ReLU Routing"). Fills moe_router_relu: a token goes to every expert
+ * whose logit is strictly positive, with combine weight = the logit (ReLU(L)), ranked by
+ * descending logit (ties to the lower expert), at most max_k of them (default E); a token with
+ * no positive logit goes nowhere. The number of experts varies per token: the experts-per-token
+ * histogram and the FLOPs follow it. Dropless unless a capacity factor or a capacity is given
+ * (claims.h, moe_claims_finish_variable). aux_loss = mean over tokens of sum_e ReLU(L[t,e]),
+ * ReMoE's L1 sparsity penalty without its adaptive coefficient. */
+#include "moe.h"
+#include "claims.h"
+
+#include <stdlib.h>
+
+typedef struct {
+    moe_claims *cl;
+    double *l1; /* (T) sum of ReLU(L) of each token */
+} relu_ws;
+
+static void relu_free(moe_router *r)
+{
+    relu_ws *w = r->ws;
+    if (!w)
+        return;
+    moe_claims_free(w->cl);
+    free(w->l1);
+    free(w);
+    r->ws = NULL;
+}
+
+static int relu_alloc(moe_router *r)
+{
+    if (r->opts.max_k > r->E)
+        return moe_fail(MOE_EINPUT, NULL, "max_k = %d is above E = %d (max_k)", r->opts.max_k,
+                        r->E);
+    relu_ws *w = calloc(1, sizeof *w);
+    if (!w)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (router relu)");
+    r->ws = w;
+    w->cl = moe_claims_alloc(r->n_max, r->opts.max_k ? r->opts.max_k : r->E, r->E, 1);
+    w->l1 = malloc((size_t)r->n_max * sizeof *w->l1);
+    if (!w->cl || !w->l1) {
+        relu_free(r);
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (router relu, %d tokens)", r->n_max);
+    }
+    return MOE_OK;
+}
+
+/* Token t: the K largest logits in descending order; those > 0 claim with weight L. */
+static void relu_row(void *ctx, int t, const double *lt, const double *pt)
+{
+    (void)pt;
+    relu_ws *w = ctx;
+    moe_claims *cl = w->cl;
+    const int K = cl->K;
+    const size_t i0 = (size_t)t * K;
+    moe_claims_topk(lt, cl->E, K, cl->expert + i0, cl->gate + i0);
+    for (int j = 0; j < K; j++)
+        cl->claim[i0 + j] = cl->gate[i0 + j] > 0.0;
+    double s = 0.0;
+    for (int e = 0; e < cl->E; e++)
+        s += lt[e] > 0.0 ? lt[e] : 0.0;
+    w->l1[t] = s;
+}
+
+static int relu_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
+{
+    relu_ws *w = r->ws;
+    const int n = in->n;
+    int rc = moe_claims_rows(w->cl, in->logits, n, relu_row, w, plan);
+    if (rc || (rc = moe_claims_finish_variable(w->cl, &r->opts, n, plan)))
+        return rc;
+    double s = 0.0;
+    for (int t = 0; t < n; t++) /* in token order: independent of the threads */
+        s += w->l1[t];
+    plan->aux_loss = s / n;
+    plan->k = 0; /* varies per token */
+    return MOE_OK;
+}
+
+const moe_router_type moe_router_relu = {
+    "relu",
+    "ReLU routing (ReMoE 2024): every expert with a positive logit, weight = the logit",
+    MOE_RF_HAS_DROPLESS,
+    1,
+    relu_alloc,
+    relu_free,
+    relu_route,
+    NULL,
+};

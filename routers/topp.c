@@ -1,0 +1,101 @@
+/* topp.c: the `topp` router (dynamic top-p routing, Huang et al. 2024, "Harder Tasks Need More
+ * Experts: Dynamic Routing in MoE Models"). Fills moe_router_topp: p = softmax(L) per token;
+ * experts in descending p (ties to the lower expert) are taken until their cumulative p first
+ * reaches top_p (cumsum >= top_p), at least 1 and at most max_k (default E); combine weight =
+ * the raw p of each taken expert (not renormalised unless renormalize). The number of experts
+ * varies per token: the experts-per-token histogram and the FLOPs follow it. Dropless unless a
+ * capacity factor or a capacity is given (claims.h, moe_claims_finish_variable).
+ * aux_loss = E / claims * sum_e assigned_e * mean_t p[t,e], the top-k balance loss with k*n
+ * replaced by the number of claims. */
+#include "moe.h"
+#include "claims.h"
+
+#include <stdlib.h>
+
+typedef struct {
+    moe_claims *cl;
+    double top_p;
+    double *val; /* (T,K) scratch of the sorted p */
+} topp_ws;
+
+static int topp_kmax(const moe_router *r) { return r->opts.max_k ? r->opts.max_k : r->E; }
+
+static void topp_free(moe_router *r)
+{
+    topp_ws *w = r->ws;
+    if (!w)
+        return;
+    moe_claims_free(w->cl);
+    free(w->val);
+    free(w);
+    r->ws = NULL;
+}
+
+static int topp_alloc(moe_router *r)
+{
+    const double P = r->opts.top_p;
+    if (!(P > 0.0 && P <= 1.0))
+        return moe_fail(MOE_EINVAL, "top_p is a probability in (0, 1]",
+                        "top_p = %g is outside (0, 1] (top_p)", P);
+    if (r->opts.max_k > r->E)
+        return moe_fail(MOE_EINPUT, NULL, "max_k = %d is above E = %d (max_k)", r->opts.max_k,
+                        r->E);
+    topp_ws *w = calloc(1, sizeof *w);
+    if (!w)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (router topp)");
+    r->ws = w;
+    w->top_p = P;
+    const int K = topp_kmax(r);
+    w->cl = moe_claims_alloc(r->n_max, K, r->E, 1);
+    w->val = malloc((size_t)r->n_max * K * sizeof *w->val);
+    if (!w->cl || !w->val) {
+        topp_free(r);
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (router topp, %d tokens)", r->n_max);
+    }
+    return MOE_OK;
+}
+
+/* Token t: the K largest p in descending order, claimed until the cumulative p reaches top_p. */
+static void topp_row(void *ctx, int t, const double *lt, const double *pt)
+{
+    (void)lt;
+    topp_ws *w = ctx;
+    moe_claims *cl = w->cl;
+    const int K = cl->K;
+    const size_t i0 = (size_t)t * K;
+    double *v = w->val + i0;
+    moe_claims_topk(pt, cl->E, K, cl->expert + i0, v);
+    double cum = 0.0;
+    for (int j = 0; j < K; j++) {
+        cl->claim[i0 + j] = j == 0 || cum < w->top_p;
+        cum += v[j];
+        cl->gate[i0 + j] = v[j];
+    }
+}
+
+static int topp_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
+{
+    topp_ws *w = r->ws;
+    moe_claims *cl = w->cl;
+    const int n = in->n, E = r->E;
+    int rc = moe_claims_rows(cl, in->logits, n, topp_row, w, plan);
+    if (rc || (rc = moe_claims_finish_variable(cl, &r->opts, n, plan)))
+        return rc;
+    double s = 0.0;
+    for (int e = 0; e < E; e++)
+        s += (double)plan->assigned_load[e] * cl->pmean[e];
+    plan->aux_loss = plan->n_claims ? (double)E / (double)plan->n_claims * s : 0.0;
+    plan->k = 0; /* varies per token */
+    return MOE_OK;
+}
+
+const moe_router_type moe_router_topp = {
+    "topp",
+    "dynamic top-p (Huang 2024): experts until their cumulative softmax p reaches top_p",
+    MOE_RF_HAS_DROPLESS,
+    1,
+    topp_alloc,
+    topp_free,
+    topp_route,
+    NULL,
+};
