@@ -32,8 +32,19 @@
  * gnuplot are checked before anything is written. */
 int moe_plot_db(const char *db_path, const char *out_dir);
 
-/* The same, also printing every file written (data, PNG, SVG) to list, one path per line
+/* The same, also printing every file written (data, PNG, SVG, PDF) to list, one path per line
  * (list may be NULL). */
 int moe_plot_db_list(const char *db_path, const char *out_dir, FILE *list);
+
+/* Options of `moesim plot`. */
+typedef struct {
+    const char *out_dir; /* NULL: plots/out/<db file name without .db>/ */
+    double width_in;     /* figure width in inches (plot_cfg.h: moe_plot_size_parse); 0 = the
+                          * automatic size in pixels (360 per panel column, 300 per panel row) */
+    double height_in;    /* figure height in inches; 0 = from the panel rows */
+} moe_plot_opts;
+
+/* moe_plot_db_list with options (opts NULL: the defaults). */
+int moe_plot_db_opts(const char *db_path, const moe_plot_opts *opts, FILE *list);
 
 #endif
