@@ -59,6 +59,15 @@
     " span AS (SELECT min(capacity_factor_value) AS lo, max(capacity_factor_value) AS hi"          \
     " FROM points)"
 
+/* pick: per (distribution, shape, router) the capacity factor nearest MOE_PLOT_LOAD_CF (a router
+ * without one: its cf none). */
+#define PICK_CF                                                                                    \
+    "pick AS (SELECT distribution, shape, router, cf FROM (SELECT distribution, shape,"            \
+    " router, capacity_factor AS cf, row_number() OVER (PARTITION BY distribution, shape,"         \
+    " router ORDER BY abs(coalesce(min(capacity_factor_value), " XSTR(MOE_PLOT_LOAD_CF)            \
+    ") - " XSTR(MOE_PLOT_LOAD_CF) "), min(capacity_factor_value)) AS n FROM points"                \
+    " GROUP BY distribution, shape, router, capacity_factor) WHERE n = 1)"
+
 /* A metric vs capacity factor, means over the points of each (distribution, shape, router, cf)
  * (seeds, token counts, batches); AGG: the aggregates with their names, OUT: those names. */
 #define CF_QUERY(AGG, OUT)                                                                         \
@@ -106,21 +115,16 @@ static const chart charts[] = {
               " avg((flops_gate + flops_expert_padded + flops_soft_dispatch + flops_soft_combine)"
               " / n_tokens) AS padded",
               "xs.useful, xs.padded")},
-    {"output_error", "output error vs capacity factor",
-     "distribution shape router cf x output_error_dense output_error_dropless points", 5, 2, 1, 2,
+    {"output_error", "output error vs capacity factor (vs own dropless output, vs dense mixture)",
+     "distribution shape router cf x output_error_dropless output_error_dense points", 5, 2, 1, 2,
      "no points",
-     CF_QUERY("avg(output_error_dense) AS output_error_dense,"
-              " avg(output_error_dropless) AS output_error_dropless",
-              "xs.output_error_dense, xs.output_error_dropless")},
+     CF_QUERY("avg(output_error_dropless) AS output_error_dropless,"
+              " avg(output_error_dense) AS output_error_dense",
+              "xs.output_error_dropless, xs.output_error_dense")},
     {"expert_loads", "per-expert loads, sorted, at capacity factor " XSTR(MOE_PLOT_LOAD_CF),
      "distribution shape router cf rank assigned kept capacity points", 5, 3, 0, 0,
      "no per-expert loads",
-     CTE ", pick AS (SELECT distribution, shape, router, cf FROM (SELECT distribution, shape,"
-         " router, capacity_factor AS cf, row_number() OVER (PARTITION BY distribution, shape,"
-         " router ORDER BY abs(coalesce(min(capacity_factor_value), " XSTR(MOE_PLOT_LOAD_CF)
-         ") - " XSTR(MOE_PLOT_LOAD_CF) "), min(capacity_factor_value)) AS n FROM points"
-         " GROUP BY distribution, shape, router, capacity_factor) WHERE n = 1),"
-         " ranked AS (SELECT p.distribution, p.shape, p.router, p.capacity_factor AS cf,"
+     CTE ", " PICK_CF ", ranked AS (SELECT p.distribution, p.shape, p.router, p.capacity_factor AS cf,"
          " p.capacity, l.assigned, l.kept, row_number() OVER (PARTITION BY l.point"
          " ORDER BY l.assigned DESC, l.kept DESC, l.expert) AS rank"
          " FROM expert_loads l JOIN points p ON p.id = l.point JOIN pick"
@@ -148,15 +152,34 @@ static const chart charts[] = {
          " FROM sel s JOIN top USING (router) JOIN pn USING (distribution, shape)"
          " JOIN rt USING (router) JOIN cfk USING (cf) WHERE s.experts <= top.mx"
          " ORDER BY pn.rk, rt.rk, cfk.rk, s.experts"},
-    {"throughput", "throughput (tokens/s) and achieved GFLOP/s per router",
-     "distribution shape router x tokens_per_s tokens_per_s_min tokens_per_s_max gflops_per_s "
-     "gflops_per_s_min gflops_per_s_max points",
-     4, 6, 0, 2, "no points",
-     CTE " SELECT pn.rk, pn.label, 1, '', rt.rk, p.router, 0, p.distribution, p.shape, p.router,"
-         " rt.rk, avg(p.tokens_per_s), min(p.tokens_per_s), max(p.tokens_per_s),"
-         " avg(p.gflops_per_s), min(p.gflops_per_s), max(p.gflops_per_s), count(*)"
-         " FROM points p JOIN pn USING (distribution, shape) JOIN rt USING (router)"
-         " GROUP BY p.distribution, p.shape, p.router ORDER BY pn.rk, rt.rk"},
+    {"throughput",
+     "throughput per router at the capacity factor nearest " XSTR(MOE_PLOT_LOAD_CF)
+     ": median and quartiles over the timed batches (nearest rank)",
+     "distribution shape router cf x tokens_per_s tokens_per_s_q1 tokens_per_s_q3 gflops_per_s "
+     "gflops_per_s_q1 gflops_per_s_q3 batches",
+     5, 6, 0, 2, "no timed batches",
+     CTE ", " PICK_CF ", s AS (SELECT p.distribution, p.shape, p.router, p.capacity_factor AS cf,"
+         " b.n_tokens / b.time_total_s AS tps, (b.flops_gate + b.flops_expert_useful"
+         " + b.flops_soft_dispatch + b.flops_soft_combine) / b.time_total_s * 1e-9 AS gfs"
+         " FROM batches b JOIN points p ON p.id = b.point JOIN pick"
+         " ON pick.distribution = p.distribution AND pick.shape = p.shape"
+         " AND pick.router = p.router AND pick.cf = p.capacity_factor WHERE b.time_total_s > 0),"
+         " t AS (SELECT s.*, row_number() OVER (PARTITION BY distribution, shape, router"
+         " ORDER BY tps) AS it, row_number() OVER (PARTITION BY distribution, shape, router"
+         " ORDER BY gfs) AS ig, count(*) OVER (PARTITION BY distribution, shape, router) AS n"
+         " FROM s),"
+         " q AS (SELECT distribution, shape, router, cf, n,"
+         " avg(CASE WHEN it IN ((n + 1) / 2, (n + 2) / 2) THEN tps END) AS tmed,"
+         " min(CASE WHEN 4 * it >= n THEN tps END) AS tq1,"
+         " min(CASE WHEN 4 * it >= 3 * n THEN tps END) AS tq3,"
+         " avg(CASE WHEN ig IN ((n + 1) / 2, (n + 2) / 2) THEN gfs END) AS gmed,"
+         " min(CASE WHEN 4 * ig >= n THEN gfs END) AS gq1,"
+         " min(CASE WHEN 4 * ig >= 3 * n THEN gfs END) AS gq3"
+         " FROM t GROUP BY distribution, shape, router, cf)"
+         " SELECT pn.rk, pn.label, 1, '', rt.rk, q.router, 0, q.distribution, q.shape, q.router,"
+         " q.cf, rt.rk, q.tmed, q.tq1, q.tq3, q.gmed, q.gq1, q.gq3, q.n"
+         " FROM q JOIN pn USING (distribution, shape) JOIN rt USING (router)"
+         " ORDER BY pn.rk, rt.rk"},
 };
 enum { NCHARTS = sizeof charts / sizeof charts[0], NLAYOUT = 7 };
 

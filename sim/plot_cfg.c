@@ -107,7 +107,7 @@ static int read_cftics(sqlite3 *db, const char *db_path, FILE *m)
 }
 
 /* The keys of cfg_keys that take more than one value among the points of one (distribution,
- * shape, router): their names ", "-joined into names, and the series-name suffix expression
+ * shape, router; router_options: and capacity factor): their names ", "-joined into names, and the series-name suffix expression
  * (" || ' [' || 'k=' || k || ']'") into suffix. Replaceable by the store's own query of what
  * varies, when it has one. */
 static int read_differing(sqlite3 *db, const char *db_path, FILE *names, FILE *suffix)
@@ -118,10 +118,11 @@ static int read_differing(sqlite3 *db, const char *db_path, FILE *names, FILE *s
         const char *k = cfg_keys[i];
         if (!has_column(db, k))
             continue;
+        /* router_options holds the capacity factor: compared at one capacity factor */
         snprintf(sql, sizeof sql,
                  "SELECT count(*) FROM (SELECT 1 FROM points GROUP BY distribution, shape,"
-                 " router HAVING count(DISTINCT %s) > 1 LIMIT 1)",
-                 k);
+                 " router%s HAVING count(DISTINCT %s) > 1 LIMIT 1)",
+                 strcmp(k, "router_options") == 0 ? ", capacity_factor" : "", k);
         char *buf = NULL;
         size_t len = 0;
         FILE *t = open_memstream(&buf, &len);
