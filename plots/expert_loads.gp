@@ -10,6 +10,7 @@
 load plotdir.'/common.gp'
 nkeys = 3; keylen = strlen('assigned (claims before capacity)')
 eval KEYGEOM
+M_L = 100.0 / width # two-line y labels (the row's name above the unit)
 
 t = pagetitle(sprintf('Expert loads, most loaded first, at capacity factor %.2f or the nearest stored  (%s)', loadcf, dbname))
 set multiplot title t font fitw(t, width, 14)

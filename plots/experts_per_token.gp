@@ -9,6 +9,7 @@
 load plotdir.'/common.gp'
 keylen = keylen + strlen('capacity factor ')
 eval KEYGEOM
+M_L = 100.0 / width # two-line y labels (the row's name above the unit)
 
 t = pagetitle('Experts per token (expert_choice, gshard)  ('.dbname.')')
 set multiplot title t font fitw(t, width, 14)
