@@ -28,7 +28,7 @@ if (term eq 'svg') {
 } else {
     if (term eq 'pdfcairo') {
         set terminal pdfcairo size (width * ptscale / 72.0)in, (height * ptscale / 72.0)in \
-            font 'sans,11' fontscale ptscale linewidth 1.2 * ptscale * 2 pointscale ptscale * 2 \
+            font 'sans,11' fontscale ptscale linewidth 1.2 * ptscale pointscale ptscale \
             background '#ffffff'
     } else {
         set terminal pngcairo size width * pxscale, height * pxscale font 'sans,11' \
@@ -112,12 +112,18 @@ pagetitle(t) = t . ((npages > 1) ? sprintf('  (page %d of %d)', page, npages) : 
 # a panel title font that fits text into the panel width (pw, a screen fraction): at most 12,
 # at least 7 (sans: about 0.6 em per character)
 fitfont(t) = fitw(t, pw * width, 12)
-# a font of at most size f (and at least 6) that fits text t into w layout units
-fitn(n, w, f) = sprintf(',%d', int(max(6, min(f, w / (0.62 * max(1, n))))))
+# a font of at most size f (and at least 5) that fits text t into w layout units
+fitn(n, w, f) = sprintf(',%d', int(max(5, min(f, w / (0.7 * max(1, n))))))
 fitw(t, w, f) = fitn(strlen(t), w, f)
 min(a, b) = (a < b) ? a : b
 nnotes = 0; notes = ''; notelen = 1
 ADDNOTE = 'notes = notes . ((nnotes > 0) ? "\n" : "") . note; nnotes = nnotes + 1; notelen = max(notelen, strlen(note))'
+# the subtitle: the database and its configuration
+SUBTEXT = dbname . ':  ' . subtitle . ((strlen(differing) > 0) ? '  (series split by '.differing.')' : '')
+# narrow figures: the subtitle on two lines, broken before tokens=
+sbrk = strstrt(SUBTEXT, '  tokens=')
+if (width < 600 && sbrk > 0) { SUBTEXT = SUBTEXT[1:sbrk - 1] . "\n" . SUBTEXT[sbrk + 2:] }
+sublines = (width < 600 && sbrk > 0) ? 2 : 1
 M_L = 85.0 / width; M_R = 1 - 25.0 / width; S_X = 75.0 / width
 S_Y = 78.0 / height
 keylen = 1
@@ -126,9 +132,9 @@ nkeys = nseries
 KEYGEOM = 'kcols = int((width - 60) / (11.0 * (keylen + 8))); ' . \
           'kcols = (kcols < 1) ? 1 : ((kcols > nkeys) ? nkeys : kcols); ' . \
           'krows = int((nkeys + kcols - 1) / kcols); ' . \
-          'LEGEND_Y = 1 - (64.0 + 9.0 * krows) / height; ' . \
+          'LEGEND_Y = 1 - (50.0 + 14.0 * sublines + 9.0 * krows) / height; ' . \
           'LEGEND_H = (18.0 * krows + 8) / height; ' . \
-          'M_T = 1 - (124.0 + 18.0 * krows) / height; ' . \
+          'M_T = 1 - (110.0 + 14.0 * sublines + 18.0 * krows) / height; ' . \
           'M_B = (72.0 + 15.0 * nnotes) / height'
 eval KEYGEOM
 gnr = 1; gnc = 1
@@ -141,11 +147,10 @@ LEGEND = 'set lmargin at screen 0.01; set rmargin at screen 0.99; ' . \
          'set tmargin at screen LEGEND_Y + 0.5 * LEGEND_H; set bmargin at screen LEGEND_Y - 0.5 * LEGEND_H; ' . \
          'unset border; unset tics; unset title; unset xlabel; unset ylabel; unset grid; ' . \
          'unset label 1; unset arrow; set xrange [0:1]; set yrange [0:1]; ' . \
-         'set label 3 SUBTEXT at screen 0.5, 1 - 40.0 / height center font fitw(SUBTEXT, width - 20, 10) tc rgb "#333333"; ' . \
+         'set label 3 SUBTEXT at screen 0.5, 1 - 40.0 / height center font fitn(strlen(SUBTEXT) / sublines, width - 20, 10) tc rgb "#333333"; ' . \
          'if (nnotes > 0) { set label 4 notes at screen 0.01, (8.0 + 15.0 * (nnotes - 1)) / height left font fitn(notelen, width - 20, 10) tc rgb "#555555" }; ' . \
          'set key at screen 0.5, LEGEND_Y center center horizontal reverse Left maxcols kcols ' . \
          'spacing 1.2 width 2 samplen 4 font ",11"'
-SUBTEXT = subtitle . ((strlen(differing) > 0) ? '  (series split by '.differing.')' : '')
 # a note when some series is flat (a router that ignores the capacity factor); scripts of
 # capacity-factor charts run `eval FLATNOTE` before `eval KEYGEOM`
 anyflat = 0

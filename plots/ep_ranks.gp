@@ -17,7 +17,7 @@ eval KEYGEOM
 M_L = 100.0 / width # two-line y labels (the row's name above the unit)
 
 t = pagetitle(sprintf('Expert parallelism per rank at capacity factor %.2f or the ' . \
-    'nearest stored  (%s)', loadcf, dbname))
+    'nearest stored', loadcf))
 set multiplot title t font fitw(t, width, 14)
 gnr = nrows; gnc = 3
 set style fill solid 0.85 noborder

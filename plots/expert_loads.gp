@@ -12,7 +12,7 @@ nkeys = 3; keylen = strlen('assigned (claims before capacity)')
 eval KEYGEOM
 M_L = 100.0 / width # two-line y labels (the row's name above the unit)
 
-t = pagetitle(sprintf('Expert loads, most loaded first, at capacity factor %.2f or the nearest stored  (%s)', loadcf, dbname))
+t = pagetitle(sprintf('Expert loads, most loaded first, at capacity factor %.2f or the nearest stored', loadcf))
 set multiplot title t font fitw(t, width, 14)
 gnr = nrows; gnc = ncols
 set style fill solid 1.0 noborder

@@ -11,7 +11,7 @@ keylen = keylen + strlen('capacity factor ')
 eval KEYGEOM
 M_L = 100.0 / width # two-line y labels (the row's name above the unit)
 
-t = pagetitle('Experts per token (expert_choice, gshard)  ('.dbname.')')
+t = pagetitle('Experts per token (expert_choice, gshard)')
 set multiplot title t font fitw(t, width, 14)
 gnr = nrows; gnc = ncols
 set style fill solid 0.9 noborder

@@ -16,7 +16,7 @@ eval KEYGEOM
 top = max(mx(1), mx(2))
 if (top >= 1e9) { fs = 1e-9; fu = 'GFLOP' } else { if (top >= 1e6) { fs = 1e-6; fu = 'MFLOP' } else { fs = 1e-3; fu = 'kFLOP' } }
 
-t = pagetitle('FLOPs per token vs capacity factor: useful and capacity-padded  ('.dbname.')')
+t = pagetitle('FLOPs per token vs capacity factor: useful and capacity-padded')
 set multiplot title t font fitw(t, width, 14)
 gnr = 2; gnc = ncols
 set xrange [cfxlo:cfxhi]

@@ -8,7 +8,7 @@
 # "cf" x output_error_dropless output_error_dense points; one block per (distribution, shape,
 # router), means over seeds. Panels: cf_rows.gp.
 load plotdir.'/common.gp'
-page_title = 'Output error vs capacity factor: relative L2 distance of the layer output  ('.dbname.')'
+page_title = 'Output error vs capacity factor: relative L2 distance of the layer output'
 nmet = 2
 ylab_1 = 'vs own dropless output'
 ylab_2 = 'vs dense mixture'

@@ -23,7 +23,7 @@ if (nmax < 2) {
 note = sprintf('each batch of the points at capacity factor %.2f or the nearest stored (all seeds) is one sample; %s', loadcf, what)
 eval ADDNOTE
 eval KEYGEOM
-t = pagetitle(sprintf('Throughput per router (%s)  (%s)', (nmax < 2 ? 'single sample' : 'median and IQR over batches'), dbname))
+t = pagetitle(sprintf('Throughput per router (%s)', (nmax < 2 ? 'single sample' : 'median and IQR over batches')))
 set multiplot title t font fitw(t, width, 14)
 gnr = 2; gnc = ncols
 S_Y = 100.0 / height

@@ -564,7 +564,7 @@ static int plan_pages(const plot_ctx *X, const chart *ch, const layout *L, page 
     const int W = sized ? (int)lround(X->width_in * UNITS_PER_IN) : 0;
     const int H = sized ? (int)lround(X->height_in * UNITS_PER_IN) : 0;
     const int prow = ch->panel_rows ? ch->panel_rows : 1; /* panel rows per data row */
-    int maxc = sized ? (W - 110) / 250 : 6, maxr = sized ? 4 : 8;
+    int maxc = sized ? (W - 110) / 250 : 6, maxr = sized ? 3 : 8;
     if (sized && H > 0)
         maxr = (H - 190) / (210 * (ch->panel_rows ? ch->panel_rows : 1));
     if (ch->panel_rows)
