@@ -226,16 +226,21 @@ void moe_plot_cfg_free(moe_plot_cfg *cfg)
 
 char *moe_plot_cfg_sql(const moe_plot_cfg *cfg, const char *sql)
 {
-    const char *rest = cfg->with && strncmp(sql, "WITH ", 5) == 0 ? sql + 5 : NULL;
-    const char *head = rest ? cfg->with : "";
-    rest = rest ? rest : sql;
+    /* cfg->with ends in ", ": a query with its own WITH continues the list, another one gets
+     * the prefix closed by a space */
+    const int own_with = strncmp(sql, "WITH ", 5) == 0;
+    const char *head = cfg->with ? cfg->with : "", *rest = cfg->with && own_with ? sql + 5 : sql;
     size_t lh = strlen(head), lr = strlen(rest);
-    char *s = malloc(lh + lr + 1);
+    if (cfg->with && !own_with)
+        lh -= 2;
+    char *s = malloc(lh + lr + 2);
     if (!s) {
         cfg_oom();
         return NULL;
     }
     memcpy(s, head, lh);
+    if (cfg->with && !own_with)
+        s[lh++] = ' ';
     memcpy(s + lh, rest, lr + 1);
     return s;
 }

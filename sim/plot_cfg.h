@@ -29,9 +29,10 @@ int moe_plot_cfg_read(sqlite3 *db, const char *db_path, moe_plot_cfg *cfg);
 /* Free what moe_plot_cfg_read allocated (a zeroed cfg is fine). */
 void moe_plot_cfg_free(moe_plot_cfg *cfg);
 
-/* The SQL of a chart query over the database of cfg: sql itself when no key differs, else
- * cfg->with followed by sql without its leading "WITH " (every chart query starts with one).
- * malloc'd; NULL with moe_fail when out of memory. */
+/* The SQL of a chart query over the database of cfg: sql itself when no key differs, else sql
+ * reading `points` through cfg->with (merged into sql's own WITH list when it has one). Every
+ * chart query goes through this, so a query that reads `points` by that name gets the split
+ * series. malloc'd; NULL with moe_fail when out of memory. */
 char *moe_plot_cfg_sql(const moe_plot_cfg *cfg, const char *sql);
 
 /* Figure sizes (inches) of `--size`: one column and the full text width of a two-column paper
