@@ -1,22 +1,32 @@
 # cf_rows.gp: the page shared by drop_rate, load_imbalance and output_error (loaded by them,
 # after common.gp): a row of panels per metric column, a panel per distribution (columns), in
-# each a line per router vs capacity factor; routers that ignore the capacity factor (cf none)
-# are dashed and flat across the swept range; one y scale per row. Data columns: "distribution"
-# "shape" "router" "cf" x metric_1 ... metric_nmet points. The caller sets:
+# each a line per router vs capacity factor, x tics at the swept capacity factors; routers that
+# ignore the capacity factor (cf none) are flat across the swept range, with markers at the ends
+# only; one y scale per row. Series are drawn in legend order, each with its own dash pattern,
+# open marker, and a line width and marker size that shrink along the order, so a series with the
+# same values as a later one stays visible around it. Data columns: "distribution" "shape"
+# "router" "cf" x metric_1 ... metric_nmet points. The caller sets:
 #   page_title nmet               the title; the number of metric rows
 #   ylab_J                        y label of row J
 #   yscale ybot yfloor            factor applied to the values; bottom of the y range; the
 #                                 smallest top of the y range
+#   note_N nnotes                 optional notes under the panels (before loading this file)
 
-set multiplot title page_title font ',14'
+eval FLATNOTE
+eval KEYGEOM
+t = pagetitle(page_title)
+set multiplot title t font fitw(t, width, 14)
 gnr = nmet; gnc = ncols
 set xrange [cfxlo:cfxhi]
+eval CFTICS
 do for [r=1:nmet] {
     col = 5 + r
-    set yrange [ybot:ytop(yscale * mx(r), yfloor)]
+    # a margin under ybot: series at the bottom value stay clear of the axis
+    yt = ytop(yscale * mx(r), yfloor)
+    set yrange [ybot - 0.03 * (yt - ybot):yt]
     do for [c=1:ncols] {
         eval PANEL
-        set title (r == 1 ? ct(c) : '') font ',12'
+        set title (r == 1 ? ct(c) : '') font fitfont(ct(c))
         set ylabel (c == 1 ? value(sprintf('ylab_%d', r)) : '')
         set xlabel (r == nmet ? 'capacity factor' : '')
         f = first(1, c); l = last(1, c)
@@ -26,12 +36,13 @@ do for [r=1:nmet] {
             eval EMPTY
         } else {
             plot for [w in lst] datafile index (w + 0) using 5:(yscale * column(col)) \
-                with linespoints lt bs(w + 0) dt 1 + bf(w + 0)
+                with linespoints lt bs(w + 0) dt sdt(bk(w + 0)) lw slw(bk(w + 0)) \
+                ps sps(bk(w + 0))
         }
     }
 }
 eval LEGEND
-eval FLATNOTE
 plot '+' using (-1):(-1) with points notitle, \
-     for [k=1:nseries] keyentry with linespoints lt ss(k) dt 1 + sf(k) title st(k)
+     for [k=1:nseries] keyentry with linespoints lt ss(k) dt sdt(k) lw slw(k) ps sps(k) \
+         title st(k)
 unset multiplot

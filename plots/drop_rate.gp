@@ -4,7 +4,7 @@
 # "distribution" "shape" "router" "cf" x assignment_drop_rate token_drop_rate points; one block
 # per (distribution, shape, router), means over seeds and token counts. Panels: cf_rows.gp.
 load plotdir.'/common.gp'
-page_title = 'Drops vs capacity factor  ('.dbname.')'
+page_title = 'Drops vs capacity factor'
 nmet = 2
 ylab_1 = 'dropped assignments (%)'
 ylab_2 = 'dropped tokens (%)'

@@ -5,16 +5,20 @@
 # both for the point's global capacity (dark) and for DeepSpeed's capacity per rank (light), and
 # (3) seconds per batch in the all-to-alls (waiting for the slowest rank included) against the
 # rank's own expert FFNs, global capacity. Values are means per batch over the router's points;
-# each row of panels has its own y scales.
+# each row of panels has its own y scales. The columns are named above the top row only and each
+# router in the y label of its first panel (with the imbalance), so no text sits between rows and
+# every title fits its panel (fitfont) whatever the number of routers or the figure size.
 # Data (ep_ranks.dat, written by moesim plot from the table ep_ranks): "router" "cf" "capacity"
 # rank tokens bytes_sent a2a_s expert_s points; one block per (router, capacity mode): the global
 # block first (style 1), then the per-rank block (style 2).
 load plotdir.'/common.gp'
 nkeys = 4; keylen = strlen('capacity per rank (DeepSpeed)')
 eval KEYGEOM
+M_L = 100.0 / width # two-line y labels (the row's name above the unit)
 
-set multiplot title sprintf('Expert parallelism per rank at capacity factor %.2f or the ' . \
-    'nearest stored  (%s)', loadcf, dbname) font ',14'
+t = pagetitle(sprintf('Expert parallelism per rank at capacity factor %.2f or the ' . \
+    'nearest stored', loadcf))
+set multiplot title t font fitw(t, width, 14)
 gnr = nrows; gnc = 3
 set style fill solid 0.85 noborder
 set grid noxtics
@@ -42,8 +46,9 @@ do for [r=1:nrows] {
         eval PANEL
         stats [*:*] [*:*] datafile index f using 5 nooutput
         imb = (STATS_mean > 0) ? STATS_max / STATS_mean : 0
-        set title sprintf('%s: entries on its experts (max/mean %.2f)', rt(r), imb) font ',12'
-        set ylabel 'entries per batch'
+        tt = 'entries on its experts'
+        set title (r == 1 ? tt : '') font fitfont(tt)
+        set ylabel sprintf("%s (max/mean %.2f)\nentries per batch", rt(r), imb)
         col = 5; eval ROWMAX
         set yrange [0:ytop(rmax, 1)]
         set boxwidth bw absolute
@@ -52,7 +57,8 @@ do for [r=1:nrows] {
         # (2) bytes sent per rank, both all-to-alls, other ranks only
         c = 2
         eval PANEL
-        set title sprintf('%s: bytes sent (dispatch + combine)', rt(r)) font ',12'
+        tt = 'bytes sent (dispatch + combine)'
+        set title (r == 1 ? tt : '') font fitfont(tt)
         set ylabel bu
         col = 6; eval ROWMAX
         set yrange [0:ytop(bsc * rmax, 0.001)]
@@ -61,7 +67,8 @@ do for [r=1:nrows] {
         # (3) all-to-all vs expert time, global capacity
         c = 3
         eval PANEL
-        set title sprintf('%s: all-to-all vs expert time', rt(r)) font ',12'
+        tt = 'all-to-all vs expert time'
+        set title (r == 1 ? tt : '') font fitfont(tt)
         set ylabel 'ms per batch'
         col = 7; eval ROWMAX
         tmax = rmax

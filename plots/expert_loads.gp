@@ -1,6 +1,8 @@
 # expert_loads.gp: per-expert loads sorted from the most to the least loaded expert, at the
 # capacity factor nearest loadcf (routers that ignore it: their one point), a panel per router
-# (rows, one y scale per row) and distribution (columns): the assigned load (claims before
+# (rows, named in the y label of the first column, one y scale per row) and distribution
+# (columns, named above the top row only, so no title sits under the panel above): the assigned
+# load (claims before
 # capacity, light) behind the kept load (solid), and the capacity C (dashed). Loads are means per
 # batch (tokens; Soft MoE: slots). Data (expert_loads.dat, written by moesim plot):
 # "distribution" "shape" "router" "cf" rank assigned kept capacity points; one block per
@@ -8,8 +10,10 @@
 load plotdir.'/common.gp'
 nkeys = 3; keylen = strlen('assigned (claims before capacity)')
 eval KEYGEOM
+M_L = 100.0 / width # two-line y labels (the row's name above the unit)
 
-set multiplot title sprintf('Expert loads, most loaded first, at capacity factor %.2f or the nearest stored  (%s)', loadcf, dbname) font ',14'
+t = pagetitle(sprintf('Expert loads, most loaded first, at capacity factor %.2f or the nearest stored', loadcf))
+set multiplot title t font fitw(t, width, 14)
 gnr = nrows; gnc = ncols
 set style fill solid 1.0 noborder
 set boxwidth 0.8 relative
@@ -31,8 +35,8 @@ do for [r=1:nrows] {
         f = first(r, c); l = last(r, c)
         if (f <= l) {
             eval PANEL
-            set title sprintf('%s, %s', rt(r), ct(c)) font ',12'
-            set ylabel (c == 1 ? 'load per expert' : '')
+            set title (r == 1 ? ct(c) : '') font fitfont(ct(c))
+            set ylabel (c == 1 ? rt(r)."\nload per expert" : '')
             set xlabel (r == nrows ? 'experts, most loaded first' : '')
             stats [*:*] [*:*] datafile index f using 5 nooutput
             set xrange [0.4:STATS_max + 0.6]

@@ -4,7 +4,7 @@
 # "distribution" "shape" "router" "cf" x load_imbalance kept_load_imbalance points; one block per
 # (distribution, shape, router), means over seeds and token counts. Panels: cf_rows.gp.
 load plotdir.'/common.gp'
-page_title = 'Load imbalance (max/mean expert load) vs capacity factor  ('.dbname.')'
+page_title = 'Load imbalance (max/mean expert load) vs capacity factor'
 nmet = 2
 ylab_1 = 'assigned load, max/mean'
 ylab_2 = 'kept load, max/mean'

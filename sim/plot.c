@@ -29,18 +29,18 @@
 #include "moe.h"
 #include "paths.h"
 #include "plot_train.h"
+#include "plot_cfg.h"
+#include "plot_run.h"
 #include "store.h"
 #include "textsafe.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/types.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #define XSTR(x) STR(x)
@@ -59,6 +59,15 @@
     " FROM points GROUP BY distribution, shape),"                                                  \
     " span AS (SELECT min(capacity_factor_value) AS lo, max(capacity_factor_value) AS hi"          \
     " FROM points)"
+
+/* pick: per (distribution, shape, router) the capacity factor nearest MOE_PLOT_LOAD_CF (a router
+ * without one: its cf none). */
+#define PICK_CF                                                                                    \
+    "pick AS (SELECT distribution, shape, router, cf FROM (SELECT distribution, shape,"            \
+    " router, capacity_factor AS cf, row_number() OVER (PARTITION BY distribution, shape,"         \
+    " router ORDER BY abs(coalesce(min(capacity_factor_value), " XSTR(MOE_PLOT_LOAD_CF)            \
+    ") - " XSTR(MOE_PLOT_LOAD_CF) "), min(capacity_factor_value)) AS n FROM points"                \
+    " GROUP BY distribution, shape, router, capacity_factor) WHERE n = 1)"
 
 /* A metric vs capacity factor, means over the points of each (distribution, shape, router, cf)
  * (seeds, token counts, batches); AGG: the aggregates with their names, OUT: those names. */
@@ -107,21 +116,16 @@ static const chart charts[] = {
               " avg((flops_gate + flops_expert_padded + flops_soft_dispatch + flops_soft_combine)"
               " / n_tokens) AS padded",
               "xs.useful, xs.padded")},
-    {"output_error", "output error vs capacity factor",
-     "distribution shape router cf x output_error_dense output_error_dropless points", 5, 2, 1, 2,
+    {"output_error", "output error vs capacity factor (vs own dropless output, vs dense mixture)",
+     "distribution shape router cf x output_error_dropless output_error_dense points", 5, 2, 1, 2,
      "no points",
-     CF_QUERY("avg(output_error_dense) AS output_error_dense,"
-              " avg(output_error_dropless) AS output_error_dropless",
-              "xs.output_error_dense, xs.output_error_dropless")},
+     CF_QUERY("avg(output_error_dropless) AS output_error_dropless,"
+              " avg(output_error_dense) AS output_error_dense",
+              "xs.output_error_dropless, xs.output_error_dense")},
     {"expert_loads", "per-expert loads, sorted, at capacity factor " XSTR(MOE_PLOT_LOAD_CF),
      "distribution shape router cf rank assigned kept capacity points", 5, 3, 0, 0,
      "no per-expert loads",
-     CTE ", pick AS (SELECT distribution, shape, router, cf FROM (SELECT distribution, shape,"
-         " router, capacity_factor AS cf, row_number() OVER (PARTITION BY distribution, shape,"
-         " router ORDER BY abs(coalesce(min(capacity_factor_value), " XSTR(MOE_PLOT_LOAD_CF)
-         ") - " XSTR(MOE_PLOT_LOAD_CF) "), min(capacity_factor_value)) AS n FROM points"
-         " GROUP BY distribution, shape, router, capacity_factor) WHERE n = 1),"
-         " ranked AS (SELECT p.distribution, p.shape, p.router, p.capacity_factor AS cf,"
+     CTE ", " PICK_CF ", ranked AS (SELECT p.distribution, p.shape, p.router, p.capacity_factor AS cf,"
          " p.capacity, l.assigned, l.kept, row_number() OVER (PARTITION BY l.point"
          " ORDER BY l.assigned DESC, l.kept DESC, l.expert) AS rank"
          " FROM expert_loads l JOIN points p ON p.id = l.point JOIN pick"
@@ -149,15 +153,34 @@ static const chart charts[] = {
          " FROM sel s JOIN top USING (router) JOIN pn USING (distribution, shape)"
          " JOIN rt USING (router) JOIN cfk USING (cf) WHERE s.experts <= top.mx"
          " ORDER BY pn.rk, rt.rk, cfk.rk, s.experts"},
-    {"throughput", "throughput (tokens/s) and achieved GFLOP/s per router",
-     "distribution shape router x tokens_per_s tokens_per_s_min tokens_per_s_max gflops_per_s "
-     "gflops_per_s_min gflops_per_s_max points",
-     4, 6, 0, 2, "no points",
-     CTE " SELECT pn.rk, pn.label, 1, '', rt.rk, p.router, 0, p.distribution, p.shape, p.router,"
-         " rt.rk, avg(p.tokens_per_s), min(p.tokens_per_s), max(p.tokens_per_s),"
-         " avg(p.gflops_per_s), min(p.gflops_per_s), max(p.gflops_per_s), count(*)"
-         " FROM points p JOIN pn USING (distribution, shape) JOIN rt USING (router)"
-         " GROUP BY p.distribution, p.shape, p.router ORDER BY pn.rk, rt.rk"},
+    {"throughput",
+     "throughput per router at the capacity factor nearest " XSTR(MOE_PLOT_LOAD_CF)
+     ": median and quartiles over the timed batches (nearest rank)",
+     "distribution shape router cf x tokens_per_s tokens_per_s_q1 tokens_per_s_q3 gflops_per_s "
+     "gflops_per_s_q1 gflops_per_s_q3 batches",
+     5, 6, 0, 2, "no timed batches",
+     CTE ", " PICK_CF ", s AS (SELECT p.distribution, p.shape, p.router, p.capacity_factor AS cf,"
+         " b.n_tokens / b.time_total_s AS tps, (b.flops_gate + b.flops_expert_useful"
+         " + b.flops_soft_dispatch + b.flops_soft_combine) / b.time_total_s * 1e-9 AS gfs"
+         " FROM batches b JOIN points p ON p.id = b.point JOIN pick"
+         " ON pick.distribution = p.distribution AND pick.shape = p.shape"
+         " AND pick.router = p.router AND pick.cf = p.capacity_factor WHERE b.time_total_s > 0),"
+         " t AS (SELECT s.*, row_number() OVER (PARTITION BY distribution, shape, router"
+         " ORDER BY tps) AS it, row_number() OVER (PARTITION BY distribution, shape, router"
+         " ORDER BY gfs) AS ig, count(*) OVER (PARTITION BY distribution, shape, router) AS n"
+         " FROM s),"
+         " q AS (SELECT distribution, shape, router, cf, n,"
+         " avg(CASE WHEN it IN ((n + 1) / 2, (n + 2) / 2) THEN tps END) AS tmed,"
+         " min(CASE WHEN 4 * it >= n THEN tps END) AS tq1,"
+         " min(CASE WHEN 4 * it >= 3 * n THEN tps END) AS tq3,"
+         " avg(CASE WHEN ig IN ((n + 1) / 2, (n + 2) / 2) THEN gfs END) AS gmed,"
+         " min(CASE WHEN 4 * ig >= n THEN gfs END) AS gq1,"
+         " min(CASE WHEN 4 * ig >= 3 * n THEN gfs END) AS gq3"
+         " FROM t GROUP BY distribution, shape, router, cf)"
+         " SELECT pn.rk, pn.label, 1, '', rt.rk, q.router, 0, q.distribution, q.shape, q.router,"
+         " q.cf, rt.rk, q.tmed, q.tq1, q.tq3, q.gmed, q.gq1, q.gq3, q.n"
+         " FROM q JOIN pn USING (distribution, shape) JOIN rt USING (router)"
+         " ORDER BY pn.rk, rt.rk"},
 };
 enum { NCHARTS = sizeof charts / sizeof charts[0], NLAYOUT = 7 };
 
@@ -240,38 +263,6 @@ static char *default_out_dir(const char *db_path)
     }
     snprintf(s, n + 16, "plots/out/%.*s", (int)n, base);
     return s;
-}
-
-/* The gnuplot executable on PATH (malloc'd), or NULL with moe_fail. */
-static char *find_gnuplot(void)
-{
-    const char *path = getenv("PATH");
-    if (path) {
-        const char *p = path;
-        for (;;) {
-            const char *end = strchr(p, ':');
-            size_t len = end ? (size_t)(end - p) : strlen(p);
-            char *cand = malloc(len + 10);
-            if (!cand) {
-                moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim plot)");
-                return NULL;
-            }
-            if (len) /* an empty entry is the working directory */
-                snprintf(cand, len + 10, "%.*s/gnuplot", (int)len, p);
-            else
-                snprintf(cand, len + 10, "./gnuplot");
-            struct stat sb;
-            if (stat(cand, &sb) == 0 && S_ISREG(sb.st_mode) && access(cand, X_OK) == 0)
-                return cand;
-            free(cand);
-            if (!end)
-                break;
-            p = end + 1;
-        }
-    }
-    moe_fail(MOE_EIO, "install gnuplot-nox (make deps)", "gnuplot not found on PATH (%s)",
-             path ? path : "PATH unset");
-    return NULL;
 }
 
 /* ---- gnuplot variables ---- */
@@ -423,6 +414,16 @@ static int layout_block(layout *L, long long col, long long row, long long ser, 
     return MOE_OK;
 }
 
+/* What every chart of one database shares. */
+typedef struct {
+    sqlite3 *db;
+    const char *db_path, *dbname, *gnuplot, *plotdir, *out_dir;
+    double cflo, cfhi;
+    const moe_plot_cfg *cfg;
+    double width_in, height_in; /* --size (0: automatic) */
+    FILE *list;
+} plot_ctx;
+
 /* ---- export: one query into one data file ---- */
 
 static void write_cell(FILE *f, sqlite3_stmt *q, int c)
@@ -453,11 +454,17 @@ static void write_cell(FILE *f, sqlite3_stmt *q, int c)
 }
 
 /* Run the chart's query, write it to f (the temporary of final_path), fill L. */
-static int export_chart(sqlite3 *db, const char *db_path, const chart *ch, FILE *f,
-                        const char *final_path, layout *L)
+static int export_chart(const plot_ctx *X, const chart *ch, FILE *f, const char *final_path,
+                        layout *L)
 {
+    sqlite3 *db = X->db;
+    const char *db_path = X->db_path;
     sqlite3_stmt *q = NULL;
-    int rc = sqlite3_prepare_v2(db, ch->sql, -1, &q, NULL);
+    char *sql = moe_plot_cfg_sql(X->cfg, ch->sql);
+    if (!sql)
+        return MOE_ENOMEM;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &q, NULL);
+    free(sql);
     if (rc != SQLITE_OK)
         return moe_fail(MOE_EDB, "is this database from another moesim version?",
                         "cannot query the data of chart %s: %s (%s)", ch->name,
@@ -477,6 +484,14 @@ static int export_chart(sqlite3 *db, const char *db_path, const chart *ch, FILE 
     fprintf(f, "# columns: %s\n", ch->columns);
     fprintf(f, "# query (first %d result columns are the layout, not written): %s\n", NLAYOUT,
             ch->sql);
+    fputs("# configuration (chart subtitle): ", f);
+    moe_text_fput(X->cfg->subtitle, f);
+    fprintf(f, "\n# swept capacity factors (x tics): %s\n", X->cfg->cftics);
+    if (*X->cfg->differing) {
+        fputs("# series split by the keys that differ within a router: ", f);
+        moe_text_fput(X->cfg->differing, f);
+        fputc('\n', f);
+    }
     long long pc = 0, pr = 0, ps = 0;
     for (int j = 0; j < MAXMETRIC; j++)
         L->lo[j] = L->hi[j] = NAN;
@@ -531,10 +546,64 @@ static int export_chart(sqlite3 *db, const char *db_path, const chart *ch, FILE 
     return r;
 }
 
-/* The -e argument of gnuplot for one output (malloc'd). */
-static char *gnuplot_vars(const chart *ch, const layout *L, const char *plotdir,
-                          const char *dbname, const char *datafile, const char *outfile,
-                          const char *term, double cflo, double cfhi)
+/* ---- pages and sizes ---- */
+
+
+/* One image of a chart: a range of its panel rows and columns (0-based, half-open) and its
+ * size in layout units (pixels of the default PNG; 1/100 inch with --size). */
+typedef struct {
+    int r0, r1, c0, c1, no, n; /* page no of n (1-based) */
+    int width, height;
+} page;
+
+/* Layout units per inch with --size, PNG pixels per inch with --size. */
+enum { UNITS_PER_IN = 100, PNG_DPI = 300 };
+
+/* The panel grid of chart ch with layout L cut into pages, so that no image passes cairo's
+ * 32767-pixel limit and no panel shrinks below a readable size: at most maxc panel columns and
+ * maxr data rows per page. The pages, row-major, go to *pages (malloc'd), their count to *np. */
+static int plan_pages(const plot_ctx *X, const chart *ch, const layout *L, page **pages,
+                      int *np)
+{
+    const int sized = X->width_in > 0;
+    const int W = sized ? (int)lround(X->width_in * UNITS_PER_IN) : 0;
+    const int H = sized ? (int)lround(X->height_in * UNITS_PER_IN) : 0;
+    const int prow = ch->panel_rows ? ch->panel_rows : 1; /* panel rows per data row */
+    int maxc = sized ? (W - 110) / 250 : 6, maxr = sized ? 3 : 8;
+    if (sized && H > 0)
+        maxr = (H - 190) / (210 * (ch->panel_rows ? ch->panel_rows : 1));
+    if (ch->panel_rows)
+        maxr = L->rows.n; /* a fixed number of panel rows: pages split the columns only */
+    maxc = maxc < 1 ? 1 : maxc;
+    maxr = maxr < 1 ? 1 : maxr;
+    const int pr = (L->rows.n + maxr - 1) / maxr, pc = (L->cols.n + maxc - 1) / maxc;
+    *np = pr * pc;
+    *pages = calloc((size_t)*np, sizeof **pages);
+    if (!*pages)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim plot)");
+    for (int i = 0; i < *np; i++) {
+        page *g = &(*pages)[i];
+        g->r0 = (i / pc) * maxr;
+        g->r1 = g->r0 + maxr < L->rows.n ? g->r0 + maxr : L->rows.n;
+        g->c0 = (i % pc) * maxc;
+        g->c1 = g->c0 + maxc < L->cols.n ? g->c0 + maxc : L->cols.n;
+        g->no = i + 1;
+        g->n = *np;
+        const int nc = g->c1 - g->c0, rows = (ch->panel_rows ? 1 : g->r1 - g->r0) * prow;
+        if (sized) {
+            g->width = W;
+            g->height = H > 0 ? H : 210 * rows + 190;
+        } else {
+            g->width = 360 * nc + 180 < 1200 ? 1200 : 360 * nc + 180;
+            g->height = 300 * rows + 220 < 800 ? 800 : 300 * rows + 220;
+        }
+    }
+    return MOE_OK;
+}
+
+/* The -e argument of gnuplot for one output (malloc'd): page g of the chart. */
+static char *gnuplot_vars(const plot_ctx *X, const chart *ch, const layout *L, const page *g,
+                          const char *datafile, const char *outfile, const char *term)
 {
     char *buf = NULL;
     size_t len = 0;
@@ -543,12 +612,7 @@ static char *gnuplot_vars(const chart *ch, const layout *L, const char *plotdir,
         moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim plot)");
         return NULL;
     }
-    const int panel_rows = ch->panel_rows ? ch->panel_rows : L->rows.n;
-    int width = 360 * L->cols.n + 180, height = 300 * panel_rows + 200;
-    if (width < 1200)
-        width = 1200;
-    if (height < 800)
-        height = 800;
+    const int sized = X->width_in > 0;
     fputs("datafile=", m);
     gp_path(m, datafile);
     fputs("; outfile=", m);
@@ -556,13 +620,23 @@ static char *gnuplot_vars(const chart *ch, const layout *L, const char *plotdir,
     fputs("; term=", m);
     gp_str(m, term);
     fputs("; plotdir=", m);
-    gp_path(m, plotdir);
+    gp_path(m, X->plotdir);
     fputs("; dbname=", m);
-    gp_str(m, dbname);
-    fprintf(m, "; width=%d; height=%d; cflo=", width, height);
-    gp_real(m, cflo);
+    gp_str(m, X->dbname);
+    fputs("; subtitle=", m);
+    gp_str(m, X->cfg->subtitle);
+    fputs("; differing=", m);
+    gp_str(m, X->cfg->differing);
+    fprintf(m, "; cftics='%s'", X->cfg->cftics); /* digits, '.', 'e', '-', ',' only */
+    fprintf(m, "; page=%d; npages=%d", g->no, g->n);
+    fprintf(m, "; width=%d; height=%d; pxscale=", g->width, g->height);
+    gp_real(m, sized ? (double)PNG_DPI / UNITS_PER_IN : 1.0);
+    fputs("; ptscale=", m);
+    gp_real(m, sized ? 72.0 / UNITS_PER_IN : 1.0);
+    fputs("; cflo=", m);
+    gp_real(m, X->cflo);
     fputs("; cfhi=", m);
-    gp_real(m, cfhi);
+    gp_real(m, X->cfhi);
     fputs("; loadcf=", m);
     gp_real(m, MOE_PLOT_LOAD_CF);
     for (int j = 0; j < ch->nmetric; j++) {
@@ -571,13 +645,13 @@ static char *gnuplot_vars(const chart *ch, const layout *L, const char *plotdir,
         fprintf(m, "; mx_%d=", j + 1);
         gp_real(m, L->hi[j]);
     }
-    fprintf(m, "; ncols=%d; nrows=%d", L->cols.n, L->rows.n);
-    for (int i = 0; i < L->cols.n; i++) {
-        fprintf(m, "; ct_%d=", i + 1);
+    fprintf(m, "; ncols=%d; nrows=%d", g->c1 - g->c0, g->r1 - g->r0);
+    for (int i = g->c0; i < g->c1; i++) {
+        fprintf(m, "; ct_%d=", i - g->c0 + 1);
         gp_str(m, L->cols.v[i].label);
     }
-    for (int i = 0; i < L->rows.n; i++) {
-        fprintf(m, "; rt_%d=", i + 1);
+    for (int i = g->r0; i < g->r1; i++) {
+        fprintf(m, "; rt_%d=", i - g->r0 + 1);
         gp_str(m, L->rows.v[i].label);
     }
     fprintf(m, "; nseries=%d", L->sers.n);
@@ -591,8 +665,8 @@ static char *gnuplot_vars(const chart *ch, const layout *L, const char *plotdir,
     for (int i = 0; i < L->nb; i++)
         fprintf(m, "; bs_%d=%lld; bf_%d=%d; bk_%d=%d; bm_%d=%u", i, L->b[i].ser, i,
                 L->b[i].flat, i, keyset_pos(&L->sers, L->b[i].ser), i, L->b[i].mask);
-    for (int r = 1; r <= L->rows.n; r++)
-        for (int c = 1; c <= L->cols.n; c++) {
+    for (int r = g->r0 + 1; r <= g->r1; r++)
+        for (int c = g->c0 + 1; c <= g->c1; c++) {
             int first = -1, last = -2;
             for (int i = 0; i < L->nb; i++)
                 if (keyset_pos(&L->rows, L->b[i].row) == r &&
@@ -601,7 +675,8 @@ static char *gnuplot_vars(const chart *ch, const layout *L, const char *plotdir,
                         first = i;
                     last = i;
                 }
-            fprintf(m, "; first_%d_%d=%d; last_%d_%d=%d", r, c, first, r, c, last);
+            fprintf(m, "; first_%d_%d=%d; last_%d_%d=%d", r - g->r0, c - g->c0, first,
+                    r - g->r0, c - g->c0, last);
         }
     if (fclose(m) != 0) {
         free(buf);
@@ -609,135 +684,6 @@ static char *gnuplot_vars(const chart *ch, const layout *L, const char *plotdir,
         return NULL;
     }
     return buf;
-}
-
-/* ---- running gnuplot ---- */
-
-/* Last non-empty line of s, trimmed (points into s, which it modifies). */
-static const char *last_line(char *s)
-{
-    size_t n = strlen(s);
-    while (n && (s[n - 1] == '\n' || s[n - 1] == ' ' || s[n - 1] == '\r'))
-        s[--n] = '\0';
-    char *nl = strrchr(s, '\n');
-    return nl ? nl + 1 : s;
-}
-
-/* gnuplot -e VARS SCRIPT, stdin and stdout on /dev/null; its stderr is returned in *err
- * (malloc'd, may be empty). *status: the exit status, or -1 when it did not exit normally. */
-static int spawn_gnuplot(const char *gnuplot, const char *vars, const char *script, char **err,
-                         int *status)
-{
-    *err = NULL;
-    *status = -1;
-    int fd[2];
-    if (pipe(fd) != 0)
-        return moe_fail(MOE_EIO, NULL, "cannot create a pipe: %s (gnuplot)", strerror(errno));
-    fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) {
-        int e = errno;
-        close(fd[0]);
-        close(fd[1]);
-        return moe_fail(MOE_EIO, NULL, "cannot start gnuplot: %s (%s)", strerror(e), gnuplot);
-    }
-    if (pid == 0) {
-        int nul = open("/dev/null", O_RDWR);
-        if (nul >= 0) {
-            dup2(nul, 0);
-            dup2(nul, 1);
-        }
-        dup2(fd[1], 2);
-        close(fd[0]);
-        close(fd[1]);
-        char *const argv[] = {(char *)"gnuplot", (char *)"-e", (char *)vars, (char *)script,
-                              NULL};
-        execv(gnuplot, argv);
-        _exit(127);
-    }
-    close(fd[1]);
-    size_t len = 0, cap = 4096;
-    char *buf = malloc(cap);
-    char chunk[4096];
-    ssize_t got;
-    while ((got = read(fd[0], chunk, sizeof chunk)) != 0) {
-        if (got < 0) {
-            if (errno == EINTR)
-                continue;
-            break;
-        }
-        if (buf && len + (size_t)got + 1 > cap && len < (1u << 20)) {
-            while (len + (size_t)got + 1 > cap)
-                cap *= 2;
-            char *nb = realloc(buf, cap);
-            if (!nb) {
-                free(buf);
-                buf = NULL;
-            } else {
-                buf = nb;
-            }
-        }
-        if (buf && len + (size_t)got + 1 <= cap) {
-            memcpy(buf + len, chunk, (size_t)got);
-            len += (size_t)got;
-        }
-    }
-    close(fd[0]);
-    int ws;
-    while (waitpid(pid, &ws, 0) < 0) {
-        if (errno != EINTR) {
-            free(buf);
-            return moe_fail(MOE_EIO, NULL, "cannot wait for gnuplot: %s (%s)", strerror(errno),
-                            gnuplot);
-        }
-    }
-    if (!buf)
-        return moe_fail(MOE_ENOMEM, NULL, "out of memory (gnuplot output)");
-    buf[len] = '\0';
-    *err = buf;
-    *status = WIFEXITED(ws) ? WEXITSTATUS(ws) : -1;
-    return MOE_OK;
-}
-
-/* Draw one output: gnuplot writes o's temporary through /dev/fd/N (set by the caller in vars);
- * checked, then renamed to o->path, or discarded. */
-static int draw(const char *gnuplot, const char *script, const char *vars, moe_outfile *o)
-{
-    char *err = NULL;
-    int status;
-    int rc = spawn_gnuplot(gnuplot, vars, script, &err, &status);
-    if (rc) {
-        moe_outfile_discard(o);
-        return rc;
-    }
-    struct stat sb;
-    int ok = status == 0 && fstat(fileno(o->f), &sb) == 0 && sb.st_size > 0;
-    if (!ok) {
-        moe_outfile_discard(o);
-        const char *why = *err ? last_line(err)
-                          : status == 127 ? "could not run gnuplot"
-                          : status < 0    ? "gnuplot was killed"
-                                          : "no output written";
-        rc = moe_fail(MOE_EIO, "check the script and the data file next to the chart",
-                      "gnuplot failed on %s: %s (%s)", script, why, o->path);
-        free(err);
-        return rc;
-    }
-    if (*err) { /* warnings: the chart is drawn, but say so */
-        char *s = err, *nl;
-        while (*s) {
-            nl = strchr(s, '\n');
-            if (nl)
-                *nl = '\0';
-            if (*s)
-                fprintf(stderr, "moesim: gnuplot (%s): %s\n", script, s);
-            if (!nl)
-                break;
-            s = nl + 1;
-        }
-    }
-    free(err);
-    return moe_outfile_commit(o, 0);
 }
 
 /* ---- the command ---- */
@@ -812,13 +758,28 @@ static void list_path(FILE *list, const char *path)
     }
 }
 
-/* One image of a chart: gnuplot with term writes stem.ext. dat: the data file, given to gnuplot
- * as /dev/fd/datfd. */
-static int plot_image(const chart *ch, const layout *L, const char *gnuplot, const char *script,
-                      const char *plotdir, const char *dbname, const char *stem, int datfd,
-                      const char *term, const char *ext, double cflo, double cfhi, FILE *list)
+/* The output terminals: gnuplot's name, the file extension. */
+static const char *const terms[][2] = {{"pngcairo", "png"}, {"svg", "svg"}, {"pdfcairo", "pdf"}};
+enum { NTERMS = sizeof terms / sizeof terms[0] };
+
+/* The file of page g of a chart in format ext: stem.ext, or stem_pN.ext when the chart has
+ * several pages (malloc'd). */
+static char *page_path(const char *stem, const page *g, const char *ext)
 {
-    char *out = join3(stem, ".", ext);
+    char suffix[48];
+    if (g->n > 1)
+        snprintf(suffix, sizeof suffix, "_p%d.%s", g->no, ext);
+    else
+        snprintf(suffix, sizeof suffix, ".%s", ext);
+    return join3(stem, suffix, "");
+}
+
+/* One image of a chart: gnuplot with terminal t writes page g. dat: the data file, given to
+ * gnuplot as /dev/fd/datfd. */
+static int plot_image(const plot_ctx *X, const chart *ch, const layout *L, const page *g,
+                      const char *script, const char *stem, int datfd, int t)
+{
+    char *out = page_path(stem, g, terms[t][1]);
     if (!out)
         return MOE_ENOMEM;
     moe_outfile o;
@@ -827,41 +788,67 @@ static int plot_image(const chart *ch, const layout *L, const char *gnuplot, con
         char datname[32], outname[32]; /* descriptors: no path is read as a pipe or a name */
         snprintf(datname, sizeof datname, "/dev/fd/%d", datfd);
         snprintf(outname, sizeof outname, "/dev/fd/%d", fileno(o.f));
-        char *vars = gnuplot_vars(ch, L, plotdir, dbname, datname, outname, term, cflo, cfhi);
+        char *vars = gnuplot_vars(X, ch, L, g, datname, outname, terms[t][0]);
         if (!vars) {
             moe_outfile_discard(&o);
             rc = MOE_ENOMEM;
         } else {
-            rc = draw(gnuplot, script, vars, &o);
+            rc = moe_plot_draw(X->gnuplot, script, vars, &o);
         }
         free(vars);
     }
     if (!rc)
-        list_path(list, out);
+        list_path(X->list, out);
     free(out);
     return rc;
 }
 
-/* Draw one chart: data file, then PNG and SVG. *drawn: 1 if drawn, 0 if skipped. */
-static int plot_chart(sqlite3 *db, const char *db_path, const char *dbname, const chart *ch,
-                      const char *gnuplot, const char *plotdir, const char *out_dir,
-                      double cflo, double cfhi, FILE *list, int *drawn)
+/* Remove the images of an earlier plot of this chart into the folder (a single page and pages
+ * _p1, _p2, ... until one is missing) and, with dat, its data file: a chart of an earlier plot
+ * would mislead. Returns how many files were removed. */
+static int remove_old(const char *stem, int dat)
+{
+    int removed = 0;
+    if (dat) {
+        char *old = join3(stem, ".dat", "");
+        removed += old && unlink(old) == 0;
+        free(old);
+    }
+    for (int no = 0;; no++) {
+        int here = 0;
+        for (int t = 0; t < NTERMS; t++) {
+            char *old = page_path(stem, &(page){.no = no, .n = no ? 2 : 1}, terms[t][1]);
+            here += old && unlink(old) == 0;
+            free(old);
+        }
+        removed += here;
+        if (no > 0 && !here)
+            break;
+    }
+    return removed;
+}
+
+/* Draw one chart: data file, then PNG, SVG and PDF of each page. *drawn: 1 if drawn, 0 if
+ * skipped. */
+static int plot_chart(const plot_ctx *X, const chart *ch, int *drawn)
 {
     *drawn = 0;
-    char *stem = join3(out_dir, "/", ch->name);
+    char *stem = join3(X->out_dir, "/", ch->name);
     char *dat = stem ? join3(stem, ".dat", "") : NULL;
-    char *script0 = join3(plotdir, "/", ch->name);
+    char *script0 = join3(X->plotdir, "/", ch->name);
     char *script = script0 ? join3(script0, ".gp", "") : NULL;
     free(script0);
     layout L;
     memset(&L, 0, sizeof L);
+    page *pages = NULL;
+    int npages = 0;
     moe_outfile o;
     int datfd = -1, rc = (stem && dat && script) ? MOE_OK : MOE_ENOMEM;
     const char *skip = NULL; /* why the database cannot feed this chart */
-    if (!rc && ch->needs_cf && !isfinite(cflo))
+    if (!rc && ch->needs_cf && !isfinite(X->cflo))
         skip = "no capacity factor sweep (every point has capacity factor none)";
     else if (!rc && !(rc = moe_outfile_open(&o, dat, "the data file", "w"))) {
-        if ((rc = export_chart(db, db_path, ch, o.f, dat, &L)))
+        if ((rc = export_chart(X, ch, o.f, dat, &L)))
             moe_outfile_discard(&o);
         else if ((skip = L.rows_written == 0 ? ch->empty
                          : !L.has_metric    ? "its metrics are all NULL"
@@ -872,31 +859,26 @@ static int plot_chart(sqlite3 *db, const char *db_path, const char *dbname, cons
         else
             rc = moe_outfile_commit(&o, ferror(o.f));
     }
-    if (!rc && skip) { /* a chart of an earlier plot into this folder would mislead: removed */
-        int removed = 0;
-        static const char *const exts[] = {".dat", ".png", ".svg"};
-        for (int i = 0; i < 3; i++) {
-            char *old = join3(stem, exts[i], "");
-            removed += old && unlink(old) == 0;
-            free(old);
-        }
-        fprintf(stderr, "moesim plot: %s skipped: %s in %s%s\n", ch->name, skip, db_path,
+    if (!rc && skip) {
+        const int removed = remove_old(stem, 1);
+        fprintf(stderr, "moesim plot: %s skipped: %s in %s%s\n", ch->name, skip, X->db_path,
                 removed ? " (its earlier chart removed)" : "");
         goto out;
     }
-    if (rc)
+    if (rc || (rc = plan_pages(X, ch, &L, &pages, &npages)))
         goto out;
-    list_path(list, dat);
-    static const char *const terms[][2] = {{"pngcairo", "png"}, {"svg", "svg"}};
-    for (int t = 0; t < 2 && !rc; t++)
-        rc = plot_image(ch, &L, gnuplot, script, plotdir, dbname, stem, datfd, terms[t][0],
-                        terms[t][1], cflo, cfhi, list);
+    list_path(X->list, dat);
+    remove_old(stem, 0); /* the page count may have changed */
+    for (int p = 0; p < npages && !rc; p++)
+        for (int t = 0; t < NTERMS && !rc; t++)
+            rc = plot_image(X, ch, &L, &pages[p], script, stem, datfd, t);
     if (!rc)
         *drawn = 1;
 out:
     if (datfd >= 0)
         close(datfd);
     layout_clear(&L);
+    free(pages);
     free(stem);
     free(dat);
     free(script);
@@ -914,21 +896,25 @@ static void on_plot_signal(int sig)
     raise(sig);
 }
 
-int moe_plot_db_list(const char *db_path, const char *out_dir, FILE *list)
+int moe_plot_db_opts(const char *db_path, const moe_plot_opts *opts, FILE *list)
 {
     moe_store *st = NULL;
     char *gnuplot = NULL, *dir_buf = NULL, *plotdir = NULL;
+    const char *out_dir = opts ? opts->out_dir : NULL;
     struct sigaction old[NSIG_PLOT], sa;
     int caught = 0;
     long long npoints = 0;
     double cflo = NAN, cfhi = NAN;
+    moe_plot_cfg cfg;
+    memset(&cfg, 0, sizeof cfg);
     int rc = moe_store_open(db_path, 1, &st);
     if (rc)
         return rc;
     sqlite3 *db = moe_store_db(st);
-    if ((rc = check_db(db, db_path, &npoints, &cflo, &cfhi)))
+    if ((rc = check_db(db, db_path, &npoints, &cflo, &cfhi)) ||
+        (rc = moe_plot_cfg_read(db, db_path, &cfg)))
         goto out;
-    if (!(gnuplot = find_gnuplot())) {
+    if (!(gnuplot = moe_plot_find_gnuplot())) {
         rc = MOE_EIO;
         goto out;
     }
@@ -939,6 +925,14 @@ int moe_plot_db_list(const char *db_path, const char *out_dir, FILE *list)
             rc = MOE_ENOMEM;
             goto out;
         }
+        out_dir = dir_buf;
+    } else { /* "charts/" and "charts" name the same folder: no "charts//x.png" */
+        if (!(dir_buf = join3(out_dir, "", ""))) {
+            rc = MOE_ENOMEM;
+            goto out;
+        }
+        for (size_t n = strlen(dir_buf); n > 1 && dir_buf[n - 1] == '/'; n--)
+            dir_buf[n - 1] = '\0';
         out_dir = dir_buf;
     }
     if ((rc = make_dirs(out_dir)))
@@ -952,43 +946,50 @@ int moe_plot_db_list(const char *db_path, const char *out_dir, FILE *list)
             sigaction(plot_signals[caught], &sa, NULL);
     }
     const char *dbname = strrchr(db_path, '/');
-    dbname = dbname ? dbname + 1 : db_path;
+    plot_ctx X = {db,      db_path, dbname ? dbname + 1 : db_path,
+                  gnuplot, plotdir, out_dir,
+                  cflo,    cfhi,    &cfg,
+                  opts ? opts->width_in : 0.0, opts ? opts->height_in : 0.0, list};
     int ndrawn = 0;
     for (int i = 0; i < NCHARTS && !rc; i++) {
         int drawn = 0;
-        rc = plot_chart(db, db_path, dbname, &charts[i], gnuplot, plotdir, out_dir, cflo, cfhi,
-                        list, &drawn);
+        rc = plot_chart(&X, &charts[i], &drawn);
         ndrawn += drawn;
     }
     if (!rc && moe_store_ep_has_rows(db)) { /* the expert-parallel chart */
         int drawn = 0;
-        rc = plot_chart(db, db_path, dbname, &ep_chart, gnuplot, plotdir, out_dir, cflo, cfhi,
-                        list, &drawn);
+        rc = plot_chart(&X, &ep_chart, &drawn);
         ndrawn += drawn;
     }
     for (int i = 0, has = !rc && moe_plot_train_has_rows(db); has && i < NTRAIN && !rc; i++) {
         int drawn = 0;
-        rc = plot_chart(db, db_path, dbname, &train_charts[i], gnuplot, plotdir, out_dir, cflo,
-                        cfhi, list, &drawn);
+        rc = plot_chart(&X, &train_charts[i], &drawn);
         ndrawn += drawn;
     }
     if (!rc && ndrawn == 0)
         rc = moe_fail(MOE_EDB, "is this a database of a moesim run with metrics?",
                       "no chart can be drawn: the points lack every metric the charts need "
                       "(%s)", db_path);
-    if (!rc) {
-        const size_t n = strlen(out_dir);
-        printf("moesim plot: %d charts from %lld points in %s%s (PNG and SVG; data in .dat)\n",
-               ndrawn, npoints, out_dir, n && out_dir[n - 1] == '/' ? "" : "/");
-    }
+    if (!rc)
+        printf("moesim plot: %d charts from %lld points in %s/ (PNG, SVG and PDF; data in "
+               ".dat)%s%s\n",
+               ndrawn, npoints, out_dir, *cfg.differing ? "; series split by " : "",
+               cfg.differing);
 out:
     for (int i = 0; i < caught; i++)
         sigaction(plot_signals[i], &old[i], NULL);
     moe_store_close(st);
+    moe_plot_cfg_free(&cfg);
     free(gnuplot);
     free(dir_buf);
     free(plotdir);
     return rc;
+}
+
+int moe_plot_db_list(const char *db_path, const char *out_dir, FILE *list)
+{
+    const moe_plot_opts o = {out_dir, 0.0, 0.0};
+    return moe_plot_db_opts(db_path, &o, list);
 }
 
 int moe_plot_db(const char *db_path, const char *out_dir)

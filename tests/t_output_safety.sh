@@ -99,8 +99,9 @@ n=$(ls "plots/out/a${nl}b/" 2>/dev/null | grep -c '\.svg$')
 same "newline in the spec file name: charts drawn" "$n" 6
 same "newline in the spec file name: one-line data header" \
     "$(sed -n 1p "plots/out/a${nl}b/drop_rate.dat" | cut -c1-26)" '# plots/out/a\nb/drop_rate'
-same "newline in the spec file name: the header is 4 comment lines" \
-    "$(grep -c '^#' "plots/out/a${nl}b/drop_rate.dat")" 4
+# header: path, blocks, columns, query, configuration, swept capacity factors (sim/plot.c)
+same "newline in the spec file name: the header is 6 comment lines" \
+    "$(grep -c '^#' "plots/out/a${nl}b/drop_rate.dat")" 6
 tiny_spec ...ini x "topk" g c
 sed -i '/^name = /d' ...ini
 before=$(find plots | sort)
