@@ -37,6 +37,7 @@ typedef struct {
     uint64_t seed;
     int error_tokens;                /* rows for the dense-mixture error; 0 = all */
     const char *config_key;          /* canonical text of all of the above */
+    const struct moe_cluster_cfg *cluster; /* cluster model (cluster_point.h), or NULL */
 } moe_point;
 
 /* ---- metrics of a point ---- */
@@ -73,6 +74,7 @@ typedef struct {
     double *batch_metric;      /* (batches, MOE_POINT_NMETRICS) */
     double *batch_time;        /* (batches, MOE_NPHASES) */
     double wall_s;             /* wall time of the whole point, errors included */
+    struct moe_cluster_result *cluster; /* the cluster model's means, with pt->cluster */
 } moe_point_result;
 
 moe_point_result *moe_point_result_alloc(int E, int batches);

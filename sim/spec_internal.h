@@ -79,6 +79,7 @@ struct moe_spec {
     int error_tokens;
     moe_point *points;
     size_t npoints, cap_points;
+    struct moe_cluster_spec *cluster; /* sim/cluster_spec.c; NULL without [cluster.*] */
 };
 
 
@@ -110,5 +111,10 @@ const spec_kv *moe_spec_first_kv(const spec_section *sec);
 /* Check [experiment] and the section names, and load the axes, shapes, routers and
  * distributions of the sweep. */
 int moe_spec_interpret(moe_spec *s);
+/* The value parsers of spec_load.c for the other section loaders (sim/cluster_spec.c). */
+int moe_spec_split_list(const spec_section *sec, const spec_kv *kv, char ***out, int *n);
+void moe_spec_free_words(char **w, int n);
+int moe_spec_parse_int(const spec_section *sec, const spec_kv *kv, const char *text, long lo,
+                       long hi, long *out);
 
 #endif

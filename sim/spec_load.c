@@ -1,6 +1,7 @@
 /* spec_load.c: interpreting the raw sections of a spec (spec_internal.h): the [experiment]
  * keys and sweep axes, [shape.NAME], [router.NAME] (routing options through the option table,
  * sim/options.c) and [distribution.NAME] sections, and which sections the sweep uses. */
+#include "cluster_spec.h"
 #include "spec_internal.h"
 
 #include "layer.h"
@@ -383,10 +384,11 @@ static int check_names(const moe_spec *s, const spec_section *exp)
         int ok = 0;
         for (int j = 0; keys[j]; j++)
             ok |= strcmp(exp->kv[i].key, keys[j]) == 0;
-        if (!ok)
+        if (!ok && !moe_cluster_spec_key(exp->kv[i].key))
             return KV_FAIL(MOE_EINVAL, exp, &exp->kv[i],
                            "experiment keys: name description routers capacity_factors "
-                           "distributions shapes tokens batches seeds error_tokens",
+                           "distributions shapes tokens batches seeds error_tokens clusters "
+                           "placement redundant_experts warmup_batches expert_groups",
                            "unknown key");
     }
     for (int i = 0; i < s->nsecs; i++) {
@@ -395,11 +397,12 @@ static int check_names(const moe_spec *s, const spec_section *exp)
         if (strcmp(sec->name, "experiment") == 0)
             continue;
         if (!section_kind(sec->name, "router", &rest) &&
+            !section_kind(sec->name, "cluster", &rest) &&
             !section_kind(sec->name, "distribution", &rest) &&
             !section_kind(sec->name, "shape", &rest))
             return KV_FAIL(MOE_EINVAL, sec, moe_spec_first_kv(sec),
                            "sections are [experiment], [router.NAME], [distribution.NAME], "
-                           "[shape.NAME]",
+                           "[shape.NAME], [cluster.NAME]",
                            "unknown section [%s]", sec->name);
         if (!valid_name(rest))
             return KV_FAIL(MOE_EINVAL, sec, moe_spec_first_kv(sec),
@@ -642,6 +645,21 @@ int moe_spec_interpret(moe_spec *s)
     s->dists = items;
     if (rc)
         return rc;
+    if ((rc = moe_cluster_spec_load(s, exp)))
+        return rc;
     return pair_dists(s);
+}
+
+int moe_spec_split_list(const spec_section *sec, const spec_kv *kv, char ***out, int *n)
+{
+    return split_list(sec, kv, out, n);
+}
+
+void moe_spec_free_words(char **w, int n) { free_words(w, n); }
+
+int moe_spec_parse_int(const spec_section *sec, const spec_kv *kv, const char *text, long lo,
+                       long hi, long *out)
+{
+    return parse_int(sec, kv, text, lo, hi, out);
 }
 

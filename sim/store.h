@@ -19,7 +19,7 @@
 
 #include <sqlite3.h>
 
-#define MOE_STORE_VERSION 2
+#define MOE_STORE_VERSION 3
 
 typedef struct moe_store moe_store;
 

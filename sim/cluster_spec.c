@@ -1,0 +1,253 @@
+/* cluster_spec.c: [cluster.NAME] sections and the cluster axes of [experiment]
+ * (cluster_spec.h; the keys are documented in docs/cluster.md). */
+#include "cluster_spec.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *const exp_keys[] = {"clusters", "placement", "redundant_experts",
+                                       "warmup_batches", "expert_groups", NULL};
+
+int moe_cluster_spec_key(const char *key)
+{
+    for (int i = 0; exp_keys[i]; i++)
+        if (strcmp(key, exp_keys[i]) == 0)
+            return 1;
+    return 0;
+}
+
+void moe_cluster_spec_free(moe_cluster_spec *c)
+{
+    if (!c)
+        return;
+    free(c->topos);
+    free(c->cfgs);
+    free(c);
+}
+
+static int parse_real(const spec_section *sec, const spec_kv *kv, double *out)
+{
+    char *end;
+    errno = 0;
+    double x = strtod(kv->value, &end);
+    if (errno || end == kv->value || *end || !isfinite(x))
+        return KV_FAIL(MOE_EINVAL, sec, kv, NULL, "bad number '%s'", kv->value);
+    *out = x;
+    return MOE_OK;
+}
+
+/* One [cluster.NAME] section. */
+static int load_topo(const spec_section *sec, const char *name, moe_cluster_topo *t)
+{
+    static const char *const keys[] = {"nodes", "devices_per_node", "intra_gbps",
+                                       "intra_latency_us", "inter_gbps", "inter_latency_us",
+                                       "device_tflops", "dtype_bytes", NULL};
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->dtype_bytes = 2;
+    unsigned seen = 0;
+    int rc = MOE_OK;
+    for (int i = 0; i < sec->nkv && !rc; i++) {
+        const spec_kv *kv = &sec->kv[i];
+        int j = 0;
+        while (keys[j] && strcmp(kv->key, keys[j]) != 0)
+            j++;
+        if (!keys[j])
+            return KV_FAIL(MOE_EINVAL, sec, kv, "cluster keys: nodes devices_per_node "
+                           "intra_gbps intra_latency_us inter_gbps inter_latency_us "
+                           "device_tflops dtype_bytes", "unknown key");
+        seen |= 1u << j;
+        long v;
+        switch (j) {
+        case 0: rc = moe_spec_parse_int(sec, kv, kv->value, 1, 4096, &v); t->nodes = (int)v; break;
+        case 1:
+            rc = moe_spec_parse_int(sec, kv, kv->value, 1, 4096, &v);
+            t->devices_per_node = (int)v;
+            break;
+        case 2: rc = parse_real(sec, kv, &t->intra_gbps); break;
+        case 3: rc = parse_real(sec, kv, &t->intra_latency_us); break;
+        case 4: rc = parse_real(sec, kv, &t->inter_gbps); break;
+        case 5: rc = parse_real(sec, kv, &t->inter_latency_us); break;
+        case 6:
+            if (strcmp(kv->value, "measured") == 0)
+                t->measured = 1;
+            else
+                rc = parse_real(sec, kv, &t->device_tflops);
+            break;
+        default:
+            rc = moe_spec_parse_int(sec, kv, kv->value, 1, 16, &v);
+            t->dtype_bytes = (int)v;
+        }
+    }
+    if (rc)
+        return rc;
+    for (int j = 0; j < 7; j++)
+        if (!(seen & (1u << j)))
+            return KV_FAIL(MOE_EINVAL, sec, moe_spec_first_kv(sec), NULL,
+                           "missing key %s in [%s]", keys[j], sec->name);
+    moe_clear_error();
+    if (moe_cluster_topo_check(t, sec->name))
+        return moe_spec_relocate(MOE_EINVAL, sec, moe_spec_first_kv(sec));
+    return MOE_OK;
+}
+
+/* The topologies: experiment.clusters, or every [cluster.*] section in file order. */
+static int load_topos(moe_spec *s, moe_cluster_spec *c, const spec_kv *list)
+{
+    int n = 0, rc = MOE_OK;
+    for (int i = 0; i < s->nsecs; i++)
+        n += strncmp(s->secs[i].name, "cluster.", 8) == 0;
+    char **w = NULL;
+    int nw = 0;
+    if (list && (rc = moe_spec_split_list(c->exp, list, &w, &nw)))
+        return rc;
+    int cap = list ? nw : n;
+    c->topos = calloc((size_t)(cap > 0 ? cap : 1), sizeof *c->topos);
+    if (!c->topos) {
+        moe_spec_free_words(w, nw);
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory");
+    }
+    for (int i = 0; i < cap && !rc; i++) {
+        const spec_section *sec = NULL;
+        if (list) {
+            char full[256];
+            snprintf(full, sizeof full, "cluster.%s", w[i]);
+            sec = moe_spec_section_find(s, full);
+            if (!sec)
+                rc = KV_FAIL(MOE_EINVAL, c->exp, list, "each listed name needs its own section",
+                             "no section [%s] for '%s'", full, w[i]);
+        } else {
+            for (int q = 0, seen = 0; q < s->nsecs && !sec; q++)
+                if (strncmp(s->secs[q].name, "cluster.", 8) == 0 && seen++ == i)
+                    sec = &s->secs[q];
+        }
+        if (!rc)
+            rc = load_topo(sec, sec->name + 8, &c->topos[i]);
+        c->ntopos = i + 1;
+    }
+    moe_spec_free_words(w, nw);
+    return rc;
+}
+
+/* The axes placement and redundant_experts, crossed with the topologies. */
+static int load_cfgs(moe_spec *s, moe_cluster_spec *c, int warmup, int groups)
+{
+    spec_kv dp = {"placement", "contiguous", s->path, 0}, dr = {"redundant_experts", "0",
+                                                                 s->path, 0};
+    const spec_kv *pk = moe_spec_kv_find(c->exp, "placement"), *rk;
+    rk = moe_spec_kv_find(c->exp, "redundant_experts");
+    char **pw = NULL, **rw = NULL;
+    int np = 0, nr = 0, rc;
+    if ((rc = moe_spec_split_list(c->exp, pk ? pk : &dp, &pw, &np)) ||
+        (rc = moe_spec_split_list(c->exp, rk ? rk : &dr, &rw, &nr)))
+        goto out;
+    long *R = calloc((size_t)nr, sizeof *R);
+    c->cfgs = calloc((size_t)c->ntopos * (size_t)np * (size_t)nr, sizeof *c->cfgs);
+    if (!R || !c->cfgs) {
+        free(R);
+        rc = moe_fail(MOE_ENOMEM, NULL, "out of memory");
+        goto out;
+    }
+    for (int j = 0; j < nr && !rc; j++)
+        rc = moe_spec_parse_int(c->exp, rk ? rk : &dr, rw[j], 0, 1L << 20, &R[j]);
+    for (int i = 0; i < np && !rc; i++)
+        if (moe_placement_kind_parse(pw[i]) < 0)
+            rc = KV_FAIL(MOE_EINVAL, c->exp, pk, "placements: contiguous round_robin greedy "
+                         "eplb", "unknown placement '%s'", pw[i]);
+    for (int t = 0; t < c->ntopos && !rc; t++)
+        for (int i = 0; i < np; i++) {
+            int kind = moe_placement_kind_parse(pw[i]), zero_done = 0;
+            for (int j = 0; j < nr; j++) {
+                long r = kind == MOE_PLACE_EPLB ? R[j] : 0; /* replicas are EPLB's */
+                if (r == 0 && zero_done++)
+                    continue;
+                moe_cluster_cfg *g = &c->cfgs[c->ncfgs++];
+                *g = (moe_cluster_cfg){&c->topos[t], kind, (int)r, groups, warmup, ""};
+                const moe_cluster_topo *tp = g->topo;
+                snprintf(g->text, sizeof g->text,
+                         "cluster=%s{%dx%d %.9g/%.9g %.9g/%.9g %.9g %d} placement=%s R=%ld G=%d "
+                         "warmup=%d", tp->name, tp->nodes, tp->devices_per_node, tp->intra_gbps,
+                         tp->intra_latency_us, tp->inter_gbps, tp->inter_latency_us,
+                         tp->measured ? 0.0 : tp->device_tflops, tp->dtype_bytes, pw[i], r,
+                         groups, warmup);
+            }
+        }
+    free(R);
+out:
+    moe_spec_free_words(pw, np);
+    moe_spec_free_words(rw, nr);
+    return rc;
+}
+
+int moe_cluster_spec_load(moe_spec *s, const spec_section *exp)
+{
+    int has_secs = 0;
+    const spec_kv *first_key = NULL;
+    for (int i = 0; i < s->nsecs; i++)
+        has_secs |= strncmp(s->secs[i].name, "cluster.", 8) == 0;
+    for (int i = 0; i < exp->nkv && !first_key; i++)
+        if (moe_cluster_spec_key(exp->kv[i].key))
+            first_key = &exp->kv[i];
+    s->cluster = NULL;
+    if (!has_secs && !first_key)
+        return MOE_OK;
+    if (!has_secs)
+        return KV_FAIL(MOE_EINVAL, exp, first_key, "add a [cluster.NAME] section",
+                       "no [cluster.NAME] sections");
+    moe_cluster_spec *c = calloc(1, sizeof *c);
+    if (!c)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory");
+    s->cluster = c;
+    c->exp = exp;
+    const spec_kv *list = moe_spec_kv_find(exp, "clusters");
+    c->where = list ? list : first_key;
+    long warmup = 1, groups = 1;
+    const spec_kv *kv;
+    int rc = MOE_OK;
+    if ((kv = moe_spec_kv_find(exp, "warmup_batches")))
+        rc = moe_spec_parse_int(exp, kv, kv->value, 0, 100000, &warmup);
+    if (!rc && (kv = moe_spec_kv_find(exp, "expert_groups")))
+        rc = moe_spec_parse_int(exp, kv, kv->value, 1, 1L << 20, &groups);
+    if (!rc)
+        rc = load_topos(s, c, list);
+    if (!rc)
+        rc = load_cfgs(s, c, (int)warmup, (int)groups);
+    return rc;
+}
+
+static char *join(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    char *r = malloc(la + lb + 2);
+    if (r) {
+        memcpy(r, a, la);
+        r[la] = ' ';
+        memcpy(r + la + 1, b, lb + 1);
+    }
+    return r;
+}
+
+int moe_cluster_spec_expand(moe_spec *s, const moe_point *p,
+                            int (*push)(moe_spec *, const moe_point *))
+{
+    const moe_cluster_spec *c = s->cluster;
+    for (int i = 0; i < c->ncfgs; i++) {
+        moe_point q = *p;
+        q.cluster = &c->cfgs[i];
+        moe_clear_error();
+        int rc = moe_cluster_cfg_check(q.cluster, p->E, p->batches);
+        if (rc)
+            return moe_spec_relocate(rc, c->exp, c->where);
+        q.opts_text = moe_spec_strdup(p->opts_text);
+        q.config_key = join(p->config_key, c->cfgs[i].text);
+        if (!q.opts_text || !q.config_key || (rc = push(s, &q))) {
+            free((char *)q.opts_text);
+            free((char *)q.config_key);
+            return rc ? rc : moe_fail(MOE_ENOMEM, NULL, "out of memory");
+        }
+    }
+    return MOE_OK;
+}
