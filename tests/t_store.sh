@@ -74,7 +74,7 @@ q "$bdb" "CREATE TABLE bench (run TEXT NOT NULL, git_rev TEXT, blas_library TEXT
     > /dev/null 2> "$tmp/err"
 rc=$?
 check "run on a bench-only database: $(cat "$tmp/err")" test $rc = 0
-check "bench-only database: version 2" test "$(q "$bdb" 'PRAGMA user_version')" = 2
+check "bench-only database: version 3" test "$(q "$bdb" 'PRAGMA user_version')" = 3
 check "bench rows kept" test "$(q "$bdb" "SELECT median FROM bench WHERE run = 'old'")" = 0.5
 check "point stored next to them" test "$(q "$bdb" 'SELECT count(*) FROM points')" = 1
 
