@@ -106,18 +106,22 @@ void moe_cluster_run_free(moe_cluster_run *r)
     free(r);
 }
 
-moe_cluster_run *moe_cluster_run_alloc(const moe_cluster_cfg *cfg, int E, int H,
-                                       double flops_per_row, int batches)
+moe_cluster_run *moe_cluster_run_alloc(const moe_cluster_cfg *cfg, int E, int d, int f,
+                                       int swiglu, int batches)
 {
+    if (cfg->d > 0)
+        d = cfg->d;
+    if (cfg->f > 0)
+        f = cfg->f;
     if (moe_cluster_cfg_check(cfg, E, batches) != 0)
         return NULL;
     moe_cluster_run *r = calloc(1, sizeof *r);
     if (r) {
         r->cfg = cfg;
         r->E = E;
-        r->H = H;
+        r->H = d;
         r->batches = batches;
-        r->flops_per_row = flops_per_row;
+        r->flops_per_row = (swiglu ? 6.0 : 4.0) * d * f;
         r->load = calloc((size_t)E, sizeof *r->load);
         r->res = result_alloc(cfg);
     }

@@ -15,6 +15,7 @@ typedef struct moe_cluster_cfg {
     int redundant;   /* R, eplb only */
     int groups;      /* expert groups G for eplb */
     int warmup;      /* batches whose loads build the placement; not measured */
+    int d, f;        /* model and expert hidden widths the model prices (0: the point's) */
     char text[320];  /* canonical text, appended to the point's config key */
 } moe_cluster_cfg;
 
@@ -40,9 +41,10 @@ int moe_cluster_cfg_check(const moe_cluster_cfg *cfg, int E, int batches);
 
 typedef struct moe_cluster_run moe_cluster_run;
 
-/* For a point of E experts, width H, expert FLOPs per row flops_per_row. */
-moe_cluster_run *moe_cluster_run_alloc(const moe_cluster_cfg *cfg, int E, int H,
-                                       double flops_per_row, int batches);
+/* For a point of E experts with widths d and f (replaced by cfg's when set); an expert row
+ * costs (swiglu ? 6 : 4) d f FLOPs and sends d * dtype_bytes bytes. */
+moe_cluster_run *moe_cluster_run_alloc(const moe_cluster_cfg *cfg, int E, int d, int f,
+                                       int swiglu, int batches);
 /* Batch b's plan; tm and expert_flops give the measured rate (topologies with measured). */
 int moe_cluster_run_batch(moe_cluster_run *r, int b, const moe_plan *plan,
                           const moe_phase_times *tm, double expert_flops);

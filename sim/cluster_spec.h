@@ -1,6 +1,8 @@
 /* cluster_spec.h: the cluster part of a spec (spec module internals): [cluster.NAME] sections
  * (topologies) and the [experiment] axes clusters, placement, redundant_experts, with
- * warmup_batches and expert_groups; each sweep point runs once per cluster configuration. */
+ * warmup_batches and expert_groups; each sweep point runs once per cluster configuration. A
+ * [cluster.NAME] section may give its own redundant_experts list, which replaces the axis for
+ * that cluster (replica counts must divide over each cluster's devices). */
 #ifndef MOE_CLUSTER_SPEC_H
 #define MOE_CLUSTER_SPEC_H
 
@@ -9,11 +11,13 @@
 
 typedef struct moe_cluster_spec {
     moe_cluster_topo *topos;
+    const spec_section **secs; /* (ntopos) the [cluster.NAME] section of each topology */
     int ntopos;
     moe_cluster_cfg *cfgs; /* clusters x placements x redundant experts (R > 0: eplb only) */
     int ncfgs;
+    const spec_section **where_sec; /* (ncfgs) where each configuration's replica count is */
+    const spec_kv **where_kv;       /* given, for errors */
     const spec_section *exp;
-    const spec_kv *where; /* experiment.clusters (or the first cluster key), for errors */
 } moe_cluster_spec;
 
 /* 1 when key is one of the [experiment] keys of this module. */

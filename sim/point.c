@@ -225,8 +225,8 @@ int moe_point_run_ep(const moe_point *pt, volatile sig_atomic_t *stop, moe_point
     double flops_exec = 0.0;
     moe_cluster_run *cr = NULL; /* the cluster model sees each batch's plan */
     if (!rc && pt->cluster &&
-        !(cr = moe_cluster_run_alloc(pt->cluster, E, pt->d, (pt->act == MOE_ACT_SWIGLU ? 6.0 : 4.0)
-                                     * pt->d * pt->f, pt->batches)))
+        !(cr = moe_cluster_run_alloc(pt->cluster, E, pt->d, pt->f, pt->act == MOE_ACT_SWIGLU,
+                                     pt->batches)))
         rc = MOE_EINVAL;
     for (int b = 0; !rc && b < pt->batches; b++) {
         if (stop && *stop) {
