@@ -188,10 +188,12 @@ int moe_cluster_run_batch(moe_cluster_run *r, int b, const moe_plan *plan,
         if (!r->pl)
             return MOE_EINVAL;
     }
+    const double t0 = moe_now();
     int rc = moe_cluster_sim_run(r->cs, cfg->topo, r->pl, plan, r->H, r->flops_per_row,
                                  r->res->tflops);
     if (!rc)
         accumulate(r->res, r->cs);
+    r->res->model_s += moe_now() - t0;
     return rc;
 }
 
@@ -214,6 +216,7 @@ moe_cluster_result *moe_cluster_run_finish(moe_cluster_run *r)
     res->t_dispatch_max /= nb;
     res->t_experts_max /= nb;
     res->t_combine_max /= nb;
+    res->model_s /= nb;
     r->res = NULL;
     moe_cluster_run_free(r);
     return res;

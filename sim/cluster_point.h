@@ -31,6 +31,7 @@ typedef struct moe_cluster_result {
     double *nodes_hist;      /* (N+1) tokens per batch sent to j nodes */
     double balancedness, nodes_per_token, t_step;
     double t_dispatch_max, t_experts_max, t_combine_max;     /* means of the per-batch maxima */
+    double model_s;          /* wall seconds of the cluster model per measured batch */
 } moe_cluster_result;
 
 void moe_cluster_result_free(moe_cluster_result *r); /* NULL is a no-op */

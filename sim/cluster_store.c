@@ -14,7 +14,8 @@ const char moe_cluster_store_sql[] =
     "  balancedness REAL,            -- mean/max expert rows over devices (vLLM)\n"
     "  nodes_per_token REAL,\n"
     "  t_dispatch_s REAL, t_experts_s REAL, t_combine_s REAL, -- slowest device per phase\n"
-    "  t_step_s REAL                 -- their sum\n"
+    "  t_step_s REAL,                -- their sum\n"
+    "  model_s REAL                  -- wall seconds of the cluster model per batch\n"
     ") STRICT;\n"
     "CREATE TABLE IF NOT EXISTS devices (\n"
     "  point INTEGER NOT NULL REFERENCES points(id) ON DELETE CASCADE,\n"
@@ -60,11 +61,11 @@ static int put_point(sqlite3 *db, const char *path, sqlite3_int64 id,
                      const moe_cluster_result *r)
 {
     sqlite3_stmt *q = NULL;
-    const char *sql = "INSERT INTO cluster_points VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
+    const char *sql = "INSERT INTO cluster_points VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)";
     if (sqlite3_prepare_v2(db, sql, -1, &q, NULL) != SQLITE_OK)
         return fail(db, path, "cannot insert the cluster point");
     const double v[] = {r->tflops, r->balancedness, r->nodes_per_token, r->t_dispatch_max,
-                        r->t_experts_max, r->t_combine_max, r->t_step};
+                        r->t_experts_max, r->t_combine_max, r->t_step, r->model_s};
     int ok = sqlite3_bind_int64(q, 1, id) == SQLITE_OK &&
              sqlite3_bind_text(q, 2, r->cluster, -1, SQLITE_TRANSIENT) == SQLITE_OK &&
              sqlite3_bind_text(q, 3, moe_placement_kind_name(r->placement), -1,
@@ -74,7 +75,7 @@ static int put_point(sqlite3 *db, const char *path, sqlite3_int64 id,
              sqlite3_bind_int(q, 6, r->warmup) == SQLITE_OK &&
              sqlite3_bind_int(q, 7, r->measured_batches) == SQLITE_OK &&
              sqlite3_bind_int(q, 8, r->D) == SQLITE_OK && sqlite3_bind_int(q, 9, r->N) == SQLITE_OK;
-    for (int i = 0; i < 7 && ok; i++)
+    for (int i = 0; i < 8 && ok; i++)
         ok = sqlite3_bind_double(q, 10 + i, v[i]) == SQLITE_OK;
     ok = ok && sqlite3_step(q) == SQLITE_DONE;
     sqlite3_finalize(q);
