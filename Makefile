@@ -53,7 +53,7 @@ $(info MPI: not found, building without expert parallelism (apt-get install libo
 endif
 endif
 
-.PHONY: all deps deps-test run test test-unit test-asan bench plots clean fuzz install uninstall
+.PHONY: all deps deps-test run test test-unit test-asan bench bench-cluster plots clean fuzz install uninstall
 all: moesim $(B)/libmoesim.so
 
 moesim: $(B)/moesim
@@ -164,6 +164,14 @@ test-asan:
 	    $(MPI_TEST:%=build-asan/%)
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	    sh tests/run.sh build-asan asan $(TOTALS)
+
+# CPU time of the cluster model at DeepSeek-V3 scale, linear in the tokens (docs/cluster.md)
+bench-cluster: $(B)/bench/cluster_scale
+	$(B)/bench/cluster_scale
+
+$(B)/bench/cluster_scale: tests/bench/cluster_scale.c $(B)/libmoesim.a
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
 
 bench: deps moesim
 	@[ -z "$$OPENBLAS_CORETYPE" ] || echo "make bench: unsetting OPENBLAS_CORETYPE=$$OPENBLAS_CORETYPE so OpenBLAS picks the kernels for this CPU"

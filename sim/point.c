@@ -11,6 +11,8 @@
  */
 #include "point.h"
 
+#include "cluster_point.h"
+
 #include <gsl/gsl_randist.h>
 #include <gsl/gsl_statistics_double.h>
 #include <math.h>
@@ -76,6 +78,7 @@ void moe_point_result_free(moe_point_result *r)
     free(r->batch_time);
     free(r->train_row);
     free(r->train_loads);
+    moe_cluster_result_free(r->cluster);
     free(r);
 }
 
@@ -245,6 +248,11 @@ int moe_point_run_ep(const moe_point *pt, volatile sig_atomic_t *stop, moe_point
     memset(res->importance, 0, (size_t)E * sizeof *res->importance);
     memset(res->experts_per_token, 0, ((size_t)E + 1) * sizeof *res->experts_per_token);
     double flops_exec = 0.0;
+    moe_cluster_run *cr = NULL; /* the cluster model sees each batch's plan */
+    if (!rc && pt->cluster &&
+        !(cr = moe_cluster_run_alloc(pt->cluster, E, pt->d, pt->f, pt->act == MOE_ACT_SWIGLU,
+                                     pt->batches)))
+        rc = MOE_EINVAL;
     for (int b = 0; !rc && b < pt->batches; b++) {
         if (stop && *stop) {
             rc = moe_fail(MOE_EINVAL, NULL, "interrupted (point %s)", pt->config_key);
@@ -253,6 +261,15 @@ int moe_point_run_ep(const moe_point *pt, volatile sig_atomic_t *stop, moe_point
         moe_phase_times tm;
         if (!(rc = moe_pipeline_run_source(w.pipe, w.src, b, &tm)))
             record_batch(res, b, moe_pipeline_metrics(w.pipe), &tm, &flops_exec);
+        if (!rc && cr)
+            rc = moe_cluster_run_batch(cr, b, moe_pipeline_plan(w.pipe), &tm,
+                                       moe_pipeline_metrics(w.pipe)->flops_expert_useful);
+    }
+    if (cr && !rc) {
+        moe_cluster_result_free(res->cluster);
+        res->cluster = moe_cluster_run_finish(cr);
+    } else {
+        moe_cluster_run_free(cr);
     }
     ws_free(&w);
     if (rc)

@@ -41,6 +41,7 @@ typedef struct {
     moe_train_config tc;             /* train: steps, optimizer, lr, ...; n, d, f, m, act, seed
                                       * are the point's, set by the spec expander */
     const char *config_key;          /* canonical text of all of the above */
+    const struct moe_cluster_cfg *cluster; /* cluster model (cluster_point.h), or NULL */
 } moe_point;
 
 /* ---- metrics of a point ---- */
@@ -80,6 +81,7 @@ typedef struct {
     int train_rows;            /* training points: eval rows (moe_point_train_rows), else 0 */
     double *train_row;         /* (train_rows, MOE_TRAIN_NCOLS) in moe_train_columns order */
     double *train_loads;       /* (train_rows, E) kept tokens per expert since the last row */
+    struct moe_cluster_result *cluster; /* the cluster model's means, with pt->cluster */
 } moe_point_result;
 
 /* Columns of one eval row of a training point (the store's table `steps`): step, then the

@@ -52,6 +52,7 @@
  * values, empty or repeated list items, k > E and any failure to allocate a router or open a
  * source are reported as "<what> (<file>:<line>, key <section>.<key>)" before any point runs.
  */
+#include "cluster_spec.h"
 #include "spec_internal.h"
 
 #include "options.h"
@@ -167,8 +168,8 @@ static int add_point(moe_spec *s, moe_point *p, const spec_router *r)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory");
     }
     p->config_key = key;
-    rc = push_point(s, p);
-    if (rc) {
+    rc = s->cluster ? moe_cluster_spec_expand(s, p, push_point) : push_point(s, p);
+    if (rc || s->cluster) { /* the cluster points hold copies */
         free(text);
         free(key);
     }
@@ -295,6 +296,7 @@ void moe_spec_free(moe_spec *s)
     free(s->batches);
     free(s->seeds);
     moe_spec_train_free(s->train);
+    moe_cluster_spec_free(s->cluster);
     for (int i = 0; i < s->nsecs; i++) {
         for (int j = 0; j < s->secs[i].nkv; j++) {
             free(s->secs[i].kv[j].key);

@@ -81,6 +81,7 @@ struct moe_spec {
     moe_point *points;
     size_t npoints, cap_points;
     struct spec_train *train; /* the [train] section (sim/spec_train.c), NULL without one */
+    struct moe_cluster_spec *cluster; /* sim/cluster_spec.c; NULL without [cluster.*] */
 };
 
 
@@ -130,5 +131,10 @@ void moe_spec_train_key(const moe_point *p, FILE *m);
 /* The check of a training point before the run: the router can train (trainable = gate needs
  * a router whose combine weights depend on the gate). */
 int moe_spec_train_check(const moe_spec *s, const moe_point *p);
+/* The value parsers of spec_load.c for the other section loaders (sim/cluster_spec.c). */
+int moe_spec_split_list(const spec_section *sec, const spec_kv *kv, char ***out, int *n);
+void moe_spec_free_words(char **w, int n);
+int moe_spec_parse_int(const spec_section *sec, const spec_kv *kv, const char *text, long lo,
+                       long hi, long *out);
 
 #endif

@@ -1,6 +1,7 @@
 /* spec_load.c: interpreting the raw sections of a spec (spec_internal.h): the [experiment]
  * keys and sweep axes, [shape.NAME], [router.NAME] (routing options through the option table,
  * sim/options.c) and [distribution.NAME] sections, and which sections the sweep uses. */
+#include "cluster_spec.h"
 #include "spec_internal.h"
 
 #include "layer.h"
@@ -390,10 +391,11 @@ static int check_names(const moe_spec *s, const spec_section *exp)
         int ok = 0;
         for (int j = 0; keys[j]; j++)
             ok |= strcmp(exp->kv[i].key, keys[j]) == 0;
-        if (!ok)
+        if (!ok && !moe_cluster_spec_key(exp->kv[i].key))
             return KV_FAIL(MOE_EINVAL, exp, &exp->kv[i],
                            "experiment keys: name description routers capacity_factors "
-                           "distributions shapes tokens batches seeds error_tokens",
+                           "distributions shapes tokens batches seeds error_tokens clusters "
+                           "placement redundant_experts warmup_batches expert_groups",
                            "unknown key");
     }
     for (int i = 0; i < s->nsecs; i++) {
@@ -402,11 +404,12 @@ static int check_names(const moe_spec *s, const spec_section *exp)
         if (strcmp(sec->name, "experiment") == 0 || strcmp(sec->name, "train") == 0)
             continue;
         if (!section_kind(sec->name, "router", &rest) &&
+            !section_kind(sec->name, "cluster", &rest) &&
             !section_kind(sec->name, "distribution", &rest) &&
             !section_kind(sec->name, "shape", &rest))
             return KV_FAIL(MOE_EINVAL, sec, moe_spec_first_kv(sec),
                            "sections are [experiment], [router.NAME], [distribution.NAME], "
-                           "[shape.NAME], [train]",
+                           "[shape.NAME], [train], [cluster.NAME]",
                            "unknown section [%s]", sec->name);
         if (!valid_name(rest))
             return KV_FAIL(MOE_EINVAL, sec, moe_spec_first_kv(sec),
@@ -649,6 +652,14 @@ int moe_spec_interpret(moe_spec *s)
     s->dists = items;
     if (rc || (rc = pair_dists(s)))
         return rc;
+    if ((rc = moe_cluster_spec_load(s, exp)))
+        return rc;
     return moe_spec_train_load(s);
+}
+
+int moe_spec_parse_int(const spec_section *sec, const spec_kv *kv, const char *text, long lo,
+                       long hi, long *out)
+{
+    return parse_int(sec, kv, text, lo, hi, out);
 }
 

@@ -36,6 +36,8 @@
  */
 #include "store.h"
 
+#include "cluster_store.h"
+
 #include "rodb.h"
 
 #include "layer.h"
@@ -274,6 +276,7 @@ static char *schema_sql(void)
     fputs(ep_ranks_sql, m);
     fputs(bench_sql, m);
     fputs(train_sql, m);
+    fputs(moe_cluster_store_sql, m);
     fprintf(m, "PRAGMA user_version = %d;\n", MOE_STORE_VERSION);
     if (fclose(m) != 0) {
         free(buf);
@@ -405,27 +408,52 @@ static int bench_only(moe_store *st, int *yes)
     return rc;
 }
 
-/* Inside the opening transaction: create the schema (version 0) or migrate an older one. */
+/* Migration 1 -> 2: the tables ep_ranks and bench. */
+static int migrate_1_to_2(moe_store *st)
+{
+    size_t len = strlen(ep_ranks_sql) + strlen(bench_sql) + 32;
+    char *sql = malloc(len);
+    if (!sql)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (%s)", st->path);
+    snprintf(sql, len, "%s%sPRAGMA user_version = 2;\n", ep_ranks_sql, bench_sql);
+    int rc = exec(st, sql, "cannot upgrade the database schema");
+    free(sql);
+    return rc;
+}
+
+/* Migration 2 -> 3: the cluster model's tables (sim/cluster_store.c). */
+static int migrate_2_to_3(moe_store *st) /* the training tables */
+{
+    int rc = exec(st, train_sql, "cannot upgrade the database schema");
+    return rc ? rc : exec(st, "PRAGMA user_version = 3;", "cannot upgrade the database schema");
+}
+
+static int migrate_3_to_4(moe_store *st) /* the cluster model's tables */
+{
+    int rc = exec(st, moe_cluster_store_sql, "cannot upgrade the database schema");
+    return rc ? rc : exec(st, "PRAGMA user_version = 4;", "cannot upgrade the database schema");
+}
+/* Inside the opening transaction: create the schema (version 0) or migrate an older one, one
+ * version step at a time. */
 static int create_or_migrate(moe_store *st, long long version)
 {
     if (version == MOE_STORE_VERSION)
         return MOE_OK;
-    char *sql = NULL;
     if (version == 0) {
-        sql = schema_sql();
-    } else { /* 1 -> 2 adds ep_ranks and bench, 2 -> 3 the training tables */
-        const char *v2 = version < 2 ? ep_ranks_sql : "", *v2b = version < 2 ? bench_sql : "";
-        size_t len = strlen(v2) + strlen(v2b) + strlen(train_sql) + 64;
-        sql = malloc(len);
-        if (sql)
-            snprintf(sql, len, "%s%s%sPRAGMA user_version = %d;\n", v2, v2b, train_sql,
-                     MOE_STORE_VERSION);
+        char *sql = schema_sql();
+        if (!sql)
+            return moe_fail(MOE_ENOMEM, NULL, "out of memory (%s)", st->path);
+        int rc = exec(st, sql, "cannot create the schema");
+        free(sql);
+        return rc;
     }
-    if (!sql)
-        return moe_fail(MOE_ENOMEM, NULL, "out of memory (%s)", st->path);
-    int rc = exec(st, sql, version == 0 ? "cannot create the schema"
-                                        : "cannot upgrade the database schema");
-    free(sql);
+    int rc = MOE_OK;
+    if (version <= 1)
+        rc = migrate_1_to_2(st);
+    if (!rc && version <= 2)
+        rc = migrate_2_to_3(st);
+    if (!rc && version <= 3)
+        rc = migrate_3_to_4(st);
     return rc;
 }
 
@@ -807,7 +835,9 @@ static int put_rows(moe_store *st, const char *spec_name, const moe_point *pt,
         if ((r = run(st, &q, "cannot insert batch rows")))
             return r;
     }
-    return ep ? put_ep_rows(st, id, ep) : MOE_OK;
+    if (ep && (r = put_ep_rows(st, id, ep)))
+        return r;
+    return res->cluster ? moe_cluster_store_put(st->db, st->path, id, res->cluster) : MOE_OK;
 }
 
 int moe_store_put(moe_store *st, const char *spec_name, const moe_point *pt,

@@ -21,7 +21,7 @@
 
 #include <sqlite3.h>
 
-#define MOE_STORE_VERSION 3
+#define MOE_STORE_VERSION 4
 
 typedef struct moe_store moe_store;
 

@@ -1,0 +1,251 @@
+/* cluster.c: the cluster model of expert parallelism (cluster.h, docs/cluster.md).
+ *
+ * Dispatch follows the hierarchical all-to-all of DeepSeek-V3 (DeepEP's internode kernels): a
+ * token goes once over the network to each remote node holding one of its experts, to the
+ * device with the sender's local index there (the relay), and is forwarded over the intra-node
+ * link to every other device of that node that needs it; within its own node it goes straight
+ * to each device. A device receives one copy of a token however many of its experts the token
+ * claims. Combine sends the same bytes back the same way. */
+#include "cluster.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+int moe_cluster_topo_check(const moe_cluster_topo *t, const char *where)
+{
+    if (t->nodes < 1 || t->devices_per_node < 1 || t->dtype_bytes < 1)
+        return moe_fail(MOE_EINVAL, NULL, "nodes, devices_per_node and dtype_bytes must be >= 1 "
+                        "(%s)", where);
+    if (t->nodes > 4096 || t->devices_per_node > 4096 || t->nodes * t->devices_per_node > 16384)
+        return moe_fail(MOE_EINVAL, NULL, "at most 16384 devices (%d x %d) (%s)", t->nodes,
+                        t->devices_per_node, where);
+    if (!(t->intra_gbps > 0) || !(t->inter_gbps > 0) || !(t->intra_latency_us >= 0) ||
+        !(t->inter_latency_us >= 0) || t->intra_gbps > 1e9 || t->inter_gbps > 1e9 ||
+        t->intra_latency_us > 1e9 || t->inter_latency_us > 1e9)
+        return moe_fail(MOE_EINVAL, NULL, "bandwidths must be in (0, 1e9] Gbit/s and latencies "
+                        "in [0, 1e9] us (%s)", where);
+    if (!t->measured && !(t->device_tflops > 0 && t->device_tflops <= 1e9))
+        return moe_fail(MOE_EINVAL, NULL, "device_tflops must be in (0, 1e9] or measured (%s)",
+                        where);
+    return MOE_OK;
+}
+
+void moe_cluster_sim_free(moe_cluster_sim *cs)
+{
+    if (!cs)
+        return;
+    void *all[] = {cs->tokens_in, cs->rows, cs->intra_send, cs->intra_recv, cs->inter_send,
+                   cs->inter_recv, cs->t_dispatch, cs->t_experts, cs->t_combine,
+                   cs->node_bytes, cs->nodes_hist, cs->tok_start, cs->tok_ent, cs->dev_stamp,
+                   cs->node_stamp, cs->pair_intra, cs->pair_inter};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        free(all[i]);
+    free(cs);
+}
+
+moe_cluster_sim *moe_cluster_sim_alloc(const moe_cluster_topo *t)
+{
+    if (moe_cluster_topo_check(t, t->name) != 0)
+        return NULL;
+    moe_cluster_sim *cs = calloc(1, sizeof *cs);
+    if (!cs)
+        goto oom;
+    const size_t D = (size_t)t->nodes * (size_t)t->devices_per_node, N = (size_t)t->nodes;
+    cs->D = (int)D;
+    cs->N = (int)N;
+    cs->tokens_in = malloc(D * sizeof(long));
+    cs->rows = malloc(D * sizeof(long));
+    cs->intra_send = malloc(D * sizeof(double));
+    cs->intra_recv = malloc(D * sizeof(double));
+    cs->inter_send = malloc(D * sizeof(double));
+    cs->inter_recv = malloc(D * sizeof(double));
+    cs->t_dispatch = malloc(D * sizeof(double));
+    cs->t_experts = malloc(D * sizeof(double));
+    cs->t_combine = malloc(D * sizeof(double));
+    cs->node_bytes = malloc(N * N * sizeof(double));
+    cs->nodes_hist = malloc((N + 1) * sizeof(long));
+    cs->dev_stamp = malloc(D * sizeof(int));
+    cs->node_stamp = malloc(N * sizeof(int));
+    cs->pair_intra = malloc(D * D);
+    cs->pair_inter = malloc(D * D);
+    if (!cs->tokens_in || !cs->rows || !cs->intra_send || !cs->intra_recv || !cs->inter_send ||
+        !cs->inter_recv || !cs->t_dispatch || !cs->t_experts || !cs->t_combine ||
+        !cs->node_bytes || !cs->nodes_hist || !cs->dev_stamp || !cs->node_stamp ||
+        !cs->pair_intra || !cs->pair_inter)
+        goto oom;
+    return cs;
+oom:
+    moe_cluster_sim_free(cs);
+    moe_fail(MOE_ENOMEM, NULL, "out of memory (cluster %s)", t->name);
+    return NULL;
+}
+
+void moe_cluster_add_load(const moe_plan *plan, double *load)
+{
+    for (size_t i = 0; i < plan->n_entries; i++)
+        load[plan->entries[i].expert] += 1.0;
+}
+
+/* Group the plan's claims by token (counting sort, plan order kept within a token). */
+static int group_by_token(moe_cluster_sim *cs, const moe_plan *plan)
+{
+    const int T = plan->n;
+    if (T + 1 > cs->T_cap) {
+        int *p = realloc(cs->tok_start, ((size_t)T + 1) * sizeof(int));
+        if (!p)
+            return moe_fail(MOE_ENOMEM, NULL, "out of memory (cluster model, %d tokens)", T);
+        cs->tok_start = p;
+        cs->T_cap = T + 1;
+    }
+    if (plan->n_entries > cs->ent_cap) {
+        int *p = realloc(cs->tok_ent, plan->n_entries * sizeof(int));
+        if (!p)
+            return moe_fail(MOE_ENOMEM, NULL, "out of memory (cluster model, %zu claims)",
+                            plan->n_entries);
+        cs->tok_ent = p;
+        cs->ent_cap = plan->n_entries;
+    }
+    memset(cs->tok_start, 0, ((size_t)T + 1) * sizeof(int));
+    for (size_t i = 0; i < plan->n_entries; i++)
+        cs->tok_start[plan->entries[i].token + 1]++;
+    for (int t = 0; t < T; t++)
+        cs->tok_start[t + 1] += cs->tok_start[t];
+    /* each token's start counts up to its end while filling, then everything shifts back */
+    for (size_t i = 0; i < plan->n_entries; i++)
+        cs->tok_ent[cs->tok_start[plan->entries[i].token]++] = (int)i;
+    for (int t = T; t > 0; t--)
+        cs->tok_start[t] = cs->tok_start[t - 1];
+    cs->tok_start[0] = 0;
+    return MOE_OK;
+}
+
+static void reset(moe_cluster_sim *cs)
+{
+    const size_t D = (size_t)cs->D, N = (size_t)cs->N;
+    memset(cs->tokens_in, 0, D * sizeof(long));
+    memset(cs->rows, 0, D * sizeof(long));
+    memset(cs->intra_send, 0, D * sizeof(double));
+    memset(cs->intra_recv, 0, D * sizeof(double));
+    memset(cs->inter_send, 0, D * sizeof(double));
+    memset(cs->inter_recv, 0, D * sizeof(double));
+    memset(cs->node_bytes, 0, N * N * sizeof(double));
+    memset(cs->nodes_hist, 0, (N + 1) * sizeof(long));
+    memset(cs->pair_intra, 0, D * D);
+    memset(cs->pair_inter, 0, D * D);
+    for (size_t d = 0; d < D; d++)
+        cs->dev_stamp[d] = -1;
+    for (size_t n = 0; n < N; n++)
+        cs->node_stamp[n] = -1;
+}
+
+static void send_intra(moe_cluster_sim *cs, int dpn, int from, int to, double B)
+{
+    cs->intra_send[from] += B;
+    cs->intra_recv[to] += B;
+    cs->pair_intra[(size_t)from * (size_t)cs->D + (size_t)to] = 1;
+    cs->node_bytes[(size_t)(from / dpn) * (size_t)cs->N + (size_t)(to / dpn)] += B;
+}
+
+/* Token t from device src: its claims to devices, relays and bytes. Returns nodes touched. */
+static int route_token(moe_cluster_sim *cs, const moe_placement *pl, const moe_plan *plan,
+                       int dpn, int t, int src, double B)
+{
+    const int ppd = pl->P / pl->D, sn = src / dpn;
+    int nodes = 0;
+    for (int j = cs->tok_start[t]; j < cs->tok_start[t + 1]; j++) {
+        const int e = plan->entries[cs->tok_ent[j]].expert;
+        const int rep = j % pl->log_cnt[e];
+        const int d = pl->log2phy[(size_t)e * (size_t)pl->max_cnt + (size_t)rep] / ppd;
+        const int n = d / dpn;
+        cs->rows[d]++;
+        if (cs->node_stamp[n] != t) {
+            cs->node_stamp[n] = t;
+            nodes++;
+            if (n != sn) { /* one network copy to the relay with the sender's local index */
+                const int relay = n * dpn + src % dpn;
+                cs->inter_send[src] += B;
+                cs->inter_recv[relay] += B;
+                cs->pair_inter[(size_t)src * (size_t)cs->D + (size_t)relay] = 1;
+                cs->node_bytes[(size_t)sn * (size_t)cs->N + (size_t)n] += B;
+            }
+        }
+        if (cs->dev_stamp[d] != t) {
+            cs->dev_stamp[d] = t;
+            cs->tokens_in[d]++;
+            const int from = n == sn ? src : n * dpn + src % dpn;
+            if (d != from)
+                send_intra(cs, dpn, from, d, B);
+        }
+    }
+    return nodes;
+}
+
+/* Peers a device sends to or receives from over one kind of link: the larger count. */
+static int peers(const unsigned char *pair, int D, int d)
+{
+    int s = 0, r = 0;
+    for (int o = 0; o < D; o++) {
+        s += pair[(size_t)d * (size_t)D + (size_t)o];
+        r += pair[(size_t)o * (size_t)D + (size_t)d];
+    }
+    return s > r ? s : r;
+}
+
+static double fmax2(double a, double b) { return a > b ? a : b; }
+
+/* Alpha-beta times per device and the step time (docs/cluster.md). */
+static void times(moe_cluster_sim *cs, const moe_cluster_topo *t, double flops_per_row,
+                  double tflops)
+{
+    const double bi = t->intra_gbps * 1e9 / 8.0, be = t->inter_gbps * 1e9 / 8.0;
+    const double ai = t->intra_latency_us * 1e-6, ae = t->inter_latency_us * 1e-6;
+    double md = 0, mx = 0, mc = 0, rows_sum = 0, rows_max = 0;
+    for (int d = 0; d < cs->D; d++) {
+        double intra = ai * peers(cs->pair_intra, cs->D, d) +
+                       fmax2(cs->intra_send[d], cs->intra_recv[d]) / bi;
+        double inter = ae * peers(cs->pair_inter, cs->D, d) +
+                       fmax2(cs->inter_send[d], cs->inter_recv[d]) / be;
+        cs->t_dispatch[d] = intra + inter;
+        cs->t_combine[d] = intra + inter; /* the same bytes back over the same links */
+        cs->t_experts[d] = (double)cs->rows[d] * flops_per_row / (tflops * 1e12);
+        md = fmax2(md, cs->t_dispatch[d]);
+        mx = fmax2(mx, cs->t_experts[d]);
+        mc = fmax2(mc, cs->t_combine[d]);
+        rows_sum += (double)cs->rows[d];
+        rows_max = fmax2(rows_max, (double)cs->rows[d]);
+    }
+    cs->balancedness = rows_max > 0 ? rows_sum / cs->D / rows_max : 1.0;
+    cs->t_step = md + mx + mc;
+}
+
+int moe_cluster_sim_run(moe_cluster_sim *cs, const moe_cluster_topo *t,
+                        const moe_placement *pl, const moe_plan *plan, int H,
+                        double flops_per_row, double tflops)
+{
+    if (plan->dense)
+        return moe_fail(MOE_EINVAL, "the cluster model needs a sparse plan",
+                        "dense plan (cluster %s)", t->name);
+    if (pl->D != cs->D || pl->E != plan->E)
+        return moe_fail(MOE_EINVAL, NULL, "placement for %d experts on %d devices, cluster %s "
+                        "has %d devices and the plan %d experts", pl->E, pl->D, t->name, cs->D,
+                        plan->E);
+    if (H < 1 || !(tflops > 0) || !(flops_per_row >= 0))
+        return moe_fail(MOE_EINVAL, NULL, "cluster model needs H >= 1, a rate > 0 and FLOPs "
+                        ">= 0 (cluster %s)", t->name);
+    int rc = group_by_token(cs, plan);
+    if (rc)
+        return rc;
+    reset(cs);
+    const int T = plan->n, dpn = t->devices_per_node;
+    const double B = (double)H * (double)t->dtype_bytes;
+    long nodes_sum = 0;
+    for (int tok = 0; tok < T; tok++) {
+        const int src = (int)((long long)tok * cs->D / T);
+        const int nodes = route_token(cs, pl, plan, dpn, tok, src, B);
+        cs->nodes_hist[nodes]++;
+        nodes_sum += nodes;
+    }
+    cs->nodes_per_token = T > 0 ? (double)nodes_sum / T : 0.0;
+    times(cs, t, flops_per_row, tflops);
+    return MOE_OK;
+}

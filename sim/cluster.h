@@ -1,0 +1,64 @@
+/* cluster.h: a model of expert parallelism on a cluster, computed from each batch's plan (no
+ * processes): which device every claim goes to, the bytes each device sends and receives
+ * within and across nodes in a hierarchical all-to-all, and the predicted dispatch, expert and
+ * combine times of an alpha-beta model. docs/cluster.md writes the model out.
+ *
+ * Dimension letters: T tokens, E experts, D devices, N nodes (D = N * devices_per_node),
+ * H model width (the size of one token's activation is H * dtype_bytes bytes). */
+#ifndef MOE_CLUSTER_H
+#define MOE_CLUSTER_H
+
+#include "moe.h"
+#include "placement.h"
+
+/* A topology, as a [cluster.NAME] spec section gives it. Bandwidths are Gbit/s (10^9 bits
+ * per second) per device and direction; latencies microseconds per message. */
+typedef struct {
+    char name[64];
+    int nodes, devices_per_node;
+    double intra_gbps, intra_latency_us;
+    double inter_gbps, inter_latency_us;
+    double device_tflops; /* dense rate of one device; 0 with measured = 1 */
+    int measured;         /* use the rate this machine reached on the layer's GEMMs */
+    int dtype_bytes;      /* bytes per activation element on the wire */
+} moe_cluster_topo;
+
+/* Check a topology (every count >= 1, every rate > 0, latencies >= 0); where names the
+ * section in the message. */
+int moe_cluster_topo_check(const moe_cluster_topo *t, const char *where);
+
+/* One batch through the model. Arrays are (D) unless stated. */
+typedef struct {
+    int D, N;
+    long *tokens_in;        /* tokens a device receives (one copy per token and device) */
+    long *rows;             /* expert rows a device computes (claims on its slots) */
+    double *intra_send, *intra_recv, *inter_send, *inter_recv; /* bytes, dispatch direction */
+    double *t_dispatch, *t_experts, *t_combine;                /* seconds */
+    double *node_bytes;     /* (N,N) dispatch bytes from a device of node a to one of node b */
+    long *nodes_hist;       /* (N+1) tokens sent to exactly j nodes */
+    double balancedness;    /* mean(rows) / max(rows) over devices; 1 when no rows */
+    double nodes_per_token; /* mean over tokens of the nodes each is sent to */
+    double t_step;          /* max t_dispatch + max t_experts + max t_combine */
+    /* workspace */
+    int *tok_start, *tok_ent;   /* (T+1), (entries): the plan's claims grouped by token */
+    int *dev_stamp, *node_stamp; /* (D), (N) */
+    unsigned char *pair_intra, *pair_inter; /* (D,D) a sent anything to b */
+    int T_cap;
+    size_t ent_cap;
+} moe_cluster_sim;
+
+moe_cluster_sim *moe_cluster_sim_alloc(const moe_cluster_topo *t);
+void moe_cluster_sim_free(moe_cluster_sim *cs); /* NULL is a no-op */
+
+/* Run the plan of one batch (sparse plans only) through the model: token t starts on device
+ * floor(t * D / T); claim j of the plan, counted token by token, goes to replica
+ * (j mod replicas) of its expert (vLLM's choice). H is the model width, flops_per_row the
+ * expert FLOPs of one row, tflops the device rate (the topology's, or the measured one). */
+int moe_cluster_sim_run(moe_cluster_sim *cs, const moe_cluster_topo *t,
+                        const moe_placement *pl, const moe_plan *plan, int H,
+                        double flops_per_row, double tflops);
+
+/* Add the plan's claims per expert to load (E): the warm-up statistics of greedy and EPLB. */
+void moe_cluster_add_load(const moe_plan *plan, double *load);
+
+#endif

@@ -1,0 +1,160 @@
+/* test_cluster.c: the cluster model (sim/cluster.c) on cases worked by hand.
+ *
+ * Case A: 2 nodes x 2 devices, 8 experts contiguous (experts 2d, 2d+1 on device d), 4 tokens
+ * (token t starts on device t), one token activation B = 500 x 2 = 1000 bytes, intra-node
+ * 8 Gbit/s (1 us per B) with 1 us latency, inter-node 0.8 Gbit/s (10 us per B) with 10 us
+ * latency, 1e6 FLOPs per row at 1 TFLOP/s (1 us per row).
+ *   t0 (dev 0): e0 e1 -> dev 0 twice: 2 rows, 1 token in, no bytes, 1 node
+ *   t1 (dev 1): e0 e4 -> dev 0 (intra 1->0); dev 2 on node 1: network 1->3 (relay, local
+ *                index 1), then intra 3->2; 2 nodes
+ *   t2 (dev 2): e6 e4 -> dev 3 (intra 2->3), dev 2 (itself); 1 node
+ *   t3 (dev 3): e1 e2 -> node 0: network 3->1 (relay), intra 1->0; dev 1 is the relay; 1 node
+ * rows (4 1 2 1): balancedness 2/4; tokens in (3 1 2 1); intra send (0 2B B B), recv
+ * (2B 0 B B); inter send (0 B 0 B), recv (0 B 0 B); nodes histogram (0 3 1), mean 1.25;
+ * node bytes 0->0 2B, 0->1 B, 1->0 B, 1->1 2B.
+ * Dispatch = sum over link kinds of latency x max(send peers, recv peers) + max(send, recv)/bw:
+ *   d0: 1 + 2 = 3 us; d1: (1 + 2) + (10 + 10) = 23 us; d2: 1 + 1 = 2 us;
+ *   d3: (1 + 1) + (10 + 10) = 22 us. Combine the same. Experts (4 1 2 1) us.
+ *   Step = 23 + 4 + 23 = 50 us.
+ * Case B: one expert with two replicas on two devices (hand-built placement): claims at
+ * positions 0..3 go to replicas 0 1 0 1 (position mod replicas), 2 rows per device.
+ * Case C: refusals (dense plan, a placement for other devices, a bad topology). */
+#include "check.h"
+#include "cluster.h"
+#include "moe.h"
+
+#include <string.h>
+
+static moe_cluster_topo topo_a(void)
+{
+    moe_cluster_topo t = {.name = "a", .nodes = 2, .devices_per_node = 2, .intra_gbps = 8,
+                          .intra_latency_us = 1, .inter_gbps = 0.8, .inter_latency_us = 10,
+                          .device_tflops = 1, .dtype_bytes = 2};
+    return t;
+}
+
+static void test_case_a(void)
+{
+    moe_cluster_topo t = topo_a();
+    moe_plan *plan = moe_plan_alloc(4, 8, 16);
+    moe_placement *pl = moe_placement_alloc(MOE_PLACE_CONTIGUOUS, NULL, 8, 0, 1, 2, 4);
+    moe_cluster_sim *cs = moe_cluster_sim_alloc(&t);
+    CHECK(plan && pl && cs, "alloc failed: %s", moe_errmsg());
+    if (!plan || !pl || !cs)
+        return;
+    moe_plan_reset(plan, 4, 8, 8);
+    int claims[4][2] = {{0, 1}, {0, 4}, {6, 4}, {1, 2}};
+    for (int tok = 0; tok < 4; tok++)
+        for (int j = 0; j < 2; j++)
+            moe_plan_push(plan, tok, claims[tok][j], 0, 1.0, 0.5);
+    CHECK_INT(moe_cluster_sim_run(cs, &t, pl, plan, 500, 1e6, 1.0), 0);
+    const double B = 1000;
+    long rows[] = {4, 1, 2, 1}, tin[] = {3, 1, 2, 1};
+    double is[] = {0, 2 * B, B, B}, ir[] = {2 * B, 0, B, B}, es[] = {0, B, 0, B},
+           er[] = {0, B, 0, B};
+    double td[] = {3e-6, 23e-6, 2e-6, 22e-6}, tx[] = {4e-6, 1e-6, 2e-6, 1e-6};
+    double nb[] = {2 * B, B, B, 2 * B};
+    for (int d = 0; d < 4; d++) {
+        CHECK_INT(cs->rows[d], rows[d]);
+        CHECK_INT(cs->tokens_in[d], tin[d]);
+    }
+    check_close_arrays("intra_send", cs->intra_send, is, 4, 0, 0);
+    check_close_arrays("intra_recv", cs->intra_recv, ir, 4, 0, 0);
+    check_close_arrays("inter_send", cs->inter_send, es, 4, 0, 0);
+    check_close_arrays("inter_recv", cs->inter_recv, er, 4, 0, 0);
+    check_close_arrays("t_dispatch", cs->t_dispatch, td, 4, 1e-18, 1e-12);
+    check_close_arrays("t_combine", cs->t_combine, td, 4, 1e-18, 1e-12);
+    check_close_arrays("t_experts", cs->t_experts, tx, 4, 1e-18, 1e-12);
+    check_close_arrays("node_bytes", cs->node_bytes, nb, 4, 0, 0);
+    CHECK_INT(cs->nodes_hist[0], 0);
+    CHECK_INT(cs->nodes_hist[1], 3);
+    CHECK_INT(cs->nodes_hist[2], 1);
+    CHECK_NEAR(cs->nodes_per_token, 1.25, 1e-15);
+    CHECK_NEAR(cs->balancedness, 0.5, 1e-15);
+    CHECK_NEAR(cs->t_step, 50e-6, 1e-18);
+    /* the same plan with its claims in another order gives the same devices and bytes */
+    moe_plan_reset(plan, 4, 8, 8);
+    for (int tok = 3; tok >= 0; tok--)
+        for (int j = 0; j < 2; j++)
+            moe_plan_push(plan, tok, claims[tok][j], 0, 1.0, 0.5);
+    CHECK_INT(moe_cluster_sim_run(cs, &t, pl, plan, 500, 1e6, 1.0), 0);
+    check_close_arrays("t_dispatch (reordered)", cs->t_dispatch, td, 4, 1e-18, 1e-12);
+    CHECK_NEAR(cs->t_step, 50e-6, 1e-18);
+    moe_cluster_sim_free(cs);
+    moe_placement_free(pl);
+    moe_plan_free(plan);
+}
+
+static void test_case_b(void)
+{
+    moe_cluster_topo t = topo_a();
+    t.nodes = 1;
+    t.devices_per_node = 2;
+    /* slot p on device p / 2: expert 0 in slots 0 (device 0) and 2 (device 1), expert 1 in
+     * slots 1 and 3 */
+    int p2l[] = {0, 1, 0, 1}, rank[] = {0, 0, 1, 1}, cnt[] = {2, 2}, l2p[] = {0, 2, 1, 3};
+    moe_placement pl = {.E = 2, .P = 4, .D = 2, .max_cnt = 2, .phy2log = p2l, .phy_rank = rank,
+                        .log_cnt = cnt, .log2phy = l2p};
+    moe_plan *plan = moe_plan_alloc(4, 2, 8);
+    moe_cluster_sim *cs = moe_cluster_sim_alloc(&t);
+    CHECK(plan && cs, "alloc failed");
+    if (!plan || !cs)
+        return;
+    moe_plan_reset(plan, 4, 2, 2);
+    for (int tok = 0; tok < 4; tok++)
+        moe_plan_push(plan, tok, 0, 0, 1.0, 1.0);
+    CHECK_INT(moe_cluster_sim_run(cs, &t, &pl, plan, 8, 1.0, 1.0), 0);
+    CHECK_INT(cs->rows[0], 2);
+    CHECK_INT(cs->rows[1], 2);
+    CHECK_NEAR(cs->balancedness, 1.0, 0);
+    /* tokens 0, 1 start on device 0 and tokens 2, 3 on device 1: token 1 goes to device 1
+     * and token 2 to device 0, one intra copy each way, no network bytes */
+    CHECK_NEAR(cs->intra_send[0], 16.0, 0);
+    CHECK_NEAR(cs->intra_send[1], 16.0, 0);
+    CHECK_NEAR(cs->inter_send[0] + cs->inter_send[1], 0.0, 0);
+    moe_cluster_sim_free(cs);
+    moe_plan_free(plan);
+}
+
+static void test_refused(void)
+{
+    moe_cluster_topo t = topo_a();
+    moe_plan *plan = moe_plan_alloc(4, 8, 16);
+    moe_placement *pl = moe_placement_alloc(MOE_PLACE_CONTIGUOUS, NULL, 8, 0, 1, 1, 8);
+    moe_cluster_sim *cs = moe_cluster_sim_alloc(&t);
+    moe_plan_reset(plan, 4, 8, 8);
+    moe_clear_error();
+    CHECK(moe_cluster_sim_run(cs, &t, pl, plan, 8, 1, 1) == MOE_EINVAL &&
+              strstr(moe_errmsg(), "on 8 devices"),
+          "placement for another cluster: %s", moe_errmsg());
+    moe_placement_free(pl);
+    pl = moe_placement_alloc(MOE_PLACE_CONTIGUOUS, NULL, 8, 0, 1, 2, 4);
+    plan->dense = 1;
+    moe_clear_error();
+    CHECK(moe_cluster_sim_run(cs, &t, pl, plan, 8, 1, 1) == MOE_EINVAL &&
+              strstr(moe_errmsg(), "dense plan"),
+          "dense plan: %s", moe_errmsg());
+    moe_clear_error();
+    t.inter_gbps = 0;
+    CHECK(moe_cluster_topo_check(&t, "cluster.x") == MOE_EINVAL &&
+              strstr(moe_errmsg(), "(cluster.x)"),
+          "zero bandwidth: %s", moe_errmsg());
+    moe_clear_error();
+    t = topo_a();
+    t.device_tflops = 0;
+    CHECK(moe_cluster_topo_check(&t, "cluster.x") == MOE_EINVAL, "zero rate accepted");
+    t.measured = 1;
+    moe_clear_error();
+    CHECK_INT(moe_cluster_topo_check(&t, "cluster.x"), 0);
+    moe_cluster_sim_free(cs);
+    moe_placement_free(pl);
+    moe_plan_free(plan);
+}
+
+int main(void)
+{
+    test_case_a();
+    test_case_b();
+    test_refused();
+    return check_report("test_cluster");
+}
