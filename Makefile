@@ -69,6 +69,10 @@ $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
+# The gate logits (sim/gate.c) are summed in a fixed order with no fused multiply-add, so routing
+# does not depend on the compiler's contraction choices either.
+$(B)/sim/gate.o: override CFLAGS += -ffp-contract=off
+
 # The git revision stored with every result (sim/provenance.c); provenance.o is rebuilt when a
 # source file, HEAD or the index changes, so "-dirty" stays truthful.
 GIT_REV  := $(shell git describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)
