@@ -9,6 +9,7 @@
  */
 #include "pipeline.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,6 +26,7 @@ struct moe_pipeline {
     double *logits;           /* (T,M) gate output */
     const double *routed;     /* (T,M) logits of the last batch */
     int gate_computed;
+    int wg_checked;             /* the gate weights were found finite */
     double *p;                /* (T,E) mixture weights */
     int *rows, nrows, rows_n; /* (T) rows of the dense-mixture error, for batches of rows_n */
     float *y, *y2, *ysub, *ydense; /* (T,D) */
@@ -101,6 +103,73 @@ static int alloc_routers(moe_pipeline *p)
     return size_plans(p);
 }
 
+/* ---- non-finite values ----
+ * NaN or infinity in an input would flow through the GEMMs into NaN outputs and null error
+ * metrics with exit status 0; finite inputs whose products overflow float32 would too. Inputs
+ * are checked where they enter (weights once, x per batch), the plan and y where they leave. */
+
+/* Index of the first non-finite value of v (len), or len when all are finite. */
+static size_t first_nonfinite(const float *v, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (!isfinite(v[i]))
+            return i;
+    return len;
+}
+
+/* MOE_OK, or the error naming name[row,col] (cols per row) and the point. */
+static int check_finite(const float *v, size_t rows, size_t cols, const char *name,
+                        const char *label)
+{
+    size_t i = first_nonfinite(v, rows * cols);
+    if (i == rows * cols)
+        return MOE_OK;
+    return moe_fail(MOE_EINPUT, "inputs must be finite numbers",
+                    "non-finite %s[%zu,%zu] = %g (%s)", name, i / cols, i % cols, (double)v[i],
+                    label ? label : "pipeline");
+}
+
+/* Expert weights, viewed as rows per expert: w1 (E*D,FW), b1 (E,FW), w2 (E*F,D), b2 (E,D). */
+static int check_experts(const moe_experts *w, const char *label)
+{
+    const size_t E = (size_t)w->E, D = (size_t)w->d, F = (size_t)w->f;
+    const size_t FW = w->act == MOE_ACT_SWIGLU ? 2 * F : F;
+    int rc;
+    if ((rc = check_finite(w->w1, E * D, FW, "expert weight w1 (E*D,FW)", label)) ||
+        (rc = check_finite(w->b1, E, FW, "expert bias b1 (E,FW)", label)) ||
+        (rc = check_finite(w->w2, E * F, D, "expert weight w2 (E*F,D)", label)) ||
+        (rc = check_finite(w->b2, E, D, "expert bias b2 (E,D)", label)))
+        return rc;
+    return MOE_OK;
+}
+
+/* Every dispatch and combine weight of the plan is finite (a router given finite logits can
+ * still overflow, e.g. topk's noise with a huge --noise-std). */
+static int check_plan(const moe_plan *pl, const char *label)
+{
+    for (size_t i = 0; i < pl->n_entries; i++) {
+        const moe_entry *e = &pl->entries[i];
+        if (!isfinite(e->dispatch_w) || !isfinite(e->combine_w))
+            return moe_fail(MOE_EINPUT, "the logits or the routing options overflow double "
+                            "(e.g. --noise-std)", "the router gave token %d, expert %d a "
+                            "non-finite weight (dispatch %g, combine %g) (%s)", (int)e->token,
+                            (int)e->expert, e->dispatch_w, e->combine_w,
+                            label ? label : "pipeline");
+    }
+    return MOE_OK;
+}
+
+/* y (T,D) of finite inputs: a non-finite value means float32 overflowed in the layer. */
+static int check_output(const float *y, int n, int d, const char *what, const char *label)
+{
+    size_t len = (size_t)n * (size_t)d, i = first_nonfinite(y, len);
+    if (i == len)
+        return MOE_OK;
+    return moe_fail(MOE_EINPUT, "scale the inputs or the weights down",
+                    "%s[%zu,%zu] = %g from finite inputs: float32 overflowed in the layer (%s)",
+                    what, i / (size_t)d, i % (size_t)d, (double)y[i], label ? label : "pipeline");
+}
+
 int moe_pipeline_set_experts(moe_pipeline *p, const moe_experts *w)
 {
     const moe_pipeline_cfg *c = &p->cfg;
@@ -110,6 +179,9 @@ int moe_pipeline_set_experts(moe_pipeline *p, const moe_experts *w)
     if (w->E != p->r->E)
         return moe_fail(MOE_EINVAL, NULL, "%d experts given, the router has %d (%s)", w->E,
                         p->r->E, c->label ? c->label : "pipeline");
+    int rc0 = check_experts(w, c->label);
+    if (rc0)
+        return rc0;
     p->cfg.w = w;
     p->L = moe_layer_alloc(T, w->E, p->C_max, D, w->f, w->act);
     if (!p->L)
@@ -186,12 +258,16 @@ static int output_errors(moe_pipeline *p, const moe_batch *b, const moe_route_in
         return rc;
     for (int i = 0; i < nrows; i++)
         memcpy(p->ysub + (size_t)i * D, p->y + (size_t)p->rows[i] * D, (size_t)D * sizeof *p->y);
+    if ((rc = check_output(p->ydense, nrows, D, "dense-mixture output", p->cfg.label)))
+        return rc;
     p->mt->output_error_dense = moe_rel_l2(p->ysub, p->ydense, (size_t)nrows * D);
     if (p->twin) {
         moe_route_in in2 = *in;
         in2.rng = p->rng2;
         if ((rc = moe_router_route(p->r2, &in2, p->plan2)) ||
-            (rc = moe_layer_forward(p->L, w, p->plan2, b->x, p->y2, NULL)))
+            (rc = check_plan(p->plan2, p->cfg.label)) ||
+            (rc = moe_layer_forward(p->L, w, p->plan2, b->x, p->y2, NULL)) ||
+            (rc = check_output(p->y2, T, D, "dropless output", p->cfg.label)))
             return rc;
         p->mt->output_error_dropless = moe_rel_l2(p->y, p->y2, (size_t)T * D);
         if ((p->cfg.flags & MOE_PIPE_OBSERVE) && p->r2->type->observe)
@@ -215,10 +291,18 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
     /* gate */
     p->routed = b->logits;
     p->gate_computed = 0;
+    if (b->x && (!p->routed || (fl & MOE_PIPE_LAYER)) && p->L &&
+        (rc = check_finite(b->x, (size_t)b->n, (size_t)c->w->d, "input x", c->label)))
+        return rc;
     if (!p->routed) {
         if (!c->wg || !p->L)
             return moe_fail(MOE_EINVAL, NULL, "batch without logits and no gate (%s)",
                             c->label ? c->label : "pipeline");
+        if (!p->wg_checked &&
+            (rc = check_finite(c->wg, (size_t)c->w->d, (size_t)c->M, "gate weight wg",
+                               c->label)))
+            return rc;
+        p->wg_checked = 1;
         double t0 = moe_now();
         if ((rc = moe_layer_gate(p->L, b->x, b->n, c->wg, c->M, p->logits)))
             return rc;
@@ -233,11 +317,15 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
     if ((rc = moe_router_route(p->r, &in, p->plan)))
         return rc;
     t.route = moe_now() - t0;
+    if ((rc = check_plan(p->plan, c->label)))
+        return rc;
     /* dispatch, experts, combine */
     if (fl & MOE_PIPE_LAYER) {
         moe_phase_times lt = {0};
         if ((rc = c->ep ? c->ep->forward(c->ep->ctx, c->w, p->plan, &in, b->x, p->y, &lt)
                         : moe_layer_forward(p->L, c->w, p->plan, b->x, p->y, &lt)))
+            return rc;
+        if ((rc = check_output(p->y, b->n, c->w->d, "layer output y", c->label)))
             return rc;
         t.dispatch = lt.dispatch;
         t.experts = lt.experts;
