@@ -10,8 +10,11 @@
 #include "options.h"
 #include "pipeline.h"
 
+#include <ctype.h>
+#include <errno.h>
 #include <getopt.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -220,9 +223,11 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
             break;
         case F_SEED: {
             char *end;
+            errno = 0;
             a->seed = strtoull(optarg, &end, 10);
-            if (!*optarg || *end || *optarg == '-')
-                return moe_fail(MOE_EINVAL, NULL, "bad value '%s' (--seed)", optarg);
+            if (!isdigit((unsigned char)*optarg) || *end || errno || a->seed > INT64_MAX)
+                return moe_fail(MOE_EINVAL, NULL, "bad value '%s': want a seed in 0..2^63-1 "
+                                "(--seed)", optarg);
             break;
         }
         case F_HELP: *help = 1; return MOE_OK;

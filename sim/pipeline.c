@@ -62,28 +62,62 @@ void moe_pipeline_free(moe_pipeline *p)
     free(p);
 }
 
-/* Slots per expert and plan entries for the configuration (see the header comment). */
-static int size_plans(moe_pipeline *p)
+/* Slots per expert *C_max and plan entries *cap of configuration c for E experts and a router
+ * of k experts per token (see the header comment). */
+static int plan_size(const moe_pipeline_cfg *c, int E, int k, long *C_max, size_t *cap)
 {
-    const moe_pipeline_cfg *c = &p->cfg;
-    const int T = c->T, E = p->r->E;
+    const int T = c->T;
     if (c->rtype->flags & MOE_RF_DENSE) {
-        p->C_max = c->M / E;
-        p->cap = (size_t)T * (size_t)c->M;
+        *C_max = c->M / E;
+        *cap = (size_t)T * (size_t)c->M;
         return MOE_OK;
     }
-    int kc = p->r->k > 0 ? p->r->k : 1;
+    int kc = k > 0 ? k : 1;
     if (c->k_claims > kc)
         kc = c->k_claims;
     long C = 0;
     int rc = moe_capacity(c->opts, kc, T, E, &C);
     if (rc)
         return rc;
-    p->C_max = c->C_max > 0 ? c->C_max : (C < T ? T : C);
+    *C_max = c->C_max > 0 ? c->C_max : (C < T ? T : C);
     size_t kept_max = (size_t)E * (size_t)(C < T ? C : T);
-    p->cap = (size_t)T * (size_t)kc;
-    if (kept_max > p->cap)
-        p->cap = kept_max; /* expert choice: E*C entries */
+    *cap = (size_t)T * (size_t)kc;
+    if (kept_max > *cap)
+        *cap = kept_max; /* expert choice: E*C entries */
+    return MOE_OK;
+}
+
+static int size_plans(moe_pipeline *p)
+{
+    return plan_size(&p->cfg, p->r->E, p->r->k, &p->C_max, &p->cap);
+}
+
+int moe_pipeline_estimate(const moe_pipeline_cfg *cfg, int E, int d, int f, int act,
+                          double *bytes, double *layer, long *C_max)
+{
+    const moe_route_opts *o = cfg->opts;
+    int k = o->k > 0 ? o->k : cfg->rtype->default_k;
+    if (cfg->rtype->flags & MOE_RF_ALL_EXPERTS)
+        k = E;
+    long C = 0;
+    size_t cap = 0;
+    int rc = plan_size(cfg, E, k, &C, &cap);
+    if (rc)
+        return rc;
+    const double T = cfg->T, M = cfg->M, fw = act == MOE_ACT_SWIGLU ? 2.0 * f : f;
+    const int twin = (cfg->rtype->flags & MOE_RF_HAS_DROPLESS) && !o->dropless;
+    double lay = (double)E * (double)(C > 1 ? C : 1) * (2.0 * d + fw) * sizeof(float);
+    double b = lay;
+    b += (double)E * ((double)d * fw + fw + (double)f * d + d) * sizeof(float); /* weights */
+    b += (1 + twin) * (double)cap * sizeof(moe_entry);                          /* plans */
+    b += T * M * (sizeof(double) + 16.0);                           /* logits, router */
+    b += (2 + twin + 2) * T * d * sizeof(float);               /* y, y2, ysub, ydense */
+    b += T * E * sizeof(double);                                /* mixture weights */
+    *bytes = b;
+    if (layer)
+        *layer = lay;
+    if (C_max)
+        *C_max = C;
     return MOE_OK;
 }
 

@@ -72,6 +72,15 @@ typedef struct moe_pipeline moe_pipeline;
 int moe_pipeline_alloc(const moe_pipeline_cfg *cfg, moe_pipeline **out);
 void moe_pipeline_free(moe_pipeline *p); /* NULL is a no-op */
 
+/* Bytes a point with this configuration allocates, estimated before anything runs, for experts
+ * (E, d, f, act): the layer's workspaces E * max(C_max, 1) * (2d + FW) floats, the expert
+ * weights, the plans (the dropless twin's too), the logits, the outputs and the dense-mixture
+ * rows, and the router's workspace taken as 16 bytes per logit. *layer gets the layer's
+ * workspaces alone and *C_max its slots per expert (both may be NULL). Errors of the routing
+ * options (moe_capacity) through moe_fail. */
+int moe_pipeline_estimate(const moe_pipeline_cfg *cfg, int E, int d, int f, int act,
+                          double *bytes, double *layer, long *C_max);
+
 /* Attach expert weights to a pipeline allocated without them (w (E,D,F) with E the router's
  * experts); allocates the layer, and the dropless twin with MOE_PIPE_ERRORS. Once only. */
 int moe_pipeline_set_experts(moe_pipeline *p, const moe_experts *w);
