@@ -3,7 +3,9 @@
 # 2^63-1 on the command line, a k beyond the int range (2^31 - 1 = 2147483647), in `moesim route`
 # and in a spec; a capacity whose layer workspaces exceed the machine's physical memory is a
 # spec error naming the key, what the point needs and what the machine has, before anything
-# runs (no database); 10^4 listed seeds with one repeated at the end name the repeated pair.
+# runs (no database); 10^4 listed seeds with one repeated at the end name the repeated pair;
+# compare matches 10^5 metrics listed in reverse order by name (one changed value is the only
+# drift) and counts a point whose metrics are all missing and extra once.
 NAME=t_limits
 . tests/lib.sh
 make_tmp
@@ -61,4 +63,26 @@ sed -i "/^seeds = 1$/{r $t/seeds.txt
 d}" "$t/seeds.ini"
 status "a repeated seed among 10^4 is refused" 1 "$t/seeds.out" "$M" run "$t/seeds.ini" --dry-run
 contains "seeds: names the pair" "$t/seeds.out" "seed 5000 is listed twice ('5000' and '05000')"
+
+# compare: one point of 10^5 metrics m0..m99999 (value = index), the candidate in reverse
+# order with m777 = 778
+{ printf 'moesim-metrics\t1\npoint\tk1\n'; seq 0 99999 | awk '{printf "\tm%d\t%d\n",$1,$1}'; } \
+    >"$t/a.tsv"
+{ printf 'moesim-metrics\t1\npoint\tk1\n'
+  seq 0 99999 | sort -rn | awk '{v = $1; if ($1 == 777) v = 778; printf "\tm%d\t%d\n",$1,v}'; } \
+    >"$t/b.tsv"
+status "compare: 10^5 metrics in reverse order, one changed" 1 "$t/cmp.out" "$M" compare \
+    "$t/a.tsv" "$t/b.tsv"
+contains "compare: only m777 drifted" "$t/cmp.out" \
+    "metrics drifted: 1 values in 1 points, 0 points missing, 0 extra"
+contains "compare: its row" "$t/cmp.out" "m777    777       778"
+{ printf 'moesim-metrics\t1\npoint\tk1\n'; seq 0 99999 | sort -rn | awk '{printf "\tm%d\t%d\n",$1,$1}'; } \
+    >"$t/r.tsv"
+status "compare: the same values in reverse order do not drift" 0 "$t/same.out" "$M" compare \
+    "$t/a.tsv" "$t/r.tsv"
+contains "compare: every value compared" "$t/same.out" "no drift: 100000 values in 1 points"
+{ printf 'moesim-metrics\t1\npoint\tk1\n'; seq 0 999 | awk '{printf "\tx%d\t%d\n",$1,$1}'; } \
+    >"$t/x.tsv"
+status "compare: all metrics missing and extra" 1 "$t/x.out" "$M" compare "$t/a.tsv" "$t/x.tsv"
+contains "compare: one drifted point, counted once" "$t/x.out" "drifted points by router: ? 1"
 finish
