@@ -3,7 +3,8 @@
  * (cmd_route.c) and `moesim bench` (cmd_bench.c) all measure this code:
  *
  *   batch     from a token source (moe_pipeline_run_source) or given (moe_pipeline_run_batch)
- *   gate      logits (T,M) = x (T,D) Wg (D,M) in fp32, skipped when the batch brings logits
+ *   gate      logits (T,M) = x (T,D) Wg (D,M): float products summed in double in a fixed
+ *             order (gate.h), skipped when the batch brings logits
  *   route     the router's plan (moe_router_route), timed on its own
  *   layer     dispatch, experts, combine (moe_layer_forward, or the expert-parallel hook)
  *   metrics   moe_metrics_compute on the plan
