@@ -645,18 +645,50 @@ static int compare_value(drift *d, const tolerances *t, const char *key, const m
     return drift_add(d, key, b->name, bs, cs, rs, ts);
 }
 
-/* Compare the values of two points with the same key, matching metrics by name. */
+/* Metrics by name, then by position (the first of equal names first). */
+static int cmp_mval_ptr(const void *a, const void *b)
+{
+    const mval *x = *(const mval *const *)a, *y = *(const mval *const *)b;
+    int o = strcmp(x->name, y->name);
+    return o ? o : (x > y) - (x < y);
+}
+
+/* The index in c of the first metric named name: c->n when none. byname (c->n) is c's metrics
+ * sorted by cmp_mval_ptr (a binary search: two files listing 10^5 metrics in different orders
+ * compare in n log n, not n^2). */
+static size_t find_metric(const mpoint *c, const mval *const *byname, const char *name)
+{
+    size_t lo = 0, hi = c->n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (strcmp(byname[mid]->name, name) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < c->n && strcmp(byname[lo]->name, name) == 0 ? (size_t)(byname[lo] - c->v)
+                                                            : c->n;
+}
+
+/* Compare the values of two points with the same key, matching metrics by name (same position
+ * first; otherwise through byname, c's metrics sorted once when first needed). */
 static int compare_point(drift *d, const tolerances *t, const mpoint *b, const mpoint *c,
-                         unsigned char *seen)
+                         unsigned char *seen, const mval **byname)
 {
     memset(seen, 0, c->n);
     size_t before = d->drifted + d->metrics_missing + d->metrics_extra;
-    int rc = MOE_OK;
+    int rc = MOE_OK, sorted = 0;
     for (size_t i = 0; i < b->n && !rc; i++) {
         size_t j = i;
-        if (j >= c->n || strcmp(b->v[i].name, c->v[j].name) != 0)
-            for (j = 0; j < c->n && strcmp(b->v[i].name, c->v[j].name) != 0; j++)
-                ;
+        if (j >= c->n || strcmp(b->v[i].name, c->v[j].name) != 0) {
+            if (!sorted) {
+                for (size_t q = 0; q < c->n; q++)
+                    byname[q] = &c->v[q];
+                qsort(byname, c->n, sizeof *byname, cmp_mval_ptr);
+                sorted = 1;
+            }
+            j = find_metric(c, byname, b->v[i].name);
+        }
         if (j == c->n) {
             char bs[32];
             fmt_value(&b->v[i], bs, sizeof bs);
@@ -687,14 +719,18 @@ static int compare_sets(const mset *b, const mset *c, const tolerances *t, drift
         if (c->p[j].n > maxn)
             maxn = c->p[j].n;
     unsigned char *seen = malloc(maxn);
-    if (!seen)
+    const mval **byname = malloc(maxn * sizeof *byname);
+    if (!seen || !byname) {
+        free(seen);
+        free(byname);
         return nomem("moesim compare");
+    }
     int rc = MOE_OK;
     size_t i = 0, j = 0;
     while (!rc && (i < b->n || j < c->n)) {
         int o = i == b->n ? 1 : j == c->n ? -1 : strcmp(b->p[i].key, c->p[j].key);
         if (o == 0) {
-            rc = compare_point(d, t, &b->p[i++], &c->p[j++], seen);
+            rc = compare_point(d, t, &b->p[i++], &c->p[j++], seen, byname);
         } else if (o < 0) {
             d->missing++;
             rc = drift_add(d, b->p[i++].key, "(point)", "present", "missing", "-", "-");
@@ -704,6 +740,7 @@ static int compare_sets(const mset *b, const mset *c, const tolerances *t, drift
         }
     }
     free(seen);
+    free(byname);
     return rc;
 }
 
@@ -785,29 +822,50 @@ static void print_table(const drift *d, size_t max_rows)
                    d->rows[i].key);
 }
 
+typedef struct {
+    char name[NAME_LEN];
+    size_t n;
+    double maxrel;
+} summary_fam;
+
+/* The entry of name in f (*nf entries in first-seen order), added (n 0, maxrel -1) when new;
+ * slot (hcap, a power of two; 0 empty, else index + 1) finds names by an FNV-1a hash, so a
+ * summary of 10^5 distinct names is linear. */
+static size_t fam_index(summary_fam *f, size_t *nf, size_t *slot, size_t hcap, const char *name)
+{
+    uint64_t h = 1469598103934665603u;
+    for (const char *q = name; *q; q++)
+        h = (h ^ (unsigned char)*q) * 1099511628211u;
+    size_t i = (size_t)h & (hcap - 1);
+    for (; slot[i]; i = (i + 1) & (hcap - 1))
+        if (strcmp(f[slot[i] - 1].name, name) == 0)
+            return slot[i] - 1;
+    size_t k = (*nf)++;
+    snprintf(f[k].name, sizeof f[k].name, "%s", name);
+    f[k].n = 0;
+    f[k].maxrel = -1.0;
+    slot[i] = k + 1;
+    return k;
+}
+
 /* Per metric family: how many values drifted and the largest relative difference. */
 static int print_summary(const drift *d)
 {
-    typedef struct {
-        char name[NAME_LEN];
-        size_t n;
-        double maxrel;
-    } fam;
-    fam *f = calloc(d->n ? d->n : 1, sizeof *f);
-    if (!f)
+    size_t hcap = 2;
+    while (hcap < 2 * (d->n + 1))
+        hcap *= 2;
+    summary_fam *f = calloc(d->n ? d->n : 1, sizeof *f);
+    size_t *slot = calloc(hcap, sizeof *slot);
+    if (!f || !slot) {
+        free(f);
+        free(slot);
         return nomem("moesim compare");
+    }
     size_t nf = 0;
     for (size_t i = 0; i < d->n; i++) {
         char name[NAME_LEN];
         metric_family(d->rows[i].metric, name, sizeof name);
-        size_t k = 0;
-        while (k < nf && strcmp(f[k].name, name) != 0)
-            k++;
-        if (k == nf) {
-            snprintf(f[nf].name, sizeof f[nf].name, "%s", name);
-            f[nf].maxrel = -1.0;
-            nf++;
-        }
+        size_t k = fam_index(f, &nf, slot, hcap, name);
         f[k].n++;
         char *end = NULL;
         double rel = strtod(d->rows[i].rel, &end);
@@ -827,25 +885,20 @@ static int print_summary(const drift *d)
     }
     /* per router: points with at least one row (rows come grouped by point) */
     nf = 0;
+    memset(slot, 0, hcap * sizeof *slot);
     for (size_t i = 0; i < d->n; i++) {
-        if (i > 0 && d->rows[i].key == d->rows[i - 1].key)
+        if (i > 0 && strcmp(d->rows[i].key, d->rows[i - 1].key) == 0)
             continue;
         char name[NAME_LEN];
         if (!key_field(d->rows[i].key, "router", name, sizeof name))
             snprintf(name, sizeof name, "?");
-        size_t k = 0;
-        while (k < nf && strcmp(f[k].name, name) != 0)
-            k++;
-        if (k == nf) {
-            snprintf(f[nf].name, sizeof f[nf].name, "%s", name);
-            f[nf++].n = 0;
-        }
-        f[k].n++;
+        f[fam_index(f, &nf, slot, hcap, name)].n++;
     }
     printf("\ndrifted points by router:");
     for (size_t k = 0; k < nf; k++)
         printf(" %s %zu%s", f[k].name, f[k].n, k + 1 < nf ? "," : "\n");
     free(f);
+    free(slot);
     return MOE_OK;
 }
 

@@ -10,8 +10,11 @@
 #include "options.h"
 #include "pipeline.h"
 
+#include <ctype.h>
+#include <errno.h>
 #include <getopt.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +72,32 @@ static int read_array(const char *path, const char *what, int want_ndim, moe_npy
     return MOE_OK;
 }
 
+/* MOE_OK when every value of v (shape, ndim <= 3) is finite; else the error naming the first
+ * non-finite one by its index, e.g. "non-finite w1[1,2,3] = nan (w1.npy)". */
+static int check_finite(const float *v, int ndim, const size_t *shape, const char *what,
+                        const char *path)
+{
+    size_t len = 1;
+    for (int i = 0; i < ndim; i++)
+        len *= shape[i];
+    for (size_t i = 0; i < len; i++) {
+        if (isfinite(v[i]))
+            continue;
+        char at[96];
+        int o = 0;
+        for (int j = 0; j < ndim; j++) {
+            size_t stride = 1;
+            for (int q = j + 1; q < ndim; q++)
+                stride *= shape[q];
+            o += snprintf(at + o, sizeof at - (size_t)o, "%s%zu", j ? "," : "",
+                          (i / stride) % shape[j]);
+        }
+        return moe_fail(MOE_EINPUT, "inputs must be finite numbers",
+                        "non-finite %s[%s] = %g (%s)", what, at, (double)v[i], path);
+    }
+    return MOE_OK;
+}
+
 static int read_float(const char *path, const char *what, int ndim, const size_t *shape,
                       float **out)
 {
@@ -92,7 +121,7 @@ static int read_float(const char *path, const char *what, int ndim, const size_t
     snprintf(w, sizeof w, "%s %s", what, path);
     rc = moe_npy_as_float(&a, w, out);
     moe_npy_free(&a);
-    return rc;
+    return rc ? rc : check_finite(*out, ndim, shape, what, path);
 }
 
 typedef struct {
@@ -194,9 +223,11 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
             break;
         case F_SEED: {
             char *end;
+            errno = 0;
             a->seed = strtoull(optarg, &end, 10);
-            if (!*optarg || *end || *optarg == '-')
-                return moe_fail(MOE_EINVAL, NULL, "bad value '%s' (--seed)", optarg);
+            if (!isdigit((unsigned char)*optarg) || *end || errno || a->seed > INT64_MAX)
+                return moe_fail(MOE_EINVAL, NULL, "bad value '%s': want a seed in 0..2^63-1 "
+                                "(--seed)", optarg);
             break;
         }
         case F_HELP: *help = 1; return MOE_OK;

@@ -314,7 +314,13 @@ static int run_points(const run_args *a, const moe_spec *spec, moe_store *st,
     int rc = MOE_OK;
     for (size_t i = 0; i < total && !stop_flag; i++) {
         const moe_point *pt = moe_spec_point(spec, i);
-        if (stored[i] && !a->force) {
+        long long sid = 0;
+        if (!stored[i] && !a->force && !mp && (rc = moe_store_find(st, pt->config_key, &sid)))
+            break;
+        if ((stored[i] || sid) && !a->force) {
+            if (sid)
+                fprintf(stderr, "moesim: point %zu stored meanwhile by another run on this "
+                        "database: skipped\n", i + 1);
             n->done++;
             continue;
         }
@@ -334,7 +340,13 @@ static int run_points(const run_args *a, const moe_spec *spec, moe_store *st,
                       : moe_point_run(pt, &stop_flag, res)))
             rc = moe_store_put_ep(st, moe_spec_name(spec), pt, res, &pv, stored[i],
                                   moe_mpi_run_ep_rows(mp, &epr) ? &epr : NULL);
-        if (!rc) {
+        if (rc && moe_store_last_existed(st)) { /* stored by another run while this ran */
+            fprintf(stderr, "moesim: point %zu stored meanwhile by another run on this "
+                    "database: skipped\n", i + 1);
+            moe_clear_error();
+            rc = MOE_OK;
+            n->done++;
+        } else if (!rc) {
             n->ran++;
             n->done++;
             if (!tty)

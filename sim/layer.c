@@ -1,6 +1,6 @@
-/* layer.c: the real MoE layer of layer.h: gate GEMM, dispatch by index, expert FFNs, combine,
- * in fp32 through GSL's BLAS interface (gsl_blas_sgemm on matrix views over our own flat
- * buffers; the build links OpenBLAS), plus the naive double-precision reference, the dense
+/* layer.c: the real MoE layer of layer.h: gate (gate.c's fixed-order routine), dispatch by
+ * index, expert FFNs, combine, in fp32 through GSL's BLAS interface (gsl_blas_sgemm on matrix
+ * views over our own flat buffers; the build links OpenBLAS), plus the naive double-precision reference, the dense
  * mixture used for the output error, and the activations.
  *
  * Workspaces (allocated once in moe_layer_alloc, never in forward). R = E * max(C_max, 1) rows:
@@ -8,8 +8,8 @@
  *                expert's rows form one contiguous block and a dense plan's M = E*C columns
  *                map one-to-one onto rows)
  *   hid  (R,FW)  hidden activations, FW = F (2F for SwiGLU); also the scratch of the phases
- *                that do not need it at the same time: the gate logits (T,M) and the dense
- *                plans' (T,M) dispatch / combine weight matrices, filled block of tokens by
+ *                that do not need it at the same time: the dense plans'
+ *                (T,M) dispatch / combine weight matrices, filled block of tokens by
  *                block of tokens (rows per block = R*FW / M, at least FW for a dense plan)
  *   out  (R,D)   expert outputs
  *   used (E)     rows filled per expert in the current forward (max slot + 1)
@@ -23,6 +23,7 @@
 #include "layer.h"
 
 #include "blas_info.h"
+#include "gate.h"
 
 #include <gsl/gsl_blas.h>
 #include <gsl/gsl_matrix_float.h>
@@ -492,8 +493,9 @@ void moe_layer_free(moe_layer *L)
 
 /* ---- gate ---- */
 
-/* Computed in blocks of tokens into the hidden workspace (R*FW floats, rows per block =
- * R*FW / M), so any M up to R*FW works without a buffer of its own. */
+/* The logits come from moesim's own fixed-order routine (gate.h), not from sgemm: every logit
+ * is the same IEEE-754 double whatever the BLAS kernel, the thread count or the CPU, so routing
+ * decisions are too. Written straight into logits (N,M): no workspace, any M >= 1. */
 int moe_layer_gate(moe_layer *L, const float *x, int n, const float *wg, int m, double *logits)
 {
     if (n < 0 || n > L->n_max)
@@ -502,29 +504,8 @@ int moe_layer_gate(moe_layer *L, const float *x, int n, const float *wg, int m, 
     if (m < 1)
         return moe_fail(MOE_EINVAL, NULL, "gate needs M >= 1 columns (got %d) (moe_layer_gate)",
                         m);
-    size_t cap = L->rows * (size_t)L->fw, M = (size_t)m, D = (size_t)L->d;
-    size_t tb = cap / M;
-    if (tb == 0)
-        return moe_fail(MOE_EINVAL, NULL, "gate with M = %d columns exceeds the layer's "
-                        "workspace of %zu floats (moe_layer_gate)", m, cap);
-    /* The gate runs on one BLAS thread: threaded OpenBLAS sgemm splits the rows over threads
-     * and rounds edge tiles differently, so some logits (51 of 16384 for (2048,32) x (32,8),
-     * 1 vs 2 threads) and with them routing decisions would change with OPENBLAS_NUM_THREADS;
-     * routing must not depend on the thread count (tests/t_regression.sh). */
-    int threads = moe_blas_threads();
-    if (threads > 1)
-        moe_blas_set_threads(1);
-    int rc = MOE_OK;
-    for (size_t t0 = 0; t0 < (size_t)n && !rc; t0 += tb) {
-        size_t rows = (size_t)n - t0 < tb ? (size_t)n - t0 : tb;
-        rc = sgemm(0, rows, M, D, x + t0 * D, D, wg, M, 0.0f, L->hid, M, "gate");
-        double *lg = logits + t0 * M;
-        for (size_t i = 0; !rc && i < rows * M; i++)
-            lg[i] = (double)L->hid[i];
-    }
-    if (threads > 1)
-        moe_blas_set_threads(threads);
-    return rc;
+    moe_gate_logits(x, (size_t)n, (size_t)L->d, wg, (size_t)m, logits, moe_blas_threads());
+    return MOE_OK;
 }
 
 /* ---- forward: sparse plans ----

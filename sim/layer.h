@@ -1,5 +1,5 @@
-/* layer.h: the real MoE layer (gate GEMM, dispatch, expert FFNs, combine) in fp32 through
- * GSL's BLAS interface (linked against OpenBLAS), plus the naive reference it is tested
+/* layer.h: the real MoE layer (gate logits by gate.h, dispatch, expert FFNs, combine) in fp32
+ * through GSL's BLAS interface (linked against OpenBLAS), plus the naive reference it is tested
  * against and the dense mixture used for the output error.
  *
  * Expert FFN_e(h) = act(h W1_e + b1_e) W2_e + b2_e, with
@@ -40,7 +40,8 @@ typedef struct moe_layer moe_layer;
 moe_layer *moe_layer_alloc(int n_max, int E, long C_max, int d, int f, int act);
 void moe_layer_free(moe_layer *L);
 
-/* logits (T,M) = x (T,D) * wg (D,M), computed in fp32 by sgemm and widened to double. */
+/* logits (T,M) = x (T,D) * wg (D,M): float products summed in double in the fixed order of
+ * gate.h (not a BLAS sgemm), so the bits do not depend on the BLAS kernel, threads or CPU. */
 int moe_layer_gate(moe_layer *L, const float *x, int n, const float *wg, int m, double *logits);
 
 /* y (T,D) = sum over plan entries of combine_w * FFN_e(h[e,s]), h[e,s] = sum dispatch_w * x[t].

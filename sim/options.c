@@ -152,11 +152,14 @@ static int bad(const char *key, const char *value, const char *want)
     return moe_fail(MOE_EINVAL, want, "bad value '%s' for option %s", value, key);
 }
 
-static int parse_long(const char *key, const char *v, long lo, long *out)
+static int parse_long(const char *key, const char *v, long lo, long hi, long *out)
 {
     char *end;
     errno = 0;
     long x = strtol(v, &end, 10);
+    if (!errno && end != v && !*end && x > hi) /* not clamped: refused */
+        return moe_fail(MOE_EINVAL, NULL, "bad value '%s' for option %s: want an integer in "
+                        "%ld..%ld", v, key, lo, hi);
     if (errno || end == v || *end || x < lo)
         return moe_fail(MOE_EINVAL, NULL, "bad value '%s' for option %s: want an integer >= %ld",
                         v, key, lo);
@@ -252,11 +255,11 @@ int moe_route_opts_set(moe_route_opts *o, const char *key, const char *v)
     int i = 0, rc = MOE_OK;
     switch (op->kind) {
     case MOE_OPT_INT:
-        if (!(rc = parse_long(key, v, (long)op->lo, &l)))
-            put_int(o, op, l > INT_MAX ? INT_MAX : (int)l);
+        if (!(rc = parse_long(key, v, (long)op->lo, INT_MAX, &l)))
+            put_int(o, op, (int)l);
         break;
     case MOE_OPT_LONG:
-        if (!(rc = parse_long(key, v, (long)op->lo, &l)))
+        if (!(rc = parse_long(key, v, (long)op->lo, LONG_MAX, &l)))
             put_long(o, op, l);
         break;
     case MOE_OPT_NUMBER:

@@ -9,6 +9,7 @@
  */
 #include "pipeline.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,6 +26,7 @@ struct moe_pipeline {
     double *logits;           /* (T,M) gate output */
     const double *routed;     /* (T,M) logits of the last batch */
     int gate_computed;
+    int wg_checked;             /* the gate weights were found finite */
     double *p;                /* (T,E) mixture weights */
     int *rows, nrows, rows_n; /* (T) rows of the dense-mixture error, for batches of rows_n */
     float *y, *y2, *ysub, *ydense; /* (T,D) */
@@ -60,28 +62,62 @@ void moe_pipeline_free(moe_pipeline *p)
     free(p);
 }
 
-/* Slots per expert and plan entries for the configuration (see the header comment). */
-static int size_plans(moe_pipeline *p)
+/* Slots per expert *C_max and plan entries *cap of configuration c for E experts and a router
+ * of k experts per token (see the header comment). */
+static int plan_size(const moe_pipeline_cfg *c, int E, int k, long *C_max, size_t *cap)
 {
-    const moe_pipeline_cfg *c = &p->cfg;
-    const int T = c->T, E = p->r->E;
+    const int T = c->T;
     if (c->rtype->flags & MOE_RF_DENSE) {
-        p->C_max = c->M / E;
-        p->cap = (size_t)T * (size_t)c->M;
+        *C_max = c->M / E;
+        *cap = (size_t)T * (size_t)c->M;
         return MOE_OK;
     }
-    int kc = p->r->k > 0 ? p->r->k : 1;
+    int kc = k > 0 ? k : 1;
     if (c->k_claims > kc)
         kc = c->k_claims;
     long C = 0;
     int rc = moe_capacity(c->opts, kc, T, E, &C);
     if (rc)
         return rc;
-    p->C_max = c->C_max > 0 ? c->C_max : (C < T ? T : C);
+    *C_max = c->C_max > 0 ? c->C_max : (C < T ? T : C);
     size_t kept_max = (size_t)E * (size_t)(C < T ? C : T);
-    p->cap = (size_t)T * (size_t)kc;
-    if (kept_max > p->cap)
-        p->cap = kept_max; /* expert choice: E*C entries */
+    *cap = (size_t)T * (size_t)kc;
+    if (kept_max > *cap)
+        *cap = kept_max; /* expert choice: E*C entries */
+    return MOE_OK;
+}
+
+static int size_plans(moe_pipeline *p)
+{
+    return plan_size(&p->cfg, p->r->E, p->r->k, &p->C_max, &p->cap);
+}
+
+int moe_pipeline_estimate(const moe_pipeline_cfg *cfg, int E, int d, int f, int act,
+                          double *bytes, double *layer, long *C_max)
+{
+    const moe_route_opts *o = cfg->opts;
+    int k = o->k > 0 ? o->k : cfg->rtype->default_k;
+    if (cfg->rtype->flags & MOE_RF_ALL_EXPERTS)
+        k = E;
+    long C = 0;
+    size_t cap = 0;
+    int rc = plan_size(cfg, E, k, &C, &cap);
+    if (rc)
+        return rc;
+    const double T = cfg->T, M = cfg->M, fw = act == MOE_ACT_SWIGLU ? 2.0 * f : f;
+    const int twin = (cfg->rtype->flags & MOE_RF_HAS_DROPLESS) && !o->dropless;
+    double lay = (double)E * (double)(C > 1 ? C : 1) * (2.0 * d + fw) * sizeof(float);
+    double b = lay;
+    b += (double)E * ((double)d * fw + fw + (double)f * d + d) * sizeof(float); /* weights */
+    b += (1 + twin) * (double)cap * sizeof(moe_entry);                          /* plans */
+    b += T * M * (sizeof(double) + 16.0);                           /* logits, router */
+    b += (2 + twin + 2) * T * d * sizeof(float);               /* y, y2, ysub, ydense */
+    b += T * E * sizeof(double);                                /* mixture weights */
+    *bytes = b;
+    if (layer)
+        *layer = lay;
+    if (C_max)
+        *C_max = C;
     return MOE_OK;
 }
 
@@ -101,6 +137,73 @@ static int alloc_routers(moe_pipeline *p)
     return size_plans(p);
 }
 
+/* ---- non-finite values ----
+ * NaN or infinity in an input would flow through the GEMMs into NaN outputs and null error
+ * metrics with exit status 0; finite inputs whose products overflow float32 would too. Inputs
+ * are checked where they enter (weights once, x per batch), the plan and y where they leave. */
+
+/* Index of the first non-finite value of v (len), or len when all are finite. */
+static size_t first_nonfinite(const float *v, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (!isfinite(v[i]))
+            return i;
+    return len;
+}
+
+/* MOE_OK, or the error naming name[row,col] (cols per row) and the point. */
+static int check_finite(const float *v, size_t rows, size_t cols, const char *name,
+                        const char *label)
+{
+    size_t i = first_nonfinite(v, rows * cols);
+    if (i == rows * cols)
+        return MOE_OK;
+    return moe_fail(MOE_EINPUT, "inputs must be finite numbers",
+                    "non-finite %s[%zu,%zu] = %g (%s)", name, i / cols, i % cols, (double)v[i],
+                    label ? label : "pipeline");
+}
+
+/* Expert weights, viewed as rows per expert: w1 (E*D,FW), b1 (E,FW), w2 (E*F,D), b2 (E,D). */
+static int check_experts(const moe_experts *w, const char *label)
+{
+    const size_t E = (size_t)w->E, D = (size_t)w->d, F = (size_t)w->f;
+    const size_t FW = w->act == MOE_ACT_SWIGLU ? 2 * F : F;
+    int rc;
+    if ((rc = check_finite(w->w1, E * D, FW, "expert weight w1 (E*D,FW)", label)) ||
+        (rc = check_finite(w->b1, E, FW, "expert bias b1 (E,FW)", label)) ||
+        (rc = check_finite(w->w2, E * F, D, "expert weight w2 (E*F,D)", label)) ||
+        (rc = check_finite(w->b2, E, D, "expert bias b2 (E,D)", label)))
+        return rc;
+    return MOE_OK;
+}
+
+/* Every dispatch and combine weight of the plan is finite (a router given finite logits can
+ * still overflow, e.g. topk's noise with a huge --noise-std). */
+static int check_plan(const moe_plan *pl, const char *label)
+{
+    for (size_t i = 0; i < pl->n_entries; i++) {
+        const moe_entry *e = &pl->entries[i];
+        if (!isfinite(e->dispatch_w) || !isfinite(e->combine_w))
+            return moe_fail(MOE_EINPUT, "the logits or the routing options overflow double "
+                            "(e.g. --noise-std)", "the router gave token %d, expert %d a "
+                            "non-finite weight (dispatch %g, combine %g) (%s)", (int)e->token,
+                            (int)e->expert, e->dispatch_w, e->combine_w,
+                            label ? label : "pipeline");
+    }
+    return MOE_OK;
+}
+
+/* y (T,D) of finite inputs: a non-finite value means float32 overflowed in the layer. */
+static int check_output(const float *y, int n, int d, const char *what, const char *label)
+{
+    size_t len = (size_t)n * (size_t)d, i = first_nonfinite(y, len);
+    if (i == len)
+        return MOE_OK;
+    return moe_fail(MOE_EINPUT, "scale the inputs or the weights down",
+                    "%s[%zu,%zu] = %g from finite inputs: float32 overflowed in the layer (%s)",
+                    what, i / (size_t)d, i % (size_t)d, (double)y[i], label ? label : "pipeline");
+}
+
 int moe_pipeline_set_experts(moe_pipeline *p, const moe_experts *w)
 {
     const moe_pipeline_cfg *c = &p->cfg;
@@ -110,6 +213,9 @@ int moe_pipeline_set_experts(moe_pipeline *p, const moe_experts *w)
     if (w->E != p->r->E)
         return moe_fail(MOE_EINVAL, NULL, "%d experts given, the router has %d (%s)", w->E,
                         p->r->E, c->label ? c->label : "pipeline");
+    int rc0 = check_experts(w, c->label);
+    if (rc0)
+        return rc0;
     p->cfg.w = w;
     p->L = moe_layer_alloc(T, w->E, p->C_max, D, w->f, w->act);
     if (!p->L)
@@ -186,12 +292,16 @@ static int output_errors(moe_pipeline *p, const moe_batch *b, const moe_route_in
         return rc;
     for (int i = 0; i < nrows; i++)
         memcpy(p->ysub + (size_t)i * D, p->y + (size_t)p->rows[i] * D, (size_t)D * sizeof *p->y);
+    if ((rc = check_output(p->ydense, nrows, D, "dense-mixture output", p->cfg.label)))
+        return rc;
     p->mt->output_error_dense = moe_rel_l2(p->ysub, p->ydense, (size_t)nrows * D);
     if (p->twin) {
         moe_route_in in2 = *in;
         in2.rng = p->rng2;
         if ((rc = moe_router_route(p->r2, &in2, p->plan2)) ||
-            (rc = moe_layer_forward(p->L, w, p->plan2, b->x, p->y2, NULL)))
+            (rc = check_plan(p->plan2, p->cfg.label)) ||
+            (rc = moe_layer_forward(p->L, w, p->plan2, b->x, p->y2, NULL)) ||
+            (rc = check_output(p->y2, T, D, "dropless output", p->cfg.label)))
             return rc;
         p->mt->output_error_dropless = moe_rel_l2(p->y, p->y2, (size_t)T * D);
         if ((p->cfg.flags & MOE_PIPE_OBSERVE) && p->r2->type->observe)
@@ -215,10 +325,18 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
     /* gate */
     p->routed = b->logits;
     p->gate_computed = 0;
+    if (b->x && (!p->routed || (fl & MOE_PIPE_LAYER)) && p->L &&
+        (rc = check_finite(b->x, (size_t)b->n, (size_t)c->w->d, "input x", c->label)))
+        return rc;
     if (!p->routed) {
         if (!c->wg || !p->L)
             return moe_fail(MOE_EINVAL, NULL, "batch without logits and no gate (%s)",
                             c->label ? c->label : "pipeline");
+        if (!p->wg_checked &&
+            (rc = check_finite(c->wg, (size_t)c->w->d, (size_t)c->M, "gate weight wg",
+                               c->label)))
+            return rc;
+        p->wg_checked = 1;
         double t0 = moe_now();
         if ((rc = moe_layer_gate(p->L, b->x, b->n, c->wg, c->M, p->logits)))
             return rc;
@@ -233,11 +351,15 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
     if ((rc = moe_router_route(p->r, &in, p->plan)))
         return rc;
     t.route = moe_now() - t0;
+    if ((rc = check_plan(p->plan, c->label)))
+        return rc;
     /* dispatch, experts, combine */
     if (fl & MOE_PIPE_LAYER) {
         moe_phase_times lt = {0};
         if ((rc = c->ep ? c->ep->forward(c->ep->ctx, c->w, p->plan, &in, b->x, p->y, &lt)
                         : moe_layer_forward(p->L, c->w, p->plan, b->x, p->y, &lt)))
+            return rc;
+        if ((rc = check_output(p->y, b->n, c->w->d, "layer output y", c->label)))
             return rc;
         t.dispatch = lt.dispatch;
         t.experts = lt.experts;

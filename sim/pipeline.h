@@ -3,7 +3,8 @@
  * (cmd_route.c) and `moesim bench` (cmd_bench.c) all measure this code:
  *
  *   batch     from a token source (moe_pipeline_run_source) or given (moe_pipeline_run_batch)
- *   gate      logits (T,M) = x (T,D) Wg (D,M) in fp32, skipped when the batch brings logits
+ *   gate      logits (T,M) = x (T,D) Wg (D,M): float products summed in double in a fixed
+ *             order (gate.h), skipped when the batch brings logits
  *   route     the router's plan (moe_router_route), timed on its own
  *   layer     dispatch, experts, combine (moe_layer_forward, or the expert-parallel hook)
  *   metrics   moe_metrics_compute on the plan
@@ -71,6 +72,15 @@ typedef struct moe_pipeline moe_pipeline;
  * outlive the pipeline). Errors (bad options, k > E, out of memory) through moe_fail. */
 int moe_pipeline_alloc(const moe_pipeline_cfg *cfg, moe_pipeline **out);
 void moe_pipeline_free(moe_pipeline *p); /* NULL is a no-op */
+
+/* Bytes a point with this configuration allocates, estimated before anything runs, for experts
+ * (E, d, f, act): the layer's workspaces E * max(C_max, 1) * (2d + FW) floats, the expert
+ * weights, the plans (the dropless twin's too), the logits, the outputs and the dense-mixture
+ * rows, and the router's workspace taken as 16 bytes per logit. *layer gets the layer's
+ * workspaces alone and *C_max its slots per expert (both may be NULL). Errors of the routing
+ * options (moe_capacity) through moe_fail. */
+int moe_pipeline_estimate(const moe_pipeline_cfg *cfg, int E, int d, int f, int act,
+                          double *bytes, double *layer, long *C_max);
 
 /* Attach expert weights to a pipeline allocated without them (w (E,D,F) with E the router's
  * experts); allocates the layer, and the dropless twin with MOE_PIPE_ERRORS. Once only. */

@@ -4,6 +4,7 @@
 #include "cluster_spec.h"
 #include "spec_internal.h"
 
+#include "dupfind.h"
 #include "layer.h"
 #include "options.h"
 
@@ -51,16 +52,16 @@ static int split_list(const spec_section *sec, const spec_kv *kv, char ***out, i
         free(w);
         return KV_FAIL(MOE_EINVAL, sec, kv, "give at least one value", "empty list");
     }
-    for (int i = 0; i < nw; i++)
-        for (int j = 0; j < i; j++)
-            if (strcmp(w[i], w[j]) == 0) {
-                int rc = KV_FAIL(MOE_EINVAL, sec, kv, "give each value once",
-                                 "'%s' is listed twice", w[i]);
-                for (int q = 0; q < nw; q++)
-                    free(w[q]);
-                free(w);
-                return rc;
-            }
+    size_t dj, di;
+    int dup = moe_dup_find(w, (size_t)nw, sizeof *w, moe_dup_cmp_str, NULL, &dj, &di);
+    if (dup) {
+        int rc = dup < 0 ? MOE_ENOMEM : KV_FAIL(MOE_EINVAL, sec, kv, "give each value once",
+                                                 "'%s' is listed twice", w[di]);
+        for (int q = 0; q < nw; q++)
+            free(w[q]);
+        free(w);
+        return rc;
+    }
     *out = w;
     *n = nw;
     return MOE_OK;
@@ -106,13 +107,14 @@ static int int_list(const spec_section *sec, const spec_kv *kv, long lo, long hi
         free_words(w, nw);
         return moe_fail(MOE_ENOMEM, NULL, "out of memory");
     }
-    for (int i = 0; i < nw && !rc; i++) {
+    for (int i = 0; i < nw && !rc; i++)
         rc = parse_int(sec, kv, w[i], lo, hi, &v[i]);
-        for (int j = 0; j < i && !rc; j++) /* "8" and "08" are one value: one point */
-            if (v[j] == v[i])
-                rc = KV_FAIL(MOE_EINVAL, sec, kv, "give each value once",
-                             "%ld is listed twice ('%s' and '%s')", v[i], w[j], w[i]);
-    }
+    size_t dj, di;
+    int dup = rc ? 0 : moe_dup_find(v, (size_t)nw, sizeof *v, moe_dup_cmp_long, NULL, &dj, &di);
+    if (dup) /* "8" and "08" are one value: one point */
+        rc = dup < 0 ? MOE_ENOMEM : KV_FAIL(MOE_EINVAL, sec, kv, "give each value once",
+                                             "%ld is listed twice ('%s' and '%s')", v[di], w[dj],
+                                             w[di]);
     free_words(w, nw);
     if (rc) {
         free(v);
@@ -481,11 +483,14 @@ static int load_seeds(moe_spec *s, const spec_section *exp)
             rc = KV_FAIL(MOE_EINVAL, exp, kv, NULL,
                          "bad number '%s': want a seed in 0..2^63-1", w[i]);
         s->seeds[i] = (uint64_t)x;
-        for (int j = 0; j < i && !rc; j++)
-            if (s->seeds[j] == s->seeds[i])
-                rc = KV_FAIL(MOE_EINVAL, exp, kv, "give each value once",
-                             "seed %llu is listed twice ('%s' and '%s')", x, w[j], w[i]);
     }
+    size_t dj, di;
+    int dup = rc ? 0 : moe_dup_find(s->seeds, (size_t)nw, sizeof *s->seeds, moe_dup_cmp_u64,
+                                    NULL, &dj, &di);
+    if (dup)
+        rc = dup < 0 ? MOE_ENOMEM : KV_FAIL(MOE_EINVAL, exp, kv, "give each value once",
+                                             "seed %llu is listed twice ('%s' and '%s')",
+                                             (unsigned long long)s->seeds[di], w[dj], w[di]);
     s->nseeds = nw;
     free_words(w, nw);
     return rc;
@@ -516,6 +521,16 @@ static int load_axes(moe_spec *s, const spec_section *exp)
 }
 
 /* experiment.capacity_factors: exact decimals, each once (default 1.0). */
+/* Capacity factors by exact value (num/den as parsed: 1.1 and 1.10 are one value). */
+static int cf_cmp(const void *a, const void *b, void *ctx)
+{
+    (void)ctx;
+    const spec_cf *x = a, *y = b;
+    if (x->num != y->num)
+        return x->num < y->num ? -1 : 1;
+    return (x->den > y->den) - (x->den < y->den);
+}
+
 static int load_cfs(moe_spec *s, const spec_section *exp)
 {
     const spec_kv *kv = moe_spec_kv_find(exp, "capacity_factors");
@@ -545,11 +560,13 @@ static int load_cfs(moe_spec *s, const spec_section *exp)
             break;
         }
         decimal_text(s->cfs[i].num, s->cfs[i].den, s->cfs[i].text, sizeof s->cfs[i].text);
-        for (int j = 0; j < i; j++)
-            if (s->cfs[j].num == s->cfs[i].num && s->cfs[j].den == s->cfs[i].den)
-                rc = KV_FAIL(MOE_EINVAL, exp, kv, "give each value once",
-                             "capacity factor %s is listed twice", s->cfs[i].text);
     }
+    size_t dj, di;
+    int dup = rc ? 0 : moe_dup_find(s->cfs, (size_t)nw, sizeof *s->cfs, cf_cmp, NULL, &dj, &di);
+    if (dup)
+        rc = dup < 0 ? MOE_ENOMEM : KV_FAIL(MOE_EINVAL, exp, kv, "give each value once",
+                                             "capacity factor %s is listed twice",
+                                             s->cfs[di].text);
     s->ncfs = nw;
     free_words(w, nw);
     return rc;

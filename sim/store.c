@@ -55,6 +55,7 @@ struct moe_store {
     int readonly;
     sqlite3_stmt *find, *del, *ins_point, *ins_load, *ins_batch, *ins_ept, *ins_ep, *ins_bench;
     sqlite3_stmt *ins_train, *ins_step, *ins_sload;
+    int existed;  /* the last put found its point stored by another process */
 };
 
 /* ---- errors ---- */
@@ -548,7 +549,7 @@ int moe_store_open(const char *path, int readonly, moe_store **out)
         return r;
     }
     if ((rc = sqlite3_extended_result_codes(st->db, 1)) != SQLITE_OK ||
-        (rc = sqlite3_busy_timeout(st->db, 250)) != SQLITE_OK) {
+        (rc = sqlite3_busy_timeout(st->db, MOE_STORE_BUSY_MS)) != SQLITE_OK) {
         int r = db_fail(st, st->db, rc, "cannot configure the database connection");
         moe_store_close(st);
         return r;
@@ -861,16 +862,28 @@ int moe_store_put_ep(moe_store *st, const char *spec_name, const moe_point *pt,
 {
     if (st->readonly)
         return moe_fail(MOE_EDB, NULL, "database opened read-only (%s)", st->path);
+    st->existed = 0;
     int r = exec(st, "BEGIN IMMEDIATE", "cannot start a transaction");
     if (r)
         return r;
-    r = put_rows(st, spec_name, pt, res, pv, replace, ep);
+    long long id = 0;
+    /* another run on this database may have stored the point since we looked: checked under
+     * the write lock, so two runs never both insert it */
+    if (!replace && !(r = moe_store_find(st, pt->config_key, &id)) && id != 0) {
+        rollback(st);
+        st->existed = 1;
+        return moe_fail(MOE_EDB, NULL, "point already stored by another run (%s)", st->path);
+    }
+    if (!r)
+        r = put_rows(st, spec_name, pt, res, pv, replace, ep);
     if (!r)
         r = exec(st, "COMMIT", "cannot commit the point");
     if (r)
         rollback(st);
     return r;
 }
+
+int moe_store_last_existed(const moe_store *st) { return st->existed; }
 
 int moe_store_ep_has_rows(sqlite3 *db)
 {

@@ -62,6 +62,12 @@ typedef struct {
 int moe_store_put_ep(moe_store *st, const char *spec_name, const moe_point *pt,
                      const moe_point_result *res, const moe_provenance *pv, int replace,
                      const moe_store_ep *ep);
+/* 1 when the last moe_store_put(_ep) without replace failed because the point was found
+ * stored (by another process, checked inside the write transaction): nothing was written. */
+int moe_store_last_existed(const moe_store *st);
+
+/* How long a writer waits for another process's write lock (sqlite3_busy_timeout), in ms. */
+#define MOE_STORE_BUSY_MS 30000
 
 /* 1 when the database has ep_ranks rows (then `moesim plot` draws the chart ep_ranks). */
 int moe_store_ep_has_rows(sqlite3 *db);

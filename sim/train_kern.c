@@ -1,11 +1,12 @@
 /* train_kern.c: the numerical kernels of the training engine (train_impl.h's tr_kern) in
  * float (moe_train_kern_f32: sgemm, the engine) and double (moe_train_kern_f64: dgemm, for the
- * gradient checks), from the one body in train_kern.h: gate GEMM, expert rows (gather or
+ * gradient checks), from the one body in train_kern.h: gate logits (gate.h's fixed order), expert rows (gather or
  * dense dispatch GEMM), expert FFN forward and backward through BLAS GEMMs, activations and
  * their derivatives (float: GELU vectorised, see train_kern.h), combine and its backward, MSE, the gate-weight gradient GEMM, SGD/Adam. */
 #include "train_impl.h"
 
 #include "layer.h"
+#include "gate.h"
 
 #include <gsl/gsl_cblas.h>
 #include <math.h>
@@ -14,6 +15,7 @@
 #define R float
 #define FN(name) name##_f32
 #define GEMM cblas_sgemm
+#define GATE moe_gate_logits
 #define EXP expf
 #define TANH tanhf
 #define ERF erff
@@ -24,6 +26,7 @@
 #undef R
 #undef FN
 #undef GEMM
+#undef GATE
 #undef EXP
 #undef TANH
 #undef ERF
@@ -34,6 +37,7 @@
 #define R double
 #define FN(name) name##_f64
 #define GEMM cblas_dgemm
+#define GATE moe_gate_logits_d
 #define EXP exp
 #define TANH tanh
 #define ERF erf

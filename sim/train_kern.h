@@ -1,9 +1,9 @@
 /* train_kern.h: the body of the training kernels, written once over a real type R and
  * included by train_kern.c for float (sgemm) and double (dgemm). Each inclusion defines
- * R, FN(name) (name suffixed by the type), GEMM (cblas_sgemm / cblas_dgemm), EXP, TANH, ERF,
- * and FAST_GELU: 1 (float) takes GELU from the layer's vectorised moe_activate (layer.h) and
- * its derivative from the forward's output, 0 (double, the gradient checks) uses libm's
- * tanh/erf throughout.
+ * R, FN(name) (name suffixed by the type), GEMM (cblas_sgemm / cblas_dgemm), GATE
+ * (moe_gate_logits / moe_gate_logits_d), EXP, TANH, ERF, and FAST_GELU: 1 (float) takes GELU
+ * from the layer's vectorised moe_activate (layer.h) and its derivative from the forward's
+ * output, 0 (double, the gradient checks) uses libm's tanh/erf throughout.
  * Not a header of its own: no include guard on purpose. */
 
 /* c (m,n) = op(a) op(b) + beta c, row-major, leading dimensions as stored. */
@@ -21,13 +21,11 @@ static void FN(load_x)(void *xr, const float *x, size_t len)
         o[i] = (R)x[i];
 }
 
+/* The gate logits by the layer's fixed-order routine (gate.h): the same bits as moesim route
+ * for the same x and wg, whatever the BLAS kernel or thread count. */
 static void FN(gate)(moe_trainer *tr, const void *xr, const void *w, int m, double *out)
 {
-    const size_t n = (size_t)tr->c.n, d = (size_t)tr->c.d;
-    R *g = tr->gm;
-    FN(gemm)(0, 0, n, (size_t)m, d, xr, d, w, (size_t)m, (R)0, g, (size_t)m);
-    for (size_t i = 0; i < n * (size_t)m; i++)
-        out[i] = (double)g[i];
+    GATE(xr, (size_t)tr->c.n, (size_t)tr->c.d, w, (size_t)m, out, tr->threads);
 }
 
 /* ---- activations: a = act(h) over rows of hid (nr,FW) into act (nr,F) ---- */

@@ -7,6 +7,8 @@
 #  2. determinism: the same spec and seed with OPENBLAS_NUM_THREADS=1 and =2, and with every
 #     sweep axis reversed, give bit-identical routing metrics (compare --rtol 0); the same thread
 #     count in another sweep order gives bit-identical everything (--rtol 0 --atol 0).
+#     Two OpenBLAS kernels (OPENBLAS_CORETYPE=Prescott, 128-bit SSE3, and SkylakeX or Haswell)
+#     give bit-identical routing metrics (--rtol 0) and output errors within atol 1e-6.
 #  3. a deliberately perturbed router (BUILD/moesim-perturb: topk's first gate + 1e-3) makes the
 #     comparison fail and name the metric and the router; the unperturbed rerun passes.
 #  4. compare itself, on edited recorded files: counts exact, the tolerance of each metric class
@@ -19,7 +21,6 @@ NAME=t_regression
 . tests/lib.sh
 PERTURB=$BUILD/moesim-perturb
 make_tmp
-. experiments/regression/blas_env.sh
 traces=${MOESIM_TRACES:-../shared/data/traces}
 mkdir -p "$tmp/no-traces"
 syn=experiments/regression/synthetic.ini
@@ -46,30 +47,20 @@ for spec in experiments/regression/*.ini; do
     run_spec "$MOESIM" "$spec" "$tmp/$name.db"
     check "$name runs ($(tail -5 "$tmp/$name.db.log"))" test $? = 0
     [ -f "$rec" ] || continue
-    # floating metrics are bit-reproducible on the BLAS kernel they were recorded with; on
-    # another one (no AVX2: blas_env.sh cannot pin it) the fp32 gate logits differ in their last
-    # bits, so compare those more loosely and say so
+    # routing metrics do not depend on the BLAS kernel (fixed-order gate); output errors are
+    # fp32 GEMMs and may differ in their last bits on another kernel, within their tolerance
     want=$(sed -n 's/^blas_core\t//p' "$rec")
     have=$(sqlite3 "$tmp/$name.db" 'SELECT group_concat(DISTINCT blas_core) FROM points')
-    loose=
     [ "$name" = synthetic ] && syn_core=$have && syn_want=$want
-    if [ "$want" != "$have" ]; then
-        echo "t_regression: note: $rec was recorded with BLAS core $want, this run uses $have:" \
-             "floating metrics compared with --rtol 1e-6"
-        loose="--rtol 1e-6"
-    fi
-    # shellcheck disable=SC2086
     status "$name matches $rec (make record re-records after an intended change)" 0 \
-        "$tmp/$name.cmp" "$MOESIM" compare "$rec" "$tmp/$name.db" $loose
+        "$tmp/$name.cmp" "$MOESIM" compare "$rec" "$tmp/$name.db"
     contains "$name: compare says so" "$tmp/$name.cmp" "no drift"
 done
 check "at least the synthetic and the in-repository recorded experiments ran" test "$nspecs" -ge 2
 # the tests below compare with the tracked synthetic.tsv: byte for byte only on its BLAS kernel
 same_core=1
-syn_loose=
 if [ "$syn_core" != "$syn_want" ]; then
     same_core=0
-    syn_loose="--rtol 1e-6"
     skip 2 "BLAS core $syn_core, not $syn_want: the byte-for-byte checks of the recorded file"
 fi
 # no baseline without its experiment
@@ -78,10 +69,9 @@ for rec in results/regression/*.tsv; do
 done
 
 # ---- 2. determinism: thread count and sweep order ----
-# 1280 tokens: the gate GEMM (1280,32) x (32,8) is large enough for OpenBLAS to split it over
-# threads (below m*n*k = 4 * 65536 it stays on one), and 1280 rows split so that threaded sgemm
-# rounds some logits differently: with the gate on all BLAS threads (before sim/layer.c ran it
-# on one) 1 vs 2 threads drifted in 123 of these 126 points (1024 and 1536 tokens happen not to).
+# 1280 tokens: large enough for the gate (1280,32) x (32,8) to be split over two threads (it
+# stays on one below 2^20 multiply-adds); when the gate was a threaded OpenBLAS sgemm, 1 vs 2
+# threads drifted in 123 of these 126 points (1024 and 1536 tokens happened not to).
 big="--set experiment.tokens=1280"
 rev="--set experiment.routers=dense,dsv3_bias,sinkhorn,base,soft_moe,hash_balanced,hash,expert_choice,gshard_raw,gshard,switch,topk_noisy,topk_token_major,topk_probs,topk_bpr,topk
 --set experiment.capacity_factors=1.5,1.0,0.5 --set experiment.distributions=zipf_ids,clustered_zipf,gaussian"
@@ -111,13 +101,37 @@ status "same threads, reversed order: everything bit-identical (--rtol 0 --atol 
     "$tmp/order.cmp" "$MOESIM" compare "$tmp/t1.db" "$tmp/t3.db" --rtol 0 --atol 0
 contains "order: every value compared" "$tmp/order.cmp" "no drift: "
 
+# ---- 2b. the OpenBLAS kernel: the gate logits are moesim's own fixed-order sums (sim/gate.c),
+# so routing metrics are bit-identical across kernels; output errors come from fp32 expert GEMMs
+# whose kernels round differently, compared within atol 1e-6 (their class's atol; --rtol 0 sets
+# every relative tolerance to 0) ----
+core2=
+grep -qw avx2 /proc/cpuinfo 2>/dev/null && grep -qw fma /proc/cpuinfo 2>/dev/null && core2=Haswell
+grep -qw avx512f /proc/cpuinfo 2>/dev/null && core2=SkylakeX
+if [ -n "$core2" ]; then
+    # shellcheck disable=SC2086
+    OPENBLAS_CORETYPE=Prescott run_spec "$MOESIM" "$syn" "$tmp/k1.db" $big
+    check "Prescott-kernel run ($(tail -3 "$tmp/k1.db.log"))" test $? = 0
+    # shellcheck disable=SC2086
+    OPENBLAS_CORETYPE=$core2 run_spec "$MOESIM" "$syn" "$tmp/k2.db" $big
+    check "$core2-kernel run ($(tail -3 "$tmp/k2.db.log"))" test $? = 0
+    check "the runs stored different BLAS cores" test \
+        "$(sqlite3 "$tmp/k1.db" 'SELECT DISTINCT blas_core FROM points')" != \
+        "$(sqlite3 "$tmp/k2.db" 'SELECT DISTINCT blas_core FROM points')"
+    status "Prescott vs $core2 kernel: routing metrics bit-identical (--rtol 0)" 0 \
+        "$tmp/kernels.cmp" "$MOESIM" compare "$tmp/k1.db" "$tmp/k2.db" --rtol 0
+    contains "kernels: every value compared" "$tmp/kernels.cmp" "no drift: "
+else
+    skip 5 "no AVX2 + FMA: only one OpenBLAS kernel family to compare"
+fi
+
 # ---- 3. a deliberately perturbed router ----
 check "the perturbed build exists ($PERTURB; make builds it with the tests)" test -x "$PERTURB"
 run_spec "$PERTURB" "$syn" "$tmp/perturbed.db"
 check "perturbed run ($(tail -3 "$tmp/perturbed.db.log"))" test $? = 0
 # shellcheck disable=SC2086
 status "the perturbed router fails the comparison" 1 "$tmp/perturbed.cmp" \
-    "$MOESIM" compare results/regression/synthetic.tsv "$tmp/perturbed.db" $syn_loose
+    "$MOESIM" compare results/regression/synthetic.tsv "$tmp/perturbed.db"
 contains "perturbed: the drift table names the metric" "$tmp/perturbed.cmp" "importance_cv2"
 contains "perturbed: and the per-expert importance" "$tmp/perturbed.cmp" "importance[e]"
 contains "perturbed: and the output error" "$tmp/perturbed.cmp" "output_error_dense"
@@ -131,7 +145,7 @@ contains "perturbed: 45 points drifted" "$tmp/perturbed.cmp" "in 45 of 126 point
 run_spec "$MOESIM" "$syn" "$tmp/rerun.db"
 # shellcheck disable=SC2086
 status "the unperturbed rerun passes" 0 "$tmp/rerun.cmp" \
-    "$MOESIM" compare results/regression/synthetic.tsv "$tmp/rerun.db" $syn_loose
+    "$MOESIM" compare results/regression/synthetic.tsv "$tmp/rerun.db"
 status "perturbed vs unperturbed databases differ too" 1 "$tmp/pr.cmp" \
     "$MOESIM" compare "$tmp/rerun.db" "$tmp/perturbed.db"
 

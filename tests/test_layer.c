@@ -343,8 +343,7 @@ static void test_mixture(gsl_rng *r)
 
 static void test_gate(gsl_rng *r)
 {
-    /* workspace R*FW = E*C_max*F = 4*1*3 = 12 floats: M = 4 runs in blocks of 3 tokens,
-     * M = 12 (soft, P = 3) one token per block */
+    /* M = 4 (one column per expert) and M = 12 (soft, P = 3) */
     enum { N = 20, E = 4, D = 9, F = 3 };
     moe_layer *L = moe_layer_alloc(N, E, 1, D, F, MOE_ACT_RELU);
     float *x = malloc(N * D * sizeof *x), *wg = malloc(D * 12 * sizeof *wg);
@@ -369,7 +368,7 @@ static void test_gate(gsl_rng *r)
     moe_clear_error();
     CHECK_INT(moe_layer_gate(L, x, N + 1, wg, E, lg), MOE_EINVAL);   /* n > n_max */
     moe_clear_error();
-    CHECK_INT(moe_layer_gate(L, x, N, wg, 13, lg), MOE_EINVAL);      /* M beyond workspace */
+    CHECK_INT(moe_layer_gate(L, x, N, wg, 0, lg), MOE_EINVAL);       /* M < 1 */
     moe_clear_error();
     moe_layer_free(L);
     free(x), free(wg), free(lg), free(ref);

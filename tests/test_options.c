@@ -58,8 +58,12 @@ static void test_set_describe(void)
     CHECK_INT(moe_route_opts_set(&o, "order", "choice_major"), MOE_OK);
     CHECK_INT(moe_route_opts_describe(&o, buf, sizeof buf), MOE_OK);
     CHECK(strstr(buf, "order") == NULL && strstr(buf, "renormalize") == NULL, "'%s'", buf);
-    /* k above INT_MAX is clamped (int field) */
-    CHECK_INT(moe_route_opts_set(&o, "k", "99999999999"), MOE_OK);
+    /* k above INT_MAX (the int field's range) is refused, not clamped; o.k keeps its value */
+    CHECK_INT(moe_route_opts_set(&o, "k", "2147483648"), MOE_EINVAL);
+    CHECK(strstr(moe_errmsg(), "want an integer in 1..2147483647") != NULL, "'%s'", moe_errmsg());
+    CHECK_INT(o.k, 3);
+    moe_clear_error();
+    CHECK_INT(moe_route_opts_set(&o, "k", "2147483647"), MOE_OK);
     CHECK_INT(o.k, 2147483647);
 }
 

@@ -6,14 +6,15 @@
 # OUTDIR defaults to results/regression. Specs marked "; needs: traces" read the recorded traces
 # under $MOESIM_TRACES (default ../shared/data/traces) and are skipped, keeping their recorded
 # file, when that folder is absent; the others run with MOESIM_TRACES pointing at an empty folder,
-# so they use only what the repository holds. Run from anywhere; exits non-zero if a run fails.
+# so they use only what the repository holds. Runs on whatever OpenBLAS kernel the environment
+# gives (routing metrics do not depend on it; output errors may move in their last bits, within
+# compare's tolerance). Run from anywhere; exits non-zero if a run fails.
 MOESIM=${1:?usage: record.sh MOESIM [OUTDIR [NAME...]]}
 case "$MOESIM" in /*) ;; *) MOESIM="$(pwd)/$MOESIM" ;; esac
 OUT=${2:-results/regression}
 case "$OUT" in /*) ;; *) OUT="$(pwd)/$OUT" ;; esac
 [ $# -ge 2 ] && shift 2 || shift $#
 cd "$(dirname "$0")/../.." || exit 1
-. experiments/regression/blas_env.sh
 traces=${MOESIM_TRACES:-../shared/data/traces}
 tmp=$(mktemp -d /tmp/moesim_record.XXXXXX) || exit 1
 trap 'rm -rf "$tmp"' EXIT
