@@ -152,7 +152,7 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
     enum { NOPT = 64 };
     struct option lo[NOPT];
     char names[NOPT][40];
-    int n = 0;
+    int n = 0, given[NOPT] = {0};
     static const struct { const char *name; int val; } fixed[] = {
         {"router", F_ROUTER}, {"logits", F_LOGITS}, {"tokens", F_TOKENS},
         {"uniforms", F_UNIFORMS}, {"x", F_X}, {"w1", F_W1}, {"b1", F_B1}, {"w2", F_W2},
@@ -208,8 +208,14 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
                 moe_error_where("--%s", names[c - F_OPT0]);
                 return rc;
             }
+            given[c - F_OPT0] = 1;
         }
     }
+    for (int i = 0; a->router && moe_router_find(a->router) && moe_route_options[i].key; i++)
+        if (given[i] && (rc = moe_route_option_check(moe_route_options[i].key, a->router))) {
+            moe_error_where("--%s", names[i]);
+            return rc;
+        }
     if (optind < argc)
         return moe_fail(MOE_EINVAL, "`moesim route --help` lists the flags",
                         "unexpected argument '%s' (command line)", argv[optind]);
