@@ -89,6 +89,7 @@ static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
             w->row[e] = lt[e] + sd * gsl_ran_gaussian_ziggurat(in->rng, 1.0);
         topk_select(cl, t, w->row);
     }
+    cl->rts_u = in->rts_u; /* order rts */
     return moe_claims_finish(cl, &r->opts, n, MOE_CLAIMS_AUX_ASSIGNED, plan);
 }
 

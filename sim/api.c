@@ -85,7 +85,7 @@ int moesim_route(const moesim_route_args *a, moesim_result **out)
                                       .label = "moesim.route", .flags = MOE_PIPE_METRICS};
         const moe_batch batch = {a->n, 0, a->m, NULL, (int64_t *)a->token_ids,
                                  (double *)a->logits, (int32_t *)a->choices,
-                                 (double *)a->choice_weights, a->k_rec};
+                                 (double *)a->choice_weights, a->k_rec, NULL, NULL};
         if (!(rc = moe_pipeline_alloc(&cfg, &res->pipe)) &&
             !(rc = moe_pipeline_run_batch(res->pipe, &batch, a->uniforms, NULL))) {
             res->plan = moe_pipeline_plan(res->pipe);

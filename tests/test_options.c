@@ -97,7 +97,7 @@ static void test_rows(void)
         CHECK(moe_route_option_find(op->key) == op, "find %s", op->key);
         CHECK(op->help && op->type, "%s has help and type", op->key);
     }
-    CHECK_INT(n, 16);
+    CHECK_INT(n, 20); /* 16 + second_policy, second_threshold, select, capacity_multiple */
     CHECK(moe_route_option_find("nope") == NULL, "unknown key");
 }
 
