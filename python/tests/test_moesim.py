@@ -19,6 +19,7 @@ Then input conversions (dtypes, order, torch tensors, __array__), the seeded dra
 """
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -172,7 +173,16 @@ def fixture_case(name, tmp):
 def test_fixtures(tmp):
     names = sorted(n for n in os.listdir(FIXTURES) if os.path.exists(os.path.join(FIXTURES, n, "cmd")))
     check(len(names) >= 30, "%d fixture cases in %s, expected at least 30" % (len(names), FIXTURES))
+    # the binding takes no Gumbel or rts draw files yet: those cases run through `moesim route`
+    # only (tests/test_fixtures.c)
+    draws = [n for n in names if re.search(r"--(gumbel|rts)-uniforms",
+                                            open(os.path.join(FIXTURES, n, "cmd")).read())]
+    if draws:
+        print("SKIP test_moesim: %d fixture cases: the binding takes no draw files (%s)"
+              % (len(draws), " ".join(draws)))
     for name in names:
+        if name in draws:
+            continue
         try:
             fixture_case(name, tmp)
         except Exception as e:  # a case that raises fails alone
