@@ -179,9 +179,10 @@ static void take(moe_claims *c, size_t i, long C)
     c->slot[i] = c->fill[e] < C ? c->fill[e]++ : -1;
 }
 
-/* Order probs: each expert keeps the C claims with the highest p[t,e] (ties to the lower
- * token); slots are then numbered in token order among the kept claims. */
-static void resolve_probs(moe_claims *c, int n, long C, const long *load)
+/* Orders probs and rts: each expert keeps the C claims with the highest key[t,e] (key (T,E):
+ * p for probs, the rts draws for rts; ties to the lower token); slots are then numbered in
+ * token order among the kept claims. */
+static void resolve_keyed(moe_claims *c, int n, long C, const long *load, const double *key)
 {
     const int K = c->K, E = c->E;
     enum { KEEP = -2 };
@@ -206,7 +207,7 @@ static void resolve_probs(moe_claims *c, int n, long C, const long *load)
             continue;
         }
         for (int q = 0; q < cnt; q++)
-            c->val[q] = c->p[(size_t)(li[q] / K) * E + e];
+            c->val[q] = key[(size_t)(li[q] / K) * E + e];
         /* stable: equal p keep list order, which is token order */
         moe_argsort_desc(c->val, cnt, c->order, c->tmp);
         for (long q = 0; q < C; q++)
@@ -228,7 +229,9 @@ int moe_claims_resolve(moe_claims *c, int n, int order, long C, int dropless, in
         return moe_fail(MOE_EINVAL, "use order choice_major or token_major",
                         "claim order %s needs router probabilities (order)",
                         order == MOE_ORDER_BPR ? "bpr" : "probs");
-
+    if (order == MOE_ORDER_RTS && !c->rts_u)
+        return moe_fail(MOE_EINVAL, "give the draws: --rts-uniforms U.npy of shape (n,E)",
+                        "claim order rts needs its draws (order)");
     /* claim statistics, before capacity */
     long *load = plan->assigned_load;
     for (size_t i = 0; i < nk; i++) {
@@ -272,7 +275,10 @@ int moe_claims_resolve(moe_claims *c, int n, int order, long C, int dropless, in
                 take(c, (size_t)c->order[r] * K + j, C);
         break;
     case MOE_ORDER_PROBS:
-        resolve_probs(c, n, C, load);
+        resolve_keyed(c, n, C, load, c->p);
+        break;
+    case MOE_ORDER_RTS:
+        resolve_keyed(c, n, C, load, c->rts_u);
         break;
     default:
         return moe_fail(MOE_EINVAL, NULL, "unknown claim order %d (order)", order);

@@ -23,6 +23,7 @@ typedef struct {
     unsigned char *claim; /* (T,K) */
     double *p;            /* (T,E) full softmax, or NULL when allocated without it */
     double *pmean;        /* (E) mean over tokens of p[t,e] (moe_claims_softmax) */
+    const double *rts_u;  /* (T,E) order rts: the draws, set by the router per group, or NULL */
     /* scratch for moe_claims_resolve */
     long *slot;           /* (T,K) slot of each claim, -1 = dropped or no claim */
     long *fill;           /* (E) next free slot per expert */
@@ -63,7 +64,10 @@ int moe_claims_argmax(const double *x, int len, int skip);
 void moe_claims_topk(const double *v, int len, int k, int32_t *idx, double *val);
 
 /* Resolve the claims of n tokens into plan entries.
- * order: enum moe_order. C: capacity (slots per expert); dropless = 1 ignores C and uses
+ * order: enum moe_order or MOE_ORDER_RTS (DeepSpeed's random token selection, top1gating
+ * use_rts: each expert keeps the C claims with the largest c->rts_u[t,e], ties to the lower
+ * token, slots in token order among the kept; needs c->rts_u).
+ * C: capacity (slots per expert); dropless = 1 ignores C and uses
  * C = the largest number of claims on one expert, so nothing is dropped and slot < C holds.
  * renormalize = 1: each token's kept gate values are divided by their sum.
  * Fills plan->assigned_load, importance (claims before capacity), n_claims, capacity and the

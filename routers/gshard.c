@@ -6,11 +6,22 @@
  * a replay with the recorded draws gives the same plan). A second choice that is not dispatched
  * claims no slot and is not counted in assigned_load or importance. Capacity with k = 2;
  * combine weights g1, g2 unless renormalize; aux_loss = E * sum_e c_e * P_e, c_e fraction of
- * tokens whose first choice is e. */
+ * tokens whose first choice is e.
+ * opts.second_policy (the libraries' second_expert_policy):
+ *   random     the rule above (fairseq and lingvo 'random', GShard Algorithm 1)
+ *   all        the second choice is always dispatched (fairseq, lingvo 'all'; DeepSpeed top2gating)
+ *   sampling   e2 = argmax over e != e1 of L[t,e] + G[t,e], G = -log(-log u[t,e]), and always
+ *              dispatched (fairseq 'sampling', DeepSpeed top2gating top2_2nd_expert_sampling);
+ *              u (T,E) from in->gumbel_u, else gsl_rng_uniform_pos(in->rng) row-major for every
+ *              (t,e); g1, g2 from the clean p of e1 and e2
+ *   threshold  dispatched iff g2 > opts.second_threshold, strictly (lingvo 'threshold', on the
+ *              normalised g2)
+ * Only random draws the (T) uniforms. */
 #include "moe.h"
 #include "claims.h"
 #include "score.h"
 
+#include <math.h>
 #include <stdlib.h>
 
 typedef struct {
@@ -19,6 +30,10 @@ typedef struct {
     int raw;     /* threshold_on = raw */
     moe_score_cfg sc;    /* the score path (score.h); sc.is_default: g = p / (p1 + p2) */
     moe_score_tmp *tmp;  /* its scratch, when not the default */
+    int policy;  /* enum moe_second_policy */
+    double thr;  /* second_threshold */
+    double *gb;  /* (T,E) drawn Gumbel uniforms (policy sampling without a file), or NULL */
+    const double *gu; /* (T,E) the Gumbel uniforms of the group */
 } gshard_ws;
 
 /* ---- workspace ---- */
@@ -31,6 +46,7 @@ static void gshard_free(moe_router *r)
     moe_claims_free(w->cl);
     moe_score_tmp_free(w->tmp);
     free(w->u);
+    free(w->gb);
     free(w);
     r->ws = NULL;
 }
@@ -51,11 +67,19 @@ static int gshard_alloc(moe_router *r)
     }
     w->cl = moe_claims_alloc(r->n_max, 2, r->E, 1);
     w->u = malloc((size_t)r->n_max * sizeof *w->u);
+    if (!w->sc.is_default && r->opts.second_policy != MOE_SECOND_RANDOM) {
+        gshard_free(r);
+        return moe_fail(MOE_EINVAL, "use second_policy = random with a score option",
+                        "gshard: second_policy other than random is not combined with a "
+                        "non-default score path (score, normalize_topk, route_scale, groups)");
+    }
     if (!w->sc.is_default && !(w->tmp = moe_score_tmp_alloc(&w->sc, r->n_max))) {
         gshard_free(r);
         return MOE_ENOMEM;
     }
-    if (!w->cl || !w->u) {
+    if (r->opts.second_policy == MOE_SECOND_SAMPLING)
+        w->gb = malloc((size_t)r->n_max * (size_t)r->E * sizeof *w->gb);
+    if (!w->cl || !w->u || (r->opts.second_policy == MOE_SECOND_SAMPLING && !w->gb)) {
         gshard_free(r);
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router gshard, %d tokens)", r->n_max);
     }
@@ -71,6 +95,20 @@ static void gshard_row(void *ctx, int t, const double *lt, const double *pt)
     moe_claims *cl = w->cl;
     const int E = cl->E;
     int e1 = moe_claims_argmax(lt, E, -1), e2 = moe_claims_argmax(lt, E, e1);
+    if (w->policy == MOE_SECOND_SAMPLING) { /* argmax of L + G over e != e1, ties to lower e */
+        const double *u = w->gu + (size_t)t * E;
+        double best = 0.0;
+        e2 = -1;
+        for (int e = 0; e < E; e++) {
+            if (e == e1)
+                continue;
+            double v = lt[e] - log(-log(u[e]));
+            if (e2 < 0 || v > best) {
+                best = v;
+                e2 = e;
+            }
+        }
+    }
     double p1 = pt[e1], p2 = pt[e2];
     double g1 = p1 / (p1 + p2), g2 = p2 / (p1 + p2);
     double test = w->raw ? p2 : g2;
@@ -80,7 +118,11 @@ static void gshard_row(void *ctx, int t, const double *lt, const double *pt)
     cl->claim[i] = 1;
     cl->expert[i + 1] = e2;
     cl->gate[i + 1] = g2;
-    cl->claim[i + 1] = 2.0 * test > w->u[t];
+    switch (w->policy) {
+    case MOE_SECOND_RANDOM: cl->claim[i + 1] = 2.0 * test > w->u[t]; break;
+    case MOE_SECOND_THRESHOLD: cl->claim[i + 1] = g2 > w->thr; break;
+    default: cl->claim[i + 1] = 1; break; /* all, sampling */
+    }
 }
 
 /* Token t through the score path (score.h): the two largest scores s1, s2 (group-limited when
@@ -104,11 +146,26 @@ static int gshard_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 {
     gshard_ws *w = r->ws;
     const int n = in->n;
-    if (!in->uniforms && !in->rng)
-        return moe_fail(MOE_EINVAL, "give a seed or a file of draws (--uniforms U.npy)",
-                        "gshard needs uniform draws or a random generator (uniforms)");
-    for (int t = 0; t < n; t++) /* one draw per token in token order, needed or not */
-        w->u[t] = in->uniforms ? in->uniforms[t] : gsl_rng_uniform(in->rng);
+    w->cl->rts_u = in->rts_u;
+    w->policy = r->opts.second_policy;
+    w->thr = r->opts.second_threshold;
+    if (w->policy == MOE_SECOND_RANDOM) {
+        if (!in->uniforms && !in->rng)
+            return moe_fail(MOE_EINVAL, "give a seed or a file of draws (--uniforms U.npy)",
+                            "gshard needs uniform draws or a random generator (uniforms)");
+        for (int t = 0; t < n; t++) /* one draw per token in token order, needed or not */
+            w->u[t] = in->uniforms ? in->uniforms[t] : gsl_rng_uniform(in->rng);
+    } else if (w->policy == MOE_SECOND_SAMPLING) {
+        if (!in->gumbel_u && !in->rng)
+            return moe_fail(MOE_EINVAL, "give a seed or a file of draws (--gumbel-uniforms U.npy)",
+                            "gshard sampling needs Gumbel draws or a random generator (uniforms)");
+        w->gu = in->gumbel_u;
+        if (!w->gu) {
+            for (size_t i = 0; i < (size_t)n * r->E; i++)
+                w->gb[i] = gsl_rng_uniform_pos(in->rng);
+            w->gu = w->gb;
+        }
+    }
     w->raw = r->opts.threshold_on == MOE_THRESH_RAW;
     int rc = moe_claims_rows(w->cl, in->logits, n,
                              w->sc.is_default ? gshard_row : gshard_score_row, w, plan);

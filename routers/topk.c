@@ -126,6 +126,7 @@ static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         else /* the scores of the noisy logits */
             topk_score_select(w, t, w->row, NULL);
     }
+    cl->rts_u = in->rts_u; /* order rts */
     return moe_claims_finish(cl, &r->opts, n, MOE_CLAIMS_AUX_ASSIGNED, plan);
 }
 

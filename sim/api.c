@@ -40,12 +40,14 @@ const char *moesim_errhint(void) { return moe_errhint(); }
 
 /* ---- routing ---- */
 
-static int set_options(const moesim_route_args *a, moe_route_opts *o)
+static int set_options(const moesim_route_args *a, const char *router, moe_route_opts *o)
 {
     for (int i = 0; i < a->n_opts; i++) {
         if (!a->keys[i] || !a->values[i])
             return moe_fail(MOE_EINVAL, NULL, "routing option %d has no key or value", i);
         int rc = moe_route_opts_set(o, a->keys[i], a->values[i]);
+        if (!rc)
+            rc = moe_route_option_check(a->keys[i], router);
         if (rc) {
             moe_error_where("option %s", a->keys[i]);
             return rc;
@@ -76,14 +78,14 @@ int moesim_route(const moesim_route_args *a, moesim_result **out)
     moe_route_opts *o = &res->opts;
     moe_route_opts_default(o);
     res->caller_table = a->hash_table;
-    int rc = set_options(a, o);
+    int rc = set_options(a, t->name, o);
     if (!rc) { /* one batch through the pipeline, routing and metrics only, as `moesim route` */
         const moe_pipeline_cfg cfg = {.rtype = t, .opts = o, .T = a->n, .M = a->m,
                                       .k_claims = a->k_rec, .seed = a->seed,
                                       .label = "moesim.route", .flags = MOE_PIPE_METRICS};
         const moe_batch batch = {a->n, 0, a->m, NULL, (int64_t *)a->token_ids,
                                  (double *)a->logits, (int32_t *)a->choices,
-                                 (double *)a->choice_weights, a->k_rec};
+                                 (double *)a->choice_weights, a->k_rec, NULL, NULL};
         if (!(rc = moe_pipeline_alloc(&cfg, &res->pipe)) &&
             !(rc = moe_pipeline_run_batch(res->pipe, &batch, a->uniforms, NULL))) {
             res->plan = moe_pipeline_plan(res->pipe);

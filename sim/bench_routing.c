@@ -167,7 +167,7 @@ static int br_run_alloc(const br_case *c, int n, int E, br_run *b)
 /* Route (and compute the metrics) once; *dt the seconds taken. */
 static int br_route_once(br_run *b, const double *L, int n, int E, const double *u, double *dt)
 {
-    moe_route_in in = {n, E, L, b->ids, u, b->rng, NULL, NULL, 0};
+    moe_route_in in = {n, E, L, b->ids, u, b->rng, NULL, NULL, 0, NULL, NULL};
     double t0 = moe_now();
     int rc = moe_router_route(b->r, &in, b->plan);
     if (!rc)

@@ -232,7 +232,7 @@ static int point_alloc(const bench_cfg *cfg, const bench_weights *w, int n, laye
 /* One forward through the pipeline: t[MOE_NPHASES] gets the phase times. */
 static int point_forward(layer_point *p, const bench_weights *w, const float *x, double *t)
 {
-    moe_batch b = {p->n, w->d, w->E, (float *)x, NULL, NULL, NULL, NULL, 0};
+    moe_batch b = {p->n, w->d, w->E, (float *)x, NULL, NULL, NULL, NULL, 0, NULL, NULL};
     moe_phase_times tm;
     int rc = moe_pipeline_run_batch(p->pipe, &b, NULL, &tm);
     if (!rc)

@@ -21,13 +21,14 @@
 #include <unistd.h>
 
 enum { F_ROUTER = 1000, F_LOGITS, F_TOKENS, F_UNIFORMS, F_X, F_W1, F_B1, F_W2, F_B2, F_OUTPUT,
-       F_PLAN, F_METRICS, F_ACT, F_SEED, F_HELP, F_OPT0 };
+       F_PLAN, F_METRICS, F_ACT, F_SEED, F_HELP, F_GUMBEL, F_RTS, F_OPT0 };
 
 typedef struct {
     const char *router, *logits, *tokens, *uniforms, *x, *w1, *b1, *w2, *b2, *output, *plan,
         *metrics;
     int act;
     unsigned long long seed;
+    const char *gumbel, *rts; /* (T,E) draws: Gumbel uniforms, rts keys */
 } route_args;
 
 static void usage(FILE *out)
@@ -35,6 +36,7 @@ static void usage(FILE *out)
     fprintf(out,
             "usage: moesim route --router NAME --logits L.npy --plan OUT.csv [--metrics OUT.json]\n"
             "                    [--tokens IDS.npy] [--uniforms U.npy] [routing options]\n"
+            "                    [--gumbel-uniforms G.npy] [--rts-uniforms R.npy]\n"
             "                    [--x X.npy --w1 W1.npy --b1 B1.npy --w2 W2.npy --b2 B2.npy\n"
             "                     --output Y.npy [--activation gelu_tanh|gelu_erf|relu|swiglu]]\n"
             "                    [--seed S]\n"
@@ -44,6 +46,9 @@ static void usage(FILE *out)
             "(E,D,2F), b1 (E,2F)) it runs the real layer and writes y (T,D) as float32 .npy,\n"
             "and the metrics gain FLOPs and the output errors. --seed selects the PCG streams\n"
             "of gshard's draws (when --uniforms is not given) and topk's noise (default 0).\n"
+            "--gumbel-uniforms (T,E) gives the Gumbel draws u (G = -log(-log u)) of gshard's\n"
+            "second_policy sampling and switch's select rsample; --rts-uniforms (T,E) the keys\n"
+            "of order rts. Every value strictly between 0 and 1.\n"
             "Routing options:\n");
     moe_route_options_print(out, 1);
 }
@@ -174,6 +179,32 @@ static int read_layer(const route_args *a, int n, int E, layer_in *l)
     return MOE_OK;
 }
 
+/* A (T,E) file of draws u, each strictly between 0 and 1 (Gumbel G = -log(-log u) is finite),
+ * as doubles into *out (the caller frees). */
+static int read_draws(const char *path, const char *what, int n, int m, double **out)
+{
+    moe_npy a;
+    int rc = read_array(path, what, 2, &a);
+    if (rc)
+        return rc;
+    if (a.shape[0] != (size_t)n || a.shape[1] != (size_t)m)
+        rc = moe_fail(MOE_EINPUT, NULL, "%s have shape (%zu,%zu), logits (%d,%d) (%s)", what,
+                      a.shape[0], a.shape[1], n, m, path);
+    if (!rc)
+        rc = moe_npy_as_double(&a, what_of(what, path), out);
+    for (size_t i = 0; !rc && i < a.count; i++)
+        if (!((*out)[i] > 0.0 && (*out)[i] < 1.0))
+            rc = moe_fail(MOE_EINPUT, "draws are uniforms strictly between 0 and 1",
+                          "%s value %g at token %zu, column %zu is outside (0,1) (%s)", what,
+                          (*out)[i], i / (size_t)m, i % (size_t)m, path);
+    moe_npy_free(&a);
+    if (rc) {
+        free(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
 /* ---- the command ---- */
 
 static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, int *help)
@@ -181,12 +212,13 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
     enum { NOPT = 64 };
     struct option lo[NOPT];
     char names[NOPT][40];
-    int n = 0;
+    int n = 0, given[NOPT] = {0};
     static const struct { const char *name; int val; } fixed[] = {
         {"router", F_ROUTER}, {"logits", F_LOGITS}, {"tokens", F_TOKENS},
         {"uniforms", F_UNIFORMS}, {"x", F_X}, {"w1", F_W1}, {"b1", F_B1}, {"w2", F_W2},
         {"b2", F_B2}, {"output", F_OUTPUT}, {"plan", F_PLAN}, {"metrics", F_METRICS},
-        {"activation", F_ACT}, {"seed", F_SEED},
+        {"activation", F_ACT}, {"seed", F_SEED}, {"gumbel-uniforms", F_GUMBEL},
+        {"rts-uniforms", F_RTS},
     };
     for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
         lo[n++] = (struct option){fixed[i].name, required_argument, NULL, fixed[i].val};
@@ -217,6 +249,8 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
         case F_OUTPUT: a->output = optarg; break;
         case F_PLAN: a->plan = optarg; break;
         case F_METRICS: a->metrics = optarg; break;
+        case F_GUMBEL: a->gumbel = optarg; break;
+        case F_RTS: a->rts = optarg; break;
         case F_ACT:
             if ((rc = moe_act_parse(optarg, &a->act)))
                 return rc;
@@ -239,8 +273,14 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
                 moe_error_where("--%s", names[c - F_OPT0]);
                 return rc;
             }
+            given[c - F_OPT0] = 1;
         }
     }
+    for (int i = 0; a->router && moe_router_find(a->router) && moe_route_options[i].key; i++)
+        if (given[i] && (rc = moe_route_option_check(moe_route_options[i].key, a->router))) {
+            moe_error_where("--%s", names[i]);
+            return rc;
+        }
     if (optind < argc)
         return moe_fail(MOE_EINVAL, "`moesim route --help` lists the flags",
                         "unexpected argument '%s' (command line)", argv[optind]);
@@ -263,7 +303,7 @@ int moe_cmd_route(int argc, char **argv)
     moe_route_opts_default(&o);
     int help = 0, rc;
     moe_npy L = {0}, ids = {0}, un = {0};
-    double *logits = NULL, *uniforms = NULL;
+    double *logits = NULL, *uniforms = NULL, *gumbel = NULL, *rts = NULL;
     int64_t *tok = NULL;
     moe_pipeline *pipe = NULL;
     layer_in lay = {0};
@@ -318,6 +358,9 @@ int moe_cmd_route(int argc, char **argv)
             goto out;
         }
     }
+    if ((a.gumbel && (rc = read_draws(a.gumbel, "Gumbel uniforms", n, m, &gumbel))) ||
+        (a.rts && (rc = read_draws(a.rts, "rts uniforms", n, m, &rts))))
+        goto out;
     /* one batch through the pipeline: route, and with weights the layer and its errors (the
      * dropless twin draws from a fresh stream of the same seed) */
     const moe_pipeline_cfg cfg = {
@@ -331,7 +374,8 @@ int moe_cmd_route(int argc, char **argv)
             (rc = moe_pipeline_set_experts(pipe, &lay.ex)))
             goto out;
     }
-    const moe_batch batch = {n, a.w1 ? lay.ex.d : 0, m, lay.x, tok, logits, NULL, NULL, 0};
+    const moe_batch batch = {n, a.w1 ? lay.ex.d : 0, m, lay.x, tok, logits, NULL, NULL, 0,
+                             gumbel, rts};
     if ((rc = moe_pipeline_run_batch(pipe, &batch, uniforms, NULL)))
         goto out;
     const moe_plan *plan = moe_pipeline_plan(pipe);
@@ -362,6 +406,8 @@ out:
     moe_route_opts_release(&o);
     free(logits);
     free(uniforms);
+    free(gumbel);
+    free(rts);
     free(tok);
     moe_npy_free(&L);
     moe_npy_free(&ids);

@@ -141,6 +141,13 @@ enum moe_score { MOE_SCORE_AUTO = 0, MOE_SCORE_SOFTMAX = 1, MOE_SCORE_SIGMOID = 
                  MOE_SCORE_SQRTSOFTPLUS = 3 };
 enum moe_tri { MOE_TRI_AUTO = 0, MOE_TRI_TRUE = 1, MOE_TRI_FALSE = 2 };
 enum moe_group_score { MOE_GSCORE_TOPK_SUM = 0, MOE_GSCORE_MAX = 1 };
+/* order rts (DeepSpeed's random token selection) follows the four orders above */
+enum { MOE_ORDER_RTS = 4 };
+/* gshard: whether the second choice is dispatched */
+enum moe_second_policy { MOE_SECOND_RANDOM = 0, MOE_SECOND_ALL = 1, MOE_SECOND_SAMPLING = 2,
+                         MOE_SECOND_THRESHOLD = 3 };
+/* switch: how the expert is selected */
+enum moe_select { MOE_SELECT_ARGMAX = 0, MOE_SELECT_RSAMPLE = 1 };
 
 typedef struct {
     int k;                   /* experts per token; 0 = the router's default */
@@ -171,13 +178,20 @@ typedef struct {
     /* Variable-k routers topp and relu: */
     double top_p;            /* topp: experts until their cumulative probability reaches this */
     int max_k;               /* topp, relu: at most this many experts per token; 0 = E */
+    /* library dialects: gshard's second-choice policy and threshold, switch's selection, C
+     * rounded up to a multiple */
+    int second_policy;       /* enum moe_second_policy */
+    double second_threshold; /* threshold policy: dispatch iff normalised g2 > this */
+    int select;              /* enum moe_select */
+    long capacity_multiple;  /* C rounded up to a multiple of this (1 = off) */
 } moe_route_opts;
 
 /* The defaults of the option table (sim/options.c): cf = 1.0 (unset), capacity -1, ... */
 void moe_route_opts_default(moe_route_opts *o);
 /* Parse a capacity factor written as a non-negative decimal ("1.25", "2", ".5") exactly. */
 int moe_decimal_parse(const char *s, long long *num, long long *den);
-/* C = max(min_capacity, ROUND(k*n*cf/E)) on integers; explicit capacity overrides.
+/* C = max(min_capacity, ROUND(k*n*cf/E)) on integers, then rounded up to a multiple of
+ * capacity_multiple; explicit capacity overrides.
  * cf unset means cf = 1. Returns MOE_OK and stores C, or an error on overflow. */
 int moe_capacity(const moe_route_opts *o, int k, long n, int E, long *C);
 
@@ -192,6 +206,10 @@ typedef struct {
     const int32_t *choices;  /* (T,Krec) recorded expert ids for the replay router, or NULL */
     const double *choice_w;  /* (T,Krec) recorded gate weights, or NULL */
     int k_rec;               /* Krec */
+    /* (T,E) uniforms u of Gumbel draws G = -log(-log u) (gshard sampling, switch rsample), or
+     * NULL to draw them from rng */
+    const double *gumbel_u;
+    const double *rts_u;     /* (T,E) order rts: keys of random token selection, or NULL */
 } moe_route_in;
 
 typedef struct moe_router moe_router;

@@ -488,7 +488,8 @@ static int ep_begin(void *ctx, const moe_pipeline_cfg *cfg, moe_router *r, long 
     c->yscratch = malloc((size_t)cfg->T * (size_t)w->d * sizeof *c->yscratch);
     c->claims = moe_mpi_xcalloc((size_t)c->P, sizeof *c->claims, &bad);
     c->dropped = moe_mpi_xcalloc((size_t)c->P, sizeof *c->dropped, &bad);
-    if ((cfg->rtype->flags & MOE_RF_USES_RNG) || cfg->opts->noise_std > 0.0) {
+    if ((cfg->rtype->flags & MOE_RF_USES_RNG) || cfg->opts->noise_std > 0.0 ||
+        cfg->opts->select == MOE_SELECT_RSAMPLE) {
         c->rngs = moe_mpi_xcalloc((size_t)c->P, sizeof *c->rngs, &bad);
         for (int q = 0; !bad && q < c->P; q++)
             if (!(c->rngs[q] = moe_rng_alloc(cfg->seed, MOE_EP_STREAM + (uint64_t)q)))

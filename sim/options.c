@@ -13,63 +13,84 @@
 
 #define OFF(field) offsetof(moe_route_opts, field)
 
+/* The routers an option applies to (the `routers` column; NULL = every router). */
+#define R_K "topk|switch|gshard|hash|base|sinkhorn|dsv3_bias|dense|replay"
+#define R_CAP "topk|switch|gshard|expert_choice|hash|sinkhorn|dsv3_bias|replay|topp|relu"
+/* base and dense accept a capacity factor that has no effect (BASE's C is ceil(n/E), dense keeps
+ * every pair): the shipped route fixtures give one to each */
+#define R_CF R_CAP "|base|dense"
+#define R_CLAIMS "topk|switch|gshard|hash|sinkhorn|dsv3_bias|replay|topp|relu"
+#define R_SCORE "topk|switch|gshard|dsv3_bias|replay"
+#define R_ORDER "topk|switch|gshard|sinkhorn|dsv3_bias|replay|topp|relu"
+
 /* key, type, kind, field, default, lower bound, exclusive, enum values, default text, choices
- * text, help */
+ * text, help, routers */
 const moe_option moe_route_options[] = {
     {"k", "int", MOE_OPT_INT, OFF(k), 0, 1, 0, NULL, "router default (topk 2)", ">= 1, <= E",
-     "experts per token"},
+     "experts per token", R_K},
     {"capacity_factor", "decimal", MOE_OPT_DECIMAL, OFF(cf_set), 1, 0, 0, NULL, "1.0",
      ">= 0, exact decimal",
-     "C = max(min_capacity, ROUND(k*n*cf/E)), computed exactly on integers"},
+     "C = max(min_capacity, ROUND(k*n*cf/E)), computed exactly on integers", R_CF},
     {"capacity", "int", MOE_OPT_LONG, OFF(capacity), -1, 0, 0, NULL, "formula", NULL,
-     "explicit slots per expert (overrides the formula)"},
+     "explicit slots per expert (overrides the formula)", R_CAP},
     {"min_capacity", "int", MOE_OPT_LONG, OFF(min_capacity), 0, 0, 0, NULL, NULL, NULL,
-     "lower bound on the capacity"},
+     "lower bound on the capacity", R_CAP},
     {"rounding", "enum", MOE_OPT_ENUM, OFF(rounding), MOE_ROUND_CEIL, 0, 0, "ceil|floor|round",
-     NULL, NULL, "ROUND in the capacity formula (round: half to even)"},
+     NULL, NULL, "ROUND in the capacity formula (round: half to even)", R_CAP},
     {"order", "enum", MOE_OPT_ENUM, OFF(order), MOE_ORDER_CHOICE_MAJOR, 0, 0,
-     "choice_major|token_major|bpr|probs", NULL, NULL,
-     "order in which token-choice claims take slots"},
+     "choice_major|token_major|bpr|probs|rts", NULL, NULL,
+     "order in which token-choice claims take slots", R_ORDER},
     {"renormalize", "bool", MOE_OPT_BOOL, OFF(renormalize), 0, 0, 0, NULL, NULL, NULL,
-     "divide kept gates by their sum after drops"},
+     "divide kept gates by their sum after drops", R_CLAIMS},
     {"threshold_on", "enum", MOE_OPT_ENUM, OFF(threshold_on), MOE_THRESH_NORMALIZED, 0, 0,
-     "normalized|raw", NULL, NULL, "gshard: test 2*g2 > u (normalized) or 2*p2 > u (raw)"},
+     "normalized|raw", NULL, NULL, "gshard: test 2*g2 > u (normalized) or 2*p2 > u (raw)",
+     "gshard"},
     {"hash", "enum", MOE_OPT_ENUM, OFF(hash), MOE_HASH_MOD, 0, 0, "mod|table|balanced", NULL,
-     NULL, "hash router: expert of a token id"},
+     NULL, "hash router: expert of a token id", "hash"},
     {"hash_table", "path", MOE_OPT_TABLE, OFF(hash_table), 0, 0, 0, NULL, "none", ".npy of int",
-     "hash = table: expert of each id (index = id)"},
+     "hash = table: expert of each id (index = id)", "hash"},
     {"slots_per_expert", "int", MOE_OPT_INT, OFF(slots_per_expert), 0, 1, 0, NULL, "M/E or 1",
-     NULL, "soft_moe: slots P per expert (M = E*P columns)"},
+     NULL, "soft_moe: slots P per expert (M = E*P columns)", "soft_moe"},
     {"num_experts", "int", MOE_OPT_INT, OFF(num_experts), 0, 1, 0, NULL, "M / P", NULL,
-     "experts E (soft_moe: M = E*P)"},
+     "experts E (soft_moe: M = E*P)", NULL},
     {"noise_std", "number", MOE_OPT_NUMBER, OFF(noise_std), 0.0, 0, 0, NULL, NULL, NULL,
-     "topk: std of Gaussian noise added to the logits"},
+     "topk: std of Gaussian noise added to the logits", "topk"},
     {"dropless", "bool", MOE_OPT_BOOL, OFF(dropless), 0, 0, 0, NULL, NULL, NULL,
-     "token-choice routers: no capacity limit"},
+     "token-choice routers: no capacity limit", R_CLAIMS},
     {"bias_rate", "number", MOE_OPT_NUMBER, OFF(bias_rate), 0.001, 0, 0, NULL, NULL, NULL,
-     "dsv3_bias: bias update rate"},
+     "dsv3_bias: bias update rate", "dsv3_bias"},
     {"sinkhorn_tol", "number", MOE_OPT_NUMBER, OFF(sinkhorn_tol), 1e-9, 0, 1, NULL, "1e-9", NULL,
-     "sinkhorn: convergence tolerance"},
+     "sinkhorn: convergence tolerance", "sinkhorn"},
+    {"second_policy", "enum", MOE_OPT_ENUM, OFF(second_policy), MOE_SECOND_RANDOM, 0, 0,
+     "random|all|sampling|threshold", NULL, NULL,
+     "gshard: second choice kept by 2*g2 > u, always, Gumbel-sampled, or g2 > second_threshold",
+     "gshard"},
+    {"second_threshold", "number", MOE_OPT_NUMBER, OFF(second_threshold), 0.2, 0, 0, NULL, NULL,
+     NULL, "gshard second_policy threshold: keep the second choice iff g2 > this", "gshard"},
+    {"select", "enum", MOE_OPT_ENUM, OFF(select), MOE_SELECT_ARGMAX, 0, 0, "argmax|rsample", NULL,
+     NULL, "switch: expert = argmax L, or argmax (L + Gumbel) (rsample)", "switch"},
+    {"capacity_multiple", "int", MOE_OPT_LONG, OFF(capacity_multiple), 1, 1, 0, NULL, NULL, NULL,
+     "C rounded up to a multiple of this, after min_capacity", R_CAP},
     {"score", "enum", MOE_OPT_ENUM, OFF(score), MOE_SCORE_AUTO, 0, 0,
      "auto|softmax|sigmoid|sqrtsoftplus", "router's own", NULL,
-     "token-choice routers: score s = f(logits) that selects and weighs experts"},
+     "token-choice routers: score s = f(logits) that selects and weighs experts", R_SCORE},
     {"normalize_topk", "enum", MOE_OPT_ENUM, OFF(normalize_topk), MOE_TRI_AUTO, 0, 0,
      "auto|true|false", "router's own", NULL,
-     "token-choice routers: combine weights = chosen s / their sum (true) or raw s (false)"},
+     "token-choice routers: combine weights = chosen s / their sum (true) or raw s (false)", R_SCORE},
     {"route_scale", "number", MOE_OPT_NUMBER, OFF(route_scale), 1.0, 0, 1, NULL, NULL, NULL,
-     "token-choice routers: combine weights times this after normalisation"},
+     "token-choice routers: combine weights times this after normalisation", R_SCORE},
     {"groups", "int", MOE_OPT_INT, OFF(groups), 0, 1, 0, NULL, "off", "divides E",
-     "group-limited routing: G contiguous groups of experts"},
+     "group-limited routing: G contiguous groups of experts", R_SCORE},
     {"topk_groups", "int", MOE_OPT_INT, OFF(topk_groups), 0, 1, 0, NULL, "groups", "<= groups",
-     "group-limited routing: experts only from the M best groups of each token"},
+     "group-limited routing: experts only from the M best groups of each token", R_SCORE},
     {"group_score", "enum", MOE_OPT_ENUM, OFF(group_score), MOE_GSCORE_TOPK_SUM, 0, 0,
      "topk_sum|max", NULL, NULL,
-     "group-limited routing: group score = sum of its top-(k/M) scores, or its max"},
+     "group-limited routing: group score = sum of its top-(k/M) scores, or its max", R_SCORE},
     {"top_p", "number", MOE_OPT_NUMBER, OFF(top_p), 0.5, 0, 1, NULL, NULL, "> 0, <= 1",
-     "topp: experts in descending p until their cumulative p reaches this"},
+     "topp: experts in descending p until their cumulative p reaches this", "topp"},
     {"max_k", "int", MOE_OPT_INT, OFF(max_k), 0, 1, 0, NULL, "E", "<= E",
-     "topp, relu: at most this many experts per token"},
-    {NULL, NULL, 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL},
+     "topp, relu: at most this many experts per token", "topp|relu"},
+    {NULL, NULL, 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL, NULL},
 };
 #undef OFF
 
@@ -79,6 +100,39 @@ const moe_option *moe_route_option_find(const char *key)
         if (!strcmp(op->key, key))
             return op;
     return NULL;
+}
+
+/* Whether name is one of the '|'-separated names in list. */
+static int name_in(const char *list, const char *name)
+{
+    size_t len = strlen(name);
+    for (const char *p = list; *p;) {
+        size_t n = strcspn(p, "|");
+        if (n == len && !strncmp(p, name, n))
+            return 1;
+        p += n;
+        if (*p)
+            p++;
+    }
+    return 0;
+}
+
+int moe_route_option_applies(const moe_option *op, const char *router)
+{
+    return !op->routers || name_in(op->routers, router);
+}
+
+int moe_route_option_check(const char *key, const char *router)
+{
+    const moe_option *op = moe_route_option_find(key);
+    if (!op || moe_route_option_applies(op, router))
+        return MOE_OK;
+    char hint[256];
+    snprintf(hint, sizeof hint, "%s applies to: %s", key, op->routers);
+    for (char *c = hint; *c; c++)
+        if (*c == '|')
+            *c = ' ';
+    return moe_fail(MOE_EINVAL, hint, "option %s does not apply to router %s", key, router);
 }
 
 /* ---- fields by offset ---- */
@@ -346,8 +400,14 @@ void moe_route_options_print(FILE *out, int as_flags)
         }
         moe_option_default_text(op, def, sizeof def);
         moe_option_choices_text(op, choices, sizeof choices);
-        fprintf(out, "  %-20s %-8s default %-14s %s (%s)\n", name, op->type, def, op->help,
+        fprintf(out, "  %-20s %-8s default %-14s %s (%s)", name, op->type, def, op->help,
                 choices);
+        if (op->routers) { /* "; routers: topk switch" */
+            fputs("; routers: ", out);
+            for (const char *p = op->routers; *p; p++)
+                fputc(*p == '|' ? ' ' : *p, out);
+        }
+        fputc('\n', out);
     }
 }
 

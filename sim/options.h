@@ -2,7 +2,9 @@
  * offset), its type, default, bounds and help; the table drives the defaults
  * (moe_route_opts_default), `moesim route` flags (--capacity-factor is key capacity_factor),
  * spec keys in router sections and `--set router.NAME.key=value` overrides (moe_route_opts_set),
- * validation, --help and `moesim list options` (moe_route_options_print), and the canonical text
+ * validation, the routers an option applies to (moe_route_option_check: an option given
+ * explicitly for a router it does not apply to is an error), --help and `moesim list options`
+ * (moe_route_options_print), and the canonical text
  * stored with every sweep point (moe_route_opts_describe). Adding an option is one row here and
  * one field in moe_route_opts. */
 #ifndef MOE_OPTIONS_H
@@ -34,12 +36,19 @@ typedef struct {
     const char *def_text; /* default as shown in --help; NULL = from def */
     const char *choices;  /* allowed values as shown in --help; NULL = from the bounds */
     const char *help;
+    const char *routers;  /* the routers it applies to, "topk|switch"; NULL = every router */
 } moe_option;
 
 extern const moe_option moe_route_options[]; /* terminated by key == NULL */
 
 /* The row of key, or NULL. */
 const moe_option *moe_route_option_find(const char *key);
+/* Whether op applies to the router type named router. */
+int moe_route_option_applies(const moe_option *op, const char *router);
+/* MOE_OK when option key (given explicitly) applies to router, else MOE_EINVAL "option K does
+ * not apply to router R" with the routers it applies to as the hint. Unknown keys pass (the
+ * setter reports them). */
+int moe_route_option_check(const char *key, const char *router);
 /* Set one routing option from text. Unknown key, bad value: MOE_EINVAL naming key and value.
  * hash_table is a path: the table is loaded from .npy and owned by the caller through
  * moe_route_opts_release. */

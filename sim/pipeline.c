@@ -127,7 +127,8 @@ static int alloc_routers(moe_pipeline *p)
     int rc = moe_router_alloc(c->rtype, c->opts, c->T, c->M, &p->r);
     if (rc)
         return rc;
-    if ((c->rtype->flags & MOE_RF_USES_RNG) || c->opts->noise_std > 0.0) {
+    if ((c->rtype->flags & MOE_RF_USES_RNG) || c->opts->noise_std > 0.0 ||
+        c->opts->select == MOE_SELECT_RSAMPLE) {
         uint64_t stream = moe_router_stream(c->rtype);
         p->rng = moe_rng_alloc(c->seed, stream);
         p->rng2 = moe_rng_alloc(c->seed, stream);
@@ -346,7 +347,7 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
     }
     /* route */
     moe_route_in in = {b->n, c->M, p->routed, b->ids, uniforms, p->rng, b->choices, b->choice_w,
-                       b->k_rec};
+                       b->k_rec, b->gumbel_u, b->rts_u};
     double t0 = moe_now();
     if ((rc = moe_router_route(p->r, &in, p->plan)))
         return rc;

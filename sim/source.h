@@ -30,6 +30,8 @@ typedef struct {
     int32_t *choices;  /* (T,Krec) recorded expert ids, or NULL */
     double *choice_w;  /* (T,Krec) recorded gate weights, or NULL */
     int k_rec;
+    /* (T,E) draws given as files (moesim route), or NULL: moe_route_in's gumbel_u, rts_u */
+    const double *gumbel_u, *rts_u;
 } moe_batch;
 
 typedef struct moe_source moe_source;

@@ -194,6 +194,8 @@ static int load_router(const spec_section *sec, const char *name, spec_router *r
             continue;
         moe_clear_error();
         int rc = moe_route_opts_set(&r->opts, kv->key, kv->value);
+        if (!rc)
+            rc = moe_route_option_check(kv->key, r->type->name);
         if (rc)
             return moe_spec_relocate(rc, sec, kv);
     }

@@ -181,6 +181,8 @@ int moe_capacity(const moe_route_opts *o, int k, long n, int E, long *C)
     }
     if (q < o->min_capacity)
         q = o->min_capacity;
+    if (o->capacity_multiple > 1 && q % o->capacity_multiple)
+        q += o->capacity_multiple - q % o->capacity_multiple;
     if (q > LONG_MAX)
         return moe_fail(MOE_EINVAL, NULL, "capacity %lld too large", q);
     *C = (long)q;

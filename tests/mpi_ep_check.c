@@ -146,7 +146,7 @@ static void run_case(const ep_case *c)
     if (rc)
         return;
     gsl_rng *rng = moe_rng_alloc(seed, MOE_STREAM_GSHARD);
-    moe_route_in in = {T, M, logits, ids, NULL, rng, NULL, NULL, 0};
+    moe_route_in in = {T, M, logits, ids, NULL, rng, NULL, NULL, 0, NULL, NULL};
     const size_t cap = (size_t)T * M + (size_t)T * E;
     moe_plan *plan = moe_plan_alloc(T, E, cap), *up = moe_plan_alloc(T, E, cap * P);
     rc = moe_router_route(r, &in, plan);

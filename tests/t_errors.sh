@@ -78,6 +78,19 @@ spec unknown_router 's/^k = 2$/type = top3/'
 expect_error "unknown router type" \
     "unknown router type 'top3' (unknown_router.ini:7, key router.topk.type)" \
     run unknown_router.ini
+# an option written for a router it does not apply to (the routers column of sim/options.c):
+# soft_moe has no capacity, threshold_on is gshard's draw test
+spec cf_soft 's/^k = 2$/type = soft_moe\ncapacity_factor = 1.5/'
+expect_error "option for another router (spec)" \
+    "option capacity_factor does not apply to router soft_moe (cf_soft.ini:8, key router.topk.capacity_factor)" \
+    run cf_soft.ini
+spec set_thr
+expect_error "option for another router (--set)" \
+    "option threshold_on does not apply to router topk (--set:1, key router.topk.threshold_on)" \
+    run set_thr.ini --set router.topk.threshold_on=raw
+expect_error "option for another router (route flag)" \
+    "option capacity_factor does not apply to router soft_moe (--capacity-factor)" \
+    "$M" route --router soft_moe --logits "$FIX/good.npy" --plan p.csv --capacity-factor 1.5
 spec k_gt_e 's/^k = 2$/k = 5/'
 expect_error "k > E in a spec" \
     "k = 5 exceeds E = 4 (router topk, shape s) (k_gt_e.ini:7, key router.topk.k)" run k_gt_e.ini

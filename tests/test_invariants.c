@@ -34,7 +34,7 @@ static int route(const moe_router_type *t, const moe_route_opts *o, const shape 
         return -1;
     gsl_rng *rng = moe_rng_alloc(seed, MOE_STREAM_GSHARD);
     moe_plan *p = moe_plan_alloc(s->n, r->E, (size_t)s->n * (size_t)s->m);
-    moe_route_in in = {s->n, s->m, L, ids, NULL, rng, NULL, NULL, 0};
+    moe_route_in in = {s->n, s->m, L, ids, NULL, rng, NULL, NULL, 0, NULL, NULL};
     /* routers that replay recorded choices (replay) get the top-k of the logits as the record */
     int32_t *ch = NULL;
     if (t->flags & MOE_RF_NEEDS_CHOICES) {
@@ -176,7 +176,7 @@ int main(void)
             continue;
         }
         moe_plan *p = moe_plan_alloc(2, r->E, 8);
-        moe_route_in in = {2, 3, L, ids, NULL, g, NULL, NULL, 0};
+        moe_route_in in = {2, 3, L, ids, NULL, g, NULL, NULL, 0, NULL, NULL};
         moe_clear_error();
         rc = moe_router_route(r, &in, p);
         CHECK(rc == MOE_EINPUT && strstr(moe_errmsg(), "non-finite logit"),

@@ -108,8 +108,51 @@ static void test_rows(void)
         CHECK(moe_route_option_find(op->key) == op, "find %s", op->key);
         CHECK(op->help && op->type, "%s has help and type", op->key);
     }
-    CHECK_INT(n, 24);
+    CHECK_INT(n, 28); /* 16 + 8 score, group and variable-k rows + second_policy,
+                       * second_threshold, select, capacity_multiple */
     CHECK(moe_route_option_find("nope") == NULL, "unknown key");
+}
+
+/* The routers column: every name in it is a registered router (a typo would make an option
+ * apply nowhere), and the rule of each router as its file states it: soft_moe has no capacity
+ * (soft_moe.c: nothing is dropped), threshold_on is gshard's draw test (gshard.c), noise_std is
+ * topk's gate noise (topk.c), hash keeps token order (hash.c: opts.order does not apply). */
+static void test_applies(void)
+{
+    for (const moe_option *op = moe_route_options; op->key; op++) {
+        if (!op->routers)
+            continue;
+        int any = 0;
+        for (const char *p = op->routers; *p;) {
+            char name[32];
+            size_t len = strcspn(p, "|");
+            snprintf(name, sizeof name, "%.*s", (int)len, p);
+            CHECK(moe_router_find(name) != NULL, "%s: '%s' is a router", op->key, name);
+            any = 1;
+            p += len + (p[len] == '|');
+        }
+        CHECK(any, "%s applies to some router", op->key);
+    }
+    static const struct { const char *key, *router; int ok; } cases[] = {
+        {"capacity_factor", "soft_moe", 0}, {"capacity_factor", "topk", 1},
+        {"capacity", "soft_moe", 0},        {"threshold_on", "topk", 0},
+        {"threshold_on", "gshard", 1},      {"noise_std", "switch", 0},
+        {"order", "hash", 0},               {"order", "topk", 1},
+        {"slots_per_expert", "topk", 0},    {"num_experts", "soft_moe", 1},
+        {"num_experts", "topk", 1},         {"k", "expert_choice", 0},
+        {"bias_rate", "sinkhorn", 0},       {"dropless", "expert_choice", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        moe_clear_error();
+        int rc = moe_route_option_check(cases[i].key, cases[i].router);
+        CHECK_INT(rc, cases[i].ok ? MOE_OK : MOE_EINVAL);
+        if (!cases[i].ok) {
+            char want[128];
+            snprintf(want, sizeof want, "option %s does not apply to router %s", cases[i].key,
+                     cases[i].router);
+            CHECK(!strcmp(moe_errmsg(), want), "message '%s'", moe_errmsg());
+        }
+    }
 }
 
 int main(void)
@@ -118,5 +161,6 @@ int main(void)
     test_set_describe();
     test_bounds();
     test_rows();
+    test_applies();
     return check_report("test_options");
 }

@@ -54,7 +54,7 @@ static moe_plan *route_direct(const moe_route_opts *o)
 {
     moe_router *r = NULL;
     moe_plan *p = moe_plan_alloc(T, E, (size_t)T * E);
-    moe_route_in in = {T, E, logits, NULL, NULL, NULL, NULL, NULL, 0};
+    moe_route_in in = {T, E, logits, NULL, NULL, NULL, NULL, NULL, 0, NULL, NULL};
     if (moe_router_alloc(moe_router_find("topk"), o, T, E, &r) || moe_router_route(r, &in, p)) {
         fprintf(stderr, "direct routing: %s\n", moe_errmsg());
         moe_plan_free(p);
@@ -103,7 +103,7 @@ int main(void)
     moe_plan *ref = route_direct(&o), *refd = route_direct(&od);
     CHECK(ref && ref->capacity == 2 && ref->n_entries == 4,
           "direct plan: C = 2 and 4 kept entries (2 of expert 0's 4 claims dropped)");
-    const moe_batch b = {T, D, E, x, NULL, (double *)logits, NULL, NULL, 0};
+    const moe_batch b = {T, D, E, x, NULL, (double *)logits, NULL, NULL, 0, NULL, NULL};
 
     /* ---- routing only ---- */
     moe_pipeline_cfg cfg = {.rtype = moe_router_find("topk"), .opts = &o, .T = T, .M = E,
@@ -179,7 +179,7 @@ int main(void)
     cfg.opts = &o;
     cfg.wg = wg;
     CHECK_INT(moe_pipeline_alloc(&cfg, &p), MOE_OK);
-    const moe_batch bx = {T, D, E, x, NULL, NULL, NULL, NULL, 0};
+    const moe_batch bx = {T, D, E, x, NULL, NULL, NULL, NULL, 0, NULL, NULL};
     CHECK_INT(moe_pipeline_run_batch(p, &bx, NULL, &tm), MOE_OK);
     CHECK_INT(moe_pipeline_gate_computed(p), 1);
     const double *lg = moe_pipeline_logits(p);

@@ -30,7 +30,7 @@ static moe_plan *route(const char *name, int k, int order, int threads)
     moe_router *r = NULL;
     moe_plan *p = moe_plan_alloc(N, E, 16);
     int rc = moe_router_alloc(moe_router_find(name), &o, N, E, &r);
-    moe_route_in in = {N, E, L, NULL, U, NULL, NULL, NULL, 0};
+    moe_route_in in = {N, E, L, NULL, U, NULL, NULL, NULL, 0, NULL, NULL};
     if (!rc)
         rc = moe_router_route(r, &in, p);
     CHECK(rc == 0, "%s k=%d order %d threads %d: %s", name, k, order, threads, moe_errmsg());

@@ -55,7 +55,7 @@ static moe_plan *replay(const moe_batch *bt, const char *cf, int renormalize)
     }
     moe_plan *p = moe_plan_alloc(bt->n, bt->m, 16);
     moe_route_in in = {bt->n, bt->m,       bt->logits,   bt->ids,  NULL,
-                       NULL,  bt->choices, bt->choice_w, bt->k_rec};
+                       NULL,  bt->choices, bt->choice_w, bt->k_rec, NULL, NULL};
     int rc = moe_router_route(r, &in, p);
     moe_router_free(r);
     if (rc) {
@@ -238,7 +238,7 @@ static void test_mixtral(void)
     o.dropless = 1;
     moe_router *r = NULL;
     moe_plan *p = moe_plan_alloc(5, 8, 16);
-    moe_route_in in = {5, 8, bt.logits, bt.ids, NULL, NULL, NULL, NULL, 0};
+    moe_route_in in = {5, 8, bt.logits, bt.ids, NULL, NULL, NULL, NULL, 0, NULL, NULL};
     if (!moe_router_alloc(moe_router_find("topk"), &o, 5, 8, &r) && !moe_router_route(r, &in, p)) {
         int bad = p->n_entries != 10;
         for (size_t i = 0; i < p->n_entries && !bad; i++) {
@@ -518,7 +518,7 @@ static void test_malformed(void)
     moe_router *r = NULL;
     double L[8] = {0};
     moe_plan *p = moe_plan_alloc(2, 4, 8);
-    moe_route_in in = {2, 4, L, NULL, NULL, NULL, NULL, NULL, 0};
+    moe_route_in in = {2, 4, L, NULL, NULL, NULL, NULL, NULL, 0, NULL, NULL};
     int32_t ch[4] = {0, 4, 1, 2};
     int rc = moe_router_alloc(moe_router_find("replay"), &o, 2, 4, &r);
     CHECK(rc == 0 && moe_router_route(r, &in, p) == MOE_EINPUT &&
@@ -777,7 +777,7 @@ static void test_real(void)
         o.dropless = 1;
         moe_router *r = NULL;
         p = moe_plan_alloc(583, 8, 1200);
-        moe_route_in in = {583, 8, bt.logits, bt.ids, NULL, NULL, NULL, NULL, 0};
+        moe_route_in in = {583, 8, bt.logits, bt.ids, NULL, NULL, NULL, NULL, 0, NULL, NULL};
         int bad = -1;
         if (!moe_router_alloc(moe_router_find("topk"), &o, 583, 8, &r) &&
             !moe_router_route(r, &in, p)) {

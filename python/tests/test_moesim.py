@@ -19,6 +19,7 @@ Then input conversions (dtypes, order, torch tensors, __array__), the seeded dra
 """
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -172,7 +173,16 @@ def fixture_case(name, tmp):
 def test_fixtures(tmp):
     names = sorted(n for n in os.listdir(FIXTURES) if os.path.exists(os.path.join(FIXTURES, n, "cmd")))
     check(len(names) >= 30, "%d fixture cases in %s, expected at least 30" % (len(names), FIXTURES))
+    # the binding takes no Gumbel or rts draw files yet: those cases run through `moesim route`
+    # only (tests/test_fixtures.c)
+    draws = [n for n in names if re.search(r"--(gumbel|rts)-uniforms",
+                                            open(os.path.join(FIXTURES, n, "cmd")).read())]
+    if draws:
+        print("SKIP test_moesim: %d fixture cases: the binding takes no draw files (%s)"
+              % (len(draws), " ".join(draws)))
     for name in names:
+        if name in draws:
+            continue
         try:
             fixture_case(name, tmp)
         except Exception as e:  # a case that raises fails alone
@@ -289,8 +299,11 @@ def test_errors():
     expect_error("unknown routing option 'capacity_fctor' (option capacity_fctor)",
                  moesim.route, L, "topk", capacity_fctor=1)
     expect_error("bad value 'sideways' for option order: want one of "
-                 "choice_major|token_major|bpr|probs (option order)",
+                 "choice_major|token_major|bpr|probs|rts (option order)",
                  moesim.route, L, "topk", order="sideways")
+    # the routers column of sim/options.c: threshold_on is gshard's alone
+    expect_error("option threshold_on does not apply to router topk (option threshold_on)",
+                 moesim.route, L, "topk", threshold_on="raw")
     expect_error("unknown router 'top_k' (router)", moesim.route, L, "top_k")
     expect_error("k = 4 is outside 1..E = 1..3 (router topk)", moesim.route, L, "topk", k=4)
     Ln = L.copy()

@@ -37,7 +37,7 @@ static int route_once(const moe_router_type *t, const moe_route_opts *o, const d
     size_t reserve = (t->flags & MOE_RF_DENSE) ? (size_t)n * (size_t)m : (size_t)n * (size_t)r->k;
     moe_plan *plan = moe_plan_alloc(n, r->E, reserve);
     moe_metrics *mt = moe_metrics_alloc(r->E);
-    moe_route_in in = {n, m, L, NULL, NULL, rng, NULL, NULL, 0};
+    moe_route_in in = {n, m, L, NULL, NULL, rng, NULL, NULL, 0, NULL, NULL};
     if (!plan || !mt)
         rc = moe_fail(MOE_ENOMEM, NULL, "out of memory");
     else if (!(rc = moe_router_route(r, &in, plan)))
