@@ -3,7 +3,7 @@
  * and the one-transaction write of a point. Every sqlite3 return code is checked; errors are
  * MOE_EDB naming the database file.
  *
- * Schema, version 2 (STRICT tables; `sqlite3 results/x.db .schema` shows it):
+ * Schema, version 3 (STRICT tables; `sqlite3 results/x.db .schema` shows it):
  *   points             one row per sweep point: configuration columns (router, router_type,
  *                      router_options, capacity_factor text + _value real + _note, distribution,
  *                      source, source_params, shape, d, f, E, k, m, activation, tokens, batches,
@@ -18,12 +18,19 @@
  *   ep_ranks           (point, capacity, rank): per-rank load, rows, bytes and times of an
  *                      expert-parallel point (moe_store_put_ep), means per batch
  *   bench              (run, config, n, metric): `moesim bench` rows with their provenance
- *   views              summary, by_router_cf, loads, provenance, ep_summary
+ *   runs               one row per `moesim run` (spec name and text, overrides, times);
+ *                      points.run links each point to the run that stored it, and the
+ *                      generated column points.config_group is config_key without the seed
+ *   student_t          t quantiles of the 95% confidence intervals (store_stats.c)
+ *   views              over_seeds, summary, by_router_cf (one row per configuration, metrics
+ *                      over seeds: store_stats.c), loads, provenance, ep_summary
  * Child rows go with their point (ON DELETE CASCADE; foreign_keys is on for our connection).
  *
  * Migrations, run in the transaction that opens a writable database of an older version:
  *   0 -> 2  a database holding only the table bench (written by `moesim bench` before the
  *           store owned it): the whole schema is added around it
+ *   2 -> 3  runs, points.run, points.config_group, student_t and the views over seeds
+ *           (moe_store_migrate_runs; summary and by_router_cf are replaced)
  *   1 -> 2  ep_ranks, ep_summary and bench are added (ep_ranks may exist already: the
  *           expert-parallel runs of version 1 created it on demand, with the same columns)
  */
@@ -45,6 +52,7 @@ struct moe_store {
     char *path;
     int readonly;
     sqlite3_stmt *find, *del, *ins_point, *ins_load, *ins_batch, *ins_ept, *ins_ep, *ins_bench;
+    long long run_id; /* the run points are linked to (moe_store_run_begin), 0 = none */
 };
 
 /* ---- errors ---- */
@@ -99,26 +107,6 @@ static const char *const config_cols[][2] = {
 enum { NCONFIG = sizeof config_cols / sizeof config_cols[0] };
 
 static const char *const views_sql =
-    "CREATE VIEW summary AS SELECT id, router, router_type AS type, capacity_factor AS cf,"
-    " distribution, shape, E, tokens, batches, seed,"
-    " round(load_imbalance, 3) AS load_imbalance,"
-    " round(assignment_drop_rate, 4) AS drop_rate,"
-    " round(token_drop_rate, 4) AS token_drop_rate,"
-    " round(output_error_dense, 4) AS error_dense,"
-    " round(output_error_dropless, 4) AS error_dropless,"
-    " round(aux_loss, 4) AS aux_loss,"
-    " CAST(round(tokens_per_s) AS INTEGER) AS tokens_per_s,"
-    " round(gflops_per_s, 2) AS gflops_per_s"
-    " FROM points ORDER BY distribution, shape, router, capacity_factor_value, tokens, seed;\n"
-    "CREATE VIEW by_router_cf AS SELECT router, capacity_factor AS cf, distribution, shape,"
-    " count(*) AS points,"
-    " round(avg(load_imbalance), 3) AS load_imbalance,"
-    " round(avg(assignment_drop_rate), 4) AS drop_rate,"
-    " round(avg(token_drop_rate), 4) AS token_drop_rate,"
-    " round(avg(output_error_dense), 4) AS error_dense,"
-    " CAST(round(avg(tokens_per_s)) AS INTEGER) AS tokens_per_s"
-    " FROM points GROUP BY router, capacity_factor, distribution, shape"
-    " ORDER BY distribution, shape, router, min(capacity_factor_value);\n"
     "CREATE VIEW loads AS SELECT p.id AS point, p.router, p.capacity_factor AS cf,"
     " p.distribution, p.shape, l.expert, l.assigned, l.kept, round(l.importance, 4) AS importance"
     " FROM expert_loads l JOIN points p ON p.id = l.point ORDER BY p.id, l.expert;\n"
@@ -212,7 +200,6 @@ static char *schema_sql(void)
     fputs(views_sql, m);
     fputs(ep_ranks_sql, m);
     fputs(bench_sql, m);
-    fprintf(m, "PRAGMA user_version = %d;\n", MOE_STORE_VERSION);
     if (fclose(m) != 0) {
         free(buf);
         return NULL;
@@ -236,8 +223,8 @@ static char *insert_point_sql(void)
         fprintf(m, ", %s, %s_std", mm->name, mm->name);
     for (int i = 0; i < MOE_NPHASES; i++, n += 2)
         fprintf(m, ", time_%s_s, time_%s_s_std", moe_phase_names[i], moe_phase_names[i]);
-    fprintf(m, ", tokens_per_s, gflops_per_s, wall_s) VALUES (");
-    n += 3;
+    fprintf(m, ", tokens_per_s, gflops_per_s, wall_s, run) VALUES (");
+    n += 4;
     for (int i = 0; i < n; i++)
         fprintf(m, "%s?", i ? ", " : "");
     fprintf(m, ")");
@@ -342,11 +329,10 @@ static int bench_only(moe_store *st, int *yes)
     return rc;
 }
 
-/* Inside the opening transaction: create the schema (version 0) or migrate an older one. */
-static int create_or_migrate(moe_store *st, long long version)
+/* Inside the opening transaction: create the schema (version 0) or migrate an older one, one
+ * step after the other (each step is its own function). */
+static int migrate_to_2(moe_store *st, long long version)
 {
-    if (version == MOE_STORE_VERSION)
-        return MOE_OK;
     char *sql = NULL;
     if (version == 0) {
         sql = schema_sql();
@@ -354,14 +340,30 @@ static int create_or_migrate(moe_store *st, long long version)
         size_t len = strlen(ep_ranks_sql) + strlen(bench_sql) + 64;
         sql = malloc(len);
         if (sql)
-            snprintf(sql, len, "%s%sPRAGMA user_version = %d;\n", ep_ranks_sql, bench_sql,
-                     MOE_STORE_VERSION);
+            snprintf(sql, len, "%s%s", ep_ranks_sql, bench_sql);
     }
     if (!sql)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (%s)", st->path);
     int rc = exec(st, sql, version == 0 ? "cannot create the schema"
                                         : "cannot upgrade the database schema");
     free(sql);
+    return rc;
+}
+
+static int create_or_migrate(moe_store *st, long long version)
+{
+    if (version == MOE_STORE_VERSION)
+        return MOE_OK;
+    int rc = MOE_OK;
+    if (version < 2)
+        rc = migrate_to_2(st, version);
+    if (!rc && version < 3) /* 2 -> 3: runs, config_group, statistics over seeds */
+        rc = moe_store_migrate_runs(st->db, st->path);
+    if (!rc) {
+        char sql[64];
+        snprintf(sql, sizeof sql, "PRAGMA user_version = %d;", MOE_STORE_VERSION);
+        rc = exec(st, sql, "cannot set the schema version");
+    }
     return rc;
 }
 
@@ -646,6 +648,10 @@ static int put_rows(moe_store *st, const char *spec_name, const moe_point *pt,
     b_real(&b, res->tokens_per_s);
     b_real(&b, res->gflops_per_s);
     b_real(&b, res->wall_s);
+    if (st->run_id)
+        b_int(&b, st->run_id);
+    else
+        b_text(&b, NULL);
     if ((r = run(st, &b, "cannot insert the point")))
         return r;
     sqlite3_int64 id = sqlite3_last_insert_rowid(st->db);
@@ -712,6 +718,65 @@ int moe_store_put_ep(moe_store *st, const char *spec_name, const moe_point *pt,
         rollback(st);
     return r;
 }
+
+int moe_store_run_begin(moe_store *st, const char *spec_name, const char *spec_path,
+                        const char *overrides, const char *git_rev)
+{
+    if (st->readonly)
+        return moe_fail(MOE_EDB, NULL, "database opened read-only (%s)", st->path);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = fopen(spec_path, "rb");
+    if (f) { /* the spec's text, as read now (NULL when it cannot be read) */
+        FILE *m = open_memstream(&text, &len);
+        char buf[4096];
+        size_t n;
+        while (m && (n = fread(buf, 1, sizeof buf, f)) > 0)
+            fwrite(buf, 1, n, m);
+        if (m && fclose(m) != 0) {
+            free(text);
+            text = NULL;
+        }
+        fclose(f);
+    }
+    sqlite3_stmt *q = NULL;
+    int rc = sqlite3_prepare_v2(st->db, "INSERT INTO runs (spec, spec_path, spec_text, overrides,"
+                                        " git_rev) VALUES (?, ?, ?, ?, ?)", -1, &q, NULL);
+    if (rc == SQLITE_OK) {
+        binder b = {q, 0, SQLITE_OK};
+        b_text(&b, spec_name);
+        b_text(&b, spec_path);
+        b_text(&b, text);
+        b_text(&b, overrides ? overrides : "");
+        b_text(&b, git_rev);
+        rc = b.rc == SQLITE_OK ? sqlite3_step(q) : b.rc;
+    }
+    free(text);
+    sqlite3_finalize(q);
+    if (rc != SQLITE_DONE)
+        return db_fail(st, st->db, rc, "cannot record the run");
+    st->run_id = sqlite3_last_insert_rowid(st->db);
+    return MOE_OK;
+}
+
+int moe_store_run_end(moe_store *st, long long points_run)
+{
+    if (!st->run_id)
+        return MOE_OK;
+    sqlite3_stmt *q = NULL;
+    int rc = sqlite3_prepare_v2(st->db, "UPDATE runs SET points_run = ?, finished_at ="
+                                        " strftime('%Y-%m-%dT%H:%M:%SZ', 'now') WHERE id = ?",
+                                -1, &q, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_int64(q, 1, points_run);
+        sqlite3_bind_int64(q, 2, st->run_id);
+        rc = sqlite3_step(q);
+    }
+    sqlite3_finalize(q);
+    return rc == SQLITE_DONE ? MOE_OK : db_fail(st, st->db, rc, "cannot record the end of the run");
+}
+
+long long moe_store_run_id(const moe_store *st) { return st->run_id; }
 
 int moe_store_ep_has_rows(sqlite3 *db)
 {
