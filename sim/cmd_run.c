@@ -394,7 +394,7 @@ static int run_sweep(run_args *a, const moe_spec *spec, moe_mpi_run *mp)
         rc = print_summary(st, spec);
         /* Charts: after a successful run and unless --no-plots, drawn from the database alone
          * (sim/plot.h) into plots/out/<db file name without .db>/. */
-        if (!rc && !a->no_plots)
+        if (!rc && !a->no_plots && !(rc = moe_plot_note_varying(a->db_path, NULL, NULL)))
             rc = moe_plot_db(a->db_path, NULL);
     }
 out:

@@ -36,4 +36,9 @@ int moe_plot_db(const char *db_path, const char *out_dir);
  * (list may be NULL). */
 int moe_plot_db_list(const char *db_path, const char *out_dir, FILE *list);
 
+/* Draw only the points selected by where (an SQL condition on the columns of points) and run
+ * (a run id, "last" or a spec name) in the following moe_plot_db* calls; NULL, NULL: all
+ * points (store.h, moe_store_point_filter). The strings must outlive those calls. */
+void moe_plot_set_filter(const char *where, const char *run);
+
 #endif

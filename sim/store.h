@@ -153,9 +153,13 @@ int moe_store_point_filter(sqlite3 *db, const char *where, const char *run, char
  * see every point). */
 int moe_store_restrict(sqlite3 *db, const char *cond, const char *path);
 /* The configuration keys (columns of points, space-separated, malloc'd) that take more than
- * one value among the points matching cond (NULL: all points), capacity factor and seed
- * excluded: what a chart that merges these points must tell apart. "" when none. */
-int moe_store_varying_keys(sqlite3 *db, const char *cond, char **out);
+ * one value among the points matching cond (NULL: all points), within groups of equal values
+ * of the columns `within` (e.g. "router, distribution, shape": what a chart draws apart as
+ * series and panels; NULL: all points one group); capacity factor and seed excluded (the cf
+ * inside router_options too). What a chart that merges these points must tell apart; "" when
+ * none. */
+#define MOE_STORE_CHART_GROUP "router, distribution, shape"
+int moe_store_varying_keys(sqlite3 *db, const char *cond, const char *within, char **out);
 
 /* The connection, for queries (report, summary). */
 sqlite3 *moe_store_db(moe_store *st);

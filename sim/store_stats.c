@@ -31,6 +31,12 @@
     ", ' seed=') - 1) || coalesce(substr(substr(" K ", instr(" K ", ' seed=') + 6),"            \
     " nullif(instr(substr(" K ", instr(" K ", ' seed=') + 6), ' '), 0)), '') END)"
 
+/* K without its item " NAME=..." (K must start and end with a space). */
+#define STRIP_EXPR(K, NAME)                                                                     \
+    "(CASE WHEN instr(" K ", ' " NAME "=') = 0 THEN " K " ELSE substr(" K ", 1, instr(" K       \
+    ", ' " NAME "=')) || substr(substr(" K ", instr(" K ", ' " NAME "=') + 1),"                 \
+    " instr(substr(" K ", instr(" K ", ' " NAME "=') + 1), ' ') + 1) END)"
+
 /* Metrics the views over seeds carry: every scalar metric (with its std over batches), then
  * the speed, whose batch spread is not stored. */
 static const char *const speed_metrics[] = {"time_total_s", "tokens_per_s", "gflops_per_s"};
@@ -280,6 +286,16 @@ int moe_store_point_filter(sqlite3 *db, const char *where, const char *run, char
     return MOE_OK;
 }
 
+/* PRAGMA query_only of the connection (readers opened read-write set it: sim/rodb.c). */
+static int query_only(sqlite3 *db)
+{
+    sqlite3_stmt *q = NULL;
+    int on = sqlite3_prepare_v2(db, "PRAGMA query_only", -1, &q, NULL) == SQLITE_OK &&
+             sqlite3_step(q) == SQLITE_ROW && sqlite3_column_int(q, 0);
+    sqlite3_finalize(q);
+    return on;
+}
+
 int moe_store_restrict(sqlite3 *db, const char *cond, const char *path)
 {
     char *sql = sqlite3_mprintf("DROP VIEW IF EXISTS temp.points;"
@@ -287,7 +303,13 @@ int moe_store_restrict(sqlite3 *db, const char *cond, const char *path)
                                 cond);
     if (!sql)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (%s)", path);
+    /* a temporary view writes nothing to the file: lift query_only for this statement only */
+    const int qo = query_only(db);
+    if (qo)
+        sqlite3_exec(db, "PRAGMA query_only = 0", NULL, NULL, NULL);
     int r = exec_sql(db, sql, "cannot select the points", path);
+    if (qo && sqlite3_exec(db, "PRAGMA query_only = 1", NULL, NULL, NULL) != SQLITE_OK && !r)
+        r = moe_fail(MOE_EDB, NULL, "cannot restore query_only (%s)", path);
     sqlite3_free(sql);
     return r;
 }
@@ -297,7 +319,7 @@ static const char *const config_keys[] = {
     "router", "router_type", "router_options", "distribution", "source", "source_params",
     "shape", "d", "f", "E", "k", "activation", "tokens", "batches", "error_tokens", NULL};
 
-int moe_store_varying_keys(sqlite3 *db, const char *cond, char **out)
+int moe_store_varying_keys(sqlite3 *db, const char *cond, const char *within, char **out)
 {
     *out = NULL;
     char *buf = NULL;
@@ -307,8 +329,20 @@ int moe_store_varying_keys(sqlite3 *db, const char *cond, char **out)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory");
     fprintf(m, "SELECT ");
     for (int i = 0; config_keys[i]; i++)
-        fprintf(m, "%scount(DISTINCT %s)", i ? ", " : "", config_keys[i]);
+        fprintf(m, "%smax(c%d)", i ? ", " : "", i);
+    fprintf(m, " FROM (SELECT ");
+    for (int i = 0; config_keys[i]; i++) {
+        if (!strcmp(config_keys[i], "router_options")) /* the cf is one of the options */
+            fputs("count(DISTINCT " STRIP_EXPR("(' ' || router_options || ' ')",
+                                               "capacity_factor") ")", m);
+        else
+            fprintf(m, "count(DISTINCT %s)", config_keys[i]);
+        fprintf(m, " AS c%d%s", i, config_keys[i + 1] ? ", " : "");
+    }
     fprintf(m, " FROM main.points WHERE %s", cond ? cond : "1");
+    if (within)
+        fprintf(m, " GROUP BY %s", within);
+    fprintf(m, ")");
     if (fclose(m) != 0) {
         free(buf);
         return moe_fail(MOE_ENOMEM, NULL, "out of memory");
