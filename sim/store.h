@@ -152,6 +152,10 @@ int moe_store_point_filter(sqlite3 *db, const char *where, const char *run, char
  * temporary view that shadows main.points; queries that name main.points or the stored views
  * see every point). */
 int moe_store_restrict(sqlite3 *db, const char *cond, const char *path);
+/* For readers (report): the unqualified name `points` means the points matching cond (NULL:
+ * all) with a column run (NULL in databases older than version 3), and temp.student_t exists,
+ * so that moe_store_seed_stats_sql(m, "points") works on any schema version. */
+int moe_store_reader_setup(sqlite3 *db, const char *cond, const char *path);
 /* The configuration keys (columns of points, space-separated, malloc'd) that take more than
  * one value among the points matching cond (NULL: all points), within groups of equal values
  * of the columns `within` (e.g. "router, distribution, shape": what a chart draws apart as

@@ -214,7 +214,7 @@ int moe_store_migrate_runs(sqlite3 *db, const char *path)
 static int has_column(sqlite3 *db, const char *table, const char *col)
 {
     char sql[128];
-    snprintf(sql, sizeof sql, "SELECT 1 FROM pragma_table_info('%s') WHERE name = '%s'", table,
+    snprintf(sql, sizeof sql, "SELECT 1 FROM pragma_table_info('%s', 'main') WHERE name = '%s'", table,
              col);
     sqlite3_stmt *q = NULL;
     int yes = sqlite3_prepare_v2(db, sql, -1, &q, NULL) == SQLITE_OK &&
@@ -314,6 +314,27 @@ int moe_store_restrict(sqlite3 *db, const char *cond, const char *path)
     return r;
 }
 
+int moe_store_reader_setup(sqlite3 *db, const char *cond, const char *path)
+{
+    int r = MOE_OK;
+    const int has_run = has_column(db, "points", "run");
+    char *sql = sqlite3_mprintf("DROP VIEW IF EXISTS temp.points; CREATE TEMP VIEW points AS"
+                                " SELECT *%s FROM main.points WHERE %s",
+                                has_run ? "" : ", NULL AS run", cond ? cond : "1");
+    if (!sql)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (%s)", path);
+    const int qo = query_only(db);
+    if (qo)
+        sqlite3_exec(db, "PRAGMA query_only = 0", NULL, NULL, NULL);
+    r = exec_sql(db, sql, "cannot select the points", path);
+    if (!r)
+        r = moe_store_t_table(db, "temp", path);
+    if (qo && sqlite3_exec(db, "PRAGMA query_only = 1", NULL, NULL, NULL) != SQLITE_OK && !r)
+        r = moe_fail(MOE_EDB, NULL, "cannot restore query_only (%s)", path);
+    sqlite3_free(sql);
+    return r;
+}
+
 /* Configuration keys (columns of points) whose values can differ between configurations. */
 static const char *const config_keys[] = {
     "router", "router_type", "router_options", "distribution", "source", "source_params",
@@ -339,7 +360,7 @@ int moe_store_varying_keys(sqlite3 *db, const char *cond, const char *within, ch
             fprintf(m, "count(DISTINCT %s)", config_keys[i]);
         fprintf(m, " AS c%d%s", i, config_keys[i + 1] ? ", " : "");
     }
-    fprintf(m, " FROM main.points WHERE %s", cond ? cond : "1");
+    fprintf(m, " FROM points WHERE %s", cond ? cond : "1");
     if (within)
         fprintf(m, " GROUP BY %s", within);
     fprintf(m, ")");
