@@ -87,8 +87,10 @@ static int point_router(const spec_router *r, const spec_shape *sh, moe_point *p
     if ((r->type->flags & MOE_RF_ALL_EXPERTS) && p->opts.k == 0)
         k = sh->E;
     if (k > sh->E) {
-        const spec_kv *kv = r->k_kv ? r->k_kv : (is_topk && sh->k_kv) ? sh->k_kv : sh->E_kv;
-        const spec_section *sec = r->k_kv ? r->sec : sh->sec;
+        const spec_kv *kk = r->k_kv ? r->k_kv : (is_topk && sh->k_kv) ? sh->k_kv : NULL;
+        /* name the key of a --set when the conflict comes from one (k, or E) */
+        const spec_kv *kv = moe_spec_blame(kk, sh->E_kv);
+        const spec_section *sec = kv == r->k_kv ? r->sec : sh->sec;
         return KV_FAIL(MOE_EINVAL, sec, kv, "k must be between 1 and E",
                        "k = %d exceeds E = %d (router %s, shape %s)", k, sh->E, r->name,
                        sh->name);
