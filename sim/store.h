@@ -130,8 +130,8 @@ long long moe_store_run_id(const moe_store *st); /* 0 before moe_store_run_begin
  * but seed), columns first_id, config_group, seeds, seed_list, runs, last_run, the
  * configuration (router, type, router_options, cf REAL, cf_text, cf_note, distribution, source,
  * source_params, shape, d, f, E, k, activation, tokens, batches, error_tokens), then for every
- * scalar metric x and time_total_s, tokens_per_s, gflops_per_s: x (mean over seeds),
- * x_seed_sd (sample sd; NULL for one seed), x_ci95 (half-width of the 95% confidence interval
+ * scalar metric x and time_total_s, tokens_per_s, gflops_per_s: x (mean over seeds), x_n
+ * (seeds with a value), x_seed_sd (sample sd; NULL for one seed), x_ci95 (half-width of the 95% confidence interval
  * of the mean, Student t) and, for metrics with a spread over batches, x_batch_sd (mean over
  * seeds of the sample sd over batches). Needs a table student_t (moe_store_t_table). */
 void moe_store_seed_stats_sql(FILE *m, const char *from);

@@ -93,9 +93,9 @@ void moe_store_seed_stats_sql(FILE *m, const char *from)
         fprintf(m, ", %s", group_cols[g][0]);
     for (int i = 0; i < nm; i++) {
         const char *x = metric_name(i, &has_std);
-        fprintf(m, ", %s, %s_seed_sd, %s_seed_sd * coalesce((SELECT t975 FROM student_t"
+        fprintf(m, ", %s, %s_n, %s_seed_sd, %s_seed_sd * coalesce((SELECT t975 FROM student_t"
                    " WHERE df = %s_n - 1), 1.959963984540054) / sqrt(%s_n) AS %s_ci95",
-                x, x, x, x, x, x);
+                x, x, x, x, x, x, x);
         if (has_std)
             fprintf(m, ", %s_batch_sd", x);
     }
