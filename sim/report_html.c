@@ -11,6 +11,7 @@
 #include "report.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,8 +142,20 @@ static int draw_charts(const char *db_path, const char *where, const char *run, 
                         strerror(errno), tmpdir);
     }
     moe_plot_set_filter(where, run);
-    /* the plot's own summary line goes to stdout; keep stdout for the report's line */
+    /* the plot's summary line names the temporary folder: not on stdout (its notes on
+     * stderr stay) */
+    fflush(stdout);
+    const int saved = dup(STDOUT_FILENO), null = open("/dev/null", O_WRONLY);
+    if (saved >= 0 && null >= 0)
+        dup2(null, STDOUT_FILENO);
     int rc = moe_plot_db_list(db_path, tmpdir, m);
+    fflush(stdout);
+    if (saved >= 0 && null >= 0)
+        dup2(saved, STDOUT_FILENO);
+    if (saved >= 0)
+        close(saved);
+    if (null >= 0)
+        close(null);
     moe_plot_set_filter(NULL, NULL);
     if (fclose(m) != 0 && !rc)
         rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim report --html)");
