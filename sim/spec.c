@@ -36,7 +36,9 @@
  *   activation = gelu_tanh        ; gelu_tanh (default), gelu_erf, relu, swiglu
  *
  * Every list (routers, capacity_factors, distributions, shapes, tokens, batches, seeds) is a sweep
- * axis; values are separated by spaces or commas, and a long list may continue on indented lines.
+ * axis, and so is any key of a router, distribution or shape section that lists several values
+ * (`k = 1 2`, `zipf_s = 1.0 1.5`, `E = 8 16`: variant sections NAME[key=value], sim/spec_axes.c;
+ * a router named in `routers` without a section runs its registry type with defaults); values are separated by spaces or commas, and a long list may continue on indented lines.
  * The sweep is the product of all axes (a distribution with `shapes` pairs only with those).
  * A router that sets its own capacity_factor runs at that factor only; one with an explicit
  * `capacity`, `dropless = true`, or a dense plan (soft_moe) has no use for the factor and runs
