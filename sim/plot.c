@@ -909,28 +909,6 @@ static void on_plot_signal(int sig)
     raise(sig);
 }
 
-/* The point filter of the next moe_plot_db_list (moe_plot_set_filter). */
-static const char *filter_where, *filter_run;
-
-void moe_plot_set_filter(const char *where, const char *run)
-{
-    filter_where = where;
-    filter_run = run;
-}
-
-/* Restrict `points` on this connection to the filter's points (store.h). */
-static int apply_filter(sqlite3 *db, const char *db_path)
-{
-    if (!filter_where && !filter_run)
-        return MOE_OK;
-    char *cond = NULL;
-    int rc = moe_store_point_filter(db, filter_where, filter_run, &cond);
-    if (!rc)
-        rc = moe_store_restrict(db, cond, db_path);
-    free(cond);
-    return rc;
-}
-
 int moe_plot_db_list(const char *db_path, const char *out_dir, FILE *list)
 {
     moe_store *st = NULL;
@@ -943,7 +921,8 @@ int moe_plot_db_list(const char *db_path, const char *out_dir, FILE *list)
     if (rc)
         return rc;
     sqlite3 *db = moe_store_db(st);
-    if ((rc = apply_filter(db, db_path)) || (rc = check_db(db, db_path, &npoints, &cflo, &cfhi)))
+    if ((rc = moe_plot_apply_filter(db, db_path)) ||
+        (rc = check_db(db, db_path, &npoints, &cflo, &cfhi)))
         goto out;
     if (!(gnuplot = find_gnuplot())) {
         rc = MOE_EIO;

@@ -20,6 +20,7 @@
 #ifndef MOE_PLOT_H
 #define MOE_PLOT_H
 
+#include <sqlite3.h>
 #include <stdio.h>
 
 #define MOE_PLOT_LOAD_CF 1.0 /* capacity factor of the expert_loads chart (nearest stored) */
@@ -40,5 +41,8 @@ int moe_plot_db_list(const char *db_path, const char *out_dir, FILE *list);
  * (a run id, "last" or a spec name) in the following moe_plot_db* calls; NULL, NULL: all
  * points (store.h, moe_store_point_filter). The strings must outlive those calls. */
 void moe_plot_set_filter(const char *where, const char *run);
+/* Restrict the unqualified name `points` on db to the filter's points (a temporary view;
+ * nothing when no filter is set). sim/plot_filter.c. */
+int moe_plot_apply_filter(sqlite3 *db, const char *db_path);
 
 #endif
