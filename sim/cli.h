@@ -19,6 +19,9 @@ int moe_cmd_run(int argc, char **argv);
 int moe_cmd_report(int argc, char **argv);
 /* `moesim plot DB [--out DIR]`: the charts of a results database, by gnuplot (sim/cmd_plot.c). */
 int moe_cmd_plot(int argc, char **argv);
+/* Print on stderr which configuration keys differ among the points of db_path selected by
+ * where and run (NULL: all), when any do (cmd_plot.c). */
+int moe_plot_note_varying(const char *db_path, const char *where, const char *run);
 /* `moesim compare BASELINE CANDIDATE [--rtol X] [--atol X]` and `moesim compare --record SOURCE
  * FILE`: regression tests on recorded metrics; drift is MOE_EINVAL (sim/cmd_compare.c). */
 int moe_cmd_compare(int argc, char **argv);

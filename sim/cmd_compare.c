@@ -73,7 +73,8 @@ static const char usage_text[] =
     "  --record SOURCE FILE\n"
     "                write the metrics of SOURCE (a database or a recorded file) to FILE, in\n"
     "                the recorded format: no timestamps, paths or timings\n"
-    "Re-record the regression baselines after an intended change with `make record`.\n";
+    "Re-record the regression baselines (recorded files) after an intended change with\n"
+    "`make record`.\n";
 
 /* ---- metric classes and tolerances ---- */
 
@@ -135,6 +136,7 @@ typedef struct {
 typedef struct {
     const char *path;
     char *blas_core; /* the distinct BLAS cores of the points, comma-separated, or NULL */
+    int recorded;    /* read from a recorded metrics file (else a database) */
     mpoint *p;
     size_t n, cap;
 } mset;
@@ -546,8 +548,8 @@ static int mset_read(const char *path, mset **out)
     if (!s)
         return nomem(path);
     s->path = path;
-    int rc = got == sizeof magic && memcmp(magic, "SQLite format 3", 16) == 0 ? read_db(s)
-                                                                              : read_recorded(s);
+    s->recorded = !(got == sizeof magic && memcmp(magic, "SQLite format 3", 16) == 0);
+    int rc = s->recorded ? read_recorded(s) : read_db(s);
     if (rc) {
         mset_free(s);
         return rc;
@@ -955,8 +957,12 @@ static int run_compare(const char *bpath, const char *cpath, const tolerances *t
     if ((rc = print_summary(&d)))
         goto done;
     fflush(stdout);
+    /* `make record` rewrites recorded baselines only: no hint to it for two databases */
     rc = moe_fail(MOE_EINVAL,
-                  "if the change is intended, re-record the baselines with `make record`",
+                  b->recorded ? "if the change is intended, re-record the baselines with `make"
+                                " record`"
+                              : "the table above lists what differs; `moesim report` prints"
+                                " each database",
                   "metrics drifted: %zu values in %zu points, %zu points missing, %zu extra "
                   "(moesim compare %s %s)", d.drifted + d.metrics_missing + d.metrics_extra,
                   d.points_drifted, d.missing, d.extra, bpath, cpath);

@@ -61,7 +61,9 @@ static void fmt_duration(double s, char *buf, size_t len)
 
 /* ---- progress ---- */
 
-static void progress_bar(size_t done, size_t total, const moe_point *pt, double elapsed,
+/* One frame: the bar, the count, the ETA and label (the point in progress, or the last
+ * frame's "done"). */
+static void progress_bar(size_t done, size_t total, const char *label, double elapsed,
                          size_t ran, size_t to_run)
 {
     const int width = 28;
@@ -72,10 +74,15 @@ static void progress_bar(size_t done, size_t total, const moe_point *pt, double 
     bar[width] = '\0';
     char eta[32];
     fmt_duration(ran ? elapsed / (double)ran * (double)(to_run - ran) : -1.0, eta, sizeof eta);
-    fprintf(stderr, "\r[%s] %zu/%zu ETA %s  %s cf=%s %s %s\033[K", bar, done, total, eta,
-            pt ? pt->router : "", pt ? pt->cf_text : "", pt ? pt->distribution : "",
-            pt ? pt->shape : "");
+    fprintf(stderr, "\r[%s] %zu/%zu ETA %s  %s\033[K", bar, done, total, eta, label);
     fflush(stderr);
+}
+
+/* The label of the point in progress: router, cf, distribution, shape, tokens and seed. */
+static void point_label(const moe_point *pt, char *buf, size_t len)
+{
+    snprintf(buf, len, "%s cf=%s %s %s tokens=%d seed=%llu", pt->router, pt->cf_text,
+             pt->distribution, pt->shape, pt->tokens, (unsigned long long)pt->seed);
 }
 
 static void progress_line(size_t i, size_t total, const moe_point *pt,
@@ -103,8 +110,8 @@ static void progress_line(size_t i, size_t total, const moe_point *pt,
 
 /* ---- summary ---- */
 
-/* Mean over distributions, shapes, tokens and seeds of the main metrics, per router and cf,
- * for the points of this sweep (stored now or before). */
+/* One row per configuration of this sweep (points stored now or before): the main metrics as
+ * means over seeds, with the 95% confidence interval when there are several seeds. */
 static int print_summary(moe_store *st, const moe_spec *spec)
 {
     sqlite3 *db = moe_store_db(st);
@@ -123,45 +130,64 @@ static int print_summary(moe_store *st, const moe_spec *spec)
             rc = r2;
     }
     sqlite3_finalize(ins); /* returns the step's error, handled above */
+    char *sql = NULL;
+    size_t len = 0;
+    FILE *m = rc == SQLITE_OK ? open_memstream(&sql, &len) : NULL;
+    if (m) {
+        fputs("SELECT router, cf_text, distribution, shape, tokens, seeds, load_imbalance,"
+              " assignment_drop_rate, assignment_drop_rate_ci95, token_drop_rate,"
+              " output_error_dense, output_error_dropless, tokens_per_s FROM (", m);
+        moe_store_seed_stats_sql(m, "(SELECT points.* FROM points JOIN temp.sweep"
+                                    " ON points.config_key = sweep.key)");
+        fputs(") ORDER BY distribution, shape, router, cf, tokens, config_group", m);
+        if (fclose(m) != 0) {
+            free(sql);
+            sql = NULL;
+        }
+    }
     if (rc == SQLITE_OK)
-        rc = sqlite3_prepare_v2(
-            db,
-            "SELECT router, capacity_factor, count(*), avg(load_imbalance),"
-            " avg(assignment_drop_rate), avg(token_drop_rate), avg(output_error_dense),"
-            " avg(output_error_dropless), avg(tokens_per_s)"
-            " FROM points JOIN temp.sweep ON points.config_key = sweep.key"
-            " GROUP BY router, capacity_factor ORDER BY router, min(capacity_factor_value)",
-            -1, &q, NULL);
+        rc = sql ? sqlite3_prepare_v2(db, sql, -1, &q, NULL) : SQLITE_NOMEM;
+    free(sql);
     if (rc != SQLITE_OK) {
         int r = moe_fail(MOE_EDB, NULL, "cannot summarise the sweep: %s (%s)",
                          sqlite3_errmsg(db), moe_store_path(st));
         sqlite3_finalize(q);
         return r;
     }
-    printf("\n%-16s %6s %6s %10s %10s %10s %10s %10s %12s\n", "router", "cf", "points",
-           "imbalance", "drop_rate", "tok_drop", "err_dense", "err_drpls", "tokens/s");
+    printf("\n%-14s %5s %-18s %-10s %6s %5s %9s %17s %8s %9s %9s %10s\n", "router", "cf",
+           "distribution", "shape", "tokens", "seeds", "imbalance", "drop_rate (ci95)",
+           "tok_drop", "err_dense", "err_drpls", "tokens/s");
     while ((rc = sqlite3_step(q)) == SQLITE_ROW) {
-        char cells[6][32];
-        for (int c = 0; c < 6; c++) {
-            if (sqlite3_column_type(q, 3 + c) == SQLITE_NULL)
+        char cells[7][40];
+        for (int c = 0; c < 7; c++) {
+            const int col = 6 + c;
+            if (sqlite3_column_type(q, col) == SQLITE_NULL)
                 snprintf(cells[c], sizeof cells[c], "-");
-            else if (c == 5)
-                snprintf(cells[c], sizeof cells[c], "%.0f", sqlite3_column_double(q, 3 + c));
+            else if (c == 6)
+                snprintf(cells[c], sizeof cells[c], "%.0f", sqlite3_column_double(q, col));
+            else if (c == 0)
+                snprintf(cells[c], sizeof cells[c], "%.3f", sqlite3_column_double(q, col));
             else
-                snprintf(cells[c], sizeof cells[c], "%.4f", sqlite3_column_double(q, 3 + c));
+                snprintf(cells[c], sizeof cells[c], "%.4f", sqlite3_column_double(q, col));
         }
-        printf("%-16s %6s %6d %10s %10s %10s %10s %10s %12s\n",
+        char drop[96];
+        if (strcmp(cells[2], "-") != 0)
+            snprintf(drop, sizeof drop, "%s +-%s", cells[1], cells[2]);
+        else
+            snprintf(drop, sizeof drop, "%s", cells[1]);
+        printf("%-14s %5s %-18s %-10s %6d %5d %9s %17s %8s %9s %9s %10s\n",
                (const char *)sqlite3_column_text(q, 0), (const char *)sqlite3_column_text(q, 1),
-               sqlite3_column_int(q, 2), cells[0], cells[1], cells[2], cells[3], cells[4],
-               cells[5]);
+               (const char *)sqlite3_column_text(q, 2), (const char *)sqlite3_column_text(q, 3),
+               sqlite3_column_int(q, 4), sqlite3_column_int(q, 5), cells[0], drop, cells[3],
+               cells[4], cells[5], cells[6]);
     }
     int r = rc == SQLITE_DONE ? MOE_OK
                               : moe_fail(MOE_EDB, NULL, "cannot summarise the sweep: %s (%s)",
                                          sqlite3_errmsg(db), moe_store_path(st));
     sqlite3_finalize(q);
     if (!r)
-        printf("(means over distributions, shapes, token counts and seeds; per point: "
-               "moesim report %s)\n", moe_store_path(st));
+        printf("(one row per configuration: means over seeds, +- the 95%% confidence interval"
+               " when there are several; per point: moesim report %s)\n", moe_store_path(st));
     return r;
 }
 
@@ -219,6 +245,7 @@ typedef struct {
     const char **sets;
     int nsets, force, no_plots, dry, ep;
     const char *db_path, *spec_path;
+    char *overrides; /* the --set arguments, one per line (recorded in the table runs) */
 } run_args;
 
 /* Flags and the spec path; *help when --help was given (usage printed). */
@@ -324,8 +351,11 @@ static int run_points(const run_args *a, const moe_spec *spec, moe_store *st,
             n->done++;
             continue;
         }
-        if (tty)
-            progress_bar(n->done, total, pt, moe_now() - t0, n->ran, to_run);
+        if (tty) {
+            char label[512];
+            point_label(pt, label, sizeof label);
+            progress_bar(n->done, total, label, moe_now() - t0, n->ran, to_run);
+        }
         moe_point_result *res = moe_point_result_alloc_for(pt);
         if (!res) {
             rc = MOE_ENOMEM;
@@ -357,7 +387,11 @@ static int run_points(const run_args *a, const moe_spec *spec, moe_store *st,
             break;
     }
     if (tty) {
-        progress_bar(n->done, total, NULL, moe_now() - t0, n->ran, to_run);
+        char label[64], el[32];
+        fmt_duration(moe_now() - t0, el, sizeof el);
+        snprintf(label, sizeof label, "%s: %zu run in %s", rc || stop_flag ? "stopped" : "done",
+                 n->ran, el);
+        progress_bar(n->done, total, label, moe_now() - t0, n->ran, to_run);
         fputc('\n', stderr);
     }
     return rc;
@@ -380,6 +414,13 @@ static int run_sweep(run_args *a, const moe_spec *spec, moe_mpi_run *mp)
         goto out;
     moe_mpi_run_share(mp, stored, total, a->force, MOE_OK); /* MPI: the points to run */
     const size_t to_run = a->force ? total : total - nstored;
+    if (to_run > 0) {
+        moe_provenance pv;
+        moe_provenance_get(&pv);
+        if ((rc = moe_store_run_begin(st, moe_spec_name(spec), a->spec_path, a->overrides,
+                                      pv.git_rev)))
+            goto out;
+    }
     fprintf(stderr, "moesim run %s: %zu points, %zu stored%s, %zu to run -> %s\n", a->spec_path,
             total, nstored, a->force && nstored ? " (rerun: --force)" : "", to_run, a->db_path);
     struct sigaction sa, old_int, old_term;
@@ -395,6 +436,8 @@ static int run_sweep(run_args *a, const moe_spec *spec, moe_mpi_run *mp)
     rc = run_points(a, spec, st, mp, stored, to_run, &n);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
+    if (!rc && !stop_flag)
+        rc = moe_store_run_end(st, (long long)n.ran);
     char el[32];
     fmt_duration(moe_now() - t0, el, sizeof el);
     if (stop_flag) { /* main.c exits 128 + the signal number, as the shell does */
@@ -415,7 +458,7 @@ static int run_sweep(run_args *a, const moe_spec *spec, moe_mpi_run *mp)
             rc = print_train_summary(st);
         /* Charts: after a successful run and unless --no-plots, drawn from the database alone
          * (sim/plot.h) into plots/out/<db file name without .db>/. */
-        if (!rc && !a->no_plots)
+        if (!rc && !a->no_plots && !(rc = moe_plot_note_varying(a->db_path, NULL, NULL)))
             rc = moe_plot_db(a->db_path, NULL);
     }
 out:
@@ -436,6 +479,14 @@ int moe_cmd_run(int argc, char **argv)
     moe_spec *spec = NULL;
     if (!rc && !help)
         rc = moe_spec_load(a.spec_path, a.sets, a.nsets, &spec);
+    size_t olen = 1;
+    for (int i = 0; i < a.nsets; i++)
+        olen += strlen(a.sets[i]) + 1;
+    a.overrides = !rc && !help ? calloc(olen, 1) : NULL;
+    for (int i = 0; a.overrides && i < a.nsets; i++) {
+        strcat(a.overrides, a.sets[i]);
+        strcat(a.overrides, "\n");
+    }
     free(a.sets);
     if (rc || help)
         return rc;
@@ -462,5 +513,6 @@ out:
     moe_mpi_run_free(mp);
     moe_mpi_finalize(rc);
     moe_spec_free(spec);
+    free(a.overrides);
     return rc;
 }

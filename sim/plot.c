@@ -911,7 +911,8 @@ int moe_plot_db_opts(const char *db_path, const moe_plot_opts *opts, FILE *list)
     if (rc)
         return rc;
     sqlite3 *db = moe_store_db(st);
-    if ((rc = check_db(db, db_path, &npoints, &cflo, &cfhi)) ||
+    if ((rc = moe_plot_apply_filter(db, db_path)) ||
+        (rc = check_db(db, db_path, &npoints, &cflo, &cfhi)) ||
         (rc = moe_plot_cfg_read(db, db_path, &cfg)))
         goto out;
     if (!(gnuplot = moe_plot_find_gnuplot())) {

@@ -29,6 +29,7 @@
 #ifndef MOE_PLOT_H
 #define MOE_PLOT_H
 
+#include <sqlite3.h>
 #include <stdio.h>
 
 #define MOE_PLOT_LOAD_CF 1.0 /* capacity factor of the expert_loads chart (nearest stored) */
@@ -55,5 +56,13 @@ typedef struct {
 
 /* moe_plot_db_list with options (opts NULL: the defaults). */
 int moe_plot_db_opts(const char *db_path, const moe_plot_opts *opts, FILE *list);
+
+/* Draw only the points selected by where (an SQL condition on the columns of points) and run
+ * (a run id, "last" or a spec name) in the following moe_plot_db* calls; NULL, NULL: all
+ * points (store.h, moe_store_point_filter). The strings must outlive those calls. */
+void moe_plot_set_filter(const char *where, const char *run);
+/* Restrict the unqualified name `points` on db to the filter's points (a temporary view;
+ * nothing when no filter is set). sim/plot_filter.c. */
+int moe_plot_apply_filter(sqlite3 *db, const char *db_path);
 
 #endif

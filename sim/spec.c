@@ -39,7 +39,9 @@
  *   steps = 200                   ; keys and defaults: sim/spec_train.c, docs/spec.md
  *
  * Every list (routers, capacity_factors, distributions, shapes, tokens, batches, seeds) is a sweep
- * axis; values are separated by spaces or commas, and a long list may continue on indented lines.
+ * axis, and so is any key of a router, distribution or shape section that lists several values
+ * (`k = 1 2`, `zipf_s = 1.0 1.5`, `E = 8 16`: variant sections NAME[key=value], sim/spec_axes.c;
+ * a router named in `routers` without a section runs its registry type with defaults); values are separated by spaces or commas, and a long list may continue on indented lines.
  * The sweep is the product of all axes (a distribution with `shapes` pairs only with those).
  * A router that sets its own capacity_factor runs at that factor only; one with an explicit
  * `capacity`, `dropless = true`, or a dense plan (soft_moe) has no use for the factor and runs
@@ -93,8 +95,10 @@ static int point_router(const spec_router *r, const spec_shape *sh, moe_point *p
     if ((r->type->flags & MOE_RF_ALL_EXPERTS) && p->opts.k == 0)
         k = sh->E;
     if (k > sh->E) {
-        const spec_kv *kv = r->k_kv ? r->k_kv : (is_topk && sh->k_kv) ? sh->k_kv : sh->E_kv;
-        const spec_section *sec = r->k_kv ? r->sec : sh->sec;
+        const spec_kv *kk = r->k_kv ? r->k_kv : (is_topk && sh->k_kv) ? sh->k_kv : NULL;
+        /* name the key of a --set when the conflict comes from one (k, or E) */
+        const spec_kv *kv = moe_spec_blame(kk, sh->E_kv);
+        const spec_section *sec = kv == r->k_kv ? r->sec : sh->sec;
         return KV_FAIL(MOE_EINVAL, sec, kv, "k must be between 1 and E",
                        "k = %d exceeds E = %d (router %s, shape %s)", k, sh->E, r->name,
                        sh->name);

@@ -23,6 +23,9 @@ typedef struct {
     spec_kv *kv;
     int nkv, cap;
     spec_kv head; /* where the section starts (key ""), for errors about a section without keys */
+    int implicit;   /* a router named in experiment.routers without a section (spec_axes.c) */
+    int expanded;   /* list-valued keys: the section stands for its variants */
+    int variant_of; /* a variant: 1 + the index of its original section; 0 otherwise */
 } spec_section;
 
 /* ---- interpreted sections ---- */
@@ -94,6 +97,10 @@ int moe_spec_fail_at(int code, const char *file, int line, const char *section, 
 #define KV_FAIL(code, sec, kv, hint, ...)                                                     \
     moe_spec_fail_at(code, (kv)->file, (kv)->line, (sec)->name, (kv)->key, hint, __VA_ARGS__)
 
+/* Of two keys whose values conflict (k and E), the one to name in the error: b when it comes
+ * from a --set and a does not (the override the user just gave), else a (or b when a is
+ * NULL). */
+const spec_kv *moe_spec_blame(const spec_kv *a, const spec_kv *b);
 /* Re-report the error a callee recorded, with the location of kv appended. */
 int moe_spec_relocate(int rc, const spec_section *sec, const spec_kv *kv);
 char *moe_spec_strdup(const char *s);
@@ -106,7 +113,20 @@ int moe_spec_read_ini(moe_spec *s);
 /* Apply override i (from 1) "section.key=value": replaces or adds the key. */
 int moe_spec_apply_set(moe_spec *s, const char *set, int i);
 
+/* ---- sim/spec_axes.c: list-valued keys of sections, routers without a section ---- */
+
+/* Add an empty section for every router of experiment.routers that has none and is a
+ * registered type, then turn the list-valued keys of router, distribution and shape sections
+ * into variant sections "NAME[key=value,...]" (the original marked expanded). */
+int moe_spec_expand_axes(moe_spec *s);
+/* 1 when the section name `name` (after "kind.") is `listed` or one of its variants. */
+int moe_spec_name_matches(const char *name, const char *listed);
+
 /* ---- sim/spec_load.c: interpreting the sections ---- */
+
+/* Split a list on spaces and commas into malloc'd words (each once; empty: an error). */
+int moe_spec_split_list(const spec_section *sec, const spec_kv *kv, char ***out, int *n);
+void moe_spec_free_words(char **w, int n);
 
 /* The first key of a section (for errors about the section as a whole). */
 const spec_kv *moe_spec_first_kv(const spec_section *sec);

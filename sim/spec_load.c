@@ -179,7 +179,9 @@ static int load_router(const spec_section *sec, const char *name, spec_router *r
     r->name = name;
     moe_route_opts_default(&r->opts);
     r->type_kv = moe_spec_kv_find(sec, "type");
-    const char *tname = r->type_kv ? r->type_kv->value : name;
+    char base[256]; /* a variant "topk[k=1]" without type: the type of its base name */
+    snprintf(base, sizeof base, "%.*s", (int)strcspn(name, "["), name);
+    const char *tname = r->type_kv ? r->type_kv->value : base;
     r->type = moe_router_find(tname);
     if (!r->type) {
         const spec_kv *kv = r->type_kv ? r->type_kv : moe_spec_first_kv(sec);
@@ -257,7 +259,8 @@ static int load_shape(const spec_section *sec, const char *name, spec_shape *sh)
                         !have_d ? "d" : !have_f ? "f" : "E", "a shape needs d, f and E",
                         "missing key");
     if (sh->k > sh->E)
-        return KV_FAIL(MOE_EINVAL, sec, sh->k_kv, "k must be between 1 and E",
+        return KV_FAIL(MOE_EINVAL, sec, moe_spec_blame(sh->k_kv, sh->E_kv),
+                       "k must be between 1 and E",
                        "k = %d exceeds E = %d", sh->k, sh->E);
     return MOE_OK;
 }
@@ -318,7 +321,27 @@ static int load_dist(const spec_section *sec, const char *name, spec_dist *di)
     return MOE_OK;
 }
 
-/* Resolve a list of section names (or all sections of the kind, in file order). */
+/* Append sec to the picked sections, or its variants when its keys hold lists; returns the new
+ * count. */
+static int add_picked(const moe_spec *s, const spec_section *sec, const char *kind,
+                      const spec_section **v, const char **nm, int nv)
+{
+    if (!sec->expanded) {
+        section_kind(sec->name, kind, &nm[nv]);
+        v[nv++] = sec;
+        return nv;
+    }
+    const int self = (int)(sec - s->secs) + 1;
+    for (int i = 0; i < s->nsecs; i++)
+        if (s->secs[i].variant_of == self) {
+            section_kind(s->secs[i].name, kind, &nm[nv]);
+            v[nv++] = &s->secs[i];
+        }
+    return nv;
+}
+
+/* Resolve a list of section names (or all sections of the kind, in file order); a section
+ * whose keys hold lists stands for its variants (spec_axes.c). */
 static int pick(moe_spec *s, const spec_section *exp, const char *listkey, const char *kind,
                 const spec_section ***out, const char ***names, int *n)
 {
@@ -335,8 +358,8 @@ static int pick(moe_spec *s, const spec_section *exp, const char *listkey, const
         int rc = split_list(exp, kv, &w, &nw);
         if (rc)
             return rc;
-        v = calloc((size_t)nw, sizeof *v);
-        nm = calloc((size_t)nw, sizeof *nm);
+        v = calloc((size_t)s->nsecs + 1, sizeof *v); /* variants: at most all sections */
+        nm = calloc((size_t)s->nsecs + 1, sizeof *nm);
         if (!v || !nm) {
             free(v);
             free(nm);
@@ -355,9 +378,7 @@ static int pick(moe_spec *s, const spec_section *exp, const char *listkey, const
                 free_words(w, nw);
                 return rc;
             }
-            v[nv] = sec;
-            section_kind(sec->name, kind, &nm[nv]);
-            nv++;
+            nv = add_picked(s, sec, kind, v, nm, nv);
         }
         free_words(w, nw);
     } else {
@@ -369,8 +390,8 @@ static int pick(moe_spec *s, const spec_section *exp, const char *listkey, const
             return moe_fail(MOE_ENOMEM, NULL, "out of memory");
         }
         for (int i = 0; i < s->nsecs; i++)
-            if (section_kind(s->secs[i].name, kind, &nm[nv]))
-                v[nv++] = &s->secs[i];
+            if (!s->secs[i].variant_of && section_kind(s->secs[i].name, kind, &nm[nv]))
+                nv = add_picked(s, &s->secs[i], kind, v, nm, nv);
         if (nv == 0) {
             free(v);
             free(nm);
@@ -632,7 +653,7 @@ static int pair_dists(moe_spec *s)
         for (int j = 0; j < nw && !rc; j++) {
             int found = 0;
             for (int q = 0; q < s->nshapes; q++)
-                if (strcmp(s->shapes[q].name, w[j]) == 0)
+                if (moe_spec_name_matches(s->shapes[q].name, w[j]))
                     di->pairs[q] = 1, found = 1;
             if (!found)
                 rc = KV_FAIL(MOE_EINVAL, di->sec, di->shapes_kv,
@@ -652,8 +673,10 @@ int moe_spec_interpret(moe_spec *s)
     if (!exp)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory");
     int rc;
-    if ((rc = check_names(s, exp)) || (rc = load_name(s, exp)) || (rc = load_axes(s, exp)) ||
-        (rc = load_cfs(s, exp)))
+    if ((rc = check_names(s, exp)) || (rc = moe_spec_expand_axes(s)))
+        return rc;
+    exp = moe_spec_section_get(s, "experiment"); /* the expansion may move the sections */
+    if ((rc = load_name(s, exp)) || (rc = load_axes(s, exp)) || (rc = load_cfs(s, exp)))
         return rc;
     void *items;
     rc = load_kind(s, exp, "shapes", "shape", &items, sizeof *s->shapes, &s->nshapes,

@@ -27,9 +27,17 @@ int moe_spec_fail_at(int code, const char *file, int line, const char *section, 
         snprintf(where, sizeof where, "%s:%d", file, line);
     else
         snprintf(where, sizeof where, "%s", file);
+    const int slen = (int)strcspn(section, "["); /* a variant "router.topk[k=1]": its key */
     if (!*key) /* the section as a whole */
-        return moe_fail(code, hint, "%s (%s, section [%s])", what, where, section);
-    return moe_fail(code, hint, "%s (%s, key %s.%s)", what, where, section, key);
+        return moe_fail(code, hint, "%s (%s, section [%.*s])", what, where, slen, section);
+    return moe_fail(code, hint, "%s (%s, key %.*s.%s)", what, where, slen, section, key);
+}
+
+static int from_set(const spec_kv *kv) { return kv && !strncmp(kv->file, "--set", 5); }
+
+const spec_kv *moe_spec_blame(const spec_kv *a, const spec_kv *b)
+{
+    return b && from_set(b) && !from_set(a) ? b : a ? a : b;
 }
 
 /* Re-report the error a callee recorded, with the location of kv appended. */

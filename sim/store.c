@@ -21,18 +21,26 @@
  *   train_points       (point): the training configuration of a training point ([train])
  *   steps              (point, step): the eval rows of a training point (moe_train_columns)
  *   step_loads         (point, step, expert): kept tokens per expert since the previous row
- *   views              summary, by_router_cf, loads, provenance, ep_summary, train_summary
  * A training point has its points row (metrics of its last eval row) and the three training
  * tables, but no expert_loads, batches or experts_per_token rows.
+ *   runs               one row per `moesim run` (spec name and text, overrides, times);
+ *                      points.run links each point to the run that stored it, and the
+ *                      generated column points.config_group is config_key without the seed
+ *   student_t          t quantiles of the 95% confidence intervals (store_stats.c)
+ *   views              over_seeds, summary, by_router_cf (one row per configuration, metrics
+ *                      over seeds: store_stats.c), loads, provenance, ep_summary, train_summary
  * Child rows go with their point (ON DELETE CASCADE; foreign_keys is on for our connection).
  *
  * Migrations, run in the transaction that opens a writable database of an older version:
- *   0 -> 3  a database holding only the table bench (written by `moesim bench` before the
+ *   0 -> 5  a database holding only the table bench (written by `moesim bench` before the
  *           store owned it): the whole schema is added around it
- *   1 -> 3  ep_ranks, ep_summary and bench are added (ep_ranks may exist already: the
- *           expert-parallel runs of version 1 created it on demand, with the same columns),
- *           then the training tables as for 2 -> 3
+ *   1 -> 2  ep_ranks, ep_summary and bench are added (ep_ranks may exist already: the
+ *           expert-parallel runs of version 1 created it on demand, with the same columns)
  *   2 -> 3  train_points, steps, step_loads and the view train_summary are added
+ *   3 -> 4  the cluster model's tables (cluster_points, devices, nodes_per_token, node_traffic)
+ *   4 -> 5  runs, points.run, points.config_group, student_t and the views over seeds
+ *           (moe_store_migrate_runs; summary and by_router_cf are replaced)
+ * A new database gets the tables of version 4, then the 4 -> 5 step.
  */
 #include "store.h"
 
@@ -56,6 +64,7 @@ struct moe_store {
     sqlite3_stmt *find, *del, *ins_point, *ins_load, *ins_batch, *ins_ept, *ins_ep, *ins_bench;
     sqlite3_stmt *ins_train, *ins_step, *ins_sload;
     int existed;  /* the last put found its point stored by another process */
+    long long run_id; /* the run points are linked to (moe_store_run_begin), 0 = none */
 };
 
 /* ---- errors ---- */
@@ -110,26 +119,6 @@ static const char *const config_cols[][2] = {
 enum { NCONFIG = sizeof config_cols / sizeof config_cols[0] };
 
 static const char *const views_sql =
-    "CREATE VIEW summary AS SELECT id, router, router_type AS type, capacity_factor AS cf,"
-    " distribution, shape, E, tokens, batches, seed,"
-    " round(load_imbalance, 3) AS load_imbalance,"
-    " round(assignment_drop_rate, 4) AS drop_rate,"
-    " round(token_drop_rate, 4) AS token_drop_rate,"
-    " round(output_error_dense, 4) AS error_dense,"
-    " round(output_error_dropless, 4) AS error_dropless,"
-    " round(aux_loss, 4) AS aux_loss,"
-    " CAST(round(tokens_per_s) AS INTEGER) AS tokens_per_s,"
-    " round(gflops_per_s, 2) AS gflops_per_s"
-    " FROM points ORDER BY distribution, shape, router, capacity_factor_value, tokens, seed;\n"
-    "CREATE VIEW by_router_cf AS SELECT router, capacity_factor AS cf, distribution, shape,"
-    " count(*) AS points,"
-    " round(avg(load_imbalance), 3) AS load_imbalance,"
-    " round(avg(assignment_drop_rate), 4) AS drop_rate,"
-    " round(avg(token_drop_rate), 4) AS token_drop_rate,"
-    " round(avg(output_error_dense), 4) AS error_dense,"
-    " CAST(round(avg(tokens_per_s)) AS INTEGER) AS tokens_per_s"
-    " FROM points GROUP BY router, capacity_factor, distribution, shape"
-    " ORDER BY distribution, shape, router, min(capacity_factor_value);\n"
     "CREATE VIEW loads AS SELECT p.id AS point, p.router, p.capacity_factor AS cf,"
     " p.distribution, p.shape, l.expert, l.assigned, l.kept, round(l.importance, 4) AS importance"
     " FROM expert_loads l JOIN points p ON p.id = l.point ORDER BY p.id, l.expert;\n"
@@ -238,7 +227,7 @@ static const char *const bench_sql =
     " median REAL, q1 REAL, q3 REAL, min REAL, max REAL,"
     " PRIMARY KEY (run, config, n, metric));\n";
 
-/* The CREATE statements of version MOE_STORE_VERSION (malloc'd). */
+/* The CREATE statements of version 4 (malloc'd); create_or_migrate adds the 4 -> 5 step. */
 static char *schema_sql(void)
 {
     char *buf = NULL;
@@ -278,7 +267,6 @@ static char *schema_sql(void)
     fputs(bench_sql, m);
     fputs(train_sql, m);
     fputs(moe_cluster_store_sql, m);
-    fprintf(m, "PRAGMA user_version = %d;\n", MOE_STORE_VERSION);
     if (fclose(m) != 0) {
         free(buf);
         return NULL;
@@ -302,8 +290,8 @@ static char *insert_point_sql(void)
         fprintf(m, ", %s, %s_std", mm->name, mm->name);
     for (int i = 0; i < MOE_NPHASES; i++, n += 2)
         fprintf(m, ", time_%s_s, time_%s_s_std", moe_phase_names[i], moe_phase_names[i]);
-    fprintf(m, ", tokens_per_s, gflops_per_s, wall_s) VALUES (");
-    n += 3;
+    fprintf(m, ", tokens_per_s, gflops_per_s, wall_s, run) VALUES (");
+    n += 4;
     for (int i = 0; i < n; i++)
         fprintf(m, "%s?", i ? ", " : "");
     fprintf(m, ")");
@@ -416,45 +404,52 @@ static int migrate_1_to_2(moe_store *st)
     char *sql = malloc(len);
     if (!sql)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (%s)", st->path);
-    snprintf(sql, len, "%s%sPRAGMA user_version = 2;\n", ep_ranks_sql, bench_sql);
+    snprintf(sql, len, "%s%s", ep_ranks_sql, bench_sql);
     int rc = exec(st, sql, "cannot upgrade the database schema");
     free(sql);
     return rc;
 }
 
-/* Migration 2 -> 3: the cluster model's tables (sim/cluster_store.c). */
-static int migrate_2_to_3(moe_store *st) /* the training tables */
+/* Migration 2 -> 3: the training tables. */
+static int migrate_2_to_3(moe_store *st)
 {
-    int rc = exec(st, train_sql, "cannot upgrade the database schema");
-    return rc ? rc : exec(st, "PRAGMA user_version = 3;", "cannot upgrade the database schema");
+    return exec(st, train_sql, "cannot upgrade the database schema");
 }
 
-static int migrate_3_to_4(moe_store *st) /* the cluster model's tables */
+/* Migration 3 -> 4: the cluster model's tables (sim/cluster_store.c). */
+static int migrate_3_to_4(moe_store *st)
 {
-    int rc = exec(st, moe_cluster_store_sql, "cannot upgrade the database schema");
-    return rc ? rc : exec(st, "PRAGMA user_version = 4;", "cannot upgrade the database schema");
+    return exec(st, moe_cluster_store_sql, "cannot upgrade the database schema");
 }
-/* Inside the opening transaction: create the schema (version 0) or migrate an older one, one
- * version step at a time. */
+
+/* Inside the opening transaction: create the schema (version 0: the tables of version 4) or
+ * migrate an older one, one step after the other, then set the version once. */
 static int create_or_migrate(moe_store *st, long long version)
 {
     if (version == MOE_STORE_VERSION)
         return MOE_OK;
+    int rc = MOE_OK;
     if (version == 0) {
         char *sql = schema_sql();
         if (!sql)
             return moe_fail(MOE_ENOMEM, NULL, "out of memory (%s)", st->path);
-        int rc = exec(st, sql, "cannot create the schema");
+        rc = exec(st, sql, "cannot create the schema");
         free(sql);
-        return rc;
+        version = 4;
     }
-    int rc = MOE_OK;
-    if (version <= 1)
+    if (!rc && version <= 1)
         rc = migrate_1_to_2(st);
     if (!rc && version <= 2)
         rc = migrate_2_to_3(st);
     if (!rc && version <= 3)
         rc = migrate_3_to_4(st);
+    if (!rc && version <= 4) /* runs, config_group, statistics over seeds */
+        rc = moe_store_migrate_runs(st->db, st->path);
+    if (!rc) {
+        char sql[64];
+        snprintf(sql, sizeof sql, "PRAGMA user_version = %d;", MOE_STORE_VERSION);
+        rc = exec(st, sql, "cannot set the schema version");
+    }
     return rc;
 }
 
@@ -802,6 +797,10 @@ static int put_rows(moe_store *st, const char *spec_name, const moe_point *pt,
     b_real(&b, res->tokens_per_s);
     b_real(&b, res->gflops_per_s);
     b_real(&b, res->wall_s);
+    if (st->run_id)
+        b_int(&b, st->run_id);
+    else
+        b_text(&b, NULL);
     if ((r = run(st, &b, "cannot insert the point")))
         return r;
     sqlite3_int64 id = sqlite3_last_insert_rowid(st->db);
@@ -884,6 +883,65 @@ int moe_store_put_ep(moe_store *st, const char *spec_name, const moe_point *pt,
 }
 
 int moe_store_last_existed(const moe_store *st) { return st->existed; }
+
+int moe_store_run_begin(moe_store *st, const char *spec_name, const char *spec_path,
+                        const char *overrides, const char *git_rev)
+{
+    if (st->readonly)
+        return moe_fail(MOE_EDB, NULL, "database opened read-only (%s)", st->path);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = fopen(spec_path, "rb");
+    if (f) { /* the spec's text, as read now (NULL when it cannot be read) */
+        FILE *m = open_memstream(&text, &len);
+        char buf[4096];
+        size_t n;
+        while (m && (n = fread(buf, 1, sizeof buf, f)) > 0)
+            fwrite(buf, 1, n, m);
+        if (m && fclose(m) != 0) {
+            free(text);
+            text = NULL;
+        }
+        fclose(f);
+    }
+    sqlite3_stmt *q = NULL;
+    int rc = sqlite3_prepare_v2(st->db, "INSERT INTO runs (spec, spec_path, spec_text, overrides,"
+                                        " git_rev) VALUES (?, ?, ?, ?, ?)", -1, &q, NULL);
+    if (rc == SQLITE_OK) {
+        binder b = {q, 0, SQLITE_OK};
+        b_text(&b, spec_name);
+        b_text(&b, spec_path);
+        b_text(&b, text);
+        b_text(&b, overrides ? overrides : "");
+        b_text(&b, git_rev);
+        rc = b.rc == SQLITE_OK ? sqlite3_step(q) : b.rc;
+    }
+    free(text);
+    sqlite3_finalize(q);
+    if (rc != SQLITE_DONE)
+        return db_fail(st, st->db, rc, "cannot record the run");
+    st->run_id = sqlite3_last_insert_rowid(st->db);
+    return MOE_OK;
+}
+
+int moe_store_run_end(moe_store *st, long long points_run)
+{
+    if (!st->run_id)
+        return MOE_OK;
+    sqlite3_stmt *q = NULL;
+    int rc = sqlite3_prepare_v2(st->db, "UPDATE runs SET points_run = ?, finished_at ="
+                                        " strftime('%Y-%m-%dT%H:%M:%SZ', 'now') WHERE id = ?",
+                                -1, &q, NULL);
+    if (rc == SQLITE_OK) {
+        sqlite3_bind_int64(q, 1, points_run);
+        sqlite3_bind_int64(q, 2, st->run_id);
+        rc = sqlite3_step(q);
+    }
+    sqlite3_finalize(q);
+    return rc == SQLITE_DONE ? MOE_OK : db_fail(st, st->db, rc, "cannot record the end of the run");
+}
+
+long long moe_store_run_id(const moe_store *st) { return st->run_id; }
 
 int moe_store_ep_has_rows(sqlite3 *db)
 {

@@ -20,8 +20,9 @@
 #include "provenance.h"
 
 #include <sqlite3.h>
+#include <stdio.h>
 
-#define MOE_STORE_VERSION 4
+#define MOE_STORE_VERSION 5
 
 typedef struct moe_store moe_store;
 
@@ -117,6 +118,61 @@ typedef struct {
 int moe_store_bench_begin(moe_store *st);
 int moe_store_bench_put(moe_store *st, const moe_bench_row *r);
 int moe_store_bench_end(moe_store *st, int commit);
+
+/* ---- runs (store_stats.c, store.c) ---- */
+
+/* Record the start of a `moesim run` in the table runs (spec name, spec file and its text,
+ * the --set overrides one per line, git revision); every point put afterwards links to it. */
+int moe_store_run_begin(moe_store *st, const char *spec_name, const char *spec_path,
+                        const char *overrides, const char *git_rev);
+/* Record the end of the run (finished_at, points_run); no-op without a run. */
+int moe_store_run_end(moe_store *st, long long points_run);
+long long moe_store_run_id(const moe_store *st); /* 0 before moe_store_run_begin */
+
+/* ---- configurations over seeds (store_stats.c) ---- */
+
+/* Degrees of freedom of the table student_t (t_{0.975, df} from gsl_cdf_tdist_Pinv). */
+#define MOE_STORE_T_MAXDF 1000
+
+/* Append to m the SELECT of the statistics over seeds of the points in `from` (a table, view
+ * or parenthesised subquery with the columns of points): one row per configuration (every key
+ * but seed), columns first_id, config_group, seeds, seed_list, runs, last_run, the
+ * configuration (router, type, router_options, cf REAL, cf_text, cf_note, distribution, source,
+ * source_params, shape, d, f, E, k, activation, tokens, batches, error_tokens), then for every
+ * scalar metric x and time_total_s, tokens_per_s, gflops_per_s: x (mean over seeds), x_n
+ * (seeds with a value), x_seed_sd (sample sd; NULL for one seed), x_ci95 (half-width of the 95% confidence interval
+ * of the mean, Student t) and, for metrics with a spread over batches, x_batch_sd (mean over
+ * seeds of the sample sd over batches). Needs a table student_t (moe_store_t_table). */
+void moe_store_seed_stats_sql(FILE *m, const char *from);
+/* Create and fill schema.student_t ("main" in the migration; "temp" for readers of databases
+ * without it). */
+int moe_store_t_table(sqlite3 *db, const char *schema, const char *path);
+/* Migration step to version 3 (inside the opening transaction): the table runs, points.run
+ * and points.config_group, student_t, the views over_seeds, summary, by_router_cf. */
+int moe_store_migrate_runs(sqlite3 *db, const char *path);
+
+/* The SQL condition on points (malloc'd into *cond) selecting the points of `moesim report`
+ * and `moesim plot`: where (an SQL condition on the columns of points, or NULL) and run (a run
+ * id, "last", a spec name = its last run, or NULL). A bad condition or an unknown run is a
+ * MOE_EINVAL naming --where or --run. The condition has the form "id IN (SELECT id FROM
+ * main.points WHERE ...)". */
+int moe_store_point_filter(sqlite3 *db, const char *where, const char *run, char **cond);
+/* Make the unqualified name `points` mean the points matching cond on this connection (a
+ * temporary view that shadows main.points; queries that name main.points or the stored views
+ * see every point). */
+int moe_store_restrict(sqlite3 *db, const char *cond, const char *path);
+/* For readers (report): the unqualified name `points` means the points matching cond (NULL:
+ * all) with a column run (NULL in databases older than version 3), and temp.student_t exists,
+ * so that moe_store_seed_stats_sql(m, "points") works on any schema version. */
+int moe_store_reader_setup(sqlite3 *db, const char *cond, const char *path);
+/* The configuration keys (columns of points, space-separated, malloc'd) that take more than
+ * one value among the points matching cond (NULL: all points), within groups of equal values
+ * of the columns `within` (e.g. "router, distribution, shape": what a chart draws apart as
+ * series and panels; NULL: all points one group); capacity factor and seed excluded (the cf
+ * inside router_options too). What a chart that merges these points must tell apart; "" when
+ * none. */
+#define MOE_STORE_CHART_GROUP "router, distribution, shape"
+int moe_store_varying_keys(sqlite3 *db, const char *cond, const char *within, char **out);
 
 /* The connection, for queries (report, summary). */
 sqlite3 *moe_store_db(moe_store *st);

@@ -23,7 +23,7 @@ readers() {
     dir=$1 label=$2; shift 2
     sum=$(cksum <"$dir/r.db")
     status "$label: report" 0 "$tmp/o1" "$@" "$MOESIM" report "$dir/r.db"
-    contains "$label: report lists the points" "$tmp/o1" "(8 points; all columns"
+    contains "$label: report lists the points" "$tmp/o1" "(8 configurations;"
     status "$label: plot" 0 "$tmp/o2" "$@" "$MOESIM" plot "$dir/r.db" --out "$tmp/charts_$label"
     status "$label: compare" 0 "$tmp/o3" "$@" "$MOESIM" compare "$dir/r.db" "$tmp/r.db"
     same "$label: no -wal/-shm left" "$(ls "$dir")" "r.db"

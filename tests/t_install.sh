@@ -52,7 +52,7 @@ check "manual page starts with .TH MOESIM 1" \
 if command -v man >/dev/null 2>&1; then
     MANWIDTH=80 man -l "$P/share/man/man1/moesim.1" >"$tmp/man" 2>"$tmp/manerr"
     check "man renders the page ($(cat "$tmp/manerr"))" test $? = 0
-    contains "man page renders its synopsis" "$tmp/man" "moesim report DB [--csv]"
+    contains "man page renders its synopsis" "$tmp/man" "moesim report DB [--csv|--json|--html DIR]"
 else
     skip=$((skip + 1)); echo "t_install: skipped 2 checks: man not installed"
 fi

@@ -28,7 +28,7 @@ check "14 x (8+1) experts_per_token rows" \
     test "$(q "$db" 'SELECT count(*) FROM experts_per_token')" = 126
 check "soft_moe stored once with capacity factor none" \
     test "$(q "$db" "SELECT count(*) FROM points WHERE router='soft' AND capacity_factor='none' AND capacity_factor_value IS NULL")" = 2
-check "schema version 4" test "$(q "$db" 'PRAGMA user_version')" = 4
+check "schema version 5" test "$(q "$db" 'PRAGMA user_version')" = 5
 check "WAL journal" test "$(q "$db" 'PRAGMA journal_mode')" = wal
 check "histogram sums to tokens x batches" \
     test "$(q "$db" 'SELECT count(*) FROM (SELECT point, sum(tokens) s FROM experts_per_token GROUP BY point) WHERE s != 256')" = 0
@@ -50,11 +50,15 @@ check "28 points after a second seed" test "$(q "$db" 'SELECT count(*) FROM poin
 # ---- report ----
 "$MOESIM" report "$db" --csv >"$tmp/csv" 2>"$tmp/err"
 check "report --csv exits 0" test $? = 0
-check "csv: header + 28 rows" test "$(wc -l <"$tmp/csv")" = 29
-contains "csv header" "$tmp/csv" "id,router,cf,distribution"
+# one row per configuration: the 28 points are 14 configurations with 2 seeds each
+check "csv: header + 14 configurations" test "$(wc -l <"$tmp/csv")" = 15
+contains "csv header" "$tmp/csv" "router,cf_text,distribution"
 "$MOESIM" report "$db" >"$tmp/out" 2>"$tmp/err"
 check "report exits 0" test $? = 0
-contains "report table" "$tmp/out" "(28 points"
+contains "report table" "$tmp/out" "(14 configurations"
+"$MOESIM" report "$db" --points --csv >"$tmp/csv" 2>"$tmp/err"
+check "csv --points: header + 28 rows" test "$(wc -l <"$tmp/csv")" = 29
+contains "csv --points header" "$tmp/csv" "id,run,router,capacity_factor,distribution"
 
 # ---- --force reruns and replaces ----
 maxid=$(q "$db" 'SELECT max(id) FROM points')

@@ -1,0 +1,30 @@
+/* plot_filter.c: the point filter of `moesim plot` and `moesim report --html` (plot.h): the
+ * --where and --run of the next chart drawing, applied to the reader's connection as a
+ * temporary view that shadows `points` (store.h, moe_store_point_filter and
+ * moe_store_restrict), so that every chart query sees only the selected points. */
+#include "plot.h"
+
+#include "moe.h"
+#include "store.h"
+
+#include <stdlib.h>
+
+static const char *filter_where, *filter_run;
+
+void moe_plot_set_filter(const char *where, const char *run)
+{
+    filter_where = where;
+    filter_run = run;
+}
+
+int moe_plot_apply_filter(sqlite3 *db, const char *db_path)
+{
+    if (!filter_where && !filter_run)
+        return MOE_OK;
+    char *cond = NULL;
+    int rc = moe_store_point_filter(db, filter_where, filter_run, &cond);
+    if (!rc)
+        rc = moe_store_restrict(db, cond, db_path);
+    free(cond);
+    return rc;
+}
