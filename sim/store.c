@@ -43,6 +43,7 @@
  * A new database gets the tables of version 4, then the 4 -> 5 step.
  */
 #include "store.h"
+#include "store_train.h"
 
 #include "cluster_store.h"
 
@@ -154,59 +155,6 @@ static const char *const ep_ranks_sql =
     " FROM ep_ranks e JOIN points p ON p.id = e.point"
     " GROUP BY e.point, e.capacity ORDER BY e.point, e.capacity;\n";
 
-/* Tables of training points, added by version 3: the configuration of a training point, its
- * eval rows (columns named as moe_train_columns) and per-expert loads per eval row. */
-static const char *const train_sql =
-    "CREATE TABLE IF NOT EXISTS train_points (\n"
-    "  point INTEGER PRIMARY KEY REFERENCES points(id) ON DELETE CASCADE,\n"
-    "  steps INTEGER NOT NULL,          -- training steps\n"
-    "  optimizer TEXT NOT NULL,         -- 'sgd' | 'adam'\n"
-    "  lr REAL NOT NULL,\n"
-    "  lr_schedule TEXT NOT NULL,       -- 'constant' | 'cosine'\n"
-    "  warmup INTEGER NOT NULL,         -- steps of linear warmup\n"
-    "  aux TEXT NOT NULL,               -- 'router' (its own balance loss) | 'importance'\n"
-    "  aux_weight REAL NOT NULL,\n"
-    "  z_weight REAL NOT NULL,\n"
-    "  trainable TEXT NOT NULL,         -- 'gate' | 'all'\n"
-    "  eval_every INTEGER NOT NULL,\n"
-    "  probe_tokens INTEGER NOT NULL,\n"
-    "  teacher TEXT NOT NULL,           -- 'moe' | 'dense'\n"
-    "  teacher_experts INTEGER NOT NULL,\n"
-    "  teacher_k INTEGER NOT NULL,\n"
-    "  target_noise REAL NOT NULL\n"
-    ") STRICT;\n"
-    "CREATE TABLE IF NOT EXISTS steps (\n"
-    "  point INTEGER NOT NULL REFERENCES points(id) ON DELETE CASCADE,\n"
-    "  step INTEGER NOT NULL,           -- 0, eval_every, 2 eval_every, ..., the last step\n"
-    "  loss REAL,                       -- mse of the step's batch (before its update)\n"
-    "  heldout_loss REAL,               -- mse on the fixed held-out batch\n"
-    "  aux_loss REAL, z_loss REAL,      -- unweighted\n"
-    "  load_imbalance REAL,             -- max/mean of assigned loads of the training batch\n"
-    "  assignment_drop_rate REAL, token_drop_rate REAL,\n"
-    "  dead_experts INTEGER,            -- experts with no kept token since the last row\n"
-    "  fluctuation REAL,                -- probe tokens whose top-1 changed (0 at step 0)\n"
-    "  specialisation REAL,             -- NMI(teacher, student top-1); NULL: dense teacher\n"
-    "  gate_entropy REAL,               -- nats\n"
-    "  PRIMARY KEY (point, step)\n"
-    ") STRICT;\n"
-    "CREATE TABLE IF NOT EXISTS step_loads (\n"
-    "  point INTEGER NOT NULL REFERENCES points(id) ON DELETE CASCADE,\n"
-    "  step INTEGER NOT NULL,\n"
-    "  expert INTEGER NOT NULL,\n"
-    "  load INTEGER NOT NULL,           -- kept tokens summed over the steps since the last\n"
-    "                                   -- row (step 0: the step-0 batch)\n"
-    "  PRIMARY KEY (point, step, expert)\n"
-    ") STRICT;\n"
-    "CREATE VIEW IF NOT EXISTS train_summary AS SELECT p.id AS point, p.router,\n"
-    " p.capacity_factor AS cf, p.distribution, p.shape, p.seed, t.optimizer, t.lr,\n"
-    " t.aux_weight, t.z_weight, t.trainable, t.steps, s.loss, s.heldout_loss,\n"
-    " s.load_imbalance, s.assignment_drop_rate, s.dead_experts, s.specialisation,\n"
-    " s.fluctuation\n"
-    " FROM train_points t JOIN points p ON p.id = t.point\n"
-    " JOIN steps s ON s.point = t.point\n"
-    " AND s.step = (SELECT max(step) FROM steps WHERE point = t.point)\n"
-    " ORDER BY p.id;\n";
-
 /* ep_ranks columns after (point, capacity, rank, ranks), in MOE_EP_* order. */
 static const char *const ep_cols[MOE_EP_NFIELDS] = {
     "first_expert", "experts", "first_token", "tokens_held", "plan_capacity", "tokens",
@@ -265,7 +213,7 @@ static char *schema_sql(void)
     fputs(views_sql, m);
     fputs(ep_ranks_sql, m);
     fputs(bench_sql, m);
-    fputs(train_sql, m);
+    fputs(moe_store_train_sql, m);
     fputs(moe_cluster_store_sql, m);
     if (fclose(m) != 0) {
         free(buf);
@@ -413,7 +361,7 @@ static int migrate_1_to_2(moe_store *st)
 /* Migration 2 -> 3: the training tables. */
 static int migrate_2_to_3(moe_store *st)
 {
-    return exec(st, train_sql, "cannot upgrade the database schema");
+    return exec(st, moe_store_train_sql, "cannot upgrade the database schema");
 }
 
 /* Migration 3 -> 4: the cluster model's tables (sim/cluster_store.c). */
