@@ -4,12 +4,10 @@
 # the `bench` table with the BLAS provenance, a forced weaker OPENBLAS_CORETYPE is warned about,
 # the PyTorch reference's failure modes are handled (tests/bench/fake_torch.sh stands in for
 # torch), and bad flags are errors. No timing is asserted: timings belong to `make bench`.
-M=$(realpath "${MOESIM:-./moesim}")
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0; fail=0
-ok() { pass=$((pass + 1)); }
-no() { fail=$((fail + 1)); echo "FAIL: $*"; }
+NAME=t_bench
+. tests/lib.sh
+make_tmp
+T=$tmp
 has() { grep -q -- "$2" "$1" && ok || no "$(basename "$1") lacks '$2'"; }
 count() { n=$(grep -c -- "$2" "$1"); [ "$n" = "$3" ] && ok || no "$(basename "$1"): '$2' $n times, expected $3"; }
 q() { sqlite3 "$T/b.db" "$1" 2>&1; }
@@ -128,5 +126,4 @@ experr "unknown flag" "moesim: error: unknown or incomplete flag '--fast' (comma
 experr "stray argument" "moesim: error: unexpected argument 'extra' (command line)" --quick extra
 experr "bad db" "moesim: error: cannot open the database: unable to open database file" --quick --no-torch --db "$T/no/such/dir/b.db"
 
-echo "t_bench: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish

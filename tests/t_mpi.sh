@@ -17,28 +17,16 @@
 #   - errors end the job with a clear message and no rank left waiting: E < P under
 #     --expert-parallel, a database rank 0 cannot open (both modes).
 # Prints "t_mpi: N passed, N failed" last.
-MOESIM=${MOESIM:-./moesim}
-BUILD=${BUILD:-build}
-case "$MOESIM" in /*) ;; *) MOESIM="$(pwd)/$MOESIM" ;; esac
-case "$BUILD" in /*) ;; *) BUILD="$(pwd)/$BUILD" ;; esac
-export MOESIM_PLOTS="${MOESIM_PLOTS:-$(pwd)/plots}" # the tracked gnuplot scripts
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() { fail=$((fail + 1)); echo "FAIL t_mpi: $*" >&2; }
-# check DESCRIPTION COMMAND...: the command succeeds
-check() { d=$1; shift; if "$@"; then ok; else bad "$d"; fi; }
-# same DESCRIPTION GOT WANT
-same() { if [ "$2" = "$3" ]; then ok; else bad "$1: got '$2', want '$3'"; fi; }
+NAME=t_mpi
+. tests/lib.sh
+export MOESIM_PLOTS="${MOESIM_PLOTS:-$REPO/plots}" # the tracked gnuplot scripts
 
 if ! command -v mpirun >/dev/null 2>&1 || [ ! -x "$BUILD/tests/mpi_ep_check" ]; then
-    echo "t_mpi: skipped (no MPI: mpirun or an MPI build of moesim missing)"
-    echo "t_mpi: 0 passed, 0 failed"
-    exit 0
+    skip 1 "no MPI: mpirun or an MPI build of moesim (tests/mpi_ep_check) is missing"
+    finish
 fi
 
-tmp=$(mktemp -d /tmp/moesim_t_mpi.XXXXXX) || exit 1
-trap 'rm -rf "$tmp"' EXIT
+make_tmp
 # root in CI; 2 cores for 4 ranks; one BLAS thread per rank
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export OMPI_MCA_rmaps_base_oversubscribe=1 OPENBLAS_NUM_THREADS=1
@@ -280,5 +268,4 @@ rc=$?
 if [ $rc != 0 ] && [ $rc != 124 ] && grep -q "moesim: error" err3.out; then ok; else
     bad "unopenable database under --expert-parallel (exit $rc): $(tail -5 err3.out)"; fi
 
-echo "t_mpi: $pass passed, $fail failed"
-[ "$fail" = 0 ]
+finish
