@@ -52,10 +52,13 @@ static void result_pack(const moe_point_result *r, double *d, long *l)
     }
     memcpy(d + k, r->batch_metric, (size_t)r->batches * MOE_POINT_NMETRICS * sizeof *d);
     k += (size_t)r->batches * MOE_POINT_NMETRICS;
+    memcpy(d + k, r->batch_time, (size_t)r->batches * MOE_NPHASES * sizeof *d);
     k += (size_t)r->batches * MOE_NPHASES;
-    memcpy(d + k, r->train_row, (size_t)r->train_rows * MOE_TRAIN_NCOLS * sizeof *d);
-    k += (size_t)r->train_rows * MOE_TRAIN_NCOLS;
-    memcpy(d + k, r->train_loads, (size_t)r->train_rows * (size_t)r->E * sizeof *d);
+    if (r->train_rows > 0) { /* train_row and train_loads are NULL otherwise */
+        memcpy(d + k, r->train_row, (size_t)r->train_rows * MOE_TRAIN_NCOLS * sizeof *d);
+        k += (size_t)r->train_rows * MOE_TRAIN_NCOLS;
+        memcpy(d + k, r->train_loads, (size_t)r->train_rows * (size_t)r->E * sizeof *d);
+    }
     memcpy(l, r->experts_per_token, ((size_t)r->E + 1) * sizeof *l);
 }
 
@@ -81,10 +84,13 @@ static void result_unpack(moe_point_result *r, const double *d, const long *l)
     }
     memcpy(r->batch_metric, d + k, (size_t)r->batches * MOE_POINT_NMETRICS * sizeof *d);
     k += (size_t)r->batches * MOE_POINT_NMETRICS;
+    memcpy(r->batch_time, d + k, (size_t)r->batches * MOE_NPHASES * sizeof *d);
     k += (size_t)r->batches * MOE_NPHASES;
-    memcpy(r->train_row, d + k, (size_t)r->train_rows * MOE_TRAIN_NCOLS * sizeof *d);
-    k += (size_t)r->train_rows * MOE_TRAIN_NCOLS;
-    memcpy(r->train_loads, d + k, (size_t)r->train_rows * (size_t)r->E * sizeof *d);
+    if (r->train_rows > 0) {
+        memcpy(r->train_row, d + k, (size_t)r->train_rows * MOE_TRAIN_NCOLS * sizeof *d);
+        k += (size_t)r->train_rows * MOE_TRAIN_NCOLS;
+        memcpy(r->train_loads, d + k, (size_t)r->train_rows * (size_t)r->E * sizeof *d);
+    }
     memcpy(r->experts_per_token, l, ((size_t)r->E + 1) * sizeof *l);
 }
 #endif
