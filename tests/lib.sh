@@ -16,6 +16,7 @@
 #                                     1.5); one shape d 16, f 32, E 8
 #   chart_files DIR NAME              DIR/NAME.png is a non-empty PNG, DIR/NAME.svg a whole SVG,
 #                                     DIR/NAME.dat non-empty (3 checks)
+#   mpi_env                           Open MPI settings for mpirun in tests (after make_tmp)
 #   finish                            prints "NAME: N passed, N failed[, N skipped]" and exits
 # tests/run.sh reads that last line and the SKIP lines.
 REPO=$(pwd)
@@ -80,4 +81,24 @@ chart_files() {
     if [ -s "$svg" ] && grep -q '<svg' "$svg" && grep -q '</svg>' "$svg"; then ok
     else bad "$2.svg: missing, empty or not a whole SVG"; fi
     check "$2.dat written" test -s "$1/$2.dat"
+}
+
+# Open MPI for the tests (after make_tmp): runs as root in CI, ranks oversubscribe the 2 cores,
+# one BLAS thread per rank, and under AddressSanitizer only Open MPI's own leaks are suppressed.
+mpi_env() {
+    # root in CI; 2 cores for 4 ranks; one BLAS thread per rank
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    export OMPI_MCA_rmaps_base_oversubscribe=1 OPENBLAS_NUM_THREADS=1
+    # containers without ptrace rights (Docker's default) break Open MPI's shared-memory single copy
+    export OMPI_MCA_btl_vader_single_copy_mechanism=none
+    # Under AddressSanitizer: Open MPI's own allocations that it keeps until exit are not ours. Its
+    # plugins stay loaded (no dlclose) and stacks are unwound fully, so that LeakSanitizer can name
+    # the library an allocation came from and the suppressions below match only Open MPI's.
+    for lib in libmpi.so libopen-pal.so libopen-rte.so libpmix.so libhwloc.so libevent mca_; do
+        echo "leak:$lib"
+    done >"$tmp/lsan.supp"
+    export OMPI_MCA_mca_base_component_disable_dlclose=1
+    LSAN_OPTIONS="suppressions=$tmp/lsan.supp:print_suppressions=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
+    export LSAN_OPTIONS
+    export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}fast_unwind_on_malloc=0"
 }

@@ -27,21 +27,7 @@ if ! command -v mpirun >/dev/null 2>&1 || [ ! -x "$BUILD/tests/mpi_ep_check" ]; 
 fi
 
 make_tmp
-# root in CI; 2 cores for 4 ranks; one BLAS thread per rank
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-export OMPI_MCA_rmaps_base_oversubscribe=1 OPENBLAS_NUM_THREADS=1
-# containers without ptrace rights (Docker's default) break Open MPI's shared-memory single copy
-export OMPI_MCA_btl_vader_single_copy_mechanism=none
-# Under AddressSanitizer: Open MPI's own allocations that it keeps until exit are not ours. Its
-# plugins stay loaded (no dlclose) and stacks are unwound fully, so that LeakSanitizer can name
-# the library an allocation came from and the suppressions below match only Open MPI's.
-for lib in libmpi.so libopen-pal.so libopen-rte.so libpmix.so libhwloc.so libevent mca_; do
-    echo "leak:$lib"
-done >"$tmp/lsan.supp"
-export OMPI_MCA_mca_base_component_disable_dlclose=1
-LSAN_OPTIONS="suppressions=$tmp/lsan.supp:print_suppressions=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
-export LSAN_OPTIONS
-export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}fast_unwind_on_malloc=0"
+mpi_env
 # mpirun with a time limit: a hang is a failure, not a stuck suite
 mpi() { n=$1; shift; timeout 300 mpirun --oversubscribe -np "$n" "$@"; }
 q() { sqlite3 "$@"; }

@@ -164,8 +164,7 @@ check "1 vs 2 threads, reversed order: identical steps and step_loads" cmp -s "$
 
 # ---- points over MPI ranks ----
 if command -v mpirun >/dev/null 2>&1 && [ -x "$BUILD/tests/mpi_ep_check" ]; then
-    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-    export OMPI_MCA_rmaps_base_oversubscribe=1 OMPI_MCA_btl_vader_single_copy_mechanism=none
+    mpi_env
     # shellcheck disable=SC2086
     OPENBLAS_NUM_THREADS=1 timeout 300 mpirun --oversubscribe -np 2 "$MOESIM" run "$spec" \
         --db "$tmp/m.db" --no-plots $det >"$tmp/om" 2>&1
