@@ -427,16 +427,23 @@ static int set_wal(moe_store *st)
 static int create_or_check(moe_store *st)
 {
     long long version = 0, objects = 0;
-    int rc = query_int(st, "PRAGMA user_version", &version, "cannot read the schema version");
+    /* the version and the objects from one snapshot: another process may create the schema
+     * between two reads made outside a transaction */
+    int rc = exec(st, "BEGIN", "cannot read the database");
     if (rc)
+        return rc;
+    if ((rc = query_int(st, "PRAGMA user_version", &version, "cannot read the schema version")) ||
+        (rc = query_int(st, "SELECT count(*) FROM sqlite_master", &objects,
+                        "cannot read the schema"))) {
+        sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+        return rc;
+    }
+    if ((rc = exec(st, "COMMIT", "cannot read the database")))
         return rc;
     if (version > MOE_STORE_VERSION)
         return moe_fail(MOE_EDB, "use a newer moesim, or give --db PATH for a new database",
                         "database schema version %lld is newer than this moesim's %d (%s)",
                         version, MOE_STORE_VERSION, st->path);
-    if ((rc = query_int(st, "SELECT count(*) FROM sqlite_master", &objects,
-                        "cannot read the schema")))
-        return rc;
     int bench = 0;
     if (version == 0 && objects > 0 && ((rc = bench_only(st, &bench)) || !bench))
         return rc ? rc : moe_fail(MOE_EDB, "give --db PATH for a new database",
