@@ -185,7 +185,7 @@ int moesim_layer(const moesim_plan_view *pv, const float *x, int d, int f, const
     for (size_t i = 0; i < pv->n_entries && !rc; i++)
         rc = moe_plan_push(plan, pv->token[i], pv->expert[i], pv->slot[i],
                            pv->dispatch_weight[i], pv->combine_weight[i]);
-    moe_experts ex = {pv->num_experts, d, f, act, w1, b1, w2, b2};
+    moe_experts ex = {pv->num_experts, d, f, act, w1, b1, w2, b2, NULL};
     if (!rc)
         rc = moe_layer_forward(L, &ex, plan, x, y, NULL);
 out:

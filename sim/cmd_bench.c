@@ -158,7 +158,7 @@ static int weights_alloc(const bench_ctx *c, int E, bench_weights *w)
         fill_gauss(rw, w->b1, e * F, 0.1);
         fill_gauss(rw, w->w2, e * F * D, 1.0 / sqrt((double)F));
         fill_gauss(rw, w->b2, e * D, 0.1);
-        w->ex = (moe_experts){E, (int)D, (int)F, MOE_ACT_GELU_TANH, w->w1, w->b1, w->w2, w->b2};
+        w->ex = (moe_experts){E, (int)D, (int)F, MOE_ACT_GELU_TANH, w->w1, w->b1, w->w2, w->b2, NULL};
     }
     gsl_rng_free(rg);
     gsl_rng_free(rw);

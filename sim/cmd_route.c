@@ -175,7 +175,7 @@ static int read_layer(const route_args *a, int n, int E, layer_in *l)
         layer_in_free(l);
         return rc;
     }
-    l->ex = (moe_experts){E, (int)d, (int)f, a->act, l->w1, l->b1, l->w2, l->b2};
+    l->ex = (moe_experts){E, (int)d, (int)f, a->act, l->w1, l->b1, l->w2, l->b2, NULL};
     return MOE_OK;
 }
 

@@ -42,6 +42,7 @@ struct moe_layer {
     float *hid;                   /* (R,FW) */
     float *out;                   /* (R,D) */
     long *used;                   /* (E) */
+    moe_shared_ws *sh;            /* shared experts (moe_layer_set_shared), or NULL */
 };
 
 /* ---- activations ---- */
@@ -488,6 +489,7 @@ void moe_layer_free(moe_layer *L)
     free(L->hid);
     free(L->out);
     free(L->used);
+    moe_shared_ws_free(L->sh);
     free(L);
 }
 
@@ -685,6 +687,45 @@ static int forward_dense(moe_layer *L, const moe_experts *w, const moe_plan *pla
     return MOE_OK;
 }
 
+/* ---- shared experts (shared_ffn.h) ---- */
+
+int moe_layer_set_shared(moe_layer *L, const moe_shared *sh)
+{
+    moe_shared_ws_free(L->sh);
+    L->sh = NULL;
+    if (!sh || sh->S == 0)
+        return MOE_OK;
+    int rc = moe_shared_check(sh, L->d, L->act, "moe_layer_set_shared");
+    if (rc)
+        return rc;
+    L->sh = moe_shared_ws_alloc(sh, L->n_max, L->d, L->act);
+    return L->sh ? MOE_OK : moe_fail(MOE_ENOMEM, NULL, "cannot set the shared experts "
+                                     "(moe_layer_set_shared)");
+}
+
+/* w's shared experts are the ones the layer packed. */
+static int shared_check(const moe_layer *L, const moe_experts *w, const char *where)
+{
+    if (!w->shared || w->shared->S == 0 || moe_shared_ws_source(L->sh) == w->shared)
+        return MOE_OK;
+    return moe_fail(MOE_EINVAL, "call moe_layer_set_shared with the experts' shared experts",
+                    "the experts have %d shared experts the layer was not given (%s)",
+                    w->shared->S, where);
+}
+
+/* y (n,D) += the shared experts of w on x (n,D); the seconds go to the experts phase. */
+static int shared_forward(moe_layer *L, const moe_experts *w, const float *x, size_t n, float *y,
+                          moe_phase_times *tm)
+{
+    if (!w->shared || w->shared->S == 0 || n == 0)
+        return MOE_OK;
+    double t0 = moe_now();
+    int rc = moe_shared_ws_add(L->sh, x, n, y);
+    if (tm)
+        tm->experts += moe_now() - t0;
+    return rc;
+}
+
 int moe_layer_forward(moe_layer *L, const moe_experts *w, const moe_plan *plan, const float *x,
                       float *y, moe_phase_times *tm)
 {
@@ -703,17 +744,18 @@ int moe_layer_forward(moe_layer *L, const moe_experts *w, const moe_plan *plan, 
     rc = check_plan(plan, L->E, "moe_layer_forward", &sorted);
     if (rc)
         return rc;
+    if ((rc = shared_check(L, w, "moe_layer_forward")))
+        return rc;
     if (tm)
         tm->dispatch = tm->experts = tm->combine = 0.0;
     if (plan->n == 0)
         return MOE_OK;
-    if (plan->capacity == 0) { /* no slot: every token gets y = 0 */
+    if (plan->capacity == 0) /* no slot: every token gets y = 0 */
         memset(y, 0, (size_t)plan->n * (size_t)L->d * sizeof *y);
-        return MOE_OK;
-    }
-    if (plan->dense)
-        return forward_dense(L, w, plan, sorted, x, y, tm);
-    return forward_sparse(L, w, plan, sorted, x, y, tm);
+    else if ((rc = plan->dense ? forward_dense(L, w, plan, sorted, x, y, tm)
+                               : forward_sparse(L, w, plan, sorted, x, y, tm)))
+        return rc;
+    return shared_forward(L, w, x, (size_t)plan->n, y, tm);
 }
 
 /* ---- naive reference ---- */
@@ -789,6 +831,10 @@ int moe_layer_forward_naive(const moe_experts *w, const moe_plan *plan, const fl
         for (size_t c = 0; c < D; c++)
             acc[(size_t)en[i].token * D + c] += en[i].combine_w * o[row * D + c];
     }
+    if ((rc = moe_shared_add_naive(w->shared, w->d, w->act, x, n, acc))) {
+        free(h), free(o), free(a), free(acc), free(has);
+        return rc;
+    }
     for (size_t i = 0; i < n * D; i++)
         y[i] = (float)acc[i];
     free(h), free(o), free(a), free(acc), free(has);
@@ -808,6 +854,8 @@ int moe_layer_dense_mixture(moe_layer *L, const moe_experts *w, const float *x, 
     if (n < 0 || (rows && nrows < 0))
         return moe_fail(MOE_EINVAL, NULL, "dense mixture of n = %d, nrows = %d "
                         "(moe_layer_dense_mixture)", n, nrows);
+    if ((rc = shared_check(L, w, "moe_layer_dense_mixture")))
+        return rc;
     size_t cnt = rows ? (size_t)nrows : (size_t)n;
     if (rows)
         for (size_t i = 0; i < cnt; i++)
@@ -831,6 +879,8 @@ int moe_layer_dense_mixture(moe_layer *L, const moe_experts *w, const float *x, 
                 axpy_f((float)p[t * E + e], L->out + i * D, y + (c0 + i) * D, D);
             }
         }
+        if ((rc = shared_forward(L, w, L->xin, nc, y + c0 * D, NULL)))
+            return rc;
     }
     return MOE_OK;
 }
@@ -872,5 +922,22 @@ size_t moe_layer_workspace_bytes(const moe_layer *L)
     if (!L)
         return 0;
     return L->rows * (2 * (size_t)L->d + (size_t)L->fw) * sizeof(float) +
-           (size_t)L->E * sizeof *L->used;
+           (size_t)L->E * sizeof *L->used + moe_shared_ws_bytes(L->sh);
 }
+
+/* ---- building blocks for the shared experts (shared_ffn.c) ---- */
+
+int moe_layer_sgemm(int ta, size_t m, size_t n, size_t k, const float *a, size_t lda,
+                    const float *b, size_t ldb, float beta, float *c, size_t ldc,
+                    const char *where)
+{
+    return sgemm(ta, m, n, k, a, lda, b, ldb, beta, c, ldc, where);
+}
+
+void moe_layer_bias_act_rows(int act, float *buf, size_t rows, size_t ld, const float *b,
+                             size_t width)
+{
+    act_parallel(NULL, act, buf, rows, ld, b, width);
+}
+
+double moe_act_ref(int act, double v) { return act_d(act, v); }

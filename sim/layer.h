@@ -12,12 +12,16 @@
 #define MOE_LAYER_H
 
 #include "moe.h"
+#include "shared_ffn.h"
 
 typedef struct {
     int E, d, f;
     int act;              /* enum moe_act */
     const float *w1, *b1; /* (E,D,F) (E,F); SwiGLU (E,D,2F) (E,2F) */
     const float *w2, *b2; /* (E,F,D) (E,D) */
+    /* shared experts (shared_ffn.h) every token also passes through, with this activation and
+     * width d; NULL or S = 0: none. The layer needs moe_layer_set_shared with the same pointer. */
+    const moe_shared *shared;
 } moe_experts;
 
 /* Seconds one batch spends in each phase: the one timing struct of moesim. The layer fills
@@ -35,6 +39,11 @@ void moe_phase_times_array(const moe_phase_times *t, double *v);
 
 typedef struct moe_layer moe_layer;
 
+/* Shared experts for the layer: allocates their workspace for n_max tokens and packs the
+ * weights of sh (copied now; call again after changing them). Forward, the dense mixture and
+ * the naive reference then add them to y for experts whose `shared` is sh. */
+int moe_layer_set_shared(moe_layer *L, const moe_shared *sh);
+
 /* Workspaces for up to n_max tokens, E experts with capacity C_max slots each (for soft_moe,
  * C_max = P), width d, hidden f. Allocated once per shape, never inside forward. */
 moe_layer *moe_layer_alloc(int n_max, int E, long C_max, int d, int f, int act);
@@ -46,7 +55,8 @@ int moe_layer_gate(moe_layer *L, const float *x, int n, const float *wg, int m, 
 
 /* y (T,D) = sum over plan entries of combine_w * FFN_e(h[e,s]), h[e,s] = sum dispatch_w * x[t].
  * Sparse plans gather/scatter by index; dense plans (soft_moe) use GEMMs. Tokens without
- * entries get y = 0. tm may be NULL. */
+ * entries get y = 0, plus the shared experts of w (every token, one GEMM pair, timed in the
+ * experts phase). tm may be NULL. */
 int moe_layer_forward(moe_layer *L, const moe_experts *w, const moe_plan *plan, const float *x,
                       float *y, moe_phase_times *tm);
 
@@ -58,6 +68,18 @@ int moe_layer_forward_naive(const moe_experts *w, const moe_plan *plan, const fl
 int moe_layer_dense_mixture(moe_layer *L, const moe_experts *w, const float *x, int n,
                             const double *p, const int *rows, int nrows, float *y);
 
+/* The layer's building blocks, for the shared experts (shared_ffn.c):
+ * c (m,n) = op(a) b + beta c on row-major blocks (op(a) = a^T when ta), as the expert GEMMs;
+ * bias + activation over rows of buf (rows, ld), width columns (act < 0: bias only; SwiGLU:
+ * gate [0,width), up [width, 2 width), result in the gate columns), threaded as in forward;
+ * the activation in double, as the naive reference computes it (not SwiGLU). */
+int moe_layer_sgemm(int ta, size_t m, size_t n, size_t k, const float *a, size_t lda,
+                    const float *b, size_t ldb, float beta, float *c, size_t ldc,
+                    const char *where);
+void moe_layer_bias_act_rows(int act, float *buf, size_t rows, size_t ld, const float *b,
+                             size_t width);
+double moe_act_ref(int act, double v);
+
 /* ||a - ref||_2 / ||ref||_2 in double (0 if both are 0, +inf if only ref is 0). */
 double moe_rel_l2(const float *a, const float *ref, size_t len);
 
@@ -67,7 +89,7 @@ const char *moe_act_name(int act);
 int moe_act_parse(const char *s, int *act);
 
 /* Bytes of the layer's own workspaces (xin, hid, out, used): E*C_max*(2D + FW) floats plus E
- * longs; the caller's x and y are not counted. 0 for NULL. */
+ * longs, plus the shared experts' workspace; the caller's x and y are not counted. 0 for NULL. */
 size_t moe_layer_workspace_bytes(const moe_layer *L);
 
 #endif

@@ -334,7 +334,7 @@ static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan,
     /* ---- experts: this rank's FFNs on the received rows ---- */
     const moe_experts wl = {el, ep->d, ep->f, ep->act, w->w1 + (size_t)e0 * D * FW,
                             w->b1 + (size_t)e0 * FW, w->w2 + (size_t)e0 * F * D,
-                            w->b2 + (size_t)e0 * D};
+                            w->b2 + (size_t)e0 * D, NULL};
     if (nrecv > 0 && (rc = moe_layer_forward(ep->L, &wl, ep->sub, ep->recv, ep->out, NULL)))
         return rc; /* (cannot fail on a valid plan: shapes checked above) */
     double t3s = moe_now();

@@ -148,7 +148,7 @@ static int draw_experts(const moe_point *pt, point_ws *w)
     draw_normal(wrng, 1.0 / sqrt((double)pt->f), w->w2, n2);
     draw_normal(wrng, 0.01, w->b2, nb2);
     gsl_rng_free(wrng);
-    w->ex = (moe_experts){E, D, pt->f, pt->act, w->w1, w->b1, w->w2, w->b2};
+    w->ex = (moe_experts){E, D, pt->f, pt->act, w->w1, w->b1, w->w2, w->b2, NULL};
     return MOE_OK;
 }
 

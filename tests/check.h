@@ -58,6 +58,21 @@ static inline int check_close_arrays(const char *what, const double *got, const 
     return bad == 0;
 }
 
+/* check_close_arrays on float arrays (widened to double). */
+static inline int check_close_floats(const char *what, const float *got, const float *ref,
+                                     size_t len, double abs_tol, double rel_tol)
+{
+    double *g = (double *)malloc((len + 1) * sizeof *g), *r = (double *)malloc((len + 1) * sizeof *r);
+    for (size_t i = 0; g && r && i < len; i++) {
+        g[i] = got[i];
+        r[i] = ref[i];
+    }
+    int ok = g && r && check_close_arrays(what, g, r, len, abs_tol, rel_tol);
+    free(g);
+    free(r);
+    return ok;
+}
+
 static inline int check_report(const char *name)
 {
     printf("%s: %d passed, %d failed\n", name, check_pass, check_fail);

@@ -41,7 +41,7 @@ static void experts_make(owned_experts *o, gsl_rng *r, int E, int d, int f, int 
     fill_gauss(r, o->b1, (size_t)E * fw, 0.3);
     fill_gauss(r, o->w2, (size_t)E * f * d, 1.0 / sqrt(f));
     fill_gauss(r, o->b2, (size_t)E * d, 0.3);
-    o->w = (moe_experts){E, d, f, act, o->w1, o->b1, o->w2, o->b2};
+    o->w = (moe_experts){E, d, f, act, o->w1, o->b1, o->w2, o->b2, NULL};
 }
 
 static void experts_free(owned_experts *o)
