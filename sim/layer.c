@@ -726,6 +726,18 @@ static int shared_forward(moe_layer *L, const moe_experts *w, const float *x, si
     return rc;
 }
 
+int moe_layer_forward_shared(moe_layer *L, const moe_experts *w, const float *x, int n, float *y,
+                             moe_phase_times *tm)
+{
+    int rc = shared_check(L, w, "moe_layer_forward_shared");
+    if (rc)
+        return rc;
+    if (n < 0 || n > L->n_max)
+        return moe_fail(MOE_EINVAL, NULL, "%d tokens outside the layer's 0..%d "
+                        "(moe_layer_forward_shared)", n, L->n_max);
+    return shared_forward(L, w, x, (size_t)n, y, tm);
+}
+
 int moe_layer_forward(moe_layer *L, const moe_experts *w, const moe_plan *plan, const float *x,
                       float *y, moe_phase_times *tm)
 {

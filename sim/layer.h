@@ -60,6 +60,11 @@ int moe_layer_gate(moe_layer *L, const float *x, int n, const float *wg, int m, 
 int moe_layer_forward(moe_layer *L, const moe_experts *w, const moe_plan *plan, const float *x,
                       float *y, moe_phase_times *tm);
 
+/* y (n,D) += the shared experts of w on x (n,D) alone (for a forward that runs the routed
+ * experts elsewhere: the expert-parallel layer); nothing without shared experts. */
+int moe_layer_forward_shared(moe_layer *L, const moe_experts *w, const float *x, int n, float *y,
+                             moe_phase_times *tm);
+
 /* Naive reference (triple loops, double accumulation): same contract as moe_layer_forward. */
 int moe_layer_forward_naive(const moe_experts *w, const moe_plan *plan, const float *x, float *y);
 

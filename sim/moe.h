@@ -59,7 +59,8 @@ enum moe_stream {
     MOE_STREAM_EXPERT_W = 3, /* expert weights */
     MOE_STREAM_NOISE = 4,    /* noisy top-k gate noise */
     MOE_STREAM_GSHARD = 5,   /* gshard second-expert draws */
-    MOE_STREAM_SOURCE_PARAM = 6 /* source parameters: cluster centres, embeddings */
+    MOE_STREAM_SOURCE_PARAM = 6, /* source parameters: cluster centres, embeddings */
+    MOE_STREAM_SHARED_W = 7      /* shared expert weights */
 };
 
 /* ---- the plan ---------------------------------------------------------------------------- */

@@ -113,6 +113,11 @@ int moe_pipeline_estimate(const moe_pipeline_cfg *cfg, int E, int d, int f, int 
     b += T * M * (sizeof(double) + 16.0);                           /* logits, router */
     b += (2 + twin + 2) * T * d * sizeof(float);               /* y, y2, ysub, ydense */
     b += T * E * sizeof(double);                                /* mixture weights */
+    if (cfg->shared_S > 0) { /* shared experts: weights, packed first matrix, hidden rows */
+        const double fws = (act == MOE_ACT_SWIGLU ? 2.0 : 1.0) * cfg->shared_f * cfg->shared_S;
+        b += (2.0 * d * fws + (double)cfg->shared_f * cfg->shared_S * d + T * fws) *
+             sizeof(float);
+    }
     *bytes = b;
     if (layer)
         *layer = lay;
@@ -178,6 +183,24 @@ static int check_experts(const moe_experts *w, const char *label)
     return MOE_OK;
 }
 
+/* Shared expert weights (shared_ffn.h), when there are any, viewed as rows per expert. */
+static int check_shared(const moe_experts *w, const char *label)
+{
+    const moe_shared *sh = w->shared;
+    if (!sh || sh->S == 0)
+        return MOE_OK;
+    int rc = moe_shared_check(sh, w->d, w->act, label ? label : "pipeline");
+    const size_t S = (size_t)sh->S, D = (size_t)w->d, Fs = (size_t)sh->fs;
+    const size_t FWs = w->act == MOE_ACT_SWIGLU ? 2 * Fs : Fs;
+    if (rc || (rc = check_finite(sh->w1, S * D, FWs, "shared weight w1 (S*D,FWs)", label)) ||
+        (rc = check_finite(sh->b1, S, FWs, "shared bias b1 (S,FWs)", label)) ||
+        (rc = check_finite(sh->w2, S * Fs, D, "shared weight w2 (S*Fs,D)", label)) ||
+        (rc = check_finite(sh->b2, S, D, "shared bias b2 (S,D)", label)) ||
+        (sh->wg && (rc = check_finite(sh->wg, S, D, "shared gate wg (S,D)", label))))
+        return rc;
+    return MOE_OK;
+}
+
 /* Every dispatch and combine weight of the plan is finite (a router given finite logits can
  * still overflow, e.g. topk's noise with a huge --noise-std). */
 static int check_plan(const moe_plan *pl, const char *label)
@@ -217,11 +240,15 @@ int moe_pipeline_set_experts(moe_pipeline *p, const moe_experts *w)
     int rc0 = check_experts(w, c->label);
     if (rc0)
         return rc0;
+    if ((rc0 = check_shared(w, c->label)))
+        return rc0;
     p->cfg.w = w;
     p->L = moe_layer_alloc(T, w->E, p->C_max, D, w->f, w->act);
     if (!p->L)
         return moe_fail(MOE_ENOMEM, NULL, "cannot allocate the layer (T = %d, E = %d, C = %ld, "
                         "D = %d, F = %d)", T, w->E, p->C_max, D, w->f);
+    if ((rc0 = moe_layer_set_shared(p->L, w->shared)))
+        return rc0;
     p->y = malloc((size_t)T * D * sizeof *p->y);
     if (!p->y)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (layer output, %d tokens)", T);
@@ -360,6 +387,8 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
         if ((rc = c->ep ? c->ep->forward(c->ep->ctx, c->w, p->plan, &in, b->x, p->y, &lt)
                         : moe_layer_forward(p->L, c->w, p->plan, b->x, p->y, &lt)))
             return rc;
+        if (c->ep && (rc = moe_layer_forward_shared(p->L, c->w, b->x, b->n, p->y, &lt)))
+            return rc; /* every rank runs the shared experts on its whole batch */
         if ((rc = check_output(p->y, b->n, c->w->d, "layer output y", c->label)))
             return rc;
         t.dispatch = lt.dispatch;
@@ -373,6 +402,11 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
         (rc = moe_metrics_compute(p->plan, p->routed, w ? w->d : 0, w ? w->f : 0,
                                   w ? w->act : 0, p->gate_computed, p->mt)))
         return rc;
+    if ((fl & MOE_PIPE_METRICS) && w && w->shared) { /* every token through the shared FFNs */
+        double sf = (double)b->n * moe_shared_flops_per_token(w->shared, w->d, w->act);
+        p->mt->flops_expert_useful += sf;
+        p->mt->flops_expert_padded += sf;
+    }
     if ((fl & MOE_PIPE_ERRORS) && (fl & MOE_PIPE_LAYER) && (fl & MOE_PIPE_METRICS) &&
         (rc = output_errors(p, b, &in)))
         return rc;

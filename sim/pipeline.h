@@ -64,6 +64,8 @@ struct moe_pipeline_cfg {
     const moe_pipeline_ep *ep;  /* expert-parallel forward, or NULL */
     const char *source;         /* names the source in messages (moe_pipeline_run_source) */
     const char *label;          /* names the point in messages */
+    int shared_S, shared_f;     /* shared experts (count, width) for moe_pipeline_estimate; the
+                                 * run takes them from w->shared */
 };
 
 typedef struct moe_pipeline moe_pipeline;

@@ -112,6 +112,8 @@ static void draw_normal(gsl_rng *rng, double sigma, float *v, size_t len)
 typedef struct {
     moe_source *src;
     float *w1, *b1, *w2, *b2;
+    float *sw; /* shared experts: w1, b1, w2, b2, wg in one block (draw_shared) */
+    moe_shared sh;
     moe_experts ex;
     moe_pipeline *pipe;
 } point_ws;
@@ -124,6 +126,39 @@ static void ws_free(point_ws *w)
     free(w->b1);
     free(w->w2);
     free(w->b2);
+    free(w->sw);
+}
+
+/* Shared expert weights from (seed, MOE_STREAM_SHARED_W), a stream of their own so the routed
+ * experts' weights do not depend on them: w1 (S,D,FWs), b1 (S,FWs), w2 (S,Fs,D), b2 (S,D) and,
+ * with the sigmoid gate, wg (S,D), in that order, drawn as the routed experts' are. */
+static int draw_shared(const moe_point *pt, point_ws *w)
+{
+    const size_t S = (size_t)pt->shared_S, D = (size_t)pt->d, Fs = (size_t)pt->shared_f;
+    const size_t FWs = pt->act == MOE_ACT_SWIGLU ? 2 * Fs : Fs;
+    const size_t n[5] = {S * D * FWs, S * FWs, S * Fs * D, S * D,
+                         pt->shared_gate == MOE_SHARED_GATE_SIGMOID ? S * D : 0};
+    const double sigma[5] = {1.0 / sqrt((double)D), 0.01, 1.0 / sqrt((double)Fs), 0.01,
+                             1.0 / sqrt((double)D)};
+    w->sw = malloc((n[0] + n[1] + n[2] + n[3] + n[4]) * sizeof *w->sw);
+    gsl_rng *rng = moe_rng_alloc(pt->seed, MOE_STREAM_SHARED_W);
+    if (!w->sw || !rng) {
+        gsl_rng_free(rng);
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (shared expert weights, point %s)",
+                        pt->config_key);
+    }
+    const float *part[5];
+    float *v = w->sw;
+    for (int i = 0; i < 5; i++) {
+        draw_normal(rng, sigma[i], v, n[i]);
+        part[i] = v;
+        v += n[i];
+    }
+    gsl_rng_free(rng);
+    w->sh = (moe_shared){pt->shared_S, pt->shared_f, pt->shared_gate, part[0], part[1], part[2],
+                         part[3], n[4] ? part[4] : NULL};
+    w->ex.shared = &w->sh;
+    return MOE_OK;
 }
 
 /* Expert weights from (seed, MOE_STREAM_EXPERT_W): w1, b1, w2, b2 in that order. */
@@ -162,7 +197,7 @@ static int point_alloc(const moe_point *pt, const moe_pipeline_ep *ep, point_ws 
     if (rm && rm != pt->m)
         return moe_fail(MOE_EINVAL, NULL, "source %s records %d experts, the point needs %d "
                         "(distribution %s)", pt->source, rm, pt->m, pt->distribution);
-    if ((rc = draw_experts(pt, w)))
+    if ((rc = draw_experts(pt, w)) || (pt->shared_S > 0 && (rc = draw_shared(pt, w))))
         return rc;
     /* replay claims k_rec experts per token, fixed by the trace: ask batch 0 */
     int k_claims = 0;

@@ -33,6 +33,7 @@ typedef struct {
     const char *params_text;         /* canonical "key=value ..." sorted by key */
     const char *shape;               /* shape section name */
     int d, f, E, k, act;             /* layer shape; k = the router's effective k */
+    int shared_S, shared_f, shared_gate; /* shared experts (shared_ffn.h): count, width, gate */
     int m;                           /* M logit columns: E, or E*P for dense routers */
     int tokens, batches;             /* T per batch, number of batches */
     uint64_t seed;

@@ -57,6 +57,7 @@
 #include "cluster_spec.h"
 #include "spec_internal.h"
 
+#include "models.h"
 #include "options.h"
 #include "pipeline.h"
 
@@ -91,6 +92,8 @@ static int point_router(const spec_router *r, const spec_shape *sh, moe_point *p
     const int is_topk = strcmp(r->type->name, "topk") == 0;
     if (!r->k_kv && is_topk && sh->k > 0)
         p->opts.k = sh->k;
+    if (sh->model)
+        moe_spec_model_opts(r, sh, p);
     int k = p->opts.k > 0 ? p->opts.k : r->type->default_k;
     if ((r->type->flags & MOE_RF_ALL_EXPERTS) && p->opts.k == 0)
         k = sh->E;
@@ -121,6 +124,9 @@ static int point_router(const spec_router *r, const spec_shape *sh, moe_point *p
     p->E = sh->E;
     p->act = sh->act;
     p->shape = sh->name;
+    p->shared_S = sh->S;
+    p->shared_f = sh->fs;
+    p->shared_gate = sh->shared_gate;
     return MOE_OK;
 }
 
@@ -138,6 +144,9 @@ static char *point_key(const moe_point *p)
             p->router, p->rtype->name, p->opts_text, p->cf_text, p->distribution, p->source,
             p->params_text, p->shape, p->d, p->f, p->E, p->k, moe_act_name(p->act), p->tokens,
             p->batches, (unsigned long long)p->seed, p->error_tokens);
+    if (p->shared_S > 0) /* absent otherwise: keys of points without them stay as they were */
+        fprintf(m, " shared_experts=%d shared_f=%d shared_gate=%s", p->shared_S, p->shared_f,
+                moe_shared_gate_name(p->shared_gate));
     moe_spec_train_key(p, m);
     if (fclose(m) != 0) {
         free(buf);
@@ -148,6 +157,14 @@ static char *point_key(const moe_point *p)
 
 static int add_point(moe_spec *s, moe_point *p, const spec_router *r)
 {
+    const spec_section *shsec = NULL;
+    for (int i = 0; i < s->nshapes; i++)
+        if (s->shapes[i].name == p->shape)
+            shsec = s->shapes[i].sec;
+    if (s->train && p->shared_S > 0 && shsec)
+        return KV_FAIL(MOE_EINVAL, shsec, moe_spec_first_kv(shsec),
+                       "training runs the routed experts only: remove the shared experts",
+                       "shape %s has shared experts, which [train] does not train", p->shape);
     if (s->train && !p->train) /* one point per combination of the [train] lists */
         return moe_spec_train_expand(s, p, r, add_point);
     char desc[1024];
@@ -391,7 +408,7 @@ static int check_memory(const moe_spec *s, const spec_router *r, const moe_point
                         double phys)
 {
     const moe_pipeline_cfg cfg = {.rtype = p->rtype, .opts = &p->opts, .T = p->tokens,
-                                  .M = p->m};
+                                  .M = p->m, .shared_S = p->shared_S, .shared_f = p->shared_f};
     double need = 0.0, layer = 0.0;
     long C = 0;
     moe_clear_error();

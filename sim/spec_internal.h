@@ -55,6 +55,8 @@ typedef struct {
     const char *name;
     int d, f, E, k, act;
     const spec_kv *E_kv, *k_kv;
+    int S, fs, shared_gate;      /* shared experts (shared_experts, shared_f, shared_gate) */
+    const struct moe_model_preset *model; /* `model = NAME` (models.h), or NULL */
 } spec_shape;
 
 typedef struct {
@@ -136,6 +138,13 @@ int moe_spec_interpret(moe_spec *s);
 /* Split a list value on spaces and commas (an empty list or a repeated item is an error). */
 int moe_spec_split_list(const spec_section *sec, const spec_kv *kv, char ***out, int *n);
 void moe_spec_free_words(char **w, int n);
+
+/* ---- sim/spec_model.c: model presets in shapes ---- */
+
+/* The routing conventions of shape sh's model preset (models.h) into p->opts: k and the
+ * options score, normalize_topk, route_scale, groups, topk_groups, each only where it applies
+ * to router r and the router section does not set it. */
+void moe_spec_model_opts(const spec_router *r, const spec_shape *sh, moe_point *p);
 
 /* ---- sim/spec_train.c: the [train] section ---- */
 

@@ -6,6 +6,7 @@
 
 #include "dupfind.h"
 #include "layer.h"
+#include "models.h"
 #include "options.h"
 
 #include <ctype.h>
@@ -213,30 +214,88 @@ static int load_router(const spec_section *sec, const char *name, spec_router *r
     return MOE_OK;
 }
 
+/* `model = NAME` and `scale = 1/N` of a shape section: the preset's values (widths divided by
+ * N), which the section's other keys then override. *have gets d, f, E as given. */
+static int load_shape_model(const spec_section *sec, spec_shape *sh, int *have)
+{
+    const spec_kv *mkv = moe_spec_kv_find(sec, "model"), *skv = moe_spec_kv_find(sec, "scale");
+    int den = 1, rc;
+    if (skv && !mkv)
+        return KV_FAIL(MOE_EINVAL, sec, skv, "scale shrinks a preset: add model = NAME",
+                       "scale without model");
+    if (skv) {
+        moe_clear_error();
+        if ((rc = moe_scale_parse(skv->value, &den)))
+            return moe_spec_relocate(rc, sec, skv);
+    }
+    if (!mkv)
+        return MOE_OK;
+    const moe_model *m;
+    moe_clear_error();
+    if ((rc = moe_model_lookup(mkv->value, &m)))
+        return moe_spec_relocate(rc, sec, mkv);
+    sh->model = m;
+    sh->E = m->E;
+    sh->k = m->k;
+    sh->d = moe_scale_width(m->d, den);
+    sh->f = moe_scale_width(m->f, den);
+    sh->S = m->S;
+    sh->fs = m->S ? moe_scale_width(m->fs, den) : 0;
+    sh->shared_gate = m->shared_gate;
+    sh->act = m->act;
+    have[0] = have[1] = have[2] = 1;
+    return MOE_OK;
+}
+
+/* The shared-expert keys of a shape: 1 when kv is one of them (parsed into sh), else 0. */
+static int load_shape_shared(const spec_section *sec, const spec_kv *kv, spec_shape *sh, int *rc)
+{
+    long v;
+    if (!strcmp(kv->key, "shared_experts")) {
+        *rc = parse_int(sec, kv, kv->value, 0, 1L << 10, &v);
+        sh->S = (int)v;
+    } else if (!strcmp(kv->key, "shared_f")) {
+        *rc = parse_int(sec, kv, kv->value, 1, 1L << 18, &v);
+        sh->fs = (int)v;
+    } else if (!strcmp(kv->key, "shared_gate")) {
+        moe_clear_error();
+        *rc = moe_shared_gate_parse(kv->value, &sh->shared_gate);
+        if (*rc)
+            *rc = moe_spec_relocate(*rc, sec, kv);
+    } else {
+        return !strcmp(kv->key, "model") || !strcmp(kv->key, "scale"); /* load_shape_model */
+    }
+    return 1;
+}
+
 static int load_shape(const spec_section *sec, const char *name, spec_shape *sh)
 {
     memset(sh, 0, sizeof *sh);
     sh->sec = sec;
     sh->name = name;
     sh->act = MOE_ACT_GELU_TANH;
-    int have_d = 0, have_f = 0, have_E = 0;
+    int have[3] = {0, 0, 0}; /* d, f, E */
+    int rc = load_shape_model(sec, sh, have);
+    if (rc)
+        return rc;
     for (int i = 0; i < sec->nkv; i++) {
         const spec_kv *kv = &sec->kv[i];
         long v;
-        int rc = MOE_OK;
-        if (!strcmp(kv->key, "d")) {
+        if (load_shape_shared(sec, kv, sh, &rc)) {
+            ;
+        } else if (!strcmp(kv->key, "d")) {
             rc = parse_int(sec, kv, kv->value, 1, 1L << 16, &v);
             sh->d = (int)v;
-            have_d = 1;
+            have[0] = 1;
         } else if (!strcmp(kv->key, "f")) {
             rc = parse_int(sec, kv, kv->value, 1, 1L << 18, &v);
             sh->f = (int)v;
-            have_f = 1;
+            have[1] = 1;
         } else if (!strcmp(kv->key, "E")) {
             rc = parse_int(sec, kv, kv->value, 1, 1L << 16, &v);
             sh->E = (int)v;
             sh->E_kv = kv;
-            have_E = 1;
+            have[2] = 1;
         } else if (!strcmp(kv->key, "k")) {
             rc = parse_int(sec, kv, kv->value, 1, 1L << 16, &v);
             sh->k = (int)v;
@@ -247,21 +306,27 @@ static int load_shape(const spec_section *sec, const char *name, spec_shape *sh)
             if (rc)
                 rc = moe_spec_relocate(rc, sec, kv);
         } else {
-            rc = KV_FAIL(MOE_EINVAL, sec, kv, "shape keys are d, f, E, k, activation",
-                         "unknown key");
+            rc = KV_FAIL(MOE_EINVAL, sec, kv, "shape keys are model, scale, d, f, E, k, "
+                         "activation, shared_experts, shared_f, shared_gate", "unknown key");
         }
         if (rc)
             return rc;
     }
     const spec_kv *kv0 = moe_spec_first_kv(sec);
-    if (!have_d || !have_f || !have_E)
+    if (!have[0] || !have[1] || !have[2])
         return moe_spec_fail_at(MOE_EINVAL, kv0->file, kv0->line, sec->name,
-                        !have_d ? "d" : !have_f ? "f" : "E", "a shape needs d, f and E",
-                        "missing key");
+                        !have[0] ? "d" : !have[1] ? "f" : "E",
+                        "a shape needs d, f and E (or model = NAME)", "missing key");
     if (sh->k > sh->E)
         return KV_FAIL(MOE_EINVAL, sec, moe_spec_blame(sh->k_kv, sh->E_kv),
                        "k must be between 1 and E",
                        "k = %d exceeds E = %d", sh->k, sh->E);
+    if (sh->S > 0 && sh->fs < 1)
+        return KV_FAIL(MOE_EINVAL, sec, moe_spec_kv_find(sec, "shared_experts"),
+                       "give the shared experts' width: shared_f = N",
+                       "shared_experts = %d without shared_f", sh->S);
+    if (sh->S == 0)
+        sh->fs = 0, sh->shared_gate = MOE_SHARED_GATE_NONE;
     return MOE_OK;
 }
 
