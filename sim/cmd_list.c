@@ -1,8 +1,9 @@
-/* cmd_list.c: `moesim list [routers|sources|metrics|options]`: what the registry, the source
+/* cmd_list.c: `moesim list [routers|sources|metrics|options|models]`: what the registry, the source
  * table, the metric table and the routing option table hold. */
 #include "cli.h"
 #include "metric_table.h"
 #include "moe.h"
+#include "models.h"
 #include "options.h"
 #include "source.h"
 
@@ -43,7 +44,7 @@ int moe_cmd_list(int argc, char **argv)
 {
     const char *what = argc > 1 ? argv[1] : "routers";
     if (!strcmp(what, "--help") || !strcmp(what, "-h")) {
-        printf("usage: moesim list [routers|sources|metrics|options]\n");
+        printf("usage: moesim list [routers|sources|metrics|options|models]\n");
         return 0;
     }
     if (!strcmp(what, "routers")) {
@@ -59,8 +60,10 @@ int moe_cmd_list(int argc, char **argv)
             printf("%-24s %s\n", other_measures[i][0], other_measures[i][1]);
     } else if (!strcmp(what, "options")) {
         moe_route_options_print(stdout, 0);
+    } else if (!strcmp(what, "models")) {
+        moe_models_print(stdout);
     } else {
-        return moe_fail(MOE_EINVAL, "moesim list routers|sources|metrics|options",
+        return moe_fail(MOE_EINVAL, "moesim list routers|sources|metrics|options|models",
                         "unknown list '%s' (moesim list)", what);
     }
     return 0;

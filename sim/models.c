@@ -100,11 +100,11 @@ static const char *score_name(int s)
 
 void moe_models_print(FILE *out)
 {
-    fprintf(out, "%-18s %5s %2s %5s %6s %2s %5s %-7s %-9s %-7s %-9s %5s %6s %4s %-9s\n",
+    fprintf(out, "%-18s %5s %2s %5s %6s %2s %5s %-7s %-9s %-7s %-9s %5s %6s %4s %s\n",
             "model", "E", "k", "d", "f", "S", "Fs", "gate", "act", "score", "normalize",
             "scale", "groups", "topk", "router");
     for (const moe_model *m = moe_models; m->name; m++)
-        fprintf(out, "%-18s %5d %2d %5d %6d %2d %5d %-7s %-9s %-7s %-9s %5g %6d %4d %-9s\n",
+        fprintf(out, "%-18s %5d %2d %5d %6d %2d %5d %-7s %-9s %-7s %-9s %5g %6d %4d %s\n",
                 m->name, m->E, m->k, m->d, m->f, m->S, m->fs, moe_shared_gate_name(m->shared_gate),
                 moe_act_name(m->act), score_name(m->score),
                 m->normalize_topk == MOE_TRI_TRUE ? "true" : "false", m->route_scale, m->groups,
