@@ -21,7 +21,8 @@
 #include <unistd.h>
 
 enum { F_ROUTER = 1000, F_LOGITS, F_TOKENS, F_UNIFORMS, F_X, F_W1, F_B1, F_W2, F_B2, F_OUTPUT,
-       F_PLAN, F_METRICS, F_ACT, F_SEED, F_HELP, F_GUMBEL, F_RTS, F_OPT0 };
+       F_PLAN, F_METRICS, F_ACT, F_SEED, F_HELP, F_GUMBEL, F_RTS, F_SW1, F_SB1, F_SW2, F_SB2,
+       F_SWG, F_OPT0 };
 
 typedef struct {
     const char *router, *logits, *tokens, *uniforms, *x, *w1, *b1, *w2, *b2, *output, *plan,
@@ -29,6 +30,7 @@ typedef struct {
     int act;
     unsigned long long seed;
     const char *gumbel, *rts; /* (T,E) draws: Gumbel uniforms, rts keys */
+    const char *sw1, *sb1, *sw2, *sb2, *swg; /* shared experts (shared_ffn.h) and their gate */
 } route_args;
 
 static void usage(FILE *out)
@@ -38,13 +40,18 @@ static void usage(FILE *out)
             "                    [--tokens IDS.npy] [--uniforms U.npy] [routing options]\n"
             "                    [--gumbel-uniforms G.npy] [--rts-uniforms R.npy]\n"
             "                    [--x X.npy --w1 W1.npy --b1 B1.npy --w2 W2.npy --b2 B2.npy\n"
-            "                     --output Y.npy [--activation gelu_tanh|gelu_erf|relu|swiglu]]\n"
+            "                     --output Y.npy [--activation gelu_tanh|gelu_erf|relu|swiglu]\n"
+            "                     [--shared-w1 SW1.npy --shared-b1 SB1.npy --shared-w2 SW2.npy\n"
+            "                      --shared-b2 SB2.npy [--shared-gate-w SWG.npy]]]\n"
             "                    [--seed S]\n"
             "Routes one logits matrix L (T,M) as docs/routing.md says and writes the plan as CSV\n"
             "(token,expert,slot,dispatch_weight,combine_weight) and the metrics as JSON.\n"
             "With the weights x (T,D), w1 (E,D,F), b1 (E,F), w2 (E,F,D), b2 (E,D) (SwiGLU: w1\n"
             "(E,D,2F), b1 (E,2F)) it runs the real layer and writes y (T,D) as float32 .npy,\n"
-            "and the metrics gain FLOPs and the output errors. --seed selects the PCG streams\n"
+            "and the metrics gain FLOPs and the output errors. Shared experts, which every token\n"
+            "also passes through with weight 1: w1 (S,D,Fs), b1 (S,Fs), w2 (S,Fs,D), b2 (S,D)\n"
+            "(SwiGLU: (S,D,2Fs), (S,2Fs)); --shared-gate-w (S,D) weighs shared expert s by\n"
+            "sigmoid(x . wg_s) (Qwen2-MoE's shared expert gate). --seed selects the PCG streams\n"
             "of gshard's draws (when --uniforms is not given) and topk's noise (default 0).\n"
             "--gumbel-uniforms (T,E) gives the Gumbel draws u (G = -log(-log u)) of gshard's\n"
             "second_policy sampling and switch's select rsample; --rts-uniforms (T,E) the keys\n"
@@ -131,17 +138,54 @@ static int read_float(const char *path, const char *what, int ndim, const size_t
 
 typedef struct {
     float *x, *w1, *b1, *w2, *b2;
+    float *sw1, *sb1, *sw2, *sb2, *swg;
+    moe_shared sh;
     moe_experts ex;
 } layer_in;
 
 static void layer_in_free(layer_in *l)
 {
+    free(l->sw1);
+    free(l->sb1);
+    free(l->sw2);
+    free(l->sb2);
+    free(l->swg);
     free(l->x);
     free(l->w1);
     free(l->b1);
     free(l->w2);
     free(l->b2);
     memset(l, 0, sizeof *l);
+}
+
+/* The shared experts: S from w1 (S,D,Fs) (SwiGLU: (S,D,2Fs)); every other shape follows. */
+static int read_shared(const route_args *a, size_t d, layer_in *l)
+{
+    moe_npy w1;
+    int rc = read_array(a->sw1, "shared w1", 3, &w1);
+    if (rc)
+        return rc;
+    size_t S = w1.shape[0], f2 = w1.shape[2], f = f2;
+    moe_npy_free(&w1);
+    if (a->act == MOE_ACT_SWIGLU && f2 % 2)
+        return moe_fail(MOE_EFORMAT, "SwiGLU shared w1 is (S,D,2Fs): gate then up projection",
+                        "shared w1 last dimension %zu is odd (%s)", f2, a->sw1);
+    if (a->act == MOE_ACT_SWIGLU)
+        f = f2 / 2;
+    if (S < 1 || S > 1024 || f < 1)
+        return moe_fail(MOE_EFORMAT, NULL, "shared w1 has %zu experts of width %zu: need 1..1024 "
+                        "experts of width >= 1 (%s)", S, f, a->sw1);
+    size_t s1[3] = {S, d, f2}, sb1[2] = {S, f2}, s2[3] = {S, f, d}, sb2[2] = {S, d};
+    if ((rc = read_float(a->sw1, "shared w1", 3, s1, &l->sw1)) ||
+        (rc = read_float(a->sb1, "shared b1", 2, sb1, &l->sb1)) ||
+        (rc = read_float(a->sw2, "shared w2", 3, s2, &l->sw2)) ||
+        (rc = read_float(a->sb2, "shared b2", 2, sb2, &l->sb2)) ||
+        (a->swg && (rc = read_float(a->swg, "shared gate wg", 2, sb2, &l->swg))))
+        return rc;
+    l->sh = (moe_shared){(int)S, (int)f, a->swg ? MOE_SHARED_GATE_SIGMOID : MOE_SHARED_GATE_NONE,
+                         l->sw1, l->sb1, l->sw2, l->sb2, l->swg};
+    l->ex.shared = &l->sh;
+    return MOE_OK;
 }
 
 static int read_layer(const route_args *a, int n, int E, layer_in *l)
@@ -176,6 +220,10 @@ static int read_layer(const route_args *a, int n, int E, layer_in *l)
         return rc;
     }
     l->ex = (moe_experts){E, (int)d, (int)f, a->act, l->w1, l->b1, l->w2, l->b2, NULL};
+    if (a->sw1 && (rc = read_shared(a, d, l))) {
+        layer_in_free(l);
+        return rc;
+    }
     return MOE_OK;
 }
 
@@ -218,7 +266,8 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
         {"uniforms", F_UNIFORMS}, {"x", F_X}, {"w1", F_W1}, {"b1", F_B1}, {"w2", F_W2},
         {"b2", F_B2}, {"output", F_OUTPUT}, {"plan", F_PLAN}, {"metrics", F_METRICS},
         {"activation", F_ACT}, {"seed", F_SEED}, {"gumbel-uniforms", F_GUMBEL},
-        {"rts-uniforms", F_RTS},
+        {"rts-uniforms", F_RTS}, {"shared-w1", F_SW1}, {"shared-b1", F_SB1},
+        {"shared-w2", F_SW2}, {"shared-b2", F_SB2}, {"shared-gate-w", F_SWG},
     };
     for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
         lo[n++] = (struct option){fixed[i].name, required_argument, NULL, fixed[i].val};
@@ -251,6 +300,11 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
         case F_METRICS: a->metrics = optarg; break;
         case F_GUMBEL: a->gumbel = optarg; break;
         case F_RTS: a->rts = optarg; break;
+        case F_SW1: a->sw1 = optarg; break;
+        case F_SB1: a->sb1 = optarg; break;
+        case F_SW2: a->sw2 = optarg; break;
+        case F_SB2: a->sb2 = optarg; break;
+        case F_SWG: a->swg = optarg; break;
         case F_ACT:
             if ((rc = moe_act_parse(optarg, &a->act)))
                 return rc;
@@ -292,6 +346,13 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
         return moe_fail(MOE_EINVAL, NULL,
                         "the layer needs all of --x --w1 --b1 --w2 --b2 --output, %d of 6 given "
                         "(command line)", nl);
+    int ns = !!a->sw1 + !!a->sb1 + !!a->sw2 + !!a->sb2;
+    if ((ns != 0 && ns != 4) || (a->swg && ns == 0))
+        return moe_fail(MOE_EINVAL, NULL, "shared experts need all of --shared-w1 --shared-b1 "
+                        "--shared-w2 --shared-b2, %d of 4 given (command line)", ns);
+    if (ns && !nl)
+        return moe_fail(MOE_EINVAL, NULL, "shared experts need the layer: --x --w1 --b1 --w2 "
+                        "--b2 --output (command line)");
     return MOE_OK;
 }
 
