@@ -40,7 +40,8 @@
  *   3 -> 4  the cluster model's tables (cluster_points, devices, nodes_per_token, node_traffic)
  *   4 -> 5  runs, points.run, points.config_group, student_t and the views over seeds
  *           (moe_store_migrate_runs; summary and by_router_cf are replaced)
- * A new database gets the tables of version 4, then the 4 -> 5 step.
+ *   5 -> 6  points.shared_experts, shared_f, shared_gate (moe_store_migrate_shared)
+ * A new database gets the tables of version 4, then the 4 -> 5 and 5 -> 6 steps.
  */
 #include "store.h"
 #include "store_train.h"
@@ -238,8 +239,9 @@ static char *insert_point_sql(void)
         fprintf(m, ", %s, %s_std", mm->name, mm->name);
     for (int i = 0; i < MOE_NPHASES; i++, n += 2)
         fprintf(m, ", time_%s_s, time_%s_s_std", moe_phase_names[i], moe_phase_names[i]);
-    fprintf(m, ", tokens_per_s, gflops_per_s, wall_s, run) VALUES (");
-    n += 4;
+    fprintf(m, ", tokens_per_s, gflops_per_s, wall_s, run, shared_experts, shared_f, shared_gate)"
+               " VALUES (");
+    n += 7;
     for (int i = 0; i < n; i++)
         fprintf(m, "%s?", i ? ", " : "");
     fprintf(m, ")");
@@ -393,6 +395,8 @@ static int create_or_migrate(moe_store *st, long long version)
         rc = migrate_3_to_4(st);
     if (!rc && version <= 4) /* runs, config_group, statistics over seeds */
         rc = moe_store_migrate_runs(st->db, st->path);
+    if (!rc && version <= 5) /* shared experts */
+        rc = moe_store_migrate_shared(st->db, st->path);
     if (!rc) {
         char sql[64];
         snprintf(sql, sizeof sql, "PRAGMA user_version = %d;", MOE_STORE_VERSION);
@@ -756,6 +760,9 @@ static int put_rows(moe_store *st, const char *spec_name, const moe_point *pt,
         b_int(&b, st->run_id);
     else
         b_text(&b, NULL);
+    b_int(&b, pt->shared_S);
+    b_int(&b, pt->shared_f);
+    b_text(&b, moe_shared_gate_name(pt->shared_gate));
     if ((r = run(st, &b, "cannot insert the point")))
         return r;
     sqlite3_int64 id = sqlite3_last_insert_rowid(st->db);

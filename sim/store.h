@@ -22,7 +22,7 @@
 #include <sqlite3.h>
 #include <stdio.h>
 
-#define MOE_STORE_VERSION 5
+#define MOE_STORE_VERSION 6
 
 typedef struct moe_store moe_store;
 
@@ -150,6 +150,9 @@ int moe_store_t_table(sqlite3 *db, const char *schema, const char *path);
 /* Migration step to version 3 (inside the opening transaction): the table runs, points.run
  * and points.config_group, student_t, the views over_seeds, summary, by_router_cf. */
 int moe_store_migrate_runs(sqlite3 *db, const char *path);
+/* Migration step to version 6 (sim/store_shared.c; idempotent: it checks what exists): the
+ * columns points.shared_experts, shared_f, shared_gate (0, 0, 'none' for older rows). */
+int moe_store_migrate_shared(sqlite3 *db, const char *path);
 
 /* The SQL condition on points (malloc'd into *cond) selecting the points of `moesim report`
  * and `moesim plot`: where (an SQL condition on the columns of points, or NULL) and run (a run
