@@ -3,7 +3,8 @@
  * routed output from tests/ref/moe_ref.py plus the shared experts from their definition).
  * Checked per case: y within 1e-4 + 1e-3 rel (the layer runs in fp32, as in test_fixtures.c);
  * flops_expert_useful and flops_expert_padded of the metrics JSON equal expected_flops.txt
- * exactly (integers far below 2^53). Also: the flags' errors (three of four shared files, shared
+ * exactly (integers far below 2^53); output_error_dense and output_error_dropless (shared
+ * experts on both sides of each) within 1e-4 + 1e-3 rel. Also: the flags' errors (three of four shared files, shared
  * files without the layer, a shared w1 whose D differs from x). Run from the repository root. */
 #include "check.h"
 #include "cli.h"
@@ -90,8 +91,9 @@ static void run_case(const char *name, const char *tmp)
     moe_npy_free(&want), moe_npy_free(&got);
     snprintf(path, sizeof path, "%s/expected_flops.txt", dir);
     char *ft = slurp(path);
-    double useful = -1, padded = -1;
-    CHECK(ft && sscanf(ft, "%lf %lf", &useful, &padded) == 2, "%s: expected_flops.txt", name);
+    double useful = -1, padded = -1, e_dense = -1, e_dl = -1;
+    CHECK(ft && sscanf(ft, "%lf %lf %lf %lf", &useful, &padded, &e_dense, &e_dl) == 4,
+          "%s: expected_flops.txt", name);
     free(ft);
     json_error_t err;
     json_t *m = json_load_file(met_out, 0, &err);
@@ -101,6 +103,13 @@ static void run_case(const char *name, const char *tmp)
         double gp = json_real_value(json_object_get(m, "flops_expert_padded"));
         CHECK(gu == useful && gp == padded, "%s: FLOPs useful %.0f padded %.0f, expected %.0f %.0f",
               name, gu, gp, useful, padded);
+        /* output errors as test_fixtures.c tolerates them: 1e-4 + 1e-3 relative (fp32 layer) */
+        double gd = json_real_value(json_object_get(m, "output_error_dense"));
+        double gl = json_real_value(json_object_get(m, "output_error_dropless"));
+        CHECK(fabs(gd - e_dense) <= 1e-4 + 1e-3 * e_dense, "%s: output_error_dense %.9g, "
+              "expected %.9g", name, gd, e_dense);
+        CHECK(fabs(gl - e_dl) <= 1e-4 + 1e-3 * e_dl, "%s: output_error_dropless %.9g, "
+              "expected %.9g", name, gl, e_dl);
         json_decref(m);
     }
 }

@@ -14,7 +14,8 @@ shared expert by sigmoid(x . wg)):
 Each case folder holds its inputs (.npy), `cmd` (the `moesim route` arguments, files relative to
 the folder), expected_y.npy (float64) and expected_flops.txt: flops_expert_useful and
 flops_expert_padded of the metrics, 4*d*f per kept entry (E*C*4*d*f padded) plus, for every
-token, S*4*d*Fs (+ 2*d*S with the gate) in both."""
+token, S*4*d*Fs (+ 2*d*S with the gate) in both, then output_error_dense and
+output_error_dropless with the shared experts on both sides."""
 import os
 import shutil
 import sys
@@ -62,8 +63,15 @@ def write_case(name, router, opts, flags, seed, n=12, E=4, d=8, f=16, S=2, fs=6,
           "w2": (rng.standard_normal((S, fs, d)) / np.sqrt(fs)).astype(np.float32),
           "b2": (0.1 * rng.standard_normal((S, d))).astype(np.float32),
           "wg": (rng.standard_normal((S, d)) / np.sqrt(d)).astype(np.float32)}
-    plan = R.route(router, L.astype(np.float64), opts)
-    y = R.layer_output(plan, x, W) + shared_output(x, sw, gate)
+    L64 = L.astype(np.float64)
+    plan = R.route(router, L64, opts)
+    ys = shared_output(x, sw, gate)
+    y = R.layer_output(plan, x, W) + ys
+    # output errors: both sides carry the shared experts (the default 512 error rows cover
+    # all 12 tokens); the dropless twin is the same router with dropless = true
+    y_dense = R.dense_mixture(plan, L64, x, W) + ys
+    y_dl = R.layer_output(R.route(router, L64, dict(opts, dropless=True)), x, W) + ys
+    err_dense, err_dl = R.rel_err(y, y_dense), R.rel_err(y, y_dl)
     per_shared = S * 4 * d * fs + (2 * d * S if gate else 0)
     useful = 4 * d * f * len(plan.entries) + n * per_shared
     padded = E * plan.capacity * 4 * d * f + n * per_shared
@@ -82,7 +90,7 @@ def write_case(name, router, opts, flags, seed, n=12, E=4, d=8, f=16, S=2, fs=6,
     with open(os.path.join(dd, "cmd"), "w") as fh:
         fh.write(" ".join(args) + "\n")
     with open(os.path.join(dd, "expected_flops.txt"), "w") as fh:
-        fh.write("%d %d\n" % (useful, padded))
+        fh.write("%d %d %.17g %.17g\n" % (useful, padded, err_dense, err_dl))
 
 
 def main():
