@@ -6,7 +6,9 @@
  * dropped tokens, dense plans and a plan without slots (every token still gets the shared
  * output); the dense mixture with p = 0 equals the shared output alone; the workspace in blocks
  * of n_max rows equals one block; FLOPs per token hand-worked; errors (layer not given the
- * shared experts, bad shapes, unknown gate names).
+ * shared experts, bad shapes, unknown gate names); the routed forward followed by
+ * moe_layer_forward_shared (what the pipeline does after an expert-parallel forward) equals the
+ * naive reference.
  * Tolerance as in test_layer.c: abs 1e-4 + |ref| * 1e-4 (fp32 GEMMs against double loops on
  * O(1) values, sums of at most 40 terms). */
 #include "check.h"
@@ -172,6 +174,15 @@ static void test_vs_naive(gsl_rng *r)
                     same += y0[t * D] == yr[t * D];
                 CHECK(same == 0, "%s: %d tokens without a shared contribution", what, same);
             }
+            /* the expert-parallel path: routed experts alone, then moe_layer_forward_shared */
+            moe_experts wr = o.w;
+            wr.shared = NULL;
+            plan_tc(p, r, N, E, 5);
+            CHECK_INT(moe_layer_forward(L, &wr, p, x, y0, NULL), MOE_OK);
+            CHECK_INT(moe_layer_forward_shared(L, &o.w, x, N, y0, NULL), MOE_OK);
+            CHECK_INT(moe_layer_forward_naive(&o.w, p, x, yr), MOE_OK);
+            compare("routed forward + moe_layer_forward_shared vs naive", y0, yr, N * D);
+            CHECK_INT(moe_layer_forward_shared(L, &o.w, x, N + 1, y0, NULL), MOE_EINVAL);
             /* dense mixture with p = 0: the shared output alone, = naive on an empty plan */
             double *pz = calloc(N * E, sizeof *pz);
             CHECK_INT(moe_layer_dense_mixture(L, &o.w, x, N, pz, NULL, 0, y), MOE_OK);
