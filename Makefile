@@ -176,6 +176,15 @@ $(B)/bench/cluster_scale: tests/bench/cluster_scale.c $(B)/libmoesim.a
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
 
+# The fixed-order gate logits (sim/gate.c) on the shapes of `moesim bench`, 1 and 2 threads
+.PHONY: bench-gate
+bench-gate: $(B)/bench/gate_time
+	env -u OPENBLAS_CORETYPE $(B)/bench/gate_time
+
+$(B)/bench/gate_time: tests/bench/gate_time.c $(B)/libmoesim.a
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
+
 bench: deps moesim
 	@[ -z "$$OPENBLAS_CORETYPE" ] || echo "make bench: unsetting OPENBLAS_CORETYPE=$$OPENBLAS_CORETYPE so OpenBLAS picks the kernels for this CPU"
 	env -u OPENBLAS_CORETYPE ./moesim bench
