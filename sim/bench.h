@@ -57,7 +57,11 @@ typedef struct {
     char torch_version[64];
     moe_store *db; /* --db, one transaction for the whole run */
     int failures; /* correctness checks that failed (outputs disagree) */
+    void *json;   /* json_t array: every row stored, written as JSON beside the database */
 } bench_ctx;
+
+/* Store one row in the run's transaction and append it to c->json (cmd_bench.c). */
+int bench_put_row(bench_ctx *c, const moe_bench_row *r);
 
 typedef struct {
     int E, d, f;

@@ -35,7 +35,6 @@ same "full run: the same gate FLOPs, expert FLOPs > 0" \
 same "routing-only: no expert time" \
     "$(q "$tmp/ro.db" 'SELECT count(*) FROM points WHERE time_experts_s = 0
                        AND time_dispatch_s = 0 AND time_combine_s = 0')" 12
-q "$tmp/ro.db" "ATTACH '$tmp/full.db' AS f" >/dev/null 2>&1
 same "routing metrics equal the full run's" \
     "$(q "$tmp/ro.db" "ATTACH '$tmp/full.db' AS f;
        SELECT count(*) FROM points a JOIN f.points b
