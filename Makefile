@@ -176,8 +176,29 @@ $(B)/bench/cluster_scale: tests/bench/cluster_scale.c $(B)/libmoesim.a
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
 
+# The fixed-order gate logits (sim/gate.c) on the shapes of `moesim bench`, 1 and 2 threads
+.PHONY: bench-gate
+bench-gate: $(B)/bench/gate_time
+	env -u OPENBLAS_CORETYPE $(B)/bench/gate_time
+
+$(B)/bench/gate_time: tests/bench/gate_time.c $(B)/libmoesim.a
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
+
+# PyTorch (Debian python3-torch) for the comparisons: installed when make bench runs as root,
+# otherwise its absence is announced before the run (the bench then says which parts it skipped).
 bench: deps moesim
 	@[ -z "$$OPENBLAS_CORETYPE" ] || echo "make bench: unsetting OPENBLAS_CORETYPE=$$OPENBLAS_CORETYPE so OpenBLAS picks the kernels for this CPU"
+	@if ! /usr/bin/python3 -c 'import torch' >/dev/null 2>&1; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	        echo "make bench: installing Debian's python3-torch for the PyTorch comparison"; \
+	        apt-get install -y python3-torch || { apt-get update && apt-get install -y python3-torch; } || \
+	            echo "make bench: *** apt-get install python3-torch FAILED: the PyTorch comparison is SKIPPED ***"; \
+	    else \
+	        echo "make bench: *** PyTorch does not import in /usr/bin/python3: the PyTorch comparison is SKIPPED ***"; \
+	        echo "make bench: *** to enable it: sudo apt-get install python3-torch (or run make bench as root) ***"; \
+	    fi; \
+	fi
 	env -u OPENBLAS_CORETYPE ./moesim bench
 	env -u OPENBLAS_CORETYPE ./moesim bench --routing
 

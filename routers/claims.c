@@ -3,7 +3,11 @@
  * the claim statistics, exactly as ROUTING.md section 2 says. Interface in claims.h. */
 #include "claims.h"
 #include "par.h"
+#include "vexp.h"
 
+#include <math.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 
 /* ---- workspace ---- */
@@ -33,6 +37,7 @@ moe_claims *moe_claims_alloc(int n_max, int K, int E, int with_p)
     int bad = !c->expert || !c->gate || !c->claim || !c->pmean || !c->slot || !c->fill ||
               !c->off || !c->list || !c->order || !c->tmp || !c->val;
     if (with_p) {
+        c->keep_p = 1;
         c->p = malloc((size_t)n_max * (size_t)E * sizeof *c->p);
         bad = bad || !c->p;
     }
@@ -66,68 +71,77 @@ void moe_claims_free(moe_claims *c)
 
 /* ---- helpers for the routers ---- */
 
-/* Rows pass: token block i of n computes p rows (moe_softmax, exactly) and calls row(). */
+/* Rows pass. Tokens go in chunks of ROWS_CHUNK, taken in increasing order by whichever thread is
+ * free; a chunk's p rows (moe_softmax, exactly) are computed into c->p (keep_p) or into the
+ * thread's own chunk buffer (cache-resident), row() is called on each, and the chunk is then
+ * added to pmean once every earlier chunk has been: pmean[e] is the sum over t in token order,
+ * the order of the serial loop, so it does not depend on the number of threads. A thread waits
+ * only for chunks already taken by running threads, so the pass cannot stall on a part that
+ * runs later on the caller (moe_par_run's fallback). */
+enum { ROWS_CHUNK = 64 };
+
 typedef struct {
     moe_claims *c;
     const double *logits;
     int n;
     moe_claims_row_fn row;
     void *ctx;
-    double *lse; /* (T) or NULL */
-    long t0;     /* tokens whose p is already in pmean (the first block) */
+    double *lse;      /* (T) or NULL */
+    double *buf;      /* (nparts, ROWS_CHUNK, E) chunk buffers when !c->keep_p */
+    atomic_long next; /* the next chunk to take */
+    atomic_long done; /* chunks [0, done) are in pmean */
 } rows_job;
+
+static void rows_wait(atomic_long *done, long c)
+{
+    for (int spin = 0; atomic_load_explicit(done, memory_order_acquire) != c; spin++)
+        if (spin >= 64)
+            sched_yield();
+}
 
 static void rows_part(void *arg, int i, int np)
 {
+    (void)np;
     rows_job *j = arg;
     const int E = j->c->E;
-    long lo, hi;
-    moe_par_range(j->n, i, np, &lo, &hi);
-    for (long t = lo; t < hi; t++) {
-        const double *lt = j->logits + (size_t)t * E;
-        double *pt = j->c->p + (size_t)t * E;
-        if (j->lse)
-            j->lse[t] = moe_softmax_lse(lt, E, pt);
-        else
-            moe_softmax(lt, E, pt);
-        if (j->row)
-            j->row(j->ctx, (int)t, lt, pt);
-        if (i == 0) /* the first block's part of pmean, in token order, while pt is cached */
-            for (int e = 0; e < E; e++)
-                j->c->pmean[e] += pt[e];
-    }
-    if (i == 0)
-        j->t0 = hi;
-}
-
-/* pmean pass: expert range i adds the rest of its columns, from token t0 on, in token order
- * (the order of the serial sum, so pmean does not depend on the number of threads). */
-static void pmean_part(void *arg, int i, int np)
-{
-    rows_job *j = arg;
-    const int E = j->c->E;
-    long lo, hi;
-    moe_par_range(E, i, np, &lo, &hi);
+    const long nch = (j->n + ROWS_CHUNK - 1) / ROWS_CHUNK;
     double *pm = j->c->pmean;
-    for (long t = j->t0; t < j->n; t++) {
-        const double *pt = j->c->p + (size_t)t * E;
-        for (long e = lo; e < hi; e++)
-            pm[e] += pt[e];
+    for (long ch; (ch = atomic_fetch_add(&j->next, 1)) < nch;) {
+        const long t0 = ch * ROWS_CHUNK, t1 = t0 + ROWS_CHUNK < j->n ? t0 + ROWS_CHUNK : j->n;
+        double *p0 = j->c->keep_p ? j->c->p + (size_t)t0 * E
+                                  : j->buf + (size_t)i * ROWS_CHUNK * E;
+        moe_softmax_rows(j->logits + (size_t)t0 * E, (int)(t1 - t0), E, p0,
+                         j->lse ? j->lse + t0 : NULL);
+        for (long t = t0; j->row && t < t1; t++)
+            j->row(j->ctx, (int)t, j->logits + (size_t)t * E, p0 + (size_t)(t - t0) * E);
+        rows_wait(&j->done, ch);
+        for (long t = t0; t < t1; t++) {
+            const double *pt = p0 + (size_t)(t - t0) * E;
+            for (int e = 0; e < E; e++)
+                pm[e] += pt[e];
+        }
+        atomic_store_explicit(&j->done, ch + 1, memory_order_release);
     }
-    for (long e = lo; e < hi; e++)
-        pm[e] /= j->n;
 }
 
 int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_fn row,
                     void *ctx, moe_plan *plan)
 {
-    rows_job j = {c, logits, n, row, ctx, NULL, 0};
+    const int np = moe_par_parts(n, 2048);
+    rows_job j = {.c = c, .logits = logits, .n = n, .row = row, .ctx = ctx};
+    atomic_init(&j.next, 0);
+    atomic_init(&j.done, 0);
     if (plan && !(j.lse = moe_plan_lse_buffer(plan)))
         return MOE_ENOMEM;
+    if (!c->keep_p &&
+        !(j.buf = malloc((size_t)np * ROWS_CHUNK * (size_t)c->E * sizeof *j.buf)))
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (router rows of %d experts)", c->E);
     for (int e = 0; e < c->E; e++)
         c->pmean[e] = 0.0;
-    moe_par_run(rows_part, &j, moe_par_parts(n, 2048));
-    moe_par_run(pmean_part, &j, (long)n * c->E >= 65536 ? moe_par_parts(c->E, 1) : 1);
+    moe_par_run(rows_part, &j, np);
+    for (int e = 0; e < c->E; e++)
+        c->pmean[e] /= n;
+    free(j.buf);
     if (plan)
         plan->lse_of = logits;
     return MOE_OK;
@@ -138,8 +152,35 @@ int moe_claims_softmax(moe_claims *c, const double *logits, int n, moe_plan *pla
     return moe_claims_rows(c, logits, n, NULL, NULL, plan);
 }
 
+/* Long rows: the maximum by moe_vmax (of the values other than x[skip]), then the first index
+ * holding it, which is the index the loop below keeps (its strict > keeps the first of equal
+ * values; -0.0 and +0.0 compare equal in both). NaN (never in routing) takes the loop. */
+static int argmax_vec(const double *x, int len, int skip)
+{
+    double m = -INFINITY;
+    if (skip < 0 || skip >= len) {
+        m = moe_vmax(x, len);
+    } else {
+        if (skip > 0)
+            m = moe_vmax(x, skip);
+        if (skip + 1 < len) {
+            double m2 = moe_vmax(x + skip + 1, len - skip - 1);
+            m = m2 > m ? m2 : m;
+        }
+    }
+    for (int i = 0; m == m && i < len; i++)
+        if (i != skip && x[i] == m)
+            return i;
+    return -1;
+}
+
 int moe_claims_argmax(const double *x, int len, int skip)
 {
+    if (len >= 32) {
+        int v = argmax_vec(x, len, skip);
+        if (v >= 0)
+            return v;
+    }
     int best = -1;
     for (int i = 0; i < len; i++) {
         if (i == skip)
@@ -166,6 +207,11 @@ void moe_claims_topk(const double *v, int len, int k, int32_t *idx, double *val)
         val[j] = x;
         idx[j] = e;
     }
+}
+
+void moe_claims_scratch_p(moe_claims *c, int order)
+{
+    c->keep_p = c->p && (order == MOE_ORDER_BPR || order == MOE_ORDER_PROBS);
 }
 
 /* ---- resolution ---- */

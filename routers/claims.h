@@ -22,6 +22,7 @@ typedef struct {
     double *gate;         /* (T,K) */
     unsigned char *claim; /* (T,K) */
     double *p;            /* (T,E) full softmax, or NULL when allocated without it */
+    int keep_p;           /* 1: the rows pass fills p (else rows only pass through scratch) */
     double *pmean;        /* (E) mean over tokens of p[t,e] (moe_claims_softmax) */
     const double *rts_u;  /* (T,E) order rts: the draws, set by the router per group, or NULL */
     /* scratch for moe_claims_resolve */
@@ -39,6 +40,11 @@ typedef struct {
  * Returns NULL on out-of-memory (after moe_fail). */
 moe_claims *moe_claims_alloc(int n_max, int K, int E, int with_p);
 void moe_claims_free(moe_claims *c); /* NULL is a no-op */
+
+/* For a router whose only use of p after the rows pass is its claim order: p is filled only
+ * when `order` (enum moe_order) is bpr or probs; otherwise each row's softmax lives in a
+ * cache-resident scratch while row() runs (pmean and the plan are the same either way). */
+void moe_claims_scratch_p(moe_claims *c, int order);
 
 /* p (T,E) = softmax of each row of logits (T,E); pmean (E) = mean_t p[t,e]. On the routers'
  * threads (par.h); the values do not depend on their number. plan (may be NULL): also keeps

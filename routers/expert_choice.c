@@ -10,8 +10,13 @@
  */
 #include "moe.h"
 #include "par.h"
+#include "vexp.h"
 
+#include <math.h>
 #include <stdlib.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 /* ---- algorithm ----
  * Selection, not sorting: the order "higher score first, equal scores lower token first" is
@@ -25,11 +30,14 @@
 
 /* ---- workspace ---- */
 
+enum { EC_ROWS = 16 }; /* softmax rows computed together (moe_softmax_rows) */
+
 typedef struct {
     double *hv;   /* (T,E) heap values: part p, expert e at E*lo_p + e*cap_p */
     int32_t *ht;  /* (T,E) heap tokens, same layout */
     int *hsz;     /* (P,E) heap sizes */
-    double *row;  /* (P,E) one softmax row per part */
+    double *thr;  /* (P,E) entry threshold: -inf while a heap fills, then its root's value */
+    double *row;  /* (P,EC_ROWS,E) softmax rows per part */
 } ec_ws;
 
 static void ec_free(moe_router *r)
@@ -40,6 +48,7 @@ static void ec_free(moe_router *r)
     free(w->hv);
     free(w->ht);
     free(w->hsz);
+    free(w->thr);
     free(w->row);
     free(w);
     r->ws = NULL;
@@ -55,8 +64,9 @@ static int ec_alloc(moe_router *r)
     w->hv = malloc(ne * sizeof *w->hv);
     w->ht = malloc(ne * sizeof *w->ht);
     w->hsz = malloc(pe * sizeof *w->hsz);
-    w->row = malloc(pe * sizeof *w->row);
-    if (!w->hv || !w->ht || !w->hsz || !w->row) {
+    w->thr = malloc(pe * sizeof *w->thr);
+    w->row = malloc(pe * EC_ROWS * sizeof *w->row);
+    if (!w->hv || !w->ht || !w->hsz || !w->thr || !w->row) {
         ec_free(r);
         return moe_fail(MOE_ENOMEM, "use fewer tokens per routing group",
                         "out of memory (expert_choice workspace for %d tokens x %d experts)",
@@ -112,6 +122,52 @@ static inline size_t ec_heap(const ec_job *j, int p, int e, long *cap)
     return (size_t)j->E * (size_t)lo + (size_t)e * (size_t)*cap;
 }
 
+/* Token t with score v into the heap (hv, ht) of size *sz <= cap of one expert; *thr becomes
+ * the root's value once the heap is full (a later token enters only when strictly above it). */
+static inline void ec_offer(double *hv, int32_t *ht, int *sz, long cap, double *thr, double v,
+                            int32_t t)
+{
+    if (*sz < cap) { /* sift up */
+        int i = (*sz)++;
+        while (i > 0 && ec_worse(v, t, hv[(i - 1) / 2], ht[(i - 1) / 2])) {
+            hv[i] = hv[(i - 1) / 2];
+            ht[i] = ht[(i - 1) / 2];
+            i = (i - 1) / 2;
+        }
+        hv[i] = v;
+        ht[i] = t;
+    } else { /* v > hv[0]: equal score, the kept token is lower */
+        hv[0] = v;
+        ht[0] = t;
+        ec_sift_down(hv, ht, (int)cap, 0);
+    }
+    if (*sz == cap)
+        *thr = hv[0];
+}
+
+/* The experts of one softmax row whose threshold the row beats (most tokens: none). */
+static void ec_row(double *hv0, int32_t *ht0, int *hsz, long cap, double *thr, const double *row,
+                   int E, int32_t t)
+{
+    int e = 0;
+#if defined(__AVX512F__)
+    for (; e + 8 <= E; e += 8) {
+        __mmask8 m = _mm512_cmp_pd_mask(_mm512_loadu_pd(row + e), _mm512_loadu_pd(thr + e),
+                                        _CMP_GT_OQ);
+        while (m) {
+            const int q = e + __builtin_ctz(m);
+            m &= (__mmask8)(m - 1);
+            ec_offer(hv0 + (size_t)q * cap, ht0 + (size_t)q * cap, hsz + q, cap, thr + q, row[q],
+                     t);
+        }
+    }
+#endif
+    for (; e < E; e++)
+        if (row[e] > thr[e])
+            ec_offer(hv0 + (size_t)e * cap, ht0 + (size_t)e * cap, hsz + e, cap, thr + e, row[e],
+                     t);
+}
+
 static void ec_block(void *arg, int p, int np)
 {
     ec_job *j = arg;
@@ -120,32 +176,17 @@ static void ec_block(void *arg, int p, int np)
     long lo, hi, cap;
     moe_par_range(j->n, p, np, &lo, &hi);
     const size_t base = ec_heap(j, p, 0, &cap);
-    double *row = w->row + (size_t)p * E, *hv0 = w->hv + base;
+    double *row = w->row + (size_t)p * EC_ROWS * E, *hv0 = w->hv + base;
+    double *thr = w->thr + (size_t)p * E;
     int32_t *ht0 = w->ht + base;
     int *hsz = w->hsz + (size_t)p * E;
     for (int e = 0; e < E; e++)
-        hsz[e] = 0;
-    for (long t = lo; t < hi; t++) {
-        j->lse[t] = moe_softmax_lse(j->logits + (size_t)t * E, E, row);
-        for (int e = 0; cap > 0 && e < E; e++) {
-            double *hv = hv0 + (size_t)e * cap;
-            int32_t *ht = ht0 + (size_t)e * cap;
-            const double v = row[e];
-            if (hsz[e] < cap) { /* sift up */
-                int i = hsz[e]++;
-                while (i > 0 && ec_worse(v, (int32_t)t, hv[(i - 1) / 2], ht[(i - 1) / 2])) {
-                    hv[i] = hv[(i - 1) / 2];
-                    ht[i] = ht[(i - 1) / 2];
-                    i = (i - 1) / 2;
-                }
-                hv[i] = v;
-                ht[i] = (int32_t)t;
-            } else if (v > hv[0]) { /* equal score: the kept token is lower */
-                hv[0] = v;
-                ht[0] = (int32_t)t;
-                ec_sift_down(hv, ht, (int)cap, 0);
-            }
-        }
+        hsz[e] = 0, thr[e] = cap > 0 ? -INFINITY : INFINITY;
+    for (long t0 = lo; t0 < hi; t0 += EC_ROWS) {
+        const int nr = hi - t0 < EC_ROWS ? (int)(hi - t0) : EC_ROWS;
+        moe_softmax_rows(j->logits + (size_t)t0 * E, nr, E, row, j->lse + t0);
+        for (int q = 0; q < nr; q++)
+            ec_row(hv0, ht0, hsz, cap, thr, row + (size_t)q * E, E, (int32_t)(t0 + q));
     }
     /* heapsort: the worst goes last, so each heap ends best first */
     for (int e = 0; e < E; e++) {

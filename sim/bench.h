@@ -57,7 +57,14 @@ typedef struct {
     char torch_version[64];
     moe_store *db; /* --db, one transaction for the whole run */
     int failures; /* correctness checks that failed (outputs disagree) */
+    void *json;   /* json_t array: every row stored, written as JSON beside the database */
 } bench_ctx;
+
+/* Store one row in the run's transaction and append it to c->json (bench_json.c). */
+int bench_put_row(bench_ctx *c, const moe_bench_row *r);
+/* The rows of the run as JSON, {"run": ..., "rows": [...]}, beside the database: its path with
+ * .db replaced by .json (results/bench.json by default), through outfile. */
+int bench_write_json(const bench_ctx *c);
 
 typedef struct {
     int E, d, f;

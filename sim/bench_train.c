@@ -42,7 +42,7 @@ static int tb_put(bench_ctx *c, const char *metric, const char *unit, double v)
         .E = TB_E, .k = TB_K, .n = TB_N, .d = TB_D, .f = TB_F, .cf = 1.0, .capacity = TB_C,
         .kept = 0, .metric = metric, .unit = unit, .median = v, .q1 = NAN, .q3 = NAN,
         .min = NAN, .max = NAN};
-    return moe_store_bench_put(c->db, &row);
+    return bench_put_row(c, &row);
 }
 
 /* The script's path: bench_torch_train.py in the folder of the layer reference (malloc'd). */

@@ -109,7 +109,7 @@ static int db_put(bench_ctx *c, const row_key *rk, const char *metric, const cha
         .router = rk->router, .E = rk->E, .k = rk->k, .n = rk->n, .d = c->sh->d, .f = c->sh->f,
         .cf = atof(BENCH_CF), .capacity = rk->C, .kept = (long long)rk->kept, .metric = metric,
         .unit = unit, .median = s.median, .q1 = s.q1, .q3 = s.q3, .min = s.min, .max = s.max};
-    return moe_store_bench_put(c->db, &row);
+    return bench_put_row(c, &row);
 }
 
 /* ---- inputs ---- */
@@ -910,10 +910,15 @@ int moe_cmd_bench(int argc, char **argv)
     if (strcmp(c.a.db, "results/bench.db") == 0 && mkdir("results", 0777) != 0 &&
         errno != EEXIST)
         return moe_fail(MOE_EIO, NULL, "cannot create results/ (%s)", strerror(errno));
-    if ((rc = moe_store_open(c.a.db, 0, &c.db)))
+    if (!(c.json = json_array()))
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (bench JSON)");
+    if ((rc = moe_store_open(c.a.db, 0, &c.db))) {
+        json_decref(c.json);
         return rc;
+    }
     if ((rc = moe_store_bench_begin(c.db))) {
         moe_store_close(c.db);
+        json_decref(c.json);
         return rc;
     }
     print_provenance(&c);
@@ -955,6 +960,7 @@ int moe_cmd_bench(int argc, char **argv)
     if (rc) {
         moe_store_bench_end(c.db, 0);
         moe_store_close(c.db);
+        json_decref(c.json);
         return rc;
     }
     print_targets(&c, res, ncfg, sr, nscale);
@@ -963,9 +969,13 @@ int moe_cmd_bench(int argc, char **argv)
     printf("peak resident memory %.0f MB\n", (double)ru.ru_maxrss / 1024.0);
     rc = moe_store_bench_end(c.db, 1);
     moe_store_close(c.db);
+    if (!rc)
+        printf("stored in %s, table bench, run '%s'\n", c.a.db, c.run_id);
+    if (!rc)
+        rc = bench_write_json(&c);
+    json_decref(c.json);
     if (rc)
         return rc;
-    printf("stored in %s, table bench, run '%s'\n", c.a.db, c.run_id);
     if (c.failures)
         return moe_fail(MOE_EINPUT, "the timings are stored; the outputs above marked DISAGREE "
                         "are a correctness bug", "%d output check%s failed (bench)", c.failures,

@@ -8,6 +8,8 @@
  * dropless twin may put every token on one expert), P = M/E for dense plans.
  */
 #include "pipeline.h"
+#include "blas_info.h"
+#include "gate.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -107,13 +109,17 @@ int moe_pipeline_estimate(const moe_pipeline_cfg *cfg, int E, int d, int f, int 
     const double T = cfg->T, M = cfg->M, fw = act == MOE_ACT_SWIGLU ? 2.0 * f : f;
     const int twin = (cfg->rtype->flags & MOE_RF_HAS_DROPLESS) && !o->dropless;
     double lay = (double)E * (double)(C > 1 ? C : 1) * (2.0 * d + fw) * sizeof(float);
+    if (f == 0) /* routing only (moe_pipeline_cfg.w NULL): no layer, no outputs */
+        lay = 0.0;
     double b = lay;
     b += (double)E * ((double)d * fw + fw + (double)f * d + d) * sizeof(float); /* weights */
     b += (1 + twin) * (double)cap * sizeof(moe_entry);                          /* plans */
     b += T * M * (sizeof(double) + 16.0);                           /* logits, router */
-    b += (2 + twin + 2) * T * d * sizeof(float);               /* y, y2, ysub, ydense */
-    b += T * E * sizeof(double);                                /* mixture weights */
-    if (cfg->shared_S > 0) { /* shared experts: weights, packed first matrix, hidden rows */
+    if (f > 0) {
+        b += (2 + twin + 2) * T * d * sizeof(float);           /* y, y2, ysub, ydense */
+        b += T * E * sizeof(double);                            /* mixture weights */
+    }
+    if (f > 0 && cfg->shared_S > 0) { /* shared experts: weights, packed matrix, hidden rows */
         const double fws = (act == MOE_ACT_SWIGLU ? 2.0 : 1.0) * cfg->shared_f * cfg->shared_S;
         b += (2.0 * d * fws + (double)cfg->shared_f * cfg->shared_S * d + T * fws) *
              sizeof(float);
@@ -353,21 +359,25 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
     /* gate */
     p->routed = b->logits;
     p->gate_computed = 0;
-    if (b->x && (!p->routed || (fl & MOE_PIPE_LAYER)) && p->L &&
-        (rc = check_finite(b->x, (size_t)b->n, (size_t)c->w->d, "input x", c->label)))
+    const int D = p->L ? c->w->d : b->d; /* no layer: routing only, the gate on the batch's x */
+    if (b->x && (!p->routed || (fl & MOE_PIPE_LAYER)) && (p->L || !p->routed) &&
+        (rc = check_finite(b->x, (size_t)b->n, (size_t)D, "input x", c->label)))
         return rc;
     if (!p->routed) {
-        if (!c->wg || !p->L)
+        if (!c->wg || !b->x)
             return moe_fail(MOE_EINVAL, NULL, "batch without logits and no gate (%s)",
                             c->label ? c->label : "pipeline");
         if (!p->wg_checked &&
-            (rc = check_finite(c->wg, (size_t)c->w->d, (size_t)c->M, "gate weight wg",
+            (rc = check_finite(c->wg, (size_t)D, (size_t)c->M, "gate weight wg",
                                c->label)))
             return rc;
         p->wg_checked = 1;
         double t0 = moe_now();
-        if ((rc = moe_layer_gate(p->L, b->x, b->n, c->wg, c->M, p->logits)))
+        if (p->L && (rc = moe_layer_gate(p->L, b->x, b->n, c->wg, c->M, p->logits)))
             return rc;
+        if (!p->L)
+            moe_gate_logits(b->x, (size_t)b->n, (size_t)D, c->wg, (size_t)c->M, p->logits,
+                            moe_blas_threads());
         t.gate = moe_now() - t0;
         p->routed = p->logits;
         p->gate_computed = 1;
@@ -399,7 +409,8 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
     /* metrics and output errors */
     const moe_experts *w = p->L ? c->w : NULL;
     if ((fl & MOE_PIPE_METRICS) &&
-        (rc = moe_metrics_compute(p->plan, p->routed, w ? w->d : 0, w ? w->f : 0,
+        (rc = moe_metrics_compute(p->plan, p->routed, w ? w->d : p->gate_computed ? D : 0,
+                                  w ? w->f : 0,
                                   w ? w->act : 0, p->gate_computed, p->mt)))
         return rc;
     if ((fl & MOE_PIPE_METRICS) && w && w->shared) { /* every token through the shared FFNs */

@@ -197,7 +197,9 @@ static int point_alloc(const moe_point *pt, const moe_pipeline_ep *ep, point_ws 
     if (rm && rm != pt->m)
         return moe_fail(MOE_EINVAL, NULL, "source %s records %d experts, the point needs %d "
                         "(distribution %s)", pt->source, rm, pt->m, pt->distribution);
-    if ((rc = draw_experts(pt, w)) || (pt->shared_S > 0 && (rc = draw_shared(pt, w))))
+    const int routing_only = pt->f == 0; /* shape f = 0: gate, route and metrics only */
+    if ((!routing_only && (rc = draw_experts(pt, w))) ||
+        (!routing_only && pt->shared_S > 0 && (rc = draw_shared(pt, w))))
         return rc;
     /* replay claims k_rec experts per token, fixed by the trace: ask batch 0 */
     int k_claims = 0;
@@ -209,9 +211,10 @@ static int point_alloc(const moe_point *pt, const moe_pipeline_ep *ep, point_ws 
     }
     const moe_pipeline_cfg cfg = {
         .rtype = pt->rtype, .opts = &pt->opts, .T = pt->tokens, .M = pt->m,
-        .k_claims = k_claims, .w = &w->ex, .wg = moe_source_gate(w->src), .seed = pt->seed,
+        .k_claims = k_claims, .w = routing_only ? NULL : &w->ex, .wg = moe_source_gate(w->src), .seed = pt->seed,
         .error_rows = pt->error_tokens, .ep = ep, .source = pt->source, .label = pt->config_key,
-        .flags = MOE_PIPE_LAYER | MOE_PIPE_METRICS | MOE_PIPE_ERRORS | MOE_PIPE_OBSERVE};
+        .flags = MOE_PIPE_METRICS | MOE_PIPE_OBSERVE |
+                 (routing_only ? 0u : MOE_PIPE_LAYER | MOE_PIPE_ERRORS)};
     return moe_pipeline_alloc(&cfg, &w->pipe);
 }
 

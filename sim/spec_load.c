@@ -287,8 +287,8 @@ static int load_shape(const spec_section *sec, const char *name, spec_shape *sh)
             rc = parse_int(sec, kv, kv->value, 1, 1L << 16, &v);
             sh->d = (int)v;
             have[0] = 1;
-        } else if (!strcmp(kv->key, "f")) {
-            rc = parse_int(sec, kv, kv->value, 1, 1L << 18, &v);
+        } else if (!strcmp(kv->key, "f")) { /* 0: routing only, no experts (point.c) */
+            rc = parse_int(sec, kv, kv->value, 0, 1L << 18, &v);
             sh->f = (int)v;
             have[1] = 1;
         } else if (!strcmp(kv->key, "E")) {

@@ -1,6 +1,7 @@
 /* util.c: small numerics shared by routers and metrics: softmax, logsumexp, a stable argsort,
  * exact capacity from a decimal capacity factor, the monotonic clock. */
 #include "moe.h"
+#include "vexp.h"
 
 #include <ctype.h>
 #include <limits.h>
@@ -13,15 +14,11 @@
 /* p = exp(x - max x), returns their sum (in index order) and stores max x in *mx. */
 static inline double softmax_exp(const double *x, int len, double *p, double *mx)
 {
-    double m = x[0];
-    for (int i = 1; i < len; i++)
-        if (x[i] > m)
-            m = x[i];
+    double m = moe_vmax(x, len);
+    moe_vexp_shift(x, len, m, p); /* exp(x[i] - m), the C library's bits (vexp.h) */
     double s = 0.0;
-    for (int i = 0; i < len; i++) {
-        p[i] = exp(x[i] - m);
+    for (int i = 0; i < len; i++)
         s += p[i];
-    }
     *mx = m;
     return s;
 }
@@ -56,13 +53,14 @@ double moe_softmax_lse(const double *x, int len, double *p)
 
 double moe_logsumexp(const double *x, int len)
 {
-    double mx = x[0];
-    for (int i = 1; i < len; i++)
-        if (x[i] > mx)
-            mx = x[i];
-    double s = 0.0;
-    for (int i = 0; i < len; i++)
-        s += exp(x[i] - mx);
+    double mx = moe_vmax(x, len);
+    double s = 0.0, e[256];
+    for (int i0 = 0; i0 < len; i0 += 256) {
+        int nb = len - i0 < 256 ? len - i0 : 256;
+        moe_vexp_shift(x + i0, nb, mx, e);
+        for (int i = 0; i < nb; i++)
+            s += e[i];
+    }
     return mx + log(s);
 }
 

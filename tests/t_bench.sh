@@ -58,6 +58,14 @@ if command -v sqlite3 >/dev/null; then
     # useful FLOPs = 4*d*f per kept entry (d = 64, f = 256)
     eq "useful flops" "SELECT count(*) FROM bench WHERE metric = 'flops_expert_useful' AND median = 4*64*256*kept" 3
     eq "naive check stored" "SELECT count(*) FROM bench WHERE metric = 'rel_l2_vs_naive' AND median < 1e-5" 3
+    # the JSON twin of the database holds the same rows (python3 reads it: the standard library)
+    has "$T/out" "^and as JSON in $T/b.json$"
+    if command -v python3 >/dev/null; then
+        nj=$(python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); r=d["rows"]; print(len(r), sum(1 for x in r if x["metric"] == "flops_expert_useful" and x["median"] == 4*64*256*x["kept"]))' "$T/b.json" 2>&1)
+        eq "JSON rows = database rows, useful flops" "SELECT count(*) || ' 3' FROM bench" "$nj"
+    else
+        skip 1 "python3 is not installed (it reads the JSON)"
+    fi
 else
     no "the sqlite3 command is missing (make deps installs it)"
 fi

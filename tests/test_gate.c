@@ -2,9 +2,12 @@
  *
  * Checked: hand-worked products; the summation order k = 0..D-1 (x = (2^60, 1, -2^60) against
  * ones sums to 0 in that order, while any other grouping that adds 2^60 and -2^60 first gives 1),
- * placed in every tile position (full 4x16 tiles and tails); bit equality with the plain double
- * loop of the definition on a random (1000,67) x (67,37) shape, float and double inputs; the
- * same bits for 1, 2 and 3 threads; moe_layer_gate returns exactly these logits. */
+ * placed in every tile position (the scalar path's full 4x16 tiles and tails; the vector path's
+ * column panels of 1 to 4 vectors of 8 (or 4) doubles, partial vectors, and row tiles of 3 to 24
+ * rows with tails); bit equality with the plain double loop of the definition on random
+ * (1000,67) x (67,M) shapes, M = 37 (a full 32-column panel and a 5-column one), 12 and 8,
+ * float and double inputs; the same bits for 1, 2 and 3 threads; moe_layer_gate returns exactly
+ * these logits. */
 #include "check.h"
 #include "gate.h"
 #include "layer.h"
@@ -55,9 +58,9 @@ static void test_order(size_t n, size_t m, size_t r0, size_t c0, int threads)
     free(x), free(wg), free(lg);
 }
 
-static void test_random(gsl_rng *r)
+static void test_random(gsl_rng *r, size_t M)
 {
-    enum { N = 1000, D = 67, M = 37 };
+    enum { N = 1000, D = 67 };
     float *x = malloc(N * D * sizeof *x), *wg = malloc(D * M * sizeof *wg);
     double *xd = malloc(N * D * sizeof *xd), *wd = malloc(D * M * sizeof *wd);
     double *ref = malloc(N * M * sizeof *ref), *refd = malloc(N * M * sizeof *refd);
@@ -79,10 +82,10 @@ static void test_random(gsl_rng *r)
     for (int th = 1; th <= 3; th++) {
         moe_gate_logits(x, N, D, wg, M, lg, th);
         CHECK(memcmp(lg, ref, sizeof(double) * N * M) == 0,
-              "float gate, %d threads: not bit-equal to the sequential double loop", th);
+              "float gate, M = %zu, %d threads: not bit-equal to the sequential double loop", M, th);
         moe_gate_logits_d(xd, N, D, wd, M, lg, th);
         CHECK(memcmp(lg, refd, sizeof(double) * N * M) == 0,
-              "double gate, %d threads: not bit-equal to the sequential double loop", th);
+              "double gate, M = %zu, %d threads: not bit-equal to the sequential double loop", M, th);
     }
     moe_layer *L = moe_layer_alloc(N, 4, 1, D, 3, MOE_ACT_RELU);
     CHECK(L != NULL, "layer alloc: %s", moe_errmsg());
@@ -99,8 +102,11 @@ int main(void)
 {
     gsl_rng *r = moe_rng_alloc(20261205u, MOE_STREAM_EXPERT_W);
     test_hand();
-    /* full tiles (8 rows, 32 columns) and tails (7 rows, 20 columns), probe in each corner */
-    const size_t shapes[][2] = {{8, 32}, {7, 20}, {1, 1}, {5, 17}};
+    /* full tiles (8 rows, 32 columns) and tails (7 rows, 20 columns), probe in each corner; then
+     * shapes of the vector path: 1 to 4 vectors per panel (m = 8, 16, 24, 40), partial vectors
+     * (m = 13, 45) and rows over a 24-row block with tails (n = 30, 49) */
+    const size_t shapes[][2] = {{8, 32}, {7, 20}, {1, 1}, {5, 17}, {49, 8},
+                                {30, 16}, {25, 24}, {30, 40}, {13, 13}, {26, 45}};
     for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++) {
         size_t n = shapes[s][0], m = shapes[s][1];
         for (int th = 1; th <= 2; th++) {
@@ -109,7 +115,9 @@ int main(void)
             test_order(n, m, n / 2, m / 2, th);
         }
     }
-    test_random(r);
+    test_random(r, 37);
+    test_random(r, 12);
+    test_random(r, 8);
     gsl_rng_free(r);
     return check_report("test_gate");
 }

@@ -1,0 +1,29 @@
+/* vexp.h: the exponentials of a row, exp(x[i] - m), eight at a time where the CPU has AVX-512.
+ *
+ * The vector lanes evaluate the algorithm of the GNU C library's exp (glibc 2.28 and later,
+ * its FMA variant, which glibc selects on every CPU with FMA): x = k ln2/128 + r, exp(x) =
+ * 2^(k/128) (1 + tail_k) exp(r), a table of 2^(i/128) and a degree-5 polynomial, with the same
+ * constants and the same operations in the same order, each fused multiply-add where glibc's
+ * has one. Every lane is therefore the same double as the C library's exp of the same
+ * argument on such a system (tests/test_vexp.c compares them bit for bit on millions of
+ * arguments); arguments outside the fast range of that algorithm (|a| < 2^-54 or |a| >= 512,
+ * and non-finite values) are passed to the C library's exp itself. Without AVX-512 every
+ * element is the C library's exp. */
+#ifndef MOE_VEXP_H
+#define MOE_VEXP_H
+
+/* out[i] = exp(x[i] - m) for i < len (out may equal x). */
+void moe_vexp_shift(const double *x, int len, double m, double *out);
+
+/* max of x[0..len), len >= 1, for finite x: the value of the serial loop "if (x[i] > m) m = x[i]"
+ * except that a maximum of zero may come back as -0.0 where the loop gives +0.0 or the other
+ * way round, which changes neither exp(x[i] - m) nor m + log(s). */
+double moe_vmax(const double *x, int len);
+
+/* Rows r < nrows of x (nrows, len), len >= 1: p row r = the softmax moe_softmax computes, and
+ * lse[r] (lse may be NULL) = the logsumexp moe_softmax_lse returns, bit for bit: exp(x - max)
+ * summed in index order, each p divided by that sum. Four rows at a time, so that their four
+ * sums (each still in index order) overlap in the adder. */
+void moe_softmax_rows(const double *x, int nrows, int len, double *p, double *lse);
+
+#endif
