@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 enum { F_ROUTER = 1000, F_LOGITS, F_TOKENS, F_UNIFORMS, F_X, F_W1, F_B1, F_W2, F_B2, F_OUTPUT,
@@ -247,6 +248,53 @@ static int read_draws(const char *path, const char *what, int n, int m, double *
     return rc;
 }
 
+/* ---- outputs ---- */
+
+/* The checks of every output before anything is written, so that a later output cannot fail on
+ * its path after an earlier one replaced a file: each path passes moe_outfile_check (a regular
+ * file or absent, no input), lies in an existing writable folder, and differs from the other
+ * outputs (by name, and by device and inode when it exists). */
+static int check_outputs(const route_args *a)
+{
+    const char *path[3] = {a->plan, a->metrics, a->output};
+    static const char *const what[3] = {"plan", "metrics", ".npy file"};
+    struct stat st[3];
+    int exists[3] = {0};
+    for (int i = 0; i < 3; i++) {
+        if (!path[i])
+            continue;
+        int rc = moe_outfile_check(path[i], what[i]);
+        if (rc)
+            return rc;
+        const char *slash = strrchr(path[i], '/');
+        size_t len = slash ? (size_t)(slash - path[i]) : 0;
+        char *dir = malloc(len + 2);
+        if (!dir)
+            return moe_fail(MOE_ENOMEM, NULL, "out of memory (%s)", path[i]);
+        if (slash)
+            memcpy(dir, path[i], len ? len : 1);
+        else
+            dir[0] = '.';
+        dir[slash ? (len ? len : 1) : 1] = '\0';
+        struct stat ds;
+        int err = stat(dir, &ds) != 0 ? errno : !S_ISDIR(ds.st_mode) ? ENOTDIR
+                  : access(dir, W_OK | X_OK) != 0 ? errno : 0;
+        free(dir);
+        if (err)
+            return moe_fail(MOE_EIO, "check that the folder exists and is writable",
+                            "cannot write %s: %s (%s)", what[i], strerror(err), path[i]);
+        exists[i] = stat(path[i], &st[i]) == 0;
+        for (int j = 0; j < i; j++)
+            if (path[j] && (strcmp(path[i], path[j]) == 0 ||
+                            (exists[i] && exists[j] && st[i].st_dev == st[j].st_dev &&
+                             st[i].st_ino == st[j].st_ino)))
+                return moe_fail(MOE_EINVAL, "give each output a path of its own",
+                                "cannot write %s over the %s of this command (%s)", what[i],
+                                what[j], path[i]);
+    }
+    return MOE_OK;
+}
+
 /* ---- the command ---- */
 
 static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, int *help)
@@ -428,7 +476,7 @@ int moe_cmd_route(int argc, char **argv)
     const moe_plan *plan = moe_pipeline_plan(pipe);
     const moe_metrics *mt = moe_pipeline_metrics(pipe);
     /* everything computed: now write, each file through a temporary name */
-    if ((rc = moe_plan_write_csv(plan, a.plan)))
+    if ((rc = check_outputs(&a)) || (rc = moe_plan_write_csv(plan, a.plan)))
         goto out;
     wrote_plan = 1;
     if (a.metrics) {

@@ -28,6 +28,15 @@
 #define LLVMFuzzerTestOneInput fuzz_one_popularity
 #include "fuzz/fuzz_trace_popularity.c"
 #undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput fuzz_one_route
+#include "fuzz/fuzz_route.c"
+#undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput fuzz_one_recorded
+#include "fuzz/fuzz_recorded.c"
+#undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput fuzz_one_db
+#include "fuzz/fuzz_db.c"
+#undef LLVMFuzzerTestOneInput
 
 #include <dirent.h>
 #include <signal.h>
@@ -46,6 +55,9 @@ static const target targets[] = {
     {"trace_mixtral", fuzz_one_mixtral},
     {"trace_flame", fuzz_one_flame},
     {"trace_popularity", fuzz_one_popularity},
+    {"route", fuzz_one_route},
+    {"recorded", fuzz_one_recorded},
+    {"db", fuzz_one_db},
     {NULL, NULL},
 };
 
