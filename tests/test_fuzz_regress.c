@@ -235,6 +235,19 @@ static void check_fixed_bugs(void)
     CHECK(strcmp(msg, want) == 0, "indented [x]: '%s', expected '%s'", msg, want);
 }
 
+/* Bugs found by the command-line targets (fuzz_route, fuzz_recorded, fuzz_db) and fixed; the
+ * inputs are kept in crashes/ and replayed above. Here, the exact message one of them gets. */
+static void check_fixed_cli_bugs(void)
+{
+    /* a CR in an unknown flag ended up raw in the message (two lines on a terminal): control
+     * characters in any message are now escaped (sim/error.c) */
+    const char *argv[] = {"route", "--\r"};
+    int rc = fuzz_cli_run(moe_cmd_route, 2, argv);
+    const char *want = "unknown or incomplete flag '--\\r' (command line)";
+    CHECK(rc == MOE_EINVAL && strcmp(moe_errmsg(), want) == 0, "route --<CR>: %d '%s', expected '%s'",
+          rc, moe_errmsg(), want);
+}
+
 int main(void)
 {
     signal(SIGABRT, on_abort);
@@ -250,5 +263,6 @@ int main(void)
         CHECK(n >= 0, "crashes/%s*: an input could not be read", prefix);
     }
     check_fixed_bugs();
+    check_fixed_cli_bugs();
     return check_report("test_fuzz_regress");
 }
