@@ -244,8 +244,42 @@ static void check_fixed_cli_bugs(void)
     const char *argv[] = {"route", "--\r"};
     int rc = fuzz_cli_run(moe_cmd_route, 2, argv);
     const char *want = "unknown or incomplete flag '--\\r' (command line)";
-    CHECK(rc == MOE_EINVAL && strcmp(moe_errmsg(), want) == 0, "route --<CR>: %d '%s', expected '%s'",
-          rc, moe_errmsg(), want);
+    CHECK(rc == MOE_EINVAL && strcmp(moe_errmsg(), want) == 0,
+          "route --<CR>: %d '%s', expected '%s'", rc, moe_errmsg(), want);
+
+    /* --plan and --metrics on one path: the metrics silently replaced the plan; now refused
+     * before anything is written */
+    const char *dir = fuzz_subdir("route");
+    route_write_inputs(dir);
+    char logits[600], plan[600], msg[1400];
+    snprintf(logits, sizeof logits, "%s/L.npy", dir);
+    snprintf(plan, sizeof plan, "%s/p.csv", dir);
+    const char *same[] = {"route", "--router", "topk", "--logits", logits, "--plan", plan,
+                          "--metrics", plan};
+    rc = fuzz_cli_run(moe_cmd_route, 9, same);
+    snprintf(msg, sizeof msg, "cannot write metrics over the plan of this command (%s)", plan);
+    CHECK(rc == MOE_EINVAL && strcmp(moe_errmsg(), msg) == 0,
+          "route --plan P --metrics P: %d '%s', expected '%s'", rc, moe_errmsg(), msg);
+    CHECK(access(plan, F_OK) != 0, "route --plan P --metrics P wrote %s", plan);
+
+    /* a configuration key holding a newline: --record wrote it on two lines (no read back);
+     * now refused, the key shown escaped */
+    const char *db_dir = fuzz_subdir("db");
+    char db[600], out[600];
+    snprintf(db, sizeof db, "%s/nl.db", db_dir);
+    snprintf(out, sizeof out, "%s/nl.tsv", db_dir);
+    size_t len = 0;
+    char *bytes = fuzz_slurp(fuzz_db_make_template(), &len);
+    fuzz_write(db, (const uint8_t *)bytes, len);
+    free(bytes);
+    fuzz_db_apply(db, "UPDATE points SET config_key = 'a' || char(10) || 'b' WHERE id = 1;");
+    const char *rec[] = {"compare", "--record", db, out};
+    rc = fuzz_cli_run(moe_cmd_compare, 4, rec);
+    snprintf(msg, sizeof msg, "cannot record: configuration key 'a\\nb' holds a line break (%s)",
+             db);
+    CHECK(rc == MOE_EFORMAT && strcmp(moe_errmsg(), msg) == 0,
+          "record of a key with a newline: %d '%s', expected '%s'", rc, moe_errmsg(), msg);
+    CHECK(access(out, F_OK) != 0, "a refused --record wrote %s", out);
 }
 
 int main(void)

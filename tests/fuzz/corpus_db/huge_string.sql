@@ -1,1 +1,1 @@
-UPDATE points SET router = printf('%.*c', 100000, 'r'), distribution = char(27) || '[31m';
+UPDATE points SET router = printf('%.*c', 12000, 'r'), distribution = char(27) || '[31m';
