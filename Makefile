@@ -237,7 +237,7 @@ $(B)/fuzz/%: tests/fuzz/%.c $(B)/libmoesim.a $(wildcard tests/fuzz/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer $(LDFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
 
-# Soak test (tests/soak/soak.sh; not part of `make test`, about 2-5 minutes): 200 SIGKILLs and
+# Soak test (tests/soak/soak.sh; not part of `make test`, 1-5 minutes here): 200 SIGKILLs and
 # restarts of a 64-point sweep, then 2-3 concurrent runs on one database; every database must
 # equal an uninterrupted run's.
 .PHONY: soak
