@@ -258,6 +258,13 @@ $(B)/fuzz/%: tests/fuzz/%.c $(B)/libmoesim.a $(wildcard tests/fuzz/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -fsanitize=fuzzer $(LDFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
 
+# Soak test (tests/soak/soak.sh; not part of `make test`, 1-5 minutes here): 200 SIGKILLs and
+# restarts of a 64-point sweep, then 2-3 concurrent runs on one database; every database must
+# equal an uninterrupted run's.
+.PHONY: soak
+soak: moesim
+	@MOESIM=./moesim sh tests/soak/soak.sh
+
 clean:
 	rm -rf $(B) $(B)-valgrind build-asan build-fuzz moesim
 

@@ -42,8 +42,10 @@
 #include "moe.h"
 #include "point.h"
 #include "store.h"
+#include "textsafe.h"
 
 #include <errno.h>
+#include <float.h>
 #include <getopt.h>
 #include <math.h>
 #include <stdarg.h>
@@ -204,9 +206,11 @@ static int mset_add_value(mset *s, int null, double v, const char *fmt, ...)
     va_start(ap, fmt);
     int len = vsnprintf(m->name, sizeof m->name, fmt, ap);
     va_end(ap);
-    if (len < 0 || len >= NAME_LEN)
-        return moe_fail(MOE_EFORMAT, NULL, "metric name too long: '%s...' (%s)", m->name,
-                        s->path);
+    if (len < 0 || len >= NAME_LEN) {
+        char shown[4 * NAME_LEN];
+        return moe_fail(MOE_EFORMAT, NULL, "metric name too long: '%s...' (%s)",
+                        moe_text_escape(m->name, shown, sizeof shown), s->path);
+    }
     m->null = null;
     m->v = null ? 0.0 : v;
     pt->n++;
@@ -224,9 +228,11 @@ static int mset_sort(mset *s)
     if (s->n > 1)
         qsort(s->p, s->n, sizeof *s->p, cmp_point);
     for (size_t i = 1; i < s->n; i++)
-        if (strcmp(s->p[i - 1].key, s->p[i].key) == 0)
-            return moe_fail(MOE_EFORMAT, NULL, "point stored twice: %s (%s)", s->p[i].key,
-                            s->path);
+        if (strcmp(s->p[i - 1].key, s->p[i].key) == 0) {
+            char shown[512];
+            return moe_fail(MOE_EFORMAT, NULL, "point stored twice: %s (%s)",
+                            moe_text_escape(s->p[i].key, shown, sizeof shown), s->path);
+        }
     return MOE_OK;
 }
 
@@ -427,14 +433,54 @@ static int fmt_value(const mval *m, char *buf, size_t len)
     return m->null ? snprintf(buf, len, "null") : snprintf(buf, len, "%.17g", m->v);
 }
 
+/* Why a key, metric name or BLAS core cannot be recorded (it would not read back as written),
+ * or NULL: it is empty, holds a line break (CR or LF: the reader splits lines there and strips
+ * a final CR) or, for a metric name (its value follows a tab), a tab. */
+static const char *unrecordable(const char *t, int is_name)
+{
+    if (!*t)
+        return "is empty";
+    for (const char *c = t; *c; c++)
+        if (*c == '\n' || *c == '\r')
+            return "holds a line break";
+        else if (is_name && *c == '\t')
+            return "holds a tab";
+    return NULL;
+}
+
+/* MOE_OK when every key and name of s reads back from a recorded file as written. */
+static int check_recordable(const mset *s)
+{
+    const char *why = s->blas_core && *s->blas_core ? unrecordable(s->blas_core, 0) : NULL;
+    char shown[512];
+    if (why)
+        return moe_fail(MOE_EFORMAT, NULL, "cannot record: the BLAS core '%s' %s (%s)",
+                        moe_text_escape(s->blas_core, shown, sizeof shown), why, s->path);
+    for (size_t i = 0; i < s->n; i++) {
+        if ((why = unrecordable(s->p[i].key, 0)))
+            return moe_fail(MOE_EFORMAT, NULL, "cannot record: configuration key '%s' %s (%s)",
+                            moe_text_escape(s->p[i].key, shown, sizeof shown), why, s->path);
+        for (size_t j = 0; j < s->p[i].n; j++)
+            if ((why = unrecordable(s->p[i].v[j].name, 1)))
+                return moe_fail(MOE_EFORMAT, NULL,
+                                "cannot record: metric '%s' of point '%s' %s (%s)",
+                                moe_text_escape(s->p[i].v[j].name, shown, 200),
+                                moe_text_escape(s->p[i].key, shown + 200, sizeof shown - 200),
+                                why, s->path);
+    }
+    return MOE_OK;
+}
+
 static int write_recorded(const mset *s, const char *path)
 {
     if (s->n == 0)
         return moe_fail(MOE_EINVAL, "run the experiment into the database first",
                         "no points to record (%s)", s->path);
-    moe_outfile o;
-    int rc = moe_outfile_open(&o, path, "recorded metrics", "w");
+    int rc = check_recordable(s);
     if (rc)
+        return rc;
+    moe_outfile o;
+    if ((rc = moe_outfile_open(&o, path, "recorded metrics", "w")))
         return rc;
     fputs(recorded_header, o.f);
     fprintf(o.f, "moesim-metrics\t1\n");
@@ -473,7 +519,10 @@ static int parse_value_line(mset *s, char *text, long line)
     errno = 0;
     double v = strtod(val, &end);
     int inf = strcmp(val, "inf") == 0 || strcmp(val, "-inf") == 0; /* as %.17g writes them */
-    if (*end || (errno == ERANGE && !inf) || (!isfinite(v) && !inf))
+    /* strtod flags a subnormal result (as %.17g writes 5e-324) as an underflow: it is exact
+     * enough to read back bit for bit; an underflow to 0 or an overflow loses the value */
+    int subnormal = errno == ERANGE && v != 0.0 && fabs(v) < DBL_MIN;
+    if (end == val || *end || (errno == ERANGE && !inf && !subnormal) || (!isfinite(v) && !inf))
         return bad_line(s, line, "value is not a number, inf, -inf or null");
     return mset_add_value(s, 0, v, "%s", name);
 }

@@ -78,10 +78,14 @@ static int columns(int which, moe_report_col *cols)
             continue;
         }
         cols[n++] = (moe_report_col){m->report, m->name, m->report_fmt};
+        /* n changes in a statement of its own: `cols[n++] = {.., col_text[n - 1]}` reads n
+         * unsequenced with its increment, which is undefined (clang -Wunsequenced) */
         snprintf(col_text[n][0], sizeof col_text[n][0], "%s_ci95", m->name);
-        cols[n++] = (moe_report_col){"+-ci95", col_text[n - 1][0], m->report_fmt};
+        cols[n] = (moe_report_col){"+-ci95", col_text[n][0], m->report_fmt};
+        n++;
         snprintf(col_text[n][0], sizeof col_text[n][0], "%s_batch_sd", m->name);
-        cols[n++] = (moe_report_col){"bsd", col_text[n - 1][0], m->report_fmt};
+        cols[n] = (moe_report_col){"bsd", col_text[n][0], m->report_fmt};
+        n++;
     }
     cols[n++] = (moe_report_col){"tokens_per_s", "tokens_per_s", "%.0f"};
     if (which == MOE_REPORT_CONFIGS)

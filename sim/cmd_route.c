@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 enum { F_ROUTER = 1000, F_LOGITS, F_TOKENS, F_UNIFORMS, F_X, F_W1, F_B1, F_W2, F_B2, F_OUTPUT,
@@ -31,6 +32,7 @@ typedef struct {
     unsigned long long seed;
     const char *gumbel, *rts; /* (T,E) draws: Gumbel uniforms, rts keys */
     const char *sw1, *sb1, *sw2, *sb2, *swg; /* shared experts (shared_ffn.h) and their gate */
+    char cap_flag[48];        /* "--capacity" or "--capacity-factor" when given, else "" */
 } route_args;
 
 static void usage(FILE *out)
@@ -188,27 +190,37 @@ static int read_shared(const route_args *a, size_t d, layer_in *l)
     return MOE_OK;
 }
 
-static int read_layer(const route_args *a, int n, int E, layer_in *l)
+/* D from x (T,D) and F from w1 (E,D,F) (SwiGLU: (E,D,2F)) as the headers give them; every other
+ * shape follows. *f2 gets w1's last dimension (F, or 2F with SwiGLU). */
+static int layer_dims(const route_args *a, size_t *d, size_t *f, size_t *f2)
 {
-    memset(l, 0, sizeof *l);
-    /* D from x (T,D); F from w1 (E,D,F) (SwiGLU: (E,D,2F)); every other shape follows */
     moe_npy xa, w1;
     int rc = read_array(a->x, "x", 2, &xa);
     if (rc)
         return rc;
-    size_t d = xa.shape[1];
+    *d = xa.shape[1];
     moe_npy_free(&xa);
     if ((rc = read_array(a->w1, "w1", 3, &w1)))
         return rc;
-    size_t f2 = w1.shape[2];
+    *f2 = *f = w1.shape[2];
     moe_npy_free(&w1);
-    size_t e = (size_t)E, f = f2;
     if (a->act == MOE_ACT_SWIGLU) {
-        if (f2 % 2)
+        if (*f2 % 2)
             return moe_fail(MOE_EFORMAT, "SwiGLU w1 is (E,D,2F): gate then up projection",
-                            "w1 last dimension %zu is odd (%s)", f2, a->w1);
-        f = f2 / 2;
+                            "w1 last dimension %zu is odd (%s)", *f2, a->w1);
+        *f = *f2 / 2;
     }
+    return MOE_OK;
+}
+
+static int read_layer(const route_args *a, int n, int E, layer_in *l)
+{
+    memset(l, 0, sizeof *l);
+    size_t d, f, f2;
+    int rc = layer_dims(a, &d, &f, &f2);
+    if (rc)
+        return rc;
+    size_t e = (size_t)E;
     size_t sx[2] = {(size_t)n, d}, s1[3] = {e, d, f2}, sb1[2] = {e, f2}, s2[3] = {e, f, d},
            sb2[2] = {e, d};
     if ((rc = read_float(a->x, "x", 2, sx, &l->x)) ||
@@ -223,6 +235,84 @@ static int read_layer(const route_args *a, int n, int E, layer_in *l)
     if (a->sw1 && (rc = read_shared(a, d, l))) {
         layer_in_free(l);
         return rc;
+    }
+    return MOE_OK;
+}
+
+/* Refuse, before anything large is allocated, a run whose estimated memory
+ * (moe_pipeline_estimate: layer workspaces of E x slots per expert, weights, plans) exceeds the
+ * machine's physical memory, naming the option that sets the slots (--capacity or
+ * --capacity-factor) when they exceed the tokens, else the logits file (the tokens). */
+static int check_memory(const route_args *a, const moe_pipeline_cfg *cfg, int E,
+                        const char *cap_flag)
+{
+    size_t d = 0, f = 0, f2 = 0;
+    int rc;
+    if (a->w1 && (rc = layer_dims(a, &d, &f, &f2)))
+        return rc;
+    if (d > INT32_MAX || f > INT32_MAX)
+        return moe_fail(MOE_EINPUT, NULL, "layer width %zu or %zu is beyond the int range (%s)",
+                        d, f, a->w1);
+    double need = 0.0, layer = 0.0;
+    long C = 0;
+    if ((rc = moe_pipeline_estimate(cfg, E, (int)d, (int)f, a->act, &need, &layer, &C)))
+        return rc;
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    double phys = pages > 0 && page > 0 ? (double)pages * (double)page : 0.0;
+    if (phys <= 0.0 || need <= phys)
+        return MOE_OK;
+    int slots = C > cfg->T && cap_flag;
+    return moe_fail(MOE_ENOMEM,
+                    slots ? "a capacity above the tokens per batch is never filled"
+                          : "fewer tokens (logits rows), or a smaller layer",
+                    "the run needs about %.3g GB (layer workspaces %.3g GB for %d experts x %ld "
+                    "slots), the machine has %.3g GB of physical memory (%s)",
+                    need / 1e9, layer / 1e9, E, C, phys / 1e9, slots ? cap_flag : a->logits);
+}
+
+/* ---- outputs ---- */
+
+/* The checks of every output before anything is written, so that a later output cannot fail on
+ * its path after an earlier one replaced a file: each path passes moe_outfile_check (a regular
+ * file or absent, no input), lies in an existing writable folder, and differs from the other
+ * outputs (by name, and by device and inode when it exists). */
+static int check_outputs(const route_args *a)
+{
+    const char *path[3] = {a->plan, a->metrics, a->output};
+    static const char *const what[3] = {"plan", "metrics", ".npy file"};
+    struct stat st[3];
+    int exists[3] = {0};
+    for (int i = 0; i < 3; i++) {
+        if (!path[i])
+            continue;
+        int rc = moe_outfile_check(path[i], what[i]);
+        if (rc)
+            return rc;
+        const char *slash = strrchr(path[i], '/');
+        size_t len = slash ? (size_t)(slash - path[i]) : 0;
+        char *dir = malloc(len + 2);
+        if (!dir)
+            return moe_fail(MOE_ENOMEM, NULL, "out of memory (%s)", path[i]);
+        if (slash)
+            memcpy(dir, path[i], len ? len : 1);
+        else
+            dir[0] = '.';
+        dir[slash ? (len ? len : 1) : 1] = '\0';
+        struct stat ds;
+        int err = stat(dir, &ds) != 0 ? errno : !S_ISDIR(ds.st_mode) ? ENOTDIR
+                  : access(dir, W_OK | X_OK) != 0 ? errno : 0;
+        free(dir);
+        if (err)
+            return moe_fail(MOE_EIO, "check that the folder exists and is writable",
+                            "cannot write %s: %s (%s)", what[i], strerror(err), path[i]);
+        exists[i] = stat(path[i], &st[i]) == 0;
+        for (int j = 0; j < i; j++)
+            if (path[j] && (strcmp(path[i], path[j]) == 0 ||
+                            (exists[i] && exists[j] && st[i].st_dev == st[j].st_dev &&
+                             st[i].st_ino == st[j].st_ino)))
+                return moe_fail(MOE_EINVAL, "give each output a path of its own",
+                                "cannot write %s over the %s of this command (%s)", what[i],
+                                what[j], path[i]);
     }
     return MOE_OK;
 }
@@ -328,6 +418,9 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
                 return rc;
             }
             given[c - F_OPT0] = 1;
+            if (!strcmp(names[c - F_OPT0], "capacity") ||
+                !strcmp(names[c - F_OPT0], "capacity-factor"))
+                snprintf(a->cap_flag, sizeof a->cap_flag, "--%s", names[c - F_OPT0]);
         }
     }
     for (int i = 0; a->router && moe_router_find(a->router) && moe_route_options[i].key; i++)
@@ -427,7 +520,9 @@ int moe_cmd_route(int argc, char **argv)
     const moe_pipeline_cfg cfg = {
         .rtype = t, .opts = &o, .T = n, .M = m, .seed = a.seed, .label = "moesim route",
         .flags = MOE_PIPE_METRICS | (a.w1 ? MOE_PIPE_LAYER | MOE_PIPE_ERRORS : 0)};
-    if ((rc = moe_pipeline_alloc(&cfg, &pipe)))
+    if ((rc = moe_pipeline_alloc(&cfg, &pipe)) ||
+        (rc = check_memory(&a, &cfg, moe_pipeline_router(pipe)->E,
+                           a.cap_flag[0] ? a.cap_flag : NULL)))
         goto out;
     if (a.w1) {
         moe_blas_check_coretype(stderr);
@@ -442,7 +537,7 @@ int moe_cmd_route(int argc, char **argv)
     const moe_plan *plan = moe_pipeline_plan(pipe);
     const moe_metrics *mt = moe_pipeline_metrics(pipe);
     /* everything computed: now write, each file through a temporary name */
-    if ((rc = moe_plan_write_csv(plan, a.plan)))
+    if ((rc = check_outputs(&a)) || (rc = moe_plan_write_csv(plan, a.plan)))
         goto out;
     wrote_plan = 1;
     if (a.metrics) {

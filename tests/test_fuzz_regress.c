@@ -28,6 +28,15 @@
 #define LLVMFuzzerTestOneInput fuzz_one_popularity
 #include "fuzz/fuzz_trace_popularity.c"
 #undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput fuzz_one_route
+#include "fuzz/fuzz_route.c"
+#undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput fuzz_one_recorded
+#include "fuzz/fuzz_recorded.c"
+#undef LLVMFuzzerTestOneInput
+#define LLVMFuzzerTestOneInput fuzz_one_db
+#include "fuzz/fuzz_db.c"
+#undef LLVMFuzzerTestOneInput
 
 #include <dirent.h>
 #include <signal.h>
@@ -46,6 +55,9 @@ static const target targets[] = {
     {"trace_mixtral", fuzz_one_mixtral},
     {"trace_flame", fuzz_one_flame},
     {"trace_popularity", fuzz_one_popularity},
+    {"route", fuzz_one_route},
+    {"recorded", fuzz_one_recorded},
+    {"db", fuzz_one_db},
     {NULL, NULL},
 };
 
@@ -223,6 +235,53 @@ static void check_fixed_bugs(void)
     CHECK(strcmp(msg, want) == 0, "indented [x]: '%s', expected '%s'", msg, want);
 }
 
+/* Bugs found by the command-line targets (fuzz_route, fuzz_recorded, fuzz_db) and fixed; the
+ * inputs are kept in crashes/ and replayed above. Here, the exact message one of them gets. */
+static void check_fixed_cli_bugs(void)
+{
+    /* a CR in an unknown flag ended up raw in the message (two lines on a terminal): control
+     * characters in any message are now escaped (sim/error.c) */
+    const char *argv[] = {"route", "--\r"};
+    int rc = fuzz_cli_run(moe_cmd_route, 2, argv);
+    const char *want = "unknown or incomplete flag '--\\r' (command line)";
+    CHECK(rc == MOE_EINVAL && strcmp(moe_errmsg(), want) == 0,
+          "route --<CR>: %d '%s', expected '%s'", rc, moe_errmsg(), want);
+
+    /* --plan and --metrics on one path: the metrics silently replaced the plan; now refused
+     * before anything is written */
+    const char *dir = fuzz_subdir("route");
+    route_write_inputs(dir);
+    char logits[600], plan[600], msg[1400];
+    snprintf(logits, sizeof logits, "%s/L.npy", dir);
+    snprintf(plan, sizeof plan, "%s/p.csv", dir);
+    const char *same[] = {"route", "--router", "topk", "--logits", logits, "--plan", plan,
+                          "--metrics", plan};
+    rc = fuzz_cli_run(moe_cmd_route, 9, same);
+    snprintf(msg, sizeof msg, "cannot write metrics over the plan of this command (%s)", plan);
+    CHECK(rc == MOE_EINVAL && strcmp(moe_errmsg(), msg) == 0,
+          "route --plan P --metrics P: %d '%s', expected '%s'", rc, moe_errmsg(), msg);
+    CHECK(access(plan, F_OK) != 0, "route --plan P --metrics P wrote %s", plan);
+
+    /* a configuration key holding a newline: --record wrote it on two lines (no read back);
+     * now refused, the key shown escaped */
+    const char *db_dir = fuzz_subdir("db");
+    char db[600], out[600];
+    snprintf(db, sizeof db, "%s/nl.db", db_dir);
+    snprintf(out, sizeof out, "%s/nl.tsv", db_dir);
+    size_t len = 0;
+    char *bytes = fuzz_slurp(fuzz_db_make_template(), &len);
+    fuzz_write(db, (const uint8_t *)bytes, len);
+    free(bytes);
+    fuzz_db_apply(db, "UPDATE points SET config_key = 'a' || char(10) || 'b' WHERE id = 1;");
+    const char *rec[] = {"compare", "--record", db, out};
+    rc = fuzz_cli_run(moe_cmd_compare, 4, rec);
+    snprintf(msg, sizeof msg, "cannot record: configuration key 'a\\nb' holds a line break (%s)",
+             db);
+    CHECK(rc == MOE_EFORMAT && strcmp(moe_errmsg(), msg) == 0,
+          "record of a key with a newline: %d '%s', expected '%s'", rc, moe_errmsg(), msg);
+    CHECK(access(out, F_OK) != 0, "a refused --record wrote %s", out);
+}
+
 int main(void)
 {
     signal(SIGABRT, on_abort);
@@ -238,5 +297,6 @@ int main(void)
         CHECK(n >= 0, "crashes/%s*: an input could not be read", prefix);
     }
     check_fixed_bugs();
+    check_fixed_cli_bugs();
     return check_report("test_fuzz_regress");
 }

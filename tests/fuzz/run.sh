@@ -50,7 +50,7 @@ for n in $names; do
     start=$(date +%s)
     ASAN_OPTIONS=detect_leaks=1:allocator_may_return_null=1 UBSAN_OPTIONS=print_stacktrace=1 \
         "./$B/fuzz/$n" -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 -max_len=8192 \
-        -print_final_stats=1 -artifact_prefix="$CRASHES/$n-" $dict "$scratch" \
+        -print_final_stats=1 -artifact_prefix="$PWD/$CRASHES/$n-" $dict "$scratch" \
         </dev/null >"$tmp/$n.log" 2>&1
     rc=$?
     secs=$(( $(date +%s) - start ))

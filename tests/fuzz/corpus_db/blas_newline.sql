@@ -1,0 +1,1 @@
+UPDATE points SET blas_core = 'a' || char(10) || 'b';

@@ -1,0 +1,1 @@
+DELETE FROM expert_loads; DELETE FROM experts_per_token;

@@ -1,0 +1,1 @@
+INSERT INTO points SELECT * FROM points WHERE id = 1;

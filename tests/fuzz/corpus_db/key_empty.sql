@@ -1,0 +1,1 @@
+UPDATE points SET config_key = '' WHERE id = 1;

@@ -1,0 +1,2 @@
+UPDATE points SET capacity_factor_value = NULL;
+UPDATE points SET E = 0;

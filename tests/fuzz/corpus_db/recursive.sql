@@ -1,0 +1,2 @@
+WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c;
+UPDATE points SET seed = 7;

@@ -1,0 +1,1 @@
+ALTER TABLE points RENAME COLUMN load_imbalance TO li;

@@ -1,0 +1,1 @@
+CREATE TABLE x(a); DROP VIEW IF EXISTS nothing; PRAGMA user_version = 99;
