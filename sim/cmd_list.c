@@ -1,9 +1,10 @@
-/* cmd_list.c: `moesim list [routers|sources|metrics|options]`: what the registry, the source
- * table, the metric table and the routing option table hold. */
+/* cmd_list.c: `moesim list [routers|sources|metrics|options|presets]`: what the registry, the
+ * source table, the metric table, the routing option table and the preset table hold. */
 #include "cli.h"
 #include "metric_table.h"
 #include "moe.h"
 #include "options.h"
+#include "presets.h"
 #include "source.h"
 
 #include <stdio.h>
@@ -43,7 +44,7 @@ int moe_cmd_list(int argc, char **argv)
 {
     const char *what = argc > 1 ? argv[1] : "routers";
     if (!strcmp(what, "--help") || !strcmp(what, "-h")) {
-        printf("usage: moesim list [routers|sources|metrics|options]\n");
+        printf("usage: moesim list [routers|sources|metrics|options|presets]\n");
         return 0;
     }
     if (!strcmp(what, "routers")) {
@@ -59,8 +60,10 @@ int moe_cmd_list(int argc, char **argv)
             printf("%-24s %s\n", other_measures[i][0], other_measures[i][1]);
     } else if (!strcmp(what, "options")) {
         moe_route_options_print(stdout, 0);
+    } else if (!strcmp(what, "presets")) {
+        moe_presets_print(stdout);
     } else {
-        return moe_fail(MOE_EINVAL, "moesim list routers|sources|metrics|options",
+        return moe_fail(MOE_EINVAL, "moesim list routers|sources|metrics|options|presets",
                         "unknown list '%s' (moesim list)", what);
     }
     return 0;

@@ -9,6 +9,7 @@
 #include "npy.h"
 #include "options.h"
 #include "pipeline.h"
+#include "presets.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -21,7 +22,7 @@
 #include <unistd.h>
 
 enum { F_ROUTER = 1000, F_LOGITS, F_TOKENS, F_UNIFORMS, F_X, F_W1, F_B1, F_W2, F_B2, F_OUTPUT,
-       F_PLAN, F_METRICS, F_ACT, F_SEED, F_HELP, F_GUMBEL, F_RTS, F_OPT0 };
+       F_PLAN, F_METRICS, F_ACT, F_SEED, F_HELP, F_GUMBEL, F_RTS, F_PRESET, F_OPT0 };
 
 typedef struct {
     const char *router, *logits, *tokens, *uniforms, *x, *w1, *b1, *w2, *b2, *output, *plan,
@@ -29,12 +30,14 @@ typedef struct {
     int act;
     unsigned long long seed;
     const char *gumbel, *rts; /* (T,E) draws: Gumbel uniforms, rts keys */
+    const char *preset;       /* --preset NAME: router and options of presets.c */
 } route_args;
 
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: moesim route --router NAME --logits L.npy --plan OUT.csv [--metrics OUT.json]\n"
+            "usage: moesim route --router NAME|--preset NAME --logits L.npy --plan OUT.csv\n"
+            "                    [--metrics OUT.json]\n"
             "                    [--tokens IDS.npy] [--uniforms U.npy] [routing options]\n"
             "                    [--gumbel-uniforms G.npy] [--rts-uniforms R.npy]\n"
             "                    [--x X.npy --w1 W1.npy --b1 B1.npy --w2 W2.npy --b2 B2.npy\n"
@@ -49,6 +52,8 @@ static void usage(FILE *out)
             "--gumbel-uniforms (T,E) gives the Gumbel draws u (G = -log(-log u)) of gshard's\n"
             "second_policy sampling and switch's select rsample; --rts-uniforms (T,E) the keys\n"
             "of order rts. Every value strictly between 0 and 1.\n"
+            "--preset NAME sets the router and the options of one library's default router\n"
+            "(`moesim list presets`); options given explicitly override the preset's.\n"
             "Routing options:\n");
     moe_route_options_print(out, 1);
 }
@@ -212,13 +217,14 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
     enum { NOPT = 64 };
     struct option lo[NOPT];
     char names[NOPT][40];
-    int n = 0, given[NOPT] = {0};
+    int n = 0;
+    const char *given[NOPT] = {0}; /* explicit option values, set after the preset's */
     static const struct { const char *name; int val; } fixed[] = {
         {"router", F_ROUTER}, {"logits", F_LOGITS}, {"tokens", F_TOKENS},
         {"uniforms", F_UNIFORMS}, {"x", F_X}, {"w1", F_W1}, {"b1", F_B1}, {"w2", F_W2},
         {"b2", F_B2}, {"output", F_OUTPUT}, {"plan", F_PLAN}, {"metrics", F_METRICS},
         {"activation", F_ACT}, {"seed", F_SEED}, {"gumbel-uniforms", F_GUMBEL},
-        {"rts-uniforms", F_RTS},
+        {"rts-uniforms", F_RTS}, {"preset", F_PRESET},
     };
     for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
         lo[n++] = (struct option){fixed[i].name, required_argument, NULL, fixed[i].val};
@@ -251,6 +257,7 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
         case F_METRICS: a->metrics = optarg; break;
         case F_GUMBEL: a->gumbel = optarg; break;
         case F_RTS: a->rts = optarg; break;
+        case F_PRESET: a->preset = optarg; break;
         case F_ACT:
             if ((rc = moe_act_parse(optarg, &a->act)))
                 return rc;
@@ -268,14 +275,28 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
         case '?':
             return moe_fail(MOE_EINVAL, "`moesim route --help` lists the flags",
                             "unknown or incomplete flag '%s' (command line)", argv[optind - 1]);
-        default:
-            if ((rc = moe_route_opts_set(o, moe_route_options[c - F_OPT0].key, optarg))) {
-                moe_error_where("--%s", names[c - F_OPT0]);
-                return rc;
-            }
-            given[c - F_OPT0] = 1;
+        default: given[c - F_OPT0] = optarg;
         }
     }
+    if (a->preset) { /* the preset's router and options first, explicit options over them */
+        const moe_preset *p;
+        if ((rc = moe_preset_lookup(a->preset, &p))) {
+            moe_error_where("--preset");
+            return rc;
+        }
+        if (a->router && strcmp(a->router, p->router))
+            return moe_fail(MOE_EINVAL, "leave out --router, or give the options without a preset",
+                            "--router %s conflicts with preset %s (router %s) (command line)",
+                            a->router, p->name, p->router);
+        a->router = p->router;
+        if ((rc = moe_preset_apply(p, o, NULL, NULL)))
+            return rc;
+    }
+    for (int i = 0; i < n && moe_route_options[i].key; i++)
+        if (given[i] && (rc = moe_route_opts_set(o, moe_route_options[i].key, given[i]))) {
+            moe_error_where("--%s", names[i]);
+            return rc;
+        }
     for (int i = 0; a->router && moe_router_find(a->router) && moe_route_options[i].key; i++)
         if (given[i] && (rc = moe_route_option_check(moe_route_options[i].key, a->router))) {
             moe_error_where("--%s", names[i]);
@@ -286,7 +307,7 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
                         "unexpected argument '%s' (command line)", argv[optind]);
     if (!a->router || !a->logits || !a->plan)
         return moe_fail(MOE_EINVAL, "`moesim route --help` shows an example",
-                        "route needs --router, --logits and --plan (command line)");
+                        "route needs --router (or --preset), --logits and --plan (command line)");
     int nl = !!a->x + !!a->w1 + !!a->b1 + !!a->w2 + !!a->b2 + !!a->output;
     if (nl != 0 && nl != 6)
         return moe_fail(MOE_EINVAL, NULL,
