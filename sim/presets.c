@@ -62,8 +62,8 @@ const moe_preset moe_presets[] = {
      "Hugging Face transformers src/transformers/models/qwen2_moe/modeling_qwen2_moe.py "
      "Qwen2MoeSparseMoeBlock (num_experts_per_tok 4, norm_topk_prob false)"},
     {"deepseek_v3", "dsv3_bias",
-     {"k = 8", "groups = 8", "topk_groups = 4", "route_scale = 2.5", "order = token_major",
-      NULL},
+     {"k = 8", "groups = 8", "topk_groups = 4", "route_scale = 2.5", "dropless = true",
+      "order = token_major", NULL},
      "DeepSeek-V3 inference/model.py Gate.forward (sigmoid scores, n_groups 8, topk_groups 4, "
      "n_activated_experts 8, route_scale 2.5, group score = sum of the top-2 biased scores)"},
     {NULL, NULL, {NULL}, NULL},
