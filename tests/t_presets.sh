@@ -12,7 +12,8 @@ NAME=t_presets
 make_tmp
 P=tests/fixtures/presets
 
-# 1. every fixture, entry for entry (16 cases: 14 presets and 2 overrides)
+# 1. every fixture, entry for entry (16 cases: the 14 presets, deepspeed_topk at capacity
+# factor 2, and 2 overrides)
 "$BUILD/tests/test_fixtures" "$P" 16 >"$tmp/fx" 2>&1
 rc=$?
 same "preset fixtures: test_fixtures exit" "$rc" 0

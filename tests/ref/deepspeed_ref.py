@@ -11,9 +11,12 @@ the random draws given as arrays (DeepSpeed draws them from torch):
     top2gating    top2_2nd_expert_sampling: second expert = argmax(logits + gumbel) with the
                   first masked out; locations2 = cumsum(mask2) - 1 + sum(mask1); both masks cut
                   at capacity; gates1_s, gates2_s of the kept masks divided by their sum
-    topkgating    drop_policy 'probs': per expert the top-C tokens by their softmax probability
-                  among its claimants, locations = cumsum(kept mask) - 1; kept gates divided by
-                  their sum per token
+    topkgating    top_gate, top_idx = topk(logits, k); drop_policy 'probs': per expert the
+                  top-C tokens of topk_masked_gates, which holds the claimed LOGITS (top_gate)
+                  and 0 for the tokens that did not claim the expert (so a claim with a
+                  negative logit ranks below non-claimants and can be dropped although the
+                  expert has room); locations = cumsum(kept mask) - 1; kept softmax gates
+                  divided by their sum per token
 
 Every function takes logits L (n, E) and returns a dict of per-choice arrays (n, K): idx
 (expert), pre (the gate of the choice before capacity, which moesim's importance metric sums),
@@ -108,11 +111,11 @@ def topkgating(L, k, capacity_factor=1.0, min_capacity=4):
     n, E = L.shape
     gates = softmax(L)
     C = capacity(n, E, k * capacity_factor, min_capacity)
-    topk_idx = np.stack([np.argsort(-gates[t], kind="stable")[:k] for t in range(n)])
+    topk_idx = np.stack([np.argsort(-L[t], kind="stable")[:k] for t in range(n)])
     mask = np.zeros((n, E))
     for j in range(k):
         mask[np.arange(n), topk_idx[:, j]] = 1
-    topk_masked_gates = gates * mask
+    topk_masked_gates = np.where(mask > 0, L, 0.0)  # the claimed logits, 0 elsewhere
     mask = mask * _top_tokens(topk_masked_gates, C)  # drop_policy 'probs'
     locations = np.cumsum(mask, axis=0) - 1
     gates_masked = gates * mask
@@ -136,6 +139,11 @@ def hand_checks():
     L = np.array([[1.0, 0.0], [2.0, 0.0]])
     out = top1gating(L, 0.5, 0, u_rts=np.array([[0.2, 0.5], [0.7, 0.5]]))
     assert out["C"] == 1 and list(out["slot"][:, 0]) == [-1, 0]
+    # topkgating, k = 1, C = 1: expert 0 is claimed by tokens 0 and 1 with logits -1 and -2;
+    # token 2 (claiming expert 1) has key 0 for expert 0, the largest: both claims on expert 0
+    # are dropped although it is empty (hand-worked)
+    out = topkgating(np.array([[-1.0, -3.0], [-2.0, -3.0], [-5.0, 1.0]]), 1, 1 / 3, 0)
+    assert out["C"] == 1 and list(out["slot"][:, 0]) == [-1, -1, 0]
 
 
 if __name__ == "__main__":
