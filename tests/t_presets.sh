@@ -12,7 +12,7 @@ NAME=t_presets
 make_tmp
 P=tests/fixtures/presets
 
-# 1. every fixture, entry for entry (16 cases: the 14 presets, deepspeed_topk at capacity
+# 1. every fixture, entry for entry (16 cases: 13 presets at their defaults, deepspeed_topk at capacity
 # factor 2, and 2 overrides)
 "$BUILD/tests/test_fixtures" "$P" 16 >"$tmp/fx" 2>&1
 rc=$?
