@@ -306,8 +306,9 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
         return moe_fail(MOE_EINVAL, "`moesim route --help` lists the flags",
                         "unexpected argument '%s' (command line)", argv[optind]);
     if (!a->router || !a->logits || !a->plan)
-        return moe_fail(MOE_EINVAL, "`moesim route --help` shows an example",
-                        "route needs --router (or --preset), --logits and --plan (command line)");
+        return moe_fail(MOE_EINVAL, "`moesim route --help` shows an example; --preset NAME "
+                        "can take the place of --router",
+                        "route needs --router, --logits and --plan (command line)");
     int nl = !!a->x + !!a->w1 + !!a->b1 + !!a->w2 + !!a->b2 + !!a->output;
     if (nl != 0 && nl != 6)
         return moe_fail(MOE_EINVAL, NULL,
