@@ -243,10 +243,14 @@ $(B)/perturb/topk.o: routers/topk.c
 $(B)/moesim-perturb: $(B)/sim/main.o $(B)/perturb/topk.o $(B)/libmoesim.a
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-# Regenerates the committed route fixtures from the NumPy reference (tests/ref/moe_ref.py).
+# Regenerates the committed route fixtures from the NumPy reference (tests/ref/moe_ref.py),
+# the dialect cases (tests/ref/dialects.py) and the preset fixtures from the re-implementations
+# of the libraries' routers (tests/ref/gen_presets.py).
 .PHONY: fixtures
 fixtures:
 	/usr/bin/python3 tests/ref/gen_fixtures.py
+	/usr/bin/python3 tests/ref/dialects.py
+	/usr/bin/python3 tests/ref/gen_presets.py
 
 # libFuzzer targets tests/fuzz/fuzz_*.c (clang), built into build-fuzz/ and run FUZZ_SECONDS each
 # on a scratch copy of their corpus; crashes land in tests/fuzz/crashes/ (see tests/fuzz/run.sh).

@@ -9,11 +9,14 @@
 #include "metric_table.h"
 #include "options.h"
 #include "pipeline.h"
+#include "presets.h"
+#include "../routers/par.h"
 
 #include <math.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 _Static_assert((int)MOESIM_EINVAL == MOE_EINVAL && (int)MOESIM_EIO == MOE_EIO &&
                (int)MOESIM_EFORMAT == MOE_EFORMAT && (int)MOESIM_ENOMEM == MOE_ENOMEM &&
@@ -61,37 +64,129 @@ static int set_options(const moesim_route_args *a, const char *router, moe_route
     return MOE_OK;
 }
 
+/* The router type: a->router, or the preset's (applied to o first); a router given with a
+ * preset must be the preset's. */
+static int route_type(const moesim_route_args *a, moe_route_opts *o, const moe_router_type **t)
+{
+    const char *name = a->router;
+    *t = NULL;
+    if (a->preset) {
+        const moe_preset *p;
+        int rc = moe_preset_lookup(a->preset, &p);
+        if (rc) {
+            moe_error_where("preset");
+            return rc;
+        }
+        if (name && strcmp(name, p->router))
+            return moe_fail(MOE_EINVAL, "leave out router, or give the options without a preset",
+                            "router %s conflicts with preset %s (router %s) (router)", name,
+                            p->name, p->router);
+        name = p->router;
+        if ((rc = moe_preset_apply(p, o, NULL, NULL)))
+            return rc;
+    }
+    *t = name ? moe_router_find(name) : NULL;
+    if (!*t)
+        return moe_fail(MOE_EINVAL, "moesim.routers() lists them", "unknown router '%s' (router)",
+                        name ? name : "(null)");
+    return MOE_OK;
+}
+
+/* MOE_OK when every draw of u (T,M) is strictly between 0 and 1 (what = the argument). */
+static int check_draws(const double *u, int n, int m, const char *what)
+{
+    for (size_t i = 0; u && i < (size_t)n * (size_t)m; i++)
+        if (!(u[i] > 0.0 && u[i] < 1.0))
+            return moe_fail(MOE_EINPUT, "draws are uniforms strictly between 0 and 1",
+                            "%s value %g at token %zu, column %zu is outside (0,1) (%s)", what,
+                            u[i], i / (size_t)m, i % (size_t)m, what);
+    return MOE_OK;
+}
+
+typedef struct {
+    const float *src;
+    double *dst;
+    long len;
+} widen_job;
+
+static void widen_part(void *ctx, int i, int nparts)
+{
+    const widen_job *w = ctx;
+    long lo, hi;
+    moe_par_range(w->len, i, nparts, &lo, &hi);
+    for (long j = lo; j < hi; j++)
+        w->dst[j] = w->src[j];
+}
+
+/* float32 logits (T,M) widened (exactly) to a new double array, the parts on the router's
+ * threads. A large array is aligned to 2 MiB and marked for transparent huge pages: with 4 KiB
+ * pages the first-touch page faults of a fresh 32 MiB array (65536 x 64) cost ~110 ms of CPU
+ * on a loaded machine, twenty times the conversion itself (~5 ms); NumPy does the same for its
+ * large arrays. */
+static double *widen_logits(const float *src, int n, int m)
+{
+    long len = (long)n * m;
+    size_t bytes = (size_t)len * sizeof(double), huge = (size_t)2 << 20;
+    double *dst;
+    if (bytes >= huge) {
+        size_t sz = (bytes + huge - 1) / huge * huge; /* aligned_alloc: a multiple of huge */
+        dst = aligned_alloc(huge, sz);
+#ifdef MADV_HUGEPAGE
+        if (dst)
+            madvise(dst, sz, MADV_HUGEPAGE); /* advice only: a failure leaves 4 KiB pages */
+#endif
+    } else {
+        dst = malloc(bytes);
+    }
+    if (!dst) {
+        moe_fail(MOE_ENOMEM, NULL, "out of memory (float64 copy of the float32 logits)");
+        return NULL;
+    }
+    widen_job w = {src, dst, len};
+    moe_par_run(widen_part, &w, moe_par_parts(len, 1L << 16));
+    return dst;
+}
+
 int moesim_route(const moesim_route_args *a, moesim_result **out)
 {
     api_enter();
     *out = NULL;
-    const moe_router_type *t = a->router ? moe_router_find(a->router) : NULL;
-    if (!t)
-        return moe_fail(MOE_EINVAL, "moesim.routers() lists them", "unknown router '%s' (router)",
-                        a->router ? a->router : "(null)");
     if (a->n <= 0 || a->m <= 0 || !a->logits)
         return moe_fail(MOE_EINPUT, NULL, "logits have shape (%d,%d): need n >= 1, M >= 1 (logits)",
                         a->n, a->m);
+    if (a->logits_dtype != MOESIM_F64 && a->logits_dtype != MOESIM_F32)
+        return moe_fail(MOE_EINVAL, NULL, "logits_dtype %d is neither MOESIM_F64 nor MOESIM_F32 "
+                        "(logits_dtype)", a->logits_dtype);
     moesim_result *res = calloc(1, sizeof *res);
     if (!res)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (result)");
     moe_route_opts *o = &res->opts;
     moe_route_opts_default(o);
     res->caller_table = a->hash_table;
-    int rc = set_options(a, t->name, o);
+    const moe_router_type *t = NULL;
+    double *wide = NULL;
+    int rc = route_type(a, o, &t);
+    if (!rc)
+        rc = set_options(a, t->name, o);
+    if (!rc && !(rc = check_draws(a->gumbel_uniforms, a->n, a->m, "gumbel_uniforms")))
+        rc = check_draws(a->rts_uniforms, a->n, a->m, "rts_uniforms");
+    if (!rc && a->logits_dtype == MOESIM_F32 && !(wide = widen_logits(a->logits, a->n, a->m)))
+        rc = MOE_ENOMEM;
     if (!rc) { /* one batch through the pipeline, routing and metrics only, as `moesim route` */
         const moe_pipeline_cfg cfg = {.rtype = t, .opts = o, .T = a->n, .M = a->m,
                                       .k_claims = a->k_rec, .seed = a->seed,
                                       .label = "moesim.route", .flags = MOE_PIPE_METRICS};
         const moe_batch batch = {a->n, 0, a->m, NULL, (int64_t *)a->token_ids,
-                                 (double *)a->logits, (int32_t *)a->choices,
-                                 (double *)a->choice_weights, a->k_rec, NULL, NULL};
+                                 wide ? wide : (double *)a->logits, (int32_t *)a->choices,
+                                 (double *)a->choice_weights, a->k_rec,
+                                 (double *)a->gumbel_uniforms, (double *)a->rts_uniforms};
         if (!(rc = moe_pipeline_alloc(&cfg, &res->pipe)) &&
             !(rc = moe_pipeline_run_batch(res->pipe, &batch, a->uniforms, NULL))) {
             res->plan = moe_pipeline_plan(res->pipe);
             res->mt = moe_pipeline_metrics(res->pipe);
         }
     }
+    free(wide);
     if (rc)
         moesim_result_free(res);
     else
@@ -224,5 +319,20 @@ int moesim_option_get(int i, moesim_option_info *out)
     moe_option_default_text(op, def, sizeof def);
     moe_option_choices_text(op, choices, sizeof choices);
     *out = (moesim_option_info){op->key, op->type, def, choices, op->help};
+    return 0;
+}
+
+int moesim_preset_get(int i, moesim_preset_info *out)
+{
+    int n = 0;
+    while (moe_presets[n].name)
+        n++;
+    if (i < 0 || i >= n)
+        return -1;
+    const moe_preset *p = &moe_presets[i];
+    int k = 0;
+    while (k < MOE_PRESET_MAX_SET && p->set[k])
+        k++;
+    *out = (moesim_preset_info){p->name, p->router, k, p->set, p->source};
     return 0;
 }

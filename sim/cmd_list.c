@@ -1,10 +1,12 @@
-/* cmd_list.c: `moesim list [routers|sources|metrics|options|models]`: what the registry, the source
- * table, the metric table and the routing option table hold. */
+/* cmd_list.c: `moesim list [routers|sources|metrics|options|models|presets]`: what the
+ * registry, the source table, the metric table, the routing option table, the model table and
+ * the preset table hold. */
 #include "cli.h"
 #include "metric_table.h"
 #include "moe.h"
 #include "models.h"
 #include "options.h"
+#include "presets.h"
 #include "source.h"
 
 #include <stdio.h>
@@ -44,7 +46,7 @@ int moe_cmd_list(int argc, char **argv)
 {
     const char *what = argc > 1 ? argv[1] : "routers";
     if (!strcmp(what, "--help") || !strcmp(what, "-h")) {
-        printf("usage: moesim list [routers|sources|metrics|options|models]\n");
+        printf("usage: moesim list [routers|sources|metrics|options|models|presets]\n");
         return 0;
     }
     if (!strcmp(what, "routers")) {
@@ -62,8 +64,10 @@ int moe_cmd_list(int argc, char **argv)
         moe_route_options_print(stdout, 0);
     } else if (!strcmp(what, "models")) {
         moe_models_print(stdout);
+    } else if (!strcmp(what, "presets")) {
+        moe_presets_print(stdout);
     } else {
-        return moe_fail(MOE_EINVAL, "moesim list routers|sources|metrics|options|models",
+        return moe_fail(MOE_EINVAL, "moesim list routers|sources|metrics|options|models|presets",
                         "unknown list '%s' (moesim list)", what);
     }
     return 0;

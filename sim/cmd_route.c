@@ -9,6 +9,7 @@
 #include "npy.h"
 #include "options.h"
 #include "pipeline.h"
+#include "presets.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -23,7 +24,7 @@
 
 enum { F_ROUTER = 1000, F_LOGITS, F_TOKENS, F_UNIFORMS, F_X, F_W1, F_B1, F_W2, F_B2, F_OUTPUT,
        F_PLAN, F_METRICS, F_ACT, F_SEED, F_HELP, F_GUMBEL, F_RTS, F_SW1, F_SB1, F_SW2, F_SB2,
-       F_SWG, F_OPT0 };
+       F_SWG, F_PRESET, F_OPT0 };
 
 typedef struct {
     const char *router, *logits, *tokens, *uniforms, *x, *w1, *b1, *w2, *b2, *output, *plan,
@@ -33,12 +34,14 @@ typedef struct {
     const char *gumbel, *rts; /* (T,E) draws: Gumbel uniforms, rts keys */
     const char *sw1, *sb1, *sw2, *sb2, *swg; /* shared experts (shared_ffn.h) and their gate */
     char cap_flag[48];        /* "--capacity" or "--capacity-factor" when given, else "" */
+    const char *preset;       /* --preset NAME: router and options of presets.c */
 } route_args;
 
 static void usage(FILE *out)
 {
     fprintf(out,
-            "usage: moesim route --router NAME --logits L.npy --plan OUT.csv [--metrics OUT.json]\n"
+            "usage: moesim route --router NAME|--preset NAME --logits L.npy --plan OUT.csv\n"
+            "                    [--metrics OUT.json]\n"
             "                    [--tokens IDS.npy] [--uniforms U.npy] [routing options]\n"
             "                    [--gumbel-uniforms G.npy] [--rts-uniforms R.npy]\n"
             "                    [--x X.npy --w1 W1.npy --b1 B1.npy --w2 W2.npy --b2 B2.npy\n"
@@ -58,6 +61,8 @@ static void usage(FILE *out)
             "--gumbel-uniforms (T,E) gives the Gumbel draws u (G = -log(-log u)) of gshard's\n"
             "second_policy sampling and switch's select rsample; --rts-uniforms (T,E) the keys\n"
             "of order rts. Every value strictly between 0 and 1.\n"
+            "--preset NAME sets the router and the options of one library's default router\n"
+            "(`moesim list presets`); options given explicitly override the preset's.\n"
             "Routing options:\n");
     moe_route_options_print(out, 1);
 }
@@ -350,7 +355,8 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
     enum { NOPT = 64 };
     struct option lo[NOPT];
     char names[NOPT][40];
-    int n = 0, given[NOPT] = {0};
+    int n = 0;
+    const char *given[NOPT] = {0}; /* explicit option values, set after the preset's */
     static const struct { const char *name; int val; } fixed[] = {
         {"router", F_ROUTER}, {"logits", F_LOGITS}, {"tokens", F_TOKENS},
         {"uniforms", F_UNIFORMS}, {"x", F_X}, {"w1", F_W1}, {"b1", F_B1}, {"w2", F_W2},
@@ -358,6 +364,7 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
         {"activation", F_ACT}, {"seed", F_SEED}, {"gumbel-uniforms", F_GUMBEL},
         {"rts-uniforms", F_RTS}, {"shared-w1", F_SW1}, {"shared-b1", F_SB1},
         {"shared-w2", F_SW2}, {"shared-b2", F_SB2}, {"shared-gate-w", F_SWG},
+        {"preset", F_PRESET},
     };
     for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
         lo[n++] = (struct option){fixed[i].name, required_argument, NULL, fixed[i].val};
@@ -395,6 +402,7 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
         case F_SW2: a->sw2 = optarg; break;
         case F_SB2: a->sb2 = optarg; break;
         case F_SWG: a->swg = optarg; break;
+        case F_PRESET: a->preset = optarg; break;
         case F_ACT:
             if ((rc = moe_act_parse(optarg, &a->act)))
                 return rc;
@@ -421,7 +429,30 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
             if (!strcmp(names[c - F_OPT0], "capacity") ||
                 !strcmp(names[c - F_OPT0], "capacity-factor"))
                 snprintf(a->cap_flag, sizeof a->cap_flag, "--%s", names[c - F_OPT0]);
+        default: given[c - F_OPT0] = optarg;
         }
+    }
+    if (a->preset) { /* the preset's router and options first, explicit options over them */
+        const moe_preset *p;
+        if ((rc = moe_preset_lookup(a->preset, &p))) {
+            moe_error_where("--preset");
+            return rc;
+        }
+        if (a->router && strcmp(a->router, p->router))
+            return moe_fail(MOE_EINVAL, "leave out --router, or give the options without a preset",
+                            "--router %s conflicts with preset %s (router %s) (command line)",
+                            a->router, p->name, p->router);
+        a->router = p->router;
+        if ((rc = moe_preset_apply(p, o, NULL, NULL)))
+            return rc;
+    }
+    for (int i = 0; i < n && moe_route_options[i].key; i++) {
+        if (given[i] && (rc = moe_route_opts_set(o, moe_route_options[i].key, given[i]))) {
+            moe_error_where("--%s", names[i]);
+            return rc;
+        }
+        if (given[i] && (!strcmp(names[i], "capacity") || !strcmp(names[i], "capacity-factor")))
+            snprintf(a->cap_flag, sizeof a->cap_flag, "--%s", names[i]);
     }
     for (int i = 0; a->router && moe_router_find(a->router) && moe_route_options[i].key; i++)
         if (given[i] && (rc = moe_route_option_check(moe_route_options[i].key, a->router))) {
@@ -432,7 +463,8 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
         return moe_fail(MOE_EINVAL, "`moesim route --help` lists the flags",
                         "unexpected argument '%s' (command line)", argv[optind]);
     if (!a->router || !a->logits || !a->plan)
-        return moe_fail(MOE_EINVAL, "`moesim route --help` shows an example",
+        return moe_fail(MOE_EINVAL, "`moesim route --help` shows an example; --preset NAME "
+                        "can take the place of --router",
                         "route needs --router, --logits and --plan (command line)");
     int nl = !!a->x + !!a->w1 + !!a->b1 + !!a->w2 + !!a->b2 + !!a->output;
     if (nl != 0 && nl != 6)

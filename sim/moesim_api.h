@@ -1,14 +1,17 @@
 /* moesim_api.h: moesim as a shared library (libmoesim.so), the C API behind the Python package
  * in python/moesim/. Self-contained: needs no other moesim header, nor GSL's.
  *
- *   moesim_route          route one logits matrix (T,M) with options given as key/value text
- *                         (the keys of `moesim list options`, validated by the same option table
- *                         as `moesim route --key value`) and its draws (uniforms, token ids, hash
- *                         table, recorded choices); returns a result holding the plan and its
- *                         metrics, read with moesim_result_info/_entries/_metric
+ *   moesim_route          route one logits matrix (T,M), float64 or float32, with a preset
+ *                         (`moesim list presets`) and options given as key/value text (the keys
+ *                         of `moesim list options`, validated by the same option table as
+ *                         `moesim route --key value`) and its draws (uniforms, Gumbel and rts
+ *                         uniforms, token ids, hash table, recorded choices); returns a result
+ *                         holding the plan and its metrics, read with
+ *                         moesim_result_info/_entries/_metric
  *   moesim_layer          run the MoE layer on a plan given as entry arrays
  *   moesim_router_get     the routers of the registry (name, summary, default k, needs)
  *   moesim_option_get     the routing option table (key, type, default, choices, help)
+ *   moesim_preset_get     the presets (name, router, option assignments, source file)
  *   moesim_errmsg/_hint   the one-line message of the last failed call on this thread
  *
  * moesim_route and moesim_layer return MOESIM_OK (0) or a status code below; on failure the
@@ -24,7 +27,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MOESIM_API_VERSION 1
+#define MOESIM_API_VERSION 2
 
 /* status codes (the values of moe.h's MOE_* codes) */
 enum {
@@ -42,9 +45,13 @@ const char *moesim_errhint(void); /* a hint for the user, or "" */
 
 /* ---- routing ---- */
 
+/* dtypes of moesim_route_args.logits */
+enum { MOESIM_F64 = 0, MOESIM_F32 = 1 };
+
 typedef struct {
-    const char *router;              /* registry name: "topk", "switch", "gshard", ... */
-    const double *logits;            /* (T,M) row-major */
+    const char *router;              /* registry name: "topk", "switch", "gshard", ...; NULL
+                                        with a preset: the preset's router */
+    const void *logits;              /* (T,M) row-major, of logits_dtype */
     int n, m;                        /* T, M */
     int n_opts;                      /* routing options: n_opts pairs of key and value text, */
     const char *const *keys;         /*   e.g. "capacity_factor" "1.25"; applied in order, */
@@ -57,6 +64,15 @@ typedef struct {
     const double *choice_weights;    /* (T,Krec) recorded gate weights, or NULL */
     int k_rec;                       /* Krec */
     uint64_t seed;                   /* PCG seed of gshard's draws and topk's noise */
+    /* since version 2 */
+    const double *gumbel_uniforms;   /* (T,M) draws u in (0,1) of the Gumbel G = -log(-log u)
+                                        (gshard second_policy sampling, switch select rsample),
+                                        or NULL */
+    const double *rts_uniforms;      /* (T,M) keys in (0,1) of order rts, or NULL */
+    const char *preset;              /* a preset's name, or NULL: its router and options are set
+                                        first, the options above override them */
+    int logits_dtype;                /* MOESIM_F64: logits is double; MOESIM_F32: float, widened
+                                        exactly inside the library (on the router's threads) */
 } moesim_route_args;
 
 typedef struct moesim_result moesim_result;
@@ -117,8 +133,16 @@ typedef struct {
     const char *key, *type, *def, *choices, *help; /* choices may be NULL */
 } moesim_option_info;
 
-/* Fill *out with router i / option i of the table; 0, or -1 past the last. */
+typedef struct {
+    const char *name, *router;
+    int n_set;              /* option assignments "key = value", n_set of them */
+    const char *const *set;
+    const char *source;     /* the library file and function the preset follows */
+} moesim_preset_info;
+
+/* Fill *out with router i / option i / preset i of the table; 0, or -1 past the last. */
 int moesim_router_get(int i, moesim_router_info *out);
 int moesim_option_get(int i, moesim_option_info *out);
+int moesim_preset_get(int i, moesim_preset_info *out);
 
 #endif

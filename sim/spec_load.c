@@ -3,6 +3,7 @@
  * sim/options.c) and [distribution.NAME] sections, and which sections the sweep uses. */
 #include "cluster_spec.h"
 #include "spec_internal.h"
+#include "presets.h"
 
 #include "dupfind.h"
 #include "layer.h"
@@ -183,6 +184,18 @@ static int load_router(const spec_section *sec, const char *name, spec_router *r
     char base[256]; /* a variant "topk[k=1]" without type: the type of its base name */
     snprintf(base, sizeof base, "%.*s", (int)strcspn(name, "["), name);
     const char *tname = r->type_kv ? r->type_kv->value : base;
+    const spec_kv *pkv = moe_spec_kv_find(sec, "preset"); /* presets.c: type and options */
+    const moe_preset *preset = NULL;
+    if (pkv) {
+        int rc = moe_preset_lookup(pkv->value, &preset);
+        if (!rc && r->type_kv && strcmp(r->type_kv->value, preset->router))
+            rc = moe_fail(MOE_EINVAL, "leave out type, or give the options without a preset",
+                          "type %s conflicts with preset %s (router %s)", r->type_kv->value,
+                          preset->name, preset->router);
+        if (rc)
+            return moe_spec_relocate(rc, sec, pkv);
+        tname = preset->router;
+    }
     r->type = moe_router_find(tname);
     if (!r->type) {
         const spec_kv *kv = r->type_kv ? r->type_kv : moe_spec_first_kv(sec);
@@ -191,9 +204,15 @@ static int load_router(const spec_section *sec, const char *name, spec_router *r
                         r->type_kv ? "unknown router type '%s'"
                                    : "no type given and '%s' is not a router type", tname);
     }
+    if (preset) { /* the preset's options first; the section's keys override them */
+        moe_clear_error();
+        int rc = moe_preset_apply(preset, &r->opts, NULL, NULL);
+        if (rc)
+            return moe_spec_relocate(rc, sec, pkv);
+    }
     for (int i = 0; i < sec->nkv; i++) {
         const spec_kv *kv = &sec->kv[i];
-        if (strcmp(kv->key, "type") == 0)
+        if (strcmp(kv->key, "type") == 0 || strcmp(kv->key, "preset") == 0)
             continue;
         moe_clear_error();
         int rc = moe_route_opts_set(&r->opts, kv->key, kv->value);

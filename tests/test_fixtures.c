@@ -11,7 +11,8 @@
  *     1e-6 + 1e-5 rel, output errors within 1e-4 + 1e-3 rel (the layer runs in fp32), null as null;
  *   - the layer output y against expected_y.npy within 1e-4 + 1e-3 rel.
  * One check per case and compared quantity, naming the case and the worst difference; plus a
- * check that at least 30 cases exist. Usage: test_fixtures [FIXTURE_DIR] (run from the repo root).
+ * check that at least 30 cases exist (or MIN_CASES). Usage: test_fixtures [FIXTURE_DIR [MIN_CASES]]
+ * (run from the repo root).
  */
 #include "check.h"
 #include "cli.h"
@@ -417,6 +418,7 @@ static void run_case(const char *root, const char *name, const char *tmp)
 int main(int argc, char **argv)
 {
     const char *root = argc > 1 ? argv[1] : FIXTURE_DIR;
+    size_t min_cases = argc > 2 ? (size_t)strtoul(argv[2], NULL, 10) : MIN_CASES;
     char *names[1024];
     size_t n = 0;
     DIR *d = opendir(root);
@@ -433,8 +435,8 @@ int main(int argc, char **argv)
         }
         closedir(d);
     }
-    CHECK(n >= MIN_CASES, "%zu fixture cases in %s, expected at least %d (run from the repo root)",
-          n, root, MIN_CASES);
+    CHECK(n >= min_cases, "%zu fixture cases in %s, expected at least %zu (run from the repo root)",
+          n, root, min_cases);
     qsort(names, n, sizeof *names, cmp_str);
 
     char tmp[] = "/tmp/moesim_fixtures_XXXXXX";

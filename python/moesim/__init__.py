@@ -1,6 +1,7 @@
 """moesim: the routers and the MoE layer of moesim on NumPy arrays and PyTorch CPU tensors.
 
     plan = moesim.route(logits, "topk", k=2, capacity_factor=1.25)
+    plan = moesim.route(logits, preset="deepspeed_top2", gumbel_uniforms=u)  # a library's router
     plan.token, plan.expert, plan.slot, plan.dispatch_weight, plan.combine_weight  # (N,) arrays
     plan.metrics["token_drop_rate"]
     y = moesim.layer(x, w1, b1, w2, b2, plan, activation="gelu_tanh")
@@ -12,7 +13,7 @@ moesim's option table, which validates them exactly as `moesim route --capacity-
 does. Results equal `moesim route`'s bit for bit for the same inputs. Errors raise
 moesim.Error with moesim's one-line message. The library is libmoesim.so (sim/moesim_api.h),
 called through ctypes; inputs are passed without a copy when they are already C-contiguous
-arrays of the C dtype (float64 logits, float32 layer arrays).
+arrays of the C dtype (float64 or float32 logits, float32 layer arrays).
 """
 import ctypes
 import math
@@ -22,7 +23,7 @@ import numpy as np
 
 from . import _lib
 
-__all__ = ["Error", "Plan", "route", "layer", "routers", "options"]
+__all__ = ["Error", "Plan", "route", "layer", "routers", "options", "presets"]
 
 _C = _lib.load()
 
@@ -170,17 +171,49 @@ def _metrics(res, router, E):
     return out
 
 
-def route(logits, router="topk", *, uniforms=None, tokens=None, hash_table=None, choices=None,
-          choice_weights=None, seed=0, **options):
-    """Route logits (T,M) with a router of moesim.routers() and routing options (keywords named
-    as in moesim.options(): k=2, capacity_factor=1.25, order="bpr", renormalize=True, ...).
+def _logits(obj):
+    """Logits as C-contiguous float32 (passed as they are: the library widens them) or float64
+    (every other dtype NumPy converts without loss; float16 goes through float32)."""
+    a = _numpy_of(obj, "logits")
+    if a.dtype == np.float16:
+        a = a.astype(np.float32)
+    if a.dtype == np.float32 and a.ndim == 2:
+        return np.ascontiguousarray(a), _lib.F32
+    return _array(a, "logits", np.float64, 2), _lib.F64
+
+
+def _draws(obj, name, shape):
+    if obj is None:
+        return None
+    a = _array(obj, name, np.float64, 2)
+    if a.shape != shape:
+        raise Error("%s have shape %s, logits %s (%s)" % (name, a.shape, shape, name))
+    return a
+
+
+def route(logits, router=None, *, preset=None, uniforms=None, gumbel_uniforms=None,
+          rts_uniforms=None, tokens=None, hash_table=None, choices=None, choice_weights=None,
+          seed=0, **options):
+    """Route logits (T,M) with a router of moesim.routers() (default topk) or a preset of
+    moesim.presets() (one library's default router: its router and options; options given here
+    override the preset's), and routing options (keywords named as in moesim.options(): k=2,
+    capacity_factor=1.25, order="bpr", renormalize=True, ...).
 
     uniforms (T): gshard's draws in [0,1) (else drawn from seed, as `moesim route --seed`);
-    tokens (T): token ids for the hash router; hash_table (L): expert of each id for hash="table"
-    (an array, or the path of a .npy); choices, choice_weights (T,Krec): recorded choices for
-    the replay router; seed: PCG seed of gshard's draws and topk's noise. Returns a Plan."""
-    L = _array(logits, "logits", np.float64, 2)
+    gumbel_uniforms (T,M): the uniforms u of the Gumbel draws G = -log(-log u) of gshard's
+    second_policy "sampling" and switch's select "rsample"; rts_uniforms (T,M): the keys of
+    order "rts" (both strictly between 0 and 1, as `--gumbel-uniforms`, `--rts-uniforms`);
+    tokens (T): token ids for the hash router; hash_table (L): expert of each id for
+    hash="table" (an array, or the path of a .npy); choices, choice_weights (T,Krec): recorded
+    choices for the replay router; seed: PCG seed of gshard's draws and topk's noise. float32
+    logits are passed as they are (the library widens them exactly); results equal those of
+    the same values in float64. Returns a Plan."""
+    if router is None and preset is None:
+        router = "topk"
+    L, ldtype = _logits(logits)
     U = None if uniforms is None else _array(uniforms, "uniforms", np.float64, 1)
+    G = _draws(gumbel_uniforms, "gumbel_uniforms", L.shape)
+    RT = _draws(rts_uniforms, "rts_uniforms", L.shape)
     ids = None if tokens is None else _array(tokens, "tokens", np.int64, 1)
     for a, what in ((U, "uniforms"), (ids, "tokens")):
         if a is not None and a.shape[0] != L.shape[0]:
@@ -202,8 +235,10 @@ def route(logits, router="topk", *, uniforms=None, tokens=None, hash_table=None,
     keys = [k.encode() for k in options]
     vals = [_option_text(k, v).encode() for k, v in options.items()]
     a = _lib.RouteArgs()
-    a.router = str(router).encode()
-    a.logits, a.n, a.m = _ptr(L), L.shape[0], L.shape[1]
+    a.router = None if router is None else str(router).encode()
+    a.preset = None if preset is None else str(preset).encode()
+    a.logits, a.n, a.m, a.logits_dtype = _ptr(L), L.shape[0], L.shape[1], ldtype
+    a.gumbel_uniforms, a.rts_uniforms = _ptr(G), _ptr(RT)
     a.n_opts = len(keys)
     a.keys = (ctypes.c_char_p * max(1, len(keys)))(*keys)
     a.values = (ctypes.c_char_p * max(1, len(vals)))(*vals)
@@ -225,12 +260,31 @@ def route(logits, router="topk", *, uniforms=None, tokens=None, hash_table=None,
         tok, exp, slot = (np.empty(N, np.int32) for _ in range(3))
         dw, cwt = np.empty(N, np.float64), np.empty(N, np.float64)
         _C.moesim_result_entries(res, *(x.ctypes.data for x in (tok, exp, slot, dw, cwt)))
-        name = str(router)
+        name = str(router) if router is not None else _preset_router(preset)
         met = _metrics(res, name, info.num_experts)
     finally:
         _C.moesim_result_free(res)
     return Plan(name, tok, exp, slot, dw, cwt, met, info.n_tokens, info.num_experts,
                 info.capacity, info.k, bool(info.dense))
+
+
+def _preset_router(name):
+    return {p["name"]: p["router"] for p in presets()}[str(name)]
+
+
+def presets():
+    """The presets of `moesim list presets`: a list of dicts (name, router, options as a dict of
+    key to value text, source: the library file the defaults were read from)."""
+    out, i, p = [], 0, _lib.PresetInfo()
+    while _C.moesim_preset_get(i, ctypes.byref(p)) == 0:
+        opts = {}
+        for j in range(p.n_set):
+            key, _, val = p.set[j].decode().partition("=")
+            opts[key.strip()] = val.strip()
+        out.append({"name": p.name.decode(), "router": p.router.decode(), "options": opts,
+                    "source": p.source.decode()})
+        i += 1
+    return out
 
 
 # ---- the layer ------------------------------------------------------------------------------

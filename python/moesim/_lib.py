@@ -6,7 +6,8 @@ build/libmoesim.so of the source tree this package sits in (python/moesim/../../
 import ctypes
 import os
 
-API_VERSION = 1  # MOESIM_API_VERSION this module was written for
+API_VERSION = 2  # MOESIM_API_VERSION this module was written for
+F64, F32 = 0, 1  # MOESIM_F64, MOESIM_F32: dtypes of RouteArgs.logits
 
 c_int, c_long, c_size_t, c_double = ctypes.c_int, ctypes.c_long, ctypes.c_size_t, ctypes.c_double
 c_char_p, c_void_p, c_uint64 = ctypes.c_char_p, ctypes.c_void_p, ctypes.c_uint64
@@ -18,7 +19,9 @@ class RouteArgs(ctypes.Structure):
                 ("n_opts", c_int), ("keys", P(c_char_p)), ("values", P(c_char_p)),
                 ("uniforms", c_void_p), ("token_ids", c_void_p), ("hash_table", c_void_p),
                 ("hash_table_len", c_size_t), ("choices", c_void_p),
-                ("choice_weights", c_void_p), ("k_rec", c_int), ("seed", c_uint64)]
+                ("choice_weights", c_void_p), ("k_rec", c_int), ("seed", c_uint64),
+                ("gumbel_uniforms", c_void_p), ("rts_uniforms", c_void_p), ("preset", c_char_p),
+                ("logits_dtype", c_int)]
 
 
 class PlanInfo(ctypes.Structure):
@@ -42,6 +45,11 @@ class RouterInfo(ctypes.Structure):
 class OptionInfo(ctypes.Structure):
     _fields_ = [("key", c_char_p), ("type", c_char_p), ("default", c_char_p),
                 ("choices", c_char_p), ("help", c_char_p)]
+
+
+class PresetInfo(ctypes.Structure):
+    _fields_ = [("name", c_char_p), ("router", c_char_p), ("n_set", c_int),
+                ("set", P(c_char_p)), ("source", c_char_p)]
 
 
 def _candidates():
@@ -77,6 +85,7 @@ def load():
                          + [c_char_p, c_void_p]),
         "moesim_router_get": (c_int, [c_int, P(RouterInfo)]),
         "moesim_option_get": (c_int, [c_int, P(OptionInfo)]),
+        "moesim_preset_get": (c_int, [c_int, P(PresetInfo)]),
     }
     for name, (res, args) in sig.items():
         fn = getattr(lib, name)

@@ -3,8 +3,9 @@
 Usage (from the repository root): python3 python/tests/test_moesim.py MOESIM_BINARY
 with PYTHONPATH=python and MOESIM_LIB=build/libmoesim.so (tests/t_python.sh sets both).
 
-For every case folder of tests/fixtures/route (as tests/test_fixtures.c reads them: `cmd` holds
-the route flags, file names relative to the folder; expected_y.npy marks a layer case):
+For every case folder of tests/fixtures/route and tests/fixtures/presets (as
+tests/test_fixtures.c reads them: `cmd` holds the route flags, file names relative to the
+folder, --preset NAME, Gumbel and rts draw files; expected_y.npy marks a layer case):
   - moesim.route on the same arrays and options, and `moesim route` run on the same files:
     the plan CSV text equal byte for byte (Plan.csv() prints %.9g as moesim does), the CLI's
     CSV parsed back equal to the in-memory entries, the metrics dict equal to the CLI's JSON
@@ -13,9 +14,12 @@ the route flags, file names relative to the folder; expected_y.npy marks a layer
     (tests/ref/moe_ref.py) with test_fixtures.c's tolerances: plan weights 1e-6 + 1e-5 rel,
     metrics 1e-6 + 1e-5 rel (integer-valued keys exactly), layer output 1e-4 + 1e-3 rel;
   - layer cases: moesim.layer on the same weights equal to the CLI's y.npy bit for bit.
-Then input conversions (dtypes, order, torch tensors, __array__), the seeded draws against
-`moesim route --seed`, errors, the registry listings against `moesim list`, and an offline
-`pip install --target` imported from another folder. Prints "test_python: N passed, N failed".
+Then input conversions (dtypes, order, torch tensors, __array__; float32 logits passed without a
+copy and routed bit for bit as their float64 values), the seeded draws against
+`moesim route --seed`, presets (explicit options override; errors), errors, the registry
+listings against `moesim list` (presets too), the example python/examples/compare_presets.py,
+and an offline `pip install --target` imported from another folder. Prints
+"test_python: N passed, N failed".
 """
 import json
 import os
@@ -31,6 +35,7 @@ import moesim
 
 MOESIM = os.path.abspath(sys.argv[1] if len(sys.argv) > 1 else "build/moesim")
 FIXTURES = "tests/fixtures/route"
+PRESET_FIXTURES = "tests/fixtures/presets"
 LAYER_FLAGS = ("x", "w1", "b1", "w2", "b2")
 PLAN_ABS, PLAN_REL, MET_ABS, MET_REL, OUT_ABS, OUT_REL = 1e-6, 1e-5, 1e-6, 1e-5, 1e-4, 1e-3
 EXACT_KEYS = {"n_tokens", "num_experts", "capacity", "num_entries", "assigned_load",
@@ -49,7 +54,8 @@ def check(ok, what):
 
 
 def parse_cmd(text):
-    """cmd words -> (router, files {flag: name}, options {key: text}, activation)."""
+    """cmd words -> (router, files {flag: name}, options {key: text}, activation); a preset is
+    options["preset"]."""
     words = shlex.split(text)
     router, files, opts, act = None, {}, {}, "gelu_tanh"
     for flag, val in zip(words[::2], words[1::2]):
@@ -58,7 +64,8 @@ def parse_cmd(text):
             router = val
         elif key == "activation":
             act = val
-        elif key in ("logits", "tokens", "uniforms", "hash_table") + LAYER_FLAGS:
+        elif key in ("logits", "tokens", "uniforms", "hash_table", "gumbel_uniforms",
+                     "rts_uniforms") + LAYER_FLAGS:
             files[key] = val
         else:
             opts[key] = val
@@ -116,15 +123,17 @@ def metrics_close(name, got, want, skip=()):
           % (name, "; ".join(bad)))
 
 
-def fixture_case(name, tmp):
-    d = os.path.join(FIXTURES, name)
+def fixture_case(name, tmp, root=FIXTURES):
+    d = os.path.join(root, name)
     with open(os.path.join(d, "cmd")) as f:
         cmd_text = f.read()
     router, files, opts, act = parse_cmd(cmd_text)
     arr = {k: np.load(os.path.join(d, v)) for k, v in files.items()}
     layer_case = "x" in files
     plan = moesim.route(arr["logits"], router, uniforms=arr.get("uniforms"),
-                        tokens=arr.get("tokens"), hash_table=arr.get("hash_table"), **opts)
+                        gumbel_uniforms=arr.get("gumbel_uniforms"),
+                        rts_uniforms=arr.get("rts_uniforms"), tokens=arr.get("tokens"),
+                        hash_table=arr.get("hash_table"), **opts)
     args = shlex.split(cmd_text)
     if layer_case:
         args += ["--output", os.path.join(tmp, "y.npy")]
@@ -173,20 +182,15 @@ def fixture_case(name, tmp):
 def test_fixtures(tmp):
     names = sorted(n for n in os.listdir(FIXTURES) if os.path.exists(os.path.join(FIXTURES, n, "cmd")))
     check(len(names) >= 30, "%d fixture cases in %s, expected at least 30" % (len(names), FIXTURES))
-    # the binding takes no Gumbel or rts draw files yet: those cases run through `moesim route`
-    # only (tests/test_fixtures.c)
-    draws = [n for n in names if re.search(r"--(gumbel|rts)-uniforms",
-                                            open(os.path.join(FIXTURES, n, "cmd")).read())]
-    if draws:
-        print("SKIP test_moesim: %d fixture cases: the binding takes no draw files (%s)"
-              % (len(draws), " ".join(draws)))
-    for name in names:
-        if name in draws:
-            continue
-        try:
-            fixture_case(name, tmp)
-        except Exception as e:  # a case that raises fails alone
-            check(False, "%s: %s: %s" % (name, type(e).__name__, e))
+    presets = sorted(n for n in os.listdir(PRESET_FIXTURES)
+                     if os.path.exists(os.path.join(PRESET_FIXTURES, n, "cmd")))
+    check(len(presets) >= 16, "%d preset fixture cases, expected at least 16" % len(presets))
+    for root, group in ((FIXTURES, names), (PRESET_FIXTURES, presets)):
+        for name in group:
+            try:
+                fixture_case(name, tmp, root)
+            except Exception as e:  # a case that raises fails alone
+                check(False, "%s: %s: %s" % (name, type(e).__name__, e))
 
 
 # ---- conversions ------------------------------------------------------------------------------
@@ -228,6 +232,12 @@ def test_conversions():
     L64 = np.ascontiguousarray(L32, dtype=np.float64)
     check(moesim._array(L64, "logits", np.float64, 2) is L64,
           "float64 C-contiguous logits are passed without a copy")
+    got, dt = moesim._logits(L32)
+    check(got is L32 and dt == 1, "float32 C-contiguous logits are passed without a copy")
+    big = rng.standard_normal((3000, 16)).astype(np.float32)  # several parts on the threads
+    for r, o in (("topk", {"k": 2}), ("expert_choice", {}), ("gshard", {"seed": 4})):
+        check(same_plan(moesim.route(big, r, **o), moesim.route(big.astype(np.float64), r, **o)),
+              "%s: float32 logits widened in the library equal their float64 values" % r)
     for bad, what in ((L32.astype(np.complex128), "complex"),
                       (np.array([[2 ** 60 + 1, 1]], dtype=np.int64), "int64 beyond 2^53"),
                       (np.array([["a", "b"]]), "strings")):
@@ -346,7 +356,32 @@ def test_errors():
           "hand-worked relu layer: %s" % y.tolist())
 
 
+def test_presets():
+    L = np.load(os.path.join(PRESET_FIXTURES, "fairseq_top1", "logits.npy"))
+    check(same_plan(moesim.route(L, preset="fairseq_top1", capacity_factor=2),
+                    moesim.route(L, "switch", capacity_factor=2)),
+          "an option given with a preset overrides the preset's")
+    check(same_plan(moesim.route(L, preset="mixtral"),
+                    moesim.route(L, "topk", k=2, dropless=True)), "mixtral = topk k 2 dropless")
+    check(moesim.route(L, preset="mixtral").router == "topk", "a preset's plan names its router")
+    expect_error("unknown preset 'bogus' (preset)", moesim.route, L, preset="bogus")
+    expect_error("router switch conflicts with preset mixtral (router topk) (router)",
+                 moesim.route, L, "switch", preset="mixtral")
+    G = np.full(L.shape, 0.5)
+    G[3, 2] = 1.0
+    expect_error("gumbel_uniforms value 1 at token 3, column 2 is outside (0,1) "
+                 "(gumbel_uniforms)", moesim.route, L, preset="fairseq_top2", gumbel_uniforms=G)
+    expect_error("rts_uniforms have shape (32, 7), logits (32, 8) (rts_uniforms)", moesim.route,
+                 L, preset="deepspeed_top1", rts_uniforms=np.full((32, 7), 0.5))
+
+
 def test_listings():
+    out = subprocess.run([MOESIM, "list", "presets"], capture_output=True, text=True).stdout
+    rows = [line.split() for line in out.splitlines() if not line.startswith(" ")]
+    check([(p["name"], p["router"]) for p in moesim.presets()] ==
+          [(r[0], r[3].rstrip(",")) for r in rows], "moesim.presets() equal `moesim list presets`")
+    check(moesim.presets()[1]["options"]["second_policy"] == "sampling",
+          "deepspeed_top2's options as a dict")
     out = subprocess.run([MOESIM, "list", "routers"], capture_output=True, text=True).stdout
     names = [line.split()[0] for line in out.splitlines() if line.strip()]
     check([r["name"] for r in moesim.routers()] == names,
@@ -385,6 +420,22 @@ def test_install(tmp):
           % (p.stdout.strip(), p.stderr.strip()[-300:]))
 
 
+def test_example():
+    """python/examples/compare_presets.py runs and prints each preset's token drop rate, equal
+    to moesim.route's on the same recorded logits with the draws it documents (uniforms of
+    numpy.random.default_rng(0), clipped into (0,1))."""
+    ex = os.path.join("python", "examples", "compare_presets.py")
+    p = subprocess.run([sys.executable, ex], capture_output=True, text=True)
+    check(p.returncode == 0, "compare_presets.py exit %d: %s" % (p.returncode, p.stderr[-500:]))
+    L = np.load(os.path.join("tests", "fixtures", "router_logits", "router_logits.npy"))
+    u = np.clip(np.random.default_rng(0).uniform(0.0, 1.0, L.shape), 1e-12, 1 - 1e-12)
+    for name, draws in (("deepspeed_top2", {"gumbel_uniforms": u}), ("tutel_top2", {}),
+                        ("vmoe_bpr", {})):
+        want = moesim.route(L, preset=name, **draws).metrics["token_drop_rate"]
+        check(re.search(r"^%s .* %.4f +[0-9.]+$" % (name, want), p.stdout, re.M) is not None,
+              "compare_presets.py: %s token drop rate %.4f in: %s" % (name, want, p.stdout))
+
+
 def main():
     with tempfile.TemporaryDirectory() as tmp:
         test_fixtures(tmp)
@@ -392,7 +443,9 @@ def main():
         test_seeded_draws(tmp)
         test_hash_table_path()
         test_errors()
+        test_presets()
         test_listings()
+        test_example()
         if "--no-install" not in sys.argv:
             test_install(tmp)
     print("test_python: %d passed, %d failed" % (passed, failed))
