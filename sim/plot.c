@@ -230,7 +230,8 @@ static int keyset_pos(const keyset *ks, long long rank)
 typedef struct {
     long long col, row, ser; /* ranks */
     int flat;
-    unsigned mask; /* bit j: metric column j has a value in this block */
+    unsigned mask; /* bit j: metric column j has a value in this block; bit 16 + j: and a
+                    * positive error half-width */
 } block;
 
 enum { MAXMETRIC = 8 };
@@ -241,6 +242,7 @@ typedef struct {
     int nb, capb;
     long rows_written;
     int has_metric;               /* some metric cell is not NULL */
+    long long max_count;          /* charts with error columns: the most points of a row */
     double lo[MAXMETRIC], hi[MAXMETRIC]; /* range of each metric column (NaN: no value) */
 } layout;
 
@@ -323,7 +325,8 @@ static int export_chart(const plot_ctx *X, const moe_plot_chart *ch, FILE *f,
                         "cannot query the data of chart %s: %s (%s)", ch->name,
                         sqlite3_errmsg(db), db_path);
     const int ncol = sqlite3_column_count(q);
-    if (ncol != NLAYOUT + ch->nkey + ch->nmetric + 1 || ch->nmetric > MAXMETRIC) {
+    if (ncol != NLAYOUT + ch->nkey + ch->nmetric + 1 + ch->nerr || ch->nmetric > MAXMETRIC ||
+        (ch->nerr && ch->nerr != ch->nmetric)) {
         sqlite3_finalize(q);
         return moe_fail(MOE_EINVAL, NULL, "chart %s: query has %d columns (sim/plot.c)",
                         ch->name, ncol);
@@ -372,6 +375,9 @@ static int export_chart(const plot_ctx *X, const moe_plot_chart *ch, FILE *f,
             write_cell(f, q, i);
         }
         fputc('\n', f);
+        const int ie = NLAYOUT + ch->nkey + ch->nmetric + 1; /* first error column */
+        if (ch->nerr && sqlite3_column_int64(q, ie - 1) > L->max_count)
+            L->max_count = sqlite3_column_int64(q, ie - 1);
         for (int j = 0; j < ch->nmetric; j++) {
             const int i = NLAYOUT + ch->nkey + j;
             const double v = sqlite3_column_double(q, i);
@@ -379,10 +385,15 @@ static int export_chart(const plot_ctx *X, const moe_plot_chart *ch, FILE *f,
                 continue;
             L->has_metric = 1;
             L->b[L->nb - 1].mask |= 1u << j;
-            if (!(v >= L->lo[j]))
-                L->lo[j] = v;
-            if (!(v <= L->hi[j]))
-                L->hi[j] = v;
+            /* the range holds the error bars too */
+            double e = ch->nerr ? sqlite3_column_double(q, ie + j) : 0.0;
+            e = isfinite(e) && e > 0.0 ? e : 0.0;
+            if (e > 0.0)
+                L->b[L->nb - 1].mask |= 1u << (16 + j); /* an error bar to draw */
+            if (!(v - e >= L->lo[j]))
+                L->lo[j] = v - e;
+            if (!(v + e <= L->hi[j]))
+                L->hi[j] = v + e;
         }
         L->rows_written++;
     }
@@ -499,6 +510,7 @@ static char *gnuplot_vars(const plot_ctx *X, const moe_plot_chart *ch, const lay
         fprintf(m, "; mx_%d=", j + 1);
         gp_real(m, L->hi[j]);
     }
+    fprintf(m, "; nerr=%d; maxn=%lld", ch->nerr, L->max_count);
     fprintf(m, "; ncols=%d; nrows=%d", g->c1 - g->c0, g->r1 - g->r0);
     for (int i = g->c0; i < g->c1; i++) {
         fprintf(m, "; ct_%d=", i - g->c0 + 1);

@@ -29,49 +29,64 @@
     ") - " XSTR(MOE_PLOT_LOAD_CF) "), min(capacity_factor_value)) AS n FROM points"                \
     " GROUP BY distribution, shape, router, capacity_factor) WHERE n = 1)"
 
-/* A metric vs capacity factor, means over the points of each (distribution, shape, router, cf)
- * (seeds, token counts, batches); AGG: the aggregates with their names, OUT: those names. */
-#define CF_QUERY(AGG, OUT)                                                                         \
-    CTE ", g AS (SELECT distribution, shape, router, capacity_factor AS cf,"                       \
-        " min(capacity_factor_value) AS v, " AGG ", count(*) AS points FROM points"                \
-        " GROUP BY distribution, shape, router, capacity_factor),"                                 \
+/* Two metrics vs capacity factor, means over the points of each (distribution, shape, router,
+ * cf): its seeds (the charts' series are split by every other key that differs, plot_cfg.c).
+ * A and B: the metric of one point (SQL expressions over the columns of points), NA and NB
+ * their names. After the count of points, the half-widths of the 95% confidence intervals of
+ * the two means over the points, t_{0.975,n-1} sd / sqrt(n) (sd the sample standard deviation,
+ * two passes; t from the table student_t, the normal quantile past its last row; NULL for
+ * n = 1), as the views over seeds compute them (store_stats.c). */
+#define CF_QUERY(NA, A, NB, B)                                                                    \
+    CTE ", pv AS (SELECT distribution, shape, router, capacity_factor AS cf,"                     \
+        " capacity_factor_value AS v, (" A ") AS a, (" B ") AS b FROM points),"                   \
+        " g AS (SELECT distribution, shape, router, cf, min(v) AS v, avg(a) AS a, avg(b) AS b,"    \
+        " count(a) AS na, count(b) AS nb, count(*) AS points FROM pv"                             \
+        " GROUP BY distribution, shape, router, cf),"                                             \
+        " ci AS (SELECT g.distribution, g.shape, g.router, g.cf,"                                 \
+        " sqrt(sum((pv.a - g.a) * (pv.a - g.a)) / (g.na - 1)) / sqrt(g.na) * coalesce((SELECT"    \
+        " t975 FROM student_t WHERE df = g.na - 1), 1.959963984540054) AS ea,"                   \
+        " sqrt(sum((pv.b - g.b) * (pv.b - g.b)) / (g.nb - 1)) / sqrt(g.nb) * coalesce((SELECT"    \
+        " t975 FROM student_t WHERE df = g.nb - 1), 1.959963984540054) AS eb"                    \
+        " FROM g JOIN pv ON pv.distribution = g.distribution AND pv.shape = g.shape"              \
+        " AND pv.router = g.router AND pv.cf IS g.cf"                                             \
+        " GROUP BY g.distribution, g.shape, g.router, g.cf),"                                     \
         " xs AS (SELECT g.*, g.v AS x FROM g WHERE g.v IS NOT NULL"                                \
         " UNION ALL SELECT g.*, span.lo FROM g, span WHERE g.v IS NULL"                            \
         " UNION ALL SELECT g.*, span.hi FROM g, span WHERE g.v IS NULL AND span.hi > span.lo)"     \
         " SELECT pn.rk, pn.label, 1, '', rt.rk, xs.router, xs.v IS NULL,"                          \
-        " xs.distribution, xs.shape, xs.router, xs.cf, xs.x, " OUT ", xs.points"                   \
+        " xs.distribution, xs.shape, xs.router, xs.cf, xs.x, xs.a AS " NA ", xs.b AS " NB ","      \
+        " xs.points, ci.ea, ci.eb"                                                                 \
         " FROM xs JOIN pn USING (distribution, shape) JOIN rt USING (router)"                      \
+        " JOIN ci ON ci.distribution = xs.distribution AND ci.shape = xs.shape"                    \
+        " AND ci.router = xs.router AND ci.cf IS xs.cf"                                            \
         " ORDER BY pn.rk, rt.rk, xs.x"
 
 
 
 const moe_plot_chart moe_plot_charts[] = {
     {"drop_rate", "drop rate vs capacity factor",
-     "distribution shape router cf x assignment_drop_rate token_drop_rate points", 5, 2, 1, 2,
-     "no points",
-     CF_QUERY("avg(assignment_drop_rate) AS assignment_drop_rate,"
-              " avg(token_drop_rate) AS token_drop_rate",
-              "xs.assignment_drop_rate, xs.token_drop_rate"), 0},
+     "distribution shape router cf x assignment_drop_rate token_drop_rate points"
+     " assignment_drop_rate_ci95 token_drop_rate_ci95", 5, 2, 1, 2, "no points",
+     CF_QUERY("assignment_drop_rate", "assignment_drop_rate", "token_drop_rate",
+              "token_drop_rate"), 2},
     {"load_imbalance", "load imbalance (max/mean) vs capacity factor",
-     "distribution shape router cf x load_imbalance kept_load_imbalance points", 5, 2, 1, 2,
-     "no points",
-     CF_QUERY("avg(load_imbalance) AS load_imbalance,"
-              " avg(kept_load_imbalance) AS kept_load_imbalance",
-              "xs.load_imbalance, xs.kept_load_imbalance"), 0},
+     "distribution shape router cf x load_imbalance kept_load_imbalance points"
+     " load_imbalance_ci95 kept_load_imbalance_ci95", 5, 2, 1, 2, "no points",
+     CF_QUERY("load_imbalance", "load_imbalance", "kept_load_imbalance",
+              "kept_load_imbalance"), 2},
     {"flops_per_token", "FLOPs per token (useful vs capacity-padded) vs capacity factor",
-     "distribution shape router cf x useful_flops_per_token padded_flops_per_token points", 5, 2,
-     1, 2, "no points",
-     CF_QUERY("avg((flops_gate + flops_expert_useful + flops_soft_dispatch + flops_soft_combine)"
-              " / n_tokens) AS useful,"
-              " avg((flops_gate + flops_expert_padded + flops_soft_dispatch + flops_soft_combine)"
-              " / n_tokens) AS padded",
-              "xs.useful, xs.padded"), 0},
+     "distribution shape router cf x useful_flops_per_token padded_flops_per_token points"
+     " useful_flops_per_token_ci95 padded_flops_per_token_ci95", 5, 2, 1, 2, "no points",
+     CF_QUERY("useful",
+              "(flops_gate + flops_expert_useful + flops_soft_dispatch + flops_soft_combine)"
+              " / n_tokens", "padded",
+              "(flops_gate + flops_expert_padded + flops_soft_dispatch + flops_soft_combine)"
+              " / n_tokens"), 2},
     {"output_error", "output error vs capacity factor (vs own dropless output, vs dense mixture)",
-     "distribution shape router cf x output_error_dropless output_error_dense points", 5, 2, 1, 2,
-     "no points",
-     CF_QUERY("avg(output_error_dropless) AS output_error_dropless,"
-              " avg(output_error_dense) AS output_error_dense",
-              "xs.output_error_dropless, xs.output_error_dense"), 0},
+     "distribution shape router cf x output_error_dropless output_error_dense points"
+     " output_error_dropless_ci95 output_error_dense_ci95", 5, 2, 1, 2, "no points",
+     CF_QUERY("output_error_dropless", "output_error_dropless", "output_error_dense",
+              "output_error_dense"), 2},
     {"expert_loads", "per-expert loads, sorted, at capacity factor " XSTR(MOE_PLOT_LOAD_CF),
      "distribution shape router cf rank assigned kept capacity points", 5, 3, 0, 0,
      "no per-expert loads",
