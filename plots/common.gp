@@ -13,11 +13,16 @@
 #   width height                image size in layout units (see sizes below)
 #   pxscale ptscale             PNG pixels and PDF points per layout unit
 #   cflo cfhi loadcf            swept capacity factor range; the cf of the expert load chart
-#   mn_J mx_J                   range of metric column J (1-based, after the key columns)
+#   mn_J mx_J                   range of metric column J (1-based, after the key columns),
+#                               its error bars included
+#   nerr maxn                   error columns after the count (one per metric: half-width of
+#                               the 95% confidence interval over seeds; 0: none); the largest
+#                               count of points behind one drawn value
 #   ncols nrows ct_C rt_R       the panel grid: titles of column C and row R (1-based)
 #   nseries st_K ss_K sf_K      legend entry K: title, style (linetype), 1 if flat (cf none)
 #   nblocks bs_I bf_I bk_I bm_I data block I (gnuplot index I, 0-based): style, flat, legend
-#                               entry K, bit J-1 set when metric column J has a value
+#                               entry K, bit J-1 set when metric column J has a value, bit
+#                               15+J when it also has a positive error half-width
 #   first_R_C last_R_C          the blocks of panel (R, C); first > last: the panel is empty
 
 # sizes: width and height are layout units (pixels of the default PNG; 1/100 inch with
@@ -86,6 +91,8 @@ bf(i) = value(sprintf('bf_%d', i))
 bk(i) = value(sprintf('bk_%d', i))
 bm(i) = value(sprintf('bm_%d', i))
 has(i, j) = (int(bm(i)) >> (j - 1)) & 1
+# block I has an error bar (a positive confidence half-width) for metric column J
+haserr(i, j) = (int(bm(i)) >> (15 + j)) & 1
 mn(j) = value(sprintf('mn_%d', j))
 mx(j) = value(sprintf('mx_%d', j))
 first(r, c) = value(sprintf('first_%d_%d', r, c))

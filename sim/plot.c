@@ -1,5 +1,5 @@
-/* plot.c: the charts of plot.h. Owns the chart table (one SQL query per chart), the export of
- * each query into a gnuplot data file, the layout variables handed to the tracked scripts
+/* plot.c: the charts of plot.h. Owns the export of each query of the chart table
+ * (plot_charts.c) into a gnuplot data file, the layout variables handed to the tracked scripts
  * plots/NAME.gp, and running gnuplot (fork/exec, no shell) for PNG and SVG.
  *
  * Every chart query returns 7 layout columns, then the data columns written to the file:
@@ -30,6 +30,7 @@
 #include "paths.h"
 #include "plot_train.h"
 #include "plot_cfg.h"
+#include "plot_charts.h"
 #include "plot_run.h"
 #include "store.h"
 #include "textsafe.h"
@@ -46,155 +47,7 @@
 #define XSTR(x) STR(x)
 #define STR(x) #x
 
-/* ---- the charts ---- */
 
-/* Shared by every query: routers (rt) and panels (pn) ranked by their first stored point, so
- * that a router keeps its colour in every chart; the swept capacity factor range (span). */
-#define CTE                                                                                        \
-    "WITH rt AS (SELECT router, row_number() OVER (ORDER BY min(id)) AS rk FROM points"            \
-    " GROUP BY router),"                                                                           \
-    " pn AS (SELECT distribution, shape, row_number() OVER (ORDER BY min(id)) AS rk,"              \
-    " CASE WHEN (SELECT count(DISTINCT shape) FROM points) > 1"                                    \
-    " THEN distribution || ' (' || shape || ')' ELSE distribution END AS label"                    \
-    " FROM points GROUP BY distribution, shape),"                                                  \
-    " span AS (SELECT min(capacity_factor_value) AS lo, max(capacity_factor_value) AS hi"          \
-    " FROM points)"
-
-/* pick: per (distribution, shape, router) the capacity factor nearest MOE_PLOT_LOAD_CF (a router
- * without one: its cf none). */
-#define PICK_CF                                                                                    \
-    "pick AS (SELECT distribution, shape, router, cf FROM (SELECT distribution, shape,"            \
-    " router, capacity_factor AS cf, row_number() OVER (PARTITION BY distribution, shape,"         \
-    " router ORDER BY abs(coalesce(min(capacity_factor_value), " XSTR(MOE_PLOT_LOAD_CF)            \
-    ") - " XSTR(MOE_PLOT_LOAD_CF) "), min(capacity_factor_value)) AS n FROM points"                \
-    " GROUP BY distribution, shape, router, capacity_factor) WHERE n = 1)"
-
-/* A metric vs capacity factor, means over the points of each (distribution, shape, router, cf)
- * (seeds, token counts, batches); AGG: the aggregates with their names, OUT: those names. */
-#define CF_QUERY(AGG, OUT)                                                                         \
-    CTE ", g AS (SELECT distribution, shape, router, capacity_factor AS cf,"                       \
-        " min(capacity_factor_value) AS v, " AGG ", count(*) AS points FROM points"                \
-        " GROUP BY distribution, shape, router, capacity_factor),"                                 \
-        " xs AS (SELECT g.*, g.v AS x FROM g WHERE g.v IS NOT NULL"                                \
-        " UNION ALL SELECT g.*, span.lo FROM g, span WHERE g.v IS NULL"                            \
-        " UNION ALL SELECT g.*, span.hi FROM g, span WHERE g.v IS NULL AND span.hi > span.lo)"     \
-        " SELECT pn.rk, pn.label, 1, '', rt.rk, xs.router, xs.v IS NULL,"                          \
-        " xs.distribution, xs.shape, xs.router, xs.cf, xs.x, " OUT ", xs.points"                   \
-        " FROM xs JOIN pn USING (distribution, shape) JOIN rt USING (router)"                      \
-        " ORDER BY pn.rk, rt.rk, xs.x"
-
-typedef struct {
-    const char *name;    /* plots/NAME.gp, DIR/NAME.{dat,png,svg} */
-    const char *what;    /* for notes and the data file header */
-    const char *columns; /* the data columns (after the 7 layout columns) */
-    int nkey;            /* leading data columns that are keys or x */
-    int nmetric;         /* metric columns after them: the chart needs one non-NULL value */
-    int needs_cf;        /* needs a capacity factor sweep */
-    int panel_rows;      /* rows of panels per data row (for the image height); 0 = data rows */
-    const char *empty;   /* why the query can return nothing */
-    const char *sql;
-} chart;
-
-static const chart charts[] = {
-    {"drop_rate", "drop rate vs capacity factor",
-     "distribution shape router cf x assignment_drop_rate token_drop_rate points", 5, 2, 1, 2,
-     "no points",
-     CF_QUERY("avg(assignment_drop_rate) AS assignment_drop_rate,"
-              " avg(token_drop_rate) AS token_drop_rate",
-              "xs.assignment_drop_rate, xs.token_drop_rate")},
-    {"load_imbalance", "load imbalance (max/mean) vs capacity factor",
-     "distribution shape router cf x load_imbalance kept_load_imbalance points", 5, 2, 1, 2,
-     "no points",
-     CF_QUERY("avg(load_imbalance) AS load_imbalance,"
-              " avg(kept_load_imbalance) AS kept_load_imbalance",
-              "xs.load_imbalance, xs.kept_load_imbalance")},
-    {"flops_per_token", "FLOPs per token (useful vs capacity-padded) vs capacity factor",
-     "distribution shape router cf x useful_flops_per_token padded_flops_per_token points", 5, 2,
-     1, 2, "no points",
-     CF_QUERY("avg((flops_gate + flops_expert_useful + flops_soft_dispatch + flops_soft_combine)"
-              " / n_tokens) AS useful,"
-              " avg((flops_gate + flops_expert_padded + flops_soft_dispatch + flops_soft_combine)"
-              " / n_tokens) AS padded",
-              "xs.useful, xs.padded")},
-    {"output_error", "output error vs capacity factor (vs own dropless output, vs dense mixture)",
-     "distribution shape router cf x output_error_dropless output_error_dense points", 5, 2, 1, 2,
-     "no points",
-     CF_QUERY("avg(output_error_dropless) AS output_error_dropless,"
-              " avg(output_error_dense) AS output_error_dense",
-              "xs.output_error_dropless, xs.output_error_dense")},
-    {"expert_loads", "per-expert loads, sorted, at capacity factor " XSTR(MOE_PLOT_LOAD_CF),
-     "distribution shape router cf rank assigned kept capacity points", 5, 3, 0, 0,
-     "no per-expert loads",
-     CTE ", " PICK_CF ", ranked AS (SELECT p.distribution, p.shape, p.router, p.capacity_factor AS cf,"
-         " p.capacity, l.assigned, l.kept, row_number() OVER (PARTITION BY l.point"
-         " ORDER BY l.assigned DESC, l.kept DESC, l.expert) AS rank"
-         " FROM expert_loads l JOIN points p ON p.id = l.point JOIN pick"
-         " ON pick.distribution = p.distribution AND pick.shape = p.shape"
-         " AND pick.router = p.router AND pick.cf = p.capacity_factor)"
-         " SELECT pn.rk, pn.label, rt.rk, r.router, rt.rk, r.router, 0, r.distribution, r.shape,"
-         " r.router, r.cf, r.rank, avg(r.assigned), avg(r.kept), avg(r.capacity), count(*)"
-         " FROM ranked r JOIN pn USING (distribution, shape) JOIN rt USING (router)"
-         " GROUP BY r.distribution, r.shape, r.router, r.cf, r.rank"
-         " ORDER BY pn.rk, rt.rk, r.rank"},
-    {"experts_per_token", "experts-per-token histogram (expert_choice, gshard)",
-     "distribution shape router cf experts fraction tokens", 5, 1, 0, 0,
-     "no expert_choice or gshard points",
-     CTE ", sel AS (SELECT p.distribution, p.shape, p.router, p.capacity_factor AS cf,"
-         " min(p.capacity_factor_value) AS v, h.experts, sum(h.tokens) AS tokens"
-         " FROM experts_per_token h JOIN points p ON p.id = h.point"
-         " WHERE p.router_type IN ('expert_choice', 'gshard')"
-         " GROUP BY p.distribution, p.shape, p.router, p.capacity_factor, h.experts),"
-         " top AS (SELECT router, max(experts) AS mx FROM sel WHERE tokens > 0 GROUP BY router),"
-         " cfk AS (SELECT cf, row_number() OVER (ORDER BY min(coalesce(v, 1e308)), cf) AS rk"
-         " FROM sel GROUP BY cf)"
-         " SELECT pn.rk, pn.label, rt.rk, s.router, cfk.rk, s.cf, 0, s.distribution,"
-         " s.shape, s.router, s.cf, s.experts, s.tokens * 1.0 / sum(s.tokens) OVER"
-         " (PARTITION BY s.distribution, s.shape, s.router, s.cf), s.tokens"
-         " FROM sel s JOIN top USING (router) JOIN pn USING (distribution, shape)"
-         " JOIN rt USING (router) JOIN cfk USING (cf) WHERE s.experts <= top.mx"
-         " ORDER BY pn.rk, rt.rk, cfk.rk, s.experts"},
-    {"throughput",
-     "throughput per router at the capacity factor nearest " XSTR(MOE_PLOT_LOAD_CF)
-     ": median and quartiles over the timed batches (nearest rank)",
-     "distribution shape router cf x tokens_per_s tokens_per_s_q1 tokens_per_s_q3 gflops_per_s "
-     "gflops_per_s_q1 gflops_per_s_q3 batches",
-     5, 6, 0, 2, "no timed batches",
-     CTE ", " PICK_CF ", s AS (SELECT p.distribution, p.shape, p.router, p.capacity_factor AS cf,"
-         " b.n_tokens / b.time_total_s AS tps, (b.flops_gate + b.flops_expert_useful"
-         " + b.flops_soft_dispatch + b.flops_soft_combine) / b.time_total_s * 1e-9 AS gfs"
-         " FROM batches b JOIN points p ON p.id = b.point JOIN pick"
-         " ON pick.distribution = p.distribution AND pick.shape = p.shape"
-         " AND pick.router = p.router AND pick.cf = p.capacity_factor WHERE b.time_total_s > 0),"
-         " t AS (SELECT s.*, row_number() OVER (PARTITION BY distribution, shape, router"
-         " ORDER BY tps) AS it, row_number() OVER (PARTITION BY distribution, shape, router"
-         " ORDER BY gfs) AS ig, count(*) OVER (PARTITION BY distribution, shape, router) AS n"
-         " FROM s),"
-         " q AS (SELECT distribution, shape, router, cf, n,"
-         " avg(CASE WHEN it IN ((n + 1) / 2, (n + 2) / 2) THEN tps END) AS tmed,"
-         " min(CASE WHEN 4 * it >= n THEN tps END) AS tq1,"
-         " min(CASE WHEN 4 * it >= 3 * n THEN tps END) AS tq3,"
-         " avg(CASE WHEN ig IN ((n + 1) / 2, (n + 2) / 2) THEN gfs END) AS gmed,"
-         " min(CASE WHEN 4 * ig >= n THEN gfs END) AS gq1,"
-         " min(CASE WHEN 4 * ig >= 3 * n THEN gfs END) AS gq3"
-         " FROM t GROUP BY distribution, shape, router, cf)"
-         " SELECT pn.rk, pn.label, 1, '', rt.rk, q.router, 0, q.distribution, q.shape, q.router,"
-         " q.cf, rt.rk, q.tmed, q.tq1, q.tq3, q.gmed, q.gq1, q.gq3, q.n"
-         " FROM q JOIN pn USING (distribution, shape) JOIN rt USING (router)"
-         " ORDER BY pn.rk, rt.rk"},
-};
-enum { NCHARTS = sizeof charts / sizeof charts[0], NLAYOUT = 7 };
-
-/* Expert parallelism (table ep_ranks, its query in store.h): per-rank load, bytes and all-to-all
- * vs expert time of an expert-parallel run; drawn after the charts above only when the database
- * has ep_ranks rows. */
-static const chart ep_chart = {
-    "ep_ranks", "expert parallelism per rank (moesim run --expert-parallel)",
-    "router cf capacity rank tokens bytes_sent a2a_s expert_s points", 4, 4, 0, 0,
-    "no expert-parallel points", MOE_STORE_EP_CHART_SQL(XSTR(MOE_PLOT_LOAD_CF))};
-
-/* Training runs (plot_train.h): drawn only when the database has steps rows. */
-static const chart train_charts[] = {MOE_PLOT_TRAIN_CHARTS(XSTR(MOE_PLOT_LOAD_CF))};
-enum { NTRAIN = sizeof train_charts / sizeof train_charts[0] };
 
 /* ---- small helpers ---- */
 
@@ -377,7 +230,8 @@ static int keyset_pos(const keyset *ks, long long rank)
 typedef struct {
     long long col, row, ser; /* ranks */
     int flat;
-    unsigned mask; /* bit j: metric column j has a value in this block */
+    unsigned mask; /* bit j: metric column j has a value in this block; bit 16 + j: and a
+                    * positive error half-width */
 } block;
 
 enum { MAXMETRIC = 8 };
@@ -388,6 +242,7 @@ typedef struct {
     int nb, capb;
     long rows_written;
     int has_metric;               /* some metric cell is not NULL */
+    long long max_count;          /* charts with error columns: the most points of a row */
     double lo[MAXMETRIC], hi[MAXMETRIC]; /* range of each metric column (NaN: no value) */
 } layout;
 
@@ -454,8 +309,8 @@ static void write_cell(FILE *f, sqlite3_stmt *q, int c)
 }
 
 /* Run the chart's query, write it to f (the temporary of final_path), fill L. */
-static int export_chart(const plot_ctx *X, const chart *ch, FILE *f, const char *final_path,
-                        layout *L)
+static int export_chart(const plot_ctx *X, const moe_plot_chart *ch, FILE *f,
+                        const char *final_path, layout *L)
 {
     sqlite3 *db = X->db;
     const char *db_path = X->db_path;
@@ -470,7 +325,8 @@ static int export_chart(const plot_ctx *X, const chart *ch, FILE *f, const char 
                         "cannot query the data of chart %s: %s (%s)", ch->name,
                         sqlite3_errmsg(db), db_path);
     const int ncol = sqlite3_column_count(q);
-    if (ncol != NLAYOUT + ch->nkey + ch->nmetric + 1 || ch->nmetric > MAXMETRIC) {
+    if (ncol != NLAYOUT + ch->nkey + ch->nmetric + 1 + ch->nerr || ch->nmetric > MAXMETRIC ||
+        (ch->nerr && ch->nerr != ch->nmetric)) {
         sqlite3_finalize(q);
         return moe_fail(MOE_EINVAL, NULL, "chart %s: query has %d columns (sim/plot.c)",
                         ch->name, ncol);
@@ -519,6 +375,9 @@ static int export_chart(const plot_ctx *X, const chart *ch, FILE *f, const char 
             write_cell(f, q, i);
         }
         fputc('\n', f);
+        const int ie = NLAYOUT + ch->nkey + ch->nmetric + 1; /* first error column */
+        if (ch->nerr && sqlite3_column_int64(q, ie - 1) > L->max_count)
+            L->max_count = sqlite3_column_int64(q, ie - 1);
         for (int j = 0; j < ch->nmetric; j++) {
             const int i = NLAYOUT + ch->nkey + j;
             const double v = sqlite3_column_double(q, i);
@@ -526,10 +385,15 @@ static int export_chart(const plot_ctx *X, const chart *ch, FILE *f, const char 
                 continue;
             L->has_metric = 1;
             L->b[L->nb - 1].mask |= 1u << j;
-            if (!(v >= L->lo[j]))
-                L->lo[j] = v;
-            if (!(v <= L->hi[j]))
-                L->hi[j] = v;
+            /* the range holds the error bars too */
+            double e = ch->nerr ? sqlite3_column_double(q, ie + j) : 0.0;
+            e = isfinite(e) && e > 0.0 ? e : 0.0;
+            if (e > 0.0)
+                L->b[L->nb - 1].mask |= 1u << (16 + j); /* an error bar to draw */
+            if (!(v - e >= L->lo[j]))
+                L->lo[j] = v - e;
+            if (!(v + e <= L->hi[j]))
+                L->hi[j] = v + e;
         }
         L->rows_written++;
     }
@@ -562,7 +426,7 @@ enum { UNITS_PER_IN = 100, PNG_DPI = 300 };
 /* The panel grid of chart ch with layout L cut into pages, so that no image passes cairo's
  * 32767-pixel limit and no panel shrinks below a readable size: at most maxc panel columns and
  * maxr data rows per page. The pages, row-major, go to *pages (malloc'd), their count to *np. */
-static int plan_pages(const plot_ctx *X, const chart *ch, const layout *L, page **pages,
+static int plan_pages(const plot_ctx *X, const moe_plot_chart *ch, const layout *L, page **pages,
                       int *np)
 {
     const int sized = X->width_in > 0;
@@ -602,8 +466,9 @@ static int plan_pages(const plot_ctx *X, const chart *ch, const layout *L, page 
 }
 
 /* The -e argument of gnuplot for one output (malloc'd): page g of the chart. */
-static char *gnuplot_vars(const plot_ctx *X, const chart *ch, const layout *L, const page *g,
-                          const char *datafile, const char *outfile, const char *term)
+static char *gnuplot_vars(const plot_ctx *X, const moe_plot_chart *ch, const layout *L,
+                          const page *g, const char *datafile, const char *outfile,
+                          const char *term)
 {
     char *buf = NULL;
     size_t len = 0;
@@ -645,6 +510,7 @@ static char *gnuplot_vars(const plot_ctx *X, const chart *ch, const layout *L, c
         fprintf(m, "; mx_%d=", j + 1);
         gp_real(m, L->hi[j]);
     }
+    fprintf(m, "; nerr=%d; maxn=%lld", ch->nerr, L->max_count);
     fprintf(m, "; ncols=%d; nrows=%d", g->c1 - g->c0, g->r1 - g->r0);
     for (int i = g->c0; i < g->c1; i++) {
         fprintf(m, "; ct_%d=", i - g->c0 + 1);
@@ -725,8 +591,8 @@ static int check_scripts(char **dir_out)
     if (!from_env)
         dir = found;
     static const char *const shared[] = {"common", "cf_rows"}; /* loaded by the scripts */
-    for (int i = -2; i < NCHARTS; i++) {
-        char *p = join3(dir, "/", i < 0 ? shared[i + 2] : charts[i].name);
+    for (int i = -2; i < moe_plot_ncharts; i++) {
+        char *p = join3(dir, "/", i < 0 ? shared[i + 2] : moe_plot_charts[i].name);
         char *gp = p ? join3(p, ".gp", "") : NULL;
         free(p);
         if (!gp)
@@ -776,7 +642,7 @@ static char *page_path(const char *stem, const page *g, const char *ext)
 
 /* One image of a chart: gnuplot with terminal t writes page g. dat: the data file, given to
  * gnuplot as /dev/fd/datfd. */
-static int plot_image(const plot_ctx *X, const chart *ch, const layout *L, const page *g,
+static int plot_image(const plot_ctx *X, const moe_plot_chart *ch, const layout *L, const page *g,
                       const char *script, const char *stem, int datfd, int t)
 {
     char *out = page_path(stem, g, terms[t][1]);
@@ -830,7 +696,7 @@ static int remove_old(const char *stem, int dat)
 
 /* Draw one chart: data file, then PNG, SVG and PDF of each page. *drawn: 1 if drawn, 0 if
  * skipped. */
-static int plot_chart(const plot_ctx *X, const chart *ch, int *drawn)
+static int plot_chart(const plot_ctx *X, const moe_plot_chart *ch, int *drawn)
 {
     *drawn = 0;
     char *stem = join3(X->out_dir, "/", ch->name);
@@ -952,19 +818,20 @@ int moe_plot_db_opts(const char *db_path, const moe_plot_opts *opts, FILE *list)
                   cflo,    cfhi,    &cfg,
                   opts ? opts->width_in : 0.0, opts ? opts->height_in : 0.0, list};
     int ndrawn = 0;
-    for (int i = 0; i < NCHARTS && !rc; i++) {
+    for (int i = 0; i < moe_plot_ncharts && !rc; i++) {
         int drawn = 0;
-        rc = plot_chart(&X, &charts[i], &drawn);
+        rc = plot_chart(&X, &moe_plot_charts[i], &drawn);
         ndrawn += drawn;
     }
     if (!rc && moe_store_ep_has_rows(db)) { /* the expert-parallel chart */
         int drawn = 0;
-        rc = plot_chart(&X, &ep_chart, &drawn);
+        rc = plot_chart(&X, &moe_plot_ep_chart, &drawn);
         ndrawn += drawn;
     }
-    for (int i = 0, has = !rc && moe_plot_train_has_rows(db); has && i < NTRAIN && !rc; i++) {
+    const int has_train = !rc && moe_plot_train_has_rows(db);
+    for (int i = 0; has_train && i < moe_plot_ntrain && !rc; i++) {
         int drawn = 0;
-        rc = plot_chart(&X, &train_charts[i], &drawn);
+        rc = plot_chart(&X, &moe_plot_train_charts[i], &drawn);
         ndrawn += drawn;
     }
     if (!rc && ndrawn == 0)

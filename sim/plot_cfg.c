@@ -145,7 +145,8 @@ static int read_differing(sqlite3 *db, const char *db_path, FILE *names, FILE *s
     return MOE_OK;
 }
 
-/* "WITH points AS (SELECT <every column, router with the suffix> FROM main.points)," */
+/* "WITH points AS (SELECT <every column, router with the suffix> FROM temp.points),": the points
+ * the filter selected (plot_filter.c makes temp.points, every point without a filter). */
 static int build_with(sqlite3 *db, const char *db_path, const char *suffix, FILE *m)
 {
     sqlite3_stmt *q = NULL;
@@ -162,7 +163,7 @@ static int build_with(sqlite3 *db, const char *db_path, const char *suffix, FILE
         rc = SQLITE_OK;
     }
     sqlite3_finalize(q);
-    fputs(" FROM main.points), ", m);
+    fputs(" FROM temp.points), ", m);
     return rc == SQLITE_DONE ? MOE_OK : cfg_dberr(db, db_path);
 }
 

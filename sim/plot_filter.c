@@ -1,7 +1,7 @@
 /* plot_filter.c: the point filter of `moesim plot` and `moesim report --html` (plot.h): the
  * --where and --run of the next chart drawing, applied to the reader's connection as a
  * temporary view that shadows `points` (store.h, moe_store_point_filter and
- * moe_store_restrict), so that every chart query sees only the selected points. */
+ * moe_store_reader_setup), so that every chart query sees only the selected points. */
 #include "plot.h"
 
 #include "moe.h"
@@ -19,12 +19,14 @@ void moe_plot_set_filter(const char *where, const char *run)
 
 int moe_plot_apply_filter(sqlite3 *db, const char *db_path)
 {
-    if (!filter_where && !filter_run)
-        return MOE_OK;
+    /* always: `points` becomes temp.points (all points without a filter) and temp.student_t
+     * exists, whatever the schema version, for the confidence intervals of the charts */
     char *cond = NULL;
-    int rc = moe_store_point_filter(db, filter_where, filter_run, &cond);
+    int rc = filter_where || filter_run
+                 ? moe_store_point_filter(db, filter_where, filter_run, &cond)
+                 : MOE_OK;
     if (!rc)
-        rc = moe_store_restrict(db, cond, db_path);
+        rc = moe_store_reader_setup(db, cond, db_path);
     free(cond);
     return rc;
 }

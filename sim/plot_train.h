@@ -103,29 +103,29 @@ int moe_plot_train_has_rows(sqlite3 *db);
     " xs.series, xs.cf, xs.x, xs.loss, xs.flops, xs.points FROM xs"                             \
     " JOIN pn USING (distribution, shape) JOIN sr USING (series) ORDER BY pn.rk, sr.rk, xs.x"
 
-/* The rows of plot.c's chart table (name, what, columns, nkey, nmetric, needs_cf, panel_rows,
- * empty, sql). */
+/* The rows of the chart table (plot_charts.h: name, what, columns, nkey, nmetric, needs_cf,
+ * panel_rows, empty, sql, nerr). */
 #define MOE_PLOT_TRAIN_CHARTS(CF)                                                                 \
     {"train_loss", "training: task loss (train, held-out), aux loss and z-loss vs step",         \
      "distribution shape series cf step loss heldout_loss aux_loss z_loss points", 5, 4, 0, 4,    \
      "no training steps",                                                                         \
      MOE_PLOT_TRAIN_STEP_SQL(CF, "avg(s.loss), avg(s.heldout_loss), avg(s.aux_loss),"             \
-                                 " avg(s.z_loss)")},                                              \
+                                 " avg(s.z_loss)"), 0},                                           \
     {"train_balance", "training: load imbalance, drop rates and dead experts vs step",           \
      "distribution shape series cf step load_imbalance assignment_drop_rate token_drop_rate "     \
      "dead_experts points", 5, 4, 0, 4, "no training steps",                                      \
      MOE_PLOT_TRAIN_STEP_SQL(CF, "avg(s.load_imbalance), avg(s.assignment_drop_rate),"            \
-                                 " avg(s.token_drop_rate), avg(s.dead_experts)")},                \
+                                 " avg(s.token_drop_rate), avg(s.dead_experts)"), 0},             \
     {"train_loads", "training: expert load shares over steps (heatmap)",                         \
      "distribution shape series cf step xlo xhi expert share load points", 8, 2, 0, 0,            \
-     "no per-expert loads of training steps", MOE_PLOT_TRAIN_LOADS_SQL(CF)},                      \
+     "no per-expert loads of training steps", MOE_PLOT_TRAIN_LOADS_SQL(CF), 0},                   \
     {"train_routing", "training: specialisation, routing fluctuation and gate entropy vs step",  \
      "distribution shape series cf step specialisation fluctuation gate_entropy points", 5, 3, 0, \
      3, "no training steps",                                                                      \
      MOE_PLOT_TRAIN_STEP_SQL(CF, "avg(s.specialisation), avg(s.fluctuation),"                     \
-                                 " avg(s.gate_entropy)")},                                        \
+                                 " avg(s.gate_entropy)"), 0},                                     \
     {"train_final", "training: final held-out loss and useful FLOPs per token vs capacity factor",\
      "distribution shape series cf x heldout_loss useful_flops_per_token points", 5, 2, 1, 2,     \
-     "no training points", MOE_PLOT_TRAIN_FINAL_SQL}
+     "no training points", MOE_PLOT_TRAIN_FINAL_SQL, 0}
 
 #endif
