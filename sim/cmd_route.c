@@ -420,15 +420,6 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
         case '?':
             return moe_fail(MOE_EINVAL, "`moesim route --help` lists the flags",
                             "unknown or incomplete flag '%s' (command line)", argv[optind - 1]);
-        default:
-            if ((rc = moe_route_opts_set(o, moe_route_options[c - F_OPT0].key, optarg))) {
-                moe_error_where("--%s", names[c - F_OPT0]);
-                return rc;
-            }
-            given[c - F_OPT0] = 1;
-            if (!strcmp(names[c - F_OPT0], "capacity") ||
-                !strcmp(names[c - F_OPT0], "capacity-factor"))
-                snprintf(a->cap_flag, sizeof a->cap_flag, "--%s", names[c - F_OPT0]);
         default: given[c - F_OPT0] = optarg;
         }
     }
@@ -452,7 +443,7 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
             return rc;
         }
         if (given[i] && (!strcmp(names[i], "capacity") || !strcmp(names[i], "capacity-factor")))
-            snprintf(a->cap_flag, sizeof a->cap_flag, "--%s", names[i]);
+            snprintf(a->cap_flag, sizeof a->cap_flag, "--%.40s", names[i]);
     }
     for (int i = 0; a->router && moe_router_find(a->router) && moe_route_options[i].key; i++)
         if (given[i] && (rc = moe_route_option_check(moe_route_options[i].key, a->router))) {

@@ -12,7 +12,7 @@
  * and a progress handler that stops a statement after 10^6 virtual-machine steps (no hang from a
  * recursive query); a statement that fails is skipped and the next one runs. Inputs naming
  * VACUUM are skipped (VACUUM INTO writes a file). The plot part is sim/plot.c itself, included
- * here for its static chart table and export functions. Seed corpus: tests/fuzz/corpus_db/.
+ * here for its static export functions (the chart table is plot_charts.c). Seed corpus: tests/fuzz/corpus_db/.
  *
  * Each input runs one form of report (the table, --csv --points or --json, by its length modulo
  * 3), the plot data and compare.
@@ -107,18 +107,21 @@ static void fuzz_db_plot(const char *db_path)
     moe_clear_error();
     int rc = moe_store_open(db_path, 1, &st);
     sqlite3 *db = rc ? NULL : moe_store_db(st);
-    if (!rc && !(rc = check_db(db, db_path, &npoints, &cflo, &cfhi)))
+    if (!rc && !(rc = moe_plot_apply_filter(db, db_path)) &&
+        !(rc = check_db(db, db_path, &npoints, &cflo, &cfhi)))
         rc = moe_plot_cfg_read(db, db_path, &cfg);
     const plot_ctx X = {db, db_path, "db", NULL, NULL, fuzz_dir(), cflo, cfhi, &cfg, 0.0, 0.0,
                         NULL};
-    const chart *list[NCHARTS + 1 + NTRAIN];
+    enum { MAXLIST = 64 };
+    const moe_plot_chart *list[MAXLIST];
+    FUZZ_REQUIRE(moe_plot_ncharts + 1 + moe_plot_ntrain <= MAXLIST, "chart list too short");
     int n = 0;
-    for (int i = 0; !rc && i < NCHARTS; i++)
-        list[n++] = &charts[i];
+    for (int i = 0; !rc && i < moe_plot_ncharts; i++)
+        list[n++] = &moe_plot_charts[i];
     if (!rc && moe_store_ep_has_rows(db))
-        list[n++] = &ep_chart;
-    for (int i = 0; !rc && i < NTRAIN && moe_plot_train_has_rows(db); i++)
-        list[n++] = &train_charts[i];
+        list[n++] = &moe_plot_ep_chart;
+    for (int i = 0; !rc && i < moe_plot_ntrain && moe_plot_train_has_rows(db); i++)
+        list[n++] = &moe_plot_train_charts[i];
     for (int i = 0; i < n && !rc; i++) {
         if (list[i]->needs_cf && !isfinite(cflo))
             continue;
