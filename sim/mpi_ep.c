@@ -12,7 +12,8 @@
  *   L                          moe_layer for El experts: h[e,s] = sum of the rows of (e,s)
  * Sx = rows of this rank's tokens at most (<= the plan's entries), Rx = entries at most. Buffers
  * are sized for the worst case but touched only as far as a plan fills them. The received rows
- * run through moe_layer_forward: this file is a layer implementation, like layer.c.
+ * run through the pipeline's layer stage (moe_pipeline_layer_stage), each rank's routing under
+ * per-rank capacity through its route stage (moe_pipeline_route_stage).
  *
  * Per-rank capacity (DeepSpeed): the routing draws of rank q's local routing come from stream
  * MOE_EP_STREAM + q of the point's seed.
@@ -335,7 +336,8 @@ static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan,
     const moe_experts wl = {el, ep->d, ep->f, ep->act, w->w1 + (size_t)e0 * D * FW,
                             w->b1 + (size_t)e0 * FW, w->w2 + (size_t)e0 * F * D,
                             w->b2 + (size_t)e0 * D};
-    if (nrecv > 0 && (rc = moe_layer_forward(ep->L, &wl, ep->sub, ep->recv, ep->out, NULL)))
+    if (nrecv > 0 &&
+        (rc = moe_pipeline_layer_stage(ep->L, &wl, ep->sub, ep->recv, ep->out, NULL)))
         return rc; /* (cannot fail on a valid plan: shapes checked above) */
     double t3s = moe_now();
 
@@ -413,7 +415,7 @@ int moe_ep_plan_per_rank(moe_ep *ep, moe_router *r, const moe_route_in *in, gsl_
         iq.choice_w = in->choice_w ? in->choice_w + (size_t)tq * K : NULL;
         iq.rng = rngs ? rngs[q] : in->rng;
         moe_plan *lp = ep->loc;
-        if ((rc = moe_router_route(r, &iq, lp)))
+        if ((rc = moe_pipeline_route_stage(r, &iq, lp, NULL)))
             return rc;
         for (size_t i = 0; i < lp->n_entries; i++) {
             const moe_entry *e = &lp->entries[i];
