@@ -352,8 +352,8 @@ static void ep_combine(const moe_ep *ep, const moe_plan *plan, float *y)
 }
 
 /* The statistics of one forward: rows nsend sent and nrecv received, tokens entries of this
- * rank's experts; tp, t1s..t5s the times at its start, around the two all-to-alls and at the
- * end of the combine. */
+ * rank's experts; times (moe_now) tp at its start, ts[0] and ts[1] around the dispatch
+ * all-to-all, ts[2] and ts[3] around the combine all-to-all, ts[4] at the end of the combine. */
 static void ep_stats(const moe_ep *ep, long nsend, long nrecv, long tokens, double tp,
                      const double ts[5], moe_ep_stats *st)
 {
