@@ -67,11 +67,12 @@ long_functions() {
     )
 }
 
-# long_files ROOT: "file: N lines" for each file in ROOT/sim and ROOT/routers over 1000 lines.
+# long_files ROOT: "file: N lines" for each source file (C, headers, Python) in ROOT/sim and
+# ROOT/routers over 1000 lines.
 long_files() {
     (
         cd "$1" || exit 1
-        find sim routers -type f | sort | while read -r f; do
+        find sim routers -type f \( -name '*.[ch]' -o -name '*.py' \) | sort | while read -r f; do
             n=$(wc -l <"$f")
             [ "$n" -le 1000 ] || echo "$f: $n lines"
         done
