@@ -28,12 +28,13 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(B)/tests/%)
 SPEC     ?= experiments/default.ini
 
 # Debian packages: what `make run` needs (build, sweep, charts), and the optional tools of
-# `make test` (the sqlite3 shell, valgrind, clang for fuzzing, Open MPI); tests whose tool is
-# missing are skipped and counted.
+# `make test` (the sqlite3 shell, valgrind, clang for fuzzing, Open MPI, universal-ctags and
+# cscope for the layout checks of tests/t_layering.sh); tests whose tool is missing are skipped
+# and counted.
 DEB_PKGS      := build-essential pkg-config libgsl-dev libopenblas-dev libsqlite3-dev \
                  libinih-dev libjansson-dev zlib1g-dev gnuplot-nox
 DEB_PKGS_TEST := sqlite3 valgrind clang libopenmpi-dev openmpi-bin python3-numpy python3-pip \
-                 python3-setuptools python3-wheel
+                 python3-setuptools python3-wheel universal-ctags cscope
 
 # MPI (sim/mpi_*.c): expert parallelism and sweeps over ranks, built only when mpicc is
 # found (`make MPICC=` builds without). Only sim/mpi_*.o see MPI's headers (-DMOESIM_MPI); the

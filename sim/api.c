@@ -1,7 +1,8 @@
 /* api.c: the C API of libmoesim.so (moesim_api.h) over the library's public functions:
  * moe_route_opts_set for the options, the one-batch pipeline (pipeline.h) for the plan and its
- * metrics, moe_layer_alloc/_forward for a given plan through the layer. Each call does what `moesim route`
- * does for the same inputs (sim/cmd_route.c), so that results match it bit for bit. */
+ * metrics, moe_layer_alloc and the pipeline's layer stage for a given plan through the layer.
+ * Each call does what `moesim route` does for the same inputs (sim/cmd_route.c), so that
+ * results match it bit for bit. */
 #include "moesim_api.h"
 
 #include "layer.h"
@@ -282,7 +283,7 @@ int moesim_layer(const moesim_plan_view *pv, const float *x, int d, int f, const
                            pv->dispatch_weight[i], pv->combine_weight[i]);
     moe_experts ex = {pv->num_experts, d, f, act, w1, b1, w2, b2, NULL};
     if (!rc)
-        rc = moe_layer_forward(L, &ex, plan, x, y, NULL);
+        rc = moe_pipeline_layer_stage(L, &ex, plan, x, y, NULL);
 out:
     moe_layer_free(L);
     moe_plan_free(plan);

@@ -17,6 +17,7 @@
 #include "bench_routing.h"
 #include "moe.h"
 #include "npy.h"
+#include "pipeline.h"
 #include "vexp.h"
 #include "../routers/par.h"
 
@@ -175,7 +176,7 @@ static int br_route_once(br_run *b, const double *L, int n, int E, const double 
 {
     moe_route_in in = {n, E, L, b->ids, u, b->rng, NULL, NULL, 0, NULL, NULL};
     double t0 = moe_now();
-    int rc = moe_router_route(b->r, &in, b->plan);
+    int rc = moe_pipeline_route_stage(b->r, &in, b->plan, NULL);
     if (!rc)
         rc = moe_metrics_compute(b->plan, L, 0, 0, 0, 0, b->mt);
     *dt = moe_now() - t0;

@@ -12,7 +12,8 @@
  *   L                          moe_layer for El experts: h[e,s] = sum of the rows of (e,s)
  * Sx = rows of this rank's tokens at most (<= the plan's entries), Rx = entries at most. Buffers
  * are sized for the worst case but touched only as far as a plan fills them. The received rows
- * run through moe_layer_forward: this file is a layer implementation, like layer.c.
+ * run through the pipeline's layer stage (moe_pipeline_layer_stage), each rank's routing under
+ * per-rank capacity through its route stage (moe_pipeline_route_stage).
  *
  * Per-rank capacity (DeepSpeed): the routing draws of rank q's local routing come from stream
  * MOE_EP_STREAM + q of the point's seed.
@@ -234,26 +235,16 @@ static long prefix(const long *cnt, long *dsp, int P)
     return s;
 }
 
-/* moe_ep_forward with this rank's status so far (rc_in != 0: fail, together with the others). */
-static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan, const float *x,
-                         float *y, int gather, moe_ep_stats *st, int rc_in)
+/* Dispatch rows: one row per slot (e,s) this rank's tokens touch, grouped by the expert's rank
+ * in order of first appearance in the plan, each the sum of dispatch_w * x[t] of its entries.
+ * Fills send, scnt, sdsp and srow; *nsend rows in all. */
+static int ep_pack(moe_ep *ep, const moe_plan *plan, const float *x, long *nsend)
 {
-    int rc = rc_in ? rc_in : check_ep_plan(ep, plan);
-    if (!rc && (!w || w->E != ep->E || w->d != ep->d || w->f != ep->f || w->act != ep->act))
-        rc = moe_fail(MOE_EINVAL, NULL, "expert weights do not match the expert-parallel layer "
-                      "(moe_ep_forward)");
-    if ((rc = moe_mpi_agree_fwd(rc)))
-        return rc;
-    const int P = ep->P, me = ep->rank, e0 = ep->e0, el = ep->el;
-    const int t0 = ep->t0, t1 = ep->t0 + ep->tn;
-    const size_t D = (size_t)ep->d, FW = (size_t)ep->fw, F = (size_t)ep->f;
+    const int P = ep->P, t0 = ep->t0, t1 = ep->t0 + ep->tn;
+    const size_t D = (size_t)ep->d;
     const long Cc = ep->Cc;
     const moe_entry *en = plan->entries;
     const size_t ne = plan->n_entries;
-    double a2a = 0.0, tp = moe_now();
-
-    /* ---- dispatch: one row per slot (e,s) this rank's tokens touch, grouped by the expert's
-     * rank in order of first appearance in the plan ---- */
     memset(ep->scnt, 0, (size_t)P * sizeof *ep->scnt);
     unsigned sa = next_stamp(ep);
     for (size_t i = 0; i < ne; i++) {
@@ -265,10 +256,10 @@ static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan,
             ep->scnt[ep->eown[en[i].expert]]++;
         }
     }
-    long nsend = prefix(ep->scnt, ep->sdsp, P);
-    if ((size_t)nsend > ep->sx)
+    *nsend = prefix(ep->scnt, ep->sdsp, P);
+    if ((size_t)*nsend > ep->sx)
         return moe_fail(MOE_EINVAL, NULL, "%ld dispatch rows exceed the workspace of %zu "
-                        "(moe_ep_forward)", nsend, ep->sx);
+                        "(moe_ep_forward)", *nsend, ep->sx);
     memcpy(ep->cur, ep->sdsp, (size_t)P * sizeof *ep->cur);
     unsigned sb = next_stamp(ep);
     for (size_t i = 0; i < ne; i++) {
@@ -285,15 +276,26 @@ static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan,
         for (size_t c = 0; c < D; c++)
             row[c] += a * xt[c];
     }
-    /* what arrives: the same first-appearance order, per source rank, for this rank's experts */
+    return MOE_OK;
+}
+
+/* What arrives: the rows for this rank's experts, in the same first-appearance order per
+ * source rank, and the plan sub of the received rows (row, local expert, slot, 1, 1). Fills
+ * rcnt, rdsp and sub; *nrecv rows, *tokens entries of this rank's experts. */
+static int ep_plan_recv(moe_ep *ep, const moe_plan *plan, long *nrecv, long *tokens)
+{
+    const int P = ep->P, e0 = ep->e0, el = ep->el;
+    const long Cc = ep->Cc;
+    const moe_entry *en = plan->entries;
+    const size_t ne = plan->n_entries;
     memset(ep->rcnt, 0, (size_t)P * sizeof *ep->rcnt);
-    long tokens = 0;
+    *tokens = 0;
     unsigned ra = next_stamp(ep);
     for (size_t i = 0; i < ne; i++) {
         int e = en[i].expert;
         if (e < e0 || e >= e0 + el)
             continue;
-        tokens++;
+        (*tokens)++;
         int src = ep->town[en[i].token];
         size_t key = ((size_t)src * (size_t)el + (size_t)(e - e0)) * (size_t)Cc +
                      (size_t)en[i].slot;
@@ -302,11 +304,12 @@ static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan,
             ep->rcnt[src]++;
         }
     }
-    long nrecv = prefix(ep->rcnt, ep->rdsp, P);
-    if ((size_t)nrecv > ep->rx)
+    *nrecv = prefix(ep->rcnt, ep->rdsp, P);
+    if ((size_t)*nrecv > ep->rx)
         return moe_fail(MOE_EINVAL, NULL, "%ld received rows exceed the workspace of %zu "
-                        "(moe_ep_forward)", nrecv, ep->rx);
-    if ((rc = moe_plan_reset(ep->sub, (int)nrecv, el, 0)))
+                        "(moe_ep_forward)", *nrecv, ep->rx);
+    int rc = moe_plan_reset(ep->sub, (int)*nrecv, el, 0);
+    if (rc)
         return rc;
     ep->sub->capacity = plan->capacity;
     memcpy(ep->cur, ep->rdsp, (size_t)P * sizeof *ep->cur);
@@ -325,27 +328,19 @@ static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan,
                 return rc;
         }
     }
-    double t1s = moe_now();
-    moe_mpi_a2av_rows(ep->send, ep->scnt, ep->sdsp, ep->recv, ep->rcnt, ep->rdsp, D, ep->ic, ep->id,
-              ep->jc, ep->jd);
-    double t2s = moe_now();
-    a2a += t2s - t1s;
+    return MOE_OK;
+}
 
-    /* ---- experts: this rank's FFNs on the received rows ---- */
-    const moe_experts wl = {el, ep->d, ep->f, ep->act, w->w1 + (size_t)e0 * D * FW,
-                            w->b1 + (size_t)e0 * FW, w->w2 + (size_t)e0 * F * D,
-                            w->b2 + (size_t)e0 * D, NULL};
-    if (nrecv > 0 && (rc = moe_layer_forward(ep->L, &wl, ep->sub, ep->recv, ep->out, NULL)))
-        return rc; /* (cannot fail on a valid plan: shapes checked above) */
-    double t3s = moe_now();
-
-    /* ---- combine: outputs back in the same row order; y[t] += combine_w * out ---- */
-    moe_mpi_a2av_rows(ep->out, ep->rcnt, ep->rdsp, ep->ret, ep->scnt, ep->sdsp, D, ep->ic, ep->id,
-              ep->jc, ep->jd);
-    double t4s = moe_now();
-    a2a += t4s - t3s;
+/* Combine: y[t] = sum of combine_w * (the returned output of its row) over the entries of this
+ * rank's tokens, in plan order. */
+static void ep_combine(const moe_ep *ep, const moe_plan *plan, float *y)
+{
+    const int t0 = ep->t0, t1 = ep->t0 + ep->tn;
+    const size_t D = (size_t)ep->d;
+    const long Cc = ep->Cc;
+    const moe_entry *en = plan->entries;
     memset(y + (size_t)t0 * D, 0, (size_t)ep->tn * D * sizeof *y);
-    for (size_t i = 0; i < ne; i++) {
+    for (size_t i = 0; i < plan->n_entries; i++) {
         if (en[i].token < t0 || en[i].token >= t1)
             continue;
         size_t key = (size_t)en[i].expert * (size_t)Cc + (size_t)en[i].slot;
@@ -354,29 +349,77 @@ static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan,
         for (size_t c = 0; c < D; c++)
             yt[c] += a * o[c];
     }
-    double t5s = moe_now();
+}
+
+/* The statistics of one forward: rows nsend sent and nrecv received, tokens entries of this
+ * rank's experts; times (moe_now) tp at its start, ts[0] and ts[1] around the dispatch
+ * all-to-all, ts[2] and ts[3] around the combine all-to-all, ts[4] at the end of the combine. */
+static void ep_stats(const moe_ep *ep, long nsend, long nrecv, long tokens, double tp,
+                     const double ts[5], moe_ep_stats *st)
+{
+    const int me = ep->rank;
+    memset(st, 0, sizeof *st);
+    st->rank = me;
+    st->P = ep->P;
+    st->e0 = ep->e0;
+    st->experts = ep->el;
+    st->t0 = ep->t0;
+    st->held = ep->tn;
+    st->tokens = tokens;
+    st->rows_local = ep->scnt[me];
+    st->rows_out = nsend - ep->scnt[me];
+    st->rows_in = nrecv - ep->rcnt[me];
+    st->bytes_sent = st->bytes_recv =
+        (double)(st->rows_out + st->rows_in) * (double)ep->d * sizeof(float);
+    st->a2a_s = (ts[1] - ts[0]) + (ts[3] - ts[2]);
+    st->expert_s = ts[2] - ts[1];
+    st->pack_s = (ts[0] - tp) + (ts[4] - ts[3]);
+    st->dispatch_s = ts[1] - tp;
+    st->combine_s = ts[4] - ts[2];
+}
+
+/* moe_ep_forward with this rank's status so far (rc_in != 0: fail, together with the others). */
+static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan, const float *x,
+                         float *y, int gather, moe_ep_stats *st, int rc_in)
+{
+    int rc = rc_in ? rc_in : check_ep_plan(ep, plan);
+    if (!rc && (!w || w->E != ep->E || w->d != ep->d || w->f != ep->f || w->act != ep->act))
+        rc = moe_fail(MOE_EINVAL, NULL, "expert weights do not match the expert-parallel layer "
+                      "(moe_ep_forward)");
+    if ((rc = moe_mpi_agree_fwd(rc)))
+        return rc;
+    const int e0 = ep->e0, el = ep->el;
+    const size_t D = (size_t)ep->d, FW = (size_t)ep->fw, F = (size_t)ep->f;
+    double ts[5], tp = moe_now();
+    long nsend, nrecv, tokens;
+
+    /* ---- dispatch ---- */
+    if ((rc = ep_pack(ep, plan, x, &nsend)) || (rc = ep_plan_recv(ep, plan, &nrecv, &tokens)))
+        return rc;
+    ts[0] = moe_now();
+    moe_mpi_a2av_rows(ep->send, ep->scnt, ep->sdsp, ep->recv, ep->rcnt, ep->rdsp, D, ep->ic,
+                      ep->id, ep->jc, ep->jd);
+    ts[1] = moe_now();
+
+    /* ---- experts: this rank's FFNs on the received rows ---- */
+    const moe_experts wl = {el, ep->d, ep->f, ep->act, w->w1 + (size_t)e0 * D * FW,
+                            w->b1 + (size_t)e0 * FW, w->w2 + (size_t)e0 * F * D,
+                            w->b2 + (size_t)e0 * D, NULL};
+    if (nrecv > 0 &&
+        (rc = moe_pipeline_layer_stage(ep->L, &wl, ep->sub, ep->recv, ep->out, NULL)))
+        return rc; /* (cannot fail on a valid plan: shapes checked above) */
+    ts[2] = moe_now();
+
+    /* ---- combine: outputs back in the same row order; y[t] += combine_w * out ---- */
+    moe_mpi_a2av_rows(ep->out, ep->rcnt, ep->rdsp, ep->ret, ep->scnt, ep->sdsp, D, ep->ic,
+                      ep->id, ep->jc, ep->jd);
+    ts[3] = moe_now();
+    ep_combine(ep, plan, y);
+    ts[4] = moe_now();
     if (gather)
         moe_mpi_allgather_rows(y, ep->tbeg, D, ep->ic, ep->id);
-    if (st) {
-        memset(st, 0, sizeof *st);
-        st->rank = me;
-        st->P = P;
-        st->e0 = e0;
-        st->experts = el;
-        st->t0 = t0;
-        st->held = ep->tn;
-        st->tokens = tokens;
-        st->rows_local = ep->scnt[me];
-        st->rows_out = nsend - ep->scnt[me];
-        st->rows_in = nrecv - ep->rcnt[me];
-        st->bytes_sent = st->bytes_recv =
-            (double)(st->rows_out + st->rows_in) * (double)D * sizeof(float);
-        st->a2a_s = a2a;
-        st->expert_s = t3s - t2s;
-        st->pack_s = (t1s - tp) + (t5s - t4s);
-        st->dispatch_s = t2s - tp;
-        st->combine_s = t5s - t3s;
-    }
+    if (st)
+        ep_stats(ep, nsend, nrecv, tokens, tp, ts, st);
     return MOE_OK;
 }
 
@@ -413,7 +456,7 @@ int moe_ep_plan_per_rank(moe_ep *ep, moe_router *r, const moe_route_in *in, gsl_
         iq.choice_w = in->choice_w ? in->choice_w + (size_t)tq * K : NULL;
         iq.rng = rngs ? rngs[q] : in->rng;
         moe_plan *lp = ep->loc;
-        if ((rc = moe_router_route(r, &iq, lp)))
+        if ((rc = moe_pipeline_route_stage(r, &iq, lp, NULL)))
             return rc;
         for (size_t i = 0; i < lp->n_entries; i++) {
             const moe_entry *e = &lp->entries[i];

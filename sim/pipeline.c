@@ -310,6 +310,25 @@ int moe_pipeline_alloc(const moe_pipeline_cfg *cfg, moe_pipeline **out)
     return MOE_OK;
 }
 
+/* ---- stages: the only calls of the router and of the layer forward ---- */
+
+int moe_pipeline_route_stage(moe_router *r, const moe_route_in *in, moe_plan *plan,
+                             double *seconds)
+{
+    if (!seconds)
+        return moe_router_route(r, in, plan);
+    double t0 = moe_now();
+    int rc = moe_router_route(r, in, plan);
+    *seconds = moe_now() - t0;
+    return rc;
+}
+
+int moe_pipeline_layer_stage(moe_layer *L, const moe_experts *w, const moe_plan *plan,
+                             const float *x, float *y, moe_phase_times *tm)
+{
+    return moe_layer_forward(L, w, plan, x, y, tm);
+}
+
 /* output_error_dense and output_error_dropless of the batch just routed and run. */
 static int output_errors(moe_pipeline *p, const moe_batch *b, const moe_route_in *in)
 {
@@ -332,9 +351,9 @@ static int output_errors(moe_pipeline *p, const moe_batch *b, const moe_route_in
     if (p->twin) {
         moe_route_in in2 = *in;
         in2.rng = p->rng2;
-        if ((rc = moe_router_route(p->r2, &in2, p->plan2)) ||
+        if ((rc = moe_pipeline_route_stage(p->r2, &in2, p->plan2, NULL)) ||
             (rc = check_plan(p->plan2, p->cfg.label)) ||
-            (rc = moe_layer_forward(p->L, w, p->plan2, b->x, p->y2, NULL)) ||
+            (rc = moe_pipeline_layer_stage(p->L, w, p->plan2, b->x, p->y2, NULL)) ||
             (rc = check_output(p->y2, T, D, "dropless output", p->cfg.label)))
             return rc;
         p->mt->output_error_dropless = moe_rel_l2(p->y, p->y2, (size_t)T * D);
@@ -385,17 +404,15 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
     /* route */
     moe_route_in in = {b->n, c->M, p->routed, b->ids, uniforms, p->rng, b->choices, b->choice_w,
                        b->k_rec, b->gumbel_u, b->rts_u};
-    double t0 = moe_now();
-    if ((rc = moe_router_route(p->r, &in, p->plan)))
+    if ((rc = moe_pipeline_route_stage(p->r, &in, p->plan, &t.route)))
         return rc;
-    t.route = moe_now() - t0;
     if ((rc = check_plan(p->plan, c->label)))
         return rc;
     /* dispatch, experts, combine */
     if (fl & MOE_PIPE_LAYER) {
         moe_phase_times lt = {0};
         if ((rc = c->ep ? c->ep->forward(c->ep->ctx, c->w, p->plan, &in, b->x, p->y, &lt)
-                        : moe_layer_forward(p->L, c->w, p->plan, b->x, p->y, &lt)))
+                        : moe_pipeline_layer_stage(p->L, c->w, p->plan, b->x, p->y, &lt)))
             return rc;
         if (c->ep && (rc = moe_layer_forward_shared(p->L, c->w, b->x, b->n, p->y, &lt)))
             return rc; /* every rank runs the shared experts on its whole batch */

@@ -5,8 +5,9 @@
  *   batch     from a token source (moe_pipeline_run_source) or given (moe_pipeline_run_batch)
  *   gate      logits (T,M) = x (T,D) Wg (D,M): float products summed in double in a fixed
  *             order (gate.h), skipped when the batch brings logits
- *   route     the router's plan (moe_router_route), timed on its own
- *   layer     dispatch, experts, combine (moe_layer_forward, or the expert-parallel hook)
+ *   route     the router's plan (moe_pipeline_route_stage), timed on its own
+ *   layer     dispatch, experts, combine (moe_pipeline_layer_stage, or the expert-parallel
+ *             hook)
  *   metrics   moe_metrics_compute on the plan
  *   errors    output_error_dense: rel. L2 of y from the dense mixture sum_e p[t,e] FFN_e(x_t)
  *             on min(T, error_rows) evenly spaced rows (p = softmax of the logits; dense plans:
@@ -19,6 +20,13 @@
  * A pipeline is allocated once per point (router, twin, layer, plans, metrics and every
  * workspace sized from the configuration) and then runs any number of batches; flags say
  * which stages run. Random draws of the router come from (seed, moe_router_stream(type)).
+ *
+ * The route and layer stages are also entry points of their own, for the paths that run a
+ * batch's routing or its experts on workspaces they own: the expert-parallel layer (each
+ * rank's routing under per-rank capacity, each rank's local experts), the training engine's
+ * forward, the C API's layer call and the routing benchmark. This file is the only caller of
+ * the router (moe_router_route) and of the layer forward (moe_layer_forward); the batch
+ * runner calls them through the same two stage functions.
  */
 #ifndef MOE_PIPELINE_H
 #define MOE_PIPELINE_H
@@ -104,6 +112,20 @@ const float *moe_pipeline_output(const moe_pipeline *p);        /* y (T,D), MOE_
 const double *moe_pipeline_logits(const moe_pipeline *p);       /* (T,M) routed on */
 int moe_pipeline_gate_computed(const moe_pipeline *p);          /* the gate GEMM ran */
 const moe_layer *moe_pipeline_layer(const moe_pipeline *p);     /* NULL without experts */
+
+/* ---- stages ---- */
+
+/* route: plan = the plan router r makes for in (moe_router_route: the plan is reset first).
+ * seconds (may be NULL) receives the wall time of the routing alone, measured with moe_now;
+ * with NULL nothing but the router runs. */
+int moe_pipeline_route_stage(moe_router *r, const moe_route_in *in, moe_plan *plan,
+                             double *seconds);
+
+/* layer: dispatch, experts, combine of plan on x (T,D) into y (T,D) through L
+ * (moe_layer_forward: checks the plan and the weights against L's shape). tm (may be NULL)
+ * receives the dispatch, experts and combine times. */
+int moe_pipeline_layer_stage(moe_layer *L, const moe_experts *w, const moe_plan *plan,
+                             const float *x, float *y, moe_phase_times *tm);
 
 /* Rows of the dense-mixture error subset: nrows = min(T, error_rows) (all if 0), evenly spaced
  * rows[i] = floor(i*T/nrows). rows must hold T ints. Returns nrows. */

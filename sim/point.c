@@ -12,6 +12,7 @@
 #include "point.h"
 
 #include "cluster_point.h"
+#include "metric_table.h"
 
 #include <gsl/gsl_randist.h>
 #include <gsl/gsl_statistics_double.h>
@@ -20,20 +21,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-
-static double metric_value(const moe_metrics *mt, const moe_point_metric *m)
-{
-    const char *base = (const char *)mt + m->offset;
-    if (m->is_long) {
-        long v;
-        memcpy(&v, base, sizeof v);
-        return (double)v;
-    }
-    double v;
-    memcpy(&v, base, sizeof v);
-    return v;
-}
 
 /* ---- result ---- */
 
@@ -224,7 +211,7 @@ static void record_batch(moe_point_result *res, int b, const moe_metrics *mt,
 {
     double *bm = res->batch_metric + (size_t)b * MOE_POINT_NMETRICS;
     for (int i = 0; i < MOE_POINT_NMETRICS; i++)
-        bm[i] = metric_value(mt, &moe_point_metrics[i]);
+        bm[i] = moe_metric_value(mt, &moe_point_metrics[i]);
     moe_phase_times_array(tm, res->batch_time + (size_t)b * MOE_NPHASES);
     for (int e = 0; e < res->E; e++) {
         res->assigned[e] += (double)mt->assigned_load[e];

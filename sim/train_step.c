@@ -5,6 +5,7 @@
 #include "train_impl.h"
 
 #include "blas_info.h"
+#include "pipeline.h"
 
 #include <gsl/gsl_randist.h>
 #include <math.h>
@@ -122,7 +123,7 @@ static int forward(moe_trainer *tr, const moe_batch *b, moe_plan *p, int train, 
     in.choices = b->choices;
     in.choice_w = b->choice_w;
     in.k_rec = b->k_rec;
-    if ((rc = moe_router_route(tr->r, &in, p)))
+    if ((rc = moe_pipeline_route_stage(tr->r, &in, p, NULL)))
         return rc;
     if ((rc = tr->k->ffn_forward(tr, &tr->ffn, p, tr->xr, tr->y)))
         return rc;

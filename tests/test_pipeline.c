@@ -9,8 +9,11 @@
  *     which is sum_e p[t,e] FFN_e(x_t);
  *   - output_error_dropless: y against the naive forward of the plan routed with dropless = 1;
  *   - the gate: logits[t][e] = sum_d x[t][d] wg[d][e] summed in double here;
- *   - the phase times: total is the sum of the five phases, layer phases 0 without a layer.
- * Error paths: a layer without experts, experts of the wrong E.
+ *   - the phase times: total is the sum of the five phases, layer phases 0 without a layer;
+ *   - the stages on their own (moe_pipeline_route_stage, moe_pipeline_layer_stage): the same
+ *     plan as the router routed directly, y within 1e-4 of moe_layer_forward_naive.
+ * Error paths: a layer without experts, experts of the wrong E, a plan whose capacity exceeds
+ * the layer's slots given to the layer stage.
  */
 #include "check.h"
 #include "options.h"
@@ -86,6 +89,43 @@ static void check_times(const char *what, const moe_phase_times *t, int layer)
     if (!layer)
         CHECK(t->dispatch == 0 && t->experts == 0 && t->combine == 0,
               "%s: no layer phases without a layer", what);
+}
+
+/* The route and layer stages called on their own, on workspaces of the test's. */
+static void check_stages(const moe_route_opts *o, const moe_plan *ref, const moe_experts *ex,
+                         const float *x)
+{
+    moe_router *r = NULL;
+    moe_plan *p = moe_plan_alloc(T, E, (size_t)T * E);
+    moe_layer *L = moe_layer_alloc(T, E, 2, D, F, ex->act), *L1 = moe_layer_alloc(T, E, 1, D, F,
+                                                                                   ex->act);
+    CHECK(p && L && L1, "stages: workspaces");
+    CHECK_INT(moe_router_alloc(moe_router_find("topk"), o, T, E, &r), MOE_OK);
+    if (!p || !L || !L1 || !r)
+        goto out;
+    moe_route_in in = {T, E, logits, NULL, NULL, NULL, NULL, NULL, 0, NULL, NULL};
+    double sec = -1.0;
+    CHECK_INT(moe_pipeline_route_stage(r, &in, p, &sec), MOE_OK);
+    CHECK(same_plan(p, ref) && sec >= 0.0, "route stage: the router's plan, %g s >= 0", sec);
+    CHECK_INT(moe_pipeline_route_stage(r, &in, p, NULL), MOE_OK);
+    CHECK(same_plan(p, ref), "route stage without a time: the router's plan");
+    float y[T * D], y_naive[T * D];
+    moe_phase_times tm = {0};
+    CHECK_INT(moe_pipeline_layer_stage(L, ex, p, x, y, &tm), MOE_OK);
+    CHECK_INT(moe_layer_forward_naive(ex, p, x, y_naive), MOE_OK);
+    double worst = 0.0;
+    for (int i = 0; i < T * D; i++)
+        worst = fmax(worst, fabs((double)y[i] - y_naive[i]) / (1e-6 + fabs(y_naive[i])));
+    CHECK(worst < 1e-4, "layer stage: y = the naive forward (worst rel. diff %.3g)", worst);
+    CHECK(tm.dispatch >= 0 && tm.experts >= 0 && tm.combine >= 0, "layer stage: phase times");
+    /* C = 2 slots of the plan, 1 in the layer */
+    CHECK_INT(moe_pipeline_layer_stage(L1, ex, p, x, y, NULL), MOE_EINVAL);
+    moe_clear_error();
+out:
+    moe_router_free(r);
+    moe_plan_free(p);
+    moe_layer_free(L);
+    moe_layer_free(L1);
 }
 
 int main(void)
@@ -194,6 +234,8 @@ int main(void)
     CHECK(worst < 1e-5, "gate logits = x wg (worst abs. diff %.3g)", worst);
     check_times("gate", &tm, 1);
     moe_pipeline_free(p);
+
+    check_stages(&o, ref, &ex, x);
 
     moe_plan_free(ref);
     moe_plan_free(refd);
