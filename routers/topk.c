@@ -13,7 +13,7 @@
 
 typedef struct {
     moe_claims *cl;
-    double *row;  /* (E) the token's noisy logits (noise_std > 0) */
+    double *row;  /* (T,E) the noisy logits (noise_std > 0), else (E) unused */
     moe_score_cfg sc;    /* the score path (score.h); sc.is_default: softmax over the k logits */
     moe_score_tmp *tmp;  /* its scratch, when not the default */
 } topk_ws;
@@ -44,7 +44,9 @@ static int topk_alloc(moe_router *r)
         return rc;
     }
     w->cl = moe_claims_alloc(r->n_max, r->k, r->E, 1);
-    w->row = malloc((size_t)r->E * sizeof *w->row);
+    /* with noise: all tokens' noisy logits, kept for the metrics (plan->noisy_logits) */
+    w->row = malloc((size_t)(r->opts.noise_std > 0.0 ? r->n_max : 1) * (size_t)r->E *
+                    sizeof *w->row);
     if (!w->sc.is_default && !(w->tmp = moe_score_tmp_alloc(&w->sc, r->n_max))) {
         topk_free(r);
         return MOE_ENOMEM;
@@ -119,12 +121,17 @@ static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     for (int t = 0; sd > 0.0 && t < n; t++) {
         /* row (E) = logits[t,:] + noise, drawn in token then expert order */
         const double *lt = in->logits + (size_t)t * E;
+        double *row = w->row + (size_t)t * E;
         for (int e = 0; e < E; e++)
-            w->row[e] = lt[e] + sd * gsl_ran_gaussian_ziggurat(in->rng, 1.0);
+            row[e] = lt[e] + sd * gsl_ran_gaussian_ziggurat(in->rng, 1.0);
         if (dflt)
-            topk_select(cl, t, w->row);
+            topk_select(cl, t, row);
         else /* the scores of the noisy logits */
-            topk_score_select(w, t, w->row, NULL);
+            topk_score_select(w, t, row, NULL);
+    }
+    if (sd > 0.0) {
+        plan->noisy_logits = w->row;
+        plan->noise_std = sd;
     }
     cl->rts_u = in->rts_u; /* order rts */
     return moe_claims_finish(cl, &r->opts, n, MOE_CLAIMS_AUX_ASSIGNED, plan);
