@@ -352,6 +352,11 @@ static int read_db(mset *s)
     if (rc)
         return rc;
     sqlite3 *db = moe_store_db(st);
+    /* `points` with NULL for the metrics a database of an older version lacks */
+    if ((rc = moe_store_reader_setup(db, NULL, s->path))) {
+        moe_store_close(st);
+        return rc;
+    }
     sqlite3_stmt *q = NULL, *loads = NULL, *hist = NULL, *cores = NULL;
     char *sql = metrics_sql(0), *lsql = metrics_sql(1);
     if (!sql || !lsql) {
