@@ -715,6 +715,23 @@ static int put_train_rows(moe_store *st, sqlite3_int64 id, const moe_point *pt,
     return r;
 }
 
+
+/* Rows (point id, j, v[j]) for j = 0..top of a histogram through the statement q. */
+static int put_histogram(moe_store *st, sqlite3_stmt *q, sqlite3_int64 id, const long *v, int top,
+                         const char *what)
+{
+    for (int j = 0; j <= top; j++) {
+        binder h = {q, 0, SQLITE_OK};
+        b_int(&h, id);
+        b_int(&h, j);
+        b_int(&h, v[j]);
+        int r = run(st, &h, what);
+        if (r)
+            return r;
+    }
+    return MOE_OK;
+}
+
 static int put_rows(moe_store *st, const char *spec_name, const moe_point *pt,
                     const moe_point_result *res, const moe_provenance *pv, int replace,
                     const moe_store_ep *ep)
@@ -783,22 +800,11 @@ static int put_rows(moe_store *st, const char *spec_name, const moe_point *pt,
         if ((r = run(st, &l, "cannot insert expert loads")))
             return r;
     }
-    for (int j = 0; j <= res->E; j++) {
-        binder h = {st->ins_ept, 0, SQLITE_OK};
-        b_int(&h, id);
-        b_int(&h, j);
-        b_int(&h, res->experts_per_token[j]);
-        if ((r = run(st, &h, "cannot insert the experts-per-token histogram")))
-            return r;
-    }
-    for (int j = 0; j <= res->groups; j++) {
-        binder h = {st->ins_gt, 0, SQLITE_OK};
-        b_int(&h, id);
-        b_int(&h, j);
-        b_int(&h, res->groups_touched[j]);
-        if ((r = run(st, &h, "cannot insert the groups-touched histogram")))
-            return r;
-    }
+    if ((r = put_histogram(st, st->ins_ept, id, res->experts_per_token, res->E,
+                           "cannot insert the experts-per-token histogram")) ||
+        (r = put_histogram(st, st->ins_gt, id, res->groups_touched, res->groups,
+                           "cannot insert the groups-touched histogram")))
+        return r;
     for (int bt = 0; bt < res->batches; bt++) {
         binder q = {st->ins_batch, 0, SQLITE_OK};
         b_int(&q, id);
