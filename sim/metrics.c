@@ -248,8 +248,8 @@ static int anchor_losses(const moe_plan *plan, const double *logits, moe_metrics
     const int noisy = plan->noisy_logits && plan->noise_std > 0.0 && k >= 1;
     if (n % S != 0)
         return moe_fail(MOE_EINVAL, "sequence_length must divide the tokens of a batch",
-                        "sequence_length %d does not divide the batch's %d tokens (metrics)",
-                        S, n);
+                        "sequence_length %d does not divide the batch's %d tokens "
+                        "(sequence_length)", S, n);
     double seq_sum = 0.0, imp_sum = 0.0, pv_sum = 0.0;
     int in_group = 0, ngroups = 0;
     for (int t = 0; t < n; t++) {
