@@ -216,9 +216,10 @@ static void test_case_plan(json_t *c, const moe_route_opts *o, const double *L, 
         p->assigned_load[e] = (long)json_integer_value(json_array_get(al, e));
         p->n_claims += p->assigned_load[e];
     }
+    json_t *rc = json_object_get(c, "rank_claims"), *rk = json_object_get(c, "rank_kept");
     for (int j = 0; j < 2; j++) {
-        p->rank_claims[j] = (long)json_integer_value(json_array_get(json_object_get(c, "rank_claims"), j));
-        p->rank_kept[j] = (long)json_integer_value(json_array_get(json_object_get(c, "rank_kept"), j));
+        p->rank_claims[j] = (long)json_integer_value(json_array_get(rc, j));
+        p->rank_kept[j] = (long)json_integer_value(json_array_get(rk, j));
     }
     p->noisy_logits = H;
     p->noise_std = H ? json_number_value(json_object_get(c, "noise_std")) : 0.0;
