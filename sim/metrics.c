@@ -14,6 +14,7 @@
  */
 #include "metric_table.h"
 #include "moe.h"
+#include "../routers/claims.h" /* moe_claims_topk */
 #include "../routers/par.h"
 
 #include <gsl/gsl_cdf.h>
@@ -198,18 +199,14 @@ static double vmoe_cv2(const double *x, int len)
 
 /* Scratch of the anchor losses, (E) each. */
 typedef struct {
-    double *p, *s, *seq_cnt, *seq_p, *imp, *pv, *load;
-    int *idx, *tmp;
+    double *p, *s, *seq_cnt, *seq_p, *imp, *pv, *load, *val;
+    int32_t *idx;
 } anchor_ws;
 
 /* s (E) = Megatron's scores for the auxiliary losses (compute_routing_scores_for_aux_loss):
  * softmax p, or sigmoid / sqrt(softplus) of the logits divided by their sum + 1e-20. */
-static void aux_scores(int score, const double *lt, const double *p, int E, double *s)
+static void aux_scores(int score, const double *lt, int E, double *s)
 {
-    if (score != MOE_SCORE_SIGMOID && score != MOE_SCORE_SQRTSOFTPLUS) {
-        memcpy(s, p, (size_t)E * sizeof *s);
-        return;
-    }
     double sum = 0.0;
     for (int e = 0; e < E; e++) {
         double x = lt[e];
@@ -227,13 +224,13 @@ static void noisy_loads(const moe_plan *plan, int t, const double *lt, anchor_ws
 {
     const int E = plan->E, k = plan->k;
     const double sd = plan->noise_std, *h = plan->noisy_logits + (size_t)t * E;
-    moe_argsort_desc(h, E, w->idx, w->tmp);
-    const double thr = h[w->idx[k - 1]];
+    moe_claims_topk(h, E, k < E ? k + 1 : k, w->idx, w->val); /* the k+1 largest, descending */
+    const double thr = w->val[k - 1];
     for (int e = 0; e < E; e++)
         w->pv[e] += gsl_cdf_ugaussian_Q((thr - lt[e]) / sd);
     if (k >= E)
         return;
-    const double in = h[w->idx[k]], out = thr; /* (k+1)-th and k-th largest noisy logits */
+    const double in = w->val[k], out = thr; /* (k+1)-th and k-th largest noisy logits */
     for (int e = 0; e < E; e++)
         w->load[e] += gsl_cdf_ugaussian_P((lt[e] - (h[e] > in ? in : out)) / sd);
 }
@@ -246,6 +243,7 @@ static int anchor_losses(const moe_plan *plan, const double *logits, moe_metrics
     const int n = plan->n, E = plan->E, k = plan->k;
     const int S = span(mt->sequence_length, n), gs = span(mt->group_size, n);
     const int noisy = plan->noisy_logits && plan->noise_std > 0.0 && k >= 1;
+    const int own = mt->score == MOE_SCORE_SIGMOID || mt->score == MOE_SCORE_SQRTSOFTPLUS;
     if (n % S != 0)
         return moe_fail(MOE_EINVAL, "sequence_length must divide the tokens of a batch",
                         "sequence_length %d does not divide the batch's %d tokens "
@@ -254,18 +252,27 @@ static int anchor_losses(const moe_plan *plan, const double *logits, moe_metrics
     int in_group = 0, ngroups = 0;
     for (int t = 0; t < n; t++) {
         const double *lt = logits + (size_t)t * E;
-        if (plan->lse_of == logits)
+        const double *p = w->p; /* the softmax of the token's logits: the router's, if kept */
+        if (plan->lse_of == logits && plan->probs)
+            p = plan->probs + (size_t)t * E;
+        else if (plan->lse_of == logits)
             for (int e = 0; e < E; e++)
                 w->p[e] = exp(lt[e] - plan->lse[t]);
         else
             moe_softmax(lt, E, w->p);
-        aux_scores(mt->score, lt, w->p, E, w->s);
-        moe_argsort_desc(w->s, E, w->idx, w->tmp); /* Megatron's top-k routing map */
-        for (int j = 0; j < k; j++)
-            w->seq_cnt[w->idx[j]] += 1.0;
+        const double *s = p; /* Megatron's scores: the softmax, or their own */
+        if (own) {
+            aux_scores(mt->score, lt, E, w->s);
+            s = w->s;
+        }
+        if (k >= 1) { /* Megatron's top-k routing map */
+            moe_claims_topk(s, E, k, w->idx, w->val);
+            for (int j = 0; j < k; j++)
+                w->seq_cnt[w->idx[j]] += 1.0;
+        }
         for (int e = 0; e < E; e++) {
-            w->seq_p[e] += w->s[e];
-            w->imp[e] += w->p[e];
+            w->seq_p[e] += s[e];
+            w->imp[e] += p[e];
         }
         if (noisy)
             noisy_loads(plan, t, lt, w);
@@ -318,16 +325,16 @@ static int anchor_metrics(const moe_plan *plan, const double *logits, moe_metric
     if (!logits || plan->dense || plan->m != E)
         return MOE_OK;
     anchor_ws w;
-    double *d = calloc((size_t)E * 7, sizeof *d);
-    int *ix = malloc((size_t)E * 2 * sizeof *ix);
+    double *d = calloc((size_t)E * 8, sizeof *d);
+    int32_t *ix = malloc((size_t)E * sizeof *ix);
     if (!d || !ix) {
         free(d);
         free(ix);
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of %d experts)", E);
     }
     w.p = d, w.s = d + E, w.seq_cnt = d + 2 * E, w.seq_p = d + 3 * E, w.imp = d + 4 * E;
-    w.pv = d + 5 * E, w.load = d + 6 * E;
-    w.idx = ix, w.tmp = ix + E;
+    w.pv = d + 5 * E, w.load = d + 6 * E, w.val = d + 7 * E;
+    w.idx = ix;
     int rc = anchor_losses(plan, logits, mt, &w);
     free(d);
     free(ix);

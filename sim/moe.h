@@ -90,6 +90,8 @@ typedef struct {
     double *lse;
     size_t lse_cap;
     /* For the anchor loss metrics (sim/metrics.c), reset with the plan: */
+    const double *probs;        /* (T,M) softmax of the rows of lse_of, owned by the router, or
+                                 * NULL (valid with lse_of) */
     const double *noisy_logits; /* (T,E) the logits after gate noise (topk with noise_std > 0),
                                  * owned by the router, or NULL */
     double noise_std;           /* the std of that noise */
