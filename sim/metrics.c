@@ -222,7 +222,7 @@ static void aux_scores(int score, const double *lt, int E, double *s)
  * thr the k-th largest noisy logit (pv), Shazeer's ProbInTopK (load; only when k < E). */
 static void noisy_loads(const moe_plan *plan, int t, const double *lt, anchor_ws *w)
 {
-    const int E = plan->E, k = plan->k;
+    const int E = plan->E, k = plan->k < E ? plan->k : E;
     const double sd = plan->noise_std, *h = plan->noisy_logits + (size_t)t * E;
     moe_claims_topk(h, E, k < E ? k + 1 : k, w->idx, w->val); /* the k+1 largest, descending */
     const double thr = w->val[k - 1];
@@ -240,7 +240,7 @@ static void noisy_loads(const moe_plan *plan, int t, const double *lt, anchor_ws
 static int anchor_losses(const moe_plan *plan, const double *logits, moe_metrics *mt,
                          anchor_ws *w)
 {
-    const int n = plan->n, E = plan->E, k = plan->k;
+    const int n = plan->n, E = plan->E, k = plan->k < E ? plan->k : E; /* experts per token */
     const int S = span(mt->sequence_length, n), gs = span(mt->group_size, n);
     const int noisy = plan->noisy_logits && plan->noise_std > 0.0 && k >= 1;
     const int own = mt->score == MOE_SCORE_SIGMOID || mt->score == MOE_SCORE_SQRTSOFTPLUS;
