@@ -128,10 +128,8 @@ int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_f
         c->pmean[e] = 0.0;
     moe_par_run(rows_part, &j, moe_par_parts(n, 2048));
     moe_par_run(pmean_part, &j, (long)n * c->E >= 65536 ? moe_par_parts(c->E, 1) : 1);
-    if (plan) {
+    if (plan)
         plan->lse_of = logits;
-        plan->probs = c->p; /* the softmax rows, for the metrics */
-    }
     return MOE_OK;
 }
 

@@ -252,10 +252,8 @@ static int anchor_losses(const moe_plan *plan, const double *logits, moe_metrics
     int in_group = 0, ngroups = 0;
     for (int t = 0; t < n; t++) {
         const double *lt = logits + (size_t)t * E;
-        const double *p = w->p; /* the softmax of the token's logits: the router's, if kept */
-        if (plan->lse_of == logits && plan->probs)
-            p = plan->probs + (size_t)t * E;
-        else if (plan->lse_of == logits)
+        const double *p = w->p; /* the softmax of the token's logits */
+        if (plan->lse_of == logits) /* with the router's logsumexp */
             for (int e = 0; e < E; e++)
                 w->p[e] = exp(lt[e] - plan->lse[t]);
         else

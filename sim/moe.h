@@ -90,10 +90,10 @@ typedef struct {
     double *lse;
     size_t lse_cap;
     /* For the anchor loss metrics (sim/metrics.c), reset with the plan: */
-    const double *probs;        /* (T,M) softmax of the rows of lse_of, owned by the router, or
-                                 * NULL (valid with lse_of) */
-    const double *noisy_logits; /* (T,E) the logits after gate noise (topk with noise_std > 0),
-                                 * owned by the router, or NULL */
+    const double *noisy_logits; /* (T,E) the logits after gate noise (topk with noise_std > 0):
+                                 * noisy_buf, or NULL */
+    double *noisy_buf;          /* the plan's own (T,E) buffer of them (moe_plan_noisy_buffer) */
+    size_t noisy_cap;
     double noise_std;           /* the std of that noise */
     long rank_claims[2];        /* claims of choice rank 0 and 1 (token-choice routers) */
     long rank_kept[2];          /* of those, the claims kept within capacity */
@@ -105,6 +105,9 @@ void moe_plan_free(moe_plan *p);            /* NULL is a no-op */
 int moe_plan_reset(moe_plan *p, int n, int E, int m);
 /* The (T) buffer for plan->lse, grown to p->n rows; NULL when out of memory (after moe_fail). */
 double *moe_plan_lse_buffer(moe_plan *p);
+/* The (T,E) buffer for the noisy logits, grown to p->n rows of p->E; NULL when out of memory
+ * (after moe_fail). Sets p->noisy_logits to it (the router fills it). */
+double *moe_plan_noisy_buffer(moe_plan *p);
 /* Append one entry (grows the buffer if needed; routers reserve enough up front). */
 int moe_plan_push(moe_plan *p, int32_t t, int32_t e, int32_t s, double dw, double cw);
 /* w (T,E): the weights of the dense mixture sum_e w[t,e] FFN_e(x_t) that output errors are
