@@ -339,6 +339,10 @@ int moe_claims_resolve(moe_claims *c, int n, int order, long C, int dropless, in
                 sum += c->gate[i0 + j];
         for (int j = 0; j < K; j++) {
             size_t i = i0 + j;
+            if (j < 2) { /* per-rank claims and kept claims (fairseq's overflow metrics) */
+                plan->rank_claims[j] += c->claim[i];
+                plan->rank_kept[j] += c->slot[i] >= 0;
+            }
             if (c->slot[i] < 0)
                 continue;
             double cw = (renormalize && sum > 0.0) ? c->gate[i] / sum : c->gate[i];

@@ -13,7 +13,6 @@
 
 typedef struct {
     moe_claims *cl;
-    double *row;  /* (E) the token's noisy logits (noise_std > 0) */
     moe_score_cfg sc;    /* the score path (score.h); sc.is_default: softmax over the k logits */
     moe_score_tmp *tmp;  /* its scratch, when not the default */
 } topk_ws;
@@ -27,7 +26,6 @@ static void topk_free(moe_router *r)
         return;
     moe_claims_free(w->cl);
     moe_score_tmp_free(w->tmp);
-    free(w->row);
     free(w);
     r->ws = NULL;
 }
@@ -44,12 +42,11 @@ static int topk_alloc(moe_router *r)
         return rc;
     }
     w->cl = moe_claims_alloc(r->n_max, r->k, r->E, 1);
-    w->row = malloc((size_t)r->E * sizeof *w->row);
     if (!w->sc.is_default && !(w->tmp = moe_score_tmp_alloc(&w->sc, r->n_max))) {
         topk_free(r);
         return MOE_ENOMEM;
     }
-    if (!w->cl || !w->row) {
+    if (!w->cl) {
         topk_free(r);
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router topk, %d tokens)", r->n_max);
     }
@@ -117,16 +114,22 @@ static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
                              dflt ? (void *)cl : (void *)w, plan);
     if (rc)
         return rc;
+    /* the noisy logits go into the plan's own buffer, for the metrics (plan->noisy_logits) */
+    double *noisy = sd > 0.0 ? moe_plan_noisy_buffer(plan) : NULL;
+    if (sd > 0.0 && !noisy)
+        return MOE_ENOMEM;
     for (int t = 0; sd > 0.0 && t < n; t++) {
-        /* row (E) = logits[t,:] + noise, drawn in token then expert order */
+        /* row (E) = logits[t,:] + noise, drawn in token then expert order, into the plan */
         const double *lt = in->logits + (size_t)t * E;
+        double *row = noisy + (size_t)t * E;
         for (int e = 0; e < E; e++)
-            w->row[e] = lt[e] + sd * gsl_ran_gaussian_ziggurat(in->rng, 1.0);
+            row[e] = lt[e] + sd * gsl_ran_gaussian_ziggurat(in->rng, 1.0);
         if (dflt)
-            topk_select(cl, t, w->row);
+            topk_select(cl, t, row);
         else /* the scores of the noisy logits */
-            topk_score_select(w, t, w->row, NULL);
+            topk_score_select(w, t, row, NULL);
     }
+    plan->noise_std = sd;
     cl->rts_u = in->rts_u; /* order rts */
     return moe_claims_finish(cl, &r->opts, n, MOE_CLAIMS_AUX_ASSIGNED, plan);
 }

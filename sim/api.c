@@ -240,7 +240,7 @@ long moesim_result_metric(const moesim_result *r, int i, double *out, size_t len
         return -1;
     const moe_metrics *mt = r->mt;
     const char *field = (const char *)mt + m->offset;
-    const size_t count = moe_metric_len(m, mt->E);
+    const size_t count = moe_metric_len(m, mt);
     *is_int = m->kind != MOE_METRIC_DOUBLE && m->kind != MOE_METRIC_EXPERT_DOUBLE;
     for (size_t j = 0; j < count && j < len; j++) {
         switch (m->kind) {

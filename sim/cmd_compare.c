@@ -4,15 +4,17 @@
  * Each side is a results database (moesim run) or a recorded metrics file (results/regression/
  * *.tsv, written by --record). Both are read into the same metric set: per point (keyed by its
  * config_key), the mean of every scalar metric of moe_point_metrics, its sample std over batches
- * (<name>_std), the per-expert loads assigned[e], kept[e], importance[e] and the histogram
- * experts_per_token[j], j = 0..E, and for a training point its eval rows, <column>[step] for
+ * (<name>_std), the per-expert loads assigned[e], kept[e], importance[e] and the histograms
+ * experts_per_token[j], j = 0..E, and groups_touched[j], j = 0..G (databases of schema version 6
+ * on), and for a training point its eval rows, <column>[step] for
  * every column of the table steps and step_loads[step:expert]. Timings, throughput,
  * provenance (git revision, BLAS threads, created_at) and the spec name are not part of it.
  *
  * Tolerances, by metric class (the `tol` column of the metric table, sim/metric_table.c; a value
  * passes when |b - c| <= atol + rtol * max(|b|, |c|)):
  *   counts    capacity, num_entries, n_tokens, flops_*, assigned[e], kept[e],
- *             experts_per_token[j]: exact, always (a plan that moved one token shows here).
+ *             experts_per_token[j], groups_touched[j]: exact, always (a plan that moved one
+ *             token shows here).
  *   routing   every other metric (imbalances, drop rates, importance, aux and z losses, the
  *             _std of counts): rtol 1e-9, atol 0. They are computed in double by our own C
  *             code from logits that the gate GEMM computes on one BLAS thread (sim/layer.c),
@@ -296,10 +298,11 @@ static int add_rows(mset *s, sqlite3 *db, sqlite3_stmt *q, int col, const char *
 
 /* The loads and the histogram of point id (the last point of s). */
 static int read_children(mset *s, sqlite3 *db, sqlite3_stmt *loads, sqlite3_stmt *hist,
-                         long long id)
+                         sqlite3_stmt *ghist, long long id)
 {
     if (sqlite3_bind_int64(loads, 1, id) != SQLITE_OK ||
-        sqlite3_bind_int64(hist, 1, id) != SQLITE_OK)
+        sqlite3_bind_int64(hist, 1, id) != SQLITE_OK ||
+        (ghist && sqlite3_bind_int64(ghist, 1, id) != SQLITE_OK))
         return db_err(db, s->path);
     int rc = MOE_OK, col = 1;
     /* grouped by metric: assigned[*], kept[*], importance[*], then the histogram; loads selects
@@ -310,6 +313,8 @@ static int read_children(mset *s, sqlite3 *db, sqlite3_stmt *loads, sqlite3_stmt
             rc = add_rows(s, db, loads, col++, "%s[%d]", m->column);
         else if (m->kind == MOE_METRIC_HISTOGRAM)
             rc = add_rows(s, db, hist, 1, "%s[%d]", m->column);
+        else if (m->kind == MOE_METRIC_GROUP_HISTOGRAM && ghist) /* none before version 6 */
+            rc = add_rows(s, db, ghist, 1, "%s[%d]", m->column);
     }
     return rc;
 }
@@ -358,7 +363,12 @@ static int read_db(mset *s)
     if (rc)
         return rc;
     sqlite3 *db = moe_store_db(st);
-    sqlite3_stmt *q = NULL, *loads = NULL, *hist = NULL, *cores = NULL;
+    /* `points` with NULL for the metrics a database of an older version lacks */
+    if ((rc = moe_store_reader_setup(db, NULL, s->path))) {
+        moe_store_close(st);
+        return rc;
+    }
+    sqlite3_stmt *q = NULL, *loads = NULL, *hist = NULL, *cores = NULL, *ghist = NULL;
     char *sql = metrics_sql(0), *lsql = metrics_sql(1);
     if (!sql || !lsql) {
         free(sql);
@@ -375,6 +385,11 @@ static int read_db(mset *s)
                            NULL) != SQLITE_OK) {
         rc = db_err(db, s->path);
         goto done;
+    }
+    if (sqlite3_prepare_v2(db, "SELECT groups, tokens FROM groups_touched WHERE point = ?1"
+                               " ORDER BY groups", -1, &ghist, NULL) != SQLITE_OK) {
+        sqlite3_finalize(ghist); /* a database of an older version has no such table */
+        ghist = NULL;
     }
     int src;
     while (!rc && (src = sqlite3_step(q)) == SQLITE_ROW) {
@@ -393,7 +408,7 @@ static int read_db(mset *s)
         for (const moe_point_metric *mm = moe_point_metrics; mm->name && !rc; mm++, c += 2)
             rc = add_column(s, q, c + 1, "%s_std", mm->name, -1);
         if (!rc)
-            rc = read_children(s, db, loads, hist, sqlite3_column_int64(q, 0));
+            rc = read_children(s, db, loads, hist, ghist, sqlite3_column_int64(q, 0));
         if (!rc)
             rc = read_train(s, db, sqlite3_column_int64(q, 0));
     }
@@ -410,6 +425,7 @@ done:
     sqlite3_finalize(q); /* return the last step's error, reported above */
     sqlite3_finalize(loads);
     sqlite3_finalize(hist);
+    sqlite3_finalize(ghist);
     sqlite3_finalize(cores);
     free(sql);
     free(lsql);
@@ -423,7 +439,8 @@ static const char recorded_header[] =
     "# moesim recorded metrics (results/regression/README.md). One block per sweep point,\n"
     "# sorted by configuration key: \"point<TAB>key\", then \"<TAB>metric<TAB>value\" lines: the\n"
     "# mean over batches of every scalar metric, its sample std over batches (<name>_std),\n"
-    "# per-expert loads assigned[e], kept[e], importance[e], and experts_per_token[j].\n"
+    "# per-expert loads assigned[e], kept[e], importance[e], the histograms experts_per_token[j]\n"
+    "# and groups_touched[j].\n"
     "# Values %.17g (exact round trip); null = not stored. No timestamps, paths or timings.\n"
     "# Written by `moesim compare --record DB FILE`, checked by `moesim compare FILE DB`,\n"
     "# re-recorded by `make record`.\n";

@@ -23,7 +23,8 @@ void moe_compare_metric_family(const char *name, char *out, size_t len)
         return;
     }
     snprintf(out, len, "%.*s[%s]", (int)(b - name), name,
-             has_prefix(name, "experts_per_token[") ? "j" : "e");
+             has_prefix(name, "experts_per_token[") || has_prefix(name, "groups_touched[") ? "j"
+                                                                                    : "e");
 }
 
 

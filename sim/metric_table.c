@@ -41,6 +41,33 @@ const moe_point_metric moe_point_metrics[] = {
      "error_dense", "%.4f", MOE_TOL_OUTPUT},
     {D(output_error_dropless), "relative L2 distance from the router's own dropless output", NULL,
      23, "error_dropless", "%.4f", MOE_TOL_OUTPUT},
+    {D(groups_touched_mean),
+     "distinct expert groups (G contiguous groups of E/G; G = 1 without groups) among a token's "
+     "kept experts, mean over tokens", NULL, 24, NULL, NULL, MOE_TOL_ROUTING},
+    {D(token_drop_rate_group_min), "smallest token drop rate of the routing groups (group_size)",
+     NULL, 26, NULL, NULL, MOE_TOL_ROUTING},
+    {D(token_drop_rate_group_mean), "mean over routing groups of their token drop rates", NULL,
+     27, NULL, NULL, MOE_TOL_ROUTING},
+    {D(token_drop_rate_group_max), "largest token drop rate of the routing groups", NULL, 28,
+     NULL, NULL, MOE_TOL_ROUTING},
+    {D(seq_aux_loss),
+     "Megatron's sequence-level aux loss over sequences of sequence_length tokens (coeff 1)",
+     NULL, 29, NULL, NULL, MOE_TOL_ROUTING},
+    {D(load_loss_shazeer),
+     "t2t cv_squared of the load: ProbInTopK summed over tokens (noisy topk), else claims",
+     NULL, 30, NULL, NULL, MOE_TOL_ROUTING},
+    {D(overflow_expert1), "fairseq: % of first-choice claims dropped by capacity", NULL, 31,
+     NULL, NULL, MOE_TOL_ROUTING},
+    {D(overflow_expert2), "fairseq: % of dispatched second-choice claims dropped by capacity",
+     NULL, 32, NULL, NULL, MOE_TOL_ROUTING},
+    {D(importance_loss_vmoe),
+     "V-MoE: (std/mean)^2 of the summed softmax per expert, mean over routing groups", NULL, 33,
+     NULL, NULL, MOE_TOL_ROUTING},
+    {D(load_loss_vmoe),
+     "V-MoE: (std/mean)^2 of the mean P(expert beats the k-th noisy logit) (noisy topk)", NULL,
+     34, NULL, NULL, MOE_TOL_ROUTING},
+    {D(balancedness), "vLLM EPLB: mean/max of kept_load (0 when nothing is kept)", NULL, 35,
+     NULL, NULL, MOE_TOL_ROUTING},
     {NULL, 0, 0, 0, NULL, NULL, 0, NULL, NULL, 0},
 };
 _Static_assert(sizeof moe_point_metrics / sizeof moe_point_metrics[0] == MOE_POINT_NMETRICS + 1,
@@ -60,6 +87,9 @@ static const moe_point_metric array_metrics[] = {
     {F(experts_per_token), 1, MOE_METRIC_HISTOGRAM,
      "(E+1) histogram of tokens by number of experts kept", "experts_per_token", 16, NULL, NULL,
      MOE_TOL_EXACT},
+    {F(groups_touched), 1, MOE_METRIC_GROUP_HISTOGRAM,
+     "(G+1) histogram of tokens by number of expert groups among their kept experts",
+     "groups_touched", 25, NULL, NULL, MOE_TOL_EXACT},
 };
 _Static_assert(MOE_POINT_NMETRICS + sizeof array_metrics / sizeof array_metrics[0] ==
                    MOE_METRIC_NROWS,
@@ -119,12 +149,13 @@ double moe_metric_value(const moe_metrics *mt, const moe_point_metric *m)
     return v;
 }
 
-size_t moe_metric_len(const moe_point_metric *m, int E)
+size_t moe_metric_len(const moe_point_metric *m, const moe_metrics *mt)
 {
     switch (m->kind) {
     case MOE_METRIC_EXPERT_LONG:
-    case MOE_METRIC_EXPERT_DOUBLE: return (size_t)E;
-    case MOE_METRIC_HISTOGRAM: return (size_t)E + 1;
+    case MOE_METRIC_EXPERT_DOUBLE: return (size_t)mt->E;
+    case MOE_METRIC_HISTOGRAM: return (size_t)mt->E + 1;
+    case MOE_METRIC_GROUP_HISTOGRAM: return (size_t)mt->groups + 1;
     default: return 1;
     }
 }

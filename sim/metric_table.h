@@ -14,7 +14,8 @@ enum moe_metric_kind {
     MOE_METRIC_INT,           /* int describing the plan (E): JSON only */
     MOE_METRIC_EXPERT_LONG,   /* long * (E) per expert: a column of expert_loads */
     MOE_METRIC_EXPERT_DOUBLE, /* double * (E) per expert: a column of expert_loads */
-    MOE_METRIC_HISTOGRAM      /* long * (E+1) tokens by experts kept: table experts_per_token */
+    MOE_METRIC_HISTOGRAM,     /* long * (E+1) tokens by experts kept: table experts_per_token */
+    MOE_METRIC_GROUP_HISTOGRAM /* long * (G+1) tokens by expert groups kept: table groups_touched */
 };
 
 /* `moesim compare`: a value passes when |b - c| <= atol + rtol * max(|b|, |c|), with rtol and
@@ -28,7 +29,7 @@ enum moe_metric_tol {
 
 /* Every metric: the scalars of moe_point_metrics (rows 0..MOE_POINT_NMETRICS-1, in the stored
  * column order), then the plan size and the array metrics. */
-enum { MOE_METRIC_NROWS = MOE_POINT_NMETRICS + 5 };
+enum { MOE_METRIC_NROWS = MOE_POINT_NMETRICS + 6 };
 const moe_point_metric *moe_metric_row(int i); /* i in 0..MOE_METRIC_NROWS-1, else NULL */
 /* The row at position pos (1..MOE_METRIC_NROWS) of the metrics JSON and `moesim list metrics`,
  * or NULL. */
@@ -37,7 +38,8 @@ const moe_point_metric *moe_metric_in_order(int pos);
 const moe_point_metric *moe_metric_find(const char *name);
 /* A scalar row's value in mt, as a double. */
 double moe_metric_value(const moe_metrics *mt, const moe_point_metric *m);
-/* An array row's length for E experts (E, or E+1 for the histogram); 1 for scalars. */
-size_t moe_metric_len(const moe_point_metric *m, int E);
+/* An array row's length in mt: E, E+1 for the experts-per-token histogram, G+1 for the
+ * groups-touched histogram (G = mt->groups); 1 for scalars. */
+size_t moe_metric_len(const moe_point_metric *m, const moe_metrics *mt);
 
 #endif

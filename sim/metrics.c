@@ -8,11 +8,16 @@
  * nothing is dropped. FLOPs are analytic (README): gate 2*T*D*M, expert useful 4*D*F per kept
  * entry (6*D*F for SwiGLU; dense plans: per filled slot), expert padded E*C*4*D*F, Soft MoE
  * dispatch and combine 2*T*M*D each. Statistics (mean, population std, max) through GSL.
+ * Group-limited routing, routing groups and the anchor libraries' losses (seq_aux_loss,
+ * load_loss_shazeer, overflow_expert1/2, importance_loss_vmoe, load_loss_vmoe, balancedness)
+ * follow the formulas of docs/metrics.md, each read from the library's own function.
  */
 #include "metric_table.h"
 #include "moe.h"
+#include "../routers/claims.h" /* moe_claims_topk */
 #include "../routers/par.h"
 
+#include <gsl/gsl_cdf.h>
 #include <gsl/gsl_statistics_double.h>
 #include <gsl/gsl_statistics_long.h>
 #include <jansson.h>
@@ -39,7 +44,10 @@ moe_metrics *moe_metrics_alloc(int E)
     mt->kept_load = calloc((size_t)E, sizeof *mt->kept_load);
     mt->importance = calloc((size_t)E, sizeof *mt->importance);
     mt->experts_per_token = calloc((size_t)E + 1, sizeof *mt->experts_per_token);
-    if (!mt->assigned_load || !mt->kept_load || !mt->importance || !mt->experts_per_token) {
+    mt->groups_touched = calloc((size_t)E + 1, sizeof *mt->groups_touched); /* G <= E */
+    mt->groups = 1;
+    if (!mt->assigned_load || !mt->kept_load || !mt->importance || !mt->experts_per_token ||
+        !mt->groups_touched) {
         moe_metrics_free(mt);
         moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics for %d experts)", E);
         return NULL;
@@ -58,6 +66,7 @@ void moe_metrics_free(moe_metrics *mt)
     free(mt->kept_load);
     free(mt->importance);
     free(mt->experts_per_token);
+    free(mt->groups_touched);
     free(mt);
 }
 
@@ -106,6 +115,230 @@ static int check_entries(const moe_plan *plan)
     return MOE_OK;
 }
 
+int moe_metrics_set_opts(moe_metrics *mt, const moe_route_opts *o)
+{
+    int G = o->groups > 0 ? o->groups : 1;
+    if (G > mt->E || mt->E % G != 0)
+        return moe_fail(MOE_EINVAL, "groups must divide the number of experts",
+                        "%d expert groups do not divide E = %d (groups)", G, mt->E);
+    if (o->group_size < 0 || o->sequence_length < 0)
+        return moe_fail(MOE_EINVAL, NULL, "group_size %d and sequence_length %d must be >= 0",
+                        o->group_size, o->sequence_length);
+    mt->groups = G;
+    mt->group_size = o->group_size;
+    mt->sequence_length = o->sequence_length;
+    mt->score = o->score;
+    return MOE_OK;
+}
+
+/* Tokens per routing group (the last group may be shorter) and per sequence. */
+static int span(int len, int n) { return len > 0 && len < n ? len : n; }
+
+/* From the marks (T,E) of kept (token, expert) pairs: the experts-per-token and groups-touched
+ * histograms, groups_touched_mean and the token drop rates per routing group. */
+static void count_tokens(const moe_plan *plan, const unsigned char *mark, moe_metrics *mt)
+{
+    const int n = plan->n, E = plan->E, G = mt->groups, per = E / G;
+    const int gs = span(mt->group_size, n);
+    memset(mt->groups_touched, 0, ((size_t)G + 1) * sizeof *mt->groups_touched);
+    long touched_sum = 0, dropped = 0;
+    int in_group = 0, ngroups = 0;
+    double rmin = INFINITY, rmax = -INFINITY, rsum = 0.0;
+    for (int t = 0; t < n; t++) {
+        const unsigned char *mk = mark + (size_t)t * E;
+        int cnt = 0, touched = 0;
+        for (int g = 0; g < G; g++) {
+            int c = 0;
+            for (int e = g * per; e < (g + 1) * per; e++)
+                c += mk[e];
+            cnt += c;
+            touched += c > 0;
+        }
+        mt->experts_per_token[cnt]++;
+        mt->groups_touched[touched]++;
+        touched_sum += touched;
+        dropped += cnt == 0;
+        if (++in_group == gs || t == n - 1) { /* a routing group ends */
+            double r = plan->dense ? 0.0 : (double)dropped / in_group;
+            rmin = r < rmin ? r : rmin;
+            rmax = r > rmax ? r : rmax;
+            rsum += r;
+            ngroups++;
+            dropped = 0;
+            in_group = 0;
+        }
+    }
+    mt->groups_touched_mean = (double)touched_sum / n;
+    mt->token_drop_rate_group_min = rmin;
+    mt->token_drop_rate_group_max = rmax;
+    mt->token_drop_rate_group_mean = rsum / ngroups;
+}
+
+/* t2t expert_utils.cv_squared: population variance / (mean^2 + 1e-10), the size taken as
+ * len + 1e-10. */
+static double t2t_cv_squared(const double *x, int len)
+{
+    const double eps = 1e-10, size = (double)len + eps;
+    double sum = 0.0, var = 0.0;
+    for (int i = 0; i < len; i++)
+        sum += x[i];
+    const double mean = sum / size;
+    for (int i = 0; i < len; i++)
+        var += (x[i] - mean) * (x[i] - mean);
+    var /= size;
+    return var / (mean * mean + eps);
+}
+
+/* (std / mean)^2 with the population std (jnp.std), as V-MoE computes it. */
+static double vmoe_cv2(const double *x, int len)
+{
+    double mean = gsl_stats_mean(x, 1, (size_t)len);
+    double sd = gsl_stats_sd_with_fixed_mean(x, 1, (size_t)len, mean);
+    return (sd / mean) * (sd / mean);
+}
+
+/* Scratch of the anchor losses, (E) each. */
+typedef struct {
+    double *p, *s, *seq_cnt, *seq_p, *imp, *pv, *load, *val;
+    int32_t *idx;
+} anchor_ws;
+
+/* s (E) = Megatron's scores for the auxiliary losses (compute_routing_scores_for_aux_loss):
+ * softmax p, or sigmoid / sqrt(softplus) of the logits divided by their sum + 1e-20. */
+static void aux_scores(int score, const double *lt, int E, double *s)
+{
+    double sum = 0.0;
+    for (int e = 0; e < E; e++) {
+        double x = lt[e];
+        s[e] = score == MOE_SCORE_SIGMOID ? 1.0 / (1.0 + exp(-x))
+                                         : sqrt(x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)));
+        sum += s[e];
+    }
+    for (int e = 0; e < E; e++)
+        s[e] /= sum + 1e-20;
+}
+
+/* Token t's share of the noisy-gating loads: V-MoE's p[e] = 1 - Phi((thr - L[e]) / sd) with
+ * thr the k-th largest noisy logit (pv), Shazeer's ProbInTopK (load; only when k < E). */
+static void noisy_loads(const moe_plan *plan, int t, const double *lt, anchor_ws *w)
+{
+    const int E = plan->E, k = plan->k < E ? plan->k : E;
+    const double sd = plan->noise_std, *h = plan->noisy_logits + (size_t)t * E;
+    moe_claims_topk(h, E, k < E ? k + 1 : k, w->idx, w->val); /* the k+1 largest, descending */
+    const double thr = w->val[k - 1];
+    for (int e = 0; e < E; e++)
+        w->pv[e] += gsl_cdf_ugaussian_Q((thr - lt[e]) / sd);
+    if (k >= E)
+        return;
+    const double in = w->val[k], out = thr; /* (k+1)-th and k-th largest noisy logits */
+    for (int e = 0; e < E; e++)
+        w->load[e] += gsl_cdf_ugaussian_P((lt[e] - (h[e] > in ? in : out)) / sd);
+}
+
+/* seq_aux_loss, importance_loss_vmoe, load_loss_vmoe and load_loss_shazeer (docs/metrics.md)
+ * from the logits (T,E) routed; w holds zeroed scratch. */
+static int anchor_losses(const moe_plan *plan, const double *logits, moe_metrics *mt,
+                         anchor_ws *w)
+{
+    const int n = plan->n, E = plan->E, k = plan->k < E ? plan->k : E; /* experts per token */
+    const int S = span(mt->sequence_length, n), gs = span(mt->group_size, n);
+    const int noisy = plan->noisy_logits && plan->noise_std > 0.0 && k >= 1;
+    const int own = mt->score == MOE_SCORE_SIGMOID || mt->score == MOE_SCORE_SQRTSOFTPLUS;
+    if (n % S != 0)
+        return moe_fail(MOE_EINVAL, "sequence_length must divide the tokens of a batch",
+                        "sequence_length %d does not divide the batch's %d tokens "
+                        "(sequence_length)", S, n);
+    double seq_sum = 0.0, imp_sum = 0.0, pv_sum = 0.0;
+    int in_group = 0, ngroups = 0;
+    for (int t = 0; t < n; t++) {
+        const double *lt = logits + (size_t)t * E;
+        const double *p = w->p; /* the softmax of the token's logits */
+        if (plan->lse_of == logits) /* with the router's logsumexp */
+            for (int e = 0; e < E; e++)
+                w->p[e] = exp(lt[e] - plan->lse[t]);
+        else
+            moe_softmax(lt, E, w->p);
+        const double *s = p; /* Megatron's scores: the softmax, or their own */
+        if (own) {
+            aux_scores(mt->score, lt, E, w->s);
+            s = w->s;
+        }
+        if (k >= 1) { /* Megatron's top-k routing map */
+            moe_claims_topk(s, E, k, w->idx, w->val);
+            for (int j = 0; j < k; j++)
+                w->seq_cnt[w->idx[j]] += 1.0;
+        }
+        for (int e = 0; e < E; e++) {
+            w->seq_p[e] += s[e];
+            w->imp[e] += p[e];
+        }
+        if (noisy)
+            noisy_loads(plan, t, lt, w);
+        if ((t + 1) % S == 0) { /* a sequence ends: sum_e cost_coeff[e] * mean_s s[s,e] */
+            double l = 0.0;
+            for (int e = 0; e < E; e++)
+                l += w->seq_cnt[e] / ((double)S * k / E) * (w->seq_p[e] / S);
+            seq_sum += l;
+            memset(w->seq_cnt, 0, (size_t)E * sizeof *w->seq_cnt);
+            memset(w->seq_p, 0, (size_t)E * sizeof *w->seq_p);
+        }
+        if (++in_group == gs || t == n - 1) { /* a routing group ends */
+            imp_sum += vmoe_cv2(w->imp, E);
+            for (int e = 0; noisy && e < E; e++)
+                w->pv[e] /= in_group;
+            if (noisy)
+                pv_sum += vmoe_cv2(w->pv, E);
+            memset(w->imp, 0, (size_t)E * sizeof *w->imp);
+            memset(w->pv, 0, (size_t)E * sizeof *w->pv);
+            ngroups++;
+            in_group = 0;
+        }
+    }
+    mt->seq_aux_loss = k >= 1 ? seq_sum / (n / S) : NAN;
+    mt->importance_loss_vmoe = imp_sum / ngroups;
+    mt->load_loss_vmoe = noisy ? pv_sum / ngroups : NAN;
+    if (noisy && k < E) {
+        mt->load_loss_shazeer = t2t_cv_squared(w->load, E);
+    } else { /* t2t without noise: the load is the count of non-zero gates (the claims) */
+        for (int e = 0; e < E; e++)
+            w->load[e] = (double)plan->assigned_load[e];
+        mt->load_loss_shazeer = t2t_cv_squared(w->load, E);
+    }
+    return MOE_OK;
+}
+
+/* The anchor libraries' metrics of a plan (docs/metrics.md). */
+static int anchor_metrics(const moe_plan *plan, const double *logits, moe_metrics *mt)
+{
+    const int E = plan->E;
+    for (int j = 0; j < 2; j++) {
+        long c = plan->rank_claims[j];
+        double v = c > 0 ? 100.0 * (double)(c - plan->rank_kept[j]) / (double)c : NAN;
+        *(j ? &mt->overflow_expert2 : &mt->overflow_expert1) = v;
+    }
+    long kmax = gsl_stats_long_max(mt->kept_load, 1, (size_t)E);
+    mt->balancedness = kmax > 0 ? gsl_stats_long_mean(mt->kept_load, 1, (size_t)E) / kmax : 0.0;
+    mt->seq_aux_loss = mt->importance_loss_vmoe = mt->load_loss_vmoe = NAN;
+    mt->load_loss_shazeer = NAN;
+    if (!logits || plan->dense || plan->m != E)
+        return MOE_OK;
+    anchor_ws w;
+    double *d = calloc((size_t)E * 8, sizeof *d);
+    int32_t *ix = malloc((size_t)E * sizeof *ix);
+    if (!d || !ix) {
+        free(d);
+        free(ix);
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of %d experts)", E);
+    }
+    w.p = d, w.s = d + E, w.seq_cnt = d + 2 * E, w.seq_p = d + 3 * E, w.imp = d + 4 * E;
+    w.pv = d + 5 * E, w.load = d + 6 * E, w.val = d + 7 * E;
+    w.idx = ix;
+    int rc = anchor_losses(plan, logits, mt, &w);
+    free(d);
+    free(ix);
+    return rc;
+}
+
 int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f, int act,
                         int gate_computed, moe_metrics *mt)
 {
@@ -150,12 +383,7 @@ int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f
             }
         }
     }
-    for (int t = 0; t < n; t++) {
-        int cnt = 0;
-        for (int e = 0; e < E; e++)
-            cnt += mark[(size_t)t * E + e];
-        mt->experts_per_token[cnt]++;
-    }
+    count_tokens(plan, mark, mt);
     free(mark);
 
     mt->n_tokens = n;
@@ -210,7 +438,7 @@ int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f
 
     mt->output_error_dense = NAN;
     mt->output_error_dropless = NAN;
-    return MOE_OK;
+    return anchor_metrics(plan, logits, mt);
 }
 
 /* ---- JSON ---- */
@@ -244,12 +472,13 @@ static json_t *real_array(const double *v, size_t len)
 static json_t *metric_json(const moe_metrics *mt, const moe_point_metric *m)
 {
     const void *field = (const char *)mt + m->offset;
-    size_t len = moe_metric_len(m, mt->E);
+    size_t len = moe_metric_len(m, mt);
     switch (m->kind) {
     case MOE_METRIC_LONG:
     case MOE_METRIC_INT: return json_integer((json_int_t)moe_metric_value(mt, m));
     case MOE_METRIC_EXPERT_LONG:
-    case MOE_METRIC_HISTOGRAM: {
+    case MOE_METRIC_HISTOGRAM:
+    case MOE_METRIC_GROUP_HISTOGRAM: {
         const long *v;
         memcpy(&v, field, sizeof v);
         return long_array(v, len);

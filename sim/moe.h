@@ -90,6 +90,14 @@ typedef struct {
     const double *lse_of;
     double *lse;
     size_t lse_cap;
+    /* For the anchor loss metrics (sim/metrics.c), reset with the plan: */
+    const double *noisy_logits; /* (T,E) the logits after gate noise (topk with noise_std > 0):
+                                 * noisy_buf, or NULL */
+    double *noisy_buf;          /* the plan's own (T,E) buffer of them (moe_plan_noisy_buffer) */
+    size_t noisy_cap;
+    double noise_std;           /* the std of that noise */
+    long rank_claims[2];        /* claims of choice rank 0 and 1 (token-choice routers) */
+    long rank_kept[2];          /* of those, the claims kept within capacity */
 } moe_plan;
 
 moe_plan *moe_plan_alloc(int n_max, int E, size_t cap_entries);
@@ -98,6 +106,9 @@ void moe_plan_free(moe_plan *p);            /* NULL is a no-op */
 int moe_plan_reset(moe_plan *p, int n, int E, int m);
 /* The (T) buffer for plan->lse, grown to p->n rows; NULL when out of memory (after moe_fail). */
 double *moe_plan_lse_buffer(moe_plan *p);
+/* The (T,E) buffer for the noisy logits, grown to p->n rows of p->E; NULL when out of memory
+ * (after moe_fail). Sets p->noisy_logits to it (the router fills it). */
+double *moe_plan_noisy_buffer(moe_plan *p);
 /* Append one entry (grows the buffer if needed; routers reserve enough up front). */
 int moe_plan_push(moe_plan *p, int32_t t, int32_t e, int32_t s, double dw, double cw);
 /* w (T,E): the weights of the dense mixture sum_e w[t,e] FFN_e(x_t) that output errors are
@@ -185,6 +196,9 @@ typedef struct {
     double second_threshold; /* threshold policy: dispatch iff normalised g2 > this */
     int select;              /* enum moe_select */
     long capacity_multiple;  /* C rounded up to a multiple of this (1 = off) */
+    /* Read by the metrics (moe_metrics_set_opts): */
+    int group_size;          /* routing groups of this many tokens; 0 = the batch is one group */
+    int sequence_length;     /* seq_aux_loss: sequences of this many tokens; 0 = the batch */
 } moe_route_opts;
 
 /* The defaults of the option table (sim/options.c): cf = 1.0 (unset), capacity -1, ... */
@@ -289,6 +303,15 @@ typedef struct {
     double flops_soft_dispatch, flops_soft_combine;
     /* relative L2 errors of the layer output; NaN when not computed */
     double output_error_dense, output_error_dropless;
+    /* Routing configuration the metrics below read (moe_metrics_set_opts; defaults: one expert
+     * group, the batch as one routing group and one sequence, the router's own score). */
+    int groups, group_size, sequence_length, score;
+    long *groups_touched;              /* (groups+1) histogram: tokens with 0..G groups kept */
+    double groups_touched_mean;
+    double token_drop_rate_group_min, token_drop_rate_group_mean, token_drop_rate_group_max;
+    /* the anchor libraries' losses and statistics (docs/metrics.md); NaN where undefined */
+    double seq_aux_loss, load_loss_shazeer, overflow_expert1, overflow_expert2;
+    double importance_loss_vmoe, load_loss_vmoe, balancedness;
 } moe_metrics;
 
 moe_metrics *moe_metrics_alloc(int E);
@@ -297,6 +320,10 @@ void moe_metrics_free(moe_metrics *mt);
  * (d = 0: no FLOPs); gate_computed: whether the gate GEMM ran (else flops_gate = 0). */
 int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f, int act,
                         int gate_computed, moe_metrics *mt);
+/* Take the routing configuration the metrics need from o: expert groups (groups; 0 = one
+ * group), routing groups (group_size), sequences (sequence_length), score function (score).
+ * Errors: groups that do not divide E. */
+int moe_metrics_set_opts(moe_metrics *mt, const moe_route_opts *o);
 /* Write the metrics as JSON (keys and order from the metric table) to a temporary name and
  * rename. */
 int moe_metrics_write_json(const moe_metrics *mt, const char *router, const char *path);

@@ -98,7 +98,8 @@ void moesim_result_entries(const moesim_result *r, int32_t *token, int32_t *expe
 
 /* The metrics, in the order and with the keys of `moesim route --metrics` JSON (without
  * "router"). moesim_metric_name(i) is NULL past the last. moesim_result_metric copies up to len
- * values of metric i into out and returns how many it has (1 for scalars, E or E+1 for arrays;
+ * values of metric i into out and returns how many it has (1 for scalars, E or E+1 for arrays,
+ * G+1 <= E+1 for the groups-touched histogram;
  * -1 for a bad i); *is_int tells integer-valued metrics (exact as doubles below 2^53). */
 const char *moesim_metric_name(int i);
 long moesim_result_metric(const moesim_result *r, int i, double *out, size_t len, int *is_int);

@@ -22,6 +22,9 @@
 /* ---- results over the wire ---- */
 #ifdef MOESIM_MPI
 
+/* Longs of a moe_point_result for E experts: its two histograms and the groups. */
+#define RESULT_NLONGS(E) (2 * ((size_t)(E) + 1) + 1)
+
 /* Doubles of a moe_point_result for E experts, b batches and its eval rows (training). */
 static size_t result_ndoubles(const moe_point_result *r)
 {
@@ -60,6 +63,8 @@ static void result_pack(const moe_point_result *r, double *d, long *l)
         memcpy(d + k, r->train_loads, (size_t)r->train_rows * (size_t)r->E * sizeof *d);
     }
     memcpy(l, r->experts_per_token, ((size_t)r->E + 1) * sizeof *l);
+    l[r->E + 1] = r->groups;
+    memcpy(l + r->E + 2, r->groups_touched, ((size_t)r->E + 1) * sizeof *l);
 }
 
 static void result_unpack(moe_point_result *r, const double *d, const long *l)
@@ -92,6 +97,8 @@ static void result_unpack(moe_point_result *r, const double *d, const long *l)
         memcpy(r->train_loads, d + k, (size_t)r->train_rows * (size_t)r->E * sizeof *d);
     }
     memcpy(r->experts_per_token, l, ((size_t)r->E + 1) * sizeof *l);
+    r->groups = (int)l[r->E + 1];
+    memcpy(r->groups_touched, l + r->E + 2, ((size_t)r->E + 1) * sizeof *l);
 }
 #endif
 
@@ -247,8 +254,8 @@ static int recv_result(moe_mpi_run *m, int w, size_t i, moe_point_result *res)
     }
     size_t nd = result_ndoubles(res);
     double *d = malloc(((size_t)hdr[3] > nd ? (size_t)hdr[3] : nd) * sizeof *d);
-    long *l = malloc(((size_t)hdr[4] > (size_t)res->E + 1 ? (size_t)hdr[4] : (size_t)res->E + 1) *
-                     sizeof *l);
+    long *l = malloc(((size_t)hdr[4] > RESULT_NLONGS(res->E) ? (size_t)hdr[4]
+                                                             : RESULT_NLONGS(res->E)) * sizeof *l);
     if (!d || !l) {
         free(d);
         free(l);
@@ -258,7 +265,7 @@ static int recv_result(moe_mpi_run *m, int w, size_t i, moe_point_result *res)
     MPI_Recv(d, (int)hdr[3], MPI_DOUBLE, w, TAG_DBL, moe_mpi_g.comm, MPI_STATUS_IGNORE);
     MPI_Recv(l, (int)hdr[4], MPI_LONG, w, TAG_LNG, moe_mpi_g.comm, MPI_STATUS_IGNORE);
     int rc = MOE_OK;
-    if ((size_t)hdr[1] != i || (size_t)hdr[3] != nd || (size_t)hdr[4] != (size_t)res->E + 1)
+    if ((size_t)hdr[1] != i || (size_t)hdr[3] != nd || (size_t)hdr[4] != RESULT_NLONGS(res->E))
         rc = moe_fail(MOE_EINVAL, "every rank must run the same moesim on the same spec",
                       "rank %d sent point %ld with %ld values, expected point %zu with %zu "
                       "(moesim run over MPI)", w, hdr[1] + 1, hdr[3], i + 1, nd);
@@ -379,7 +386,7 @@ static int sweep_worker(moe_mpi_run *m, const moe_spec *spec, volatile sig_atomi
         int rc = res ? moe_point_run(pt, stop, res) : MOE_ENOMEM;
         size_t nd = res ? result_ndoubles(res) : 0;
         double *d = rc ? NULL : malloc(nd * sizeof *d);
-        long *l = rc ? NULL : malloc(((size_t)pt->E + 1) * sizeof *l);
+        long *l = rc ? NULL : malloc(RESULT_NLONGS(pt->E) * sizeof *l);
         if (!rc && (!d || !l))
             rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (result of point %zu)", i + 1);
         if (rc) {
@@ -390,10 +397,10 @@ static int sweep_worker(moe_mpi_run *m, const moe_spec *spec, volatile sig_atomi
             MPI_Send(msg, MOE_MPI_MSG_LEN, MPI_CHAR, 0, TAG_MSG, moe_mpi_g.comm);
         } else {
             result_pack(res, d, l);
-            long hdr[5] = {HDR_RESULT, (long)i, 0, (long)nd, (long)pt->E + 1};
+            long hdr[5] = {HDR_RESULT, (long)i, 0, (long)nd, (long)RESULT_NLONGS(pt->E)};
             MPI_Send(hdr, 5, MPI_LONG, 0, TAG_HDR, moe_mpi_g.comm);
             MPI_Send(d, (int)nd, MPI_DOUBLE, 0, TAG_DBL, moe_mpi_g.comm);
-            MPI_Send(l, pt->E + 1, MPI_LONG, 0, TAG_LNG, moe_mpi_g.comm);
+            MPI_Send(l, (int)RESULT_NLONGS(pt->E), MPI_LONG, 0, TAG_LNG, moe_mpi_g.comm);
         }
         free(d);
         free(l);

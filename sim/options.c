@@ -90,6 +90,9 @@ const moe_option moe_route_options[] = {
      "topp: experts in descending p until their cumulative p reaches this", "topp"},
     {"max_k", "int", MOE_OPT_INT, OFF(max_k), 0, 1, 0, NULL, "E", "<= E",
      "topp, relu: at most this many experts per token", "topp|relu"},
+    {"sequence_length", "int", MOE_OPT_INT, OFF(sequence_length), 0, 1, 0, NULL, "batch",
+     "divides the tokens", "metric seq_aux_loss: sequences of this many consecutive tokens",
+     NULL},
     {NULL, NULL, 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL, NULL},
 };
 #undef OFF

@@ -298,6 +298,8 @@ int moe_pipeline_alloc(const moe_pipeline_cfg *cfg, moe_pipeline **out)
         if (!p->plan || ((cfg->flags & MOE_PIPE_METRICS) && !p->mt) || (cfg->wg && !p->logits))
             rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (plan of %d tokens)", T);
     }
+    if (!rc && p->mt) /* expert groups, routing groups, sequences of the metrics */
+        rc = moe_metrics_set_opts(p->mt, &p->r->opts);
     if (!rc && cfg->w)
         rc = moe_pipeline_set_experts(p, cfg->w);
     if (!rc && cfg->ep)

@@ -33,6 +33,7 @@ void moe_plan_free(moe_plan *p)
     free(p->assigned_load);
     free(p->importance);
     free(p->lse);
+    free(p->noisy_buf);
     free(p);
 }
 
@@ -58,9 +59,28 @@ int moe_plan_reset(moe_plan *p, int n, int E, int m)
     p->n_claims = 0;
     p->aux_loss = 0.0;
     p->lse_of = NULL;
+    p->noisy_logits = NULL;
+    p->noise_std = 0.0;
+    p->rank_claims[0] = p->rank_claims[1] = p->rank_kept[0] = p->rank_kept[1] = 0;
     memset(p->assigned_load, 0, (size_t)E * sizeof *p->assigned_load);
     memset(p->importance, 0, (size_t)E * sizeof *p->importance);
     return MOE_OK;
+}
+
+double *moe_plan_noisy_buffer(moe_plan *p)
+{
+    const size_t need = (size_t)p->n * (size_t)p->E;
+    if (p->noisy_cap < need) {
+        double *h = realloc(p->noisy_buf, need * sizeof *h);
+        if (!h) {
+            moe_fail(MOE_ENOMEM, NULL, "out of memory (noisy logits of %d tokens)", p->n);
+            return NULL;
+        }
+        p->noisy_buf = h;
+        p->noisy_cap = need;
+    }
+    p->noisy_logits = p->noisy_buf;
+    return p->noisy_buf;
 }
 
 double *moe_plan_lse_buffer(moe_plan *p)

@@ -40,10 +40,12 @@ moe_point_result *moe_point_result_alloc(int E, int batches)
     r->kept = calloc((size_t)E, sizeof *r->kept);
     r->importance = calloc((size_t)E, sizeof *r->importance);
     r->experts_per_token = calloc((size_t)E + 1, sizeof *r->experts_per_token);
+    r->groups_touched = calloc((size_t)E + 1, sizeof *r->groups_touched);
+    r->groups = 1;
     r->batch_metric = calloc((size_t)batches * MOE_POINT_NMETRICS, sizeof *r->batch_metric);
     r->batch_time = calloc((size_t)batches * MOE_NPHASES, sizeof *r->batch_time);
     if (!r->assigned || !r->kept || !r->importance || !r->experts_per_token ||
-        !r->batch_metric || !r->batch_time)
+        !r->groups_touched || !r->batch_metric || !r->batch_time)
         goto nomem;
     return r;
 nomem:
@@ -61,6 +63,7 @@ void moe_point_result_free(moe_point_result *r)
     free(r->kept);
     free(r->importance);
     free(r->experts_per_token);
+    free(r->groups_touched);
     free(r->batch_metric);
     free(r->batch_time);
     free(r->train_row);
@@ -220,6 +223,9 @@ static void record_batch(moe_point_result *res, int b, const moe_metrics *mt,
     }
     for (int j = 0; j <= res->E; j++)
         res->experts_per_token[j] += mt->experts_per_token[j];
+    res->groups = mt->groups;
+    for (int j = 0; j <= mt->groups; j++)
+        res->groups_touched[j] += mt->groups_touched[j];
     *flops += mt->flops_gate + mt->flops_expert_useful + mt->flops_soft_dispatch +
               mt->flops_soft_combine;
 }
@@ -272,6 +278,7 @@ int moe_point_run_ep(const moe_point *pt, volatile sig_atomic_t *stop, moe_point
     memset(res->kept, 0, (size_t)E * sizeof *res->kept);
     memset(res->importance, 0, (size_t)E * sizeof *res->importance);
     memset(res->experts_per_token, 0, ((size_t)E + 1) * sizeof *res->experts_per_token);
+    memset(res->groups_touched, 0, ((size_t)E + 1) * sizeof *res->groups_touched);
     double flops_exec = 0.0;
     moe_cluster_run *cr = NULL; /* the cluster model sees each batch's plan */
     if (!rc && pt->cluster &&

@@ -64,7 +64,7 @@ typedef struct {
     int tol;                /* enum moe_metric_tol: how `moesim compare` tolerates drift */
 } moe_point_metric;
 extern const moe_point_metric moe_point_metrics[]; /* terminated by name == NULL */
-enum { MOE_POINT_NMETRICS = 18 };
+enum { MOE_POINT_NMETRICS = 29 };
 /* Index of a metric in moe_point_metrics by name, or -1. */
 int moe_point_metric_index(const char *name);
 
@@ -76,6 +76,9 @@ typedef struct {
     double gflops_per_s;       /* executed FLOPs (gate + useful expert + soft dispatch/combine) */
     double *assigned, *kept, *importance; /* (E) means per batch */
     long *experts_per_token;   /* (E+1) tokens with 0..E kept experts, summed over batches */
+    int groups;                /* G expert groups of the metrics (1 without groups) */
+    long *groups_touched;      /* (G+1, allocated E+1) tokens with kept experts in 0..G
+                                * groups, summed over batches */
     double *batch_metric;      /* (batches, MOE_POINT_NMETRICS) */
     double *batch_time;        /* (batches, MOE_NPHASES) */
     double wall_s;             /* wall time of the whole point, errors included */

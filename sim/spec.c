@@ -371,6 +371,14 @@ static int check_router(const spec_router *r, const moe_point *p, int dropless)
     moe_clear_error();
     int rc = moe_router_alloc(p->rtype, &o, p->tokens, p->m, &inst);
     moe_router_free(inst);
+    if (!rc && o.sequence_length > 0 && p->tokens % o.sequence_length != 0) { /* seq_aux_loss */
+        const spec_kv *kv = moe_spec_kv_find(r->sec, "sequence_length");
+        rc = moe_fail(MOE_EINVAL, "sequence_length must divide the tokens of a batch",
+                      "sequence_length %d does not divide tokens = %d", o.sequence_length,
+                      p->tokens);
+        if (kv)
+            return moe_spec_relocate(rc, r->sec, kv);
+    }
     if (rc)
         return moe_spec_relocate(rc, r->sec, r->type_kv ? r->type_kv : moe_spec_first_kv(r->sec));
     return MOE_OK;

@@ -15,6 +15,8 @@
  *   expert_loads       (point, expert): assigned, kept, importance, means per batch
  *   batches            (point, batch): every scalar metric and time_<phase>_s of one batch
  *   experts_per_token  (point, experts): tokens with that many kept experts, summed over batches
+ *   groups_touched     (point, groups): tokens whose kept experts lie in that many expert groups
+ *                      (G contiguous groups; G = 1 without groups), summed over batches
  *   ep_ranks           (point, capacity, rank): per-rank load, rows, bytes and times of an
  *                      expert-parallel point (moe_store_put_ep), means per batch
  *   bench              (run, config, n, metric): `moesim bench` rows with their provenance
@@ -40,7 +42,10 @@
  *   3 -> 4  the cluster model's tables (cluster_points, devices, nodes_per_token, node_traffic)
  *   4 -> 5  runs, points.run, points.config_group, student_t and the views over seeds
  *           (moe_store_migrate_runs; summary and by_router_cf are replaced)
- *   5 -> 6  points.shared_experts, shared_f, shared_gate (moe_store_migrate_shared)
+ *   5 -> 6  the scalar metrics of the metric table that points and batches lack, the table
+ *           groups_touched, the views over seeds again (moe_store_migrate_metrics; idempotent,
+ *           it runs before the 4 -> 5 step on older databases); points.shared_experts,
+ *           shared_f, shared_gate (moe_store_migrate_shared)
  * A new database gets the tables of version 4, then the 4 -> 5 and 5 -> 6 steps.
  */
 #include "store.h"
@@ -64,6 +69,7 @@ struct moe_store {
     char *path;
     int readonly;
     sqlite3_stmt *find, *del, *ins_point, *ins_load, *ins_batch, *ins_ept, *ins_ep, *ins_bench;
+    sqlite3_stmt *ins_gt; /* groups_touched */
     sqlite3_stmt *ins_train, *ins_step, *ins_sload;
     int existed;  /* the last put found its point stored by another process */
     long long run_id; /* the run points are linked to (moe_store_run_begin), 0 = none */
@@ -189,8 +195,9 @@ static char *schema_sql(void)
         fprintf(m, ",\n  %s %s", config_cols[i][0], config_cols[i][1]);
     fprintf(m, ",\n  created_at TEXT NOT NULL DEFAULT (strftime('%%Y-%%m-%%dT%%H:%%M:%%SZ', "
                "'now'))");
-    for (const moe_point_metric *mm = moe_point_metrics; mm->name; mm++)
-        fprintf(m, ",\n  %s REAL,\n  %s_std REAL", mm->name, mm->name);
+    for (int i = 0; i < MOE_STORE_NMETRICS_V4; i++) /* later ones: the 5 -> 6 step */
+        fprintf(m, ",\n  %s REAL,\n  %s_std REAL", moe_point_metrics[i].name,
+                moe_point_metrics[i].name);
     for (int i = 0; i < MOE_NPHASES; i++)
         fprintf(m, ",\n  time_%s_s REAL,\n  time_%s_s_std REAL", moe_phase_names[i],
                 moe_phase_names[i]);
@@ -202,8 +209,8 @@ static char *schema_sql(void)
     fprintf(m, "CREATE TABLE batches (\n"
                "  point INTEGER NOT NULL REFERENCES points(id) ON DELETE CASCADE,\n"
                "  batch INTEGER NOT NULL");
-    for (const moe_point_metric *mm = moe_point_metrics; mm->name; mm++)
-        fprintf(m, ",\n  %s REAL", mm->name);
+    for (int i = 0; i < MOE_STORE_NMETRICS_V4; i++)
+        fprintf(m, ",\n  %s REAL", moe_point_metrics[i].name);
     for (int i = 0; i < MOE_NPHASES; i++)
         fprintf(m, ",\n  time_%s_s REAL", moe_phase_names[i]);
     fprintf(m, ",\n  PRIMARY KEY (point, batch)\n) STRICT;\n");
@@ -393,6 +400,8 @@ static int create_or_migrate(moe_store *st, long long version)
         rc = migrate_2_to_3(st);
     if (!rc && version <= 3)
         rc = migrate_3_to_4(st);
+    if (!rc && version <= 5) /* the metrics of version 6 (before the views over seeds) */
+        rc = moe_store_migrate_metrics(st->db, st->path);
     if (!rc && version <= 4) /* runs, config_group, statistics over seeds */
         rc = moe_store_migrate_runs(st->db, st->path);
     if (!rc && version <= 5) /* shared experts */
@@ -527,6 +536,9 @@ int moe_store_open(const char *path, int readonly, moe_store **out)
             r = prepare(st, "INSERT INTO experts_per_token (point, experts, tokens)"
                             " VALUES (?, ?, ?)", &st->ins_ept);
         if (!r)
+            r = prepare(st, "INSERT INTO groups_touched (point, groups, tokens)"
+                            " VALUES (?, ?, ?)", &st->ins_gt);
+        if (!r)
             r = prepare(st, ie = insert_cols_sql("INSERT INTO ep_ranks (point, capacity, rank,"
                                                  " ranks", 4, ep_cols, MOE_EP_NFIELDS),
                         &st->ins_ep);
@@ -567,7 +579,7 @@ void moe_store_close(moe_store *st)
         return;
     sqlite3_stmt *qs[] = {st->find, st->del, st->ins_point, st->ins_load, st->ins_batch,
                           st->ins_ept, st->ins_ep, st->ins_bench, st->ins_train,
-                          st->ins_step, st->ins_sload};
+                          st->ins_step, st->ins_sload, st->ins_gt};
     for (size_t i = 0; i < sizeof qs / sizeof qs[0]; i++)
         sqlite3_finalize(qs[i]); /* returns the statement's last error, already reported */
     if (st->db && sqlite3_close(st->db) != SQLITE_OK)
@@ -707,6 +719,23 @@ static int put_train_rows(moe_store *st, sqlite3_int64 id, const moe_point *pt,
     return r;
 }
 
+
+/* Rows (point id, j, v[j]) for j = 0..top of a histogram through the statement q. */
+static int put_histogram(moe_store *st, sqlite3_stmt *q, sqlite3_int64 id, const long *v, int top,
+                         const char *what)
+{
+    for (int j = 0; j <= top; j++) {
+        binder h = {q, 0, SQLITE_OK};
+        b_int(&h, id);
+        b_int(&h, j);
+        b_int(&h, v[j]);
+        int r = run(st, &h, what);
+        if (r)
+            return r;
+    }
+    return MOE_OK;
+}
+
 static int put_rows(moe_store *st, const char *spec_name, const moe_point *pt,
                     const moe_point_result *res, const moe_provenance *pv, int replace,
                     const moe_store_ep *ep)
@@ -778,14 +807,11 @@ static int put_rows(moe_store *st, const char *spec_name, const moe_point *pt,
         if ((r = run(st, &l, "cannot insert expert loads")))
             return r;
     }
-    for (int j = 0; j <= res->E; j++) {
-        binder h = {st->ins_ept, 0, SQLITE_OK};
-        b_int(&h, id);
-        b_int(&h, j);
-        b_int(&h, res->experts_per_token[j]);
-        if ((r = run(st, &h, "cannot insert the experts-per-token histogram")))
-            return r;
-    }
+    if ((r = put_histogram(st, st->ins_ept, id, res->experts_per_token, res->E,
+                           "cannot insert the experts-per-token histogram")) ||
+        (r = put_histogram(st, st->ins_gt, id, res->groups_touched, res->groups,
+                           "cannot insert the groups-touched histogram")))
+        return r;
     for (int bt = 0; bt < res->batches; bt++) {
         binder q = {st->ins_batch, 0, SQLITE_OK};
         b_int(&q, id);

@@ -153,6 +153,22 @@ int moe_store_migrate_runs(sqlite3 *db, const char *path);
 /* Migration step to version 6 (sim/store_shared.c; idempotent: it checks what exists): the
  * columns points.shared_experts, shared_f, shared_gate (0, 0, 'none' for older rows). */
 int moe_store_migrate_shared(sqlite3 *db, const char *path);
+/* (Re)create the views over seeds (over_seeds, summary, by_router_cf) over every metric. */
+int moe_store_seed_views(sqlite3 *db, const char *path);
+/* 1 when table (of schema main) has the column col. */
+int moe_store_has_column(sqlite3 *db, const char *table, const char *col);
+/* Migration step of the metrics added with schema version 6 (sim/store_metrics.c; idempotent:
+ * it adds only what is missing): a column in points (with its _std) and batches for every scalar
+ * metric of the table, the table groups_touched, and the views over seeds again when they
+ * exist. */
+int moe_store_migrate_metrics(sqlite3 *db, const char *path);
+/* The scalar metrics of schema version 4 (the first rows of the metric table): the tables a new
+ * database starts from; the 5 -> 6 step adds the others. */
+enum { MOE_STORE_NMETRICS_V4 = 18 };
+extern const char *const moe_store_groups_touched_sql; /* CREATE TABLE IF NOT EXISTS ... */
+/* ", NULL AS x, NULL AS x_std" for every scalar metric x that points lacks (a database of an
+ * older version read as it is); malloc'd, "" when none, NULL when out of memory. */
+char *moe_store_missing_metrics_sql(sqlite3 *db);
 
 /* The SQL condition on points (malloc'd into *cond) selecting the points of `moesim report`
  * and `moesim plot`: where (an SQL condition on the columns of points, or NULL) and run (a run

@@ -179,6 +179,16 @@ int moe_store_t_table(sqlite3 *db, const char *schema, const char *path)
     return MOE_OK;
 }
 
+int moe_store_seed_views(sqlite3 *db, const char *path)
+{
+    char *v = views_sql();
+    if (!v)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (%s)", path);
+    int r = exec_sql(db, v, "cannot create the views over seeds", path);
+    free(v);
+    return r;
+}
+
 int moe_store_migrate_runs(sqlite3 *db, const char *path)
 {
     static const char *const runs_sql =
@@ -200,18 +210,12 @@ int moe_store_migrate_runs(sqlite3 *db, const char *path)
     int r = exec_sql(db, runs_sql, "cannot add the table runs", path);
     if (!r)
         r = moe_store_t_table(db, "main", path);
-    char *v = r ? NULL : views_sql();
-    if (!r && !v)
-        r = moe_fail(MOE_ENOMEM, NULL, "out of memory (%s)", path);
-    if (!r)
-        r = exec_sql(db, v, "cannot create the views over seeds", path);
-    free(v);
-    return r;
+    return r ? r : moe_store_seed_views(db, path);
 }
 
 /* ---- filters ---- */
 
-static int has_column(sqlite3 *db, const char *table, const char *col)
+int moe_store_has_column(sqlite3 *db, const char *table, const char *col)
 {
     char sql[128];
     snprintf(sql, sizeof sql, "SELECT 1 FROM pragma_table_info('%s', 'main') WHERE name = '%s'", table,
@@ -228,7 +232,7 @@ int moe_store_point_filter(sqlite3 *db, const char *where, const char *run, char
     *cond = NULL;
     long long run_id = 0;
     if (run) {
-        if (!has_column(db, "points", "run"))
+        if (!moe_store_has_column(db, "points", "run"))
             return moe_fail(MOE_EINVAL, "databases written before runs were recorded have no"
                             " runs: use --where", "the database records no runs (--run)");
         sqlite3_stmt *q = NULL;
@@ -317,10 +321,14 @@ int moe_store_restrict(sqlite3 *db, const char *cond, const char *path)
 int moe_store_reader_setup(sqlite3 *db, const char *cond, const char *path)
 {
     int r = MOE_OK;
-    const int has_run = has_column(db, "points", "run");
-    char *sql = sqlite3_mprintf("DROP VIEW IF EXISTS temp.points; CREATE TEMP VIEW points AS"
-                                " SELECT *%s FROM main.points WHERE %s",
-                                has_run ? "" : ", NULL AS run", cond ? cond : "1");
+    const int has_run = moe_store_has_column(db, "points", "run");
+    char *missing = moe_store_missing_metrics_sql(db); /* metrics newer than the database */
+    char *sql = missing ? sqlite3_mprintf("DROP VIEW IF EXISTS temp.points; CREATE TEMP VIEW"
+                                          " points AS SELECT *%s%s FROM main.points WHERE %s",
+                                          has_run ? "" : ", NULL AS run", missing,
+                                          cond ? cond : "1")
+                        : NULL;
+    free(missing);
     if (!sql)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (%s)", path);
     const int qo = query_only(db);

@@ -94,6 +94,13 @@ expect_error "option for another router (route flag)" \
 spec k_gt_e 's/^k = 2$/k = 5/'
 expect_error "k > E in a spec" \
     "k = 5 exceeds E = 4 (router topk, shape s) (k_gt_e.ini:7, key router.topk.k)" run k_gt_e.ini
+spec seq_len 's/^k = 2$/k = 2\nsequence_length = 5/'
+expect_error "sequence_length not dividing the tokens in a spec" \
+    "sequence_length 5 does not divide tokens = 16 (seq_len.ini:8, key router.topk.sequence_length)" \
+    run seq_len.ini
+expect_error "sequence_length not dividing the tokens (route flag)" \
+    "sequence_length 5 does not divide the batch's 6 tokens (sequence_length)" \
+    "$M" route --router topk --logits "$FIX/good.npy" --plan p.csv --sequence-length 5
 spec cf_neg 's/^capacity_factors = 1.0$/capacity_factors = 1.0 -1/'
 expect_error "cf < 0 in a spec" \
     "capacity factor '-1' is not a non-negative decimal (cf_neg.ini:4, key experiment.capacity_factors)" \

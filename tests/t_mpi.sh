@@ -130,6 +130,8 @@ for n in 2 4; do
         "$(differ single.db "$db" expert_loads "point, expert, assigned, kept, importance")" 0
     same "-np $n --expert-parallel: experts-per-token identical" \
         "$(differ single.db "$db" experts_per_token "point, experts, tokens")" 0
+    same "-np $n --expert-parallel: groups-touched identical" \
+        "$(differ single.db "$db" groups_touched "point, groups, tokens")" 0
     # output errors: sparse routers bit-identical (same FFN calls, same combine order), dense
     # soft_moe within 1e-6 (partial slot sums added per rank)
     same "-np $n --expert-parallel: sparse output errors bit-identical" "$(q "$db" "ATTACH
@@ -199,6 +201,11 @@ for n in 2 4; do
         "$(differ single.db "$db" expert_loads "*")" 0
     same "-np $n points over ranks: experts_per_token equal" \
         "$(differ single.db "$db" experts_per_token "*")" 0
+    same "-np $n points over ranks: groups_touched equal" \
+        "$(differ single.db "$db" groups_touched "*")" 0
+    same "-np $n points over ranks: groups_touched counts every token of every batch" \
+        "$(q "$db" "SELECT (SELECT sum(tokens) FROM groups_touched) =
+            (SELECT sum(tokens) FROM experts_per_token) AND count(*) > 0 FROM groups_touched")" 1
     same "-np $n points over ranks: no ep_ranks rows" \
         "$(q "$db" "SELECT count(*) FROM ep_ranks")" 0
 done

@@ -32,6 +32,8 @@ check "schema version 6" test "$(q "$db" 'PRAGMA user_version')" = 6
 check "WAL journal" test "$(q "$db" 'PRAGMA journal_mode')" = wal
 check "histogram sums to tokens x batches" \
     test "$(q "$db" 'SELECT count(*) FROM (SELECT point, sum(tokens) s FROM experts_per_token GROUP BY point) WHERE s != 256')" = 0
+check "14 x (1+1) groups_touched rows (one expert group), each summing to tokens x batches" \
+    test "$(q "$db" 'SELECT count(*) FROM groups_touched')|$(q "$db" 'SELECT count(*) FROM (SELECT point, sum(tokens) s FROM groups_touched GROUP BY point) WHERE s != 256')" = "28|0"
 check "summary view" test "$(q "$db" 'SELECT count(*) FROM summary')" = 14
 contains "summary table printed" "$tmp/out" "router"
 

@@ -1,9 +1,10 @@
 #!/bin/sh
 # t_store.sh: migrations of the results database (sim/store.c). A database of schema version 1
-# (tests/data/store_v1.sql: dumped from a database the version-1 binary wrote, see its header)
-# and one of version 2 (tests/data/store_v2.sql, the same point written by the version-2 binary)
-# are upgraded in place to version 6 by `moesim run` and keep their point; read-only commands
-# read them without writing; the upgraded schema equals a new database's; a database holding only
+# (tests/data/store_v1.sql: dumped from a database the version-1 binary wrote, see its header),
+# one of version 2 (tests/data/store_v2.sql, the same point written by the version-2 binary) and
+# one of version 5 (tests/data/store_v5.sql, by the version-5 binary) are upgraded in place to
+# version 6 by `moesim run` and keep their point; read-only commands (report, compare) read them
+# without writing; the upgraded schema equals a new database's; a database holding only
 # the table `bench` of an older `moesim bench` gets the rest of the schema around its rows. Run
 # with MOESIM=<build>/moesim.
 MOESIM=${MOESIM:-./moesim}
@@ -42,7 +43,7 @@ check "the stored point is kept and skipped" grep -q "1 stored" "$tmp/err"
 check "same point" test "$(q "$db" 'SELECT config_key FROM points')" = "$key"
 check "its batch and loads kept" test "$(q "$db" 'SELECT count(*) FROM batches')|$(q "$db" \
     'SELECT count(*) FROM expert_loads')" = "1|8"
-for t in ep_ranks bench train_points steps step_loads cluster_points devices nodes_per_token node_traffic; do
+for t in ep_ranks bench train_points steps step_loads cluster_points devices nodes_per_token node_traffic groups_touched; do
     check "table $t added" test "$(q "$db" "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '$t'")" = 1
 done
 for v in ep_summary train_summary; do
@@ -79,6 +80,48 @@ check "2 -> 3: its batch and loads kept" test "$(q "$db2" 'SELECT count(*) FROM 
     "$db2" 'SELECT count(*) FROM expert_loads')" = "1|8"
 cols "$db2" > "$tmp/cols_upgraded2"
 check "upgraded schema (2 -> 3) = new schema" cmp -s "$tmp/cols_upgraded2" "$tmp/cols_new"
+
+# ---- version 5 -> 6: the metrics of version 6 ----
+db5=$tmp/v5.db
+q "$db5" < tests/data/store_v5.sql
+check "fixture is version 5" test "$(q "$db5" 'PRAGMA user_version')" = 5
+key5=$(q "$db5" 'SELECT config_key FROM points')
+"$MOESIM" report "$db5" > "$tmp/report" 2>&1
+check "report reads a version-5 database: $(tail -1 "$tmp/report")" grep -q topk "$tmp/report"
+"$MOESIM" compare "$db5" "$db5" > "$tmp/cmp5" 2>&1
+check "compare reads a version-5 database: $(tail -1 "$tmp/cmp5")" grep -q "no drift" "$tmp/cmp5"
+check "read-only commands leave version 5" test "$(q "$db5" 'PRAGMA user_version')" = 5
+"$MOESIM" run experiments/regression/recorded.ini --set experiment.routers=topk \
+    --set experiment.capacity_factors=1.25 --set experiment.distributions=popularity_instruct \
+    --set experiment.tokens=32 --set experiment.batches=1 --db "$db5" --no-plots \
+    > "$tmp/out" 2> "$tmp/err"
+rc=$?
+check "run on a version-5 database succeeds: $(cat "$tmp/err")" test $rc = 0
+check "5 -> 6: version 6" test "$(q "$db5" 'PRAGMA user_version')" = 6
+check "5 -> 6: the stored point is kept and skipped" grep -q "1 stored" "$tmp/err"
+check "5 -> 6: same point" test "$(q "$db5" 'SELECT config_key FROM points')" = "$key5"
+check "5 -> 6: its old rows read NULL in the new columns" test \
+    "$(q "$db5" 'SELECT count(*) FROM points WHERE seq_aux_loss IS NULL AND balancedness_std IS NULL')|$(q \
+    "$db5" 'SELECT count(*) FROM batches WHERE groups_touched_mean IS NULL')" = "1|1"
+check "5 -> 6: the views over seeds carry the new metrics" test \
+    "$(q "$db5" 'SELECT count(*) FROM pragma_table_info('"'"'over_seeds'"'"') WHERE name IN
+    ('"'"'seq_aux_loss'"'"', '"'"'overflow_expert2_ci95'"'"', '"'"'balancedness_batch_sd'"'"')')" = 3
+# the same columns as a new database (in another order: version 5 had run and config_group last)
+scols() { cols "$1" | sort; }
+scols "$db5" > "$tmp/cols_upgraded5"; scols "$new" > "$tmp/cols_new5"
+check "upgraded schema (5 -> 6) = new schema, as sets" cmp -s "$tmp/cols_upgraded5" "$tmp/cols_new5"
+# the migration is idempotent: run again at version 5, it changes nothing
+q "$db5" 'PRAGMA user_version = 5'
+"$MOESIM" run experiments/regression/recorded.ini --set experiment.routers=topk \
+    --set experiment.capacity_factors=1.25 --set experiment.distributions=popularity_instruct \
+    --set experiment.tokens=32 --set experiment.batches=1 --db "$db5" --no-plots \
+    > /dev/null 2> "$tmp/err"
+check "5 -> 6 twice: $(cat "$tmp/err")" test "$(q "$db5" 'PRAGMA user_version')" = 6
+scols "$db5" > "$tmp/cols_twice"
+check "5 -> 6 twice: same schema" cmp -s "$tmp/cols_twice" "$tmp/cols_new5"
+# a new point stores its groups-touched histogram (G = 1: tokens with 0 or 1 group)
+check "a new database stores groups_touched rows" test \
+    "$(q "$new" 'SELECT count(*) || '"'"'|'"'"' || sum(tokens) FROM groups_touched')" = "2|32"
 
 # a version newer than the binary is still refused
 q "$db" 'PRAGMA user_version = 99'

@@ -338,7 +338,10 @@ static const char *const json_keys[] = {
     "importance", "load_imbalance", "kept_load_imbalance", "load_cv", "assignment_drop_rate",
     "token_drop_rate", "importance_cv2", "aux_loss", "z_loss", "experts_per_token", "flops_gate",
     "flops_expert_useful", "flops_expert_padded", "flops_soft_dispatch", "flops_soft_combine",
-    "output_error_dense", "output_error_dropless"};
+    "output_error_dense", "output_error_dropless", "groups_touched_mean", "groups_touched",
+    "token_drop_rate_group_min", "token_drop_rate_group_mean", "token_drop_rate_group_max",
+    "seq_aux_loss", "load_loss_shazeer", "overflow_expert1", "overflow_expert2",
+    "importance_loss_vmoe", "load_loss_vmoe", "balancedness"};
 
 static void test_json(void)
 {
@@ -472,14 +475,31 @@ static void test_table(void)
     const moe_point_metric *h = moe_metric_find("experts_per_token");
     CHECK(a && !strcmp(a->name, "assigned_load") && a->kind == MOE_METRIC_EXPERT_LONG, "assigned");
     CHECK(h && h->kind == MOE_METRIC_HISTOGRAM, "histogram");
-    if (h)
-        CHECK_INT(moe_metric_len(h, 8), 9);
+    const moe_point_metric *g = moe_metric_find("groups_touched");
+    CHECK(g && g->kind == MOE_METRIC_GROUP_HISTOGRAM, "groups histogram");
+    moe_metrics *m8 = moe_metrics_alloc(8);
+    moe_route_opts o8;
+    moe_route_opts_default(&o8);
+    o8.groups = 4;
+    if (h && g && m8) {
+        CHECK_INT(moe_metric_len(h, m8), 9);
+        CHECK_INT(moe_metric_len(g, m8), 2); /* one group without groups */
+        CHECK_INT(moe_metrics_set_opts(m8, &o8), MOE_OK);
+        CHECK_INT(moe_metric_len(g, m8), 5);
+        o8.groups = 3; /* does not divide 8 */
+        CHECK_INT(moe_metrics_set_opts(m8, &o8), MOE_EINVAL);
+        CHECK(strstr(moe_errmsg(), "groups") != NULL, "names groups: %s", moe_errmsg());
+        moe_clear_error();
+    }
+    moe_metrics_free(m8);
     CHECK(moe_metric_find("nope") == NULL, "unknown metric");
 
     static const struct { const char *name; int tol; } tols[] = {
         {"capacity", MOE_TOL_EXACT},          {"n_tokens", MOE_TOL_EXACT},
         {"flops_gate", MOE_TOL_EXACT},        {"kept", MOE_TOL_EXACT},
         {"experts_per_token", MOE_TOL_EXACT}, {"importance", MOE_TOL_ROUTING},
+        {"groups_touched", MOE_TOL_EXACT},    {"seq_aux_loss", MOE_TOL_ROUTING},
+        {"token_drop_rate_group_max", MOE_TOL_ROUTING}, {"balancedness", MOE_TOL_ROUTING},
         {"load_cv", MOE_TOL_ROUTING},         {"z_loss", MOE_TOL_ROUTING},
         {"output_error_dense", MOE_TOL_OUTPUT}, {"output_error_dropless", MOE_TOL_OUTPUT},
     };

@@ -97,6 +97,7 @@ static void test_bounds(void)
     expect_bad("groups", "0", "want an integer >= 1");
     expect_bad("group_score", "mean", "want one of topk_sum|max");
     expect_bad("top_p", "0", "want a number > 0");
+    expect_bad("sequence_length", "0", "want an integer >= 1");
 }
 
 /* Every row is found by its key and has help; 24 options (counted in the table: 16, then the
@@ -108,8 +109,8 @@ static void test_rows(void)
         CHECK(moe_route_option_find(op->key) == op, "find %s", op->key);
         CHECK(op->help && op->type, "%s has help and type", op->key);
     }
-    CHECK_INT(n, 28); /* 16 + 8 score, group and variable-k rows + second_policy,
-                       * second_threshold, select, capacity_multiple */
+    CHECK_INT(n, 29); /* 16 + 8 score, group and variable-k rows + second_policy,
+                       * second_threshold, select, capacity_multiple + sequence_length */
     CHECK(moe_route_option_find("nope") == NULL, "unknown key");
 }
 

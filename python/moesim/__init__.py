@@ -165,7 +165,8 @@ def _metrics(res, router, E):
         count = _C.moesim_result_metric(res, i, buf.ctypes.data, buf.size, ctypes.byref(is_int))
         vals = [int(v) if is_int.value else (float(v) if math.isfinite(v) else None)
                 for v in buf[:count].tolist()]
-        arr = name.decode() in ("assigned_load", "kept_load", "importance", "experts_per_token")
+        arr = name.decode() in ("assigned_load", "kept_load", "importance", "experts_per_token",
+                                "groups_touched")
         out[name.decode()] = vals if arr else vals[0]
         i += 1
     return out
