@@ -67,8 +67,9 @@ void moe_pipeline_free(moe_pipeline *p)
 static int plan_size(const moe_pipeline_cfg *c, int E, int k, long *C_max, size_t *cap)
 {
     const int T = c->T;
+    const int G = c->opts->group_size; /* routing groups: n/G blocks of slots */
     if (c->rtype->flags & MOE_RF_DENSE) {
-        *C_max = c->M / E;
+        *C_max = (long)(c->M / E) * (G > 0 && G < T ? T / G : 1);
         *cap = (size_t)T * (size_t)c->M;
         return MOE_OK;
     }
@@ -76,7 +77,7 @@ static int plan_size(const moe_pipeline_cfg *c, int E, int k, long *C_max, size_
     if (c->k_claims > kc)
         kc = c->k_claims;
     long C = 0;
-    int rc = moe_capacity(c->opts, kc, T, E, &C);
+    int rc = moe_route_capacity(c->opts, kc, T, E, &C);
     if (rc)
         return rc;
     *C_max = c->C_max > 0 ? c->C_max : (C < T ? T : C);
@@ -127,8 +128,7 @@ static int alloc_routers(moe_pipeline *p)
     int rc = moe_router_alloc(c->rtype, c->opts, c->T, c->M, &p->r);
     if (rc)
         return rc;
-    if ((c->rtype->flags & MOE_RF_USES_RNG) || c->opts->noise_std > 0.0 ||
-        c->opts->select == MOE_SELECT_RSAMPLE) {
+    if (moe_router_needs_rng(c->rtype, c->opts)) {
         uint64_t stream = moe_router_stream(c->rtype);
         p->rng = moe_rng_alloc(c->seed, stream);
         p->rng2 = moe_rng_alloc(c->seed, stream);
