@@ -269,7 +269,8 @@ const moe_router_type *moe_router_find(const char *name);
  * (gate noise). */
 uint64_t moe_router_stream(const moe_router_type *t);
 /* Whether a router of type t with options o draws from its PCG stream: the type's own draws
- * (MOE_RF_USES_RNG), topk's noise, switch's rsample, order rts without a file of keys. */
+ * (MOE_RF_USES_RNG), topk's noise, switch's rsample, order rts without a file of keys,
+ * jitter. */
 int moe_router_needs_rng(const moe_router_type *t, const moe_route_opts *o);
 /* Validates options against (n_max, m): k in 1..E, P divides M, group_size divides n_max, ...
  * The router keeps moe_route_opts_effective(o). */

@@ -9,6 +9,8 @@
  */
 #include "pipeline.h"
 
+#include "jitter.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +32,8 @@ struct moe_pipeline {
     double *p;                /* (T,E) mixture weights */
     int *rows, nrows, rows_n; /* (T) rows of the dense-mixture error, for batches of rows_n */
     float *y, *y2, *ysub, *ydense; /* (T,D) */
+    float *xj;                /* (T,D) jittered gate input (option jitter), or NULL */
+    const double *jitter_u;   /* (T,D) given jitter draws, or NULL: the router's stream */
 };
 
 int moe_pipeline_error_rows(int T, int error_rows, int *rows)
@@ -59,6 +63,7 @@ void moe_pipeline_free(moe_pipeline *p)
     free(p->y2);
     free(p->ysub);
     free(p->ydense);
+    free(p->xj);
     free(p);
 }
 
@@ -225,6 +230,8 @@ int moe_pipeline_set_experts(moe_pipeline *p, const moe_experts *w)
     p->y = malloc((size_t)T * D * sizeof *p->y);
     if (!p->y)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (layer output, %d tokens)", T);
+    if (p->r->opts.jitter > 0.0 && c->wg && !(p->xj = malloc((size_t)T * D * sizeof *p->xj)))
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (jittered gate input, %d tokens)", T);
     if (!(c->flags & MOE_PIPE_ERRORS))
         return MOE_OK;
     p->twin = (c->rtype->flags & MOE_RF_HAS_DROPLESS) && !c->opts->dropless;
@@ -329,6 +336,10 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
     if (b->x && (!p->routed || (fl & MOE_PIPE_LAYER)) && p->L &&
         (rc = check_finite(b->x, (size_t)b->n, (size_t)c->w->d, "input x", c->label)))
         return rc;
+    if (p->routed && p->r->opts.jitter > 0.0)
+        return moe_fail(MOE_EINVAL, "jitter needs the gate: give x and the gate weights, not "
+                        "the logits", "jitter %g on a batch that brings its logits (%s)",
+                        p->r->opts.jitter, c->label ? c->label : "pipeline");
     if (!p->routed) {
         if (!c->wg || !p->L)
             return moe_fail(MOE_EINVAL, NULL, "batch without logits and no gate (%s)",
@@ -339,7 +350,16 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
             return rc;
         p->wg_checked = 1;
         double t0 = moe_now();
-        if ((rc = moe_layer_gate(p->L, b->x, b->n, c->wg, c->M, p->logits)))
+        const float *xg = b->x;
+        if (p->xj) { /* jitter: the gate sees x * U(1-eps, 1+eps); the twin's stream follows */
+            if ((rc = moe_jitter_apply(b->x, b->n, c->w->d, p->r->opts.jitter, p->jitter_u,
+                                       p->rng, p->xj)))
+                return rc;
+            if (p->rng2)
+                gsl_rng_memcpy(p->rng2, p->rng);
+            xg = p->xj;
+        }
+        if ((rc = moe_layer_gate(p->L, xg, b->n, c->wg, c->M, p->logits)))
             return rc;
         t.gate = moe_now() - t0;
         p->routed = p->logits;
@@ -382,6 +402,8 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
         *tm = t;
     return MOE_OK;
 }
+
+void moe_pipeline_set_jitter_draws(moe_pipeline *p, const double *u) { p->jitter_u = u; }
 
 int moe_pipeline_run_source(moe_pipeline *p, moe_source *src, int index, moe_phase_times *tm)
 {

@@ -24,7 +24,7 @@ int moe_router_needs_rng(const moe_router_type *t, const moe_route_opts *o)
     moe_route_opts e;
     moe_route_opts_effective(o, &e);
     return (t->flags & MOE_RF_USES_RNG) || e.noise_std > 0.0 || e.select == MOE_SELECT_RSAMPLE ||
-           e.order == MOE_ORDER_RTS;
+           e.order == MOE_ORDER_RTS || e.jitter > 0.0;
 }
 
 /* Options checked whatever the router: noise, jitter and groups. */
