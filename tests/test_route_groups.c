@@ -152,6 +152,17 @@ static void test_registry(void)
             CHECK(loads && claims == pg->n_claims, "%s: loads, importance, claims summed",
                   t->name);
             CHECK_NEAR(pg->aux_loss, aux, 1e-15 * (1.0 + fabs(aux)));
+            /* the plan format: 0 <= slot < capacity, tokens in range, and a sparse plan's
+             * (expert, slot) pairs distinct */
+            int fmt = 1;
+            for (size_t a = 0; a < pg->n_entries && fmt; a++) {
+                const moe_entry *x = &pg->entries[a];
+                fmt = x->slot >= 0 && x->slot < pg->capacity && x->token >= 0 && x->token < N &&
+                      x->expert >= 0 && x->expert < rg->E;
+                for (size_t b2 = a + 1; fmt && !pg->dense && b2 < pg->n_entries; b2++)
+                    fmt = !(pg->entries[b2].expert == x->expert && pg->entries[b2].slot == x->slot);
+            }
+            CHECK(fmt, "%s: grouped plan keeps the plan format", t->name);
             for (int g = 0; g < N / G; g++)
                 moe_plan_free(ps[g]);
             moe_plan_free(pg);
