@@ -189,7 +189,7 @@ typedef struct {
     long capacity_multiple;  /* C rounded up to a multiple of this (1 = off) */
     /* routing groups, train and eval capacity, input jitter, padding to capacity */
     int group_size;          /* G tokens per routing group (n/G groups); 0 = one group */
-    int pad_to_capacity;     /* 0/1: every expert computes C rows (Megatron padding) */
+    int pad_to_capacity;     /* 0/1: recorded: the point models padding to C rows (Megatron) */
     int mode;                /* enum moe_mode */
     int cf_eval_set;         /* capacity_factor_eval given? (mode eval: it replaces cf) */
     long long cf_eval_num, cf_eval_den;
