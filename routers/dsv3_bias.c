@@ -133,6 +133,7 @@ static int dsv3_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     long C = 0;
     if (limited && (rc = moe_capacity(o, k, n, E, &C)))
         return rc;
+    cl->rts_u = in->rts_u; /* order rts */
     if ((rc = moe_claims_resolve(cl, n, o->order, C, !limited, o->renormalize, plan)))
         return rc;
     plan->aux_loss = 0.0;

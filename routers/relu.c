@@ -66,6 +66,7 @@ static int relu_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 {
     relu_ws *w = r->ws;
     const int n = in->n;
+    w->cl->rts_u = in->rts_u; /* order rts */
     int rc = moe_claims_rows(w->cl, in->logits, n, relu_row, w, plan);
     if (rc || (rc = moe_claims_finish_variable(w->cl, &r->opts, n, plan)))
         return rc;

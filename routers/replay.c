@@ -137,6 +137,7 @@ static int replay_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         return rc;
     if (r->opts.score != MOE_SCORE_AUTO && (rc = replay_scores(r, in, c, K)))
         return rc;
+    c->rts_u = in->rts_u; /* order rts */
     rc = moe_claims_resolve(c, n, r->opts.order, C, r->opts.dropless, r->opts.renormalize,
                             plan);
     plan->k = K;

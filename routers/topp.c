@@ -78,6 +78,7 @@ static int topp_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     topp_ws *w = r->ws;
     moe_claims *cl = w->cl;
     const int n = in->n, E = r->E;
+    cl->rts_u = in->rts_u; /* order rts */
     int rc = moe_claims_rows(cl, in->logits, n, topp_row, w, plan);
     if (rc || (rc = moe_claims_finish_variable(cl, &r->opts, n, plan)))
         return rc;

@@ -24,7 +24,7 @@
 
 enum { F_ROUTER = 1000, F_LOGITS, F_TOKENS, F_UNIFORMS, F_X, F_W1, F_B1, F_W2, F_B2, F_OUTPUT,
        F_PLAN, F_METRICS, F_ACT, F_SEED, F_HELP, F_GUMBEL, F_RTS, F_SW1, F_SB1, F_SW2, F_SB2,
-       F_SWG, F_PRESET, F_OPT0 };
+       F_SWG, F_PRESET, F_WG, F_JITTER_U, F_OPT0 };
 
 typedef struct {
     const char *router, *logits, *tokens, *uniforms, *x, *w1, *b1, *w2, *b2, *output, *plan,
@@ -35,6 +35,7 @@ typedef struct {
     const char *sw1, *sb1, *sw2, *sb2, *swg; /* shared experts (shared_ffn.h) and their gate */
     char cap_flag[48];        /* "--capacity" or "--capacity-factor" when given, else "" */
     const char *preset;       /* --preset NAME: router and options of presets.c */
+    const char *wg, *jitter_u; /* gate weights (D,M) instead of logits; jitter draws (T,D) */
 } route_args;
 
 static void usage(FILE *out)
@@ -44,6 +45,8 @@ static void usage(FILE *out)
             "                    [--metrics OUT.json]\n"
             "                    [--tokens IDS.npy] [--uniforms U.npy] [routing options]\n"
             "                    [--gumbel-uniforms G.npy] [--rts-uniforms R.npy]\n"
+            "                    [--wg WG.npy instead of --logits, with the layer]\n"
+            "                    [--jitter EPS [--jitter-uniforms J.npy]]\n"
             "                    [--x X.npy --w1 W1.npy --b1 B1.npy --w2 W2.npy --b2 B2.npy\n"
             "                     --output Y.npy [--activation gelu_tanh|gelu_erf|relu|swiglu]\n"
             "                     [--shared-w1 SW1.npy --shared-b1 SB1.npy --shared-w2 SW2.npy\n"
@@ -63,6 +66,9 @@ static void usage(FILE *out)
             "of order rts. Every value strictly between 0 and 1.\n"
             "--preset NAME sets the router and the options of one library's default router\n"
             "(`moesim list presets`); options given explicitly override the preset's.\n"
+            "--wg WG (D,M) runs the gate: L = x WG (x jittered by --jitter; the experts see x\n"
+            "unchanged), with the layer's weights and instead of --logits; --jitter-uniforms\n"
+            "(T,D) gives the jitter draws u in [0,1) (factor 1 - eps + 2 eps u).\n"
             "Routing options:\n");
     moe_route_options_print(out, 1);
 }
@@ -323,29 +329,76 @@ static int check_outputs(const route_args *a)
 }
 
 /* A (T,E) file of draws u, each strictly between 0 and 1 (Gumbel G = -log(-log u) is finite),
- * as doubles into *out (the caller frees). */
-static int read_draws(const char *path, const char *what, int n, int m, double **out)
+ * or in [0,1) with open0 = 0 (jitter), as doubles into *out (the caller frees). */
+static int read_draws(const char *path, const char *what, int n, int m, double **out, int open0)
 {
     moe_npy a;
     int rc = read_array(path, what, 2, &a);
     if (rc)
         return rc;
     if (a.shape[0] != (size_t)n || a.shape[1] != (size_t)m)
-        rc = moe_fail(MOE_EINPUT, NULL, "%s have shape (%zu,%zu), logits (%d,%d) (%s)", what,
+        rc = moe_fail(MOE_EINPUT, NULL, "%s have shape (%zu,%zu), want (%d,%d) (%s)", what,
                       a.shape[0], a.shape[1], n, m, path);
     if (!rc)
         rc = moe_npy_as_double(&a, what_of(what, path), out);
     for (size_t i = 0; !rc && i < a.count; i++)
-        if (!((*out)[i] > 0.0 && (*out)[i] < 1.0))
-            rc = moe_fail(MOE_EINPUT, "draws are uniforms strictly between 0 and 1",
-                          "%s value %g at token %zu, column %zu is outside (0,1) (%s)", what,
-                          (*out)[i], i / (size_t)m, i % (size_t)m, path);
+        if (!((open0 ? (*out)[i] > 0.0 : (*out)[i] >= 0.0) && (*out)[i] < 1.0))
+            rc = moe_fail(MOE_EINPUT, open0 ? "draws are uniforms strictly between 0 and 1"
+                                            : "draws are uniforms in [0, 1)",
+                          "%s value %g at token %zu, column %zu is outside %s (%s)", what,
+                          (*out)[i], i / (size_t)m, i % (size_t)m, open0 ? "(0,1)" : "[0,1)",
+                          path);
     moe_npy_free(&a);
     if (rc) {
         free(*out);
         *out = NULL;
     }
     return rc;
+}
+
+/* The logits L (T,M) of --logits, each finite, into *logits (the caller frees *L and it). */
+static int read_logits(const route_args *a, moe_npy *L, double **logits, int *n, int *m)
+{
+    int rc = read_array(a->logits, "logits", 2, L);
+    if (rc || (rc = moe_npy_as_double(L, what_of("logits", a->logits), logits)))
+        return rc;
+    if (L->shape[0] == 0 || L->shape[1] == 0 || L->shape[0] > 1u << 30 || L->shape[1] > 1u << 20)
+        return moe_fail(MOE_EINPUT, NULL, "logits have shape (%zu,%zu): need n >= 1, M >= 1 (%s)",
+                        L->shape[0], L->shape[1], a->logits);
+    *n = (int)L->shape[0];
+    *m = (int)L->shape[1];
+    for (size_t i = 0; i < L->count; i++)
+        if (!isfinite((*logits)[i]))
+            return moe_fail(MOE_EINPUT, "logits must be finite: check the gate or the file",
+                            "non-finite logit %g at token %zu, column %zu (%s)", (*logits)[i],
+                            i / (size_t)*m, i % (size_t)*m, a->logits);
+    return MOE_OK;
+}
+
+/* The gate weights WG (D,M) of --wg into *wg (the caller frees it); n and D from x (T,D). */
+static int read_gate(const route_args *a, float **wg, int *n, int *m, int *d)
+{
+    moe_npy xa, ga;
+    int rc = read_array(a->x, "x", 2, &xa);
+    if (rc)
+        return rc;
+    size_t nx = xa.shape[0], dx = xa.shape[1];
+    moe_npy_free(&xa);
+    if ((rc = read_array(a->wg, "wg", 2, &ga)))
+        return rc;
+    size_t shape[2] = {ga.shape[0], ga.shape[1]};
+    moe_npy_free(&ga);
+    if (nx == 0 || nx > 1u << 30 || dx == 0 || dx > 1u << 20 || shape[1] == 0 ||
+        shape[1] > 1u << 20)
+        return moe_fail(MOE_EINPUT, NULL, "x (%zu,%zu) and wg (%zu,%zu): need n, D, M >= 1 (%s)",
+                        nx, dx, shape[0], shape[1], a->wg);
+    if (shape[0] != dx)
+        return moe_fail(MOE_EFORMAT, "wg is (D,M): x (T,D) times wg gives the logits (T,M)",
+                        "wg has %zu rows, x has D = %zu columns (%s)", shape[0], dx, a->wg);
+    *n = (int)nx;
+    *d = (int)dx;
+    *m = (int)shape[1];
+    return read_float(a->wg, "wg", 2, shape, wg);
 }
 
 /* ---- the command ---- */
@@ -365,6 +418,7 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
         {"rts-uniforms", F_RTS}, {"shared-w1", F_SW1}, {"shared-b1", F_SB1},
         {"shared-w2", F_SW2}, {"shared-b2", F_SB2}, {"shared-gate-w", F_SWG},
         {"preset", F_PRESET},
+        {"wg", F_WG}, {"jitter-uniforms", F_JITTER_U},
     };
     for (size_t i = 0; i < sizeof fixed / sizeof *fixed; i++)
         lo[n++] = (struct option){fixed[i].name, required_argument, NULL, fixed[i].val};
@@ -403,6 +457,8 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
         case F_SB2: a->sb2 = optarg; break;
         case F_SWG: a->swg = optarg; break;
         case F_PRESET: a->preset = optarg; break;
+        case F_WG: a->wg = optarg; break;
+        case F_JITTER_U: a->jitter_u = optarg; break;
         case F_ACT:
             if ((rc = moe_act_parse(optarg, &a->act)))
                 return rc;
@@ -453,7 +509,7 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
     if (optind < argc)
         return moe_fail(MOE_EINVAL, "`moesim route --help` lists the flags",
                         "unexpected argument '%s' (command line)", argv[optind]);
-    if (!a->router || !a->logits || !a->plan)
+    if (!a->router || !(a->logits || a->wg) || !a->plan)
         return moe_fail(MOE_EINVAL, "`moesim route --help` shows an example; --preset NAME "
                         "can take the place of --router",
                         "route needs --router, --logits and --plan (command line)");
@@ -469,6 +525,12 @@ static int parse_args(int argc, char **argv, route_args *a, moe_route_opts *o, i
     if (ns && !nl)
         return moe_fail(MOE_EINVAL, NULL, "shared experts need the layer: --x --w1 --b1 --w2 "
                         "--b2 --output (command line)");
+    if (a->wg && (a->logits || nl != 6))
+        return moe_fail(MOE_EINVAL, "the gate computes the logits from x and the layer's weights",
+                        "--wg replaces --logits and needs the layer (--x --w1 --b1 --w2 --b2 "
+                        "--output) (command line)");
+    if (a->jitter_u && !o->jitter)
+        return moe_fail(MOE_EINVAL, NULL, "--jitter-uniforms needs --jitter (command line)");
     return MOE_OK;
 }
 
@@ -480,7 +542,8 @@ int moe_cmd_route(int argc, char **argv)
     moe_route_opts_default(&o);
     int help = 0, rc;
     moe_npy L = {0}, ids = {0}, un = {0};
-    double *logits = NULL, *uniforms = NULL, *gumbel = NULL, *rts = NULL;
+    double *logits = NULL, *uniforms = NULL, *gumbel = NULL, *rts = NULL, *jit = NULL;
+    float *wg = NULL;
     int64_t *tok = NULL;
     moe_pipeline *pipe = NULL;
     layer_in lay = {0};
@@ -498,23 +561,9 @@ int moe_cmd_route(int argc, char **argv)
                       "unknown router '%s' (--router)", a.router);
         goto out;
     }
-    if ((rc = read_array(a.logits, "logits", 2, &L)))
+    int n = 0, m = 0, d = 0;
+    if ((rc = a.wg ? read_gate(&a, &wg, &n, &m, &d) : read_logits(&a, &L, &logits, &n, &m)))
         goto out;
-    if ((rc = moe_npy_as_double(&L, what_of("logits", a.logits), &logits)))
-        goto out;
-    if (L.shape[0] == 0 || L.shape[1] == 0 || L.shape[0] > 1u << 30 || L.shape[1] > 1u << 20) {
-        rc = moe_fail(MOE_EINPUT, NULL, "logits have shape (%zu,%zu): need n >= 1, M >= 1 (%s)",
-                      L.shape[0], L.shape[1], a.logits);
-        goto out;
-    }
-    int n = (int)L.shape[0], m = (int)L.shape[1];
-    for (size_t i = 0; i < L.count; i++)
-        if (!isfinite(logits[i])) {
-            rc = moe_fail(MOE_EINPUT, "logits must be finite: check the gate or the file",
-                          "non-finite logit %g at token %zu, column %zu (%s)", logits[i],
-                          i / (size_t)m, i % (size_t)m, a.logits);
-            goto out;
-        }
     if (a.tokens) {
         if ((rc = read_array(a.tokens, "token ids", 1, &ids)) ||
             (rc = moe_npy_as_int64(&ids, what_of("token ids", a.tokens), &tok)))
@@ -535,18 +584,20 @@ int moe_cmd_route(int argc, char **argv)
             goto out;
         }
     }
-    if ((a.gumbel && (rc = read_draws(a.gumbel, "Gumbel uniforms", n, m, &gumbel))) ||
-        (a.rts && (rc = read_draws(a.rts, "rts uniforms", n, m, &rts))))
+    if ((a.gumbel && (rc = read_draws(a.gumbel, "Gumbel uniforms", n, m, &gumbel, 1))) ||
+        (a.rts && (rc = read_draws(a.rts, "rts uniforms", n, m, &rts, 1))) ||
+        (a.jitter_u && (rc = read_draws(a.jitter_u, "jitter uniforms", n, d, &jit, 0))))
         goto out;
     /* one batch through the pipeline: route, and with weights the layer and its errors (the
      * dropless twin draws from a fresh stream of the same seed) */
     const moe_pipeline_cfg cfg = {
-        .rtype = t, .opts = &o, .T = n, .M = m, .seed = a.seed, .label = "moesim route",
+        .rtype = t, .opts = &o, .T = n, .M = m, .seed = a.seed, .label = "moesim route", .wg = wg,
         .flags = MOE_PIPE_METRICS | (a.w1 ? MOE_PIPE_LAYER | MOE_PIPE_ERRORS : 0)};
     if ((rc = moe_pipeline_alloc(&cfg, &pipe)) ||
         (rc = check_memory(&a, &cfg, moe_pipeline_router(pipe)->E,
                            a.cap_flag[0] ? a.cap_flag : NULL)))
         goto out;
+    moe_pipeline_set_jitter_draws(pipe, jit);
     if (a.w1) {
         moe_blas_check_coretype(stderr);
         if ((rc = read_layer(&a, n, moe_pipeline_router(pipe)->E, &lay)) ||
@@ -587,6 +638,8 @@ out:
     free(uniforms);
     free(gumbel);
     free(rts);
+    free(jit);
+    free(wg);
     free(tok);
     moe_npy_free(&L);
     moe_npy_free(&ids);

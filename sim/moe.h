@@ -160,6 +160,9 @@ enum moe_second_policy { MOE_SECOND_RANDOM = 0, MOE_SECOND_ALL = 1, MOE_SECOND_S
                          MOE_SECOND_THRESHOLD = 3 };
 /* switch: how the expert is selected */
 enum moe_select { MOE_SELECT_ARGMAX = 0, MOE_SELECT_RSAMPLE = 1 };
+/* train: the options as given; eval: capacity_factor_eval, and no noise, jitter, rsample or
+ * Gumbel sampling (moe_route_opts_effective) */
+enum moe_mode { MOE_MODE_TRAIN = 0, MOE_MODE_EVAL = 1 };
 
 typedef struct {
     int k;                   /* experts per token; 0 = the router's default */
@@ -196,8 +199,14 @@ typedef struct {
     double second_threshold; /* threshold policy: dispatch iff normalised g2 > this */
     int select;              /* enum moe_select */
     long capacity_multiple;  /* C rounded up to a multiple of this (1 = off) */
-    /* Read by the metrics (moe_metrics_set_opts): */
-    int group_size;          /* routing groups of this many tokens; 0 = the batch is one group */
+    /* routing groups, train and eval capacity, input jitter, padding to capacity */
+    int group_size;          /* G tokens per routing group (n/G groups); 0 = one group */
+    int pad_to_capacity;     /* 0/1: recorded: the point models padding to C rows (Megatron) */
+    int mode;                /* enum moe_mode */
+    int cf_eval_set;         /* capacity_factor_eval given? (mode eval: it replaces cf) */
+    long long cf_eval_num, cf_eval_den;
+    double jitter;           /* eps: gate input x times U(1-eps, 1+eps) per element; 0 = off */
+    /* read by the metrics (moe_metrics_set_opts) */
     int sequence_length;     /* seq_aux_loss: sequences of this many tokens; 0 = the batch */
 } moe_route_opts;
 
@@ -205,6 +214,11 @@ typedef struct {
 void moe_route_opts_default(moe_route_opts *o);
 /* Parse a capacity factor written as a non-negative decimal ("1.25", "2", ".5") exactly. */
 int moe_decimal_parse(const char *s, long long *num, long long *den);
+/* The options a router runs with (moe_router_alloc copies them so): in mode eval,
+ * capacity_factor_eval (when given) replaces capacity_factor, noise_std and jitter are 0, select
+ * is argmax and second_policy sampling becomes all (the second expert by argmax of the logits).
+ * In mode train a copy of o. */
+void moe_route_opts_effective(const moe_route_opts *o, moe_route_opts *out);
 /* C = max(min_capacity, ROUND(k*n*cf/E)) on integers, then rounded up to a multiple of
  * capacity_multiple; explicit capacity overrides.
  * cf unset means cf = 1. Returns MOE_OK and stores C, or an error on overflow. */
@@ -258,6 +272,8 @@ struct moe_router {
     moe_route_opts opts;
     int n_max, m, E, k;    /* E = experts (m / P for soft_moe); k = effective k */
     void *ws;              /* router workspace/state, owned by the router type */
+    moe_plan *gplan;       /* routing groups: the plan of one group (route_groups.c), or NULL */
+    double *rts_buf;       /* (T,E) order rts keys drawn from the stream, or NULL */
 };
 
 extern const moe_router_type *const moe_router_types[]; /* NULL-terminated (routers/registry.c) */
@@ -266,13 +282,30 @@ const moe_router_type *moe_router_find(const char *name);
  * a type flagged MOE_RF_STREAM_GSHARD (gshard's second-expert draws), else MOE_STREAM_NOISE
  * (gate noise). */
 uint64_t moe_router_stream(const moe_router_type *t);
-/* Validates options against (n_max, m): k in 1..E, P divides M, ... */
+/* Whether a router of type t with options o draws from its PCG stream: the type's own draws
+ * (MOE_RF_USES_RNG), topk's noise, switch's rsample, order rts without a file of keys,
+ * jitter. */
+int moe_router_needs_rng(const moe_router_type *t, const moe_route_opts *o);
+/* Validates options against (n_max, m): k in 1..E, P divides M, group_size divides n_max, ...
+ * The router keeps moe_route_opts_effective(o). */
 int moe_router_alloc(const moe_router_type *t, const moe_route_opts *o, int n_max, int m,
                      moe_router **out);
 void moe_router_free(moe_router *r);
 /* Validates the input (n in 1..n_max, all logits finite, ids present/non-negative when needed),
- * resets the plan and routes. */
+ * resets the plan and routes. Order rts without in->rts_u draws its keys (T,E) first, one
+ * gsl_rng_uniform_pos per (token, expert) row-major from in->rng. With group_size G (< n) the n
+ * tokens route as n/G groups of G contiguous tokens (route_groups.c). */
 int moe_router_route(moe_router *r, const moe_route_in *in, moe_plan *plan);
+/* Routing groups (route_groups.c): route in (validated, n divisible by G) group by group through
+ * the router type and assemble one plan: token = g*G + t, slot = g*C + s with C the largest
+ * capacity of a group, capacity = (n/G)*C; loads, importance and claims summed, aux_loss the
+ * mean over groups (GShard's per-group loss averaged), the logsumexps kept when every group
+ * kept them. */
+int moe_route_groups(moe_router *r, const moe_route_in *in, moe_plan *plan);
+/* Slots per expert a plan of n tokens can need under o for k choices and E experts: the
+ * capacity formula of moe_capacity on the options a router runs with (mode eval included),
+ * per group of G tokens times n/G groups when group_size is set. */
+int moe_route_capacity(const moe_route_opts *o, int k, long n, int E, long *C);
 
 /* ---- shared numerics (sim/util.c) ---------------------------------------------------------- */
 /* p = softmax(x) over len values, in double (max-subtracted). */

@@ -16,9 +16,6 @@
 /* The routers an option applies to (the `routers` column; NULL = every router). */
 #define R_K "topk|switch|gshard|hash|base|sinkhorn|dsv3_bias|dense|replay"
 #define R_CAP "topk|switch|gshard|expert_choice|hash|sinkhorn|dsv3_bias|replay|topp|relu"
-/* base and dense accept a capacity factor that has no effect (BASE's C is ceil(n/E), dense keeps
- * every pair): the shipped route fixtures give one to each */
-#define R_CF R_CAP "|base|dense"
 #define R_CLAIMS "topk|switch|gshard|hash|sinkhorn|dsv3_bias|replay|topp|relu"
 #define R_SCORE "topk|switch|gshard|dsv3_bias|replay"
 #define R_ORDER "topk|switch|gshard|sinkhorn|dsv3_bias|replay|topp|relu"
@@ -30,7 +27,7 @@ const moe_option moe_route_options[] = {
      "experts per token", R_K},
     {"capacity_factor", "decimal", MOE_OPT_DECIMAL, OFF(cf_set), 1, 0, 0, NULL, "1.0",
      ">= 0, exact decimal",
-     "C = max(min_capacity, ROUND(k*n*cf/E)), computed exactly on integers", R_CF},
+     "C = max(min_capacity, ROUND(k*n*cf/E)), computed exactly on integers", R_CAP},
     {"capacity", "int", MOE_OPT_LONG, OFF(capacity), -1, 0, 0, NULL, "formula", NULL,
      "explicit slots per expert (overrides the formula)", R_CAP},
     {"min_capacity", "int", MOE_OPT_LONG, OFF(min_capacity), 0, 0, 0, NULL, NULL, NULL,
@@ -93,6 +90,18 @@ const moe_option moe_route_options[] = {
     {"sequence_length", "int", MOE_OPT_INT, OFF(sequence_length), 0, 1, 0, NULL, "batch",
      "divides the tokens", "metric seq_aux_loss: sequences of this many consecutive tokens",
      NULL},
+    {"group_size", "int", MOE_OPT_INT, OFF(group_size), 0, 0, 0, NULL, "off", "divides n",
+     "routing groups: n/G groups of G contiguous tokens, each routed on its own with its own C",
+     NULL},
+    {"pad_to_capacity", "bool", MOE_OPT_BOOL, OFF(pad_to_capacity), 0, 0, 0, NULL, NULL, NULL,
+     "the point models padding every expert to C rows (Megatron); plan and metrics unchanged",
+     R_CAP},
+    {"capacity_factor_eval", "decimal", MOE_OPT_DECIMAL, OFF(cf_eval_set), 1, 0, 0, NULL,
+     "capacity_factor", ">= 0, exact decimal", "the capacity factor of mode eval", R_CAP},
+    {"mode", "enum", MOE_OPT_ENUM, OFF(mode), MOE_MODE_TRAIN, 0, 0, "train|eval", NULL, NULL,
+     "eval: capacity_factor_eval, no noise, jitter, rsample or Gumbel sampling", NULL},
+    {"jitter", "number", MOE_OPT_NUMBER, OFF(jitter), 0.0, 0, 0, NULL, "0 (off)", ">= 0, < 1",
+     "gate input x times U(1-eps, 1+eps) per element (points that run the gate)", NULL},
     {NULL, NULL, 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL, NULL},
 };
 #undef OFF
@@ -139,6 +148,19 @@ int moe_route_option_check(const char *key, const char *router)
 }
 
 /* ---- fields by offset ---- */
+
+/* The set flag and the fraction of a decimal option: capacity_factor or capacity_factor_eval. */
+typedef struct {
+    int *set;
+    long long *num, *den;
+} decimal_ref;
+
+static decimal_ref decimal_of(moe_route_opts *o, const moe_option *op)
+{
+    if (op->offset == offsetof(moe_route_opts, cf_eval_set))
+        return (decimal_ref){&o->cf_eval_set, &o->cf_eval_num, &o->cf_eval_den};
+    return (decimal_ref){&o->cf_set, &o->cf_num, &o->cf_den};
+}
 
 static void *field(moe_route_opts *o, const moe_option *op) { return (char *)o + op->offset; }
 
@@ -193,10 +215,12 @@ void moe_route_opts_default(moe_route_opts *o)
         case MOE_OPT_ENUM: put_int(o, op, (int)op->def); break;
         case MOE_OPT_LONG: put_long(o, op, (long)op->def); break;
         case MOE_OPT_NUMBER: put_double(o, op, op->def); break;
-        case MOE_OPT_DECIMAL: /* unset; cf = 1 when unset */
-            o->cf_set = 0;
-            o->cf_num = o->cf_den = 1;
+        case MOE_OPT_DECIMAL: { /* unset; cf = 1 when unset */
+            decimal_ref d = decimal_of(o, op);
+            *d.set = 0;
+            *d.num = *d.den = 1;
             break;
+        }
         default: break; /* MOE_OPT_TABLE: no table */
         }
     }
@@ -320,7 +344,11 @@ int moe_route_opts_set(moe_route_opts *o, const char *key, const char *v)
             put_long(o, op, l);
         break;
     case MOE_OPT_NUMBER:
-        if (!(rc = parse_num(key, v, op->lo, op->lo_open, &d)))
+        if (!(rc = parse_num(key, v, op->lo, op->lo_open, &d)) && op->offset == offsetof(moe_route_opts, jitter) &&
+            d >= 1.0) /* U(1-eps, 1+eps) must stay positive */
+            rc = moe_fail(MOE_EINVAL, NULL, "bad value '%s' for option %s: want a number in "
+                          "[0, 1)", v, key);
+        if (!rc)
             put_double(o, op, d);
         break;
     case MOE_OPT_BOOL:
@@ -331,10 +359,12 @@ int moe_route_opts_set(moe_route_opts *o, const char *key, const char *v)
         if (!(rc = parse_enum(key, v, op->values, &i)))
             put_int(o, op, i);
         break;
-    case MOE_OPT_DECIMAL:
-        if (!(rc = moe_decimal_parse(v, &o->cf_num, &o->cf_den)))
-            o->cf_set = 1;
+    case MOE_OPT_DECIMAL: {
+        decimal_ref dr = decimal_of(o, op);
+        if (!(rc = moe_decimal_parse(v, dr.num, dr.den)))
+            *dr.set = 1;
         break;
+    }
     default:
         rc = load_hash_table(o, v);
         break;
@@ -446,11 +476,14 @@ static int describe_one(const moe_route_opts *o, const moe_option *op, char *buf
             return MOE_OK;
         snprintf(v, sizeof v, "%.17g", get_double(o, op));
         break;
-    case MOE_OPT_DECIMAL:
-        if (!o->cf_set)
+    case MOE_OPT_DECIMAL: {
+        moe_route_opts c = *o; /* decimal_of points into a copy: o stays const */
+        decimal_ref dr = decimal_of(&c, op);
+        if (!*dr.set)
             return MOE_OK;
-        snprintf(v, sizeof v, "%lld/%lld", o->cf_num, o->cf_den);
+        snprintf(v, sizeof v, "%lld/%lld", *dr.num, *dr.den);
         break;
+    }
     default: /* the table is described by its length; the spec adds its path */
         if (!o->hash_table)
             return MOE_OK;
@@ -478,4 +511,21 @@ int moe_route_opts_describe(const moe_route_opts *o, char *buf, size_t len)
     if (n >= len)
         return moe_fail(MOE_EINVAL, NULL, "routing options too long to describe");
     return MOE_OK;
+}
+
+void moe_route_opts_effective(const moe_route_opts *o, moe_route_opts *out)
+{
+    *out = *o;
+    if (o->mode != MOE_MODE_EVAL)
+        return;
+    if (o->cf_eval_set) {
+        out->cf_set = 1;
+        out->cf_num = o->cf_eval_num;
+        out->cf_den = o->cf_eval_den;
+    }
+    out->noise_std = 0.0;
+    out->jitter = 0.0;
+    out->select = MOE_SELECT_ARGMAX;
+    if (out->second_policy == MOE_SECOND_SAMPLING)
+        out->second_policy = MOE_SECOND_ALL;
 }

@@ -11,6 +11,8 @@
 #include "blas_info.h"
 #include "gate.h"
 
+#include "jitter.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +34,8 @@ struct moe_pipeline {
     double *p;                /* (T,E) mixture weights */
     int *rows, nrows, rows_n; /* (T) rows of the dense-mixture error, for batches of rows_n */
     float *y, *y2, *ysub, *ydense; /* (T,D) */
+    float *xj;                /* (T,D) jittered gate input (option jitter), or NULL */
+    const double *jitter_u;   /* (T,D) given jitter draws, or NULL: the router's stream */
 };
 
 int moe_pipeline_error_rows(int T, int error_rows, int *rows)
@@ -61,6 +65,7 @@ void moe_pipeline_free(moe_pipeline *p)
     free(p->y2);
     free(p->ysub);
     free(p->ydense);
+    free(p->xj);
     free(p);
 }
 
@@ -69,8 +74,9 @@ void moe_pipeline_free(moe_pipeline *p)
 static int plan_size(const moe_pipeline_cfg *c, int E, int k, long *C_max, size_t *cap)
 {
     const int T = c->T;
+    const int G = c->opts->group_size; /* routing groups: n/G blocks of slots */
     if (c->rtype->flags & MOE_RF_DENSE) {
-        *C_max = c->M / E;
+        *C_max = (long)(c->M / E) * (G > 0 && G < T ? T / G : 1);
         *cap = (size_t)T * (size_t)c->M;
         return MOE_OK;
     }
@@ -78,7 +84,7 @@ static int plan_size(const moe_pipeline_cfg *c, int E, int k, long *C_max, size_
     if (c->k_claims > kc)
         kc = c->k_claims;
     long C = 0;
-    int rc = moe_capacity(c->opts, kc, T, E, &C);
+    int rc = moe_route_capacity(c->opts, kc, T, E, &C);
     if (rc)
         return rc;
     *C_max = c->C_max > 0 ? c->C_max : (C < T ? T : C);
@@ -138,8 +144,7 @@ static int alloc_routers(moe_pipeline *p)
     int rc = moe_router_alloc(c->rtype, c->opts, c->T, c->M, &p->r);
     if (rc)
         return rc;
-    if ((c->rtype->flags & MOE_RF_USES_RNG) || c->opts->noise_std > 0.0 ||
-        c->opts->select == MOE_SELECT_RSAMPLE) {
+    if (moe_router_needs_rng(c->rtype, c->opts)) {
         uint64_t stream = moe_router_stream(c->rtype);
         p->rng = moe_rng_alloc(c->seed, stream);
         p->rng2 = moe_rng_alloc(c->seed, stream);
@@ -258,6 +263,8 @@ int moe_pipeline_set_experts(moe_pipeline *p, const moe_experts *w)
     p->y = malloc((size_t)T * D * sizeof *p->y);
     if (!p->y)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (layer output, %d tokens)", T);
+    if (p->r->opts.jitter > 0.0 && c->wg && !(p->xj = malloc((size_t)T * D * sizeof *p->xj)))
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (jittered gate input, %d tokens)", T);
     if (!(c->flags & MOE_PIPE_ERRORS))
         return MOE_OK;
     p->twin = (c->rtype->flags & MOE_RF_HAS_DROPLESS) && !c->opts->dropless;
@@ -384,6 +391,10 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
     if (b->x && (!p->routed || (fl & MOE_PIPE_LAYER)) && (p->L || !p->routed) &&
         (rc = check_finite(b->x, (size_t)b->n, (size_t)D, "input x", c->label)))
         return rc;
+    if (p->routed && p->r->opts.jitter > 0.0)
+        return moe_fail(MOE_EINVAL, "jitter needs the gate: give x and the gate weights, not "
+                        "the logits", "jitter %g on a batch that brings its logits (%s)",
+                        p->r->opts.jitter, c->label ? c->label : "pipeline");
     if (!p->routed) {
         if (!c->wg || !b->x)
             return moe_fail(MOE_EINVAL, NULL, "batch without logits and no gate (%s)",
@@ -394,10 +405,19 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
             return rc;
         p->wg_checked = 1;
         double t0 = moe_now();
-        if (p->L && (rc = moe_layer_gate(p->L, b->x, b->n, c->wg, c->M, p->logits)))
+        const float *xg = b->x;
+        if (p->xj) { /* jitter: the gate sees x * U(1-eps, 1+eps); the twin's stream follows */
+            if ((rc = moe_jitter_apply(b->x, b->n, D, p->r->opts.jitter, p->jitter_u, p->rng,
+                                       p->xj)))
+                return rc;
+            if (p->rng2)
+                gsl_rng_memcpy(p->rng2, p->rng);
+            xg = p->xj;
+        }
+        if (p->L && (rc = moe_layer_gate(p->L, xg, b->n, c->wg, c->M, p->logits)))
             return rc;
         if (!p->L)
-            moe_gate_logits(b->x, (size_t)b->n, (size_t)D, c->wg, (size_t)c->M, p->logits,
+            moe_gate_logits(xg, (size_t)b->n, (size_t)D, c->wg, (size_t)c->M, p->logits,
                             moe_blas_threads());
         t.gate = moe_now() - t0;
         p->routed = p->logits;
@@ -446,6 +466,8 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
         *tm = t;
     return MOE_OK;
 }
+
+void moe_pipeline_set_jitter_draws(moe_pipeline *p, const double *u) { p->jitter_u = u; }
 
 int moe_pipeline_run_source(moe_pipeline *p, moe_source *src, int index, moe_phase_times *tm)
 {

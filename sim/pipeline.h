@@ -101,6 +101,10 @@ int moe_pipeline_set_experts(moe_pipeline *p, const moe_experts *w);
  * NULL) receives the phase times. */
 int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *uniforms,
                            moe_phase_times *tm);
+/* The jitter draws u (T,D) in [0,1) of the batches that follow (replay of option jitter), or
+ * NULL (the default) to draw them from the router's stream, gsl_rng_uniform row-major before
+ * the router's own draws. */
+void moe_pipeline_set_jitter_draws(moe_pipeline *p, const double *u);
 /* Batch number index of src, checked to be (T,D,M), then moe_pipeline_run_batch. */
 int moe_pipeline_run_source(moe_pipeline *p, moe_source *src, int index, moe_phase_times *tm);
 

@@ -19,6 +19,32 @@ uint64_t moe_router_stream(const moe_router_type *t)
     return (t->flags & MOE_RF_STREAM_GSHARD) ? MOE_STREAM_GSHARD : MOE_STREAM_NOISE;
 }
 
+int moe_router_needs_rng(const moe_router_type *t, const moe_route_opts *o)
+{
+    moe_route_opts e;
+    moe_route_opts_effective(o, &e);
+    return (t->flags & MOE_RF_USES_RNG) || e.noise_std > 0.0 || e.select == MOE_SELECT_RSAMPLE ||
+           e.order == MOE_ORDER_RTS || e.jitter > 0.0;
+}
+
+/* Options checked whatever the router: noise, jitter and groups. */
+static int check_common(const moe_router_type *t, const moe_route_opts *o, int n_max)
+{
+    if (!(o->noise_std >= 0.0) || !isfinite(o->noise_std))
+        return moe_fail(MOE_EINVAL, NULL, "noise_std must be finite and >= 0 (got %g)",
+                        o->noise_std);
+    if (!(o->jitter >= 0.0 && o->jitter < 1.0))
+        return moe_fail(MOE_EINVAL, "jitter multiplies x by U(1-eps, 1+eps)",
+                        "jitter %g is outside [0, 1) (jitter)", o->jitter);
+    if (o->group_size < 0)
+        return moe_fail(MOE_EINVAL, NULL, "group_size must be >= 0 (got %d)", o->group_size);
+    if (o->group_size > 0 && n_max % o->group_size != 0)
+        return moe_fail(MOE_EINPUT, "the groups are n/G groups of G contiguous tokens",
+                        "group_size %d does not divide the %d tokens (router %s)", o->group_size,
+                        n_max, t->name);
+    return MOE_OK;
+}
+
 int moe_router_alloc(const moe_router_type *t, const moe_route_opts *o, int n_max, int m,
                      moe_router **out)
 {
@@ -67,24 +93,27 @@ int moe_router_alloc(const moe_router_type *t, const moe_route_opts *o, int n_ma
                         "k = %d is outside 1..E = 1..%d (router %s)", o->k ? o->k : k, E, t->name);
     if (o->capacity < -1 || o->min_capacity < 0)
         return moe_fail(MOE_EINVAL, NULL, "capacity and min_capacity must be >= 0");
-    if (!(o->noise_std >= 0.0) || !isfinite(o->noise_std))
-        return moe_fail(MOE_EINVAL, NULL, "noise_std must be finite and >= 0 (got %g)",
-                        o->noise_std);
+    int rc = check_common(t, o, n_max);
+    if (rc)
+        return rc;
     moe_router *r = calloc(1, sizeof *r);
     if (!r)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router %s)", t->name);
     r->type = t;
-    r->opts = *o;
+    moe_route_opts_effective(o, &r->opts);
     r->n_max = n_max;
     r->m = m;
     r->E = E;
     r->k = k;
-    if (t->alloc) {
-        int rc = t->alloc(r);
-        if (rc) {
-            free(r);
-            return rc;
-        }
+    if (r->opts.order == MOE_ORDER_RTS &&
+        !(r->rts_buf = malloc((size_t)n_max * (size_t)m * sizeof *r->rts_buf))) {
+        free(r);
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (rts keys of router %s)", t->name);
+    }
+    if (t->alloc && (rc = t->alloc(r))) {
+        free(r->rts_buf);
+        free(r);
+        return rc;
     }
     *out = r;
     return MOE_OK;
@@ -96,6 +125,8 @@ void moe_router_free(moe_router *r)
         return;
     if (r->type->free)
         r->type->free(r);
+    moe_plan_free(r->gplan);
+    free(r->rts_buf);
     free(r);
 }
 
@@ -131,9 +162,25 @@ int moe_router_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
                 return moe_fail(MOE_EINPUT, "uniform draws must lie in [0, 1)",
                                 "uniform draw %g at token %d is outside [0, 1)", in->uniforms[i],
                                 i);
+    const int G = r->opts.group_size;
+    if (G > 0 && in->n % G != 0)
+        return moe_fail(MOE_EINPUT, "the groups are n/G groups of G contiguous tokens",
+                        "group_size %d does not divide the %d tokens (router %s)", G, in->n,
+                        t->name);
+    moe_route_in in2 = *in;
+    if (r->opts.order == MOE_ORDER_RTS && !in->rts_u) { /* the keys from the stream */
+        if (!in->rng)
+            return moe_fail(MOE_EINVAL, "give a seed or the keys (--rts-uniforms U.npy of shape "
+                            "(n,E))", "claim order rts needs its draws (order)");
+        for (size_t i = 0; i < (size_t)in->n * (size_t)in->m; i++)
+            r->rts_buf[i] = gsl_rng_uniform_pos(in->rng);
+        in2.rts_u = r->rts_buf;
+    }
+    if (G > 0 && G < in->n)
+        return moe_route_groups(r, &in2, plan);
     int rc = moe_plan_reset(plan, in->n, r->E, in->m);
     if (rc)
         return rc;
     plan->k = r->k;
-    return t->route(r, in, plan);
+    return t->route(r, &in2, plan);
 }

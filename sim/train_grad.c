@@ -38,6 +38,10 @@ int moe_train_gate_kind(const moe_router *r, int *gate_kind, int *aux_router, in
                         "router %s with score, normalize_topk, route_scale or groups has no "
                         "training gradient (train)",
                         r->type->name);
+    if (o->group_size || o->jitter > 0.0) /* the engine's gate and aux gradients: one group */
+        return moe_fail(MOE_EINVAL, "train without routing groups and jitter",
+                        "router %s with group_size or jitter has no training gradient (train)",
+                        r->type->name);
     for (size_t i = 0; i < sizeof tab / sizeof tab[0]; i++)
         if (strcmp(tab[i].name, r->type->name) == 0) {
             *gate_kind = tab[i].gate;

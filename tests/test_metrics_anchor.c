@@ -250,7 +250,11 @@ static void test_case_gshard(json_t *c, const moe_route_opts *base, const double
     moe_plan *p = moe_plan_alloc(n, E, (size_t)n * 2);
     moe_metrics *mt = moe_metrics_alloc(E);
     gsl_rng *rng = moe_rng_alloc(1, MOE_STREAM_GSHARD);
-    int rc = moe_router_alloc(moe_router_find("gshard"), &o, n, E, &r);
+    /* fairseq's top2gating routes the whole batch as one group: route without routing groups,
+     * and compute the per-group metrics over blocks of group_size tokens of that plan */
+    moe_route_opts ro = o;
+    ro.group_size = 0;
+    int rc = moe_router_alloc(moe_router_find("gshard"), &ro, n, E, &r);
     CHECK(!rc && p && mt && rng, "%s: gshard router: %s", name, moe_errmsg());
     if (rc || !p || !mt || !rng)
         goto out;

@@ -65,6 +65,56 @@ static void test_set_describe(void)
     moe_clear_error();
     CHECK_INT(moe_route_opts_set(&o, "k", "2147483647"), MOE_OK);
     CHECK_INT(o.k, 2147483647);
+
+    /* the dialect rows, described in table order after the older rows; the eval factor is its
+     * own fraction (2.5 = 25/10) and leaves capacity_factor as it was */
+    moe_route_opts q;
+    moe_route_opts_default(&q);
+    static const char *const kv2[][2] = {
+        {"jitter", "0.01"}, {"mode", "eval"}, {"capacity_factor_eval", "2.5"},
+        {"pad_to_capacity", "true"}, {"group_size", "64"},
+    };
+    for (size_t i = 0; i < sizeof kv2 / sizeof kv2[0]; i++)
+        CHECK(moe_route_opts_set(&q, kv2[i][0], kv2[i][1]) == MOE_OK, "set %s=%s: %s",
+              kv2[i][0], kv2[i][1], moe_errmsg());
+    CHECK(q.cf_eval_set && q.cf_eval_num == 25 && q.cf_eval_den == 10 && !q.cf_set,
+          "eval factor 25/10, capacity_factor unset");
+    CHECK(q.jitter == 0.01 && q.mode == MOE_MODE_EVAL && q.group_size == 64 &&
+          q.pad_to_capacity == 1, "dialect fields");
+    CHECK_INT(moe_route_opts_describe(&q, buf, sizeof buf), MOE_OK);
+    want = "group_size=64 pad_to_capacity=true capacity_factor_eval=25/10 mode=eval "
+           "jitter=0.01";
+    CHECK(strcmp(buf, want) == 0, "describe '%s', want '%s'", buf, want);
+}
+
+/* Mode eval (DeepSpeed's eval_capacity_factor and its training-only noisy gate policies):
+ * the router runs with capacity_factor_eval, without noise, jitter, rsample or Gumbel
+ * sampling; mode train, or eval without an eval factor, keeps capacity_factor. */
+static void test_effective(void)
+{
+    moe_route_opts o, e;
+    moe_route_opts_default(&o);
+    CHECK(!moe_route_opts_set(&o, "capacity_factor", "1.25") &&
+          !moe_route_opts_set(&o, "capacity_factor_eval", "2") &&
+          !moe_route_opts_set(&o, "noise_std", "1") && !moe_route_opts_set(&o, "jitter", "0.1") &&
+          !moe_route_opts_set(&o, "select", "rsample") &&
+          !moe_route_opts_set(&o, "second_policy", "sampling"), "set: %s", moe_errmsg());
+    moe_route_opts_effective(&o, &e);
+    CHECK(e.cf_set && e.cf_num == 125 && e.cf_den == 100 && e.noise_std == 1.0 &&
+          e.jitter == 0.1 && e.select == MOE_SELECT_RSAMPLE &&
+          e.second_policy == MOE_SECOND_SAMPLING, "train: the options as given");
+    CHECK_INT(moe_route_opts_set(&o, "mode", "eval"), MOE_OK);
+    moe_route_opts_effective(&o, &e);
+    CHECK(e.cf_set && e.cf_num == 2 && e.cf_den == 1, "eval: cf %lld/%lld", e.cf_num, e.cf_den);
+    CHECK(e.noise_std == 0.0 && e.jitter == 0.0 && e.select == MOE_SELECT_ARGMAX &&
+          e.second_policy == MOE_SECOND_ALL, "eval: no noise, jitter, rsample, sampling");
+    /* the random second policy is GShard's rule, not a training-only noise: it stays */
+    CHECK_INT(moe_route_opts_set(&o, "second_policy", "random"), MOE_OK);
+    moe_route_opts_effective(&o, &e);
+    CHECK_INT(e.second_policy, MOE_SECOND_RANDOM);
+    o.cf_eval_set = 0;
+    moe_route_opts_effective(&o, &e);
+    CHECK(e.cf_num == 125 && e.cf_den == 100, "eval without an eval factor keeps cf");
 }
 
 static void expect_bad(const char *key, const char *value, const char *frag)
@@ -98,6 +148,15 @@ static void test_bounds(void)
     expect_bad("group_score", "mean", "want one of topk_sum|max");
     expect_bad("top_p", "0", "want a number > 0");
     expect_bad("sequence_length", "0", "want an integer >= 1");
+    /* the dialect rows: jitter keeps U(1-eps, 1+eps) positive, mode is train or eval, the eval
+     * capacity factor is a decimal like capacity_factor, group_size 0 means no groups */
+    expect_bad("jitter", "1", "bad value '1' for option jitter: want a number in [0, 1)");
+    expect_bad("jitter", "-0.01", "want a number >= 0");
+    expect_bad("mode", "evaluation", "bad value 'evaluation' for option mode: want one of "
+               "train|eval");
+    expect_bad("capacity_factor_eval", "x", "capacity factor 'x' is not a non-negative decimal");
+    expect_bad("group_size", "-2", "want an integer >= 0");
+    expect_bad("pad_to_capacity", "2", "bad value '2' for option pad_to_capacity");
 }
 
 /* Every row is found by its key and has help; 24 options (counted in the table: 16, then the
@@ -109,8 +168,9 @@ static void test_rows(void)
         CHECK(moe_route_option_find(op->key) == op, "find %s", op->key);
         CHECK(op->help && op->type, "%s has help and type", op->key);
     }
-    CHECK_INT(n, 29); /* 16 + 8 score, group and variable-k rows + second_policy,
-                       * second_threshold, select, capacity_multiple + sequence_length */
+    CHECK_INT(n, 34); /* 16 + 8 score, group and variable-k rows + second_policy,
+                       * second_threshold, select, capacity_multiple + sequence_length +
+                       * group_size, pad_to_capacity, capacity_factor_eval, mode, jitter */
     CHECK(moe_route_option_find("nope") == NULL, "unknown key");
 }
 
@@ -142,6 +202,17 @@ static void test_applies(void)
         {"slots_per_expert", "topk", 0},    {"num_experts", "soft_moe", 1},
         {"num_experts", "topk", 1},         {"k", "expert_choice", 0},
         {"bias_rate", "sinkhorn", 0},       {"dropless", "expert_choice", 0},
+        /* BASE's C is ceil(n/E) and dense keeps every pair: no capacity factor (base.c,
+         * dense.c); the score path is the token-choice routers' own (score.c) */
+        {"capacity_factor", "base", 0},     {"capacity_factor", "dense", 0},
+        {"capacity_factor_eval", "dense", 0}, {"capacity_factor_eval", "expert_choice", 1},
+        {"score", "expert_choice", 0},      {"normalize_topk", "soft_moe", 0},
+        {"route_scale", "hash", 0},         {"groups", "base", 0},
+        {"topk_groups", "sinkhorn", 0},     {"group_score", "dense", 0},
+        /* groups, mode and jitter apply to every router */
+        {"group_size", "soft_moe", 1},      {"group_size", "expert_choice", 1},
+        {"mode", "base", 1},                {"jitter", "hash", 1},
+        {"pad_to_capacity", "soft_moe", 0}, {"pad_to_capacity", "topk", 1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         moe_clear_error();
@@ -161,6 +232,7 @@ int main(void)
     test_defaults();
     test_set_describe();
     test_bounds();
+    test_effective();
     test_rows();
     test_applies();
     return check_report("test_options");

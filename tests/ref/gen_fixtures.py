@@ -442,7 +442,7 @@ case("layer_hash", "hash", 76, 12, 4, {"capacity_factor": "1"}, ids=True, vocab=
 case("base_default", "base", 80, 12, 4, skew=2.0)                                # C = 3
 case("base_n13_f64", "base", 81, 13, 4, dtype=np.float64, skew=3.0)             # C = 4
 case("base_skewed_n40_e8", "base", 82, 40, 8, skew=4.0)                         # C = 5
-case("base_cf_ignored", "base", 83, 10, 4, {"capacity_factor": "0.5"}, skew=1.0)  # C = 3
+case("base_n10_skew1", "base", 83, 10, 4, skew=1.0)                              # C = 3
 case("base_one_token", "base", 84, 1, 3)                                         # C = 1
 case("base_n_lt_e", "base", 85, 3, 5, dtype=np.float64, scale=2.0)              # C = 1
 # sinkhorn: top-k of the balanced matrix; dropless unless cf or capacity
@@ -470,7 +470,7 @@ case("dsv3_bias_rate", "dsv3_bias", 106, 8, 4, {"bias_rate": "0.5"}, skew=1.0)  
 # dense: every expert, weights p; slot = token, capacity n
 case("dense_default", "dense", 110, 6, 4)
 case("dense_f64_k_e", "dense", 111, 5, 3, {"k": 3}, dtype=np.float64, scale=3.0)
-case("dense_one_token", "dense", 112, 1, 4, {"capacity_factor": "0.5"})          # cf ignored
+case("dense_one_token", "dense", 112, 1, 4)
 case("layer_base", "base", 120, 12, 4, skew=2.0, layer=True)
 case("layer_sinkhorn_k2_cf", "sinkhorn", 121, 12, 4, {"k": 2, "capacity_factor": "0.75"},
      skew=2.0, layer=True)
