@@ -816,6 +816,12 @@ int moe_plot_db_opts(const char *db_path, const moe_plot_opts *opts, FILE *list)
         rc = plot_chart(&X, &moe_plot_ep_chart, &drawn);
         ndrawn += drawn;
     }
+    const int has_cluster = !rc && moe_plot_cluster_has_rows(db);
+    for (int i = 0; has_cluster && i < moe_plot_ncluster && !rc; i++) {
+        int drawn = 0;
+        rc = plot_chart(&X, &moe_plot_cluster_charts[i], &drawn);
+        ndrawn += drawn;
+    }
     const int has_train = !rc && moe_plot_train_has_rows(db);
     for (int i = 0; has_train && i < moe_plot_ntrain && !rc; i++) {
         int drawn = 0;

@@ -5,6 +5,8 @@
 #include "plot_train.h"
 #include "store.h"
 
+#include <sqlite3.h>
+
 #define XSTR(x) STR(x)
 #define STR(x) #x
 
@@ -147,3 +149,83 @@ const moe_plot_chart moe_plot_ep_chart = {
 const moe_plot_chart moe_plot_train_charts[] = {
     MOE_PLOT_TRAIN_CHARTS(XSTR(MOE_PLOT_LOAD_CF))};
 const int moe_plot_ntrain = sizeof moe_plot_train_charts / sizeof moe_plot_train_charts[0];
+/* ---- the cluster model (tables cluster_points, devices, node_traffic; docs/cluster.md) ----
+ * cp: the cluster points at the capacity factor nearest MOE_PLOT_LOAD_CF (pick), with their
+ * placement label (EPLB with its replica count R); pk: placements, cl: topologies and rw:
+ * (topology, router) panel rows, each ranked by its first point. A configuration's values are
+ * means over its points (distributions, shapes, seeds, token counts), each point already a mean
+ * per measured batch. */
+#define CLUSTER_CTE                                                                                \
+    CTE ", " PICK_CF ", cp AS (SELECT c.*, p.router, CASE WHEN c.placement = 'eplb'"               \
+        " THEN 'eplb R=' || c.redundant_experts ELSE c.placement END AS plc"                       \
+        " FROM cluster_points c JOIN points p ON p.id = c.point JOIN pick"                         \
+        " ON pick.distribution = p.distribution AND pick.shape = p.shape"                          \
+        " AND pick.router = p.router AND pick.cf = p.capacity_factor),"                            \
+        " pk AS (SELECT plc, row_number() OVER (ORDER BY min(point)) AS rk FROM cp GROUP BY plc),"  \
+        " cl AS (SELECT cluster, row_number() OVER (ORDER BY min(point)) AS rk FROM cp"            \
+        " GROUP BY cluster),"                                                                      \
+        " rw AS (SELECT x.cluster, x.router, row_number() OVER (ORDER BY cl.rk, rt.rk) AS rk,"     \
+        " CASE WHEN (SELECT count(DISTINCT router) FROM cp) > 1"                                   \
+        " THEN x.cluster || ' / ' || x.router ELSE x.cluster END AS label"                         \
+        " FROM (SELECT DISTINCT cluster, router FROM cp) x JOIN cl USING (cluster)"               \
+        " JOIN rt USING (router)),"                                                                \
+        " cfg AS (SELECT cluster, plc, router, count(*) AS n, avg(balancedness) AS bal"            \
+        " FROM cp GROUP BY cluster, plc, router)"
+
+/* The cluster charts: drawn only when the database has cluster_points rows. */
+const moe_plot_chart moe_plot_cluster_charts[] = {
+    {"cluster_loads",
+     "expert rows and tokens received per simulated device, a panel per placement",
+     "cluster placement router device node tokens_in rows balancedness points", 5, 3, 0, 0,
+     "no cluster points",
+     CLUSTER_CTE ", g AS (SELECT cp.cluster, cp.plc, cp.router, d.device, d.node,"
+                 " avg(d.tokens_in) AS tokens_in, avg(d.rows) AS rows FROM devices d"
+                 " JOIN cp ON cp.point = d.point"
+                 " GROUP BY cp.cluster, cp.plc, cp.router, d.device, d.node)"
+                 " SELECT pk.rk, g.plc, rw.rk, rw.label, rt.rk, g.router, 0, g.cluster, g.plc,"
+                 " g.router, g.device, g.node, g.tokens_in, g.rows, cfg.bal, cfg.n"
+                 " FROM g JOIN pk USING (plc) JOIN rw USING (cluster, router)"
+                 " JOIN rt USING (router) JOIN cfg USING (cluster, plc, router)"
+                 " ORDER BY pk.rk, rw.rk, rt.rk, g.device", 0},
+    {"cluster_traffic",
+     "dispatch bytes from node to node per batch (diagonal: intra-node forwarding)",
+     "cluster placement router src_node dst_node bytes points", 5, 1, 0, 0,
+     "no cluster points",
+     CLUSTER_CTE ", g AS (SELECT cp.cluster, cp.plc, cp.router, t.src_node, t.dst_node,"
+                 " sum(t.bytes) AS bytes FROM node_traffic t JOIN cp ON cp.point = t.point"
+                 " GROUP BY cp.cluster, cp.plc, cp.router, t.src_node, t.dst_node)"
+                 " SELECT pk.rk, g.plc, rw.rk, rw.label, rt.rk, g.router, 0, g.cluster, g.plc,"
+                 " g.router, g.src_node, g.dst_node, g.bytes / cfg.n, cfg.n"
+                 " FROM g JOIN pk USING (plc) JOIN rw USING (cluster, router)"
+                 " JOIN rt USING (router) JOIN cfg USING (cluster, plc, router)"
+                 " ORDER BY pk.rk, rw.rk, rt.rk, g.src_node, g.dst_node", 0},
+    {"cluster_step",
+     "predicted step time per placement and router: dispatch, experts, combine (slowest device)",
+     "cluster placement router x t_dispatch_s t_experts_s t_combine_s t_step_s points", 4, 4, 0,
+     0, "no cluster points",
+     CLUSTER_CTE ", g AS (SELECT cluster, plc, router, avg(t_dispatch_s) AS td,"
+                 " avg(t_experts_s) AS te, avg(t_combine_s) AS tc, avg(t_step_s) AS ts,"
+                 " count(*) AS n FROM cp GROUP BY cluster, plc, router)"
+                 " SELECT cl.rk, g.cluster, 1, '', rt.rk, g.router, 0, g.cluster, g.plc,"
+                 " g.router, pk.rk, g.td, g.te, g.tc, g.ts, g.n"
+                 " FROM g JOIN pk USING (plc) JOIN cl USING (cluster) JOIN rt USING (router)"
+                 " ORDER BY cl.rk, rt.rk, pk.rk", 0},
+};
+const int moe_plot_ncluster = sizeof moe_plot_cluster_charts / sizeof moe_plot_cluster_charts[0];
+
+int moe_plot_cluster_has_rows(sqlite3 *db)
+{
+    /* the three tables the cluster charts read, and a row in cluster_points */
+    static const char *const sql[] = {
+        "SELECT count(*) = 3 FROM sqlite_master WHERE type = 'table'"
+        " AND name IN ('cluster_points', 'devices', 'node_traffic')",
+        "SELECT EXISTS (SELECT 1 FROM main.cluster_points)"};
+    int has = 1;
+    for (int i = 0; i < 2 && has; i++) {
+        sqlite3_stmt *q = NULL;
+        has = sqlite3_prepare_v2(db, sql[i], -1, &q, NULL) == SQLITE_OK &&
+              sqlite3_step(q) == SQLITE_ROW && sqlite3_column_int(q, 0);
+        sqlite3_finalize(q);
+    }
+    return has;
+}
