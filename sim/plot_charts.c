@@ -47,6 +47,25 @@
 
 
 
+/* The experts-per-token histogram of the routers whose router_type is in TYPES (an SQL list):
+ * per (distribution, shape, router, cf) the share of tokens that kept each number of experts,
+ * up to the largest number the router reached. */
+#define EPT_QUERY(TYPES) \
+    CTE ", sel AS (SELECT p.distribution, p.shape, p.router, p.capacity_factor AS cf," \
+    " min(p.capacity_factor_value) AS v, h.experts, sum(h.tokens) AS tokens" \
+    " FROM experts_per_token h JOIN points p ON p.id = h.point" \
+    " WHERE p.router_type IN (" TYPES ")" \
+    " GROUP BY p.distribution, p.shape, p.router, p.capacity_factor, h.experts)," \
+    " top AS (SELECT router, max(experts) AS mx FROM sel WHERE tokens > 0 GROUP BY router)," \
+    " cfk AS (SELECT cf, row_number() OVER (ORDER BY min(coalesce(v, 1e308)), cf) AS rk" \
+    " FROM sel GROUP BY cf)" \
+    " SELECT pn.rk, pn.label, rt.rk, s.router, cfk.rk, s.cf, 0, s.distribution," \
+    " s.shape, s.router, s.cf, s.experts, s.tokens * 1.0 / sum(s.tokens) OVER" \
+    " (PARTITION BY s.distribution, s.shape, s.router, s.cf), s.tokens" \
+    " FROM sel s JOIN top USING (router) JOIN pn USING (distribution, shape)" \
+    " JOIN rt USING (router) JOIN cfk USING (cf) WHERE s.experts <= top.mx" \
+    " ORDER BY pn.rk, rt.rk, cfk.rk, s.experts"
+
 const moe_plot_chart moe_plot_charts[] = {
     {"drop_rate", "drop rate vs capacity factor",
      "distribution shape router cf x assignment_drop_rate token_drop_rate points", 5, 2, 1, 2,
@@ -92,20 +111,7 @@ const moe_plot_chart moe_plot_charts[] = {
     {"experts_per_token", "experts-per-token histogram (expert_choice, gshard)",
      "distribution shape router cf experts fraction tokens", 5, 1, 0, 0,
      "no expert_choice or gshard points",
-     CTE ", sel AS (SELECT p.distribution, p.shape, p.router, p.capacity_factor AS cf,"
-         " min(p.capacity_factor_value) AS v, h.experts, sum(h.tokens) AS tokens"
-         " FROM experts_per_token h JOIN points p ON p.id = h.point"
-         " WHERE p.router_type IN ('expert_choice', 'gshard')"
-         " GROUP BY p.distribution, p.shape, p.router, p.capacity_factor, h.experts),"
-         " top AS (SELECT router, max(experts) AS mx FROM sel WHERE tokens > 0 GROUP BY router),"
-         " cfk AS (SELECT cf, row_number() OVER (ORDER BY min(coalesce(v, 1e308)), cf) AS rk"
-         " FROM sel GROUP BY cf)"
-         " SELECT pn.rk, pn.label, rt.rk, s.router, cfk.rk, s.cf, 0, s.distribution,"
-         " s.shape, s.router, s.cf, s.experts, s.tokens * 1.0 / sum(s.tokens) OVER"
-         " (PARTITION BY s.distribution, s.shape, s.router, s.cf), s.tokens"
-         " FROM sel s JOIN top USING (router) JOIN pn USING (distribution, shape)"
-         " JOIN rt USING (router) JOIN cfk USING (cf) WHERE s.experts <= top.mx"
-         " ORDER BY pn.rk, rt.rk, cfk.rk, s.experts", 0},
+     EPT_QUERY("'expert_choice', 'gshard'"), 0},
     {"throughput",
      "throughput per router at the capacity factor nearest " XSTR(MOE_PLOT_LOAD_CF)
      ": median and quartiles over the timed batches (nearest rank)",
@@ -134,6 +140,10 @@ const moe_plot_chart moe_plot_charts[] = {
          " q.cf, rt.rk, q.tmed, q.tq1, q.tq3, q.gmed, q.gq1, q.gq3, q.n"
          " FROM q JOIN pn USING (distribution, shape) JOIN rt USING (router)"
          " ORDER BY pn.rk, rt.rk", 0},
+    {"experts_per_token_dynamic",
+     "experts-per-token histogram of the variable-k routers (topp, relu)",
+     "distribution shape router cf experts fraction tokens", 5, 1, 0, 0,
+     "no topp or relu points", EPT_QUERY("'topp', 'relu'"), 0},
 };
 const int moe_plot_ncharts = sizeof moe_plot_charts / sizeof moe_plot_charts[0];
 

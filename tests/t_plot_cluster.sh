@@ -1,8 +1,9 @@
 #!/bin/sh
 # t_plot_cluster.sh: the cluster charts of `moesim plot` (cluster_loads, cluster_traffic,
 # cluster_step; plots/cluster_*.gp) on a sweep whose cluster model is worked out by hand, and
-# their absence from a database without cluster rows (tests/run.sh runs it with
-# MOESIM=<build>/moesim). Prints "t_plot_cluster: N passed, N failed" last.
+# their absence from a database without cluster rows; and the experts-per-token histogram of
+# the variable-k routers (experts_per_token_dynamic) on hand-worked logits (tests/run.sh runs it
+# with MOESIM=<build>/moesim). Prints "t_plot_cluster: N passed, N failed" last.
 NAME=t_plot_cluster
 . tests/lib.sh
 make_tmp
@@ -107,6 +108,59 @@ greedy 3 5.00128e-06 1.024e-10 5.00128e-06 1.00026624e-05 1;"
 contains "the loads chart titles give balancedness" "$out/cluster_loads.svg" "contiguous: balancedness 0.667"
 contains "the traffic chart titles give the inter-node total" "$out/cluster_traffic.svg" \
     "contiguous: 0.0625 KiB inter-node"
+
+# The variable-k histogram (experts_per_token_dynamic): 4 tokens with logits over E = 4 experts,
+# rows (2 0 0 0), (1 0 0 0), (0 0 0 0), (0 0 0 0), routed dropless by topp (top_p = 0.6) and relu.
+# topp, softmax p: e^2/(e^2+3) = 0.711 >= 0.6: 1 expert; e/(e+3) = 0.475, + 1/(e+3) = 0.650: 2;
+# 0.25, 0.50, 0.75: 3. So 1, 2, 3 experts for 1, 1, 2 tokens: fractions 0.25 0.25 0.5.
+# relu, the positive logits: 1, 1, 0, 0 experts: fractions 0.5 (0 experts) and 0.5 (1 expert).
+# write_f64 FILE ROWS COLS V...: a .npy (ROWS,COLS) float64 file of values 0, 1, 2 (their
+# little-endian IEEE 754 bytes: 0 is all zero, 1.0 = 3ff0..., 2.0 = 4000...)
+write_f64() {
+    f=$1; r=$2; c=$3; shift 3
+    hdr=$(printf "{'descr': '<f8', 'fortran_order': False, 'shape': (%d, %d), }" "$r" "$c")
+    { printf '\223NUMPY\001\000\166\000'; printf '%-117s\n' "$hdr"
+      for v in "$@"; do
+          printf '\000\000\000\000\000\000'
+          case $v in 0) printf '\000\000' ;; 1) printf '\360\077' ;; 2) printf '\000\100' ;; esac
+      done
+    } >"$f"
+}
+write_f64 "$tmp/l.npy" 4 4  2 0 0 0  1 0 0 0  0 0 0 0  0 0 0 0
+cat >"$tmp/v.ini" <<'INI'
+[experiment]
+name = t_plot_dynamic
+routers = topp relu
+distributions = l
+shapes = s
+tokens = 4
+batches = 1
+error_tokens = 4
+[router.topp]
+type = topp
+top_p = 0.6
+dropless = 1
+[router.relu]
+type = relu
+dropless = 1
+[distribution.l]
+source = npy
+logits = l.npy
+[shape.s]
+d = 8
+f = 16
+E = 4
+k = 1
+INI
+(cd "$tmp" && "$MOESIM" run v.ini --db "$tmp/v.db" --no-plots >/dev/null 2>"$tmp/err")
+check "variable-k sweep exits 0 ($(cat "$tmp/err"))" test $? = 0
+"$MOESIM" plot "$tmp/v.db" --out "$tmp/vk" >/dev/null 2>"$tmp/perr"
+check "plot of the variable-k sweep exits 0 ($(cat "$tmp/perr"))" test $? = 0
+out=$tmp/vk
+chart_files "$out" experts_per_token_dynamic
+# experts_per_token_dynamic: distribution shape router cf experts fraction tokens
+same "variable-k histogram (hand-worked)" "$(rows experts_per_token_dynamic 3,5-7 | tr '\n' ';')" \
+"topp 0 0 0;topp 1 0.25 1;topp 2 0.25 1;topp 3 0.5 2;relu 0 0.5 2;relu 1 0.5 2;"
 
 # A database without cluster rows draws none of the cluster charts.
 tiny_spec "$tmp/t.ini" t_plot_cluster "topk" gauss clus
