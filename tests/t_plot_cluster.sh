@@ -13,12 +13,16 @@ if ! command -v gnuplot >/dev/null 2>&1; then
     finish
 fi
 
-# write_ids FILE ID...: a NumPy .npy file of int64 token ids (format 1.0: 10-byte preamble and a
-# 118-byte header, space-padded, ending in a newline; then the ids little-endian, each < 256)
+# npy_header DESCR SHAPE: the 128-byte header of a NumPy .npy file (format 1.0: a 10-byte
+# preamble, then the dictionary space-padded to 118 bytes ending in a newline)
+npy_header() {
+    printf '\223NUMPY\001\000\166\000'
+    printf '%-117s\n' "$(printf "{'descr': '%s', 'fortran_order': False, 'shape': %s, }" "$1" "$2")"
+}
+# write_ids FILE ID...: a .npy file of int64 token ids, little-endian, each < 256
 write_ids() {
     f=$1; shift
-    hdr=$(printf "{'descr': '<i8', 'fortran_order': False, 'shape': (%d,), }" $#)
-    { printf '\223NUMPY\001\000\166\000'; printf '%-117s\n' "$hdr"
+    { npy_header '<i8' "($#,)"
       for v in "$@"; do printf "\\$(printf %03o "$v")\\000\\000\\000\\000\\000\\000\\000"; done
     } >"$f"
 }
@@ -118,8 +122,7 @@ contains "the traffic chart titles give the inter-node total" "$out/cluster_traf
 # little-endian IEEE 754 bytes: 0 is all zero, 1.0 = 3ff0..., 2.0 = 4000...)
 write_f64() {
     f=$1; r=$2; c=$3; shift 3
-    hdr=$(printf "{'descr': '<f8', 'fortran_order': False, 'shape': (%d, %d), }" "$r" "$c")
-    { printf '\223NUMPY\001\000\166\000'; printf '%-117s\n' "$hdr"
+    { npy_header '<f8' "($r, $c)"
       for v in "$@"; do
           printf '\000\000\000\000\000\000'
           case $v in 0) printf '\000\000' ;; 1) printf '\360\077' ;; 2) printf '\000\100' ;; esac
