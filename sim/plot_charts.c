@@ -140,12 +140,16 @@ const moe_plot_chart moe_plot_charts[] = {
          " q.cf, rt.rk, q.tmed, q.tq1, q.tq3, q.gmed, q.gq1, q.gq3, q.n"
          " FROM q JOIN pn USING (distribution, shape) JOIN rt USING (router)"
          " ORDER BY pn.rk, rt.rk", 0},
-    {"experts_per_token_dynamic",
-     "experts-per-token histogram of the variable-k routers (topp, relu)",
-     "distribution shape router cf experts fraction tokens", 5, 1, 0, 0,
-     "no topp or relu points", EPT_QUERY("'topp', 'relu'"), 0},
 };
 const int moe_plot_ncharts = sizeof moe_plot_charts / sizeof moe_plot_charts[0];
+
+/* The experts-per-token histogram of the variable-k routers: drawn only when the database has
+ * topp or relu points. */
+const moe_plot_chart moe_plot_dynamic_chart = {
+    "experts_per_token_dynamic",
+    "experts-per-token histogram of the variable-k routers (topp, relu)",
+    "distribution shape router cf experts fraction tokens", 5, 1, 0, 0,
+    "no topp or relu points", EPT_QUERY("'topp', 'relu'"), 0};
 
 /* Expert parallelism (table ep_ranks, its query in store.h): per-rank load, bytes and all-to-all
  * vs expert time of an expert-parallel run; drawn after the charts above only when the database
@@ -223,6 +227,19 @@ const moe_plot_chart moe_plot_cluster_charts[] = {
 };
 const int moe_plot_ncluster = sizeof moe_plot_cluster_charts / sizeof moe_plot_cluster_charts[0];
 
+/* 1 when each of the n queries returns a first row whose first column is non-zero. */
+static int all_true(sqlite3 *db, const char *const *sql, int n)
+{
+    int has = 1;
+    for (int i = 0; i < n && has; i++) {
+        sqlite3_stmt *q = NULL;
+        has = sqlite3_prepare_v2(db, sql[i], -1, &q, NULL) == SQLITE_OK &&
+              sqlite3_step(q) == SQLITE_ROW && sqlite3_column_int(q, 0);
+        sqlite3_finalize(q);
+    }
+    return has;
+}
+
 int moe_plot_cluster_has_rows(sqlite3 *db)
 {
     /* the three tables the cluster charts read, and a row in cluster_points */
@@ -230,12 +247,12 @@ int moe_plot_cluster_has_rows(sqlite3 *db)
         "SELECT count(*) = 3 FROM sqlite_master WHERE type = 'table'"
         " AND name IN ('cluster_points', 'devices', 'node_traffic')",
         "SELECT EXISTS (SELECT 1 FROM main.cluster_points)"};
-    int has = 1;
-    for (int i = 0; i < 2 && has; i++) {
-        sqlite3_stmt *q = NULL;
-        has = sqlite3_prepare_v2(db, sql[i], -1, &q, NULL) == SQLITE_OK &&
-              sqlite3_step(q) == SQLITE_ROW && sqlite3_column_int(q, 0);
-        sqlite3_finalize(q);
-    }
-    return has;
+    return all_true(db, sql, 2);
+}
+
+int moe_plot_dynamic_has_rows(sqlite3 *db)
+{
+    static const char *const sql[] = {
+        "SELECT EXISTS (SELECT 1 FROM main.points WHERE router_type IN ('topp', 'relu'))"};
+    return all_true(db, sql, 1);
 }

@@ -33,6 +33,10 @@ extern const moe_plot_chart moe_plot_charts[];
 extern const int moe_plot_ncharts;
 /* Expert parallelism (table ep_ranks): drawn only when the database has ep_ranks rows. */
 extern const moe_plot_chart moe_plot_ep_chart;
+/* The experts-per-token histogram of topp and relu: drawn only when the database has such
+ * points (moe_plot_dynamic_has_rows). */
+extern const moe_plot_chart moe_plot_dynamic_chart;
+int moe_plot_dynamic_has_rows(sqlite3 *db);
 /* The cluster model (tables cluster_points, devices, node_traffic): drawn only when the
  * database has cluster_points rows. */
 extern const moe_plot_chart moe_plot_cluster_charts[];

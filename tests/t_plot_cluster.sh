@@ -165,7 +165,7 @@ chart_files "$out" experts_per_token_dynamic
 same "variable-k histogram (hand-worked)" "$(rows experts_per_token_dynamic 3,5-7 | tr '\n' ';')" \
 "topp 0 0 0;topp 1 0.25 1;topp 2 0.25 1;topp 3 0.5 2;relu 0 0.5 2;relu 1 0.5 2;"
 
-# A database without cluster rows draws none of the cluster charts.
+# A database without cluster rows, topp or relu points draws none of those charts, silently.
 tiny_spec "$tmp/t.ini" t_plot_cluster "topk" gauss clus
 (cd "$tmp" && "$MOESIM" run t.ini --db "$tmp/a.db" --no-plots >/dev/null 2>"$tmp/err")
 check "plain sweep exits 0 ($(cat "$tmp/err"))" test $? = 0
@@ -173,4 +173,8 @@ check "plain sweep exits 0 ($(cat "$tmp/err"))" test $? = 0
 check "plot of a plain sweep exits 0 ($(cat "$tmp/perr"))" test $? = 0
 check "no cluster chart without cluster rows" test -z "$(ls "$tmp/plain" | grep '^cluster_')"
 check "the plain charts are there" test -s "$tmp/plain/drop_rate.png"
+check "no variable-k histogram without topp or relu points" \
+    test ! -e "$tmp/plain/experts_per_token_dynamic.png"
+lacks "nothing said about the charts a plain sweep cannot feed" "$tmp/perr" "_dynamic"
+lacks "nothing said about the cluster charts" "$tmp/perr" "cluster_"
 finish
