@@ -6,8 +6,8 @@
 # phases in three shades of it. Values are means per measured batch over the configuration's
 # points (distributions, seeds).
 # Data (cluster_step.dat, from the table cluster_points): "cluster" "placement" "router" x
-# t_dispatch_s t_experts_s t_combine_s t_step_s points; x is the placement's rank; one block
-# per (topology, router).
+# t_dispatch_s t_experts_s t_combine_s t_step_s points; x is the placement's rank within the
+# topology (placements in the order of their first point); one block per (topology, router).
 load plotdir.'/common.gp'
 nkeys = nseries + 3; keylen = max(keylen, strlen('combine (lightest)'))
 eval KEYGEOM
@@ -32,7 +32,8 @@ do for [c=1:ncols] {
         np = STATS_max
         set xrange [0.4:np + 0.6]
         # the placement names as x tics (every block lists the placements it has)
-        set xtics () out
+        xf = fitn(12, pw * width / np, 11)
+        set xtics () out rotate by -20 left font xf
         stats [*:*] [*:*] datafile index f:l using 8 nooutput
         set yrange [0:ytop(sc * STATS_max, 0.001)]
         set boxwidth bw absolute

@@ -219,11 +219,14 @@ const moe_plot_chart moe_plot_cluster_charts[] = {
      0, "no cluster points",
      CLUSTER_CTE ", g AS (SELECT cluster, plc, router, avg(t_dispatch_s) AS td,"
                  " avg(t_experts_s) AS te, avg(t_combine_s) AS tc, avg(t_step_s) AS ts,"
-                 " count(*) AS n FROM cp GROUP BY cluster, plc, router)"
+                 " count(*) AS n FROM cp GROUP BY cluster, plc, router),"
+                 " px AS (SELECT cluster, plc, row_number() OVER (PARTITION BY cluster"
+                 " ORDER BY pk.rk) AS x FROM (SELECT DISTINCT cluster, plc FROM cp)"
+                 " JOIN pk USING (plc))"
                  " SELECT cl.rk, g.cluster, 1, '', rt.rk, g.router, 0, g.cluster, g.plc,"
-                 " g.router, pk.rk, g.td, g.te, g.tc, g.ts, g.n"
-                 " FROM g JOIN pk USING (plc) JOIN cl USING (cluster) JOIN rt USING (router)"
-                 " ORDER BY cl.rk, rt.rk, pk.rk", 0},
+                 " g.router, px.x, g.td, g.te, g.tc, g.ts, g.n"
+                 " FROM g JOIN px USING (cluster, plc) JOIN cl USING (cluster)"
+                 " JOIN rt USING (router) ORDER BY cl.rk, rt.rk, px.x", 0},
 };
 const int moe_plot_ncluster = sizeof moe_plot_cluster_charts / sizeof moe_plot_cluster_charts[0];
 
