@@ -11,7 +11,9 @@ keylen = keylen + strlen('capacity factor ')
 eval KEYGEOM
 M_L = 100.0 / width # two-line y labels (the row's name above the unit)
 
-t = pagetitle('Experts per token (expert_choice, gshard)')
+# ept_title: set by a script that loads this one for other routers (experts_per_token_dynamic.gp)
+if (!exists('ept_title')) { ept_title = 'Experts per token (expert_choice, gshard)' }
+t = pagetitle(ept_title)
 set multiplot title t font fitw(t, width, 14)
 gnr = nrows; gnc = ncols
 set style fill solid 0.9 noborder

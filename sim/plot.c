@@ -823,9 +823,20 @@ int moe_plot_db_opts(const char *db_path, const moe_plot_opts *opts, FILE *list)
         rc = plot_chart(&X, &moe_plot_charts[i], &drawn);
         ndrawn += drawn;
     }
+    if (!rc && moe_plot_dynamic_has_rows(db)) { /* variable-k histogram */
+        int drawn = 0;
+        rc = plot_chart(&X, &moe_plot_dynamic_chart, &drawn);
+        ndrawn += drawn;
+    }
     if (!rc && moe_store_ep_has_rows(db)) { /* the expert-parallel chart */
         int drawn = 0;
         rc = plot_chart(&X, &moe_plot_ep_chart, &drawn);
+        ndrawn += drawn;
+    }
+    const int has_cluster = !rc && moe_plot_cluster_has_rows(db);
+    for (int i = 0; has_cluster && i < moe_plot_ncluster && !rc; i++) {
+        int drawn = 0;
+        rc = plot_chart(&X, &moe_plot_cluster_charts[i], &drawn);
         ndrawn += drawn;
     }
     const int has_train = !rc && moe_plot_train_has_rows(db);

@@ -5,6 +5,8 @@
 #include "plot_train.h"
 #include "store.h"
 
+#include <sqlite3.h>
+
 #define XSTR(x) STR(x)
 #define STR(x) #x
 
@@ -63,6 +65,25 @@
 
 
 
+/* The experts-per-token histogram of the routers whose router_type is in TYPES (an SQL list):
+ * per (distribution, shape, router, cf) the share of tokens that kept each number of experts,
+ * up to the largest number the router reached. */
+#define EPT_QUERY(TYPES) \
+    CTE ", sel AS (SELECT p.distribution, p.shape, p.router, p.capacity_factor AS cf," \
+    " min(p.capacity_factor_value) AS v, h.experts, sum(h.tokens) AS tokens" \
+    " FROM experts_per_token h JOIN points p ON p.id = h.point" \
+    " WHERE p.router_type IN (" TYPES ")" \
+    " GROUP BY p.distribution, p.shape, p.router, p.capacity_factor, h.experts)," \
+    " top AS (SELECT router, max(experts) AS mx FROM sel WHERE tokens > 0 GROUP BY router)," \
+    " cfk AS (SELECT cf, row_number() OVER (ORDER BY min(coalesce(v, 1e308)), cf) AS rk" \
+    " FROM sel GROUP BY cf)" \
+    " SELECT pn.rk, pn.label, rt.rk, s.router, cfk.rk, s.cf, 0, s.distribution," \
+    " s.shape, s.router, s.cf, s.experts, s.tokens * 1.0 / sum(s.tokens) OVER" \
+    " (PARTITION BY s.distribution, s.shape, s.router, s.cf), s.tokens" \
+    " FROM sel s JOIN top USING (router) JOIN pn USING (distribution, shape)" \
+    " JOIN rt USING (router) JOIN cfk USING (cf) WHERE s.experts <= top.mx" \
+    " ORDER BY pn.rk, rt.rk, cfk.rk, s.experts"
+
 const moe_plot_chart moe_plot_charts[] = {
     {"drop_rate", "drop rate vs capacity factor",
      "distribution shape router cf x assignment_drop_rate token_drop_rate points"
@@ -105,20 +126,7 @@ const moe_plot_chart moe_plot_charts[] = {
     {"experts_per_token", "experts-per-token histogram (expert_choice, gshard)",
      "distribution shape router cf experts fraction tokens", 5, 1, 0, 0,
      "no expert_choice or gshard points",
-     CTE ", sel AS (SELECT p.distribution, p.shape, p.router, p.capacity_factor AS cf,"
-         " min(p.capacity_factor_value) AS v, h.experts, sum(h.tokens) AS tokens"
-         " FROM experts_per_token h JOIN points p ON p.id = h.point"
-         " WHERE p.router_type IN ('expert_choice', 'gshard')"
-         " GROUP BY p.distribution, p.shape, p.router, p.capacity_factor, h.experts),"
-         " top AS (SELECT router, max(experts) AS mx FROM sel WHERE tokens > 0 GROUP BY router),"
-         " cfk AS (SELECT cf, row_number() OVER (ORDER BY min(coalesce(v, 1e308)), cf) AS rk"
-         " FROM sel GROUP BY cf)"
-         " SELECT pn.rk, pn.label, rt.rk, s.router, cfk.rk, s.cf, 0, s.distribution,"
-         " s.shape, s.router, s.cf, s.experts, s.tokens * 1.0 / sum(s.tokens) OVER"
-         " (PARTITION BY s.distribution, s.shape, s.router, s.cf), s.tokens"
-         " FROM sel s JOIN top USING (router) JOIN pn USING (distribution, shape)"
-         " JOIN rt USING (router) JOIN cfk USING (cf) WHERE s.experts <= top.mx"
-         " ORDER BY pn.rk, rt.rk, cfk.rk, s.experts", 0},
+     EPT_QUERY("'expert_choice', 'gshard'"), 0},
     {"throughput",
      "throughput per router at the capacity factor nearest " XSTR(MOE_PLOT_LOAD_CF)
      ": median and quartiles over the timed batches (nearest rank)",
@@ -150,6 +158,14 @@ const moe_plot_chart moe_plot_charts[] = {
 };
 const int moe_plot_ncharts = sizeof moe_plot_charts / sizeof moe_plot_charts[0];
 
+/* The experts-per-token histogram of the variable-k routers: drawn only when the database has
+ * topp or relu points. */
+const moe_plot_chart moe_plot_dynamic_chart = {
+    "experts_per_token_dynamic",
+    "experts-per-token histogram of the variable-k routers (topp, relu)",
+    "distribution shape router cf experts fraction tokens", 5, 1, 0, 0,
+    "no topp or relu points", EPT_QUERY("'topp', 'relu'"), 0};
+
 /* Expert parallelism (table ep_ranks, its query in store.h): per-rank load, bytes and all-to-all
  * vs expert time of an expert-parallel run; drawn after the charts above only when the database
  * has ep_ranks rows. */
@@ -162,3 +178,99 @@ const moe_plot_chart moe_plot_ep_chart = {
 const moe_plot_chart moe_plot_train_charts[] = {
     MOE_PLOT_TRAIN_CHARTS(XSTR(MOE_PLOT_LOAD_CF))};
 const int moe_plot_ntrain = sizeof moe_plot_train_charts / sizeof moe_plot_train_charts[0];
+/* ---- the cluster model (tables cluster_points, devices, node_traffic; docs/cluster.md) ----
+ * cp: the cluster points at the capacity factor nearest MOE_PLOT_LOAD_CF (pick), with their
+ * placement label (EPLB with its replica count R); pk: placements, cl: topologies and rw:
+ * (topology, router) panel rows, each ranked by its first point. A configuration's values are
+ * means over its points (distributions, shapes, seeds, token counts), each point already a mean
+ * per measured batch. */
+#define CLUSTER_CTE                                                                                \
+    CTE ", " PICK_CF ", cp AS (SELECT c.*, p.router, CASE WHEN c.placement = 'eplb'"               \
+        " THEN 'eplb R=' || c.redundant_experts ELSE c.placement END AS plc"                       \
+        " FROM cluster_points c JOIN points p ON p.id = c.point JOIN pick"                         \
+        " ON pick.distribution = p.distribution AND pick.shape = p.shape"                          \
+        " AND pick.router = p.router AND pick.cf = p.capacity_factor),"                            \
+        " pk AS (SELECT plc, row_number() OVER (ORDER BY min(point)) AS rk FROM cp GROUP BY plc),"  \
+        " cl AS (SELECT cluster, row_number() OVER (ORDER BY min(point)) AS rk FROM cp"            \
+        " GROUP BY cluster),"                                                                      \
+        " rw AS (SELECT x.cluster, x.router, row_number() OVER (ORDER BY cl.rk, rt.rk) AS rk,"     \
+        " CASE WHEN (SELECT count(DISTINCT router) FROM cp) > 1"                                   \
+        " THEN x.cluster || ' / ' || x.router ELSE x.cluster END AS label"                         \
+        " FROM (SELECT DISTINCT cluster, router FROM cp) x JOIN cl USING (cluster)"               \
+        " JOIN rt USING (router)),"                                                                \
+        " cfg AS (SELECT cluster, plc, router, count(*) AS n, avg(balancedness) AS bal"            \
+        " FROM cp GROUP BY cluster, plc, router)"
+
+/* The cluster charts: drawn only when the database has cluster_points rows. */
+const moe_plot_chart moe_plot_cluster_charts[] = {
+    {"cluster_loads",
+     "expert rows and tokens received per simulated device, a panel per placement",
+     "cluster placement router device node tokens_in rows balancedness points", 5, 3, 0, 0,
+     "no cluster points",
+     CLUSTER_CTE ", g AS (SELECT cp.cluster, cp.plc, cp.router, d.device, d.node,"
+                 " avg(d.tokens_in) AS tokens_in, avg(d.rows) AS rows FROM devices d"
+                 " JOIN cp ON cp.point = d.point"
+                 " GROUP BY cp.cluster, cp.plc, cp.router, d.device, d.node)"
+                 " SELECT pk.rk, g.plc, rw.rk, rw.label, rt.rk, g.router, 0, g.cluster, g.plc,"
+                 " g.router, g.device, g.node, g.tokens_in, g.rows, cfg.bal, cfg.n"
+                 " FROM g JOIN pk USING (plc) JOIN rw USING (cluster, router)"
+                 " JOIN rt USING (router) JOIN cfg USING (cluster, plc, router)"
+                 " ORDER BY pk.rk, rw.rk, rt.rk, g.device", 0},
+    {"cluster_traffic",
+     "dispatch bytes from node to node per batch (diagonal: intra-node forwarding)",
+     "cluster placement router src_node dst_node bytes points", 5, 1, 0, 0,
+     "no cluster points",
+     CLUSTER_CTE ", g AS (SELECT cp.cluster, cp.plc, cp.router, t.src_node, t.dst_node,"
+                 " sum(t.bytes) AS bytes FROM node_traffic t JOIN cp ON cp.point = t.point"
+                 " GROUP BY cp.cluster, cp.plc, cp.router, t.src_node, t.dst_node)"
+                 " SELECT pk.rk, g.plc, rw.rk, rw.label, rt.rk, g.router, 0, g.cluster, g.plc,"
+                 " g.router, g.src_node, g.dst_node, g.bytes / cfg.n, cfg.n"
+                 " FROM g JOIN pk USING (plc) JOIN rw USING (cluster, router)"
+                 " JOIN rt USING (router) JOIN cfg USING (cluster, plc, router)"
+                 " ORDER BY pk.rk, rw.rk, rt.rk, g.src_node, g.dst_node", 0},
+    {"cluster_step",
+     "predicted step time per placement and router: dispatch, experts, combine (slowest device)",
+     "cluster placement router x t_dispatch_s t_experts_s t_combine_s t_step_s points", 4, 4, 0,
+     0, "no cluster points",
+     CLUSTER_CTE ", g AS (SELECT cluster, plc, router, avg(t_dispatch_s) AS td,"
+                 " avg(t_experts_s) AS te, avg(t_combine_s) AS tc, avg(t_step_s) AS ts,"
+                 " count(*) AS n FROM cp GROUP BY cluster, plc, router),"
+                 " px AS (SELECT cluster, plc, row_number() OVER (PARTITION BY cluster"
+                 " ORDER BY pk.rk) AS x FROM (SELECT DISTINCT cluster, plc FROM cp)"
+                 " JOIN pk USING (plc))"
+                 " SELECT cl.rk, g.cluster, 1, '', rt.rk, g.router, 0, g.cluster, g.plc,"
+                 " g.router, px.x, g.td, g.te, g.tc, g.ts, g.n"
+                 " FROM g JOIN px USING (cluster, plc) JOIN cl USING (cluster)"
+                 " JOIN rt USING (router) ORDER BY cl.rk, rt.rk, px.x", 0},
+};
+const int moe_plot_ncluster = sizeof moe_plot_cluster_charts / sizeof moe_plot_cluster_charts[0];
+
+/* 1 when each of the n queries returns a first row whose first column is non-zero. */
+static int all_true(sqlite3 *db, const char *const *sql, int n)
+{
+    int has = 1;
+    for (int i = 0; i < n && has; i++) {
+        sqlite3_stmt *q = NULL;
+        has = sqlite3_prepare_v2(db, sql[i], -1, &q, NULL) == SQLITE_OK &&
+              sqlite3_step(q) == SQLITE_ROW && sqlite3_column_int(q, 0);
+        sqlite3_finalize(q);
+    }
+    return has;
+}
+
+int moe_plot_cluster_has_rows(sqlite3 *db)
+{
+    /* the three tables the cluster charts read, and a row in cluster_points */
+    static const char *const sql[] = {
+        "SELECT count(*) = 3 FROM sqlite_master WHERE type = 'table'"
+        " AND name IN ('cluster_points', 'devices', 'node_traffic')",
+        "SELECT EXISTS (SELECT 1 FROM main.cluster_points)"};
+    return all_true(db, sql, 2);
+}
+
+int moe_plot_dynamic_has_rows(sqlite3 *db)
+{
+    static const char *const sql[] = {
+        "SELECT EXISTS (SELECT 1 FROM main.points WHERE router_type IN ('topp', 'relu'))"};
+    return all_true(db, sql, 1);
+}

@@ -11,6 +11,8 @@
 #ifndef MOE_PLOT_CHARTS_H
 #define MOE_PLOT_CHARTS_H
 
+#include <sqlite3.h>
+
 enum { NLAYOUT = 7 };
 
 typedef struct {
@@ -31,6 +33,16 @@ extern const moe_plot_chart moe_plot_charts[];
 extern const int moe_plot_ncharts;
 /* Expert parallelism (table ep_ranks): drawn only when the database has ep_ranks rows. */
 extern const moe_plot_chart moe_plot_ep_chart;
+/* The experts-per-token histogram of topp and relu: drawn only when the database has such
+ * points (moe_plot_dynamic_has_rows). */
+extern const moe_plot_chart moe_plot_dynamic_chart;
+int moe_plot_dynamic_has_rows(sqlite3 *db);
+/* The cluster model (tables cluster_points, devices, node_traffic): drawn only when the
+ * database has cluster_points rows. */
+extern const moe_plot_chart moe_plot_cluster_charts[];
+extern const int moe_plot_ncluster;
+/* 1 when db has the cluster tables and a cluster_points row. */
+int moe_plot_cluster_has_rows(sqlite3 *db);
 /* Training runs (plot_train.h): drawn only when the database has steps rows. */
 extern const moe_plot_chart moe_plot_train_charts[];
 extern const int moe_plot_ntrain;
