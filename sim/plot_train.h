@@ -54,13 +54,28 @@ int moe_plot_train_has_rows(sqlite3 *db);
     " GROUP BY distribution, shape, series, cf) WHERE n = 1),"                                  \
     " tq AS (SELECT tp.* FROM tp JOIN pick USING (distribution, shape, series, cf))"
 
-/* A metric vs step of the picked points: AGG the aggregates over seeds of steps s. */
-#define MOE_PLOT_TRAIN_STEP_SQL(CF, AGG)                                                          \
+/* Metrics vs step of the picked points, means over seeds: AGG the means (named m1, m2, ...), SD
+ * their standard errors sd / sqrt(n) over the seeds (TRAIN_SE, named e1, e2, ...), OUT the
+ * means and CI the half-widths of the 95% confidence intervals, e_i t_{0.975,n-1} with the
+ * Student t quantile of the table student_t for the n points of the row (the normal quantile
+ * past its last row; NULL for n = 1). */
+#define MOE_PLOT_TRAIN_STEP_SQL(CF, AGG, SD, OUT, CI)                                             \
     MOE_PLOT_TRAIN_CTE(CF)                                                                        \
-    " SELECT pn.rk, pn.label, 1, '', sr.rk, tq.series, 0, tq.distribution, tq.shape, tq.series,"\
-    " tq.cf, s.step, " AGG ", count(*) FROM steps s JOIN tq ON tq.id = s.point"                 \
+    ", agg AS (SELECT pn.rk AS prk, pn.label AS plabel, sr.rk AS srk, tq.series AS series,"     \
+    " tq.distribution AS distribution, tq.shape AS shape, tq.cf AS cf, s.step AS step, " AGG    \
+    ", " SD ", count(*) AS n FROM steps s JOIN tq ON tq.id = s.point"                            \
     " JOIN pn USING (distribution, shape) JOIN sr USING (series)"                               \
-    " GROUP BY tq.distribution, tq.shape, tq.series, s.step ORDER BY pn.rk, sr.rk, s.step"
+    " GROUP BY tq.distribution, tq.shape, tq.series, s.step)"                                   \
+    " SELECT prk, plabel, 1, '', srk, series, 0, distribution, shape, series, cf, step, " OUT   \
+    ", n, " CI " FROM agg LEFT JOIN student_t st ON st.df = agg.n - 1"                          \
+    " ORDER BY prk, srk, step"
+/* The standard error over seeds of X, as NAME: the sample standard deviation (one pass: the
+ * values of a training curve are of order one and their spread over seeds is not below 1e-6 of
+ * them, so the cancellation costs at most about 1e-10 of the variance) over sqrt(n). */
+#define TRAIN_SE(X, NAME)                                                                         \
+    "sqrt(max(0.0, (sum((" X ") * (" X ")) - sum(" X ") * sum(" X ") / count(" X "))"            \
+    " / (count(" X ") - 1))) / sqrt(count(" X ")) AS " NAME
+#define TRAIN_T "coalesce(st.t975, 1.959963984540054)"
 
 /* The heatmap: a panel per (series, distribution); a cell per (eval row, expert) spanning the
  * steps its loads were summed over, from the previous row's step to its own (step 0: from -1),
@@ -107,23 +122,40 @@ int moe_plot_train_has_rows(sqlite3 *db);
  * panel_rows, empty, sql, nerr). */
 #define MOE_PLOT_TRAIN_CHARTS(CF)                                                                 \
     {"train_loss", "training: task loss (train, held-out), aux loss and z-loss vs step",         \
-     "distribution shape series cf step loss heldout_loss aux_loss z_loss points", 5, 4, 0, 4,    \
-     "no training steps",                                                                         \
-     MOE_PLOT_TRAIN_STEP_SQL(CF, "avg(s.loss), avg(s.heldout_loss), avg(s.aux_loss),"             \
-                                 " avg(s.z_loss)"), 0},                                           \
+     "distribution shape series cf step loss heldout_loss aux_loss z_loss points loss_ci95"      \
+     " heldout_loss_ci95 aux_loss_ci95 z_loss_ci95", 5, 4, 0, 4, "no training steps",             \
+     MOE_PLOT_TRAIN_STEP_SQL(CF, "avg(s.loss) AS m1, avg(s.heldout_loss) AS m2,"                  \
+                             " avg(s.aux_loss) AS m3, avg(s.z_loss) AS m4",                       \
+                             TRAIN_SE("s.loss", "e1") ", " TRAIN_SE("s.heldout_loss", "e2") ", "  \
+                             TRAIN_SE("s.aux_loss", "e3") ", " TRAIN_SE("s.z_loss", "e4"),        \
+                             "m1, m2, m3, m4", "e1 * " TRAIN_T ", e2 * " TRAIN_T ", e3 * "        \
+                             TRAIN_T ", e4 * " TRAIN_T), 4},                                       \
     {"train_balance", "training: load imbalance, drop rates and dead experts vs step",           \
      "distribution shape series cf step load_imbalance assignment_drop_rate token_drop_rate "     \
-     "dead_experts points", 5, 4, 0, 4, "no training steps",                                      \
-     MOE_PLOT_TRAIN_STEP_SQL(CF, "avg(s.load_imbalance), avg(s.assignment_drop_rate),"            \
-                                 " avg(s.token_drop_rate), avg(s.dead_experts)"), 0},             \
+     "dead_experts points load_imbalance_ci95 assignment_drop_rate_ci95 token_drop_rate_ci95"    \
+     " dead_experts_ci95", 5, 4, 0, 4, "no training steps",                                       \
+     MOE_PLOT_TRAIN_STEP_SQL(CF, "avg(s.load_imbalance) AS m1,"                                   \
+                             " avg(s.assignment_drop_rate) AS m2,"\
+                             " avg(s.token_drop_rate) AS m3, avg(s.dead_experts) AS m4",          \
+                             TRAIN_SE("s.load_imbalance", "e1") ", "                              \
+                             TRAIN_SE("s.assignment_drop_rate", "e2") ", "                        \
+                             TRAIN_SE("s.token_drop_rate", "e3") ", "                             \
+                             TRAIN_SE("s.dead_experts", "e4"),                                    \
+                             "m1, m2, m3, m4", "e1 * " TRAIN_T ", e2 * " TRAIN_T ", e3 * "        \
+                             TRAIN_T ", e4 * " TRAIN_T), 4},                                       \
     {"train_loads", "training: expert load shares over steps (heatmap)",                         \
      "distribution shape series cf step xlo xhi expert share load points", 8, 2, 0, 0,            \
      "no per-expert loads of training steps", MOE_PLOT_TRAIN_LOADS_SQL(CF), 0},                   \
     {"train_routing", "training: specialisation, routing fluctuation and gate entropy vs step",  \
-     "distribution shape series cf step specialisation fluctuation gate_entropy points", 5, 3, 0, \
-     3, "no training steps",                                                                      \
-     MOE_PLOT_TRAIN_STEP_SQL(CF, "avg(s.specialisation), avg(s.fluctuation),"                     \
-                                 " avg(s.gate_entropy)"), 0},                                     \
+     "distribution shape series cf step specialisation fluctuation gate_entropy points"          \
+     " specialisation_ci95 fluctuation_ci95 gate_entropy_ci95", 5, 3, 0, 3, "no training steps",  \
+     MOE_PLOT_TRAIN_STEP_SQL(CF, "avg(s.specialisation) AS m1, avg(s.fluctuation) AS m2,"         \
+                             " avg(s.gate_entropy) AS m3",                                        \
+                             TRAIN_SE("s.specialisation", "e1") ", "                              \
+                             TRAIN_SE("s.fluctuation", "e2") ", "                                 \
+                             TRAIN_SE("s.gate_entropy", "e3"),                                    \
+                             "m1, m2, m3", "e1 * " TRAIN_T ", e2 * " TRAIN_T ", e3 * " TRAIN_T),  \
+     3},                                                                                           \
     {"train_final", "training: final held-out loss and useful FLOPs per token vs capacity factor",\
      "distribution shape series cf x heldout_loss useful_flops_per_token points", 5, 2, 1, 2,     \
      "no training points", MOE_PLOT_TRAIN_FINAL_SQL, 0}
