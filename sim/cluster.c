@@ -5,7 +5,9 @@
  * device with the sender's local index there (the relay), and is forwarded over the intra-node
  * link to every other device of that node that needs it; within its own node it goes straight
  * to each device. A device receives one copy of a token however many of its experts the token
- * claims. Combine sends the same bytes back the same way. */
+ * claims. Combine sends the same bytes back the same way. A topology with dispatch = per_claim
+ * sends instead one copy per claim straight to the expert's device (Megatron's alltoall
+ * dispatcher, moesim's --expert-parallel). */
 #include "cluster.h"
 
 #include <stdlib.h>
@@ -146,9 +148,21 @@ static void send_intra(moe_cluster_sim *cs, int dpn, int from, int to, double B)
     cs->node_bytes[(size_t)(from / dpn) * (size_t)cs->N + (size_t)(to / dpn)] += B;
 }
 
-/* Token t from device src: its claims to devices, relays and bytes. Returns nodes touched. */
+/* One copy of B bytes from device from to device to over the network (no relay). */
+static void send_inter(moe_cluster_sim *cs, int dpn, int from, int to, double B)
+{
+    cs->inter_send[from] += B;
+    cs->inter_recv[to] += B;
+    cs->pair_inter[(size_t)from * (size_t)cs->D + (size_t)to] = 1;
+    cs->node_bytes[(size_t)(from / dpn) * (size_t)cs->N + (size_t)(to / dpn)] += B;
+}
+
+/* Token t from device src: its claims to devices, relays and bytes. Hierarchical: one network
+ * copy per remote node to the relay with the sender's local index, forwarded within the node,
+ * one copy per device. per_claim: one copy per claim on another device, sent straight there.
+ * Returns the nodes touched. */
 static int route_token(moe_cluster_sim *cs, const moe_placement *pl, const moe_plan *plan,
-                       int dpn, int t, int src, double B)
+                       int dpn, int t, int src, double B, int per_claim)
 {
     const int ppd = pl->P / pl->D, sn = src / dpn;
     int nodes = 0;
@@ -156,24 +170,21 @@ static int route_token(moe_cluster_sim *cs, const moe_placement *pl, const moe_p
         const int e = plan->entries[cs->tok_ent[j]].expert;
         const int rep = j % pl->log_cnt[e];
         const int d = pl->log2phy[(size_t)e * (size_t)pl->max_cnt + (size_t)rep] / ppd;
-        const int n = d / dpn;
+        const int n = d / dpn, relay = n * dpn + src % dpn;
         cs->rows[d]++;
+        if (per_claim && d != src)
+            (n == sn ? send_intra : send_inter)(cs, dpn, src, d, B);
         if (cs->node_stamp[n] != t) {
             cs->node_stamp[n] = t;
             nodes++;
-            if (n != sn) { /* one network copy to the relay with the sender's local index */
-                const int relay = n * dpn + src % dpn;
-                cs->inter_send[src] += B;
-                cs->inter_recv[relay] += B;
-                cs->pair_inter[(size_t)src * (size_t)cs->D + (size_t)relay] = 1;
-                cs->node_bytes[(size_t)sn * (size_t)cs->N + (size_t)n] += B;
-            }
+            if (!per_claim && n != sn)
+                send_inter(cs, dpn, src, relay, B);
         }
         if (cs->dev_stamp[d] != t) {
             cs->dev_stamp[d] = t;
             cs->tokens_in[d]++;
-            const int from = n == sn ? src : n * dpn + src % dpn;
-            if (d != from)
+            const int from = n == sn ? src : relay;
+            if (!per_claim && d != from)
                 send_intra(cs, dpn, from, d, B);
         }
     }
@@ -241,7 +252,7 @@ int moe_cluster_sim_run(moe_cluster_sim *cs, const moe_cluster_topo *t,
     long nodes_sum = 0;
     for (int tok = 0; tok < T; tok++) {
         const int src = (int)((long long)tok * cs->D / T);
-        const int nodes = route_token(cs, pl, plan, dpn, tok, src, B);
+        const int nodes = route_token(cs, pl, plan, dpn, tok, src, B, t->per_claim);
         cs->nodes_hist[nodes]++;
         nodes_sum += nodes;
     }

@@ -21,6 +21,9 @@ typedef struct {
     double device_tflops; /* dense rate of one device; 0 with measured = 1 */
     int measured;         /* use the rate this machine reached on the layer's GEMMs */
     int dtype_bytes;      /* bytes per activation element on the wire */
+    int per_claim;        /* dispatch = per_claim: one copy per claim, straight from the
+                           * token's device to the expert's (Megatron's alltoall dispatcher,
+                           * moesim's own --expert-parallel); 0: hierarchical (DeepEP) */
 } moe_cluster_topo;
 
 /* Check a topology (every count >= 1, every rate > 0, latencies >= 0); where names the
@@ -51,7 +54,8 @@ moe_cluster_sim *moe_cluster_sim_alloc(const moe_cluster_topo *t);
 void moe_cluster_sim_free(moe_cluster_sim *cs); /* NULL is a no-op */
 
 /* Run the plan of one batch (sparse plans only) through the model: token t starts on device
- * floor(t * D / T); claim j of the plan, counted token by token, goes to replica
+ * floor(t * D / T) (with t->per_claim, each claim on another device is one copy sent there
+ * directly, over the intra- or inter-node link); claim j of the plan, counted token by token, goes to replica
  * (j mod replicas) of its expert (vLLM's choice). H is the model width, flops_per_row the
  * expert FLOPs of one row, tflops the device rate (the topology's, or the measured one). */
 int moe_cluster_sim_run(moe_cluster_sim *cs, const moe_cluster_topo *t,

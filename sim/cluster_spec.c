@@ -49,7 +49,7 @@ static int load_topo(const spec_section *sec, const char *name, moe_cluster_topo
     static const char *const keys[] = {"nodes", "devices_per_node", "intra_gbps",
                                        "intra_latency_us", "inter_gbps", "inter_latency_us",
                                        "device_tflops", "dtype_bytes", "redundant_experts",
-                                       NULL};
+                                       "dispatch", NULL};
     memset(t, 0, sizeof *t);
     snprintf(t->name, sizeof t->name, "%s", name);
     t->dtype_bytes = 2;
@@ -63,7 +63,7 @@ static int load_topo(const spec_section *sec, const char *name, moe_cluster_topo
         if (!keys[j])
             return KV_FAIL(MOE_EINVAL, sec, kv, "cluster keys: nodes devices_per_node "
                            "intra_gbps intra_latency_us inter_gbps inter_latency_us "
-                           "device_tflops dtype_bytes redundant_experts", "unknown key");
+                           "device_tflops dtype_bytes redundant_experts dispatch", "unknown key");
         if (j == 8) /* the cluster's own redundant_experts axis: read by load_cfgs */
             continue;
         seen |= 1u << j;
@@ -87,6 +87,13 @@ static int load_topo(const spec_section *sec, const char *name, moe_cluster_topo
         case 7:
             rc = moe_spec_parse_int(sec, kv, kv->value, 1, 16, &v);
             t->dtype_bytes = (int)v;
+            break;
+        case 9:
+            if (strcmp(kv->value, "per_claim") == 0)
+                t->per_claim = 1;
+            else if (strcmp(kv->value, "hierarchical") != 0)
+                rc = KV_FAIL(MOE_EINVAL, sec, kv, "dispatch: hierarchical per_claim",
+                             "unknown dispatch '%s'", kv->value);
         }
     }
     if (rc)
@@ -175,10 +182,11 @@ static void add_cfgs(moe_cluster_spec *c, int t, char **pw, int np, const long *
             const moe_cluster_topo *tp = g->topo;
             snprintf(g->text, sizeof g->text,
                      "cluster=%s{%dx%d %.9g/%.9g %.9g/%.9g %.9g %d} placement=%s R=%ld G=%d "
-                     "warmup=%d cluster_d=%d cluster_f=%d", tp->name, tp->nodes,
+                     "warmup=%d cluster_d=%d cluster_f=%d%s", tp->name, tp->nodes,
                      tp->devices_per_node, tp->intra_gbps, tp->intra_latency_us, tp->inter_gbps,
                      tp->inter_latency_us, tp->measured ? 0.0 : tp->device_tflops,
-                     tp->dtype_bytes, pw[i], r, num[1], num[0], num[2], num[3]);
+                     tp->dtype_bytes, pw[i], r, num[1], num[0], num[2], num[3],
+                     tp->per_claim ? " dispatch=per_claim" : ""); /* (keys unchanged without) */
         }
     }
 }
