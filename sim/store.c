@@ -32,7 +32,7 @@
  * Child rows go with their point (ON DELETE CASCADE; foreign_keys is on for our connection).
  *
  * Migrations, run in the transaction that opens a writable database of an older version:
- *   0 -> 5  a database holding only the table bench (written by `moesim bench` before the
+ *   0 -> 6  a database holding only the table bench (written by `moesim bench` before the
  *           store owned it): the whole schema is added around it
  *   1 -> 2  ep_ranks, ep_summary and bench are added (ep_ranks may exist already: the
  *           expert-parallel runs of version 1 created it on demand, with the same columns)
@@ -40,7 +40,8 @@
  *   3 -> 4  the cluster model's tables (cluster_points, devices, nodes_per_token, node_traffic)
  *   4 -> 5  runs, points.run, points.config_group, student_t and the views over seeds
  *           (moe_store_migrate_runs; summary and by_router_cf are replaced)
- * A new database gets the tables of version 4, then the 4 -> 5 step.
+ *   5 -> 6  points.layer, generated from source_params (the distribution's model layer)
+ * A new database gets the tables of version 4, then the 4 -> 5 and 5 -> 6 steps.
  */
 #include "store.h"
 #include "store_train.h"
@@ -370,6 +371,24 @@ static int migrate_3_to_4(moe_store *st)
     return exec(st, moe_cluster_store_sql, "cannot upgrade the database schema");
 }
 
+/* Migration 5 -> 6: points.layer, the model layer a point's distribution reads (its source
+ * parameter `layer`; NULL without one), a virtual column generated from source_params (keys
+ * sorted, space-separated: " layer=N " is the parameter). Idempotent: skipped when present. */
+static int migrate_5_to_6(moe_store *st)
+{
+    long long has = 0;
+    int rc = query_int(st, "SELECT count(*) FROM pragma_table_xinfo('points') WHERE name ="
+                           " 'layer'", &has, "cannot read the schema");
+    if (rc || has)
+        return rc;
+    return exec(st, "ALTER TABLE points ADD COLUMN layer INTEGER GENERATED ALWAYS AS (CASE WHEN"
+                    " instr(' ' || source_params, ' layer=') > 0 THEN CAST(substr(' ' ||"
+                    " source_params || ' ', instr(' ' || source_params, ' layer=') + 7,"
+                    " instr(substr(' ' || source_params || ' ', instr(' ' || source_params,"
+                    " ' layer=') + 7), ' ') - 1) AS INTEGER) END) VIRTUAL;",
+                "cannot upgrade the database schema");
+}
+
 /* Inside the opening transaction: create the schema (version 0: the tables of version 4) or
  * migrate an older one, one step after the other, then set the version once. */
 static int create_or_migrate(moe_store *st, long long version)
@@ -393,6 +412,8 @@ static int create_or_migrate(moe_store *st, long long version)
         rc = migrate_3_to_4(st);
     if (!rc && version <= 4) /* runs, config_group, statistics over seeds */
         rc = moe_store_migrate_runs(st->db, st->path);
+    if (!rc && version <= 5)
+        rc = migrate_5_to_6(st);
     if (!rc) {
         char sql[64];
         snprintf(sql, sizeof sql, "PRAGMA user_version = %d;", MOE_STORE_VERSION);

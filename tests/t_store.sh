@@ -37,7 +37,7 @@ check "report leaves version 1" test "$(q "$db" 'PRAGMA user_version')" = 1
     > "$tmp/out" 2> "$tmp/err"
 rc=$?
 check "run on a version-1 database succeeds: $(cat "$tmp/err")" test $rc = 0
-check "upgraded to version 5" test "$(q "$db" 'PRAGMA user_version')" = 5
+check "upgraded to version 6" test "$(q "$db" 'PRAGMA user_version')" = 6
 check "the stored point is kept and skipped" grep -q "1 stored" "$tmp/err"
 check "same point" test "$(q "$db" 'SELECT config_key FROM points')" = "$key"
 check "its batch and loads kept" test "$(q "$db" 'SELECT count(*) FROM batches')|$(q "$db" \
@@ -72,7 +72,7 @@ check "report leaves version 2" test "$(q "$db2" 'PRAGMA user_version')" = 2
     > "$tmp/out" 2> "$tmp/err"
 rc=$?
 check "run on a version-2 database succeeds: $(cat "$tmp/err")" test $rc = 0
-check "2 -> 5: version 5" test "$(q "$db2" 'PRAGMA user_version')" = 5
+check "2 -> 6: version 6" test "$(q "$db2" 'PRAGMA user_version')" = 6
 check "2 -> 3: the stored point is kept and skipped" grep -q "1 stored" "$tmp/err"
 check "2 -> 3: same point" test "$(q "$db2" 'SELECT config_key FROM points')" = "$key2"
 check "2 -> 3: its batch and loads kept" test "$(q "$db2" 'SELECT count(*) FROM batches')|$(q \
@@ -101,7 +101,7 @@ q "$bdb" "CREATE TABLE bench (run TEXT NOT NULL, git_rev TEXT, blas_library TEXT
     > /dev/null 2> "$tmp/err"
 rc=$?
 check "run on a bench-only database: $(cat "$tmp/err")" test $rc = 0
-check "bench-only database: version 5" test "$(q "$bdb" 'PRAGMA user_version')" = 5
+check "bench-only database: version 6" test "$(q "$bdb" 'PRAGMA user_version')" = 6
 check "bench rows kept" test "$(q "$bdb" "SELECT median FROM bench WHERE run = 'old'")" = 0.5
 check "point stored next to them" test "$(q "$bdb" 'SELECT count(*) FROM points')" = 1
 
