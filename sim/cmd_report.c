@@ -11,6 +11,7 @@
 #include "metric_table.h"
 #include "moe.h"
 #include "report.h"
+#include "report_layers.h"
 #include "store.h"
 #include "textsafe.h"
 
@@ -355,6 +356,9 @@ static int report_json(moe_store *st, const char *where, const char *run, const 
         json_object_set(root, "provenance", prov);
         json_object_set(root, "runs", runs);
         json_object_set(root, "configurations", configs);
+        r = moe_report_layers_json(db, path, root); /* "layers" when points have one */
+    }
+    if (!r) {
         if (json_dumpf(root, stdout, JSON_INDENT(2) | JSON_REAL_PRECISION(17)) != 0)
             r = moe_fail(MOE_EIO, NULL, "cannot write the JSON (stdout)");
         else
@@ -447,6 +451,8 @@ int moe_cmd_report(int argc, char **argv)
                                        " over batches;",
                        path, a.points ? "points" : "over_seeds");
             moe_report_table_free(&t);
+            if (!a.csv)
+                rc = moe_report_layers_text(db, path, stdout);
         }
     }
     free(cond);
