@@ -47,6 +47,7 @@
 #include "store_train.h"
 
 #include "cluster_store.h"
+#include "store_layer.h"
 
 #include "rodb.h"
 
@@ -371,24 +372,6 @@ static int migrate_3_to_4(moe_store *st)
     return exec(st, moe_cluster_store_sql, "cannot upgrade the database schema");
 }
 
-/* Migration 5 -> 6: points.layer, the model layer a point's distribution reads (its source
- * parameter `layer`; NULL without one), a virtual column generated from source_params (keys
- * sorted, space-separated: " layer=N " is the parameter). Idempotent: skipped when present. */
-static int migrate_5_to_6(moe_store *st)
-{
-    long long has = 0;
-    int rc = query_int(st, "SELECT count(*) FROM pragma_table_xinfo('points') WHERE name ="
-                           " 'layer'", &has, "cannot read the schema");
-    if (rc || has)
-        return rc;
-    return exec(st, "ALTER TABLE points ADD COLUMN layer INTEGER GENERATED ALWAYS AS (CASE WHEN"
-                    " instr(' ' || source_params, ' layer=') > 0 THEN CAST(substr(' ' ||"
-                    " source_params || ' ', instr(' ' || source_params, ' layer=') + 7,"
-                    " instr(substr(' ' || source_params || ' ', instr(' ' || source_params,"
-                    " ' layer=') + 7), ' ') - 1) AS INTEGER) END) VIRTUAL;",
-                "cannot upgrade the database schema");
-}
-
 /* Inside the opening transaction: create the schema (version 0: the tables of version 4) or
  * migrate an older one, one step after the other, then set the version once. */
 static int create_or_migrate(moe_store *st, long long version)
@@ -413,7 +396,7 @@ static int create_or_migrate(moe_store *st, long long version)
     if (!rc && version <= 4) /* runs, config_group, statistics over seeds */
         rc = moe_store_migrate_runs(st->db, st->path);
     if (!rc && version <= 5)
-        rc = migrate_5_to_6(st);
+        rc = moe_store_migrate_layer(st->db, st->path); /* points.layer */
     if (!rc) {
         char sql[64];
         snprintf(sql, sizeof sql, "PRAGMA user_version = %d;", MOE_STORE_VERSION);
