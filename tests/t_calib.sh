@@ -24,6 +24,9 @@
 # the calibration and the run (medians over repeats and batches damp it). Each of (a) and (b)
 # can about double the measured time of a latency-bound all-to-all; a factor beyond 3 means the
 # alpha-beta model does not describe these runs.
+# On the 2-core development machine the 2-rank dispatch check fails (predictions 0.19-0.23x
+# the measurement, the packing costing 4x the calibrated all-to-all), and under the sanitizers
+# (instrumented packing, uninstrumented MPI) more checks fail; docs/cluster.md has the numbers.
 # Also: calibrate refuses a job of one rank and a --ranks that does not match the job.
 # Prints "t_calib: N passed, N failed" last.
 NAME=t_calib
