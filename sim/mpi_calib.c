@@ -9,6 +9,7 @@
 #include "mpi_internal.h"
 
 #include <gsl/gsl_fit.h>
+#include <gsl/gsl_multifit.h>
 #include <gsl/gsl_sort.h>
 #include <gsl/gsl_statistics_double.h>
 
@@ -17,6 +18,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* Weights 1/y^2 of finite y > 0, or MOE_EINVAL naming the bad point. */
+static int rel_weights(const double *x, const double *y, size_t n, double *w, const char *fn)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!(y[i] > 0) || !isfinite(y[i]) || !isfinite(x[i]))
+            return moe_fail(MOE_EINVAL, NULL, "time %g at size %g: times must be finite and "
+                            "> 0 (%s)", y[i], x[i], fn);
+        w[i] = 1.0 / (y[i] * y[i]);
+    }
+    return MOE_OK;
+}
 
 int moe_calib_fit(const double *x, const double *y, size_t n, double *c0, double *c1,
                   double *rel_rms)
@@ -28,15 +41,12 @@ int moe_calib_fit(const double *x, const double *y, size_t n, double *c0, double
     if (!w)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (moe_calib_fit)");
     int distinct = 0;
-    for (size_t i = 0; i < n; i++) {
-        if (!(y[i] > 0) || !isfinite(y[i]) || !isfinite(x[i])) {
-            free(w);
-            return moe_fail(MOE_EINVAL, NULL, "time %g at size %g: times must be finite and "
-                            "> 0 (moe_calib_fit)", y[i], x[i]);
-        }
-        w[i] = 1.0 / (y[i] * y[i]);
-        distinct |= x[i] != x[0];
+    if (rel_weights(x, y, n, w, "moe_calib_fit")) {
+        free(w);
+        return MOE_EINVAL;
     }
+    for (size_t i = 0; i < n; i++)
+        distinct |= x[i] != x[0];
     if (!distinct) {
         free(w);
         return moe_fail(MOE_EINVAL, NULL, "every size is %g: no line (moe_calib_fit)", x[0]);
@@ -51,6 +61,51 @@ int moe_calib_fit(const double *x, const double *y, size_t n, double *c0, double
     }
     *rel_rms = sqrt(s / (double)n);
     return MOE_OK;
+}
+
+int moe_calib_fit_pack(const double *rows, const double *bytes, const double *y, size_t n,
+                       double c[3], double *rel_rms)
+{
+    if (n < 3)
+        return moe_fail(MOE_EINVAL, NULL, "a plane needs at least 3 points, got %zu "
+                        "(moe_calib_fit_pack)", n);
+    gsl_matrix *X = gsl_matrix_alloc(n, 3), *cov = gsl_matrix_alloc(3, 3);
+    gsl_vector *w = gsl_vector_alloc(n), *cv = gsl_vector_alloc(3);
+    gsl_multifit_linear_workspace *ws = gsl_multifit_linear_alloc(n, 3);
+    int rc = !X || !cov || !w || !cv || !ws ? moe_fail(MOE_ENOMEM, NULL, "out of memory "
+                                                      "(moe_calib_fit_pack)") : MOE_OK;
+    if (!rc)
+        rc = rel_weights(bytes, y, n, w->data, "moe_calib_fit_pack");
+    size_t rank = 0;
+    double chisq;
+    if (!rc) {
+        for (size_t i = 0; i < n; i++) {
+            gsl_matrix_set(X, i, 0, 1.0);
+            gsl_matrix_set(X, i, 1, rows[i]);
+            gsl_matrix_set(X, i, 2, bytes[i]);
+        }
+        gsl_vector_const_view yv = gsl_vector_const_view_array(y, n);
+        gsl_multifit_wlinear_tsvd(X, w, &yv.vector, 1e-12, cv, cov, &chisq, &rank, ws);
+        if (rank < 3)
+            rc = moe_fail(MOE_EINVAL, NULL, "the points do not determine the plane (rank %zu) "
+                          "(moe_calib_fit_pack)", rank);
+    }
+    if (!rc) {
+        double s = 0;
+        for (size_t i = 0; i < 3; i++)
+            c[i] = gsl_vector_get(cv, i);
+        for (size_t i = 0; i < n; i++) {
+            double r = (c[0] + c[1] * rows[i] + c[2] * bytes[i] - y[i]) / y[i];
+            s += r * r;
+        }
+        *rel_rms = sqrt(s / (double)n);
+    }
+    gsl_matrix_free(X);
+    gsl_matrix_free(cov);
+    gsl_vector_free(w);
+    gsl_vector_free(cv);
+    gsl_multifit_linear_free(ws);
+    return rc;
 }
 
 typedef struct {
@@ -165,8 +220,93 @@ static double time_alltoall(float *sbuf, float *rbuf, size_t m, long repeats, do
     return median(t, (size_t)repeats);
 }
 
-/* Rank 0: the section with the all-to-all's constants, to f. */
-static int put_section(FILE *f, const calib_args *a, int P, double alpha, double beta)
+/* One phase of the layer's local work on every rank at once: n claims (two per token, tokens
+ * in a strided order), each looked up in a slot table (a stamp compared and set, a count
+ * kept: the layer's indexing of a claim's row) and gathered, scaled and added into its send
+ * row of H floats; then the n rows added back into the n/2 tokens' outputs. Half the pair's
+ * time of the slowest rank, median over the repeats. x and y hold (n/2, H) floats, s (n, H),
+ * stamp (n + 8). */
+static double time_pack(float *x, float *y, float *s, unsigned *stamp, size_t n, size_t H,
+                        long repeats, double *t)
+{
+    const size_t T = n / 2;
+    unsigned *cnt = stamp + n; /* 8 counters after the table */
+    for (long r = -2; r < repeats; r++) {
+        const unsigned gen = (unsigned)(r + 3) + (unsigned)n;
+        MPI_Barrier(moe_mpi_g.comm);
+        double t0 = MPI_Wtime();
+        for (size_t i = 0; i < n; i++) {
+            const size_t key = i * 37 % n;
+            if (stamp[key] != gen) {
+                stamp[key] = gen;
+                cnt[key & 7]++;
+            }
+            const float *xt = x + (i / 2 * 37 % T) * H;
+            float *row = s + key * H;
+            memset(row, 0, H * sizeof *row);
+            for (size_t c = 0; c < H; c++)
+                row[c] += 0.5f * xt[c];
+        }
+        memset(y, 0, T * H * sizeof *y);
+        for (size_t i = 0; i < n; i++) {
+            float *yt = y + (i / 2 * 37 % T) * H;
+            const float *o = s + i * 37 % n * H;
+            for (size_t c = 0; c < H; c++)
+                yt[c] += 0.5f * o[c];
+        }
+        double dt = (MPI_Wtime() - t0) / 2.0, slowest = 0;
+        MPI_Allreduce(&dt, &slowest, 1, MPI_DOUBLE, MPI_MAX, moe_mpi_g.comm);
+        if (r >= 0)
+            t[r] = slowest;
+    }
+    return median(t, (size_t)repeats);
+}
+
+#define PACK_N 4 /* claims 16, 64, 256, 1024 by row widths 16, 64, 256, 1024 floats */
+
+/* Every rank: the pack benchmark over the grid; rank 0 fits it into pk (latency s, s per row,
+ * s per byte, each >= 0) and prints it. */
+static int calibrate_pack(long repeats, double *t, double pk[3])
+{
+    const size_t nmax = (size_t)16 << (2 * (PACK_N - 1));
+    int bad = 0;
+    float *x = moe_mpi_xcalloc(nmax / 2 * nmax, sizeof(float), &bad);
+    float *y = moe_mpi_xcalloc(nmax / 2 * nmax, sizeof(float), &bad);
+    float *s = moe_mpi_xcalloc(nmax * nmax, sizeof(float), &bad);
+    unsigned *stamp = moe_mpi_xcalloc(nmax + 8, sizeof(unsigned), &bad);
+    int rc = bad ? moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim calibrate)") : MOE_OK;
+    int all = rc;
+    MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MAX, moe_mpi_g.comm);
+    double rows[PACK_N * PACK_N], bytes[PACK_N * PACK_N], tp[PACK_N * PACK_N];
+    for (size_t i = 0; !all && i < PACK_N * PACK_N; i++) {
+        const size_t n = (size_t)16 << (2 * (i / PACK_N)), H = (size_t)16 << (2 * (i % PACK_N));
+        rows[i] = (double)n;
+        bytes[i] = (double)(n * H * sizeof(float));
+        tp[i] = time_pack(x, y, s, stamp, n, H, repeats, t);
+    }
+    free(x);
+    free(y);
+    free(s);
+    free(stamp);
+    if (all || moe_mpi_g.rank != 0)
+        return all;
+    printf("%12s %12s %14s\n", "claims", "row bytes", "pack us");
+    for (size_t i = 0; i < PACK_N * PACK_N; i++)
+        printf("%12.0f %12.0f %14.3f\n", rows[i], bytes[i] / rows[i], tp[i] * 1e6);
+    double rms;
+    if ((rc = moe_calib_fit_pack(rows, bytes, tp, PACK_N * PACK_N, pk, &rms)))
+        return rc;
+    printf("pack: %.4g us per call, %.4g ns per row, %.4g GB/s, relative rms residual %.1f%%%s\n",
+           pk[0] * 1e6, pk[1] * 1e9, pk[2] > 0 ? 1e-9 / pk[2] : 0.0, 100.0 * rms,
+           pk[0] < 0 || pk[1] < 0 || pk[2] <= 0 ? " (a fitted term < 0 is taken as 0)" : "");
+    for (int k = 0; k < 3; k++)
+        pk[k] = pk[k] > 0 ? pk[k] : 0.0;
+    return MOE_OK;
+}
+
+/* Rank 0: the section with the all-to-all's and the pack's constants, to f. */
+static int put_section(FILE *f, const calib_args *a, int P, double alpha, double beta,
+                       const double pk[3])
 {
     double gbps = beta * 8.0 / 1e9, us = alpha * 1e6;
     return fprintf(f, "; written by moesim calibrate: the all-to-all of %d ranks on this machine "
@@ -174,8 +314,11 @@ static int put_section(FILE *f, const calib_args *a, int P, double alpha, double
                    "intra_gbps = %.6g\nintra_latency_us = %.6g\n"
                    "; one node: the inter-node link is never used\n"
                    "inter_gbps = %.6g\ninter_latency_us = %.6g\ndevice_tflops = measured\n"
-                   "dtype_bytes = 4\ndispatch = per_claim\n", P, a->name, P, gbps, us, gbps,
-                   us) < 0;
+                   "dtype_bytes = 4\ndispatch = per_claim\n"
+                   "; the layer's local pack and unpack per phase (0: not measured)\n"
+                   "pack_latency_us = %.6g\npack_row_ns = %.6g\npack_gbps = %.6g\n", P, a->name,
+                   P, gbps, us, gbps, us, pk[0] * 1e6, pk[1] * 1e9,
+                   pk[2] > 0 ? 8.0 / pk[2] / 1e9 : 0.0) < 0;
 }
 
 /* Rank 0: the fit of one benchmark, printed; the constants in *alpha and *beta. */
@@ -225,7 +368,9 @@ static int calibrate(const calib_args *a)
             aa[i] = time_alltoall(sbuf, rbuf, m, a->repeats, t, cnt, dsp);
         }
     }
-    double xa[64], ap = 0, bp = 0, aa2 = 0, ba = 0;
+    double xa[64], ap = 0, bp = 0, aa2 = 0, ba = 0, pk[3] = {0, 0, 0};
+    if (!all)
+        all = calibrate_pack(a->repeats, t, pk);
     if (!all && me == 0) {
         printf("moesim calibrate: %d ranks, %ld repeats per size (medians)\n"
                "%12s %14s %16s\n", P, a->repeats, "bytes/peer", "ping-pong us",
@@ -237,11 +382,11 @@ static int calibrate(const calib_args *a)
         if (!(rc = fit_print("ping-pong (ranks 0, 1)", x, pp, ns, 1, &ap, &bp)))
             rc = fit_print("all-to-all", xa, aa, ns, P - 1, &aa2, &ba);
         if (!rc)
-            rc = put_section(stdout, a, P, aa2, ba) ? moe_fail(MOE_EIO, NULL, "cannot write "
+            rc = put_section(stdout, a, P, aa2, ba, pk) ? moe_fail(MOE_EIO, NULL, "cannot write "
                                                                "to stdout") : MOE_OK;
         moe_outfile o;
         if (!rc && a->out && !(rc = moe_outfile_open(&o, a->out, "the cluster section", "w")))
-            rc = moe_outfile_commit(&o, put_section(o.f, a, P, aa2, ba));
+            rc = moe_outfile_commit(&o, put_section(o.f, a, P, aa2, ba, pk));
     }
     free(sbuf);
     free(rbuf);
