@@ -24,10 +24,16 @@
 # the calibration and the run (medians over repeats and batches damp it). Each of (a) and (b)
 # can about double the measured time of a latency-bound all-to-all; a factor beyond 3 means the
 # alpha-beta model does not describe these runs.
-# On the 2-core development machine the 2-rank dispatch check fails (predictions 0.19-0.23x
-# the measurement: packing and summing take 2.7-4.3 us per batch on rank 0, the calibrated
-# all-to-all 0.6-0.7 us), and under the sanitizers
-# (instrumented packing, uninstrumented MPI) more checks fail; docs/cluster.md has the numbers.
+# Since then (a) is a term of the model: calibrate also times a gather/scatter-add of claims'
+# rows on every rank at once and writes pack_latency_us, pack_row_ns and pack_gbps, which the
+# model adds to each phase per device (docs/cluster.md). F was not changed with it.
+# On the 2-core development machine the 2-rank dispatch check is still at the edge (predictions
+# 0.31-0.34x the measurement, combine 0.58-0.64x): the layer's dispatch phase also indexes
+# every claim of the batch on every rank (four passes over the plan, the received rows'
+# sub-plan), which the gather kernel does not cover; docs/cluster.md has the numbers.
+# Under the sanitizers (an instrumented moesim: BUILD names an asan build, or the binary holds
+# the AddressSanitizer runtime) the timings compare instrumented packing with an uninstrumented
+# MPI library, so the 4 factor checks are skipped (counted); every other check runs.
 # Also: calibrate refuses a job of one rank and a --ranks that does not match the job.
 # Prints "t_calib: N passed, N failed" last.
 NAME=t_calib
@@ -39,6 +45,10 @@ if ! command -v mpirun >/dev/null 2>&1 || [ ! -x "$BUILD/tests/mpi_ep_check" ]; 
     skip 15 "no MPI: mpirun or an MPI build of moesim (tests/mpi_ep_check) is missing"
     finish
 fi
+
+san=0
+case "$BUILD" in *asan*) san=1 ;; esac
+grep -qa __asan_init "$MOESIM" 2>/dev/null && san=1
 
 make_tmp
 mpi_env
@@ -109,10 +119,13 @@ for n in 2 4; do
         --out lb$n.ini >cal$n.out 2>&1; then ok; else
         bad "calibrate -np $n: $(tail -5 cal$n.out)"; skip 5 "calibrate -np $n failed"; continue
     fi
-    same "-np $n: section [cluster.loopback] for $n devices, alpha >= 0, beta > 0" "$(awk \
-        '/^\[cluster.loopback\]/ {s = 1} $1 == "devices_per_node" {d = $3}
+    same "-np $n: section [cluster.loopback] for $n devices, alpha >= 0, beta > 0, pack terms" \
+        "$(awk '/^\[cluster.loopback\]/ {s = 1} $1 == "devices_per_node" {d = $3}
         $1 == "intra_gbps" {g = $3} $1 == "intra_latency_us" {l = $3} $1 == "dispatch" {p = $3}
-        END {print s, d, (g > 0), (l >= 0), p}' lb$n.ini)" "1 $n 1 1 per_claim"
+        $1 == "pack_latency_us" {pl = $3; k++} $1 == "pack_row_ns" {pr = $3; k++}
+        $1 == "pack_gbps" {pg = $3; k++}
+        END {print s, d, (g > 0), (l >= 0), p, k, (pl >= 0 && pr >= 0 && pg > 0)}' lb$n.ini)" \
+        "1 $n 1 1 per_claim 3 1"
     cat ep.ini lb$n.ini >run$n.ini
     if mpi "$n" "$MOESIM" run run$n.ini --db ep$n.db --no-plots \
         --expert-parallel >run$n.out 2>&1; then ok; else
@@ -126,8 +139,12 @@ for n in 2 4; do
         meas=$(q ep$n.db "SELECT time_${ph}_s FROM batches WHERE batch >= 1" | median)
         echo "t_calib: $n ranks, $ph: predicted $pred s, measured $meas s (medians), ratio" \
             "$(awk -v p="$pred" -v m="$meas" 'BEGIN {printf "%.3g", p / m}')"
-        same "-np $n: predicted $ph time within x$F of the measured (pred $pred s, meas $meas s)" \
-            "$(within "$pred" "$meas")" 1
+        if [ $san = 1 ]; then
+            skip 1 "-np $n $ph: timings of a sanitizer build are not the machine's"
+        else
+            same "-np $n: predicted $ph within x$F of the measured ($pred s, $meas s)" \
+                "$(within "$pred" "$meas")" 1
+        fi
     done
 done
 
