@@ -30,7 +30,14 @@
  *   with weights 1/y^2 = (1, 1, 1/16) the normal equations give S = 33/16, Sx = 9/8,
  *   Sxx = 5/4, Sy = 9/4, Sxy = 3/2, so c1 = (S Sxy - Sx Sy)/(S Sxx - Sx^2) = 3/7 and
  *   c0 = (Sy - c1 Sx)/S = 6/7; relative residuals (6/7 - 1, 9/7 - 1, 12/7/4 - 1) = (-1/7,
- *   2/7, -4/7), rms sqrt(21/49/3) = sqrt(1/7). */
+ *   2/7, -4/7), rms sqrt(21/49/3) = sqrt(1/7).
+ * Case F: case D with the pack term: pack_latency_us = 2, pack_row_ns = 1000 (1 us per row),
+ *   pack_gbps = 8 (1 byte per ns: a row of B = 1000 bytes 1 us). Every device holds one token
+ *   of 2 claims: packed (2 2 2 2), pack = 2 + 2 x 1 + 2 x 1 = 6 us per phase; dispatch and
+ *   combine (28 28 28 48) us; step = 48 + 4 + 48 = 100 us. Refused: a negative pack term.
+ *   moe_calib_fit_pack through exact points of y = 1 + 2 rows + 3 bytes at (rows, bytes) =
+ *   (1,0) (0,1) (1,1) (2,3), y = (3 4 6 14), returns (1 2 3) with no residual; points with
+ *   bytes = 4 rows (one row width) do not determine the plane; 2 points are too few. */
 #include "check.h"
 #include "cluster.h"
 #include "moe.h"
@@ -86,6 +93,23 @@ static void check_case_d(moe_cluster_sim *cs, const moe_placement *pl, moe_plan 
     CHECK_INT(cs->nodes_hist[1], 3);
     CHECK_INT(cs->nodes_hist[2], 1);
     CHECK_NEAR(cs->t_step, 88e-6, 1e-18);
+    /* case F */
+    t.pack_latency_us = 2;
+    t.pack_row_ns = 1000;
+    t.pack_gbps = 8;
+    CHECK_INT(moe_cluster_sim_run(cs, &t, pl, plan, 500, 1e6, 1.0), 0);
+    double tf[] = {28e-6, 28e-6, 28e-6, 48e-6}, tp[] = {6e-6, 6e-6, 6e-6, 6e-6};
+    for (int d = 0; d < 4; d++)
+        CHECK_INT(cs->packed[d], 2);
+    check_close_arrays("pack t_pack", cs->t_pack, tp, 4, 1e-18, 1e-12);
+    check_close_arrays("pack t_dispatch", cs->t_dispatch, tf, 4, 1e-18, 1e-12);
+    check_close_arrays("pack t_combine", cs->t_combine, tf, 4, 1e-18, 1e-12);
+    CHECK_NEAR(cs->t_step, 100e-6, 1e-18);
+    t.pack_row_ns = -1;
+    moe_clear_error();
+    CHECK(moe_cluster_topo_check(&t, "cluster.x") == MOE_EINVAL &&
+              strstr(moe_errmsg(), "pack_row_ns"),
+          "negative pack term: %s", moe_errmsg());
 }
 
 static void test_case_a(void)
@@ -216,6 +240,17 @@ static void test_case_e(void)
     CHECK_INT(moe_calib_fit(same, y2, 3, &c0, &c1, &rms), MOE_EINVAL);
     CHECK_INT(moe_calib_fit(x, neg, 3, &c0, &c1, &rms), MOE_EINVAL);
     CHECK_INT(moe_calib_fit(x, y2, 1, &c0, &c1, &rms), MOE_EINVAL);
+    /* case F's plane */
+    double r[] = {1, 0, 1, 2}, b[] = {0, 1, 1, 3}, yp[] = {3, 4, 6, 14}, c[3];
+    CHECK_INT(moe_calib_fit_pack(r, b, yp, 4, c, &rms), 0);
+    CHECK_NEAR(c[0], 1.0, 1e-9);
+    CHECK_NEAR(c[1], 2.0, 1e-9);
+    CHECK_NEAR(c[2], 3.0, 1e-9);
+    CHECK_NEAR(rms, 0.0, 1e-9);
+    double b4[] = {4, 0, 4, 8};
+    moe_clear_error();
+    CHECK_INT(moe_calib_fit_pack(r, b4, yp, 4, c, &rms), MOE_EINVAL);
+    CHECK_INT(moe_calib_fit_pack(r, b, yp, 2, c, &rms), MOE_EINVAL);
 }
 
 int main(void)
