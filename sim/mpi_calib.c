@@ -1,10 +1,11 @@
 /* mpi_calib.c: `moesim calibrate` (mpi_calib.h), the loopback calibration of the cluster
  * model on the ranks of an MPI job, and its least-squares fit.
  *
- * Both benchmarks move floats, like the expert-parallel layer. Every timed repeat starts after
+ * The benchmarks move floats, like the expert-parallel layer. Every timed repeat starts after
  * an MPI_Barrier; the ping-pong times ranks 0 and 1 only (the others wait in the barrier), the
- * all-to-all keeps the slowest rank's time of each repeat (an MPI_Allreduce after the timed
- * call), as an all-to-all ends when its slowest rank ends. Rank 0 prints and writes. */
+ * all-to-all and the packing keep the slowest rank's time of each repeat (an MPI_Allreduce
+ * after the timed work), as a phase ends when its slowest rank ends. Rank 0 prints and
+ * writes. */
 #include "mpi_calib.h"
 #include "mpi_internal.h"
 
@@ -163,10 +164,12 @@ static void usage(void)
            "Loopback calibration of the cluster model (docs/cluster.md): a ping-pong between\n"
            "ranks 0 and 1 and an all-to-all over the P ranks, message sizes from 16 bytes to\n"
            "B per peer (default 1048576) in steps of 4x, N timed repeats each (default 30,\n"
-           "median kept). Fits alpha (latency per message) and beta (bandwidth) by weighted\n"
-           "least squares and prints a [cluster.NAME] section (default loopback) with the\n"
-           "all-to-all's constants; --out FILE writes it too. --ranks P: fail unless the job\n"
-           "has P ranks.\n");
+           "median kept), and the local packing of rows on every rank (a gather/scatter-add\n"
+           "of 16 to 1024 claims' rows of 16 to 1024 floats). Fits alpha (latency per\n"
+           "message) and beta (bandwidth), and the packing's latency, time per row and rate,\n"
+           "by weighted least squares and prints a [cluster.NAME] section (default loopback)\n"
+           "with the all-to-all's and the packing's constants; --out FILE writes it too.\n"
+           "--ranks P: fail unless the job has P ranks.\n");
 }
 
 #ifdef MOESIM_MPI
