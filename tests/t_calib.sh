@@ -27,8 +27,8 @@
 # Since then (a) is a term of the model: calibrate also times a gather/scatter-add of claims'
 # rows on every rank at once and writes pack_latency_us, pack_row_ns and pack_gbps, which the
 # model adds to each phase per device (docs/cluster.md). F was not changed with it.
-# On the 2-core development machine the 2-rank dispatch check is still at the edge (predictions
-# 0.31-0.34x the measurement, combine 0.58-0.64x): the layer's dispatch phase also indexes
+# On the 2-core development machine the 2-rank dispatch check is still at the edge and fails
+# in most runs (predictions 0.31-0.34x the measurement, combine 0.45-0.64x): the layer's dispatch phase also indexes
 # every claim of the batch on every rank (four passes over the plan, the received rows'
 # sub-plan), which the gather kernel does not cover; docs/cluster.md has the numbers.
 # Under the sanitizers (an instrumented moesim: BUILD names an asan build, or the binary holds
