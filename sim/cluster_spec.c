@@ -186,17 +186,18 @@ static void add_cfgs(moe_cluster_spec *c, int t, char **pw, int np, const long *
             *g = (moe_cluster_cfg){&c->topos[t], kind, (int)r, num[1], num[0], num[2], num[3],
                                    ""};
             const moe_cluster_topo *tp = g->topo;
-            char pack[96] = ""; /* (keys unchanged without a pack term) */
-            if (tp->pack_latency_us > 0 || tp->pack_row_ns > 0 || tp->pack_gbps > 0)
-                snprintf(pack, sizeof pack, " pack=%.9g/%.9g/%.9g", tp->pack_latency_us,
-                         tp->pack_row_ns, tp->pack_gbps);
-            snprintf(g->text, sizeof g->text,
+            int len = snprintf(g->text, sizeof g->text,
                      "cluster=%s{%dx%d %.9g/%.9g %.9g/%.9g %.9g %d} placement=%s R=%ld G=%d "
-                     "warmup=%d cluster_d=%d cluster_f=%d%s%s", tp->name, tp->nodes,
+                     "warmup=%d cluster_d=%d cluster_f=%d%s", tp->name, tp->nodes,
                      tp->devices_per_node, tp->intra_gbps, tp->intra_latency_us, tp->inter_gbps,
                      tp->inter_latency_us, tp->measured ? 0.0 : tp->device_tflops,
                      tp->dtype_bytes, pw[i], r, num[1], num[0], num[2], num[3],
-                     tp->per_claim ? " dispatch=per_claim" : "", pack); /* (same) */
+                     tp->per_claim ? " dispatch=per_claim" : ""); /* (keys unchanged without) */
+            /* the pack term only when set (keys unchanged without) */
+            if ((tp->pack_latency_us > 0 || tp->pack_row_ns > 0 || tp->pack_gbps > 0) &&
+                len > 0 && (size_t)len < sizeof g->text)
+                snprintf(g->text + len, sizeof g->text - (size_t)len, " pack=%.9g/%.9g/%.9g",
+                         tp->pack_latency_us, tp->pack_row_ns, tp->pack_gbps);
         }
     }
 }
