@@ -5,7 +5,9 @@
  * device with the sender's local index there (the relay), and is forwarded over the intra-node
  * link to every other device of that node that needs it; within its own node it goes straight
  * to each device. A device receives one copy of a token however many of its experts the token
- * claims. Combine sends the same bytes back the same way. */
+ * claims. Combine sends the same bytes back the same way. A topology with dispatch = per_claim
+ * sends instead one copy per claim straight to the expert's device (Megatron's alltoall
+ * dispatcher, moesim's --expert-parallel). */
 #include "cluster.h"
 
 #include <stdlib.h>
@@ -24,6 +26,11 @@ int moe_cluster_topo_check(const moe_cluster_topo *t, const char *where)
         t->intra_latency_us > 1e9 || t->inter_latency_us > 1e9)
         return moe_fail(MOE_EINVAL, NULL, "bandwidths must be in (0, 1e9] Gbit/s and latencies "
                         "in [0, 1e9] us (%s)", where);
+    if (!(t->pack_latency_us >= 0 && t->pack_latency_us <= 1e9) ||
+        !(t->pack_row_ns >= 0 && t->pack_row_ns <= 1e9) ||
+        !(t->pack_gbps >= 0 && t->pack_gbps <= 1e9))
+        return moe_fail(MOE_EINVAL, NULL, "pack_latency_us, pack_row_ns and pack_gbps must be "
+                        "in [0, 1e9] (%s)", where);
     if (!t->measured && !(t->device_tflops > 0 && t->device_tflops <= 1e9))
         return moe_fail(MOE_EINVAL, NULL, "device_tflops must be in (0, 1e9] or measured (%s)",
                         where);
@@ -34,7 +41,7 @@ void moe_cluster_sim_free(moe_cluster_sim *cs)
 {
     if (!cs)
         return;
-    void *all[] = {cs->tokens_in, cs->rows, cs->intra_send, cs->intra_recv, cs->inter_send,
+    void *all[] = {cs->tokens_in, cs->rows, cs->packed, cs->t_pack, cs->intra_send, cs->intra_recv, cs->inter_send,
                    cs->inter_recv, cs->t_dispatch, cs->t_experts, cs->t_combine,
                    cs->node_bytes, cs->nodes_hist, cs->tok_start, cs->tok_ent, cs->dev_stamp,
                    cs->node_stamp, cs->pair_intra, cs->pair_inter};
@@ -55,6 +62,8 @@ moe_cluster_sim *moe_cluster_sim_alloc(const moe_cluster_topo *t)
     cs->N = (int)N;
     cs->tokens_in = malloc(D * sizeof(long));
     cs->rows = malloc(D * sizeof(long));
+    cs->packed = malloc(D * sizeof(long));
+    cs->t_pack = malloc(D * sizeof(double));
     cs->intra_send = malloc(D * sizeof(double));
     cs->intra_recv = malloc(D * sizeof(double));
     cs->inter_send = malloc(D * sizeof(double));
@@ -68,7 +77,7 @@ moe_cluster_sim *moe_cluster_sim_alloc(const moe_cluster_topo *t)
     cs->node_stamp = malloc(N * sizeof(int));
     cs->pair_intra = malloc(D * D);
     cs->pair_inter = malloc(D * D);
-    if (!cs->tokens_in || !cs->rows || !cs->intra_send || !cs->intra_recv || !cs->inter_send ||
+    if (!cs->tokens_in || !cs->rows || !cs->packed || !cs->t_pack || !cs->intra_send || !cs->intra_recv || !cs->inter_send ||
         !cs->inter_recv || !cs->t_dispatch || !cs->t_experts || !cs->t_combine ||
         !cs->node_bytes || !cs->nodes_hist || !cs->dev_stamp || !cs->node_stamp ||
         !cs->pair_intra || !cs->pair_inter)
@@ -124,6 +133,7 @@ static void reset(moe_cluster_sim *cs)
     const size_t D = (size_t)cs->D, N = (size_t)cs->N;
     memset(cs->tokens_in, 0, D * sizeof(long));
     memset(cs->rows, 0, D * sizeof(long));
+    memset(cs->packed, 0, D * sizeof(long));
     memset(cs->intra_send, 0, D * sizeof(double));
     memset(cs->intra_recv, 0, D * sizeof(double));
     memset(cs->inter_send, 0, D * sizeof(double));
@@ -146,9 +156,21 @@ static void send_intra(moe_cluster_sim *cs, int dpn, int from, int to, double B)
     cs->node_bytes[(size_t)(from / dpn) * (size_t)cs->N + (size_t)(to / dpn)] += B;
 }
 
-/* Token t from device src: its claims to devices, relays and bytes. Returns nodes touched. */
+/* One copy of B bytes from device from to device to over the network (no relay). */
+static void send_inter(moe_cluster_sim *cs, int dpn, int from, int to, double B)
+{
+    cs->inter_send[from] += B;
+    cs->inter_recv[to] += B;
+    cs->pair_inter[(size_t)from * (size_t)cs->D + (size_t)to] = 1;
+    cs->node_bytes[(size_t)(from / dpn) * (size_t)cs->N + (size_t)(to / dpn)] += B;
+}
+
+/* Token t from device src: its claims to devices, relays and bytes. Hierarchical: one network
+ * copy per remote node to the relay with the sender's local index, forwarded within the node,
+ * one copy per device. per_claim: one copy per claim on another device, sent straight there.
+ * Returns the nodes touched. */
 static int route_token(moe_cluster_sim *cs, const moe_placement *pl, const moe_plan *plan,
-                       int dpn, int t, int src, double B)
+                       int dpn, int t, int src, double B, int per_claim)
 {
     const int ppd = pl->P / pl->D, sn = src / dpn;
     int nodes = 0;
@@ -156,24 +178,22 @@ static int route_token(moe_cluster_sim *cs, const moe_placement *pl, const moe_p
         const int e = plan->entries[cs->tok_ent[j]].expert;
         const int rep = j % pl->log_cnt[e];
         const int d = pl->log2phy[(size_t)e * (size_t)pl->max_cnt + (size_t)rep] / ppd;
-        const int n = d / dpn;
+        const int n = d / dpn, relay = n * dpn + src % dpn;
         cs->rows[d]++;
+        cs->packed[src]++;
+        if (per_claim && d != src)
+            (n == sn ? send_intra : send_inter)(cs, dpn, src, d, B);
         if (cs->node_stamp[n] != t) {
             cs->node_stamp[n] = t;
             nodes++;
-            if (n != sn) { /* one network copy to the relay with the sender's local index */
-                const int relay = n * dpn + src % dpn;
-                cs->inter_send[src] += B;
-                cs->inter_recv[relay] += B;
-                cs->pair_inter[(size_t)src * (size_t)cs->D + (size_t)relay] = 1;
-                cs->node_bytes[(size_t)sn * (size_t)cs->N + (size_t)n] += B;
-            }
+            if (!per_claim && n != sn)
+                send_inter(cs, dpn, src, relay, B);
         }
         if (cs->dev_stamp[d] != t) {
             cs->dev_stamp[d] = t;
             cs->tokens_in[d]++;
-            const int from = n == sn ? src : n * dpn + src % dpn;
-            if (d != from)
+            const int from = n == sn ? src : relay;
+            if (!per_claim && d != from)
                 send_intra(cs, dpn, from, d, B);
         }
     }
@@ -199,14 +219,20 @@ static void times(moe_cluster_sim *cs, const moe_cluster_topo *t, double flops_p
 {
     const double bi = t->intra_gbps * 1e9 / 8.0, be = t->inter_gbps * 1e9 / 8.0;
     const double ai = t->intra_latency_us * 1e-6, ae = t->inter_latency_us * 1e-6;
+    const double pb = t->pack_gbps > 0 ? t->pack_gbps * 1e9 / 8.0 : 0, B = cs->row_bytes;
     double md = 0, mx = 0, mc = 0, rows_sum = 0, rows_max = 0;
     for (int d = 0; d < cs->D; d++) {
         double intra = ai * peers(cs->pair_intra, cs->D, d) +
                        fmax2(cs->intra_send[d], cs->intra_recv[d]) / bi;
         double inter = ae * peers(cs->pair_inter, cs->D, d) +
                        fmax2(cs->inter_send[d], cs->inter_recv[d]) / be;
-        cs->t_dispatch[d] = intra + inter;
-        cs->t_combine[d] = intra + inter; /* the same bytes back over the same links */
+        /* pack: each of the device's claims gathered into the send buffer (dispatch) or
+         * added back into its token's output (combine), once per phase */
+        const double n = (double)cs->packed[d];
+        cs->t_pack[d] = t->pack_latency_us * 1e-6 + n * t->pack_row_ns * 1e-9 +
+                        (pb > 0 ? n * B / pb : 0.0);
+        cs->t_dispatch[d] = intra + inter + cs->t_pack[d];
+        cs->t_combine[d] = intra + inter + cs->t_pack[d]; /* the same bytes back */
         cs->t_experts[d] = (double)cs->rows[d] * flops_per_row / (tflops * 1e12);
         md = fmax2(md, cs->t_dispatch[d]);
         mx = fmax2(mx, cs->t_experts[d]);
@@ -238,10 +264,11 @@ int moe_cluster_sim_run(moe_cluster_sim *cs, const moe_cluster_topo *t,
     reset(cs);
     const int T = plan->n, dpn = t->devices_per_node;
     const double B = (double)H * (double)t->dtype_bytes;
+    cs->row_bytes = B;
     long nodes_sum = 0;
     for (int tok = 0; tok < T; tok++) {
         const int src = (int)((long long)tok * cs->D / T);
-        const int nodes = route_token(cs, pl, plan, dpn, tok, src, B);
+        const int nodes = route_token(cs, pl, plan, dpn, tok, src, B, t->per_claim);
         cs->nodes_hist[nodes]++;
         nodes_sum += nodes;
     }

@@ -21,9 +21,16 @@ typedef struct {
     double device_tflops; /* dense rate of one device; 0 with measured = 1 */
     int measured;         /* use the rate this machine reached on the layer's GEMMs */
     int dtype_bytes;      /* bytes per activation element on the wire */
+    int per_claim;        /* dispatch = per_claim: one copy per claim, straight from the
+                           * token's device to the expert's (Megatron's alltoall dispatcher,
+                           * moesim's own --expert-parallel); 0: hierarchical (DeepEP) */
+    /* Local pack and unpack on a device's processor, per phase: pack_latency_us per call,
+     * pack_row_ns per row of its tokens' claims, pack_gbps the bytes rate of those rows
+     * (0: no byte term). All 0 (the default): the term is left out. */
+    double pack_latency_us, pack_row_ns, pack_gbps;
 } moe_cluster_topo;
 
-/* Check a topology (every count >= 1, every rate > 0, latencies >= 0); where names the
+/* Check a topology (every count >= 1, every rate > 0, latencies and pack terms >= 0); where names the
  * section in the message. */
 int moe_cluster_topo_check(const moe_cluster_topo *t, const char *where);
 
@@ -32,8 +39,10 @@ typedef struct {
     int D, N;
     long *tokens_in;        /* tokens a device receives (one copy per token and device) */
     long *rows;             /* expert rows a device computes (claims on its slots) */
+    long *packed;           /* claims of the tokens a device holds: rows it packs and unpacks */
     double *intra_send, *intra_recv, *inter_send, *inter_recv; /* bytes, dispatch direction */
-    double *t_dispatch, *t_experts, *t_combine;                /* seconds */
+    double *t_dispatch, *t_experts, *t_combine;                /* seconds, pack included */
+    double *t_pack;         /* the local pack (dispatch) or unpack (combine) of one phase */
     double *node_bytes;     /* (N,N) dispatch bytes from a device of node a to one of node b */
     long *nodes_hist;       /* (N+1) tokens sent to exactly j nodes */
     double balancedness;    /* mean(rows) / max(rows) over devices; 1 when no rows */
@@ -43,6 +52,7 @@ typedef struct {
     int *tok_start, *tok_ent;   /* (T+1), (entries): the plan's claims grouped by token */
     int *dev_stamp, *node_stamp; /* (D), (N) */
     unsigned char *pair_intra, *pair_inter; /* (D,D) a sent anything to b */
+    double row_bytes;           /* H * dtype_bytes of the last run */
     int T_cap;
     size_t ent_cap;
 } moe_cluster_sim;
@@ -51,7 +61,8 @@ moe_cluster_sim *moe_cluster_sim_alloc(const moe_cluster_topo *t);
 void moe_cluster_sim_free(moe_cluster_sim *cs); /* NULL is a no-op */
 
 /* Run the plan of one batch (sparse plans only) through the model: token t starts on device
- * floor(t * D / T); claim j of the plan, counted token by token, goes to replica
+ * floor(t * D / T) (with t->per_claim, each claim on another device is one copy sent there
+ * directly, over the intra- or inter-node link); claim j of the plan, counted token by token, goes to replica
  * (j mod replicas) of its expert (vLLM's choice). H is the model width, flops_per_row the
  * expert FLOPs of one row, tflops the device rate (the topology's, or the measured one). */
 int moe_cluster_sim_run(moe_cluster_sim *cs, const moe_cluster_topo *t,

@@ -49,7 +49,8 @@ static int load_topo(const spec_section *sec, const char *name, moe_cluster_topo
     static const char *const keys[] = {"nodes", "devices_per_node", "intra_gbps",
                                        "intra_latency_us", "inter_gbps", "inter_latency_us",
                                        "device_tflops", "dtype_bytes", "redundant_experts",
-                                       NULL};
+                                       "dispatch", "pack_latency_us", "pack_row_ns",
+                                       "pack_gbps", NULL};
     memset(t, 0, sizeof *t);
     snprintf(t->name, sizeof t->name, "%s", name);
     t->dtype_bytes = 2;
@@ -63,7 +64,8 @@ static int load_topo(const spec_section *sec, const char *name, moe_cluster_topo
         if (!keys[j])
             return KV_FAIL(MOE_EINVAL, sec, kv, "cluster keys: nodes devices_per_node "
                            "intra_gbps intra_latency_us inter_gbps inter_latency_us "
-                           "device_tflops dtype_bytes redundant_experts", "unknown key");
+                           "device_tflops dtype_bytes redundant_experts dispatch pack_latency_us "
+                           "pack_row_ns pack_gbps", "unknown key");
         if (j == 8) /* the cluster's own redundant_experts axis: read by load_cfgs */
             continue;
         seen |= 1u << j;
@@ -87,6 +89,17 @@ static int load_topo(const spec_section *sec, const char *name, moe_cluster_topo
         case 7:
             rc = moe_spec_parse_int(sec, kv, kv->value, 1, 16, &v);
             t->dtype_bytes = (int)v;
+            break;
+        case 9:
+            if (strcmp(kv->value, "per_claim") == 0)
+                t->per_claim = 1;
+            else if (strcmp(kv->value, "hierarchical") != 0)
+                rc = KV_FAIL(MOE_EINVAL, sec, kv, "dispatch: hierarchical per_claim",
+                             "unknown dispatch '%s'", kv->value);
+            break;
+        case 10: rc = parse_real(sec, kv, &t->pack_latency_us); break;
+        case 11: rc = parse_real(sec, kv, &t->pack_row_ns); break;
+        case 12: rc = parse_real(sec, kv, &t->pack_gbps); break;
         }
     }
     if (rc)
@@ -173,12 +186,18 @@ static void add_cfgs(moe_cluster_spec *c, int t, char **pw, int np, const long *
             *g = (moe_cluster_cfg){&c->topos[t], kind, (int)r, num[1], num[0], num[2], num[3],
                                    ""};
             const moe_cluster_topo *tp = g->topo;
-            snprintf(g->text, sizeof g->text,
+            int len = snprintf(g->text, sizeof g->text,
                      "cluster=%s{%dx%d %.9g/%.9g %.9g/%.9g %.9g %d} placement=%s R=%ld G=%d "
-                     "warmup=%d cluster_d=%d cluster_f=%d", tp->name, tp->nodes,
+                     "warmup=%d cluster_d=%d cluster_f=%d%s", tp->name, tp->nodes,
                      tp->devices_per_node, tp->intra_gbps, tp->intra_latency_us, tp->inter_gbps,
                      tp->inter_latency_us, tp->measured ? 0.0 : tp->device_tflops,
-                     tp->dtype_bytes, pw[i], r, num[1], num[0], num[2], num[3]);
+                     tp->dtype_bytes, pw[i], r, num[1], num[0], num[2], num[3],
+                     tp->per_claim ? " dispatch=per_claim" : ""); /* (keys unchanged without) */
+            /* the pack term only when set (keys unchanged without) */
+            if ((tp->pack_latency_us > 0 || tp->pack_row_ns > 0 || tp->pack_gbps > 0) &&
+                len > 0 && (size_t)len < sizeof g->text)
+                snprintf(g->text + len, sizeof g->text - (size_t)len, " pack=%.9g/%.9g/%.9g",
+                         tp->pack_latency_us, tp->pack_row_ns, tp->pack_gbps);
         }
     }
 }

@@ -11,6 +11,7 @@
 #include "metric_table.h"
 #include "moe.h"
 #include "report.h"
+#include "report_layers.h"
 #include "store.h"
 #include "textsafe.h"
 
@@ -26,7 +27,9 @@ static const char usage_text[] =
     "Prints the results of a database (moesim run): one row per configuration (every key\n"
     "but the seed), each metric as its mean over seeds, +- the half-width of the 95%\n"
     "confidence interval of that mean over seeds (Student t; '-' for one seed) and bsd, the\n"
-    "sample sd over the batches of a run (mean over seeds).\n"
+    "sample sd over the batches of a run (mean over seeds). Points of a sweep over model\n"
+    "layers (a distribution's layers key) add the imbalance across layers (p50, p90, p95, max)\n"
+    "and within each layer (min, max, std of tokens per expert); --json: \"layers\".\n"
     "  --points     one row per stored point instead (every seed)\n"
     "  --csv        CSV at full precision instead of the aligned table\n"
     "  --json       JSON: every metric with mean, seed_sd, ci95, batch_sd, n; runs, provenance\n"
@@ -359,6 +362,9 @@ static int report_json(moe_store *st, const char *where, const char *run, const 
         json_object_set(root, "provenance", prov);
         json_object_set(root, "runs", runs);
         json_object_set(root, "configurations", configs);
+        r = moe_report_layers_json(db, path, root); /* "layers" when points have one */
+    }
+    if (!r) {
         if (json_dumpf(root, stdout, JSON_INDENT(2) | JSON_REAL_PRECISION(17)) != 0)
             r = moe_fail(MOE_EIO, NULL, "cannot write the JSON (stdout)");
         else
@@ -451,6 +457,8 @@ int moe_cmd_report(int argc, char **argv)
                                        " over batches;",
                        path, a.points ? "points" : "over_seeds");
             moe_report_table_free(&t);
+            if (!a.csv)
+                rc = moe_report_layers_text(db, path, stdout);
         }
     }
     free(cond);

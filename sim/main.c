@@ -3,6 +3,7 @@
  * 128 + N when a command stopped on signal N (SIGINT: 130), as a shell reports it. */
 #include "cli.h"
 #include "moe.h"
+#include "mpi_calib.h"
 #include "provenance.h"
 
 #include <stdio.h>
@@ -23,6 +24,7 @@ static const command commands[] = {
     {"list", moe_cmd_list, "list routers, sources, metrics or options"},
     {"trace", moe_cmd_trace, "moesim trace info PATH: what a recorded trace holds, load per layer"},
     {"bench", moe_cmd_bench, "layer speed against a dense GEMM pair and PyTorch (make bench)"},
+    {"calibrate", moe_cmd_calibrate, "under mpirun: fit the cluster model's latency and bandwidth"},
     {NULL, NULL, NULL},
 };
 
@@ -31,7 +33,7 @@ static void usage(FILE *out)
     fprintf(out, "usage: moesim COMMAND [options]   (moesim COMMAND --help for each)\n"
                  "       moesim --version\n\n");
     for (const command *c = commands; c->name; c++)
-        fprintf(out, "  %-8s %s\n", c->name, c->help);
+        fprintf(out, "  %-9s %s\n", c->name, c->help);
     fprintf(out, "\nEnvironment: MOESIM_DATA (the folder holding plots/ and experiments/data/),\n"
                  "MOESIM_PLOTS (the gnuplot scripts), MOESIM_TRACES (the recorded traces).\n"
                  "Manual: man moesim, and docs/ in the source tree.\n");

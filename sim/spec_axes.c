@@ -11,12 +11,14 @@
  * at it). The original is marked `expanded` and stands for its variants wherever its name is
  * used (experiment.routers, distributions, shapes; a distribution's `shapes`). Keys that are
  * never lists: router `type` and `hash_table`, distribution `source`, `shapes` and the file
- * paths `path`, `logits`, `hidden`, `ids`.
+ * paths `path`, `logits`, `hidden`, `ids`. A distribution's `layers` (a list of layer numbers, or
+ * `all`: every layer of its recorded trace) is its `layer` key as a list.
  *
  * A name in experiment.routers without a [router.NAME] section that is a registered router
  * type gets an empty section: the router with its defaults.
  */
 #include "spec_internal.h"
+#include "trace.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -183,13 +185,50 @@ static int expand_section(moe_spec *s, int si, const char *kind)
     return rc;
 }
 
+/* A distribution's `layers` key is its layer axis: it becomes `layer`, and `all` the layers of
+ * its trace (moe_trace_layer_list); the variants are then one per layer. */
+static int layers_key(spec_section *sec)
+{
+    spec_kv *kv = NULL;
+    const spec_kv *src = NULL, *path = NULL, *one = NULL;
+    for (int k = 0; k < sec->nkv; k++) {
+        const char *key = sec->kv[k].key;
+        kv = !strcmp(key, "layers") ? &sec->kv[k] : kv;
+        src = !strcmp(key, "source") ? &sec->kv[k] : src;
+        path = !strcmp(key, "path") ? &sec->kv[k] : path;
+        one = !strcmp(key, "layer") ? &sec->kv[k] : one;
+    }
+    if (!kv)
+        return MOE_OK;
+    if (one)
+        return KV_FAIL(MOE_EINVAL, sec, kv, "give layer (one) or layers (a list, or all)",
+                       "both layer and layers");
+    char *key = moe_spec_strdup("layer");
+    if (!key)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory");
+    free(kv->key);
+    kv->key = key;
+    if (strcmp(kv->value, "all") != 0)
+        return MOE_OK;
+    char *list = NULL;
+    moe_clear_error();
+    int rc = moe_trace_layer_list(src ? src->value : "", path ? path->value : NULL, &list);
+    if (rc)
+        return moe_spec_relocate(rc, sec, kv);
+    free(kv->value);
+    kv->value = list;
+    return MOE_OK;
+}
+
 int moe_spec_expand_axes(moe_spec *s)
 {
     int rc = add_default_routers(s);
     const int n = s->nsecs; /* variants are appended after the originals */
     for (int i = 0; i < n && !rc; i++) {
         const char *kind = kind_of(s->secs[i].name);
-        if (kind)
+        if (kind && !strcmp(kind, "distribution"))
+            rc = layers_key(&s->secs[i]);
+        if (kind && !rc)
             rc = expand_section(s, i, kind);
     }
     return rc;

@@ -34,7 +34,7 @@
  * Child rows go with their point (ON DELETE CASCADE; foreign_keys is on for our connection).
  *
  * Migrations, run in the transaction that opens a writable database of an older version:
- *   0 -> 5  a database holding only the table bench (written by `moesim bench` before the
+ *   0 -> 6  a database holding only the table bench (written by `moesim bench` before the
  *           store owned it): the whole schema is added around it
  *   1 -> 2  ep_ranks, ep_summary and bench are added (ep_ranks may exist already: the
  *           expert-parallel runs of version 1 created it on demand, with the same columns)
@@ -45,13 +45,15 @@
  *   5 -> 6  the scalar metrics of the metric table that points and batches lack, the table
  *           groups_touched, the views over seeds again (moe_store_migrate_metrics; idempotent,
  *           it runs before the 4 -> 5 step on older databases); points.shared_experts,
- *           shared_f, shared_gate (moe_store_migrate_shared)
+ *           shared_f, shared_gate (moe_store_migrate_shared); points.layer, generated from
+ *           source_params (the distribution's model layer; moe_store_migrate_layer)
  * A new database gets the tables of version 4, then the 4 -> 5 and 5 -> 6 steps.
  */
 #include "store.h"
 #include "store_train.h"
 
 #include "cluster_store.h"
+#include "store_layer.h"
 
 #include "rodb.h"
 
@@ -406,6 +408,8 @@ static int create_or_migrate(moe_store *st, long long version)
         rc = moe_store_migrate_runs(st->db, st->path);
     if (!rc && version <= 5) /* shared experts */
         rc = moe_store_migrate_shared(st->db, st->path);
+    if (!rc && version <= 5)
+        rc = moe_store_migrate_layer(st->db, st->path); /* points.layer */
     if (!rc) {
         char sql[64];
         snprintf(sql, sizeof sql, "PRAGMA user_version = %d;", MOE_STORE_VERSION);
@@ -930,22 +934,6 @@ int moe_store_run_end(moe_store *st, long long points_run)
 }
 
 long long moe_store_run_id(const moe_store *st) { return st->run_id; }
-
-int moe_store_ep_has_rows(sqlite3 *db)
-{
-    sqlite3_stmt *q = NULL;
-    int has = 0;
-    if (sqlite3_prepare_v2(db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND"
-                               " name = 'ep_ranks'", -1, &q, NULL) == SQLITE_OK)
-        has = sqlite3_step(q) == SQLITE_ROW;
-    sqlite3_finalize(q);
-    q = NULL;
-    if (has && sqlite3_prepare_v2(db, "SELECT EXISTS (SELECT 1 FROM main.ep_ranks)", -1, &q,
-                                  NULL) == SQLITE_OK)
-        has = sqlite3_step(q) == SQLITE_ROW && sqlite3_column_int(q, 0);
-    sqlite3_finalize(q);
-    return has;
-}
 
 /* ---- bench runs ---- */
 

@@ -215,6 +215,23 @@ int moe_store_migrate_runs(sqlite3 *db, const char *path)
 
 /* ---- filters ---- */
 
+/* 1 when the database has ep_ranks rows (store.h). */
+int moe_store_ep_has_rows(sqlite3 *db)
+{
+    sqlite3_stmt *q = NULL;
+    int has = 0;
+    if (sqlite3_prepare_v2(db, "SELECT 1 FROM sqlite_master WHERE type = 'table' AND"
+                               " name = 'ep_ranks'", -1, &q, NULL) == SQLITE_OK)
+        has = sqlite3_step(q) == SQLITE_ROW;
+    sqlite3_finalize(q);
+    q = NULL;
+    if (has && sqlite3_prepare_v2(db, "SELECT EXISTS (SELECT 1 FROM main.ep_ranks)", -1, &q,
+                                  NULL) == SQLITE_OK)
+        has = sqlite3_step(q) == SQLITE_ROW && sqlite3_column_int(q, 0);
+    sqlite3_finalize(q);
+    return has;
+}
+
 int moe_store_has_column(sqlite3 *db, const char *table, const char *col)
 {
     char sql[128];

@@ -64,6 +64,12 @@ int moe_trace_popularity_read(const char *path, int *L, int *E, long **counts);
 void moe_trace_affinity(int E, int K, const int32_t *experts, const double *w, const double *p,
                         int ranked, double *row);
 
+/* The layers a trace holds, as the text "l1 l2 ..." (ascending, malloc'd): every layer with a
+ * record in the trace of `source` (trace_deepseek, trace_mixtral, trace_flame; every layer of
+ * its file for trace_popularity) at path (NULL: the format's folder under moe_trace_root()).
+ * The value of a distribution's `layers = all`. MOE_EINVAL for another source. */
+int moe_trace_layer_list(const char *source, const char *path, char **text);
+
 /* `moesim trace info PATH`: detect the format of a trace file or folder and print what it
  * holds (format, files, layers, tokens, experts, k) and the recorded load imbalance (max/mean
  * of the per-expert counts) of every layer. */

@@ -713,29 +713,45 @@ static int info_format(const char *path, strlist *files, int *format)
     return rc;
 }
 
+/* Every record of a per-token trace (DeepSeek, Mixtral, FLAME) through info_sink. */
+static int info_scan(const char *path, int format, strlist *files, info_ctx *c,
+                     moe_trace_state *st)
+{
+    *st = (moe_trace_state){format == MOE_TRACE_FLAME ? 0 : moe_trace_experts(format), 0, -1, 0,
+                            0};
+    int rc = trace_files(format, path, files);
+    if (rc)
+        return rc;
+    c->tokens = calloc(MOE_TRACE_MAX_LAYERS, sizeof *c->tokens);
+    if (!c->tokens)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (trace info)");
+    for (size_t i = 0; i < files->n && !rc; i++) {
+        int fl = 0;
+        if (format == MOE_TRACE_FLAME) {
+            fl = flame_layer_of(files->v[i]);
+            if (fl < 0)
+                fl = 0;
+        }
+        rc = read_one(format, files->v[i], fl, st, info_sink, c);
+    }
+    return rc;
+}
+
+static void info_ctx_free(info_ctx *c, strlist *files)
+{
+    strlist_free(files);
+    free(c->counts);
+    free(c->tokens);
+    free(c->seq_max);
+}
+
 /* The report of a per-token trace (DeepSeek, Mixtral, FLAME). */
 static int info_records(const char *path, int format, FILE *out)
 {
     strlist files = {0};
     info_ctx c = {0};
-    moe_trace_state st = {format == MOE_TRACE_FLAME ? 0 : moe_trace_experts(format), 0, -1, 0, 0};
-    int rc = trace_files(format, path, &files);
-    if (rc)
-        goto done;
-    c.tokens = calloc(MOE_TRACE_MAX_LAYERS, sizeof *c.tokens);
-    if (!c.tokens) {
-        rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (trace info)");
-        goto done;
-    }
-    for (size_t i = 0; i < files.n && !rc; i++) {
-        int fl = 0;
-        if (format == MOE_TRACE_FLAME) {
-            fl = flame_layer_of(files.v[i]);
-            if (fl < 0)
-                fl = 0;
-        }
-        rc = read_one(format, files.v[i], fl, &st, info_sink, &c);
-    }
+    moe_trace_state st;
+    int rc = info_scan(path, format, &files, &c, &st);
     if (rc)
         goto done;
     int E = c.E;
@@ -766,10 +782,7 @@ static int info_records(const char *path, int format, FILE *out)
         if (c.tokens[l])
             print_layer_row(out, l, c.tokens[l], c.counts + (size_t)l * c.E, E);
 done:
-    strlist_free(&files);
-    free(c.counts);
-    free(c.tokens);
-    free(c.seq_max);
+    info_ctx_free(&c, &files);
     return rc;
 }
 
@@ -786,4 +799,66 @@ int moe_trace_info(const char *path, FILE *out)
         rc = info_records(path, format, out);
     strlist_free(&any);
     return rc;
+}
+
+/* ---- the layers of a trace (`layers = all`) ---------------------------------------------- */
+
+static const char *const layer_sources[4] = {"trace_deepseek", "trace_mixtral", "trace_flame",
+                                             "trace_popularity"};
+
+/* "l1 l2 ..." of the layers marked in has (MAX_LAYERS), malloc'd. */
+static int layer_text(const unsigned char *has, char **text)
+{
+    char *buf = malloc((size_t)MOE_TRACE_MAX_LAYERS * 5 + 1);
+    if (!buf)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (trace layers)");
+    size_t n = 0;
+    for (int l = 0; l < MOE_TRACE_MAX_LAYERS; l++)
+        if (has[l])
+            n += (size_t)sprintf(buf + n, "%s%d", n ? " " : "", l);
+    buf[n] = '\0';
+    *text = buf;
+    return MOE_OK;
+}
+
+int moe_trace_layer_list(const char *source, const char *path, char **text)
+{
+    *text = NULL;
+    int format = -1;
+    for (int f = 0; f < 4; f++)
+        if (!strcmp(source, layer_sources[f]))
+            format = f;
+    if (format < 0)
+        return moe_fail(MOE_EINVAL, "layers = all needs a recorded trace source: trace_deepseek, "
+                        "trace_mixtral, trace_flame or trace_popularity",
+                        "source %s has no trace layers", source);
+    char def[4096];
+    if (!path) {
+        if (format == MOE_TRACE_POPULARITY)
+            return moe_fail(MOE_EINVAL, "give the popularity file as path",
+                            "layers = all of trace_popularity needs a path");
+        snprintf(def, sizeof def, "%s/%s", moe_trace_root(), moe_trace_folder(format));
+        path = def;
+    }
+    unsigned char has[MOE_TRACE_MAX_LAYERS] = {0};
+    int rc = MOE_OK, found = 0;
+    if (format == MOE_TRACE_POPULARITY) {
+        int L = 0, E = 0;
+        long *c = NULL;
+        if (!(rc = moe_trace_popularity_read(path, &L, &E, &c)))
+            for (int l = 0; l < L && l < MOE_TRACE_MAX_LAYERS; l++)
+                found += has[l] = 1;
+        free(c);
+    } else {
+        strlist files = {0};
+        info_ctx c = {0};
+        moe_trace_state st;
+        if (!(rc = info_scan(path, format, &files, &c, &st)))
+            for (int l = 0; l < MOE_TRACE_MAX_LAYERS; l++)
+                found += has[l] = c.tokens[l] > 0;
+        info_ctx_free(&c, &files);
+    }
+    if (!rc && !found)
+        rc = moe_fail(MOE_EFORMAT, NULL, "no layer has a record (%s)", path);
+    return rc ? rc : layer_text(has, text);
 }

@@ -18,10 +18,32 @@
  *   Step = 23 + 4 + 23 = 50 us.
  * Case B: one expert with two replicas on two devices (hand-built placement): claims at
  * positions 0..3 go to replicas 0 1 0 1 (position mod replicas), 2 rows per device.
- * Case C: refusals (dense plan, a placement for other devices, a bad topology). */
+ * Case C: refusals (dense plan, a placement for other devices, a bad topology).
+ * Case D: case A's plan with dispatch = per_claim (one copy per claim, straight to the device):
+ *   t1: 1->0 intra, 1->2 network; t2: 2->3 intra; t3: 3->0 and 3->1 network (2 copies).
+ *   intra send (0 B B 0), recv (B 0 0 B); inter send (0 B 0 2B), recv (B B B 0); peers intra
+ *   (1 1 1 1), inter (1 1 1 2). Dispatch d0: (1 + 1) + (10 + 10) = 22 us, d1 22, d2 22,
+ *   d3: 2 + (20 + 20) = 42 us. Rows, tokens in and nodes as in case A; node bytes 0->0 B,
+ *   0->1 B, 1->0 2B, 1->1 B. Step = 42 + 4 + 42 = 88 us.
+ * Case E: moe_calib_fit, the weighted least-squares line of `moesim calibrate`: through
+ *   exact points of y = 2 + 3x it returns (2, 3) with no residual; through (0,1) (1,1) (2,4)
+ *   with weights 1/y^2 = (1, 1, 1/16) the normal equations give S = 33/16, Sx = 9/8,
+ *   Sxx = 5/4, Sy = 9/4, Sxy = 3/2, so c1 = (S Sxy - Sx Sy)/(S Sxx - Sx^2) = 3/7 and
+ *   c0 = (Sy - c1 Sx)/S = 6/7; relative residuals (6/7 - 1, 9/7 - 1, 12/7/4 - 1) = (-1/7,
+ *   2/7, -4/7), rms sqrt(21/49/3) = sqrt(1/7).
+ * Case F: case D with the pack term: pack_latency_us = 2, pack_row_ns = 1000 (1 us per row),
+ *   pack_gbps = 8 (1 byte per ns: a row of B = 1000 bytes 1 us). Every device holds one token
+ *   of 2 claims: packed (2 2 2 2), pack = 2 + 2 x 1 + 2 x 1 = 6 us per phase; dispatch and
+ *   combine (28 28 28 48) us; step = 48 + 4 + 48 = 100 us. Refused: a negative pack term.
+ *   moe_calib_fit_pack through exact points of y = 1 + 2 rows + 3 bytes at (rows, bytes) =
+ *   (1,0) (0,1) (1,1) (2,3), y = (3 4 6 14), returns (1 2 3) with no residual; points with
+ *   bytes = 4 rows (one row width) do not determine the plane; 2 points are too few. */
 #include "check.h"
 #include "cluster.h"
 #include "moe.h"
+#include "mpi_calib.h"
+
+#include <math.h>
 
 #include <string.h>
 
@@ -33,6 +55,63 @@ static moe_cluster_topo topo_a(void)
     return t;
 }
 
+/* Case A's plan: tokens in order, or in reverse order (reversed = 1). */
+static void plan_case_a(moe_plan *plan, int reversed)
+{
+    static const int claims[4][2] = {{0, 1}, {0, 4}, {6, 4}, {1, 2}};
+    moe_plan_reset(plan, 4, 8, 8);
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 2; j++) {
+            const int tok = reversed ? 3 - i : i;
+            moe_plan_push(plan, tok, claims[tok][j], 0, 1.0, 0.5);
+        }
+}
+
+/* Case D on case A's simulator, placement and plan. */
+static void check_case_d(moe_cluster_sim *cs, const moe_placement *pl, moe_plan *plan)
+{
+    moe_cluster_topo t = topo_a();
+    t.per_claim = 1;
+    plan_case_a(plan, 0);
+    CHECK_INT(moe_cluster_sim_run(cs, &t, pl, plan, 500, 1e6, 1.0), 0);
+    const double B = 1000;
+    long rows[] = {4, 1, 2, 1}, tin[] = {3, 1, 2, 1};
+    double is[] = {0, B, B, 0}, ir[] = {B, 0, 0, B}, es[] = {0, B, 0, 2 * B},
+           er[] = {B, B, B, 0};
+    double td[] = {22e-6, 22e-6, 22e-6, 42e-6}, nb[] = {B, B, 2 * B, B};
+    for (int d = 0; d < 4; d++) {
+        CHECK_INT(cs->rows[d], rows[d]);
+        CHECK_INT(cs->tokens_in[d], tin[d]);
+    }
+    check_close_arrays("per_claim intra_send", cs->intra_send, is, 4, 0, 0);
+    check_close_arrays("per_claim intra_recv", cs->intra_recv, ir, 4, 0, 0);
+    check_close_arrays("per_claim inter_send", cs->inter_send, es, 4, 0, 0);
+    check_close_arrays("per_claim inter_recv", cs->inter_recv, er, 4, 0, 0);
+    check_close_arrays("per_claim t_dispatch", cs->t_dispatch, td, 4, 1e-18, 1e-12);
+    check_close_arrays("per_claim t_combine", cs->t_combine, td, 4, 1e-18, 1e-12);
+    check_close_arrays("per_claim node_bytes", cs->node_bytes, nb, 4, 0, 0);
+    CHECK_INT(cs->nodes_hist[1], 3);
+    CHECK_INT(cs->nodes_hist[2], 1);
+    CHECK_NEAR(cs->t_step, 88e-6, 1e-18);
+    /* case F */
+    t.pack_latency_us = 2;
+    t.pack_row_ns = 1000;
+    t.pack_gbps = 8;
+    CHECK_INT(moe_cluster_sim_run(cs, &t, pl, plan, 500, 1e6, 1.0), 0);
+    double tf[] = {28e-6, 28e-6, 28e-6, 48e-6}, tp[] = {6e-6, 6e-6, 6e-6, 6e-6};
+    for (int d = 0; d < 4; d++)
+        CHECK_INT(cs->packed[d], 2);
+    check_close_arrays("pack t_pack", cs->t_pack, tp, 4, 1e-18, 1e-12);
+    check_close_arrays("pack t_dispatch", cs->t_dispatch, tf, 4, 1e-18, 1e-12);
+    check_close_arrays("pack t_combine", cs->t_combine, tf, 4, 1e-18, 1e-12);
+    CHECK_NEAR(cs->t_step, 100e-6, 1e-18);
+    t.pack_row_ns = -1;
+    moe_clear_error();
+    CHECK(moe_cluster_topo_check(&t, "cluster.x") == MOE_EINVAL &&
+              strstr(moe_errmsg(), "pack_row_ns"),
+          "negative pack term: %s", moe_errmsg());
+}
+
 static void test_case_a(void)
 {
     moe_cluster_topo t = topo_a();
@@ -42,11 +121,7 @@ static void test_case_a(void)
     CHECK(plan && pl && cs, "alloc failed: %s", moe_errmsg());
     if (!plan || !pl || !cs)
         return;
-    moe_plan_reset(plan, 4, 8, 8);
-    int claims[4][2] = {{0, 1}, {0, 4}, {6, 4}, {1, 2}};
-    for (int tok = 0; tok < 4; tok++)
-        for (int j = 0; j < 2; j++)
-            moe_plan_push(plan, tok, claims[tok][j], 0, 1.0, 0.5);
+    plan_case_a(plan, 0);
     CHECK_INT(moe_cluster_sim_run(cs, &t, pl, plan, 500, 1e6, 1.0), 0);
     const double B = 1000;
     long rows[] = {4, 1, 2, 1}, tin[] = {3, 1, 2, 1};
@@ -73,13 +148,11 @@ static void test_case_a(void)
     CHECK_NEAR(cs->balancedness, 0.5, 1e-15);
     CHECK_NEAR(cs->t_step, 50e-6, 1e-18);
     /* the same plan with its claims in another order gives the same devices and bytes */
-    moe_plan_reset(plan, 4, 8, 8);
-    for (int tok = 3; tok >= 0; tok--)
-        for (int j = 0; j < 2; j++)
-            moe_plan_push(plan, tok, claims[tok][j], 0, 1.0, 0.5);
+    plan_case_a(plan, 1);
     CHECK_INT(moe_cluster_sim_run(cs, &t, pl, plan, 500, 1e6, 1.0), 0);
     check_close_arrays("t_dispatch (reordered)", cs->t_dispatch, td, 4, 1e-18, 1e-12);
     CHECK_NEAR(cs->t_step, 50e-6, 1e-18);
+    check_case_d(cs, pl, plan);
     moe_cluster_sim_free(cs);
     moe_placement_free(pl);
     moe_plan_free(plan);
@@ -151,10 +224,40 @@ static void test_refused(void)
     moe_plan_free(plan);
 }
 
+static void test_case_e(void)
+{
+    double x[] = {0, 1, 2, 5}, y[] = {2, 5, 8, 17}, c0, c1, rms;
+    CHECK_INT(moe_calib_fit(x, y, 4, &c0, &c1, &rms), 0);
+    CHECK_NEAR(c0, 2.0, 1e-12);
+    CHECK_NEAR(c1, 3.0, 1e-12);
+    CHECK_NEAR(rms, 0.0, 1e-12);
+    double y2[] = {1, 1, 4};
+    CHECK_INT(moe_calib_fit(x, y2, 3, &c0, &c1, &rms), 0);
+    CHECK_NEAR(c0, 6.0 / 7.0, 1e-12);
+    CHECK_NEAR(c1, 3.0 / 7.0, 1e-12);
+    CHECK_NEAR(rms, sqrt(1.0 / 7.0), 1e-12);
+    double same[] = {4, 4, 4}, neg[] = {1, -1, 2};
+    CHECK_INT(moe_calib_fit(same, y2, 3, &c0, &c1, &rms), MOE_EINVAL);
+    CHECK_INT(moe_calib_fit(x, neg, 3, &c0, &c1, &rms), MOE_EINVAL);
+    CHECK_INT(moe_calib_fit(x, y2, 1, &c0, &c1, &rms), MOE_EINVAL);
+    /* case F's plane */
+    double r[] = {1, 0, 1, 2}, b[] = {0, 1, 1, 3}, yp[] = {3, 4, 6, 14}, c[3];
+    CHECK_INT(moe_calib_fit_pack(r, b, yp, 4, c, &rms), 0);
+    CHECK_NEAR(c[0], 1.0, 1e-9);
+    CHECK_NEAR(c[1], 2.0, 1e-9);
+    CHECK_NEAR(c[2], 3.0, 1e-9);
+    CHECK_NEAR(rms, 0.0, 1e-9);
+    double b4[] = {4, 0, 4, 8};
+    moe_clear_error();
+    CHECK_INT(moe_calib_fit_pack(r, b4, yp, 4, c, &rms), MOE_EINVAL);
+    CHECK_INT(moe_calib_fit_pack(r, b, yp, 2, c, &rms), MOE_EINVAL);
+}
+
 int main(void)
 {
     test_case_a();
     test_case_b();
     test_refused();
+    test_case_e();
     return check_report("test_cluster");
 }

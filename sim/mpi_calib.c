@@ -1,0 +1,439 @@
+/* mpi_calib.c: `moesim calibrate` (mpi_calib.h), the loopback calibration of the cluster
+ * model on the ranks of an MPI job, and its least-squares fit.
+ *
+ * The benchmarks move floats, like the expert-parallel layer. Every timed repeat starts after
+ * an MPI_Barrier; the ping-pong times ranks 0 and 1 only (the others wait in the barrier), the
+ * all-to-all and the packing keep the slowest rank's time of each repeat (an MPI_Allreduce
+ * after the timed work), as a phase ends when its slowest rank ends. Rank 0 prints and
+ * writes. */
+#include "mpi_calib.h"
+#include "mpi_internal.h"
+
+#include <gsl/gsl_fit.h>
+#include <gsl/gsl_multifit.h>
+#include <gsl/gsl_sort.h>
+#include <gsl/gsl_statistics_double.h>
+
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Weights 1/y^2 of finite y > 0, or MOE_EINVAL naming the bad point. */
+static int rel_weights(const double *x, const double *y, size_t n, double *w, const char *fn)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!(y[i] > 0) || !isfinite(y[i]) || !isfinite(x[i]))
+            return moe_fail(MOE_EINVAL, NULL, "time %g at size %g: times must be finite and "
+                            "> 0 (%s)", y[i], x[i], fn);
+        w[i] = 1.0 / (y[i] * y[i]);
+    }
+    return MOE_OK;
+}
+
+int moe_calib_fit(const double *x, const double *y, size_t n, double *c0, double *c1,
+                  double *rel_rms)
+{
+    if (n < 2)
+        return moe_fail(MOE_EINVAL, NULL, "a line needs at least 2 sizes, got %zu "
+                        "(moe_calib_fit)", n);
+    double *w = malloc(n * sizeof *w);
+    if (!w)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (moe_calib_fit)");
+    int distinct = 0;
+    if (rel_weights(x, y, n, w, "moe_calib_fit")) {
+        free(w);
+        return MOE_EINVAL;
+    }
+    for (size_t i = 0; i < n; i++)
+        distinct |= x[i] != x[0];
+    if (!distinct) {
+        free(w);
+        return moe_fail(MOE_EINVAL, NULL, "every size is %g: no line (moe_calib_fit)", x[0]);
+    }
+    double cov00, cov01, cov11, chisq;
+    gsl_fit_wlinear(x, 1, w, 1, y, 1, n, c0, c1, &cov00, &cov01, &cov11, &chisq);
+    free(w);
+    double s = 0;
+    for (size_t i = 0; i < n; i++) {
+        double r = (*c0 + *c1 * x[i] - y[i]) / y[i];
+        s += r * r;
+    }
+    *rel_rms = sqrt(s / (double)n);
+    return MOE_OK;
+}
+
+int moe_calib_fit_pack(const double *rows, const double *bytes, const double *y, size_t n,
+                       double c[3], double *rel_rms)
+{
+    if (n < 3)
+        return moe_fail(MOE_EINVAL, NULL, "a plane needs at least 3 points, got %zu "
+                        "(moe_calib_fit_pack)", n);
+    gsl_matrix *X = gsl_matrix_alloc(n, 3), *cov = gsl_matrix_alloc(3, 3);
+    gsl_vector *w = gsl_vector_alloc(n), *cv = gsl_vector_alloc(3);
+    gsl_multifit_linear_workspace *ws = gsl_multifit_linear_alloc(n, 3);
+    int rc = !X || !cov || !w || !cv || !ws ? moe_fail(MOE_ENOMEM, NULL, "out of memory "
+                                                      "(moe_calib_fit_pack)") : MOE_OK;
+    if (!rc)
+        rc = rel_weights(bytes, y, n, w->data, "moe_calib_fit_pack");
+    size_t rank = 0;
+    double chisq;
+    if (!rc) {
+        for (size_t i = 0; i < n; i++) {
+            gsl_matrix_set(X, i, 0, 1.0);
+            gsl_matrix_set(X, i, 1, rows[i]);
+            gsl_matrix_set(X, i, 2, bytes[i]);
+        }
+        gsl_vector_const_view yv = gsl_vector_const_view_array(y, n);
+        gsl_multifit_wlinear_tsvd(X, w, &yv.vector, 1e-12, cv, cov, &chisq, &rank, ws);
+        if (rank < 3)
+            rc = moe_fail(MOE_EINVAL, NULL, "the points do not determine the plane (rank %zu) "
+                          "(moe_calib_fit_pack)", rank);
+    }
+    if (!rc) {
+        double s = 0;
+        for (size_t i = 0; i < 3; i++)
+            c[i] = gsl_vector_get(cv, i);
+        for (size_t i = 0; i < n; i++) {
+            double r = (c[0] + c[1] * rows[i] + c[2] * bytes[i] - y[i]) / y[i];
+            s += r * r;
+        }
+        *rel_rms = sqrt(s / (double)n);
+    }
+    gsl_matrix_free(X);
+    gsl_matrix_free(cov);
+    gsl_vector_free(w);
+    gsl_vector_free(cv);
+    gsl_multifit_linear_free(ws);
+    return rc;
+}
+
+typedef struct {
+    long ranks, repeats, max_bytes;
+    const char *out, *name;
+} calib_args;
+
+static int parse_long(const char *flag, const char *v, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long x = v ? strtol(v, &end, 10) : 0;
+    if (!v || errno || end == v || *end || x < lo || x > hi)
+        return moe_fail(MOE_EINVAL, "moesim calibrate --help", "%s needs an integer in "
+                        "[%ld, %ld], got '%s' (command line)", flag, lo, hi, v ? v : "");
+    *out = x;
+    return MOE_OK;
+}
+
+static int parse_args(int argc, char **argv, calib_args *a, int *help)
+{
+    *a = (calib_args){0, 30, 1L << 20, NULL, "loopback"};
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int rc = MOE_OK;
+        if (!strcmp(f, "--help") || !strcmp(f, "-h")) {
+            *help = 1;
+            return MOE_OK;
+        } else if (!strcmp(f, "--ranks"))
+            rc = parse_long(f, v, 2, 1L << 20, &a->ranks);
+        else if (!strcmp(f, "--repeats"))
+            rc = parse_long(f, v, 3, 100000, &a->repeats);
+        else if (!strcmp(f, "--max-bytes"))
+            rc = parse_long(f, v, 64, 1L << 28, &a->max_bytes);
+        else if (!strcmp(f, "--out") && v)
+            a->out = v;
+        else if (!strcmp(f, "--name") && v && *v && strspn(v, "abcdefghijklmnopqrstuvwxyz"
+                 "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-") == strlen(v) && strlen(v) < 60)
+            a->name = v;
+        else
+            return moe_fail(MOE_EINVAL, "moesim calibrate --help", "bad argument '%s'%s "
+                            "(command line)", f, v || strcmp(f, "--out") ? "" : ": needs a "
+                            "value");
+        if (rc)
+            return rc;
+        i++;
+    }
+    return MOE_OK;
+}
+
+static void usage(void)
+{
+    printf("usage: mpirun -np P moesim calibrate [--ranks P] [--out FILE] [--name NAME]\n"
+           "                                   [--repeats N] [--max-bytes B]\n\n"
+           "Loopback calibration of the cluster model (docs/cluster.md): a ping-pong between\n"
+           "ranks 0 and 1 and an all-to-all over the P ranks, message sizes from 16 bytes to\n"
+           "B per peer (default 1048576) in steps of 4x, N timed repeats each (default 30,\n"
+           "median kept), and the local packing of rows on every rank (a gather/scatter-add\n"
+           "of 16 to 1024 claims' rows of 16 to 1024 floats). Fits alpha (latency per\n"
+           "message) and beta (bandwidth), and the packing's latency, time per row and rate,\n"
+           "by weighted least squares and prints a [cluster.NAME] section (default loopback)\n"
+           "with the all-to-all's and the packing's constants; --out FILE writes it too.\n"
+           "--ranks P: fail unless the job has P ranks.\n");
+}
+
+#ifdef MOESIM_MPI
+/* Median of the repeats' times t (n), sorted in place. */
+static double median(double *t, size_t n)
+{
+    gsl_sort(t, 1, n);
+    return gsl_stats_median_from_sorted_data(t, 1, n);
+}
+
+/* Half the round trip of m bytes between ranks 0 and 1, median over the repeats. */
+static double time_pingpong(float *buf, size_t m, long repeats, double *t)
+{
+    const int me = moe_mpi_g.rank, n = (int)(m / sizeof(float));
+    MPI_Comm c = moe_mpi_g.comm;
+    for (long r = -2; r < repeats; r++) { /* two untimed warm-up round trips */
+        MPI_Barrier(c);
+        double t0 = MPI_Wtime();
+        if (me == 0) {
+            MPI_Send(buf, n, MPI_FLOAT, 1, 7, c);
+            MPI_Recv(buf, n, MPI_FLOAT, 1, 7, c, MPI_STATUS_IGNORE);
+        } else if (me == 1) {
+            MPI_Recv(buf, n, MPI_FLOAT, 0, 7, c, MPI_STATUS_IGNORE);
+            MPI_Send(buf, n, MPI_FLOAT, 0, 7, c);
+        }
+        if (r >= 0)
+            t[r] = (MPI_Wtime() - t0) / 2.0;
+    }
+    return median(t, (size_t)repeats);
+}
+
+/* The all-to-all of m bytes to every other rank (nothing to itself), the slowest rank's time
+ * per repeat, median over the repeats. */
+static double time_alltoall(float *sbuf, float *rbuf, size_t m, long repeats, double *t,
+                            int *cnt, int *dsp)
+{
+    const int P = moe_mpi_g.size, me = moe_mpi_g.rank, n = (int)(m / sizeof(float));
+    for (int q = 0; q < P; q++) {
+        cnt[q] = q == me ? 0 : n;
+        dsp[q] = q * n;
+    }
+    for (long r = -2; r < repeats; r++) {
+        MPI_Barrier(moe_mpi_g.comm);
+        double t0 = MPI_Wtime();
+        MPI_Alltoallv(sbuf, cnt, dsp, MPI_FLOAT, rbuf, cnt, dsp, MPI_FLOAT, moe_mpi_g.comm);
+        double dt = MPI_Wtime() - t0, slowest = 0;
+        MPI_Allreduce(&dt, &slowest, 1, MPI_DOUBLE, MPI_MAX, moe_mpi_g.comm);
+        if (r >= 0)
+            t[r] = slowest;
+    }
+    return median(t, (size_t)repeats);
+}
+
+/* One phase of the layer's local work on every rank at once: n claims (two per token, tokens
+ * in a strided order), each looked up in a slot table (a stamp compared and set, a count
+ * kept: the layer's indexing of a claim's row) and gathered, scaled and added into its send
+ * row of H floats; then the n rows added back into the n/2 tokens' outputs. Half the pair's
+ * time of the slowest rank, median over the repeats. x and y hold (n/2, H) floats, s (n, H),
+ * stamp (n + 8). */
+static double time_pack(float *x, float *y, float *s, unsigned *stamp, size_t n, size_t H,
+                        long repeats, double *t)
+{
+    const size_t T = n / 2;
+    unsigned *cnt = stamp + n; /* 8 counters after the table */
+    for (long r = -2; r < repeats; r++) {
+        const unsigned gen = (unsigned)(r + 3) + (unsigned)n;
+        MPI_Barrier(moe_mpi_g.comm);
+        double t0 = MPI_Wtime();
+        for (size_t i = 0; i < n; i++) {
+            const size_t key = i * 37 % n;
+            if (stamp[key] != gen) {
+                stamp[key] = gen;
+                cnt[key & 7]++;
+            }
+            const float *xt = x + (i / 2 * 37 % T) * H;
+            float *row = s + key * H;
+            memset(row, 0, H * sizeof *row);
+            for (size_t c = 0; c < H; c++)
+                row[c] += 0.5f * xt[c];
+        }
+        memset(y, 0, T * H * sizeof *y);
+        for (size_t i = 0; i < n; i++) {
+            float *yt = y + (i / 2 * 37 % T) * H;
+            const float *o = s + i * 37 % n * H;
+            for (size_t c = 0; c < H; c++)
+                yt[c] += 0.5f * o[c];
+        }
+        double dt = (MPI_Wtime() - t0) / 2.0, slowest = 0;
+        MPI_Allreduce(&dt, &slowest, 1, MPI_DOUBLE, MPI_MAX, moe_mpi_g.comm);
+        if (r >= 0)
+            t[r] = slowest;
+    }
+    return median(t, (size_t)repeats);
+}
+
+#define PACK_N 4 /* claims 16, 64, 256, 1024 by row widths 16, 64, 256, 1024 floats */
+
+/* Every rank: the pack benchmark over the grid; rank 0 fits it into pk (latency s, s per row,
+ * s per byte, each >= 0) and prints it. */
+static int calibrate_pack(long repeats, double *t, double pk[3])
+{
+    const size_t nmax = (size_t)16 << (2 * (PACK_N - 1));
+    int bad = 0;
+    float *x = moe_mpi_xcalloc(nmax / 2 * nmax, sizeof(float), &bad);
+    float *y = moe_mpi_xcalloc(nmax / 2 * nmax, sizeof(float), &bad);
+    float *s = moe_mpi_xcalloc(nmax * nmax, sizeof(float), &bad);
+    unsigned *stamp = moe_mpi_xcalloc(nmax + 8, sizeof(unsigned), &bad);
+    int rc = bad ? moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim calibrate)") : MOE_OK;
+    int all = rc;
+    MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MAX, moe_mpi_g.comm);
+    double rows[PACK_N * PACK_N], bytes[PACK_N * PACK_N], tp[PACK_N * PACK_N];
+    for (size_t i = 0; !all && i < PACK_N * PACK_N; i++) {
+        const size_t n = (size_t)16 << (2 * (i / PACK_N)), H = (size_t)16 << (2 * (i % PACK_N));
+        rows[i] = (double)n;
+        bytes[i] = (double)(n * H * sizeof(float));
+        tp[i] = time_pack(x, y, s, stamp, n, H, repeats, t);
+    }
+    free(x);
+    free(y);
+    free(s);
+    free(stamp);
+    if (all || moe_mpi_g.rank != 0)
+        return all;
+    printf("%12s %12s %14s\n", "claims", "row bytes", "pack us");
+    for (size_t i = 0; i < PACK_N * PACK_N; i++)
+        printf("%12.0f %12.0f %14.3f\n", rows[i], bytes[i] / rows[i], tp[i] * 1e6);
+    double rms;
+    if ((rc = moe_calib_fit_pack(rows, bytes, tp, PACK_N * PACK_N, pk, &rms)))
+        return rc;
+    printf("pack: %.4g us per call, %.4g ns per row, %.4g GB/s, relative rms residual %.1f%%%s\n",
+           pk[0] * 1e6, pk[1] * 1e9, pk[2] > 0 ? 1e-9 / pk[2] : 0.0, 100.0 * rms,
+           pk[0] < 0 || pk[1] < 0 || pk[2] <= 0 ? " (a fitted term < 0 is taken as 0)" : "");
+    for (int k = 0; k < 3; k++)
+        pk[k] = pk[k] > 0 ? pk[k] : 0.0;
+    return MOE_OK;
+}
+
+/* Rank 0: the section with the all-to-all's and the pack's constants, to f. */
+static int put_section(FILE *f, const calib_args *a, int P, double alpha, double beta,
+                       const double pk[3])
+{
+    double gbps = beta * 8.0 / 1e9, us = alpha * 1e6;
+    return fprintf(f, "; written by moesim calibrate: the all-to-all of %d ranks on this machine "
+                   "(docs/cluster.md)\n[cluster.%s]\nnodes = 1\ndevices_per_node = %d\n"
+                   "intra_gbps = %.6g\nintra_latency_us = %.6g\n"
+                   "; one node: the inter-node link is never used\n"
+                   "inter_gbps = %.6g\ninter_latency_us = %.6g\ndevice_tflops = measured\n"
+                   "dtype_bytes = 4\ndispatch = per_claim\n"
+                   "; the layer's local pack and unpack per phase (0: not measured)\n"
+                   "pack_latency_us = %.6g\npack_row_ns = %.6g\npack_gbps = %.6g\n", P, a->name,
+                   P, gbps, us, gbps, us, pk[0] * 1e6, pk[1] * 1e9,
+                   pk[2] > 0 ? 8.0 / pk[2] / 1e9 : 0.0) < 0;
+}
+
+/* Rank 0: the fit of one benchmark, printed; the constants in *alpha and *beta. */
+static int fit_print(const char *what, const double *x, const double *y, size_t n, int peers,
+                     double *alpha, double *beta)
+{
+    double c0, c1, rms;
+    int rc = moe_calib_fit(x, y, n, &c0, &c1, &rms);
+    if (rc)
+        return rc;
+    if (!(c1 > 0))
+        return moe_fail(MOE_EINVAL, "rerun on a quieter machine, or with more --repeats",
+                        "%s: the fitted time does not grow with the bytes (slope %g s/B)",
+                        what, c1);
+    *alpha = c0 > 0 ? c0 / peers : 0.0;
+    *beta = 1.0 / c1;
+    printf("%s: alpha = %.4g us per message%s, beta = %.4g GB/s, relative rms residual %.1f%%\n",
+           what, *alpha * 1e6, c0 > 0 ? "" : " (fitted intercept < 0, taken as 0)", *beta / 1e9,
+           100.0 * rms);
+    return MOE_OK;
+}
+
+/* Every rank: both benchmarks; rank 0 fits, prints and writes. */
+static int calibrate(const calib_args *a)
+{
+    const int P = moe_mpi_g.size, me = moe_mpi_g.rank;
+    size_t ns = 0;
+    for (long m = 16; m <= a->max_bytes; m *= 4)
+        ns++;
+    const size_t maxb = (size_t)16 << (2 * (ns - 1));
+    int bad = 0;
+    float *sbuf = moe_mpi_xcalloc(maxb / sizeof(float) * (size_t)P, sizeof(float), &bad);
+    float *rbuf = moe_mpi_xcalloc(maxb / sizeof(float) * (size_t)P, sizeof(float), &bad);
+    double *t = moe_mpi_xcalloc((size_t)a->repeats, sizeof *t, &bad);
+    double *x = moe_mpi_xcalloc(ns, sizeof *x, &bad), *pp = moe_mpi_xcalloc(ns, sizeof *pp, &bad);
+    double *aa = moe_mpi_xcalloc(ns, sizeof *aa, &bad);
+    int *cnt = moe_mpi_xcalloc((size_t)P, sizeof *cnt, &bad);
+    int *dsp = moe_mpi_xcalloc((size_t)P, sizeof *dsp, &bad);
+    int rc = bad ? moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim calibrate)") : MOE_OK;
+    int all = rc;
+    MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MAX, moe_mpi_g.comm);
+    if (!all) {
+        for (size_t i = 0; i < ns; i++) {
+            const size_t m = (size_t)16 << (2 * i);
+            x[i] = (double)m;
+            pp[i] = time_pingpong(sbuf, m, a->repeats, t);
+            aa[i] = time_alltoall(sbuf, rbuf, m, a->repeats, t, cnt, dsp);
+        }
+    }
+    double xa[64], ap = 0, bp = 0, aa2 = 0, ba = 0, pk[3] = {0, 0, 0};
+    if (!all)
+        all = calibrate_pack(a->repeats, t, pk);
+    if (!all && me == 0) {
+        printf("moesim calibrate: %d ranks, %ld repeats per size (medians)\n"
+               "%12s %14s %16s\n", P, a->repeats, "bytes/peer", "ping-pong us",
+               "all-to-all us");
+        for (size_t i = 0; i < ns; i++) {
+            printf("%12.0f %14.3f %16.3f\n", x[i], pp[i] * 1e6, aa[i] * 1e6);
+            xa[i] = x[i] * (P - 1); /* bytes each rank sends */
+        }
+        if (!(rc = fit_print("ping-pong (ranks 0, 1)", x, pp, ns, 1, &ap, &bp)))
+            rc = fit_print("all-to-all", xa, aa, ns, P - 1, &aa2, &ba);
+        if (!rc)
+            rc = put_section(stdout, a, P, aa2, ba, pk) ? moe_fail(MOE_EIO, NULL, "cannot write "
+                                                               "to stdout") : MOE_OK;
+        moe_outfile o;
+        if (!rc && a->out && !(rc = moe_outfile_open(&o, a->out, "the cluster section", "w")))
+            rc = moe_outfile_commit(&o, put_section(o.f, a, P, aa2, ba, pk));
+    }
+    free(sbuf);
+    free(rbuf);
+    free(t);
+    free(x);
+    free(pp);
+    free(aa);
+    free(cnt);
+    free(dsp);
+    return all ? all : rc;
+}
+#endif
+
+int moe_cmd_calibrate(int argc, char **argv)
+{
+    calib_args a;
+    int help = 0, rc = parse_args(argc, argv, &a, &help);
+    if (rc || help) {
+        if (help)
+            usage();
+        return rc;
+    }
+    if ((rc = moe_mpi_init()))
+        return rc;
+    const int P = moe_mpi_g.size;
+    if (!moe_mpi_compiled() || P < 2)
+        rc = moe_fail(MOE_EINVAL, "run it as mpirun -np P moesim calibrate (P >= 2)",
+                      "calibrate needs at least 2 MPI ranks, this job has %d%s (moesim "
+                      "calibrate)", P, moe_mpi_compiled() ? "" : " (moesim built without MPI)");
+    else if (a.ranks && a.ranks != P)
+        rc = moe_fail(MOE_EINVAL, "give mpirun -np the same count", "--ranks %ld, but the "
+                      "job has %d ranks (command line)", a.ranks, P);
+    else if (a.out && moe_mpi_g.rank == 0)
+        rc = moe_outfile_check(a.out, "the cluster section");
+#ifdef MOESIM_MPI
+    if (moe_mpi_g.active) { /* every rank learns whether rank 0 can write */
+        int all = rc;
+        MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MAX, moe_mpi_g.comm);
+        if (!rc && all)
+            moe_fail(all, NULL, "failed on rank 0 (moesim calibrate)");
+        rc = all;
+        if (!rc)
+            rc = calibrate(&a);
+    }
+#endif
+    return moe_mpi_finalize(rc);
+}

@@ -1,0 +1,38 @@
+/* mpi_calib.h: `moesim calibrate`, the loopback calibration of the cluster model's alpha-beta
+ * constants on the ranks of an MPI job (sim/mpi_calib.c; docs/cluster.md "Calibration").
+ *
+ * Two benchmarks over message sizes m (bytes per peer): a ping-pong between ranks 0 and 1
+ * (t = alpha + m / beta, half the round trip) and an all-to-all over the P ranks with the
+ * MPI_Alltoallv of the expert-parallel layer (t = alpha (P-1) + (P-1) m / beta, the slowest
+ * rank). Each size's time is the median over the repeats; alpha and beta come from a weighted
+ * least-squares line (GSL, weights 1/t^2: relative errors, so that the large sizes do not set
+ * the latency alone). The all-to-all fit is written as a [cluster.NAME] section with
+ * dispatch = per_claim, the topology of the ranks on this machine.
+ *
+ * A third benchmark times the layer's local work around the all-to-all on every rank at once:
+ * gathering n claims' rows of H floats into a send buffer (scaled, added) and adding n rows
+ * back into their tokens' outputs, over n and H; half the pair's time (one phase) is fitted as
+ * t = pack_latency + n pack_row + n 4H / pack_rate (moe_calib_fit_pack) and written as the
+ * section's pack_latency_us, pack_row_ns and pack_gbps. */
+#ifndef MOE_MPI_CALIB_H
+#define MOE_MPI_CALIB_H
+
+#include <stddef.h>
+
+/* The line y = c0 + c1 x through (x, y) (n >= 2, y > 0) by least squares with weights 1/y^2;
+ * rel_rms: the root mean square of (fit - y) / y. MOE_EINVAL when n < 2, a y <= 0 or all x
+ * equal. */
+int moe_calib_fit(const double *x, const double *y, size_t n, double *c0, double *c1,
+                  double *rel_rms);
+
+/* The plane y = c[0] + c[1] rows + c[2] bytes through the n points (n >= 3, y > 0) by least
+ * squares with weights 1/y^2 (GSL's gsl_multifit_wlinear); rel_rms as above. MOE_EINVAL when
+ * n < 3, a y <= 0 or the points do not determine the plane. */
+int moe_calib_fit_pack(const double *rows, const double *bytes, const double *y, size_t n,
+                       double c[3], double *rel_rms);
+
+/* `moesim calibrate [--ranks P] [--out FILE] [--name NAME] [--repeats N] [--max-bytes B]`,
+ * run under mpirun -np P (P >= 2). */
+int moe_cmd_calibrate(int argc, char **argv);
+
+#endif
