@@ -169,6 +169,14 @@ test-asan:
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \
 	    sh tests/run.sh build-asan asan $(TOTALS)
 
+# The cluster model's predicted dispatch and combine times against the measured ones of real
+# expert-parallel MPI runs, with constants from `moesim calibrate` (docs/cluster.md): outside
+# `make test` (which runs the rest of tests/t_calib.sh) while the model misses its factor on 2
+# ranks: these checks compare timings of this machine
+.PHONY: calib-check
+calib-check: moesim $(MPI_TEST:%=$(B)/%)
+	MOESIM_CALIB=1 MOESIM=./moesim BUILD=$(B) sh tests/t_calib.sh
+
 # CPU time of the cluster model at DeepSeek-V3 scale, linear in the tokens (docs/cluster.md)
 bench-cluster: $(B)/bench/cluster_scale
 	$(B)/bench/cluster_scale
