@@ -339,6 +339,34 @@ static void fast_sums_part(void *ctx, int i, int np)
     }
 }
 
+/* The experts whose logits (row lt, finite lse) lie within a relative 1e-9 of the row's k-th
+ * largest, in index order, into cand; returns their number. One pass: the threshold only rises,
+ * so an element below the running threshold is below the final one. val (k) scratch. */
+static int near_topk(const double *lt, int E, int k, double lse, double *val, int *cand)
+{
+    int cnt = 0, m = 0;
+    double thr = -INFINITY;
+    for (int e = 0; e < E; e++) {
+        const double x = lt[e];
+        if (!(x >= thr))
+            continue;
+        cand[m++] = e;
+        if (cnt == k && !(x > val[k - 1]))
+            continue;
+        int j = cnt < k ? cnt++ : k - 1; /* insert x into the descending val */
+        for (; j > 0 && val[j - 1] < x; j--)
+            val[j] = val[j - 1];
+        val[j] = x;
+        if (cnt == k)
+            thr = val[k - 1] - 1e-9 * (1.0 + fabs(val[k - 1]) + fabs(lse));
+    }
+    int q = 0;
+    for (int i = 0; i < m; i++)
+        if (lt[cand[i]] >= thr)
+            cand[q++] = cand[i];
+    return q;
+}
+
 /* Part i: Megatron's top-k of the softmax for tokens [lo, hi), counted per sequence. */
 static void fast_topk_part(void *ctx, int i, int np)
 {
@@ -351,21 +379,11 @@ static void fast_topk_part(void *ctx, int i, int np)
     moe_par_range(n, i, np, &lo, &hi);
     for (long t = lo; t < hi; t++) {
         const double *lt = j->L + (size_t)t * E, lse = j->plan->lse[t];
-        double lk; /* the k-th largest logit */
-        if (k == 1) {
-            lk = moe_vmax(lt, E); /* a zero maximum's sign does not move thr */
-        } else {
-            moe_claims_topk(lt, E, k, idx, val);
-            lk = val[k - 1];
-        }
         int m = 0;
-        if (isfinite(lk) && isfinite(lse)) {
-            const double thr = lk - 1e-9 * (1.0 + fabs(lk) + fabs(lse));
-            for (int e = 0; e < E; e++)
-                if (lt[e] >= thr) {
-                    cand[m] = e;
-                    pc[m++] = exp(lt[e] - lse);
-                }
+        if (isfinite(lse)) {
+            m = near_topk(lt, E, k, lse, val, cand);
+            for (int q = 0; q < m; q++)
+                pc[q] = exp(lt[cand[q]] - lse);
         } else { /* every p exactly */
             for (int e = 0; e < E; e++) {
                 cand[m] = e;
