@@ -320,9 +320,11 @@ static void fast_sums_part(void *ctx, int i, int np)
         for (int t0 = 0; t0 < n; t0 += rows) {
             const int nr = n - t0 < rows ? n - t0 : rows;
             for (int r = 0; r < nr; r++) {
-                const double *x = j->L + (size_t)(t0 + r) * E + c0, m = j->plan->lse[t0 + r];
+                const double *restrict x = j->L + (size_t)(t0 + r) * E + c0;
+                const double m = j->plan->lse[t0 + r];
+                double *restrict d = p + r * w;
                 for (int e = 0; e < w; e++)
-                    p[r * w + e] = x[e] - m;
+                    d[e] = x[e] - m;
             }
             moe_vexp_shift(p, nr * w, 0.0, p);
             for (int r = 0; r < nr; r++) {
