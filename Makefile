@@ -108,6 +108,8 @@ bench-python: $(B)/libmoesim.so $(B)/route_time
 
 $(B)/route_time: tests/bench/route_time.c $(B)/libmoesim.a
 	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
+$(B)/metrics_time: tests/bench/metrics_time.c $(B)/libmoesim.a
+	$(CC) $(ALL_CFLAGS) $(LDFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
 # The gate logits (sim/gate.c) are summed in a fixed order with no fused multiply-add, so routing
 # does not depend on the compiler's contraction choices either.
 $(B)/sim/gate.o $(B)/pic/sim/gate.o: override CFLAGS += -ffp-contract=off

@@ -16,6 +16,7 @@
 #include "moe.h"
 #include "../routers/claims.h" /* moe_claims_topk */
 #include "../routers/par.h"
+#include "vexp.h"
 
 #include <gsl/gsl_cdf.h>
 #include <gsl/gsl_statistics_double.h>
@@ -134,8 +135,62 @@ int moe_metrics_set_opts(moe_metrics *mt, const moe_route_opts *o)
 /* Tokens per routing group (the last group may be shorter) and per sequence. */
 static int span(int len, int n) { return len > 0 && len < n ? len : n; }
 
-/* From the marks (T,E) of kept (token, expert) pairs: the experts-per-token and groups-touched
- * histograms, groups_touched_mean and the token drop rates per routing group. */
+enum { RUN_MAX = 16 };
+
+/* Whether the plan's entries come in token order with at most RUN_MAX entries per token (the
+ * token-choice routers' plans), so each token's experts can be read from its run of entries. */
+static int entries_in_runs(const moe_plan *plan)
+{
+    if (plan->dense)
+        return 0;
+    int run = 0;
+    for (size_t i = 0; i < plan->n_entries; i++) {
+        run = i > 0 && plan->entries[i].token == plan->entries[i - 1].token ? run + 1 : 1;
+        if (run > RUN_MAX || (i > 0 && plan->entries[i].token < plan->entries[i - 1].token))
+            return 0;
+    }
+    return 1;
+}
+
+/* Adds v to the distinct values set[0..*len) (RUN_MAX at most); 1 if it was new. */
+static int add_distinct(int *set, int *len, int v)
+{
+    for (int i = 0; i < *len; i++)
+        if (set[i] == v)
+            return 0;
+    set[(*len)++] = v;
+    return 1;
+}
+
+/* The distinct experts and groups of token t: from the marks (T,E) of kept (token, expert)
+ * pairs, or (mark NULL) from the token's run of entries starting at *at, which it advances. */
+static void token_counts(const moe_plan *plan, const unsigned char *mark, int per, int t,
+                         size_t *at, int *cnt, int *touched)
+{
+    const int E = plan->E;
+    *cnt = *touched = 0;
+    if (mark) {
+        const unsigned char *mk = mark + (size_t)t * E;
+        for (int g = 0; g < E / per; g++) {
+            int c = 0;
+            for (int e = g * per; e < (g + 1) * per; e++)
+                c += mk[e];
+            *cnt += c;
+            *touched += c > 0;
+        }
+        return;
+    }
+    int ex[RUN_MAX], gr[RUN_MAX], ng = 0;
+    for (; *at < plan->n_entries && plan->entries[*at].token == t; (*at)++) {
+        const int e = plan->entries[*at].expert;
+        if (add_distinct(ex, cnt, e))
+            add_distinct(gr, &ng, e / per);
+    }
+    *touched = ng;
+}
+
+/* The experts-per-token and groups-touched histograms, groups_touched_mean and the token drop
+ * rates per routing group, from the marks or the runs of entries (token_counts). */
 static void count_tokens(const moe_plan *plan, const unsigned char *mark, moe_metrics *mt)
 {
     const int n = plan->n, E = plan->E, G = mt->groups, per = E / G;
@@ -144,16 +199,10 @@ static void count_tokens(const moe_plan *plan, const unsigned char *mark, moe_me
     long touched_sum = 0, dropped = 0;
     int in_group = 0, ngroups = 0;
     double rmin = INFINITY, rmax = -INFINITY, rsum = 0.0;
+    size_t at = 0;
     for (int t = 0; t < n; t++) {
-        const unsigned char *mk = mark + (size_t)t * E;
-        int cnt = 0, touched = 0;
-        for (int g = 0; g < G; g++) {
-            int c = 0;
-            for (int e = g * per; e < (g + 1) * per; e++)
-                c += mk[e];
-            cnt += c;
-            touched += c > 0;
-        }
+        int cnt, touched;
+        token_counts(plan, mark, per, t, &at, &cnt, &touched);
         mt->experts_per_token[cnt]++;
         mt->groups_touched[touched]++;
         touched_sum += touched;
@@ -235,6 +284,169 @@ static void noisy_loads(const moe_plan *plan, int t, const double *lt, anchor_ws
         w->load[e] += gsl_cdf_ugaussian_P((lt[e] - (h[e] > in ? in : out)) / sd);
 }
 
+/* ---- the anchor losses without gate noise, on both cores ----
+ * The same values bit for bit as the serial loop of anchor_losses: p[t,e] = exp(L[t,e] -
+ * lse[t]) (vexp.h gives libm's exp), each expert's sums taken in token order by one thread
+ * (the threads split the experts), and the token's Megatron top-k of p found from its logits:
+ * p is a non-decreasing function of L, so only the logits within a relative 1e-9 of the k-th
+ * largest can reach the top-k of p or tie with it; their p are taken exactly and chosen as
+ * moe_claims_topk chooses (the lower index wins a tie). */
+
+enum { FAST_COLS = 256, FAST_CAP = 1 << 21 };
+
+typedef struct {
+    const moe_plan *plan;
+    const double *L;
+    int S, gs, k, nseq;
+    double *imp_g;   /* (ngroups, E) importance of each routing group */
+    double *seq_p;   /* (nseq, E) summed scores of each sequence */
+    int32_t *cnt;    /* (nparts, nseq, E) top-k counts of each sequence, per part */
+    int32_t *idx;    /* (nparts, E) scratch */
+    double *val, *pc; /* (nparts, E) scratch */
+    int *cand;       /* (nparts, E) scratch */
+} fast_job;
+
+/* Part i: the sums of experts [lo, hi) over all tokens, in token order; the exponentials of
+ * blocks of FAST_COLS values (x - lse taken first: exp(d - 0.0) is exp(d)). */
+static void fast_sums_part(void *ctx, int i, int np)
+{
+    fast_job *j = ctx;
+    const int n = j->plan->n, E = j->plan->E;
+    long lo, hi;
+    moe_par_range(E, i, np, &lo, &hi);
+    double p[FAST_COLS];
+    for (long c0 = lo; c0 < hi; c0 += FAST_COLS) {
+        const int w = hi - c0 < FAST_COLS ? (int)(hi - c0) : FAST_COLS, rows = FAST_COLS / w;
+        for (int t0 = 0; t0 < n; t0 += rows) {
+            const int nr = n - t0 < rows ? n - t0 : rows;
+            for (int r = 0; r < nr; r++) {
+                const double *restrict x = j->L + (size_t)(t0 + r) * E + c0;
+                const double m = j->plan->lse[t0 + r];
+                double *restrict d = p + r * w;
+                for (int e = 0; e < w; e++)
+                    d[e] = x[e] - m;
+            }
+            moe_vexp_shift(p, nr * w, 0.0, p);
+            for (int r = 0; r < nr; r++) {
+                const int t = t0 + r;
+                double *restrict ig = j->imp_g + (size_t)(t / j->gs) * E + c0;
+                double *restrict sp = j->seq_p + (size_t)(t / j->S) * E + c0;
+                const double *restrict pr = p + r * w;
+                for (int e = 0; e < w; e++)
+                    ig[e] += pr[e];
+                for (int e = 0; e < w; e++)
+                    sp[e] += pr[e];
+            }
+        }
+    }
+}
+
+/* The experts whose logits (row lt, finite lse) lie within a relative 1e-9 of the row's k-th
+ * largest, in index order, into cand; returns their number. One pass: the threshold only rises,
+ * so an element below the running threshold is below the final one. val (k) scratch. */
+static int near_topk(const double *lt, int E, int k, double lse, double *val, int *cand)
+{
+    int cnt = 0, m = 0;
+    double thr = -INFINITY;
+    for (int e = 0; e < E; e++) {
+        const double x = lt[e];
+        if (!(x >= thr))
+            continue;
+        cand[m++] = e;
+        if (cnt == k && !(x > val[k - 1]))
+            continue;
+        int j = cnt < k ? cnt++ : k - 1; /* insert x into the descending val */
+        for (; j > 0 && val[j - 1] < x; j--)
+            val[j] = val[j - 1];
+        val[j] = x;
+        if (cnt == k)
+            thr = val[k - 1] - 1e-9 * (1.0 + fabs(val[k - 1]) + fabs(lse));
+    }
+    int q = 0;
+    for (int i = 0; i < m; i++)
+        if (lt[cand[i]] >= thr)
+            cand[q++] = cand[i];
+    return q;
+}
+
+/* Part i: Megatron's top-k of the softmax for tokens [lo, hi), counted per sequence. */
+static void fast_topk_part(void *ctx, int i, int np)
+{
+    fast_job *j = ctx;
+    const int n = j->plan->n, E = j->plan->E, k = j->k;
+    int32_t *cnt = j->cnt + (size_t)i * j->nseq * E, *idx = j->idx + (size_t)i * E;
+    double *val = j->val + (size_t)i * E, *pc = j->pc + (size_t)i * E;
+    int *cand = j->cand + (size_t)i * E;
+    long lo, hi;
+    moe_par_range(n, i, np, &lo, &hi);
+    for (long t = lo; t < hi; t++) {
+        const double *lt = j->L + (size_t)t * E, lse = j->plan->lse[t];
+        int m = 0;
+        if (isfinite(lse)) {
+            m = near_topk(lt, E, k, lse, val, cand);
+            for (int q = 0; q < m; q++)
+                pc[q] = exp(lt[cand[q]] - lse);
+        } else { /* every p exactly */
+            for (int e = 0; e < E; e++) {
+                cand[m] = e;
+                pc[m++] = exp(lt[e] - lse);
+            }
+        }
+        moe_claims_topk(pc, m, k, idx, val);
+        int32_t *c = cnt + (size_t)(t / j->S) * E;
+        for (int q = 0; q < k; q++)
+            c[cand[idx[q]]]++;
+    }
+}
+
+/* seq_aux_loss and importance_loss_vmoe as anchor_losses computes them without noise and with
+ * the router's logsumexps; 1 when the scratch would exceed FAST_CAP values (the caller then
+ * takes the serial loop), MOE_ENOMEM when out of memory. */
+static int fast_losses(const moe_plan *plan, const double *logits, int S, int gs, int k,
+                       moe_metrics *mt)
+{
+    const int n = plan->n, E = plan->E, nseq = n / S, ngroups = (n + gs - 1) / gs;
+    const int np = moe_par_parts((long)n * E, 16384);
+    if ((size_t)(ngroups + nseq) * E > FAST_CAP || (size_t)np * nseq * E > FAST_CAP)
+        return 1;
+    fast_job j = {plan, logits, S, gs, k, nseq, NULL, NULL, NULL, NULL, NULL, NULL, NULL};
+    j.imp_g = calloc((size_t)(ngroups + nseq + 2 * np) * E, sizeof *j.imp_g);
+    j.cnt = calloc((size_t)np * (nseq + 1) * E, sizeof *j.cnt);
+    j.cand = malloc((size_t)np * E * sizeof *j.cand);
+    if (!j.imp_g || !j.cnt || !j.cand) {
+        free(j.imp_g);
+        free(j.cnt);
+        free(j.cand);
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of %d experts)", E);
+    }
+    j.seq_p = j.imp_g + (size_t)ngroups * E;
+    j.val = j.seq_p + (size_t)nseq * E;
+    j.pc = j.val + (size_t)np * E;
+    j.idx = j.cnt + (size_t)np * nseq * E;
+    moe_par_run(fast_sums_part, &j, moe_par_parts(E, 1));
+    if (k >= 1)
+        moe_par_run(fast_topk_part, &j, np);
+    double seq_sum = 0.0, imp_sum = 0.0;
+    for (int q = 0; k >= 1 && q < nseq; q++) { /* sum_e cost_coeff[e] * mean_s s[s,e] */
+        double l = 0.0;
+        for (int e = 0; e < E; e++) {
+            long c = 0;
+            for (int i = 0; i < np; i++)
+                c += j.cnt[((size_t)i * nseq + q) * E + e];
+            l += (double)c / ((double)S * k / E) * (j.seq_p[(size_t)q * E + e] / S);
+        }
+        seq_sum += l;
+    }
+    for (int g = 0; g < ngroups; g++)
+        imp_sum += vmoe_cv2(j.imp_g + (size_t)g * E, E);
+    mt->seq_aux_loss = k >= 1 ? seq_sum / nseq : NAN;
+    mt->importance_loss_vmoe = imp_sum / ngroups;
+    free(j.imp_g);
+    free(j.cnt);
+    free(j.cand);
+    return MOE_OK;
+}
+
 /* seq_aux_loss, importance_loss_vmoe, load_loss_vmoe and load_loss_shazeer (docs/metrics.md)
  * from the logits (T,E) routed; w holds zeroed scratch. */
 static int anchor_losses(const moe_plan *plan, const double *logits, moe_metrics *mt,
@@ -248,6 +460,17 @@ static int anchor_losses(const moe_plan *plan, const double *logits, moe_metrics
         return moe_fail(MOE_EINVAL, "sequence_length must divide the tokens of a batch",
                         "sequence_length %d does not divide the batch's %d tokens "
                         "(sequence_length)", S, n);
+    if (!noisy && !own && plan->lse_of == logits) {
+        int rc = fast_losses(plan, logits, S, gs, k, mt);
+        if (rc != 1) {
+            for (int e = 0; rc == MOE_OK && e < E; e++) /* t2t without noise: the claims */
+                w->load[e] = (double)plan->assigned_load[e];
+            mt->load_loss_vmoe = NAN;
+            if (rc == MOE_OK)
+                mt->load_loss_shazeer = t2t_cv_squared(w->load, E);
+            return rc;
+        }
+    }
     double seq_sum = 0.0, imp_sum = 0.0, pv_sum = 0.0;
     int in_group = 0, ngroups = 0;
     for (int t = 0; t < n; t++) {
@@ -357,7 +580,8 @@ int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f
 
     /* Scratch: marks (T,E) for distinct experts per token; dense plans also (E,C) for
      * distinct slots. One block per call, once per routing group (never in a routing loop). */
-    size_t te = (size_t)n * (size_t)E;
+    const int runs = entries_in_runs(plan); /* then no marks */
+    size_t te = runs ? 0 : (size_t)n * (size_t)E;
     size_t ec = plan->dense ? (size_t)E * (size_t)plan->capacity : 0;
     unsigned char *mark = calloc(te + ec + 1, 1);
     if (!mark)
@@ -372,7 +596,8 @@ int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f
     memset(mt->experts_per_token, 0, ((size_t)E + 1) * sizeof *mt->experts_per_token);
     for (size_t i = 0; i < plan->n_entries; i++) {
         const moe_entry *en = &plan->entries[i];
-        mark[(size_t)en->token * E + en->expert] = 1;
+        if (!runs)
+            mark[(size_t)en->token * E + en->expert] = 1;
         if (!plan->dense) {
             mt->kept_load[en->expert]++;
         } else {
@@ -383,7 +608,7 @@ int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f
             }
         }
     }
-    count_tokens(plan, mark, mt);
+    count_tokens(plan, runs ? NULL : mark, mt);
     free(mark);
 
     mt->n_tokens = n;
