@@ -421,19 +421,25 @@ static int create_or_migrate(moe_store *st, long long version)
 /* WAL is a property of the file: set it once, outside any transaction. */
 static int set_wal(moe_store *st)
 {
-    sqlite3_stmt *q = NULL;
-    int rc = sqlite3_prepare_v2(st->db, "PRAGMA journal_mode = WAL", -1, &q, NULL);
-    if (rc != SQLITE_OK)
-        return db_fail(st, st->db, rc, "cannot set WAL mode");
-    rc = sqlite3_step(q);
-    int wal = rc == SQLITE_ROW && sqlite3_column_text(q, 0) &&
-              strcmp((const char *)sqlite3_column_text(q, 0), "wal") == 0;
-    if (rc != SQLITE_ROW) {
-        int r = db_fail(st, st->db, rc, "cannot set WAL mode");
-        sqlite3_finalize(q);
-        return r;
+    /* Switching the journal mode needs an exclusive lock. While another run creates the same
+     * database, SQLite can answer SQLITE_BUSY at once (without the busy handler, to avoid a
+     * deadlock): try again every 10 ms, up to the busy timeout. */
+    int rc = SQLITE_BUSY, wal = 0;
+    for (int waited = 0; waited <= MOE_STORE_BUSY_MS; waited += 10) {
+        sqlite3_stmt *q = NULL;
+        rc = sqlite3_prepare_v2(st->db, "PRAGMA journal_mode = WAL", -1, &q, NULL);
+        if (rc == SQLITE_OK) {
+            rc = sqlite3_step(q);
+            wal = rc == SQLITE_ROW && sqlite3_column_text(q, 0) &&
+                  strcmp((const char *)sqlite3_column_text(q, 0), "wal") == 0;
+            int fr = sqlite3_finalize(q);
+            rc = rc == SQLITE_ROW ? fr : rc;
+        }
+        if ((rc & 0xff) != SQLITE_BUSY && (rc & 0xff) != SQLITE_LOCKED)
+            break;
+        sqlite3_sleep(10);
     }
-    if ((rc = sqlite3_finalize(q)) != SQLITE_OK)
+    if (rc != SQLITE_OK)
         return db_fail(st, st->db, rc, "cannot set WAL mode");
     if (!wal)
         return moe_fail(MOE_EDB, "the database or its folder may be read-only",
