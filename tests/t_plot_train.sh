@@ -127,12 +127,14 @@ check "second seed added ($(cat "$tmp/err"))" test "$(q "$db" 'SELECT count(*) F
 check "plot with two seeds exits 0 ($(cat "$tmp/err"))" test $? = 0
 lacks "plot with two seeds: no gnuplot warning" "$tmp/err" "moesim: gnuplot"
 rows "$tmp/two/train_loss.dat" >"$tmp/r"
-got=$(awk '$3 == "topk" && $6 == 20 { print $7, $11, $12 }' "$tmp/r")
+# (the series takes 3 words: $7 step, $8 loss, $12 points, $13 and $14 the loss and held-out
+# loss half-widths)
+got=$(awk '$3 == "topk" && $7 == 20 { print $8, $12, $13 }' "$tmp/r")
 same "train_loss: topk step 20 over two seeds: mean, points, half-width" \
     "$(echo "$got" | awk '{ printf "%.12f %d %.12f", $1, $2, $3 }')" \
     "$(awk 'BEGIN { printf "%.12f %d %.12f", 0.3, 2, 12.706204736174707 * 0.1 / 2 }')"
 same "train_loss: held-out loss equal over the seeds: half-width 0" \
-    "$(awk '$3 == "topk" && $6 == 20 { print $13 }' "$tmp/r")" 0
+    "$(awk '$3 == "topk" && $7 == 20 { print $14 }' "$tmp/r")" 0
 contains "train_loss.svg: the bands are named" "$tmp/two/train_loss.svg" \
     "Bands: 95% confidence interval of the mean over the seeds of each step (up to 2"
 finish
