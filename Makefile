@@ -144,7 +144,8 @@ deps-test:
 
 # OPENBLAS_CORETYPE (exported as Haswell on some machines) forces OpenBLAS's kernels and can
 # halve GEMM speed; run and bench let OpenBLAS detect the CPU, and say so.
-run: deps moesim
+run: deps
+	@$(MAKE) --no-print-directory -j$(JOBS) moesim
 	@[ -z "$$OPENBLAS_CORETYPE" ] || echo "make run: unsetting OPENBLAS_CORETYPE=$$OPENBLAS_CORETYPE so OpenBLAS picks the kernels for this CPU"
 	env -u OPENBLAS_CORETYPE ./moesim run $(SPEC)
 
@@ -153,19 +154,24 @@ plots: moesim
 	./moesim plot results/$(basename $(notdir $(SPEC))).db
 
 # The whole suite ("plain:" pass), then again under AddressSanitizer + UndefinedBehaviorSanitizer
-# ("asan:" pass); the last line adds up both passes.
-test: moesim $(B)/libmoesim.so $(TEST_BIN) $(B)/moesim-perturb $(MPI_TEST:%=$(B)/%)
+# ("asan:" pass); the last line adds up both passes. The builds use every core (JOBS); the tests
+# run one after another.
+JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+TEST_PREREQ = moesim $(B)/libmoesim.so $(TEST_BIN) $(B)/moesim-perturb $(MPI_TEST:%=$(B)/%)
+test:
+	@$(MAKE) --no-print-directory -j$(JOBS) $(TEST_PREREQ)
 	@rm -f $(B)/test-totals
 	@sh tests/run.sh $(B) plain $(B)/test-totals
 	@$(MAKE) --no-print-directory test-asan TOTALS=$(CURDIR)/$(B)/test-totals
 	@awk '{p += $$1; f += $$2; s += $$3} END {printf "plain+asan: %d passed, %d failed, %d skipped\n%d passed, %d failed%s\n", p, f, s, p, f, s ? sprintf(", %d skipped", s) : ""}' $(B)/test-totals
 
-test-unit: moesim $(B)/libmoesim.so $(TEST_BIN) $(B)/moesim-perturb $(MPI_TEST:%=$(B)/%)
+test-unit:
+	@$(MAKE) --no-print-directory -j$(JOBS) $(TEST_PREREQ)
 	@sh tests/run.sh $(B) plain
 
 SAN := -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
 test-asan:
-	@$(MAKE) --no-print-directory B=build-asan CFLAGS="$(SAN)" LDFLAGS="$(SAN)" \
+	@$(MAKE) --no-print-directory -j$(JOBS) B=build-asan CFLAGS="$(SAN)" LDFLAGS="$(SAN)" \
 	    build-asan/moesim build-asan/moesim-perturb $(TEST_SRC:tests/%.c=build-asan/tests/%) \
 	    $(MPI_TEST:%=build-asan/%)
 	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1 \

@@ -1,11 +1,12 @@
 #!/bin/sh
 # tests/run.sh BUILD [LABEL [TOTALS]]: runs every test binary in BUILD/tests and the shell tests
-# tests/t_*.sh (which source tests/lib.sh); prints each test's closing line, the failures'
-# output, and every skip with its count and reason ("SKIP name: N checks: reason" lines of the
-# tests), then a labelled summary of this pass ("LABEL: N passed, N failed, N skipped (in N
-# tests)", LABEL defaults to the build folder) and, last, the plain line "N passed, N failed"
-# (", N skipped" added when some checks were skipped). With TOTALS, also appends "PASS FAIL
-# SKIPPED" to that file (make test adds up its two passes). Exits non-zero if anything failed.
+# tests/t_*.sh (which source tests/lib.sh); prints each test's closing line with its wall time in
+# seconds, the failures' output, and every skip with its count and reason ("SKIP name: N checks:
+# reason" lines of the tests), then a labelled summary of this pass ("LABEL: N passed, N failed,
+# N skipped (in N tests)", LABEL defaults to the build folder) and, last, the plain line "N
+# passed, N failed" (", N skipped" added when some checks were skipped). With TOTALS, also
+# appends "PASS FAIL SKIPPED" to that file (make test adds up its two passes). Exits non-zero if
+# anything failed.
 B=${1:-build}
 LABEL=${2:-$B}
 TOTALS=${3:-}
@@ -25,19 +26,23 @@ one() {
     sk=$(printf '%s\n' "$out" | grep '^SKIP ')
     [ -n "$sk" ] && skips="$skips$sk$nl"
     if [ "$f" != 0 ]; then bad="$bad $name"; printf '%s\n' "$out" | tail -30; fi
-    printf '%s\n' "${line:-$name: crashed (exit $rc)}"
+    printf '%s (%d s)\n' "${line:-$name: crashed (exit $rc)}" "$secs"
 }
 ntests=0
 for t in "$B"/tests/test_*; do
     [ -x "$t" ] || continue
     case "$t" in *.d) continue;; esac
+    t0=$(date +%s)
     out=$("$t" 2>&1); rc=$?
+    secs=$(($(date +%s) - t0))
     one "$(basename "$t")" "$out" $rc
     ntests=$((ntests + 1))
 done
 for s in tests/t_*.sh; do
     [ -f "$s" ] || continue
+    t0=$(date +%s)
     out=$(MOESIM=$B/moesim BUILD=$B sh "$s" 2>&1); rc=$?
+    secs=$(($(date +%s) - t0))
     one "$(basename "$s")" "$out" $rc
     ntests=$((ntests + 1))
 done
