@@ -1,0 +1,373 @@
+/* metrics_anchor.c: the anchor libraries' losses and balance statistics of a plan
+ * (metrics_anchor.h; formulas in docs/metrics.md, each read from the library's own function).
+ *
+ * Owns moe_metrics_anchor and its algorithmic reference moe_metrics_anchor_reference. Both take
+ * the same per-token terms: the softmax row p (E) of the logits (exp(L[t,e] - lse[t]) with the
+ * router's logsumexps, else moe_softmax), Megatron's scores s (E) and their top-k, and with gate
+ * noise each expert's ProbInTopK and V-MoE load terms (Normal CDFs, GSL), and add them to the
+ * per-expert sums in token order (add_row), closing a sequence or a routing group where the
+ * serial loop over tokens closes it. The reference computes the terms one token at a time with
+ * the C library's exp and moe_claims_topk; moe_metrics_anchor computes them on the threads
+ * (routers/par.h) in chunks of rows, with the vector exp of vexp.h (the same doubles as the C
+ * library's exp) and a top-k that skips blocks of 8 below the k-th value (the same choice as
+ * moe_claims_topk), and each chunk's terms are added by whichever thread computed them once
+ * every earlier chunk has been added. Every sum is therefore taken in token order, the values
+ * are the reference's bit for bit and do not depend on the number of threads.
+ */
+#include "metrics_anchor.h"
+#include "../routers/claims.h" /* moe_claims_topk */
+#include "../routers/par.h"
+#include "vexp.h"
+
+#include <gsl/gsl_cdf.h>
+#include <gsl/gsl_statistics_double.h>
+#include <gsl/gsl_statistics_long.h>
+#include <math.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+int moe_metrics_span(int len, int n) { return len > 0 && len < n ? len : n; }
+
+/* ---- the libraries' formulas ---- */
+
+/* t2t expert_utils.cv_squared: population variance / (mean^2 + 1e-10), the size taken as
+ * len + 1e-10. */
+static double t2t_cv_squared(const double *x, int len)
+{
+    const double eps = 1e-10, size = (double)len + eps;
+    double sum = 0.0, var = 0.0;
+    for (int i = 0; i < len; i++)
+        sum += x[i];
+    const double mean = sum / size;
+    for (int i = 0; i < len; i++)
+        var += (x[i] - mean) * (x[i] - mean);
+    var /= size;
+    return var / (mean * mean + eps);
+}
+
+/* (std / mean)^2 with the population std (jnp.std), as V-MoE computes it. */
+static double vmoe_cv2(const double *x, int len)
+{
+    double mean = gsl_stats_mean(x, 1, (size_t)len);
+    double sd = gsl_stats_sd_with_fixed_mean(x, 1, (size_t)len, mean);
+    return (sd / mean) * (sd / mean);
+}
+
+/* s (E) = Megatron's scores for the auxiliary losses (compute_routing_scores_for_aux_loss):
+ * sigmoid / sqrt(softplus) of the logits divided by their sum + 1e-20. */
+static void aux_scores(int score, const double *lt, int E, double *s)
+{
+    double sum = 0.0;
+    for (int e = 0; e < E; e++) {
+        double x = lt[e];
+        s[e] = score == MOE_SCORE_SIGMOID ? 1.0 / (1.0 + exp(-x))
+                                         : sqrt(x > 0 ? x + log1p(exp(-x)) : log1p(exp(x)));
+        sum += s[e];
+    }
+    for (int e = 0; e < E; e++)
+        s[e] /= sum + 1e-20;
+}
+
+/* ---- top-k ---- */
+
+/* Inserts (x, e) into the descending list val, idx of *cnt entries (k at most), as
+ * moe_claims_topk does: once k are held, a value not above the k-th is not taken (the lower
+ * index stays on a tie). */
+static inline void topk_insert(double x, int e, int k, int *cnt, int32_t *idx, double *val)
+{
+    if (*cnt == k && !(x > val[k - 1]))
+        return;
+    int j = *cnt < k ? (*cnt)++ : k - 1;
+    for (; j > 0 && val[j - 1] < x; j--) {
+        val[j] = val[j - 1];
+        idx[j] = idx[j - 1];
+    }
+    val[j] = x;
+    idx[j] = e;
+}
+
+/* moe_claims_topk's k >= 1 largest of v (len), the same indices and values. Where the CPU has
+ * AVX-512 and the row holds no NaN, the k-th largest of the row is at least the k-th largest
+ * of its 8 lane maxima (k distinct elements) or, for k > 8, of the row's first k values; only
+ * the values at or above that bound can be among the k largest, and they go through
+ * topk_insert in index order, which chooses among them exactly as among the whole row. */
+static void topk_fast(const double *v, int len, int k, int32_t *idx, double *val)
+{
+    int cnt = 0, e = 0;
+#if defined(__AVX512F__)
+    if (len >= 16) {
+        const int nb = len / 8;
+        __m512d mx = _mm512_loadu_pd(v);
+        __mmask8 nan = _mm512_cmp_pd_mask(mx, mx, _CMP_UNORD_Q);
+        for (int b = 1; b < nb; b++) {
+            const __m512d x = _mm512_loadu_pd(v + 8 * b);
+            nan |= _mm512_cmp_pd_mask(x, x, _CMP_UNORD_Q);
+            mx = _mm512_max_pd(mx, x);
+        }
+        for (int i = 8 * nb; i < len; i++)
+            nan |= isnan(v[i]);
+        if (!nan) {
+            double lane[8];
+            int32_t li[8];
+            _mm512_storeu_pd(lane, mx);
+            if (k <= 8) /* the k-th largest lane maximum, else of the first k values */
+                moe_claims_topk(lane, 8, k, li, val);
+            else
+                moe_claims_topk(v, k, k, idx, val);
+            const double thr = val[k - 1];
+            const __m512d lo = _mm512_set1_pd(thr);
+            for (int b = 0; b < nb; b++)
+                for (unsigned m = _mm512_cmp_pd_mask(_mm512_loadu_pd(v + 8 * b), lo, _CMP_GE_OQ);
+                     m; m &= m - 1) {
+                    const int i = 8 * b + __builtin_ctz(m);
+                    topk_insert(v[i], i, k, &cnt, idx, val);
+                }
+            for (e = 8 * nb; e < len; e++)
+                if (v[e] >= thr)
+                    topk_insert(v[e], e, k, &cnt, idx, val);
+            return;
+        }
+    }
+#endif
+    for (; e < len; e++)
+        topk_insert(v[e], e, k, &cnt, idx, val);
+}
+
+/* ---- per-token terms and the sums in token order ---- */
+
+typedef struct {
+    const moe_plan *plan;
+    const double *L;                  /* (T,E) the logits routed */
+    int n, E, k, S, gs;               /* k capped at E; S tokens per sequence, gs per group */
+    int noisy, own, score, use_lse;   /* gate noise; Megatron's own scores (score); router's lse */
+    double *seq_cnt, *seq_p, *imp, *pv, *load; /* (E) running sums */
+    double seq_sum, imp_sum, pv_sum;
+    int in_seq, in_group, ngroups; /* tokens into the sequence and the group */
+} anc_state;
+
+/* One token's terms (E each, s only with own scores, q and l only with noise; tk (k)); fast:
+ * by vexp and topk_fast, else by exp and moe_claims_topk (the same doubles). ix, val (E + 1)
+ * scratch. */
+static void row_terms(const anc_state *st, int t, int fast, double *p, double *s, int32_t *tk,
+                      double *q, double *l, int32_t *ix, double *val)
+{
+    const int E = st->E, k = st->k;
+    const double *lt = st->L + (size_t)t * E;
+    void (*topk)(const double *, int, int, int32_t *, double *) =
+        fast ? topk_fast : moe_claims_topk;
+    if (st->use_lse && fast)
+        moe_vexp_shift(lt, E, st->plan->lse[t], p);
+    else if (st->use_lse)
+        for (int e = 0; e < E; e++)
+            p[e] = exp(lt[e] - st->plan->lse[t]);
+    else
+        moe_softmax(lt, E, p);
+    if (st->own)
+        aux_scores(st->score, lt, E, s);
+    if (k >= 1) /* Megatron's top-k routing map */
+        topk(st->own ? s : p, E, k, tk, val);
+    if (!st->noisy)
+        return;
+    /* V-MoE's q[e] = 1 - Phi((thr - L[e]) / sd) with thr the k-th largest noisy logit;
+     * Shazeer's ProbInTopK l[e] (only when k < E) */
+    const double sd = st->plan->noise_std, *h = st->plan->noisy_logits + (size_t)t * E;
+    topk(h, E, k < E ? k + 1 : k, ix, val); /* the k+1 largest, descending */
+    const double thr = val[k - 1];
+    for (int e = 0; e < E; e++)
+        q[e] = gsl_cdf_ugaussian_Q((thr - lt[e]) / sd);
+    if (k >= E)
+        return;
+    const double in = val[k], out = thr; /* (k+1)-th and k-th largest noisy logits */
+    for (int e = 0; e < E; e++)
+        l[e] = gsl_cdf_ugaussian_P((lt[e] - (h[e] > in ? in : out)) / sd);
+}
+
+/* Adds token t's terms to the running sums; a sequence and a routing group end where the serial
+ * loop over tokens ends them. */
+static void add_row(anc_state *st, int t, const double *p, const double *s, const int32_t *tk,
+                    const double *q, const double *l)
+{
+    const int E = st->E, k = st->k, S = st->S;
+    double *restrict sp = st->seq_p, *restrict im = st->imp;
+    const double *restrict pr = p, *restrict sr = st->own ? s : p;
+    for (int j = 0; j < k; j++)
+        st->seq_cnt[tk[j]] += 1.0;
+    for (int e = 0; e < E; e++)
+        sp[e] += sr[e];
+    for (int e = 0; e < E; e++)
+        im[e] += pr[e];
+    if (st->noisy) {
+        double *restrict pv = st->pv, *restrict ld = st->load;
+        const double *restrict qr = q, *restrict lr = l;
+        for (int e = 0; e < E; e++)
+            pv[e] += qr[e];
+        for (int e = 0; k < E && e < E; e++)
+            ld[e] += lr[e];
+    }
+    if (++st->in_seq == S) { /* a sequence ends: sum_e cost_coeff[e] * mean_s s[s,e] */
+        double sum = 0.0;
+        for (int e = 0; e < E; e++)
+            sum += st->seq_cnt[e] / ((double)S * k / E) * (st->seq_p[e] / S);
+        st->seq_sum += sum;
+        memset(st->seq_cnt, 0, (size_t)E * sizeof *st->seq_cnt);
+        memset(st->seq_p, 0, (size_t)E * sizeof *st->seq_p);
+        st->in_seq = 0;
+    }
+    if (++st->in_group == st->gs || t == st->n - 1) { /* a routing group ends */
+        st->imp_sum += vmoe_cv2(st->imp, E);
+        for (int e = 0; st->noisy && e < E; e++)
+            st->pv[e] /= st->in_group;
+        if (st->noisy)
+            st->pv_sum += vmoe_cv2(st->pv, E);
+        memset(st->imp, 0, (size_t)E * sizeof *st->imp);
+        memset(st->pv, 0, (size_t)E * sizeof *st->pv);
+        st->ngroups++;
+        st->in_group = 0;
+    }
+}
+
+/* ---- the terms on the threads ---- */
+
+enum { ANC_VALUES = 8192 }; /* values of one (rows, E) term block of a chunk */
+
+typedef struct {
+    anc_state *st;
+    int R;            /* rows per chunk */
+    size_t per, iper; /* doubles and int32 of one part's scratch */
+    double *buf;      /* (nparts, per): p, s, q, l (R,E) each, val (E + 1) */
+    int32_t *ibuf;    /* (nparts, iper): tk (R,k), ix (E + 1) */
+    atomic_long next; /* the next chunk to take */
+    atomic_long done; /* chunks [0, done) are in the sums */
+} anc_job;
+
+/* Chunks of R tokens go, in increasing order, to whichever thread is free; it computes their
+ * terms into its own scratch, waits until every earlier chunk is in the sums and adds its own.
+ * A thread only waits for chunks that running threads took, so a part that moe_par_run runs
+ * later on the caller cannot stall the others. */
+static void anc_part(void *ctx, int i, int np)
+{
+    (void)np;
+    anc_job *j = ctx;
+    anc_state *st = j->st;
+    const int E = st->E, R = j->R;
+    const size_t RE = (size_t)R * E;
+    double *p = j->buf + (size_t)i * j->per, *s = p + RE, *q = s + RE, *l = q + RE;
+    double *val = l + RE;
+    int32_t *tk = j->ibuf + (size_t)i * j->iper, *ix = tk + (size_t)R * st->k;
+    const long nch = (st->n + R - 1) / R;
+    for (long ch; (ch = atomic_fetch_add(&j->next, 1)) < nch;) {
+        const int t0 = (int)(ch * R), t1 = t0 + R < st->n ? t0 + R : st->n;
+        for (int t = t0; t < t1; t++) {
+            const size_t o = (size_t)(t - t0) * E;
+            row_terms(st, t, 1, p + o, s + o, tk + (size_t)(t - t0) * st->k, q + o, l + o, ix,
+                      val);
+        }
+        for (int spin = 0; atomic_load_explicit(&j->done, memory_order_acquire) != ch; spin++)
+            if (spin >= 64)
+                sched_yield();
+        for (int t = t0; t < t1; t++) {
+            const size_t o = (size_t)(t - t0) * E;
+            add_row(st, t, p + o, s + o, tk + (size_t)(t - t0) * st->k, q + o, l + o);
+        }
+        atomic_store_explicit(&j->done, ch + 1, memory_order_release);
+    }
+}
+
+/* The sums of every token: on the threads (fast) or by the reference's serial loop. */
+static int anc_sums(anc_state *st, int fast)
+{
+    const int E = st->E;
+    const int np = fast ? moe_par_parts((long)st->n * E, 16384) : 1;
+    const int R = !fast ? 1 : E >= ANC_VALUES ? 1 : ANC_VALUES / E;
+    anc_job j = {.st = st, .R = R};
+    j.per = (size_t)R * E * 4 + (size_t)E + 1;
+    j.iper = (size_t)R * st->k + (size_t)E + 1;
+    j.buf = malloc((size_t)np * j.per * sizeof *j.buf);
+    j.ibuf = malloc((size_t)np * j.iper * sizeof *j.ibuf);
+    if (!j.buf || !j.ibuf) {
+        free(j.buf);
+        free(j.ibuf);
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of %d experts)", E);
+    }
+    atomic_init(&j.next, 0);
+    atomic_init(&j.done, 0);
+    if (fast) {
+        moe_par_run(anc_part, &j, np);
+    } else {
+        double *p = j.buf, *s = p + E, *q = s + E, *l = q + E, *val = l + E;
+        for (int t = 0; t < st->n; t++) {
+            row_terms(st, t, 0, p, s, j.ibuf, q, l, j.ibuf + st->k, val);
+            add_row(st, t, p, s, j.ibuf, q, l);
+        }
+    }
+    free(j.buf);
+    free(j.ibuf);
+    return MOE_OK;
+}
+
+/* seq_aux_loss, importance_loss_vmoe, load_loss_vmoe and load_loss_shazeer (docs/metrics.md)
+ * from the logits (T,E) routed. */
+static int anchor_losses(const moe_plan *plan, const double *logits, moe_metrics *mt, int fast)
+{
+    const int n = plan->n, E = plan->E, k = plan->k < E ? plan->k : E; /* experts per token */
+    anc_state st = {.plan = plan, .L = logits, .n = n, .E = E, .k = k,
+                    .S = moe_metrics_span(mt->sequence_length, n),
+                    .gs = moe_metrics_span(mt->group_size, n)};
+    if (n % st.S != 0)
+        return moe_fail(MOE_EINVAL, "sequence_length must divide the tokens of a batch",
+                        "sequence_length %d does not divide the batch's %d tokens "
+                        "(sequence_length)", st.S, n);
+    st.noisy = plan->noisy_logits && plan->noise_std > 0.0 && k >= 1;
+    st.own = mt->score == MOE_SCORE_SIGMOID || mt->score == MOE_SCORE_SQRTSOFTPLUS;
+    st.score = mt->score;
+    st.use_lse = plan->lse_of == logits;
+    double *d = calloc((size_t)E * 5, sizeof *d);
+    if (!d)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of %d experts)", E);
+    st.seq_cnt = d, st.seq_p = d + E, st.imp = d + 2 * E, st.pv = d + 3 * E, st.load = d + 4 * E;
+    int rc = anc_sums(&st, fast);
+    if (!rc) {
+        mt->seq_aux_loss = k >= 1 ? st.seq_sum / (n / st.S) : NAN;
+        mt->importance_loss_vmoe = st.imp_sum / st.ngroups;
+        mt->load_loss_vmoe = st.noisy ? st.pv_sum / st.ngroups : NAN;
+        if (!st.noisy || k >= E) /* t2t without noise: the load is the count of non-zero gates */
+            for (int e = 0; e < E; e++)
+                st.load[e] = (double)plan->assigned_load[e];
+        mt->load_loss_shazeer = t2t_cv_squared(st.load, E);
+    }
+    free(d);
+    return rc;
+}
+
+/* The anchor libraries' metrics of a plan (docs/metrics.md). */
+static int anchor_metrics(const moe_plan *plan, const double *logits, moe_metrics *mt, int fast)
+{
+    const int E = plan->E;
+    for (int j = 0; j < 2; j++) {
+        long c = plan->rank_claims[j];
+        double v = c > 0 ? 100.0 * (double)(c - plan->rank_kept[j]) / (double)c : NAN;
+        *(j ? &mt->overflow_expert2 : &mt->overflow_expert1) = v;
+    }
+    long kmax = gsl_stats_long_max(mt->kept_load, 1, (size_t)E);
+    mt->balancedness = kmax > 0 ? gsl_stats_long_mean(mt->kept_load, 1, (size_t)E) / kmax : 0.0;
+    mt->seq_aux_loss = mt->importance_loss_vmoe = mt->load_loss_vmoe = NAN;
+    mt->load_loss_shazeer = NAN;
+    if (!logits || plan->dense || plan->m != E)
+        return MOE_OK;
+    return anchor_losses(plan, logits, mt, fast);
+}
+
+int moe_metrics_anchor(const moe_plan *plan, const double *logits, moe_metrics *mt)
+{
+    return anchor_metrics(plan, logits, mt, 1);
+}
+
+int moe_metrics_anchor_reference(const moe_plan *plan, const double *logits, moe_metrics *mt)
+{
+    return anchor_metrics(plan, logits, mt, 0);
+}
