@@ -281,28 +281,33 @@ static void row_terms(const anc_state *st, int t, int fast, double *p, double *s
         l[e] = gsl_cdf_ugaussian_P((lt[e] - (h[e] > in ? in : out)) / sd);
 }
 
+/* acc[e] += x[e] for e < E, in blocks of 8 the compiler turns into vector adds (each element
+ * is still one addition). */
+static void add_to(double *restrict acc, const double *restrict x, int E)
+{
+    int e = 0;
+    for (; e + 8 <= E; e += 8)
+        for (int j = 0; j < 8; j++)
+            acc[e + j] += x[e + j];
+    for (; e < E; e++)
+        acc[e] += x[e];
+}
+
 /* Adds token t's terms to the running sums; a sequence and a routing group end where the serial
  * loop over tokens ends them. */
 static void add_row(anc_state *st, int t, const double *p, const double *s, const int32_t *tk,
                     const double *q, const double *l)
 {
     const int E = st->E, k = st->k, S = st->S;
-    double *restrict sp = st->seq_p, *restrict im = st->imp;
-    const double *restrict pr = p, *restrict sr = st->own ? s : p;
     for (int j = 0; j < k; j++)
         st->seq_cnt[tk[j]] += 1.0;
-    for (int e = 0; e < E; e++)
-        sp[e] += sr[e];
-    for (int e = 0; !st->shared && e < E; e++)
-        im[e] += pr[e];
-    if (st->noisy) {
-        double *restrict pv = st->pv, *restrict ld = st->load;
-        const double *restrict qr = q, *restrict lr = l;
-        for (int e = 0; e < E; e++)
-            pv[e] += qr[e];
-        for (int e = 0; k < E && e < E; e++)
-            ld[e] += lr[e];
-    }
+    add_to(st->seq_p, st->own ? s : p, E);
+    if (!st->shared)
+        add_to(st->imp, p, E);
+    if (st->noisy)
+        add_to(st->pv, q, E);
+    if (st->noisy && k < E)
+        add_to(st->load, l, E);
     const int seq_end = ++st->in_seq == S;
     const int group_end = ++st->in_group == st->gs || t == st->n - 1;
     if (seq_end) { /* a sequence ends: sum_e cost_coeff[e] * mean_s s[s,e] */
