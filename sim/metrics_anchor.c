@@ -187,17 +187,33 @@ static void topk_fast(const double *v, int len, int k, int32_t *idx, double *val
 enum { TOPK_RANKED = 32 }; /* candidates ranked by topk_set; more go through topk_insert */
 
 /* The indices of moe_claims_topk's k >= 1 largest of v (len), in some order (Megatron's routing
- * map: only the set counts). With AVX-512 and at most TOPK_RANKED values at or above
- * topk_bound, each of those is taken when its rank in moe_claims_topk's order (the values
- * greater, plus the equal values at lower indices) is below k; else as topk_fast. cv, ci
- * (len + TOPK_RANKED), val (k, at least 8) scratch. */
-
+ * map: only the set counts). With AVX-512: for k = 1 the first index of the maximum; else, with
+ * at most TOPK_RANKED values at or above topk_bound, each of those is taken when its rank in
+ * moe_claims_topk's order (the values greater, plus the equal values at lower indices) is below
+ * k; else as topk_fast. cv, ci (len + TOPK_RANKED), val (k, at least 8) scratch. */
 static void topk_set(const double *v, int len, int k, int32_t *idx, double *val, double *cv,
                      int32_t *ci)
 {
 #if defined(__AVX512F__) && defined(__AVX512VL__)
     double thr;
     if (len >= 16 && topk_bound(v, len, k, &thr)) {
+        if (k == 1) { /* the maximum (the lanes' or a later value): its first index */
+            int e = 0;
+            for (int i = len / 8 * 8; i < len; i++)
+                thr = v[i] > thr ? v[i] : thr;
+            for (; e + 8 <= len; e += 8) {
+                const unsigned eq =
+                    _mm512_cmp_pd_mask(_mm512_loadu_pd(v + e), _mm512_set1_pd(thr), _CMP_EQ_OQ);
+                if (eq) {
+                    idx[0] = e + __builtin_ctz(eq);
+                    return;
+                }
+            }
+            for (; v[e] != thr; e++)
+                ;
+            idx[0] = e;
+            return;
+        }
         const int m = topk_candidates(v, len, thr, cv, ci);
         if (m <= TOPK_RANKED) {
             const int nb = (m + 7) / 8;

@@ -7,8 +7,9 @@
  * equal values: ties in the top-k, to the lower index), with some -inf entries, rows holding
  * NaN (their logsumexp is NaN), gate noise (noisy logits L + N(0,1)), Megatron's own scores
  * (sigmoid, sqrt(softplus)), sequences and routing groups; E from 8 to 256 (rows of 16 or more
- * take the bounded top-k, shorter rows the plain one) and k from 1 to E (k > 8 takes the first
- * k values as the bound). The reference's values themselves are checked against NumPy
+ * take the bounded top-k, shorter rows the plain one; E not a multiple of 8 leaves a tail
+ * outside the 8 lanes) and k from 1 to E (k = 1 takes the maximum, k > 8 the first k values
+ * as the bound). The reference's values themselves are checked against NumPy
  * re-implementations of the libraries in tests/test_metrics_anchor.c. */
 #include "check.h"
 #include "metrics_anchor.h"
@@ -109,6 +110,8 @@ int main(void)
         {3000, 8, 8, KIND_TIES, 0, MOE_SCORE_SOFTMAX, 0, 0},
         {2500, 16, 1, KIND_TIES, 0, MOE_SCORE_SOFTMAX, 0, 0},
         {2000, 20, 3, KIND_SPECIAL, 0, MOE_SCORE_SOFTMAX, 0, 0},
+        {2000, 20, 1, KIND_GAUSS, 0, MOE_SCORE_SOFTMAX, 0, 0},
+        {1000, 250, 1, KIND_TIES, 0, MOE_SCORE_SOFTMAX, 0, 0},
         {2048, 64, 1, KIND_GAUSS, 0, MOE_SCORE_SOFTMAX, 0, 0},
         {2048, 64, 2, KIND_TIES, 0, MOE_SCORE_SOFTMAX, 128, 256},
         {2048, 64, 8, KIND_TIES, 0, MOE_SCORE_SOFTMAX, 0, 300},
