@@ -10,7 +10,9 @@
  * take the bounded top-k, shorter rows the plain one; E not a multiple of 8 leaves a tail
  * outside the 8 lanes) and k from 1 to E (k = 1 takes the maximum, k > 8 the first k values
  * as the bound). The reference's values themselves are checked against NumPy
- * re-implementations of the libraries in tests/test_metrics_anchor.c. */
+ * re-implementations of the libraries in tests/test_metrics_anchor.c.
+ * Also the experts-per-token and groups-touched histograms of a plan whose entries come in
+ * expert order (counted from (T,E) marks, eight at a time) against a direct count here. */
 #include "check.h"
 #include "metrics_anchor.h"
 #include "moe.h"
@@ -102,8 +104,61 @@ out:
     moe_metrics_free(mt);
 }
 
+/* Entries in expert order (expert e takes the tokens t with (7t + 13e) mod 5 == 0, and token
+ * 0 twice), E = 72 in G groups: the histograms equal a count of distinct (token, expert) pairs
+ * and groups made here from the same rule. */
+static void test_marks(int G)
+{
+    enum { N = 300, EX = 72 };
+    moe_plan *p = moe_plan_alloc(N, EX, (size_t)N * EX + 1);
+    moe_metrics *mt = moe_metrics_alloc(EX);
+    CHECK(p && mt, "alloc");
+    if (!p || !mt || moe_plan_reset(p, N, EX, EX))
+        goto out;
+    p->k = 1;
+    p->capacity = N + 1;
+    long want[EX + 1] = {0}, want_g[EX + 1] = {0};
+    for (int e = 0; e < EX; e++) {
+        int slot = 0;
+        for (int t = 0; t < N; t++)
+            if ((7 * t + 13 * e) % 5 == 0)
+                moe_plan_push(p, t, e, slot++, 1.0, 1.0);
+        if (e == 0)
+            moe_plan_push(p, 0, 0, slot, 1.0, 1.0); /* a repeated pair counts once */
+    }
+    for (int t = 0; t < N; t++) {
+        int cnt = 0, touched = 0;
+        for (int g = 0; g < G; g++) {
+            int c = 0;
+            for (int e = g * (EX / G); e < (g + 1) * (EX / G); e++)
+                c += (7 * t + 13 * e) % 5 == 0;
+            cnt += c;
+            touched += c > 0;
+        }
+        want[cnt]++;
+        want_g[touched]++;
+    }
+    moe_route_opts o;
+    moe_route_opts_default(&o);
+    o.groups = G;
+    CHECK_INT(moe_metrics_set_opts(mt, &o), MOE_OK);
+    CHECK_INT(moe_metrics_compute(p, NULL, 0, 0, 0, 0, mt), MOE_OK);
+    for (int c = 0; c <= EX; c++)
+        CHECK(mt->experts_per_token[c] == want[c], "G %d: experts_per_token[%d] = %ld, want %ld",
+              G, c, mt->experts_per_token[c], want[c]);
+    for (int c = 0; c <= G; c++)
+        CHECK(mt->groups_touched[c] == want_g[c], "G %d: groups_touched[%d] = %ld, want %ld", G,
+              c, mt->groups_touched[c], want_g[c]);
+out:
+    moe_plan_free(p);
+    moe_metrics_free(mt);
+}
+
 int main(void)
 {
+    test_marks(1);
+    test_marks(4);
+    test_marks(9);
     gsl_rng *g = moe_rng_alloc(2024, 0);
     const fused_case cases[] = {
         {3000, 8, 2, KIND_GAUSS, 0, MOE_SCORE_SOFTMAX, 0, 0},
