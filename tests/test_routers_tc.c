@@ -297,26 +297,27 @@ static void test_topk_order_gate(void)
     ref_softmax(L, 3, p0);
     ref_softmax(L + 3, 3, p1);
     CHECK(p0[0] > p1[0] + 0.01, "hand-worked premise: p[t0,e0] %g > p[t1,e0] %g", p0[0], p1[0]);
-    moe_route_opts o;
-    moe_route_opts_default(&o);
-    o.capacity = 1;
-    o.order = MOE_ORDER_GATE;
-    moe_plan *p = route("topk", &o, 2, 3, L, NULL, NULL);
-    check_entries("topk gate", p, wg, 3);
-    moe_plan_free(p);
-    o.order = MOE_ORDER_PROBS;
-    p = route("topk", &o, 2, 3, L, NULL, NULL);
-    check_entries("topk probs (the same claims)", p, wp, 3);
-    moe_plan_free(p);
     /* dropless: every claim kept, slots in token order, as probs */
-    o.capacity = -1;
-    o.dropless = 1;
-    o.order = MOE_ORDER_GATE;
     const want_entry wd[4] = {{0, 0, 0, sig(0.1)}, {0, 1, 0, sig(-0.1)}, {1, 0, 1, sig(0.5)},
                               {1, 2, 0, sig(-0.5)}};
-    p = route("topk", &o, 2, 3, L, NULL, NULL);
-    check_entries("topk gate dropless", p, wd, 4);
-    moe_plan_free(p);
+    const struct {
+        const char *what;
+        int order, dropless;
+        const want_entry *want;
+        size_t nw;
+    } cases[3] = {{"topk gate", MOE_ORDER_GATE, 0, wg, 3},
+                  {"topk probs (other claims)", MOE_ORDER_PROBS, 0, wp, 3},
+                  {"topk gate dropless", MOE_ORDER_GATE, 1, wd, 4}};
+    for (int i = 0; i < 3; i++) {
+        moe_route_opts o;
+        moe_route_opts_default(&o);
+        o.capacity = cases[i].dropless ? -1 : 1;
+        o.dropless = cases[i].dropless;
+        o.order = cases[i].order;
+        moe_plan *p = route("topk", &o, 2, 3, L, NULL, NULL);
+        check_entries(cases[i].what, p, cases[i].want, cases[i].nw);
+        moe_plan_free(p);
+    }
 }
 
 static void test_topk_k_equals_E(void)
