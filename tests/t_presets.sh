@@ -40,6 +40,11 @@ route h --router topk --k 2 --normalize-topk false --dropless true
 check "qwen2_moe --k 2 = topk k 2 raw weights dropless" cmp -s "$tmp/g.csv" "$tmp/h.csv"
 route i --preset mixtral --router topk
 check "--router equal to the preset's router is accepted" cmp -s "$tmp/i.csv" "$tmp/e.csv"
+route j --preset megatron_topk_capacity --capacity-factor 0.5
+route k --router topk --k 2 --capacity-factor 0.5 --order gate
+check "megatron_topk_capacity = topk k 2 order gate" cmp -s "$tmp/j.csv" "$tmp/k.csv"
+route l --router topk --k 2 --capacity-factor 0.5 --order probs
+check "order gate and order probs keep other claims here" sh -c "! cmp -s '$tmp/k.csv' '$tmp/l.csv'"
 
 # 3. errors: one line, exit 1, no plan
 err() {
