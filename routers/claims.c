@@ -1,6 +1,7 @@
 /* claims.c: claim resolution for the token-choice routers (topk, switch, gshard, hash):
- * capacity, the four claim orders (choice_major, token_major, bpr, probs), renormalisation and
- * the claim statistics, exactly as ROUTING.md section 2 says. Interface in claims.h. */
+ * capacity, the claim orders (choice_major, token_major, bpr, probs, rts, gate),
+ * renormalisation and the claim statistics, exactly as ROUTING.md section 2 says. Interface in
+ * claims.h. */
 #include "claims.h"
 #include "par.h"
 #include "vexp.h"
@@ -225,10 +226,12 @@ static void take(moe_claims *c, size_t i, long C)
     c->slot[i] = c->fill[e] < C ? c->fill[e]++ : -1;
 }
 
-/* Orders probs and rts: each expert keeps the C claims with the highest key[t,e] (key (T,E):
- * p for probs, the rts draws for rts; ties to the lower token); slots are then numbered in
- * token order among the kept claims. */
-static void resolve_keyed(moe_claims *c, int n, long C, const long *load, const double *key)
+/* Orders probs, rts and gate: each expert keeps the C claims with the highest key (ties to the
+ * lower token); slots are then numbered in token order among the kept claims. key (T,E) is
+ * indexed by token and expert (p for probs, the rts draws for rts), or, with per_claim, key
+ * (T,K) by claim (the gates for gate). */
+static void resolve_keyed(moe_claims *c, int n, long C, const long *load, const double *key,
+                          int per_claim)
 {
     const int K = c->K, E = c->E;
     enum { KEEP = -2 };
@@ -253,7 +256,7 @@ static void resolve_keyed(moe_claims *c, int n, long C, const long *load, const 
             continue;
         }
         for (int q = 0; q < cnt; q++)
-            c->val[q] = key[(size_t)(li[q] / K) * E + e];
+            c->val[q] = per_claim ? key[li[q]] : key[(size_t)(li[q] / K) * E + e];
         /* stable: equal p keep list order, which is token order */
         moe_argsort_desc(c->val, cnt, c->order, c->tmp);
         for (long q = 0; q < C; q++)
@@ -321,10 +324,13 @@ int moe_claims_resolve(moe_claims *c, int n, int order, long C, int dropless, in
                 take(c, (size_t)c->order[r] * K + j, C);
         break;
     case MOE_ORDER_PROBS:
-        resolve_keyed(c, n, C, load, c->p);
+        resolve_keyed(c, n, C, load, c->p, 0);
         break;
     case MOE_ORDER_RTS:
-        resolve_keyed(c, n, C, load, c->rts_u);
+        resolve_keyed(c, n, C, load, c->rts_u, 0);
+        break;
+    case MOE_ORDER_GATE:
+        resolve_keyed(c, n, C, load, c->gate, 1);
         break;
     default:
         return moe_fail(MOE_EINVAL, NULL, "unknown claim order %d (order)", order);

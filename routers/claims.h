@@ -72,7 +72,8 @@ void moe_claims_topk(const double *v, int len, int k, int32_t *idx, double *val)
 /* Resolve the claims of n tokens into plan entries.
  * order: enum moe_order or MOE_ORDER_RTS (DeepSpeed's random token selection, top1gating
  * use_rts: each expert keeps the C claims with the largest c->rts_u[t,e], ties to the lower
- * token, slots in token order among the kept; needs c->rts_u).
+ * token, slots in token order among the kept; needs c->rts_u) or MOE_ORDER_GATE (Megatron's
+ * drop_policy 'probs': the same with the claim's gate c->gate as its key).
  * C: capacity (slots per expert); dropless = 1 ignores C and uses
  * C = the largest number of claims on one expert, so nothing is dropped and slot < C holds.
  * renormalize = 1: each token's kept gate values are divided by their sum.

@@ -153,8 +153,9 @@ enum moe_score { MOE_SCORE_AUTO = 0, MOE_SCORE_SOFTMAX = 1, MOE_SCORE_SIGMOID = 
                  MOE_SCORE_SQRTSOFTPLUS = 3 };
 enum moe_tri { MOE_TRI_AUTO = 0, MOE_TRI_TRUE = 1, MOE_TRI_FALSE = 2 };
 enum moe_group_score { MOE_GSCORE_TOPK_SUM = 0, MOE_GSCORE_MAX = 1 };
-/* order rts (DeepSpeed's random token selection) follows the four orders above */
-enum { MOE_ORDER_RTS = 4 };
+/* order rts (DeepSpeed's random token selection) follows the four orders above; order gate
+ * (Megatron's drop_policy 'probs': rank by the claim's gate) follows rts */
+enum { MOE_ORDER_RTS = 4, MOE_ORDER_GATE = 5 };
 /* gshard: whether the second choice is dispatched */
 enum moe_second_policy { MOE_SECOND_RANDOM = 0, MOE_SECOND_ALL = 1, MOE_SECOND_SAMPLING = 2,
                          MOE_SECOND_THRESHOLD = 3 };

@@ -35,7 +35,7 @@ const moe_option moe_route_options[] = {
     {"rounding", "enum", MOE_OPT_ENUM, OFF(rounding), MOE_ROUND_CEIL, 0, 0, "ceil|floor|round",
      NULL, NULL, "ROUND in the capacity formula (round: half to even)", R_CAP},
     {"order", "enum", MOE_OPT_ENUM, OFF(order), MOE_ORDER_CHOICE_MAJOR, 0, 0,
-     "choice_major|token_major|bpr|probs|rts", NULL, NULL,
+     "choice_major|token_major|bpr|probs|rts|gate", NULL, NULL,
      "order in which token-choice claims take slots", R_ORDER},
     {"renormalize", "bool", MOE_OPT_BOOL, OFF(renormalize), 0, 0, 0, NULL, NULL, NULL,
      "divide kept gates by their sum after drops", R_CLAIMS},

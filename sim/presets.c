@@ -21,8 +21,8 @@ const moe_preset moe_presets[] = {
     {"deepspeed_topk", "topk",
      {"k = 4", "capacity_factor = 1.0", "min_capacity = 4", "order = probs", "renormalize = true",
       NULL},
-     "DeepSpeed deepspeed/moe/sharded_moe.py topkgating (k > 2, drop_policy 'probs', gates "
-     "divided by the kept gates' sum)"},
+     "DeepSpeed deepspeed/moe/sharded_moe.py topkgating (k > 2, drop_policy 'probs': claims "
+     "ranked by softmax probability, as since v0.19.0; gates divided by the kept gates' sum)"},
     {"fairseq_top1", "switch", {"capacity_factor = 1.0", NULL},
      "fairseq (moe branch) fairseq/modules/moe/top1gate.py top1gating (capacity_factor 1.0)"},
     {"fairseq_top2", "gshard", {"second_policy = sampling", "renormalize = true", NULL},
@@ -51,10 +51,15 @@ const moe_preset moe_presets[] = {
     {"tutel_top2", "topk", {"k = 2", "capacity_factor = 1.0", NULL},
      "Tutel tutel/impls/fast_dispatch.py extract_critical via tutel/impls/moe_layer.py (top-2 "
      "gate, normalize_gate true, capacity_factor 1.0)"},
-    {"megatron_topk", "topk", {"k = 2", "dropless = true", "order = probs", NULL},
+    {"megatron_topk", "topk", {"k = 2", "dropless = true", "order = gate", NULL},
      "Megatron-LM megatron/core/transformer/moe/moe_utils.py topk_routing_with_score_function "
      "(softmax after top-k) and router.py TopKRouter (moe_expert_capacity_factor None: "
-     "dropless; moe_token_drop_policy 'probs')"},
+     "dropless; with a capacity factor: megatron_topk_capacity)"},
+    {"megatron_topk_capacity", "topk", {"k = 2", "capacity_factor = 1.0", "order = gate", NULL},
+     "Megatron-LM megatron/core/transformer/moe/moe_utils.py topk_routing_with_score_function "
+     "and apply_router_token_dropping (moe_expert_capacity_factor 1.0, get_capacity "
+     "ceil(n k / E * cf), moe_token_drop_policy 'probs': each expert keeps its C claims with the "
+     "largest probability normalised over the token's k experts)"},
     {"mixtral", "topk", {"k = 2", "dropless = true", NULL},
      "Hugging Face transformers src/transformers/models/mixtral/modeling_mixtral.py "
      "MixtralSparseMoeBlock (num_experts_per_tok 2, top-k of softmax, renormalised)"},

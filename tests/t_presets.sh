@@ -12,9 +12,10 @@ NAME=t_presets
 make_tmp
 P=tests/fixtures/presets
 
-# 1. every fixture, entry for entry (16 cases: 13 presets at their defaults, deepspeed_topk at capacity
-# factor 2, and 2 overrides)
-"$BUILD/tests/test_fixtures" "$P" 16 >"$tmp/fx" 2>&1
+# 1. every fixture, entry for entry (23 cases: the 15 presets at their defaults, 2 overrides,
+# deepspeed_topk at capacity factors 2 and 0.5 and with drop_policy 'position' (--order
+# token_major), megatron_topk_capacity at 0.5 and with 'position' at 1 and 0.5)
+"$BUILD/tests/test_fixtures" "$P" 23 >"$tmp/fx" 2>&1
 rc=$?
 same "preset fixtures: test_fixtures exit" "$rc" 0
 contains "preset fixtures: no failed check" "$tmp/fx" ", 0 failed"
@@ -39,6 +40,11 @@ route h --router topk --k 2 --normalize-topk false --dropless true
 check "qwen2_moe --k 2 = topk k 2 raw weights dropless" cmp -s "$tmp/g.csv" "$tmp/h.csv"
 route i --preset mixtral --router topk
 check "--router equal to the preset's router is accepted" cmp -s "$tmp/i.csv" "$tmp/e.csv"
+route j --preset megatron_topk_capacity --capacity-factor 0.5
+route k --router topk --k 2 --capacity-factor 0.5 --order gate
+check "megatron_topk_capacity = topk k 2 order gate" cmp -s "$tmp/j.csv" "$tmp/k.csv"
+route l --router topk --k 2 --capacity-factor 0.5 --order probs
+check "order gate and order probs keep other claims here" sh -c "! cmp -s '$tmp/k.csv' '$tmp/l.csv'"
 
 # 3. errors: one line, exit 1, no plan
 err() {
@@ -55,15 +61,15 @@ err "unknown preset" "unknown preset 'bogus' (--preset)" --preset bogus
 err "option that does not apply" "option select does not apply to router topk (--select)" \
     --preset mixtral --select rsample
 
-# 4. moesim list presets: the 14 presets, each with its router line and its source line
+# 4. moesim list presets: the 15 presets, each with its router line and its source line
 "$MOESIM" list presets >"$tmp/list" 2>&1
 same "list presets: exit" "$?" 0
 for p in deepspeed_top1 deepspeed_top2 deepspeed_topk fairseq_top1 fairseq_top2 lingvo_top2 \
     flaxformer_tokens_choose flaxformer_experts_choose vmoe_bpr tutel_top2 megatron_topk \
-    mixtral qwen2_moe deepseek_v3; do
+    megatron_topk_capacity mixtral qwen2_moe deepseek_v3; do
     same "list presets: $p" "$(grep -c "^$p  *router = " "$tmp/list")" 1
 done
-same "list presets: one source line each" "$(grep -c '^  *from ' "$tmp/list")" 14
+same "list presets: one source line each" "$(grep -c '^  *from ' "$tmp/list")" 15
 contains "list presets: values" "$tmp/list" \
     "deepspeed_top2             router = gshard, capacity_factor = 1.0, min_capacity = 4, second_policy = sampling, renormalize = true"
 contains "list presets: source" "$tmp/list" "deepspeed/moe/sharded_moe.py top2gating"

@@ -3,8 +3,8 @@
  * (moe_router_alloc / moe_router_route / moe_plan_alloc). Each case states its logits, the
  * choices, the claim order and the resulting entries (token, expert, slot, combine weight),
  * assigned_load, importance, n_claims, capacity and aux_loss, with the tie rules pinned:
- * per-token choices compare logits with ties to the lower expert; bpr and probs ties go to the
- * lower token; balanced hashing ties go to the lower id and the lower bucket.
+ * per-token choices compare logits with ties to the lower expert; bpr, probs and gate ties go
+ * to the lower token; balanced hashing ties go to the lower id and the lower bucket.
  *
  * Notation in the comments: sig(d) = 1/(1+exp(-d)), so the softmax of two logits a > b is
  * (sig(a-b), sig(b-a)). Probabilities p are full softmaxes, computed here by ref_softmax (a
@@ -283,6 +283,43 @@ static void test_topk_orders(void)
  * t0 [0.25, -1.5, 0.25], k = 3 = E: choices e0, e2 (tie to the lower expert), e1; the gate is
  * the softmax of all three logits, i.e. the full p. cf = 1: C = ceil(3*1/3) = 1.
  * aux = 3/(3*1) * (p0 + p1 + p2) = 1 (every expert has load 1). */
+/* Orders gate and probs, topk k 2, C 1 (explicit capacity). Logits t0 (3, 2.9, -9), t1 (1, 0,
+ * 0.5): t0 chooses e0, e1 with gates sig(0.1), sig(-0.1); t1 chooses e0, e2 with gates sig(0.5),
+ * sig(-0.5). Expert 0 is claimed by both: by gate t1 wins (sig(0.5) = .622 > sig(0.1) = .525,
+ * Megatron's drop_policy 'probs'); by the full softmax t0 wins (p = .525 > .506). Experts 1 and 2
+ * have one claim each. */
+static void test_topk_order_gate(void)
+{
+    const double L[6] = {3, 2.9, -9, 1, 0, 0.5};
+    const want_entry wg[3] = {{0, 1, 0, sig(-0.1)}, {1, 0, 0, sig(0.5)}, {1, 2, 0, sig(-0.5)}};
+    const want_entry wp[3] = {{0, 0, 0, sig(0.1)}, {0, 1, 0, sig(-0.1)}, {1, 2, 0, sig(-0.5)}};
+    double p0[3], p1[3];
+    ref_softmax(L, 3, p0);
+    ref_softmax(L + 3, 3, p1);
+    CHECK(p0[0] > p1[0] + 0.01, "hand-worked premise: p[t0,e0] %g > p[t1,e0] %g", p0[0], p1[0]);
+    /* dropless: every claim kept, slots in token order, as probs */
+    const want_entry wd[4] = {{0, 0, 0, sig(0.1)}, {0, 1, 0, sig(-0.1)}, {1, 0, 1, sig(0.5)},
+                              {1, 2, 0, sig(-0.5)}};
+    const struct {
+        const char *what;
+        int order, dropless;
+        const want_entry *want;
+        size_t nw;
+    } cases[3] = {{"topk gate", MOE_ORDER_GATE, 0, wg, 3},
+                  {"topk probs (other claims)", MOE_ORDER_PROBS, 0, wp, 3},
+                  {"topk gate dropless", MOE_ORDER_GATE, 1, wd, 4}};
+    for (int i = 0; i < 3; i++) {
+        moe_route_opts o;
+        moe_route_opts_default(&o);
+        o.capacity = cases[i].dropless ? -1 : 1;
+        o.dropless = cases[i].dropless;
+        o.order = cases[i].order;
+        moe_plan *p = route("topk", &o, 2, 3, L, NULL, NULL);
+        check_entries(cases[i].what, p, cases[i].want, cases[i].nw);
+        moe_plan_free(p);
+    }
+}
+
 static void test_topk_k_equals_E(void)
 {
     const double L[3] = {0.25, -1.5, 0.25};
@@ -747,6 +784,7 @@ static void test_errors(void)
 int main(void)
 {
     test_topk_orders();
+    test_topk_order_gate();
     test_topk_k_equals_E();
     test_topk_noise();
     test_switch();

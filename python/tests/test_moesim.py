@@ -309,7 +309,7 @@ def test_errors():
     expect_error("unknown routing option 'capacity_fctor' (option capacity_fctor)",
                  moesim.route, L, "topk", capacity_fctor=1)
     expect_error("bad value 'sideways' for option order: want one of "
-                 "choice_major|token_major|bpr|probs|rts (option order)",
+                 "choice_major|token_major|bpr|probs|rts|gate (option order)",
                  moesim.route, L, "topk", order="sideways")
     # the routers column of sim/options.c: threshold_on is gshard's alone
     expect_error("option threshold_on does not apply to router topk (option threshold_on)",

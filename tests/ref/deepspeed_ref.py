@@ -11,12 +11,25 @@ the random draws given as arrays (DeepSpeed draws them from torch):
     top2gating    top2_2nd_expert_sampling: second expert = argmax(logits + gumbel) with the
                   first masked out; locations2 = cumsum(mask2) - 1 + sum(mask1); both masks cut
                   at capacity; gates1_s, gates2_s of the kept masks divided by their sum
-    topkgating    top_gate, top_idx = topk(logits, k); drop_policy 'probs': per expert the
-                  top-C tokens of topk_masked_gates, which holds the claimed LOGITS (top_gate)
-                  and 0 for the tokens that did not claim the expert (so a claim with a
-                  negative logit ranks below non-claimants and can be dropped although the
-                  expert has room); locations = cumsum(kept mask) - 1; kept softmax gates
-                  divided by their sum per token
+    topkgating    top_gate, top_idx = topk(gates, k) with gates = softmax(logits);
+                  drop_policy 'probs' (default): per expert the top-C tokens of
+                  topk_masked_gates, which holds the claimed probabilities (top_gate) and 0 for
+                  the tokens that did not claim the expert, so an expert keeps its C claims
+                  with the largest softmax probability (torch.topk over tokens; the zeros it
+                  may pick when fewer than C claim are masked out again); 'position': the
+                  first C claims in token order (cumsum(mask) - 1 < C); locations =
+                  cumsum(kept mask) - 1; kept softmax gates divided by their sum per token
+
+topkgating was checked against DeepSpeed's own function: deepspeed/moe/sharded_moe.py at commit
+edaa7221267243c7be7fb49c5d5f5c4fb97b4641 (after v0.19.5), imported with its DeepSpeed imports
+stubbed and run with Debian's python3-torch 1.13 on the logits of the deepspeed_topk fixtures at
+capacity factors 2, 1 and 0.5: the same kept choices and slots, weights within 6e-8 (float32).
+DeepSpeed before v0.19.0 (commit 853c93894, "fix: topkgating major bug") took
+top_gate, top_idx = topk(LOGITS, k) and so ranked an expert's claims by their raw logit against
+0 for the tokens that did not claim it: a claim with a negative logit was dropped even when its
+expert had room (on the deepspeed_topk fixture at capacity factor 1: 40 of 128 choices kept,
+where v0.19 keeps 90). rank_by_logits=True reproduces that (checked the same way against
+sharded_moe.py at 5999fb069b0c1ef52c0cfe4450f5c00472f5cad1, the parent of that fix).
 
 Every function takes logits L (n, E) and returns a dict of per-choice arrays (n, K): idx
 (expert), pre (the gate of the choice before capacity, which moesim's importance metric sums),
@@ -107,16 +120,21 @@ def top2gating(L, u_gumbel, capacity_factor=1.0, min_capacity=4):
     return top2_sampled(L, u_gumbel, capacity(n, E, 2 * capacity_factor, min_capacity))
 
 
-def topkgating(L, k, capacity_factor=1.0, min_capacity=4):
+def topkgating(L, k, capacity_factor=1.0, min_capacity=4, drop_policy="probs",
+               rank_by_logits=False):
     n, E = L.shape
     gates = softmax(L)
     C = capacity(n, E, k * capacity_factor, min_capacity)
-    topk_idx = np.stack([np.argsort(-L[t], kind="stable")[:k] for t in range(n)])
+    score = L if rank_by_logits else gates  # the tensor torch.topk(., k, dim=1) runs on
+    topk_idx = np.stack([np.argsort(-score[t], kind="stable")[:k] for t in range(n)])
     mask = np.zeros((n, E))
     for j in range(k):
         mask[np.arange(n), topk_idx[:, j]] = 1
-    topk_masked_gates = np.where(mask > 0, L, 0.0)  # the claimed logits, 0 elsewhere
-    mask = mask * _top_tokens(topk_masked_gates, C)  # drop_policy 'probs'
+    if drop_policy == "probs":
+        topk_masked_gates = np.where(mask > 0, score, 0.0)  # claimed values, 0 elsewhere
+        mask = mask * _top_tokens(topk_masked_gates, C)
+    else:  # 'position'
+        mask = mask * (np.cumsum(mask, axis=0) - 1 < C)
     locations = np.cumsum(mask, axis=0) - 1
     gates_masked = gates * mask
     denom = np.maximum(gates_masked.sum(axis=1, keepdims=True), np.finfo(np.float64).eps)
@@ -139,11 +157,19 @@ def hand_checks():
     L = np.array([[1.0, 0.0], [2.0, 0.0]])
     out = top1gating(L, 0.5, 0, u_rts=np.array([[0.2, 0.5], [0.7, 0.5]]))
     assert out["C"] == 1 and list(out["slot"][:, 0]) == [-1, 0]
-    # topkgating, k = 1, C = 1: expert 0 is claimed by tokens 0 and 1 with logits -1 and -2;
-    # token 2 (claiming expert 1) has key 0 for expert 0, the largest: both claims on expert 0
-    # are dropped although it is empty (hand-worked)
-    out = topkgating(np.array([[-1.0, -3.0], [-2.0, -3.0], [-5.0, 1.0]]), 1, 1 / 3, 0)
-    assert out["C"] == 1 and list(out["slot"][:, 0]) == [-1, -1, 0]
+    # topkgating, k = 1, C = ceil(float32 1.5 * 1/3) = 1: expert 0 is claimed by tokens 0 and
+    # 1 with p = sigmoid(2) = .88 and sigmoid(1) = .73: token 0 keeps slot 0; token 2 alone on
+    # expert 1 (hand-worked)
+    L = np.array([[-1.0, -3.0], [-2.0, -3.0], [-5.0, 1.0]])
+    out = topkgating(L, 1, 1 / 3, 0)
+    assert out["C"] == 1 and list(out["slot"][:, 0]) == [0, -1, 0]
+    # 'position': the first claim in token order, here token 0 too
+    assert list(topkgating(L, 1, 1 / 3, 0, "position")["slot"][:, 0]) == [0, -1, 0]
+    # before v0.19.0 (logits ranked against 0 for non-claimants): token 2 has key 0 for expert
+    # 0, above the claims' logits -1 and -2: both claims on expert 0 are dropped although it is
+    # empty (hand-worked)
+    out = topkgating(L, 1, 1 / 3, 0, rank_by_logits=True)
+    assert list(out["slot"][:, 0]) == [-1, -1, 0]
 
 
 if __name__ == "__main__":

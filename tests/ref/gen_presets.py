@@ -14,11 +14,11 @@ moe_ref.metrics, of that plan: loads and drops from the library's choices; impor
 choice's gate before capacity; aux_loss is moesim's definition for the preset's router).
 
 The sizes make the libraries' capacity formulas agree with moesim's exact ROUND(k n cf / E)
-(docs/presets.md lists where they differ). deepspeed_topk is checked only with capacity factor
-2, where nothing is dropped: DeepSpeed's drop order has no moesim equivalent (see below). Inputs are seeded; a seed whose outcome would hinge
+(docs/presets.md lists where they differ). Inputs are seeded; a seed whose outcome would hinge
 on a near-tie (two of a row's logits, of an expert's probabilities, of the tokens' top
-probabilities, of an expert's rts keys, or of DeepSeek's group scores closer than 1e-7) is
-rejected and advanced, so the fixtures test the rules, not rounding."""
+probabilities, of an expert's rts keys, of DeepSeek's group scores, or, for the cases that rank
+claims by their gate, of the gates of an expert's claims closer than 1e-7) is rejected and
+advanced, so the fixtures test the rules, not rounding."""
 import json
 import os
 import shutil
@@ -68,13 +68,20 @@ def robust(L, draws, groups=0):
     return True
 
 
-def inputs(seed, n, E, skew, draws, groups=0):
+def gates_distinct(out):
+    """The gates (pre) of each expert's claims are apart by more than GAP."""
+    idx, pre = out["idx"], out["pre"]
+    return all(_distinct(pre[idx == e]) for e in np.unique(idx))
+
+
+def inputs(seed, n, E, skew, draws, groups=0, call=None):
+    """call (optional): the case's library call, whose gates must then be free of near-ties."""
     for s in range(seed * 1000, seed * 1000 + 500):
         rng = np.random.default_rng(s)
         L = (rng.standard_normal((n, E)) - skew * np.arange(E) / max(E - 1, 1))
         L = L.astype(np.float32).astype(np.float64)
         d = {k: rng.uniform(0.01, 0.99, (n, E)) for k in draws}
-        if robust(L, d, groups):
+        if robust(L, d, groups) and (call is None or gates_distinct(call(L, d))):
             return L, d
     raise RuntimeError("no robust inputs for seed %d" % seed)
 
@@ -114,19 +121,25 @@ def expert_choice_plan(L, rows, C):
 
 
 def cases():
-    """(name, preset's router, extra route args, seed, n, E, skew, draws, groups, library call)"""
+    """(name, preset's router, extra route args, seed, n, E, skew, draws, groups, library call
+    [, GATES])"""
     ds, fs = deepspeed_ref, fairseq_ref
     return [
         ("deepspeed_top1", "switch", [], 1, 32, 8, 2.0, ["rts"], 0,
          lambda L, d: ds.top1gating(L, 1.0, 4, u_rts=d["rts"])),
         ("deepspeed_top2", "gshard", [], 2, 32, 8, 2.0, ["gumbel"], 0,
          lambda L, d: ds.top2gating(L, d["gumbel"], 1.0, 4)),
-        # DeepSpeed's 'probs' drop policy ranks an expert's claims by their raw logit against 0
-        # for the tokens that did not claim it (deepspeed_ref.topkgating); moesim has no such
-        # order, so its default capacity is not reproduced (docs/presets.md). With capacity
-        # factor 2 (C = 32 = n) nothing is dropped: top-4 selection and gates are checked.
+        # capacity factor 2: C = 32 = n, nothing dropped (top-4 selection, slots, gates)
         ("deepspeed_topk_cf2", "topk", ["--capacity-factor", "2"], 3, 32, 8, 3.0, [], 0,
          lambda L, d: ds.topkgating(L, 4, 2.0, 4)),
+        # the default drop_policy 'probs' where claims are dropped: C = 16 (cf 1), 8 (cf 0.5)
+        ("deepspeed_topk", "topk", [], 3, 32, 8, 3.0, [], 0,
+         lambda L, d: ds.topkgating(L, 4, 1.0, 4)),
+        ("deepspeed_topk_cf05", "topk", ["--capacity-factor", "0.5"], 3, 32, 8, 3.0, [], 0,
+         lambda L, d: ds.topkgating(L, 4, 0.5, 4)),
+        # drop_policy 'position': the first C claims in token order
+        ("deepspeed_topk_position", "topk", ["--order", "token_major"], 3, 32, 8, 3.0, [], 0,
+         lambda L, d: ds.topkgating(L, 4, 1.0, 4, "position")),
         ("fairseq_top1", "switch", [], 4, 32, 8, 2.0, [], 0,
          lambda L, d: fs.top1gating(L, 1.0)),
         # an explicit option overrides the preset: fairseq's capacity_factor argument 2
@@ -151,6 +164,17 @@ def cases():
          lambda L, d: tutel_ref.extract_critical(L, 2, 1.0)),
         ("megatron_topk", "topk", [], 12, 32, 8, 2.0, [], 0,
          lambda L, d: megatron_ref.route(L, 2)),
+        # moe_expert_capacity_factor 1 and 0.5: C = ceil(32 * 2 / 8 * cf) = 8, 4; drop policy
+        # 'probs' (the gates rank the claims: their near-ties are rejected) and 'position'
+        ("megatron_topk_capacity", "topk", [], 12, 32, 8, 2.0, [], 0,
+         lambda L, d: megatron_ref.route(L, 2, 1.0), GATES),
+        ("megatron_topk_capacity_cf05", "topk", ["--capacity-factor", "0.5"], 12, 32, 8, 2.0,
+         [], 0, lambda L, d: megatron_ref.route(L, 2, 0.5), GATES),
+        ("megatron_topk_capacity_position", "topk", ["--order", "token_major"], 12, 32, 8, 2.0,
+         [], 0, lambda L, d: megatron_ref.route(L, 2, 1.0, "position")),
+        ("megatron_topk_capacity_position_cf05", "topk",
+         ["--order", "token_major", "--capacity-factor", "0.5"], 12, 32, 8, 2.0, [], 0,
+         lambda L, d: megatron_ref.route(L, 2, 0.5, "position")),
         ("mixtral", "topk", [], 13, 32, 8, 1.0, [], 0, lambda L, d: hf_moe_ref.mixtral(L)),
         ("qwen2_moe", "topk", [], 14, 32, 12, 1.0, [], 0, lambda L, d: hf_moe_ref.qwen2_moe(L)),
         ("deepseek_v3", "dsv3_bias", [], 15, 16, 32, 1.0, [], 8,
@@ -165,15 +189,16 @@ def main():
     if os.path.isdir(ROOT):
         shutil.rmtree(ROOT)
     os.makedirs(ROOT)
-    for name, router, extra, seed, n, E, skew, draws, groups, call in cases():
-        L, d = inputs(seed, n, E, skew, draws, groups)
+    for case in cases():
+        name, router, extra, seed, n, E, skew, draws, groups, call = case[:10]
+        L, d = inputs(seed, n, E, skew, draws, groups, call if case[10:] == (GATES,) else None)
         out = call(L, d)
         if router == "expert_choice":
             plan = expert_choice_plan(L, *out)
         else:
             plan = token_choice_plan(router, L, out)
         met = R.metrics(plan, L)
-        preset = name if name in PRESETS else name.rsplit("_", 1)[0]
+        preset = max((p for p in PRESETS if name == p or name.startswith(p + "_")), key=len)
         folder = os.path.join(ROOT, name)
         os.makedirs(folder)
         np.save(os.path.join(folder, "logits.npy"), L.astype(np.float32))
@@ -197,7 +222,9 @@ def main():
 
 PRESETS = {"deepspeed_top1", "deepspeed_top2", "deepspeed_topk", "fairseq_top1", "fairseq_top2",
            "lingvo_top2", "flaxformer_tokens_choose", "flaxformer_experts_choose", "vmoe_bpr",
-           "tutel_top2", "megatron_topk", "mixtral", "qwen2_moe", "deepseek_v3"}
+           "tutel_top2", "megatron_topk", "megatron_topk_capacity", "mixtral", "qwen2_moe",
+           "deepseek_v3"}
+GATES = "gates"  # a case's 11th field: reject inputs whose gates of one expert near-tie
 
 if __name__ == "__main__":
     main()
