@@ -144,7 +144,10 @@ int moe_outfile_note_input(const char *path);
 void moe_outfile_remove_temps(void);
 
 /* ---- routing options (one struct for every router; sim/options.c fills it) --------------- */
-enum moe_rounding { MOE_ROUND_CEIL = 0, MOE_ROUND_FLOOR = 1, MOE_ROUND_HALF_EVEN = 2 };
+/* ceil, floor, round: ROUND of the exact k*n*cf/E; the others: a library's own formula in
+ * floating point (moe_capacity) */
+enum moe_rounding { MOE_ROUND_CEIL = 0, MOE_ROUND_FLOOR = 1, MOE_ROUND_HALF_EVEN = 2,
+                    MOE_ROUND_DEEPSPEED_F32 = 3, MOE_ROUND_FAIRSEQ = 4, MOE_ROUND_TUTEL = 5 };
 enum moe_order { MOE_ORDER_CHOICE_MAJOR = 0, MOE_ORDER_TOKEN_MAJOR = 1, MOE_ORDER_BPR = 2,
                  MOE_ORDER_PROBS = 3 };
 enum moe_threshold { MOE_THRESH_NORMALIZED = 0, MOE_THRESH_RAW = 1 };
@@ -219,7 +222,9 @@ int moe_decimal_parse(const char *s, long long *num, long long *den);
  * is argmax and second_policy sampling becomes all (the second expert by argmax of the logits).
  * In mode train a copy of o. */
 void moe_route_opts_effective(const moe_route_opts *o, moe_route_opts *out);
-/* C = max(min_capacity, ROUND(k*n*cf/E)) on integers, then rounded up to a multiple of
+/* C = max(min_capacity, ROUND(k*n*cf/E)) on integers (rounding ceil, floor, round), or the
+ * library formula of rounding deepspeed_f32 (float32 ceil(n/E * cf*k)), fairseq or tutel
+ * (k * int(cf * ceil(n/E)) in double) in place of ROUND, then rounded up to a multiple of
  * capacity_multiple; explicit capacity overrides.
  * cf unset means cf = 1. Returns MOE_OK and stores C, or an error on overflow. */
 int moe_capacity(const moe_route_opts *o, int k, long n, int E, long *C);
