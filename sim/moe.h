@@ -350,6 +350,10 @@ typedef struct {
     /* the anchor libraries' losses and statistics (docs/metrics.md); NaN where undefined */
     double seq_aux_loss, load_loss_shazeer, overflow_expert1, overflow_expert2;
     double importance_loss_vmoe, load_loss_vmoe, balancedness;
+    /* FLOPs of the experts as the modelled implementation executes them: padded when the
+     * routing options pad every expert to C rows (pad_to_capacity), else useful */
+    int pad_to_capacity;               /* from moe_metrics_set_opts */
+    double flops_expert_executed;
 } moe_metrics;
 
 moe_metrics *moe_metrics_alloc(int E);
@@ -359,7 +363,8 @@ void moe_metrics_free(moe_metrics *mt);
 int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f, int act,
                         int gate_computed, moe_metrics *mt);
 /* Take the routing configuration the metrics need from o: expert groups (groups; 0 = one
- * group), routing groups (group_size), sequences (sequence_length), score function (score).
+ * group), routing groups (group_size), sequences (sequence_length), score function (score),
+ * padding to capacity (pad_to_capacity: flops_expert_executed).
  * Errors: groups that do not divide E. */
 int moe_metrics_set_opts(moe_metrics *mt, const moe_route_opts *o);
 /* Write the metrics as JSON (keys and order from the metric table) to a temporary name and
