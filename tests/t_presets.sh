@@ -95,9 +95,9 @@ f = 32
 E = 32
 INI
 status "spec with presets: dry run" 0 "$tmp/out" "$MOESIM" run "$tmp/s.ini" --dry-run
-contains "spec: mixtral with k overridden" "$tmp/out" "router=mx type=topk opts={k=1 dropless=true}"
+contains "spec: mixtral with k overridden" "$tmp/out" "router=mx type=topk opts={preset=mixtral k=1 dropless=true}"
 contains "spec: deepseek_v3" "$tmp/out" \
-    "router=ds type=dsv3_bias opts={k=8 order=token_major dropless=true route_scale=2.5 groups=8 topk_groups=4}"
+    "router=ds type=dsv3_bias opts={preset=deepseek_v3 k=8 order=token_major dropless=true route_scale=2.5 groups=8 topk_groups=4}"
 printf '[router.bad]\ntype = switch\npreset = mixtral\n' >>"$tmp/s.ini"
 sed -i 's/^routers = mx ds/routers = mx ds bad/' "$tmp/s.ini"
 status "spec: conflicting type" 1 "$tmp/out" "$MOESIM" run "$tmp/s.ini" --dry-run
