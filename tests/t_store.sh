@@ -2,7 +2,8 @@
 # t_store.sh: migrations of the results database (sim/store.c). A database of schema version 1
 # (tests/data/store_v1.sql: dumped from a database the version-1 binary wrote, see its header),
 # one of version 2 (tests/data/store_v2.sql, the same point written by the version-2 binary) and
-# one of version 5 (tests/data/store_v5.sql, by the version-5 binary) are upgraded in place to
+# one of version 5 (tests/data/store_v5.sql, by the version-5 binary) and one of version 6
+# (tests/data/store_v6.sql, by the version-6 binary) are upgraded in place to
 # version 7 by `moesim run` and keep their point; read-only commands (report, compare) read them
 # without writing; the upgraded schema equals a new database's; a database holding only
 # the table `bench` of an older `moesim bench` gets the rest of the schema around its rows. Run
@@ -122,6 +123,34 @@ check "5 -> 6 twice: same schema" cmp -s "$tmp/cols_twice" "$tmp/cols_new5"
 # a new point stores its groups-touched histogram (G = 1: tokens with 0 or 1 group)
 check "a new database stores groups_touched rows" test \
     "$(q "$new" 'SELECT count(*) || '"'"'|'"'"' || sum(tokens) FROM groups_touched')" = "2|32"
+
+# ---- version 6 -> 7: the column of flops_expert_executed ----
+db6=$tmp/v6.db
+q "$db6" < tests/data/store_v6.sql
+check "fixture is version 6" test "$(q "$db6" 'PRAGMA user_version')" = 6
+check "fixture has no flops_expert_executed" test "$(q "$db6" "SELECT count(*) FROM
+    pragma_table_info('points') WHERE name LIKE 'flops_expert_executed%'")" = 0
+"$MOESIM" report "$db6" > "$tmp/report6" 2>&1
+check "report reads a version-6 database: $(tail -1 "$tmp/report6")" grep -q topk "$tmp/report6"
+check "read-only commands leave version 6" test "$(q "$db6" 'PRAGMA user_version')" = 6
+# one new point (cf 1.5) next to the stored one (cf 1.25, skipped)
+"$MOESIM" run experiments/regression/recorded.ini --set experiment.routers=topk \
+    --set experiment.capacity_factors="1.25 1.5" --set experiment.distributions=popularity_instruct \
+    --set experiment.tokens=32 --set experiment.batches=1 --db "$db6" --no-plots \
+    > "$tmp/out" 2> "$tmp/err"
+check "run on a version-6 database succeeds: $(cat "$tmp/err")" test $? = 0
+check "6 -> 7: version 7" test "$(q "$db6" 'PRAGMA user_version')" = 7
+check "6 -> 7: the stored point is kept and skipped" grep -q "1 stored" "$tmp/err"
+# the old row reads NULL; the new one (no pad_to_capacity) executes its useful FLOPs
+check "6 -> 7: flops_expert_executed NULL for the old point, = useful for the new" test \
+    "$(q "$db6" "SELECT count(*) FROM points WHERE capacity_factor = 1.25 AND
+    flops_expert_executed IS NULL")|$(q "$db6" "SELECT count(*) FROM points WHERE
+    capacity_factor = 1.5 AND flops_expert_executed = flops_expert_useful AND
+    flops_expert_useful > 0")" = "1|1"
+check "6 -> 7: over_seeds carries it" test "$(q "$db6" "SELECT count(*) FROM
+    pragma_table_info('over_seeds') WHERE name = 'flops_expert_executed_ci95'")" = 1
+scols "$db6" > "$tmp/cols_upgraded6"
+check "upgraded schema (6 -> 7) = new schema, as sets" cmp -s "$tmp/cols_upgraded6" "$tmp/cols_new5"
 
 # a version newer than the binary is still refused
 q "$db" 'PRAGMA user_version = 99'
