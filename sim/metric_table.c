@@ -68,6 +68,10 @@ const moe_point_metric moe_point_metrics[] = {
      34, NULL, NULL, MOE_TOL_ROUTING},
     {D(balancedness), "vLLM EPLB: mean/max of kept_load (0 when nothing is kept)", NULL, 35,
      NULL, NULL, MOE_TOL_ROUTING},
+    {D(flops_expert_executed),
+     "the experts' FLOPs the modelled implementation executes: flops_expert_padded with "
+     "pad_to_capacity, else flops_expert_useful (shared experts in both)", NULL, 36, NULL, NULL,
+     MOE_TOL_EXACT},
     {NULL, 0, 0, 0, NULL, NULL, 0, NULL, NULL, 0},
 };
 _Static_assert(sizeof moe_point_metrics / sizeof moe_point_metrics[0] == MOE_POINT_NMETRICS + 1,

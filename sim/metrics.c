@@ -128,6 +128,7 @@ int moe_metrics_set_opts(moe_metrics *mt, const moe_route_opts *o)
     mt->group_size = o->group_size;
     mt->sequence_length = o->sequence_length;
     mt->score = o->score;
+    mt->pad_to_capacity = o->pad_to_capacity;
     return MOE_OK;
 }
 
@@ -322,6 +323,8 @@ int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f
         }
         mt->flops_expert_padded = (double)E * (double)plan->capacity * per;
     }
+    mt->flops_expert_executed =
+        mt->pad_to_capacity ? mt->flops_expert_padded : mt->flops_expert_useful;
 
     mt->output_error_dense = NAN;
     mt->output_error_dropless = NAN;

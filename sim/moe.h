@@ -144,7 +144,10 @@ int moe_outfile_note_input(const char *path);
 void moe_outfile_remove_temps(void);
 
 /* ---- routing options (one struct for every router; sim/options.c fills it) --------------- */
-enum moe_rounding { MOE_ROUND_CEIL = 0, MOE_ROUND_FLOOR = 1, MOE_ROUND_HALF_EVEN = 2 };
+/* ceil, floor, round: ROUND of the exact k*n*cf/E; the others: a library's own formula in
+ * floating point (moe_capacity) */
+enum moe_rounding { MOE_ROUND_CEIL = 0, MOE_ROUND_FLOOR = 1, MOE_ROUND_HALF_EVEN = 2,
+                    MOE_ROUND_DEEPSPEED_F32 = 3, MOE_ROUND_FAIRSEQ = 4, MOE_ROUND_TUTEL = 5 };
 enum moe_order { MOE_ORDER_CHOICE_MAJOR = 0, MOE_ORDER_TOKEN_MAJOR = 1, MOE_ORDER_BPR = 2,
                  MOE_ORDER_PROBS = 3 };
 enum moe_threshold { MOE_THRESH_NORMALIZED = 0, MOE_THRESH_RAW = 1 };
@@ -220,7 +223,9 @@ int moe_decimal_parse(const char *s, long long *num, long long *den);
  * is argmax and second_policy sampling becomes all (the second expert by argmax of the logits).
  * In mode train a copy of o. */
 void moe_route_opts_effective(const moe_route_opts *o, moe_route_opts *out);
-/* C = max(min_capacity, ROUND(k*n*cf/E)) on integers, then rounded up to a multiple of
+/* C = max(min_capacity, ROUND(k*n*cf/E)) on integers (rounding ceil, floor, round), or the
+ * library formula of rounding deepspeed_f32 (float32 ceil(n/E * cf*k)), fairseq or tutel
+ * (k * int(cf * ceil(n/E)) in double) in place of ROUND, then rounded up to a multiple of
  * capacity_multiple; explicit capacity overrides.
  * cf unset means cf = 1. Returns MOE_OK and stores C, or an error on overflow. */
 int moe_capacity(const moe_route_opts *o, int k, long n, int E, long *C);
@@ -346,6 +351,10 @@ typedef struct {
     /* the anchor libraries' losses and statistics (docs/metrics.md); NaN where undefined */
     double seq_aux_loss, load_loss_shazeer, overflow_expert1, overflow_expert2;
     double importance_loss_vmoe, load_loss_vmoe, balancedness;
+    /* FLOPs of the experts as the modelled implementation executes them: padded when the
+     * routing options pad every expert to C rows (pad_to_capacity), else useful */
+    int pad_to_capacity;               /* from moe_metrics_set_opts */
+    double flops_expert_executed;
 } moe_metrics;
 
 moe_metrics *moe_metrics_alloc(int E);
@@ -355,7 +364,8 @@ void moe_metrics_free(moe_metrics *mt);
 int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f, int act,
                         int gate_computed, moe_metrics *mt);
 /* Take the routing configuration the metrics need from o: expert groups (groups; 0 = one
- * group), routing groups (group_size), sequences (sequence_length), score function (score).
+ * group), routing groups (group_size), sequences (sequence_length), score function (score),
+ * padding to capacity (pad_to_capacity: flops_expert_executed).
  * Errors: groups that do not divide E. */
 int moe_metrics_set_opts(moe_metrics *mt, const moe_route_opts *o);
 /* Write the metrics as JSON (keys and order from the metric table) to a temporary name and

@@ -32,8 +32,10 @@ const moe_option moe_route_options[] = {
      "explicit slots per expert (overrides the formula)", R_CAP},
     {"min_capacity", "int", MOE_OPT_LONG, OFF(min_capacity), 0, 0, 0, NULL, NULL, NULL,
      "lower bound on the capacity", R_CAP},
-    {"rounding", "enum", MOE_OPT_ENUM, OFF(rounding), MOE_ROUND_CEIL, 0, 0, "ceil|floor|round",
-     NULL, NULL, "ROUND in the capacity formula (round: half to even)", R_CAP},
+    {"rounding", "enum", MOE_OPT_ENUM, OFF(rounding), MOE_ROUND_CEIL, 0, 0,
+     "ceil|floor|round|deepspeed_f32|fairseq|tutel", NULL, NULL,
+     "ROUND in the capacity formula (round: half to even), or a library's own formula: "
+     "deepspeed_f32 ceil(n/E * cf*k) in float32, fairseq and tutel k*int(cf*ceil(n/E))", R_CAP},
     {"order", "enum", MOE_OPT_ENUM, OFF(order), MOE_ORDER_CHOICE_MAJOR, 0, 0,
      "choice_major|token_major|bpr|probs|rts|gate", NULL, NULL,
      "order in which token-choice claims take slots", R_ORDER},

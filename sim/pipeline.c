@@ -456,6 +456,7 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
         double sf = (double)b->n * moe_shared_flops_per_token(w->shared, w->d, w->act);
         p->mt->flops_expert_useful += sf;
         p->mt->flops_expert_padded += sf;
+        p->mt->flops_expert_executed += sf;
     }
     if ((fl & MOE_PIPE_ERRORS) && (fl & MOE_PIPE_LAYER) && (fl & MOE_PIPE_METRICS) &&
         (rc = output_errors(p, b, &in)))

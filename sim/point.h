@@ -64,7 +64,7 @@ typedef struct {
     int tol;                /* enum moe_metric_tol: how `moesim compare` tolerates drift */
 } moe_point_metric;
 extern const moe_point_metric moe_point_metrics[]; /* terminated by name == NULL */
-enum { MOE_POINT_NMETRICS = 29 };
+enum { MOE_POINT_NMETRICS = 30 };
 /* Index of a metric in moe_point_metrics by name, or -1. */
 int moe_point_metric_index(const char *name);
 

@@ -10,22 +10,24 @@
 
 const moe_preset moe_presets[] = {
     {"deepspeed_top1", "switch",
-     {"capacity_factor = 1.0", "min_capacity = 4", "order = rts", NULL},
+     {"capacity_factor = 1.0", "min_capacity = 4", "order = rts", "rounding = deepspeed_f32",
+      NULL},
      "DeepSpeed deepspeed/moe/sharded_moe.py top1gating; defaults of deepspeed/moe/layer.py MoE "
      "(capacity_factor 1.0, min_capacity 4, use_rts true, noisy_gate_policy None)"},
     {"deepspeed_top2", "gshard",
      {"capacity_factor = 1.0", "min_capacity = 4", "second_policy = sampling",
-      "renormalize = true", NULL},
+      "renormalize = true", "rounding = deepspeed_f32", NULL},
      "DeepSpeed deepspeed/moe/sharded_moe.py top2gating (top2_2nd_expert_sampling true, gates "
      "divided by the kept gates' sum); defaults of deepspeed/moe/layer.py MoE"},
     {"deepspeed_topk", "topk",
      {"k = 4", "capacity_factor = 1.0", "min_capacity = 4", "order = probs", "renormalize = true",
-      NULL},
+      "rounding = deepspeed_f32", NULL},
      "DeepSpeed deepspeed/moe/sharded_moe.py topkgating (k > 2, drop_policy 'probs': claims "
      "ranked by softmax probability, as since v0.19.0; gates divided by the kept gates' sum)"},
-    {"fairseq_top1", "switch", {"capacity_factor = 1.0", NULL},
+    {"fairseq_top1", "switch", {"capacity_factor = 1.0", "rounding = fairseq", NULL},
      "fairseq (moe branch) fairseq/modules/moe/top1gate.py top1gating (capacity_factor 1.0)"},
-    {"fairseq_top2", "gshard", {"second_policy = sampling", "renormalize = true", NULL},
+    {"fairseq_top2", "gshard",
+     {"second_policy = sampling", "renormalize = true", "rounding = fairseq", NULL},
      "fairseq (moe branch) fairseq/modules/moe/top2gate.py top2gating (second_expert_policy "
      "'sampling', normalize_gate_prob_before_dropping false)"},
     {"lingvo_top2", "gshard",
@@ -48,7 +50,7 @@ const moe_preset moe_presets[] = {
      "V-MoE vmoe/nn/routing.py NoisyTopExpertsPerItemRouter with vmoe/moe.py "
      "get_top_experts_per_item_dispatcher (batch_priority, capacity_factor 1.05 of "
      "vmoe/configs/vmoe_paper/common.py, capacity multiple of 4); deterministic (no noise)"},
-    {"tutel_top2", "topk", {"k = 2", "capacity_factor = 1.0", NULL},
+    {"tutel_top2", "topk", {"k = 2", "capacity_factor = 1.0", "rounding = tutel", NULL},
      "Tutel tutel/impls/fast_dispatch.py extract_critical via tutel/impls/moe_layer.py (top-2 "
      "gate, normalize_gate true, capacity_factor 1.0)"},
     {"megatron_topk", "topk", {"k = 2", "dropless = true", "order = gate", NULL},

@@ -177,6 +177,8 @@ static int add_point(moe_spec *s, moe_point *p, const spec_router *r)
     FILE *m = open_memstream(&text, &len);
     if (!m)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory");
+    if (r->preset) /* stored first in router_options: which preset the point came from */
+        fprintf(m, "preset=%s%s", r->preset, desc[0] ? " " : "");
     fprintf(m, "%s", desc);
     if (r->hash_path)
         fprintf(m, "%shash_table=%s", desc[0] ? " " : "", r->hash_path);
@@ -201,6 +203,9 @@ static int add_point(moe_spec *s, moe_point *p, const spec_router *r)
 
 static int expand(moe_spec *s)
 {
+    /* without experiment.capacity_factors a preset keeps its own capacity factor */
+    const spec_section *exp = moe_spec_section_find(s, "experiment");
+    const int cf_swept = exp && moe_spec_kv_find(exp, "capacity_factors");
     for (int si = 0; si < s->nshapes; si++)
         for (int di = 0; di < s->ndists; di++) {
             if (!s->dists[di].pairs[si])
@@ -225,8 +230,12 @@ static int expand(moe_spec *s)
                             p.seed = s->seeds[ei];
                             p.error_tokens = s->error_tokens;
                             const char *note = NULL;
+                            const int own_cf = r->cf_kv || (r->preset && r->opts.cf_set &&
+                                                            !cf_swept);
                             if (r->cf_kv)
                                 note = "capacity_factor set by the router section";
+                            else if (own_cf)
+                                note = "capacity_factor set by the preset";
                             else if (r->cap_kv)
                                 note = "explicit capacity";
                             else if (r->opts.dropless)
@@ -239,7 +248,7 @@ static int expand(moe_spec *s)
                                 p.cf_note = note;
                                 p.cf_text = "none";
                                 p.cf = NAN;
-                                if (r->cf_kv) {
+                                if (own_cf) {
                                     /* the router's own factor: recorded as that factor */
                                     p.cf = (double)r->opts.cf_num / (double)r->opts.cf_den;
                                     p.cf_text = r->cf_text;

@@ -16,7 +16,15 @@
  *
  * A name in experiment.routers without a [router.NAME] section that is a registered router
  * type gets an empty section: the router with its defaults.
+ *
+ * experiment.preset lists named presets (presets.h) as the routers of the sweep, one router per
+ * preset: each name gets the section [router.NAME] (empty when the spec has none) with the key
+ * preset = NAME, located at experiment.preset, and experiment.routers becomes the list. The keys
+ * of a [router.NAME] section the spec gives override that preset's options (list-valued keys
+ * make variants as anywhere). experiment.routers given as well is an error: the routers of the
+ * sweep come from one list.
  */
+#include "presets.h"
 #include "spec_internal.h"
 #include "trace.h"
 
@@ -107,6 +115,58 @@ static int add_kv(spec_section *sec, const spec_kv *src, const char *value)
     }
     sec->nkv++;
     return MOE_OK;
+}
+
+/* One name of experiment.preset (pk): its section [router.NAME] holds preset = NAME. */
+static int add_preset_router(moe_spec *s, const spec_kv *pk, const char *name)
+{
+    if (!moe_preset_find(name))
+        return moe_spec_fail_at(MOE_EINVAL, pk->file, pk->line, "experiment", pk->key,
+                                "`moesim list presets` lists them", "unknown preset '%s'", name);
+    char full[300];
+    snprintf(full, sizeof full, "router.%s", name);
+    int fresh = moe_spec_section_find(s, full) == NULL;
+    spec_section *sec = moe_spec_section_get(s, full); /* may move the sections */
+    if (!sec)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory");
+    if (fresh) {
+        sec->head.file = pk->file; /* errors about it point at experiment.preset */
+        sec->head.line = pk->line;
+        sec->implicit = 1;
+    }
+    const spec_kv *own = moe_spec_kv_find(sec, "preset");
+    if (own && strcmp(own->value, name) != 0)
+        return KV_FAIL(MOE_EINVAL, sec, own, "leave preset out of the section: its name sets it",
+                       "preset %s conflicts with experiment.preset %s", own->value, name);
+    return own ? MOE_OK : add_kv(sec, pk, name);
+}
+
+/* experiment.preset: a router section per listed preset, and experiment.routers listing them. */
+static int add_preset_routers(moe_spec *s)
+{
+    spec_section *exp = moe_spec_section_find(s, "experiment");
+    const spec_kv *kv = exp ? moe_spec_kv_find(exp, "preset") : NULL;
+    if (!kv)
+        return MOE_OK;
+    const spec_kv *rk = moe_spec_kv_find(exp, "routers");
+    if (rk)
+        return KV_FAIL(MOE_EINVAL, exp, moe_spec_blame(kv, rk),
+                       "list the presets in preset, or give [router.NAME] sections with "
+                       "preset = ... and list those in routers",
+                       "experiment.preset and experiment.routers both given");
+    const spec_kv pk = *kv; /* its strings stay; the sections may move */
+    char **w;
+    int nw;
+    int rc = moe_spec_split_list(exp, kv, &w, &nw);
+    for (int i = 0; i < nw && !rc; i++)
+        rc = add_preset_router(s, &pk, w[i]);
+    moe_spec_free_words(w, nw);
+    if (rc)
+        return rc;
+    spec_kv routers = pk;
+    routers.key = "routers"; /* add_kv copies it */
+    exp = moe_spec_section_find(s, "experiment");
+    return add_kv(exp, &routers, pk.value);
 }
 
 /* Append the variant of section si for the value indices idx[] of the axes. */
@@ -222,7 +282,9 @@ static int layers_key(spec_section *sec)
 
 int moe_spec_expand_axes(moe_spec *s)
 {
-    int rc = add_default_routers(s);
+    int rc = add_preset_routers(s);
+    if (!rc)
+        rc = add_default_routers(s);
     const int n = s->nsecs; /* variants are appended after the originals */
     for (int i = 0; i < n && !rc; i++) {
         const char *kind = kind_of(s->secs[i].name);

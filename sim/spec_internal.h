@@ -38,6 +38,7 @@ typedef struct {
     moe_route_opts opts; /* options of the section (owns the hash table) */
     const char *hash_path;
     char cf_text[48];    /* canonical text of the section's own capacity_factor */
+    const char *preset;  /* the preset of the section's key preset (presets.h), or NULL */
 } spec_router;
 
 typedef struct {

@@ -195,6 +195,7 @@ static int load_router(const spec_section *sec, const char *name, spec_router *r
         if (rc)
             return moe_spec_relocate(rc, sec, pkv);
         tname = preset->router;
+        r->preset = preset->name;
     }
     r->type = moe_router_find(tname);
     if (!r->type) {
@@ -228,7 +229,7 @@ static int load_router(const spec_section *sec, const char *name, spec_router *r
     r->ne_kv = moe_spec_kv_find(sec, "num_experts");
     const spec_kv *table = moe_spec_kv_find(sec, "hash_table");
     r->hash_path = table ? table->value : NULL;
-    if (r->cf_kv)
+    if (r->cf_kv || (preset && r->opts.cf_set)) /* the section's or the preset's own */
         decimal_text(r->opts.cf_num, r->opts.cf_den, r->cf_text, sizeof r->cf_text);
     return MOE_OK;
 }
@@ -495,14 +496,14 @@ static int check_names(const moe_spec *s, const spec_section *exp)
 {
     static const char *const keys[] = {"name",    "description", "routers", "capacity_factors",
                                        "distributions", "shapes", "tokens", "batches", "seeds",
-                                       "error_tokens", NULL};
+                                       "error_tokens", "preset", NULL};
     for (int i = 0; i < exp->nkv; i++) {
         int ok = 0;
         for (int j = 0; keys[j]; j++)
             ok |= strcmp(exp->kv[i].key, keys[j]) == 0;
         if (!ok && !moe_cluster_spec_key(exp->kv[i].key))
             return KV_FAIL(MOE_EINVAL, exp, &exp->kv[i],
-                           "experiment keys: name description routers capacity_factors "
+                           "experiment keys: name description routers preset capacity_factors "
                            "distributions shapes tokens batches seeds error_tokens clusters "
                            "placement redundant_experts warmup_batches expert_groups",
                            "unknown key");

@@ -34,7 +34,7 @@
  * Child rows go with their point (ON DELETE CASCADE; foreign_keys is on for our connection).
  *
  * Migrations, run in the transaction that opens a writable database of an older version:
- *   0 -> 6  a database holding only the table bench (written by `moesim bench` before the
+ *   0 -> 7  a database holding only the table bench (written by `moesim bench` before the
  *           store owned it): the whole schema is added around it
  *   1 -> 2  ep_ranks, ep_summary and bench are added (ep_ranks may exist already: the
  *           expert-parallel runs of version 1 created it on demand, with the same columns)
@@ -47,7 +47,9 @@
  *           it runs before the 4 -> 5 step on older databases); points.shared_experts,
  *           shared_f, shared_gate (moe_store_migrate_shared); points.layer, generated from
  *           source_params (the distribution's model layer; moe_store_migrate_layer)
- * A new database gets the tables of version 4, then the 4 -> 5 and 5 -> 6 steps.
+ *   6 -> 7  the metric flops_expert_executed (moe_store_migrate_metrics again: it adds every
+ *           scalar metric of the table that points or batches lack, and the views over seeds)
+ * A new database gets the tables of version 4, then the 4 -> 5, 5 -> 6 and 6 -> 7 steps.
  */
 #include "store.h"
 #include "store_train.h"
@@ -402,7 +404,7 @@ static int create_or_migrate(moe_store *st, long long version)
         rc = migrate_2_to_3(st);
     if (!rc && version <= 3)
         rc = migrate_3_to_4(st);
-    if (!rc && version <= 5) /* the metrics of version 6 (before the views over seeds) */
+    if (!rc && version <= 6) /* the metrics of versions 6 and 7 (before the views over seeds) */
         rc = moe_store_migrate_metrics(st->db, st->path);
     if (!rc && version <= 4) /* runs, config_group, statistics over seeds */
         rc = moe_store_migrate_runs(st->db, st->path);

@@ -22,7 +22,7 @@
 #include <sqlite3.h>
 #include <stdio.h>
 
-#define MOE_STORE_VERSION 6
+#define MOE_STORE_VERSION 7
 
 typedef struct moe_store moe_store;
 

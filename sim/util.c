@@ -145,6 +145,36 @@ int moe_decimal_parse(const char *s, long long *num, long long *den)
     return MOE_OK;
 }
 
+/* The capacity formulas of libraries that compute in floating point, before min_capacity and
+ * the multiple; cf is the Python float of the decimal (num/den, correctly rounded as Python
+ * reads "1.2"). -1 when the value is not finite or above 2^62.
+ *   deepspeed_f32  DeepSpeed deepspeed/moe/sharded_moe.py _capacity:
+ *                  torch.ceil((num_tokens / num_experts) * torch.tensor(capacity_factor * k))
+ *                  the Python double n/E times a float32 tensor: both rounded to float32, the
+ *                  product rounded to float32, then its ceiling (top1gating passes cf, top2gating
+ *                  cf * 2, topkgating cf * k).
+ *   fairseq, tutel k * int(cf * ceil(n / E)) in double: fairseq (moe branch)
+ *                  fairseq/modules/moe/top1gate.py int(capacity_factor * math.ceil(n / E)),
+ *                  top2gate.py 2 * math.ceil(n / E) (cf 1); Tutel tutel/impls/fast_dispatch.py
+ *                  extract_critical top_k * int(capacity_factor * ((n + E - 1) // E)). */
+static long long library_capacity(int rounding, int k, long n, int E, double cf)
+{
+    double c;
+    if (rounding == MOE_ROUND_DEEPSPEED_F32) {
+        const float per = (float)((double)n / (double)E); /* the Python float n / E */
+        const float f = (float)((double)k * cf);          /* torch.tensor(cf * k): float32 */
+        const float prod = per * f;                       /* float32 tensor product */
+        c = ceil((double)prod);
+    } else {
+        const long long per = ((long long)n + E - 1) / E; /* ceil(n / E) */
+        c = trunc(cf * (double)per);                      /* int() of the double product */
+        c *= (double)k;
+    }
+    if (!isfinite(c) || c > 4611686018427387904.0)
+        return -1;
+    return (long long)c;
+}
+
 int moe_capacity(const moe_route_opts *o, int k, long n, int E, long *C)
 {
     if (o->capacity >= 0) {
@@ -164,6 +194,15 @@ int moe_capacity(const moe_route_opts *o, int k, long n, int E, long *C)
                         num, den, E);
     long long q = a / b, r = a % b;
     switch (o->rounding) {
+    case MOE_ROUND_DEEPSPEED_F32:
+    case MOE_ROUND_FAIRSEQ:
+    case MOE_ROUND_TUTEL:
+        q = library_capacity(o->rounding, k, n, E, (double)num / (double)den);
+        if (q < 0)
+            return moe_fail(MOE_EINVAL, "use a smaller capacity factor or an explicit capacity",
+                            "capacity k*n*cf/E too large (k=%d, n=%ld, cf=%lld/%lld, E=%d)", k,
+                            n, num, den, E);
+        break;
     case MOE_ROUND_CEIL:
         if (r)
             q++;

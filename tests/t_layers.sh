@@ -137,7 +137,7 @@ status "old database: the run resumes" 0 "$tmp/old.out" "$M" run "$tmp/all.ini" 
     --db "$tmp/old.db" --no-plots
 same "old database: upgraded, layers back" "$(q "$tmp/old.db" "PRAGMA user_version; SELECT
     group_concat(layer, ' ') FROM (SELECT layer FROM points WHERE layer IS NOT NULL ORDER BY
-    layer)")" "6
+    layer)")" "7
 1 2 3"
 
 # ---- the recorded DeepSeek-V2-Lite trace (its default folder) ----

@@ -150,7 +150,7 @@ n2=$(q "$v2" 'SELECT count(*) FROM points')
 status "report reads version 4" 0 "$tmp/o" "$MOESIM" report "$v2"
 contains "report of version 4: configurations" "$tmp/o" "configurations;"
 status "run upgrades version 4" 0 "$tmp/o" "$MOESIM" run "$spec" --db "$v2" --no-plots --set experiment.seeds=4
-same "upgraded to version 6" "$(q "$v2" 'PRAGMA user_version')" 6
+same "upgraded to version 7" "$(q "$v2" 'PRAGMA user_version')" 7
 same "old points kept, without a run" "$(q "$v2" 'SELECT count(*) FROM points WHERE run IS NULL')" "$n2"
 same "new points in run 1" "$(q "$v2" 'SELECT count(*) FROM points WHERE run = 1')" 8
 same "summary over 4 seeds" "$(q "$v2" 'SELECT DISTINCT seeds FROM summary')" 4

@@ -28,7 +28,7 @@ check "14 x (8+1) experts_per_token rows" \
     test "$(q "$db" 'SELECT count(*) FROM experts_per_token')" = 126
 check "soft_moe stored once with capacity factor none" \
     test "$(q "$db" "SELECT count(*) FROM points WHERE router='soft' AND capacity_factor='none' AND capacity_factor_value IS NULL")" = 2
-check "schema version 6" test "$(q "$db" 'PRAGMA user_version')" = 6
+check "schema version 7" test "$(q "$db" 'PRAGMA user_version')" = 7
 check "WAL journal" test "$(q "$db" 'PRAGMA journal_mode')" = wal
 check "histogram sums to tokens x batches" \
     test "$(q "$db" 'SELECT count(*) FROM (SELECT point, sum(tokens) s FROM experts_per_token GROUP BY point) WHERE s != 256')" = 0

@@ -8,6 +8,7 @@
  * -30): p ratio 1 : 0.25, g2 = 0.25/1.25 = 0.2: dropped at threshold 0.21, kept at 0.19). */
 #include "check.h"
 #include "moe.h"
+#include "options.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -88,6 +89,61 @@ static void test_capacity_multiple(void)
     CHECK_INT(C, 5);
 }
 
+/* The libraries' own capacity formulas (rounding deepspeed_f32, fairseq, tutel), worked by
+ * hand against moesim's exact ceil(k n cf / E):
+ *   deepspeed_f32, n 50, E 4, k 1, cf 1.2: float32(12.5) * float32(1.2) = 12.5 * 1.20000005
+ *     = 15.0000006, rounded to float32 15.00000095 (ulp 2^-20 at 15), ceil 16; exact 15.
+ *   deepspeed_f32, k 2, cf 0.6: the tensor holds float32(0.6 * 2) = float32(1.2): 16 again.
+ *   deepspeed_f32, n 32, E 8, k 2, cf 1: 4 * 2 = 8, as exact; min_capacity 9 raises it to 9.
+ *   fairseq, n 26, E 4, k 2, cf 1: 2 * int(1.0 * ceil(6.5)) = 14; exact ceil(13) = 13.
+ *   fairseq, n 400, E 4, k 1, cf 0.29: int(0.29 * 100) = int(28.999999999999996) = 28;
+ *     exact 29. tutel (the same formula) n 26, E 4, k 2, multiple 4: 14 -> 16. */
+static void test_library_capacity(void)
+{
+    static const struct {
+        int rounding, k;
+        long n;
+        int E;
+        long long num, den;
+        long min_capacity, multiple, want, exact;
+    } cases[] = {
+        {MOE_ROUND_DEEPSPEED_F32, 1, 50, 4, 12, 10, 0, 1, 16, 15},
+        {MOE_ROUND_DEEPSPEED_F32, 2, 50, 4, 6, 10, 0, 1, 16, 15},
+        {MOE_ROUND_DEEPSPEED_F32, 2, 32, 8, 1, 1, 0, 1, 8, 8},
+        {MOE_ROUND_DEEPSPEED_F32, 2, 32, 8, 1, 1, 9, 1, 9, 9},
+        {MOE_ROUND_FAIRSEQ, 2, 26, 4, 1, 1, 0, 1, 14, 13},
+        {MOE_ROUND_FAIRSEQ, 1, 400, 4, 29, 100, 0, 1, 28, 29},
+        {MOE_ROUND_TUTEL, 2, 26, 4, 1, 1, 0, 4, 16, 16},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        moe_route_opts o;
+        moe_route_opts_default(&o);
+        o.cf_set = 1;
+        o.cf_num = cases[i].num;
+        o.cf_den = cases[i].den;
+        o.min_capacity = cases[i].min_capacity;
+        o.capacity_multiple = cases[i].multiple;
+        long C = -1, X = -1;
+        o.rounding = cases[i].rounding;
+        CHECK_INT(moe_capacity(&o, cases[i].k, cases[i].n, cases[i].E, &C), MOE_OK);
+        CHECK(C == cases[i].want, "library capacity case %zu: %ld, want %ld", i, C,
+              cases[i].want);
+        o.rounding = MOE_ROUND_CEIL;
+        CHECK_INT(moe_capacity(&o, cases[i].k, cases[i].n, cases[i].E, &X), MOE_OK);
+        CHECK(X == cases[i].exact, "exact capacity case %zu: %ld, want %ld", i, X,
+              cases[i].exact);
+    }
+    /* the option table names them */
+    moe_route_opts o;
+    moe_route_opts_default(&o);
+    CHECK_INT(moe_route_opts_set(&o, "rounding", "deepspeed_f32"), MOE_OK);
+    CHECK_INT(o.rounding, MOE_ROUND_DEEPSPEED_F32);
+    CHECK_INT(moe_route_opts_set(&o, "rounding", "fairseq"), MOE_OK);
+    CHECK_INT(o.rounding, MOE_ROUND_FAIRSEQ);
+    CHECK_INT(moe_route_opts_set(&o, "rounding", "tutel"), MOE_OK);
+    CHECK_INT(o.rounding, MOE_ROUND_TUTEL);
+}
+
 static void test_threshold(void)
 {
     const double l2[2 * 3] = {0.0, log(0.25), -30.0, 0.0, log(0.25), -30.0};
@@ -114,6 +170,7 @@ int main(void)
     test_replay("gshard", "second_policy", MOE_SECOND_SAMPLING);
     test_replay("switch", "select", MOE_SELECT_RSAMPLE);
     test_capacity_multiple();
+    test_library_capacity();
     test_threshold();
     return check_report("test_dialects");
 }

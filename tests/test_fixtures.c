@@ -228,7 +228,7 @@ static int is_exact_key(const char *key)
                                         "assigned_load", "kept_load", "experts_per_token",
                                         "flops_gate", "flops_expert_useful",
                                         "flops_expert_padded", "flops_soft_dispatch",
-                                        "flops_soft_combine", NULL};
+                                        "flops_soft_combine", "flops_expert_executed", NULL};
     for (int i = 0; exact[i]; i++)
         if (!strcmp(key, exact[i]))
             return 1;

@@ -114,6 +114,19 @@ static void test_sparse(void)
     CHECK_NEAR(mt->flops_expert_useful, 2560, 0);
     CHECK_NEAR(mt->flops_expert_padded, 3072, 0);
     CHECK(mt->flops_soft_dispatch == 0 && mt->flops_soft_combine == 0, "soft flops not 0");
+    /* executed: without pad_to_capacity the 5 kept entries, 2560; with it E*C = 3 * 2 rows,
+     * 3072 (moe_metrics_set_opts reads the option) */
+    CHECK_NEAR(mt->flops_expert_executed, 2560, 0);
+    moe_route_opts po;
+    moe_route_opts_default(&po);
+    po.pad_to_capacity = 1;
+    CHECK_INT(moe_metrics_set_opts(mt, &po), MOE_OK);
+    CHECK_INT(moe_metrics_compute(p, L, 8, 16, MOE_ACT_GELU_TANH, 1, mt), MOE_OK);
+    CHECK_NEAR(mt->flops_expert_executed, 3072, 0);
+    CHECK_NEAR(mt->flops_expert_useful, 2560, 0); /* the others do not move */
+    CHECK_NEAR(mt->flops_expert_padded, 3072, 0);
+    po.pad_to_capacity = 0;
+    CHECK_INT(moe_metrics_set_opts(mt, &po), MOE_OK);
     CHECK(isnan(mt->output_error_dense) && isnan(mt->output_error_dropless),
           "output errors are left NaN by compute");
 
@@ -123,6 +136,7 @@ static void test_sparse(void)
     CHECK_NEAR(mt->flops_gate, 0, 0);
     CHECK_NEAR(mt->flops_expert_useful, 3840, 0);
     CHECK_NEAR(mt->flops_expert_padded, 4608, 0);
+    CHECK_NEAR(mt->flops_expert_executed, 3840, 0);
 
     /* d = 0: no FLOPs at all */
     CHECK_INT(moe_metrics_compute(p, L, 0, 16, MOE_ACT_GELU_TANH, 1, mt), MOE_OK);
@@ -341,7 +355,7 @@ static const char *const json_keys[] = {
     "output_error_dense", "output_error_dropless", "groups_touched_mean", "groups_touched",
     "token_drop_rate_group_min", "token_drop_rate_group_mean", "token_drop_rate_group_max",
     "seq_aux_loss", "load_loss_shazeer", "overflow_expert1", "overflow_expert2",
-    "importance_loss_vmoe", "load_loss_vmoe", "balancedness"};
+    "importance_loss_vmoe", "load_loss_vmoe", "balancedness", "flops_expert_executed"};
 
 static void test_json(void)
 {

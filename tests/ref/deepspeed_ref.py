@@ -3,8 +3,10 @@
 the random draws given as arrays (DeepSpeed draws them from torch):
 
   DeepSpeed deepspeed/moe/sharded_moe.py
-    _capacity     ceil(num_tokens / num_experts * capacity_factor) in float32, then
-                  max(capacity, min_capacity)
+    _capacity     torch.ceil((num_tokens / num_experts) * capacity_factor): the Python float
+                  num_tokens / num_experts times the float32 tensor torch.tensor(capacity_factor
+                  [* 2 in top2gating, * k in topkgating]), so both are rounded to float32 and
+                  the product is a float32; then max(capacity, min_capacity)
     top1gating    use_rts: mask1 * uniform, per expert the top-C tokens by that key
                   (_top_idx, torch.topk over tokens), locations = cumsum(kept mask) - 1;
                   combine = gates1_s (softmax probability of the chosen expert)
@@ -49,8 +51,9 @@ def gumbel(u):
 
 
 def capacity(n, E, capacity_factor, min_capacity):
-    """_capacity: torch.ceil((num_tokens / num_experts) * capacity_factor) on float32 tensors."""
-    c = int(np.ceil(np.float32(np.float32(n) / np.float32(E)) * np.float32(capacity_factor)))
+    """_capacity: torch.ceil((num_tokens / num_experts) * capacity_factor) on float32 tensors:
+    the Python float n / E rounded to float32, times float32(capacity_factor), in float32."""
+    c = int(np.ceil(np.float32(n / E) * np.float32(capacity_factor)))
     return max(c, int(min_capacity))
 
 

@@ -13,8 +13,11 @@ every kept choice, as the library computes them) and expected_metrics.json (moes
 moe_ref.metrics, of that plan: loads and drops from the library's choices; importance sums each
 choice's gate before capacity; aux_loss is moesim's definition for the preset's router).
 
-The sizes make the libraries' capacity formulas agree with moesim's exact ROUND(k n cf / E)
-(docs/presets.md lists where they differ). Inputs are seeded; a seed whose outcome would hinge
+Most sizes make the libraries' capacity formulas agree with moesim's exact ROUND(k n cf / E);
+the cases of LIBRARY_CAPACITY take n not divisible by E and a capacity factor where they
+disagree, so that the presets' rounding (deepspeed_f32, fairseq, tutel: the library's own
+formula) decides which claims are kept (the generator checks that it does); docs/presets.md
+lists the remaining differences. Inputs are seeded; a seed whose outcome would hinge
 on a near-tie (two of a row's logits, of an expert's probabilities, of the tokens' top
 probabilities, of an expert's rts keys, of DeepSeek's group scores, or, for the cases that rank
 claims by their gate, of the gates of an expert's claims closer than 1e-7) is rejected and
@@ -162,6 +165,17 @@ def cases():
          lambda L, d: vmoe_ref.top_experts_per_item(L, 1, 1.05, True)),
         ("tutel_top2", "topk", [], 11, 32, 8, 3.0, [], 0,
          lambda L, d: tutel_ref.extract_critical(L, 2, 1.0)),
+        # the library capacity formulas (LIBRARY_CAPACITY): n not divisible by E
+        ("deepspeed_top1_n50", "switch", ["--capacity-factor", "1.2"], 16, 50, 4, 2.0, ["rts"],
+         0, lambda L, d: ds.top1gating(L, 1.2, 4, u_rts=d["rts"])),
+        ("deepspeed_top2_n50", "gshard", ["--capacity-factor", "0.6"], 17, 50, 4, 2.0,
+         ["gumbel"], 0, lambda L, d: ds.top2gating(L, d["gumbel"], 0.6, 4)),
+        ("fairseq_top1_n26", "switch", ["--capacity-factor", "2"], 18, 26, 4, 4.0, [], 0,
+         lambda L, d: fs.top1gating(L, 2.0)),
+        ("fairseq_top2_n26", "gshard", [], 19, 26, 4, 2.0, ["gumbel"], 0,
+         lambda L, d: fs.top2gating(L, d["gumbel"])),
+        ("tutel_top2_n26", "topk", [], 20, 26, 4, 2.0, [], 0,
+         lambda L, d: tutel_ref.extract_critical(L, 2, 1.0)),
         ("megatron_topk", "topk", [], 12, 32, 8, 2.0, [], 0,
          lambda L, d: megatron_ref.route(L, 2)),
         # moe_expert_capacity_factor 1 and 0.5: C = ceil(32 * 2 / 8 * cf) = 8, 4; drop policy
@@ -197,6 +211,8 @@ def main():
             plan = expert_choice_plan(L, *out)
         else:
             plan = token_choice_plan(router, L, out)
+        if name in LIBRARY_CAPACITY:
+            check_library_capacity(name, plan, n, E)
         met = R.metrics(plan, L)
         preset = max((p for p in PRESETS if name == p or name.startswith(p + "_")), key=len)
         folder = os.path.join(ROOT, name)
@@ -218,6 +234,27 @@ def main():
                                          for k, v in met.items()) + "\n}\n")
         print("%-26s C=%-3d kept %d of %d choices" % (name, plan.capacity, len(plan.entries),
                                                      plan.n_claims))
+
+
+# case: (k, capacity factor, min_capacity) of moesim's exact ceil(k n cf / E), which the
+# library's capacity must differ from
+LIBRARY_CAPACITY = {
+    "deepspeed_top1_n50": (1, "1.2", 4),   # float32 12.5 * 1.2 = 15.00000095 -> 16; exact 15
+    "deepspeed_top2_n50": (2, "0.6", 4),   # float32(0.6 * 2) = float32(1.2): 16; exact 15
+    "fairseq_top1_n26": (1, "2", 0),       # int(2 * ceil(6.5)) = 14; exact 13
+    "fairseq_top2_n26": (2, "1", 0),       # 2 * ceil(6.5) = 14; exact 13
+    "tutel_top2_n26": (2, "1", 0),         # 2 * int(1.0 * ceil(6.5)) = 14; exact 13
+}
+
+
+def check_library_capacity(name, plan, n, E):
+    """The library's C differs from moesim's exact formula and some expert has more claims than
+    the smaller of the two, so the fixture fails if moesim used its exact formula."""
+    k, cf, mc = LIBRARY_CAPACITY[name]
+    exact = R.capacity(k, n, E, cf, min_capacity=mc)
+    if plan.capacity == exact or max(plan.assigned) <= min(plan.capacity, exact):
+        raise RuntimeError("%s: library C %d, exact C %d, largest load %d: the formulas do not "
+                           "decide the plan" % (name, plan.capacity, exact, max(plan.assigned)))
 
 
 PRESETS = {"deepspeed_top1", "deepspeed_top2", "deepspeed_topk", "fairseq_top1", "fairseq_top2",
