@@ -245,14 +245,14 @@ static int pack_plan(moe_plan *p, int T, int E)
     return rc;
 }
 
-/* Bytes of other work before each timed repeat of the local work: twice the core's L2 cache
- * (1 MiB when unknown), so that the layer's buffers come from the shared cache or memory, as in
- * a forward that follows the routing and the rest of the step, not from a loop that left them
- * in the core's caches. */
+/* Bytes of other work before each timed repeat of the local work where moe_ep_flush cannot
+ * flush the layer's lines: twice the last cache level (L3, else L2; 1 MiB when unknown). */
 static size_t evict_bytes(void)
 {
-    long l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    return 2 * (size_t)(l2 > 0 ? l2 : 1L << 20);
+    long c = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    if (c <= 0)
+        c = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return 2 * (size_t)(c > 0 ? c : 1L << 20);
 }
 
 /* Write every cache line of buf (n bytes); returns a value that depends on them. */
@@ -270,7 +270,9 @@ static unsigned char evict(unsigned char *buf, size_t n, unsigned char v)
  * own code (moe_ep_local_work) on the plan of pack_plan with n claims per rank (T = n P / 2
  * tokens) and rows of H floats: the dispatch indexes the batch's claims, packs this rank's
  * rows and plans the rows it receives; the combine adds the rows back into its tokens' outputs.
- * Each repeat starts after evict_bytes of other work. Half the pair's time of the slowest rank,
+ * Each repeat starts cold, as a forward does after the rest of the step (the routing, the
+ * experts, the other layers): the lines the work touches are flushed from every cache level
+ * (moe_ep_flush), or evict_bytes of other work is done where they cannot be. Half the pair's time of the slowest rank,
  * median over the repeats; t (repeats) scratch. *time < 0 on failure (every rank agrees). */
 static int time_pack(size_t n, size_t H, long repeats, double *t, double *time)
 {
@@ -279,7 +281,7 @@ static int time_pack(size_t n, size_t H, long repeats, double *t, double *time)
     float *x = moe_mpi_xcalloc((size_t)T * H, sizeof(float), &bad);
     float *y = moe_mpi_xcalloc((size_t)T * H, sizeof(float), &bad);
     const size_t nev = evict_bytes();
-    unsigned char *ev = moe_mpi_xcalloc(nev, 1, &bad), acc = 0;
+    unsigned char *ev = NULL, acc = 0;
     moe_plan *plan = moe_plan_alloc(T, E, 2 * (size_t)T);
     moe_ep *ep = NULL;
     int rc = bad || !plan ? moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim calibrate)")
@@ -293,7 +295,9 @@ static int time_pack(size_t n, size_t H, long repeats, double *t, double *time)
     MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MAX, moe_mpi_g.comm);
     for (long r = -2; !all && r < repeats; r++) {
         double td = 0, tc = 0;
-        acc = evict(ev, nev, acc);
+        if (!moe_ep_flush(ep, plan, x, y) &&
+            (ev || (ev = moe_mpi_xcalloc(nev, 1, &bad))))
+            acc = evict(ev, nev, acc);
         MPI_Barrier(moe_mpi_g.comm);
         rc = moe_ep_local_work(ep, plan, x, y, &td, &tc);
         double dt = rc ? -1.0 : (td + tc) / 2.0, slowest = 0, low = 0;

@@ -397,6 +397,55 @@ int moe_ep_local_work(moe_ep *ep, const moe_plan *plan, const float *x, float *y
     return MOE_OK;
 }
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+static void flush_lines(const void *p, size_t bytes)
+{
+    const char *c = p;
+    for (size_t i = 0; i < bytes; i += 64)
+        _mm_clflush(c + i);
+    if (bytes)
+        _mm_clflush(c + bytes - 1);
+}
+#endif
+
+int moe_ep_flush(const moe_ep *ep, const moe_plan *plan, const float *x, const float *y)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    const size_t D = (size_t)ep->d, keys = (size_t)ep->E * (size_t)ep->Cc;
+    const size_t rkeys = (size_t)ep->P * (size_t)ep->el * (size_t)ep->Cc;
+    flush_lines(ep, sizeof *ep);
+    flush_lines(ep->send, ep->sx * D * sizeof(float));
+    flush_lines(ep->ret, ep->sx * D * sizeof(float));
+    flush_lines(ep->sgen, keys * sizeof *ep->sgen);
+    flush_lines(ep->srow, keys * sizeof *ep->srow);
+    flush_lines(ep->rgen, rkeys * sizeof *ep->rgen);
+    flush_lines(ep->mine, ep->nent * sizeof *ep->mine);
+    flush_lines(ep->theirs, ep->nent * sizeof *ep->theirs);
+    flush_lines(ep->eown, (size_t)ep->E * sizeof *ep->eown);
+    flush_lines(ep->town, (size_t)ep->T * sizeof *ep->town);
+    flush_lines(ep->scnt, (size_t)ep->P * sizeof *ep->scnt);
+    flush_lines(ep->sdsp, (size_t)ep->P * sizeof *ep->sdsp);
+    flush_lines(ep->rcnt, (size_t)ep->P * sizeof *ep->rcnt);
+    flush_lines(ep->rdsp, (size_t)ep->P * sizeof *ep->rdsp);
+    flush_lines(ep->cur, (size_t)ep->P * sizeof *ep->cur);
+    flush_lines(ep->sub, sizeof *ep->sub);
+    flush_lines(ep->sub->entries, ep->sub->cap_entries * sizeof *ep->sub->entries);
+    flush_lines(plan, sizeof *plan);
+    flush_lines(plan->entries, plan->n_entries * sizeof *plan->entries);
+    flush_lines(x, (size_t)ep->T * D * sizeof *x);
+    flush_lines(y, (size_t)ep->T * D * sizeof *y);
+    _mm_mfence();
+    return 1;
+#else
+    (void)ep;
+    (void)plan;
+    (void)x;
+    (void)y;
+    return 0;
+#endif
+}
+
 /* The statistics of one forward: rows nsend sent and nrecv received, tokens entries of this
  * rank's experts; times (moe_now) tp at its start, ts[0] and ts[1] around the dispatch
  * all-to-all, ts[2] and ts[3] around the combine all-to-all, ts[4] at the end of the combine. */

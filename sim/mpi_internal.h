@@ -44,6 +44,11 @@ void *moe_mpi_xcalloc(size_t n, size_t size, int *bad);
 int moe_ep_local_work(moe_ep *ep, const moe_plan *plan, const float *x, float *y,
                       double *t_dispatch, double *t_combine);
 
+/* Write back and evict from every cache level the lines moe_ep_local_work reads or writes
+ * (the layer's workspaces, plan, x (T,D) and y (T,D)), so that a timed call starts cold as in a
+ * forward; 1 when done, 0 where the processor has no cache-line flush moesim uses (x86 only). */
+int moe_ep_flush(const moe_ep *ep, const moe_plan *plan, const float *x, const float *y);
+
 /* ---- the expert-parallel point (mpi_ep.c) ---- */
 
 /* The pipeline hook of an expert-parallel point: every batch's plan through moe_ep_forward,
