@@ -37,18 +37,6 @@ int moe_mpi_agree_fwd(int rc);
 /* calloc of at least one element; sets *bad on failure. */
 void *moe_mpi_xcalloc(size_t n, size_t size, int *bad);
 
-/* The expert-parallel layer's local work on plan, without its all-to-alls (the benchmark of
- * `moesim calibrate`): *t_dispatch the seconds of the dispatch's (index the claims, pack the
- * rows, plan the received rows), *t_combine of the combine's sum of the returned rows into y
- * (T,D), the sent rows standing for the returned ones. */
-int moe_ep_local_work(moe_ep *ep, const moe_plan *plan, const float *x, float *y,
-                      double *t_dispatch, double *t_combine);
-
-/* Write back and evict from every cache level the lines moe_ep_local_work reads or writes
- * (the layer's workspaces, plan, x (T,D) and y (T,D)), so that a timed call starts cold as in a
- * forward; 1 when done, 0 where the processor has no cache-line flush moesim uses (x86 only). */
-int moe_ep_flush(const moe_ep *ep, const moe_plan *plan, const float *x, const float *y);
-
 /* ---- the expert-parallel point (mpi_ep.c) ---- */
 
 /* The pipeline hook of an expert-parallel point: every batch's plan through moe_ep_forward,
