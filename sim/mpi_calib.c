@@ -165,11 +165,12 @@ static void usage(void)
            "Loopback calibration of the cluster model (docs/cluster.md): a ping-pong between\n"
            "ranks 0 and 1 and an all-to-all over the P ranks, message sizes from 16 bytes to\n"
            "B per peer (default 1048576) in steps of 4x, N timed repeats each (default 30,\n"
-           "median kept), and the local packing of rows on every rank (a gather/scatter-add\n"
-           "of 16 to 1024 claims' rows of 16 to 1024 floats). Fits alpha (latency per\n"
-           "message) and beta (bandwidth), and the packing's latency, time per row and rate,\n"
-           "by weighted least squares and prints a [cluster.NAME] section (default loopback)\n"
-           "with the all-to-all's and the packing's constants; --out FILE writes it too.\n"
+           "median kept), and the expert-parallel layer's local work on every rank (its own\n"
+           "code on a benchmark plan, cold caches: 16 to 1024 claims per rank, rows of 16 to\n"
+           "1024 floats). Fits alpha (latency per message) and beta (bandwidth), and the\n"
+           "packing's latency, time per row and rate, by weighted least squares and prints\n"
+           "a [cluster.NAME] section (default loopback) with the all-to-all's and the\n"
+           "packing's constants; --out FILE writes it too.\n"
            "--ranks P: fail unless the job has P ranks.\n");
 }
 
