@@ -179,8 +179,8 @@ test-asan:
 
 # The cluster model's predicted dispatch and combine times against the measured ones of real
 # expert-parallel MPI runs, with constants from `moesim calibrate` (docs/cluster.md): outside
-# `make test` (which runs the rest of tests/t_calib.sh) while the model misses its factor on 2
-# ranks: these checks compare timings of this machine
+# `make test` (which runs the rest of tests/t_calib.sh) while the model misses its factor in
+# some runs (three of seven under load, docs/cluster.md): these checks compare timings of this machine
 .PHONY: calib-check
 calib-check: moesim $(MPI_TEST:%=$(B)/%)
 	MOESIM_CALIB=1 MOESIM=./moesim BUILD=$(B) sh tests/t_calib.sh

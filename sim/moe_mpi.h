@@ -102,6 +102,18 @@ void moe_ep_free(moe_ep *ep); /* NULL is a no-op */
 int moe_ep_forward(moe_ep *ep, const moe_experts *w, const moe_plan *plan, const float *x,
                    float *y, int gather, moe_ep_stats *st);
 
+/* The expert-parallel layer's local work on plan, without its all-to-alls (the benchmark of
+ * `moesim calibrate`): *t_dispatch the seconds of the dispatch's (index the claims, pack the
+ * rows, plan the received rows), *t_combine of the combine's sum of the returned rows into y
+ * (T,D), the sent rows standing for the returned ones. */
+int moe_ep_local_work(moe_ep *ep, const moe_plan *plan, const float *x, float *y,
+                      double *t_dispatch, double *t_combine);
+
+/* Write back and evict from every cache level the lines moe_ep_local_work reads or writes
+ * (the layer's workspaces, plan, x (T,D) and y (T,D)), so that a timed call starts cold as in a
+ * forward; 1 when done, 0 where the processor has no cache-line flush moesim uses (x86 only). */
+int moe_ep_flush(const moe_ep *ep, const moe_plan *plan, const float *x, const float *y);
+
 /* DeepSpeed's per-rank capacity: every rank routes only its own tokens, with the capacity
  * computed from its n_q tokens (C_q = ROUND(k * n_q * cf / E)). This builds the union of the P
  * local plans (every rank computes all of them: routing is cheap and this keeps the plan

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 /* Weights 1/y^2 of finite y > 0, or MOE_EINVAL naming the bad point. */
 static int rel_weights(const double *x, const double *y, size_t n, double *w, const char *fn)
@@ -164,11 +165,12 @@ static void usage(void)
            "Loopback calibration of the cluster model (docs/cluster.md): a ping-pong between\n"
            "ranks 0 and 1 and an all-to-all over the P ranks, message sizes from 16 bytes to\n"
            "B per peer (default 1048576) in steps of 4x, N timed repeats each (default 30,\n"
-           "median kept), and the local packing of rows on every rank (a gather/scatter-add\n"
-           "of 16 to 1024 claims' rows of 16 to 1024 floats). Fits alpha (latency per\n"
-           "message) and beta (bandwidth), and the packing's latency, time per row and rate,\n"
-           "by weighted least squares and prints a [cluster.NAME] section (default loopback)\n"
-           "with the all-to-all's and the packing's constants; --out FILE writes it too.\n"
+           "median kept), and the expert-parallel layer's local work on every rank (its own\n"
+           "code on a benchmark plan, cold caches: 16 to 1024 claims per rank, rows of 16 to\n"
+           "1024 floats). Fits alpha (latency per message) and beta (bandwidth), and the\n"
+           "packing's latency, time per row and rate, by weighted least squares and prints\n"
+           "a [cluster.NAME] section (default loopback) with the all-to-all's and the\n"
+           "packing's constants; --out FILE writes it too.\n"
            "--ranks P: fail unless the job has P ranks.\n");
 }
 
@@ -223,46 +225,97 @@ static double time_alltoall(float *sbuf, float *rbuf, size_t m, long repeats, do
     return median(t, (size_t)repeats);
 }
 
-/* One phase of the layer's local work on every rank at once: n claims (two per token, tokens
- * in a strided order), each looked up in a slot table (a stamp compared and set, a count
- * kept: the layer's indexing of a claim's row) and gathered, scaled and added into its send
- * row of H floats; then the n rows added back into the n/2 tokens' outputs. Half the pair's
- * time of the slowest rank, median over the repeats. x and y hold (n/2, H) floats, s (n, H),
- * stamp (n + 8). */
-static double time_pack(float *x, float *y, float *s, unsigned *stamp, size_t n, size_t H,
-                        long repeats, double *t)
+/* The benchmark's plan: T tokens in token order, two claims each, on experts 3t mod E and
+ * (3t + E/2) mod E, slots numbered per expert in plan order, weights 0.5; the capacity is the
+ * largest slot count. */
+static int pack_plan(moe_plan *p, int T, int E)
 {
-    const size_t T = n / 2;
-    unsigned *cnt = stamp + n; /* 8 counters after the table */
-    for (long r = -2; r < repeats; r++) {
-        const unsigned gen = (unsigned)(r + 3) + (unsigned)n;
+    int rc = moe_plan_reset(p, T, E, E);
+    long *cnt = calloc((size_t)E, sizeof *cnt), C = 0;
+    if (!cnt)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim calibrate)");
+    for (int t = 0; !rc && t < T; t++)
+        for (int j = 0; !rc && j < 2; j++) {
+            const int e = (int)((3L * t + (long)j * (E / 2)) % E);
+            rc = moe_plan_push(p, t, e, (int32_t)cnt[e]++, 0.5, 0.5);
+        }
+    for (int e = 0; e < E; e++)
+        C = cnt[e] > C ? cnt[e] : C;
+    p->capacity = C;
+    free(cnt);
+    return rc;
+}
+
+/* Bytes of other work before each timed repeat of the local work where moe_ep_flush cannot
+ * flush the layer's lines: twice the last cache level (L3, else L2; 1 MiB when unknown). */
+static size_t evict_bytes(void)
+{
+    long c = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    if (c <= 0)
+        c = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return 2 * (size_t)(c > 0 ? c : 1L << 20);
+}
+
+/* Write every cache line of buf (n bytes); returns a value that depends on them. */
+static unsigned char evict(unsigned char *buf, size_t n, unsigned char v)
+{
+    unsigned char acc = v;
+    for (size_t i = 0; i < n; i += 64) {
+        acc = (unsigned char)(acc + buf[i]);
+        buf[i] = acc;
+    }
+    return acc;
+}
+
+/* One phase of the expert-parallel layer's local work on every rank at once, run by the layer's
+ * own code (moe_ep_local_work) on the plan of pack_plan with n claims per rank (T = n P / 2
+ * tokens) and rows of H floats: the dispatch indexes the batch's claims, packs this rank's
+ * rows and plans the rows it receives; the combine adds the rows back into its tokens' outputs.
+ * Each repeat starts cold, as a forward does after the rest of the step (the routing, the
+ * experts, the other layers): the lines the work touches are flushed from every cache level
+ * (moe_ep_flush), or evict_bytes of other work is done where they cannot be. Half the pair's time of the slowest rank,
+ * median over the repeats; t (repeats) scratch. *time < 0 on failure (every rank agrees). */
+static int time_pack(size_t n, size_t H, long repeats, double *t, double *time)
+{
+    const int P = moe_mpi_g.size, T = (int)(n / 2) * P, E = P > 8 ? P : 8;
+    int bad = 0;
+    float *x = moe_mpi_xcalloc((size_t)T * H, sizeof(float), &bad);
+    float *y = moe_mpi_xcalloc((size_t)T * H, sizeof(float), &bad);
+    const size_t nev = evict_bytes();
+    unsigned char *ev = NULL, acc = 0;
+    moe_plan *plan = moe_plan_alloc(T, E, 2 * (size_t)T);
+    moe_ep *ep = NULL;
+    int rc = bad || !plan ? moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim calibrate)")
+                          : pack_plan(plan, T, E);
+    if (!rc && !(ep = moe_ep_alloc(T, E, plan->capacity, (int)H, 1, MOE_ACT_RELU,
+                                   plan->n_entries, 0)))
+        rc = MOE_ENOMEM;
+    for (size_t i = 0; i < (size_t)T * H; i++)
+        x[i] = (float)(i % 13) * 0.125f - 0.75f;
+    int all = rc;
+    MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MAX, moe_mpi_g.comm);
+    for (long r = -2; !all && r < repeats; r++) {
+        double td = 0, tc = 0;
+        if (!moe_ep_flush(ep, plan, x, y) &&
+            (ev || (ev = moe_mpi_xcalloc(nev, 1, &bad))))
+            acc = evict(ev, nev, acc);
         MPI_Barrier(moe_mpi_g.comm);
-        double t0 = MPI_Wtime();
-        for (size_t i = 0; i < n; i++) {
-            const size_t key = i * 37 % n;
-            if (stamp[key] != gen) {
-                stamp[key] = gen;
-                cnt[key & 7]++;
-            }
-            const float *xt = x + (i / 2 * 37 % T) * H;
-            float *row = s + key * H;
-            memset(row, 0, H * sizeof *row);
-            for (size_t c = 0; c < H; c++)
-                row[c] += 0.5f * xt[c];
-        }
-        memset(y, 0, T * H * sizeof *y);
-        for (size_t i = 0; i < n; i++) {
-            float *yt = y + (i / 2 * 37 % T) * H;
-            const float *o = s + i * 37 % n * H;
-            for (size_t c = 0; c < H; c++)
-                yt[c] += 0.5f * o[c];
-        }
-        double dt = (MPI_Wtime() - t0) / 2.0, slowest = 0;
+        rc = moe_ep_local_work(ep, plan, x, y, &td, &tc);
+        double dt = rc ? -1.0 : (td + tc) / 2.0, slowest = 0, low = 0;
         MPI_Allreduce(&dt, &slowest, 1, MPI_DOUBLE, MPI_MAX, moe_mpi_g.comm);
-        if (r >= 0)
+        MPI_Allreduce(&dt, &low, 1, MPI_DOUBLE, MPI_MIN, moe_mpi_g.comm);
+        if (low < 0)
+            all = rc ? rc : MOE_EINVAL;
+        else if (r >= 0)
             t[r] = slowest;
     }
-    return median(t, (size_t)repeats);
+    moe_ep_free(ep);
+    moe_plan_free(plan);
+    free(x);
+    free(y);
+    free(ev);
+    *time = all ? -1.0 : median(t, (size_t)repeats) + 0.0 * (double)acc;
+    return all;
 }
 
 #define PACK_N 4 /* claims 16, 64, 256, 1024 by row widths 16, 64, 256, 1024 floats */
@@ -271,28 +324,16 @@ static double time_pack(float *x, float *y, float *s, unsigned *stamp, size_t n,
  * s per byte, each >= 0) and prints it. */
 static int calibrate_pack(long repeats, double *t, double pk[3])
 {
-    const size_t nmax = (size_t)16 << (2 * (PACK_N - 1));
-    int bad = 0;
-    float *x = moe_mpi_xcalloc(nmax / 2 * nmax, sizeof(float), &bad);
-    float *y = moe_mpi_xcalloc(nmax / 2 * nmax, sizeof(float), &bad);
-    float *s = moe_mpi_xcalloc(nmax * nmax, sizeof(float), &bad);
-    unsigned *stamp = moe_mpi_xcalloc(nmax + 8, sizeof(unsigned), &bad);
-    int rc = bad ? moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim calibrate)") : MOE_OK;
-    int all = rc;
-    MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MAX, moe_mpi_g.comm);
     double rows[PACK_N * PACK_N], bytes[PACK_N * PACK_N], tp[PACK_N * PACK_N];
-    for (size_t i = 0; !all && i < PACK_N * PACK_N; i++) {
+    int rc = MOE_OK;
+    for (size_t i = 0; !rc && i < PACK_N * PACK_N; i++) {
         const size_t n = (size_t)16 << (2 * (i / PACK_N)), H = (size_t)16 << (2 * (i % PACK_N));
         rows[i] = (double)n;
         bytes[i] = (double)(n * H * sizeof(float));
-        tp[i] = time_pack(x, y, s, stamp, n, H, repeats, t);
+        rc = time_pack(n, H, repeats, t, &tp[i]);
     }
-    free(x);
-    free(y);
-    free(s);
-    free(stamp);
-    if (all || moe_mpi_g.rank != 0)
-        return all;
+    if (rc || moe_mpi_g.rank != 0)
+        return rc;
     printf("%12s %12s %14s\n", "claims", "row bytes", "pack us");
     for (size_t i = 0; i < PACK_N * PACK_N; i++)
         printf("%12.0f %12.0f %14.3f\n", rows[i], bytes[i] / rows[i], tp[i] * 1e6);

@@ -9,9 +9,11 @@
  * the latency alone). The all-to-all fit is written as a [cluster.NAME] section with
  * dispatch = per_claim, the topology of the ranks on this machine.
  *
- * A third benchmark times the layer's local work around the all-to-all on every rank at once:
- * gathering n claims' rows of H floats into a send buffer (scaled, added) and adding n rows
- * back into their tokens' outputs, over n and H; half the pair's time (one phase) is fitted as
+ * A third benchmark times the layer's local work around the all-to-all on every rank at once,
+ * with the layer's own code (moe_ep_local_work) on a plan of n claims per rank, rows of H
+ * floats, each repeat with the work's cache lines flushed first (moe_ep_flush): indexing the
+ * claims, packing the send rows and planning the received ones, then adding the returned rows
+ * into the tokens' outputs, over n and H; half the pair's time (one phase) is fitted as
  * t = pack_latency + n pack_row + n 4H / pack_rate (moe_calib_fit_pack) and written as the
  * section's pack_latency_us, pack_row_ns and pack_gbps. */
 #ifndef MOE_MPI_CALIB_H

@@ -9,6 +9,8 @@
  *   sgen, srow (E*Cc)          slot (e,s) -> send row, valid where sgen = the pass's stamp
  *   rgen (P*El*Cc)             (source rank, local slot) seen in the receive pass
  *   sub                        the plan of the received rows: (row, local expert, slot, 1, 1)
+ *   mine, theirs (entries)     the plan's entries of this rank's tokens (the claims it sends)
+ *                              and of its experts (the claims it receives), in plan order
  *   L                          moe_layer for El experts: h[e,s] = sum of the rows of (e,s)
  * Sx = rows of this rank's tokens at most (<= the plan's entries), Rx = entries at most. Buffers
  * are sized for the worst case but touched only as far as a plan fills them. The received rows
@@ -40,6 +42,7 @@ struct moe_ep {
     float *send, *ret, *recv, *out;
     unsigned *sgen, *rgen;
     int *srow;
+    size_t *mine, *theirs, nmine, ntheirs, nent; /* nent: capacity of both lists */
     unsigned stamp;
     long *scnt, *sdsp, *rcnt, *rdsp, *cur; /* (P) rows */
     int *ic, *id, *jc, *jd;                /* (P) MPI counts in floats */
@@ -62,6 +65,8 @@ void moe_ep_free(moe_ep *ep)
     free(ep->sgen);
     free(ep->rgen);
     free(ep->srow);
+    free(ep->mine);
+    free(ep->theirs);
     free(ep->scnt);
     free(ep->sdsp);
     free(ep->rcnt);
@@ -163,6 +168,9 @@ moe_ep *moe_ep_alloc(int T, int E, long C_max, int d, int f, int act, size_t cap
     ep->sgen = moe_mpi_xcalloc(keys, sizeof *ep->sgen, &bad);
     ep->srow = moe_mpi_xcalloc(keys, sizeof *ep->srow, &bad);
     ep->rgen = moe_mpi_xcalloc(rkeys, sizeof *ep->rgen, &bad);
+    ep->nent = ent;
+    ep->mine = moe_mpi_xcalloc(ent, sizeof *ep->mine, &bad);
+    ep->theirs = moe_mpi_xcalloc(ent, sizeof *ep->theirs, &bad);
     ep->scnt = moe_mpi_xcalloc((size_t)P, sizeof(long), &bad);
     ep->sdsp = moe_mpi_xcalloc((size_t)P, sizeof(long), &bad);
     ep->rcnt = moe_mpi_xcalloc((size_t)P, sizeof(long), &bad);
@@ -235,21 +243,44 @@ static long prefix(const long *cnt, long *dsp, int P)
     return s;
 }
 
+/* The claims this rank handles: the plan's entries of its tokens (mine) and of its experts
+ * (theirs), in plan order; the only pass over the whole batch's entries. A rank of a real
+ * expert-parallel layer holds its own tokens' routing and learns what it receives from the
+ * counts; here every rank holds the global plan, and this one pass stands for that. */
+static int ep_index(moe_ep *ep, const moe_plan *plan)
+{
+    const int t0 = ep->t0, t1 = ep->t0 + ep->tn, e0 = ep->e0, e1 = ep->e0 + ep->el;
+    const moe_entry *en = plan->entries;
+    const size_t ne = plan->n_entries;
+    if (ne > ep->nent)
+        return moe_fail(MOE_EINVAL, NULL, "%zu plan entries exceed the workspace of %zu "
+                        "(moe_ep_forward)", ne, ep->nent);
+    size_t nm = 0, nt = 0;
+    for (size_t i = 0; i < ne; i++) {
+        ep->mine[nm] = i;
+        nm += en[i].token >= t0 && en[i].token < t1;
+        ep->theirs[nt] = i;
+        nt += en[i].expert >= e0 && en[i].expert < e1;
+    }
+    ep->nmine = nm;
+    ep->ntheirs = nt;
+    return MOE_OK;
+}
+
 /* Dispatch rows: one row per slot (e,s) this rank's tokens touch, grouped by the expert's rank
  * in order of first appearance in the plan, each the sum of dispatch_w * x[t] of its entries.
- * Fills send, scnt, sdsp and srow; *nsend rows in all. */
+ * Fills send, scnt, sdsp and srow; *nsend rows in all. Reads the entries of mine only. */
 static int ep_pack(moe_ep *ep, const moe_plan *plan, const float *x, long *nsend)
 {
-    const int P = ep->P, t0 = ep->t0, t1 = ep->t0 + ep->tn;
+    const int P = ep->P;
     const size_t D = (size_t)ep->d;
     const long Cc = ep->Cc;
     const moe_entry *en = plan->entries;
-    const size_t ne = plan->n_entries;
+    const size_t *mine = ep->mine, nm = ep->nmine;
     memset(ep->scnt, 0, (size_t)P * sizeof *ep->scnt);
     unsigned sa = next_stamp(ep);
-    for (size_t i = 0; i < ne; i++) {
-        if (en[i].token < t0 || en[i].token >= t1)
-            continue;
+    for (size_t m = 0; m < nm; m++) {
+        const size_t i = mine[m];
         size_t key = (size_t)en[i].expert * (size_t)Cc + (size_t)en[i].slot;
         if (ep->sgen[key] != sa) {
             ep->sgen[key] = sa;
@@ -262,9 +293,8 @@ static int ep_pack(moe_ep *ep, const moe_plan *plan, const float *x, long *nsend
                         "(moe_ep_forward)", *nsend, ep->sx);
     memcpy(ep->cur, ep->sdsp, (size_t)P * sizeof *ep->cur);
     unsigned sb = next_stamp(ep);
-    for (size_t i = 0; i < ne; i++) {
-        if (en[i].token < t0 || en[i].token >= t1)
-            continue;
+    for (size_t m = 0; m < nm; m++) {
+        const size_t i = mine[m];
         size_t key = (size_t)en[i].expert * (size_t)Cc + (size_t)en[i].slot;
         if (ep->sgen[key] != sb) {
             ep->sgen[key] = sb;
@@ -281,21 +311,20 @@ static int ep_pack(moe_ep *ep, const moe_plan *plan, const float *x, long *nsend
 
 /* What arrives: the rows for this rank's experts, in the same first-appearance order per
  * source rank, and the plan sub of the received rows (row, local expert, slot, 1, 1). Fills
- * rcnt, rdsp and sub; *nrecv rows, *tokens entries of this rank's experts. */
+ * rcnt, rdsp and sub; *nrecv rows, *tokens entries of this rank's experts. Reads the entries
+ * of theirs only. */
 static int ep_plan_recv(moe_ep *ep, const moe_plan *plan, long *nrecv, long *tokens)
 {
     const int P = ep->P, e0 = ep->e0, el = ep->el;
     const long Cc = ep->Cc;
     const moe_entry *en = plan->entries;
-    const size_t ne = plan->n_entries;
+    const size_t *theirs = ep->theirs, nt = ep->ntheirs;
     memset(ep->rcnt, 0, (size_t)P * sizeof *ep->rcnt);
-    *tokens = 0;
+    *tokens = (long)nt;
     unsigned ra = next_stamp(ep);
-    for (size_t i = 0; i < ne; i++) {
+    for (size_t m = 0; m < nt; m++) {
+        const size_t i = theirs[m];
         int e = en[i].expert;
-        if (e < e0 || e >= e0 + el)
-            continue;
-        (*tokens)++;
         int src = ep->town[en[i].token];
         size_t key = ((size_t)src * (size_t)el + (size_t)(e - e0)) * (size_t)Cc +
                      (size_t)en[i].slot;
@@ -314,10 +343,9 @@ static int ep_plan_recv(moe_ep *ep, const moe_plan *plan, long *nrecv, long *tok
     ep->sub->capacity = plan->capacity;
     memcpy(ep->cur, ep->rdsp, (size_t)P * sizeof *ep->cur);
     unsigned rb = next_stamp(ep);
-    for (size_t i = 0; i < ne; i++) {
+    for (size_t m = 0; m < nt; m++) {
+        const size_t i = theirs[m];
         int e = en[i].expert;
-        if (e < e0 || e >= e0 + el)
-            continue;
         int src = ep->town[en[i].token];
         size_t key = ((size_t)src * (size_t)el + (size_t)(e - e0)) * (size_t)Cc +
                      (size_t)en[i].slot;
@@ -332,23 +360,90 @@ static int ep_plan_recv(moe_ep *ep, const moe_plan *plan, long *nrecv, long *tok
 }
 
 /* Combine: y[t] = sum of combine_w * (the returned output of its row) over the entries of this
- * rank's tokens, in plan order. */
+ * rank's tokens (mine), in plan order. */
 static void ep_combine(const moe_ep *ep, const moe_plan *plan, float *y)
 {
-    const int t0 = ep->t0, t1 = ep->t0 + ep->tn;
     const size_t D = (size_t)ep->d;
     const long Cc = ep->Cc;
     const moe_entry *en = plan->entries;
-    memset(y + (size_t)t0 * D, 0, (size_t)ep->tn * D * sizeof *y);
-    for (size_t i = 0; i < plan->n_entries; i++) {
-        if (en[i].token < t0 || en[i].token >= t1)
-            continue;
+    memset(y + (size_t)ep->t0 * D, 0, (size_t)ep->tn * D * sizeof *y);
+    for (size_t m = 0; m < ep->nmine; m++) {
+        const size_t i = ep->mine[m];
         size_t key = (size_t)en[i].expert * (size_t)Cc + (size_t)en[i].slot;
         float a = (float)en[i].combine_w, *yt = y + (size_t)en[i].token * D;
         const float *o = ep->ret + (size_t)ep->srow[key] * D;
         for (size_t c = 0; c < D; c++)
             yt[c] += a * o[c];
     }
+}
+
+int moe_ep_local_work(moe_ep *ep, const moe_plan *plan, const float *x, float *y,
+                      double *t_dispatch, double *t_combine)
+{
+    int rc = check_ep_plan(ep, plan);
+    if (rc)
+        return rc;
+    long nsend, nrecv, tokens;
+    double t0 = moe_now();
+    if ((rc = ep_index(ep, plan)) || (rc = ep_pack(ep, plan, x, &nsend)) ||
+        (rc = ep_plan_recv(ep, plan, &nrecv, &tokens)))
+        return rc;
+    double t1 = moe_now();
+    memcpy(ep->ret, ep->send, (size_t)nsend * (size_t)ep->d * sizeof *ep->ret);
+    double t2 = moe_now();
+    ep_combine(ep, plan, y);
+    *t_dispatch = t1 - t0;
+    *t_combine = moe_now() - t2;
+    return MOE_OK;
+}
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+static void flush_lines(const void *p, size_t bytes)
+{
+    const char *c = p;
+    for (size_t i = 0; i < bytes; i += 64)
+        _mm_clflush(c + i);
+    if (bytes)
+        _mm_clflush(c + bytes - 1);
+}
+#endif
+
+int moe_ep_flush(const moe_ep *ep, const moe_plan *plan, const float *x, const float *y)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    const size_t D = (size_t)ep->d, keys = (size_t)ep->E * (size_t)ep->Cc;
+    const size_t rkeys = (size_t)ep->P * (size_t)ep->el * (size_t)ep->Cc;
+    flush_lines(ep, sizeof *ep);
+    flush_lines(ep->send, ep->sx * D * sizeof(float));
+    flush_lines(ep->ret, ep->sx * D * sizeof(float));
+    flush_lines(ep->sgen, keys * sizeof *ep->sgen);
+    flush_lines(ep->srow, keys * sizeof *ep->srow);
+    flush_lines(ep->rgen, rkeys * sizeof *ep->rgen);
+    flush_lines(ep->mine, ep->nent * sizeof *ep->mine);
+    flush_lines(ep->theirs, ep->nent * sizeof *ep->theirs);
+    flush_lines(ep->eown, (size_t)ep->E * sizeof *ep->eown);
+    flush_lines(ep->town, (size_t)ep->T * sizeof *ep->town);
+    flush_lines(ep->scnt, (size_t)ep->P * sizeof *ep->scnt);
+    flush_lines(ep->sdsp, (size_t)ep->P * sizeof *ep->sdsp);
+    flush_lines(ep->rcnt, (size_t)ep->P * sizeof *ep->rcnt);
+    flush_lines(ep->rdsp, (size_t)ep->P * sizeof *ep->rdsp);
+    flush_lines(ep->cur, (size_t)ep->P * sizeof *ep->cur);
+    flush_lines(ep->sub, sizeof *ep->sub);
+    flush_lines(ep->sub->entries, ep->sub->cap_entries * sizeof *ep->sub->entries);
+    flush_lines(plan, sizeof *plan);
+    flush_lines(plan->entries, plan->n_entries * sizeof *plan->entries);
+    flush_lines(x, (size_t)ep->T * D * sizeof *x);
+    flush_lines(y, (size_t)ep->T * D * sizeof *y);
+    _mm_mfence();
+    return 1;
+#else
+    (void)ep;
+    (void)plan;
+    (void)x;
+    (void)y;
+    return 0;
+#endif
 }
 
 /* The statistics of one forward: rows nsend sent and nrecv received, tokens entries of this
@@ -394,7 +489,8 @@ static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan,
     long nsend, nrecv, tokens;
 
     /* ---- dispatch ---- */
-    if ((rc = ep_pack(ep, plan, x, &nsend)) || (rc = ep_plan_recv(ep, plan, &nrecv, &tokens)))
+    if ((rc = ep_index(ep, plan)) || (rc = ep_pack(ep, plan, x, &nsend)) ||
+        (rc = ep_plan_recv(ep, plan, &nrecv, &tokens)))
         return rc;
     ts[0] = moe_now();
     moe_mpi_a2av_rows(ep->send, ep->scnt, ep->sdsp, ep->recv, ep->rcnt, ep->rdsp, D, ep->ic,

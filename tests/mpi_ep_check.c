@@ -17,7 +17,8 @@
  *     rank it equals the global plan entry for entry; its expert-parallel output equals
  *     moe_layer_forward of the same plan bit for bit;
  *   - errors: E < P and T < P are refused by moe_ep_alloc, a plan of the wrong shape fails on
- *     every rank (no rank hangs in a collective).
+ *     every rank (no rank hangs in a collective);
+ *   - moe_ep_local_work (the calibration benchmark's call) on a hand-worked plan (local_work).
  * Rank 0 prints "mpi_ep_check: N passed, N failed" with the counts summed over the ranks; every
  * rank exits non-zero on any failure.
  */
@@ -326,6 +327,59 @@ static void error_paths(void)
     moe_ep_free(ep);
 }
 
+/* moe_ep_local_work, the calibration's benchmark: T = 16 P tokens, each with two claims
+ * (experts 3t mod 8 and (3t + 4) mod 8, slots numbered per expert), dispatch and combine
+ * weights 0.5. Each slot holds one token, so (hand-worked) a token's two send rows are 0.5 x[t]
+ * and its output 0.5 (0.5 x[t]) + 0.5 (0.5 x[t]) = 0.5 x[t], exactly in binary floating point;
+ * the rows of other ranks' tokens stay untouched. moe_ep_flush changes nothing. */
+static void local_work(void)
+{
+    const int T = 16 * P, E = 8, D = 4;
+    moe_plan *p = moe_plan_alloc(T, E, 2 * (size_t)T);
+    long cnt[8] = {0}, C = 0;
+    moe_plan_reset(p, T, E, E);
+    for (int t = 0; t < T; t++)
+        for (int j = 0; j < 2; j++) {
+            const int e = (3 * t + 4 * j) % E;
+            moe_plan_push(p, t, e, (int32_t)cnt[e]++, 0.5, 0.5);
+        }
+    for (int e = 0; e < E; e++)
+        C = cnt[e] > C ? cnt[e] : C;
+    p->capacity = C;
+    float *x = malloc((size_t)T * D * sizeof *x), *y = malloc((size_t)T * D * sizeof *y);
+    for (int i = 0; i < T * D; i++) {
+        x[i] = (float)(i % 13) * 0.125f - 0.75f;
+        y[i] = -99.0f;
+    }
+    moe_ep *ep = moe_ep_alloc(T, E, C, D, 1, MOE_ACT_RELU, p->n_entries, 0);
+    CHECK(ep != NULL, "local work: moe_ep_alloc: %s", moe_errmsg());
+    if (!ep)
+        goto out;
+    const int t0 = start_of(T, me), t1 = start_of(T, me + 1);
+    for (int pass = 0; pass < 2; pass++) {
+        double td = -1, tc = -1;
+        int rc = moe_ep_local_work(ep, p, x, y, &td, &tc);
+        long bad = 0, touched = 0;
+        for (int t = 0; t < T; t++)
+            for (int c = 0; c < D; c++) {
+                const float v = y[(size_t)t * D + c];
+                if (t >= t0 && t < t1)
+                    bad += v != 0.5f * x[(size_t)t * D + c];
+                else
+                    touched += v != -99.0f;
+            }
+        CHECK(rc == 0 && bad == 0 && touched == 0 && td >= 0 && tc >= 0,
+              "local work (pass %d): rc %d, %ld own rows differ from 0.5 x, %ld other rows "
+              "written, times %g %g", pass, rc, bad, touched, td, tc);
+        moe_ep_flush(ep, p, x, y);
+    }
+    moe_ep_free(ep);
+out:
+    moe_plan_free(p);
+    free(x);
+    free(y);
+}
+
 int main(void)
 {
     moe_install_gsl_handler();
@@ -348,6 +402,7 @@ int main(void)
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
         run_case(&cases[i]);
     error_paths();
+    local_work();
     double counts[2] = {check_pass, check_fail};
     moe_mpi_sum(counts, 2);
     if (me == 0)
