@@ -267,6 +267,37 @@ def test_conversions():
 
 # ---- draws, options, errors, listings --------------------------------------------------------
 
+def test_entry_memory():
+    """The entry arrays of a plan share one block of memory that route() reuses for a later plan
+    only once no array of the earlier plan is alive: a live plan, or one array kept from it,
+    never changes. Expected values: the same plan's arrays copied before the later calls."""
+    rng = np.random.default_rng(9)
+    for T in (50, 40000):  # 60000 entries kept: a block of over 1 MiB, on a 2 MiB boundary
+        La, Lb = rng.standard_normal((T, 8)), rng.standard_normal((T, 8))
+        p = moesim.route(La, "topk", k=2, capacity_factor=0.75)
+        want = [x.copy() for x in (p.token, p.expert, p.slot, p.dispatch_weight,
+                                   p.combine_weight)]
+        q = moesim.route(Lb, "topk", k=2, capacity_factor=0.75)
+        got = [p.token, p.expert, p.slot, p.dispatch_weight, p.combine_weight]
+        check(all(np.array_equal(g, w) for g, w in zip(got, want)),
+              "T=%d: a live plan's entries are unchanged by a later route()" % T)
+        kept = p.dispatch_weight
+        del p, got
+        moesim.route(Lb, "topk", k=2, capacity_factor=0.75)
+        check(np.array_equal(kept, want[3]), "T=%d: an array kept from a dead plan is unchanged"
+              % T)
+        del q
+        addr = moesim.route(La, "topk", k=2, capacity_factor=0.75).token.ctypes.data
+        r = moesim.route(La, "topk", k=2, capacity_factor=0.75)
+        check(r.token.ctypes.data == addr, "T=%d: a dead plan's memory is reused" % T)
+        check(all(np.array_equal(g, w) for g, w in zip(
+            (r.token, r.expert, r.slot, r.dispatch_weight, r.combine_weight), want)),
+            "T=%d: the plan in reused memory equals the first" % T)
+        if T == 40000:
+            check(addr % (2 << 20) == 0, "a block of over 1 MiB starts on a 2 MiB boundary")
+        del r, kept
+
+
 def test_seeded_draws(tmp):
     """gshard without uniforms and topk with noise draw from PCG streams of the seed: equal to
     `moesim route --seed` on the same logits."""
@@ -440,6 +471,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         test_fixtures(tmp)
         test_conversions()
+        test_entry_memory()
         test_seeded_draws(tmp)
         test_hash_table_path()
         test_errors()
