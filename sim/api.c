@@ -14,6 +14,7 @@
 #include "../routers/par.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -119,26 +120,75 @@ static void widen_part(void *ctx, int i, int nparts)
         w->dst[j] = w->src[j];
 }
 
-/* float32 logits (T,M) widened (exactly) to a new double array, the parts on the router's
- * threads. A large array is aligned to 2 MiB and marked for transparent huge pages: with 4 KiB
- * pages the first-touch page faults of a fresh 32 MiB array (65536 x 64) cost ~110 ms of CPU
- * on a loaded machine, twenty times the conversion itself (~5 ms); NumPy does the same for its
- * large arrays. */
-static double *widen_logits(const float *src, int n, int m)
+/* The float64 copy of float32 logits is kept for the next call of at most its size: a fresh
+ * 32 MiB array (65536 x 64) costs page faults and the kernel's zeroing of every page on first
+ * write, about as much CPU as the conversion itself, where a reused one costs neither. One buffer
+ * for the process, taken under the lock, so concurrent calls on other threads allocate their
+ * own; moesim_release frees it. */
+static pthread_mutex_t wide_lock = PTHREAD_MUTEX_INITIALIZER;
+static double *wide_keep;   /* the kept buffer, or NULL (taken, or none yet) */
+static size_t wide_keep_n;  /* its length in doubles */
+
+/* A buffer of len doubles: the kept one if large enough, else a new one. A large array is
+ * aligned to 2 MiB and marked for transparent huge pages (one fault per 2 MiB instead of per
+ * 4 KiB; NumPy does the same for its large arrays). */
+static double *wide_take(size_t len, size_t *cap)
 {
-    long len = (long)n * m;
-    size_t bytes = (size_t)len * sizeof(double), huge = (size_t)2 << 20;
-    double *dst;
+    pthread_mutex_lock(&wide_lock);
+    double *dst = wide_keep;
+    *cap = wide_keep_n;
+    wide_keep = NULL;
+    wide_keep_n = 0;
+    pthread_mutex_unlock(&wide_lock);
+    if (dst && *cap >= len)
+        return dst;
+    free(dst);
+    size_t bytes = len * sizeof(double), huge = (size_t)2 << 20;
     if (bytes >= huge) {
-        size_t sz = (bytes + huge - 1) / huge * huge; /* aligned_alloc: a multiple of huge */
-        dst = aligned_alloc(huge, sz);
+        bytes = (bytes + huge - 1) / huge * huge; /* aligned_alloc: a multiple of huge */
+        dst = aligned_alloc(huge, bytes);
 #ifdef MADV_HUGEPAGE
         if (dst)
-            madvise(dst, sz, MADV_HUGEPAGE); /* advice only: a failure leaves 4 KiB pages */
+            madvise(dst, bytes, MADV_HUGEPAGE); /* advice only: a failure leaves 4 KiB pages */
 #endif
     } else {
         dst = malloc(bytes);
     }
+    *cap = bytes / sizeof(double);
+    return dst;
+}
+
+/* Keep buf (cap doubles) for the next call, or free it when a buffer is kept already. */
+static void wide_give(double *buf, size_t cap)
+{
+    if (!buf)
+        return;
+    pthread_mutex_lock(&wide_lock);
+    if (!wide_keep) {
+        wide_keep = buf;
+        wide_keep_n = cap;
+        buf = NULL;
+    }
+    pthread_mutex_unlock(&wide_lock);
+    free(buf);
+}
+
+void moesim_release(void)
+{
+    pthread_mutex_lock(&wide_lock);
+    double *buf = wide_keep;
+    wide_keep = NULL;
+    wide_keep_n = 0;
+    pthread_mutex_unlock(&wide_lock);
+    free(buf);
+}
+
+/* float32 logits (T,M) widened (exactly) into a double array of *cap >= T*M values (give it
+ * back with wide_give), the parts on the router's threads. */
+static double *widen_logits(const float *src, int n, int m, size_t *cap)
+{
+    long len = (long)n * m;
+    double *dst = wide_take((size_t)len, cap);
     if (!dst) {
         moe_fail(MOE_ENOMEM, NULL, "out of memory (float64 copy of the float32 logits)");
         return NULL;
@@ -166,12 +216,14 @@ int moesim_route(const moesim_route_args *a, moesim_result **out)
     res->caller_table = a->hash_table;
     const moe_router_type *t = NULL;
     double *wide = NULL;
+    size_t wide_cap = 0;
     int rc = route_type(a, o, &t);
     if (!rc)
         rc = set_options(a, t->name, o);
     if (!rc && !(rc = check_draws(a->gumbel_uniforms, a->n, a->m, "gumbel_uniforms")))
         rc = check_draws(a->rts_uniforms, a->n, a->m, "rts_uniforms");
-    if (!rc && a->logits_dtype == MOESIM_F32 && !(wide = widen_logits(a->logits, a->n, a->m)))
+    if (!rc && a->logits_dtype == MOESIM_F32 &&
+        !(wide = widen_logits(a->logits, a->n, a->m, &wide_cap)))
         rc = MOE_ENOMEM;
     if (!rc) { /* one batch through the pipeline, routing and metrics only, as `moesim route` */
         const moe_pipeline_cfg cfg = {.rtype = t, .opts = o, .T = a->n, .M = a->m,
@@ -187,7 +239,7 @@ int moesim_route(const moesim_route_args *a, moesim_result **out)
             res->mt = moe_pipeline_metrics(res->pipe);
         }
     }
-    free(wide);
+    wide_give(wide, wide_cap);
     if (rc)
         moesim_result_free(res);
     else

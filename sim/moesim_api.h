@@ -13,6 +13,7 @@
  *   moesim_option_get     the routing option table (key, type, default, choices, help)
  *   moesim_preset_get     the presets (name, router, option assignments, source file)
  *   moesim_errmsg/_hint   the one-line message of the last failed call on this thread
+ *   moesim_release        free the buffer moesim_route keeps between calls
  *
  * moesim_route and moesim_layer return MOESIM_OK (0) or a status code below; on failure the
  * message "<what> (<where>)" is what moesim_errmsg() returns on the same thread until the next
@@ -27,7 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MOESIM_API_VERSION 2
+#define MOESIM_API_VERSION 3
 
 /* status codes (the values of moe.h's MOE_* codes) */
 enum {
@@ -72,7 +73,8 @@ typedef struct {
     const char *preset;              /* a preset's name, or NULL: its router and options are set
                                         first, the options above override them */
     int logits_dtype;                /* MOESIM_F64: logits is double; MOESIM_F32: float, widened
-                                        exactly inside the library (on the router's threads) */
+                                        exactly inside the library (on the router's threads)
+                                        into a buffer kept for the next call (moesim_release) */
 } moesim_route_args;
 
 typedef struct moesim_result moesim_result;
@@ -91,6 +93,9 @@ typedef struct {
  * as `moesim route` without a layer). Free with moesim_result_free. */
 int moesim_route(const moesim_route_args *a, moesim_result **out);
 void moesim_result_free(moesim_result *r); /* NULL is a no-op */
+/* Free the float64 copy of float32 logits that moesim_route keeps for the next call (since
+ * version 3; the next float32 call allocates it again). */
+void moesim_release(void);
 void moesim_result_info(const moesim_result *r, moesim_plan_info *info);
 /* Copy the entries, in the router's order, into five arrays of n_entries values each. */
 void moesim_result_entries(const moesim_result *r, int32_t *token, int32_t *expert,

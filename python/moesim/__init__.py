@@ -24,7 +24,7 @@ import numpy as np
 
 from . import _lib
 
-__all__ = ["Error", "Plan", "route", "layer", "routers", "options", "presets"]
+__all__ = ["Error", "Plan", "route", "layer", "routers", "options", "presets", "release"]
 
 _C = _lib.load()
 
@@ -298,6 +298,13 @@ def route(logits, router=None, *, preset=None, uniforms=None, gumbel_uniforms=No
         _C.moesim_result_free(res)
     return Plan(name, tok, exp, slot, dw, cwt, met, info.n_tokens, info.num_experts,
                 info.capacity, info.k, bool(info.dense))
+
+
+def release():
+    """Free the memory route() keeps for the next call: the block of the last plan's entry arrays
+    (once that plan is gone) and the library's float64 copy of float32 logits."""
+    _blocks.clear()
+    _C.moesim_release()
 
 
 def _preset_router(name):

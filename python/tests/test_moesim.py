@@ -298,6 +298,23 @@ def test_entry_memory():
         del r, kept
 
 
+def test_float32_buffer():
+    """float32 logits are widened into a buffer the library keeps for the next call: plans of
+    larger, smaller and equal batches through it, and after moesim.release(), equal the plans of
+    the same values given as float64 (the widening is exact)."""
+    rng = np.random.default_rng(11)
+    big = rng.standard_normal((3000, 16)).astype(np.float32)  # 384 KiB as float64
+    small = rng.standard_normal((40, 16)).astype(np.float32)
+    for i, L in enumerate((big, small, big[::-1].copy())):
+        check(same_plan(moesim.route(L, "topk", k=2, capacity_factor=1.25),
+                        moesim.route(L.astype(np.float64), "topk", k=2, capacity_factor=1.25)),
+              "float32 batch %d through the kept buffer equals float64" % i)
+    moesim.release()
+    check(same_plan(moesim.route(small, "switch"),
+                    moesim.route(small.astype(np.float64), "switch")),
+          "float32 after moesim.release() equals float64")
+
+
 def test_seeded_draws(tmp):
     """gshard without uniforms and topk with noise draw from PCG streams of the seed: equal to
     `moesim route --seed` on the same logits."""
@@ -472,6 +489,7 @@ def main():
         test_fixtures(tmp)
         test_conversions()
         test_entry_memory()
+        test_float32_buffer()
         test_seeded_draws(tmp)
         test_hash_table_path()
         test_errors()
