@@ -13,9 +13,10 @@ and the ratios py64/C, py32/C32 (what the binding adds) and py32/C (that plus th
 $ROUTE_TIME (tests/bench/route_time.c, built by make bench-python) also
   static the same moesim_route call from a C program (the static build, no -fPIC), on the same
          logits and options, REPS runs after one untimed run,
-and py64/static. Every column routes with the same options, computes the same metrics, on the same
-threads, into buffers allocated per call in the same way (the C API's); the Python columns add
-only the argument conversion, the entries copied out and the metrics read. On a loaded machine
+and py64/static; then the median page faults per call of C, C32, py64 and py32. Every column
+routes with the same options, computes the same metrics, on the same threads, into buffers
+allocated per call in the same way (the C API's); the Python columns add only the argument
+conversion, the entries copied out and the metrics read. On a loaded machine
 these totals vary by more than the overhead itself, so the parts moesim.route adds around the C
 call are also timed alone, as fractions of the C time:
   copy out  the entries copied into five NumPy arrays and the metrics read (topk's result);
@@ -27,6 +28,7 @@ Timings only: no assertion (the test suite checks results, not speed).
 """
 import ctypes
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -91,16 +93,21 @@ def copy_out(L, router, opts):
 
 
 def interleaved(fns):
-    """[(min, median)] seconds of each fn over REPS rounds that run every fn once."""
+    """[(min, median)] seconds of each fn over REPS rounds that run every fn once, and the median
+    page faults (minor) of each: a fresh buffer faults once per 4 KiB page on first write, at a
+    cost that on a virtual machine is a large part of a routing call."""
     for fn in fns:
         fn()  # warm-up: page faults of the first allocations
     ts = [[] for _ in fns]
+    fs = [[] for _ in fns]
     for _ in range(REPS):
-        for fn, t in zip(fns, ts):
+        for fn, t, f in zip(fns, ts, fs):
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.process_time()
             fn()
             t.append(time.process_time() - t0)
-    return [(min(t), statistics.median(t)) for t in ts]
+            f.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return [(min(t), statistics.median(t)) for t in ts], [statistics.median(f) for f in fs]
 
 
 def static_time(L, router, opts):
@@ -125,9 +132,9 @@ def main():
           "load average %.2f" % (T, M, REPS, os.getloadavg()[0]))
     print("%-14s %15s %15s %15s %15s %15s %13s %13s %13s %13s" % (
         "router", "static", "C", "C32", "py64", "py32", "py64/static", "py64/C", "py32/C32",
-        "py32/C"))
+        "py32/C"), "faults C/C32/py64/py32")
     for router, opts in CASES:
-        (c, cm), (c32, c32m), (p64, p64m), (p32, p32m) = interleaved([
+        ((c, cm), (c32, c32m), (p64, p64m), (p32, p32m)), faults = interleaved([
             c_only(L64, router, opts), c_only(L32, router, opts),
             lambda: moesim.route(L64, router, **opts),
             lambda: moesim.route(L32, router, **opts)])
@@ -137,9 +144,10 @@ def main():
         ratios = ["%5.3f (%5.3f)" % (a / b, am / bm) for a, am, b, bm in (
             (p64, p64m, st[0], st[1]), (p64, p64m, c, cm), (p32, p32m, c32, c32m),
             (p32, p32m, c, cm))]
-        print("%-14s %s %s" % (router, " ".join(ms), " ".join(ratios)))
+        print("%-14s %s %s %s" % (router, " ".join(ms), " ".join(ratios),
+                                  "/".join("%d" % f for f in faults)))
     run, free, N = copy_out(L64, "topk", CASES[0][1])
-    (copy, _), (np_widen, _), (c64, _), (c32, _) = interleaved([
+    ((copy, _), (np_widen, _), (c64, _), (c32, _)), _ = interleaved([
         run, lambda: L32.astype(np.float64), c_only(L64, "topk", CASES[0][1]),
         c_only(L32, "topk", CASES[0][1])])
     free()
