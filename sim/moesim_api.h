@@ -13,7 +13,7 @@
  *   moesim_option_get     the routing option table (key, type, default, choices, help)
  *   moesim_preset_get     the presets (name, router, option assignments, source file)
  *   moesim_errmsg/_hint   the one-line message of the last failed call on this thread
- *   moesim_release        free the buffer moesim_route keeps between calls
+ *   moesim_release        free the buffers moesim_route keeps between calls
  *
  * moesim_route and moesim_layer return MOESIM_OK (0) or a status code below; on failure the
  * message "<what> (<where>)" is what moesim_errmsg() returns on the same thread until the next
@@ -92,9 +92,13 @@ typedef struct {
 /* Route; on success *out holds the plan and its routing metrics (FLOPs 0 and output errors NaN,
  * as `moesim route` without a layer). Free with moesim_result_free. */
 int moesim_route(const moesim_route_args *a, moesim_result **out);
-void moesim_result_free(moesim_result *r); /* NULL is a no-op */
-/* Free the float64 copy of float32 logits that moesim_route keeps for the next call (since
- * version 3; the next float32 call allocates it again). */
+/* NULL is a no-op. Since version 3 the library keeps the last freed result's router and buffers
+ * (not its plan: they are reused) for the next moesim_route with the same router, preset,
+ * options, T, M and Krec and no hash table, which then allocates nothing and touches no fresh
+ * memory; results are the same either way. */
+void moesim_result_free(moesim_result *r);
+/* Free what moesim_route keeps for the next call: the last result's buffers and the float64 copy
+ * of float32 logits (since version 3). */
 void moesim_release(void);
 void moesim_result_info(const moesim_result *r, moesim_plan_info *info);
 /* Copy the entries, in the router's order, into five arrays of n_entries values each. */

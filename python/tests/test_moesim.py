@@ -150,6 +150,18 @@ def fixture_case(name, tmp, root=FIXTURES):
     layer_keys = {k for k in met if k.startswith(("flops_", "output_error"))}
     metrics_equal(name, plan.metrics, met, skip=layer_keys if layer_case else ())
 
+    # the same call again, after a call on other values of the same shape: both reuse the
+    # router and buffers the library kept from the call before (moesim_result_free)
+    rev = {k: (v[::-1].copy() if k != "hash_table" else v) for k, v in arr.items()}
+    for a in (rev, arr):
+        again = moesim.route(a["logits"], router, uniforms=a.get("uniforms"),
+                             gumbel_uniforms=a.get("gumbel_uniforms"),
+                             rts_uniforms=a.get("rts_uniforms"), tokens=a.get("tokens"),
+                             hash_table=a.get("hash_table"), **opts)
+    check(again.csv() == csv, "%s: plan CSV of a repeated call differs from moesim route's" % name)
+    metrics_equal(name + " (repeated call)", again.metrics, met,
+                  skip=layer_keys if layer_case else ())
+
     # the in-memory doubles against the NumPy reference's expectations
     with open(os.path.join(d, "expected_plan.csv")) as f:
         etok, eexp, eslot, edw, ecw = parse_csv(f.read())
@@ -313,6 +325,24 @@ def test_float32_buffer():
     check(same_plan(moesim.route(small, "switch"),
                     moesim.route(small.astype(np.float64), "switch")),
           "float32 after moesim.release() equals float64")
+
+
+def test_kept_pipeline():
+    """A call with the router, options and shape of the call before reuses its pipeline with the
+    draws seeded again: the same seed draws the same plan as a fresh pipeline (after
+    moesim.release()), another seed differs. Expected values: the first call's plan."""
+    L = np.random.default_rng(12).standard_normal((500, 8))
+    for router, opts in (("gshard", {}), ("topk", {"noise_std": 0.5}),
+                         ("switch", {"order": "rts"})):
+        moesim.release()
+        first = moesim.route(L, router, seed=3, **opts)
+        other = moesim.route(L, router, seed=4, **opts)
+        again = moesim.route(L, router, seed=3, **opts)
+        moesim.release()
+        fresh = moesim.route(L, router, seed=3, **opts)
+        check(same_plan(first, again) and same_plan(first, fresh),
+              "%s: seed 3 after seed 4 on the kept pipeline draws as a fresh one" % router)
+        check(not same_plan(first, other), "%s: seeds 3 and 4 draw differently" % router)
 
 
 def test_seeded_draws(tmp):
@@ -490,6 +520,7 @@ def main():
         test_conversions()
         test_entry_memory()
         test_float32_buffer()
+        test_kept_pipeline()
         test_seeded_draws(tmp)
         test_hash_table_path()
         test_errors()
