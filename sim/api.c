@@ -2,7 +2,8 @@
  * moe_route_opts_set for the options, the one-batch pipeline (pipeline.h) for the plan and its
  * metrics, moe_layer_alloc and the pipeline's layer stage for a given plan through the layer.
  * Each call does what `moesim route` does for the same inputs (sim/cmd_route.c), so that
- * results match it bit for bit. */
+ * results match it bit for bit; a freed result's pipeline is kept for the next call of the same
+ * router, options and shape, and the float64 copy of float32 logits too (moesim_release). */
 #include "moesim_api.h"
 
 #include "layer.h"

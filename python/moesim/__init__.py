@@ -302,7 +302,8 @@ def route(logits, router=None, *, preset=None, uniforms=None, gumbel_uniforms=No
 
 def release():
     """Free the memory route() keeps for the next call: the block of the last plan's entry arrays
-    (once that plan is gone) and the library's float64 copy of float32 logits."""
+    (once that plan is gone), the router and buffers of the last call (reused by a call with the
+    same router, options and shape) and the library's float64 copy of float32 logits."""
     _blocks.clear()
     _C.moesim_release()
 
