@@ -2,7 +2,8 @@
  * moe_route_opts_set for the options, the one-batch pipeline (pipeline.h) for the plan and its
  * metrics, moe_layer_alloc and the pipeline's layer stage for a given plan through the layer.
  * Each call does what `moesim route` does for the same inputs (sim/cmd_route.c), so that
- * results match it bit for bit. */
+ * results match it bit for bit; a freed result's pipeline is kept for the next call of the same
+ * router, options and shape, and the float64 copy of float32 logits too (moesim_release). */
 #include "moesim_api.h"
 
 #include "layer.h"
@@ -14,6 +15,7 @@
 #include "../routers/par.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +31,8 @@ struct moesim_result {
     moe_pipeline *pipe;  /* owns the plan and the metrics of the routed batch */
     const moe_plan *plan;
     const moe_metrics *mt;
+    char *key;           /* the call that made it (call_key), or NULL: not to be kept */
+    size_t key_len;
 };
 
 /* Every entry point starts clean: moe_fail keeps the first message of a chain. */
@@ -119,26 +123,65 @@ static void widen_part(void *ctx, int i, int nparts)
         w->dst[j] = w->src[j];
 }
 
-/* float32 logits (T,M) widened (exactly) to a new double array, the parts on the router's
- * threads. A large array is aligned to 2 MiB and marked for transparent huge pages: with 4 KiB
- * pages the first-touch page faults of a fresh 32 MiB array (65536 x 64) cost ~110 ms of CPU
- * on a loaded machine, twenty times the conversion itself (~5 ms); NumPy does the same for its
- * large arrays. */
-static double *widen_logits(const float *src, int n, int m)
+/* The float64 copy of float32 logits is kept for the next call of at most its size: a fresh
+ * 32 MiB array (65536 x 64) costs page faults and the kernel's zeroing of every page on first
+ * write, about as much CPU as the conversion itself, where a reused one costs neither. One buffer
+ * for the process, taken under the lock, so concurrent calls on other threads allocate their
+ * own; moesim_release frees it. */
+static pthread_mutex_t wide_lock = PTHREAD_MUTEX_INITIALIZER;
+static double *wide_keep;   /* the kept buffer, or NULL (taken, or none yet) */
+static size_t wide_keep_n;  /* its length in doubles */
+
+/* A buffer of len doubles: the kept one if large enough, else a new one. A large array is
+ * aligned to 2 MiB and marked for transparent huge pages (one fault per 2 MiB instead of per
+ * 4 KiB; NumPy does the same for its large arrays). */
+static double *wide_take(size_t len, size_t *cap)
 {
-    long len = (long)n * m;
-    size_t bytes = (size_t)len * sizeof(double), huge = (size_t)2 << 20;
-    double *dst;
+    pthread_mutex_lock(&wide_lock);
+    double *dst = wide_keep;
+    *cap = wide_keep_n;
+    wide_keep = NULL;
+    wide_keep_n = 0;
+    pthread_mutex_unlock(&wide_lock);
+    if (dst && *cap >= len)
+        return dst;
+    free(dst);
+    size_t bytes = len * sizeof(double), huge = (size_t)2 << 20;
     if (bytes >= huge) {
-        size_t sz = (bytes + huge - 1) / huge * huge; /* aligned_alloc: a multiple of huge */
-        dst = aligned_alloc(huge, sz);
+        bytes = (bytes + huge - 1) / huge * huge; /* aligned_alloc: a multiple of huge */
+        dst = aligned_alloc(huge, bytes);
 #ifdef MADV_HUGEPAGE
         if (dst)
-            madvise(dst, sz, MADV_HUGEPAGE); /* advice only: a failure leaves 4 KiB pages */
+            madvise(dst, bytes, MADV_HUGEPAGE); /* advice only: a failure leaves 4 KiB pages */
 #endif
     } else {
         dst = malloc(bytes);
     }
+    *cap = bytes / sizeof(double);
+    return dst;
+}
+
+/* Keep buf (cap doubles) for the next call, or free it when a buffer is kept already. */
+static void wide_give(double *buf, size_t cap)
+{
+    if (!buf)
+        return;
+    pthread_mutex_lock(&wide_lock);
+    if (!wide_keep) {
+        wide_keep = buf;
+        wide_keep_n = cap;
+        buf = NULL;
+    }
+    pthread_mutex_unlock(&wide_lock);
+    free(buf);
+}
+
+/* float32 logits (T,M) widened (exactly) into a double array of *cap >= T*M values (give it
+ * back with wide_give), the parts on the router's threads. */
+static double *widen_logits(const float *src, int n, int m, size_t *cap)
+{
+    long len = (long)n * m;
+    double *dst = wide_take((size_t)len, cap);
     if (!dst) {
         moe_fail(MOE_ENOMEM, NULL, "out of memory (float64 copy of the float32 logits)");
         return NULL;
@@ -146,6 +189,117 @@ static double *widen_logits(const float *src, int n, int m)
     widen_job w = {src, dst, len};
     moe_par_run(widen_part, &w, moe_par_parts(len, 1L << 16));
     return dst;
+}
+
+/* ---- the routing of the last call, kept for the next ----
+ * A routing call allocates a pipeline (router workspaces, plan, metrics: tens of MiB at 65536 x
+ * 64) whose buffers fault once per 4 KiB page when first written (about 1800 faults per topk
+ * call, a fifth to a half of the call's CPU time on a virtual machine) unless the C library
+ * happens to reuse freed memory, which depends on the process's allocation history. So a freed
+ * result is kept (one for the process) and taken by the next call with the same router, preset,
+ * options (as text, in order), T, M and Krec: its router and buffers route the new batch, its
+ * draws seeded again, as a pipeline that runs batch after batch in `moesim run`. Calls with a
+ * hash table are not kept (its content may change under the same pointer or path). */
+static pthread_mutex_t kept_lock = PTHREAD_MUTEX_INITIALIZER;
+static moesim_result *kept;
+
+static void result_destroy(moesim_result *r)
+{
+    moe_pipeline_free(r->pipe);
+    if (r->opts.hash_table == r->caller_table) /* the caller's: not ours to free */
+        r->opts.hash_table = NULL;
+    moe_route_opts_release(&r->opts);
+    free(r->key);
+    free(r);
+}
+
+/* The text of what determines a call's pipeline (router, preset, options, T, M, Krec), in
+ * *len bytes, or NULL when it is not to be kept (a hash table) or out of memory. */
+static char *call_key(const moesim_route_args *a, size_t *len)
+{
+    if (a->hash_table)
+        return NULL;
+    size_t n = 3 * sizeof(int) + 2;
+    const char *r = a->router ? a->router : "", *p = a->preset ? a->preset : "";
+    n += strlen(r) + strlen(p);
+    for (int i = 0; i < a->n_opts; i++) {
+        if (!a->keys[i] || !a->values[i] || !strcmp(a->keys[i], "hash_table"))
+            return NULL;
+        n += strlen(a->keys[i]) + strlen(a->values[i]) + 2;
+    }
+    char *key = malloc(n), *q = key;
+    if (!key)
+        return NULL;
+    const int dims[3] = {a->n, a->m, a->k_rec};
+    memcpy(q, dims, sizeof dims);
+    q += sizeof dims;
+    for (int i = -2; i < a->n_opts; i++) { /* router, preset, then key and value pairs */
+        const char *parts[2] = {i == -2 ? r : i == -1 ? p : a->keys[i],
+                                i < 0 ? NULL : a->values[i]};
+        for (int j = 0; j < 2 && parts[j]; j++) {
+            size_t l = strlen(parts[j]) + 1;
+            memcpy(q, parts[j], l);
+            q += l;
+        }
+    }
+    *len = (size_t)(q - key);
+    return key;
+}
+
+/* The kept result if it was made by the call of key, else NULL. */
+static moesim_result *kept_take(const char *key, size_t len)
+{
+    moesim_result *r = NULL;
+    pthread_mutex_lock(&kept_lock);
+    if (kept && kept->key_len == len && !memcmp(kept->key, key, len)) {
+        r = kept;
+        kept = NULL;
+    }
+    pthread_mutex_unlock(&kept_lock);
+    return r;
+}
+
+void moesim_release(void)
+{
+    pthread_mutex_lock(&kept_lock);
+    moesim_result *r = kept;
+    kept = NULL;
+    pthread_mutex_unlock(&kept_lock);
+    if (r)
+        result_destroy(r);
+    pthread_mutex_lock(&wide_lock);
+    double *buf = wide_keep;
+    wide_keep = NULL;
+    wide_keep_n = 0;
+    pthread_mutex_unlock(&wide_lock);
+    free(buf);
+}
+
+/* A new result for call a: its router and options set, its pipeline allocated. */
+static int result_new(const moesim_route_args *a, moesim_result **out)
+{
+    moesim_result *res = calloc(1, sizeof *res);
+    if (!res)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (result)");
+    moe_route_opts *o = &res->opts;
+    moe_route_opts_default(o);
+    res->caller_table = a->hash_table;
+    const moe_router_type *t = NULL;
+    int rc = route_type(a, o, &t);
+    if (!rc)
+        rc = set_options(a, t->name, o);
+    if (!rc) { /* routing and metrics only, as `moesim route` */
+        const moe_pipeline_cfg cfg = {.rtype = t, .opts = o, .T = a->n, .M = a->m,
+                                      .k_claims = a->k_rec, .seed = a->seed,
+                                      .label = "moesim.route", .flags = MOE_PIPE_METRICS};
+        rc = moe_pipeline_alloc(&cfg, &res->pipe);
+    }
+    if (rc) {
+        result_destroy(res);
+        return rc;
+    }
+    *out = res;
+    return MOE_OK;
 }
 
 int moesim_route(const moesim_route_args *a, moesim_result **out)
@@ -158,52 +312,59 @@ int moesim_route(const moesim_route_args *a, moesim_result **out)
     if (a->logits_dtype != MOESIM_F64 && a->logits_dtype != MOESIM_F32)
         return moe_fail(MOE_EINVAL, NULL, "logits_dtype %d is neither MOESIM_F64 nor MOESIM_F32 "
                         "(logits_dtype)", a->logits_dtype);
-    moesim_result *res = calloc(1, sizeof *res);
-    if (!res)
-        return moe_fail(MOE_ENOMEM, NULL, "out of memory (result)");
-    moe_route_opts *o = &res->opts;
-    moe_route_opts_default(o);
-    res->caller_table = a->hash_table;
-    const moe_router_type *t = NULL;
+    size_t key_len = 0;
+    char *key = call_key(a, &key_len);
+    moesim_result *res = key ? kept_take(key, key_len) : NULL;
+    int rc = MOE_OK;
+    if (res) { /* the kept pipeline: the draws from the seed again */
+        free(key);
+        moe_pipeline_reseed(res->pipe, a->seed);
+    } else if (!(rc = result_new(a, &res))) {
+        res->key = key;
+        res->key_len = key_len;
+    } else {
+        free(key);
+        return rc;
+    }
     double *wide = NULL;
-    int rc = route_type(a, o, &t);
-    if (!rc)
-        rc = set_options(a, t->name, o);
-    if (!rc && !(rc = check_draws(a->gumbel_uniforms, a->n, a->m, "gumbel_uniforms")))
+    size_t wide_cap = 0;
+    if (!(rc = check_draws(a->gumbel_uniforms, a->n, a->m, "gumbel_uniforms")))
         rc = check_draws(a->rts_uniforms, a->n, a->m, "rts_uniforms");
-    if (!rc && a->logits_dtype == MOESIM_F32 && !(wide = widen_logits(a->logits, a->n, a->m)))
+    if (!rc && a->logits_dtype == MOESIM_F32 &&
+        !(wide = widen_logits(a->logits, a->n, a->m, &wide_cap)))
         rc = MOE_ENOMEM;
-    if (!rc) { /* one batch through the pipeline, routing and metrics only, as `moesim route` */
-        const moe_pipeline_cfg cfg = {.rtype = t, .opts = o, .T = a->n, .M = a->m,
-                                      .k_claims = a->k_rec, .seed = a->seed,
-                                      .label = "moesim.route", .flags = MOE_PIPE_METRICS};
+    if (!rc) { /* one batch through the pipeline */
         const moe_batch batch = {a->n, 0, a->m, NULL, (int64_t *)a->token_ids,
                                  wide ? wide : (double *)a->logits, (int32_t *)a->choices,
                                  (double *)a->choice_weights, a->k_rec,
                                  (double *)a->gumbel_uniforms, (double *)a->rts_uniforms};
-        if (!(rc = moe_pipeline_alloc(&cfg, &res->pipe)) &&
-            !(rc = moe_pipeline_run_batch(res->pipe, &batch, a->uniforms, NULL))) {
+        if (!(rc = moe_pipeline_run_batch(res->pipe, &batch, a->uniforms, NULL))) {
             res->plan = moe_pipeline_plan(res->pipe);
             res->mt = moe_pipeline_metrics(res->pipe);
         }
     }
-    free(wide);
+    wide_give(wide, wide_cap);
     if (rc)
-        moesim_result_free(res);
+        result_destroy(res); /* a failed batch may leave the pipeline half-run: not kept */
     else
         *out = res;
     return rc;
 }
 
+/* Keep r for the next call (replacing the one kept), or free it if it is not to be kept. */
 void moesim_result_free(moesim_result *r)
 {
     if (!r)
         return;
-    moe_pipeline_free(r->pipe);
-    if (r->opts.hash_table == r->caller_table) /* the caller's: not ours to free */
-        r->opts.hash_table = NULL;
-    moe_route_opts_release(&r->opts);
-    free(r);
+    if (r->key) {
+        pthread_mutex_lock(&kept_lock);
+        moesim_result *old = kept;
+        kept = r;
+        pthread_mutex_unlock(&kept_lock);
+        r = old;
+    }
+    if (r)
+        result_destroy(r);
 }
 
 void moesim_result_info(const moesim_result *r, moesim_plan_info *info)

@@ -13,6 +13,7 @@
  *   moesim_option_get     the routing option table (key, type, default, choices, help)
  *   moesim_preset_get     the presets (name, router, option assignments, source file)
  *   moesim_errmsg/_hint   the one-line message of the last failed call on this thread
+ *   moesim_release        free the buffers moesim_route keeps between calls
  *
  * moesim_route and moesim_layer return MOESIM_OK (0) or a status code below; on failure the
  * message "<what> (<where>)" is what moesim_errmsg() returns on the same thread until the next
@@ -27,7 +28,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MOESIM_API_VERSION 2
+#define MOESIM_API_VERSION 3
 
 /* status codes (the values of moe.h's MOE_* codes) */
 enum {
@@ -72,7 +73,8 @@ typedef struct {
     const char *preset;              /* a preset's name, or NULL: its router and options are set
                                         first, the options above override them */
     int logits_dtype;                /* MOESIM_F64: logits is double; MOESIM_F32: float, widened
-                                        exactly inside the library (on the router's threads) */
+                                        exactly inside the library (on the router's threads)
+                                        into a buffer kept for the next call (moesim_release) */
 } moesim_route_args;
 
 typedef struct moesim_result moesim_result;
@@ -90,7 +92,14 @@ typedef struct {
 /* Route; on success *out holds the plan and its routing metrics (FLOPs 0 and output errors NaN,
  * as `moesim route` without a layer). Free with moesim_result_free. */
 int moesim_route(const moesim_route_args *a, moesim_result **out);
-void moesim_result_free(moesim_result *r); /* NULL is a no-op */
+/* NULL is a no-op. Since version 3 the library keeps the last freed result's router and buffers
+ * (not its plan: they are reused) for the next moesim_route with the same router, preset,
+ * options, T, M and Krec and no hash table, which then allocates nothing and touches no fresh
+ * memory; results are the same either way. */
+void moesim_result_free(moesim_result *r);
+/* Free what moesim_route keeps for the next call: the last result's buffers and the float64 copy
+ * of float32 logits (since version 3). */
+void moesim_release(void);
 void moesim_result_info(const moesim_result *r, moesim_plan_info *info);
 /* Copy the entries, in the router's order, into five arrays of n_entries values each. */
 void moesim_result_entries(const moesim_result *r, int32_t *token, int32_t *expert,

@@ -470,6 +470,16 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
 
 void moe_pipeline_set_jitter_draws(moe_pipeline *p, const double *u) { p->jitter_u = u; }
 
+void moe_pipeline_reseed(moe_pipeline *p, uint64_t seed)
+{
+    const uint64_t stream = moe_router_stream(p->cfg.rtype);
+    p->cfg.seed = seed;
+    if (p->rng)
+        moe_pcg32_seed(gsl_rng_state(p->rng), seed, stream);
+    if (p->rng2)
+        moe_pcg32_seed(gsl_rng_state(p->rng2), seed, stream);
+}
+
 int moe_pipeline_run_source(moe_pipeline *p, moe_source *src, int index, moe_phase_times *tm)
 {
     const moe_pipeline_cfg *c = &p->cfg;

@@ -105,6 +105,9 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
  * NULL (the default) to draw them from the router's stream, gsl_rng_uniform row-major before
  * the router's own draws. */
 void moe_pipeline_set_jitter_draws(moe_pipeline *p, const double *u);
+/* Seed the pipeline's draws again, from seed: the next batch draws what the first batch of a
+ * pipeline allocated with that seed draws. */
+void moe_pipeline_reseed(moe_pipeline *p, uint64_t seed);
 /* Batch number index of src, checked to be (T,D,M), then moe_pipeline_run_batch. */
 int moe_pipeline_run_source(moe_pipeline *p, moe_source *src, int index, moe_phase_times *tm);
 

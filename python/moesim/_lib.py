@@ -6,7 +6,7 @@ build/libmoesim.so of the source tree this package sits in (python/moesim/../../
 import ctypes
 import os
 
-API_VERSION = 2  # MOESIM_API_VERSION this module was written for
+API_VERSION = 3  # MOESIM_API_VERSION this module was written for
 F64, F32 = 0, 1  # MOESIM_F64, MOESIM_F32: dtypes of RouteArgs.logits
 
 c_int, c_long, c_size_t, c_double = ctypes.c_int, ctypes.c_long, ctypes.c_size_t, ctypes.c_double
@@ -77,6 +77,7 @@ def load():
         "moesim_errhint": (c_char_p, []),
         "moesim_route": (c_int, [P(RouteArgs), P(c_void_p)]),
         "moesim_result_free": (None, [c_void_p]),
+        "moesim_release": (None, []),
         "moesim_result_info": (None, [c_void_p, P(PlanInfo)]),
         "moesim_result_entries": (None, [c_void_p] + [c_void_p] * 5),
         "moesim_metric_name": (c_char_p, [c_int]),

@@ -1,27 +1,34 @@
 """bench_route.py: what moesim.route costs over the C routing it wraps, on T x M logits.
 
-For each router, REPS rounds that run the three in turn (so that load from other processes falls
-on all three alike), reporting the fastest run of each (the least disturbed) and the median, in
-CPU seconds of this process (routing is single-threaded; CPU time is what other processes on a
-shared machine disturb least):
+For each router, REPS rounds that run the four calls below in turn (so that load from other
+processes falls on all alike), reporting the fastest run of each (the least disturbed) and the
+median, in CPU seconds of this process (every thread: the routers run on moe_par threads; CPU
+time is what other processes on a shared machine disturb least):
   C      the C call alone: moesim_route (options, router, route, metrics) + moesim_result_free,
-         on prepared arguments (one ctypes call; no Python per token);
+         on prepared float64 arguments (one ctypes call; no Python per token);
+  C32    the same C call on float32 logits (widened to float64 inside the library);
   py64   moesim.route(logits float64 C-order): zero-copy input, entries copied out, metrics read;
-  py32   moesim.route(logits float32): passed without a copy, widened to float64 inside the
-         library (on the router threads; CPU time counts every thread);
-and the ratios py/C; with $ROUTE_TIME (tests/bench/route_time.c, built by make bench-python) also
-  static the same routing in the static build (no -fPIC), on the same logits, REPS runs,
-and py64/static. On a loaded machine these totals vary by more than the overhead itself, so the
-parts moesim.route adds around the C call are also timed alone, as fractions of the C time:
+  py32   moesim.route(logits float32): passed without a copy, widened inside the library;
+and the ratios py64/C, py32/C32 (what the binding adds) and py32/C (that plus the widening). With
+$ROUTE_TIME (tests/bench/route_time.c, built by make bench-python) also
+  static the same moesim_route call from a C program (the static build, no -fPIC), on the same
+         logits and options, REPS runs after one untimed run,
+and py64/static; then the median page faults per call of C, C32, py64 and py32. Every column
+routes with the same options, computes the same metrics, on the same threads, into buffers
+allocated per call in the same way (the C API's); the Python columns add only the argument
+conversion, the entries copied out and the metrics read. On a loaded machine
+these totals vary by more than the overhead itself, so the parts moesim.route adds around the C
+call are also timed alone, as fractions of the C time:
   copy out  the entries copied into five NumPy arrays and the metrics read (topk's result);
-  widen     the C call on float32 logits (widened inside the library) minus the same call on
-            float64 logits, and NumPy's astype(float64) that the binding did before (for
-            comparison).
+  widen     the C call on float32 logits minus the same call on float64 logits, and NumPy's
+            astype(float64) (for comparison).
+The load average (1 minute) is printed at the start and the end.
 Run: make bench-python (or PYTHONPATH=python python3 this T M REPS).
 Timings only: no assertion (the test suite checks results, not speed).
 """
 import ctypes
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -86,16 +93,21 @@ def copy_out(L, router, opts):
 
 
 def interleaved(fns):
-    """[(min, median)] seconds of each fn over REPS rounds that run every fn once."""
+    """[(min, median)] seconds of each fn over REPS rounds that run every fn once, and the median
+    page faults (minor) of each: a fresh buffer faults once per 4 KiB page on first write, at a
+    cost that on a virtual machine is a large part of a routing call."""
     for fn in fns:
         fn()  # warm-up: page faults of the first allocations
     ts = [[] for _ in fns]
+    fs = [[] for _ in fns]
     for _ in range(REPS):
-        for fn, t in zip(fns, ts):
+        for fn, t, f in zip(fns, ts, fs):
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.process_time()
             fn()
             t.append(time.process_time() - t0)
-    return [(min(t), statistics.median(t)) for t in ts]
+            f.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return [(min(t), statistics.median(t)) for t in ts], [statistics.median(f) for f in fs]
 
 
 def static_time(L, router, opts):
@@ -116,25 +128,26 @@ def main():
     rng = np.random.default_rng(0)
     L32 = (rng.standard_normal((T, M)) * 2).astype(np.float32)
     L64 = L32.astype(np.float64)
-    print("moesim.route on %d x %d logits, %d interleaved rounds: fastest (median) CPU ms"
-          % (T, M, REPS))
-    print("%-14s %17s %17s %17s %17s %13s %13s %13s" % (
-        "router", "static", "C", "py64", "py32", "py64/static", "py64/C", "py32/C"))
-    parts = {}
+    print("moesim.route on %d x %d logits, %d interleaved rounds: fastest (median) CPU ms; "
+          "load average %.2f" % (T, M, REPS, os.getloadavg()[0]))
+    print("%-14s %15s %15s %15s %15s %15s %13s %13s %13s %13s" % (
+        "router", "static", "C", "C32", "py64", "py32", "py64/static", "py64/C", "py32/C32",
+        "py32/C"), "faults C/C32/py64/py32")
     for router, opts in CASES:
-        (c, cm), (p64, p64m), (p32, p32m) = interleaved([
-            c_only(L64, router, opts),
+        ((c, cm), (c32, c32m), (p64, p64m), (p32, p32m)), faults = interleaved([
+            c_only(L64, router, opts), c_only(L32, router, opts),
             lambda: moesim.route(L64, router, **opts),
             lambda: moesim.route(L32, router, **opts)])
         st = static_time(L64, router, opts) or (float("nan"), float("nan"))
-        parts[router] = c
-        print("%-14s %7.1f (%7.1f) %7.1f (%7.1f) %7.1f (%7.1f) %7.1f (%7.1f) %5.3f (%5.3f) "
-              "%5.3f (%5.3f) %5.3f (%5.3f)"
-              % (router, st[0] * 1e3, st[1] * 1e3, c * 1e3, cm * 1e3, p64 * 1e3, p64m * 1e3,
-                 p32 * 1e3, p32m * 1e3, p64 / st[0], p64m / st[1], p64 / c, p64m / cm,
-                 p32 / c, p32m / cm))
+        ms = ["%6.1f (%6.1f)" % (a * 1e3, b * 1e3)
+              for a, b in (st, (c, cm), (c32, c32m), (p64, p64m), (p32, p32m))]
+        ratios = ["%5.3f (%5.3f)" % (a / b, am / bm) for a, am, b, bm in (
+            (p64, p64m, st[0], st[1]), (p64, p64m, c, cm), (p32, p32m, c32, c32m),
+            (p32, p32m, c, cm))]
+        print("%-14s %s %s %s" % (router, " ".join(ms), " ".join(ratios),
+                                  "/".join("%d" % f for f in faults)))
     run, free, N = copy_out(L64, "topk", CASES[0][1])
-    (copy, _), (np_widen, _), (c64, _), (c32, _) = interleaved([
+    ((copy, _), (np_widen, _), (c64, _), (c32, _)), _ = interleaved([
         run, lambda: L32.astype(np.float64), c_only(L64, "topk", CASES[0][1]),
         c_only(L32, "topk", CASES[0][1])])
     free()
@@ -142,6 +155,7 @@ def main():
     print("widen float32 in the library (C call on float32 - on float64, topk) %.2f ms = %.4f; "
           "NumPy astype(float64) %.2f ms = %.4f" % ((c32 - c64) * 1e3, (c32 - c64) / c64,
                                                     np_widen * 1e3, np_widen / c64))
+    print("load average at the end %.2f" % os.getloadavg()[0])
 
 
 if __name__ == "__main__":

@@ -150,6 +150,18 @@ def fixture_case(name, tmp, root=FIXTURES):
     layer_keys = {k for k in met if k.startswith(("flops_", "output_error"))}
     metrics_equal(name, plan.metrics, met, skip=layer_keys if layer_case else ())
 
+    # the same call again, after a call on other values of the same shape: both reuse the
+    # router and buffers the library kept from the call before (moesim_result_free)
+    rev = {k: (v[::-1].copy() if k != "hash_table" else v) for k, v in arr.items()}
+    for a in (rev, arr):
+        again = moesim.route(a["logits"], router, uniforms=a.get("uniforms"),
+                             gumbel_uniforms=a.get("gumbel_uniforms"),
+                             rts_uniforms=a.get("rts_uniforms"), tokens=a.get("tokens"),
+                             hash_table=a.get("hash_table"), **opts)
+    check(again.csv() == csv, "%s: plan CSV of a repeated call differs from moesim route's" % name)
+    metrics_equal(name + " (repeated call)", again.metrics, met,
+                  skip=layer_keys if layer_case else ())
+
     # the in-memory doubles against the NumPy reference's expectations
     with open(os.path.join(d, "expected_plan.csv")) as f:
         etok, eexp, eslot, edw, ecw = parse_csv(f.read())
@@ -266,6 +278,72 @@ def test_conversions():
 
 
 # ---- draws, options, errors, listings --------------------------------------------------------
+
+def test_entry_memory():
+    """The entry arrays of a plan share one block of memory that route() reuses for a later plan
+    only once no array of the earlier plan is alive: a live plan, or one array kept from it,
+    never changes. Expected values: the same plan's arrays copied before the later calls."""
+    rng = np.random.default_rng(9)
+    for T in (50, 40000):  # 60000 entries kept: a block of over 1 MiB, on a 2 MiB boundary
+        La, Lb = rng.standard_normal((T, 8)), rng.standard_normal((T, 8))
+        p = moesim.route(La, "topk", k=2, capacity_factor=0.75)
+        want = [x.copy() for x in (p.token, p.expert, p.slot, p.dispatch_weight,
+                                   p.combine_weight)]
+        q = moesim.route(Lb, "topk", k=2, capacity_factor=0.75)
+        got = [p.token, p.expert, p.slot, p.dispatch_weight, p.combine_weight]
+        check(all(np.array_equal(g, w) for g, w in zip(got, want)),
+              "T=%d: a live plan's entries are unchanged by a later route()" % T)
+        kept = p.dispatch_weight
+        del p, got
+        moesim.route(Lb, "topk", k=2, capacity_factor=0.75)
+        check(np.array_equal(kept, want[3]), "T=%d: an array kept from a dead plan is unchanged"
+              % T)
+        del q
+        addr = moesim.route(La, "topk", k=2, capacity_factor=0.75).token.ctypes.data
+        r = moesim.route(La, "topk", k=2, capacity_factor=0.75)
+        check(r.token.ctypes.data == addr, "T=%d: a dead plan's memory is reused" % T)
+        check(all(np.array_equal(g, w) for g, w in zip(
+            (r.token, r.expert, r.slot, r.dispatch_weight, r.combine_weight), want)),
+            "T=%d: the plan in reused memory equals the first" % T)
+        if T == 40000:
+            check(addr % (2 << 20) == 0, "a block of over 1 MiB starts on a 2 MiB boundary")
+        del r, kept
+
+
+def test_float32_buffer():
+    """float32 logits are widened into a buffer the library keeps for the next call: plans of
+    larger, smaller and equal batches through it, and after moesim.release(), equal the plans of
+    the same values given as float64 (the widening is exact)."""
+    rng = np.random.default_rng(11)
+    big = rng.standard_normal((3000, 16)).astype(np.float32)  # 384 KiB as float64
+    small = rng.standard_normal((40, 16)).astype(np.float32)
+    for i, L in enumerate((big, small, big[::-1].copy())):
+        check(same_plan(moesim.route(L, "topk", k=2, capacity_factor=1.25),
+                        moesim.route(L.astype(np.float64), "topk", k=2, capacity_factor=1.25)),
+              "float32 batch %d through the kept buffer equals float64" % i)
+    moesim.release()
+    check(same_plan(moesim.route(small, "switch"),
+                    moesim.route(small.astype(np.float64), "switch")),
+          "float32 after moesim.release() equals float64")
+
+
+def test_kept_pipeline():
+    """A call with the router, options and shape of the call before reuses its pipeline with the
+    draws seeded again: the same seed draws the same plan as a fresh pipeline (after
+    moesim.release()), another seed differs. Expected values: the first call's plan."""
+    L = np.random.default_rng(12).standard_normal((500, 8))
+    for router, opts in (("gshard", {}), ("topk", {"noise_std": 0.5}),
+                         ("switch", {"order": "rts"})):
+        moesim.release()
+        first = moesim.route(L, router, seed=3, **opts)
+        other = moesim.route(L, router, seed=4, **opts)
+        again = moesim.route(L, router, seed=3, **opts)
+        moesim.release()
+        fresh = moesim.route(L, router, seed=3, **opts)
+        check(same_plan(first, again) and same_plan(first, fresh),
+              "%s: seed 3 after seed 4 on the kept pipeline draws as a fresh one" % router)
+        check(not same_plan(first, other), "%s: seeds 3 and 4 draw differently" % router)
+
 
 def test_seeded_draws(tmp):
     """gshard without uniforms and topk with noise draw from PCG streams of the seed: equal to
@@ -440,6 +518,9 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         test_fixtures(tmp)
         test_conversions()
+        test_entry_memory()
+        test_float32_buffer()
+        test_kept_pipeline()
         test_seeded_draws(tmp)
         test_hash_table_path()
         test_errors()
