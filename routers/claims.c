@@ -3,11 +3,11 @@
  * the claim statistics, exactly as ROUTING.md section 2 says. Interface in claims.h. */
 #include "claims.h"
 #include "par.h"
+#include "select.h"
 #include "vexp.h"
 
 #include <math.h>
-#include <sched.h>
-#include <stdatomic.h>
+#include <pthread.h>
 #include <stdlib.h>
 
 /* ---- workspace ---- */
@@ -72,76 +72,124 @@ void moe_claims_free(moe_claims *c)
 /* ---- helpers for the routers ---- */
 
 /* Rows pass. Tokens go in chunks of ROWS_CHUNK, taken in increasing order by whichever thread is
- * free; a chunk's p rows (moe_softmax, exactly) are computed into c->p (keep_p) or into the
- * thread's own chunk buffer (cache-resident), row() is called on each, and the chunk is then
- * added to pmean once every earlier chunk has been: pmean[e] is the sum over t in token order,
- * the order of the serial loop, so it does not depend on the number of threads. A thread waits
- * only for chunks already taken by running threads, so the pass cannot stall on a part that
- * runs later on the caller (moe_par_run's fallback). */
-enum { ROWS_CHUNK = 64 };
+ * free; a chunk's p rows (moe_softmax, exactly) are computed into c->p, at their own rows when
+ * p is kept (keep_p, or few chunks) and otherwise in one of ROWS_RING chunk slots of c->p, reused
+ * last freed first so that they stay in cache; row() is called on each. pmean[e] is then the sum
+ * over t in token order, the order of the serial loop, so it does not depend on the number of
+ * threads: the chunks are added in chunk order by whichever thread finds the next one ready,
+ * while the others go on computing. A thread waits only when ROWS_RING chunks are taken and not
+ * yet added (the oldest one being computed by a thread the system has paused). */
+enum { ROWS_CHUNK = 64, ROWS_RING = 64 };
 
 typedef struct {
     moe_claims *c;
     const double *logits;
     int n;
+    long nch;         /* chunks */
     moe_claims_row_fn row;
     void *ctx;
     double *lse;      /* (T) or NULL */
-    double *buf;      /* (nparts, ROWS_CHUNK, E) chunk buffers when !c->keep_p */
-    atomic_long next; /* the next chunk to take */
-    atomic_long done; /* chunks [0, done) are in pmean */
+    double *store;    /* c->p */
+    int ring;         /* 1: chunk slots in store; 0: every chunk at its own rows */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    long next;        /* the next chunk to take */
+    long summed;      /* chunks [0, summed) are in pmean */
+    int adding;       /* a thread is adding chunks to pmean */
+    int nfree;
+    int free_slot[ROWS_RING];           /* free slots, last freed on top */
+    int slot_of[ROWS_RING];             /* slot of chunk ch at [ch % ROWS_RING] */
+    unsigned char ready[ROWS_RING];     /* chunk ch at [ch % ROWS_RING] is computed */
 } rows_job;
 
-static void rows_wait(atomic_long *done, long c)
+static double *rows_p(rows_job *j, long ch)
 {
-    for (int spin = 0; atomic_load_explicit(done, memory_order_acquire) != c; spin++)
-        if (spin >= 64)
-            sched_yield();
+    const size_t rows = j->ring ? (size_t)j->slot_of[ch % ROWS_RING] : (size_t)ch;
+    return j->store + rows * ROWS_CHUNK * (size_t)j->c->E;
 }
 
-static void rows_part(void *arg, int i, int np)
+/* Add the ready chunks to pmean in chunk order; called and returns with j->mu held. */
+static void rows_add_ready(rows_job *j)
 {
-    (void)np;
-    rows_job *j = arg;
     const int E = j->c->E;
-    const long nch = (j->n + ROWS_CHUNK - 1) / ROWS_CHUNK;
     double *pm = j->c->pmean;
-    for (long ch; (ch = atomic_fetch_add(&j->next, 1)) < nch;) {
-        const long t0 = ch * ROWS_CHUNK, t1 = t0 + ROWS_CHUNK < j->n ? t0 + ROWS_CHUNK : j->n;
-        double *p0 = j->c->keep_p ? j->c->p + (size_t)t0 * E
-                                  : j->buf + (size_t)i * ROWS_CHUNK * E;
-        moe_softmax_rows(j->logits + (size_t)t0 * E, (int)(t1 - t0), E, p0,
-                         j->lse ? j->lse + t0 : NULL);
-        for (long t = t0; j->row && t < t1; t++)
-            j->row(j->ctx, (int)t, j->logits + (size_t)t * E, p0 + (size_t)(t - t0) * E);
-        rows_wait(&j->done, ch);
+    j->adding = 1;
+    while (j->summed < j->nch && j->ready[j->summed % ROWS_RING]) {
+        const long ch = j->summed, t0 = ch * ROWS_CHUNK;
+        const long t1 = t0 + ROWS_CHUNK < j->n ? t0 + ROWS_CHUNK : j->n;
+        const double *p0 = rows_p(j, ch);
+        pthread_mutex_unlock(&j->mu);
         for (long t = t0; t < t1; t++) {
             const double *pt = p0 + (size_t)(t - t0) * E;
             for (int e = 0; e < E; e++)
                 pm[e] += pt[e];
         }
-        atomic_store_explicit(&j->done, ch + 1, memory_order_release);
+        pthread_mutex_lock(&j->mu);
+        j->ready[ch % ROWS_RING] = 0;
+        if (j->ring)
+            j->free_slot[j->nfree++] = j->slot_of[ch % ROWS_RING];
+        j->summed = ch + 1;
+        pthread_cond_broadcast(&j->cv);
     }
+    j->adding = 0;
+}
+
+static void rows_part(void *arg, int i, int np)
+{
+    (void)i, (void)np;
+    rows_job *j = arg;
+    const int E = j->c->E;
+    pthread_mutex_lock(&j->mu);
+    for (;;) {
+        while (j->next < j->nch && j->next - j->summed >= ROWS_RING)
+            pthread_cond_wait(&j->cv, &j->mu);
+        if (j->next >= j->nch)
+            break;
+        const long ch = j->next++;
+        if (j->ring)
+            j->slot_of[ch % ROWS_RING] = j->free_slot[--j->nfree];
+        double *p0 = rows_p(j, ch);
+        pthread_mutex_unlock(&j->mu);
+        const long t0 = ch * ROWS_CHUNK, t1 = t0 + ROWS_CHUNK < j->n ? t0 + ROWS_CHUNK : j->n;
+        moe_softmax_rows(j->logits + (size_t)t0 * E, (int)(t1 - t0), E, p0,
+                         j->lse ? j->lse + t0 : NULL);
+        for (long t = t0; j->row && t < t1; t++)
+            j->row(j->ctx, (int)t, j->logits + (size_t)t * E, p0 + (size_t)(t - t0) * E);
+        pthread_mutex_lock(&j->mu);
+        j->ready[ch % ROWS_RING] = 1;
+        if (!j->adding)
+            rows_add_ready(j);
+    }
+    pthread_mutex_unlock(&j->mu);
 }
 
 int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_fn row,
                     void *ctx, moe_plan *plan)
 {
+    if (!c->p)
+        return moe_fail(MOE_EINVAL, NULL, "router rows pass without probabilities (claims)");
     const int np = moe_par_parts(n, 2048);
-    rows_job j = {.c = c, .logits = logits, .n = n, .row = row, .ctx = ctx};
-    atomic_init(&j.next, 0);
-    atomic_init(&j.done, 0);
+    rows_job j = {.c = c, .logits = logits, .n = n, .row = row, .ctx = ctx, .store = c->p};
+    j.nch = (n + ROWS_CHUNK - 1) / ROWS_CHUNK;
+    j.ring = !c->keep_p && j.nch > ROWS_RING;
+    for (int s = 0; s < ROWS_RING; s++) /* slot 0 on top */
+        j.free_slot[s] = ROWS_RING - 1 - s;
+    j.nfree = ROWS_RING;
     if (plan && !(j.lse = moe_plan_lse_buffer(plan)))
         return MOE_ENOMEM;
-    if (!c->keep_p &&
-        !(j.buf = malloc((size_t)np * ROWS_CHUNK * (size_t)c->E * sizeof *j.buf)))
-        return moe_fail(MOE_ENOMEM, NULL, "out of memory (router rows of %d experts)", c->E);
+    if (pthread_mutex_init(&j.mu, NULL))
+        return moe_fail(MOE_ENOMEM, NULL, "cannot create a mutex (router rows)");
+    if (pthread_cond_init(&j.cv, NULL)) {
+        pthread_mutex_destroy(&j.mu);
+        return moe_fail(MOE_ENOMEM, NULL, "cannot create a condition variable (router rows)");
+    }
     for (int e = 0; e < c->E; e++)
         c->pmean[e] = 0.0;
     moe_par_run(rows_part, &j, np);
+    pthread_cond_destroy(&j.cv);
+    pthread_mutex_destroy(&j.mu);
     for (int e = 0; e < c->E; e++)
         c->pmean[e] /= n;
-    free(j.buf);
     if (plan)
         plan->lse_of = logits;
     return MOE_OK;
@@ -193,6 +241,13 @@ int moe_claims_argmax(const double *x, int len, int skip)
 
 void moe_claims_topk(const double *v, int len, int k, int32_t *idx, double *val)
 {
+    if (k == 1 && len > 0) { /* the first index of the largest */
+        idx[0] = moe_claims_argmax(v, len, -1);
+        val[0] = v[idx[0]];
+        return;
+    }
+    if (moe_select_topk(v, len, k, idx, val))
+        return; /* the same selection without a branch per element (select.h) */
     int cnt = 0;
     for (int e = 0; e < len; e++) {
         const double x = v[e];

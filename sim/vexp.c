@@ -90,13 +90,15 @@ static const uint64_t vx_tab[256] = {
     0x3c77893b4d91cd9dull, 0x3fefe7c1819e90d8ull, 0x3c5305c14160cc89ull, 0x3feff3c22b8f71f1ull,
 };
 
-/* Eight lanes: the C library's fast path, operation for operation. Lanes outside it are
- * flagged in the returned mask for the caller to redo with exp(). */
+/* Eight lanes: the C library's fast path, operation for operation, and its tiny-argument case
+ * (|a| < 2^-54: 1.0 + a, which is 1.0), which every softmax row meets at its maximum. Lanes
+ * outside both are flagged in the returned mask for the caller to redo with exp(). */
 static inline __m512d vx_exp8(__m512d a, __mmask8 *fast)
 {
     const __m512d absa = _mm512_abs_pd(a);
-    *fast = _mm512_cmp_pd_mask(absa, _mm512_set1_pd(0x1p-54), _CMP_GE_OQ) &
-            _mm512_cmp_pd_mask(absa, _mm512_set1_pd(0x1p9), _CMP_LT_OQ);
+    const __mmask8 tiny = _mm512_cmp_pd_mask(absa, _mm512_set1_pd(0x1p-54), _CMP_LT_OQ);
+    *fast = (_mm512_cmp_pd_mask(absa, _mm512_set1_pd(0x1p-54), _CMP_GE_OQ) &
+             _mm512_cmp_pd_mask(absa, _mm512_set1_pd(0x1p9), _CMP_LT_OQ)) | tiny;
     __m512d kd = _mm512_fmadd_pd(a, _mm512_set1_pd(VX_INVLN2N), _mm512_set1_pd(VX_SHIFT));
     const __m512i ki = _mm512_castpd_si512(kd);
     kd = _mm512_sub_pd(kd, _mm512_set1_pd(VX_SHIFT));
@@ -113,7 +115,8 @@ static inline __m512d vx_exp8(__m512d a, __mmask8 *fast)
     const __m512d lo = _mm512_fmadd_pd(p23, r2, rt);
     const __m512d tmp = _mm512_fmadd_pd(_mm512_mul_pd(r2, r2), p45, lo);
     const __m512d scale = _mm512_castsi512_pd(sbits);
-    return _mm512_fmadd_pd(scale, tmp, scale);
+    return _mm512_mask_add_pd(_mm512_fmadd_pd(scale, tmp, scale), tiny, a,
+                              _mm512_set1_pd(1.0));
 }
 
 void moe_vexp_shift(const double *x, int len, double m, double *out)
