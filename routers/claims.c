@@ -2,6 +2,7 @@
  * capacity, the four claim orders (choice_major, token_major, bpr, probs), renormalisation and
  * the claim statistics, exactly as ROUTING.md section 2 says. Interface in claims.h. */
 #include "claims.h"
+#include "claims_par.h"
 #include "par.h"
 #include "select.h"
 #include "vexp.h"
@@ -333,6 +334,9 @@ int moe_claims_resolve(moe_claims *c, int n, int order, long C, int dropless, in
     if (order == MOE_ORDER_RTS && !c->rts_u)
         return moe_fail(MOE_EINVAL, "give the draws: --rts-uniforms U.npy of shape (n,E)",
                         "claim order rts needs its draws (order)");
+    if ((order == MOE_ORDER_CHOICE_MAJOR || order == MOE_ORDER_TOKEN_MAJOR) &&
+        K <= MOE_CLAIMS_PAR_MAX_K && moe_par_parts((long)n * K, 16384) > 1)
+        return moe_claims_resolve_par(c, n, order, C, dropless, renormalize, plan);
     /* claim statistics, before capacity */
     long *load = plan->assigned_load;
     for (size_t i = 0; i < nk; i++) {

@@ -67,25 +67,33 @@ int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
     }
     if (m > SEL_MAX_CAND || nan)
         return 0; /* NaN: the scalar selection's own rule */
-    /* ranks; the lanes past m are masked off */
+    /* ranks, eight candidates a lane block: rank[i] += (c_j > c_i) + (c_j == c_i and j < i),
+     * candidate j broadcast against all of them at once */
     const int nc = (m + 7) / 8;
+    __m512i rank[SEL_MAX_CAND / 8];
+    __m512d cand[SEL_MAX_CAND / 8];
+    for (int b = 0; b < nc; b++) {
+        rank[b] = _mm512_setzero_si512();
+        cand[b] = _mm512_loadu_pd(cv + 8 * b);
+    }
+    for (int j = 0; j < m; j++) {
+        const __m512d x = _mm512_set1_pd(cv[j]);
+        const uint64_t after = ~(uint64_t)0 << (j + 1); /* candidates i > j */
+        for (int b = 0; b < nc; b++) {
+            const __mmask8 gt = _mm512_cmp_pd_mask(x, cand[b], _CMP_GT_OQ);
+            const __mmask8 eq = _mm512_mask_cmp_pd_mask((__mmask8)(after >> (8 * b)), x, cand[b],
+                                                        _CMP_EQ_OQ);
+            rank[b] = _mm512_mask_add_epi64(rank[b], gt | eq, rank[b], _mm512_set1_epi64(1));
+        }
+    }
+    int64_t rk[SEL_MAX_CAND];
+    for (int b = 0; b < nc; b++)
+        _mm512_storeu_si512((void *)(rk + 8 * b), rank[b]);
     int32_t si[SEL_MAX_CAND];
     double sv[SEL_MAX_CAND];
-    for (int i = 0; i < m; i++) {
-        const __m512d x = _mm512_set1_pd(cv[i]);
-        int rank = 0;
-        for (int b = 0; b < nc; b++) {
-            const int lo = 8 * b;
-            const __mmask8 valid = (__mmask8)(m - lo >= 8 ? 0xffu : 0xffu >> (8 - (m - lo)));
-            const __mmask8 before = (__mmask8)(i - lo >= 8 ? 0xffu : i <= lo ? 0u
-                                                                  : 0xffu >> (8 - (i - lo)));
-            const __m512d y = _mm512_loadu_pd(cv + lo);
-            const __mmask8 gt = _mm512_mask_cmp_pd_mask(valid, y, x, _CMP_GT_OQ);
-            const __mmask8 eq = _mm512_mask_cmp_pd_mask(before, y, x, _CMP_EQ_OQ);
-            rank += __builtin_popcount((unsigned)(gt | eq));
-        }
-        si[rank] = (int32_t)ci[i];
-        sv[rank] = cv[i];
+    for (int i = 0; i < m; i++) { /* the ranks are a permutation of 0..m-1 */
+        si[rk[i]] = (int32_t)ci[i];
+        sv[rk[i]] = cv[i];
     }
     for (int j = 0; j < k; j++) {
         idx[j] = si[j];

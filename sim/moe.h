@@ -111,6 +111,9 @@ double *moe_plan_lse_buffer(moe_plan *p);
 double *moe_plan_noisy_buffer(moe_plan *p);
 /* Append one entry (grows the buffer if needed; routers reserve enough up front). */
 int moe_plan_push(moe_plan *p, int32_t t, int32_t e, int32_t s, double dw, double cw);
+/* Room for `more` entries past n_entries (entries written in place by a router's threads):
+ * MOE_OK or MOE_ENOMEM. */
+int moe_plan_reserve(moe_plan *p, size_t more);
 /* w (T,E): the weights of the dense mixture sum_e w[t,e] FFN_e(x_t) that output errors are
  * measured against: softmax of the logits (T,M) for sparse plans (M = E), the combine weights
  * summed over each expert's slots for dense (soft_moe) plans. */
