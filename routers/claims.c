@@ -92,6 +92,7 @@ typedef struct {
     double *lse;      /* (T) or NULL */
     double *store;    /* c->p */
     int ring;         /* 1: chunk slots in store; 0: every chunk at its own rows */
+    moe_plan *stats;  /* the plan that takes the claim statistics in the adding pass, or NULL */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     long next;        /* the next chunk to take */
@@ -107,6 +108,20 @@ static double *rows_p(rows_job *j, long ch)
 {
     const size_t rows = j->ring ? (size_t)j->slot_of[ch % ROWS_RING] : (size_t)ch;
     return j->store + rows * ROWS_CHUNK * (size_t)j->c->E;
+}
+
+/* The claim statistics of tokens [t0, t1), claim by claim in token order (the order of the
+ * serial loop of moe_claims_resolve, so importance gets the same sums). */
+static void rows_add_stats(const moe_claims *c, long t0, long t1, moe_plan *plan)
+{
+    long claims = 0;
+    for (size_t q = (size_t)t0 * c->K; q < (size_t)t1 * c->K; q++)
+        if (c->claim[q]) {
+            plan->assigned_load[c->expert[q]]++;
+            plan->importance[c->expert[q]] += c->gate[q];
+            claims++;
+        }
+    plan->n_claims += claims;
 }
 
 /* Add the ready chunks to pmean in chunk order; called and returns with j->mu held. */
@@ -125,6 +140,8 @@ static void rows_add_ready(rows_job *j)
             for (int e = 0; e < E; e++)
                 pm[e] += pt[e];
         }
+        if (j->stats)
+            rows_add_stats(j->c, t0, t1, j->stats);
         pthread_mutex_lock(&j->mu);
         j->ready[ch % ROWS_RING] = 0;
         if (j->ring)
@@ -173,6 +190,7 @@ int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_f
     rows_job j = {.c = c, .logits = logits, .n = n, .row = row, .ctx = ctx, .store = c->p};
     j.nch = (n + ROWS_CHUNK - 1) / ROWS_CHUNK;
     j.ring = !c->keep_p && j.nch > ROWS_RING;
+    j.stats = c->stats_in_rows && row && plan ? plan : NULL;
     for (int s = 0; s < ROWS_RING; s++) /* slot 0 on top */
         j.free_slot[s] = ROWS_RING - 1 - s;
     j.nfree = ROWS_RING;
@@ -191,6 +209,7 @@ int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_f
     pthread_mutex_destroy(&j.mu);
     for (int e = 0; e < c->E; e++)
         c->pmean[e] /= n;
+    c->stats_done = j.stats != NULL;
     if (plan)
         plan->lse_of = logits;
     return MOE_OK;
@@ -334,14 +353,16 @@ int moe_claims_resolve(moe_claims *c, int n, int order, long C, int dropless, in
     if (order == MOE_ORDER_RTS && !c->rts_u)
         return moe_fail(MOE_EINVAL, "give the draws: --rts-uniforms U.npy of shape (n,E)",
                         "claim order rts needs its draws (order)");
+    const int stats = !c->stats_done; /* not yet added by the rows pass */
+    c->stats_done = 0;
     if ((order == MOE_ORDER_CHOICE_MAJOR || order == MOE_ORDER_TOKEN_MAJOR) &&
         K <= MOE_CLAIMS_PAR_MAX_K && moe_par_parts((long)n * K, 16384) > 1)
-        return moe_claims_resolve_par(c, n, order, C, dropless, renormalize, plan);
+        return moe_claims_resolve_par(c, n, order, C, dropless, renormalize, stats, plan);
     /* claim statistics, before capacity */
     long *load = plan->assigned_load;
     for (size_t i = 0; i < nk; i++) {
         c->slot[i] = -1;
-        if (!c->claim[i])
+        if (!c->claim[i] || !stats)
             continue;
         load[c->expert[i]]++;
         plan->importance[c->expert[i]] += c->gate[i];

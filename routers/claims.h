@@ -23,6 +23,10 @@ typedef struct {
     unsigned char *claim; /* (T,K) */
     double *p;            /* (T,E) full softmax, or NULL when allocated without it */
     int keep_p;           /* 1: the rows pass fills p (else rows only pass through scratch) */
+    int stats_in_rows;    /* set by the router: row() leaves each token's claims final, so the
+                           * rows pass adds the claim statistics (assigned_load, importance,
+                           * n_claims) to the plan, in token order */
+    int stats_done;       /* the last rows pass did so (moe_claims_resolve then does not) */
     double *pmean;        /* (E) mean over tokens of p[t,e] (moe_claims_softmax) */
     const double *rts_u;  /* (T,E) order rts: the draws, set by the router per group, or NULL */
     /* scratch for moe_claims_resolve */

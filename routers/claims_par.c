@@ -4,9 +4,10 @@
  * A claim's slot is the number of claims on its expert before it in the claim order, kept when
  * below the capacity C. The tokens are split into contiguous parts, one per thread:
  *   1. each part counts its claims per (rank, expert) (choice_major: the order is rank, then
- *      token) or per expert (token_major: token, then rank); each thread also adds the gates of
- *      one range of experts to importance, visiting every claim in token order (the order of
- *      the serial sum, so the sums are the same doubles);
+ *      token) or per expert (token_major: token, then rank); unless the rows pass has added the
+ *      claim statistics already, each thread also adds the gates of one range of experts to
+ *      importance, visiting every claim in token order (the order of the serial sum, so the
+ *      sums are the same doubles);
  *   2. serially: the loads, the capacity (dropless: the largest load), each part's first slot
  *      per (rank, expert) as the prefix of the counts in claim order, the entries each part
  *      keeps and so where its entries start in the plan;
@@ -23,6 +24,7 @@ typedef struct {
     moe_plan *plan;
     int n, KR;            /* KR: ranks counted apart (K for choice_major, 1 for token_major) */
     int renormalize, np;
+    int stats;            /* 0: assigned_load, importance and n_claims are already in the plan */
     long C;
     long *cnt;            /* (np, KR, E) claims of each part, then the part's first slots */
     double *acc;          /* (np, E+1) each thread's importance sums */
@@ -49,6 +51,8 @@ static void rp_count(void *ctx, int i, int np)
             }
         }
     j->claims[i] = claims;
+    if (!j->stats)
+        return;
     /* importance[e] for e in [e0, e1), every claim in token order; the others go to the spare
      * sum acc[E] so that the loop has no branch on the expert */
     moe_par_range(E, i, np, &e0, &e1);
@@ -116,7 +120,7 @@ static int rp_prefix(rp_job *j, int dropless, size_t *kept_all)
 {
     const int E = j->c->E, KR = j->KR, np = j->np;
     moe_plan *plan = j->plan;
-    for (int i = 0; i < np; i++) {
+    for (int i = 0; i < np && j->stats; i++) {
         plan->n_claims += j->claims[i];
         for (int r = 0; r < KR; r++)
             for (int e = 0; e < E; e++)
@@ -155,10 +159,11 @@ static int rp_prefix(rp_job *j, int dropless, size_t *kept_all)
 }
 
 int moe_claims_resolve_par(moe_claims *c, int n, int order, long C, int dropless,
-                           int renormalize, moe_plan *plan)
+                           int renormalize, int stats, moe_plan *plan)
 {
     const int K = c->K, E = c->E;
-    rp_job j = {.c = c, .plan = plan, .n = n, .renormalize = renormalize, .C = C};
+    rp_job j = {.c = c, .plan = plan, .n = n, .renormalize = renormalize, .stats = stats,
+                .C = C};
     j.KR = order == MOE_ORDER_CHOICE_MAJOR ? K : 1;
     j.np = moe_par_parts((long)n * K, 16384);
     j.cnt = calloc((size_t)j.np * j.KR * E, sizeof *j.cnt);

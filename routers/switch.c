@@ -116,6 +116,7 @@ static int switch_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     moe_claims *cl = w->cl;
     int rc;
     moe_claims_scratch_p(cl, r->opts.order); /* p only for orders bpr, probs */
+    cl->stats_in_rows = 1; /* every row leaves its claim final */
     cl->rts_u = in->rts_u;
     if (r->opts.select == MOE_SELECT_RSAMPLE) {
         if (!in->gumbel_u && !in->rng)

@@ -109,6 +109,7 @@ static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     /* p of the un-noised logits; without noise the selection runs in the same pass */
     const int dflt = w->sc.is_default;
     moe_claims_scratch_p(cl, r->opts.order); /* p only for orders bpr, probs */
+    cl->stats_in_rows = 1; /* the rows leave their claims final (when there is no noise) */
     int rc = moe_claims_rows(cl, in->logits, n,
                              sd > 0.0 ? NULL : dflt ? topk_row : topk_score_row,
                              dflt ? (void *)cl : (void *)w, plan);
