@@ -28,6 +28,7 @@ moe_claims *moe_claims_alloc(int n_max, int K, int E, int with_p)
     c->gate = malloc(nk * sizeof *c->gate);
     c->claim = malloc(nk * sizeof *c->claim);
     c->pmean = malloc((size_t)E * sizeof *c->pmean);
+    c->rowmax = malloc((size_t)n_max * sizeof *c->rowmax);
     c->slot = malloc(nk * sizeof *c->slot);
     c->fill = malloc((size_t)E * sizeof *c->fill);
     c->off = malloc(((size_t)E + 1) * sizeof *c->off);
@@ -35,8 +36,8 @@ moe_claims *moe_claims_alloc(int n_max, int K, int E, int with_p)
     c->order = malloc(nn * sizeof *c->order);
     c->tmp = malloc(nn * sizeof *c->tmp);
     c->val = malloc(nn * sizeof *c->val);
-    int bad = !c->expert || !c->gate || !c->claim || !c->pmean || !c->slot || !c->fill ||
-              !c->off || !c->list || !c->order || !c->tmp || !c->val;
+    int bad = !c->expert || !c->gate || !c->claim || !c->pmean || !c->rowmax || !c->slot ||
+              !c->fill || !c->off || !c->list || !c->order || !c->tmp || !c->val;
     if (with_p) {
         c->keep_p = 1;
         c->p = malloc((size_t)n_max * (size_t)E * sizeof *c->p);
@@ -60,6 +61,7 @@ void moe_claims_free(moe_claims *c)
     free(c->claim);
     free(c->p);
     free(c->pmean);
+    free(c->rowmax);
     free(c->slot);
     free(c->fill);
     free(c->off);
@@ -93,6 +95,7 @@ typedef struct {
     double *store;    /* c->p */
     int ring;         /* 1: chunk slots in store; 0: every chunk at its own rows */
     moe_plan *stats;  /* the plan that takes the claim statistics in the adding pass, or NULL */
+    int nonfinite;    /* a chunk has a non-finite logit */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     long next;        /* the next chunk to take */
@@ -169,11 +172,13 @@ static void rows_part(void *arg, int i, int np)
         double *p0 = rows_p(j, ch);
         pthread_mutex_unlock(&j->mu);
         const long t0 = ch * ROWS_CHUNK, t1 = t0 + ROWS_CHUNK < j->n ? t0 + ROWS_CHUNK : j->n;
-        moe_softmax_rows(j->logits + (size_t)t0 * E, (int)(t1 - t0), E, p0,
-                         j->lse ? j->lse + t0 : NULL);
+        moe_softmax_rows_max(j->logits + (size_t)t0 * E, (int)(t1 - t0), E, p0,
+                             j->lse ? j->lse + t0 : NULL, j->c->rowmax + t0);
         for (long t = t0; j->row && t < t1; t++)
             j->row(j->ctx, (int)t, j->logits + (size_t)t * E, p0 + (size_t)(t - t0) * E);
+        const int fin = moe_all_finite(j->logits + (size_t)t0 * E, (size_t)(t1 - t0) * E);
         pthread_mutex_lock(&j->mu);
+        j->nonfinite |= !fin;
         j->ready[ch % ROWS_RING] = 1;
         if (!j->adding)
             rows_add_ready(j);
@@ -210,6 +215,8 @@ int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_f
     for (int e = 0; e < c->E; e++)
         c->pmean[e] /= n;
     c->stats_done = j.stats != NULL;
+    if (j.nonfinite) /* the first non-finite logit, named as moe_router_route names it */
+        return moe_logits_check_finite(logits, n, c->E);
     if (plan)
         plan->lse_of = logits;
     return MOE_OK;
@@ -257,6 +264,13 @@ int moe_claims_argmax(const double *x, int len, int skip)
             best = i;
     }
     return best;
+}
+
+int moe_claims_argmax_row(const moe_claims *c, int t, const double *lt)
+{
+    /* the maximum is moe_vmax's, the one moe_claims_argmax takes: its first index is the answer */
+    const int e = moe_select_first_eq(lt, c->E, c->rowmax[t]);
+    return e >= 0 ? e : moe_claims_argmax(lt, c->E, -1); /* NaN rows */
 }
 
 void moe_claims_topk(const double *v, int len, int k, int32_t *idx, double *val)

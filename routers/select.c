@@ -102,7 +102,30 @@ int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
     return 1;
 }
 
+int moe_select_first_eq(const double *x, int len, double m)
+{
+    const __m512d vm = _mm512_set1_pd(m);
+    int i = 0;
+    for (; i + 8 <= len; i += 8) {
+        const __mmask8 eq = _mm512_cmp_pd_mask(_mm512_loadu_pd(x + i), vm, _CMP_EQ_OQ);
+        if (eq)
+            return i + __builtin_ctz(eq);
+    }
+    for (; i < len; i++)
+        if (x[i] == m)
+            return i;
+    return -1;
+}
+
 #else
+
+int moe_select_first_eq(const double *x, int len, double m)
+{
+    for (int i = 0; i < len; i++)
+        if (x[i] == m)
+            return i;
+    return -1;
+}
 
 int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
 {

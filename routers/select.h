@@ -12,4 +12,7 @@
  * written: the caller then selects another way. */
 int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val);
 
+/* The first i < len with x[i] == m (so -0.0 and +0.0 match each other), or -1. */
+int moe_select_first_eq(const double *x, int len, double m);
+
 #endif

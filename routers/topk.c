@@ -56,13 +56,19 @@ static int topk_alloc(moe_router *r)
 /* ---- routing ---- */
 
 /* Token t's k largest of row (E), ties to the lower expert: expert[t*k..] and gate[t*k..] =
- * softmax of the selected values. */
-static void topk_select(moe_claims *cl, int t, const double *row)
+ * softmax of the selected values. in_rows: row is token t's logits inside the rows pass (its
+ * maximum is known). */
+static void topk_select(moe_claims *cl, int t, const double *row, int in_rows)
 {
     const int k = cl->K;
     const size_t i0 = (size_t)t * k;
     double *sv = cl->gate + i0; /* the selected values, then their softmax in place */
-    moe_claims_topk(row, cl->E, k, cl->expert + i0, sv);
+    if (k == 1 && in_rows) {
+        cl->expert[i0] = moe_claims_argmax_row(cl, t, row);
+        sv[0] = row[cl->expert[i0]];
+    } else {
+        moe_claims_topk(row, cl->E, k, cl->expert + i0, sv);
+    }
     moe_softmax(sv, k, sv);
 #ifdef MOESIM_PERTURB_TOPK
     /* Test build only (Makefile $(B)/moesim-perturb, tests/t_regression.sh): a deliberately
@@ -76,7 +82,7 @@ static void topk_select(moe_claims *cl, int t, const double *row)
 static void topk_row(void *ctx, int t, const double *lt, const double *pt)
 {
     (void)pt;
-    topk_select(ctx, t, lt);
+    topk_select(ctx, t, lt, 1);
 }
 
 /* The score path (score.h) for token t of logits lt (E); pt (E) = their softmax or NULL. */
@@ -126,7 +132,7 @@ static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         for (int e = 0; e < E; e++)
             row[e] = lt[e] + sd * gsl_ran_gaussian_ziggurat(in->rng, 1.0);
         if (dflt)
-            topk_select(cl, t, row);
+            topk_select(cl, t, row, 0);
         else /* the scores of the noisy logits */
             topk_score_select(w, t, row, NULL);
     }
@@ -138,7 +144,7 @@ static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 const moe_router_type moe_router_topk = {
     "topk",
     "noisy top-k gating (Shazeer 2017): softmax over the k largest logits",
-    MOE_RF_USES_RNG | MOE_RF_HAS_DROPLESS,
+    MOE_RF_USES_RNG | MOE_RF_HAS_DROPLESS | MOE_RF_CHECKS_FINITE,
     2,
     topk_alloc,
     topk_free,

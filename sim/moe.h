@@ -254,7 +254,9 @@ enum {
     MOE_RF_NEEDS_CHOICES = 1u << 5, /* routes on recorded choices (replay): choices, k_rec */
     MOE_RF_NO_CAPACITY = 1u << 6,   /* capacity factor has no effect (base, dense) */
     MOE_RF_ALL_EXPERTS = 1u << 7,   /* every token goes to every expert: effective k = E */
-    MOE_RF_STREAM_GSHARD = 1u << 8  /* random draws from MOE_STREAM_GSHARD, not MOE_STREAM_NOISE */
+    MOE_RF_STREAM_GSHARD = 1u << 8, /* random draws from MOE_STREAM_GSHARD, not MOE_STREAM_NOISE */
+    MOE_RF_CHECKS_FINITE = 1u << 9  /* checks its logits itself while it reads them
+                                     * (moe_logits_check_finite): moe_router_route does not */
 };
 typedef struct moe_router_type {
     const char *name;
@@ -294,6 +296,8 @@ int moe_router_needs_rng(const moe_router_type *t, const moe_route_opts *o);
 int moe_router_alloc(const moe_router_type *t, const moe_route_opts *o, int n_max, int m,
                      moe_router **out);
 void moe_router_free(moe_router *r);
+/* MOE_OK if the n*m logits x are finite, else MOE_EINPUT naming the first non-finite one. */
+int moe_logits_check_finite(const double *x, int n, int m);
 /* Validates the input (n in 1..n_max, all logits finite, ids present/non-negative when needed),
  * resets the plan and routes. Order rts without in->rts_u draws its keys (T,E) first, one
  * gsl_rng_uniform_pos per (token, expert) row-major from in->rng. With group_size G (< n) the n
