@@ -18,7 +18,7 @@
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
-enum { SEL_MAX_LEN = 1024, SEL_MAX_CAND = 32 };
+enum { SEL_MAX_LEN = 1024, SEL_MAX_CAND = 64 };
 
 /* thr = the k-th largest of the eight lanes of m (1 <= k <= 8): the smallest lane value with
  * fewer than k lanes strictly above it. */
@@ -34,6 +34,32 @@ static inline double sel_kth_of8(__m512d m, int k)
     }
     const __mmask8 in = _mm512_cmp_epi64_mask(cnt, _mm512_set1_epi64(k), _MM_CMPINT_LT);
     return _mm512_mask_reduce_min_pd(in, m);
+}
+
+/* rk[i] = the rank of candidate i < m in cv (nc blocks of eight, m <= 8 * nc):
+ * (c_j > c_i) + (c_j == c_i and j < i) summed over j, candidate j broadcast against all of
+ * them at once. */
+static inline __attribute__((always_inline)) void sel_rank(const double *cv, int m, int nc,
+                                                           int64_t *rk)
+{
+    __m512i rank[SEL_MAX_CAND / 8];
+    __m512d cand[SEL_MAX_CAND / 8];
+    for (int b = 0; b < nc; b++) {
+        rank[b] = _mm512_setzero_si512();
+        cand[b] = _mm512_loadu_pd(cv + 8 * b);
+    }
+    for (int j = 0; j < m; j++) {
+        const __m512d x = _mm512_set1_pd(cv[j]);
+        const uint64_t after = j < 63 ? ~(uint64_t)0 << (j + 1) : 0; /* candidates i > j */
+        for (int b = 0; b < nc; b++) {
+            const __mmask8 gt = _mm512_cmp_pd_mask(x, cand[b], _CMP_GT_OQ);
+            const __mmask8 eq = _mm512_mask_cmp_pd_mask((__mmask8)(after >> (8 * b)), x, cand[b],
+                                                        _CMP_EQ_OQ);
+            rank[b] = _mm512_mask_add_epi64(rank[b], gt | eq, rank[b], _mm512_set1_epi64(1));
+        }
+    }
+    for (int b = 0; b < nc; b++)
+        _mm512_storeu_si512((void *)(rk + 8 * b), rank[b]);
 }
 
 int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
@@ -67,28 +93,18 @@ int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
     }
     if (m > SEL_MAX_CAND || nan)
         return 0; /* NaN: the scalar selection's own rule */
-    /* ranks, eight candidates a lane block: rank[i] += (c_j > c_i) + (c_j == c_i and j < i),
-     * candidate j broadcast against all of them at once */
-    const int nc = (m + 7) / 8;
-    __m512i rank[SEL_MAX_CAND / 8];
-    __m512d cand[SEL_MAX_CAND / 8];
-    for (int b = 0; b < nc; b++) {
-        rank[b] = _mm512_setzero_si512();
-        cand[b] = _mm512_loadu_pd(cv + 8 * b);
-    }
-    for (int j = 0; j < m; j++) {
-        const __m512d x = _mm512_set1_pd(cv[j]);
-        const uint64_t after = ~(uint64_t)0 << (j + 1); /* candidates i > j */
-        for (int b = 0; b < nc; b++) {
-            const __mmask8 gt = _mm512_cmp_pd_mask(x, cand[b], _CMP_GT_OQ);
-            const __mmask8 eq = _mm512_mask_cmp_pd_mask((__mmask8)(after >> (8 * b)), x, cand[b],
-                                                        _CMP_EQ_OQ);
-            rank[b] = _mm512_mask_add_epi64(rank[b], gt | eq, rank[b], _mm512_set1_epi64(1));
-        }
-    }
+    _mm512_storeu_pd(cv + m, ninf); /* the lanes past m that sel_rank loads: defined, unused */
     int64_t rk[SEL_MAX_CAND];
-    for (int b = 0; b < nc; b++)
-        _mm512_storeu_si512((void *)(rk + 8 * b), rank[b]);
+    switch ((m + 7) / 8) { /* a constant block count, so that the ranks stay in registers */
+    case 1: sel_rank(cv, m, 1, rk); break;
+    case 2: sel_rank(cv, m, 2, rk); break;
+    case 3: sel_rank(cv, m, 3, rk); break;
+    case 4: sel_rank(cv, m, 4, rk); break;
+    case 5: sel_rank(cv, m, 5, rk); break;
+    case 6: sel_rank(cv, m, 6, rk); break;
+    case 7: sel_rank(cv, m, 7, rk); break;
+    default: sel_rank(cv, m, 8, rk); break;
+    }
     int32_t si[SEL_MAX_CAND];
     double sv[SEL_MAX_CAND];
     for (int i = 0; i < m; i++) { /* the ranks are a permutation of 0..m-1 */

@@ -8,7 +8,7 @@
 /* The k largest of v[0..len) in descending order, ties to the lower index (the first k of a
  * stable descending argsort): idx (k) their indices, val (k) their values. Returns 1 when done,
  * 0 when the row is outside the vector path (no AVX-512, k outside 1..8, len outside 8..1024,
- * more than 32 elements at or above the threshold of the method, a NaN) and nothing was
+ * more than 64 elements at or above the threshold of the method, a NaN) and nothing was
  * written: the caller then selects another way. */
 int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val);
 

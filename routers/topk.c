@@ -63,9 +63,13 @@ static void topk_select(moe_claims *cl, int t, const double *row, int in_rows)
     const int k = cl->K;
     const size_t i0 = (size_t)t * k;
     double *sv = cl->gate + i0; /* the selected values, then their softmax in place */
-    if (k == 1 && in_rows) {
+    if (k <= 2 && in_rows) { /* the first index of the maximum, then of the rest's maximum */
         cl->expert[i0] = moe_claims_argmax_row(cl, t, row);
         sv[0] = row[cl->expert[i0]];
+        if (k == 2) {
+            cl->expert[i0 + 1] = moe_claims_argmax(row, cl->E, cl->expert[i0]);
+            sv[1] = row[cl->expert[i0 + 1]];
+        }
     } else {
         moe_claims_topk(row, cl->E, k, cl->expert + i0, sv);
     }
