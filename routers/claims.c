@@ -3,12 +3,13 @@
  * renormalisation and the claim statistics, exactly as ROUTING.md section 2 says. Interface in
  * claims.h. */
 #include "claims.h"
+#include "claims_par.h"
 #include "par.h"
+#include "select.h"
 #include "vexp.h"
 
 #include <math.h>
-#include <sched.h>
-#include <stdatomic.h>
+#include <pthread.h>
 #include <stdlib.h>
 
 /* ---- workspace ---- */
@@ -28,6 +29,7 @@ moe_claims *moe_claims_alloc(int n_max, int K, int E, int with_p)
     c->gate = malloc(nk * sizeof *c->gate);
     c->claim = malloc(nk * sizeof *c->claim);
     c->pmean = malloc((size_t)E * sizeof *c->pmean);
+    c->rowmax = malloc((size_t)n_max * sizeof *c->rowmax);
     c->slot = malloc(nk * sizeof *c->slot);
     c->fill = malloc((size_t)E * sizeof *c->fill);
     c->off = malloc(((size_t)E + 1) * sizeof *c->off);
@@ -35,8 +37,8 @@ moe_claims *moe_claims_alloc(int n_max, int K, int E, int with_p)
     c->order = malloc(nn * sizeof *c->order);
     c->tmp = malloc(nn * sizeof *c->tmp);
     c->val = malloc(nn * sizeof *c->val);
-    int bad = !c->expert || !c->gate || !c->claim || !c->pmean || !c->slot || !c->fill ||
-              !c->off || !c->list || !c->order || !c->tmp || !c->val;
+    int bad = !c->expert || !c->gate || !c->claim || !c->pmean || !c->rowmax || !c->slot ||
+              !c->fill || !c->off || !c->list || !c->order || !c->tmp || !c->val;
     if (with_p) {
         c->keep_p = 1;
         c->p = malloc((size_t)n_max * (size_t)E * sizeof *c->p);
@@ -60,6 +62,7 @@ void moe_claims_free(moe_claims *c)
     free(c->claim);
     free(c->p);
     free(c->pmean);
+    free(c->rowmax);
     free(c->slot);
     free(c->fill);
     free(c->off);
@@ -73,76 +76,148 @@ void moe_claims_free(moe_claims *c)
 /* ---- helpers for the routers ---- */
 
 /* Rows pass. Tokens go in chunks of ROWS_CHUNK, taken in increasing order by whichever thread is
- * free; a chunk's p rows (moe_softmax, exactly) are computed into c->p (keep_p) or into the
- * thread's own chunk buffer (cache-resident), row() is called on each, and the chunk is then
- * added to pmean once every earlier chunk has been: pmean[e] is the sum over t in token order,
- * the order of the serial loop, so it does not depend on the number of threads. A thread waits
- * only for chunks already taken by running threads, so the pass cannot stall on a part that
- * runs later on the caller (moe_par_run's fallback). */
-enum { ROWS_CHUNK = 64 };
+ * free; a chunk's p rows (moe_softmax, exactly) are computed into c->p, at their own rows when
+ * p is kept (keep_p, or few chunks) and otherwise in one of ROWS_RING chunk slots of c->p, reused
+ * last freed first so that they stay in cache; row() is called on each. pmean[e] is then the sum
+ * over t in token order, the order of the serial loop, so it does not depend on the number of
+ * threads: the chunks are added in chunk order by whichever thread finds the next one ready,
+ * while the others go on computing. A thread waits only when ROWS_RING chunks are taken and not
+ * yet added (the oldest one being computed by a thread the system has paused). */
+enum { ROWS_CHUNK = 64, ROWS_RING = 64 };
 
 typedef struct {
     moe_claims *c;
     const double *logits;
     int n;
+    long nch;         /* chunks */
     moe_claims_row_fn row;
     void *ctx;
     double *lse;      /* (T) or NULL */
-    double *buf;      /* (nparts, ROWS_CHUNK, E) chunk buffers when !c->keep_p */
-    atomic_long next; /* the next chunk to take */
-    atomic_long done; /* chunks [0, done) are in pmean */
+    double *store;    /* c->p */
+    int ring;         /* 1: chunk slots in store; 0: every chunk at its own rows */
+    moe_plan *stats;  /* the plan that takes the claim statistics in the adding pass, or NULL */
+    int nonfinite;    /* a chunk has a non-finite logit */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    long next;        /* the next chunk to take */
+    long summed;      /* chunks [0, summed) are in pmean */
+    int adding;       /* a thread is adding chunks to pmean */
+    int nfree;
+    int free_slot[ROWS_RING];           /* free slots, last freed on top */
+    int slot_of[ROWS_RING];             /* slot of chunk ch at [ch % ROWS_RING] */
+    unsigned char ready[ROWS_RING];     /* chunk ch at [ch % ROWS_RING] is computed */
 } rows_job;
 
-static void rows_wait(atomic_long *done, long c)
+static double *rows_p(rows_job *j, long ch)
 {
-    for (int spin = 0; atomic_load_explicit(done, memory_order_acquire) != c; spin++)
-        if (spin >= 64)
-            sched_yield();
+    const size_t rows = j->ring ? (size_t)j->slot_of[ch % ROWS_RING] : (size_t)ch;
+    return j->store + rows * ROWS_CHUNK * (size_t)j->c->E;
 }
 
-static void rows_part(void *arg, int i, int np)
+/* The claim statistics of tokens [t0, t1), claim by claim in token order (the order of the
+ * serial loop of moe_claims_resolve, so importance gets the same sums). */
+static void rows_add_stats(const moe_claims *c, long t0, long t1, moe_plan *plan)
 {
-    (void)np;
-    rows_job *j = arg;
+    long claims = 0;
+    for (size_t q = (size_t)t0 * c->K; q < (size_t)t1 * c->K; q++)
+        if (c->claim[q]) {
+            plan->assigned_load[c->expert[q]]++;
+            plan->importance[c->expert[q]] += c->gate[q];
+            claims++;
+        }
+    plan->n_claims += claims;
+}
+
+/* Add the ready chunks to pmean in chunk order; called and returns with j->mu held. */
+static void rows_add_ready(rows_job *j)
+{
     const int E = j->c->E;
-    const long nch = (j->n + ROWS_CHUNK - 1) / ROWS_CHUNK;
     double *pm = j->c->pmean;
-    for (long ch; (ch = atomic_fetch_add(&j->next, 1)) < nch;) {
-        const long t0 = ch * ROWS_CHUNK, t1 = t0 + ROWS_CHUNK < j->n ? t0 + ROWS_CHUNK : j->n;
-        double *p0 = j->c->keep_p ? j->c->p + (size_t)t0 * E
-                                  : j->buf + (size_t)i * ROWS_CHUNK * E;
-        moe_softmax_rows(j->logits + (size_t)t0 * E, (int)(t1 - t0), E, p0,
-                         j->lse ? j->lse + t0 : NULL);
-        for (long t = t0; j->row && t < t1; t++)
-            j->row(j->ctx, (int)t, j->logits + (size_t)t * E, p0 + (size_t)(t - t0) * E);
-        rows_wait(&j->done, ch);
+    j->adding = 1;
+    while (j->summed < j->nch && j->ready[j->summed % ROWS_RING]) {
+        const long ch = j->summed, t0 = ch * ROWS_CHUNK;
+        const long t1 = t0 + ROWS_CHUNK < j->n ? t0 + ROWS_CHUNK : j->n;
+        const double *p0 = rows_p(j, ch);
+        pthread_mutex_unlock(&j->mu);
         for (long t = t0; t < t1; t++) {
             const double *pt = p0 + (size_t)(t - t0) * E;
             for (int e = 0; e < E; e++)
                 pm[e] += pt[e];
         }
-        atomic_store_explicit(&j->done, ch + 1, memory_order_release);
+        if (j->stats)
+            rows_add_stats(j->c, t0, t1, j->stats);
+        pthread_mutex_lock(&j->mu);
+        j->ready[ch % ROWS_RING] = 0;
+        if (j->ring)
+            j->free_slot[j->nfree++] = j->slot_of[ch % ROWS_RING];
+        j->summed = ch + 1;
+        pthread_cond_broadcast(&j->cv);
     }
+    j->adding = 0;
+}
+
+static void rows_part(void *arg, int i, int np)
+{
+    (void)i, (void)np;
+    rows_job *j = arg;
+    const int E = j->c->E;
+    pthread_mutex_lock(&j->mu);
+    for (;;) {
+        while (j->next < j->nch && j->next - j->summed >= ROWS_RING)
+            pthread_cond_wait(&j->cv, &j->mu);
+        if (j->next >= j->nch)
+            break;
+        const long ch = j->next++;
+        if (j->ring)
+            j->slot_of[ch % ROWS_RING] = j->free_slot[--j->nfree];
+        double *p0 = rows_p(j, ch);
+        pthread_mutex_unlock(&j->mu);
+        const long t0 = ch * ROWS_CHUNK, t1 = t0 + ROWS_CHUNK < j->n ? t0 + ROWS_CHUNK : j->n;
+        moe_softmax_rows_max(j->logits + (size_t)t0 * E, (int)(t1 - t0), E, p0,
+                             j->lse ? j->lse + t0 : NULL, j->c->rowmax + t0);
+        for (long t = t0; j->row && t < t1; t++)
+            j->row(j->ctx, (int)t, j->logits + (size_t)t * E, p0 + (size_t)(t - t0) * E);
+        const int fin = moe_all_finite(j->logits + (size_t)t0 * E, (size_t)(t1 - t0) * E);
+        pthread_mutex_lock(&j->mu);
+        j->nonfinite |= !fin;
+        j->ready[ch % ROWS_RING] = 1;
+        if (!j->adding)
+            rows_add_ready(j);
+    }
+    pthread_mutex_unlock(&j->mu);
 }
 
 int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_fn row,
                     void *ctx, moe_plan *plan)
 {
+    if (!c->p)
+        return moe_fail(MOE_EINVAL, NULL, "router rows pass without probabilities (claims)");
     const int np = moe_par_parts(n, 2048);
-    rows_job j = {.c = c, .logits = logits, .n = n, .row = row, .ctx = ctx};
-    atomic_init(&j.next, 0);
-    atomic_init(&j.done, 0);
+    rows_job j = {.c = c, .logits = logits, .n = n, .row = row, .ctx = ctx, .store = c->p};
+    j.nch = (n + ROWS_CHUNK - 1) / ROWS_CHUNK;
+    j.ring = !c->keep_p && j.nch > ROWS_RING;
+    j.stats = c->stats_in_rows && row && plan ? plan : NULL;
+    for (int s = 0; s < ROWS_RING; s++) /* slot 0 on top */
+        j.free_slot[s] = ROWS_RING - 1 - s;
+    j.nfree = ROWS_RING;
     if (plan && !(j.lse = moe_plan_lse_buffer(plan)))
         return MOE_ENOMEM;
-    if (!c->keep_p &&
-        !(j.buf = malloc((size_t)np * ROWS_CHUNK * (size_t)c->E * sizeof *j.buf)))
-        return moe_fail(MOE_ENOMEM, NULL, "out of memory (router rows of %d experts)", c->E);
+    if (pthread_mutex_init(&j.mu, NULL))
+        return moe_fail(MOE_ENOMEM, NULL, "cannot create a mutex (router rows)");
+    if (pthread_cond_init(&j.cv, NULL)) {
+        pthread_mutex_destroy(&j.mu);
+        return moe_fail(MOE_ENOMEM, NULL, "cannot create a condition variable (router rows)");
+    }
     for (int e = 0; e < c->E; e++)
         c->pmean[e] = 0.0;
     moe_par_run(rows_part, &j, np);
+    pthread_cond_destroy(&j.cv);
+    pthread_mutex_destroy(&j.mu);
     for (int e = 0; e < c->E; e++)
         c->pmean[e] /= n;
-    free(j.buf);
+    c->stats_done = j.stats != NULL;
+    if (j.nonfinite) /* the first non-finite logit, named as moe_router_route names it */
+        return moe_logits_check_finite(logits, n, c->E);
     if (plan)
         plan->lse_of = logits;
     return MOE_OK;
@@ -192,8 +267,22 @@ int moe_claims_argmax(const double *x, int len, int skip)
     return best;
 }
 
+int moe_claims_argmax_row(const moe_claims *c, int t, const double *lt)
+{
+    /* the maximum is moe_vmax's, the one moe_claims_argmax takes: its first index is the answer */
+    const int e = moe_select_first_eq(lt, c->E, c->rowmax[t]);
+    return e >= 0 ? e : moe_claims_argmax(lt, c->E, -1); /* NaN rows */
+}
+
 void moe_claims_topk(const double *v, int len, int k, int32_t *idx, double *val)
 {
+    if (k == 1 && len > 0) { /* the first index of the largest */
+        idx[0] = moe_claims_argmax(v, len, -1);
+        val[0] = v[idx[0]];
+        return;
+    }
+    if (moe_select_topk(v, len, k, idx, val))
+        return; /* the same selection without a branch per element (select.h) */
     int cnt = 0;
     for (int e = 0; e < len; e++) {
         const double x = v[e];
@@ -281,11 +370,16 @@ int moe_claims_resolve(moe_claims *c, int n, int order, long C, int dropless, in
     if (order == MOE_ORDER_RTS && !c->rts_u)
         return moe_fail(MOE_EINVAL, "give the draws: --rts-uniforms U.npy of shape (n,E)",
                         "claim order rts needs its draws (order)");
+    const int stats = !c->stats_done; /* not yet added by the rows pass */
+    c->stats_done = 0;
+    if ((order == MOE_ORDER_CHOICE_MAJOR || order == MOE_ORDER_TOKEN_MAJOR) &&
+        K <= MOE_CLAIMS_PAR_MAX_K && moe_par_parts((long)n * K, 16384) > 1)
+        return moe_claims_resolve_par(c, n, order, C, dropless, renormalize, stats, plan);
     /* claim statistics, before capacity */
     long *load = plan->assigned_load;
     for (size_t i = 0; i < nk; i++) {
         c->slot[i] = -1;
-        if (!c->claim[i])
+        if (!c->claim[i] || !stats)
             continue;
         load[c->expert[i]]++;
         plan->importance[c->expert[i]] += c->gate[i];

@@ -23,7 +23,12 @@ typedef struct {
     unsigned char *claim; /* (T,K) */
     double *p;            /* (T,E) full softmax, or NULL when allocated without it */
     int keep_p;           /* 1: the rows pass fills p (else rows only pass through scratch) */
+    int stats_in_rows;    /* set by the router: row() leaves each token's claims final, so the
+                           * rows pass adds the claim statistics (assigned_load, importance,
+                           * n_claims) to the plan, in token order */
+    int stats_done;       /* the last rows pass did so (moe_claims_resolve then does not) */
     double *pmean;        /* (E) mean over tokens of p[t,e] (moe_claims_softmax) */
+    double *rowmax;       /* (T) each row's maximum logit, from the last rows pass */
     const double *rts_u;  /* (T,E) order rts: the draws, set by the router per group, or NULL */
     /* scratch for moe_claims_resolve */
     long *slot;           /* (T,K) slot of each claim, -1 = dropped or no claim */
@@ -48,8 +53,9 @@ void moe_claims_scratch_p(moe_claims *c, int order);
 
 /* p (T,E) = softmax of each row of logits (T,E); pmean (E) = mean_t p[t,e]. On the routers'
  * threads (par.h); the values do not depend on their number. plan (may be NULL): also keeps
- * each row's logsumexp in plan->lse (plan->lse_of = logits), for the z-loss. Returns MOE_OK or
- * MOE_ENOMEM. */
+ * each row's logsumexp in plan->lse (plan->lse_of = logits), for the z-loss. Returns MOE_OK,
+ * MOE_ENOMEM, or MOE_EINPUT for a non-finite logit (the error of moe_logits_check_finite: the
+ * pass reads every logit, so routers flagged MOE_RF_CHECKS_FINITE rely on it). */
 int moe_claims_softmax(moe_claims *c, const double *logits, int n, moe_plan *plan);
 
 /* A router's per-token work, called once per token t with its logits lt (E) and softmax pt (E)
@@ -63,6 +69,10 @@ int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_f
 
 /* Index of the largest of x[0..len), skipping index skip (-1: none); ties to the lower index. */
 int moe_claims_argmax(const double *x, int len, int skip);
+
+/* moe_claims_argmax(lt, E, -1) of token t's logits lt (E) inside a row() of moe_claims_rows,
+ * found from the maximum the pass has taken already (c->rowmax[t]). */
+int moe_claims_argmax_row(const moe_claims *c, int t, const double *lt);
 
 /* The k largest of v[0..len) in descending order, ties to the lower index (the first k of a
  * stable descending argsort): idx (k) their indices, val (k) their values. By insertion into a

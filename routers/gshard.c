@@ -94,7 +94,7 @@ static void gshard_row(void *ctx, int t, const double *lt, const double *pt)
     gshard_ws *w = ctx;
     moe_claims *cl = w->cl;
     const int E = cl->E;
-    int e1 = moe_claims_argmax(lt, E, -1), e2 = moe_claims_argmax(lt, E, e1);
+    int e1 = moe_claims_argmax_row(cl, t, lt), e2 = moe_claims_argmax(lt, E, e1);
     if (w->policy == MOE_SECOND_SAMPLING) { /* argmax of L + G over e != e1, ties to lower e */
         const double *u = w->gu + (size_t)t * E;
         double best = 0.0;
@@ -168,6 +168,7 @@ static int gshard_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     }
     w->raw = r->opts.threshold_on == MOE_THRESH_RAW;
     moe_claims_scratch_p(w->cl, r->opts.order); /* p only for orders bpr, probs */
+    w->cl->stats_in_rows = 1; /* every row leaves its two claims final */
     int rc = moe_claims_rows(w->cl, in->logits, n,
                              w->sc.is_default ? gshard_row : gshard_score_row, w, plan);
     if (rc)
@@ -178,7 +179,8 @@ static int gshard_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 const moe_router_type moe_router_gshard = {
     "gshard",
     "GShard top-2 (Lepikhin 2020): second expert kept iff 2*g2 > u",
-    MOE_RF_USES_RNG | MOE_RF_HAS_DROPLESS | MOE_RF_STREAM_GSHARD,
+    MOE_RF_USES_RNG | MOE_RF_HAS_DROPLESS | MOE_RF_STREAM_GSHARD |
+        MOE_RF_CHECKS_FINITE,
     2,
     gshard_alloc,
     gshard_free,

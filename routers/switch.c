@@ -72,7 +72,7 @@ static int switch_alloc(moe_router *r)
 static void switch_row(void *ctx, int t, const double *lt, const double *pt)
 {
     moe_claims *cl = ctx;
-    int e = moe_claims_argmax(lt, cl->E, -1);
+    int e = moe_claims_argmax_row(cl, t, lt);
     cl->expert[t] = e;
     cl->gate[t] = pt[e];
     cl->claim[t] = 1;
@@ -116,6 +116,7 @@ static int switch_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     moe_claims *cl = w->cl;
     int rc;
     moe_claims_scratch_p(cl, r->opts.order); /* p only for orders bpr, probs */
+    cl->stats_in_rows = 1; /* every row leaves its claim final */
     cl->rts_u = in->rts_u;
     if (r->opts.select == MOE_SELECT_RSAMPLE) {
         if (!in->gumbel_u && !in->rng)
@@ -142,7 +143,7 @@ static int switch_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 const moe_router_type moe_router_switch = {
     "switch",
     "Switch Transformer top-1 (Fedus 2022): gate = softmax p of the chosen expert",
-    MOE_RF_HAS_DROPLESS,
+    MOE_RF_HAS_DROPLESS | MOE_RF_CHECKS_FINITE,
     1,
     switch_alloc,
     switch_free,

@@ -56,13 +56,23 @@ static int topk_alloc(moe_router *r)
 /* ---- routing ---- */
 
 /* Token t's k largest of row (E), ties to the lower expert: expert[t*k..] and gate[t*k..] =
- * softmax of the selected values. */
-static void topk_select(moe_claims *cl, int t, const double *row)
+ * softmax of the selected values. in_rows: row is token t's logits inside the rows pass (its
+ * maximum is known). */
+static void topk_select(moe_claims *cl, int t, const double *row, int in_rows)
 {
     const int k = cl->K;
     const size_t i0 = (size_t)t * k;
     double *sv = cl->gate + i0; /* the selected values, then their softmax in place */
-    moe_claims_topk(row, cl->E, k, cl->expert + i0, sv);
+    if (k <= 2 && in_rows) { /* the first index of the maximum, then of the rest's maximum */
+        cl->expert[i0] = moe_claims_argmax_row(cl, t, row);
+        sv[0] = row[cl->expert[i0]];
+        if (k == 2) {
+            cl->expert[i0 + 1] = moe_claims_argmax(row, cl->E, cl->expert[i0]);
+            sv[1] = row[cl->expert[i0 + 1]];
+        }
+    } else {
+        moe_claims_topk(row, cl->E, k, cl->expert + i0, sv);
+    }
     moe_softmax(sv, k, sv);
 #ifdef MOESIM_PERTURB_TOPK
     /* Test build only (Makefile $(B)/moesim-perturb, tests/t_regression.sh): a deliberately
@@ -76,7 +86,7 @@ static void topk_select(moe_claims *cl, int t, const double *row)
 static void topk_row(void *ctx, int t, const double *lt, const double *pt)
 {
     (void)pt;
-    topk_select(ctx, t, lt);
+    topk_select(ctx, t, lt, 1);
 }
 
 /* The score path (score.h) for token t of logits lt (E); pt (E) = their softmax or NULL. */
@@ -109,6 +119,7 @@ static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     /* p of the un-noised logits; without noise the selection runs in the same pass */
     const int dflt = w->sc.is_default;
     moe_claims_scratch_p(cl, r->opts.order); /* p only for orders bpr, probs */
+    cl->stats_in_rows = 1; /* the rows leave their claims final (when there is no noise) */
     int rc = moe_claims_rows(cl, in->logits, n,
                              sd > 0.0 ? NULL : dflt ? topk_row : topk_score_row,
                              dflt ? (void *)cl : (void *)w, plan);
@@ -125,7 +136,7 @@ static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         for (int e = 0; e < E; e++)
             row[e] = lt[e] + sd * gsl_ran_gaussian_ziggurat(in->rng, 1.0);
         if (dflt)
-            topk_select(cl, t, row);
+            topk_select(cl, t, row, 0);
         else /* the scores of the noisy logits */
             topk_score_select(w, t, row, NULL);
     }
@@ -137,7 +148,7 @@ static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 const moe_router_type moe_router_topk = {
     "topk",
     "noisy top-k gating (Shazeer 2017): softmax over the k largest logits",
-    MOE_RF_USES_RNG | MOE_RF_HAS_DROPLESS,
+    MOE_RF_USES_RNG | MOE_RF_HAS_DROPLESS | MOE_RF_CHECKS_FINITE,
     2,
     topk_alloc,
     topk_free,

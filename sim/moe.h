@@ -111,6 +111,9 @@ double *moe_plan_lse_buffer(moe_plan *p);
 double *moe_plan_noisy_buffer(moe_plan *p);
 /* Append one entry (grows the buffer if needed; routers reserve enough up front). */
 int moe_plan_push(moe_plan *p, int32_t t, int32_t e, int32_t s, double dw, double cw);
+/* Room for `more` entries past n_entries (entries written in place by a router's threads):
+ * MOE_OK or MOE_ENOMEM. */
+int moe_plan_reserve(moe_plan *p, size_t more);
 /* w (T,E): the weights of the dense mixture sum_e w[t,e] FFN_e(x_t) that output errors are
  * measured against: softmax of the logits (T,M) for sparse plans (M = E), the combine weights
  * summed over each expert's slots for dense (soft_moe) plans. */
@@ -257,7 +260,9 @@ enum {
     MOE_RF_NEEDS_CHOICES = 1u << 5, /* routes on recorded choices (replay): choices, k_rec */
     MOE_RF_NO_CAPACITY = 1u << 6,   /* capacity factor has no effect (base, dense) */
     MOE_RF_ALL_EXPERTS = 1u << 7,   /* every token goes to every expert: effective k = E */
-    MOE_RF_STREAM_GSHARD = 1u << 8  /* random draws from MOE_STREAM_GSHARD, not MOE_STREAM_NOISE */
+    MOE_RF_STREAM_GSHARD = 1u << 8, /* random draws from MOE_STREAM_GSHARD, not MOE_STREAM_NOISE */
+    MOE_RF_CHECKS_FINITE = 1u << 9  /* checks its logits itself while it reads them
+                                     * (moe_logits_check_finite): moe_router_route does not */
 };
 typedef struct moe_router_type {
     const char *name;
@@ -297,6 +302,8 @@ int moe_router_needs_rng(const moe_router_type *t, const moe_route_opts *o);
 int moe_router_alloc(const moe_router_type *t, const moe_route_opts *o, int n_max, int m,
                      moe_router **out);
 void moe_router_free(moe_router *r);
+/* MOE_OK if the n*m logits x are finite, else MOE_EINPUT naming the first non-finite one. */
+int moe_logits_check_finite(const double *x, int n, int m);
 /* Validates the input (n in 1..n_max, all logits finite, ids present/non-negative when needed),
  * resets the plan and routes. Order rts without in->rts_u draws its keys (T,E) first, one
  * gsl_rng_uniform_pos per (token, expert) row-major from in->rng. With group_size G (< n) the n

@@ -97,6 +97,20 @@ double *moe_plan_lse_buffer(moe_plan *p)
     return p->lse;
 }
 
+int moe_plan_reserve(moe_plan *p, size_t more)
+{
+    if (p->cap_entries - p->n_entries >= more)
+        return MOE_OK;
+    size_t nc = p->cap_entries * 2 > p->n_entries + more ? p->cap_entries * 2
+                                                         : p->n_entries + more;
+    moe_entry *ne = realloc(p->entries, nc * sizeof *ne);
+    if (!ne)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (plan with %zu entries)", nc);
+    p->entries = ne;
+    p->cap_entries = nc;
+    return MOE_OK;
+}
+
 int moe_plan_push(moe_plan *p, int32_t t, int32_t e, int32_t s, double dw, double cw)
 {
     if (p->n_entries == p->cap_entries) {

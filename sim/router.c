@@ -130,6 +130,17 @@ void moe_router_free(moe_router *r)
     free(r);
 }
 
+int moe_logits_check_finite(const double *x, int n, int m)
+{
+    const size_t nm = (size_t)n * (size_t)m;
+    for (size_t i = 0; i < nm; i++)
+        if (!isfinite(x[i]))
+            return moe_fail(MOE_EINPUT, "logits must be finite: check the gate or the file",
+                            "non-finite logit %g at token %zu, column %zu", x[i], i / (size_t)m,
+                            i % (size_t)m);
+    return MOE_OK;
+}
+
 int moe_router_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 {
     const moe_router_type *t = r->type;
@@ -141,12 +152,12 @@ int moe_router_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     if (in->m != r->m)
         return moe_fail(MOE_EINPUT, NULL, "logits have %d columns, router was set up for %d",
                         in->m, r->m);
-    size_t nm = (size_t)in->n * (size_t)in->m;
-    for (size_t i = 0; i < nm; i++)
-        if (!isfinite(in->logits[i]))
-            return moe_fail(MOE_EINPUT, "logits must be finite: check the gate or the file",
-                            "non-finite logit %g at token %zu, column %zu", in->logits[i],
-                            i / (size_t)in->m, i % (size_t)in->m);
+    const int G = r->opts.group_size;
+    int rc;
+    /* routers flagged MOE_RF_CHECKS_FINITE check while they read the logits (not by groups) */
+    if ((!(t->flags & MOE_RF_CHECKS_FINITE) || (G > 0 && G < in->n)) &&
+        (rc = moe_logits_check_finite(in->logits, in->n, in->m)))
+        return rc;
     if (t->flags & MOE_RF_NEEDS_IDS) {
         if (!in->ids)
             return moe_fail(MOE_EINPUT, "give token ids (--tokens IDS.npy)",
@@ -162,7 +173,6 @@ int moe_router_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
                 return moe_fail(MOE_EINPUT, "uniform draws must lie in [0, 1)",
                                 "uniform draw %g at token %d is outside [0, 1)", in->uniforms[i],
                                 i);
-    const int G = r->opts.group_size;
     if (G > 0 && in->n % G != 0)
         return moe_fail(MOE_EINPUT, "the groups are n/G groups of G contiguous tokens",
                         "group_size %d does not divide the %d tokens (router %s)", G, in->n,
@@ -178,8 +188,7 @@ int moe_router_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     }
     if (G > 0 && G < in->n)
         return moe_route_groups(r, &in2, plan);
-    int rc = moe_plan_reset(plan, in->n, r->E, in->m);
-    if (rc)
+    if ((rc = moe_plan_reset(plan, in->n, r->E, in->m)))
         return rc;
     plan->k = r->k;
     return t->route(r, &in2, plan);

@@ -90,13 +90,15 @@ static const uint64_t vx_tab[256] = {
     0x3c77893b4d91cd9dull, 0x3fefe7c1819e90d8ull, 0x3c5305c14160cc89ull, 0x3feff3c22b8f71f1ull,
 };
 
-/* Eight lanes: the C library's fast path, operation for operation. Lanes outside it are
- * flagged in the returned mask for the caller to redo with exp(). */
+/* Eight lanes: the C library's fast path, operation for operation, and its tiny-argument case
+ * (|a| < 2^-54: 1.0 + a, which is 1.0), which every softmax row meets at its maximum. Lanes
+ * outside both are flagged in the returned mask for the caller to redo with exp(). */
 static inline __m512d vx_exp8(__m512d a, __mmask8 *fast)
 {
     const __m512d absa = _mm512_abs_pd(a);
-    *fast = _mm512_cmp_pd_mask(absa, _mm512_set1_pd(0x1p-54), _CMP_GE_OQ) &
-            _mm512_cmp_pd_mask(absa, _mm512_set1_pd(0x1p9), _CMP_LT_OQ);
+    const __mmask8 tiny = _mm512_cmp_pd_mask(absa, _mm512_set1_pd(0x1p-54), _CMP_LT_OQ);
+    *fast = (_mm512_cmp_pd_mask(absa, _mm512_set1_pd(0x1p-54), _CMP_GE_OQ) &
+             _mm512_cmp_pd_mask(absa, _mm512_set1_pd(0x1p9), _CMP_LT_OQ)) | tiny;
     __m512d kd = _mm512_fmadd_pd(a, _mm512_set1_pd(VX_INVLN2N), _mm512_set1_pd(VX_SHIFT));
     const __m512i ki = _mm512_castpd_si512(kd);
     kd = _mm512_sub_pd(kd, _mm512_set1_pd(VX_SHIFT));
@@ -113,7 +115,8 @@ static inline __m512d vx_exp8(__m512d a, __mmask8 *fast)
     const __m512d lo = _mm512_fmadd_pd(p23, r2, rt);
     const __m512d tmp = _mm512_fmadd_pd(_mm512_mul_pd(r2, r2), p45, lo);
     const __m512d scale = _mm512_castsi512_pd(sbits);
-    return _mm512_fmadd_pd(scale, tmp, scale);
+    return _mm512_mask_add_pd(_mm512_fmadd_pd(scale, tmp, scale), tiny, a,
+                              _mm512_set1_pd(1.0));
 }
 
 void moe_vexp_shift(const double *x, int len, double m, double *out)
@@ -152,6 +155,20 @@ double moe_vmax(const double *x, int len)
     return m;
 }
 
+int moe_all_finite(const double *x, size_t len)
+{
+    /* x - x is 0 for a finite x and NaN for an infinity or a NaN */
+    __mmask8 bad = 0;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        const __m512d v = _mm512_loadu_pd(x + i);
+        bad |= _mm512_cmp_pd_mask(_mm512_sub_pd(v, v), _mm512_setzero_pd(), _CMP_UNORD_Q);
+    }
+    for (; i < len; i++)
+        bad |= !isfinite(x[i]);
+    return !bad;
+}
+
 static void vx_div(double *p, int len, double s)
 {
     const __m512d vs = _mm512_set1_pd(s);
@@ -163,6 +180,14 @@ static void vx_div(double *p, int len, double s)
 }
 
 #else
+
+int moe_all_finite(const double *x, size_t len)
+{
+    int bad = 0;
+    for (size_t i = 0; i < len; i++)
+        bad |= !isfinite(x[i]);
+    return !bad;
+}
 
 double moe_vmax(const double *x, int len)
 {
@@ -187,12 +212,13 @@ void moe_vexp_shift(const double *x, int len, double m, double *out)
 
 #endif
 
-void moe_softmax_rows(const double *x, int nrows, int len, double *p, double *lse)
+void moe_softmax_rows_max(const double *x, int nrows, int len, double *p, double *lse,
+                          double *mx)
 {
-    enum { RW = 4 };
+    enum { RW = 8 };
     for (int r0 = 0; r0 < nrows; r0 += RW) {
         const int nr = nrows - r0 < RW ? nrows - r0 : RW;
-        double m[RW], s[RW] = {0.0, 0.0, 0.0, 0.0};
+        double m[RW], s[RW] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
         const double *pr[RW];
         for (int j = 0; j < nr; j++) {
             const size_t o = (size_t)(r0 + j) * (size_t)len;
@@ -201,8 +227,10 @@ void moe_softmax_rows(const double *x, int nrows, int len, double *p, double *ls
             pr[j] = p + o;
         }
         if (nr == RW) {
-            for (int i = 0; i < len; i++) /* four independent sums, each in index order */
+            for (int i = 0; i < len; i++) { /* eight independent sums, each in index order */
                 s[0] += pr[0][i], s[1] += pr[1][i], s[2] += pr[2][i], s[3] += pr[3][i];
+                s[4] += pr[4][i], s[5] += pr[5][i], s[6] += pr[6][i], s[7] += pr[7][i];
+            }
         } else {
             for (int j = 0; j < nr; j++)
                 for (int i = 0; i < len; i++)
@@ -212,6 +240,13 @@ void moe_softmax_rows(const double *x, int nrows, int len, double *p, double *ls
             vx_div(p + (size_t)(r0 + j) * (size_t)len, len, s[j]);
             if (lse)
                 lse[r0 + j] = m[j] + log(s[j]);
+            if (mx)
+                mx[r0 + j] = m[j];
         }
     }
+}
+
+void moe_softmax_rows(const double *x, int nrows, int len, double *p, double *lse)
+{
+    moe_softmax_rows_max(x, nrows, len, p, lse, NULL);
 }

@@ -12,6 +12,8 @@
 #ifndef MOE_VEXP_H
 #define MOE_VEXP_H
 
+#include <stddef.h>
+
 /* out[i] = exp(x[i] - m) for i < len (out may equal x). */
 void moe_vexp_shift(const double *x, int len, double m, double *out);
 
@@ -20,10 +22,17 @@ void moe_vexp_shift(const double *x, int len, double m, double *out);
  * way round, which changes neither exp(x[i] - m) nor m + log(s). */
 double moe_vmax(const double *x, int len);
 
+/* 1 if x[0..len) are all finite (no infinity, no NaN), else 0. */
+int moe_all_finite(const double *x, size_t len);
+
 /* Rows r < nrows of x (nrows, len), len >= 1: p row r = the softmax moe_softmax computes, and
  * lse[r] (lse may be NULL) = the logsumexp moe_softmax_lse returns, bit for bit: exp(x - max)
- * summed in index order, each p divided by that sum. Four rows at a time, so that their four
+ * summed in index order, each p divided by that sum. Eight rows at a time, so that their eight
  * sums (each still in index order) overlap in the adder. */
 void moe_softmax_rows(const double *x, int nrows, int len, double *p, double *lse);
+/* moe_softmax_rows, also giving mx[r] (mx may be NULL) = the maximum of row r that the softmax
+ * subtracted (moe_vmax's value: one of the row's values, or its zero of the other sign). */
+void moe_softmax_rows_max(const double *x, int nrows, int len, double *p, double *lse,
+                          double *mx);
 
 #endif

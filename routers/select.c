@@ -1,0 +1,152 @@
+/* select.c: the k largest of a row with AVX-512, without a branch per element (select.h).
+ *
+ * Three steps, each on eight lanes at a time:
+ *   1. the maximum of each lane over the row's blocks of eight (the last block padded with
+ *      -inf): eight distinct elements of the row;
+ *   2. thr = the k-th largest of those eight maxima (k <= 8). k distinct elements of the row
+ *      are >= thr, so the k-th largest of the row is >= thr and every element of the answer is
+ *      >= thr: the elements >= thr are the candidates, compressed in index order;
+ *   3. each candidate's rank in the order (value descending, index ascending), counted against
+ *      all the candidates; the order is total, so the ranks are a permutation and the first k
+ *      ranks are the answer, ties to the lower index exactly as the stable argsort has them.
+ * Rows with more than SEL_MAX_CAND candidates (many equal values) or with a NaN take the
+ * caller's scalar selection instead. */
+#include "select.h"
+
+#include <stdint.h>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+enum { SEL_MAX_LEN = 1024, SEL_MAX_CAND = 64 };
+
+/* thr = the k-th largest of the eight lanes of m (1 <= k <= 8): the smallest lane value with
+ * fewer than k lanes strictly above it. */
+static inline double sel_kth_of8(__m512d m, int k)
+{
+    __m512i cnt = _mm512_setzero_si512();
+    const __m512i one = _mm512_set1_epi64(1);
+    for (int r = 1; r < 8; r++) {
+        const __m512i rot = _mm512_set_epi64((7 + r) & 7, (6 + r) & 7, (5 + r) & 7, (4 + r) & 7,
+                                             (3 + r) & 7, (2 + r) & 7, (1 + r) & 7, r & 7);
+        const __m512d o = _mm512_permutexvar_pd(rot, m);
+        cnt = _mm512_mask_add_epi64(cnt, _mm512_cmp_pd_mask(o, m, _CMP_GT_OQ), cnt, one);
+    }
+    const __mmask8 in = _mm512_cmp_epi64_mask(cnt, _mm512_set1_epi64(k), _MM_CMPINT_LT);
+    return _mm512_mask_reduce_min_pd(in, m);
+}
+
+/* rk[i] = the rank of candidate i < m in cv (nc blocks of eight, m <= 8 * nc):
+ * (c_j > c_i) + (c_j == c_i and j < i) summed over j, candidate j broadcast against all of
+ * them at once. */
+static inline __attribute__((always_inline)) void sel_rank(const double *cv, int m, int nc,
+                                                           int64_t *rk)
+{
+    __m512i rank[SEL_MAX_CAND / 8];
+    __m512d cand[SEL_MAX_CAND / 8];
+    for (int b = 0; b < nc; b++) {
+        rank[b] = _mm512_setzero_si512();
+        cand[b] = _mm512_loadu_pd(cv + 8 * b);
+    }
+    for (int j = 0; j < m; j++) {
+        const __m512d x = _mm512_set1_pd(cv[j]);
+        const uint64_t after = j < 63 ? ~(uint64_t)0 << (j + 1) : 0; /* candidates i > j */
+        for (int b = 0; b < nc; b++) {
+            const __mmask8 gt = _mm512_cmp_pd_mask(x, cand[b], _CMP_GT_OQ);
+            const __mmask8 eq = _mm512_mask_cmp_pd_mask((__mmask8)(after >> (8 * b)), x, cand[b],
+                                                        _CMP_EQ_OQ);
+            rank[b] = _mm512_mask_add_epi64(rank[b], gt | eq, rank[b], _mm512_set1_epi64(1));
+        }
+    }
+    for (int b = 0; b < nc; b++)
+        _mm512_storeu_si512((void *)(rk + 8 * b), rank[b]);
+}
+
+int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
+{
+    if (k < 1 || k > 8 || len < 8 || len > SEL_MAX_LEN)
+        return 0;
+    const int nb = (len + 7) / 8;
+    const __mmask8 last = (__mmask8)(0xffu >> (8 * nb - len));
+    const __m512d ninf = _mm512_set1_pd(-__builtin_inf());
+    __m512d mx = _mm512_loadu_pd(v);
+    for (int b = 1; b < nb - 1; b++)
+        mx = _mm512_max_pd(mx, _mm512_loadu_pd(v + 8 * b));
+    if (nb > 1)
+        mx = _mm512_max_pd(mx, _mm512_mask_loadu_pd(ninf, last, v + 8 * (nb - 1)));
+    const __m512d thr = _mm512_set1_pd(sel_kth_of8(mx, k));
+    /* candidates: value and index, in index order; the arrays take a full vector past m */
+    double cv[SEL_MAX_LEN + 8];
+    int64_t ci[SEL_MAX_LEN + 8];
+    __m512i iv = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i eight = _mm512_set1_epi64(8);
+    int m = 0;
+    __mmask8 nan = 0;
+    for (int b = 0; b < nb; b++, iv = _mm512_add_epi64(iv, eight)) {
+        const __mmask8 ld = b == nb - 1 ? last : 0xff;
+        const __m512d x = _mm512_mask_loadu_pd(ninf, ld, v + 8 * b);
+        nan |= _mm512_cmp_pd_mask(x, x, _CMP_UNORD_Q);
+        const __mmask8 c = _mm512_mask_cmp_pd_mask(ld, x, thr, _CMP_GE_OQ);
+        _mm512_storeu_pd(cv + m, _mm512_maskz_compress_pd(c, x));
+        _mm512_storeu_si512((void *)(ci + m), _mm512_maskz_compress_epi64(c, iv));
+        m += __builtin_popcount(c);
+    }
+    if (m > SEL_MAX_CAND || nan)
+        return 0; /* NaN: the scalar selection's own rule */
+    _mm512_storeu_pd(cv + m, ninf); /* the lanes past m that sel_rank loads: defined, unused */
+    int64_t rk[SEL_MAX_CAND];
+    switch ((m + 7) / 8) { /* a constant block count, so that the ranks stay in registers */
+    case 1: sel_rank(cv, m, 1, rk); break;
+    case 2: sel_rank(cv, m, 2, rk); break;
+    case 3: sel_rank(cv, m, 3, rk); break;
+    case 4: sel_rank(cv, m, 4, rk); break;
+    case 5: sel_rank(cv, m, 5, rk); break;
+    case 6: sel_rank(cv, m, 6, rk); break;
+    case 7: sel_rank(cv, m, 7, rk); break;
+    default: sel_rank(cv, m, 8, rk); break;
+    }
+    int32_t si[SEL_MAX_CAND];
+    double sv[SEL_MAX_CAND];
+    for (int i = 0; i < m; i++) { /* the ranks are a permutation of 0..m-1 */
+        si[rk[i]] = (int32_t)ci[i];
+        sv[rk[i]] = cv[i];
+    }
+    for (int j = 0; j < k; j++) {
+        idx[j] = si[j];
+        val[j] = sv[j];
+    }
+    return 1;
+}
+
+int moe_select_first_eq(const double *x, int len, double m)
+{
+    const __m512d vm = _mm512_set1_pd(m);
+    int i = 0;
+    for (; i + 8 <= len; i += 8) {
+        const __mmask8 eq = _mm512_cmp_pd_mask(_mm512_loadu_pd(x + i), vm, _CMP_EQ_OQ);
+        if (eq)
+            return i + __builtin_ctz(eq);
+    }
+    for (; i < len; i++)
+        if (x[i] == m)
+            return i;
+    return -1;
+}
+
+#else
+
+int moe_select_first_eq(const double *x, int len, double m)
+{
+    for (int i = 0; i < len; i++)
+        if (x[i] == m)
+            return i;
+    return -1;
+}
+
+int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
+{
+    (void)v, (void)len, (void)k, (void)idx, (void)val;
+    return 0;
+}
+
+#endif

@@ -1,0 +1,18 @@
+/* select.h: the k largest values of a row, vectorised (AVX-512), for the token-choice routers'
+ * per-token selection (moe_claims_topk uses it where it applies). */
+#ifndef MOE_SELECT_H
+#define MOE_SELECT_H
+
+#include <stdint.h>
+
+/* The k largest of v[0..len) in descending order, ties to the lower index (the first k of a
+ * stable descending argsort): idx (k) their indices, val (k) their values. Returns 1 when done,
+ * 0 when the row is outside the vector path (no AVX-512, k outside 1..8, len outside 8..1024,
+ * more than 64 elements at or above the threshold of the method, a NaN) and nothing was
+ * written: the caller then selects another way. */
+int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val);
+
+/* The first i < len with x[i] == m (so -0.0 and +0.0 match each other), or -1. */
+int moe_select_first_eq(const double *x, int len, double m);
+
+#endif

@@ -1,0 +1,167 @@
+/* test_routers_fast.c: the fast paths of the token-choice routers give the plans of the serial
+ * code, bit for bit.
+ *
+ *  - moe_select_topk (routers/select.c, the vector top-k) against a reference written here: k
+ *    scans for the largest not yet taken, strict > so that ties go to the lower index (the
+ *    definition of the stable descending argsort's first k). Rows of lengths 8..300 and k 1..8
+ *    of Gaussian values, quarters (many ties), +0.0/-0.0 mixes and small integers; the
+ *    function may decline a row (returns 0), but every row it takes must match, and the
+ *    Gaussian rows must mostly be taken (else the test would check nothing).
+ *  - the claims tail on the routers' threads (routers/claims_par.c) and the rows pass: switch,
+ *    topk k = 1, 2, 8 and gshard on 40000 tokens of quartered logits (ties across the part
+ *    boundaries), orders choice_major and token_major, with capacity, dropless and
+ *    renormalize, routed with 1 thread (the serial loops of claims.c) and with 2 threads: the
+ *    same entries, loads, importance, claims per rank, capacity and aux loss. */
+#include "check.h"
+#include "moe.h"
+#include "../routers/par.h"
+#include "../routers/select.h"
+
+#include <gsl/gsl_randist.h>
+#include <string.h>
+
+enum { N = 40000, E = 64, LMAX = 300 };
+
+static double L[(size_t)N * E], U[N];
+
+static void ref_topk(const double *v, int len, int k, int32_t *idx, double *val)
+{
+    unsigned char used[LMAX] = {0};
+    for (int j = 0; j < k; j++) {
+        int b = -1;
+        for (int i = 0; i < len; i++)
+            if (!used[i] && (b < 0 || v[i] > v[b]))
+                b = i;
+        used[b] = 1;
+        idx[j] = b;
+        val[j] = v[b];
+    }
+}
+
+static void test_select(void)
+{
+    gsl_rng *g = moe_rng_alloc(5, 1);
+    static const char *kind[] = {"gaussian", "quarters", "signed zeros", "integers"};
+    for (int mode = 0; mode < 4; mode++) {
+        int bad = 0, taken = 0, rows = 0;
+        for (int it = 0; it < 20000; it++) {
+            const int len = 8 + (int)gsl_rng_uniform_int(g, LMAX - 8 + 1);
+            const int k = 1 + (int)gsl_rng_uniform_int(g, 8);
+            double v[LMAX], vv[8], rv[8];
+            int32_t vi[8], ri[8];
+            for (int i = 0; i < len; i++) {
+                const double z = gsl_ran_gaussian_ziggurat(g, 1.0);
+                v[i] = mode == 0   ? z
+                       : mode == 1 ? (double)(int)(z * 4.0) / 4.0
+                       : mode == 2 ? (gsl_rng_uniform(g) < 0.5 ? 0.0 : -0.0)
+                                   : (double)gsl_rng_uniform_int(g, 40);
+            }
+            rows++;
+            if (!moe_select_topk(v, len, k, vi, vv))
+                continue;
+            taken++;
+            ref_topk(v, len, k, ri, rv);
+            for (int j = 0; j < k; j++)
+                if (vi[j] != ri[j] || memcmp(&vv[j], &rv[j], sizeof vv[j])) {
+                    bad++;
+                    break;
+                }
+        }
+        CHECK(bad == 0, "moe_select_topk, %s rows: %d of %d differ from the reference",
+              kind[mode], bad, taken);
+#if defined(__AVX512F__)
+        if (mode == 0) /* without AVX-512 every row declines: nothing to count */
+            CHECK(taken > rows * 9 / 10, "moe_select_topk took only %d of %d Gaussian rows",
+                  taken, rows);
+#endif
+    }
+    gsl_rng_free(g);
+}
+
+static moe_plan *route(const char *name, int k, int order, int dropless, int renorm, int nt)
+{
+    moe_par_set_threads(nt);
+    moe_route_opts o;
+    moe_route_opts_default(&o);
+    o.k = k;
+    o.order = order;
+    o.dropless = dropless;
+    o.renormalize = renorm;
+    o.cf_set = 1;
+    o.cf_num = 5;
+    o.cf_den = 4;
+    moe_router *r = NULL;
+    moe_plan *p = moe_plan_alloc(N, E, 16);
+    int rc = moe_router_alloc(moe_router_find(name), &o, N, E, &r);
+    moe_route_in in = {N, E, L, NULL, U, NULL, NULL, NULL, 0, NULL, NULL};
+    if (!rc)
+        rc = moe_router_route(r, &in, p);
+    CHECK(rc == 0, "%s k=%d: %s", name, k, moe_errmsg());
+    moe_router_free(r);
+    moe_par_set_threads(0);
+    return p;
+}
+
+static int same_plan(const moe_plan *a, const moe_plan *b)
+{
+    if (a->n_entries != b->n_entries || a->capacity != b->capacity ||
+        a->n_claims != b->n_claims || memcmp(&a->aux_loss, &b->aux_loss, sizeof a->aux_loss) ||
+        memcmp(a->rank_claims, b->rank_claims, sizeof a->rank_claims) ||
+        memcmp(a->rank_kept, b->rank_kept, sizeof a->rank_kept))
+        return 0;
+    for (size_t i = 0; i < a->n_entries; i++) {
+        const moe_entry *x = &a->entries[i], *y = &b->entries[i];
+        if (x->token != y->token || x->expert != y->expert || x->slot != y->slot ||
+            memcmp(&x->combine_w, &y->combine_w, sizeof x->combine_w) ||
+            memcmp(&x->dispatch_w, &y->dispatch_w, sizeof x->dispatch_w))
+            return 0;
+    }
+    return memcmp(a->assigned_load, b->assigned_load, E * sizeof *a->assigned_load) == 0 &&
+           memcmp(a->importance, b->importance, E * sizeof *a->importance) == 0 &&
+           memcmp(a->lse, b->lse, N * sizeof *a->lse) == 0;
+}
+
+static void test_threads(void)
+{
+    static const struct {
+        const char *name;
+        int k;
+    } rt[] = {{"switch", 1}, {"topk", 1}, {"topk", 2}, {"topk", 8}, {"gshard", 2}};
+    static const struct {
+        int order, dropless, renorm;
+    } mode[] = {{MOE_ORDER_CHOICE_MAJOR, 0, 0},
+                {MOE_ORDER_TOKEN_MAJOR, 0, 1},
+                {MOE_ORDER_CHOICE_MAJOR, 1, 0}};
+    for (size_t a = 0; a < sizeof rt / sizeof rt[0]; a++)
+        for (size_t m = 0; m < sizeof mode / sizeof mode[0]; m++) {
+            moe_plan *p1 = route(rt[a].name, rt[a].k, mode[m].order, mode[m].dropless,
+                                 mode[m].renorm, 1);
+            moe_plan *p2 = route(rt[a].name, rt[a].k, mode[m].order, mode[m].dropless,
+                                 mode[m].renorm, 2);
+            /* the capacity must drop claims, or the slot numbering past C is not exercised */
+            const int drops = mode[m].dropless || p1->n_entries < (size_t)p1->n_claims;
+            CHECK(p1->n_entries > 0 && drops && same_plan(p1, p2),
+                  "%s k=%d order %d dropless %d renormalize %d: 1 and 2 threads differ "
+                  "(%zu and %zu entries of %ld claims)",
+                  rt[a].name, rt[a].k, mode[m].order, mode[m].dropless, mode[m].renorm,
+                  p1->n_entries, p2->n_entries, p1->n_claims);
+            moe_plan_free(p1);
+            moe_plan_free(p2);
+        }
+}
+
+int main(void)
+{
+    gsl_rng *g = moe_rng_alloc(13, 1);
+    for (size_t i = 0; i < (size_t)N * E; i++) { /* quarters, skewed to the low experts */
+        const double z = gsl_ran_gaussian_ziggurat(g, 1.0) + 0.5 * (double)(i % E < 8);
+        L[i] = (double)(int)(z * 4.0) / 4.0;
+    }
+    for (int i = 0; i < N; i++)
+        U[i] = gsl_rng_uniform(g);
+    gsl_rng_free(g);
+    test_select();
+    test_threads();
+    printf("test_routers_fast: %d passed, %d failed\n", check_pass, check_fail);
+    return check_fail != 0;
+}
