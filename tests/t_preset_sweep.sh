@@ -50,7 +50,7 @@ same "deepspeed_top2 stored" "$(sel "router_type || ' ' || router_options" deeps
 same "fairseq_top2 stored" "$(sel "router_type || ' ' || router_options" fairseq_top2)" \
     "gshard preset=fairseq_top2 capacity_factor=1/1 rounding=fairseq renormalize=true second_policy=sampling"
 same "megatron_topk stored" "$(sel "router_type || ' ' || router_options" megatron_topk)" \
-    "topk preset=megatron_topk k=2 order=probs dropless=true"
+    "topk preset=megatron_topk k=2 order=gate dropless=true"
 same "vmoe_bpr stored: its own capacity factor" \
     "$(sel "router_type || ' ' || capacity_factor || ' ' || router_options" vmoe_bpr)" \
     "topk 1.05 preset=vmoe_bpr k=2 capacity_factor=105/100 order=bpr capacity_multiple=4 normalize_topk=false"
