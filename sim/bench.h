@@ -1,7 +1,7 @@
 /* bench.h: the types `moesim bench` shares between its files: cmd_bench.c (the command, the
- * timed layer points, the reference GEMMs, the naive check, the tables and the store rows) and
- * bench_torch.c (the PyTorch reference, sim/bench_torch_moe.py, on the same inputs). Private to
- * those two files.
+ * reference GEMMs, the naive check, the tables and the store rows), bench_layer.c (the timed
+ * layer points) and bench_torch.c (the PyTorch reference, sim/bench_torch_moe.py, on the same
+ * inputs). Private to those files.
  */
 #ifndef MOE_BENCH_H
 #define MOE_BENCH_H
@@ -81,6 +81,25 @@ typedef struct {
     const moe_plan *plan; /* the pipeline's, after a forward */
     const float *y;       /* (T,D) the pipeline's output */
 } layer_point;
+
+/* ---- timed layer points (bench_layer.c) ---- */
+
+/* Median, quartiles, min and max of v (len >= 1, sorted in place). */
+bench_stat bench_stat_of(double *v, int len);
+/* The pipeline of configuration cfg on n tokens (k, cf = BENCH_CF; pad: the routing option
+ * pad_to_capacity = true, every expert run at C rows). */
+int bench_point_alloc(const bench_cfg *cfg, const bench_weights *w, int n, int pad,
+                      layer_point *p);
+void bench_point_free(layer_point *p);
+/* One warm-up, then `repeats` timed forwards on x; st[MOE_NPHASES] gets the statistics. */
+int bench_point_measure(layer_point *p, const bench_weights *w, const float *x, int repeats,
+                        bench_stat *st);
+/* Point p again with pad_to_capacity = true: padded[MOE_NPHASES] gets its timings, printed
+ * against unpadded[MOE_NPHASES]; its output must equal p's bit for bit (layer.h), else
+ * c->failures counts it. */
+int bench_padded_measure(bench_ctx *c, const bench_cfg *cfg, const bench_weights *w,
+                         const float *x, const layer_point *p, const bench_stat *unpadded,
+                         bench_stat *padded);
 
 /* Whether --config selects the configuration called name (all when --config is not given);
  * cmd_bench.c. */

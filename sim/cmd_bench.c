@@ -13,6 +13,8 @@
  *   - the share of route + dispatch + combine in the layer time;
  *   - a check of the layer output against the naive reference (moe_layer_forward_naive) on the
  *     first tokens (all tokens with --quick);
+ *   - the same forwards with pad_to_capacity = true (every expert at C rows, as padded
+ *     implementations run), whose output must equal the unpadded one bit for bit;
  *   - PyTorch (sim/bench_torch_moe.py, run with /usr/bin/python3 when torch imports) on the same
  *     inputs: the per-expert loop of Mixtral and the one-hot einsum dispatch of GShard/DeepSpeed,
  *     1 and 2 threads, OMP_WAIT_POLICY=passive; its outputs must agree with moesim's.
@@ -42,8 +44,6 @@
 #include <gsl/gsl_blas.h>
 #include <gsl/gsl_matrix_float.h>
 #include <gsl/gsl_randist.h>
-#include <gsl/gsl_sort.h>
-#include <gsl/gsl_statistics_double.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -69,19 +69,6 @@ static const bench_shape shape_quick = {1024, 64, 256, {256, 1024, 4096, 0}, 3, 
 
 /* ---- statistics ---- */
 
-
-/* Sorts v (len >= 1) in place. */
-static bench_stat stat_of(double *v, int len)
-{
-    bench_stat s;
-    gsl_sort(v, 1, (size_t)len);
-    s.median = gsl_stats_median_from_sorted_data(v, 1, (size_t)len);
-    s.q1 = gsl_stats_quantile_from_sorted_data(v, 1, (size_t)len, 0.25);
-    s.q3 = gsl_stats_quantile_from_sorted_data(v, 1, (size_t)len, 0.75);
-    s.min = v[0];
-    s.max = v[len - 1];
-    return s;
-}
 
 bench_stat bench_stat_one(double v) { return (bench_stat){v, NAN, NAN, NAN, NAN}; }
 
@@ -191,76 +178,6 @@ static const char *phase_name(int ph)
 }
 
 
-static void point_free(layer_point *p)
-{
-    moe_pipeline_free(p->pipe);
-    moe_route_opts_release(&p->o);
-    memset(p, 0, sizeof *p);
-}
-
-static int point_alloc(const bench_cfg *cfg, const bench_weights *w, int n, layer_point *p)
-{
-    memset(p, 0, sizeof *p);
-    p->n = n;
-    moe_route_opts_default(&p->o);
-    char kbuf[16];
-    snprintf(kbuf, sizeof kbuf, "%d", cfg->k);
-    int rc;
-    if ((rc = moe_route_opts_set(&p->o, "k", kbuf)) ||
-        (rc = moe_route_opts_set(&p->o, "capacity_factor", BENCH_CF)) ||
-        (rc = moe_capacity(&p->o, cfg->k, n, cfg->E, &p->C))) {
-        point_free(p);
-        return rc;
-    }
-    const moe_router_type *t = moe_router_find(cfg->router);
-    const moe_pipeline_cfg pc = {.rtype = t, .opts = &p->o, .T = n, .M = cfg->E,
-                                 .C_max = p->C > 0 ? p->C : 1, .w = &w->ex, .wg = w->wg,
-                                 .flags = MOE_PIPE_LAYER, .label = cfg->name};
-    if (!t)
-        rc = moe_fail(MOE_EINVAL, NULL, "router %s is not registered (bench)", cfg->router);
-    else
-        rc = moe_pipeline_alloc(&pc, &p->pipe);
-    if (rc) {
-        point_free(p);
-        return rc;
-    }
-    p->plan = moe_pipeline_plan(p->pipe);
-    p->y = moe_pipeline_output(p->pipe);
-    return MOE_OK;
-}
-
-/* One forward through the pipeline: t[MOE_NPHASES] gets the phase times. */
-static int point_forward(layer_point *p, const bench_weights *w, const float *x, double *t)
-{
-    moe_batch b = {p->n, w->d, w->E, (float *)x, NULL, NULL, NULL, NULL, 0, NULL, NULL};
-    moe_phase_times tm;
-    int rc = moe_pipeline_run_batch(p->pipe, &b, NULL, &tm);
-    if (!rc)
-        moe_phase_times_array(&tm, t);
-    return rc;
-}
-
-/* One warm-up, then `repeats` timed forwards; st[MOE_NPHASES] gets the statistics. */
-static int point_measure(layer_point *p, const bench_weights *w, const float *x, int repeats,
-                         bench_stat *st)
-{
-    double t[MOE_NPHASES];
-    double *v = malloc((size_t)MOE_NPHASES * (size_t)repeats * sizeof *v);
-    if (!v)
-        return moe_fail(MOE_ENOMEM, NULL, "out of memory (timings)");
-    int rc = point_forward(p, w, x, t);
-    for (int r = 0; !rc && r < repeats; r++) {
-        rc = point_forward(p, w, x, t);
-        for (int ph = 0; ph < MOE_NPHASES; ph++)
-            v[(size_t)ph * (size_t)repeats + (size_t)r] = t[ph];
-    }
-    if (!rc)
-        for (int ph = 0; ph < MOE_NPHASES; ph++)
-            st[ph] = stat_of(v + (size_t)ph * (size_t)repeats, repeats);
-    free(v);
-    return rc;
-}
-
 /* ---- reference GEMMs: the same useful FLOPs as the expert phase ---- */
 
 /* c (m,n) = a (m,k) b (k,n) through GSL's BLAS interface (OpenBLAS). */
@@ -345,9 +262,9 @@ static int gemm_measure(const bench_weights *w, const moe_plan *plan, const floa
         }
     }
     if (!rc) {
-        g->grouped = stat_of(v, repeats);
-        g->dense = dense ? stat_of(v + repeats, repeats) : bench_stat_one(NAN);
-        g->act = dense ? stat_of(v + 2 * repeats, repeats) : bench_stat_one(NAN);
+        g->grouped = bench_stat_of(v, repeats);
+        g->dense = dense ? bench_stat_of(v + repeats, repeats) : bench_stat_one(NAN);
+        g->act = dense ? bench_stat_of(v + 2 * repeats, repeats) : bench_stat_one(NAN);
     }
 out:
     free(A);
@@ -409,6 +326,7 @@ typedef struct {
     gemm_ref g;
     double share;     /* (route + dispatch + combine) / layer, medians */
     double naive_err;
+    bench_stat pad[MOE_NPHASES]; /* pad_to_capacity = true: every expert at C rows */
     torch_result tr;
 } cfg_result;
 
@@ -516,7 +434,9 @@ static int store_cfg(bench_ctx *c, const cfg_result *r)
         (rc = db_put(c, &rk, "ratio_dense_vs_peak", "1", bench_stat_one(gd / c->a.peak))) ||
         (rc = db_put(c, &rk, "peak_gflops", "GFLOP/s", bench_stat_one(c->a.peak))) ||
         (rc = db_put(c, &rk, "share_route_dispatch_combine", "1", bench_stat_one(r->share))) ||
-        (rc = db_put(c, &rk, "rel_l2_vs_naive", "1", bench_stat_one(r->naive_err))))
+        (rc = db_put(c, &rk, "rel_l2_vs_naive", "1", bench_stat_one(r->naive_err))) ||
+        (rc = db_put(c, &rk, "time_experts_padded", "s", r->pad[MOE_PHASE_EXPERTS])) ||
+        (rc = db_put(c, &rk, "time_layer_padded", "s", r->pad[MOE_PHASE_TOTAL])))
         return rc;
     const torch_result *tr = &r->tr;
     if (!tr->available)
@@ -544,14 +464,14 @@ static int bench_config(bench_ctx *c, const bench_cfg *cfg, const bench_weights 
 {
     int n = c->sh->n;
     layer_point p;
-    int rc = point_alloc(cfg, w, n, &p);
+    int rc = bench_point_alloc(cfg, w, n, 0, &p);
     if (rc)
         return rc;
     memset(r, 0, sizeof *r);
     r->cfg = cfg;
     r->n = n;
     r->C = p.C;
-    if ((rc = point_measure(&p, w, x, c->a.repeats, r->ph)))
+    if ((rc = bench_point_measure(&p, w, x, c->a.repeats, r->ph)))
         goto out;
     r->kept = p.plan->n_entries;
     r->flops = 4.0 * c->sh->d * c->sh->f * (double)r->kept;
@@ -572,6 +492,8 @@ static int bench_config(bench_ctx *c, const bench_cfg *cfg, const bench_weights 
            r->naive_err, ok ? "ok" : "DISAGREE");
     if (!ok)
         c->failures++;
+    if ((rc = bench_padded_measure(c, cfg, w, x, &p, r->ph, r->pad)))
+        goto out;
     if ((rc = bench_torch_measure(c, cfg, w, x, &p, &r->tr)))
         goto out;
     print_torch(c, r);
@@ -580,7 +502,7 @@ static int bench_config(bench_ctx *c, const bench_cfg *cfg, const bench_weights 
     fflush(stdout);
     rc = store_cfg(c, r);
 out:
-    point_free(&p);
+    bench_point_free(&p);
     return rc;
 }
 
@@ -597,11 +519,11 @@ static int bench_scaling(bench_ctx *c, const bench_cfg *cfg, const bench_weights
     for (int i = 0; i < sh->nscale && !rc; i++) {
         layer_point p;
         int n = sh->scale_n[i];
-        if ((rc = point_alloc(cfg, w, n, &p)))
+        if ((rc = bench_point_alloc(cfg, w, n, 0, &p)))
             break;
         bench_stat st[MOE_NPHASES];
         gemm_ref g;
-        if (!(rc = point_measure(&p, w, x, c->a.repeats, st)))
+        if (!(rc = bench_point_measure(&p, w, x, c->a.repeats, st)))
             rc = gemm_measure(w, p.plan, x, c->a.repeats, 0, &g);
         if (!rc)
             sr[i] = (scale_result){n, p.C, p.plan->n_entries, st[MOE_PHASE_TOTAL], st[MOE_PHASE_EXPERTS],
@@ -622,7 +544,7 @@ static int bench_scaling(bench_ctx *c, const bench_cfg *cfg, const bench_weights
         if (!rc)
             rc = db_put(c, &rk, "ratio_workspace_vs_nd_ECd", "1",
                         bench_stat_one((double)sr[i].ws_bytes / nd_ecd));
-        point_free(&p);
+        bench_point_free(&p);
     }
     if (rc)
         return rc;

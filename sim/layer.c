@@ -42,6 +42,11 @@ struct moe_layer {
     float *hid;                   /* (R,FW) */
     float *out;                   /* (R,D) */
     long *used;                   /* (E) */
+    size_t tile;                  /* rows per tile of the expert phase, 0: one per segment */
+    int pad;                      /* 1: sparse plans run every expert at C rows */
+    size_t rows_run;              /* rows of the last expert phase */
+    struct expert_seg *seg;       /* (2E) row segments of the expert phase */
+    size_t *first;                /* (2E+1) first tile of each segment */
     moe_shared_ws *sh;            /* shared experts (moe_layer_set_shared), or NULL */
 };
 
@@ -311,77 +316,102 @@ static int ffn_rows(const moe_layer *L, const moe_experts *w, int e, const float
     return ffn_rows_par(L, w, e, in, rows, hid, out, 1);
 }
 
-/* ---- the expert phase: experts in parallel, one BLAS thread each ----
- * With T BLAS threads, T workers take experts from a shared queue (most rows first) and run
- * each expert's FFN with single-threaded sgemm on its own block of rows: every core stays busy
- * through both GEMMs and the activation between them, and no GEMM pays OpenBLAS's fork/join
- * and partitioning on a block of a few hundred rows. Each expert's result is computed by one
- * thread from its own rows, so the output does not depend on the schedule or thread count
- * (tested against the naive reference). With one thread, or one expert, the experts run in
- * turn with OpenBLAS's own threading. */
+/* ---- the expert phase: segments of expert rows in parallel, one BLAS thread each ----
+ * Each expert's rows form one segment [0, used_e) and, padded to capacity, a second one
+ * [used_e, C) of zero rows. With T BLAS threads, T workers take segments from one queue
+ * (longest first) and run the FFN of each with single-threaded sgemm: every core stays busy
+ * through both GEMMs and the activation between them, and no GEMM pays OpenBLAS's fork/join on
+ * a block of a few hundred rows. With one BLAS thread the segments run in turn.
+ *
+ * Bits: the kept rows of an expert always go through one GEMM pair of M = used_e rows, padded
+ * or not, whatever the thread count, so y is the same bits padded or not (tested). Row tiles
+ * (moe_layer_set_tile_rows: a segment of r rows cut into ceil(r / tile) tiles of equal length
+ * within one row) keep a tile's hidden rows in cache, but OpenBLAS's rounding of a row depends
+ * on M (its small-matrix kernel below M*N*K = 1e6 and its tail kernels differ by an ulp or
+ * two), so tiling changes the low bits of y and is off by default. */
+typedef struct expert_seg {
+    int e;
+    size_t r0, len; /* rows [r0, r0 + len) of expert e's block */
+} expert_seg;
+
 typedef struct {
     const moe_layer *L;
     const moe_experts *w;
-    size_t C;              /* rows per expert block */
-    const long *rows;      /* (E) rows to compute per expert */
-    const int *order;      /* experts, most rows first */
-    int n;                 /* experts with rows */
-    atomic_int next;
+    size_t C;               /* rows per expert block */
+    const expert_seg *seg;  /* (n) segments, longest first */
+    const size_t *first;    /* (n+1) first tile of each segment; first[n] = tiles */
+    int n, par;             /* par: one worker, threaded BLAS and activation */
+    atomic_size_t next;     /* next tile to take */
     atomic_int rc;
 } expert_pool;
 
+/* Runs tiles (whole segments unless tiled) from the pool until none is left; a worker's tiles
+ * come in increasing order, so its position in the segments only moves forward. */
 static void *expert_worker(void *arg)
 {
     expert_pool *p = arg;
     size_t D = (size_t)p->L->d, FW = (size_t)p->L->fw;
+    int pos = 0;
     for (;;) {
-        int i = atomic_fetch_add(&p->next, 1);
-        if (i >= p->n || atomic_load(&p->rc))
+        size_t i = atomic_fetch_add(&p->next, 1);
+        if (i >= p->first[p->n] || atomic_load(&p->rc))
             break;
-        int e = p->order[i];
-        size_t r0 = (size_t)e * p->C;
-        int rc = ffn_rows_par(p->L, p->w, e, p->L->xin + r0 * D, (size_t)p->rows[e],
-                              p->L->hid + r0 * FW, p->L->out + r0 * D, 0);
+        while (p->first[pos + 1] <= i)
+            pos++;
+        const expert_seg *s = &p->seg[pos];
+        size_t nt = p->first[pos + 1] - p->first[pos], j = i - p->first[pos];
+        size_t t0 = j * s->len / nt, nr = (j + 1) * s->len / nt - t0;
+        size_t r0 = (size_t)s->e * p->C + s->r0 + t0;
+        int rc = ffn_rows_par(p->L, p->w, s->e, p->L->xin + r0 * D, nr, p->L->hid + r0 * FW,
+                              p->L->out + r0 * D, p->par);
         if (rc)
             atomic_store(&p->rc, rc);
     }
     return NULL;
 }
 
-static int experts_run(moe_layer *L, const moe_experts *w, size_t C, const long *rows)
+/* Longest first; ties by expert, then row. */
+static int seg_cmp(const void *a, const void *b)
 {
-    int order[4096], n = 0, use_pool = L->E <= 4096;
-    for (int e = 0; use_pool && e < L->E; e++) {
-        if (rows[e] <= 0)
-            continue;
-        int j = n++; /* insertion by rows, descending; ties by expert index */
-        while (j > 0 && rows[order[j - 1]] < rows[e]) {
-            order[j] = order[j - 1];
-            j--;
-        }
-        order[j] = e;
+    const expert_seg *x = a, *y = b;
+    if (x->len != y->len)
+        return x->len > y->len ? -1 : 1;
+    if (x->e != y->e)
+        return x->e < y->e ? -1 : 1;
+    return x->r0 < y->r0 ? -1 : x->r0 > y->r0;
+}
+
+/* FFN_e on rows [0, rows_e) of each expert's block, and on [rows_e, C) too when padded. */
+static int experts_run(moe_layer *L, const moe_experts *w, size_t C, const long *rows, int pad)
+{
+    expert_seg *seg = L->seg;
+    size_t *first = L->first;
+    int n = 0;
+    L->rows_run = 0;
+    for (int e = 0; e < L->E; e++) {
+        size_t r = rows[e] > 0 ? (size_t)rows[e] : 0;
+        if (r)
+            seg[n++] = (expert_seg){e, 0, r};
+        if (pad && r < C)
+            seg[n++] = (expert_seg){e, r, C - r};
+        L->rows_run += pad ? C : r;
     }
+    qsort(seg, (size_t)n, sizeof *seg, seg_cmp);
+    first[0] = 0;
+    for (int i = 0; i < n; i++)
+        first[i + 1] = first[i] + (L->tile ? (seg[i].len + L->tile - 1) / L->tile : 1);
     const int blas_threads = moe_blas_threads();
     int nt = blas_threads > MOE_MAX_THREADS ? MOE_MAX_THREADS : blas_threads;
-    if (!use_pool || nt < 2 || n < 2) {
-        size_t D = (size_t)L->d, FW = (size_t)L->fw;
-        for (int e = 0; e < L->E; e++) {
-            if (rows[e] <= 0)
-                continue;
-            size_t r0 = (size_t)e * C;
-            int rc = ffn_rows(L, w, e, L->xin + r0 * D, (size_t)rows[e], L->hid + r0 * FW,
-                              L->out + r0 * D);
-            if (rc)
-                return rc;
-        }
-        return MOE_OK;
-    }
-    if (nt > n)
-        nt = n;
-    expert_pool pool = {L, w, C, rows, order, n, 0, 0};
-    moe_blas_set_threads(1);
-    run_jobs(expert_worker, &pool, 0, nt); /* every worker takes experts from one queue */
-    moe_blas_set_threads(blas_threads);
+    if (nt < 1)
+        nt = 1;
+    if ((size_t)nt > first[n])
+        nt = (int)first[n];
+    expert_pool pool = {L, w, C, seg, first, n, nt == 1, 0, 0};
+    if (nt > 1)
+        moe_blas_set_threads(1);
+    run_jobs(expert_worker, &pool, 0, nt); /* every worker takes tiles from one queue */
+    if (nt > 1)
+        moe_blas_set_threads(blas_threads);
     int rc = atomic_load(&pool.rc);
     if (rc)
         return moe_fail(rc, NULL, "an expert's FFN failed in a worker thread (expert phase)");
@@ -471,7 +501,9 @@ moe_layer *moe_layer_alloc(int n_max, int E, long C_max, int d, int f, int act)
     L->hid = malloc(nh * sizeof *L->hid);
     L->out = malloc(nx * sizeof *L->out);
     L->used = calloc((size_t)E, sizeof *L->used);
-    if (!L->xin || !L->hid || !L->out || !L->used) {
+    L->seg = malloc(2 * (size_t)E * sizeof *L->seg);
+    L->first = malloc((2 * (size_t)E + 1) * sizeof *L->first);
+    if (!L->xin || !L->hid || !L->out || !L->used || !L->seg || !L->first) {
         moe_fail(MOE_ENOMEM, "use a smaller capacity, width or expert count",
                  "out of memory for layer workspaces of %zu x (%d + %d + %d) floats "
                  "(moe_layer_alloc)", rows, d, fw, d);
@@ -489,9 +521,17 @@ void moe_layer_free(moe_layer *L)
     free(L->hid);
     free(L->out);
     free(L->used);
+    free(L->seg);
+    free(L->first);
     moe_shared_ws_free(L->sh);
     free(L);
 }
+
+void moe_layer_set_pad_to_capacity(moe_layer *L, int on) { L->pad = on != 0; }
+
+void moe_layer_set_tile_rows(moe_layer *L, size_t rows) { L->tile = rows; }
+
+size_t moe_layer_rows_run(const moe_layer *L) { return L->rows_run; }
 
 /* ---- gate ---- */
 
@@ -562,16 +602,19 @@ static int forward_sparse(moe_layer *L, const moe_experts *w, const moe_plan *pl
         nt = 1;
     copy_job jobs[MOE_MAX_THREADS];
 
-    /* dispatch: h[e*C + s] = sum dispatch_w * x[t] over the rows 0..used_e-1 of each expert */
+    /* dispatch: h[e*C + s] = sum dispatch_w * x[t] over the rows 0..used_e-1 of each expert
+     * (padded to capacity: all C rows, the ones without an entry zero) */
     double t0 = moe_now();
     for (int e = 0; e < L->E; e++)
         L->used[e] = 0;
     for (size_t i = 0; i < ne; i++)
         if (en[i].slot + 1L > L->used[en[i].expert])
             L->used[en[i].expert] = en[i].slot + 1L;
-    for (int e = 0; e < L->E; e++)
-        if (L->used[e])
-            memset(L->xin + (size_t)e * C * D, 0, (size_t)L->used[e] * D * sizeof(float));
+    for (int e = 0; e < L->E; e++) {
+        size_t r = L->pad ? C : (size_t)L->used[e];
+        if (r)
+            memset(L->xin + (size_t)e * C * D, 0, r * D * sizeof(float));
+    }
     for (int i = 0; i < nt; i++)
         jobs[i] = (copy_job){L, en, x, y, C, ne * (size_t)i / (size_t)nt,
                              ne * (size_t)(i + 1) / (size_t)nt, 0, 0, 0};
@@ -579,7 +622,7 @@ static int forward_sparse(moe_layer *L, const moe_experts *w, const moe_plan *pl
     double t1 = moe_now();
 
     /* experts: FFN_e on each expert's contiguous block of used rows */
-    int rc = experts_run(L, w, C, L->used);
+    int rc = experts_run(L, w, C, L->used, L->pad);
     if (rc)
         return rc;
     double t2 = moe_now();
@@ -665,7 +708,7 @@ static int forward_dense(moe_layer *L, const moe_experts *w, const moe_plan *pla
     /* experts: FFN_e on its C slots (every slot of a dense plan is filled) */
     for (int e = 0; e < L->E; e++)
         L->used[e] = (long)C;
-    if ((rc = experts_run(L, w, C, L->used)))
+    if ((rc = experts_run(L, w, C, L->used, 0)))
         return rc;
     double t2 = moe_now();
 
@@ -760,6 +803,7 @@ int moe_layer_forward(moe_layer *L, const moe_experts *w, const moe_plan *plan, 
         return rc;
     if (tm)
         tm->dispatch = tm->experts = tm->combine = 0.0;
+    L->rows_run = 0;
     if (plan->n == 0)
         return MOE_OK;
     if (plan->capacity == 0) /* no slot: every token gets y = 0 */

@@ -49,6 +49,25 @@ int moe_layer_set_shared(moe_layer *L, const moe_shared *sh);
 moe_layer *moe_layer_alloc(int n_max, int E, long C_max, int d, int f, int act);
 void moe_layer_free(moe_layer *L);
 
+/* Padding to capacity (the routing option pad_to_capacity): on = 1 makes moe_layer_forward run
+ * every expert of a sparse plan at exactly C rows, C = the plan's capacity, as GShard, DeepSpeed
+ * and Megatron's padded layers do: the rows of an expert beyond its kept claims are zero inputs
+ * whose outputs no entry combines. y is the same as unpadded, bit for bit (each output row is
+ * computed from its own input row alone); dispatch (zeroing E*C rows) and the expert phase take
+ * the time of the padded implementation. Dense plans (soft_moe) fill every slot anyway. on = 0
+ * (the default): each expert runs its rows up to its last filled slot. */
+void moe_layer_set_pad_to_capacity(moe_layer *L, int on);
+
+/* Rows per tile of the expert phase: each expert's rows are cut into tiles of about `rows` rows
+ * run as separate GEMM pairs (0, the default: one GEMM pair per expert). Off by default because
+ * OpenBLAS rounds a row differently with another number of rows: tiled outputs differ from the
+ * untiled ones in the last bits (within the tolerance of the naive reference). */
+void moe_layer_set_tile_rows(moe_layer *L, size_t rows);
+
+/* Rows the expert phase of the last moe_layer_forward ran FFN_e on, summed over experts (the
+ * kept slots up to each expert's last filled one; E*C padded to capacity; 0 before any). */
+size_t moe_layer_rows_run(const moe_layer *L);
+
 /* logits (T,M) = x (T,D) * wg (D,M): float products summed in double in the fixed order of
  * gate.h (not a BLAS sgemm), so the bits do not depend on the BLAS kernel, threads or CPU. */
 int moe_layer_gate(moe_layer *L, const float *x, int n, const float *wg, int m, double *logits);

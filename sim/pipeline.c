@@ -260,6 +260,7 @@ int moe_pipeline_set_experts(moe_pipeline *p, const moe_experts *w)
                         "D = %d, F = %d)", T, w->E, p->C_max, D, w->f);
     if ((rc0 = moe_layer_set_shared(p->L, w->shared)))
         return rc0;
+    moe_layer_set_pad_to_capacity(p->L, p->r->opts.pad_to_capacity);
     p->y = malloc((size_t)T * D * sizeof *p->y);
     if (!p->y)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (layer output, %d tokens)", T);

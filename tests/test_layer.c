@@ -507,6 +507,81 @@ static void test_threads(gsl_rng *r)
     free(x), free(y1), free(y2), free(yr), free(has);
 }
 
+/* Padding to capacity and row tiles on a plan_sparse plan with slot gaps (5 experts, C = 900,
+ * expert 4 empty, drops). Expected values: the layer's own unpadded output y0, itself checked
+ * against the naive reference; padded, the kept rows of each expert go through the same GEMM
+ * pair as unpadded (the zero rows are a separate one), so y must equal y0 bit for bit, with 1
+ * and 2 BLAS threads. Row tiles of 16 and 300 rows: OpenBLAS rounds a row differently with
+ * another M, so tiled y is checked against the naive reference (tolerance above). Rows run:
+ * unpadded, each expert's highest filled slot + 1 (counted here from the plan); padded, E * C. */
+static void test_pad_tiles(gsl_rng *r)
+{
+    enum { N = 3000, E = 5, K = 2, D = 64, F = 128 };
+    const long C = 900;
+    size_t len = (size_t)N * D;
+    float *x = malloc(len * sizeof *x), *y0 = malloc(len * sizeof *y0),
+          *y = malloc(len * sizeof *y), *yr = malloc(len * sizeof *yr);
+    int *has = malloc(N * sizeof *has);
+    moe_plan *p = moe_plan_alloc(N, E, (size_t)N * K);
+    fill_gauss(r, x, len, 1.0);
+    owned_experts ow;
+    experts_make(&ow, r, E, D, F, MOE_ACT_GELU_TANH);
+    moe_layer *L = moe_layer_alloc(N, E, C, D, F, MOE_ACT_GELU_TANH);
+    plan_sparse(p, r, N, E, K, C, 1, has);
+    long top[E] = {0};
+    size_t want = 0;
+    for (size_t i = 0; i < p->n_entries; i++)
+        if (p->entries[i].slot + 1L > top[p->entries[i].expert])
+            top[p->entries[i].expert] = p->entries[i].slot + 1L;
+    for (int e = 0; e < E; e++)
+        want += (size_t)top[e];
+    CHECK(top[E - 1] == 0 && want < (size_t)E * C, "the plan leaves rows unfilled (%zu of %ld)",
+          want, E * C);
+    int saved = moe_blas_threads();
+    CHECK_INT(moe_layer_forward(L, &ow.w, p, x, y0, NULL), MOE_OK);
+    CHECK(moe_layer_rows_run(L) == want, "rows run %zu, want %zu", moe_layer_rows_run(L), want);
+    CHECK_INT(moe_layer_forward_naive(&ow.w, p, x, yr), MOE_OK);
+    compare("forward with slot gaps vs naive (pad test)", y0, yr, len);
+    const size_t tiles[] = {0, 16, 300};
+    for (int th = 1; th <= 2; th++)
+        for (int pad = 0; pad < 2; pad++)
+            for (int i = 0; i < 3; i++) {
+                moe_blas_set_threads(th);
+                moe_layer_set_tile_rows(L, tiles[i]);
+                moe_layer_set_pad_to_capacity(L, pad);
+                for (size_t j = 0; j < len; j++)
+                    y[j] = NAN;
+                CHECK_INT(moe_layer_forward(L, &ow.w, p, x, y, NULL), MOE_OK);
+                size_t rows = moe_layer_rows_run(L), rw = pad ? (size_t)E * C : want;
+                CHECK(rows == rw, "rows run %zu, want %zu (pad %d)", rows, rw, pad);
+                char what[96];
+                snprintf(what, sizeof what, "%d threads, tile %zu, pad %d vs naive", th,
+                         tiles[i], pad);
+                compare(what, y, yr, len);
+                if (tiles[i] == 0)
+                    CHECK(memcmp(y, y0, len * sizeof *y) == 0, "y differs from unpadded: %d "
+                          "threads, pad %d", th, pad);
+            }
+    moe_layer_set_tile_rows(L, 0);
+    moe_blas_set_threads(saved);
+    moe_layer_set_pad_to_capacity(L, 0);
+    /* a plan with no entry: padded, every expert still runs C rows and y = 0 */
+    moe_plan_reset(p, N, E, E);
+    p->capacity = 4;
+    moe_layer_set_pad_to_capacity(L, 1);
+    CHECK_INT(moe_layer_forward(L, &ow.w, p, x, y, NULL), MOE_OK);
+    size_t nz = 0;
+    for (size_t j = 0; j < len; j++)
+        nz += y[j] != 0.0f;
+    CHECK(moe_layer_rows_run(L) == (size_t)E * 4 && nz == 0,
+          "empty plan padded: %zu rows run (want %d), %zu nonzero outputs", moe_layer_rows_run(L),
+          E * 4, nz);
+    moe_layer_free(L);
+    experts_free(&ow);
+    moe_plan_free(p);
+    free(x), free(y0), free(y), free(yr), free(has);
+}
+
 int main(void)
 {
     moe_install_gsl_handler();
@@ -515,6 +590,7 @@ int main(void)
     test_gate(r);
     test_sparse(r);
     test_threads(r);
+    test_pad_tiles(r);
     test_dense(r);
     test_mixture(r);
     test_errors(r);
