@@ -58,12 +58,22 @@ typedef struct {
     moe_store *db; /* --db, one transaction for the whole run */
     int failures; /* correctness checks that failed (outputs disagree) */
     void *json;   /* json_t array: every row stored, written as JSON beside the database */
+    int routing;  /* a `moesim bench --routing` run (its configs start with "routing_") */
 } bench_ctx;
+
+/* Start a run on c->a.db (results/ created for the default): its id (UTC start and pid), the
+ * JSON rows, the database and its transaction (bench_json.c). */
+int bench_open(bench_ctx *c);
+/* End the run: with rc == MOE_OK commit, say where the rows are and write the JSON; otherwise
+ * roll back. Closes the database either way; returns rc or the first error of the ending. */
+int bench_close(bench_ctx *c, int rc);
 
 /* Store one row in the run's transaction and append it to c->json (bench_json.c). */
 int bench_put_row(bench_ctx *c, const moe_bench_row *r);
 /* The rows of the run as JSON, {"run": ..., "rows": [...]}, beside the database: its path with
- * .db replaced by .json (results/bench.json by default), through outfile. */
+ * .db replaced by .json (results/bench.json by default), through outfile. The rows of the other
+ * benchmark already in that file (the layer's for a routing run, the routing rows for a layer
+ * run) are kept after this run's, each naming its run: `make bench` leaves both in it. */
 int bench_write_json(const bench_ctx *c);
 
 typedef struct {

@@ -1,13 +1,85 @@
-/* bench_json.c: the rows of a `moesim bench` run, stored in the database and collected as JSON
- * (bench.h: bench_put_row, bench_write_json). */
+/* bench_json.c: the run of a `moesim bench` (layer or --routing): its id, its rows stored in
+ * the database in one transaction and collected as JSON (bench.h: bench_open, bench_put_row,
+ * bench_close, bench_write_json). */
 #include "bench.h"
 #include "moe.h"
 #include "provenance.h"
 
+#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+int bench_open(bench_ctx *c)
+{
+    time_t now = time(NULL);
+    struct tm utc;
+    gmtime_r(&now, &utc);
+    char stamp[32];
+    strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", &utc);
+    snprintf(c->run_id, sizeof c->run_id, "%s-%ld", stamp, (long)getpid());
+    /* the default lives in results/, which a fresh checkout may not have yet */
+    if (strcmp(c->a.db, "results/bench.db") == 0 && mkdir("results", 0777) != 0 &&
+        errno != EEXIST)
+        return moe_fail(MOE_EIO, NULL, "cannot create results/ (%s)", strerror(errno));
+    if (!(c->json = json_array()))
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (bench JSON)");
+    int rc = moe_store_open(c->a.db, 0, &c->db);
+    if (!rc && (rc = moe_store_bench_begin(c->db))) {
+        moe_store_close(c->db);
+        c->db = NULL;
+    }
+    if (rc) {
+        json_decref(c->json);
+        c->json = NULL;
+    }
+    return rc;
+}
+
+int bench_close(bench_ctx *c, int rc)
+{
+    if (rc) {
+        moe_store_bench_end(c->db, 0);
+        moe_store_close(c->db);
+    } else {
+        rc = moe_store_bench_end(c->db, 1);
+        moe_store_close(c->db);
+        if (!rc)
+            printf("stored in %s, table bench, run '%s'\n", c->a.db, c->run_id);
+        if (!rc)
+            rc = bench_write_json(c);
+    }
+    c->db = NULL;
+    json_decref(c->json);
+    c->json = NULL;
+    return rc;
+}
+
+/* A row of the routing benchmark (config "routing_..."). */
+static int is_routing_row(json_t *row)
+{
+    const char *cfg = json_string_value(json_object_get(row, "config"));
+    return cfg && strncmp(cfg, "routing_", 8) == 0;
+}
+
+/* The rows of the other benchmark in the JSON file at path (none when it is absent or not ours)
+ * appended to rows. */
+static void keep_other_rows(const bench_ctx *c, const char *path, json_t *rows)
+{
+    json_t *old = json_load_file(path, 0, NULL);
+    json_t *orows = json_object_get(old, "rows");
+    size_t i;
+    json_t *row;
+    if (json_is_array(orows))
+        json_array_foreach(orows, i, row)
+            if (json_is_object(row) && is_routing_row(row) != c->routing)
+                json_array_append(rows, row);
+    json_decref(old);
+}
 
 int bench_put_row(bench_ctx *c, const moe_bench_row *r)
 {
@@ -44,7 +116,10 @@ int bench_write_json(const bench_ctx *c)
         return moe_fail(MOE_EINVAL, NULL, "database path too long for its JSON twin (%s)",
                         c->a.db);
     snprintf(path, sizeof path, "%.*s.json", (int)len, c->a.db);
-    json_t *root = json_pack("{s:s, s:O}", "run", c->run_id, "rows", (json_t *)c->json);
+    json_t *rows = json_copy((json_t *)c->json);
+    if (rows)
+        keep_other_rows(c, path, rows);
+    json_t *root = rows ? json_pack("{s:s, s:o}", "run", c->run_id, "rows", rows) : NULL;
     if (!root)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (bench JSON)");
     moe_outfile out;

@@ -12,12 +12,20 @@
  *     in the same order, combine weights within 1e-12 relative.
  * Capacity factor 1.25; other options at their defaults. Routers whose plan would hold more
  * than BR_MAX_ENTRIES entries (dense, soft_moe at large n*E) or whose workspace grows with
- * E*E*n/E (base) run at the smaller sizes only, and say so.
+ * E*E*n/E (base) run at the smaller sizes only, and say so; replay needs recorded choices and is
+ * not run. The rows go to the table bench of --db (default results/bench.db) in one transaction,
+ * config "routing_<router>_k<k>_E<E>" (d = f = 0: no layer), and to its JSON twin
+ * (results/bench.json, beside the layer benchmark's rows): time_route (s, over the repeats),
+ * tokens_per_s, time_bound and ratio_vs_bound, time_torch and ratio_vs_torch (PyTorch time /
+ * moesim time) when PyTorch ran, plan_same_as_torch (1/0) when checked; config "routing_load"
+ * holds the load average at the start and the end of the run.
  */
+#include "bench.h"
 #include "bench_routing.h"
 #include "moe.h"
 #include "npy.h"
 #include "pipeline.h"
+#include "provenance.h"
 #include "vexp.h"
 #include "../routers/par.h"
 
@@ -43,6 +51,7 @@ static const br_case br_cases[] = {
     {"switch", 1, 1},        {"topk", 1, 1},    {"topk", 2, 1},      {"topk", 8, 1},
     {"gshard", 2, 1},        {"expert_choice", 1, 1}, {"hash", 0, 0}, {"dsv3_bias", 0, 0},
     {"sinkhorn", 0, 0},      {"soft_moe", 0, 0}, {"base", 0, 0},     {"dense", 0, 0},
+    {"topp", 0, 0},          {"relu", 0, 0},
 };
 enum { BR_NCASES = sizeof br_cases / sizeof br_cases[0] };
 
@@ -50,11 +59,16 @@ typedef struct {
     int sizes[4], nsizes, experts[4], nexperts, repeats, check_n, threads, torch;
     const char *python, *script;
     const char *routers; /* comma-separated names to run, or NULL for all */
+    const char *db;
 } br_args;
 
 typedef struct {
-    double ms, torch_ms, bound_ms;
-    int n, E, ran, same; /* same: 1 plan equal to PyTorch's, 0 differs, -1 not checked */
+    double ms, torch_ms, bound_ms; /* ms: the best of the repeats */
+    bench_stat t;                  /* seconds over the repeats */
+    int n, E, k, ran, same; /* k effective; same: 1 plan equal to PyTorch's, 0 differs, -1 not
+                             * checked */
+    long C;                 /* the plan's capacity */
+    size_t kept;            /* its entries */
 } br_result;
 
 /* ---- inputs ---- */
@@ -204,17 +218,27 @@ static int br_skip(const br_args *a, const br_case *c, long n, long E)
     return c->k > E;
 }
 
-static int br_time(const br_case *c, const double *L, int n, int E, int repeats, double *best)
+/* Times router c on L: res's times, k, capacity and entries. */
+static int br_time(const br_case *c, const double *L, int n, int E, int repeats, br_result *res)
 {
     br_run b;
-    int rc = br_run_alloc(c, n, E, &b);
-    *best = INFINITY;
-    for (int r = 0; !rc && r < repeats; r++) {
-        double dt;
-        rc = br_route_once(&b, L, n, E, NULL, &dt);
-        *best = dt < *best ? dt : *best;
+    double *v = malloc((size_t)repeats * sizeof *v);
+    int rc = v ? br_run_alloc(c, n, E, &b) : moe_fail(MOE_ENOMEM, NULL, "out of memory");
+    if (rc) {
+        free(v);
+        return rc;
+    }
+    for (int r = 0; !rc && r < repeats; r++)
+        rc = br_route_once(&b, L, n, E, NULL, &v[r]);
+    if (!rc) {
+        res->k = b.r->k;
+        res->C = b.plan->capacity;
+        res->kept = b.plan->n_entries;
+        res->t = bench_stat_of(v, repeats);
+        res->ms = res->t.min * 1e3;
     }
     br_run_free(&b);
+    free(v);
     return rc;
 }
 
@@ -380,6 +404,79 @@ static void br_print(const br_args *a, const br_result *res)
            "%d threads, best of %d)\n", a->check_n, moe_par_threads(), a->repeats);
 }
 
+/* ---- the rows ---- */
+
+static int br_put(bench_ctx *c, const br_result *r, const char *config, const char *router,
+                  const char *metric, const char *unit, bench_stat s)
+{
+    const moe_bench_row row = {
+        .run = c->run_id, .git_rev = moe_git_rev(), .blas_library = c->bi.library,
+        .blas_core = c->bi.core, .blas_threads = moe_par_threads(),
+        .openblas_coretype = c->bi.coretype_env, .torch = c->torch_version,
+        .repeats = c->a.repeats, .config = config, .router = router, .E = r->E, .k = r->k,
+        .n = r->n, .cf = 1.25, .capacity = r->C, .kept = (long long)r->kept, .metric = metric,
+        .unit = unit, .median = s.median, .q1 = s.q1, .q3 = s.q3, .min = s.min, .max = s.max};
+    return bench_put_row(c, &row);
+}
+
+/* Every measured router's rows, and the load averages, in one transaction of a->db. */
+static int br_store(const br_args *a, const br_result *res, const double load[2], int torch)
+{
+    bench_ctx c;
+    memset(&c, 0, sizeof c);
+    c.a.db = a->db;
+    c.a.repeats = a->repeats;
+    c.routing = 1;
+    moe_blas_info_get(&c.bi);
+    int st = -1;
+    char *ver = torch ? bench_run_capture("/usr/bin/python3 -c 'import torch; "
+                                          "print(torch.__version__)' 2>/dev/null", &st) : NULL;
+    if (ver && st == 0)
+        snprintf(c.torch_version, sizeof c.torch_version, "%.*s", (int)strcspn(ver, "\n"),
+                 ver);
+    free(ver);
+    int rc = bench_open(&c);
+    if (rc)
+        return rc;
+    const br_result lr = {.k = 0};
+    rc = br_put(&c, &lr, "routing_load", NULL, "load_average_start", "1", bench_stat_one(load[0]));
+    if (!rc)
+        rc = br_put(&c, &lr, "routing_load", NULL, "load_average_end", "1",
+                    bench_stat_one(load[1]));
+    for (int i = 0; !rc && i < a->nsizes * a->nexperts * BR_NCASES; i++) {
+        const br_result *r = &res[i];
+        const char *router = br_cases[i % BR_NCASES].router;
+        if (!r->ran)
+            continue;
+        char cfg[96];
+        snprintf(cfg, sizeof cfg, "routing_%s_k%d_E%d", router, r->k, r->E);
+        const double best = r->t.min;
+        rc = br_put(&c, r, cfg, router, "time_route", "s", r->t);
+        if (!rc)
+            rc = br_put(&c, r, cfg, router, "tokens_per_s", "1/s", bench_stat_one(r->n / best));
+        if (!rc)
+            rc = br_put(&c, r, cfg, router, "time_bound", "s", bench_stat_one(r->bound_ms * 1e-3));
+        if (!rc)
+            rc = br_put(&c, r, cfg, router, "ratio_vs_bound", "1",
+                        bench_stat_one(best / (r->bound_ms * 1e-3)));
+        if (!rc && r->torch_ms > 0.0)
+            rc = br_put(&c, r, cfg, router, "time_torch", "s", bench_stat_one(r->torch_ms * 1e-3));
+        if (!rc && r->torch_ms > 0.0)
+            rc = br_put(&c, r, cfg, router, "ratio_vs_torch", "1",
+                        bench_stat_one(r->torch_ms * 1e-3 / best));
+        if (!rc && r->same >= 0)
+            rc = br_put(&c, r, cfg, router, "plan_same_as_torch", "1", bench_stat_one(r->same));
+    }
+    return bench_close(&c, rc);
+}
+
+/* The 1-minute load average, NaN when unknown. */
+static double br_load(void)
+{
+    double l[1];
+    return getloadavg(l, 1) == 1 ? l[0] : NAN;
+}
+
 static int br_parse_list(const char *s, int *v, int *nv, int max, const char *flag)
 {
     *nv = 0;
@@ -397,18 +494,19 @@ static int br_parse_list(const char *s, int *v, int *nv, int max, const char *fl
 
 #define BR_USAGE "usage: moesim bench --routing [--sizes N,..] [--experts E,..] [--repeats R] " \
                  "[--threads T] [--check-n N] [--no-torch] [--python PATH] " \
-                 "[--torch-script PATH] [--routers NAME,..]"
+                 "[--torch-script PATH] [--routers NAME,..] [--db PATH]"
 
 static int br_parse_args(int argc, char **argv, br_args *a, int *help)
 {
     *a = (br_args){{65536, 1048576}, 2, {8, 64, 256}, 3, 3, 4096, 0, 1, "/usr/bin/python3",
-                   "sim/bench_torch_routing.py", NULL};
+                   "sim/bench_torch_routing.py", NULL, "results/bench.db"};
     static const struct option lo[] = {
         {"routing", no_argument, NULL, 'R'},     {"sizes", required_argument, NULL, 'n'},
         {"experts", required_argument, NULL, 'e'}, {"repeats", required_argument, NULL, 'r'},
         {"threads", required_argument, NULL, 't'}, {"check-n", required_argument, NULL, 'c'},
         {"no-torch", no_argument, NULL, 'N'},    {"python", required_argument, NULL, 'p'},
         {"torch-script", required_argument, NULL, 's'}, {"routers", required_argument, NULL, 'o'},
+        {"db", required_argument, NULL, 'd'},
         {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
     int c, rc = MOE_OK;
     opterr = 0;
@@ -426,6 +524,7 @@ static int br_parse_args(int argc, char **argv, br_args *a, int *help)
         case 'p': a->python = optarg; break;
         case 's': a->script = optarg; break;
         case 'o': a->routers = optarg; break;
+        case 'd': a->db = optarg; break;
         default:
             return moe_fail(MOE_EINVAL, BR_USAGE,
                             "unknown or incomplete flag '%s' (command line)", argv[optind - 1]);
@@ -448,6 +547,9 @@ int moe_bench_routing(int argc, char **argv)
         return MOE_OK;
     }
     moe_par_set_threads(a.threads);
+    double load[2] = {br_load(), NAN};
+    printf("moesim bench --routing: %d threads, load average %.2f at the start\n",
+           moe_par_threads(), load[0]);
     const int ncell = a.nsizes * a.nexperts * BR_NCASES;
     br_result *res = calloc((size_t)ncell, sizeof *res);
     if (!res)
@@ -479,9 +581,7 @@ int moe_bench_routing(int argc, char **argv)
                 r->bound_ms = bound;
                 if (br_skip(&a, &br_cases[c], n, E))
                     continue;
-                double s;
-                rc = br_time(&br_cases[c], L, n, E, a.repeats, &s);
-                r->ms = s * 1e3;
+                rc = br_time(&br_cases[c], L, n, E, a.repeats, r);
                 r->ran = !rc;
                 fprintf(stderr, "bench --routing: %s k=%d n=%d E=%d %.2f ms\n",
                         br_cases[c].router, br_cases[c].k, n, E, r->ms);
@@ -498,6 +598,11 @@ int moe_bench_routing(int argc, char **argv)
     }
     if (!rc)
         br_print(&a, res);
+    load[1] = br_load();
+    if (!rc)
+        printf("load average %.2f at the end\n", load[1]);
+    if (!rc)
+        rc = br_store(&a, res, load, have_torch);
     free(res);
     return rc;
 }

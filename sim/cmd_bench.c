@@ -822,27 +822,8 @@ int moe_cmd_bench(int argc, char **argv)
     moe_blas_check_coretype(stderr);
     moe_blas_set_threads(c.a.threads);
     moe_blas_info_get(&c.bi);
-    time_t now = time(NULL);
-    struct tm utc;
-    gmtime_r(&now, &utc);
-    char stamp[32];
-    strftime(stamp, sizeof stamp, "%Y-%m-%dT%H:%M:%SZ", &utc);
-    snprintf(c.run_id, sizeof c.run_id, "%s-%ld", stamp, (long)getpid());
-    /* the default lives in results/, which a fresh checkout may not have yet */
-    if (strcmp(c.a.db, "results/bench.db") == 0 && mkdir("results", 0777) != 0 &&
-        errno != EEXIST)
-        return moe_fail(MOE_EIO, NULL, "cannot create results/ (%s)", strerror(errno));
-    if (!(c.json = json_array()))
-        return moe_fail(MOE_ENOMEM, NULL, "out of memory (bench JSON)");
-    if ((rc = moe_store_open(c.a.db, 0, &c.db))) {
-        json_decref(c.json);
+    if ((rc = bench_open(&c)))
         return rc;
-    }
-    if ((rc = moe_store_bench_begin(c.db))) {
-        moe_store_close(c.db);
-        json_decref(c.json);
-        return rc;
-    }
     print_provenance(&c);
 
     cfg_result res[NCFG];
@@ -879,24 +860,13 @@ int moe_cmd_bench(int argc, char **argv)
     free(x);
     if (!rc && bench_selected(&c.a, "train"))
         rc = bench_train(&c);
-    if (rc) {
-        moe_store_bench_end(c.db, 0);
-        moe_store_close(c.db);
-        json_decref(c.json);
-        return rc;
-    }
+    if (rc)
+        return bench_close(&c, rc);
     print_targets(&c, res, ncfg, sr, nscale);
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
     printf("peak resident memory %.0f MB\n", (double)ru.ru_maxrss / 1024.0);
-    rc = moe_store_bench_end(c.db, 1);
-    moe_store_close(c.db);
-    if (!rc)
-        printf("stored in %s, table bench, run '%s'\n", c.a.db, c.run_id);
-    if (!rc)
-        rc = bench_write_json(&c);
-    json_decref(c.json);
-    if (rc)
+    if ((rc = bench_close(&c, MOE_OK)))
         return rc;
     if (c.failures)
         return moe_fail(MOE_EINPUT, "the timings are stored; the outputs above marked DISAGREE "

@@ -1,13 +1,16 @@
 /* cmd_run.c: `moesim run SPEC [--set section.key=value]... [--db PATH] [--force] [--no-plots]
- * [--dry-run]` (cli.h). Loads and checks the spec (every router allocated, every source opened
- * before the first point runs), opens results/NAME.db (or --db), skips points whose config_key
- * is stored (resume; --force reruns and replaces them), runs the rest, and prints a summary
- * table. A progress bar on a terminal (stderr), one plain line per point otherwise.
+ * [--dry-run]` (cli.h). Loads and checks the spec (every router's options checked, every source
+ * opened before the first point runs), opens results/NAME.db (or --db), skips points whose
+ * config_key is stored (resume; --force reruns and replaces them), runs the rest, and prints a
+ * summary table. A progress bar on a terminal (stderr), one plain line per point otherwise.
+ * On one process the points share a gate cache (gate_cache.h): each batch is drawn and its gate
+ * logits computed once for all the points that route it.
  * SIGINT/SIGTERM: the point in progress is abandoned unwritten (each point is one transaction),
  * the database is closed cleanly and the command fails; rerunning resumes.
  */
 #include "blas_info.h"
 #include "cli.h"
+#include "gate_cache.h"
 #include "moe.h"
 #include "moe_mpi.h" /* under mpirun: points over ranks, or --expert-parallel */
 #include "plot.h"
@@ -339,6 +342,9 @@ static int run_points(const run_args *a, const moe_spec *spec, moe_store *st,
     moe_provenance_get(&pv);
     const double t0 = moe_now();
     int rc = MOE_OK;
+    moe_gate_cache *gc = mp ? NULL : moe_gate_cache_alloc(0.0); /* MPI: no shared batches */
+    if (!mp && !gc)
+        return MOE_ENOMEM;
     for (size_t i = 0; i < total && !stop_flag; i++) {
         const moe_point *pt = moe_spec_point(spec, i);
         long long sid = 0;
@@ -367,7 +373,7 @@ static int run_points(const run_args *a, const moe_spec *spec, moe_store *st,
          * here, received from its rank, or expert-parallel on all ranks */
         moe_store_ep epr;
         if (!(rc = mp ? moe_mpi_run_point(mp, i, n->ran, pt, &stop_flag, res)
-                      : moe_point_run(pt, &stop_flag, res)))
+                      : moe_point_run_cached(pt, &stop_flag, res, gc)))
             rc = moe_store_put_ep(st, moe_spec_name(spec), pt, res, &pv, stored[i],
                                   moe_mpi_run_ep_rows(mp, &epr) ? &epr : NULL);
         if (rc && moe_store_last_existed(st)) { /* stored by another run while this ran */
@@ -386,6 +392,13 @@ static int run_points(const run_args *a, const moe_spec *spec, moe_store *st,
         if (rc)
             break;
     }
+    if (gc && (n->ran > 0)) {
+        const moe_gate_cache_stats gs = moe_gate_cache_get_stats(gc);
+        fprintf(stderr, "moesim run: gate cache: %ld batches drawn and gated, %ld reused "
+                "(at most %.2f GB held, bound %.2f GB)\n", gs.computed, gs.reused,
+                gs.peak_bytes / 1e9, gs.max_bytes / 1e9);
+    }
+    moe_gate_cache_free(gc);
     if (tty) {
         char label[64], el[32];
         fmt_duration(moe_now() - t0, el, sizeof el);

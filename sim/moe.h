@@ -304,6 +304,10 @@ int moe_router_alloc(const moe_router_type *t, const moe_route_opts *o, int n_ma
 void moe_router_free(moe_router *r);
 /* MOE_OK if the n*m logits x are finite, else MOE_EINPUT naming the first non-finite one. */
 int moe_logits_check_finite(const double *x, int n, int m);
+/* The checks of moe_router_alloc for (n_max, m) without a workspace for n_max tokens: the
+ * checks that depend on the tokens (group_size divides n_max) at n_max, the router type's own
+ * option checks on an instance for one token (O(E) bytes). */
+int moe_router_check(const moe_router_type *t, const moe_route_opts *o, int n_max, int m);
 /* Validates the input (n in 1..n_max, all logits finite, ids present/non-negative when needed),
  * resets the plan and routes. Order rts without in->rts_u draws its keys (T,E) first, one
  * gsl_rng_uniform_pos per (token, expert) row-major from in->rng. With group_size G (< n) the n

@@ -36,6 +36,8 @@ struct moe_pipeline {
     float *y, *y2, *ysub, *ydense; /* (T,D) */
     float *xj;                /* (T,D) jittered gate input (option jitter), or NULL */
     const double *jitter_u;   /* (T,D) given jitter draws, or NULL: the router's stream */
+    const double *gated;      /* (T,M) the batch's gate output given (moe_pipeline_run_gated) */
+    double gated_s;           /* the seconds it took */
 };
 
 int moe_pipeline_error_rows(int T, int error_rows, int *rows)
@@ -415,13 +417,17 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
                 gsl_rng_memcpy(p->rng2, p->rng);
             xg = p->xj;
         }
-        if (p->L && (rc = moe_layer_gate(p->L, xg, b->n, c->wg, c->M, p->logits)))
-            return rc;
-        if (!p->L)
-            moe_gate_logits(xg, (size_t)b->n, (size_t)D, c->wg, (size_t)c->M, p->logits,
-                            moe_blas_threads());
-        t.gate = moe_now() - t0;
-        p->routed = p->logits;
+        if (p->gated && !p->xj) { /* computed earlier from this x and wg: the same values */
+            t.gate = p->gated_s;
+            p->routed = p->gated;
+        } else {
+            if (p->L && (rc = moe_layer_gate(p->L, xg, b->n, c->wg, c->M, p->logits)))
+                return rc;
+            if (!p->L)
+                moe_pipeline_gate_stage(xg, b->n, D, c->wg, c->M, p->logits, NULL);
+            t.gate = moe_now() - t0;
+            p->routed = p->logits;
+        }
         p->gate_computed = 1;
     }
     /* route */
@@ -481,19 +487,47 @@ void moe_pipeline_reseed(moe_pipeline *p, uint64_t seed)
         moe_pcg32_seed(gsl_rng_state(p->rng2), seed, stream);
 }
 
-int moe_pipeline_run_source(moe_pipeline *p, moe_source *src, int index, moe_phase_times *tm)
+void moe_pipeline_gate_stage(const float *x, int n, int D, const float *wg, int M,
+                             double *logits, double *seconds)
+{
+    const double t0 = moe_now();
+    moe_gate_logits(x, (size_t)n, (size_t)D, wg, (size_t)M, logits, moe_blas_threads());
+    if (seconds)
+        *seconds = moe_now() - t0;
+}
+
+/* A source's batch b (number index) is (T,D,M). */
+static int check_source_batch(const moe_pipeline *p, const moe_batch *b, int index)
 {
     const moe_pipeline_cfg *c = &p->cfg;
+    int D = c->w ? c->w->d : b->d;
+    if (b->n != c->T || b->d != D || b->m != c->M)
+        return moe_fail(MOE_EINVAL, NULL, "source %s gave a batch of (%d,%d,%d), expected "
+                        "T = %d, D = %d, M = %d (batch %d)", c->source ? c->source : "?", b->n,
+                        b->d, b->m, c->T, D, c->M, index);
+    return MOE_OK;
+}
+
+int moe_pipeline_run_source(moe_pipeline *p, moe_source *src, int index, moe_phase_times *tm)
+{
     moe_batch b;
     int rc = moe_source_batch(src, index, &b);
+    if (rc || (rc = check_source_batch(p, &b, index)))
+        return rc;
+    return moe_pipeline_run_batch(p, &b, NULL, tm);
+}
+
+int moe_pipeline_run_gated(moe_pipeline *p, const moe_batch *b, int index, const double *logits,
+                           double gate_s, moe_phase_times *tm)
+{
+    int rc = check_source_batch(p, b, index);
     if (rc)
         return rc;
-    int D = p->cfg.w ? p->cfg.w->d : b.d;
-    if (b.n != c->T || b.d != D || b.m != c->M)
-        return moe_fail(MOE_EINVAL, NULL, "source %s gave a batch of (%d,%d,%d), expected "
-                        "T = %d, D = %d, M = %d (batch %d)", c->source ? c->source : "?", b.n,
-                        b.d, b.m, c->T, D, c->M, index);
-    return moe_pipeline_run_batch(p, &b, NULL, tm);
+    p->gated = b->logits ? NULL : logits;
+    p->gated_s = gate_s;
+    rc = moe_pipeline_run_batch(p, b, NULL, tm);
+    p->gated = NULL;
+    return rc;
 }
 
 moe_router *moe_pipeline_router(const moe_pipeline *p) { return p->r; }

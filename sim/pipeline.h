@@ -111,6 +111,14 @@ void moe_pipeline_reseed(moe_pipeline *p, uint64_t seed);
 /* Batch number index of src, checked to be (T,D,M), then moe_pipeline_run_batch. */
 int moe_pipeline_run_source(moe_pipeline *p, moe_source *src, int index, moe_phase_times *tm);
 
+/* moe_pipeline_run_source on batch b (number index of the source) drawn earlier, with its gate
+ * output given: logits (T,M) that moe_pipeline_gate_stage computed from b->x and this
+ * pipeline's gate wg in gate_s seconds (a sweep's gate cache, gate_cache.h). The batch runs as
+ * if its gate had just run: the same checks, the gate FLOPs counted, time_gate = gate_s. With
+ * option jitter the gate runs on the jittered x as usual and logits are not used. */
+int moe_pipeline_run_gated(moe_pipeline *p, const moe_batch *b, int index, const double *logits,
+                           double gate_s, moe_phase_times *tm);
+
 /* Results of the last batch, valid until the next one. */
 moe_router *moe_pipeline_router(const moe_pipeline *p);
 const moe_plan *moe_pipeline_plan(const moe_pipeline *p);
@@ -127,6 +135,12 @@ const moe_layer *moe_pipeline_layer(const moe_pipeline *p);     /* NULL without 
  * with NULL nothing but the router runs. */
 int moe_pipeline_route_stage(moe_router *r, const moe_route_in *in, moe_plan *plan,
                              double *seconds);
+
+/* gate: logits (n,M) = x (n,D) wg (D,M) by moe_gate_logits on the BLAS threads (gate.h: the
+ * same bits whatever the thread count), as a batch without logits runs it; seconds (may be
+ * NULL) receives its wall time. */
+void moe_pipeline_gate_stage(const float *x, int n, int D, const float *wg, int M,
+                             double *logits, double *seconds);
 
 /* layer: dispatch, experts, combine of plan on x (T,D) into y (T,D) through L
  * (moe_layer_forward: checks the plan and the weights against L's shape). tm (may be NULL)

@@ -7,11 +7,14 @@
  * layer, plans, metrics); run every batch through it with every stage on (layer, metrics,
  * output errors on min(T, error_tokens) rows, observe); average metrics and timings over the
  * batches. Random draws: gshard from (seed, MOE_STREAM_GSHARD), gate noise from (seed,
- * MOE_STREAM_NOISE).
+ * MOE_STREAM_NOISE). With a gate cache (moe_point_run_cached) each batch and its gate logits
+ * come from the cache, computed once for all the points that share them (gate_cache.h), unless
+ * the router jitters the gate's input.
  */
 #include "point.h"
 
 #include "cluster_point.h"
+#include "gate_cache.h"
 #include "metric_table.h"
 
 #include <gsl/gsl_randist.h>
@@ -252,13 +255,41 @@ static void summarise(moe_point_result *res, int T, double flops_exec)
     res->gflops_per_s = total > 0.0 ? flops_exec / total * 1e-9 : NAN;
 }
 
+/* Batch b through the point's pipeline: from the source, or with its gate output from cache. */
+static int run_batch(const moe_point *pt, point_ws *w, moe_gate_cache *cache, int b,
+                     moe_phase_times *tm)
+{
+    if (!cache || pt->opts.jitter > 0.0)
+        return moe_pipeline_run_source(w->pipe, w->src, b, tm);
+    moe_batch bb;
+    const double *logits = NULL;
+    double gate_s = 0.0;
+    int rc = moe_gate_cache_batch(cache, pt, w->src, b, &bb, &logits, &gate_s);
+    return rc ? rc : moe_pipeline_run_gated(w->pipe, &bb, b, logits, gate_s, tm);
+}
+
+static int point_run(const moe_point *pt, volatile sig_atomic_t *stop, moe_point_result *res,
+                     const moe_pipeline_ep *ep, moe_gate_cache *cache);
+
 int moe_point_run(const moe_point *pt, volatile sig_atomic_t *stop, moe_point_result *res)
 {
-    return moe_point_run_ep(pt, stop, res, NULL);
+    return point_run(pt, stop, res, NULL, NULL);
+}
+
+int moe_point_run_cached(const moe_point *pt, volatile sig_atomic_t *stop,
+                         moe_point_result *res, moe_gate_cache *cache)
+{
+    return point_run(pt, stop, res, NULL, cache);
 }
 
 int moe_point_run_ep(const moe_point *pt, volatile sig_atomic_t *stop, moe_point_result *res,
                      const moe_pipeline_ep *ep)
+{
+    return point_run(pt, stop, res, ep, NULL);
+}
+
+static int point_run(const moe_point *pt, volatile sig_atomic_t *stop, moe_point_result *res,
+                     const moe_pipeline_ep *ep, moe_gate_cache *cache)
 {
     if (pt->train)
         return ep ? moe_fail(MOE_EINVAL, "run training sweeps without --expert-parallel",
@@ -291,7 +322,7 @@ int moe_point_run_ep(const moe_point *pt, volatile sig_atomic_t *stop, moe_point
             break;
         }
         moe_phase_times tm;
-        if (!(rc = moe_pipeline_run_source(w.pipe, w.src, b, &tm)))
+        if (!(rc = run_batch(pt, &w, cache, b, &tm)))
             record_batch(res, b, moe_pipeline_metrics(w.pipe), &tm, &flops_exec);
         if (!rc && cr)
             rc = moe_cluster_run_batch(cr, b, moe_pipeline_plan(w.pipe), &tm,

@@ -109,6 +109,13 @@ void moe_point_result_free(moe_point_result *r); /* NULL is a no-op */
  * res must be allocated for the point (moe_point_result_alloc_for). */
 int moe_point_run(const moe_point *pt, volatile sig_atomic_t *stop, moe_point_result *res);
 
+/* Run the point as moe_point_run does, its batches and their gate logits taken from cache
+ * (gate_cache.h: computed once for every point that shares them; NULL: no cache). The plans and
+ * metrics are those of moe_point_run; time_gate is the gate's time when it was computed. */
+struct moe_gate_cache;
+int moe_point_run_cached(const moe_point *pt, volatile sig_atomic_t *stop,
+                         moe_point_result *res, struct moe_gate_cache *cache);
+
 /* Run the point as moe_point_run does, with the layer forward of every batch replaced by the
  * expert-parallel hook ep (pipeline.h; mpi_ep.c). moe_point_run = ep NULL. A training point
  * with ep is an error (training runs on one process). */

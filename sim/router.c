@@ -45,10 +45,11 @@ static int check_common(const moe_router_type *t, const moe_route_opts *o, int n
     return MOE_OK;
 }
 
-int moe_router_alloc(const moe_router_type *t, const moe_route_opts *o, int n_max, int m,
-                     moe_router **out)
+/* The checks of moe_router_alloc that need no instance; *E and *k: the experts and the
+ * effective k. */
+static int check_opts(const moe_router_type *t, const moe_route_opts *o, int n_max, int m, int *pE,
+                      int *pk)
 {
-    *out = NULL;
     if (n_max <= 0)
         return moe_fail(MOE_EINPUT, NULL, "router %s needs at least one token (n = %d)", t->name,
                         n_max);
@@ -93,7 +94,31 @@ int moe_router_alloc(const moe_router_type *t, const moe_route_opts *o, int n_ma
                         "k = %d is outside 1..E = 1..%d (router %s)", o->k ? o->k : k, E, t->name);
     if (o->capacity < -1 || o->min_capacity < 0)
         return moe_fail(MOE_EINVAL, NULL, "capacity and min_capacity must be >= 0");
-    int rc = check_common(t, o, n_max);
+    *pE = E;
+    *pk = k;
+    return check_common(t, o, n_max);
+}
+
+int moe_router_check(const moe_router_type *t, const moe_route_opts *o, int n_max, int m)
+{
+    int E, k, rc = check_opts(t, o, n_max, m, &E, &k);
+    if (rc)
+        return rc;
+    /* the type's own checks (k, score path, policies, tolerances) do not depend on the tokens:
+     * they run on an instance for one token, whose workspace is O(E) */
+    moe_route_opts one = *o;
+    one.group_size = 0;
+    moe_router *r = NULL;
+    rc = moe_router_alloc(t, &one, 1, m, &r);
+    moe_router_free(r);
+    return rc;
+}
+
+int moe_router_alloc(const moe_router_type *t, const moe_route_opts *o, int n_max, int m,
+                     moe_router **out)
+{
+    *out = NULL;
+    int E, k, rc = check_opts(t, o, n_max, m, &E, &k);
     if (rc)
         return rc;
     moe_router *r = calloc(1, sizeof *r);

@@ -376,10 +376,10 @@ static int check_router(const spec_router *r, const moe_point *p, int dropless)
     moe_route_opts o = p->opts;
     if (dropless)
         o.dropless = 1;
-    moe_router *inst = NULL;
     moe_clear_error();
-    int rc = moe_router_alloc(p->rtype, &o, p->tokens, p->m, &inst);
-    moe_router_free(inst);
+    /* no workspace at the point's size: the options are checked on a one-token instance, the
+     * size-dependent rules and the capacity formula on T (moe_pipeline_estimate, check_memory) */
+    int rc = moe_router_check(p->rtype, &o, p->tokens, p->m);
     if (!rc && o.sequence_length > 0 && p->tokens % o.sequence_length != 0) { /* seq_aux_loss */
         const spec_kv *kv = moe_spec_kv_find(r->sec, "sequence_length");
         rc = moe_fail(MOE_EINVAL, "sequence_length must divide the tokens of a batch",

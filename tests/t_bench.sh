@@ -70,6 +70,34 @@ else
     no "the sqlite3 command is missing (make deps installs it)"
 fi
 
+# ---- bench --routing into the same database: its rows beside the layer's, in both files ----
+if env -u OPENBLAS_CORETYPE "$M" bench --routing --sizes 1024 --experts 8 --repeats 2 --no-torch \
+        --db "$T/b.db" >"$T/rout" 2>"$T/rerr"; then ok; else no "bench --routing exited $?: $(cat "$T/rerr")"; fi
+has "$T/rout" '^moesim bench --routing: 2 threads, load average '
+has "$T/rout" "^stored in $T/b.db, table bench, run '"
+if command -v sqlite3 >/dev/null; then
+    eq "routing: two runs now" "SELECT count(DISTINCT run) FROM bench" 2
+    # every router of the registry but replay (it needs recorded choices), topk at k = 1, 2, 8,
+    # the others at their type's default k (routers/*.c: dsv3_bias 2; topp, relu, sinkhorn, hash,
+    # base, soft_moe 1; dense E)
+    eq "routing configs" "SELECT group_concat(config, ' ') FROM (SELECT DISTINCT config FROM bench WHERE config LIKE 'routing%' ORDER BY config)" \
+        "routing_base_k1_E8 routing_dense_k8_E8 routing_dsv3_bias_k2_E8 routing_expert_choice_k1_E8 routing_gshard_k2_E8 routing_hash_k1_E8 routing_load routing_relu_k1_E8 routing_sinkhorn_k1_E8 routing_soft_moe_k1_E8 routing_switch_k1_E8 routing_topk_k1_E8 routing_topk_k2_E8 routing_topk_k8_E8 routing_topp_k1_E8"
+    # C = ceil(k n cf / E), n = 1024, cf = 1.25, E = 8: 160 for k = 1, 320 for k = 2, 1280 for k = 8
+    eq "routing capacities" "SELECT group_concat(config || '=' || capacity, ' ') FROM (SELECT DISTINCT config, capacity FROM bench WHERE config IN ('routing_switch_k1_E8', 'routing_topk_k2_E8', 'routing_topk_k8_E8', 'routing_gshard_k2_E8', 'routing_expert_choice_k1_E8') ORDER BY config)" \
+        "routing_expert_choice_k1_E8=160 routing_gshard_k2_E8=320 routing_switch_k1_E8=160 routing_topk_k2_E8=320 routing_topk_k8_E8=1280"
+    # tokens/s = n / the fastest repeat; ratio to the bound = that time / the bound's
+    eq "routing tokens/s" "SELECT count(*) FROM bench a JOIN bench b USING (run, config, n) WHERE a.metric = 'tokens_per_s' AND b.metric = 'time_route' AND abs(a.median * b.min - 1024) < 1e-9 * 1024 AND b.min <= b.median AND b.median <= b.max" 14
+    eq "routing ratio to the bound" "SELECT count(*) FROM bench a JOIN bench b USING (run, config, n) JOIN bench c USING (run, config, n) WHERE a.metric = 'ratio_vs_bound' AND b.metric = 'time_route' AND c.metric = 'time_bound' AND abs(a.median - b.min / c.median) <= 1e-12 * a.median" 14
+    eq "routing: no PyTorch rows with --no-torch" "SELECT count(*) FROM bench WHERE metric IN ('time_torch', 'ratio_vs_torch', 'plan_same_as_torch')" 0
+    eq "routing: d = f = 0, cf 1.25" "SELECT count(*) FROM bench WHERE config LIKE 'routing%' AND (d != 0 OR f != 0 OR cf != 1.25)" 0
+    if command -v python3 >/dev/null; then
+        nj=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["rows"]; print(len(r), len({x["run"] for x in r}))' "$T/b.json" 2>&1)
+        eq "JSON: the layer rows kept beside the routing rows" "SELECT count(*) || ' 2' FROM bench" "$nj"
+    else
+        skip 1 "python3 is not installed (it reads the JSON)"
+    fi
+fi
+
 # ---- --config train alone: no layer section (with --quick the training step only says so) ----
 if env -u OPENBLAS_CORETYPE "$M" bench --quick --no-torch --config train --db "$T/t.db" \
         >"$T/outt" 2>"$T/errt"; then ok; else no "bench --config train exited $?: $(cat "$T/errt")"; fi
@@ -79,7 +107,7 @@ count "$T/outt" '^== training step: skipped' 1
 # ---- a second run adds rows, it does not replace them ----
 if env -u OPENBLAS_CORETYPE "$M" bench --quick --no-torch --repeats 1 --db "$T/b.db" \
         >"$T/out2" 2>"$T/err2"; then ok; else no "second run exited $?: $(cat "$T/err2")"; fi
-command -v sqlite3 >/dev/null && eq "two runs" "SELECT count(DISTINCT run) FROM bench" 2
+command -v sqlite3 >/dev/null && eq "two layer runs" "SELECT count(DISTINCT run) FROM bench WHERE config NOT LIKE 'routing%'" 2
 
 # ---- a forced core type weaker than the CPU's ----
 OPENBLAS_CORETYPE=Haswell "$M" bench --quick --no-torch --repeats 1 --db "$T/h.db" \
@@ -132,6 +160,7 @@ experr "unknown config" "moesim: error: unknown configuration 'E1' for --config 
 experr "unknown config after train" "moesim: error: unknown configuration 'trainx' for --config (command line)" --quick --config train,trainx
 experr "unknown flag" "moesim: error: unknown or incomplete flag '--fast' (command line)" --fast
 experr "stray argument" "moesim: error: unexpected argument 'extra' (command line)" --quick extra
+experr "routing sizes 0" "moesim: error: bad list '0' (--sizes)" --routing --sizes 0
 experr "bad db" "moesim: error: cannot open the database: unable to open database file" --quick --no-torch --db "$T/no/such/dir/b.db"
 
 finish
