@@ -387,15 +387,10 @@ int moe_source_batch(moe_source *s, int b, moe_batch *out)
     int rc = s->type->batch(s, b);
     if (rc)
         return rc;
-    out->n = s->n;
-    out->d = s->d;
-    out->m = s->m;
-    out->x = s->x;
-    out->ids = s->ids;
-    out->logits = s->logits;
-    out->choices = s->choices;
-    out->choice_w = s->choice_w;
-    out->k_rec = s->k_rec;
+    /* every field: a source has no draws files (gumbel_u, rts_u NULL) */
+    *out = (moe_batch){.n = s->n, .d = s->d, .m = s->m, .x = s->x, .ids = s->ids,
+                       .logits = s->logits, .choices = s->choices, .choice_w = s->choice_w,
+                       .k_rec = s->k_rec};
     return MOE_OK;
 }
 
