@@ -177,6 +177,10 @@ static void rows_part(void *arg, int i, int np)
                              j->lse ? j->lse + t0 : NULL, j->c->rowmax + t0);
         for (long t = t0; j->row && t < t1; t++)
             j->row(j->ctx, (int)t, j->logits + (size_t)t * E, p0 + (size_t)(t - t0) * E);
+        for (long t = t0; j->c->bpr_keys && t < t1; t++) { /* as moe_claims_resolve takes it */
+            const double *pt = p0 + (size_t)(t - t0) * E;
+            j->c->val[t] = pt[moe_claims_argmax(pt, E, -1)];
+        }
         const int fin = moe_all_finite(j->logits + (size_t)t0 * E, (size_t)(t1 - t0) * E);
         pthread_mutex_lock(&j->mu);
         j->nonfinite |= !fin;
@@ -216,6 +220,7 @@ int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_f
     for (int e = 0; e < c->E; e++)
         c->pmean[e] /= n;
     c->stats_done = j.stats != NULL;
+    c->bpr_ready = c->bpr_keys;
     if (j.nonfinite) /* the first non-finite logit, named as moe_router_route names it */
         return moe_logits_check_finite(logits, n, c->E);
     if (plan)
@@ -301,7 +306,8 @@ void moe_claims_topk(const double *v, int len, int k, int32_t *idx, double *val)
 
 void moe_claims_scratch_p(moe_claims *c, int order)
 {
-    c->keep_p = c->p && (order == MOE_ORDER_BPR || order == MOE_ORDER_PROBS);
+    c->keep_p = c->p && order == MOE_ORDER_PROBS;
+    c->bpr_keys = c->p && order == MOE_ORDER_BPR;
 }
 
 /* ---- resolution ---- */
@@ -313,49 +319,6 @@ static void take(moe_claims *c, size_t i, long C)
         return;
     int e = c->expert[i];
     c->slot[i] = c->fill[e] < C ? c->fill[e]++ : -1;
-}
-
-/* Orders probs, rts and gate: each expert keeps the C claims with the highest key (ties to the
- * lower token); slots are then numbered in token order among the kept claims. key (T,E) is
- * indexed by token and expert (p for probs, the rts draws for rts), or, with per_claim, key
- * (T,K) by claim (the gates for gate). */
-static void resolve_keyed(moe_claims *c, int n, long C, const long *load, const double *key,
-                          int per_claim)
-{
-    const int K = c->K, E = c->E;
-    enum { KEEP = -2 };
-    c->off[0] = 0;
-    for (int e = 0; e < E; e++) {
-        c->off[e + 1] = c->off[e] + load[e];
-        c->fill[e] = c->off[e];
-    }
-    /* list: claim indices grouped by expert, token order within an expert */
-    for (int t = 0; t < n; t++)
-        for (int j = 0; j < K; j++) {
-            size_t i = (size_t)t * K + j;
-            if (c->claim[i])
-                c->list[c->fill[c->expert[i]]++] = (int)i;
-        }
-    for (int e = 0; e < E; e++) {
-        int cnt = (int)(c->off[e + 1] - c->off[e]);
-        const int *li = c->list + c->off[e];
-        if (cnt <= C) {
-            for (int q = 0; q < cnt; q++)
-                c->slot[li[q]] = KEEP;
-            continue;
-        }
-        for (int q = 0; q < cnt; q++)
-            c->val[q] = per_claim ? key[li[q]] : key[(size_t)(li[q] / K) * E + e];
-        /* stable: equal p keep list order, which is token order */
-        moe_argsort_desc(c->val, cnt, c->order, c->tmp);
-        for (long q = 0; q < C; q++)
-            c->slot[li[c->order[q]]] = KEEP;
-    }
-    for (int e = 0; e < E; e++)
-        c->fill[e] = 0;
-    for (size_t i = 0; i < (size_t)n * K; i++)
-        if (c->slot[i] == KEEP)
-            c->slot[i] = c->fill[c->expert[i]]++;
 }
 
 int moe_claims_resolve(moe_claims *c, int n, int order, long C, int dropless, int renormalize,
@@ -372,8 +335,12 @@ int moe_claims_resolve(moe_claims *c, int n, int order, long C, int dropless, in
                         "claim order rts needs its draws (order)");
     const int stats = !c->stats_done; /* not yet added by the rows pass */
     c->stats_done = 0;
-    if ((order == MOE_ORDER_CHOICE_MAJOR || order == MOE_ORDER_TOKEN_MAJOR) &&
-        K <= MOE_CLAIMS_PAR_MAX_K && moe_par_parts((long)n * K, 16384) > 1)
+    if (order < MOE_ORDER_CHOICE_MAJOR || order > MOE_ORDER_GATE)
+        return moe_fail(MOE_EINVAL, NULL, "unknown claim order %d (order)", order);
+    /* the orders that rank claims by a key always go there (selection, not a sort per
+     * expert); the others when more than one thread is worth it */
+    if ((order != MOE_ORDER_CHOICE_MAJOR && order != MOE_ORDER_TOKEN_MAJOR) ||
+        (K <= MOE_CLAIMS_PAR_MAX_K && moe_par_parts((long)n * K, 16384) > 1))
         return moe_claims_resolve_par(c, n, order, C, dropless, renormalize, stats, plan);
     /* claim statistics, before capacity */
     long *load = plan->assigned_load;
@@ -396,38 +363,13 @@ int moe_claims_resolve(moe_claims *c, int n, int order, long C, int dropless, in
     /* slots */
     for (int e = 0; e < E; e++)
         c->fill[e] = 0;
-    switch (order) {
-    case MOE_ORDER_CHOICE_MAJOR:
+    if (order == MOE_ORDER_CHOICE_MAJOR) {
         for (int j = 0; j < K; j++)
             for (int t = 0; t < n; t++)
                 take(c, (size_t)t * K + j, C);
-        break;
-    case MOE_ORDER_TOKEN_MAJOR:
+    } else { /* token_major */
         for (size_t i = 0; i < nk; i++)
             take(c, i, C);
-        break;
-    case MOE_ORDER_BPR:
-        /* visit tokens by descending max_e p[t,e]; the argsort is stable: ties to lower token */
-        for (int t = 0; t < n; t++) {
-            const double *pt = c->p + (size_t)t * E;
-            c->val[t] = pt[moe_claims_argmax(pt, E, -1)];
-        }
-        moe_argsort_desc(c->val, n, c->order, c->tmp);
-        for (int j = 0; j < K; j++)
-            for (int r = 0; r < n; r++)
-                take(c, (size_t)c->order[r] * K + j, C);
-        break;
-    case MOE_ORDER_PROBS:
-        resolve_keyed(c, n, C, load, c->p, 0);
-        break;
-    case MOE_ORDER_RTS:
-        resolve_keyed(c, n, C, load, c->rts_u, 0);
-        break;
-    case MOE_ORDER_GATE:
-        resolve_keyed(c, n, C, load, c->gate, 1);
-        break;
-    default:
-        return moe_fail(MOE_EINVAL, NULL, "unknown claim order %d (order)", order);
     }
 
     /* entries, token-major by token then choice rank */

@@ -27,6 +27,9 @@ typedef struct {
                            * rows pass adds the claim statistics (assigned_load, importance,
                            * n_claims) to the plan, in token order */
     int stats_done;       /* the last rows pass did so (moe_claims_resolve then does not) */
+    int bpr_keys;         /* set by moe_claims_scratch_p for order bpr: the rows pass also leaves
+                           * each token's key max_e p[t,e] in val (T) */
+    int bpr_ready;        /* the last rows pass did so (moe_claims_resolve then uses them) */
     double *pmean;        /* (E) mean over tokens of p[t,e] (moe_claims_softmax) */
     double *rowmax;       /* (T) each row's maximum logit, from the last rows pass */
     const double *rts_u;  /* (T,E) order rts: the draws, set by the router per group, or NULL */
@@ -47,8 +50,10 @@ moe_claims *moe_claims_alloc(int n_max, int K, int E, int with_p);
 void moe_claims_free(moe_claims *c); /* NULL is a no-op */
 
 /* For a router whose only use of p after the rows pass is its claim order: p is filled only
- * when `order` (enum moe_order) is bpr or probs; otherwise each row's softmax lives in a
- * cache-resident scratch while row() runs (pmean and the plan are the same either way). */
+ * when `order` (enum moe_order) is probs; otherwise each row's softmax lives in a
+ * cache-resident scratch while row() runs, and for order bpr the rows pass keeps each token's
+ * largest probability, the only use bpr has for p (pmean and the plan are the same either
+ * way). */
 void moe_claims_scratch_p(moe_claims *c, int order);
 
 /* p (T,E) = softmax of each row of logits (T,E); pmean (E) = mean_t p[t,e]. On the routers'

@@ -1,39 +1,66 @@
-/* claims_par.c: moe_claims_resolve for the claim orders choice_major and token_major on the
- * routers' threads (claims_par.h), with the plan and statistics of the serial loop bit for bit.
+/* claims_par.c: moe_claims_resolve on the routers' threads (claims_par.h), with the plan and
+ * statistics of the serial definitions bit for bit, whatever the number of threads.
  *
- * A claim's slot is the number of claims on its expert before it in the claim order, kept when
- * below the capacity C. The tokens are split into contiguous parts, one per thread:
- *   1. each part counts its claims per (rank, expert) (choice_major: the order is rank, then
- *      token) or per expert (token_major: token, then rank); unless the rows pass has added the
- *      claim statistics already, each thread also adds the gates of one range of experts to
- *      importance, visiting every claim in token order (the order of the serial sum, so the
- *      sums are the same doubles);
+ * Orders choice_major, token_major and bpr. A claim's slot is the number of claims on its
+ * expert before it in the claim order, kept when below the capacity C. The claim order visits
+ * the tokens by position r (token r, or for bpr the token at position r of the descending
+ * stable order of the tokens' largest probability), and the positions are split into
+ * contiguous parts, one per thread:
+ *   1. each part counts its claims per (rank, expert) (choice_major and bpr: the order is rank,
+ *      then position) or per expert (token_major: position, then rank); unless the rows pass
+ *      has added the claim statistics already, each thread also adds the gates of one range
+ *      of experts to importance, visiting every claim in token order (the order of the serial
+ *      sum, so the sums are the same doubles);
  *   2. serially: the loads, the capacity (dropless: the largest load), each part's first slot
- *      per (rank, expert) as the prefix of the counts in claim order, the entries each part
- *      keeps and so where its entries start in the plan;
- *   3. each part numbers its claims from those first slots and writes its entries (token-major,
- *      by token then rank, renormalised per token as the serial loop does) at its place.
+ *      per (rank, expert) as the prefix of the counts in claim order;
+ *   3. each part numbers its claims from those first slots; in token order (choice_major,
+ *      token_major) it writes its entries at once, else the entries follow from the slots.
+ * bpr's order is a stable sort of the tokens by key, in parallel: the tokens are split by key
+ * range at splitters taken from a sample of the keys (equal keys fall in one range, each range
+ * keeps token order), and each range is sorted by the stable argsort (moe_argsort_desc).
+ *
+ * Orders probs, rts and gate: each expert keeps the C claims with the largest key, ties to the
+ * lower claim index (the first C of a stable descending sort of its claims by key), and the
+ * kept claims take slots in claim index order. No sort: the claims are grouped by expert in
+ * claim index order (a counting pass and a scatter over token parts), then for each expert with
+ * more than C claims (the others keep them all) their keys are gathered, the C-th largest key
+ * thr is found by selection (three-way quickselect on a copy), and the claims with key > thr,
+ * then the first ones with key == thr in claim index order up to C, are kept (one range of
+ * experts per thread).
+ *
+ * Entries: each token part counts the claims it keeps, their prefix places the part's entries,
+ * and each part writes them token-major (by token, then rank), renormalised per token as the
+ * serial loop does.
  */
 #include "claims_par.h"
 #include "par.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     moe_claims *c;
     moe_plan *plan;
-    int n, KR;            /* KR: ranks counted apart (K for choice_major, 1 for token_major) */
+    int n, KR;            /* KR: ranks counted apart (K for choice_major and bpr, else 1) */
     int renormalize, np;
     int stats;            /* 0: assigned_load, importance and n_claims are already in the plan */
     long C;
+    const int *perm;      /* (T) bpr: the token at each position of the claim order, or NULL */
+    const double *key;    /* keyed orders: (T,E) by token and expert, or (T,K) by claim */
+    int per_claim;
     long *cnt;            /* (np, KR, E) claims of each part, then the part's first slots */
     double *acc;          /* (np, E+1) each thread's importance sums */
+    double *scratch;      /* (np, maxload) keyed orders: each part's copy of one expert's keys */
+    long maxload;
     size_t ent0[MOE_PAR_MAX];      /* first entry of each part */
+    size_t kept[MOE_PAR_MAX];      /* entries of each part */
     long claims[MOE_PAR_MAX];      /* claims of each part */
     long rank_claims[MOE_PAR_MAX][2], rank_kept[MOE_PAR_MAX][2];
 } rp_job;
 
-/* Step 1 for part i: counts of its tokens; importance of its experts over all tokens. */
+/* ---- counts and statistics ---- */
+
+/* Step 1 for part i: counts of its positions; importance of its experts over all tokens. */
 static void rp_count(void *ctx, int i, int np)
 {
     rp_job *j = ctx;
@@ -42,14 +69,14 @@ static void rp_count(void *ctx, int i, int np)
     long lo, hi, e0, e1;
     moe_par_range(j->n, i, np, &lo, &hi);
     long *cnt = j->cnt + (size_t)i * KR * E, claims = 0;
-    for (long t = lo; t < hi; t++)
-        for (int r = 0; r < K; r++) {
-            const size_t q = (size_t)t * K + r;
-            if (c->claim[q]) {
-                cnt[(size_t)(KR > 1 ? r : 0) * E + c->expert[q]]++;
+    for (long r = lo; r < hi; r++) {
+        const size_t q0 = (size_t)(j->perm ? j->perm[r] : r) * K;
+        for (int k = 0; k < K; k++)
+            if (c->claim[q0 + k]) {
+                cnt[(size_t)(KR > 1 ? k : 0) * E + c->expert[q0 + k]]++;
                 claims++;
             }
-        }
+    }
     j->claims[i] = claims;
     if (!j->stats)
         return;
@@ -68,55 +95,11 @@ static void rp_count(void *ctx, int i, int np)
         imp[e] = acc[e];
 }
 
-/* Step 3 for part i: slots from the part's first slots, entries at ent0[i]. */
-static void rp_assign(void *ctx, int i, int np)
-{
-    rp_job *j = ctx;
-    const moe_claims *c = j->c;
-    const int K = c->K, E = c->E, KR = j->KR;
-    const long C = j->C;
-    long lo, hi;
-    moe_par_range(j->n, i, np, &lo, &hi);
-    long *next = j->cnt + (size_t)i * KR * E;
-    moe_entry *en = j->plan->entries + j->ent0[i];
-    long rc[2] = {0, 0}, rk[2] = {0, 0};
-    long slot[MOE_CLAIMS_PAR_MAX_K];
-    for (long t = lo; t < hi; t++) {
-        const size_t q0 = (size_t)t * K;
-        double sum = 0.0;
-        for (int r = 0; r < K; r++) {
-            const size_t q = q0 + r;
-            long s = -1;
-            if (c->claim[q]) {
-                s = next[(size_t)(KR > 1 ? r : 0) * E + c->expert[q]]++;
-                s = s < C ? s : -1;
-            }
-            slot[r] = s;
-            if (s >= 0)
-                sum += c->gate[q];
-        }
-        for (int r = 0; r < K; r++) {
-            const size_t q = q0 + r;
-            const long s = slot[r];
-            if (r < 2) {
-                rc[r] += c->claim[q];
-                rk[r] += s >= 0;
-            }
-            if (s < 0)
-                continue;
-            const double g = c->gate[q];
-            *en++ = (moe_entry){(int32_t)t, c->expert[q], (int32_t)s, 1.0,
-                                (j->renormalize && sum > 0.0) ? g / sum : g};
-        }
-    }
-    for (int r = 0; r < 2; r++) {
-        j->rank_claims[i][r] = rc[r];
-        j->rank_kept[i][r] = rk[r];
-    }
-}
-
-/* Step 2: loads, capacity, first slots (in place of the counts), the parts' first entries. */
-static int rp_prefix(rp_job *j, int dropless, size_t *kept_all)
+/* Step 2: loads, capacity, and each part's first slots (in place of the counts) in claim
+ * order (rank, part, expert); c->fill and maxload: the claims per expert and their maximum.
+ * kept_by_part: also each part's kept claims (j->kept), for a claim order that is token
+ * order. */
+static int rp_prefix(rp_job *j, int dropless, int kept_by_part)
 {
     const int E = j->c->E, KR = j->KR, np = j->np;
     moe_plan *plan = j->plan;
@@ -148,24 +131,380 @@ static int rp_prefix(rp_job *j, int dropless, size_t *kept_all)
                 if (first < C)
                     kept[i] += (size_t)((first + n < C ? first + n : C) - first);
             }
-    free(run);
-    size_t at = plan->n_entries;
-    for (int i = 0; i < np; i++) {
-        j->ent0[i] = at;
-        at += kept[i];
+    j->maxload = 0;
+    for (int e = 0; e < E; e++) { /* this call's claims per expert, for the keyed orders */
+        j->c->fill[e] = run[e];
+        j->maxload = run[e] > j->maxload ? run[e] : j->maxload;
     }
-    *kept_all = at - plan->n_entries;
+    free(run);
+    for (int i = 0; i < np && kept_by_part; i++)
+        j->kept[i] = kept[i];
     return MOE_OK;
 }
+
+/* ---- entries ---- */
+
+/* Token t's entries from its claims' slots s (K), at *en: token-major by rank, weights
+ * renormalised as the serial loop does; rank_claims / rank_kept of ranks 0 and 1 into rc, rk. */
+static void rp_token_entries(const rp_job *j, long t, const long *s, moe_entry **en, long rc[2],
+                             long rk[2])
+{
+    const moe_claims *c = j->c;
+    const int K = c->K;
+    const size_t q0 = (size_t)t * K;
+    double sum = 0.0;
+    for (int r = 0; r < K; r++)
+        if (s[r] >= 0)
+            sum += c->gate[q0 + r];
+    for (int r = 0; r < K; r++) {
+        const size_t q = q0 + r;
+        if (r < 2) {
+            rc[r] += c->claim[q];
+            rk[r] += s[r] >= 0;
+        }
+        if (s[r] < 0)
+            continue;
+        const double g = c->gate[q];
+        *(*en)++ = (moe_entry){(int32_t)t, c->expert[q], (int32_t)s[r], 1.0,
+                               (j->renormalize && sum > 0.0) ? g / sum : g};
+    }
+}
+
+static void rp_rank_counts(rp_job *j, int i, const long rc[2], const long rk[2])
+{
+    for (int r = 0; r < 2; r++) {
+        j->rank_claims[i][r] = rc[r];
+        j->rank_kept[i][r] = rk[r];
+    }
+}
+
+/* Entries of token part i from c->slot: counting pass (kept[i]) or writing pass (at ent0[i]). */
+static void rp_emit_count(void *ctx, int i, int np)
+{
+    rp_job *j = ctx;
+    long lo, hi;
+    moe_par_range(j->n, i, np, &lo, &hi);
+    size_t kept = 0;
+    for (size_t q = (size_t)lo * j->c->K; q < (size_t)hi * j->c->K; q++)
+        kept += j->c->slot[q] >= 0;
+    j->kept[i] = kept;
+}
+
+static void rp_emit(void *ctx, int i, int np)
+{
+    rp_job *j = ctx;
+    long lo, hi, rc[2] = {0, 0}, rk[2] = {0, 0};
+    moe_par_range(j->n, i, np, &lo, &hi);
+    moe_entry *en = j->plan->entries + j->ent0[i];
+    for (long t = lo; t < hi; t++)
+        rp_token_entries(j, t, j->c->slot + (size_t)t * j->c->K, &en, rc, rk);
+    rp_rank_counts(j, i, rc, rk);
+}
+
+/* Places the parts' entries (j->kept) in the plan and writes them: with write = rp_emit from
+ * c->slot, or with the part's own step (rp_assign). */
+static int rp_entries(rp_job *j, void (*write)(void *, int, int))
+{
+    moe_plan *plan = j->plan;
+    size_t at = 0;
+    for (int i = 0; i < j->np; i++) {
+        j->ent0[i] = plan->n_entries + at;
+        at += j->kept[i];
+    }
+    int rc = moe_plan_reserve(plan, at);
+    if (rc)
+        return rc;
+    moe_par_run(write, j, j->np);
+    plan->n_entries += at;
+    for (int i = 0; i < j->np; i++)
+        for (int r = 0; r < 2; r++) {
+            plan->rank_claims[r] += j->rank_claims[i][r];
+            plan->rank_kept[r] += j->rank_kept[i][r];
+        }
+    return MOE_OK;
+}
+
+/* ---- choice_major, token_major, bpr ---- */
+
+/* Step 3 for part i: slots from the part's first slots; in token order also its entries at
+ * ent0[i], else (bpr) the slots into c->slot. */
+static void rp_assign(void *ctx, int i, int np)
+{
+    rp_job *j = ctx;
+    moe_claims *c = j->c;
+    const int K = c->K, E = c->E, KR = j->KR;
+    const long C = j->C;
+    long lo, hi;
+    moe_par_range(j->n, i, np, &lo, &hi);
+    long *next = j->cnt + (size_t)i * KR * E;
+    moe_entry *en = j->plan->entries + j->ent0[i];
+    long rc[2] = {0, 0}, rk[2] = {0, 0};
+    long slot[MOE_CLAIMS_PAR_MAX_K];
+    for (long r = lo; r < hi; r++) {
+        const size_t q0 = (size_t)(j->perm ? j->perm[r] : r) * K;
+        long *s = j->perm ? c->slot + q0 : slot;
+        for (int k = 0; k < K; k++) {
+            const size_t q = q0 + k;
+            long v = -1;
+            if (c->claim[q]) {
+                v = next[(size_t)(KR > 1 ? k : 0) * E + c->expert[q]]++;
+                v = v < C ? v : -1;
+            }
+            s[k] = v;
+        }
+        if (!j->perm)
+            rp_token_entries(j, r, slot, &en, rc, rk);
+    }
+    rp_rank_counts(j, i, rc, rk);
+}
+
+/* bpr keys: c->val[t] = max_e p[t,e], as the serial loop takes it. */
+static void rp_bpr_keys(void *ctx, int i, int np)
+{
+    rp_job *j = ctx;
+    const moe_claims *c = j->c;
+    long lo, hi;
+    moe_par_range(j->n, i, np, &lo, &hi);
+    for (long t = lo; t < hi; t++) {
+        const double *pt = c->p + (size_t)t * c->E;
+        c->val[t] = pt[moe_claims_argmax(pt, c->E, -1)];
+    }
+}
+
+/* The stable descending argsort of v (T) in parallel, into order (T): ranges of keys split at
+ * splitters sp[1..np-1] (descending), range b = the number of splitters above the key. */
+typedef struct {
+    const double *v;
+    int n, np;
+    double sp[MOE_PAR_MAX];
+    long cnt[MOE_PAR_MAX][MOE_PAR_MAX]; /* [part][range]: counts, then first positions */
+    long start[MOE_PAR_MAX + 1];        /* each range's first position */
+    int *tok, *order, *idx, *tmp;       /* (T) each */
+    double *kv;                         /* (T) the keys in range order */
+} psort_job;
+
+static int psort_range(const psort_job *s, double x)
+{
+    int b = 0;
+    while (b + 1 < s->np && x < s->sp[b + 1])
+        b++;
+    return b;
+}
+
+static void psort_count(void *ctx, int i, int np)
+{
+    psort_job *s = ctx;
+    long lo, hi;
+    moe_par_range(s->n, i, np, &lo, &hi);
+    for (long t = lo; t < hi; t++)
+        s->cnt[i][psort_range(s, s->v[t])]++;
+}
+
+static void psort_scatter(void *ctx, int i, int np)
+{
+    psort_job *s = ctx;
+    long lo, hi;
+    moe_par_range(s->n, i, np, &lo, &hi);
+    for (long t = lo; t < hi; t++) {
+        const long at = s->cnt[i][psort_range(s, s->v[t])]++;
+        s->tok[at] = (int)t;
+        s->kv[at] = s->v[t];
+    }
+}
+
+static void psort_sort(void *ctx, int b, int np)
+{
+    (void)np;
+    psort_job *s = ctx;
+    const long lo = s->start[b], len = s->start[b + 1] - lo;
+    moe_argsort_desc(s->kv + lo, (int)len, s->idx + lo, s->tmp + lo);
+    for (long r = 0; r < len; r++)
+        s->order[lo + r] = s->tok[lo + s->idx[lo + r]];
+}
+
+static int cmp_desc(const void *a, const void *b)
+{
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x < y) - (x > y);
+}
+
+static int rp_bpr_order(rp_job *j)
+{
+    moe_claims *c = j->c;
+    const int n = j->n, np = j->np;
+    enum { SAMPLE = 1024 };
+    psort_job s = {.v = c->val, .n = n, .np = np, .order = c->order, .tok = c->list};
+    s.idx = c->tmp;
+    s.tmp = malloc((size_t)n * sizeof *s.tmp);
+    s.kv = malloc((size_t)n * sizeof *s.kv);
+    if (!s.tmp || !s.kv) {
+        free(s.tmp);
+        free(s.kv);
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (claim order of %d tokens)", n);
+    }
+    /* splitters: quantiles of an evenly spaced sample of the keys (any splitters give the same
+     * order; these balance the ranges) */
+    double smp[SAMPLE];
+    const int ns = n < SAMPLE ? n : SAMPLE;
+    for (int q = 0; q < ns; q++)
+        smp[q] = c->val[(long)q * n / ns];
+    qsort(smp, (size_t)ns, sizeof *smp, cmp_desc);
+    for (int b = 1; b < np; b++)
+        s.sp[b] = smp[(long)b * ns / np];
+    moe_par_run(psort_count, &s, np);
+    long at = 0;
+    for (int b = 0; b < np; b++) {
+        s.start[b] = at;
+        for (int i = 0; i < np; i++) {
+            const long m = s.cnt[i][b];
+            s.cnt[i][b] = at;
+            at += m;
+        }
+    }
+    s.start[np] = at;
+    moe_par_run(psort_scatter, &s, np);
+    moe_par_run(psort_sort, &s, np);
+    free(s.tmp);
+    free(s.kv);
+    return MOE_OK;
+}
+
+/* ---- probs, rts, gate ---- */
+
+static void swap_d(double *a, double *b)
+{
+    const double t = *a;
+    *a = *b;
+    *b = t;
+}
+
+/* The k-th largest (1 <= k <= len) of a[0..len), which it permutes: three-way quickselect
+ * (-0.0 and +0.0 count as equal, as the comparisons of the sort do), the rest of a long
+ * search by qsort. */
+static double kth_largest(double *a, long len, long k)
+{
+    long lo = 0, hi = len;
+    k--;
+    for (int it = 0; hi - lo > 16 && it < 64; it++) {
+        double x = a[lo], y = a[lo + (hi - lo) / 2], z = a[hi - 1], p;
+        p = x < y ? (y < z ? y : x < z ? z : x) : (x < z ? x : y < z ? z : y); /* median */
+        long gt = lo, i = lo, lt = hi; /* [lo,gt) > p, [gt,i) == p, [lt,hi) < p */
+        while (i < lt) {
+            if (a[i] > p)
+                swap_d(&a[gt++], &a[i++]);
+            else if (a[i] < p)
+                swap_d(&a[i], &a[--lt]);
+            else
+                i++;
+        }
+        if (k < gt)
+            hi = gt;
+        else if (k < lt)
+            return p;
+        else
+            lo = lt;
+    }
+    qsort(a + lo, (size_t)(hi - lo), sizeof *a, cmp_desc);
+    return a[k];
+}
+
+/* Token part i: its claims into c->list at its first positions per expert (claim index order
+ * within an expert); slot -1 on the choices that claim nothing. */
+static void rp_key_scatter(void *ctx, int i, int np)
+{
+    rp_job *j = ctx;
+    moe_claims *c = j->c;
+    const int K = c->K;
+    long lo, hi;
+    moe_par_range(j->n, i, np, &lo, &hi);
+    long *next = j->cnt + (size_t)i * c->E;
+    for (size_t q = (size_t)lo * K; q < (size_t)hi * K; q++) {
+        c->slot[q] = -1;
+        if (c->claim[q])
+            c->list[next[c->expert[q]]++] = (int)q;
+    }
+}
+
+/* Experts [e0, e1) on part i: the kept claims and their slots. */
+static void rp_key_select(void *ctx, int i, int np)
+{
+    rp_job *j = ctx;
+    moe_claims *c = j->c;
+    const int E = c->E;
+    const long C = j->C, total = c->off[E];
+    int e0 = 0, e1 = 0; /* the experts whose claims start in part i's share of the claims */
+    while (e0 < E && c->off[e0] * np < total * i)
+        e0++;
+    e1 = e0;
+    while (e1 < E && (i + 1 == np || c->off[e1] * np < total * (i + 1)))
+        e1++;
+    double *sc = j->scratch + (size_t)i * (size_t)j->maxload;
+    for (int e = e0; e < e1; e++) {
+        const long a = c->off[e], cnt = c->off[e + 1] - a;
+        const int *li = c->list + a;
+        double *kv = c->val + a; /* the keys in claim index order (only where some drop) */
+        if (cnt <= C) {
+            for (long q = 0; q < cnt; q++)
+                c->slot[li[q]] = q;
+            continue;
+        }
+        if (C <= 0)
+            continue; /* slots already -1 */
+        for (long q = 0; q < cnt; q++)
+            kv[q] = j->per_claim ? j->key[li[q]]
+                                 : j->key[(size_t)li[q] / c->K * (size_t)E + (size_t)e];
+        memcpy(sc, kv, (size_t)cnt * sizeof *sc);
+        const double thr = kth_largest(sc, cnt, C);
+        long above = 0, s = 0;
+        for (long q = 0; q < cnt; q++)
+            above += kv[q] > thr;
+        long eq_left = C - above; /* claims equal to thr kept, the first in claim order */
+        for (long q = 0; q < cnt; q++) {
+            const int keep = kv[q] > thr || (kv[q] == thr && eq_left-- > 0);
+            c->slot[li[q]] = keep && s < C ? s++ : -1;
+        }
+    }
+}
+
+/* Orders probs, rts, gate after rp_count and rp_prefix (KR = 1): expert offsets, the claims
+ * grouped by expert with their keys, the kept claims and their slots. */
+static int rp_keyed(rp_job *j)
+{
+    moe_claims *c = j->c;
+    const int E = c->E, np = j->np;
+    c->off[0] = 0;
+    for (int e = 0; e < E; e++) { /* c->fill: this call's claims per expert (rp_prefix) */
+        c->off[e + 1] = c->off[e] + c->fill[e];
+        for (int i = 0; i < np; i++)
+            j->cnt[(size_t)i * E + e] += c->off[e];
+    }
+    moe_par_run(rp_key_scatter, j, np);
+    j->scratch = malloc((size_t)np * (size_t)(j->maxload > 0 ? j->maxload : 1) *
+                        sizeof *j->scratch);
+    if (!j->scratch)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (claims of %ld on one expert)",
+                        j->maxload);
+    moe_par_run(rp_key_select, j, np);
+    free(j->scratch);
+    j->scratch = NULL;
+    return MOE_OK;
+}
+
+/* ---- entry ---- */
 
 int moe_claims_resolve_par(moe_claims *c, int n, int order, long C, int dropless,
                            int renormalize, int stats, moe_plan *plan)
 {
     const int K = c->K, E = c->E;
+    const int token_order = order == MOE_ORDER_CHOICE_MAJOR || order == MOE_ORDER_TOKEN_MAJOR;
     rp_job j = {.c = c, .plan = plan, .n = n, .renormalize = renormalize, .stats = stats,
                 .C = C};
-    j.KR = order == MOE_ORDER_CHOICE_MAJOR ? K : 1;
+    j.KR = order == MOE_ORDER_CHOICE_MAJOR || order == MOE_ORDER_BPR ? K : 1;
     j.np = moe_par_parts((long)n * K, 16384);
+    if (order == MOE_ORDER_PROBS || order == MOE_ORDER_RTS || order == MOE_ORDER_GATE) {
+        j.key = order == MOE_ORDER_PROBS ? c->p : order == MOE_ORDER_RTS ? c->rts_u : c->gate;
+        j.per_claim = order == MOE_ORDER_GATE;
+    }
     j.cnt = calloc((size_t)j.np * j.KR * E, sizeof *j.cnt);
     j.acc = malloc((size_t)j.np * (E + 1) * sizeof *j.acc);
     if (!j.cnt || !j.acc) {
@@ -173,19 +512,29 @@ int moe_claims_resolve_par(moe_claims *c, int n, int order, long C, int dropless
         free(j.acc);
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (claims of %d tokens)", n);
     }
-    moe_par_run(rp_count, &j, j.np);
-    size_t kept = 0;
-    int rc = rp_prefix(&j, dropless, &kept);
+    int rc = MOE_OK;
+    if (order == MOE_ORDER_BPR) { /* the visiting order of the tokens */
+        if (!c->bpr_ready) /* else the rows pass has left the keys in c->val */
+            moe_par_run(rp_bpr_keys, &j, j.np);
+        c->bpr_ready = 0;
+        rc = rp_bpr_order(&j);
+        j.perm = c->order;
+    }
     if (!rc)
-        rc = moe_plan_reserve(plan, kept);
-    if (!rc) {
-        moe_par_run(rp_assign, &j, j.np);
-        plan->n_entries += kept;
-        for (int i = 0; i < j.np; i++)
-            for (int r = 0; r < 2; r++) {
-                plan->rank_claims[r] += j.rank_claims[i][r];
-                plan->rank_kept[r] += j.rank_kept[i][r];
-            }
+        moe_par_run(rp_count, &j, j.np);
+    if (!rc)
+        rc = rp_prefix(&j, dropless, token_order);
+    if (!rc && token_order) {
+        rc = rp_entries(&j, rp_assign);
+    } else if (!rc) {
+        if (order == MOE_ORDER_BPR)
+            moe_par_run(rp_assign, &j, j.np);
+        else
+            rc = rp_keyed(&j);
+        if (!rc) {
+            moe_par_run(rp_emit_count, &j, j.np);
+            rc = rp_entries(&j, rp_emit);
+        }
     }
     free(j.cnt);
     free(j.acc);

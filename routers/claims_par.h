@@ -1,16 +1,19 @@
-/* claims_par.h: claim resolution on the routers' threads for the claim orders choice_major and
- * token_major (claims_par.c), used by moe_claims_resolve when more than one thread is worth it. */
+/* claims_par.h: claim resolution on the routers' threads (claims_par.c): every claim order, used
+ * by moe_claims_resolve for the orders bpr, probs, rts and gate always (their selection replaces
+ * a sort per expert) and for choice_major and token_major when more than one thread is worth
+ * it. */
 #ifndef MOE_CLAIMS_PAR_H
 #define MOE_CLAIMS_PAR_H
 
 #include "claims.h"
 
-enum { MOE_CLAIMS_PAR_MAX_K = 64 }; /* choices per token it takes */
+enum { MOE_CLAIMS_PAR_MAX_K = 64 }; /* choices per token of choice_major and token_major */
 
-/* moe_claims_resolve (claims.h) for order MOE_ORDER_CHOICE_MAJOR or MOE_ORDER_TOKEN_MAJOR and
- * c->K <= MOE_CLAIMS_PAR_MAX_K, after its argument checks: the same plan entries, slots,
- * capacity and statistics, bit for bit, whatever the number of threads. stats = 0: the claim
- * statistics (assigned_load, importance, n_claims) are already in the plan (rows pass). */
+/* moe_claims_resolve (claims.h) after its argument checks, for any order (choice_major and
+ * token_major only with c->K <= MOE_CLAIMS_PAR_MAX_K): the plan entries, slots, capacity and
+ * statistics that claims.h defines, bit for bit, whatever the number of threads. stats = 0: the
+ * claim statistics (assigned_load, importance, n_claims) are already in the plan (rows pass).
+ * Keys of the orders probs, rts and gate are never NaN (finite logits, draws in (0,1)). */
 int moe_claims_resolve_par(moe_claims *c, int n, int order, long C, int dropless,
                            int renormalize, int stats, moe_plan *plan);
 

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 static int par_threads; /* 0 = not set: the online processors */
+static long par_grain;  /* > 0: replaces the callers' grains (tests) */
 
 void moe_par_set_threads(int nt)
 {
@@ -22,8 +23,15 @@ int moe_par_threads(void)
     return np < 1 ? 1 : np > MOE_PAR_MAX ? MOE_PAR_MAX : (int)np;
 }
 
+void moe_par_set_grain(long g)
+{
+    par_grain = g > 0 ? g : 0;
+}
+
 int moe_par_parts(long work, long grain)
 {
+    if (par_grain > 0)
+        grain = par_grain;
     long p = grain > 0 ? work / grain : work;
     int nt = moe_par_threads();
     return p < 1 ? 1 : p > nt ? nt : (int)p;

@@ -17,6 +17,11 @@ int moe_par_threads(void);
 /* Parts for `work` items of which a part should hold at least `grain`: 1..moe_par_threads(). */
 int moe_par_parts(long work, long grain);
 
+/* For tests: g > 0 replaces every caller's grain by g (g = 1 splits even a few tokens over the
+ * threads, so that the part boundaries of small cases are exercised); 0 restores the callers'
+ * grains. Process-wide, like moe_par_set_threads. */
+void moe_par_set_grain(long g);
+
 /* [lo, hi) of part i of n items split into nparts contiguous ranges of near-equal size. */
 void moe_par_range(long n, int i, int nparts, long *lo, long *hi);
 

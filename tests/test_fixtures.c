@@ -18,6 +18,7 @@
 #include "cli.h"
 #include "moe.h"
 #include "npy.h"
+#include "../routers/par.h"
 
 #include <dirent.h>
 #include <jansson.h>
@@ -444,10 +445,19 @@ int main(int argc, char **argv)
         perror("test_fixtures: mkdtemp");
         return 1;
     }
+    for (size_t i = 0; i < n; i++)
+        run_case(root, names[i], tmp);
+    /* again with every parallel pass of the routers split over two threads, however few the
+     * tokens (routers/par.h): the plans do not depend on the threads */
+    fprintf(stderr, "test_fixtures: the cases again on 2 threads, passes split at any size\n");
+    moe_par_set_threads(2);
+    moe_par_set_grain(1);
     for (size_t i = 0; i < n; i++) {
         run_case(root, names[i], tmp);
         free(names[i]);
     }
+    moe_par_set_threads(0);
+    moe_par_set_grain(0);
     char p[PATH_MAX];
     const char *outs[] = {"plan.csv", "metrics.json", "y.npy"};
     for (int i = 0; i < 3; i++) {

@@ -14,8 +14,8 @@
  *    same entries, loads, importance, claims per rank, capacity and aux loss. */
 #include "check.h"
 #include "moe.h"
-#include "../routers/par.h"
 #include "../routers/select.h"
+#include "route_helper.h"
 
 #include <gsl/gsl_randist.h>
 #include <string.h>
@@ -80,45 +80,10 @@ static void test_select(void)
 
 static moe_plan *route(const char *name, int k, int order, int dropless, int renorm, int nt)
 {
-    moe_par_set_threads(nt);
-    moe_route_opts o;
-    moe_route_opts_default(&o);
-    o.k = k;
-    o.order = order;
+    moe_route_opts o = route_helper_opts(k, order);
     o.dropless = dropless;
     o.renormalize = renorm;
-    o.cf_set = 1;
-    o.cf_num = 5;
-    o.cf_den = 4;
-    moe_router *r = NULL;
-    moe_plan *p = moe_plan_alloc(N, E, 16);
-    int rc = moe_router_alloc(moe_router_find(name), &o, N, E, &r);
-    moe_route_in in = {N, E, L, NULL, U, NULL, NULL, NULL, 0, NULL, NULL};
-    if (!rc)
-        rc = moe_router_route(r, &in, p);
-    CHECK(rc == 0, "%s k=%d: %s", name, k, moe_errmsg());
-    moe_router_free(r);
-    moe_par_set_threads(0);
-    return p;
-}
-
-static int same_plan(const moe_plan *a, const moe_plan *b)
-{
-    if (a->n_entries != b->n_entries || a->capacity != b->capacity ||
-        a->n_claims != b->n_claims || memcmp(&a->aux_loss, &b->aux_loss, sizeof a->aux_loss) ||
-        memcmp(a->rank_claims, b->rank_claims, sizeof a->rank_claims) ||
-        memcmp(a->rank_kept, b->rank_kept, sizeof a->rank_kept))
-        return 0;
-    for (size_t i = 0; i < a->n_entries; i++) {
-        const moe_entry *x = &a->entries[i], *y = &b->entries[i];
-        if (x->token != y->token || x->expert != y->expert || x->slot != y->slot ||
-            memcmp(&x->combine_w, &y->combine_w, sizeof x->combine_w) ||
-            memcmp(&x->dispatch_w, &y->dispatch_w, sizeof x->dispatch_w))
-            return 0;
-    }
-    return memcmp(a->assigned_load, b->assigned_load, E * sizeof *a->assigned_load) == 0 &&
-           memcmp(a->importance, b->importance, E * sizeof *a->importance) == 0 &&
-           memcmp(a->lse, b->lse, N * sizeof *a->lse) == 0;
+    return route_helper(name, &o, N, E, L, U, NULL, nt);
 }
 
 static void test_threads(void)
@@ -140,7 +105,7 @@ static void test_threads(void)
                                  mode[m].renorm, 2);
             /* the capacity must drop claims, or the slot numbering past C is not exercised */
             const int drops = mode[m].dropless || p1->n_entries < (size_t)p1->n_claims;
-            CHECK(p1->n_entries > 0 && drops && same_plan(p1, p2),
+            CHECK(p1->n_entries > 0 && drops && route_helper_same_plan(p1, p2, E),
                   "%s k=%d order %d dropless %d renormalize %d: 1 and 2 threads differ "
                   "(%zu and %zu entries of %ld claims)",
                   rt[a].name, rt[a].k, mode[m].order, mode[m].dropless, mode[m].renorm,

@@ -9,9 +9,9 @@
 #include "moe.h"
 #include "../routers/claims.h"
 #include "../routers/par.h"
+#include "route_helper.h"
 
 #include <gsl/gsl_randist.h>
-#include <string.h>
 
 enum { N = 6000, E = 16 };
 
@@ -19,40 +19,8 @@ static double L[N * E], U[N];
 
 static moe_plan *route(const char *name, int k, int order, int threads)
 {
-    moe_par_set_threads(threads);
-    moe_route_opts o;
-    moe_route_opts_default(&o);
-    o.k = k;
-    o.order = order;
-    o.cf_set = 1;
-    o.cf_num = 5;
-    o.cf_den = 4;
-    moe_router *r = NULL;
-    moe_plan *p = moe_plan_alloc(N, E, 16);
-    int rc = moe_router_alloc(moe_router_find(name), &o, N, E, &r);
-    moe_route_in in = {N, E, L, NULL, U, NULL, NULL, NULL, 0, NULL, NULL};
-    if (!rc)
-        rc = moe_router_route(r, &in, p);
-    CHECK(rc == 0, "%s k=%d order %d threads %d: %s", name, k, order, threads, moe_errmsg());
-    moe_router_free(r);
-    moe_par_set_threads(0);
-    return p;
-}
-
-static int same_plan(const moe_plan *a, const moe_plan *b)
-{
-    if (a->n_entries != b->n_entries || a->capacity != b->capacity ||
-        a->n_claims != b->n_claims || memcmp(&a->aux_loss, &b->aux_loss, sizeof a->aux_loss))
-        return 0;
-    for (size_t i = 0; i < a->n_entries; i++) {
-        const moe_entry *x = &a->entries[i], *y = &b->entries[i];
-        if (x->token != y->token || x->expert != y->expert || x->slot != y->slot ||
-            memcmp(&x->combine_w, &y->combine_w, sizeof x->combine_w) ||
-            memcmp(&x->dispatch_w, &y->dispatch_w, sizeof x->dispatch_w))
-            return 0;
-    }
-    return memcmp(a->assigned_load, b->assigned_load, E * sizeof *a->assigned_load) == 0 &&
-           memcmp(a->importance, b->importance, E * sizeof *a->importance) == 0;
+    moe_route_opts o = route_helper_opts(k, order);
+    return route_helper(name, &o, N, E, L, U, NULL, threads);
 }
 
 static void test_threads_same_plan(void)
@@ -70,7 +38,7 @@ static void test_threads_same_plan(void)
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         moe_plan *a = route(cases[c].name, cases[c].k, cases[c].order, 1);
         moe_plan *b = route(cases[c].name, cases[c].k, cases[c].order, 2);
-        CHECK(a->n_entries > 0 && same_plan(a, b), "%s k=%d order %d: 1 and 2 threads differ",
+        CHECK(a->n_entries > 0 && route_helper_same_plan(a, b, E), "%s k=%d order %d: 1 and 2 threads differ",
               cases[c].name, cases[c].k, cases[c].order);
         moe_plan_free(a);
         moe_plan_free(b);
