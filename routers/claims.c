@@ -8,6 +8,9 @@
 #include "select.h"
 #include "vexp.h"
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -128,6 +131,23 @@ static void rows_add_stats(const moe_claims *c, long t0, long t1, moe_plan *plan
     plan->n_claims += claims;
 }
 
+/* pm[e] += p[t,e] for the rows t of p (rows,E) in row order: each sum in the order of the
+ * serial loop, eight experts at a time, row by row (pm stays in cache). */
+static void rows_add_p(double *restrict pm, const double *restrict p, long rows, int E)
+{
+    for (long t = 0; t < rows; t++) {
+        const double *pt = p + (size_t)t * E;
+        int e = 0;
+#if defined(__AVX512F__)
+        for (; e + 8 <= E; e += 8)
+            _mm512_storeu_pd(pm + e, _mm512_add_pd(_mm512_loadu_pd(pm + e),
+                                                   _mm512_loadu_pd(pt + e)));
+#endif
+        for (; e < E; e++)
+            pm[e] += pt[e];
+    }
+}
+
 /* Add the ready chunks to pmean in chunk order; called and returns with j->mu held. */
 static void rows_add_ready(rows_job *j)
 {
@@ -139,11 +159,7 @@ static void rows_add_ready(rows_job *j)
         const long t1 = t0 + ROWS_CHUNK < j->n ? t0 + ROWS_CHUNK : j->n;
         const double *p0 = rows_p(j, ch);
         pthread_mutex_unlock(&j->mu);
-        for (long t = t0; t < t1; t++) {
-            const double *pt = p0 + (size_t)(t - t0) * E;
-            for (int e = 0; e < E; e++)
-                pm[e] += pt[e];
-        }
+        rows_add_p(pm, p0, t1 - t0, E);
         if (j->stats)
             rows_add_stats(j->c, t0, t1, j->stats);
         pthread_mutex_lock(&j->mu);
