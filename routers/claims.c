@@ -249,33 +249,11 @@ int moe_claims_softmax(moe_claims *c, const double *logits, int n, moe_plan *pla
     return moe_claims_rows(c, logits, n, NULL, NULL, plan);
 }
 
-/* Long rows: the maximum by moe_vmax (of the values other than x[skip]), then the first index
- * holding it, which is the index the loop below keeps (its strict > keeps the first of equal
- * values; -0.0 and +0.0 compare equal in both). NaN (never in routing) takes the loop. */
-static int argmax_vec(const double *x, int len, int skip)
-{
-    double m = -INFINITY;
-    if (skip < 0 || skip >= len) {
-        m = moe_vmax(x, len);
-    } else {
-        if (skip > 0)
-            m = moe_vmax(x, skip);
-        if (skip + 1 < len) {
-            double m2 = moe_vmax(x + skip + 1, len - skip - 1);
-            m = m2 > m ? m2 : m;
-        }
-    }
-    for (int i = 0; m == m && i < len; i++)
-        if (i != skip && x[i] == m)
-            return i;
-    return -1;
-}
-
 int moe_claims_argmax(const double *x, int len, int skip)
 {
-    if (len >= 32) {
-        int v = argmax_vec(x, len, skip);
-        if (v >= 0)
+    if (len >= 8) { /* one vector pass for the maximum, one for its first index (select.h) */
+        const int v = moe_select_argmax_skip(x, len, skip);
+        if (v >= -1)
             return v;
     }
     int best = -1;

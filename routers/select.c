@@ -62,6 +62,16 @@ static inline __attribute__((always_inline)) void sel_rank(const double *cv, int
         _mm512_storeu_si512((void *)(rk + 8 * b), rank[b]);
 }
 
+/* The lanes of block b (elements 8b..8b+7) that are inside [0, len) and not skip. */
+static inline __mmask8 sel_block_mask(int len, int skip, int b)
+{
+    const int rest = len - 8 * b;
+    __mmask8 m = rest >= 8 ? 0xff : (__mmask8)((1u << rest) - 1u);
+    if (skip >= 8 * b && skip < 8 * b + 8)
+        m &= (__mmask8)~(1u << (skip - 8 * b));
+    return m;
+}
+
 int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
 {
     if (k < 1 || k > 8 || len < 8 || len > SEL_MAX_LEN)
@@ -118,6 +128,31 @@ int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
     return 1;
 }
 
+int moe_select_argmax_skip(const double *x, int len, int skip)
+{
+    const __m512d ninf = _mm512_set1_pd(-__builtin_inf());
+    const int nb = (len + 7) / 8;
+    __m512d mx = ninf;
+    __mmask8 nan = 0;
+    for (int b = 0; b < nb; b++) {
+        const __mmask8 ld = sel_block_mask(len, skip, b);
+        const __m512d v = _mm512_mask_loadu_pd(ninf, ld, x + 8 * b);
+        nan |= _mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q);
+        mx = _mm512_max_pd(mx, v);
+    }
+    if (nan)
+        return -2;
+    const __m512d m = _mm512_set1_pd(_mm512_reduce_max_pd(mx));
+    for (int b = 0; b < nb; b++) {
+        const __mmask8 ld = sel_block_mask(len, skip, b);
+        const __mmask8 eq = _mm512_mask_cmp_pd_mask(ld, _mm512_mask_loadu_pd(ninf, ld, x + 8 * b),
+                                                    m, _CMP_EQ_OQ);
+        if (eq)
+            return 8 * b + __builtin_ctz(eq);
+    }
+    return -1;
+}
+
 int moe_select_first_eq(const double *x, int len, double m)
 {
     const __m512d vm = _mm512_set1_pd(m);
@@ -134,6 +169,12 @@ int moe_select_first_eq(const double *x, int len, double m)
 }
 
 #else
+
+int moe_select_argmax_skip(const double *x, int len, int skip)
+{
+    (void)x, (void)len, (void)skip;
+    return -2;
+}
 
 int moe_select_first_eq(const double *x, int len, double m)
 {

@@ -12,6 +12,11 @@
  * written: the caller then selects another way. */
 int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val);
 
+/* The index of the largest of x[0..len) other than x[skip] (skip -1: none), ties to the lower
+ * index (-0.0 and +0.0 equal), exactly as moe_claims_argmax's scalar loop; -1 when there is no
+ * element, -2 when the row holds a NaN or there is no AVX-512 (the caller then scans). */
+int moe_select_argmax_skip(const double *x, int len, int skip);
+
 /* The first i < len with x[i] == m (so -0.0 and +0.0 match each other), or -1. */
 int moe_select_first_eq(const double *x, int len, double m);
 

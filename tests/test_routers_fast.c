@@ -7,6 +7,7 @@
  *    of Gaussian values, quarters (many ties), +0.0/-0.0 mixes and small integers; the
  *    function may decline a row (returns 0), but every row it takes must match, and the
  *    Gaussian rows must mostly be taken (else the test would check nothing).
+ *  - moe_claims_argmax with a skipped index (the vector pass of select.c) against a scalar scan.
  *  - the claims tail on the routers' threads (routers/claims_par.c) and the rows pass: switch,
  *    topk k = 1, 2, 8 and gshard on 40000 tokens of quartered logits (ties across the part
  *    boundaries), orders choice_major and token_major, with capacity, dropless and
@@ -14,6 +15,7 @@
  *    same entries, loads, importance, claims per rank, capacity and aux loss. */
 #include "check.h"
 #include "moe.h"
+#include "../routers/claims.h"
 #include "../routers/select.h"
 #include "route_helper.h"
 
@@ -78,6 +80,38 @@ static void test_select(void)
     gsl_rng_free(g);
 }
 
+/* moe_claims_argmax (the vector pass of select.c for rows of 8 and more) against the scalar
+ * definition written here: the first index of the largest value other than x[skip], by a
+ * strict > scan; rows of lengths 1..300, every skip position class (none, first, last, inside),
+ * Gaussian, quartered, signed-zero and all -inf rows. */
+static void test_argmax_skip(void)
+{
+    gsl_rng *g = moe_rng_alloc(7, 1);
+    int bad = 0, rows = 0;
+    for (int it = 0; it < 40000; it++) {
+        const int len = 1 + (int)gsl_rng_uniform_int(g, LMAX), mode = it % 4;
+        double v[LMAX];
+        for (int i = 0; i < len; i++) {
+            const double z = gsl_ran_gaussian_ziggurat(g, 1.0);
+            v[i] = mode == 0   ? z
+                   : mode == 1 ? (double)(int)(z * 4.0) / 4.0
+                   : mode == 2 ? (gsl_rng_uniform(g) < 0.5 ? 0.0 : -0.0)
+                               : -INFINITY;
+        }
+        const int pick = (int)gsl_rng_uniform_int(g, 4);
+        const int skip = pick == 0 ? -1 : pick == 1 ? 0 : pick == 2 ? len - 1
+                                                      : (int)gsl_rng_uniform_int(g, len);
+        int ref = -1;
+        for (int i = 0; i < len; i++)
+            if (i != skip && (ref < 0 || v[i] > v[ref]))
+                ref = i;
+        bad += moe_claims_argmax(v, len, skip) != ref;
+        rows++;
+    }
+    CHECK(bad == 0, "moe_claims_argmax: %d of %d rows differ from the scalar scan", bad, rows);
+    gsl_rng_free(g);
+}
+
 static moe_plan *route(const char *name, int k, int order, int dropless, int renorm, int nt)
 {
     moe_route_opts o = route_helper_opts(k, order);
@@ -126,6 +160,7 @@ int main(void)
         U[i] = gsl_rng_uniform(g);
     gsl_rng_free(g);
     test_select();
+    test_argmax_skip();
     test_threads();
     printf("test_routers_fast: %d passed, %d failed\n", check_pass, check_fail);
     return check_fail != 0;
