@@ -8,12 +8,14 @@
  * ReMoE's L1 sparsity penalty without its adaptive coefficient. */
 #include "moe.h"
 #include "claims.h"
+#include "ranked.h"
 
 #include <stdlib.h>
 
 typedef struct {
     moe_claims *cl;
     double *l1; /* (T) sum of ReLU(L) of each token */
+    int *cnt;   /* (T) claims of each token, a prefix of its K columns */
 } relu_ws;
 
 static void relu_free(moe_router *r)
@@ -23,6 +25,7 @@ static void relu_free(moe_router *r)
         return;
     moe_claims_free(w->cl);
     free(w->l1);
+    free(w->cnt);
     free(w);
     r->ws = NULL;
 }
@@ -38,26 +41,44 @@ static int relu_alloc(moe_router *r)
     r->ws = w;
     w->cl = moe_claims_alloc(r->n_max, r->opts.max_k ? r->opts.max_k : r->E, r->E, 1);
     w->l1 = malloc((size_t)r->n_max * sizeof *w->l1);
-    if (!w->cl || !w->l1) {
+    w->cnt = malloc((size_t)r->n_max * sizeof *w->cnt);
+    if (!w->cl || !w->l1 || !w->cnt) {
         relu_free(r);
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router relu, %d tokens)", r->n_max);
     }
     return MOE_OK;
 }
 
-/* Token t: the K largest logits in descending order; those > 0 claim with weight L. */
+/* Token t: experts in descending logit (ties to the lower expert) while the logit is > 0, at
+ * most K, weight L; only the claimed prefix is written (moe_ranked_compact). */
 static void relu_row(void *ctx, int t, const double *lt, const double *pt)
 {
     (void)pt;
     relu_ws *w = ctx;
     moe_claims *cl = w->cl;
-    const int K = cl->K;
+    const int K = cl->K, E = cl->E;
     const size_t i0 = (size_t)t * K;
-    moe_claims_topk(lt, cl->E, K, cl->expert + i0, cl->gate + i0);
-    for (int j = 0; j < K; j++)
-        cl->claim[i0 + j] = cl->gate[i0 + j] > 0.0;
+    int m = 0;
+    if (E <= MOE_RANKED_MAX) { /* only as far into the order as the positive logits go */
+        int32_t heap[MOE_RANKED_MAX];
+        moe_ranked rk;
+        moe_ranked_init(&rk, lt, E, heap);
+        for (; m < K; m++) {
+            const int e = moe_ranked_next(&rk);
+            if (!(lt[e] > 0.0))
+                break;
+            cl->expert[i0 + m] = e;
+            cl->gate[i0 + m] = lt[e];
+            cl->claim[i0 + m] = 1;
+        }
+    } else { /* the K largest, then the positive prefix */
+        moe_claims_topk(lt, E, K, cl->expert + i0, cl->gate + i0);
+        while (m < K && cl->gate[i0 + m] > 0.0)
+            cl->claim[i0 + m++] = 1;
+    }
+    w->cnt[t] = m;
     double s = 0.0;
-    for (int e = 0; e < cl->E; e++)
+    for (int e = 0; e < E; e++)
         s += lt[e] > 0.0 ? lt[e] : 0.0;
     w->l1[t] = s;
 }
@@ -68,7 +89,12 @@ static int relu_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     const int n = in->n;
     w->cl->rts_u = in->rts_u; /* order rts */
     int rc = moe_claims_rows(w->cl, in->logits, n, relu_row, w, plan);
-    if (rc || (rc = moe_claims_finish_variable(w->cl, &r->opts, n, plan)))
+    if (rc)
+        return rc;
+    const int K = moe_ranked_compact(w->cl, n, w->cnt);
+    rc = moe_claims_finish_variable(w->cl, &r->opts, n, plan);
+    w->cl->K = K;
+    if (rc)
         return rc;
     double s = 0.0;
     for (int t = 0; t < n; t++) /* in token order: independent of the threads */
