@@ -59,16 +59,20 @@ static void relu_row(void *ctx, int t, const double *lt, const double *pt)
     const int K = cl->K, E = cl->E;
     const size_t i0 = (size_t)t * K;
     int m = 0;
-    if (E <= MOE_RANKED_MAX) { /* only as far into the order as the positive logits go */
-        int32_t heap[MOE_RANKED_MAX];
-        moe_ranked rk;
-        moe_ranked_init(&rk, lt, E, heap);
-        for (; m < K; m++) {
-            const int e = moe_ranked_next(&rk);
-            if (!(lt[e] > 0.0))
-                break;
-            cl->expert[i0 + m] = e;
-            cl->gate[i0 + m] = lt[e];
+    if (E <= MOE_RANKED_MAX) { /* the positive logits only, as far as K */
+        double pos[MOE_RANKED_MAX];
+        int32_t at[MOE_RANKED_MAX], heap[MOE_RANKED_MAX];
+        int np = 0;
+        pos[0] = 0.0; /* read by nothing when no logit is positive */
+        for (int e = 0; e < E; e++)
+            if (lt[e] > 0.0)
+                pos[np] = lt[e], at[np++] = e;
+        moe_ranked rk; /* ties to the lower position: the lower expert */
+        moe_ranked_init(&rk, pos, np, heap);
+        for (; m < K && m < np; m++) {
+            const int q = moe_ranked_next(&rk);
+            cl->expert[i0 + m] = at[q];
+            cl->gate[i0 + m] = pos[q];
             cl->claim[i0 + m] = 1;
         }
     } else { /* the K largest, then the positive prefix */
@@ -88,6 +92,7 @@ static int relu_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     relu_ws *w = r->ws;
     const int n = in->n;
     w->cl->rts_u = in->rts_u; /* order rts */
+    moe_claims_scratch_p(w->cl, r->opts.order); /* p only for orders bpr, probs */
     int rc = moe_claims_rows(w->cl, in->logits, n, relu_row, w, plan);
     if (rc)
         return rc;

@@ -99,6 +99,7 @@ static int topp_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     moe_claims *cl = w->cl;
     const int n = in->n, E = r->E;
     cl->rts_u = in->rts_u; /* order rts */
+    moe_claims_scratch_p(cl, r->opts.order); /* p kept only for orders bpr, probs */
     int rc = moe_claims_rows(cl, in->logits, n, topp_row, w, plan);
     if (rc)
         return rc;
