@@ -202,6 +202,17 @@ $(B)/bench/gate_time: tests/bench/gate_time.c $(B)/libmoesim.a
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
 
+# The gate and single routers' route phase on one batch of 2^20 tokens, E = 256, with a checksum
+# of each plan (tests/bench/slow_route.c); ROUTERS overrides the list.
+ROUTERS ?= sinkhorn:2 dsv3_bias:8 topp relu expert_choice hash
+.PHONY: bench-slow-route
+bench-slow-route: $(B)/bench/slow_route
+	env -u OPENBLAS_CORETYPE $(B)/bench/slow_route 1048576 256 2 $(ROUTERS)
+
+$(B)/bench/slow_route: tests/bench/slow_route.c $(B)/libmoesim.a
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
+
 # PyTorch (Debian python3-torch) for the comparisons: installed when make bench runs as root,
 # otherwise its absence is announced before the run (the bench then says which parts it skipped).
 bench: deps moesim

@@ -24,6 +24,7 @@
 #include "claims.h"
 #include "dsv3_bias.h"
 #include "score.h"
+#include "vexp.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -95,13 +96,55 @@ const double *moe_dsv3_bias_state(const moe_router *r)
 
 /* ---- routing ---- */
 
+/* Token t of logits lt (E): s = sigmoid(lt) and key = s + b into the scratch s and key (E),
+ * then its k experts and gates. exp(-L) by moe_vexp_shift, the C library's exp bit for bit. */
+static void dsv3_token(dsv3_ws *w, int t, const double *lt, double *s, double *key)
+{
+    moe_claims *cl = w->cl;
+    const int E = cl->E, k = cl->K;
+    for (int e = 0; e < E; e++)
+        s[e] = -lt[e];
+    moe_vexp_shift(s, E, 0.0, s);
+    for (int e = 0; e < E; e++) {
+        s[e] = 1.0 / (1.0 + s[e]);
+        key[e] = s[e] + w->bias[e];
+    }
+    int32_t *ex = cl->expert + (size_t)t * k;
+    moe_claims_topk(key, E, k, ex, cl->gate + (size_t)t * k); /* ties: lower expert */
+    double sum = 0.0;
+    for (int j = 0; j < k; j++)
+        sum += s[ex[j]];
+    for (int j = 0; j < k; j++) {
+        const size_t i = (size_t)t * k + j;
+        cl->gate[i] = s[ex[j]] / sum;
+        cl->claim[i] = 1;
+    }
+}
+
+enum { DSV3_ROW_MAX = 2048 }; /* experts whose scratch rows fit on a thread's stack */
+
+/* The rows pass's per-token work (E <= DSV3_ROW_MAX): scratch on the calling thread's stack. */
+static void dsv3_row(void *ctx, int t, const double *lt, const double *pt)
+{
+    (void)pt;
+    double s[DSV3_ROW_MAX], key[DSV3_ROW_MAX];
+    dsv3_token(ctx, t, lt, s, key);
+}
+
 static int dsv3_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 {
     dsv3_ws *w = r->ws;
     moe_claims *cl = w->cl;
     const moe_route_opts *o = &r->opts;
     const int n = in->n, E = r->E, k = r->k;
-    int rc = moe_claims_softmax(cl, in->logits, n, plan); /* p for orders bpr and probs */
+    const int on_rows = w->sc.is_default && E <= DSV3_ROW_MAX;
+    /* p for orders bpr and probs, and for the score path's scores */
+    if (w->sc.is_default)
+        moe_claims_scratch_p(cl, o->order);
+    else
+        cl->keep_p = 1;
+    cl->stats_in_rows = on_rows; /* the rows leave their claims final */
+    int rc = moe_claims_rows(cl, in->logits, n, on_rows ? dsv3_row : NULL, w, plan);
     if (rc)
         return rc;
     for (int t = 0; !w->sc.is_default && t < n; t++) { /* the score path (score.h) */
@@ -112,23 +155,8 @@ static int dsv3_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         for (int j = 0; j < k; j++)
             cl->claim[i0 + j] = 1;
     }
-    for (int t = 0; w->sc.is_default && t < n; t++) {
-        const double *lt = in->logits + (size_t)t * E;
-        for (int e = 0; e < E; e++) {
-            w->s[e] = 1.0 / (1.0 + exp(-lt[e]));
-            w->key[e] = w->s[e] + w->bias[e];
-        }
-        int32_t *ex = cl->expert + (size_t)t * k;
-        moe_claims_topk(w->key, E, k, ex, cl->gate + (size_t)t * k); /* ties: lower expert */
-        double sum = 0.0;
-        for (int j = 0; j < k; j++)
-            sum += w->s[ex[j]];
-        for (int j = 0; j < k; j++) {
-            const size_t i = (size_t)t * k + j;
-            cl->gate[i] = w->s[ex[j]] / sum;
-            cl->claim[i] = 1;
-        }
-    }
+    for (int t = 0; w->sc.is_default && !on_rows && t < n; t++)
+        dsv3_token(w, t, in->logits + (size_t)t * E, w->s, w->key);
     const int limited = !o->dropless && (o->cf_set || o->capacity >= 0);
     long C = 0;
     if (limited && (rc = moe_capacity(o, k, n, E, &C)))

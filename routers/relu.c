@@ -8,12 +8,14 @@
  * ReMoE's L1 sparsity penalty without its adaptive coefficient. */
 #include "moe.h"
 #include "claims.h"
+#include "ranked.h"
 
 #include <stdlib.h>
 
 typedef struct {
     moe_claims *cl;
     double *l1; /* (T) sum of ReLU(L) of each token */
+    int *cnt;   /* (T) claims of each token, a prefix of its K columns */
 } relu_ws;
 
 static void relu_free(moe_router *r)
@@ -23,6 +25,7 @@ static void relu_free(moe_router *r)
         return;
     moe_claims_free(w->cl);
     free(w->l1);
+    free(w->cnt);
     free(w);
     r->ws = NULL;
 }
@@ -38,26 +41,48 @@ static int relu_alloc(moe_router *r)
     r->ws = w;
     w->cl = moe_claims_alloc(r->n_max, r->opts.max_k ? r->opts.max_k : r->E, r->E, 1);
     w->l1 = malloc((size_t)r->n_max * sizeof *w->l1);
-    if (!w->cl || !w->l1) {
+    w->cnt = malloc((size_t)r->n_max * sizeof *w->cnt);
+    if (!w->cl || !w->l1 || !w->cnt) {
         relu_free(r);
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router relu, %d tokens)", r->n_max);
     }
     return MOE_OK;
 }
 
-/* Token t: the K largest logits in descending order; those > 0 claim with weight L. */
+/* Token t: experts in descending logit (ties to the lower expert) while the logit is > 0, at
+ * most K, weight L; only the claimed prefix is written (moe_ranked_compact). */
 static void relu_row(void *ctx, int t, const double *lt, const double *pt)
 {
     (void)pt;
     relu_ws *w = ctx;
     moe_claims *cl = w->cl;
-    const int K = cl->K;
+    const int K = cl->K, E = cl->E;
     const size_t i0 = (size_t)t * K;
-    moe_claims_topk(lt, cl->E, K, cl->expert + i0, cl->gate + i0);
-    for (int j = 0; j < K; j++)
-        cl->claim[i0 + j] = cl->gate[i0 + j] > 0.0;
+    int m = 0;
+    if (E <= MOE_RANKED_MAX) { /* the positive logits only, as far as K */
+        double pos[MOE_RANKED_MAX];
+        int32_t at[MOE_RANKED_MAX], heap[MOE_RANKED_MAX];
+        int np = 0;
+        pos[0] = 0.0; /* read by nothing when no logit is positive */
+        for (int e = 0; e < E; e++)
+            if (lt[e] > 0.0)
+                pos[np] = lt[e], at[np++] = e;
+        moe_ranked rk; /* ties to the lower position: the lower expert */
+        moe_ranked_init(&rk, pos, np, heap);
+        for (; m < K && m < np; m++) {
+            const int q = moe_ranked_next(&rk);
+            cl->expert[i0 + m] = at[q];
+            cl->gate[i0 + m] = pos[q];
+            cl->claim[i0 + m] = 1;
+        }
+    } else { /* the K largest, then the positive prefix */
+        moe_claims_topk(lt, E, K, cl->expert + i0, cl->gate + i0);
+        while (m < K && cl->gate[i0 + m] > 0.0)
+            cl->claim[i0 + m++] = 1;
+    }
+    w->cnt[t] = m;
     double s = 0.0;
-    for (int e = 0; e < cl->E; e++)
+    for (int e = 0; e < E; e++)
         s += lt[e] > 0.0 ? lt[e] : 0.0;
     w->l1[t] = s;
 }
@@ -67,8 +92,14 @@ static int relu_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     relu_ws *w = r->ws;
     const int n = in->n;
     w->cl->rts_u = in->rts_u; /* order rts */
+    moe_claims_scratch_p(w->cl, r->opts.order); /* p only for orders bpr, probs */
     int rc = moe_claims_rows(w->cl, in->logits, n, relu_row, w, plan);
-    if (rc || (rc = moe_claims_finish_variable(w->cl, &r->opts, n, plan)))
+    if (rc)
+        return rc;
+    const int K = moe_ranked_compact(w->cl, n, w->cnt);
+    rc = moe_claims_finish_variable(w->cl, &r->opts, n, plan);
+    w->cl->K = K;
+    if (rc)
         return rc;
     double s = 0.0;
     for (int t = 0; t < n; t++) /* in token order: independent of the threads */

@@ -19,40 +19,125 @@
  */
 #include "moe.h"
 #include "claims.h"
+#include "par.h"
 #include "sinkhorn.h"
+#include "vexp.h"
 
 #include <math.h>
 #include <stdlib.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
-/* ---- balancing ---- */
+/* ---- balancing ----
+ * The serial definition (sinkhorn.h) on the routers' threads, with every sum in its order:
+ * K by rows (each row's maximum by moe_vmax, its exponentials by moe_vexp_shift: the C
+ * library's exp bit for bit); per iteration, d0 by rows (each row sum over e in order, four rows
+ * interleaved so that their sums overlap in the adder), then colsum by column ranges (each
+ * column summed over t in order). The values do not depend on the number of threads. */
+
+enum { SK_ROWS = 8 }; /* rows whose sums run together */
+
+typedef struct {
+    const double *L;
+    int n, E;
+    double *K, *d0, *d1, *colsum;
+} sk_job;
+
+static void sk_exp_part(void *arg, int i, int np)
+{
+    sk_job *j = arg;
+    long lo, hi;
+    moe_par_range(j->n, i, np, &lo, &hi);
+    for (long t = lo; t < hi; t++) {
+        const double *lt = j->L + (size_t)t * j->E;
+        moe_vexp_shift(lt, j->E, moe_vmax(lt, j->E), j->K + (size_t)t * j->E);
+    }
+}
+
+/* d0[t] = 1 / (n * sum_e K[t,e] d1[e]) for the rows of part i */
+static void sk_rows_part(void *arg, int i, int np)
+{
+    sk_job *j = arg;
+    const int E = j->E;
+    const double *d1 = j->d1;
+    long lo, hi;
+    moe_par_range(j->n, i, np, &lo, &hi);
+    long t = lo;
+    for (; t + SK_ROWS <= hi; t += SK_ROWS) {
+        const double *k0 = j->K + (size_t)t * E;
+        double s[SK_ROWS] = {0.0};
+        for (int e = 0; e < E; e++) {
+            const double w = d1[e];
+            _Pragma("GCC unroll 8") for (int r = 0; r < SK_ROWS; r++)
+                s[r] += k0[(size_t)r * E + e] * w;
+        }
+        for (int r = 0; r < SK_ROWS; r++)
+            j->d0[t + r] = 1.0 / ((double)j->n * s[r]);
+    }
+    for (; t < hi; t++) {
+        const double *kt = j->K + (size_t)t * E;
+        double s = 0.0;
+        for (int e = 0; e < E; e++)
+            s += kt[e] * d1[e];
+        j->d0[t] = 1.0 / ((double)j->n * s);
+    }
+}
+
+/* colsum[e] = sum_t d0[t] K[t,e], t in order, for the columns of part i: blocks of up to
+ * SK_COLS columns whose sums stay in registers through all the rows (each a product rounded,
+ * then added: the scalar loop's operations, lane by lane). */
+enum { SK_COLS = 128 };
+
+static void sk_cols_part(void *arg, int i, int np)
+{
+    sk_job *j = arg;
+    const int E = j->E;
+    long e0, e1;
+    moe_par_range(E, i, np, &e0, &e1);
+    double *cs = j->colsum;
+    for (long b = e0; b < e1; b += SK_COLS) {
+        const long be = e1 - b < SK_COLS ? e1 : b + SK_COLS;
+        long e = b;
+#if defined(__AVX512F__)
+        if (be - b == SK_COLS) {
+            __m512d acc[SK_COLS / 8];
+            _Pragma("GCC unroll 16") for (int v = 0; v < SK_COLS / 8; v++)
+                acc[v] = _mm512_setzero_pd();
+            for (int t = 0; t < j->n; t++) {
+                const double *kt = j->K + (size_t)t * E + b;
+                const __m512d d = _mm512_set1_pd(j->d0[t]);
+                _Pragma("GCC unroll 16") for (int v = 0; v < SK_COLS / 8; v++)
+                    acc[v] = _mm512_add_pd(acc[v], _mm512_mul_pd(d, _mm512_loadu_pd(kt + 8 * v)));
+            }
+            _Pragma("GCC unroll 16") for (int v = 0; v < SK_COLS / 8; v++)
+                _mm512_storeu_pd(cs + b + 8 * v, acc[v]);
+            e = be;
+        }
+#endif
+        for (long q = e; q < be; q++)
+            cs[q] = 0.0;
+        for (int t = 0; e < be && t < j->n; t++) {
+            const double *kt = j->K + (size_t)t * E, d = j->d0[t];
+            for (long q = e; q < be; q++)
+                cs[q] += d * kt[q];
+        }
+    }
+}
 
 int moe_sinkhorn_balance(const double *L, int n, int E, double tol, int max_iter, double *K,
                          double *d0, double *d1, double *colsum, int *iters)
 {
-    for (int t = 0; t < n; t++) {
-        const double *lt = L + (size_t)t * E;
-        double *kt = K + (size_t)t * E, mx = lt[0];
-        for (int e = 1; e < E; e++)
-            if (lt[e] > mx)
-                mx = lt[e];
-        for (int e = 0; e < E; e++)
-            kt[e] = exp(lt[e] - mx);
-    }
+    sk_job j = {L, n, E, K, d0, d1, colsum};
+    const int prow = moe_par_parts((long)n * E, 16384);
+    const int pcol = moe_par_parts(E, 32) < prow ? moe_par_parts(E, 32) : prow;
+    moe_par_run(sk_exp_part, &j, prow);
     for (int e = 0; e < E; e++)
         d1[e] = 1.0;
     for (int it = 1; it <= max_iter; it++) {
-        /* rows: d0[t] = 1 / (n * (K d1)[t]); columns: colsum = K^T d0, row by row */
-        for (int e = 0; e < E; e++)
-            colsum[e] = 0.0;
-        for (int t = 0; t < n; t++) {
-            const double *kt = K + (size_t)t * E;
-            double s = 0.0;
-            for (int e = 0; e < E; e++)
-                s += kt[e] * d1[e];
-            d0[t] = 1.0 / ((double)n * s);
-            for (int e = 0; e < E; e++)
-                colsum[e] += d0[t] * kt[e];
-        }
+        /* rows: d0[t] = 1 / (n * (K d1)[t]); columns: colsum = K^T d0 */
+        moe_par_run(sk_rows_part, &j, prow);
+        moe_par_run(sk_cols_part, &j, pcol);
         double delta = 0.0;
         for (int e = 0; e < E; e++) {
             double nd = 1.0 / ((double)E * colsum[e]);
@@ -131,6 +216,34 @@ static int sinkhorn_alloc(moe_router *r)
 
 /* ---- routing ---- */
 
+/* Token t of logits lt (E) and softmax pt (E): its k experts by the key K[t,e] d1[e] (into the
+ * scratch key (E)), gate sigmoid(L) for k = 1, else p. */
+static void sinkhorn_token(sinkhorn_ws *w, int t, const double *lt, const double *pt,
+                           double *key)
+{
+    moe_claims *cl = w->cl;
+    const int E = cl->E, k = cl->K;
+    const double *kt = w->K + (size_t)t * E;
+    for (int e = 0; e < E; e++)
+        key[e] = kt[e] * w->d1[e];
+    moe_claims_topk(key, E, k, cl->expert + (size_t)t * k, cl->gate + (size_t)t * k);
+    for (int j = 0; j < k; j++) {
+        const size_t i = (size_t)t * k + j;
+        const int e = cl->expert[i];
+        cl->gate[i] = k == 1 ? 1.0 / (1.0 + exp(-lt[e])) : pt[e];
+        cl->claim[i] = 1;
+    }
+}
+
+enum { SK_ROW_MAX = 4096 }; /* experts whose key row fits on a thread's stack */
+
+/* The rows pass's per-token work (E <= SK_ROW_MAX): the key on the calling thread's stack. */
+static void sinkhorn_row(void *ctx, int t, const double *lt, const double *pt)
+{
+    double key[SK_ROW_MAX];
+    sinkhorn_token(ctx, t, lt, pt, key);
+}
+
 static int sinkhorn_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 {
     sinkhorn_ws *w = r->ws;
@@ -141,20 +254,18 @@ static int sinkhorn_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
                                   w->K, w->d0, w->d1, w->colsum, &w->iters);
     if (rc)
         return rc;
-    if ((rc = moe_claims_softmax(cl, in->logits, n, plan)))
+    /* the selection in the softmax's rows pass; p kept for orders bpr and probs, or for the
+     * serial selection of rows too long for the stack */
+    const int on_rows = E <= SK_ROW_MAX;
+    if (on_rows)
+        moe_claims_scratch_p(cl, o->order);
+    else
+        cl->keep_p = 1;
+    cl->stats_in_rows = on_rows; /* the rows leave their claims final */
+    if ((rc = moe_claims_rows(cl, in->logits, n, on_rows ? sinkhorn_row : NULL, w, plan)))
         return rc;
-    for (int t = 0; t < n; t++) {
-        const double *kt = w->K + (size_t)t * E, *lt = in->logits + (size_t)t * E;
-        for (int e = 0; e < E; e++)
-            w->key[e] = kt[e] * w->d1[e];
-        moe_claims_topk(w->key, E, k, cl->expert + (size_t)t * k, cl->gate + (size_t)t * k);
-        for (int j = 0; j < k; j++) {
-            const size_t i = (size_t)t * k + j;
-            const int e = cl->expert[i];
-            cl->gate[i] = k == 1 ? 1.0 / (1.0 + exp(-lt[e])) : cl->p[(size_t)t * E + e];
-            cl->claim[i] = 1;
-        }
-    }
+    for (int t = 0; !on_rows && t < n; t++)
+        sinkhorn_token(w, t, in->logits + (size_t)t * E, cl->p + (size_t)t * E, w->key);
     const int limited = !o->dropless && (o->cf_set || o->capacity >= 0);
     long C = 0;
     if (limited && (rc = moe_capacity(o, k, n, E, &C)))

@@ -9,13 +9,15 @@
  * replaced by the number of claims. */
 #include "moe.h"
 #include "claims.h"
+#include "ranked.h"
 
 #include <stdlib.h>
 
 typedef struct {
     moe_claims *cl;
     double top_p;
-    double *val; /* (T,K) scratch of the sorted p */
+    double *val; /* (T,K) scratch of the sorted p (rows longer than MOE_RANKED_MAX) */
+    int *cnt;    /* (T) claims of each token, a prefix of its K columns */
 } topp_ws;
 
 static int topp_kmax(const moe_router *r) { return r->opts.max_k ? r->opts.max_k : r->E; }
@@ -27,6 +29,7 @@ static void topp_free(moe_router *r)
         return;
     moe_claims_free(w->cl);
     free(w->val);
+    free(w->cnt);
     free(w);
     r->ws = NULL;
 }
@@ -47,30 +50,47 @@ static int topp_alloc(moe_router *r)
     w->top_p = P;
     const int K = topp_kmax(r);
     w->cl = moe_claims_alloc(r->n_max, K, r->E, 1);
-    w->val = malloc((size_t)r->n_max * K * sizeof *w->val);
-    if (!w->cl || !w->val) {
+    w->val = r->E > MOE_RANKED_MAX ? malloc((size_t)r->n_max * K * sizeof *w->val) : NULL;
+    w->cnt = malloc((size_t)r->n_max * sizeof *w->cnt);
+    if (!w->cl || (r->E > MOE_RANKED_MAX && !w->val) || !w->cnt) {
         topp_free(r);
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router topp, %d tokens)", r->n_max);
     }
     return MOE_OK;
 }
 
-/* Token t: the K largest p in descending order, claimed until the cumulative p reaches top_p. */
+/* Token t: experts in descending p (ties to the lower expert), claimed until the cumulative p
+ * reaches top_p, at most K; only the claimed prefix is written (moe_ranked_compact). */
 static void topp_row(void *ctx, int t, const double *lt, const double *pt)
 {
     (void)lt;
     topp_ws *w = ctx;
     moe_claims *cl = w->cl;
-    const int K = cl->K;
+    const int K = cl->K, E = cl->E;
     const size_t i0 = (size_t)t * K;
-    double *v = w->val + i0;
-    moe_claims_topk(pt, cl->E, K, cl->expert + i0, v);
     double cum = 0.0;
-    for (int j = 0; j < K; j++) {
-        cl->claim[i0 + j] = j == 0 || cum < w->top_p;
-        cum += v[j];
-        cl->gate[i0 + j] = v[j];
+    int m = 0;
+    if (E <= MOE_RANKED_MAX) { /* only as far into the order as the claims go */
+        int32_t heap[MOE_RANKED_MAX];
+        moe_ranked rk;
+        moe_ranked_init(&rk, pt, E, heap);
+        for (; m < K && (m == 0 || cum < w->top_p); m++) {
+            const int e = moe_ranked_next(&rk);
+            cl->expert[i0 + m] = e;
+            cl->gate[i0 + m] = pt[e];
+            cl->claim[i0 + m] = 1;
+            cum += pt[e];
+        }
+    } else { /* the K largest, then the claimed prefix */
+        double *v = w->val + i0;
+        moe_claims_topk(pt, E, K, cl->expert + i0, v);
+        for (; m < K && (m == 0 || cum < w->top_p); m++) {
+            cl->gate[i0 + m] = v[m];
+            cl->claim[i0 + m] = 1;
+            cum += v[m];
+        }
     }
+    w->cnt[t] = m;
 }
 
 static int topp_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
@@ -79,8 +99,14 @@ static int topp_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     moe_claims *cl = w->cl;
     const int n = in->n, E = r->E;
     cl->rts_u = in->rts_u; /* order rts */
+    moe_claims_scratch_p(cl, r->opts.order); /* p kept only for orders bpr, probs */
     int rc = moe_claims_rows(cl, in->logits, n, topp_row, w, plan);
-    if (rc || (rc = moe_claims_finish_variable(cl, &r->opts, n, plan)))
+    if (rc)
+        return rc;
+    const int K = moe_ranked_compact(cl, n, w->cnt);
+    rc = moe_claims_finish_variable(cl, &r->opts, n, plan);
+    cl->K = K;
+    if (rc)
         return rc;
     double s = 0.0;
     for (int e = 0; e < E; e++)

@@ -11,6 +11,7 @@
 #include "blas_info.h"
 #include "cli.h"
 #include "gate_cache.h"
+#include "mem_reuse.h"
 #include "moe.h"
 #include "moe_mpi.h" /* under mpirun: points over ranks, or --expert-parallel */
 #include "plot.h"
@@ -343,6 +344,7 @@ static int run_points(const run_args *a, const moe_spec *spec, moe_store *st,
     const double t0 = moe_now();
     int rc = MOE_OK;
     moe_gate_cache *gc = mp ? NULL : moe_gate_cache_alloc(0.0); /* MPI: no shared batches */
+    moe_mem_reuse_freed(); /* the points' buffers reuse the pages of the points before */
     if (!mp && !gc)
         return MOE_ENOMEM;
     for (size_t i = 0; i < total && !stop_flag; i++) {

@@ -1,0 +1,14 @@
+/* mem_reuse.c: freed memory kept for reuse (interface in mem_reuse.h). */
+#include "mem_reuse.h"
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+void moe_mem_reuse_freed(void)
+{
+#if defined(__GLIBC__)
+    mallopt(M_MMAP_MAX, 0);          /* large blocks from the heap, reused after free */
+    mallopt(M_TRIM_THRESHOLD, -1);   /* never give the heap's top back */
+#endif
+}

@@ -1,0 +1,347 @@
+/* test_routers_slow.c: sinkhorn, dsv3_bias, topp and relu on the routers' threads (routers/
+ * sinkhorn.c, dsv3_bias.c, topp.c, relu.c, ranked.c) against their definitions, written plainly
+ * here from the routers' header comments:
+ *   - moe_sinkhorn_balance gives the bits of the serial loop of sinkhorn.h (exp of libm, row sums
+ *     over e in order, column sums over t in order) for 1, 2 and 3 threads, on shapes with row
+ *     tails (n = 5003) and column tails (E = 37, and E = 300: a full 128-column block and a tail
+ *     per thread);
+ *   - dropless, token_major plans (entries in token order, slot = the expert's claims so far)
+ *     built from a stable descending argsort (moe_argsort_desc) of the definition's scores:
+ *     topp (softmax p, claimed until the cumulative p reaches top_p), relu (logits > 0), both also
+ *     with max_k, dsv3_bias (sigmoid + bias, gates normalised over the k) and sinkhorn (key
+ *     K d1, gate sigmoid for k = 1 and p for k = 2), compared bit for bit;
+ *   - with a capacity factor, every claim order gives the same plan with 1 and 2 threads;
+ *   - moe_ranked takes indices in the order of moe_argsort_desc, ties (and -0.0 = +0.0) to the
+ *     lower index.
+ * The logits are quantised to quarters so that scores tie and the tie rules are exercised. */
+#include "check.h"
+#include "moe.h"
+#include "../routers/par.h"
+#include "../routers/ranked.h"
+#include "../routers/sinkhorn.h"
+
+#include <gsl/gsl_randist.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { N = 5003, EW = 300, EN = 37 };
+
+static double L[N * EW];
+
+static void fill_logits(gsl_rng *r, int E, double sd)
+{
+    for (int i = 0; i < N * E; i++)
+        L[i] = round(4.0 * gsl_ran_gaussian(r, sd)) / 4.0;
+}
+
+/* ---- sinkhorn balancing against the serial loop ---- */
+
+static int ref_balance(int n, int E, double tol, double *K, double *d0, double *d1, double *cs)
+{
+    for (int t = 0; t < n; t++) {
+        double mx = L[(size_t)t * E];
+        for (int e = 1; e < E; e++)
+            mx = L[(size_t)t * E + e] > mx ? L[(size_t)t * E + e] : mx;
+        for (int e = 0; e < E; e++)
+            K[(size_t)t * E + e] = exp(L[(size_t)t * E + e] - mx);
+    }
+    for (int e = 0; e < E; e++)
+        d1[e] = 1.0;
+    for (int it = 1; it <= MOE_SINKHORN_MAX_ITER; it++) {
+        for (int e = 0; e < E; e++)
+            cs[e] = 0.0;
+        for (int t = 0; t < n; t++) {
+            double s = 0.0;
+            for (int e = 0; e < E; e++)
+                s += K[(size_t)t * E + e] * d1[e];
+            d0[t] = 1.0 / ((double)n * s);
+        }
+        for (int t = 0; t < n; t++)
+            for (int e = 0; e < E; e++)
+                cs[e] += d0[t] * K[(size_t)t * E + e];
+        double delta = 0.0;
+        for (int e = 0; e < E; e++) {
+            double nd = 1.0 / ((double)E * cs[e]), ch = fabs(nd - d1[e]) / nd;
+            delta = ch > delta ? ch : delta;
+            d1[e] = nd;
+        }
+        if (delta < tol)
+            return it;
+    }
+    return -1;
+}
+
+static void test_balance(gsl_rng *r, int E)
+{
+    fill_logits(r, E, 1.5);
+    const size_t ne = (size_t)N * E;
+    double *K = malloc(ne * sizeof *K), *Kr = malloc(ne * sizeof *Kr);
+    double d0[N], d0r[N], d1[EW], d1r[EW], cs[EW];
+    int want = ref_balance(N, E, 1e-9, Kr, d0r, d1r, cs);
+    CHECK(want > 1, "E = %d: the reference converges in more than one iteration (%d)", E, want);
+    for (int th = 1; th <= 3; th++) {
+        moe_par_set_threads(th);
+        int iters = 0;
+        int rc = moe_sinkhorn_balance(L, N, E, 1e-9, MOE_SINKHORN_MAX_ITER, K, d0, d1, cs, &iters);
+        CHECK(rc == MOE_OK && iters == want, "E = %d, %d threads: rc %d, %d iterations, want %d",
+              E, th, rc, iters, want);
+        CHECK(memcmp(K, Kr, ne * sizeof *K) == 0 && memcmp(d0, d0r, sizeof d0) == 0 &&
+                  memcmp(d1, d1r, (size_t)E * sizeof *d1) == 0,
+              "E = %d, %d threads: K, d0, d1 not bit-equal to the serial loop", E, th);
+    }
+    moe_par_set_threads(0);
+    free(K), free(Kr);
+}
+
+/* ---- reference plans: dropless, token_major ---- */
+
+typedef struct {
+    int n;
+    int32_t tok[N * 64], ex[N * 64];
+    long slot[N * 64];
+    double w[N * 64];
+} ref_plan;
+
+static ref_plan R;
+static long fill[EW];
+
+static void ref_push(int t, int e, double w)
+{
+    R.tok[R.n] = t, R.ex[R.n] = e, R.w[R.n] = w, R.slot[R.n] = fill[e]++;
+    R.n++;
+}
+
+/* per token: scores v (E) ordered by a stable descending argsort */
+static void ref_order(const double *v, int E, int *idx)
+{
+    int tmp[EW];
+    moe_argsort_desc(v, E, idx, tmp);
+}
+
+static moe_plan *route(const char *name, moe_route_opts *o, int E, int threads)
+{
+    moe_par_set_threads(threads);
+    moe_router *r = NULL;
+    moe_plan *p = moe_plan_alloc(N, E, 16);
+    int rc = moe_router_alloc(moe_router_find(name), o, N, E, &r);
+    moe_route_in in = {N, E, L, NULL, NULL, NULL, NULL, NULL, 0, NULL, NULL};
+    if (!rc)
+        rc = moe_router_route(r, &in, p);
+    CHECK(rc == 0, "%s, %d threads: %s", name, threads, moe_errmsg());
+    moe_router_free(r);
+    moe_par_set_threads(0);
+    return p;
+}
+
+static void check_ref(const char *what, const moe_plan *p)
+{
+    int ok = p->n_entries == (size_t)R.n;
+    for (int i = 0; ok && i < R.n; i++) {
+        const moe_entry *x = &p->entries[i];
+        ok = x->token == R.tok[i] && x->expert == R.ex[i] && x->slot == R.slot[i] &&
+             memcmp(&x->combine_w, &R.w[i], sizeof R.w[i]) == 0;
+    }
+    CHECK(ok, "%s: plan differs from the definition (%zu entries, want %d)", what, p->n_entries,
+          R.n);
+}
+
+static void ref_begin(void)
+{
+    R.n = 0;
+    memset(fill, 0, sizeof fill);
+}
+
+static void ref_topp(int E, double top_p, int max_k)
+{
+    ref_begin();
+    double p[EW];
+    int idx[EW];
+    for (int t = 0; t < N; t++) {
+        moe_softmax(L + (size_t)t * E, E, p);
+        ref_order(p, E, idx);
+        double cum = 0.0;
+        for (int j = 0; j < max_k && (j == 0 || cum < top_p); j++) {
+            ref_push(t, idx[j], p[idx[j]]);
+            cum += p[idx[j]];
+        }
+    }
+}
+
+static void ref_relu(int E, int max_k)
+{
+    ref_begin();
+    int idx[EW];
+    for (int t = 0; t < N; t++) {
+        const double *lt = L + (size_t)t * E;
+        ref_order(lt, E, idx);
+        for (int j = 0; j < max_k && lt[idx[j]] > 0.0; j++)
+            ref_push(t, idx[j], lt[idx[j]]);
+    }
+}
+
+static void ref_dsv3(int E, int k)
+{
+    ref_begin();
+    double s[EW];
+    int idx[EW];
+    for (int t = 0; t < N; t++) {
+        for (int e = 0; e < E; e++)
+            s[e] = 1.0 / (1.0 + exp(-L[(size_t)t * E + e])); /* + bias 0 */
+        ref_order(s, E, idx);
+        double sum = 0.0;
+        for (int j = 0; j < k; j++)
+            sum += s[idx[j]];
+        for (int j = 0; j < k; j++)
+            ref_push(t, idx[j], s[idx[j]] / sum);
+    }
+}
+
+static void ref_sinkhorn(int E, int k)
+{
+    static double K[N * EN];
+    double d0[N], d1[EN], cs[EN], key[EN], p[EN];
+    ref_balance(N, E, 1e-9, K, d0, d1, cs);
+    ref_begin();
+    int idx[EN];
+    for (int t = 0; t < N; t++) {
+        const double *lt = L + (size_t)t * E;
+        for (int e = 0; e < E; e++)
+            key[e] = K[(size_t)t * E + e] * d1[e];
+        ref_order(key, E, idx);
+        moe_softmax(lt, E, p);
+        for (int j = 0; j < k; j++)
+            ref_push(t, idx[j], k == 1 ? 1.0 / (1.0 + exp(-lt[idx[j]])) : p[idx[j]]);
+    }
+}
+
+static void test_definitions(gsl_rng *r)
+{
+    const int E = EN;
+    fill_logits(r, E, 1.0);
+    moe_route_opts o;
+    for (int th = 1; th <= 2; th++) {
+        char what[80];
+        moe_route_opts_default(&o);
+        o.order = MOE_ORDER_TOKEN_MAJOR;
+        ref_topp(E, 0.5, E);
+        moe_plan *p = route("topp", &o, E, th);
+        snprintf(what, sizeof what, "topp top_p 0.5, %d threads", th);
+        check_ref(what, p);
+        moe_plan_free(p);
+        o.top_p = 0.9, o.max_k = 5;
+        ref_topp(E, 0.9, 5);
+        p = route("topp", &o, E, th);
+        snprintf(what, sizeof what, "topp top_p 0.9 max_k 5, %d threads", th);
+        check_ref(what, p);
+        moe_plan_free(p);
+        moe_route_opts_default(&o);
+        o.order = MOE_ORDER_TOKEN_MAJOR;
+        ref_relu(E, E);
+        p = route("relu", &o, E, th);
+        snprintf(what, sizeof what, "relu, %d threads", th);
+        check_ref(what, p);
+        moe_plan_free(p);
+        o.max_k = 3;
+        ref_relu(E, 3);
+        p = route("relu", &o, E, th);
+        snprintf(what, sizeof what, "relu max_k 3, %d threads", th);
+        check_ref(what, p);
+        moe_plan_free(p);
+        moe_route_opts_default(&o);
+        o.order = MOE_ORDER_TOKEN_MAJOR, o.k = 8;
+        ref_dsv3(E, 8);
+        p = route("dsv3_bias", &o, E, th);
+        snprintf(what, sizeof what, "dsv3_bias k 8, %d threads", th);
+        check_ref(what, p);
+        moe_plan_free(p);
+        for (int k = 1; k <= 2; k++) {
+            moe_route_opts_default(&o);
+            o.order = MOE_ORDER_TOKEN_MAJOR, o.k = k;
+            ref_sinkhorn(E, k);
+            p = route("sinkhorn", &o, E, th);
+            snprintf(what, sizeof what, "sinkhorn k %d, %d threads", k, th);
+            check_ref(what, p);
+            moe_plan_free(p);
+        }
+    }
+}
+
+/* ---- 1 and 2 threads with capacity, every order ---- */
+
+static int same_plan(const moe_plan *a, const moe_plan *b, int E)
+{
+    if (a->n_entries != b->n_entries || a->capacity != b->capacity ||
+        a->n_claims != b->n_claims || memcmp(&a->aux_loss, &b->aux_loss, sizeof a->aux_loss) ||
+        a->rank_claims[0] != b->rank_claims[0] || a->rank_claims[1] != b->rank_claims[1] ||
+        a->rank_kept[0] != b->rank_kept[0] || a->rank_kept[1] != b->rank_kept[1])
+        return 0;
+    for (size_t i = 0; i < a->n_entries; i++) {
+        const moe_entry *x = &a->entries[i], *y = &b->entries[i];
+        if (x->token != y->token || x->expert != y->expert || x->slot != y->slot ||
+            memcmp(&x->combine_w, &y->combine_w, sizeof x->combine_w))
+            return 0;
+    }
+    return memcmp(a->assigned_load, b->assigned_load, (size_t)E * sizeof *a->assigned_load) == 0 &&
+           memcmp(a->importance, b->importance, (size_t)E * sizeof *a->importance) == 0;
+}
+
+static void test_threads(gsl_rng *r)
+{
+    const int E = EN;
+    fill_logits(r, E, 1.0);
+    static const struct {
+        const char *name;
+        int k;
+    } rs[] = {{"topp", 0}, {"relu", 0}, {"dsv3_bias", 8}, {"sinkhorn", 2}, {"sinkhorn", 1}};
+    const int orders[] = {MOE_ORDER_CHOICE_MAJOR, MOE_ORDER_TOKEN_MAJOR, MOE_ORDER_BPR,
+                          MOE_ORDER_PROBS};
+    for (size_t i = 0; i < sizeof rs / sizeof *rs; i++)
+        for (int q = 0; q < 4; q++) {
+            moe_route_opts o;
+            moe_route_opts_default(&o);
+            o.k = rs[i].k, o.order = orders[q];
+            o.cf_set = 1, o.cf_num = 3, o.cf_den = 4; /* drops: C below the mean load */
+            moe_plan *a = route(rs[i].name, &o, E, 1), *b = route(rs[i].name, &o, E, 2);
+            CHECK(a->n_entries > 0 && a->n_entries < (size_t)a->n_claims && same_plan(a, b, E),
+                  "%s k=%d order %d, capacity factor 0.75: 1 and 2 threads differ (or nothing "
+                  "dropped)", rs[i].name, rs[i].k, orders[q]);
+            moe_plan_free(a), moe_plan_free(b);
+        }
+}
+
+/* ---- moe_ranked ---- */
+
+static void test_ranked(gsl_rng *r)
+{
+    enum { M = 301 };
+    double v[M];
+    int idx[M], tmp[M];
+    int32_t heap[M];
+    for (int rep = 0; rep < 20; rep++) {
+        const int len = rep == 0 ? 1 : rep == 1 ? 2 : M - rep;
+        for (int i = 0; i < len; i++)
+            v[i] = round(gsl_ran_gaussian(r, 2.0)) / 2.0;
+        v[0] = 0.0, v[len / 2] = -0.0; /* equal: the lower index first */
+        moe_argsort_desc(v, len, idx, tmp);
+        moe_ranked rk;
+        moe_ranked_init(&rk, v, len, heap);
+        int ok = 1;
+        for (int q = 0; q < len; q++)
+            ok &= moe_ranked_next(&rk) == idx[q];
+        CHECK(ok && moe_ranked_next(&rk) == -1,
+              "moe_ranked on %d values: not the stable descending argsort's order", len);
+    }
+}
+
+int main(void)
+{
+    gsl_rng *r = moe_rng_alloc(20261205u, 7);
+    test_ranked(r);
+    test_balance(r, EN);
+    test_balance(r, EW);
+    test_definitions(r);
+    test_threads(r);
+    gsl_rng_free(r);
+    return check_report("test_routers_slow");
+}
