@@ -49,7 +49,6 @@
 
 #define BR_MAX_ENTRIES (1L << 25)
 #define BR_BASE_MAX_N 65536L
-#define BR_LARGE_N 1048576 /* from here on a cell is timed --large-repeats times */
 
 typedef struct {
     const char *router;
@@ -67,6 +66,7 @@ enum { BR_NCASES = sizeof br_cases / sizeof br_cases[0] };
 
 typedef struct {
     int sizes[4], nsizes, experts[4], nexperts, repeats, large_repeats, check_n, threads, torch;
+    int large_from; /* n from which moesim repeats large_repeats times, PyTorch once */
     const char *python, *script;
     const char *routers; /* comma-separated names to run, or NULL for all */
     const char *db;
@@ -77,7 +77,7 @@ typedef struct {
     bench_stat t;                  /* seconds over the repeats */
     int n, E, k, ran, same; /* k effective; same: 1 plan equal to PyTorch's, 0 differs, -1 not
                              * checked */
-    int repeats;            /* of this cell */
+    int repeats, torch_repeats; /* of this cell: moesim's, PyTorch's */
     long C;                 /* the plan's capacity */
     size_t kept;            /* its entries */
 } br_result;
@@ -105,7 +105,14 @@ static void br_progress(const char *what, double cell_s)
 
 static int br_repeats(const br_args *a, int n)
 {
-    return n >= BR_LARGE_N ? a->large_repeats : a->repeats;
+    return n >= a->large_from ? a->large_repeats : a->repeats;
+}
+
+/* PyTorch's repeats at n: once from large_from on (each call allocates its tensors afresh, so a
+ * repeat warms nothing there and only doubles the time). */
+static int br_torch_repeats(const br_args *a, int n)
+{
+    return n >= a->large_from ? 1 : a->repeats;
 }
 
 /* ---- inputs ---- */
@@ -391,7 +398,10 @@ static int br_python(const br_args *a, const char *mode, const char *dir, const 
         for (int c = 0; c < BR_NCASES; c++)
             if (br_cases[c].torch && br_case_k(&br_cases[c]) == k &&
                 strcmp(br_cases[c].router, name) == 0 && row[c].n == n && row[c].E == E)
+            {
                 row[c].torch_ms = s * 1e3;
+                row[c].torch_repeats = repeats;
+            }
         char what[128];
         snprintf(what, sizeof what, "PyTorch %s k=%d n=%d E=%d: %.2f ms (best of %d)", name, k,
                  n, E, s * 1e3, repeats);
@@ -473,13 +483,13 @@ static int br_check(const br_args *a, int E, int *same, int *st)
 
 static void br_print(const br_args *a, const br_result *res)
 {
-    printf("\n%-14s %2s %8s %4s %10s %9s %10s %8s %9s %8s %5s %2s\n", "router", "k", "n", "E",
+    printf("\n%-14s %2s %8s %4s %10s %9s %10s %8s %9s %8s %5s %3s\n", "router", "k", "n", "E",
            "moesim ms", "Mtok/s", "torch ms", "x torch", "bound ms", "/bound", "plan", "R");
     for (int i = 0; i < a->nsizes * a->nexperts * BR_NCASES; i++) {
         const br_result *r = &res[i];
         const br_case *c = &br_cases[i % BR_NCASES];
         const char *why = br_skip(a, c, r->n, r->E);
-        char kk[8], tm[16] = "-", xt[16] = "-";
+        char kk[8], tm[16] = "-", xt[16] = "-", rr[16];
         snprintf(kk, sizeof kk, "%d", c->k);
         if (c->k == 0)
             snprintf(kk, sizeof kk, "-");
@@ -492,16 +502,22 @@ static void br_print(const br_args *a, const br_result *res)
             snprintf(tm, sizeof tm, "%.2f", r->torch_ms);
             snprintf(xt, sizeof xt, "%.2f", r->torch_ms / r->ms);
         }
-        printf("%-14s %2s %8d %4d %10.2f %9.2f %10s %8s %9.2f %8.2f %5s %2d\n", c->router, kk,
+        if (r->torch_ms > 0.0)
+            snprintf(rr, sizeof rr, "%d/%d", r->repeats, r->torch_repeats);
+        else
+            snprintf(rr, sizeof rr, "%d", r->repeats);
+        printf("%-14s %2s %8d %4d %10.2f %9.2f %10s %8s %9.2f %8.2f %5s %3s\n", c->router, kk,
                r->n, r->E, r->ms, r->n / r->ms * 1e-3, tm, xt, r->bound_ms, r->ms / r->bound_ms,
-               r->same == 1 ? "same" : r->same == 0 ? "DIFF" : "-", r->repeats);
+               r->same == 1 ? "same" : r->same == 0 ? "DIFF" : "-", rr);
     }
     printf("(x torch: PyTorch time / moesim time; /bound: moesim time / the time of one pass "
            "over the logits with one exp each; plan: PyTorch's plan on %d tokens vs moesim's, "
-           "'-' where moesim's router has no PyTorch twin; %d threads; R: moesim's best of R, "
-           "%d below %d tokens and %d from there on, PyTorch's best of %d and %d: each PyTorch "
-           "call allocates its tensors afresh, so a repeat warms nothing)\n", a->check_n,
-           moe_par_threads(), a->repeats, BR_LARGE_N, a->large_repeats, a->repeats, 1);
+           "'-' where moesim's router has no PyTorch twin; %d threads; R: best of R for "
+           "moesim/PyTorch, "
+           "%d/%d below %d tokens and %d/1 from there on: each PyTorch call allocates its "
+           "tensors afresh, so a repeat there warms nothing; '-' torch: no twin or PyTorch "
+           "skipped)\n", a->check_n, moe_par_threads(), a->repeats, a->repeats, a->large_from,
+           a->large_repeats);
     printf("routers without a PyTorch twin: base (fairseq solves its balanced assignment in "
            "C++, not in PyTorch); replay is not benchmarked (it routes recorded choices)\n");
 }
@@ -534,10 +550,12 @@ static int br_put_cell(bench_ctx *c, const br_result *r, const char *router)
         rc = br_put(c, r, cfg, router, "time_bound", "s", bench_stat_one(bound));
     if (!rc)
         rc = br_put(c, r, cfg, router, "ratio_vs_bound", "1", bench_stat_one(best / bound));
+    br_result rt = *r; /* PyTorch's rows: its repeats */
+    rt.repeats = r->torch_repeats;
     if (!rc && r->torch_ms > 0.0)
-        rc = br_put(c, r, cfg, router, "time_torch", "s", bench_stat_one(r->torch_ms * 1e-3));
+        rc = br_put(c, &rt, cfg, router, "time_torch", "s", bench_stat_one(r->torch_ms * 1e-3));
     if (!rc && r->torch_ms > 0.0)
-        rc = br_put(c, r, cfg, router, "ratio_vs_torch", "1",
+        rc = br_put(c, &rt, cfg, router, "ratio_vs_torch", "1",
                     bench_stat_one(r->torch_ms * 1e-3 / best));
     if (!rc && r->same >= 0)
         rc = br_put(c, r, cfg, router, "plan_same_as_torch", "1", bench_stat_one(r->same));
@@ -612,17 +630,19 @@ static int br_parse_list(const char *s, int *v, int *nv, int max, const char *fl
 }
 
 #define BR_USAGE "usage: moesim bench --routing [--sizes N,..] [--experts E,..] [--repeats R] " \
-                 "[--large-repeats R] [--threads T] [--check-n N] [--no-torch] [--python PATH] " \
-                 "[--torch-script PATH] [--routers NAME,..] [--db PATH]"
+                 "[--large-repeats R] [--large-from N] [--threads T] [--check-n N] " \
+                 "[--no-torch] [--python PATH] [--torch-script PATH] [--routers NAME,..] " \
+                 "[--db PATH]"
 
 static int br_parse_args(int argc, char **argv, br_args *a, int *help)
 {
-    *a = (br_args){{65536, 1048576}, 2, {8, 64, 256}, 3, 3, 2, 4096, 0, 1, "/usr/bin/python3",
-                   "sim/bench_torch_routing.py", NULL, "results/bench.db"};
+    *a = (br_args){{65536, 1048576}, 2, {8, 64, 256}, 3, 3, 2, 4096, 0, 1, 1048576,
+                   "/usr/bin/python3", "sim/bench_torch_routing.py", NULL, "results/bench.db"};
     static const struct option lo[] = {
         {"routing", no_argument, NULL, 'R'},     {"sizes", required_argument, NULL, 'n'},
         {"experts", required_argument, NULL, 'e'}, {"repeats", required_argument, NULL, 'r'},
         {"large-repeats", required_argument, NULL, 'L'},
+        {"large-from", required_argument, NULL, 'F'},
         {"threads", required_argument, NULL, 't'}, {"check-n", required_argument, NULL, 'c'},
         {"no-torch", no_argument, NULL, 'N'},    {"python", required_argument, NULL, 'p'},
         {"torch-script", required_argument, NULL, 's'}, {"routers", required_argument, NULL, 'o'},
@@ -639,6 +659,7 @@ static int br_parse_args(int argc, char **argv, br_args *a, int *help)
         case 'e': rc = br_parse_list(optarg, a->experts, &a->nexperts, 4, "--experts"); break;
         case 'r': a->repeats = atoi(optarg); break;
         case 'L': a->large_repeats = atoi(optarg); break;
+        case 'F': a->large_from = atoi(optarg); break;
         case 't': a->threads = atoi(optarg); break;
         case 'c': a->check_n = atoi(optarg); break;
         case 'N': a->torch = 0; break;
@@ -651,9 +672,10 @@ static int br_parse_args(int argc, char **argv, br_args *a, int *help)
                             "unknown or incomplete flag '%s' (command line)", argv[optind - 1]);
         }
     }
-    if (!rc && (a->repeats < 1 || a->large_repeats < 1 || a->threads < 0 || a->check_n < 16))
-        rc = moe_fail(MOE_EINVAL, NULL, "--repeats >= 1, --large-repeats >= 1, --threads >= 0, "
-                      "--check-n >= 16 (command line)");
+    if (!rc && (a->repeats < 1 || a->large_repeats < 1 || a->large_from < 1 ||
+                a->threads < 0 || a->check_n < 16))
+        rc = moe_fail(MOE_EINVAL, NULL, "--repeats >= 1, --large-repeats >= 1, --large-from >= 1, "
+                      "--threads >= 0, --check-n >= 16 (command line)");
     return rc;
 }
 
@@ -688,7 +710,7 @@ static int br_size(const br_args *a, int n, int E, const char *dir, br_result *r
     free(L);
     char cases[1024];
     if (!rc && dir && br_torch_cases(want, cases, sizeof cases)) {
-        int st = br_python(a, "time", dir, cases, n >= BR_LARGE_N ? 1 : a->repeats, row);
+        int st = br_python(a, "time", dir, cases, br_torch_repeats(a, n), row);
         if (st)
             fprintf(stderr, "bench --routing: *** the PyTorch timing at n=%d E=%d exited with "
                     "%d: its cells are SKIPPED ***\n", n, E, st);
@@ -712,7 +734,7 @@ int moe_bench_routing(int argc, char **argv)
     double run[4] = {br_load(), NAN, NAN, NAN};
     printf("moesim bench --routing: %d threads, load average %.2f at the start; moesim best of "
            "%d below %d tokens, of %d from there on; one line per finished cell on stderr\n",
-           moe_par_threads(), run[0], a.repeats, BR_LARGE_N, a.large_repeats);
+           moe_par_threads(), run[0], a.repeats, a.large_from, a.large_repeats);
     const int ncell = a.nsizes * a.nexperts * BR_NCASES;
     br_result *res = calloc((size_t)ncell, sizeof *res);
     if (!res)

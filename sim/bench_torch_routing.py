@@ -59,20 +59,28 @@ def slots_choice_major(experts, E):
     return rank.reshape(experts.shape), counts
 
 
-def metrics(L, n, E, tok, exp_, assigned, importance):
-    """The per-plan metrics of a sweep: kept loads, experts per token, z-loss, imbalances,
-    importance CV^2, token drop rate."""
+def softmax_lse(L):
+    """p = softmax(L) per row, each row's logsumexp and its first largest logit, with one
+    exponential per logit: lse = max - log(p at the max), as p there is exp(max - lse)."""
+    mx, am = L.max(1, keepdim=True)
+    p = torch.softmax(L, 1)
+    return p, (mx - torch.log(p.gather(1, am))).squeeze(1), am
+
+
+def metrics(L, n, E, tok, exp_, assigned, importance, lse=None):
+    """The per-plan metrics of a sweep: kept loads, experts per token, z-loss (from lse when the
+    router has it), imbalances, importance CV^2, token drop rate."""
     kept = torch.bincount(exp_, minlength=E)
     per_tok = torch.bincount(tok, minlength=n)
     epts = torch.bincount(per_tok, minlength=E + 1)
-    z = torch.logsumexp(L, 1).square().mean()
+    z = (torch.logsumexp(L, 1) if lse is None else lse).square().mean()
     a = assigned.double()
     imp = importance.double()
     return (kept, epts, z, a.max() / a.mean(), kept.double().max() / kept.double().mean(),
             imp.var(unbiased=False) / imp.mean().square(), epts[0].item() / n)
 
 
-def token_choice(L, C, gates, experts, claim, E, aux):
+def token_choice(L, C, gates, experts, claim, E, aux, lse=None):
     """gates, experts (n, K) by rank; claim (n, K) bool or None (every choice claims); C None:
     dropless. Plan entries token-major, by rank within a token."""
     n, K = experts.shape
@@ -94,32 +102,32 @@ def token_choice(L, C, gates, experts, claim, E, aux):
     tok = torch.arange(n).unsqueeze(1).expand(n, K)[keep]
     ex = experts[keep]
     plan = (tok, ex, slot[keep], gates[keep])
-    metrics(L, n, E, tok, ex, assigned, importance)
+    metrics(L, n, E, tok, ex, assigned, importance, lse)
     return plan, aux(assigned)
 
 
 def route_switch(L, k, num, den, u):
     n, E = L.shape
-    p = torch.softmax(L, 1)
-    e = torch.argmax(L, 1, keepdim=True)
+    p, lse, e = softmax_lse(L)
     g = p.gather(1, e)
     pmean = p.mean(0)
     return token_choice(L, capacity(1, n, E, num, den), g, e, None, E,
-                        lambda a: E * ((a.double() / n) * pmean).sum())
+                        lambda a: E * ((a.double() / n) * pmean).sum(), lse)
 
 
 def route_topk(L, k, num, den, u):
     n, E = L.shape
-    pmean = torch.softmax(L, 1).mean(0)
+    p, lse, _ = softmax_lse(L)
+    pmean = p.mean(0)
     v, e = torch.topk(L, k, 1)
     g = torch.softmax(v, 1)
     return token_choice(L, capacity(k, n, E, num, den), g, e, None, E,
-                        lambda a: E / (k * n) * (a.double() * pmean).sum())
+                        lambda a: E / (k * n) * (a.double() * pmean).sum(), lse)
 
 
 def route_gshard(L, k, num, den, u):
     n, E = L.shape
-    p = torch.softmax(L, 1)
+    p, lse, _ = softmax_lse(L)
     pmean = p.mean(0)
     _, e = torch.topk(L, 2, 1)
     p12 = p.gather(1, e)
@@ -128,19 +136,19 @@ def route_gshard(L, k, num, den, u):
     claim[:, 1] = 2.0 * g[:, 1] > u
     first = torch.bincount(e[:, 0], minlength=E)
     return token_choice(L, capacity(2, n, E, num, den), g, e, claim, E,
-                        lambda a: E * ((first.double() / n) * pmean).sum())
+                        lambda a: E * ((first.double() / n) * pmean).sum(), lse)
 
 
 def route_expert_choice(L, k, num, den, u):
     n, E = L.shape
-    S = torch.softmax(L, 1)
+    S, lse, _ = softmax_lse(L)
     C = min(capacity(1, n, E, num, den), n)
     v, t = torch.topk(S.t(), C, 1)  # (E, C), sorted descending
     tok = t.reshape(-1)
     ex = torch.arange(E).repeat_interleave(C)
     slot = torch.arange(C).repeat(E)
     assigned = torch.full((E,), C, dtype=torch.long)
-    metrics(L, n, E, tok, ex, assigned, v.sum(1))
+    metrics(L, n, E, tok, ex, assigned, v.sum(1), lse)
     return (tok, ex, slot, v.reshape(-1)), 0.0
 
 
@@ -186,13 +194,13 @@ def route_sinkhorn(L, k, num, den, u):
     K = torch.exp(L - L.max(1, keepdim=True).values)
     d1 = sinkhorn_scalings(K, SINKHORN_TOL)
     _, e = torch.topk(K * d1, k, 1)
-    g = torch.sigmoid(L.gather(1, e)) if k == 1 else torch.softmax(L, 1).gather(1, e)
+    g = torch.sigmoid(L.gather(1, e)) if k == 1 else softmax_lse(L)[0].gather(1, e)
     return token_choice(L, capacity(k, n, E, num, den), g, e, None, E, lambda a: 0.0)
 
 
 def route_topp(L, k, num, den, u):
     n, E = L.shape
-    p = torch.softmax(L, 1)
+    p, lse, _ = softmax_lse(L)
     pmean = p.mean(0)
     v, e = torch.sort(p, dim=1, descending=True, stable=True)
     before = torch.cumsum(v, 1) - v  # the cumulative p before each rank
@@ -202,7 +210,7 @@ def route_topp(L, k, num, den, u):
     claim, v, e = claim[:, :K], v[:, :K], e[:, :K]
     claims = int(claim.sum())
     return token_choice(L, capacity(1, claims, E, num, den), v, e, claim, E,
-                        lambda a: E / claims * (a.double() * pmean).sum())
+                        lambda a: E / claims * (a.double() * pmean).sum(), lse)
 
 
 def route_relu(L, k, num, den, u):
@@ -217,22 +225,22 @@ def route_relu(L, k, num, den, u):
 
 def route_dense(L, k, num, den, u):
     n, E = L.shape
-    p = torch.softmax(L, 1)
+    p, lse, _ = softmax_lse(L)
     tok = torch.arange(n).repeat_interleave(E)
     ex = torch.arange(E).repeat(n)
     assigned = torch.full((E,), n, dtype=torch.long)
-    metrics(L, n, E, tok, ex, assigned, p.sum(0))
+    metrics(L, n, E, tok, ex, assigned, p.sum(0), lse)
     return (tok, ex, tok, p.reshape(-1)), 0.0
 
 
 def route_soft_moe(L, k, num, den, u):
     n, E = L.shape  # one slot per expert: column j is expert j
     D = torch.softmax(L, 0)  # dispatch, over the tokens
-    W = torch.softmax(L, 1)  # combine, over the columns
+    W, lse, _ = softmax_lse(L)  # combine, over the columns
     tok = torch.arange(n).repeat_interleave(E)
     ex = torch.arange(E).repeat(n)
     assigned = torch.ones(E, dtype=torch.long)
-    metrics(L, n, E, tok, ex, assigned, W.sum(0))
+    metrics(L, n, E, tok, ex, assigned, W.sum(0), lse)
     D.sum()
     return (tok, ex, torch.zeros_like(tok), W.reshape(-1)), 0.0
 
