@@ -14,9 +14,10 @@
  *     logits (2 GB at 2^20 x 256) is in memory besides the file. Each twin is first checked to
  *     produce the same plan as moesim on `--check-n` tokens (same (token, expert, slot) entries
  *     in the same order, combine weights within 1e-12 relative).
- * Capacity factor 1.25; other options at their defaults. Routers whose plan may hold more than
- * BR_MAX_ENTRIES entries (dense, soft_moe: n*E) or whose workspace grows with E*E*n/E (base)
- * run at the smaller sizes only, and the table says so; replay needs recorded choices and is
+ * Capacity factor 1.25; other options at their defaults. Routers whose plan or claim workspace
+ * holds n*E entries (dense, soft_moe; topp and relu, whose max_k is E) run where n*E is at most
+ * BR_MAX_ENTRIES (all but 2^20 x 256), base (its workspace grows with E*E*n/E) at 65536 tokens
+ * and below, and the table says so; replay needs recorded choices and is
  * not run; base has no PyTorch twin (fairseq's BASE layer solves its assignment in C++).
  * Every finished cell prints a line on stderr (wall and CPU seconds of the cell, of the run).
  * The rows go to the table bench of --db (default results/bench.db) in one transaction,
@@ -39,6 +40,7 @@
 #include <getopt.h>
 #include <gsl/gsl_randist.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -47,7 +49,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define BR_MAX_ENTRIES (1L << 25)
+#define BR_MAX_ENTRIES (1L << 26)
 #define BR_BASE_MAX_N 65536L
 
 typedef struct {
@@ -279,7 +281,10 @@ static const char *br_skip(const br_args *a, const br_case *c, long n, long E)
         return "its exact assignment's workspace and time grow with n*E: 65536 tokens only";
     if ((strcmp(c->router, "dense") == 0 || strcmp(c->router, "soft_moe") == 0) &&
         n * E > BR_MAX_ENTRIES)
-        return "its plan has n*E entries, over 2^25 (1 GB of entries)";
+        return "its plan has n*E entries, over 2^26 (2 GB of entries)";
+    if ((strcmp(c->router, "topp") == 0 || strcmp(c->router, "relu") == 0) &&
+        n * E > BR_MAX_ENTRIES)
+        return "max_k = E: workspace for n*E claims, over 2^26 (about 13 GB at 2^20 x 256)";
     if (c->k > E)
         return "k > E";
     return NULL;
@@ -330,6 +335,31 @@ static int br_tmpdir(char *dir, size_t len)
     }
     return moe_fail(MOE_EIO, "set TMPDIR to a writable folder",
                     "cannot create a temporary folder (bench --routing, %s)", dir);
+}
+
+/* The shared folder while it exists, for br_on_signal. */
+static char br_shared_dir[1100];
+
+/* SIGINT, SIGTERM, SIGHUP: remove the shared folder's files (up to 2 GB of memory in /dev/shm)
+ * before dying; unlink and rmdir are async-signal-safe. */
+static void br_on_signal(int sig)
+{
+    static const char *const files[] = {"logits.npy", "uniforms.npy"};
+    char path[1200];
+    if (br_shared_dir[0]) {
+        for (int i = 0; i < 2; i++) {
+            size_t len = strlen(br_shared_dir), fl = strlen(files[i]);
+            if (len + fl + 2 > sizeof path)
+                continue;
+            memcpy(path, br_shared_dir, len);
+            path[len] = '/';
+            memcpy(path + len + 1, files[i], fl + 1);
+            unlink(path);
+        }
+        rmdir(br_shared_dir);
+    }
+    signal(sig, SIG_DFL);
+    raise(sig);
 }
 
 static void br_rmdir(const char *dir)
@@ -760,14 +790,20 @@ int moe_bench_routing(int argc, char **argv)
                a.torch ? "its script is not found: run from the repository" : "--no-torch");
     }
     char dir[1100];
-    if (!rc && have_torch)
-        rc = br_tmpdir(dir, sizeof dir);
+    if (!rc && have_torch && !(rc = br_tmpdir(dir, sizeof dir))) {
+        snprintf(br_shared_dir, sizeof br_shared_dir, "%s", dir);
+        signal(SIGINT, br_on_signal);
+        signal(SIGTERM, br_on_signal);
+        signal(SIGHUP, br_on_signal);
+    }
     for (int si = 0; !rc && si < a.nsizes; si++)
         for (int ei = 0; !rc && ei < a.nexperts; ei++)
             rc = br_size(&a, a.sizes[si], a.experts[ei], have_torch ? dir : NULL,
                          &res[(si * a.nexperts + ei) * BR_NCASES]);
-    if (have_torch)
+    if (have_torch && br_shared_dir[0]) {
         br_rmdir(dir);
+        br_shared_dir[0] = '\0';
+    }
     if (!rc)
         br_print(&a, res);
     run[1] = br_load();
