@@ -44,7 +44,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -87,22 +86,26 @@ typedef struct {
 /* The wall clock and the process's CPU time at the start of the run, for the progress lines. */
 static double br_t0_wall, br_t0_cpu;
 
-static double br_cpu(void)
+/* CPU seconds of this process and its waited-for children (PyTorch). */
+static double br_cpu_all(void)
 {
-    struct timespec ts;
-    return clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) == 0 ? ts.tv_sec + ts.tv_nsec * 1e-9
-                                                             : NAN;
+    struct rusage s, ch;
+    if (getrusage(RUSAGE_SELF, &s) || getrusage(RUSAGE_CHILDREN, &ch))
+        return NAN;
+    return s.ru_utime.tv_sec + s.ru_stime.tv_sec + ch.ru_utime.tv_sec + ch.ru_stime.tv_sec +
+           (s.ru_utime.tv_usec + s.ru_stime.tv_usec + ch.ru_utime.tv_usec +
+            ch.ru_stime.tv_usec) * 1e-6;
 }
 
 /* A progress line on stderr: what finished, its wall seconds, the run's wall and CPU seconds
- * so far (the CPU of this process: PyTorch's is in its own lines' cell time). */
+ * so far (moesim's, and PyTorch's up to its last finished call). */
 static void br_progress(const char *what, double cell_s)
 {
     double l = NAN;
     if (getloadavg(&l, 1) != 1)
         l = NAN;
     fprintf(stderr, "bench --routing: %-52s %7.1f s | run %7.1f s wall, %7.1f s CPU, load %.1f\n",
-            what, cell_s, moe_now() - br_t0_wall, br_cpu() - br_t0_cpu, l);
+            what, cell_s, moe_now() - br_t0_wall, br_cpu_all() - br_t0_cpu, l);
 }
 
 static int br_repeats(const br_args *a, int n)
@@ -633,17 +636,6 @@ static double br_load(void)
     return getloadavg(l, 1) == 1 ? l[0] : NAN;
 }
 
-/* CPU seconds of this process and its waited-for children (PyTorch). */
-static double br_cpu_all(void)
-{
-    struct rusage s, ch;
-    if (getrusage(RUSAGE_SELF, &s) || getrusage(RUSAGE_CHILDREN, &ch))
-        return NAN;
-    return s.ru_utime.tv_sec + s.ru_stime.tv_sec + ch.ru_utime.tv_sec + ch.ru_stime.tv_sec +
-           (s.ru_utime.tv_usec + s.ru_stime.tv_usec + ch.ru_utime.tv_usec +
-            ch.ru_stime.tv_usec) * 1e-6;
-}
-
 static int br_parse_list(const char *s, int *v, int *nv, int max, const char *flag)
 {
     *nv = 0;
@@ -724,7 +716,10 @@ static int br_size(const br_args *a, int n, int E, const char *dir, br_result *r
     if (!rc)
         br_progress(what, moe_now() - t0);
     const int R = br_repeats(a, n);
-    double bound = rc ? 0.0 : br_bound(L, n, E, R) * 1e3;
+    const double tb = moe_now(), bound = rc ? 0.0 : br_bound(L, n, E, R) * 1e3;
+    snprintf(what, sizeof what, "bound n=%d E=%d: %.2f ms (best of %d)", n, E, bound, R);
+    if (!rc)
+        br_progress(what, moe_now() - tb);
     int want[BR_NCASES];
     for (int c = 0; !rc && c < BR_NCASES; c++) {
         br_result *r = &row[c];
@@ -760,7 +755,7 @@ int moe_bench_routing(int argc, char **argv)
     }
     moe_par_set_threads(a.threads);
     br_t0_wall = moe_now();
-    br_t0_cpu = br_cpu();
+    br_t0_cpu = br_cpu_all();
     double run[4] = {br_load(), NAN, NAN, NAN};
     printf("moesim bench --routing: %d threads, load average %.2f at the start; moesim best of "
            "%d below %d tokens, of %d from there on; one line per finished cell on stderr\n",
@@ -808,7 +803,7 @@ int moe_bench_routing(int argc, char **argv)
         br_print(&a, res);
     run[1] = br_load();
     run[2] = moe_now() - br_t0_wall;
-    run[3] = br_cpu_all();
+    run[3] = br_cpu_all() - br_t0_cpu;
     if (!rc)
         printf("load average %.2f at the end; the run took %.1f s wall, %.1f s of CPU (moesim "
                "and PyTorch)\n", run[1], run[2], run[3]);

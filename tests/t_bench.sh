@@ -84,6 +84,7 @@ has "$T/rout" '^routers without a PyTorch twin: base '
 # (all here): one progress line each on stderr, 56 in all, and one per drawn set of logits
 count "$T/rerr" '^bench --routing: moesim ' 56
 count "$T/rerr" '^bench --routing: logits n=' 4
+count "$T/rerr" '^bench --routing: bound n=' 4
 count "$T/rerr" '^bench --routing: PyTorch ' 0
 if command -v sqlite3 >/dev/null; then
     eq "routing: two runs now" "SELECT count(DISTINCT run) FROM bench" 2
