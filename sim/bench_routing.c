@@ -1,24 +1,32 @@
 /* bench_routing.c: `moesim bench --routing`, the speed of the route phase.
  *
- * For n tokens of N(0,1) float64 logits and E experts, every router's route phase as a sweep
- * runs it (moe_router_route, then moe_metrics_compute on the plan) is timed (best of R), and
+ * For every size n and expert count E, n x E N(0,1) float64 logits are drawn once; every
+ * router's route phase as a sweep runs it (moe_router_route, then moe_metrics_compute on the
+ * plan) is timed (best of R; R = --repeats below 2^20 tokens, --large-repeats from 2^20 on) and
  * set against
  *   - the bound: one pass over the logits taking one exponential per logit (the routers' own
  *     vector exponential, moe_vexp_shift), on the routers' threads (moe_par_threads), measured
  *     in the same run;
- *   - PyTorch implementations of switch, topk, gshard and expert_choice
- *     (sim/bench_torch_routing.py, run with the same number of threads), first checked to
- *     produce the same plan as moesim on `--check-n` tokens: same (token, expert, slot) entries
- *     in the same order, combine weights within 1e-12 relative.
- * Capacity factor 1.25; other options at their defaults. Routers whose plan would hold more
- * than BR_MAX_ENTRIES entries (dense, soft_moe at large n*E) or whose workspace grows with
- * E*E*n/E (base) run at the smaller sizes only, and say so; replay needs recorded choices and is
- * not run. The rows go to the table bench of --db (default results/bench.db) in one transaction,
- * config "routing_<router>_k<k>_E<E>" (d = f = 0: no layer), and to its JSON twin
- * (results/bench.json, beside the layer benchmark's rows): time_route (s, over the repeats),
- * tokens_per_s, time_bound and ratio_vs_bound, time_torch and ratio_vs_torch (PyTorch time /
- * moesim time) when PyTorch ran, plan_same_as_torch (1/0) when checked; config "routing_load"
- * holds the load average at the start and the end of the run.
+ *   - the PyTorch twins of the routers (sim/bench_torch_routing.py, run with the same number of
+ *     threads) on the same logits: they are written once per (n, E) as .npy into a temporary
+ *     folder (in /dev/shm when it exists: memory, not disk), which the script memory-maps, and
+ *     are timed right after moesim's cells of that (n, E), so only one copy of the largest
+ *     logits (2 GB at 2^20 x 256) is in memory besides the file. Each twin is first checked to
+ *     produce the same plan as moesim on `--check-n` tokens (same (token, expert, slot) entries
+ *     in the same order, combine weights within 1e-12 relative).
+ * Capacity factor 1.25; other options at their defaults. Routers whose plan or claim workspace
+ * holds n*E entries (dense, soft_moe; topp and relu, whose max_k is E) run where n*E is at most
+ * BR_MAX_ENTRIES (all but 2^20 x 256), base (its workspace grows with E*E*n/E) at 65536 tokens
+ * and below, and the table says so; replay needs recorded choices and is
+ * not run; base has no PyTorch twin (fairseq's BASE layer solves its assignment in C++).
+ * Every finished cell prints a line on stderr (wall and CPU seconds of the cell, of the run).
+ * The rows go to the table bench of --db (default results/bench.db) in one transaction,
+ * config "routing_<router>_k<k>_E<E>" (d = f = 0: no layer; repeats: that row's R), and to its
+ * JSON twin (results/bench.json, beside the layer benchmark's rows): time_route (s, over the
+ * repeats), tokens_per_s, time_bound and ratio_vs_bound, time_torch and ratio_vs_torch
+ * (PyTorch time / moesim time) when PyTorch ran, plan_same_as_torch (1/0) when checked; config
+ * "routing_load" holds the load average at the start and the end of the run and the run's
+ * wall and CPU seconds.
  */
 #include "bench.h"
 #include "bench_routing.h"
@@ -32,31 +40,34 @@
 #include <getopt.h>
 #include <gsl/gsl_randist.h>
 #include <math.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define BR_MAX_ENTRIES (1L << 25)
+#define BR_MAX_ENTRIES (1L << 26)
 #define BR_BASE_MAX_N 65536L
 
 typedef struct {
     const char *router;
     int k;      /* 0: the router's default */
-    int torch;  /* has a PyTorch implementation */
+    int torch;  /* has a PyTorch twin in sim/bench_torch_routing.py */
 } br_case;
 
 static const br_case br_cases[] = {
-    {"switch", 1, 1},        {"topk", 1, 1},    {"topk", 2, 1},      {"topk", 8, 1},
-    {"gshard", 2, 1},        {"expert_choice", 1, 1}, {"hash", 0, 0}, {"dsv3_bias", 0, 0},
-    {"sinkhorn", 0, 0},      {"soft_moe", 0, 0}, {"base", 0, 0},     {"dense", 0, 0},
-    {"topp", 0, 0},          {"relu", 0, 0},
+    {"switch", 1, 1},   {"topk", 1, 1},     {"topk", 2, 1},     {"topk", 8, 1},
+    {"gshard", 2, 1},   {"expert_choice", 1, 1}, {"hash", 0, 1}, {"dsv3_bias", 0, 1},
+    {"sinkhorn", 0, 1}, {"soft_moe", 0, 1}, {"base", 0, 0},     {"dense", 0, 1},
+    {"topp", 0, 1},     {"relu", 0, 1},
 };
 enum { BR_NCASES = sizeof br_cases / sizeof br_cases[0] };
 
 typedef struct {
-    int sizes[4], nsizes, experts[4], nexperts, repeats, check_n, threads, torch;
+    int sizes[4], nsizes, experts[4], nexperts, repeats, large_repeats, check_n, threads, torch;
+    int large_from; /* n from which moesim repeats large_repeats times, PyTorch once */
     const char *python, *script;
     const char *routers; /* comma-separated names to run, or NULL for all */
     const char *db;
@@ -67,9 +78,47 @@ typedef struct {
     bench_stat t;                  /* seconds over the repeats */
     int n, E, k, ran, same; /* k effective; same: 1 plan equal to PyTorch's, 0 differs, -1 not
                              * checked */
+    int repeats, torch_repeats; /* of this cell: moesim's, PyTorch's */
     long C;                 /* the plan's capacity */
     size_t kept;            /* its entries */
 } br_result;
+
+/* The wall clock and the process's CPU time at the start of the run, for the progress lines. */
+static double br_t0_wall, br_t0_cpu;
+
+/* CPU seconds of this process and its waited-for children (PyTorch). */
+static double br_cpu_all(void)
+{
+    struct rusage s, ch;
+    if (getrusage(RUSAGE_SELF, &s) || getrusage(RUSAGE_CHILDREN, &ch))
+        return NAN;
+    return s.ru_utime.tv_sec + s.ru_stime.tv_sec + ch.ru_utime.tv_sec + ch.ru_stime.tv_sec +
+           (s.ru_utime.tv_usec + s.ru_stime.tv_usec + ch.ru_utime.tv_usec +
+            ch.ru_stime.tv_usec) * 1e-6;
+}
+
+/* A progress line on stderr: what finished, its wall seconds, the run's wall and CPU seconds
+ * so far (moesim's, and PyTorch's up to its last finished call). */
+static void br_progress(const char *what, double cell_s)
+{
+    double l = NAN;
+    if (getloadavg(&l, 1) != 1)
+        l = NAN;
+    fprintf(stderr, "bench --routing: %-52s %7.1f s | run %7.1f s wall, %7.1f s CPU, load %.1f\n",
+            what, cell_s, moe_now() - br_t0_wall, br_cpu_all() - br_t0_cpu, l);
+}
+
+static int br_repeats(const br_args *a, int n)
+{
+    return n >= a->large_from ? a->large_repeats : a->repeats;
+}
+
+/* PyTorch's repeats at n: once from large_from on (each call allocates its tensors afresh, so a
+ * repeat warms nothing there and only doubles the time). */
+static int br_torch_repeats(const br_args *a, int n)
+{
+    return n >= a->large_from ? 1 : a->repeats;
+}
 
 /* ---- inputs ---- */
 
@@ -88,6 +137,24 @@ static double *br_logits(int n, int E, uint64_t seed)
         L[i] = gsl_ran_gaussian_ziggurat(g, 1.0);
     gsl_rng_free(g);
     return L;
+}
+
+/* n uniform draws (gshard's second-expert test), seed's gshard stream; NULL when out of
+ * memory. */
+static double *br_uniforms(int n, uint64_t seed)
+{
+    double *u = malloc((size_t)n * sizeof *u);
+    gsl_rng *g = moe_rng_alloc(seed, MOE_STREAM_GSHARD);
+    for (int i = 0; u && g && i < n; i++)
+        u[i] = gsl_rng_uniform(g);
+    if (g)
+        gsl_rng_free(g);
+    if (!u || !g) {
+        free(u);
+        moe_fail(MOE_ENOMEM, NULL, "out of memory (bench draws)");
+        return NULL;
+    }
+    return u;
 }
 
 static moe_route_opts br_opts(int k)
@@ -207,20 +274,29 @@ static int br_listed(const char *list, const char *name)
     return 0;
 }
 
-static int br_skip(const br_args *a, const br_case *c, long n, long E)
+/* Why router c does not run at n tokens and E experts (NULL: it runs); "" when --routers left it
+ * out. */
+static const char *br_skip(const br_args *a, const br_case *c, long n, long E)
 {
     if (a->routers && !br_listed(a->routers, c->router))
-        return 1;
-    if (strcmp(c->router, "base") == 0)
-        return n > BR_BASE_MAX_N;
-    if (strcmp(c->router, "dense") == 0 || strcmp(c->router, "soft_moe") == 0)
-        return n * E > BR_MAX_ENTRIES;
-    return c->k > E;
+        return "";
+    if (strcmp(c->router, "base") == 0 && n > BR_BASE_MAX_N)
+        return "its exact assignment's workspace and time grow with n*E: 65536 tokens only";
+    if ((strcmp(c->router, "dense") == 0 || strcmp(c->router, "soft_moe") == 0) &&
+        n * E > BR_MAX_ENTRIES)
+        return "its plan has n*E entries, over 2^26 (2 GB of entries)";
+    if ((strcmp(c->router, "topp") == 0 || strcmp(c->router, "relu") == 0) &&
+        n * E > BR_MAX_ENTRIES)
+        return "max_k = E: workspace for n*E claims, over 2^26 (about 13 GB at 2^20 x 256)";
+    if (c->k > E)
+        return "k > E";
+    return NULL;
 }
 
 /* Times router c on L: res's times, k, capacity and entries. */
 static int br_time(const br_case *c, const double *L, int n, int E, int repeats, br_result *res)
 {
+    const double t0 = moe_now();
     br_run b;
     double *v = malloc((size_t)repeats * sizeof *v);
     int rc = v ? br_run_alloc(c, n, E, &b) : moe_fail(MOE_ENOMEM, NULL, "out of memory");
@@ -236,6 +312,11 @@ static int br_time(const br_case *c, const double *L, int n, int E, int repeats,
         res->kept = b.plan->n_entries;
         res->t = bench_stat_of(v, repeats);
         res->ms = res->t.min * 1e3;
+        res->repeats = repeats;
+        char what[128];
+        snprintf(what, sizeof what, "moesim %s k=%d n=%d E=%d: %.2f ms (best of %d)", c->router,
+                 res->k, n, E, res->ms, repeats);
+        br_progress(what, moe_now() - t0);
     }
     br_run_free(&b);
     free(v);
@@ -244,38 +325,123 @@ static int br_time(const br_case *c, const double *L, int n, int E, int repeats,
 
 /* ---- PyTorch ---- */
 
-static int br_python_run(const br_args *a, const char *args, char **out)
+/* A fresh folder for the files shared with PyTorch: in /dev/shm (memory) when it is there,
+ * else $TMPDIR or /tmp. */
+static int br_tmpdir(char *dir, size_t len)
 {
-    char cmd[2048];
-    snprintf(cmd, sizeof cmd, "'%s' '%s' %s --threads %d --cf 5/4", a->python, a->script, args,
-             moe_par_threads());
+    const char *tmp = getenv("TMPDIR");
+    const char *base[2] = {"/dev/shm", tmp && *tmp ? tmp : "/tmp"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(dir, len, "%s/moesim-brXXXXXX", base[i]);
+        if (access(base[i], W_OK) == 0 && mkdtemp(dir))
+            return MOE_OK;
+    }
+    return moe_fail(MOE_EIO, "set TMPDIR to a writable folder",
+                    "cannot create a temporary folder (bench --routing, %s)", dir);
+}
+
+/* The shared folder while it exists, for br_on_signal. */
+static char br_shared_dir[1100];
+
+/* SIGINT, SIGTERM, SIGHUP: remove the shared folder's files (up to 2 GB of memory in /dev/shm)
+ * before dying; unlink and rmdir are async-signal-safe. */
+static void br_on_signal(int sig)
+{
+    static const char *const files[] = {"logits.npy", "uniforms.npy"};
+    char path[1200];
+    if (br_shared_dir[0]) {
+        for (int i = 0; i < 2; i++) {
+            size_t len = strlen(br_shared_dir), fl = strlen(files[i]);
+            if (len + fl + 2 > sizeof path)
+                continue;
+            memcpy(path, br_shared_dir, len);
+            path[len] = '/';
+            memcpy(path + len + 1, files[i], fl + 1);
+            unlink(path);
+        }
+        rmdir(br_shared_dir);
+    }
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void br_rmdir(const char *dir)
+{
+    char cmd[1300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "bench --routing: could not remove %s\n", dir);
+}
+
+/* The logits (n,E) and draws (n) as dir/logits.npy and dir/uniforms.npy. */
+static int br_write_inputs(const char *dir, const double *L, const double *u, int n, int E)
+{
+    char path[1200];
+    size_t shL[2] = {(size_t)n, (size_t)E}, shu[1] = {(size_t)n};
+    snprintf(path, sizeof path, "%s/logits.npy", dir);
+    int rc = moe_npy_write(path, MOE_F64, L, 2, shL);
+    snprintf(path, sizeof path, "%s/uniforms.npy", dir);
+    return rc ? rc : moe_npy_write(path, MOE_F64, u, 1, shu);
+}
+
+/* k as the PyTorch twin takes it: the case's, else the router type's default. */
+static int br_case_k(const br_case *c)
+{
+    const moe_router_type *t = moe_router_find(c->router);
+    return c->k ? c->k : t ? t->default_k : 1;
+}
+
+/* "name:k,..." of the cases with a twin for which want[c] is set; 0 when there is none. */
+static int br_torch_cases(const int *want, char *buf, size_t len)
+{
+    size_t pos = 0;
+    int count = 0;
+    buf[0] = '\0';
+    for (int c = 0; c < BR_NCASES; c++)
+        if (want[c] && br_cases[c].torch && pos + 40 < len) {
+            pos += (size_t)snprintf(buf + pos, len - pos, "%s%s:%d", count ? "," : "",
+                                    br_cases[c].router, br_case_k(&br_cases[c]));
+            count++;
+        }
+    return count;
+}
+
+/* Runs the script in mode on dir's inputs for cases; each "time ROUTER K N E SECONDS" line it
+ * prints sets the torch time of the matching cell of row (BR_NCASES results of one (n, E)) and
+ * a progress line. Returns the script's exit status (-1: could not run). */
+static int br_python(const br_args *a, const char *mode, const char *dir, const char *cases,
+                     int repeats, br_result *row)
+{
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "OMP_WAIT_POLICY=passive '%s' '%s' %s --dir '%s' --cases %s "
+             "--repeats %d --threads %d --cf 5/4", a->python, a->script, mode, dir, cases,
+             repeats, moe_par_threads());
+    fflush(stdout);
     FILE *f = popen(cmd, "r");
     if (!f)
         return -1;
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        if (len + 4096 > cap) {
-            char *nb = realloc(buf, cap *= 2);
-            if (!nb) {
-                free(buf);
-                buf = NULL;
-                break;
+    char line[512];
+    double t0 = moe_now();
+    while (fgets(line, sizeof line, f)) {
+        char name[64];
+        int k, n, E;
+        double s;
+        if (!row || sscanf(line, "time %63s %d %d %d %lf", name, &k, &n, &E, &s) != 5)
+            continue;
+        for (int c = 0; c < BR_NCASES; c++)
+            if (br_cases[c].torch && br_case_k(&br_cases[c]) == k &&
+                strcmp(br_cases[c].router, name) == 0 && row[c].n == n && row[c].E == E)
+            {
+                row[c].torch_ms = s * 1e3;
+                row[c].torch_repeats = repeats;
             }
-            buf = nb;
-        }
-        size_t got = fread(buf + len, 1, cap - len - 1, f);
-        if (got == 0)
-            break;
-        len += got;
+        char what[128];
+        snprintf(what, sizeof what, "PyTorch %s k=%d n=%d E=%d: %.2f ms (best of %d)", name, k,
+                 n, E, s * 1e3, repeats);
+        br_progress(what, moe_now() - t0);
+        t0 = moe_now();
     }
-    if (buf)
-        buf[len] = '\0';
     int st = pclose(f);
-    if (out)
-        *out = buf;
-    else
-        free(buf);
     return st == -1 ? -1 : WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
 
@@ -284,7 +450,7 @@ static int br_same_plan(const br_case *c, const char *dir, const double *L, cons
                         int n, int E)
 {
     char path[1200];
-    snprintf(path, sizeof path, "%s/torch_%s_k%d.npy", dir, c->router, c->k);
+    snprintf(path, sizeof path, "%s/torch_%s_k%d.npy", dir, c->router, br_case_k(c));
     moe_npy a;
     if (moe_npy_read(path, &a)) {
         moe_clear_error();
@@ -312,96 +478,81 @@ static int br_same_plan(const br_case *c, const char *dir, const double *L, cons
     return same;
 }
 
-/* Check every PyTorch router against moesim on check_n tokens with E experts: fills same[]. */
-static int br_check(const br_args *a, int E, int *same)
+/* Check every PyTorch twin against moesim on check_n tokens with E experts: fills same[]
+ * (-1: not checked). *st: the script's exit status. */
+static int br_check(const br_args *a, int E, int *same, int *st)
 {
     const int n = a->check_n;
-    char dir[] = "/tmp/moesim-brXXXXXX";
-    if (!mkdtemp(dir))
-        return moe_fail(MOE_EIO, NULL, "cannot create a temporary directory (bench --routing)");
-    double *L = br_logits(n, E, 7), *u = malloc((size_t)n * sizeof *u);
-    gsl_rng *g = moe_rng_alloc(7, MOE_STREAM_GSHARD);
-    int rc = !L || !u || !g ? MOE_ENOMEM : MOE_OK;
-    for (int i = 0; !rc && i < n; i++)
-        u[i] = gsl_rng_uniform(g);
-    char path[1200], args[1400];
-    size_t shL[2] = {(size_t)n, (size_t)E}, shu[1] = {(size_t)n};
-    snprintf(path, sizeof path, "%s/logits.npy", dir);
-    rc = rc ? rc : moe_npy_write(path, MOE_F64, L, 2, shL);
-    snprintf(path, sizeof path, "%s/uniforms.npy", dir);
-    rc = rc ? rc : moe_npy_write(path, MOE_F64, u, 1, shu);
-    snprintf(args, sizeof args, "check --dir '%s'", dir);
-    int st = rc ? -1 : br_python_run(a, args, NULL);
+    int want[BR_NCASES];
+    char dir[1100], cases[1024];
     for (int c = 0; c < BR_NCASES; c++) {
         same[c] = -1;
-        if (!rc && st == 0 && br_cases[c].torch && br_cases[c].k <= E)
-            same[c] = br_same_plan(&br_cases[c], dir, L, u, n, E);
+        want[c] = !br_skip(a, &br_cases[c], n, E);
     }
-    char cmd[1300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "bench --routing: could not remove %s\n", dir);
+    *st = 0;
+    if (!br_torch_cases(want, cases, sizeof cases))
+        return MOE_OK;
+    int rc = br_tmpdir(dir, sizeof dir);
+    if (rc)
+        return rc;
+    double *L = br_logits(n, E, 7), *u = br_uniforms(n, 7);
+    rc = !L || !u ? MOE_ENOMEM : br_write_inputs(dir, L, u, n, E);
+    *st = rc ? -1 : br_python(a, "check", dir, cases, 1, NULL);
+    for (int c = 0; !rc && *st == 0 && c < BR_NCASES; c++)
+        if (want[c] && br_cases[c].torch)
+            same[c] = br_same_plan(&br_cases[c], dir, L, u, n, E);
+    if (*st == 0) {
+        char what[96];
+        snprintf(what, sizeof what, "plan check on %d tokens, E=%d", n, E);
+        br_progress(what, NAN);
+    }
+    br_rmdir(dir);
     free(L);
     free(u);
-    if (g)
-        gsl_rng_free(g);
     return rc;
 }
 
-/* Time the PyTorch routers at every size and E; fills res[..].torch_ms. 0 = ran. */
-static int br_torch_time(const br_args *a, br_result *res)
-{
-    char args[512], *out = NULL;
-    int pos = snprintf(args, sizeof args, "time --repeats %d --sizes ", a->repeats);
-    for (int i = 0; i < a->nsizes; i++)
-        pos += snprintf(args + pos, sizeof args - pos, "%s%d", i ? "," : "", a->sizes[i]);
-    pos += snprintf(args + pos, sizeof args - pos, " --experts ");
-    for (int i = 0; i < a->nexperts; i++)
-        pos += snprintf(args + pos, sizeof args - pos, "%s%d", i ? "," : "", a->experts[i]);
-    int st = br_python_run(a, args, &out);
-    for (char *line = out ? strtok(out, "\n") : NULL; line; line = strtok(NULL, "\n")) {
-        char name[64];
-        int k, n, E;
-        double s;
-        if (sscanf(line, "time %63s %d %d %d %lf", name, &k, &n, &E, &s) != 5)
-            continue;
-        for (int si = 0; si < a->nsizes; si++)
-            for (int ei = 0; ei < a->nexperts; ei++)
-                for (int c = 0; c < BR_NCASES; c++) {
-                    br_result *r = &res[(si * a->nexperts + ei) * BR_NCASES + c];
-                    if (a->sizes[si] == n && a->experts[ei] == E && br_cases[c].torch &&
-                        br_cases[c].k == k && strcmp(br_cases[c].router, name) == 0)
-                        r->torch_ms = s * 1e3;
-                }
-    }
-    free(out);
-    return st;
-}
+/* ---- the table ---- */
 
 static void br_print(const br_args *a, const br_result *res)
 {
-    printf("\n%-14s %2s %8s %4s %10s %9s %10s %8s %9s %8s %5s\n", "router", "k", "n", "E",
-           "moesim ms", "Mtok/s", "torch ms", "x torch", "bound ms", "/bound", "plan");
+    printf("\n%-14s %2s %8s %4s %10s %9s %10s %8s %9s %8s %5s %3s\n", "router", "k", "n", "E",
+           "moesim ms", "Mtok/s", "torch ms", "x torch", "bound ms", "/bound", "plan", "R");
     for (int i = 0; i < a->nsizes * a->nexperts * BR_NCASES; i++) {
         const br_result *r = &res[i];
         const br_case *c = &br_cases[i % BR_NCASES];
-        if (!r->ran)
-            continue;
-        char kk[8], tm[16] = "-", xt[16] = "-";
+        const char *why = br_skip(a, c, r->n, r->E);
+        char kk[8], tm[16] = "-", xt[16] = "-", rr[16];
         snprintf(kk, sizeof kk, "%d", c->k);
         if (c->k == 0)
             snprintf(kk, sizeof kk, "-");
+        if (!r->ran) {
+            if (why && *why && c->k <= r->E)
+                printf("%-14s %2s %8d %4d   not run: %s\n", c->router, kk, r->n, r->E, why);
+            continue;
+        }
         if (r->torch_ms > 0.0) {
             snprintf(tm, sizeof tm, "%.2f", r->torch_ms);
             snprintf(xt, sizeof xt, "%.2f", r->torch_ms / r->ms);
         }
-        printf("%-14s %2s %8d %4d %10.2f %9.2f %10s %8s %9.2f %8.2f %5s\n", c->router, kk, r->n,
-               r->E, r->ms, r->n / r->ms * 1e-3, tm, xt, r->bound_ms, r->ms / r->bound_ms,
-               r->same == 1 ? "same" : r->same == 0 ? "DIFF" : "-");
+        if (r->torch_ms > 0.0)
+            snprintf(rr, sizeof rr, "%d/%d", r->repeats, r->torch_repeats);
+        else
+            snprintf(rr, sizeof rr, "%d", r->repeats);
+        printf("%-14s %2s %8d %4d %10.2f %9.2f %10s %8s %9.2f %8.2f %5s %3s\n", c->router, kk,
+               r->n, r->E, r->ms, r->n / r->ms * 1e-3, tm, xt, r->bound_ms, r->ms / r->bound_ms,
+               r->same == 1 ? "same" : r->same == 0 ? "DIFF" : "-", rr);
     }
     printf("(x torch: PyTorch time / moesim time; /bound: moesim time / the time of one pass "
-           "over the logits with one exp each; plan: PyTorch's plan on %d tokens vs moesim's; "
-           "%d threads, best of %d)\n", a->check_n, moe_par_threads(), a->repeats);
+           "over the logits with one exp each; plan: PyTorch's plan on %d tokens vs moesim's, "
+           "'-' where moesim's router has no PyTorch twin; %d threads; R: best of R for "
+           "moesim/PyTorch, "
+           "%d/%d below %d tokens and %d/1 from there on: each PyTorch call allocates its "
+           "tensors afresh, so a repeat there warms nothing; '-' torch: no twin or PyTorch "
+           "skipped)\n", a->check_n, moe_par_threads(), a->repeats, a->repeats, a->large_from,
+           a->large_repeats);
+    printf("routers without a PyTorch twin: base (fairseq solves its balanced assignment in "
+           "C++, not in PyTorch); replay is not benchmarked (it routes recorded choices)\n");
 }
 
 /* ---- the rows ---- */
@@ -413,14 +564,40 @@ static int br_put(bench_ctx *c, const br_result *r, const char *config, const ch
         .run = c->run_id, .git_rev = moe_git_rev(), .blas_library = c->bi.library,
         .blas_core = c->bi.core, .blas_threads = moe_par_threads(),
         .openblas_coretype = c->bi.coretype_env, .torch = c->torch_version,
-        .repeats = c->a.repeats, .config = config, .router = router, .E = r->E, .k = r->k,
+        .repeats = r->repeats, .config = config, .router = router, .E = r->E, .k = r->k,
         .n = r->n, .cf = 1.25, .capacity = r->C, .kept = (long long)r->kept, .metric = metric,
         .unit = unit, .median = s.median, .q1 = s.q1, .q3 = s.q3, .min = s.min, .max = s.max};
     return bench_put_row(c, &row);
 }
 
-/* Every measured router's rows, and the load averages, in one transaction of a->db. */
-static int br_store(const br_args *a, const br_result *res, const double load[2], int torch)
+/* One measured cell's rows. */
+static int br_put_cell(bench_ctx *c, const br_result *r, const char *router)
+{
+    char cfg[96];
+    snprintf(cfg, sizeof cfg, "routing_%s_k%d_E%d", router, r->k, r->E);
+    const double best = r->t.min, bound = r->bound_ms * 1e-3;
+    int rc = br_put(c, r, cfg, router, "time_route", "s", r->t);
+    if (!rc)
+        rc = br_put(c, r, cfg, router, "tokens_per_s", "1/s", bench_stat_one(r->n / best));
+    if (!rc)
+        rc = br_put(c, r, cfg, router, "time_bound", "s", bench_stat_one(bound));
+    if (!rc)
+        rc = br_put(c, r, cfg, router, "ratio_vs_bound", "1", bench_stat_one(best / bound));
+    br_result rt = *r; /* PyTorch's rows: its repeats */
+    rt.repeats = r->torch_repeats;
+    if (!rc && r->torch_ms > 0.0)
+        rc = br_put(c, &rt, cfg, router, "time_torch", "s", bench_stat_one(r->torch_ms * 1e-3));
+    if (!rc && r->torch_ms > 0.0)
+        rc = br_put(c, &rt, cfg, router, "ratio_vs_torch", "1",
+                    bench_stat_one(r->torch_ms * 1e-3 / best));
+    if (!rc && r->same >= 0)
+        rc = br_put(c, r, cfg, router, "plan_same_as_torch", "1", bench_stat_one(r->same));
+    return rc;
+}
+
+/* Every measured router's rows, the load averages and the run's wall and CPU seconds (this
+ * process and its children: PyTorch) in one transaction of a->db. */
+static int br_store(const br_args *a, const br_result *res, const double run[4], int torch)
 {
     bench_ctx c;
     memset(&c, 0, sizeof c);
@@ -429,8 +606,10 @@ static int br_store(const br_args *a, const br_result *res, const double load[2]
     c.routing = 1;
     moe_blas_info_get(&c.bi);
     int st = -1;
-    char *ver = torch ? bench_run_capture("/usr/bin/python3 -c 'import torch; "
-                                          "print(torch.__version__)' 2>/dev/null", &st) : NULL;
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "'%s' -c 'import torch; print(torch.__version__)' 2>/dev/null",
+             a->python);
+    char *ver = torch ? bench_run_capture(cmd, &st) : NULL;
     if (ver && st == 0)
         snprintf(c.torch_version, sizeof c.torch_version, "%.*s", (int)strcspn(ver, "\n"),
                  ver);
@@ -438,35 +617,15 @@ static int br_store(const br_args *a, const br_result *res, const double load[2]
     int rc = bench_open(&c);
     if (rc)
         return rc;
-    const br_result lr = {.k = 0};
-    rc = br_put(&c, &lr, "routing_load", NULL, "load_average_start", "1", bench_stat_one(load[0]));
-    if (!rc)
-        rc = br_put(&c, &lr, "routing_load", NULL, "load_average_end", "1",
-                    bench_stat_one(load[1]));
-    for (int i = 0; !rc && i < a->nsizes * a->nexperts * BR_NCASES; i++) {
-        const br_result *r = &res[i];
-        const char *router = br_cases[i % BR_NCASES].router;
-        if (!r->ran)
-            continue;
-        char cfg[96];
-        snprintf(cfg, sizeof cfg, "routing_%s_k%d_E%d", router, r->k, r->E);
-        const double best = r->t.min;
-        rc = br_put(&c, r, cfg, router, "time_route", "s", r->t);
-        if (!rc)
-            rc = br_put(&c, r, cfg, router, "tokens_per_s", "1/s", bench_stat_one(r->n / best));
-        if (!rc)
-            rc = br_put(&c, r, cfg, router, "time_bound", "s", bench_stat_one(r->bound_ms * 1e-3));
-        if (!rc)
-            rc = br_put(&c, r, cfg, router, "ratio_vs_bound", "1",
-                        bench_stat_one(best / (r->bound_ms * 1e-3)));
-        if (!rc && r->torch_ms > 0.0)
-            rc = br_put(&c, r, cfg, router, "time_torch", "s", bench_stat_one(r->torch_ms * 1e-3));
-        if (!rc && r->torch_ms > 0.0)
-            rc = br_put(&c, r, cfg, router, "ratio_vs_torch", "1",
-                        bench_stat_one(r->torch_ms * 1e-3 / best));
-        if (!rc && r->same >= 0)
-            rc = br_put(&c, r, cfg, router, "plan_same_as_torch", "1", bench_stat_one(r->same));
-    }
+    const br_result lr = {.k = 0, .repeats = 1};
+    static const char *const what[4] = {"load_average_start", "load_average_end",
+                                        "wall_time_run", "cpu_time_run"};
+    for (int i = 0; !rc && i < 4; i++)
+        rc = br_put(&c, &lr, "routing_load", NULL, what[i], i < 2 ? "1" : "s",
+                    bench_stat_one(run[i]));
+    for (int i = 0; !rc && i < a->nsizes * a->nexperts * BR_NCASES; i++)
+        if (res[i].ran)
+            rc = br_put_cell(&c, &res[i], br_cases[i % BR_NCASES].router);
     return bench_close(&c, rc);
 }
 
@@ -493,16 +652,19 @@ static int br_parse_list(const char *s, int *v, int *nv, int max, const char *fl
 }
 
 #define BR_USAGE "usage: moesim bench --routing [--sizes N,..] [--experts E,..] [--repeats R] " \
-                 "[--threads T] [--check-n N] [--no-torch] [--python PATH] " \
-                 "[--torch-script PATH] [--routers NAME,..] [--db PATH]"
+                 "[--large-repeats R] [--large-from N] [--threads T] [--check-n N] " \
+                 "[--no-torch] [--python PATH] [--torch-script PATH] [--routers NAME,..] " \
+                 "[--db PATH]"
 
 static int br_parse_args(int argc, char **argv, br_args *a, int *help)
 {
-    *a = (br_args){{65536, 1048576}, 2, {8, 64, 256}, 3, 3, 4096, 0, 1, "/usr/bin/python3",
-                   "sim/bench_torch_routing.py", NULL, "results/bench.db"};
+    *a = (br_args){{65536, 1048576}, 2, {8, 64, 256}, 3, 3, 2, 4096, 0, 1, 1048576,
+                   "/usr/bin/python3", "sim/bench_torch_routing.py", NULL, "results/bench.db"};
     static const struct option lo[] = {
         {"routing", no_argument, NULL, 'R'},     {"sizes", required_argument, NULL, 'n'},
         {"experts", required_argument, NULL, 'e'}, {"repeats", required_argument, NULL, 'r'},
+        {"large-repeats", required_argument, NULL, 'L'},
+        {"large-from", required_argument, NULL, 'F'},
         {"threads", required_argument, NULL, 't'}, {"check-n", required_argument, NULL, 'c'},
         {"no-torch", no_argument, NULL, 'N'},    {"python", required_argument, NULL, 'p'},
         {"torch-script", required_argument, NULL, 's'}, {"routers", required_argument, NULL, 'o'},
@@ -518,6 +680,8 @@ static int br_parse_args(int argc, char **argv, br_args *a, int *help)
         case 'n': rc = br_parse_list(optarg, a->sizes, &a->nsizes, 4, "--sizes"); break;
         case 'e': rc = br_parse_list(optarg, a->experts, &a->nexperts, 4, "--experts"); break;
         case 'r': a->repeats = atoi(optarg); break;
+        case 'L': a->large_repeats = atoi(optarg); break;
+        case 'F': a->large_from = atoi(optarg); break;
         case 't': a->threads = atoi(optarg); break;
         case 'c': a->check_n = atoi(optarg); break;
         case 'N': a->torch = 0; break;
@@ -530,9 +694,52 @@ static int br_parse_args(int argc, char **argv, br_args *a, int *help)
                             "unknown or incomplete flag '%s' (command line)", argv[optind - 1]);
         }
     }
-    if (!rc && (a->repeats < 1 || a->threads < 0 || a->check_n < 16))
-        rc = moe_fail(MOE_EINVAL, NULL, "--repeats >= 1, --threads >= 0, --check-n >= 16 "
-                      "(command line)");
+    if (!rc && (a->repeats < 1 || a->large_repeats < 1 || a->large_from < 1 ||
+                a->threads < 0 || a->check_n < 16))
+        rc = moe_fail(MOE_EINVAL, NULL, "--repeats >= 1, --large-repeats >= 1, --large-from >= 1, "
+                      "--threads >= 0, --check-n >= 16 (command line)");
+    return rc;
+}
+
+/* The cells of n tokens and E experts (row: their BR_NCASES results): moesim's, then, when
+ * dir is given (the logits shared with PyTorch go there), PyTorch's on the same logits. */
+static int br_size(const br_args *a, int n, int E, const char *dir, br_result *row)
+{
+    const double t0 = moe_now();
+    double *L = br_logits(n, E, 1), *u = dir ? br_uniforms(n, 1) : NULL;
+    int rc = !L || (dir && !u) ? MOE_ENOMEM : MOE_OK;
+    if (!rc && dir)
+        rc = br_write_inputs(dir, L, u, n, E);
+    free(u);
+    char what[128];
+    snprintf(what, sizeof what, "logits n=%d E=%d drawn%s", n, E, dir ? " and shared" : "");
+    if (!rc)
+        br_progress(what, moe_now() - t0);
+    const int R = br_repeats(a, n);
+    const double tb = moe_now(), bound = rc ? 0.0 : br_bound(L, n, E, R) * 1e3;
+    snprintf(what, sizeof what, "bound n=%d E=%d: %.2f ms (best of %d)", n, E, bound, R);
+    if (!rc)
+        br_progress(what, moe_now() - tb);
+    int want[BR_NCASES];
+    for (int c = 0; !rc && c < BR_NCASES; c++) {
+        br_result *r = &row[c];
+        r->n = n;
+        r->E = E;
+        r->bound_ms = bound;
+        want[c] = 0;
+        if (br_skip(a, &br_cases[c], n, E))
+            continue;
+        rc = br_time(&br_cases[c], L, n, E, R, r);
+        r->ran = want[c] = !rc;
+    }
+    free(L);
+    char cases[1024];
+    if (!rc && dir && br_torch_cases(want, cases, sizeof cases)) {
+        int st = br_python(a, "time", dir, cases, br_torch_repeats(a, n), row);
+        if (st)
+            fprintf(stderr, "bench --routing: *** the PyTorch timing at n=%d E=%d exited with "
+                    "%d: its cells are SKIPPED ***\n", n, E, st);
+    }
     return rc;
 }
 
@@ -547,62 +754,61 @@ int moe_bench_routing(int argc, char **argv)
         return MOE_OK;
     }
     moe_par_set_threads(a.threads);
-    double load[2] = {br_load(), NAN};
-    printf("moesim bench --routing: %d threads, load average %.2f at the start\n",
-           moe_par_threads(), load[0]);
+    br_t0_wall = moe_now();
+    br_t0_cpu = br_cpu_all();
+    double run[4] = {br_load(), NAN, NAN, NAN};
+    printf("moesim bench --routing: %d threads, load average %.2f at the start; moesim best of "
+           "%d below %d tokens, of %d from there on; one line per finished cell on stderr\n",
+           moe_par_threads(), run[0], a.repeats, a.large_from, a.large_repeats);
     const int ncell = a.nsizes * a.nexperts * BR_NCASES;
     br_result *res = calloc((size_t)ncell, sizeof *res);
     if (!res)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (bench --routing)");
     for (int i = 0; i < ncell; i++)
         res[i].same = -1;
-    int have_torch = a.torch && access(a.script, R_OK) == 0;
+    int have_torch = a.torch && access(a.script, R_OK) == 0, st = 0;
     for (int ei = 0; have_torch && ei < a.nexperts; ei++) {
         int same[BR_NCASES];
-        if ((rc = br_check(&a, a.experts[ei], same)))
+        if ((rc = br_check(&a, a.experts[ei], same, &st)) || st)
             break;
         for (int si = 0; si < a.nsizes; si++)
             for (int c = 0; c < BR_NCASES; c++)
                 res[(si * a.nexperts + ei) * BR_NCASES + c].same = same[c];
     }
+    if (!rc && have_torch && st) {
+        printf("*** the PyTorch comparison is SKIPPED: %s %s exited with %d%s ***\n", a.python,
+               a.script, st, st == 3 ? " (torch does not import: apt-get install python3-torch)"
+                                     : "");
+        have_torch = 0;
+    } else if (!rc && !have_torch) {
+        printf("*** the PyTorch comparison is SKIPPED (%s) ***\n",
+               a.torch ? "its script is not found: run from the repository" : "--no-torch");
+    }
+    char dir[1100];
+    if (!rc && have_torch && !(rc = br_tmpdir(dir, sizeof dir))) {
+        snprintf(br_shared_dir, sizeof br_shared_dir, "%s", dir);
+        signal(SIGINT, br_on_signal);
+        signal(SIGTERM, br_on_signal);
+        signal(SIGHUP, br_on_signal);
+    }
     for (int si = 0; !rc && si < a.nsizes; si++)
-        for (int ei = 0; !rc && ei < a.nexperts; ei++) {
-            const int n = a.sizes[si], E = a.experts[ei];
-            double *L = br_logits(n, E, 1);
-            if (!L) {
-                rc = MOE_ENOMEM;
-                break;
-            }
-            double bound = br_bound(L, n, E, a.repeats) * 1e3;
-            for (int c = 0; !rc && c < BR_NCASES; c++) {
-                br_result *r = &res[(si * a.nexperts + ei) * BR_NCASES + c];
-                r->n = n;
-                r->E = E;
-                r->bound_ms = bound;
-                if (br_skip(&a, &br_cases[c], n, E))
-                    continue;
-                rc = br_time(&br_cases[c], L, n, E, a.repeats, r);
-                r->ran = !rc;
-                fprintf(stderr, "bench --routing: %s k=%d n=%d E=%d %.2f ms\n",
-                        br_cases[c].router, br_cases[c].k, n, E, r->ms);
-            }
-            free(L);
-        }
-    if (!rc && have_torch) {
-        int st = br_torch_time(&a, res);
-        if (st)
-            fprintf(stderr, "bench --routing: PyTorch comparison skipped (%s %s exited with %d; "
-                    "apt-get install python3-torch)\n", a.python, a.script, st);
-    } else if (!rc) {
-        fprintf(stderr, "bench --routing: PyTorch comparison skipped\n");
+        for (int ei = 0; !rc && ei < a.nexperts; ei++)
+            rc = br_size(&a, a.sizes[si], a.experts[ei], have_torch ? dir : NULL,
+                         &res[(si * a.nexperts + ei) * BR_NCASES]);
+    if (have_torch && br_shared_dir[0]) {
+        br_rmdir(dir);
+        br_shared_dir[0] = '\0';
     }
     if (!rc)
         br_print(&a, res);
-    load[1] = br_load();
+    run[1] = br_load();
+    run[2] = moe_now() - br_t0_wall;
+    run[3] = br_cpu_all() - br_t0_cpu;
     if (!rc)
-        printf("load average %.2f at the end\n", load[1]);
+        printf("load average %.2f at the end; the run took %.1f s wall, %.1f s of CPU (moesim "
+               "and PyTorch)\n", run[1], run[2], run[3]);
     if (!rc)
-        rc = br_store(&a, res, load, have_torch);
+        rc = br_store(&a, res, run, have_torch);
     free(res);
     return rc;
 }

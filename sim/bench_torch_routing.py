@@ -1,34 +1,46 @@
 #!/usr/bin/env python3
-"""torch_routing.py: the routers switch, topk, gshard and expert_choice written as a careful
-PyTorch user would (vectorised: torch.topk / argmax, slots from a stable sort by expert and a
-cumulative count, no one-hot (n, E, C) tensors), timed for `moesim bench --routing`, and run on
+"""bench_torch_routing.py: moesim's routers written as a careful PyTorch user would (vectorised:
+torch.topk / argmax / sort, slots from a stable sort by expert and a cumulative count, no one-hot
+(n, E, C) tensors), timed for `moesim bench --routing` on the logits moesim routes, and run on
 given logits to check that they produce moesim's plans.
 
-The semantics are moesim's defaults: capacity C = ceil(k * n * cf / E) (expert choice: k = 1,
-capped at n), claims in choice-major order (every token's first choice, in token order, then
-every second choice, ...), no renormalisation, entries token-major (expert choice:
-expert-major, slot = rank), gshard's second expert kept iff 2 * g2 > u. Each router also
-computes the metrics a sweep stores for its plan (loads, kept loads, drop rates, z-loss, aux
-loss), as moesim's timed route phase does. Everything is float64, as moesim's logits are.
+Routers: switch, topk, gshard, expert_choice, hash (mod), dsv3_bias (bias 0), sinkhorn
+(Megatron's loop, run to moesim's tolerance), topp, relu, dense, soft_moe (one slot per expert).
+base has no PyTorch twin (fairseq solves its assignment in C++, not in PyTorch); replay needs
+recorded choices.
+
+The semantics are moesim's defaults with cf = NUM/DEN: capacity C = ceil(k * n * cf / E)
+(expert choice: k = 1, capped at n; topp and relu: k * n replaced by the claims), claims in
+choice-major order (every token's first choice, in token order, then every second choice, ...),
+no renormalisation, entries token-major (expert choice: expert-major, slot = rank), gshard's
+second expert kept iff 2 * g2 > u. Each router also computes the metrics a sweep stores for its
+plan (loads, kept loads, importance, experts per token, drop rate, z-loss, aux loss), as moesim's
+timed route phase does. Everything is float64, as moesim's logits are.
 
 Usage:
-  torch_routing.py time  --sizes N,... --experts E,... --repeats R --threads T --cf NUM/DEN
-      prints "time ROUTER K N E SECONDS" (best of R) for every case, on torch.randn logits
-  torch_routing.py check --dir DIR --cf NUM/DEN --threads T
-      reads DIR/logits.npy (n,E) float64 and DIR/uniforms.npy (n) and writes, for every case,
-      DIR/torch_<router>_k<K>.npy (entries, 4) float64: token, expert, slot, combine weight
+  bench_torch_routing.py time --dir DIR --cases NAME:K,... --repeats R --threads T --cf NUM/DEN
+      reads DIR/logits.npy (n,E) float64 (memory-mapped) and DIR/uniforms.npy (n), prints
+      "time ROUTER K N E SECONDS" (best of R) for every case as soon as it is measured
+  bench_torch_routing.py check --dir DIR --cases NAME:K,... --cf NUM/DEN --threads T
+      writes, for every case, DIR/torch_<router>_k<K>.npy (entries, 4) float64: token, expert,
+      slot, combine weight
+Token ids (hash) are moesim's bench ids: (i * 2654435761) mod 50021.
 Exit status 3: torch cannot be imported.
 """
 import argparse
 import sys
 import time
+import warnings
 
 try:
     import numpy as np
     import torch
 except ImportError as exc:  # the caller reports the comparison as skipped
-    print("torch_routing.py: cannot import torch or numpy: %s" % exc, file=sys.stderr)
+    print("bench_torch_routing.py: cannot import torch or numpy: %s" % exc, file=sys.stderr)
     sys.exit(3)
+
+SINKHORN_TOL = 1e-9  # moesim's sinkhorn_tol default
+TOP_P = 0.5  # moesim's top_p default
 
 
 def capacity(k, n, E, num, den):
@@ -36,8 +48,8 @@ def capacity(k, n, E, num, den):
 
 
 def slots_choice_major(experts, E):
-    """experts (k, n) long: claim order is row-major. Returns slot (k, n): position of each
-    claim among the claims on its expert, in claim order."""
+    """experts (k, n) long (or flat): claim order is row-major. Returns the slot of each claim
+    (its position among the claims on its expert, in claim order) and the claims per expert."""
     flat = experts.reshape(-1)
     order = torch.sort(flat, stable=True).indices
     counts = torch.bincount(flat, minlength=E)
@@ -47,61 +59,75 @@ def slots_choice_major(experts, E):
     return rank.reshape(experts.shape), counts
 
 
-def metrics(L, n, E, tok, exp_, assigned):
+def softmax_lse(L):
+    """p = softmax(L) per row, each row's logsumexp and its first largest logit, with one
+    exponential per logit: lse = max - log(p at the max), as p there is exp(max - lse)."""
+    mx, am = L.max(1, keepdim=True)
+    p = torch.softmax(L, 1)
+    return p, (mx - torch.log(p.gather(1, am))).squeeze(1), am
+
+
+def metrics(L, n, E, tok, exp_, assigned, importance, lse=None):
+    """The per-plan metrics of a sweep: kept loads, experts per token, z-loss (from lse when the
+    router has it), imbalances, importance CV^2, token drop rate."""
     kept = torch.bincount(exp_, minlength=E)
     per_tok = torch.bincount(tok, minlength=n)
     epts = torch.bincount(per_tok, minlength=E + 1)
-    z = torch.logsumexp(L, 1).square().mean()
+    z = (torch.logsumexp(L, 1) if lse is None else lse).square().mean()
     a = assigned.double()
+    imp = importance.double()
     return (kept, epts, z, a.max() / a.mean(), kept.double().max() / kept.double().mean(),
-            epts[0].item() / n)
+            imp.var(unbiased=False) / imp.mean().square(), epts[0].item() / n)
 
 
-def token_choice(L, k, C, gates, experts, claim, E, aux):
-    """gates, experts (n, k) by rank; claim (n, k) bool. Plan entries token-major."""
-    n = L.shape[0]
+def token_choice(L, C, gates, experts, claim, E, aux, lse=None):
+    """gates, experts (n, K) by rank; claim (n, K) bool or None (every choice claims); C None:
+    dropless. Plan entries token-major, by rank within a token."""
+    n, K = experts.shape
     ex_t = experts.t()
-    cl_t = claim.t()
-    if bool(claim.all()):
+    if claim is None:
         slot_t, assigned = slots_choice_major(ex_t, E)
+        importance = torch.bincount(experts.reshape(-1), gates.reshape(-1), minlength=E)
+        keep = None
     else:  # only the claiming choices take slots, still in choice-major order
-        flat = ex_t.reshape(-1)[cl_t.reshape(-1)]
-        s, assigned = slots_choice_major(flat, E)
+        cl_t = claim.t().reshape(-1)
+        s, assigned = slots_choice_major(ex_t.reshape(-1)[cl_t], E)
         slot_t = torch.full(ex_t.shape, -1, dtype=torch.long)
-        slot_t.view(-1)[cl_t.reshape(-1)] = s
+        slot_t.view(-1)[cl_t] = s
+        importance = torch.bincount(experts[claim], gates[claim], minlength=E)
     slot = slot_t.t()
-    keep = claim & (slot < C) & (slot >= 0)
-    tok = torch.arange(n).unsqueeze(1).expand(n, k)[keep]
+    if C is None:
+        C = int(assigned.max())
+    keep = (slot < C) & (slot >= 0)
+    tok = torch.arange(n).unsqueeze(1).expand(n, K)[keep]
     ex = experts[keep]
     plan = (tok, ex, slot[keep], gates[keep])
-    metrics(L, n, E, tok, ex, assigned)
+    metrics(L, n, E, tok, ex, assigned, importance, lse)
     return plan, aux(assigned)
 
 
 def route_switch(L, k, num, den, u):
     n, E = L.shape
-    p = torch.softmax(L, 1)
-    e = torch.argmax(L, 1, keepdim=True)
+    p, lse, e = softmax_lse(L)
     g = p.gather(1, e)
     pmean = p.mean(0)
-    C = capacity(1, n, E, num, den)
-    return token_choice(L, 1, C, g, e, torch.ones_like(e, dtype=torch.bool), E,
-                        lambda a: E * ((a.double() / n) * pmean).sum())
+    return token_choice(L, capacity(1, n, E, num, den), g, e, None, E,
+                        lambda a: E * ((a.double() / n) * pmean).sum(), lse)
 
 
 def route_topk(L, k, num, den, u):
     n, E = L.shape
-    pmean = torch.softmax(L, 1).mean(0)
+    p, lse, _ = softmax_lse(L)
+    pmean = p.mean(0)
     v, e = torch.topk(L, k, 1)
     g = torch.softmax(v, 1)
-    C = capacity(k, n, E, num, den)
-    return token_choice(L, k, C, g, e, torch.ones_like(e, dtype=torch.bool), E,
-                        lambda a: E / (k * n) * (a.double() * pmean).sum())
+    return token_choice(L, capacity(k, n, E, num, den), g, e, None, E,
+                        lambda a: E / (k * n) * (a.double() * pmean).sum(), lse)
 
 
 def route_gshard(L, k, num, den, u):
     n, E = L.shape
-    p = torch.softmax(L, 1)
+    p, lse, _ = softmax_lse(L)
     pmean = p.mean(0)
     _, e = torch.topk(L, 2, 1)
     p12 = p.gather(1, e)
@@ -109,69 +135,167 @@ def route_gshard(L, k, num, den, u):
     claim = torch.ones_like(e, dtype=torch.bool)
     claim[:, 1] = 2.0 * g[:, 1] > u
     first = torch.bincount(e[:, 0], minlength=E)
-    C = capacity(2, n, E, num, den)
-    return token_choice(L, 2, C, g, e, claim, E,
-                        lambda a: E * ((first.double() / n) * pmean).sum())
+    return token_choice(L, capacity(2, n, E, num, den), g, e, claim, E,
+                        lambda a: E * ((first.double() / n) * pmean).sum(), lse)
 
 
 def route_expert_choice(L, k, num, den, u):
     n, E = L.shape
-    S = torch.softmax(L, 1)
+    S, lse, _ = softmax_lse(L)
     C = min(capacity(1, n, E, num, den), n)
     v, t = torch.topk(S.t(), C, 1)  # (E, C), sorted descending
     tok = t.reshape(-1)
     ex = torch.arange(E).repeat_interleave(C)
     slot = torch.arange(C).repeat(E)
     assigned = torch.full((E,), C, dtype=torch.long)
-    metrics(L, n, E, tok, ex, assigned)
-    v.sum(1)  # importance
+    metrics(L, n, E, tok, ex, assigned, v.sum(1), lse)
     return (tok, ex, slot, v.reshape(-1)), 0.0
 
 
-ROUTERS = [("switch", route_switch, [1]), ("topk", route_topk, [1, 2, 8]),
-           ("gshard", route_gshard, [2]), ("expert_choice", route_expert_choice, [1])]
+def bench_ids(n):
+    """moesim's bench token ids: a Knuth multiplicative scramble."""
+    return (torch.arange(n, dtype=torch.long) * 2654435761) % 50021
 
 
-def cases(E):
-    for name, fn, ks in ROUTERS:
-        for k in ks:
-            if k <= E:
-                yield name, fn, k
+def route_hash(L, k, num, den, u):
+    n, E = L.shape
+    e = (bench_ids(n) % E).unsqueeze(1)
+    g = torch.ones(n, 1, dtype=L.dtype)
+    return token_choice(L, capacity(1, n, E, num, den), g, e, None, E, lambda a: 0.0)
+
+
+def route_dsv3_bias(L, k, num, den, u):
+    n, E = L.shape
+    s = torch.sigmoid(L)
+    bias = torch.zeros(E, dtype=L.dtype)  # the state of a freshly allocated router
+    _, e = torch.topk(s + bias, k, 1)
+    sv = s.gather(1, e)
+    g = sv / sv.sum(1, keepdim=True) if k > 1 else torch.ones_like(sv)
+    return token_choice(L, capacity(k, n, E, num, den), g, e, None, E, lambda a: 0.0)
+
+
+def sinkhorn_scalings(K, tol):
+    """Megatron's sinkhorn loop in float64, stopped when the column scalings change by less
+    than tol (relative), as moesim's sinkhorn_tol: d1 (E)."""
+    n, E = K.shape
+    d1 = torch.ones(E, dtype=K.dtype)
+    for _ in range(10000):
+        d0 = 1.0 / (n * (K @ d1))
+        nd = 1.0 / (E * (d0 @ K))
+        delta = ((nd - d1).abs() / nd).max()
+        d1 = nd
+        if delta < tol:
+            return d1
+    raise RuntimeError("sinkhorn did not converge")
+
+
+def route_sinkhorn(L, k, num, den, u):
+    n, E = L.shape
+    K = torch.exp(L - L.max(1, keepdim=True).values)
+    d1 = sinkhorn_scalings(K, SINKHORN_TOL)
+    _, e = torch.topk(K * d1, k, 1)
+    g = torch.sigmoid(L.gather(1, e)) if k == 1 else softmax_lse(L)[0].gather(1, e)
+    return token_choice(L, capacity(k, n, E, num, den), g, e, None, E, lambda a: 0.0)
+
+
+def route_topp(L, k, num, den, u):
+    n, E = L.shape
+    p, lse, _ = softmax_lse(L)
+    pmean = p.mean(0)
+    v, e = torch.sort(p, dim=1, descending=True, stable=True)
+    before = torch.cumsum(v, 1) - v  # the cumulative p before each rank
+    claim = before < TOP_P
+    claim[:, 0] = True
+    K = int(claim.sum(1).max())  # the claims are a prefix of each row
+    claim, v, e = claim[:, :K], v[:, :K], e[:, :K]
+    claims = int(claim.sum())
+    return token_choice(L, capacity(1, claims, E, num, den), v, e, claim, E,
+                        lambda a: E / claims * (a.double() * pmean).sum(), lse)
+
+
+def route_relu(L, k, num, den, u):
+    n, E = L.shape
+    K = max(int((L > 0).sum(1).max()), 1)
+    v, e = torch.topk(L, K, 1)
+    claim = v > 0
+    claims = int(claim.sum())
+    aux = torch.relu(L).sum(1).mean()
+    return token_choice(L, capacity(1, claims, E, num, den), v, e, claim, E, lambda a: aux)
+
+
+def route_dense(L, k, num, den, u):
+    n, E = L.shape
+    p, lse, _ = softmax_lse(L)
+    tok = torch.arange(n).repeat_interleave(E)
+    ex = torch.arange(E).repeat(n)
+    assigned = torch.full((E,), n, dtype=torch.long)
+    metrics(L, n, E, tok, ex, assigned, p.sum(0), lse)
+    return (tok, ex, tok, p.reshape(-1)), 0.0
+
+
+def route_soft_moe(L, k, num, den, u):
+    n, E = L.shape  # one slot per expert: column j is expert j
+    D = torch.softmax(L, 0)  # dispatch, over the tokens
+    W, lse, _ = softmax_lse(L)  # combine, over the columns
+    tok = torch.arange(n).repeat_interleave(E)
+    ex = torch.arange(E).repeat(n)
+    assigned = torch.ones(E, dtype=torch.long)
+    metrics(L, n, E, tok, ex, assigned, W.sum(0), lse)
+    D.sum()
+    return (tok, ex, torch.zeros_like(tok), W.reshape(-1)), 0.0
+
+
+ROUTERS = {"switch": route_switch, "topk": route_topk, "gshard": route_gshard,
+           "expert_choice": route_expert_choice, "hash": route_hash,
+           "dsv3_bias": route_dsv3_bias, "sinkhorn": route_sinkhorn, "topp": route_topp,
+           "relu": route_relu, "dense": route_dense, "soft_moe": route_soft_moe}
+
+
+def parse_cases(text):
+    out = []
+    for item in text.split(","):
+        name, k = item.split(":")
+        if name not in ROUTERS:
+            raise SystemExit("bench_torch_routing.py: no PyTorch router %s" % name)
+        out.append((name, int(k)))
+    return out
+
+
+def load(d):
+    with warnings.catch_warnings():  # a read-only memory map: the routers never write to it
+        warnings.simplefilter("ignore")
+        L = torch.from_numpy(np.load(d + "/logits.npy", mmap_mode="r"))
+        u = torch.from_numpy(np.load(d + "/uniforms.npy"))
+    return L, u
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("mode", choices=["time", "check"])
-    ap.add_argument("--sizes", default="65536")
-    ap.add_argument("--experts", default="8,64,256")
+    ap.add_argument("--dir", required=True)
+    ap.add_argument("--cases", required=True)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cf", default="5/4")
-    ap.add_argument("--dir")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     num, den = (int(x) for x in a.cf.split("/"))
+    L, u = load(a.dir)
+    n, E = L.shape
     if a.mode == "check":
-        L = torch.from_numpy(np.load(a.dir + "/logits.npy"))
-        u = torch.from_numpy(np.load(a.dir + "/uniforms.npy"))
-        for name, fn, k in cases(L.shape[1]):
-            (tok, ex, slot, w), _ = fn(L, k, num, den, u)
+        for name, k in parse_cases(a.cases):
+            (tok, ex, slot, w), _ = ROUTERS[name](L, k, num, den, u)
             out = torch.stack([tok.double(), ex.double(), slot.double(), w.double()], 1)
             np.save("%s/torch_%s_k%d.npy" % (a.dir, name, k), out.numpy())
         return
-    gen = torch.Generator().manual_seed(1)
-    for n in (int(x) for x in a.sizes.split(",")):
-        for E in (int(x) for x in a.experts.split(",")):
-            L = torch.randn(n, E, dtype=torch.float64, generator=gen)
-            u = torch.rand(n, dtype=torch.float64, generator=gen)
-            for name, fn, k in cases(E):
-                best = float("inf")
-                for _ in range(a.repeats):
-                    t0 = time.perf_counter()
-                    fn(L, k, num, den, u)
-                    best = min(best, time.perf_counter() - t0)
-                print("time %s %d %d %d %.9g" % (name, k, n, E, best), flush=True)
-            del L
+    float(L.sum())  # fault the mapped pages in before the first timed repeat
+    for name, k in parse_cases(a.cases):
+        best = float("inf")
+        for _ in range(a.repeats):
+            t0 = time.perf_counter()
+            ROUTERS[name](L, k, num, den, u)
+            best = min(best, time.perf_counter() - t0)
+        print("time %s %d %d %d %.9g" % (name, k, n, E, best), flush=True)
 
 
 if __name__ == "__main__":

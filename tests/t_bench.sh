@@ -71,31 +71,89 @@ else
 fi
 
 # ---- bench --routing into the same database: its rows beside the layer's, in both files ----
-if env -u OPENBLAS_CORETYPE "$M" bench --routing --sizes 1024 --experts 8 --repeats 2 --no-torch \
-        --db "$T/b.db" >"$T/rout" 2>"$T/rerr"; then ok; else no "bench --routing exited $?: $(cat "$T/rerr")"; fi
+# Two sizes and two expert counts; --large-from 1024 makes 1024 tokens a "large" size (moesim
+# best of --large-repeats 1 there, of --repeats 2 at 512).
+RB="bench --routing --sizes 512,1024 --experts 8,16 --repeats 2 --large-repeats 1 --large-from 1024"
+if env -u OPENBLAS_CORETYPE "$M" $RB --no-torch --db "$T/b.db" >"$T/rout" 2>"$T/rerr"; then ok
+else no "bench --routing exited $?: $(cat "$T/rerr")"; fi
 has "$T/rout" '^moesim bench --routing: 2 threads, load average '
+has "$T/rout" '^\*\*\* the PyTorch comparison is SKIPPED (--no-torch) \*\*\*$'
 has "$T/rout" "^stored in $T/b.db, table bench, run '"
+has "$T/rout" '^routers without a PyTorch twin: base '
+# every router but replay at each of the 2 x 2 (n, E): 14 cases, topk k = 8 only where k <= E
+# (all here): one progress line each on stderr, 56 in all, and one per drawn set of logits
+count "$T/rerr" '^bench --routing: moesim ' 56
+count "$T/rerr" '^bench --routing: logits n=' 4
+count "$T/rerr" '^bench --routing: bound n=' 4
+count "$T/rerr" '^bench --routing: PyTorch ' 0
 if command -v sqlite3 >/dev/null; then
     eq "routing: two runs now" "SELECT count(DISTINCT run) FROM bench" 2
     # every router of the registry but replay (it needs recorded choices), topk at k = 1, 2, 8,
     # the others at their type's default k (routers/*.c: dsv3_bias 2; topp, relu, sinkhorn, hash,
     # base, soft_moe 1; dense E)
-    eq "routing configs" "SELECT group_concat(config, ' ') FROM (SELECT DISTINCT config FROM bench WHERE config LIKE 'routing%' ORDER BY config)" \
+    eq "routing configs" "SELECT group_concat(config, ' ') FROM (SELECT DISTINCT config FROM bench WHERE config LIKE 'routing%E8' OR config = 'routing_load' ORDER BY config)" \
         "routing_base_k1_E8 routing_dense_k8_E8 routing_dsv3_bias_k2_E8 routing_expert_choice_k1_E8 routing_gshard_k2_E8 routing_hash_k1_E8 routing_load routing_relu_k1_E8 routing_sinkhorn_k1_E8 routing_soft_moe_k1_E8 routing_switch_k1_E8 routing_topk_k1_E8 routing_topk_k2_E8 routing_topk_k8_E8 routing_topp_k1_E8"
+    # one time_route row per router, size and E: 14 x 2 x 2
+    eq "routing cells" "SELECT count(*) || ' ' || count(DISTINCT config || n) FROM bench WHERE metric = 'time_route' AND config LIKE 'routing%'" "56 56"
+    eq "routing sizes x E" "SELECT group_concat(ne, ' ') FROM (SELECT DISTINCT n || 'x' || E AS ne FROM bench WHERE metric = 'time_route' AND config LIKE 'routing%' ORDER BY n, E)" "512x8 512x16 1024x8 1024x16"
+    # moesim's repeats: 2 below --large-from, 1 from there on
+    eq "routing repeats" "SELECT group_concat(nr, ' ') FROM (SELECT DISTINCT n || ':' || repeats AS nr FROM bench WHERE metric = 'time_route' AND config LIKE 'routing%' ORDER BY n)" "512:2 1024:1"
     # C = ceil(k n cf / E), n = 1024, cf = 1.25, E = 8: 160 for k = 1, 320 for k = 2, 1280 for k = 8
-    eq "routing capacities" "SELECT group_concat(config || '=' || capacity, ' ') FROM (SELECT DISTINCT config, capacity FROM bench WHERE config IN ('routing_switch_k1_E8', 'routing_topk_k2_E8', 'routing_topk_k8_E8', 'routing_gshard_k2_E8', 'routing_expert_choice_k1_E8') ORDER BY config)" \
+    eq "routing capacities" "SELECT group_concat(config || '=' || capacity, ' ') FROM (SELECT DISTINCT config, capacity FROM bench WHERE n = 1024 AND config IN ('routing_switch_k1_E8', 'routing_topk_k2_E8', 'routing_topk_k8_E8', 'routing_gshard_k2_E8', 'routing_expert_choice_k1_E8') ORDER BY config)" \
         "routing_expert_choice_k1_E8=160 routing_gshard_k2_E8=320 routing_switch_k1_E8=160 routing_topk_k2_E8=320 routing_topk_k8_E8=1280"
     # tokens/s = n / the fastest repeat; ratio to the bound = that time / the bound's
-    eq "routing tokens/s" "SELECT count(*) FROM bench a JOIN bench b USING (run, config, n) WHERE a.metric = 'tokens_per_s' AND b.metric = 'time_route' AND abs(a.median * b.min - 1024) < 1e-9 * 1024 AND b.min <= b.median AND b.median <= b.max" 14
-    eq "routing ratio to the bound" "SELECT count(*) FROM bench a JOIN bench b USING (run, config, n) JOIN bench c USING (run, config, n) WHERE a.metric = 'ratio_vs_bound' AND b.metric = 'time_route' AND c.metric = 'time_bound' AND abs(a.median - b.min / c.median) <= 1e-12 * a.median" 14
+    eq "routing tokens/s" "SELECT count(*) FROM bench a JOIN bench b USING (run, config, n) WHERE a.metric = 'tokens_per_s' AND b.metric = 'time_route' AND abs(a.median * b.min - a.n) < 1e-9 * a.n AND b.min <= b.median AND b.median <= b.max" 56
+    eq "routing ratio to the bound" "SELECT count(*) FROM bench a JOIN bench b USING (run, config, n) JOIN bench c USING (run, config, n) WHERE a.metric = 'ratio_vs_bound' AND b.metric = 'time_route' AND c.metric = 'time_bound' AND abs(a.median - b.min / c.median) <= 1e-12 * a.median" 56
     eq "routing: no PyTorch rows with --no-torch" "SELECT count(*) FROM bench WHERE metric IN ('time_torch', 'ratio_vs_torch', 'plan_same_as_torch')" 0
     eq "routing: d = f = 0, cf 1.25" "SELECT count(*) FROM bench WHERE config LIKE 'routing%' AND (d != 0 OR f != 0 OR cf != 1.25)" 0
+    eq "routing: load and run time rows" "SELECT group_concat(metric, ' ') FROM (SELECT metric FROM bench WHERE config = 'routing_load' AND median >= 0 ORDER BY metric)" \
+        "cpu_time_run load_average_end load_average_start wall_time_run"
     if command -v python3 >/dev/null; then
         nj=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["rows"]; print(len(r), len({x["run"] for x in r}))' "$T/b.json" 2>&1)
         eq "JSON: the layer rows kept beside the routing rows" "SELECT count(*) || ' 2' FROM bench" "$nj"
     else
         skip 1 "python3 is not installed (it reads the JSON)"
     fi
+fi
+
+# ---- bench --routing with PyTorch: every twin's plan equals moesim's, its rows in both files ----
+if ! /usr/bin/python3 -c 'import torch' >/dev/null 2>&1; then
+    skip 10 "PyTorch does not import in /usr/bin/python3 (make bench installs python3-torch)"
+elif ! command -v sqlite3 >/dev/null; then
+    skip 10 "the sqlite3 command is missing"
+else
+    if env -u OPENBLAS_CORETYPE "$M" $RB --db "$T/p.db" >"$T/pout" 2>"$T/perr"; then ok
+    else no "bench --routing with PyTorch exited $?: $(cat "$T/perr")"; fi
+    # the twins: every router of the 14 cases but base (sim/bench_torch_routing.py), 13 per
+    # (n, E); the plan check runs once per E on --check-n tokens and holds for both sizes
+    q2() { sqlite3 "$T/p.db" "$1" 2>&1; }
+    got=$(q2 "SELECT count(*) || ' ' || sum(median = 1) FROM bench WHERE metric = 'plan_same_as_torch'")
+    [ "$got" = "52 52" ] && ok || no "plans checked / equal to PyTorch's: got '$got', want '52 52'"
+    got=$(q2 "SELECT group_concat(DISTINCT router) FROM bench WHERE config LIKE 'routing%' AND router IS NOT NULL AND config NOT IN (SELECT config FROM bench WHERE metric = 'plan_same_as_torch')")
+    [ "$got" = "base" ] && ok || no "routers without a plan check: got '$got', want 'base'"
+    got=$(q2 "SELECT count(*) FROM bench t JOIN bench m USING (run, config, n) JOIN bench r USING (run, config, n) WHERE t.metric = 'time_torch' AND m.metric = 'time_route' AND r.metric = 'ratio_vs_torch' AND abs(r.median - t.median / m.min) <= 1e-12 * r.median")
+    [ "$got" = 52 ] && ok || no "ratio_vs_torch = PyTorch time / moesim's best: got '$got' rows, want 52"
+    # PyTorch's repeats: --repeats below --large-from, once from there on
+    got=$(q2 "SELECT group_concat(nr, ' ') FROM (SELECT DISTINCT n || ':' || repeats AS nr FROM bench WHERE metric = 'time_torch' ORDER BY n)")
+    [ "$got" = "512:2 1024:1" ] && ok || no "PyTorch repeats: got '$got'"
+    count "$T/perr" '^bench --routing: PyTorch ' 52
+    count "$T/perr" '^bench --routing: plan check on 4096 tokens, E=' 2
+    count "$T/pout" ' same ' 52
+    # the JSON file holds exactly the database's rows (doubles written with 17 digits)
+    js=$(python3 - "$T/p.db" "$T/p.json" <<'PY'
+import json, sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+cols = ("config", "router", "n", "E", "k", "repeats", "capacity", "kept", "metric", "median",
+        "min", "max")
+a = sorted(tuple(r) for r in db.execute("SELECT %s FROM bench" % ", ".join(cols)))
+b = sorted(tuple(x[c] for c in cols) for x in json.load(open(sys.argv[2]))["rows"])
+b = [tuple(None if v == "" and i == 1 else v for i, v in enumerate(r)) for r in b]
+print("equal" if a == b else "differ: %d vs %d rows, first %s" %
+      (len(a), len(b), next((p for p in zip(a, b) if p[0] != p[1]), None)))
+PY
+)
+    [ "$js" = equal ] && ok || no "JSON vs database: $js"
+    lacks "temporary folders left" "$T/perr" "could not remove"
 fi
 
 # ---- --config train alone: no layer section (with --quick the training step only says so) ----
@@ -161,6 +219,7 @@ experr "unknown config after train" "moesim: error: unknown configuration 'train
 experr "unknown flag" "moesim: error: unknown or incomplete flag '--fast' (command line)" --fast
 experr "stray argument" "moesim: error: unexpected argument 'extra' (command line)" --quick extra
 experr "routing sizes 0" "moesim: error: bad list '0' (--sizes)" --routing --sizes 0
+experr "routing large-from 0" "moesim: error: --repeats >= 1, --large-repeats >= 1, --large-from >= 1, --threads >= 0, --check-n >= 16 (command line)" --routing --large-from 0
 experr "bad db" "moesim: error: cannot open the database: unable to open database file" --quick --no-torch --db "$T/no/such/dir/b.db"
 
 finish
