@@ -629,9 +629,11 @@ static void test_tile_bits(gsl_rng *r)
         CHECK(moe_layer_tile_rows(L) == 0, "tile 100 at D*F = %d: %zu rows in effect, want 0",
               D * F, moe_layer_tile_rows(L));
         moe_layer_set_tile_rows(L, 500);
-        CHECK(moe_layer_tile_rows(L) == 576, "tile 500: %zu rows, want 576", moe_layer_tile_rows(L));
+        CHECK(moe_layer_tile_rows(L) == 576, "tile 500: %zu rows, want 576",
+              moe_layer_tile_rows(L));
         moe_layer_set_tile_rows(L, 300);
-        CHECK(moe_layer_tile_rows(L) == 384, "tile 300: %zu rows, want 384", moe_layer_tile_rows(L));
+        CHECK(moe_layer_tile_rows(L) == 384, "tile 300: %zu rows, want 384",
+              moe_layer_tile_rows(L));
         moe_layer_set_tile_rows(L, 0);
         moe_blas_set_threads(1);
         CHECK_INT(moe_layer_forward(L, &ow.w, p, x, y0, NULL), MOE_OK);
