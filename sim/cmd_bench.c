@@ -335,6 +335,7 @@ typedef struct {
     long C;
     size_t kept;
     bench_stat layer, experts;
+    double phase[MOE_NPHASES]; /* s per token, each phase's median / n */
     double per_token;  /* s, median layer / n */
     double grouped;    /* s, median of the grouped GEMM pair on this plan */
     size_t ws_bytes;
@@ -508,6 +509,31 @@ out:
 
 /* ---- n-scaling and memory (first configuration) ---- */
 
+/* Each phase's time per token at each n, and over its smallest value across n: which phase
+ * makes the time per token move with n. */
+static void print_scaling_phases(const scale_result *sr, int nscale, int E)
+{
+    double best[MOE_NPHASES];
+    for (int ph = 0; ph < MOE_NPHASES; ph++) {
+        best[ph] = INFINITY;
+        for (int i = 0; i < nscale; i++)
+            best[ph] = fmin(best[ph], sr[i].phase[ph]);
+    }
+    printf("%7s %9s", "n", "rows/exp");
+    for (int ph = 0; ph < MOE_NPHASES; ph++)
+        printf(" %15s", phase_name(ph));
+    printf("\n%7s %9s", "", "");
+    for (int ph = 0; ph < MOE_NPHASES; ph++)
+        printf(" %15s", "us/tok (/min)");
+    printf("\n");
+    for (int i = 0; i < nscale; i++) {
+        printf("%7d %9.0f", sr[i].n, (double)sr[i].kept / E);
+        for (int ph = 0; ph < MOE_NPHASES; ph++)
+            printf(" %7.3f (%5.2f)", 1e6 * sr[i].phase[ph], sr[i].phase[ph] / best[ph]);
+        printf("\n");
+    }
+}
+
 static int bench_scaling(bench_ctx *c, const bench_cfg *cfg, const bench_weights *w,
                          const float *x, scale_result *sr)
 {
@@ -525,16 +551,20 @@ static int bench_scaling(bench_ctx *c, const bench_cfg *cfg, const bench_weights
         gemm_ref g;
         if (!(rc = bench_point_measure(&p, w, x, c->a.repeats, st)))
             rc = gemm_measure(w, p.plan, x, c->a.repeats, 0, &g);
-        if (!rc)
+        if (!rc) {
             sr[i] = (scale_result){n, p.C, p.plan->n_entries, st[MOE_PHASE_TOTAL], st[MOE_PHASE_EXPERTS],
-                                   st[MOE_PHASE_TOTAL].median / n, g.grouped.median,
+                                   {0}, st[MOE_PHASE_TOTAL].median / n, g.grouped.median,
                                    moe_layer_workspace_bytes(moe_pipeline_layer(p.pipe))};
+            for (int ph = 0; ph < MOE_NPHASES; ph++)
+                sr[i].phase[ph] = st[ph].median / n;
+        }
         row_key rk = {"scaling", cfg->router, cfg->E, cfg->k, n, p.C, p.plan->n_entries};
         double nd_ecd = 4.0 * ((double)n * (double)D + (double)E * (double)p.C * (double)D);
-        if (!rc)
-            rc = db_put(c, &rk, "time_layer", "s", st[MOE_PHASE_TOTAL]);
-        if (!rc)
-            rc = db_put(c, &rk, "time_experts", "s", st[MOE_PHASE_EXPERTS]);
+        for (int ph = 0; ph < MOE_NPHASES && !rc; ph++) {
+            char m[32];
+            snprintf(m, sizeof m, "time_%s", phase_name(ph));
+            rc = db_put(c, &rk, m, "s", st[ph]);
+        }
         if (!rc)
             rc = db_put(c, &rk, "time_grouped_gemm_pair", "s", g.grouped);
         if (!rc)
@@ -571,6 +601,7 @@ static int bench_scaling(bench_ctx *c, const bench_cfg *cfg, const bench_weights
     printf("(GEMMs: the expert GEMM pair alone, grouped per expert as the layer runs it; "
            "workspace: the layer's own buffers, E*C rows of expert input, hidden (F = %zu) and "
            "output; x and y are the caller's)\n", F);
+    print_scaling_phases(sr, sh->nscale, (int)E);
     return MOE_OK;
 }
 

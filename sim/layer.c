@@ -1,6 +1,6 @@
 /* layer.c: the real MoE layer of layer.h: gate (gate.c's fixed-order routine), dispatch by
- * index, expert FFNs, combine, in fp32 through GSL's BLAS interface (gsl_blas_sgemm on matrix
- * views over our own flat buffers; the build links OpenBLAS), plus the naive double-precision reference, the dense
+ * index, expert FFNs, combine, in fp32 through GSL's BLAS interface (gsl_blas_sgemm on views of
+ * our flat buffers; the build links OpenBLAS), the naive double-precision reference, the dense
  * mixture used for the output error, and the activations.
  *
  * Workspaces (allocated once in moe_layer_alloc, never in forward). R = E * max(C_max, 1) rows:
@@ -210,10 +210,9 @@ static int sgemm(int ta, size_t m, size_t n, size_t k, const float *a, size_t ld
 }
 
 /* ---- threads ----
- * run_jobs runs fn on nt jobs (job i at (char *)jobs + i*size; size 0: every thread gets the
- * same job), job 0 on the calling thread and the others on new threads; a job whose thread
- * cannot be created runs on the caller. Used by the activation pass, dispatch, combine and the
- * expert queue; the work is a few ms per call, so creating threads (~20 us) is cheap enough. */
+ * run_jobs runs fn on nt jobs (job i at (char *)jobs + i*size; size 0: all the same job), job 0
+ * on the calling thread, the others on new threads (or on the caller when one cannot start).
+ * The work is a few ms per call, so creating threads (~20 us) is cheap enough. */
 enum { MOE_MAX_THREADS = 8 };
 
 static void run_jobs(void *(*fn)(void *), void *jobs, size_t size, int nt)
@@ -234,10 +233,8 @@ static void run_jobs(void *(*fn)(void *), void *jobs, size_t size, int nt)
 }
 
 /* ---- bias + activation over rows, split across the BLAS threads ----
- * Between the two GEMMs of an expert the activation pass runs on its own; on one thread it costs
- * about 8% of the expert phase at the reference shape while the other core idles. Rows are split
- * into contiguous ranges, one per thread; each element is computed independently, so the result
- * does not depend on the thread count. */
+ * Rows are split into contiguous ranges, one per thread; each element is computed on its own,
+ * so the result does not depend on the thread count. */
 typedef struct {
     const moe_layer *L;
     float *buf;            /* (rows, ld) */
@@ -310,12 +307,6 @@ static int ffn_rows_par(const moe_layer *L, const moe_experts *w, int e, const f
     return MOE_OK;
 }
 
-static int ffn_rows(const moe_layer *L, const moe_experts *w, int e, const float *in,
-                    size_t rows, float *hid, float *out)
-{
-    return ffn_rows_par(L, w, e, in, rows, hid, out, 1);
-}
-
 /* ---- the expert phase: segments of expert rows in parallel, one BLAS thread each ----
  * Each expert's rows form one segment [0, used_e) and, padded to capacity, a second one
  * [used_e, C) of zero rows. With T BLAS threads, T workers take segments from one queue
@@ -325,10 +316,13 @@ static int ffn_rows(const moe_layer *L, const moe_experts *w, int e, const float
  *
  * Bits: the kept rows of an expert always go through one GEMM pair of M = used_e rows, padded
  * or not, whatever the thread count, so y is the same bits padded or not (tested). Row tiles
- * (moe_layer_set_tile_rows: a segment of r rows cut into ceil(r / tile) tiles of equal length
- * within one row) keep a tile's hidden rows in cache, but OpenBLAS's rounding of a row depends
- * on M (its small-matrix kernel below M*N*K = 1e6 and its tail kernels differ by an ulp or
- * two), so tiling changes the low bits of y and is off by default. */
+ * (moe_layer_set_tile_rows) keep a tile's hidden rows in cache. OpenBLAS rounds a row by the
+ * kernel that computes it: its kernels take our rows (its N in a row-major call) in groups of
+ * 4 to 24 from the start of each block, a tail goes through narrower kernels, and GEMMs with
+ * M*N*K below about 7e6 take small-matrix kernels. So tiles start at multiples of
+ * MOE_TILE_ALIGN rows, the last one runs the rest (tile..2 tile-1 rows), and only where
+ * tile*D*F >= MOE_TILE_MIN_MNK: each row meets the kernel and sums it meets untiled (tested). */
+enum { MOE_TILE_ALIGN = 192, MOE_TILE_MIN_MNK = 1 << 24 };
 typedef struct expert_seg {
     int e;
     size_t r0, len; /* rows [r0, r0 + len) of expert e's block */
@@ -360,7 +354,7 @@ static void *expert_worker(void *arg)
             pos++;
         const expert_seg *s = &p->seg[pos];
         size_t nt = p->first[pos + 1] - p->first[pos], j = i - p->first[pos];
-        size_t t0 = j * s->len / nt, nr = (j + 1) * s->len / nt - t0;
+        size_t t0 = j * p->L->tile, nr = j + 1 < nt ? p->L->tile : s->len - t0;
         size_t r0 = (size_t)s->e * p->C + s->r0 + t0;
         int rc = ffn_rows_par(p->L, p->w, s->e, p->L->xin + r0 * D, nr, p->L->hid + r0 * FW,
                               p->L->out + r0 * D, p->par);
@@ -399,7 +393,8 @@ static int experts_run(moe_layer *L, const moe_experts *w, size_t C, const long 
     qsort(seg, (size_t)n, sizeof *seg, seg_cmp);
     first[0] = 0;
     for (int i = 0; i < n; i++)
-        first[i + 1] = first[i] + (L->tile ? (seg[i].len + L->tile - 1) / L->tile : 1);
+        first[i + 1] = first[i] + (L->tile && seg[i].len >= 2 * L->tile ? seg[i].len / L->tile
+                                                                         : 1);
     const int blas_threads = moe_blas_threads();
     int nt = blas_threads > MOE_MAX_THREADS ? MOE_MAX_THREADS : blas_threads;
     if (nt < 1)
@@ -529,7 +524,13 @@ void moe_layer_free(moe_layer *L)
 
 void moe_layer_set_pad_to_capacity(moe_layer *L, int on) { L->pad = on != 0; }
 
-void moe_layer_set_tile_rows(moe_layer *L, size_t rows) { L->tile = rows; }
+void moe_layer_set_tile_rows(moe_layer *L, size_t rows)
+{
+    size_t t = (rows + MOE_TILE_ALIGN - 1) / MOE_TILE_ALIGN * MOE_TILE_ALIGN;
+    L->tile = (double)t * L->d * L->f >= (double)MOE_TILE_MIN_MNK ? t : 0;
+}
+
+size_t moe_layer_tile_rows(const moe_layer *L) { return L->tile; }
 
 size_t moe_layer_rows_run(const moe_layer *L) { return L->rows_run; }
 
@@ -927,7 +928,7 @@ int moe_layer_dense_mixture(moe_layer *L, const moe_experts *w, const float *x, 
             memcpy(L->xin + i * D, x + t * D, D * sizeof *x);
         }
         for (size_t e = 0; e < E; e++) {
-            rc = ffn_rows(L, w, (int)e, L->xin, nc, L->hid, L->out);
+            rc = ffn_rows_par(L, w, (int)e, L->xin, nc, L->hid, L->out, 1);
             if (rc)
                 return rc;
             for (size_t i = 0; i < nc; i++) {

@@ -58,11 +58,15 @@ void moe_layer_free(moe_layer *L);
  * (the default): each expert runs its rows up to its last filled slot. */
 void moe_layer_set_pad_to_capacity(moe_layer *L, int on);
 
-/* Rows per tile of the expert phase: each expert's rows are cut into tiles of about `rows` rows
- * run as separate GEMM pairs (0, the default: one GEMM pair per expert). Off by default because
- * OpenBLAS rounds a row differently with another number of rows: tiled outputs differ from the
- * untiled ones in the last bits (within the tolerance of the naive reference). */
+/* Rows per tile of the expert phase: an expert with at least 2 R rows runs them as GEMM pairs
+ * of R rows each, the last one taking the rest (R..2R-1 rows), R = `rows` rounded up to a
+ * multiple of 192; 0 (the default): one GEMM pair per expert. Ignored (R = 0) when R*d*f is
+ * below 2^24, near OpenBLAS's small-matrix kernels. Tile boundaries on multiples of 192 rows
+ * keep every row in the GEMM kernel it meets untiled: y is the same bit for bit (tested with
+ * OpenBLAS's Haswell and Cooperlake kernels). */
 void moe_layer_set_tile_rows(moe_layer *L, size_t rows);
+/* The rows per tile in effect (0: untiled). */
+size_t moe_layer_tile_rows(const moe_layer *L);
 
 /* Rows the expert phase of the last moe_layer_forward ran FFN_e on, summed over experts (the
  * kept slots up to each expert's last filled one; E*C padded to capacity; 0 before any). */

@@ -507,13 +507,27 @@ static void test_threads(gsl_rng *r)
     free(x), free(y1), free(y2), free(yr), free(has);
 }
 
+/* y = forward of p with th BLAS threads, tile request `tile`, padding pad; y is set to NaN first
+ * so that every output must be written. */
+static void forward_with(moe_layer *L, const moe_experts *w, const moe_plan *p, const float *x,
+                         float *y, size_t len, int th, size_t tile, int pad)
+{
+    moe_blas_set_threads(th);
+    moe_layer_set_tile_rows(L, tile);
+    moe_layer_set_pad_to_capacity(L, pad);
+    for (size_t j = 0; j < len; j++)
+        y[j] = NAN;
+    CHECK_INT(moe_layer_forward(L, w, p, x, y, NULL), MOE_OK);
+}
+
 /* Padding to capacity and row tiles on a plan_sparse plan with slot gaps (5 experts, C = 900,
  * expert 4 empty, drops). Expected values: the layer's own unpadded output y0, itself checked
  * against the naive reference; padded, the kept rows of each expert go through the same GEMM
  * pair as unpadded (the zero rows are a separate one), so y must equal y0 bit for bit, with 1
- * and 2 BLAS threads. Row tiles of 16 and 300 rows: OpenBLAS rounds a row differently with
- * another M, so tiled y is checked against the naive reference (tolerance above). Rows run:
- * unpadded, each expert's highest filled slot + 1 (counted here from the plan); padded, E * C. */
+ * and 2 BLAS threads. Tile requests of 16 and 300 rows are ignored at this shape (64 * 64 * 128
+ * and 320 * 64 * 128 are below 2^24, layer.h), so y must also equal y0 bit for bit with them
+ * (test_tile_bits tests tiles that run). Rows run: unpadded, each expert's highest filled
+ * slot + 1 (counted here from the plan); padded, E * C. */
 static void test_pad_tiles(gsl_rng *r)
 {
     enum { N = 3000, E = 5, K = 2, D = 64, F = 128 };
@@ -546,21 +560,17 @@ static void test_pad_tiles(gsl_rng *r)
     for (int th = 1; th <= 2; th++)
         for (int pad = 0; pad < 2; pad++)
             for (int i = 0; i < 3; i++) {
-                moe_blas_set_threads(th);
-                moe_layer_set_tile_rows(L, tiles[i]);
-                moe_layer_set_pad_to_capacity(L, pad);
-                for (size_t j = 0; j < len; j++)
-                    y[j] = NAN;
-                CHECK_INT(moe_layer_forward(L, &ow.w, p, x, y, NULL), MOE_OK);
+                forward_with(L, &ow.w, p, x, y, len, th, tiles[i], pad);
                 size_t rows = moe_layer_rows_run(L), rw = pad ? (size_t)E * C : want;
                 CHECK(rows == rw, "rows run %zu, want %zu (pad %d)", rows, rw, pad);
                 char what[96];
                 snprintf(what, sizeof what, "%d threads, tile %zu, pad %d vs naive", th,
                          tiles[i], pad);
                 compare(what, y, yr, len);
-                if (tiles[i] == 0)
-                    CHECK(memcmp(y, y0, len * sizeof *y) == 0, "y differs from unpadded: %d "
-                          "threads, pad %d", th, pad);
+                CHECK(moe_layer_tile_rows(L) == 0, "tile %zu in effect at D*F = %d",
+                      moe_layer_tile_rows(L), D * F);
+                CHECK(memcmp(y, y0, len * sizeof *y) == 0, "y differs from unpadded: %d "
+                      "threads, pad %d, tile request %zu", th, pad, tiles[i]);
             }
     moe_layer_set_tile_rows(L, 0);
     moe_blas_set_threads(saved);
@@ -582,6 +592,73 @@ static void test_pad_tiles(gsl_rng *r)
     free(x), free(y0), free(y), free(yr), free(has);
 }
 
+/* Row tiles keep the bits. Expected values: the layer's own untiled output y0 (one BLAS
+ * thread), itself checked against the naive reference. Experts of 1700, 1100, 700 and 100 rows
+ * (tokens in blocks, k = 1) at D = 128, F = 512: a request of 300 rows rounds up to 384 (a
+ * multiple of 192), so the first two experts run as 384 x 3 + 548 and 384 + 716 rows, the
+ * others untiled (fewer than 2 tiles); 500 rounds to 576: 576 + 1124, the rest untiled. Tile
+ * boundaries on multiples of 192 rows keep every row in the OpenBLAS kernel it meets untiled
+ * (layer.h), so y must equal y0 bit for bit for GELU and SwiGLU, 1 and 2 threads, padded or
+ * not. Requests whose tiles fall under tile*D*F = 2^24 are ignored: 100 rounds to 192 rows,
+ * 192*128*512 = 12582912 < 2^24, so no tiles. */
+static void test_tile_bits(gsl_rng *r)
+{
+    enum { N = 3600, E = 4, D = 128, F = 512 };
+    const int last[E] = {1700, 2800, 3500, 3600}; /* expert e takes tokens [last[e-1], last[e]) */
+    const long C = 1800;
+    size_t len = (size_t)N * D;
+    float *x = malloc(len * sizeof *x), *y0 = malloc(len * sizeof *y0),
+          *y = malloc(len * sizeof *y), *yr = malloc(len * sizeof *yr);
+    moe_plan *p = moe_plan_alloc(N, E, N);
+    fill_gauss(r, x, len, 1.0);
+    moe_plan_reset(p, N, E, E);
+    p->k = 1;
+    p->capacity = C;
+    for (int t = 0, e = 0; t < N; t++) {
+        while (t >= last[e])
+            e++;
+        moe_plan_push(p, t, e, t - (e ? last[e - 1] : 0), 1.0, gsl_rng_uniform(r));
+    }
+    int saved = moe_blas_threads();
+    const int acts[2] = {MOE_ACT_GELU_TANH, MOE_ACT_SWIGLU};
+    for (int a = 0; a < 2; a++) {
+        owned_experts ow;
+        experts_make(&ow, r, E, D, F, acts[a]);
+        moe_layer *L = moe_layer_alloc(N, E, C, D, F, acts[a]);
+        moe_layer_set_tile_rows(L, 100);
+        CHECK(moe_layer_tile_rows(L) == 0, "tile 100 at D*F = %d: %zu rows in effect, want 0",
+              D * F, moe_layer_tile_rows(L));
+        moe_layer_set_tile_rows(L, 500);
+        CHECK(moe_layer_tile_rows(L) == 576, "tile 500: %zu rows, want 576",
+              moe_layer_tile_rows(L));
+        moe_layer_set_tile_rows(L, 300);
+        CHECK(moe_layer_tile_rows(L) == 384, "tile 300: %zu rows, want 384",
+              moe_layer_tile_rows(L));
+        moe_layer_set_tile_rows(L, 0);
+        moe_blas_set_threads(1);
+        CHECK_INT(moe_layer_forward(L, &ow.w, p, x, y0, NULL), MOE_OK);
+        CHECK_INT(moe_layer_forward_naive(&ow.w, p, x, yr), MOE_OK);
+        compare(a ? "untiled swiglu vs naive (tile test)" : "untiled gelu vs naive (tile test)",
+                y0, yr, len);
+        const size_t tiles[2] = {300, 500};
+        for (int th = 1; th <= 2; th++)
+            for (int pad = 0; pad < 2; pad++)
+                for (int i = 0; i < 2; i++) {
+                    forward_with(L, &ow.w, p, x, y, len, th, tiles[i], pad);
+                    size_t bad = 0;
+                    for (size_t j = 0; j < len; j++)
+                        bad += memcmp(&y[j], &y0[j], sizeof *y) != 0;
+                    CHECK(bad == 0, "%s, tile %zu, %d threads, pad %d: %zu of %zu outputs differ "
+                          "from untiled", moe_act_name(acts[a]), tiles[i], th, pad, bad, len);
+                }
+        moe_blas_set_threads(saved);
+        moe_layer_free(L);
+        experts_free(&ow);
+    }
+    moe_plan_free(p);
+    free(x), free(y0), free(y), free(yr);
+}
+
 int main(void)
 {
     moe_install_gsl_handler();
@@ -591,6 +668,7 @@ int main(void)
     test_sparse(r);
     test_threads(r);
     test_pad_tiles(r);
+    test_tile_bits(r);
     test_dense(r);
     test_mixture(r);
     test_errors(r);
