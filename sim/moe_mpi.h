@@ -81,7 +81,7 @@ typedef struct {
     double expert_s;        /* seconds in this rank's expert FFNs */
     double pack_s;          /* seconds packing dispatch rows and combining outputs */
     double dispatch_s;      /* packing + the dispatch all-to-all, from the forward's start
-                             * (every rank has arrived: the forward starts with a collective) */
+                             * (after an untimed barrier: every rank has arrived) */
     double combine_s;       /* the combine all-to-all + summing into y, from the moment every
                              * rank's experts are done (an untimed barrier) */
 } moe_ep_stats;

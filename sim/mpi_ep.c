@@ -495,7 +495,8 @@ static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan,
         return rc;
     const int e0 = ep->e0, el = ep->el;
     const size_t D = (size_t)ep->d, FW = (size_t)ep->fw, F = (size_t)ep->f;
-    double ts[6], tp = moe_now(); /* after the agreement above: every rank has arrived */
+    ep_sync(); /* each phase is timed from a barrier, as moesim calibrate times its repeats */
+    double ts[6], tp = moe_now();
     long nsend, nrecv, tokens;
 
     /* ---- dispatch ---- */
@@ -515,7 +516,7 @@ static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan,
         (rc = moe_pipeline_layer_stage(ep->L, &wl, ep->sub, ep->recv, ep->out, NULL)))
         return rc; /* (cannot fail on a valid plan: shapes checked above) */
     ts[2] = moe_now();
-    ep_sync(); /* the combine is timed once every rank's experts are done */
+    ep_sync(); /* the combine is timed from the moment every rank's experts are done */
     ts[5] = moe_now();
 
     /* ---- combine: outputs back in the same row order; y[t] += combine_w * out ---- */
