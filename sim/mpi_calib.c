@@ -1,11 +1,11 @@
 /* mpi_calib.c: `moesim calibrate` (mpi_calib.h), the loopback calibration of the cluster
- * model on the ranks of an MPI job, and its least-squares fit.
+ * model on the ranks of an MPI job, and its least-squares fits.
  *
  * The benchmarks move floats, like the expert-parallel layer. Every timed repeat starts after
  * an MPI_Barrier; the ping-pong times ranks 0 and 1 only (the others wait in the barrier), the
- * all-to-all and the packing keep the slowest rank's time of each repeat (an MPI_Allreduce
- * after the timed work), as a phase ends when its slowest rank ends. Rank 0 prints and
- * writes. */
+ * all-to-all and the local work keep the slowest rank's time of each repeat (an MPI_Allreduce
+ * after the timed work), as a phase ends when its slowest rank ends. Every fit goes through the
+ * first quartile of the repeats (CALIB_Q). Rank 0 prints and writes. */
 #include "mpi_calib.h"
 #include "mpi_internal.h"
 
@@ -164,13 +164,14 @@ static void usage(void)
            "                                   [--repeats N] [--max-bytes B]\n\n"
            "Loopback calibration of the cluster model (docs/cluster.md): a ping-pong between\n"
            "ranks 0 and 1 and an all-to-all over the P ranks, message sizes from 16 bytes to\n"
-           "B per peer (default 1048576) in steps of 4x, N timed repeats each (default 30,\n"
-           "median kept), and the expert-parallel layer's local work on every rank (its own\n"
-           "code on a benchmark plan, cold caches: 16 to 1024 claims per rank, rows of 16 to\n"
-           "1024 floats). Fits alpha (latency per message) and beta (bandwidth), and the\n"
-           "packing's latency, time per row and rate, by weighted least squares and prints\n"
-           "a [cluster.NAME] section (default loopback) with the all-to-all's and the\n"
-           "packing's constants; --out FILE writes it too.\n"
+           "B per peer (default 1048576) in steps of 4x, interleaved, N timed repeats each\n"
+           "(default 30, the first quartile kept), and the expert-parallel layer's local work\n"
+           "of each phase on every rank (its own code on a benchmark plan, cold caches: 16 to\n"
+           "1024 claims per rank, rows of 16 to 1024 floats). Fits alpha (latency per\n"
+           "message) and beta (bandwidth), and the dispatch's and the combine's local work\n"
+           "(latency, time per row, rate) by weighted least squares, each again on thirds of\n"
+           "the repeats (the spread), and prints a [cluster.NAME] section (default loopback)\n"
+           "with those constants and this machine's processors (cores); --out FILE writes it.\n"
            "--ranks P: fail unless the job has P ranks.\n");
 }
 
