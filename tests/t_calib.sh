@@ -27,7 +27,8 @@
 # of each third of a calibration's repeats gave alphas within 9% of each other on 2 ranks and
 # within 23% on 4 ranks in five runs of six (5.5 to 9.7 us in the sixth).
 # The checks can fail: MOESIM_CALIB_LATENCY_X=K multiplies the calibrated section's latency by
-# K before the run; K = 10 and K = 0.1 make checks fail (docs/cluster.md has the ratios).
+# K before the run; K = 10 failed all four checks (ratios 4.2 to 6.2), K = 0.1 the two 4-rank
+# checks (0.14; on 2 ranks the prediction is mostly the local work, ratios 1.16 and 0.57).
 # They are skipped (counted, the message names the load) when the 1-minute load average at the
 # start of a rank count's calibration exceeds 4 x the online processors: other processes then
 # decide the timings (the check states a property of this machine's own cost, not of its load).
