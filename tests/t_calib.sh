@@ -20,10 +20,10 @@
 #      for combine.
 # F = 3 was stated before the first comparison was run, from the model's assumptions then, and
 # has not been changed since. The variation measured with this version of the model and of the
-# measurement, six runs at a load average of 10.7 to 12.9 on the 2-core development machine
-# (docs/cluster.md has the table): ratios 0.78 to 1.28 on 2 ranks (a margin of 2.3x or more to
+# measurement, ten runs at a load average of 10.7 to 23 on the 2-core development machine
+# (docs/cluster.md has the tables): ratios 0.78 to 1.28 on 2 ranks (a margin of 2.3x or more to
 # the factor), 0.41 to 2.48 on 4 ranks sharing 2 cores (a margin of 1.2x at the high end),
-# where the calibrated latency itself moved from 5.5 to 14.2 us between calibrations; the fit
+# where the calibrated latency itself moved from 5.5 to 18.2 us between calibrations; the fit
 # of each third of a calibration's repeats gave alphas within 9% of each other on 2 ranks and
 # within 23% on 4 ranks in five runs of six (5.5 to 9.7 us in the sixth).
 # The checks can fail: MOESIM_CALIB_LATENCY_X=K multiplies the calibrated section's latency by
