@@ -28,9 +28,14 @@ int moe_cluster_topo_check(const moe_cluster_topo *t, const char *where)
                         "in [0, 1e9] us (%s)", where);
     if (!(t->pack_latency_us >= 0 && t->pack_latency_us <= 1e9) ||
         !(t->pack_row_ns >= 0 && t->pack_row_ns <= 1e9) ||
-        !(t->pack_gbps >= 0 && t->pack_gbps <= 1e9))
-        return moe_fail(MOE_EINVAL, NULL, "pack_latency_us, pack_row_ns and pack_gbps must be "
-                        "in [0, 1e9] (%s)", where);
+        !(t->pack_gbps >= 0 && t->pack_gbps <= 1e9) ||
+        !(t->unpack_latency_us >= 0 && t->unpack_latency_us <= 1e9) ||
+        !(t->unpack_row_ns >= 0 && t->unpack_row_ns <= 1e9) ||
+        !(t->unpack_gbps >= 0 && t->unpack_gbps <= 1e9))
+        return moe_fail(MOE_EINVAL, NULL, "pack_latency_us, pack_row_ns, pack_gbps and their "
+                        "unpack_* terms must be in [0, 1e9] (%s)", where);
+    if (t->cores < 0 || t->cores > 1 << 20)
+        return moe_fail(MOE_EINVAL, NULL, "cores must be in [0, 1048576] (%s)", where);
     if (!t->measured && !(t->device_tflops > 0 && t->device_tflops <= 1e9))
         return moe_fail(MOE_EINVAL, NULL, "device_tflops must be in (0, 1e9] or measured (%s)",
                         where);
@@ -41,7 +46,7 @@ void moe_cluster_sim_free(moe_cluster_sim *cs)
 {
     if (!cs)
         return;
-    void *all[] = {cs->tokens_in, cs->rows, cs->packed, cs->t_pack, cs->intra_send, cs->intra_recv, cs->inter_send,
+    void *all[] = {cs->tokens_in, cs->rows, cs->packed, cs->t_pack, cs->t_unpack, cs->intra_send, cs->intra_recv, cs->inter_send,
                    cs->inter_recv, cs->t_dispatch, cs->t_experts, cs->t_combine,
                    cs->node_bytes, cs->nodes_hist, cs->tok_start, cs->tok_ent, cs->dev_stamp,
                    cs->node_stamp, cs->pair_intra, cs->pair_inter};
@@ -64,6 +69,7 @@ moe_cluster_sim *moe_cluster_sim_alloc(const moe_cluster_topo *t)
     cs->rows = malloc(D * sizeof(long));
     cs->packed = malloc(D * sizeof(long));
     cs->t_pack = malloc(D * sizeof(double));
+    cs->t_unpack = malloc(D * sizeof(double));
     cs->intra_send = malloc(D * sizeof(double));
     cs->intra_recv = malloc(D * sizeof(double));
     cs->inter_send = malloc(D * sizeof(double));
@@ -77,7 +83,8 @@ moe_cluster_sim *moe_cluster_sim_alloc(const moe_cluster_topo *t)
     cs->node_stamp = malloc(N * sizeof(int));
     cs->pair_intra = malloc(D * D);
     cs->pair_inter = malloc(D * D);
-    if (!cs->tokens_in || !cs->rows || !cs->packed || !cs->t_pack || !cs->intra_send || !cs->intra_recv || !cs->inter_send ||
+    if (!cs->tokens_in || !cs->rows || !cs->packed || !cs->t_pack || !cs->t_unpack ||
+        !cs->intra_send || !cs->intra_recv || !cs->inter_send ||
         !cs->inter_recv || !cs->t_dispatch || !cs->t_experts || !cs->t_combine ||
         !cs->node_bytes || !cs->nodes_hist || !cs->dev_stamp || !cs->node_stamp ||
         !cs->pair_intra || !cs->pair_inter)
@@ -213,26 +220,50 @@ static int peers(const unsigned char *pair, int D, int d)
 
 static double fmax2(double a, double b) { return a > b ? a : b; }
 
+/* The local work of one phase on every device (lat s per call, row s per row, rate bytes/s,
+ * 0: no byte term) into t (D): each device's own, and when the node's devices share cores
+ * processors, at least the node's summed work over them (the processors run it in turn). */
+static void local_work(moe_cluster_sim *cs, int dpn, int cores, double lat, double row,
+                       double rate, double *t)
+{
+    const double B = cs->row_bytes;
+    for (int d = 0; d < cs->D; d++) {
+        const double n = (double)cs->packed[d];
+        t[d] = lat + n * row + (rate > 0 ? n * B / rate : 0.0);
+    }
+    for (int n0 = 0; cores > 0 && n0 < cs->D; n0 += dpn) {
+        double sum = 0;
+        for (int d = n0; d < n0 + dpn; d++)
+            sum += t[d];
+        for (int d = n0; d < n0 + dpn; d++)
+            t[d] = fmax2(t[d], sum / cores);
+    }
+}
+
 /* Alpha-beta times per device and the step time (docs/cluster.md). */
 static void times(moe_cluster_sim *cs, const moe_cluster_topo *t, double flops_per_row,
                   double tflops)
 {
     const double bi = t->intra_gbps * 1e9 / 8.0, be = t->inter_gbps * 1e9 / 8.0;
     const double ai = t->intra_latency_us * 1e-6, ae = t->inter_latency_us * 1e-6;
-    const double pb = t->pack_gbps > 0 ? t->pack_gbps * 1e9 / 8.0 : 0, B = cs->row_bytes;
+    const int dpn = t->devices_per_node;
+    /* pack: each of the device's claims gathered into the send buffer (dispatch); unpack:
+     * added back into its token's output (combine) */
+    local_work(cs, dpn, t->cores, t->pack_latency_us * 1e-6, t->pack_row_ns * 1e-9,
+               t->pack_gbps * 1e9 / 8.0, cs->t_pack);
+    if (t->unpack)
+        local_work(cs, dpn, t->cores, t->unpack_latency_us * 1e-6, t->unpack_row_ns * 1e-9,
+                   t->unpack_gbps * 1e9 / 8.0, cs->t_unpack);
+    else
+        memcpy(cs->t_unpack, cs->t_pack, (size_t)cs->D * sizeof *cs->t_unpack);
     double md = 0, mx = 0, mc = 0, rows_sum = 0, rows_max = 0;
     for (int d = 0; d < cs->D; d++) {
         double intra = ai * peers(cs->pair_intra, cs->D, d) +
                        fmax2(cs->intra_send[d], cs->intra_recv[d]) / bi;
         double inter = ae * peers(cs->pair_inter, cs->D, d) +
                        fmax2(cs->inter_send[d], cs->inter_recv[d]) / be;
-        /* pack: each of the device's claims gathered into the send buffer (dispatch) or
-         * added back into its token's output (combine), once per phase */
-        const double n = (double)cs->packed[d];
-        cs->t_pack[d] = t->pack_latency_us * 1e-6 + n * t->pack_row_ns * 1e-9 +
-                        (pb > 0 ? n * B / pb : 0.0);
         cs->t_dispatch[d] = intra + inter + cs->t_pack[d];
-        cs->t_combine[d] = intra + inter + cs->t_pack[d]; /* the same bytes back */
+        cs->t_combine[d] = intra + inter + cs->t_unpack[d]; /* the same bytes back */
         cs->t_experts[d] = (double)cs->rows[d] * flops_per_row / (tflops * 1e12);
         md = fmax2(md, cs->t_dispatch[d]);
         mx = fmax2(mx, cs->t_experts[d]);

@@ -28,6 +28,13 @@ typedef struct {
      * pack_row_ns per row of its tokens' claims, pack_gbps the bytes rate of those rows
      * (0: no byte term). All 0 (the default): the term is left out. */
     double pack_latency_us, pack_row_ns, pack_gbps;
+    /* The combine's own local work (adding the returned rows into the outputs), the same three
+     * terms; unpack = 0 (no unpack_* key given): the combine uses the pack terms. */
+    double unpack_latency_us, unpack_row_ns, unpack_gbps;
+    int unpack;
+    /* Processors a node's devices share for their local work (ranks on a machine with fewer
+     * cores than ranks); 0: one per device. */
+    int cores;
 } moe_cluster_topo;
 
 /* Check a topology (every count >= 1, every rate > 0, latencies and pack terms >= 0); where names the
@@ -42,7 +49,8 @@ typedef struct {
     long *packed;           /* claims of the tokens a device holds: rows it packs and unpacks */
     double *intra_send, *intra_recv, *inter_send, *inter_recv; /* bytes, dispatch direction */
     double *t_dispatch, *t_experts, *t_combine;                /* seconds, pack included */
-    double *t_pack;         /* the local pack (dispatch) or unpack (combine) of one phase */
+    double *t_pack, *t_unpack; /* the local work of the dispatch (pack) and of the combine
+                                * (unpack), processors shared (cores) */
     double *node_bytes;     /* (N,N) dispatch bytes from a device of node a to one of node b */
     long *nodes_hist;       /* (N+1) tokens sent to exactly j nodes */
     double balancedness;    /* mean(rows) / max(rows) over devices; 1 when no rows */

@@ -50,7 +50,8 @@ static int load_topo(const spec_section *sec, const char *name, moe_cluster_topo
                                        "intra_latency_us", "inter_gbps", "inter_latency_us",
                                        "device_tflops", "dtype_bytes", "redundant_experts",
                                        "dispatch", "pack_latency_us", "pack_row_ns",
-                                       "pack_gbps", NULL};
+                                       "pack_gbps", "unpack_latency_us", "unpack_row_ns",
+                                       "unpack_gbps", "cores", NULL};
     memset(t, 0, sizeof *t);
     snprintf(t->name, sizeof t->name, "%s", name);
     t->dtype_bytes = 2;
@@ -65,7 +66,8 @@ static int load_topo(const spec_section *sec, const char *name, moe_cluster_topo
             return KV_FAIL(MOE_EINVAL, sec, kv, "cluster keys: nodes devices_per_node "
                            "intra_gbps intra_latency_us inter_gbps inter_latency_us "
                            "device_tflops dtype_bytes redundant_experts dispatch pack_latency_us "
-                           "pack_row_ns pack_gbps", "unknown key");
+                           "pack_row_ns pack_gbps unpack_latency_us unpack_row_ns unpack_gbps "
+                           "cores", "unknown key");
         if (j == 8) /* the cluster's own redundant_experts axis: read by load_cfgs */
             continue;
         seen |= 1u << j;
@@ -100,7 +102,15 @@ static int load_topo(const spec_section *sec, const char *name, moe_cluster_topo
         case 10: rc = parse_real(sec, kv, &t->pack_latency_us); break;
         case 11: rc = parse_real(sec, kv, &t->pack_row_ns); break;
         case 12: rc = parse_real(sec, kv, &t->pack_gbps); break;
+        case 13: rc = parse_real(sec, kv, &t->unpack_latency_us); break;
+        case 14: rc = parse_real(sec, kv, &t->unpack_row_ns); break;
+        case 15: rc = parse_real(sec, kv, &t->unpack_gbps); break;
+        case 16:
+            rc = moe_spec_parse_int(sec, kv, kv->value, 0, 1 << 20, &v);
+            t->cores = (int)v;
+            break;
         }
+        t->unpack |= j >= 13 && j <= 15;
     }
     if (rc)
         return rc;
@@ -196,8 +206,15 @@ static void add_cfgs(moe_cluster_spec *c, int t, char **pw, int np, const long *
             /* the pack term only when set (keys unchanged without) */
             if ((tp->pack_latency_us > 0 || tp->pack_row_ns > 0 || tp->pack_gbps > 0) &&
                 len > 0 && (size_t)len < sizeof g->text)
-                snprintf(g->text + len, sizeof g->text - (size_t)len, " pack=%.9g/%.9g/%.9g",
-                         tp->pack_latency_us, tp->pack_row_ns, tp->pack_gbps);
+                len += snprintf(g->text + len, sizeof g->text - (size_t)len,
+                                " pack=%.9g/%.9g/%.9g", tp->pack_latency_us, tp->pack_row_ns,
+                                tp->pack_gbps);
+            if (tp->unpack && len > 0 && (size_t)len < sizeof g->text)
+                len += snprintf(g->text + len, sizeof g->text - (size_t)len,
+                                " unpack=%.9g/%.9g/%.9g", tp->unpack_latency_us,
+                                tp->unpack_row_ns, tp->unpack_gbps);
+            if (tp->cores > 0 && len > 0 && (size_t)len < sizeof g->text)
+                snprintf(g->text + len, sizeof g->text - (size_t)len, " cores=%d", tp->cores);
         }
     }
 }

@@ -80,8 +80,10 @@ typedef struct {
     double a2a_s;           /* seconds in the two MPI_Alltoallv calls (waiting included) */
     double expert_s;        /* seconds in this rank's expert FFNs */
     double pack_s;          /* seconds packing dispatch rows and combining outputs */
-    double dispatch_s;      /* packing + the dispatch all-to-all */
-    double combine_s;       /* the combine all-to-all + summing into y */
+    double dispatch_s;      /* packing + the dispatch all-to-all, from the forward's start
+                             * (after an untimed barrier: every rank has arrived) */
+    double combine_s;       /* the combine all-to-all + summing into y, from the moment every
+                             * rank's experts are done (an untimed barrier) */
 } moe_ep_stats;
 
 typedef struct moe_ep moe_ep;

@@ -1,11 +1,11 @@
 /* mpi_calib.c: `moesim calibrate` (mpi_calib.h), the loopback calibration of the cluster
- * model on the ranks of an MPI job, and its least-squares fit.
+ * model on the ranks of an MPI job, and its least-squares fits.
  *
  * The benchmarks move floats, like the expert-parallel layer. Every timed repeat starts after
  * an MPI_Barrier; the ping-pong times ranks 0 and 1 only (the others wait in the barrier), the
- * all-to-all and the packing keep the slowest rank's time of each repeat (an MPI_Allreduce
- * after the timed work), as a phase ends when its slowest rank ends. Rank 0 prints and
- * writes. */
+ * all-to-all and the local work keep the slowest rank's time of each repeat (an MPI_Allreduce
+ * after the timed work), as a phase ends when its slowest rank ends. Every fit goes through the
+ * first quartile of the repeats (CALIB_Q). Rank 0 prints and writes. */
 #include "mpi_calib.h"
 #include "mpi_internal.h"
 
@@ -164,65 +164,65 @@ static void usage(void)
            "                                   [--repeats N] [--max-bytes B]\n\n"
            "Loopback calibration of the cluster model (docs/cluster.md): a ping-pong between\n"
            "ranks 0 and 1 and an all-to-all over the P ranks, message sizes from 16 bytes to\n"
-           "B per peer (default 1048576) in steps of 4x, N timed repeats each (default 30,\n"
-           "median kept), and the expert-parallel layer's local work on every rank (its own\n"
-           "code on a benchmark plan, cold caches: 16 to 1024 claims per rank, rows of 16 to\n"
-           "1024 floats). Fits alpha (latency per message) and beta (bandwidth), and the\n"
-           "packing's latency, time per row and rate, by weighted least squares and prints\n"
-           "a [cluster.NAME] section (default loopback) with the all-to-all's and the\n"
-           "packing's constants; --out FILE writes it too.\n"
+           "B per peer (default 1048576) in steps of 4x, interleaved, N timed repeats each\n"
+           "(default 30, the first quartile kept), and the expert-parallel layer's local work\n"
+           "of each phase on every rank (its own code on a benchmark plan, cold caches: 16 to\n"
+           "1024 claims per rank, rows of 16 to 1024 floats). Fits alpha (latency per\n"
+           "message) and beta (bandwidth), and the dispatch's and the combine's local work\n"
+           "(latency, time per row, rate) by weighted least squares, each again on thirds of\n"
+           "the repeats (the spread), and prints a [cluster.NAME] section (default loopback)\n"
+           "with those constants and this machine's processors (cores); --out FILE writes it.\n"
            "--ranks P: fail unless the job has P ranks.\n");
 }
 
 #ifdef MOESIM_MPI
-/* Median of the repeats' times t (n), sorted in place. */
-static double median(double *t, size_t n)
+/* The statistic of a benchmark's repeats that every fit uses: their first quartile. Other
+ * processes on the same cores only ever add time to a repeat (a preemption, a late wake-up), so
+ * a low quantile is the machine's own cost; the first quartile, unlike the minimum, does not
+ * depend on the number of repeats and needs a quarter of them undisturbed. tests/t_calib.sh
+ * takes the measured times of a run the same way. */
+#define CALIB_Q 0.25
+
+/* The q-quantile of t[r0..r1), sorted into s (scratch, r1 - r0). */
+static double quantile(const double *t, size_t r0, size_t r1, double q, double *s)
 {
-    gsl_sort(t, 1, n);
-    return gsl_stats_median_from_sorted_data(t, 1, n);
+    memcpy(s, t + r0, (r1 - r0) * sizeof *s);
+    gsl_sort(s, 1, r1 - r0);
+    return gsl_stats_quantile_from_sorted_data(s, 1, r1 - r0, q);
 }
 
-/* Half the round trip of m bytes between ranks 0 and 1, median over the repeats. */
-static double time_pingpong(float *buf, size_t m, long repeats, double *t)
+/* Half the round trip of m bytes between ranks 0 and 1, after a barrier (rank 0's clock). */
+static double pingpong_once(float *buf, size_t m)
 {
     const int me = moe_mpi_g.rank, n = (int)(m / sizeof(float));
     MPI_Comm c = moe_mpi_g.comm;
-    for (long r = -2; r < repeats; r++) { /* two untimed warm-up round trips */
-        MPI_Barrier(c);
-        double t0 = MPI_Wtime();
-        if (me == 0) {
-            MPI_Send(buf, n, MPI_FLOAT, 1, 7, c);
-            MPI_Recv(buf, n, MPI_FLOAT, 1, 7, c, MPI_STATUS_IGNORE);
-        } else if (me == 1) {
-            MPI_Recv(buf, n, MPI_FLOAT, 0, 7, c, MPI_STATUS_IGNORE);
-            MPI_Send(buf, n, MPI_FLOAT, 0, 7, c);
-        }
-        if (r >= 0)
-            t[r] = (MPI_Wtime() - t0) / 2.0;
+    MPI_Barrier(c);
+    double t0 = MPI_Wtime();
+    if (me == 0) {
+        MPI_Send(buf, n, MPI_FLOAT, 1, 7, c);
+        MPI_Recv(buf, n, MPI_FLOAT, 1, 7, c, MPI_STATUS_IGNORE);
+    } else if (me == 1) {
+        MPI_Recv(buf, n, MPI_FLOAT, 0, 7, c, MPI_STATUS_IGNORE);
+        MPI_Send(buf, n, MPI_FLOAT, 0, 7, c);
     }
-    return median(t, (size_t)repeats);
+    return (MPI_Wtime() - t0) / 2.0;
 }
 
-/* The all-to-all of m bytes to every other rank (nothing to itself), the slowest rank's time
- * per repeat, median over the repeats. */
-static double time_alltoall(float *sbuf, float *rbuf, size_t m, long repeats, double *t,
-                            int *cnt, int *dsp)
+/* The all-to-all of m bytes to every other rank (nothing to itself) after a barrier, the
+ * slowest rank's time. */
+static double alltoall_once(float *sbuf, float *rbuf, size_t m, int *cnt, int *dsp)
 {
     const int P = moe_mpi_g.size, me = moe_mpi_g.rank, n = (int)(m / sizeof(float));
     for (int q = 0; q < P; q++) {
         cnt[q] = q == me ? 0 : n;
         dsp[q] = q * n;
     }
-    for (long r = -2; r < repeats; r++) {
-        MPI_Barrier(moe_mpi_g.comm);
-        double t0 = MPI_Wtime();
-        MPI_Alltoallv(sbuf, cnt, dsp, MPI_FLOAT, rbuf, cnt, dsp, MPI_FLOAT, moe_mpi_g.comm);
-        double dt = MPI_Wtime() - t0, slowest = 0;
-        MPI_Allreduce(&dt, &slowest, 1, MPI_DOUBLE, MPI_MAX, moe_mpi_g.comm);
-        if (r >= 0)
-            t[r] = slowest;
-    }
-    return median(t, (size_t)repeats);
+    MPI_Barrier(moe_mpi_g.comm);
+    double t0 = MPI_Wtime();
+    MPI_Alltoallv(sbuf, cnt, dsp, MPI_FLOAT, rbuf, cnt, dsp, MPI_FLOAT, moe_mpi_g.comm);
+    double dt = MPI_Wtime() - t0, slowest = 0;
+    MPI_Allreduce(&dt, &slowest, 1, MPI_DOUBLE, MPI_MAX, moe_mpi_g.comm);
+    return slowest;
 }
 
 /* The benchmark's plan: T tokens in token order, two claims each, on experts 3t mod E and
@@ -273,9 +273,10 @@ static unsigned char evict(unsigned char *buf, size_t n, unsigned char v)
  * rows and plans the rows it receives; the combine adds the rows back into its tokens' outputs.
  * Each repeat starts cold, as a forward does after the rest of the step (the routing, the
  * experts, the other layers): the lines the work touches are flushed from every cache level
- * (moe_ep_flush), or evict_bytes of other work is done where they cannot be. Half the pair's time of the slowest rank,
- * median over the repeats; t (repeats) scratch. *time < 0 on failure (every rank agrees). */
-static int time_pack(size_t n, size_t H, long repeats, double *t, double *time)
+ * (moe_ep_flush), or evict_bytes of other work is done where they cannot be. td[r], tc[r]: the
+ * slowest rank's dispatch and combine work in repeat r (repeats), each rank on its own clock.
+ * Fails on every rank together. */
+static int time_pack(size_t n, size_t H, long repeats, double *td, double *tc)
 {
     const int P = moe_mpi_g.size, T = (int)(n / 2) * P, E = P > 8 ? P : 8;
     int bad = 0;
@@ -290,67 +291,115 @@ static int time_pack(size_t n, size_t H, long repeats, double *t, double *time)
     if (!rc && !(ep = moe_ep_alloc(T, E, plan->capacity, (int)H, 1, MOE_ACT_RELU,
                                    plan->n_entries, 0)))
         rc = MOE_ENOMEM;
-    for (size_t i = 0; i < (size_t)T * H; i++)
+    for (size_t i = 0; !rc && i < (size_t)T * H; i++)
         x[i] = (float)(i % 13) * 0.125f - 0.75f;
     int all = rc;
     MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MAX, moe_mpi_g.comm);
     for (long r = -2; !all && r < repeats; r++) {
-        double td = 0, tc = 0;
+        double dt[3] = {0, 0, 0}, slowest[3], low[3];
         if (!moe_ep_flush(ep, plan, x, y) &&
             (ev || (ev = moe_mpi_xcalloc(nev, 1, &bad))))
             acc = evict(ev, nev, acc);
         MPI_Barrier(moe_mpi_g.comm);
-        rc = moe_ep_local_work(ep, plan, x, y, &td, &tc);
-        double dt = rc ? -1.0 : (td + tc) / 2.0, slowest = 0, low = 0;
-        MPI_Allreduce(&dt, &slowest, 1, MPI_DOUBLE, MPI_MAX, moe_mpi_g.comm);
-        MPI_Allreduce(&dt, &low, 1, MPI_DOUBLE, MPI_MIN, moe_mpi_g.comm);
-        if (low < 0)
+        rc = moe_ep_local_work(ep, plan, x, y, &dt[0], &dt[1]);
+        dt[2] = rc ? -1.0 : 0.0;
+        MPI_Allreduce(dt, slowest, 3, MPI_DOUBLE, MPI_MAX, moe_mpi_g.comm);
+        MPI_Allreduce(dt, low, 3, MPI_DOUBLE, MPI_MIN, moe_mpi_g.comm);
+        if (low[2] < 0)
             all = rc ? rc : MOE_EINVAL;
-        else if (r >= 0)
-            t[r] = slowest;
+        else if (r >= 0) {
+            td[r] = slowest[0] + 0.0 * (double)acc; /* acc keeps the eviction's work */
+            tc[r] = slowest[1];
+        }
     }
     moe_ep_free(ep);
     moe_plan_free(plan);
     free(x);
     free(y);
     free(ev);
-    *time = all ? -1.0 : median(t, (size_t)repeats) + 0.0 * (double)acc;
     return all;
 }
 
 #define PACK_N 4 /* claims 16, 64, 256, 1024 by row widths 16, 64, 256, 1024 floats */
+#define NPACK (PACK_N * PACK_N)
+#define NBLOCKS 3 /* the spread: each fit again on three consecutive thirds of the repeats */
 
-/* Every rank: the pack benchmark over the grid; rank 0 fits it into pk (latency s, s per row,
- * s per byte, each >= 0) and prints it. */
-static int calibrate_pack(long repeats, double *t, double pk[3])
+/* The statistic (CALIB_Q) per point of times tm (npt points x R repeats), over repeats
+ * [r0, r1), into y (npt); s scratch (R). */
+static void stat_rows(const double *tm, size_t npt, size_t R, size_t r0, size_t r1, double *y,
+                      double *s)
 {
-    double rows[PACK_N * PACK_N], bytes[PACK_N * PACK_N], tp[PACK_N * PACK_N];
-    int rc = MOE_OK;
-    for (size_t i = 0; !rc && i < PACK_N * PACK_N; i++) {
-        const size_t n = (size_t)16 << (2 * (i / PACK_N)), H = (size_t)16 << (2 * (i % PACK_N));
-        rows[i] = (double)n;
-        bytes[i] = (double)(n * H * sizeof(float));
-        rc = time_pack(n, H, repeats, t, &tp[i]);
+    for (size_t i = 0; i < npt; i++)
+        y[i] = quantile(tm + i * R, r0, r1, CALIB_Q, s);
+}
+
+/* Rank 0: the plane through the statistic of the repeats tm (NPACK x R) over [r0, r1) into c
+ * (latency s, s per row, s per byte; a negative term kept as fitted); y (NPACK), s (R) scratch. */
+static int fit_plane_block(const double *tm, size_t R, size_t r0, size_t r1, const double *rows,
+                           const double *bytes, double *y, double *s, double c[3], double *rms)
+{
+    stat_rows(tm, NPACK, R, r0, r1, y, s);
+    return moe_calib_fit_pack(rows, bytes, y, NPACK, c, rms);
+}
+
+/* Rank 0: the fit of one phase's local work (tm: NPACK x R) and its spread over thirds of the
+ * repeats, printed; the terms in c, each >= 0. */
+static int plane_print(const char *what, const double *tm, size_t R, const double *rows,
+                       const double *bytes, double *s, double c[3])
+{
+    double y[NPACK], med[NPACK], b[3], lo[3], hi[3], rms;
+    int rc = fit_plane_block(tm, R, 0, R, rows, bytes, y, s, c, &rms);
+    if (rc)
+        return rc;
+    for (size_t i = 0; i < NPACK; i++)
+        med[i] = quantile(tm + i * R, 0, R, 0.5, s);
+    printf("%s: %12s %12s %10s %10s\n", what, "claims", "row bytes", "q1 us", "median");
+    for (size_t i = 0; i < NPACK; i++)
+        printf("%s: %12.0f %12.0f %10.3f %10.3f\n", what, rows[i], bytes[i] / rows[i],
+               y[i] * 1e6, med[i] * 1e6);
+    for (size_t k = 0; k < NBLOCKS; k++) {
+        if ((rc = fit_plane_block(tm, R, k * R / NBLOCKS, (k + 1) * R / NBLOCKS, rows, bytes, y,
+                                  s, b, &(double){0})))
+            return rc;
+        for (int j = 0; j < 3; j++) {
+            lo[j] = k == 0 || b[j] < lo[j] ? b[j] : lo[j];
+            hi[j] = k == 0 || b[j] > hi[j] ? b[j] : hi[j];
+        }
     }
-    if (rc || moe_mpi_g.rank != 0)
-        return rc;
-    printf("%12s %12s %14s\n", "claims", "row bytes", "pack us");
-    for (size_t i = 0; i < PACK_N * PACK_N; i++)
-        printf("%12.0f %12.0f %14.3f\n", rows[i], bytes[i] / rows[i], tp[i] * 1e6);
-    double rms;
-    if ((rc = moe_calib_fit_pack(rows, bytes, tp, PACK_N * PACK_N, pk, &rms)))
-        return rc;
-    printf("pack: %.4g us per call, %.4g ns per row, %.4g GB/s, relative rms residual %.1f%%%s\n",
-           pk[0] * 1e6, pk[1] * 1e9, pk[2] > 0 ? 1e-9 / pk[2] : 0.0, 100.0 * rms,
-           pk[0] < 0 || pk[1] < 0 || pk[2] <= 0 ? " (a fitted term < 0 is taken as 0)" : "");
+    printf("%s: %.4g us per call, %.4g ns per row, %.4g GB/s, relative rms residual %.1f%%%s; "
+           "over thirds of the repeats %.4g to %.4g us, %.4g to %.4g ns, %.4g to %.4g ns per "
+           "kB\n", what, c[0] * 1e6, c[1] * 1e9, c[2] > 0 ? 1e-9 / c[2] : 0.0, 100.0 * rms,
+           c[0] < 0 || c[1] < 0 || c[2] <= 0 ? " (a fitted term < 0 is taken as 0)" : "",
+           lo[0] * 1e6, hi[0] * 1e6, lo[1] * 1e9, hi[1] * 1e9, lo[2] * 1e12, hi[2] * 1e12);
     for (int k = 0; k < 3; k++)
-        pk[k] = pk[k] > 0 ? pk[k] : 0.0;
+        c[k] = c[k] > 0 ? c[k] : 0.0;
     return MOE_OK;
 }
 
-/* Rank 0: the section with the all-to-all's and the pack's constants, to f. */
+/* Every rank: the local-work benchmark over the grid (td, tc: NPACK x repeats); rank 0 fits
+ * the dispatch's work into pk and the combine's into uk (latency s, s per row, s per byte). */
+static int calibrate_pack(long repeats, double *td, double *tc, double *s, double pk[3],
+                          double uk[3])
+{
+    const size_t R = (size_t)repeats;
+    double rows[NPACK], bytes[NPACK];
+    int rc = MOE_OK;
+    for (size_t i = 0; !rc && i < NPACK; i++) {
+        const size_t n = (size_t)16 << (2 * (i / PACK_N)), H = (size_t)16 << (2 * (i % PACK_N));
+        rows[i] = (double)n;
+        bytes[i] = (double)(n * H * sizeof(float));
+        rc = time_pack(n, H, repeats, td + i * R, tc + i * R);
+    }
+    if (rc || moe_mpi_g.rank != 0)
+        return rc;
+    if (!(rc = plane_print("pack", td, R, rows, bytes, s, pk)))
+        rc = plane_print("unpack", tc, R, rows, bytes, s, uk);
+    return rc;
+}
+
+/* Rank 0: the section with the all-to-all's and the local work's constants, to f. */
 static int put_section(FILE *f, const calib_args *a, int P, double alpha, double beta,
-                       const double pk[3])
+                       const double pk[3], const double uk[3], long cores)
 {
     double gbps = beta * 8.0 / 1e9, us = alpha * 1e6;
     return fprintf(f, "; written by moesim calibrate: the all-to-all of %d ranks on this machine "
@@ -359,82 +408,124 @@ static int put_section(FILE *f, const calib_args *a, int P, double alpha, double
                    "; one node: the inter-node link is never used\n"
                    "inter_gbps = %.6g\ninter_latency_us = %.6g\ndevice_tflops = measured\n"
                    "dtype_bytes = 4\ndispatch = per_claim\n"
-                   "; the layer's local pack and unpack per phase (0: not measured)\n"
-                   "pack_latency_us = %.6g\npack_row_ns = %.6g\npack_gbps = %.6g\n", P, a->name,
-                   P, gbps, us, gbps, us, pk[0] * 1e6, pk[1] * 1e9,
-                   pk[2] > 0 ? 8.0 / pk[2] / 1e9 : 0.0) < 0;
+                   "; the layer's local work per phase: dispatch (pack), combine (unpack)\n"
+                   "pack_latency_us = %.6g\npack_row_ns = %.6g\npack_gbps = %.6g\n"
+                   "unpack_latency_us = %.6g\nunpack_row_ns = %.6g\nunpack_gbps = %.6g\n"
+                   "; the processors the ranks share\ncores = %ld\n", P, a->name, P, gbps, us,
+                   gbps, us, pk[0] * 1e6, pk[1] * 1e9, pk[2] > 0 ? 8.0 / pk[2] / 1e9 : 0.0,
+                   uk[0] * 1e6, uk[1] * 1e9, uk[2] > 0 ? 8.0 / uk[2] / 1e9 : 0.0, cores) < 0;
 }
 
-/* Rank 0: the fit of one benchmark, printed; the constants in *alpha and *beta. */
-static int fit_print(const char *what, const double *x, const double *y, size_t n, int peers,
-                     double *alpha, double *beta)
+/* Rank 0: the line through the statistic of the repeats tm (n sizes x R) over [r0, r1) at
+ * bytes x, as alpha per message (peers messages per call) and beta; y (n) and s (R) scratch. */
+static int fit_block(const double *tm, size_t n, size_t R, size_t r0, size_t r1, const double *x,
+                     int peers, double *y, double *s, double *alpha, double *beta, double *rms)
 {
-    double c0, c1, rms;
-    int rc = moe_calib_fit(x, y, n, &c0, &c1, &rms);
+    double c0, c1;
+    stat_rows(tm, n, R, r0, r1, y, s);
+    int rc = moe_calib_fit(x, y, n, &c0, &c1, rms);
+    *alpha = c0 > 0 ? c0 / peers : 0.0;
+    *beta = c1 > 0 ? 1.0 / c1 : 0.0;
+    return rc;
+}
+
+/* Rank 0: the fit of one benchmark (tm: n sizes x R repeats at bytes x) and its spread over
+ * thirds of the repeats, printed; the constants in *alpha and *beta. */
+static int fit_print(const char *what, const double *tm, size_t n, size_t R, const double *x,
+                     int peers, double *s, double *alpha, double *beta)
+{
+    double y[64], rms, a, b, alo = 0, ahi = 0, blo = 0, bhi = 0;
+    int rc = fit_block(tm, n, R, 0, R, x, peers, y, s, alpha, beta, &rms);
     if (rc)
         return rc;
-    if (!(c1 > 0))
+    if (!(*beta > 0))
         return moe_fail(MOE_EINVAL, "rerun on a quieter machine, or with more --repeats",
-                        "%s: the fitted time does not grow with the bytes (slope %g s/B)",
-                        what, c1);
-    *alpha = c0 > 0 ? c0 / peers : 0.0;
-    *beta = 1.0 / c1;
-    printf("%s: alpha = %.4g us per message%s, beta = %.4g GB/s, relative rms residual %.1f%%\n",
-           what, *alpha * 1e6, c0 > 0 ? "" : " (fitted intercept < 0, taken as 0)", *beta / 1e9,
-           100.0 * rms);
+                        "%s: the fitted time does not grow with the bytes", what);
+    const int clipped = *alpha == 0;
+    for (size_t k = 0; k < NBLOCKS; k++) {
+        if ((rc = fit_block(tm, n, R, k * R / NBLOCKS, (k + 1) * R / NBLOCKS, x, peers, y, s,
+                            &a, &b, &(double){0})))
+            return rc;
+        alo = k == 0 || a < alo ? a : alo;
+        ahi = k == 0 || a > ahi ? a : ahi;
+        blo = k == 0 || b < blo ? b : blo;
+        bhi = k == 0 || b > bhi ? b : bhi;
+    }
+    printf("%s: alpha = %.4g us per message%s, beta = %.4g GB/s, relative rms residual %.1f%%; "
+           "over thirds of the repeats alpha %.4g to %.4g us, beta %.4g to %.4g GB/s\n", what,
+           *alpha * 1e6, clipped ? " (fitted intercept < 0, taken as 0)" : "", *beta / 1e9,
+           100.0 * rms, alo * 1e6, ahi * 1e6, blo / 1e9, bhi / 1e9);
     return MOE_OK;
 }
 
-/* Every rank: both benchmarks; rank 0 fits, prints and writes. */
+/* Rank 0: the table of the two benchmarks' statistics and medians per size. */
+static void print_sizes(const double *x, const double *pp, const double *aa, size_t ns, size_t R,
+                        double *s)
+{
+    printf("%12s %14s %10s %16s %10s\n", "bytes/peer", "ping-pong q1", "median", "all-to-all q1",
+           "median");
+    for (size_t i = 0; i < ns; i++)
+        printf("%12.0f %14.3f %10.3f %16.3f %10.3f\n", x[i],
+               quantile(pp + i * R, 0, R, CALIB_Q, s) * 1e6,
+               quantile(pp + i * R, 0, R, 0.5, s) * 1e6,
+               quantile(aa + i * R, 0, R, CALIB_Q, s) * 1e6,
+               quantile(aa + i * R, 0, R, 0.5, s) * 1e6);
+}
+
+/* Every rank: the benchmarks, the sizes interleaved within each repeat (so that a change of
+ * load over the run touches every size alike); rank 0 fits, prints and writes. */
 static int calibrate(const calib_args *a)
 {
     const int P = moe_mpi_g.size, me = moe_mpi_g.rank;
+    const size_t R = (size_t)a->repeats;
     size_t ns = 0;
     for (long m = 16; m <= a->max_bytes; m *= 4)
         ns++;
-    const size_t maxb = (size_t)16 << (2 * (ns - 1));
+    const size_t maxb = (size_t)16 << (2 * (ns - 1)), nt = (ns > NPACK ? ns : NPACK) * R;
     int bad = 0;
     float *sbuf = moe_mpi_xcalloc(maxb / sizeof(float) * (size_t)P, sizeof(float), &bad);
     float *rbuf = moe_mpi_xcalloc(maxb / sizeof(float) * (size_t)P, sizeof(float), &bad);
-    double *t = moe_mpi_xcalloc((size_t)a->repeats, sizeof *t, &bad);
-    double *x = moe_mpi_xcalloc(ns, sizeof *x, &bad), *pp = moe_mpi_xcalloc(ns, sizeof *pp, &bad);
-    double *aa = moe_mpi_xcalloc(ns, sizeof *aa, &bad);
+    double *s = moe_mpi_xcalloc(R, sizeof *s, &bad), *x = moe_mpi_xcalloc(ns, sizeof *x, &bad);
+    double *pp = moe_mpi_xcalloc(nt, sizeof *pp, &bad), *aa = moe_mpi_xcalloc(nt, sizeof *aa, &bad);
     int *cnt = moe_mpi_xcalloc((size_t)P, sizeof *cnt, &bad);
     int *dsp = moe_mpi_xcalloc((size_t)P, sizeof *dsp, &bad);
     int rc = bad ? moe_fail(MOE_ENOMEM, NULL, "out of memory (moesim calibrate)") : MOE_OK;
     int all = rc;
     MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MAX, moe_mpi_g.comm);
-    if (!all) {
+    for (long r = -2; !all && r < a->repeats; r++) /* two untimed warm-up repeats */
         for (size_t i = 0; i < ns; i++) {
             const size_t m = (size_t)16 << (2 * i);
+            const double tp = pingpong_once(sbuf, m), ta = alltoall_once(sbuf, rbuf, m, cnt, dsp);
             x[i] = (double)m;
-            pp[i] = time_pingpong(sbuf, m, a->repeats, t);
-            aa[i] = time_alltoall(sbuf, rbuf, m, a->repeats, t, cnt, dsp);
+            if (r >= 0) {
+                pp[i * R + (size_t)r] = tp;
+                aa[i * R + (size_t)r] = ta;
+            }
         }
-    }
-    double xa[64], ap = 0, bp = 0, aa2 = 0, ba = 0, pk[3] = {0, 0, 0};
-    if (!all)
-        all = calibrate_pack(a->repeats, t, pk);
+    double xa[64], ap = 0, bp = 0, aa2 = 0, ba = 0, pk[3] = {0, 0, 0}, uk[3] = {0, 0, 0};
+    const long cores = sysconf(_SC_NPROCESSORS_ONLN) > 0 ? sysconf(_SC_NPROCESSORS_ONLN) : 0;
     if (!all && me == 0) {
-        printf("moesim calibrate: %d ranks, %ld repeats per size (medians)\n"
-               "%12s %14s %16s\n", P, a->repeats, "bytes/peer", "ping-pong us",
-               "all-to-all us");
-        for (size_t i = 0; i < ns; i++) {
-            printf("%12.0f %14.3f %16.3f\n", x[i], pp[i] * 1e6, aa[i] * 1e6);
+        printf("moesim calibrate: %d ranks, %ld repeats per size; fits through the first "
+               "quartile (q1) of the repeats\n", P, a->repeats);
+        print_sizes(x, pp, aa, ns, R, s);
+        for (size_t i = 0; i < ns; i++)
             xa[i] = x[i] * (P - 1); /* bytes each rank sends */
-        }
-        if (!(rc = fit_print("ping-pong (ranks 0, 1)", x, pp, ns, 1, &ap, &bp)))
-            rc = fit_print("all-to-all", xa, aa, ns, P - 1, &aa2, &ba);
-        if (!rc)
-            rc = put_section(stdout, a, P, aa2, ba, pk) ? moe_fail(MOE_EIO, NULL, "cannot write "
-                                                               "to stdout") : MOE_OK;
+        if (!(rc = fit_print("ping-pong (ranks 0, 1)", pp, ns, R, x, 1, s, &ap, &bp)))
+            rc = fit_print("all-to-all", aa, ns, R, xa, P - 1, s, &aa2, &ba);
+    }
+    MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MAX, moe_mpi_g.comm);
+    if (!all)
+        all = calibrate_pack(a->repeats, pp, aa, s, pk, uk);
+    if (!all && me == 0) {
+        rc = put_section(stdout, a, P, aa2, ba, pk, uk, cores)
+                 ? moe_fail(MOE_EIO, NULL, "cannot write to stdout") : MOE_OK;
         moe_outfile o;
         if (!rc && a->out && !(rc = moe_outfile_open(&o, a->out, "the cluster section", "w")))
-            rc = moe_outfile_commit(&o, put_section(o.f, a, P, aa2, ba, pk));
+            rc = moe_outfile_commit(&o, put_section(o.f, a, P, aa2, ba, pk, uk, cores));
     }
     free(sbuf);
     free(rbuf);
-    free(t);
+    free(s);
     free(x);
     free(pp);
     free(aa);

@@ -1,21 +1,24 @@
 /* mpi_calib.h: `moesim calibrate`, the loopback calibration of the cluster model's alpha-beta
  * constants on the ranks of an MPI job (sim/mpi_calib.c; docs/cluster.md "Calibration").
  *
- * Two benchmarks over message sizes m (bytes per peer): a ping-pong between ranks 0 and 1
- * (t = alpha + m / beta, half the round trip) and an all-to-all over the P ranks with the
- * MPI_Alltoallv of the expert-parallel layer (t = alpha (P-1) + (P-1) m / beta, the slowest
- * rank). Each size's time is the median over the repeats; alpha and beta come from a weighted
- * least-squares line (GSL, weights 1/t^2: relative errors, so that the large sizes do not set
- * the latency alone). The all-to-all fit is written as a [cluster.NAME] section with
- * dispatch = per_claim, the topology of the ranks on this machine.
+ * Two benchmarks over message sizes m (bytes per peer), the sizes interleaved within each
+ * repeat and every repeat started from a barrier: a ping-pong between ranks 0 and 1 (t = alpha
+ * + m / beta, half the round trip) and an all-to-all over the P ranks with the MPI_Alltoallv of
+ * the expert-parallel layer (t = alpha (P-1) + (P-1) m / beta, the slowest rank). Each size's
+ * time is the first quartile of its repeats (other processes only add time); alpha and beta
+ * come from a weighted least-squares line (GSL, weights 1/t^2: relative errors, so that the
+ * large sizes do not set the latency alone), fitted again on each third of the repeats to
+ * report the fit's spread. The all-to-all fit is written as a [cluster.NAME] section with
+ * dispatch = per_claim, the topology of the ranks on this machine, and cores = the machine's
+ * online processors.
  *
  * A third benchmark times the layer's local work around the all-to-all on every rank at once,
  * with the layer's own code (moe_ep_local_work) on a plan of n claims per rank, rows of H
- * floats, each repeat with the work's cache lines flushed first (moe_ep_flush): indexing the
- * claims, packing the send rows and planning the received ones, then adding the returned rows
- * into the tokens' outputs, over n and H; half the pair's time (one phase) is fitted as
- * t = pack_latency + n pack_row + n 4H / pack_rate (moe_calib_fit_pack) and written as the
- * section's pack_latency_us, pack_row_ns and pack_gbps. */
+ * floats, each repeat with the work's cache lines flushed first (moe_ep_flush): the dispatch's
+ * (indexing the claims, packing the send rows, planning the received ones) and the combine's
+ * (adding the returned rows into the tokens' outputs), over n and H; each is fitted as
+ * t = latency + n row + n 4H / rate (moe_calib_fit_pack) and written as the section's
+ * pack_latency_us, pack_row_ns, pack_gbps and unpack_latency_us, unpack_row_ns, unpack_gbps. */
 #ifndef MOE_MPI_CALIB_H
 #define MOE_MPI_CALIB_H
 

@@ -446,11 +446,21 @@ int moe_ep_flush(const moe_ep *ep, const moe_plan *plan, const float *x, const f
 #endif
 }
 
+/* Every rank here before any goes on (with MPI running; untimed). */
+static void ep_sync(void)
+{
+#ifdef MOESIM_MPI
+    if (moe_mpi_g.active)
+        MPI_Barrier(moe_mpi_g.comm);
+#endif
+}
+
 /* The statistics of one forward: rows nsend sent and nrecv received, tokens entries of this
  * rank's experts; times (moe_now) tp at its start, ts[0] and ts[1] around the dispatch
- * all-to-all, ts[2] and ts[3] around the combine all-to-all, ts[4] at the end of the combine. */
+ * all-to-all, ts[2] at the end of the experts, ts[5] at the start of the combine (every rank's
+ * experts done), ts[3] after the combine all-to-all, ts[4] at the end of the combine. */
 static void ep_stats(const moe_ep *ep, long nsend, long nrecv, long tokens, double tp,
-                     const double ts[5], moe_ep_stats *st)
+                     const double ts[6], moe_ep_stats *st)
 {
     const int me = ep->rank;
     memset(st, 0, sizeof *st);
@@ -466,11 +476,11 @@ static void ep_stats(const moe_ep *ep, long nsend, long nrecv, long tokens, doub
     st->rows_in = nrecv - ep->rcnt[me];
     st->bytes_sent = st->bytes_recv =
         (double)(st->rows_out + st->rows_in) * (double)ep->d * sizeof(float);
-    st->a2a_s = (ts[1] - ts[0]) + (ts[3] - ts[2]);
+    st->a2a_s = (ts[1] - ts[0]) + (ts[3] - ts[5]);
     st->expert_s = ts[2] - ts[1];
     st->pack_s = (ts[0] - tp) + (ts[4] - ts[3]);
     st->dispatch_s = ts[1] - tp;
-    st->combine_s = ts[4] - ts[2];
+    st->combine_s = ts[4] - ts[5];
 }
 
 /* moe_ep_forward with this rank's status so far (rc_in != 0: fail, together with the others). */
@@ -485,7 +495,8 @@ static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan,
         return rc;
     const int e0 = ep->e0, el = ep->el;
     const size_t D = (size_t)ep->d, FW = (size_t)ep->fw, F = (size_t)ep->f;
-    double ts[5], tp = moe_now();
+    ep_sync(); /* each phase is timed from a barrier, as moesim calibrate times its repeats */
+    double ts[6], tp = moe_now();
     long nsend, nrecv, tokens;
 
     /* ---- dispatch ---- */
@@ -505,6 +516,8 @@ static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan,
         (rc = moe_pipeline_layer_stage(ep->L, &wl, ep->sub, ep->recv, ep->out, NULL)))
         return rc; /* (cannot fail on a valid plan: shapes checked above) */
     ts[2] = moe_now();
+    ep_sync(); /* the combine is timed from the moment every rank's experts are done */
+    ts[5] = moe_now();
 
     /* ---- combine: outputs back in the same row order; y[t] += combine_w * out ---- */
     moe_mpi_a2av_rows(ep->out, ep->rcnt, ep->rdsp, ep->ret, ep->scnt, ep->sdsp, D, ep->ic,

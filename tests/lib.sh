@@ -14,6 +14,13 @@
 #                                     128 tokens, 2 batches, 1 seed, 32 error tokens; distributions
 #                                     DIST1 (gaussian; none when "-") and DIST2 (clustered, zipf_s
 #                                     1.5); one shape d 16, f 32, E 8
+#   ep_spec FILE NAME ROUTERS BATCHES [EXTRA]
+#                                     the expert-parallel sweep of tests/t_mpi.sh and
+#                                     tests/t_calib.sh: ROUTERS (as tiny_spec, plus hash) at
+#                                     capacity factors 1.0 and 1.5, 64 tokens (4 blocks for 2 and
+#                                     4 ranks), BATCHES batches, 1 seed, 16 error tokens;
+#                                     distributions gaussian and clustered (zipf_s 1.5); shape d
+#                                     16, f 32, E 8; EXTRA: more [experiment] lines (printf %b)
 #   chart_files DIR NAME              DIR/NAME.png is a non-empty PNG, DIR/NAME.svg a whole SVG,
 #                                     DIR/NAME.dat non-empty (3 checks)
 #   mpi_env                           Open MPI settings for mpirun in tests (after make_tmp)
@@ -55,21 +62,40 @@ make_tmp() {
     trap 'eval "$cleanup_extra"; rm -rf "$tmp"' EXIT
 }
 
+# the [router.NAME] sections of the routers named in $1 (tiny_spec, ep_spec)
+spec_routers() {
+    for r in $1; do
+        case $r in
+        topk) printf '\n[router.topk]\ntype = topk\nk = 2\n' ;;
+        ec) printf '\n[router.ec]\ntype = expert_choice\n' ;;
+        soft) printf '\n[router.soft]\ntype = soft_moe\n' ;;
+        *) printf '\n[router.%s]\ntype = %s\n' "$r" "$r" ;;
+        esac
+    done
+}
+
 tiny_spec() {
     {
         printf '; %s: a small sweep for tests/%s.sh (tests/lib.sh tiny_spec)\n' "$2" "$NAME"
         printf '[experiment]\nname = %s\nrouters = %s\n' "$2" "$3"
         printf 'capacity_factors = 1.0 1.5\ntokens = 128\nbatches = 2\nseeds = 1\nerror_tokens = 32\n'
-        for r in $3; do
-            case $r in
-            topk) printf '\n[router.topk]\ntype = topk\nk = 2\n' ;;
-            ec) printf '\n[router.ec]\ntype = expert_choice\n' ;;
-            soft) printf '\n[router.soft]\ntype = soft_moe\n' ;;
-            *) printf '\n[router.%s]\ntype = %s\n' "$r" "$r" ;;
-            esac
-        done
+        spec_routers "$3"
         [ "$4" = - ] || printf '\n[distribution.%s]\nsource = gaussian\n' "$4"
         printf '\n[distribution.%s]\nsource = clustered\nzipf_s = 1.5\n' "$5"
+        printf '\n[shape.s]\nd = 16\nf = 32\nE = 8\n'
+    } >"$1"
+}
+
+ep_spec() {
+    {
+        printf '; %s: the expert-parallel sweep of tests/%s.sh (tests/lib.sh ep_spec)\n' "$2" "$NAME"
+        printf '[experiment]\nname = %s\nrouters = %s\n' "$2" "$3"
+        printf 'capacity_factors = 1.0 1.5\ntokens = 64\nbatches = %s\nseeds = 1\n' "$4"
+        printf 'error_tokens = 16\n'
+        [ -z "${5:-}" ] || printf '%b\n' "$5"
+        spec_routers "$3"
+        printf '\n[distribution.gaussian]\nsource = gaussian\n'
+        printf '\n[distribution.clustered]\nsource = clustered\nzipf_s = 1.5\n'
         printf '\n[shape.s]\nd = 16\nf = 32\nE = 8\n'
     } >"$1"
 }

@@ -48,47 +48,7 @@ done
 
 # ---- a small sweep: 6 routers (sparse, expert choice, dense soft_moe, hash), 2 cf ----
 # T = 64 tokens and E = 8 experts: 4 tokens-and-experts blocks divide evenly for 2 and 4 ranks.
-cat > "$tmp/ep.ini" <<'EOF'
-; ep.ini: a small sweep for tests/t_mpi.sh
-[experiment]
-name = t_mpi
-routers = topk switch gshard ec soft hash
-capacity_factors = 1.0 1.5
-tokens = 64
-batches = 2
-seeds = 1
-error_tokens = 16
-
-[router.topk]
-type = topk
-k = 2
-
-[router.switch]
-type = switch
-
-[router.gshard]
-type = gshard
-
-[router.ec]
-type = expert_choice
-
-[router.soft]
-type = soft_moe
-
-[router.hash]
-type = hash
-
-[distribution.g]
-source = gaussian
-
-[distribution.c]
-source = clustered
-
-[shape.s]
-d = 16
-f = 32
-E = 8
-EOF
+ep_spec "$tmp/ep.ini" t_mpi "topk switch gshard ec soft hash" 2
 cd "$tmp" || exit 1
 check "single-process run" "$MOESIM" run ep.ini --db single.db --no-plots >single.out 2>&1
 npoints=$(q single.db "SELECT count(*) FROM points")

@@ -37,7 +37,14 @@
  *   combine (28 28 28 48) us; step = 48 + 4 + 48 = 100 us. Refused: a negative pack term.
  *   moe_calib_fit_pack through exact points of y = 1 + 2 rows + 3 bytes at (rows, bytes) =
  *   (1,0) (0,1) (1,1) (2,3), y = (3 4 6 14), returns (1 2 3) with no residual; points with
- *   bytes = 4 rows (one row width) do not determine the plane; 2 points are too few. */
+ *   bytes = 4 rows (one row width) do not determine the plane; 2 points are too few.
+ * Case G: case F with the combine's own terms and shared processors: unpack_latency_us = 1,
+ *   unpack_row_ns = 500, unpack_gbps = 0 (no byte term): unpack = 1 + 2 x 0.5 = 2 us per
+ *   device, combine (24 24 24 44) us, dispatch unchanged (28 28 28 48); step = 48 + 4 + 44 =
+ *   96 us. Then cores = 1: each node's 2 devices run their local work on one processor, so
+ *   the phase's local work is the node's sum, pack 2 x 6 = 12 us and unpack 2 x 2 = 4 us on
+ *   every device: dispatch (34 34 34 54), combine (26 26 26 46), step 54 + 4 + 46 = 104 us;
+ *   cores = 2 (one per device) leaves case G's first numbers. Refused: cores = -1. */
 #include "check.h"
 #include "cluster.h"
 #include "moe.h"
@@ -105,6 +112,31 @@ static void check_case_d(moe_cluster_sim *cs, const moe_placement *pl, moe_plan 
     check_close_arrays("pack t_dispatch", cs->t_dispatch, tf, 4, 1e-18, 1e-12);
     check_close_arrays("pack t_combine", cs->t_combine, tf, 4, 1e-18, 1e-12);
     CHECK_NEAR(cs->t_step, 100e-6, 1e-18);
+    /* case G */
+    t.unpack = 1;
+    t.unpack_latency_us = 1;
+    t.unpack_row_ns = 500;
+    CHECK_INT(moe_cluster_sim_run(cs, &t, pl, plan, 500, 1e6, 1.0), 0);
+    double gc[] = {24e-6, 24e-6, 24e-6, 44e-6}, gu[] = {2e-6, 2e-6, 2e-6, 2e-6};
+    check_close_arrays("unpack t_unpack", cs->t_unpack, gu, 4, 1e-18, 1e-12);
+    check_close_arrays("unpack t_dispatch", cs->t_dispatch, tf, 4, 1e-18, 1e-12);
+    check_close_arrays("unpack t_combine", cs->t_combine, gc, 4, 1e-18, 1e-12);
+    CHECK_NEAR(cs->t_step, 96e-6, 1e-18);
+    t.cores = 1;
+    CHECK_INT(moe_cluster_sim_run(cs, &t, pl, plan, 500, 1e6, 1.0), 0);
+    double sd[] = {34e-6, 34e-6, 34e-6, 54e-6}, sc[] = {26e-6, 26e-6, 26e-6, 46e-6};
+    check_close_arrays("cores = 1 t_dispatch", cs->t_dispatch, sd, 4, 1e-18, 1e-12);
+    check_close_arrays("cores = 1 t_combine", cs->t_combine, sc, 4, 1e-18, 1e-12);
+    CHECK_NEAR(cs->t_step, 104e-6, 1e-18);
+    t.cores = 2;
+    CHECK_INT(moe_cluster_sim_run(cs, &t, pl, plan, 500, 1e6, 1.0), 0);
+    check_close_arrays("cores = 2 t_dispatch", cs->t_dispatch, tf, 4, 1e-18, 1e-12);
+    check_close_arrays("cores = 2 t_combine", cs->t_combine, gc, 4, 1e-18, 1e-12);
+    t.cores = -1;
+    moe_clear_error();
+    CHECK(moe_cluster_topo_check(&t, "cluster.x") == MOE_EINVAL && strstr(moe_errmsg(), "cores"),
+          "negative cores: %s", moe_errmsg());
+    t.cores = 0;
     t.pack_row_ns = -1;
     moe_clear_error();
     CHECK(moe_cluster_topo_check(&t, "cluster.x") == MOE_EINVAL &&
