@@ -111,6 +111,80 @@ static long bit_diffs(const float *a, const float *b, int r0, int r1, int D)
     return n;
 }
 
+/* Padding to capacity (moe_ep_set_pad_to_capacity) on the global plan and on the per-rank
+ * plan up (built last on ep by moe_ep_plan_per_rank): y bit for bit the single-process unpadded
+ * layer's; every local expert runs C rows (unpadded: up to its last filled slot, recounted here
+ * from the plan); the global plan sends the same rows as unpadded (its empty slots are zero rows
+ * on the expert's rank); the per-rank plan sends DeepSpeed's whole (E, C_q, D) buffer of rank q
+ * (sharded_moe.py MOELayer: einsum "sec,sm->ecm", then _AllToAll over the ranks): rows_out =
+ * (E - El) C_me, rows_local = El C_me, rows_in = El (sum of C_q - C_me), C_q = moe_capacity of
+ * rank q's tokens as the per-rank checks above compute it. */
+static void pad_checks(const ep_case *c, moe_ep *ep, moe_layer *L, const moe_experts *w,
+                       const moe_plan *plan, const moe_plan *up, const float *x,
+                       const moe_route_opts *o)
+{
+    const int T = plan->n, E = w->E, D = w->d;
+    const int e0 = start_of(E, me), el = start_of(E, me + 1) - e0;
+    float *y = malloc((size_t)T * D * sizeof *y), *yref = malloc((size_t)T * D * sizeof *yref);
+    moe_ep_stats s0, s1;
+    int rc = moe_layer_forward(L, w, plan, x, yref, NULL);
+    moe_ep_set_pad_to_capacity(ep, 0);
+    rc = rc ? rc : moe_ep_forward(ep, w, plan, x, y, 1, &s0);
+    moe_ep_set_pad_to_capacity(ep, 1);
+    rc = rc ? rc : moe_ep_forward(ep, w, plan, x, y, 1, &s1);
+    CHECK(rc == 0, "%s: padded forward: %s", c->name, moe_errmsg());
+    long used = 0;
+    for (int e = e0; e < e0 + el; e++) {
+        long hi = 0;
+        for (size_t i = 0; i < plan->n_entries; i++)
+            if (plan->entries[i].expert == e && plan->entries[i].slot + 1 > hi)
+                hi = plan->entries[i].slot + 1;
+        used += hi;
+    }
+    CHECK(bit_diffs(y, yref, 0, T, D) == 0, "%s: padded output differs from unpadded", c->name);
+    CHECK(s0.rows_run == used && s1.rows_run == (long)el * plan->capacity,
+          "%s: rank %d rows run %ld unpadded (want %ld), %ld padded (want %d x %ld)", c->name,
+          me, s0.rows_run, used, s1.rows_run, el, plan->capacity);
+    CHECK(s1.rows_out == s0.rows_out && s1.rows_in == s0.rows_in &&
+          s1.rows_local == s0.rows_local && s1.bytes_sent == s0.bytes_sent,
+          "%s: global plan padded sends %ld/%ld rows, unpadded %ld/%ld", c->name, s1.rows_out,
+          s1.rows_in, s0.rows_out, s0.rows_in);
+
+    /* the per-rank plan: padded rows sent as DeepSpeed sends them */
+    rc = moe_layer_forward(L, w, up, x, yref, NULL);
+    rc = rc ? rc : moe_ep_forward(ep, w, up, x, y, 1, &s1);
+    CHECK(rc == 0, "%s: padded per-rank forward: %s", c->name, moe_errmsg());
+    CHECK(bit_diffs(y, yref, 0, T, D) == 0, "%s: padded per-rank output differs", c->name);
+    CHECK(s1.rows_run == (long)el * up->capacity, "%s: rank %d per-rank rows run %ld, want %d x "
+          "%ld", c->name, me, s1.rows_run, el, up->capacity);
+    CHECK(s1.bytes_sent == (double)(s1.rows_out + s1.rows_in) * D * sizeof(float),
+          "%s: padded bytes %g for rows %ld + %ld", c->name, s1.bytes_sent, s1.rows_out,
+          s1.rows_in);
+    if (c->cf && !c->dropless && strcmp(c->router, "expert_choice") != 0) {
+        long Cme = 0, sum = 0;
+        for (int q = 0; q < P; q++) {
+            long Cq;
+            moe_capacity(o, plan->k > 0 ? plan->k : 1, start_of(T, q + 1) - start_of(T, q), E,
+                         &Cq);
+            sum += Cq;
+            if (q == me)
+                Cme = Cq;
+        }
+        CHECK(s1.rows_out == (E - el) * Cme && s1.rows_local == el * Cme &&
+              s1.rows_in == el * (sum - Cme),
+              "%s: rank %d padded per-rank rows out %ld local %ld in %ld, want %ld %ld %ld",
+              c->name, me, s1.rows_out, s1.rows_local, s1.rows_in, (E - el) * Cme, el * Cme,
+              el * (sum - Cme));
+    }
+    double sums[2] = {(double)s1.rows_out, (double)s1.rows_in};
+    moe_mpi_sum(sums, 2);
+    CHECK(sums[0] == sums[1], "%s: padded rows out %g, in %g over ranks", c->name, sums[0],
+          sums[1]);
+    moe_ep_set_pad_to_capacity(ep, 0);
+    free(y);
+    free(yref);
+}
+
 static void run_case(const ep_case *c)
 {
     const int T = c->T, E = c->E, D = c->d, F = c->f;
@@ -276,6 +350,8 @@ static void run_case(const ep_case *c)
     CHECK(rc == 0, "%s: reference forward of the per-rank plan: %s", c->name, moe_errmsg());
     if (!up->dense)
         CHECK(bit_diffs(y, yref, 0, T, D) == 0, "%s: per-rank plan output differs", c->name);
+    if (!plan->dense)
+        pad_checks(c, ep, L, &w, plan, up, x, &o);
 
     for (int q = 0; q < P; q++)
         gsl_rng_free(rngs[q]);
