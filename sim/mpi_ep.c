@@ -659,6 +659,10 @@ static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan,
                             w->b2 + (size_t)e0 * D, NULL};
     /* (padded, the experts run C rows even when no row arrives) */
     const int run = nrecv > 0 || (ep->pad && !plan->dense && plan->capacity > 0);
+    if (run && nrecv == 0) { /* the layer runs no plan of 0 rows: one zero row, no entry */
+        ep->sub->n = 1;
+        memset(ep->recv, 0, D * sizeof *ep->recv);
+    }
     if (run && (rc = moe_pipeline_layer_stage(ep->L, &wl, ep->sub, ep->recv, ep->out, NULL)))
         return rc; /* (cannot fail on a valid plan: shapes checked above) */
     ts[2] = moe_now();
