@@ -18,7 +18,9 @@
  *     moe_layer_forward of the same plan bit for bit;
  *   - errors: E < P and T < P are refused by moe_ep_alloc, a plan of the wrong shape fails on
  *     every rank (no rank hangs in a collective);
- *   - moe_ep_local_work (the calibration benchmark's call) on a hand-worked plan (local_work).
+ *   - moe_ep_local_work (the calibration benchmark's call) on a hand-worked plan (local_work);
+ *   - padding to capacity (pad_checks, pad_empty_ranks): y bit for bit, rows run and rows sent
+ *     (the function comments say what is expected and why).
  * Rank 0 prints "mpi_ep_check: N passed, N failed" with the counts summed over the ranks; every
  * rank exits non-zero on any failure.
  */
@@ -408,6 +410,47 @@ static void error_paths(void)
  * weights 0.5. Each slot holds one token, so (hand-worked) a token's two send rows are 0.5 x[t]
  * and its output 0.5 (0.5 x[t]) + 0.5 (0.5 x[t]) = 0.5 x[t], exactly in binary floating point;
  * the rows of other ranks' tokens stay untouched. moe_ep_flush changes nothing. */
+/* Padded, a rank whose experts receive no row still runs them at C rows: T = 2P tokens all on
+ * expert 0 (slots 0..T-1, C = T + 2), E = P experts, relu with w1 = 1, b1 = 0, w2 = 1, b2 = 0
+ * and D = F = 1: y[t] = combine 0.5 x relu(x[t]) by hand, x[t] = t - P. Every rank runs
+ * 1 x C rows padded; unpadded rank 0 runs T, the others none. */
+static void pad_empty_ranks(void)
+{
+    const int T = 2 * P, E = P;
+    const long C = T + 2;
+    moe_plan *p = moe_plan_alloc(T, E, (size_t)T);
+    moe_plan_reset(p, T, E, E);
+    for (int t = 0; t < T; t++)
+        moe_plan_push(p, t, 0, t, 1.0, 0.5);
+    p->capacity = C;
+    const size_t nt = 2 * (size_t)P, ne = (size_t)P;
+    float *x = malloc(nt * sizeof *x), *y = malloc(nt * sizeof *y);
+    float *w1 = malloc(ne * sizeof *w1), *b1 = calloc(ne, sizeof *b1);
+    float *w2 = malloc(ne * sizeof *w2), *b2 = calloc(ne, sizeof *b2);
+    for (int t = 0; t < T; t++)
+        x[t] = (float)(t - P);
+    for (int e = 0; e < E; e++)
+        w1[e] = w2[e] = 1.0f;
+    const moe_experts w = {E, 1, 1, MOE_ACT_RELU, w1, b1, w2, b2, NULL};
+    moe_ep *ep = moe_ep_alloc(T, E, C, 1, 1, MOE_ACT_RELU, (size_t)T, 0);
+    CHECK(ep != NULL, "empty ranks: moe_ep_alloc: %s", moe_errmsg());
+    for (int pad = 0; ep && pad < 2; pad++) {
+        moe_ep_stats st;
+        moe_ep_set_pad_to_capacity(ep, pad);
+        int rc = moe_ep_forward(ep, &w, p, x, y, 1, &st);
+        long bad = 0;
+        for (int t = 0; t < T; t++)
+            bad += y[t] != 0.5f * (x[t] > 0 ? x[t] : 0.0f);
+        const long want = pad ? C : me == 0 ? T : 0;
+        CHECK(rc == 0 && bad == 0 && st.rows_run == want,
+              "empty ranks pad=%d: rc %d, %ld outputs wrong, rank %d ran %ld rows (want %ld)", pad,
+              rc, bad, me, st.rows_run, want);
+    }
+    moe_ep_free(ep);
+    moe_plan_free(p);
+    free(x), free(y), free(w1), free(b1), free(w2), free(b2);
+}
+
 static void local_work(void)
 {
     const int T = 16 * P, E = 8, D = 4;
@@ -479,6 +522,7 @@ int main(void)
         run_case(&cases[i]);
     error_paths();
     local_work();
+    pad_empty_ranks();
     double counts[2] = {check_pass, check_fail};
     moe_mpi_sum(counts, 2);
     if (me == 0)
