@@ -417,13 +417,40 @@ long moesim_result_metric(const moesim_result *r, int i, double *out, size_t len
 
 /* ---- the layer ---- */
 
+static _Thread_local long layer_rows = -1; /* moesim_layer_rows_run */
+
+long moesim_layer_rows_run(void) { return layer_rows; }
+
+/* The layer's options of pv (moesim_plan_view.keys/values): validated by the option table, then
+ * only those the layer uses. *pad: pad_to_capacity. */
+static int layer_options(const moesim_plan_view *pv, int *pad)
+{
+    moe_route_opts o;
+    moe_route_opts_default(&o);
+    int rc = MOE_OK;
+    for (int i = 0; i < pv->n_opts && !rc; i++) {
+        if (!pv->keys || !pv->values || !pv->keys[i] || !pv->values[i])
+            rc = moe_fail(MOE_EINVAL, NULL, "layer option %d has no key or value (moesim_layer)",
+                          i);
+        else if ((rc = moe_route_opts_set(&o, pv->keys[i], pv->values[i])))
+            moe_error_where("option %s", pv->keys[i]);
+        else if (strcmp(pv->keys[i], "pad_to_capacity") != 0)
+            rc = moe_fail(MOE_EINVAL, "give routing options to moesim_route",
+                          "option %s is not an option of the layer, which takes "
+                          "pad_to_capacity (moesim_layer)", pv->keys[i]);
+    }
+    *pad = o.pad_to_capacity;
+    moe_route_opts_release(&o);
+    return rc;
+}
+
 int moesim_layer(const moesim_plan_view *pv, const float *x, int d, int f, const float *w1,
                  const float *b1, const float *w2, const float *b2, const char *activation,
                  float *y)
 {
     api_enter();
-    int act, rc;
-    if ((rc = moe_act_parse(activation ? activation : "", &act)))
+    int act, rc, pad = 0;
+    if ((rc = moe_act_parse(activation ? activation : "", &act)) || (rc = layer_options(pv, &pad)))
         return rc;
     if (pv->n_tokens <= 0 || pv->num_experts <= 0 || pv->capacity < 0 || d <= 0 || f <= 0)
         return moe_fail(MOE_EINPUT, NULL, "layer shape T = %d, E = %d, C = %ld, D = %d, F = %d: "
@@ -443,8 +470,9 @@ int moesim_layer(const moesim_plan_view *pv, const float *x, int d, int f, const
         rc = moe_plan_push(plan, pv->token[i], pv->expert[i], pv->slot[i],
                            pv->dispatch_weight[i], pv->combine_weight[i]);
     moe_experts ex = {pv->num_experts, d, f, act, w1, b1, w2, b2, NULL};
-    if (!rc)
-        rc = moe_pipeline_layer_stage(L, &ex, plan, x, y, NULL);
+    moe_layer_set_pad_to_capacity(L, pad);
+    if (!rc && !(rc = moe_pipeline_layer_stage(L, &ex, plan, x, y, NULL)))
+        layer_rows = (long)moe_layer_rows_run(L);
 out:
     moe_layer_free(L);
     moe_plan_free(plan);

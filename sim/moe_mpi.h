@@ -84,6 +84,8 @@ typedef struct {
                              * (after an untimed barrier: every rank has arrived) */
     double combine_s;       /* the combine all-to-all + summing into y, from the moment every
                              * rank's experts are done (an untimed barrier) */
+    long rows_run;          /* rows its expert FFNs ran: the filled slots up to each local
+                               expert's last, experts x C padded to capacity */
 } moe_ep_stats;
 
 typedef struct moe_ep moe_ep;
@@ -95,6 +97,14 @@ typedef struct moe_ep moe_ep;
 moe_ep *moe_ep_alloc(int T, int E, long C_max, int d, int f, int act, size_t cap_entries,
                      int per_rank);
 void moe_ep_free(moe_ep *ep); /* NULL is a no-op */
+
+/* Padding to capacity (the routing option pad_to_capacity; off by default): on = 1 runs every
+ * local expert at C rows, C = the plan's capacity, zero rows included, with y the same bits as
+ * unpadded. A plan built by the last moe_ep_plan_per_rank on ep is also sent padded, as
+ * DeepSpeed and Tutel send it: rank q's whole (E, C_q, D) slot buffer, zero rows included, to
+ * the experts' ranks and back; any other plan sends its filled slots as unpadded (docs/layer.md,
+ * "Padding to capacity"). */
+int moe_ep_set_pad_to_capacity(moe_ep *ep, int on);
 
 /* y (T,D) = the layer output of plan (ROUTING.md section 1) computed expert-parallel: this rank
  * reads only its own token rows of x (T,D) and only its own experts of w; every rank must call

@@ -8,7 +8,9 @@
  *                         uniforms, token ids, hash table, recorded choices); returns a result
  *                         holding the plan and its metrics, read with
  *                         moesim_result_info/_entries/_metric
- *   moesim_layer          run the MoE layer on a plan given as entry arrays
+ *   moesim_layer          run the MoE layer on a plan given as entry arrays, with the layer's
+ *                         options (pad_to_capacity) as key/value text like moesim_route's;
+ *                         moesim_layer_rows_run: the rows its experts ran
  *   moesim_router_get     the routers of the registry (name, summary, default k, needs)
  *   moesim_option_get     the routing option table (key, type, default, choices, help)
  *   moesim_preset_get     the presets (name, router, option assignments, source file)
@@ -28,7 +30,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define MOESIM_API_VERSION 3
+#define MOESIM_API_VERSION 4
 
 /* status codes (the values of moe.h's MOE_* codes) */
 enum {
@@ -122,14 +124,25 @@ typedef struct {
     size_t n_entries;
     const int32_t *token, *expert, *slot;           /* (n_entries) */
     const double *dispatch_weight, *combine_weight; /* (n_entries) */
+    /* since version 4 */
+    int n_opts;                /* options of the layer: n_opts pairs of key and value text, */
+    const char *const *keys;   /*   validated as moesim_route's; the layer takes */
+    const char *const *values; /*   "pad_to_capacity" ("true"/"false"), other keys are errors */
 } moesim_plan_view;
 
 /* y (T,D) = the MoE layer on x (T,D) with expert weights w1 (E,D,F) b1 (E,F) w2 (E,F,D) b2 (E,D)
  * (SwiGLU: w1 (E,D,2F), b1 (E,2F)), float32 row-major, the activation by name (gelu_tanh,
- * gelu_erf, relu, swiglu). The arrays must have these sizes; entries are checked against T, E, C. */
+ * gelu_erf, relu, swiglu). The arrays must have these sizes; entries are checked against T, E, C.
+ * With pad_to_capacity = true every expert of a sparse plan runs exactly C rows (zero rows beyond
+ * its filled slots, as a padded implementation executes them) and y is the same, bit for bit. */
 int moesim_layer(const moesim_plan_view *plan, const float *x, int d, int f, const float *w1,
                  const float *b1, const float *w2, const float *b2, const char *activation,
                  float *y);
+/* Rows the experts ran in the last successful moesim_layer on this thread (since version 4):
+ * each expert's slots up to its last filled one, E x C padded to capacity and for dense plans
+ * (which run every slot); -1 before one. Times 4 D F (6 D F for SwiGLU) FLOPs, the executed expert
+ * FLOPs of moesim's metrics. */
+long moesim_layer_rows_run(void);
 
 /* ---- what the library holds ---- */
 

@@ -19,6 +19,10 @@
  *
  * Per-rank capacity (DeepSpeed): the routing draws of rank q's local routing come from stream
  * MOE_EP_STREAM + q of the point's seed.
+ *
+ * Padding to capacity (moe_ep_set_pad_to_capacity, the point's pad_to_capacity): the local
+ * experts run C rows; a per-rank plan sends each rank's whole slot buffer (below). The padded
+ * buffers grow to their fixed sizes at the first padded forward, before its agreement.
  */
 #include "mpi_internal.h"
 
@@ -48,6 +52,10 @@ struct moe_ep {
     int *ic, *id, *jc, *jd;                /* (P) MPI counts in floats */
     moe_layer *L;
     moe_plan *sub, *loc;
+    int pad;                  /* pad_to_capacity: every local expert runs C rows */
+    long *poff;               /* (P+1) slot offsets of the last per-rank plan's ranks */
+    const moe_plan *pplan;    /* that plan (its layout: poff), NULL before one */
+    size_t pplan_entries;     /* its entries when built */
 };
 
 void moe_ep_free(moe_ep *ep)
@@ -76,6 +84,7 @@ void moe_ep_free(moe_ep *ep)
     free(ep->id);
     free(ep->jc);
     free(ep->jd);
+    free(ep->poff);
     moe_layer_free(ep->L);
     moe_plan_free(ep->sub);
     moe_plan_free(ep->loc);
@@ -180,6 +189,7 @@ moe_ep *moe_ep_alloc(int T, int E, long C_max, int d, int f, int act, size_t cap
     ep->id = moe_mpi_xcalloc((size_t)P, sizeof(int), &bad);
     ep->jc = moe_mpi_xcalloc((size_t)P, sizeof(int), &bad);
     ep->jd = moe_mpi_xcalloc((size_t)P, sizeof(int), &bad);
+    ep->poff = moe_mpi_xcalloc((size_t)P + 1, sizeof *ep->poff, &bad);
     if (bad || !ep->send || !ep->ret || !ep->recv || !ep->out)
         goto nomem;
     ep->L = moe_layer_alloc(ep->rx > 0 ? (int)ep->rx : 1, ep->el, Cc, d, f, act);
@@ -267,6 +277,13 @@ static int ep_index(moe_ep *ep, const moe_plan *plan)
     return MOE_OK;
 }
 
+/* row (D) += a * xt (D): a claim's share of its dispatch row */
+static void add_scaled(float *row, float a, const float *xt, size_t D)
+{
+    for (size_t c = 0; c < D; c++)
+        row[c] += a * xt[c];
+}
+
 /* Dispatch rows: one row per slot (e,s) this rank's tokens touch, grouped by the expert's rank
  * in order of first appearance in the plan, each the sum of dispatch_w * x[t] of its entries.
  * Fills send, scnt, sdsp and srow; *nsend rows in all. Reads the entries of mine only. */
@@ -301,10 +318,8 @@ static int ep_pack(moe_ep *ep, const moe_plan *plan, const float *x, long *nsend
             ep->srow[key] = (int)ep->cur[ep->eown[en[i].expert]]++;
             memset(ep->send + (size_t)ep->srow[key] * D, 0, D * sizeof(float));
         }
-        float a = (float)en[i].dispatch_w, *row = ep->send + (size_t)ep->srow[key] * D;
-        const float *xt = x + (size_t)en[i].token * D;
-        for (size_t c = 0; c < D; c++)
-            row[c] += a * xt[c];
+        add_scaled(ep->send + (size_t)ep->srow[key] * D, (float)en[i].dispatch_w,
+                   x + (size_t)en[i].token * D, D);
     }
     return MOE_OK;
 }
@@ -355,6 +370,140 @@ static int ep_plan_recv(moe_ep *ep, const moe_plan *plan, long *nrecv, long *tok
                                     1.0)))
                 return rc;
         }
+    }
+    return MOE_OK;
+}
+
+/* ---- padding to capacity (pad_to_capacity) ----
+ * Every local expert runs C rows, C = the plan's capacity (the layer's padding, layer.h). What
+ * crosses the all-to-alls depends on the plan's slot layout:
+ *   - a per-rank-capacity plan (the last one moe_ep_plan_per_rank built on this layer): rank q
+ *     owns the slots [off_q, off_q + C_q) of every expert and sends all of them, zero rows
+ *     included: the (E, C_q, D) buffer DeepSpeed's MOELayer (sharded_moe.py: einsum "sec,sm->ecm"
+ *     then _AllToAll) and Tutel (fast_encode then all_to_all) send, El_r x C_q rows to rank r in
+ *     (local expert, slot) order; the combine sends the same rows back;
+ *   - any other plan (one capacity over the whole batch): its slots belong to no rank's buffer,
+ *     so the rows sent are the filled slots as unpadded, and the empty ones are the zero rows the
+ *     layer adds where the expert runs.
+ * The entries of the received rows' plan are those of the unpadded layer (the filled slots), so
+ * each expert's kept rows go through the same GEMM pair and y keeps its bits. */
+
+int moe_ep_set_pad_to_capacity(moe_ep *ep, int on)
+{
+    ep->pad = on != 0;
+    moe_layer_set_pad_to_capacity(ep->L, ep->pad);
+    return MOE_OK;
+}
+
+/* 1 when plan is padded in the per-rank layout (poff). */
+static int ep_pad_layout(const moe_ep *ep, const moe_plan *plan)
+{
+    return ep->pad && !plan->dense && plan == ep->pplan &&
+           plan->n_entries == ep->pplan_entries && plan->capacity == ep->poff[ep->P];
+}
+
+/* Room for sx send rows and rx received rows (the padded layout's fixed counts); the layer of the
+ * received rows grows with them. Before the forward's agreement: a failure fails every rank. */
+static int ep_reserve(moe_ep *ep, size_t sx, size_t rx)
+{
+    const size_t D = (size_t)ep->d;
+    if (sx * D > INT_MAX || rx * D > INT_MAX || rx > INT_MAX)
+        return moe_fail(MOE_EINVAL, "use fewer tokens, a smaller width or more ranks",
+                        "padded expert-parallel buffers of %zu x %zu floats exceed MPI's int "
+                        "counts (moe_ep_forward)", rx > sx ? rx : sx, D);
+    if (sx > ep->sx) {
+        float *a = realloc(ep->send, sx * D * sizeof *a);
+        if (a)
+            ep->send = a;
+        float *b = a ? realloc(ep->ret, sx * D * sizeof *b) : NULL;
+        if (!b)
+            return moe_fail(MOE_ENOMEM, NULL, "out of memory for %zu padded dispatch rows "
+                            "(moe_ep_forward)", sx);
+        ep->ret = b;
+        ep->sx = sx;
+    }
+    if (rx > ep->rx) {
+        float *a = realloc(ep->recv, rx * D * sizeof *a);
+        if (a)
+            ep->recv = a;
+        float *b = a ? realloc(ep->out, rx * D * sizeof *b) : NULL;
+        if (b)
+            ep->out = b;
+        moe_layer *L = b ? moe_layer_alloc((int)rx, ep->el, ep->Cc, ep->d, ep->f, ep->act) : NULL;
+        if (!L)
+            return moe_fail(MOE_ENOMEM, NULL, "out of memory for %zu padded received rows "
+                            "(moe_ep_forward)", rx);
+        moe_layer_free(ep->L);
+        ep->L = L;
+        moe_layer_set_pad_to_capacity(L, ep->pad);
+        ep->rx = rx;
+    }
+    return MOE_OK;
+}
+
+static int ep_reserve_padded(moe_ep *ep)
+{
+    const long *off = ep->poff;
+    const long Cme = off[ep->rank + 1] - off[ep->rank];
+    return ep_reserve(ep, (size_t)ep->E * (size_t)Cme, (size_t)ep->el * (size_t)off[ep->P]);
+}
+
+/* ep_pack in the padded per-rank layout: El_r x C_me rows to each rank r, row (j, s) of rank r's
+ * block at sdsp[r] + j C_me + (s - off_me), every row zeroed first, then each entry of mine adds
+ * dispatch_w * x[t] to its slot's row, in plan order (the sums of the unpadded rows). */
+static int ep_pack_padded(moe_ep *ep, const moe_plan *plan, const float *x, long *nsend)
+{
+    const int P = ep->P;
+    const size_t D = (size_t)ep->d;
+    const long Cc = ep->Cc, base = ep->poff[ep->rank];
+    const long Cme = ep->poff[ep->rank + 1] - base;
+    const moe_entry *en = plan->entries;
+    for (int r = 0; r < P; r++)
+        ep->scnt[r] = (long)(ep->ebeg[r + 1] - ep->ebeg[r]) * Cme;
+    *nsend = prefix(ep->scnt, ep->sdsp, P);
+    memset(ep->send, 0, (size_t)*nsend * D * sizeof *ep->send);
+    for (size_t m = 0; m < ep->nmine; m++) {
+        const size_t i = ep->mine[m];
+        const int e = en[i].expert, r = ep->eown[e];
+        if (en[i].slot < base || en[i].slot >= base + Cme)
+            return moe_fail(MOE_EINVAL, NULL, "slot %d of expert %d outside rank %d's slots "
+                            "%ld..%ld of the per-rank plan (moe_ep_forward)", en[i].slot, e,
+                            ep->rank, base, base + Cme - 1);
+        size_t key = (size_t)e * (size_t)Cc + (size_t)en[i].slot;
+        ep->srow[key] = (int)(ep->sdsp[r] + (long)(e - ep->ebeg[r]) * Cme + (en[i].slot - base));
+        add_scaled(ep->send + (size_t)ep->srow[key] * D, (float)en[i].dispatch_w,
+                   x + (size_t)en[i].token * D, D);
+    }
+    return MOE_OK;
+}
+
+/* ep_plan_recv in the padded per-rank layout: El x C_q rows from each rank q, and the plan of
+ * the rows that carry claims (one entry per filled slot, in plan order, as unpadded). */
+static int ep_plan_recv_padded(moe_ep *ep, const moe_plan *plan, long *nrecv, long *tokens)
+{
+    const int P = ep->P, e0 = ep->e0, el = ep->el;
+    const long Cc = ep->Cc, *off = ep->poff;
+    const moe_entry *en = plan->entries;
+    for (int q = 0; q < P; q++)
+        ep->rcnt[q] = (long)el * (off[q + 1] - off[q]);
+    *nrecv = prefix(ep->rcnt, ep->rdsp, P);
+    *tokens = (long)ep->ntheirs;
+    int rc = moe_plan_reset(ep->sub, (int)*nrecv, el, 0);
+    if (rc)
+        return rc;
+    ep->sub->capacity = plan->capacity;
+    unsigned rb = next_stamp(ep);
+    for (size_t m = 0; m < ep->ntheirs; m++) {
+        const size_t i = ep->theirs[m];
+        const int j = en[i].expert - e0, src = ep->town[en[i].token];
+        const long Cq = off[src + 1] - off[src];
+        size_t key = ((size_t)src * (size_t)el + (size_t)j) * (size_t)Cc + (size_t)en[i].slot;
+        if (ep->rgen[key] == rb)
+            continue;
+        ep->rgen[key] = rb;
+        long row = ep->rdsp[src] + (long)j * Cq + (en[i].slot - off[src]);
+        if ((rc = moe_plan_push(ep->sub, (int32_t)row, j, en[i].slot, 1.0, 1.0)))
+            return rc;
     }
     return MOE_OK;
 }
@@ -491,6 +640,9 @@ static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan,
     if (!rc && (!w || w->E != ep->E || w->d != ep->d || w->f != ep->f || w->act != ep->act))
         rc = moe_fail(MOE_EINVAL, NULL, "expert weights do not match the expert-parallel layer "
                       "(moe_ep_forward)");
+    const int padded = !rc && ep_pad_layout(ep, plan);
+    if (padded)
+        rc = ep_reserve_padded(ep);
     if ((rc = moe_mpi_agree_fwd(rc)))
         return rc;
     const int e0 = ep->e0, el = ep->el;
@@ -500,8 +652,12 @@ static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan,
     long nsend, nrecv, tokens;
 
     /* ---- dispatch ---- */
-    if ((rc = ep_index(ep, plan)) || (rc = ep_pack(ep, plan, x, &nsend)) ||
-        (rc = ep_plan_recv(ep, plan, &nrecv, &tokens)))
+    if ((rc = ep_index(ep, plan)))
+        return rc;
+    if (padded ? (rc = ep_pack_padded(ep, plan, x, &nsend)) ||
+                     (rc = ep_plan_recv_padded(ep, plan, &nrecv, &tokens))
+               : (rc = ep_pack(ep, plan, x, &nsend)) ||
+                     (rc = ep_plan_recv(ep, plan, &nrecv, &tokens)))
         return rc;
     ts[0] = moe_now();
     moe_mpi_a2av_rows(ep->send, ep->scnt, ep->sdsp, ep->recv, ep->rcnt, ep->rdsp, D, ep->ic,
@@ -512,8 +668,13 @@ static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan,
     const moe_experts wl = {el, ep->d, ep->f, ep->act, w->w1 + (size_t)e0 * D * FW,
                             w->b1 + (size_t)e0 * FW, w->w2 + (size_t)e0 * F * D,
                             w->b2 + (size_t)e0 * D, NULL};
-    if (nrecv > 0 &&
-        (rc = moe_pipeline_layer_stage(ep->L, &wl, ep->sub, ep->recv, ep->out, NULL)))
+    /* (padded, the experts run C rows even when no row arrives) */
+    const int run = nrecv > 0 || (ep->pad && !plan->dense && plan->capacity > 0);
+    if (run && nrecv == 0) { /* the layer runs no plan of 0 rows: one zero row, no entry */
+        ep->sub->n = 1;
+        memset(ep->recv, 0, D * sizeof *ep->recv);
+    }
+    if (run && (rc = moe_pipeline_layer_stage(ep->L, &wl, ep->sub, ep->recv, ep->out, NULL)))
         return rc; /* (cannot fail on a valid plan: shapes checked above) */
     ts[2] = moe_now();
     ep_sync(); /* the combine is timed from the moment every rank's experts are done */
@@ -527,8 +688,10 @@ static int ep_forward_rc(moe_ep *ep, const moe_experts *w, const moe_plan *plan,
     ts[4] = moe_now();
     if (gather)
         moe_mpi_allgather_rows(y, ep->tbeg, D, ep->ic, ep->id);
-    if (st)
+    if (st) {
         ep_stats(ep, nsend, nrecv, tokens, tp, ts, st);
+        st->rows_run = run ? (long)moe_layer_rows_run(ep->L) : 0;
+    }
     return MOE_OK;
 }
 
@@ -549,6 +712,7 @@ int moe_ep_plan_per_rank(moe_ep *ep, moe_router *r, const moe_route_in *in, gsl_
     if (in->n != ep->T)
         return moe_fail(MOE_EINVAL, NULL, "%d tokens, the expert-parallel layer has %d "
                         "(moe_ep_plan_per_rank)", in->n, ep->T);
+    ep->pplan = NULL;
     int rc = moe_plan_reset(out, ep->T, ep->E, in->m);
     if (rc)
         return rc;
@@ -565,6 +729,7 @@ int moe_ep_plan_per_rank(moe_ep *ep, moe_router *r, const moe_route_in *in, gsl_
         iq.choice_w = in->choice_w ? in->choice_w + (size_t)tq * K : NULL;
         iq.rng = rngs ? rngs[q] : in->rng;
         moe_plan *lp = ep->loc;
+        ep->poff[q] = off;
         if ((rc = moe_pipeline_route_stage(r, &iq, lp, NULL)))
             return rc;
         for (size_t i = 0; i < lp->n_entries; i++) {
@@ -591,6 +756,9 @@ int moe_ep_plan_per_rank(moe_ep *ep, moe_router *r, const moe_route_in *in, gsl_
     if (off > ep->Cc)
         return moe_fail(MOE_EINVAL, NULL, "per-rank capacities sum to %ld slots, above the "
                         "expert-parallel layer's %ld (moe_ep_plan_per_rank)", off, ep->Cc);
+    ep->poff[ep->P] = off;
+    ep->pplan = out;
+    ep->pplan_entries = out->n_entries;
     return MOE_OK;
 }
 
@@ -635,6 +803,7 @@ static int ep_begin(void *ctx, const moe_pipeline_cfg *cfg, moe_router *r, long 
     c->ep = moe_ep_alloc(cfg->T, w->E, C_max, w->d, w->f, w->act, cap, 1);
     if (!c->ep)
         return MOE_EINVAL;
+    moe_ep_set_pad_to_capacity(c->ep, cfg->opts->pad_to_capacity);
     int bad = 0;
     c->uplan = moe_plan_alloc(cfg->T, w->E, cap * (size_t)c->P);
     c->yscratch = malloc((size_t)cfg->T * (size_t)w->d * sizeof *c->yscratch);

@@ -18,7 +18,9 @@
  *     moe_layer_forward of the same plan bit for bit;
  *   - errors: E < P and T < P are refused by moe_ep_alloc, a plan of the wrong shape fails on
  *     every rank (no rank hangs in a collective);
- *   - moe_ep_local_work (the calibration benchmark's call) on a hand-worked plan (local_work).
+ *   - moe_ep_local_work (the calibration benchmark's call) on a hand-worked plan (local_work);
+ *   - padding to capacity (pad_checks, pad_empty_ranks): y bit for bit, rows run and rows sent
+ *     (the function comments say what is expected and why).
  * Rank 0 prints "mpi_ep_check: N passed, N failed" with the counts summed over the ranks; every
  * rank exits non-zero on any failure.
  */
@@ -109,6 +111,80 @@ static long bit_diffs(const float *a, const float *b, int r0, int r1, int D)
         if (memcmp(&a[i], &b[i], sizeof a[i]) != 0)
             n++;
     return n;
+}
+
+/* Padding to capacity (moe_ep_set_pad_to_capacity) on the global plan and on the per-rank
+ * plan up (built last on ep by moe_ep_plan_per_rank): y bit for bit the single-process unpadded
+ * layer's; every local expert runs C rows (unpadded: up to its last filled slot, recounted here
+ * from the plan); the global plan sends the same rows as unpadded (its empty slots are zero rows
+ * on the expert's rank); the per-rank plan sends DeepSpeed's whole (E, C_q, D) buffer of rank q
+ * (sharded_moe.py MOELayer: einsum "sec,sm->ecm", then _AllToAll over the ranks): rows_out =
+ * (E - El) C_me, rows_local = El C_me, rows_in = El (sum of C_q - C_me), C_q = moe_capacity of
+ * rank q's tokens as the per-rank checks above compute it. */
+static void pad_checks(const ep_case *c, moe_ep *ep, moe_layer *L, const moe_experts *w,
+                       const moe_plan *plan, const moe_plan *up, const float *x,
+                       const moe_route_opts *o)
+{
+    const int T = plan->n, E = w->E, D = w->d;
+    const int e0 = start_of(E, me), el = start_of(E, me + 1) - e0;
+    float *y = malloc((size_t)T * D * sizeof *y), *yref = malloc((size_t)T * D * sizeof *yref);
+    moe_ep_stats s0, s1;
+    int rc = moe_layer_forward(L, w, plan, x, yref, NULL);
+    moe_ep_set_pad_to_capacity(ep, 0);
+    rc = rc ? rc : moe_ep_forward(ep, w, plan, x, y, 1, &s0);
+    moe_ep_set_pad_to_capacity(ep, 1);
+    rc = rc ? rc : moe_ep_forward(ep, w, plan, x, y, 1, &s1);
+    CHECK(rc == 0, "%s: padded forward: %s", c->name, moe_errmsg());
+    long used = 0;
+    for (int e = e0; e < e0 + el; e++) {
+        long hi = 0;
+        for (size_t i = 0; i < plan->n_entries; i++)
+            if (plan->entries[i].expert == e && plan->entries[i].slot + 1 > hi)
+                hi = plan->entries[i].slot + 1;
+        used += hi;
+    }
+    CHECK(bit_diffs(y, yref, 0, T, D) == 0, "%s: padded output differs from unpadded", c->name);
+    CHECK(s0.rows_run == used && s1.rows_run == (long)el * plan->capacity,
+          "%s: rank %d rows run %ld unpadded (want %ld), %ld padded (want %d x %ld)", c->name,
+          me, s0.rows_run, used, s1.rows_run, el, plan->capacity);
+    CHECK(s1.rows_out == s0.rows_out && s1.rows_in == s0.rows_in &&
+          s1.rows_local == s0.rows_local && s1.bytes_sent == s0.bytes_sent,
+          "%s: global plan padded sends %ld/%ld rows, unpadded %ld/%ld", c->name, s1.rows_out,
+          s1.rows_in, s0.rows_out, s0.rows_in);
+
+    /* the per-rank plan: padded rows sent as DeepSpeed sends them */
+    rc = moe_layer_forward(L, w, up, x, yref, NULL);
+    rc = rc ? rc : moe_ep_forward(ep, w, up, x, y, 1, &s1);
+    CHECK(rc == 0, "%s: padded per-rank forward: %s", c->name, moe_errmsg());
+    CHECK(bit_diffs(y, yref, 0, T, D) == 0, "%s: padded per-rank output differs", c->name);
+    CHECK(s1.rows_run == (long)el * up->capacity, "%s: rank %d per-rank rows run %ld, want %d x "
+          "%ld", c->name, me, s1.rows_run, el, up->capacity);
+    CHECK(s1.bytes_sent == (double)(s1.rows_out + s1.rows_in) * D * sizeof(float),
+          "%s: padded bytes %g for rows %ld + %ld", c->name, s1.bytes_sent, s1.rows_out,
+          s1.rows_in);
+    if (c->cf && !c->dropless && strcmp(c->router, "expert_choice") != 0) {
+        long Cme = 0, sum = 0;
+        for (int q = 0; q < P; q++) {
+            long Cq;
+            moe_capacity(o, plan->k > 0 ? plan->k : 1, start_of(T, q + 1) - start_of(T, q), E,
+                         &Cq);
+            sum += Cq;
+            if (q == me)
+                Cme = Cq;
+        }
+        CHECK(s1.rows_out == (E - el) * Cme && s1.rows_local == el * Cme &&
+              s1.rows_in == el * (sum - Cme),
+              "%s: rank %d padded per-rank rows out %ld local %ld in %ld, want %ld %ld %ld",
+              c->name, me, s1.rows_out, s1.rows_local, s1.rows_in, (E - el) * Cme, el * Cme,
+              el * (sum - Cme));
+    }
+    double sums[2] = {(double)s1.rows_out, (double)s1.rows_in};
+    moe_mpi_sum(sums, 2);
+    CHECK(sums[0] == sums[1], "%s: padded rows out %g, in %g over ranks", c->name, sums[0],
+          sums[1]);
+    moe_ep_set_pad_to_capacity(ep, 0);
+    free(y);
+    free(yref);
 }
 
 static void run_case(const ep_case *c)
@@ -276,6 +352,8 @@ static void run_case(const ep_case *c)
     CHECK(rc == 0, "%s: reference forward of the per-rank plan: %s", c->name, moe_errmsg());
     if (!up->dense)
         CHECK(bit_diffs(y, yref, 0, T, D) == 0, "%s: per-rank plan output differs", c->name);
+    if (!plan->dense)
+        pad_checks(c, ep, L, &w, plan, up, x, &o);
 
     for (int q = 0; q < P; q++)
         gsl_rng_free(rngs[q]);
@@ -332,6 +410,47 @@ static void error_paths(void)
  * weights 0.5. Each slot holds one token, so (hand-worked) a token's two send rows are 0.5 x[t]
  * and its output 0.5 (0.5 x[t]) + 0.5 (0.5 x[t]) = 0.5 x[t], exactly in binary floating point;
  * the rows of other ranks' tokens stay untouched. moe_ep_flush changes nothing. */
+/* Padded, a rank whose experts receive no row still runs them at C rows: T = 2P tokens all on
+ * expert 0 (slots 0..T-1, C = T + 2), E = P experts, relu with w1 = 1, b1 = 0, w2 = 1, b2 = 0
+ * and D = F = 1: y[t] = combine 0.5 x relu(x[t]) by hand, x[t] = t - P. Every rank runs
+ * 1 x C rows padded; unpadded rank 0 runs T, the others none. */
+static void pad_empty_ranks(void)
+{
+    const int T = 2 * P, E = P;
+    const long C = T + 2;
+    moe_plan *p = moe_plan_alloc(T, E, (size_t)T);
+    moe_plan_reset(p, T, E, E);
+    for (int t = 0; t < T; t++)
+        moe_plan_push(p, t, 0, t, 1.0, 0.5);
+    p->capacity = C;
+    const size_t nt = 2 * (size_t)P, ne = (size_t)P;
+    float *x = malloc(nt * sizeof *x), *y = malloc(nt * sizeof *y);
+    float *w1 = malloc(ne * sizeof *w1), *b1 = calloc(ne, sizeof *b1);
+    float *w2 = malloc(ne * sizeof *w2), *b2 = calloc(ne, sizeof *b2);
+    for (int t = 0; t < T; t++)
+        x[t] = (float)(t - P);
+    for (int e = 0; e < E; e++)
+        w1[e] = w2[e] = 1.0f;
+    const moe_experts w = {E, 1, 1, MOE_ACT_RELU, w1, b1, w2, b2, NULL};
+    moe_ep *ep = moe_ep_alloc(T, E, C, 1, 1, MOE_ACT_RELU, (size_t)T, 0);
+    CHECK(ep != NULL, "empty ranks: moe_ep_alloc: %s", moe_errmsg());
+    for (int pad = 0; ep && pad < 2; pad++) {
+        moe_ep_stats st;
+        moe_ep_set_pad_to_capacity(ep, pad);
+        int rc = moe_ep_forward(ep, &w, p, x, y, 1, &st);
+        long bad = 0;
+        for (int t = 0; t < T; t++)
+            bad += y[t] != 0.5f * (x[t] > 0 ? x[t] : 0.0f);
+        const long want = pad ? C : me == 0 ? T : 0;
+        CHECK(rc == 0 && bad == 0 && st.rows_run == want,
+              "empty ranks pad=%d: rc %d, %ld outputs wrong, rank %d ran %ld rows (want %ld)", pad,
+              rc, bad, me, st.rows_run, want);
+    }
+    moe_ep_free(ep);
+    moe_plan_free(p);
+    free(x), free(y), free(w1), free(b1), free(w2), free(b2);
+}
+
 static void local_work(void)
 {
     const int T = 16 * P, E = 8, D = 4;
@@ -403,6 +522,7 @@ int main(void)
         run_case(&cases[i]);
     error_paths();
     local_work();
+    pad_empty_ranks();
     double counts[2] = {check_pass, check_fail};
     moe_mpi_sum(counts, 2);
     if (me == 0)

@@ -221,4 +221,54 @@ rc=$?
 if [ $rc != 0 ] && [ $rc != 124 ] && grep -q "moesim: error" err3.out; then ok; else
     bad "unopenable database under --expert-parallel (exit $rc): $(tail -5 err3.out)"; fi
 
+
+# ---- pad_to_capacity under --expert-parallel ----
+# topk (k = 2), switch and hash padded to capacity, cf 1.0 and 1.5, T = 64, E = 8. Expected
+# values: the single-process runs of the same spec (padded, and unpadded with --set), and for
+# the per-rank-capacity plan the rows DeepSpeed's MOELayer sends (deepspeed/moe/sharded_moe.py:
+# dispatched_input = einsum("sec,sm->ecm") of shape (E, C_q, d), then _AllToAll splits it over
+# the ranks): with equal token blocks every rank has C_q = plan_capacity / P and sends
+# (E - E/P) C_q rows, keeps E/P C_q and receives E/P C_q (P - 1), zero rows included.
+sed -e 's/^name = t_mpi$/name = t_mpi_pad/' -e 's/^routers = .*/routers = topk switch hash/' \
+    -e '/^type = \(topk\|switch\|hash\)$/a pad_to_capacity = true' ep.ini >pad.ini
+unpad="--set router.topk.pad_to_capacity=false --set router.switch.pad_to_capacity=false
+    --set router.hash.pad_to_capacity=false"
+check "padded single-process run" "$MOESIM" run pad.ini --db padsingle.db --no-plots >pads.out 2>&1
+check "unpadded single-process run" "$MOESIM" run pad.ini --db unpadsingle.db --no-plots \
+    $unpad >unpads.out 2>&1
+same "padded spec: 12 points, all padded" "$(q padsingle.db "SELECT count(*), sum(router_options
+    LIKE '%pad_to_capacity=true%') FROM points")" "12|12"
+for n in 2 4; do
+    db=pad$n.db
+    if mpi "$n" "$MOESIM" run pad.ini --db "$db" --no-plots --expert-parallel >pad$n.out 2>&1 &&
+       mpi "$n" "$MOESIM" run pad.ini --db unpad$n.db --no-plots --expert-parallel $unpad \
+           >unpad$n.out 2>&1; then
+        ok
+    else
+        bad "mpirun -np $n --expert-parallel padded: $(tail -15 pad$n.out unpad$n.out)"
+        continue
+    fi
+    check "-np $n padded: moesim compare --rtol 0 against one process" \
+        "$MOESIM" compare padsingle.db "$db" --rtol 0 >cmppad$n.out 2>&1
+    same "-np $n padded: output errors bit-identical to the unpadded single-process run" \
+        "$(q "$db" "ATTACH 'unpadsingle.db' AS s; SELECT count(*), sum(p.output_error_dense IS
+        r.output_error_dense AND p.output_error_dropless IS r.output_error_dropless) FROM points
+        p JOIN s.points r USING (router, capacity_factor, distribution)")" "12|12"
+    same "-np $n padded: flops_expert_executed = flops_expert_padded (the single run's)" \
+        "$(q "$db" "ATTACH 'padsingle.db' AS s; SELECT count(*) FROM points p JOIN s.points r
+        USING (config_key) WHERE p.flops_expert_executed = p.flops_expert_padded AND
+        p.flops_expert_executed = r.flops_expert_executed")" 12
+    same "-np $n padded per-rank plan: DeepSpeed's (E, C_q) buffer per rank" "$(q "$db" "SELECT
+        count(*) FROM ep_ranks WHERE capacity = 'per_rank' AND rows_out = (8 - experts) *
+        plan_capacity / $n AND rows_local = experts * plan_capacity / $n AND rows_in = experts
+        * plan_capacity * ($n - 1) / $n AND bytes_sent = (rows_out + rows_in) * 16 * 4")" \
+        $((12 * n))
+    same "-np $n padded global plan: the rows of the unpadded run (empty slots on the expert)" \
+        "$(q "$db" "ATTACH 'unpad$n.db' AS u; SELECT count(*) FROM ep_ranks e JOIN points p ON
+        p.id = e.point JOIN u.points pu USING (router, capacity_factor, distribution) JOIN
+        u.ep_ranks eu ON eu.point = pu.id AND eu.rank = e.rank AND eu.capacity = e.capacity WHERE
+        e.capacity = 'global' AND e.rows_out = eu.rows_out AND e.rows_in = eu.rows_in AND
+        e.rows_local = eu.rows_local")" $((12 * n))
+done
+
 finish

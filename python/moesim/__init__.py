@@ -5,6 +5,7 @@
     plan.token, plan.expert, plan.slot, plan.dispatch_weight, plan.combine_weight  # (N,) arrays
     plan.metrics["token_drop_rate"]
     y = moesim.layer(x, w1, b1, w2, b2, plan, activation="gelu_tanh")
+    y = moesim.layer(x, w1, b1, w2, b2, plan, pad_to_capacity=True); moesim.layer_rows_run()
     moesim.routers(), moesim.options("topk")
 
 Routing options are keyword arguments named as the keys of `moesim list options`
@@ -24,7 +25,8 @@ import numpy as np
 
 from . import _lib
 
-__all__ = ["Error", "Plan", "route", "layer", "routers", "options", "presets", "release"]
+__all__ = ["Error", "Plan", "route", "layer", "layer_rows_run", "routers", "options", "presets",
+           "release"]
 
 _C = _lib.load()
 
@@ -125,16 +127,19 @@ class Plan:
 
     token, expert, slot: int32 arrays (N,); dispatch_weight, combine_weight: float64 (N,);
     metrics: dict with the keys and values of `moesim route --metrics` JSON (non-finite values
-    as None, arrays as lists); n_tokens (T), num_experts (E), capacity (C), k, dense."""
+    as None, arrays as lists); n_tokens (T), num_experts (E), capacity (C), k, dense; preset
+    (its name or None) and options (the keyword options given to route, as text): layer()
+    takes the layer's option pad_to_capacity from them."""
 
     def __init__(self, router, token, expert, slot, dispatch_weight, combine_weight, metrics,
-                 n_tokens, num_experts, capacity, k=0, dense=False):
+                 n_tokens, num_experts, capacity, k=0, dense=False, preset=None, options=None):
         self.router = router
         self.token, self.expert, self.slot = token, expert, slot
         self.dispatch_weight, self.combine_weight = dispatch_weight, combine_weight
         self.metrics = metrics
         self.n_tokens, self.num_experts, self.capacity = n_tokens, num_experts, capacity
         self.k, self.dense = k, dense
+        self.preset, self.options = preset, dict(options or {})
 
     def __len__(self):
         return len(self.token)
@@ -297,7 +302,8 @@ def route(logits, router=None, *, preset=None, uniforms=None, gumbel_uniforms=No
     finally:
         _C.moesim_result_free(res)
     return Plan(name, tok, exp, slot, dw, cwt, met, info.n_tokens, info.num_experts,
-                info.capacity, info.k, bool(info.dense))
+                info.capacity, info.k, bool(info.dense), None if preset is None else str(preset),
+                {k: _option_text(k, v) for k, v in options.items()})
 
 
 def release():
@@ -329,12 +335,35 @@ def presets():
 
 # ---- the layer ------------------------------------------------------------------------------
 
-def layer(x, w1, b1, w2, b2, plan, activation="gelu_tanh"):
+_LAYER_OPTIONS = ("pad_to_capacity",)  # the routing options the layer itself uses
+
+
+def _layer_options(plan, options):
+    """The layer's options: those of plan's preset, then of its route() keywords, then the
+    keywords given to layer() (any key: the library refuses those that are not the layer's)."""
+    out = {}
+    preset = getattr(plan, "preset", None)
+    if preset is not None:
+        for p in presets():
+            if p["name"] == preset:
+                out.update(p["options"])
+    out.update(getattr(plan, "options", None) or {})
+    out = {k: v for k, v in out.items() if k in _LAYER_OPTIONS}
+    out.update({k: _option_text(k, v) for k, v in options.items()})
+    return out
+
+
+def layer(x, w1, b1, w2, b2, plan, activation="gelu_tanh", **options):
     """y (T,D) float32: the MoE layer on x (T,D) for plan, with expert weights w1 (E,D,F),
     b1 (E,F), w2 (E,F,D), b2 (E,D) (SwiGLU: w1 (E,D,2F), b1 (E,2F)). Computes in float32 as
     moesim does; float64 inputs are rounded to float32 as `moesim route --x ...` does. plan is a
     moesim.Plan or any object with its attributes (token, expert, slot, dispatch_weight,
-    combine_weight, n_tokens, num_experts, capacity, dense)."""
+    combine_weight, n_tokens, num_experts, capacity, dense).
+
+    options: the layer's routing option pad_to_capacity=True runs every expert of a sparse plan
+    at exactly C rows (zero rows beyond its filled slots), as a padded implementation does; y is
+    the same bit for bit, layer_rows_run() tells the rows run. Without it, the plan's own
+    pad_to_capacity (given to route() or set by its preset) applies."""
     X = _array(x, "x", np.float32, 2, True)
     W1 = _array(w1, "w1", np.float32, 3, True)
     T, D = X.shape
@@ -359,8 +388,13 @@ def layer(x, w1, b1, w2, b2, plan, activation="gelu_tanh"):
            _array(plan.combine_weight, "plan.combine_weight", np.float64, 1)]
     if any(e.shape != ent[0].shape for e in ent):
         raise Error("plan entry arrays differ in length: %s (plan)" % [e.shape[0] for e in ent])
+    lopts = _layer_options(plan, options)
+    keys = [k.encode() for k in lopts]
+    vals = [v.encode() for v in lopts.values()]
     pv = _lib.PlanView(T, E, int(plan.capacity), int(bool(plan.dense)), ent[0].shape[0],
-                       *(e.ctypes.data for e in ent))
+                       *(e.ctypes.data for e in ent), len(keys),
+                       (ctypes.c_char_p * max(1, len(keys)))(*keys),
+                       (ctypes.c_char_p * max(1, len(vals)))(*vals))
     y = np.empty((T, D), dtype=np.float32)
     rc = _C.moesim_layer(ctypes.byref(pv), X.ctypes.data, D, F, arrs["w1"].ctypes.data,
                          arrs["b1"].ctypes.data, arrs["w2"].ctypes.data, arrs["b2"].ctypes.data,
@@ -368,6 +402,12 @@ def layer(x, w1, b1, w2, b2, plan, activation="gelu_tanh"):
     if rc:
         _raise(rc)
     return y
+
+
+def layer_rows_run():
+    """Rows the experts ran in this thread's last successful layer() call: each expert's slots
+    up to its last filled one, E x C padded to capacity (and for dense plans); -1 before one."""
+    return int(_C.moesim_layer_rows_run())
 
 
 # ---- what the library holds -----------------------------------------------------------------

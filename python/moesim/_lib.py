@@ -6,7 +6,7 @@ build/libmoesim.so of the source tree this package sits in (python/moesim/../../
 import ctypes
 import os
 
-API_VERSION = 3  # MOESIM_API_VERSION this module was written for
+API_VERSION = 4  # MOESIM_API_VERSION this module was written for
 F64, F32 = 0, 1  # MOESIM_F64, MOESIM_F32: dtypes of RouteArgs.logits
 
 c_int, c_long, c_size_t, c_double = ctypes.c_int, ctypes.c_long, ctypes.c_size_t, ctypes.c_double
@@ -33,7 +33,8 @@ class PlanView(ctypes.Structure):
     _fields_ = [("n_tokens", c_int), ("num_experts", c_int), ("capacity", c_long),
                 ("dense", c_int), ("n_entries", c_size_t), ("token", c_void_p),
                 ("expert", c_void_p), ("slot", c_void_p), ("dispatch_weight", c_void_p),
-                ("combine_weight", c_void_p)]
+                ("combine_weight", c_void_p), ("n_opts", c_int), ("keys", P(c_char_p)),
+                ("values", P(c_char_p))]
 
 
 class RouterInfo(ctypes.Structure):
@@ -84,6 +85,7 @@ def load():
         "moesim_result_metric": (c_long, [c_void_p, c_int, c_void_p, c_size_t, P(c_int)]),
         "moesim_layer": (c_int, [P(PlanView), c_void_p, c_int, c_int] + [c_void_p] * 4
                          + [c_char_p, c_void_p]),
+        "moesim_layer_rows_run": (c_long, []),
         "moesim_router_get": (c_int, [c_int, P(RouterInfo)]),
         "moesim_option_get": (c_int, [c_int, P(OptionInfo)]),
         "moesim_preset_get": (c_int, [c_int, P(PresetInfo)]),

@@ -16,7 +16,9 @@ folder, --preset NAME, Gumbel and rts draw files; expected_y.npy marks a layer c
   - layer cases: moesim.layer on the same weights equal to the CLI's y.npy bit for bit.
 Then input conversions (dtypes, order, torch tensors, __array__; float32 logits passed without a
 copy and routed bit for bit as their float64 values), the seeded draws against
-`moesim route --seed`, presets (explicit options override; errors), errors, the registry
+`moesim route --seed`, the layer's option pad_to_capacity (from the plan or given to layer():
+y bit for bit unpadded and the CLI's, rows run E x C), presets (explicit options override;
+errors), errors, the registry
 listings against `moesim list` (presets too), the example python/examples/compare_presets.py,
 and an offline `pip install --target` imported from another folder. Prints
 "test_python: N passed, N failed".
@@ -434,6 +436,55 @@ def test_errors():
           "hand-worked relu layer: %s" % y.tolist())
 
 
+def test_pad_to_capacity(tmp):
+    """The layer's option pad_to_capacity on the fixture layer_topk_drops (topk, cf 0.5: E = 4,
+    C = 3, drops): taken from the plan's route() keywords or given to layer(); y bit for bit the
+    unpadded y and `moesim route --pad-to-capacity true`'s; the rows run E x C = 12 padded, and
+    unpadded each expert's slots up to its last filled one, recounted here from the plan (fewer
+    than 12 here, so the padding is seen); an option that is not the layer's is refused."""
+    d = os.path.join(FIXTURES, "layer_topk_drops")
+    a = {k: np.load(os.path.join(d, k + ".npy")) for k in ("logits",) + LAYER_FLAGS}
+    w = [a[k] for k in LAYER_FLAGS]
+    plan = moesim.route(a["logits"], "topk", capacity_factor=0.5, pad_to_capacity=True)
+    check(plan.options == {"capacity_factor": "0.5", "pad_to_capacity": "true"} and
+          plan.preset is None, "plan options: %s %s" % (plan.options, plan.preset))
+    E, C = plan.num_experts, plan.capacity
+    used = sum(int(plan.slot[plan.expert == e].max()) + 1 if (plan.expert == e).any() else 0
+               for e in range(E))
+    y_pad = moesim.layer(*w, plan)
+    rows_pad = moesim.layer_rows_run()
+    y_off = moesim.layer(*w, plan, pad_to_capacity=False)
+    rows_off = moesim.layer_rows_run()
+    y_plain = moesim.layer(*w, moesim.route(a["logits"], "topk", capacity_factor=0.5))
+    rows_plain = moesim.layer_rows_run()
+    check((E, C) == (4, 3) and used < E * C, "fixture shape E=%d C=%d used=%d" % (E, C, used))
+    check(rows_pad == E * C and rows_off == used and rows_plain == used,
+          "rows run padded %d (want %d), pad_to_capacity=False %d, unpadded plan %d (want %d)"
+          % (rows_pad, E * C, rows_off, rows_plain, used))
+    check(y_pad.tobytes() == y_off.tobytes() == y_plain.tobytes(),
+          "padded layer output differs from unpadded")
+    out = os.path.join(tmp, "ypad.npy")
+    cmd = [MOESIM, "route", "--router", "topk", "--logits", "logits.npy", "--capacity-factor",
+           "0.5", "--pad-to-capacity", "true", "--plan", os.path.join(tmp, "pad.csv"),
+           "--output", out] + [x for k in LAYER_FLAGS for x in ("--" + k, k + ".npy")]
+    p = subprocess.run(cmd, cwd=d, capture_output=True, text=True)
+    check(p.returncode == 0 and np.load(out).tobytes() == y_pad.tobytes(),
+          "moesim route --pad-to-capacity true: exit %d, y equal %s" % (
+              p.returncode, p.returncode == 0 and np.load(out).tobytes() == y_pad.tobytes()))
+
+    class Plain:  # a plan without options: the keyword alone pads it
+        token, expert, slot = plan.token, plan.expert, plan.slot
+        dispatch_weight, combine_weight = plan.dispatch_weight, plan.combine_weight
+        n_tokens, num_experts, capacity, dense = plan.n_tokens, E, C, False
+    y = moesim.layer(*w, Plain(), pad_to_capacity=True)
+    check(moesim.layer_rows_run() == E * C and y.tobytes() == y_pad.tobytes(),
+          "a plain plan object with pad_to_capacity=True")
+    expect_error("option capacity_factor is not an option of the layer, which takes "
+                 "pad_to_capacity (moesim_layer)", moesim.layer, *w, plan, capacity_factor=1)
+    expect_error("bad value 'maybe' for option pad_to_capacity (option pad_to_capacity)",
+                 moesim.layer, *w, plan, pad_to_capacity="maybe")
+
+
 def test_presets():
     L = np.load(os.path.join(PRESET_FIXTURES, "fairseq_top1", "logits.npy"))
     check(same_plan(moesim.route(L, preset="fairseq_top1", capacity_factor=2),
@@ -524,6 +575,7 @@ def main():
         test_seeded_draws(tmp)
         test_hash_table_path()
         test_errors()
+        test_pad_to_capacity(tmp)
         test_presets()
         test_listings()
         test_example()
