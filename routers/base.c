@@ -1,9 +1,9 @@
-/* base.c: the `base` router (BASE layers, Lewis et al. 2021), ROUTING.md section 3. Fills
+/* base.c: the `base` router (BASE layers, Lewis et al. 2021), docs/routing.md section 3. Fills
  * moe_router_base: an exact balanced assignment. Every token goes to exactly one expert, every
  * expert takes at most C = ceil(n/E) tokens, and the total affinity sum over tokens of L[t,e(t)]
  * is maximal (computed on the double logits). Slots are numbered in token order within each
  * expert; dispatch 1, combine = sigmoid(L[t,e]) (BASE's gate on the assigned expert); k = 1.
- * Statistics (ROUTING.md section 4): assigned_load = kept_load = the entry counts, importance =
+ * Statistics (docs/metrics.md): assigned_load = kept_load = the entry counts, importance =
  * sum of combine weights, n_claims = n, aux_loss = 0. Capacity options (capacity_factor,
  * capacity, min_capacity, rounding, order, dropless) do not apply and are ignored: BASE's
  * capacity is ceil(n/E) by definition. k must be 1.

@@ -1,6 +1,6 @@
 /* claims.c: claim resolution for the token-choice routers (topk, switch, gshard, hash):
  * capacity, the claim orders (choice_major, token_major, bpr, probs, rts, gate),
- * renormalisation and the claim statistics, exactly as ROUTING.md section 2 says. Interface in
+ * renormalisation and the claim statistics, exactly as docs/routing.md section 2 says. Interface in
  * claims.h. */
 #include "claims.h"
 #include "claims_par.h"

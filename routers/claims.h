@@ -1,6 +1,6 @@
 /* claims.h: claim resolution shared by the token-choice routers (topk, switch, gshard, hash):
  * given each token's ordered choices, the claim order, the capacity and renormalisation
- * (ROUTING.md section 2), produce the plan entries with their slots and the claim statistics
+ * (docs/routing.md section 2), produce the plan entries with their slots and the claim statistics
  * (assigned_load, importance, n_claims, capacity).
  *
  * A router fills, for the n tokens of one group:

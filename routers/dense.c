@@ -1,5 +1,5 @@
 /* dense.c: the `dense` router (classic dense MoE, Jacobs et al. 1991 / Shazeer et al. 2017
- * without sparsity), ROUTING.md section 3. Fills moe_router_dense: every token goes to every
+ * without sparsity), docs/routing.md section 3. Fills moe_router_dense: every token goes to every
  * expert with combine weight p[t,e] = softmax(L[t,:])[e], dispatch 1, slot = the token index
  * (capacity n), k = E, nothing dropped. Entries are token-major (token, then expert).
  * Statistics: assigned_load[e] = kept_load[e] = n, importance[e] = sum_t p[t,e],

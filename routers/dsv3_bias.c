@@ -1,5 +1,5 @@
 /* dsv3_bias.c: the `dsv3_bias` router (DeepSeek-V3, auxiliary-loss-free load balancing; Wang et
- * al. 2024 and the DeepSeek-V3 report), ROUTING.md section 3. Fills moe_router_dsv3_bias and
+ * al. 2024 and the DeepSeek-V3 report), docs/routing.md section 3. Fills moe_router_dsv3_bias and
  * owns moe_dsv3_bias_state (dsv3_bias.h). Stateful (MOE_RF_STATEFUL): the bias lives in r->ws.
  *
  *   scores     s[t,e] = sigmoid(L[t,e]) (V3 uses sigmoid affinities)

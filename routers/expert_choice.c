@@ -1,10 +1,10 @@
-/* expert_choice.c: the expert choice router (Zhou et al. 2022), ROUTING.md section 3.
+/* expert_choice.c: the expert choice router (Zhou et al. 2022), docs/routing.md section 3.
  *
  * S = softmax(L) per token; each expert takes its top C = ROUND(n * cf / E) tokens by S[:,e]
  * (moe_capacity with k = 1, capped at n; ties to the lower token index: stable sort).
  * slot = rank in that selection (0 = highest score, as flaxformer and V-MoE), dispatch 1,
  * combine S[t,e]. Entries in expert-major order (expert, then slot). A token may be taken
- * by 0..E experts. Claim-less statistics (ROUTING.md section 4): assigned_load[e] = C,
+ * by 0..E experts. Claim-less statistics (docs/metrics.md): assigned_load[e] = C,
  * importance[e] = sum of e's combine weights, n_claims = entries, aux_loss = 0, k = 0.
  * Fills the moe_router_type interface of moe.h.
  */

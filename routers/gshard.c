@@ -1,4 +1,4 @@
-/* gshard.c: the `gshard` router (Lepikhin et al. 2020, Algorithm 1), ROUTING.md section 3.
+/* gshard.c: the `gshard` router (Lepikhin et al. 2020, Algorithm 1), docs/routing.md section 3.
  * Fills moe_router_gshard: e1 = argmax logit, e2 = argmax of the rest (ties to the lower
  * expert); g1, g2 = p1, p2 / (p1 + p2); the second expert is dispatched iff 2*g2 > u (strict),
  * or 2*p2 > u with threshold_on = raw. u comes from in->uniforms[t], else one

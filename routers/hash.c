@@ -1,4 +1,4 @@
-/* hash.c: the `hash` router (Roller et al. 2021, hash layers), ROUTING.md section 3. Fills
+/* hash.c: the `hash` router (Roller et al. 2021, hash layers), docs/routing.md section 3. Fills
  * moe_router_hash: expert = hash(token id), k = 1, weights 1; the logit values are ignored
  * (they only fix E).
  *   hash = mod       id mod E

@@ -1,6 +1,6 @@
 /* replay.c: the replay router: routes every token to the experts a recorded trace chose for it
  * (moe_route_in.choices (T,Krec), from a trace source), applying capacity and drops as the
- * token-choice routers do (ROUTING.md section 2): claims in order `order` (default
+ * token-choice routers do (docs/routing.md section 2): claims in order `order` (default
  * choice_major: all first recorded choices in token order, then all second ones, ...),
  * C = moe_capacity with k = Krec, or no limit with dropless = true. combine = the recorded
  * gate weight (choice_w) or 1/Krec when the trace records ids only; renormalize as the option

@@ -1,5 +1,5 @@
 /* sinkhorn.c: the `sinkhorn` router (Clark et al. 2022, unified scaling laws; Megatron-LM's
- * sinkhorn load balancing), ROUTING.md section 3. Fills moe_router_sinkhorn and owns
+ * sinkhorn load balancing), docs/routing.md section 3. Fills moe_router_sinkhorn and owns
  * moe_sinkhorn_balance (sinkhorn.h).
  *
  *   selection  top-k per token of the Sinkhorn-balanced matrix B = diag(d0) exp(L - rowmax)

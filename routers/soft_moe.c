@@ -1,4 +1,4 @@
-/* soft_moe.c: the Soft MoE router (Puigcerver et al. 2023), ROUTING.md section 3.
+/* soft_moe.c: the Soft MoE router (Puigcerver et al. 2023), docs/routing.md section 3.
  *
  * Logits have M = E*P columns (E = r->E, P = opts.slots_per_expert; moe_router_alloc checks
  * that P divides M); column j is slot (j mod P) of expert (j div P).

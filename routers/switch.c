@@ -1,4 +1,4 @@
-/* switch.c: the `switch` router (Fedus et al. 2022), ROUTING.md section 3. Fills
+/* switch.c: the `switch` router (Fedus et al. 2022), docs/routing.md section 3. Fills
  * moe_router_switch: top-1 by logit (ties to the lower expert), gate = full-softmax p of the
  * chosen expert (not renormalised), capacity with k = 1,
  * aux_loss = E * sum_e f_e * P_e (f_e fraction of tokens whose first choice is e, before

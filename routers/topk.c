@@ -1,4 +1,4 @@
-/* topk.c: the `topk` router (Shazeer et al. 2017, noisy top-k gating), ROUTING.md section 3.
+/* topk.c: the `topk` router (Shazeer et al. 2017, noisy top-k gating), docs/routing.md section 3.
  * Fills moe_router_topk: the k largest logits per token (ties to the lower expert), gate =
  * softmax over those k logits only; optional gate noise noise_std * N(0,1) added to every logit
  * before selection (the gate then uses the noisy logits, KeepTopK(H(x)) then softmax);

@@ -13,7 +13,7 @@ whole layer, gate to combine, in two styles:
           (T,E,C), dispatch mask = combine > 0, einsum 'sec,sm->ecm' in, batched expert GEMMs,
           einsum 'sec,ecm->sm' out.
 
-Routing is moesim's (ROUTING.md section 3), computed here in torch inside the timed region:
+Routing is moesim's (docs/routing.md section 3), computed here in torch inside the timed region:
 topk = the k largest logits, gate = softmax over those k; switch = top-1, gate = the full
 softmax p; capacity slots choice-major (all first choices in token order, then the second
 choices), a claim beyond --capacity is dropped. FFN_e(h) = gelu_tanh(h W1_e + b1_e) W2_e + b2_e.

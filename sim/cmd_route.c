@@ -1,4 +1,4 @@
-/* cmd_route.c: `moesim route`: route one recorded logits matrix, write the plan (ROUTING.md
+/* cmd_route.c: `moesim route`: route one recorded logits matrix, write the plan (docs/routing.md
  * section 1) as CSV and the metrics (section 4) as JSON, and optionally run the real layer on
  * given weights and write its output as .npy. The batch runs through the one-batch pipeline
  * (pipeline.h), as `moesim run` does. Flags are those of DESIGN.md; the routing flags

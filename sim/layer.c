@@ -831,7 +831,7 @@ static double act_d(int act, double v)
     }
 }
 
-/* Triple loops in double, straight from the definitions in layer.h and ROUTING.md section 1:
+/* Triple loops in double, straight from the definitions in layer.h and docs/routing.md section 1:
  * h[e,s] = sum dispatch_w x[t]; o[e,s] = FFN_e(h[e,s]) for every slot with an entry;
  * y[t] = sum combine_w o[e,s]. Allocates its own (E*C, D) buffers: a reference, not a kernel. */
 int moe_layer_forward_naive(const moe_experts *w, const moe_plan *plan, const float *x, float *y)

@@ -106,9 +106,9 @@ void moe_ep_free(moe_ep *ep); /* NULL is a no-op */
  * "Padding to capacity"). */
 int moe_ep_set_pad_to_capacity(moe_ep *ep, int on);
 
-/* y (T,D) = the layer output of plan (ROUTING.md section 1) computed expert-parallel: this rank
- * reads only its own token rows of x (T,D) and only its own experts of w; every rank must call
- * it with the same plan. gather: 1 = y complete on every rank (MPI_Allgatherv, not timed),
+/* y (T,D) = the layer output of plan (docs/routing.md section 1) computed expert-parallel:
+ * this rank reads only its own token rows of x (T,D) and only its own experts of w; every rank
+ * must call it with the same plan. gather: 1 = y complete on every rank (MPI_Allgatherv, not timed),
  * 0 = only this rank's token rows of y are written. st (may be NULL) receives this rank's
  * counts and times. A collective: an error on one rank is reported on all of them. */
 int moe_ep_forward(moe_ep *ep, const moe_experts *w, const moe_plan *plan, const float *x,

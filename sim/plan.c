@@ -1,4 +1,4 @@
-/* plan.c: the routing plan (ROUTING.md section 1): allocation, entries, CSV export. */
+/* plan.c: the routing plan (docs/routing.md section 1): allocation, entries, CSV export. */
 #include "moe.h"
 
 #include <stdio.h>

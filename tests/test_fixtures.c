@@ -1,6 +1,6 @@
 /* test_fixtures.c: `moesim route` (moe_cmd_route) against the committed fixtures in
  * tests/fixtures/route/, which tests/ref/gen_fixtures.py produced from the independent NumPy
- * reference of ROUTING.md (tests/ref/moe_ref.py; `make fixtures` regenerates them).
+ * reference of docs/routing.md (tests/ref/moe_ref.py; `make fixtures` regenerates them).
  *
  * For every case folder: read `cmd` (one line of route arguments, file names relative to the
  * folder), run moe_cmd_route inside the folder with --plan/--metrics (and --output when

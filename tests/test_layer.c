@@ -60,7 +60,7 @@ static void compare(const char *what, const float *got, const float *ref, size_t
     free(g), free(rf);
 }
 
-/* Token-choice plan, choice-major claims (ROUTING.md section 2): each token t with
+/* Token-choice plan, choice-major claims (docs/routing.md section 2): each token t with
  * t % 7 != 3 picks k distinct experts uniformly among 0..E-2 (expert E-1 stays empty); a claim
  * gets its expert's next slot or is dropped at capacity C. dispatch_w = 1 except 0.5 on every
  * fifth entry (the layer must scale by it); combine_w ~ U(0,1). With gaps = 1, slots are
@@ -99,7 +99,7 @@ static void plan_sparse(moe_plan *p, gsl_rng *r, int n, int E, int k, long C, in
 }
 
 /* Dense (soft) plan: column j = e*P + s; dispatch = softmax over tokens per column, combine =
- * softmax over columns per token (ROUTING.md, soft_moe), logits ~ N(0,1). Token `skip` (if
+ * softmax over columns per token (docs/routing.md, soft_moe), logits ~ N(0,1). Token `skip` (if
  * >= 0) gets no entries. shuffle: entries in random order instead of token order. */
 static void plan_soft(moe_plan *p, gsl_rng *r, int n, int E, int P, int skip, int shuffle)
 {

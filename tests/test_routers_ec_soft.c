@@ -1,4 +1,4 @@
-/* test_routers_ec_soft.c: the expert_choice and soft_moe routers (ROUTING.md section 3) on
+/* test_routers_ec_soft.c: the expert_choice and soft_moe routers (docs/routing.md section 3) on
  * hand-worked cases. Every expected plan below is worked by hand in the comment above it.
  * Logits such as ln 3 are chosen so that softmax values are simple fractions:
  * softmax([ln 3, 0]) = (3/4, 1/4), softmax([0, 0]) = (1/2, 1/2) exactly. */

@@ -1,4 +1,4 @@
-/* test_routers_extra.c: the routers beyond the six (ROUTING.md section 3, last bullet): base,
+/* test_routers_extra.c: the routers beyond the six (docs/routing.md section 3, last bullet): base,
  * sinkhorn, dsv3_bias and dense, through the public interface (moe_router_alloc / route /
  * observe), plus moe_sinkhorn_balance (routers/sinkhorn.h) and moe_dsv3_bias_state
  * (routers/dsv3_bias.h).

@@ -1,5 +1,5 @@
 /* test_routers_tc.c: the token-choice routers topk, switch, gshard and hash against small cases
- * worked by hand (ROUTING.md sections 2 and 3), used through the public interface
+ * worked by hand (docs/routing.md sections 2 and 3), used through the public interface
  * (moe_router_alloc / moe_router_route / moe_plan_alloc). Each case states its logits, the
  * choices, the claim order and the resulting entries (token, expert, slot, combine weight),
  * assigned_load, importance, n_claims, capacity and aux_loss, with the tie rules pinned:

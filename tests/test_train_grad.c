@@ -19,7 +19,7 @@
  * reference) on the engine's own plan and weights, sparse plans with drops and dense plans,
  * tolerance abs 1e-4 + 1e-4 |ref| as test_layer.c (fp32 GEMMs vs double loops, O(1) values);
  * learning-rate schedules and one SGD and Adam step on hand-worked values; the aux loss the engine computes for topk, switch, gshard equals the router's own
- * plan->aux_loss (the router files, the formulas of ROUTING.md); NMI on hand-worked labelings; the
+ * plan->aux_loss (the router files, docs/routing.md's formulas); NMI on hand-worked labelings; the
  * fp32 engine gives identical loss curves with 1 and 2 BLAS threads. */
 #include "check.h"
 #include "train.h"

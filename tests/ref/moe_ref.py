@@ -1,4 +1,4 @@
-"""moe_ref.py: an independent NumPy reference implementation of ROUTING.md.
+"""moe_ref.py: an independent NumPy reference implementation of docs/routing.md.
 
 Written from the document alone (not from the C routers), so that `tests/test_fixtures.c` compares
 two implementations of the same contract. It owns:
@@ -17,7 +17,7 @@ two implementations of the same contract. It owns:
 Shapes: L (n, m) logits, p (n, E) per-row softmax, x (n, d), w1 (E, d, f), b1 (E, f),
 w2 (E, f, d), b2 (E, d).
 
-Decisions that ROUTING.md leaves open, taken here (also listed in the h3 report):
+Decisions the semantics leave open, taken here as docs/routing.md section 5 takes them:
   - explicit capacity overrides the formula and min_capacity;
   - expert_choice: C = max(min_capacity, ROUND(n*cf/E)) or the explicit capacity, then capped at n;
     the reported capacity is the capped value;
@@ -110,7 +110,7 @@ class Plan:
 
 
 def claim_slots(n, E, choices, p, C, order, renormalize):
-    """Token-choice claiming (ROUTING.md section 2).
+    """Token-choice claiming (docs/routing.md section 2).
 
     choices[t]: list of (expert, gate) in rank order (first choice first); p (n, E) full softmax
     (for bpr and probs); C slots per expert or None (no limit). Returns (entries, assigned,
@@ -402,7 +402,7 @@ def route_soft_moe(L, o):
     return plan
 
 
-# ---- beyond the six (ROUTING.md section 3, last bullet) ------------------------------------
+# ---- beyond the six (docs/routing.md section 3, last bullet) ------------------------------------
 
 
 def sigmoid(a):
@@ -693,7 +693,7 @@ def _ratio(a, b):
 
 
 def metrics(plan, L, W=None, y=None, y_dense=None, y_dropless=None):
-    """The JSON metrics of `moesim route` (ROUTING.md section 4)."""
+    """The JSON metrics of `moesim route` (docs/metrics.md)."""
     L = np.asarray(L, dtype=np.float64)
     n, E = plan.n, plan.E
     assigned = np.asarray(plan.assigned, dtype=np.int64)
