@@ -13,6 +13,14 @@
  * library's exp), and each chunk's terms are added by whichever thread computed them once
  * every earlier chunk has been added. Every sum is therefore taken in token order, the values
  * are the reference's bit for bit and do not depend on the number of threads.
+ *
+ * Also owns moe_metrics_attach (moe.h): the same sums from the router's own softmax rows. The
+ * plan's rows observer chooses each row's top-k on the rows pass's threads (rows_each) and adds
+ * the rows' terms in token order as the pass hands them over (rows_add, add_row as above);
+ * anchor_losses takes those sums when they cover every row of the logits and plan it is given
+ * (rows_sums), and otherwise runs the pass above. Those values are the reference's given the
+ * router's softmax, moe_softmax (exp(L - max) / sum), where the pass above takes exp(L - lse):
+ * the last bits differ (docs/metrics.md, Precision).
  */
 #include "metrics_anchor.h"
 #include "../routers/claims.h" /* moe_claims_topk */
@@ -253,6 +261,137 @@ static int anc_sums(anc_state *st, int fast)
     return MOE_OK;
 }
 
+/* ---- the terms of the router's own softmax rows (moe_metrics_attach) ---- */
+
+enum { ROWS_KMAX = 64 }; /* k up to which each row's top-k is chosen on the pass's threads */
+
+/* The sums of the rows a router's rows pass gave the plan's observer, in token order. */
+struct moe_metrics_rows {
+    const moe_metrics *mt;
+    const moe_plan *plan;
+    int n_max, k_max; /* tk holds n_max rows of k_max <= ROWS_KMAX */
+    anc_state st;     /* no noise, the softmax scores; st.L unused */
+    int valid;        /* the sums cover rows [0, done) of one pass */
+    long done;
+    double *d;        /* (4E): seq_cnt, seq_p, imp, pv (cleared where a group ends, unused) */
+    int32_t *tk;      /* (n_max, k_max): each row's top-k, chosen by rows_each */
+};
+
+/* Experts per token of plan's pass when its rows' top-k fit tk (else -1). */
+static int rows_k(const moe_metrics_rows *r)
+{
+    const moe_plan *plan = r->plan;
+    const int k = plan->k < plan->E ? plan->k : plan->E;
+    return plan->E == r->mt->E && plan->n <= r->n_max && k >= 0 && k <= r->k_max ? k : -1;
+}
+
+/* rows_each: rows t0..t1-1 of the router's softmax p (rows, E): each row's Megatron routing map,
+ * moe_claims_topk of p, into tk (on the pass's threads). */
+static void rows_each(void *ctx, long t0, long t1, const double *p)
+{
+    const moe_metrics_rows *r = ctx;
+    const int k = rows_k(r), E = r->plan->E;
+    double val[ROWS_KMAX];
+    for (long t = t0; k >= 1 && t < t1; t++)
+        moe_claims_topk(p + (size_t)(t - t0) * E, E, k, r->tk + (size_t)t * k, val);
+}
+
+/* A pass over n = plan->n rows starts: the state of anchor_losses for its plan and options. */
+static void rows_start(moe_metrics_rows *r)
+{
+    const moe_plan *plan = r->plan;
+    const int n = plan->n, E = r->mt->E;
+    anc_state *st = &r->st;
+    *st = (anc_state){.plan = plan, .n = n, .E = E, .k = rows_k(r),
+                      .S = moe_metrics_span(r->mt->sequence_length, n),
+                      .gs = moe_metrics_span(r->mt->group_size, n), .score = r->mt->score};
+    st->own = st->score == MOE_SCORE_SIGMOID || st->score == MOE_SCORE_SQRTSOFTPLUS;
+    r->valid = st->k >= 0 && n % st->S == 0 && !st->own;
+    r->done = 0;
+    memset(r->d, 0, 4 * (size_t)E * sizeof *r->d);
+    st->seq_cnt = r->d, st->seq_p = r->d + E, st->imp = r->d + 2 * E, st->pv = r->d + 3 * E;
+    st->shared = st->S == st->gs; /* the same sums of p, ended together */
+    if (st->shared)
+        st->imp = st->seq_p;
+}
+
+/* rows_add: the rows t0..t1-1 (after rows_each), in token order: their routing maps and p into
+ * the sums exactly as the separate pass adds them (add_row). */
+static void rows_add(void *ctx, long t0, long t1, const double *p)
+{
+    moe_metrics_rows *r = ctx;
+    if (t0 == 0)
+        rows_start(r);
+    if (!r->valid || t0 != r->done) {
+        r->valid = 0;
+        return;
+    }
+    const int E = r->st.E, k = r->st.k;
+    for (long t = t0; t < t1; t++)
+        add_row(&r->st, (int)t, p + (size_t)(t - t0) * E, NULL, r->tk + (size_t)t * k, NULL,
+                NULL);
+    r->done = t1;
+}
+
+int moe_metrics_attach(moe_metrics *mt, moe_plan *plan, int n_max, int k)
+{
+    const int E = mt->E;
+    k = k < E ? k : E;
+    k = k < 0 ? 0 : k > ROWS_KMAX ? ROWS_KMAX + 1 : k; /* above ROWS_KMAX: never taken */
+    moe_metrics_rows *r = mt->rows;
+    if (r && (r->n_max < n_max || r->k_max < k)) {
+        moe_metrics_rows_free(r);
+        r = mt->rows = NULL;
+    }
+    if (!r) {
+        r = calloc(1, sizeof *r);
+        if (r) {
+            r->d = malloc(4 * (size_t)E * sizeof *r->d);
+            r->tk = malloc(((size_t)n_max * (size_t)(k <= ROWS_KMAX ? k : 0) + 1) *
+                           sizeof *r->tk);
+        }
+        if (!r || !r->d || !r->tk) {
+            moe_metrics_rows_free(r);
+            return moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of %d tokens)", n_max);
+        }
+        r->n_max = n_max;
+        r->k_max = k <= ROWS_KMAX ? k : -1;
+        mt->rows = r;
+    }
+    r->mt = mt;
+    r->plan = plan;
+    r->valid = 0;
+    plan->rows_each = rows_each;
+    plan->rows_add = rows_add;
+    plan->rows_ctx = r;
+    plan->rows_of = NULL;
+    return MOE_OK;
+}
+
+void moe_metrics_rows_free(moe_metrics_rows *r)
+{
+    if (!r)
+        return;
+    free(r->d);
+    free(r->tk);
+    free(r);
+}
+
+/* The sums of the router's rows when they are those of plan's logits and of anchor_losses'
+ * state st (same tokens, k, sequences, groups; no noise, softmax scores); else NULL. */
+static const anc_state *rows_sums(const moe_metrics *mt, const moe_plan *plan,
+                                  const double *logits, const anc_state *st)
+{
+    const moe_metrics_rows *r = mt->rows;
+    if (!r || r->plan != plan || plan->rows_of != logits || !r->valid || r->done != plan->n)
+        return NULL;
+    const anc_state *q = &r->st;
+    if (st->noisy || st->own || q->n != st->n || q->E != st->E || q->k != st->k ||
+        q->S != st->S || q->gs != st->gs || q->score != st->score)
+        return NULL;
+    return q;
+}
+
 /* seq_aux_loss, importance_loss_vmoe, load_loss_vmoe and load_loss_shazeer (docs/metrics.md)
  * from the logits (T,E) routed. */
 static int anchor_losses(const moe_plan *plan, const double *logits, moe_metrics *mt, int fast)
@@ -276,7 +415,15 @@ static int anchor_losses(const moe_plan *plan, const double *logits, moe_metrics
     st.shared = fast && !st.own && st.S == st.gs; /* the same sums of p, ended together */
     if (st.shared)
         st.imp = st.seq_p;
-    int rc = anc_sums(&st, fast);
+    const anc_state *rs = fast ? rows_sums(mt, plan, logits, &st) : NULL;
+    int rc = MOE_OK;
+    if (rs) { /* the router's rows: their sums (load: no noise, set below) */
+        st.seq_sum = rs->seq_sum;
+        st.imp_sum = rs->imp_sum;
+        st.ngroups = rs->ngroups;
+    } else {
+        rc = anc_sums(&st, fast);
+    }
     if (!rc) {
         mt->seq_aux_loss = k >= 1 ? st.seq_sum / (n / st.S) : NAN;
         mt->importance_loss_vmoe = st.imp_sum / st.ngroups;
