@@ -99,6 +99,7 @@ typedef struct {
     double *store;    /* c->p */
     int ring;         /* 1: chunk slots in store; 0: every chunk at its own rows */
     moe_plan *stats;  /* the plan that takes the claim statistics in the adding pass, or NULL */
+    moe_plan *sink;   /* the plan whose rows observer sees the rows in the adding pass, or NULL */
     int nonfinite;    /* a chunk has a non-finite logit */
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -162,6 +163,8 @@ static void rows_add_ready(rows_job *j)
         rows_add_p(pm, p0, t1 - t0, E);
         if (j->stats)
             rows_add_stats(j->c, t0, t1, j->stats);
+        if (j->sink)
+            j->sink->rows_add(j->sink->rows_ctx, t0, t1, p0);
         pthread_mutex_lock(&j->mu);
         j->ready[ch % ROWS_RING] = 0;
         if (j->ring)
@@ -193,6 +196,8 @@ static void rows_part(void *arg, int i, int np)
                              j->lse ? j->lse + t0 : NULL, j->c->rowmax + t0);
         for (long t = t0; j->row && t < t1; t++)
             j->row(j->ctx, (int)t, j->logits + (size_t)t * E, p0 + (size_t)(t - t0) * E);
+        if (j->sink)
+            j->sink->rows_each(j->sink->rows_ctx, t0, t1, p0);
         for (long t = t0; j->c->bpr_keys && t < t1; t++) { /* as moe_claims_resolve takes it */
             const double *pt = p0 + (size_t)(t - t0) * E;
             j->c->val[t] = pt[moe_claims_argmax(pt, E, -1)];
@@ -217,6 +222,7 @@ int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_f
     j.nch = (n + ROWS_CHUNK - 1) / ROWS_CHUNK;
     j.ring = !c->keep_p && j.nch > ROWS_RING;
     j.stats = c->stats_in_rows && row && plan ? plan : NULL;
+    j.sink = plan && plan->rows_add ? plan : NULL;
     for (int s = 0; s < ROWS_RING; s++) /* slot 0 on top */
         j.free_slot[s] = ROWS_RING - 1 - s;
     j.nfree = ROWS_RING;
@@ -241,6 +247,8 @@ int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_f
         return moe_logits_check_finite(logits, n, c->E);
     if (plan)
         plan->lse_of = logits;
+    if (j.sink)
+        plan->rows_of = logits;
     return MOE_OK;
 }
 

@@ -243,7 +243,8 @@ static int br_run_alloc(const br_case *c, int n, int E, br_run *b)
     b->mt = moe_metrics_alloc(b->r->E);
     b->rng = moe_rng_alloc(1, moe_router_stream(t));
     b->ids = malloc((size_t)n * sizeof *b->ids);
-    if (!b->plan || !b->mt || !b->rng || !b->ids) {
+    if (!b->plan || !b->mt || !b->rng || !b->ids ||
+        moe_metrics_attach(b->mt, b->plan, n, b->r->k)) { /* the metrics as a sweep has them */
         br_run_free(b);
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (bench --routing, %s)", c->router);
     }

@@ -67,6 +67,7 @@ void moe_metrics_free(moe_metrics *mt)
     free(mt->importance);
     free(mt->experts_per_token);
     free(mt->groups_touched);
+    moe_metrics_rows_free(mt->rows);
     free(mt);
 }
 

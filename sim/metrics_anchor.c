@@ -6,13 +6,21 @@
  * router's logsumexps, else moe_softmax), Megatron's scores s (E) and their top-k, and with gate
  * noise each expert's ProbInTopK and V-MoE load terms (Normal CDFs, GSL), and add them to the
  * per-expert sums in token order (add_row), closing a sequence or a routing group where the
- * serial loop over tokens closes it. The reference computes the terms one token at a time with
- * the C library's exp and moe_claims_topk; moe_metrics_anchor computes them on the threads
+ * serial loop over tokens closes it. Both select the top-k with the routers' moe_claims_topk
+ * (routers/claims.h; vectorised in routers/select.c). The reference computes the terms one
+ * token at a time with the C library's exp; moe_metrics_anchor computes them on the threads
  * (routers/par.h) in chunks of rows, with the vector exp of vexp.h (the same doubles as the C
- * library's exp) and a top-k that skips blocks of 8 below the k-th value (the same choice as
- * moe_claims_topk), and each chunk's terms are added by whichever thread computed them once
+ * library's exp), and each chunk's terms are added by whichever thread computed them once
  * every earlier chunk has been added. Every sum is therefore taken in token order, the values
  * are the reference's bit for bit and do not depend on the number of threads.
+ *
+ * Also owns moe_metrics_attach (moe.h): the same sums from the router's own softmax rows. The
+ * plan's rows observer chooses each row's top-k on the rows pass's threads (rows_each) and adds
+ * the rows' terms in token order as the pass hands them over (rows_add, add_row as above);
+ * anchor_losses takes those sums when they cover every row of the logits and plan it is given
+ * (rows_sums), and otherwise runs the pass above. Those values are the reference's given the
+ * router's softmax, moe_softmax (exp(L - max) / sum), where the pass above takes exp(L - lse):
+ * the last bits differ (docs/metrics.md, Precision).
  */
 #include "metrics_anchor.h"
 #include "../routers/claims.h" /* moe_claims_topk */
@@ -27,9 +35,6 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 
 int moe_metrics_span(int len, int n) { return len > 0 && len < n ? len : n; }
 
@@ -73,177 +78,6 @@ static void aux_scores(int score, const double *lt, int E, double *s)
         s[e] /= sum + 1e-20;
 }
 
-/* ---- top-k ---- */
-
-/* Inserts (x, e) into the descending list val, idx of *cnt entries (k at most), as
- * moe_claims_topk does: once k are held, a value not above the k-th is not taken (the lower
- * index stays on a tie). */
-static inline void topk_insert(double x, int e, int k, int *cnt, int32_t *idx, double *val)
-{
-    if (*cnt == k && !(x > val[k - 1]))
-        return;
-    int j = *cnt < k ? (*cnt)++ : k - 1;
-    for (; j > 0 && val[j - 1] < x; j--) {
-        val[j] = val[j - 1];
-        idx[j] = idx[j - 1];
-    }
-    val[j] = x;
-    idx[j] = e;
-}
-
-#if defined(__AVX512F__) && defined(__AVX512VL__)
-/* A lower bound *thr of the k-th largest of v (len >= 16, no NaN): the k-th largest of its 8
- * lane maxima (k distinct elements of v) or, for k > 8, of its first k values; 0 (no bound)
- * when v holds a NaN. Only the values at or above the bound can be among the
- * k largest, and moe_claims_topk chooses among them, in index order, what it chooses among the
- * whole row. */
-static int topk_bound(const double *v, int len, int k, double *thr)
-{
-    const int nb = len / 8;
-    __m512d mx = _mm512_loadu_pd(v);
-    __mmask8 nan = _mm512_cmp_pd_mask(mx, mx, _CMP_UNORD_Q);
-    for (int b = 1; b < nb; b++) {
-        const __m512d x = _mm512_loadu_pd(v + 8 * b);
-        nan |= _mm512_cmp_pd_mask(x, x, _CMP_UNORD_Q);
-        mx = _mm512_max_pd(mx, x);
-    }
-    for (int i = 8 * nb; i < len; i++)
-        nan |= isnan(v[i]);
-    if (nan)
-        return 0;
-    if (k > 8) {
-        double lo = v[0];
-        for (int i = 1; i < k; i++)
-            lo = v[i] < lo ? v[i] : lo;
-        *thr = lo;
-        return 1;
-    }
-    if (k == 1) {
-        *thr = _mm512_reduce_max_pd(mx);
-        return 1;
-    }
-    /* the k-th largest lane maximum: the smallest of those ranked below k (values greater,
-     * plus equal values in lower lanes) */
-    double lane[8], lo = INFINITY;
-    _mm512_storeu_pd(lane, mx);
-    for (int i = 0; i < 8; i++) {
-        const __m512d b = _mm512_set1_pd(lane[i]);
-        const int rank = __builtin_popcount(_mm512_cmp_pd_mask(mx, b, _CMP_GT_OQ)) +
-                         __builtin_popcount(_mm512_cmp_pd_mask(mx, b, _CMP_EQ_OQ) &
-                                            ((1u << i) - 1));
-        lo = rank < k && lane[i] < lo ? lane[i] : lo;
-    }
-    *thr = lo;
-    return 1;
-}
-
-/* The values of v at or above thr and their indices, in index order, into cv, ci (len + 8
- * each); returns their number. */
-static int topk_candidates(const double *v, int len, double thr, double *cv, int32_t *ci)
-{
-    const __m512d lo = _mm512_set1_pd(thr);
-    const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    int m = 0, e = 0;
-    for (; e + 8 <= len; e += 8) {
-        const __m512d x = _mm512_loadu_pd(v + e);
-        const __mmask8 ge = _mm512_cmp_pd_mask(x, lo, _CMP_GE_OQ);
-        if (!ge)
-            continue;
-        /* compressed in registers, stored whole (8 values, m + 8 <= len + 8) */
-        _mm512_storeu_pd(cv + m, _mm512_maskz_compress_pd(ge, x));
-        const __m256i ie = _mm256_add_epi32(iota, _mm256_set1_epi32(e));
-        _mm256_storeu_si256((__m256i *)(ci + m), _mm256_maskz_compress_epi32(ge, ie));
-        m += __builtin_popcount(ge);
-    }
-    for (; e < len; e++)
-        if (v[e] >= thr)
-            cv[m] = v[e], ci[m++] = e;
-    return m;
-}
-#endif
-
-/* moe_claims_topk's k >= 1 largest of v (len), the same indices and values in the same order;
- * with AVX-512, only the values at or above topk_bound are inserted. cv (len), ci (len) and
- * val (k, at least 8) scratch. */
-static void topk_fast(const double *v, int len, int k, int32_t *idx, double *val, double *cv,
-                      int32_t *ci)
-{
-    int cnt = 0;
-#if defined(__AVX512F__) && defined(__AVX512VL__)
-    double thr;
-    if (len >= 16 && topk_bound(v, len, k, &thr)) {
-        const int m = topk_candidates(v, len, thr, cv, ci);
-        for (int i = 0; i < m; i++)
-            topk_insert(cv[i], ci[i], k, &cnt, idx, val);
-        return;
-    }
-#else
-    (void)cv, (void)ci;
-#endif
-    for (int e = 0; e < len; e++)
-        topk_insert(v[e], e, k, &cnt, idx, val);
-}
-
-enum { TOPK_RANKED = 32 }; /* candidates ranked by topk_set; more go through topk_insert */
-
-/* The indices of moe_claims_topk's k >= 1 largest of v (len), in some order (Megatron's routing
- * map: only the set counts). With AVX-512: for k = 1 the first index of the maximum; else, with
- * at most TOPK_RANKED values at or above topk_bound, each of those is taken when its rank in
- * moe_claims_topk's order (the values greater, plus the equal values at lower indices) is below
- * k; else as topk_fast. cv, ci (len + TOPK_RANKED), val (k, at least 8) scratch. */
-static void topk_set(const double *v, int len, int k, int32_t *idx, double *val, double *cv,
-                     int32_t *ci)
-{
-#if defined(__AVX512F__) && defined(__AVX512VL__)
-    double thr;
-    if (len >= 16 && topk_bound(v, len, k, &thr)) {
-        if (k == 1) { /* the maximum (the lanes' or a later value): its first index */
-            int e = 0;
-            for (int i = len / 8 * 8; i < len; i++)
-                thr = v[i] > thr ? v[i] : thr;
-            for (; e + 8 <= len; e += 8) {
-                const unsigned eq =
-                    _mm512_cmp_pd_mask(_mm512_loadu_pd(v + e), _mm512_set1_pd(thr), _CMP_EQ_OQ);
-                if (eq) {
-                    idx[0] = e + __builtin_ctz(eq);
-                    return;
-                }
-            }
-            for (; v[e] != thr; e++)
-                ;
-            idx[0] = e;
-            return;
-        }
-        const int m = topk_candidates(v, len, thr, cv, ci);
-        if (m <= TOPK_RANKED) {
-            const int nb = (m + 7) / 8;
-            for (int i = m; i < 8 * nb; i++)
-                cv[i] = NAN; /* compares false: never counted */
-            int cnt = 0;
-            for (int i = 0; i < m; i++) {
-                const __m512d b = _mm512_set1_pd(cv[i]);
-                int rank = 0;
-                for (int j = 0; j < nb; j++) {
-                    const __m512d x = _mm512_loadu_pd(cv + 8 * j);
-                    const unsigned before = j < i / 8 ? 0xffu : j > i / 8 ? 0u : (1u << i % 8) - 1;
-                    rank += __builtin_popcount(_mm512_cmp_pd_mask(x, b, _CMP_GT_OQ)) +
-                            __builtin_popcount(_mm512_cmp_pd_mask(x, b, _CMP_EQ_OQ) & before);
-                }
-                ci[len + cnt] = ci[i];
-                cnt += rank < k;
-            }
-            memcpy(idx, ci + len, (size_t)k * sizeof *idx);
-            return;
-        }
-        int cnt = 0;
-        for (int i = 0; i < m; i++)
-            topk_insert(cv[i], ci[i], k, &cnt, idx, val);
-        return;
-    }
-#endif
-    topk_fast(v, len, k, idx, val, cv, ci);
-}
-
 /* ---- per-token terms and the sums in token order ---- */
 
 typedef struct {
@@ -257,11 +91,11 @@ typedef struct {
     int in_seq, in_group, ngroups; /* tokens into the sequence and the group */
 } anc_state;
 
-/* One token's terms (E each, s only with own scores, q and l only with noise; tk (k)); fast:
- * by vexp, topk_set and topk_fast, else by exp and moe_claims_topk (the same doubles and the
- * same choices). Scratch: ix (E + 1), val (E + 8), cv and ci (E + TOPK_RANKED). */
+/* One token's terms (E each, s only with own scores, q and l only with noise; tk (k)); the
+ * exponentials by vexp (fast) or by the C library's exp (the same doubles), the top-k by
+ * moe_claims_topk, the routers' own selection. Scratch: ix (E + 1), val (E + 1). */
 static void row_terms(const anc_state *st, int t, int fast, double *p, double *s, int32_t *tk,
-                      double *q, double *l, int32_t *ix, double *val, double *cv, int32_t *ci)
+                      double *q, double *l, int32_t *ix, double *val)
 {
     const int E = st->E, k = st->k;
     const double *lt = st->L + (size_t)t * E;
@@ -274,19 +108,14 @@ static void row_terms(const anc_state *st, int t, int fast, double *p, double *s
         moe_softmax(lt, E, p);
     if (st->own)
         aux_scores(st->score, lt, E, s);
-    if (k >= 1 && fast) /* Megatron's top-k routing map */
-        topk_set(st->own ? s : p, E, k, tk, val, cv, ci);
-    else if (k >= 1)
+    if (k >= 1) /* Megatron's top-k routing map */
         moe_claims_topk(st->own ? s : p, E, k, tk, val);
     if (!st->noisy)
         return;
     /* V-MoE's q[e] = 1 - Phi((thr - L[e]) / sd) with thr the k-th largest noisy logit;
      * Shazeer's ProbInTopK l[e] (only when k < E) */
     const double sd = st->plan->noise_std, *h = st->plan->noisy_logits + (size_t)t * E;
-    if (fast) /* the k+1 largest, descending */
-        topk_fast(h, E, k < E ? k + 1 : k, ix, val, cv, ci);
-    else
-        moe_claims_topk(h, E, k < E ? k + 1 : k, ix, val);
+    moe_claims_topk(h, E, k < E ? k + 1 : k, ix, val); /* the k+1 largest, descending */
     const double thr = val[k - 1];
     for (int e = 0; e < E; e++)
         q[e] = gsl_cdf_ugaussian_Q((thr - lt[e]) / sd);
@@ -378,15 +207,15 @@ static void anc_part(void *ctx, int i, int np)
     const int E = st->E, R = j->R;
     const size_t RE = (size_t)R * E;
     double *p = j->buf + (size_t)i * j->per, *s = p + RE, *q = s + RE, *l = q + RE; /* (R,E) */
-    double *val = l + RE, *cv = val + E + 8;
-    int32_t *tk = j->ibuf + (size_t)i * j->iper, *ix = tk + (size_t)R * st->k, *ci = ix + E + 1;
+    double *val = l + RE;
+    int32_t *tk = j->ibuf + (size_t)i * j->iper, *ix = tk + (size_t)R * st->k;
     const long nch = (st->n + R - 1) / R;
     for (long ch; (ch = atomic_fetch_add(&j->next, 1)) < nch;) {
         const int t0 = (int)(ch * R), t1 = t0 + R < st->n ? t0 + R : st->n;
         for (int t = t0; t < t1; t++) {
             const size_t o = (size_t)(t - t0) * E;
             row_terms(st, t, 1, p + o, s + o, tk + (size_t)(t - t0) * st->k, q + o, l + o, ix,
-                      val, cv, ci);
+                      val);
         }
         for (int spin = 0; atomic_load_explicit(&j->done, memory_order_acquire) != ch; spin++)
             if (spin >= 64)
@@ -406,8 +235,8 @@ static int anc_sums(anc_state *st, int fast)
     const int np = fast ? moe_par_parts((long)st->n * E, 16384) : 1;
     const int R = !fast ? 1 : E >= ANC_VALUES ? 1 : ANC_VALUES / E;
     anc_job j = {.st = st, .R = R};
-    j.per = (size_t)R * E * 4 + 2 * (size_t)E + 8 + TOPK_RANKED;
-    j.iper = (size_t)R * st->k + 2 * (size_t)E + 1 + TOPK_RANKED;
+    j.per = (size_t)R * E * 4 + (size_t)E + 1;
+    j.iper = (size_t)R * st->k + (size_t)E + 1;
     j.buf = malloc((size_t)np * j.per * sizeof *j.buf);
     j.ibuf = malloc((size_t)np * j.iper * sizeof *j.ibuf);
     if (!j.buf || !j.ibuf) {
@@ -420,16 +249,147 @@ static int anc_sums(anc_state *st, int fast)
     if (fast) {
         moe_par_run(anc_part, &j, np);
     } else {
-        double *p = j.buf, *s = p + E, *q = s + E, *l = q + E, *val = l + E, *cv = val + E + 8;
-        int32_t *ix = j.ibuf + st->k, *ci = ix + E + 1;
+        double *p = j.buf, *s = p + E, *q = s + E, *l = q + E, *val = l + E;
+        int32_t *ix = j.ibuf + st->k;
         for (int t = 0; t < st->n; t++) {
-            row_terms(st, t, 0, p, s, j.ibuf, q, l, ix, val, cv, ci);
+            row_terms(st, t, 0, p, s, j.ibuf, q, l, ix, val);
             add_row(st, t, p, s, j.ibuf, q, l);
         }
     }
     free(j.buf);
     free(j.ibuf);
     return MOE_OK;
+}
+
+/* ---- the terms of the router's own softmax rows (moe_metrics_attach) ---- */
+
+enum { ROWS_KMAX = 64 }; /* k up to which each row's top-k is chosen on the pass's threads */
+
+/* The sums of the rows a router's rows pass gave the plan's observer, in token order. */
+struct moe_metrics_rows {
+    const moe_metrics *mt;
+    const moe_plan *plan;
+    int n_max, k_max; /* tk holds n_max rows of k_max <= ROWS_KMAX */
+    anc_state st;     /* no noise, the softmax scores; st.L unused */
+    int valid;        /* the sums cover rows [0, done) of one pass */
+    long done;
+    double *d;        /* (4E): seq_cnt, seq_p, imp, pv (cleared where a group ends, unused) */
+    int32_t *tk;      /* (n_max, k_max): each row's top-k, chosen by rows_each */
+};
+
+/* Experts per token of plan's pass when its rows' top-k fit tk (else -1). */
+static int rows_k(const moe_metrics_rows *r)
+{
+    const moe_plan *plan = r->plan;
+    const int k = plan->k < plan->E ? plan->k : plan->E;
+    return plan->E == r->mt->E && plan->n <= r->n_max && k >= 0 && k <= r->k_max ? k : -1;
+}
+
+/* rows_each: rows t0..t1-1 of the router's softmax p (rows, E): each row's Megatron routing map,
+ * moe_claims_topk of p, into tk (on the pass's threads). */
+static void rows_each(void *ctx, long t0, long t1, const double *p)
+{
+    const moe_metrics_rows *r = ctx;
+    const int k = rows_k(r), E = r->plan->E;
+    double val[ROWS_KMAX];
+    for (long t = t0; k >= 1 && t < t1; t++)
+        moe_claims_topk(p + (size_t)(t - t0) * E, E, k, r->tk + (size_t)t * k, val);
+}
+
+/* A pass over n = plan->n rows starts: the state of anchor_losses for its plan and options. */
+static void rows_start(moe_metrics_rows *r)
+{
+    const moe_plan *plan = r->plan;
+    const int n = plan->n, E = r->mt->E;
+    anc_state *st = &r->st;
+    *st = (anc_state){.plan = plan, .n = n, .E = E, .k = rows_k(r),
+                      .S = moe_metrics_span(r->mt->sequence_length, n),
+                      .gs = moe_metrics_span(r->mt->group_size, n), .score = r->mt->score};
+    st->own = st->score == MOE_SCORE_SIGMOID || st->score == MOE_SCORE_SQRTSOFTPLUS;
+    r->valid = st->k >= 0 && n % st->S == 0 && !st->own;
+    r->done = 0;
+    memset(r->d, 0, 4 * (size_t)E * sizeof *r->d);
+    st->seq_cnt = r->d, st->seq_p = r->d + E, st->imp = r->d + 2 * E, st->pv = r->d + 3 * E;
+    st->shared = st->S == st->gs; /* the same sums of p, ended together */
+    if (st->shared)
+        st->imp = st->seq_p;
+}
+
+/* rows_add: the rows t0..t1-1 (after rows_each), in token order: their routing maps and p into
+ * the sums exactly as the separate pass adds them (add_row). */
+static void rows_add(void *ctx, long t0, long t1, const double *p)
+{
+    moe_metrics_rows *r = ctx;
+    if (t0 == 0)
+        rows_start(r);
+    if (!r->valid || t0 != r->done) {
+        r->valid = 0;
+        return;
+    }
+    const int E = r->st.E, k = r->st.k;
+    for (long t = t0; t < t1; t++)
+        add_row(&r->st, (int)t, p + (size_t)(t - t0) * E, NULL, r->tk + (size_t)t * k, NULL,
+                NULL);
+    r->done = t1;
+}
+
+int moe_metrics_attach(moe_metrics *mt, moe_plan *plan, int n_max, int k)
+{
+    const int E = mt->E;
+    k = k < E ? k : E;
+    k = k < 0 ? 0 : k > ROWS_KMAX ? ROWS_KMAX + 1 : k; /* above ROWS_KMAX: never taken */
+    moe_metrics_rows *r = mt->rows;
+    if (r && (r->n_max < n_max || r->k_max < k)) {
+        moe_metrics_rows_free(r);
+        r = mt->rows = NULL;
+    }
+    if (!r) {
+        r = calloc(1, sizeof *r);
+        if (r) {
+            r->d = malloc(4 * (size_t)E * sizeof *r->d);
+            r->tk = malloc(((size_t)n_max * (size_t)(k <= ROWS_KMAX ? k : 0) + 1) *
+                           sizeof *r->tk);
+        }
+        if (!r || !r->d || !r->tk) {
+            moe_metrics_rows_free(r);
+            return moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of %d tokens)", n_max);
+        }
+        r->n_max = n_max;
+        r->k_max = k <= ROWS_KMAX ? k : -1;
+        mt->rows = r;
+    }
+    r->mt = mt;
+    r->plan = plan;
+    r->valid = 0;
+    plan->rows_each = rows_each;
+    plan->rows_add = rows_add;
+    plan->rows_ctx = r;
+    plan->rows_of = NULL;
+    return MOE_OK;
+}
+
+void moe_metrics_rows_free(moe_metrics_rows *r)
+{
+    if (!r)
+        return;
+    free(r->d);
+    free(r->tk);
+    free(r);
+}
+
+/* The sums of the router's rows when they are those of plan's logits and of anchor_losses'
+ * state st (same tokens, k, sequences, groups; no noise, softmax scores); else NULL. */
+static const anc_state *rows_sums(const moe_metrics *mt, const moe_plan *plan,
+                                  const double *logits, const anc_state *st)
+{
+    const moe_metrics_rows *r = mt->rows;
+    if (!r || r->plan != plan || plan->rows_of != logits || !r->valid || r->done != plan->n)
+        return NULL;
+    const anc_state *q = &r->st;
+    if (st->noisy || st->own || q->n != st->n || q->E != st->E || q->k != st->k ||
+        q->S != st->S || q->gs != st->gs || q->score != st->score)
+        return NULL;
+    return q;
 }
 
 /* seq_aux_loss, importance_loss_vmoe, load_loss_vmoe and load_loss_shazeer (docs/metrics.md)
@@ -455,7 +415,15 @@ static int anchor_losses(const moe_plan *plan, const double *logits, moe_metrics
     st.shared = fast && !st.own && st.S == st.gs; /* the same sums of p, ended together */
     if (st.shared)
         st.imp = st.seq_p;
-    int rc = anc_sums(&st, fast);
+    const anc_state *rs = fast ? rows_sums(mt, plan, logits, &st) : NULL;
+    int rc = MOE_OK;
+    if (rs) { /* the router's rows: their sums (load: no noise, set below) */
+        st.seq_sum = rs->seq_sum;
+        st.imp_sum = rs->imp_sum;
+        st.ngroups = rs->ngroups;
+    } else {
+        rc = anc_sums(&st, fast);
+    }
     if (!rc) {
         mt->seq_aux_loss = k >= 1 ? st.seq_sum / (n / st.S) : NAN;
         mt->importance_loss_vmoe = st.imp_sum / st.ngroups;

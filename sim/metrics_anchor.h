@@ -23,4 +23,8 @@ int moe_metrics_anchor(const moe_plan *plan, const double *logits, moe_metrics *
  * the two bit for bit. */
 int moe_metrics_anchor_reference(const moe_plan *plan, const double *logits, moe_metrics *mt);
 
+/* The state behind moe_metrics_attach (moe.h); moe_metrics_free frees it (NULL is a no-op). */
+typedef struct moe_metrics_rows moe_metrics_rows;
+void moe_metrics_rows_free(moe_metrics_rows *r);
+
 #endif

@@ -98,6 +98,16 @@ typedef struct {
     double noise_std;           /* the std of that noise */
     long rank_claims[2];        /* claims of choice rank 0 and 1 (token-choice routers) */
     long rank_kept[2];          /* of those, the claims kept within capacity */
+    /* An observer of the softmax rows the routers compute in their rows pass (moe_claims_rows),
+     * p = rows t0..t1-1 of the softmax (T,E) of the logits routed: rows_each(rows_ctx, t0, t1, p)
+     * once per block of rows, from the pass's threads in any order (per-row work), then
+     * rows_add(rows_ctx, t0, t1, p) for the same block, in token order, one call at a time (the
+     * sums). moe_metrics_attach sets them and the plan keeps them across resets; rows_of = those
+     * logits once the pass gave every row (NULL after a reset, as lse_of). */
+    void (*rows_each)(void *ctx, long t0, long t1, const double *p);
+    void (*rows_add)(void *ctx, long t0, long t1, const double *p);
+    void *rows_ctx;
+    const double *rows_of;
 } moe_plan;
 
 moe_plan *moe_plan_alloc(int n_max, int E, size_t cap_entries);
@@ -366,6 +376,8 @@ typedef struct {
      * routing options pad every expert to C rows (pad_to_capacity), else useful */
     int pad_to_capacity;               /* from moe_metrics_set_opts */
     double flops_expert_executed;
+    struct moe_metrics_rows *rows;     /* the sums over the router's softmax rows, or NULL
+                                        * (moe_metrics_attach) */
 } moe_metrics;
 
 moe_metrics *moe_metrics_alloc(int E);
@@ -379,6 +391,15 @@ int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f
  * padding to capacity (pad_to_capacity: flops_expert_executed).
  * Errors: groups that do not divide E. */
 int moe_metrics_set_opts(moe_metrics *mt, const moe_route_opts *o);
+/* Let the metrics of the plans routed into plan (up to n_max tokens, k experts each: the
+ * router's) read the router's own softmax rows: plan's rows observer (moe_plan.rows_each,
+ * rows_add) adds each row's terms of seq_aux_loss and
+ * importance_loss_vmoe as the router's rows pass produces them, and moe_metrics_compute then
+ * takes those sums instead of taking every row's exponentials again (docs/metrics.md: the
+ * softmax is then the router's exp(L - max) / sum instead of exp(L - lse)). Plans of routers
+ * without a rows pass, noisy plans and Megatron's own scores keep the separate pass. mt must
+ * outlive every routing into plan. MOE_ENOMEM when out of memory. */
+int moe_metrics_attach(moe_metrics *mt, moe_plan *plan, int n_max, int k);
 /* Write the metrics as JSON (keys and order from the metric table) to a temporary name and
  * rename. */
 int moe_metrics_write_json(const moe_metrics *mt, const char *router, const char *path);

@@ -310,6 +310,8 @@ int moe_pipeline_alloc(const moe_pipeline_cfg *cfg, moe_pipeline **out)
     }
     if (!rc && p->mt) /* expert groups, routing groups, sequences of the metrics */
         rc = moe_metrics_set_opts(p->mt, &p->r->opts);
+    if (!rc && p->mt) /* the metrics read the router's softmax rows as it computes them */
+        rc = moe_metrics_attach(p->mt, p->plan, T, p->r->k);
     if (!rc && cfg->w)
         rc = moe_pipeline_set_experts(p, cfg->w);
     if (!rc && cfg->ep)

@@ -59,6 +59,7 @@ int moe_plan_reset(moe_plan *p, int n, int E, int m)
     p->n_claims = 0;
     p->aux_loss = 0.0;
     p->lse_of = NULL;
+    p->rows_of = NULL;
     p->noisy_logits = NULL;
     p->noise_std = 0.0;
     p->rank_claims[0] = p->rank_claims[1] = p->rank_kept[0] = p->rank_kept[1] = 0;

@@ -1,15 +1,13 @@
 /* test_metrics_fused.c: the anchor losses of moe_metrics_anchor (sim/metrics_anchor.c: terms in
- * chunks of rows on the threads, vector exp, a top-k that passes over values below a bound,
- * sums added in chunk order) against its algorithmic reference moe_metrics_anchor_reference
+ * chunks of rows on the threads, vector exp, the routers' top-k, sums added in chunk order) against its algorithmic reference moe_metrics_anchor_reference
  * (one serial loop over tokens, the C library's exp, moe_claims_topk of routers/claims.h), bit
  * for bit, on 1, 2 and 3 threads: seq_aux_loss, importance_loss_vmoe, load_loss_vmoe and
  * load_loss_shazeer. Logits N(0,1) from a fixed PCG seed, or rounded to multiples of 1/2 (many
  * equal values: ties in the top-k, to the lower index), with some -inf entries, rows holding
  * NaN (their logsumexp is NaN), gate noise (noisy logits L + N(0,1)), Megatron's own scores
- * (sigmoid, sqrt(softplus)), sequences and routing groups; E from 8 to 256 (rows of 16 or more
- * take the bounded top-k, shorter rows the plain one; E not a multiple of 8 leaves a tail
- * outside the 8 lanes) and k from 1 to E (k = 1 takes the maximum, k > 8 the first k values
- * as the bound). The reference's values themselves are checked against NumPy
+ * (sigmoid, sqrt(softplus)), sequences and routing groups; E from 8 to 256 (E not a multiple of
+ * 8 leaves a tail outside the vector lanes) and k from 1 to E (k = 1 the maximum, k <= 8 the
+ * vector selection of routers/select.c, k > 8 the routers' scalar one). The reference's values themselves are checked against NumPy
  * re-implementations of the libraries in tests/test_metrics_anchor.c.
  * Also the experts-per-token and groups-touched histograms of a plan whose entries come in
  * expert order (counted from (T,E) marks, eight at a time) against a direct count here. */
