@@ -19,6 +19,7 @@
 #include "../routers/par.h"
 #include "../routers/ranked.h"
 #include "../routers/sinkhorn.h"
+#include "route_helper.h"
 
 #include <gsl/gsl_randist.h>
 #include <math.h>
@@ -121,17 +122,7 @@ static void ref_order(const double *v, int E, int *idx)
 
 static moe_plan *route(const char *name, moe_route_opts *o, int E, int threads)
 {
-    moe_par_set_threads(threads);
-    moe_router *r = NULL;
-    moe_plan *p = moe_plan_alloc(N, E, 16);
-    int rc = moe_router_alloc(moe_router_find(name), o, N, E, &r);
-    moe_route_in in = {N, E, L, NULL, NULL, NULL, NULL, NULL, 0, NULL, NULL};
-    if (!rc)
-        rc = moe_router_route(r, &in, p);
-    CHECK(rc == 0, "%s, %d threads: %s", name, threads, moe_errmsg());
-    moe_router_free(r);
-    moe_par_set_threads(0);
-    return p;
+    return route_helper(name, o, N, E, L, NULL, NULL, threads);
 }
 
 static void check_ref(const char *what, const moe_plan *p)
@@ -269,23 +260,6 @@ static void test_definitions(gsl_rng *r)
 
 /* ---- 1 and 2 threads with capacity, every order ---- */
 
-static int same_plan(const moe_plan *a, const moe_plan *b, int E)
-{
-    if (a->n_entries != b->n_entries || a->capacity != b->capacity ||
-        a->n_claims != b->n_claims || memcmp(&a->aux_loss, &b->aux_loss, sizeof a->aux_loss) ||
-        a->rank_claims[0] != b->rank_claims[0] || a->rank_claims[1] != b->rank_claims[1] ||
-        a->rank_kept[0] != b->rank_kept[0] || a->rank_kept[1] != b->rank_kept[1])
-        return 0;
-    for (size_t i = 0; i < a->n_entries; i++) {
-        const moe_entry *x = &a->entries[i], *y = &b->entries[i];
-        if (x->token != y->token || x->expert != y->expert || x->slot != y->slot ||
-            memcmp(&x->combine_w, &y->combine_w, sizeof x->combine_w))
-            return 0;
-    }
-    return memcmp(a->assigned_load, b->assigned_load, (size_t)E * sizeof *a->assigned_load) == 0 &&
-           memcmp(a->importance, b->importance, (size_t)E * sizeof *a->importance) == 0;
-}
-
 static void test_threads(gsl_rng *r)
 {
     const int E = EN;
@@ -303,7 +277,8 @@ static void test_threads(gsl_rng *r)
             o.k = rs[i].k, o.order = orders[q];
             o.cf_set = 1, o.cf_num = 3, o.cf_den = 4; /* drops: C below the mean load */
             moe_plan *a = route(rs[i].name, &o, E, 1), *b = route(rs[i].name, &o, E, 2);
-            CHECK(a->n_entries > 0 && a->n_entries < (size_t)a->n_claims && same_plan(a, b, E),
+            CHECK(a->n_entries > 0 && a->n_entries < (size_t)a->n_claims &&
+                      route_helper_same_plan(a, b, E),
                   "%s k=%d order %d, capacity factor 0.75: 1 and 2 threads differ (or nothing "
                   "dropped)", rs[i].name, rs[i].k, orders[q]);
             moe_plan_free(a), moe_plan_free(b);
