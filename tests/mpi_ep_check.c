@@ -205,7 +205,7 @@ static void run_case(const ep_case *c)
         logits[i] = lf[i];
     for (int t = 0; t < T; t++)
         ids[t] = (int64_t)((t * 7919) % 1000);
-    const moe_experts w = {E, D, F, c->act, w1, b1, w2, b2};
+    const moe_experts w = {E, D, F, c->act, w1, b1, w2, b2, NULL};
 
     moe_route_opts o;
     moe_route_opts_default(&o);
@@ -389,7 +389,7 @@ static void error_paths(void)
     moe_plan_reset(p, 16, 8, 8);
     p->capacity = 1;
     float buf[32 * 4] = {0};
-    const moe_experts w = {8, 4, 4, MOE_ACT_RELU, buf, buf, buf, buf};
+    const moe_experts w = {8, 4, 4, MOE_ACT_RELU, buf, buf, buf, buf, NULL};
     int rc = moe_ep_forward(ep, &w, p, buf, buf, 1, NULL);
     CHECK(rc != 0 && strstr(moe_errmsg(), "16 tokens"), "wrong plan shape accepted: %s",
           moe_errmsg());

@@ -138,7 +138,7 @@ int main(void)
     fill(w2, E * F * D, &seed, 0.45f);
     fill(b2, E * D, &seed, 0.1f);
     fill(wg, D * E, &seed, 0.5f);
-    const moe_experts ex = {E, D, F, MOE_ACT_GELU_TANH, w1, b1, w2, b2};
+    const moe_experts ex = {E, D, F, MOE_ACT_GELU_TANH, w1, b1, w2, b2, NULL};
     moe_route_opts o = opts_of("false"), od = opts_of("true");
     moe_plan *ref = route_direct(&o), *refd = route_direct(&od);
     CHECK(ref && ref->capacity == 2 && ref->n_entries == 4,
@@ -165,7 +165,7 @@ int main(void)
     cfg.flags = MOE_PIPE_LAYER | MOE_PIPE_METRICS;
     CHECK_INT(moe_pipeline_alloc(&cfg, &p), MOE_OK);
     CHECK_INT(moe_pipeline_run_batch(p, &b, NULL, NULL), MOE_EINVAL);
-    const moe_experts ex2 = {2, D, F, MOE_ACT_GELU_TANH, w1, b1, w2, b2};
+    const moe_experts ex2 = {2, D, F, MOE_ACT_GELU_TANH, w1, b1, w2, b2, NULL};
     CHECK_INT(moe_pipeline_set_experts(p, &ex2), MOE_EINVAL);
     moe_pipeline_free(p);
 

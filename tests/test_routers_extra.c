@@ -830,7 +830,7 @@ static void test_dense(void)
     CHECK(p->n_entries == N * E && bad == 0, "dense: %zu entries, %d with slot != token",
           p->n_entries, bad);
     check_close_arrays("dense combine weights vs softmax", P, pr, N * E, 1e-15, 1e-13);
-    moe_experts ex = {E, D, F, MOE_ACT_GELU_TANH, w1, b1, w2, b2};
+    moe_experts ex = {E, D, F, MOE_ACT_GELU_TANH, w1, b1, w2, b2, NULL};
     moe_layer *ly = moe_layer_alloc(N, E, N, D, F, MOE_ACT_GELU_TANH);
     CHECK(ly != NULL, "layer alloc");
     if (ly) {

@@ -249,7 +249,7 @@ static void check_forward(const char *router, int m, int act)
     double *got = malloc(N * D * sizeof *got), *ref = malloc(N * D * sizeof *ref);
     for (size_t i = 0; i < np; i++)
         wv[i] = (float)moe_train_param_get(tr, i);
-    moe_experts w = {E, D, F, act, wv + ng, wv + ng + (size_t)E * D * fw, NULL, NULL};
+    moe_experts w = {E, D, F, act, wv + ng, wv + ng + (size_t)E * D * fw, NULL, NULL, NULL};
     w.w2 = w.b1 + (size_t)E * fw;
     w.b2 = w.w2 + (size_t)E * F * D;
     const moe_plan *p = moe_train_last_plan(tr);
