@@ -21,6 +21,11 @@
 #                                     4 ranks), BATCHES batches, 1 seed, 16 error tokens;
 #                                     distributions gaussian and clustered (zipf_s 1.5); shape d
 #                                     16, f 32, E 8; EXTRA: more [experiment] lines (printf %b)
+#   e4_spec FILE NAME BATCHES LINES   the 50-token sweep of tests/t_pad_flops.sh and
+#                                     tests/t_preset_sweep.sh: [experiment] NAME with LINES
+#                                     (printf %b: routers or preset, shapes), 50 tokens, BATCHES
+#                                     batches, 1 seed, 16 error tokens; distribution g (gaussian);
+#                                     shape s: d 16, f 32, E 4 (more sections: append to FILE)
 #   chart_files DIR NAME              DIR/NAME.png is a non-empty PNG, DIR/NAME.svg a whole SVG,
 #                                     DIR/NAME.dat non-empty (3 checks)
 #   mpi_env                           Open MPI settings for mpirun in tests (after make_tmp)
@@ -97,6 +102,16 @@ ep_spec() {
         printf '\n[distribution.gaussian]\nsource = gaussian\n'
         printf '\n[distribution.clustered]\nsource = clustered\nzipf_s = 1.5\n'
         printf '\n[shape.s]\nd = 16\nf = 32\nE = 8\n'
+    } >"$1"
+}
+
+e4_spec() {
+    {
+        printf '; %s: the 50-token sweep of tests/%s.sh (tests/lib.sh e4_spec)\n' "$2" "$NAME"
+        printf '[experiment]\nname = %s\n%b\n' "$2" "$4"
+        printf 'tokens = 50\nbatches = %s\nseeds = 1\nerror_tokens = 16\n' "$3"
+        printf '\n[distribution.g]\nsource = gaussian\n'
+        printf '\n[shape.s]\nd = 16\nf = 32\nE = 4\n'
     } >"$1"
 }
 

@@ -9,15 +9,8 @@ NAME=t_pad_flops
 . tests/lib.sh
 make_tmp
 
-cat >"$tmp/s.ini" <<'INI'
-[experiment]
-name = pad_flops
-routers = plain padded
-tokens = 50
-batches = 2
-seeds = 1
-error_tokens = 16
-shapes = s shared
+e4_spec "$tmp/s.ini" pad_flops 2 'routers = plain padded\nshapes = s shared'
+cat >>"$tmp/s.ini" <<'INI'
 
 [router.plain]
 type = topk
@@ -25,14 +18,6 @@ type = topk
 [router.padded]
 type = topk
 pad_to_capacity = true
-
-[distribution.g]
-source = gaussian
-
-[shape.s]
-d = 16
-f = 32
-E = 4
 
 [shape.shared]
 d = 16

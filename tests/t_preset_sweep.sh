@@ -12,23 +12,8 @@ NAME=t_preset_sweep
 . tests/lib.sh
 make_tmp
 
-cat >"$tmp/p.ini" <<'INI'
-[experiment]
-name = preset_sweep
-preset = deepspeed_top2 fairseq_top2 megatron_topk vmoe_bpr flaxformer_tokens_choose
-tokens = 50
-batches = 1
-seeds = 1
-error_tokens = 16
-
-[distribution.g]
-source = gaussian
-
-[shape.s]
-d = 16
-f = 32
-E = 4
-INI
+e4_spec "$tmp/p.ini" preset_sweep 1 \
+    'preset = deepspeed_top2 fairseq_top2 megatron_topk vmoe_bpr flaxformer_tokens_choose'
 
 # 1. expansion: one point per preset, named after it
 status "dry run" 0 "$tmp/dry" "$M" run "$tmp/p.ini" --dry-run
@@ -103,11 +88,12 @@ err() {
     same "$d: message" "$(head -1 "$tmp/e.out")" "moesim: error: $msg"
     check "$d: no database" test ! -e "$tmp/e.db"
 }
+pline=$(grep -n '^preset = ' "$tmp/p.ini" | cut -d: -f1)
 sed 's/^preset = .*/preset = deepspeed_top2 bogus/' "$tmp/p.ini" >"$tmp/e1.ini"
-err "unknown preset" "unknown preset 'bogus' ($tmp/e1.ini:3, key experiment.preset)" "$tmp/e1.ini"
+err "unknown preset" "unknown preset 'bogus' ($tmp/e1.ini:$pline, key experiment.preset)" "$tmp/e1.ini"
 sed 's/^preset = \(.*\)/preset = \1\nrouters = topk/' "$tmp/p.ini" >"$tmp/e2.ini"
 err "routers and preset" \
-    "experiment.preset and experiment.routers both given ($tmp/e2.ini:3, key experiment.preset)" \
+    "experiment.preset and experiment.routers both given ($tmp/e2.ini:$pline, key experiment.preset)" \
     "$tmp/e2.ini"
 sed 's/^min_capacity = 30 0$/preset = mixtral/' "$tmp/p.ini" >"$tmp/e3.ini"
 line=$(grep -n '^preset = mixtral' "$tmp/e3.ini" | cut -d: -f1)
