@@ -96,6 +96,8 @@ oom:
     return NULL;
 }
 
+void moe_cluster_sim_set_pad(moe_cluster_sim *cs, int on) { cs->pad = on != 0; }
+
 void moe_cluster_add_load(const moe_plan *plan, double *load)
 {
     for (size_t i = 0; i < plan->n_entries; i++)
@@ -175,10 +177,12 @@ static void send_inter(moe_cluster_sim *cs, int dpn, int from, int to, double B)
 /* Token t from device src: its claims to devices, relays and bytes. Hierarchical: one network
  * copy per remote node to the relay with the sender's local index, forwarded within the node,
  * one copy per device. per_claim: one copy per claim on another device, sent straight there.
+ * Padded (cs->pad): only the tokens, claims packed and nodes; pad_rows sends the rows.
  * Returns the nodes touched. */
 static int route_token(moe_cluster_sim *cs, const moe_placement *pl, const moe_plan *plan,
                        int dpn, int t, int src, double B, int per_claim)
 {
+    const int send = !cs->pad;
     const int ppd = pl->P / pl->D, sn = src / dpn;
     int nodes = 0;
     for (int j = cs->tok_start[t]; j < cs->tok_start[t + 1]; j++) {
@@ -186,25 +190,64 @@ static int route_token(moe_cluster_sim *cs, const moe_placement *pl, const moe_p
         const int rep = j % pl->log_cnt[e];
         const int d = pl->log2phy[(size_t)e * (size_t)pl->max_cnt + (size_t)rep] / ppd;
         const int n = d / dpn, relay = n * dpn + src % dpn;
-        cs->rows[d]++;
+        cs->rows[d] += send;
         cs->packed[src]++;
-        if (per_claim && d != src)
+        if (send && per_claim && d != src)
             (n == sn ? send_intra : send_inter)(cs, dpn, src, d, B);
         if (cs->node_stamp[n] != t) {
             cs->node_stamp[n] = t;
             nodes++;
-            if (!per_claim && n != sn)
+            if (send && !per_claim && n != sn)
                 send_inter(cs, dpn, src, relay, B);
         }
         if (cs->dev_stamp[d] != t) {
             cs->dev_stamp[d] = t;
             cs->tokens_in[d]++;
             const int from = n == sn ? src : relay;
-            if (!per_claim && d != from)
+            if (send && !per_claim && d != from)
                 send_intra(cs, dpn, from, d, B);
         }
     }
     return nodes;
+}
+
+/* The slots g in [lo, hi) with g mod R = r. */
+static long slots_of_replica(long lo, long hi, int R, int r)
+{
+    const long first = lo + ((r - lo % R) % R + R) % R;
+    return first < hi ? (hi - 1 - first) / R + 1 : 0;
+}
+
+/* pad_to_capacity: every device q sends its whole (E, C_q) slot buffer (moe_cluster_sim_set_pad),
+ * n rows of B bytes at a time to each replica's device. */
+static void pad_rows(moe_cluster_sim *cs, const moe_placement *pl, long C, int dpn, double B,
+                     int per_claim)
+{
+    const int D = cs->D, ppd = pl->P / pl->D;
+    for (int q = 0; q < D; q++) {
+        const long lo = (long)((long long)q * C / D), hi = (long)((long long)(q + 1) * C / D);
+        const int sn = q / dpn;
+        for (int e = 0; e < pl->E && hi > lo; e++) {
+            const int R = pl->log_cnt[e];
+            for (int rep = 0; rep < R; rep++) {
+                const long n = slots_of_replica(lo, hi, R, rep);
+                const int d = pl->log2phy[(size_t)e * (size_t)pl->max_cnt + (size_t)rep] / ppd;
+                const int dn = d / dpn, relay = dn * dpn + q % dpn;
+                cs->rows[d] += n;
+                if (n == 0 || d == q)
+                    continue;
+                if (dn == sn) {
+                    send_intra(cs, dpn, q, d, (double)n * B);
+                } else if (per_claim) {
+                    send_inter(cs, dpn, q, d, (double)n * B);
+                } else {
+                    send_inter(cs, dpn, q, relay, (double)n * B);
+                    if (d != relay)
+                        send_intra(cs, dpn, relay, d, (double)n * B);
+                }
+            }
+        }
+    }
 }
 
 /* Peers a device sends to or receives from over one kind of link: the larger count. */
@@ -304,6 +347,8 @@ int moe_cluster_sim_run(moe_cluster_sim *cs, const moe_cluster_topo *t,
         nodes_sum += nodes;
     }
     cs->nodes_per_token = T > 0 ? (double)nodes_sum / T : 0.0;
+    if (cs->pad)
+        pad_rows(cs, pl, plan->capacity, dpn, B, t->per_claim);
     times(cs, t, flops_per_row, tflops);
     return MOE_OK;
 }

@@ -45,7 +45,8 @@ int moe_cluster_topo_check(const moe_cluster_topo *t, const char *where);
 typedef struct {
     int D, N;
     long *tokens_in;        /* tokens a device receives (one copy per token and device) */
-    long *rows;             /* expert rows a device computes (claims on its slots) */
+    long *rows;             /* expert rows a device computes (claims on its slots; padded:
+                             * its slot rows, moe_cluster_sim_set_pad) */
     long *packed;           /* claims of the tokens a device holds: rows it packs and unpacks */
     double *intra_send, *intra_recv, *inter_send, *inter_recv; /* bytes, dispatch direction */
     double *t_dispatch, *t_experts, *t_combine;                /* seconds, pack included */
@@ -61,6 +62,7 @@ typedef struct {
     int *dev_stamp, *node_stamp; /* (D), (N) */
     unsigned char *pair_intra, *pair_inter; /* (D,D) a sent anything to b */
     double row_bytes;           /* H * dtype_bytes of the last run */
+    int pad;                    /* pad_to_capacity: the padded slot buffers (moe_cluster_sim_set_pad) */
     int T_cap;
     size_t ent_cap;
 } moe_cluster_sim;
@@ -76,6 +78,16 @@ void moe_cluster_sim_free(moe_cluster_sim *cs); /* NULL is a no-op */
 int moe_cluster_sim_run(moe_cluster_sim *cs, const moe_cluster_topo *t,
                         const moe_placement *pl, const moe_plan *plan, int H,
                         double flops_per_row, double tflops);
+
+/* pad_to_capacity (on = 1): the capacity-padded layout of DeepSpeed, Tutel and moesim's
+ * per-rank expert parallelism. The plan's C slots of every expert are split over the devices as
+ * its tokens are (device q owns C_q = floor((q+1) C / D) - floor(q C / D) of them), and device q
+ * sends all E x C_q rows of its slot buffer, zero rows included: slot g of expert e goes to
+ * replica (g mod replicas) of e, straight to that device with per_claim, over the relay of the
+ * hierarchical all-to-all otherwise (each row its own copy: a slot holds no token to share).
+ * rows then counts these padded rows (every expert runs C rows in all), and the bytes and
+ * peers follow them; tokens_in, packed and the nodes per token stay those of the claims. */
+void moe_cluster_sim_set_pad(moe_cluster_sim *cs, int on);
 
 /* Add the plan's claims per expert to load (E): the warm-up statistics of greedy and EPLB. */
 void moe_cluster_add_load(const moe_plan *plan, double *load);

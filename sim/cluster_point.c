@@ -137,6 +137,8 @@ moe_cluster_run *moe_cluster_run_alloc(const moe_cluster_cfg *cfg, int E, int d,
     return r;
 }
 
+void moe_cluster_run_set_pad(moe_cluster_run *r, int on) { moe_cluster_sim_set_pad(r->cs, on); }
+
 static void accumulate(moe_cluster_result *res, const moe_cluster_sim *cs)
 {
     double md = 0, mx = 0, mc = 0;

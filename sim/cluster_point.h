@@ -46,6 +46,9 @@ typedef struct moe_cluster_run moe_cluster_run;
  * costs (swiglu ? 6 : 4) d f FLOPs and sends d * dtype_bytes bytes. */
 moe_cluster_run *moe_cluster_run_alloc(const moe_cluster_cfg *cfg, int E, int d, int f,
                                        int swiglu, int batches);
+/* The point pads every expert to its capacity (pad_to_capacity): the model sends and computes
+ * the padded rows (moe_cluster_sim_set_pad). */
+void moe_cluster_run_set_pad(moe_cluster_run *r, int on);
 /* Batch b's plan; tm and expert_flops give the measured rate (topologies with measured). */
 int moe_cluster_run_batch(moe_cluster_run *r, int b, const moe_plan *plan,
                           const moe_phase_times *tm, double expert_flops);

@@ -316,6 +316,8 @@ static int point_run(const moe_point *pt, volatile sig_atomic_t *stop, moe_point
         !(cr = moe_cluster_run_alloc(pt->cluster, E, pt->d, pt->f, pt->act == MOE_ACT_SWIGLU,
                                      pt->batches)))
         rc = MOE_EINVAL;
+    if (cr)
+        moe_cluster_run_set_pad(cr, pt->opts.pad_to_capacity);
     for (int b = 0; !rc && b < pt->batches; b++) {
         if (stop && *stop) {
             rc = moe_fail(MOE_EINVAL, NULL, "interrupted (point %s)", pt->config_key);

@@ -81,6 +81,27 @@ same "config keys name the configuration" \
 same "balancedness in (0, 1]" \
     "$(q "$db" 'SELECT count(*) FROM cluster_points WHERE balancedness <= 0 OR balancedness > 1')" 0
 
+# pad_to_capacity: the model sends and computes every expert's C padded rows (sim/cluster.h).
+# Hand-worked: top-2 with capacity, cf 1.5: C = ceil(2 * 64 * 1.5 / 16) = 12; contiguous, experts
+# 2d and 2d+1 on device d: 2 x 12 = 24 rows on every device in every batch. Device q owns
+# C_q = floor((q+1) 12 / 8) - floor(q 12 / 8) slots (1 2 1 2 1 2 1 2, 12 in all) and sends 2 C_q
+# rows to each other device: 4 remote devices = 8 C_q rows over the network (96 rows of
+# d x 2 = 32 bytes, 3072 bytes; devices count them sent and received: 6144), 3 devices of its
+# node straight (6 C_q) plus its relay's forwarding to 3 more (6 C_q): 144 rows, 9216 counted.
+"$MOESIM" run "$spec" --db "$tmp/p.db" --no-plots --set experiment.placement=contiguous \
+    --set experiment.redundant_experts=0 --set experiment.capacity_factors=1.5 \
+    --set router.topk.dropless=0 --set router.topk.pad_to_capacity=true \
+    >"$tmp/out" 2>"$tmp/err"
+check "padded cluster sweep exits 0 ($(cat "$tmp/err"))" test $? = 0
+same "padded: C = 12" "$(q "$tmp/p.db" 'SELECT capacity FROM points')" 12.0
+same "padded: 24 rows on every device" \
+    "$(q "$tmp/p.db" 'SELECT group_concat(rows, " ") FROM devices ORDER BY device')" \
+    "24.0 24.0 24.0 24.0 24.0 24.0 24.0 24.0"
+same "padded: bytes inter, intra" \
+    "$(q "$tmp/p.db" 'SELECT sum(bytes_inter) || " " || sum(bytes_intra) FROM devices')" \
+    "6144.0 9216.0"
+same "padded: balancedness 1" "$(q "$tmp/p.db" 'SELECT balancedness FROM cluster_points')" 1.0
+
 # a spec without clusters writes no cluster rows
 tiny_spec "$tmp/t.ini" t_nocluster "topk" g c
 "$MOESIM" run "$tmp/t.ini" --db "$tmp/n.db" --no-plots >/dev/null 2>&1

@@ -44,7 +44,22 @@
  *   96 us. Then cores = 1: each node's 2 devices run their local work on one processor, so
  *   the phase's local work is the node's sum, pack 2 x 6 = 12 us and unpack 2 x 2 = 4 us on
  *   every device: dispatch (34 34 34 54), combine (26 26 26 46), step 54 + 4 + 46 = 104 us;
- *   cores = 2 (one per device) leaves case G's first numbers. Refused: cores = -1. */
+ *   cores = 2 (one per device) leaves case G's first numbers. Refused: cores = -1.
+ * Case H: case A's plan with pad_to_capacity and capacity C = 4: device q owns C_q = 1 slot
+ *   of each of the 8 experts and sends its whole (E, 1) buffer, zero rows included: 2 rows
+ *   to each device (its 2 experts), keeping its own 2. rows (8 8 8 8) = E C / D, balancedness
+ *   1, experts 8 us each; tokens in, nodes and packed stay case A's.
+ *   Hierarchical: device q sends 2B intra to its node's other device, 4B over the network to
+ *   its relay on the other node (same local index), which forwards 2B of them to its
+ *   neighbour: intra send = recv = 4B, inter send = recv = 4B on every device, one peer each;
+ *   dispatch = (1 + 4) + (10 + 40) = 55 us, combine the same, step = 55 + 8 + 55 = 118 us;
+ *   node bytes 8B in each of the 4 cells.
+ *   per_claim: 2B intra to the neighbour, 2B straight to each remote device: intra 2B, inter
+ *   4B with 2 peers: dispatch = (1 + 2) + (20 + 40) = 63 us, step = 63 + 8 + 63 = 134 us;
+ *   node bytes 0->0 4B, 0->1 8B, 1->0 8B, 1->1 4B.
+ *   Case B padded with C = 4: device q owns slots 2q, 2q+1; slot g of an expert goes to
+ *   replica g mod 2 (device 0 for even g): every device computes 2 rows of each expert
+ *   (rows 4 4) and sends one row of each expert to the other, 2 x 16 bytes each way. */
 #include "check.h"
 #include "cluster.h"
 #include "moe.h"
@@ -144,6 +159,51 @@ static void check_case_d(moe_cluster_sim *cs, const moe_placement *pl, moe_plan 
           "negative pack term: %s", moe_errmsg());
 }
 
+/* Case H on case A's simulator, placement and plan (padded). */
+static void check_case_h(moe_cluster_sim *cs, const moe_placement *pl, moe_plan *plan)
+{
+    moe_cluster_topo t = topo_a();
+    plan_case_a(plan, 0);
+    plan->capacity = 4;
+    moe_cluster_sim_set_pad(cs, 1);
+    CHECK_INT(moe_cluster_sim_run(cs, &t, pl, plan, 500, 1e6, 1.0), 0);
+    const double B = 1000;
+    long tin[] = {3, 1, 2, 1};
+    double b4[] = {4 * B, 4 * B, 4 * B, 4 * B}, td[] = {55e-6, 55e-6, 55e-6, 55e-6},
+           tx[] = {8e-6, 8e-6, 8e-6, 8e-6}, nb[] = {8 * B, 8 * B, 8 * B, 8 * B};
+    for (int d = 0; d < 4; d++) {
+        CHECK_INT(cs->rows[d], 8);
+        CHECK_INT(cs->tokens_in[d], tin[d]);
+        CHECK_INT(cs->packed[d], 2);
+    }
+    check_close_arrays("padded intra_send", cs->intra_send, b4, 4, 0, 0);
+    check_close_arrays("padded intra_recv", cs->intra_recv, b4, 4, 0, 0);
+    check_close_arrays("padded inter_send", cs->inter_send, b4, 4, 0, 0);
+    check_close_arrays("padded inter_recv", cs->inter_recv, b4, 4, 0, 0);
+    check_close_arrays("padded t_dispatch", cs->t_dispatch, td, 4, 1e-18, 1e-12);
+    check_close_arrays("padded t_combine", cs->t_combine, td, 4, 1e-18, 1e-12);
+    check_close_arrays("padded t_experts", cs->t_experts, tx, 4, 1e-18, 1e-12);
+    check_close_arrays("padded node_bytes", cs->node_bytes, nb, 4, 0, 0);
+    CHECK_INT(cs->nodes_hist[1], 3);
+    CHECK_INT(cs->nodes_hist[2], 1);
+    CHECK_NEAR(cs->balancedness, 1.0, 0);
+    CHECK_NEAR(cs->t_step, 118e-6, 1e-18);
+    t.per_claim = 1;
+    CHECK_INT(moe_cluster_sim_run(cs, &t, pl, plan, 500, 1e6, 1.0), 0);
+    double b2[] = {2 * B, 2 * B, 2 * B, 2 * B}, tc[] = {63e-6, 63e-6, 63e-6, 63e-6},
+           nc[] = {4 * B, 8 * B, 8 * B, 4 * B};
+    for (int d = 0; d < 4; d++)
+        CHECK_INT(cs->rows[d], 8);
+    check_close_arrays("padded per_claim intra_send", cs->intra_send, b2, 4, 0, 0);
+    check_close_arrays("padded per_claim intra_recv", cs->intra_recv, b2, 4, 0, 0);
+    check_close_arrays("padded per_claim inter_send", cs->inter_send, b4, 4, 0, 0);
+    check_close_arrays("padded per_claim inter_recv", cs->inter_recv, b4, 4, 0, 0);
+    check_close_arrays("padded per_claim t_dispatch", cs->t_dispatch, tc, 4, 1e-18, 1e-12);
+    check_close_arrays("padded per_claim node_bytes", cs->node_bytes, nc, 4, 0, 0);
+    CHECK_NEAR(cs->t_step, 134e-6, 1e-18);
+    moe_cluster_sim_set_pad(cs, 0);
+}
+
 static void test_case_a(void)
 {
     moe_cluster_topo t = topo_a();
@@ -185,6 +245,7 @@ static void test_case_a(void)
     check_close_arrays("t_dispatch (reordered)", cs->t_dispatch, td, 4, 1e-18, 1e-12);
     CHECK_NEAR(cs->t_step, 50e-6, 1e-18);
     check_case_d(cs, pl, plan);
+    check_case_h(cs, pl, plan);
     moe_cluster_sim_free(cs);
     moe_placement_free(pl);
     moe_plan_free(plan);
@@ -216,6 +277,16 @@ static void test_case_b(void)
      * and token 2 to device 0, one intra copy each way, no network bytes */
     CHECK_NEAR(cs->intra_send[0], 16.0, 0);
     CHECK_NEAR(cs->intra_send[1], 16.0, 0);
+    CHECK_NEAR(cs->inter_send[0] + cs->inter_send[1], 0.0, 0);
+    /* case H: padded to C = 4 */
+    plan->capacity = 4;
+    moe_cluster_sim_set_pad(cs, 1);
+    CHECK_INT(moe_cluster_sim_run(cs, &t, &pl, plan, 8, 1.0, 1.0), 0);
+    CHECK_INT(cs->rows[0], 4);
+    CHECK_INT(cs->rows[1], 4);
+    CHECK_NEAR(cs->intra_send[0], 32.0, 0);
+    CHECK_NEAR(cs->intra_send[1], 32.0, 0);
+    CHECK_NEAR(cs->intra_recv[0], 32.0, 0);
     CHECK_NEAR(cs->inter_send[0] + cs->inter_send[1], 0.0, 0);
     moe_cluster_sim_free(cs);
     moe_plan_free(plan);
