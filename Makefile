@@ -154,8 +154,9 @@ plots: moesim
 	./moesim plot results/$(basename $(notdir $(SPEC))).db
 
 # The whole suite ("plain:" pass), then again under AddressSanitizer + UndefinedBehaviorSanitizer
-# ("asan:" pass); the last line adds up both passes. The builds use every core (JOBS); the tests
-# run one after another.
+# ("asan:" pass); the last line adds up both passes. The builds use every core (JOBS); so do the
+# tests (tests/run.sh: TEST_JOBS at once, default every core; TEST_JOBS=1 runs them one after
+# another).
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 TEST_PREREQ = moesim $(B)/libmoesim.so $(TEST_BIN) $(B)/moesim-perturb $(MPI_TEST:%=$(B)/%)
 test:

@@ -38,6 +38,8 @@
 # MPI library, so the 4 factor checks are skipped (counted); every other check runs.
 # Also: calibrate refuses a job of one rank and a --ranks that does not match the job.
 # Prints "t_calib: N passed, N failed" last.
+# run.sh: alone in the plain pass (its factor checks compare this machine's timings: no other
+# test may load it; the sanitizer pass skips them)
 NAME=t_calib
 . tests/lib.sh
 

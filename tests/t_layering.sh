@@ -10,6 +10,7 @@
 #     a function it cannot find the end of is reported too) and no file over 1000 lines.
 # Each checker first runs on fixtures written here, with the answers worked out by hand from
 # their text, so a checker that silently finds nothing fails.
+# run.sh: plain only (it reads the sources, not a binary: the sanitizer pass adds nothing)
 NAME=t_layering
 . tests/lib.sh
 

@@ -10,9 +10,10 @@
 # such, without valgrind and for the ASan build (ASan and valgrind do not mix).
 #
 # valgrind (3.19) cannot decode AVX-512: a binary built with -march=native on an AVX-512 CPU
-# dies with SIGILL under it. Then this test builds a portable copy (CFLAGS="-O1 -g") in
-# BUILD-valgrind/ and checks that one, and keeps OpenBLAS on its AVX2 kernels
+# dies with SIGILL under it. Then this test builds a portable copy (CFLAGS="-O1 -g", on every
+# processor) in BUILD-valgrind/ and checks that one, and keeps OpenBLAS on its AVX2 kernels
 # (OPENBLAS_CORETYPE=Haswell) unless OPENBLAS_CORETYPE is already set.
+# run.sh: plain only (valgrind does not run an AddressSanitizer build: all its checks skip there)
 NAME=t_memcheck
 . tests/lib.sh
 NCHECKS=10
@@ -52,7 +53,8 @@ $VG -q "$M" route --router topk --logits tests/fixtures/errors/good.npy --plan "
 if grep -q 'SIGILL\|Illegal opcode\|unhandled instruction' "$T/probe.err"; then
     VB="$BUILD-valgrind"
     echo "t_memcheck: $M uses instructions valgrind cannot run (-march=native); building $VB/moesim with CFLAGS=\"-O1 -g\""
-    if ! ${MAKE:-make} --no-print-directory B="$VB" CFLAGS="-O1 -g" "$VB/moesim" >"$T/build.log" 2>&1; then
+    if ! ${MAKE:-make} --no-print-directory -j"$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)" \
+        B="$VB" CFLAGS="-O1 -g" "$VB/moesim" >"$T/build.log" 2>&1; then
         no "build of $VB/moesim failed: $(tail -5 "$T/build.log")"
         finish
     fi

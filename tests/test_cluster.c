@@ -89,6 +89,21 @@ static void plan_case_a(moe_plan *plan, int reversed)
         }
 }
 
+/* The four byte arrays of cs (4 devices): intra-node sent and received, network sent and
+ * received, exactly. */
+static void check_bytes(const char *what, const moe_cluster_sim *cs, const double *is,
+                        const double *ir, const double *es, const double *er)
+{
+    char m[96];
+    const double *got[] = {cs->intra_send, cs->intra_recv, cs->inter_send, cs->inter_recv};
+    const double *want[] = {is, ir, es, er};
+    const char *name[] = {"intra_send", "intra_recv", "inter_send", "inter_recv"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(m, sizeof m, "%s%s", what, name[i]);
+        check_close_arrays(m, got[i], want[i], 4, 0, 0);
+    }
+}
+
 /* Case D on case A's simulator, placement and plan. */
 static void check_case_d(moe_cluster_sim *cs, const moe_placement *pl, moe_plan *plan)
 {
@@ -105,10 +120,7 @@ static void check_case_d(moe_cluster_sim *cs, const moe_placement *pl, moe_plan 
         CHECK_INT(cs->rows[d], rows[d]);
         CHECK_INT(cs->tokens_in[d], tin[d]);
     }
-    check_close_arrays("per_claim intra_send", cs->intra_send, is, 4, 0, 0);
-    check_close_arrays("per_claim intra_recv", cs->intra_recv, ir, 4, 0, 0);
-    check_close_arrays("per_claim inter_send", cs->inter_send, es, 4, 0, 0);
-    check_close_arrays("per_claim inter_recv", cs->inter_recv, er, 4, 0, 0);
+    check_bytes("per_claim ", cs, is, ir, es, er);
     check_close_arrays("per_claim t_dispatch", cs->t_dispatch, td, 4, 1e-18, 1e-12);
     check_close_arrays("per_claim t_combine", cs->t_combine, td, 4, 1e-18, 1e-12);
     check_close_arrays("per_claim node_bytes", cs->node_bytes, nb, 4, 0, 0);
@@ -176,10 +188,7 @@ static void check_case_h(moe_cluster_sim *cs, const moe_placement *pl, moe_plan 
         CHECK_INT(cs->tokens_in[d], tin[d]);
         CHECK_INT(cs->packed[d], 2);
     }
-    check_close_arrays("padded intra_send", cs->intra_send, b4, 4, 0, 0);
-    check_close_arrays("padded intra_recv", cs->intra_recv, b4, 4, 0, 0);
-    check_close_arrays("padded inter_send", cs->inter_send, b4, 4, 0, 0);
-    check_close_arrays("padded inter_recv", cs->inter_recv, b4, 4, 0, 0);
+    check_bytes("padded ", cs, b4, b4, b4, b4);
     check_close_arrays("padded t_dispatch", cs->t_dispatch, td, 4, 1e-18, 1e-12);
     check_close_arrays("padded t_combine", cs->t_combine, td, 4, 1e-18, 1e-12);
     check_close_arrays("padded t_experts", cs->t_experts, tx, 4, 1e-18, 1e-12);
@@ -194,10 +203,7 @@ static void check_case_h(moe_cluster_sim *cs, const moe_placement *pl, moe_plan 
            nc[] = {4 * B, 8 * B, 8 * B, 4 * B};
     for (int d = 0; d < 4; d++)
         CHECK_INT(cs->rows[d], 8);
-    check_close_arrays("padded per_claim intra_send", cs->intra_send, b2, 4, 0, 0);
-    check_close_arrays("padded per_claim intra_recv", cs->intra_recv, b2, 4, 0, 0);
-    check_close_arrays("padded per_claim inter_send", cs->inter_send, b4, 4, 0, 0);
-    check_close_arrays("padded per_claim inter_recv", cs->inter_recv, b4, 4, 0, 0);
+    check_bytes("padded per_claim ", cs, b2, b2, b4, b4);
     check_close_arrays("padded per_claim t_dispatch", cs->t_dispatch, tc, 4, 1e-18, 1e-12);
     check_close_arrays("padded per_claim node_bytes", cs->node_bytes, nc, 4, 0, 0);
     CHECK_NEAR(cs->t_step, 134e-6, 1e-18);
@@ -225,10 +231,7 @@ static void test_case_a(void)
         CHECK_INT(cs->rows[d], rows[d]);
         CHECK_INT(cs->tokens_in[d], tin[d]);
     }
-    check_close_arrays("intra_send", cs->intra_send, is, 4, 0, 0);
-    check_close_arrays("intra_recv", cs->intra_recv, ir, 4, 0, 0);
-    check_close_arrays("inter_send", cs->inter_send, es, 4, 0, 0);
-    check_close_arrays("inter_recv", cs->inter_recv, er, 4, 0, 0);
+    check_bytes("", cs, is, ir, es, er);
     check_close_arrays("t_dispatch", cs->t_dispatch, td, 4, 1e-18, 1e-12);
     check_close_arrays("t_combine", cs->t_combine, td, 4, 1e-18, 1e-12);
     check_close_arrays("t_experts", cs->t_experts, tx, 4, 1e-18, 1e-12);
