@@ -64,9 +64,10 @@ for s in tests/t_*.sh; do
 done
 npool=$n
 for s in $alone; do add "$s"; done
-# The order the pool starts its tests in: FIRST (the longest, as measured under both passes)
+# The order the pool starts its tests in: FIRST (the longest, as measured one after another)
 # first, so that no long test starts last.
-FIRST="t_memcheck t_mpi t_bench t_install t_regression t_run t_plot t_train t_limits t_layers"
+FIRST="t_memcheck t_plot t_report_html t_python t_regression t_results t_run t_plot_train t_mpi
+    t_train t_plot_seeds t_bench t_output_safety t_route_memory t_plot_cluster t_install"
 i=1
 while [ $i -le $npool ]; do
     echo "$(basename "$(cat "$W/t.$i")" .sh)"
