@@ -2,6 +2,9 @@
 #include "colselect.h"
 
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 enum { CAND_INSERTION = 16 }; /* runs sorted by insertion before merging */
 
@@ -88,4 +91,76 @@ void moe_cand_select(moe_cand *a, long m, long k, moe_cand *tmp)
         else
             lo = j + 1;
     }
+}
+
+/* ---- cut ---- */
+
+enum { CUT_SAMPLE = 32 };
+
+/* The candidates of a (m) with a score above x. Four candidates per vector: lanes 0, 2, 4, 6
+ * hold the scores. */
+static long cut_count(const moe_cand *a, long m, double x)
+{
+    long i = 0, c = 0;
+#if defined(__AVX512F__)
+    const __m512d xv = _mm512_set1_pd(x);
+    for (; i + 4 <= m; i += 4)
+        c += __builtin_popcount(
+            _mm512_mask_cmp_pd_mask(0x55, _mm512_loadu_pd((const double *)(a + i)), xv,
+                                    _CMP_GT_OQ));
+#endif
+    for (; i < m; i++)
+        c += a[i].v > x;
+    return c;
+}
+
+/* Keep the candidates of a (m) with a score above x, in order, at the front. */
+static void cut_keep(moe_cand *a, long m, double x)
+{
+    long i = 0, o = 0;
+#if defined(__AVX512F__)
+    const __m512d xv = _mm512_set1_pd(x);
+    for (; i + 4 <= m; i += 4) {
+        const __m512i c = _mm512_loadu_si512((const void *)(a + i));
+        const __mmask8 gt =
+            _mm512_mask_cmp_pd_mask(0x55, _mm512_castsi512_pd(c), xv, _CMP_GT_OQ);
+        /* whole candidates (score and token lanes) to the front: the store ends at or before
+         * a + i + 4, which is read already */
+        _mm512_storeu_si512((void *)(a + o),
+                            _mm512_maskz_compress_epi64((__mmask8)(gt | gt << 1), c));
+        o += __builtin_popcount(gt);
+    }
+#endif
+    for (; i < m; i++)
+        if (a[i].v > x)
+            a[o++] = a[i];
+}
+
+long moe_cand_cut(moe_cand *a, long m, long k, double *x, moe_cand *tmp)
+{
+    if (m >= 4 * CUT_SAMPLE) {
+        double s[CUT_SAMPLE];
+        for (int q = 0; q < CUT_SAMPLE; q++) { /* evenly spaced, sorted descending */
+            const double v = a[(2 * q + 1) * m / (2 * CUT_SAMPLE)].v;
+            int i = q;
+            for (; i > 0 && s[i - 1] < v; i--)
+                s[i] = s[i - 1];
+            s[i] = v;
+        }
+        /* sample score i has about (i + 1/2) m / 32 of the list above it */
+        long q = (k + (m - k) / 4) * CUT_SAMPLE / m;
+        for (int tries = 0; tries < 3 && q < CUT_SAMPLE; tries++, q += 4) {
+            const long c = cut_count(a, m, s[q]);
+            if (c >= k) {
+                if (c > m - (m - k) / 8)
+                    break; /* frees too little */
+                cut_keep(a, m, s[q]);
+                *x = s[q];
+                return c;
+            }
+        }
+    }
+    moe_cand_select(a, m, k, tmp);
+    *x = a[k - 1].v;
+    return k;
 }

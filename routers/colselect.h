@@ -27,6 +27,15 @@ static inline int moe_cand_better(moe_cand a, moe_cand b)
  * tmp (m): scratch. */
 void moe_cand_select(moe_cand *a, long m, long k, moe_cand *tmp);
 
+/* Shorten a list a (m) of which only the best k (1 <= k < m) are wanted, keeping every one of
+ * them: the candidates with a score above x stay (moved to the front, in their order), where x
+ * is a score of the list with at least k candidates above it, taken from a sample of 32 so that
+ * about k + (m - k) / 4 stay; when no sampled score will do (many equal scores), the best k
+ * stay (moe_cand_select) and x is the k-th best's score. Returns the number kept; *x = x. A
+ * candidate with a score <= x cannot be among the best k of the list, nor of the list with
+ * later tokens added. Eight lanes at a time where the CPU has AVX-512. tmp (m): scratch. */
+long moe_cand_cut(moe_cand *a, long m, long k, double *x, moe_cand *tmp);
+
 /* Sort a (m) best first (merge sort, O(m log m)); tmp (m): scratch. */
 void moe_cand_sort(moe_cand *a, long m, moe_cand *tmp);
 

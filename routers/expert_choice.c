@@ -114,11 +114,8 @@ static inline void ec_offer(const ec_job *j, moe_cand *list, long *cnt, double *
                             moe_cand *scr, double v, int32_t t)
 {
     list[(*cnt)++] = (moe_cand){v, t};
-    if (*cnt == j->room && *cnt > cap) { /* full: keep the best cap */
-        moe_cand_select(list, *cnt, cap, scr);
-        *cnt = cap;
-        *thr = list[cap - 1].v;
-    }
+    if (*cnt == j->room && *cnt > cap) /* full: keep what can be among the best cap */
+        *cnt = moe_cand_cut(list, *cnt, cap, thr, scr);
 }
 
 /* The experts whose threshold the softmax row of token t beats (most tokens: none). */
