@@ -945,25 +945,31 @@ static int dv_same(const moe_plan *p, int n, int E, int k, const int32_t *ex, co
 
 /* Logits quantised to quarters (sigmoid scores tie, so do keys with equal biases), n = 3001
  * (odd); each case routes two batches with one router: the first with the bias at 0, the second
- * with the bias its observe step gave (rate 1/64: 0 or +-1/64 per expert). */
+ * with the bias its observe step gave (rate 1/64: 0 or +-1/64 per expert). One shape has the
+ * logits times 24 (scores of exactly 1.0 and near 0: the selection that starts from the logits
+ * alone must step aside there). */
 static void test_dsv3_prev(void)
 {
-    static double L[DV_N * DV_EMAX], g[DV_N * 8];
+    static double L0[DV_N * DV_EMAX], L1[DV_N * DV_EMAX], g[DV_N * 8];
     static int32_t ex[DV_N * 8];
     gsl_rng *rg = moe_rng_alloc(37, MOE_STREAM_TOKENS);
-    for (int i = 0; i < DV_N * DV_EMAX; i++)
-        L[i] = round(4.0 * gsl_ran_gaussian_ziggurat(rg, 1.0)) / 4.0;
+    for (int i = 0; i < DV_N * DV_EMAX; i++) {
+        L0[i] = round(4.0 * gsl_ran_gaussian_ziggurat(rg, 1.0)) / 4.0;
+        L1[i] = 24.0 * L0[i];
+    }
     gsl_rng_free(rg);
     moe_plan *p = moe_plan_alloc(DV_N, DV_EMAX, 16);
     static const struct {
-        int E, k, groups, topk_groups;
-    } shapes[] = {{37, 2, 0, 0}, {37, 8, 0, 0}, {64, 8, 0, 0}, {64, 8, 8, 3}};
+        int E, k, groups, topk_groups, wide;
+    } shapes[] = {{37, 2, 0, 0, 0}, {37, 8, 0, 0, 0}, {64, 8, 0, 0, 0}, {64, 8, 8, 3, 0},
+                  {64, 4, 0, 0, 1}};
     static const long long cf[][2] = {{0, 0}, {1, 2}, {1, 1}, {2, 1}}; /* {0, 0}: dropless */
     int bad = 0, cases = 0;
-    for (int sh = 0; sh < 4; sh++)
+    for (int sh = 0; sh < 5; sh++)
         for (int c = 0; c < 4; c++)
             for (int th = 1; th <= 3; th++) {
                 const int E = shapes[sh].E, k = shapes[sh].k;
+                const double *L = shapes[sh].wide ? L1 : L0;
                 moe_route_opts o = opts();
                 o.k = k, o.bias_rate = 1.0 / 64;
                 o.groups = shapes[sh].groups, o.topk_groups = shapes[sh].topk_groups;
@@ -998,7 +1004,7 @@ static void test_dsv3_prev(void)
                 moe_par_set_grain(0);
                 moe_par_set_threads(0);
             }
-    CHECK(bad == 0 && cases == 4 * 4 * 3 * 2, "dsv3_bias: %d of %d plans differ from the "
+    CHECK(bad == 0 && cases == 5 * 4 * 3 * 2, "dsv3_bias: %d of %d plans differ from the "
           "previous implementation", bad, cases);
     moe_plan_free(p);
 }
