@@ -186,8 +186,12 @@ static void ec_merge(void *arg, int i, int np)
                 g[m + q] = l[q];
             m += c;
         }
-        if (m > j->C) /* m >= C: block p holds min(C, its tokens) */
-            moe_cand_select(g, m, j->C, tmp);
+        if (m > j->C) { /* m >= C: block p holds min(C, its tokens) */
+            double x;
+            m = moe_cand_cut(g, m, j->C, &x, tmp);
+            if (m > j->C)
+                moe_cand_select(g, m, j->C, tmp);
+        }
         moe_cand_sort(g, j->C, tmp);
         double imp = 0.0;
         moe_entry *out = j->out + e * j->C;
