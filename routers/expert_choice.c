@@ -28,13 +28,14 @@
  *      holding at least the best cap = min(C, block) tokens of the block seen so far: a row is
  *      compared with the experts' thresholds eight experts at a time, and a token joins an
  *      expert's list only when its score is strictly above the threshold. When a list reaches
- *      its room of 2 cap + 32, a selection (colselect.h) keeps its best cap and the threshold
- *      becomes the cap-th best score: a later token with that score comes after all of them and
- *      can never be among the block's best cap. Most tokens cost one vector comparison per
- *      eight experts.
+ *      its room of 2 cap + 32, it is cut (moe_cand_cut, colselect.h) to the candidates above a
+ *      score x with at least cap candidates above it, and the threshold becomes x: a later
+ *      token with a score <= x can never be among the block's best cap (with x = the cap-th
+ *      best score, the fallback, a later token with that score comes after all of them). Most
+ *      tokens cost one vector comparison per eight experts.
  *   2. Per expert (ranges of experts on the threads): the blocks' lists together hold the
- *      expert's best C; a selection keeps them, a sort orders them, and they are written as
- *      the expert's entries in slot order. */
+ *      expert's best C; a cut and a selection keep them, a sort orders them, and they are
+ *      written as the expert's entries in slot order. */
 
 /* ---- workspace ---- */
 
