@@ -1,19 +1,11 @@
 /* test_routers_ec_soft.c: the expert_choice and soft_moe routers (docs/routing.md section 3) on
  * hand-worked cases. Every expected plan below is worked by hand in the comment above it.
  * Logits such as ln 3 are chosen so that softmax values are simple fractions:
- * softmax([ln 3, 0]) = (3/4, 1/4), softmax([0, 0]) = (1/2, 1/2) exactly.
- * Then expert_choice on larger random cases against its previous implementation
- * (tests/ec_heap_ref.h: per-expert heaps, one thread), bit for bit, on 1, 2 and 3 threads, and
- * the candidate selection and sort of routers/colselect.h against qsort. */
+ * softmax([ln 3, 0]) = (3/4, 1/4), softmax([0, 0]) = (1/2, 1/2) exactly. */
 #include "check.h"
 #include "moe.h"
-#include "../routers/colselect.h"
-#include "ec_heap_ref.h"
-#include "route_helper.h"
 
-#include <gsl/gsl_randist.h>
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 /* ---- helpers ---- */
@@ -195,123 +187,6 @@ static void test_ec_combine(moe_plan *plan)
     check_entries("ec combine = S", plan, want, 3);
 }
 
-/* ---- expert_choice against its previous implementation ---- */
-
-enum { ECR_N = 5003, ECR_EMAX = 64 };
-
-/* Logits (n,E): quarters of N(0, 1) (scores tie within a column), and every third token a copy
- * of an earlier token's row (whole rows tie, as repeated token ids give through the gate). */
-static void ecr_fill(double *L, int n, int E, gsl_rng *g)
-{
-    for (int t = 0; t < n; t++)
-        for (int e = 0; e < E; e++)
-            L[(size_t)t * E + e] =
-                t % 3 == 2 ? L[(size_t)(t / 7) * E + e]
-                           : round(4.0 * gsl_ran_gaussian_ziggurat(g, 1.0)) / 4.0;
-}
-
-/* E in {8, 37, 64} (37: not a multiple of the vector width), n = 5003 and 1003 (odd), capacity
- * factors 1/2, 1 and 2, a capacity of 1 and one of n (cf = E caps C at n); the routers'
- * threads 1, 2, 3 with the default grain (one block below 4096 tokens) and with blocks of 500
- * tokens (lists that overflow and are cut many times, several blocks per thread). */
-static void test_ec_vs_heap(void)
-{
-    static double L[ECR_N * ECR_EMAX];
-    gsl_rng *g = moe_rng_alloc(29, 1);
-    moe_plan *ref = moe_plan_alloc(ECR_N, ECR_EMAX, 16);
-    static const int Es[] = {8, 37, 64}, ns[] = {ECR_N, 1003};
-    static const long long cf[][2] = {{1, 2}, {1, 1}, {2, 1}, {0, 0}, {-1, 0}};
-    int cases = 0;
-    for (int ie = 0; ie < 3; ie++)
-        for (int in = 0; in < 2; in++) {
-            const int E = Es[ie], n = ns[in];
-            ecr_fill(L, n, E, g);
-            for (int c = 0; c < 5; c++) {
-                moe_route_opts o;
-                moe_route_opts_default(&o);
-                if (cf[c][0] > 0)
-                    o.cf_set = 1, o.cf_num = cf[c][0], o.cf_den = cf[c][1];
-                else if (cf[c][0] == 0)
-                    o.capacity = 1;
-                else
-                    o.cf_set = 1, o.cf_num = E, o.cf_den = 1;
-                long C;
-                CHECK_INT(moe_capacity(&o, 1, n, E, &C), MOE_OK);
-                C = C < n ? C : n;
-                CHECK(ec_heap_ref_route(L, n, E, C, ref) == 0, "reference out of memory");
-                for (int grain = 0; grain <= 500; grain += 500)
-                    for (int th = 1; th <= 3; th++) {
-                        moe_par_set_grain(grain);
-                        moe_plan *p = route_helper("expert_choice", &o, n, E, L, NULL, NULL, th);
-                        moe_par_set_grain(0);
-                        CHECK(p->capacity == C && route_helper_same_plan(p, ref, E),
-                              "expert_choice E %d n %d capacity %ld (case %d), %d threads, grain "
-                              "%d: plan differs from the previous implementation",
-                              E, n, C, c, th, grain);
-                        moe_plan_free(p);
-                        cases++;
-                    }
-            }
-        }
-    CHECK_INT(cases, 3 * 2 * 5 * 2 * 3);
-    moe_plan_free(ref);
-    gsl_rng_free(g);
-}
-
-/* ---- candidate selection and sort (routers/colselect.h) ---- */
-
-static int cand_cmp(const void *a, const void *b)
-{
-    const moe_cand *x = a, *y = b;
-    return moe_cand_better(*x, *y) ? -1 : moe_cand_better(*y, *x) ? 1 : 0;
-}
-
-/* Lists of 1..3000 candidates in patterns that defeat simple pivots (sorted, reversed, all
- * scores equal with tokens shuffled or reversed, organ pipe, few distinct scores, random):
- * moe_cand_sort gives qsort's order of the total order; moe_cand_select(k) leaves at a[k-1]
- * qsort's k-th and the set of a[0..k) equal to qsort's first k. */
-static void test_colselect(void)
-{
-    enum { M = 3000 };
-    static moe_cand a[M], b[M], want[M], tmp[M];
-    gsl_rng *g = moe_rng_alloc(31, 1);
-    int bad_sort = 0, bad_sel = 0, lists = 0;
-    static const int lens[] = {1, 2, 3, 15, 16, 17, 100, 999, M};
-    for (int il = 0; il < 9; il++)
-        for (int pat = 0; pat < 7; pat++) {
-            const int m = lens[il];
-            for (int i = 0; i < m; i++) {
-                const int r = m - 1 - i;
-                double v = pat == 0 ? i : pat == 1 ? r : pat <= 3 ? 0.5
-                         : pat == 4 ? (i < m / 2 ? i : r) : pat == 5 ? (double)(i % 3)
-                                                                     : gsl_rng_uniform(g);
-                a[i] = (moe_cand){v, pat == 3 ? r : i};
-            }
-            if (pat == 2) /* equal scores, tokens shuffled */
-                gsl_ran_shuffle(g, a, (size_t)m, sizeof *a);
-            memcpy(want, a, (size_t)m * sizeof *a);
-            qsort(want, (size_t)m, sizeof *want, cand_cmp);
-            memcpy(b, a, (size_t)m * sizeof *a);
-            moe_cand_sort(b, m, tmp);
-            bad_sort += memcmp(b, want, (size_t)m * sizeof *b) != 0;
-            const long ks[] = {1, m / 3 + 1, m / 2 + 1, m};
-            for (int q = 0; q < 4; q++) {
-                const long k = ks[q];
-                memcpy(b, a, (size_t)m * sizeof *a);
-                moe_cand_select(b, m, k, tmp);
-                int ok = b[k - 1].v == want[k - 1].v && b[k - 1].t == want[k - 1].t;
-                qsort(b, (size_t)k, sizeof *b, cand_cmp);
-                ok = ok && memcmp(b, want, (size_t)k * sizeof *b) == 0;
-                bad_sel += !ok;
-            }
-            lists++;
-        }
-    CHECK(bad_sort == 0, "moe_cand_sort: %d of %d lists out of qsort's order", bad_sort, lists);
-    CHECK(bad_sel == 0, "moe_cand_select: %d of %d selections differ from qsort's first k",
-          bad_sel, 4 * lists);
-    gsl_rng_free(g);
-}
-
 /* ---- soft_moe ---- */
 
 static void test_soft_p1(moe_plan *plan)
@@ -446,8 +321,6 @@ int main(void)
     test_ec_capacity(plan);
     test_ec_odd_n(plan);
     test_ec_combine(plan);
-    test_ec_vs_heap();
-    test_colselect();
     test_soft_p1(plan);
     test_soft_p2(plan);
     test_soft_sums(plan);

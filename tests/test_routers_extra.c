@@ -11,10 +11,7 @@
  *   - sinkhorn: the converged matrix has column sums 1/E and row sums 1/n within tolerance;
  *     non-convergence is an error;
  *   - dsv3_bias: the sign rule on a 2-batch example, and over many batches of a skewed
- *     distribution the bias moves toward balance and the load imbalance falls; plans bit for
- *     bit equal to its previous per-token code (kept below, with the plan built from its
- *     choices) with ties, E = 37 and 64, k = 2 and 8, dropless and capacity factors 1/2, 1, 2,
- *     a bias of either sign, expert groups, on 1, 2 and 3 threads;
+ *     distribution the bias moves toward balance and the load imbalance falls;
  *   - dense: the plan's weights are the dense mixture weights p, and the layer output equals
  *     the dense mixture;
  *   - the registry lists the four after soft_moe, with their flags and default k.
@@ -23,12 +20,8 @@
 #include "check.h"
 #include "layer.h"
 #include "moe.h"
-#include "../routers/claims.h"
 #include "../routers/dsv3_bias.h"
-#include "../routers/par.h"
-#include "../routers/score.h"
 #include "../routers/sinkhorn.h"
-#include "vexp.h"
 
 #include <gsl/gsl_randist.h>
 #include <math.h>
@@ -851,164 +844,6 @@ static void test_dense(void)
     gsl_rng_free(g);
 }
 
-/* ---- dsv3_bias against its previous implementation ---- */
-
-enum { DV_N = 3001, DV_EMAX = 64 };
-
-/* One token's experts ex (k) and gates g (k) from logits lt (E) and bias b (E): dsv3_token of
- * routers/dsv3_bias.c at commit eae4a87, copied with its scalar loops. */
-static void dv_prev_token(const double *lt, const double *b, int E, int k, int32_t *ex, double *g)
-{
-    double s[DV_EMAX], key[DV_EMAX];
-    for (int e = 0; e < E; e++)
-        s[e] = -lt[e];
-    moe_vexp_shift(s, E, 0.0, s);
-    for (int e = 0; e < E; e++) {
-        s[e] = 1.0 / (1.0 + s[e]);
-        key[e] = s[e] + b[e];
-    }
-    moe_claims_topk(key, E, k, ex, g); /* ties: lower expert */
-    double sum = 0.0;
-    for (int j = 0; j < k; j++)
-        sum += s[ex[j]];
-    for (int j = 0; j < k; j++)
-        g[j] = s[ex[j]] / sum;
-}
-
-/* The choices (T,k) of every token: the previous code above, or with expert groups the
- * previous score-path loop of dsv3_route (moe_score_apply, then moe_score_token, per token). */
-static void dv_prev_choices(const double *L, int n, int E, const moe_route_opts *o,
-                            const double *b, int32_t *ex, double *g)
-{
-    moe_score_cfg sc;
-    moe_score_tmp *tmp = NULL;
-    if (o->groups) {
-        CHECK_INT(moe_score_setup(&sc, o, o->k, E, MOE_SCORE_SIGMOID, 1, "dsv3_bias"), MOE_OK);
-        tmp = moe_score_tmp_alloc(&sc, n);
-        CHECK(tmp != NULL, "score scratch");
-    }
-    for (int t = 0; t < n; t++) {
-        const double *lt = L + (size_t)t * E;
-        const size_t i0 = (size_t)t * o->k;
-        if (!tmp) {
-            dv_prev_token(lt, b, E, o->k, ex + i0, g + i0);
-            continue;
-        }
-        double *st = tmp->s + (size_t)t * E;
-        moe_score_apply(sc.score, lt, NULL, E, st);
-        moe_score_token(&sc, tmp, t, st, b, ex + i0, g + i0);
-    }
-    moe_score_tmp_free(tmp);
-}
-
-/* Compare plan p with the choice_major plan of the choices ex, g (T,k): the claims of rank 0 in
- * token order, then rank 1, ..., each taking its expert's next slot below C (C < 0: dropless,
- * C = the largest load); entries token-major, then by rank; loads and importance (gates summed
- * in token order, then rank) before capacity. */
-static int dv_same(const moe_plan *p, int n, int E, int k, const int32_t *ex, const double *g,
-                   long C)
-{
-    static long slot[DV_N * 8];
-    long fill[DV_EMAX] = {0}, load[DV_EMAX] = {0}, cmax = 0;
-    double imp[DV_EMAX] = {0};
-    for (int j = 0; j < k; j++)
-        for (int t = 0; t < n; t++) {
-            const int e = ex[(size_t)t * k + j];
-            slot[(size_t)t * k + j] = C < 0 || fill[e] < C ? fill[e]++ : -1;
-        }
-    for (int t = 0; t < n; t++)
-        for (int j = 0; j < k; j++) {
-            const int e = ex[(size_t)t * k + j];
-            load[e]++;
-            imp[e] += g[(size_t)t * k + j];
-            cmax = load[e] > cmax ? load[e] : cmax;
-        }
-    if (p->capacity != (C < 0 ? cmax : C) || p->n_claims != (long)n * k ||
-        memcmp(p->assigned_load, load, (size_t)E * sizeof *load) ||
-        memcmp(p->importance, imp, (size_t)E * sizeof *imp))
-        return 0;
-    size_t q = 0;
-    for (int t = 0; t < n; t++)
-        for (int j = 0; j < k; j++) {
-            const size_t i = (size_t)t * k + j;
-            if (slot[i] < 0)
-                continue;
-            if (q >= p->n_entries)
-                return 0;
-            const moe_entry *en = &p->entries[q++];
-            if (en->token != t || en->expert != ex[i] || en->slot != slot[i] ||
-                en->dispatch_w != 1.0 || memcmp(&en->combine_w, &g[i], sizeof g[i]))
-                return 0;
-        }
-    return q == p->n_entries;
-}
-
-/* Logits quantised to quarters (sigmoid scores tie, so do keys with equal biases), n = 3001
- * (odd); each case routes two batches with one router: the first with the bias at 0, the second
- * with the bias its observe step gave (rate 1/64: 0 or +-1/64 per expert). One shape has the
- * logits times 24 (scores of exactly 1.0 and near 0: the selection that starts from the logits
- * alone must step aside there). */
-static void test_dsv3_prev(void)
-{
-    static double L0[DV_N * DV_EMAX], L1[DV_N * DV_EMAX], g[DV_N * 8];
-    static int32_t ex[DV_N * 8];
-    gsl_rng *rg = moe_rng_alloc(37, MOE_STREAM_TOKENS);
-    for (int i = 0; i < DV_N * DV_EMAX; i++) {
-        L0[i] = round(4.0 * gsl_ran_gaussian_ziggurat(rg, 1.0)) / 4.0;
-        L1[i] = 24.0 * L0[i];
-    }
-    gsl_rng_free(rg);
-    moe_plan *p = moe_plan_alloc(DV_N, DV_EMAX, 16);
-    static const struct {
-        int E, k, groups, topk_groups, wide;
-    } shapes[] = {{37, 2, 0, 0, 0}, {37, 8, 0, 0, 0}, {64, 8, 0, 0, 0}, {64, 8, 8, 3, 0},
-                  {64, 4, 0, 0, 1}};
-    static const long long cf[][2] = {{0, 0}, {1, 2}, {1, 1}, {2, 1}}; /* {0, 0}: dropless */
-    int bad = 0, cases = 0;
-    for (int sh = 0; sh < 5; sh++)
-        for (int c = 0; c < 4; c++)
-            for (int th = 1; th <= 3; th++) {
-                const int E = shapes[sh].E, k = shapes[sh].k;
-                const double *L = shapes[sh].wide ? L1 : L0;
-                moe_route_opts o = opts();
-                o.k = k, o.bias_rate = 1.0 / 64;
-                o.groups = shapes[sh].groups, o.topk_groups = shapes[sh].topk_groups;
-                if (cf[c][0])
-                    o.cf_set = 1, o.cf_num = cf[c][0], o.cf_den = cf[c][1];
-                long C = -1;
-                if (cf[c][0])
-                    CHECK_INT(moe_capacity(&o, k, DV_N, E, &C), MOE_OK);
-                moe_par_set_threads(th);
-                moe_par_set_grain(th == 3 ? 256 : 0); /* 3 threads: many small blocks */
-                int rc;
-                moe_router *r = make("dsv3_bias", &o, DV_N, E, &rc);
-                CHECK(rc == MOE_OK, "dsv3 alloc: %s", moe_errmsg());
-                for (int batch = 0; r && batch < 2; batch++) {
-                    moe_route_in in;
-                    memset(&in, 0, sizeof in);
-                    in.n = DV_N, in.m = E, in.logits = L;
-                    double b[DV_EMAX];
-                    memcpy(b, moe_dsv3_bias_state(r), (size_t)E * sizeof *b);
-                    CHECK_INT(moe_router_route(r, &in, p), MOE_OK);
-                    dv_prev_choices(L, DV_N, E, &o, b, ex, g);
-                    if (!dv_same(p, DV_N, E, k, ex, g, C)) {
-                        bad++;
-                        fprintf(stderr, "dsv3 E %d k %d groups %d cf case %d, %d threads, "
-                                "batch %d: plan differs from the previous code\n", E, k,
-                                o.groups, c, th, batch);
-                    }
-                    r->type->observe(r, &in, p);
-                    cases++;
-                }
-                moe_router_free(r);
-                moe_par_set_grain(0);
-                moe_par_set_threads(0);
-            }
-    CHECK(bad == 0 && cases == 5 * 4 * 3 * 2, "dsv3_bias: %d of %d plans differ from the "
-          "previous implementation", bad, cases);
-    moe_plan_free(p);
-}
-
 int main(void)
 {
     test_registry();
@@ -1020,7 +855,6 @@ int main(void)
     test_sinkhorn_converged();
     test_dsv3_hand();
     test_dsv3_batches();
-    test_dsv3_prev();
     test_dense();
     return check_report("test_routers_extra");
 }
