@@ -28,6 +28,9 @@
 
 #include <math.h>
 #include <stdlib.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 extern const moe_router_type moe_router_dsv3_bias;
 
@@ -40,6 +43,7 @@ typedef struct {
     double *key;    /* (E) s + b */
     moe_score_cfg sc;    /* the score path (score.h); sc.is_default: the code below */
     moe_score_tmp *tmp;  /* its scratch, when not the default */
+    double bmin, bmax, margin; /* of the bias, for the batch being routed (dsv3_cands) */
 } dsv3_ws;
 
 static void dsv3_free(moe_router *r)
@@ -96,29 +100,127 @@ const double *moe_dsv3_bias_state(const moe_router *r)
 
 /* ---- routing ---- */
 
-/* Token t of logits lt (E): s = sigmoid(lt) and key = s + b into the scratch s and key (E),
- * then its k experts and gates. exp(-L) by moe_vexp_shift, the C library's exp bit for bit. */
-static void dsv3_token(dsv3_ws *w, int t, const double *lt, double *s, double *key)
+/* s (E) = sigmoid(lt) = 1 / (1 + exp(-lt)) and key (E) = s + b, eight experts at a time where
+ * the CPU has AVX-512 (the same operations on each element as the scalar loop, so the same
+ * bits). exp(-L) by moe_vexp_shift, the C library's exp bit for bit. */
+static void dsv3_scores(const double *lt, const double *b, int E, double *s, double *key)
 {
-    moe_claims *cl = w->cl;
-    const int E = cl->E, k = cl->K;
-    for (int e = 0; e < E; e++)
+    int e = 0;
+#if defined(__AVX512F__)
+    const __m512i sign = _mm512_set1_epi64((long long)0x8000000000000000ull);
+    for (; e + 8 <= E; e += 8) /* -lt: the sign bit flipped */
+        _mm512_storeu_si512((void *)(s + e),
+                            _mm512_xor_si512(_mm512_loadu_si512((const void *)(lt + e)), sign));
+#endif
+    for (; e < E; e++)
         s[e] = -lt[e];
     moe_vexp_shift(s, E, 0.0, s);
-    for (int e = 0; e < E; e++) {
-        s[e] = 1.0 / (1.0 + s[e]);
-        key[e] = s[e] + w->bias[e];
+    e = 0;
+#if defined(__AVX512F__)
+    const __m512d one = _mm512_set1_pd(1.0);
+    for (; e + 8 <= E; e += 8) {
+        const __m512d v = _mm512_div_pd(one, _mm512_add_pd(one, _mm512_loadu_pd(s + e)));
+        _mm512_storeu_pd(s + e, v);
+        _mm512_storeu_pd(key + e, _mm512_add_pd(v, _mm512_loadu_pd(b + e)));
     }
+#endif
+    for (; e < E; e++) {
+        s[e] = 1.0 / (1.0 + s[e]);
+        key[e] = s[e] + b[e];
+    }
+}
+
+/* Token t's experts ex (k) and gates from the scores s and keys key of its n candidates, whose
+ * experts are ci (n; NULL: the candidates are experts 0..n-1), in expert order. */
+static void dsv3_choose(moe_claims *cl, int t, const double *s, const double *key,
+                        const int64_t *ci, int n)
+{
+    const int k = cl->K;
     int32_t *ex = cl->expert + (size_t)t * k;
-    moe_claims_topk(key, E, k, ex, cl->gate + (size_t)t * k); /* ties: lower expert */
+    double *g = cl->gate + (size_t)t * k;
+    moe_claims_topk(key, n, k, ex, g); /* ties: lower candidate, so lower expert */
     double sum = 0.0;
     for (int j = 0; j < k; j++)
         sum += s[ex[j]];
     for (int j = 0; j < k; j++) {
-        const size_t i = (size_t)t * k + j;
-        cl->gate[i] = s[ex[j]] / sum;
-        cl->claim[i] = 1;
+        g[j] = s[ex[j]] / sum;
+        cl->claim[(size_t)t * k + j] = 1;
     }
+    for (int j = 0; ci && j < k; j++)
+        ex[j] = (int32_t)ci[ex[j]];
+}
+
+/* Token t of logits lt (E): its scores into the scratch s and key (E), then its k experts and
+ * gates. */
+static void dsv3_token(dsv3_ws *w, int t, const double *lt, double *s, double *key)
+{
+    dsv3_scores(lt, w->bias, w->cl->E, s, key);
+    dsv3_choose(w->cl, t, s, key, NULL, w->cl->E);
+}
+
+/* ---- candidates from the logits ----
+ * The k experts of a token can be found without every expert's exponential. The largest logit
+ * of each of eight lanes (experts e = i mod 8) belongs to eight distinct experts; for k <= 8
+ * the smallest of them, lk, has at least k experts with L >= lk, whose keys are >=
+ * sigmoid(lk) + bmin, so the k-th largest key is at least that. An expert with sigmoid(L) + bmax below it cannot be chosen:
+ * every expert with L below logit(sigmoid(lk) + bmin - bmax - margin) is left out, margin =
+ * 1e-9 (1 + max |b|), far above the rounding of the computed scores, keys and logit (about
+ * 1e-15 (1 + max |b|) with the scores bounded away from 0 and 1 as below). The candidates
+ * (usually 10-30 of 256) get their scores and keys exactly as dsv3_scores computes them for
+ * every expert, so the selection and gates are the same bits. */
+
+enum { DSV3_CAND_MAX = 512 };      /* experts handled this way; more: every expert scored */
+#define DSV3_SAFE 1e-6             /* sigmoid(lk) + bmin - bmax - margin in (SAFE, 1 - SAFE) */
+
+/* 1 when token t was routed from its candidates, 0 when the caller must score every expert
+ * (no AVX-512, k > 8, E outside 8..512, scores near 0 or 1, a wide bias, non-finite logits). */
+static int dsv3_cands(dsv3_ws *w, int t, const double *lt)
+{
+#if defined(__AVX512F__)
+    moe_claims *cl = w->cl;
+    const int E = cl->E, k = cl->K;
+    if (k > 8 || E < 8 || E > DSV3_CAND_MAX)
+        return 0;
+    const __m512d ninf = _mm512_set1_pd(-INFINITY);
+    __m512d m0 = ninf, m1 = ninf;
+    int e = 0;
+    for (; e + 16 <= E; e += 16) {
+        m0 = _mm512_max_pd(m0, _mm512_loadu_pd(lt + e));
+        m1 = _mm512_max_pd(m1, _mm512_loadu_pd(lt + e + 8));
+    }
+    for (; e < E; e += 8) {
+        const __mmask8 ld = E - e >= 8 ? 0xff : (__mmask8)((1u << (E - e)) - 1u);
+        m0 = _mm512_max_pd(m0, _mm512_mask_loadu_pd(ninf, ld, lt + e));
+    }
+    /* the smallest lane maximum: for k <= 8, k of the lane maxima are >= it */
+    const double lk = _mm512_reduce_min_pd(_mm512_max_pd(m0, m1));
+    const double y = 1.0 / (1.0 + exp(-lk)) + w->bmin - w->bmax - w->margin;
+    if (!(y > DSV3_SAFE && y < 1.0 - DSV3_SAFE))
+        return 0;
+    const __m512d lthr = _mm512_set1_pd(log(y) - log1p(-y)); /* logit(y) */
+    double cv[DSV3_CAND_MAX + 8], cb[DSV3_CAND_MAX], cs[DSV3_CAND_MAX], ck[DSV3_CAND_MAX];
+    int64_t ci[DSV3_CAND_MAX + 8];
+    __m512i iv = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    int n = 0;
+    for (e = 0; e < E; e += 8, iv = _mm512_add_epi64(iv, _mm512_set1_epi64(8))) {
+        const __mmask8 ld = E - e >= 8 ? 0xff : (__mmask8)((1u << (E - e)) - 1u);
+        const __m512d x = _mm512_mask_loadu_pd(ninf, ld, lt + e);
+        const __mmask8 c = _mm512_mask_cmp_pd_mask(ld, x, lthr, _CMP_GE_OQ);
+        _mm512_storeu_pd(cv + n, _mm512_maskz_compress_pd(c, x));
+        _mm512_storeu_si512((void *)(ci + n), _mm512_maskz_compress_epi64(c, iv));
+        n += __builtin_popcount(c);
+    }
+    if (n < k)
+        return 0; /* not with finite logits: the lane maxima are candidates */
+    for (int i = 0; i < n; i++)
+        cb[i] = w->bias[ci[i]];
+    dsv3_scores(cv, cb, n, cs, ck);
+    dsv3_choose(cl, t, cs, ck, ci, n);
+    return 1;
+#else
+    (void)w, (void)t, (void)lt;
+    return 0;
+#endif
 }
 
 enum { DSV3_ROW_MAX = 2048 }; /* experts whose scratch rows fit on a thread's stack */
@@ -127,8 +229,25 @@ enum { DSV3_ROW_MAX = 2048 }; /* experts whose scratch rows fit on a thread's st
 static void dsv3_row(void *ctx, int t, const double *lt, const double *pt)
 {
     (void)pt;
+    if (dsv3_cands(ctx, t, lt))
+        return;
     double s[DSV3_ROW_MAX], key[DSV3_ROW_MAX];
     dsv3_token(ctx, t, lt, s, key);
+}
+
+/* The rows pass's per-token work on the score path (score.h): scores from the logits lt and
+ * the softmax pt into row t of the path's scratch, then the token's experts and weights. */
+static void dsv3_score_row(void *ctx, int t, const double *lt, const double *pt)
+{
+    dsv3_ws *w = ctx;
+    moe_claims *cl = w->cl;
+    const int E = cl->E, k = cl->K;
+    const size_t i0 = (size_t)t * k;
+    double *st = w->tmp->s + (size_t)t * E;
+    moe_score_apply(w->sc.score, lt, pt, E, st);
+    moe_score_token(&w->sc, w->tmp, t, st, w->bias, cl->expert + i0, cl->gate + i0);
+    for (int j = 0; j < k; j++)
+        cl->claim[i0 + j] = 1;
 }
 
 static int dsv3_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
@@ -137,25 +256,23 @@ static int dsv3_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     moe_claims *cl = w->cl;
     const moe_route_opts *o = &r->opts;
     const int n = in->n, E = r->E, k = r->k;
-    const int on_rows = w->sc.is_default && E <= DSV3_ROW_MAX;
-    /* p for orders bpr and probs, and for the score path's scores */
-    if (w->sc.is_default)
-        moe_claims_scratch_p(cl, o->order);
-    else
-        cl->keep_p = 1;
-    cl->stats_in_rows = on_rows; /* the rows leave their claims final */
-    int rc = moe_claims_rows(cl, in->logits, n, on_rows ? dsv3_row : NULL, w, plan);
+    const int on_rows = !w->sc.is_default || E <= DSV3_ROW_MAX;
+    w->bmin = w->bmax = w->bias[0];
+    double babs = 0.0;
+    for (int e = 0; e < E; e++) {
+        w->bmin = w->bias[e] < w->bmin ? w->bias[e] : w->bmin;
+        w->bmax = w->bias[e] > w->bmax ? w->bias[e] : w->bmax;
+        babs = fabs(w->bias[e]) > babs ? fabs(w->bias[e]) : babs;
+    }
+    w->margin = 1e-9 * (1.0 + babs);
+    moe_claims_scratch_p(cl, o->order); /* p is kept only for order probs */
+    cl->stats_in_rows = on_rows;        /* the rows leave their claims final */
+    int rc = moe_claims_rows(cl, in->logits, n,
+                             !on_rows ? NULL : w->sc.is_default ? dsv3_row : dsv3_score_row, w,
+                             plan);
     if (rc)
         return rc;
-    for (int t = 0; !w->sc.is_default && t < n; t++) { /* the score path (score.h) */
-        const size_t i0 = (size_t)t * k;
-        double *st = w->tmp->s + (size_t)t * E;
-        moe_score_apply(w->sc.score, in->logits + (size_t)t * E, cl->p + (size_t)t * E, E, st);
-        moe_score_token(&w->sc, w->tmp, t, st, w->bias, cl->expert + i0, cl->gate + i0);
-        for (int j = 0; j < k; j++)
-            cl->claim[i0 + j] = 1;
-    }
-    for (int t = 0; w->sc.is_default && !on_rows && t < n; t++)
+    for (int t = 0; !on_rows && t < n; t++)
         dsv3_token(w, t, in->logits + (size_t)t * E, w->s, w->key);
     const int limited = !o->dropless && (o->cf_set || o->capacity >= 0);
     long C = 0;
@@ -187,7 +304,7 @@ static void dsv3_observe(moe_router *r, const moe_route_in *in, const moe_plan *
 const moe_router_type moe_router_dsv3_bias = {
     "dsv3_bias",
     "DeepSeek-V3 aux-loss-free balancing: top-k of sigmoid + bias, bias updated per batch",
-    MOE_RF_STATEFUL | MOE_RF_HAS_DROPLESS,
+    MOE_RF_STATEFUL | MOE_RF_HAS_DROPLESS | MOE_RF_CHECKS_FINITE,
     2,
     dsv3_alloc,
     dsv3_free,

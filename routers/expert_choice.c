@@ -9,6 +9,7 @@
  * Fills the moe_router_type interface of moe.h.
  */
 #include "moe.h"
+#include "colselect.h"
 #include "par.h"
 #include "vexp.h"
 
@@ -21,23 +22,34 @@
 /* ---- algorithm ----
  * Selection, not sorting: the order "higher score first, equal scores lower token first" is
  * total, so an expert's top C are one set and their order is unique, and any method that finds
- * them in that order gives the stable argsort's plan. The tokens are split into blocks, one per
- * thread; a thread computes its tokens' softmax rows and keeps, for every expert, the best
- * min(C, block) of its block in a min-heap (root = the worst kept; a token replaces the root
- * only when strictly better, so most tokens cost one comparison per expert), then sorts each
- * heap. The top C of an expert are then the first C of the merge of its per-block sorted runs;
- * the merge runs over experts on the threads and writes the entries in place. */
+ * them in that order gives the stable argsort's plan.
+ *   1. The tokens are split into blocks, one per thread. A thread computes its tokens' softmax
+ *      rows (16 at a time, cache-resident) and keeps, for every expert, a list of candidates
+ *      holding at least the best cap = min(C, block) tokens of the block seen so far: a row is
+ *      compared with the experts' thresholds eight experts at a time, and a token joins an
+ *      expert's list only when its score is strictly above the threshold. When a list reaches
+ *      its room of 2 cap + 32, it is cut (moe_cand_cut, colselect.h) to the candidates above a
+ *      score x with at least cap candidates above it, and the threshold becomes x: a later
+ *      token with a score <= x can never be among the block's best cap (with x = the cap-th
+ *      best score, the fallback, a later token with that score comes after all of them). Most
+ *      tokens cost one vector comparison per eight experts.
+ *   2. Per expert (ranges of experts on the threads): the blocks' lists together hold the
+ *      expert's best C; a cut and a selection keep them, a sort orders them, and they are
+ *      written as the expert's entries in slot order. */
 
 /* ---- workspace ---- */
 
-enum { EC_ROWS = 16 }; /* softmax rows computed together (moe_softmax_rows) */
+enum { EC_ROWS = 16, EC_SLACK = 32 }; /* softmax rows computed together; list room beyond 2 cap */
 
 typedef struct {
-    double *hv;   /* (T,E) heap values: part p, expert e at E*lo_p + e*cap_p */
-    int32_t *ht;  /* (T,E) heap tokens, same layout */
-    int *hsz;     /* (P,E) heap sizes */
-    double *thr;  /* (P,E) entry threshold: -inf while a heap fills, then its root's value */
-    double *row;  /* (P,EC_ROWS,E) softmax rows per part */
+    moe_cand *list;  /* (P,E,room) candidate lists of block p, expert e */
+    size_t list_cap; /* allocated candidates */
+    moe_cand *scr;   /* selection scratch: room per block in step 1, 2 P room per range in 2 */
+    size_t scr_cap;
+    long *cnt;       /* (P,E) candidates in each list */
+    double *thr;     /* (P,E) entry threshold: -inf until the first selection */
+    double *row;     /* (P,EC_ROWS,E) softmax rows per block */
+    int finite[MOE_PAR_MAX]; /* per block: its logits are all finite */
 } ec_ws;
 
 static void ec_free(moe_router *r)
@@ -45,9 +57,9 @@ static void ec_free(moe_router *r)
     ec_ws *w = r->ws;
     if (!w)
         return;
-    free(w->hv);
-    free(w->ht);
-    free(w->hsz);
+    free(w->list);
+    free(w->scr);
+    free(w->cnt);
     free(w->thr);
     free(w->row);
     free(w);
@@ -60,112 +72,74 @@ static int ec_alloc(moe_router *r)
     if (!w)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router expert_choice workspace)");
     r->ws = w;
-    size_t ne = (size_t)r->n_max * (size_t)r->E, pe = (size_t)MOE_PAR_MAX * (size_t)r->E;
-    w->hv = malloc(ne * sizeof *w->hv);
-    w->ht = malloc(ne * sizeof *w->ht);
-    w->hsz = malloc(pe * sizeof *w->hsz);
+    const size_t pe = (size_t)MOE_PAR_MAX * (size_t)r->E;
+    w->cnt = malloc(pe * sizeof *w->cnt);
     w->thr = malloc(pe * sizeof *w->thr);
     w->row = malloc(pe * EC_ROWS * sizeof *w->row);
-    if (!w->hv || !w->ht || !w->hsz || !w->thr || !w->row) {
+    if (!w->cnt || !w->thr || !w->row) {
         ec_free(r);
-        return moe_fail(MOE_ENOMEM, "use fewer tokens per routing group",
-                        "out of memory (expert_choice workspace for %d tokens x %d experts)",
-                        r->n_max, r->E);
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (router expert_choice workspace)");
     }
     return MOE_OK;
 }
 
-/* ---- per-block selection ---- */
-
-/* a is worse than b: lower score, or equal score and higher token */
-static inline int ec_worse(double av, int32_t at, double bv, int32_t bt)
+/* *buf grown to at least need candidates (contents not kept). */
+static int ec_grow(moe_cand **buf, size_t *cap, size_t need, int n, int E)
 {
-    return av < bv || (av == bv && at > bt);
+    if (*cap >= need)
+        return MOE_OK;
+    free(*buf);
+    *cap = 0;
+    if (!(*buf = malloc(need * sizeof **buf)))
+        return moe_fail(MOE_ENOMEM, "use fewer tokens per routing group or a smaller capacity",
+                        "out of memory (expert_choice candidates for %d tokens x %d experts)", n,
+                        E);
+    *cap = need;
+    return MOE_OK;
 }
 
-static void ec_sift_down(double *hv, int32_t *ht, int sz, int i)
-{
-    const double xv = hv[i];
-    const int32_t xt = ht[i];
-    for (;;) {
-        int c = 2 * i + 1;
-        if (c >= sz)
-            break;
-        if (c + 1 < sz && ec_worse(hv[c + 1], ht[c + 1], hv[c], ht[c]))
-            c++;
-        if (!ec_worse(hv[c], ht[c], xv, xt))
-            break;
-        hv[i] = hv[c];
-        ht[i] = ht[c];
-        i = c;
-    }
-    hv[i] = xv;
-    ht[i] = xt;
-}
+/* ---- step 1: candidates per block ---- */
 
 typedef struct {
     ec_ws *w;
     const double *logits;
-    int n, E, P;
-    long C;
+    int n, E, P, NM; /* tokens, experts, blocks, expert ranges */
+    long C, room;    /* capacity; list room per (block, expert) */
     moe_entry *out;  /* (E,C) the plan's entries */
     double *imp;     /* (E) importance */
     double *lse;     /* (T) the rows' logsumexp (plan->lse) */
 } ec_job;
 
-/* heap of part p, expert e */
-static inline size_t ec_heap(const ec_job *j, int p, int e, long *cap)
+/* Token t with score v into expert e's list of block p (room j->room, keeping cap). */
+static inline void ec_offer(const ec_job *j, moe_cand *list, long *cnt, double *thr, long cap,
+                            moe_cand *scr, double v, int32_t t)
 {
-    long lo, hi;
-    moe_par_range(j->n, p, j->P, &lo, &hi);
-    *cap = j->C < hi - lo ? j->C : hi - lo;
-    return (size_t)j->E * (size_t)lo + (size_t)e * (size_t)*cap;
+    list[(*cnt)++] = (moe_cand){v, t};
+    if (*cnt == j->room && *cnt > cap) /* full: keep what can be among the best cap */
+        *cnt = moe_cand_cut(list, *cnt, cap, thr, scr);
 }
 
-/* Token t with score v into the heap (hv, ht) of size *sz <= cap of one expert; *thr becomes
- * the root's value once the heap is full (a later token enters only when strictly above it). */
-static inline void ec_offer(double *hv, int32_t *ht, int *sz, long cap, double *thr, double v,
-                            int32_t t)
+/* The experts whose threshold the softmax row of token t beats (most tokens: none). */
+static void ec_row(const ec_job *j, moe_cand *lists, long *cnt, double *thr, long cap,
+                   moe_cand *scr, const double *row, int32_t t)
 {
-    if (*sz < cap) { /* sift up */
-        int i = (*sz)++;
-        while (i > 0 && ec_worse(v, t, hv[(i - 1) / 2], ht[(i - 1) / 2])) {
-            hv[i] = hv[(i - 1) / 2];
-            ht[i] = ht[(i - 1) / 2];
-            i = (i - 1) / 2;
-        }
-        hv[i] = v;
-        ht[i] = t;
-    } else { /* v > hv[0]: equal score, the kept token is lower */
-        hv[0] = v;
-        ht[0] = t;
-        ec_sift_down(hv, ht, (int)cap, 0);
-    }
-    if (*sz == cap)
-        *thr = hv[0];
-}
-
-/* The experts of one softmax row whose threshold the row beats (most tokens: none). */
-static void ec_row(double *hv0, int32_t *ht0, int *hsz, long cap, double *thr, const double *row,
-                   int E, int32_t t)
-{
+    const int E = j->E;
     int e = 0;
 #if defined(__AVX512F__)
-    for (; e + 8 <= E; e += 8) {
-        __mmask8 m = _mm512_cmp_pd_mask(_mm512_loadu_pd(row + e), _mm512_loadu_pd(thr + e),
-                                        _CMP_GT_OQ);
+    for (; e < E; e += 8) {
+        const __mmask8 ld = E - e >= 8 ? 0xff : (__mmask8)((1u << (E - e)) - 1u);
+        __mmask8 m = _mm512_mask_cmp_pd_mask(ld, _mm512_maskz_loadu_pd(ld, row + e),
+                                             _mm512_maskz_loadu_pd(ld, thr + e), _CMP_GT_OQ);
         while (m) {
             const int q = e + __builtin_ctz(m);
             m &= (__mmask8)(m - 1);
-            ec_offer(hv0 + (size_t)q * cap, ht0 + (size_t)q * cap, hsz + q, cap, thr + q, row[q],
-                     t);
+            ec_offer(j, lists + (size_t)q * j->room, cnt + q, thr + q, cap, scr, row[q], t);
         }
     }
 #endif
     for (; e < E; e++)
         if (row[e] > thr[e])
-            ec_offer(hv0 + (size_t)e * cap, ht0 + (size_t)e * cap, hsz + e, cap, thr + e, row[e],
-                     t);
+            ec_offer(j, lists + (size_t)e * j->room, cnt + e, thr + e, cap, scr, row[e], t);
 }
 
 static void ec_block(void *arg, int p, int np)
@@ -173,65 +147,58 @@ static void ec_block(void *arg, int p, int np)
     ec_job *j = arg;
     ec_ws *w = j->w;
     const int E = j->E;
-    long lo, hi, cap;
+    long lo, hi;
     moe_par_range(j->n, p, np, &lo, &hi);
-    const size_t base = ec_heap(j, p, 0, &cap);
-    double *row = w->row + (size_t)p * EC_ROWS * E, *hv0 = w->hv + base;
-    double *thr = w->thr + (size_t)p * E;
-    int32_t *ht0 = w->ht + base;
-    int *hsz = w->hsz + (size_t)p * E;
+    const long cap = j->C < hi - lo ? j->C : hi - lo;
+    double *row = w->row + (size_t)p * EC_ROWS * E, *thr = w->thr + (size_t)p * E;
+    long *cnt = w->cnt + (size_t)p * E;
+    moe_cand *lists = w->list + (size_t)p * E * j->room, *scr = w->scr + (size_t)p * j->room;
     for (int e = 0; e < E; e++)
-        hsz[e] = 0, thr[e] = cap > 0 ? -INFINITY : INFINITY;
+        cnt[e] = 0, thr[e] = cap > 0 ? -INFINITY : INFINITY;
+    int fin = 1;
     for (long t0 = lo; t0 < hi; t0 += EC_ROWS) {
         const int nr = hi - t0 < EC_ROWS ? (int)(hi - t0) : EC_ROWS;
-        moe_softmax_rows(j->logits + (size_t)t0 * E, nr, E, row, j->lse + t0);
+        const double *x = j->logits + (size_t)t0 * E;
+        moe_softmax_rows(x, nr, E, row, j->lse + t0);
+        fin &= moe_all_finite(x, (size_t)nr * E);
         for (int q = 0; q < nr; q++)
-            ec_row(hv0, ht0, hsz, cap, thr, row + (size_t)q * E, E, (int32_t)(t0 + q));
+            ec_row(j, lists, cnt, thr, cap, scr, row + (size_t)q * E, (int32_t)(t0 + q));
     }
-    /* heapsort: the worst goes last, so each heap ends best first */
-    for (int e = 0; e < E; e++) {
-        double *hv = hv0 + (size_t)e * cap;
-        int32_t *ht = ht0 + (size_t)e * cap;
-        for (int sz = hsz[e]; sz > 1; sz--) {
-            double tv = hv[0];
-            int32_t tt = ht[0];
-            hv[0] = hv[sz - 1];
-            ht[0] = ht[sz - 1];
-            hv[sz - 1] = tv;
-            ht[sz - 1] = tt;
-            ec_sift_down(hv, ht, sz - 1, 0);
-        }
-    }
+    w->finite[p] = fin;
 }
 
-/* Experts of range i: merge the blocks' sorted runs, first C into the entries. */
+/* ---- step 2: each expert's best C ---- */
+
+/* Experts of range i: gather the blocks' lists, keep the best C, sort them into the entries. */
 static void ec_merge(void *arg, int i, int np)
 {
     ec_job *j = arg;
+    ec_ws *w = j->w;
+    const size_t all = (size_t)j->P * (size_t)j->room;
+    moe_cand *g = w->scr + 2 * all * (size_t)i, *tmp = g + all;
     long e0, e1;
     moe_par_range(j->E, i, np, &e0, &e1);
     for (long e = e0; e < e1; e++) {
-        const double *rv[MOE_PAR_MAX];
-        const int32_t *rt[MOE_PAR_MAX];
-        int len[MOE_PAR_MAX], pos[MOE_PAR_MAX] = {0};
+        long m = 0;
         for (int p = 0; p < j->P; p++) {
-            long cap;
-            size_t at = ec_heap(j, p, (int)e, &cap);
-            rv[p] = j->w->hv + at;
-            rt[p] = j->w->ht + at;
-            len[p] = j->w->hsz[(size_t)p * j->E + e];
+            const moe_cand *l = w->list + ((size_t)p * j->E + e) * j->room;
+            const long c = w->cnt[(size_t)p * j->E + e];
+            for (long q = 0; q < c; q++)
+                g[m + q] = l[q];
+            m += c;
         }
+        if (m > j->C) { /* m >= C: block p holds min(C, its tokens) */
+            double x;
+            m = moe_cand_cut(g, m, j->C, &x, tmp);
+            if (m > j->C)
+                moe_cand_select(g, m, j->C, tmp);
+        }
+        moe_cand_sort(g, j->C, tmp);
         double imp = 0.0;
+        moe_entry *out = j->out + e * j->C;
         for (long s = 0; s < j->C; s++) {
-            int b = -1;
-            for (int p = 0; p < j->P; p++)
-                if (pos[p] < len[p] &&
-                    (b < 0 || ec_worse(rv[b][pos[b]], rt[b][pos[b]], rv[p][pos[p]], rt[p][pos[p]])))
-                    b = p;
-            const double g = rv[b][pos[b]];
-            j->out[e * j->C + s] = (moe_entry){rt[b][pos[b]], (int32_t)e, (int32_t)s, 1.0, g};
-            pos[b]++;
-            imp += g;
+            out[s] = (moe_entry){g[s].t, (int32_t)e, (int32_t)s, 1.0, g[s].v};
+            imp += g[s].v;
         }
         j->imp[e] = imp;
     }
@@ -257,12 +224,22 @@ static int ec_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         plan->entries = en;
         plan->cap_entries = ne;
     }
-    ec_job j = {r->ws, in->logits, n, E, moe_par_parts(n, 2048), C, plan->entries,
-                plan->importance, moe_plan_lse_buffer(plan)};
+    ec_ws *w = r->ws;
+    ec_job j = {w, in->logits, n, E, moe_par_parts(n, 2048), moe_par_parts(E, 1), C, 0,
+                plan->entries, plan->importance, moe_plan_lse_buffer(plan)};
     if (!j.lse)
         return MOE_ENOMEM;
+    const long maxlen = (n + j.P - 1) / j.P, cap = C < maxlen ? C : maxlen;
+    j.room = 2 * cap + EC_SLACK < maxlen ? 2 * cap + EC_SLACK : maxlen;
+    const size_t all = (size_t)j.P * (size_t)j.room;
+    if ((rc = ec_grow(&w->list, &w->list_cap, all * (size_t)E, n, E)) ||
+        (rc = ec_grow(&w->scr, &w->scr_cap, 2 * all * (size_t)j.NM, n, E)))
+        return rc;
     moe_par_run(ec_block, &j, j.P);
-    moe_par_run(ec_merge, &j, moe_par_parts(E, 1));
+    for (int p = 0; p < j.P; p++)
+        if (!w->finite[p]) /* the first non-finite logit, named as moe_router_route names it */
+            return moe_logits_check_finite(in->logits, n, E);
+    moe_par_run(ec_merge, &j, j.NM);
     plan->n_entries = ne;
     plan->lse_of = in->logits;
     plan->k = 0;
@@ -277,7 +254,7 @@ static int ec_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 const moe_router_type moe_router_expert_choice = {
     "expert_choice",
     "expert choice (Zhou et al. 2022): each expert takes its top C tokens by softmax score",
-    0,
+    MOE_RF_CHECKS_FINITE,
     1,
     ec_alloc,
     ec_free,
