@@ -30,114 +30,198 @@
 #endif
 
 /* ---- balancing ----
- * The serial definition (sinkhorn.h) on the routers' threads, with every sum in its order:
- * K by rows (each row's maximum by moe_vmax, its exponentials by moe_vexp_shift: the C
- * library's exp bit for bit); per iteration, d0 by rows (each row sum over e in order, four rows
- * interleaved so that their sums overlap in the adder), then colsum by column ranges (each
- * column summed over t in order). The values do not depend on the number of threads. */
+ * The serial definition (sinkhorn.h) on the routers' threads, with every sum in its order, in
+ * one sweep over K per iteration:
+ *   - the first sweep computes K by rows (each row's maximum by moe_vmax, its exponentials by
+ *     moe_vexp_shift: the C library's exp bit for bit) and, while each row is in cache, its sum
+ *     with d1 = 1 (the first iteration's d0); the threads take row ranges. The first column
+ *     sums follow in a column sweep (sk_cols_part), the threads taking column ranges.
+ *   - every later iteration is one sweep over row blocks of about SK_BLOCK_BYTES: each thread
+ *     computes d0 of the block's rows (rows are not split: every thread sums every row, the
+ *     sums are cheap next to the memory traffic) and, while the block is in its cache, adds the
+ *     block's rows to the column sums of its own column range, rows in order.
+ * Each row sum runs over e in order (eight rows in the lanes of one vector: products, then
+ * additions, never fused), each column sum over t in order, so the values do not depend on the
+ * number of threads or on the block size, and equal those of the two-pass loop of sinkhorn.h.
+ * The two sweeps of the old two-pass loop per iteration become one; the iterations are
+ * counted in moe_sinkhorn_balance's iters. */
 
-enum { SK_ROWS = 8 }; /* rows whose sums run together */
+enum { SK_ROWS = 8, SK_COLS = 128, SK_BLOCK_BYTES = 1 << 18, SK_BLOCK_MAX = 1024 };
 
 typedef struct {
     const double *L;
-    int n, E;
+    int n, E, nblk; /* nblk: rows per block of the fused sweep */
     double *K, *d0, *d1, *colsum;
 } sk_job;
 
-static void sk_exp_part(void *arg, int i, int np)
+/* s[r] = sum_e k[r*E + e] * d1[e] over e in order, for the SK_ROWS rows at k (each product
+ * rounded, then added: the scalar loop's operations, lane by lane). */
+static void sk_sum8(const double *k, int E, const double *d1, double *s)
 {
-    sk_job *j = arg;
-    long lo, hi;
-    moe_par_range(j->n, i, np, &lo, &hi);
-    for (long t = lo; t < hi; t++) {
-        const double *lt = j->L + (size_t)t * j->E;
-        moe_vexp_shift(lt, j->E, moe_vmax(lt, j->E), j->K + (size_t)t * j->E);
+    int e = 0;
+#if defined(__AVX512F__)
+    const __m512i lo = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0);
+    const __m512i hi = _mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2);
+    __m512d acc = _mm512_setzero_pd();
+    for (; e + 8 <= E; e += 8) {
+        const __m512d w = _mm512_loadu_pd(d1 + e);
+        __m512d p[8], t[8], a[8];
+        for (int r = 0; r < 8; r++) /* p[r] = row r's products of columns e..e+7 */
+            p[r] = _mm512_mul_pd(_mm512_loadu_pd(k + (size_t)r * E + e), w);
+        for (int r = 0; r < 8; r += 2) { /* transpose p: lane r of c[j] = p[r] lane j */
+            t[r] = _mm512_unpacklo_pd(p[r], p[r + 1]);
+            t[r + 1] = _mm512_unpackhi_pd(p[r], p[r + 1]);
+        }
+        for (int q = 0; q < 2; q++)
+            for (int h = 0; h < 2; h++) {
+                a[4 * q + h] = _mm512_permutex2var_pd(t[4 * q + h], lo, t[4 * q + h + 2]);
+                a[4 * q + h + 2] = _mm512_permutex2var_pd(t[4 * q + h], hi, t[4 * q + h + 2]);
+            }
+        /* a[0] holds columns 0, 4 of rows 0-3, a[1] columns 1, 5, a[2] 2, 6, a[3] 3, 7; a[4..7]
+         * the same for rows 4-7 */
+        for (int j = 0; j < 4; j++)
+            acc = _mm512_add_pd(acc, _mm512_shuffle_f64x2(a[j], a[4 + j], 0x44));
+        for (int j = 0; j < 4; j++)
+            acc = _mm512_add_pd(acc, _mm512_shuffle_f64x2(a[j], a[4 + j], 0xee));
+    }
+    _mm512_storeu_pd(s, acc);
+#else
+    for (int r = 0; r < SK_ROWS; r++)
+        s[r] = 0.0;
+#endif
+    for (; e < E; e++) {
+        const double w = d1[e];
+        _Pragma("GCC unroll 8") for (int r = 0; r < SK_ROWS; r++)
+            s[r] += k[(size_t)r * E + e] * w;
     }
 }
 
-/* d0[t] = 1 / (n * sum_e K[t,e] d1[e]) for the rows of part i */
-static void sk_rows_part(void *arg, int i, int np)
+/* d0[t] = 1 / (n * sum_e K[t,e] d1[e]) for rows lo..hi-1 */
+static void sk_rows(const sk_job *j, long lo, long hi, double *d0)
 {
-    sk_job *j = arg;
     const int E = j->E;
-    const double *d1 = j->d1;
-    long lo, hi;
-    moe_par_range(j->n, i, np, &lo, &hi);
     long t = lo;
     for (; t + SK_ROWS <= hi; t += SK_ROWS) {
-        const double *k0 = j->K + (size_t)t * E;
-        double s[SK_ROWS] = {0.0};
-        for (int e = 0; e < E; e++) {
-            const double w = d1[e];
-            _Pragma("GCC unroll 8") for (int r = 0; r < SK_ROWS; r++)
-                s[r] += k0[(size_t)r * E + e] * w;
-        }
+        double s[SK_ROWS];
+        sk_sum8(j->K + (size_t)t * E, E, j->d1, s);
         for (int r = 0; r < SK_ROWS; r++)
-            j->d0[t + r] = 1.0 / ((double)j->n * s[r]);
+            d0[t - lo + r] = 1.0 / ((double)j->n * s[r]);
     }
     for (; t < hi; t++) {
         const double *kt = j->K + (size_t)t * E;
         double s = 0.0;
         for (int e = 0; e < E; e++)
-            s += kt[e] * d1[e];
-        j->d0[t] = 1.0 / ((double)j->n * s);
+            s += kt[e] * j->d1[e];
+        d0[t - lo] = 1.0 / ((double)j->n * s);
     }
 }
 
-/* colsum[e] = sum_t d0[t] K[t,e], t in order, for the columns of part i: blocks of up to
- * SK_COLS columns whose sums stay in registers through all the rows (each a product rounded,
- * then added: the scalar loop's operations, lane by lane). */
-enum { SK_COLS = 128 };
+/* colsum[e] += sum_t d0[t - lo] K[t,e], t = lo..hi-1 in order, for columns e0..e1-1: blocks of
+ * up to SK_COLS columns whose sums stay in registers through the rows. */
+static void sk_cols(const sk_job *j, long lo, long hi, const double *d0, long e0, long e1)
+{
+    const int E = j->E;
+    double *cs = j->colsum;
+    long e = e0;
+#if defined(__AVX512F__)
+    for (; e + SK_COLS <= e1; e += SK_COLS) {
+        __m512d acc[SK_COLS / 8];
+        _Pragma("GCC unroll 16") for (int v = 0; v < SK_COLS / 8; v++)
+            acc[v] = _mm512_loadu_pd(cs + e + 8 * v);
+        for (long t = lo; t < hi; t++) {
+            const double *kt = j->K + (size_t)t * E + e;
+            const __m512d d = _mm512_set1_pd(d0[t - lo]);
+            _Pragma("GCC unroll 16") for (int v = 0; v < SK_COLS / 8; v++)
+                acc[v] = _mm512_add_pd(acc[v], _mm512_mul_pd(d, _mm512_loadu_pd(kt + 8 * v)));
+        }
+        _Pragma("GCC unroll 16") for (int v = 0; v < SK_COLS / 8; v++)
+            _mm512_storeu_pd(cs + e + 8 * v, acc[v]);
+    }
+    for (; e + 32 <= e1; e += 32) {
+        __m512d acc[4];
+        for (int v = 0; v < 4; v++)
+            acc[v] = _mm512_loadu_pd(cs + e + 8 * v);
+        for (long t = lo; t < hi; t++) {
+            const double *kt = j->K + (size_t)t * E + e;
+            const __m512d d = _mm512_set1_pd(d0[t - lo]);
+            for (int v = 0; v < 4; v++)
+                acc[v] = _mm512_add_pd(acc[v], _mm512_mul_pd(d, _mm512_loadu_pd(kt + 8 * v)));
+        }
+        for (int v = 0; v < 4; v++)
+            _mm512_storeu_pd(cs + e + 8 * v, acc[v]);
+    }
+#endif
+    for (long t = lo; e < e1 && t < hi; t++) {
+        const double *kt = j->K + (size_t)t * E, d = d0[t - lo];
+        for (long q = e; q < e1; q++)
+            cs[q] += d * kt[q];
+    }
+}
 
+/* First sweep, rows of part i: K = exp(L - rowmax), d0 with d1 = 1 (SK_ROWS rows at a time,
+ * while they are in cache). */
+static void sk_exp_part(void *arg, int i, int np)
+{
+    sk_job *j = arg;
+    long lo, hi;
+    moe_par_range(j->n, i, np, &lo, &hi);
+    for (long t = lo; t < hi; t += SK_ROWS) {
+        const long te = hi - t < SK_ROWS ? hi : t + SK_ROWS;
+        for (long u = t; u < te; u++) {
+            const double *lu = j->L + (size_t)u * j->E;
+            moe_vexp_shift(lu, j->E, moe_vmax(lu, j->E), j->K + (size_t)u * j->E);
+        }
+        sk_rows(j, t, te, j->d0 + t);
+    }
+}
+
+/* First column sums, columns of part i: colsum = K^T d0, each column over t in order. */
 static void sk_cols_part(void *arg, int i, int np)
 {
     sk_job *j = arg;
-    const int E = j->E;
     long e0, e1;
-    moe_par_range(E, i, np, &e0, &e1);
-    double *cs = j->colsum;
-    for (long b = e0; b < e1; b += SK_COLS) {
-        const long be = e1 - b < SK_COLS ? e1 : b + SK_COLS;
-        long e = b;
-#if defined(__AVX512F__)
-        if (be - b == SK_COLS) {
-            __m512d acc[SK_COLS / 8];
-            _Pragma("GCC unroll 16") for (int v = 0; v < SK_COLS / 8; v++)
-                acc[v] = _mm512_setzero_pd();
-            for (int t = 0; t < j->n; t++) {
-                const double *kt = j->K + (size_t)t * E + b;
-                const __m512d d = _mm512_set1_pd(j->d0[t]);
-                _Pragma("GCC unroll 16") for (int v = 0; v < SK_COLS / 8; v++)
-                    acc[v] = _mm512_add_pd(acc[v], _mm512_mul_pd(d, _mm512_loadu_pd(kt + 8 * v)));
-            }
-            _Pragma("GCC unroll 16") for (int v = 0; v < SK_COLS / 8; v++)
-                _mm512_storeu_pd(cs + b + 8 * v, acc[v]);
-            e = be;
-        }
-#endif
-        for (long q = e; q < be; q++)
-            cs[q] = 0.0;
-        for (int t = 0; e < be && t < j->n; t++) {
-            const double *kt = j->K + (size_t)t * E, d = j->d0[t];
-            for (long q = e; q < be; q++)
-                cs[q] += d * kt[q];
-        }
+    moe_par_range(j->E, i, np, &e0, &e1);
+    for (long e = e0; e < e1; e++)
+        j->colsum[e] = 0.0;
+    sk_cols(j, 0, j->n, j->d0, e0, e1);
+}
+
+/* A later iteration's sweep for the columns of part i: per row block, d0 of the block's rows
+ * (part 0 writes them to d0, the others keep them on the stack), then the block's rows added
+ * to the part's column sums. */
+static void sk_sweep_part(void *arg, int i, int np)
+{
+    sk_job *j = arg;
+    long e0, e1;
+    moe_par_range(j->E, i, np, &e0, &e1);
+    double own[SK_BLOCK_MAX]; /* d0 of the block's rows (nblk <= SK_BLOCK_MAX) */
+    for (long e = e0; e < e1; e++)
+        j->colsum[e] = 0.0;
+    for (long lo = 0; lo < j->n; lo += j->nblk) {
+        const long hi = j->n - lo < j->nblk ? j->n : lo + j->nblk;
+        double *d0 = i == 0 ? j->d0 + lo : own;
+        sk_rows(j, lo, hi, d0);
+        sk_cols(j, lo, hi, d0, e0, e1);
     }
 }
 
 int moe_sinkhorn_balance(const double *L, int n, int E, double tol, int max_iter, double *K,
                          double *d0, double *d1, double *colsum, int *iters)
 {
-    sk_job j = {L, n, E, K, d0, d1, colsum};
+    /* rows per block: about SK_BLOCK_BYTES of K, a multiple of SK_ROWS in [SK_ROWS,
+     * SK_BLOCK_MAX] */
+    long nblk = SK_BLOCK_BYTES / (8L * E) / SK_ROWS * SK_ROWS;
+    nblk = nblk < SK_ROWS ? SK_ROWS : nblk > SK_BLOCK_MAX ? SK_BLOCK_MAX : nblk;
+    sk_job j = {L, n, E, (int)nblk, K, d0, d1, colsum};
     const int prow = moe_par_parts((long)n * E, 16384);
     const int pcol = moe_par_parts(E, 32) < prow ? moe_par_parts(E, 32) : prow;
-    moe_par_run(sk_exp_part, &j, prow);
     for (int e = 0; e < E; e++)
         d1[e] = 1.0;
+    moe_par_run(sk_exp_part, &j, prow);
+    moe_par_run(sk_cols_part, &j, pcol);
     for (int it = 1; it <= max_iter; it++) {
-        /* rows: d0[t] = 1 / (n * (K d1)[t]); columns: colsum = K^T d0 */
-        moe_par_run(sk_rows_part, &j, prow);
-        moe_par_run(sk_cols_part, &j, pcol);
+        if (it > 1) /* rows: d0[t] = 1 / (n * (K d1)[t]); columns: colsum = K^T d0 */
+            moe_par_run(sk_sweep_part, &j, pcol);
         double delta = 0.0;
         for (int e = 0; e < E; e++) {
             double nd = 1.0 / ((double)E * colsum[e]);
