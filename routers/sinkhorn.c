@@ -24,6 +24,7 @@
 #include "vexp.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -31,27 +32,38 @@
 
 /* ---- balancing ----
  * The serial definition (sinkhorn.h) on the routers' threads, with every sum in its order, in
- * one sweep over K per iteration:
- *   - the first sweep computes K by rows (each row's maximum by moe_vmax, its exponentials by
- *     moe_vexp_shift: the C library's exp bit for bit) and, while each row is in cache, its sum
- *     with d1 = 1 (the first iteration's d0); the threads take row ranges. The first column
- *     sums follow in a column sweep (sk_cols_part), the threads taking column ranges.
- *   - every later iteration is one sweep over row blocks of about SK_BLOCK_BYTES: each thread
- *     computes d0 of the block's rows (rows are not split: every thread sums every row, the
- *     sums are cheap next to the memory traffic) and, while the block is in its cache, adds the
- *     block's rows to the column sums of its own column range, rows in order.
+ * one sweep over K per iteration. The sweep goes through row blocks of about SK_BLOCK_BYTES;
+ * a block's rows are cut into one piece per thread:
+ *   row task (b, h)     d0 of the rows of piece h of block b (in the first iteration K of those
+ *                       rows first: each row's maximum by moe_vmax, its exponentials by
+ *                       moe_vexp_shift, the C library's exp bit for bit, and d1 = 1);
+ *   column task (b, c)  the rows of block b added, in order, to the column sums of column range
+ *                       c, once every piece of block b has its d0 and block b-1 is added.
+ * Any thread may run any task that is ready (a mutex and a condition variable hand them out;
+ * a thread prefers its own column range, then the next row task, at most SK_AHEAD blocks
+ * ahead of the slowest column range, so that a block is still in cache when its columns are
+ * summed), so a part that moe_par_run runs on the calling thread finishes the sweep alone.
  * Each row sum runs over e in order (eight rows in the lanes of one vector: products, then
- * additions, never fused), each column sum over t in order, so the values do not depend on the
- * number of threads or on the block size, and equal those of the two-pass loop of sinkhorn.h.
- * The two sweeps of the old two-pass loop per iteration become one; the iterations are
- * counted in moe_sinkhorn_balance's iters. */
+ * additions, never fused), each column sum over t in order: the values do not depend on the
+ * number of threads, the block size or who ran which task, and equal those of the two-pass
+ * loop of sinkhorn.h, whose iterations moe_sinkhorn_balance counts in iters. */
 
-enum { SK_ROWS = 8, SK_COLS = 128, SK_BLOCK_BYTES = 1 << 18, SK_BLOCK_MAX = 1024 };
+enum { SK_ROWS = 8, SK_COLS = 128, SK_BLOCK_BYTES = 1 << 19, SK_BLOCK_MAX = 4096,
+       SK_AHEAD = 2, SK_RING = 4 };
 
 typedef struct {
     const double *L;
-    int n, E, nblk; /* nblk: rows per block of the fused sweep */
+    int n, E;
     double *K, *d0, *d1, *colsum;
+    int first;           /* the first sweep: row tasks compute K */
+    long nblk, nb;       /* rows per block (a multiple of SK_ROWS), blocks */
+    int np, ncol;        /* row pieces per block (= parts), column ranges */
+    pthread_mutex_t mu;  /* guards the task state below */
+    pthread_cond_t cv;   /* signalled when a task ends */
+    long next_row;       /* next row task: block next_row / np, piece next_row % np */
+    int done[SK_RING];   /* row pieces done of block b, in slot b % SK_RING */
+    long cb[MOE_PAR_MAX];              /* next block of each column range */
+    unsigned char busy[MOE_PAR_MAX];   /* a column task of the range runs */
 } sk_job;
 
 /* s[r] = sum_e k[r*E + e] * d1[e] over e in order, for the SK_ROWS rows at k (each product
@@ -66,22 +78,22 @@ static void sk_sum8(const double *k, int E, const double *d1, double *s)
     for (; e + 8 <= E; e += 8) {
         const __m512d w = _mm512_loadu_pd(d1 + e);
         __m512d p[8], t[8], a[8];
-        for (int r = 0; r < 8; r++) /* p[r] = row r's products of columns e..e+7 */
+        _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++) /* p[r]: row r, columns e..e+7 */
             p[r] = _mm512_mul_pd(_mm512_loadu_pd(k + (size_t)r * E + e), w);
-        for (int r = 0; r < 8; r += 2) { /* transpose p: lane r of c[j] = p[r] lane j */
+        _Pragma("GCC unroll 4") for (int r = 0; r < 8; r += 2) { /* transpose p */
             t[r] = _mm512_unpacklo_pd(p[r], p[r + 1]);
             t[r + 1] = _mm512_unpackhi_pd(p[r], p[r + 1]);
         }
-        for (int q = 0; q < 2; q++)
-            for (int h = 0; h < 2; h++) {
+        _Pragma("GCC unroll 2") for (int q = 0; q < 2; q++)
+            _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {
                 a[4 * q + h] = _mm512_permutex2var_pd(t[4 * q + h], lo, t[4 * q + h + 2]);
                 a[4 * q + h + 2] = _mm512_permutex2var_pd(t[4 * q + h], hi, t[4 * q + h + 2]);
             }
         /* a[0] holds columns 0, 4 of rows 0-3, a[1] columns 1, 5, a[2] 2, 6, a[3] 3, 7; a[4..7]
          * the same for rows 4-7 */
-        for (int j = 0; j < 4; j++)
+        _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++)
             acc = _mm512_add_pd(acc, _mm512_shuffle_f64x2(a[j], a[4 + j], 0x44));
-        for (int j = 0; j < 4; j++)
+        _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++)
             acc = _mm512_add_pd(acc, _mm512_shuffle_f64x2(a[j], a[4 + j], 0xee));
     }
     _mm512_storeu_pd(s, acc);
@@ -158,16 +170,16 @@ static void sk_cols(const sk_job *j, long lo, long hi, const double *d0, long e0
     }
 }
 
-/* First sweep, rows of part i: K = exp(L - rowmax), d0 with d1 = 1 (SK_ROWS rows at a time,
- * while they are in cache). */
-static void sk_exp_part(void *arg, int i, int np)
+/* Row task (b, h): rows of piece h of block b; K first in the first sweep, while the
+ * SK_ROWS rows are in cache. */
+static void sk_row_task(sk_job *j, long b, int h)
 {
-    sk_job *j = arg;
+    const long b0 = b * j->nblk, bn = j->n - b0 < j->nblk ? j->n - b0 : j->nblk;
     long lo, hi;
-    moe_par_range(j->n, i, np, &lo, &hi);
-    for (long t = lo; t < hi; t += SK_ROWS) {
-        const long te = hi - t < SK_ROWS ? hi : t + SK_ROWS;
-        for (long u = t; u < te; u++) {
+    moe_par_range(bn, h, j->np, &lo, &hi);
+    for (long t = b0 + lo; t < b0 + hi; t += SK_ROWS) {
+        const long te = b0 + hi - t < SK_ROWS ? b0 + hi : t + SK_ROWS;
+        for (long u = t; j->first && u < te; u++) {
             const double *lu = j->L + (size_t)u * j->E;
             moe_vexp_shift(lu, j->E, moe_vmax(lu, j->E), j->K + (size_t)u * j->E);
         }
@@ -175,75 +187,127 @@ static void sk_exp_part(void *arg, int i, int np)
     }
 }
 
-/* First column sums, columns of part i: colsum = K^T d0, each column over t in order. */
-static void sk_cols_part(void *arg, int i, int np)
+/* Column task (b, c): block b's rows added to the column sums of range c. */
+static void sk_col_task(sk_job *j, long b, int c)
 {
-    sk_job *j = arg;
     long e0, e1;
-    moe_par_range(j->E, i, np, &e0, &e1);
-    for (long e = e0; e < e1; e++)
-        j->colsum[e] = 0.0;
-    sk_cols(j, 0, j->n, j->d0, e0, e1);
+    moe_par_range(j->E, c, j->ncol, &e0, &e1);
+    if (b == 0)
+        for (long e = e0; e < e1; e++)
+            j->colsum[e] = 0.0;
+    const long lo = b * j->nblk, hi = j->n - lo < j->nblk ? j->n : lo + j->nblk;
+    sk_cols(j, lo, hi, j->d0 + lo, e0, e1);
 }
 
-/* A later iteration's sweep for the columns of part i: per row block, d0 of the block's rows
- * (part 0 writes them to d0, the others keep them on the stack), then the block's rows added
- * to the part's column sums. */
+/* Column range c can add its next block (every piece of that block has its d0). */
+static int sk_col_ready(const sk_job *j, int c)
+{
+    const long b = j->cb[c];
+    return !j->busy[c] && b < j->nb && j->next_row > b * j->np && j->done[b % SK_RING] == j->np;
+}
+
+/* One thread of a sweep: runs ready tasks until every column range has added every block. */
 static void sk_sweep_part(void *arg, int i, int np)
 {
     sk_job *j = arg;
-    long e0, e1;
-    moe_par_range(j->E, i, np, &e0, &e1);
-    double own[SK_BLOCK_MAX]; /* d0 of the block's rows (nblk <= SK_BLOCK_MAX) */
-    for (long e = e0; e < e1; e++)
-        j->colsum[e] = 0.0;
-    for (long lo = 0; lo < j->n; lo += j->nblk) {
-        const long hi = j->n - lo < j->nblk ? j->n : lo + j->nblk;
-        double *d0 = i == 0 ? j->d0 + lo : own;
-        sk_rows(j, lo, hi, d0);
-        sk_cols(j, lo, hi, d0, e0, e1);
+    (void)np;
+    pthread_mutex_lock(&j->mu);
+    for (;;) {
+        long low = j->nb;
+        for (int c = 0; c < j->ncol; c++)
+            low = j->cb[c] < low ? j->cb[c] : low;
+        if (low == j->nb)
+            break;
+        int c = i < j->ncol && sk_col_ready(j, i) ? i : -1;
+        const long r = j->next_row, rb = r / j->np;
+        if (c < 0 && rb < j->nb && rb < low + SK_AHEAD) {
+            if (r % j->np == 0) /* slot rb % SK_RING is free: block rb - SK_RING is summed */
+                j->done[rb % SK_RING] = 0;
+            j->next_row++;
+            pthread_mutex_unlock(&j->mu);
+            sk_row_task(j, rb, (int)(r % j->np));
+            pthread_mutex_lock(&j->mu);
+            j->done[rb % SK_RING]++;
+            pthread_cond_broadcast(&j->cv);
+            continue;
+        }
+        for (int q = 0; c < 0 && q < j->ncol; q++)
+            c = sk_col_ready(j, q) ? q : -1;
+        if (c < 0) {
+            pthread_cond_wait(&j->cv, &j->mu);
+            continue;
+        }
+        const long b = j->cb[c];
+        j->busy[c] = 1;
+        pthread_mutex_unlock(&j->mu);
+        sk_col_task(j, b, c);
+        pthread_mutex_lock(&j->mu);
+        j->busy[c] = 0;
+        j->cb[c]++;
+        pthread_cond_broadcast(&j->cv);
     }
+    pthread_mutex_unlock(&j->mu);
+}
+
+/* One sweep: d0 from d1 (and K first when j->first), then colsum = K^T d0. */
+static void sk_sweep(sk_job *j)
+{
+    j->next_row = 0;
+    for (int c = 0; c < j->ncol; c++)
+        j->cb[c] = 0, j->busy[c] = 0;
+    moe_par_run(sk_sweep_part, j, j->np);
 }
 
 int moe_sinkhorn_balance(const double *L, int n, int E, double tol, int max_iter, double *K,
                          double *d0, double *d1, double *colsum, int *iters)
 {
+    sk_job j = {.L = L, .n = n, .E = E, .K = K, .d0 = d0, .d1 = d1, .colsum = colsum};
     /* rows per block: about SK_BLOCK_BYTES of K, a multiple of SK_ROWS in [SK_ROWS,
      * SK_BLOCK_MAX] */
     long nblk = SK_BLOCK_BYTES / (8L * E) / SK_ROWS * SK_ROWS;
-    nblk = nblk < SK_ROWS ? SK_ROWS : nblk > SK_BLOCK_MAX ? SK_BLOCK_MAX : nblk;
-    sk_job j = {L, n, E, (int)nblk, K, d0, d1, colsum};
-    const int prow = moe_par_parts((long)n * E, 16384);
-    const int pcol = moe_par_parts(E, 32) < prow ? moe_par_parts(E, 32) : prow;
+    j.nblk = nblk < SK_ROWS ? SK_ROWS : nblk > SK_BLOCK_MAX ? SK_BLOCK_MAX : nblk;
+    j.nb = (n + j.nblk - 1) / j.nblk;
+    j.np = moe_par_parts((long)n * E, 16384);
+    j.ncol = moe_par_parts(E, 32) < j.np ? moe_par_parts(E, 32) : j.np;
+    if (pthread_mutex_init(&j.mu, NULL))
+        return moe_fail(MOE_ENOMEM, NULL, "cannot create a mutex (sinkhorn)");
+    if (pthread_cond_init(&j.cv, NULL)) {
+        pthread_mutex_destroy(&j.mu);
+        return moe_fail(MOE_ENOMEM, NULL, "cannot create a condition variable (sinkhorn)");
+    }
     for (int e = 0; e < E; e++)
         d1[e] = 1.0;
-    moe_par_run(sk_exp_part, &j, prow);
-    moe_par_run(sk_cols_part, &j, pcol);
-    for (int it = 1; it <= max_iter; it++) {
-        if (it > 1) /* rows: d0[t] = 1 / (n * (K d1)[t]); columns: colsum = K^T d0 */
-            moe_par_run(sk_sweep_part, &j, pcol);
+    int rc = MOE_OK, it = 1;
+    for (;; it++) {
+        if (it > max_iter) {
+            rc = moe_fail(MOE_EINPUT, "raise sinkhorn_tol, or check the logits for extreme "
+                          "values", "sinkhorn did not converge to relative tolerance %g in %d "
+                          "iterations (sinkhorn_tol)", tol, max_iter);
+            break;
+        }
+        j.first = it == 1; /* rows: d0[t] = 1 / (n * (K d1)[t]); columns: colsum = K^T d0 */
+        sk_sweep(&j);
         double delta = 0.0;
-        for (int e = 0; e < E; e++) {
+        for (int e = 0; e < E && !rc; e++) {
             double nd = 1.0 / ((double)E * colsum[e]);
             if (!(colsum[e] > 0.0) || !isfinite(nd))
-                return moe_fail(MOE_EINPUT, "logits that differ by more than ~700 within a row "
-                                "leave an expert without mass; rescale the logits",
-                                "sinkhorn: expert %d gets no mass (column sum %g, iteration %d)",
-                                e, colsum[e], it);
+                rc = moe_fail(MOE_EINPUT, "logits that differ by more than ~700 within a row "
+                              "leave an expert without mass; rescale the logits",
+                              "sinkhorn: expert %d gets no mass (column sum %g, iteration %d)",
+                              e, colsum[e], it);
             double ch = fabs(nd - d1[e]) / nd;
             if (ch > delta)
                 delta = ch;
             d1[e] = nd;
         }
-        if (delta < tol) {
-            if (iters)
-                *iters = it;
-            return MOE_OK;
-        }
+        if (rc || delta < tol)
+            break;
     }
-    return moe_fail(MOE_EINPUT, "raise sinkhorn_tol, or check the logits for extreme values",
-                    "sinkhorn did not converge to relative tolerance %g in %d iterations "
-                    "(sinkhorn_tol)", tol, max_iter);
+    pthread_cond_destroy(&j.cv);
+    pthread_mutex_destroy(&j.mu);
+    if (!rc && iters)
+        *iters = it;
+    return rc;
 }
 
 /* ---- workspace ---- */
