@@ -24,142 +24,290 @@
 #include "vexp.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
 /* ---- balancing ----
- * The serial definition (sinkhorn.h) on the routers' threads, with every sum in its order:
- * K by rows (each row's maximum by moe_vmax, its exponentials by moe_vexp_shift: the C
- * library's exp bit for bit); per iteration, d0 by rows (each row sum over e in order, four rows
- * interleaved so that their sums overlap in the adder), then colsum by column ranges (each
- * column summed over t in order). The values do not depend on the number of threads. */
+ * The serial definition (sinkhorn.h) on the routers' threads, with every sum in its order, in
+ * one sweep over K per iteration. The sweep goes through row blocks of about SK_BLOCK_BYTES;
+ * a block's rows are cut into one piece per thread:
+ *   row task (b, h)     d0 of the rows of piece h of block b (in the first iteration K of those
+ *                       rows first: each row's maximum by moe_vmax, its exponentials by
+ *                       moe_vexp_shift, the C library's exp bit for bit, and d1 = 1);
+ *   column task (b, c)  the rows of block b added, in order, to the column sums of column range
+ *                       c, once every piece of block b has its d0 and block b-1 is added.
+ * Any thread may run any task that is ready (a mutex and a condition variable hand them out;
+ * a thread prefers its own column range, then the next row task, at most SK_AHEAD blocks
+ * ahead of the slowest column range, so that a block is still in cache when its columns are
+ * summed), so a part that moe_par_run runs on the calling thread finishes the sweep alone.
+ * Each row sum runs over e in order (eight rows in the lanes of one vector: products, then
+ * additions, never fused), each column sum over t in order: the values do not depend on the
+ * number of threads, the block size or who ran which task, and equal those of the two-pass
+ * loop of sinkhorn.h, whose iterations moe_sinkhorn_balance counts in iters. */
 
-enum { SK_ROWS = 8 }; /* rows whose sums run together */
+enum { SK_ROWS = 8, SK_COLS = 128, SK_BLOCK_BYTES = 1 << 19, SK_BLOCK_MAX = 4096,
+       SK_AHEAD = 2, SK_RING = 4 };
 
 typedef struct {
     const double *L;
     int n, E;
     double *K, *d0, *d1, *colsum;
+    int first;           /* the first sweep: row tasks compute K */
+    long nblk, nb;       /* rows per block (a multiple of SK_ROWS), blocks */
+    int np, ncol;        /* row pieces per block (= parts), column ranges */
+    pthread_mutex_t mu;  /* guards the task state below */
+    pthread_cond_t cv;   /* signalled when a task ends */
+    long next_row;       /* next row task: block next_row / np, piece next_row % np */
+    int done[SK_RING];   /* row pieces done of block b, in slot b % SK_RING */
+    long cb[MOE_PAR_MAX];              /* next block of each column range */
+    unsigned char busy[MOE_PAR_MAX];   /* a column task of the range runs */
 } sk_job;
 
-static void sk_exp_part(void *arg, int i, int np)
+/* s[r] = sum_e k[r*E + e] * d1[e] over e in order, for the SK_ROWS rows at k (each product
+ * rounded, then added: the scalar loop's operations, lane by lane). */
+static void sk_sum8(const double *k, int E, const double *d1, double *s)
 {
-    sk_job *j = arg;
-    long lo, hi;
-    moe_par_range(j->n, i, np, &lo, &hi);
-    for (long t = lo; t < hi; t++) {
-        const double *lt = j->L + (size_t)t * j->E;
-        moe_vexp_shift(lt, j->E, moe_vmax(lt, j->E), j->K + (size_t)t * j->E);
+    int e = 0;
+#if defined(__AVX512F__)
+    const __m512i lo = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0);
+    const __m512i hi = _mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2);
+    __m512d acc = _mm512_setzero_pd();
+    for (; e + 8 <= E; e += 8) {
+        const __m512d w = _mm512_loadu_pd(d1 + e);
+        __m512d p[8], t[8], a[8];
+        _Pragma("GCC unroll 8") for (int r = 0; r < 8; r++) /* p[r]: row r, columns e..e+7 */
+            p[r] = _mm512_mul_pd(_mm512_loadu_pd(k + (size_t)r * E + e), w);
+        _Pragma("GCC unroll 4") for (int r = 0; r < 8; r += 2) { /* transpose p */
+            t[r] = _mm512_unpacklo_pd(p[r], p[r + 1]);
+            t[r + 1] = _mm512_unpackhi_pd(p[r], p[r + 1]);
+        }
+        _Pragma("GCC unroll 2") for (int q = 0; q < 2; q++)
+            _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {
+                a[4 * q + h] = _mm512_permutex2var_pd(t[4 * q + h], lo, t[4 * q + h + 2]);
+                a[4 * q + h + 2] = _mm512_permutex2var_pd(t[4 * q + h], hi, t[4 * q + h + 2]);
+            }
+        /* a[0] holds columns 0, 4 of rows 0-3, a[1] columns 1, 5, a[2] 2, 6, a[3] 3, 7; a[4..7]
+         * the same for rows 4-7 */
+        _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++)
+            acc = _mm512_add_pd(acc, _mm512_shuffle_f64x2(a[j], a[4 + j], 0x44));
+        _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++)
+            acc = _mm512_add_pd(acc, _mm512_shuffle_f64x2(a[j], a[4 + j], 0xee));
+    }
+    _mm512_storeu_pd(s, acc);
+#else
+    for (int r = 0; r < SK_ROWS; r++)
+        s[r] = 0.0;
+#endif
+    for (; e < E; e++) {
+        const double w = d1[e];
+        _Pragma("GCC unroll 8") for (int r = 0; r < SK_ROWS; r++)
+            s[r] += k[(size_t)r * E + e] * w;
     }
 }
 
-/* d0[t] = 1 / (n * sum_e K[t,e] d1[e]) for the rows of part i */
-static void sk_rows_part(void *arg, int i, int np)
+/* d0[t] = 1 / (n * sum_e K[t,e] d1[e]) for rows lo..hi-1 */
+static void sk_rows(const sk_job *j, long lo, long hi, double *d0)
 {
-    sk_job *j = arg;
     const int E = j->E;
-    const double *d1 = j->d1;
-    long lo, hi;
-    moe_par_range(j->n, i, np, &lo, &hi);
     long t = lo;
     for (; t + SK_ROWS <= hi; t += SK_ROWS) {
-        const double *k0 = j->K + (size_t)t * E;
-        double s[SK_ROWS] = {0.0};
-        for (int e = 0; e < E; e++) {
-            const double w = d1[e];
-            _Pragma("GCC unroll 8") for (int r = 0; r < SK_ROWS; r++)
-                s[r] += k0[(size_t)r * E + e] * w;
-        }
+        double s[SK_ROWS];
+        sk_sum8(j->K + (size_t)t * E, E, j->d1, s);
         for (int r = 0; r < SK_ROWS; r++)
-            j->d0[t + r] = 1.0 / ((double)j->n * s[r]);
+            d0[t - lo + r] = 1.0 / ((double)j->n * s[r]);
     }
     for (; t < hi; t++) {
         const double *kt = j->K + (size_t)t * E;
         double s = 0.0;
         for (int e = 0; e < E; e++)
-            s += kt[e] * d1[e];
-        j->d0[t] = 1.0 / ((double)j->n * s);
+            s += kt[e] * j->d1[e];
+        d0[t - lo] = 1.0 / ((double)j->n * s);
     }
 }
 
-/* colsum[e] = sum_t d0[t] K[t,e], t in order, for the columns of part i: blocks of up to
- * SK_COLS columns whose sums stay in registers through all the rows (each a product rounded,
- * then added: the scalar loop's operations, lane by lane). */
-enum { SK_COLS = 128 };
+/* colsum[e] += sum_t d0[t - lo] K[t,e], t = lo..hi-1 in order, for columns e0..e1-1: blocks of
+ * up to SK_COLS columns whose sums stay in registers through the rows. */
+static void sk_cols(const sk_job *j, long lo, long hi, const double *d0, long e0, long e1)
+{
+    const int E = j->E;
+    double *cs = j->colsum;
+    long e = e0;
+#if defined(__AVX512F__)
+    for (; e + SK_COLS <= e1; e += SK_COLS) {
+        __m512d acc[SK_COLS / 8];
+        _Pragma("GCC unroll 16") for (int v = 0; v < SK_COLS / 8; v++)
+            acc[v] = _mm512_loadu_pd(cs + e + 8 * v);
+        for (long t = lo; t < hi; t++) {
+            const double *kt = j->K + (size_t)t * E + e;
+            const __m512d d = _mm512_set1_pd(d0[t - lo]);
+            _Pragma("GCC unroll 16") for (int v = 0; v < SK_COLS / 8; v++)
+                acc[v] = _mm512_add_pd(acc[v], _mm512_mul_pd(d, _mm512_loadu_pd(kt + 8 * v)));
+        }
+        _Pragma("GCC unroll 16") for (int v = 0; v < SK_COLS / 8; v++)
+            _mm512_storeu_pd(cs + e + 8 * v, acc[v]);
+    }
+    for (; e + 32 <= e1; e += 32) {
+        __m512d acc[4];
+        for (int v = 0; v < 4; v++)
+            acc[v] = _mm512_loadu_pd(cs + e + 8 * v);
+        for (long t = lo; t < hi; t++) {
+            const double *kt = j->K + (size_t)t * E + e;
+            const __m512d d = _mm512_set1_pd(d0[t - lo]);
+            for (int v = 0; v < 4; v++)
+                acc[v] = _mm512_add_pd(acc[v], _mm512_mul_pd(d, _mm512_loadu_pd(kt + 8 * v)));
+        }
+        for (int v = 0; v < 4; v++)
+            _mm512_storeu_pd(cs + e + 8 * v, acc[v]);
+    }
+#endif
+    for (long t = lo; e < e1 && t < hi; t++) {
+        const double *kt = j->K + (size_t)t * E, d = d0[t - lo];
+        for (long q = e; q < e1; q++)
+            cs[q] += d * kt[q];
+    }
+}
 
-static void sk_cols_part(void *arg, int i, int np)
+/* Row task (b, h): rows of piece h of block b; K first in the first sweep, while the
+ * SK_ROWS rows are in cache. */
+static void sk_row_task(sk_job *j, long b, int h)
+{
+    const long b0 = b * j->nblk, bn = j->n - b0 < j->nblk ? j->n - b0 : j->nblk;
+    long lo, hi;
+    moe_par_range(bn, h, j->np, &lo, &hi);
+    for (long t = b0 + lo; t < b0 + hi; t += SK_ROWS) {
+        const long te = b0 + hi - t < SK_ROWS ? b0 + hi : t + SK_ROWS;
+        for (long u = t; j->first && u < te; u++) {
+            const double *lu = j->L + (size_t)u * j->E;
+            moe_vexp_shift(lu, j->E, moe_vmax(lu, j->E), j->K + (size_t)u * j->E);
+        }
+        sk_rows(j, t, te, j->d0 + t);
+    }
+}
+
+/* Column task (b, c): block b's rows added to the column sums of range c. */
+static void sk_col_task(sk_job *j, long b, int c)
+{
+    long e0, e1;
+    moe_par_range(j->E, c, j->ncol, &e0, &e1);
+    if (b == 0)
+        for (long e = e0; e < e1; e++)
+            j->colsum[e] = 0.0;
+    const long lo = b * j->nblk, hi = j->n - lo < j->nblk ? j->n : lo + j->nblk;
+    sk_cols(j, lo, hi, j->d0 + lo, e0, e1);
+}
+
+/* Column range c can add its next block (every piece of that block has its d0). */
+static int sk_col_ready(const sk_job *j, int c)
+{
+    const long b = j->cb[c];
+    return !j->busy[c] && b < j->nb && j->next_row > b * j->np && j->done[b % SK_RING] == j->np;
+}
+
+/* One thread of a sweep: runs ready tasks until every column range has added every block. */
+static void sk_sweep_part(void *arg, int i, int np)
 {
     sk_job *j = arg;
-    const int E = j->E;
-    long e0, e1;
-    moe_par_range(E, i, np, &e0, &e1);
-    double *cs = j->colsum;
-    for (long b = e0; b < e1; b += SK_COLS) {
-        const long be = e1 - b < SK_COLS ? e1 : b + SK_COLS;
-        long e = b;
-#if defined(__AVX512F__)
-        if (be - b == SK_COLS) {
-            __m512d acc[SK_COLS / 8];
-            _Pragma("GCC unroll 16") for (int v = 0; v < SK_COLS / 8; v++)
-                acc[v] = _mm512_setzero_pd();
-            for (int t = 0; t < j->n; t++) {
-                const double *kt = j->K + (size_t)t * E + b;
-                const __m512d d = _mm512_set1_pd(j->d0[t]);
-                _Pragma("GCC unroll 16") for (int v = 0; v < SK_COLS / 8; v++)
-                    acc[v] = _mm512_add_pd(acc[v], _mm512_mul_pd(d, _mm512_loadu_pd(kt + 8 * v)));
-            }
-            _Pragma("GCC unroll 16") for (int v = 0; v < SK_COLS / 8; v++)
-                _mm512_storeu_pd(cs + b + 8 * v, acc[v]);
-            e = be;
+    (void)np;
+    pthread_mutex_lock(&j->mu);
+    for (;;) {
+        long low = j->nb;
+        for (int c = 0; c < j->ncol; c++)
+            low = j->cb[c] < low ? j->cb[c] : low;
+        if (low == j->nb)
+            break;
+        int c = i < j->ncol && sk_col_ready(j, i) ? i : -1;
+        const long r = j->next_row, rb = r / j->np;
+        if (c < 0 && rb < j->nb && rb < low + SK_AHEAD) {
+            if (r % j->np == 0) /* slot rb % SK_RING is free: block rb - SK_RING is summed */
+                j->done[rb % SK_RING] = 0;
+            j->next_row++;
+            pthread_mutex_unlock(&j->mu);
+            sk_row_task(j, rb, (int)(r % j->np));
+            pthread_mutex_lock(&j->mu);
+            j->done[rb % SK_RING]++;
+            pthread_cond_broadcast(&j->cv);
+            continue;
         }
-#endif
-        for (long q = e; q < be; q++)
-            cs[q] = 0.0;
-        for (int t = 0; e < be && t < j->n; t++) {
-            const double *kt = j->K + (size_t)t * E, d = j->d0[t];
-            for (long q = e; q < be; q++)
-                cs[q] += d * kt[q];
+        for (int q = 0; c < 0 && q < j->ncol; q++)
+            c = sk_col_ready(j, q) ? q : -1;
+        if (c < 0) {
+            pthread_cond_wait(&j->cv, &j->mu);
+            continue;
         }
+        const long b = j->cb[c];
+        j->busy[c] = 1;
+        pthread_mutex_unlock(&j->mu);
+        sk_col_task(j, b, c);
+        pthread_mutex_lock(&j->mu);
+        j->busy[c] = 0;
+        j->cb[c]++;
+        pthread_cond_broadcast(&j->cv);
     }
+    pthread_mutex_unlock(&j->mu);
+}
+
+/* One sweep: d0 from d1 (and K first when j->first), then colsum = K^T d0. */
+static void sk_sweep(sk_job *j)
+{
+    j->next_row = 0;
+    for (int c = 0; c < j->ncol; c++)
+        j->cb[c] = 0, j->busy[c] = 0;
+    moe_par_run(sk_sweep_part, j, j->np);
 }
 
 int moe_sinkhorn_balance(const double *L, int n, int E, double tol, int max_iter, double *K,
                          double *d0, double *d1, double *colsum, int *iters)
 {
-    sk_job j = {L, n, E, K, d0, d1, colsum};
-    const int prow = moe_par_parts((long)n * E, 16384);
-    const int pcol = moe_par_parts(E, 32) < prow ? moe_par_parts(E, 32) : prow;
-    moe_par_run(sk_exp_part, &j, prow);
+    sk_job j = {.L = L, .n = n, .E = E, .K = K, .d0 = d0, .d1 = d1, .colsum = colsum};
+    /* rows per block: about SK_BLOCK_BYTES of K, a multiple of SK_ROWS in [SK_ROWS,
+     * SK_BLOCK_MAX] */
+    long nblk = SK_BLOCK_BYTES / (8L * E) / SK_ROWS * SK_ROWS;
+    j.nblk = nblk < SK_ROWS ? SK_ROWS : nblk > SK_BLOCK_MAX ? SK_BLOCK_MAX : nblk;
+    j.nb = (n + j.nblk - 1) / j.nblk;
+    j.np = moe_par_parts((long)n * E, 16384);
+    j.ncol = moe_par_parts(E, 32) < j.np ? moe_par_parts(E, 32) : j.np;
+    if (pthread_mutex_init(&j.mu, NULL))
+        return moe_fail(MOE_ENOMEM, NULL, "cannot create a mutex (sinkhorn)");
+    if (pthread_cond_init(&j.cv, NULL)) {
+        pthread_mutex_destroy(&j.mu);
+        return moe_fail(MOE_ENOMEM, NULL, "cannot create a condition variable (sinkhorn)");
+    }
     for (int e = 0; e < E; e++)
         d1[e] = 1.0;
-    for (int it = 1; it <= max_iter; it++) {
-        /* rows: d0[t] = 1 / (n * (K d1)[t]); columns: colsum = K^T d0 */
-        moe_par_run(sk_rows_part, &j, prow);
-        moe_par_run(sk_cols_part, &j, pcol);
+    int rc = MOE_OK, it = 1;
+    for (;; it++) {
+        if (it > max_iter) {
+            rc = moe_fail(MOE_EINPUT, "raise sinkhorn_tol, or check the logits for extreme "
+                          "values", "sinkhorn did not converge to relative tolerance %g in %d "
+                          "iterations (sinkhorn_tol)", tol, max_iter);
+            break;
+        }
+        j.first = it == 1; /* rows: d0[t] = 1 / (n * (K d1)[t]); columns: colsum = K^T d0 */
+        sk_sweep(&j);
         double delta = 0.0;
-        for (int e = 0; e < E; e++) {
+        for (int e = 0; e < E && !rc; e++) {
             double nd = 1.0 / ((double)E * colsum[e]);
             if (!(colsum[e] > 0.0) || !isfinite(nd))
-                return moe_fail(MOE_EINPUT, "logits that differ by more than ~700 within a row "
-                                "leave an expert without mass; rescale the logits",
-                                "sinkhorn: expert %d gets no mass (column sum %g, iteration %d)",
-                                e, colsum[e], it);
+                rc = moe_fail(MOE_EINPUT, "logits that differ by more than ~700 within a row "
+                              "leave an expert without mass; rescale the logits",
+                              "sinkhorn: expert %d gets no mass (column sum %g, iteration %d)",
+                              e, colsum[e], it);
             double ch = fabs(nd - d1[e]) / nd;
             if (ch > delta)
                 delta = ch;
             d1[e] = nd;
         }
-        if (delta < tol) {
-            if (iters)
-                *iters = it;
-            return MOE_OK;
-        }
+        if (rc || delta < tol)
+            break;
     }
-    return moe_fail(MOE_EINPUT, "raise sinkhorn_tol, or check the logits for extreme values",
-                    "sinkhorn did not converge to relative tolerance %g in %d iterations "
-                    "(sinkhorn_tol)", tol, max_iter);
+    pthread_cond_destroy(&j.cv);
+    pthread_mutex_destroy(&j.mu);
+    if (!rc && iters)
+        *iters = it;
+    return rc;
 }
 
 /* ---- workspace ---- */

@@ -1,6 +1,7 @@
 /* mem_reuse.c: freed memory kept for reuse (interface in mem_reuse.h). */
 #include "mem_reuse.h"
 
+#include <stdlib.h> /* defines __GLIBC__ (through features.h) on the GNU C library */
 #if defined(__GLIBC__)
 #include <malloc.h>
 #endif

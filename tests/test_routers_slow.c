@@ -2,9 +2,12 @@
  * sinkhorn.c, dsv3_bias.c, topp.c, relu.c, ranked.c) against their definitions, written plainly
  * here from the routers' header comments:
  *   - moe_sinkhorn_balance gives the bits of the serial loop of sinkhorn.h (exp of libm, row sums
- *     over e in order, column sums over t in order) for 1, 2 and 3 threads, on shapes with row
- *     tails (n = 5003) and column tails (E = 37, and E = 300: a full 128-column block and a tail
- *     per thread);
+ *     over e in order, column sums over t in order, two passes per iteration) for 1, 2 and 3
+ *     threads, on shapes with row tails (n = 5003: the last row block short, pieces of blocks
+ *     that are not multiples of eight rows) and column tails (E = 37; E = 300: a full
+ *     128-column block and a tail per thread; E = 256: 128 columns per range on two threads,
+ *     the experiments' shape), and on n = 7 rows cut into pieces of two or three rows (every
+ *     grain 1);
  *   - dropless, token_major plans (entries in token order, slot = the expert's claims so far)
  *     built from a stable descending argsort (moe_argsort_desc) of the definition's scores:
  *     topp (softmax p, claimed until the cumulative p reaches top_p), relu (logits > 0), both also
@@ -73,25 +76,31 @@ static int ref_balance(int n, int E, double tol, double *K, double *d0, double *
     return -1;
 }
 
-static void test_balance(gsl_rng *r, int E)
+/* n rows of E; grain > 0: every part split down to that many items */
+static void test_balance(gsl_rng *r, int n, int E, long grain)
 {
     fill_logits(r, E, 1.5);
-    const size_t ne = (size_t)N * E;
+    const size_t ne = (size_t)n * E;
     double *K = malloc(ne * sizeof *K), *Kr = malloc(ne * sizeof *Kr);
     double d0[N], d0r[N], d1[EW], d1r[EW], cs[EW];
-    int want = ref_balance(N, E, 1e-9, Kr, d0r, d1r, cs);
-    CHECK(want > 1, "E = %d: the reference converges in more than one iteration (%d)", E, want);
+    int want = ref_balance(n, E, 1e-9, Kr, d0r, d1r, cs);
+    CHECK(want > 1, "n = %d, E = %d: the reference converges in more than one iteration (%d)",
+          n, E, want);
+    moe_par_set_grain(grain);
     for (int th = 1; th <= 3; th++) {
         moe_par_set_threads(th);
         int iters = 0;
-        int rc = moe_sinkhorn_balance(L, N, E, 1e-9, MOE_SINKHORN_MAX_ITER, K, d0, d1, cs, &iters);
-        CHECK(rc == MOE_OK && iters == want, "E = %d, %d threads: rc %d, %d iterations, want %d",
-              E, th, rc, iters, want);
-        CHECK(memcmp(K, Kr, ne * sizeof *K) == 0 && memcmp(d0, d0r, sizeof d0) == 0 &&
+        int rc = moe_sinkhorn_balance(L, n, E, 1e-9, MOE_SINKHORN_MAX_ITER, K, d0, d1, cs, &iters);
+        CHECK(rc == MOE_OK && iters == want,
+              "n = %d, E = %d, %d threads: rc %d, %d iterations, want %d", n, E, th, rc, iters,
+              want);
+        CHECK(memcmp(K, Kr, ne * sizeof *K) == 0 &&
+                  memcmp(d0, d0r, (size_t)n * sizeof *d0) == 0 &&
                   memcmp(d1, d1r, (size_t)E * sizeof *d1) == 0,
-              "E = %d, %d threads: K, d0, d1 not bit-equal to the serial loop", E, th);
+              "n = %d, E = %d, %d threads: K, d0, d1 not bit-equal to the serial loop", n, E, th);
     }
     moe_par_set_threads(0);
+    moe_par_set_grain(0);
     free(K), free(Kr);
 }
 
@@ -313,8 +322,10 @@ int main(void)
 {
     gsl_rng *r = moe_rng_alloc(20261205u, 7);
     test_ranked(r);
-    test_balance(r, EN);
-    test_balance(r, EW);
+    test_balance(r, N, EN, 0);
+    test_balance(r, N, EW, 0);
+    test_balance(r, N, 256, 0);
+    test_balance(r, 7, EN, 1);
     test_definitions(r);
     test_threads(r);
     gsl_rng_free(r);
