@@ -169,8 +169,13 @@ static int gshard_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     w->raw = r->opts.threshold_on == MOE_THRESH_RAW;
     moe_claims_scratch_p(w->cl, r->opts.order); /* p only for orders bpr, probs */
     w->cl->stats_in_rows = 1; /* every row leaves its two claims final */
+    if (w->sc.is_default && w->policy != MOE_SECOND_SAMPLING) { /* the two largest logits */
+        plan->rows_topk = w->cl->expert;
+        plan->rows_topk_k = 2;
+    }
     int rc = moe_claims_rows(w->cl, in->logits, n,
                              w->sc.is_default ? gshard_row : gshard_score_row, w, plan);
+    plan->rows_topk = NULL;
     if (rc)
         return rc;
     return moe_claims_finish(w->cl, &r->opts, n, MOE_CLAIMS_AUX_FIRST, plan);

@@ -15,6 +15,15 @@
 
 #include <stdint.h>
 
+/* The smallest of v[idx[j]], j < k; NaN when one of them is NaN. */
+static double sel_min_at(const double *v, const int32_t *idx, int k)
+{
+    double lo = v[idx[0]];
+    for (int j = 1; j < k; j++)
+        lo = v[idx[j]] < lo || v[idx[j]] != v[idx[j]] ? v[idx[j]] : lo;
+    return lo;
+}
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
@@ -168,7 +177,35 @@ int moe_select_first_eq(const double *x, int len, double m)
     return -1;
 }
 
+int moe_select_is_top(const double *v, int len, const int32_t *idx, int k)
+{
+    const double lo = sel_min_at(v, idx, k);
+    if (lo != lo)
+        return 0;
+    const __m512d vl = _mm512_set1_pd(lo);
+    int cnt = 0, i = 0; /* elements not below lo (NaN: unordered, counted) */
+    for (; i + 8 <= len; i += 8)
+        cnt += __builtin_popcount(_mm512_cmp_pd_mask(_mm512_loadu_pd(v + i), vl, _CMP_NLT_UQ));
+    if (i < len) {
+        const __mmask8 m = (__mmask8)((1u << (len - i)) - 1u);
+        cnt += __builtin_popcount(
+            _mm512_mask_cmp_pd_mask(m, _mm512_maskz_loadu_pd(m, v + i), vl, _CMP_NLT_UQ));
+    }
+    return cnt == k;
+}
+
 #else
+
+int moe_select_is_top(const double *v, int len, const int32_t *idx, int k)
+{
+    const double lo = sel_min_at(v, idx, k);
+    if (lo != lo)
+        return 0;
+    int cnt = 0;
+    for (int i = 0; i < len; i++)
+        cnt += !(v[i] < lo);
+    return cnt == k;
+}
 
 int moe_select_argmax_skip(const double *x, int len, int skip)
 {

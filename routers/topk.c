@@ -120,9 +120,14 @@ static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     const int dflt = w->sc.is_default;
     moe_claims_scratch_p(cl, r->opts.order); /* p only for orders bpr, probs */
     cl->stats_in_rows = 1; /* the rows leave their claims final (when there is no noise) */
+    if (dflt && !(sd > 0.0)) { /* each row's k largest logits by rank, ties to the lower */
+        plan->rows_topk = cl->expert;
+        plan->rows_topk_k = cl->K;
+    }
     int rc = moe_claims_rows(cl, in->logits, n,
                              sd > 0.0 ? NULL : dflt ? topk_row : topk_score_row,
                              dflt ? (void *)cl : (void *)w, plan);
+    plan->rows_topk = NULL;
     if (rc)
         return rc;
     /* the noisy logits go into the plan's own buffer, for the metrics (plan->noisy_logits) */

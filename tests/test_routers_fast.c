@@ -8,6 +8,7 @@
  *    function may decline a row (returns 0), but every row it takes must match, and the
  *    Gaussian rows must mostly be taken (else the test would check nothing).
  *  - moe_claims_argmax with a skipped index (the vector pass of select.c) against a scalar scan.
+ *  - moe_select_is_top (whether a set of k indices is a row's top-k) against its definition.
  *  - the claims tail on the routers' threads (routers/claims_par.c) and the rows pass: switch,
  *    topk k = 1, 2, 8 and gshard on 40000 tokens of quartered logits (ties across the part
  *    boundaries), orders choice_major and token_major, with capacity, dropless and
@@ -112,6 +113,70 @@ static void test_argmax_skip(void)
     gsl_rng_free(g);
 }
 
+/* moe_select_is_top against its definition written here: 1 iff the row holds no NaN and every
+ * element outside idx is below the smallest v[idx[j]]. Sets: the reference's top-k (ties to the
+ * lower index), the same with its last index swapped for another (mostly not the top), and
+ * the top-k with ties to the higher index (a top-k as well unless a tie meets the k-th place);
+ * rows of lengths 1..300 (multiples of 8 and not) of Gaussian values, quarters, signed zeros
+ * (ties everywhere) and Gaussian values with one NaN. */
+static void test_is_top(void)
+{
+    gsl_rng *g = moe_rng_alloc(11, 1);
+    int bad = 0, yes = 0, no = 0;
+    for (int it = 0; it < 40000; it++) {
+        const int len = 1 + (int)gsl_rng_uniform_int(g, LMAX), mode = it % 4;
+        const int k = 1 + (int)gsl_rng_uniform_int(g, len < 8 ? len : 8);
+        double v[LMAX], rv[8], w[LMAX];
+        int32_t idx[8];
+        for (int i = 0; i < len; i++) {
+            const double z = gsl_ran_gaussian_ziggurat(g, 1.0);
+            v[i] = mode == 1   ? (double)(int)(z * 4.0) / 4.0
+                   : mode == 2 ? (gsl_rng_uniform(g) < 0.5 ? 0.0 : -0.0)
+                               : z;
+        }
+        if (mode == 3)
+            v[gsl_rng_uniform_int(g, len)] = NAN;
+        const int set = it / 4 % 3;
+        if (set == 2) { /* ties to the higher index: the top-k of the reversed row */
+            for (int i = 0; i < len; i++)
+                w[i] = v[len - 1 - i];
+            ref_topk(w, len, k, idx, rv);
+            for (int j = 0; j < k; j++)
+                idx[j] = len - 1 - idx[j];
+        } else {
+            ref_topk(v, len, k, idx, rv);
+        }
+        if (set == 1 && k < len) { /* the last index swapped for one outside the set */
+            int o;
+            do {
+                o = (int)gsl_rng_uniform_int(g, len);
+                for (int j = 0; j < k; j++)
+                    o = idx[j] == o ? -1 : o;
+            } while (o < 0);
+            idx[k - 1] = o;
+        }
+        double lo = INFINITY;
+        int want = 1;
+        for (int j = 0; j < k; j++)
+            lo = v[idx[j]] < lo ? v[idx[j]] : lo;
+        for (int i = 0; i < len; i++) {
+            int in = 0;
+            for (int j = 0; j < k; j++)
+                in |= idx[j] == i;
+            if (isnan(v[i]) || (!in && v[i] >= lo))
+                want = 0;
+        }
+        const int got = moe_select_is_top(v, len, idx, k);
+        bad += got != want;
+        yes += want;
+        no += !want;
+    }
+    CHECK(bad == 0 && yes > 5000 && no > 5000,
+          "moe_select_is_top: %d of %d rows differ from the definition (%d top, %d not)", bad,
+          yes + no, yes, no);
+    gsl_rng_free(g);
+}
+
 static moe_plan *route(const char *name, int k, int order, int dropless, int renorm, int nt)
 {
     moe_route_opts o = route_helper_opts(k, order);
@@ -161,6 +226,7 @@ int main(void)
     gsl_rng_free(g);
     test_select();
     test_argmax_skip();
+    test_is_top();
     test_threads();
     printf("test_routers_fast: %d passed, %d failed\n", check_pass, check_fail);
     return check_fail != 0;
