@@ -20,6 +20,7 @@
 #include "moe.h"
 #include "claims.h"
 #include "score.h"
+#include "select.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -94,7 +95,11 @@ static void gshard_row(void *ctx, int t, const double *lt, const double *pt)
     gshard_ws *w = ctx;
     moe_claims *cl = w->cl;
     const int E = cl->E;
-    int e1 = moe_claims_argmax_row(cl, t, lt), e2 = moe_claims_argmax(lt, E, e1);
+    int32_t e1, e2; /* the first index of the maximum, then of the others' maximum */
+    if (!moe_select_top2(lt, E, cl->rowmax[t], &e1, &e2)) {
+        e1 = moe_claims_argmax_row(cl, t, lt);
+        e2 = moe_claims_argmax(lt, E, e1);
+    }
     if (w->policy == MOE_SECOND_SAMPLING) { /* argmax of L + G over e != e1, ties to lower e */
         const double *u = w->gu + (size_t)t * E;
         double best = 0.0;

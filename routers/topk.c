@@ -7,6 +7,7 @@
 #include "moe.h"
 #include "claims.h"
 #include "score.h"
+#include "select.h"
 
 #include <gsl/gsl_randist.h>
 #include <stdlib.h>
@@ -63,7 +64,11 @@ static void topk_select(moe_claims *cl, int t, const double *row, int in_rows)
     const int k = cl->K;
     const size_t i0 = (size_t)t * k;
     double *sv = cl->gate + i0; /* the selected values, then their softmax in place */
-    if (k <= 2 && in_rows) { /* the first index of the maximum, then of the rest's maximum */
+    if (k == 2 && in_rows && moe_select_top2(row, cl->E, cl->rowmax[t], cl->expert + i0,
+                                             cl->expert + i0 + 1)) {
+        sv[0] = row[cl->expert[i0]];
+        sv[1] = row[cl->expert[i0 + 1]];
+    } else if (k <= 2 && in_rows) { /* the first index of the maximum, then of the rest's */
         cl->expert[i0] = moe_claims_argmax_row(cl, t, row);
         sv[0] = row[cl->expert[i0]];
         if (k == 2) {
