@@ -20,6 +20,7 @@
 #include "moe.h"
 #include "claims.h"
 #include "score.h"
+#include "select.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -94,7 +95,11 @@ static void gshard_row(void *ctx, int t, const double *lt, const double *pt)
     gshard_ws *w = ctx;
     moe_claims *cl = w->cl;
     const int E = cl->E;
-    int e1 = moe_claims_argmax_row(cl, t, lt), e2 = moe_claims_argmax(lt, E, e1);
+    int32_t e1, e2; /* the first index of the maximum, then of the others' maximum */
+    if (!moe_select_top2(lt, E, cl->rowmax[t], &e1, &e2)) {
+        e1 = moe_claims_argmax_row(cl, t, lt);
+        e2 = moe_claims_argmax(lt, E, e1);
+    }
     if (w->policy == MOE_SECOND_SAMPLING) { /* argmax of L + G over e != e1, ties to lower e */
         const double *u = w->gu + (size_t)t * E;
         double best = 0.0;
@@ -169,8 +174,13 @@ static int gshard_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     w->raw = r->opts.threshold_on == MOE_THRESH_RAW;
     moe_claims_scratch_p(w->cl, r->opts.order); /* p only for orders bpr, probs */
     w->cl->stats_in_rows = 1; /* every row leaves its two claims final */
+    if (w->sc.is_default && w->policy != MOE_SECOND_SAMPLING) { /* the two largest logits */
+        plan->rows_topk = w->cl->expert;
+        plan->rows_topk_k = 2;
+    }
     int rc = moe_claims_rows(w->cl, in->logits, n,
                              w->sc.is_default ? gshard_row : gshard_score_row, w, plan);
+    plan->rows_topk = NULL;
     if (rc)
         return rc;
     return moe_claims_finish(w->cl, &r->opts, n, MOE_CLAIMS_AUX_FIRST, plan);

@@ -15,6 +15,15 @@
 
 #include <stdint.h>
 
+/* The smallest of v[idx[j]], j < k; NaN when one of them is NaN. */
+static double sel_min_at(const double *v, const int32_t *idx, int k)
+{
+    double lo = v[idx[0]];
+    for (int j = 1; j < k; j++)
+        lo = v[idx[j]] < lo || v[idx[j]] != v[idx[j]] ? v[idx[j]] : lo;
+    return lo;
+}
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
@@ -153,6 +162,50 @@ int moe_select_argmax_skip(const double *x, int len, int skip)
     return -1;
 }
 
+int moe_select_top2(const double *x, int len, double mx, int32_t *e1, int32_t *e2)
+{
+    if (len < 2 || len > SEL_MAX_LEN)
+        return 0;
+    const int nb = (len + 7) / 8;
+    const __m512d vm = _mm512_set1_pd(mx);
+    __m512d m2 = _mm512_set1_pd(-__builtin_inf());
+    uint64_t eq[SEL_MAX_LEN / 64]; /* bit i % 64 of word i / 64: x[i] == mx */
+    __mmask8 nan = 0;
+    for (int b = 0; b < nb; b++) { /* the places of mx, and the largest below it */
+        const __mmask8 ld = sel_block_mask(len, -1, b);
+        const __m512d v = _mm512_maskz_loadu_pd(ld, x + 8 * b);
+        nan |= _mm512_mask_cmp_pd_mask(ld, v, v, _CMP_UNORD_Q);
+        m2 = _mm512_mask_max_pd(m2, _mm512_mask_cmp_pd_mask(ld, v, vm, _CMP_LT_OQ), m2, v);
+        const uint64_t q = _mm512_mask_cmp_pd_mask(ld, v, vm, _CMP_EQ_OQ);
+        eq[b / 8] = (b % 8 ? eq[b / 8] : 0) | q << (8 * (b % 8));
+    }
+    if (nan)
+        return 0;
+    int first = -1;
+    for (int w = 0; w < (nb + 7) / 8; w++) {
+        uint64_t q = eq[w];
+        while (q) {
+            const int i = 64 * w + __builtin_ctzll(q);
+            if (first >= 0) { /* mx twice: the second place is the second choice */
+                *e1 = first;
+                *e2 = i;
+                return 1;
+            }
+            first = i;
+            q &= q - 1;
+        }
+    }
+    if (first < 0)
+        return 0; /* mx is not in the row */
+    const double v2 = _mm512_reduce_max_pd(m2); /* below mx: never x[first] */
+    const int second = moe_select_first_eq(x, len, v2);
+    if (second < 0)
+        return 0;
+    *e1 = first;
+    *e2 = second;
+    return 1;
+}
+
 int moe_select_first_eq(const double *x, int len, double m)
 {
     const __m512d vm = _mm512_set1_pd(m);
@@ -168,7 +221,41 @@ int moe_select_first_eq(const double *x, int len, double m)
     return -1;
 }
 
+int moe_select_is_top(const double *v, int len, const int32_t *idx, int k)
+{
+    const double lo = sel_min_at(v, idx, k);
+    if (lo != lo)
+        return 0;
+    const __m512d vl = _mm512_set1_pd(lo);
+    int cnt = 0, i = 0; /* elements not below lo (NaN: unordered, counted) */
+    for (; i + 8 <= len; i += 8)
+        cnt += __builtin_popcount(_mm512_cmp_pd_mask(_mm512_loadu_pd(v + i), vl, _CMP_NLT_UQ));
+    if (i < len) {
+        const __mmask8 m = (__mmask8)((1u << (len - i)) - 1u);
+        cnt += __builtin_popcount(
+            _mm512_mask_cmp_pd_mask(m, _mm512_maskz_loadu_pd(m, v + i), vl, _CMP_NLT_UQ));
+    }
+    return cnt == k;
+}
+
 #else
+
+int moe_select_top2(const double *x, int len, double mx, int32_t *e1, int32_t *e2)
+{
+    (void)x, (void)len, (void)mx, (void)e1, (void)e2;
+    return 0;
+}
+
+int moe_select_is_top(const double *v, int len, const int32_t *idx, int k)
+{
+    const double lo = sel_min_at(v, idx, k);
+    if (lo != lo)
+        return 0;
+    int cnt = 0;
+    for (int i = 0; i < len; i++)
+        cnt += !(v[i] < lo);
+    return cnt == k;
+}
 
 int moe_select_argmax_skip(const double *x, int len, int skip)
 {

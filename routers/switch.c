@@ -130,7 +130,10 @@ static int switch_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         }
         rc = moe_claims_rows(cl, in->logits, in->n, switch_row_rsample, w, plan);
     } else if (w->sc.is_default) {
+        plan->rows_topk = cl->expert; /* each row's first index of its largest logit */
+        plan->rows_topk_k = 1;
         rc = moe_claims_rows(cl, in->logits, in->n, switch_row, cl, plan);
+        plan->rows_topk = NULL;
     } else {
         rc = moe_claims_rows(cl, in->logits, in->n, switch_score_row, w, plan);
     }

@@ -7,6 +7,7 @@
 #include "moe.h"
 #include "claims.h"
 #include "score.h"
+#include "select.h"
 
 #include <gsl/gsl_randist.h>
 #include <stdlib.h>
@@ -63,7 +64,11 @@ static void topk_select(moe_claims *cl, int t, const double *row, int in_rows)
     const int k = cl->K;
     const size_t i0 = (size_t)t * k;
     double *sv = cl->gate + i0; /* the selected values, then their softmax in place */
-    if (k <= 2 && in_rows) { /* the first index of the maximum, then of the rest's maximum */
+    if (k == 2 && in_rows && moe_select_top2(row, cl->E, cl->rowmax[t], cl->expert + i0,
+                                             cl->expert + i0 + 1)) {
+        sv[0] = row[cl->expert[i0]];
+        sv[1] = row[cl->expert[i0 + 1]];
+    } else if (k <= 2 && in_rows) { /* the first index of the maximum, then of the rest's */
         cl->expert[i0] = moe_claims_argmax_row(cl, t, row);
         sv[0] = row[cl->expert[i0]];
         if (k == 2) {
@@ -120,9 +125,14 @@ static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     const int dflt = w->sc.is_default;
     moe_claims_scratch_p(cl, r->opts.order); /* p only for orders bpr, probs */
     cl->stats_in_rows = 1; /* the rows leave their claims final (when there is no noise) */
+    if (dflt && !(sd > 0.0)) { /* each row's k largest logits by rank, ties to the lower */
+        plan->rows_topk = cl->expert;
+        plan->rows_topk_k = cl->K;
+    }
     int rc = moe_claims_rows(cl, in->logits, n,
                              sd > 0.0 ? NULL : dflt ? topk_row : topk_score_row,
                              dflt ? (void *)cl : (void *)w, plan);
+    plan->rows_topk = NULL;
     if (rc)
         return rc;
     /* the noisy logits go into the plan's own buffer, for the metrics (plan->noisy_logits) */

@@ -97,9 +97,17 @@ static double double_cv2(const double *v, int E)
 
 /* ---- compute ---- */
 
-/* Check every entry lies inside the plan's (T, E, C) so the counts below can index by it. */
-static int check_entries(const moe_plan *plan)
+enum { RUN_MAX = 16 };
+
+/* One pass over the entries: each must lie inside the plan's (T, E, C) so that the counts below
+ * can index by it; *runs = whether they come in token order with at most RUN_MAX entries per
+ * token (the token-choice routers' plans: each token's experts can then be read from its run of
+ * entries, without marks); kept (E) += the entries of each expert (sparse plans only). */
+static int scan_entries(const moe_plan *plan, long *kept, int *runs)
 {
+    const int sparse = !plan->dense;
+    int run = 0, in_runs = sparse;
+    int32_t prev = -1;
     for (size_t i = 0; i < plan->n_entries; i++) {
         const moe_entry *en = &plan->entries[i];
         if (en->token < 0 || en->token >= plan->n || en->expert < 0 || en->expert >= plan->E ||
@@ -108,11 +116,17 @@ static int check_entries(const moe_plan *plan)
                             "plan entry %zu (token %d, expert %d, slot %d) outside T = %d, "
                             "E = %d, C = %ld (metrics)",
                             i, en->token, en->expert, en->slot, plan->n, plan->E, plan->capacity);
+        run = en->token == prev ? run + 1 : 1;
+        in_runs &= run <= RUN_MAX && en->token >= prev;
+        prev = en->token;
+        if (sparse)
+            kept[en->expert]++;
     }
     if (plan->n_claims > 0 && (size_t)plan->n_claims < plan->n_entries)
         return moe_fail(MOE_EINVAL, "the router produced an inconsistent plan",
                         "plan has %zu entries but only %ld claims (metrics)", plan->n_entries,
                         plan->n_claims);
+    *runs = in_runs;
     return MOE_OK;
 }
 
@@ -131,23 +145,6 @@ int moe_metrics_set_opts(moe_metrics *mt, const moe_route_opts *o)
     mt->score = o->score;
     mt->pad_to_capacity = o->pad_to_capacity;
     return MOE_OK;
-}
-
-enum { RUN_MAX = 16 };
-
-/* Whether the plan's entries come in token order with at most RUN_MAX entries per token (the
- * token-choice routers' plans), so each token's experts can be read from its run of entries. */
-static int entries_in_runs(const moe_plan *plan)
-{
-    if (plan->dense)
-        return 0;
-    int run = 0;
-    for (size_t i = 0; i < plan->n_entries; i++) {
-        run = i > 0 && plan->entries[i].token == plan->entries[i - 1].token ? run + 1 : 1;
-        if (run > RUN_MAX || (i > 0 && plan->entries[i].token < plan->entries[i - 1].token))
-            return 0;
-    }
-    return 1;
 }
 
 /* Adds v to the distinct values set[0..*len) (RUN_MAX at most); 1 if it was new. */
@@ -238,33 +235,37 @@ int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f
     if (d < 0 || f < 0)
         return moe_fail(MOE_EINVAL, NULL, "layer shape d = %d, f = %d must be >= 0 (metrics)", d,
                         f);
-    int rc = check_entries(plan);
-    if (rc)
-        return rc;
-
-    /* Scratch: marks (T,E) for distinct experts per token; dense plans also (E,C) for
+    /* Scratch: kept (E) counts until the entries are known to be valid; marks (T,E) for
+     * distinct experts per token unless the entries come in runs; dense plans also (E,C) for
      * distinct slots. One block per call, once per routing group (never in a routing loop). */
-    const int runs = entries_in_runs(plan); /* then no marks */
+    long *kept = calloc((size_t)E, sizeof *kept);
+    int runs = 0;
+    if (!kept)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of %d experts)", E);
+    int rc = scan_entries(plan, kept, &runs);
     size_t te = runs ? 0 : (size_t)n * (size_t)E;
     size_t ec = plan->dense ? (size_t)E * (size_t)plan->capacity : 0;
-    unsigned char *mark = calloc(te + ec + 1, 1);
-    if (!mark)
-        return moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of %d tokens x %d experts)", n,
-                        E);
+    unsigned char *mark = rc ? NULL : calloc(te + ec + 1, 1);
+    if (!rc && !mark)
+        rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of %d tokens x %d experts)", n,
+                      E);
+    if (rc) {
+        free(kept);
+        return rc;
+    }
     unsigned char *slot_mark = mark + te;
 
     /* ---- loads ---- */
     memcpy(mt->assigned_load, plan->assigned_load, (size_t)E * sizeof *mt->assigned_load);
     memcpy(mt->importance, plan->importance, (size_t)E * sizeof *mt->importance);
-    memset(mt->kept_load, 0, (size_t)E * sizeof *mt->kept_load);
+    memcpy(mt->kept_load, kept, (size_t)E * sizeof *mt->kept_load); /* sparse: counted */
+    free(kept);
     memset(mt->experts_per_token, 0, ((size_t)E + 1) * sizeof *mt->experts_per_token);
-    for (size_t i = 0; i < plan->n_entries; i++) {
+    for (size_t i = 0; (!runs || plan->dense) && i < plan->n_entries; i++) {
         const moe_entry *en = &plan->entries[i];
         if (!runs)
             mark[(size_t)en->token * E + en->expert] = 1;
-        if (!plan->dense) {
-            mt->kept_load[en->expert]++;
-        } else {
+        if (plan->dense) { /* kept_load[e] = distinct slots of e */
             unsigned char *sm = &slot_mark[(size_t)en->expert * plan->capacity + en->slot];
             if (!*sm) {
                 *sm = 1;

@@ -25,6 +25,7 @@
 #include "metrics_anchor.h"
 #include "../routers/claims.h" /* moe_claims_topk */
 #include "../routers/par.h"
+#include "../routers/select.h"
 #include "vexp.h"
 
 #include <gsl/gsl_cdf.h>
@@ -286,14 +287,25 @@ static int rows_k(const moe_metrics_rows *r)
 }
 
 /* rows_each: rows t0..t1-1 of the router's softmax p (rows, E): each row's Megatron routing map,
- * moe_claims_topk of p, into tk (on the pass's threads). */
+ * the set moe_claims_topk of p chooses, into tk (on the pass's threads). The router's own top-k
+ * of the logits (plan->rows_topk) is that set whenever no other probability of the row reaches
+ * its smallest one (moe_select_is_top; add_row reads tk as a set); a row where one does (two
+ * logits a rounding apart share a probability) takes the selection on p. */
 static void rows_each(void *ctx, long t0, long t1, const double *p)
 {
     const moe_metrics_rows *r = ctx;
-    const int k = rows_k(r), E = r->plan->E;
+    const moe_plan *plan = r->plan;
+    const int k = rows_k(r), E = plan->E;
+    const int32_t *own = plan->rows_topk && plan->rows_topk_k == k ? plan->rows_topk : NULL;
     double val[ROWS_KMAX];
-    for (long t = t0; k >= 1 && t < t1; t++)
-        moe_claims_topk(p + (size_t)(t - t0) * E, E, k, r->tk + (size_t)t * k, val);
+    for (long t = t0; k >= 1 && t < t1; t++) {
+        const double *pt = p + (size_t)(t - t0) * E;
+        int32_t *tk = r->tk + (size_t)t * k;
+        if (own && moe_select_is_top(pt, E, own + (size_t)t * k, k))
+            memcpy(tk, own + (size_t)t * k, (size_t)k * sizeof *tk);
+        else
+            moe_claims_topk(pt, E, k, tk, val);
+    }
 }
 
 /* A pass over n = plan->n rows starts: the state of anchor_losses for its plan and options. */

@@ -108,6 +108,12 @@ typedef struct {
     void (*rows_add)(void *ctx, long t0, long t1, const double *p);
     void *rows_ctx;
     const double *rows_of;
+    /* The router's own choices while its rows pass runs, for rows_each: rows_topk (T,
+     * rows_topk_k) holds each row's rows_topk_k largest logits by rank (ties to the lower
+     * expert), filled for rows t0..t1-1 before rows_each sees them; NULL when the router's
+     * choices are not those (noise, scores, sampling) or outside its rows pass. */
+    const int32_t *rows_topk;
+    int rows_topk_k;
 } moe_plan;
 
 moe_plan *moe_plan_alloc(int n_max, int E, size_t cap_entries);

@@ -5,7 +5,10 @@
  * again in moe_metrics_compute.
  *
  * Checked, on plans routed by switch, topk (k = 2, 8) and gshard from N(0,1) logits (fixed PCG
- * seed) or logits rounded to multiples of 1/2 (ties in the routing map, to the lower index):
+ * seed) or logits rounded to multiples of 1/2 (ties in the routing map, to the lower index),
+ * or with the draws below 1.5 scaled down to multiples of 1e-20 (logits that differ while their
+ * probabilities are equal: the router's choice by logit is then not the metrics' choice by
+ * probability, and the metrics must not take the router's top-k for those rows):
  *   - the values equal, bit for bit, those of the algorithmic reference
  *     moe_metrics_anchor_reference run on the plan without its logsumexps (then it takes each
  *     row's softmax with moe_softmax: exp(L - max) / sum, the router's formula, vexp.h), with
@@ -122,6 +125,15 @@ static void run_case(const rows_case *c, gsl_rng *g)
     for (size_t i = 0; i < (size_t)n * E; i++) {
         const double x = gsl_ran_gaussian_ziggurat(g, 1.0);
         L[i] = c->ties ? round(2.0 * x) / 2.0 : x;
+        /* ties 2: the draws above 1.5 as multiples of 1/2, the others as multiples of 1e-20
+         * (distinct doubles for distinct multiples): next to a row maximum of 1.5 or more,
+         * every L - max of the small ones rounds to -max (1e-20 is far below half its ulp),
+         * and in a row without one exp(L - max) is 1.0 for all of them, so distinct logits
+         * share a probability: the router's choice by logit (the larger) and the metrics'
+         * choice by probability (the lower expert) differ wherever such values meet the k-th
+         * place */
+        if (c->ties == 2)
+            L[i] = x >= 1.5 ? round(2.0 * x) / 2.0 : round(4.0 * x) * 1e-20;
     }
     if ((rc = moe_metrics_set_opts(mt, &r->opts)) || (rc = moe_metrics_set_opts(ref, &r->opts)))
         goto out;
@@ -222,6 +234,10 @@ int main(void)
         {"topk", 2048, 256, 8, 1, 128, 0, 0.0, MOE_SCORE_AUTO, 1},
         {"gshard", 3000, 20, 2, 0, 1000, 0, 0.0, MOE_SCORE_AUTO, 1},
         {"gshard", 4096, 64, 2, 1, 0, 2048, 0.0, MOE_SCORE_AUTO, 1},
+        {"switch", 1024, 20, 1, 2, 0, 0, 0.0, MOE_SCORE_AUTO, 1}, /* equal p, distinct L */
+        {"topk", 1024, 64, 2, 2, 256, 0, 0.0, MOE_SCORE_AUTO, 1},
+        {"topk", 1024, 64, 8, 2, 0, 0, 0.0, MOE_SCORE_AUTO, 1},
+        {"gshard", 1024, 20, 2, 2, 0, 0, 0.0, MOE_SCORE_AUTO, 1},
         {"topk", 2048, 64, 2, 0, 0, 0, 1.0, MOE_SCORE_AUTO, 0},       /* gate noise */
         {"topk", 2048, 64, 2, 0, 0, 0, 0.0, MOE_SCORE_SIGMOID, 0},    /* own scores */
         {"expert_choice", 2048, 64, 1, 0, 0, 0, 0.0, MOE_SCORE_AUTO, 0}, /* no rows pass */

@@ -8,6 +8,8 @@
  *    function may decline a row (returns 0), but every row it takes must match, and the
  *    Gaussian rows must mostly be taken (else the test would check nothing).
  *  - moe_claims_argmax with a skipped index (the vector pass of select.c) against a scalar scan.
+ *  - moe_select_is_top (whether a set of k indices is a row's top-k) against its definition.
+ *  - moe_select_top2 (a row's two first choices given its maximum) against scalar scans.
  *  - the claims tail on the routers' threads (routers/claims_par.c) and the rows pass: switch,
  *    topk k = 1, 2, 8 and gshard on 40000 tokens of quartered logits (ties across the part
  *    boundaries), orders choice_major and token_major, with capacity, dropless and
@@ -112,6 +114,118 @@ static void test_argmax_skip(void)
     gsl_rng_free(g);
 }
 
+/* moe_select_is_top against its definition written here: 1 iff the row holds no NaN and every
+ * element outside idx is below the smallest v[idx[j]]. Sets: the reference's top-k (ties to the
+ * lower index), the same with its last index swapped for another (mostly not the top), and
+ * the top-k with ties to the higher index (a top-k as well unless a tie meets the k-th place);
+ * rows of lengths 1..300 (multiples of 8 and not) of Gaussian values, quarters, signed zeros
+ * (ties everywhere) and Gaussian values with one NaN. */
+static void test_is_top(void)
+{
+    gsl_rng *g = moe_rng_alloc(11, 1);
+    int bad = 0, yes = 0, no = 0;
+    for (int it = 0; it < 40000; it++) {
+        const int len = 1 + (int)gsl_rng_uniform_int(g, LMAX), mode = it % 4;
+        const int k = 1 + (int)gsl_rng_uniform_int(g, len < 8 ? len : 8);
+        double v[LMAX], rv[8], w[LMAX];
+        int32_t idx[8];
+        for (int i = 0; i < len; i++) {
+            const double z = gsl_ran_gaussian_ziggurat(g, 1.0);
+            v[i] = mode == 1   ? (double)(int)(z * 4.0) / 4.0
+                   : mode == 2 ? (gsl_rng_uniform(g) < 0.5 ? 0.0 : -0.0)
+                               : z;
+        }
+        if (mode == 3)
+            v[gsl_rng_uniform_int(g, len)] = NAN;
+        const int set = it / 4 % 3;
+        if (set == 2) { /* ties to the higher index: the top-k of the reversed row */
+            for (int i = 0; i < len; i++)
+                w[i] = v[len - 1 - i];
+            ref_topk(w, len, k, idx, rv);
+            for (int j = 0; j < k; j++)
+                idx[j] = len - 1 - idx[j];
+        } else {
+            ref_topk(v, len, k, idx, rv);
+        }
+        if (set == 1 && k < len) { /* the last index swapped for one outside the set */
+            int o;
+            do {
+                o = (int)gsl_rng_uniform_int(g, len);
+                for (int j = 0; j < k; j++)
+                    o = idx[j] == o ? -1 : o;
+            } while (o < 0);
+            idx[k - 1] = o;
+        }
+        double lo = INFINITY;
+        int want = 1;
+        for (int j = 0; j < k; j++)
+            lo = v[idx[j]] < lo ? v[idx[j]] : lo;
+        for (int i = 0; i < len; i++) {
+            int in = 0;
+            for (int j = 0; j < k; j++)
+                in |= idx[j] == i;
+            if (isnan(v[i]) || (!in && v[i] >= lo))
+                want = 0;
+        }
+        const int got = moe_select_is_top(v, len, idx, k);
+        bad += got != want;
+        yes += want;
+        no += !want;
+    }
+    CHECK(bad == 0 && yes > 5000 && no > 5000,
+          "moe_select_is_top: %d of %d rows differ from the definition (%d top, %d not)", bad,
+          yes + no, yes, no);
+    gsl_rng_free(g);
+}
+
+/* moe_select_top2 against the scalar definition written here: e1 the first index of the
+ * largest (strict > scan), e2 the first index of the largest of the others; rows of lengths
+ * 2..300 of Gaussian values, quarters, signed zeros, -inf with a few finite values, and
+ * Gaussian rows with a NaN (which it must decline); mx is given as the row's own largest value
+ * (with signed zeros, whichever zero the scan keeps). */
+static void test_top2(void)
+{
+    gsl_rng *g = moe_rng_alloc(17, 1);
+    int bad = 0, taken = 0, nan_taken = 0, rows = 0;
+    for (int it = 0; it < 40000; it++) {
+        const int len = 2 + (int)gsl_rng_uniform_int(g, LMAX - 1), mode = it % 5;
+        double v[LMAX];
+        for (int i = 0; i < len; i++) {
+            const double z = gsl_ran_gaussian_ziggurat(g, 1.0);
+            v[i] = mode == 1   ? (double)(int)(z * 4.0) / 4.0
+                   : mode == 2 ? (gsl_rng_uniform(g) < 0.5 ? 0.0 : -0.0)
+                   : mode == 3 ? (gsl_rng_uniform(g) < 0.95 ? -INFINITY : z)
+                               : z;
+        }
+        if (mode == 4)
+            v[gsl_rng_uniform_int(g, len)] = NAN;
+        int r1 = 0, r2 = -1;
+        for (int i = 1; i < len; i++)
+            if (v[i] > v[r1])
+                r1 = i;
+        for (int i = 0; i < len; i++)
+            if (i != r1 && (r2 < 0 || v[i] > v[r2]))
+                r2 = i;
+        int32_t e1 = -7, e2 = -7;
+        const int got = moe_select_top2(v, len, v[r1], &e1, &e2);
+        rows++;
+        if (mode == 4) {
+            nan_taken += got;
+            continue;
+        }
+        taken += got;
+        bad += got && (e1 != r1 || e2 != r2);
+    }
+    CHECK(bad == 0 && nan_taken == 0,
+          "moe_select_top2: %d of %d rows differ from the scalar scans, %d rows with a NaN taken",
+          bad, taken, nan_taken);
+#if defined(__AVX512F__)
+    CHECK(taken == rows - rows / 5, "moe_select_top2 took %d of the %d rows without a NaN", taken,
+          rows - rows / 5);
+#endif
+    gsl_rng_free(g);
+}
+
 static moe_plan *route(const char *name, int k, int order, int dropless, int renorm, int nt)
 {
     moe_route_opts o = route_helper_opts(k, order);
@@ -161,6 +275,8 @@ int main(void)
     gsl_rng_free(g);
     test_select();
     test_argmax_skip();
+    test_is_top();
+    test_top2();
     test_threads();
     printf("test_routers_fast: %d passed, %d failed\n", check_pass, check_fail);
     return check_fail != 0;
