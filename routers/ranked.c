@@ -1,5 +1,4 @@
-/* ranked.c: descending order of a row taken one index at a time, and prefix-claim compaction
- * (interface in ranked.h). */
+/* ranked.c: descending order of a row taken one index at a time (interface in ranked.h). */
 #include "ranked.h"
 
 /* a comes before b: larger value, or equal value and lower index (-0.0 equals +0.0) */
@@ -44,25 +43,4 @@ int moe_ranked_next(moe_ranked *r)
     if (r->n > 1)
         ranked_sift(r, 0);
     return top;
-}
-
-int moe_ranked_compact(moe_claims *c, int n, const int *cnt)
-{
-    const int K = c->K;
-    int Kc = 1;
-    for (int t = 0; t < n; t++)
-        Kc = cnt[t] > Kc ? cnt[t] : Kc;
-    /* forward in place: the destination t*Kc + j never passes the source t*K + j; the columns
-     * after a prefix are written even when Kc = K, since the rows write only their prefix */
-    for (int t = 0; t < n; t++) {
-        const size_t s0 = (size_t)t * K, d0 = (size_t)t * Kc;
-        for (int j = 0; j < Kc; j++) {
-            const int on = j < cnt[t];
-            c->expert[d0 + j] = on ? c->expert[s0 + j] : 0;
-            c->gate[d0 + j] = on ? c->gate[s0 + j] : 0.0;
-            c->claim[d0 + j] = (unsigned char)on;
-        }
-    }
-    c->K = Kc;
-    return K;
 }

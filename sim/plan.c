@@ -104,6 +104,12 @@ int moe_plan_reserve(moe_plan *p, size_t more)
         return MOE_OK;
     size_t nc = p->cap_entries * 2 > p->n_entries + more ? p->cap_entries * 2
                                                          : p->n_entries + more;
+    if (p->n_entries == 0) { /* nothing to keep: the exact size, without realloc's copy */
+        nc = more;
+        free(p->entries);
+        p->entries = NULL;
+        p->cap_entries = 0;
+    }
     moe_entry *ne = realloc(p->entries, nc * sizeof *ne);
     if (!ne)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (plan with %zu entries)", nc);
