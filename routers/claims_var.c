@@ -192,7 +192,7 @@ static void cv_token(cv_job *j, int i, long t, const int32_t *s, moe_entry **en)
     const long a = v->at[t];
     const int m = v->cnt[t];
     double sum = 0.0;
-    for (int k = 0; k < m; k++)
+    for (int k = 0; j->renormalize && k < m; k++)
         if (s[k] >= 0)
             sum += v->gate[a + k];
     for (int k = 0; k < m; k++) {

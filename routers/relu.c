@@ -11,6 +11,7 @@
 #include "ranked.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     moe_claims_var *v;
@@ -68,6 +69,13 @@ static void relu_row(void *ctx, int t, const double *lt, const double *pt)
                 pos[np] = lt[e], at[np++] = e;
         const int m = np < K ? np : K;
         const long a = moe_claims_var_take(v, t, m);
+        if (4 * m > np) { /* most of them: sorted whole (ties to the lower expert) */
+            double sv[MOE_RANKED_MAX];
+            const int in = moe_ranked_sort(pos, at, sv, heap, np);
+            memcpy(v->expert + a, in ? at : heap, (size_t)m * sizeof *at);
+            memcpy(v->gate + a, in ? pos : sv, (size_t)m * sizeof *pos);
+            return;
+        }
         moe_ranked rk; /* ties to the lower position: the lower expert */
         moe_ranked_init(&rk, pos, np, heap);
         for (int j = 0; j < m; j++) {

@@ -14,8 +14,8 @@
  *   - topp and relu in every claim order, capacity factor 0.5, 1, 2 and dropless, max_k, ties,
  *     on 1 and 2 threads, give the plans of the previous code path (ref_var: the claims laid
  *     out as (T,K) columns and resolved by moe_claims_resolve) bit for bit;
- *   - moe_ranked takes indices in the order of moe_argsort_desc, ties (and -0.0 = +0.0) to the
- *     lower index.
+ *   - moe_ranked and moe_ranked_sort take indices in the order of moe_argsort_desc, ties (and
+ *     -0.0 = +0.0) to the lower index.
  * The logits are quantised to quarters so that scores tie and the tie rules are exercised. */
 #include "check.h"
 #include "moe.h"
@@ -442,6 +442,17 @@ static void test_ranked(gsl_rng *r)
             ok &= moe_ranked_next(&rk) == idx[q];
         CHECK(ok && moe_ranked_next(&rk) == -1,
               "moe_ranked on %d values: not the stable descending argsort's order", len);
+        double sv[M], cv[M]; /* moe_ranked_sort: the same order, the values carried along */
+        int32_t ix[M], si[M];
+        for (int i = 0; i < len; i++)
+            cv[i] = v[i], ix[i] = i;
+        const int in = moe_ranked_sort(cv, ix, sv, si, len);
+        ok = 1;
+        for (int q = 0; q < len; q++)
+            ok &= (in ? ix : si)[q] == idx[q] &&
+                  memcmp(&(in ? cv : sv)[q], &v[idx[q]], sizeof v[0]) == 0;
+        CHECK(ok, "moe_ranked_sort on %d values: not the stable descending argsort's order",
+              len);
     }
 }
 
