@@ -50,6 +50,45 @@ static int topp_alloc(moe_router *r)
     return MOE_OK;
 }
 
+/* The experts whose p (E) lies in the top buckets of NB equal buckets of [0, max p], down to
+ * the first bucket at which they hold top_p of the probability (as summed here) or K of the
+ * experts, into cv, ci (in expert order): a top set that holds the claimed prefix, except when
+ * the sum in rank order rounds below this one (topp_row then takes all E). Returns their
+ * number. */
+enum { TOPP_NB = 64 };
+
+static int topp_candidates(const double *pt, int E, int K, double top_p, double *cv,
+                           int32_t *ci)
+{
+    double mx = 0.0, bs[TOPP_NB + 1] = {0.0};
+    int bc[TOPP_NB + 1] = {0};
+    for (int e = 0; e < E; e++)
+        mx = pt[e] > mx ? pt[e] : mx;
+    if (!(mx > 0.0)) { /* every p underflowed: all */
+        for (int e = 0; e < E; e++)
+            cv[e] = pt[e], ci[e] = e;
+        return E;
+    }
+    const double scale = TOPP_NB / mx;
+    for (int e = 0; e < E; e++) {
+        const int b = (int)(pt[e] * scale);
+        bs[b] += pt[e];
+        bc[b]++;
+    }
+    double s = 0.0;
+    int c = 0, b = TOPP_NB;
+    for (; b > 0; b--) {
+        s += bs[b], c += bc[b];
+        if (s >= top_p || c >= K)
+            break;
+    }
+    int m = 0;
+    for (int e = 0; e < E; e++)
+        if ((int)(pt[e] * scale) >= b)
+            cv[m] = pt[e], ci[m++] = e;
+    return m;
+}
+
 /* Token t: experts in descending p (ties to the lower expert), claimed until the cumulative p
  * reaches top_p, at most K. */
 static void topp_row(void *ctx, int t, const double *lt, const double *pt)
@@ -60,18 +99,25 @@ static void topp_row(void *ctx, int t, const double *lt, const double *pt)
     const int K = v->K, E = v->E;
     double cum = 0.0;
     int m = 0;
-    if (E <= MOE_RANKED_MAX) { /* only as far into the order as the claims go */
-        int32_t heap[MOE_RANKED_MAX], ex[MOE_RANKED_MAX];
-        double g[MOE_RANKED_MAX];
-        moe_ranked rk;
-        moe_ranked_init(&rk, pt, E, heap);
-        for (; m < K && (m == 0 || cum < w->top_p); m++) {
-            const int e = moe_ranked_next(&rk);
-            ex[m] = e;
-            g[m] = pt[e];
-            cum += pt[e];
+    if (E <= MOE_RANKED_MAX) { /* sorted: a top set that holds the claims */
+        int32_t ci[MOE_RANKED_MAX], si[MOE_RANKED_MAX];
+        double cv[MOE_RANKED_MAX], sv[MOE_RANKED_MAX];
+        int nc = topp_candidates(pt, E, K, w->top_p, cv, ci);
+        for (;;) {
+            const int in = moe_ranked_sort(cv, ci, sv, si, nc);
+            const double *ov = in ? cv : sv;
+            const int32_t *oi = in ? ci : si;
+            cum = 0.0;
+            for (m = 0; m < nc && m < K && (m == 0 || cum < w->top_p); m++)
+                cum += ov[m];
+            if (m < nc || m == K || cum >= w->top_p || nc == E) {
+                moe_claims_var_put(v, t, m, oi, ov);
+                return;
+            }
+            for (int e = 0; e < E; e++) /* the set ran out first: every expert */
+                cv[e] = pt[e], ci[e] = e;
+            nc = E;
         }
-        moe_claims_var_put(v, t, m, ex, g);
     } else { /* the K largest, then the claimed prefix */
         const long a = moe_claims_var_take(v, t, K);
         moe_claims_topk(pt, E, K, v->expert + a, v->gate + a);
