@@ -19,6 +19,7 @@
  * definition). */
 #include "claims_var.h"
 #include "claims_par.h"
+#include "huge.h"
 #include "par.h"
 
 #include <stdlib.h>
@@ -61,8 +62,8 @@ moe_claims_var *moe_claims_var_alloc(int n_max, int K, int E)
     const size_t cap = (size_t)(v->cap > 0 ? v->cap : 1), nt = (size_t)n_max + 1;
     atomic_init(&v->used, 0);
     v->cl = moe_claims_alloc(n_max, 1, E, 1);
-    v->expert = malloc(cap * sizeof *v->expert); /* address space: touched as far as used */
-    v->gate = malloc(cap * sizeof *v->gate);
+    v->expert = moe_huge_alloc(cap * sizeof *v->expert); /* touched as far as used */
+    v->gate = moe_huge_alloc(cap * sizeof *v->gate);
     v->at = malloc(nt * sizeof *v->at);
     v->cnt = malloc(nt * sizeof *v->cnt);
     v->first = malloc(nt * sizeof *v->first);
