@@ -161,7 +161,9 @@ static void rows_add_ready(rows_job *j)
         const double *p0 = rows_p(j, ch);
         pthread_mutex_unlock(&j->mu);
         rows_add_p(pm, p0, t1 - t0, E);
-        if (j->stats)
+        if (j->stats && j->c->stats_rows)
+            j->c->stats_rows(j->c->stats_ctx, t0, t1, j->stats);
+        else if (j->stats)
             rows_add_stats(j->c, t0, t1, j->stats);
         if (j->sink)
             j->sink->rows_add(j->sink->rows_ctx, t0, t1, p0);
@@ -426,18 +428,4 @@ int moe_claims_finish(moe_claims *c, const moe_route_opts *o, int n, int aux, mo
         plan->aux_loss = E * s;
     }
     return MOE_OK;
-}
-
-int moe_claims_finish_variable(moe_claims *c, const moe_route_opts *o, int n, moe_plan *plan)
-{
-    const int limited = !o->dropless && (o->cf_set || o->capacity >= 0);
-    long claims = 0, C = 0;
-    for (size_t i = 0; i < (size_t)n * c->K; i++)
-        claims += c->claim[i];
-    if (limited) {
-        int rc = moe_capacity(o, 1, claims, c->E, &C);
-        if (rc)
-            return rc;
-    }
-    return moe_claims_resolve(c, n, o->order, C, !limited, o->renormalize, plan);
 }

@@ -27,6 +27,10 @@ typedef struct {
                            * rows pass adds the claim statistics (assigned_load, importance,
                            * n_claims) to the plan, in token order */
     int stats_done;       /* the last rows pass did so (moe_claims_resolve then does not) */
+    /* claims stored elsewhere (claims_var.h): the adding pass calls stats_rows(stats_ctx, t0,
+     * t1, plan) for tokens [t0, t1), in token order, instead of reading the (T,K) arrays */
+    void (*stats_rows)(void *ctx, long t0, long t1, moe_plan *plan);
+    void *stats_ctx;
     int bpr_keys;         /* set by moe_claims_scratch_p for order bpr: the rows pass also leaves
                            * each token's key max_e p[t,e] in val (T) */
     int bpr_ready;        /* the last rows pass did so (moe_claims_resolve then uses them) */
@@ -108,12 +112,5 @@ int moe_claims_resolve(moe_claims *c, int n, int order, long C, int dropless, in
  * Needs moe_claims_rows (or _softmax) run on the same n tokens first. */
 enum { MOE_CLAIMS_AUX_ASSIGNED = 0, MOE_CLAIMS_AUX_FIRST = 1 };
 int moe_claims_finish(moe_claims *c, const moe_route_opts *o, int n, int aux, moe_plan *plan);
-
-/* The tail of the variable-k routers (topp, relu): each token makes its own number of claims
- * (claim = 0 on the unused choices of the K columns). Dropless unless o gives a capacity factor
- * or a capacity (and o->dropless is not set): then C = moe_capacity(o, 1, claims, E), i.e.
- * ROUND(claims * cf / E) with claims the number of claims of the group (k*n for fixed k), and
- * the claims take slots in o's order. Weights renormalised as o says; aux_loss untouched. */
-int moe_claims_finish_variable(moe_claims *c, const moe_route_opts *o, int n, moe_plan *plan);
 
 #endif

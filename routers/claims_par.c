@@ -381,7 +381,7 @@ static void swap_d(double *a, double *b)
 /* The k-th largest (1 <= k <= len) of a[0..len), which it permutes: three-way quickselect
  * (-0.0 and +0.0 count as equal, as the comparisons of the sort do), the rest of a long
  * search by qsort. */
-static double kth_largest(double *a, long len, long k)
+double moe_claims_kth_largest(double *a, long len, long k)
 {
     long lo = 0, hi = len;
     k--;
@@ -454,7 +454,7 @@ static void rp_key_select(void *ctx, int i, int np)
             kv[q] = j->per_claim ? j->key[li[q]]
                                  : j->key[(size_t)li[q] / c->K * (size_t)E + (size_t)e];
         memcpy(sc, kv, (size_t)cnt * sizeof *sc);
-        const double thr = kth_largest(sc, cnt, C);
+        const double thr = moe_claims_kth_largest(sc, cnt, C);
         long above = 0, s = 0;
         for (long q = 0; q < cnt; q++)
             above += kv[q] > thr;
@@ -490,7 +490,17 @@ static int rp_keyed(rp_job *j)
     return MOE_OK;
 }
 
-/* ---- entry ---- */
+/* ---- entries ---- */
+
+int moe_claims_order_bpr(moe_claims *c, int n)
+{
+    rp_job j = {.c = c, .n = n};
+    j.np = moe_par_parts(n, 16384);
+    if (!c->bpr_ready) /* else the rows pass has left the keys in c->val */
+        moe_par_run(rp_bpr_keys, &j, j.np);
+    c->bpr_ready = 0;
+    return rp_bpr_order(&j);
+}
 
 int moe_claims_resolve_par(moe_claims *c, int n, int order, long C, int dropless,
                            int renormalize, int stats, moe_plan *plan)

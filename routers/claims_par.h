@@ -17,4 +17,12 @@ enum { MOE_CLAIMS_PAR_MAX_K = 64 }; /* choices per token of choice_major and tok
 int moe_claims_resolve_par(moe_claims *c, int n, int order, long C, int dropless,
                            int renormalize, int stats, moe_plan *plan);
 
+/* Order bpr's visiting order of n tokens into c->order (T): the stable descending argsort of
+ * each token's largest probability max_e p[t,e] (the keys the rows pass left in c->val, else
+ * taken from c->p), on the routers' threads. Uses c->list, c->tmp (T). */
+int moe_claims_order_bpr(moe_claims *c, int n);
+
+/* The k-th largest (1 <= k <= len) of a[0..len), which it permutes (-0.0 equals +0.0). */
+double moe_claims_kth_largest(double *a, long len, long k);
+
 #endif

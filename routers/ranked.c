@@ -1,5 +1,5 @@
-/* ranked.c: descending order of a row taken one index at a time, and prefix-claim compaction
- * (interface in ranked.h). */
+/* ranked.c: descending order of a row, taken one index at a time or sorted whole (interface in
+ * ranked.h). */
 #include "ranked.h"
 
 /* a comes before b: larger value, or equal value and lower index (-0.0 equals +0.0) */
@@ -46,23 +46,55 @@ int moe_ranked_next(moe_ranked *r)
     return top;
 }
 
-int moe_ranked_compact(moe_claims *c, int n, const int *cnt)
+/* Runs of RUN sorted by insertion (stable), then bottom-up merges between the two buffers; a
+ * merge takes from the right run only when its value is strictly larger (stable), without a
+ * branch on the values. */
+enum { RUN = 8 };
+
+static void sort_runs(double *v, int32_t *ix, int len)
 {
-    const int K = c->K;
-    int Kc = 1;
-    for (int t = 0; t < n; t++)
-        Kc = cnt[t] > Kc ? cnt[t] : Kc;
-    /* forward in place: the destination t*Kc + j never passes the source t*K + j; the columns
-     * after a prefix are written even when Kc = K, since the rows write only their prefix */
-    for (int t = 0; t < n; t++) {
-        const size_t s0 = (size_t)t * K, d0 = (size_t)t * Kc;
-        for (int j = 0; j < Kc; j++) {
-            const int on = j < cnt[t];
-            c->expert[d0 + j] = on ? c->expert[s0 + j] : 0;
-            c->gate[d0 + j] = on ? c->gate[s0 + j] : 0.0;
-            c->claim[d0 + j] = (unsigned char)on;
+    for (int lo = 0; lo < len; lo += RUN) {
+        const int hi = lo + RUN < len ? lo + RUN : len;
+        for (int i = lo + 1; i < hi; i++) {
+            const double x = v[i];
+            const int32_t xi = ix[i];
+            int j = i;
+            for (; j > lo && v[j - 1] < x; j--)
+                v[j] = v[j - 1], ix[j] = ix[j - 1];
+            v[j] = x, ix[j] = xi;
         }
     }
-    c->K = Kc;
-    return K;
+}
+
+static void merge_runs(const double *v, const int32_t *ix, double *ov, int32_t *oi, int len,
+                       int w)
+{
+    for (int lo = 0; lo < len; lo += 2 * w) {
+        const int mid = lo + w < len ? lo + w : len, hi = lo + 2 * w < len ? lo + 2 * w : len;
+        int i = lo, j = mid, o = lo;
+        while (i < mid && j < hi) {
+            const int right = v[j] > v[i];
+            ov[o] = right ? v[j] : v[i];
+            oi[o++] = right ? ix[j] : ix[i];
+            j += right;
+            i += !right;
+        }
+        for (; i < mid; i++, o++)
+            ov[o] = v[i], oi[o] = ix[i];
+        for (; j < hi; j++, o++)
+            ov[o] = v[j], oi[o] = ix[j];
+    }
+}
+
+int moe_ranked_sort(double *v, int32_t *ix, double *sv, int32_t *si, int len)
+{
+    sort_runs(v, ix, len);
+    int in_v = 1;
+    for (int w = RUN; w < len; w *= 2, in_v = !in_v) {
+        if (in_v)
+            merge_runs(v, ix, sv, si, len, w);
+        else
+            merge_runs(sv, si, v, ix, len, w);
+    }
+    return in_v;
 }

@@ -1,12 +1,10 @@
 /* ranked.h: a row's indices in descending order of value, ties to the lower index (the order of
  * a stable descending argsort), taken one at a time, for the routers that claim a prefix of that
  * order whose length depends on the values (topp, relu): a binary heap, O(len) to build and
- * O(log len) per index taken, instead of ordering the whole row. Also the compaction of such
- * prefix claims into as few claim columns as the longest prefix needs. */
+ * O(log len) per index taken, instead of ordering the whole row; or, when most of the row is
+ * taken, the whole row sorted (moe_ranked_sort). */
 #ifndef MOE_RANKED_H
 #define MOE_RANKED_H
-
-#include "claims.h"
 
 #include <stdint.h>
 
@@ -26,12 +24,11 @@ void moe_ranked_init(moe_ranked *r, const double *v, int len, int32_t *heap);
  * when every index has been taken. */
 int moe_ranked_next(moe_ranked *r);
 
-/* Claims of n tokens in c (T,K) whose claimed choices are, for token t, exactly the first
- * cnt[t] columns (the other columns need not be written), rewritten in place as (T,Kc) with Kc = max(1, max_t cnt[t]): the same expert
- * and gate at column j < cnt[t], claim 0 (expert 0, gate 0) after it. Sets c->K = Kc and returns
- * the previous K, which the caller restores after moe_claims_resolve. The claims' order, token
- * by token and rank by rank, is unchanged, so every claim order resolves them to the same plan
- * (unclaimed columns are skipped everywhere). */
-int moe_ranked_compact(moe_claims *c, int n, const int *cnt);
+/* Sorts the pairs (v[i], ix[i]), i < len, by descending v, equal values in their given order
+ * (stable): the order moe_ranked takes them in when ix is increasing. sv (len) and si (len) are
+ * scratch; returns 1 when the sorted pairs are in v, ix, 0 when they are in sv, si. A bottom-up
+ * merge sort without a branch on the values: faster than the heap when most of the row is
+ * taken. */
+int moe_ranked_sort(double *v, int32_t *ix, double *sv, int32_t *si, int len);
 
 #endif

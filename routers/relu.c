@@ -4,18 +4,18 @@
  * descending logit (ties to the lower expert), at most max_k of them (default E); a token with
  * no positive logit goes nowhere. The number of experts varies per token: the experts-per-token
  * histogram and the FLOPs follow it. Dropless unless a capacity factor or a capacity is given
- * (claims.h, moe_claims_finish_variable). aux_loss = mean over tokens of sum_e ReLU(L[t,e]),
+ * (claims_var.h). aux_loss = mean over tokens of sum_e ReLU(L[t,e]),
  * ReMoE's L1 sparsity penalty without its adaptive coefficient. */
 #include "moe.h"
-#include "claims.h"
+#include "claims_var.h"
 #include "ranked.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct {
-    moe_claims *cl;
+    moe_claims_var *v;
     double *l1; /* (T) sum of ReLU(L) of each token */
-    int *cnt;   /* (T) claims of each token, a prefix of its K columns */
 } relu_ws;
 
 static void relu_free(moe_router *r)
@@ -23,9 +23,8 @@ static void relu_free(moe_router *r)
     relu_ws *w = r->ws;
     if (!w)
         return;
-    moe_claims_free(w->cl);
+    moe_claims_var_free(w->v);
     free(w->l1);
-    free(w->cnt);
     free(w);
     r->ws = NULL;
 }
@@ -39,10 +38,9 @@ static int relu_alloc(moe_router *r)
     if (!w)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router relu)");
     r->ws = w;
-    w->cl = moe_claims_alloc(r->n_max, r->opts.max_k ? r->opts.max_k : r->E, r->E, 1);
+    w->v = moe_claims_var_alloc(r->n_max, r->opts.max_k ? r->opts.max_k : r->E, r->E);
     w->l1 = malloc((size_t)r->n_max * sizeof *w->l1);
-    w->cnt = malloc((size_t)r->n_max * sizeof *w->cnt);
-    if (!w->cl || !w->l1 || !w->cnt) {
+    if (!w->v || !w->l1) {
         relu_free(r);
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router relu, %d tokens)", r->n_max);
     }
@@ -50,15 +48,17 @@ static int relu_alloc(moe_router *r)
 }
 
 /* Token t: experts in descending logit (ties to the lower expert) while the logit is > 0, at
- * most K, weight L; only the claimed prefix is written (moe_ranked_compact). */
+ * most K, weight L. */
 static void relu_row(void *ctx, int t, const double *lt, const double *pt)
 {
     (void)pt;
     relu_ws *w = ctx;
-    moe_claims *cl = w->cl;
-    const int K = cl->K, E = cl->E;
-    const size_t i0 = (size_t)t * K;
-    int m = 0;
+    moe_claims_var *v = w->v;
+    const int K = v->K, E = v->E;
+    double s = 0.0;
+    for (int e = 0; e < E; e++)
+        s += lt[e] > 0.0 ? lt[e] : 0.0;
+    w->l1[t] = s;
     if (E <= MOE_RANKED_MAX) { /* the positive logits only, as far as K */
         double pos[MOE_RANKED_MAX];
         int32_t at[MOE_RANKED_MAX], heap[MOE_RANKED_MAX];
@@ -67,38 +67,40 @@ static void relu_row(void *ctx, int t, const double *lt, const double *pt)
         for (int e = 0; e < E; e++)
             if (lt[e] > 0.0)
                 pos[np] = lt[e], at[np++] = e;
+        const int m = np < K ? np : K;
+        const long a = moe_claims_var_take(v, t, m);
+        if (4 * m > np) { /* most of them: sorted whole (ties to the lower expert) */
+            double sv[MOE_RANKED_MAX];
+            const int in = moe_ranked_sort(pos, at, sv, heap, np);
+            memcpy(v->expert + a, in ? at : heap, (size_t)m * sizeof *at);
+            memcpy(v->gate + a, in ? pos : sv, (size_t)m * sizeof *pos);
+            return;
+        }
         moe_ranked rk; /* ties to the lower position: the lower expert */
         moe_ranked_init(&rk, pos, np, heap);
-        for (; m < K && m < np; m++) {
+        for (int j = 0; j < m; j++) {
             const int q = moe_ranked_next(&rk);
-            cl->expert[i0 + m] = at[q];
-            cl->gate[i0 + m] = pos[q];
-            cl->claim[i0 + m] = 1;
+            v->expert[a + j] = at[q];
+            v->gate[a + j] = pos[q];
         }
     } else { /* the K largest, then the positive prefix */
-        moe_claims_topk(lt, E, K, cl->expert + i0, cl->gate + i0);
-        while (m < K && cl->gate[i0 + m] > 0.0)
-            cl->claim[i0 + m++] = 1;
+        const long a = moe_claims_var_take(v, t, K);
+        moe_claims_topk(lt, E, K, v->expert + a, v->gate + a);
+        int m = 0;
+        while (m < K && v->gate[a + m] > 0.0)
+            m++;
+        v->cnt[t] = m;
     }
-    w->cnt[t] = m;
-    double s = 0.0;
-    for (int e = 0; e < E; e++)
-        s += lt[e] > 0.0 ? lt[e] : 0.0;
-    w->l1[t] = s;
 }
 
 static int relu_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 {
     relu_ws *w = r->ws;
     const int n = in->n;
-    w->cl->rts_u = in->rts_u; /* order rts */
-    moe_claims_scratch_p(w->cl, r->opts.order); /* p only for orders bpr, probs */
-    int rc = moe_claims_rows(w->cl, in->logits, n, relu_row, w, plan);
-    if (rc)
-        return rc;
-    const int K = moe_ranked_compact(w->cl, n, w->cnt);
-    rc = moe_claims_finish_variable(w->cl, &r->opts, n, plan);
-    w->cl->K = K;
+    int rc = moe_claims_var_rows(w->v, in->logits, n, r->opts.order, in->rts_u, relu_row, w,
+                                 plan);
+    if (!rc)
+        rc = moe_claims_var_resolve(w->v, &r->opts, n, plan);
     if (rc)
         return rc;
     double s = 0.0;

@@ -4,32 +4,26 @@
  * reaches top_p (cumsum >= top_p), at least 1 and at most max_k (default E); combine weight =
  * the raw p of each taken expert (not renormalised unless renormalize). The number of experts
  * varies per token: the experts-per-token histogram and the FLOPs follow it. Dropless unless a
- * capacity factor or a capacity is given (claims.h, moe_claims_finish_variable).
+ * capacity factor or a capacity is given (claims_var.h).
  * aux_loss = E / claims * sum_e assigned_e * mean_t p[t,e], the top-k balance loss with k*n
  * replaced by the number of claims. */
 #include "moe.h"
-#include "claims.h"
+#include "claims_var.h"
 #include "ranked.h"
 
 #include <stdlib.h>
 
 typedef struct {
-    moe_claims *cl;
+    moe_claims_var *v;
     double top_p;
-    double *val; /* (T,K) scratch of the sorted p (rows longer than MOE_RANKED_MAX) */
-    int *cnt;    /* (T) claims of each token, a prefix of its K columns */
 } topp_ws;
-
-static int topp_kmax(const moe_router *r) { return r->opts.max_k ? r->opts.max_k : r->E; }
 
 static void topp_free(moe_router *r)
 {
     topp_ws *w = r->ws;
     if (!w)
         return;
-    moe_claims_free(w->cl);
-    free(w->val);
-    free(w->cnt);
+    moe_claims_var_free(w->v);
     free(w);
     r->ws = NULL;
 }
@@ -48,69 +42,105 @@ static int topp_alloc(moe_router *r)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router topp)");
     r->ws = w;
     w->top_p = P;
-    const int K = topp_kmax(r);
-    w->cl = moe_claims_alloc(r->n_max, K, r->E, 1);
-    w->val = r->E > MOE_RANKED_MAX ? malloc((size_t)r->n_max * K * sizeof *w->val) : NULL;
-    w->cnt = malloc((size_t)r->n_max * sizeof *w->cnt);
-    if (!w->cl || (r->E > MOE_RANKED_MAX && !w->val) || !w->cnt) {
+    w->v = moe_claims_var_alloc(r->n_max, r->opts.max_k ? r->opts.max_k : r->E, r->E);
+    if (!w->v) {
         topp_free(r);
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router topp, %d tokens)", r->n_max);
     }
     return MOE_OK;
 }
 
+/* The experts whose p (E) lies in the top buckets of NB equal buckets of [0, max p], down to
+ * the first bucket at which they hold top_p of the probability (as summed here) or K of the
+ * experts, into cv, ci (in expert order): a top set that holds the claimed prefix, except when
+ * the sum in rank order rounds below this one (topp_row then takes all E). Returns their
+ * number. */
+enum { TOPP_NB = 64 };
+
+static int topp_candidates(const double *pt, int E, int K, double top_p, double *cv,
+                           int32_t *ci)
+{
+    double mx = 0.0, bs[TOPP_NB + 1] = {0.0};
+    int bc[TOPP_NB + 1] = {0};
+    for (int e = 0; e < E; e++)
+        mx = pt[e] > mx ? pt[e] : mx;
+    if (!(mx > 0.0)) { /* every p underflowed: all */
+        for (int e = 0; e < E; e++)
+            cv[e] = pt[e], ci[e] = e;
+        return E;
+    }
+    const double scale = TOPP_NB / mx;
+    for (int e = 0; e < E; e++) {
+        const int b = (int)(pt[e] * scale);
+        bs[b] += pt[e];
+        bc[b]++;
+    }
+    double s = 0.0;
+    int c = 0, b = TOPP_NB;
+    for (; b > 0; b--) {
+        s += bs[b], c += bc[b];
+        if (s >= top_p || c >= K)
+            break;
+    }
+    int m = 0;
+    for (int e = 0; e < E; e++)
+        if ((int)(pt[e] * scale) >= b)
+            cv[m] = pt[e], ci[m++] = e;
+    return m;
+}
+
 /* Token t: experts in descending p (ties to the lower expert), claimed until the cumulative p
- * reaches top_p, at most K; only the claimed prefix is written (moe_ranked_compact). */
+ * reaches top_p, at most K. */
 static void topp_row(void *ctx, int t, const double *lt, const double *pt)
 {
     (void)lt;
     topp_ws *w = ctx;
-    moe_claims *cl = w->cl;
-    const int K = cl->K, E = cl->E;
-    const size_t i0 = (size_t)t * K;
+    moe_claims_var *v = w->v;
+    const int K = v->K, E = v->E;
     double cum = 0.0;
     int m = 0;
-    if (E <= MOE_RANKED_MAX) { /* only as far into the order as the claims go */
-        int32_t heap[MOE_RANKED_MAX];
-        moe_ranked rk;
-        moe_ranked_init(&rk, pt, E, heap);
-        for (; m < K && (m == 0 || cum < w->top_p); m++) {
-            const int e = moe_ranked_next(&rk);
-            cl->expert[i0 + m] = e;
-            cl->gate[i0 + m] = pt[e];
-            cl->claim[i0 + m] = 1;
-            cum += pt[e];
+    if (E <= MOE_RANKED_MAX) { /* sorted: a top set that holds the claims */
+        int32_t ci[MOE_RANKED_MAX], si[MOE_RANKED_MAX];
+        double cv[MOE_RANKED_MAX], sv[MOE_RANKED_MAX];
+        int nc = topp_candidates(pt, E, K, w->top_p, cv, ci);
+        for (;;) {
+            const int in = moe_ranked_sort(cv, ci, sv, si, nc);
+            const double *ov = in ? cv : sv;
+            const int32_t *oi = in ? ci : si;
+            cum = 0.0;
+            for (m = 0; m < nc && m < K && (m == 0 || cum < w->top_p); m++)
+                cum += ov[m];
+            if (m < nc || m == K || cum >= w->top_p || nc == E) {
+                moe_claims_var_put(v, t, m, oi, ov);
+                return;
+            }
+            for (int e = 0; e < E; e++) /* the set ran out first: every expert */
+                cv[e] = pt[e], ci[e] = e;
+            nc = E;
         }
     } else { /* the K largest, then the claimed prefix */
-        double *v = w->val + i0;
-        moe_claims_topk(pt, E, K, cl->expert + i0, v);
-        for (; m < K && (m == 0 || cum < w->top_p); m++) {
-            cl->gate[i0 + m] = v[m];
-            cl->claim[i0 + m] = 1;
-            cum += v[m];
-        }
+        const long a = moe_claims_var_take(v, t, K);
+        moe_claims_topk(pt, E, K, v->expert + a, v->gate + a);
+        for (; m < K && (m == 0 || cum < w->top_p); m++)
+            cum += v->gate[a + m];
+        v->cnt[t] = m;
     }
-    w->cnt[t] = m;
 }
 
 static int topp_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 {
     topp_ws *w = r->ws;
-    moe_claims *cl = w->cl;
     const int n = in->n, E = r->E;
-    cl->rts_u = in->rts_u; /* order rts */
-    moe_claims_scratch_p(cl, r->opts.order); /* p kept only for orders bpr, probs */
-    int rc = moe_claims_rows(cl, in->logits, n, topp_row, w, plan);
+    int rc = moe_claims_var_rows(w->v, in->logits, n, r->opts.order, in->rts_u, topp_row, w,
+                                 plan);
+    if (!rc)
+        rc = moe_claims_var_resolve(w->v, &r->opts, n, plan);
     if (rc)
         return rc;
-    const int K = moe_ranked_compact(cl, n, w->cnt);
-    rc = moe_claims_finish_variable(cl, &r->opts, n, plan);
-    cl->K = K;
-    if (rc)
-        return rc;
+    const double *pmean = w->v->cl->pmean;
     double s = 0.0;
     for (int e = 0; e < E; e++)
-        s += (double)plan->assigned_load[e] * cl->pmean[e];
+        s += (double)plan->assigned_load[e] * pmean[e];
     plan->aux_loss = plan->n_claims ? (double)E / (double)plan->n_claims * s : 0.0;
     plan->k = 0; /* varies per token */
     return MOE_OK;

@@ -1,5 +1,6 @@
 /* plan.c: the routing plan (docs/routing.md section 1): allocation, entries, CSV export. */
 #include "moe.h"
+#include "huge.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -104,9 +105,16 @@ int moe_plan_reserve(moe_plan *p, size_t more)
         return MOE_OK;
     size_t nc = p->cap_entries * 2 > p->n_entries + more ? p->cap_entries * 2
                                                          : p->n_entries + more;
-    moe_entry *ne = realloc(p->entries, nc * sizeof *ne);
+    if (p->n_entries == 0) /* nothing to keep: the exact size */
+        nc = more;
+    /* a new buffer (huge pages: entries written once by the router's threads), the entries
+     * kept copied */
+    moe_entry *ne = moe_huge_alloc(nc * sizeof *ne);
     if (!ne)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (plan with %zu entries)", nc);
+    if (p->n_entries)
+        memcpy(ne, p->entries, p->n_entries * sizeof *ne);
+    free(p->entries);
     p->entries = ne;
     p->cap_entries = nc;
     return MOE_OK;

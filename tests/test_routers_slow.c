@@ -14,11 +14,15 @@
  *     with max_k, dsv3_bias (sigmoid + bias, gates normalised over the k) and sinkhorn (key
  *     K d1, gate sigmoid for k = 1 and p for k = 2), compared bit for bit;
  *   - with a capacity factor, every claim order gives the same plan with 1 and 2 threads;
- *   - moe_ranked takes indices in the order of moe_argsort_desc, ties (and -0.0 = +0.0) to the
- *     lower index.
+ *   - topp and relu in every claim order, capacity factor 0.5, 1, 2 and dropless, max_k, ties,
+ *     on 1 and 2 threads, give the plans of the previous code path (ref_var: the claims laid
+ *     out as (T,K) columns and resolved by moe_claims_resolve) bit for bit;
+ *   - moe_ranked and moe_ranked_sort take indices in the order of moe_argsort_desc, ties (and
+ *     -0.0 = +0.0) to the lower index.
  * The logits are quantised to quarters so that scores tie and the tie rules are exercised. */
 #include "check.h"
 #include "moe.h"
+#include "../routers/claims.h"
 #include "../routers/par.h"
 #include "../routers/ranked.h"
 #include "../routers/sinkhorn.h"
@@ -294,6 +298,138 @@ static void test_threads(gsl_rng *r)
         }
 }
 
+/* ---- topp and relu against the previous code path ---- */
+
+/* Each token's claims by the definition (ref_topp / ref_relu: a stable descending argsort),
+ * at most K: experts ex (n,K) and gates g (n,K), cnt (n) of them; claims in all, the longest
+ * prefix Kc, and relu's sum of ReLU(L) over the tokens. */
+typedef struct {
+    int topp, K, Kc;
+    int32_t *ex;
+    double *g, l1;
+    int *cnt;
+    long claims;
+} ref_claims;
+
+static void ref_var_claims(ref_claims *rc, const char *name, const moe_route_opts *o, int n,
+                           int E, const double *Lv)
+{
+    const int topp = strcmp(name, "topp") == 0, K = o->max_k ? o->max_k : E;
+    double *p = malloc((size_t)E * sizeof *p);
+    int *idx = malloc((size_t)E * sizeof *idx), *tmp = malloc((size_t)E * sizeof *tmp);
+    *rc = (ref_claims){.topp = topp, .K = K, .Kc = 1};
+    rc->ex = malloc((size_t)n * K * sizeof *rc->ex);
+    rc->g = malloc((size_t)n * K * sizeof *rc->g);
+    rc->cnt = malloc((size_t)n * sizeof *rc->cnt);
+    for (int t = 0; t < n; t++) {
+        const double *lt = Lv + (size_t)t * E, *v = lt;
+        if (topp)
+            moe_softmax(lt, E, p), v = p;
+        moe_argsort_desc(v, E, idx, tmp);
+        double cum = 0.0;
+        int m = 0;
+        for (; m < K && (topp ? m == 0 || cum < o->top_p : v[idx[m]] > 0.0); m++) {
+            rc->ex[(size_t)t * K + m] = idx[m], rc->g[(size_t)t * K + m] = v[idx[m]];
+            cum += v[idx[m]];
+        }
+        for (int e = 0; e < E; e++)
+            rc->l1 += lt[e] > 0.0 ? lt[e] : 0.0;
+        rc->cnt[t] = m, rc->claims += m, rc->Kc = m > rc->Kc ? m : rc->Kc;
+    }
+    free(p), free(idx), free(tmp);
+}
+
+static void ref_claims_free(ref_claims *rc)
+{
+    free(rc->ex), free(rc->g), free(rc->cnt);
+}
+
+/* The plan of topp or relu as the routers made it before they stored their claims compactly
+ * (the removed moe_ranked_compact + moe_claims_finish_variable): the claims rc laid out as
+ * (n,Kc) claim columns, claim 0 after each token's prefix, resolved by moe_claims_resolve
+ * (claims.h) with C = moe_capacity(o, 1, claims, E) when o gives a capacity factor (else
+ * dropless), on one thread; aux_loss as the routers' header comments define it. */
+static moe_plan *ref_var(const ref_claims *rcl, const moe_route_opts *o, int n, int E,
+                         const double *Lv, const double *U)
+{
+    const int Kc = rcl->Kc, K = rcl->K;
+    moe_par_set_threads(1);
+    moe_claims *c = moe_claims_alloc(n, Kc, E, 1);
+    moe_plan *pl = moe_plan_alloc(n, E, 16);
+    int rc = moe_plan_reset(pl, n, E, E) || moe_claims_softmax(c, Lv, n, pl);
+    for (int t = 0; t < n; t++)
+        for (int j = 0; j < Kc; j++) {
+            const size_t q = (size_t)t * Kc + j, src = (size_t)t * K + j;
+            const int on = j < rcl->cnt[t];
+            c->claim[q] = (unsigned char)on;
+            c->expert[q] = on ? rcl->ex[src] : 0;
+            c->gate[q] = on ? rcl->g[src] : 0.0;
+        }
+    c->rts_u = U;
+    const int limited = !o->dropless && o->cf_set;
+    long C = 0;
+    if (!rc && limited)
+        rc = moe_capacity(o, 1, rcl->claims, E, &C);
+    if (!rc)
+        rc = moe_claims_resolve(c, n, o->order, C, !limited, o->renormalize, pl);
+    CHECK(rc == 0, "reference, order %d: %s", o->order, moe_errmsg());
+    double s = 0.0;
+    for (int e = 0; rcl->topp && e < E; e++)
+        s += (double)pl->assigned_load[e] * c->pmean[e];
+    pl->aux_loss = !rcl->topp ? rcl->l1 / n
+                   : rcl->claims ? (double)E / (double)rcl->claims * s : 0.0;
+    moe_claims_free(c);
+    moe_par_set_threads(0);
+    return pl;
+}
+
+/* topp and relu in every claim order, capacity factors 0.5, 1, 2 and dropless, with and without
+ * max_k, renormalised or not, on 1 and 2 threads, against ref_var bit for bit; logits with ties
+ * (quarters), E = 37 on the heap path and E = 4100 (> MOE_RANKED_MAX) on the path of the long
+ * rows (orders choice_major and probs, cf 0.5 and dropless). */
+static void test_var_orders(gsl_rng *r, int n, int E)
+{
+    double *U = malloc((size_t)n * E * sizeof *U);
+    for (int i = 0; i < n * E; i++) {
+        L[i] = round(4.0 * gsl_ran_gaussian(r, 1.0)) / 4.0;
+        U[i] = gsl_rng_uniform_pos(r);
+    }
+    static const struct {
+        const char *name;
+        double top_p;
+        int max_k;
+    } cs[] = {{"topp", 0.5, 0}, {"topp", 0.9, 5}, {"relu", 0.5, 0}, {"relu", 0.5, 3}};
+    static const long long cf[][2] = {{1, 2}, {1, 1}, {2, 1}, {0, 0}};
+    const int step = E > 300 ? 3 : 1; /* the long rows: orders choice_major and probs */
+    for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) {
+        moe_route_opts o;
+        moe_route_opts_default(&o);
+        o.top_p = cs[i].top_p;
+        o.max_k = cs[i].max_k ? cs[i].max_k : E > 300 ? 40 : 0;
+        ref_claims rcl;
+        ref_var_claims(&rcl, cs[i].name, &o, n, E, L);
+        for (int order = MOE_ORDER_CHOICE_MAJOR; order <= MOE_ORDER_GATE; order += step)
+            for (int q = 0; q < 4; q += step) {
+                o.order = order;
+                o.renormalize = (order + q) % 2;
+                o.cf_set = cf[q][0] > 0, o.cf_num = cf[q][0], o.cf_den = cf[q][1];
+                o.dropless = cf[q][0] == 0;
+                moe_plan *want = ref_var(&rcl, &o, n, E, L, U);
+                moe_plan *a = route_helper(cs[i].name, &o, n, E, L, NULL, U, 1);
+                moe_plan *b = route_helper(cs[i].name, &o, n, E, L, NULL, U, 2);
+                CHECK(route_helper_same_plan(want, a, E) && route_helper_same_plan(want, b, E) &&
+                          (q > 0 || a->n_entries < (size_t)a->n_claims),
+                      "%s max_k %d, E = %d, order %d, cf %lld/%lld, renormalize %d: the plan "
+                      "on 1 or 2 threads differs from the previous code path's (or cf 1/2 "
+                      "dropped nothing)", cs[i].name, o.max_k, E, order, cf[q][0], cf[q][1],
+                      o.renormalize);
+                moe_plan_free(want), moe_plan_free(a), moe_plan_free(b);
+            }
+        ref_claims_free(&rcl);
+    }
+    free(U);
+}
+
 /* ---- moe_ranked ---- */
 
 static void test_ranked(gsl_rng *r)
@@ -315,6 +451,17 @@ static void test_ranked(gsl_rng *r)
             ok &= moe_ranked_next(&rk) == idx[q];
         CHECK(ok && moe_ranked_next(&rk) == -1,
               "moe_ranked on %d values: not the stable descending argsort's order", len);
+        double sv[M], cv[M]; /* moe_ranked_sort: the same order, the values carried along */
+        int32_t ix[M], si[M];
+        for (int i = 0; i < len; i++)
+            cv[i] = v[i], ix[i] = i;
+        const int in = moe_ranked_sort(cv, ix, sv, si, len);
+        ok = 1;
+        for (int q = 0; q < len; q++)
+            ok &= (in ? ix : si)[q] == idx[q] &&
+                  memcmp(&(in ? cv : sv)[q], &v[idx[q]], sizeof v[0]) == 0;
+        CHECK(ok, "moe_ranked_sort on %d values: not the stable descending argsort's order",
+              len);
     }
 }
 
@@ -328,6 +475,8 @@ int main(void)
     test_balance(r, 7, EN, 1);
     test_definitions(r);
     test_threads(r);
+    test_var_orders(r, N, EN);
+    test_var_orders(r, 64, 4100);
     gsl_rng_free(r);
     return check_report("test_routers_slow");
 }
