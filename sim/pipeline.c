@@ -393,7 +393,7 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
     p->routed = b->logits;
     p->gate_computed = 0;
     const int D = p->L ? c->w->d : b->d; /* no layer: routing only, the gate on the batch's x */
-    if (b->x && (!p->routed || (fl & MOE_PIPE_LAYER)) && (p->L || !p->routed) &&
+    if (b->x && !p->gated && (!p->routed || (fl & MOE_PIPE_LAYER)) && (p->L || !p->routed) &&
         (rc = check_finite(b->x, (size_t)b->n, (size_t)D, "input x", c->label)))
         return rc;
     if (p->routed && p->r->opts.jitter > 0.0)
@@ -517,6 +517,11 @@ int moe_pipeline_run_source(moe_pipeline *p, moe_source *src, int index, moe_pha
     if (rc || (rc = check_source_batch(p, &b, index)))
         return rc;
     return moe_pipeline_run_batch(p, &b, NULL, tm);
+}
+
+int moe_pipeline_check_x(const float *x, int n, int D, const char *label)
+{
+    return check_finite(x, (size_t)n, (size_t)D, "input x", label);
 }
 
 int moe_pipeline_run_gated(moe_pipeline *p, const moe_batch *b, int index, const double *logits,
