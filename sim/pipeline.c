@@ -432,7 +432,12 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
         }
         p->gate_computed = 1;
     }
-    /* route */
+    /* route. Logits of the fixed-order gate on finite x and Wg are finite (each product of
+     * two floats is below 2^256 and is exact in double, D of them sum far below DBL_MAX): the
+     * router need not read them all once more to check (jittered x excepted). */
+    p->r->finite_logits = p->gate_computed && !p->xj ? p->routed : NULL;
+    if (p->r2)
+        p->r2->finite_logits = p->r->finite_logits;
     moe_route_in in = {b->n, c->M, p->routed, b->ids, uniforms, p->rng, b->choices, b->choice_w,
                        b->k_rec, b->gumbel_u, b->rts_u};
     if ((rc = moe_pipeline_route_stage(p->r, &in, p->plan, &t.route)))
