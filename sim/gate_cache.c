@@ -1,8 +1,12 @@
 /* gate_cache.c: a sweep's batches with their gate logits, computed once (gate_cache.h). Owns the
- * entries (copies of x and ids, the logits) and their key; the gate itself runs through the
- * pipeline's gate stage, so a cached batch routes on the very logits the point would compute.
+ * entries (x and ids taken over from the source, the logits) and their key; the gate itself runs
+ * through the pipeline's gate stage, so a cached batch routes on the very logits the point would
+ * compute. The logits (gigabytes at 2^20 tokens) live in a huge-page mapping of their own
+ * (bigbuf.h): their first write is most of the gate's time.
  */
 #include "gate_cache.h"
+
+#include "bigbuf.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,7 +17,8 @@ typedef struct {
     char *key;        /* source, parameters, T, D, M, seed, batch number */
     float *x;         /* (T,D) */
     int64_t *ids;     /* (T) */
-    double *logits;   /* (T,M) */
+    double *logits;   /* (T,M), moe_bigbuf_alloc of logits_bytes */
+    size_t logits_bytes;
     moe_batch b;      /* the batch, pointing at x and ids */
     double gate_s;    /* seconds the gate took */
     double bytes;
@@ -49,7 +54,7 @@ static void entry_clear(gc_entry *e)
     free(e->key);
     free(e->x);
     free(e->ids);
-    free(e->logits);
+    moe_bigbuf_free(e->logits, e->logits_bytes);
     memset(e, 0, sizeof *e);
 }
 
@@ -103,18 +108,19 @@ static gc_entry *entry_new(moe_gate_cache *c, char *key, double bytes)
     return e;
 }
 
-/* Copies batch raw into e and runs the gate of src on it. */
-static int entry_fill(gc_entry *e, const moe_batch *raw, const moe_source *src, const char *label)
+/* Takes batch raw (src's last batch) into e, checks its x and runs the gate of src on it. */
+static int entry_fill(gc_entry *e, const moe_batch *raw, moe_source *src, const char *label)
 {
-    const size_t T = (size_t)raw->n, D = (size_t)raw->d, M = (size_t)raw->m;
-    e->x = malloc(T * D * sizeof *e->x);
-    e->ids = malloc(T * sizeof *e->ids);
-    e->logits = malloc(T * M * sizeof *e->logits);
-    if (!e->x || !e->ids || !e->logits)
+    const size_t T = (size_t)raw->n, M = (size_t)raw->m;
+    moe_source_take_batch(src, &e->x, &e->ids);
+    e->logits_bytes = T * M * sizeof *e->logits;
+    e->logits = moe_bigbuf_alloc(e->logits_bytes);
+    if (!e->logits)
         return moe_fail(MOE_ENOMEM, "lower experiment.tokens", "out of memory (gate cache: a "
                         "batch of %zu tokens x %zu logits, point %s)", T, M, label);
-    memcpy(e->x, raw->x, T * D * sizeof *e->x);
-    memcpy(e->ids, raw->ids, T * sizeof *e->ids);
+    int rc = moe_pipeline_check_x(e->x, raw->n, raw->d, label);
+    if (rc)
+        return rc;
     e->b = *raw;
     e->b.x = e->x;
     e->b.ids = e->ids;

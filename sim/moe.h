@@ -301,6 +301,9 @@ struct moe_router {
     void *ws;              /* router workspace/state, owned by the router type */
     moe_plan *gplan;       /* routing groups: the plan of one group (route_groups.c), or NULL */
     double *rts_buf;       /* (T,E) order rts keys drawn from the stream, or NULL */
+    /* logits known to be finite, whose check moe_router_route skips (set by the pipeline for
+     * the logits its gate computed from finite x and Wg), or NULL */
+    const double *finite_logits;
 };
 
 extern const moe_router_type *const moe_router_types[]; /* NULL-terminated (routers/registry.c) */

@@ -393,7 +393,7 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
     p->routed = b->logits;
     p->gate_computed = 0;
     const int D = p->L ? c->w->d : b->d; /* no layer: routing only, the gate on the batch's x */
-    if (b->x && (!p->routed || (fl & MOE_PIPE_LAYER)) && (p->L || !p->routed) &&
+    if (b->x && !p->gated && (!p->routed || (fl & MOE_PIPE_LAYER)) && (p->L || !p->routed) &&
         (rc = check_finite(b->x, (size_t)b->n, (size_t)D, "input x", c->label)))
         return rc;
     if (p->routed && p->r->opts.jitter > 0.0)
@@ -432,7 +432,12 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
         }
         p->gate_computed = 1;
     }
-    /* route */
+    /* route. Logits of the fixed-order gate on finite x and Wg are finite (each product of
+     * two floats is below 2^256 and is exact in double, D of them sum far below DBL_MAX): the
+     * router need not read them all once more to check (jittered x excepted). */
+    p->r->finite_logits = p->gate_computed && !p->xj ? p->routed : NULL;
+    if (p->r2)
+        p->r2->finite_logits = p->r->finite_logits;
     moe_route_in in = {b->n, c->M, p->routed, b->ids, uniforms, p->rng, b->choices, b->choice_w,
                        b->k_rec, b->gumbel_u, b->rts_u};
     if ((rc = moe_pipeline_route_stage(p->r, &in, p->plan, &t.route)))
@@ -517,6 +522,11 @@ int moe_pipeline_run_source(moe_pipeline *p, moe_source *src, int index, moe_pha
     if (rc || (rc = check_source_batch(p, &b, index)))
         return rc;
     return moe_pipeline_run_batch(p, &b, NULL, tm);
+}
+
+int moe_pipeline_check_x(const float *x, int n, int D, const char *label)
+{
+    return check_finite(x, (size_t)n, (size_t)D, "input x", label);
 }
 
 int moe_pipeline_run_gated(moe_pipeline *p, const moe_batch *b, int index, const double *logits,

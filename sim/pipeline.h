@@ -113,9 +113,13 @@ int moe_pipeline_run_source(moe_pipeline *p, moe_source *src, int index, moe_pha
 
 /* moe_pipeline_run_source on batch b (number index of the source) drawn earlier, with its gate
  * output given: logits (T,M) that moe_pipeline_gate_stage computed from b->x and this
- * pipeline's gate wg in gate_s seconds (a sweep's gate cache, gate_cache.h). The batch runs as
- * if its gate had just run: the same checks, the gate FLOPs counted, time_gate = gate_s. With
- * option jitter the gate runs on the jittered x as usual and logits are not used. */
+ * pipeline's gate wg in gate_s seconds (a sweep's gate cache, gate_cache.h), b->x having passed
+ * moe_pipeline_check_x. The batch runs as if its gate had just run: the same checks (except
+ * that x is not checked again), the gate FLOPs counted, time_gate = gate_s. With option jitter
+ * the gate runs on the jittered x as usual and logits are not used. */
+/* The check of a batch's input x (T,D) = (n,D) before its gate: MOE_OK, or the error naming the
+ * first non-finite x[t,j] and label (the point). */
+int moe_pipeline_check_x(const float *x, int n, int D, const char *label);
 int moe_pipeline_run_gated(moe_pipeline *p, const moe_batch *b, int index, const double *logits,
                            double gate_s, moe_phase_times *tm);
 

@@ -181,6 +181,7 @@ int moe_router_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     int rc;
     /* routers flagged MOE_RF_CHECKS_FINITE check while they read the logits (not by groups) */
     if ((!(t->flags & MOE_RF_CHECKS_FINITE) || (G > 0 && G < in->n)) &&
+        in->logits != r->finite_logits &&
         (rc = moe_logits_check_finite(in->logits, in->n, in->m)))
         return rc;
     if (t->flags & MOE_RF_NEEDS_IDS) {

@@ -305,18 +305,21 @@ static int unknown_source(const char *kind)
     return moe_fail(MOE_EINVAL, names, "unknown source '%s' (source)", kind ? kind : "(null)");
 }
 
-/* The batch buffers open asked for: x and ids always, logits, choices, choice_w. */
+/* The batch buffers open asked for that are not there yet: x and ids always, logits, choices,
+ * choice_w (allocated by the first batch, and again after moe_source_take_batch). */
 static int alloc_buffers(moe_source *s)
 {
     int rc = MOE_OK;
     const size_t n = (size_t)s->n;
-    s->x = moe_source_calloc(n * s->d, sizeof *s->x, &rc, "token batch");
-    s->ids = moe_source_calloc(n, sizeof *s->ids, &rc, "token batch");
-    if (s->has_logits)
+    if (!s->x)
+        s->x = moe_source_calloc(n * s->d, sizeof *s->x, &rc, "token batch");
+    if (!s->ids)
+        s->ids = moe_source_calloc(n, sizeof *s->ids, &rc, "token batch");
+    if (s->has_logits && !s->logits)
         s->logits = moe_source_calloc(n * s->m, sizeof *s->logits, &rc, "token batch");
-    if (s->k_rec > 0)
+    if (s->k_rec > 0 && !s->choices)
         s->choices = moe_source_calloc(n * s->k_rec, sizeof *s->choices, &rc, "token batch");
-    if (s->has_choice_w)
+    if (s->has_choice_w && !s->choice_w)
         s->choice_w = moe_source_calloc(n * s->k_rec, sizeof *s->choice_w, &rc, "token batch");
     return rc;
 }
@@ -367,8 +370,6 @@ int moe_source_open(const char *kind, const moe_kv *params, int nparams, int n, 
         rc = moe_fail(MOE_EINVAL, "give logits, or the layer's number of logit columns",
                       "source %s needs M >= 1 logit columns (M = %d)", kind, m);
     if (!rc)
-        rc = alloc_buffers(s);
-    if (!rc)
         rc = make_gate(s);
     if (rc) {
         moe_source_close(s);
@@ -383,15 +384,23 @@ int moe_source_batch(moe_source *s, int b, moe_batch *out)
     if (b < 0)
         return moe_fail(MOE_EINVAL, NULL, "batch number %d is negative (source %s)", b,
                         s->type->name);
-    moe_source_reseed(s->rng, s->seed, MOE_STREAM_TOKENS + 16 * (uint64_t)b);
-    int rc = s->type->batch(s, b);
+    int rc = alloc_buffers(s);
     if (rc)
+        return rc;
+    moe_source_reseed(s->rng, s->seed, MOE_STREAM_TOKENS + 16 * (uint64_t)b);
+    if ((rc = s->type->batch(s, b)))
         return rc;
     /* every field: a source has no draws files (gumbel_u, rts_u NULL) */
     *out = (moe_batch){.n = s->n, .d = s->d, .m = s->m, .x = s->x, .ids = s->ids,
                        .logits = s->logits, .choices = s->choices, .choice_w = s->choice_w,
                        .k_rec = s->k_rec};
     return MOE_OK;
+}
+
+void moe_source_take_batch(moe_source *s, float **x, int64_t **ids)
+{
+    *x = s->x, *ids = s->ids;
+    s->x = NULL, s->ids = NULL;
 }
 
 const float *moe_source_gate(const moe_source *s) { return s->wg; }

@@ -42,8 +42,13 @@ typedef struct moe_source moe_source;
  * are errors naming the key and where it was written. */
 int moe_source_open(const char *kind, const moe_kv *params, int nparams, int n, int d, int m,
                     uint64_t seed, moe_source **out);
-/* Fill batch number b (0-based); buffers are owned by the source and valid until the next call. */
+/* Fill batch number b (0-based); buffers are owned by the source and valid until the next call
+ * (the first call allocates them: a source whose batches are never asked for, e.g. because a
+ * cache already holds them, allocates none). */
 int moe_source_batch(moe_source *s, int b, moe_batch *out);
+/* Hands the x (T,D) and ids (T) of the last batch to the caller, who frees them with free();
+ * the next batch allocates new ones. Both NULL before the first batch. */
+void moe_source_take_batch(moe_source *s, float **x, int64_t **ids);
 /* The gate matrix Wg (D,M): random by default, aligned with cluster centres when asked. */
 const float *moe_source_gate(const moe_source *s);
 /* Experts the source is fixed to (recorded traces), or 0 if any M works. */
@@ -55,9 +60,10 @@ void moe_source_list(FILE *out);
 /* ---- source types (one file each in sim/sources/) ----------------------------------------
  * A source type is a parameter table and four functions. moe_source_open validates every
  * given value against the table (later values of a key win), allocates the token stream, calls
- * open, then allocates the batch buffers (x and ids always; logits, choices and choice_w as
- * open asked through has_logits, k_rec and has_choice_w) and the gate. moe_source_batch
- * reseeds the token stream to (seed, MOE_STREAM_TOKENS + 16 b) and calls batch. */
+ * open, then draws the gate. moe_source_batch allocates the batch buffers missing (x and ids
+ * always; logits, choices and choice_w as open asked through has_logits, k_rec and
+ * has_choice_w; zeroed), reseeds the token stream to (seed, MOE_STREAM_TOKENS + 16 b) and calls
+ * batch. */
 
 enum moe_source_param_kind { MOE_SP_NUM, MOE_SP_INT, MOE_SP_ENUM, MOE_SP_STR };
 
@@ -123,7 +129,7 @@ struct moe_source {
     int k_rec;             /* set by open: recorded choices per token (0 = none) */
     int has_logits;        /* set by open: batches carry logits (T,M) */
     int has_choice_w;      /* set by open: batches carry choice_w (T,Krec) */
-    /* batch buffers (allocated once at open) */
+    /* batch buffers (allocated by the first batch) */
     float *x;              /* (T,D) */
     int64_t *ids;          /* (T) */
     double *logits;        /* (T,M) or NULL */

@@ -7,13 +7,15 @@
  * rows with tails); bit equality with the plain double loop of the definition on random
  * (1000,67) x (67,M) shapes, M = 37 (a full 32-column panel and a 5-column one), 12 and 8,
  * float and double inputs; the same bits for 1, 2 and 3 threads; moe_layer_gate returns exactly
- * these logits. */
+ * these logits; logits of the largest floats are finite. */
 #include "check.h"
 #include "gate.h"
 #include "layer.h"
 #include "moe.h"
 
+#include <float.h>
 #include <gsl/gsl_randist.h>
+#include <math.h>
 #include <string.h>
 
 static void test_hand(void)
@@ -98,10 +100,38 @@ static void test_random(gsl_rng *r, size_t M)
     free(x), free(wg), free(xd), free(wd), free(ref), free(refd), free(lg);
 }
 
+/* The largest floats: x = +-FLT_MAX, wg = +-FLT_MAX, d = 64 (signs chosen so every product of
+ * a row is positive, then mixed). Each product is below 2^256 and exact in double and 64 of them
+ * sum below 2^262, so every logit is finite: the pipeline relies on this to skip the routers'
+ * finiteness check of logits its gate computed from finite x and wg. Logit (0,0) is FLT_MAX^2
+ * (exact in double: 48 significant bits) added 64 times from +0.0 in double, as the definition
+ * sums (the partial sums 3, 5, ... FLT_MAX^2 need 49-54 bits and round). */
+static void test_finite_bound(void)
+{
+    enum { N = 3, D = 64, M = 5 };
+    float x[N * D], wg[D * M];
+    double lg[N * M];
+    for (int k = 0; k < D; k++) {
+        x[0 * D + k] = FLT_MAX, x[1 * D + k] = -FLT_MAX;
+        x[2 * D + k] = k % 3 ? FLT_MAX : -FLT_MAX;
+        for (int j = 0; j < M; j++)
+            wg[k * M + j] = (j + k) % 2 && j > 0 ? -FLT_MAX : FLT_MAX;
+    }
+    moe_gate_logits(x, N, D, wg, M, lg, 1);
+    const double big = (double)FLT_MAX * (double)FLT_MAX;
+    double want = 0.0;
+    for (int k = 0; k < D; k++)
+        want += big;
+    for (int i = 0; i < N * M; i++)
+        CHECK(isfinite(lg[i]), "logit %d of the largest floats is not finite: %g", i, lg[i]);
+    CHECK(lg[0] == want, "logit (0,0): %.17g, want %.17g", lg[0], want);
+}
+
 int main(void)
 {
     gsl_rng *r = moe_rng_alloc(20261205u, MOE_STREAM_EXPERT_W);
     test_hand();
+    test_finite_bound();
     /* full tiles (8 rows, 32 columns) and tails (7 rows, 20 columns), probe in each corner; then
      * shapes of the vector path: 1 to 4 vectors per panel (m = 8, 16, 24, 40), partial vectors
      * (m = 13, 45) and rows over a 24-row block with tails (n = 30, 49) */

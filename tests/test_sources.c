@@ -388,6 +388,39 @@ static void test_drift(void)
     }
 }
 
+/* zipf_ids with vocab V, width D, n tokens, batches 0 and 1: each row bit-equal to the draw
+ * from its id's stream. */
+static void zipf_rows_drawn(const moe_kv *kv0, long V, int D, int n)
+{
+    char vocab[32];
+    snprintf(vocab, sizeof vocab, "%ld", V);
+    moe_kv kv[3] = {kv0[0], kv0[1], kv0[2]};
+    kv[0].value = vocab;
+    moe_source *s = open_src("zipf_ids", kv, 3, n, D, 4, 51);
+    float *want = malloc((size_t)D * sizeof *want);
+    if (!s || !want) {
+        CHECK(0, "zipf_ids vocab = %ld: open failed", V);
+        moe_source_close(s), free(want);
+        return;
+    }
+    int bad = 0;
+    moe_batch bt;
+    for (int b = 0; b < 2; b++) {
+        CHECK_INT(moe_source_batch(s, b, &bt), MOE_OK);
+        for (int t = 0; t < bt.n; t++) {
+            gsl_rng *e = moe_rng_alloc(51, MOE_STREAM_SOURCE_PARAM + 16 * ((uint64_t)bt.ids[t] + 2));
+            for (int j = 0; j < D; j++)
+                want[j] = (float)gsl_ran_gaussian_ziggurat(e, 0.5);
+            gsl_rng_free(e);
+            bad += memcmp(want, bt.x + (size_t)t * D, (size_t)D * sizeof *want) != 0;
+        }
+    }
+    CHECK(bad == 0, "zipf_ids vocab = %ld, D = %d: %d of %d rows differ from their id's draw", V,
+          D, bad, 2 * n);
+    moe_source_close(s);
+    free(want);
+}
+
 static void test_zipf_ids(void)
 {
     enum { V = 50 };
@@ -439,6 +472,11 @@ static void test_zipf_ids(void)
     CHECK(bins_bad(cnt, pg, 8, nco, &worst) == 0,
           "embedding coordinates vs N(0, 0.5^2) (%ld values, worst %.2f sigma)", nco, worst);
     moe_source_close(s);
+    /* every row is the documented draw: D ziggurat normals of sd 0.5 from the stream (seed,
+     * MOE_STREAM_SOURCE_PARAM + 16 (id + 2)), drawn here afresh for each token; vocab = 50 keeps
+     * a table of the rows met so far, vocab = 300000 at D = 64 (77 MB) draws per token */
+    zipf_rows_drawn(kv, 50, 8, 2000);
+    zipf_rows_drawn(kv, 300000, 64, 300);
 }
 
 static void test_collapsed(void)
