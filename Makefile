@@ -32,7 +32,7 @@ SPEC     ?= experiments/default.ini
 XSMM       ?= $(shell pkg-config --exists libxsmm 2>/dev/null && echo yes)
 ifeq ($(XSMM),yes)
 LDLIBS     := $(shell pkg-config --libs libxsmm) $(LDLIBS)
-$(B)/sim/layer_gemm.o: DEFS += -DMOESIM_XSMM
+$(B)/sim/layer_gemm.o $(B)/pic/sim/layer_gemm.o: DEFS += -DMOESIM_XSMM
 endif
 
 # Debian packages: what `make run` needs (build, sweep, charts), and the optional tools of

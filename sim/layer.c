@@ -1,7 +1,8 @@
 /* layer.c: the real MoE layer of layer.h: gate (gate.c's fixed-order routine), dispatch by
- * index, expert FFNs, combine, in fp32 through GSL's BLAS interface (gsl_blas_sgemm on views of
- * our flat buffers; the build links OpenBLAS), the naive double-precision reference, the dense
- * mixture used for the output error, and the activations.
+ * index, expert FFNs, combine, in fp32: the expert GEMMs through layer_gemm.h (libxsmm kernels
+ * on weights packed once, or OpenBLAS sgemm), soft plans' dispatch/combine GEMMs through GSL's
+ * BLAS interface (OpenBLAS), the naive double-precision reference, the dense mixture used for
+ * the output error, and the activations.
  *
  * Workspaces (allocated once in moe_layer_alloc, never in forward). R = E * max(C_max, 1) rows:
  *   xin  (R,D)   expert inputs, row e*C + s holds h[e,s] (C = the plan's capacity, so each
@@ -49,7 +50,6 @@ struct moe_layer {
     struct expert_seg *seg;       /* (2E) row segments of the expert phase */
     size_t *first;                /* (2E+1) first tile of each segment */
     moe_shared_ws *sh;            /* shared experts (moe_layer_set_shared), or NULL */
-    int gemm;                     /* MOE_GEMM_*: the backend of the expert GEMMs */
     moe_gemm_pack *p1, *p2;       /* libxsmm: W1 (E,D,FW), W2 (E,F,D) packed; else NULL */
     const float *src1, *src2;     /* the w1, w2 packed into p1, p2 (NULL: none yet) */
 };
@@ -287,7 +287,9 @@ static int ffn_rows_par(const moe_layer *L, const moe_experts *w, int e, const f
  * 4 to 24 from the start of each block, a tail goes through narrower kernels, and GEMMs with
  * M*N*K below about 7e6 take small-matrix kernels. So tiles start at multiples of
  * MOE_TILE_ALIGN rows, the last one runs the rest (tile..2 tile-1 rows), and only where
- * tile*D*F >= MOE_TILE_MIN_MNK: each row meets the kernel and sums it meets untiled (tested). */
+ * tile*D*F >= MOE_TILE_MIN_MNK: each row meets the kernel and sums it meets untiled (tested).
+ * libxsmm's kernels (layer_gemm.h) compute each row alone in any row block, so with them any
+ * tile or segment boundary keeps the bits; the rules above are kept for OpenBLAS. */
 enum { MOE_TILE_ALIGN = 192, MOE_TILE_MIN_MNK = 1 << 24 };
 typedef struct expert_seg {
     int e;
@@ -489,8 +491,7 @@ void moe_layer_free(moe_layer *L)
     free(L->seg);
     free(L->first);
     moe_shared_ws_free(L->sh);
-    moe_gemm_pack_free(L->p1);
-    moe_gemm_pack_free(L->p2);
+    moe_gemm_pack_free(L->p1), moe_gemm_pack_free(L->p2);
     free(L);
 }
 
@@ -499,33 +500,19 @@ int moe_layer_set_gemm(moe_layer *L, int backend)
     if (backend != MOE_GEMM_OPENBLAS && backend != MOE_GEMM_LIBXSMM)
         return moe_fail(MOE_EINVAL, NULL, "unknown GEMM backend %d (moe_layer_set_gemm)",
                         backend);
-    moe_gemm_pack_free(L->p1);
-    moe_gemm_pack_free(L->p2);
+    moe_gemm_pack_free(L->p1), moe_gemm_pack_free(L->p2);
     L->p1 = L->p2 = NULL;
     L->src1 = L->src2 = NULL;
-    L->gemm = MOE_GEMM_OPENBLAS;
-    if (backend == MOE_GEMM_OPENBLAS)
-        return MOE_OK;
     size_t E = (size_t)L->E, D = (size_t)L->d, F = (size_t)L->f, FW = (size_t)L->fw;
-    int rc = moe_gemm_pack_alloc(E, D, FW, D, &L->p1);
-    if (rc || (rc = moe_gemm_pack_alloc(E, F, D, FW, &L->p2))) {
-        moe_layer_set_gemm(L, MOE_GEMM_OPENBLAS);
-        return rc;
-    }
-    L->gemm = MOE_GEMM_LIBXSMM;
-    return MOE_OK;
+    int rc = backend == MOE_GEMM_OPENBLAS ? MOE_OK : moe_gemm_pack_alloc(E, D, FW, D, &L->p1);
+    if (!rc && L->p1 && (rc = moe_gemm_pack_alloc(E, F, D, FW, &L->p2)))
+        moe_gemm_pack_free(L->p1), L->p1 = NULL;
+    return rc;
 }
 
-int moe_layer_gemm(const moe_layer *L) { return L->gemm; }
+int moe_layer_gemm(const moe_layer *L) { return L->p1 ? MOE_GEMM_LIBXSMM : MOE_GEMM_OPENBLAS; }
 
 void moe_layer_repack(moe_layer *L) { L->src1 = L->src2 = NULL; }
-
-/* The packed weights follow w (a new w1 or w2 address is packed now). */
-static void layer_sync_packs(moe_layer *L, const moe_experts *w)
-{
-    moe_gemm_pack_sync(L->p1, w->w1, &L->src1, moe_blas_threads());
-    moe_gemm_pack_sync(L->p2, w->w2, &L->src2, moe_blas_threads());
-}
 
 void moe_layer_set_pad_to_capacity(moe_layer *L, int on) { L->pad = on != 0; }
 
@@ -807,7 +794,8 @@ int moe_layer_forward(moe_layer *L, const moe_experts *w, const moe_plan *plan, 
         return rc;
     if ((rc = shared_check(L, w, "moe_layer_forward")))
         return rc;
-    layer_sync_packs(L, w);
+    moe_gemm_pack_sync(L->p1, w->w1, &L->src1, moe_blas_threads()); /* packs a new address */
+    moe_gemm_pack_sync(L->p2, w->w2, &L->src2, moe_blas_threads());
     if (tm)
         tm->dispatch = tm->experts = tm->combine = 0.0;
     L->rows_run = 0;
@@ -919,7 +907,8 @@ int moe_layer_dense_mixture(moe_layer *L, const moe_experts *w, const float *x, 
                         "(moe_layer_dense_mixture)", n, nrows);
     if ((rc = shared_check(L, w, "moe_layer_dense_mixture")))
         return rc;
-    layer_sync_packs(L, w);
+    moe_gemm_pack_sync(L->p1, w->w1, &L->src1, moe_blas_threads()); /* packs a new address */
+    moe_gemm_pack_sync(L->p2, w->w2, &L->src2, moe_blas_threads());
     size_t cnt = rows ? (size_t)nrows : (size_t)n;
     if (rows)
         for (size_t i = 0; i < cnt; i++)

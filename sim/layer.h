@@ -1,6 +1,7 @@
-/* layer.h: the real MoE layer (gate logits by gate.h, dispatch, expert FFNs, combine) in fp32
- * through GSL's BLAS interface (linked against OpenBLAS), plus the naive reference it is tested
- * against and the dense mixture used for the output error.
+/* layer.h: the real MoE layer (gate logits by gate.h, dispatch, expert FFNs, combine) in fp32:
+ * expert GEMMs by libxsmm on weights packed once, or OpenBLAS (layer_gemm.h, moe_layer_set_gemm),
+ * plus the naive reference it is tested against and the dense mixture used for the output
+ * error.
  *
  * Expert FFN_e(h) = act(h W1_e + b1_e) W2_e + b2_e, with
  *   w1 (E,D,F)  b1 (E,F)  w2 (E,F,D)  b2 (E,D)
