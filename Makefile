@@ -27,12 +27,21 @@ TEST_SRC := $(wildcard tests/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(B)/tests/%)
 SPEC     ?= experiments/default.ini
 
+# libxsmm (Debian libxsmm-dev, x86-64): the expert GEMMs run its JIT kernels on weights packed
+# once (sim/layer_gemm.c); without it (or `make XSMM=`) they run OpenBLAS sgemm.
+XSMM       ?= $(shell pkg-config --exists libxsmm 2>/dev/null && echo yes)
+ifeq ($(XSMM),yes)
+LDLIBS     := $(shell pkg-config --libs libxsmm) $(LDLIBS)
+$(B)/sim/layer_gemm.o $(B)/pic/sim/layer_gemm.o: DEFS += -DMOESIM_XSMM
+endif
+
 # Debian packages: what `make run` needs (build, sweep, charts), and the optional tools of
 # `make test` (the sqlite3 shell, valgrind, clang for fuzzing, Open MPI, universal-ctags and
 # cscope for the layout checks of tests/t_layering.sh); tests whose tool is missing are skipped
 # and counted.
 DEB_PKGS      := build-essential pkg-config libgsl-dev libopenblas-dev libsqlite3-dev \
                  libinih-dev libjansson-dev zlib1g-dev gnuplot-nox
+DEB_PKGS      += $(if $(filter x86_64,$(shell uname -m)),libxsmm-dev)
 DEB_PKGS_TEST := sqlite3 valgrind clang libopenmpi-dev openmpi-bin python3-numpy python3-pip \
                  python3-setuptools python3-wheel universal-ctags cscope
 

@@ -1,7 +1,8 @@
 /* layer.c: the real MoE layer of layer.h: gate (gate.c's fixed-order routine), dispatch by
- * index, expert FFNs, combine, in fp32 through GSL's BLAS interface (gsl_blas_sgemm on views of
- * our flat buffers; the build links OpenBLAS), the naive double-precision reference, the dense
- * mixture used for the output error, and the activations.
+ * index, expert FFNs, combine, in fp32: the expert GEMMs through layer_gemm.h (libxsmm kernels
+ * on weights packed once, or OpenBLAS sgemm), soft plans' dispatch/combine GEMMs through GSL's
+ * BLAS interface (OpenBLAS), the naive double-precision reference, the dense mixture used for
+ * the output error, and the activations.
  *
  * Workspaces (allocated once in moe_layer_alloc, never in forward). R = E * max(C_max, 1) rows:
  *   xin  (R,D)   expert inputs, row e*C + s holds h[e,s] (C = the plan's capacity, so each
@@ -24,6 +25,7 @@
 
 #include "blas_info.h"
 #include "gate.h"
+#include "layer_gemm.h"
 
 #include <gsl/gsl_blas.h>
 #include <gsl/gsl_matrix_float.h>
@@ -48,6 +50,8 @@ struct moe_layer {
     struct expert_seg *seg;       /* (2E) row segments of the expert phase */
     size_t *first;                /* (2E+1) first tile of each segment */
     moe_shared_ws *sh;            /* shared experts (moe_layer_set_shared), or NULL */
+    moe_gemm_pack *p1, *p2;       /* libxsmm: W1 (E,D,FW), W2 (E,F,D) packed; else NULL */
+    const float *src1, *src2;     /* the w1, w2 packed into p1, p2 (NULL: none yet) */
 };
 
 /* ---- activations ---- */
@@ -193,45 +197,6 @@ int moe_act_parse(const char *s, int *act)
 
 /* ---- helpers ---- */
 
-/* c (m,n) = op(a) b + beta c on row-major blocks with leading dimensions lda, ldb, ldc;
- * op(a) = a (m,k), or a^T when ta (a stored (k,m)). All sizes must be >= 1. */
-static int sgemm(int ta, size_t m, size_t n, size_t k, const float *a, size_t lda,
-                 const float *b, size_t ldb, float beta, float *c, size_t ldc, const char *where)
-{
-    gsl_matrix_float_const_view A = ta ? gsl_matrix_float_const_view_array_with_tda(a, k, m, lda)
-                                       : gsl_matrix_float_const_view_array_with_tda(a, m, k, lda);
-    gsl_matrix_float_const_view B = gsl_matrix_float_const_view_array_with_tda(b, k, n, ldb);
-    gsl_matrix_float_view Cv = gsl_matrix_float_view_array_with_tda(c, m, n, ldc);
-    int rc = gsl_blas_sgemm(ta ? CblasTrans : CblasNoTrans, CblasNoTrans, 1.0f, &A.matrix,
-                            &B.matrix, beta, &Cv.matrix);
-    if (rc)
-        return moe_fail(MOE_EINVAL, NULL, "sgemm failed with GSL error %d (%s)", rc, where);
-    return MOE_OK;
-}
-
-/* ---- threads ----
- * run_jobs runs fn on nt jobs (job i at (char *)jobs + i*size; size 0: all the same job), job 0
- * on the calling thread, the others on new threads (or on the caller when one cannot start).
- * The work is a few ms per call, so creating threads (~20 us) is cheap enough. */
-enum { MOE_MAX_THREADS = 8 };
-
-static void run_jobs(void *(*fn)(void *), void *jobs, size_t size, int nt)
-{
-    pthread_t th[MOE_MAX_THREADS];
-    int started[MOE_MAX_THREADS] = {0};
-    if (nt > MOE_MAX_THREADS)
-        nt = MOE_MAX_THREADS;
-    for (int i = 1; i < nt; i++)
-        started[i] = pthread_create(&th[i], NULL, fn, (char *)jobs + (size_t)i * size) == 0;
-    fn(jobs);
-    for (int i = 1; i < nt; i++) {
-        if (started[i])
-            pthread_join(th[i], NULL);
-        else
-            fn((char *)jobs + (size_t)i * size);
-    }
-}
-
 /* ---- bias + activation over rows, split across the BLAS threads ----
  * Rows are split into contiguous ranges, one per thread; each element is computed on its own,
  * so the result does not depend on the thread count. */
@@ -274,7 +239,7 @@ static void act_parallel(const moe_layer *L, int act, float *buf, size_t rows, s
     for (int i = 0; i < nt; i++)
         jobs[i] = (act_job){L, buf, b, rows * (size_t)i / (size_t)nt,
                             rows * (size_t)(i + 1) / (size_t)nt, ld, width, act};
-    run_jobs(act_thread, jobs, sizeof *jobs, nt);
+    moe_gemm_run_jobs(act_thread, jobs, sizeof *jobs, nt);
 }
 
 /* FFN_e on `rows` rows: hid (rows,FW) = in (rows,D) W1_e + b1_e, activation (SwiGLU: into
@@ -284,8 +249,9 @@ static int ffn_rows_par(const moe_layer *L, const moe_experts *w, int e, const f
                         size_t rows, float *hid, float *out, int par)
 {
     size_t D = (size_t)L->d, F = (size_t)L->f, FW = (size_t)L->fw;
-    int rc = sgemm(0, rows, FW, D, in, D, w->w1 + (size_t)e * D * FW, FW, 0.0f, hid, FW,
-                   "expert first matrix");
+    int nt = par ? moe_blas_threads() : 1;
+    int rc = moe_gemm_expert(L->p1, w->w1, (size_t)e, rows, D, FW, in, D, hid, FW, nt,
+                             "expert first matrix");
     if (rc)
         return rc;
     if (par) {
@@ -294,8 +260,8 @@ static int ffn_rows_par(const moe_layer *L, const moe_experts *w, int e, const f
         act_job j = {L, hid, w->b1 + (size_t)e * FW, 0, rows, FW, F, L->act};
         act_rows(&j);
     }
-    rc = sgemm(0, rows, D, F, hid, FW, w->w2 + (size_t)e * F * D, D, 0.0f, out, D,
-               "expert second matrix");
+    rc = moe_gemm_expert(L->p2, w->w2, (size_t)e, rows, F, D, hid, FW, out, D, nt,
+                         "expert second matrix");
     if (rc)
         return rc;
     if (par) {
@@ -321,7 +287,9 @@ static int ffn_rows_par(const moe_layer *L, const moe_experts *w, int e, const f
  * 4 to 24 from the start of each block, a tail goes through narrower kernels, and GEMMs with
  * M*N*K below about 7e6 take small-matrix kernels. So tiles start at multiples of
  * MOE_TILE_ALIGN rows, the last one runs the rest (tile..2 tile-1 rows), and only where
- * tile*D*F >= MOE_TILE_MIN_MNK: each row meets the kernel and sums it meets untiled (tested). */
+ * tile*D*F >= MOE_TILE_MIN_MNK: each row meets the kernel and sums it meets untiled (tested).
+ * libxsmm's kernels (layer_gemm.h) compute each row alone in any row block, so with them any
+ * tile or segment boundary keeps the bits; the rules above are kept for OpenBLAS. */
 enum { MOE_TILE_ALIGN = 192, MOE_TILE_MIN_MNK = 1 << 24 };
 typedef struct expert_seg {
     int e;
@@ -404,7 +372,7 @@ static int experts_run(moe_layer *L, const moe_experts *w, size_t C, const long 
     expert_pool pool = {L, w, C, seg, first, n, nt == 1, 0, 0};
     if (nt > 1)
         moe_blas_set_threads(1);
-    run_jobs(expert_worker, &pool, 0, nt); /* every worker takes tiles from one queue */
+    moe_gemm_run_jobs(expert_worker, &pool, 0, nt); /* every worker takes tiles from one queue */
     if (nt > 1)
         moe_blas_set_threads(blas_threads);
     int rc = atomic_load(&pool.rc);
@@ -505,6 +473,10 @@ moe_layer *moe_layer_alloc(int n_max, int E, long C_max, int d, int f, int act)
         moe_layer_free(L);
         return NULL;
     }
+    if (moe_gemm_libxsmm_available() && moe_layer_set_gemm(L, MOE_GEMM_LIBXSMM)) {
+        moe_layer_free(L);
+        return NULL;
+    }
     return L;
 }
 
@@ -519,8 +491,28 @@ void moe_layer_free(moe_layer *L)
     free(L->seg);
     free(L->first);
     moe_shared_ws_free(L->sh);
+    moe_gemm_pack_free(L->p1), moe_gemm_pack_free(L->p2);
     free(L);
 }
+
+int moe_layer_set_gemm(moe_layer *L, int backend)
+{
+    if (backend != MOE_GEMM_OPENBLAS && backend != MOE_GEMM_LIBXSMM)
+        return moe_fail(MOE_EINVAL, NULL, "unknown GEMM backend %d (moe_layer_set_gemm)",
+                        backend);
+    moe_gemm_pack_free(L->p1), moe_gemm_pack_free(L->p2);
+    L->p1 = L->p2 = NULL;
+    L->src1 = L->src2 = NULL;
+    size_t E = (size_t)L->E, D = (size_t)L->d, F = (size_t)L->f, FW = (size_t)L->fw;
+    int rc = backend == MOE_GEMM_OPENBLAS ? MOE_OK : moe_gemm_pack_alloc(E, D, FW, D, &L->p1);
+    if (!rc && L->p1 && (rc = moe_gemm_pack_alloc(E, F, D, FW, &L->p2)))
+        moe_gemm_pack_free(L->p1), L->p1 = NULL;
+    return rc;
+}
+
+int moe_layer_gemm(const moe_layer *L) { return L->p1 ? MOE_GEMM_LIBXSMM : MOE_GEMM_OPENBLAS; }
+
+void moe_layer_repack(moe_layer *L) { L->src1 = L->src2 = NULL; }
 
 void moe_layer_set_pad_to_capacity(moe_layer *L, int on) { L->pad = on != 0; }
 
@@ -619,7 +611,7 @@ static int forward_sparse(moe_layer *L, const moe_experts *w, const moe_plan *pl
     for (int i = 0; i < nt; i++)
         jobs[i] = (copy_job){L, en, x, y, C, ne * (size_t)i / (size_t)nt,
                              ne * (size_t)(i + 1) / (size_t)nt, 0, 0, 0};
-    run_jobs(copy_run, jobs, sizeof *jobs, nt);
+    moe_gemm_run_jobs(copy_run, jobs, sizeof *jobs, nt);
     double t1 = moe_now();
 
     /* experts: FFN_e on each expert's contiguous block of used rows */
@@ -648,7 +640,7 @@ static int forward_sparse(moe_layer *L, const moe_experts *w, const moe_plan *pl
             tok1 = tok0;
         jobs[i] = (copy_job){L, en, x, y, C, cut[i], cut[i + 1], tok0, tok1, 1};
     }
-    run_jobs(copy_run, jobs, sizeof *jobs, ct);
+    moe_gemm_run_jobs(copy_run, jobs, sizeof *jobs, ct);
     double t3 = moe_now();
     if (tm) {
         tm->dispatch = t1 - t0;
@@ -699,7 +691,7 @@ static int forward_dense(moe_layer *L, const moe_experts *w, const moe_plan *pla
     for (size_t b0 = 0; b0 < n; b0 += tb) {
         size_t rows = n - b0 < tb ? n - b0 : tb;
         dense_block(L, plan, sorted, &pos, b0, rows, 0);
-        rc = sgemm(1, M, D, rows, L->hid, M, x + b0 * D, D, b0 ? 1.0f : 0.0f, L->xin, D,
+        rc = moe_gemm_sgemm(1, M, D, rows, L->hid, M, x + b0 * D, D, b0 ? 1.0f : 0.0f, L->xin, D,
                    "soft dispatch");
         if (rc)
             return rc;
@@ -718,7 +710,7 @@ static int forward_dense(moe_layer *L, const moe_experts *w, const moe_plan *pla
     for (size_t b0 = 0; b0 < n; b0 += tb) {
         size_t rows = n - b0 < tb ? n - b0 : tb;
         dense_block(L, plan, sorted, &pos, b0, rows, 1);
-        rc = sgemm(0, rows, D, M, L->hid, M, L->out, D, 0.0f, y + b0 * D, D, "soft combine");
+        rc = moe_gemm_sgemm(0, rows, D, M, L->hid, M, L->out, D, 0.0f, y + b0 * D, D, "soft combine");
         if (rc)
             return rc;
     }
@@ -802,6 +794,8 @@ int moe_layer_forward(moe_layer *L, const moe_experts *w, const moe_plan *plan, 
         return rc;
     if ((rc = shared_check(L, w, "moe_layer_forward")))
         return rc;
+    moe_gemm_pack_sync(L->p1, w->w1, &L->src1, moe_blas_threads()); /* packs a new address */
+    moe_gemm_pack_sync(L->p2, w->w2, &L->src2, moe_blas_threads());
     if (tm)
         tm->dispatch = tm->experts = tm->combine = 0.0;
     L->rows_run = 0;
@@ -913,6 +907,8 @@ int moe_layer_dense_mixture(moe_layer *L, const moe_experts *w, const float *x, 
                         "(moe_layer_dense_mixture)", n, nrows);
     if ((rc = shared_check(L, w, "moe_layer_dense_mixture")))
         return rc;
+    moe_gemm_pack_sync(L->p1, w->w1, &L->src1, moe_blas_threads()); /* packs a new address */
+    moe_gemm_pack_sync(L->p2, w->w2, &L->src2, moe_blas_threads());
     size_t cnt = rows ? (size_t)nrows : (size_t)n;
     if (rows)
         for (size_t i = 0; i < cnt; i++)
@@ -979,7 +975,8 @@ size_t moe_layer_workspace_bytes(const moe_layer *L)
     if (!L)
         return 0;
     return L->rows * (2 * (size_t)L->d + (size_t)L->fw) * sizeof(float) +
-           (size_t)L->E * sizeof *L->used + moe_shared_ws_bytes(L->sh);
+           (size_t)L->E * sizeof *L->used + moe_shared_ws_bytes(L->sh) +
+           moe_gemm_pack_bytes(L->p1) + moe_gemm_pack_bytes(L->p2);
 }
 
 /* ---- building blocks for the shared experts (shared_ffn.c) ---- */
@@ -988,7 +985,7 @@ int moe_layer_sgemm(int ta, size_t m, size_t n, size_t k, const float *a, size_t
                     const float *b, size_t ldb, float beta, float *c, size_t ldc,
                     const char *where)
 {
-    return sgemm(ta, m, n, k, a, lda, b, ldb, beta, c, ldc, where);
+    return moe_gemm_sgemm(ta, m, n, k, a, lda, b, ldb, beta, c, ldc, where);
 }
 
 void moe_layer_bias_act_rows(int act, float *buf, size_t rows, size_t ld, const float *b,

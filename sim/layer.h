@@ -1,6 +1,7 @@
-/* layer.h: the real MoE layer (gate logits by gate.h, dispatch, expert FFNs, combine) in fp32
- * through GSL's BLAS interface (linked against OpenBLAS), plus the naive reference it is tested
- * against and the dense mixture used for the output error.
+/* layer.h: the real MoE layer (gate logits by gate.h, dispatch, expert FFNs, combine) in fp32:
+ * expert GEMMs by libxsmm on weights packed once, or OpenBLAS (layer_gemm.h, moe_layer_set_gemm),
+ * plus the naive reference it is tested against and the dense mixture used for the output
+ * error.
  *
  * Expert FFN_e(h) = act(h W1_e + b1_e) W2_e + b2_e, with
  *   w1 (E,D,F)  b1 (E,F)  w2 (E,F,D)  b2 (E,D)
@@ -67,6 +68,19 @@ void moe_layer_set_pad_to_capacity(moe_layer *L, int on);
 void moe_layer_set_tile_rows(moe_layer *L, size_t rows);
 /* The rows per tile in effect (0: untiled). */
 size_t moe_layer_tile_rows(const moe_layer *L);
+
+/* The expert GEMMs' backend (layer_gemm.h): MOE_GEMM_LIBXSMM, the default when the build
+ * has libxsmm and it supports the CPU, runs libxsmm kernels on a copy of the expert weights
+ * packed once (the layer's memory grows by the size of w1 and w2); MOE_GEMM_OPENBLAS runs
+ * OpenBLAS sgemm, which packs the weights on every call. The two round differently (y differs
+ * in its last bits, docs/layer.md); each keeps y independent of threads, tiles and padding.
+ * Fails (the layer keeps OpenBLAS) when libxsmm is missing or out of memory. */
+int moe_layer_set_gemm(moe_layer *L, int backend);
+int moe_layer_gemm(const moe_layer *L);
+/* With libxsmm the layer packs the expert weights when forward or the dense mixture first
+ * sees their address (w1, w2), and again when the address changes, not when the values do:
+ * after changing weights in place, call moe_layer_repack before the next forward. */
+void moe_layer_repack(moe_layer *L);
 
 /* Rows the expert phase of the last moe_layer_forward ran FFN_e on, summed over experts (the
  * kept slots up to each expert's last filled one; E*C padded to capacity; 0 before any). */

@@ -11,6 +11,7 @@
 #include "check.h"
 #include "layer.h"
 #include "blas_info.h"
+#include "layer_gemm.h"
 
 #include <gsl/gsl_randist.h>
 #include <string.h>
@@ -621,10 +622,13 @@ static void test_tile_bits(gsl_rng *r)
     }
     int saved = moe_blas_threads();
     const int acts[2] = {MOE_ACT_GELU_TANH, MOE_ACT_SWIGLU};
-    for (int a = 0; a < 2; a++) {
+    const int ng = moe_gemm_libxsmm_available() ? 2 : 1; /* OpenBLAS, then libxsmm */
+    for (int ag = 0; ag < 2 * ng; ag++) {
+        int a = ag % 2, g = ag / 2;
         owned_experts ow;
         experts_make(&ow, r, E, D, F, acts[a]);
         moe_layer *L = moe_layer_alloc(N, E, C, D, F, acts[a]);
+        CHECK_INT(moe_layer_set_gemm(L, g ? MOE_GEMM_LIBXSMM : MOE_GEMM_OPENBLAS), MOE_OK);
         moe_layer_set_tile_rows(L, 100);
         CHECK(moe_layer_tile_rows(L) == 0, "tile 100 at D*F = %d: %zu rows in effect, want 0",
               D * F, moe_layer_tile_rows(L));
@@ -648,8 +652,9 @@ static void test_tile_bits(gsl_rng *r)
                     size_t bad = 0;
                     for (size_t j = 0; j < len; j++)
                         bad += memcmp(&y[j], &y0[j], sizeof *y) != 0;
-                    CHECK(bad == 0, "%s, tile %zu, %d threads, pad %d: %zu of %zu outputs differ "
-                          "from untiled", moe_act_name(acts[a]), tiles[i], th, pad, bad, len);
+                    CHECK(bad == 0, "%s, %s, tile %zu, %d threads, pad %d: %zu of %zu outputs "
+                          "differ from untiled", moe_act_name(acts[a]), moe_gemm_backend_name(g),
+                          tiles[i], th, pad, bad, len);
                 }
         moe_blas_set_threads(saved);
         moe_layer_free(L);
@@ -657,6 +662,67 @@ static void test_tile_bits(gsl_rng *r)
     }
     moe_plan_free(p);
     free(x), free(y0), free(y), free(yr);
+}
+
+/* The GEMM backends (layer.h): libxsmm is the default when available; both agree with the
+ * naive reference within the tolerance above; the packed weights follow the weights' address
+ * and moe_layer_repack. Expected values: moe_layer_forward_naive on the weights in use (after
+ * an in-place change, the new ones once repacked; before, the packed old ones, which is the
+ * documented contract). Widths D = 70, F = 90 leave a partial column block (70 = 64 + 6,
+ * 90 = 64 + 26), and experts of 37 rows a partial row block (37 = 2 x 16 + 5). */
+static void test_gemm_backends(gsl_rng *r)
+{
+    enum { N = 74, E = 2, D = 70, F = 90 };
+    size_t len = (size_t)N * D;
+    float *x = malloc(len * sizeof *x), *y = malloc(len * sizeof *y),
+          *yr = malloc(len * sizeof *yr), *yold = malloc(len * sizeof *yold);
+    moe_plan *p = moe_plan_alloc(N, E, N);
+    fill_gauss(r, x, len, 1.0);
+    moe_plan_reset(p, N, E, E);
+    p->k = 1;
+    p->capacity = N / 2;
+    for (int t = 0; t < N; t++)
+        moe_plan_push(p, t, t % 2, t / 2, 1.0, 0.5 + 0.5 * gsl_rng_uniform(r));
+    for (int a = MOE_ACT_GELU_TANH; a <= MOE_ACT_SWIGLU; a++) {
+        owned_experts ow;
+        experts_make(&ow, r, E, D, F, a);
+        moe_layer *L = moe_layer_alloc(N, E, N / 2, D, F, a);
+        CHECK(moe_layer_gemm(L) == (moe_gemm_libxsmm_available() ? MOE_GEMM_LIBXSMM
+                                                                  : MOE_GEMM_OPENBLAS),
+              "default backend %d", moe_layer_gemm(L));
+        CHECK_INT(moe_layer_set_gemm(L, 7), MOE_EINVAL);
+        CHECK_INT(moe_layer_forward_naive(&ow.w, p, x, yr), MOE_OK);
+        for (int g = MOE_GEMM_OPENBLAS; g <= MOE_GEMM_LIBXSMM; g++) {
+            if (g == MOE_GEMM_LIBXSMM && !moe_gemm_libxsmm_available()) {
+                CHECK(moe_layer_set_gemm(L, g) != MOE_OK, "libxsmm accepted without it");
+                continue;
+            }
+            CHECK_INT(moe_layer_set_gemm(L, g), MOE_OK);
+            CHECK_INT(moe_layer_forward(L, &ow.w, p, x, y, NULL), MOE_OK);
+            char what[96];
+            snprintf(what, sizeof what, "%s %s vs naive", moe_act_name(a),
+                     moe_gemm_backend_name(g));
+            compare(what, y, yr, len);
+        }
+        if (moe_gemm_libxsmm_available()) {
+            /* in-place change of W2: the pack keeps the old values until moe_layer_repack */
+            memcpy(yold, y, len * sizeof *y);
+            size_t nw2 = (size_t)E * F * D;
+            for (size_t j = 0; j < nw2; j++)
+                ow.w2[j] *= -0.5f;
+            CHECK_INT(moe_layer_forward(L, &ow.w, p, x, y, NULL), MOE_OK);
+            CHECK(memcmp(y, yold, len * sizeof *y) == 0, "%s: in-place change seen without "
+                  "repack", moe_act_name(a));
+            moe_layer_repack(L);
+            CHECK_INT(moe_layer_forward(L, &ow.w, p, x, y, NULL), MOE_OK);
+            CHECK_INT(moe_layer_forward_naive(&ow.w, p, x, yr), MOE_OK);
+            compare("after moe_layer_repack vs naive", y, yr, len);
+        }
+        moe_layer_free(L);
+        experts_free(&ow);
+    }
+    moe_plan_free(p);
+    free(x), free(y), free(yr), free(yold);
 }
 
 int main(void)
@@ -669,6 +735,7 @@ int main(void)
     test_threads(r);
     test_pad_tiles(r);
     test_tile_bits(r);
+    test_gemm_backends(r);
     test_dense(r);
     test_mixture(r);
     test_errors(r);

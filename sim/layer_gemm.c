@@ -1,0 +1,266 @@
+/* layer_gemm.c: the expert GEMM backends of layer_gemm.h (OpenBLAS sgemm; libxsmm kernels on
+ * weights packed once) and the layer's job runner.
+ *
+ * libxsmm is column-major: our row-major c (rows,N) = a (rows,K) W (K,N) is, read
+ * column-major, c^T (N,rows) = W^T (N,K) a^T (K,rows). One kernel call computes a column block
+ * of width m (MOE_GEMM_BN, or the last block's N mod MOE_GEMM_BN) for n <= MOE_GEMM_BR rows:
+ * its A is the packed block (m x K, lda = m), its B the rows of a (K x n, ldb = lda), its C
+ * the block of c (m x n, ldc). Kernels for every n = 1..MOE_GEMM_BR and both widths are
+ * generated once, in moe_gemm_pack_alloc.
+ */
+#include "layer_gemm.h"
+
+#include "moe.h"
+
+#include <gsl/gsl_blas.h>
+#include <gsl/gsl_matrix_float.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef MOESIM_XSMM
+#include <libxsmm.h>
+#endif
+
+/* ---- jobs ---- */
+
+void moe_gemm_run_jobs(void *(*fn)(void *), void *jobs, size_t size, int nt)
+{
+    pthread_t th[MOE_MAX_THREADS];
+    int started[MOE_MAX_THREADS] = {0};
+    if (nt > MOE_MAX_THREADS)
+        nt = MOE_MAX_THREADS;
+    for (int i = 1; i < nt; i++)
+        started[i] = pthread_create(&th[i], NULL, fn, (char *)jobs + (size_t)i * size) == 0;
+    fn(jobs);
+    for (int i = 1; i < nt; i++) {
+        if (started[i])
+            pthread_join(th[i], NULL);
+        else
+            fn((char *)jobs + (size_t)i * size);
+    }
+}
+
+/* ---- OpenBLAS ---- */
+
+int moe_gemm_sgemm(int ta, size_t m, size_t n, size_t k, const float *a, size_t lda,
+                   const float *b, size_t ldb, float beta, float *c, size_t ldc,
+                   const char *where)
+{
+    gsl_matrix_float_const_view A = ta ? gsl_matrix_float_const_view_array_with_tda(a, k, m, lda)
+                                       : gsl_matrix_float_const_view_array_with_tda(a, m, k, lda);
+    gsl_matrix_float_const_view B = gsl_matrix_float_const_view_array_with_tda(b, k, n, ldb);
+    gsl_matrix_float_view Cv = gsl_matrix_float_view_array_with_tda(c, m, n, ldc);
+    int rc = gsl_blas_sgemm(ta ? CblasTrans : CblasNoTrans, CblasNoTrans, 1.0f, &A.matrix,
+                            &B.matrix, beta, &Cv.matrix);
+    if (rc)
+        return moe_fail(MOE_EINVAL, NULL, "sgemm failed with GSL error %d (%s)", rc, where);
+    return MOE_OK;
+}
+
+/* ---- libxsmm on packed weights ---- */
+
+#ifdef MOESIM_XSMM
+typedef libxsmm_smmfunction xkern;
+#else
+typedef void (*xkern)(const float *a, const float *b, float *c, ...);
+#endif
+
+struct moe_gemm_pack {
+    size_t E, K, N, lda;  /* lda: leading dimension of the rows the kernels read */
+    size_t nb;            /* column blocks per matrix */
+    size_t wt;            /* width of the last block (1..MOE_GEMM_BN) */
+    float *w;             /* (E, N*K) packed */
+    xkern kern[2][MOE_GEMM_BR]; /* [last block][rows - 1] */
+};
+
+#ifdef MOESIM_XSMM
+static pthread_once_t xsmm_once = PTHREAD_ONCE_INIT;
+static int xsmm_ok;
+
+static void xsmm_init(void)
+{
+    libxsmm_init();
+    /* kernels need AVX2 at least; older targets fall back to OpenBLAS */
+    xsmm_ok = libxsmm_get_target_archid() >= LIBXSMM_X86_AVX2;
+}
+#endif
+
+int moe_gemm_libxsmm_available(void)
+{
+#ifdef MOESIM_XSMM
+    pthread_once(&xsmm_once, xsmm_init);
+    return xsmm_ok;
+#else
+    return 0;
+#endif
+}
+
+const char *moe_gemm_backend_name(int b)
+{
+#ifdef MOESIM_XSMM
+    static char name[64];
+    if (b == MOE_GEMM_LIBXSMM && moe_gemm_libxsmm_available()) {
+        if (!name[0])
+            snprintf(name, sizeof name, "libxsmm %d.%d.%d (%s)", LIBXSMM_VERSION_MAJOR,
+                     LIBXSMM_VERSION_MINOR, LIBXSMM_VERSION_UPDATE, libxsmm_get_target_arch());
+        return name;
+    }
+#endif
+    return b == MOE_GEMM_LIBXSMM ? "libxsmm (not built)" : "OpenBLAS";
+}
+
+int moe_gemm_pack_alloc(size_t E, size_t K, size_t N, size_t lda, moe_gemm_pack **out)
+{
+    *out = NULL;
+    if (!moe_gemm_libxsmm_available())
+        return moe_fail(MOE_EINVAL, "build with libxsmm (Debian libxsmm-dev)",
+                        "no libxsmm kernels in this build or for this CPU (expert GEMMs)");
+    moe_gemm_pack *p = calloc(1, sizeof *p);
+    size_t len;
+    if (!p || __builtin_mul_overflow(E, K * N, &len) || !(p->w = malloc(len * sizeof *p->w))) {
+        free(p);
+        return moe_fail(MOE_ENOMEM, "use fewer or smaller experts, or the OpenBLAS expert GEMMs",
+                        "out of memory for %zu packed %zux%zu weight matrices (expert GEMMs)", E,
+                        K, N);
+    }
+    p->E = E, p->K = K, p->N = N, p->lda = lda;
+    p->nb = (N + MOE_GEMM_BN - 1) / MOE_GEMM_BN;
+    p->wt = N - (p->nb - 1) * MOE_GEMM_BN;
+#ifdef MOESIM_XSMM
+    const float alpha = 1.0f, beta = 0.0f;
+    const int flags = LIBXSMM_GEMM_FLAG_NONE;
+    for (int last = p->nb > 1 ? 0 : 1; last < 2; last++) /* full blocks, then the last */
+        for (int r = 1; r <= MOE_GEMM_BR; r++) {
+            libxsmm_blasint m = last ? (libxsmm_blasint)p->wt : MOE_GEMM_BN;
+            libxsmm_blasint ldw = m, ldb = (libxsmm_blasint)lda, ldc = (libxsmm_blasint)N;
+            p->kern[last][r - 1] = libxsmm_smmdispatch(m, r, (libxsmm_blasint)K, &ldw, &ldb,
+                                                       &ldc, &alpha, &beta, &flags, NULL);
+            if (!p->kern[last][r - 1]) {
+                moe_gemm_pack_free(p);
+                return moe_fail(MOE_EINVAL, "use the OpenBLAS expert GEMMs",
+                                "libxsmm generated no kernel for %dx%dx%zu (expert GEMMs)",
+                                (int)m, r, K);
+            }
+        }
+#endif
+    *out = p;
+    return MOE_OK;
+}
+
+void moe_gemm_pack_free(moe_gemm_pack *p)
+{
+    if (!p)
+        return;
+    free(p->w);
+    free(p);
+}
+
+void moe_gemm_pack_fill(moe_gemm_pack *p, const float *w, long e)
+{
+    size_t K = p->K, N = p->N, e0 = e < 0 ? 0 : (size_t)e, e1 = e < 0 ? p->E : (size_t)e + 1;
+    for (size_t x = e0; x < e1; x++) {
+        const float *src = w + x * K * N;
+        float *dst = p->w + x * K * N;
+        for (size_t b = 0; b < p->nb; b++) {
+            size_t c0 = b * MOE_GEMM_BN, wd = b + 1 < p->nb ? MOE_GEMM_BN : p->wt;
+            for (size_t k = 0; k < K; k++)
+                memcpy(dst + c0 * K + k * wd, src + k * N + c0, wd * sizeof *dst);
+        }
+    }
+}
+
+size_t moe_gemm_pack_blocks(const moe_gemm_pack *p) { return p ? p->nb : 0; }
+
+size_t moe_gemm_pack_bytes(const moe_gemm_pack *p)
+{
+    return p ? sizeof *p + p->E * p->K * p->N * sizeof *p->w : 0;
+}
+
+int moe_gemm_pack_run(const moe_gemm_pack *p, size_t e, size_t rows, const float *a,
+                      size_t lda, float *c, size_t ldc, size_t b0, size_t b1)
+{
+    if (lda != p->lda || ldc != p->N || e >= p->E || b1 > p->nb)
+        return moe_fail(MOE_EINVAL, NULL, "packed GEMM called with lda %zu, ldc %zu, expert "
+                        "%zu, blocks to %zu; its kernels have lda %zu, ldc %zu, %zu experts, "
+                        "%zu blocks (expert GEMMs)", lda, ldc, e, b1, p->lda, p->N, p->E, p->nb);
+    const float *w = p->w + e * p->K * p->N;
+    for (size_t b = b0; b < b1; b++) {
+        int last = b + 1 == p->nb;
+        const float *blk = w + b * MOE_GEMM_BN * p->K;
+        float *cb = c + b * MOE_GEMM_BN;
+        size_t r = 0;
+        for (; r + MOE_GEMM_BR <= rows; r += MOE_GEMM_BR)
+            p->kern[last][MOE_GEMM_BR - 1](blk, a + r * lda, cb + r * ldc);
+        if (r < rows)
+            p->kern[last][rows - r - 1](blk, a + r * lda, cb + r * ldc);
+    }
+    return MOE_OK;
+}
+
+/* ---- one expert's GEMM on either backend ---- */
+
+typedef struct {
+    const moe_gemm_pack *p;
+    const float *a, *w;
+    float *c;
+    size_t e, rows, lda, ldc, b0, b1;
+    int rc;
+} pack_job;
+
+static void *pack_run_job(void *arg)
+{
+    pack_job *j = arg;
+    j->rc = moe_gemm_pack_run(j->p, j->e, j->rows, j->a, j->lda, j->c, j->ldc, j->b0, j->b1);
+    return NULL;
+}
+
+static void *pack_fill_job(void *arg)
+{
+    pack_job *j = arg;
+    for (size_t e = j->b0; e < j->b1; e++)
+        moe_gemm_pack_fill((moe_gemm_pack *)j->p, j->w, (long)e);
+    return NULL;
+}
+
+int moe_gemm_expert(const moe_gemm_pack *p, const float *w, size_t e, size_t rows, size_t K,
+                    size_t N, const float *a, size_t lda, float *c, size_t ldc, int nt,
+                    const char *where)
+{
+    if (!p)
+        return moe_gemm_sgemm(0, rows, N, K, a, lda, w + e * K * N, N, 0.0f, c, ldc, where);
+    if (nt < 1)
+        nt = 1;
+    if ((size_t)nt > p->nb)
+        nt = (int)p->nb;
+    if (nt > MOE_MAX_THREADS)
+        nt = MOE_MAX_THREADS;
+    pack_job jobs[MOE_MAX_THREADS];
+    for (int i = 0; i < nt; i++)
+        jobs[i] = (pack_job){p, a, NULL, c, e, rows, lda, ldc, p->nb * (size_t)i / (size_t)nt,
+                             p->nb * (size_t)(i + 1) / (size_t)nt, MOE_OK};
+    moe_gemm_run_jobs(pack_run_job, jobs, sizeof *jobs, nt);
+    for (int i = 0; i < nt; i++)
+        if (jobs[i].rc)
+            return jobs[i].rc;
+    return MOE_OK;
+}
+
+void moe_gemm_pack_sync(moe_gemm_pack *p, const float *w, const float **src, int nt)
+{
+    if (!p || *src == w)
+        return;
+    if (nt < 1)
+        nt = 1;
+    if ((size_t)nt > p->E)
+        nt = (int)p->E;
+    if (nt > MOE_MAX_THREADS)
+        nt = MOE_MAX_THREADS;
+    pack_job jobs[MOE_MAX_THREADS];
+    for (int i = 0; i < nt; i++)
+        jobs[i] = (pack_job){p, NULL, w, NULL, 0, 0, 0, 0, p->E * (size_t)i / (size_t)nt,
+                             p->E * (size_t)(i + 1) / (size_t)nt, MOE_OK};
+    moe_gemm_run_jobs(pack_fill_job, jobs, sizeof *jobs, nt);
+    *src = w;
+}

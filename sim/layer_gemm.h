@@ -1,0 +1,67 @@
+/* layer_gemm.h: the GEMMs of the MoE layer's expert FFNs. Two backends:
+ *   - OpenBLAS sgemm through GSL's BLAS interface (moe_gemm_sgemm), which packs the weights
+ *     on every call;
+ *   - libxsmm (built when the Makefile finds it, -DMOESIM_XSMM): JIT kernels over weights
+ *     packed once (moe_gemm_pack), column blocks of MOE_GEMM_BN columns, so a GEMM of few rows
+ *     does not pay the packing of the whole weight matrix on every call.
+ * And the layer's job runner (moe_gemm_run_jobs): nt jobs on nt threads.
+ *
+ * Packed layout of E matrices W_e (K,N) row-major: for each expert, blocks of MOE_GEMM_BN
+ * columns (the last one N mod MOE_GEMM_BN wide), each block (K, width) row-major, so a block
+ * is one contiguous column-major (width x K) operand of libxsmm's kernel.
+ * Bits: every output element is one sequence of fused multiply-adds over k = 0..K-1 in a
+ * register of the kernel, whatever the number of rows in the call or the row tile it sits in;
+ * so a row's output depends only on its own input row (tested bit for bit in test_layer.c). */
+#ifndef MOE_LAYER_GEMM_H
+#define MOE_LAYER_GEMM_H
+
+#include <stddef.h>
+
+enum { MOE_GEMM_OPENBLAS = 0, MOE_GEMM_LIBXSMM = 1 };
+enum { MOE_GEMM_BN = 64, MOE_GEMM_BR = 16 }; /* columns per block, rows per kernel call */
+
+typedef struct moe_gemm_pack moe_gemm_pack;
+
+/* 1 if this build has libxsmm and it generates kernels for this CPU. */
+int moe_gemm_libxsmm_available(void);
+/* "libxsmm 1.17.0 (cpx)" or "OpenBLAS" for the backend id b. */
+const char *moe_gemm_backend_name(int b);
+
+/* *out = a workspace for E packed (K,N) matrices and their kernels, which read input rows of
+ * leading dimension lda >= K and write output rows of leading dimension N. Fails (*out = NULL,
+ * moe_fail) without libxsmm, out of memory, or when libxsmm generates no kernel. */
+int moe_gemm_pack_alloc(size_t E, size_t K, size_t N, size_t lda, moe_gemm_pack **out);
+void moe_gemm_pack_free(moe_gemm_pack *p);
+/* Packs matrix e of w (E,K,N) row-major, or all of them when e < 0. */
+void moe_gemm_pack_fill(moe_gemm_pack *p, const float *w, long e);
+/* Column blocks of each packed matrix. */
+size_t moe_gemm_pack_blocks(const moe_gemm_pack *p);
+size_t moe_gemm_pack_bytes(const moe_gemm_pack *p);
+/* c (rows,N) = a (rows,K) W_e on the column blocks [b0, b1), row-major with leading dims
+ * lda and ldc, which must be the pack's lda and N (c's other columns untouched). */
+int moe_gemm_pack_run(const moe_gemm_pack *p, size_t e, size_t rows, const float *a,
+                      size_t lda, float *c, size_t ldc, size_t b0, size_t b1);
+
+/* Packs w (E,K,N) into p on nt threads unless *src == w already, then sets *src = w: the
+ * pack follows the weights' address, not their values (the layer's contract: see
+ * moe_layer_repack in layer.h). Nothing when p is NULL. */
+void moe_gemm_pack_sync(moe_gemm_pack *p, const float *w, const float **src, int nt);
+/* c (rows,N) = a (rows,K) W_e for expert e of w (E,K,N): OpenBLAS when p is NULL, else the
+ * packed kernels of p (packed from w) with the column blocks split over nt threads. */
+int moe_gemm_expert(const moe_gemm_pack *p, const float *w, size_t e, size_t rows, size_t K,
+                    size_t N, const float *a, size_t lda, float *c, size_t ldc, int nt,
+                    const char *where);
+
+/* c (m,n) = op(a) b + beta c on row-major blocks with leading dimensions lda, ldb, ldc;
+ * op(a) = a (m,k), or a^T when ta (a stored (k,m)). All sizes >= 1. OpenBLAS. */
+int moe_gemm_sgemm(int ta, size_t m, size_t n, size_t k, const float *a, size_t lda,
+                   const float *b, size_t ldb, float beta, float *c, size_t ldc,
+                   const char *where);
+
+/* Runs fn on nt jobs (job i at (char *)jobs + i*size; size 0: all the same job), job 0 on the
+ * calling thread, the others on new threads (or on the caller when one cannot start); nt is
+ * capped at MOE_MAX_THREADS. */
+enum { MOE_MAX_THREADS = 8 };
+void moe_gemm_run_jobs(void *(*fn)(void *), void *jobs, size_t size, int nt);
+
+#endif
