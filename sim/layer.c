@@ -289,8 +289,7 @@ static int ffn_rows_par(const moe_layer *L, const moe_experts *w, int e, const f
  * MOE_TILE_ALIGN rows, the last one runs the rest (tile..2 tile-1 rows), and only where
  * tile*D*F >= MOE_TILE_MIN_MNK: each row meets the kernel and sums it meets untiled (tested).
  * libxsmm's kernels (layer_gemm.h) compute each row alone in any row block, so with them any
- * tile or segment boundary keeps the bits (rules above kept for OpenBLAS), and a padded expert
- * runs as one segment of C rows: one pass over its packed weights instead of two. */
+ * tile or segment boundary keeps the bits; the rules above are kept for OpenBLAS. */
 enum { MOE_TILE_ALIGN = 192, MOE_TILE_MIN_MNK = 1 << 24 };
 typedef struct expert_seg {
     int e;
@@ -353,11 +352,10 @@ static int experts_run(moe_layer *L, const moe_experts *w, size_t C, const long 
     L->rows_run = 0;
     for (int e = 0; e < L->E; e++) {
         size_t r = rows[e] > 0 ? (size_t)rows[e] : 0;
-        int one = pad && L->p1; /* libxsmm computes each row alone: one pass over C rows */
-        if (r && !one)
+        if (r)
             seg[n++] = (expert_seg){e, 0, r};
-        if (pad && (one || r < C))
-            seg[n++] = one ? (expert_seg){e, 0, C} : (expert_seg){e, r, C - r};
+        if (pad && r < C)
+            seg[n++] = (expert_seg){e, r, C - r};
         L->rows_run += pad ? C : r;
     }
     qsort(seg, (size_t)n, sizeof *seg, seg_cmp);
