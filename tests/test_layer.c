@@ -600,7 +600,9 @@ static void test_pad_tiles(gsl_rng *r)
  * others untiled (fewer than 2 tiles); 500 rounds to 576: 576 + 1124, the rest untiled. Tile
  * boundaries on multiples of 192 rows keep every row in the OpenBLAS kernel it meets untiled
  * (layer.h), so y must equal y0 bit for bit for GELU and SwiGLU, 1 and 2 threads, padded or
- * not; with OpenBLAS and with libxsmm (whose kernels compute each row alone, layer_gemm.h). Requests whose tiles fall under tile*D*F = 2^24 are ignored: 100 rounds to 192 rows,
+ * not; with OpenBLAS and with libxsmm (rows in blocks of 16 from each call's first row, and
+ * 192 is a multiple of 16: layer_gemm.h). Requests whose tiles fall under tile*D*F = 2^24
+ * are ignored: 100 rounds to 192 rows,
  * 192*128*512 = 12582912 < 2^24, so no tiles. */
 static void test_tile_bits(gsl_rng *r)
 {
