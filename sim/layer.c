@@ -288,8 +288,8 @@ static int ffn_rows_par(const moe_layer *L, const moe_experts *w, int e, const f
  * M*N*K below about 7e6 take small-matrix kernels. So tiles start at multiples of
  * MOE_TILE_ALIGN rows, the last one runs the rest (tile..2 tile-1 rows), and only where
  * tile*D*F >= MOE_TILE_MIN_MNK: each row meets the kernel and sums it meets untiled (tested).
- * libxsmm's kernels (layer_gemm.h) compute each row alone in any row block, so with them any
- * tile or segment boundary keeps the bits; the rules above are kept for OpenBLAS. */
+ * libxsmm's kernels (layer_gemm.h) take rows in blocks of 16 from the start of each call, so the
+ * same segments and tile boundaries (multiples of 192 = 12 x 16) keep their bits too. */
 enum { MOE_TILE_ALIGN = 192, MOE_TILE_MIN_MNK = 1 << 24 };
 typedef struct expert_seg {
     int e;
@@ -710,7 +710,8 @@ static int forward_dense(moe_layer *L, const moe_experts *w, const moe_plan *pla
     for (size_t b0 = 0; b0 < n; b0 += tb) {
         size_t rows = n - b0 < tb ? n - b0 : tb;
         dense_block(L, plan, sorted, &pos, b0, rows, 1);
-        rc = moe_gemm_sgemm(0, rows, D, M, L->hid, M, L->out, D, 0.0f, y + b0 * D, D, "soft combine");
+        rc = moe_gemm_sgemm(0, rows, D, M, L->hid, M, L->out, D, 0.0f, y + b0 * D, D,
+                            "soft combine");
         if (rc)
             return rc;
     }

@@ -9,9 +9,13 @@
  * Packed layout of E matrices W_e (K,N) row-major: for each expert, blocks of MOE_GEMM_BN
  * columns (the last one N mod MOE_GEMM_BN wide), each block (K, width) row-major, so a block
  * is one contiguous column-major (width x K) operand of libxsmm's kernel.
- * Bits: every output element is one sequence of fused multiply-adds over k = 0..K-1 in a
- * register of the kernel, whatever the number of rows in the call or the row tile it sits in;
- * so a row's output depends only on its own input row (tested bit for bit in test_layer.c). */
+ * Bits: rows run in blocks of MOE_GEMM_BR from the first row of each call, the rest through the
+ * kernel for that many rows; a row's output depends on its input row and on the kernel its
+ * block runs through, not on the other rows. The layer keeps calls on the same row boundaries
+ * (segments, tiles on multiples of 192 = 12 x 16 rows), so y keeps its bits across threads,
+ * tiles and padding (tested in test_layer.c); whether the 16-row kernel and a tail kernel round
+ * a row alike is not relied on (a padded expert run as one call over all C rows changed y in
+ * the expert-parallel tests). */
 #ifndef MOE_LAYER_GEMM_H
 #define MOE_LAYER_GEMM_H
 
