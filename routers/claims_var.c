@@ -186,8 +186,10 @@ static size_t cv_prefix(cv_job *j, int dropless, long *run)
 }
 
 /* Token t's entries from the slots s (cnt[t]) of its claims, at *en: by rank, weights
- * renormalised over the kept claims when asked; claims and kept claims of ranks 0 and 1. */
-static void cv_token(cv_job *j, int i, long t, const int32_t *s, moe_entry **en)
+ * renormalised over the kept claims when asked; claims and kept claims of ranks 0 and 1 added
+ * to rc, rk (the part's own: no shared cache line in the loop). */
+static void cv_token(const cv_job *j, long t, const int32_t *s, moe_entry **en, long rc[2],
+                     long rk[2])
 {
     const moe_claims_var *v = j->v;
     const long a = v->at[t];
@@ -198,14 +200,22 @@ static void cv_token(cv_job *j, int i, long t, const int32_t *s, moe_entry **en)
             sum += v->gate[a + k];
     for (int k = 0; k < m; k++) {
         if (k < 2) {
-            j->rank_claims[i][k]++;
-            j->rank_kept[i][k] += s[k] >= 0;
+            rc[k]++;
+            rk[k] += s[k] >= 0;
         }
         if (s[k] < 0)
             continue;
         const double g = v->gate[a + k];
         *(*en)++ = (moe_entry){(int32_t)t, v->expert[a + k], s[k], 1.0,
                                (j->renormalize && sum > 0.0) ? g / sum : g};
+    }
+}
+
+static void cv_rank_counts(cv_job *j, int i, const long rc[2], const long rk[2])
+{
+    for (int r = 0; r < 2; r++) {
+        j->rank_claims[i][r] = rc[r];
+        j->rank_kept[i][r] = rk[r];
     }
 }
 
@@ -221,6 +231,7 @@ static void cv_assign(void *ctx, int i, int np)
     long *next = j->cnt + (size_t)i * KR * E;
     moe_entry *en = j->plan->entries + j->ent0[i];
     int32_t *own = j->sbuf + (size_t)i * v->K;
+    long rc[2] = {0, 0}, rk[2] = {0, 0};
     for (long r = lo; r < hi; r++) {
         const long t = j->perm ? j->perm[r] : r, a = v->at[t];
         const int m = v->cnt[t];
@@ -230,8 +241,9 @@ static void cv_assign(void *ctx, int i, int np)
             s[k] = x < j->C ? (int32_t)x : -1;
         }
         if (!j->perm)
-            cv_token(j, i, t, s, &en);
+            cv_token(j, t, s, &en, rc, rk);
     }
+    cv_rank_counts(j, i, rc, rk);
 }
 
 /* Entries of token part i from slot[]: count (kept[i]) */
@@ -255,8 +267,10 @@ static void cv_emit(void *ctx, int i, int np)
     long lo, hi;
     moe_par_range(j->n, i, np, &lo, &hi);
     moe_entry *en = j->plan->entries + j->ent0[i];
+    long rc[2] = {0, 0}, rk[2] = {0, 0};
     for (long t = lo; t < hi; t++)
-        cv_token(j, i, t, j->v->slot + j->v->at[t], &en);
+        cv_token(j, t, j->v->slot + j->v->at[t], &en, rc, rk);
+    cv_rank_counts(j, i, rc, rk);
 }
 
 /* Token part i of a keyed order: its claims into list at its first places per expert (token
