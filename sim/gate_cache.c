@@ -1,12 +1,12 @@
 /* gate_cache.c: a sweep's batches with their gate logits, computed once (gate_cache.h). Owns the
  * entries (x and ids taken over from the source, the logits) and their key; the gate itself runs
  * through the pipeline's gate stage, so a cached batch routes on the very logits the point would
- * compute. The logits (gigabytes at 2^20 tokens) live in a huge-page mapping of their own
- * (bigbuf.h): their first write is most of the gate's time.
+ * compute. The logits (gigabytes at 2^20 tokens) live in huge pages (huge.h): their first write
+ * is most of the gate's time.
  */
 #include "gate_cache.h"
 
-#include "bigbuf.h"
+#include "huge.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +17,7 @@ typedef struct {
     char *key;        /* source, parameters, T, D, M, seed, batch number */
     float *x;         /* (T,D) */
     int64_t *ids;     /* (T) */
-    double *logits;   /* (T,M), moe_bigbuf_alloc of logits_bytes */
+    double *logits;   /* (T,M), moe_huge_alloc of logits_bytes */
     size_t logits_bytes;
     moe_batch b;      /* the batch, pointing at x and ids */
     double gate_s;    /* seconds the gate took */
@@ -54,7 +54,7 @@ static void entry_clear(gc_entry *e)
     free(e->key);
     free(e->x);
     free(e->ids);
-    moe_bigbuf_free(e->logits, e->logits_bytes);
+    free(e->logits);
     memset(e, 0, sizeof *e);
 }
 
@@ -114,7 +114,7 @@ static int entry_fill(gc_entry *e, const moe_batch *raw, moe_source *src, const 
     const size_t T = (size_t)raw->n, M = (size_t)raw->m;
     moe_source_take_batch(src, &e->x, &e->ids);
     e->logits_bytes = T * M * sizeof *e->logits;
-    e->logits = moe_bigbuf_alloc(e->logits_bytes);
+    e->logits = moe_huge_alloc(e->logits_bytes);
     if (!e->logits)
         return moe_fail(MOE_ENOMEM, "lower experiment.tokens", "out of memory (gate cache: a "
                         "batch of %zu tokens x %zu logits, point %s)", T, M, label);
