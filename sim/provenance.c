@@ -3,6 +3,7 @@
 #include "provenance.h"
 
 #include "blas_info.h"
+#include "layer_gemm.h"
 #include "moe.h"
 #include "moe_mpi.h"
 #include "paths.h"
@@ -20,7 +21,11 @@ void moe_provenance_get(moe_provenance *pv)
     moe_blas_info bi;
     moe_blas_info_get(&bi);
     snprintf(pv->git_rev, sizeof pv->git_rev, "%s", moe_git_rev());
-    snprintf(pv->blas_library, sizeof pv->blas_library, "%s", bi.library);
+    /* the library, then what runs the layer's expert GEMMs (libxsmm's kernels when the build
+     * has them for this CPU, else the same OpenBLAS): their last bits depend on it */
+    snprintf(pv->blas_library, sizeof pv->blas_library, "%.180s; expert GEMMs %.60s", bi.library,
+             moe_gemm_backend_name(moe_gemm_libxsmm_available() ? MOE_GEMM_LIBXSMM
+                                                                 : MOE_GEMM_OPENBLAS));
     snprintf(pv->blas_core, sizeof pv->blas_core, "%s", bi.core);
     pv->blas_threads = bi.threads;
 }

@@ -11,7 +11,7 @@
 
 typedef struct {
     char git_rev[64];        /* `git describe --always --dirty`, or "unknown" */
-    char blas_library[256];  /* openblas_get_config() */
+    char blas_library[256];  /* openblas_get_config(); "; expert GEMMs " and their backend */
     char blas_core[64];      /* openblas_get_corename() */
     int blas_threads;        /* openblas_get_num_threads() */
 } moe_provenance;

@@ -57,6 +57,10 @@ for spec in experiments/regression/*.ini; do
     contains "$name: compare says so" "$tmp/$name.cmp" "no drift"
 done
 check "at least the synthetic and the in-repository recorded experiments ran" test "$nspecs" -ge 2
+# the provenance names what ran the expert GEMMs, whose last bits the output errors carry
+check "every point's blas_library names its expert GEMM backend (libxsmm or OpenBLAS)" test \
+    "$(sqlite3 "$tmp/synthetic.db" "SELECT count(*) FROM points WHERE blas_library NOT LIKE
+       '%; expert GEMMs libxsmm %' AND blas_library NOT LIKE '%; expert GEMMs OpenBLAS'")" = 0
 # the tests below compare with the tracked synthetic.tsv: byte for byte only on its BLAS kernel
 same_core=1
 if [ "$syn_core" != "$syn_want" ]; then
