@@ -224,18 +224,23 @@ static void *pack_fill_job(void *arg)
     return NULL;
 }
 
+/* nt clamped to 1..min(parts, MOE_MAX_THREADS): one job per thread, each with a part */
+static int job_threads(int nt, size_t parts)
+{
+    if (nt < 1)
+        nt = 1;
+    if ((size_t)nt > parts)
+        nt = (int)parts;
+    return nt > MOE_MAX_THREADS ? MOE_MAX_THREADS : nt;
+}
+
 int moe_gemm_expert(const moe_gemm_pack *p, const float *w, size_t e, size_t rows, size_t K,
                     size_t N, const float *a, size_t lda, float *c, size_t ldc, int nt,
                     const char *where)
 {
     if (!p)
         return moe_gemm_sgemm(0, rows, N, K, a, lda, w + e * K * N, N, 0.0f, c, ldc, where);
-    if (nt < 1)
-        nt = 1;
-    if ((size_t)nt > p->nb)
-        nt = (int)p->nb;
-    if (nt > MOE_MAX_THREADS)
-        nt = MOE_MAX_THREADS;
+    nt = job_threads(nt, p->nb);
     pack_job jobs[MOE_MAX_THREADS];
     for (int i = 0; i < nt; i++)
         jobs[i] = (pack_job){p, a, NULL, c, e, rows, lda, ldc, p->nb * (size_t)i / (size_t)nt,
@@ -251,12 +256,7 @@ void moe_gemm_pack_sync(moe_gemm_pack *p, const float *w, const float **src, int
 {
     if (!p || *src == w)
         return;
-    if (nt < 1)
-        nt = 1;
-    if ((size_t)nt > p->E)
-        nt = (int)p->E;
-    if (nt > MOE_MAX_THREADS)
-        nt = MOE_MAX_THREADS;
+    nt = job_threads(nt, p->E);
     pack_job jobs[MOE_MAX_THREADS];
     for (int i = 0; i < nt; i++)
         jobs[i] = (pack_job){p, NULL, w, NULL, 0, 0, 0, 0, p->E * (size_t)i / (size_t)nt,
