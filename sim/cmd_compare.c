@@ -35,6 +35,7 @@
  *   # comment lines
  *   moesim-metrics<TAB>1
  *   blas_core<TAB>Haswell             (the OpenBLAS kernel the points ran with, if known)
+ *   expert_gemm<TAB>libxsmm 1.17.0 (cpx)  (what ran the layer's expert GEMMs, if known)
  *   point<TAB><config_key>            (points sorted by config_key)
  *   <TAB><metric><TAB><value>         (%.17g, which round-trips a double; null = not stored)
  */
@@ -140,6 +141,7 @@ typedef struct {
 typedef struct {
     const char *path;
     char *blas_core; /* the distinct BLAS cores of the points, comma-separated, or NULL */
+    char *gemm;      /* the distinct expert GEMM backends of the points, likewise */
     int recorded;    /* read from a recorded metrics file (else a database) */
     mpoint *p;
     size_t n, cap;
@@ -155,6 +157,7 @@ static void mset_free(mset *s)
     }
     free(s->p);
     free(s->blas_core);
+    free(s->gemm);
     free(s);
 }
 
@@ -356,6 +359,34 @@ static int read_train(mset *s, sqlite3 *db, long long id)
     return rc;
 }
 
+/* *out = the one text value of the single-row query q (NULL for SQL NULL). */
+static int read_text(const mset *s, sqlite3 *db, sqlite3_stmt *q, char **out)
+{
+    if (sqlite3_step(q) != SQLITE_ROW)
+        return db_err(db, s->path);
+    const unsigned char *t = sqlite3_column_text(q, 0);
+    if (t && !(*out = dup_str((const char *)t)))
+        return nomem(s->path);
+    return MOE_OK;
+}
+
+/* s->gemm = the distinct expert GEMM backends that blas_library names after "; expert GEMMs "
+ * (comma-separated, sorted), NULL when no point names one (databases before the name). */
+static int read_gemm(mset *s, sqlite3 *db)
+{
+    sqlite3_stmt *q = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT group_concat(g, ',') FROM (SELECT DISTINCT"
+                               " substr(blas_library, instr(blas_library, '; expert GEMMs ') + 15)"
+                               " AS g FROM points WHERE instr(blas_library, '; expert GEMMs ') > 0"
+                               " ORDER BY g)", -1, &q, NULL) != SQLITE_OK) {
+        sqlite3_finalize(q);
+        return db_err(db, s->path);
+    }
+    int rc = read_text(s, db, q, &s->gemm);
+    sqlite3_finalize(q);
+    return rc;
+}
+
 static int read_db(mset *s)
 {
     moe_store *st = NULL;
@@ -414,13 +445,10 @@ static int read_db(mset *s)
     }
     if (!rc && src != SQLITE_DONE)
         rc = db_err(db, s->path);
-    if (!rc) {
-        if ((src = sqlite3_step(cores)) != SQLITE_ROW)
-            rc = db_err(db, s->path);
-        else if (sqlite3_column_text(cores, 0) &&
-                 !(s->blas_core = dup_str((const char *)sqlite3_column_text(cores, 0))))
-            rc = nomem(s->path);
-    }
+    if (!rc)
+        rc = read_text(s, db, cores, &s->blas_core);
+    if (!rc)
+        rc = read_gemm(s, db);
 done:
     sqlite3_finalize(q); /* return the last step's error, reported above */
     sqlite3_finalize(loads);
@@ -473,6 +501,9 @@ static int check_recordable(const mset *s)
     if (why)
         return moe_fail(MOE_EFORMAT, NULL, "cannot record: the BLAS core '%s' %s (%s)",
                         moe_text_escape(s->blas_core, shown, sizeof shown), why, s->path);
+    if (s->gemm && (why = unrecordable(s->gemm, 0)))
+        return moe_fail(MOE_EFORMAT, NULL, "cannot record: the expert GEMM backend '%s' %s (%s)",
+                        moe_text_escape(s->gemm, shown, sizeof shown), why, s->path);
     for (size_t i = 0; i < s->n; i++) {
         if ((why = unrecordable(s->p[i].key, 0)))
             return moe_fail(MOE_EFORMAT, NULL, "cannot record: configuration key '%s' %s (%s)",
@@ -503,6 +534,8 @@ static int write_recorded(const mset *s, const char *path)
     fprintf(o.f, "moesim-metrics\t1\n");
     if (s->blas_core)
         fprintf(o.f, "blas_core\t%s\n", s->blas_core);
+    if (s->gemm)
+        fprintf(o.f, "expert_gemm\t%s\n", s->gemm);
     for (size_t i = 0; i < s->n; i++) {
         fprintf(o.f, "point\t%s\n", s->p[i].key);
         for (size_t j = 0; j < s->p[i].n; j++) {
@@ -575,6 +608,10 @@ static int read_recorded(mset *s)
         } else if (has_prefix(buf, "blas_core\t")) {
             free(s->blas_core);
             if (!(s->blas_core = dup_str(buf + strlen("blas_core\t"))))
+                rc = nomem(s->path);
+        } else if (has_prefix(buf, "expert_gemm\t")) {
+            free(s->gemm);
+            if (!(s->gemm = dup_str(buf + strlen("expert_gemm\t"))))
                 rc = nomem(s->path);
         } else if (has_prefix(buf, "point\t")) {
             if (!buf[6])
@@ -825,6 +862,9 @@ static int run_compare(const char *bpath, const char *cpath, const tolerances *t
         printf("note: the baseline ran with BLAS core %s, the candidate with %s: floating "
                "metrics may differ in their last bits (set OPENBLAS_CORETYPE to compare)\n",
                b->blas_core, c->blas_core);
+    if (b->gemm && c->gemm && strcmp(b->gemm, c->gemm) != 0)
+        printf("note: the baseline's expert GEMMs ran on %s, the candidate's on %s: output "
+               "errors may differ in their last bits\n", b->gemm, c->gemm);
     size_t bad = d.drifted + d.missing + d.extra + d.metrics_missing + d.metrics_extra;
     if (bad == 0) {
         printf("no drift: %zu values in %zu points\n", d.values, b->n);

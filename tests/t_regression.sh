@@ -52,6 +52,10 @@ for spec in experiments/regression/*.ini; do
     want=$(sed -n 's/^blas_core\t//p' "$rec")
     have=$(sqlite3 "$tmp/$name.db" 'SELECT group_concat(DISTINCT blas_core) FROM points')
     [ "$name" = synthetic ] && syn_core=$have && syn_want=$want
+    # ... and what ran the expert GEMMs (libxsmm with its target, or OpenBLAS)
+    [ "$name" = synthetic ] && syn_gemm_want=$(sed -n 's/^expert_gemm\t//p' "$rec") &&
+        syn_gemm=$(sqlite3 "$tmp/$name.db" "SELECT group_concat(DISTINCT substr(blas_library,
+            instr(blas_library, '; expert GEMMs ') + 15)) FROM points")
     status "$name matches $rec (make record re-records after an intended change)" 0 \
         "$tmp/$name.cmp" "$MOESIM" compare "$rec" "$tmp/$name.db"
     contains "$name: compare says so" "$tmp/$name.cmp" "no drift"
@@ -61,11 +65,16 @@ check "at least the synthetic and the in-repository recorded experiments ran" te
 check "every point's blas_library names its expert GEMM backend (libxsmm or OpenBLAS)" test \
     "$(sqlite3 "$tmp/synthetic.db" "SELECT count(*) FROM points WHERE blas_library NOT LIKE
        '%; expert GEMMs libxsmm %' AND blas_library NOT LIKE '%; expert GEMMs OpenBLAS'")" = 0
+check "synthetic.tsv names its expert GEMM backend" test -n "$syn_gemm_want"
 # the tests below compare with the tracked synthetic.tsv: byte for byte only on its BLAS kernel
+# and its expert GEMM backend (the output errors' last bits depend on both)
 same_core=1
 if [ "$syn_core" != "$syn_want" ]; then
     same_core=0
     skip 2 "BLAS core $syn_core, not $syn_want: the byte-for-byte checks of the recorded file"
+elif [ "$syn_gemm" != "$syn_gemm_want" ]; then
+    same_core=0
+    skip 2 "expert GEMMs $syn_gemm, not $syn_gemm_want: the byte-for-byte checks of the recorded file"
 fi
 # no baseline without its experiment
 for rec in results/regression/*.tsv; do
@@ -231,10 +240,11 @@ contains "missing file: named" "$tmp/e1" "$tmp/nope.tsv"
 printf 'hello\n' >"$tmp/junk.tsv"
 status "a foreign file is an error" 1 "$tmp/e2" "$MOESIM" compare "$tmp/junk.tsv" "$base"
 contains "foreign file: said so, with its line" "$tmp/e2" "not a moesim recorded metrics file (no \"moesim-metrics<TAB>1\" line) ($tmp/junk.tsv:1)"
-sed '12s/\t[^\t]*$/\t12abc/' "$base" >"$tmp/badval.tsv"
+vl=$(grep -n "^$(printf '\t')" "$base" | head -1 | cut -d: -f1) # the first value line
+sed "${vl}s/\t[^\t]*\$/\t12abc/" "$base" >"$tmp/badval.tsv"
 status "a malformed value is an error" 1 "$tmp/e3" "$MOESIM" compare "$base" "$tmp/badval.tsv"
-contains "malformed value: file and line" "$tmp/e3" "value is not a number, inf, -inf or null ($tmp/badval.tsv:12)"
-{ head -12 "$base"; sed -n '/^point/{p;q;}' "$base"; } >"$tmp/dup.tsv"
+contains "malformed value: file and line" "$tmp/e3" "value is not a number, inf, -inf or null ($tmp/badval.tsv:$vl)"
+{ head -"$vl" "$base"; sed -n '/^point/{p;q;}' "$base"; } >"$tmp/dup.tsv"
 status "a point twice is an error" 1 "$tmp/e4" "$MOESIM" compare "$tmp/dup.tsv" "$base"
 contains "duplicate point: said so" "$tmp/e4" "point stored twice"
 status "one file only is a usage error" 1 "$tmp/e5" "$MOESIM" compare "$base"
