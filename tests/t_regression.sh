@@ -11,7 +11,7 @@
 #     give bit-identical routing metrics (--rtol 0) and output errors within atol 1e-6.
 #  3. a deliberately perturbed router (BUILD/moesim-perturb: topk's first gate + 1e-3) makes the
 #     comparison fail and name the metric and the router; the unperturbed rerun passes.
-#  4. compare itself, on edited recorded files: counts exact, the tolerance of each metric class
+#  4. compare itself, on edited recorded files: another expert GEMM backend noted, counts exact, the tolerance of each metric class
 #     at its boundary, --rtol/--atol, missing and extra points and metrics, --record round trip,
 #     no timestamps/paths/timings in a recorded file, malformed files named with their line.
 #  5. re-recording (experiments/regression/record.sh, i.e. make record) into a scratch folder
@@ -240,6 +240,11 @@ contains "missing file: named" "$tmp/e1" "$tmp/nope.tsv"
 printf 'hello\n' >"$tmp/junk.tsv"
 status "a foreign file is an error" 1 "$tmp/e2" "$MOESIM" compare "$tmp/junk.tsv" "$base"
 contains "foreign file: said so, with its line" "$tmp/e2" "not a moesim recorded metrics file (no \"moesim-metrics<TAB>1\" line) ($tmp/junk.tsv:1)"
+sed "s/^expert_gemm\t.*/expert_gemm\tOpenBLAS/" "$base" >"$tmp/gemm.tsv"
+status "another expert GEMM backend is no drift" 0 "$tmp/gemm.cmp" \
+    "$MOESIM" compare "$tmp/gemm.tsv" "$base"
+contains "compare notes the other backend" "$tmp/gemm.cmp" \
+    "note: the baseline's expert GEMMs ran on OpenBLAS, the candidate's on $syn_gemm"
 vl=$(grep -n "^$(printf '\t')" "$base" | head -1 | cut -d: -f1) # the first value line
 sed "${vl}s/\t[^\t]*\$/\t12abc/" "$base" >"$tmp/badval.tsv"
 status "a malformed value is an error" 1 "$tmp/e3" "$MOESIM" compare "$base" "$tmp/badval.tsv"
