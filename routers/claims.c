@@ -78,7 +78,7 @@ void moe_claims_free(moe_claims *c)
 
 /* ---- helpers for the routers ---- */
 
-/* Rows pass. Tokens go in chunks of ROWS_CHUNK, taken in increasing order by whichever thread is
+/* Rows pass. Tokens go in chunks (rows_chunk), taken in increasing order by whichever thread is
  * free; a chunk's p rows (moe_softmax, exactly) are computed into c->p, at their own rows when
  * p is kept (keep_p, or few chunks) and otherwise in one of ROWS_RING chunk slots of c->p, reused
  * last freed first so that they stay in cache; row() is called on each. pmean[e] is then the sum
@@ -88,10 +88,19 @@ void moe_claims_free(moe_claims *c)
  * yet added (the oldest one being computed by a thread the system has paused). */
 enum { ROWS_CHUNK = 64, ROWS_RING = 64 };
 
+/* Tokens per chunk: ROWS_CHUNK at E >= 256, more at smaller E (16384 / E, at most 2048), so
+ * that a chunk holds about the same logits and the threads meet at the lock less often. */
+static long rows_chunk(int E)
+{
+    const long c = 16384 / (E > 0 ? E : 1);
+    return c < ROWS_CHUNK ? ROWS_CHUNK : c > 2048 ? 2048 : c;
+}
+
 typedef struct {
     moe_claims *c;
     const double *logits;
     int n;
+    long chunk;       /* tokens per chunk (rows_chunk) */
     long nch;         /* chunks */
     moe_claims_row_fn row;
     void *ctx;
@@ -115,7 +124,7 @@ typedef struct {
 static double *rows_p(rows_job *j, long ch)
 {
     const size_t rows = j->ring ? (size_t)j->slot_of[ch % ROWS_RING] : (size_t)ch;
-    return j->store + rows * ROWS_CHUNK * (size_t)j->c->E;
+    return j->store + rows * (size_t)j->chunk * (size_t)j->c->E;
 }
 
 /* The claim statistics of tokens [t0, t1), claim by claim in token order (the order of the
@@ -156,8 +165,8 @@ static void rows_add_ready(rows_job *j)
     double *pm = j->c->pmean;
     j->adding = 1;
     while (j->summed < j->nch && j->ready[j->summed % ROWS_RING]) {
-        const long ch = j->summed, t0 = ch * ROWS_CHUNK;
-        const long t1 = t0 + ROWS_CHUNK < j->n ? t0 + ROWS_CHUNK : j->n;
+        const long ch = j->summed, t0 = ch * j->chunk;
+        const long t1 = t0 + j->chunk < j->n ? t0 + j->chunk : j->n;
         const double *p0 = rows_p(j, ch);
         pthread_mutex_unlock(&j->mu);
         rows_add_p(pm, p0, t1 - t0, E);
@@ -193,7 +202,7 @@ static void rows_part(void *arg, int i, int np)
             j->slot_of[ch % ROWS_RING] = j->free_slot[--j->nfree];
         double *p0 = rows_p(j, ch);
         pthread_mutex_unlock(&j->mu);
-        const long t0 = ch * ROWS_CHUNK, t1 = t0 + ROWS_CHUNK < j->n ? t0 + ROWS_CHUNK : j->n;
+        const long t0 = ch * j->chunk, t1 = t0 + j->chunk < j->n ? t0 + j->chunk : j->n;
         moe_softmax_rows_max(j->logits + (size_t)t0 * E, (int)(t1 - t0), E, p0,
                              j->lse ? j->lse + t0 : NULL, j->c->rowmax + t0);
         for (long t = t0; j->row && t < t1; t++)
@@ -223,7 +232,8 @@ int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_f
         return moe_fail(MOE_EINVAL, NULL, "router rows pass without probabilities (claims)");
     const int np = moe_par_parts(n, 2048);
     rows_job j = {.c = c, .logits = logits, .n = n, .row = row, .ctx = ctx, .store = c->p};
-    j.nch = (n + ROWS_CHUNK - 1) / ROWS_CHUNK;
+    j.chunk = rows_chunk(c->E);
+    j.nch = (n + j.chunk - 1) / j.chunk;
     j.ring = !c->keep_p && j.nch > ROWS_RING;
     j.stats = c->stats_in_rows && row && plan ? plan : NULL;
     j.sink = plan && plan->rows_add ? plan : NULL;
