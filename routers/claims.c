@@ -412,6 +412,39 @@ int moe_claims_resolve(moe_claims *c, int n, int order, long C, int dropless, in
     return MOE_OK;
 }
 
+typedef struct {
+    const moe_claims *c;
+    int n;
+    long *cnt; /* (nparts, E) */
+} first_job;
+
+static void first_part(void *ctx, int i, int np)
+{
+    first_job *j = ctx;
+    const int K = j->c->K;
+    long lo, hi, *cnt = j->cnt + (size_t)i * j->c->E;
+    moe_par_range(j->n, i, np, &lo, &hi);
+    for (long t = lo; t < hi; t++)
+        cnt[j->c->expert[(size_t)t * K]]++;
+}
+
+/* c->fill[e] = the tokens of n whose first choice is e, counted on the routers' threads. */
+static int claims_count_first(moe_claims *c, int n)
+{
+    const int E = c->E, np = moe_par_parts(n, 65536);
+    first_job j = {c, n, calloc((size_t)np * E, sizeof(long))};
+    if (!j.cnt)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (first choices of %d experts)", E);
+    moe_par_run(first_part, &j, np);
+    for (int e = 0; e < E; e++) {
+        c->fill[e] = 0;
+        for (int i = 0; i < np; i++)
+            c->fill[e] += j.cnt[(size_t)i * E + e];
+    }
+    free(j.cnt);
+    return MOE_OK;
+}
+
 int moe_claims_finish(moe_claims *c, const moe_route_opts *o, int n, int aux, moe_plan *plan)
 {
     const int K = c->K, E = c->E;
@@ -431,10 +464,9 @@ int moe_claims_finish(moe_claims *c, const moe_route_opts *o, int n, int aux, mo
         plan->aux_loss = (double)E / ((double)K * n) * s;
     } else {
         /* fill: the first choices per expert (every first choice claims) */
-        for (int e = 0; e < E; e++)
-            c->fill[e] = 0;
-        for (int t = 0; t < n; t++)
-            c->fill[c->expert[(size_t)t * K]]++;
+        rc = claims_count_first(c, n);
+        if (rc)
+            return rc;
         for (int e = 0; e < E; e++)
             s += (double)c->fill[e] / n * c->pmean[e];
         plan->aux_loss = E * s;
