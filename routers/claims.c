@@ -78,7 +78,7 @@ void moe_claims_free(moe_claims *c)
 
 /* ---- helpers for the routers ---- */
 
-/* Rows pass. Tokens go in chunks of ROWS_CHUNK, taken in increasing order by whichever thread is
+/* Rows pass. Tokens go in chunks (rows_chunk), taken in increasing order by whichever thread is
  * free; a chunk's p rows (moe_softmax, exactly) are computed into c->p, at their own rows when
  * p is kept (keep_p, or few chunks) and otherwise in one of ROWS_RING chunk slots of c->p, reused
  * last freed first so that they stay in cache; row() is called on each. pmean[e] is then the sum
@@ -88,10 +88,19 @@ void moe_claims_free(moe_claims *c)
  * yet added (the oldest one being computed by a thread the system has paused). */
 enum { ROWS_CHUNK = 64, ROWS_RING = 64 };
 
+/* Tokens per chunk: ROWS_CHUNK at E >= 256, more at smaller E (16384 / E, at most 2048), so
+ * that a chunk holds about the same logits and the threads meet at the lock less often. */
+static long rows_chunk(int E)
+{
+    const long c = 16384 / (E > 0 ? E : 1);
+    return c < ROWS_CHUNK ? ROWS_CHUNK : c > 2048 ? 2048 : c;
+}
+
 typedef struct {
     moe_claims *c;
     const double *logits;
     int n;
+    long chunk;       /* tokens per chunk (rows_chunk) */
     long nch;         /* chunks */
     moe_claims_row_fn row;
     void *ctx;
@@ -115,7 +124,7 @@ typedef struct {
 static double *rows_p(rows_job *j, long ch)
 {
     const size_t rows = j->ring ? (size_t)j->slot_of[ch % ROWS_RING] : (size_t)ch;
-    return j->store + rows * ROWS_CHUNK * (size_t)j->c->E;
+    return j->store + rows * (size_t)j->chunk * (size_t)j->c->E;
 }
 
 /* The claim statistics of tokens [t0, t1), claim by claim in token order (the order of the
@@ -156,8 +165,8 @@ static void rows_add_ready(rows_job *j)
     double *pm = j->c->pmean;
     j->adding = 1;
     while (j->summed < j->nch && j->ready[j->summed % ROWS_RING]) {
-        const long ch = j->summed, t0 = ch * ROWS_CHUNK;
-        const long t1 = t0 + ROWS_CHUNK < j->n ? t0 + ROWS_CHUNK : j->n;
+        const long ch = j->summed, t0 = ch * j->chunk;
+        const long t1 = t0 + j->chunk < j->n ? t0 + j->chunk : j->n;
         const double *p0 = rows_p(j, ch);
         pthread_mutex_unlock(&j->mu);
         rows_add_p(pm, p0, t1 - t0, E);
@@ -193,11 +202,13 @@ static void rows_part(void *arg, int i, int np)
             j->slot_of[ch % ROWS_RING] = j->free_slot[--j->nfree];
         double *p0 = rows_p(j, ch);
         pthread_mutex_unlock(&j->mu);
-        const long t0 = ch * ROWS_CHUNK, t1 = t0 + ROWS_CHUNK < j->n ? t0 + ROWS_CHUNK : j->n;
+        const long t0 = ch * j->chunk, t1 = t0 + j->chunk < j->n ? t0 + j->chunk : j->n;
         moe_softmax_rows_max(j->logits + (size_t)t0 * E, (int)(t1 - t0), E, p0,
                              j->lse ? j->lse + t0 : NULL, j->c->rowmax + t0);
         for (long t = t0; j->row && t < t1; t++)
             j->row(j->ctx, (int)t, j->logits + (size_t)t * E, p0 + (size_t)(t - t0) * E);
+        if (j->row && j->c->rows_chunk)
+            j->c->rows_chunk(j->ctx, t0, t1);
         if (j->sink)
             j->sink->rows_each(j->sink->rows_ctx, t0, t1, p0);
         for (long t = t0; j->c->bpr_keys && t < t1; t++) { /* as moe_claims_resolve takes it */
@@ -221,7 +232,8 @@ int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_f
         return moe_fail(MOE_EINVAL, NULL, "router rows pass without probabilities (claims)");
     const int np = moe_par_parts(n, 2048);
     rows_job j = {.c = c, .logits = logits, .n = n, .row = row, .ctx = ctx, .store = c->p};
-    j.nch = (n + ROWS_CHUNK - 1) / ROWS_CHUNK;
+    j.chunk = rows_chunk(c->E);
+    j.nch = (n + j.chunk - 1) / j.chunk;
     j.ring = !c->keep_p && j.nch > ROWS_RING;
     j.stats = c->stats_in_rows && row && plan ? plan : NULL;
     j.sink = plan && plan->rows_add ? plan : NULL;
@@ -400,6 +412,39 @@ int moe_claims_resolve(moe_claims *c, int n, int order, long C, int dropless, in
     return MOE_OK;
 }
 
+typedef struct {
+    const moe_claims *c;
+    int n;
+    long *cnt; /* (nparts, E) */
+} first_job;
+
+static void first_part(void *ctx, int i, int np)
+{
+    first_job *j = ctx;
+    const int K = j->c->K;
+    long lo, hi, *cnt = j->cnt + (size_t)i * j->c->E;
+    moe_par_range(j->n, i, np, &lo, &hi);
+    for (long t = lo; t < hi; t++)
+        cnt[j->c->expert[(size_t)t * K]]++;
+}
+
+/* c->fill[e] = the tokens of n whose first choice is e, counted on the routers' threads. */
+static int claims_count_first(moe_claims *c, int n)
+{
+    const int E = c->E, np = moe_par_parts(n, 65536);
+    first_job j = {c, n, calloc((size_t)np * E, sizeof(long))};
+    if (!j.cnt)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (first choices of %d experts)", E);
+    moe_par_run(first_part, &j, np);
+    for (int e = 0; e < E; e++) {
+        c->fill[e] = 0;
+        for (int i = 0; i < np; i++)
+            c->fill[e] += j.cnt[(size_t)i * E + e];
+    }
+    free(j.cnt);
+    return MOE_OK;
+}
+
 int moe_claims_finish(moe_claims *c, const moe_route_opts *o, int n, int aux, moe_plan *plan)
 {
     const int K = c->K, E = c->E;
@@ -419,10 +464,9 @@ int moe_claims_finish(moe_claims *c, const moe_route_opts *o, int n, int aux, mo
         plan->aux_loss = (double)E / ((double)K * n) * s;
     } else {
         /* fill: the first choices per expert (every first choice claims) */
-        for (int e = 0; e < E; e++)
-            c->fill[e] = 0;
-        for (int t = 0; t < n; t++)
-            c->fill[c->expert[(size_t)t * K]]++;
+        rc = claims_count_first(c, n);
+        if (rc)
+            return rc;
         for (int e = 0; e < E; e++)
             s += (double)c->fill[e] / n * c->pmean[e];
         plan->aux_loss = E * s;

@@ -31,6 +31,11 @@ typedef struct {
      * t1, plan) for tokens [t0, t1), in token order, instead of reading the (T,K) arrays */
     void (*stats_rows)(void *ctx, long t0, long t1, moe_plan *plan);
     void *stats_ctx;
+    /* set by the router, or NULL: called by the rows pass for each chunk of tokens [t0, t1)
+     * once row() has run on all of them and before anything reads their claims, with row()'s
+     * ctx; chunks run concurrently on the pass's threads (work that is cheaper per chunk than
+     * per token, such as one vector exponential over the chunk) */
+    void (*rows_chunk)(void *ctx, long t0, long t1);
     int bpr_keys;         /* set by moe_claims_scratch_p for order bpr: the rows pass also leaves
                            * each token's key max_e p[t,e] in val (T) */
     int bpr_ready;        /* the last rows pass did so (moe_claims_resolve then uses them) */

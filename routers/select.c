@@ -1,11 +1,12 @@
 /* select.c: the k largest of a row with AVX-512, without a branch per element (select.h).
  *
  * Three steps, each on eight lanes at a time:
- *   1. the maximum of each lane over the row's blocks of eight (the last block padded with
- *      -inf): eight distinct elements of the row;
- *   2. thr = the k-th largest of those eight maxima (k <= 8). k distinct elements of the row
- *      are >= thr, so the k-th largest of the row is >= thr and every element of the answer is
- *      >= thr: the elements >= thr are the candidates, compressed in index order;
+ *   1. the largest and the second largest of each lane over the row's blocks of eight (the
+ *      last block padded with -inf): sixteen distinct elements of the row (or padding);
+ *   2. thr = the k-th largest of those sixteen (k <= 8), from the two lane sets sorted by a
+ *      sorting network. k distinct elements of the row are >= thr, so the k-th largest of the
+ *      row is >= thr and every element of the answer is >= thr: the elements >= thr are the
+ *      candidates, compressed in index order (about k of them for distinct values);
  *   3. each candidate's rank in the order (value descending, index ascending), counted against
  *      all the candidates; the order is total, so the ranks are a permutation and the first k
  *      ranks are the answer, ties to the lower index exactly as the stable argsort has them.
@@ -29,20 +30,45 @@ static double sel_min_at(const double *v, const int32_t *idx, int k)
 
 enum { SEL_MAX_LEN = 1024, SEL_MAX_CAND = 64 };
 
-/* thr = the k-th largest of the eight lanes of m (1 <= k <= 8): the smallest lane value with
- * fewer than k lanes strictly above it. */
-static inline double sel_kth_of8(__m512d m, int k)
+/* One layer of a sorting network on the eight lanes of x, descending: lane i and lane p[i]
+ * compare, and the lanes of mx (the lower of each pair) keep the larger value. */
+static inline __m512d sel_layer(__m512d x, __m512i p, __mmask8 mx)
 {
-    __m512i cnt = _mm512_setzero_si512();
-    const __m512i one = _mm512_set1_epi64(1);
-    for (int r = 1; r < 8; r++) {
-        const __m512i rot = _mm512_set_epi64((7 + r) & 7, (6 + r) & 7, (5 + r) & 7, (4 + r) & 7,
-                                             (3 + r) & 7, (2 + r) & 7, (1 + r) & 7, r & 7);
-        const __m512d o = _mm512_permutexvar_pd(rot, m);
-        cnt = _mm512_mask_add_epi64(cnt, _mm512_cmp_pd_mask(o, m, _CMP_GT_OQ), cnt, one);
-    }
-    const __mmask8 in = _mm512_cmp_epi64_mask(cnt, _mm512_set1_epi64(k), _MM_CMPINT_LT);
-    return _mm512_mask_reduce_min_pd(in, m);
+    const __m512d y = _mm512_permutexvar_pd(p, x);
+    return _mm512_mask_blend_pd(mx, _mm512_min_pd(x, y), _mm512_max_pd(x, y));
+}
+
+/* The eight lanes of x in descending order: the 19 comparators of the optimal six-layer
+ * network for eight inputs (Knuth, TAOCP vol. 3, 5.3.4), checked on every 0-1 input. NaN-free
+ * x only. */
+static inline __m512d sel_sort8(__m512d x)
+{
+    x = sel_layer(x, _mm512_set_epi64(5, 4, 7, 6, 1, 0, 3, 2), 0x33); /* 02 13 46 57 */
+    x = sel_layer(x, _mm512_set_epi64(3, 2, 1, 0, 7, 6, 5, 4), 0x0f); /* 04 15 26 37 */
+    x = sel_layer(x, _mm512_set_epi64(6, 7, 4, 5, 2, 3, 0, 1), 0x55); /* 01 23 45 67 */
+    x = sel_layer(x, _mm512_set_epi64(7, 6, 3, 2, 5, 4, 1, 0), 0x0c); /* 24 35 */
+    x = sel_layer(x, _mm512_set_epi64(7, 3, 5, 1, 6, 2, 4, 0), 0x0a); /* 14 36 */
+    return sel_layer(x, _mm512_set_epi64(7, 5, 6, 3, 4, 1, 2, 0), 0x2a); /* 12 34 56 */
+}
+
+/* Lane l of x. */
+static inline double sel_lane(__m512d x, int l)
+{
+    return _mm_cvtsd_f64(_mm512_castpd512_pd128(
+        _mm512_permutexvar_pd(_mm512_set1_epi64(l), x)));
+}
+
+/* thr = the k-th largest (1 <= k <= 8) of the sixteen lanes of A and B, each sorted
+ * descending: max(A[k-1], B[k-1], min(A[l], B[k-2-l]) for l <= k-2) (the k largest of the two
+ * lists take l + 1 from A and k - 1 - l from B for some l). */
+static inline double sel_kth_of16(__m512d A, __m512d B, int k)
+{
+    const __m512i rev = _mm512_sub_epi64(_mm512_set1_epi64(k - 2),
+                                         _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0));
+    const __m512d pair = _mm512_min_pd(A, _mm512_permutexvar_pd(rev, B));
+    const __mmask8 low = (__mmask8)((1u << (k - 1)) - 1u); /* lanes l <= k-2 */
+    const __m512d t = _mm512_mask_blend_pd(low, _mm512_max_pd(A, B), pair);
+    return _mm512_mask_reduce_max_pd((__mmask8)((1u << k) - 1u), t);
 }
 
 /* rk[i] = the rank of candidate i < m in cv (nc blocks of eight, m <= 8 * nc):
@@ -88,14 +114,18 @@ int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
     const int nb = (len + 7) / 8;
     const __mmask8 last = (__mmask8)(0xffu >> (8 * nb - len));
     const __m512d ninf = _mm512_set1_pd(-__builtin_inf());
-    __m512d mx = _mm512_loadu_pd(v);
-    for (int b = 1; b < nb - 1; b++)
-        mx = _mm512_max_pd(mx, _mm512_loadu_pd(v + 8 * b));
-    if (nb > 1)
-        mx = _mm512_max_pd(mx, _mm512_mask_loadu_pd(ninf, last, v + 8 * (nb - 1)));
-    const __m512d thr = _mm512_set1_pd(sel_kth_of8(mx, k));
+    __m512d m1 = _mm512_loadu_pd(v), m2 = ninf; /* each lane's largest and second largest */
+    for (int b = 1; b < nb; b++) {
+        const __m512d x = _mm512_mask_loadu_pd(ninf, b == nb - 1 ? last : 0xff, v + 8 * b);
+        m2 = _mm512_max_pd(m2, _mm512_min_pd(m1, x));
+        m1 = _mm512_max_pd(m1, x);
+    }
+    /* (with a NaN in the row thr means nothing: the row is declined below) */
+    const __m512d s1 = sel_sort8(m1);
+    const __m512d thr = _mm512_set1_pd(nb == 1 ? sel_lane(s1, k - 1)
+                                               : sel_kth_of16(s1, sel_sort8(m2), k));
     /* candidates: value and index, in index order; the arrays take a full vector past m */
-    double cv[SEL_MAX_LEN + 8];
+    double cv[SEL_MAX_LEN + 16];
     int64_t ci[SEL_MAX_LEN + 8];
     __m512i iv = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i eight = _mm512_set1_epi64(8);
@@ -112,7 +142,9 @@ int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
     }
     if (m > SEL_MAX_CAND || nan)
         return 0; /* NaN: the scalar selection's own rule */
-    _mm512_storeu_pd(cv + m, ninf); /* the lanes past m that sel_rank loads: defined, unused */
+    /* the lanes past m that the ranks load: defined, unused */
+    _mm512_storeu_pd(cv + m, ninf);
+    _mm512_storeu_pd(cv + m + 8, ninf);
     int64_t rk[SEL_MAX_CAND];
     switch ((m + 7) / 8) { /* a constant block count, so that the ranks stay in registers */
     case 1: sel_rank(cv, m, 1, rk); break;

@@ -9,8 +9,15 @@
 #include "score.h"
 #include "select.h"
 
+#include "vexp.h"
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <gsl/gsl_randist.h>
 #include <stdlib.h>
+
+enum { TOPK_GATES_BUF = 512 }; /* values whose exponentials topk_gates takes in one call */
 
 typedef struct {
     moe_claims *cl;
@@ -56,10 +63,22 @@ static int topk_alloc(moe_router *r)
 
 /* ---- routing ---- */
 
+/* The gates of a router built with MOESIM_PERTURB_TOPK (test build only: Makefile
+ * $(B)/moesim-perturb, tests/t_regression.sh): a deliberately perturbed router, its first gate
+ * nudged by 1e-3, that `moesim compare` must catch. */
+static void topk_perturb(double *gate)
+{
+#ifdef MOESIM_PERTURB_TOPK
+    gate[0] += 1e-3;
+#else
+    (void)gate;
+#endif
+}
+
 /* Token t's k largest of row (E), ties to the lower expert: expert[t*k..] and gate[t*k..] =
- * softmax of the selected values. in_rows: row is token t's logits inside the rows pass (its
- * maximum is known). */
-static void topk_select(moe_claims *cl, int t, const double *row, int in_rows)
+ * the selected values, and with soft their softmax in place (else topk_gates takes it for the
+ * chunk). in_rows: row is token t's logits inside the rows pass (its maximum is known). */
+static void topk_select(moe_claims *cl, int t, const double *row, int in_rows, int soft)
 {
     const int k = cl->K;
     const size_t i0 = (size_t)t * k;
@@ -78,12 +97,10 @@ static void topk_select(moe_claims *cl, int t, const double *row, int in_rows)
     } else {
         moe_claims_topk(row, cl->E, k, cl->expert + i0, sv);
     }
-    moe_softmax(sv, k, sv);
-#ifdef MOESIM_PERTURB_TOPK
-    /* Test build only (Makefile $(B)/moesim-perturb, tests/t_regression.sh): a deliberately
-     * perturbed router, its first gate nudged by 1e-3, that `moesim compare` must catch. */
-    sv[0] += 1e-3;
-#endif
+    if (soft) {
+        moe_softmax(sv, k, sv);
+        topk_perturb(sv);
+    }
     for (int j = 0; j < k; j++)
         cl->claim[i0 + j] = 1;
 }
@@ -91,7 +108,48 @@ static void topk_select(moe_claims *cl, int t, const double *row, int in_rows)
 static void topk_row(void *ctx, int t, const double *lt, const double *pt)
 {
     (void)pt;
-    topk_select(ctx, t, lt, 1);
+    moe_claims *cl = ctx;
+    topk_select(cl, t, lt, 1, cl->K > TOPK_GATES_BUF);
+}
+
+/* g[j] = e[j] / s for j < k, eight at a time (each quotient correctly rounded, as one at a
+ * time). */
+static void topk_div(double *restrict g, const double *restrict e, int k, double s)
+{
+    int j = 0;
+#if defined(__AVX512F__)
+    for (; j + 8 <= k; j += 8)
+        _mm512_storeu_pd(g + j, _mm512_div_pd(_mm512_loadu_pd(e + j), _mm512_set1_pd(s)));
+#endif
+    for (; j < k; j++)
+        g[j] = e[j] / s;
+}
+
+/* rows_chunk of the rows pass (k <= TOPK_GATES_BUF): the gates of tokens [t0, t1) from the
+ * selected values topk_row left in gate (descending, so each token's first is its maximum):
+ * the softmax of each token's values exactly as moe_softmax computes it (exp(v - max), summed
+ * in rank order, each divided by the sum), with the exponentials of up to TOPK_GATES_BUF
+ * values in one call of the vector exponential (the C library's values, vexp.h) instead of
+ * one call per token. */
+static void topk_gates(void *ctx, long t0, long t1)
+{
+    moe_claims *cl = ctx;
+    const int k = cl->K, per = TOPK_GATES_BUF / k; /* tokens per call */
+    double e[TOPK_GATES_BUF];
+    for (long a = t0; a < t1; a += per) {
+        const long b = a + per < t1 ? a + per : t1;
+        double *g = cl->gate + (size_t)a * k;
+        for (long q = 0; q < (b - a) * k; q++) /* v - max, as moe_softmax subtracts it */
+            e[q] = g[q] - g[q - q % k];
+        moe_vexp_shift(e, (int)((b - a) * k), 0.0, e);
+        for (long q = 0; q < (b - a) * k; q += k) {
+            double s = 0.0;
+            for (int j = 0; j < k; j++) /* in rank order, as moe_softmax adds them */
+                s += e[q + j];
+            topk_div(g + q, e + q, k, s);
+            topk_perturb(g + q);
+        }
+    }
 }
 
 /* The score path (score.h) for token t of logits lt (E); pt (E) = their softmax or NULL. */
@@ -129,10 +187,12 @@ static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         plan->rows_topk = cl->expert;
         plan->rows_topk_k = cl->K;
     }
+    cl->rows_chunk = dflt && cl->K <= TOPK_GATES_BUF ? topk_gates : NULL;
     int rc = moe_claims_rows(cl, in->logits, n,
                              sd > 0.0 ? NULL : dflt ? topk_row : topk_score_row,
                              dflt ? (void *)cl : (void *)w, plan);
     plan->rows_topk = NULL;
+    cl->rows_chunk = NULL;
     if (rc)
         return rc;
     /* the noisy logits go into the plan's own buffer, for the metrics (plan->noisy_logits) */
@@ -146,7 +206,7 @@ static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         for (int e = 0; e < E; e++)
             row[e] = lt[e] + sd * gsl_ran_gaussian_ziggurat(in->rng, 1.0);
         if (dflt)
-            topk_select(cl, t, row, 0);
+            topk_select(cl, t, row, 0, 1);
         else /* the scores of the noisy logits */
             topk_score_select(w, t, row, NULL);
     }

@@ -14,7 +14,8 @@
  *    topk k = 1, 2, 8 and gshard on 40000 tokens of quartered logits (ties across the part
  *    boundaries), orders choice_major and token_major, with capacity, dropless and
  *    renormalize, routed with 1 thread (the serial loops of claims.c) and with 2 threads: the
- *    same entries, loads, importance, claims per rank, capacity and aux loss. */
+ *    same entries, loads, importance, claims per rank, capacity and aux loss.
+ *  - topk's gates, taken for a chunk of tokens at once, against moe_softmax per token. */
 #include "check.h"
 #include "moe.h"
 #include "../routers/claims.h"
@@ -263,6 +264,34 @@ static void test_threads(void)
         }
 }
 
+/* topk's gates: the rows pass takes the exponentials of a chunk of tokens' selected logits in
+ * one vector call (routers/topk.c, topk_gates); each token's gates must be moe_softmax of its
+ * selected logits, the definition (docs/routing.md section 3) and the per-token call the
+ * router made before, bit for bit. Dropless, not renormalised: entry t*k + j is token t's
+ * choice j with its gate as combine weight. k = 3 leaves a tail of the vector call that the C
+ * library's exp takes; the quartered logits give ties and zeros. */
+static void test_gates(void)
+{
+    static const int ks[] = {1, 2, 3, 8};
+    for (size_t a = 0; a < sizeof ks / sizeof ks[0]; a++) {
+        const int k = ks[a];
+        moe_plan *p = route("topk", k, MOE_ORDER_CHOICE_MAJOR, 1, 0, 2);
+        int bad = p->n_entries != (size_t)N * k;
+        for (int t = 0; !bad && t < N; t++) {
+            double sv[8], ref[8];
+            for (int j = 0; j < k; j++)
+                sv[j] = L[(size_t)t * E + p->entries[(size_t)t * k + j].expert];
+            moe_softmax(sv, k, ref);
+            for (int j = 0; j < k; j++)
+                bad += memcmp(&ref[j], &p->entries[(size_t)t * k + j].combine_w,
+                              sizeof ref[j]) != 0;
+        }
+        CHECK(bad == 0, "topk k=%d: %d gates differ from moe_softmax of the selected logits", k,
+              bad);
+        moe_plan_free(p);
+    }
+}
+
 int main(void)
 {
     gsl_rng *g = moe_rng_alloc(13, 1);
@@ -278,6 +307,7 @@ int main(void)
     test_is_top();
     test_top2();
     test_threads();
+    test_gates();
     printf("test_routers_fast: %d passed, %d failed\n", check_pass, check_fail);
     return check_fail != 0;
 }
