@@ -9,6 +9,7 @@
 #include "moe.h"
 #include "claims_var.h"
 #include "ranked.h"
+#include "route_memo.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -97,8 +98,12 @@ static int relu_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 {
     relu_ws *w = r->ws;
     const int n = in->n;
-    int rc = moe_claims_var_rows(w->v, in->logits, n, r->opts.order, in->rts_u, relu_row, w,
-                                 plan);
+    int rc = MOE_OK;
+    if (moe_route_memo_reuse(r, plan)) /* the claims of these logits are in w already */
+        moe_claims_var_reused(w->v);
+    else if (!(rc = moe_claims_var_rows(w->v, in->logits, n, r->opts.order, in->rts_u, relu_row,
+                                        w, plan)))
+        moe_route_memo_record(r, plan);
     if (!rc)
         rc = moe_claims_var_resolve(w->v, &r->opts, n, plan);
     if (rc)
@@ -114,7 +119,7 @@ static int relu_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 const moe_router_type moe_router_relu = {
     "relu",
     "ReLU routing (ReMoE 2024): every expert with a positive logit, weight = the logit",
-    MOE_RF_HAS_DROPLESS,
+    MOE_RF_HAS_DROPLESS | MOE_RF_MEMO,
     1,
     relu_alloc,
     relu_free,

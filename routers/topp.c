@@ -10,6 +10,7 @@
 #include "moe.h"
 #include "claims_var.h"
 #include "ranked.h"
+#include "route_memo.h"
 
 #include <stdlib.h>
 
@@ -131,8 +132,12 @@ static int topp_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 {
     topp_ws *w = r->ws;
     const int n = in->n, E = r->E;
-    int rc = moe_claims_var_rows(w->v, in->logits, n, r->opts.order, in->rts_u, topp_row, w,
-                                 plan);
+    int rc = MOE_OK;
+    if (moe_route_memo_reuse(r, plan)) /* the claims of these logits are in w already */
+        moe_claims_var_reused(w->v);
+    else if (!(rc = moe_claims_var_rows(w->v, in->logits, n, r->opts.order, in->rts_u, topp_row,
+                                        w, plan)))
+        moe_route_memo_record(r, plan);
     if (!rc)
         rc = moe_claims_var_resolve(w->v, &r->opts, n, plan);
     if (rc)
@@ -149,7 +154,7 @@ static int topp_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 const moe_router_type moe_router_topp = {
     "topp",
     "dynamic top-p (Huang 2024): experts until their cumulative softmax p reaches top_p",
-    MOE_RF_HAS_DROPLESS,
+    MOE_RF_HAS_DROPLESS | MOE_RF_MEMO,
     1,
     topp_alloc,
     topp_free,
