@@ -351,6 +351,14 @@ static int sinkhorn_alloc(moe_router *r)
     r->ws = w;
     w->tol = r->opts.sinkhorn_tol;
     w->order = r->opts.order;
+    return MOE_OK;
+}
+
+/* The buffers, on the first route (a route that reuses a memo's workspace never needs them). */
+static int sinkhorn_buffers(const moe_router *r, sinkhorn_ws *w)
+{
+    if (w->cl)
+        return MOE_OK;
     const size_t n = (size_t)r->n_max, E = (size_t)r->E;
     w->cl = moe_claims_alloc(r->n_max, r->k, r->E, 1);
     w->K = malloc(n * E * sizeof *w->K);
@@ -359,7 +367,8 @@ static int sinkhorn_alloc(moe_router *r)
     w->colsum = malloc(E * sizeof *w->colsum);
     w->key = malloc(E * sizeof *w->key);
     if (!w->cl || !w->K || !w->d0 || !w->d1 || !w->colsum || !w->key) {
-        sinkhorn_free(r);
+        moe_claims_free(w->cl);
+        w->cl = NULL; /* the others are freed with the workspace */
         return moe_fail(MOE_ENOMEM, "use fewer tokens per routing group",
                         "out of memory (sinkhorn workspace for %d tokens x %d experts)",
                         r->n_max, r->E);
@@ -424,18 +433,18 @@ static int sinkhorn_claims(sinkhorn_ws *w, const moe_route_in *in, moe_plan *pla
 
 static int sinkhorn_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 {
-    sinkhorn_ws *w = r->ws;
-    moe_claims *cl = w->cl;
+    sinkhorn_ws *w = r->ws; /* a memo's when the route reuses it (route_memo.h) */
     const moe_route_opts *o = &r->opts;
     const int n = in->n, E = r->E, k = r->k;
     int rc;
     if (moe_route_memo_reuse(r, plan)) { /* the balancing and the claims are in w already */
-        cl->stats_done = cl->stats_in_rows;
+        w->cl->stats_done = w->cl->stats_in_rows;
     } else {
-        if ((rc = sinkhorn_claims(w, in, plan)))
+        if ((rc = sinkhorn_buffers(r, w)) || (rc = sinkhorn_claims(w, in, plan)))
             return rc;
         moe_route_memo_record(r, plan);
     }
+    moe_claims *cl = w->cl;
     const int limited = !o->dropless && (o->cf_set || o->capacity >= 0);
     long C = 0;
     if (limited && (rc = moe_capacity(o, k, n, E, &C)))

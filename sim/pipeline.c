@@ -55,7 +55,7 @@ void moe_pipeline_free(moe_pipeline *p)
 {
     if (!p)
         return;
-    moe_route_memo_keep(p->memo, p->r); /* the work of the last route, for the next point */
+    moe_route_memo_keep(p->memo, p->r, p->plan); /* the last route's work, for the next point */
     moe_router_free(p->r);
     moe_router_free(p->r2);
     gsl_rng_free(p->rng);

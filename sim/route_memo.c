@@ -31,6 +31,8 @@ struct moe_route_memo {
     double *lse;           /* (n) each row's logsumexp, when the plan kept them */
     int has_lse, has_rows, has_obs;
     void *obs;             /* the metrics observer's state (moe_metrics_rows_save) */
+    moe_entry *spare;      /* the entries of the last plan routed with the memo, for the next */
+    size_t spare_cap;
     moe_route_memo_stats st;
 };
 
@@ -59,6 +61,7 @@ void moe_route_memo_clear(moe_route_memo *m)
     free(m->imp);
     free(m->lse);
     free(m->obs);
+    free(m->spare);
     const moe_route_memo_stats st = m->st;
     memset(m, 0, sizeof *m);
     m->st = st;
@@ -101,13 +104,20 @@ static int memo_key_of(const moe_router *r, const moe_route_in *in, const moe_pl
 }
 
 void moe_route_memo_begin(moe_route_memo *m, moe_router *r, const moe_route_in *in,
-                          const moe_plan *plan, unsigned long batch)
+                          moe_plan *plan, unsigned long batch)
 {
     r->memo = NULL;
     r->memo_mode = MEMO_NONE;
     memo_key k;
     if (!m)
         return;
+    if (m->spare && m->spare_cap > plan->cap_entries && plan->n_entries == 0) {
+        free(plan->entries); /* the pages the previous point's plan wrote, for this plan */
+        plan->entries = m->spare;
+        plan->cap_entries = m->spare_cap;
+        m->spare = NULL;
+        m->spare_cap = 0;
+    }
     if (!memo_key_of(r, in, plan, batch, &k)) {
         moe_route_memo_clear(m); /* another route: what the memo holds is of no further use */
         return;
@@ -146,17 +156,26 @@ void moe_route_memo_end(moe_route_memo *m, moe_router *r, int rc)
     r->memo_mode = MEMO_NONE;
 }
 
-void moe_route_memo_keep(moe_route_memo *m, moe_router *r)
+void moe_route_memo_keep(moe_route_memo *m, moe_router *r, moe_plan *plan)
 {
-    if (!m || !r || m->rec != r)
+    if (!m || !r)
         return;
-    m->rec = NULL;
-    if (!m->recorded || m->ws) {
-        moe_route_memo_clear(m);
-        return;
+    if (m->rec == r) {
+        m->rec = NULL;
+        if (!m->recorded || m->ws) {
+            moe_route_memo_clear(m);
+            return;
+        }
+        m->ws = r->ws;
+        r->ws = NULL;
     }
-    m->ws = r->ws;
-    r->ws = NULL;
+    if (m->ws && plan && plan->cap_entries > m->spare_cap) { /* for the next point's plan */
+        free(m->spare);
+        m->spare = plan->entries;
+        m->spare_cap = plan->cap_entries;
+        plan->entries = NULL;
+        plan->cap_entries = plan->n_entries = 0;
+    }
 }
 
 int moe_route_memo_reuse(moe_router *r, moe_plan *plan)
@@ -165,13 +184,15 @@ int moe_route_memo_reuse(moe_router *r, moe_plan *plan)
     if (!m || r->memo_mode != MEMO_REUSE)
         return 0;
     const int E = m->key.E, n = m->key.n;
+    /* room for every claim: the buffer fits the plan of any capacity, written again by the
+     * next point (moe_route_memo_keep) instead of growing into fresh pages */
+    double *lse = m->has_lse ? moe_plan_lse_buffer(plan) : NULL;
+    if (moe_plan_reserve(plan, (size_t)m->n_claims) != MOE_OK || (m->has_lse && !lse))
+        return 0; /* out of memory: the route runs in full (and reports it) */
     memcpy(plan->assigned_load, m->load, (size_t)E * sizeof *m->load);
     memcpy(plan->importance, m->imp, (size_t)E * sizeof *m->imp);
     plan->n_claims = m->n_claims;
     if (m->has_lse) {
-        double *lse = moe_plan_lse_buffer(plan);
-        if (!lse)
-            return 0; /* cannot happen after the recording route had it; route in full */
         memcpy(lse, m->lse, (size_t)n * sizeof *lse);
         plan->lse_of = m->key.logits;
     }
@@ -182,7 +203,7 @@ int moe_route_memo_reuse(moe_router *r, moe_plan *plan)
     return 1;
 }
 
-void moe_route_memo_record(moe_router *r, const moe_plan *plan)
+void moe_route_memo_record(moe_router *r, moe_plan *plan)
 {
     moe_route_memo *m = r->memo;
     if (!m || r->memo_mode != MEMO_RECORD || m->rec != r)
@@ -211,5 +232,5 @@ void moe_route_memo_record(moe_router *r, const moe_plan *plan)
         memcpy(m->lse, plan->lse, (size_t)n * sizeof *m->lse);
     m->has_rows = plan->rows_of == m->key.logits;
     m->has_obs = moe_metrics_rows_save(plan, m->obs);
-    m->saved = 1;
+    m->saved = moe_plan_reserve(plan, (size_t)m->n_claims) == MOE_OK; /* as a reuse does */
 }

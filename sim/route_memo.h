@@ -55,24 +55,28 @@ moe_route_memo_stats moe_route_memo_get_stats(const moe_route_memo *m);
 /* Before router r routes in into plan for batch number `batch` (> 0) of the cache: a hit lends
  * r the memo's workspace (r routes only its capacity part), a miss frees what the memo holds
  * and lets r record its capacity-free results; nothing when r or the input has no memo (see
- * above). */
+ * above; what the memo holds is then freed). An empty plan also gets the entry buffer the
+ * memo keeps when that is larger than its own: the pages a previous point's plan wrote (a
+ * variable-k router's plan grows with the capacity factor, and fresh pages cost a page fault
+ * each on first touch). */
 void moe_route_memo_begin(moe_route_memo *m, moe_router *r, const moe_route_in *in,
-                          const moe_plan *plan, unsigned long batch);
+                          moe_plan *plan, unsigned long batch);
 /* After that route (rc its status): the lent workspace goes back to the memo. */
 void moe_route_memo_end(moe_route_memo *m, moe_router *r, int rc);
-/* Router r is about to be freed: when its workspace holds the work its last route recorded, the
- * memo takes it (r->ws becomes NULL). */
-void moe_route_memo_keep(moe_route_memo *m, moe_router *r);
+/* Router r and its plan are about to be freed: when r's workspace holds the work its last route
+ * recorded, the memo takes it (r->ws becomes NULL); while the memo holds work, it also takes
+ * plan's entry buffer when larger than the one it keeps (plan's entries become NULL). */
+void moe_route_memo_keep(moe_route_memo *m, moe_router *r, moe_plan *plan);
 
 /* ---- the router's side (routers flagged MOE_RF_MEMO, inside their route) ---- */
 
 /* 1 when r's workspace already holds the capacity-free work of this route: plan (just reset)
  * then has its results (assigned_load, importance, n_claims, lse, the rows observer's sums) and
- * the router runs only its capacity part; else 0. */
+ * room for an entry per claim, and the router runs only its capacity part; else 0. */
 int moe_route_memo_reuse(moe_router *r, moe_plan *plan);
-/* After the capacity-free part of a full route: keep plan's results of it for later hits
- * (nothing unless the pipeline asked to record). Out of memory, the memo is dropped silently:
- * the route itself is unaffected. */
-void moe_route_memo_record(moe_router *r, const moe_plan *plan);
+/* After the capacity-free part of a full route: keep plan's results of it for later hits and
+ * give plan room for an entry per claim (nothing unless the pipeline asked to record). Out of
+ * memory, the memo is dropped silently: the route itself is unaffected. */
+void moe_route_memo_record(moe_router *r, moe_plan *plan);
 
 #endif
