@@ -179,11 +179,8 @@ static int same_metrics(const moe_metrics *a, const moe_metrics *b)
 
 enum { MT = 512, ME = 16, MD = 4 };
 
-/* One point: router type name with options opts plus capacity_factor cf, batch number batch of
- * the memo m (NULL: none) on logits lg; its plan and metrics copied out through the pipeline. */
-static int memo_point(const char *type, const char *opts, const char *cf, moe_route_memo *m,
-                      unsigned long batch, const double *lg, float *x, const float *wg,
-                      int (*check)(const moe_pipeline *, const void *), const void *ref)
+/* The options "key=value ..." with capacity_factor cf. */
+static moe_route_opts memo_opts(const char *opts, const char *cf)
 {
     moe_route_opts o;
     moe_route_opts_default(&o);
@@ -195,7 +192,18 @@ static int memo_point(const char *type, const char *opts, const char *cf, moe_ro
         if (moe_route_opts_set(&o, kv, eq + 1))
             fprintf(stderr, "options: %s\n", moe_errmsg());
     }
-    moe_route_opts_set(&o, "capacity_factor", cf);
+    if (moe_route_opts_set(&o, "capacity_factor", cf))
+        fprintf(stderr, "options: %s\n", moe_errmsg());
+    return o;
+}
+
+/* One point: router type name with options opts plus capacity_factor cf, batch number batch of
+ * the memo m (NULL: none) on logits lg; its plan and metrics copied out through the pipeline. */
+static int memo_point(const char *type, const char *opts, const char *cf, moe_route_memo *m,
+                      unsigned long batch, const double *lg, float *x, const float *wg,
+                      int (*check)(const moe_pipeline *, const void *), const void *ref)
+{
+    moe_route_opts o = memo_opts(opts, cf);
     moe_pipeline_cfg cfg = {.rtype = moe_router_find(type), .opts = &o, .T = MT, .M = ME,
                             .wg = wg, .flags = MOE_PIPE_METRICS, .label = "memo"};
     moe_pipeline *p = NULL;
@@ -222,16 +230,7 @@ typedef struct {
 static int check_fresh(const moe_pipeline *p, const void *ctx)
 {
     const memo_ref *r = ctx;
-    moe_route_opts o;
-    moe_route_opts_default(&o);
-    char buf[128];
-    snprintf(buf, sizeof buf, "%s", r->opts);
-    for (char *kv = strtok(buf, " "); kv; kv = strtok(NULL, " ")) {
-        char *eq = strchr(kv, '=');
-        *eq = 0;
-        moe_route_opts_set(&o, kv, eq + 1);
-    }
-    moe_route_opts_set(&o, "capacity_factor", r->cf);
+    moe_route_opts o = memo_opts(r->opts, r->cf);
     moe_pipeline_cfg cfg = {.rtype = moe_router_find(r->type), .opts = &o, .T = MT, .M = ME,
                             .wg = r->wg, .flags = MOE_PIPE_METRICS, .label = "fresh"};
     moe_pipeline *q = NULL;
