@@ -52,6 +52,11 @@ void moe_claims_var_free(moe_claims_var *v); /* NULL is a no-op */
 int moe_claims_var_rows(moe_claims_var *v, const double *logits, int n, int order,
                         const double *rts_u, moe_claims_row_fn row, void *ctx, moe_plan *plan);
 
+/* The rows pass's results are in v from an earlier pass over the same logits with the same
+ * order and row() (a memo of the capacity-free work, route_memo.h) and the plan has its claim
+ * statistics back: moe_claims_var_resolve may resolve them again, under any capacity. */
+static inline void moe_claims_var_reused(moe_claims_var *v) { v->cl->stats_done = 1; }
+
 /* m places for token t's claims (0 <= m <= K), from a row(): the index of the first. */
 static inline long moe_claims_var_take(moe_claims_var *v, int t, int m)
 {

@@ -9,6 +9,7 @@
 #include "moe.h"
 #include "claims_var.h"
 #include "ranked.h"
+#include "route_memo.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -38,10 +39,20 @@ static int relu_alloc(moe_router *r)
     if (!w)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router relu)");
     r->ws = w;
+    return MOE_OK;
+}
+
+/* The buffers, on the first route (a route that reuses a memo's workspace never needs them). */
+static int relu_buffers(moe_router *r, relu_ws *w)
+{
+    if (w->v)
+        return MOE_OK;
     w->v = moe_claims_var_alloc(r->n_max, r->opts.max_k ? r->opts.max_k : r->E, r->E);
     w->l1 = malloc((size_t)r->n_max * sizeof *w->l1);
     if (!w->v || !w->l1) {
-        relu_free(r);
+        moe_claims_var_free(w->v);
+        free(w->l1);
+        w->v = NULL, w->l1 = NULL;
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router relu, %d tokens)", r->n_max);
     }
     return MOE_OK;
@@ -95,10 +106,15 @@ static void relu_row(void *ctx, int t, const double *lt, const double *pt)
 
 static int relu_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 {
-    relu_ws *w = r->ws;
+    relu_ws *w = r->ws; /* a memo's when the route reuses it (route_memo.h) */
     const int n = in->n;
-    int rc = moe_claims_var_rows(w->v, in->logits, n, r->opts.order, in->rts_u, relu_row, w,
-                                 plan);
+    int rc = MOE_OK;
+    if (moe_route_memo_reuse(r, plan)) /* the claims of these logits are in w already */
+        moe_claims_var_reused(w->v);
+    else if (!(rc = relu_buffers(r, w)) &&
+             !(rc = moe_claims_var_rows(w->v, in->logits, n, r->opts.order, in->rts_u, relu_row,
+                                        w, plan)))
+        moe_route_memo_record(r, plan);
     if (!rc)
         rc = moe_claims_var_resolve(w->v, &r->opts, n, plan);
     if (rc)
@@ -114,7 +130,7 @@ static int relu_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 const moe_router_type moe_router_relu = {
     "relu",
     "ReLU routing (ReMoE 2024): every expert with a positive logit, weight = the logit",
-    MOE_RF_HAS_DROPLESS,
+    MOE_RF_HAS_DROPLESS | MOE_RF_MEMO,
     1,
     relu_alloc,
     relu_free,

@@ -20,6 +20,7 @@
 #include "moe.h"
 #include "claims.h"
 #include "par.h"
+#include "route_memo.h"
 #include "sinkhorn.h"
 #include "vexp.h"
 
@@ -320,6 +321,8 @@ typedef struct {
     double *colsum; /* (E) scratch */
     double *key;    /* (E) selection key of one token: K[t,e] * d1[e] */
     int iters;      /* iterations of the last balancing */
+    double tol;     /* opts.sinkhorn_tol */
+    int order;      /* opts.order */
 } sinkhorn_ws;
 
 static void sinkhorn_free(moe_router *r)
@@ -346,6 +349,16 @@ static int sinkhorn_alloc(moe_router *r)
     if (!w)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router sinkhorn)");
     r->ws = w;
+    w->tol = r->opts.sinkhorn_tol;
+    w->order = r->opts.order;
+    return MOE_OK;
+}
+
+/* The buffers, on the first route (a route that reuses a memo's workspace never needs them). */
+static int sinkhorn_buffers(const moe_router *r, sinkhorn_ws *w)
+{
+    if (w->cl)
+        return MOE_OK;
     const size_t n = (size_t)r->n_max, E = (size_t)r->E;
     w->cl = moe_claims_alloc(r->n_max, r->k, r->E, 1);
     w->K = malloc(n * E * sizeof *w->K);
@@ -354,7 +367,8 @@ static int sinkhorn_alloc(moe_router *r)
     w->colsum = malloc(E * sizeof *w->colsum);
     w->key = malloc(E * sizeof *w->key);
     if (!w->cl || !w->K || !w->d0 || !w->d1 || !w->colsum || !w->key) {
-        sinkhorn_free(r);
+        moe_claims_free(w->cl);
+        w->cl = NULL; /* the others are freed with the workspace */
         return moe_fail(MOE_ENOMEM, "use fewer tokens per routing group",
                         "out of memory (sinkhorn workspace for %d tokens x %d experts)",
                         r->n_max, r->E);
@@ -392,21 +406,21 @@ static void sinkhorn_row(void *ctx, int t, const double *lt, const double *pt)
     sinkhorn_token(ctx, t, lt, pt, key);
 }
 
-static int sinkhorn_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
+/* The capacity-free part: balancing, then each token's claims in the rows pass (into w->cl)
+ * with their statistics and the softmax rows' results in plan. */
+static int sinkhorn_claims(sinkhorn_ws *w, const moe_route_in *in, moe_plan *plan)
 {
-    sinkhorn_ws *w = r->ws;
     moe_claims *cl = w->cl;
-    const moe_route_opts *o = &r->opts;
-    const int n = in->n, E = r->E, k = r->k;
-    int rc = moe_sinkhorn_balance(in->logits, n, E, o->sinkhorn_tol, MOE_SINKHORN_MAX_ITER,
-                                  w->K, w->d0, w->d1, w->colsum, &w->iters);
+    const int n = in->n, E = cl->E;
+    int rc = moe_sinkhorn_balance(in->logits, n, E, w->tol, MOE_SINKHORN_MAX_ITER, w->K, w->d0,
+                                  w->d1, w->colsum, &w->iters);
     if (rc)
         return rc;
     /* the selection in the softmax's rows pass; p kept for orders bpr and probs, or for the
      * serial selection of rows too long for the stack */
     const int on_rows = E <= SK_ROW_MAX;
     if (on_rows)
-        moe_claims_scratch_p(cl, o->order);
+        moe_claims_scratch_p(cl, w->order);
     else
         cl->keep_p = 1;
     cl->stats_in_rows = on_rows; /* the rows leave their claims final */
@@ -414,6 +428,23 @@ static int sinkhorn_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         return rc;
     for (int t = 0; !on_rows && t < n; t++)
         sinkhorn_token(w, t, in->logits + (size_t)t * E, cl->p + (size_t)t * E, w->key);
+    return MOE_OK;
+}
+
+static int sinkhorn_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
+{
+    sinkhorn_ws *w = r->ws; /* a memo's when the route reuses it (route_memo.h) */
+    const moe_route_opts *o = &r->opts;
+    const int n = in->n, E = r->E, k = r->k;
+    int rc;
+    if (moe_route_memo_reuse(r, plan)) { /* the balancing and the claims are in w already */
+        w->cl->stats_done = w->cl->stats_in_rows;
+    } else {
+        if ((rc = sinkhorn_buffers(r, w)) || (rc = sinkhorn_claims(w, in, plan)))
+            return rc;
+        moe_route_memo_record(r, plan);
+    }
+    moe_claims *cl = w->cl;
     const int limited = !o->dropless && (o->cf_set || o->capacity >= 0);
     long C = 0;
     if (limited && (rc = moe_capacity(o, k, n, E, &C)))
@@ -428,7 +459,7 @@ static int sinkhorn_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 const moe_router_type moe_router_sinkhorn = {
     "sinkhorn",
     "Sinkhorn-balanced top-k (Clark 2022, Megatron), converged to sinkhorn_tol (1e-9 rel.)",
-    MOE_RF_HAS_DROPLESS,
+    MOE_RF_HAS_DROPLESS | MOE_RF_MEMO,
     1,
     sinkhorn_alloc,
     sinkhorn_free,

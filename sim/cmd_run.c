@@ -399,6 +399,9 @@ static int run_points(const run_args *a, const moe_spec *spec, moe_store *st,
         fprintf(stderr, "moesim run: gate cache: %ld batches drawn and gated, %ld reused "
                 "(at most %.2f GB held, bound %.2f GB)\n", gs.computed, gs.reused,
                 gs.peak_bytes / 1e9, gs.max_bytes / 1e9);
+        if (gs.memo_records > 0)
+            fprintf(stderr, "moesim run: capacity-free routing work kept for %ld routes, "
+                    "reused by %ld\n", gs.memo_records, gs.memo_hits);
     }
     moe_gate_cache_free(gc);
     if (tty) {

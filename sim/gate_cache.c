@@ -7,6 +7,7 @@
 #include "gate_cache.h"
 
 #include "huge.h"
+#include "route_memo.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,14 +24,16 @@ typedef struct {
     double gate_s;    /* seconds the gate took */
     double bytes;
     unsigned long used; /* last use, for least-recently-used eviction */
+    unsigned long serial; /* the entry's number, never reused (route memo keys) */
 } gc_entry;
 
 struct moe_gate_cache {
     gc_entry *e;
     int n, cap;
     double bytes, max_bytes;
-    unsigned long clock;
+    unsigned long clock, serials;
     moe_gate_cache_stats st;
+    moe_route_memo *memo; /* routers' capacity-free work on one of the batches */
 };
 
 moe_gate_cache *moe_gate_cache_alloc(double max_bytes)
@@ -46,6 +49,10 @@ moe_gate_cache *moe_gate_cache_alloc(double max_bytes)
     }
     c->max_bytes = max_bytes;
     c->st.max_bytes = max_bytes;
+    if (!(c->memo = moe_route_memo_alloc())) {
+        free(c);
+        return NULL;
+    }
     return c;
 }
 
@@ -64,11 +71,29 @@ void moe_gate_cache_free(moe_gate_cache *c)
         return;
     for (int i = 0; i < c->n; i++)
         entry_clear(&c->e[i]);
+    moe_route_memo_free(c->memo);
     free(c->e);
     free(c);
 }
 
-moe_gate_cache_stats moe_gate_cache_get_stats(const moe_gate_cache *c) { return c->st; }
+moe_gate_cache_stats moe_gate_cache_get_stats(const moe_gate_cache *c)
+{
+    moe_gate_cache_stats st = c->st;
+    const moe_route_memo_stats ms = moe_route_memo_get_stats(c->memo);
+    st.memo_hits = ms.hits;
+    st.memo_records = ms.records;
+    return st;
+}
+
+moe_route_memo *moe_gate_cache_memo(moe_gate_cache *c, const double *logits,
+                                    unsigned long *batch)
+{
+    *batch = 0;
+    for (int i = 0; logits && i < c->n; i++)
+        if (c->e[i].logits == logits)
+            *batch = c->e[i].serial;
+    return c->memo;
+}
 
 /* Drops the least recently used entry. */
 static void evict_one(moe_gate_cache *c)
@@ -77,6 +102,8 @@ static void evict_one(moe_gate_cache *c)
     for (int i = 1; i < c->n; i++)
         if (c->e[i].used < c->e[lru].used)
             lru = i;
+    if (moe_route_memo_batch(c->memo) == c->e[lru].serial) /* its memo goes with it */
+        moe_route_memo_clear(c->memo);
     c->bytes -= c->e[lru].bytes;
     entry_clear(&c->e[lru]);
     c->e[lru] = c->e[--c->n];
@@ -173,6 +200,7 @@ int moe_gate_cache_batch(moe_gate_cache *c, const moe_point *pt, moe_source *src
         return rc;
     }
     e->used = ++c->clock;
+    e->serial = ++c->serials;
     c->st.computed++;
     *out = e->b;
     *logits = e->logits;

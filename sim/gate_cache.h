@@ -15,6 +15,12 @@
  * and a batch larger than max_bytes is not cached (the point then draws it and runs its gate
  * itself, as without a cache). Batches that bring their own logits or expert choices (recorded
  * sources) are not cached.
+ *
+ * The cache also keeps one memo of a router's capacity-free work on one of its batches
+ * (route_memo.h): the points that route the same batch with the same router and options except
+ * the capacity ones (a sweep's capacity factors, innermost) run only their capacity part after
+ * the first. It is freed with the batch it belongs to, or when a route of another key replaces
+ * it; its memory (one router workspace) comes on top of max_bytes.
  */
 #ifndef MOE_GATE_CACHE_H
 #define MOE_GATE_CACHE_H
@@ -43,7 +49,15 @@ int moe_gate_cache_batch(moe_gate_cache *c, const moe_point *pt, moe_source *src
 typedef struct {
     long computed, reused;
     double peak_bytes, max_bytes;
+    long memo_hits, memo_records; /* routes that reused / recorded capacity-free work */
 } moe_gate_cache_stats;
 moe_gate_cache_stats moe_gate_cache_get_stats(const moe_gate_cache *c);
+
+/* The cache's memo of capacity-free routing work (route_memo.h) and in *batch the number of the
+ * cached batch whose logits are `logits` (never reused for another batch), or 0 when they are
+ * not the cache's. */
+typedef struct moe_route_memo moe_route_memo;
+moe_route_memo *moe_gate_cache_memo(moe_gate_cache *c, const double *logits,
+                                    unsigned long *batch);
 
 #endif

@@ -389,6 +389,33 @@ void moe_metrics_rows_free(moe_metrics_rows *r)
     free(r);
 }
 
+size_t moe_metrics_rows_state_size(void) { return sizeof(moe_metrics_rows); }
+
+int moe_metrics_rows_save(const moe_plan *plan, void *state)
+{
+    if (plan->rows_add != rows_add || !plan->rows_ctx)
+        return 0;
+    memcpy(state, plan->rows_ctx, sizeof(moe_metrics_rows));
+    return 1;
+}
+
+int moe_metrics_rows_restore(moe_plan *plan, const void *state)
+{
+    if (plan->rows_add != rows_add || !plan->rows_ctx)
+        return 0;
+    moe_metrics_rows *r = plan->rows_ctx;
+    const moe_metrics_rows *s = state;
+    r->valid = s->valid;
+    r->done = s->done;
+    r->st = s->st; /* the sums and the state they were taken in; its pointers are r's */
+    r->st.plan = plan;
+    r->st.seq_cnt = r->d, r->st.seq_p = r->d + r->st.E, r->st.imp = r->d + 2 * r->st.E;
+    r->st.pv = r->d + 3 * r->st.E;
+    if (r->st.shared)
+        r->st.imp = r->st.seq_p;
+    return 1;
+}
+
 /* The sums of the router's rows when they are those of plan's logits and of anchor_losses'
  * state st (same tokens, k, sequences, groups; no noise, softmax scores); else NULL. */
 static const anc_state *rows_sums(const moe_metrics *mt, const moe_plan *plan,

@@ -27,4 +27,12 @@ int moe_metrics_anchor_reference(const moe_plan *plan, const double *logits, moe
 typedef struct moe_metrics_rows moe_metrics_rows;
 void moe_metrics_rows_free(moe_metrics_rows *r);
 
+/* The sums of plan's rows observer (moe_metrics_attach) after a rows pass, saved into state
+ * (moe_metrics_rows_state_size() bytes) and put back into the observer of another plan, as if
+ * that plan's router had run the same rows pass (a memo of the rows pass: route_memo.h). Both
+ * return 1, or 0 when the plan has no observer of the metrics (nothing copied). */
+size_t moe_metrics_rows_state_size(void);
+int moe_metrics_rows_save(const moe_plan *plan, void *state);
+int moe_metrics_rows_restore(moe_plan *plan, const void *state);
+
 #endif

@@ -277,8 +277,10 @@ enum {
     MOE_RF_NO_CAPACITY = 1u << 6,   /* capacity factor has no effect (base, dense) */
     MOE_RF_ALL_EXPERTS = 1u << 7,   /* every token goes to every expert: effective k = E */
     MOE_RF_STREAM_GSHARD = 1u << 8, /* random draws from MOE_STREAM_GSHARD, not MOE_STREAM_NOISE */
-    MOE_RF_CHECKS_FINITE = 1u << 9  /* checks its logits itself while it reads them
+    MOE_RF_CHECKS_FINITE = 1u << 9, /* checks its logits itself while it reads them
                                      * (moe_logits_check_finite): moe_router_route does not */
+    MOE_RF_MEMO = 1u << 10 /* keeps its capacity-free work in its workspace and reuses it from
+                            * a memo (route_memo.h: moe_route_memo_reuse, _record) */
 };
 typedef struct moe_router_type {
     const char *name;
@@ -304,6 +306,10 @@ struct moe_router {
     /* logits known to be finite, whose check moe_router_route skips (set by the pipeline for
      * the logits its gate computed from finite x and Wg), or NULL */
     const double *finite_logits;
+    /* the memo of the capacity-free work lent for the current route (route_memo.h), or NULL;
+     * memo_mode: what the route does with it (set by moe_route_memo_begin) */
+    struct moe_route_memo *memo;
+    int memo_mode;
 };
 
 extern const moe_router_type *const moe_router_types[]; /* NULL-terminated (routers/registry.c) */

@@ -12,6 +12,7 @@
 #include "gate.h"
 
 #include "jitter.h"
+#include "route_memo.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -38,6 +39,8 @@ struct moe_pipeline {
     const double *jitter_u;   /* (T,D) given jitter draws, or NULL: the router's stream */
     const double *gated;      /* (T,M) the batch's gate output given (moe_pipeline_run_gated) */
     double gated_s;           /* the seconds it took */
+    moe_route_memo *memo;     /* the memo of the router's capacity-free work, or NULL */
+    unsigned long memo_batch; /* the number of the batch the next route routes (0: none) */
 };
 
 int moe_pipeline_error_rows(int T, int error_rows, int *rows)
@@ -52,6 +55,7 @@ void moe_pipeline_free(moe_pipeline *p)
 {
     if (!p)
         return;
+    moe_route_memo_keep(p->memo, p->r, p->plan); /* the last route's work, for the next point */
     moe_router_free(p->r);
     moe_router_free(p->r2);
     gsl_rng_free(p->rng);
@@ -440,9 +444,10 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
         p->r2->finite_logits = p->r->finite_logits;
     moe_route_in in = {b->n, c->M, p->routed, b->ids, uniforms, p->rng, b->choices, b->choice_w,
                        b->k_rec, b->gumbel_u, b->rts_u};
-    if ((rc = moe_pipeline_route_stage(p->r, &in, p->plan, &t.route)))
-        return rc;
-    if ((rc = check_plan(p->plan, c->label)))
+    moe_route_memo_begin(p->memo, p->r, &in, p->plan, p->memo_batch);
+    rc = moe_pipeline_route_stage(p->r, &in, p->plan, &t.route);
+    moe_route_memo_end(p->memo, p->r, rc);
+    if (rc || (rc = check_plan(p->plan, c->label)))
         return rc;
     /* dispatch, experts, combine */
     if (fl & MOE_PIPE_LAYER) {
@@ -539,7 +544,14 @@ int moe_pipeline_run_gated(moe_pipeline *p, const moe_batch *b, int index, const
     p->gated_s = gate_s;
     rc = moe_pipeline_run_batch(p, b, NULL, tm);
     p->gated = NULL;
+    p->memo_batch = 0;
     return rc;
+}
+
+void moe_pipeline_set_memo(moe_pipeline *p, moe_route_memo *m, unsigned long batch)
+{
+    p->memo = m;
+    p->memo_batch = batch;
 }
 
 moe_router *moe_pipeline_router(const moe_pipeline *p) { return p->r; }

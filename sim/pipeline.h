@@ -122,6 +122,13 @@ int moe_pipeline_run_source(moe_pipeline *p, moe_source *src, int index, moe_pha
 int moe_pipeline_check_x(const float *x, int n, int D, const char *label);
 int moe_pipeline_run_gated(moe_pipeline *p, const moe_batch *b, int index, const double *logits,
                            double gate_s, moe_phase_times *tm);
+/* The memo of the router's capacity-free work (route_memo.h) for the next
+ * moe_pipeline_run_gated, whose logits are the gate cache's batch number `batch` (> 0): a route
+ * whose key matches what m holds runs only its capacity part, and a route that misses records
+ * into m; m takes the router's workspace when the pipeline is freed. m (may be NULL) must
+ * outlive the pipeline. */
+typedef struct moe_route_memo moe_route_memo;
+void moe_pipeline_set_memo(moe_pipeline *p, moe_route_memo *m, unsigned long batch);
 
 /* Results of the last batch, valid until the next one. */
 moe_router *moe_pipeline_router(const moe_pipeline *p);

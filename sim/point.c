@@ -265,7 +265,12 @@ static int run_batch(const moe_point *pt, point_ws *w, moe_gate_cache *cache, in
     const double *logits = NULL;
     double gate_s = 0.0;
     int rc = moe_gate_cache_batch(cache, pt, w->src, b, &bb, &logits, &gate_s);
-    return rc ? rc : moe_pipeline_run_gated(w->pipe, &bb, b, logits, gate_s, tm);
+    if (rc)
+        return rc;
+    unsigned long serial = 0; /* the router's capacity-free work on these logits, shared */
+    moe_route_memo *memo = moe_gate_cache_memo(cache, logits, &serial);
+    moe_pipeline_set_memo(w->pipe, memo, serial);
+    return moe_pipeline_run_gated(w->pipe, &bb, b, logits, gate_s, tm);
 }
 
 static int point_run(const moe_point *pt, volatile sig_atomic_t *stop, moe_point_result *res,

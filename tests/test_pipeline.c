@@ -12,12 +12,22 @@
  *   - the phase times: total is the sum of the five phases, layer phases 0 without a layer;
  *   - the stages on their own (moe_pipeline_route_stage, moe_pipeline_layer_stage): the same
  *     plan as the router routed directly, y within 1e-4 of moe_layer_forward_naive.
+ * The route memo (route_memo.h): for relu, topp and sinkhorn (k = 2) under the claim orders
+ * choice_major, token_major, gate and probs, a pipeline routes 512 tokens x 16 experts at
+ * cf 0.5, 1 and 2 given the memo, each point in a pipeline of its own (as `moesim run` runs
+ * them); the points after the first reuse the first one's work (the memo's count), and each
+ * plan (every entry's fields bit for bit, capacity, loads, importance, claims, per-rank counts,
+ * logsumexps) and every metric of the table equals that of a pipeline without a memo routing
+ * the same batch at the same cf. A memo is not reused by another order, another batch number
+ * or a router that draws random numbers.
  * Error paths: a layer without experts, experts of the wrong E, a plan whose capacity exceeds
  * the layer's slots given to the layer stage.
  */
 #include "check.h"
+#include "metric_table.h"
 #include "options.h"
 #include "pipeline.h"
+#include "route_memo.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -128,6 +138,154 @@ out:
     moe_layer_free(L1);
 }
 
+/* a and b have the same bits: entries field by field, loads, importance, statistics */
+static int same_bits(const moe_plan *a, const moe_plan *b)
+{
+    if (a->n_entries != b->n_entries || a->capacity != b->capacity || a->k != b->k ||
+        a->n_claims != b->n_claims || memcmp(&a->aux_loss, &b->aux_loss, sizeof a->aux_loss) ||
+        memcmp(a->rank_claims, b->rank_claims, sizeof a->rank_claims) ||
+        memcmp(a->rank_kept, b->rank_kept, sizeof a->rank_kept) ||
+        memcmp(a->assigned_load, b->assigned_load, (size_t)a->E * sizeof *a->assigned_load) ||
+        memcmp(a->importance, b->importance, (size_t)a->E * sizeof *a->importance) ||
+        (a->lse_of != NULL) != (b->lse_of != NULL) ||
+        (a->lse_of && memcmp(a->lse, b->lse, (size_t)a->n * sizeof *a->lse)))
+        return 0;
+    for (size_t i = 0; i < a->n_entries; i++) {
+        const moe_entry *x = &a->entries[i], *y = &b->entries[i];
+        if (x->token != y->token || x->expert != y->expert || x->slot != y->slot ||
+            memcmp(&x->dispatch_w, &y->dispatch_w, sizeof x->dispatch_w) ||
+            memcmp(&x->combine_w, &y->combine_w, sizeof x->combine_w))
+            return 0;
+    }
+    return 1;
+}
+
+static int same_metrics(const moe_metrics *a, const moe_metrics *b)
+{
+    const size_t ne = (size_t)a->E;
+    if (memcmp(a->assigned_load, b->assigned_load, ne * sizeof *a->assigned_load) ||
+        memcmp(a->kept_load, b->kept_load, ne * sizeof *a->kept_load) ||
+        memcmp(a->importance, b->importance, ne * sizeof *a->importance) ||
+        memcmp(a->experts_per_token, b->experts_per_token, (ne + 1) * sizeof *a->kept_load))
+        return 0;
+    for (int i = 0; i < MOE_POINT_NMETRICS; i++) { /* the scalars */
+        const double u = moe_metric_value(a, moe_metric_row(i)),
+                     v = moe_metric_value(b, moe_metric_row(i));
+        if (memcmp(&u, &v, sizeof u) != 0 && !(isnan(u) && isnan(v)))
+            return 0;
+    }
+    return 1;
+}
+
+enum { MT = 512, ME = 16, MD = 4 };
+
+/* The options "key=value ..." with capacity_factor cf. */
+static moe_route_opts memo_opts(const char *opts, const char *cf)
+{
+    moe_route_opts o;
+    moe_route_opts_default(&o);
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", opts);
+    for (char *kv = strtok(buf, " "); kv; kv = strtok(NULL, " ")) {
+        char *eq = strchr(kv, '=');
+        *eq = 0;
+        if (moe_route_opts_set(&o, kv, eq + 1))
+            fprintf(stderr, "options: %s\n", moe_errmsg());
+    }
+    if (moe_route_opts_set(&o, "capacity_factor", cf))
+        fprintf(stderr, "options: %s\n", moe_errmsg());
+    return o;
+}
+
+/* One point: router type name with options opts plus capacity_factor cf, batch number batch of
+ * the memo m (NULL: none) on logits lg; its plan and metrics copied out through the pipeline. */
+static int memo_point(const char *type, const char *opts, const char *cf, moe_route_memo *m,
+                      unsigned long batch, const double *lg, float *x, const float *wg,
+                      int (*check)(const moe_pipeline *, const void *), const void *ref)
+{
+    moe_route_opts o = memo_opts(opts, cf);
+    moe_pipeline_cfg cfg = {.rtype = moe_router_find(type), .opts = &o, .T = MT, .M = ME,
+                            .wg = wg, .flags = MOE_PIPE_METRICS, .label = "memo"};
+    moe_pipeline *p = NULL;
+    int ok = moe_pipeline_alloc(&cfg, &p) == MOE_OK;
+    const moe_batch b = {MT, MD, ME, x, NULL, NULL, NULL, NULL, 0, NULL, NULL};
+    moe_pipeline_set_memo(p, m, batch);
+    ok = ok && moe_pipeline_run_gated(p, &b, 0, lg, 0.0, NULL) == MOE_OK;
+    ok = ok && check(p, ref);
+    moe_pipeline_free(p);
+    moe_route_opts_release(&o);
+    return ok;
+}
+
+static int check_none(const moe_pipeline *p, const void *ref) { (void)p, (void)ref; return 1; }
+
+typedef struct {
+    const char *type, *opts, *cf;
+    const double *lg;
+    float *x;
+    const float *wg;
+} memo_ref;
+
+/* p's plan and metrics equal those of a pipeline without a memo on the same point */
+static int check_fresh(const moe_pipeline *p, const void *ctx)
+{
+    const memo_ref *r = ctx;
+    moe_route_opts o = memo_opts(r->opts, r->cf);
+    moe_pipeline_cfg cfg = {.rtype = moe_router_find(r->type), .opts = &o, .T = MT, .M = ME,
+                            .wg = r->wg, .flags = MOE_PIPE_METRICS, .label = "fresh"};
+    moe_pipeline *q = NULL;
+    const moe_batch b = {MT, MD, ME, r->x, NULL, NULL, NULL, NULL, 0, NULL, NULL};
+    int ok = moe_pipeline_alloc(&cfg, &q) == MOE_OK &&
+             moe_pipeline_run_gated(q, &b, 0, r->lg, 0.0, NULL) == MOE_OK &&
+             same_bits(moe_pipeline_plan(p), moe_pipeline_plan(q)) &&
+             same_metrics(moe_pipeline_metrics(p), moe_pipeline_metrics(q));
+    moe_pipeline_free(q);
+    moe_route_opts_release(&o);
+    return ok;
+}
+
+static void check_memo(void)
+{
+    static double lg[MT * ME];
+    static float xm[MT * MD], wgm[MD * ME];
+    unsigned seed = 11;
+    for (int i = 0; i < MT * ME; i++)
+        lg[i] = 2.0 * frand(&seed) + (i % ME == 3 ? 0.7 : 0.0); /* expert 3 popular */
+    fill(xm, MT * MD, &seed, 1.0f);
+    fill(wgm, MD * ME, &seed, 0.5f);
+    const char *routers[][2] = {{"relu", ""}, {"topp", "order=token_major"},
+                                {"sinkhorn", "k=2"}, {"relu", "order=gate"},
+                                {"topp", "order=probs"}, {"sinkhorn", "k=2 order=probs"}};
+    const char *cfs[] = {"0.5", "1", "2"};
+    moe_route_memo *m = moe_route_memo_alloc();
+    long hits = 0;
+    for (size_t i = 0; i < sizeof routers / sizeof *routers; i++)
+        for (int c = 0; c < 3; c++) {
+            const memo_ref ref = {routers[i][0], routers[i][1], cfs[c], lg, xm, wgm};
+            CHECK(memo_point(ref.type, ref.opts, ref.cf, m, 1, lg, xm, wgm, check_fresh, &ref),
+                  "memo: %s %s cf %s: the plan and metrics of a route without the memo",
+                  ref.type, ref.opts, ref.cf);
+            hits += c > 0;
+            CHECK(moe_route_memo_get_stats(m).hits == hits, "memo: %s %s cf %s: %s", ref.type,
+                  ref.opts, ref.cf, c ? "reused" : "recorded, not reused");
+        }
+    /* another order, another batch, a router with draws: no reuse */
+    CHECK(memo_point("sinkhorn", "k=2 order=token_major", "1", m, 1, lg, xm, wgm, check_none,
+                     NULL) &&
+              memo_point("sinkhorn", "k=2 order=token_major", "1", m, 2, lg, xm, wgm,
+                         check_none, NULL) &&
+              moe_route_memo_get_stats(m).hits == hits,
+          "memo: another order, another batch number: not reused");
+    CHECK(memo_point("sinkhorn", "k=2 order=token_major", "2", m, 2, lg, xm, wgm, check_none,
+                     NULL) &&
+              moe_route_memo_get_stats(m).hits == hits + 1,
+          "memo: the same batch number and options at another cf: reused");
+    CHECK(memo_point("topk", "k=2 noise_std=0.5", "1", m, 2, lg, xm, wgm, check_none, NULL) &&
+              moe_route_memo_batch(m) == 0,
+          "memo: a router without a memo (topk) frees what the memo held");
+    moe_route_memo_free(m);
+}
+
 int main(void)
 {
     unsigned seed = 7;
@@ -236,6 +394,7 @@ int main(void)
     moe_pipeline_free(p);
 
     check_stages(&o, ref, &ex, x);
+    check_memo();
 
     moe_plan_free(ref);
     moe_plan_free(refd);
