@@ -244,13 +244,15 @@ static void act_parallel(const moe_layer *L, int act, float *buf, size_t rows, s
 
 /* FFN_e on `rows` rows: hid (rows,FW) = in (rows,D) W1_e + b1_e, activation (SwiGLU: into
  * columns [0,F)), out (rows,D) = act (rows,F) W2_e + b2_e. sgemm writes with beta = 0 and the
- * biases are broadcast over rows in the activation pass. */
+ * biases are broadcast over rows in the activation pass. 0 < split < rows: the GEMMs run rows
+ * [0, split) and [split, rows) as separate calls (moe_gemm_expert), with the same bits as two
+ * FFN calls; bias and activation are per element. */
 static int ffn_rows_par(const moe_layer *L, const moe_experts *w, int e, const float *in,
-                        size_t rows, float *hid, float *out, int par)
+                        size_t rows, size_t split, float *hid, float *out, int par)
 {
     size_t D = (size_t)L->d, F = (size_t)L->f, FW = (size_t)L->fw;
     int nt = par ? moe_blas_threads() : 1;
-    int rc = moe_gemm_expert(L->p1, w->w1, (size_t)e, rows, D, FW, in, D, hid, FW, nt,
+    int rc = moe_gemm_expert(L->p1, w->w1, (size_t)e, rows, split, D, FW, in, D, hid, FW, nt,
                              "expert first matrix");
     if (rc)
         return rc;
@@ -260,7 +262,7 @@ static int ffn_rows_par(const moe_layer *L, const moe_experts *w, int e, const f
         act_job j = {L, hid, w->b1 + (size_t)e * FW, 0, rows, FW, F, L->act};
         act_rows(&j);
     }
-    rc = moe_gemm_expert(L->p2, w->w2, (size_t)e, rows, F, D, hid, FW, out, D, nt,
+    rc = moe_gemm_expert(L->p2, w->w2, (size_t)e, rows, split, F, D, hid, FW, out, D, nt,
                          "expert second matrix");
     if (rc)
         return rc;
@@ -291,9 +293,14 @@ static int ffn_rows_par(const moe_layer *L, const moe_experts *w, int e, const f
  * libxsmm's kernels (layer_gemm.h) take rows in blocks of 16 from the start of each call, so the
  * same segments and tile boundaries (multiples of 192 = 12 x 16) keep their bits too. */
 enum { MOE_TILE_ALIGN = 192, MOE_TILE_MIN_MNK = 1 << 24 };
+/* Default rows per tile with libxsmm: a tile's hidden rows (384 x FW floats, 3 MB at F = 2048)
+ * stay in the last-level cache between the two GEMMs, where an untiled expert of thousands of
+ * rows writes them to memory and reads them back twice (activation, second GEMM). */
+enum { MOE_TILE_XSMM = 384 };
 typedef struct expert_seg {
     int e;
     size_t r0, len; /* rows [r0, r0 + len) of expert e's block */
+    size_t split;   /* > 0: rows [r0, r0 + split) and the rest as two GEMM calls (never tiled) */
 } expert_seg;
 
 typedef struct {
@@ -324,8 +331,8 @@ static void *expert_worker(void *arg)
         size_t nt = p->first[pos + 1] - p->first[pos], j = i - p->first[pos];
         size_t t0 = j * p->L->tile, nr = j + 1 < nt ? p->L->tile : s->len - t0;
         size_t r0 = (size_t)s->e * p->C + s->r0 + t0;
-        int rc = ffn_rows_par(p->L, p->w, s->e, p->L->xin + r0 * D, nr, p->L->hid + r0 * FW,
-                              p->L->out + r0 * D, p->par);
+        int rc = ffn_rows_par(p->L, p->w, s->e, p->L->xin + r0 * D, nr, s->split,
+                              p->L->hid + r0 * FW, p->L->out + r0 * D, p->par);
         if (rc)
             atomic_store(&p->rc, rc);
     }
@@ -343,19 +350,26 @@ static int seg_cmp(const void *a, const void *b)
     return x->r0 < y->r0 ? -1 : x->r0 > y->r0;
 }
 
-/* FFN_e on rows [0, rows_e) of each expert's block, and on [rows_e, C) too when padded. */
+/* FFN_e on rows [0, rows_e) of each expert's block, and on [rows_e, C) too when padded.
+ * Padded with libxsmm, an untiled expert's two segments run as one with a split (same calls,
+ * same bits), so its packed weights are read once; OpenBLAS packs them on every call anyway. */
 static int experts_run(moe_layer *L, const moe_experts *w, size_t C, const long *rows, int pad)
 {
     expert_seg *seg = L->seg;
     size_t *first = L->first;
     int n = 0;
+    int merge = pad && L->p1 && !(L->tile && C >= 2 * L->tile);
     L->rows_run = 0;
     for (int e = 0; e < L->E; e++) {
         size_t r = rows[e] > 0 ? (size_t)rows[e] : 0;
-        if (r)
-            seg[n++] = (expert_seg){e, 0, r};
-        if (pad && r < C)
-            seg[n++] = (expert_seg){e, r, C - r};
+        if (r && pad && r < C && merge) {
+            seg[n++] = (expert_seg){e, 0, C, r};
+        } else {
+            if (r)
+                seg[n++] = (expert_seg){e, 0, r, 0};
+            if (pad && r < C)
+                seg[n++] = (expert_seg){e, r, C - r, 0};
+        }
         L->rows_run += pad ? C : r;
     }
     qsort(seg, (size_t)n, sizeof *seg, seg_cmp);
@@ -507,6 +521,7 @@ int moe_layer_set_gemm(moe_layer *L, int backend)
     int rc = backend == MOE_GEMM_OPENBLAS ? MOE_OK : moe_gemm_pack_alloc(E, D, FW, D, &L->p1);
     if (!rc && L->p1 && (rc = moe_gemm_pack_alloc(E, F, D, FW, &L->p2)))
         moe_gemm_pack_free(L->p1), L->p1 = NULL;
+    moe_layer_set_tile_rows(L, L->p1 ? MOE_TILE_XSMM : 0);
     return rc;
 }
 
@@ -925,7 +940,7 @@ int moe_layer_dense_mixture(moe_layer *L, const moe_experts *w, const float *x, 
             memcpy(L->xin + i * D, x + t * D, D * sizeof *x);
         }
         for (size_t e = 0; e < E; e++) {
-            rc = ffn_rows_par(L, w, (int)e, L->xin, nc, L->hid, L->out, 1);
+            rc = ffn_rows_par(L, w, (int)e, L->xin, nc, 0, L->hid, L->out, 1);
             if (rc)
                 return rc;
             for (size_t i = 0; i < nc; i++) {

@@ -634,6 +634,10 @@ static void test_tile_bits(gsl_rng *r)
         }
         moe_layer *L = moe_layer_alloc(N, E, C, D, F, acts[a]);
         CHECK_INT(moe_layer_set_gemm(L, g ? MOE_GEMM_LIBXSMM : MOE_GEMM_OPENBLAS), MOE_OK);
+        /* layer.h: the backend's default, 384 rows with libxsmm (384*128*512 >= 2^24), 0 with
+         * OpenBLAS; 384 is also the tile of the 300-row request run below */
+        CHECK(moe_layer_tile_rows(L) == (g ? 384u : 0u), "%s: default tile %zu rows",
+              moe_gemm_backend_name(g), moe_layer_tile_rows(L));
         moe_layer_set_tile_rows(L, 100);
         CHECK(moe_layer_tile_rows(L) == 0, "tile 100 at D*F = %d: %zu rows in effect, want 0",
               D * F, moe_layer_tile_rows(L));
