@@ -300,7 +300,8 @@ enum { MOE_TILE_XSMM = 384 };
 typedef struct expert_seg {
     int e;
     size_t r0, len; /* rows [r0, r0 + len) of expert e's block */
-    size_t split;   /* > 0: rows [r0, r0 + split) and the rest as two GEMM calls (never tiled) */
+    size_t split;   /* > 0: rows [r0, r0 + split) are tiled as a segment of their own, and the
+                     * rest (padding) runs in the last tile's GEMM calls after a split */
 } expert_seg;
 
 typedef struct {
@@ -331,7 +332,8 @@ static void *expert_worker(void *arg)
         size_t nt = p->first[pos + 1] - p->first[pos], j = i - p->first[pos];
         size_t t0 = j * p->L->tile, nr = j + 1 < nt ? p->L->tile : s->len - t0;
         size_t r0 = (size_t)s->e * p->C + s->r0 + t0;
-        int rc = ffn_rows_par(p->L, p->w, s->e, p->L->xin + r0 * D, nr, s->split,
+        size_t split = s->split && j + 1 == nt ? s->split - t0 : 0; /* the last tile's kept rows */
+        int rc = ffn_rows_par(p->L, p->w, s->e, p->L->xin + r0 * D, nr, split,
                               p->L->hid + r0 * FW, p->L->out + r0 * D, p->par);
         if (rc)
             atomic_store(&p->rc, rc);
@@ -351,18 +353,20 @@ static int seg_cmp(const void *a, const void *b)
 }
 
 /* FFN_e on rows [0, rows_e) of each expert's block, and on [rows_e, C) too when padded.
- * Padded with libxsmm, an untiled expert's two segments run as one with a split (same calls,
- * same bits), so its packed weights are read once; OpenBLAS packs them on every call anyway. */
+ * Padded with libxsmm, the zero rows [rows_e, C) join the last tile of the kept rows as a split
+ * (moe_gemm_pack_run): the kept rows meet the same kernel calls as unpadded (same bits; no
+ * entry combines a zero row's output), and the packed weights are read once for both instead
+ * of once more for a segment of zero rows. OpenBLAS packs the weights on every call anyway and
+ * keeps two segments. */
 static int experts_run(moe_layer *L, const moe_experts *w, size_t C, const long *rows, int pad)
 {
     expert_seg *seg = L->seg;
     size_t *first = L->first;
     int n = 0;
-    int merge = pad && L->p1 && !(L->tile && C >= 2 * L->tile);
     L->rows_run = 0;
     for (int e = 0; e < L->E; e++) {
         size_t r = rows[e] > 0 ? (size_t)rows[e] : 0;
-        if (r && pad && r < C && merge) {
+        if (r && pad && r < C && L->p1) {
             seg[n++] = (expert_seg){e, 0, C, r};
         } else {
             if (r)
@@ -374,9 +378,10 @@ static int experts_run(moe_layer *L, const moe_experts *w, size_t C, const long 
     }
     qsort(seg, (size_t)n, sizeof *seg, seg_cmp);
     first[0] = 0;
-    for (int i = 0; i < n; i++)
-        first[i + 1] = first[i] + (L->tile && seg[i].len >= 2 * L->tile ? seg[i].len / L->tile
-                                                                         : 1);
+    for (int i = 0; i < n; i++) {
+        size_t kept = seg[i].split ? seg[i].split : seg[i].len; /* the rows that set the tiles */
+        first[i + 1] = first[i] + (L->tile && kept >= 2 * L->tile ? kept / L->tile : 1);
+    }
     const int blas_threads = moe_blas_threads();
     int nt = blas_threads > MOE_MAX_THREADS ? MOE_MAX_THREADS : blas_threads;
     if (nt < 1)
