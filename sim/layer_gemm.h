@@ -72,5 +72,4 @@ int moe_gemm_sgemm(int ta, size_t m, size_t n, size_t k, const float *a, size_t 
 enum { MOE_MAX_THREADS = 8 };
 void moe_gemm_run_jobs(void *(*fn)(void *), void *jobs, size_t size, int nt);
 
-extern int moe_gemm_pf_dbg;
 #endif
