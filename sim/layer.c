@@ -277,13 +277,14 @@ static int ffn_rows_par(const moe_layer *L, const moe_experts *w, int e, const f
 
 /* ---- the expert phase: segments of expert rows in parallel, one BLAS thread each ----
  * Each expert's rows form one segment [0, used_e) and, padded to capacity, a second one
- * [used_e, C) of zero rows. With T BLAS threads, T workers take segments from one queue
+ * [used_e, C) of zero rows (with libxsmm: the same segment, after a split). With T BLAS threads, T workers take segments from one queue
  * (longest first) and run the FFN of each with single-threaded sgemm: every core stays busy
  * through both GEMMs and the activation between them, and no GEMM pays OpenBLAS's fork/join on
  * a block of a few hundred rows. With one BLAS thread the segments run in turn.
  *
- * Bits: the kept rows of an expert always go through one GEMM pair of M = used_e rows, padded
- * or not, whatever the thread count, so y is the same bits padded or not (tested). Row tiles
+ * Bits: the kept rows of an expert always go through one GEMM pair of M = used_e rows (libxsmm:
+ * the same kernel calls), padded or not, whatever the thread count, so y is the same bits
+ * padded or not (tested). Row tiles
  * (moe_layer_set_tile_rows) keep a tile's hidden rows in cache. OpenBLAS rounds a row by the
  * kernel that computes it: its kernels take our rows (its N in a row-major call) in groups of
  * 4 to 24 from the start of each block, a tail goes through narrower kernels, and GEMMs with
