@@ -150,10 +150,11 @@ static int ffn_rows_par(const moe_layer *L, const moe_experts *w, int e, const f
  * libxsmm's kernels (layer_gemm.h) take rows in blocks of 16 from the start of each call, so the
  * same segments and tile boundaries (multiples of 192 = 12 x 16) keep their bits too. */
 enum { MOE_TILE_ALIGN = 192, MOE_TILE_MIN_MNK = 1 << 24 };
-/* Default rows per tile with libxsmm: a tile's hidden rows (384 x FW floats, 3 MB at F = 2048)
+/* Default rows per tile with libxsmm: a tile's hidden rows (768 x FW floats, 6 MB at F = 2048)
  * stay in the last-level cache between the two GEMMs, where an untiled expert of thousands of
- * rows writes them to memory and reads them back twice (activation, second GEMM). */
-enum { MOE_TILE_XSMM = 384 };
+ * rows writes them to memory and reads them back twice (activation, second GEMM); experts of
+ * fewer than 1536 rows stay whole (each tile reads the expert's weights again). */
+enum { MOE_TILE_XSMM = 768 };
 typedef struct expert_seg {
     int e;
     size_t r0, len; /* rows [r0, r0 + len) of expert e's block */

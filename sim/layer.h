@@ -64,7 +64,7 @@ void moe_layer_set_pad_to_capacity(moe_layer *L, int on);
  * multiple of 192; 0: one GEMM pair per expert. Ignored (R = 0) when R*d*f is below 2^24, near
  * OpenBLAS's small-matrix kernels. Tile boundaries on multiples of 192 rows keep every row in
  * the GEMM kernel it meets untiled: y is the same bit for bit (tested with OpenBLAS's Haswell
- * and Cooperlake kernels, and libxsmm). The default, set by moe_layer_set_gemm: 384 with
+ * and Cooperlake kernels, and libxsmm). The default, set by moe_layer_set_gemm: 768 with
  * libxsmm (a tile's hidden rows stay in cache between the two GEMMs), 0 with OpenBLAS. */
 void moe_layer_set_tile_rows(moe_layer *L, size_t rows);
 /* The rows per tile in effect (0: untiled). */
