@@ -16,15 +16,13 @@
  *   used (E)     rows filled per expert in the current forward (max slot + 1)
  * so the layer needs no (T,M) buffer of its own: a sparse layer with a large C_max does not
  * pay n_max * E * C_max floats for matrices only soft_moe uses.
- *
- * The activations use a branch-free exp (Cephes expf polynomial) in loops of constant trip
- * count VL, which GCC vectorises at -O2; libm's tanhf/erff would keep them scalar, and then
- * the activation pass alone costs about as much as the expert GEMMs of the reference layer.
+ * The activations and the row kernels are in layer_act.c.
  */
 #include "layer.h"
 
 #include "blas_info.h"
 #include "gate.h"
+#include "layer_act.h"
 #include "layer_gemm.h"
 
 #include <gsl/gsl_blas.h>
@@ -54,148 +52,6 @@ struct moe_layer {
     const float *src1, *src2;     /* the w1, w2 packed into p1, p2 (NULL: none yet) */
 };
 
-/* ---- activations ---- */
-
-enum { VL = 16 }; /* chunk length: inner loops of this constant length vectorise at -O2 */
-
-typedef union { float f; uint32_t u; } moe_fbits;
-
-/* e^x in float, branch-free: x clamped to [-87, 88] (normal results, no inf), n = round(x/ln2)
- * by the 1.5*2^23 shifter, r = x - n ln2 in two parts, Cephes expf's degree-6 polynomial
- * (S. L. Moshier, relative error about 1 ulp), times 2^n built in the exponent bits. */
-static inline float fast_expf(float x)
-{
-    x = x < -87.0f ? -87.0f : x;
-    x = x > 88.0f ? 88.0f : x;
-    moe_fbits j;
-    j.f = x * 1.44269504088896341f + 12582912.0f;
-    float fn = j.f - 12582912.0f;
-    float r = x - fn * 0.693359375f;
-    r = r - fn * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    moe_fbits s;
-    s.u = (j.u - 0x4B400000u + 127u) << 23; /* low bits of j hold n; n + 127 in 1..254 */
-    return p * s.f;
-}
-
-/* 0.5 x (1 + tanh(z)) = x / (1 + e^(-2z)), z = sqrt(2/pi) (x + 0.044715 x^3): the sigmoid form
- * has no cancellation for negative x. */
-static inline float gelu_tanh_f(float x)
-{
-    float z2 = 1.5957691216057308f * (x + 0.044715f * x * x * x); /* 2z */
-    return x / (1.0f + fast_expf(-z2));
-}
-
-/* x Phi(x) = 0.5 x erfc(-x/sqrt 2), erfc by Numerical Recipes' erfcc (2nd ed., section 6.2:
- * fractional error below 1.2e-7 everywhere), so small negative tails keep their precision. */
-static inline float gelu_erf_f(float x)
-{
-    float z = -0.70710678118654752f * x;
-    float az = z < 0.0f ? -z : z;
-    float t = 1.0f / (1.0f + 0.5f * az);
-    float q = -1.26551223f + t * (1.00002368f + t * (0.37409196f + t * (0.09678418f +
-              t * (-0.18628806f + t * (0.27886807f + t * (-1.13520398f + t * (1.48851587f +
-              t * (-0.82215223f + t * 0.17087277f))))))));
-    float ans = t * fast_expf(-az * az + q);
-    float erfc = z >= 0.0f ? ans : 2.0f - ans;
-    return 0.5f * x * erfc;
-}
-
-static inline float relu_f(float x) { return x > 0.0f ? x : 0.0f; }
-
-static inline float silu_f(float x) { return x / (1.0f + fast_expf(-x)); }
-
-/* Runs STMT for I in [0, LEN): chunks of VL with a constant inner trip count, then the tail. */
-#define CHUNKED(I, LEN, STMT)                                                                 \
-    do {                                                                                      \
-        size_t I##0_ = 0, n_ = (LEN);                                                         \
-        for (; I##0_ + VL <= n_; I##0_ += VL)                                                 \
-            for (size_t I = I##0_; I < I##0_ + VL; I++) {                                     \
-                STMT;                                                                         \
-            }                                                                                 \
-        for (size_t I = I##0_; I < n_; I++) {                                                 \
-            STMT;                                                                             \
-        }                                                                                     \
-    } while (0)
-
-void moe_activate(int act, float *v, size_t len)
-{
-    switch (act) {
-    case MOE_ACT_GELU_TANH:
-        CHUNKED(i, len, v[i] = gelu_tanh_f(v[i]));
-        break;
-    case MOE_ACT_GELU_ERF:
-        CHUNKED(i, len, v[i] = gelu_erf_f(v[i]));
-        break;
-    case MOE_ACT_RELU:
-        CHUNKED(i, len, v[i] = relu_f(v[i]));
-        break;
-    default: /* SwiGLU needs both halves: see bias_swiglu */
-        break;
-    }
-}
-
-/* v (len) = act(v + b); act < 0: bias only. */
-static void bias_act(int act, float *restrict v, const float *restrict b, size_t len)
-{
-    switch (act) {
-    case MOE_ACT_GELU_TANH:
-        CHUNKED(i, len, v[i] = gelu_tanh_f(v[i] + b[i]));
-        break;
-    case MOE_ACT_GELU_ERF:
-        CHUNKED(i, len, v[i] = gelu_erf_f(v[i] + b[i]));
-        break;
-    case MOE_ACT_RELU:
-        CHUNKED(i, len, v[i] = relu_f(v[i] + b[i]));
-        break;
-    default:
-        CHUNKED(i, len, v[i] += b[i]);
-        break;
-    }
-}
-
-/* One SwiGLU row: g (F) = silu(g + bg) * (u + bu), u the up half (F) of the same row. */
-static void bias_swiglu(float *restrict g, const float *restrict u, const float *restrict bg,
-                        const float *restrict bu, size_t f)
-{
-    CHUNKED(j, f, g[j] = silu_f(g[j] + bg[j]) * (u[j] + bu[j]));
-}
-
-/* y (len) += a x (len) */
-static void axpy_f(float a, const float *restrict x, float *restrict y, size_t len)
-{
-    CHUNKED(i, len, y[i] += a * x[i]);
-}
-
-const char *moe_act_name(int act)
-{
-    switch (act) {
-    case MOE_ACT_GELU_TANH: return "gelu_tanh";
-    case MOE_ACT_GELU_ERF: return "gelu_erf";
-    case MOE_ACT_RELU: return "relu";
-    case MOE_ACT_SWIGLU: return "swiglu";
-    default: return "unknown";
-    }
-}
-
-int moe_act_parse(const char *s, int *act)
-{
-    for (int a = MOE_ACT_GELU_TANH; a <= MOE_ACT_SWIGLU; a++)
-        if (s && strcmp(s, moe_act_name(a)) == 0) {
-            *act = a;
-            return MOE_OK;
-        }
-    return moe_fail(MOE_EINVAL, "use one of gelu_tanh, gelu_erf, relu, swiglu",
-                    "unknown activation '%s' (act)", s ? s : "(null)");
-}
-
-/* ---- helpers ---- */
 
 /* ---- bias + activation over rows, split across the BLAS threads ----
  * Rows are split into contiguous ranges, one per thread; each element is computed on its own,
@@ -213,9 +69,9 @@ static void act_rows(const act_job *j)
     for (size_t r = j->r0; r < j->r1; r++) {
         float *row = j->buf + r * j->ld;
         if (j->act == MOE_ACT_SWIGLU)
-            bias_swiglu(row, row + j->width, j->b, j->b + j->width, j->width);
+            moe_act_swiglu_row(row, row + j->width, j->b, j->b + j->width, j->width);
         else
-            bias_act(j->act, row, j->b, j->width);
+            moe_act_bias(j->act, row, j->b, j->width);
     }
 }
 
@@ -244,13 +100,15 @@ static void act_parallel(const moe_layer *L, int act, float *buf, size_t rows, s
 
 /* FFN_e on `rows` rows: hid (rows,FW) = in (rows,D) W1_e + b1_e, activation (SwiGLU: into
  * columns [0,F)), out (rows,D) = act (rows,F) W2_e + b2_e. sgemm writes with beta = 0 and the
- * biases are broadcast over rows in the activation pass. */
+ * biases are broadcast over rows in the activation pass. 0 < split < rows: the GEMMs run rows
+ * [0, split) and [split, rows) as separate calls (moe_gemm_expert), with the same bits as two
+ * FFN calls; bias and activation are per element. */
 static int ffn_rows_par(const moe_layer *L, const moe_experts *w, int e, const float *in,
-                        size_t rows, float *hid, float *out, int par)
+                        size_t rows, size_t split, float *hid, float *out, int par)
 {
     size_t D = (size_t)L->d, F = (size_t)L->f, FW = (size_t)L->fw;
     int nt = par ? moe_blas_threads() : 1;
-    int rc = moe_gemm_expert(L->p1, w->w1, (size_t)e, rows, D, FW, in, D, hid, FW, nt,
+    int rc = moe_gemm_expert(L->p1, w->w1, (size_t)e, rows, split, D, FW, in, D, hid, FW, nt,
                              "expert first matrix");
     if (rc)
         return rc;
@@ -260,7 +118,7 @@ static int ffn_rows_par(const moe_layer *L, const moe_experts *w, int e, const f
         act_job j = {L, hid, w->b1 + (size_t)e * FW, 0, rows, FW, F, L->act};
         act_rows(&j);
     }
-    rc = moe_gemm_expert(L->p2, w->w2, (size_t)e, rows, F, D, hid, FW, out, D, nt,
+    rc = moe_gemm_expert(L->p2, w->w2, (size_t)e, rows, split, F, D, hid, FW, out, D, nt,
                          "expert second matrix");
     if (rc)
         return rc;
@@ -275,13 +133,14 @@ static int ffn_rows_par(const moe_layer *L, const moe_experts *w, int e, const f
 
 /* ---- the expert phase: segments of expert rows in parallel, one BLAS thread each ----
  * Each expert's rows form one segment [0, used_e) and, padded to capacity, a second one
- * [used_e, C) of zero rows. With T BLAS threads, T workers take segments from one queue
+ * [used_e, C) of zero rows (with libxsmm: the same segment, after a split). With T BLAS threads, T workers take segments from one queue
  * (longest first) and run the FFN of each with single-threaded sgemm: every core stays busy
  * through both GEMMs and the activation between them, and no GEMM pays OpenBLAS's fork/join on
  * a block of a few hundred rows. With one BLAS thread the segments run in turn.
  *
- * Bits: the kept rows of an expert always go through one GEMM pair of M = used_e rows, padded
- * or not, whatever the thread count, so y is the same bits padded or not (tested). Row tiles
+ * Bits: the kept rows of an expert always go through one GEMM pair of M = used_e rows (libxsmm:
+ * the same kernel calls), padded or not, whatever the thread count, so y is the same bits
+ * padded or not (tested). Row tiles
  * (moe_layer_set_tile_rows) keep a tile's hidden rows in cache. OpenBLAS rounds a row by the
  * kernel that computes it: its kernels take our rows (its N in a row-major call) in groups of
  * 4 to 24 from the start of each block, a tail goes through narrower kernels, and GEMMs with
@@ -291,9 +150,16 @@ static int ffn_rows_par(const moe_layer *L, const moe_experts *w, int e, const f
  * libxsmm's kernels (layer_gemm.h) take rows in blocks of 16 from the start of each call, so the
  * same segments and tile boundaries (multiples of 192 = 12 x 16) keep their bits too. */
 enum { MOE_TILE_ALIGN = 192, MOE_TILE_MIN_MNK = 1 << 24 };
+/* Default rows per tile with libxsmm: a tile's hidden rows (768 x FW floats, 6 MB at F = 2048)
+ * stay in the last-level cache between the two GEMMs, where an untiled expert of thousands of
+ * rows writes them to memory and reads them back twice (activation, second GEMM); experts of
+ * fewer than 1536 rows stay whole (each tile reads the expert's weights again). */
+enum { MOE_TILE_XSMM = 768 };
 typedef struct expert_seg {
     int e;
     size_t r0, len; /* rows [r0, r0 + len) of expert e's block */
+    size_t split;   /* > 0: rows [r0, r0 + split) are tiled as a segment of their own, and the
+                     * rest (padding) runs in the last tile's GEMM calls after a split */
 } expert_seg;
 
 typedef struct {
@@ -324,8 +190,9 @@ static void *expert_worker(void *arg)
         size_t nt = p->first[pos + 1] - p->first[pos], j = i - p->first[pos];
         size_t t0 = j * p->L->tile, nr = j + 1 < nt ? p->L->tile : s->len - t0;
         size_t r0 = (size_t)s->e * p->C + s->r0 + t0;
-        int rc = ffn_rows_par(p->L, p->w, s->e, p->L->xin + r0 * D, nr, p->L->hid + r0 * FW,
-                              p->L->out + r0 * D, p->par);
+        size_t split = s->split && j + 1 == nt ? s->split - t0 : 0; /* the last tile's kept rows */
+        int rc = ffn_rows_par(p->L, p->w, s->e, p->L->xin + r0 * D, nr, split,
+                              p->L->hid + r0 * FW, p->L->out + r0 * D, p->par);
         if (rc)
             atomic_store(&p->rc, rc);
     }
@@ -343,7 +210,12 @@ static int seg_cmp(const void *a, const void *b)
     return x->r0 < y->r0 ? -1 : x->r0 > y->r0;
 }
 
-/* FFN_e on rows [0, rows_e) of each expert's block, and on [rows_e, C) too when padded. */
+/* FFN_e on rows [0, rows_e) of each expert's block, and on [rows_e, C) too when padded.
+ * Padded with libxsmm, the zero rows [rows_e, C) join the last tile of the kept rows as a split
+ * (moe_gemm_pack_run): the kept rows meet the same kernel calls as unpadded (same bits; no
+ * entry combines a zero row's output), and the packed weights are read once for both instead
+ * of once more for a segment of zero rows. OpenBLAS packs the weights on every call anyway and
+ * keeps two segments. */
 static int experts_run(moe_layer *L, const moe_experts *w, size_t C, const long *rows, int pad)
 {
     expert_seg *seg = L->seg;
@@ -352,17 +224,22 @@ static int experts_run(moe_layer *L, const moe_experts *w, size_t C, const long 
     L->rows_run = 0;
     for (int e = 0; e < L->E; e++) {
         size_t r = rows[e] > 0 ? (size_t)rows[e] : 0;
-        if (r)
-            seg[n++] = (expert_seg){e, 0, r};
-        if (pad && r < C)
-            seg[n++] = (expert_seg){e, r, C - r};
+        if (r && pad && r < C && L->p1) {
+            seg[n++] = (expert_seg){e, 0, C, r};
+        } else {
+            if (r)
+                seg[n++] = (expert_seg){e, 0, r, 0};
+            if (pad && r < C)
+                seg[n++] = (expert_seg){e, r, C - r, 0};
+        }
         L->rows_run += pad ? C : r;
     }
     qsort(seg, (size_t)n, sizeof *seg, seg_cmp);
     first[0] = 0;
-    for (int i = 0; i < n; i++)
-        first[i + 1] = first[i] + (L->tile && seg[i].len >= 2 * L->tile ? seg[i].len / L->tile
-                                                                         : 1);
+    for (int i = 0; i < n; i++) {
+        size_t kept = seg[i].split ? seg[i].split : seg[i].len; /* the rows that set the tiles */
+        first[i + 1] = first[i] + (L->tile && kept >= 2 * L->tile ? kept / L->tile : 1);
+    }
     const int blas_threads = moe_blas_threads();
     int nt = blas_threads > MOE_MAX_THREADS ? MOE_MAX_THREADS : blas_threads;
     if (nt < 1)
@@ -507,6 +384,7 @@ int moe_layer_set_gemm(moe_layer *L, int backend)
     int rc = backend == MOE_GEMM_OPENBLAS ? MOE_OK : moe_gemm_pack_alloc(E, D, FW, D, &L->p1);
     if (!rc && L->p1 && (rc = moe_gemm_pack_alloc(E, F, D, FW, &L->p2)))
         moe_gemm_pack_free(L->p1), L->p1 = NULL;
+    moe_layer_set_tile_rows(L, L->p1 ? MOE_TILE_XSMM : 0);
     return rc;
 }
 
@@ -568,14 +446,14 @@ static void *copy_run(void *arg)
         for (size_t i = j->e0; i < j->e1; i++) {
             const moe_entry *en = &j->en[i];
             float *h = j->L->xin + ((size_t)en->expert * j->C + (size_t)en->slot) * D;
-            axpy_f((float)en->dispatch_w, j->x + (size_t)en->token * D, h, D);
+            moe_act_axpy((float)en->dispatch_w, j->x + (size_t)en->token * D, h, D);
         }
         return NULL;
     }
     memset(j->y + j->t0 * D, 0, (j->t1 - j->t0) * D * sizeof(float));
     for (size_t i = j->e0; i < j->e1; i++) {
         const moe_entry *en = &j->en[i];
-        axpy_f((float)en->combine_w,
+        moe_act_axpy((float)en->combine_w,
                j->L->out + ((size_t)en->expert * j->C + (size_t)en->slot) * D,
                j->y + (size_t)en->token * D, D);
     }
@@ -925,12 +803,12 @@ int moe_layer_dense_mixture(moe_layer *L, const moe_experts *w, const float *x, 
             memcpy(L->xin + i * D, x + t * D, D * sizeof *x);
         }
         for (size_t e = 0; e < E; e++) {
-            rc = ffn_rows_par(L, w, (int)e, L->xin, nc, L->hid, L->out, 1);
+            rc = ffn_rows_par(L, w, (int)e, L->xin, nc, 0, L->hid, L->out, 1);
             if (rc)
                 return rc;
             for (size_t i = 0; i < nc; i++) {
                 size_t t = rows ? (size_t)rows[c0 + i] : c0 + i;
-                axpy_f((float)p[t * E + e], L->out + i * D, y + (c0 + i) * D, D);
+                moe_act_axpy((float)p[t * E + e], L->out + i * D, y + (c0 + i) * D, D);
             }
         }
         if ((rc = shared_forward(L, w, L->xin, nc, y + c0 * D, NULL)))

@@ -61,10 +61,11 @@ void moe_layer_set_pad_to_capacity(moe_layer *L, int on);
 
 /* Rows per tile of the expert phase: an expert with at least 2 R rows runs them as GEMM pairs
  * of R rows each, the last one taking the rest (R..2R-1 rows), R = `rows` rounded up to a
- * multiple of 192; 0 (the default): one GEMM pair per expert. Ignored (R = 0) when R*d*f is
- * below 2^24, near OpenBLAS's small-matrix kernels. Tile boundaries on multiples of 192 rows
- * keep every row in the GEMM kernel it meets untiled: y is the same bit for bit (tested with
- * OpenBLAS's Haswell and Cooperlake kernels). */
+ * multiple of 192; 0: one GEMM pair per expert. Ignored (R = 0) when R*d*f is below 2^24, near
+ * OpenBLAS's small-matrix kernels. Tile boundaries on multiples of 192 rows keep every row in
+ * the GEMM kernel it meets untiled: y is the same bit for bit (tested with OpenBLAS's Haswell
+ * and Cooperlake kernels, and libxsmm). The default, set by moe_layer_set_gemm: 768 with
+ * libxsmm (a tile's hidden rows stay in cache between the two GEMMs), 0 with OpenBLAS. */
 void moe_layer_set_tile_rows(moe_layer *L, size_t rows);
 /* The rows per tile in effect (0: untiled). */
 size_t moe_layer_tile_rows(const moe_layer *L);
@@ -74,7 +75,8 @@ size_t moe_layer_tile_rows(const moe_layer *L);
  * packed once (the layer's memory grows by the size of w1 and w2); MOE_GEMM_OPENBLAS runs
  * OpenBLAS sgemm, which packs the weights on every call. The two round differently (y differs
  * in its last bits, docs/layer.md); each keeps y independent of threads, tiles and padding.
- * Fails (the layer keeps OpenBLAS) when libxsmm is missing or out of memory. */
+ * Sets the backend's default tile rows (moe_layer_set_tile_rows). Fails (the layer keeps
+ * OpenBLAS) when libxsmm is missing or out of memory. */
 int moe_layer_set_gemm(moe_layer *L, int backend);
 int moe_layer_gemm(const moe_layer *L);
 /* With libxsmm the layer packs the expert weights when forward or the dense mixture first

@@ -178,23 +178,25 @@ size_t moe_gemm_pack_bytes(const moe_gemm_pack *p)
     return p ? sizeof *p + p->E * p->K * p->N * sizeof *p->w : 0;
 }
 
-int moe_gemm_pack_run(const moe_gemm_pack *p, size_t e, size_t rows, const float *a,
-                      size_t lda, float *c, size_t ldc, size_t b0, size_t b1)
+int moe_gemm_pack_run(const moe_gemm_pack *p, size_t e, size_t rows, size_t split,
+                      const float *a, size_t lda, float *c, size_t ldc, size_t b0, size_t b1)
 {
     if (lda != p->lda || ldc != p->N || e >= p->E || b1 > p->nb)
         return moe_fail(MOE_EINVAL, NULL, "packed GEMM called with lda %zu, ldc %zu, expert "
                         "%zu, blocks to %zu; its kernels have lda %zu, ldc %zu, %zu experts, "
                         "%zu blocks (expert GEMMs)", lda, ldc, e, b1, p->lda, p->N, p->E, p->nb);
     const float *w = p->w + e * p->K * p->N;
+    size_t sp = split > 0 && split < rows ? split : rows;
     for (size_t b = b0; b < b1; b++) {
         int last = b + 1 == p->nb;
         const float *blk = w + b * MOE_GEMM_BN * p->K;
         float *cb = c + b * MOE_GEMM_BN;
-        size_t r = 0;
-        for (; r + MOE_GEMM_BR <= rows; r += MOE_GEMM_BR)
-            p->kern[last][MOE_GEMM_BR - 1](blk, a + r * lda, cb + r * ldc);
-        if (r < rows)
-            p->kern[last][rows - r - 1](blk, a + r * lda, cb + r * ldc);
+        /* rows [0, split), then [split, rows), each in blocks of MOE_GEMM_BR from its start */
+        for (size_t s0 = 0, s1 = sp; s0 < rows; s0 = s1, s1 = rows)
+            for (size_t r = s0; r < s1; r += MOE_GEMM_BR) {
+                size_t nr = s1 - r < MOE_GEMM_BR ? s1 - r : MOE_GEMM_BR;
+                p->kern[last][nr - 1](blk, a + r * lda, cb + r * ldc);
+            }
     }
     return MOE_OK;
 }
@@ -205,14 +207,15 @@ typedef struct {
     const moe_gemm_pack *p;
     const float *a, *w;
     float *c;
-    size_t e, rows, lda, ldc, b0, b1;
+    size_t e, rows, split, lda, ldc, b0, b1;
     int rc;
 } pack_job;
 
 static void *pack_run_job(void *arg)
 {
     pack_job *j = arg;
-    j->rc = moe_gemm_pack_run(j->p, j->e, j->rows, j->a, j->lda, j->c, j->ldc, j->b0, j->b1);
+    j->rc = moe_gemm_pack_run(j->p, j->e, j->rows, j->split, j->a, j->lda, j->c, j->ldc, j->b0,
+                              j->b1);
     return NULL;
 }
 
@@ -234,17 +237,24 @@ static int job_threads(int nt, size_t parts)
     return nt > MOE_MAX_THREADS ? MOE_MAX_THREADS : nt;
 }
 
-int moe_gemm_expert(const moe_gemm_pack *p, const float *w, size_t e, size_t rows, size_t K,
-                    size_t N, const float *a, size_t lda, float *c, size_t ldc, int nt,
+int moe_gemm_expert(const moe_gemm_pack *p, const float *w, size_t e, size_t rows, size_t split,
+                    size_t K, size_t N, const float *a, size_t lda, float *c, size_t ldc, int nt,
                     const char *where)
 {
-    if (!p)
-        return moe_gemm_sgemm(0, rows, N, K, a, lda, w + e * K * N, N, 0.0f, c, ldc, where);
+    if (!p) {
+        size_t s = split > 0 && split < rows ? split : rows;
+        int rc = moe_gemm_sgemm(0, s, N, K, a, lda, w + e * K * N, N, 0.0f, c, ldc, where);
+        if (!rc && s < rows)
+            rc = moe_gemm_sgemm(0, rows - s, N, K, a + s * lda, lda, w + e * K * N, N, 0.0f,
+                                c + s * ldc, ldc, where);
+        return rc;
+    }
     nt = job_threads(nt, p->nb);
     pack_job jobs[MOE_MAX_THREADS];
     for (int i = 0; i < nt; i++)
-        jobs[i] = (pack_job){p, a, NULL, c, e, rows, lda, ldc, p->nb * (size_t)i / (size_t)nt,
-                             p->nb * (size_t)(i + 1) / (size_t)nt, MOE_OK};
+        jobs[i] = (pack_job){p, a, NULL, c, e, rows, split, lda, ldc,
+                             p->nb * (size_t)i / (size_t)nt, p->nb * (size_t)(i + 1) / (size_t)nt,
+                             MOE_OK};
     moe_gemm_run_jobs(pack_run_job, jobs, sizeof *jobs, nt);
     for (int i = 0; i < nt; i++)
         if (jobs[i].rc)
@@ -259,7 +269,7 @@ void moe_gemm_pack_sync(moe_gemm_pack *p, const float *w, const float **src, int
     nt = job_threads(nt, p->E);
     pack_job jobs[MOE_MAX_THREADS];
     for (int i = 0; i < nt; i++)
-        jobs[i] = (pack_job){p, NULL, w, NULL, 0, 0, 0, 0, p->E * (size_t)i / (size_t)nt,
+        jobs[i] = (pack_job){p, NULL, w, NULL, 0, 0, 0, 0, 0, p->E * (size_t)i / (size_t)nt,
                              p->E * (size_t)(i + 1) / (size_t)nt, MOE_OK};
     moe_gemm_run_jobs(pack_fill_job, jobs, sizeof *jobs, nt);
     *src = w;

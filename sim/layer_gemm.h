@@ -42,18 +42,22 @@ void moe_gemm_pack_fill(moe_gemm_pack *p, const float *w, long e);
 size_t moe_gemm_pack_blocks(const moe_gemm_pack *p);
 size_t moe_gemm_pack_bytes(const moe_gemm_pack *p);
 /* c (rows,N) = a (rows,K) W_e on the column blocks [b0, b1), row-major with leading dims
- * lda and ldc, which must be the pack's lda and N (c's other columns untouched). */
-int moe_gemm_pack_run(const moe_gemm_pack *p, size_t e, size_t rows, const float *a,
-                      size_t lda, float *c, size_t ldc, size_t b0, size_t b1);
+ * lda and ldc, which must be the pack's lda and N (c's other columns untouched). With
+ * 0 < split < rows, rows [0, split) and [split, rows) run as two calls would (each in blocks of
+ * MOE_GEMM_BR from its own first row, so the same bits), but each column block of W_e is read
+ * once for both: a padded expert's kept and zero rows. split = 0: one call. */
+int moe_gemm_pack_run(const moe_gemm_pack *p, size_t e, size_t rows, size_t split,
+                      const float *a, size_t lda, float *c, size_t ldc, size_t b0, size_t b1);
 
 /* Packs w (E,K,N) into p on nt threads unless *src == w already, then sets *src = w: the
  * pack follows the weights' address, not their values (the layer's contract: see
  * moe_layer_repack in layer.h). Nothing when p is NULL. */
 void moe_gemm_pack_sync(moe_gemm_pack *p, const float *w, const float **src, int nt);
 /* c (rows,N) = a (rows,K) W_e for expert e of w (E,K,N): OpenBLAS when p is NULL, else the
- * packed kernels of p (packed from w) with the column blocks split over nt threads. */
-int moe_gemm_expert(const moe_gemm_pack *p, const float *w, size_t e, size_t rows, size_t K,
-                    size_t N, const float *a, size_t lda, float *c, size_t ldc, int nt,
+ * packed kernels of p (packed from w) with the column blocks split over nt threads; split as
+ * in moe_gemm_pack_run (OpenBLAS: two sgemm calls). */
+int moe_gemm_expert(const moe_gemm_pack *p, const float *w, size_t e, size_t rows, size_t split,
+                    size_t K, size_t N, const float *a, size_t lda, float *c, size_t ldc, int nt,
                     const char *where);
 
 /* c (m,n) = op(a) b + beta c on row-major blocks with leading dimensions lda, ldb, ldc;

@@ -597,7 +597,9 @@ static void test_pad_tiles(gsl_rng *r)
  * thread), itself checked against the naive reference. Experts of 1700, 1100, 700 and 100 rows
  * (tokens in blocks, k = 1) at D = 128, F = 512: a request of 300 rows rounds up to 384 (a
  * multiple of 192), so the first two experts run as 384 x 3 + 548 and 384 + 716 rows, the
- * others untiled (fewer than 2 tiles); 500 rounds to 576: 576 + 1124, the rest untiled. Tile
+ * others untiled (fewer than 2 tiles); 500 rounds to 576: 576 + 1124, the rest untiled; 768
+ * (libxsmm's default): 768 + 932, the rest untiled. Padded with libxsmm, the zero rows join the
+ * last tile of each expert after a split (layer.c), which must not move the kept rows. Tile
  * boundaries on multiples of 192 rows keep every row in the OpenBLAS kernel it meets untiled
  * (layer.h), so y must equal y0 bit for bit for GELU and SwiGLU, 1 and 2 threads, padded or
  * not; with OpenBLAS and with libxsmm (rows in blocks of 16 from each call's first row, and
@@ -634,6 +636,10 @@ static void test_tile_bits(gsl_rng *r)
         }
         moe_layer *L = moe_layer_alloc(N, E, C, D, F, acts[a]);
         CHECK_INT(moe_layer_set_gemm(L, g ? MOE_GEMM_LIBXSMM : MOE_GEMM_OPENBLAS), MOE_OK);
+        /* layer.h: the backend's default, 768 rows with libxsmm (768*128*512 >= 2^24), 0 with
+         * OpenBLAS; 768 is also among the requests run below */
+        CHECK(moe_layer_tile_rows(L) == (g ? 768u : 0u), "%s: default tile %zu rows",
+              moe_gemm_backend_name(g), moe_layer_tile_rows(L));
         moe_layer_set_tile_rows(L, 100);
         CHECK(moe_layer_tile_rows(L) == 0, "tile 100 at D*F = %d: %zu rows in effect, want 0",
               D * F, moe_layer_tile_rows(L));
@@ -648,10 +654,10 @@ static void test_tile_bits(gsl_rng *r)
         CHECK_INT(moe_layer_forward(L, &ow.w, p, x, y0, NULL), MOE_OK);
         compare(a ? "untiled swiglu vs naive (tile test)" : "untiled gelu vs naive (tile test)",
                 y0, yr, len);
-        const size_t tiles[2] = {300, 500};
+        const size_t tiles[3] = {300, 500, 768};
         for (int th = 1; th <= 2; th++)
             for (int pad = 0; pad < 2; pad++)
-                for (int i = 0; i < 2; i++) {
+                for (int i = 0; i < 3; i++) {
                     forward_with(L, &ow.w, p, x, y, len, th, tiles[i], pad);
                     size_t bad = 0;
                     for (size_t j = 0; j < len; j++)
