@@ -58,13 +58,20 @@
  * the token-by-token solve's, which broke ties by its own history.
  */
 #include "moe.h"
+#include "huge.h"
+#include "par.h"
 
 #include <math.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 
 #define BASE_LEVEL_RATIO 4 /* capacity ratio between consecutive levels */
 #define BASE_MAX_LEVELS 32  /* > 1 + log4(INT_MAX) */
 #define BASE_HEAP_D 32      /* heap arity: at C = 256 a heap has 3 levels (1 + 32 + 223) */
+#define BASE_GRAIN 65536L    /* logits per part in steps 1 and 2 */
+#define BASE_CREW_MIN_E 32  /* step 3 on two cores from this many experts ... */
+#define BASE_CREW_MIN_Q 16  /* ... and this many tokens to add */
 
 /* ---- workspace ---- */
 
@@ -89,6 +96,7 @@ typedef struct {
     int *pred;         /* (E) predecessor, -1 = the new token */
     unsigned char *done; /* (E) extracted */
     int32_t *mv_tok;   /* (E) tokens moved along the augmenting path */
+    int *mv_from;      /* (E) their experts before the move */
     int *mv_to;        /* (E) their new experts */
     long *fill;        /* (E) slot counter when writing the plan */
     int32_t *rank;     /* (T) position of each token in the level order i * a mod n */
@@ -117,6 +125,7 @@ static void base_free(moe_router *r)
     free(w->pred);
     free(w->done);
     free(w->mv_tok);
+    free(w->mv_from);
     free(w->mv_to);
     free(w->fill);
     free(w->rank);
@@ -144,16 +153,17 @@ static int base_alloc(moe_router *r)
     w->Cmax = (int)((n + E - 1) / E);
     w->zero = calloc(E, sizeof *w->zero);
     w->asg = malloc(T * sizeof *w->asg);
-    w->heap = malloc(E * E * (size_t)w->Cmax * sizeof *w->heap);
+    w->heap = moe_huge_alloc(E * E * (size_t)w->Cmax * sizeof *w->heap);
     w->hsize = malloc(E * E * sizeof *w->hsize);
     w->top = malloc(E * E * sizeof *w->top);
-    w->hpos = malloc(T * E * sizeof *w->hpos);
+    w->hpos = moe_huge_alloc(T * E * sizeof *w->hpos);
     w->load = malloc(E * sizeof *w->load);
     w->pi = malloc(E * sizeof *w->pi);
     w->d = malloc(E * sizeof *w->d);
     w->pred = malloc(E * sizeof *w->pred);
     w->done = malloc(E);
     w->mv_tok = malloc(E * sizeof *w->mv_tok);
+    w->mv_from = malloc(E * sizeof *w->mv_from);
     w->mv_to = malloc(E * sizeof *w->mv_to);
     w->fill = malloc(E * sizeof *w->fill);
     w->rank = malloc(n * sizeof *w->rank);
@@ -165,7 +175,8 @@ static int base_alloc(moe_router *r)
     w->itmp = malloc(T * sizeof *w->itmp);
     w->queue = malloc(T * sizeof *w->queue);
     if (!w->zero || !w->asg || !w->heap || !w->hsize || !w->top || !w->hpos || !w->load ||
-        !w->pi || !w->d || !w->pred || !w->done || !w->mv_tok || !w->mv_to || !w->fill ||
+        !w->pi || !w->d || !w->pred || !w->done || !w->mv_tok || !w->mv_from || !w->mv_to ||
+        !w->fill ||
         !w->rank || !w->bstart || !w->bucket || !w->margin || !w->mtmp || !w->idx ||
         !w->itmp || !w->queue) {
         base_free(r);
@@ -234,13 +245,11 @@ static void heap_down(base_ws *w, int E, int a, int b, int i)
     heap_set(w, E, h, b, i, x);
 }
 
-/* Token s joins expert a: into heaps (a,b) for every b != a. */
-static void token_insert(base_ws *w, int E, int32_t s, int a)
+/* Token s joins expert a: into heaps (a,b) for every b != a in [b0, b1). */
+static void token_insert(base_ws *w, int E, int32_t s, int a, int b0, int b1)
 {
     const double *ls = base_row(w, E, s);
-    w->asg[s] = a;
-    w->load[a]++;
-    for (int b = 0; b < E; b++) {
+    for (int b = b0; b < b1; b++) {
         if (b == a)
             continue;
         base_node *h = heap_of(w, E, a, b);
@@ -251,12 +260,10 @@ static void token_insert(base_ws *w, int E, int32_t s, int a)
     }
 }
 
-/* Token s leaves its expert a: out of heaps (a,b) for every b != a. */
-static void token_remove(base_ws *w, int E, int32_t s)
+/* Token s leaves expert a: out of heaps (a,b) for every b != a in [b0, b1). */
+static void token_remove(base_ws *w, int E, int32_t s, int a, int b0, int b1)
 {
-    const int a = w->asg[s];
-    w->load[a]--;
-    for (int b = 0; b < E; b++) {
+    for (int b = b0; b < b1; b++) {
         if (b == a)
             continue;
         base_node *h = heap_of(w, E, a, b);
@@ -269,7 +276,6 @@ static void token_remove(base_ws *w, int E, int32_t s)
         }
         w->top[(size_t)a * E + b] = last > 0 ? h[0].key : INFINITY;
     }
-    w->asg[s] = -1;
 }
 
 /* Heaps (a,b), b != a, from the tokens a holds (asg[s] == a) in bucket[lo..hi): filled, then
@@ -298,7 +304,10 @@ static void heaps_build(base_ws *w, int E, int a, long lo, long hi)
 
 /* ---- one augmentation: add token t along a shortest path ---- */
 
-static void augment(base_ws *w, int E, long C, int32_t t)
+/* The shortest augmenting path for token t: its moves (mv_tok, mv_from, mv_to: nmv of them,
+ * from the path's end back to its start), its first expert (*first) and the potential update;
+ * the tokens' experts and the loads change, the heaps do not (path_apply). */
+static int path_find(base_ws *w, int E, long C, int32_t t, int *first)
 {
     const double *lt = base_row(w, E, t);
     for (int e = 0; e < E; e++) {
@@ -331,29 +340,112 @@ static void augment(base_ws *w, int E, long C, int32_t t)
     int nmv = 0, v = f;
     while (w->pred[v] >= 0) {
         int u = w->pred[v];
-        w->mv_tok[nmv] = heap_of(w, E, u, v)[0].tok;
+        const int32_t s = heap_of(w, E, u, v)[0].tok;
+        w->mv_tok[nmv] = s;
+        w->mv_from[nmv] = u;
         w->mv_to[nmv++] = v;
+        w->asg[s] = v;
+        w->load[u]--;
+        w->load[v]++;
         v = u;
     }
-    const int first = v;
-    for (int i = 0; i < nmv; i++) {
-        token_remove(w, E, w->mv_tok[i]);
-        token_insert(w, E, w->mv_tok[i], w->mv_to[i]);
-    }
-    token_insert(w, E, t, first);
+    *first = v;
+    w->asg[t] = v;
+    w->load[v]++;
     /* potentials: pi[v] += d[v] - delta on the extracted experts (d[v] <= delta) */
     const double delta = w->d[f];
     for (int x = 0; x < E; x++)
         if (w->done[x])
             w->pi[x] += w->d[x] - delta;
+    return nmv;
+}
+
+/* The heap changes of a path found by path_find, on the heaps (a,b) with b in [b0, b1): each
+ * moved token leaves its old expert's heaps and joins its new one's, in path order, then t
+ * joins its first expert's. Heaps of different b are disjoint, so two ranges can run at once
+ * and every heap sees the same operations in the same order. */
+static void path_apply(base_ws *w, int E, int nmv, int32_t t, int first, int b0, int b1)
+{
+    for (int i = 0; i < nmv; i++) {
+        token_remove(w, E, w->mv_tok[i], w->mv_from[i], b0, b1);
+        token_insert(w, E, w->mv_tok[i], w->mv_to[i], b0, b1);
+    }
+    token_insert(w, E, t, first, b0, b1);
+}
+
+/* Step 3 on two cores: part 0 finds the paths and applies the heaps of b < split, part 1 (a
+ * helper waiting between paths) those of b >= split. The handshake is two counters: part 0
+ * raises go once the path is ready, part 1 sets done to it when its heaps are updated. */
+typedef struct {
+    base_ws *w;
+    int E, split, nq, nmv, first;
+    long C;
+    int32_t t;
+    atomic_int go, done, alive, quit;
+} base_crew;
+
+/* Waits until *x differs from old (or *stop is set, when stop is given); spins, then yields. */
+static int crew_wait(atomic_int *x, int old, atomic_int *stop)
+{
+    int v, spins = 0;
+    while ((v = atomic_load(x)) == old && !(stop && atomic_load(stop)))
+        if (++spins > 256)
+            sched_yield();
+    return v;
+}
+
+static void crew_part(void *ctx, int part, int np)
+{
+    base_crew *c = ctx;
+    base_ws *w = c->w;
+    (void)np;
+    if (part == 1) { /* the helper: one range of heaps per path, until part 0 ends */
+        atomic_store(&c->alive, 1);
+        for (int seen = 0;;) {
+            seen = crew_wait(&c->go, seen, &c->quit);
+            if (atomic_load(&c->quit) && atomic_load(&c->go) == atomic_load(&c->done))
+                return;
+            path_apply(w, c->E, c->nmv, c->t, c->first, c->split, c->E);
+            atomic_store(&c->done, seen);
+        }
+    }
+    int epoch = 0;
+    for (int i = 0; i < c->nq; i++) {
+        int first;
+        const int32_t t = w->queue[i];
+        const int nmv = path_find(w, c->E, c->C, t, &first);
+        const int both = atomic_load(&c->alive); /* else part 1 has not started: all here */
+        if (both) {
+            c->nmv = nmv;
+            c->t = t;
+            c->first = first;
+            atomic_store(&c->go, ++epoch);
+        }
+        path_apply(w, c->E, nmv, t, first, 0, both ? c->split : c->E);
+        if (both)
+            crew_wait(&c->done, epoch - 1, NULL);
+    }
+    atomic_store(&c->quit, 1);
+}
+
+/* Step 3: the nq tokens of queue added one at a time, in order. */
+static void augment_all(base_ws *w, int E, long C, int nq)
+{
+    base_crew c = {.w = w, .E = E, .split = E / 2, .nq = nq, .C = C};
+    atomic_init(&c.go, 0);
+    atomic_init(&c.done, 0);
+    atomic_init(&c.alive, 0);
+    atomic_init(&c.quit, 0);
+    /* two parts where a path's 2(E-1) heap updates per move outweigh the handshake */
+    const int np = E >= BASE_CREW_MIN_E && nq >= BASE_CREW_MIN_Q ? moe_par_parts(2, 1) : 1;
+    moe_par_run(crew_part, &c, np);
 }
 
 /* ---- one level: the tokens with rank < nl, from the current potentials ---- */
 
-/* Token s goes to its best expert under L + pi: among exactly tied best experts the lowest
- * one with room (count < C), else the lowest. Its margin over the second best value (0 when
- * tied, +inf when E = 1) goes to margin[s]. */
-static void best_expert(base_ws *w, int E, long C, const long *count, int32_t s)
+/* Token s's best expert under L + pi (the lowest of exactly tied best ones) to asg[s], its
+ * margin over the second best value (0 when tied, +inf when E = 1) to margin[s]. */
+static void best_expert(base_ws *w, int E, int32_t s)
 {
     const double *ls = base_row(w, E, s);
     int best = 0;
@@ -368,14 +460,55 @@ static void best_expert(base_ws *w, int E, long C, const long *count, int32_t s)
             v2 = v;
         }
     }
-    if (v2 == v1 && count[best] >= C)
-        for (int e = best + 1; e < E; e++)
-            if (ls[e] + w->pi[e] == v1 && count[e] < C) {
-                best = e;
-                break;
-            }
     w->asg[s] = best;
     w->margin[s] = v1 - v2;
+}
+
+typedef struct {
+    base_ws *w;
+    int E, nl, nt; /* nt: tokens and dummies, n + nd */
+    long C;
+} base_level_job;
+
+/* Step 1 on a range of tokens: the best experts of the level's tokens, -1 for the others. */
+static void step1_part(void *ctx, int i, int np)
+{
+    const base_level_job *j = ctx;
+    base_ws *w = j->w;
+    long lo, hi;
+    moe_par_range(j->nt, i, np, &lo, &hi);
+    for (int32_t t = (int32_t)lo; t < hi; t++) {
+        if (t < w->n && w->rank[t] >= j->nl)
+            w->asg[t] = -1;
+        else
+            best_expert(w, j->E, t);
+    }
+}
+
+/* Step 2 for the experts whose bucket starts in part i's share of the level's tokens: an
+ * over-full expert keeps its C largest margins (its bucket's stretch of the scratch arrays),
+ * then its heaps. Experts own disjoint buckets, heaps and token positions. */
+static void step2_part(void *ctx, int i, int np)
+{
+    const base_level_job *j = ctx;
+    base_ws *w = j->w;
+    const int E = j->E;
+    const long C = j->C, total = w->bstart[E];
+    for (int a = 0; a < E; a++) {
+        const long lo = w->bstart[a], hi = w->bstart[a + 1], cnt = hi - lo;
+        const long owner = total > 0 ? lo * np / total : 0;
+        if ((owner < np ? owner : np - 1) != i)
+            continue;
+        if (cnt > C) {
+            for (long q = 0; q < cnt; q++)
+                w->mtmp[lo + q] = w->margin[w->bucket[lo + q]];
+            moe_argsort_desc(w->mtmp + lo, (int)cnt, w->idx + lo, w->itmp + lo);
+            for (long q = C; q < cnt; q++)
+                w->asg[w->bucket[lo + w->idx[lo + q]]] = -1;
+        }
+        w->load[a] = cnt > C ? C : cnt;
+        heaps_build(w, E, a, lo, hi);
+    }
 }
 
 /* Steps 1-3 for the nl tokens of rank < nl (plus C*E - nl dummies), from pi; leaves every
@@ -385,16 +518,27 @@ static void solve_level(base_ws *w, int E, int nl)
     const int n = w->n;
     const long C = ((long)nl + E - 1) / E;
     const int32_t nd = (int32_t)(C * E - nl); /* dummies n .. n+nd-1 */
-    /* step 1: best experts; bucket the tokens by expert in token order */
+    base_level_job job = {w, E, nl, n + nd, C};
+    /* step 1: best experts (on the threads); exact ties for the best go, in token order, to
+     * the lowest tied expert with room (count < C), else the lowest; bucket the tokens by
+     * expert in token order */
+    moe_par_run(step1_part, &job, moe_par_parts((long)(n + nd) * E, BASE_GRAIN));
     for (int e = 0; e <= E; e++)
         w->bstart[e] = 0;
+    long *count = w->bstart + 1;
     for (int32_t t = 0; t < n + nd; t++) {
-        if (t < n && w->rank[t] >= nl) {
-            w->asg[t] = -1;
+        int best = w->asg[t];
+        if (best < 0)
             continue;
+        if (w->margin[t] == 0.0 && count[best] >= C) { /* margin 0: the best is tied */
+            const double *ls = base_row(w, E, t), v1 = ls[best] + w->pi[best];
+            for (int e = best + 1; e < E; e++)
+                if (ls[e] + w->pi[e] == v1 && count[e] < C) {
+                    w->asg[t] = best = e;
+                    break;
+                }
         }
-        best_expert(w, E, C, w->bstart + 1, t);
-        w->bstart[w->asg[t] + 1]++;
+        count[best]++;
     }
     for (int e = 0; e < E; e++)
         w->bstart[e + 1] += w->bstart[e];
@@ -403,26 +547,14 @@ static void solve_level(base_ws *w, int E, int nl)
     for (int32_t t = 0; t < n + nd; t++)
         if (w->asg[t] >= 0)
             w->bucket[w->fill[w->asg[t]]++] = t;
-    /* step 2: an over-full expert keeps the C largest margins; build the heaps */
-    for (int a = 0; a < E; a++) {
-        const long lo = w->bstart[a], hi = w->bstart[a + 1], cnt = hi - lo;
-        if (cnt > C) {
-            for (long j = 0; j < cnt; j++)
-                w->mtmp[j] = w->margin[w->bucket[lo + j]];
-            moe_argsort_desc(w->mtmp, (int)cnt, w->idx, w->itmp);
-            for (long j = C; j < cnt; j++)
-                w->asg[w->bucket[lo + w->idx[j]]] = -1;
-        }
-        w->load[a] = cnt > C ? C : cnt;
-        heaps_build(w, E, a, lo, hi);
-    }
+    /* step 2 (on the threads): an over-full expert keeps the C largest margins; the heaps */
+    moe_par_run(step2_part, &job, moe_par_parts((long)nl * E, BASE_GRAIN));
     /* step 3: the left-out tokens, in token order */
     int nq = 0;
     for (int32_t t = 0; t < n + nd; t++)
         if ((t >= n || w->rank[t] < nl) && w->asg[t] < 0)
             w->queue[nq++] = t;
-    for (int i = 0; i < nq; i++)
-        augment(w, E, C, w->queue[i]);
+    augment_all(w, E, C, nq);
 }
 
 /* ---- routing ---- */

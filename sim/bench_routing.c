@@ -60,7 +60,7 @@ typedef struct {
 static const br_case br_cases[] = {
     {"switch", 1, 1},   {"topk", 1, 1},     {"topk", 2, 1},     {"topk", 8, 1},
     {"gshard", 2, 1},   {"expert_choice", 1, 1}, {"hash", 0, 1}, {"dsv3_bias", 0, 1},
-    {"sinkhorn", 0, 1}, {"soft_moe", 0, 1}, {"base", 0, 0},     {"dense", 0, 1},
+    {"sinkhorn", 0, 1}, {"soft_moe", 0, 1}, {"base", 0, 1},     {"dense", 0, 1},
     {"topp", 0, 1},     {"relu", 0, 1},
 };
 enum { BR_NCASES = sizeof br_cases / sizeof br_cases[0] };

@@ -41,6 +41,8 @@ except ImportError as exc:  # the caller reports the comparison as skipped
 
 SINKHORN_TOL = 1e-9  # moesim's sinkhorn_tol default
 TOP_P = 0.5  # moesim's top_p default
+BASE_EPS = 1e-3  # base's final epsilon is BASE_EPS / (n * E)
+BASE_THETA = 8.0  # base's epsilon scaling factor
 
 
 def capacity(k, n, E, num, den):
@@ -245,10 +247,74 @@ def route_soft_moe(L, k, num, den, u):
     return (tok, ex, torch.zeros_like(tok), W.reshape(-1)), 0.0
 
 
+def base_auction(Lp, C, eps, eps_final, theta):
+    """Forward auction of the N = E * C rows of Lp (N,E) for E experts of C identical slots
+    each ("similar objects"), Jacobi style: every unassigned row bids at once for its best
+    expert under Lp - price, price + best - second best + eps. An expert keeps the C highest
+    bids it has received, sorted in a row of (E, C); while full, its price is the lowest of
+    them (the row's last). Epsilon scaling from eps down to eps_final by theta; each phase
+    starts from the prices of the one before with every row unassigned. Returns the expert of
+    every row (N)."""
+    N, E = Lp.shape
+    price = Lp.new_zeros(E)
+    ninf = float("-inf")
+    while True:
+        held_bid = torch.full((E, C), ninf, dtype=Lp.dtype)  # descending per row
+        held_tok = torch.full((E, C), -1, dtype=torch.long)
+        U = torch.arange(N)
+        while U.numel():
+            v, j = torch.topk(Lp[U] - price, 2, 1)
+            j = j[:, 0]
+            b = price[j] + (v[:, 0] - v[:, 1]) + eps
+            # the experts bid for: their held bids and the new ones, sorted by bid
+            order = torch.sort(j, stable=True).indices
+            j, b, U = j[order], b[order], U[order]
+            ex, cnt = torch.unique_consecutive(j, return_counts=True)
+            K = int(cnt.max())
+            col = torch.arange(j.numel()) - torch.repeat_interleave(torch.cumsum(cnt, 0) - cnt,
+                                                                    cnt)
+            row = torch.repeat_interleave(torch.arange(ex.numel()), cnt)
+            nb = torch.full((ex.numel(), K), ninf, dtype=Lp.dtype)
+            nt = torch.full((ex.numel(), K), -1, dtype=torch.long)
+            nb[row, col] = b
+            nt[row, col] = U
+            allb = torch.cat([held_bid[ex], nb], 1)
+            allt = torch.cat([held_tok[ex], nt], 1)
+            allb, o = torch.sort(allb, dim=1, descending=True, stable=True)
+            allt = allt.gather(1, o)
+            held_bid[ex] = allb[:, :C]
+            held_tok[ex] = allt[:, :C]
+            out = allt[:, C:].reshape(-1)
+            U = out[out >= 0]
+            last = allb[:, C - 1]
+            price[ex] = torch.where(last > ninf, last, price[ex])
+        if eps <= eps_final:
+            asg = torch.empty(N, dtype=torch.long)
+            asg[held_tok.reshape(-1)] = torch.arange(E).repeat_interleave(C)
+            return asg
+        eps = max(eps / theta, eps_final)
+
+
+def route_base(L, k, num, den, u):
+    n, E = L.shape
+    C = -(-n // E)
+    D = C * E - n  # dummy rows of zeros take the free slots: every expert ends with C
+    Lp = torch.cat([L, L.new_zeros(D, E)]) if D else L
+    eps0 = max(float(L.max() - L.min()) / 50.0, 1e-300)
+    e = base_auction(Lp, C, eps0, BASE_EPS / (n * E), BASE_THETA)[:n] if E > 1 else \
+        torch.zeros(n, dtype=torch.long)
+    g = torch.sigmoid(L.gather(1, e.unsqueeze(1))).squeeze(1)
+    slot, assigned = slots_choice_major(e, E)
+    tok = torch.arange(n)
+    metrics(L, n, E, tok, e, assigned, torch.bincount(e, g, minlength=E))
+    return (tok, e, slot, g), 0.0
+
+
 ROUTERS = {"switch": route_switch, "topk": route_topk, "gshard": route_gshard,
            "expert_choice": route_expert_choice, "hash": route_hash,
            "dsv3_bias": route_dsv3_bias, "sinkhorn": route_sinkhorn, "topp": route_topp,
-           "relu": route_relu, "dense": route_dense, "soft_moe": route_soft_moe}
+           "relu": route_relu, "dense": route_dense, "soft_moe": route_soft_moe,
+           "base": route_base}
 
 
 def parse_cases(text):
