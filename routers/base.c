@@ -65,10 +65,12 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define BASE_LEVEL_RATIO 4 /* capacity ratio between consecutive levels */
 #define BASE_MAX_LEVELS 32  /* > 1 + log4(INT_MAX) */
 #define BASE_HEAP_D 32      /* heap arity: at C = 256 a heap has 3 levels (1 + 32 + 223) */
+#define BASE_FILL_BLOCK 64  /* tokens per block when the heaps are filled */
 #define BASE_GRAIN 65536L    /* logits per part in steps 1 and 2 */
 #define BASE_CREW_MIN_E 32  /* step 3 on two cores from this many experts ... */
 #define BASE_CREW_MIN_Q 16  /* ... and this many tokens to add */
@@ -106,6 +108,7 @@ typedef struct {
     double *mtmp;      /* (T+E) margins of one bucket, for the sort */
     int *idx, *itmp;   /* (T+E) argsort order and scratch */
     int32_t *queue;    /* (T+E) tokens left out in step 2 */
+    int32_t *tab;      /* (MOE_PAR_MAX,Cmax,E) heap positions of one expert's tokens, per part */
 } base_ws;
 
 static void base_free(moe_router *r)
@@ -136,6 +139,7 @@ static void base_free(moe_router *r)
     free(w->idx);
     free(w->itmp);
     free(w->queue);
+    free(w->tab);
     free(w);
     r->ws = NULL;
 }
@@ -174,11 +178,12 @@ static int base_alloc(moe_router *r)
     w->idx = malloc(T * sizeof *w->idx);
     w->itmp = malloc(T * sizeof *w->itmp);
     w->queue = malloc(T * sizeof *w->queue);
+    w->tab = moe_huge_alloc((size_t)MOE_PAR_MAX * w->Cmax * E * sizeof *w->tab);
     if (!w->zero || !w->asg || !w->heap || !w->hsize || !w->top || !w->hpos || !w->load ||
         !w->pi || !w->d || !w->pred || !w->done || !w->mv_tok || !w->mv_from || !w->mv_to ||
         !w->fill ||
         !w->rank || !w->bstart || !w->bucket || !w->margin || !w->mtmp || !w->idx ||
-        !w->itmp || !w->queue) {
+        !w->itmp || !w->queue || !w->tab) {
         base_free(r);
         return moe_fail(MOE_ENOMEM, "use fewer tokens per routing group",
                         "out of memory (base workspace for %d tokens x %d experts)", r->n_max,
@@ -224,10 +229,11 @@ static void heap_up(base_ws *w, int E, int a, int b, int i)
     heap_set(w, E, h, b, i, x);
 }
 
-static void heap_down(base_ws *w, int E, int a, int b, int i)
+/* Sift h[i] down in the heap h of sz nodes; when pos is given, pos[tok * stride] follows
+ * every node that moves (its position). */
+static void heap_sift(base_node *h, int sz, int i, int32_t *pos, int stride)
 {
-    base_node *h = heap_of(w, E, a, b), x = h[i];
-    const int sz = w->hsize[(size_t)a * E + b];
+    const base_node x = h[i];
     for (;;) {
         const int c0 = BASE_HEAP_D * i + 1;
         if (c0 >= sz)
@@ -239,10 +245,19 @@ static void heap_down(base_ws *w, int E, int a, int b, int i)
                 c = j;
         if (!node_less(h[c], x))
             break;
-        heap_set(w, E, h, b, i, h[c]);
+        h[i] = h[c];
+        if (pos)
+            pos[(size_t)h[i].tok * stride] = i;
         i = c;
     }
-    heap_set(w, E, h, b, i, x);
+    h[i] = x;
+    if (pos)
+        pos[(size_t)x.tok * stride] = i;
+}
+
+static void heap_down(base_ws *w, int E, int a, int b, int i)
+{
+    heap_sift(heap_of(w, E, a, b), w->hsize[(size_t)a * E + b], i, w->hpos + b, E);
 }
 
 /* Token s joins expert a: into heaps (a,b) for every b != a in [b0, b1). */
@@ -278,27 +293,39 @@ static void token_remove(base_ws *w, int E, int32_t s, int a, int b0, int b1)
     }
 }
 
-/* Heaps (a,b), b != a, from the tokens a holds (asg[s] == a) in bucket[lo..hi): filled, then
- * heapified bottom-up. */
-static void heaps_build(base_ws *w, int E, int a, long lo, long hi)
+/* Heaps (a,b), b != a, from the cnt tokens keep[0..cnt) a holds (in token order): filled
+ * row by row with their local indices for tokens (which order them as the tokens do), heapified
+ * bottom-up, then given the tokens back; the positions go through tab (cnt, E) and are copied
+ * to hpos row by row (scattered writes stay within tab). */
+static void heaps_build(base_ws *w, int E, int a, const int *keep, int cnt, int32_t *tab)
 {
+    for (int j0 = 0; j0 < cnt; j0 += BASE_FILL_BLOCK) { /* the block's rows stay in cache */
+        const int j1 = j0 + BASE_FILL_BLOCK < cnt ? j0 + BASE_FILL_BLOCK : cnt;
+        for (int b = 0; b < E; b++) {
+            base_node *h = heap_of(w, E, a, b);
+            for (int j = j0; j < j1 && b != a; j++) {
+                const double *ls = base_row(w, E, keep[j]);
+                h[j] = (base_node){ls[a] - ls[b], j};
+            }
+        }
+    }
     for (int b = 0; b < E; b++) {
         if (b == a)
             continue;
         base_node *h = heap_of(w, E, a, b);
-        int sz = 0;
-        for (long j = lo; j < hi; j++) {
-            const int32_t s = w->bucket[j];
-            if (w->asg[s] != a)
-                continue;
-            const double *ls = base_row(w, E, s);
-            heap_set(w, E, h, b, sz++, (base_node){ls[a] - ls[b], s});
+        w->hsize[(size_t)a * E + b] = cnt;
+        if (cnt > 1)
+            for (int i = (cnt - 2) / BASE_HEAP_D; i >= 0; i--) /* from the last parent */
+                heap_sift(h, cnt, i, NULL, 0);
+        for (int i = 0; i < cnt; i++) {
+            tab[(size_t)h[i].tok * E + b] = i;
+            h[i].tok = keep[h[i].tok];
         }
-        w->hsize[(size_t)a * E + b] = sz;
-        if (sz > 1)
-            for (int i = (sz - 2) / BASE_HEAP_D; i >= 0; i--) /* from the last parent */
-                heap_down(w, E, a, b, i);
-        w->top[(size_t)a * E + b] = sz > 0 ? h[0].key : INFINITY;
+        w->top[(size_t)a * E + b] = cnt > 0 ? h[0].key : INFINITY;
+    }
+    for (int j = 0; j < cnt; j++) {
+        tab[(size_t)j * E + a] = 0; /* no heap (a,a) */
+        memcpy(w->hpos + (size_t)keep[j] * E, tab + (size_t)j * E, (size_t)E * sizeof *tab);
     }
 }
 
@@ -507,7 +534,11 @@ static void step2_part(void *ctx, int i, int np)
                 w->asg[w->bucket[lo + w->idx[lo + q]]] = -1;
         }
         w->load[a] = cnt > C ? C : cnt;
-        heaps_build(w, E, a, lo, hi);
+        int kept = 0, *keep = w->idx + lo; /* a's tokens in token order */
+        for (long q = lo; q < hi; q++)
+            if (w->asg[w->bucket[q]] == a)
+                keep[kept++] = w->bucket[q];
+        heaps_build(w, E, a, keep, kept, w->tab + (size_t)i * w->Cmax * E);
     }
 }
 
