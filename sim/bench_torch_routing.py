@@ -250,22 +250,25 @@ def route_soft_moe(L, k, num, den, u):
 def base_auction(Lp, C, eps, eps_final, theta):
     """Forward auction of the N = E * C rows of Lp (N,E) for E experts of C identical slots
     each ("similar objects"), Jacobi style: every unassigned row bids at once for its best
-    expert under Lp - price, price + best - second best + eps. An expert keeps the C highest
-    bids it has received, sorted in a row of (E, C); while full, its price is the lowest of
-    them (the row's last). Epsilon scaling from eps down to eps_final by theta; each phase
+    expert under Lp - price, price + best - second best + eps (two max reductions: topk(2)
+    of rows this short is several times slower). An expert keeps the C highest
+    bids it has received, in a row of (E, C); while full, its price is the lowest of
+    them. Epsilon scaling from eps down to eps_final by theta; each phase
     starts from the prices of the one before with every row unassigned. Returns the expert of
     every row (N)."""
     N, E = Lp.shape
     price = Lp.new_zeros(E)
     ninf = float("-inf")
-    while True:
-        held_bid = torch.full((E, C), ninf, dtype=Lp.dtype)  # descending per row
+    Vbuf = torch.empty_like(Lp)  # the bidders' values: fresh (N,E) tensors every round would
+    while True:                  # fault their pages in again each time
+        held_bid = torch.full((E, C), ninf, dtype=Lp.dtype)
         held_tok = torch.full((E, C), -1, dtype=torch.long)
         U = torch.arange(N)
         while U.numel():
-            v, j = torch.topk(Lp[U] - price, 2, 1)
-            j = j[:, 0]
-            b = price[j] + (v[:, 0] - v[:, 1]) + eps
+            V = torch.index_select(Lp, 0, U, out=Vbuf[:U.numel()]).sub_(price)
+            v1, j = V.max(1)  # the best expert, then the second best value
+            V.scatter_(1, j.unsqueeze(1), float("-inf"))
+            b = price[j] + (v1 - V.max(1).values) + eps
             # the experts bid for: their held bids and the new ones, sorted by bid
             order = torch.sort(j, stable=True).indices
             j, b, U = j[order], b[order], U[order]
@@ -280,14 +283,14 @@ def base_auction(Lp, C, eps, eps_final, theta):
             nt[row, col] = U
             allb = torch.cat([held_bid[ex], nb], 1)
             allt = torch.cat([held_tok[ex], nt], 1)
-            allb, o = torch.sort(allb, dim=1, descending=True, stable=True)
-            allt = allt.gather(1, o)
-            held_bid[ex] = allb[:, :C]
-            held_tok[ex] = allt[:, :C]
-            out = allt[:, C:].reshape(-1)
+            # every such expert drops its K lowest bids (padding first) and keeps C
+            low, o = torch.topk(allb, K + 1, 1, largest=False)
+            drop = torch.zeros_like(allb, dtype=torch.bool).scatter_(1, o[:, :K], True)
+            out = allt.gather(1, o[:, :K]).reshape(-1)
             U = out[out >= 0]
-            last = allb[:, C - 1]
-            price[ex] = torch.where(last > ninf, last, price[ex])
+            held_bid[ex] = allb[~drop].view(-1, C)
+            held_tok[ex] = allt[~drop].view(-1, C)
+            price[ex] = torch.where(low[:, K] > ninf, low[:, K], price[ex])
         if eps <= eps_final:
             asg = torch.empty(N, dtype=torch.long)
             asg[held_tok.reshape(-1)] = torch.arange(E).repeat_interleave(C)
