@@ -5,9 +5,9 @@ torch.topk / argmax / sort, slots from a stable sort by expert and a cumulative 
 given logits to check that they produce moesim's plans.
 
 Routers: switch, topk, gshard, expert_choice, hash (mod), dsv3_bias (bias 0), sinkhorn
-(Megatron's loop, run to moesim's tolerance), topp, relu, dense, soft_moe (one slot per expert).
-base has no PyTorch twin (fairseq solves its assignment in C++, not in PyTorch); replay needs
-recorded choices.
+(Megatron's loop, run to moesim's tolerance), topp, relu, dense, soft_moe (one slot per expert),
+base (an exact balanced assignment by a vectorised auction: fairseq's BASE layer runs an
+approximate auction in a C++ extension); replay needs recorded choices.
 
 The semantics are moesim's defaults with cf = NUM/DEN: capacity C = ceil(k * n * cf / E)
 (expert choice: k = 1, capped at n; topp and relu: k * n replaced by the claims), claims in
