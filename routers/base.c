@@ -45,7 +45,22 @@
  * every skew 0..1000 (at 1000 every token ranks the experts alike), against 0.04-0.08 s
  * (skew 0) and 0.4-0.6 s (skew 20-1000) for the token-by-token solve (tokens added in token
  * order from pi = 0) it replaces; E = 256 0.18-0.2 s (was 0.3-5.5 s).
- * Memory: 16 bytes * E*E*ceil(n/E) (the heaps) + 4 bytes * (n+E)*E (heap positions).
+ * Memory: 16 bytes * E*E*ceil(n/E) (the heaps) + 4 bytes * (n+E)*E (heap positions), both in
+ * transparent huge pages (moe_huge_alloc: at 2^20 x 256 that is 5 GB, whose first touch with
+ * 4 KiB pages is a million page faults), + 4 bytes * E*ceil(n/E) per thread (step 2's table).
+ *
+ * ---- threads (routers/par.h; the plan does not depend on their number) ----
+ * Step 1's best experts and margins are computed on the threads by token ranges; the exact
+ * ties, which depend on the counts so far, are then settled in token order on one thread.
+ * Step 2 runs per expert (its bucket, its argsort, its E-1 heaps and its tokens' positions are
+ * its own), the experts split over the threads by their share of the level's tokens. The heaps
+ * of one expert are filled in blocks of BASE_FILL_BLOCK tokens (rows read once, E-1 sequential
+ * write streams), heapified with local token indices (0..cnt-1 in token order, so ties order as
+ * before) and their positions gathered in a (cnt, E) table copied row by row into hpos, instead
+ * of scattered writes over n rows. Step 3 is sequential by nature (each path depends on the
+ * last), but the heap updates of a path split by b: heaps (a,b) of different b are disjoint, so
+ * a helper thread applies the path's moves to the heaps of b >= E/2 while the caller does
+ * b < E/2, each heap seeing the same operations in the same order.
  *
  * Ties (deterministic; one of the optimal assignments is returned): fixed by steps 1-3 at the
  * top level given the prices from the levels below: best experts tie as in step 1, margins
