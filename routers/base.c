@@ -60,7 +60,8 @@
  * of scattered writes over n rows. Step 3 is sequential by nature (each path depends on the
  * last), but the heap updates of a path split by b: heaps (a,b) of different b are disjoint, so
  * a helper thread applies the path's moves to the heaps of b >= E/2 while the caller does
- * b < E/2, each heap seeing the same operations in the same order.
+ * b < E/2, each heap seeing the same operations in the same order; when the helper has not
+ * claimed its half by the time the caller is done with its own, the caller does both.
  *
  * Ties (deterministic; one of the optimal assignments is returned): fixed by steps 1-3 at the
  * top level given the prices from the levels below: best experts tie as in step 1, margins
@@ -415,25 +416,35 @@ static void path_apply(base_ws *w, int E, int nmv, int32_t t, int first, int b0,
     token_insert(w, E, t, first, b0, b1);
 }
 
-/* Step 3 on two cores: part 0 finds the paths and applies the heaps of b < split, part 1 (a
- * helper waiting between paths) those of b >= split. The handshake is two counters: part 0
- * raises go once the path is ready, part 1 sets done to it when its heaps are updated. */
+/* Step 3 on two cores: part 0 finds the paths and applies the heaps of b < split; the heaps of
+ * b >= split go to part 1 (a helper waiting between paths) when it claims them first, else to
+ * part 0 too, so part 0 never waits for a helper that is not running (a loaded machine). Part
+ * 0 raises go once a path is ready; whoever moves claim from go - 1 to go applies the second
+ * half; part 1 sets done to go when it has. */
 typedef struct {
     base_ws *w;
     int E, split, nq, nmv, first;
     long C;
     int32_t t;
-    atomic_int go, done, alive, quit;
+    atomic_int go, claim, done, alive, quit;
 } base_crew;
 
-/* Waits until *x differs from old (or *stop is set, when stop is given); spins, then yields. */
-static int crew_wait(atomic_int *x, int old, atomic_int *stop)
+/* Waits until *x equals val (eq) or differs from it (!eq), or *stop is set (when given); spins,
+ * then yields. Returns *x. */
+static int crew_wait(atomic_int *x, int val, int eq, atomic_int *stop)
 {
     int v, spins = 0;
-    while ((v = atomic_load(x)) == old && !(stop && atomic_load(stop)))
+    while (((v = atomic_load(x)) == val) != eq && !(stop && atomic_load(stop)))
         if (++spins > 256)
             sched_yield();
     return v;
+}
+
+/* Takes the second half of path e: 1 when this caller got it. */
+static int crew_claim(base_crew *c, int e)
+{
+    int prev = e - 1;
+    return atomic_compare_exchange_strong(&c->claim, &prev, e);
 }
 
 static void crew_part(void *ctx, int part, int np)
@@ -441,14 +452,16 @@ static void crew_part(void *ctx, int part, int np)
     base_crew *c = ctx;
     base_ws *w = c->w;
     (void)np;
-    if (part == 1) { /* the helper: one range of heaps per path, until part 0 ends */
+    if (part == 1) { /* the helper: the second half of the paths it claims, until part 0 ends */
         atomic_store(&c->alive, 1);
         for (int seen = 0;;) {
-            seen = crew_wait(&c->go, seen, &c->quit);
-            if (atomic_load(&c->quit) && atomic_load(&c->go) == atomic_load(&c->done))
+            seen = crew_wait(&c->go, seen, 0, &c->quit);
+            if (atomic_load(&c->quit))
                 return;
-            path_apply(w, c->E, c->nmv, c->t, c->first, c->split, c->E);
-            atomic_store(&c->done, seen);
+            if (crew_claim(c, seen)) {
+                path_apply(w, c->E, c->nmv, c->t, c->first, c->split, c->E);
+                atomic_store(&c->done, seen);
+            }
         }
     }
     int epoch = 0;
@@ -464,8 +477,10 @@ static void crew_part(void *ctx, int part, int np)
             atomic_store(&c->go, ++epoch);
         }
         path_apply(w, c->E, nmv, t, first, 0, both ? c->split : c->E);
-        if (both)
-            crew_wait(&c->done, epoch - 1, NULL);
+        if (both && crew_claim(c, epoch))
+            path_apply(w, c->E, nmv, t, first, c->split, c->E);
+        else if (both)
+            crew_wait(&c->done, epoch, 1, NULL);
     }
     atomic_store(&c->quit, 1);
 }
@@ -475,6 +490,7 @@ static void augment_all(base_ws *w, int E, long C, int nq)
 {
     base_crew c = {.w = w, .E = E, .split = E / 2, .nq = nq, .C = C};
     atomic_init(&c.go, 0);
+    atomic_init(&c.claim, 0);
     atomic_init(&c.done, 0);
     atomic_init(&c.alive, 0);
     atomic_init(&c.quit, 0);
