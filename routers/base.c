@@ -59,9 +59,9 @@
  * before) and their positions gathered in a (cnt, E) table copied row by row into hpos, instead
  * of scattered writes over n rows. Step 3 is sequential by nature (each path depends on the
  * last), but the heap updates of a path split by b: heaps (a,b) of different b are disjoint, so
- * a helper thread applies the path's moves to the heaps of b >= E/2 while the caller does
- * b < E/2, each heap seeing the same operations in the same order; when the helper has not
- * claimed its half by the time the caller is done with its own, the caller does both.
+ * the caller and a helper thread take chunks of b from a shared counter and apply the path's
+ * moves to those heaps, each heap seeing the same operations in the same order; a helper that
+ * is not running (a loaded machine) leaves all chunks to the caller instead of stalling it.
  *
  * Ties (deterministic; one of the optimal assignments is returned): fixed by steps 1-3 at the
  * top level given the prices from the levels below: best experts tie as in step 1, margins
@@ -416,35 +416,39 @@ static void path_apply(base_ws *w, int E, int nmv, int32_t t, int first, int b0,
     token_insert(w, E, t, first, b0, b1);
 }
 
-/* Step 3 on two cores: part 0 finds the paths and applies the heaps of b < split; the heaps of
- * b >= split go to part 1 (a helper waiting between paths) when it claims them first, else to
- * part 0 too, so part 0 never waits for a helper that is not running (a loaded machine). Part
- * 0 raises go once a path is ready; whoever moves claim from go - 1 to go applies the second
- * half; part 1 sets done to go when it has. */
+/* Step 3 on two cores: part 0 finds the paths; the heap updates of a path are shared out in
+ * chunks of BASE_CHUNK values of b, taken by part 0 and by part 1 (a helper waiting between
+ * paths) from one counter, so part 0 never waits for a helper that is not running (a loaded
+ * machine), only for a chunk the helper has taken and not finished. The counter holds the path's
+ * number (high 32 bits) and the next b (low 32 bits); part 0 sets it to (path, 0), then raises
+ * go; a chunk taken belongs to the path named in the counter, whose data stays put until part 0
+ * has seen all E values of b done. */
 typedef struct {
     base_ws *w;
-    int E, split, nq, nmv, first;
+    int E, nq, nmv, first;
     long C;
     int32_t t;
-    atomic_int go, claim, done, alive, quit;
+    atomic_int go, done, alive, quit;
+    atomic_llong next; /* (path << 32) | next b */
 } base_crew;
 
-/* Waits until *x equals val (eq) or differs from it (!eq), or *stop is set (when given); spins,
- * then yields. Returns *x. */
-static int crew_wait(atomic_int *x, int val, int eq, atomic_int *stop)
-{
-    int v, spins = 0;
-    while (((v = atomic_load(x)) == val) != eq && !(stop && atomic_load(stop)))
-        if (++spins > 256)
-            sched_yield();
-    return v;
-}
+enum { BASE_CHUNK = 8 };
 
-/* Takes the second half of path e: 1 when this caller got it. */
-static int crew_claim(base_crew *c, int e)
+/* Takes and applies chunks of path e while there are any; returns the values of b applied. */
+static int crew_chunks(base_crew *c, long long e)
 {
-    int prev = e - 1;
-    return atomic_compare_exchange_strong(&c->claim, &prev, e);
+    int did = 0;
+    long long cur = atomic_load(&c->next);
+    while ((cur >> 32) == e && (cur & 0xffffffffLL) < c->E) {
+        if (!atomic_compare_exchange_weak(&c->next, &cur, cur + BASE_CHUNK))
+            continue; /* cur reloaded */
+        const int b0 = (int)(cur & 0xffffffffLL), b1 = b0 + BASE_CHUNK < c->E ? b0 + BASE_CHUNK
+                                                                               : c->E;
+        path_apply(c->w, c->E, c->nmv, c->t, c->first, b0, b1);
+        did += b1 - b0;
+        cur = atomic_load(&c->next);
+    }
+    return did;
 }
 
 static void crew_part(void *ctx, int part, int np)
@@ -452,35 +456,42 @@ static void crew_part(void *ctx, int part, int np)
     base_crew *c = ctx;
     base_ws *w = c->w;
     (void)np;
-    if (part == 1) { /* the helper: the second half of the paths it claims, until part 0 ends */
+    if (part == 1) { /* the helper: chunks of every path it sees, until part 0 ends */
         atomic_store(&c->alive, 1);
-        for (int seen = 0;;) {
-            seen = crew_wait(&c->go, seen, 0, &c->quit);
-            if (atomic_load(&c->quit))
-                return;
-            if (crew_claim(c, seen)) {
-                path_apply(w, c->E, c->nmv, c->t, c->first, c->split, c->E);
-                atomic_store(&c->done, seen);
+        for (int seen = 0, spins = 0; !atomic_load(&c->quit);) {
+            const int g = atomic_load(&c->go);
+            if (g == seen) {
+                if (++spins > 256)
+                    sched_yield();
+                continue;
             }
+            seen = g;
+            spins = 0;
+            const int did = crew_chunks(c, g);
+            if (did)
+                atomic_fetch_add(&c->done, did);
         }
+        return;
     }
     int epoch = 0;
     for (int i = 0; i < c->nq; i++) {
         int first;
         const int32_t t = w->queue[i];
         const int nmv = path_find(w, c->E, c->C, t, &first);
-        const int both = atomic_load(&c->alive); /* else part 1 has not started: all here */
-        if (both) {
-            c->nmv = nmv;
-            c->t = t;
-            c->first = first;
-            atomic_store(&c->go, ++epoch);
+        if (!atomic_load(&c->alive)) { /* part 1 has not started: all here */
+            path_apply(w, c->E, nmv, t, first, 0, c->E);
+            continue;
         }
-        path_apply(w, c->E, nmv, t, first, 0, both ? c->split : c->E);
-        if (both && crew_claim(c, epoch))
-            path_apply(w, c->E, nmv, t, first, c->split, c->E);
-        else if (both)
-            crew_wait(&c->done, epoch, 1, NULL);
+        c->nmv = nmv;
+        c->t = t;
+        c->first = first;
+        atomic_store(&c->done, 0);
+        atomic_store(&c->next, (long long)++epoch << 32);
+        atomic_store(&c->go, epoch);
+        const int did = crew_chunks(c, epoch);
+        for (int spins = 0; atomic_load(&c->done) + did < c->E;) /* the helper's last chunk */
+            if (++spins > 256)
+                sched_yield();
     }
     atomic_store(&c->quit, 1);
 }
@@ -488,12 +499,12 @@ static void crew_part(void *ctx, int part, int np)
 /* Step 3: the nq tokens of queue added one at a time, in order. */
 static void augment_all(base_ws *w, int E, long C, int nq)
 {
-    base_crew c = {.w = w, .E = E, .split = E / 2, .nq = nq, .C = C};
+    base_crew c = {.w = w, .E = E, .nq = nq, .C = C};
     atomic_init(&c.go, 0);
-    atomic_init(&c.claim, 0);
     atomic_init(&c.done, 0);
     atomic_init(&c.alive, 0);
     atomic_init(&c.quit, 0);
+    atomic_init(&c.next, 0);
     /* two parts where a path's 2(E-1) heap updates per move outweigh the handshake */
     const int np = E >= BASE_CREW_MIN_E && nq >= BASE_CREW_MIN_Q ? moe_par_parts(2, 1) : 1;
     moe_par_run(crew_part, &c, np);
