@@ -45,7 +45,23 @@
  * every skew 0..1000 (at 1000 every token ranks the experts alike), against 0.04-0.08 s
  * (skew 0) and 0.4-0.6 s (skew 20-1000) for the token-by-token solve (tokens added in token
  * order from pi = 0) it replaces; E = 256 0.18-0.2 s (was 0.3-5.5 s).
- * Memory: 16 bytes * E*E*ceil(n/E) (the heaps) + 4 bytes * (n+E)*E (heap positions).
+ * Memory: 16 bytes * E*E*ceil(n/E) (the heaps) + 4 bytes * (n+E)*E (heap positions), both in
+ * transparent huge pages (moe_huge_alloc: at 2^20 x 256 that is 5 GB, whose first touch with
+ * 4 KiB pages is a million page faults), + 4 bytes * E*ceil(n/E) per thread (step 2's table).
+ *
+ * ---- threads (routers/par.h; the plan does not depend on their number) ----
+ * Step 1's best experts and margins are computed on the threads by token ranges; the exact
+ * ties, which depend on the counts so far, are then settled in token order on one thread.
+ * Step 2 runs per expert (its bucket, its argsort, its E-1 heaps and its tokens' positions are
+ * its own), the experts split over the threads by their share of the level's tokens. The heaps
+ * of one expert are filled in blocks of BASE_FILL_BLOCK tokens (rows read once, E-1 sequential
+ * write streams), heapified with local token indices (0..cnt-1 in token order, so ties order as
+ * before) and their positions gathered in a (cnt, E) table copied row by row into hpos, instead
+ * of scattered writes over n rows. Step 3 is sequential by nature (each path depends on the
+ * last), but the heap updates of a path split by b: heaps (a,b) of different b are disjoint, so
+ * the caller and a helper thread take chunks of b from a shared counter and apply the path's
+ * moves to those heaps, each heap seeing the same operations in the same order; a helper that
+ * is not running (a loaded machine) leaves all chunks to the caller instead of stalling it.
  *
  * Ties (deterministic; one of the optimal assignments is returned): fixed by steps 1-3 at the
  * top level given the prices from the levels below: best experts tie as in step 1, margins
@@ -58,13 +74,22 @@
  * the token-by-token solve's, which broke ties by its own history.
  */
 #include "moe.h"
+#include "huge.h"
+#include "par.h"
 
 #include <math.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define BASE_LEVEL_RATIO 4 /* capacity ratio between consecutive levels */
 #define BASE_MAX_LEVELS 32  /* > 1 + log4(INT_MAX) */
 #define BASE_HEAP_D 32      /* heap arity: at C = 256 a heap has 3 levels (1 + 32 + 223) */
+#define BASE_FILL_BLOCK 64  /* tokens per block when the heaps are filled */
+#define BASE_GRAIN 65536L    /* logits per part in steps 1 and 2 */
+#define BASE_CREW_MIN_E 32  /* step 3 on two cores from this many experts ... */
+#define BASE_CREW_MIN_Q 16  /* ... and this many tokens to add */
 
 /* ---- workspace ---- */
 
@@ -89,6 +114,7 @@ typedef struct {
     int *pred;         /* (E) predecessor, -1 = the new token */
     unsigned char *done; /* (E) extracted */
     int32_t *mv_tok;   /* (E) tokens moved along the augmenting path */
+    int *mv_from;      /* (E) their experts before the move */
     int *mv_to;        /* (E) their new experts */
     long *fill;        /* (E) slot counter when writing the plan */
     int32_t *rank;     /* (T) position of each token in the level order i * a mod n */
@@ -98,6 +124,7 @@ typedef struct {
     double *mtmp;      /* (T+E) margins of one bucket, for the sort */
     int *idx, *itmp;   /* (T+E) argsort order and scratch */
     int32_t *queue;    /* (T+E) tokens left out in step 2 */
+    int32_t *tab;      /* (MOE_PAR_MAX,Cmax,E) heap positions of one expert's tokens, per part */
 } base_ws;
 
 static void base_free(moe_router *r)
@@ -117,6 +144,7 @@ static void base_free(moe_router *r)
     free(w->pred);
     free(w->done);
     free(w->mv_tok);
+    free(w->mv_from);
     free(w->mv_to);
     free(w->fill);
     free(w->rank);
@@ -127,6 +155,7 @@ static void base_free(moe_router *r)
     free(w->idx);
     free(w->itmp);
     free(w->queue);
+    free(w->tab);
     free(w);
     r->ws = NULL;
 }
@@ -144,16 +173,17 @@ static int base_alloc(moe_router *r)
     w->Cmax = (int)((n + E - 1) / E);
     w->zero = calloc(E, sizeof *w->zero);
     w->asg = malloc(T * sizeof *w->asg);
-    w->heap = malloc(E * E * (size_t)w->Cmax * sizeof *w->heap);
+    w->heap = moe_huge_alloc(E * E * (size_t)w->Cmax * sizeof *w->heap);
     w->hsize = malloc(E * E * sizeof *w->hsize);
     w->top = malloc(E * E * sizeof *w->top);
-    w->hpos = malloc(T * E * sizeof *w->hpos);
+    w->hpos = moe_huge_alloc(T * E * sizeof *w->hpos);
     w->load = malloc(E * sizeof *w->load);
     w->pi = malloc(E * sizeof *w->pi);
     w->d = malloc(E * sizeof *w->d);
     w->pred = malloc(E * sizeof *w->pred);
     w->done = malloc(E);
     w->mv_tok = malloc(E * sizeof *w->mv_tok);
+    w->mv_from = malloc(E * sizeof *w->mv_from);
     w->mv_to = malloc(E * sizeof *w->mv_to);
     w->fill = malloc(E * sizeof *w->fill);
     w->rank = malloc(n * sizeof *w->rank);
@@ -164,10 +194,12 @@ static int base_alloc(moe_router *r)
     w->idx = malloc(T * sizeof *w->idx);
     w->itmp = malloc(T * sizeof *w->itmp);
     w->queue = malloc(T * sizeof *w->queue);
+    w->tab = moe_huge_alloc((size_t)MOE_PAR_MAX * w->Cmax * E * sizeof *w->tab);
     if (!w->zero || !w->asg || !w->heap || !w->hsize || !w->top || !w->hpos || !w->load ||
-        !w->pi || !w->d || !w->pred || !w->done || !w->mv_tok || !w->mv_to || !w->fill ||
+        !w->pi || !w->d || !w->pred || !w->done || !w->mv_tok || !w->mv_from || !w->mv_to ||
+        !w->fill ||
         !w->rank || !w->bstart || !w->bucket || !w->margin || !w->mtmp || !w->idx ||
-        !w->itmp || !w->queue) {
+        !w->itmp || !w->queue || !w->tab) {
         base_free(r);
         return moe_fail(MOE_ENOMEM, "use fewer tokens per routing group",
                         "out of memory (base workspace for %d tokens x %d experts)", r->n_max,
@@ -213,10 +245,11 @@ static void heap_up(base_ws *w, int E, int a, int b, int i)
     heap_set(w, E, h, b, i, x);
 }
 
-static void heap_down(base_ws *w, int E, int a, int b, int i)
+/* Sift h[i] down in the heap h of sz nodes; when pos is given, pos[tok * stride] follows
+ * every node that moves (its position). */
+static void heap_sift(base_node *h, int sz, int i, int32_t *pos, int stride)
 {
-    base_node *h = heap_of(w, E, a, b), x = h[i];
-    const int sz = w->hsize[(size_t)a * E + b];
+    const base_node x = h[i];
     for (;;) {
         const int c0 = BASE_HEAP_D * i + 1;
         if (c0 >= sz)
@@ -228,19 +261,26 @@ static void heap_down(base_ws *w, int E, int a, int b, int i)
                 c = j;
         if (!node_less(h[c], x))
             break;
-        heap_set(w, E, h, b, i, h[c]);
+        h[i] = h[c];
+        if (pos)
+            pos[(size_t)h[i].tok * stride] = i;
         i = c;
     }
-    heap_set(w, E, h, b, i, x);
+    h[i] = x;
+    if (pos)
+        pos[(size_t)x.tok * stride] = i;
 }
 
-/* Token s joins expert a: into heaps (a,b) for every b != a. */
-static void token_insert(base_ws *w, int E, int32_t s, int a)
+static void heap_down(base_ws *w, int E, int a, int b, int i)
+{
+    heap_sift(heap_of(w, E, a, b), w->hsize[(size_t)a * E + b], i, w->hpos + b, E);
+}
+
+/* Token s joins expert a: into heaps (a,b) for every b != a in [b0, b1). */
+static void token_insert(base_ws *w, int E, int32_t s, int a, int b0, int b1)
 {
     const double *ls = base_row(w, E, s);
-    w->asg[s] = a;
-    w->load[a]++;
-    for (int b = 0; b < E; b++) {
+    for (int b = b0; b < b1; b++) {
         if (b == a)
             continue;
         base_node *h = heap_of(w, E, a, b);
@@ -251,12 +291,10 @@ static void token_insert(base_ws *w, int E, int32_t s, int a)
     }
 }
 
-/* Token s leaves its expert a: out of heaps (a,b) for every b != a. */
-static void token_remove(base_ws *w, int E, int32_t s)
+/* Token s leaves expert a: out of heaps (a,b) for every b != a in [b0, b1). */
+static void token_remove(base_ws *w, int E, int32_t s, int a, int b0, int b1)
 {
-    const int a = w->asg[s];
-    w->load[a]--;
-    for (int b = 0; b < E; b++) {
+    for (int b = b0; b < b1; b++) {
         if (b == a)
             continue;
         base_node *h = heap_of(w, E, a, b);
@@ -269,36 +307,50 @@ static void token_remove(base_ws *w, int E, int32_t s)
         }
         w->top[(size_t)a * E + b] = last > 0 ? h[0].key : INFINITY;
     }
-    w->asg[s] = -1;
 }
 
-/* Heaps (a,b), b != a, from the tokens a holds (asg[s] == a) in bucket[lo..hi): filled, then
- * heapified bottom-up. */
-static void heaps_build(base_ws *w, int E, int a, long lo, long hi)
+/* Heaps (a,b), b != a, from the cnt tokens keep[0..cnt) a holds (in token order): filled
+ * row by row with their local indices for tokens (which order them as the tokens do), heapified
+ * bottom-up, then given the tokens back; the positions go through tab (cnt, E) and are copied
+ * to hpos row by row (scattered writes stay within tab). */
+static void heaps_build(base_ws *w, int E, int a, const int *keep, int cnt, int32_t *tab)
 {
+    for (int j0 = 0; j0 < cnt; j0 += BASE_FILL_BLOCK) { /* the block's rows stay in cache */
+        const int j1 = j0 + BASE_FILL_BLOCK < cnt ? j0 + BASE_FILL_BLOCK : cnt;
+        for (int b = 0; b < E; b++) {
+            base_node *h = heap_of(w, E, a, b);
+            for (int j = j0; j < j1 && b != a; j++) {
+                const double *ls = base_row(w, E, keep[j]);
+                h[j] = (base_node){ls[a] - ls[b], j};
+            }
+        }
+    }
     for (int b = 0; b < E; b++) {
         if (b == a)
             continue;
         base_node *h = heap_of(w, E, a, b);
-        int sz = 0;
-        for (long j = lo; j < hi; j++) {
-            const int32_t s = w->bucket[j];
-            if (w->asg[s] != a)
-                continue;
-            const double *ls = base_row(w, E, s);
-            heap_set(w, E, h, b, sz++, (base_node){ls[a] - ls[b], s});
+        w->hsize[(size_t)a * E + b] = cnt;
+        if (cnt > 1)
+            for (int i = (cnt - 2) / BASE_HEAP_D; i >= 0; i--) /* from the last parent */
+                heap_sift(h, cnt, i, NULL, 0);
+        for (int i = 0; i < cnt; i++) {
+            tab[(size_t)h[i].tok * E + b] = i;
+            h[i].tok = keep[h[i].tok];
         }
-        w->hsize[(size_t)a * E + b] = sz;
-        if (sz > 1)
-            for (int i = (sz - 2) / BASE_HEAP_D; i >= 0; i--) /* from the last parent */
-                heap_down(w, E, a, b, i);
-        w->top[(size_t)a * E + b] = sz > 0 ? h[0].key : INFINITY;
+        w->top[(size_t)a * E + b] = cnt > 0 ? h[0].key : INFINITY;
+    }
+    for (int j = 0; j < cnt; j++) {
+        tab[(size_t)j * E + a] = 0; /* no heap (a,a) */
+        memcpy(w->hpos + (size_t)keep[j] * E, tab + (size_t)j * E, (size_t)E * sizeof *tab);
     }
 }
 
 /* ---- one augmentation: add token t along a shortest path ---- */
 
-static void augment(base_ws *w, int E, long C, int32_t t)
+/* The shortest augmenting path for token t: its moves (mv_tok, mv_from, mv_to: nmv of them,
+ * from the path's end back to its start), its first expert (*first) and the potential update;
+ * the tokens' experts and the loads change, the heaps do not (path_apply). */
+static int path_find(base_ws *w, int E, long C, int32_t t, int *first)
 {
     const double *lt = base_row(w, E, t);
     for (int e = 0; e < E; e++) {
@@ -331,29 +383,138 @@ static void augment(base_ws *w, int E, long C, int32_t t)
     int nmv = 0, v = f;
     while (w->pred[v] >= 0) {
         int u = w->pred[v];
-        w->mv_tok[nmv] = heap_of(w, E, u, v)[0].tok;
+        const int32_t s = heap_of(w, E, u, v)[0].tok;
+        w->mv_tok[nmv] = s;
+        w->mv_from[nmv] = u;
         w->mv_to[nmv++] = v;
+        w->asg[s] = v;
+        w->load[u]--;
+        w->load[v]++;
         v = u;
     }
-    const int first = v;
-    for (int i = 0; i < nmv; i++) {
-        token_remove(w, E, w->mv_tok[i]);
-        token_insert(w, E, w->mv_tok[i], w->mv_to[i]);
-    }
-    token_insert(w, E, t, first);
+    *first = v;
+    w->asg[t] = v;
+    w->load[v]++;
     /* potentials: pi[v] += d[v] - delta on the extracted experts (d[v] <= delta) */
     const double delta = w->d[f];
     for (int x = 0; x < E; x++)
         if (w->done[x])
             w->pi[x] += w->d[x] - delta;
+    return nmv;
+}
+
+/* The heap changes of a path found by path_find, on the heaps (a,b) with b in [b0, b1): each
+ * moved token leaves its old expert's heaps and joins its new one's, in path order, then t
+ * joins its first expert's. Heaps of different b are disjoint, so two ranges can run at once
+ * and every heap sees the same operations in the same order. */
+static void path_apply(base_ws *w, int E, int nmv, int32_t t, int first, int b0, int b1)
+{
+    for (int i = 0; i < nmv; i++) {
+        token_remove(w, E, w->mv_tok[i], w->mv_from[i], b0, b1);
+        token_insert(w, E, w->mv_tok[i], w->mv_to[i], b0, b1);
+    }
+    token_insert(w, E, t, first, b0, b1);
+}
+
+/* Step 3 on two cores: part 0 finds the paths; the heap updates of a path are shared out in
+ * chunks of BASE_CHUNK values of b, taken by part 0 and by part 1 (a helper waiting between
+ * paths) from one counter, so part 0 never waits for a helper that is not running (a loaded
+ * machine), only for a chunk the helper has taken and not finished. The counter holds the path's
+ * number (high 32 bits) and the next b (low 32 bits); part 0 sets it to (path, 0), then raises
+ * go; a chunk taken belongs to the path named in the counter, whose data stays put until part 0
+ * has seen all E values of b done. */
+typedef struct {
+    base_ws *w;
+    int E, nq, nmv, first;
+    long C;
+    int32_t t;
+    atomic_int go, done, alive, quit;
+    atomic_llong next; /* (path << 32) | next b */
+} base_crew;
+
+enum { BASE_CHUNK = 8 };
+
+/* Takes and applies chunks of path e while there are any; returns the values of b applied. */
+static int crew_chunks(base_crew *c, long long e)
+{
+    int did = 0;
+    long long cur = atomic_load(&c->next);
+    while ((cur >> 32) == e && (cur & 0xffffffffLL) < c->E) {
+        if (!atomic_compare_exchange_weak(&c->next, &cur, cur + BASE_CHUNK))
+            continue; /* cur reloaded */
+        const int b0 = (int)(cur & 0xffffffffLL), b1 = b0 + BASE_CHUNK < c->E ? b0 + BASE_CHUNK
+                                                                               : c->E;
+        path_apply(c->w, c->E, c->nmv, c->t, c->first, b0, b1);
+        did += b1 - b0;
+        cur = atomic_load(&c->next);
+    }
+    return did;
+}
+
+static void crew_part(void *ctx, int part, int np)
+{
+    base_crew *c = ctx;
+    base_ws *w = c->w;
+    (void)np;
+    if (part == 1) { /* the helper: chunks of every path it sees, until part 0 ends */
+        atomic_store(&c->alive, 1);
+        for (int seen = 0, spins = 0; !atomic_load(&c->quit);) {
+            const int g = atomic_load(&c->go);
+            if (g == seen) {
+                if (++spins > 256)
+                    sched_yield();
+                continue;
+            }
+            seen = g;
+            spins = 0;
+            const int did = crew_chunks(c, g);
+            if (did)
+                atomic_fetch_add(&c->done, did);
+        }
+        return;
+    }
+    int epoch = 0;
+    for (int i = 0; i < c->nq; i++) {
+        int first;
+        const int32_t t = w->queue[i];
+        const int nmv = path_find(w, c->E, c->C, t, &first);
+        if (!atomic_load(&c->alive)) { /* part 1 has not started: all here */
+            path_apply(w, c->E, nmv, t, first, 0, c->E);
+            continue;
+        }
+        c->nmv = nmv;
+        c->t = t;
+        c->first = first;
+        atomic_store(&c->done, 0);
+        atomic_store(&c->next, (long long)++epoch << 32);
+        atomic_store(&c->go, epoch);
+        const int did = crew_chunks(c, epoch);
+        for (int spins = 0; atomic_load(&c->done) + did < c->E;) /* the helper's last chunk */
+            if (++spins > 256)
+                sched_yield();
+    }
+    atomic_store(&c->quit, 1);
+}
+
+/* Step 3: the nq tokens of queue added one at a time, in order. */
+static void augment_all(base_ws *w, int E, long C, int nq)
+{
+    base_crew c = {.w = w, .E = E, .nq = nq, .C = C};
+    atomic_init(&c.go, 0);
+    atomic_init(&c.done, 0);
+    atomic_init(&c.alive, 0);
+    atomic_init(&c.quit, 0);
+    atomic_init(&c.next, 0);
+    /* two parts where a path's 2(E-1) heap updates per move outweigh the handshake */
+    const int np = E >= BASE_CREW_MIN_E && nq >= BASE_CREW_MIN_Q ? moe_par_parts(2, 1) : 1;
+    moe_par_run(crew_part, &c, np);
 }
 
 /* ---- one level: the tokens with rank < nl, from the current potentials ---- */
 
-/* Token s goes to its best expert under L + pi: among exactly tied best experts the lowest
- * one with room (count < C), else the lowest. Its margin over the second best value (0 when
- * tied, +inf when E = 1) goes to margin[s]. */
-static void best_expert(base_ws *w, int E, long C, const long *count, int32_t s)
+/* Token s's best expert under L + pi (the lowest of exactly tied best ones) to asg[s], its
+ * margin over the second best value (0 when tied, +inf when E = 1) to margin[s]. */
+static void best_expert(base_ws *w, int E, int32_t s)
 {
     const double *ls = base_row(w, E, s);
     int best = 0;
@@ -368,14 +529,59 @@ static void best_expert(base_ws *w, int E, long C, const long *count, int32_t s)
             v2 = v;
         }
     }
-    if (v2 == v1 && count[best] >= C)
-        for (int e = best + 1; e < E; e++)
-            if (ls[e] + w->pi[e] == v1 && count[e] < C) {
-                best = e;
-                break;
-            }
     w->asg[s] = best;
     w->margin[s] = v1 - v2;
+}
+
+typedef struct {
+    base_ws *w;
+    int E, nl, nt; /* nt: tokens and dummies, n + nd */
+    long C;
+} base_level_job;
+
+/* Step 1 on a range of tokens: the best experts of the level's tokens, -1 for the others. */
+static void step1_part(void *ctx, int i, int np)
+{
+    const base_level_job *j = ctx;
+    base_ws *w = j->w;
+    long lo, hi;
+    moe_par_range(j->nt, i, np, &lo, &hi);
+    for (int32_t t = (int32_t)lo; t < hi; t++) {
+        if (t < w->n && w->rank[t] >= j->nl)
+            w->asg[t] = -1;
+        else
+            best_expert(w, j->E, t);
+    }
+}
+
+/* Step 2 for the experts whose bucket starts in part i's share of the level's tokens: an
+ * over-full expert keeps its C largest margins (its bucket's stretch of the scratch arrays),
+ * then its heaps. Experts own disjoint buckets, heaps and token positions. */
+static void step2_part(void *ctx, int i, int np)
+{
+    const base_level_job *j = ctx;
+    base_ws *w = j->w;
+    const int E = j->E;
+    const long C = j->C, total = w->bstart[E];
+    for (int a = 0; a < E; a++) {
+        const long lo = w->bstart[a], hi = w->bstart[a + 1], cnt = hi - lo;
+        const long owner = total > 0 ? lo * np / total : 0;
+        if ((owner < np ? owner : np - 1) != i)
+            continue;
+        if (cnt > C) {
+            for (long q = 0; q < cnt; q++)
+                w->mtmp[lo + q] = w->margin[w->bucket[lo + q]];
+            moe_argsort_desc(w->mtmp + lo, (int)cnt, w->idx + lo, w->itmp + lo);
+            for (long q = C; q < cnt; q++)
+                w->asg[w->bucket[lo + w->idx[lo + q]]] = -1;
+        }
+        w->load[a] = cnt > C ? C : cnt;
+        int kept = 0, *keep = w->idx + lo; /* a's tokens in token order */
+        for (long q = lo; q < hi; q++)
+            if (w->asg[w->bucket[q]] == a)
+                keep[kept++] = w->bucket[q];
+        heaps_build(w, E, a, keep, kept, w->tab + (size_t)i * w->Cmax * E);
+    }
 }
 
 /* Steps 1-3 for the nl tokens of rank < nl (plus C*E - nl dummies), from pi; leaves every
@@ -385,16 +591,27 @@ static void solve_level(base_ws *w, int E, int nl)
     const int n = w->n;
     const long C = ((long)nl + E - 1) / E;
     const int32_t nd = (int32_t)(C * E - nl); /* dummies n .. n+nd-1 */
-    /* step 1: best experts; bucket the tokens by expert in token order */
+    base_level_job job = {w, E, nl, n + nd, C};
+    /* step 1: best experts (on the threads); exact ties for the best go, in token order, to
+     * the lowest tied expert with room (count < C), else the lowest; bucket the tokens by
+     * expert in token order */
+    moe_par_run(step1_part, &job, moe_par_parts((long)(n + nd) * E, BASE_GRAIN));
     for (int e = 0; e <= E; e++)
         w->bstart[e] = 0;
+    long *count = w->bstart + 1;
     for (int32_t t = 0; t < n + nd; t++) {
-        if (t < n && w->rank[t] >= nl) {
-            w->asg[t] = -1;
+        int best = w->asg[t];
+        if (best < 0)
             continue;
+        if (w->margin[t] == 0.0 && count[best] >= C) { /* margin 0: the best is tied */
+            const double *ls = base_row(w, E, t), v1 = ls[best] + w->pi[best];
+            for (int e = best + 1; e < E; e++)
+                if (ls[e] + w->pi[e] == v1 && count[e] < C) {
+                    w->asg[t] = best = e;
+                    break;
+                }
         }
-        best_expert(w, E, C, w->bstart + 1, t);
-        w->bstart[w->asg[t] + 1]++;
+        count[best]++;
     }
     for (int e = 0; e < E; e++)
         w->bstart[e + 1] += w->bstart[e];
@@ -403,26 +620,14 @@ static void solve_level(base_ws *w, int E, int nl)
     for (int32_t t = 0; t < n + nd; t++)
         if (w->asg[t] >= 0)
             w->bucket[w->fill[w->asg[t]]++] = t;
-    /* step 2: an over-full expert keeps the C largest margins; build the heaps */
-    for (int a = 0; a < E; a++) {
-        const long lo = w->bstart[a], hi = w->bstart[a + 1], cnt = hi - lo;
-        if (cnt > C) {
-            for (long j = 0; j < cnt; j++)
-                w->mtmp[j] = w->margin[w->bucket[lo + j]];
-            moe_argsort_desc(w->mtmp, (int)cnt, w->idx, w->itmp);
-            for (long j = C; j < cnt; j++)
-                w->asg[w->bucket[lo + w->idx[j]]] = -1;
-        }
-        w->load[a] = cnt > C ? C : cnt;
-        heaps_build(w, E, a, lo, hi);
-    }
+    /* step 2 (on the threads): an over-full expert keeps the C largest margins; the heaps */
+    moe_par_run(step2_part, &job, moe_par_parts((long)nl * E, BASE_GRAIN));
     /* step 3: the left-out tokens, in token order */
     int nq = 0;
     for (int32_t t = 0; t < n + nd; t++)
         if ((t >= n || w->rank[t] < nl) && w->asg[t] < 0)
             w->queue[nq++] = t;
-    for (int i = 0; i < nq; i++)
-        augment(w, E, C, w->queue[i]);
+    augment_all(w, E, C, nq);
 }
 
 /* ---- routing ---- */

@@ -17,9 +17,8 @@
  *     in the same order, combine weights within 1e-12 relative).
  * Capacity factor 1.25; other options at their defaults. Routers whose plan or claim workspace
  * holds n*E entries (dense, soft_moe; topp and relu, whose max_k is E) run where n*E is at most
- * BR_MAX_ENTRIES (all but 2^20 x 256), base (its workspace grows with E*E*n/E) at 65536 tokens
- * and below, and the table says so; replay needs recorded choices and is
- * not run; base has no PyTorch twin (fairseq's BASE layer solves its assignment in C++).
+ * BR_MAX_ENTRIES (all but 2^20 x 256), base (its workspace is 20*E*n bytes: 5 GB at 2^20 x 256)
+ * up to 2^20 tokens, and the table says so; replay needs recorded choices and is not run.
  * Every finished cell prints a line on stderr (wall and CPU seconds of the cell, of the run).
  * The rows go to the table bench of --db (default results/bench.db) in one transaction,
  * config "routing_<router>_k<k>_E<E>" (d = f = 0: no layer; repeats: that row's R), and to its
@@ -50,7 +49,7 @@
 #include <unistd.h>
 
 #define BR_MAX_ENTRIES (1L << 26)
-#define BR_BASE_MAX_N 65536L
+#define BR_BASE_MAX_N 1048576L
 
 typedef struct {
     const char *router;
@@ -61,7 +60,7 @@ typedef struct {
 static const br_case br_cases[] = {
     {"switch", 1, 1},   {"topk", 1, 1},     {"topk", 2, 1},     {"topk", 8, 1},
     {"gshard", 2, 1},   {"expert_choice", 1, 1}, {"hash", 0, 1}, {"dsv3_bias", 0, 1},
-    {"sinkhorn", 0, 1}, {"soft_moe", 0, 1}, {"base", 0, 0},     {"dense", 0, 1},
+    {"sinkhorn", 0, 1}, {"soft_moe", 0, 1}, {"base", 0, 1},     {"dense", 0, 1},
     {"topp", 0, 1},     {"relu", 0, 1},
 };
 enum { BR_NCASES = sizeof br_cases / sizeof br_cases[0] };
@@ -283,7 +282,7 @@ static const char *br_skip(const br_args *a, const br_case *c, long n, long E)
     if (a->routers && !br_listed(a->routers, c->router))
         return "";
     if (strcmp(c->router, "base") == 0 && n > BR_BASE_MAX_N)
-        return "its exact assignment's workspace and time grow with n*E: 65536 tokens only";
+        return "its exact assignment's workspace is 20*E*n bytes: up to 2^20 tokens";
     if ((strcmp(c->router, "dense") == 0 || strcmp(c->router, "soft_moe") == 0) &&
         n * E > BR_MAX_ENTRIES)
         return "its plan has n*E entries, over 2^26 (2 GB of entries)";
@@ -553,8 +552,7 @@ static void br_print(const br_args *a, const br_result *res)
            "tensors afresh, so a repeat there warms nothing; '-' torch: no twin or PyTorch "
            "skipped)\n", a->check_n, moe_par_threads(), a->repeats, a->repeats, a->large_from,
            a->large_repeats);
-    printf("routers without a PyTorch twin: base (fairseq solves its balanced assignment in "
-           "C++, not in PyTorch); replay is not benchmarked (it routes recorded choices)\n");
+    printf("replay is not benchmarked (it routes recorded choices)\n");
 }
 
 /* ---- the rows ---- */

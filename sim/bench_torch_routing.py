@@ -5,9 +5,9 @@ torch.topk / argmax / sort, slots from a stable sort by expert and a cumulative 
 given logits to check that they produce moesim's plans.
 
 Routers: switch, topk, gshard, expert_choice, hash (mod), dsv3_bias (bias 0), sinkhorn
-(Megatron's loop, run to moesim's tolerance), topp, relu, dense, soft_moe (one slot per expert).
-base has no PyTorch twin (fairseq solves its assignment in C++, not in PyTorch); replay needs
-recorded choices.
+(Megatron's loop, run to moesim's tolerance), topp, relu, dense, soft_moe (one slot per expert),
+base (an exact balanced assignment by a vectorised auction: fairseq's BASE layer runs an
+approximate auction in a C++ extension); replay needs recorded choices.
 
 The semantics are moesim's defaults with cf = NUM/DEN: capacity C = ceil(k * n * cf / E)
 (expert choice: k = 1, capped at n; topp and relu: k * n replaced by the claims), claims in
@@ -245,10 +245,88 @@ def route_soft_moe(L, k, num, den, u):
     return (tok, ex, torch.zeros_like(tok), W.reshape(-1)), 0.0
 
 
+def base_auction(Lp, C, eps, eps_final, theta):
+    """Forward auction of the N = E * C rows of Lp (N,E) for E experts of C identical slots
+    each ("similar objects"), Jacobi style: every unassigned row bids at once for its best
+    expert under Lp - price, price + best - second best + eps (two max reductions: topk(2)
+    of rows this short is several times slower). An expert keeps the C highest
+    bids it has received, in a row of (E, C); while full, its price is the lowest of
+    them. Epsilon scaling from eps down to eps_final by theta; each phase
+    starts from the prices of the one before with every row unassigned. Returns the expert of
+    every row (N)."""
+    N, E = Lp.shape
+    price = Lp.new_zeros(E)
+    ninf = float("-inf")
+    Vbuf = torch.empty_like(Lp)  # the bidders' values: fresh (N,E) tensors every round would
+    while True:                  # fault their pages in again each time
+        held_bid = torch.full((E, C), ninf, dtype=Lp.dtype)
+        held_tok = torch.full((E, C), -1, dtype=torch.long)
+        U = torch.arange(N)
+        while U.numel():
+            V = torch.index_select(Lp, 0, U, out=Vbuf[:U.numel()]).sub_(price)
+            v1, j = V.max(1)  # the best expert, then the second best value
+            V.scatter_(1, j.unsqueeze(1), float("-inf"))
+            b = price[j] + (v1 - V.max(1).values) + eps
+            # the experts bid for: their held bids and the new ones, sorted by bid
+            order = torch.sort(j, stable=True).indices
+            j, b, U = j[order], b[order], U[order]
+            ex, cnt = torch.unique_consecutive(j, return_counts=True)
+            K = int(cnt.max())
+            col = torch.arange(j.numel()) - torch.repeat_interleave(torch.cumsum(cnt, 0) - cnt,
+                                                                    cnt)
+            row = torch.repeat_interleave(torch.arange(ex.numel()), cnt)
+            nb = torch.full((ex.numel(), K), ninf, dtype=Lp.dtype)
+            nt = torch.full((ex.numel(), K), -1, dtype=torch.long)
+            nb[row, col] = b
+            nt[row, col] = U
+            allb = torch.cat([held_bid[ex], nb], 1)
+            allt = torch.cat([held_tok[ex], nt], 1)
+            # every such expert drops its K lowest bids (padding first) and keeps C
+            low, o = torch.topk(allb, K + 1, 1, largest=False)
+            drop = torch.zeros_like(allb, dtype=torch.bool).scatter_(1, o[:, :K], True)
+            out = allt.gather(1, o[:, :K]).reshape(-1)
+            U = out[out >= 0]
+            held_bid[ex] = allb[~drop].view(-1, C)
+            held_tok[ex] = allt[~drop].view(-1, C)
+            price[ex] = torch.where(low[:, K] > ninf, low[:, K], price[ex])
+        if eps <= eps_final:
+            asg = torch.empty(N, dtype=torch.long)
+            asg[held_tok.reshape(-1)] = torch.arange(E).repeat_interleave(C)
+            return asg
+        eps = max(eps / theta, eps_final)
+
+
+def route_base(L, k, num, den, u):
+    """BASE's exact balanced assignment by base_auction, then moesim's plan: slots in token
+    order per expert, combine sigmoid(L[t,e]). Final epsilon 1e-3 / (n E), from this bound:
+    the auction ends with every row within eps of its best expert at the final prices; the
+    optimum and the result differ by exchanges along cycles of experts, each through at most E
+    experts, so each such cycle loses at most E eps and the result is the optimum when E eps
+    is below the gap (the cheapest exchange away from the optimum). On N(0,1) logits the gap
+    is of order 1/n: a swap of two tokens, one from each of two experts, costs at least their
+    two margins, and about n^2/2 such pairs give P(gap < x) ~ (n x)^2 / 2; E eps = 1e-3 / n
+    puts that near 5e-7. The first epsilon is (max - min) / 50 as fairseq's auction takes it,
+    divided by 8 per phase (about 12 phases at 2^20 x 256); prices stay of the order of the
+    logits, where 1e-3 / (n E) is still over a thousand float64 ulps."""
+    n, E = L.shape
+    C = -(-n // E)
+    D = C * E - n  # dummy rows of zeros take the free slots: every expert ends with C
+    Lp = torch.cat([L, L.new_zeros(D, E)]) if D else L
+    eps0 = max(float(L.max() - L.min()) / 50.0, 1e-300)
+    e = base_auction(Lp, C, eps0, 1e-3 / (n * E), 8.0)[:n] if E > 1 else \
+        torch.zeros(n, dtype=torch.long)
+    g = torch.sigmoid(L.gather(1, e.unsqueeze(1))).squeeze(1)
+    slot, assigned = slots_choice_major(e, E)
+    tok = torch.arange(n)
+    metrics(L, n, E, tok, e, assigned, torch.bincount(e, g, minlength=E))
+    return (tok, e, slot, g), 0.0
+
+
 ROUTERS = {"switch": route_switch, "topk": route_topk, "gshard": route_gshard,
            "expert_choice": route_expert_choice, "hash": route_hash,
            "dsv3_bias": route_dsv3_bias, "sinkhorn": route_sinkhorn, "topp": route_topp,
-           "relu": route_relu, "dense": route_dense, "soft_moe": route_soft_moe}
+           "relu": route_relu, "dense": route_dense, "soft_moe": route_soft_moe,
+           "base": route_base}
 
 
 def parse_cases(text):

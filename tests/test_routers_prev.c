@@ -10,13 +10,18 @@
  *     its choices by the choice_major rule of docs/routing.md, on quarter logits (and the same
  *     times 24: scores of exactly 1.0 and near 0), E = 37 and 64, k = 2, 4 and 8, dropless and
  *     capacity factors 1/2, 1 and 2, the bias at 0 and after one observe step (either sign),
- *     expert groups (the score path). */
+ *     expert groups (the score path);
+ *   - base against its one-core code (tests/base_ref.h: routers/base.c at commit 150f3a2) on
+ *     N(0,1) logits with a skew of 0 and 20 across the experts, quarter logits with repeated
+ *     rows and equal logits, E = 8, 37 and 64 with n not a multiple of E (dummies), on 1 and 3
+ *     threads with the default grain and a grain of 1 (steps 1 and 2 split even at this n). */
 #include "check.h"
 #include "moe.h"
 #include "../routers/claims.h"
 #include "../routers/colselect.h"
 #include "../routers/dsv3_bias.h"
 #include "../routers/score.h"
+#include "base_ref.h"
 #include "ec_heap_ref.h"
 #include "route_helper.h"
 #include "vexp.h"
@@ -316,10 +321,76 @@ static void test_dsv3_prev(void)
     moe_plan_free(p);
 }
 
+/* ---- base against its previous implementation ---- */
+
+enum { BR_N = 3001, BR_EMAX = 64 };
+
+/* kind 0, 1: N(0,1) minus skew 0 or 20 times e/(E-1) (at 20 most tokens rank the experts
+ * alike, so step 3 moves many tokens along long paths); 2: quarters of N(0,1) with every
+ * third row a copy of an earlier one (ties within rows and across tokens); 3: all equal. */
+static void base_fill(double *L, int n, int E, int kind, gsl_rng *g)
+{
+    for (int t = 0; t < n; t++)
+        for (int e = 0; e < E; e++) {
+            const double x = gsl_ran_gaussian_ziggurat(g, 1.0);
+            L[(size_t)t * E + e] = kind == 3   ? 0.5
+                                   : kind == 2 ? (t % 3 == 2 ? L[(size_t)(t / 7) * E + e]
+                                                             : round(4.0 * x) / 4.0)
+                                               : x - (kind ? 20.0 : 0.0) * e / (E - 1);
+        }
+}
+
+static void test_base_prev(void)
+{
+    static double L[BR_N * BR_EMAX];
+    gsl_rng *g = moe_rng_alloc(37, 1);
+    static const int Es[] = {8, 37, 64}, ns[] = {1003, BR_N, BR_N};
+    moe_route_opts o;
+    moe_route_opts_default(&o);
+    o.k = 1;
+    int cases = 0;
+    for (int ie = 0; ie < 3; ie++)
+        for (int kind = 0; kind < 4; kind++) {
+            const int E = Es[ie], n = ns[ie];
+            base_fill(L, n, E, kind, g);
+            moe_plan *ref = moe_plan_alloc(n, E, (size_t)n + 16);
+            CHECK(moe_plan_reset(ref, n, E, E) == 0 && base_ref_plan(L, n, E, ref) == 0,
+                  "base reference E %d n %d: out of memory", E, n);
+            for (int grain = 0; grain <= 1; grain++)
+                for (int th = 1; th <= 3; th += 2) {
+                    moe_par_set_grain(grain);
+                    moe_plan *p = route_helper("base", &o, n, E, L, NULL, NULL, th);
+                    moe_par_set_grain(0);
+                    int same = p->n_entries == ref->n_entries && p->capacity == ref->capacity &&
+                               p->n_claims == ref->n_claims && p->aux_loss == ref->aux_loss;
+                    for (size_t i = 0; same && i < p->n_entries; i++) {
+                        const moe_entry *x = &p->entries[i], *y = &ref->entries[i];
+                        same = x->token == y->token && x->expert == y->expert &&
+                               x->slot == y->slot &&
+                               !memcmp(&x->combine_w, &y->combine_w, sizeof x->combine_w) &&
+                               !memcmp(&x->dispatch_w, &y->dispatch_w, sizeof x->dispatch_w);
+                    }
+                    same = same &&
+                           !memcmp(p->assigned_load, ref->assigned_load,
+                                   (size_t)E * sizeof *p->assigned_load) &&
+                           !memcmp(p->importance, ref->importance,
+                                   (size_t)E * sizeof *p->importance);
+                    CHECK(same, "base E %d n %d logits %d, %d threads, grain %d: plan differs "
+                          "from the previous implementation", E, n, kind, th, grain);
+                    moe_plan_free(p);
+                    cases++;
+                }
+            moe_plan_free(ref);
+        }
+    CHECK_INT(cases, 3 * 4 * 2 * 2);
+    gsl_rng_free(g);
+}
+
 int main(void)
 {
     test_ec_vs_heap();
     test_colselect();
     test_dsv3_prev();
+    test_base_prev();
     return check_report("test_routers_prev");
 }
