@@ -14,10 +14,10 @@
  *     logits (2 GB at 2^20 x 256) is in memory besides the file. Each twin is first checked to
  *     produce the same plan as moesim on `--check-n` tokens (same (token, expert, slot) entries
  *     in the same order, combine weights within 1e-12 relative).
- * Capacity factor 1.25; other options at their defaults. Routers whose plan or claim workspace
- * holds n*E entries (dense, soft_moe; topp and relu, whose max_k is E) run where n*E is at most
- * BR_MAX_ENTRIES (all but 2^20 x 256), base (its workspace grows with E*E*n/E) at 65536 tokens
- * and below, and the table says so; replay needs recorded choices and is
+ * Capacity factor 1.25; other options at their defaults. dense and soft_moe, whose plans hold
+ * n*E entries (8.6 GB at 2^20 x 256), run where those take at most half of the machine's
+ * memory, base (its workspace grows with E*E*n/E) at 65536 tokens and below, and the table
+ * says so; replay needs recorded choices and is
  * not run; base has no PyTorch twin (fairseq's BASE layer solves its assignment in C++).
  * Every finished cell prints a line on stderr (wall and CPU seconds of the cell, of the run).
  * The rows go to the table bench of --db (default results/bench.db) in one transaction,
@@ -48,7 +48,6 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define BR_MAX_ENTRIES (1L << 26)
 #define BR_BASE_MAX_N 65536L
 
 typedef struct {
@@ -275,6 +274,13 @@ static int br_listed(const char *list, const char *name)
     return 0;
 }
 
+/* Bytes of physical memory (sysconf), or infinity when unknown. */
+static double br_memory(void)
+{
+    const long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+    return pages > 0 && size > 0 ? (double)pages * size : INFINITY;
+}
+
 /* Why router c does not run at n tokens and E experts (NULL: it runs); "" when --routers left it
  * out. */
 static const char *br_skip(const br_args *a, const br_case *c, long n, long E)
@@ -284,11 +290,8 @@ static const char *br_skip(const br_args *a, const br_case *c, long n, long E)
     if (strcmp(c->router, "base") == 0 && n > BR_BASE_MAX_N)
         return "its exact assignment's workspace and time grow with n*E: 65536 tokens only";
     if ((strcmp(c->router, "dense") == 0 || strcmp(c->router, "soft_moe") == 0) &&
-        n * E > BR_MAX_ENTRIES)
-        return "its plan has n*E entries, over 2^26 (2 GB of entries)";
-    if ((strcmp(c->router, "topp") == 0 || strcmp(c->router, "relu") == 0) &&
-        n * E > BR_MAX_ENTRIES)
-        return "max_k = E: workspace for n*E claims, over 2^26 (about 13 GB at 2^20 x 256)";
+        (double)n * E * sizeof(moe_entry) > br_memory() / 2)
+        return "its plan's n*E entries take over half of this machine's memory";
     if (c->k > E)
         return "k > E";
     return NULL;
