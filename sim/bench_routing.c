@@ -10,10 +10,10 @@
  *   - the PyTorch twins of the routers (sim/bench_torch_routing.py, run with the same number of
  *     threads) on the same logits: they are written once per (n, E) as .npy into a temporary
  *     folder (in /dev/shm when it exists: memory, not disk), which the script memory-maps, and
- *     are timed right after moesim's cells of that (n, E), so only one copy of the largest
- *     logits (2 GB at 2^20 x 256) is in memory besides the file. Each twin is first checked to
- *     produce the same plan as moesim on `--check-n` tokens (same (token, expert, slot) entries
- *     in the same order, combine weights within 1e-12 relative).
+ *     are timed right after moesim's cells of that (n, E); moesim routes the file's own pages,
+ *     mapped, so the largest logits (2 GB at 2^20 x 256) are in memory once. Each twin is first
+ *     checked to produce the same plan as moesim on `--check-n` tokens (same (token, expert,
+ *     slot) entries in the same order, combine weights within 1e-12 relative).
  * Capacity factor 1.25; other options at their defaults. dense and soft_moe, whose plans hold
  * n*E entries (8.6 GB at 2^20 x 256), run where those take at most half of the machine's
  * memory, base (its workspace grows with E*E*n/E) at 65536 tokens and below, and the table
@@ -37,6 +37,7 @@
 #include "vexp.h"
 #include "../routers/par.h"
 
+#include <fcntl.h>
 #include <getopt.h>
 #include <gsl/gsl_randist.h>
 #include <math.h>
@@ -44,7 +45,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -388,6 +391,36 @@ static int br_write_inputs(const char *dir, const double *L, const double *u, in
     return rc ? rc : moe_npy_write(path, MOE_F64, u, 1, shu);
 }
 
+/* The logits that br_write_inputs wrote to dir/logits.npy (format 1.0, float64, count values),
+ * mapped read-only: the pages of the shared file itself (in /dev/shm: memory), so that the
+ * logits are in memory once while moesim routes them. *map, *len for munmap; NULL when they
+ * cannot be mapped (after moe_fail). */
+static const double *br_map_logits(const char *dir, size_t count, void **map, size_t *len)
+{
+    char path[1200];
+    snprintf(path, sizeof path, "%s/logits.npy", dir);
+    const int fd = open(path, O_RDONLY);
+    struct stat st;
+    unsigned char *m = MAP_FAILED;
+    if (fd >= 0 && fstat(fd, &st) == 0 && st.st_size >= 10)
+        m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    if (fd >= 0)
+        close(fd);
+    if (m == MAP_FAILED) {
+        moe_fail(MOE_EIO, NULL, "cannot map the shared logits (%s)", path);
+        return NULL;
+    }
+    const size_t off = 10 + (size_t)m[8] + ((size_t)m[9] << 8); /* magic, version, header */
+    if (m[6] != 1 || off % sizeof(double) || off + count * sizeof(double) > (size_t)st.st_size) {
+        munmap(m, (size_t)st.st_size);
+        moe_fail(MOE_EIO, NULL, "unexpected layout of the shared logits (%s)", path);
+        return NULL;
+    }
+    *map = m;
+    *len = (size_t)st.st_size;
+    return (const double *)(m + off);
+}
+
 /* k as the PyTorch twin takes it: the case's, else the router type's default. */
 static int br_case_k(const br_case *c)
 {
@@ -710,10 +743,17 @@ static int br_parse_args(int argc, char **argv, br_args *a, int *help)
 static int br_size(const br_args *a, int n, int E, const char *dir, br_result *row)
 {
     const double t0 = moe_now();
-    double *L = br_logits(n, E, 1), *u = dir ? br_uniforms(n, 1) : NULL;
-    int rc = !L || (dir && !u) ? MOE_ENOMEM : MOE_OK;
-    if (!rc && dir)
-        rc = br_write_inputs(dir, L, u, n, E);
+    double *Lown = br_logits(n, E, 1), *u = dir ? br_uniforms(n, 1) : NULL;
+    const double *L = Lown;
+    void *map = NULL;
+    size_t map_len = 0;
+    int rc = !Lown || (dir && !u) ? MOE_ENOMEM : MOE_OK;
+    if (!rc && dir && !(rc = br_write_inputs(dir, Lown, u, n, E))) {
+        free(Lown); /* route the shared file's logits: one copy in memory */
+        Lown = NULL;
+        if (!(L = br_map_logits(dir, (size_t)n * E, &map, &map_len)))
+            rc = MOE_EIO;
+    }
     free(u);
     char what[128];
     snprintf(what, sizeof what, "logits n=%d E=%d drawn%s", n, E, dir ? " and shared" : "");
@@ -736,7 +776,9 @@ static int br_size(const br_args *a, int n, int E, const char *dir, br_result *r
         rc = br_time(&br_cases[c], L, n, E, R, r);
         r->ran = want[c] = !rc;
     }
-    free(L);
+    free(Lown);
+    if (map)
+        munmap(map, map_len);
     char cases[1024];
     if (!rc && dir && br_torch_cases(want, cases, sizeof cases)) {
         int st = br_python(a, "time", dir, cases, br_torch_repeats(a, n), row);
