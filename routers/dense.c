@@ -27,7 +27,7 @@ enum { DENSE_CHUNK_VALUES = 4096 }; /* logits of one chunk of rows */
 
 typedef struct {
     int rows;  /* rows per chunk */
-    double *p; /* (MOE_PAR_MAX, rows, E) each thread's softmax rows */
+    double *p; /* (MOE_ROWPASS_SLOTS, rows, E) softmax rows of the chunks in flight */
 } dense_ws;
 
 static void dense_free(moe_router *r)
@@ -49,7 +49,7 @@ static int dense_alloc(moe_router *r)
     r->ws = w;
     if (w) {
         w->rows = r->E >= DENSE_CHUNK_VALUES ? 1 : DENSE_CHUNK_VALUES / r->E;
-        w->p = malloc((size_t)MOE_PAR_MAX * (size_t)w->rows * (size_t)r->E * sizeof *w->p);
+        w->p = malloc((size_t)MOE_ROWPASS_SLOTS * (size_t)w->rows * (size_t)r->E * sizeof *w->p);
     }
     if (!w || !w->p) {
         dense_free(r);
@@ -68,19 +68,19 @@ typedef struct {
     atomic_int nonfinite; /* a chunk has a non-finite logit */
 } dense_job;
 
-static double *dense_rows(const dense_job *j, int part) /* (rows, E) scratch of the part */
+static double *dense_rows(const dense_job *j, int slot) /* (rows, E) scratch of a chunk slot */
 {
-    return j->w->p + (size_t)part * (size_t)j->w->rows * (size_t)j->E;
+    return j->w->p + (size_t)slot * (size_t)j->w->rows * (size_t)j->E;
 }
 
 /* Chunk ch: softmax rows, logsumexps and entries of its tokens; the observer's per-row work. */
-static void dense_work(void *ctx, int part, long ch)
+static void dense_work(void *ctx, int slot, long ch)
 {
     dense_job *j = ctx;
     const int E = j->E;
     const long t0 = ch * j->w->rows, t1 = t0 + j->w->rows < j->n ? t0 + j->w->rows : j->n;
     const double *lt = j->L + (size_t)t0 * E;
-    double *p = dense_rows(j, part);
+    double *p = dense_rows(j, slot);
     if (!moe_all_finite(lt, (size_t)(t1 - t0) * E))
         atomic_store(&j->nonfinite, 1);
     moe_softmax_rows(lt, (int)(t1 - t0), E, p, j->plan->lse + t0);
@@ -101,12 +101,12 @@ static void dense_work(void *ctx, int part, long ch)
 
 /* Chunk ch, after every earlier one: importance[e] += p[t,e] in token order; the observer's
  * sums. */
-static void dense_add(void *ctx, int part, long ch)
+static void dense_add(void *ctx, int slot, long ch)
 {
     dense_job *j = ctx;
     const int E = j->E;
     const long t0 = ch * j->w->rows, t1 = t0 + j->w->rows < j->n ? t0 + j->w->rows : j->n;
-    const double *p = dense_rows(j, part);
+    const double *p = dense_rows(j, slot);
     double *restrict imp = j->plan->importance;
     for (long t = t0; t < t1; t++) {
         const double *restrict pt = p + (size_t)(t - t0) * E;
@@ -131,7 +131,9 @@ static int dense_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     dense_job j = {.w = w, .L = in->logits, .plan = plan, .n = n, .E = E};
     atomic_init(&j.nonfinite, 0);
     const long nch = (n + w->rows - 1) / w->rows;
-    moe_rowpass_run(nch, moe_par_parts((long)n * E, 16384), dense_work, dense_add, &j);
+    if ((rc = moe_rowpass_run(nch, moe_par_parts((long)n * E, 16384), dense_work, dense_add,
+                              &j)))
+        return rc;
     if (atomic_load(&j.nonfinite)) /* the first non-finite logit, named as moe_router_route does */
         return moe_logits_check_finite(in->logits, n, E);
     plan->n_entries = (size_t)n * (size_t)E;

@@ -34,8 +34,9 @@ typedef struct {
     int rows;     /* rows per chunk */
     double *cmax; /* (MOE_PAR_MAX, M) column maxima of each part's tokens; row 0: of all */
     double *csum; /* (M) column sums */
-    double *W;    /* (MOE_PAR_MAX, rows, M) combine rows of each part */
-    double *D;    /* (MOE_PAR_MAX, rows, M) dispatch rows (exponentials) of each part */
+    double *W;    /* (MOE_ROWPASS_SLOTS, rows, M) combine rows of the chunks in flight */
+    double *D;    /* (MOE_ROWPASS_SLOTS, rows, M) their dispatch rows; pass 2: (MOE_PAR_MAX, rows,
+                   * M) each thread's exponentials */
 } soft_ws;
 
 static void soft_free(moe_router *r)
@@ -59,7 +60,8 @@ static int soft_alloc(moe_router *r)
     r->ws = w;
     const size_t m = (size_t)r->m;
     w->rows = r->m >= SOFT_CHUNK_VALUES ? 1 : SOFT_CHUNK_VALUES / r->m;
-    const size_t part = (size_t)MOE_PAR_MAX * (size_t)w->rows * m;
+    const int rs = MOE_ROWPASS_SLOTS, pm = MOE_PAR_MAX, slots = rs > pm ? rs : pm;
+    const size_t part = (size_t)slots * (size_t)w->rows * m;
     w->cmax = malloc((size_t)MOE_PAR_MAX * m * sizeof *w->cmax);
     w->csum = malloc(m * sizeof *w->csum);
     w->W = malloc(part * sizeof *w->W);
@@ -139,13 +141,13 @@ static void soft_chunk(const soft_job *j, long ch, long *t0, long *t1)
 }
 
 /* Pass 3, chunk ch: W rows and logsumexps, D rows, the entries of its tokens. */
-static void soft_work(void *ctx, int part, long ch)
+static void soft_work(void *ctx, int slot, long ch)
 {
     soft_job *j = ctx;
     const int M = j->M, P = j->P;
     long t0, t1;
     soft_chunk(j, ch, &t0, &t1);
-    const size_t len = (size_t)(t1 - t0) * M, off = (size_t)part * j->w->rows * M;
+    const size_t len = (size_t)(t1 - t0) * M, off = (size_t)slot * j->w->rows * M;
     double *restrict W = j->w->W + off, *restrict D = j->w->D + off;
     const double *restrict L = j->L + (size_t)t0 * M, *restrict mx = j->w->cmax;
     const double *restrict s = j->w->csum;
@@ -169,13 +171,13 @@ static void soft_work(void *ctx, int part, long ch)
 }
 
 /* Pass 3, chunk ch after every earlier one: importance[j/P] += W[t,j], token by token. */
-static void soft_add(void *ctx, int part, long ch)
+static void soft_add(void *ctx, int slot, long ch)
 {
     soft_job *j = ctx;
     const int M = j->M, P = j->P;
     long t0, t1;
     soft_chunk(j, ch, &t0, &t1);
-    const double *W = j->w->W + (size_t)part * j->w->rows * M;
+    const double *W = j->w->W + (size_t)slot * j->w->rows * M;
     double *restrict imp = j->plan->importance;
     for (long t = t0; t < t1; t++) {
         const double *restrict wt = W + (size_t)(t - t0) * M;
@@ -213,7 +215,8 @@ static int soft_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
                                                                  : w->cmax[c];
     const int nb = (M + 7) / 8;
     moe_par_run(soft_colsum, &j, np < nb ? np : nb);
-    moe_rowpass_run((n + w->rows - 1) / w->rows, np, soft_work, soft_add, &j);
+    if ((rc = moe_rowpass_run((n + w->rows - 1) / w->rows, np, soft_work, soft_add, &j)))
+        return rc;
     plan->n_entries = (size_t)n * (size_t)M;
     for (int e = 0; e < r->E; e++)
         plan->assigned_load[e] = P;
