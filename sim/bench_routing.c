@@ -11,14 +11,14 @@
  *   - the PyTorch twins of the routers (sim/bench_torch_routing.py, run with the same number of
  *     threads) on the same logits: they are written once per (n, E) as .npy into a temporary
  *     folder (in /dev/shm when it exists: memory, not disk), which the script memory-maps, and
- *     are timed right after moesim's cells of that (n, E), so only one copy of the largest
- *     logits (2 GB at 2^20 x 256) is in memory besides the file. Each twin is first checked to
- *     produce the same plan as moesim on `--check-n` tokens (same (token, expert, slot) entries
- *     in the same order, combine weights within 1e-12 relative).
- * Capacity factor 1.25; other options at their defaults. Routers whose plan or claim workspace
- * holds n*E entries (dense, soft_moe; topp and relu, whose max_k is E) run where n*E is at most
- * BR_MAX_ENTRIES (all but 2^20 x 256), base (its workspace is 20*E*n bytes: 5 GB at 2^20 x 256)
- * up to 2^20 tokens, and the table says so; replay needs recorded choices and is not run.
+ *     are timed right after moesim's cells of that (n, E); moesim routes the file's own pages,
+ *     mapped, so the largest logits (2 GB at 2^20 x 256) are in memory once. Each twin is first
+ *     checked to produce the same plan as moesim on `--check-n` tokens (same (token, expert,
+ *     slot) entries in the same order, combine weights within 1e-12 relative).
+ * Capacity factor 1.25; other options at their defaults. dense and soft_moe, whose plans hold
+ * n*E entries (8.6 GB at 2^20 x 256), run where those take at most half of the machine's
+ * memory, base (its workspace is 20*E*n bytes: 5 GB at 2^20 x 256) up to 2^20 tokens, and the
+ * table says so; replay needs recorded choices and is not run.
  * Every finished cell prints a line on stderr (wall and CPU seconds of the cell, of the run).
  * The rows go to the table bench of --db (default results/bench.db) in one transaction,
  * config "routing_<router>_k<k>_E<E>" (d = f = 0: no layer; repeats: that row's R), and to its
@@ -37,6 +37,7 @@
 #include "vexp.h"
 #include "../routers/par.h"
 
+#include <fcntl.h>
 #include <getopt.h>
 #include <gsl/gsl_randist.h>
 #include <math.h>
@@ -44,11 +45,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define BR_MAX_ENTRIES (1L << 26)
 #define BR_BASE_MAX_N 1048576L
 
 typedef struct {
@@ -275,6 +277,13 @@ static int br_listed(const char *list, const char *name)
     return 0;
 }
 
+/* Bytes of physical memory (sysconf), or infinity when unknown. */
+static double br_memory(void)
+{
+    const long pages = sysconf(_SC_PHYS_PAGES), size = sysconf(_SC_PAGESIZE);
+    return pages > 0 && size > 0 ? (double)pages * size : INFINITY;
+}
+
 /* Why router c does not run at n tokens and E experts (NULL: it runs); "" when --routers left it
  * out. */
 static const char *br_skip(const br_args *a, const br_case *c, long n, long E)
@@ -284,11 +293,8 @@ static const char *br_skip(const br_args *a, const br_case *c, long n, long E)
     if (strcmp(c->router, "base") == 0 && n > BR_BASE_MAX_N)
         return "its exact assignment's workspace is 20*E*n bytes: up to 2^20 tokens";
     if ((strcmp(c->router, "dense") == 0 || strcmp(c->router, "soft_moe") == 0) &&
-        n * E > BR_MAX_ENTRIES)
-        return "its plan has n*E entries, over 2^26 (2 GB of entries)";
-    if ((strcmp(c->router, "topp") == 0 || strcmp(c->router, "relu") == 0) &&
-        n * E > BR_MAX_ENTRIES)
-        return "max_k = E: workspace for n*E claims, over 2^26 (about 13 GB at 2^20 x 256)";
+        (double)n * E * sizeof(moe_entry) > br_memory() / 2)
+        return "its plan's n*E entries take over half of this machine's memory";
     if (c->k > E)
         return "k > E";
     return NULL;
@@ -383,6 +389,36 @@ static int br_write_inputs(const char *dir, const double *L, const double *u, in
     int rc = moe_npy_write(path, MOE_F64, L, 2, shL);
     snprintf(path, sizeof path, "%s/uniforms.npy", dir);
     return rc ? rc : moe_npy_write(path, MOE_F64, u, 1, shu);
+}
+
+/* The logits that br_write_inputs wrote to dir/logits.npy (format 1.0, float64, count values),
+ * mapped read-only: the pages of the shared file itself (in /dev/shm: memory), so that the
+ * logits are in memory once while moesim routes them. *map, *len for munmap; NULL when they
+ * cannot be mapped (after moe_fail). */
+static const double *br_map_logits(const char *dir, size_t count, void **map, size_t *len)
+{
+    char path[1200];
+    snprintf(path, sizeof path, "%s/logits.npy", dir);
+    const int fd = open(path, O_RDONLY);
+    struct stat st;
+    unsigned char *m = MAP_FAILED;
+    if (fd >= 0 && fstat(fd, &st) == 0 && st.st_size >= 10)
+        m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    if (fd >= 0)
+        close(fd);
+    if (m == MAP_FAILED) {
+        moe_fail(MOE_EIO, NULL, "cannot map the shared logits (%s)", path);
+        return NULL;
+    }
+    const size_t off = 10 + (size_t)m[8] + ((size_t)m[9] << 8); /* magic, version, header */
+    if (m[6] != 1 || off % sizeof(double) || off + count * sizeof(double) > (size_t)st.st_size) {
+        munmap(m, (size_t)st.st_size);
+        moe_fail(MOE_EIO, NULL, "unexpected layout of the shared logits (%s)", path);
+        return NULL;
+    }
+    *map = m;
+    *len = (size_t)st.st_size;
+    return (const double *)(m + off);
 }
 
 /* k as the PyTorch twin takes it: the case's, else the router type's default. */
@@ -706,10 +742,17 @@ static int br_parse_args(int argc, char **argv, br_args *a, int *help)
 static int br_size(const br_args *a, int n, int E, const char *dir, br_result *row)
 {
     const double t0 = moe_now();
-    double *L = br_logits(n, E, 1), *u = dir ? br_uniforms(n, 1) : NULL;
-    int rc = !L || (dir && !u) ? MOE_ENOMEM : MOE_OK;
-    if (!rc && dir)
-        rc = br_write_inputs(dir, L, u, n, E);
+    double *Lown = br_logits(n, E, 1), *u = dir ? br_uniforms(n, 1) : NULL;
+    const double *L = Lown;
+    void *map = NULL;
+    size_t map_len = 0;
+    int rc = !Lown || (dir && !u) ? MOE_ENOMEM : MOE_OK;
+    if (!rc && dir && !(rc = br_write_inputs(dir, Lown, u, n, E))) {
+        free(Lown); /* route the shared file's logits: one copy in memory */
+        Lown = NULL;
+        if (!(L = br_map_logits(dir, (size_t)n * E, &map, &map_len)))
+            rc = MOE_EIO;
+    }
     free(u);
     char what[128];
     snprintf(what, sizeof what, "logits n=%d E=%d drawn%s", n, E, dir ? " and shared" : "");
@@ -746,7 +789,9 @@ static int br_size(const br_args *a, int n, int E, const char *dir, br_result *r
              bound, passes, R, first);
     if (!rc)
         br_progress(what, spent);
-    free(L);
+    free(Lown);
+    if (map)
+        munmap(map, map_len);
     char cases[1024];
     if (!rc && dir && br_torch_cases(want, cases, sizeof cases)) {
         int st = br_python(a, "time", dir, cases, br_torch_repeats(a, n), row);

@@ -203,7 +203,9 @@ def route_topp(L, k, num, den, u):
     p, lse, _ = softmax_lse(L)
     pmean = p.mean(0)
     v, e = torch.sort(p, dim=1, descending=True, stable=True)
-    before = torch.cumsum(v, 1) - v  # the cumulative p before each rank
+    del p  # (n, E) float64 each: p, v, e and the cumulative sums live at once otherwise
+    before = torch.cumsum(v, 1)
+    before -= v  # the cumulative p before each rank (in place: one (n, E) tensor fewer)
     claim = before < TOP_P
     claim[:, 0] = True
     K = int(claim.sum(1).max())  # the claims are a prefix of each row

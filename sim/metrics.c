@@ -100,14 +100,16 @@ static double double_cv2(const double *v, int E)
 enum { RUN_MAX = 16 };
 
 /* One pass over the entries: each must lie inside the plan's (T, E, C) so that the counts below
- * can index by it; *runs = whether they come in token order with at most RUN_MAX entries per
- * token (the token-choice routers' plans: each token's experts can then be read from its run of
- * entries, without marks); kept (E) += the entries of each expert (sparse plans only). */
-static int scan_entries(const moe_plan *plan, long *kept, int *runs)
+ * can index by it; *runs = whether they come in token order, each token's run of entries either
+ * at most RUN_MAX long or with its experts in non-decreasing order (the token-choice routers',
+ * dense's and soft_moe's plans: each token's experts can then be read from its run of entries,
+ * without marks); kept (E) += the entries of each expert (sparse plans), or (dense plans) the
+ * distinct slots of each expert, marked in slot_mark (E,C). */
+static int scan_entries(const moe_plan *plan, long *kept, unsigned char *slot_mark, int *runs)
 {
     const int sparse = !plan->dense;
-    int run = 0, in_runs = sparse;
-    int32_t prev = -1;
+    int run = 0, in_runs = 1, sorted = 1;
+    int32_t prev = -1, prev_e = -1;
     for (size_t i = 0; i < plan->n_entries; i++) {
         const moe_entry *en = &plan->entries[i];
         if (en->token < 0 || en->token >= plan->n || en->expert < 0 || en->expert >= plan->E ||
@@ -116,11 +118,19 @@ static int scan_entries(const moe_plan *plan, long *kept, int *runs)
                             "plan entry %zu (token %d, expert %d, slot %d) outside T = %d, "
                             "E = %d, C = %ld (metrics)",
                             i, en->token, en->expert, en->slot, plan->n, plan->E, plan->capacity);
-        run = en->token == prev ? run + 1 : 1;
-        in_runs &= run <= RUN_MAX && en->token >= prev;
+        const int same = en->token == prev;
+        run = same ? run + 1 : 1;
+        sorted = !same || (sorted && en->expert >= prev_e);
+        in_runs &= (run <= RUN_MAX || sorted) && en->token >= prev;
         prev = en->token;
-        if (sparse)
+        prev_e = en->expert;
+        if (sparse) {
             kept[en->expert]++;
+        } else { /* kept_load[e] = distinct slots of e */
+            unsigned char *sm = &slot_mark[(size_t)en->expert * plan->capacity + en->slot];
+            kept[en->expert] += !*sm;
+            *sm = 1;
+        }
     }
     if (plan->n_claims > 0 && (size_t)plan->n_claims < plan->n_entries)
         return moe_fail(MOE_EINVAL, "the router produced an inconsistent plan",
@@ -180,6 +190,24 @@ static void token_counts(const moe_plan *plan, const unsigned char *mark, int pe
         }
         return;
     }
+    /* experts in order (any run length): count where the expert and its group change */
+    size_t i = *at;
+    for (int e_prev = -1, g_end = 0; i < plan->n_entries && plan->entries[i].token == t; i++) {
+        const int e = plan->entries[i].expert;
+        if (e < e_prev)
+            break;
+        *cnt += e != e_prev;
+        if (e >= g_end) { /* a new group: [e / per * per, g_end) */
+            (*touched)++;
+            g_end = (e / per + 1) * per;
+        }
+        e_prev = e;
+    }
+    if (i == plan->n_entries || plan->entries[i].token != t) {
+        *at = i;
+        return;
+    }
+    *cnt = *touched = 0; /* out of order: at most RUN_MAX entries (scan_entries) */
     int ex[RUN_MAX], gr[RUN_MAX], ng = 0;
     for (; *at < plan->n_entries && plan->entries[*at].token == t; (*at)++) {
         const int e = plan->entries[*at].expert;
@@ -239,39 +267,35 @@ int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f
      * distinct experts per token unless the entries come in runs; dense plans also (E,C) for
      * distinct slots. One block per call, once per routing group (never in a routing loop). */
     long *kept = calloc((size_t)E, sizeof *kept);
+    size_t ec = plan->dense && plan->capacity > 0 ? (size_t)E * (size_t)plan->capacity : 0;
+    unsigned char *slot_mark = calloc(ec + 1, 1);
     int runs = 0;
-    if (!kept)
+    if (!kept || !slot_mark) {
+        free(kept);
+        free(slot_mark);
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of %d experts)", E);
-    int rc = scan_entries(plan, kept, &runs);
+    }
+    int rc = scan_entries(plan, kept, slot_mark, &runs);
+    free(slot_mark);
     size_t te = runs ? 0 : (size_t)n * (size_t)E;
-    size_t ec = plan->dense ? (size_t)E * (size_t)plan->capacity : 0;
-    unsigned char *mark = rc ? NULL : calloc(te + ec + 1, 1);
-    if (!rc && !mark)
+    unsigned char *mark = rc || runs ? NULL : calloc(te, 1);
+    if (!rc && !runs && !mark)
         rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of %d tokens x %d experts)", n,
                       E);
     if (rc) {
         free(kept);
         return rc;
     }
-    unsigned char *slot_mark = mark + te;
 
     /* ---- loads ---- */
     memcpy(mt->assigned_load, plan->assigned_load, (size_t)E * sizeof *mt->assigned_load);
     memcpy(mt->importance, plan->importance, (size_t)E * sizeof *mt->importance);
-    memcpy(mt->kept_load, kept, (size_t)E * sizeof *mt->kept_load); /* sparse: counted */
+    memcpy(mt->kept_load, kept, (size_t)E * sizeof *mt->kept_load); /* counted by the scan */
     free(kept);
     memset(mt->experts_per_token, 0, ((size_t)E + 1) * sizeof *mt->experts_per_token);
-    for (size_t i = 0; (!runs || plan->dense) && i < plan->n_entries; i++) {
+    for (size_t i = 0; !runs && i < plan->n_entries; i++) {
         const moe_entry *en = &plan->entries[i];
-        if (!runs)
-            mark[(size_t)en->token * E + en->expert] = 1;
-        if (plan->dense) { /* kept_load[e] = distinct slots of e */
-            unsigned char *sm = &slot_mark[(size_t)en->expert * plan->capacity + en->slot];
-            if (!*sm) {
-                *sm = 1;
-                mt->kept_load[en->expert]++;
-            }
-        }
+        mark[(size_t)en->token * E + en->expert] = 1;
     }
     count_tokens(plan, runs ? NULL : mark, mt);
     free(mark);

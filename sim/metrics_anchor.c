@@ -109,7 +109,7 @@ static void row_terms(const anc_state *st, int t, int fast, double *p, double *s
         moe_softmax(lt, E, p);
     if (st->own)
         aux_scores(st->score, lt, E, s);
-    if (k >= 1) /* Megatron's top-k routing map */
+    if (k >= 1 && k < E) /* Megatron's top-k routing map (k = E: every expert, no tk) */
         moe_claims_topk(st->own ? s : p, E, k, tk, val);
     if (!st->noisy)
         return;
@@ -145,8 +145,12 @@ static void add_row(anc_state *st, int t, const double *p, const double *s, cons
                     const double *q, const double *l)
 {
     const int E = st->E, k = st->k, S = st->S;
-    for (int j = 0; j < k; j++)
-        st->seq_cnt[tk[j]] += 1.0;
+    if (k >= E) /* the routing map holds every expert (each count the same +1 as by tk) */
+        for (int e = 0; e < E; e++)
+            st->seq_cnt[e] += 1.0;
+    else
+        for (int j = 0; j < k; j++)
+            st->seq_cnt[tk[j]] += 1.0;
     add_to(st->seq_p, st->own ? s : p, E);
     if (!st->shared)
         add_to(st->imp, p, E);
@@ -278,12 +282,13 @@ struct moe_metrics_rows {
     int32_t *tk;      /* (n_max, k_max): each row's top-k, chosen by rows_each */
 };
 
-/* Experts per token of plan's pass when its rows' top-k fit tk (else -1). */
+/* Experts per token of plan's pass when its rows' top-k fit tk or are every expert (else -1). */
 static int rows_k(const moe_metrics_rows *r)
 {
     const moe_plan *plan = r->plan;
     const int k = plan->k < plan->E ? plan->k : plan->E;
-    return plan->E == r->mt->E && plan->n <= r->n_max && k >= 0 && k <= r->k_max ? k : -1;
+    return plan->E == r->mt->E && plan->n <= r->n_max && k >= 0 &&
+                   (k <= r->k_max || k == plan->E) ? k : -1;
 }
 
 /* rows_each: rows t0..t1-1 of the router's softmax p (rows, E): each row's Megatron routing map,
@@ -298,7 +303,7 @@ static void rows_each(void *ctx, long t0, long t1, const double *p)
     const int k = rows_k(r), E = plan->E;
     const int32_t *own = plan->rows_topk && plan->rows_topk_k == k ? plan->rows_topk : NULL;
     double val[ROWS_KMAX];
-    for (long t = t0; k >= 1 && t < t1; t++) {
+    for (long t = t0; k >= 1 && k < E && t < t1; t++) {
         const double *pt = p + (size_t)(t - t0) * E;
         int32_t *tk = r->tk + (size_t)t * k;
         if (own && moe_select_is_top(pt, E, own + (size_t)t * k, k))
@@ -340,15 +345,15 @@ static void rows_add(void *ctx, long t0, long t1, const double *p)
     }
     const int E = r->st.E, k = r->st.k;
     for (long t = t0; t < t1; t++)
-        add_row(&r->st, (int)t, p + (size_t)(t - t0) * E, NULL, r->tk + (size_t)t * k, NULL,
-                NULL);
+        add_row(&r->st, (int)t, p + (size_t)(t - t0) * E, NULL,
+                k < E ? r->tk + (size_t)t * k : NULL, NULL, NULL);
     r->done = t1;
 }
 
 int moe_metrics_attach(moe_metrics *mt, moe_plan *plan, int n_max, int k)
 {
     const int E = mt->E;
-    k = k < E ? k : E;
+    k = k < E ? k : 0; /* k = E: every expert, no top-k to keep */
     k = k < 0 ? 0 : k > ROWS_KMAX ? ROWS_KMAX + 1 : k; /* above ROWS_KMAX: never taken */
     moe_metrics_rows *r = mt->rows;
     if (r && (r->n_max < n_max || r->k_max < k)) {
