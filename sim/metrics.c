@@ -128,16 +128,16 @@ int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f
         return moe_fail(MOE_EINVAL, NULL, "layer shape d = %d, f = %d must be >= 0 (metrics)", d,
                         f);
     /* Scratch: kept (E) counts until the entries are known to be valid; marks for distinct
-     * experts per token unless the entries come in runs, one bit per (token, expert); dense
-     * plans also (E,C) bytes for distinct slots. One block per call, once per routing group
-     * (never in a routing loop). */
+     * experts per token unless the entries come in token order, one bit per (token, expert);
+     * dense plans also (E,C) bytes for distinct slots. One block per call, once per routing
+     * group (never in a routing loop). */
     long *kept = calloc((size_t)E, sizeof *kept);
-    int runs = 0;
+    int ordered = 0;
     if (!kept)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of %d experts)", E);
-    int rc = moe_metrics_scan(plan, kept, &runs);
+    int rc = moe_metrics_scan(plan, kept, &ordered);
     const int words = (E + 63) / 64;
-    size_t tw = runs ? 0 : (size_t)n * (size_t)words;
+    size_t tw = ordered ? 0 : (size_t)n * (size_t)words;
     size_t ec = plan->dense ? (size_t)E * (size_t)plan->capacity : 0;
     uint64_t *bits = rc || !tw ? NULL : calloc(tw, sizeof *bits);
     unsigned char *slot_mark = rc || !ec ? NULL : calloc(ec, 1);
@@ -156,9 +156,9 @@ int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f
     memcpy(mt->importance, plan->importance, (size_t)E * sizeof *mt->importance);
     memcpy(mt->kept_load, kept, (size_t)E * sizeof *mt->kept_load); /* sparse: counted */
     free(kept);
-    for (size_t i = 0; (!runs || plan->dense) && i < plan->n_entries; i++) {
+    for (size_t i = 0; (!ordered || plan->dense) && i < plan->n_entries; i++) {
         const moe_entry *en = &plan->entries[i];
-        if (!runs)
+        if (!ordered)
             bits[(size_t)en->token * words + (size_t)en->expert / 64] |=
                 (uint64_t)1 << (en->expert % 64);
         if (plan->dense) { /* kept_load[e] = distinct slots of e */

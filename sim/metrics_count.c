@@ -2,12 +2,13 @@
  * on the routers' threads (routers/par.h).
  *
  * Two passes, each split into contiguous parts: the entries (validity, the kept load of each
- * expert, whether they come in runs of token order) and the tokens (experts and expert groups
- * per token, dropped tokens per routing group). Every result is an integer count, summed over
- * the parts, or a double computed afterwards from those counts in the order the serial loop
- * over tokens takes: the values do not depend on the number of threads. A plan whose entries do
- * not come in runs (expert choice, dense plans) marks its (token, expert) pairs in a bitmap
- * (T, 64 * ceil(E/64)) first, filled serially.
+ * expert, whether they come in token order) and the tokens (experts and expert groups per
+ * token, dropped tokens per routing group). Every result is an integer count, summed over the
+ * parts, or a double computed afterwards from those counts in the order the serial loop over
+ * tokens takes: the values do not depend on the number of threads. The tokens of a plan in
+ * token order (the token-choice routers') are read from their own entries, found by a binary
+ * search from each part's first token; a plan in another order (expert choice, dense plans)
+ * marks its (token, expert) pairs in a bitmap (T, 64 * ceil(E/64)) first, filled serially.
  */
 #include "metrics_count.h"
 #include "../routers/par.h"
@@ -17,17 +18,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { RUN_MAX = 16, SCAN_GRAIN = 1 << 16 };
+enum { SCAN_GRAIN = 1 << 16 };
 
 /* ---- the entries ---- */
 
 typedef struct {
     const moe_plan *plan;
-    long *kept;                    /* (nparts, E) entries per expert, sparse plans */
-    size_t bad[MOE_PAR_MAX];       /* the part's first entry outside (T, E, C), or SIZE_MAX */
-    int ok[MOE_PAR_MAX];           /* inside the part: token order, runs of <= RUN_MAX */
-    size_t lead[MOE_PAR_MAX];      /* entries of the part's first token at its start */
-    size_t trail[MOE_PAR_MAX];     /* entries of the part's last token at its end */
+    long *kept;              /* (nparts, E) entries per expert, sparse plans */
+    size_t bad[MOE_PAR_MAX]; /* the part's first entry outside (T, E, C), or SIZE_MAX */
+    int ordered[MOE_PAR_MAX]; /* the part's entries in token order */
 } scan_job;
 
 static void scan_part(void *ctx, int i, int np)
@@ -38,10 +37,7 @@ static void scan_part(void *ctx, int i, int np)
     moe_par_range((long)plan->n_entries, i, np, &lo, &hi);
     long *kept = j->kept ? j->kept + (size_t)i * (size_t)plan->E : NULL;
     j->bad[i] = SIZE_MAX;
-    j->ok[i] = 1;
-    j->lead[i] = j->trail[i] = 0;
-    int ok = 1;
-    size_t run = 0, lead = 0;
+    int ordered = 1;
     int32_t prev = -1;
     for (long x = lo; x < hi; x++) {
         const moe_entry *en = &plan->entries[x];
@@ -50,23 +46,15 @@ static void scan_part(void *ctx, int i, int np)
             j->bad[i] = (size_t)x;
             return;
         }
-        if (x > lo) {
-            run = en->token == prev ? run + 1 : 1;
-            ok &= run <= RUN_MAX && en->token >= prev;
-        } else {
-            run = 1;
-        }
-        lead += lead == (size_t)(x - lo) && (x == lo || en->token == prev);
+        ordered &= en->token >= prev;
         prev = en->token;
         if (kept)
             kept[en->expert]++;
     }
-    j->ok[i] = ok;
-    j->lead[i] = lead;
-    j->trail[i] = run;
+    j->ordered[i] = ordered;
 }
 
-int moe_metrics_scan(const moe_plan *plan, long *kept, int *runs)
+int moe_metrics_scan(const moe_plan *plan, long *kept, int *ordered)
 {
     const int E = plan->E, sparse = !plan->dense;
     const int np = moe_par_parts((long)plan->n_entries, SCAN_GRAIN);
@@ -74,10 +62,9 @@ int moe_metrics_scan(const moe_plan *plan, long *kept, int *runs)
     if (sparse && !(j.kept = calloc((size_t)np * (size_t)E, sizeof *j.kept)))
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of %d experts)", E);
     moe_par_run(scan_part, &j, np);
-    /* the parts in entry order: the first bad entry, then the runs across part boundaries */
-    int in_runs = sparse;
+    /* the parts in entry order: the first bad entry, the order across part boundaries */
+    int in_order = sparse;
     int32_t prev = -1;
-    size_t run = 0;
     for (int i = 0; i < np; i++) {
         long lo, hi;
         moe_par_range((long)plan->n_entries, i, np, &lo, &hi);
@@ -92,11 +79,8 @@ int moe_metrics_scan(const moe_plan *plan, long *kept, int *runs)
         }
         if (hi == lo)
             continue;
-        const int32_t first = plan->entries[lo].token, last = plan->entries[hi - 1].token;
-        const size_t head = first == prev ? run + j.lead[i] : j.lead[i];
-        in_runs &= j.ok[i] && first >= prev && head <= RUN_MAX;
-        run = j.trail[i] == (size_t)(hi - lo) ? head : j.trail[i];
-        prev = last;
+        in_order &= j.ordered[i] && plan->entries[lo].token >= prev;
+        prev = plan->entries[hi - 1].token;
     }
     for (int i = 0; sparse && i < np; i++)
         for (int e = 0; e < E; e++)
@@ -106,7 +90,7 @@ int moe_metrics_scan(const moe_plan *plan, long *kept, int *runs)
         return moe_fail(MOE_EINVAL, "the router produced an inconsistent plan",
                         "plan has %zu entries but only %ld claims (metrics)", plan->n_entries,
                         plan->n_claims);
-    *runs = in_runs;
+    *ordered = in_order;
     return MOE_OK;
 }
 
@@ -125,24 +109,15 @@ static int bits_in(const uint64_t *row, int a, int b)
     return c;
 }
 
-/* Adds v to the distinct values set[0..*len) (RUN_MAX at most); 1 if it was new. */
-static int add_distinct(int *set, int *len, int v)
-{
-    for (int i = 0; i < *len; i++)
-        if (set[i] == v)
-            return 0;
-    set[(*len)++] = v;
-    return 1;
-}
-
 typedef struct {
     const moe_plan *plan;
-    const uint64_t *bits; /* (T, words) marks, or NULL: runs of entries */
+    const uint64_t *bits; /* (T, words) marks, or NULL: the entries in token order */
     int words, G, per, gs;
     long *hist;           /* (nparts, E + 1 + G + 1): experts per token, groups touched */
     long touched[MOE_PAR_MAX];
     long *gdrop;          /* (routing groups) dropped tokens of the groups starting in a part */
     long head[MOE_PAR_MAX]; /* dropped tokens of a part's first group begun in an earlier part */
+    uint64_t *own;        /* (nparts, words) zero: each part's marks of the token it reads */
 } count_job;
 
 /* The first entry of token t or later (the entries come in token order). */
@@ -159,29 +134,15 @@ static size_t first_entry(const moe_plan *plan, int t)
     return lo;
 }
 
-/* The distinct experts *cnt and groups *touched of token t: from the marks, or (bits NULL)
- * from the token's run of entries starting at *at, which it advances. */
-static void token_counts(const count_job *j, int t, size_t *at, int *cnt, int *touched)
+/* The distinct experts *cnt and groups *touched of the marks row (words). */
+static void row_counts(const count_job *j, const uint64_t *row, int *cnt, int *touched)
 {
-    const moe_plan *plan = j->plan;
-    const int per = j->per;
     *cnt = *touched = 0;
-    if (j->bits) {
-        const uint64_t *row = j->bits + (size_t)t * (size_t)j->words;
-        for (int g = 0; g < j->G; g++) {
-            const int c = bits_in(row, g * per, (g + 1) * per);
-            *cnt += c;
-            *touched += c > 0;
-        }
-        return;
+    for (int g = 0; g < j->G; g++) {
+        const int c = bits_in(row, g * j->per, (g + 1) * j->per);
+        *cnt += c;
+        *touched += c > 0;
     }
-    int ex[RUN_MAX], gr[RUN_MAX], ng = 0;
-    for (; *at < plan->n_entries && plan->entries[*at].token == t; (*at)++) {
-        const int e = plan->entries[*at].expert;
-        if (add_distinct(ex, cnt, e))
-            add_distinct(gr, &ng, e / per);
-    }
-    *touched = ng;
 }
 
 static void count_part(void *ctx, int i, int np)
@@ -193,22 +154,36 @@ static void count_part(void *ctx, int i, int np)
     moe_par_range(plan->n, i, np, &lo, &hi);
     long *ept = j->hist + (size_t)i * ((size_t)E + 2 + (size_t)j->G), *gt = ept + E + 1;
     size_t at = j->bits || lo >= hi ? 0 : first_entry(plan, (int)lo);
+    uint64_t *own = j->own + (size_t)i * (size_t)j->words; /* one token's marks, zero */
     long touched_sum = 0, dropped = 0;
+    long end = lo < hi ? (lo / gs + 1) * gs : hi; /* where the current routing group ends */
     j->head[i] = 0;
     for (long t = lo; t < hi; t++) {
         int cnt, touched;
-        token_counts(j, (int)t, &at, &cnt, &touched);
+        if (j->bits) {
+            row_counts(j, j->bits + (size_t)t * (size_t)j->words, &cnt, &touched);
+        } else { /* the token's entries, then its marks cleared */
+            const size_t a0 = at;
+            for (; at < plan->n_entries && plan->entries[at].token == t; at++) {
+                const int e = plan->entries[at].expert;
+                own[e / 64] |= (uint64_t)1 << (e % 64);
+            }
+            row_counts(j, own, &cnt, &touched);
+            for (size_t x = a0; x < at; x++)
+                own[plan->entries[x].expert / 64] = 0;
+        }
         ept[cnt]++;
         gt[touched]++;
         touched_sum += touched;
         dropped += cnt == 0;
-        if ((t + 1) % gs == 0 || t == hi - 1) { /* the group ends, or the part does */
+        if (t + 1 == end || t == hi - 1) { /* the group ends, or the part does */
             const long g = t / gs;
             if (g * gs < lo) /* begun in an earlier part */
                 j->head[i] = dropped;
             else
                 j->gdrop[g] = dropped;
             dropped = 0;
+            end += t + 1 == end ? gs : 0;
         }
     }
     j->touched[i] = touched_sum;
@@ -225,9 +200,11 @@ int moe_metrics_count_tokens(const moe_plan *plan, const uint64_t *bits, int wor
     count_job j = {.plan = plan, .bits = bits, .words = words, .G = G, .per = E / G, .gs = gs};
     j.hist = calloc((size_t)np * ((size_t)E + 2 + (size_t)G), sizeof *j.hist);
     j.gdrop = malloc((size_t)ngroups * sizeof *j.gdrop);
-    if (!j.hist || !j.gdrop) {
+    j.own = calloc((size_t)np * (size_t)words, sizeof *j.own);
+    if (!j.hist || !j.gdrop || !j.own) {
         free(j.hist);
         free(j.gdrop);
+        free(j.own);
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of %d tokens)", n);
     }
     moe_par_run(count_part, &j, np);
@@ -257,6 +234,7 @@ int moe_metrics_count_tokens(const moe_plan *plan, const uint64_t *bits, int wor
     }
     free(j.hist);
     free(j.gdrop);
+    free(j.own);
     mt->groups_touched_mean = (double)touched_sum / n;
     mt->token_drop_rate_group_min = rmin;
     mt->token_drop_rate_group_max = rmax;

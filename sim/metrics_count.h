@@ -10,17 +10,17 @@
 #include <stdint.h>
 
 /* One pass over the entries: each must lie inside the plan's (T, E, C) (else the error naming
- * the first one that does not), and a plan cannot have fewer claims than entries; *runs =
- * whether the entries come in token order with at most 16 entries per token (the token-choice
- * routers' plans: each token's experts can then be read from its run of entries); kept (E) +=
- * the entries of each expert (sparse plans only). */
-int moe_metrics_scan(const moe_plan *plan, long *kept, int *runs);
+ * the first one that does not), and a plan cannot have fewer claims than entries; *ordered =
+ * whether the entries of a sparse plan come in token order (the token-choice routers' plans:
+ * each token's experts can then be read from its own entries); kept (E) += the entries of each
+ * expert (sparse plans only). */
+int moe_metrics_scan(const moe_plan *plan, long *kept, int *ordered);
 
 /* mt's experts_per_token (E+1) and groups_touched (G+1) histograms, groups_touched_mean and the
  * token drop rates per routing group of group_size tokens (0: one group), for G contiguous
  * expert groups: from the marks bits (T, words) (bit e % 64 of word e / 64 of row t set when
- * token t has expert e) or, with bits NULL, from the runs of entries (moe_metrics_scan gave
- * runs = 1). */
+ * token t has expert e) or, with bits NULL, from each token's entries (moe_metrics_scan gave
+ * ordered = 1). */
 int moe_metrics_count_tokens(const moe_plan *plan, const uint64_t *bits, int words, int G,
                              int group_size, moe_metrics *mt);
 
