@@ -4,7 +4,7 @@
  * Owns moe_metrics_alloc/_free, moe_metrics_compute and moe_metrics_write_json (moe.h).
  * Loads and importance come from the plan's router-side statistics (assigned_load, importance,
  * n_claims, aux_loss); kept loads, drops and the experts-per-token histogram are counted from
- * the entries. Dense plans (soft_moe): kept_load[e] = distinct slots of e among the entries,
+ * the entries (on the threads: sim/metrics_count.c). Dense plans (soft_moe): kept_load[e] = distinct slots of e among the entries,
  * nothing is dropped. FLOPs are analytic (README): gate 2*T*D*M, expert useful 4*D*F per kept
  * entry (6*D*F for SwiGLU; dense plans: per filled slot), expert padded E*C*4*D*F, Soft MoE
  * dispatch and combine 2*T*M*D each. Statistics (mean, population std, max) through GSL.
