@@ -1,9 +1,8 @@
 /* store.c: the SQLite results database of store.h. Owns the schema (version
  * MOE_STORE_VERSION), opening with its checks (newer version, foreign file, read-only, locked),
  * and the one-transaction write of a point. Every sqlite3 return code is checked; errors are
- * MOE_EDB naming the database file. Writable connections commit without a sync (WAL with
- * synchronous = NORMAL): a point committed survives a killed process; a power cut or an OS crash
- * can lose the last points (never the database's consistency), which a rerun runs again.
+ * MOE_EDB naming the database file. Commits without a sync (synchronous = NORMAL): a killed
+ * process loses no point committed, a power cut may lose the last ones (docs/database.md).
  *
  * Schema, version 3 (STRICT tables; `sqlite3 results/x.db .schema` shows it):
  *   points             one row per sweep point: configuration columns (router, router_type,
