@@ -4,7 +4,7 @@
  * Owns moe_metrics_alloc/_free, moe_metrics_compute and moe_metrics_write_json (moe.h).
  * Loads and importance come from the plan's router-side statistics (assigned_load, importance,
  * n_claims, aux_loss); kept loads, drops and the experts-per-token histogram are counted from
- * the entries. Dense plans (soft_moe): kept_load[e] = distinct slots of e among the entries,
+ * the entries (on the threads: sim/metrics_count.c). Dense plans (soft_moe): kept_load[e] = distinct slots of e among the entries,
  * nothing is dropped. FLOPs are analytic (README): gate 2*T*D*M, expert useful 4*D*F per kept
  * entry (6*D*F for SwiGLU; dense plans: per filled slot), expert padded E*C*4*D*F, Soft MoE
  * dispatch and combine 2*T*M*D each. Statistics (mean, population std, max) through GSL.
@@ -14,6 +14,7 @@
  */
 #include "metric_table.h"
 #include "metrics_anchor.h"
+#include "metrics_count.h"
 #include "moe.h"
 #include "../routers/par.h"
 
@@ -97,49 +98,6 @@ static double double_cv2(const double *v, int E)
 
 /* ---- compute ---- */
 
-enum { RUN_MAX = 16 };
-
-/* One pass over the entries: each must lie inside the plan's (T, E, C) so that the counts below
- * can index by it; *runs = whether they come in token order, each token's run of entries either
- * at most RUN_MAX long or with its experts in non-decreasing order (the token-choice routers',
- * dense's and soft_moe's plans: each token's experts can then be read from its run of entries,
- * without marks); kept (E) += the entries of each expert (sparse plans), or (dense plans) the
- * distinct slots of each expert, marked in slot_mark (E,C). */
-static int scan_entries(const moe_plan *plan, long *kept, unsigned char *slot_mark, int *runs)
-{
-    const int sparse = !plan->dense;
-    int run = 0, in_runs = 1, sorted = 1;
-    int32_t prev = -1, prev_e = -1;
-    for (size_t i = 0; i < plan->n_entries; i++) {
-        const moe_entry *en = &plan->entries[i];
-        if (en->token < 0 || en->token >= plan->n || en->expert < 0 || en->expert >= plan->E ||
-            en->slot < 0 || en->slot >= plan->capacity)
-            return moe_fail(MOE_EINVAL, "the router produced an inconsistent plan",
-                            "plan entry %zu (token %d, expert %d, slot %d) outside T = %d, "
-                            "E = %d, C = %ld (metrics)",
-                            i, en->token, en->expert, en->slot, plan->n, plan->E, plan->capacity);
-        const int same = en->token == prev;
-        run = same ? run + 1 : 1;
-        sorted = !same || (sorted && en->expert >= prev_e);
-        in_runs &= (run <= RUN_MAX || sorted) && en->token >= prev;
-        prev = en->token;
-        prev_e = en->expert;
-        if (sparse) {
-            kept[en->expert]++;
-        } else { /* kept_load[e] = distinct slots of e */
-            unsigned char *sm = &slot_mark[(size_t)en->expert * plan->capacity + en->slot];
-            kept[en->expert] += !*sm;
-            *sm = 1;
-        }
-    }
-    if (plan->n_claims > 0 && (size_t)plan->n_claims < plan->n_entries)
-        return moe_fail(MOE_EINVAL, "the router produced an inconsistent plan",
-                        "plan has %zu entries but only %ld claims (metrics)", plan->n_entries,
-                        plan->n_claims);
-    *runs = in_runs;
-    return MOE_OK;
-}
-
 int moe_metrics_set_opts(moe_metrics *mt, const moe_route_opts *o)
 {
     int G = o->groups > 0 ? o->groups : 1;
@@ -157,100 +115,6 @@ int moe_metrics_set_opts(moe_metrics *mt, const moe_route_opts *o)
     return MOE_OK;
 }
 
-/* Adds v to the distinct values set[0..*len) (RUN_MAX at most); 1 if it was new. */
-static int add_distinct(int *set, int *len, int v)
-{
-    for (int i = 0; i < *len; i++)
-        if (set[i] == v)
-            return 0;
-    set[(*len)++] = v;
-    return 1;
-}
-
-/* The distinct experts and groups of token t: from the marks (T,E) of kept (token, expert)
- * pairs, or (mark NULL) from the token's run of entries starting at *at, which it advances. */
-static void token_counts(const moe_plan *plan, const unsigned char *mark, int per, int t,
-                         size_t *at, int *cnt, int *touched)
-{
-    const int E = plan->E;
-    *cnt = *touched = 0;
-    if (mark) {
-        const unsigned char *mk = mark + (size_t)t * E;
-        for (int g = 0; g < E / per; g++) {
-            int c = 0, e = g * per;
-            for (; e + 8 <= (g + 1) * per; e += 8) { /* marks are 0 or 1: bits set = marks */
-                uint64_t w;
-                memcpy(&w, mk + e, sizeof w);
-                c += __builtin_popcountll(w);
-            }
-            for (; e < (g + 1) * per; e++)
-                c += mk[e];
-            *cnt += c;
-            *touched += c > 0;
-        }
-        return;
-    }
-    /* experts in order (any run length): count where the expert and its group change */
-    size_t i = *at;
-    for (int e_prev = -1, g_end = 0; i < plan->n_entries && plan->entries[i].token == t; i++) {
-        const int e = plan->entries[i].expert;
-        if (e < e_prev)
-            break;
-        *cnt += e != e_prev;
-        if (e >= g_end) { /* a new group: [e / per * per, g_end) */
-            (*touched)++;
-            g_end = (e / per + 1) * per;
-        }
-        e_prev = e;
-    }
-    if (i == plan->n_entries || plan->entries[i].token != t) {
-        *at = i;
-        return;
-    }
-    *cnt = *touched = 0; /* out of order: at most RUN_MAX entries (scan_entries) */
-    int ex[RUN_MAX], gr[RUN_MAX], ng = 0;
-    for (; *at < plan->n_entries && plan->entries[*at].token == t; (*at)++) {
-        const int e = plan->entries[*at].expert;
-        if (add_distinct(ex, cnt, e))
-            add_distinct(gr, &ng, e / per);
-    }
-    *touched = ng;
-}
-
-/* The experts-per-token and groups-touched histograms, groups_touched_mean and the token drop
- * rates per routing group, from the marks or the runs of entries (token_counts). */
-static void count_tokens(const moe_plan *plan, const unsigned char *mark, moe_metrics *mt)
-{
-    const int n = plan->n, E = plan->E, G = mt->groups, per = E / G;
-    const int gs = moe_metrics_span(mt->group_size, n); /* the last group may be shorter */
-    memset(mt->groups_touched, 0, ((size_t)G + 1) * sizeof *mt->groups_touched);
-    long touched_sum = 0, dropped = 0;
-    int in_group = 0, ngroups = 0;
-    double rmin = INFINITY, rmax = -INFINITY, rsum = 0.0;
-    size_t at = 0;
-    for (int t = 0; t < n; t++) {
-        int cnt, touched;
-        token_counts(plan, mark, per, t, &at, &cnt, &touched);
-        mt->experts_per_token[cnt]++;
-        mt->groups_touched[touched]++;
-        touched_sum += touched;
-        dropped += cnt == 0;
-        if (++in_group == gs || t == n - 1) { /* a routing group ends */
-            double r = plan->dense ? 0.0 : (double)dropped / in_group;
-            rmin = r < rmin ? r : rmin;
-            rmax = r > rmax ? r : rmax;
-            rsum += r;
-            ngroups++;
-            dropped = 0;
-            in_group = 0;
-        }
-    }
-    mt->groups_touched_mean = (double)touched_sum / n;
-    mt->token_drop_rate_group_min = rmin;
-    mt->token_drop_rate_group_max = rmax;
-    mt->token_drop_rate_group_mean = rsum / ngroups;
-}
-
 int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f, int act,
                         int gate_computed, moe_metrics *mt)
 {
@@ -263,42 +127,53 @@ int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f
     if (d < 0 || f < 0)
         return moe_fail(MOE_EINVAL, NULL, "layer shape d = %d, f = %d must be >= 0 (metrics)", d,
                         f);
-    /* Scratch: kept (E) counts until the entries are known to be valid; marks (T,E) for
-     * distinct experts per token unless the entries come in runs; dense plans also (E,C) for
-     * distinct slots. One block per call, once per routing group (never in a routing loop). */
+    /* Scratch: kept (E) counts until the entries are known to be valid; marks for distinct
+     * experts per token unless the entries come in token order, one bit per (token, expert);
+     * dense plans also (E,C) bytes for distinct slots. One block per call, once per routing
+     * group (never in a routing loop). */
     long *kept = calloc((size_t)E, sizeof *kept);
-    size_t ec = plan->dense && plan->capacity > 0 ? (size_t)E * (size_t)plan->capacity : 0;
-    unsigned char *slot_mark = calloc(ec + 1, 1);
-    int runs = 0;
-    if (!kept || !slot_mark) {
-        free(kept);
-        free(slot_mark);
+    int ordered = 0;
+    if (!kept)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of %d experts)", E);
-    }
-    int rc = scan_entries(plan, kept, slot_mark, &runs);
-    free(slot_mark);
-    size_t te = runs ? 0 : (size_t)n * (size_t)E;
-    unsigned char *mark = rc || runs ? NULL : calloc(te, 1);
-    if (!rc && !runs && !mark)
+    int rc = moe_metrics_scan(plan, kept, &ordered);
+    const int words = (E + 63) / 64;
+    size_t tw = ordered ? 0 : (size_t)n * (size_t)words;
+    size_t ec = plan->dense ? (size_t)E * (size_t)plan->capacity : 0;
+    uint64_t *bits = rc || !tw ? NULL : calloc(tw, sizeof *bits);
+    unsigned char *slot_mark = rc || !ec ? NULL : calloc(ec, 1);
+    if (!rc && ((tw && !bits) || (ec && !slot_mark)))
         rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of %d tokens x %d experts)", n,
                       E);
     if (rc) {
         free(kept);
+        free(bits);
+        free(slot_mark);
         return rc;
     }
 
     /* ---- loads ---- */
     memcpy(mt->assigned_load, plan->assigned_load, (size_t)E * sizeof *mt->assigned_load);
     memcpy(mt->importance, plan->importance, (size_t)E * sizeof *mt->importance);
-    memcpy(mt->kept_load, kept, (size_t)E * sizeof *mt->kept_load); /* counted by the scan */
+    memcpy(mt->kept_load, kept, (size_t)E * sizeof *mt->kept_load); /* sparse: counted */
     free(kept);
-    memset(mt->experts_per_token, 0, ((size_t)E + 1) * sizeof *mt->experts_per_token);
-    for (size_t i = 0; !runs && i < plan->n_entries; i++) {
+    for (size_t i = 0; (!ordered || plan->dense) && i < plan->n_entries; i++) {
         const moe_entry *en = &plan->entries[i];
-        mark[(size_t)en->token * E + en->expert] = 1;
+        if (!ordered)
+            bits[(size_t)en->token * words + (size_t)en->expert / 64] |=
+                (uint64_t)1 << (en->expert % 64);
+        if (plan->dense) { /* kept_load[e] = distinct slots of e */
+            unsigned char *sm = &slot_mark[(size_t)en->expert * plan->capacity + en->slot];
+            if (!*sm) {
+                *sm = 1;
+                mt->kept_load[en->expert]++;
+            }
+        }
     }
-    count_tokens(plan, runs ? NULL : mark, mt);
-    free(mark);
+    free(slot_mark);
+    rc = moe_metrics_count_tokens(plan, bits, words, mt->groups, mt->group_size, mt);
+    free(bits);
+    if (rc)
+        return rc;
 
     mt->n_tokens = n;
     mt->capacity = plan->capacity;
@@ -354,7 +229,8 @@ int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f
 
     mt->output_error_dense = NAN;
     mt->output_error_dropless = NAN;
-    return moe_metrics_anchor(plan, logits, mt);
+    rc = moe_metrics_anchor(plan, logits, mt);
+    return rc;
 }
 
 /* ---- JSON ---- */

@@ -130,6 +130,9 @@ int moe_plan_push(moe_plan *p, int32_t t, int32_t e, int32_t s, double dw, doubl
 /* Room for `more` entries past n_entries (entries written in place by a router's threads):
  * MOE_OK or MOE_ENOMEM. */
 int moe_plan_reserve(moe_plan *p, size_t more);
+/* The index of the first entry whose dispatch or combine weight is not finite, or n_entries
+ * when all are finite (the entries read on the routers' threads). */
+size_t moe_plan_first_nonfinite(const moe_plan *p);
 /* w (T,E): the weights of the dense mixture sum_e w[t,e] FFN_e(x_t) that output errors are
  * measured against: softmax of the logits (T,M) for sparse plans (M = E), the combine weights
  * summed over each expert's slots for dense (soft_moe) plans. */

@@ -222,14 +222,13 @@ static int check_shared(const moe_experts *w, const char *label)
  * still overflow, e.g. topk's noise with a huge --noise-std). */
 static int check_plan(const moe_plan *pl, const char *label)
 {
-    for (size_t i = 0; i < pl->n_entries; i++) {
+    const size_t i = moe_plan_first_nonfinite(pl);
+    if (i < pl->n_entries) {
         const moe_entry *e = &pl->entries[i];
-        if (!isfinite(e->dispatch_w) || !isfinite(e->combine_w))
-            return moe_fail(MOE_EINPUT, "the logits or the routing options overflow double "
-                            "(e.g. --noise-std)", "the router gave token %d, expert %d a "
-                            "non-finite weight (dispatch %g, combine %g) (%s)", (int)e->token,
-                            (int)e->expert, e->dispatch_w, e->combine_w,
-                            label ? label : "pipeline");
+        return moe_fail(MOE_EINPUT, "the logits or the routing options overflow double "
+                        "(e.g. --noise-std)", "the router gave token %d, expert %d a "
+                        "non-finite weight (dispatch %g, combine %g) (%s)", (int)e->token,
+                        (int)e->expert, e->dispatch_w, e->combine_w, label ? label : "pipeline");
     }
     return MOE_OK;
 }

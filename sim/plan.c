@@ -1,7 +1,9 @@
 /* plan.c: the routing plan (docs/routing.md section 1): allocation, entries, CSV export. */
 #include "moe.h"
 #include "huge.h"
+#include "../routers/par.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -118,6 +120,39 @@ int moe_plan_reserve(moe_plan *p, size_t more)
     p->entries = ne;
     p->cap_entries = nc;
     return MOE_OK;
+}
+
+/* ---- the first entry with a non-finite weight, on the threads ---- */
+
+typedef struct {
+    const moe_plan *p;
+    size_t first[MOE_PAR_MAX]; /* each part's first, or the part's end */
+} finite_job;
+
+static void finite_part(void *ctx, int i, int np)
+{
+    finite_job *j = ctx;
+    long lo, hi;
+    moe_par_range((long)j->p->n_entries, i, np, &lo, &hi);
+    const moe_entry *en = j->p->entries;
+    long x = lo;
+    while (x < hi && isfinite(en[x].dispatch_w) && isfinite(en[x].combine_w))
+        x++;
+    j->first[i] = (size_t)x;
+}
+
+size_t moe_plan_first_nonfinite(const moe_plan *p)
+{
+    finite_job j = {.p = p};
+    const int np = moe_par_parts((long)p->n_entries, 1L << 16);
+    moe_par_run(finite_part, &j, np);
+    for (int i = 0; i < np; i++) {
+        long lo, hi;
+        moe_par_range((long)p->n_entries, i, np, &lo, &hi);
+        if (j.first[i] < (size_t)hi)
+            return j.first[i];
+    }
+    return p->n_entries;
 }
 
 int moe_plan_push(moe_plan *p, int32_t t, int32_t e, int32_t s, double dw, double cw)

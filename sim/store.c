@@ -1,7 +1,8 @@
 /* store.c: the SQLite results database of store.h. Owns the schema (version
  * MOE_STORE_VERSION), opening with its checks (newer version, foreign file, read-only, locked),
  * and the one-transaction write of a point. Every sqlite3 return code is checked; errors are
- * MOE_EDB naming the database file.
+ * MOE_EDB naming the database file. Commits without a sync (synchronous = NORMAL): a killed
+ * process loses no point committed, a power cut may lose the last ones (docs/database.md).
  *
  * Schema, version 3 (STRICT tables; `sqlite3 results/x.db .schema` shows it):
  *   points             one row per sweep point: configuration columns (router, router_type,
@@ -532,6 +533,8 @@ int moe_store_open(const char *path, int readonly, moe_store **out)
     int r = create_or_check(st);
     if (!r && !readonly) {
         r = exec(st, "PRAGMA foreign_keys = ON", "cannot enable foreign keys");
+        if (!r)
+            r = exec(st, "PRAGMA synchronous = NORMAL", "cannot set the synchronous mode");
         char *ip = NULL, *ib = NULL, *ie = NULL;
         if (!r)
             r = prepare(st, "SELECT id FROM points WHERE config_key = ?", &st->find);

@@ -10,7 +10,13 @@
  * vector selection of routers/select.c, k > 8 the routers' scalar one). The reference's values themselves are checked against NumPy
  * re-implementations of the libraries in tests/test_metrics_anchor.c.
  * Also the experts-per-token and groups-touched histograms of a plan whose entries come in
- * expert order (counted from (T,E) marks, eight at a time) against a direct count here. */
+ * expert order (counted from (T,E) marks, eight at a time) against a direct count here, and
+ * every count of moe_metrics_compute (sim/metrics_count.c: entries and tokens in parts on the
+ * threads) on 1, 2 and 3 threads with parts of one item against a serial count here: kept
+ * loads, both histograms, groups_touched_mean, the token drop rates per routing group (the
+ * same divisions in group order, so the same bits) and the first invalid entry reported; and
+ * moe_plan_first_nonfinite (sim/plan.c, the entries in parts on the threads) against the index
+ * of the first entry given a NaN or infinite weight here. */
 #include "check.h"
 #include "metrics_anchor.h"
 #include "moe.h"
@@ -152,8 +158,151 @@ out:
     moe_metrics_free(mt);
 }
 
+/* Claims of token t: (7t) % (kmax + 1). */
+static int kcl(int t, int kmax) { return (t * 7) % (kmax + 1); }
+
+/* Plan of N tokens over EX experts in G groups: token t keeps kcl(t) claims on experts
+ * (3t + 7j) % EX (j = 0, 1, ...: distinct; one more entry on the first
+ * expert in every 9th token whose claims are fewer than kmax), in
+ * token order (each token read from its entries), or (order 1) in expert order (marks first).
+ * The counts against a serial count of the same rule, on 1 to 3 threads. */
+static void test_counts(int kmax, int order, int G, int gsz)
+{
+    enum { N = 700, EX = 40 };
+    moe_plan *p = moe_plan_alloc(N, EX, (size_t)N * 20);
+    moe_metrics *mt = moe_metrics_alloc(EX);
+    unsigned char *has = calloc((size_t)N * EX, 1);
+    CHECK(p && mt && has, "alloc");
+    if (!p || !mt || !has || moe_plan_reset(p, N, EX, EX))
+        goto out;
+    p->k = 2;
+    p->capacity = N;
+    long kept[EX] = {0};
+    for (int pass = 0; pass < (order ? EX : 1); pass++)
+        for (int t = 0; t < N; t++)
+            for (int j = 0; j < kcl(t, kmax) + (t % 9 == 0 && kcl(t, kmax) < kmax); j++) {
+                const int e = j == kcl(t, kmax) ? (3 * t) % EX : (3 * t + 7 * j) % EX;
+                if (order && e != pass)
+                    continue;
+                moe_plan_push(p, t, e, t, 1.0, 1.0);
+                has[(size_t)t * EX + e] = 1;
+                kept[e]++;
+            }
+    p->n_claims = (long)p->n_entries + 5;
+    long ept[EX + 1] = {0}, gt[EX + 1] = {0}, touched_sum = 0, dropped = 0;
+    const int gs = gsz > 0 && gsz < N ? gsz : N;
+    int in_group = 0, ngroups = 0;
+    double rmin = INFINITY, rmax = -INFINITY, rsum = 0.0;
+    for (int t = 0; t < N; t++) {
+        int cnt = 0, touched = 0;
+        for (int g = 0; g < G; g++) {
+            int c = 0;
+            for (int e = g * (EX / G); e < (g + 1) * (EX / G); e++)
+                c += has[(size_t)t * EX + e];
+            cnt += c;
+            touched += c > 0;
+        }
+        ept[cnt]++;
+        gt[touched]++;
+        touched_sum += touched;
+        dropped += cnt == 0;
+        if (++in_group == gs || t == N - 1) {
+            double r = (double)dropped / in_group;
+            rmin = r < rmin ? r : rmin;
+            rmax = r > rmax ? r : rmax;
+            rsum += r;
+            ngroups++;
+            dropped = in_group = 0;
+        }
+    }
+    moe_route_opts o;
+    moe_route_opts_default(&o);
+    o.groups = G;
+    o.group_size = gsz;
+    CHECK_INT(moe_metrics_set_opts(mt, &o), MOE_OK);
+    moe_par_set_grain(1);
+    for (int nt = 1; nt <= 3; nt++) {
+        moe_par_set_threads(nt);
+        CHECK_INT(moe_metrics_compute(p, NULL, 0, 0, 0, 0, mt), MOE_OK);
+        const char *what = "kmax %d order %d G %d group_size %d, %d threads: %s";
+        int same_ept = 1, same_gt = 1, same_kept = 1;
+        for (int c = 0; c <= EX; c++)
+            same_ept &= mt->experts_per_token[c] == ept[c];
+        for (int c = 0; c <= G; c++)
+            same_gt &= mt->groups_touched[c] == gt[c];
+        for (int e = 0; e < EX; e++)
+            same_kept &= mt->kept_load[e] == kept[e];
+        CHECK(same_ept, what, kmax, order, G, gsz, nt, "experts_per_token");
+        CHECK(same_gt, what, kmax, order, G, gsz, nt, "groups_touched");
+        CHECK(same_kept, what, kmax, order, G, gsz, nt, "kept_load");
+        CHECK(same(mt->groups_touched_mean, (double)touched_sum / N), what, kmax, order, G, gsz,
+              nt, "groups_touched_mean");
+        CHECK(same(mt->token_drop_rate_group_min, rmin) &&
+              same(mt->token_drop_rate_group_max, rmax) &&
+              same(mt->token_drop_rate_group_mean, rsum / ngroups), what, kmax, order, G, gsz,
+              nt, "token drop rates per group");
+        CHECK(same(mt->token_drop_rate, (double)ept[0] / N), what, kmax, order, G, gsz, nt,
+              "token_drop_rate");
+    }
+    /* two entries outside the plan: the first is the one named, whichever part finds it */
+    const size_t b1 = p->n_entries / 2 + 1, b2 = p->n_entries - 2;
+    p->entries[b2].slot = N;
+    p->entries[b1].expert = EX;
+    char want[64];
+    snprintf(want, sizeof want, "plan entry %zu (", b1);
+    for (int nt = 1; nt <= 3; nt++) {
+        moe_par_set_threads(nt);
+        moe_clear_error();
+        CHECK_INT(moe_metrics_compute(p, NULL, 0, 0, 0, 0, mt), MOE_EINVAL);
+        CHECK(strstr(moe_errmsg(), want) != NULL, "%d threads: '%s' names entry %zu", nt,
+              moe_errmsg(), b1);
+    }
+    moe_par_set_threads(0);
+    moe_par_set_grain(0);
+out:
+    free(has);
+    moe_plan_free(p);
+    moe_metrics_free(mt);
+}
+
+/* A plan of 1000 finite entries, then non-finite weights at entries 700 (combine, +inf) and
+ * 310 (dispatch, NaN): the first non-finite one on 1 to 3 threads, parts of one entry. */
+static void test_first_nonfinite(void)
+{
+    moe_plan *p = moe_plan_alloc(1000, 4, 1000);
+    CHECK(p != NULL, "alloc");
+    if (!p || moe_plan_reset(p, 1000, 4, 4))
+        goto out;
+    for (int t = 0; t < 1000; t++)
+        moe_plan_push(p, t, t % 4, t, 0.5, 0.25);
+    moe_par_set_grain(1);
+    for (int step = 0; step < 3; step++) {
+        if (step == 1)
+            p->entries[700].combine_w = INFINITY;
+        if (step == 2)
+            p->entries[310].dispatch_w = NAN;
+        const size_t want = step == 0 ? 1000 : step == 1 ? 700 : 310;
+        for (int nt = 1; nt <= 3; nt++) {
+            moe_par_set_threads(nt);
+            CHECK(moe_plan_first_nonfinite(p) == want, "step %d, %d threads: first non-finite "
+                  "entry %zu, want %zu", step, nt, moe_plan_first_nonfinite(p), want);
+        }
+    }
+    moe_par_set_threads(0);
+    moe_par_set_grain(0);
+out:
+    moe_plan_free(p);
+}
+
 int main(void)
 {
+    test_first_nonfinite();
+    test_counts(16, 0, 1, 0);
+    test_counts(16, 0, 4, 33);
+    test_counts(40, 0, 5, 700);
+    test_counts(3, 0, 2, 1);
+    test_counts(16, 1, 8, 100);
+    test_counts(5, 1, 1, 0);
     test_marks(1);
     test_marks(4);
     test_marks(9);

@@ -1,0 +1,243 @@
+/* metrics_count.c: the counts of a plan's entries behind the routing metrics (metrics_count.h),
+ * on the routers' threads (routers/par.h).
+ *
+ * Two passes, each split into contiguous parts: the entries (validity, the kept load of each
+ * expert, whether they come in token order) and the tokens (experts and expert groups per
+ * token, dropped tokens per routing group). Every result is an integer count, summed over the
+ * parts, or a double computed afterwards from those counts in the order the serial loop over
+ * tokens takes: the values do not depend on the number of threads. The tokens of a plan in
+ * token order (the token-choice routers') are read from their own entries, found by a binary
+ * search from each part's first token; a plan in another order (expert choice, dense plans)
+ * marks its (token, expert) pairs in a bitmap (T, 64 * ceil(E/64)) first, filled serially.
+ */
+#include "metrics_count.h"
+#include "../routers/par.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { SCAN_GRAIN = 1 << 16 };
+
+/* ---- the entries ---- */
+
+typedef struct {
+    const moe_plan *plan;
+    long *kept;              /* (nparts, E) entries per expert, sparse plans */
+    size_t bad[MOE_PAR_MAX]; /* the part's first entry outside (T, E, C), or SIZE_MAX */
+    int ordered[MOE_PAR_MAX]; /* the part's entries in token order */
+} scan_job;
+
+static void scan_part(void *ctx, int i, int np)
+{
+    scan_job *j = ctx;
+    const moe_plan *plan = j->plan;
+    long lo, hi;
+    moe_par_range((long)plan->n_entries, i, np, &lo, &hi);
+    long *kept = j->kept ? j->kept + (size_t)i * (size_t)plan->E : NULL;
+    j->bad[i] = SIZE_MAX;
+    int ordered = 1;
+    int32_t prev = -1;
+    for (long x = lo; x < hi; x++) {
+        const moe_entry *en = &plan->entries[x];
+        if (en->token < 0 || en->token >= plan->n || en->expert < 0 || en->expert >= plan->E ||
+            en->slot < 0 || en->slot >= plan->capacity) {
+            j->bad[i] = (size_t)x;
+            return;
+        }
+        ordered &= en->token >= prev;
+        prev = en->token;
+        if (kept)
+            kept[en->expert]++;
+    }
+    j->ordered[i] = ordered;
+}
+
+int moe_metrics_scan(const moe_plan *plan, long *kept, int *ordered)
+{
+    const int E = plan->E, sparse = !plan->dense;
+    const int np = moe_par_parts((long)plan->n_entries, SCAN_GRAIN);
+    scan_job j = {.plan = plan};
+    if (sparse && !(j.kept = calloc((size_t)np * (size_t)E, sizeof *j.kept)))
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of %d experts)", E);
+    moe_par_run(scan_part, &j, np);
+    /* the parts in entry order: the first bad entry, the order across part boundaries */
+    int in_order = sparse;
+    int32_t prev = -1;
+    for (int i = 0; i < np; i++) {
+        long lo, hi;
+        moe_par_range((long)plan->n_entries, i, np, &lo, &hi);
+        if (j.bad[i] != SIZE_MAX) {
+            const moe_entry *en = &plan->entries[j.bad[i]];
+            free(j.kept);
+            return moe_fail(MOE_EINVAL, "the router produced an inconsistent plan",
+                            "plan entry %zu (token %d, expert %d, slot %d) outside T = %d, "
+                            "E = %d, C = %ld (metrics)",
+                            j.bad[i], en->token, en->expert, en->slot, plan->n, plan->E,
+                            plan->capacity);
+        }
+        if (hi == lo)
+            continue;
+        in_order &= j.ordered[i] && plan->entries[lo].token >= prev;
+        prev = plan->entries[hi - 1].token;
+    }
+    for (int i = 0; sparse && i < np; i++)
+        for (int e = 0; e < E; e++)
+            kept[e] += j.kept[(size_t)i * (size_t)E + (size_t)e];
+    free(j.kept);
+    if (plan->n_claims > 0 && (size_t)plan->n_claims < plan->n_entries)
+        return moe_fail(MOE_EINVAL, "the router produced an inconsistent plan",
+                        "plan has %zu entries but only %ld claims (metrics)", plan->n_entries,
+                        plan->n_claims);
+    *ordered = in_order;
+    return MOE_OK;
+}
+
+/* ---- the tokens ---- */
+
+/* Set bits of row in [a, b). */
+static int bits_in(const uint64_t *row, int a, int b)
+{
+    int c = 0;
+    while (a < b) {
+        const int w = a / 64, o = a % 64, len = b - a < 64 - o ? b - a : 64 - o;
+        const uint64_t m = len == 64 ? ~(uint64_t)0 : (((uint64_t)1 << len) - 1) << o;
+        c += __builtin_popcountll(row[w] & m);
+        a += len;
+    }
+    return c;
+}
+
+typedef struct {
+    const moe_plan *plan;
+    const uint64_t *bits; /* (T, words) marks, or NULL: the entries in token order */
+    int words, G, per, gs;
+    long *hist;           /* (nparts, E + 1 + G + 1): experts per token, groups touched */
+    long touched[MOE_PAR_MAX];
+    long *gdrop;          /* (routing groups) dropped tokens of the groups starting in a part */
+    long head[MOE_PAR_MAX]; /* dropped tokens of a part's first group begun in an earlier part */
+    uint64_t *own;        /* (nparts, words) zero: each part's marks of the token it reads */
+} count_job;
+
+/* The first entry of token t or later (the entries come in token order). */
+static size_t first_entry(const moe_plan *plan, int t)
+{
+    size_t lo = 0, hi = plan->n_entries;
+    while (lo < hi) {
+        const size_t mid = lo + (hi - lo) / 2;
+        if (plan->entries[mid].token < t)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* The distinct experts *cnt and groups *touched of the marks row (words). */
+static void row_counts(const count_job *j, const uint64_t *row, int *cnt, int *touched)
+{
+    *cnt = *touched = 0;
+    for (int g = 0; g < j->G; g++) {
+        const int c = bits_in(row, g * j->per, (g + 1) * j->per);
+        *cnt += c;
+        *touched += c > 0;
+    }
+}
+
+static void count_part(void *ctx, int i, int np)
+{
+    count_job *j = ctx;
+    const moe_plan *plan = j->plan;
+    const int E = plan->E, gs = j->gs;
+    long lo, hi;
+    moe_par_range(plan->n, i, np, &lo, &hi);
+    long *ept = j->hist + (size_t)i * ((size_t)E + 2 + (size_t)j->G), *gt = ept + E + 1;
+    size_t at = j->bits || lo >= hi ? 0 : first_entry(plan, (int)lo);
+    uint64_t *own = j->own + (size_t)i * (size_t)j->words; /* one token's marks, zero */
+    long touched_sum = 0, dropped = 0;
+    long end = lo < hi ? (lo / gs + 1) * gs : hi; /* where the current routing group ends */
+    j->head[i] = 0;
+    for (long t = lo; t < hi; t++) {
+        int cnt, touched;
+        if (j->bits) {
+            row_counts(j, j->bits + (size_t)t * (size_t)j->words, &cnt, &touched);
+        } else { /* the token's entries, then its marks cleared */
+            const size_t a0 = at;
+            for (; at < plan->n_entries && plan->entries[at].token == t; at++) {
+                const int e = plan->entries[at].expert;
+                own[e / 64] |= (uint64_t)1 << (e % 64);
+            }
+            row_counts(j, own, &cnt, &touched);
+            for (size_t x = a0; x < at; x++)
+                own[plan->entries[x].expert / 64] = 0;
+        }
+        ept[cnt]++;
+        gt[touched]++;
+        touched_sum += touched;
+        dropped += cnt == 0;
+        if (t + 1 == end || t == hi - 1) { /* the group ends, or the part does */
+            const long g = t / gs;
+            if (g * gs < lo) /* begun in an earlier part */
+                j->head[i] = dropped;
+            else
+                j->gdrop[g] = dropped;
+            dropped = 0;
+            end += t + 1 == end ? gs : 0;
+        }
+    }
+    j->touched[i] = touched_sum;
+}
+
+int moe_metrics_count_tokens(const moe_plan *plan, const uint64_t *bits, int words, int G,
+                             int group_size, moe_metrics *mt)
+{
+    const int n = plan->n, E = plan->E;
+    const int gs = moe_metrics_span(group_size, n); /* the last group may be shorter */
+    const long ngroups = (n + gs - 1) / gs;
+    const int np = moe_par_parts(bits ? (long)n * words : (long)plan->n_entries + n,
+                                 SCAN_GRAIN);
+    count_job j = {.plan = plan, .bits = bits, .words = words, .G = G, .per = E / G, .gs = gs};
+    j.hist = calloc((size_t)np * ((size_t)E + 2 + (size_t)G), sizeof *j.hist);
+    j.gdrop = malloc((size_t)ngroups * sizeof *j.gdrop);
+    j.own = calloc((size_t)np * (size_t)words, sizeof *j.own);
+    if (!j.hist || !j.gdrop || !j.own) {
+        free(j.hist);
+        free(j.gdrop);
+        free(j.own);
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of %d tokens)", n);
+    }
+    moe_par_run(count_part, &j, np);
+    memset(mt->experts_per_token, 0, ((size_t)E + 1) * sizeof *mt->experts_per_token);
+    memset(mt->groups_touched, 0, ((size_t)G + 1) * sizeof *mt->groups_touched);
+    long touched_sum = 0;
+    for (int i = 0; i < np; i++) {
+        const long *ept = j.hist + (size_t)i * ((size_t)E + 2 + (size_t)G), *gt = ept + E + 1;
+        for (int c = 0; c <= E; c++)
+            mt->experts_per_token[c] += ept[c];
+        for (int c = 0; c <= G; c++)
+            mt->groups_touched[c] += gt[c];
+        touched_sum += j.touched[i];
+        long lo, hi;
+        moe_par_range(n, i, np, &lo, &hi);
+        if (i > 0 && lo < hi && lo % gs != 0) /* the group continued from part i - 1 */
+            j.gdrop[lo / gs] += j.head[i];
+    }
+    /* the drop rate of each routing group, in group order */
+    double rmin = INFINITY, rmax = -INFINITY, rsum = 0.0;
+    for (long g = 0; g < ngroups; g++) {
+        const int in_group = g == ngroups - 1 ? n - (int)(g * gs) : gs;
+        const double r = plan->dense ? 0.0 : (double)j.gdrop[g] / in_group;
+        rmin = r < rmin ? r : rmin;
+        rmax = r > rmax ? r : rmax;
+        rsum += r;
+    }
+    free(j.hist);
+    free(j.gdrop);
+    free(j.own);
+    mt->groups_touched_mean = (double)touched_sum / n;
+    mt->token_drop_rate_group_min = rmin;
+    mt->token_drop_rate_group_max = rmax;
+    mt->token_drop_rate_group_mean = rsum / (double)ngroups;
+    return MOE_OK;
+}

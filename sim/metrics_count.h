@@ -1,0 +1,27 @@
+/* metrics_count.h: the counts of a plan's entries behind the routing metrics, on the routers'
+ * threads (metrics_count.c; used by moe_metrics_compute, sim/metrics.c). The results do not
+ * depend on the number of threads. */
+#ifndef MOE_METRICS_COUNT_H
+#define MOE_METRICS_COUNT_H
+
+#include "metrics_anchor.h" /* moe_metrics_span */
+#include "moe.h"
+
+#include <stdint.h>
+
+/* One pass over the entries: each must lie inside the plan's (T, E, C) (else the error naming
+ * the first one that does not), and a plan cannot have fewer claims than entries; *ordered =
+ * whether the entries of a sparse plan come in token order (the token-choice routers' plans:
+ * each token's experts can then be read from its own entries); kept (E) += the entries of each
+ * expert (sparse plans only). */
+int moe_metrics_scan(const moe_plan *plan, long *kept, int *ordered);
+
+/* mt's experts_per_token (E+1) and groups_touched (G+1) histograms, groups_touched_mean and the
+ * token drop rates per routing group of group_size tokens (0: one group), for G contiguous
+ * expert groups: from the marks bits (T, words) (bit e % 64 of word e / 64 of row t set when
+ * token t has expert e) or, with bits NULL, from each token's entries (moe_metrics_scan gave
+ * ordered = 1). */
+int moe_metrics_count_tokens(const moe_plan *plan, const uint64_t *bits, int words, int G,
+                             int group_size, moe_metrics *mt);
+
+#endif
