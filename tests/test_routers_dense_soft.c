@@ -12,9 +12,9 @@
  *     (dense) the experts-per-token marks themselves; for dense also with sequences and groups of
  *     tokens in the metrics and with Megatron's sigmoid scores (where the plan keeps no
  *     logsumexps, as before);
- *   - the metrics of a plan whose entries are reversed within each token (no longer in expert
- *     order: the experts per token counted from marks, or for E <= 16 from the run) equal those
- *     of the plan in order (counted from its runs);
+ *   - the metrics of a plan whose entries are reversed within each token (still in token order,
+ *     so the experts per token are counted from each token's own entries, now in descending
+ *     expert order) equal those of the plan in expert order;
  *   - a non-finite logit gives the error moe_logits_check_finite gives for it.
  * Logits: N(0,1) (fixed PCG seed), every third row rounded to quarters (equal probabilities),
  * every fifth a copy of an earlier row, every seventh scaled by 150 (exponents beyond the vector
@@ -159,7 +159,7 @@ static void one_case(const char *name, const moe_route_opts *o, const moe_route_
     }
     moe_par_set_threads(0);
     moe_par_set_grain(0);
-    if (!rc) { /* the experts per token from marks (or short unordered runs) */
+    if (!rc) { /* each token's experts counted from its entries in another order */
         reverse_runs(ref);
         rc = plain_metrics(ref, L, mo, &mrev);
         CHECK(rc == 0 && same_metrics(mrev, mref, which, sizeof which),
