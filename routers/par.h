@@ -1,6 +1,6 @@
 /* par.h: the threads of the routers. Routing work is split into contiguous parts (token blocks or
  * expert ranges); part i runs fn(ctx, i, nparts), part 0 on the calling thread, the others on
- * new threads joined before moe_par_run returns. Every part writes only its own outputs and
+ * threads kept between calls (created on first use), all finished before moe_par_run returns. Every part writes only its own outputs and
  * every reduction whose rounding matters is done in a fixed order by the caller, so a router's
  * plan and statistics do not depend on the number of threads.
  */
