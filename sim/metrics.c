@@ -135,7 +135,11 @@ int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f
     int ordered = 0;
     if (!kept)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of %d experts)", E);
-    int rc = moe_metrics_scan(plan, kept, &ordered);
+    int counted = 0; /* entries in token order: checked, kept and counted in one pass */
+    int rc = moe_metrics_scan_count(plan, mt->groups, mt->group_size, kept, mt, &counted);
+    ordered = counted;
+    if (!rc && !counted)
+        rc = moe_metrics_scan(plan, kept, &ordered);
     const int words = (E + 63) / 64;
     size_t tw = ordered ? 0 : (size_t)n * (size_t)words;
     size_t ec = plan->dense ? (size_t)E * (size_t)plan->capacity : 0;
@@ -170,7 +174,8 @@ int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f
         }
     }
     free(slot_mark);
-    rc = moe_metrics_count_tokens(plan, bits, words, mt->groups, mt->group_size, mt);
+    rc = counted ? MOE_OK
+                 : moe_metrics_count_tokens(plan, bits, words, mt->groups, mt->group_size, mt);
     free(bits);
     if (rc)
         return rc;

@@ -3,7 +3,11 @@
  *
  * Two passes, each split into contiguous parts: the entries (validity, the kept load of each
  * expert, whether they come in token order) and the tokens (experts and expert groups per
- * token, dropped tokens per routing group). Every result is an integer count, summed over the
+ * token, dropped tokens per routing group); or, for a plan whose entries come in token order,
+ * both in one pass over token parts (moe_metrics_scan_count): each part finds its first entry
+ * by a binary search as if the entries were in token order and checks, as it reads them, that
+ * they are exactly its tokens' in token order, so that the parts together have read every
+ * entry once; a plan where that fails is counted again by the two passes. Every result is an integer count, summed over the
  * parts, or a double computed afterwards from those counts in the order the serial loop over
  * tokens takes: the values do not depend on the number of threads. The tokens of a plan in
  * token order (the token-choice routers') are read from their own entries, found by a binary
@@ -118,6 +122,10 @@ typedef struct {
     long *gdrop;          /* (routing groups) dropped tokens of the groups starting in a part */
     long head[MOE_PAR_MAX]; /* dropped tokens of a part's first group begun in an earlier part */
     uint64_t *own;        /* (nparts, words) zero: each part's marks of the token it reads */
+    long *kept;           /* (nparts, E) one pass (moe_metrics_scan_count): entries per expert,
+                           * the entries checked as they are read; NULL: checked already */
+    int bad[MOE_PAR_MAX]; /* one pass: the part's entries are not its tokens' in token order, or
+                           * one lies outside (T, E, C) */
 } count_job;
 
 /* The first entry of token t or later (the entries come in token order). */
@@ -145,6 +153,27 @@ static void row_counts(const count_job *j, const uint64_t *row, int *cnt, int *t
     }
 }
 
+/* The entries of part i of np, from *at, of token t (one pass: also checked, and counted per
+ * expert into kept) into the marks own; *at moves past them. 0 when an entry lies outside
+ * (T, E, C). */
+static int token_marks(const count_job *j, long t, size_t *at, uint64_t *own, long *kept)
+{
+    const moe_plan *plan = j->plan;
+    size_t x = *at;
+    for (; x < plan->n_entries && plan->entries[x].token == t; x++) {
+        const int e = plan->entries[x].expert;
+        if (kept) {
+            const int32_t sl = plan->entries[x].slot;
+            if (e < 0 || e >= plan->E || sl < 0 || sl >= plan->capacity)
+                return 0;
+            kept[e]++;
+        }
+        own[e / 64] |= (uint64_t)1 << (e % 64);
+    }
+    *at = x;
+    return 1;
+}
+
 static void count_part(void *ctx, int i, int np)
 {
     count_job *j = ctx;
@@ -153,20 +182,25 @@ static void count_part(void *ctx, int i, int np)
     long lo, hi;
     moe_par_range(plan->n, i, np, &lo, &hi);
     long *ept = j->hist + (size_t)i * ((size_t)E + 2 + (size_t)j->G), *gt = ept + E + 1;
-    size_t at = j->bits || lo >= hi ? 0 : first_entry(plan, (int)lo);
+    long *kept = j->kept ? j->kept + (size_t)i * (size_t)E : NULL;
+    /* one pass: the part reads entries [at, stop), the next part starts where this one stops */
+    size_t at = j->bits || (kept ? i == 0 : lo >= hi) ? 0 : first_entry(plan, (int)lo);
+    const size_t stop = !kept ? 0 : i == np - 1 ? plan->n_entries : first_entry(plan, (int)hi);
     uint64_t *own = j->own + (size_t)i * (size_t)j->words; /* one token's marks, zero */
     long touched_sum = 0, dropped = 0;
     long end = lo < hi ? (lo / gs + 1) * gs : hi; /* where the current routing group ends */
     j->head[i] = 0;
+    j->bad[i] = 0;
     for (long t = lo; t < hi; t++) {
         int cnt, touched;
         if (j->bits) {
             row_counts(j, j->bits + (size_t)t * (size_t)j->words, &cnt, &touched);
         } else { /* the token's entries, then its marks cleared */
             const size_t a0 = at;
-            for (; at < plan->n_entries && plan->entries[at].token == t; at++) {
-                const int e = plan->entries[at].expert;
-                own[e / 64] |= (uint64_t)1 << (e % 64);
+            if (!token_marks(j, t, &at, own, kept) || (kept && at > stop)) {
+                memset(own, 0, (size_t)j->words * sizeof *own);
+                j->bad[i] = 1;
+                return;
             }
             row_counts(j, own, &cnt, &touched);
             for (size_t x = a0; x < at; x++)
@@ -187,6 +221,68 @@ static void count_part(void *ctx, int i, int np)
         }
     }
     j->touched[i] = touched_sum;
+    j->bad[i] = kept && at != stop; /* an entry of another token, or out of token order */
+}
+
+/* The counts of the parts into mt (count_part has run on job j of np parts). */
+static void count_merge(const count_job *j, int np, moe_metrics *mt)
+{
+    const moe_plan *plan = j->plan;
+    const int n = plan->n, E = plan->E, G = j->G, gs = j->gs;
+    const long ngroups = (n + gs - 1) / gs;
+    memset(mt->experts_per_token, 0, ((size_t)E + 1) * sizeof *mt->experts_per_token);
+    memset(mt->groups_touched, 0, ((size_t)G + 1) * sizeof *mt->groups_touched);
+    long touched_sum = 0;
+    for (int i = 0; i < np; i++) {
+        const long *ept = j->hist + (size_t)i * ((size_t)E + 2 + (size_t)G), *gt = ept + E + 1;
+        for (int c = 0; c <= E; c++)
+            mt->experts_per_token[c] += ept[c];
+        for (int c = 0; c <= G; c++)
+            mt->groups_touched[c] += gt[c];
+        touched_sum += j->touched[i];
+        long lo, hi;
+        moe_par_range(n, i, np, &lo, &hi);
+        if (i > 0 && lo < hi && lo % gs != 0) /* the group continued from part i - 1 */
+            j->gdrop[lo / gs] += j->head[i];
+    }
+    /* the drop rate of each routing group, in group order */
+    double rmin = INFINITY, rmax = -INFINITY, rsum = 0.0;
+    for (long g = 0; g < ngroups; g++) {
+        const int in_group = g == ngroups - 1 ? n - (int)(g * gs) : gs;
+        const double r = plan->dense ? 0.0 : (double)j->gdrop[g] / in_group;
+        rmin = r < rmin ? r : rmin;
+        rmax = r > rmax ? r : rmax;
+        rsum += r;
+    }
+    mt->groups_touched_mean = (double)touched_sum / n;
+    mt->token_drop_rate_group_min = rmin;
+    mt->token_drop_rate_group_max = rmax;
+    mt->token_drop_rate_group_mean = rsum / (double)ngroups;
+}
+
+/* The scratch of a count over np parts (one pass: with kept), or MOE_ENOMEM. */
+static int count_alloc(count_job *j, int np, long ngroups, int one_pass)
+{
+    const int E = j->plan->E;
+    j->hist = calloc((size_t)np * ((size_t)E + 2 + (size_t)j->G), sizeof *j->hist);
+    j->gdrop = malloc((size_t)ngroups * sizeof *j->gdrop);
+    j->own = calloc((size_t)np * (size_t)j->words, sizeof *j->own);
+    j->kept = one_pass ? calloc((size_t)np * (size_t)E, sizeof *j->kept) : NULL;
+    if (j->hist && j->gdrop && j->own && (!one_pass || j->kept))
+        return MOE_OK;
+    free(j->hist);
+    free(j->gdrop);
+    free(j->own);
+    free(j->kept);
+    return moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of %d tokens)", j->plan->n);
+}
+
+static void count_free(count_job *j)
+{
+    free(j->hist);
+    free(j->gdrop);
+    free(j->own);
+    free(j->kept);
 }
 
 int moe_metrics_count_tokens(const moe_plan *plan, const uint64_t *bits, int words, int G,
@@ -198,46 +294,46 @@ int moe_metrics_count_tokens(const moe_plan *plan, const uint64_t *bits, int wor
     const int np = moe_par_parts(bits ? (long)n * words : (long)plan->n_entries + n,
                                  SCAN_GRAIN);
     count_job j = {.plan = plan, .bits = bits, .words = words, .G = G, .per = E / G, .gs = gs};
-    j.hist = calloc((size_t)np * ((size_t)E + 2 + (size_t)G), sizeof *j.hist);
-    j.gdrop = malloc((size_t)ngroups * sizeof *j.gdrop);
-    j.own = calloc((size_t)np * (size_t)words, sizeof *j.own);
-    if (!j.hist || !j.gdrop || !j.own) {
-        free(j.hist);
-        free(j.gdrop);
-        free(j.own);
-        return moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of %d tokens)", n);
-    }
+    int rc = count_alloc(&j, np, ngroups, 0);
+    if (rc)
+        return rc;
     moe_par_run(count_part, &j, np);
-    memset(mt->experts_per_token, 0, ((size_t)E + 1) * sizeof *mt->experts_per_token);
-    memset(mt->groups_touched, 0, ((size_t)G + 1) * sizeof *mt->groups_touched);
-    long touched_sum = 0;
-    for (int i = 0; i < np; i++) {
-        const long *ept = j.hist + (size_t)i * ((size_t)E + 2 + (size_t)G), *gt = ept + E + 1;
-        for (int c = 0; c <= E; c++)
-            mt->experts_per_token[c] += ept[c];
-        for (int c = 0; c <= G; c++)
-            mt->groups_touched[c] += gt[c];
-        touched_sum += j.touched[i];
-        long lo, hi;
-        moe_par_range(n, i, np, &lo, &hi);
-        if (i > 0 && lo < hi && lo % gs != 0) /* the group continued from part i - 1 */
-            j.gdrop[lo / gs] += j.head[i];
+    count_merge(&j, np, mt);
+    count_free(&j);
+    return MOE_OK;
+}
+
+int moe_metrics_scan_count(const moe_plan *plan, int G, int group_size, long *kept,
+                           moe_metrics *mt, int *done)
+{
+    const int n = plan->n, E = plan->E;
+    *done = 0;
+    if (plan->dense || plan->n_entries == 0 || n <= 0)
+        return MOE_OK;
+    const int gs = moe_metrics_span(group_size, n);
+    const long ngroups = (n + gs - 1) / gs;
+    const int np = moe_par_parts((long)plan->n_entries + n, SCAN_GRAIN);
+    count_job j = {.plan = plan, .words = (E + 63) / 64, .G = G, .per = E / G, .gs = gs};
+    int rc = count_alloc(&j, np, ngroups, 1);
+    if (rc)
+        return rc;
+    moe_par_run(count_part, &j, np);
+    int bad = 0;
+    for (int i = 0; i < np; i++)
+        bad |= j.bad[i];
+    if (!bad) {
+        for (int i = 0; i < np; i++)
+            for (int e = 0; e < E; e++)
+                kept[e] += j.kept[(size_t)i * (size_t)E + (size_t)e];
+        count_merge(&j, np, mt);
     }
-    /* the drop rate of each routing group, in group order */
-    double rmin = INFINITY, rmax = -INFINITY, rsum = 0.0;
-    for (long g = 0; g < ngroups; g++) {
-        const int in_group = g == ngroups - 1 ? n - (int)(g * gs) : gs;
-        const double r = plan->dense ? 0.0 : (double)j.gdrop[g] / in_group;
-        rmin = r < rmin ? r : rmin;
-        rmax = r > rmax ? r : rmax;
-        rsum += r;
-    }
-    free(j.hist);
-    free(j.gdrop);
-    free(j.own);
-    mt->groups_touched_mean = (double)touched_sum / n;
-    mt->token_drop_rate_group_min = rmin;
-    mt->token_drop_rate_group_max = rmax;
-    mt->token_drop_rate_group_mean = rsum / (double)ngroups;
+    count_free(&j);
+    if (bad)
+        return MOE_OK;
+    if (plan->n_claims > 0 && (size_t)plan->n_claims < plan->n_entries)
+        return moe_fail(MOE_EINVAL, "the router produced an inconsistent plan",
+                        "plan has %zu entries but only %ld claims (metrics)", plan->n_entries,
+                        plan->n_claims);
+    *done = 1;
     return MOE_OK;
 }

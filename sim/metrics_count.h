@@ -24,4 +24,13 @@ int moe_metrics_scan(const moe_plan *plan, long *kept, int *ordered);
 int moe_metrics_count_tokens(const moe_plan *plan, const uint64_t *bits, int words, int G,
                              int group_size, moe_metrics *mt);
 
+/* moe_metrics_scan and moe_metrics_count_tokens (bits NULL) in one pass over the entries of a
+ * sparse plan, for plans whose entries come in token order (the token-choice routers'): the
+ * same kept (E) additions, checks and counts, and *done = 1. *done = 0 with nothing written
+ * (kept and mt unchanged) when the plan is dense or empty, its entries are not in token order
+ * or one lies outside (T, E, C): the caller then runs the two passes (which name a bad entry).
+ * Errors: moe_metrics_scan's claims check, MOE_ENOMEM. */
+int moe_metrics_scan_count(const moe_plan *plan, int G, int group_size, long *kept,
+                           moe_metrics *mt, int *done);
+
 #endif
