@@ -142,20 +142,32 @@ static void rows_add_stats(const moe_claims *c, long t0, long t1, moe_plan *plan
 }
 
 /* pm[e] += p[t,e] for the rows t of p (rows,E) in row order: each sum in the order of the
- * serial loop, eight experts at a time, row by row (pm stays in cache). */
+ * serial loop, for 64 experts at a time with the sums in registers across the rows (a sum kept
+ * in memory waits for its own store at every row). */
 static void rows_add_p(double *restrict pm, const double *restrict p, long rows, int E)
 {
-    for (long t = 0; t < rows; t++) {
-        const double *pt = p + (size_t)t * E;
-        int e = 0;
+    int e = 0;
 #if defined(__AVX512F__)
-        for (; e + 8 <= E; e += 8)
-            _mm512_storeu_pd(pm + e, _mm512_add_pd(_mm512_loadu_pd(pm + e),
-                                                   _mm512_loadu_pd(pt + e)));
-#endif
-        for (; e < E; e++)
-            pm[e] += pt[e];
+    for (; e + 64 <= E; e += 64) {
+        __m512d a[8];
+        for (int v = 0; v < 8; v++)
+            a[v] = _mm512_loadu_pd(pm + e + 8 * v);
+        for (long t = 0; t < rows; t++)
+            for (int v = 0; v < 8; v++)
+                a[v] = _mm512_add_pd(a[v], _mm512_loadu_pd(p + (size_t)t * E + e + 8 * v));
+        for (int v = 0; v < 8; v++)
+            _mm512_storeu_pd(pm + e + 8 * v, a[v]);
     }
+    for (; e + 8 <= E; e += 8) {
+        __m512d a = _mm512_loadu_pd(pm + e);
+        for (long t = 0; t < rows; t++)
+            a = _mm512_add_pd(a, _mm512_loadu_pd(p + (size_t)t * E + e));
+        _mm512_storeu_pd(pm + e, a);
+    }
+#endif
+    for (; e < E; e++)
+        for (long t = 0; t < rows; t++)
+            pm[e] += p[(size_t)t * E + e];
 }
 
 /* Add the ready chunks to pmean in chunk order; called and returns with j->mu held. */

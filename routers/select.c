@@ -120,10 +120,11 @@ int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
         m2 = _mm512_max_pd(m2, _mm512_min_pd(m1, x));
         m1 = _mm512_max_pd(m1, x);
     }
-    /* (with a NaN in the row thr means nothing: the row is declined below) */
-    const __m512d s1 = sel_sort8(m1);
-    const __m512d thr = _mm512_set1_pd(nb == 1 ? sel_lane(s1, k - 1)
-                                               : sel_kth_of16(s1, sel_sort8(m2), k));
+    /* (with a NaN in the row thr means nothing: the row is declined below); k = len: every
+     * element is a candidate, no threshold to find */
+    const __m512d thr = k == len ? ninf
+                        : _mm512_set1_pd(nb == 1 ? sel_lane(sel_sort8(m1), k - 1)
+                                                 : sel_kth_of16(sel_sort8(m1), sel_sort8(m2), k));
     /* candidates: value and index, in index order; the arrays take a full vector past m */
     double cv[SEL_MAX_LEN + 16];
     int64_t ci[SEL_MAX_LEN + 8];
