@@ -49,9 +49,9 @@ static void test_select(void)
     static const char *kind[] = {"gaussian", "quarters", "signed zeros", "integers"};
     for (int mode = 0; mode < 4; mode++) {
         int bad = 0, taken = 0, rows = 0;
-        for (int it = 0; it < 20000; it++) {
-            const int len = 8 + (int)gsl_rng_uniform_int(g, LMAX - 8 + 1);
-            const int k = 1 + (int)gsl_rng_uniform_int(g, 8);
+        for (int it = 0; it < 22000; it++) { /* the last 2000: k = len = 8 (every element) */
+            const int len = it >= 20000 ? 8 : 8 + (int)gsl_rng_uniform_int(g, LMAX - 8 + 1);
+            const int k = it >= 20000 ? 8 : 1 + (int)gsl_rng_uniform_int(g, 8);
             double v[LMAX], vv[8], rv[8];
             int32_t vi[8], ri[8];
             for (int i = 0; i < len; i++) {
@@ -60,6 +60,8 @@ static void test_select(void)
                        : mode == 1 ? (double)(int)(z * 4.0) / 4.0
                        : mode == 2 ? (gsl_rng_uniform(g) < 0.5 ? 0.0 : -0.0)
                                    : (double)gsl_rng_uniform_int(g, 40);
+                if (it >= 20000 && i == it % 8 && mode == 3) /* and an -inf among them */
+                    v[i] = -INFINITY;
             }
             rows++;
             if (!moe_select_topk(v, len, k, vi, vv))
