@@ -220,10 +220,9 @@ void moe_softmax_rows_max(const double *x, int nrows, int len, double *p, double
         const int nr = nrows - r0 < RW ? nrows - r0 : RW;
         double m[RW], s[RW] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
         const double *pr[RW];
-        for (int j = 0; j < nr; j++) /* the maxima first: eight independent reductions */
-            m[j] = moe_vmax(x + (size_t)(r0 + j) * (size_t)len, len);
         for (int j = 0; j < nr; j++) {
             const size_t o = (size_t)(r0 + j) * (size_t)len;
+            m[j] = moe_vmax(x + o, len);
             moe_vexp_shift(x + o, len, m[j], p + o);
             pr[j] = p + o;
         }
