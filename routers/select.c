@@ -241,16 +241,20 @@ int moe_select_top2(const double *x, int len, double mx, int32_t *e1, int32_t *e
 
 int moe_select_first_eq(const double *x, int len, double m)
 {
+    /* 64 elements at a time without a branch per block (the place of a row's maximum is
+     * random, so a test per block of eight mispredicts once per row) */
     const __m512d vm = _mm512_set1_pd(m);
-    int i = 0;
-    for (; i + 8 <= len; i += 8) {
-        const __mmask8 eq = _mm512_cmp_pd_mask(_mm512_loadu_pd(x + i), vm, _CMP_EQ_OQ);
+    for (int i = 0; i < len; i += 64) {
+        uint64_t eq = 0;
+        for (int b = 0; b < 8 && i + 8 * b < len; b++) {
+            const int rest = len - i - 8 * b;
+            const __mmask8 ld = rest >= 8 ? 0xff : (__mmask8)((1u << rest) - 1u);
+            eq |= (uint64_t)_mm512_mask_cmp_pd_mask(ld, _mm512_maskz_loadu_pd(ld, x + i + 8 * b),
+                                                    vm, _CMP_EQ_OQ) << (8 * b);
+        }
         if (eq)
-            return i + __builtin_ctz(eq);
+            return i + __builtin_ctzll(eq);
     }
-    for (; i < len; i++)
-        if (x[i] == m)
-            return i;
     return -1;
 }
 

@@ -8,6 +8,7 @@
  *    function may decline a row (returns 0), but every row it takes must match, and the
  *    Gaussian rows must mostly be taken (else the test would check nothing).
  *  - moe_claims_argmax with a skipped index (the vector pass of select.c) against a scalar scan.
+ *  - moe_select_first_eq (the first index of a value) against a scalar scan.
  *  - moe_select_is_top (whether a set of k indices is a row's top-k) against its definition.
  *  - moe_select_top2 (a row's two first choices given its maximum) against scalar scans.
  *  - the claims tail on the routers' threads (routers/claims_par.c) and the rows pass: switch,
@@ -123,6 +124,29 @@ static void test_argmax_skip(void)
  * the top-k with ties to the higher index (a top-k as well unless a tie meets the k-th place);
  * rows of lengths 1..300 (multiples of 8 and not) of Gaussian values, quarters, signed zeros
  * (ties everywhere) and Gaussian values with one NaN. */
+/* moe_select_first_eq (64 elements per test, select.c) against a scalar scan for the first
+ * i with x[i] == m: rows of lengths 1..300 of small integers (m present once, several times,
+ * or not at all), and m = 0.0 in rows of signed zeros (-0.0 == +0.0). */
+static void test_first_eq(void)
+{
+    gsl_rng *g = moe_rng_alloc(9, 1);
+    int bad = 0;
+    for (int it = 0; it < 40000; it++) {
+        const int len = 1 + (int)gsl_rng_uniform_int(g, LMAX), zeros = it % 5 == 0;
+        double v[LMAX];
+        for (int i = 0; i < len; i++)
+            v[i] = zeros ? (gsl_rng_uniform(g) < 0.5 ? 0.0 : -0.0)
+                         : (double)gsl_rng_uniform_int(g, 3 * LMAX);
+        const double m = zeros ? 0.0 : (double)gsl_rng_uniform_int(g, 3 * LMAX);
+        int ref = -1;
+        for (int i = len - 1; i >= 0; i--)
+            ref = v[i] == m ? i : ref;
+        bad += moe_select_first_eq(v, len, m) != ref;
+    }
+    CHECK(bad == 0, "moe_select_first_eq: %d of 40000 rows differ from the scalar scan", bad);
+    gsl_rng_free(g);
+}
+
 static void test_is_top(void)
 {
     gsl_rng *g = moe_rng_alloc(11, 1);
@@ -306,6 +330,7 @@ int main(void)
     gsl_rng_free(g);
     test_select();
     test_argmax_skip();
+    test_first_eq();
     test_is_top();
     test_top2();
     test_threads();
