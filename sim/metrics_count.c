@@ -146,6 +146,12 @@ static size_t first_entry(const moe_plan *plan, int t)
 static void row_counts(const count_job *j, const uint64_t *row, int *cnt, int *touched)
 {
     *cnt = *touched = 0;
+    if (j->G == 1) { /* one group: every mark (none is set at or above E) */
+        for (int w = 0; w < j->words; w++)
+            *cnt += __builtin_popcountll(row[w]);
+        *touched = *cnt > 0;
+        return;
+    }
     for (int g = 0; g < j->G; g++) {
         const int c = bits_in(row, g * j->per, (g + 1) * j->per);
         *cnt += c;
@@ -202,8 +208,15 @@ static void count_part(void *ctx, int i, int np)
                 j->bad[i] = 1;
                 return;
             }
-            row_counts(j, own, &cnt, &touched);
-            for (size_t x = a0; x < at; x++)
+            if (j->words == 1 && j->G == 1) { /* E <= 64, one group */
+                cnt = __builtin_popcountll(own[0]);
+                touched = cnt > 0;
+            } else {
+                row_counts(j, own, &cnt, &touched);
+            }
+            if (j->words == 1)
+                own[0] = 0;
+            for (size_t x = a0; j->words > 1 && x < at; x++)
                 own[plan->entries[x].expert / 64] = 0;
         }
         ept[cnt]++;
