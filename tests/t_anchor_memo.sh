@@ -1,0 +1,73 @@
+#!/bin/sh
+# t_anchor_memo.sh: the anchor metrics' sums over a batch's rows kept across the points of a
+# sweep (sim/anchor_memo.h). A routing-only sweep (f = 0, so every batch comes from the gate
+# cache) of hash, expert_choice and expert_choice with sequence_length 128 (another key: its
+# sequences) at capacity factors 0.5 1.0 2.0 on two distributions of 384 tokens, d 16, E 16,
+# runs once; then every (router, capacity factor) runs alone with both distributions (one
+# process each, two batches: nothing to reuse) with --force into a second database. Checked:
+# the sweep reuses the sums as counted by hand (hash and expert_choice have no rows pass of
+# their own, so each point's anchor pass reads every row; points expand distribution, router,
+# capacity factor: per distribution each router's first point keeps its sums and its other two
+# reuse them: 6 kept, 12 reuses); the lone runs reuse none; every metric column of every point
+# (points and batches tables: all but the timings, ids and dates), its expert loads and
+# experts-per-token histogram equal the lone run's exactly.
+NAME=t_anchor_memo
+. tests/lib.sh
+make_tmp
+
+if ! command -v sqlite3 >/dev/null 2>&1; then
+    skip 6 "the sqlite3 shell is not installed"
+    finish
+fi
+ROUTERS="hash ec ec_seq"
+spec() { # FILE ROUTERS CFS
+    {
+        printf '[experiment]\nname = anchor\nrouters = %s\ncapacity_factors = %s\n' "$2" "$3"
+        printf 'tokens = 384\nbatches = 1\nseeds = 1\n'
+        printf '\n[router.hash]\ntype = hash\n'
+        printf '\n[router.ec]\ntype = expert_choice\n'
+        printf '\n[router.ec_seq]\ntype = expert_choice\nsequence_length = 128\n'
+        printf '\n[distribution.g]\nsource = gaussian\n'
+        printf '\n[distribution.z]\nsource = zipf_ids\n'
+        printf '\n[shape.s]\nd = 16\nf = 0\nE = 16\n'
+    } >"$1"
+}
+spec "$tmp/sweep.ini" "$ROUTERS" "0.5 1.0 2.0"
+status "sweep" 0 "$tmp/sweep.out" "$M" run "$tmp/sweep.ini" --db "$tmp/sweep.db" --no-plots
+contains "the sweep reuses the anchor sums" "$tmp/sweep.out" \
+    "anchor metrics' sums over the rows kept for 6 points, reused by 12"
+alone_ok=1
+for r in $ROUTERS; do
+    for cf in 0.5 1.0 2.0; do
+        spec "$tmp/one.ini" "$r" "$cf"
+        "$M" run "$tmp/one.ini" --db "$tmp/alone.db" --no-plots --force >"$tmp/one.out" 2>&1 ||
+            { alone_ok=0; bad "lone point $r cf $cf: $(head -c 2000 "$tmp/one.out")"; }
+        grep -qF "kept for 2 points, reused by 0" "$tmp/one.out" ||
+            { alone_ok=0; bad "lone points $r cf $cf: $(head -c 2000 "$tmp/one.out")"; }
+    done
+done
+[ "$alone_ok" = 0 ] || ok
+# every column but the timings, ids and dates, compared with IS (NULL for NaN)
+cols() {
+    q "$tmp/sweep.db" "PRAGMA table_info($1)" | cut -d'|' -f2 |
+        grep -Ev '^(id|point|run|created_at|git_rev|wall_s|tokens_per_s|gflops_per_s|time_.*)$' |
+        awk 'NR > 1 { printf " AND " } { printf "a.\"%s\" IS b.\"%s\"", $0, $0 }'
+}
+pairs="ATTACH '$tmp/alone.db' AS o;
+       SELECT count(*) FROM points a JOIN o.points b ON a.config_key = b.config_key"
+same "18 points alone" "$(q "$tmp/alone.db" 'SELECT count(*) FROM points')" 18
+same "points: every metric column equal" "$(q "$tmp/sweep.db" "$pairs WHERE $(cols points)")" 18
+same "batches: every metric column equal" \
+    "$(q "$tmp/sweep.db" "$pairs JOIN batches a2 ON a2.point = a.id JOIN o.batches b2
+       ON b2.point = b.id AND b2.batch = a2.batch WHERE $(cols batches | sed 's/a\./a2./g;
+       s/b\./b2./g')")" 18
+same "expert loads, histograms equal" \
+    "$(q "$tmp/sweep.db" "$pairs WHERE NOT EXISTS (
+         SELECT expert, assigned, kept, importance FROM expert_loads WHERE point = a.id EXCEPT
+         SELECT expert, assigned, kept, importance FROM o.expert_loads WHERE point = b.id)
+       AND NOT EXISTS (SELECT experts, tokens FROM experts_per_token WHERE point = a.id EXCEPT
+         SELECT experts, tokens FROM o.experts_per_token WHERE point = b.id)
+       AND (SELECT count(*) FROM expert_loads WHERE point = a.id) = 16")" 18
+same "the anchor losses are defined (not NULL) at every point" \
+    "$(q "$tmp/sweep.db" "SELECT count(*) FROM points WHERE importance_loss_vmoe IS NOT NULL")" 18
+finish
