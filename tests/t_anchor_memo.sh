@@ -10,7 +10,7 @@
 # capacity factor: per distribution each router's first point keeps its sums and its other two
 # reuse them: 6 kept, 12 reuses); the lone runs reuse none; every metric column of every point
 # (points and batches tables: all but the timings, ids and dates), its expert loads and
-# experts-per-token histogram equal the lone run's exactly.
+# histograms equal the lone run's exactly (same_points); the anchor losses are defined.
 NAME=t_anchor_memo
 . tests/lib.sh
 make_tmp
@@ -47,27 +47,7 @@ for r in $ROUTERS; do
     done
 done
 [ "$alone_ok" = 0 ] || ok
-# every column but the timings, ids and dates, compared with IS (NULL for NaN)
-cols() {
-    q "$tmp/sweep.db" "PRAGMA table_info($1)" | cut -d'|' -f2 |
-        grep -Ev '^(id|point|run|created_at|git_rev|wall_s|tokens_per_s|gflops_per_s|time_.*)$' |
-        awk 'NR > 1 { printf " AND " } { printf "a.\"%s\" IS b.\"%s\"", $0, $0 }'
-}
-pairs="ATTACH '$tmp/alone.db' AS o;
-       SELECT count(*) FROM points a JOIN o.points b ON a.config_key = b.config_key"
-same "18 points alone" "$(q "$tmp/alone.db" 'SELECT count(*) FROM points')" 18
-same "points: every metric column equal" "$(q "$tmp/sweep.db" "$pairs WHERE $(cols points)")" 18
-same "batches: every metric column equal" \
-    "$(q "$tmp/sweep.db" "$pairs JOIN batches a2 ON a2.point = a.id JOIN o.batches b2
-       ON b2.point = b.id AND b2.batch = a2.batch WHERE $(cols batches | sed 's/a\./a2./g;
-       s/b\./b2./g')")" 18
-same "expert loads, histograms equal" \
-    "$(q "$tmp/sweep.db" "$pairs WHERE NOT EXISTS (
-         SELECT expert, assigned, kept, importance FROM expert_loads WHERE point = a.id EXCEPT
-         SELECT expert, assigned, kept, importance FROM o.expert_loads WHERE point = b.id)
-       AND NOT EXISTS (SELECT experts, tokens FROM experts_per_token WHERE point = a.id EXCEPT
-         SELECT experts, tokens FROM o.experts_per_token WHERE point = b.id)
-       AND (SELECT count(*) FROM expert_loads WHERE point = a.id) = 16")" 18
+same_points "$tmp/sweep.db" "$tmp/alone.db" 18 16
 same "the anchor losses are defined (not NULL) at every point" \
     "$(q "$tmp/sweep.db" "SELECT count(*) FROM points WHERE importance_loss_vmoe IS NOT NULL")" 18
 finish
