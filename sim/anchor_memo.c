@@ -13,8 +13,17 @@ typedef struct {
     unsigned long used; /* last use, for least-recently-used replacement; 0: empty */
 } am_slot;
 
+typedef struct {
+    const double *logits;
+    unsigned long batch; /* 0: empty */
+    int n, M;
+    double z;
+    unsigned long used;
+} am_zslot;
+
 struct moe_anchor_memo {
     am_slot s[MOE_ANCHOR_MEMO_KEYS];
+    am_zslot z[MOE_ANCHOR_MEMO_KEYS];
     unsigned long clock;
     moe_anchor_memo_stats st;
 };
@@ -98,7 +107,38 @@ void moe_anchor_memo_put(moe_anchor_memo *m, const moe_anchor_key *k, const moe_
 
 void moe_anchor_memo_drop(moe_anchor_memo *m, unsigned long batch)
 {
-    for (int i = 0; m && i < MOE_ANCHOR_MEMO_KEYS; i++)
+    for (int i = 0; m && i < MOE_ANCHOR_MEMO_KEYS; i++) {
         if (m->s[i].used && m->s[i].key.batch == batch)
             slot_clear(&m->s[i]);
+        if (m->z[i].batch == batch)
+            memset(&m->z[i], 0, sizeof m->z[i]);
+    }
+}
+
+int moe_anchor_memo_find_z(moe_anchor_memo *m, const double *logits, unsigned long batch, int n,
+                           int M, double *z)
+{
+    for (int i = 0; m && batch && i < MOE_ANCHOR_MEMO_KEYS; i++) {
+        am_zslot *s = &m->z[i];
+        if (s->batch == batch && s->logits == logits && s->n == n && s->M == M) {
+            s->used = ++m->clock;
+            *z = s->z;
+            m->st.z_hits++;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+void moe_anchor_memo_put_z(moe_anchor_memo *m, const double *logits, unsigned long batch, int n,
+                           int M, double z)
+{
+    if (!m || batch == 0)
+        return;
+    int v = 0; /* an empty slot, else the least recently used */
+    for (int i = 1; i < MOE_ANCHOR_MEMO_KEYS && m->z[v].batch; i++)
+        if (!m->z[i].batch || m->z[i].used < m->z[v].used)
+            v = i;
+    m->z[v] = (am_zslot){logits, batch, n, M, z, ++m->clock};
+    m->st.z_records++;
 }

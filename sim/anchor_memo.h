@@ -1,5 +1,5 @@
-/* anchor_memo.h: the anchor metrics' sums over one batch's rows, kept for the next points that
- * take them again from the same inputs.
+/* anchor_memo.h: the anchor metrics' sums over one batch's rows (and the z-loss's), kept for
+ * the next points that take them again from the same inputs.
  *
  * The anchor losses seq_aux_loss and importance_loss_vmoe (metrics_anchor.h) sum per-token terms
  * over every row of the logits (T,E): each row's softmax (from the router's logsumexps when the
@@ -17,6 +17,10 @@
  * part of the key: the pass reads only the inputs above. Not kept: plans with gate noise (their
  * terms read the noisy logits), passes whose logits are not a cached batch (batch 0), and the
  * sums the router's own rows pass gave (they are already free: moe_metrics_attach).
+ *
+ * The z-loss (mean over rows of the squared logsumexp) likewise: plans that keep no logsumexps
+ * of these logits (hash, for one) take every row's again at every point; the memo keeps the sum
+ * per batch.
  *
  * Memory: the keys' logsumexps, T doubles per kept key (8 MiB at T = 2^20), at most
  * MOE_ANCHOR_MEMO_KEYS keys. The gate cache owns one memo and drops a batch's keys with it. */
@@ -55,9 +59,18 @@ void moe_anchor_memo_put(moe_anchor_memo *m, const moe_anchor_key *k, const moe_
 /* Drop every key of batch number `batch` (the gate cache drops the batch). */
 void moe_anchor_memo_drop(moe_anchor_memo *m, unsigned long batch);
 
-/* Passes whose sums were found (hits) and kept (records). */
+/* The z-loss's sum over the rows of the squared logsumexps of logits (n,M), batch number batch,
+ * when the plan kept no logsumexps of its own (moe_par_sum_lse_sq): the same keys (but the
+ * rows' terms: logits, batch, n, M) and the same rules as the sums above. find: 1 and *z, or 0;
+ * put: keep z. */
+int moe_anchor_memo_find_z(moe_anchor_memo *m, const double *logits, unsigned long batch, int n,
+                           int M, double *z);
+void moe_anchor_memo_put_z(moe_anchor_memo *m, const double *logits, unsigned long batch, int n,
+                           int M, double z);
+
+/* Passes whose sums were found (hits) and kept (records); the same for the z-loss's sums. */
 typedef struct {
-    long hits, records;
+    long hits, records, z_hits, z_records;
 } moe_anchor_memo_stats;
 moe_anchor_memo_stats moe_anchor_memo_get_stats(const moe_anchor_memo *m);
 

@@ -89,6 +89,8 @@ moe_gate_cache_stats moe_gate_cache_get_stats(const moe_gate_cache *c)
     const moe_anchor_memo_stats as = moe_anchor_memo_get_stats(c->anchor);
     st.anchor_hits = as.hits;
     st.anchor_records = as.records;
+    st.z_hits = as.z_hits;
+    st.z_records = as.z_records;
     return st;
 }
 

@@ -53,6 +53,7 @@ typedef struct {
     double peak_bytes, max_bytes;
     long memo_hits, memo_records; /* routes that reused / recorded capacity-free work */
     long anchor_hits, anchor_records; /* anchor passes that reused / kept their sums */
+    long z_hits, z_records;           /* z-loss sums over the rows reused / kept */
 } moe_gate_cache_stats;
 moe_gate_cache_stats moe_gate_cache_get_stats(const moe_gate_cache *c);
 

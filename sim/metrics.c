@@ -207,7 +207,10 @@ int moe_metrics_compute_memo(const moe_plan *plan, const double *logits, int d, 
         if (plan->lse_of == logits) /* the router's logsumexps of these logits */
             for (int t = 0; t < n; t++)
                 z += plan->lse[t] * plan->lse[t];
-        else if ((rc = moe_par_sum_lse_sq(logits, n, M, &z)))
+        else if (!moe_anchor_memo_find_z(memo, logits, batch, n, M, &z) &&
+                 !(rc = moe_par_sum_lse_sq(logits, n, M, &z)))
+            moe_anchor_memo_put_z(memo, logits, batch, n, M, z);
+        if (rc)
             return rc;
         mt->z_loss = z / n;
     } else {

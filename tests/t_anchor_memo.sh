@@ -8,7 +8,10 @@
 # the sweep reuses the sums as counted by hand (hash and expert_choice have no rows pass of
 # their own, so each point's anchor pass reads every row; points expand distribution, router,
 # capacity factor: per distribution each router's first point keeps its sums and its other two
-# reuse them: 6 kept, 12 reuses); the lone runs reuse none; every metric column of every point
+# reuse them: 6 kept, 12 reuses; hash's plans keep no logsumexps, so its z-loss sums every row's
+# logsumexp, kept at its first point per distribution and reused by the other two: 2 kept, 4
+# reuses; expert_choice's plans keep the router's logsumexps: no such sum); the lone runs reuse
+# none; every metric column of every point
 # (points and batches tables: all but the timings, ids and dates), its expert loads and
 # histograms equal the lone run's exactly (same_points); the anchor losses are defined.
 NAME=t_anchor_memo
@@ -35,14 +38,15 @@ spec() { # FILE ROUTERS CFS
 spec "$tmp/sweep.ini" "$ROUTERS" "0.5 1.0 2.0"
 status "sweep" 0 "$tmp/sweep.out" "$M" run "$tmp/sweep.ini" --db "$tmp/sweep.db" --no-plots
 contains "the sweep reuses the anchor sums" "$tmp/sweep.out" \
-    "anchor metrics' sums over the rows kept for 6 points, reused by 12"
+    "anchor metrics' sums over the rows kept for 6 points, reused by 12; z-loss's kept for 2, reused by 4"
 alone_ok=1
 for r in $ROUTERS; do
     for cf in 0.5 1.0 2.0; do
         spec "$tmp/one.ini" "$r" "$cf"
         "$M" run "$tmp/one.ini" --db "$tmp/alone.db" --no-plots --force >"$tmp/one.out" 2>&1 ||
             { alone_ok=0; bad "lone point $r cf $cf: $(head -c 2000 "$tmp/one.out")"; }
-        grep -qF "kept for 2 points, reused by 0" "$tmp/one.out" ||
+        grep -q "kept for 2 points, reused by 0; z-loss's kept for [02], reused by 0" \
+            "$tmp/one.out" ||
             { alone_ok=0; bad "lone points $r cf $cf: $(head -c 2000 "$tmp/one.out")"; }
     done
 done

@@ -15,7 +15,11 @@
  *     one logsumexp one ulp off, the logsumexps not kept, fewer tokens;
  *   - plans with gate noise are neither kept nor served (their terms read the noisy logits);
  *   - batch number 0 (logits that are not a cached batch) and a NULL memo keep nothing;
- *   - dropping a batch's keys makes its next pass miss. */
+ *   - dropping a batch's keys makes its next pass miss;
+ *   - the z-loss of plans without logsumexps (the sum over rows of each row's squared
+ *     logsumexp, taken from the logits) is kept per (logits, batch number, tokens) and served
+ *     to the next plan of the same key with the same bits, missed for another batch number,
+ *     address or number of tokens; plans with logsumexps never take that pass. */
 #include "anchor_memo.h"
 #include "check.h"
 #include "metric_table.h"
@@ -86,7 +90,7 @@ static void memo_pass(const char *what, moe_anchor_memo *m, unsigned long batch,
                        const moe_plan *plan, const double *L, opts3 o, long hits, long records)
 {
     moe_metrics *a = metrics_for(o), *b = metrics_for(o);
-    const moe_anchor_memo_stats s0 = m ? stats(m) : (moe_anchor_memo_stats){0, 0};
+    const moe_anchor_memo_stats s0 = m ? stats(m) : (moe_anchor_memo_stats){0, 0, 0, 0};
     const int ok = a && b && plan &&
                    moe_metrics_compute_memo(plan, L, 0, 0, 0, 0, m, batch, a) == MOE_OK &&
                    moe_metrics_compute(plan, L, 0, 0, 0, 0, b) == MOE_OK;
@@ -100,6 +104,19 @@ static void memo_pass(const char *what, moe_anchor_memo *m, unsigned long batch,
     }
     moe_metrics_free(a);
     moe_metrics_free(b);
+}
+
+/* The z-loss of plan (no logsumexps of its own) through m as batch `batch`: the metrics'
+ * bits without the memo (memo_pass), and the z counts grew by (hits, records). */
+static void z_pass(const char *what, moe_anchor_memo *m, unsigned long batch,
+                   const moe_plan *plan, const double *L, long hits, long records)
+{
+    const moe_anchor_memo_stats s = stats(m);
+    memo_pass(what, m, batch, plan, L, (opts3){0, 0, MOE_SCORE_AUTO}, -1, -1);
+    const moe_anchor_memo_stats t = stats(m);
+    CHECK(t.z_hits - s.z_hits == hits && t.z_records - s.z_records == records,
+          "%s: z-loss %ld hits, %ld records; expected %ld, %ld", what, t.z_hits - s.z_hits,
+          t.z_records - s.z_records, hits, records);
 }
 
 /* The pass of (vp, vL, vo) as batch vb misses the key of (bp, bL, bo) as batch 1, kept and used
@@ -182,6 +199,29 @@ int main(void)
     moe_anchor_memo_drop(m, 3);
     memo_pass("batch 3 dropped: recorded again", m, 3, p2, L, o, 0, 1);
     memo_pass("batch 1 kept after the drop of 3", m, 1, p2, L, o, 1, 0);
+
+    /* the z-loss's sum of plans without logsumexps: kept per (logits, batch, n, M) */
+    moe_anchor_memo_free(m);
+    m = moe_anchor_memo_alloc();
+    moe_plan *z1 = route(L, N, 2, 4, 0.0), *z2 = route(L, N, 2, 2, 0.0),
+             *zc = route(L2, N, 2, 2, 0.0), *zh = route(L, N / 2, 2, 2, 0.0);
+    if (!m || !z1 || !z2 || !zc || !zh)
+        return 1;
+    z1->lse_of = z2->lse_of = zc->lse_of = zh->lse_of = NULL;
+    z_pass("first z pass", m, 1, z1, L, 0, 1);
+    z_pass("the same logits at another capacity factor", m, 1, z2, L, 1, 0);
+    z_pass("another batch number", m, 2, z2, L, 0, 1);
+    z_pass("the same values at another address", m, 1, zc, L2, 0, 1);
+    z_pass("the first half of the tokens", m, 1, zh, L, 0, 1);
+    z_pass("batch 0", m, 0, z2, L, 0, 0);
+    z_pass("a plan with logsumexps: no z pass", m, 1, p2, L, 0, 0);
+    moe_anchor_memo_drop(m, 1);
+    z_pass("batch 1 dropped", m, 1, z2, L, 0, 1);
+    z_pass("batch 2 kept", m, 2, z1, L, 1, 0);
+    moe_plan_free(z1);
+    moe_plan_free(z2);
+    moe_plan_free(zc);
+    moe_plan_free(zh);
 
     moe_plan_free(p1);
     moe_plan_free(p2);
