@@ -29,6 +29,10 @@
 #   chart_files DIR NAME              DIR/NAME.png is a non-empty PNG, DIR/NAME.svg a whole SVG,
 #                                     DIR/NAME.dat non-empty (3 checks)
 #   mpi_env                           Open MPI settings for mpirun in tests (after make_tmp)
+#   run_alone SPEC ROUTERS CFS DB RE  each (router, capacity factor) of ROUTERS x CFS run alone:
+#                                     SPEC FILE ROUTER CF writes its spec, `moesim run --force`
+#                                     into DB, one process each; every run succeeds and prints a
+#                                     line matching the grep pattern RE (1 check)
 #   same_points A B N E               the N points of database A equal those of the same
 #                                     configuration in database B (N each, E experts): every
 #                                     column of points and batches but timings, ids and dates,
@@ -176,4 +180,19 @@ same_points() {
            AND NOT EXISTS (SELECT groups, tokens FROM groups_touched WHERE point = a.id EXCEPT
              SELECT groups, tokens FROM o.groups_touched WHERE point = b.id)
            AND (SELECT count(*) FROM expert_loads WHERE point = a.id) = $4")" "$3"
+}
+
+# run_alone SPEC ROUTERS CFS DB RE (see above); spec files and outputs in $tmp
+run_alone() {
+    ra_ok=1
+    for ra_r in $2; do
+        for ra_cf in $3; do
+            "$1" "$tmp/one.ini" "$ra_r" "$ra_cf"
+            "$M" run "$tmp/one.ini" --db "$4" --no-plots --force >"$tmp/one.out" 2>&1 ||
+                { ra_ok=0; bad "lone point $ra_r cf $ra_cf: $(head -c 2000 "$tmp/one.out")"; }
+            grep -q "$5" "$tmp/one.out" ||
+                { ra_ok=0; bad "lone point $ra_r cf $ra_cf: no '$5' in $(head -c 2000 "$tmp/one.out")"; }
+        done
+    done
+    [ "$ra_ok" = 0 ] || ok
 }

@@ -39,18 +39,8 @@ spec "$tmp/sweep.ini" "$ROUTERS" "0.5 1.0 2.0"
 status "sweep" 0 "$tmp/sweep.out" "$M" run "$tmp/sweep.ini" --db "$tmp/sweep.db" --no-plots
 contains "the sweep reuses the anchor sums" "$tmp/sweep.out" \
     "anchor metrics' sums over the rows kept for 6 points, reused by 12; z-loss's kept for 2, reused by 4"
-alone_ok=1
-for r in $ROUTERS; do
-    for cf in 0.5 1.0 2.0; do
-        spec "$tmp/one.ini" "$r" "$cf"
-        "$M" run "$tmp/one.ini" --db "$tmp/alone.db" --no-plots --force >"$tmp/one.out" 2>&1 ||
-            { alone_ok=0; bad "lone point $r cf $cf: $(head -c 2000 "$tmp/one.out")"; }
-        grep -q "kept for 2 points, reused by 0; z-loss's kept for [02], reused by 0" \
-            "$tmp/one.out" ||
-            { alone_ok=0; bad "lone points $r cf $cf: $(head -c 2000 "$tmp/one.out")"; }
-    done
-done
-[ "$alone_ok" = 0 ] || ok
+run_alone spec "$ROUTERS" "0.5 1.0 2.0" "$tmp/alone.db" \
+    "kept for 2 points, reused by 0; z-loss's kept for [02], reused by 0"
 same_points "$tmp/sweep.db" "$tmp/alone.db" 18 16
 same "the anchor losses are defined (not NULL) at every point" \
     "$(q "$tmp/sweep.db" "SELECT count(*) FROM points WHERE importance_loss_vmoe IS NOT NULL")" 18

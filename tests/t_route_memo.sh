@@ -39,15 +39,6 @@ spec "$tmp/sweep.ini" "$ROUTERS" "0.5 1.0 2.0"
 status "sweep" 0 "$tmp/sweep.out" "$M" run "$tmp/sweep.ini" --db "$tmp/sweep.db" --no-plots
 contains "the sweep reuses the capacity-free work" "$tmp/sweep.out" \
     "capacity-free routing work kept for 10 routes, reused by 26"
-alone_ok=1
-for r in $ROUTERS; do
-    for cf in 0.5 1.0 2.0; do
-        spec "$tmp/one.ini" "$r" "$cf"
-        "$M" run "$tmp/one.ini" --db "$tmp/alone.db" --no-plots --force >"$tmp/one.out" 2>&1 ||
-            { alone_ok=0; bad "lone point $r cf $cf: $(head -c 2000 "$tmp/one.out")"; }
-        grep -qF "reused by 0" "$tmp/one.out" || { alone_ok=0; bad "lone point $r cf $cf reused"; }
-    done
-done
-[ "$alone_ok" = 0 ] || ok
+run_alone spec "$ROUTERS" "0.5 1.0 2.0" "$tmp/alone.db" "reused by 0"
 same_points "$tmp/sweep.db" "$tmp/alone.db" 36 16
 finish
