@@ -402,6 +402,10 @@ static int run_points(const run_args *a, const moe_spec *spec, moe_store *st,
         if (gs.memo_records > 0)
             fprintf(stderr, "moesim run: capacity-free routing work kept for %ld routes, "
                     "reused by %ld\n", gs.memo_records, gs.memo_hits);
+        if (gs.anchor_records > 0 || gs.z_records > 0)
+            fprintf(stderr, "moesim run: anchor metrics' sums over the rows kept for %ld "
+                    "points, reused by %ld; z-loss's kept for %ld, reused by %ld\n",
+                    gs.anchor_records, gs.anchor_hits, gs.z_records, gs.z_hits);
     }
     moe_gate_cache_free(gc);
     if (tty) {

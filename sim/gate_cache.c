@@ -6,6 +6,7 @@
  */
 #include "gate_cache.h"
 
+#include "anchor_memo.h"
 #include "huge.h"
 #include "route_memo.h"
 
@@ -34,6 +35,7 @@ struct moe_gate_cache {
     unsigned long clock, serials;
     moe_gate_cache_stats st;
     moe_route_memo *memo; /* routers' capacity-free work on one of the batches */
+    moe_anchor_memo *anchor; /* the anchor metrics' sums over the batches' rows */
 };
 
 moe_gate_cache *moe_gate_cache_alloc(double max_bytes)
@@ -49,7 +51,8 @@ moe_gate_cache *moe_gate_cache_alloc(double max_bytes)
     }
     c->max_bytes = max_bytes;
     c->st.max_bytes = max_bytes;
-    if (!(c->memo = moe_route_memo_alloc())) {
+    if (!(c->memo = moe_route_memo_alloc()) || !(c->anchor = moe_anchor_memo_alloc())) {
+        moe_route_memo_free(c->memo);
         free(c);
         return NULL;
     }
@@ -72,6 +75,7 @@ void moe_gate_cache_free(moe_gate_cache *c)
     for (int i = 0; i < c->n; i++)
         entry_clear(&c->e[i]);
     moe_route_memo_free(c->memo);
+    moe_anchor_memo_free(c->anchor);
     free(c->e);
     free(c);
 }
@@ -82,6 +86,11 @@ moe_gate_cache_stats moe_gate_cache_get_stats(const moe_gate_cache *c)
     const moe_route_memo_stats ms = moe_route_memo_get_stats(c->memo);
     st.memo_hits = ms.hits;
     st.memo_records = ms.records;
+    const moe_anchor_memo_stats as = moe_anchor_memo_get_stats(c->anchor);
+    st.anchor_hits = as.hits;
+    st.anchor_records = as.records;
+    st.z_hits = as.z_hits;
+    st.z_records = as.z_records;
     return st;
 }
 
@@ -95,6 +104,8 @@ moe_route_memo *moe_gate_cache_memo(moe_gate_cache *c, const double *logits,
     return c->memo;
 }
 
+moe_anchor_memo *moe_gate_cache_anchor_memo(moe_gate_cache *c) { return c->anchor; }
+
 /* Drops the least recently used entry. */
 static void evict_one(moe_gate_cache *c)
 {
@@ -104,6 +115,7 @@ static void evict_one(moe_gate_cache *c)
             lru = i;
     if (moe_route_memo_batch(c->memo) == c->e[lru].serial) /* its memo goes with it */
         moe_route_memo_clear(c->memo);
+    moe_anchor_memo_drop(c->anchor, c->e[lru].serial);
     c->bytes -= c->e[lru].bytes;
     entry_clear(&c->e[lru]);
     c->e[lru] = c->e[--c->n];

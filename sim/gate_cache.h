@@ -20,7 +20,9 @@
  * (route_memo.h): the points that route the same batch with the same router and options except
  * the capacity ones (a sweep's capacity factors, innermost) run only their capacity part after
  * the first. It is freed with the batch it belongs to, or when a route of another key replaces
- * it; its memory (one router workspace) comes on top of max_bytes.
+ * it; its memory (one router workspace) comes on top of max_bytes. Likewise a memo of the
+ * anchor metrics' sums over a batch's rows (anchor_memo.h), which do not depend on the capacity
+ * either: T doubles per key, a few keys.
  */
 #ifndef MOE_GATE_CACHE_H
 #define MOE_GATE_CACHE_H
@@ -50,6 +52,8 @@ typedef struct {
     long computed, reused;
     double peak_bytes, max_bytes;
     long memo_hits, memo_records; /* routes that reused / recorded capacity-free work */
+    long anchor_hits, anchor_records; /* anchor passes that reused / kept their sums */
+    long z_hits, z_records;           /* z-loss sums over the rows reused / kept */
 } moe_gate_cache_stats;
 moe_gate_cache_stats moe_gate_cache_get_stats(const moe_gate_cache *c);
 
@@ -59,5 +63,9 @@ moe_gate_cache_stats moe_gate_cache_get_stats(const moe_gate_cache *c);
 typedef struct moe_route_memo moe_route_memo;
 moe_route_memo *moe_gate_cache_memo(moe_gate_cache *c, const double *logits,
                                     unsigned long *batch);
+/* The cache's memo of the anchor metrics' sums over its batches' rows (anchor_memo.h), keyed
+ * by the batch numbers moe_gate_cache_memo gives; a batch's keys are dropped with it. */
+typedef struct moe_anchor_memo moe_anchor_memo;
+moe_anchor_memo *moe_gate_cache_anchor_memo(moe_gate_cache *c);
 
 #endif

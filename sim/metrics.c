@@ -1,7 +1,8 @@
 /* metrics.c: the routing metrics of one plan and their JSON export (keys and order from the
  * metric table, sim/metric_table.c).
  *
- * Owns moe_metrics_alloc/_free, moe_metrics_compute and moe_metrics_write_json (moe.h).
+ * Owns moe_metrics_alloc/_free, moe_metrics_compute (and its form with the anchor memo,
+ * moe_metrics_compute_memo: anchor_memo.h) and moe_metrics_write_json (moe.h).
  * Loads and importance come from the plan's router-side statistics (assigned_load, importance,
  * n_claims, aux_loss); kept loads, drops and the experts-per-token histogram are counted from
  * the entries (on the threads: sim/metrics_count.c). Dense plans (soft_moe): kept_load[e] = distinct slots of e among the entries,
@@ -12,6 +13,7 @@
  * losses (seq_aux_loss, load_loss_shazeer, overflow_expert1/2, importance_loss_vmoe,
  * load_loss_vmoe, balancedness) are sim/metrics_anchor.c's.
  */
+#include "anchor_memo.h"
 #include "metric_table.h"
 #include "metrics_anchor.h"
 #include "metrics_count.h"
@@ -118,6 +120,13 @@ int moe_metrics_set_opts(moe_metrics *mt, const moe_route_opts *o)
 int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f, int act,
                         int gate_computed, moe_metrics *mt)
 {
+    return moe_metrics_compute_memo(plan, logits, d, f, act, gate_computed, NULL, 0, mt);
+}
+
+int moe_metrics_compute_memo(const moe_plan *plan, const double *logits, int d, int f, int act,
+                             int gate_computed, moe_anchor_memo *memo, unsigned long batch,
+                             moe_metrics *mt)
+{
     const int n = plan->n, E = plan->E, M = plan->m;
     if (E != mt->E)
         return moe_fail(MOE_EINVAL, NULL, "plan has %d experts, metrics were set up for %d", E,
@@ -203,7 +212,10 @@ int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f
         if (plan->lse_of == logits) /* the router's logsumexps of these logits */
             for (int t = 0; t < n; t++)
                 z += plan->lse[t] * plan->lse[t];
-        else if ((rc = moe_par_sum_lse_sq(logits, n, M, &z)))
+        else if (!moe_anchor_memo_find_z(memo, logits, batch, n, M, &z) &&
+                 !(rc = moe_par_sum_lse_sq(logits, n, M, &z)))
+            moe_anchor_memo_put_z(memo, logits, batch, n, M, z);
+        if (rc)
             return rc;
         mt->z_loss = z / n;
     } else {
@@ -234,8 +246,7 @@ int moe_metrics_compute(const moe_plan *plan, const double *logits, int d, int f
 
     mt->output_error_dense = NAN;
     mt->output_error_dropless = NAN;
-    rc = moe_metrics_anchor(plan, logits, mt);
-    return rc;
+    return moe_metrics_anchor_memo(plan, logits, mt, memo, batch);
 }
 
 /* ---- JSON ---- */

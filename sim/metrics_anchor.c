@@ -23,6 +23,7 @@
  * the last bits differ (docs/metrics.md, Precision).
  */
 #include "metrics_anchor.h"
+#include "anchor_memo.h"
 #include "../routers/claims.h" /* moe_claims_topk */
 #include "../routers/par.h"
 #include "../routers/select.h"
@@ -436,9 +437,20 @@ static const anc_state *rows_sums(const moe_metrics *mt, const moe_plan *plan,
     return q;
 }
 
+/* The key of the pass over every row of st (anchor_memo.h) for logits of batch number batch. */
+static moe_anchor_key memo_key(const anc_state *st, unsigned long batch)
+{
+    return (moe_anchor_key){.logits = st->L, .batch = batch, .n = st->n, .E = st->E, .k = st->k,
+                         .seq = st->S, .group = st->gs, .score = st->score, .own = st->own,
+                         .use_lse = st->use_lse, .shared = st->shared,
+                         .lse = st->use_lse ? st->plan->lse : NULL};
+}
+
 /* seq_aux_loss, importance_loss_vmoe, load_loss_vmoe and load_loss_shazeer (docs/metrics.md)
- * from the logits (T,E) routed. */
-static int anchor_losses(const moe_plan *plan, const double *logits, moe_metrics *mt, int fast)
+ * from the logits (T,E) routed; the pass over the rows from memo when it has the sums of its key
+ * (noise-free passes on the threads, anchor_memo.h), else computed and kept there. */
+static int anchor_losses(const moe_plan *plan, const double *logits, moe_metrics *mt, int fast,
+                         moe_anchor_memo *memo, unsigned long batch)
 {
     const int n = plan->n, E = plan->E, k = plan->k < E ? plan->k : E; /* experts per token */
     anc_state st = {.plan = plan, .L = logits, .n = n, .E = E, .k = k,
@@ -460,13 +472,20 @@ static int anchor_losses(const moe_plan *plan, const double *logits, moe_metrics
     if (st.shared)
         st.imp = st.seq_p;
     const anc_state *rs = fast ? rows_sums(mt, plan, logits, &st) : NULL;
+    const moe_anchor_key key = memo_key(&st, fast && !st.noisy ? batch : 0);
+    moe_anchor_sums ms;
     int rc = MOE_OK;
     if (rs) { /* the router's rows: their sums (load: no noise, set below) */
         st.seq_sum = rs->seq_sum;
         st.imp_sum = rs->imp_sum;
         st.ngroups = rs->ngroups;
-    } else {
-        rc = anc_sums(&st, fast);
+    } else if (moe_anchor_memo_find(memo, &key, &ms)) { /* no noise: load set below */
+        st.seq_sum = ms.seq_sum;
+        st.imp_sum = ms.imp_sum;
+        st.ngroups = ms.ngroups;
+    } else if (!(rc = anc_sums(&st, fast))) {
+        ms = (moe_anchor_sums){st.seq_sum, st.imp_sum, st.ngroups};
+        moe_anchor_memo_put(memo, &key, &ms);
     }
     if (!rc) {
         mt->seq_aux_loss = k >= 1 ? st.seq_sum / (n / st.S) : NAN;
@@ -482,7 +501,8 @@ static int anchor_losses(const moe_plan *plan, const double *logits, moe_metrics
 }
 
 /* The anchor libraries' metrics of a plan (docs/metrics.md). */
-static int anchor_metrics(const moe_plan *plan, const double *logits, moe_metrics *mt, int fast)
+static int anchor_metrics(const moe_plan *plan, const double *logits, moe_metrics *mt, int fast,
+                          moe_anchor_memo *memo, unsigned long batch)
 {
     const int E = plan->E;
     for (int j = 0; j < 2; j++) {
@@ -496,15 +516,21 @@ static int anchor_metrics(const moe_plan *plan, const double *logits, moe_metric
     mt->load_loss_shazeer = NAN;
     if (!logits || plan->dense || plan->m != E)
         return MOE_OK;
-    return anchor_losses(plan, logits, mt, fast);
+    return anchor_losses(plan, logits, mt, fast, memo, batch);
 }
 
 int moe_metrics_anchor(const moe_plan *plan, const double *logits, moe_metrics *mt)
 {
-    return anchor_metrics(plan, logits, mt, 1);
+    return anchor_metrics(plan, logits, mt, 1, NULL, 0);
+}
+
+int moe_metrics_anchor_memo(const moe_plan *plan, const double *logits, moe_metrics *mt,
+                            moe_anchor_memo *memo, unsigned long batch)
+{
+    return anchor_metrics(plan, logits, mt, 1, memo, batch);
 }
 
 int moe_metrics_anchor_reference(const moe_plan *plan, const double *logits, moe_metrics *mt)
 {
-    return anchor_metrics(plan, logits, mt, 0);
+    return anchor_metrics(plan, logits, mt, 0, NULL, 0);
 }

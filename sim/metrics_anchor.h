@@ -16,6 +16,12 @@ int moe_metrics_span(int len, int n);
  * do not depend on the number of threads. MOE_EINVAL when sequence_length does not divide T,
  * MOE_ENOMEM when out of memory. */
 int moe_metrics_anchor(const moe_plan *plan, const double *logits, moe_metrics *mt);
+/* moe_metrics_anchor with the sums over the rows from memo (anchor_memo.h) when it holds those
+ * of logits as the gate cache's batch number `batch`, else computed and kept there (memo NULL or
+ * batch 0: moe_metrics_anchor). The same bits as moe_metrics_anchor. */
+typedef struct moe_anchor_memo moe_anchor_memo;
+int moe_metrics_anchor_memo(const moe_plan *plan, const double *logits, moe_metrics *mt,
+                            moe_anchor_memo *memo, unsigned long batch);
 
 /* The algorithmic reference of the losses moe_metrics_anchor computes (seq_aux_loss,
  * importance_loss_vmoe, load_loss_vmoe, load_loss_shazeer): one serial loop over tokens with

@@ -8,6 +8,7 @@
  * dropless twin may put every token on one expert), P = M/E for dense plans.
  */
 #include "pipeline.h"
+#include "anchor_memo.h"
 #include "blas_info.h"
 #include "gate.h"
 
@@ -41,6 +42,7 @@ struct moe_pipeline {
     double gated_s;           /* the seconds it took */
     moe_route_memo *memo;     /* the memo of the router's capacity-free work, or NULL */
     unsigned long memo_batch; /* the number of the batch the next route routes (0: none) */
+    moe_anchor_memo *anchor;  /* the memo of the anchor metrics' sums, or NULL */
 };
 
 int moe_pipeline_error_rows(int T, int error_rows, int *rows)
@@ -465,10 +467,12 @@ int moe_pipeline_run_batch(moe_pipeline *p, const moe_batch *b, const double *un
     t.total = t.gate + t.route + t.dispatch + t.experts + t.combine;
     /* metrics and output errors */
     const moe_experts *w = p->L ? c->w : NULL;
+    const unsigned long batch = p->gated && p->routed == p->gated ? p->memo_batch : 0;
     if ((fl & MOE_PIPE_METRICS) &&
-        (rc = moe_metrics_compute(p->plan, p->routed, w ? w->d : p->gate_computed ? D : 0,
-                                  w ? w->f : 0,
-                                  w ? w->act : 0, p->gate_computed, p->mt)))
+        (rc = moe_metrics_compute_memo(p->plan, p->routed,
+                                       w ? w->d : p->gate_computed ? D : 0, w ? w->f : 0,
+                                       w ? w->act : 0, p->gate_computed, p->anchor, batch,
+                                       p->mt)))
         return rc;
     if ((fl & MOE_PIPE_METRICS) && w && w->shared) { /* every token through the shared FFNs */
         double sf = (double)b->n * moe_shared_flops_per_token(w->shared, w->d, w->act);
@@ -552,6 +556,8 @@ void moe_pipeline_set_memo(moe_pipeline *p, moe_route_memo *m, unsigned long bat
     p->memo = m;
     p->memo_batch = batch;
 }
+
+void moe_pipeline_set_anchor_memo(moe_pipeline *p, moe_anchor_memo *m) { p->anchor = m; }
 
 moe_router *moe_pipeline_router(const moe_pipeline *p) { return p->r; }
 const moe_plan *moe_pipeline_plan(const moe_pipeline *p) { return p->plan; }

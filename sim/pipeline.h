@@ -129,6 +129,11 @@ int moe_pipeline_run_gated(moe_pipeline *p, const moe_batch *b, int index, const
  * outlive the pipeline. */
 typedef struct moe_route_memo moe_route_memo;
 void moe_pipeline_set_memo(moe_pipeline *p, moe_route_memo *m, unsigned long batch);
+/* The memo of the anchor metrics' sums over the rows (anchor_memo.h) for the batches that
+ * moe_pipeline_set_memo numbers: a batch's metrics take the sums kept for their key, or keep
+ * theirs. m (may be NULL) must outlive the pipeline. */
+typedef struct moe_anchor_memo moe_anchor_memo;
+void moe_pipeline_set_anchor_memo(moe_pipeline *p, moe_anchor_memo *m);
 
 /* Results of the last batch, valid until the next one. */
 moe_router *moe_pipeline_router(const moe_pipeline *p);

@@ -270,6 +270,7 @@ static int run_batch(const moe_point *pt, point_ws *w, moe_gate_cache *cache, in
     unsigned long serial = 0; /* the router's capacity-free work on these logits, shared */
     moe_route_memo *memo = moe_gate_cache_memo(cache, logits, &serial);
     moe_pipeline_set_memo(w->pipe, memo, serial);
+    moe_pipeline_set_anchor_memo(w->pipe, moe_gate_cache_anchor_memo(cache));
     return moe_pipeline_run_gated(w->pipe, &bb, b, logits, gate_s, tm);
 }
 

@@ -29,6 +29,15 @@
 #   chart_files DIR NAME              DIR/NAME.png is a non-empty PNG, DIR/NAME.svg a whole SVG,
 #                                     DIR/NAME.dat non-empty (3 checks)
 #   mpi_env                           Open MPI settings for mpirun in tests (after make_tmp)
+#   run_alone SPEC ROUTERS CFS DB RE  each (router, capacity factor) of ROUTERS x CFS run alone:
+#                                     SPEC FILE ROUTER CF writes its spec, `moesim run --force`
+#                                     into DB, one process each; every run succeeds and prints a
+#                                     line matching the grep pattern RE (1 check)
+#   same_points A B N E               the N points of database A equal those of the same
+#                                     configuration in database B (N each, E experts): every
+#                                     column of points and batches but timings, ids and dates,
+#                                     expert loads, experts-per-token and groups-touched
+#                                     histograms (4 checks)
 #   finish                            prints "NAME: N passed, N failed[, N skipped]" and exits
 # tests/run.sh reads that last line and the SKIP lines.
 REPO=$(pwd)
@@ -145,4 +154,45 @@ mpi_env() {
     LSAN_OPTIONS="suppressions=$tmp/lsan.supp:print_suppressions=0:use_tls=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
     export LSAN_OPTIONS
     export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}fast_unwind_on_malloc=0"
+}
+
+# same_points A B N E (see above): the columns compared with IS (NULL for NaN)
+same_points() {
+    sp_cols() {
+        q "$1" "PRAGMA table_info($2)" | cut -d'|' -f2 |
+            grep -Ev '^(id|point|run|created_at|git_rev|wall_s|tokens_per_s|gflops_per_s|time_.*)$' |
+            awk 'NR > 1 { printf " AND " } { printf "a.\"%s\" IS b.\"%s\"", $0, $0 }'
+    }
+    sp_pairs="ATTACH '$2' AS o;
+       SELECT count(*) FROM points a JOIN o.points b ON a.config_key = b.config_key"
+    same "$3 points in $2" "$(q "$2" 'SELECT count(*) FROM points')" "$3"
+    same "points: every metric column equal" "$(q "$1" "$sp_pairs WHERE $(sp_cols "$1" points)")" "$3"
+    same "batches: every metric column equal" \
+        "$(q "$1" "$sp_pairs JOIN batches a2 ON a2.point = a.id JOIN o.batches b2
+           ON b2.point = b.id AND b2.batch = a2.batch WHERE $(sp_cols "$1" batches |
+           sed 's/a\./a2./g; s/b\./b2./g')")" "$3"
+    same "expert loads, histograms equal" \
+        "$(q "$1" "$sp_pairs WHERE NOT EXISTS (
+             SELECT expert, assigned, kept, importance FROM expert_loads WHERE point = a.id EXCEPT
+             SELECT expert, assigned, kept, importance FROM o.expert_loads WHERE point = b.id)
+           AND NOT EXISTS (SELECT experts, tokens FROM experts_per_token WHERE point = a.id EXCEPT
+             SELECT experts, tokens FROM o.experts_per_token WHERE point = b.id)
+           AND NOT EXISTS (SELECT groups, tokens FROM groups_touched WHERE point = a.id EXCEPT
+             SELECT groups, tokens FROM o.groups_touched WHERE point = b.id)
+           AND (SELECT count(*) FROM expert_loads WHERE point = a.id) = $4")" "$3"
+}
+
+# run_alone SPEC ROUTERS CFS DB RE (see above); spec files and outputs in $tmp
+run_alone() {
+    ra_ok=1
+    for ra_r in $2; do
+        for ra_cf in $3; do
+            "$1" "$tmp/one.ini" "$ra_r" "$ra_cf"
+            "$M" run "$tmp/one.ini" --db "$4" --no-plots --force >"$tmp/one.out" 2>&1 ||
+                { ra_ok=0; bad "lone point $ra_r cf $ra_cf: $(head -c 2000 "$tmp/one.out")"; }
+            grep -q "$5" "$tmp/one.out" ||
+                { ra_ok=0; bad "lone point $ra_r cf $ra_cf: no '$5' in $(head -c 2000 "$tmp/one.out")"; }
+        done
+    done
+    [ "$ra_ok" = 0 ] || ok
 }

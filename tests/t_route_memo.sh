@@ -39,37 +39,6 @@ spec "$tmp/sweep.ini" "$ROUTERS" "0.5 1.0 2.0"
 status "sweep" 0 "$tmp/sweep.out" "$M" run "$tmp/sweep.ini" --db "$tmp/sweep.db" --no-plots
 contains "the sweep reuses the capacity-free work" "$tmp/sweep.out" \
     "capacity-free routing work kept for 10 routes, reused by 26"
-alone_ok=1
-for r in $ROUTERS; do
-    for cf in 0.5 1.0 2.0; do
-        spec "$tmp/one.ini" "$r" "$cf"
-        "$M" run "$tmp/one.ini" --db "$tmp/alone.db" --no-plots --force >"$tmp/one.out" 2>&1 ||
-            { alone_ok=0; bad "lone point $r cf $cf: $(head -c 2000 "$tmp/one.out")"; }
-        grep -qF "reused by 0" "$tmp/one.out" || { alone_ok=0; bad "lone point $r cf $cf reused"; }
-    done
-done
-[ "$alone_ok" = 0 ] || ok
-# every column but the timings, ids and dates, compared with IS (NULL for NaN)
-cols() {
-    q "$tmp/sweep.db" "PRAGMA table_info($1)" | cut -d'|' -f2 |
-        grep -Ev '^(id|point|run|created_at|git_rev|wall_s|tokens_per_s|gflops_per_s|time_.*)$' |
-        awk 'NR > 1 { printf " AND " } { printf "a.\"%s\" IS b.\"%s\"", $0, $0 }'
-}
-pairs="ATTACH '$tmp/alone.db' AS o;
-       SELECT count(*) FROM points a JOIN o.points b ON a.config_key = b.config_key"
-same "36 points each alone" "$(q "$tmp/alone.db" 'SELECT count(*) FROM points')" 36
-same "points: every metric column equal" "$(q "$tmp/sweep.db" "$pairs WHERE $(cols points)")" 36
-same "batches: every metric column equal" \
-    "$(q "$tmp/sweep.db" "$pairs JOIN batches a2 ON a2.point = a.id JOIN o.batches b2
-       ON b2.point = b.id AND b2.batch = a2.batch WHERE $(cols batches | sed 's/a\./a2./g;
-       s/b\./b2./g')")" 36
-same "expert loads, histograms equal" \
-    "$(q "$tmp/sweep.db" "$pairs WHERE NOT EXISTS (
-         SELECT expert, assigned, kept, importance FROM expert_loads WHERE point = a.id EXCEPT
-         SELECT expert, assigned, kept, importance FROM o.expert_loads WHERE point = b.id)
-       AND NOT EXISTS (SELECT experts, tokens FROM experts_per_token WHERE point = a.id EXCEPT
-         SELECT experts, tokens FROM o.experts_per_token WHERE point = b.id)
-       AND NOT EXISTS (SELECT groups, tokens FROM groups_touched WHERE point = a.id EXCEPT
-         SELECT groups, tokens FROM o.groups_touched WHERE point = b.id)
-       AND (SELECT count(*) FROM expert_loads WHERE point = a.id) = 16")" 36
+run_alone spec "$ROUTERS" "0.5 1.0 2.0" "$tmp/alone.db" "reused by 0"
+same_points "$tmp/sweep.db" "$tmp/alone.db" 36 16
 finish

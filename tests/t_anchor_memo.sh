@@ -1,0 +1,47 @@
+#!/bin/sh
+# t_anchor_memo.sh: the anchor metrics' sums over a batch's rows kept across the points of a
+# sweep (sim/anchor_memo.h). A routing-only sweep (f = 0, so every batch comes from the gate
+# cache) of hash, expert_choice and expert_choice with sequence_length 128 (another key: its
+# sequences) at capacity factors 0.5 1.0 2.0 on two distributions of 384 tokens, d 16, E 16,
+# runs once; then every (router, capacity factor) runs alone with both distributions (one
+# process each, two batches: nothing to reuse) with --force into a second database. Checked:
+# the sweep reuses the sums as counted by hand (hash and expert_choice have no rows pass of
+# their own, so each point's anchor pass reads every row; points expand distribution, router,
+# capacity factor: per distribution each router's first point keeps its sums and its other two
+# reuse them: 6 kept, 12 reuses; hash's plans keep no logsumexps, so its z-loss sums every row's
+# logsumexp, kept at its first point per distribution and reused by the other two: 2 kept, 4
+# reuses; expert_choice's plans keep the router's logsumexps: no such sum); the lone runs reuse
+# none; every metric column of every point
+# (points and batches tables: all but the timings, ids and dates), its expert loads and
+# histograms equal the lone run's exactly (same_points); the anchor losses are defined.
+NAME=t_anchor_memo
+. tests/lib.sh
+make_tmp
+
+if ! command -v sqlite3 >/dev/null 2>&1; then
+    skip 6 "the sqlite3 shell is not installed"
+    finish
+fi
+ROUTERS="hash ec ec_seq"
+spec() { # FILE ROUTERS CFS
+    {
+        printf '[experiment]\nname = anchor\nrouters = %s\ncapacity_factors = %s\n' "$2" "$3"
+        printf 'tokens = 384\nbatches = 1\nseeds = 1\n'
+        printf '\n[router.hash]\ntype = hash\n'
+        printf '\n[router.ec]\ntype = expert_choice\n'
+        printf '\n[router.ec_seq]\ntype = expert_choice\nsequence_length = 128\n'
+        printf '\n[distribution.g]\nsource = gaussian\n'
+        printf '\n[distribution.z]\nsource = zipf_ids\n'
+        printf '\n[shape.s]\nd = 16\nf = 0\nE = 16\n'
+    } >"$1"
+}
+spec "$tmp/sweep.ini" "$ROUTERS" "0.5 1.0 2.0"
+status "sweep" 0 "$tmp/sweep.out" "$M" run "$tmp/sweep.ini" --db "$tmp/sweep.db" --no-plots
+contains "the sweep reuses the anchor sums" "$tmp/sweep.out" \
+    "anchor metrics' sums over the rows kept for 6 points, reused by 12; z-loss's kept for 2, reused by 4"
+run_alone spec "$ROUTERS" "0.5 1.0 2.0" "$tmp/alone.db" \
+    "kept for 2 points, reused by 0; z-loss's kept for [02], reused by 0"
+same_points "$tmp/sweep.db" "$tmp/alone.db" 18 16
+same "the anchor losses are defined (not NULL) at every point" \
+    "$(q "$tmp/sweep.db" "SELECT count(*) FROM points WHERE importance_loss_vmoe IS NOT NULL")" 18
+finish
