@@ -536,7 +536,8 @@ static void test_copy_paths(gsl_rng *r)
     enum { N = 1500, E = 9, K = 2, D = 200, F = 24 };
     const long C = 331;
     size_t len = (size_t)N * D;
-    float *x = malloc(len * sizeof *x), *ys = malloc(len * sizeof *ys), *ya = malloc(len * sizeof *ya);
+    float *x = malloc(len * sizeof *x), *ys = malloc(len * sizeof *ys),
+          *ya = malloc(len * sizeof *ya);
     int *has = malloc(N * sizeof *has);
     moe_plan *p = moe_plan_alloc(N, E, (size_t)N * K + 1);
     moe_plan *q = moe_plan_alloc(N, E, (size_t)N * K + 1);

@@ -4,7 +4,8 @@
  * the rounds, in us per token, and each n's time per token over the largest n's.
  * Arguments: rounds (default 15), E (16), k (2), then the token counts (default 1024 4096
  * 16384 65536). d = 512, f = 2048, cf = 1.25, GELU tanh, as the bench. Prints a checksum of
- * each output (its bits: compare two builds). `make bench-layer-time` builds and runs it. */
+ * each output (its bits: compare two builds). LT_THREADS=N sets the BLAS threads (default: the
+ * BLAS default). `make bench-layer-time` builds and runs it. */
 #include "bench.h"
 
 #include <gsl/gsl_randist.h>
