@@ -1,7 +1,8 @@
 /* layer_time.c: the MoE layer of `moesim bench` (gate, route, dispatch, experts, combine) at
  * several token counts in one process, the counts interleaved round by round so that a load
  * change on a shared machine hits them alike. Per n and phase: the minimum and the median over
- * the rounds, in us per token, and each n's time per token over the largest n's.
+ * the rounds, in us per token, and each n's time per token over the largest n's; the process
+ * CPU time per token (all threads; load inflates it less than wall time).
  * Arguments: rounds (default 15), E (16), k (2), then the token counts (default 1024 4096
  * 16384 65536). d = 512, f = 2048, cf = 1.25, GELU tanh, as the bench. Prints a checksum of
  * each output (its bits: compare two builds). LT_THREADS=N sets the BLAS threads (default: the
@@ -13,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 enum { NMAX = 8 };
 
@@ -47,8 +49,9 @@ int main(int argc, char **argv)
     w.b2 = malloc(e * D * sizeof(float));
     float *x = malloc((size_t)nx * D * sizeof *x);
     double *v = malloc((size_t)rounds * NMAX * MOE_NPHASES * sizeof *v);
+    double *cpu = malloc((size_t)rounds * NMAX * sizeof *cpu); /* process CPU s per token */
     gsl_rng *r = gsl_rng_alloc(gsl_rng_mt19937);
-    if (!w.wg || !w.w1 || !w.b1 || !w.w2 || !w.b2 || !x || !v || !r)
+    if (!w.wg || !w.w1 || !w.b1 || !w.w2 || !w.b2 || !x || !v || !cpu || !r)
         return 1;
     fill(r, w.wg, D * e, 1.0 / sqrt((double)D));
     fill(r, w.w1, e * D * F, 1.0 / sqrt((double)D));
@@ -71,7 +74,15 @@ int main(int argc, char **argv)
             moe_batch b = {ns[i], (int)D, E, x, NULL, NULL, NULL, NULL, 0, NULL, NULL};
             moe_phase_times tm;
             double t[MOE_NPHASES];
-            if (moe_pipeline_run_batch(p[i].pipe, &b, NULL, &tm)) {
+            struct timespec c0, c1;
+            clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c0);
+            int rc = moe_pipeline_run_batch(p[i].pipe, &b, NULL, &tm);
+            clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
+            if (rd >= 0)
+                cpu[(size_t)i * (size_t)rounds + (size_t)rd] =
+                    ((double)(c1.tv_sec - c0.tv_sec) + 1e-9 * (double)(c1.tv_nsec - c0.tv_nsec)) /
+                    ns[i];
+            if (rc) {
                 fprintf(stderr, "layer_time: %s\n", moe_errmsg());
                 return 1;
             }
@@ -91,7 +102,7 @@ int main(int argc, char **argv)
            "to the last n's)\n%7s", E, k, D, F, rounds, "n");
     for (int ph = 0; ph < MOE_NPHASES; ph++)
         printf(" %21s", ph == MOE_PHASE_TOTAL ? "layer" : moe_phase_names[ph]);
-    printf("  checksum\n");
+    printf("  CPU us/tok min/median  checksum\n");
     for (int i = 0; i < nn; i++) {
         printf("%7d", ns[i]);
         for (int ph = 0; ph < MOE_NPHASES; ph++)
@@ -100,11 +111,13 @@ int main(int argc, char **argv)
         double cs = 0;
         for (size_t j = 0; j < (size_t)ns[i] * D; j++)
             cs += p[i].y[j] * (double)(j % 7 + 1);
-        printf("  %.17g\n", cs);
+        double *c = cpu + (size_t)i * (size_t)rounds;
+        qsort(c, (size_t)rounds, sizeof *c, cmp_d);
+        printf("  %7.3f/%7.3f  %.17g\n", 1e6 * c[0], 1e6 * c[rounds / 2], cs);
     }
     for (int i = 0; i < nn; i++)
         bench_point_free(&p[i]);
-    free(w.wg), free(w.w1), free(w.b1), free(w.w2), free(w.b2), free(x), free(v);
+    free(w.wg), free(w.w1), free(w.b1), free(w.w2), free(w.b2), free(x), free(v), free(cpu);
     gsl_rng_free(r);
     return 0;
 }
