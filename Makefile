@@ -212,6 +212,16 @@ $(B)/bench/gate_time: tests/bench/gate_time.c $(B)/libmoesim.a
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
 
+# The layer of `moesim bench` at n = 1k..64k tokens, interleaved round by round
+# (tests/bench/layer_time.c): per-phase time per token, min and median
+.PHONY: bench-layer-time
+bench-layer-time: $(B)/bench/layer_time
+	env -u OPENBLAS_CORETYPE $(B)/bench/layer_time
+
+$(B)/bench/layer_time: tests/bench/layer_time.c $(B)/libmoesim.a
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
+
 # The gate and single routers' route phase on one batch of 2^20 tokens, E = 256, with a checksum
 # of each plan (tests/bench/slow_route.c); ROUTERS overrides the list.
 ROUTERS ?= sinkhorn:2 dsv3_bias:8 topp relu expert_choice hash

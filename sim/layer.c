@@ -14,6 +14,7 @@
  *                block of tokens (rows per block = R*FW / M, at least FW for a dense plan)
  *   out  (R,D)   expert outputs
  *   used (E)     rows filled per expert in the current forward (max slot + 1)
+ *   hits (R)     entries on each slot in the current forward (0, 1, or 2 for two or more)
  * so the layer needs no (T,M) buffer of its own: a sparse layer with a large C_max does not
  * pay n_max * E * C_max floats for matrices only soft_moe uses.
  * The activations and the row kernels are in layer_act.c.
@@ -42,6 +43,7 @@ struct moe_layer {
     float *hid;                   /* (R,FW) */
     float *out;                   /* (R,D) */
     long *used;                   /* (E) */
+    unsigned char *hits;          /* (R) */
     size_t tile;                  /* rows per tile of the expert phase, 0: one per segment */
     int pad;                      /* 1: sparse plans run every expert at C rows */
     size_t rows_run;              /* rows of the last expert phase */
@@ -341,9 +343,10 @@ moe_layer *moe_layer_alloc(int n_max, int E, long C_max, int d, int f, int act)
     L->hid = malloc(nh * sizeof *L->hid);
     L->out = malloc(nx * sizeof *L->out);
     L->used = calloc((size_t)E, sizeof *L->used);
+    L->hits = malloc(rows);
     L->seg = malloc(2 * (size_t)E * sizeof *L->seg);
     L->first = malloc((2 * (size_t)E + 1) * sizeof *L->first);
-    if (!L->xin || !L->hid || !L->out || !L->used || !L->seg || !L->first) {
+    if (!L->xin || !L->hid || !L->out || !L->used || !L->hits || !L->seg || !L->first) {
         moe_fail(MOE_ENOMEM, "use a smaller capacity, width or expert count",
                  "out of memory for layer workspaces of %zu x (%d + %d + %d) floats "
                  "(moe_layer_alloc)", rows, d, fw, d);
@@ -365,6 +368,7 @@ void moe_layer_free(moe_layer *L)
     free(L->hid);
     free(L->out);
     free(L->used);
+    free(L->hits);
     free(L->seg);
     free(L->first);
     moe_shared_ws_free(L->sh);
@@ -423,82 +427,117 @@ int moe_layer_gate(moe_layer *L, const float *x, int n, const float *wg, int m, 
 
 /* ---- forward: sparse plans ----
  * Dispatch and combine are memory-bound copies; with T BLAS threads they are split over T
- * threads. Dispatch writes one distinct row (e,s) per entry, so any split of the entries is
- * safe. Combine adds into y[t]: it is split only at token boundaries, when the entries are
- * sorted by token (every token-choice router emits them so), and each thread zeroes and fills
- * its own token range; otherwise it runs on one thread. Per token, the entries are added in the
- * same order either way, so y does not depend on the thread count. */
+ * threads. Dispatch writes one distinct row (e,s) per entry when no slot holds two entries (the
+ * plans of every router), so any split of the entries is safe; a plan with a slot of two or more
+ * entries is dispatched on one thread. Combine adds into y[t]: it is split only at token
+ * boundaries, when the entries are sorted by token (every token-choice router emits them so),
+ * and each thread writes its own token range; otherwise it runs on one thread. Per token, the
+ * entries are added in the same order either way, so y does not depend on the thread count.
+ *
+ * A row written by one entry alone is stored as 0 + w * x, the bits that zeroing it and adding
+ * w * x give (0 + v is v, but +0 for v = -0), without the pass that zeroes it first: the slots
+ * of a plan whose every slot has at most one entry (dispatch), a sorted plan's first entry of
+ * each token (combine). Rows no entry writes are zeroed; other plans zero every row, then add. */
+enum { COPY_ADD, COPY_SET, COPY_COMBINE_ADD, COPY_COMBINE_SET };
 typedef struct {
     const moe_layer *L;
     const moe_entry *en;
     const float *x;
     float *y;
     size_t C, e0, e1;   /* entries [e0, e1) */
-    size_t t0, t1;      /* combine: token rows [t0, t1) to zero first */
-    int combine;
+    size_t t0, t1;      /* combine: token rows [t0, t1) of y this job writes */
+    int mode;           /* COPY_*: dispatch or combine, each adding to zeroed rows or setting */
 } copy_job;
+
+static void copy_dispatch(const copy_job *j)
+{
+    size_t D = (size_t)j->L->d;
+    for (size_t i = j->e0; i < j->e1; i++) {
+        const moe_entry *en = &j->en[i];
+        float *h = j->L->xin + ((size_t)en->expert * j->C + (size_t)en->slot) * D;
+        if (j->mode == COPY_SET)
+            moe_act_scale0((float)en->dispatch_w, j->x + (size_t)en->token * D, h, D);
+        else
+            moe_act_axpy((float)en->dispatch_w, j->x + (size_t)en->token * D, h, D);
+    }
+}
+
+static void copy_combine(const copy_job *j)
+{
+    size_t D = (size_t)j->L->d, next = j->t0; /* next: the first token row not written yet */
+    if (j->mode == COPY_COMBINE_ADD)
+        memset(j->y + j->t0 * D, 0, (j->t1 - j->t0) * D * sizeof(float));
+    for (size_t i = j->e0; i < j->e1; i++) {
+        const moe_entry *en = &j->en[i];
+        size_t t = (size_t)en->token;
+        const float *o = j->L->out + ((size_t)en->expert * j->C + (size_t)en->slot) * D;
+        if (j->mode == COPY_COMBINE_SET && t >= next) { /* sorted: the token's first entry */
+            memset(j->y + next * D, 0, (t - next) * D * sizeof(float));
+            moe_act_scale0((float)en->combine_w, o, j->y + t * D, D);
+            next = t + 1;
+        } else {
+            moe_act_axpy((float)en->combine_w, o, j->y + t * D, D);
+        }
+    }
+    if (j->mode == COPY_COMBINE_SET && next < j->t1)
+        memset(j->y + next * D, 0, (j->t1 - next) * D * sizeof(float));
+}
 
 static void *copy_run(void *arg)
 {
     const copy_job *j = arg;
-    size_t D = (size_t)j->L->d;
-    if (!j->combine) {
-        for (size_t i = j->e0; i < j->e1; i++) {
-            const moe_entry *en = &j->en[i];
-            float *h = j->L->xin + ((size_t)en->expert * j->C + (size_t)en->slot) * D;
-            moe_act_axpy((float)en->dispatch_w, j->x + (size_t)en->token * D, h, D);
-        }
-        return NULL;
-    }
-    memset(j->y + j->t0 * D, 0, (j->t1 - j->t0) * D * sizeof(float));
-    for (size_t i = j->e0; i < j->e1; i++) {
-        const moe_entry *en = &j->en[i];
-        moe_act_axpy((float)en->combine_w,
-               j->L->out + ((size_t)en->expert * j->C + (size_t)en->slot) * D,
-               j->y + (size_t)en->token * D, D);
-    }
+    if (j->mode == COPY_ADD || j->mode == COPY_SET)
+        copy_dispatch(j);
+    else
+        copy_combine(j);
     return NULL;
 }
 
-static int forward_sparse(moe_layer *L, const moe_experts *w, const moe_plan *plan, int sorted,
-                          const float *x, float *y, moe_phase_times *tm)
+/* Dispatch: h[e*C + s] = sum dispatch_w * x[t] over the rows 0..used_e-1 of each expert
+ * (padded to capacity: all C rows, the ones without an entry zero); fills L->used. */
+static void dispatch_sparse(moe_layer *L, const moe_plan *plan, const float *x, int nt)
 {
-    size_t D = (size_t)L->d, C = (size_t)plan->capacity, n = (size_t)plan->n;
+    size_t D = (size_t)L->d, C = (size_t)plan->capacity, ne = plan->n_entries;
     const moe_entry *en = plan->entries;
-    size_t ne = plan->n_entries;
-    int nt = moe_blas_threads();
-    if (nt > MOE_MAX_THREADS)
-        nt = MOE_MAX_THREADS;
-    if (nt < 1 || ne * D < (1u << 18)) /* small: one thread */
-        nt = 1;
-    copy_job jobs[MOE_MAX_THREADS];
-
-    /* dispatch: h[e*C + s] = sum dispatch_w * x[t] over the rows 0..used_e-1 of each expert
-     * (padded to capacity: all C rows, the ones without an entry zero) */
-    double t0 = moe_now();
+    unsigned char *hits = L->hits;
+    memset(hits, 0, (size_t)L->E * C);
     for (int e = 0; e < L->E; e++)
         L->used[e] = 0;
-    for (size_t i = 0; i < ne; i++)
-        if (en[i].slot + 1L > L->used[en[i].expert])
-            L->used[en[i].expert] = en[i].slot + 1L;
+    int multi = 0; /* a slot with two or more entries */
+    for (size_t i = 0; i < ne; i++) {
+        size_t e = (size_t)en[i].expert, s = (size_t)en[i].slot;
+        if (s + 1 > (size_t)L->used[e])
+            L->used[e] = (long)s + 1;
+        multi |= hits[e * C + s];
+        hits[e * C + s] = 1;
+    }
     for (int e = 0; e < L->E; e++) {
         size_t r = L->pad ? C : (size_t)L->used[e];
-        if (r)
-            memset(L->xin + (size_t)e * C * D, 0, r * D * sizeof(float));
+        float *h = L->xin + (size_t)e * C * D;
+        if (multi) {
+            if (r)
+                memset(h, 0, r * D * sizeof(float));
+            continue;
+        }
+        for (size_t s = 0; s < r; s++) /* the rows no entry writes */
+            if (!hits[(size_t)e * C + s])
+                memset(h + s * D, 0, D * sizeof(float));
     }
+    if (multi)
+        nt = 1;
+    copy_job jobs[MOE_MAX_THREADS];
     for (int i = 0; i < nt; i++)
-        jobs[i] = (copy_job){L, en, x, y, C, ne * (size_t)i / (size_t)nt,
-                             ne * (size_t)(i + 1) / (size_t)nt, 0, 0, 0};
+        jobs[i] = (copy_job){L, en, x, NULL, C, ne * (size_t)i / (size_t)nt,
+                             ne * (size_t)(i + 1) / (size_t)nt, 0, 0, multi ? COPY_ADD : COPY_SET};
     moe_gemm_run_jobs(copy_run, jobs, sizeof *jobs, nt);
-    double t1 = moe_now();
+}
 
-    /* experts: FFN_e on each expert's contiguous block of used rows */
-    int rc = experts_run(L, w, C, L->used, L->pad);
-    if (rc)
-        return rc;
-    double t2 = moe_now();
-
-    /* combine: y[t] = sum combine_w * out[e*C + s], split at token boundaries when sorted */
+/* Combine: y[t] = sum combine_w * out[e*C + s], split at token boundaries when sorted. */
+static void combine_sparse(moe_layer *L, const moe_plan *plan, int sorted, float *y, int nt)
+{
+    size_t C = (size_t)plan->capacity, n = (size_t)plan->n, ne = plan->n_entries;
+    const moe_entry *en = plan->entries;
+    copy_job jobs[MOE_MAX_THREADS];
     int ct = sorted ? nt : 1;
     size_t cut[MOE_MAX_THREADS + 1];
     cut[0] = 0;
@@ -516,9 +555,29 @@ static int forward_sparse(moe_layer *L, const moe_experts *w, const moe_plan *pl
         size_t tok1 = i == ct - 1 ? n : (cut[i + 1] < ne ? (size_t)en[cut[i + 1]].token : n);
         if (tok1 < tok0)
             tok1 = tok0;
-        jobs[i] = (copy_job){L, en, x, y, C, cut[i], cut[i + 1], tok0, tok1, 1};
+        jobs[i] = (copy_job){L, en, NULL, y, C, cut[i], cut[i + 1], tok0, tok1,
+                             sorted ? COPY_COMBINE_SET : COPY_COMBINE_ADD};
     }
     moe_gemm_run_jobs(copy_run, jobs, sizeof *jobs, ct);
+}
+
+static int forward_sparse(moe_layer *L, const moe_experts *w, const moe_plan *plan, int sorted,
+                          const float *x, float *y, moe_phase_times *tm)
+{
+    int nt = moe_blas_threads();
+    if (nt > MOE_MAX_THREADS)
+        nt = MOE_MAX_THREADS;
+    if (nt < 1 || plan->n_entries * (size_t)L->d < (1u << 18)) /* small: one thread */
+        nt = 1;
+    double t0 = moe_now();
+    dispatch_sparse(L, plan, x, nt);
+    double t1 = moe_now();
+    /* experts: FFN_e on each expert's contiguous block of used rows */
+    int rc = experts_run(L, w, (size_t)plan->capacity, L->used, L->pad);
+    if (rc)
+        return rc;
+    double t2 = moe_now();
+    combine_sparse(L, plan, sorted, y, nt);
     double t3 = moe_now();
     if (tm) {
         tm->dispatch = t1 - t0;
@@ -854,7 +913,7 @@ size_t moe_layer_workspace_bytes(const moe_layer *L)
     if (!L)
         return 0;
     return L->rows * (2 * (size_t)L->d + (size_t)L->fw) * sizeof(float) +
-           (size_t)L->E * sizeof *L->used + moe_shared_ws_bytes(L->sh) +
+           (size_t)L->E * sizeof *L->used + L->rows + moe_shared_ws_bytes(L->sh) +
            moe_gemm_pack_bytes(L->p1) + moe_gemm_pack_bytes(L->p2);
 }
 

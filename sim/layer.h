@@ -132,8 +132,9 @@ void moe_activate(int act, float *v, size_t len);
 const char *moe_act_name(int act);
 int moe_act_parse(const char *s, int *act);
 
-/* Bytes of the layer's own workspaces (xin, hid, out, used): E*C_max*(2D + FW) floats plus E
- * longs, plus the shared experts' workspace; the caller's x and y are not counted. 0 for NULL. */
+/* Bytes of the layer's own workspaces (xin, hid, out, used, hits): E*C_max*(2D + FW) floats
+ * plus E longs and E*C_max bytes, plus the shared experts' workspace and the packed weights;
+ * the caller's x and y are not counted. 0 for NULL. */
 size_t moe_layer_workspace_bytes(const moe_layer *L);
 
 #endif

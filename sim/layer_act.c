@@ -131,6 +131,11 @@ void moe_act_axpy(float a, const float *restrict x, float *restrict y, size_t le
     CHUNKED(i, len, y[i] += a * x[i]);
 }
 
+void moe_act_scale0(float a, const float *restrict x, float *restrict y, size_t len)
+{
+    CHUNKED(i, len, y[i] = 0.0f + a * x[i]);
+}
+
 const char *moe_act_name(int act)
 {
     switch (act) {

@@ -14,5 +14,8 @@ void moe_act_swiglu_row(float *restrict g, const float *restrict u, const float 
                         const float *restrict bu, size_t f);
 /* y (len) += a x (len) */
 void moe_act_axpy(float a, const float *restrict x, float *restrict y, size_t len);
+/* y (len) = 0 + a x (len): the bits of moe_act_axpy on a zeroed y (+0 where a x is -0), in one
+ * pass that does not read y */
+void moe_act_scale0(float a, const float *restrict x, float *restrict y, size_t len);
 
 #endif

@@ -521,6 +521,82 @@ static void forward_with(moe_layer *L, const moe_experts *w, const moe_plan *p, 
     CHECK_INT(moe_layer_forward(L, w, p, x, y, NULL), MOE_OK);
 }
 
+/* The two ways dispatch and combine write rows (layer.c): a row written by one entry alone is
+ * set to 0 + w x; otherwise rows are zeroed and the entries added. Expected values: the same
+ * plan through the zero-then-add path, bit for bit (0 + v on a zeroed row is what the set
+ * computes). Plan: plan_sparse with slot gaps and tokens without entries, sorted by token (set
+ * paths). Combine: the same entries with the tokens' groups in reverse order (each token's
+ * entries in the same order) are unsorted and take the zero-then-add combine. Dispatch: one
+ * more entry on an occupied slot, with dispatch and combine weights 0, placed after its token's
+ * entries (still sorted), makes the plan take the zero-then-add dispatch: the slot's row gets
+ * + 0 x, which changes no value (a sum of 0 + v is never -0), and y of its token + 0 out.
+ * With 1 and 2 BLAS threads (this plan engages the threaded copies: test_threads). */
+static void test_copy_paths(gsl_rng *r)
+{
+    enum { N = 1500, E = 9, K = 2, D = 200, F = 24 };
+    const long C = 331;
+    size_t len = (size_t)N * D;
+    float *x = malloc(len * sizeof *x), *ys = malloc(len * sizeof *ys),
+          *ya = malloc(len * sizeof *ya);
+    int *has = malloc(N * sizeof *has);
+    moe_plan *p = moe_plan_alloc(N, E, (size_t)N * K + 1);
+    moe_plan *q = moe_plan_alloc(N, E, (size_t)N * K + 1);
+    fill_gauss(r, x, len, 1.0);
+    owned_experts ow;
+    experts_make(&ow, r, E, D, F, MOE_ACT_GELU_TANH);
+    moe_layer *L = moe_layer_alloc(N, E, C, D, F, MOE_ACT_GELU_TANH);
+    plan_sparse(p, r, N, E, K, C, 1, has);
+    qsort(p->entries, p->n_entries, sizeof *p->entries, by_token);
+    CHECK(p->n_entries * D >= (1u << 18), "plan too small for the threaded paths: %zu entries",
+          p->n_entries);
+    int saved = moe_blas_threads();
+    for (int th = 1; th <= 2 && L; th++) {
+        /* combine: tokens' groups reversed */
+        moe_plan_reset(q, N, E, E);
+        q->k = K;
+        q->capacity = C;
+        for (size_t end = p->n_entries; end > 0;) {
+            size_t b = end;
+            while (b > 0 && p->entries[b - 1].token == p->entries[end - 1].token)
+                b--;
+            for (size_t i = b; i < end; i++)
+                moe_plan_push(q, p->entries[i].token, p->entries[i].expert, p->entries[i].slot,
+                              p->entries[i].dispatch_w, p->entries[i].combine_w);
+            end = b;
+        }
+        forward_with(L, &ow.w, p, x, ys, len, th, 0, 0);
+        forward_with(L, &ow.w, q, x, ya, len, th, 0, 0);
+        CHECK(memcmp(ys, ya, len * sizeof *ys) == 0, "combine: sorted (set) and unsorted "
+              "(zero, add) plans give different y, %d thread(s)", th);
+        /* dispatch: a zero-weight second entry on the slot of entry 10, after its token's */
+        moe_entry dup = p->entries[10];
+        size_t at = 11;
+        while (at < p->n_entries && p->entries[at].token == dup.token)
+            at++;
+        moe_plan_reset(q, N, E, E);
+        q->k = K;
+        q->capacity = C;
+        for (size_t i = 0; i <= p->n_entries; i++) {
+            if (i == at)
+                moe_plan_push(q, dup.token, dup.expert, dup.slot, 0.0, 0.0);
+            if (i < p->n_entries)
+                moe_plan_push(q, p->entries[i].token, p->entries[i].expert, p->entries[i].slot,
+                              p->entries[i].dispatch_w, p->entries[i].combine_w);
+        }
+        forward_with(L, &ow.w, q, x, ya, len, th, 0, 0);
+        CHECK(memcmp(ys, ya, len * sizeof *ys) == 0, "dispatch: one entry per slot (set) and a "
+              "slot of two entries (zero, add) give different y, %d thread(s)", th);
+    }
+    moe_blas_set_threads(saved);
+    float *yr = malloc(len * sizeof *yr);
+    CHECK_INT(moe_layer_forward_naive(&ow.w, p, x, yr), MOE_OK);
+    compare("set-path forward vs naive", ys, yr, len);
+    moe_layer_free(L);
+    experts_free(&ow);
+    moe_plan_free(p), moe_plan_free(q);
+    free(x), free(ys), free(ya), free(yr), free(has);
+}
+
 /* Padding to capacity and row tiles on a plan_sparse plan with slot gaps (5 experts, C = 900,
  * expert 4 empty, drops). Expected values: the layer's own unpadded output y0, itself checked
  * against the naive reference; padded, the kept rows of each expert go through the same GEMM
@@ -745,6 +821,7 @@ int main(void)
     test_sparse(r);
     test_threads(r);
     test_pad_tiles(r);
+    test_copy_paths(r);
     test_tile_bits(r);
     test_gemm_backends(r);
     test_dense(r);
