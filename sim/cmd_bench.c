@@ -338,7 +338,8 @@ typedef struct {
     double phase[MOE_NPHASES]; /* s per token, each phase's median / n */
     double per_token;  /* s, median layer / n */
     double grouped;    /* s, median of the grouped GEMM pair on this plan */
-    size_t ws_bytes;
+    size_t ws_bytes;     /* the layer's buffers, the packed weights apart */
+    size_t packed_bytes; /* the packed expert weights (the same at every n) */
 } scale_result;
 
 static double gflops(double flops, double s) { return flops / s * 1e-9; }
@@ -554,7 +555,9 @@ static int bench_scaling(bench_ctx *c, const bench_cfg *cfg, const bench_weights
         if (!rc) {
             sr[i] = (scale_result){n, p.C, p.plan->n_entries, st[MOE_PHASE_TOTAL], st[MOE_PHASE_EXPERTS],
                                    {0}, st[MOE_PHASE_TOTAL].median / n, g.grouped.median,
-                                   moe_layer_workspace_bytes(moe_pipeline_layer(p.pipe))};
+                                   moe_layer_workspace_bytes(moe_pipeline_layer(p.pipe)) -
+                                       moe_layer_packed_bytes(moe_pipeline_layer(p.pipe)),
+                                   moe_layer_packed_bytes(moe_pipeline_layer(p.pipe))};
             for (int ph = 0; ph < MOE_NPHASES; ph++)
                 sr[i].phase[ph] = st[ph].median / n;
         }
@@ -571,6 +574,9 @@ static int bench_scaling(bench_ctx *c, const bench_cfg *cfg, const bench_weights
             rc = db_put(c, &rk, "time_per_token", "s", bench_stat_one(sr[i].per_token));
         if (!rc)
             rc = db_put(c, &rk, "workspace_bytes", "B", bench_stat_one((double)sr[i].ws_bytes));
+        if (!rc)
+            rc = db_put(c, &rk, "packed_weight_bytes", "B",
+                        bench_stat_one((double)sr[i].packed_bytes));
         if (!rc)
             rc = db_put(c, &rk, "ratio_workspace_vs_nd_ECd", "1",
                         bench_stat_one((double)sr[i].ws_bytes / nd_ecd));
@@ -601,6 +607,8 @@ static int bench_scaling(bench_ctx *c, const bench_cfg *cfg, const bench_weights
     printf("(GEMMs: the expert GEMM pair alone, grouped per expert as the layer runs it; "
            "workspace: the layer's own buffers, E*C rows of expert input, hidden (F = %zu) and "
            "output; x and y are the caller's)\n", F);
+    printf("(not in workspace: the expert weights packed in the GEMM kernels' layout, %.1f MB "
+           "at every n, a copy of the weights)\n", (double)sr[0].packed_bytes / 1048576.0);
     print_scaling_phases(sr, sh->nscale, (int)E);
     return MOE_OK;
 }

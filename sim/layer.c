@@ -914,7 +914,12 @@ size_t moe_layer_workspace_bytes(const moe_layer *L)
         return 0;
     return L->rows * (2 * (size_t)L->d + (size_t)L->fw) * sizeof(float) +
            (size_t)L->E * sizeof *L->used + L->rows + moe_shared_ws_bytes(L->sh) +
-           moe_gemm_pack_bytes(L->p1) + moe_gemm_pack_bytes(L->p2);
+           moe_layer_packed_bytes(L);
+}
+
+size_t moe_layer_packed_bytes(const moe_layer *L)
+{
+    return L ? moe_gemm_pack_bytes(L->p1) + moe_gemm_pack_bytes(L->p2) : 0;
 }
 
 /* ---- building blocks for the shared experts (shared_ffn.c) ---- */

@@ -137,4 +137,8 @@ int moe_act_parse(const char *s, int *act);
  * the caller's x and y are not counted. 0 for NULL. */
 size_t moe_layer_workspace_bytes(const moe_layer *L);
 
+/* Bytes of the packed weights alone (part of the above): a copy of the expert weights in the
+ * GEMM kernels' layout, the same at every n; 0 without packing or for NULL. */
+size_t moe_layer_packed_bytes(const moe_layer *L);
+
 #endif
