@@ -21,6 +21,7 @@
 #include "claims_par.h"
 #include "huge.h"
 #include "par.h"
+#include "route_memo.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -129,8 +130,7 @@ typedef struct {
     long *off;             /* (E+1) keyed orders: each expert's first place in list */
     double *scratch;       /* (np, maxload) keyed orders: a copy of one expert's keys */
     long maxload;
-    size_t ent0[MOE_PAR_MAX], kept[MOE_PAR_MAX];
-    long rank_claims[MOE_PAR_MAX][2], rank_kept[MOE_PAR_MAX][2];
+    moe_claims_parts pt;   /* each part's entries (pt.np = np) */
 } cv_job;
 
 /* Step 1 for part i: its claims per (rank, expert), by position. */
@@ -151,7 +151,7 @@ static void cv_count(void *ctx, int i, int np)
 }
 
 /* Step 2: capacity (dropless: the largest load), each part's first slots in the visiting order
- * (rank, part, expert) in place of its counts, and its kept claims (j->kept). Returns the
+ * (rank, part, expert) in place of its counts, and its kept claims (j->pt.kept). Returns the
  * entries of the plan, sum over experts of min(load, C). */
 static size_t cv_prefix(cv_job *j, int dropless, long *run)
 {
@@ -173,7 +173,7 @@ static size_t cv_prefix(cv_job *j, int dropless, long *run)
                 run[e] += c;
                 q[e] = first;
                 if (first < C)
-                    j->kept[i] += (size_t)((first + c < C ? first + c : C) - first);
+                    j->pt.kept[i] += (size_t)((first + c < C ? first + c : C) - first);
             }
         }
     size_t total = 0;
@@ -211,14 +211,6 @@ static void cv_token(const cv_job *j, long t, const int32_t *s, moe_entry **en, 
     }
 }
 
-static void cv_rank_counts(cv_job *j, int i, const long rc[2], const long rk[2])
-{
-    for (int r = 0; r < 2; r++) {
-        j->rank_claims[i][r] = rc[r];
-        j->rank_kept[i][r] = rk[r];
-    }
-}
-
 /* Step 3 for part i of the orders choice_major, token_major (perm NULL: its entries at
  * ent0[i]) and bpr (its slots into slot[]). */
 static void cv_assign(void *ctx, int i, int np)
@@ -229,7 +221,7 @@ static void cv_assign(void *ctx, int i, int np)
     long lo, hi;
     moe_par_range(j->n, i, np, &lo, &hi);
     long *next = j->cnt + (size_t)i * KR * E;
-    moe_entry *en = j->plan->entries + j->ent0[i];
+    moe_entry *en = j->plan->entries + j->pt.ent0[i];
     int32_t *own = j->sbuf + (size_t)i * v->K;
     long rc[2] = {0, 0}, rk[2] = {0, 0};
     for (long r = lo; r < hi; r++) {
@@ -243,7 +235,7 @@ static void cv_assign(void *ctx, int i, int np)
         if (!j->perm)
             cv_token(j, t, s, &en, rc, rk);
     }
-    cv_rank_counts(j, i, rc, rk);
+    moe_claims_parts_ranks(&j->pt, i, rc, rk);
 }
 
 /* Entries of token part i from slot[]: count (kept[i]) */
@@ -257,7 +249,7 @@ static void cv_emit_count(void *ctx, int i, int np)
     for (long t = lo; t < hi; t++)
         for (long q = v->at[t]; q < v->at[t] + v->cnt[t]; q++)
             kept += v->slot[q] >= 0;
-    j->kept[i] = kept;
+    j->pt.kept[i] = kept;
 }
 
 /* ... and write them at ent0[i]. */
@@ -266,11 +258,11 @@ static void cv_emit(void *ctx, int i, int np)
     cv_job *j = ctx;
     long lo, hi;
     moe_par_range(j->n, i, np, &lo, &hi);
-    moe_entry *en = j->plan->entries + j->ent0[i];
+    moe_entry *en = j->plan->entries + j->pt.ent0[i];
     long rc[2] = {0, 0}, rk[2] = {0, 0};
     for (long t = lo; t < hi; t++)
         cv_token(j, t, j->v->slot + j->v->at[t], &en, rc, rk);
-    cv_rank_counts(j, i, rc, rk);
+    moe_claims_parts_ranks(&j->pt, i, rc, rk);
 }
 
 /* Token part i of a keyed order: its claims into list at its first places per expert (token
@@ -355,23 +347,6 @@ static int cv_keyed(cv_job *j, const long *run)
     return MOE_OK;
 }
 
-/* Places the parts' entries (kept) after the plan's and writes them with `write`. */
-static void cv_entries(cv_job *j, void (*write)(void *, int, int))
-{
-    size_t at = j->plan->n_entries;
-    for (int i = 0; i < j->np; i++) {
-        j->ent0[i] = at;
-        at += j->kept[i];
-    }
-    moe_par_run(write, j, j->np);
-    j->plan->n_entries = at;
-    for (int i = 0; i < j->np; i++)
-        for (int r = 0; r < 2; r++) {
-            j->plan->rank_claims[r] += j->rank_claims[i][r];
-            j->plan->rank_kept[r] += j->rank_kept[i][r];
-        }
-}
-
 /* The scratch of the orders that keep slots per claim, on first use. */
 static int cv_scratch(moe_claims_var *v, int keyed)
 {
@@ -406,8 +381,7 @@ static int cv_run(cv_job *j, int order, int dropless, long *run)
     if ((rc = moe_plan_reserve(j->plan, total)))
         return rc;
     if (order == MOE_ORDER_CHOICE_MAJOR || order == MOE_ORDER_TOKEN_MAJOR) {
-        cv_entries(j, cv_assign);
-        return MOE_OK;
+        return moe_claims_parts_write(&j->pt, j->plan, cv_assign, j);
     }
     if (order == MOE_ORDER_BPR)
         moe_par_run(cv_assign, j, j->np);
@@ -415,8 +389,7 @@ static int cv_run(cv_job *j, int order, int dropless, long *run)
         return rc;
     j->perm = NULL;
     moe_par_run(cv_emit_count, j, j->np);
-    cv_entries(j, cv_emit);
-    return MOE_OK;
+    return moe_claims_parts_write(&j->pt, j->plan, cv_emit, j);
 }
 
 int moe_claims_var_resolve(moe_claims_var *v, const moe_route_opts *o, int n, moe_plan *plan)
@@ -440,7 +413,7 @@ int moe_claims_var_resolve(moe_claims_var *v, const moe_route_opts *o, int n, mo
         if (rc)
             return rc;
     }
-    j.np = moe_par_parts(claims, 16384);
+    j.np = j.pt.np = moe_par_parts(claims, 16384);
     j.KR = order == MOE_ORDER_CHOICE_MAJOR || order == MOE_ORDER_BPR ? (v->kmax > 0 ? v->kmax
                                                                                      : 1)
                                                                      : 1;
@@ -457,4 +430,18 @@ int moe_claims_var_resolve(moe_claims_var *v, const moe_route_opts *o, int n, mo
     free(j.off);
     free(run);
     return rc;
+}
+
+int moe_claims_var_route(moe_router *r, const moe_route_in *in, moe_claims_var **v,
+                         int (*buffers)(moe_router *r), moe_claims_row_fn row, void *ctx,
+                         moe_plan *plan)
+{
+    int rc = MOE_OK;
+    if (moe_route_memo_reuse(r, plan)) /* the claims of these logits are in *v already */
+        moe_claims_var_reused(*v);
+    else if (!(rc = buffers(r)) && !(rc = moe_claims_var_rows(*v, in->logits, in->n,
+                                                             r->opts.order, in->rts_u, row,
+                                                             ctx, plan)))
+        moe_route_memo_record(r, plan);
+    return rc ? rc : moe_claims_var_resolve(*v, &r->opts, in->n, plan);
 }

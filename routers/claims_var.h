@@ -75,4 +75,13 @@ void moe_claims_var_put(moe_claims_var *v, int t, int m, const int32_t *ex, cons
  * untouched. */
 int moe_claims_var_resolve(moe_claims_var *v, const moe_route_opts *o, int n, moe_plan *plan);
 
+/* A variable-k router's claims and plan for the input in (aux_loss untouched): when r's
+ * workspace holds the capacity-free work of these logits (a route memo's, route_memo.h), only
+ * the resolution; else buffers(r) (the router's buffers on its first route: *v is the store
+ * afterwards) and the rows pass with row(ctx, ...), recorded for the memo, then the resolution
+ * under r's options. v: where r's workspace keeps its store. */
+int moe_claims_var_route(moe_router *r, const moe_route_in *in, moe_claims_var **v,
+                         int (*buffers)(moe_router *r), moe_claims_row_fn row, void *ctx,
+                         moe_plan *plan);
+
 #endif

@@ -9,7 +9,6 @@
 #include "moe.h"
 #include "claims_var.h"
 #include "ranked.h"
-#include "route_memo.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -43,8 +42,9 @@ static int relu_alloc(moe_router *r)
 }
 
 /* The buffers, on the first route (a route that reuses a memo's workspace never needs them). */
-static int relu_buffers(moe_router *r, relu_ws *w)
+static int relu_buffers(moe_router *r)
 {
+    relu_ws *w = r->ws;
     if (w->v)
         return MOE_OK;
     w->v = moe_claims_var_alloc(r->n_max, r->opts.max_k ? r->opts.max_k : r->E, r->E);
@@ -108,15 +108,7 @@ static int relu_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 {
     relu_ws *w = r->ws; /* a memo's when the route reuses it (route_memo.h) */
     const int n = in->n;
-    int rc = MOE_OK;
-    if (moe_route_memo_reuse(r, plan)) /* the claims of these logits are in w already */
-        moe_claims_var_reused(w->v);
-    else if (!(rc = relu_buffers(r, w)) &&
-             !(rc = moe_claims_var_rows(w->v, in->logits, n, r->opts.order, in->rts_u, relu_row,
-                                        w, plan)))
-        moe_route_memo_record(r, plan);
-    if (!rc)
-        rc = moe_claims_var_resolve(w->v, &r->opts, n, plan);
+    const int rc = moe_claims_var_route(r, in, &w->v, relu_buffers, relu_row, w, plan);
     if (rc)
         return rc;
     double s = 0.0;
