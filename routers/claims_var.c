@@ -62,7 +62,7 @@ moe_claims_var *moe_claims_var_alloc(int n_max, int K, int E)
     v->cap = (long)n_max * K;
     const size_t cap = (size_t)(v->cap > 0 ? v->cap : 1), nt = (size_t)n_max + 1;
     atomic_init(&v->used, 0);
-    v->cl = moe_claims_alloc(n_max, 1, E, 1);
+    v->cl = moe_claims_alloc(n_max, 1, E, 0); /* p: as the rows pass needs it (var_p) */
     v->expert = moe_huge_alloc(cap * sizeof *v->expert); /* touched as far as used */
     v->gate = moe_huge_alloc(cap * sizeof *v->gate);
     v->at = malloc(nt * sizeof *v->at);
@@ -93,7 +93,25 @@ void moe_claims_var_free(moe_claims_var *v)
     free(v->slot);
     free(v->list);
     free(v->key);
+    free(v->counts);
     free(v);
+}
+
+/* The softmax rows' buffer of a rows pass over n tokens: every row for order probs (its keys),
+ * else the pass's scratch (a few MB instead of T x E doubles of address space, which would take
+ * memory that the process has touched already from the buffers that need it). */
+static int var_p(moe_claims_var *v, int n, int order)
+{
+    const size_t need = order == MOE_ORDER_PROBS ? (size_t)n * (size_t)v->E
+                                                 : moe_claims_rows_scratch(n, v->E);
+    if (v->p_cap >= need && v->cl->p)
+        return MOE_OK;
+    free(v->cl->p);
+    v->p_cap = 0;
+    if (!(v->cl->p = malloc((need > 0 ? need : 1) * sizeof *v->cl->p)))
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (softmax rows of %d tokens)", n);
+    v->p_cap = need;
+    return MOE_OK;
 }
 
 int moe_claims_var_rows(moe_claims_var *v, const double *logits, int n, int order,
@@ -101,7 +119,11 @@ int moe_claims_var_rows(moe_claims_var *v, const double *logits, int n, int orde
 {
     if (!plan || !row)
         return moe_fail(MOE_EINVAL, NULL, "variable claims without a plan or a row (claims)");
+    int rc = var_p(v, n, order);
+    if (rc)
+        return rc;
     atomic_store(&v->used, 0);
+    v->counts_len = 0; /* new claims: no counts yet */
     v->first[0] = 0;
     v->kmax = 0;
     v->cl->rts_u = rts_u;
@@ -148,6 +170,31 @@ static void cv_count(void *ctx, int i, int np)
         for (int k = 0; k < m; k++)
             cnt[(size_t)(KR > 1 ? k : 0) * E + v->expert[a + k]]++;
     }
+}
+
+/* Step 1 on the parts, or its result of the last resolution of the same claims on the same
+ * parts; kept for the next one (not when out of memory: it then counts again). */
+static void cv_counts(cv_job *j)
+{
+    moe_claims_var *v = j->v;
+    const size_t len = (size_t)j->np * j->KR * v->E;
+    const int perm = j->perm != NULL;
+    if (v->counts_len == len && v->counts_np == j->np && v->counts_kr == j->KR &&
+        v->counts_perm == perm) {
+        memcpy(j->cnt, v->counts, len * sizeof *j->cnt);
+        return;
+    }
+    moe_par_run(cv_count, j, j->np);
+    v->counts_len = 0;
+    if (v->counts_cap < len) {
+        free(v->counts);
+        v->counts_cap = 0;
+        if (!(v->counts = malloc(len * sizeof *v->counts)))
+            return;
+        v->counts_cap = len;
+    }
+    memcpy(v->counts, j->cnt, len * sizeof *v->counts);
+    v->counts_len = len, v->counts_np = j->np, v->counts_kr = j->KR, v->counts_perm = perm;
 }
 
 /* Step 2: capacity (dropless: the largest load), each part's first slots in the visiting order
@@ -376,7 +423,7 @@ static int cv_run(cv_job *j, int order, int dropless, long *run)
             return rc;
         j->perm = v->cl->order;
     }
-    moe_par_run(cv_count, j, j->np);
+    cv_counts(j);
     const size_t total = cv_prefix(j, dropless, run);
     if ((rc = moe_plan_reserve(j->plan, total)))
         return rc;

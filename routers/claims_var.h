@@ -26,7 +26,9 @@
 typedef struct {
     int n_max, E, K;  /* K: the most claims of one token */
     long cap;         /* places of the store: n_max * K */
-    moe_claims *cl;   /* the rows pass: softmax, pmean, rowmax, bpr keys (claims.h) */
+    moe_claims *cl;   /* the rows pass: softmax, pmean, rowmax, bpr keys (claims.h); its p
+                       * holds p_cap doubles, as many as the last rows pass needed */
+    size_t p_cap;
     int32_t *expert;  /* (cap) store: expert of each claim */
     double *gate;     /* (cap) store: its gate (the combine weight before renormalisation) */
     long *at;         /* (T) first place of token t's claims */
@@ -39,6 +41,12 @@ typedef struct {
     int32_t *slot;    /* (cap) slot of the claim at each place, -1 = dropped */
     long *list;       /* (cap) keyed orders: places grouped by expert, token order within */
     double *key;      /* (cap) keyed orders: their keys */
+    /* the claims per (part, rank, expert) of the last resolution, which depend on the rows
+     * pass and the parts but not on the capacity: the next resolution of the same claims (a
+     * route memo's next capacity factor) starts from them */
+    long *counts;     /* (counts_len) or NULL */
+    size_t counts_len, counts_cap;
+    int counts_np, counts_kr, counts_perm; /* their parts, ranks, visiting order (bpr: 1) */
 } moe_claims_var;
 
 /* Workspace for up to n_max tokens of at most K claims each on E experts (with the full
