@@ -4,6 +4,8 @@
  * softmax([ln 3, 0]) = (3/4, 1/4), softmax([0, 0]) = (1/2, 1/2) exactly. */
 #include "check.h"
 #include "moe.h"
+#include "route_memo.h"
+#include "../routers/par.h"
 
 #include <math.h>
 #include <string.h>
@@ -303,12 +305,78 @@ static void test_soft_errors(void)
     moe_clear_error();
 
     CHECK(t->flags & MOE_RF_DENSE, "soft_moe flags 0x%x lack MOE_RF_DENSE", t->flags);
-    /* expert_choice checks its logits while it takes their softmax, nothing else */
-    CHECK_INT(moe_router_find("expert_choice")->flags, MOE_RF_CHECKS_FINITE);
+    /* expert_choice checks its logits while it takes their softmax and keeps its candidate
+     * lists for a route memo (test_ec_memo), nothing else */
+    CHECK_INT(moe_router_find("expert_choice")->flags, MOE_RF_CHECKS_FINITE | MOE_RF_MEMO);
+}
+
+/* ---- expert_choice with a route memo ----
+ * The points of a sweep that differ only in the capacity factor, as the pipeline runs them
+ * (route_memo.h: begin, route, end, keep; a router of its own per point): the routes after the
+ * first reuse the candidate lists the memo keeps when they were built for a capacity at least
+ * theirs, else build them again. Capacity factors 1/2, 1, 2 (reused), 3/4, 4 (built again: 8
+ * times the first), 3, 1/4, 1/64 (C = 1), 16 (C = n). Each plan (entries field by field,
+ * capacity, loads, importance, claims, logsumexps) equals that of a route without a memo, bit
+ * for bit, on 2 threads; 5000 tokens x 16 experts of quantised logits (ties). */
+static void test_ec_memo(void)
+{
+    enum { N = 5000, NE = 16 };
+    static double lg[N * NE];
+    unsigned long s = 99;
+    for (int i = 0; i < N * NE; i++) {
+        s = s * 6364136223846793005UL + 1442695040888963407UL;
+        lg[i] = (double)(long)((s >> 33) % 41) / 8.0;
+    }
+    static const long long cf[][2] = {{1, 2}, {1, 1}, {2, 1}, {3, 4}, {4, 1}, {3, 1},
+                                      {1, 4}, {1, 64}, {16, 1}};
+    const int ncf = (int)(sizeof cf / sizeof *cf);
+    moe_par_set_threads(2);
+    moe_route_memo *m = moe_route_memo_alloc();
+    moe_route_in in;
+    memset(&in, 0, sizeof in);
+    in.n = N, in.m = NE, in.logits = lg;
+    int same = 0;
+    for (int c = 0; c < ncf; c++) {
+        moe_route_opts o;
+        moe_route_opts_default(&o);
+        set_cf(&o, cf[c][0], cf[c][1]);
+        moe_router *r = NULL;
+        moe_plan *p = moe_plan_alloc(N, NE, 16), *q = moe_plan_alloc(N, NE, 16);
+        int rc = moe_router_alloc(moe_router_find("expert_choice"), &o, N, NE, &r) ||
+                 moe_plan_reset(p, N, NE, NE) || moe_plan_reset(q, N, NE, NE);
+        if (!rc) {
+            moe_route_memo_begin(m, r, &in, p, 1);
+            rc = moe_router_route(r, &in, p);
+            moe_route_memo_end(m, r, rc);
+        }
+        rc = rc || route("expert_choice", &o, lg, N, NE, q);
+        int ok = !rc && p->n_entries == q->n_entries && p->capacity == q->capacity &&
+                 p->n_claims == q->n_claims && p->lse_of && q->lse_of &&
+                 !memcmp(p->assigned_load, q->assigned_load, NE * sizeof *p->assigned_load) &&
+                 !memcmp(p->importance, q->importance, NE * sizeof *p->importance) &&
+                 !memcmp(p->lse, q->lse, N * sizeof *p->lse);
+        for (size_t i = 0; ok && i < p->n_entries; i++) {
+            const moe_entry *x = &p->entries[i], *y = &q->entries[i];
+            ok = x->token == y->token && x->expert == y->expert && x->slot == y->slot &&
+                 !memcmp(&x->dispatch_w, &y->dispatch_w, sizeof x->dispatch_w) &&
+                 !memcmp(&x->combine_w, &y->combine_w, sizeof x->combine_w);
+        }
+        CHECK(ok, "expert_choice with a memo at cf %lld/%lld: not the plan of a route without "
+                  "(%zu entries, %zu)", cf[c][0], cf[c][1], p->n_entries, q->n_entries);
+        same += ok;
+        moe_route_memo_keep(m, r, p);
+        moe_router_free(r);
+        moe_plan_free(p);
+        moe_plan_free(q);
+    }
+    CHECK_INT(moe_route_memo_get_stats(m).hits, ncf - 1);
+    moe_route_memo_free(m);
+    moe_par_set_threads(0);
 }
 
 int main(void)
 {
+    test_ec_memo();
     const double l3 = log(3.0), l2 = log(2.0);
     const double ec[] = {0, 0, l3, 0, 0, 0, 0, l3, 0, l2};
     memcpy(ec_logits, ec, sizeof ec);
