@@ -41,8 +41,8 @@
 /* ---- workspace ---- */
 
 /* softmax rows computed together; list room beyond 2 cap; the lists a route memo keeps are
- * built for EC_MEMO_CF times the capacity (a sweep's capacity factors up to that many times
- * the first one's reuse them) */
+ * built for EC_MEMO_CF times the capacity when that is at most 1/16 of a block (a sweep's
+ * capacity factors up to that many times the first one's reuse them) */
 enum { EC_ROWS = 16, EC_SLACK = 32, EC_MEMO_CF = 4 };
 
 typedef struct {
@@ -241,9 +241,11 @@ static int ec_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     if (!j.lse)
         return MOE_ENOMEM;
     const int reuse = hit && w->built && w->built_P == j.P && C >= 1 && C <= w->built_C;
-    if (!reuse && (hit || moe_route_memo_recording(r))) /* lists for the next capacities too */
-        j.Cb = C <= n / EC_MEMO_CF ? EC_MEMO_CF * C : n;
-    const long maxlen = (n + j.P - 1) / j.P, cap = j.Cb < maxlen ? j.Cb : maxlen;
+    const long maxlen = (n + j.P - 1) / j.P;
+    /* lists for the next capacities too, while they stay short beside the blocks (memory) */
+    if (!reuse && (hit || moe_route_memo_recording(r)) && C <= maxlen / (16 * EC_MEMO_CF))
+        j.Cb = EC_MEMO_CF * C;
+    const long cap = j.Cb < maxlen ? j.Cb : maxlen;
     j.room = reuse ? w->built_room : 2 * cap + EC_SLACK < maxlen ? 2 * cap + EC_SLACK : maxlen;
     const size_t all = (size_t)j.P * (size_t)j.room;
     if ((!reuse && (rc = ec_grow(&w->list, &w->list_cap, all * (size_t)E, n, E))) ||

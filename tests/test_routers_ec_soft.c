@@ -314,21 +314,24 @@ static void test_soft_errors(void)
  * The points of a sweep that differ only in the capacity factor, as the pipeline runs them
  * (route_memo.h: begin, route, end, keep; a router of its own per point): the routes after the
  * first reuse the candidate lists the memo keeps when they were built for a capacity at least
- * theirs, else build them again. Capacity factors 1/2, 1, 2 (reused), 3/4, 4 (built again: 8
- * times the first), 3, 1/4, 1/64 (C = 1), 16 (C = n). Each plan (entries field by field,
- * capacity, loads, importance, claims, logsumexps) equals that of a route without a memo, bit
- * for bit, on 2 threads; 5000 tokens x 16 experts of quantised logits (ties). */
+ * theirs, else build them again. Capacity factors 1/2 (C = 94, lists for 4 C: at most 1/64
+ * of a block of 12000 tokens), 1, 2, 3/4 (reused), 4 (built again: 8 times the first), 3, 1/4,
+ * 1/64 (C = 3; reused), 128 (C = n, built again). Each plan (entries field by field, capacity,
+ * loads, importance, claims, logsumexps) equals that of a route without a memo, bit for bit,
+ * on 2 threads; 24000 tokens x 128 experts of logits uniform in [0, 6), some tied. */
 static void test_ec_memo(void)
 {
-    enum { N = 5000, NE = 16 };
+    enum { N = 24000, NE = 128 };
     static double lg[N * NE];
     unsigned long s = 99;
     for (int i = 0; i < N * NE; i++) {
         s = s * 6364136223846793005UL + 1442695040888963407UL;
-        lg[i] = (double)(long)((s >> 33) % 41) / 8.0;
+        lg[i] = (double)(s >> 11) * 0x1p-53 * 6.0; /* continuous in [0, 6) */
     }
+    for (int i = 0; i < N * NE; i += 7 * NE + 3)
+        lg[i] = 2.5; /* and some ties */
     static const long long cf[][2] = {{1, 2}, {1, 1}, {2, 1}, {3, 4}, {4, 1}, {3, 1},
-                                      {1, 4}, {1, 64}, {16, 1}};
+                                      {1, 4}, {1, 64}, {128, 1}};
     const int ncf = (int)(sizeof cf / sizeof *cf);
     moe_par_set_threads(2);
     moe_route_memo *m = moe_route_memo_alloc();
