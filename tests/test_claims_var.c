@@ -9,20 +9,21 @@
  * token_major, bpr, probs and gate, capacity factors 0.5, 1, 2 then 0.75 and dropless, with and
  * without renormalisation, on 1 and 2 threads (2 threads with every parallel pass split however
  * small, moe_par_set_grain(1)). Reference: the previous path, a rows pass right before every
- * resolution (no counts to reuse). Checked: the two plans bit for bit (memcmp of the entries,
- * loads, importance, claims, per-rank counts, capacity), and that the cases drop claims.
+ * resolution (no counts to reuse). Checked: the two plans bit for bit (route_helper_same_plan:
+ * entries, loads, importance, claims, per-rank counts, capacity), and that the cases drop claims.
  */
 #include "check.h"
 #include "moe.h"
 #include "options.h"
 #include "../routers/claims_var.h"
 #include "../routers/par.h"
+#include "route_helper.h"
 
 #include <string.h>
 
 enum { N = 3000, E = 32 };
 
-static double L[N * E];
+static double L[N * E], lse[N];
 
 /* relu-like: the positive logits of token t, largest first, ties to the lower expert, at most
  * v->K of them (insertion into a sorted list) */
@@ -48,25 +49,6 @@ static void row_relu(void *ctx, int t, const double *lt, const double *pt)
         g[j] = lt[e], ex[j] = e;
     }
     moe_claims_var_put(v, t, m, ex, g);
-}
-
-static int same_plan(const moe_plan *a, const moe_plan *b)
-{
-    if (a->n_entries != b->n_entries || a->capacity != b->capacity ||
-        a->n_claims != b->n_claims ||
-        memcmp(a->rank_claims, b->rank_claims, sizeof a->rank_claims) ||
-        memcmp(a->rank_kept, b->rank_kept, sizeof a->rank_kept) ||
-        memcmp(a->assigned_load, b->assigned_load, E * sizeof *a->assigned_load) ||
-        memcmp(a->importance, b->importance, E * sizeof *a->importance))
-        return 0;
-    for (size_t i = 0; i < a->n_entries; i++) { /* field by field: not the padding */
-        const moe_entry *x = &a->entries[i], *y = &b->entries[i];
-        if (x->token != y->token || x->expert != y->expert || x->slot != y->slot ||
-            memcmp(&x->dispatch_w, &y->dispatch_w, sizeof x->dispatch_w) ||
-            memcmp(&x->combine_w, &y->combine_w, sizeof x->combine_w))
-            return 0;
-    }
-    return 1;
 }
 
 /* opts of order o, capacity factor cf ("" = dropless), renormalisation rn */
@@ -118,24 +100,27 @@ int main(void)
                     moe_route_opts op = opts_of(orders[oi], cfs[ci], rn);
                     moe_plan_reset(pa, N, E, E);
                     moe_plan_reset(pb, N, E, E);
-                    /* a: one rows pass, its statistics given back at every later cf as the
+                    /* a: one rows pass, its statistics and logsumexps given back at each cf as the
                      * memo gives them; b: a rows pass before every resolution */
                     int rc = 0;
                     if (ci == 0) {
                         rc |= moe_claims_var_rows(a, L, N, order, NULL, row_relu, a, pa);
                         memcpy(load, pa->assigned_load, sizeof load);
                         memcpy(imp, pa->importance, sizeof imp);
+                        memcpy(lse, pa->lse, sizeof lse);
                         claims = pa->n_claims;
                     } else {
                         memcpy(pa->assigned_load, load, sizeof load);
                         memcpy(pa->importance, imp, sizeof imp);
+                        memcpy(moe_plan_lse_buffer(pa), lse, sizeof lse);
+                        pa->lse_of = L;
                         pa->n_claims = claims;
                         moe_claims_var_reused(a);
                     }
                     rc |= moe_claims_var_rows(b, L, N, order, NULL, row_relu, b, pb);
                     rc |= moe_claims_var_resolve(a, &op, N, pa);
                     rc |= moe_claims_var_resolve(b, &op, N, pb);
-                    CHECK(rc == 0 && same_plan(pa, pb),
+                    CHECK(rc == 0 && route_helper_same_plan(pa, pb, E),
                           "order %s K %d cf %s renormalize %d, %s: the resolution again differs "
                           "from the one after a rows pass (%zu entries, %zu)",
                           orders[oi], Ks[ki], *cfs[ci] ? cfs[ci] : "dropless", rn,

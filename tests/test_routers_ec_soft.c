@@ -6,6 +6,7 @@
 #include "moe.h"
 #include "route_memo.h"
 #include "../routers/par.h"
+#include "route_helper.h"
 
 #include <math.h>
 #include <string.h>
@@ -353,17 +354,7 @@ static void test_ec_memo(void)
             moe_route_memo_end(m, r, rc);
         }
         rc = rc || route("expert_choice", &o, lg, N, NE, q);
-        int ok = !rc && p->n_entries == q->n_entries && p->capacity == q->capacity &&
-                 p->n_claims == q->n_claims && p->lse_of && q->lse_of &&
-                 !memcmp(p->assigned_load, q->assigned_load, NE * sizeof *p->assigned_load) &&
-                 !memcmp(p->importance, q->importance, NE * sizeof *p->importance) &&
-                 !memcmp(p->lse, q->lse, N * sizeof *p->lse);
-        for (size_t i = 0; ok && i < p->n_entries; i++) {
-            const moe_entry *x = &p->entries[i], *y = &q->entries[i];
-            ok = x->token == y->token && x->expert == y->expert && x->slot == y->slot &&
-                 !memcmp(&x->dispatch_w, &y->dispatch_w, sizeof x->dispatch_w) &&
-                 !memcmp(&x->combine_w, &y->combine_w, sizeof x->combine_w);
-        }
+        const int ok = !rc && p->lse_of && route_helper_same_plan(p, q, NE);
         CHECK(ok, "expert_choice with a memo at cf %lld/%lld: not the plan of a route without "
                   "(%zu entries, %zu)", cf[c][0], cf[c][1], p->n_entries, q->n_entries);
         same += ok;
