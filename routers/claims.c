@@ -96,6 +96,12 @@ static long rows_chunk(int E)
     return c < ROWS_CHUNK ? ROWS_CHUNK : c > 2048 ? 2048 : c;
 }
 
+size_t moe_claims_rows_scratch(int n, int E)
+{
+    const long chunk = rows_chunk(E), nch = (n + chunk - 1) / chunk;
+    return (size_t)(nch > ROWS_RING ? ROWS_RING * chunk : n) * (size_t)E;
+}
+
 typedef struct {
     moe_claims *c;
     const double *logits;

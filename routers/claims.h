@@ -65,6 +65,11 @@ void moe_claims_free(moe_claims *c); /* NULL is a no-op */
  * way). */
 void moe_claims_scratch_p(moe_claims *c, int order);
 
+/* Doubles of p a rows pass over n tokens on E experts reads and writes when p is not kept
+ * (keep_p = 0): the chunk slots it reuses, or every row when the pass has few chunks. A
+ * workspace allocated without p may be given one of that size (of n * E for order probs). */
+size_t moe_claims_rows_scratch(int n, int E);
+
 /* p (T,E) = softmax of each row of logits (T,E); pmean (E) = mean_t p[t,e]. On the routers'
  * threads (par.h); the values do not depend on their number. plan (may be NULL): also keeps
  * each row's logsumexp in plan->lse (plan->lse_of = logits), for the z-loss. Returns MOE_OK,

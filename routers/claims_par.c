@@ -33,7 +33,6 @@
  * serial loop does.
  */
 #include "claims_par.h"
-#include "par.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -42,7 +41,7 @@ typedef struct {
     moe_claims *c;
     moe_plan *plan;
     int n, KR;            /* KR: ranks counted apart (K for choice_major and bpr, else 1) */
-    int renormalize, np;
+    int renormalize, np;  /* np: parts (the same as pt.np) */
     int stats;            /* 0: assigned_load, importance and n_claims are already in the plan */
     long C;
     const int *perm;      /* (T) bpr: the token at each position of the claim order, or NULL */
@@ -52,10 +51,8 @@ typedef struct {
     double *acc;          /* (np, E+1) each thread's importance sums */
     double *scratch;      /* (np, maxload) keyed orders: each part's copy of one expert's keys */
     long maxload;
-    size_t ent0[MOE_PAR_MAX];      /* first entry of each part */
-    size_t kept[MOE_PAR_MAX];      /* entries of each part */
+    moe_claims_parts pt;           /* each part's entries */
     long claims[MOE_PAR_MAX];      /* claims of each part */
-    long rank_claims[MOE_PAR_MAX][2], rank_kept[MOE_PAR_MAX][2];
 } rp_job;
 
 /* ---- counts and statistics ---- */
@@ -97,7 +94,7 @@ static void rp_count(void *ctx, int i, int np)
 
 /* Step 2: loads, capacity, and each part's first slots (in place of the counts) in claim
  * order (rank, part, expert); c->fill and maxload: the claims per expert and their maximum.
- * kept_by_part: also each part's kept claims (j->kept), for a claim order that is token
+ * kept_by_part: also each part's kept claims (j->pt.kept), for a claim order that is token
  * order. */
 static int rp_prefix(rp_job *j, int dropless, int kept_by_part)
 {
@@ -138,7 +135,7 @@ static int rp_prefix(rp_job *j, int dropless, int kept_by_part)
     }
     free(run);
     for (int i = 0; i < np && kept_by_part; i++)
-        j->kept[i] = kept[i];
+        j->pt.kept[i] = kept[i];
     return MOE_OK;
 }
 
@@ -170,12 +167,33 @@ static void rp_token_entries(const rp_job *j, long t, const long *s, moe_entry *
     }
 }
 
-static void rp_rank_counts(rp_job *j, int i, const long rc[2], const long rk[2])
+void moe_claims_parts_ranks(moe_claims_parts *p, int i, const long rc[2], const long rk[2])
 {
     for (int r = 0; r < 2; r++) {
-        j->rank_claims[i][r] = rc[r];
-        j->rank_kept[i][r] = rk[r];
+        p->rank_claims[i][r] = rc[r];
+        p->rank_kept[i][r] = rk[r];
     }
+}
+
+int moe_claims_parts_write(moe_claims_parts *p, moe_plan *plan, void (*write)(void *, int, int),
+                           void *ctx)
+{
+    size_t at = 0;
+    for (int i = 0; i < p->np; i++) {
+        p->ent0[i] = plan->n_entries + at;
+        at += p->kept[i];
+    }
+    int rc = moe_plan_reserve(plan, at);
+    if (rc)
+        return rc;
+    moe_par_run(write, ctx, p->np);
+    plan->n_entries += at;
+    for (int i = 0; i < p->np; i++)
+        for (int r = 0; r < 2; r++) {
+            plan->rank_claims[r] += p->rank_claims[i][r];
+            plan->rank_kept[r] += p->rank_kept[i][r];
+        }
+    return MOE_OK;
 }
 
 /* Entries of token part i from c->slot: counting pass (kept[i]) or writing pass (at ent0[i]). */
@@ -187,7 +205,7 @@ static void rp_emit_count(void *ctx, int i, int np)
     size_t kept = 0;
     for (size_t q = (size_t)lo * j->c->K; q < (size_t)hi * j->c->K; q++)
         kept += j->c->slot[q] >= 0;
-    j->kept[i] = kept;
+    j->pt.kept[i] = kept;
 }
 
 static void rp_emit(void *ctx, int i, int np)
@@ -195,33 +213,10 @@ static void rp_emit(void *ctx, int i, int np)
     rp_job *j = ctx;
     long lo, hi, rc[2] = {0, 0}, rk[2] = {0, 0};
     moe_par_range(j->n, i, np, &lo, &hi);
-    moe_entry *en = j->plan->entries + j->ent0[i];
+    moe_entry *en = j->plan->entries + j->pt.ent0[i];
     for (long t = lo; t < hi; t++)
         rp_token_entries(j, t, j->c->slot + (size_t)t * j->c->K, &en, rc, rk);
-    rp_rank_counts(j, i, rc, rk);
-}
-
-/* Places the parts' entries (j->kept) in the plan and writes them: with write = rp_emit from
- * c->slot, or with the part's own step (rp_assign). */
-static int rp_entries(rp_job *j, void (*write)(void *, int, int))
-{
-    moe_plan *plan = j->plan;
-    size_t at = 0;
-    for (int i = 0; i < j->np; i++) {
-        j->ent0[i] = plan->n_entries + at;
-        at += j->kept[i];
-    }
-    int rc = moe_plan_reserve(plan, at);
-    if (rc)
-        return rc;
-    moe_par_run(write, j, j->np);
-    plan->n_entries += at;
-    for (int i = 0; i < j->np; i++)
-        for (int r = 0; r < 2; r++) {
-            plan->rank_claims[r] += j->rank_claims[i][r];
-            plan->rank_kept[r] += j->rank_kept[i][r];
-        }
-    return MOE_OK;
+    moe_claims_parts_ranks(&j->pt, i, rc, rk);
 }
 
 /* ---- choice_major, token_major, bpr ---- */
@@ -237,7 +232,7 @@ static void rp_assign(void *ctx, int i, int np)
     long lo, hi;
     moe_par_range(j->n, i, np, &lo, &hi);
     long *next = j->cnt + (size_t)i * KR * E;
-    moe_entry *en = j->plan->entries + j->ent0[i];
+    moe_entry *en = j->plan->entries + j->pt.ent0[i];
     long rc[2] = {0, 0}, rk[2] = {0, 0};
     long slot[MOE_CLAIMS_PAR_MAX_K];
     for (long r = lo; r < hi; r++) {
@@ -255,7 +250,7 @@ static void rp_assign(void *ctx, int i, int np)
         if (!j->perm)
             rp_token_entries(j, r, slot, &en, rc, rk);
     }
-    rp_rank_counts(j, i, rc, rk);
+    moe_claims_parts_ranks(&j->pt, i, rc, rk);
 }
 
 /* bpr keys: c->val[t] = max_e p[t,e], as the serial loop takes it. */
@@ -510,7 +505,7 @@ int moe_claims_resolve_par(moe_claims *c, int n, int order, long C, int dropless
     rp_job j = {.c = c, .plan = plan, .n = n, .renormalize = renormalize, .stats = stats,
                 .C = C};
     j.KR = order == MOE_ORDER_CHOICE_MAJOR || order == MOE_ORDER_BPR ? K : 1;
-    j.np = moe_par_parts((long)n * K, 16384);
+    j.np = j.pt.np = moe_par_parts((long)n * K, 16384);
     if (order == MOE_ORDER_PROBS || order == MOE_ORDER_RTS || order == MOE_ORDER_GATE) {
         j.key = order == MOE_ORDER_PROBS ? c->p : order == MOE_ORDER_RTS ? c->rts_u : c->gate;
         j.per_claim = order == MOE_ORDER_GATE;
@@ -535,7 +530,7 @@ int moe_claims_resolve_par(moe_claims *c, int n, int order, long C, int dropless
     if (!rc)
         rc = rp_prefix(&j, dropless, token_order);
     if (!rc && token_order) {
-        rc = rp_entries(&j, rp_assign);
+        rc = moe_claims_parts_write(&j.pt, plan, rp_assign, &j);
     } else if (!rc) {
         if (order == MOE_ORDER_BPR)
             moe_par_run(rp_assign, &j, j.np);
@@ -543,7 +538,7 @@ int moe_claims_resolve_par(moe_claims *c, int n, int order, long C, int dropless
             rc = rp_keyed(&j);
         if (!rc) {
             moe_par_run(rp_emit_count, &j, j.np);
-            rc = rp_entries(&j, rp_emit);
+            rc = moe_claims_parts_write(&j.pt, plan, rp_emit, &j);
         }
     }
     free(j.cnt);

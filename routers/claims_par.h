@@ -6,6 +6,9 @@
 #define MOE_CLAIMS_PAR_H
 
 #include "claims.h"
+#include "par.h"
+
+#include <stddef.h>
 
 enum { MOE_CLAIMS_PAR_MAX_K = 64 }; /* choices per token of choice_major and token_major */
 
@@ -24,5 +27,25 @@ int moe_claims_order_bpr(moe_claims *c, int n);
 
 /* The k-th largest (1 <= k <= len) of a[0..len), which it permutes (-0.0 equals +0.0). */
 double moe_claims_kth_largest(double *a, long len, long k);
+
+/* The entries of a resolution written by token parts (claims_par.c, claims_var.c): each part
+ * counts the entries it keeps (kept[i]), the parts' entries are placed one after the other and
+ * each part writes its own, token-major, with the claims and kept claims of ranks 0 and 1 it
+ * met. */
+typedef struct {
+    int np;                                /* parts */
+    size_t ent0[MOE_PAR_MAX];              /* first entry of each part */
+    size_t kept[MOE_PAR_MAX];              /* entries of each part */
+    long rank_claims[MOE_PAR_MAX][2], rank_kept[MOE_PAR_MAX][2];
+} moe_claims_parts;
+
+/* Part i's counts of ranks 0 and 1 (kept apart per part: no shared cache line in the loop). */
+void moe_claims_parts_ranks(moe_claims_parts *p, int i, const long rc[2], const long rk[2]);
+
+/* Places the parts' entries after the plan's (ent0 from kept), reserves room for them, runs
+ * write(ctx, i, np) on the np parts (on the routers' threads), then adds the entries and the
+ * rank counts to the plan. MOE_ENOMEM when the plan cannot grow. */
+int moe_claims_parts_write(moe_claims_parts *p, moe_plan *plan, void (*write)(void *, int, int),
+                           void *ctx);
 
 #endif

@@ -21,6 +21,7 @@
 #include "claims_par.h"
 #include "huge.h"
 #include "par.h"
+#include "route_memo.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -61,7 +62,7 @@ moe_claims_var *moe_claims_var_alloc(int n_max, int K, int E)
     v->cap = (long)n_max * K;
     const size_t cap = (size_t)(v->cap > 0 ? v->cap : 1), nt = (size_t)n_max + 1;
     atomic_init(&v->used, 0);
-    v->cl = moe_claims_alloc(n_max, 1, E, 1);
+    v->cl = moe_claims_alloc(n_max, 1, E, 0); /* p: as the rows pass needs it (var_p) */
     v->expert = moe_huge_alloc(cap * sizeof *v->expert); /* touched as far as used */
     v->gate = moe_huge_alloc(cap * sizeof *v->gate);
     v->at = malloc(nt * sizeof *v->at);
@@ -92,7 +93,25 @@ void moe_claims_var_free(moe_claims_var *v)
     free(v->slot);
     free(v->list);
     free(v->key);
+    free(v->counts);
     free(v);
+}
+
+/* The softmax rows' buffer of a rows pass over n tokens: every row for order probs (its keys),
+ * else the pass's scratch (a few MB instead of T x E doubles of address space, which would take
+ * memory that the process has touched already from the buffers that need it). */
+static int var_p(moe_claims_var *v, int n, int order)
+{
+    const size_t need = order == MOE_ORDER_PROBS ? (size_t)n * (size_t)v->E
+                                                 : moe_claims_rows_scratch(n, v->E);
+    if (v->p_cap >= need && v->cl->p)
+        return MOE_OK;
+    free(v->cl->p);
+    v->p_cap = 0;
+    if (!(v->cl->p = malloc((need > 0 ? need : 1) * sizeof *v->cl->p)))
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (softmax rows of %d tokens)", n);
+    v->p_cap = need;
+    return MOE_OK;
 }
 
 int moe_claims_var_rows(moe_claims_var *v, const double *logits, int n, int order,
@@ -100,7 +119,11 @@ int moe_claims_var_rows(moe_claims_var *v, const double *logits, int n, int orde
 {
     if (!plan || !row)
         return moe_fail(MOE_EINVAL, NULL, "variable claims without a plan or a row (claims)");
+    int rc = var_p(v, n, order);
+    if (rc)
+        return rc;
     atomic_store(&v->used, 0);
+    v->counts_len = 0; /* new claims: no counts yet */
     v->first[0] = 0;
     v->kmax = 0;
     v->cl->rts_u = rts_u;
@@ -129,8 +152,7 @@ typedef struct {
     long *off;             /* (E+1) keyed orders: each expert's first place in list */
     double *scratch;       /* (np, maxload) keyed orders: a copy of one expert's keys */
     long maxload;
-    size_t ent0[MOE_PAR_MAX], kept[MOE_PAR_MAX];
-    long rank_claims[MOE_PAR_MAX][2], rank_kept[MOE_PAR_MAX][2];
+    moe_claims_parts pt;   /* each part's entries (pt.np = np) */
 } cv_job;
 
 /* Step 1 for part i: its claims per (rank, expert), by position. */
@@ -150,8 +172,33 @@ static void cv_count(void *ctx, int i, int np)
     }
 }
 
+/* Step 1 on the parts, or its result of the last resolution of the same claims on the same
+ * parts; kept for the next one (not when out of memory: it then counts again). */
+static void cv_counts(cv_job *j)
+{
+    moe_claims_var *v = j->v;
+    const size_t len = (size_t)j->np * j->KR * v->E;
+    const int perm = j->perm != NULL;
+    if (v->counts_len == len && v->counts_np == j->np && v->counts_kr == j->KR &&
+        v->counts_perm == perm) {
+        memcpy(j->cnt, v->counts, len * sizeof *j->cnt);
+        return;
+    }
+    moe_par_run(cv_count, j, j->np);
+    v->counts_len = 0;
+    if (v->counts_cap < len) {
+        free(v->counts);
+        v->counts_cap = 0;
+        if (!(v->counts = malloc(len * sizeof *v->counts)))
+            return;
+        v->counts_cap = len;
+    }
+    memcpy(v->counts, j->cnt, len * sizeof *v->counts);
+    v->counts_len = len, v->counts_np = j->np, v->counts_kr = j->KR, v->counts_perm = perm;
+}
+
 /* Step 2: capacity (dropless: the largest load), each part's first slots in the visiting order
- * (rank, part, expert) in place of its counts, and its kept claims (j->kept). Returns the
+ * (rank, part, expert) in place of its counts, and its kept claims (j->pt.kept). Returns the
  * entries of the plan, sum over experts of min(load, C). */
 static size_t cv_prefix(cv_job *j, int dropless, long *run)
 {
@@ -173,7 +220,7 @@ static size_t cv_prefix(cv_job *j, int dropless, long *run)
                 run[e] += c;
                 q[e] = first;
                 if (first < C)
-                    j->kept[i] += (size_t)((first + c < C ? first + c : C) - first);
+                    j->pt.kept[i] += (size_t)((first + c < C ? first + c : C) - first);
             }
         }
     size_t total = 0;
@@ -211,14 +258,6 @@ static void cv_token(const cv_job *j, long t, const int32_t *s, moe_entry **en, 
     }
 }
 
-static void cv_rank_counts(cv_job *j, int i, const long rc[2], const long rk[2])
-{
-    for (int r = 0; r < 2; r++) {
-        j->rank_claims[i][r] = rc[r];
-        j->rank_kept[i][r] = rk[r];
-    }
-}
-
 /* Step 3 for part i of the orders choice_major, token_major (perm NULL: its entries at
  * ent0[i]) and bpr (its slots into slot[]). */
 static void cv_assign(void *ctx, int i, int np)
@@ -229,7 +268,7 @@ static void cv_assign(void *ctx, int i, int np)
     long lo, hi;
     moe_par_range(j->n, i, np, &lo, &hi);
     long *next = j->cnt + (size_t)i * KR * E;
-    moe_entry *en = j->plan->entries + j->ent0[i];
+    moe_entry *en = j->plan->entries + j->pt.ent0[i];
     int32_t *own = j->sbuf + (size_t)i * v->K;
     long rc[2] = {0, 0}, rk[2] = {0, 0};
     for (long r = lo; r < hi; r++) {
@@ -243,7 +282,7 @@ static void cv_assign(void *ctx, int i, int np)
         if (!j->perm)
             cv_token(j, t, s, &en, rc, rk);
     }
-    cv_rank_counts(j, i, rc, rk);
+    moe_claims_parts_ranks(&j->pt, i, rc, rk);
 }
 
 /* Entries of token part i from slot[]: count (kept[i]) */
@@ -257,7 +296,7 @@ static void cv_emit_count(void *ctx, int i, int np)
     for (long t = lo; t < hi; t++)
         for (long q = v->at[t]; q < v->at[t] + v->cnt[t]; q++)
             kept += v->slot[q] >= 0;
-    j->kept[i] = kept;
+    j->pt.kept[i] = kept;
 }
 
 /* ... and write them at ent0[i]. */
@@ -266,11 +305,11 @@ static void cv_emit(void *ctx, int i, int np)
     cv_job *j = ctx;
     long lo, hi;
     moe_par_range(j->n, i, np, &lo, &hi);
-    moe_entry *en = j->plan->entries + j->ent0[i];
+    moe_entry *en = j->plan->entries + j->pt.ent0[i];
     long rc[2] = {0, 0}, rk[2] = {0, 0};
     for (long t = lo; t < hi; t++)
         cv_token(j, t, j->v->slot + j->v->at[t], &en, rc, rk);
-    cv_rank_counts(j, i, rc, rk);
+    moe_claims_parts_ranks(&j->pt, i, rc, rk);
 }
 
 /* Token part i of a keyed order: its claims into list at its first places per expert (token
@@ -355,23 +394,6 @@ static int cv_keyed(cv_job *j, const long *run)
     return MOE_OK;
 }
 
-/* Places the parts' entries (kept) after the plan's and writes them with `write`. */
-static void cv_entries(cv_job *j, void (*write)(void *, int, int))
-{
-    size_t at = j->plan->n_entries;
-    for (int i = 0; i < j->np; i++) {
-        j->ent0[i] = at;
-        at += j->kept[i];
-    }
-    moe_par_run(write, j, j->np);
-    j->plan->n_entries = at;
-    for (int i = 0; i < j->np; i++)
-        for (int r = 0; r < 2; r++) {
-            j->plan->rank_claims[r] += j->rank_claims[i][r];
-            j->plan->rank_kept[r] += j->rank_kept[i][r];
-        }
-}
-
 /* The scratch of the orders that keep slots per claim, on first use. */
 static int cv_scratch(moe_claims_var *v, int keyed)
 {
@@ -401,13 +423,12 @@ static int cv_run(cv_job *j, int order, int dropless, long *run)
             return rc;
         j->perm = v->cl->order;
     }
-    moe_par_run(cv_count, j, j->np);
+    cv_counts(j);
     const size_t total = cv_prefix(j, dropless, run);
     if ((rc = moe_plan_reserve(j->plan, total)))
         return rc;
     if (order == MOE_ORDER_CHOICE_MAJOR || order == MOE_ORDER_TOKEN_MAJOR) {
-        cv_entries(j, cv_assign);
-        return MOE_OK;
+        return moe_claims_parts_write(&j->pt, j->plan, cv_assign, j);
     }
     if (order == MOE_ORDER_BPR)
         moe_par_run(cv_assign, j, j->np);
@@ -415,8 +436,7 @@ static int cv_run(cv_job *j, int order, int dropless, long *run)
         return rc;
     j->perm = NULL;
     moe_par_run(cv_emit_count, j, j->np);
-    cv_entries(j, cv_emit);
-    return MOE_OK;
+    return moe_claims_parts_write(&j->pt, j->plan, cv_emit, j);
 }
 
 int moe_claims_var_resolve(moe_claims_var *v, const moe_route_opts *o, int n, moe_plan *plan)
@@ -440,7 +460,7 @@ int moe_claims_var_resolve(moe_claims_var *v, const moe_route_opts *o, int n, mo
         if (rc)
             return rc;
     }
-    j.np = moe_par_parts(claims, 16384);
+    j.np = j.pt.np = moe_par_parts(claims, 16384);
     j.KR = order == MOE_ORDER_CHOICE_MAJOR || order == MOE_ORDER_BPR ? (v->kmax > 0 ? v->kmax
                                                                                      : 1)
                                                                      : 1;
@@ -457,4 +477,18 @@ int moe_claims_var_resolve(moe_claims_var *v, const moe_route_opts *o, int n, mo
     free(j.off);
     free(run);
     return rc;
+}
+
+int moe_claims_var_route(moe_router *r, const moe_route_in *in, moe_claims_var **v,
+                         int (*buffers)(moe_router *r), moe_claims_row_fn row, void *ctx,
+                         moe_plan *plan)
+{
+    int rc = MOE_OK;
+    if (moe_route_memo_reuse(r, plan)) /* the claims of these logits are in *v already */
+        moe_claims_var_reused(*v);
+    else if (!(rc = buffers(r)) && !(rc = moe_claims_var_rows(*v, in->logits, in->n,
+                                                             r->opts.order, in->rts_u, row,
+                                                             ctx, plan)))
+        moe_route_memo_record(r, plan);
+    return rc ? rc : moe_claims_var_resolve(*v, &r->opts, in->n, plan);
 }

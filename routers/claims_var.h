@@ -26,7 +26,9 @@
 typedef struct {
     int n_max, E, K;  /* K: the most claims of one token */
     long cap;         /* places of the store: n_max * K */
-    moe_claims *cl;   /* the rows pass: softmax, pmean, rowmax, bpr keys (claims.h) */
+    moe_claims *cl;   /* the rows pass: softmax, pmean, rowmax, bpr keys (claims.h); its p
+                       * holds p_cap doubles, as many as the last rows pass needed */
+    size_t p_cap;
     int32_t *expert;  /* (cap) store: expert of each claim */
     double *gate;     /* (cap) store: its gate (the combine weight before renormalisation) */
     long *at;         /* (T) first place of token t's claims */
@@ -39,6 +41,12 @@ typedef struct {
     int32_t *slot;    /* (cap) slot of the claim at each place, -1 = dropped */
     long *list;       /* (cap) keyed orders: places grouped by expert, token order within */
     double *key;      /* (cap) keyed orders: their keys */
+    /* the claims per (part, rank, expert) of the last resolution, which depend on the rows
+     * pass and the parts but not on the capacity: the next resolution of the same claims (a
+     * route memo's next capacity factor) starts from them */
+    long *counts;     /* (counts_len) or NULL */
+    size_t counts_len, counts_cap;
+    int counts_np, counts_kr, counts_perm; /* their parts, ranks, visiting order (bpr: 1) */
 } moe_claims_var;
 
 /* Workspace for up to n_max tokens of at most K claims each on E experts (with the full
@@ -74,5 +82,14 @@ void moe_claims_var_put(moe_claims_var *v, int t, int m, const int32_t *ex, cons
  * claims in o's order, the entries and plan->capacity, rank_claims, rank_kept; aux_loss
  * untouched. */
 int moe_claims_var_resolve(moe_claims_var *v, const moe_route_opts *o, int n, moe_plan *plan);
+
+/* A variable-k router's claims and plan for the input in (aux_loss untouched): when r's
+ * workspace holds the capacity-free work of these logits (a route memo's, route_memo.h), only
+ * the resolution; else buffers(r) (the router's buffers on its first route: *v is the store
+ * afterwards) and the rows pass with row(ctx, ...), recorded for the memo, then the resolution
+ * under r's options. v: where r's workspace keeps its store. */
+int moe_claims_var_route(moe_router *r, const moe_route_in *in, moe_claims_var **v,
+                         int (*buffers)(moe_router *r), moe_claims_row_fn row, void *ctx,
+                         moe_plan *plan);
 
 #endif

@@ -11,6 +11,7 @@
 #include "moe.h"
 #include "colselect.h"
 #include "par.h"
+#include "route_memo.h"
 #include "vexp.h"
 
 #include <math.h>
@@ -39,7 +40,10 @@
 
 /* ---- workspace ---- */
 
-enum { EC_ROWS = 16, EC_SLACK = 32 }; /* softmax rows computed together; list room beyond 2 cap */
+/* softmax rows computed together; list room beyond 2 cap; the lists a route memo keeps are
+ * built for EC_MEMO_CF times the capacity when that is at most 1/16 of a block (a sweep's
+ * capacity factors up to that many times the first one's reuse them) */
+enum { EC_ROWS = 16, EC_SLACK = 32, EC_MEMO_CF = 4 };
 
 typedef struct {
     moe_cand *list;  /* (P,E,room) candidate lists of block p, expert e */
@@ -50,6 +54,11 @@ typedef struct {
     double *thr;     /* (P,E) entry threshold: -inf until the first selection */
     double *row;     /* (P,EC_ROWS,E) softmax rows per block */
     int finite[MOE_PAR_MAX]; /* per block: its logits are all finite */
+    /* the lists of a route that a route memo keeps (route_memo.h): built for capacity built_C
+     * on built_P blocks of built_room, they hold every expert's best C of each block for any
+     * C <= built_C, so a route of the same logits at such a C skips step 1 */
+    int built, built_P;
+    long built_C, built_room;
 } ec_ws;
 
 static void ec_free(moe_router *r)
@@ -105,6 +114,7 @@ typedef struct {
     const double *logits;
     int n, E, P, NM; /* tokens, experts, blocks, expert ranges */
     long C, room;    /* capacity; list room per (block, expert) */
+    long Cb;         /* the capacity the lists are built for (>= C) */
     moe_entry *out;  /* (E,C) the plan's entries */
     double *imp;     /* (E) importance */
     double *lse;     /* (T) the rows' logsumexp (plan->lse) */
@@ -149,7 +159,7 @@ static void ec_block(void *arg, int p, int np)
     const int E = j->E;
     long lo, hi;
     moe_par_range(j->n, p, np, &lo, &hi);
-    const long cap = j->C < hi - lo ? j->C : hi - lo;
+    const long cap = j->Cb < hi - lo ? j->Cb : hi - lo;
     double *row = w->row + (size_t)p * EC_ROWS * E, *thr = w->thr + (size_t)p * E;
     long *cnt = w->cnt + (size_t)p * E;
     moe_cand *lists = w->list + (size_t)p * E * j->room, *scr = w->scr + (size_t)p * j->room;
@@ -224,18 +234,29 @@ static int ec_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         plan->entries = en;
         plan->cap_entries = ne;
     }
-    ec_ws *w = r->ws;
-    ec_job j = {w, in->logits, n, E, moe_par_parts(n, 2048), moe_par_parts(E, 1), C, 0,
+    ec_ws *w = r->ws; /* a memo's when the route reuses it (route_memo.h) */
+    const int hit = moe_route_memo_reuse(r, plan); /* the rows' logsumexps are in plan */
+    ec_job j = {w, in->logits, n, E, moe_par_parts(n, 2048), moe_par_parts(E, 1), C, 0, C,
                 plan->entries, plan->importance, moe_plan_lse_buffer(plan)};
     if (!j.lse)
         return MOE_ENOMEM;
-    const long maxlen = (n + j.P - 1) / j.P, cap = C < maxlen ? C : maxlen;
-    j.room = 2 * cap + EC_SLACK < maxlen ? 2 * cap + EC_SLACK : maxlen;
+    const int reuse = hit && w->built && w->built_P == j.P && C >= 1 && C <= w->built_C;
+    const long maxlen = (n + j.P - 1) / j.P;
+    /* lists for the next capacities too, while they stay short beside the blocks (memory) */
+    if (!reuse && (hit || moe_route_memo_recording(r)) && C <= maxlen / (16 * EC_MEMO_CF))
+        j.Cb = EC_MEMO_CF * C;
+    const long cap = j.Cb < maxlen ? j.Cb : maxlen;
+    j.room = reuse ? w->built_room : 2 * cap + EC_SLACK < maxlen ? 2 * cap + EC_SLACK : maxlen;
     const size_t all = (size_t)j.P * (size_t)j.room;
-    if ((rc = ec_grow(&w->list, &w->list_cap, all * (size_t)E, n, E)) ||
+    if ((!reuse && (rc = ec_grow(&w->list, &w->list_cap, all * (size_t)E, n, E))) ||
         (rc = ec_grow(&w->scr, &w->scr_cap, 2 * all * (size_t)j.NM, n, E)))
         return rc;
-    moe_par_run(ec_block, &j, j.P);
+    if (!reuse) {
+        w->built = 0;
+        moe_par_run(ec_block, &j, j.P);
+        w->built = hit || moe_route_memo_recording(r);
+        w->built_P = j.P, w->built_C = j.Cb, w->built_room = j.room;
+    }
     for (int p = 0; p < j.P; p++)
         if (!w->finite[p]) /* the first non-finite logit, named as moe_router_route names it */
             return moe_logits_check_finite(in->logits, n, E);
@@ -248,13 +269,15 @@ static int ec_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     for (int e = 0; e < E; e++)
         plan->assigned_load[e] = C;
     plan->n_claims = (long)plan->n_entries;
+    if (!hit)
+        moe_route_memo_record(r, plan);
     return MOE_OK;
 }
 
 const moe_router_type moe_router_expert_choice = {
     "expert_choice",
     "expert choice (Zhou et al. 2022): each expert takes its top C tokens by softmax score",
-    MOE_RF_CHECKS_FINITE,
+    MOE_RF_CHECKS_FINITE | MOE_RF_MEMO,
     1,
     ec_alloc,
     ec_free,

@@ -2,6 +2,10 @@
  * ranked.h). */
 #include "ranked.h"
 
+#include <float.h>
+#include <stdint.h>
+#include <string.h>
+
 /* a comes before b: larger value, or equal value and lower index (-0.0 equals +0.0) */
 static inline int ranked_before(const double *v, int32_t a, int32_t b)
 {
@@ -86,8 +90,67 @@ static void merge_runs(const double *v, const int32_t *ix, double *ov, int32_t *
     }
 }
 
+/* By value buckets: b(x) = (int)((x - min) * (NB / (max - min))), a monotone map (each
+ * floating-point step rounds monotonically), so the pairs placed bucket by bucket from the top,
+ * in their given order within a bucket, are sorted but for the order within each bucket, which
+ * one stable insertion pass restores; it moves each pair past its own bucket's larger values
+ * only. Into sv, si; 0 when the values do not suit it (a NaN or an infinity, all equal, or a
+ * bucket of more than BUCKET_MAX pairs: then the merge sort). */
+enum { BUCKET_MIN_LEN = 24, BUCKET_MAX = 24 };
+
+static int sort_buckets(const double *v, const int32_t *ix, double *sv, int32_t *si, int len)
+{
+    double lo = v[0], hi = v[0];
+    int nan = 0;
+    for (int i = 0; i < len; i++) {
+        lo = v[i] < lo ? v[i] : lo;
+        hi = v[i] > hi ? v[i] : hi;
+        nan |= v[i] != v[i];
+    }
+    const double range = hi - lo;
+    if (nan || !(range > 0.0 && range <= DBL_MAX))
+        return 0; /* a NaN, all equal, or an infinity */
+    int nb = 1;
+    while (nb < len)
+        nb *= 2;
+    const double scale = nb / range;
+    if (!(scale <= DBL_MAX))
+        return 0; /* a range too small to divide */
+    uint16_t b[MOE_RANKED_MAX];
+    int start[MOE_RANKED_MAX + 1];
+    memset(start, 0, (size_t)(nb + 1) * sizeof *start);
+    for (int i = 0; i < len; i++) {
+        int q = (int)((v[i] - lo) * scale);
+        q = q < nb ? q : nb - 1;
+        b[i] = (uint16_t)(nb - 1 - q); /* bucket 0: the largest values */
+        start[b[i] + 1]++;
+    }
+    for (int q = 0; q < nb; q++) {
+        if (start[q + 1] > BUCKET_MAX)
+            return 0;
+        start[q + 1] += start[q];
+    }
+    for (int i = 0; i < len; i++) {
+        const int o = start[b[i]]++;
+        sv[o] = v[i], si[o] = ix[i];
+    }
+    for (int i = 1; i < len; i++) {
+        const double x = sv[i];
+        if (!(sv[i - 1] < x))
+            continue;
+        const int32_t xi = si[i];
+        int j = i;
+        for (; j > 0 && sv[j - 1] < x; j--)
+            sv[j] = sv[j - 1], si[j] = si[j - 1];
+        sv[j] = x, si[j] = xi;
+    }
+    return 1;
+}
+
 int moe_ranked_sort(double *v, int32_t *ix, double *sv, int32_t *si, int len)
 {
+    if (len >= BUCKET_MIN_LEN && len <= MOE_RANKED_MAX && sort_buckets(v, ix, sv, si, len))
+        return 0;
     sort_runs(v, ix, len);
     int in_v = 1;
     for (int w = RUN; w < len; w *= 2, in_v = !in_v) {

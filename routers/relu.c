@@ -9,10 +9,12 @@
 #include "moe.h"
 #include "claims_var.h"
 #include "ranked.h"
-#include "route_memo.h"
 
 #include <stdlib.h>
 #include <string.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 typedef struct {
     moe_claims_var *v;
@@ -43,8 +45,9 @@ static int relu_alloc(moe_router *r)
 }
 
 /* The buffers, on the first route (a route that reuses a memo's workspace never needs them). */
-static int relu_buffers(moe_router *r, relu_ws *w)
+static int relu_buffers(moe_router *r)
 {
+    relu_ws *w = r->ws;
     if (w->v)
         return MOE_OK;
     w->v = moe_claims_var_alloc(r->n_max, r->opts.max_k ? r->opts.max_k : r->E, r->E);
@@ -58,6 +61,30 @@ static int relu_buffers(moe_router *r, relu_ws *w)
     return MOE_OK;
 }
 
+/* The positive logits of lt (E) with their experts, in expert order, into pos, at; returns
+ * their number. Without a branch on the values (half of them are positive: a branch would be
+ * mispredicted on every other one). */
+static int relu_positive(const double *lt, int E, double *pos, int32_t *at)
+{
+    int np = 0, e = 0;
+#if defined(__AVX512F__) && defined(__AVX512VL__)
+    const __m256i step = _mm256_set1_epi32(8);
+    __m256i ix = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for (; e + 8 <= E; e += 8, ix = _mm256_add_epi32(ix, step)) {
+        const __m512d x = _mm512_loadu_pd(lt + e);
+        const __mmask8 m = _mm512_cmp_pd_mask(x, _mm512_setzero_pd(), _CMP_GT_OQ);
+        _mm512_mask_compressstoreu_pd(pos + np, m, x);
+        _mm256_mask_compressstoreu_epi32(at + np, m, ix);
+        np += __builtin_popcount(m);
+    }
+#endif
+    for (; e < E; e++) {
+        pos[np] = lt[e], at[np] = e;
+        np += lt[e] > 0.0;
+    }
+    return np;
+}
+
 /* Token t: experts in descending logit (ties to the lower expert) while the logit is > 0, at
  * most K, weight L. */
 static void relu_row(void *ctx, int t, const double *lt, const double *pt)
@@ -66,18 +93,14 @@ static void relu_row(void *ctx, int t, const double *lt, const double *pt)
     relu_ws *w = ctx;
     moe_claims_var *v = w->v;
     const int K = v->K, E = v->E;
-    double s = 0.0;
-    for (int e = 0; e < E; e++)
-        s += lt[e] > 0.0 ? lt[e] : 0.0;
-    w->l1[t] = s;
     if (E <= MOE_RANKED_MAX) { /* the positive logits only, as far as K */
         double pos[MOE_RANKED_MAX];
         int32_t at[MOE_RANKED_MAX], heap[MOE_RANKED_MAX];
-        int np = 0;
-        pos[0] = 0.0; /* read by nothing when no logit is positive */
-        for (int e = 0; e < E; e++)
-            if (lt[e] > 0.0)
-                pos[np] = lt[e], at[np++] = e;
+        const int np = relu_positive(lt, E, pos, at);
+        double s = 0.0; /* sum_e ReLU(L) in e order: the zero terms leave it unchanged */
+        for (int i = 0; i < np; i++)
+            s += pos[i];
+        w->l1[t] = s;
         const int m = np < K ? np : K;
         const long a = moe_claims_var_take(v, t, m);
         if (4 * m > np) { /* most of them: sorted whole (ties to the lower expert) */
@@ -95,6 +118,10 @@ static void relu_row(void *ctx, int t, const double *lt, const double *pt)
             v->gate[a + j] = pos[q];
         }
     } else { /* the K largest, then the positive prefix */
+        double s = 0.0;
+        for (int e = 0; e < E; e++)
+            s += lt[e] > 0.0 ? lt[e] : 0.0;
+        w->l1[t] = s;
         const long a = moe_claims_var_take(v, t, K);
         moe_claims_topk(lt, E, K, v->expert + a, v->gate + a);
         int m = 0;
@@ -108,15 +135,7 @@ static int relu_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 {
     relu_ws *w = r->ws; /* a memo's when the route reuses it (route_memo.h) */
     const int n = in->n;
-    int rc = MOE_OK;
-    if (moe_route_memo_reuse(r, plan)) /* the claims of these logits are in w already */
-        moe_claims_var_reused(w->v);
-    else if (!(rc = relu_buffers(r, w)) &&
-             !(rc = moe_claims_var_rows(w->v, in->logits, n, r->opts.order, in->rts_u, relu_row,
-                                        w, plan)))
-        moe_route_memo_record(r, plan);
-    if (!rc)
-        rc = moe_claims_var_resolve(w->v, &r->opts, n, plan);
+    const int rc = moe_claims_var_route(r, in, &w->v, relu_buffers, relu_row, w, plan);
     if (rc)
         return rc;
     double s = 0.0;

@@ -10,7 +10,6 @@
 #include "moe.h"
 #include "claims_var.h"
 #include "ranked.h"
-#include "route_memo.h"
 
 #include <stdlib.h>
 
@@ -48,8 +47,9 @@ static int topp_alloc(moe_router *r)
 
 /* The claims' store, on the first route (a route that reuses a memo's workspace never needs
  * it). */
-static int topp_buffers(moe_router *r, topp_ws *w)
+static int topp_buffers(moe_router *r)
 {
+    topp_ws *w = r->ws;
     if (!w->v && !(w->v = moe_claims_var_alloc(r->n_max, r->opts.max_k ? r->opts.max_k : r->E,
                                                r->E)))
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router topp, %d tokens)", r->n_max);
@@ -136,16 +136,8 @@ static void topp_row(void *ctx, int t, const double *lt, const double *pt)
 static int topp_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 {
     topp_ws *w = r->ws; /* a memo's when the route reuses it (route_memo.h) */
-    const int n = in->n, E = r->E;
-    int rc = MOE_OK;
-    if (moe_route_memo_reuse(r, plan)) /* the claims of these logits are in w already */
-        moe_claims_var_reused(w->v);
-    else if (!(rc = topp_buffers(r, w)) &&
-             !(rc = moe_claims_var_rows(w->v, in->logits, n, r->opts.order, in->rts_u, topp_row,
-                                        w, plan)))
-        moe_route_memo_record(r, plan);
-    if (!rc)
-        rc = moe_claims_var_resolve(w->v, &r->opts, n, plan);
+    const int E = r->E;
+    const int rc = moe_claims_var_route(r, in, &w->v, topp_buffers, topp_row, w, plan);
     if (rc)
         return rc;
     const double *pmean = w->v->cl->pmean;

@@ -203,6 +203,12 @@ int moe_route_memo_reuse(moe_router *r, moe_plan *plan)
     return 1;
 }
 
+int moe_route_memo_recording(const moe_router *r)
+{
+    const moe_route_memo *m = r->memo;
+    return m && r->memo_mode == MEMO_RECORD && m->rec == r;
+}
+
 void moe_route_memo_record(moe_router *r, moe_plan *plan)
 {
     moe_route_memo *m = r->memo;

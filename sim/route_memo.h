@@ -3,14 +3,16 @@
  *
  * In a sweep the points that differ only in the capacity factor route the same cached logits
  * (gate_cache.h) one after the other. For the routers flagged MOE_RF_MEMO (relu, topp,
- * sinkhorn) nearly all of a route does not depend on the capacity: each token's claims (experts,
- * gates, ranks), the softmax rows and their statistics, sinkhorn's balancing. Those routers
- * split their route in two: the capacity-free part, whose results stay in the router's
- * workspace and the plan, and the capacity part (capacity C, slots, entries), which only reads
- * them. A memo holds one such workspace with the plan's results of the capacity-free part
- * (assigned loads, importance, claims, each row's logsumexp, the metrics' sums over the softmax
- * rows: moe_metrics_attach) and the key they belong to; a router whose key matches borrows the
- * workspace and runs only its capacity part. Plans and metrics are the same bits as a full
+ * sinkhorn, expert_choice) nearly all of a route does not depend on the capacity: each token's
+ * claims (experts, gates, ranks), the softmax rows and their statistics, sinkhorn's balancing,
+ * expert_choice's candidate lists (built for a few times the capacity of the route that
+ * records them, moe_route_memo_recording, and built again when a later one needs more).
+ * Those routers split their route in two: the capacity-free part, whose results stay in the
+ * router's workspace and the plan, and the capacity part (capacity C, slots, entries), which
+ * only reads them. A memo holds one such workspace with the plan's results of the
+ * capacity-free part (assigned loads, importance, claims, each row's logsumexp, the metrics'
+ * sums over the softmax rows: moe_metrics_attach) and the key they belong to; a router whose
+ * key matches borrows the workspace and runs only its capacity part. Plans and metrics are the same bits as a full
  * route's.
  *
  * The key: the router type, its options (as it runs with them: moe_route_opts_effective) except
@@ -74,6 +76,9 @@ void moe_route_memo_keep(moe_route_memo *m, moe_router *r, moe_plan *plan);
  * then has its results (assigned_load, importance, n_claims, lse, the rows observer's sums) and
  * room for an entry per claim, and the router runs only its capacity part; else 0. */
 int moe_route_memo_reuse(moe_router *r, moe_plan *plan);
+/* 1 when this route of r records its capacity-free work (moe_route_memo_record will keep it):
+ * a router may then make that work serve more capacities than its own. */
+int moe_route_memo_recording(const moe_router *r);
 /* After the capacity-free part of a full route: keep plan's results of it for later hits and
  * give plan room for an entry per claim (nothing unless the pipeline asked to record). Out of
  * memory, the memo is dropped silently: the route itself is unaffected. */

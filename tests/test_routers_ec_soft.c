@@ -4,6 +4,9 @@
  * softmax([ln 3, 0]) = (3/4, 1/4), softmax([0, 0]) = (1/2, 1/2) exactly. */
 #include "check.h"
 #include "moe.h"
+#include "route_memo.h"
+#include "../routers/par.h"
+#include "route_helper.h"
 
 #include <math.h>
 #include <string.h>
@@ -303,12 +306,71 @@ static void test_soft_errors(void)
     moe_clear_error();
 
     CHECK(t->flags & MOE_RF_DENSE, "soft_moe flags 0x%x lack MOE_RF_DENSE", t->flags);
-    /* expert_choice checks its logits while it takes their softmax, nothing else */
-    CHECK_INT(moe_router_find("expert_choice")->flags, MOE_RF_CHECKS_FINITE);
+    /* expert_choice checks its logits while it takes their softmax and keeps its candidate
+     * lists for a route memo (test_ec_memo), nothing else */
+    CHECK_INT(moe_router_find("expert_choice")->flags, MOE_RF_CHECKS_FINITE | MOE_RF_MEMO);
+}
+
+/* ---- expert_choice with a route memo ----
+ * The points of a sweep that differ only in the capacity factor, as the pipeline runs them
+ * (route_memo.h: begin, route, end, keep; a router of its own per point): the routes after the
+ * first reuse the candidate lists the memo keeps when they were built for a capacity at least
+ * theirs, else build them again. Capacity factors 1/2 (C = 94, lists for 4 C: at most 1/64
+ * of a block of 12000 tokens), 1, 2, 3/4 (reused), 4 (built again: 8 times the first), 3, 1/4,
+ * 1/64 (C = 3; reused), 128 (C = n, built again). Each plan (entries field by field, capacity,
+ * loads, importance, claims, logsumexps) equals that of a route without a memo, bit for bit,
+ * on 2 threads; 24000 tokens x 128 experts of logits uniform in [0, 6), some tied. */
+static void test_ec_memo(void)
+{
+    enum { N = 24000, NE = 128 };
+    static double lg[N * NE];
+    unsigned long s = 99;
+    for (int i = 0; i < N * NE; i++) {
+        s = s * 6364136223846793005UL + 1442695040888963407UL;
+        lg[i] = (double)(s >> 11) * 0x1p-53 * 6.0; /* continuous in [0, 6) */
+    }
+    for (int i = 0; i < N * NE; i += 7 * NE + 3)
+        lg[i] = 2.5; /* and some ties */
+    static const long long cf[][2] = {{1, 2}, {1, 1}, {2, 1}, {3, 4}, {4, 1}, {3, 1},
+                                      {1, 4}, {1, 64}, {128, 1}};
+    const int ncf = (int)(sizeof cf / sizeof *cf);
+    moe_par_set_threads(2);
+    moe_route_memo *m = moe_route_memo_alloc();
+    moe_route_in in;
+    memset(&in, 0, sizeof in);
+    in.n = N, in.m = NE, in.logits = lg;
+    int same = 0;
+    for (int c = 0; c < ncf; c++) {
+        moe_route_opts o;
+        moe_route_opts_default(&o);
+        set_cf(&o, cf[c][0], cf[c][1]);
+        moe_router *r = NULL;
+        moe_plan *p = moe_plan_alloc(N, NE, 16), *q = moe_plan_alloc(N, NE, 16);
+        int rc = moe_router_alloc(moe_router_find("expert_choice"), &o, N, NE, &r) ||
+                 moe_plan_reset(p, N, NE, NE) || moe_plan_reset(q, N, NE, NE);
+        if (!rc) {
+            moe_route_memo_begin(m, r, &in, p, 1);
+            rc = moe_router_route(r, &in, p);
+            moe_route_memo_end(m, r, rc);
+        }
+        rc = rc || route("expert_choice", &o, lg, N, NE, q);
+        const int ok = !rc && p->lse_of && route_helper_same_plan(p, q, NE);
+        CHECK(ok, "expert_choice with a memo at cf %lld/%lld: not the plan of a route without "
+                  "(%zu entries, %zu)", cf[c][0], cf[c][1], p->n_entries, q->n_entries);
+        same += ok;
+        moe_route_memo_keep(m, r, p);
+        moe_router_free(r);
+        moe_plan_free(p);
+        moe_plan_free(q);
+    }
+    CHECK_INT(moe_route_memo_get_stats(m).hits, ncf - 1);
+    moe_route_memo_free(m);
+    moe_par_set_threads(0);
 }
 
 int main(void)
 {
+    test_ec_memo();
     const double l3 = log(3.0), l2 = log(2.0);
     const double ec[] = {0, 0, l3, 0, 0, 0, 0, l3, 0, l2};
     memcpy(ec_logits, ec, sizeof ec);

@@ -18,7 +18,8 @@
  *     on 1 and 2 threads, give the plans of the previous code path (ref_var: the claims laid
  *     out as (T,K) columns and resolved by moe_claims_resolve) bit for bit;
  *   - moe_ranked and moe_ranked_sort take indices in the order of moe_argsort_desc, ties (and
- *     -0.0 = +0.0) to the lower index.
+ *     -0.0 = +0.0) to the lower index, on halves (ties), continuous values, an outlier, a
+ *     subnormal range and infinities (moe_ranked_sort's by-bucket path and its fallbacks).
  * The logits are quantised to quarters so that scores tie and the tie rules are exercised. */
 #include "check.h"
 #include "moe.h"
@@ -438,10 +439,19 @@ static void test_ranked(gsl_rng *r)
     double v[M];
     int idx[M], tmp[M];
     int32_t heap[M];
-    for (int rep = 0; rep < 20; rep++) {
-        const int len = rep == 0 ? 1 : rep == 1 ? 2 : M - rep;
+    for (int rep = 0; rep < 32; rep++) {
+        /* rep 0-19: halves (many ties); 20-25: continuous values, 128 to 301 of them (by value
+         * buckets); 26-27: one value far above the others (most in one bucket); 28-29: a
+         * subnormal range; 30-31: an infinity */
+        const int len = rep == 0 ? 1 : rep == 1 ? 2 : rep < 20 ? M - rep : 128 + 29 * (rep % 7);
         for (int i = 0; i < len; i++)
-            v[i] = round(gsl_ran_gaussian(r, 2.0)) / 2.0;
+            v[i] = rep < 20 ? round(gsl_ran_gaussian(r, 2.0)) / 2.0 : gsl_ran_gaussian(r, 1.0);
+        if (rep >= 26 && rep < 28)
+            v[len / 3] = 1e6;
+        for (int i = 0; rep >= 28 && rep < 30 && i < len; i++)
+            v[i] = (i % 5) * 4.9e-324;
+        if (rep >= 30)
+            v[len / 4] = rep == 30 ? INFINITY : -INFINITY;
         v[0] = 0.0, v[len / 2] = -0.0; /* equal: the lower index first */
         moe_argsort_desc(v, len, idx, tmp);
         moe_ranked rk;
