@@ -640,32 +640,56 @@ static char *page_path(const char *stem, const page *g, const char *ext)
     return join3(stem, suffix, "");
 }
 
-/* One image of a chart: gnuplot with terminal t writes page g. dat: the data file, given to
- * gnuplot as /dev/fd/datfd. */
-static int plot_image(const plot_ctx *X, const moe_plot_chart *ch, const layout *L, const page *g,
-                      const char *script, const char *stem, int datfd, int t)
+/* Start one image of a chart: gnuplot with terminal t writes page g into o (*out: its path,
+ * malloc'd). dat: the data file, given to gnuplot as /dev/fd/datfd. */
+static int image_start(const plot_ctx *X, const moe_plot_chart *ch, const layout *L,
+                       const page *g, const char *script, const char *stem, int datfd, int t,
+                       moe_outfile *o, moe_plot_job *j, char **out)
 {
-    char *out = page_path(stem, g, terms[t][1]);
-    if (!out)
+    *out = page_path(stem, g, terms[t][1]);
+    if (!*out)
         return MOE_ENOMEM;
-    moe_outfile o;
-    int rc = moe_outfile_open(&o, out, "chart", "wb");
-    if (!rc) {
-        char datname[32], outname[32]; /* descriptors: no path is read as a pipe or a name */
-        snprintf(datname, sizeof datname, "/dev/fd/%d", datfd);
-        snprintf(outname, sizeof outname, "/dev/fd/%d", fileno(o.f));
-        char *vars = gnuplot_vars(X, ch, L, g, datname, outname, terms[t][0]);
-        if (!vars) {
-            moe_outfile_discard(&o);
-            rc = MOE_ENOMEM;
-        } else {
-            rc = moe_plot_draw(X->gnuplot, script, vars, &o);
-        }
-        free(vars);
+    int rc = moe_outfile_open(o, *out, "chart", "wb");
+    if (rc)
+        return rc;
+    char datname[32], outname[32]; /* descriptors: no path is read as a pipe or a name */
+    snprintf(datname, sizeof datname, "/dev/fd/%d", datfd);
+    snprintf(outname, sizeof outname, "/dev/fd/%d", fileno(o->f));
+    char *vars = gnuplot_vars(X, ch, L, g, datname, outname, terms[t][0]);
+    if (!vars) {
+        moe_outfile_discard(o);
+        return MOE_ENOMEM;
     }
-    if (!rc)
-        list_path(X->list, out);
-    free(out);
+    rc = moe_plot_draw_start(X->gnuplot, script, vars, o, j);
+    free(vars);
+    return rc;
+}
+
+/* Page g in every terminal: one gnuplot per terminal, run at once (the machine's cores draw
+ * them side by side), then collected in order. After a failure the images not yet collected
+ * are stopped and discarded, as if never started. */
+static int plot_page(const plot_ctx *X, const moe_plot_chart *ch, const layout *L, const page *g,
+                     const char *script, const char *stem, int datfd)
+{
+    moe_outfile o[NTERMS];
+    moe_plot_job j[NTERMS];
+    char *out[NTERMS] = {0};
+    int rc = MOE_OK;
+    for (int t = 0; t < NTERMS; t++) {
+        j[t].o = NULL;
+        if (!rc)
+            rc = image_start(X, ch, L, g, script, stem, datfd, t, &o[t], &j[t], &out[t]);
+    }
+    for (int t = 0; t < NTERMS; t++) {
+        if (rc) {
+            moe_plot_draw_cancel(&j[t]);
+        } else if (j[t].o) {
+            rc = moe_plot_draw_finish(X->gnuplot, script, &j[t]);
+            if (!rc)
+                list_path(X->list, out[t]);
+        }
+        free(out[t]);
+    }
     return rc;
 }
 
@@ -736,8 +760,7 @@ static int plot_chart(const plot_ctx *X, const moe_plot_chart *ch, int *drawn)
     list_path(X->list, dat);
     remove_old(stem, 0); /* the page count may have changed */
     for (int p = 0; p < npages && !rc; p++)
-        for (int t = 0; t < NTERMS && !rc; t++)
-            rc = plot_image(X, ch, &L, &pages[p], script, stem, datfd, t);
+        rc = plot_page(X, ch, &L, &pages[p], script, stem, datfd);
     if (!rc)
         *drawn = 1;
 out:

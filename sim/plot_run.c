@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,44 +58,53 @@ static const char *last_line(char *s)
     return nl ? nl + 1 : s;
 }
 
-/* gnuplot -e VARS SCRIPT, stdin and stdout on /dev/null; its stderr is returned in *err
- * (malloc'd, may be empty). *status: the exit status, or -1 when it did not exit normally. */
-static int spawn_gnuplot(const char *gnuplot, const char *vars, const char *script, char **err,
-                         int *status)
+/* Start gnuplot -e VARS SCRIPT, stdin and stdout on /dev/null, its stderr on a pipe (*fd, the
+ * read end). Both ends of the pipe are closed on exec, so a gnuplot started later does not
+ * hold this one's pipe open (the child's stderr is a dup, which exec keeps). */
+static int spawn_start(const char *gnuplot, const char *vars, const char *script, pid_t *pid,
+                       int *fd_out)
 {
-    *err = NULL;
-    *status = -1;
     int fd[2];
     if (pipe(fd) != 0)
         return moe_fail(MOE_EIO, NULL, "cannot create a pipe: %s (gnuplot)", strerror(errno));
+    fcntl(fd[0], F_SETFD, FD_CLOEXEC);
+    fcntl(fd[1], F_SETFD, FD_CLOEXEC);
     fflush(NULL);
-    pid_t pid = fork();
-    if (pid < 0) {
+    *pid = fork();
+    if (*pid < 0) {
         int e = errno;
         close(fd[0]);
         close(fd[1]);
         return moe_fail(MOE_EIO, NULL, "cannot start gnuplot: %s (%s)", strerror(e), gnuplot);
     }
-    if (pid == 0) {
+    if (*pid == 0) {
         int nul = open("/dev/null", O_RDWR);
         if (nul >= 0) {
             dup2(nul, 0);
             dup2(nul, 1);
         }
         dup2(fd[1], 2);
-        close(fd[0]);
-        close(fd[1]);
         char *const argv[] = {(char *)"gnuplot", (char *)"-e", (char *)vars, (char *)script,
                               NULL};
         execv(gnuplot, argv);
         _exit(127);
     }
     close(fd[1]);
+    *fd_out = fd[0];
+    return MOE_OK;
+}
+
+/* Collect a started gnuplot: its stderr until the end in *err (malloc'd, may be empty), then
+ * its exit. *status: the exit status, or -1 when it did not exit normally. Closes fd. */
+static int spawn_finish(const char *gnuplot, pid_t pid, int fd, char **err, int *status)
+{
+    *err = NULL;
+    *status = -1;
     size_t len = 0, cap = 4096;
     char *buf = malloc(cap);
     char chunk[4096];
     ssize_t got;
-    while ((got = read(fd[0], chunk, sizeof chunk)) != 0) {
+    while ((got = read(fd, chunk, sizeof chunk)) != 0) {
         if (got < 0) {
             if (errno == EINTR)
                 continue;
@@ -116,7 +126,7 @@ static int spawn_gnuplot(const char *gnuplot, const char *vars, const char *scri
             len += (size_t)got;
         }
     }
-    close(fd[0]);
+    close(fd);
     int ws;
     while (waitpid(pid, &ws, 0) < 0) {
         if (errno != EINTR) {
@@ -133,13 +143,28 @@ static int spawn_gnuplot(const char *gnuplot, const char *vars, const char *scri
     return MOE_OK;
 }
 
-/* Draw one output: gnuplot writes o's temporary through /dev/fd/N (set by the caller in vars);
- * checked, then renamed to o->path, or discarded. */
-int moe_plot_draw(const char *gnuplot, const char *script, const char *vars, moe_outfile *o)
+int moe_plot_draw_start(const char *gnuplot, const char *script, const char *vars,
+                        moe_outfile *o, moe_plot_job *j)
 {
+    j->o = o;
+    j->fd = -1;
+    int rc = spawn_start(gnuplot, vars, script, &j->pid, &j->fd);
+    if (rc) {
+        moe_outfile_discard(o);
+        j->o = NULL;
+    }
+    return rc;
+}
+
+int moe_plot_draw_finish(const char *gnuplot, const char *script, moe_plot_job *j)
+{
+    moe_outfile *o = j->o;
+    if (!o)
+        return MOE_OK;
+    j->o = NULL;
     char *err = NULL;
     int status;
-    int rc = spawn_gnuplot(gnuplot, vars, script, &err, &status);
+    int rc = spawn_finish(gnuplot, j->pid, j->fd, &err, &status);
     if (rc) {
         moe_outfile_discard(o);
         return rc;
@@ -174,3 +199,21 @@ int moe_plot_draw(const char *gnuplot, const char *script, const char *vars, moe
     return moe_outfile_commit(o, 0);
 }
 
+void moe_plot_draw_cancel(moe_plot_job *j)
+{
+    if (!j->o)
+        return;
+    kill(j->pid, SIGTERM);
+    close(j->fd);
+    while (waitpid(j->pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    moe_outfile_discard(j->o);
+    j->o = NULL;
+}
+
+int moe_plot_draw(const char *gnuplot, const char *script, const char *vars, moe_outfile *o)
+{
+    moe_plot_job j;
+    int rc = moe_plot_draw_start(gnuplot, script, vars, o, &j);
+    return rc ? rc : moe_plot_draw_finish(gnuplot, script, &j);
+}

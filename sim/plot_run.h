@@ -5,6 +5,8 @@
 
 #include "moe.h"
 
+#include <sys/types.h>
+
 /* The gnuplot executable on PATH (malloc'd), or NULL with moe_fail (MOE_EIO, MOE_ENOMEM). */
 char *moe_plot_find_gnuplot(void);
 
@@ -13,5 +15,20 @@ char *moe_plot_find_gnuplot(void);
  * warnings are echoed on stderr. Otherwise o is discarded and MOE_EIO returned through moe_fail
  * with gnuplot's last line of stderr. */
 int moe_plot_draw(const char *gnuplot, const char *script, const char *vars, moe_outfile *o);
+
+/* moe_plot_draw in two steps, so that several gnuplots run at once: _start forks gnuplot for o
+ * (on failure o is discarded); _finish collects it and commits or discards o as moe_plot_draw
+ * does, and does nothing for a job whose start failed. Every started job must be finished. */
+typedef struct {
+    moe_outfile *o; /* NULL once finished or if the start failed */
+    pid_t pid;
+    int fd;         /* gnuplot's stderr */
+} moe_plot_job;
+int moe_plot_draw_start(const char *gnuplot, const char *script, const char *vars,
+                        moe_outfile *o, moe_plot_job *j);
+int moe_plot_draw_finish(const char *gnuplot, const char *script, moe_plot_job *j);
+/* Stop a started job (after another failed): gnuplot is terminated and waited for, o discarded,
+ * no error recorded. Does nothing for a finished job. */
+void moe_plot_draw_cancel(moe_plot_job *j);
 
 #endif

@@ -114,7 +114,7 @@ check "spec file name gives '..': no database" test ! -e "results/...db"
 mkdir fakebin
 cat >fakebin/gnuplot <<'GP'
 #!/bin/sh
-echo $$ >"$FAKE_PID"
+echo $$ >>"$FAKE_PID"
 exec sleep 30
 GP
 chmod +x fakebin/gnuplot
@@ -123,10 +123,18 @@ mp=$!
 i=0
 while [ ! -s gp.pid ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i + 1)); done
 check "interrupted plot: gnuplot started" test -s gp.pid
-same "interrupted plot: a temporary exists while gnuplot runs" "$(find intr -name '*.tmp.*' | wc -l)" 1
+# A chart's PNG, SVG and PDF are drawn by three gnuplots at once (sim/plot.c, plot_page), each
+# into its own temporary: wait for the third (the fakes never finish), then count them.
+i=0
+while [ "$(find intr -name '*.tmp.*' | wc -l)" -lt 3 ] && [ $i -lt 100 ]; do
+    sleep 0.1
+    i=$((i + 1))
+done
+same "interrupted plot: a temporary per image while its gnuplot runs" \
+    "$(find intr -name '*.tmp.*' | wc -l)" 3
 kill -TERM $mp
 { wait $mp; } 2>/dev/null
 same "interrupted plot: died of SIGTERM" $? 143
-kill "$(cat gp.pid)" 2>/dev/null
+kill $(cat gp.pid) 2>/dev/null
 same "interrupted plot: no temporary left" "$(find intr -name '*.tmp.*')" ""
 finish
