@@ -456,6 +456,7 @@ static int run_sweep(run_args *a, const moe_spec *spec, moe_mpi_run *mp)
     const double t0 = moe_now();
     run_counts n = {0, 0, 0};
     rc = run_points(a, spec, st, mp, stored, to_run, &n);
+    moe_mem_reuse_release();
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
     if (!rc && !stop_flag)

@@ -13,3 +13,10 @@ void moe_mem_reuse_freed(void)
     mallopt(M_TRIM_THRESHOLD, -1);   /* never give the heap's top back */
 #endif
 }
+
+void moe_mem_reuse_release(void)
+{
+#if defined(__GLIBC__)
+    malloc_trim(0);
+#endif
+}

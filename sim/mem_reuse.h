@@ -11,4 +11,9 @@
  * shrinks after a large point. A no-op on other C libraries. */
 void moe_mem_reuse_freed(void);
 
+/* Give the freed memory kept so far back to the system (glibc: malloc_trim), for a sweep that
+ * has ended: the charts drawn after it start a gnuplot per image, and each fork copies the
+ * page tables of every page the process still holds (gigabytes after a 2^20 x 256 sweep). */
+void moe_mem_reuse_release(void);
+
 #endif
