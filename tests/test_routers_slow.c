@@ -443,7 +443,10 @@ static void test_ranked(gsl_rng *r)
         /* rep 0-19: halves (many ties); 20-25: continuous values, 128 to 301 of them (by value
          * buckets); 26-27: one value far above the others (most in one bucket); 28-29: a
          * subnormal range; 30-31: an infinity */
-        const int len = rep == 0 ? 1 : rep == 1 ? 2 : rep < 20 ? M - rep : 128 + 29 * (rep % 7);
+        const int len = rep == 0 ? 1
+                        : rep == 1 ? 2
+                        : rep < 20 ? M - rep
+                                   : 128 + (M - 128) * (rep % 7) / 6;
         for (int i = 0; i < len; i++)
             v[i] = rep < 20 ? round(gsl_ran_gaussian(r, 2.0)) / 2.0 : gsl_ran_gaussian(r, 1.0);
         if (rep >= 26 && rep < 28)
