@@ -210,10 +210,3 @@ void moe_plot_draw_cancel(moe_plot_job *j)
     moe_outfile_discard(j->o);
     j->o = NULL;
 }
-
-int moe_plot_draw(const char *gnuplot, const char *script, const char *vars, moe_outfile *o)
-{
-    moe_plot_job j;
-    int rc = moe_plot_draw_start(gnuplot, script, vars, o, &j);
-    return rc ? rc : moe_plot_draw_finish(gnuplot, script, &j);
-}

@@ -10,15 +10,12 @@
 /* The gnuplot executable on PATH (malloc'd), or NULL with moe_fail (MOE_EIO, MOE_ENOMEM). */
 char *moe_plot_find_gnuplot(void);
 
-/* Run `gnuplot -e vars script`, which writes o's temporary through /dev/fd/N (named in vars by
- * the caller). Success (exit 0 and a non-empty output): o is committed to its path and gnuplot's
- * warnings are echoed on stderr. Otherwise o is discarded and MOE_EIO returned through moe_fail
- * with gnuplot's last line of stderr. */
-int moe_plot_draw(const char *gnuplot, const char *script, const char *vars, moe_outfile *o);
-
-/* moe_plot_draw in two steps, so that several gnuplots run at once: _start forks gnuplot for o
- * (on failure o is discarded); _finish collects it and commits or discards o as moe_plot_draw
- * does, and does nothing for a job whose start failed. Every started job must be finished. */
+/* Drawing one output in two steps, so that several gnuplots run at once. _start runs
+ * `gnuplot -e vars script`, which writes o's temporary through /dev/fd/N (named in vars by the
+ * caller); on failure o is discarded. _finish collects it: on success (exit 0 and a non-empty
+ * output) o is committed to its path and gnuplot's warnings are echoed on stderr; otherwise o is
+ * discarded and MOE_EIO returned through moe_fail with gnuplot's last line of stderr. _finish
+ * does nothing for a job whose start failed. Every started job must be finished or cancelled. */
 typedef struct {
     moe_outfile *o; /* NULL once finished or if the start failed */
     pid_t pid;
