@@ -147,10 +147,8 @@ static void rows_add_stats(const moe_claims *c, long t0, long t1, moe_plan *plan
     plan->n_claims += claims;
 }
 
-/* pm[e] += p[t,e] for the rows t of p (rows,E) in row order: each sum in the order of the
- * serial loop, for 64 experts at a time with the sums in registers across the rows (a sum kept
- * in memory waits for its own store at every row). */
-static void rows_add_p(double *restrict pm, const double *restrict p, long rows, int E)
+/* 64 experts at a time with their sums in registers, then 8, then one (claims.h). */
+void moe_claims_add_rows(double *restrict pm, const double *restrict p, long rows, int E)
 {
     int e = 0;
 #if defined(__AVX512F__)
@@ -187,7 +185,7 @@ static void rows_add_ready(rows_job *j)
         const long t1 = t0 + j->chunk < j->n ? t0 + j->chunk : j->n;
         const double *p0 = rows_p(j, ch);
         pthread_mutex_unlock(&j->mu);
-        rows_add_p(pm, p0, t1 - t0, E);
+        moe_claims_add_rows(pm, p0, t1 - t0, E);
         if (j->stats && j->c->stats_rows)
             j->c->stats_rows(j->c->stats_ctx, t0, t1, j->stats);
         else if (j->stats)

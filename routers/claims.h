@@ -70,6 +70,12 @@ void moe_claims_scratch_p(moe_claims *c, int order);
  * workspace allocated without p may be given one of that size (of n * E for order probs). */
 size_t moe_claims_rows_scratch(int n, int E);
 
+/* acc[e] += p[t,e] for the rows t of p (rows, E), row after row: each acc[e] takes the same
+ * additions in the same order as a loop over the rows adding one row at a time, with the sums
+ * kept in registers across the rows (a sum kept in memory waits for its own store at every
+ * row). */
+void moe_claims_add_rows(double *restrict acc, const double *restrict p, long rows, int E);
+
 /* p (T,E) = softmax of each row of logits (T,E); pmean (E) = mean_t p[t,e]. On the routers'
  * threads (par.h); the values do not depend on their number. plan (may be NULL): also keeps
  * each row's logsumexp in plan->lse (plan->lse_of = logits), for the z-loss. Returns MOE_OK,

@@ -140,12 +140,14 @@ static void add_to(double *restrict acc, const double *restrict x, int E)
         acc[e] += x[e];
 }
 
+static void row_close(anc_state *st, int t);
+
 /* Adds token t's terms to the running sums; a sequence and a routing group end where the serial
  * loop over tokens ends them. */
 static void add_row(anc_state *st, int t, const double *p, const double *s, const int32_t *tk,
                     const double *q, const double *l)
 {
-    const int E = st->E, k = st->k, S = st->S;
+    const int E = st->E, k = st->k;
     if (k >= E) /* the routing map holds every expert (each count the same +1 as by tk) */
         for (int e = 0; e < E; e++)
             st->seq_cnt[e] += 1.0;
@@ -159,6 +161,14 @@ static void add_row(anc_state *st, int t, const double *p, const double *s, cons
         add_to(st->pv, q, E);
     if (st->noisy && k < E)
         add_to(st->load, l, E);
+    row_close(st, t);
+}
+
+/* Token t's row ends: closes the sequence and the routing group that end there, as the serial
+ * loop over tokens closes them. */
+static void row_close(anc_state *st, int t)
+{
+    const int E = st->E, k = st->k, S = st->S;
     const int seq_end = ++st->in_seq == S;
     const int group_end = ++st->in_group == st->gs || t == st->n - 1;
     if (seq_end) { /* a sequence ends: sum_e cost_coeff[e] * mean_s s[s,e] */
@@ -184,6 +194,37 @@ static void add_row(anc_state *st, int t, const double *p, const double *s, cons
         memset(st->pv, 0, (size_t)E * sizeof *st->pv);
         st->ngroups++;
         st->in_group = 0;
+    }
+}
+
+/* Rows t0..t1-1 without gate noise or Megatron's own scores: p (rows, E), tk (rows, k; NULL when
+ * k >= E). The sums of add_row row by row, taken in segments of rows that end no sequence and
+ * no routing group before their last row: each segment's p goes into the sums kept in
+ * registers (moe_claims_add_rows: every sum takes the same additions in the same order), then
+ * its last row closes what it ends. */
+static void add_rows(anc_state *st, int t0, int t1, const double *p, const int32_t *tk)
+{
+    const int E = st->E, k = st->k;
+    for (int t = t0; t < t1;) {
+        int len = t1 - t;
+        len = st->S - st->in_seq < len ? st->S - st->in_seq : len;
+        len = st->gs - st->in_group < len ? st->gs - st->in_group : len;
+        len = st->n - t < len ? st->n - t : len;
+        const double *pa = p + (size_t)(t - t0) * E;
+        for (int r = 0; r < len; r++) /* the routing maps' counts, row after row */
+            if (k >= E)
+                for (int e = 0; e < E; e++)
+                    st->seq_cnt[e] += 1.0;
+            else
+                for (int j = 0; j < k; j++)
+                    st->seq_cnt[tk[(size_t)(t - t0 + r) * k + j]] += 1.0;
+        moe_claims_add_rows(st->seq_p, pa, len, E);
+        if (!st->shared)
+            moe_claims_add_rows(st->imp, pa, len, E);
+        st->in_seq += len - 1; /* no row before the last ends anything */
+        st->in_group += len - 1;
+        row_close(st, t + len - 1);
+        t += len;
     }
 }
 
@@ -226,7 +267,9 @@ static void anc_part(void *ctx, int i, int np)
         for (int spin = 0; atomic_load_explicit(&j->done, memory_order_acquire) != ch; spin++)
             if (spin >= 64)
                 sched_yield();
-        for (int t = t0; t < t1; t++) {
+        if (!st->noisy && !st->own)
+            add_rows(st, t0, t1, p, st->k < E ? tk : NULL);
+        for (int t = t0; (st->noisy || st->own) && t < t1; t++) {
             const size_t o = (size_t)(t - t0) * E;
             add_row(st, t, p + o, s + o, tk + (size_t)(t - t0) * st->k, q + o, l + o);
         }
@@ -345,9 +388,7 @@ static void rows_add(void *ctx, long t0, long t1, const double *p)
         return;
     }
     const int E = r->st.E, k = r->st.k;
-    for (long t = t0; t < t1; t++)
-        add_row(&r->st, (int)t, p + (size_t)(t - t0) * E, NULL,
-                k < E ? r->tk + (size_t)t * k : NULL, NULL, NULL);
+    add_rows(&r->st, (int)t0, (int)t1, p, k < E ? r->tk + (size_t)t0 * k : NULL);
     r->done = t1;
 }
 

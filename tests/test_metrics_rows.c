@@ -238,6 +238,11 @@ int main(void)
         {"topk", 1024, 64, 2, 2, 256, 0, 0.0, MOE_SCORE_AUTO, 1},
         {"topk", 1024, 64, 8, 2, 0, 0, 0.0, MOE_SCORE_AUTO, 1},
         {"gshard", 1024, 20, 2, 2, 0, 0, 0.0, MOE_SCORE_AUTO, 1},
+        /* E = 8: chunks of 2048 rows, sequences and groups ending inside them, the last group
+         * shorter (6144 = 9 x 640 + 384); k = E: every expert in the routing map */
+        {"switch", 6144, 8, 1, 0, 96, 640, 0.0, MOE_SCORE_AUTO, 1},
+        {"topk", 6144, 8, 8, 0, 96, 640, 0.0, MOE_SCORE_AUTO, 1},
+        {"gshard", 6144, 8, 2, 1, 0, 640, 0.0, MOE_SCORE_AUTO, 1},
         {"topk", 2048, 64, 2, 0, 0, 0, 1.0, MOE_SCORE_AUTO, 0},       /* gate noise */
         {"topk", 2048, 64, 2, 0, 0, 0, 0.0, MOE_SCORE_SIGMOID, 0},    /* own scores */
         {"expert_choice", 2048, 64, 1, 0, 0, 0, 0.0, MOE_SCORE_AUTO, 0}, /* no rows pass */
