@@ -221,6 +221,32 @@ static void rp_emit(void *ctx, int i, int np)
 
 /* ---- choice_major, token_major, bpr ---- */
 
+/* Step 3 for tokens [lo, hi) with one choice each in token order (switch, topk k = 1): the
+ * slots and entries of the loop below, without its loops over the ranks. */
+static void rp_assign1(const rp_job *j, long lo, long hi, long *next, moe_entry *en, long rc[2],
+                       long rk[2])
+{
+    const moe_claims *c = j->c;
+    const long C = j->C;
+    const int renormalize = j->renormalize;
+    long claims = 0, kept = 0;
+    for (long t = lo; t < hi; t++) {
+        claims += c->claim[t];
+        if (!c->claim[t])
+            continue;
+        const int32_t e = c->expert[t];
+        const long v = next[e]++;
+        if (v >= C)
+            continue;
+        kept++;
+        const double g = c->gate[t], sum = 0.0 + g;
+        *en++ = (moe_entry){(int32_t)t, e, (int32_t)v, 1.0,
+                            (renormalize && sum > 0.0) ? g / sum : g};
+    }
+    rc[0] += claims;
+    rk[0] += kept;
+}
+
 /* Step 3 for part i: slots from the part's first slots; in token order also its entries at
  * ent0[i], else (bpr) the slots into c->slot. */
 static void rp_assign(void *ctx, int i, int np)
@@ -235,6 +261,11 @@ static void rp_assign(void *ctx, int i, int np)
     moe_entry *en = j->plan->entries + j->pt.ent0[i];
     long rc[2] = {0, 0}, rk[2] = {0, 0};
     long slot[MOE_CLAIMS_PAR_MAX_K];
+    if (K == 1 && !j->perm) {
+        rp_assign1(j, lo, hi, next, en, rc, rk);
+        moe_claims_parts_ranks(&j->pt, i, rc, rk);
+        return;
+    }
     for (long r = lo; r < hi; r++) {
         const size_t q0 = (size_t)(j->perm ? j->perm[r] : r) * K;
         long *s = j->perm ? c->slot + q0 : slot;

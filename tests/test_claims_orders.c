@@ -1,16 +1,19 @@
 /* test_claims_orders.c: the claim orders that rank claims by a key (bpr, probs, rts, gate), now
  * resolved on the routers' threads by selection instead of a sort per expert
- * (routers/claims_par.c), against a reference written here and across thread counts.
+ * (routers/claims_par.c), and the orders choice_major and token_major (on the threads from
+ * contiguous token parts, with a loop of their own for one choice per token), against a
+ * reference written here and across thread counts.
  *
  * The reference is the definition of the orders (claims.h, moe_claims_resolve), written as the
  * serial loops the selection replaced: bpr visits the tokens by the stable descending argsort
  * (moe_argsort_desc) of max_e p[t,e] and takes slots rank by rank; probs, rts and gate keep, per
  * expert, the first C claims of the stable descending argsort of its claims (in claim index
  * order) by key (p[t,e], the draw rts[t,e], the claim's gate) and number the kept ones in claim
- * index order. Statistics (loads, importance) are added claim by claim in claim index order.
+ * index order; choice_major takes slots rank by rank in token order, token_major claim by claim.
+ * Statistics (loads, importance) are added claim by claim in claim index order.
  *
  * Cases: claims filled directly into a claims workspace (K = 1, 2, 8 distinct experts per token,
- * some second choices making no claim), keys quantised to a few values so that most claims tie
+ * some last choices making no claim), keys quantised to a few values so that most claims tie
  * with others, capacity factors 0.5, 1 and 2 (drops on most experts, some, and none) and
  * dropless, with and without renormalisation, on 1 thread, 2 threads, and 2 threads with every
  * parallel pass split however small (moe_par_set_grain(1), n down to 1 token): the whole plan,
@@ -81,6 +84,13 @@ static void ref_resolve(const moe_claims *c, int n, int order, long C, int dropl
                 if (c->claim[q])
                     ref_slot[q] = fill[c->expert[q]] < C ? fill[c->expert[q]]++ : -1;
             }
+    } else if (order == MOE_ORDER_CHOICE_MAJOR || order == MOE_ORDER_TOKEN_MAJOR) {
+        long fill[EMAX] = {0}; /* rank by rank, or claim by claim in token order */
+        const int passes = order == MOE_ORDER_CHOICE_MAJOR ? K : 1;
+        for (int j = 0; j < passes; j++)
+            for (size_t q = (size_t)j; q < nk; q += (size_t)passes)
+                if (c->claim[q])
+                    ref_slot[q] = fill[c->expert[q]] < C ? fill[c->expert[q]]++ : -1;
     } else {
         for (int e = 0; e < E; e++) {
             int cnt = 0;
@@ -142,7 +152,7 @@ static double P[NMAX * EMAX], RT[NMAX * EMAX];
 
 /* n tokens, K distinct experts each (skewed to the low experts), gates quantised to eighths,
  * p = softmax of logits quantised to halves, rts draws from {0.25, 0.5, 0.75}; with holes:
- * every fifth token's last choice makes no claim. */
+ * every fifth token's last choice makes no claim (with K = 1: the token makes none). */
 static void fill_claims(moe_claims *c, int n, int K, int E, int holes, gsl_rng *g)
 {
     for (int t = 0; t < n; t++) {
@@ -162,7 +172,7 @@ static void fill_claims(moe_claims *c, int n, int K, int E, int holes, gsl_rng *
             const size_t q = (size_t)t * K + j;
             c->expert[q] = e;
             c->gate[q] = 0.125 * (double)(1 + gsl_rng_uniform_int(g, 8));
-            c->claim[q] = !(holes && j == K - 1 && K > 1 && t % 5 == 0);
+            c->claim[q] = !(holes && j == K - 1 && t % 5 == 0);
         }
     }
     memcpy(c->p, P, (size_t)n * E * sizeof *P);
@@ -171,8 +181,9 @@ static void fill_claims(moe_claims *c, int n, int K, int E, int holes, gsl_rng *
 
 static void test_direct(void)
 {
-    static const int orders[] = {MOE_ORDER_BPR, MOE_ORDER_PROBS, MOE_ORDER_RTS, MOE_ORDER_GATE};
-    static const char *oname[] = {"bpr", "probs", "rts", "gate"};
+    static const int orders[] = {MOE_ORDER_BPR,  MOE_ORDER_PROBS,        MOE_ORDER_RTS,
+                                 MOE_ORDER_GATE, MOE_ORDER_CHOICE_MAJOR, MOE_ORDER_TOKEN_MAJOR};
+    static const char *oname[] = {"bpr", "probs", "rts", "gate", "choice_major", "token_major"};
     static const struct {
         int n, K, E;
     } shapes[] = {{30000, 2, 64}, {20000, 8, 32}, {25000, 1, 16}, {37, 2, 8}, {1, 1, 4},
@@ -186,7 +197,7 @@ static void test_direct(void)
         const int n = shapes[s].n, K = shapes[s].K, E = shapes[s].E;
         moe_claims *c = moe_claims_alloc(n, K, E, 1);
         fill_claims(c, n, K, E, s % 2 == 0, g);
-        for (int oi = 0; oi < 4; oi++)
+        for (int oi = 0; oi < 6; oi++)
             for (int cfi = 0; cfi < 4; cfi++) { /* cfi 3: dropless */
                 const int dropless = cfi == 3, renorm = (oi + cfi) % 2;
                 const long C = dropless ? 0 : (cf4[cfi] * K * n + 4L * E - 1) / (4L * E);
