@@ -143,11 +143,11 @@ static int rp_prefix(rp_job *j, int dropless, int kept_by_part)
 
 /* Token t's entries from its claims' slots s (K), at *en: token-major by rank, weights
  * renormalised as the serial loop does; rank_claims / rank_kept of ranks 0 and 1 into rc, rk. */
-static void rp_token_entries(const rp_job *j, long t, const long *s, moe_entry **en, long rc[2],
-                             long rk[2])
+static inline __attribute__((always_inline)) void
+rp_token_entries_k(const rp_job *j, long t, const long *s, moe_entry **en, long rc[2], long rk[2],
+                   const int K)
 {
     const moe_claims *c = j->c;
-    const int K = c->K;
     const size_t q0 = (size_t)t * K;
     double sum = 0.0;
     for (int r = 0; r < K; r++)
@@ -165,6 +165,12 @@ static void rp_token_entries(const rp_job *j, long t, const long *s, moe_entry *
         *(*en)++ = (moe_entry){(int32_t)t, c->expert[q], (int32_t)s[r], 1.0,
                                (j->renormalize && sum > 0.0) ? g / sum : g};
     }
+}
+
+static void rp_token_entries(const rp_job *j, long t, const long *s, moe_entry **en, long rc[2],
+                             long rk[2])
+{
+    rp_token_entries_k(j, t, s, en, rc, rk, j->c->K);
 }
 
 void moe_claims_parts_ranks(moe_claims_parts *p, int i, const long rc[2], const long rk[2])
@@ -222,7 +228,7 @@ static void rp_emit(void *ctx, int i, int np)
 /* ---- choice_major, token_major, bpr ---- */
 
 /* Step 3 for tokens [lo, hi) with one choice each in token order (switch, topk k = 1): the
- * slots and entries of the loop below, without its loops over the ranks. */
+ * slots and entries of rp_assign_k, without its loops over the ranks. */
 static void rp_assign1(const rp_job *j, long lo, long hi, long *next, moe_entry *en, long rc[2],
                        long rk[2])
 {
@@ -247,6 +253,38 @@ static void rp_assign1(const rp_job *j, long lo, long hi, long *next, moe_entry 
     rk[0] += kept;
 }
 
+/* The slots s (K) of the claims q0.. of one token, from the next free slots next (KR, E): -1
+ * for no claim or a claim beyond the capacity. */
+static inline __attribute__((always_inline)) void rp_take(const rp_job *j, size_t q0, long *next,
+                                                          long *s, const int K)
+{
+    const moe_claims *c = j->c;
+    const int E = c->E, KR = j->KR;
+    for (int k = 0; k < K; k++) {
+        const size_t q = q0 + k;
+        long v = -1;
+        if (c->claim[q]) {
+            v = next[(size_t)(KR > 1 ? k : 0) * E + c->expert[q]]++;
+            v = v < j->C ? v : -1;
+        }
+        s[k] = v;
+    }
+}
+
+/* Step 3 for tokens [lo, hi) in token order with K choices each: their slots, then their
+ * entries at en (the compiler unrolls the ranks for a constant K). */
+static inline __attribute__((always_inline)) void
+rp_assign_k(const rp_job *j, long lo, long hi, long *next, moe_entry *en, long rc[2], long rk[2],
+            const int K)
+{
+    long slot[MOE_CLAIMS_PAR_MAX_K];
+    for (long r = lo; r < hi; r++) {
+        const size_t q0 = (size_t)r * K;
+        rp_take(j, q0, next, slot, K);
+        rp_token_entries_k(j, r, slot, &en, rc, rk, K);
+    }
+}
+
 /* Step 3 for part i: slots from the part's first slots; in token order also its entries at
  * ent0[i], else (bpr) the slots into c->slot. */
 static void rp_assign(void *ctx, int i, int np)
@@ -254,33 +292,22 @@ static void rp_assign(void *ctx, int i, int np)
     rp_job *j = ctx;
     moe_claims *c = j->c;
     const int K = c->K, E = c->E, KR = j->KR;
-    const long C = j->C;
     long lo, hi;
     moe_par_range(j->n, i, np, &lo, &hi);
     long *next = j->cnt + (size_t)i * KR * E;
     moe_entry *en = j->plan->entries + j->pt.ent0[i];
     long rc[2] = {0, 0}, rk[2] = {0, 0};
-    long slot[MOE_CLAIMS_PAR_MAX_K];
-    if (K == 1 && !j->perm) {
-        rp_assign1(j, lo, hi, next, en, rc, rk);
-        moe_claims_parts_ranks(&j->pt, i, rc, rk);
+    if (j->perm) { /* bpr: the slots only, visiting the tokens in its order */
+        for (long r = lo; r < hi; r++)
+            rp_take(j, (size_t)j->perm[r] * K, next, c->slot + (size_t)j->perm[r] * K, K);
         return;
     }
-    for (long r = lo; r < hi; r++) {
-        const size_t q0 = (size_t)(j->perm ? j->perm[r] : r) * K;
-        long *s = j->perm ? c->slot + q0 : slot;
-        for (int k = 0; k < K; k++) {
-            const size_t q = q0 + k;
-            long v = -1;
-            if (c->claim[q]) {
-                v = next[(size_t)(KR > 1 ? k : 0) * E + c->expert[q]]++;
-                v = v < C ? v : -1;
-            }
-            s[k] = v;
-        }
-        if (!j->perm)
-            rp_token_entries(j, r, slot, &en, rc, rk);
-    }
+    if (K == 1)
+        rp_assign1(j, lo, hi, next, en, rc, rk);
+    else if (K == 2) /* K a constant: the ranks unrolled (gshard, topk k = 2) */
+        rp_assign_k(j, lo, hi, next, en, rc, rk, 2);
+    else
+        rp_assign_k(j, lo, hi, next, en, rc, rk, K);
     moe_claims_parts_ranks(&j->pt, i, rc, rk);
 }
 
