@@ -119,22 +119,26 @@ static inline __m512d vx_exp8(__m512d a, __mmask8 *fast)
                               _mm512_set1_pd(1.0));
 }
 
+/* out[0..7] = exp(a): vx_exp8, and the C library's exp for the lanes outside its range. */
+static inline void vx_exp8_store(__m512d a, double *out)
+{
+    __mmask8 fast;
+    _mm512_storeu_pd(out, vx_exp8(a, &fast));
+    if (fast != 0xff) {
+        double av[8];
+        _mm512_storeu_pd(av, a);
+        for (int j = 0; j < 8; j++)
+            if (!(fast >> j & 1))
+                out[j] = exp(av[j]);
+    }
+}
+
 void moe_vexp_shift(const double *x, int len, double m, double *out)
 {
     const __m512d vm = _mm512_set1_pd(m);
     int i = 0;
-    for (; i + 8 <= len; i += 8) {
-        __mmask8 fast;
-        const __m512d a = _mm512_sub_pd(_mm512_loadu_pd(x + i), vm);
-        _mm512_storeu_pd(out + i, vx_exp8(a, &fast));
-        if (fast != 0xff) {
-            double av[8];
-            _mm512_storeu_pd(av, a);
-            for (int j = 0; j < 8; j++)
-                if (!(fast >> j & 1))
-                    out[i + j] = exp(av[j]);
-        }
-    }
+    for (; i + 8 <= len; i += 8)
+        vx_exp8_store(_mm512_sub_pd(_mm512_loadu_pd(x + i), vm), out + i);
     for (; i < len; i++)
         out[i] = exp(x[i] - m);
 }
@@ -212,10 +216,67 @@ void moe_vexp_shift(const double *x, int len, double m, double *out)
 
 #endif
 
+/* The sums of eight rows of p (RW rows at pr, len each), each in index order from 0. */
+static inline void sm_sums(const double *const *pr, int nr, int len, double *s)
+{
+    if (nr == 8) {
+        for (int i = 0; i < len; i++) { /* eight independent sums, each in index order */
+            s[0] += pr[0][i], s[1] += pr[1][i], s[2] += pr[2][i], s[3] += pr[3][i];
+            s[4] += pr[4][i], s[5] += pr[5][i], s[6] += pr[6][i], s[7] += pr[7][i];
+        }
+    } else {
+        for (int j = 0; j < nr; j++)
+            for (int i = 0; i < len; i++)
+                s[j] += pr[j][i];
+    }
+}
+
+#if defined(__AVX512F__)
+/* Rows of eight logits (E = 8), eight rows at a time, each row one vector: the steps of
+ * moe_softmax_rows_max below (moe_vmax, moe_vexp_shift, the sums, vx_div) inline, with the same
+ * operations. Returns the rows taken: nrows rounded down to a multiple of eight. */
+static int sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx)
+{
+    int r0 = 0;
+    for (; r0 + 8 <= nrows; r0 += 8) {
+        double m[8], s[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+        const double *pr[8];
+        for (int j = 0; j < 8; j++) {
+            const size_t o = (size_t)(r0 + j) * 8;
+            const __m512d v = _mm512_loadu_pd(x + o);
+            m[j] = _mm512_reduce_max_pd(v);
+            vx_exp8_store(_mm512_sub_pd(v, _mm512_set1_pd(m[j])), p + o);
+            pr[j] = p + o;
+        }
+        sm_sums(pr, 8, 8, s);
+        for (int j = 0; j < 8; j++) {
+            double *pj = p + (size_t)(r0 + j) * 8;
+            _mm512_storeu_pd(pj, _mm512_div_pd(_mm512_loadu_pd(pj), _mm512_set1_pd(s[j])));
+            if (lse)
+                lse[r0 + j] = m[j] + log(s[j]);
+            if (mx)
+                mx[r0 + j] = m[j];
+        }
+    }
+    return r0;
+}
+#endif
+
 void moe_softmax_rows_max(const double *x, int nrows, int len, double *p, double *lse,
                           double *mx)
 {
     enum { RW = 8 };
+    int first = 0;
+#if defined(__AVX512F__)
+    if (len == 8) { /* then the rest, fewer than eight rows, below */
+        first = sm_rows8(x, nrows, p, lse, mx);
+        x += (size_t)first * 8;
+        p += (size_t)first * 8;
+        lse = lse ? lse + first : NULL;
+        mx = mx ? mx + first : NULL;
+    }
+#endif
+    nrows -= first;
     for (int r0 = 0; r0 < nrows; r0 += RW) {
         const int nr = nrows - r0 < RW ? nrows - r0 : RW;
         double m[RW], s[RW] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
@@ -226,16 +287,7 @@ void moe_softmax_rows_max(const double *x, int nrows, int len, double *p, double
             moe_vexp_shift(x + o, len, m[j], p + o);
             pr[j] = p + o;
         }
-        if (nr == RW) {
-            for (int i = 0; i < len; i++) { /* eight independent sums, each in index order */
-                s[0] += pr[0][i], s[1] += pr[1][i], s[2] += pr[2][i], s[3] += pr[3][i];
-                s[4] += pr[4][i], s[5] += pr[5][i], s[6] += pr[6][i], s[7] += pr[7][i];
-            }
-        } else {
-            for (int j = 0; j < nr; j++)
-                for (int i = 0; i < len; i++)
-                    s[j] += pr[j][i];
-        }
+        sm_sums(pr, nr, len, s);
         for (int j = 0; j < nr; j++) {
             vx_div(p + (size_t)(r0 + j) * (size_t)len, len, s[j]);
             if (lse)

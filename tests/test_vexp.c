@@ -6,7 +6,8 @@
  * overflow), values within a few ulps of the range ends 2^-54 and 512 and of every multiple of
  * ln2/128 (where the table index changes), exact zeros, a NaN-free random bit pattern set, and
  * rows of every length 0..40 (the scalar tail). Counted as one check per block, naming the first
- * argument that differs. */
+ * argument that differs. Then moe_softmax_rows_max, rows of 7, 8 (its own path) and 9 logits,
+ * against the scalar softmax written here with the C library's exp and log, bit for bit. */
 #include "check.h"
 #include "moe.h"
 #include "vexp.h"
@@ -37,6 +38,31 @@ static void cmp_row(const char *what, const double *x, int len, double m)
     }
     CHECK(bad < 0, "%s: exp(%a - %a) = %a, the C library gives %a", what, bad < 0 ? 0 : x[bad],
           m, bad < 0 ? 0 : got[bad], bad < 0 ? 0 : exp(x[bad] - m));
+}
+
+/* moe_softmax_rows_max on nrows rows of len against the scalar definition: m = the row's
+ * maximum, p = exp(x - m) by the C library, s = their sum in index order from 0, p / s,
+ * lse = m + log(s); one check, naming the first row that differs. */
+static void cmp_softmax(const char *what, const double *x, int nrows, int len)
+{
+    static double p[BLK], lse[BLK / 8], mx[BLK / 8], want[64];
+    moe_softmax_rows_max(x, nrows, len, p, lse, mx);
+    int bad = -1;
+    for (int r = 0; r < nrows && bad < 0; r++) {
+        const double *xr = x + (size_t)r * len;
+        double m = xr[0], s = 0.0;
+        for (int i = 1; i < len; i++)
+            m = xr[i] > m ? xr[i] : m;
+        for (int i = 0; i < len; i++)
+            s += want[i] = exp(xr[i] - m);
+        for (int i = 0; i < len; i++)
+            if (bits(p[(size_t)r * len + i]) != bits(want[i] / s))
+                bad = r;
+        if (bits(lse[r]) != bits(m + log(s)) || bits(mx[r]) != bits(m))
+            bad = r;
+    }
+    CHECK(bad < 0, "%s: softmax of %d rows of %d: row %d differs from the scalar definition",
+          what, nrows, len, bad);
 }
 
 int main(void)
@@ -84,6 +110,24 @@ int main(void)
             x[i] = 4.0 * gsl_rng_uniform(r) - 2.0;
         cmp_row("short rows", x, len, 0.5);
     }
+    /* softmax rows: eight logits a row (its own path, eight rows at a time, then the rest) and
+     * other lengths, every row count 0..40; N(0,1)-like rows, rows with ties, and rows whose
+     * spread takes exp out of its fast range (underflow to subnormals and zero) */
+    for (int len = 7; len <= 9; len++)
+        for (int nrows = 0; nrows <= 40; nrows++) {
+            for (int i = 0; i < nrows * len; i++)
+                x[i] = 6.0 * gsl_rng_uniform(r) - 3.0;
+            cmp_softmax("uniform rows", x, nrows, len);
+            for (int i = 0; i < nrows * len; i++)
+                x[i] = (double)(int)(4.0 * gsl_rng_uniform(r)) / 2.0;
+            cmp_softmax("tied rows", x, nrows, len);
+            for (int i = 0; i < nrows * len; i++)
+                x[i] = 1600.0 * gsl_rng_uniform(r) - 800.0;
+            cmp_softmax("wide rows", x, nrows, len);
+        }
+    for (int i = 0; i < BLK; i++)
+        x[i] = 20.0 * gsl_rng_uniform(r) - 10.0;
+    cmp_softmax("512 rows of 8", x, BLK / 8, 8);
     gsl_rng_free(r);
     return check_report("test_vexp");
 }
