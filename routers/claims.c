@@ -307,6 +307,14 @@ int moe_claims_argmax(const double *x, int len, int skip)
 int moe_claims_argmax_row(const moe_claims *c, int t, const double *lt)
 {
     /* the maximum is moe_vmax's, the one moe_claims_argmax takes: its first index is the answer */
+#if defined(__AVX512F__)
+    if (c->E == 8) { /* the row is one vector: moe_select_first_eq's test, inline */
+        const __mmask8 eq = _mm512_cmp_pd_mask(_mm512_loadu_pd(lt), _mm512_set1_pd(c->rowmax[t]),
+                                               _CMP_EQ_OQ);
+        if (eq)
+            return __builtin_ctz(eq);
+    }
+#endif
     const int e = moe_select_first_eq(lt, c->E, c->rowmax[t]);
     return e >= 0 ? e : moe_claims_argmax(lt, c->E, -1); /* NaN rows */
 }

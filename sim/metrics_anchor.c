@@ -29,6 +29,9 @@
 #include "../routers/select.h"
 #include "vexp.h"
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <gsl/gsl_cdf.h>
 #include <gsl/gsl_statistics_double.h>
 #include <gsl/gsl_statistics_long.h>
@@ -350,6 +353,16 @@ static void rows_each(void *ctx, long t0, long t1, const double *p)
     for (long t = t0; k >= 1 && k < E && t < t1; t++) {
         const double *pt = p + (size_t)(t - t0) * E;
         int32_t *tk = r->tk + (size_t)t * k;
+#if defined(__AVX512F__)
+        if (own && k == 1 && E == 8) { /* moe_select_is_top's count for one vector, inline */
+            const double lo = pt[own[t]];
+            if (lo == lo && __builtin_popcount(_mm512_cmp_pd_mask(
+                                _mm512_loadu_pd(pt), _mm512_set1_pd(lo), _CMP_NLT_UQ)) == 1) {
+                tk[0] = own[t];
+                continue;
+            }
+        }
+#endif
         if (own && moe_select_is_top(pt, E, own + (size_t)t * k, k))
             memcpy(tk, own + (size_t)t * k, (size_t)k * sizeof *tk);
         else
