@@ -189,7 +189,9 @@ mkfifo "$tmp/fifo"
 sqlite3 "$ldb" <"$tmp/fifo" >/dev/null 2>&1 &
 holder=$!
 exec 3>"$tmp/fifo"
-echo "BEGIN EXCLUSIVE; DELETE FROM experts_per_token WHERE point = -1;" >&3
+# the holder waits for a probe below that holds the lock for a moment (without a busy timeout its
+# BEGIN would fail at once and it would go on without the lock)
+echo "PRAGMA busy_timeout = 30000; BEGIN EXCLUSIVE; DELETE FROM experts_per_token WHERE point = -1;" >&3
 i=0
 while [ $i -lt 1500 ]; do # wait until the lock is held (30 s at most: a loaded machine is slow)
     sqlite3 "$ldb" 'BEGIN IMMEDIATE; ROLLBACK;' >/dev/null 2>&1 || break
