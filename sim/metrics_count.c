@@ -2,17 +2,19 @@
  * on the routers' threads (routers/par.h).
  *
  * Two passes, each split into contiguous parts: the entries (validity, the kept load of each
- * expert, whether they come in token order) and the tokens (experts and expert groups per
- * token, dropped tokens per routing group); or, for a plan whose entries come in token order,
- * both in one pass over token parts (moe_metrics_scan_count): each part finds its first entry
- * by a binary search as if the entries were in token order and checks, as it reads them, that
- * they are exactly its tokens' in token order, so that the parts together have read every
- * entry once; a plan where that fails is counted again by the two passes. Every result is an integer count, summed over the
- * parts, or a double computed afterwards from those counts in the order the serial loop over
- * tokens takes: the values do not depend on the number of threads. The tokens of a plan in
- * token order (the token-choice routers') are read from their own entries, found by a binary
- * search from each part's first token; a plan in another order (expert choice, dense plans)
- * marks its (token, expert) pairs in a bitmap (T, 64 * ceil(E/64)) first, filled serially.
+ * expert, whether they come in token order) and the tokens (experts and expert groups per token,
+ * dropped tokens per routing group); or, for a plan whose entries come in token order, both in one
+ * pass over token parts (moe_metrics_scan_count): each part finds its first entry by a binary
+ * search as if the entries were in token order and checks, as it reads them, that they are exactly
+ * its tokens' in token order, so that the parts together have read every entry once; a plan where
+ * that fails is counted again by the two passes. For E <= 64 and one expert group a part of the
+ * one pass reads its entries rather than its tokens (a token without an entry is a dropped one),
+ * with its counts in locals. Every result is an integer count, summed over the parts, or a double
+ * computed afterwards from those counts in the order the serial loop over tokens takes: the values
+ * do not depend on the number of threads. The tokens of a plan in token order (the token-choice
+ * routers') are read from their own entries, found by a binary search from each part's first
+ * token; a plan in another order (expert choice, dense plans) marks its (token, expert) pairs in a
+ * bitmap (T, 64 * ceil(E/64)) first, filled serially.
  */
 #include "metrics_count.h"
 #include "../routers/par.h"
@@ -180,6 +182,87 @@ static int token_marks(const count_job *j, long t, size_t *at, uint64_t *own, lo
     return 1;
 }
 
+/* The routing groups of part i from the one starting at token *g0 up to the one holding token
+ * t (t = hi: all its groups) have ended, present tokens of the first met (entries seen), none of
+ * the others: their dropped tokens (those in [lo, hi) less those met) into gdrop, or head for a
+ * group begun in an earlier part. *g0 moves to the group holding t; returns where that ends.
+ * Out of line: reached once per group, it keeps the entry loop's registers free. */
+static __attribute__((noinline)) long groups_ended(count_job *j, int i, long lo, long hi,
+                                                   long *g0, long present, long t)
+{
+    const long gs = j->gs;
+    for (; *g0 + gs <= t || (t == hi && *g0 < hi); *g0 += gs, present = 0) {
+        const long a = *g0 < lo ? lo : *g0, b = *g0 + gs < hi ? *g0 + gs : hi;
+        if (*g0 < lo)
+            j->head[i] = b - a - present;
+        else
+            j->gdrop[*g0 / gs] = b - a - present;
+    }
+    return *g0 + gs;
+}
+
+/* count_part's one pass for E <= 64 and one expert group (one mark word; a token touches its
+ * group when it has an entry), over the entries [at, stop) of tokens [lo, hi) (lo < hi) rather
+ * than over the tokens. An entry is accepted when its expert and slot lie inside (E, C) and its
+ * token is the previous entry's (lo for the first) or a later one below hi; a token with no
+ * entry is dropped, so the histogram needs only the marks of the tokens met, and each routing
+ * group's dropped tokens are its tokens in the part less those met. The part is bad exactly when
+ * count_part's token loop would find it so: when an entry of [at, stop) is not accepted (that
+ * loop stops there, short of stop, or finds it outside (E, C)). The entry at stop, when there is
+ * one, has a token at or past hi (first_entry found stop by looking at it), so that loop stops
+ * there too. The counts are kept in locals (no store through a pointer the compiler must assume
+ * aliases the plan) and added to the part's at the end. */
+static void count_part_one_word(count_job *j, int i, long lo, long hi, size_t at, size_t stop,
+                                long *ept, long *gt, long *kept)
+{
+    const moe_plan *plan = j->plan;
+    const int E = plan->E;
+    /* s < 0 || s >= C as one unsigned compare, likewise e and t */
+    const long C = plan->capacity;
+    const uint32_t uE = (uint32_t)E, uhi = (uint32_t)hi,
+                   uC = C <= 0 ? 0 : C > INT32_MAX ? (uint32_t)INT32_MAX + 1 : (uint32_t)C;
+    long hist[65] = {0}, kl[64] = {0}, present = 0, g0 = lo / j->gs * j->gs, gend = g0 + j->gs;
+    int32_t prev = (int32_t)lo;
+    uint64_t mark = 0; /* the experts of token prev */
+    j->head[i] = 0;
+    j->bad[i] = 1;
+    for (const moe_entry *en = plan->entries + at, *end = plan->entries + stop; en < end; en++) {
+        const int32_t t = en->token, e = en->expert;
+        if (((uint32_t)e >= uE) | ((uint32_t)en->slot >= uC))
+            return;
+        if (t != prev) { /* token prev is done: its marks, then the groups that end before t */
+            if ((uint32_t)t - (uint32_t)prev >= uhi - (uint32_t)prev)
+                return; /* before prev, or at or past hi */
+            const int c = __builtin_popcountll(mark);
+            hist[c]++;
+            present += c > 0;
+            if (t >= gend) {
+                gend = groups_ended(j, i, lo, hi, &g0, present, t);
+                present = 0;
+            }
+            prev = t;
+            mark = 0;
+        }
+        kl[e]++;
+        mark |= (uint64_t)1 << e;
+    }
+    const int c = __builtin_popcountll(mark);
+    hist[c]++;
+    groups_ended(j, i, lo, hi, &g0, present + (c > 0), hi);
+    long met = 0; /* tokens with an entry (hist[0] counted token lo only, when it has none) */
+    for (int k = 1; k <= E; k++) {
+        ept[k] += hist[k];
+        met += hist[k];
+    }
+    ept[0] += hi - lo - met;
+    gt[0] += hi - lo - met;
+    gt[1] += met;
+    j->touched[i] = met;
+    for (int e = 0; e < E; e++)
+        kept[e] += kl[e];
+    j->bad[i] = 0;
+}
+
 static void count_part(void *ctx, int i, int np)
 {
     count_job *j = ctx;
@@ -192,6 +275,10 @@ static void count_part(void *ctx, int i, int np)
     /* one pass: the part reads entries [at, stop), the next part starts where this one stops */
     size_t at = j->bits || (kept ? i == 0 : lo >= hi) ? 0 : first_entry(plan, (int)lo);
     const size_t stop = !kept ? 0 : i == np - 1 ? plan->n_entries : first_entry(plan, (int)hi);
+    if (kept && j->words == 1 && j->G == 1 && lo < hi) { /* the common case: by entries */
+        count_part_one_word(j, i, lo, hi, at, stop, ept, gt, kept);
+        return;
+    }
     uint64_t *own = j->own + (size_t)i * (size_t)j->words; /* one token's marks, zero */
     long touched_sum = 0, dropped = 0;
     long end = lo < hi ? (lo / gs + 1) * gs : hi; /* where the current routing group ends */

@@ -96,6 +96,14 @@ static void test_token_order(counts *ref, counts *got)
     moe_par_set_grain(0);
 }
 
+/* A kept value filled with bytes 0x5a (the mark of a kept array the one pass must not touch). */
+static long kept_probe(void)
+{
+    long probe;
+    memset(&probe, 0x5a, sizeof probe);
+    return probe;
+}
+
 /* The one pass declines p: *done = 0, kept and the counts untouched. */
 static void check_declined(const moe_plan *p, counts *got, const char *what)
 {
@@ -107,9 +115,7 @@ static void check_declined(const moe_plan *p, counts *got, const char *what)
         got->mt->groups_touched_mean = -7.0;
         int done = 1;
         int rc = moe_metrics_scan_count(p, 1, 0, got->kept, got->mt, &done);
-        long probe;
-        memset(&probe, 0x5a, sizeof probe);
-        CHECK(rc == MOE_OK && done == 0 && got->kept[0] == probe &&
+        CHECK(rc == MOE_OK && done == 0 && got->kept[0] == kept_probe() &&
                   got->mt->experts_per_token[0] == -7 && got->mt->groups_touched_mean == -7.0,
               "%s: declined with nothing written (threads %d, rc %d, done %d)", what, th, rc,
               done);
@@ -163,6 +169,188 @@ static void test_declined(counts *got)
     moe_plan_free(p);
 }
 
+/* A plan of n tokens in token order for E <= 64 experts and capacity C: token t has 1..kmax
+ * entries whose experts may repeat (a repeat counts in the kept load, once in the token's
+ * experts), or none when it lies in a run of dropped tokens (1 in 16 tokens starts one, of 1 to
+ * n/4 + 1 tokens, crossing part and routing-group boundaries) or when pattern drops it: the
+ * first (1), last (2) or first and last (3) token of each of np parts, or all of part 1 (4). */
+static moe_plan *plan_runs(int n, int E, int kmax, long C, int np, int pattern, uint64_t seed)
+{
+    moe_plan *p = moe_plan_alloc(n, E, (size_t)n * (size_t)kmax + 16);
+    if (!p || moe_plan_reset(p, n, E, E)) {
+        moe_plan_free(p);
+        return NULL;
+    }
+    p->capacity = C;
+    uint64_t s = seed;
+    int run = 0; /* dropped tokens left in the current run */
+    for (int t = 0; t < n; t++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        if (run == 0 && (s >> 60) == 0)
+            run = 1 + (int)((s >> 20) % (uint64_t)(n / 4 + 1));
+        int drop = run > 0;
+        run -= run > 0;
+        for (int i = 0; i < np; i++) {
+            long lo, hi;
+            moe_par_range(n, i, np, &lo, &hi);
+            drop |= (pattern == 1 || pattern == 3) && t == lo;
+            drop |= (pattern == 2 || pattern == 3) && t == hi - 1;
+            drop |= pattern == 4 && i == 1 && t >= lo && t < hi;
+        }
+        const int k = drop ? 0 : 1 + (int)((s >> 33) % (uint64_t)kmax);
+        int e = (int)((s >> 17) % (uint64_t)E);
+        for (int j = 0; j < k; j++) {
+            s = s * 6364136223846793005ull + 1442695040888963407ull;
+            e = (s >> 62) == 0 ? e : (int)((s >> 20) % (uint64_t)E); /* 1 in 4 a repeat */
+            moe_plan_push(p, t, e, (int32_t)((s >> 40) % (uint64_t)(C < 1000 ? C : 1000)), 1.0,
+                          0.5);
+        }
+    }
+    p->n_claims = (long)p->n_entries;
+    return p;
+}
+
+/* E <= 64 and one expert group (the one pass's count over the entries, one mark word per token)
+ * against the two passes: tokens dropped at part boundaries, whole parts and routing groups
+ * dropped, groups that do not divide n (sizes 1, 3, 7, 64, n - 1 and one group), 1 to 8 parts
+ * (a part may hold no token when n is small), experts named twice by a token. */
+static void test_one_word(counts *ref, counts *got)
+{
+    static const int Es[4] = {1, 8, 63, 64}, ns[4] = {1, 37, 500, 1531};
+    for (int ie = 0; ie < 4; ie++)
+        for (int in = 0; in < 4; in++)
+            for (int th = 1; th <= 8; th++)
+                for (int pat = 0; pat <= 4; pat++) {
+                    const int n = ns[in], sizes[6] = {0, 1, 3, 7, 64, n > 1 ? n - 1 : 1};
+                    moe_plan *p = plan_runs(n, Es[ie], 3, 40, th, pat,
+                                            (uint64_t)(1000 * ie + 100 * in + 10 * th + pat));
+                    CHECK(p != NULL, "plan");
+                    if (!p)
+                        return;
+                    moe_par_set_threads(th);
+                    moe_par_set_grain(1);
+                    for (int z = 0; z < 6; z++) {
+                        int done = 0;
+                        both(p, 1, sizes[z], ref, got, &done);
+                        /* a plan with no entry is declined (left to the two passes) */
+                        CHECK(p->n_entries == 0 ? done == 0
+                                                : done == 1 && same_counts(ref, got, Es[ie], 1),
+                              "one word = two passes (E %d, n %d, threads %d, pattern %d, "
+                              "group %d, done %d)", Es[ie], n, th, pat, sizes[z], done);
+                    }
+                    moe_plan_free(p);
+                }
+    moe_par_set_threads(0);
+    moe_par_set_grain(0);
+}
+
+/* Whether the one pass must count p, by brute force: the two passes find every entry inside
+ * (T, E, C), and the tokens of the entries never decrease (the parts, whose entries the one pass
+ * finds by binary search, then read every entry once, each its own tokens'). */
+static int countable(const moe_plan *p)
+{
+    if (p->dense || p->n <= 0 || p->n_entries == 0)
+        return 0;
+    for (size_t x = 0; x < p->n_entries; x++) {
+        const moe_entry *en = &p->entries[x];
+        if (en->token < 0 || en->token >= p->n || en->expert < 0 || en->expert >= p->E ||
+            en->slot < 0 || en->slot >= p->capacity || (x > 0 && en->token < en[-1].token))
+            return 0;
+    }
+    return 1;
+}
+
+/* Entry x of p changed by mutation m (14 kinds: tokens out of range or order, experts and
+ * slots just inside or outside (E, C), x swapped with x + 1); 0 when m does not apply. */
+static int mutate(moe_plan *p, size_t x, int m)
+{
+    moe_entry *en = &p->entries[x];
+    const int last = x + 1 == p->n_entries;
+    const long v[13] = {-1, p->n, x > 0 ? en[-1].token - 1L : -1L,
+                        last ? p->n : en[1].token + 1L, en->token + 1L, en->token - 1L,
+                        -1, p->E, p->E - 1, -1, p->capacity, p->capacity - 1, INT32_MIN};
+    if (m == 13) {
+        if (last)
+            return 0;
+        const moe_entry a = en[0];
+        en[0] = en[1];
+        en[1] = a;
+        return 1;
+    }
+    if (v[m] < INT32_MIN || v[m] > INT32_MAX)
+        return 0;
+    int32_t *f = m < 6 ? &en->token : m < 9 ? &en->expert : &en->slot;
+    *f = (int32_t)v[m];
+    return 1;
+}
+
+/* The one pass counts a plan of E <= 64 experts exactly when the brute force says it must (and
+ * then as the two passes do), else declines with nothing written: every mutation of countable,
+ * at the first and last entry, around each part's first entry and in the middle, for 1 to 8
+ * parts and capacities 40, 2^31 - 1 and 2^31 (slots near the int32 limits) and 0 (no slot). */
+static void test_one_word_checks(counts *ref, counts *got)
+{
+    static const long Cs[4] = {40, INT32_MAX, (long)INT32_MAX + 1, 0};
+    for (int ie = 0; ie < 2; ie++)
+        for (int ic = 0; ic < 4; ic++)
+            for (int th = 1; th <= 8; th++) {
+                const int E = ie ? 64 : 8, n = 300;
+                moe_plan *p = plan_runs(n, E, 3, Cs[ic] ? Cs[ic] : 40, th, th % 4,
+                                        (uint64_t)(77 + th));
+                if (!p)
+                    return;
+                p->capacity = Cs[ic];
+                moe_par_set_threads(th);
+                moe_par_set_grain(1);
+                size_t xs[3 * 8 + 3] = {0, p->n_entries - 1, p->n_entries / 2};
+                int nx = 3;
+                for (int i = 1; i < th; i++) { /* part i's first entry, and its neighbours */
+                    long lo, hi;
+                    moe_par_range(n, i, th, &lo, &hi);
+                    size_t b = 0;
+                    while (b < p->n_entries && p->entries[b].token < lo)
+                        b++;
+                    for (size_t d = 0; d < 3; d++)
+                        if (b + d >= 1 && b + d - 1 < p->n_entries)
+                            xs[nx++] = b + d - 1;
+                }
+                for (int k = 0; k < nx; k++)
+                    for (int m = 0; m < 14; m++) {
+                        moe_plan *q = moe_plan_alloc(n, E, p->n_entries);
+                        if (!q || moe_plan_reset(q, n, E, E))
+                            break;
+                        q->capacity = p->capacity;
+                        for (size_t x = 0; x < p->n_entries; x++)
+                            moe_plan_push(q, p->entries[x].token, p->entries[x].expert,
+                                          p->entries[x].slot, 1.0, 0.5);
+                        q->n_claims = (long)q->n_entries;
+                        if (mutate(q, xs[k], m)) {
+                            const int want = countable(q);
+                            int done = -1;
+                            if (want) {
+                                both(q, 1, 7, ref, got, &done);
+                                CHECK(done == 1 && same_counts(ref, got, E, 1),
+                                      "mutation %d of entry %zu counted (E %d, C %ld, threads "
+                                      "%d, done %d)", m, xs[k], E, q->capacity, th, done);
+                            } else {
+                                memset(got->kept, 0x5a, sizeof got->kept);
+                                int rc = moe_metrics_scan_count(q, 1, 7, got->kept, got->mt,
+                                                                &done);
+                                CHECK(rc == MOE_OK && done == 0 &&
+                                          got->kept[0] == kept_probe(),
+                                      "mutation %d of entry %zu declined (E %d, C %ld, "
+                                      "threads %d, done %d)", m, xs[k], E, q->capacity, th,
+                                      done);
+                            }
+                        }
+                        moe_plan_free(q);
+                    }
+                moe_plan_free(p);
+            }
+    moe_par_set_threads(0);
+    moe_par_set_grain(0);
+}
+
 int main(void)
 {
     counts ref = {.mt = moe_metrics_alloc(130)}, got = {.mt = moe_metrics_alloc(130)};
@@ -170,6 +358,8 @@ int main(void)
         return 1;
     test_token_order(&ref, &got);
     test_declined(&got);
+    test_one_word(&ref, &got);
+    test_one_word_checks(&ref, &got);
     moe_metrics_free(ref.mt);
     moe_metrics_free(got.mt);
     printf("test_metrics_count: %d passed, %d failed\n", check_pass, check_fail);
