@@ -86,6 +86,88 @@ static void test_select(void)
     gsl_rng_free(g);
 }
 
+/* The stable descending argsort of test_select_sorted's row: a before b when v[a] > v[b], or
+ * when neither is above the other (equal, -0.0 and +0.0 included) and a < b. */
+static const double *sort_row;
+
+static int by_rank(const void *pa, const void *pb)
+{
+    const int a = *(const int *)pa, b = *(const int *)pb;
+    if (sort_row[a] > sort_row[b])
+        return -1;
+    if (sort_row[b] > sort_row[a])
+        return 1;
+    return (a > b) - (a < b);
+}
+
+/* moe_select_topk and moe_claims_topk (which falls back to the scalar selection when the
+ * vector one declines) against a brute-force reference: the first k of a stable sort of the
+ * whole row (qsort on value descending, then index ascending, which is that order). Every
+ * length 8..SEL_LEN (multiples of 8 and not: the one-block sort at 8, the row in registers up
+ * to 64, the candidates through memory above) with every k 1..8, the row of each kind: Gaussian
+ * (few candidates past k: the sorts), quarters and small integers (ties inside and at the k-th
+ * place, crowds of equal values: the ranks, the scalar path), Gaussian with +inf, -inf and
+ * signed zeros sprinkled, -inf with a few finite values (k past the finite ones), and Gaussian
+ * with one NaN (which moe_select_topk must decline; moe_claims_topk's scalar rule is not a
+ * sort, so those rows are not compared). */
+enum { SEL_LEN = 1024 };
+
+static void test_select_sorted(void)
+{
+    gsl_rng *g = moe_rng_alloc(19, 1);
+    static double v[SEL_LEN];
+    static int ord[SEL_LEN];
+    int bad = 0, bad_claims = 0, nan_taken = 0, rows = 0, gauss = 0, gauss_taken = 0;
+    for (int len = 8; len <= SEL_LEN; len++)
+        for (int k = 1; k <= 8; k++) {
+            const int kind = (len * 8 + k) % 6;
+            for (int i = 0; i < len; i++) {
+                const double z = gsl_ran_gaussian_ziggurat(g, 1.0), u = gsl_rng_uniform(g);
+                v[i] = kind == 1   ? (double)(int)(z * 4.0) / 4.0
+                       : kind == 2 ? (double)gsl_rng_uniform_int(g, 40)
+                       : kind == 3 ? (u < 0.05   ? INFINITY
+                                      : u < 0.1  ? -INFINITY
+                                      : u < 0.15 ? (u < 0.125 ? 0.0 : -0.0)
+                                                 : z)
+                       : kind == 4 ? (u < 4.0 / len ? z : -INFINITY)
+                                   : z;
+            }
+            if (kind == 5)
+                v[gsl_rng_uniform_int(g, len)] = NAN;
+            double vv[8], cv[8];
+            int32_t vi[8], ci[8];
+            const int got = moe_select_topk(v, len, k, vi, vv);
+            rows++;
+            gauss += kind == 0;
+            gauss_taken += kind == 0 && got;
+            if (kind == 5) {
+                nan_taken += got;
+                continue;
+            }
+            sort_row = v;
+            for (int i = 0; i < len; i++)
+                ord[i] = i;
+            qsort(ord, (size_t)len, sizeof ord[0], by_rank);
+            moe_claims_topk(v, len, k, ci, cv);
+            int wrong = 0, wrong_claims = 0;
+            for (int j = 0; j < k; j++) {
+                wrong |= got && (vi[j] != ord[j] || memcmp(&vv[j], &v[ord[j]], sizeof vv[j]));
+                wrong_claims |= ci[j] != ord[j] || memcmp(&cv[j], &v[ord[j]], sizeof cv[j]);
+            }
+            bad += wrong;
+            bad_claims += wrong_claims;
+        }
+    CHECK(bad == 0 && bad_claims == 0 && nan_taken == 0,
+          "top-k against a stable sort, %d rows: moe_select_topk %d wrong, moe_claims_topk %d "
+          "wrong, %d rows with a NaN taken",
+          rows, bad, bad_claims, nan_taken);
+#if defined(__AVX512F__)
+    CHECK(gauss_taken > gauss * 9 / 10, "moe_select_topk took only %d of %d Gaussian rows",
+          gauss_taken, gauss);
+#endif
+    gsl_rng_free(g);
+}
+
 /* moe_claims_argmax (the vector pass of select.c for rows of 8 and more) against the scalar
  * definition written here: the first index of the largest value other than x[skip], by a
  * strict > scan; rows of lengths 1..300, every skip position class (none, first, last, inside),
@@ -329,6 +411,7 @@ int main(void)
         U[i] = gsl_rng_uniform(g);
     gsl_rng_free(g);
     test_select();
+    test_select_sorted();
     test_argmax_skip();
     test_first_eq();
     test_is_top();
