@@ -6,14 +6,27 @@
  *   2. thr = the k-th largest of those sixteen (k <= 8), from the two lane sets sorted by a
  *      sorting network. k distinct elements of the row are >= thr, so the k-th largest of the
  *      row is >= thr and every element of the answer is >= thr: the elements >= thr are the
- *      candidates, compressed in index order (about k of them for distinct values);
- *   3. each candidate's rank in the order (value descending, index ascending), counted against
- *      all the candidates; the order is total, so the ranks are a permutation and the first k
- *      ranks are the answer, ties to the lower index exactly as the stable argsort has them.
+ *      candidates, in index order (about k of them for distinct values, 16 at most for nearly
+ *      every row of continuous values);
+ *   3. up to 16 candidates: a sorting network on integer keys, each candidate's value as an
+ *      integer of the same order with its slot among the candidates in the low four bits
+ *      (sel_key), so that the keys are distinct, sort with integer min and max, and carry the
+ *      slot (hence the index) along; the answer is taken only when no two of its values, nor
+ *      its k-th and any other candidate, are equal in all but those four bits (sel_emit), so
+ *      that no tie is decided by the network. Otherwise, and above 16 candidates, each
+ *      candidate's rank in the order (value descending, index ascending), counted against all
+ *      the candidates; the order is total, so the ranks are a permutation and the first k ranks
+ *      are the answer, ties to the lower index exactly as the stable argsort has them.
+ * A row of 8 is its own 8 candidates (no steps 1 and 2). A row of 9 to 64 (with AVX-512 VBMI2)
+ * stays in registers: its candidates are one 64-bit mask, their indices packed by a byte
+ * compress and their values picked from the row's blocks by those indices, and
+ * moe_select_topk_rows takes two such rows at a time so that their chains of dependent
+ * instructions overlap. Longer rows compress their candidates through memory.
  * Rows with more than SEL_MAX_CAND candidates (many equal values) or with a NaN take the
  * caller's scalar selection instead. */
 #include "select.h"
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* The smallest of v[idx[j]], j < k; NaN when one of them is NaN. */

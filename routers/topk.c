@@ -165,8 +165,9 @@ static void topk_gates(void *ctx, long t0, long t1)
     for (long a = t0; a < t1; a += per) {
         const long b = a + per < t1 ? a + per : t1;
         double *g = cl->gate + (size_t)a * k;
-        for (long q = 0; q < (b - a) * k; q++) /* v - max, as moe_softmax subtracts it */
-            e[q] = g[q] - g[q - q % k];
+        for (long q = 0; q < (b - a) * k; q += k) /* v - max, as moe_softmax subtracts it */
+            for (int j = 0; j < k; j++)
+                e[q + j] = g[q + j] - g[q];
         moe_vexp_shift(e, (int)((b - a) * k), 0.0, e);
         for (long q = 0; q < (b - a) * k; q += k) {
             double s = 0.0;
