@@ -16,6 +16,7 @@
 #endif
 #include <gsl/gsl_randist.h>
 #include <stdlib.h>
+#include <string.h>
 
 enum { TOPK_GATES_BUF = 512 }; /* values whose exponentials topk_gates takes in one call */
 
@@ -126,12 +127,8 @@ static void topk_row(void *ctx, int t, const double *lt, const double *pt)
     (void)pt;
     const topk_rows_ctx *x = ctx;
     moe_claims *cl = x->cl;
-    if (!x->chunk_select) {
+    if (!x->chunk_select) /* (else topk_gates selects, for the chunk) */
         topk_select(cl, t, lt, 1, cl->K > TOPK_GATES_BUF);
-        return;
-    }
-    for (int j = 0; j < cl->K; j++) /* the selection itself: topk_gates, for the chunk */
-        cl->claim[(size_t)t * cl->K + j] = 1;
 }
 
 /* g[j] = e[j] / s for j < k, eight at a time (each quotient correctly rounded, as one at a
@@ -159,9 +156,11 @@ static void topk_gates(void *ctx, long t0, long t1)
     moe_claims *cl = x->cl;
     const int k = cl->K, per = TOPK_GATES_BUF / k; /* tokens per call */
     double e[TOPK_GATES_BUF];
-    if (x->chunk_select)
+    if (x->chunk_select) { /* the selection, and every choice claims */
         moe_claims_topk_rows(x->logits + (size_t)t0 * cl->E, t1 - t0, cl->E, k,
                              cl->expert + (size_t)t0 * k, cl->gate + (size_t)t0 * k);
+        memset(cl->claim + (size_t)t0 * k, 1, (size_t)(t1 - t0) * k);
+    }
     for (long a = t0; a < t1; a += per) {
         const long b = a + per < t1 ? a + per : t1;
         double *g = cl->gate + (size_t)a * k;
