@@ -20,7 +20,7 @@
  * A row of 8 is its own 8 candidates (no steps 1 and 2). A row of 9 to 64 (with AVX-512 VBMI2)
  * stays in registers: its candidates are one 64-bit mask, their indices packed by a byte
  * compress and their values picked from the row's blocks by those indices, and
- * moe_select_topk_rows takes two such rows at a time so that their chains of dependent
+ * moe_select_topk_rows takes four such rows at a time so that their chains of dependent
  * instructions overlap. Longer rows compress their candidates through memory.
  * Rows with more than SEL_MAX_CAND candidates (many equal values) or with a NaN take the
  * caller's scalar selection instead. */
@@ -308,7 +308,7 @@ static inline __m512d sel_pick64(const double *v, int nb, __mmask8 last, __m512i
                                 _mm512_mask_blend_pd(b4, x[2], x[3]));
 }
 
-enum { SEL_ROWS = 2 }; /* rows taken together by sel_topk_regs */
+enum { SEL_ROWS = 4 }; /* rows taken together by sel_topk_regs */
 
 /* Rows of 9 to 64 elements, SEL_ROWS at a time (row r at v + r * len, its answer at idx +
  * r * k and val + r * k), each row's steps next to the other's so that the processor overlaps
@@ -331,7 +331,7 @@ static inline __attribute__((always_inline)) void sel_topk_regs(const double *v,
     __m512d m1[SEL_ROWS], m2[SEL_ROWS], thr[SEL_ROWS], c0[SEL_ROWS], c1[SEL_ROWS];
     __m512i i0[SEL_ROWS], i1[SEL_ROWS];
     uint64_t cand[SEL_ROWS];
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int r = 0; r < R; r++) {
         const double *vr = v + (size_t)r * len;
         m1[r] = _mm512_loadu_pd(vr);
@@ -343,21 +343,22 @@ static inline __attribute__((always_inline)) void sel_topk_regs(const double *v,
             m1[r] = _mm512_max_pd(m1[r], x);
         }
     }
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int r = 0; r < R; r++)
         thr[r] = sel_threshold(m1[r], m2[r], nb, len, k);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int r = 0; r < R; r++) {
         const double *vr = v + (size_t)r * len;
-        cand[r] = 0;
+        __mmask8 c[8]; /* joined in the mask registers (kunpck), not shifted in integers */
 #pragma GCC unroll 8
         for (int b = 0; b < 8; b++)
-            cand[r] |= (uint64_t)_mm512_mask_cmp_pd_mask(b < nb - 1 ? 0xff : b == nb - 1 ? last : 0,
-                                                         sel_block(vr, b, nb, last), thr[r],
-                                                         _CMP_NLT_UQ)
-                       << (8 * b);
+            c[b] = _mm512_mask_cmp_pd_mask(b < nb - 1 ? 0xff : b == nb - 1 ? last : 0,
+                                           sel_block(vr, b, nb, last), thr[r], _CMP_NLT_UQ);
+        cand[r] = _mm512_kunpackd(
+            _mm512_kunpackw(_mm512_kunpackb(c[7], c[6]), _mm512_kunpackb(c[5], c[4])),
+            _mm512_kunpackw(_mm512_kunpackb(c[3], c[2]), _mm512_kunpackb(c[1], c[0])));
     }
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int r = 0; r < R; r++) {
         const double *vr = v + (size_t)r * len;
         const __m128i at = _mm512_castsi512_si128(
@@ -369,7 +370,7 @@ static inline __attribute__((always_inline)) void sel_topk_regs(const double *v,
         c0[r] = _mm512_mask_mov_pd(ninf, (__mmask8)keep, sel_pick64(vr, nb, last, i0[r]));
         c1[r] = _mm512_mask_mov_pd(ninf, (__mmask8)(keep >> 8), sel_pick64(vr, nb, last, i1[r]));
     }
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int r = 0; r < R; r++) {
         const int m = __builtin_popcountll(cand[r]);
         if (_mm512_cmp_pd_mask(c0[r], c0[r], _CMP_UNORD_Q) |
@@ -389,7 +390,7 @@ static inline __attribute__((always_inline)) void sel_topk8(const double *v, int
 {
     const __m512d ninf = _mm512_set1_pd(-__builtin_inf());
     const __m512i iota = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
-#pragma GCC unroll 2
+#pragma GCC unroll 4
     for (int r = 0; r < R; r++) {
         const __m512d c = _mm512_loadu_pd(v + 8 * r);
         if (_mm512_cmp_pd_mask(c, c, _CMP_UNORD_Q)) {
@@ -424,7 +425,7 @@ void moe_select_topk_rows(const double *v, long n, int len, int k, int32_t *idx,
     const int pairs = k >= 1 && k <= 8 && len >= 8 && len <= 64;
     for (; pairs && t + SEL_ROWS <= n; t += SEL_ROWS) {
         const double *vt = v + (size_t)t * len;
-        int st[SEL_ROWS] = {-1, -1};
+        int st[SEL_ROWS] = {-1, -1, -1, -1};
         if (len == 8)
             sel_topk8(vt, k, SEL_ROWS, idx + t * k, val + t * k, st);
 #if defined(__AVX512VBMI2__)

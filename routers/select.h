@@ -13,7 +13,7 @@
 int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val);
 
 /* moe_select_topk of each of the n rows v (n, len): row t's answer at idx + t * k and val +
- * t * k, two rows at a time where the rows are short (8..64 elements); a row it declines gets
+ * t * k, four rows at a time where the rows are short (8..64 elements); a row it declines gets
  * idx[t * k] = -1 and nothing else written. */
 void moe_select_topk_rows(const double *v, long n, int len, int k, int32_t *idx, double *val);
 

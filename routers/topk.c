@@ -114,7 +114,7 @@ typedef struct {
     int chunk_select;
 } topk_rows_ctx;
 
-/* Whether topk_gates selects for its chunk (moe_claims_topk_rows, two rows at a time) rather
+/* Whether topk_gates selects for its chunk (moe_claims_topk_rows, four rows at a time) rather
  * than topk_row per token: k from 3 to 8 on rows of up to 64 experts (k = 1, 2 take the row's
  * maximum from the rows pass instead; longer rows gain nothing from the pairs). */
 static int topk_chunk_select(const moe_claims *cl)
