@@ -97,13 +97,16 @@ static inline __m512i sel_sort8(__m512i x, int dbl)
 
 /* The eight largest of the lanes of a and b, each sorted descending, sorted descending: the larger
  * of a[i] and b[7-i] for each i, a bitonic sequence that holds the eight largest, then its
- * three half-cleaners (distances 4, 2, 1). */
-static inline __m512i sel_merge8_key(__m512i a, __m512i b)
+ * three half-cleaners (distances 4, 2, 1). *lose: the smaller ones of those pairs, the eight
+ * others. */
+static inline __m512i sel_merge8_key(__m512i a, __m512i b, __m512i *lose)
 {
     static const int64_t half[3][8] = {
         {4, 5, 6, 7, 0, 1, 2, 3}, {2, 3, 0, 1, 6, 7, 4, 5}, {1, 0, 3, 2, 5, 4, 7, 6}};
     static const __mmask8 up[3] = {0x0f, 0x33, 0x55};
-    a = _mm512_max_epi64(a, _mm512_permutexvar_epi64(_mm512_set_epi64(0, 1, 2, 3, 4, 5, 6, 7), b));
+    const __m512i br = _mm512_permutexvar_epi64(_mm512_set_epi64(0, 1, 2, 3, 4, 5, 6, 7), b);
+    *lose = _mm512_min_epi64(a, br);
+    a = _mm512_max_epi64(a, br);
 #pragma GCC unroll 3
     for (int l = 0; l < 3; l++) {
         const __m512i y = _mm512_permutexvar_epi64(_mm512_loadu_si512(half[l]), a);
@@ -112,23 +115,26 @@ static inline __m512i sel_merge8_key(__m512i a, __m512i b)
     return a;
 }
 
-/* Writes the candidates of the first k keys of s (the eight largest of k0, k1, sorted
- * descending) as the answer when it is the stable argsort's: the k keys differ in more than
- * their slots (no two neighbours equal without them) and exactly k of the keys k0, k1 reach the
- * k-th without the slots, so that no tie (or near tie) decides the set or the order. The slot of
- * each key picks its value and index from c0, c1 and i0, i1. Returns 1 when written, 0 (nothing
- * written) otherwise, for the rank step, which orders ties by index. */
-static inline int sel_emit(__m512i s, __m512i k0, __m512i k1, __m512d c0, __m512d c1, __m512i i0,
+/* Writes the candidates of the first k keys of s (the eight largest keys of the candidates,
+ * sorted descending; lose: the other candidates' keys when k = 8 and there are more than
+ * eight, else NULL) as the answer
+ * when it is the stable argsort's: each of the k keys differs in more than its slot from the
+ * next largest key (for k < 8 the next lane, the largest key outside the answer included; for
+ * k = 8 every key of lose), so that no tie (or near tie) decides the set or the order. The slot
+ * of each key picks its value and index from c0, c1 and i0, i1. Returns 1 when written, 0
+ * (nothing written) otherwise, for the rank step, which orders ties by index. */
+static inline int sel_emit(__m512i s, const __m512i *lose, __m512d c0, __m512d c1, __m512i i0,
                            __m512i i1, int k, int32_t *idx, double *val)
 {
     const __mmask8 first = (__mmask8)((1u << k) - 1u);
     const __m512i t = _mm512_srai_epi64(s, 4);
     const __m512i next = _mm512_permutexvar_epi64(_mm512_set_epi64(7, 7, 6, 5, 4, 3, 2, 1), t);
-    const __m512i lo = _mm512_permutexvar_epi64(_mm512_set1_epi64(k - 1), t);
-    const int reach =
-        __builtin_popcount(_mm512_cmpge_epi64_mask(_mm512_srai_epi64(k0, 4), lo)) +
-        __builtin_popcount(_mm512_cmpge_epi64_mask(_mm512_srai_epi64(k1, 4), lo));
-    if (_mm512_mask_cmpeq_epi64_mask(first >> 1, t, next) || reach != k)
+    const __mmask8 tie =
+        _mm512_mask_cmpeq_epi64_mask(first & 0x7f, t, next) |
+        (k == 8 && lose ? _mm512_cmpge_epi64_mask(_mm512_srai_epi64(*lose, 4),
+                                                  _mm512_permutexvar_epi64(_mm512_set1_epi64(7), t))
+                        : 0);
+    if (tie)
         return 0;
     const __m512i slot = _mm512_and_si512(s, _mm512_set1_epi64(15));
     _mm512_mask_storeu_pd(val, first, _mm512_permutex2var_pd(c0, slot, c1));
@@ -147,10 +153,12 @@ static inline __attribute__((always_inline)) int sel_sorted(__m512d c0, __m512i 
     const __m512i iota = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i k0 = sel_key(c0, iota);
     const __m512i k1 = sel_key(c1, _mm512_add_epi64(iota, _mm512_set1_epi64(8)));
-    __m512i s = sel_sort8(k0, 0);
-    if (m > 8 || k == 8) /* k = 8: every row, so that the branch is not taken at random */
-        s = sel_merge8_key(s, sel_sort8(k1, 0));
-    return sel_emit(s, k0, k1, c0, c1, i0, i1, k, idx, val);
+    __m512i s = sel_sort8(k0, 0), lose;
+    if (m > 8 || k == 8) { /* k = 8: every row, so that the branch is not taken at random */
+        s = sel_merge8_key(s, sel_sort8(k1, 0), &lose);
+        return sel_emit(s, &lose, c0, c1, i0, i1, k, idx, val);
+    }
+    return sel_emit(s, NULL, c0, c1, i0, i1, k, idx, val);
 }
 
 /* The k-th largest (1 <= k <= 8) of the sixteen lanes of A and B, each sorted descending:
@@ -388,7 +396,6 @@ static inline __attribute__((always_inline)) void sel_topk_regs(const double *v,
 static inline __attribute__((always_inline)) void sel_topk8(const double *v, int k, int R,
                                                              int32_t *idx, double *val, int *st)
 {
-    const __m512d ninf = _mm512_set1_pd(-__builtin_inf());
     const __m512i iota = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
 #pragma GCC unroll 4
     for (int r = 0; r < R; r++) {
@@ -397,9 +404,8 @@ static inline __attribute__((always_inline)) void sel_topk8(const double *v, int
             st[r] = 0; /* NaN: the scalar selection's own rule */
             continue;
         }
-        const __m512i k0 = sel_key(c, iota);
-        st[r] = sel_emit(sel_sort8(k0, 0), k0, sel_key(ninf, iota), c, ninf, iota, iota, k,
-                         idx + r * k, val + r * k) ? 1 : -1;
+        st[r] = sel_emit(sel_sort8(sel_key(c, iota), 0), NULL, c, c, iota, iota, k, idx + r * k,
+                         val + r * k) ? 1 : -1;
     }
 }
 
