@@ -42,6 +42,7 @@ static double sel_min_at(const double *v, const int32_t *idx, int k)
 #include <immintrin.h>
 
 enum { SEL_MAX_LEN = 1024, SEL_MAX_CAND = 64 };
+enum { SEL_ROWS = 4 }; /* rows taken together by moe_select_topk_rows */
 
 /* The optimal six-layer sorting network for eight inputs (Knuth, TAOCP vol. 3, 5.3.4; 19
  * comparators, checked on every 0-1 input): layer l pairs lane i with lane SEL_NET[l][i], and
@@ -316,8 +317,6 @@ static inline __m512d sel_pick64(const double *v, int nb, __mmask8 last, __m512i
                                 _mm512_mask_blend_pd(b4, x[2], x[3]));
 }
 
-enum { SEL_ROWS = 4 }; /* rows taken together by sel_topk_regs */
-
 /* Rows of 9 to 64 elements, SEL_ROWS at a time (row r at v + r * len, its answer at idx +
  * r * k and val + r * k), each row's steps next to the other's so that the processor overlaps
  * their chains of dependent instructions; no stores read back, no loop over the candidates:
@@ -428,7 +427,11 @@ int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
 void moe_select_topk_rows(const double *v, long n, int len, int k, int32_t *idx, double *val)
 {
     long t = 0;
+#if defined(__AVX512VBMI2__)
     const int pairs = k >= 1 && k <= 8 && len >= 8 && len <= 64;
+#else
+    const int pairs = k >= 1 && k <= 8 && len == 8;
+#endif
     for (; pairs && t + SEL_ROWS <= n; t += SEL_ROWS) {
         const double *vt = v + (size_t)t * len;
         int st[SEL_ROWS] = {-1, -1, -1, -1};
