@@ -344,6 +344,15 @@ void moe_claims_topk(const double *v, int len, int k, int32_t *idx, double *val)
     }
 }
 
+void moe_claims_topk_rows(const double *v, long n, int len, int k, int32_t *idx, double *val)
+{
+    moe_select_topk_rows(v, n, len, k, idx, val); /* four rows at a time where it can */
+    for (long t = 0; t < n; t++)
+        if (idx[(size_t)t * k] < 0) /* declined (a NaN): the scalar selection */
+            moe_claims_topk(v + (size_t)t * len, len, k, idx + (size_t)t * k,
+                            val + (size_t)t * k);
+}
+
 void moe_claims_scratch_p(moe_claims *c, int order)
 {
     c->keep_p = c->p && order == MOE_ORDER_PROBS;

@@ -104,6 +104,10 @@ int moe_claims_argmax_row(const moe_claims *c, int t, const double *lt);
  * sorted list of k: O(len) for the small k of routing. */
 void moe_claims_topk(const double *v, int len, int k, int32_t *idx, double *val);
 
+/* moe_claims_topk of each of the n rows v (n, len) (len >= 1, 1 <= k <= len): row t's answer
+ * at idx + t * k and val + t * k. */
+void moe_claims_topk_rows(const double *v, long n, int len, int k, int32_t *idx, double *val);
+
 /* Resolve the claims of n tokens into plan entries.
  * order: enum moe_order or MOE_ORDER_RTS (DeepSpeed's random token selection, top1gating
  * use_rts: each expert keeps the C claims with the largest c->rts_u[t,e], ties to the lower

@@ -4,16 +4,29 @@
  *   1. the largest and the second largest of each lane over the row's blocks of eight (the
  *      last block padded with -inf): sixteen distinct elements of the row (or padding);
  *   2. thr = the k-th largest of those sixteen (k <= 8), from the two lane sets sorted by a
- *      sorting network. k distinct elements of the row are >= thr, so the k-th largest of the
- *      row is >= thr and every element of the answer is >= thr: the elements >= thr are the
- *      candidates, compressed in index order (about k of them for distinct values);
- *   3. each candidate's rank in the order (value descending, index ascending), counted against
- *      all the candidates; the order is total, so the ranks are a permutation and the first k
- *      ranks are the answer, ties to the lower index exactly as the stable argsort has them.
+ *      sorting network (for k = 8 a cheaper bound, sel_threshold). k distinct elements of the
+ *      row are >= thr, so the k-th largest of the row is >= thr and every element of the
+ *      answer is >= thr: the elements >= thr are the candidates, in index order (about k of
+ *      them for distinct values, 16 at most for nearly every row of continuous values);
+ *   3. up to 16 candidates: a sorting network on integer keys, each candidate's value as an
+ *      integer of the same order with its slot among the candidates in the low four bits
+ *      (sel_key), so that the keys are distinct, sort with integer min and max, and carry the
+ *      slot (hence the index) along; the answer is taken only when no two of its values, nor
+ *      its k-th and any other candidate, are equal in all but those four bits (sel_emit), so
+ *      that no tie is decided by the network. Otherwise, and above 16 candidates, each
+ *      candidate's rank in the order (value descending, index ascending), counted against all
+ *      the candidates; the order is total, so the ranks are a permutation and the first k ranks
+ *      are the answer, ties to the lower index exactly as the stable argsort has them.
+ * A row of 8 is its own 8 candidates (no steps 1 and 2). A row of 9 to 64 (with AVX-512 VBMI2)
+ * stays in registers: its candidates are one 64-bit mask, their indices packed by a byte
+ * compress and their values picked from the row's blocks by those indices, and
+ * moe_select_topk_rows takes four such rows at a time so that their chains of dependent
+ * instructions overlap. Longer rows compress their candidates through memory.
  * Rows with more than SEL_MAX_CAND candidates (many equal values) or with a NaN take the
  * caller's scalar selection instead. */
 #include "select.h"
 
+#include <stddef.h>
 #include <stdint.h>
 
 /* The smallest of v[idx[j]], j < k; NaN when one of them is NaN. */
@@ -29,38 +42,129 @@ static double sel_min_at(const double *v, const int32_t *idx, int k)
 #include <immintrin.h>
 
 enum { SEL_MAX_LEN = 1024, SEL_MAX_CAND = 64 };
+enum { SEL_ROWS = 4 }; /* rows taken together by moe_select_topk_rows */
 
-/* One layer of a sorting network on the eight lanes of x, descending: lane i and lane p[i]
- * compare, and the lanes of mx (the lower of each pair) keep the larger value. */
-static inline __m512d sel_layer(__m512d x, __m512i p, __mmask8 mx)
+/* The optimal six-layer sorting network for eight inputs (Knuth, TAOCP vol. 3, 5.3.4; 19
+ * comparators, checked on every 0-1 input): layer l pairs lane i with lane SEL_NET[l][i], and
+ * the lanes of SEL_UP[l] (the lower lane of each pair) take the larger value, so that the
+ * lanes end in descending order. */
+static const int64_t SEL_NET[6][8] = {
+    {2, 3, 0, 1, 6, 7, 4, 5}, /* 02 13 46 57 */
+    {4, 5, 6, 7, 0, 1, 2, 3}, /* 04 15 26 37 */
+    {1, 0, 3, 2, 5, 4, 7, 6}, /* 01 23 45 67 */
+    {0, 1, 4, 5, 2, 3, 6, 7}, /* 24 35 */
+    {0, 4, 2, 6, 1, 5, 3, 7}, /* 14 36 */
+    {0, 2, 1, 4, 3, 6, 5, 7}, /* 12 34 56 */
+};
+static const __mmask8 SEL_UP[6] = {0x33, 0x0f, 0x55, 0x0c, 0x0a, 0x2a};
+
+/* The value of x as an integer whose signed order is the order of the values: its bits with
+ * those of the magnitude flipped when negative, after -0.0 is taken as +0.0 (the two zeros
+ * compare equal, so they get one integer). NaN-free x only. */
+static inline __m512i sel_ord(__m512d x)
 {
-    const __m512d y = _mm512_permutexvar_pd(p, x);
-    return _mm512_mask_blend_pd(mx, _mm512_min_pd(x, y), _mm512_max_pd(x, y));
+    const __m512i b = _mm512_castpd_si512(_mm512_add_pd(x, _mm512_setzero_pd()));
+    return _mm512_xor_si512(b, _mm512_srli_epi64(_mm512_srai_epi64(b, 63), 1));
 }
 
-/* The eight lanes of x in descending order: the 19 comparators of the optimal six-layer
- * network for eight inputs (Knuth, TAOCP vol. 3, 5.3.4), checked on every 0-1 input. NaN-free
- * x only. */
-static inline __m512d sel_sort8(__m512d x)
+/* The candidates' sort keys: sel_ord of each value with its low four bits replaced by the
+ * candidate's slot (0..15, distinct). The keys are then distinct and sort in the values' order
+ * except among values equal in all but their last four bits, which sel_emit declines. */
+static inline __m512i sel_key(__m512d x, __m512i slot)
 {
-    x = sel_layer(x, _mm512_set_epi64(5, 4, 7, 6, 1, 0, 3, 2), 0x33); /* 02 13 46 57 */
-    x = sel_layer(x, _mm512_set_epi64(3, 2, 1, 0, 7, 6, 5, 4), 0x0f); /* 04 15 26 37 */
-    x = sel_layer(x, _mm512_set_epi64(6, 7, 4, 5, 2, 3, 0, 1), 0x55); /* 01 23 45 67 */
-    x = sel_layer(x, _mm512_set_epi64(7, 6, 3, 2, 5, 4, 1, 0), 0x0c); /* 24 35 */
-    x = sel_layer(x, _mm512_set_epi64(7, 3, 5, 1, 6, 2, 4, 0), 0x0a); /* 14 36 */
-    return sel_layer(x, _mm512_set_epi64(7, 5, 6, 3, 4, 1, 2, 0), 0x2a); /* 12 34 56 */
+    return _mm512_ternarylogic_epi64(sel_ord(x), _mm512_set1_epi64(15), slot,
+                                     0xba); /* (t & ~15) | slot */
 }
 
-/* Lane l of x. */
-static inline double sel_lane(__m512d x, int l)
+/* The eight lanes of x in descending order, as signed integers, or (dbl) as the doubles of
+ * their bits (NaN-free), each with the instructions of its own domain (a value passed between
+ * the integer and the floating-point units waits a cycle more on some processors). */
+static inline __m512i sel_sort8(__m512i x, int dbl)
 {
-    return _mm_cvtsd_f64(_mm512_castpd512_pd128(
-        _mm512_permutexvar_pd(_mm512_set1_epi64(l), x)));
+#pragma GCC unroll 6
+    for (int l = 0; l < 6; l++) {
+        const __m512i p = _mm512_loadu_si512(SEL_NET[l]);
+        if (dbl) {
+            const __m512d xd = _mm512_castsi512_pd(x), yd = _mm512_permutexvar_pd(p, xd);
+            x = _mm512_castpd_si512(
+                _mm512_mask_blend_pd(SEL_UP[l], _mm512_min_pd(xd, yd), _mm512_max_pd(xd, yd)));
+        } else {
+            const __m512i y = _mm512_permutexvar_epi64(p, x);
+            x = _mm512_mask_blend_epi64(SEL_UP[l], _mm512_min_epi64(x, y), _mm512_max_epi64(x, y));
+        }
+    }
+    return x;
 }
 
-/* thr = the k-th largest (1 <= k <= 8) of the sixteen lanes of A and B, each sorted
- * descending: max(A[k-1], B[k-1], min(A[l], B[k-2-l]) for l <= k-2) (the k largest of the two
- * lists take l + 1 from A and k - 1 - l from B for some l). */
+/* The eight largest of the lanes of a and b, each sorted descending, sorted descending: the larger
+ * of a[i] and b[7-i] for each i, a bitonic sequence that holds the eight largest, then its
+ * three half-cleaners (distances 4, 2, 1). *lose: the smaller ones of those pairs, the eight
+ * others. */
+static inline __m512i sel_merge8_key(__m512i a, __m512i b, __m512i *lose)
+{
+    static const int64_t half[3][8] = {
+        {4, 5, 6, 7, 0, 1, 2, 3}, {2, 3, 0, 1, 6, 7, 4, 5}, {1, 0, 3, 2, 5, 4, 7, 6}};
+    static const __mmask8 up[3] = {0x0f, 0x33, 0x55};
+    const __m512i br = _mm512_permutexvar_epi64(_mm512_set_epi64(0, 1, 2, 3, 4, 5, 6, 7), b);
+    *lose = _mm512_min_epi64(a, br);
+    a = _mm512_max_epi64(a, br);
+#pragma GCC unroll 3
+    for (int l = 0; l < 3; l++) {
+        const __m512i y = _mm512_permutexvar_epi64(_mm512_loadu_si512(half[l]), a);
+        a = _mm512_mask_blend_epi64(up[l], _mm512_min_epi64(a, y), _mm512_max_epi64(a, y));
+    }
+    return a;
+}
+
+/* Writes the candidates of the first k keys of s (the eight largest keys of the candidates,
+ * sorted descending; lose: the other candidates' keys when k = 8 and there are more than
+ * eight, else NULL) as the answer
+ * when it is the stable argsort's: each of the k keys differs in more than its slot from the
+ * next largest key (for k < 8 the next lane, the largest key outside the answer included; for
+ * k = 8 every key of lose), so that no tie (or near tie) decides the set or the order. The slot
+ * of each key picks its value and index from c0, c1 and i0, i1. Returns 1 when written, 0
+ * (nothing written) otherwise, for the rank step, which orders ties by index. */
+static inline int sel_emit(__m512i s, const __m512i *lose, __m512d c0, __m512d c1, __m512i i0,
+                           __m512i i1, int k, int32_t *idx, double *val)
+{
+    const __mmask8 first = (__mmask8)((1u << k) - 1u);
+    const __m512i t = _mm512_srai_epi64(s, 4);
+    const __m512i next = _mm512_permutexvar_epi64(_mm512_set_epi64(7, 7, 6, 5, 4, 3, 2, 1), t);
+    const __mmask8 tie =
+        _mm512_mask_cmpeq_epi64_mask(first & 0x7f, t, next) |
+        (k == 8 && lose ? _mm512_cmpge_epi64_mask(_mm512_srai_epi64(*lose, 4),
+                                                  _mm512_permutexvar_epi64(_mm512_set1_epi64(7), t))
+                        : 0);
+    if (tie)
+        return 0;
+    const __m512i slot = _mm512_and_si512(s, _mm512_set1_epi64(15));
+    _mm512_mask_storeu_pd(val, first, _mm512_permutex2var_pd(c0, slot, c1));
+    _mm256_mask_storeu_epi32(idx, first,
+                             _mm512_cvtepi64_epi32(_mm512_permutex2var_epi64(i0, slot, i1)));
+    return 1;
+}
+
+/* The answer from at most 16 candidates, c0 then c1 (values, -inf past the last, index order)
+ * with their indices i0, i1: sel_emit of the eight largest keys (of c0 alone when c1 is all
+ * padding and k < 8). */
+static inline __attribute__((always_inline)) int sel_sorted(__m512d c0, __m512i i0, __m512d c1,
+                                                            __m512i i1, int m, int k,
+                                                            int32_t *idx, double *val)
+{
+    const __m512i iota = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    const __m512i k0 = sel_key(c0, iota);
+    const __m512i k1 = sel_key(c1, _mm512_add_epi64(iota, _mm512_set1_epi64(8)));
+    __m512i s = sel_sort8(k0, 0), lose;
+    if (m > 8 || k == 8) { /* k = 8: every row, so that the branch is not taken at random */
+        s = sel_merge8_key(s, sel_sort8(k1, 0), &lose);
+        return sel_emit(s, &lose, c0, c1, i0, i1, k, idx, val);
+    }
+    return sel_emit(s, NULL, c0, c1, i0, i1, k, idx, val);
+}
+
+/* The k-th largest (1 <= k <= 8) of the sixteen lanes of A and B, each sorted descending:
+ * max(A[k-1], B[k-1], min(A[l], B[k-2-l]) for l <= k-2) (the k largest of the two lists take
+ * l + 1 from A and k - 1 - l from B for some l). */
 static inline double sel_kth_of16(__m512d A, __m512d B, int k)
 {
     const __m512i rev = _mm512_sub_epi64(_mm512_set1_epi64(k - 2),
@@ -107,10 +211,34 @@ static inline __mmask8 sel_block_mask(int len, int skip, int b)
     return m;
 }
 
-int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
+/* The candidates' threshold of a row of nb blocks with each lane's largest m1 and second
+ * largest m2 (step 2; -inf for k = len: every element is a candidate). For k = 8 a cheaper
+ * one than the eighth largest of the sixteen: the larger of the smallest lane maximum (the
+ * eight maxima reach it) and the fourth largest of m2 (the two largest of those four lanes
+ * reach it), eight elements either way; one sort instead of two and the merge of their lists,
+ * for about 12 candidates instead of 9 in a row of 64 continuous values (more than 16, which
+ * the ranks then take, in about one row of 120). With a NaN in the row it means nothing: such
+ * rows are declined. */
+static inline __m512d sel_threshold(__m512d m1, __m512d m2, int nb, int len, int k)
 {
-    if (k < 1 || k > 8 || len < 8 || len > SEL_MAX_LEN)
-        return 0;
+    if (k == len)
+        return _mm512_set1_pd(-__builtin_inf());
+    if (k == 8 && nb > 1) {
+        const __m512d s2 = _mm512_castsi512_pd(sel_sort8(_mm512_castpd_si512(m2), 1));
+        return _mm512_max_pd(_mm512_set1_pd(_mm512_reduce_min_pd(m1)),
+                             _mm512_permutexvar_pd(_mm512_set1_epi64(3), s2));
+    }
+    const __m512d s1 = _mm512_castsi512_pd(sel_sort8(_mm512_castpd_si512(m1), 1));
+    if (nb == 1)
+        return _mm512_permutexvar_pd(_mm512_set1_epi64(k - 1), s1);
+    const __m512d s2 = _mm512_castsi512_pd(sel_sort8(_mm512_castpd_si512(m2), 1));
+    return _mm512_set1_pd(sel_kth_of16(s1, s2, k));
+}
+
+/* Steps 1 to 3 through memory, for any length: the candidates compressed into cv and ci, then
+ * (sorted = 1 and at most 16 of them) sel_sorted, else the ranks. */
+static int sel_topk_mem(const double *v, int len, int k, int32_t *idx, double *val, int sorted)
+{
     const int nb = (len + 7) / 8;
     const __mmask8 last = (__mmask8)(0xffu >> (8 * nb - len));
     const __m512d ninf = _mm512_set1_pd(-__builtin_inf());
@@ -120,14 +248,10 @@ int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
         m2 = _mm512_max_pd(m2, _mm512_min_pd(m1, x));
         m1 = _mm512_max_pd(m1, x);
     }
-    /* (with a NaN in the row thr means nothing: the row is declined below); k = len: every
-     * element is a candidate, no threshold to find */
-    const __m512d thr = k == len ? ninf
-                        : _mm512_set1_pd(nb == 1 ? sel_lane(sel_sort8(m1), k - 1)
-                                                 : sel_kth_of16(sel_sort8(m1), sel_sort8(m2), k));
-    /* candidates: value and index, in index order; the arrays take a full vector past m */
+    const __m512d thr = sel_threshold(m1, m2, nb, len, k);
+    /* candidates: value and index, in index order; the arrays take two full vectors past m */
     double cv[SEL_MAX_LEN + 16];
-    int64_t ci[SEL_MAX_LEN + 8];
+    int64_t ci[SEL_MAX_LEN + 16];
     __m512i iv = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
     const __m512i eight = _mm512_set1_epi64(8);
     int m = 0;
@@ -143,9 +267,16 @@ int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
     }
     if (m > SEL_MAX_CAND || nan)
         return 0; /* NaN: the scalar selection's own rule */
-    /* the lanes past m that the ranks load: defined, unused */
+    /* the lanes past m that the sort and the ranks load: defined, unused */
     _mm512_storeu_pd(cv + m, ninf);
     _mm512_storeu_pd(cv + m + 8, ninf);
+    _mm512_storeu_si512((void *)(ci + m), _mm512_setzero_si512());
+    _mm512_storeu_si512((void *)(ci + m + 8), _mm512_setzero_si512());
+    if (sorted && m <= 16 &&
+        sel_sorted(_mm512_loadu_pd(cv), _mm512_loadu_si512((const void *)ci),
+                   _mm512_loadu_pd(cv + 8), _mm512_loadu_si512((const void *)(ci + 8)), m, k,
+                   idx, val))
+        return 1;
     int64_t rk[SEL_MAX_CAND];
     switch ((m + 7) / 8) { /* a constant block count, so that the ranks stay in registers */
     case 1: sel_rank(cv, m, 1, rk); break;
@@ -168,6 +299,168 @@ int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
         val[j] = sv[j];
     }
     return 1;
+}
+
+#if defined(__AVX512VBMI2__)
+/* Block b (elements 8b..8b+7) of a row of nb blocks, -inf past its end (last: the lanes of its
+ * last block). */
+static inline __m512d sel_block(const double *v, int b, int nb, __mmask8 last)
+{
+    const __m512d ninf = _mm512_set1_pd(-__builtin_inf());
+    return b < nb - 1 ? _mm512_loadu_pd(v + 8 * b)
+           : b == nb - 1 ? _mm512_mask_loadu_pd(ninf, last, v + 8 * b)
+                         : ninf;
+}
+
+/* The elements of the row v (nb <= 8 blocks, -inf past its end) at the indices i (0..63): a
+ * two-source permute per pair of blocks, then bits 4 and 5 of i choose among the pairs. */
+static inline __m512d sel_pick64(const double *v, int nb, __mmask8 last, __m512i i)
+{
+    const __mmask8 b4 = _mm512_test_epi64_mask(i, _mm512_set1_epi64(16));
+    const __mmask8 b5 = _mm512_test_epi64_mask(i, _mm512_set1_epi64(32));
+    __m512d x[4];
+#pragma GCC unroll 4
+    for (int p = 0; p < 4; p++)
+        x[p] = _mm512_permutex2var_pd(sel_block(v, 2 * p, nb, last), i,
+                                      sel_block(v, 2 * p + 1, nb, last));
+    return _mm512_mask_blend_pd(b5, _mm512_mask_blend_pd(b4, x[0], x[1]),
+                                _mm512_mask_blend_pd(b4, x[2], x[3]));
+}
+
+/* Rows of 9 to 64 elements, SEL_ROWS at a time (row r at v + r * len, its answer at idx +
+ * r * k and val + r * k), each row's steps next to the other's so that the processor overlaps
+ * their chains of dependent instructions; no stores read back, no loop over the candidates:
+ * the candidates (elements not below thr, and NaNs) as one 64-bit mask, their indices packed
+ * in index order by a byte compress, their values picked from the row's blocks. st[r] = 1 when
+ * done, 0 for a row with a NaN among the candidates, -1 for sel_topk_mem (more than 16
+ * candidates, or ties). */
+static inline __attribute__((always_inline)) void sel_topk_regs(const double *v, int len, int k,
+                                                                 int R, int32_t *idx,
+                                                                 double *val, int *st)
+{
+    static const uint8_t iota[64] = {
+        0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
+        22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43,
+        44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63};
+    const int nb = (len + 7) / 8;
+    const __mmask8 last = (__mmask8)(0xffu >> (8 * nb - len));
+    const __m512d ninf = _mm512_set1_pd(-__builtin_inf());
+    __m512d m1[SEL_ROWS], m2[SEL_ROWS], thr[SEL_ROWS], c0[SEL_ROWS], c1[SEL_ROWS];
+    __m512i i0[SEL_ROWS], i1[SEL_ROWS];
+    uint64_t cand[SEL_ROWS];
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        const double *vr = v + (size_t)r * len;
+        m1[r] = _mm512_loadu_pd(vr);
+        m2[r] = ninf;
+#pragma GCC unroll 8
+        for (int b = 1; b < 8; b++) {
+            const __m512d x = sel_block(vr, b, nb, last);
+            m2[r] = _mm512_max_pd(m2[r], _mm512_min_pd(m1[r], x));
+            m1[r] = _mm512_max_pd(m1[r], x);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+        thr[r] = sel_threshold(m1[r], m2[r], nb, len, k);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        const double *vr = v + (size_t)r * len;
+        __mmask8 c[8]; /* joined in the mask registers (kunpck), not shifted in integers */
+#pragma GCC unroll 8
+        for (int b = 0; b < 8; b++)
+            c[b] = _mm512_mask_cmp_pd_mask(b < nb - 1 ? 0xff : b == nb - 1 ? last : 0,
+                                           sel_block(vr, b, nb, last), thr[r], _CMP_NLT_UQ);
+        cand[r] = _mm512_kunpackd(
+            _mm512_kunpackw(_mm512_kunpackb(c[7], c[6]), _mm512_kunpackb(c[5], c[4])),
+            _mm512_kunpackw(_mm512_kunpackb(c[3], c[2]), _mm512_kunpackb(c[1], c[0])));
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        const double *vr = v + (size_t)r * len;
+        const __m128i at = _mm512_castsi512_si128(
+            _mm512_maskz_compress_epi8(cand[r], _mm512_loadu_si512((const void *)iota)));
+        i0[r] = _mm512_cvtepu8_epi64(at);
+        i1[r] = _mm512_cvtepu8_epi64(_mm_srli_si128(at, 8));
+        const int m = __builtin_popcountll(cand[r]);
+        const unsigned keep = m >= 16 ? 0xffffu : (1u << m) - 1u; /* the candidates' lanes */
+        c0[r] = _mm512_mask_mov_pd(ninf, (__mmask8)keep, sel_pick64(vr, nb, last, i0[r]));
+        c1[r] = _mm512_mask_mov_pd(ninf, (__mmask8)(keep >> 8), sel_pick64(vr, nb, last, i1[r]));
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        const int m = __builtin_popcountll(cand[r]);
+        if (_mm512_cmp_pd_mask(c0[r], c0[r], _CMP_UNORD_Q) |
+            _mm512_cmp_pd_mask(c1[r], c1[r], _CMP_UNORD_Q))
+            st[r] = m > 16 ? -1 : 0; /* NaN: the scalar selection's own rule */
+        else
+            st[r] = m <= 16 && sel_sorted(c0[r], i0[r], c1[r], i1[r], m, k, idx + r * k,
+                                          val + r * k) ? 1 : -1;
+    }
+}
+#endif
+
+/* Rows of 8 elements, R at a time as sel_topk_regs takes them: each row's sort is its answer.
+ * st[r] as sel_topk_regs gives it (-1: ties). */
+static inline __attribute__((always_inline)) void sel_topk8(const double *v, int k, int R,
+                                                             int32_t *idx, double *val, int *st)
+{
+    const __m512i iota = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++) {
+        const __m512d c = _mm512_loadu_pd(v + 8 * r);
+        if (_mm512_cmp_pd_mask(c, c, _CMP_UNORD_Q)) {
+            st[r] = 0; /* NaN: the scalar selection's own rule */
+            continue;
+        }
+        st[r] = sel_emit(sel_sort8(sel_key(c, iota), 0), NULL, c, c, iota, iota, k, idx + r * k,
+                         val + r * k) ? 1 : -1;
+    }
+}
+
+int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
+{
+    if (k < 1 || k > 8 || len < 8 || len > SEL_MAX_LEN)
+        return 0;
+    int st = -1;
+    if (len == 8)
+        sel_topk8(v, k, 1, idx, val, &st);
+#if defined(__AVX512VBMI2__)
+    else if (len <= 64)
+        sel_topk_regs(v, len, k, 1, idx, val, &st);
+#endif
+    else
+        return sel_topk_mem(v, len, k, idx, val, 1);
+    return st >= 0 ? st : sel_topk_mem(v, len, k, idx, val, 0);
+}
+
+void moe_select_topk_rows(const double *v, long n, int len, int k, int32_t *idx, double *val)
+{
+    long t = 0;
+#if defined(__AVX512VBMI2__)
+    const int pairs = k >= 1 && k <= 8 && len >= 8 && len <= 64;
+#else
+    const int pairs = k >= 1 && k <= 8 && len == 8;
+#endif
+    for (; pairs && t + SEL_ROWS <= n; t += SEL_ROWS) {
+        const double *vt = v + (size_t)t * len;
+        int st[SEL_ROWS] = {-1, -1, -1, -1};
+        if (len == 8)
+            sel_topk8(vt, k, SEL_ROWS, idx + t * k, val + t * k, st);
+#if defined(__AVX512VBMI2__)
+        else
+            sel_topk_regs(vt, len, k, SEL_ROWS, idx + t * k, val + t * k, st);
+#endif
+        for (int r = 0; r < SEL_ROWS; r++) {
+            const size_t o = (size_t)(t + r) * k;
+            if (st[r] == 0 ||
+                (st[r] < 0 && !sel_topk_mem(vt + (size_t)r * len, len, k, idx + o, val + o, 0)))
+                idx[o] = -1;
+        }
+    }
+    for (; t < n; t++)
+        if (!moe_select_topk(v + (size_t)t * len, len, k, idx + (size_t)t * k, val + (size_t)t * k))
+            idx[(size_t)t * k] = -1;
 }
 
 int moe_select_argmax_skip(const double *x, int len, int skip)
@@ -312,6 +605,13 @@ int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
 {
     (void)v, (void)len, (void)k, (void)idx, (void)val;
     return 0;
+}
+
+void moe_select_topk_rows(const double *v, long n, int len, int k, int32_t *idx, double *val)
+{
+    (void)v, (void)len, (void)val;
+    for (long t = 0; t < n; t++)
+        idx[(size_t)t * k] = -1;
 }
 
 #endif

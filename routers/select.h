@@ -12,6 +12,11 @@
  * written: the caller then selects another way. */
 int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val);
 
+/* moe_select_topk of each of the n rows v (n, len): row t's answer at idx + t * k and val +
+ * t * k, four rows at a time where the rows are short (8..64 elements); a row it declines gets
+ * idx[t * k] = -1 and nothing else written. */
+void moe_select_topk_rows(const double *v, long n, int len, int k, int32_t *idx, double *val);
+
 /* The index of the largest of x[0..len) other than x[skip] (skip -1: none), ties to the lower
  * index (-0.0 and +0.0 equal), exactly as moe_claims_argmax's scalar loop; -1 when there is no
  * element, -2 when the row holds a NaN or there is no AVX-512 (the caller then scans). */

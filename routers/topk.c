@@ -16,6 +16,7 @@
 #endif
 #include <gsl/gsl_randist.h>
 #include <stdlib.h>
+#include <string.h>
 
 enum { TOPK_GATES_BUF = 512 }; /* values whose exponentials topk_gates takes in one call */
 
@@ -105,11 +106,29 @@ static void topk_select(moe_claims *cl, int t, const double *row, int in_rows, i
         cl->claim[i0 + j] = 1;
 }
 
+/* The rows pass's ctx for topk_row and topk_gates: the workspace and the logits, whose rows
+ * topk_gates selects from a chunk at a time when chunk_select is set. */
+typedef struct {
+    moe_claims *cl;
+    const double *logits;
+    int chunk_select;
+} topk_rows_ctx;
+
+/* Whether topk_gates selects for its chunk (moe_claims_topk_rows, four rows at a time) rather
+ * than topk_row per token: k from 3 to 8 on rows of up to 64 experts (k = 1, 2 take the row's
+ * maximum from the rows pass instead; longer rows gain nothing from the pairs). */
+static int topk_chunk_select(const moe_claims *cl)
+{
+    return cl->K >= 3 && cl->K <= 8 && cl->E <= 64;
+}
+
 static void topk_row(void *ctx, int t, const double *lt, const double *pt)
 {
     (void)pt;
-    moe_claims *cl = ctx;
-    topk_select(cl, t, lt, 1, cl->K > TOPK_GATES_BUF);
+    const topk_rows_ctx *x = ctx;
+    moe_claims *cl = x->cl;
+    if (!x->chunk_select) /* (else topk_gates selects, for the chunk) */
+        topk_select(cl, t, lt, 1, cl->K > TOPK_GATES_BUF);
 }
 
 /* g[j] = e[j] / s for j < k, eight at a time (each quotient correctly rounded, as one at a
@@ -133,14 +152,21 @@ static void topk_div(double *restrict g, const double *restrict e, int k, double
  * one call per token. */
 static void topk_gates(void *ctx, long t0, long t1)
 {
-    moe_claims *cl = ctx;
+    const topk_rows_ctx *x = ctx;
+    moe_claims *cl = x->cl;
     const int k = cl->K, per = TOPK_GATES_BUF / k; /* tokens per call */
     double e[TOPK_GATES_BUF];
+    if (x->chunk_select) { /* the selection, and every choice claims */
+        moe_claims_topk_rows(x->logits + (size_t)t0 * cl->E, t1 - t0, cl->E, k,
+                             cl->expert + (size_t)t0 * k, cl->gate + (size_t)t0 * k);
+        memset(cl->claim + (size_t)t0 * k, 1, (size_t)(t1 - t0) * k);
+    }
     for (long a = t0; a < t1; a += per) {
         const long b = a + per < t1 ? a + per : t1;
         double *g = cl->gate + (size_t)a * k;
-        for (long q = 0; q < (b - a) * k; q++) /* v - max, as moe_softmax subtracts it */
-            e[q] = g[q] - g[q - q % k];
+        for (long q = 0; q < (b - a) * k; q += k) /* v - max, as moe_softmax subtracts it */
+            for (int j = 0; j < k; j++)
+                e[q + j] = g[q + j] - g[q];
         moe_vexp_shift(e, (int)((b - a) * k), 0.0, e);
         for (long q = 0; q < (b - a) * k; q += k) {
             double s = 0.0;
@@ -188,9 +214,10 @@ static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         plan->rows_topk_k = cl->K;
     }
     cl->rows_chunk = dflt && cl->K <= TOPK_GATES_BUF ? topk_gates : NULL;
+    topk_rows_ctx x = {cl, in->logits, cl->rows_chunk && topk_chunk_select(cl)};
     int rc = moe_claims_rows(cl, in->logits, n,
                              sd > 0.0 ? NULL : dflt ? topk_row : topk_score_row,
-                             dflt ? (void *)cl : (void *)w, plan);
+                             dflt ? (void *)&x : (void *)w, plan);
     plan->rows_topk = NULL;
     cl->rows_chunk = NULL;
     if (rc)

@@ -89,6 +89,107 @@ static void test_select(void)
     gsl_rng_free(g);
 }
 
+/* The stable descending argsort of test_select_sorted's row: a before b when v[a] > v[b], or
+ * when neither is above the other (equal, -0.0 and +0.0 included) and a < b. */
+static const double *sort_row;
+
+static int by_rank(const void *pa, const void *pb)
+{
+    const int a = *(const int *)pa, b = *(const int *)pb;
+    if (sort_row[a] > sort_row[b])
+        return -1;
+    if (sort_row[b] > sort_row[a])
+        return 1;
+    return (a > b) - (a < b);
+}
+
+/* Row r of SEL_BATCH of test_select_sorted's kind for length len and k: Gaussian (few
+ * candidates past k: the sorts), quarters and small integers (ties inside and at the k-th
+ * place, crowds of equal values: the ranks, the scalar path), Gaussian with +inf, -inf and
+ * signed zeros sprinkled, -inf with a few finite values (k past the finite ones), and Gaussian
+ * with one NaN. Returns its kind. */
+enum { SEL_LEN = 1024, SEL_BATCH = 7 };
+
+static int select_row(gsl_rng *g, int len, int k, int r, double *v)
+{
+    const int kind = (len * 8 + k + r) % 6;
+    for (int i = 0; i < len; i++) {
+        const double z = gsl_ran_gaussian_ziggurat(g, 1.0), u = gsl_rng_uniform(g);
+        v[i] = kind == 1   ? (double)(int)(z * 4.0) / 4.0
+               : kind == 2 ? (double)gsl_rng_uniform_int(g, 40)
+               : kind == 3 ? (u < 0.05   ? INFINITY
+                              : u < 0.1  ? -INFINITY
+                              : u < 0.15 ? (u < 0.125 ? 0.0 : -0.0)
+                                         : z)
+               : kind == 4 ? (u < 4.0 / len ? z : -INFINITY)
+                           : z;
+    }
+    if (kind == 5)
+        v[gsl_rng_uniform_int(g, len)] = NAN;
+    return kind;
+}
+
+/* moe_select_topk, moe_select_topk_rows (four rows at a time, then one by one), moe_claims_topk
+ * and moe_claims_topk_rows (which fall back to the scalar selection where the vector one
+ * declines) against a brute-force reference: the first k of a stable sort of the whole row
+ * (qsort on value descending, then index ascending, which is that order). Every length
+ * 8..SEL_LEN (multiples of 8 and not: the one-block sort at 8, the rows in registers up to
+ * 64, the candidates through memory above) with every k 1..8, SEL_BATCH rows of the kinds of
+ * select_row each (so that every kind meets every length and k). Rows with a NaN must be
+ * declined by the vector selection; the scalar rule for them is not a sort, so they are not
+ * compared. */
+static void test_select_sorted(void)
+{
+    gsl_rng *g = moe_rng_alloc(19, 1);
+    static double v[SEL_BATCH * SEL_LEN];
+    static int ord[SEL_LEN];
+    int bad[4] = {0, 0, 0, 0}, nan_taken = 0, rows = 0, gauss = 0, gauss_taken = 0;
+    for (int len = 8; len <= SEL_LEN; len++)
+        for (int k = 1; k <= 8; k++) {
+            int kind[SEL_BATCH];
+            for (int r = 0; r < SEL_BATCH; r++)
+                kind[r] = select_row(g, len, k, r, v + (size_t)r * len);
+            double val[4][SEL_BATCH * 8];
+            int32_t idx[4][SEL_BATCH * 8], got[SEL_BATCH];
+            moe_select_topk_rows(v, SEL_BATCH, len, k, idx[1], val[1]);
+            moe_claims_topk_rows(v, SEL_BATCH, len, k, idx[3], val[3]);
+            for (int r = 0; r < SEL_BATCH; r++) {
+                const double *vr = v + (size_t)r * len;
+                got[r] = moe_select_topk(vr, len, k, idx[0] + r * k, val[0] + r * k);
+                moe_claims_topk(vr, len, k, idx[2] + r * k, val[2] + r * k);
+                rows++;
+                gauss += kind[r] == 0;
+                gauss_taken += kind[r] == 0 && got[r];
+                if (kind[r] == 5) {
+                    nan_taken += got[r] + (idx[1][r * k] >= 0);
+                    continue;
+                }
+                sort_row = vr;
+                for (int i = 0; i < len; i++)
+                    ord[i] = i;
+                qsort(ord, (size_t)len, sizeof ord[0], by_rank);
+                for (int f = 0; f < 4; f++) { /* the vector ones only where they take the row */
+                    const int taken = f >= 2 || (f == 0 ? got[r] : idx[1][r * k] >= 0);
+                    int wrong = 0;
+                    for (int j = 0; taken && j < k; j++)
+                        wrong |= idx[f][r * k + j] != ord[j] ||
+                                 memcmp(&val[f][r * k + j], &vr[ord[j]], sizeof(double));
+                    bad[f] += wrong;
+                }
+            }
+        }
+    CHECK(bad[0] == 0 && bad[1] == 0 && bad[2] == 0 && bad[3] == 0 && nan_taken == 0,
+          "top-k against a stable sort, %d rows: wrong rows of moe_select_topk %d, "
+          "moe_select_topk_rows %d, moe_claims_topk %d, moe_claims_topk_rows %d; %d takings of "
+          "rows with a NaN",
+          rows, bad[0], bad[1], bad[2], bad[3], nan_taken);
+#if defined(__AVX512F__)
+    CHECK(gauss_taken > gauss * 9 / 10, "moe_select_topk took only %d of %d Gaussian rows",
+          gauss_taken, gauss);
+#endif
+    gsl_rng_free(g);
+}
+
 /* moe_claims_argmax (the vector pass of select.c for rows of 8 and more) against the scalar
  * definition written here: the first index of the largest value other than x[skip], by a
  * strict > scan; rows of lengths 1..300, every skip position class (none, first, last, inside),
@@ -399,6 +500,7 @@ int main(void)
         U[i] = gsl_rng_uniform(g);
     gsl_rng_free(g);
     test_select();
+    test_select_sorted();
     test_argmax_skip();
     test_first_eq();
     test_is_top();
