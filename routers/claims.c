@@ -202,6 +202,8 @@ static void rows_add_ready(rows_job *j)
     j->adding = 0;
 }
 
+static void rows_first(moe_claims *c, long t0, long t1, const double *logits, const double *p0);
+
 static void rows_part(void *arg, int i, int np)
 {
     (void)i, (void)np;
@@ -221,7 +223,9 @@ static void rows_part(void *arg, int i, int np)
         const long t0 = ch * j->chunk, t1 = t0 + j->chunk < j->n ? t0 + j->chunk : j->n;
         moe_softmax_rows_max(j->logits + (size_t)t0 * E, (int)(t1 - t0), E, p0,
                              j->lse ? j->lse + t0 : NULL, j->c->rowmax + t0);
-        for (long t = t0; j->row && t < t1; t++)
+        if (j->row == moe_claims_row_first) /* one loop, no call per token */
+            rows_first(j->ctx, t0, t1, j->logits, p0);
+        for (long t = t0; j->row && j->row != moe_claims_row_first && t < t1; t++)
             j->row(j->ctx, (int)t, j->logits + (size_t)t * E, p0 + (size_t)(t - t0) * E);
         if (j->row && j->c->rows_chunk)
             j->c->rows_chunk(j->ctx, t0, t1);
@@ -304,11 +308,13 @@ int moe_claims_argmax(const double *x, int len, int skip)
     return best;
 }
 
-int moe_claims_argmax_row(const moe_claims *c, int t, const double *lt)
+/* moe_claims_argmax_row: at E = 8 the row is one vector, and moe_select_first_eq's test is
+ * taken inline. */
+static inline int argmax_row(const moe_claims *c, int t, const double *lt)
 {
     /* the maximum is moe_vmax's, the one moe_claims_argmax takes: its first index is the answer */
 #if defined(__AVX512F__)
-    if (c->E == 8) { /* the row is one vector: moe_select_first_eq's test, inline */
+    if (c->E == 8) {
         const __mmask8 eq = _mm512_cmp_pd_mask(_mm512_loadu_pd(lt), _mm512_set1_pd(c->rowmax[t]),
                                                _CMP_EQ_OQ);
         if (eq)
@@ -317,6 +323,32 @@ int moe_claims_argmax_row(const moe_claims *c, int t, const double *lt)
 #endif
     const int e = moe_select_first_eq(lt, c->E, c->rowmax[t]);
     return e >= 0 ? e : moe_claims_argmax(lt, c->E, -1); /* NaN rows */
+}
+
+int moe_claims_argmax_row(const moe_claims *c, int t, const double *lt)
+{
+    return argmax_row(c, t, lt);
+}
+
+void moe_claims_row_first(void *ctx, int t, const double *lt, const double *pt)
+{
+    moe_claims *c = ctx;
+    const int e = argmax_row(c, t, lt);
+    c->expert[t] = e;
+    c->gate[t] = pt[e];
+    c->claim[t] = 1;
+}
+
+/* moe_claims_row_first over tokens [t0, t1) of a chunk, whose softmax rows start at p0. */
+static void rows_first(moe_claims *c, long t0, long t1, const double *logits, const double *p0)
+{
+    const int E = c->E;
+    for (long t = t0; t < t1; t++) {
+        const int e = argmax_row(c, (int)t, logits + (size_t)t * E);
+        c->expert[t] = e;
+        c->gate[t] = p0[(size_t)(t - t0) * E + e];
+        c->claim[t] = 1;
+    }
 }
 
 void moe_claims_topk(const double *v, int len, int k, int32_t *idx, double *val)

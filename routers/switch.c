@@ -68,16 +68,6 @@ static int switch_alloc(moe_router *r)
 
 /* ---- routing ---- */
 
-/* Token t: its first choice and gate (runs on the routers' threads, see claims.h). */
-static void switch_row(void *ctx, int t, const double *lt, const double *pt)
-{
-    moe_claims *cl = ctx;
-    int e = moe_claims_argmax_row(cl, t, lt);
-    cl->expert[t] = e;
-    cl->gate[t] = pt[e];
-    cl->claim[t] = 1;
-}
-
 /* Token t through the score path (score.h). */
 static void switch_score_row(void *ctx, int t, const double *lt, const double *pt)
 {
@@ -132,7 +122,8 @@ static int switch_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     } else if (w->sc.is_default) {
         plan->rows_topk = cl->expert; /* each row's first index of its largest logit */
         plan->rows_topk_k = 1;
-        rc = moe_claims_rows(cl, in->logits, in->n, switch_row, cl, plan);
+        /* each token's first choice and gate (claims.h) */
+        rc = moe_claims_rows(cl, in->logits, in->n, moe_claims_row_first, cl, plan);
         plan->rows_topk = NULL;
     } else {
         rc = moe_claims_rows(cl, in->logits, in->n, switch_score_row, w, plan);
