@@ -519,6 +519,7 @@ int moe_claims_finish(moe_claims *c, const moe_route_opts *o, int n, int aux, mo
         if (rc)
             return rc;
     }
+    c->first_ready = 0; /* set by the resolution on the threads when it counted them */
     int rc = moe_claims_resolve(c, n, o->order, C, o->dropless, o->renormalize, plan);
     if (rc)
         return rc;
@@ -529,7 +530,8 @@ int moe_claims_finish(moe_claims *c, const moe_route_opts *o, int n, int aux, mo
         plan->aux_loss = (double)E / ((double)K * n) * s;
     } else {
         /* fill: the first choices per expert (every first choice claims) */
-        rc = claims_count_first(c, n);
+        rc = c->first_ready ? MOE_OK : claims_count_first(c, n);
+        c->first_ready = 0;
         if (rc)
             return rc;
         for (int e = 0; e < E; e++)

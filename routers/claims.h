@@ -39,6 +39,8 @@ typedef struct {
     int bpr_keys;         /* set by moe_claims_scratch_p for order bpr: the rows pass also leaves
                            * each token's key max_e p[t,e] in val (T) */
     int bpr_ready;        /* the last rows pass did so (moe_claims_resolve then uses them) */
+    int first_ready;      /* the resolution on the threads left in fill (E) the tokens whose first
+                           * choice is each expert (K = 1 in token order, every token claiming) */
     double *pmean;        /* (E) mean over tokens of p[t,e] (moe_claims_softmax) */
     double *rowmax;       /* (T) each row's maximum logit, from the last rows pass */
     const double *rts_u;  /* (T,E) order rts: the draws, set by the router per group, or NULL */

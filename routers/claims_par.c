@@ -136,6 +136,11 @@ static int rp_prefix(rp_job *j, int dropless, int kept_by_part)
     free(run);
     for (int i = 0; i < np && kept_by_part; i++)
         j->pt.kept[i] = kept[i];
+    long claims = 0; /* this call's */
+    for (int i = 0; i < np; i++)
+        claims += j->claims[i];
+    /* one choice a token, each claiming: fill holds every token's first choice per expert */
+    j->c->first_ready = kept_by_part && j->c->K == 1 && claims == j->n;
     return MOE_OK;
 }
 
