@@ -224,7 +224,7 @@ static void rows_part(void *arg, int i, int np)
         moe_softmax_rows_max(j->logits + (size_t)t0 * E, (int)(t1 - t0), E, p0,
                              j->lse ? j->lse + t0 : NULL, j->c->rowmax + t0);
         if (j->row == moe_claims_row_first) /* one loop, no call per token */
-            rows_first(j->ctx, t0, t1, j->logits, p0);
+            rows_first(j->c, t0, t1, j->logits, p0);
         for (long t = t0; j->row && j->row != moe_claims_row_first && t < t1; t++)
             j->row(j->ctx, (int)t, j->logits + (size_t)t * E, p0 + (size_t)(t - t0) * E);
         if (j->row && j->c->rows_chunk)

@@ -101,9 +101,10 @@ int moe_claims_argmax(const double *x, int len, int skip);
  * found from the maximum the pass has taken already (c->rowmax[t]). */
 int moe_claims_argmax_row(const moe_claims *c, int t, const double *lt);
 
-/* A row() for one choice per token (K = 1) with ctx the claims c: expert[t] = the first index of
- * the row's largest logit (moe_claims_argmax_row), gate[t] = its probability pt[expert[t]],
- * claim[t] = 1. The rows pass runs it over a chunk's tokens in a loop of its own. */
+/* A row() for one choice per token (K = 1): expert[t] = the first index of the row's largest
+ * logit (moe_claims_argmax_row), gate[t] = its probability pt[expert[t]], claim[t] = 1, in the
+ * claims c of the rows pass (called directly: ctx is c). The rows pass runs it over a chunk's
+ * tokens in a loop of its own, so its ctx is free for the pass's rows_chunk. */
 void moe_claims_row_first(void *ctx, int t, const double *lt, const double *pt);
 
 /* The k largest of v[0..len) in descending order, ties to the lower index (the first k of a

@@ -161,7 +161,11 @@ static void topk_gates(void *ctx, long t0, long t1)
                              cl->expert + (size_t)t0 * k, cl->gate + (size_t)t0 * k);
         memset(cl->claim + (size_t)t0 * k, 1, (size_t)(t1 - t0) * k);
     }
-    for (long a = t0; a < t1; a += per) {
+    for (long t = t0; k == 1 && t < t1; t++) { /* exp(v - v) / exp(v - v): 1 for a finite v */
+        cl->gate[t] = (cl->gate[t] - cl->gate[t]) + 1.0;
+        topk_perturb(cl->gate + t);
+    }
+    for (long a = t0; k > 1 && a < t1; a += per) {
         const long b = a + per < t1 ? a + per : t1;
         double *g = cl->gate + (size_t)a * k;
         for (long q = 0; q < (b - a) * k; q += k) /* v - max, as moe_softmax subtracts it */
@@ -215,9 +219,13 @@ static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     }
     cl->rows_chunk = dflt && cl->K <= TOPK_GATES_BUF ? topk_gates : NULL;
     topk_rows_ctx x = {cl, in->logits, cl->rows_chunk && topk_chunk_select(cl)};
-    int rc = moe_claims_rows(cl, in->logits, n,
-                             sd > 0.0 ? NULL : dflt ? topk_row : topk_score_row,
-                             dflt ? (void *)&x : (void *)w, plan);
+    /* k = 1: the first index of the maximum with its probability, which topk_gates then
+     * turns into the softmax of that one value, 1 (for a finite row) */
+    const moe_claims_row_fn per_row = sd > 0.0  ? NULL
+                                      : !dflt   ? topk_score_row
+                                      : cl->K == 1 && cl->rows_chunk ? moe_claims_row_first
+                                                                     : topk_row;
+    int rc = moe_claims_rows(cl, in->logits, n, per_row, dflt ? (void *)&x : (void *)w, plan);
     plan->rows_topk = NULL;
     cl->rows_chunk = NULL;
     if (rc)

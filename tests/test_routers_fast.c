@@ -17,9 +17,10 @@
  *    renormalize, routed with 1 thread (the serial loops of claims.c) and with 2 threads: the
  *    same entries, loads, importance, claims per rank, capacity and aux loss.
  *  - topk's gates, taken for a chunk of tokens at once, against moe_softmax per token.
- *  - switch's expert, dropless, at E = 8 (a row is one vector) and 64 on the quartered logits:
- *    the first index of the row's largest logit by a scalar scan; gshard's two choices likewise
- *    (the first index of the largest, then of the largest of the others). */
+ *  - switch's and topk k = 1's expert, dropless, at E = 8 (a row is one vector) and 64 on the
+ *    quartered logits: the first index of the row's largest logit by a scalar scan; gshard's
+ *    two choices likewise (the first index of the largest, then of the largest of the
+ *    others). */
 #include "check.h"
 #include "moe.h"
 #include "../routers/claims.h"
@@ -422,34 +423,39 @@ static void test_gates(void)
     }
 }
 
-/* switch's choice, dropless, on the quartered logits read as rows of 8 (one vector: its own
- * first-index test) and of 64: every token's one entry is the first index of its row's largest
- * logit, found here by a scalar scan (strict >, so ties go to the lower expert). */
+/* switch's and topk k = 1's choice, dropless, on the quartered logits read as rows of 8 (one
+ * vector: its own first-index test) and of 64: every token's one entry is the first index of its
+ * row's largest logit, found here by a scalar scan (strict >, so ties go to the lower expert). */
 static void test_switch_first(void)
 {
-    for (int Ew = 8; Ew <= 64; Ew *= 8) {
-        const int n = N * E / Ew < 20000 ? N * E / Ew : 20000;
-        moe_route_opts o = route_helper_opts(1, MOE_ORDER_CHOICE_MAJOR);
-        o.dropless = 1;
-        moe_plan *p = route_helper("switch", &o, n, Ew, L, U, NULL, 2);
-        int bad = -1, ties = 0;
-        for (int t = 0; t < n && bad < 0; t++) {
-            const double *lt = L + (size_t)t * Ew;
-            int b = 0, cnt = 1;
-            for (int e = 1; e < Ew; e++) {
-                cnt += lt[e] == lt[b];
-                if (lt[e] > lt[b])
-                    b = e, cnt = 1;
+    static const char *const routers[] = {"switch", "topk"};
+    for (int ri = 0; ri < 2; ri++)
+        for (int Ew = 8; Ew <= 64; Ew *= 8) {
+            const int n = N * E / Ew < 20000 ? N * E / Ew : 20000;
+            moe_route_opts o = route_helper_opts(1, MOE_ORDER_CHOICE_MAJOR);
+            o.dropless = 1;
+            moe_plan *p = route_helper(routers[ri], &o, n, Ew, L, U, NULL, 2);
+            int bad = -1, ties = 0;
+            for (int t = 0; t < n; t++) {
+                const double *lt = L + (size_t)t * Ew;
+                int b = 0, cnt = 1;
+                for (int e = 1; e < Ew; e++) {
+                    cnt += lt[e] == lt[b];
+                    if (lt[e] > lt[b])
+                        b = e, cnt = 1;
+                }
+                ties += cnt > 1;
+                if (bad < 0 && ((size_t)t >= p->n_entries || p->entries[t].token != t ||
+                                p->entries[t].expert != b))
+                    bad = t;
             }
-            ties += cnt > 1;
-            if ((size_t)t >= p->n_entries || p->entries[t].token != t || p->entries[t].expert != b)
-                bad = t;
+            CHECK(bad < 0 && p->n_entries == (size_t)n,
+                  "%s E=%d: token %d is not routed to the first index of its largest logit",
+                  routers[ri], Ew, bad);
+            CHECK(ties > n / 20, "%s E=%d: only %d of %d rows tie at their maximum", routers[ri],
+                  Ew, ties, n);
+            moe_plan_free(p);
         }
-        CHECK(bad < 0 && p->n_entries == (size_t)n, "switch E=%d: token %d is not routed to the "
-              "first index of its largest logit", Ew, bad);
-        CHECK(ties > n / 20, "switch E=%d: only %d of %d rows tie at their maximum", Ew, ties, n);
-        moe_plan_free(p);
-    }
 }
 
 /* The first index of the largest of lt (Ew) other than skip, by a scalar scan. */
