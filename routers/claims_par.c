@@ -34,6 +34,10 @@
  */
 #include "claims_par.h"
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,6 +61,38 @@ typedef struct {
 
 /* ---- counts and statistics ---- */
 
+#if defined(__AVX512F__)
+/* The counts of rp_count for E <= 8 and K <= 8: each counted rank's counts in one vector
+ * register (lane e), bumped without a branch on the claim; returns the claims. */
+static inline __attribute__((always_inline)) long rp_count_k8(const rp_job *j, long lo, long hi,
+                                                             long *cnt, const int K)
+{
+    const moe_claims *c = j->c;
+    const int E = c->E, sets = j->KR > 1 ? K : 1;
+    const __mmask8 lanes = (__mmask8)((1u << E) - 1u);
+    const __m512i one = _mm512_set1_epi64(1);
+    __m512i cv[8];
+    long claims = 0;
+    for (int r = 0; r < sets; r++)
+        cv[r] = _mm512_setzero_si512();
+    for (long pos = lo; pos < hi; pos++) {
+        const size_t q0 = (size_t)(j->perm ? j->perm[pos] : pos) * K;
+        for (int k = 0; k < K; k++) {
+            const int claim = c->claim[q0 + k] != 0, r = sets > 1 ? k : 0;
+            cv[r] = _mm512_mask_add_epi64(cv[r], (__mmask8)((unsigned)claim << c->expert[q0 + k]),
+                                          cv[r], one);
+            claims += claim;
+        }
+    }
+    for (int r = 0; r < sets; r++) {
+        long *to = cnt + (size_t)r * E;
+        _mm512_mask_storeu_epi64(to, lanes,
+                                 _mm512_add_epi64(_mm512_maskz_loadu_epi64(lanes, to), cv[r]));
+    }
+    return claims;
+}
+#endif
+
 /* Step 1 for part i: counts of its positions; importance of its experts over all tokens. */
 static void rp_count(void *ctx, int i, int np)
 {
@@ -66,6 +102,14 @@ static void rp_count(void *ctx, int i, int np)
     long lo, hi, e0, e1;
     moe_par_range(j->n, i, np, &lo, &hi);
     long *cnt = j->cnt + (size_t)i * KR * E, claims = 0;
+#if defined(__AVX512F__)
+    if (E <= 8 && K <= 8) {
+        claims = K == 1   ? rp_count_k8(j, lo, hi, cnt, 1)
+                 : K == 2 ? rp_count_k8(j, lo, hi, cnt, 2)
+                          : rp_count_k8(j, lo, hi, cnt, K);
+        lo = hi; /* counted */
+    }
+#endif
     for (long r = lo; r < hi; r++) {
         const size_t q0 = (size_t)(j->perm ? j->perm[r] : r) * K;
         for (int k = 0; k < K; k++)
@@ -290,6 +334,45 @@ rp_assign_k(const rp_job *j, long lo, long hi, long *next, moe_entry *en, long r
     }
 }
 
+#if defined(__AVX512F__)
+/* Lane e of x. */
+static inline long rp_lane(__m512i x, int e)
+{
+    return (long)_mm_cvtsi128_si64(
+        _mm512_castsi512_si128(_mm512_permutexvar_epi64(_mm512_set1_epi64(e), x)));
+}
+
+/* rp_assign_k for E <= 8 and K <= 8: each counted rank's next free slots in one vector register
+ * (lane e), read and bumped there, without a branch on the claim, instead of through memory,
+ * where an increment waits on the last store to the same count (or replays after a load that
+ * ran ahead of it). */
+static inline __attribute__((always_inline)) void
+rp_assign_k8(const rp_job *j, long lo, long hi, long *next, moe_entry *en, long rc[2], long rk[2],
+             const int K)
+{
+    const moe_claims *c = j->c;
+    const int E = c->E, sets = j->KR > 1 ? K : 1;
+    const __mmask8 lanes = (__mmask8)((1u << E) - 1u);
+    const __m512i one = _mm512_set1_epi64(1);
+    __m512i nv[8];
+    for (int r = 0; r < sets; r++)
+        nv[r] = _mm512_maskz_loadu_epi64(lanes, next + (size_t)r * E);
+    long slot[8];
+    for (long t = lo; t < hi; t++) {
+        const size_t q0 = (size_t)t * K;
+        for (int k = 0; k < K; k++) {
+            const int e = c->expert[q0 + k], r = sets > 1 ? k : 0, claim = c->claim[q0 + k] != 0;
+            const long v = rp_lane(nv[r], e);
+            nv[r] = _mm512_mask_add_epi64(nv[r], (__mmask8)((unsigned)claim << e), nv[r], one);
+            slot[k] = claim && v < j->C ? v : -1;
+        }
+        rp_token_entries_k(j, t, slot, &en, rc, rk, K);
+    }
+    for (int r = 0; r < sets; r++)
+        _mm512_mask_storeu_epi64(next + (size_t)r * E, lanes, nv[r]);
+}
+#endif
+
 /* Step 3 for part i: slots from the part's first slots; in token order also its entries at
  * ent0[i], else (bpr) the slots into c->slot. */
 static void rp_assign(void *ctx, int i, int np)
@@ -307,6 +390,18 @@ static void rp_assign(void *ctx, int i, int np)
             rp_take(j, (size_t)j->perm[r] * K, next, c->slot + (size_t)j->perm[r] * K, K);
         return;
     }
+#if defined(__AVX512F__)
+    if (E <= 8 && K <= 8) {
+        if (K == 1)
+            rp_assign_k8(j, lo, hi, next, en, rc, rk, 1);
+        else if (K == 2)
+            rp_assign_k8(j, lo, hi, next, en, rc, rk, 2);
+        else
+            rp_assign_k8(j, lo, hi, next, en, rc, rk, K);
+        moe_claims_parts_ranks(&j->pt, i, rc, rk);
+        return;
+    }
+#endif
     if (K == 1)
         rp_assign1(j, lo, hi, next, en, rc, rk);
     else if (K == 2) /* K a constant: the ranks unrolled (gshard, topk k = 2) */

@@ -12,8 +12,9 @@
  * index order; choice_major takes slots rank by rank in token order, token_major claim by claim.
  * Statistics (loads, importance) are added claim by claim in claim index order.
  *
- * Cases: claims filled directly into a claims workspace (K = 1, 2, 8 distinct experts per token,
- * some last choices making no claim), keys quantised to a few values so that most claims tie
+ * Cases: claims filled directly into a claims workspace (K = 1, 2, 3, 8 distinct experts per
+ * token, some last choices making no claim; E up to 8, whose counts the threads keep in vector
+ * registers, and larger E, in memory), keys quantised to a few values so that most claims tie
  * with others, capacity factors 0.5, 1 and 2 (drops on most experts, some, and none) and
  * dropless, with and without renormalisation, on 1 thread, 2 threads, and 2 threads with every
  * parallel pass split however small (moe_par_set_grain(1), n down to 1 token): the whole plan,
@@ -187,7 +188,7 @@ static void test_direct(void)
     static const struct {
         int n, K, E;
     } shapes[] = {{30000, 2, 64}, {20000, 8, 32}, {25000, 1, 16}, {37, 2, 8}, {1, 1, 4},
-                  {5, 8, 12}};
+                  {5, 8, 12}, {20000, 1, 8}, {15000, 2, 8}, {9000, 8, 8}, {7000, 3, 5}};
     static const long cf4[] = {2, 4, 8}; /* capacity factors 0.5, 1, 2 in quarters */
     gsl_rng *g = moe_rng_alloc(21, 1);
     ref_plan rp;
