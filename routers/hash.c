@@ -1,6 +1,7 @@
 /* hash.c: the `hash` router (Roller et al. 2021, hash layers), docs/routing.md section 3. Fills
- * moe_router_hash: expert = hash(token id), k = 1, weights 1; the logit values are ignored
- * (they only fix E).
+ * moe_router_hash: expert = hash(token id), k = 1, weights 1; the choices ignore the logit
+ * values (they fix E; with the metrics attached the router also takes their softmax rows for
+ * the metrics, hash_rows).
  *   hash = mod       id mod E
  *   hash = table     opts.hash_table[id] (an id beyond the table, or a table value outside
  *                    0..E-1, is an input error naming the id and the token index)
@@ -135,12 +136,31 @@ static void hash_balanced(hash_ws *w, const int64_t *ids, int n, int E)
 
 /* ---- routing ---- */
 
+/* With the metrics attached to the plan (moe_metrics_attach), one rows pass over the logits
+ * (moe_claims_softmax, into a scratch of a few chunks) gives them every softmax row and the
+ * plan each row's logsumexp, the values their own passes would take (moe_softmax's rows and
+ * moe_logsumexp's), with one exponential per logit instead of one for the z-loss and one for
+ * the anchor metrics. The choices do not depend on it. */
+static int hash_rows(moe_router *r, const moe_route_in *in, moe_plan *plan)
+{
+    moe_claims *cl = ((hash_ws *)r->ws)->cl;
+    if (!cl->p && !(cl->p = malloc(moe_claims_rows_scratch(r->n_max, r->E) * sizeof *cl->p)))
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (softmax rows of %d tokens)", r->n_max);
+    return moe_claims_softmax(cl, in->logits, in->n, plan);
+}
+
 static int hash_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 {
     hash_ws *w = r->ws;
     moe_claims *cl = w->cl;
     const moe_route_opts *o = &r->opts;
     const int n = in->n, E = r->E;
+    /* the logits are checked by the rows pass, else here (MOE_RF_CHECKS_FINITE) */
+    int rc = plan->rows_add                      ? hash_rows(r, in, plan)
+             : in->logits == r->finite_logits ? MOE_OK
+                                              : moe_logits_check_finite(in->logits, n, in->m);
+    if (rc)
+        return rc;
     if (o->hash == MOE_HASH_BALANCED) {
         hash_balanced(w, in->ids, n, E);
     } else {
@@ -171,11 +191,11 @@ static int hash_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     int limited = !o->dropless && (o->cf_set || o->capacity >= 0);
     long C = 0;
     if (limited) {
-        int rc = moe_capacity(o, 1, n, E, &C);
+        rc = moe_capacity(o, 1, n, E, &C);
         if (rc)
             return rc;
     }
-    int rc = moe_claims_resolve(cl, n, MOE_ORDER_TOKEN_MAJOR, C, !limited, o->renormalize, plan);
+    rc = moe_claims_resolve(cl, n, MOE_ORDER_TOKEN_MAJOR, C, !limited, o->renormalize, plan);
     if (rc)
         return rc;
     plan->aux_loss = 0.0;
@@ -185,7 +205,7 @@ static int hash_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 const moe_router_type moe_router_hash = {
     "hash",
     "hash layer (Roller 2021): expert = hash(token id), mod | table | balanced",
-    MOE_RF_NEEDS_IDS | MOE_RF_HAS_DROPLESS,
+    MOE_RF_NEEDS_IDS | MOE_RF_HAS_DROPLESS | MOE_RF_CHECKS_FINITE,
     1,
     hash_alloc,
     hash_free,

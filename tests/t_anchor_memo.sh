@@ -5,13 +5,13 @@
 # sequences) at capacity factors 0.5 1.0 2.0 on two distributions of 384 tokens, d 16, E 16,
 # runs once; then every (router, capacity factor) runs alone with both distributions (one
 # process each, two batches: nothing to reuse) with --force into a second database. Checked:
-# the sweep reuses the sums as counted by hand (hash and expert_choice have no rows pass of
-# their own, so each point's anchor pass reads every row; points expand distribution, router,
-# capacity factor: per distribution each router's first point keeps its sums and its other two
-# reuse them: 6 kept, 12 reuses; hash's plans keep no logsumexps, so its z-loss sums every row's
-# logsumexp, kept at its first point per distribution and reused by the other two: 2 kept, 4
-# reuses; expert_choice's plans keep the router's logsumexps: no such sum); the lone runs reuse
-# none; every metric column of every point
+# the sweep reuses the sums as counted by hand (expert_choice has no rows pass of its own, so
+# each point's anchor pass reads every row; points expand distribution, router, capacity
+# factor: per distribution each expert_choice router's first point keeps its sums and its other
+# two reuse them: 4 kept, 8 reuses; expert_choice's plans keep the router's logsumexps, so the
+# z-loss needs no sum of its own; hash's rows pass gives the metrics every softmax row and
+# logsumexp as it reads the logits, so it keeps nothing: no z-loss sums either); the lone runs
+# reuse none, and hash's print no kept sums; every metric column of every point
 # (points and batches tables: all but the timings, ids and dates), its expert loads and
 # histograms equal the lone run's exactly (same_points); the anchor losses are defined.
 NAME=t_anchor_memo
@@ -19,7 +19,7 @@ NAME=t_anchor_memo
 make_tmp
 
 if ! command -v sqlite3 >/dev/null 2>&1; then
-    skip 6 "the sqlite3 shell is not installed"
+    skip 10 "the sqlite3 shell is not installed"
     finish
 fi
 ROUTERS="hash ec ec_seq"
@@ -38,9 +38,12 @@ spec() { # FILE ROUTERS CFS
 spec "$tmp/sweep.ini" "$ROUTERS" "0.5 1.0 2.0"
 status "sweep" 0 "$tmp/sweep.out" "$M" run "$tmp/sweep.ini" --db "$tmp/sweep.db" --no-plots
 contains "the sweep reuses the anchor sums" "$tmp/sweep.out" \
-    "anchor metrics' sums over the rows kept for 6 points, reused by 12; z-loss's kept for 2, reused by 4"
-run_alone spec "$ROUTERS" "0.5 1.0 2.0" "$tmp/alone.db" \
-    "kept for 2 points, reused by 0; z-loss's kept for [02], reused by 0"
+    "anchor metrics' sums over the rows kept for 4 points, reused by 8; z-loss's kept for 0, reused by 0"
+run_alone spec "ec ec_seq" "0.5 1.0 2.0" "$tmp/alone.db" \
+    "kept for 2 points, reused by 0; z-loss's kept for 0, reused by 0"
+run_alone spec hash "0.5 1.0 2.0" "$tmp/alone.db" "gate cache: 2 batches drawn and gated, 0 reused"
+lacks "a lone hash point keeps no sums (its rows pass serves the metrics)" "$tmp/one.out" \
+    "anchor metrics' sums"
 same_points "$tmp/sweep.db" "$tmp/alone.db" 18 16
 same "the anchor losses are defined (not NULL) at every point" \
     "$(q "$tmp/sweep.db" "SELECT count(*) FROM points WHERE importance_loss_vmoe IS NOT NULL")" 18
