@@ -281,6 +281,12 @@ void moe_softmax_rows_max(const double *x, int nrows, int len, double *p, double
         const int nr = nrows - r0 < RW ? nrows - r0 : RW;
         double m[RW], s[RW] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
         const double *pr[RW];
+        /* the next RW rows start on their way from memory while these take their exponentials
+         * (else moe_vmax waits for each of them) */
+        const int next_end = r0 + 2 * RW < nrows ? r0 + 2 * RW : nrows;
+        for (size_t o = (size_t)(r0 + RW) * (size_t)len; o < (size_t)next_end * (size_t)len;
+             o += 8)
+            __builtin_prefetch(x + o);
         for (int j = 0; j < nr; j++) {
             const size_t o = (size_t)(r0 + j) * (size_t)len;
             m[j] = moe_vmax(x + o, len);
