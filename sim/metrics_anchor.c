@@ -234,6 +234,7 @@ static void add_rows(anc_state *st, int t0, int t1, const double *p, const int32
 /* ---- the terms on the threads ---- */
 
 enum { ANC_VALUES = 8192 }; /* values of one (rows, E) term block of a chunk */
+enum { ANC_AHEAD = 8 };      /* rows between the one read and the one asked for */
 
 typedef struct {
     anc_state *st;
@@ -264,6 +265,9 @@ static void anc_part(void *ctx, int i, int np)
         const int t0 = (int)(ch * R), t1 = t0 + R < st->n ? t0 + R : st->n;
         for (int t = t0; t < t1; t++) {
             const size_t o = (size_t)(t - t0) * E;
+            if (t + ANC_AHEAD < st->n) /* a later row on its way from memory */
+                for (size_t b = 0; b < (size_t)E; b += 8)
+                    __builtin_prefetch(st->L + (size_t)(t + ANC_AHEAD) * E + b);
             row_terms(st, t, 1, p + o, s + o, tk + (size_t)(t - t0) * st->k, q + o, l + o, ix,
                       val);
         }
