@@ -169,19 +169,8 @@ int moe_metrics_compute_memo(const moe_plan *plan, const double *logits, int d, 
     memcpy(mt->importance, plan->importance, (size_t)E * sizeof *mt->importance);
     memcpy(mt->kept_load, kept, (size_t)E * sizeof *mt->kept_load); /* sparse: counted */
     free(kept);
-    for (size_t i = 0; (!ordered || plan->dense) && i < plan->n_entries; i++) {
-        const moe_entry *en = &plan->entries[i];
-        if (!ordered)
-            bits[(size_t)en->token * words + (size_t)en->expert / 64] |=
-                (uint64_t)1 << (en->expert % 64);
-        if (plan->dense) { /* kept_load[e] = distinct slots of e */
-            unsigned char *sm = &slot_mark[(size_t)en->expert * plan->capacity + en->slot];
-            if (!*sm) {
-                *sm = 1;
-                mt->kept_load[en->expert]++;
-            }
-        }
-    }
+    if (!ordered) /* (dense plans never are): the marks, and a dense plan's distinct slots */
+        moe_metrics_mark(plan, bits, words, slot_mark, mt->kept_load);
     free(slot_mark);
     rc = counted ? MOE_OK
                  : moe_metrics_count_tokens(plan, bits, words, mt->groups, mt->group_size, mt);

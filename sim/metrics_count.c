@@ -437,3 +437,81 @@ int moe_metrics_scan_count(const moe_plan *plan, int G, int group_size, long *ke
     *done = 1;
     return MOE_OK;
 }
+
+/* ---- the marks of a plan in another order ---- */
+
+enum { MARK_PART_BYTES = 1 << 22 }; /* the parts' own slot marks, at most, in all */
+
+typedef struct {
+    const moe_plan *plan;
+    uint64_t *bits;
+    int words;
+    unsigned char *marks; /* (nparts, E, C) each part's slot marks, or NULL: none to take */
+    int bad[MOE_PAR_MAX]; /* the part met an entry of another part's tokens */
+} mark_job;
+
+/* Part i marks the tokens [lo, hi) of a plan sorted by token: the entries between the first of
+ * token lo and the first of token hi (binary searches, as if the entries came in token order;
+ * the parts' ranges meet, so together they read every entry once), each checked to be one of
+ * its tokens, so that no two parts write the same token's marks. */
+static void mark_part(void *ctx, int i, int np)
+{
+    mark_job *j = ctx;
+    const moe_plan *plan = j->plan;
+    long lo, hi;
+    moe_par_range(plan->n, i, np, &lo, &hi);
+    const size_t a = i == 0 ? 0 : first_entry(plan, (int)lo);
+    const size_t b = i == np - 1 ? plan->n_entries : first_entry(plan, (int)hi);
+    unsigned char *sm = j->marks ? j->marks + (size_t)i * plan->E * plan->capacity : NULL;
+    j->bad[i] = 0;
+    for (size_t x = a; x < b; x++) {
+        const moe_entry *en = &plan->entries[x];
+        if (en->token < lo || en->token >= hi) {
+            j->bad[i] = 1;
+            return;
+        }
+        j->bits[(size_t)en->token * j->words + (size_t)en->expert / 64] |=
+            (uint64_t)1 << (en->expert % 64);
+        if (sm)
+            sm[(size_t)en->expert * plan->capacity + en->slot] = 1;
+    }
+}
+
+int moe_metrics_mark(const moe_plan *plan, uint64_t *bits, int words, unsigned char *slot_mark,
+                     long *kept_load)
+{
+    const int E = plan->E, dense = plan->dense;
+    const size_t ec = dense ? (size_t)E * (size_t)plan->capacity : 0;
+    int np = moe_par_parts((long)plan->n_entries, SCAN_GRAIN);
+    np = plan->n > 0 && np > plan->n ? plan->n : np;
+    mark_job j = {.plan = plan, .bits = bits, .words = words};
+    int ok = np > 1 && ec * (size_t)np <= MARK_PART_BYTES &&
+             (!ec || (j.marks = calloc(ec * (size_t)np, 1)));
+    if (ok) {
+        moe_par_run(mark_part, &j, np);
+        for (int i = 0; i < np; i++)
+            ok &= !j.bad[i];
+    }
+    if (ok) { /* a slot is kept when any part marked it */
+        for (size_t q = 0; q < ec; q++) {
+            unsigned char m = 0;
+            for (int i = 0; i < np; i++)
+                m |= j.marks[(size_t)i * ec + q];
+            slot_mark[q] = m;
+        }
+    } else { /* not in token order (or one part): the serial loop */
+        memset(bits, 0, (size_t)plan->n * (size_t)words * sizeof *bits);
+        for (size_t i = 0; i < plan->n_entries; i++) {
+            const moe_entry *en = &plan->entries[i];
+            bits[(size_t)en->token * words + (size_t)en->expert / 64] |=
+                (uint64_t)1 << (en->expert % 64);
+            if (dense)
+                slot_mark[(size_t)en->expert * plan->capacity + en->slot] = 1;
+        }
+    }
+    free(j.marks);
+    for (size_t q = 0; q < ec; q++) /* kept_load[e] = distinct slots of e */
+        kept_load[q / (size_t)plan->capacity] += slot_mark[q];
+    return MOE_OK;
+}
+

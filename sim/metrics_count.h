@@ -33,4 +33,12 @@ int moe_metrics_count_tokens(const moe_plan *plan, const uint64_t *bits, int wor
 int moe_metrics_scan_count(const moe_plan *plan, int G, int group_size, long *kept,
                            moe_metrics *mt, int *done);
 
+/* The marks bits (T, words) of the plan's (token, expert) pairs (bits zero on entry) and, for a
+ * dense plan, slot_mark (E, C) zero on entry: 1 at each slot some entry fills, with kept_load
+ * (E) += the slots of each expert it marks. On the routers' threads when the entries come in
+ * token order (each thread marking its own tokens' entries, found by binary searches), else in
+ * one loop. The entries must lie inside the plan's (T, E, C) (moe_metrics_scan). */
+int moe_metrics_mark(const moe_plan *plan, uint64_t *bits, int words, unsigned char *slot_mark,
+                     long *kept_load);
+
 #endif

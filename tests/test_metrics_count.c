@@ -4,7 +4,10 @@
  * expected values: the same kept loads, histograms and drop rates bit for bit (memcmp), for any
  * number of threads and part boundaries; and for plans it must leave to the two passes (entries
  * out of token order, in expert order, outside (T, E, C), dense) that it says so and writes
- * nothing. */
+ * nothing. Then the marks of the plans the two passes read (moe_metrics_mark: on the threads
+ * for entries in token order, else serially) against the serial loop written here: dense and
+ * sparse plans in token order, out of it, in expert order, and out of order at a part
+ * boundary, on 1 and 2 threads. */
 #include "check.h"
 #include "metrics_count.h"
 #include "moe.h"
@@ -351,6 +354,105 @@ static void test_one_word_checks(counts *ref, counts *got)
     moe_par_set_grain(0);
 }
 
+/* ---- the marks of plans in another order (moe_metrics_mark) ---- */
+
+/* A plan of n tokens, each with up to 4 (expert, slot) pairs (dense: slots below C shared by
+ * the tokens), drawn from a fixed LCG, in token order; order 1: every other run of tokens
+ * reversed (so out of token order), 2: grouped by expert (expert choice's order), 3: in token
+ * order but for two entries swapped at the middle token (a part boundary on two threads). */
+static moe_plan *plan_marks(int n, int E, long C, int dense, int order, uint64_t seed)
+{
+    moe_plan *p = moe_plan_alloc(n, E, (size_t)n * 4 + 16);
+    if (!p || moe_plan_reset(p, n, E, E))
+        return NULL;
+    p->capacity = C;
+    p->dense = dense;
+    uint64_t s = seed;
+    for (int t = 0; t < n; t++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        const int k = (int)((s >> 33) % 5), e0 = (int)((s >> 17) % (uint64_t)E);
+        for (int j = 0; j < k; j++)
+            moe_plan_push(p, t, (e0 + 3 * j) % E, (int32_t)((s >> 40) % (uint64_t)C), 1.0, 0.5);
+    }
+    moe_entry *en = p->entries;
+    const size_t m = p->n_entries;
+    if (order == 1) /* runs of 7 entries reversed, every other run */
+        for (size_t a = 0; a + 7 <= m; a += 14)
+            for (size_t i = 0; i < 3; i++) {
+                moe_entry x = en[a + i];
+                en[a + i] = en[a + 6 - i];
+                en[a + 6 - i] = x;
+            }
+    if (order == 2) { /* stable by expert: a counting sort */
+        moe_entry *tmp = malloc(m * sizeof *tmp);
+        size_t at = 0;
+        for (int e = 0; tmp && e < E; e++)
+            for (size_t i = 0; i < m; i++)
+                if (en[i].expert == e)
+                    tmp[at++] = en[i];
+        if (tmp)
+            memcpy(en, tmp, m * sizeof *tmp);
+        free(tmp);
+    }
+    for (size_t i = m / 2; order == 3 && i + 1 < m; i++)
+        if (en[i].token != en[i + 1].token) { /* the first token change past the middle */
+            moe_entry x = en[i];
+            en[i] = en[i + 1];
+            en[i + 1] = x;
+            break;
+        }
+    return p;
+}
+
+/* moe_metrics_mark against the serial loop written here (expected values): every mark bit,
+ * slot mark and kept load equal, on 1 thread, 2, and 2 with parts however small. */
+static void test_mark(void)
+{
+    static const struct {
+        int n, E;
+        long C;
+        int dense;
+    } shapes[] = {{5000, 16, 8, 1}, {3001, 100, 40, 1}, {4000, 64, 50, 0}, {2500, 130, 7, 1}};
+    for (size_t sh = 0; sh < sizeof shapes / sizeof *shapes; sh++)
+        for (int order = 0; order < 4; order++) {
+            const int n = shapes[sh].n, E = shapes[sh].E, words = (E + 63) / 64;
+            const long C = shapes[sh].C;
+            moe_plan *p = plan_marks(n, E, C, shapes[sh].dense, order, 77 + sh);
+            const size_t nb = (size_t)n * words, ec = p && p->dense ? (size_t)E * C : 0;
+            uint64_t *rb = calloc(nb, 8), *gb = calloc(nb, 8);
+            unsigned char *rs = calloc(ec + 1, 1), *gs = calloc(ec + 1, 1);
+            long rk[256] = {0}, gk[256] = {0};
+            if (!p || !rb || !gb || !rs || !gs) {
+                CHECK(0, "out of memory");
+                return;
+            }
+            for (size_t i = 0; i < p->n_entries; i++) { /* the reference */
+                const moe_entry *en = &p->entries[i];
+                rb[(size_t)en->token * words + en->expert / 64] |= 1ull << (en->expert % 64);
+                if (ec && !rs[(size_t)en->expert * C + en->slot]++)
+                    rk[en->expert]++;
+            }
+            for (size_t q = 0; q < ec; q++)
+                rs[q] = rs[q] > 0;
+            for (int mode = 0; mode < 3; mode++) {
+                moe_par_set_threads(mode ? 2 : 1);
+                moe_par_set_grain(mode == 2);
+                memset(gb, 0, nb * 8);
+                memset(gs, 0, ec + 1);
+                memset(gk, 0, sizeof gk);
+                CHECK_INT(moe_metrics_mark(p, gb, words, gs, gk), MOE_OK);
+                CHECK(!memcmp(rb, gb, nb * 8) && !memcmp(rs, gs, ec) &&
+                          !memcmp(rk, gk, sizeof rk),
+                      "marks: n %d E %d C %ld dense %d order %d mode %d differ from the serial "
+                      "loop", n, E, C, p->dense, order, mode);
+            }
+            moe_par_set_threads(0);
+            moe_par_set_grain(0);
+            free(rb), free(gb), free(rs), free(gs);
+            moe_plan_free(p);
+        }
+}
+
 int main(void)
 {
     counts ref = {.mt = moe_metrics_alloc(130)}, got = {.mt = moe_metrics_alloc(130)};
@@ -360,6 +462,7 @@ int main(void)
     test_declined(&got);
     test_one_word(&ref, &got);
     test_one_word_checks(&ref, &got);
+    test_mark();
     moe_metrics_free(ref.mt);
     moe_metrics_free(got.mt);
     printf("test_metrics_count: %d passed, %d failed\n", check_pass, check_fail);
