@@ -101,6 +101,12 @@ int moe_claims_argmax(const double *x, int len, int skip);
  * found from the maximum the pass has taken already (c->rowmax[t]). */
 int moe_claims_argmax_row(const moe_claims *c, int t, const double *lt);
 
+/* moe_select_top2 (select.h) of token t's logits lt (E) inside a row() of moe_claims_rows, from
+ * its maximum c->rowmax[t]: *e1 the first index of the maximum, *e2 its second place if it has
+ * one, else the first index of the largest logit below it; 0 (nothing written or a partial
+ * answer) for a row it declines (a NaN), which the caller then scans. */
+int moe_claims_top2_row(const moe_claims *c, int t, const double *lt, int32_t *e1, int32_t *e2);
+
 /* A row() for one choice per token (K = 1): expert[t] = the first index of the row's largest
  * logit (moe_claims_argmax_row), gate[t] = its probability pt[expert[t]], claim[t] = 1, in the
  * claims c of the rows pass (called directly: ctx is c). The rows pass runs it over a chunk's

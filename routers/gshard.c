@@ -22,9 +22,6 @@
 #include "score.h"
 #include "select.h"
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 #include <math.h>
 #include <stdlib.h>
 
@@ -92,31 +89,6 @@ static int gshard_alloc(moe_router *r)
 
 /* ---- routing ---- */
 
-#if defined(__AVX512F__)
-/* moe_select_top2 (select.h) for a row of eight logits, one vector: the first index of the
- * maximum mx, then its second place if it has one, else the first index of the largest logit
- * below it; 0 for a row with a NaN or without mx. */
-static inline int top2_of8(const double *lt, double mx, int32_t *e1, int32_t *e2)
-{
-    const __m512d v = _mm512_loadu_pd(lt), vm = _mm512_set1_pd(mx);
-    const __mmask8 eq = _mm512_cmp_pd_mask(v, vm, _CMP_EQ_OQ);
-    if (_mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q) || !eq)
-        return 0;
-    *e1 = __builtin_ctz(eq);
-    const __mmask8 again = eq & (__mmask8)(eq - 1);
-    if (again) {
-        *e2 = __builtin_ctz(again);
-        return 1;
-    }
-    const __mmask8 below = _mm512_cmp_pd_mask(v, vm, _CMP_LT_OQ);
-    const double v2 = _mm512_mask_reduce_max_pd(below, v);
-    const __mmask8 eq2 = _mm512_cmp_pd_mask(v, _mm512_set1_pd(v2), _CMP_EQ_OQ);
-    if (!eq2)
-        return 0;
-    *e2 = __builtin_ctz(eq2);
-    return 1;
-}
-#endif
 
 /* Token t's two choices and the draw test (runs on the routers' threads, see claims.h). */
 static void gshard_row(void *ctx, int t, const double *lt, const double *pt)
@@ -125,13 +97,7 @@ static void gshard_row(void *ctx, int t, const double *lt, const double *pt)
     moe_claims *cl = w->cl;
     const int E = cl->E;
     int32_t e1, e2; /* the first index of the maximum, then of the others' maximum */
-#if defined(__AVX512F__)
-    const int got = E == 8 ? top2_of8(lt, cl->rowmax[t], &e1, &e2)
-                           : moe_select_top2(lt, E, cl->rowmax[t], &e1, &e2);
-#else
-    const int got = moe_select_top2(lt, E, cl->rowmax[t], &e1, &e2);
-#endif
-    if (!got) {
+    if (!moe_claims_top2_row(cl, t, lt, &e1, &e2)) {
         e1 = moe_claims_argmax_row(cl, t, lt);
         e2 = moe_claims_argmax(lt, E, e1);
     }

@@ -84,8 +84,8 @@ static void topk_select(moe_claims *cl, int t, const double *row, int in_rows, i
     const int k = cl->K;
     const size_t i0 = (size_t)t * k;
     double *sv = cl->gate + i0; /* the selected values, then their softmax in place */
-    if (k == 2 && in_rows && moe_select_top2(row, cl->E, cl->rowmax[t], cl->expert + i0,
-                                             cl->expert + i0 + 1)) {
+    if (k == 2 && in_rows && moe_claims_top2_row(cl, t, row, cl->expert + i0,
+                                                 cl->expert + i0 + 1)) {
         sv[0] = row[cl->expert[i0]];
         sv[1] = row[cl->expert[i0 + 1]];
     } else if (k <= 2 && in_rows) { /* the first index of the maximum, then of the rest's */

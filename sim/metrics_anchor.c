@@ -358,11 +358,14 @@ static void rows_each(void *ctx, long t0, long t1, const double *p)
         const double *pt = p + (size_t)(t - t0) * E;
         int32_t *tk = r->tk + (size_t)t * k;
 #if defined(__AVX512F__)
-        if (own && k == 1 && E == 8) { /* moe_select_is_top's count for one vector, inline */
-            const double lo = pt[own[t]];
+        if (own && E == 8) { /* moe_select_is_top for one vector, inline: the smallest chosen */
+            const int32_t *ot = own + (size_t)t * k; /* probability (NaN if one is), then the */
+            double lo = pt[ot[0]];                   /* count of those not below it */
+            for (int j = 1; j < k; j++)
+                lo = pt[ot[j]] < lo || pt[ot[j]] != pt[ot[j]] ? pt[ot[j]] : lo;
             if (lo == lo && __builtin_popcount(_mm512_cmp_pd_mask(
-                                _mm512_loadu_pd(pt), _mm512_set1_pd(lo), _CMP_NLT_UQ)) == 1) {
-                tk[0] = own[t];
+                                _mm512_loadu_pd(pt), _mm512_set1_pd(lo), _CMP_NLT_UQ)) == k) {
+                memcpy(tk, ot, (size_t)k * sizeof *tk);
                 continue;
             }
         }

@@ -245,6 +245,8 @@ int main(void)
         {"gshard", 6144, 8, 2, 1, 0, 640, 0.0, MOE_SCORE_AUTO, 1},
         {"switch", 2048, 8, 1, 1, 0, 0, 0.0, MOE_SCORE_AUTO, 1}, /* ties in L */
         {"switch", 2048, 8, 1, 2, 0, 0, 0.0, MOE_SCORE_AUTO, 1}, /* equal p, distinct L */
+        {"topk", 2048, 8, 2, 1, 0, 0, 0.0, MOE_SCORE_AUTO, 1},
+        {"topk", 2048, 8, 2, 2, 0, 0, 0.0, MOE_SCORE_AUTO, 1},
         {"topk", 2048, 64, 2, 0, 0, 0, 1.0, MOE_SCORE_AUTO, 0},       /* gate noise */
         {"topk", 2048, 64, 2, 0, 0, 0, 0.0, MOE_SCORE_SIGMOID, 0},    /* own scores */
         {"expert_choice", 2048, 64, 1, 0, 0, 0, 0.0, MOE_SCORE_AUTO, 0}, /* no rows pass */

@@ -19,8 +19,8 @@
  *  - topk's gates, taken for a chunk of tokens at once, against moe_softmax per token.
  *  - switch's and topk k = 1's expert, dropless, at E = 8 (a row is one vector) and 64 on the
  *    quartered logits: the first index of the row's largest logit by a scalar scan; gshard's
- *    two choices likewise (the first index of the largest, then of the largest of the
- *    others). */
+ *    and topk k = 2's two choices likewise (the first index of the largest, then of the
+ *    largest of the others). */
 #include "check.h"
 #include "moe.h"
 #include "../routers/claims.h"
@@ -468,31 +468,33 @@ static int first_max(const double *lt, int Ew, int skip)
     return b;
 }
 
-/* gshard's two choices, every second one claiming (second_policy all), dropless, on the
- * quartered logits read as rows of 8 (one vector: its own top-2) and of 64: the first index of
- * the row's largest logit, then the first index of the largest of the others (the maximum's
- * second place when it has one), by scalar scans. */
+/* gshard's two choices (every second one claiming: second_policy all) and topk k = 2's,
+ * dropless, on the quartered logits read as rows of 8 (one vector: its own top-2) and of 64:
+ * the first index of the row's largest logit, then the first index of the largest of the others
+ * (the maximum's second place when it has one), by scalar scans. */
 static void test_gshard_top2(void)
 {
-    for (int Ew = 8; Ew <= 64; Ew *= 8) {
-        const int n = 20000;
-        moe_route_opts o = route_helper_opts(2, MOE_ORDER_CHOICE_MAJOR);
-        o.dropless = 1;
-        o.second_policy = MOE_SECOND_ALL;
-        moe_plan *p = route_helper("gshard", &o, n, Ew, L, U, NULL, 2);
-        int bad = -1;
-        for (int t = 0; t < n && bad < 0; t++) {
-            const double *lt = L + (size_t)t * Ew;
-            const int e1 = first_max(lt, Ew, -1), e2 = first_max(lt, Ew, e1);
-            const moe_entry *en = p->entries + 2 * (size_t)t;
-            if (p->n_entries != 2 * (size_t)n || en[0].token != t || en[1].token != t ||
-                en[0].expert != e1 || en[1].expert != e2)
-                bad = t;
+    static const char *const routers[] = {"gshard", "topk"};
+    for (int ri = 0; ri < 2; ri++)
+        for (int Ew = 8; Ew <= 64; Ew *= 8) {
+            const int n = 20000;
+            moe_route_opts o = route_helper_opts(2, MOE_ORDER_CHOICE_MAJOR);
+            o.dropless = 1;
+            o.second_policy = MOE_SECOND_ALL;
+            moe_plan *p = route_helper(routers[ri], &o, n, Ew, L, U, NULL, 2);
+            int bad = -1;
+            for (int t = 0; t < n && bad < 0; t++) {
+                const double *lt = L + (size_t)t * Ew;
+                const int e1 = first_max(lt, Ew, -1), e2 = first_max(lt, Ew, e1);
+                const moe_entry *en = p->entries + 2 * (size_t)t;
+                if (p->n_entries != 2 * (size_t)n || en[0].token != t || en[1].token != t ||
+                    en[0].expert != e1 || en[1].expert != e2)
+                    bad = t;
+            }
+            CHECK(bad < 0, "%s E=%d: token %d's two choices are not the scans' first and second",
+                  routers[ri], Ew, bad);
+            moe_plan_free(p);
         }
-        CHECK(bad < 0, "gshard E=%d: token %d's two choices are not the scans' first and second",
-              Ew, bad);
-        moe_plan_free(p);
-    }
 }
 
 int main(void)
