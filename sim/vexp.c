@@ -216,7 +216,7 @@ void moe_vexp_shift(const double *x, int len, double m, double *out)
 
 #endif
 
-/* The sums of eight rows of p (RW rows at pr, len each), each in index order from 0. */
+/* s[j] += the elements of row pr[j] (len), j < nr <= 8, each sum in index order. */
 static inline void sm_sums(const double *const *pr, int nr, int len, double *s)
 {
     if (nr == 8) {
