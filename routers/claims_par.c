@@ -276,32 +276,6 @@ static void rp_emit(void *ctx, int i, int np)
 
 /* ---- choice_major, token_major, bpr ---- */
 
-/* Step 3 for tokens [lo, hi) with one choice each in token order (switch, topk k = 1): the
- * slots and entries of rp_assign_k, without its loops over the ranks. */
-static void rp_assign1(const rp_job *j, long lo, long hi, long *next, moe_entry *en, long rc[2],
-                       long rk[2])
-{
-    const moe_claims *c = j->c;
-    const long C = j->C;
-    const int renormalize = j->renormalize;
-    long claims = 0, kept = 0;
-    for (long t = lo; t < hi; t++) {
-        claims += c->claim[t];
-        if (!c->claim[t])
-            continue;
-        const int32_t e = c->expert[t];
-        const long v = next[e]++;
-        if (v >= C)
-            continue;
-        kept++;
-        const double g = c->gate[t], sum = 0.0 + g;
-        *en++ = (moe_entry){(int32_t)t, e, (int32_t)v, 1.0,
-                            (renormalize && sum > 0.0) ? g / sum : g};
-    }
-    rc[0] += claims;
-    rk[0] += kept;
-}
-
 /* The slots s (K) of the claims q0.. of one token, from the next free slots next (KR, E): -1
  * for no claim or a claim beyond the capacity. */
 static inline __attribute__((always_inline)) void rp_take(const rp_job *j, size_t q0, long *next,
@@ -402,9 +376,9 @@ static void rp_assign(void *ctx, int i, int np)
         return;
     }
 #endif
-    if (K == 1)
-        rp_assign1(j, lo, hi, next, en, rc, rk);
-    else if (K == 2) /* K a constant: the ranks unrolled (gshard, topk k = 2) */
+    if (K == 1) /* K a constant: the ranks unrolled (switch, topk k = 1; gshard, topk k = 2) */
+        rp_assign_k(j, lo, hi, next, en, rc, rk, 1);
+    else if (K == 2)
         rp_assign_k(j, lo, hi, next, en, rc, rk, 2);
     else
         rp_assign_k(j, lo, hi, next, en, rc, rk, K);
