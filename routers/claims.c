@@ -308,20 +308,12 @@ int moe_claims_argmax(const double *x, int len, int skip)
     return best;
 }
 
-/* moe_claims_argmax_row: at E = 8 the row is one vector, and moe_select_first_eq's test is
- * taken inline. */
+/* moe_claims_argmax_row, inline (at E = 8 the row's test is inline too). */
 static inline int argmax_row(const moe_claims *c, int t, const double *lt)
 {
     /* the maximum is moe_vmax's, the one moe_claims_argmax takes: its first index is the answer */
-#if defined(__AVX512F__)
-    if (c->E == 8) {
-        const __mmask8 eq = _mm512_cmp_pd_mask(_mm512_loadu_pd(lt), _mm512_set1_pd(c->rowmax[t]),
-                                               _CMP_EQ_OQ);
-        if (eq)
-            return __builtin_ctz(eq);
-    }
-#endif
-    const int e = moe_select_first_eq(lt, c->E, c->rowmax[t]);
+    const int e = c->E == 8 ? moe_select_first_eq8(lt, c->rowmax[t])
+                            : moe_select_first_eq(lt, c->E, c->rowmax[t]);
     return e >= 0 ? e : moe_claims_argmax(lt, c->E, -1); /* NaN rows */
 }
 
@@ -332,28 +324,8 @@ int moe_claims_argmax_row(const moe_claims *c, int t, const double *lt)
 
 int moe_claims_top2_row(const moe_claims *c, int t, const double *lt, int32_t *e1, int32_t *e2)
 {
-#if defined(__AVX512F__)
-    if (c->E == 8) { /* the row is one vector: moe_select_top2's steps, inline */
-        const __m512d v = _mm512_loadu_pd(lt), vm = _mm512_set1_pd(c->rowmax[t]);
-        const __mmask8 eq = _mm512_cmp_pd_mask(v, vm, _CMP_EQ_OQ);
-        if (_mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q) || !eq)
-            return 0;
-        *e1 = __builtin_ctz(eq);
-        const __mmask8 again = eq & (__mmask8)(eq - 1); /* the maximum's second place */
-        if (again) {
-            *e2 = __builtin_ctz(again);
-            return 1;
-        }
-        const __mmask8 below = _mm512_cmp_pd_mask(v, vm, _CMP_LT_OQ);
-        const __mmask8 eq2 = _mm512_cmp_pd_mask(
-            v, _mm512_set1_pd(_mm512_mask_reduce_max_pd(below, v)), _CMP_EQ_OQ);
-        if (!eq2)
-            return 0;
-        *e2 = __builtin_ctz(eq2);
-        return 1;
-    }
-#endif
-    return moe_select_top2(lt, c->E, c->rowmax[t], e1, e2);
+    return c->E == 8 ? moe_select_top2_8(lt, c->rowmax[t], e1, e2)
+                     : moe_select_top2(lt, c->E, c->rowmax[t], e1, e2);
 }
 
 void moe_claims_row_first(void *ctx, int t, const double *lt, const double *pt)

@@ -490,6 +490,8 @@ int moe_select_argmax_skip(const double *x, int len, int skip)
 
 int moe_select_top2(const double *x, int len, double mx, int32_t *e1, int32_t *e2)
 {
+    if (len == 8)
+        return moe_select_top2_8(x, mx, e1, e2);
     if (len < 2 || len > SEL_MAX_LEN)
         return 0;
     const int nb = (len + 7) / 8;
@@ -534,6 +536,8 @@ int moe_select_top2(const double *x, int len, double mx, int32_t *e1, int32_t *e
 
 int moe_select_first_eq(const double *x, int len, double m)
 {
+    if (len == 8)
+        return moe_select_first_eq8(x, m);
     /* 64 elements at a time without a branch per block (the place of a row's maximum is
      * random, so a test per block of eight mispredicts once per row) */
     const __m512d vm = _mm512_set1_pd(m);
@@ -553,6 +557,8 @@ int moe_select_first_eq(const double *x, int len, double m)
 
 int moe_select_is_top(const double *v, int len, const int32_t *idx, int k)
 {
+    if (len == 8)
+        return moe_select_is_top8(v, idx, k);
     const double lo = sel_min_at(v, idx, k);
     if (lo != lo)
         return 0;

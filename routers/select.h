@@ -39,4 +39,61 @@ int moe_select_top2(const double *x, int len, double mx, int32_t *e1, int32_t *e
 /* The first i < len with x[i] == m (so -0.0 and +0.0 match each other), or -1. */
 int moe_select_first_eq(const double *x, int len, double m);
 
+/* moe_select_first_eq, moe_select_top2 and moe_select_is_top of a row of eight (E = 8), inline
+ * for the callers that take them once per token: with AVX-512 the row is one vector (the
+ * functions above call these for len = 8), without it they are those functions. */
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+static inline int moe_select_first_eq8(const double *x, double m)
+{
+    const __mmask8 eq = _mm512_cmp_pd_mask(_mm512_loadu_pd(x), _mm512_set1_pd(m), _CMP_EQ_OQ);
+    return eq ? __builtin_ctz(eq) : -1;
+}
+
+static inline int moe_select_top2_8(const double *x, double mx, int32_t *e1, int32_t *e2)
+{
+    const __m512d v = _mm512_loadu_pd(x), vm = _mm512_set1_pd(mx);
+    const __mmask8 eq = _mm512_cmp_pd_mask(v, vm, _CMP_EQ_OQ);
+    if (_mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q) || !eq)
+        return 0;
+    const __mmask8 again = eq & (__mmask8)(eq - 1); /* mx twice: its second place */
+    const __mmask8 second =
+        again ? again
+              : _mm512_cmp_pd_mask(v, /* else the first place of the largest below mx */
+                                   _mm512_set1_pd(_mm512_mask_reduce_max_pd(
+                                       _mm512_cmp_pd_mask(v, vm, _CMP_LT_OQ), v)),
+                                   _CMP_EQ_OQ);
+    if (!second)
+        return 0;
+    *e1 = __builtin_ctz(eq);
+    *e2 = __builtin_ctz(second);
+    return 1;
+}
+
+static inline int moe_select_is_top8(const double *v, const int32_t *idx, int k)
+{
+    double lo = v[idx[0]]; /* the smallest chosen value, NaN if one is */
+    for (int j = 1; j < k; j++)
+        lo = v[idx[j]] < lo || v[idx[j]] != v[idx[j]] ? v[idx[j]] : lo;
+    return lo == lo && __builtin_popcount(_mm512_cmp_pd_mask(_mm512_loadu_pd(v),
+                                                             _mm512_set1_pd(lo), _CMP_NLT_UQ)) == k;
+}
+#else
+static inline int moe_select_first_eq8(const double *x, double m)
+{
+    return moe_select_first_eq(x, 8, m);
+}
+
+static inline int moe_select_top2_8(const double *x, double mx, int32_t *e1, int32_t *e2)
+{
+    return moe_select_top2(x, 8, mx, e1, e2);
+}
+
+static inline int moe_select_is_top8(const double *v, const int32_t *idx, int k)
+{
+    return moe_select_is_top(v, 8, idx, k);
+}
+#endif
+
 #endif

@@ -29,9 +29,6 @@
 #include "../routers/select.h"
 #include "vexp.h"
 
-#if defined(__AVX512F__)
-#include <immintrin.h>
-#endif
 #include <gsl/gsl_cdf.h>
 #include <gsl/gsl_statistics_double.h>
 #include <gsl/gsl_statistics_long.h>
@@ -357,20 +354,8 @@ static void rows_each(void *ctx, long t0, long t1, const double *p)
     for (long t = t0; k >= 1 && k < E && t < t1; t++) {
         const double *pt = p + (size_t)(t - t0) * E;
         int32_t *tk = r->tk + (size_t)t * k;
-#if defined(__AVX512F__)
-        if (own && E == 8) { /* moe_select_is_top for one vector, inline: the smallest chosen */
-            const int32_t *ot = own + (size_t)t * k; /* probability (NaN if one is), then the */
-            double lo = pt[ot[0]];                   /* count of those not below it */
-            for (int j = 1; j < k; j++)
-                lo = pt[ot[j]] < lo || pt[ot[j]] != pt[ot[j]] ? pt[ot[j]] : lo;
-            if (lo == lo && __builtin_popcount(_mm512_cmp_pd_mask(
-                                _mm512_loadu_pd(pt), _mm512_set1_pd(lo), _CMP_NLT_UQ)) == k) {
-                memcpy(tk, ot, (size_t)k * sizeof *tk);
-                continue;
-            }
-        }
-#endif
-        if (own && moe_select_is_top(pt, E, own + (size_t)t * k, k))
+        if (own && (E == 8 ? moe_select_is_top8(pt, own + (size_t)t * k, k)
+                           : moe_select_is_top(pt, E, own + (size_t)t * k, k)))
             memcpy(tk, own + (size_t)t * k, (size_t)k * sizeof *tk);
         else
             moe_claims_topk(pt, E, k, tk, val);
