@@ -499,8 +499,8 @@ int moe_metrics_mark(const moe_plan *plan, uint64_t *bits, int words, unsigned c
                 m |= j.marks[(size_t)i * ec + q];
             slot_mark[q] = m;
         }
-    } else { /* not in token order (or one part): the serial loop */
-        memset(bits, 0, (size_t)plan->n * (size_t)words * sizeof *bits);
+    } else { /* not in token order (or one part): the serial loop (a mark the parts set before
+              * they stopped is an entry's own, which the loop sets again) */
         for (size_t i = 0; i < plan->n_entries; i++) {
             const moe_entry *en = &plan->entries[i];
             bits[(size_t)en->token * words + (size_t)en->expert / 64] |=
