@@ -142,18 +142,24 @@ static void add_to(double *restrict acc, const double *restrict x, int E)
 
 static void row_close(anc_state *st, int t);
 
+/* A token's routing map tk (k) into the sequence's counts. */
+static inline void add_counts(anc_state *st, const int32_t *tk)
+{
+    if (st->k >= st->E) /* the routing map holds every expert (each count the same +1 as by tk) */
+        for (int e = 0; e < st->E; e++)
+            st->seq_cnt[e] += 1.0;
+    else
+        for (int j = 0; j < st->k; j++)
+            st->seq_cnt[tk[j]] += 1.0;
+}
+
 /* Adds token t's terms to the running sums; a sequence and a routing group end where the serial
  * loop over tokens ends them. */
 static void add_row(anc_state *st, int t, const double *p, const double *s, const int32_t *tk,
                     const double *q, const double *l)
 {
     const int E = st->E, k = st->k;
-    if (k >= E) /* the routing map holds every expert (each count the same +1 as by tk) */
-        for (int e = 0; e < E; e++)
-            st->seq_cnt[e] += 1.0;
-    else
-        for (int j = 0; j < k; j++)
-            st->seq_cnt[tk[j]] += 1.0;
+    add_counts(st, tk);
     add_to(st->seq_p, st->own ? s : p, E);
     if (!st->shared)
         add_to(st->imp, p, E);
@@ -212,12 +218,7 @@ static void add_rows(anc_state *st, int t0, int t1, const double *p, const int32
         len = st->n - t < len ? st->n - t : len;
         const double *pa = p + (size_t)(t - t0) * E;
         for (int r = 0; r < len; r++) /* the routing maps' counts, row after row */
-            if (k >= E)
-                for (int e = 0; e < E; e++)
-                    st->seq_cnt[e] += 1.0;
-            else
-                for (int j = 0; j < k; j++)
-                    st->seq_cnt[tk[(size_t)(t - t0 + r) * k + j]] += 1.0;
+            add_counts(st, tk ? tk + (size_t)(t - t0 + r) * k : NULL);
         moe_claims_add_rows(st->seq_p, pa, len, E);
         if (!st->shared)
             moe_claims_add_rows(st->imp, pa, len, E);
