@@ -114,12 +114,30 @@ typedef struct {
     int chunk_select;
 } topk_rows_ctx;
 
-/* Whether topk_gates selects for its chunk (moe_claims_topk_rows, four rows at a time) rather
- * than topk_row per token: k from 3 to 8 on rows of up to 64 experts (k = 1, 2 take the row's
- * maximum from the rows pass instead; longer rows gain nothing from the pairs). */
+/* Whether topk_gates selects for its chunk rather than topk_row per token: k from 3 to 8 on rows
+ * of up to 64 experts (moe_claims_topk_rows, four rows at a time; longer rows gain nothing from
+ * the pairs), and k = 2 on rows of eight (topk_top2_8, one loop without a call per token);
+ * other rows with k = 1, 2 take the row's maximum from the rows pass in topk_row. */
 static int topk_chunk_select(const moe_claims *cl)
 {
-    return cl->K >= 3 && cl->K <= 8 && cl->E <= 64;
+    return (cl->K >= 3 && cl->K <= 8 && cl->E <= 64) || (cl->K == 2 && cl->E == 8);
+}
+
+/* The two largest of each row of eight logits of tokens [t0, t1), as topk_select takes them in
+ * the rows pass, in one loop (a row's test is one vector, select.h). */
+static void topk_top2_8(moe_claims *cl, const double *logits, long t0, long t1)
+{
+    for (long t = t0; t < t1; t++) {
+        const double *lt = logits + (size_t)t * 8;
+        int32_t *ex = cl->expert + (size_t)t * 2;
+        if (moe_select_top2_8(lt, cl->rowmax[t], ex, ex + 1)) {
+            cl->gate[(size_t)t * 2] = lt[ex[0]];
+            cl->gate[(size_t)t * 2 + 1] = lt[ex[1]];
+            cl->claim[(size_t)t * 2] = cl->claim[(size_t)t * 2 + 1] = 1;
+        } else { /* NaN rows */
+            topk_select(cl, (int)t, lt, 1, 0);
+        }
+    }
 }
 
 static void topk_row(void *ctx, int t, const double *lt, const double *pt)
@@ -156,7 +174,9 @@ static void topk_gates(void *ctx, long t0, long t1)
     moe_claims *cl = x->cl;
     const int k = cl->K, per = TOPK_GATES_BUF / k; /* tokens per call */
     double e[TOPK_GATES_BUF];
-    if (x->chunk_select) { /* the selection, and every choice claims */
+    if (x->chunk_select && k == 2) {
+        topk_top2_8(cl, x->logits, t0, t1);
+    } else if (x->chunk_select) { /* the selection, and every choice claims */
         moe_claims_topk_rows(x->logits + (size_t)t0 * cl->E, t1 - t0, cl->E, k,
                              cl->expert + (size_t)t0 * k, cl->gate + (size_t)t0 * k);
         memset(cl->claim + (size_t)t0 * k, 1, (size_t)(t1 - t0) * k);
@@ -164,6 +184,12 @@ static void topk_gates(void *ctx, long t0, long t1)
     for (long t = t0; k == 1 && t < t1; t++) { /* exp(v - v) / exp(v - v): 1 for a finite v */
         cl->gate[t] = (cl->gate[t] - cl->gate[t]) + 1.0;
         topk_perturb(cl->gate + t);
+    }
+    if (k == 2) { /* eight pairs at a time, in place */
+        moe_softmax_pairs(cl->gate + (size_t)t0 * 2, t1 - t0);
+        for (long t = t0; t < t1; t++)
+            topk_perturb(cl->gate + (size_t)t * 2);
+        return;
     }
     for (long a = t0; k > 1 && a < t1; a += per) {
         const long b = a + per < t1 ? a + per : t1;

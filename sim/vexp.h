@@ -25,6 +25,12 @@ double moe_vmax(const double *x, int len);
 /* 1 if x[0..len) are all finite (no infinity, no NaN), else 0. */
 int moe_all_finite(const double *x, size_t len);
 
+/* g (n, 2) in place: each pair (v0, v1), a token's largest value first, replaced by its softmax
+ * with the first as the shift, as topk's gates take it: e_j = exp(v_j - v0), s = 0 + e0 + e1
+ * added in that order, v_j = e_j / s (the same doubles as the C library's exp and a scalar
+ * division). Four pairs a vector. */
+void moe_softmax_pairs(double *g, long n);
+
 /* Rows r < nrows of x (nrows, len), len >= 1: p row r = the softmax moe_softmax computes, and
  * lse[r] (lse may be NULL) = the logsumexp moe_softmax_lse returns, bit for bit: exp(x - max)
  * summed in index order, each p divided by that sum. Eight rows at a time, so that their eight

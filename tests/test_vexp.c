@@ -7,7 +7,8 @@
  * ln2/128 (where the table index changes), exact zeros, a NaN-free random bit pattern set, and
  * rows of every length 0..40 (the scalar tail). Counted as one check per block, naming the first
  * argument that differs. Then moe_softmax_rows_max, rows of 7, 8 (its own path) and 9 logits,
- * against the scalar softmax written here with the C library's exp and log, bit for bit. */
+ * against the scalar softmax written here with the C library's exp and log, bit for bit; and
+ * moe_softmax_pairs (the gates of two values) against its scalar definition. */
 #include "check.h"
 #include "moe.h"
 #include "vexp.h"
@@ -63,6 +64,24 @@ static void cmp_softmax(const char *what, const double *x, int nrows, int len)
     }
     CHECK(bad < 0, "%s: softmax of %d rows of %d: row %d differs from the scalar definition",
           what, nrows, len, bad);
+}
+
+/* moe_softmax_pairs on n pairs (v0, v1) against the scalar definition topk's gates had: e_j =
+ * exp(v_j - v0) by the C library, s = 0 + e0 + e1, v_j = e_j / s; one check. */
+static void cmp_pairs(const char *what, const double *x, long n)
+{
+    static double g[BLK];
+    memcpy(g, x, (size_t)n * 2 * sizeof *g);
+    moe_softmax_pairs(g, n);
+    long bad = -1;
+    for (long t = 0; t < n && bad < 0; t++) {
+        const double *v = x + 2 * t, e0 = exp(v[0] - v[0]), e1 = exp(v[1] - v[0]);
+        const double s = 0.0 + e0 + e1;
+        if (bits(g[2 * t]) != bits(e0 / s) || bits(g[2 * t + 1]) != bits(e1 / s))
+            bad = t;
+    }
+    CHECK(bad < 0, "%s: %ld pairs: pair %ld (%a, %a) differs from the scalar definition", what, n,
+          bad, bad < 0 ? 0.0 : x[2 * bad], bad < 0 ? 0.0 : x[2 * bad + 1]);
 }
 
 int main(void)
@@ -128,6 +147,29 @@ int main(void)
     for (int i = 0; i < BLK; i++)
         x[i] = 20.0 * gsl_rng_uniform(r) - 10.0;
     cmp_softmax("512 rows of 8", x, BLK / 8, 8);
+    /* pairs, the larger first: every count 0..40 (four pairs a vector, then the masked rest),
+     * N(0,1)-like and tied values, gaps past exp's fast range (underflow) */
+    for (long n = 0; n <= 40; n++) {
+        for (long t = 0; t < n; t++) {
+            const double a = 6.0 * gsl_rng_uniform(r) - 3.0, b = 6.0 * gsl_rng_uniform(r) - 3.0;
+            x[2 * t] = a > b ? a : b;
+            x[2 * t + 1] = a > b ? b : a;
+        }
+        cmp_pairs("uniform pairs", x, n);
+        for (long t = 0; t < n; t++)
+            x[2 * t] = x[2 * t + 1] = (double)(int)(4.0 * gsl_rng_uniform(r)) / 2.0;
+        cmp_pairs("tied pairs", x, n);
+        for (long t = 0; t < n; t++) {
+            x[2 * t] = 400.0 * gsl_rng_uniform(r);
+            x[2 * t + 1] = x[2 * t] - 1500.0 * gsl_rng_uniform(r);
+        }
+        cmp_pairs("wide pairs", x, n);
+    }
+    for (long t = 0; t < BLK / 2; t++) {
+        x[2 * t] = 10.0 * gsl_rng_uniform(r);
+        x[2 * t + 1] = x[2 * t] - 20.0 * gsl_rng_uniform(r);
+    }
+    cmp_pairs("2048 pairs", x, BLK / 2);
     gsl_rng_free(r);
     return check_report("test_vexp");
 }
