@@ -14,8 +14,13 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* ---- workspace ---- */
+
+/* The rows pass counts the claims per part for the resolution when K * E is at most this (the
+ * counts take MOE_PAR_MAX * K * E longs, 256 KB here). */
+enum { CLAIMS_PART_KE = 4096 };
 
 moe_claims *moe_claims_alloc(int n_max, int K, int E, int with_p)
 {
@@ -40,7 +45,9 @@ moe_claims *moe_claims_alloc(int n_max, int K, int E, int with_p)
     c->order = malloc(nn * sizeof *c->order);
     c->tmp = malloc(nn * sizeof *c->tmp);
     c->val = malloc(nn * sizeof *c->val);
-    int bad = !c->expert || !c->gate || !c->claim || !c->pmean || !c->rowmax || !c->slot ||
+    if ((size_t)K * (size_t)E <= CLAIMS_PART_KE) /* else the resolution counts them */
+        c->part_cnt = malloc((size_t)MOE_PAR_MAX * K * E * sizeof *c->part_cnt);
+    int bad = (!c->part_cnt && (size_t)K * (size_t)E <= CLAIMS_PART_KE) || !c->expert || !c->gate || !c->claim || !c->pmean || !c->rowmax || !c->slot ||
               !c->fill || !c->off || !c->list || !c->order || !c->tmp || !c->val;
     if (with_p) {
         c->keep_p = 1;
@@ -73,6 +80,7 @@ void moe_claims_free(moe_claims *c)
     free(c->order);
     free(c->tmp);
     free(c->val);
+    free(c->part_cnt);
     free(c);
 }
 
@@ -116,6 +124,8 @@ typedef struct {
     moe_plan *stats;  /* the plan that takes the claim statistics in the adding pass, or NULL */
     moe_plan *sink;   /* the plan whose rows observer sees the rows in the adding pass, or NULL */
     int nonfinite;    /* a chunk has a non-finite logit */
+    int pnp, pcur;    /* counting for the resolution: its parts, and the part being added */
+    long pb[MOE_PAR_MAX + 1]; /* each part's first chunk (pb[pnp] = nch) */
     pthread_mutex_t mu;
     pthread_cond_t cv;
     long next;        /* the next chunk to take */
@@ -134,17 +144,35 @@ static double *rows_p(rows_job *j, long ch)
 }
 
 /* The claim statistics of tokens [t0, t1), claim by claim in token order (the order of the
- * serial loop of moe_claims_resolve, so importance gets the same sums). */
-static void rows_add_stats(const moe_claims *c, long t0, long t1, moe_plan *plan)
+ * serial loop of moe_claims_resolve, so importance gets the same sums); the claims per (rank,
+ * expert) into cnt (K, E), or, with cnt NULL, per expert into assigned_load. */
+static void rows_add_stats(const moe_claims *c, long t0, long t1, moe_plan *plan, long *cnt)
 {
-    long claims = 0;
-    for (size_t q = (size_t)t0 * c->K; q < (size_t)t1 * c->K; q++)
-        if (c->claim[q]) {
-            plan->assigned_load[c->expert[q]]++;
-            plan->importance[c->expert[q]] += c->gate[q];
+    const int K = c->K, E = c->E;
+    const int32_t *ex = c->expert;
+    const double *g = c->gate;
+    const unsigned char *cl = c->claim;
+    double *imp = plan->importance;
+    long claims = 0, *al = plan->assigned_load;
+    for (long t = t0; t < t1; t++)
+        for (int k = 0; k < K; k++) {
+            const size_t q = (size_t)t * K + k;
+            if (!cl[q])
+                continue;
+            const int e = ex[q];
+            if (cnt)
+                cnt[(size_t)k * E + e]++;
+            else
+                al[e]++;
+            imp[e] += g[q];
             claims++;
         }
     plan->n_claims += claims;
+}
+
+int moe_claims_rows_parts(const moe_claims *c, int n)
+{
+    return moe_par_parts((long)n * c->K, 16384);
 }
 
 /* 64 experts at a time with their sums in registers, then 8, then one (claims.h). */
@@ -188,8 +216,14 @@ static void rows_add_ready(rows_job *j)
         moe_claims_add_rows(pm, p0, t1 - t0, E);
         if (j->stats && j->c->stats_rows)
             j->c->stats_rows(j->c->stats_ctx, t0, t1, j->stats);
-        else if (j->stats)
-            rows_add_stats(j->c, t0, t1, j->stats);
+        else if (j->stats && j->pnp) {
+            while (ch >= j->pb[j->pcur + 1]) /* the part that holds chunk ch */
+                j->pcur++;
+            rows_add_stats(j->c, t0, t1, j->stats,
+                           j->c->part_cnt + (size_t)j->pcur * j->c->K * E);
+        } else if (j->stats) {
+            rows_add_stats(j->c, t0, t1, j->stats, NULL);
+        }
         if (j->sink)
             j->sink->rows_add(j->sink->rows_ctx, t0, t1, p0);
         pthread_mutex_lock(&j->mu);
@@ -270,12 +304,29 @@ int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_f
     }
     for (int e = 0; e < c->E; e++)
         c->pmean[e] = 0.0;
+    c->part_ready = 0;
+    if (j.stats && !c->stats_rows && c->part_cnt) { /* the counts of the resolution's parts */
+        j.pnp = moe_claims_rows_parts(c, n);
+        for (int i = 0; i <= j.pnp; i++)
+            j.pb[i] = j.nch * i / j.pnp;
+        memset(c->part_cnt, 0, (size_t)j.pnp * c->K * c->E * sizeof *c->part_cnt);
+    }
     moe_par_run(rows_part, &j, np);
     pthread_cond_destroy(&j.cv);
     pthread_mutex_destroy(&j.mu);
     for (int e = 0; e < c->E; e++)
         c->pmean[e] /= n;
     c->stats_done = j.stats != NULL;
+    if (j.pnp) { /* assigned_load from the counts; the parts in tokens */
+        const size_t ke = (size_t)c->K * c->E;
+        for (int i = 0; i < j.pnp; i++)
+            for (size_t q = 0; q < ke; q++)
+                plan->assigned_load[q % c->E] += c->part_cnt[(size_t)i * ke + q];
+        for (int i = 0; i <= j.pnp; i++)
+            c->part_t0[i] = j.pb[i] * j.chunk < n ? j.pb[i] * j.chunk : n;
+        c->part_np = j.pnp;
+        c->part_ready = 1;
+    }
     c->bpr_ready = c->bpr_keys;
     if (j.nonfinite) /* the first non-finite logit, named as moe_router_route names it */
         return moe_logits_check_finite(logits, n, c->E);
@@ -421,6 +472,7 @@ int moe_claims_resolve(moe_claims *c, int n, int order, long C, int dropless, in
     if ((order != MOE_ORDER_CHOICE_MAJOR && order != MOE_ORDER_TOKEN_MAJOR) ||
         (K <= MOE_CLAIMS_PAR_MAX_K && moe_par_parts((long)n * K, 16384) > 1))
         return moe_claims_resolve_par(c, n, order, C, dropless, renormalize, stats, plan);
+    c->part_ready = 0;
     /* claim statistics, before capacity */
     long *load = plan->assigned_load;
     for (size_t i = 0; i < nk; i++) {

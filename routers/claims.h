@@ -15,6 +15,7 @@
 #define MOE_CLAIMS_H
 
 #include "moe.h"
+#include "par.h"
 
 typedef struct {
     int n_max, K, E;
@@ -41,6 +42,14 @@ typedef struct {
     int bpr_ready;        /* the last rows pass did so (moe_claims_resolve then uses them) */
     int first_ready;      /* the resolution on the threads left in fill (E) the tokens whose first
                            * choice is each expert (K = 1 in token order, every token claiming) */
+    /* The claims per (rank, expert) that a rows pass adding the claim statistics counted for
+     * the resolution on the threads, so that it need not count them again: part_cnt (parts, K,
+     * E) for the parts the resolution will take (moe_claims_rows_parts), part i = tokens
+     * [part_t0[i], part_t0[i + 1]) (on the pass's chunk boundaries); part_ready = 1 while valid
+     * (reset by the resolution). part_cnt is NULL when K * E is too large to keep. */
+    long *part_cnt;
+    long part_t0[MOE_PAR_MAX + 1];
+    int part_np, part_ready;
     double *pmean;        /* (E) mean over tokens of p[t,e] (moe_claims_softmax) */
     double *rowmax;       /* (T) each row's maximum logit, from the last rows pass */
     const double *rts_u;  /* (T,E) order rts: the draws, set by the router per group, or NULL */
@@ -77,6 +86,10 @@ size_t moe_claims_rows_scratch(int n, int E);
  * kept in registers across the rows (a sum kept in memory waits for its own store at every
  * row). */
 void moe_claims_add_rows(double *restrict acc, const double *restrict p, long rows, int E);
+
+/* The parts of n tokens on which the resolution on the threads (claims_par.h) numbers the claims
+ * of the token orders, and for which a rows pass leaves its counts (part_cnt). */
+int moe_claims_rows_parts(const moe_claims *c, int n);
 
 /* p (T,E) = softmax of each row of logits (T,E); pmean (E) = mean_t p[t,e]. On the routers'
  * threads (par.h); the values do not depend on their number. plan (may be NULL): also keeps

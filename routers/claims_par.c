@@ -55,20 +55,56 @@ typedef struct {
     double *acc;          /* (np, E+1) each thread's importance sums */
     double *scratch;      /* (np, maxload) keyed orders: each part's copy of one expert's keys */
     long maxload;
+    const long *t0;       /* (np + 1) the parts' first tokens, or NULL for moe_par_range's */
     moe_claims_parts pt;           /* each part's entries */
     long claims[MOE_PAR_MAX];      /* claims of each part */
 } rp_job;
 
 /* ---- counts and statistics ---- */
 
+/* Tokens [lo, hi) of part i of np. */
+static void rp_range(const rp_job *j, int i, int np, long *lo, long *hi)
+{
+    if (j->t0) {
+        *lo = j->t0[i];
+        *hi = j->t0[i + 1];
+    } else {
+        moe_par_range(j->n, i, np, lo, hi);
+    }
+}
+
+/* Step 1 from the counts the rows pass left (claims.h part_cnt), for the same parts: 1 if it
+ * took them. */
+static int rp_count_from_rows(rp_job *j)
+{
+    moe_claims *c = j->c;
+    const int K = c->K, E = c->E, ready = c->part_ready;
+    c->part_ready = 0;
+    if (!ready || j->stats || j->perm || c->part_np != j->np)
+        return 0;
+    for (int i = 0; i < j->np; i++) {
+        long claims = 0;
+        for (int k = 0; k < K; k++)
+            for (int e = 0; e < E; e++) {
+                const long m = c->part_cnt[((size_t)i * K + k) * E + e];
+                j->cnt[((size_t)i * j->KR + (j->KR > 1 ? k : 0)) * E + e] += m;
+                claims += m;
+            }
+        j->claims[i] = claims;
+    }
+    j->t0 = c->part_t0;
+    return 1;
+}
+
 #if defined(__AVX512F__)
 /* The counts of rp_count for E <= 8 and K <= 8: each counted rank's counts in one vector
  * register (lane e), bumped without a branch on the claim; returns the claims. */
 static inline __attribute__((always_inline)) long rp_count_k8(const rp_job *j, long lo, long hi,
-                                                             long *cnt, const int K)
+                                                             long *cnt, const int K,
+                                                             const int by_rank)
 {
     const moe_claims *c = j->c;
-    const int E = c->E, sets = j->KR > 1 ? K : 1;
+    const int E = c->E, sets = by_rank ? K : 1;
     const __mmask8 lanes = (__mmask8)((1u << E) - 1u);
     const __m512i one = _mm512_set1_epi64(1);
     __m512i cv[8];
@@ -78,7 +114,7 @@ static inline __attribute__((always_inline)) long rp_count_k8(const rp_job *j, l
     for (long pos = lo; pos < hi; pos++) {
         const size_t q0 = (size_t)(j->perm ? j->perm[pos] : pos) * K;
         for (int k = 0; k < K; k++) {
-            const int claim = c->claim[q0 + k] != 0, r = sets > 1 ? k : 0;
+            const int claim = c->claim[q0 + k] != 0, r = by_rank ? k : 0;
             cv[r] = _mm512_mask_add_epi64(cv[r], (__mmask8)((unsigned)claim << c->expert[q0 + k]),
                                           cv[r], one);
             claims += claim;
@@ -104,9 +140,10 @@ static void rp_count(void *ctx, int i, int np)
     long *cnt = j->cnt + (size_t)i * KR * E, claims = 0;
 #if defined(__AVX512F__)
     if (E <= 8 && K <= 8) {
-        claims = K == 1   ? rp_count_k8(j, lo, hi, cnt, 1)
-                 : K == 2 ? rp_count_k8(j, lo, hi, cnt, 2)
-                          : rp_count_k8(j, lo, hi, cnt, K);
+        claims = K == 1              ? rp_count_k8(j, lo, hi, cnt, 1, 0)
+                 : K == 2 && KR > 1 ? rp_count_k8(j, lo, hi, cnt, 2, 1)
+                 : K == 2           ? rp_count_k8(j, lo, hi, cnt, 2, 0)
+                                    : rp_count_k8(j, lo, hi, cnt, K, KR > 1);
         lo = hi; /* counted */
     }
 #endif
@@ -322,10 +359,10 @@ static inline long rp_lane(__m512i x, int e)
  * ran ahead of it). */
 static inline __attribute__((always_inline)) void
 rp_assign_k8(const rp_job *j, long lo, long hi, long *next, moe_entry *en, long rc[2], long rk[2],
-             const int K)
+             const int K, const int by_rank)
 {
     const moe_claims *c = j->c;
-    const int E = c->E, sets = j->KR > 1 ? K : 1;
+    const int E = c->E, sets = by_rank ? K : 1;
     const __mmask8 lanes = (__mmask8)((1u << E) - 1u);
     const __m512i one = _mm512_set1_epi64(1);
     __m512i nv[8];
@@ -335,7 +372,7 @@ rp_assign_k8(const rp_job *j, long lo, long hi, long *next, moe_entry *en, long 
     for (long t = lo; t < hi; t++) {
         const size_t q0 = (size_t)t * K;
         for (int k = 0; k < K; k++) {
-            const int e = c->expert[q0 + k], r = sets > 1 ? k : 0, claim = c->claim[q0 + k] != 0;
+            const int e = c->expert[q0 + k], r = by_rank ? k : 0, claim = c->claim[q0 + k] != 0;
             const long v = rp_lane(nv[r], e);
             nv[r] = _mm512_mask_add_epi64(nv[r], (__mmask8)((unsigned)claim << e), nv[r], one);
             slot[k] = claim && v < j->C ? v : -1;
@@ -355,7 +392,7 @@ static void rp_assign(void *ctx, int i, int np)
     moe_claims *c = j->c;
     const int K = c->K, E = c->E, KR = j->KR;
     long lo, hi;
-    moe_par_range(j->n, i, np, &lo, &hi);
+    rp_range(j, i, np, &lo, &hi);
     long *next = j->cnt + (size_t)i * KR * E;
     moe_entry *en = j->plan->entries + j->pt.ent0[i];
     long rc[2] = {0, 0}, rk[2] = {0, 0};
@@ -366,12 +403,17 @@ static void rp_assign(void *ctx, int i, int np)
     }
 #if defined(__AVX512F__)
     if (E <= 8 && K <= 8) {
+        /* K and the counted ranks constants: the counters' registers known at each claim */
         if (K == 1)
-            rp_assign_k8(j, lo, hi, next, en, rc, rk, 1);
+            rp_assign_k8(j, lo, hi, next, en, rc, rk, 1, 0);
+        else if (K == 2 && KR > 1)
+            rp_assign_k8(j, lo, hi, next, en, rc, rk, 2, 1);
         else if (K == 2)
-            rp_assign_k8(j, lo, hi, next, en, rc, rk, 2);
+            rp_assign_k8(j, lo, hi, next, en, rc, rk, 2, 0);
+        else if (K == 8 && KR > 1)
+            rp_assign_k8(j, lo, hi, next, en, rc, rk, 8, 1);
         else
-            rp_assign_k8(j, lo, hi, next, en, rc, rk, K);
+            rp_assign_k8(j, lo, hi, next, en, rc, rk, K, KR > 1);
         moe_claims_parts_ranks(&j->pt, i, rc, rk);
         return;
     }
@@ -657,8 +699,9 @@ int moe_claims_resolve_par(moe_claims *c, int n, int order, long C, int dropless
         rc = rp_bpr_order(&j);
         j.perm = c->order;
     }
-    if (!rc)
+    if (!rc && !(token_order && rp_count_from_rows(&j)))
         moe_par_run(rp_count, &j, j.np);
+    c->part_ready = 0; /* (the counts of one rows pass serve one resolution) */
     if (!rc)
         rc = rp_prefix(&j, dropless, token_order);
     if (!rc && token_order) {

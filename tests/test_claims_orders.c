@@ -19,7 +19,8 @@
  * dropless, with and without renormalisation, on 1 thread, 2 threads, and 2 threads with every
  * parallel pass split however small (moe_par_set_grain(1), n down to 1 token): the whole plan,
  * bit for bit (memcmp of entries, loads, importance, claims per rank, capacity). Then the
- * routers topk, switch and gshard with each order on 1 and 2 threads.
+ * routers topk, switch and gshard with each order on 1 and 2 threads, the token orders on
+ * shapes where the rows pass's parts end off the even split.
  */
 #include "check.h"
 #include "moe.h"
@@ -235,6 +236,23 @@ static void test_direct(void)
 enum { RN = 20000, RE = 64 };
 static double RL[RN * RE], RU[RN], RR[RN * RE];
 
+/* Router name with k, order and capacity factor cfq / 4 (renormalised at 1) on n tokens of E
+ * experts: the plans on 1 and 2 threads, bit for bit; one check. */
+static void same_on_threads(const char *name, int k, int order, int cfq, int n, int E,
+                            const double *R)
+{
+    moe_route_opts o = route_helper_opts(k, order);
+    o.cf_num = cfq;
+    o.renormalize = cfq == 4;
+    moe_plan *p1 = route_helper(name, &o, n, E, RL, RU, R, 1);
+    moe_plan *p2 = route_helper(name, &o, n, E, RL, RU, R, 2);
+    CHECK(p1->n_entries > 0 && route_helper_same_plan(p1, p2, E),
+          "%s k=%d order %d n=%d E=%d cf %d/4: 1 and 2 threads differ (%zu and %zu entries)",
+          name, k, order, n, E, cfq, p1->n_entries, p2->n_entries);
+    moe_plan_free(p1);
+    moe_plan_free(p2);
+}
+
 static void test_routers(void)
 {
     static const struct {
@@ -244,18 +262,29 @@ static void test_routers(void)
     static const int orders[] = {MOE_ORDER_BPR, MOE_ORDER_PROBS, MOE_ORDER_RTS, MOE_ORDER_GATE};
     for (size_t a = 0; a < sizeof rt / sizeof *rt; a++)
         for (int oi = 0; oi < 4; oi++)
-            for (int cfq = 2; cfq <= 8; cfq *= 2) {
-                moe_route_opts o = route_helper_opts(rt[a].k, orders[oi]);
-                o.cf_num = cfq;
-                o.renormalize = cfq == 4;
-                moe_plan *p1 = route_helper(rt[a].name, &o, RN, RE, RL, RU, RR, 1);
-                moe_plan *p2 = route_helper(rt[a].name, &o, RN, RE, RL, RU, RR, 2);
-                CHECK(p1->n_entries > 0 && route_helper_same_plan(p1, p2, RE),
-                      "%s k=%d order %d cf %d/4: 1 and 2 threads differ (%zu and %zu entries)",
-                      rt[a].name, rt[a].k, orders[oi], cfq, p1->n_entries, p2->n_entries);
-                moe_plan_free(p1);
-                moe_plan_free(p2);
-            }
+            for (int cfq = 2; cfq <= 8; cfq *= 2)
+                same_on_threads(rt[a].name, rt[a].k, orders[oi], cfq, RN, RE, RR);
+}
+
+/* The token orders through the routers whose rows pass leaves its claims final: that pass
+ * counts each part's claims for the resolution on the threads, on parts that end at its chunk
+ * boundaries (not n / 2); shapes where those differ (E = 8: chunks of 2048 tokens, E = 64: of
+ * 256), capacity factors 0.5, 1, 2 (drops across the boundary), against 1 thread (the serial
+ * loops). */
+static void test_token_orders(void)
+{
+    static const struct {
+        const char *name;
+        int k;
+    } rt[] = {{"switch", 1}, {"topk", 1}, {"topk", 2}, {"topk", 8}, {"gshard", 2}};
+    static const int orders[] = {MOE_ORDER_CHOICE_MAJOR, MOE_ORDER_TOKEN_MAJOR};
+    static const int shapes[][2] = {{RN, 8}, {12345, 8}, {RN, 64}, {9999, 64}};
+    for (size_t a = 0; a < sizeof rt / sizeof *rt; a++)
+        for (int oi = 0; oi < 2; oi++)
+            for (size_t s = 0; s < sizeof shapes / sizeof *shapes; s++)
+                for (int cfq = 2; cfq <= 8; cfq *= 2)
+                    same_on_threads(rt[a].name, rt[a].k, orders[oi], cfq, shapes[s][0],
+                                    shapes[s][1], NULL);
 }
 
 int main(void)
@@ -270,5 +299,6 @@ int main(void)
     gsl_rng_free(g);
     test_direct();
     test_routers();
+    test_token_orders();
     return check_report("test_claims_orders");
 }
