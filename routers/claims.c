@@ -124,6 +124,7 @@ typedef struct {
     moe_plan *stats;  /* the plan that takes the claim statistics in the adding pass, or NULL */
     moe_plan *sink;   /* the plan whose rows observer sees the rows in the adding pass, or NULL */
     int nonfinite;    /* a chunk has a non-finite logit */
+    int top2;         /* the softmax leaves the rows' two largest in expert, gate (top2_rows) */
     int pnp, pcur;    /* counting for the resolution: its parts, and the part being added */
     long pb[MOE_PAR_MAX + 1]; /* each part's first chunk (pb[pnp] = nch) */
     pthread_mutex_t mu;
@@ -255,11 +256,18 @@ static void rows_part(void *arg, int i, int np)
         double *p0 = rows_p(j, ch);
         pthread_mutex_unlock(&j->mu);
         const long t0 = ch * j->chunk, t1 = t0 + j->chunk < j->n ? t0 + j->chunk : j->n;
-        moe_softmax_rows_max(j->logits + (size_t)t0 * E, (int)(t1 - t0), E, p0,
-                             j->lse ? j->lse + t0 : NULL, j->c->rowmax + t0);
+        if (j->top2)
+            moe_softmax_rows8_top2(j->logits + (size_t)t0 * E, (int)(t1 - t0), p0,
+                                   j->lse ? j->lse + t0 : NULL, j->c->rowmax + t0,
+                                   j->c->expert + (size_t)t0 * 2, j->c->gate + (size_t)t0 * 2);
+        else
+            moe_softmax_rows_max(j->logits + (size_t)t0 * E, (int)(t1 - t0), E, p0,
+                                 j->lse ? j->lse + t0 : NULL, j->c->rowmax + t0);
         if (j->row == moe_claims_row_first) /* one loop, no call per token */
             rows_first(j->c, t0, t1, j->logits, p0);
-        for (long t = t0; j->row && j->row != moe_claims_row_first && t < t1; t++)
+        for (long t = t0; j->row && j->row != moe_claims_row_first &&
+                          j->row != moe_claims_row_chunk && t < t1;
+             t++)
             j->row(j->ctx, (int)t, j->logits + (size_t)t * E, p0 + (size_t)(t - t0) * E);
         if (j->row && j->c->rows_chunk)
             j->c->rows_chunk(j->ctx, t0, t1);
@@ -291,6 +299,7 @@ int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_f
     j.ring = !c->keep_p && j.nch > ROWS_RING;
     j.stats = c->stats_in_rows && row && plan ? plan : NULL;
     j.sink = plan && plan->rows_add ? plan : NULL;
+    j.top2 = c->top2_rows && c->E == 8 && c->K == 2;
     for (int s = 0; s < ROWS_RING; s++) /* slot 0 on top */
         j.free_slot[s] = ROWS_RING - 1 - s;
     j.nfree = ROWS_RING;
@@ -386,6 +395,11 @@ void moe_claims_row_first(void *ctx, int t, const double *lt, const double *pt)
     c->expert[t] = e;
     c->gate[t] = pt[e];
     c->claim[t] = 1;
+}
+
+void moe_claims_row_chunk(void *ctx, int t, const double *lt, const double *pt)
+{
+    (void)ctx, (void)t, (void)lt, (void)pt;
 }
 
 /* moe_claims_row_first over tokens [t0, t1) of a chunk, whose softmax rows start at p0. */

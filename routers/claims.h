@@ -37,6 +37,10 @@ typedef struct {
      * ctx; chunks run concurrently on the pass's threads (work that is cheaper per chunk than
      * per token, such as one vector exponential over the chunk) */
     void (*rows_chunk)(void *ctx, long t0, long t1);
+    int top2_rows;        /* set by a router with K = 2 at E = 8: the rows pass's softmax also
+                           * leaves each row's two largest logits in expert and gate
+                           * (moe_softmax_rows8_top2: expert[2t] = -1 for a row it declines)
+                           * before row() sees the row */
     int bpr_keys;         /* set by moe_claims_scratch_p for order bpr: the rows pass also leaves
                            * each token's key max_e p[t,e] in val (T) */
     int bpr_ready;        /* the last rows pass did so (moe_claims_resolve then uses them) */
@@ -125,6 +129,10 @@ int moe_claims_top2_row(const moe_claims *c, int t, const double *lt, int32_t *e
  * claims c of the rows pass (called directly: ctx is c). The rows pass runs it over a chunk's
  * tokens in a loop of its own, so its ctx is free for the pass's rows_chunk. */
 void moe_claims_row_first(void *ctx, int t, const double *lt, const double *pt);
+
+/* A row() that does nothing, for a router whose rows_chunk does each chunk's per-row work: the
+ * rows pass then makes no call per token. */
+void moe_claims_row_chunk(void *ctx, int t, const double *lt, const double *pt);
 
 /* The k largest of v[0..len) in descending order, ties to the lower index (the first k of a
  * stable descending argsort): idx (k) their indices, val (k) their values. By insertion into a

@@ -97,7 +97,10 @@ static void gshard_row(void *ctx, int t, const double *lt, const double *pt)
     moe_claims *cl = w->cl;
     const int E = cl->E;
     int32_t e1, e2; /* the first index of the maximum, then of the others' maximum */
-    if (!moe_claims_top2_row(cl, t, lt, &e1, &e2)) {
+    if (cl->top2_rows && cl->expert[(size_t)t * 2] >= 0) { /* the softmax's (claims.h) */
+        e1 = cl->expert[(size_t)t * 2];
+        e2 = cl->expert[(size_t)t * 2 + 1];
+    } else if (!moe_claims_top2_row(cl, t, lt, &e1, &e2)) {
         e1 = moe_claims_argmax_row(cl, t, lt);
         e2 = moe_claims_argmax(lt, E, e1);
     }
@@ -179,8 +182,10 @@ static int gshard_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         plan->rows_topk = w->cl->expert;
         plan->rows_topk_k = 2;
     }
+    w->cl->top2_rows = w->sc.is_default && r->E == 8;
     int rc = moe_claims_rows(w->cl, in->logits, n,
                              w->sc.is_default ? gshard_row : gshard_score_row, w, plan);
+    w->cl->top2_rows = 0;
     plan->rows_topk = NULL;
     if (rc)
         return rc;

@@ -51,9 +51,10 @@ static inline int moe_select_first_eq8(const double *x, double m)
     return eq ? __builtin_ctz(eq) : -1;
 }
 
-static inline int moe_select_top2_8(const double *x, double mx, int32_t *e1, int32_t *e2)
+/* moe_select_top2_8 of the row already in v. */
+static inline int moe_select_top2_8v(__m512d v, double mx, int32_t *e1, int32_t *e2)
 {
-    const __m512d v = _mm512_loadu_pd(x), vm = _mm512_set1_pd(mx);
+    const __m512d vm = _mm512_set1_pd(mx);
     const __mmask8 eq = _mm512_cmp_pd_mask(v, vm, _CMP_EQ_OQ);
     if (_mm512_cmp_pd_mask(v, v, _CMP_UNORD_Q) || !eq)
         return 0;
@@ -69,6 +70,11 @@ static inline int moe_select_top2_8(const double *x, double mx, int32_t *e1, int
     *e1 = __builtin_ctz(eq);
     *e2 = __builtin_ctz(second);
     return 1;
+}
+
+static inline int moe_select_top2_8(const double *x, double mx, int32_t *e1, int32_t *e2)
+{
+    return moe_select_top2_8v(_mm512_loadu_pd(x), mx, e1, e2);
 }
 
 static inline int moe_select_is_top8(const double *v, const int32_t *idx, int k)

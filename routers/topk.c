@@ -124,29 +124,22 @@ static int topk_chunk_select(const moe_claims *cl)
 }
 
 /* The two largest of each row of eight logits of tokens [t0, t1), as topk_select takes them in
- * the rows pass, in one loop (a row's test is one vector, select.h). */
+ * the rows pass: the softmax has left them in expert and gate (claims.h top2_rows) but for the
+ * rows it declined (a NaN), which topk_select scans. */
 static void topk_top2_8(moe_claims *cl, const double *logits, long t0, long t1)
 {
-    for (long t = t0; t < t1; t++) {
-        const double *lt = logits + (size_t)t * 8;
-        int32_t *ex = cl->expert + (size_t)t * 2;
-        if (moe_select_top2_8(lt, cl->rowmax[t], ex, ex + 1)) {
-            cl->gate[(size_t)t * 2] = lt[ex[0]];
-            cl->gate[(size_t)t * 2 + 1] = lt[ex[1]];
-            cl->claim[(size_t)t * 2] = cl->claim[(size_t)t * 2 + 1] = 1;
-        } else { /* NaN rows */
-            topk_select(cl, (int)t, lt, 1, 0);
-        }
-    }
+    for (long t = t0; t < t1; t++)
+        if (cl->expert[(size_t)t * 2] < 0)
+            topk_select(cl, (int)t, logits + (size_t)t * 8, 1, 0);
+    memset(cl->claim + (size_t)t0 * 2, 1, (size_t)(t1 - t0) * 2);
 }
 
 static void topk_row(void *ctx, int t, const double *lt, const double *pt)
 {
     (void)pt;
-    const topk_rows_ctx *x = ctx;
+    const topk_rows_ctx *x = ctx; /* (with chunk_select, topk_gates selects for the chunk) */
     moe_claims *cl = x->cl;
-    if (!x->chunk_select) /* (else topk_gates selects, for the chunk) */
-        topk_select(cl, t, lt, 1, cl->K > TOPK_GATES_BUF);
+    topk_select(cl, t, lt, 1, cl->K > TOPK_GATES_BUF);
 }
 
 /* g[j] = e[j] / s for j < k, eight at a time (each quotient correctly rounded, as one at a
@@ -245,15 +238,18 @@ static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     }
     cl->rows_chunk = dflt && cl->K <= TOPK_GATES_BUF ? topk_gates : NULL;
     topk_rows_ctx x = {cl, in->logits, cl->rows_chunk && topk_chunk_select(cl)};
+    cl->top2_rows = x.chunk_select && cl->K == 2 && !(sd > 0.0); /* (E = 8) */
     /* k = 1: the first index of the maximum with its probability, which topk_gates then
      * turns into the softmax of that one value, 1 (for a finite row) */
-    const moe_claims_row_fn per_row = sd > 0.0  ? NULL
-                                      : !dflt   ? topk_score_row
+    const moe_claims_row_fn per_row = sd > 0.0       ? NULL
+                                      : !dflt        ? topk_score_row
+                                      : x.chunk_select ? moe_claims_row_chunk
                                       : cl->K == 1 && cl->rows_chunk ? moe_claims_row_first
                                                                      : topk_row;
     int rc = moe_claims_rows(cl, in->logits, n, per_row, dflt ? (void *)&x : (void *)w, plan);
     plan->rows_topk = NULL;
     cl->rows_chunk = NULL;
+    cl->top2_rows = 0;
     if (rc)
         return rc;
     /* the noisy logits go into the plan's own buffer, for the metrics (plan->noisy_logits) */

@@ -1,5 +1,6 @@
 /* vexp.c: exp(x[i] - m) over a row (vexp.h). */
 #include "vexp.h"
+#include "../routers/select.h"
 
 #include <math.h>
 #include <stddef.h>
@@ -257,10 +258,24 @@ static inline void sm_sums(const double *const *pr, int nr, int len, double *s)
 }
 
 #if defined(__AVX512F__)
+/* Row x's two largest (moe_select_top2_8 of v, the row, from its maximum m) into idx2 and their
+ * logits into val2; idx2[0] = -1 for a row it declines. */
+static inline void sm_top2(__m512d v, const double *x, double m, int32_t *idx2, double *val2)
+{
+    if (moe_select_top2_8v(v, m, idx2, idx2 + 1)) {
+        val2[0] = x[idx2[0]];
+        val2[1] = x[idx2[1]];
+    } else {
+        idx2[0] = -1;
+    }
+}
+
 /* Rows of eight logits (E = 8), eight rows at a time, each row one vector: the steps of
  * moe_softmax_rows_max below (moe_vmax, moe_vexp_shift, the sums, vx_div) inline, with the same
  * operations. Returns the rows taken: nrows rounded down to a multiple of eight. */
-static int sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx)
+static inline __attribute__((always_inline)) int
+sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t *idx2,
+         double *val2)
 {
     int r0 = 0;
     for (; r0 + 8 <= nrows; r0 += 8) {
@@ -272,6 +287,8 @@ static int sm_rows8(const double *x, int nrows, double *p, double *lse, double *
             m[j] = _mm512_reduce_max_pd(v);
             vx_exp8_store(_mm512_sub_pd(v, _mm512_set1_pd(m[j])), p + o);
             pr[j] = p + o;
+            if (idx2)
+                sm_top2(v, x + o, m[j], idx2 + 2 * (size_t)(r0 + j), val2 + 2 * (size_t)(r0 + j));
         }
         sm_sums(pr, 8, 8, s);
         for (int j = 0; j < 8; j++) {
@@ -294,7 +311,7 @@ void moe_softmax_rows_max(const double *x, int nrows, int len, double *p, double
     int first = 0;
 #if defined(__AVX512F__)
     if (len == 8) { /* then the rest, fewer than eight rows, below */
-        first = sm_rows8(x, nrows, p, lse, mx);
+        first = sm_rows8(x, nrows, p, lse, mx, NULL, NULL);
         x += (size_t)first * 8;
         p += (size_t)first * 8;
         lse = lse ? lse + first : NULL;
@@ -325,6 +342,26 @@ void moe_softmax_rows_max(const double *x, int nrows, int len, double *p, double
                 lse[r0 + j] = m[j] + log(s[j]);
             if (mx)
                 mx[r0 + j] = m[j];
+        }
+    }
+}
+
+void moe_softmax_rows8_top2(const double *x, int nrows, double *p, double *lse, double *mx,
+                            int32_t *idx2, double *val2)
+{
+    int first = 0;
+#if defined(__AVX512F__)
+    first = sm_rows8(x, nrows, p, lse, mx, idx2, val2);
+#endif
+    moe_softmax_rows_max(x + (size_t)first * 8, nrows - first, 8, p + (size_t)first * 8,
+                         lse ? lse + first : NULL, mx + first);
+    for (int r = first; r < nrows; r++) { /* the rows left, from memory */
+        int32_t *e = idx2 + 2 * (size_t)r;
+        if (moe_select_top2_8(x + (size_t)r * 8, mx[r], e, e + 1)) {
+            val2[2 * (size_t)r] = x[(size_t)r * 8 + e[0]];
+            val2[2 * (size_t)r + 1] = x[(size_t)r * 8 + e[1]];
+        } else {
+            e[0] = -1;
         }
     }
 }

@@ -13,6 +13,7 @@
 #define MOE_VEXP_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* out[i] = exp(x[i] - m) for i < len (out may equal x). */
 void moe_vexp_shift(const double *x, int len, double m, double *out);
@@ -40,5 +41,13 @@ void moe_softmax_rows(const double *x, int nrows, int len, double *p, double *ls
  * subtracted (moe_vmax's value: one of the row's values, or its zero of the other sign). */
 void moe_softmax_rows_max(const double *x, int nrows, int len, double *p, double *lse,
                           double *mx);
+
+/* Rows of eight logits (len = 8): moe_softmax_rows_max (mx not NULL), and each row's two
+ * largest logits as moe_select_top2_8 (select.h) takes them from the row's maximum mx[r]:
+ * idx2[2r], idx2[2r+1] their indices and val2[2r], val2[2r+1] the logits there; idx2[2r] = -1
+ * (the rest unset) for a row it declines (a NaN). With the row in a register already, the
+ * selection costs a few instructions more than the softmax. */
+void moe_softmax_rows8_top2(const double *x, int nrows, double *p, double *lse, double *mx,
+                            int32_t *idx2, double *val2);
 
 #endif

@@ -8,10 +8,12 @@
  * rows of every length 0..40 (the scalar tail). Counted as one check per block, naming the first
  * argument that differs. Then moe_softmax_rows_max, rows of 7, 8 (its own path) and 9 logits,
  * against the scalar softmax written here with the C library's exp and log, bit for bit; and
- * moe_softmax_pairs (the gates of two values) against its scalar definition. */
+ * moe_softmax_pairs (the gates of two values) against its scalar definition, and
+ * moe_softmax_rows8_top2 against the softmax and moe_select_top2_8 apart. */
 #include "check.h"
 #include "moe.h"
 #include "vexp.h"
+#include "../routers/select.h"
 
 #include <gsl/gsl_rng.h>
 #include <stdint.h>
@@ -64,6 +66,32 @@ static void cmp_softmax(const char *what, const double *x, int nrows, int len)
     }
     CHECK(bad < 0, "%s: softmax of %d rows of %d: row %d differs from the scalar definition",
           what, nrows, len, bad);
+}
+
+/* moe_softmax_rows8_top2 on nrows rows of eight against its definition: moe_softmax_rows_max
+ * (bit for bit), and moe_select_top2_8 of each row from its maximum (select.h), its logits at
+ * the two indices, or -1 where that declines; one check. */
+static void cmp_top2(const char *what, const double *x, int nrows)
+{
+    static double p[BLK], lse[BLK / 8], mx[BLK / 8], val[BLK / 4], p0[BLK], lse0[BLK / 8],
+        mx0[BLK / 8];
+    static int32_t idx[BLK / 4];
+    moe_softmax_rows8_top2(x, nrows, p, lse, mx, idx, val);
+    moe_softmax_rows_max(x, nrows, 8, p0, lse0, mx0);
+    int bad = -1;
+    for (int r = 0; r < nrows && bad < 0; r++) {
+        int32_t e[2] = {-1, -1};
+        const double *xr = x + (size_t)r * 8;
+        const int ok = moe_select_top2_8(xr, mx0[r], e, e + 1);
+        if (memcmp(p + (size_t)r * 8, p0 + (size_t)r * 8, 8 * sizeof *p) ||
+            bits(lse[r]) != bits(lse0[r]) || bits(mx[r]) != bits(mx0[r]) ||
+            (ok ? idx[2 * r] != e[0] || idx[2 * r + 1] != e[1] ||
+                      bits(val[2 * r]) != bits(xr[e[0]]) || bits(val[2 * r + 1]) != bits(xr[e[1]])
+                : idx[2 * r] != -1))
+            bad = r;
+    }
+    CHECK(bad < 0, "%s: %d rows of 8: row %d differs from the softmax and top-2 apart", what,
+          nrows, bad);
 }
 
 /* moe_softmax_pairs on n pairs (v0, v1) against the scalar definition topk's gates had: e_j =
@@ -147,6 +175,20 @@ int main(void)
     for (int i = 0; i < BLK; i++)
         x[i] = 20.0 * gsl_rng_uniform(r) - 10.0;
     cmp_softmax("512 rows of 8", x, BLK / 8, 8);
+    /* the softmax with the top-2 of rows of eight: every row count 0..40 (eight rows at a time,
+     * then the rest), N(0,1)-like rows, rows with ties (twice the maximum: its second place),
+     * rows with a NaN (declined) */
+    for (int nrows = 0; nrows <= 40; nrows++) {
+        for (int i = 0; i < nrows * 8; i++)
+            x[i] = 6.0 * gsl_rng_uniform(r) - 3.0;
+        cmp_top2("uniform rows", x, nrows);
+        for (int i = 0; i < nrows * 8; i++)
+            x[i] = (double)(int)(4.0 * gsl_rng_uniform(r)) / 2.0;
+        cmp_top2("tied rows", x, nrows);
+        for (int z = 3; z < nrows * 8; z += 29)
+            x[z] = NAN;
+        cmp_top2("rows with a NaN", x, nrows);
+    }
     /* pairs, the larger first: every count 0..40 (four pairs a vector, then the masked rest),
      * N(0,1)-like and tied values, gaps past exp's fast range (underflow) */
     for (long n = 0; n <= 40; n++) {
