@@ -109,10 +109,12 @@ static inline __attribute__((always_inline)) long rp_count_k8(const rp_job *j, l
     const __m512i one = _mm512_set1_epi64(1);
     __m512i cv[8];
     long claims = 0;
+#pragma GCC unroll 8
     for (int r = 0; r < sets; r++)
         cv[r] = _mm512_setzero_si512();
     for (long pos = lo; pos < hi; pos++) {
         const size_t q0 = (size_t)(j->perm ? j->perm[pos] : pos) * K;
+#pragma GCC unroll 8
         for (int k = 0; k < K; k++) {
             const int claim = c->claim[q0 + k] != 0, r = by_rank ? k : 0;
             cv[r] = _mm512_mask_add_epi64(cv[r], (__mmask8)((unsigned)claim << c->expert[q0 + k]),
@@ -120,6 +122,7 @@ static inline __attribute__((always_inline)) long rp_count_k8(const rp_job *j, l
             claims += claim;
         }
     }
+#pragma GCC unroll 8
     for (int r = 0; r < sets; r++) {
         long *to = cnt + (size_t)r * E;
         _mm512_mask_storeu_epi64(to, lanes,
@@ -236,9 +239,11 @@ rp_token_entries_k(const rp_job *j, long t, const long *s, moe_entry **en, long 
     const moe_claims *c = j->c;
     const size_t q0 = (size_t)t * K;
     double sum = 0.0;
+#pragma GCC unroll 8
     for (int r = 0; r < K; r++)
         if (s[r] >= 0)
             sum += c->gate[q0 + r];
+#pragma GCC unroll 8
     for (int r = 0; r < K; r++) {
         const size_t q = q0 + r;
         if (r < 2) {
@@ -337,7 +342,7 @@ static inline __attribute__((always_inline)) void
 rp_assign_k(const rp_job *j, long lo, long hi, long *next, moe_entry *en, long rc[2], long rk[2],
             const int K)
 {
-    long slot[MOE_CLAIMS_PAR_MAX_K];
+    long slot[MOE_CLAIMS_PAR_MAX_K] = {0};
     for (long r = lo; r < hi; r++) {
         const size_t q0 = (size_t)r * K;
         rp_take(j, q0, next, slot, K);
@@ -366,11 +371,14 @@ rp_assign_k8(const rp_job *j, long lo, long hi, long *next, moe_entry *en, long 
     const __mmask8 lanes = (__mmask8)((1u << E) - 1u);
     const __m512i one = _mm512_set1_epi64(1);
     __m512i nv[8];
-    for (int r = 0; r < sets; r++)
-        nv[r] = _mm512_maskz_loadu_epi64(lanes, next + (size_t)r * E);
-    long slot[8];
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; r++) /* (all eight set: the compiler cannot tell sets <= 8) */
+        nv[r] = r < sets ? _mm512_maskz_loadu_epi64(lanes, next + (size_t)r * E)
+                         : _mm512_setzero_si512();
+    long slot[8] = {0};
     for (long t = lo; t < hi; t++) {
         const size_t q0 = (size_t)t * K;
+#pragma GCC unroll 8
         for (int k = 0; k < K; k++) {
             const int e = c->expert[q0 + k], r = by_rank ? k : 0, claim = c->claim[q0 + k] != 0;
             const long v = rp_lane(nv[r], e);
@@ -379,6 +387,7 @@ rp_assign_k8(const rp_job *j, long lo, long hi, long *next, moe_entry *en, long 
         }
         rp_token_entries_k(j, t, slot, &en, rc, rk, K);
     }
+#pragma GCC unroll 8
     for (int r = 0; r < sets; r++)
         _mm512_mask_storeu_epi64(next + (size_t)r * E, lanes, nv[r]);
 }
