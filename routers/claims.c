@@ -147,27 +147,46 @@ static double *rows_p(rows_job *j, long ch)
 /* The claim statistics of tokens [t0, t1), claim by claim in token order (the order of the
  * serial loop of moe_claims_resolve, so importance gets the same sums); the claims per (rank,
  * expert) into cnt (K, E), or, with cnt NULL, per expert into assigned_load. */
-static void rows_add_stats(const moe_claims *c, long t0, long t1, moe_plan *plan, long *cnt)
+static inline __attribute__((always_inline)) long
+stats_counted(const moe_claims *c, long t0, long t1, double *restrict imp, long *restrict cnt,
+              const int K)
 {
-    const int K = c->K, E = c->E;
+    const int E = c->E;
     const int32_t *ex = c->expert;
     const double *g = c->gate;
     const unsigned char *cl = c->claim;
-    double *imp = plan->importance;
-    long claims = 0, *al = plan->assigned_load;
+    long claims = 0;
     for (long t = t0; t < t1; t++)
+#pragma GCC unroll 8
         for (int k = 0; k < K; k++) {
             const size_t q = (size_t)t * K + k;
             if (!cl[q])
                 continue;
             const int e = ex[q];
-            if (cnt)
-                cnt[(size_t)k * E + e]++;
-            else
-                al[e]++;
+            cnt[(size_t)k * E + e]++;
             imp[e] += g[q];
             claims++;
         }
+    return claims;
+}
+
+static void rows_add_stats(const moe_claims *c, long t0, long t1, moe_plan *plan, long *cnt)
+{
+    const int K = c->K, E = c->E;
+    long claims = 0;
+    if (cnt) {
+        claims = K == 1   ? stats_counted(c, t0, t1, plan->importance, cnt, 1)
+                 : K == 2 ? stats_counted(c, t0, t1, plan->importance, cnt, 2)
+                          : stats_counted(c, t0, t1, plan->importance, cnt, K);
+    } else {
+        for (size_t q = (size_t)t0 * K; q < (size_t)t1 * K; q++)
+            if (c->claim[q]) {
+                plan->assigned_load[c->expert[q]]++;
+                plan->importance[c->expert[q]] += c->gate[q];
+                claims++;
+            }
+    }
+    (void)E;
     plan->n_claims += claims;
 }
 

@@ -325,6 +325,7 @@ static inline __attribute__((always_inline)) void rp_take(const rp_job *j, size_
 {
     const moe_claims *c = j->c;
     const int E = c->E, KR = j->KR;
+#pragma GCC unroll 8
     for (int k = 0; k < K; k++) {
         const size_t q = q0 + k;
         long v = -1;
