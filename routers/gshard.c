@@ -24,6 +24,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 typedef struct {
     moe_claims *cl;
@@ -162,8 +163,10 @@ static int gshard_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         if (!in->uniforms && !in->rng)
             return moe_fail(MOE_EINVAL, "give a seed or a file of draws (--uniforms U.npy)",
                             "gshard needs uniform draws or a random generator (uniforms)");
-        for (int t = 0; t < n; t++) /* one draw per token in token order, needed or not */
-            w->u[t] = in->uniforms ? in->uniforms[t] : gsl_rng_uniform(in->rng);
+        if (in->uniforms) /* one draw per token in token order, needed or not */
+            memcpy(w->u, in->uniforms, (size_t)n * sizeof *w->u);
+        else
+            moe_rng_uniform_fill(in->rng, w->u, n);
     } else if (w->policy == MOE_SECOND_SAMPLING) {
         if (!in->gumbel_u && !in->rng)
             return moe_fail(MOE_EINVAL, "give a seed or a file of draws (--gumbel-uniforms U.npy)",

@@ -51,6 +51,12 @@ typedef struct { uint64_t state, inc; } moe_pcg32;
 void moe_pcg32_seed(moe_pcg32 *r, uint64_t initstate, uint64_t initseq);
 uint32_t moe_pcg32_next(moe_pcg32 *r);
 extern const gsl_rng_type *moe_rng_pcg32; /* PCG32 as a GSL generator (range 0..2^32-1) */
+/* r moved on by delta draws at once (O(log delta) steps). */
+void moe_pcg32_advance(moe_pcg32 *r, uint64_t delta);
+/* u[q] = gsl_rng_uniform(r) for q = 0..n-1 in order, and r left as after those n draws: the
+ * same doubles, drawn on the routers' threads (par.h) when r is a moe_rng_pcg32 (each thread
+ * jumps ahead to its first draw), else one at a time. */
+void moe_rng_uniform_fill(gsl_rng *r, double *u, long n);
 /* A gsl_rng running PCG32 seeded with (seed, stream). Free with gsl_rng_free. */
 gsl_rng *moe_rng_alloc(uint64_t seed, uint64_t stream);
 enum moe_stream {

@@ -3,6 +3,7 @@
  * that GSL's distributions draw from it. Streams are selected by (seed, stream) as in pcg-c's
  * pcg32_srandom_r(initstate, initseq). */
 #include "moe.h"
+#include "../routers/par.h"
 
 #include <gsl/gsl_rng.h>
 
@@ -53,4 +54,52 @@ gsl_rng *moe_rng_alloc(uint64_t seed, uint64_t stream)
     }
     moe_pcg32_seed(gsl_rng_state(r), seed, stream);
     return r;
+}
+
+/* ---- many uniforms at once ---- */
+
+void moe_pcg32_advance(moe_pcg32 *r, uint64_t delta)
+{
+    /* state after delta steps of s -> a s + c (mod 2^64), by squaring: the composition of two
+     * steps of the affine map is again affine, (a, c) then (a, c) = (a a, (a + 1) c) */
+    uint64_t a = 6364136223846793005ULL, c = r->inc, am = 1u, cm = 0u;
+    for (; delta > 0; delta >>= 1) {
+        if (delta & 1u) {
+            am *= a;
+            cm = cm * a + c;
+        }
+        c = (a + 1u) * c;
+        a *= a;
+    }
+    r->state = am * r->state + cm;
+}
+
+typedef struct {
+    moe_pcg32 start;
+    double *u;
+    long n;
+} fill_job;
+
+static void fill_part(void *ctx, int i, int np)
+{
+    const fill_job *j = ctx;
+    long lo, hi;
+    moe_par_range(j->n, i, np, &lo, &hi);
+    moe_pcg32 g = j->start;
+    moe_pcg32_advance(&g, (uint64_t)lo);
+    for (long q = lo; q < hi; q++)
+        j->u[q] = moe_pcg32_next(&g) / 4294967296.0; /* as pcg_get_double */
+}
+
+void moe_rng_uniform_fill(gsl_rng *r, double *u, long n)
+{
+    if (r->type != moe_rng_pcg32 || n < 8192) {
+        for (long q = 0; q < n; q++)
+            u[q] = gsl_rng_uniform(r);
+        return;
+    }
+    moe_pcg32 *g = gsl_rng_state(r);
+    fill_job j = {*g, u, n};
+    moe_par_run(fill_part, &j, moe_par_parts(n, 8192));
+    moe_pcg32_advance(g, (uint64_t)n);
 }

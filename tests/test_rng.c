@@ -1,12 +1,16 @@
 /* test_rng.c: PCG32 against the published reference output of pcg32-demo (pcg-c): seeded with
  * initstate 42, initseq 54, the first six outputs are 0xa15c02b7 0x7b47f409 0xba1d3330
  * 0x83d2f293 0xbfa4784b 0xcbed606e. Also: the gsl_rng_type draws the same stream, streams
- * differ, and gsl_rng_uniform is uniform on [0,1) (chi-square on 20 bins, 5 sigma). */
+ * differ, and gsl_rng_uniform is uniform on [0,1) (chi-square on 20 bins, 5 sigma); the jump
+ * ahead against that many draws, and the uniforms drawn at once on the threads against one at
+ * a time. */
 #include "check.h"
 #include "moe.h"
+#include "../routers/par.h"
 
 #include <gsl/gsl_cdf.h>
 #include <gsl/gsl_randist.h>
+#include <string.h>
 
 int main(void)
 {
@@ -57,6 +61,38 @@ int main(void)
     double mean = s / N, var = s2 / N - mean * mean;
     CHECK(fabs(mean) < 5.0 / sqrt(N), "gaussian mean %g", mean);
     CHECK(fabs(var - 1.0) < 5.0 * sqrt(2.0 / N), "gaussian variance %g", var);
+
+    /* the jump ahead: advance(r, d) is d draws (d = 0, 1, 2, 1000, 2^20 + 7 against that many
+     * calls); moe_rng_uniform_fill gives the doubles of one gsl_rng_uniform call after another
+     * and leaves the generator where they leave it, on 1 and 2 threads, for counts below and
+     * above its split (8192 draws a thread) and not a multiple of the threads */
+    const uint64_t ds[] = {0, 1, 2, 1000, (1u << 20) + 7};
+    for (size_t q = 0; q < sizeof ds / sizeof *ds; q++) {
+        moe_pcg32 x, y;
+        moe_pcg32_seed(&x, 9u, 3u);
+        y = x;
+        for (uint64_t i = 0; i < ds[q]; i++)
+            moe_pcg32_next(&x);
+        moe_pcg32_advance(&y, ds[q]);
+        CHECK(x.state == y.state && x.inc == y.inc, "advance by %llu differs from that many draws",
+              (unsigned long long)ds[q]);
+    }
+    static double u[40001], v[40001];
+    const long ns[] = {0, 1, 8191, 16384, 40001};
+    for (int nt = 1; nt <= 2; nt++)
+        for (size_t q = 0; q < sizeof ns / sizeof *ns; q++) {
+            moe_par_set_threads(nt);
+            gsl_rng *x = moe_rng_alloc(11u, MOE_STREAM_GSHARD);
+            gsl_rng *y = moe_rng_alloc(11u, MOE_STREAM_GSHARD);
+            for (long i = 0; i < ns[q]; i++)
+                u[i] = gsl_rng_uniform(x);
+            moe_rng_uniform_fill(y, v, ns[q]);
+            CHECK(!memcmp(u, v, (size_t)ns[q] * sizeof *u) && gsl_rng_get(x) == gsl_rng_get(y),
+                  "%d threads, %ld uniforms at once differ from one at a time", nt, ns[q]);
+            gsl_rng_free(x);
+            gsl_rng_free(y);
+        }
+    moe_par_set_threads(0);
     gsl_rng_free(g);
     gsl_rng_free(a);
     gsl_rng_free(b);
