@@ -289,7 +289,7 @@ static void rows_part(void *arg, int i, int np)
              t++)
             j->row(j->ctx, (int)t, j->logits + (size_t)t * E, p0 + (size_t)(t - t0) * E);
         if (j->row && j->c->rows_chunk)
-            j->c->rows_chunk(j->ctx, t0, t1);
+            j->c->rows_chunk(j->ctx, t0, t1, p0);
         if (j->sink)
             j->sink->rows_each(j->sink->rows_ctx, t0, t1, p0);
         for (long t = t0; j->c->bpr_keys && t < t1; t++) { /* as moe_claims_resolve takes it */

@@ -34,9 +34,10 @@ typedef struct {
     void *stats_ctx;
     /* set by the router, or NULL: called by the rows pass for each chunk of tokens [t0, t1)
      * once row() has run on all of them and before anything reads their claims, with row()'s
-     * ctx; chunks run concurrently on the pass's threads (work that is cheaper per chunk than
-     * per token, such as one vector exponential over the chunk) */
-    void (*rows_chunk)(void *ctx, long t0, long t1);
+     * ctx and p the chunk's softmax rows (t1 - t0, E); chunks run concurrently on the pass's
+     * threads (work that is cheaper per chunk than per token, such as one vector exponential
+     * over the chunk) */
+    void (*rows_chunk)(void *ctx, long t0, long t1, const double *p);
     int top2_rows;        /* set by a router with K = 2 at E = 8: the rows pass's softmax also
                            * leaves each row's two largest logits in expert and gate
                            * (moe_softmax_rows8_top2: expert[2t] = -1 for a row it declines)

@@ -22,6 +22,9 @@
 #include "score.h"
 #include "select.h"
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +39,7 @@ typedef struct {
     double thr;  /* second_threshold */
     double *gb;  /* (T,E) drawn Gumbel uniforms (policy sampling without a file), or NULL */
     const double *gu; /* (T,E) the Gumbel uniforms of the group */
+    const double *logits; /* (T,E) the group's, while its rows pass runs */
 } gshard_ws;
 
 /* ---- workspace ---- */
@@ -135,6 +139,55 @@ static void gshard_row(void *ctx, int t, const double *lt, const double *pt)
     }
 }
 
+/* rows_chunk at E = 8 for the default score and the policies random, threshold and all:
+ * gshard_row's work on tokens [t0, t1) whose two choices the softmax took (claims.h top2_rows),
+ * eight tokens at a time (the same divisions and comparisons in vector lanes); a group of eight
+ * holding a row it declined (a NaN), and the last tokens, through gshard_row. */
+static void gshard_chunk8(void *ctx, long t0, long t1, const double *p)
+{
+    gshard_ws *w = ctx;
+    moe_claims *cl = w->cl;
+    long t = t0;
+#if defined(__AVX512F__)
+    for (; t + 8 <= t1; t += 8) {
+        double p1[8], p2[8], g1[8], g2[8];
+        int ok = 1;
+        for (int i = 0; i < 8; i++) {
+            const int32_t *ex = cl->expert + (size_t)(t + i) * 2;
+            const double *pt = p + (size_t)(t + i - t0) * 8;
+            ok &= ex[0] >= 0;
+            p1[i] = pt[ex[0] & 7];
+            p2[i] = pt[ex[1] & 7];
+        }
+        if (!ok) {
+            for (long q = t; q < t + 8; q++)
+                gshard_row(w, (int)q, w->logits + (size_t)q * 8, p + (size_t)(q - t0) * 8);
+            continue;
+        }
+        const __m512d a = _mm512_loadu_pd(p1), b = _mm512_loadu_pd(p2), s = _mm512_add_pd(a, b);
+        const __m512d ga = _mm512_div_pd(a, s), gb = _mm512_div_pd(b, s);
+        const __m512d test = w->raw ? b : gb;
+        __mmask8 keep = 0xff; /* all */
+        if (w->policy == MOE_SECOND_RANDOM)
+            keep = _mm512_cmp_pd_mask(_mm512_mul_pd(_mm512_set1_pd(2.0), test),
+                                      _mm512_loadu_pd(w->u + t), _CMP_GT_OQ);
+        else if (w->policy == MOE_SECOND_THRESHOLD)
+            keep = _mm512_cmp_pd_mask(gb, _mm512_set1_pd(w->thr), _CMP_GT_OQ);
+        _mm512_storeu_pd(g1, ga);
+        _mm512_storeu_pd(g2, gb);
+        for (int i = 0; i < 8; i++) {
+            const size_t q = (size_t)(t + i) * 2;
+            cl->gate[q] = g1[i];
+            cl->gate[q + 1] = g2[i];
+            cl->claim[q] = 1;
+            cl->claim[q + 1] = keep >> i & 1;
+        }
+    }
+#endif
+    for (; t < t1; t++)
+        gshard_row(w, (int)t, w->logits + (size_t)t * 8, p + (size_t)(t - t0) * 8);
+}
+
 /* Token t through the score path (score.h): the two largest scores s1, s2 (group-limited when
  * asked), combine weights from score.h; the draw test on s2 / (s1 + s2), or s2 with
  * threshold_on = raw. */
@@ -186,9 +239,17 @@ static int gshard_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         plan->rows_topk_k = 2;
     }
     w->cl->top2_rows = w->sc.is_default && r->E == 8;
+    const int chunk8 = w->cl->top2_rows && w->policy != MOE_SECOND_SAMPLING;
+    w->cl->rows_chunk = chunk8 ? gshard_chunk8 : NULL;
+    w->logits = in->logits;
     int rc = moe_claims_rows(w->cl, in->logits, n,
-                             w->sc.is_default ? gshard_row : gshard_score_row, w, plan);
+                             chunk8               ? moe_claims_row_chunk
+                             : w->sc.is_default ? gshard_row
+                                                : gshard_score_row,
+                             w, plan);
     w->cl->top2_rows = 0;
+    w->cl->rows_chunk = NULL;
+    w->logits = NULL;
     plan->rows_topk = NULL;
     if (rc)
         return rc;

@@ -20,7 +20,9 @@
  *  - switch's and topk k = 1's expert, dropless, at E = 8 (a row is one vector) and 64 on the
  *    quartered logits: the first index of the row's largest logit by a scalar scan; gshard's
  *    and topk k = 2's two choices likewise (the first index of the largest, then of the
- *    largest of the others). */
+ *    largest of the others).
+ *  - gshard's gates and second claims at E = 8 (eight tokens at a time) against their
+ *    definition per token, for the policies random, threshold and all. */
 #include "check.h"
 #include "moe.h"
 #include "../routers/claims.h"
@@ -497,6 +499,50 @@ static void test_gshard_top2(void)
         }
 }
 
+/* gshard's gates and second claims at E = 8, eight tokens at a time on the rows pass, against
+ * their definition per token: the two choices by scalar scans, p = moe_softmax of the row,
+ * g1 = p1 / (p1 + p2), g2 = p2 / (p1 + p2), the second claiming when 2 g2 > u (policy random,
+ * the draws U), g2 > 0.3 (threshold) or always (all); dropless, without renormalisation, on
+ * 20003 tokens (a last chunk that is not a multiple of eight): entry by entry, bit for bit. */
+static void test_gshard_gates8(void)
+{
+    static const int policy[] = {MOE_SECOND_RANDOM, MOE_SECOND_THRESHOLD, MOE_SECOND_ALL};
+    static const char *pname[] = {"random", "threshold", "all"};
+    const int n = 20003;
+    for (int pi = 0; pi < 3; pi++) {
+        moe_route_opts o = route_helper_opts(2, MOE_ORDER_CHOICE_MAJOR);
+        o.dropless = 1;
+        o.renormalize = 0;
+        o.second_policy = policy[pi];
+        o.second_threshold = 0.3;
+        moe_plan *p = route_helper("gshard", &o, n, 8, L, U, NULL, 2);
+        size_t at = 0;
+        int bad = -1, second = 0;
+        for (int t = 0; t < n && bad < 0; t++) {
+            const double *lt = L + (size_t)t * 8;
+            double pt[8];
+            moe_softmax(lt, 8, pt);
+            const int e1 = first_max(lt, 8, -1), e2 = first_max(lt, 8, e1);
+            const double g1 = pt[e1] / (pt[e1] + pt[e2]), g2 = pt[e2] / (pt[e1] + pt[e2]);
+            const int keep = pi == 0 ? 2.0 * g2 > U[t] : pi == 1 ? g2 > 0.3 : 1;
+            second += keep;
+            const moe_entry *en = p->entries + at;
+            if (at + 1 + (size_t)keep > p->n_entries || en[0].token != t || en[0].expert != e1 ||
+                memcmp(&en[0].combine_w, &g1, sizeof g1) ||
+                (keep && (en[1].token != t || en[1].expert != e2 ||
+                          memcmp(&en[1].combine_w, &g2, sizeof g2))))
+                bad = t;
+            at += 1 + (size_t)keep;
+        }
+        CHECK(bad < 0 && at == p->n_entries,
+              "gshard E=8 policy %s: token %d's entries differ from the definition", pname[pi],
+              bad);
+        CHECK(pi == 2 ? second == n : second > n / 10 && second < n - n / 10,
+              "gshard E=8 policy %s: %d of %d second choices claim", pname[pi], second, n);
+        moe_plan_free(p);
+    }
+}
+
 int main(void)
 {
     gsl_rng *g = moe_rng_alloc(13, 1);
@@ -517,6 +563,7 @@ int main(void)
     test_gates();
     test_switch_first();
     test_gshard_top2();
+    test_gshard_gates8();
     printf("test_routers_fast: %d passed, %d failed\n", check_pass, check_fail);
     return check_fail != 0;
 }
