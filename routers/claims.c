@@ -45,10 +45,12 @@ moe_claims *moe_claims_alloc(int n_max, int K, int E, int with_p)
     c->order = malloc(nn * sizeof *c->order);
     c->tmp = malloc(nn * sizeof *c->tmp);
     c->val = malloc(nn * sizeof *c->val);
-    if ((size_t)K * (size_t)E <= CLAIMS_PART_KE) /* else the resolution counts them */
+    const int counts = (size_t)K * (size_t)E <= CLAIMS_PART_KE; /* else the resolution's */
+    if (counts)
         c->part_cnt = malloc((size_t)MOE_PAR_MAX * K * E * sizeof *c->part_cnt);
-    int bad = (!c->part_cnt && (size_t)K * (size_t)E <= CLAIMS_PART_KE) || !c->expert || !c->gate || !c->claim || !c->pmean || !c->rowmax || !c->slot ||
-              !c->fill || !c->off || !c->list || !c->order || !c->tmp || !c->val;
+    int bad = (counts && !c->part_cnt) || !c->expert || !c->gate || !c->claim || !c->pmean ||
+              !c->rowmax || !c->slot || !c->fill || !c->off || !c->list || !c->order || !c->tmp ||
+              !c->val;
     if (with_p) {
         c->keep_p = 1;
         c->p = malloc((size_t)n_max * (size_t)E * sizeof *c->p);
@@ -172,7 +174,7 @@ stats_counted(const moe_claims *c, long t0, long t1, double *restrict imp, long 
 
 static void rows_add_stats(const moe_claims *c, long t0, long t1, moe_plan *plan, long *cnt)
 {
-    const int K = c->K, E = c->E;
+    const int K = c->K;
     long claims = 0;
     if (cnt) {
         claims = K == 1   ? stats_counted(c, t0, t1, plan->importance, cnt, 1)
@@ -186,7 +188,6 @@ static void rows_add_stats(const moe_claims *c, long t0, long t1, moe_plan *plan
                 claims++;
             }
     }
-    (void)E;
     plan->n_claims += claims;
 }
 

@@ -80,7 +80,7 @@ static int rp_count_from_rows(rp_job *j)
     moe_claims *c = j->c;
     const int K = c->K, E = c->E, ready = c->part_ready;
     c->part_ready = 0;
-    if (!ready || j->stats || j->perm || c->part_np != j->np)
+    if (!ready || j->stats || j->perm || c->part_np != j->np || c->part_t0[j->np] != j->n)
         return 0;
     for (int i = 0; i < j->np; i++) {
         long claims = 0;
