@@ -191,6 +191,11 @@ static void rows_add_stats(const moe_claims *c, long t0, long t1, moe_plan *plan
     plan->n_claims += claims;
 }
 
+int moe_claims_rows_threads(int n)
+{
+    return moe_par_parts(n, 2048);
+}
+
 int moe_claims_rows_parts(const moe_claims *c, int n)
 {
     return moe_par_parts((long)n * c->K, 16384);
@@ -261,7 +266,7 @@ static void rows_first(moe_claims *c, long t0, long t1, const double *logits, co
 
 static void rows_part(void *arg, int i, int np)
 {
-    (void)i, (void)np;
+    (void)np;
     rows_job *j = arg;
     const int E = j->c->E;
     pthread_mutex_lock(&j->mu);
@@ -290,7 +295,7 @@ static void rows_part(void *arg, int i, int np)
              t++)
             j->row(j->ctx, (int)t, j->logits + (size_t)t * E, p0 + (size_t)(t - t0) * E);
         if (j->row && j->c->rows_chunk)
-            j->c->rows_chunk(j->ctx, t0, t1, p0);
+            j->c->rows_chunk(j->ctx, t0, t1, p0, i);
         if (j->sink)
             j->sink->rows_each(j->sink->rows_ctx, t0, t1, p0);
         for (long t = t0; j->c->bpr_keys && t < t1; t++) { /* as moe_claims_resolve takes it */
@@ -312,7 +317,7 @@ int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_f
 {
     if (!c->p)
         return moe_fail(MOE_EINVAL, NULL, "router rows pass without probabilities (claims)");
-    const int np = moe_par_parts(n, 2048);
+    const int np = moe_claims_rows_threads(n);
     rows_job j = {.c = c, .logits = logits, .n = n, .row = row, .ctx = ctx, .store = c->p};
     j.chunk = rows_chunk(c->E);
     j.nch = (n + j.chunk - 1) / j.chunk;

@@ -34,10 +34,11 @@ typedef struct {
     void *stats_ctx;
     /* set by the router, or NULL: called by the rows pass for each chunk of tokens [t0, t1)
      * once row() has run on all of them and before anything reads their claims, with row()'s
-     * ctx and p the chunk's softmax rows (t1 - t0, E); chunks run concurrently on the pass's
-     * threads (work that is cheaper per chunk than per token, such as one vector exponential
-     * over the chunk) */
-    void (*rows_chunk)(void *ctx, long t0, long t1, const double *p);
+     * ctx, p the chunk's softmax rows (t1 - t0, E) and part the pass's thread part running it
+     * (0 <= part < moe_claims_rows_threads(n); a part's chunks come in increasing token
+     * order); chunks run concurrently on the pass's threads (work that is cheaper per chunk
+     * than per token, such as one vector exponential over the chunk) */
+    void (*rows_chunk)(void *ctx, long t0, long t1, const double *p, int part);
     int top2_rows;        /* set by a router with K = 2 at E = 8: the rows pass's softmax also
                            * leaves each row's two largest logits in expert and gate
                            * (moe_softmax_rows8_top2: expert[2t] = -1 for a row it declines)
@@ -91,6 +92,9 @@ size_t moe_claims_rows_scratch(int n, int E);
  * kept in registers across the rows (a sum kept in memory waits for its own store at every
  * row). */
 void moe_claims_add_rows(double *restrict acc, const double *restrict p, long rows, int E);
+
+/* The thread parts a rows pass over n tokens runs on (the parts rows_chunk is told). */
+int moe_claims_rows_threads(int n);
 
 /* The parts of n tokens on which the resolution on the threads (claims_par.h) numbers the claims
  * of the token orders, and for which a rows pass leaves its counts (part_cnt). */

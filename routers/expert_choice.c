@@ -9,6 +9,7 @@
  * Fills the moe_router_type interface of moe.h.
  */
 #include "moe.h"
+#include "claims.h"
 #include "colselect.h"
 #include "par.h"
 #include "route_memo.h"
@@ -59,6 +60,7 @@ typedef struct {
      * C <= built_C, so a route of the same logits at such a C skips step 1 */
     int built, built_P;
     long built_C, built_room;
+    moe_claims *cl; /* the shared rows pass's workspace (ec_rows), made at its first use */
 } ec_ws;
 
 static void ec_free(moe_router *r)
@@ -71,6 +73,7 @@ static void ec_free(moe_router *r)
     free(w->cnt);
     free(w->thr);
     free(w->row);
+    moe_claims_free(w->cl);
     free(w);
     r->ws = NULL;
 }
@@ -177,6 +180,56 @@ static void ec_block(void *arg, int p, int np)
     w->finite[p] = fin;
 }
 
+/* Step 1 on the shared rows pass (ec_rows): the rows of chunk [t0, t1) (their softmax p) into
+ * the lists of the pass's thread part, whose chunks come in increasing token order, as a
+ * block's rows come to ec_block; a part's lists keep its best cap of whatever tokens it met. */
+static void ec_chunk(void *ctx, long t0, long t1, const double *p, int part)
+{
+    const ec_job *j = ctx;
+    ec_ws *w = j->w;
+    const int E = j->E;
+    const long cap = j->Cb;
+    moe_cand *lists = w->list + (size_t)part * E * j->room, *scr = w->scr + (size_t)part * j->room;
+    for (long t = t0; t < t1; t++)
+        ec_row(j, lists, w->cnt + (size_t)part * E, w->thr + (size_t)part * E, cap, scr,
+               p + (size_t)(t - t0) * E, (int32_t)t);
+}
+
+/* The claims' rows pass (claims.h) over the logits, when the plan's metrics observe the rows:
+ * the softmax rows and logsumexps once for the router and the metrics (as hash_rows), so that
+ * the metrics take every expert_choice plan's rows the same way. With lists = 1 it is also
+ * step 1: the pass hands its chunks to whichever thread is free, so a part may meet any number
+ * of tokens, and it is taken only when the lists' room stays below a block (room <= n / P),
+ * where any part's lists hold its best cap (a full list is cut back to cap). Returns
+ * MOE_EINPUT for a non-finite logit. */
+static int ec_rows(ec_job *j, moe_plan *plan, int lists)
+{
+    ec_ws *w = j->w;
+    if (!w->cl && !(w->cl = moe_claims_alloc(j->n, 1, j->E, 0)))
+        return MOE_ENOMEM;
+    moe_claims *cl = w->cl;
+    if (cl->n_max < j->n) { /* a larger group than the workspace's */
+        moe_claims_free(cl);
+        if (!(cl = w->cl = moe_claims_alloc(j->n, 1, j->E, 0)))
+            return MOE_ENOMEM;
+    }
+    if (!cl->p && !(cl->p = malloc(moe_claims_rows_scratch(cl->n_max, j->E) * sizeof *cl->p)))
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (softmax rows of %d tokens)", j->n);
+    for (int p = 0; lists && p < j->P; p++) /* (else the lists are a memo's, or ec_block's) */
+        for (int e = 0; e < j->E; e++) {
+            w->cnt[(size_t)p * j->E + e] = 0;
+            w->thr[(size_t)p * j->E + e] = j->Cb > 0 ? -INFINITY : INFINITY;
+        }
+    cl->stats_in_rows = 0;
+    cl->rows_chunk = lists ? ec_chunk : NULL;
+    plan->k = 0; /* (the metrics' rows observer reads the plan's experts per token) */
+    int rc = moe_claims_rows(cl, j->logits, j->n, lists ? moe_claims_row_chunk : NULL, j, plan);
+    cl->rows_chunk = NULL;
+    for (int p = 0; lists && p < j->P; p++)
+        w->finite[p] = 1; /* (the pass checked them) */
+    return rc;
+}
+
 /* ---- step 2: each expert's best C ---- */
 
 /* Experts of range i: gather the blocks' lists, keep the best C, sort them into the entries. */
@@ -251,9 +304,16 @@ static int ec_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     if ((!reuse && (rc = ec_grow(&w->list, &w->list_cap, all * (size_t)E, n, E))) ||
         (rc = ec_grow(&w->scr, &w->scr_cap, 2 * all * (size_t)j.NM, n, E)))
         return rc;
+    /* with the metrics observing the rows: step 1 on the rows pass where its lists fit, else
+     * the rows pass for the metrics alone */
+    const int on_rows = plan->rows_add && !reuse && j.room == 2 * cap + EC_SLACK &&
+                        j.P == moe_claims_rows_threads(n);
+    if (plan->rows_add && (rc = ec_rows(&j, plan, on_rows)))
+        return rc;
     if (!reuse) {
         w->built = 0;
-        moe_par_run(ec_block, &j, j.P);
+        if (!on_rows)
+            moe_par_run(ec_block, &j, j.P);
         w->built = hit || moe_route_memo_recording(r);
         w->built_P = j.P, w->built_C = j.Cb, w->built_room = j.room;
     }

@@ -143,8 +143,9 @@ static void gshard_row(void *ctx, int t, const double *lt, const double *pt)
  * gshard_row's work on tokens [t0, t1) whose two choices the softmax took (claims.h top2_rows),
  * eight tokens at a time (the same divisions and comparisons in vector lanes); a group of eight
  * holding a row it declined (a NaN), and the last tokens, through gshard_row. */
-static void gshard_chunk8(void *ctx, long t0, long t1, const double *p)
+static void gshard_chunk8(void *ctx, long t0, long t1, const double *p, int part)
 {
+    (void)part;
     gshard_ws *w = ctx;
     moe_claims *cl = w->cl;
     long t = t0;

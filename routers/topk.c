@@ -161,9 +161,9 @@ static void topk_div(double *restrict g, const double *restrict e, int k, double
  * in rank order, each divided by the sum), with the exponentials of up to TOPK_GATES_BUF
  * values in one call of the vector exponential (the C library's values, vexp.h) instead of
  * one call per token. */
-static void topk_gates(void *ctx, long t0, long t1, const double *p)
+static void topk_gates(void *ctx, long t0, long t1, const double *p, int part)
 {
-    (void)p;
+    (void)p, (void)part;
     const topk_rows_ctx *x = ctx;
     moe_claims *cl = x->cl;
     const int k = cl->K, per = TOPK_GATES_BUF / k; /* tokens per call */

@@ -1,7 +1,8 @@
 /* test_routers_ec_soft.c: the expert_choice and soft_moe routers (docs/routing.md section 3) on
  * hand-worked cases. Every expected plan below is worked by hand in the comment above it.
  * Logits such as ln 3 are chosen so that softmax values are simple fractions:
- * softmax([ln 3, 0]) = (3/4, 1/4), softmax([0, 0]) = (1/2, 1/2) exactly. */
+ * softmax([ln 3, 0]) = (3/4, 1/4), softmax([0, 0]) = (1/2, 1/2) exactly. Also: a memo's plans
+ * and the plans with the metrics observing the rows equal a plain route's, bit for bit. */
 #include "check.h"
 #include "moe.h"
 #include "route_memo.h"
@@ -320,7 +321,8 @@ static void test_soft_errors(void)
  * 1/64 (C = 3; reused), 128 (C = n, built again). Each plan (entries field by field, capacity,
  * loads, importance, claims, logsumexps) equals that of a route without a memo, bit for bit,
  * on 2 threads; 24000 tokens x 128 experts of logits uniform in [0, 6), some tied. */
-static void test_ec_memo(void)
+/* attach: the memo's plans with their metrics attached (the rows pass, also on its reuses) */
+static void test_ec_memo(int attach)
 {
     enum { N = 24000, NE = 128 };
     static double lg[N * NE];
@@ -346,19 +348,24 @@ static void test_ec_memo(void)
         set_cf(&o, cf[c][0], cf[c][1]);
         moe_router *r = NULL;
         moe_plan *p = moe_plan_alloc(N, NE, 16), *q = moe_plan_alloc(N, NE, 16);
+        moe_metrics *mt = moe_metrics_alloc(NE);
         int rc = moe_router_alloc(moe_router_find("expert_choice"), &o, N, NE, &r) ||
-                 moe_plan_reset(p, N, NE, NE) || moe_plan_reset(q, N, NE, NE);
+                 moe_plan_reset(p, N, NE, NE) || moe_plan_reset(q, N, NE, NE) || !mt ||
+                 (attach && moe_metrics_attach(mt, p, N, 1));
         if (!rc) {
             moe_route_memo_begin(m, r, &in, p, 1);
             rc = moe_router_route(r, &in, p);
             moe_route_memo_end(m, r, rc);
         }
         rc = rc || route("expert_choice", &o, lg, N, NE, q);
-        const int ok = !rc && p->lse_of && route_helper_same_plan(p, q, NE);
-        CHECK(ok, "expert_choice with a memo at cf %lld/%lld: not the plan of a route without "
-                  "(%zu entries, %zu)", cf[c][0], cf[c][1], p->n_entries, q->n_entries);
+        const int ok = !rc && p->lse_of && (!attach || p->rows_of == lg) &&
+                       route_helper_same_plan(p, q, NE);
+        CHECK(ok, "expert_choice with a memo at cf %lld/%lld%s: not the plan of a route without "
+                  "(%zu entries, %zu)", cf[c][0], cf[c][1], attach ? ", metrics attached" : "",
+              p->n_entries, q->n_entries);
         same += ok;
         moe_route_memo_keep(m, r, p);
+        moe_metrics_free(mt);
         moe_router_free(r);
         moe_plan_free(p);
         moe_plan_free(q);
@@ -368,9 +375,55 @@ static void test_ec_memo(void)
     moe_par_set_threads(0);
 }
 
+/* With the plan's metrics attached (moe_metrics_attach: they observe the rows), expert_choice
+ * takes its softmax rows on the claims' rows pass, with step 1's lists on its threads where
+ * they fit (E = 128, 8) and beside it where they do not (E = 2: C = 1.25 n / 2): the plan of
+ * a route without the metrics, bit for bit, at capacity factors from 1/64 to 4, on 1 and 2
+ * threads, and the rows were the metrics' (rows_of). */
+static void test_ec_rows(void)
+{
+    enum { N = 24000, NE = 128 };
+    static double lg[N * NE];
+    unsigned long s = 7;
+    for (int i = 0; i < N * NE; i++) {
+        s = s * 6364136223846793005UL + 1442695040888963407UL;
+        lg[i] = (double)(s >> 11) * 0x1p-53 * 6.0;
+    }
+    for (int i = 0; i < N * NE; i += 5 * NE + 1)
+        lg[i] = 2.5; /* ties */
+    static const int shapes[][2] = {{N, NE}, {20001, 8}, {4096, 2}};
+    static const long long cf[][2] = {{1, 64}, {5, 4}, {4, 1}};
+    for (int nt = 1; nt <= 2; nt++)
+        for (int sh = 0; sh < 3; sh++)
+            for (int c = 0; c < 3; c++) {
+                const int n = shapes[sh][0], E = shapes[sh][1];
+                moe_par_set_threads(nt);
+                moe_route_opts o;
+                moe_route_opts_default(&o);
+                set_cf(&o, cf[c][0], cf[c][1]);
+                moe_plan *p = moe_plan_alloc(n, E, 16), *q = moe_plan_alloc(n, E, 16);
+                moe_metrics *mt = moe_metrics_alloc(E);
+                int rc = !p || !q || !mt || moe_metrics_attach(mt, p, n, 1) ||
+                         route("expert_choice", &o, lg, n, E, p) ||
+                         route("expert_choice", &o, lg, n, E, q);
+                CHECK(!rc && p->rows_of == lg && q->rows_of == NULL &&
+                          route_helper_same_plan(p, q, E),
+                      "expert_choice n=%d E=%d cf %lld/%lld, %d threads: with its rows observed "
+                      "not the plan without (%zu entries, %zu)",
+                      n, E, cf[c][0], cf[c][1], nt, p ? p->n_entries : 0,
+                      q ? q->n_entries : 0);
+                moe_metrics_free(mt);
+                moe_plan_free(p);
+                moe_plan_free(q);
+            }
+    moe_par_set_threads(0);
+}
+
 int main(void)
 {
-    test_ec_memo();
+    test_ec_memo(0);
+    test_ec_memo(1);
+    test_ec_rows();
     const double l3 = log(3.0), l2 = log(2.0);
     const double ec[] = {0, 0, l3, 0, 0, 0, 0, l3, 0, l2};
     memcpy(ec_logits, ec, sizeof ec);
