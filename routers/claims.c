@@ -151,9 +151,8 @@ static double *rows_p(rows_job *j, long ch)
  * expert) into cnt (K, E), or, with cnt NULL, per expert into assigned_load. */
 static inline __attribute__((always_inline)) long
 stats_counted(const moe_claims *c, long t0, long t1, double *restrict imp, long *restrict cnt,
-              const int K)
+              size_t stride, const int K)
 {
-    const int E = c->E;
     const int32_t *ex = c->expert;
     const double *g = c->gate;
     const unsigned char *cl = c->claim;
@@ -165,7 +164,7 @@ stats_counted(const moe_claims *c, long t0, long t1, double *restrict imp, long 
             if (!cl[q])
                 continue;
             const int e = ex[q];
-            cnt[(size_t)k * E + e]++;
+            cnt[(size_t)k * stride + e]++;
             imp[e] += g[q];
             claims++;
         }
@@ -175,20 +174,12 @@ stats_counted(const moe_claims *c, long t0, long t1, double *restrict imp, long 
 static void rows_add_stats(const moe_claims *c, long t0, long t1, moe_plan *plan, long *cnt)
 {
     const int K = c->K;
-    long claims = 0;
-    if (cnt) {
-        claims = K == 1   ? stats_counted(c, t0, t1, plan->importance, cnt, 1)
-                 : K == 2 ? stats_counted(c, t0, t1, plan->importance, cnt, 2)
-                          : stats_counted(c, t0, t1, plan->importance, cnt, K);
-    } else {
-        for (size_t q = (size_t)t0 * K; q < (size_t)t1 * K; q++)
-            if (c->claim[q]) {
-                plan->assigned_load[c->expert[q]]++;
-                plan->importance[c->expert[q]] += c->gate[q];
-                claims++;
-            }
-    }
-    plan->n_claims += claims;
+    /* counted by rank (stride E) for the resolution, else per expert into assigned_load */
+    const size_t stride = cnt ? (size_t)c->E : 0;
+    long *to = cnt ? cnt : plan->assigned_load;
+    plan->n_claims += K == 1   ? stats_counted(c, t0, t1, plan->importance, to, stride, 1)
+                      : K == 2 ? stats_counted(c, t0, t1, plan->importance, to, stride, 2)
+                               : stats_counted(c, t0, t1, plan->importance, to, stride, K);
 }
 
 int moe_claims_rows_threads(int n)

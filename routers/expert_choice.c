@@ -61,6 +61,7 @@ typedef struct {
     int built, built_P;
     long built_C, built_room;
     moe_claims *cl; /* the shared rows pass's workspace (ec_rows), made at its first use */
+    int n_max;      /* the router's tokens per route (for cl) */
 } ec_ws;
 
 static void ec_free(moe_router *r)
@@ -84,6 +85,7 @@ static int ec_alloc(moe_router *r)
     if (!w)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (router expert_choice workspace)");
     r->ws = w;
+    w->n_max = r->n_max;
     const size_t pe = (size_t)MOE_PAR_MAX * (size_t)r->E;
     w->cnt = malloc(pe * sizeof *w->cnt);
     w->thr = malloc(pe * sizeof *w->thr);
@@ -205,14 +207,9 @@ static void ec_chunk(void *ctx, long t0, long t1, const double *p, int part)
 static int ec_rows(ec_job *j, moe_plan *plan, int lists)
 {
     ec_ws *w = j->w;
-    if (!w->cl && !(w->cl = moe_claims_alloc(j->n, 1, j->E, 0)))
+    if (!w->cl && !(w->cl = moe_claims_alloc(w->n_max, 1, j->E, 0)))
         return MOE_ENOMEM;
     moe_claims *cl = w->cl;
-    if (cl->n_max < j->n) { /* a larger group than the workspace's */
-        moe_claims_free(cl);
-        if (!(cl = w->cl = moe_claims_alloc(j->n, 1, j->E, 0)))
-            return MOE_ENOMEM;
-    }
     if (!cl->p && !(cl->p = malloc(moe_claims_rows_scratch(cl->n_max, j->E) * sizeof *cl->p)))
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (softmax rows of %d tokens)", j->n);
     for (int p = 0; lists && p < j->P; p++) /* (else the lists are a memo's, or ec_block's) */

@@ -242,6 +242,17 @@ void moe_vexp_shift(const double *x, int len, double m, double *out)
 
 #endif
 
+/* The logits of row x at the two indices moe_select_top2_8 found (ok), else idx2[0] = -1. */
+static inline void sm_top2_vals(int ok, const double *x, int32_t *idx2, double *val2)
+{
+    if (ok) {
+        val2[0] = x[idx2[0]];
+        val2[1] = x[idx2[1]];
+    } else {
+        idx2[0] = -1;
+    }
+}
+
 /* s[j] += the elements of row pr[j] (len), j < nr <= 8, each sum in index order. */
 static inline void sm_sums(const double *const *pr, int nr, int len, double *s)
 {
@@ -262,12 +273,7 @@ static inline void sm_sums(const double *const *pr, int nr, int len, double *s)
  * logits into val2; idx2[0] = -1 for a row it declines. */
 static inline void sm_top2(__m512d v, const double *x, double m, int32_t *idx2, double *val2)
 {
-    if (moe_select_top2_8v(v, m, idx2, idx2 + 1)) {
-        val2[0] = x[idx2[0]];
-        val2[1] = x[idx2[1]];
-    } else {
-        idx2[0] = -1;
-    }
+    sm_top2_vals(moe_select_top2_8v(v, m, idx2, idx2 + 1), x, idx2, val2);
 }
 
 /* Rows of eight logits (E = 8), eight rows at a time, each row one vector: the steps of
@@ -356,13 +362,9 @@ void moe_softmax_rows8_top2(const double *x, int nrows, double *p, double *lse, 
     moe_softmax_rows_max(x + (size_t)first * 8, nrows - first, 8, p + (size_t)first * 8,
                          lse ? lse + first : NULL, mx + first);
     for (int r = first; r < nrows; r++) { /* the rows left, from memory */
+        const double *xr = x + (size_t)r * 8;
         int32_t *e = idx2 + 2 * (size_t)r;
-        if (moe_select_top2_8(x + (size_t)r * 8, mx[r], e, e + 1)) {
-            val2[2 * (size_t)r] = x[(size_t)r * 8 + e[0]];
-            val2[2 * (size_t)r + 1] = x[(size_t)r * 8 + e[1]];
-        } else {
-            e[0] = -1;
-        }
+        sm_top2_vals(moe_select_top2_8(xr, mx[r], e, e + 1), xr, e, val2 + 2 * (size_t)r);
     }
 }
 
