@@ -176,8 +176,8 @@ int main(void)
         x[i] = 20.0 * gsl_rng_uniform(r) - 10.0;
     cmp_softmax("512 rows of 8", x, BLK / 8, 8);
     /* the softmax with the top-2 of rows of eight: every row count 0..40 (eight rows at a time,
-     * then the rest), N(0,1)-like rows, rows with ties (twice the maximum: its second place),
-     * rows with a NaN (declined) */
+     * then the rest), rows uniform on [-3, 3], rows of halves with ties (twice the maximum: its
+     * second place), rows with a NaN (declined) */
     for (int nrows = 0; nrows <= 40; nrows++) {
         for (int i = 0; i < nrows * 8; i++)
             x[i] = 6.0 * gsl_rng_uniform(r) - 3.0;
@@ -190,7 +190,7 @@ int main(void)
         cmp_top2("rows with a NaN", x, nrows);
     }
     /* pairs, the larger first: every count 0..40 (four pairs a vector, then the masked rest),
-     * N(0,1)-like and tied values, gaps past exp's fast range (underflow) */
+     * values uniform on [-3, 3], tied values, gaps past exp's fast range (underflow) */
     for (long n = 0; n <= 40; n++) {
         for (long t = 0; t < n; t++) {
             const double a = 6.0 * gsl_rng_uniform(r) - 3.0, b = 6.0 * gsl_rng_uniform(r) - 3.0;
