@@ -500,7 +500,7 @@ int moe_claims_resolve(moe_claims *c, int n, int order, long C, int dropless, in
     /* the orders that rank claims by a key always go there (selection, not a sort per
      * expert); the others when more than one thread is worth it */
     if ((order != MOE_ORDER_CHOICE_MAJOR && order != MOE_ORDER_TOKEN_MAJOR) ||
-        (K <= MOE_CLAIMS_PAR_MAX_K && moe_par_parts((long)n * K, 16384) > 1))
+        (K <= MOE_CLAIMS_PAR_MAX_K && moe_claims_rows_parts(c, n) > 1))
         return moe_claims_resolve_par(c, n, order, C, dropless, renormalize, stats, plan);
     c->part_ready = 0;
     /* claim statistics, before capacity */

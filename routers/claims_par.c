@@ -689,7 +689,7 @@ int moe_claims_resolve_par(moe_claims *c, int n, int order, long C, int dropless
     rp_job j = {.c = c, .plan = plan, .n = n, .renormalize = renormalize, .stats = stats,
                 .C = C};
     j.KR = order == MOE_ORDER_CHOICE_MAJOR || order == MOE_ORDER_BPR ? K : 1;
-    j.np = j.pt.np = moe_par_parts((long)n * K, 16384);
+    j.np = j.pt.np = moe_claims_rows_parts(c, n); /* (the parts the rows pass counts for) */
     if (order == MOE_ORDER_PROBS || order == MOE_ORDER_RTS || order == MOE_ORDER_GATE) {
         j.key = order == MOE_ORDER_PROBS ? c->p : order == MOE_ORDER_RTS ? c->rts_u : c->gate;
         j.per_claim = order == MOE_ORDER_GATE;

@@ -117,7 +117,7 @@ static int ec_grow(moe_cand **buf, size_t *cap, size_t need, int n, int E)
 typedef struct {
     ec_ws *w;
     const double *logits;
-    int n, E, P, NM; /* tokens, experts, blocks, expert ranges */
+    int n, E, P, NM; /* tokens, experts, blocks (the rows pass's thread parts), expert ranges */
     long C, room;    /* capacity; list room per (block, expert) */
     long Cb;         /* the capacity the lists are built for (>= C) */
     moe_entry *out;  /* (E,C) the plan's entries */
@@ -286,7 +286,7 @@ static int ec_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     }
     ec_ws *w = r->ws; /* a memo's when the route reuses it (route_memo.h) */
     const int hit = moe_route_memo_reuse(r, plan); /* the rows' logsumexps are in plan */
-    ec_job j = {w, in->logits, n, E, moe_par_parts(n, 2048), moe_par_parts(E, 1), C, 0, C,
+    ec_job j = {w, in->logits, n, E, moe_claims_rows_threads(n), moe_par_parts(E, 1), C, 0, C,
                 plan->entries, plan->importance, moe_plan_lse_buffer(plan)};
     if (!j.lse)
         return MOE_ENOMEM;
@@ -303,8 +303,7 @@ static int ec_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         return rc;
     /* with the metrics observing the rows: step 1 on the rows pass where its lists fit, else
      * the rows pass for the metrics alone */
-    const int on_rows = plan->rows_add && !reuse && j.room == 2 * cap + EC_SLACK &&
-                        j.P == moe_claims_rows_threads(n);
+    const int on_rows = plan->rows_add && !reuse && j.room == 2 * cap + EC_SLACK;
     if (plan->rows_add && (rc = ec_rows(&j, plan, on_rows)))
         return rc;
     if (!reuse) {
