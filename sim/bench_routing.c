@@ -183,14 +183,23 @@ static void br_bound_part(void *ctx, int i, int np)
     br_bound_job *j = ctx;
     long lo, hi;
     moe_par_range(j->len, i, np, &lo, &hi);
-    double s = 0.0, e[1024];
+    /* The exponentials are summed only to keep them alive, into eight independent sums: one
+     * sum would chain every addition to the one before (about four cycles each), and that
+     * chain, not the reading or the exponentials, would set the pace (1.5x slower here). */
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0, s4 = 0.0, s5 = 0.0, s6 = 0.0, s7 = 0.0;
+    double e[1024];
     for (long q = lo; q < hi; q += 1024) {
         const int nb = hi - q < 1024 ? (int)(hi - q) : 1024;
         moe_vexp_shift(j->L + q, nb, 0.0, e); /* the routers' exponential (vexp.h) */
-        for (int k = 0; k < nb; k++)
-            s += e[k];
+        int k = 0;
+        for (; k + 8 <= nb; k += 8) {
+            s0 += e[k], s1 += e[k + 1], s2 += e[k + 2], s3 += e[k + 3];
+            s4 += e[k + 4], s5 += e[k + 5], s6 += e[k + 6], s7 += e[k + 7];
+        }
+        for (; k < nb; k++)
+            s0 += e[k];
     }
-    j->part[i] = s;
+    j->part[i] = s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7;
 }
 
 static double br_bound(const double *L, int n, int E, int repeats)
