@@ -272,10 +272,17 @@ static void rows_part(void *arg, int i, int np)
         double *p0 = rows_p(j, ch);
         pthread_mutex_unlock(&j->mu);
         const long t0 = ch * j->chunk, t1 = t0 + j->chunk < j->n ? t0 + j->chunk : j->n;
+        if (j->c->rows_select)
+            j->c->rows_select(j->ctx, t0, t1);
         if (j->top2)
             moe_softmax_rows8_top2(j->logits + (size_t)t0 * E, (int)(t1 - t0), p0,
                                    j->lse ? j->lse + t0 : NULL, j->c->rowmax + t0,
                                    j->c->expert + (size_t)t0 * 2, j->c->gate + (size_t)t0 * 2);
+        else if (j->c->rows_select)
+            moe_softmax_rows_sel(j->logits + (size_t)t0 * E, (int)(t1 - t0), E, p0,
+                                 j->lse ? j->lse + t0 : NULL, j->c->rowmax + t0,
+                                 j->c->expert + (size_t)t0 * j->c->K, j->c->K,
+                                 j->c->gate + (size_t)t0 * j->c->K);
         else
             moe_softmax_rows_max(j->logits + (size_t)t0 * E, (int)(t1 - t0), E, p0,
                                  j->lse ? j->lse + t0 : NULL, j->c->rowmax + t0);

@@ -445,6 +445,11 @@ void moe_select_topk_rows(const double *v, long n, int len, int k, int32_t *idx,
     for (; pairs && t + SEL_ROWS <= n; t += SEL_ROWS) {
         const double *vt = v + (size_t)t * len;
         int st[SEL_ROWS] = {-1, -1, -1, -1};
+        /* the next rows start on their way from memory while these are taken (rows straight
+         * from memory otherwise wait for each of their lines) */
+        const size_t ahead = (size_t)(t + 2 * SEL_ROWS <= n ? SEL_ROWS : n - t - SEL_ROWS) * len;
+        for (size_t o = (size_t)SEL_ROWS * len; o < (size_t)SEL_ROWS * len + ahead; o += 8)
+            __builtin_prefetch(vt + o);
         if (len == 8)
             sel_topk8(vt, k, SEL_ROWS, idx + t * k, val + t * k, st);
 #if defined(__AVX512VBMI2__)

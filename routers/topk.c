@@ -142,9 +142,22 @@ static void topk_row(void *ctx, int t, const double *lt, const double *pt)
     topk_select(cl, t, lt, 1, cl->K > TOPK_GATES_BUF);
 }
 
+/* rows_select of the rows pass (chunk selection, k >= 3): the k largest logits of each token
+ * of [t0, t1), by rank, into expert (their values into gate, which the softmax then replaces
+ * by their exponentials), every choice claiming. */
+static void topk_select_chunk(void *ctx, long t0, long t1)
+{
+    const topk_rows_ctx *x = ctx;
+    moe_claims *cl = x->cl;
+    const int k = cl->K;
+    moe_claims_topk_rows(x->logits + (size_t)t0 * cl->E, t1 - t0, cl->E, k,
+                         cl->expert + (size_t)t0 * k, cl->gate + (size_t)t0 * k);
+    memset(cl->claim + (size_t)t0 * k, 1, (size_t)(t1 - t0) * k);
+}
+
 /* g[j] = e[j] / s for j < k, eight at a time (each quotient correctly rounded, as one at a
  * time). */
-static void topk_div(double *restrict g, const double *restrict e, int k, double s)
+static void topk_div(double *g, const double *e, int k, double s)
 {
     int j = 0;
 #if defined(__AVX512F__)
@@ -160,7 +173,9 @@ static void topk_div(double *restrict g, const double *restrict e, int k, double
  * the softmax of each token's values exactly as moe_softmax computes it (exp(v - max), summed
  * in rank order, each divided by the sum), with the exponentials of up to TOPK_GATES_BUF
  * values in one call of the vector exponential (the C library's values, vexp.h) instead of
- * one call per token. */
+ * one call per token. With chunk selection and k >= 3, gate holds those exponentials already,
+ * from the rows pass's softmax (rows_select): the row's maximum is the first value, so the
+ * softmax took the same exp of the same differences. */
 static void topk_gates(void *ctx, long t0, long t1, const double *p, int part)
 {
     (void)p, (void)part;
@@ -170,10 +185,15 @@ static void topk_gates(void *ctx, long t0, long t1, const double *p, int part)
     double e[TOPK_GATES_BUF];
     if (x->chunk_select && k == 2) {
         topk_top2_8(cl, x->logits, t0, t1);
-    } else if (x->chunk_select) { /* the selection, and every choice claims */
-        moe_claims_topk_rows(x->logits + (size_t)t0 * cl->E, t1 - t0, cl->E, k,
-                             cl->expert + (size_t)t0 * k, cl->gate + (size_t)t0 * k);
-        memset(cl->claim + (size_t)t0 * k, 1, (size_t)(t1 - t0) * k);
+    } else if (x->chunk_select) { /* the exponentials, from the softmax: sum and divide */
+        for (long t = t0; t < t1; t++) {
+            double *g = cl->gate + (size_t)t * k, s = 0.0;
+            for (int j = 0; j < k; j++) /* in rank order, as moe_softmax adds them */
+                s += g[j];
+            topk_div(g, g, k, s);
+            topk_perturb(g);
+        }
+        return;
     }
     for (long t = t0; k == 1 && t < t1; t++) { /* exp(v - v) / exp(v - v): 1 for a finite v */
         cl->gate[t] = (cl->gate[t] - cl->gate[t]) + 1.0;
@@ -240,6 +260,7 @@ static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     cl->rows_chunk = dflt && cl->K <= TOPK_GATES_BUF ? topk_gates : NULL;
     topk_rows_ctx x = {cl, in->logits, cl->rows_chunk && topk_chunk_select(cl)};
     cl->top2_rows = x.chunk_select && cl->K == 2 && !(sd > 0.0); /* (E = 8) */
+    cl->rows_select = x.chunk_select && cl->K >= 3 && !(sd > 0.0) ? topk_select_chunk : NULL;
     /* k = 1: the first index of the maximum with its probability, which topk_gates then
      * turns into the softmax of that one value, 1 (for a finite row) */
     const moe_claims_row_fn per_row = sd > 0.0       ? NULL
@@ -250,6 +271,7 @@ static int topk_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     int rc = moe_claims_rows(cl, in->logits, n, per_row, dflt ? (void *)&x : (void *)w, plan);
     plan->rows_topk = NULL;
     cl->rows_chunk = NULL;
+    cl->rows_select = NULL;
     cl->top2_rows = 0;
     if (rc)
         return rc;

@@ -268,6 +268,15 @@ static inline void sm_sums(const double *const *pr, int nr, int len, double *s)
     }
 }
 
+/* es (nr, k) = the values of e (nr, len) at the columns sel (nr, k), row by row. */
+static inline void sm_gather(const double *e, int nr, int len, const int32_t *sel, int k,
+                             double *es)
+{
+    for (int j = 0; j < nr; j++)
+        for (int q = 0; q < k; q++)
+            es[(size_t)j * k + q] = e[(size_t)j * len + sel[(size_t)j * k + q]];
+}
+
 #if defined(__AVX512F__)
 /* Row x's two largest (moe_select_top2_8 of v, the row, from its maximum m) into idx2 and their
  * logits into val2; idx2[0] = -1 for a row it declines. */
@@ -281,7 +290,7 @@ static inline void sm_top2(__m512d v, const double *x, double m, int32_t *idx2, 
  * operations. Returns the rows taken: nrows rounded down to a multiple of eight. */
 static inline __attribute__((always_inline)) int
 sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t *idx2,
-         double *val2)
+         double *val2, const int32_t *sel, int k, double *esel)
 {
     int r0 = 0;
     for (; r0 + 8 <= nrows; r0 += 8) {
@@ -297,6 +306,8 @@ sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t
                 sm_top2(v, x + o, m[j], idx2 + 2 * (size_t)(r0 + j), val2 + 2 * (size_t)(r0 + j));
         }
         sm_sums(pr, 8, 8, s);
+        if (sel)
+            sm_gather(p + (size_t)r0 * 8, 8, 8, sel + (size_t)r0 * k, k, esel + (size_t)r0 * k);
         for (int j = 0; j < 8; j++) {
             double *pj = p + (size_t)(r0 + j) * 8;
             _mm512_storeu_pd(pj, _mm512_div_pd(_mm512_loadu_pd(pj), _mm512_set1_pd(s[j])));
@@ -310,18 +321,22 @@ sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t
 }
 #endif
 
-void moe_softmax_rows_max(const double *x, int nrows, int len, double *p, double *lse,
-                          double *mx)
+/* moe_softmax_rows_max, and with sel moe_softmax_rows_sel's esel. */
+static void sm_rows(const double *x, int nrows, int len, double *p, double *lse, double *mx,
+                    const int32_t *sel, int k, double *esel)
 {
     enum { RW = 8 };
     int first = 0;
 #if defined(__AVX512F__)
     if (len == 8) { /* then the rest, fewer than eight rows, below */
-        first = sm_rows8(x, nrows, p, lse, mx, NULL, NULL);
+        first = sel ? sm_rows8(x, nrows, p, lse, mx, NULL, NULL, sel, k, esel)
+                    : sm_rows8(x, nrows, p, lse, mx, NULL, NULL, NULL, 0, NULL);
         x += (size_t)first * 8;
         p += (size_t)first * 8;
         lse = lse ? lse + first : NULL;
         mx = mx ? mx + first : NULL;
+        sel = sel ? sel + (size_t)first * k : NULL;
+        esel = esel ? esel + (size_t)first * k : NULL;
     }
 #endif
     nrows -= first;
@@ -342,6 +357,9 @@ void moe_softmax_rows_max(const double *x, int nrows, int len, double *p, double
             pr[j] = p + o;
         }
         sm_sums(pr, nr, len, s);
+        if (sel)
+            sm_gather(p + (size_t)r0 * len, nr, len, sel + (size_t)r0 * k, k,
+                      esel + (size_t)r0 * k);
         for (int j = 0; j < nr; j++) {
             vx_div(p + (size_t)(r0 + j) * (size_t)len, len, s[j]);
             if (lse)
@@ -352,12 +370,24 @@ void moe_softmax_rows_max(const double *x, int nrows, int len, double *p, double
     }
 }
 
+void moe_softmax_rows_max(const double *x, int nrows, int len, double *p, double *lse,
+                          double *mx)
+{
+    sm_rows(x, nrows, len, p, lse, mx, NULL, 0, NULL);
+}
+
+void moe_softmax_rows_sel(const double *x, int nrows, int len, double *p, double *lse,
+                          double *mx, const int32_t *sel, int k, double *esel)
+{
+    sm_rows(x, nrows, len, p, lse, mx, sel, k, esel);
+}
+
 void moe_softmax_rows8_top2(const double *x, int nrows, double *p, double *lse, double *mx,
                             int32_t *idx2, double *val2)
 {
     int first = 0;
 #if defined(__AVX512F__)
-    first = sm_rows8(x, nrows, p, lse, mx, idx2, val2);
+    first = sm_rows8(x, nrows, p, lse, mx, idx2, val2, NULL, 0, NULL);
 #endif
     moe_softmax_rows_max(x + (size_t)first * 8, nrows - first, 8, p + (size_t)first * 8,
                          lse ? lse + first : NULL, mx + first);

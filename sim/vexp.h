@@ -42,6 +42,12 @@ void moe_softmax_rows(const double *x, int nrows, int len, double *p, double *ls
 void moe_softmax_rows_max(const double *x, int nrows, int len, double *p, double *lse,
                           double *mx);
 
+/* moe_softmax_rows_max, also giving esel (nrows, k) = each row's exponentials exp(x - max)
+ * (the numerators of p, before their division) at its k columns sel (nrows, k), each in
+ * [0, len): the same doubles as the C library's exp of those differences. */
+void moe_softmax_rows_sel(const double *x, int nrows, int len, double *p, double *lse,
+                          double *mx, const int32_t *sel, int k, double *esel);
+
 /* Rows of eight logits (len = 8): moe_softmax_rows_max (mx not NULL), and each row's two
  * largest logits as moe_select_top2_8 (select.h) takes them from the row's maximum mx[r]:
  * idx2[2r], idx2[2r+1] their indices and val2[2r], val2[2r+1] the logits there; idx2[2r] = -1

@@ -398,31 +398,48 @@ static void test_threads(void)
 }
 
 /* topk's gates: the rows pass takes the exponentials of a chunk of tokens' selected logits in
- * one vector call (routers/topk.c, topk_gates); each token's gates must be moe_softmax of its
- * selected logits, the definition (docs/routing.md section 3) and the per-token call the
- * router made before, bit for bit. Dropless, not renormalised: entry t*k + j is token t's
- * choice j with its gate as combine weight. k = 3 leaves a tail of the vector call that the C
- * library's exp takes; the quartered logits give ties and zeros. */
+ * one vector call (routers/topk.c, topk_gates), or for k >= 3 at E <= 64 takes them from its
+ * softmax (the numerators of p at the selected experts, moe_softmax_rows_sel: the row of eight
+ * in one vector, and longer rows); each token's gates must be moe_softmax of its selected
+ * logits, the definition (docs/routing.md section 3) and the per-token call the router made
+ * before, bit for bit. Dropless, not renormalised: entry t*k + j is token t's choice j with its
+ * gate as combine weight. k = 3 leaves a tail of the vector call that the C library's exp
+ * takes; the quartered logits give ties and zeros, and the same times 300 give differences
+ * below -512, which the C library's exp takes, down to subnormal and zero exponentials. Rows of
+ * 8 and 16 are the first N * 8 and N * 16 values of L read as such rows. */
+static double W[(size_t)N * E];
+
 static void test_gates(void)
 {
-    static const int ks[] = {1, 2, 3, 8};
-    for (size_t a = 0; a < sizeof ks / sizeof ks[0]; a++) {
-        const int k = ks[a];
-        moe_plan *p = route("topk", k, MOE_ORDER_CHOICE_MAJOR, 1, 0, 2);
-        int bad = p->n_entries != (size_t)N * k;
-        for (int t = 0; !bad && t < N; t++) {
-            double sv[8], ref[8];
-            for (int j = 0; j < k; j++)
-                sv[j] = L[(size_t)t * E + p->entries[(size_t)t * k + j].expert];
-            moe_softmax(sv, k, ref);
-            for (int j = 0; j < k; j++)
-                bad += memcmp(&ref[j], &p->entries[(size_t)t * k + j].combine_w,
-                              sizeof ref[j]) != 0;
-        }
-        CHECK(bad == 0, "topk k=%d: %d gates differ from moe_softmax of the selected logits", k,
-              bad);
-        moe_plan_free(p);
-    }
+    static const int ks[] = {1, 2, 3, 8}, es[] = {64, 16, 8};
+    for (size_t i = 0; i < (size_t)N * E; i++)
+        W[i] = L[i] * 300.0;
+    for (int w = 0; w < 2; w++)
+        for (size_t b = 0; b < sizeof es / sizeof es[0]; b++)
+            for (size_t a = 0; a < sizeof ks / sizeof ks[0]; a++) {
+                const int k = ks[a], Eb = es[b];
+                const double *X = w ? W : L;
+                moe_route_opts o = route_helper_opts(k, MOE_ORDER_CHOICE_MAJOR);
+                o.dropless = 1;
+                moe_plan *p = route_helper("topk", &o, N, Eb, X, U, NULL, 2);
+                int bad = !p || p->n_entries != (size_t)N * k, tiny = 0;
+                for (int t = 0; !bad && t < N; t++) {
+                    double sv[8], ref[8];
+                    for (int j = 0; j < k; j++)
+                        sv[j] = X[(size_t)t * Eb + p->entries[(size_t)t * k + j].expert];
+                    moe_softmax(sv, k, ref);
+                    for (int j = 0; j < k; j++) {
+                        bad += memcmp(&ref[j], &p->entries[(size_t)t * k + j].combine_w,
+                                      sizeof ref[j]) != 0;
+                        tiny += ref[j] < 0x1p-1022;
+                    }
+                }
+                CHECK(bad == 0 && (!w || k < 3 || tiny > 0),
+                      "topk k=%d E=%d%s: %d gates differ from moe_softmax of the selected logits "
+                      "(%d below the smallest normal)",
+                      k, Eb, w ? " (logits x 300)" : "", bad, tiny);
+                moe_plan_free(p);
+            }
 }
 
 /* switch's and topk k = 1's choice, dropless, on the quartered logits read as rows of 8 (one

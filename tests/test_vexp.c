@@ -9,7 +9,8 @@
  * argument that differs. Then moe_softmax_rows_max, rows of 7, 8 (its own path) and 9 logits,
  * against the scalar softmax written here with the C library's exp and log, bit for bit; and
  * moe_softmax_pairs (the gates of two values) against its scalar definition, and
- * moe_softmax_rows8_top2 against the softmax and moe_select_top2_8 apart. */
+ * moe_softmax_rows8_top2 against the softmax and moe_select_top2_8 apart, and
+ * moe_softmax_rows_sel against the softmax and the C library's exp apart. */
 #include "check.h"
 #include "moe.h"
 #include "vexp.h"
@@ -92,6 +93,32 @@ static void cmp_top2(const char *what, const double *x, int nrows)
     }
     CHECK(bad < 0, "%s: %d rows of 8: row %d differs from the softmax and top-2 apart", what,
           nrows, bad);
+}
+
+/* moe_softmax_rows_sel on nrows rows of len with k columns sel per row (drawn from r, repeats
+ * allowed) against its definition: p, lse and mx those of moe_softmax_rows_max, bit for bit,
+ * and esel = exp(x - m) by the C library at those columns, m the row's maximum; one check. */
+static void cmp_sel(const char *what, const double *x, int nrows, int len, int k, gsl_rng *r)
+{
+    static double p[BLK], lse[BLK / 8], mx[BLK / 8], p0[BLK], lse0[BLK / 8], mx0[BLK / 8],
+        es[BLK];
+    static int32_t sel[BLK];
+    for (int i = 0; i < nrows * k; i++)
+        sel[i] = (int32_t)gsl_rng_uniform_int(r, (unsigned long)len);
+    moe_softmax_rows_sel(x, nrows, len, p, lse, mx, sel, k, es);
+    moe_softmax_rows_max(x, nrows, len, p0, lse0, mx0);
+    int bad = -1;
+    for (int t = 0; t < nrows && bad < 0; t++) {
+        const double *xr = x + (size_t)t * len;
+        if (memcmp(p + (size_t)t * len, p0 + (size_t)t * len, (size_t)len * sizeof *p) ||
+            bits(lse[t]) != bits(lse0[t]) || bits(mx[t]) != bits(mx0[t]))
+            bad = t;
+        for (int q = 0; q < k; q++)
+            if (bits(es[t * k + q]) != bits(exp(xr[sel[t * k + q]] - mx0[t])))
+                bad = t;
+    }
+    CHECK(bad < 0, "%s: %d rows of %d, %d columns each: row %d differs from the softmax and exp "
+          "apart", what, nrows, len, k, bad);
 }
 
 /* moe_softmax_pairs on n pairs (v0, v1) against the scalar definition topk's gates had: e_j =
@@ -189,6 +216,19 @@ int main(void)
             x[z] = NAN;
         cmp_top2("rows with a NaN", x, nrows);
     }
+    /* the softmax with the exponentials at chosen columns: rows of 7, 8 (eight rows at a
+     * time, then the rest), 9 and 64, every row count 0..40 (0..64 at 64), 1 to 8 columns a
+     * row; rows uniform on [-3, 3] and wide ones (exp's other lanes: subnormals and zeros) */
+    for (int len = 7; len <= 64; len = len == 9 ? 64 : len + 1)
+        for (int nrows = 0; nrows <= (len == 64 ? 64 : 40); nrows++)
+            for (int k = 1; k <= 8; k++) {
+                for (int i = 0; i < nrows * len; i++)
+                    x[i] = 6.0 * gsl_rng_uniform(r) - 3.0;
+                cmp_sel("uniform rows", x, nrows, len, k, r);
+                for (int i = 0; i < nrows * len; i++)
+                    x[i] = 1600.0 * gsl_rng_uniform(r) - 800.0;
+                cmp_sel("wide rows", x, nrows, len, k, r);
+            }
     /* pairs, the larger first: every count 0..40 (four pairs a vector, then the masked rest),
      * values uniform on [-3, 3], tied values, gaps past exp's fast range (underflow) */
     for (long n = 0; n <= 40; n++) {
