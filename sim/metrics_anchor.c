@@ -357,7 +357,8 @@ static void rows_each(void *ctx, long t0, long t1, const double *p)
         int32_t *tk = r->tk + (size_t)t * k;
         if (own && (E == 8 ? moe_select_is_top8(pt, own + (size_t)t * k, k)
                            : moe_select_is_top(pt, E, own + (size_t)t * k, k)))
-            memcpy(tk, own + (size_t)t * k, (size_t)k * sizeof *tk);
+            for (int j = 0; j < k; j++) /* (k small: no library call per row) */
+                tk[j] = own[(size_t)t * k + j];
         else
             moe_claims_topk(pt, E, k, tk, val);
     }
