@@ -48,7 +48,7 @@ double moe_softmax_lse(const double *x, int len, double *p)
 {
     double mx, s = softmax_exp(x, len, p, &mx);
     softmax_div(p, len, s);
-    return mx + log(s);
+    return mx + moe_log(s);
 }
 
 double moe_logsumexp(const double *x, int len)
@@ -61,7 +61,7 @@ double moe_logsumexp(const double *x, int len)
         for (int i = 0; i < nb; i++)
             s += e[i];
     }
-    return mx + log(s);
+    return mx + moe_log(s);
 }
 
 /* ---- stable argsort (merge sort on indices) ---- */

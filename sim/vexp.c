@@ -4,11 +4,49 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ---- the logarithm (moe_log, vexp.h) ----
+ * x = 2^k m with m in [sqrt(2)/2, sqrt(2)), f = m - 1 (exact), s = f / (2 + f), so that
+ * log(1 + f) = 2 atanh(s) = f - (h - s (h + R(s^2))) with h = f^2 / 2 and R(z) the series
+ * sum_{i = 1..11} 2 z^i / (2i + 1) (for |s| <= 0.1716 its first omitted term is below 2^-60 of
+ * the result), and log x = k ln2_hi + (f - (h - (s (h + R) + k ln2_lo))): ln 2 in two parts,
+ * the first with 32 trailing zero bits so that k ln2_hi is exact. The scalar function and the
+ * vector lanes below take the same operations in the same order, each fused multiply-add in
+ * both, so they give the same doubles. */
+#define VL_LN2HI 0x1.62e42fee00000p-1
+#define VL_LN2LO 0x1.a39ef35793c76p-33
+#define VL_SQRT2 0x3ff6a09e667f3bcdLL   /* the bits of RN(sqrt 2) */
+#define VL_MANT 0x000fffffffffffffLL
+#define VL_ONE 0x3ff0000000000000LL
+#define VL_C(i) (2.0 / (2.0 * (i) + 1.0)) /* the coefficients of R: 2 / (2i + 1) */
+
+double moe_log(double x)
+{
+    if (!(x >= 0x1p-1022 && x < INFINITY))
+        return log(x); /* zero, negative, subnormal, infinite or NaN: the C library's */
+    int64_t ix, mb;
+    memcpy(&ix, &x, sizeof ix);
+    int64_t e = (ix >> 52) - 1023;
+    mb = (ix & VL_MANT) | VL_ONE; /* m in [1, 2) */
+    if (mb >= VL_SQRT2) {         /* m / 2 */
+        mb -= (int64_t)1 << 52;
+        e += 1;
+    }
+    double m;
+    memcpy(&m, &mb, sizeof m);
+    const double f = m - 1.0, k = (double)e;
+    const double h = (f * f) * 0.5, s = f / (2.0 + f), z = s * s;
+    double t = VL_C(11);
+    for (int i = 10; i >= 1; i--)
+        t = fma(t, z, VL_C(i));
+    const double R = t * z;
+    return k * VL_LN2HI + (f - (h - (s * (h + R) + k * VL_LN2LO)));
+}
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
-#include <stdint.h>
-#include <string.h>
 
 /* ln 2 / 128 split in two, 128 / ln 2, the rounding shift 1.5 * 2^52 and the polynomial
  * coefficients C2..C5 of exp(r) - 1 - r on |r| <= ln 2 / 256, as the C library has them. */
@@ -132,6 +170,52 @@ static inline void vx_exp8_store(__m512d a, double *out)
             if (!(fast >> j & 1))
                 out[j] = exp(av[j]);
     }
+}
+
+/* Eight lanes of moe_log: the same operations (k from its integer by an exact conversion),
+ * the lanes outside its range (ok clear) redone by moe_log, i.e. the C library's log. */
+static inline __m512d vl_log8(__m512d x)
+{
+    const __mmask8 ok = _mm512_cmp_pd_mask(x, _mm512_set1_pd(0x1p-1022), _CMP_GE_OQ) &
+                        _mm512_cmp_pd_mask(x, _mm512_set1_pd(INFINITY), _CMP_LT_OQ);
+    const __m512i ix = _mm512_castpd_si512(x);
+    __m512i e = _mm512_sub_epi64(_mm512_srai_epi64(ix, 52), _mm512_set1_epi64(1023));
+    __m512i mb = _mm512_or_si512(_mm512_and_si512(ix, _mm512_set1_epi64(VL_MANT)),
+                                 _mm512_set1_epi64(VL_ONE));
+    const __mmask8 big = _mm512_cmpge_epi64_mask(mb, _mm512_set1_epi64(VL_SQRT2));
+    mb = _mm512_mask_sub_epi64(mb, big, mb, _mm512_set1_epi64((int64_t)1 << 52));
+    e = _mm512_mask_add_epi64(e, big, e, _mm512_set1_epi64(1));
+    const __m512d f = _mm512_sub_pd(_mm512_castsi512_pd(mb), _mm512_set1_pd(1.0));
+    const __m512d k = _mm512_cvtepi32_pd(_mm512_cvtepi64_epi32(e));
+    const __m512d h = _mm512_mul_pd(_mm512_mul_pd(f, f), _mm512_set1_pd(0.5));
+    const __m512d s = _mm512_div_pd(f, _mm512_add_pd(_mm512_set1_pd(2.0), f));
+    const __m512d z = _mm512_mul_pd(s, s);
+    __m512d t = _mm512_set1_pd(VL_C(11));
+    for (int i = 10; i >= 1; i--)
+        t = _mm512_fmadd_pd(t, z, _mm512_set1_pd(VL_C(i)));
+    const __m512d R = _mm512_mul_pd(t, z);
+    const __m512d in = _mm512_add_pd(_mm512_mul_pd(s, _mm512_add_pd(h, R)),
+                                     _mm512_mul_pd(k, _mm512_set1_pd(VL_LN2LO)));
+    __m512d y = _mm512_add_pd(_mm512_mul_pd(k, _mm512_set1_pd(VL_LN2HI)),
+                              _mm512_sub_pd(f, _mm512_sub_pd(h, in)));
+    if (ok != 0xff) {
+        double xv[8], yv[8];
+        _mm512_storeu_pd(xv, x);
+        _mm512_storeu_pd(yv, y);
+        for (int j = 0; j < 8; j++)
+            if (!(ok >> j & 1))
+                yv[j] = log(xv[j]);
+        y = _mm512_loadu_pd(yv);
+    }
+    return y;
+}
+
+/* lse[j] = m[j] + moe_log(s[j]) for j < n <= 8, in one vector. */
+static inline void vl_lse(const double *m, const double *s, int n, double *lse)
+{
+    const __mmask8 km = (__mmask8)((1u << n) - 1u);
+    const __m512d sv = _mm512_mask_loadu_pd(_mm512_set1_pd(1.0), km, s);
+    _mm512_mask_storeu_pd(lse, km, _mm512_add_pd(_mm512_maskz_loadu_pd(km, m), vl_log8(sv)));
 }
 
 void moe_vexp_shift(const double *x, int len, double m, double *out)
@@ -277,6 +361,17 @@ static inline void sm_gather(const double *e, int nr, int len, const int32_t *se
             es[(size_t)j * k + q] = e[(size_t)j * len + sel[(size_t)j * k + q]];
 }
 
+/* lse[j] = m[j] + moe_log(s[j]) for j < n <= 8 (one vector with AVX-512). */
+static inline void sm_lse(const double *m, const double *s, int n, double *lse)
+{
+#if defined(__AVX512F__)
+    vl_lse(m, s, n, lse);
+#else
+    for (int j = 0; j < n; j++)
+        lse[j] = m[j] + moe_log(s[j]);
+#endif
+}
+
 #if defined(__AVX512F__)
 /* Row x's two largest (moe_select_top2_8 of v, the row, from its maximum m) into idx2 and their
  * logits into val2; idx2[0] = -1 for a row it declines. */
@@ -311,11 +406,11 @@ sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t
         for (int j = 0; j < 8; j++) {
             double *pj = p + (size_t)(r0 + j) * 8;
             _mm512_storeu_pd(pj, _mm512_div_pd(_mm512_loadu_pd(pj), _mm512_set1_pd(s[j])));
-            if (lse)
-                lse[r0 + j] = m[j] + log(s[j]);
             if (mx)
                 mx[r0 + j] = m[j];
         }
+        if (lse)
+            vl_lse(m, s, 8, lse + r0);
     }
     return r0;
 }
@@ -362,11 +457,11 @@ static void sm_rows(const double *x, int nrows, int len, double *p, double *lse,
                       esel + (size_t)r0 * k);
         for (int j = 0; j < nr; j++) {
             vx_div(p + (size_t)(r0 + j) * (size_t)len, len, s[j]);
-            if (lse)
-                lse[r0 + j] = m[j] + log(s[j]);
             if (mx)
                 mx[r0 + j] = m[j];
         }
+        if (lse)
+            sm_lse(m, s, nr, lse + r0);
     }
 }
 

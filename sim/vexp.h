@@ -15,6 +15,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The natural logarithm of x, moesim's own (not the C library's): for a positive normal
+ * finite x within one unit in the last place of log x (tests/test_vexp.c measures it against
+ * long double logl), the same double on every machine, with or without AVX-512, one at a time
+ * or eight at a time in the softmax rows below; other x (zero, negative, subnormal, infinite,
+ * NaN) the C library's log(x). Every logsumexp of moesim (the softmax rows' lse, moe_logsumexp,
+ * moe_softmax_lse) takes its log of the sum from it. */
+double moe_log(double x);
+
 /* out[i] = exp(x[i] - m) for i < len (out may equal x). */
 void moe_vexp_shift(const double *x, int len, double m, double *out);
 
@@ -34,8 +42,8 @@ void moe_softmax_pairs(double *g, long n);
 
 /* Rows r < nrows of x (nrows, len), len >= 1: p row r = the softmax moe_softmax computes, and
  * lse[r] (lse may be NULL) = the logsumexp moe_softmax_lse returns, bit for bit: exp(x - max)
- * summed in index order, each p divided by that sum. Eight rows at a time, so that their eight
- * sums (each still in index order) overlap in the adder. */
+ * summed in index order, each p divided by that sum, lse = max + moe_log(sum). Eight rows at
+ * a time, so that their eight sums (each still in index order) overlap in the adder. */
 void moe_softmax_rows(const double *x, int nrows, int len, double *p, double *lse);
 /* moe_softmax_rows, also giving mx[r] (mx may be NULL) = the maximum of row r that the softmax
  * subtracted (moe_vmax's value: one of the row's values, or its zero of the other sign). */

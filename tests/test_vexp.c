@@ -46,10 +46,11 @@ static void cmp_row(const char *what, const double *x, int len, double m)
 
 /* moe_softmax_rows_max on nrows rows of len against the scalar definition: m = the row's
  * maximum, p = exp(x - m) by the C library, s = their sum in index order from 0, p / s,
- * lse = m + log(s); one check, naming the first row that differs. */
+ * lse = m + moe_log(s) (the softmax takes eight rows' logarithms in one vector); one check,
+ * naming the first row that differs. */
 static void cmp_softmax(const char *what, const double *x, int nrows, int len)
 {
-    static double p[BLK], lse[BLK / 8], mx[BLK / 8], want[64];
+    static double p[BLK], lse[BLK / 8], mx[BLK / 8], want[BLK];
     moe_softmax_rows_max(x, nrows, len, p, lse, mx);
     int bad = -1;
     for (int r = 0; r < nrows && bad < 0; r++) {
@@ -62,7 +63,7 @@ static void cmp_softmax(const char *what, const double *x, int nrows, int len)
         for (int i = 0; i < len; i++)
             if (bits(p[(size_t)r * len + i]) != bits(want[i] / s))
                 bad = r;
-        if (bits(lse[r]) != bits(m + log(s)) || bits(mx[r]) != bits(m))
+        if (bits(lse[r]) != bits(m + moe_log(s)) || bits(mx[r]) != bits(m))
             bad = r;
     }
     CHECK(bad < 0, "%s: softmax of %d rows of %d: row %d differs from the scalar definition",
@@ -119,6 +120,56 @@ static void cmp_sel(const char *what, const double *x, int nrows, int len, int k
     }
     CHECK(bad < 0, "%s: %d rows of %d, %d columns each: row %d differs from the softmax and exp "
           "apart", what, nrows, len, k, bad);
+}
+
+/* x's distance from log x in units of the last place of moe_log(x), against long double logl
+ * (64 significant bits). */
+static double log_ulps(double x)
+{
+    const double y = moe_log(x);
+    const long double d = fabsl((long double)y - logl((long double)x));
+    int ex;
+    frexp(y, &ex);
+    return (double)(d / ldexpl(1.0L, ex - 53));
+}
+
+/* moe_log against logl on n values from draw (one check: the largest error in ulps, at most 1),
+ * and how many it gives as the C library's log does (printed: they need not agree). */
+static void cmp_log(const char *what, gsl_rng *r, long n, double (*draw)(gsl_rng *))
+{
+    double worst = 0.0, at = 1.0;
+    long same = 0;
+    for (long i = 0; i < n; i++) {
+        const double x = draw(r), u = log_ulps(x);
+        if (u > worst)
+            worst = u, at = x;
+        same += bits(moe_log(x)) == bits(log(x));
+    }
+    CHECK(worst <= 1.0, "moe_log, %s: %.3f ulps from logl at x = %a", what, worst, at);
+    printf("  moe_log, %s: at most %.3f ulps from logl; the C library's double in %.1f%%\n",
+           what, worst, 100.0 * (double)same / (double)n);
+}
+
+static double draw_any(gsl_rng *r) /* every binade of the positive normal doubles */
+{
+    return ldexp(1.0 + gsl_rng_uniform(r), (int)gsl_rng_uniform_int(r, 2046) - 1022);
+}
+static double draw_sum(gsl_rng *r) /* the sums of a softmax row: [1, 2^20) */
+{
+    return ldexp(1.0 + gsl_rng_uniform(r), (int)gsl_rng_uniform_int(r, 20));
+}
+static double draw_one(gsl_rng *r) /* near 1, where log x is small (f tiny, and f near 0) */
+{
+    return 1.0 + ldexp(gsl_rng_uniform(r) - 0.5, -(int)gsl_rng_uniform_int(r, 52));
+}
+static double draw_edge(gsl_rng *r) /* a few ulps around sqrt(2) 2^k and 2^k (the splits) */
+{
+    const double b = gsl_rng_uniform_int(r, 2) ? 1.4142135623730951 : 1.0;
+    const int k = (int)gsl_rng_uniform_int(r, 41) - 20;
+    double x = ldexp(b, k);
+    for (int j = (int)gsl_rng_uniform_int(r, 9) - 4; j != 0; j += j > 0 ? -1 : 1)
+        x = nextafter(x, j > 0 ? INFINITY : 0.0);
+    return x;
 }
 
 /* moe_softmax_pairs on n pairs (v0, v1) against the scalar definition topk's gates had: e_j =
@@ -216,6 +267,28 @@ int main(void)
             x[z] = NAN;
         cmp_top2("rows with a NaN", x, nrows);
     }
+    /* the logarithm: within one ulp everywhere it computes itself (the vector lanes, the
+     * same doubles, are compared through the softmax rows' lse above and below: sums of
+     * rows of up to 1024 logits) */
+    cmp_log("all binades", r, 1000000, draw_any);
+    cmp_log("sums [1, 2^20)", r, 1000000, draw_sum);
+    cmp_log("near 1", r, 1000000, draw_one);
+    cmp_log("near 2^k and sqrt(2) 2^k", r, 200000, draw_edge);
+    CHECK(moe_log(1.0) == 0.0 && isnan(moe_log(-1.0)) && moe_log(0.0) == -INFINITY &&
+              moe_log(INFINITY) == INFINITY && isnan(moe_log(NAN)) &&
+              bits(moe_log(0x1p-1074)) == bits(log(0x1p-1074)),
+          "moe_log(1) = 0 and the C library's values outside the positive normal doubles");
+    for (int b = 0; b < 400; b++) { /* 204800 rows of 8: the vector lanes and moe_log agree */
+        for (int i = 0; i < BLK; i++)
+            x[i] = 8.0 * gsl_rng_uniform(r) - 4.0;
+        cmp_softmax("rows of 8 for the logarithm", x, BLK / 8, 8);
+    }
+    for (int len = 64; len <= 1024; len *= 4) /* sums up to 1024 in the vector lanes */
+        for (int nrows = 1; nrows <= BLK / len; nrows++) {
+            for (int i = 0; i < nrows * len; i++)
+                x[i] = 0.01 * gsl_rng_uniform(r);
+            cmp_softmax("flat long rows", x, nrows, len);
+        }
     /* the softmax with the exponentials at chosen columns: rows of 7, 8 (eight rows at a
      * time, then the rest), 9 and 64, every row count 0..40 (0..64 at 64), 1 to 8 columns a
      * row; rows uniform on [-3, 3] and wide ones (exp's other lanes: subnormals and zeros) */
