@@ -20,7 +20,10 @@
 #define VL_SQRT2 0x3ff6a09e667f3bcdLL   /* the bits of RN(sqrt 2) */
 #define VL_MANT 0x000fffffffffffffLL
 #define VL_ONE 0x3ff0000000000000LL
-#define VL_C(i) (2.0 / (2.0 * (i) + 1.0)) /* the coefficients of R: 2 / (2i + 1) */
+/* the coefficients of R, vl_c[i] = 2 / (2i + 1) (each quotient rounded once) */
+static const double vl_c[12] = {0.0,        2.0 / 3.0,  2.0 / 5.0,  2.0 / 7.0,
+                                2.0 / 9.0,  2.0 / 11.0, 2.0 / 13.0, 2.0 / 15.0,
+                                2.0 / 17.0, 2.0 / 19.0, 2.0 / 21.0, 2.0 / 23.0};
 
 double moe_log(double x)
 {
@@ -38,9 +41,10 @@ double moe_log(double x)
     memcpy(&m, &mb, sizeof m);
     const double f = m - 1.0, k = (double)e;
     const double h = (f * f) * 0.5, s = f / (2.0 + f), z = s * s;
-    double t = VL_C(11);
+    double t = vl_c[11];
+#pragma GCC unroll 10
     for (int i = 10; i >= 1; i--)
-        t = fma(t, z, VL_C(i));
+        t = fma(t, z, vl_c[i]);
     const double R = t * z;
     return k * VL_LN2HI + (f - (h - (s * (h + R) + k * VL_LN2LO)));
 }
@@ -190,9 +194,10 @@ static inline __m512d vl_log8(__m512d x)
     const __m512d h = _mm512_mul_pd(_mm512_mul_pd(f, f), _mm512_set1_pd(0.5));
     const __m512d s = _mm512_div_pd(f, _mm512_add_pd(_mm512_set1_pd(2.0), f));
     const __m512d z = _mm512_mul_pd(s, s);
-    __m512d t = _mm512_set1_pd(VL_C(11));
+    __m512d t = _mm512_set1_pd(vl_c[11]);
+#pragma GCC unroll 10
     for (int i = 10; i >= 1; i--)
-        t = _mm512_fmadd_pd(t, z, _mm512_set1_pd(VL_C(i)));
+        t = _mm512_fmadd_pd(t, z, _mm512_set1_pd(vl_c[i]));
     const __m512d R = _mm512_mul_pd(t, z);
     const __m512d in = _mm512_add_pd(_mm512_mul_pd(s, _mm512_add_pd(h, R)),
                                      _mm512_mul_pd(k, _mm512_set1_pd(VL_LN2LO)));
