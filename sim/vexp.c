@@ -1,4 +1,4 @@
-/* vexp.c: exp(x[i] - m) over a row (vexp.h). */
+/* vexp.c: exp(x[i] - m) over a row, the softmax of rows, and moesim's logarithm (vexp.h). */
 #include "vexp.h"
 #include "../routers/select.h"
 
