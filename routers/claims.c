@@ -38,6 +38,7 @@ moe_claims *moe_claims_alloc(int n_max, int K, int E, int with_p)
     c->claim = malloc(nk * sizeof *c->claim);
     c->pmean = malloc((size_t)E * sizeof *c->pmean);
     c->rowmax = malloc((size_t)n_max * sizeof *c->rowmax);
+    c->pmax = malloc((size_t)n_max * sizeof *c->pmax);
     c->slot = malloc(nk * sizeof *c->slot);
     c->fill = malloc((size_t)E * sizeof *c->fill);
     c->off = malloc(((size_t)E + 1) * sizeof *c->off);
@@ -49,8 +50,8 @@ moe_claims *moe_claims_alloc(int n_max, int K, int E, int with_p)
     if (counts)
         c->part_cnt = malloc((size_t)MOE_PAR_MAX * K * E * sizeof *c->part_cnt);
     int bad = (counts && !c->part_cnt) || !c->expert || !c->gate || !c->claim || !c->pmean ||
-              !c->rowmax || !c->slot || !c->fill || !c->off || !c->list || !c->order || !c->tmp ||
-              !c->val;
+              !c->rowmax || !c->pmax || !c->slot || !c->fill || !c->off || !c->list ||
+              !c->order || !c->tmp || !c->val;
     if (with_p) {
         c->keep_p = 1;
         c->p = malloc((size_t)n_max * (size_t)E * sizeof *c->p);
@@ -75,6 +76,7 @@ void moe_claims_free(moe_claims *c)
     free(c->p);
     free(c->pmean);
     free(c->rowmax);
+    free(c->pmax);
     free(c->slot);
     free(c->fill);
     free(c->off);
@@ -127,6 +129,7 @@ typedef struct {
     moe_plan *sink;   /* the plan whose rows observer sees the rows in the adding pass, or NULL */
     int nonfinite;    /* a chunk has a non-finite logit */
     int top2;         /* the softmax leaves the rows' two largest in expert, gate (top2_rows) */
+    int32_t *pmax;    /* (T) c->pmax when the rows observer takes each row's argmax of p */
     int pnp, pcur;    /* counting for the resolution: its parts, and the part being added */
     long pb[MOE_PAR_MAX + 1]; /* each part's first chunk (pb[pnp] = nch) */
     pthread_mutex_t mu;
@@ -242,7 +245,7 @@ static void rows_add_ready(rows_job *j)
             rows_add_stats(j->c, t0, t1, j->stats, NULL);
         }
         if (j->sink)
-            j->sink->rows_add(j->sink->rows_ctx, t0, t1, p0);
+            j->sink->rows_add(j->sink->rows_ctx, t0, t1, p0, pm);
         pthread_mutex_lock(&j->mu);
         j->ready[ch % ROWS_RING] = 0;
         if (j->ring)
@@ -278,14 +281,14 @@ static void rows_part(void *arg, int i, int np)
             moe_softmax_rows8_top2(j->logits + (size_t)t0 * E, (int)(t1 - t0), p0,
                                    j->lse ? j->lse + t0 : NULL, j->c->rowmax + t0,
                                    j->c->expert + (size_t)t0 * 2, j->c->gate + (size_t)t0 * 2);
-        else if (j->c->rows_select)
-            moe_softmax_rows_sel(j->logits + (size_t)t0 * E, (int)(t1 - t0), E, p0,
-                                 j->lse ? j->lse + t0 : NULL, j->c->rowmax + t0,
-                                 j->c->expert + (size_t)t0 * j->c->K, j->c->K,
-                                 j->c->gate + (size_t)t0 * j->c->K);
         else
-            moe_softmax_rows_max(j->logits + (size_t)t0 * E, (int)(t1 - t0), E, p0,
-                                 j->lse ? j->lse + t0 : NULL, j->c->rowmax + t0);
+            moe_softmax_rows_more(
+                j->logits + (size_t)t0 * E, (int)(t1 - t0), E, p0,
+                &(moe_softmax_more){
+                    .lse = j->lse ? j->lse + t0 : NULL, .mx = j->c->rowmax + t0,
+                    .sel = j->c->rows_select ? j->c->expert + (size_t)t0 * j->c->K : NULL,
+                    .k = j->c->K, .esel = j->c->gate + (size_t)t0 * j->c->K,
+                    .pmax = j->pmax ? j->pmax + t0 : NULL});
         if (j->row == moe_claims_row_first) /* one loop, no call per token */
             rows_first(j->c, t0, t1, j->logits, p0);
         for (long t = t0; j->row && j->row != moe_claims_row_first &&
@@ -295,7 +298,7 @@ static void rows_part(void *arg, int i, int np)
         if (j->row && j->c->rows_chunk)
             j->c->rows_chunk(j->ctx, t0, t1, p0, i);
         if (j->sink)
-            j->sink->rows_each(j->sink->rows_ctx, t0, t1, p0);
+            j->sink->rows_each(j->sink->rows_ctx, t0, t1, p0, j->pmax ? j->pmax + t0 : NULL);
         for (long t = t0; j->c->bpr_keys && t < t1; t++) { /* as moe_claims_resolve takes it */
             const double *pt = p0 + (size_t)(t - t0) * E;
             j->c->val[t] = pt[moe_claims_argmax(pt, E, -1)];
@@ -323,6 +326,7 @@ int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_f
     j.stats = c->stats_in_rows && row && plan ? plan : NULL;
     j.sink = plan && plan->rows_add ? plan : NULL;
     j.top2 = c->top2_rows && c->E == 8 && c->K == 2;
+    j.pmax = j.sink && j.sink->rows_pmax && !j.top2 ? c->pmax : NULL;
     for (int s = 0; s < ROWS_RING; s++) /* slot 0 on top */
         j.free_slot[s] = ROWS_RING - 1 - s;
     j.nfree = ROWS_RING;

@@ -43,7 +43,7 @@ typedef struct {
      * with row()'s ctx before the chunk's softmax, to leave each token's K choices in expert
      * (by rank, each in [0, E)); the softmax then leaves in gate (t*K..) the exponentials
      * exp(l - max) of the logits l of those experts (the numerators of p before its division:
-     * moe_softmax_rows_sel), for rows_chunk to make the gates from without taking them again */
+     * moe_softmax_rows_more), for rows_chunk to make the gates from without taking them again */
     void (*rows_select)(void *ctx, long t0, long t1);
     int top2_rows;        /* set by a router with K = 2 at E = 8: the rows pass's softmax also
                            * leaves each row's two largest logits in expert and gate
@@ -64,6 +64,8 @@ typedef struct {
     int part_np, part_ready;
     double *pmean;        /* (E) mean over tokens of p[t,e] (moe_claims_softmax) */
     double *rowmax;       /* (T) each row's maximum logit, from the last rows pass */
+    int32_t *pmax;        /* (T) each row's first index of its largest p, from the last rows
+                           * pass when the plan's rows observer asked for them (rows_pmax) */
     const double *rts_u;  /* (T,E) order rts: the draws, set by the router per group, or NULL */
     /* scratch for moe_claims_resolve */
     long *slot;           /* (T,K) slot of each claim, -1 = dropped or no claim */

@@ -96,7 +96,7 @@ static void dense_work(void *ctx, int slot, long ch)
         }
     }
     if (j->plan->rows_each)
-        j->plan->rows_each(j->plan->rows_ctx, t0, t1, p);
+        j->plan->rows_each(j->plan->rows_ctx, t0, t1, p, NULL);
 }
 
 /* Chunk ch, after every earlier one: importance[e] += p[t,e] in token order; the observer's
@@ -114,7 +114,7 @@ static void dense_add(void *ctx, int slot, long ch)
             imp[e] += pt[e];
     }
     if (j->plan->rows_add)
-        j->plan->rows_add(j->plan->rows_ctx, t0, t1, p);
+        j->plan->rows_add(j->plan->rows_ctx, t0, t1, p, NULL);
 }
 
 /* logits (T,E) -> plan with T*E entries, token-major. */

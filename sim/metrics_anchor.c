@@ -204,11 +204,14 @@ static void row_close(anc_state *st, int t)
 }
 
 /* Rows t0..t1-1 without gate noise or Megatron's own scores: p (rows, E), tk (rows, k; NULL when
- * k >= E). The sums of add_row row by row, taken in segments of rows that end no sequence and
- * no routing group before their last row: each segment's p goes into the sums kept in
- * registers (moe_claims_add_rows: every sum takes the same additions in the same order), then
- * its last row closes what it ends. */
-static void add_rows(anc_state *st, int t0, int t1, const double *p, const int32_t *tk)
+ * k >= E), psum (E) the sums of rows [0, t1) of p or NULL (moe_plan's rows_add). The sums of
+ * add_row row by row, taken in segments of rows that end no sequence and no routing group
+ * before their last row: each segment's p goes into the sums kept in registers
+ * (moe_claims_add_rows: every sum takes the same additions in the same order), then its last
+ * row closes what it ends. A sum that started at token 0 and ends its segment at t1 is psum
+ * itself: the same additions in the same order, so it is copied instead. */
+static void add_rows(anc_state *st, int t0, int t1, const double *p, const int32_t *tk,
+                     const double *psum)
 {
     const int E = st->E, k = st->k;
     for (int t = t0; t < t1;) {
@@ -219,8 +222,14 @@ static void add_rows(anc_state *st, int t0, int t1, const double *p, const int32
         const double *pa = p + (size_t)(t - t0) * E;
         for (int r = 0; r < len; r++) /* the routing maps' counts, row after row */
             add_counts(st, tk ? tk + (size_t)(t - t0 + r) * k : NULL);
-        moe_claims_add_rows(st->seq_p, pa, len, E);
-        if (!st->shared)
+        const int whole = psum && t + len == t1; /* psum: the sums of rows [0, t + len) */
+        if (whole && st->in_seq == t)
+            memcpy(st->seq_p, psum, (size_t)E * sizeof *psum);
+        else
+            moe_claims_add_rows(st->seq_p, pa, len, E);
+        if (!st->shared && whole && st->in_group == t)
+            memcpy(st->imp, psum, (size_t)E * sizeof *psum);
+        else if (!st->shared)
             moe_claims_add_rows(st->imp, pa, len, E);
         st->in_seq += len - 1; /* no row before the last ends anything */
         st->in_group += len - 1;
@@ -273,7 +282,7 @@ static void anc_part(void *ctx, int i, int np)
             if (spin >= 64)
                 sched_yield();
         if (!st->noisy && !st->own)
-            add_rows(st, t0, t1, p, st->k < E ? tk : NULL);
+            add_rows(st, t0, t1, p, st->k < E ? tk : NULL, NULL);
         for (int t = t0; (st->noisy || st->own) && t < t1; t++) {
             const size_t o = (size_t)(t - t0) * E;
             add_row(st, t, p + o, s + o, tk + (size_t)(t - t0) * st->k, q + o, l + o);
@@ -341,11 +350,13 @@ static int rows_k(const moe_metrics_rows *r)
 }
 
 /* rows_each: rows t0..t1-1 of the router's softmax p (rows, E): each row's Megatron routing map,
- * the set moe_claims_topk of p chooses, into tk (on the pass's threads). The router's own top-k
- * of the logits (plan->rows_topk) is that set whenever no other probability of the row reaches
- * its smallest one (moe_select_is_top; add_row reads tk as a set); a row where one does (two
- * logits a rounding apart share a probability) takes the selection on p. */
-static void rows_each(void *ctx, long t0, long t1, const double *p)
+ * the set moe_claims_topk of p chooses, into tk (on the pass's threads). At k = 1 that is the
+ * first index of the row's largest p, which the pass may have taken with the softmax (pmax).
+ * The router's own top-k of the logits (plan->rows_topk) is that set whenever no other
+ * probability of the row reaches its smallest one (moe_select_is_top; add_row reads tk as a
+ * set); a row where one does (two logits a rounding apart share a probability) takes the
+ * selection on p. */
+static void rows_each(void *ctx, long t0, long t1, const double *p, const int32_t *pmax)
 {
     const moe_metrics_rows *r = ctx;
     const moe_plan *plan = r->plan;
@@ -355,7 +366,9 @@ static void rows_each(void *ctx, long t0, long t1, const double *p)
     for (long t = t0; k >= 1 && k < E && t < t1; t++) {
         const double *pt = p + (size_t)(t - t0) * E;
         int32_t *tk = r->tk + (size_t)t * k;
-        if (own && (E == 8 ? moe_select_is_top8(pt, own + (size_t)t * k, k)
+        if (k == 1 && pmax && pmax[t - t0] >= 0)
+            tk[0] = pmax[t - t0];
+        else if (own && (E == 8 ? moe_select_is_top8(pt, own + (size_t)t * k, k)
                            : moe_select_is_top(pt, E, own + (size_t)t * k, k)))
             for (int j = 0; j < k; j++) /* (k small: no library call per row) */
                 tk[j] = own[(size_t)t * k + j];
@@ -385,7 +398,7 @@ static void rows_start(moe_metrics_rows *r)
 
 /* rows_add: the rows t0..t1-1 (after rows_each), in token order: their routing maps and p into
  * the sums exactly as the separate pass adds them (add_row). */
-static void rows_add(void *ctx, long t0, long t1, const double *p)
+static void rows_add(void *ctx, long t0, long t1, const double *p, const double *psum)
 {
     moe_metrics_rows *r = ctx;
     if (t0 == 0)
@@ -395,7 +408,7 @@ static void rows_add(void *ctx, long t0, long t1, const double *p)
         return;
     }
     const int E = r->st.E, k = r->st.k;
-    add_rows(&r->st, (int)t0, (int)t1, p, k < E ? r->tk + (size_t)t0 * k : NULL);
+    add_rows(&r->st, (int)t0, (int)t1, p, k < E ? r->tk + (size_t)t0 * k : NULL, psum);
     r->done = t1;
 }
 
@@ -430,6 +443,7 @@ int moe_metrics_attach(moe_metrics *mt, moe_plan *plan, int n_max, int k)
     plan->rows_each = rows_each;
     plan->rows_add = rows_add;
     plan->rows_ctx = r;
+    plan->rows_pmax = k == 1; /* each row's routing map is its first largest p */
     plan->rows_of = NULL;
     return MOE_OK;
 }

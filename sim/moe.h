@@ -105,14 +105,19 @@ typedef struct {
     long rank_claims[2];        /* claims of choice rank 0 and 1 (token-choice routers) */
     long rank_kept[2];          /* of those, the claims kept within capacity */
     /* An observer of the softmax rows the routers compute in their rows pass (moe_claims_rows),
-     * p = rows t0..t1-1 of the softmax (T,E) of the logits routed: rows_each(rows_ctx, t0, t1, p)
-     * once per block of rows, from the pass's threads in any order (per-row work), then
-     * rows_add(rows_ctx, t0, t1, p) for the same block, in token order, one call at a time (the
-     * sums). moe_metrics_attach sets them and the plan keeps them across resets; rows_of = those
-     * logits once the pass gave every row (NULL after a reset, as lse_of). */
-    void (*rows_each)(void *ctx, long t0, long t1, const double *p);
-    void (*rows_add)(void *ctx, long t0, long t1, const double *p);
+     * p = rows t0..t1-1 of the softmax (T,E) of the logits routed: rows_each(rows_ctx, t0, t1,
+     * p, pmax) once per block of rows, from the pass's threads in any order (per-row work), then
+     * rows_add(rows_ctx, t0, t1, p, psum) for the same block, in token order, one call at a
+     * time (the sums). pmax (t1 - t0): each row's first index of its largest p (-1 or any index
+     * for a row holding a NaN) when rows_pmax asks for them and the pass takes them, else NULL.
+     * psum (E): the sums of the rows [0, t1) of p, each column from +0.0 in token order (the
+     * additions of moe_claims_add_rows, claims.h), or NULL. moe_metrics_attach sets them and
+     * the plan keeps them across resets; rows_of = those logits once the pass gave every row
+     * (NULL after a reset, as lse_of). */
+    void (*rows_each)(void *ctx, long t0, long t1, const double *p, const int32_t *pmax);
+    void (*rows_add)(void *ctx, long t0, long t1, const double *p, const double *psum);
     void *rows_ctx;
+    int rows_pmax;
     const double *rows_of;
     /* The router's own choices while its rows pass runs, for rows_each: rows_topk (T,
      * rows_topk_k) holds each row's rows_topk_k largest logits by rank (ties to the lower

@@ -288,6 +288,39 @@ static void vx_div(double *p, int len, double s)
         p[i] /= s;
 }
 
+/* vx_div, returning the first index of the largest quotient (-1 for a row where none compares,
+ * NaN): each lane keeps its largest quotient and the index of its first block with it (a later
+ * block takes over only when larger), then the lowest index among the lanes with the largest. */
+static int vx_div_pmax(double *p, int len, double s)
+{
+    const __m512d vs = _mm512_set1_pd(s);
+    __m512d bv = _mm512_set1_pd(-1.0);
+    __m512i bi = _mm512_setzero_si512(), at = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    int i = 0, arg = -1;
+    double best = -1.0;
+    for (; i + 8 <= len; i += 8) {
+        const __m512d q = _mm512_div_pd(_mm512_loadu_pd(p + i), vs);
+        _mm512_storeu_pd(p + i, q);
+        const __mmask8 gt = _mm512_cmp_pd_mask(q, bv, _CMP_GT_OQ);
+        bv = _mm512_mask_mov_pd(bv, gt, q);
+        bi = _mm512_mask_mov_epi64(bi, gt, at);
+        at = _mm512_add_epi64(at, _mm512_set1_epi64(8));
+    }
+    if (i > 0) {
+        best = _mm512_reduce_max_pd(bv);
+        const __mmask8 eq = _mm512_cmp_pd_mask(bv, _mm512_set1_pd(best), _CMP_EQ_OQ);
+        arg = (int)_mm512_mask_reduce_min_epi64(eq, bi);
+    }
+    for (; i < len; i++) {
+        p[i] /= s;
+        if (p[i] > best) {
+            best = p[i];
+            arg = i;
+        }
+    }
+    return best >= 0.0 ? arg : -1;
+}
+
 #else
 
 int moe_all_finite(const double *x, size_t len)
@@ -321,6 +354,20 @@ static void vx_div(double *p, int len, double s)
 {
     for (int i = 0; i < len; i++)
         p[i] /= s;
+}
+
+static int vx_div_pmax(double *p, int len, double s)
+{
+    int arg = -1;
+    double best = -1.0;
+    for (int i = 0; i < len; i++) {
+        p[i] /= s;
+        if (p[i] > best) {
+            best = p[i];
+            arg = i;
+        }
+    }
+    return arg;
 }
 
 void moe_vexp_shift(const double *x, int len, double m, double *out)
@@ -386,11 +433,11 @@ static inline void sm_top2(__m512d v, const double *x, double m, int32_t *idx2, 
 }
 
 /* Rows of eight logits (E = 8), eight rows at a time, each row one vector: the steps of
- * moe_softmax_rows_max below (moe_vmax, moe_vexp_shift, the sums, vx_div) inline, with the same
- * operations. Returns the rows taken: nrows rounded down to a multiple of eight. */
+ * moe_softmax_rows_max below (moe_vmax, moe_vexp_shift, the sums, vx_div or vx_div_pmax) inline,
+ * with the same operations. Returns the rows taken: nrows rounded down to a multiple of eight. */
 static inline __attribute__((always_inline)) int
 sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t *idx2,
-         double *val2, const int32_t *sel, int k, double *esel)
+         double *val2, const int32_t *sel, int k, double *esel, int32_t *pmax)
 {
     int r0 = 0;
     for (; r0 + 8 <= nrows; r0 += 8) {
@@ -410,7 +457,13 @@ sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t
             sm_gather(p + (size_t)r0 * 8, 8, 8, sel + (size_t)r0 * k, k, esel + (size_t)r0 * k);
         for (int j = 0; j < 8; j++) {
             double *pj = p + (size_t)(r0 + j) * 8;
-            _mm512_storeu_pd(pj, _mm512_div_pd(_mm512_loadu_pd(pj), _mm512_set1_pd(s[j])));
+            const __m512d q = _mm512_div_pd(_mm512_loadu_pd(pj), _mm512_set1_pd(s[j]));
+            _mm512_storeu_pd(pj, q);
+            if (pmax) {
+                const __mmask8 eq = _mm512_cmp_pd_mask(q, _mm512_set1_pd(_mm512_reduce_max_pd(q)),
+                                                       _CMP_EQ_OQ);
+                pmax[r0 + j] = eq ? __builtin_ctz(eq) : -1;
+            }
             if (mx)
                 mx[r0 + j] = m[j];
         }
@@ -421,22 +474,23 @@ sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t
 }
 #endif
 
-/* moe_softmax_rows_max, and with sel moe_softmax_rows_sel's esel. */
+/* moe_softmax_rows_max, and moe_softmax_rows_more's esel (with sel) and pmax. */
 static void sm_rows(const double *x, int nrows, int len, double *p, double *lse, double *mx,
-                    const int32_t *sel, int k, double *esel)
+                    const int32_t *sel, int k, double *esel, int32_t *pmax)
 {
     enum { RW = 8 };
     int first = 0;
 #if defined(__AVX512F__)
     if (len == 8) { /* then the rest, fewer than eight rows, below */
-        first = sel ? sm_rows8(x, nrows, p, lse, mx, NULL, NULL, sel, k, esel)
-                    : sm_rows8(x, nrows, p, lse, mx, NULL, NULL, NULL, 0, NULL);
+        first = sel ? sm_rows8(x, nrows, p, lse, mx, NULL, NULL, sel, k, esel, pmax)
+                    : sm_rows8(x, nrows, p, lse, mx, NULL, NULL, NULL, 0, NULL, pmax);
         x += (size_t)first * 8;
         p += (size_t)first * 8;
         lse = lse ? lse + first : NULL;
         mx = mx ? mx + first : NULL;
         sel = sel ? sel + (size_t)first * k : NULL;
         esel = esel ? esel + (size_t)first * k : NULL;
+        pmax = pmax ? pmax + first : NULL;
     }
 #endif
     nrows -= first;
@@ -461,7 +515,11 @@ static void sm_rows(const double *x, int nrows, int len, double *p, double *lse,
             sm_gather(p + (size_t)r0 * len, nr, len, sel + (size_t)r0 * k, k,
                       esel + (size_t)r0 * k);
         for (int j = 0; j < nr; j++) {
-            vx_div(p + (size_t)(r0 + j) * (size_t)len, len, s[j]);
+            double *pj = p + (size_t)(r0 + j) * (size_t)len;
+            if (pmax)
+                pmax[r0 + j] = vx_div_pmax(pj, len, s[j]);
+            else
+                vx_div(pj, len, s[j]);
             if (mx)
                 mx[r0 + j] = m[j];
         }
@@ -473,13 +531,14 @@ static void sm_rows(const double *x, int nrows, int len, double *p, double *lse,
 void moe_softmax_rows_max(const double *x, int nrows, int len, double *p, double *lse,
                           double *mx)
 {
-    sm_rows(x, nrows, len, p, lse, mx, NULL, 0, NULL);
+    sm_rows(x, nrows, len, p, lse, mx, NULL, 0, NULL, NULL);
 }
 
-void moe_softmax_rows_sel(const double *x, int nrows, int len, double *p, double *lse,
-                          double *mx, const int32_t *sel, int k, double *esel)
+void moe_softmax_rows_more(const double *x, int nrows, int len, double *p,
+                           const moe_softmax_more *o)
 {
-    sm_rows(x, nrows, len, p, lse, mx, sel, k, esel);
+    sm_rows(x, nrows, len, p, o->lse, o->mx, o->sel, o->sel ? o->k : 0, o->sel ? o->esel : NULL,
+            o->pmax);
 }
 
 void moe_softmax_rows8_top2(const double *x, int nrows, double *p, double *lse, double *mx,
@@ -487,7 +546,7 @@ void moe_softmax_rows8_top2(const double *x, int nrows, double *p, double *lse, 
 {
     int first = 0;
 #if defined(__AVX512F__)
-    first = sm_rows8(x, nrows, p, lse, mx, idx2, val2, NULL, 0, NULL);
+    first = sm_rows8(x, nrows, p, lse, mx, idx2, val2, NULL, 0, NULL, NULL);
 #endif
     moe_softmax_rows_max(x + (size_t)first * 8, nrows - first, 8, p + (size_t)first * 8,
                          lse ? lse + first : NULL, mx + first);

@@ -50,11 +50,20 @@ void moe_softmax_rows(const double *x, int nrows, int len, double *p, double *ls
 void moe_softmax_rows_max(const double *x, int nrows, int len, double *p, double *lse,
                           double *mx);
 
-/* moe_softmax_rows_max, also giving esel (nrows, k) = each row's exponentials exp(x - max)
- * (the numerators of p, before their division) at its k columns sel (nrows, k), each in
- * [0, len): the same doubles as the C library's exp of those differences. */
-void moe_softmax_rows_sel(const double *x, int nrows, int len, double *p, double *lse,
-                          double *mx, const int32_t *sel, int k, double *esel);
+/* What moe_softmax_rows_more gives besides p, each NULL when not wanted. */
+typedef struct {
+    double *lse;        /* (nrows): as moe_softmax_rows */
+    double *mx;         /* (nrows): as moe_softmax_rows_max */
+    const int32_t *sel; /* (nrows, k), each in [0, len), with esel (nrows, k): each row's */
+    int k;              /* exponentials exp(x - max) at its k columns sel (the numerators of p */
+    double *esel;       /* before their division): the C library's exp of those differences */
+    int32_t *pmax;      /* (nrows): each row's first index of its largest p (for a row that
+                         * holds a NaN, -1 or any index in [0, len)) */
+} moe_softmax_more;
+
+/* moe_softmax_rows_max with the outputs of o: p, lse and mx the same doubles. */
+void moe_softmax_rows_more(const double *x, int nrows, int len, double *p,
+                           const moe_softmax_more *o);
 
 /* Rows of eight logits (len = 8): moe_softmax_rows_max (mx not NULL), and each row's two
  * largest logits as moe_select_top2_8 (select.h) takes them from the row's maximum mx[r]:

@@ -4,7 +4,7 @@
  * importance_loss_vmoe's terms as the rows come, instead of taking exp(L - lse) of every logit
  * again in moe_metrics_compute.
  *
- * Checked, on plans routed by switch, topk (k = 2, 8) and gshard from N(0,1) logits (fixed PCG
+ * Checked, on plans routed by switch, topk (k = 2, 8), gshard and hash from N(0,1) logits (fixed PCG
  * seed) or logits rounded to multiples of 1/2 (ties in the routing map, to the lower index),
  * or with the draws below 1.5 scaled down to multiples of 1e-20 (logits that differ while their
  * probabilities are equal: the router's choice by logit is then not the metrics' choice by
@@ -60,12 +60,13 @@ static int same_losses(losses a, losses b)
            same(a.load_shazeer, b.load_shazeer);
 }
 
-/* Routes L into plan (attached to mt) with a fresh generator of seed 5, then the metrics. */
-static int route_and_measure(moe_router *r, const double *L, int n, int E, moe_plan *plan,
-                             moe_metrics *mt)
+/* Routes L (token ids ids, for hash) into plan (attached to mt) with a fresh generator of seed
+ * 5, then the metrics. */
+static int route_and_measure(moe_router *r, const double *L, const int64_t *ids, int n, int E,
+                             moe_plan *plan, moe_metrics *mt)
 {
     gsl_rng *rng = moe_rng_alloc(5, 1);
-    moe_route_in in = {n, E, L, NULL, NULL, rng, NULL, NULL, 0, NULL, NULL};
+    moe_route_in in = {n, E, L, ids, NULL, rng, NULL, NULL, 0, NULL, NULL};
     int rc = rng ? moe_router_route(r, &in, plan) : MOE_ENOMEM;
     if (!rc)
         rc = moe_metrics_compute(plan, L, 0, 0, 0, 0, mt);
@@ -112,6 +113,7 @@ static void run_case(const rows_case *c, gsl_rng *g)
 {
     const int n = c->n, E = c->E;
     double *L = malloc((size_t)n * E * sizeof *L);
+    int64_t *ids = malloc((size_t)n * sizeof *ids);
     moe_plan *plan = moe_plan_alloc(n, E, (size_t)n * (size_t)c->k + 16);
     moe_metrics *mt = moe_metrics_alloc(E), *ref = moe_metrics_alloc(E);
     moe_router *r = NULL;
@@ -119,11 +121,13 @@ static void run_case(const rows_case *c, gsl_rng *g)
     moe_route_opts_default(&o);
     o.k = c->k, o.cf_set = 1, o.cf_num = 5, o.cf_den = 4, o.noise_std = c->noise;
     o.score = c->score;
-    int rc = L && plan && mt && ref ? moe_router_alloc(moe_router_find(c->router), &o, n, E, &r)
+    int rc = L && ids && plan && mt && ref ? moe_router_alloc(moe_router_find(c->router), &o, n, E, &r)
                                     : MOE_ENOMEM;
     CHECK(rc == MOE_OK, "%s: set-up: %s", c->router, moe_errmsg());
     if (rc)
         goto out;
+    for (int t = 0; t < n; t++)
+        ids[t] = (int64_t)t * 7919 % 50021; /* hash = mod: experts in no pattern of t */
     for (size_t i = 0; i < (size_t)n * E; i++) {
         const double x = gsl_ran_gaussian_ziggurat(g, 1.0);
         L[i] = c->ties ? round(2.0 * x) / 2.0 : x;
@@ -149,7 +153,7 @@ static void run_case(const rows_case *c, gsl_rng *g)
     const int threads[3] = {2, 1, 3};
     for (int i = 0; i < 3 && !rc; i++) {
         moe_par_set_threads(threads[i]);
-        rc = route_and_measure(r, L, n, E, plan, mt);
+        rc = route_and_measure(r, L, ids, n, E, plan, mt);
         by_threads[i] = losses_of(mt);
     }
     moe_par_set_threads(0);
@@ -201,7 +205,7 @@ static void run_case(const rows_case *c, gsl_rng *g)
             for (size_t i = 0; i < (size_t)n * E; i++)
                 L2[i] = L[i] + (i < (size_t)n / 2 * E ? 0.25 : 0.0);
             gsl_rng *rng = moe_rng_alloc(5, 1);
-            moe_route_in in = {n, E, L2, NULL, NULL, rng, NULL, NULL, 0, NULL, NULL};
+            moe_route_in in = {n, E, L2, ids, NULL, rng, NULL, NULL, 0, NULL, NULL};
             rc = rng ? moe_router_route(r, &in, plan) : MOE_ENOMEM;
             if (!rc)
                 rc = moe_metrics_compute(plan, L, 0, 0, 0, 0, mt);
@@ -222,6 +226,7 @@ out:
     moe_metrics_free(mt);
     moe_metrics_free(ref);
     free(L);
+    free(ids);
 }
 
 int main(void)
@@ -249,6 +254,11 @@ int main(void)
         {"switch", 2048, 8, 1, 2, 0, 0, 0.0, MOE_SCORE_AUTO, 1}, /* equal p, distinct L */
         {"topk", 2048, 8, 2, 1, 0, 0, 0.0, MOE_SCORE_AUTO, 1},
         {"topk", 2048, 8, 2, 2, 0, 0, 0.0, MOE_SCORE_AUTO, 1},
+        /* hash: no choices of its own by logit (the routing map from the softmax's argmax of
+         * p alone); E = 256 one sequence and one group (the sums of p the router's own) */
+        {"hash", 2048, 64, 1, 2, 0, 0, 0.0, MOE_SCORE_AUTO, 1}, /* equal p, distinct L */
+        {"hash", 6144, 8, 1, 1, 96, 640, 0.0, MOE_SCORE_AUTO, 1},
+        {"hash", 1024, 256, 1, 0, 0, 0, 0.0, MOE_SCORE_AUTO, 1},
         {"topk", 2048, 64, 2, 0, 0, 0, 1.0, MOE_SCORE_AUTO, 0},       /* gate noise */
         {"topk", 2048, 64, 2, 0, 0, 0, 0.0, MOE_SCORE_SIGMOID, 0},    /* own scores */
         /* expert_choice: its rows pass, with step 1 on it where the lists fit (E = 64, 8),

@@ -399,7 +399,7 @@ static void test_threads(void)
 
 /* topk's gates: the rows pass takes the exponentials of a chunk of tokens' selected logits in
  * one vector call (routers/topk.c, topk_gates), or for k >= 3 at E <= 64 takes them from its
- * softmax (the numerators of p at the selected experts, moe_softmax_rows_sel: the row of eight
+ * softmax (the numerators of p at the selected experts, moe_softmax_rows_more: the row of eight
  * in one vector, and longer rows); each token's gates must be moe_softmax of its selected
  * logits, the definition (docs/routing.md section 3) and the per-token call the router made
  * before, bit for bit. Dropless, not renormalised: entry t*k + j is token t's choice j with its

@@ -10,7 +10,7 @@
  * against the scalar softmax written here with the C library's exp and log, bit for bit; and
  * moe_softmax_pairs (the gates of two values) against its scalar definition, and
  * moe_softmax_rows8_top2 against the softmax and moe_select_top2_8 apart, and
- * moe_softmax_rows_sel against the softmax and the C library's exp apart. */
+ * moe_softmax_rows_more against the softmax, the C library's exp and the argmax of p apart. */
 #include "check.h"
 #include "moe.h"
 #include "vexp.h"
@@ -96,30 +96,41 @@ static void cmp_top2(const char *what, const double *x, int nrows)
           nrows, bad);
 }
 
-/* moe_softmax_rows_sel on nrows rows of len with k columns sel per row (drawn from r, repeats
- * allowed) against its definition: p, lse and mx those of moe_softmax_rows_max, bit for bit,
- * and esel = exp(x - m) by the C library at those columns, m the row's maximum; one check. */
-static void cmp_sel(const char *what, const double *x, int nrows, int len, int k, gsl_rng *r)
+/* moe_softmax_rows_more on nrows rows of len, with k columns sel per row (drawn from r, repeats
+ * allowed; none for k = 0) and each row's argmax of p, against its definition: p, lse and mx
+ * those of moe_softmax_rows_max, bit for bit; esel = exp(x - m) by the C library at those
+ * columns, m the row's maximum; pmax the first index of the row's largest p by the serial loop
+ * "if (p[i] > best)" (a row holding a NaN: -1 or an index of the row); one check. */
+static void cmp_more(const char *what, const double *x, int nrows, int len, int k, gsl_rng *r)
 {
     static double p[BLK], lse[BLK / 8], mx[BLK / 8], p0[BLK], lse0[BLK / 8], mx0[BLK / 8],
         es[BLK];
-    static int32_t sel[BLK];
+    static int32_t sel[BLK], pmax[BLK];
     for (int i = 0; i < nrows * k; i++)
         sel[i] = (int32_t)gsl_rng_uniform_int(r, (unsigned long)len);
-    moe_softmax_rows_sel(x, nrows, len, p, lse, mx, sel, k, es);
+    moe_softmax_rows_more(x, nrows, len, p,
+                          &(moe_softmax_more){.lse = lse, .mx = mx, .sel = k ? sel : NULL,
+                                              .k = k, .esel = es, .pmax = pmax});
     moe_softmax_rows_max(x, nrows, len, p0, lse0, mx0);
     int bad = -1;
     for (int t = 0; t < nrows && bad < 0; t++) {
-        const double *xr = x + (size_t)t * len;
-        if (memcmp(p + (size_t)t * len, p0 + (size_t)t * len, (size_t)len * sizeof *p) ||
+        const double *xr = x + (size_t)t * len, *pr = p0 + (size_t)t * len;
+        if (memcmp(p + (size_t)t * len, pr, (size_t)len * sizeof *p) ||
             bits(lse[t]) != bits(lse0[t]) || bits(mx[t]) != bits(mx0[t]))
             bad = t;
         for (int q = 0; q < k; q++)
             if (bits(es[t * k + q]) != bits(exp(xr[sel[t * k + q]] - mx0[t])))
                 bad = t;
+        int nan = 0, first = 0;
+        for (int i = 0; i < len; i++) {
+            nan |= isnan(pr[i]);
+            first = pr[i] > pr[first] ? i : first;
+        }
+        if (nan ? pmax[t] < -1 || pmax[t] >= len : pmax[t] != first)
+            bad = t;
     }
-    CHECK(bad < 0, "%s: %d rows of %d, %d columns each: row %d differs from the softmax and exp "
-          "apart", what, nrows, len, k, bad);
+    CHECK(bad < 0, "%s: %d rows of %d, %d columns each: row %d differs from the softmax, exp and "
+          "the argmax of p apart", what, nrows, len, k, bad);
 }
 
 /* x's distance from log x in units of the last place of moe_log(x), against long double logl
@@ -289,19 +300,56 @@ int main(void)
                 x[i] = 0.01 * gsl_rng_uniform(r);
             cmp_softmax("flat long rows", x, nrows, len);
         }
-    /* the softmax with the exponentials at chosen columns: rows of 7, 8 (eight rows at a
-     * time, then the rest), 9 and 64, every row count 0..40 (0..64 at 64), 1 to 8 columns a
-     * row; rows uniform on [-3, 3] and wide ones (exp's other lanes: subnormals and zeros) */
-    for (int len = 7; len <= 64; len = len == 9 ? 64 : len + 1)
-        for (int nrows = 0; nrows <= (len == 64 ? 64 : 40); nrows++)
-            for (int k = 1; k <= 8; k++) {
+    /* the softmax with the exponentials at chosen columns and each row's argmax of p: rows of
+     * 7, 8 (eight rows at a time, then the rest), 9, 64 and 67 (vector blocks, then a tail),
+     * every row count 0..40 (0..60 from 64), 0 to 8 columns a row; rows uniform on [-3, 3],
+     * wide ones (exp's other lanes: subnormals and zeros), rows of halves whose largest value
+     * comes again in other lanes, blocks and the tail (the first one is the argmax), and rows
+     * with a NaN */
+    for (int len = 7; len <= 67; len = len == 9 ? 64 : len == 64 ? 67 : len + 1)
+        for (int nrows = 0; nrows <= (len >= 64 ? 60 : 40); nrows++)
+            for (int k = 0; k <= 8; k++) {
                 for (int i = 0; i < nrows * len; i++)
                     x[i] = 6.0 * gsl_rng_uniform(r) - 3.0;
-                cmp_sel("uniform rows", x, nrows, len, k, r);
+                cmp_more("uniform rows", x, nrows, len, k, r);
                 for (int i = 0; i < nrows * len; i++)
                     x[i] = 1600.0 * gsl_rng_uniform(r) - 800.0;
-                cmp_sel("wide rows", x, nrows, len, k, r);
+                cmp_more("wide rows", x, nrows, len, k, r);
+                for (int i = 0; i < nrows * len; i++)
+                    x[i] = (double)(int)(4.0 * gsl_rng_uniform(r)) / 2.0;
+                cmp_more("tied rows", x, nrows, len, k, r);
+                for (int z = 5; z < nrows * len; z += 37)
+                    x[z] = NAN;
+                cmp_more("rows with a NaN", x, nrows, len, k, r);
             }
+    /* rows whose two largest logits lie two ulps apart, the larger at the later index: their
+     * exponentials differ (1 and 1 - 2^-53) while the division often gives both the same p,
+     * and then the argmax of p is the earlier index; counted, so that the case is met */
+    long collapsed = 0;
+    for (int len = 8; len <= 67; len = len == 9 ? 64 : len == 64 ? 67 : len + 1)
+        for (int b = 0; b < 64; b++) {
+            const int nrows = BLK / len;
+            for (int t = 0; t < nrows; t++) {
+                double *xr = x + (size_t)t * len;
+                for (int i = 0; i < len; i++)
+                    xr[i] = -1.0 - 2.0 * gsl_rng_uniform(r);
+                const int i2 = 1 + (int)gsl_rng_uniform_int(r, (unsigned long)len - 1);
+                const int i1 = (int)gsl_rng_uniform_int(r, (unsigned long)i2);
+                xr[i2] = 0.5;
+                xr[i1] = 0.5 - 0x1p-53;
+            }
+            cmp_more("two largest two ulps apart", x, nrows, len, 0, r);
+            static double p[BLK];
+            moe_softmax_rows_max(x, nrows, len, p, NULL, NULL);
+            for (int t = 0; t < nrows; t++) {
+                const double *xr = x + (size_t)t * len, *pr = p + (size_t)t * len;
+                for (int i = 0; i < len; i++)
+                    for (int j = i + 1; j < len; j++)
+                        collapsed += xr[i] == 0.5 - 0x1p-53 && xr[j] == 0.5 && pr[i] == pr[j];
+            }
+        }
+    CHECK(collapsed > 0, "rows whose two largest logits differ and share a p: %ld met", collapsed);
+    printf("rows whose two largest logits differ and share a p: %ld\n", collapsed);
     /* pairs, the larger first: every count 0..40 (four pairs a vector, then the masked rest),
      * values uniform on [-3, 3], tied values, gaps past exp's fast range (underflow) */
     for (long n = 0; n <= 40; n++) {
