@@ -201,19 +201,20 @@ static __attribute__((noinline)) long groups_ended(count_job *j, int i, long lo,
     return *g0 + gs;
 }
 
-/* count_part's one pass for E <= 64 and one expert group (one mark word; a token touches its
- * group when it has an entry), over the entries [at, stop) of tokens [lo, hi) (lo < hi) rather
- * than over the tokens. An entry is accepted when its expert and slot lie inside (E, C) and its
- * token is the previous entry's (lo for the first) or a later one below hi; a token with no
- * entry is dropped, so the histogram needs only the marks of the tokens met, and each routing
- * group's dropped tokens are its tokens in the part less those met. The part is bad exactly when
- * count_part's token loop would find it so: when an entry of [at, stop) is not accepted (that
- * loop stops there, short of stop, or finds it outside (E, C)). The entry at stop, when there is
- * one, has a token at or past hi (first_entry found stop by looking at it), so that loop stops
- * there too. The counts are kept in locals (no store through a pointer the compiler must assume
- * aliases the plan) and added to the part's at the end. */
-static void count_part_one_word(count_job *j, int i, long lo, long hi, size_t at, size_t stop,
-                                long *ept, long *gt, long *kept)
+/* count_part's one pass for E <= 64 W (W <= 4 mark words, in locals) and one expert group (a
+ * token touches its group when it has an entry), over the entries [at, stop) of tokens [lo, hi)
+ * (lo < hi) rather than over the tokens. An entry is accepted when its expert and slot lie
+ * inside (E, C) and its token is the previous entry's (lo for the first) or a later one below
+ * hi; a token with no entry is dropped, so the histogram needs only the marks of the tokens met,
+ * and each routing group's dropped tokens are its tokens in the part less those met. The part is
+ * bad exactly when count_part's token loop would find it so: when an entry of [at, stop) is not
+ * accepted (that loop stops there, short of stop, or finds it outside (E, C)). The entry at
+ * stop, when there is one, has a token at or past hi (first_entry found stop by looking at it),
+ * so that loop stops there too. The counts are kept in locals (no store through a pointer the
+ * compiler must assume aliases the plan) and added to the part's at the end. */
+static inline __attribute__((always_inline)) void
+count_part_words(count_job *j, int i, long lo, long hi, size_t at, size_t stop, long *ept,
+                 long *gt, long *kept, const int W)
 {
     const moe_plan *plan = j->plan;
     const int E = plan->E;
@@ -221,9 +222,10 @@ static void count_part_one_word(count_job *j, int i, long lo, long hi, size_t at
     const long C = plan->capacity;
     const uint32_t uE = (uint32_t)E, uhi = (uint32_t)hi,
                    uC = C <= 0 ? 0 : C > INT32_MAX ? (uint32_t)INT32_MAX + 1 : (uint32_t)C;
-    long hist[65] = {0}, kl[64] = {0}, present = 0, g0 = lo / j->gs * j->gs, gend = g0 + j->gs;
+    long hist[4 * 64 + 1] = {0}, kl[4 * 64] = {0}, present = 0, g0 = lo / j->gs * j->gs;
+    long gend = g0 + j->gs;
     int32_t prev = (int32_t)lo;
-    uint64_t mark = 0; /* the experts of token prev */
+    uint64_t mark[4] = {0, 0, 0, 0}; /* the experts of token prev */
     j->head[i] = 0;
     j->bad[i] = 1;
     for (const moe_entry *en = plan->entries + at, *end = plan->entries + stop; en < end; en++) {
@@ -233,7 +235,12 @@ static void count_part_one_word(count_job *j, int i, long lo, long hi, size_t at
         if (t != prev) { /* token prev is done: its marks, then the groups that end before t */
             if ((uint32_t)t - (uint32_t)prev >= uhi - (uint32_t)prev)
                 return; /* before prev, or at or past hi */
-            const int c = __builtin_popcountll(mark);
+            int c = 0;
+#pragma GCC unroll 4
+            for (int w = 0; w < W; w++) {
+                c += __builtin_popcountll(mark[w]);
+                mark[w] = 0;
+            }
             hist[c]++;
             present += c > 0;
             if (t >= gend) {
@@ -241,12 +248,16 @@ static void count_part_one_word(count_job *j, int i, long lo, long hi, size_t at
                 present = 0;
             }
             prev = t;
-            mark = 0;
         }
         kl[e]++;
-        mark |= (uint64_t)1 << e;
+        if (W == 1)
+            mark[0] |= (uint64_t)1 << e;
+        else
+            mark[e / 64] |= (uint64_t)1 << (e % 64);
     }
-    const int c = __builtin_popcountll(mark);
+    int c = 0;
+    for (int w = 0; w < W; w++)
+        c += __builtin_popcountll(mark[w]);
     hist[c]++;
     groups_ended(j, i, lo, hi, &g0, present + (c > 0), hi);
     long met = 0; /* tokens with an entry (hist[0] counted token lo only, when it has none) */
@@ -263,6 +274,18 @@ static void count_part_one_word(count_job *j, int i, long lo, long hi, size_t at
     j->bad[i] = 0;
 }
 
+static void count_part_one_word(count_job *j, int i, long lo, long hi, size_t at, size_t stop,
+                                long *ept, long *gt, long *kept)
+{
+    count_part_words(j, i, lo, hi, at, stop, ept, gt, kept, 1);
+}
+
+static void count_part_four_words(count_job *j, int i, long lo, long hi, size_t at,
+                                  size_t stop, long *ept, long *gt, long *kept)
+{
+    count_part_words(j, i, lo, hi, at, stop, ept, gt, kept, 4);
+}
+
 static void count_part(void *ctx, int i, int np)
 {
     count_job *j = ctx;
@@ -275,8 +298,11 @@ static void count_part(void *ctx, int i, int np)
     /* one pass: the part reads entries [at, stop), the next part starts where this one stops */
     size_t at = j->bits || (kept ? i == 0 : lo >= hi) ? 0 : first_entry(plan, (int)lo);
     const size_t stop = !kept ? 0 : i == np - 1 ? plan->n_entries : first_entry(plan, (int)hi);
-    if (kept && j->words == 1 && j->G == 1 && lo < hi) { /* the common case: by entries */
-        count_part_one_word(j, i, lo, hi, at, stop, ept, gt, kept);
+    if (kept && j->words <= 4 && j->G == 1 && lo < hi) { /* the common case: by entries */
+        if (j->words == 1)
+            count_part_one_word(j, i, lo, hi, at, stop, ept, gt, kept);
+        else /* (the words past E's stay zero) */
+            count_part_four_words(j, i, lo, hi, at, stop, ept, gt, kept);
         return;
     }
     uint64_t *own = j->own + (size_t)i * (size_t)j->words; /* one token's marks, zero */

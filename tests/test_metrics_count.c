@@ -17,8 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A plan of n tokens in token order: each token 0..kmax distinct experts (0: dropped), slots
- * below C, drawn from a fixed LCG. */
+/* A plan of n tokens in token order: each token 0..kmax <= 4 distinct experts (0: dropped),
+ * slots below C, drawn from a fixed LCG. Above 64 experts a token's experts lie 64 apart
+ * (mod E): in different mark words at the same bit, which a count by bit alone would merge. */
 static moe_plan *plan_tokens(int n, int E, int kmax, long C, uint64_t seed)
 {
     moe_plan *p = moe_plan_alloc(n, E, (size_t)n * (size_t)kmax + 16);
@@ -30,8 +31,9 @@ static moe_plan *plan_tokens(int n, int E, int kmax, long C, uint64_t seed)
         s = s * 6364136223846793005ull + 1442695040888963407ull;
         const int k = (int)((s >> 33) % (uint64_t)(kmax + 1));
         const int e0 = (int)((s >> 17) % (uint64_t)E);
-        for (int j = 0; j < k; j++) /* distinct: e0 + j*step mod E with step coprime */
-            moe_plan_push(p, t, (e0 + 5 * j) % E, (int32_t)((t + j) % C), 1.0, 0.5);
+        const int step = E > 64 ? 64 : 5; /* e0 + j step mod E distinct for j < 4 (E 12, 64, 130) */
+        for (int j = 0; j < k; j++)
+            moe_plan_push(p, t, (e0 + step * j) % E, (int32_t)((t + j) % C), 1.0, 0.5);
     }
     p->n_claims = (long)p->n_entries + 3;
     return p;
@@ -127,9 +129,10 @@ static void check_declined(const moe_plan *p, counts *got, const char *what)
     moe_par_set_grain(0);
 }
 
-static void test_declined(counts *got)
+/* E experts: 12 (one mark word) and 130 (three) */
+static void test_declined(counts *got, int E)
 {
-    moe_plan *p = plan_tokens(300, 12, 3, 40, 11);
+    moe_plan *p = plan_tokens(300, E, 3, 40, 11);
     if (!p)
         return;
     /* two tokens' entries swapped: out of token order */
@@ -147,7 +150,7 @@ static void test_declined(counts *got)
     p->entries[mid].slot = (int32_t)p->capacity;
     check_declined(p, got, "slot = C");
     int ordered = 0;
-    long kept[12] = {0};
+    long kept[256] = {0};
     CHECK(moe_metrics_scan(p, kept, &ordered) == MOE_EINVAL, "two passes name the bad slot");
     moe_clear_error();
     p->entries[mid].slot = 0;
@@ -158,10 +161,10 @@ static void test_declined(counts *got)
     check_declined(p, got, "expert = E");
     p->entries[0].expert = 0;
     /* expert order (as expert choice writes its plans) */
-    moe_plan *q = moe_plan_alloc(300, 12, 600);
-    if (q && !moe_plan_reset(q, 300, 12, 12)) {
+    moe_plan *q = moe_plan_alloc(300, E, 40 * (size_t)E);
+    if (q && !moe_plan_reset(q, 300, E, E)) {
         q->capacity = 50;
-        for (int e = 0; e < 12; e++)
+        for (int e = 0; e < E; e++)
             for (int c = 0; c < 40; c++)
                 moe_plan_push(q, (c * 7 + e) % 300, e, c, 1.0, 1.0);
         check_declined(q, got, "expert order");
@@ -459,7 +462,8 @@ int main(void)
     if (!ref.mt || !got.mt)
         return 1;
     test_token_order(&ref, &got);
-    test_declined(&got);
+    test_declined(&got, 12);
+    test_declined(&got, 130);
     test_one_word(&ref, &got);
     test_one_word_checks(&ref, &got);
     test_mark();
