@@ -153,6 +153,37 @@ static inline void add_counts(anc_state *st, const int32_t *tk)
             st->seq_cnt[tk[j]] += 1.0;
 }
 
+/* The routing maps of len rows, tk (len, k; NULL when k >= E), into the sequence's counts: what
+ * add_counts adds row by row, counted per expert as integers first. The counts are integers
+ * below 2^53, so adding a segment's count once gives the double that its additions of 1.0 give.
+ * Four interleaved tallies keep an expert met in consecutive rows from waiting on its last
+ * increment. */
+static void add_counts_rows(anc_state *st, const int32_t *tk, int len)
+{
+    enum { TALLY_E = 256 };
+    const int E = st->E, k = st->k;
+    if (k >= E || E > TALLY_E) {
+        for (int r = 0; r < len; r++)
+            add_counts(st, tk ? tk + (size_t)r * k : NULL);
+        return;
+    }
+    long c[4][TALLY_E];
+    for (int w = 0; w < 4; w++)
+        memset(c[w], 0, (size_t)E * sizeof c[w][0]);
+    const size_t m = (size_t)len * k;
+    size_t q = 0;
+    for (; q + 4 <= m; q += 4) {
+        c[0][tk[q]]++;
+        c[1][tk[q + 1]]++;
+        c[2][tk[q + 2]]++;
+        c[3][tk[q + 3]]++;
+    }
+    for (; q < m; q++)
+        c[0][tk[q]]++;
+    for (int e = 0; e < E; e++)
+        st->seq_cnt[e] += (double)(c[0][e] + c[1][e] + c[2][e] + c[3][e]);
+}
+
 /* Adds token t's terms to the running sums; a sequence and a routing group end where the serial
  * loop over tokens ends them. */
 static void add_row(anc_state *st, int t, const double *p, const double *s, const int32_t *tk,
@@ -220,8 +251,7 @@ static void add_rows(anc_state *st, int t0, int t1, const double *p, const int32
         len = st->gs - st->in_group < len ? st->gs - st->in_group : len;
         len = st->n - t < len ? st->n - t : len;
         const double *pa = p + (size_t)(t - t0) * E;
-        for (int r = 0; r < len; r++) /* the routing maps' counts, row after row */
-            add_counts(st, tk ? tk + (size_t)(t - t0 + r) * k : NULL);
+        add_counts_rows(st, tk ? tk + (size_t)(t - t0) * k : NULL, len);
         const int whole = psum && t + len == t1; /* psum: the sums of rows [0, t + len) */
         if (whole && st->in_seq == t)
             memcpy(st->seq_p, psum, (size_t)E * sizeof *psum);
@@ -363,12 +393,14 @@ static void rows_each(void *ctx, long t0, long t1, const double *p, const int32_
     const int k = rows_k(r), E = plan->E;
     const int32_t *own = plan->rows_topk && plan->rows_topk_k == k ? plan->rows_topk : NULL;
     double val[ROWS_KMAX];
+    if (k == 1 && E > 1 && pmax) { /* the routing maps are the pass's */
+        memcpy(r->tk + t0, pmax, (size_t)(t1 - t0) * sizeof *pmax);
+        return;
+    }
     for (long t = t0; k >= 1 && k < E && t < t1; t++) {
         const double *pt = p + (size_t)(t - t0) * E;
         int32_t *tk = r->tk + (size_t)t * k;
-        if (k == 1 && pmax && pmax[t - t0] >= 0)
-            tk[0] = pmax[t - t0];
-        else if (own && (E == 8 ? moe_select_is_top8(pt, own + (size_t)t * k, k)
+        if (own && (E == 8 ? moe_select_is_top8(pt, own + (size_t)t * k, k)
                            : moe_select_is_top(pt, E, own + (size_t)t * k, k)))
             for (int j = 0; j < k; j++) /* (k small: no library call per row) */
                 tk[j] = own[(size_t)t * k + j];

@@ -108,8 +108,9 @@ typedef struct {
      * p = rows t0..t1-1 of the softmax (T,E) of the logits routed: rows_each(rows_ctx, t0, t1,
      * p, pmax) once per block of rows, from the pass's threads in any order (per-row work), then
      * rows_add(rows_ctx, t0, t1, p, psum) for the same block, in token order, one call at a
-     * time (the sums). pmax (t1 - t0): each row's first index of its largest p (-1 or any index
-     * for a row holding a NaN) when rows_pmax asks for them and the pass takes them, else NULL.
+     * time (the sums). pmax (t1 - t0): each row's first index of its largest p (some index in
+     * [0, E) for a row holding a NaN) when rows_pmax asks for them and the pass takes them, else
+     * NULL.
      * psum (E): the sums of the rows [0, t1) of p, each column from +0.0 in token order (the
      * additions of moe_claims_add_rows, claims.h), or NULL. moe_metrics_attach sets them and
      * the plan keeps them across resets; rows_of = those logits once the pass gave every row

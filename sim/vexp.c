@@ -288,8 +288,8 @@ static void vx_div(double *p, int len, double s)
         p[i] /= s;
 }
 
-/* vx_div, returning the first index of the largest quotient (-1 for a row where none compares,
- * NaN): each lane keeps its largest quotient and the index of its first block with it (a later
+/* vx_div, returning the first index of the largest quotient (0 for a row where none compares:
+ * NaNs): each lane keeps its largest quotient and the index of its first block with it (a later
  * block takes over only when larger), then the lowest index among the lanes with the largest. */
 static int vx_div_pmax(double *p, int len, double s)
 {
@@ -318,7 +318,7 @@ static int vx_div_pmax(double *p, int len, double s)
             arg = i;
         }
     }
-    return best >= 0.0 ? arg : -1;
+    return best >= 0.0 ? arg : 0;
 }
 
 #else
@@ -358,7 +358,7 @@ static void vx_div(double *p, int len, double s)
 
 static int vx_div_pmax(double *p, int len, double s)
 {
-    int arg = -1;
+    int arg = 0;
     double best = -1.0;
     for (int i = 0; i < len; i++) {
         p[i] /= s;
@@ -462,7 +462,7 @@ sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t
             if (pmax) {
                 const __mmask8 eq = _mm512_cmp_pd_mask(q, _mm512_set1_pd(_mm512_reduce_max_pd(q)),
                                                        _CMP_EQ_OQ);
-                pmax[r0 + j] = eq ? __builtin_ctz(eq) : -1;
+                pmax[r0 + j] = eq ? __builtin_ctz(eq) : 0;
             }
             if (mx)
                 mx[r0 + j] = m[j];

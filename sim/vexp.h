@@ -58,7 +58,7 @@ typedef struct {
     int k;              /* exponentials exp(x - max) at its k columns sel (the numerators of p */
     double *esel;       /* before their division): the C library's exp of those differences */
     int32_t *pmax;      /* (nrows): each row's first index of its largest p (for a row that
-                         * holds a NaN, -1 or any index in [0, len)) */
+                         * holds a NaN, some index in [0, len)) */
 } moe_softmax_more;
 
 /* moe_softmax_rows_max with the outputs of o: p, lse and mx the same doubles. */

@@ -100,7 +100,7 @@ static void cmp_top2(const char *what, const double *x, int nrows)
  * allowed; none for k = 0) and each row's argmax of p, against its definition: p, lse and mx
  * those of moe_softmax_rows_max, bit for bit; esel = exp(x - m) by the C library at those
  * columns, m the row's maximum; pmax the first index of the row's largest p by the serial loop
- * "if (p[i] > best)" (a row holding a NaN: -1 or an index of the row); one check. */
+ * "if (p[i] > best)" (a row holding a NaN: any index of the row); one check. */
 static void cmp_more(const char *what, const double *x, int nrows, int len, int k, gsl_rng *r)
 {
     static double p[BLK], lse[BLK / 8], mx[BLK / 8], p0[BLK], lse0[BLK / 8], mx0[BLK / 8],
@@ -126,7 +126,7 @@ static void cmp_more(const char *what, const double *x, int nrows, int len, int 
             nan |= isnan(pr[i]);
             first = pr[i] > pr[first] ? i : first;
         }
-        if (nan ? pmax[t] < -1 || pmax[t] >= len : pmax[t] != first)
+        if (nan ? pmax[t] < 0 || pmax[t] >= len : pmax[t] != first)
             bad = t;
     }
     CHECK(bad < 0, "%s: %d rows of %d, %d columns each: row %d differs from the softmax, exp and "
