@@ -130,6 +130,7 @@ typedef struct {
     int nonfinite;    /* a chunk has a non-finite logit */
     int top2;         /* the softmax leaves the rows' two largest in expert, gate (top2_rows) */
     int32_t *pmax;    /* (T) c->pmax when the rows observer takes each row's argmax of p */
+    double zsum;      /* the sum of lse[t]^2 over the chunks added (moe_sum_sq) */
     int pnp, pcur;    /* counting for the resolution: its parts, and the part being added */
     long pb[MOE_PAR_MAX + 1]; /* each part's first chunk (pb[pnp] = nch) */
     pthread_mutex_t mu;
@@ -234,6 +235,8 @@ static void rows_add_ready(rows_job *j)
         const double *p0 = rows_p(j, ch);
         pthread_mutex_unlock(&j->mu);
         moe_claims_add_rows(pm, p0, t1 - t0, E);
+        if (j->lse) /* the z-loss's sum, beside the other thread's exponentials */
+            j->zsum = moe_sum_sq(j->zsum, j->lse + t0, t1 - t0);
         if (j->stats && j->c->stats_rows)
             j->c->stats_rows(j->c->stats_ctx, t0, t1, j->stats);
         else if (j->stats && j->pnp) {
@@ -366,8 +369,11 @@ int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_f
     c->bpr_ready = c->bpr_keys;
     if (j.nonfinite) /* the first non-finite logit, named as moe_router_route names it */
         return moe_logits_check_finite(logits, n, c->E);
-    if (plan)
+    if (plan) {
         plan->lse_of = logits;
+        plan->lse_sumsq_of = logits;
+        plan->lse_sumsq = j.zsum;
+    }
     if (j.sink)
         plan->rows_of = logits;
     return MOE_OK;

@@ -220,10 +220,7 @@ int moe_par_sum_lse_sq(const double *x, int n, int M, double *sum)
     if (!j.lse)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (logsumexp of %d rows)", n);
     moe_par_run(lse_part, &j, moe_par_parts((long)n * M, 16384));
-    double z = 0.0;
-    for (int t = 0; t < n; t++)
-        z += j.lse[t] * j.lse[t];
+    *sum = moe_sum_sq(0.0, j.lse, n);
     free(j.lse);
-    *sum = z;
     return MOE_OK;
 }

@@ -198,9 +198,10 @@ int moe_metrics_compute_memo(const moe_plan *plan, const double *logits, int d, 
     mt->aux_loss = plan->aux_loss;
     if (logits) {
         double z = 0.0;
-        if (plan->lse_of == logits) /* the router's logsumexps of these logits */
-            for (int t = 0; t < n; t++)
-                z += plan->lse[t] * plan->lse[t];
+        if (plan->lse_of == logits && plan->lse_sumsq_of == logits) /* the pass's own sum */
+            z = plan->lse_sumsq;
+        else if (plan->lse_of == logits) /* the router's logsumexps of these logits */
+            z = moe_sum_sq(0.0, plan->lse, n);
         else if (!moe_anchor_memo_find_z(memo, logits, batch, n, M, &z) &&
                  !(rc = moe_par_sum_lse_sq(logits, n, M, &z)))
             moe_anchor_memo_put_z(memo, logits, batch, n, M, z);

@@ -96,6 +96,11 @@ typedef struct {
     const double *lse_of;
     double *lse;
     size_t lse_cap;
+    /* lse_sumsq = moe_sum_sq(0.0, lse, T), the z-loss's sum, which a rows pass adds as its rows
+     * come (in token order, on whichever thread adds them); valid when lse_sumsq_of equals
+     * lse_of (NULL after a reset). */
+    const double *lse_sumsq_of;
+    double lse_sumsq;
     /* For the anchor loss metrics (sim/metrics.c), reset with the plan: */
     const double *noisy_logits; /* (T,E) the logits after gate noise (topk with noise_std > 0):
                                  * noisy_buf, or NULL */
@@ -370,6 +375,10 @@ void moe_softmax(const double *x, int len, double *p);
 /* moe_softmax, returning logsumexp(x) exactly as moe_logsumexp computes it. */
 double moe_softmax_lse(const double *x, int len, double *p);
 double moe_logsumexp(const double *x, int len);
+/* z + x[0]^2 + x[1]^2 + ... + x[n-1]^2, added in that order, each square rounded apart (the
+ * z-loss's sum of the logsumexps, from z = 0.0; a sum continued over consecutive blocks is the
+ * sum over all of them). */
+double moe_sum_sq(double z, const double *x, long n);
 /* Stable argsort, descending by v; equal values keep ascending index order.
  * idx (len) receives the order; tmp (len) is scratch. */
 void moe_argsort_desc(const double *v, int len, int *idx, int *tmp);

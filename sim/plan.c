@@ -62,6 +62,7 @@ int moe_plan_reset(moe_plan *p, int n, int E, int m)
     p->n_claims = 0;
     p->aux_loss = 0.0;
     p->lse_of = NULL;
+    p->lse_sumsq_of = NULL;
     p->rows_of = NULL;
     p->noisy_logits = NULL;
     p->noise_std = 0.0;

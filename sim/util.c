@@ -64,6 +64,13 @@ double moe_logsumexp(const double *x, int len)
     return mx + moe_log(s);
 }
 
+double moe_sum_sq(double z, const double *x, long n)
+{
+    for (long t = 0; t < n; t++)
+        z += x[t] * x[t];
+    return z;
+}
+
 /* ---- stable argsort (merge sort on indices) ---- */
 
 /* idx[lo..hi) sorted descending by v, ties ascending by index (stable because the input

@@ -167,6 +167,17 @@ static void run_case(const rows_case *c, gsl_rng *g)
     const losses got = by_threads[0];
     CHECK(!c->rows || plan->rows_of == L, "%s: the rows pass saw every row of these logits",
           c->router);
+    /* the z-loss's sum of the token-choice routers' rows pass (added chunk by chunk as the rows
+     * come): the serial loop over the plan's logsumexps, bit for bit */
+    if (c->rows && c->k > 0 && strcmp(c->router, "expert_choice") != 0) {
+        double z = 0.0;
+        for (int t = 0; t < n; t++)
+            z += plan->lse[t] * plan->lse[t];
+        CHECK(plan->lse_of == L && plan->lse_sumsq_of == L && same(plan->lse_sumsq, z) &&
+                  same(mt->z_loss, z / n),
+              "%s k %d E %d: the pass's sum of lse^2 %.17g, the serial loop %.17g", c->router,
+              c->k, E, plan->lse_sumsq, z);
+    }
 
     /* the separate pass on the same plan (the rows set aside) */
     const double *rows_of = plan->rows_of;
