@@ -270,6 +270,9 @@ int main(void)
         {"hash", 2048, 64, 1, 2, 0, 0, 0.0, MOE_SCORE_AUTO, 1}, /* equal p, distinct L */
         {"hash", 6144, 8, 1, 1, 96, 640, 0.0, MOE_SCORE_AUTO, 1},
         {"hash", 1024, 256, 1, 0, 0, 0, 0.0, MOE_SCORE_AUTO, 1},
+        /* E = 16 and 32: the pass's sums of p and of lse^2 in one loop of their own */
+        {"topk", 2048, 16, 2, 0, 0, 0, 0.0, MOE_SCORE_AUTO, 1},
+        {"switch", 2048, 32, 1, 0, 0, 0, 0.0, MOE_SCORE_AUTO, 1},
         {"topk", 2048, 64, 2, 0, 0, 0, 1.0, MOE_SCORE_AUTO, 0},       /* gate noise */
         {"topk", 2048, 64, 2, 0, 0, 0, 0.0, MOE_SCORE_SIGMOID, 0},    /* own scores */
         /* expert_choice: its rows pass, with step 1 on it where the lists fit (E = 64, 8),
