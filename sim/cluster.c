@@ -31,9 +31,17 @@ int moe_cluster_topo_check(const moe_cluster_topo *t, const char *where)
         !(t->pack_gbps >= 0 && t->pack_gbps <= 1e9) ||
         !(t->unpack_latency_us >= 0 && t->unpack_latency_us <= 1e9) ||
         !(t->unpack_row_ns >= 0 && t->unpack_row_ns <= 1e9) ||
-        !(t->unpack_gbps >= 0 && t->unpack_gbps <= 1e9))
-        return moe_fail(MOE_EINVAL, NULL, "pack_latency_us, pack_row_ns, pack_gbps and their "
-                        "unpack_* terms must be in [0, 1e9] (%s)", where);
+        !(t->unpack_gbps >= 0 && t->unpack_gbps <= 1e9) ||
+        !(t->warm_pack_latency_us >= 0 && t->warm_pack_latency_us <= 1e9) ||
+        !(t->warm_pack_row_ns >= 0 && t->warm_pack_row_ns <= 1e9) ||
+        !(t->warm_pack_gbps >= 0 && t->warm_pack_gbps <= 1e9) ||
+        !(t->warm_unpack_latency_us >= 0 && t->warm_unpack_latency_us <= 1e9) ||
+        !(t->warm_unpack_row_ns >= 0 && t->warm_unpack_row_ns <= 1e9) ||
+        !(t->warm_unpack_gbps >= 0 && t->warm_unpack_gbps <= 1e9) ||
+        !(t->cache_mb >= 0 && t->cache_mb <= 1e9))
+        return moe_fail(MOE_EINVAL, NULL, "pack_latency_us, pack_row_ns, pack_gbps, their "
+                        "unpack_* and warm_* terms and cache_mb must be in [0, 1e9] (%s)",
+                        where);
     if (t->cores < 0 || t->cores > 1 << 20)
         return moe_fail(MOE_EINVAL, NULL, "cores must be in [0, 1048576] (%s)", where);
     if (!t->measured && !(t->device_tflops > 0 && t->device_tflops <= 1e9))
@@ -46,10 +54,12 @@ void moe_cluster_sim_free(moe_cluster_sim *cs)
 {
     if (!cs)
         return;
-    void *all[] = {cs->tokens_in, cs->rows, cs->packed, cs->t_pack, cs->t_unpack, cs->intra_send, cs->intra_recv, cs->inter_send,
-                   cs->inter_recv, cs->t_dispatch, cs->t_experts, cs->t_combine,
-                   cs->node_bytes, cs->nodes_hist, cs->tok_start, cs->tok_ent, cs->dev_stamp,
-                   cs->node_stamp, cs->pair_intra, cs->pair_inter};
+    void *all[] = {cs->tokens_in,  cs->rows,       cs->packed,     cs->t_pack,
+                   cs->t_unpack,   cs->intra_send, cs->intra_recv, cs->inter_send,
+                   cs->inter_recv, cs->t_dispatch, cs->t_experts,  cs->t_combine,
+                   cs->node_bytes, cs->nodes_hist, cs->tok_start,  cs->tok_ent,
+                   cs->dev_stamp,  cs->node_stamp, cs->pair_intra, cs->pair_inter,
+                   cs->warm};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         free(all[i]);
     free(cs);
@@ -83,7 +93,8 @@ moe_cluster_sim *moe_cluster_sim_alloc(const moe_cluster_topo *t)
     cs->node_stamp = malloc(N * sizeof(int));
     cs->pair_intra = malloc(D * D);
     cs->pair_inter = malloc(D * D);
-    if (!cs->tokens_in || !cs->rows || !cs->packed || !cs->t_pack || !cs->t_unpack ||
+    cs->warm = malloc(D);
+    if (!cs->warm || !cs->tokens_in || !cs->rows || !cs->packed || !cs->t_pack || !cs->t_unpack ||
         !cs->intra_send || !cs->intra_recv || !cs->inter_send ||
         !cs->inter_recv || !cs->t_dispatch || !cs->t_experts || !cs->t_combine ||
         !cs->node_bytes || !cs->nodes_hist || !cs->dev_stamp || !cs->node_stamp ||
@@ -266,12 +277,16 @@ static double fmax2(double a, double b) { return a > b ? a : b; }
 /* The local work of one phase on every device (lat s per call, row s per row, rate bytes/s,
  * 0: no byte term) into t (D): each device's own, and when the node's devices share cores
  * processors, at least the node's summed work over them (the processors run it in turn). */
-static void local_work(moe_cluster_sim *cs, int dpn, int cores, double lat, double row,
-                       double rate, double *t)
+/* Each device's local work of one phase, t (D): latency + rows x per row + bytes / rate, with
+ * the cold terms c (latency us, ns per row, Gbit/s) or, on a device whose node's step stays in
+ * the cache (warm[d]), the warm ones w; then the node's share of its processors (cores). */
+static void local_work(moe_cluster_sim *cs, int dpn, int cores, const double c[3],
+                       const double w[3], const unsigned char *warm, double *t)
 {
     const double B = cs->row_bytes;
     for (int d = 0; d < cs->D; d++) {
-        const double n = (double)cs->packed[d];
+        const double *k = warm[d] ? w : c, n = (double)cs->packed[d];
+        const double lat = k[0] * 1e-6, row = k[1] * 1e-9, rate = k[2] * 1e9 / 8.0;
         t[d] = lat + n * row + (rate > 0 ? n * B / rate : 0.0);
     }
     for (int n0 = 0; cores > 0 && n0 < cs->D; n0 += dpn) {
@@ -283,20 +298,42 @@ static void local_work(moe_cluster_sim *cs, int dpn, int cores, double lat, doub
     }
 }
 
+/* warm (D): 1 for the devices of a node whose step fits in cache_mb (t->warm only): the sum
+ * over its devices of their experts' weights (2 flops_per_row bytes each: flops_per_row / 2
+ * elements of 4 bytes) and of their tokens' and expert rows' activations in and out (H
+ * elements of 4 bytes each way). */
+static void warm_nodes(const moe_cluster_sim *cs, const moe_cluster_topo *t,
+                       const moe_placement *pl, int T, int H, double flops_per_row,
+                       unsigned char *warm)
+{
+    const int dpn = t->devices_per_node;
+    const double slots = (double)pl->P / pl->D, act = 8.0 * H, per_tok = (double)T / cs->D;
+    for (int n0 = 0; n0 < cs->D; n0 += dpn) {
+        double bytes = 0.0;
+        for (int d = n0; d < n0 + dpn; d++)
+            bytes += slots * 2.0 * flops_per_row + (per_tok + (double)cs->rows[d]) * act;
+        const int fits = t->warm && bytes <= t->cache_mb * 1048576.0;
+        for (int d = n0; d < n0 + dpn; d++)
+            warm[d] = (unsigned char)fits;
+    }
+}
+
 /* Alpha-beta times per device and the step time (docs/cluster.md). */
 static void times(moe_cluster_sim *cs, const moe_cluster_topo *t, double flops_per_row,
-                  double tflops)
+                  double tflops, const unsigned char *warm)
 {
     const double bi = t->intra_gbps * 1e9 / 8.0, be = t->inter_gbps * 1e9 / 8.0;
     const double ai = t->intra_latency_us * 1e-6, ae = t->inter_latency_us * 1e-6;
     const int dpn = t->devices_per_node;
     /* pack: each of the device's claims gathered into the send buffer (dispatch); unpack:
      * added back into its token's output (combine) */
-    local_work(cs, dpn, t->cores, t->pack_latency_us * 1e-6, t->pack_row_ns * 1e-9,
-               t->pack_gbps * 1e9 / 8.0, cs->t_pack);
+    const double pc[3] = {t->pack_latency_us, t->pack_row_ns, t->pack_gbps};
+    const double pw[3] = {t->warm_pack_latency_us, t->warm_pack_row_ns, t->warm_pack_gbps};
+    const double uc[3] = {t->unpack_latency_us, t->unpack_row_ns, t->unpack_gbps};
+    const double uw[3] = {t->warm_unpack_latency_us, t->warm_unpack_row_ns, t->warm_unpack_gbps};
+    local_work(cs, dpn, t->cores, pc, pw, warm, cs->t_pack);
     if (t->unpack)
-        local_work(cs, dpn, t->cores, t->unpack_latency_us * 1e-6, t->unpack_row_ns * 1e-9,
-                   t->unpack_gbps * 1e9 / 8.0, cs->t_unpack);
+        local_work(cs, dpn, t->cores, uc, uw, warm, cs->t_unpack);
     else
         memcpy(cs->t_unpack, cs->t_pack, (size_t)cs->D * sizeof *cs->t_unpack);
     double md = 0, mx = 0, mc = 0, rows_sum = 0, rows_max = 0;
@@ -349,6 +386,7 @@ int moe_cluster_sim_run(moe_cluster_sim *cs, const moe_cluster_topo *t,
     cs->nodes_per_token = T > 0 ? (double)nodes_sum / T : 0.0;
     if (cs->pad)
         pad_rows(cs, pl, plan->capacity, dpn, B, t->per_claim);
-    times(cs, t, flops_per_row, tflops);
+    warm_nodes(cs, t, pl, T, H, flops_per_row, cs->warm);
+    times(cs, t, flops_per_row, tflops, cs->warm);
     return MOE_OK;
 }

@@ -32,6 +32,15 @@ typedef struct {
      * terms; unpack = 0 (no unpack_* key given): the combine uses the pack terms. */
     double unpack_latency_us, unpack_row_ns, unpack_gbps;
     int unpack;
+    /* The same local work when it starts with its lines in the cache (warm_pack_*,
+     * warm_unpack_*), taken for the devices of a node whose step fits in cache_mb MB of the
+     * node's last cache level (their experts' weights, their tokens' and expert rows'
+     * activations in and out, 4-byte elements): nothing of the layer's is evicted between
+     * batches. warm = 0 (no warm_* key given): every device takes the terms above. */
+    double warm_pack_latency_us, warm_pack_row_ns, warm_pack_gbps;
+    double warm_unpack_latency_us, warm_unpack_row_ns, warm_unpack_gbps;
+    double cache_mb;
+    int warm;
     /* Processors a node's devices share for their local work (ranks on a machine with fewer
      * cores than ranks); 0: one per device. */
     int cores;
@@ -61,6 +70,7 @@ typedef struct {
     int *tok_start, *tok_ent;   /* (T+1), (entries): the plan's claims grouped by token */
     int *dev_stamp, *node_stamp; /* (D), (N) */
     unsigned char *pair_intra, *pair_inter; /* (D,D) a sent anything to b */
+    unsigned char *warm;        /* (D) the device's local work took the warm terms */
     double row_bytes;           /* H * dtype_bytes of the last run */
     int pad;                    /* pad_to_capacity: the padded slot buffers (moe_cluster_sim_set_pad) */
     int T_cap;

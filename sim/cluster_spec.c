@@ -51,7 +51,10 @@ static int load_topo(const spec_section *sec, const char *name, moe_cluster_topo
                                        "device_tflops", "dtype_bytes", "redundant_experts",
                                        "dispatch", "pack_latency_us", "pack_row_ns",
                                        "pack_gbps", "unpack_latency_us", "unpack_row_ns",
-                                       "unpack_gbps", "cores", NULL};
+                                       "unpack_gbps", "cores", "warm_pack_latency_us",
+                                       "warm_pack_row_ns", "warm_pack_gbps",
+                                       "warm_unpack_latency_us", "warm_unpack_row_ns",
+                                       "warm_unpack_gbps", "cache_mb", NULL};
     memset(t, 0, sizeof *t);
     snprintf(t->name, sizeof t->name, "%s", name);
     t->dtype_bytes = 2;
@@ -67,7 +70,9 @@ static int load_topo(const spec_section *sec, const char *name, moe_cluster_topo
                            "intra_gbps intra_latency_us inter_gbps inter_latency_us "
                            "device_tflops dtype_bytes redundant_experts dispatch pack_latency_us "
                            "pack_row_ns pack_gbps unpack_latency_us unpack_row_ns unpack_gbps "
-                           "cores", "unknown key");
+                           "cores warm_pack_latency_us warm_pack_row_ns warm_pack_gbps "
+                           "warm_unpack_latency_us warm_unpack_row_ns warm_unpack_gbps cache_mb",
+                           "unknown key");
         if (j == 8) /* the cluster's own redundant_experts axis: read by load_cfgs */
             continue;
         seen |= 1u << j;
@@ -109,8 +114,16 @@ static int load_topo(const spec_section *sec, const char *name, moe_cluster_topo
             rc = moe_spec_parse_int(sec, kv, kv->value, 0, 1 << 20, &v);
             t->cores = (int)v;
             break;
+        case 17: rc = parse_real(sec, kv, &t->warm_pack_latency_us); break;
+        case 18: rc = parse_real(sec, kv, &t->warm_pack_row_ns); break;
+        case 19: rc = parse_real(sec, kv, &t->warm_pack_gbps); break;
+        case 20: rc = parse_real(sec, kv, &t->warm_unpack_latency_us); break;
+        case 21: rc = parse_real(sec, kv, &t->warm_unpack_row_ns); break;
+        case 22: rc = parse_real(sec, kv, &t->warm_unpack_gbps); break;
+        case 23: rc = parse_real(sec, kv, &t->cache_mb); break;
         }
         t->unpack |= j >= 13 && j <= 15;
+        t->warm |= j >= 17 && j <= 22;
     }
     if (rc)
         return rc;
@@ -214,7 +227,14 @@ static void add_cfgs(moe_cluster_spec *c, int t, char **pw, int np, const long *
                                 " unpack=%.9g/%.9g/%.9g", tp->unpack_latency_us,
                                 tp->unpack_row_ns, tp->unpack_gbps);
             if (tp->cores > 0 && len > 0 && (size_t)len < sizeof g->text)
-                snprintf(g->text + len, sizeof g->text - (size_t)len, " cores=%d", tp->cores);
+                len += snprintf(g->text + len, sizeof g->text - (size_t)len, " cores=%d",
+                                tp->cores);
+            if (tp->warm && len > 0 && (size_t)len < sizeof g->text)
+                snprintf(g->text + len, sizeof g->text - (size_t)len,
+                         " warm=%.9g/%.9g/%.9g/%.9g/%.9g/%.9g cache=%.9g",
+                         tp->warm_pack_latency_us, tp->warm_pack_row_ns, tp->warm_pack_gbps,
+                         tp->warm_unpack_latency_us, tp->warm_unpack_row_ns,
+                         tp->warm_unpack_gbps, tp->cache_mb);
         }
     }
 }

@@ -166,12 +166,13 @@ static void usage(void)
            "ranks 0 and 1 and an all-to-all over the P ranks, message sizes from 16 bytes to\n"
            "B per peer (default 1048576) in steps of 4x, interleaved, N timed repeats each\n"
            "(default 30, the first quartile kept), and the expert-parallel layer's local work\n"
-           "of each phase on every rank (its own code on a benchmark plan, cold caches: 16 to\n"
-           "1024 claims per rank, rows of 16 to 1024 floats). Fits alpha (latency per\n"
-           "message) and beta (bandwidth), and the dispatch's and the combine's local work\n"
-           "(latency, time per row, rate) by weighted least squares, each again on thirds of\n"
-           "the repeats (the spread), and prints a [cluster.NAME] section (default loopback)\n"
-           "with those constants and this machine's processors (cores); --out FILE writes it.\n"
+           "of each phase on every rank (its own code on a benchmark plan, 16 to 1024 claims\n"
+           "per rank, rows of 16 to 1024 floats), with cold caches and again warm. Fits alpha\n"
+           "(latency per message) and beta (bandwidth), and the dispatch's and the combine's\n"
+           "local work (latency, time per row, rate; cold and warm) by weighted least squares,\n"
+           "each again on thirds of the repeats (the spread), and prints a [cluster.NAME]\n"
+           "section (default loopback) with those constants, the last cache level (cache_mb)\n"
+           "and this machine's processors (cores); --out FILE writes it.\n"
            "--ranks P: fail unless the job has P ranks.\n");
 }
 
@@ -246,14 +247,48 @@ static int pack_plan(moe_plan *p, int T, int E)
     return rc;
 }
 
+/* Bytes of the last cache level this process's first processor sees: the highest level in
+ * /sys/devices/system/cpu/cpu0/cache (Linux: the slice a processor shares, 32 MiB on a chiplet
+ * where sysconf can report all of the package's), else sysconf's L3, else L2, else 1 MiB. */
+static size_t llc_bytes(void)
+{
+    long best = 0, level = 0;
+    for (int i = 0; i < 16; i++) {
+        char path[96], buf[32];
+        long lv = 0, kb = 0;
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/level", i);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        if (fgets(buf, sizeof buf, f))
+            lv = strtol(buf, NULL, 10);
+        fclose(f);
+        snprintf(path, sizeof path, "/sys/devices/system/cpu/cpu0/cache/index%d/size", i);
+        if (!(f = fopen(path, "r")))
+            continue;
+        if (fgets(buf, sizeof buf, f)) {
+            char *end;
+            kb = strtol(buf, &end, 10);
+            kb *= *end == 'M' ? 1024 : *end == 'K' ? 1 : 0;
+        }
+        fclose(f);
+        if (lv > level && kb > 0) {
+            level = lv;
+            best = kb * 1024;
+        }
+    }
+    if (best <= 0)
+        best = sysconf(_SC_LEVEL3_CACHE_SIZE);
+    if (best <= 0)
+        best = sysconf(_SC_LEVEL2_CACHE_SIZE);
+    return (size_t)(best > 0 ? best : 1L << 20);
+}
+
 /* Bytes of other work before each timed repeat of the local work where moe_ep_flush cannot
- * flush the layer's lines: twice the last cache level (L3, else L2; 1 MiB when unknown). */
+ * flush the layer's lines: twice the last cache level. */
 static size_t evict_bytes(void)
 {
-    long c = sysconf(_SC_LEVEL3_CACHE_SIZE);
-    if (c <= 0)
-        c = sysconf(_SC_LEVEL2_CACHE_SIZE);
-    return 2 * (size_t)(c > 0 ? c : 1L << 20);
+    return 2 * llc_bytes();
 }
 
 /* Write every cache line of buf (n bytes); returns a value that depends on them. */
@@ -271,12 +306,13 @@ static unsigned char evict(unsigned char *buf, size_t n, unsigned char v)
  * own code (moe_ep_local_work) on the plan of pack_plan with n claims per rank (T = n P / 2
  * tokens) and rows of H floats: the dispatch indexes the batch's claims, packs this rank's
  * rows and plans the rows it receives; the combine adds the rows back into its tokens' outputs.
- * Each repeat starts cold, as a forward does after the rest of the step (the routing, the
- * experts, the other layers): the lines the work touches are flushed from every cache level
- * (moe_ep_flush), or evict_bytes of other work is done where they cannot be. td[r], tc[r]: the
- * slowest rank's dispatch and combine work in repeat r (repeats), each rank on its own clock.
- * Fails on every rank together. */
-static int time_pack(size_t n, size_t H, long repeats, double *td, double *tc)
+ * With cold, each repeat starts cold, as a forward does after the rest of the step (the
+ * routing, the experts, the other layers): the lines the work touches are flushed from every
+ * cache level (moe_ep_flush), or evict_bytes of other work is done where they cannot be;
+ * without, each repeat finds the last one's lines (a step whose data all stay in the cache).
+ * td[r], tc[r]: the slowest rank's dispatch and combine work in repeat r (repeats), each rank
+ * on its own clock. Fails on every rank together. */
+static int time_pack(size_t n, size_t H, long repeats, int cold, double *td, double *tc)
 {
     const int P = moe_mpi_g.size, T = (int)(n / 2) * P, E = P > 8 ? P : 8;
     int bad = 0;
@@ -297,7 +333,7 @@ static int time_pack(size_t n, size_t H, long repeats, double *td, double *tc)
     MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MAX, moe_mpi_g.comm);
     for (long r = -2; !all && r < repeats; r++) {
         double dt[3] = {0, 0, 0}, slowest[3], low[3];
-        if (!moe_ep_flush(ep, plan, x, y) &&
+        if (cold && !moe_ep_flush(ep, plan, x, y) &&
             (ev || (ev = moe_mpi_xcalloc(nev, 1, &bad))))
             acc = evict(ev, nev, acc);
         MPI_Barrier(moe_mpi_g.comm);
@@ -376,10 +412,11 @@ static int plane_print(const char *what, const double *tm, size_t R, const doubl
     return MOE_OK;
 }
 
-/* Every rank: the local-work benchmark over the grid (td, tc: NPACK x repeats); rank 0 fits
- * the dispatch's work into pk and the combine's into uk (latency s, s per row, s per byte). */
-static int calibrate_pack(long repeats, double *td, double *tc, double *s, double pk[3],
-                          double uk[3])
+/* Every rank: the local-work benchmark over the grid (td, tc: NPACK x repeats), cold or warm
+ * (time_pack); rank 0 fits the dispatch's work into pk and the combine's into uk (latency s,
+ * s per row, s per byte). */
+static int calibrate_pack(long repeats, int cold, double *td, double *tc, double *s,
+                          double pk[3], double uk[3])
 {
     const size_t R = (size_t)repeats;
     double rows[NPACK], bytes[NPACK];
@@ -388,18 +425,19 @@ static int calibrate_pack(long repeats, double *td, double *tc, double *s, doubl
         const size_t n = (size_t)16 << (2 * (i / PACK_N)), H = (size_t)16 << (2 * (i % PACK_N));
         rows[i] = (double)n;
         bytes[i] = (double)(n * H * sizeof(float));
-        rc = time_pack(n, H, repeats, td + i * R, tc + i * R);
+        rc = time_pack(n, H, repeats, cold, td + i * R, tc + i * R);
     }
     if (rc || moe_mpi_g.rank != 0)
         return rc;
-    if (!(rc = plane_print("pack", td, R, rows, bytes, s, pk)))
-        rc = plane_print("unpack", tc, R, rows, bytes, s, uk);
+    if (!(rc = plane_print(cold ? "pack" : "warm pack", td, R, rows, bytes, s, pk)))
+        rc = plane_print(cold ? "unpack" : "warm unpack", tc, R, rows, bytes, s, uk);
     return rc;
 }
 
-/* Rank 0: the section with the all-to-all's and the local work's constants, to f. */
+/* Rank 0: the section with the all-to-all's and the local work's constants, to f: pk, uk the
+ * cold terms, pk[3..5], uk[3..5] the warm ones. */
 static int put_section(FILE *f, const calib_args *a, int P, double alpha, double beta,
-                       const double pk[3], const double uk[3], long cores)
+                       const double pk[6], const double uk[6], long cores)
 {
     double gbps = beta * 8.0 / 1e9, us = alpha * 1e6;
     return fprintf(f, "; written by moesim calibrate: the all-to-all of %d ranks on this machine "
@@ -411,9 +449,16 @@ static int put_section(FILE *f, const calib_args *a, int P, double alpha, double
                    "; the layer's local work per phase: dispatch (pack), combine (unpack)\n"
                    "pack_latency_us = %.6g\npack_row_ns = %.6g\npack_gbps = %.6g\n"
                    "unpack_latency_us = %.6g\nunpack_row_ns = %.6g\nunpack_gbps = %.6g\n"
+                   "; the same when the step's data stay in the cache (MB of the last level)\n"
+                   "warm_pack_latency_us = %.6g\nwarm_pack_row_ns = %.6g\nwarm_pack_gbps = %.6g\n"
+                   "warm_unpack_latency_us = %.6g\nwarm_unpack_row_ns = %.6g\n"
+                   "warm_unpack_gbps = %.6g\ncache_mb = %.6g\n"
                    "; the processors the ranks share\ncores = %ld\n", P, a->name, P, gbps, us,
                    gbps, us, pk[0] * 1e6, pk[1] * 1e9, pk[2] > 0 ? 8.0 / pk[2] / 1e9 : 0.0,
-                   uk[0] * 1e6, uk[1] * 1e9, uk[2] > 0 ? 8.0 / uk[2] / 1e9 : 0.0, cores) < 0;
+                   uk[0] * 1e6, uk[1] * 1e9, uk[2] > 0 ? 8.0 / uk[2] / 1e9 : 0.0, pk[3] * 1e6,
+                   pk[4] * 1e9, pk[5] > 0 ? 8.0 / pk[5] / 1e9 : 0.0, uk[3] * 1e6, uk[4] * 1e9,
+                   uk[5] > 0 ? 8.0 / uk[5] / 1e9 : 0.0, (double)llc_bytes() / 1048576.0,
+                   cores) < 0;
 }
 
 /* Rank 0: the line through the statistic of the repeats tm (n sizes x R) over [r0, r1) at
@@ -502,7 +547,7 @@ static int calibrate(const calib_args *a)
                 aa[i * R + (size_t)r] = ta;
             }
         }
-    double xa[64], ap = 0, bp = 0, aa2 = 0, ba = 0, pk[3] = {0, 0, 0}, uk[3] = {0, 0, 0};
+    double xa[64], ap = 0, bp = 0, aa2 = 0, ba = 0, pk[6] = {0}, uk[6] = {0};
     const long cores = sysconf(_SC_NPROCESSORS_ONLN) > 0 ? sysconf(_SC_NPROCESSORS_ONLN) : 0;
     if (!all && me == 0) {
         printf("moesim calibrate: %d ranks, %ld repeats per size; fits through the first "
@@ -515,7 +560,9 @@ static int calibrate(const calib_args *a)
     }
     MPI_Allreduce(&rc, &all, 1, MPI_INT, MPI_MAX, moe_mpi_g.comm);
     if (!all)
-        all = calibrate_pack(a->repeats, pp, aa, s, pk, uk);
+        all = calibrate_pack(a->repeats, 1, pp, aa, s, pk, uk);
+    if (!all)
+        all = calibrate_pack(a->repeats, 0, pp, aa, s, pk + 3, uk + 3);
     if (!all && me == 0) {
         rc = put_section(stdout, a, P, aa2, ba, pk, uk, cores)
                  ? moe_fail(MOE_EIO, NULL, "cannot write to stdout") : MOE_OK;

@@ -18,7 +18,10 @@
  * (indexing the claims, packing the send rows, planning the received ones) and the combine's
  * (adding the returned rows into the tokens' outputs), over n and H; each is fitted as
  * t = latency + n row + n 4H / rate (moe_calib_fit_pack) and written as the section's
- * pack_latency_us, pack_row_ns, pack_gbps and unpack_latency_us, unpack_row_ns, unpack_gbps. */
+ * pack_latency_us, pack_row_ns, pack_gbps and unpack_latency_us, unpack_row_ns, unpack_gbps.
+ * The grid runs again warm (no flush: each repeat after the last), written as the warm_*
+ * terms, with the size of the last cache level (cache_mb), for models whose step stays in
+ * the cache. */
 #ifndef MOE_MPI_CALIB_H
 #define MOE_MPI_CALIB_H
 

@@ -7,7 +7,9 @@
 #   1. `mpirun -np P moesim calibrate --ranks P --repeats 30 --out lb.ini` fits alpha and beta
 #      on this machine's loopback all-to-all (message sizes 16 B to 64 KiB per peer: the
 #      expert-parallel run below sends at most 64 tokens x 2 claims x 16 floats = 8 KiB) and
-#      the layer's local work of each phase, through the first quartile of each size's repeats;
+#      the layer's local work of each phase, through the first quartile of each size's repeats,
+#      once cold (every repeat after a flush of the lines it touches) and once warm (each repeat
+#      after the last), with the size of the last cache level (cache_mb);
 #   2. the sparse routers of tests/t_mpi.sh's sweep (tests/lib.sh ep_spec: T = 64, d = 16,
 #      E = 8, two capacity factors, two sources) run with --expert-parallel over the same P
 #      ranks, with that section as their cluster (dispatch = per_claim, contiguous placement,
@@ -19,16 +21,25 @@
 #      160 measured batches lies within a factor F = 3 (1/3 <= ratio <= 3), for dispatch and
 #      for combine.
 # F = 3 was stated before the first comparison was run, from the model's assumptions then, and
-# has not been changed since. The variation measured with this version of the model and of the
-# measurement, ten runs at a load average of 10.7 to 23 on the 2-core development machine
+# has not been changed since. The variation measured with the model of that time (cold terms
+# only) and the same measurement, ten runs at a load average of 10.7 to 23 on the 2-core development machine
 # (docs/cluster.md has the tables): ratios 0.78 to 1.28 on 2 ranks (a margin of 2.3x or more to
 # the factor), 0.41 to 2.48 on 4 ranks sharing 2 cores (a margin of 1.2x at the high end),
 # where the calibrated latency itself moved from 5.5 to 18.2 us between calibrations; the fit
 # of each third of a calibration's repeats gave alphas within 9% of each other on 2 ranks and
 # within 23% on 4 ranks in five runs of six (5.5 to 9.7 us in the sixth).
+# On 2026-12-06 (a quieter host, load 0.1-1.5) the 2-rank dispatch check read 2.2 to 3.3 with
+# the model's cold terms only, failing in about one CI run of three: this run's model is tiny
+# (d = 16, f = 32, 64 tokens), its whole step stays in the cache, and the measured local work
+# (about 1 us a dispatch, all-to-all included) is the warm one, not the cold benchmark's 2.6 us.
+# Since then calibrate also writes the warm terms, and the model takes them for a node whose
+# step fits in its last cache level (here about 60 KB of 32 MB; docs/cluster.md): five runs
+# then gave ratios 1.04-1.07 (2 ranks, dispatch), 0.98-1.03 (combine), 0.92-1.05 and 1.06-1.12
+# (4 ranks). F was not changed.
 # The checks can fail: MOESIM_CALIB_LATENCY_X=K multiplies the calibrated section's latency by
 # K before the run; K = 10 failed all four checks (ratios 4.2 to 6.2), K = 0.1 the two 4-rank
-# checks (0.14; on 2 ranks the prediction is mostly the local work, ratios 1.16 and 0.57).
+# checks (0.14; on 2 ranks the prediction is mostly the local work, ratios 1.16 and 0.57). With
+# the warm terms: K = 10 3.6 to 10, all four failed; K = 0.1 0.28 and 0.20 on 4 ranks, failed.
 # They are skipped (counted, the message names the load) when the 1-minute load average at the
 # start of a rank count's calibration exceeds 4 x the online processors: other processes then
 # decide the timings (the check states a property of this machine's own cost, not of its load).
@@ -92,13 +103,13 @@ for n in 2 4; do
         --out lb$n.ini >cal$n.out 2>&1; then ok; else
         bad "calibrate -np $n: $(tail -5 cal$n.out)"; skip 5 "calibrate -np $n failed"; continue
     fi
-    same "-np $n: section [cluster.loopback] for $n devices, alpha >= 0, beta > 0, local work, cores" \
+    same "-np $n: section [cluster.loopback] for $n devices, alpha >= 0, beta > 0, local work cold and warm, cache, cores" \
         "$(awk '/^\[cluster.loopback\]/ {s = 1} $1 == "devices_per_node" {d = $3}
         $1 == "intra_gbps" {g = $3} $1 == "intra_latency_us" {l = $3} $1 == "dispatch" {p = $3}
-        $1 ~ /^(un)?pack_(latency_us|row_ns|gbps)$/ {k++; if ($3 < 0) neg++}
-        $1 == "cores" {c = $3}
-        END {print s, d, (g > 0), (l >= 0), p, k, neg + 0, c}' lb$n.ini)" \
-        "1 $n 1 1 per_claim 6 0 $cores"
+        $1 ~ /^(warm_)?(un)?pack_(latency_us|row_ns|gbps)$/ {k++; if ($3 < 0) neg++}
+        $1 == "cache_mb" {m = ($3 > 0)} $1 == "cores" {c = $3}
+        END {print s, d, (g > 0), (l >= 0), p, k, neg + 0, m + 0, c}' lb$n.ini)" \
+        "1 $n 1 1 per_claim 12 0 1 $cores"
     grep -E '^all-to-all:|us per call' cal$n.out | sed "s/^/t_calib: -np $n /"
     # MOESIM_CALIB_LATENCY_X=K: the section's latency multiplied by K, a deliberately wrong
     # model that shows the factor checks fail (docs/cluster.md)

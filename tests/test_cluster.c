@@ -45,6 +45,17 @@
  *   the phase's local work is the node's sum, pack 2 x 6 = 12 us and unpack 2 x 2 = 4 us on
  *   every device: dispatch (34 34 34 54), combine (26 26 26 46), step 54 + 4 + 46 = 104 us;
  *   cores = 2 (one per device) leaves case G's first numbers. Refused: cores = -1.
+ * Case I: case G (cores = 2) with warm terms: warm_pack_latency_us = 0.5, warm_pack_row_ns =
+ *   250, warm_unpack_latency_us = 0.25, warm_unpack_row_ns = 125 (no byte terms): warm pack
+ *   0.5 + 2 x 0.25 = 1 us, warm unpack 0.25 + 2 x 0.125 = 0.5 us. A node's step (H = 500,
+ *   flops_per_row = 1e6, 2 slots a device, T / D = 1 token a device): weights 2 x 2 x 1e6 = 4e6
+ *   bytes a device, activations (1 + rows) x 2 x 500 x 4 = 4000 (1 + rows) bytes, rows
+ *   (4 1 2 1): node 0 8e6 + 28000 = 8028000 bytes, node 1 8e6 + 20000 = 8020000. cache_mb =
+ *   7.6522 (8023933 bytes): node 1 warm, node 0 cold: t_pack (6 6 1 1), t_unpack (2 2 0.5
+ *   0.5), dispatch (28 28 23 43), combine (24 24 22.5 42.5), step 43 + 4 + 42.5 = 89.5 us.
+ *   cache_mb = 8: both nodes warm, dispatch (23 23 23 43), combine (22.5 22.5 22.5 42.5); 7:
+ *   both cold, case G's numbers; warm terms given but warm = 0: case G's. Refused: a negative
+ *   warm term, a negative cache_mb.
  * Case H: case A's plan with pad_to_capacity and capacity C = 4: device q owns C_q = 1 slot
  *   of each of the 8 experts and sends its whole (E, 1) buffer, zero rows included: 2 rows
  *   to each device (its 2 experts), keeping its own 2. rows (8 8 8 8) = E C / D, balancedness
@@ -159,6 +170,49 @@ static void check_case_d(moe_cluster_sim *cs, const moe_placement *pl, moe_plan 
     CHECK_INT(moe_cluster_sim_run(cs, &t, pl, plan, 500, 1e6, 1.0), 0);
     check_close_arrays("cores = 2 t_dispatch", cs->t_dispatch, tf, 4, 1e-18, 1e-12);
     check_close_arrays("cores = 2 t_combine", cs->t_combine, gc, 4, 1e-18, 1e-12);
+    /* case I */
+    t.warm_pack_latency_us = 0.5;
+    t.warm_pack_row_ns = 250;
+    t.warm_unpack_latency_us = 0.25;
+    t.warm_unpack_row_ns = 125;
+    const double cache[4] = {7.6522, 8, 7, 8};
+    const double ip[4][4] = {{6e-6, 6e-6, 1e-6, 1e-6}, {1e-6, 1e-6, 1e-6, 1e-6},
+                             {6e-6, 6e-6, 6e-6, 6e-6}, {6e-6, 6e-6, 6e-6, 6e-6}};
+    const double iu[4][4] = {{2e-6, 2e-6, 0.5e-6, 0.5e-6}, {0.5e-6, 0.5e-6, 0.5e-6, 0.5e-6},
+                             {2e-6, 2e-6, 2e-6, 2e-6}, {2e-6, 2e-6, 2e-6, 2e-6}};
+    const double id[4][4] = {{28e-6, 28e-6, 23e-6, 43e-6}, {23e-6, 23e-6, 23e-6, 43e-6},
+                             {28e-6, 28e-6, 28e-6, 48e-6}, {28e-6, 28e-6, 28e-6, 48e-6}};
+    const double ic[4][4] = {{24e-6, 24e-6, 22.5e-6, 42.5e-6},
+                             {22.5e-6, 22.5e-6, 22.5e-6, 42.5e-6},
+                             {24e-6, 24e-6, 24e-6, 44e-6}, {24e-6, 24e-6, 24e-6, 44e-6}};
+    const double istep[4] = {89.5e-6, 89.5e-6, 96e-6, 96e-6};
+    for (int k = 0; k < 4; k++) {
+        char m[64];
+        t.cache_mb = cache[k];
+        t.warm = k < 3; /* the last: terms and cache given, no warm key */
+        CHECK_INT(moe_cluster_sim_run(cs, &t, pl, plan, 500, 1e6, 1.0), 0);
+        snprintf(m, sizeof m, "warm %d t_pack", k);
+        check_close_arrays(m, cs->t_pack, ip[k], 4, 1e-18, 1e-12);
+        snprintf(m, sizeof m, "warm %d t_unpack", k);
+        check_close_arrays(m, cs->t_unpack, iu[k], 4, 1e-18, 1e-12);
+        snprintf(m, sizeof m, "warm %d t_dispatch", k);
+        check_close_arrays(m, cs->t_dispatch, id[k], 4, 1e-18, 1e-12);
+        snprintf(m, sizeof m, "warm %d t_combine", k);
+        check_close_arrays(m, cs->t_combine, ic[k], 4, 1e-18, 1e-12);
+        CHECK_NEAR(cs->t_step, istep[k], 1e-18);
+    }
+    t.warm = 0;
+    t.warm_unpack_row_ns = -1;
+    moe_clear_error();
+    CHECK(moe_cluster_topo_check(&t, "cluster.x") == MOE_EINVAL && strstr(moe_errmsg(), "warm_"),
+          "negative warm term: %s", moe_errmsg());
+    t.warm_unpack_row_ns = 125;
+    t.cache_mb = -1;
+    moe_clear_error();
+    CHECK(moe_cluster_topo_check(&t, "cluster.x") == MOE_EINVAL &&
+              strstr(moe_errmsg(), "cache_mb"),
+          "negative cache_mb: %s", moe_errmsg());
+    t.cache_mb = 0;
     t.cores = -1;
     moe_clear_error();
     CHECK(moe_cluster_topo_check(&t, "cluster.x") == MOE_EINVAL && strstr(moe_errmsg(), "cores"),
