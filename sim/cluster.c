@@ -274,12 +274,11 @@ static int peers(const unsigned char *pair, int D, int d)
 
 static double fmax2(double a, double b) { return a > b ? a : b; }
 
-/* The local work of one phase on every device (lat s per call, row s per row, rate bytes/s,
- * 0: no byte term) into t (D): each device's own, and when the node's devices share cores
- * processors, at least the node's summed work over them (the processors run it in turn). */
-/* Each device's local work of one phase, t (D): latency + rows x per row + bytes / rate, with
- * the cold terms c (latency us, ns per row, Gbit/s) or, on a device whose node's step stays in
- * the cache (warm[d]), the warm ones w; then the node's share of its processors (cores). */
+/* The local work of one phase on every device into t (D): each device's own, latency + rows x
+ * per row + bytes / rate, with the cold terms c (us per call, ns per row, Gbit/s, 0: no byte
+ * term) or, on a device whose node's step stays in the cache (warm[d]), the warm ones w; and
+ * when the node's devices share cores processors, at least the node's summed work over them
+ * (the processors run it in turn). */
 static void local_work(moe_cluster_sim *cs, int dpn, int cores, const double c[3],
                        const double w[3], const unsigned char *warm, double *t)
 {
