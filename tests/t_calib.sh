@@ -102,7 +102,7 @@ for n in 2 4; do
     if mpi "$n" "$MOESIM" calibrate --ranks "$n" --repeats "$reps" --max-bytes 65536 \
         --out lb$n.ini >cal$n.out 2>&1; then ok; else
         # moesim's own message first (mpirun's notice of the exit follows it)
-        bad "calibrate -np $n: $(grep -m 3 -E 'moesim|ERROR|[Ee]rror' cal$n.out) $(tail -3 cal$n.out)"
+        bad "calibrate -np $n: $(grep -m 3 -E 'moesim: |ERROR: ' cal$n.out) $(tail -3 cal$n.out)"
         skip 5 "calibrate -np $n failed"; continue
     fi
     same "-np $n: section [cluster.loopback] for $n devices, alpha >= 0, beta > 0, local work cold and warm, cache, cores" \
