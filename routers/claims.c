@@ -38,7 +38,6 @@ moe_claims *moe_claims_alloc(int n_max, int K, int E, int with_p)
     c->claim = malloc(nk * sizeof *c->claim);
     c->pmean = malloc((size_t)E * sizeof *c->pmean);
     c->rowmax = malloc((size_t)n_max * sizeof *c->rowmax);
-    c->pmax = malloc((size_t)n_max * sizeof *c->pmax);
     c->slot = malloc(nk * sizeof *c->slot);
     c->fill = malloc((size_t)E * sizeof *c->fill);
     c->off = malloc(((size_t)E + 1) * sizeof *c->off);
@@ -50,8 +49,8 @@ moe_claims *moe_claims_alloc(int n_max, int K, int E, int with_p)
     if (counts)
         c->part_cnt = malloc((size_t)MOE_PAR_MAX * K * E * sizeof *c->part_cnt);
     int bad = (counts && !c->part_cnt) || !c->expert || !c->gate || !c->claim || !c->pmean ||
-              !c->rowmax || !c->pmax || !c->slot || !c->fill || !c->off || !c->list ||
-              !c->order || !c->tmp || !c->val;
+              !c->rowmax || !c->slot || !c->fill || !c->off || !c->list || !c->order ||
+              !c->tmp || !c->val;
     if (with_p) {
         c->keep_p = 1;
         c->p = malloc((size_t)n_max * (size_t)E * sizeof *c->p);
@@ -372,7 +371,11 @@ int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_f
     j.stats = c->stats_in_rows && row && plan ? plan : NULL;
     j.sink = plan && plan->rows_add ? plan : NULL;
     j.top2 = c->top2_rows && c->E == 8 && c->K == 2;
-    j.pmax = j.sink && j.sink->rows_pmax && !j.top2 ? c->pmax : NULL;
+    if (j.sink && j.sink->rows_pmax && !j.top2) { /* allocated when a pass first asks */
+        if (!c->pmax && !(c->pmax = malloc((size_t)c->n_max * sizeof *c->pmax)))
+            return moe_fail(MOE_ENOMEM, NULL, "out of memory (rows of %d tokens)", c->n_max);
+        j.pmax = c->pmax;
+    }
     for (int s = 0; s < ROWS_RING; s++) /* slot 0 on top */
         j.free_slot[s] = ROWS_RING - 1 - s;
     j.nfree = ROWS_RING;

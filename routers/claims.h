@@ -65,7 +65,8 @@ typedef struct {
     double *pmean;        /* (E) mean over tokens of p[t,e] (moe_claims_softmax) */
     double *rowmax;       /* (T) each row's maximum logit, from the last rows pass */
     int32_t *pmax;        /* (T) each row's first index of its largest p, from the last rows
-                           * pass when the plan's rows observer asked for them (rows_pmax) */
+                           * pass when the plan's rows observer asked for them (rows_pmax);
+                           * allocated by the first such pass */
     const double *rts_u;  /* (T,E) order rts: the draws, set by the router per group, or NULL */
     /* scratch for moe_claims_resolve */
     long *slot;           /* (T,K) slot of each claim, -1 = dropped or no claim */
