@@ -15,6 +15,7 @@
 #include <immintrin.h>
 #endif
 #include <gsl/gsl_randist.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -124,13 +125,19 @@ static int topk_chunk_select(const moe_claims *cl)
 }
 
 /* The two largest of each row of eight logits of tokens [t0, t1), as topk_select takes them in
- * the rows pass: the softmax has left them in expert and gate (claims.h top2_rows) but for the
- * rows it declined (a NaN), which topk_select scans. */
+ * the rows pass, and their exponentials exp(v - v0) (v0 the row's first choice, its maximum):
+ * the softmax has left them in expert and gate (claims.h top2_rows) but for the rows it
+ * declined (a NaN), which topk_select scans and whose exponentials are taken here, as
+ * moe_softmax_pairs takes them. */
 static void topk_top2_8(moe_claims *cl, const double *logits, long t0, long t1)
 {
     for (long t = t0; t < t1; t++)
-        if (cl->expert[(size_t)t * 2] < 0)
+        if (cl->expert[(size_t)t * 2] < 0) {
             topk_select(cl, (int)t, logits + (size_t)t * 8, 1, 0);
+            double *g = cl->gate + (size_t)t * 2;
+            g[1] = exp(g[1] - g[0]);
+            g[0] = exp(g[0] - g[0]);
+        }
     memset(cl->claim + (size_t)t0 * 2, 1, (size_t)(t1 - t0) * 2);
 }
 
@@ -173,9 +180,9 @@ static void topk_div(double *g, const double *e, int k, double s)
  * the softmax of each token's values exactly as moe_softmax computes it (exp(v - max), summed
  * in rank order, each divided by the sum), with the exponentials of up to TOPK_GATES_BUF
  * values in one call of the vector exponential (the C library's values, vexp.h) instead of
- * one call per token. With chunk selection and k >= 3, gate holds those exponentials already,
- * from the rows pass's softmax (rows_select): the row's maximum is the first value, so the
- * softmax took the same exp of the same differences. */
+ * one call per token. With chunk selection, gate holds those exponentials already, from the
+ * rows pass's softmax (rows_select for k >= 3, its top-2 at k = 2): the row's maximum is the
+ * first value, so the softmax took the same exp of the same differences. */
 static void topk_gates(void *ctx, long t0, long t1, const double *p, int part)
 {
     (void)p, (void)part;
@@ -183,8 +190,12 @@ static void topk_gates(void *ctx, long t0, long t1, const double *p, int part)
     moe_claims *cl = x->cl;
     const int k = cl->K, per = TOPK_GATES_BUF / k; /* tokens per call */
     double e[TOPK_GATES_BUF];
-    if (x->chunk_select && k == 2) {
+    if (x->chunk_select && k == 2) { /* the exponentials, from the softmax: divide */
         topk_top2_8(cl, x->logits, t0, t1);
+        moe_pairs_div(cl->gate + (size_t)t0 * 2, t1 - t0);
+        for (long t = t0; t < t1; t++)
+            topk_perturb(cl->gate + (size_t)t * 2);
+        return;
     } else if (x->chunk_select) { /* the exponentials, from the softmax: sum and divide */
         for (long t = t0; t < t1; t++) {
             double *g = cl->gate + (size_t)t * k, s = 0.0;

@@ -278,6 +278,17 @@ void moe_softmax_pairs(double *g, long n)
     }
 }
 
+void moe_pairs_div(double *g, long n)
+{
+    for (long q = 0; q < 2 * n; q += 8) { /* as moe_softmax_pairs after its exponentials */
+        const long left = 2 * n - q;
+        const __mmask8 m = left >= 8 ? (__mmask8)0xff : (__mmask8)((1u << left) - 1u);
+        const __m512d ev = _mm512_maskz_loadu_pd(m, g + q);
+        const __m512d s = _mm512_add_pd(ev, _mm512_permute_pd(ev, 0x55)); /* e0 + e1 */
+        _mm512_mask_storeu_pd(g + q, m, _mm512_div_pd(ev, s));
+    }
+}
+
 static void vx_div(double *p, int len, double s)
 {
     const __m512d vs = _mm512_set1_pd(s);
@@ -350,6 +361,16 @@ void moe_softmax_pairs(double *g, long n)
     }
 }
 
+void moe_pairs_div(double *g, long n)
+{
+    for (long t = 0; t < n; t++) {
+        double *v = g + 2 * t;
+        const double s = 0.0 + v[0] + v[1];
+        v[0] /= s;
+        v[1] /= s;
+    }
+}
+
 static void vx_div(double *p, int len, double s)
 {
     for (int i = 0; i < len; i++)
@@ -377,17 +398,6 @@ void moe_vexp_shift(const double *x, int len, double m, double *out)
 }
 
 #endif
-
-/* The logits of row x at the two indices moe_select_top2_8 found (ok), else idx2[0] = -1. */
-static inline void sm_top2_vals(int ok, const double *x, int32_t *idx2, double *val2)
-{
-    if (ok) {
-        val2[0] = x[idx2[0]];
-        val2[1] = x[idx2[1]];
-    } else {
-        idx2[0] = -1;
-    }
-}
 
 /* s[j] += the elements of row pr[j] (len), j < nr <= 8, each sum in index order. */
 static inline void sm_sums(const double *const *pr, int nr, int len, double *s)
@@ -425,11 +435,22 @@ static inline void sm_lse(const double *m, const double *s, int n, double *lse)
 }
 
 #if defined(__AVX512F__)
-/* Row x's two largest (moe_select_top2_8 of v, the row, from its maximum m) into idx2 and their
- * logits into val2; idx2[0] = -1 for a row it declines. */
-static inline void sm_top2(__m512d v, const double *x, double m, int32_t *idx2, double *val2)
+/* Row v's two largest (moe_select_top2_8 of v from its maximum m) into idx2; idx2[0] = -1 for a
+ * row it declines. */
+static inline void sm_top2(__m512d v, double m, int32_t *idx2)
 {
-    sm_top2_vals(moe_select_top2_8v(v, m, idx2, idx2 + 1), x, idx2, val2);
+    if (!moe_select_top2_8v(v, m, idx2, idx2 + 1))
+        idx2[0] = -1;
+}
+
+/* e2 (nr, 2) = the numerators e (nr, 8) at the indices idx2 (nr, 2) of the rows not declined. */
+static inline void sm_top2_num(const double *e, int nr, const int32_t *idx2, double *e2)
+{
+    for (int j = 0; j < nr; j++)
+        if (idx2[2 * j] >= 0) {
+            e2[2 * j] = e[(size_t)j * 8 + idx2[2 * j]];
+            e2[2 * j + 1] = e[(size_t)j * 8 + idx2[2 * j + 1]];
+        }
 }
 
 /* Rows of eight logits (E = 8), eight rows at a time, each row one vector: the steps of
@@ -437,7 +458,7 @@ static inline void sm_top2(__m512d v, const double *x, double m, int32_t *idx2, 
  * with the same operations. Returns the rows taken: nrows rounded down to a multiple of eight. */
 static inline __attribute__((always_inline)) int
 sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t *idx2,
-         double *val2, const int32_t *sel, int k, double *esel, int32_t *pmax)
+         double *e2, const int32_t *sel, int k, double *esel, int32_t *pmax)
 {
     int r0 = 0;
     for (; r0 + 8 <= nrows; r0 += 8) {
@@ -450,9 +471,11 @@ sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t
             vx_exp8_store(_mm512_sub_pd(v, _mm512_set1_pd(m[j])), p + o);
             pr[j] = p + o;
             if (idx2)
-                sm_top2(v, x + o, m[j], idx2 + 2 * (size_t)(r0 + j), val2 + 2 * (size_t)(r0 + j));
+                sm_top2(v, m[j], idx2 + 2 * (size_t)(r0 + j));
         }
         sm_sums(pr, 8, 8, s);
+        if (idx2)
+            sm_top2_num(p + (size_t)r0 * 8, 8, idx2 + 2 * (size_t)r0, e2 + 2 * (size_t)r0);
         if (sel)
             sm_gather(p + (size_t)r0 * 8, 8, 8, sel + (size_t)r0 * k, k, esel + (size_t)r0 * k);
         for (int j = 0; j < 8; j++) {
@@ -542,18 +565,23 @@ void moe_softmax_rows_more(const double *x, int nrows, int len, double *p,
 }
 
 void moe_softmax_rows8_top2(const double *x, int nrows, double *p, double *lse, double *mx,
-                            int32_t *idx2, double *val2)
+                            int32_t *idx2, double *e2)
 {
     int first = 0;
 #if defined(__AVX512F__)
-    first = sm_rows8(x, nrows, p, lse, mx, idx2, val2, NULL, 0, NULL, NULL);
+    first = sm_rows8(x, nrows, p, lse, mx, idx2, e2, NULL, 0, NULL, NULL);
 #endif
     moe_softmax_rows_max(x + (size_t)first * 8, nrows - first, 8, p + (size_t)first * 8,
                          lse ? lse + first : NULL, mx + first);
     for (int r = first; r < nrows; r++) { /* the rows left, from memory */
         const double *xr = x + (size_t)r * 8;
         int32_t *e = idx2 + 2 * (size_t)r;
-        sm_top2_vals(moe_select_top2_8(xr, mx[r], e, e + 1), xr, e, val2 + 2 * (size_t)r);
+        if (!moe_select_top2_8(xr, mx[r], e, e + 1)) {
+            e[0] = -1;
+            continue;
+        }
+        e2[2 * (size_t)r] = exp(xr[e[0]] - mx[r]); /* the softmax's own numerators (vexp.h) */
+        e2[2 * (size_t)r + 1] = exp(xr[e[1]] - mx[r]);
     }
 }
 

@@ -67,10 +67,15 @@ void moe_softmax_rows_more(const double *x, int nrows, int len, double *p,
 
 /* Rows of eight logits (len = 8): moe_softmax_rows_max (mx not NULL), and each row's two
  * largest logits as moe_select_top2_8 (select.h) takes them from the row's maximum mx[r]:
- * idx2[2r], idx2[2r+1] their indices and val2[2r], val2[2r+1] the logits there; idx2[2r] = -1
- * (the rest unset) for a row it declines (a NaN). With the row in a register already, the
- * selection costs a few instructions more than the softmax. */
+ * idx2[2r], idx2[2r+1] their indices and e2[2r], e2[2r+1] the exponentials exp(x - mx[r]) there
+ * (the numerators of p before the division: the C library's exp of those differences);
+ * idx2[2r] = -1 (the rest unset) for a row it declines (a NaN). With the row in a register
+ * already, the selection costs a few instructions more than the softmax. */
 void moe_softmax_rows8_top2(const double *x, int nrows, double *p, double *lse, double *mx,
-                            int32_t *idx2, double *val2);
+                            int32_t *idx2, double *e2);
+
+/* g[2i], g[2i+1] = g[2i] / s, g[2i+1] / s with s = g[2i] + g[2i+1], for i < n: the division
+ * of moe_softmax_pairs, for pairs whose exponentials are known. */
+void moe_pairs_div(double *g, long n);
 
 #endif

@@ -8,7 +8,7 @@
  * rows of every length 0..40 (the scalar tail). Counted as one check per block, naming the first
  * argument that differs. Then moe_softmax_rows_max, rows of 7, 8 (its own path) and 9 logits,
  * against the scalar softmax written here with the C library's exp and log, bit for bit; and
- * moe_softmax_pairs (the gates of two values) against its scalar definition, and
+ * moe_softmax_pairs (the gates of two values) and moe_pairs_div against their scalar definition,
  * moe_softmax_rows8_top2 against the softmax and moe_select_top2_8 apart, and
  * moe_softmax_rows_more against the softmax, the C library's exp and the argmax of p apart. */
 #include "check.h"
@@ -71,8 +71,8 @@ static void cmp_softmax(const char *what, const double *x, int nrows, int len)
 }
 
 /* moe_softmax_rows8_top2 on nrows rows of eight against its definition: moe_softmax_rows_max
- * (bit for bit), and moe_select_top2_8 of each row from its maximum (select.h), its logits at
- * the two indices, or -1 where that declines; one check. */
+ * (bit for bit), and moe_select_top2_8 of each row from its maximum (select.h), the C library's
+ * exp(x - max) at the two indices, or -1 where that declines; one check. */
 static void cmp_top2(const char *what, const double *x, int nrows)
 {
     static double p[BLK], lse[BLK / 8], mx[BLK / 8], val[BLK / 4], p0[BLK], lse0[BLK / 8],
@@ -88,7 +88,8 @@ static void cmp_top2(const char *what, const double *x, int nrows)
         if (memcmp(p + (size_t)r * 8, p0 + (size_t)r * 8, 8 * sizeof *p) ||
             bits(lse[r]) != bits(lse0[r]) || bits(mx[r]) != bits(mx0[r]) ||
             (ok ? idx[2 * r] != e[0] || idx[2 * r + 1] != e[1] ||
-                      bits(val[2 * r]) != bits(xr[e[0]]) || bits(val[2 * r + 1]) != bits(xr[e[1]])
+                      bits(val[2 * r]) != bits(exp(xr[e[0]] - mx0[r])) ||
+                      bits(val[2 * r + 1]) != bits(exp(xr[e[1]] - mx0[r]))
                 : idx[2 * r] != -1))
             bad = r;
     }
@@ -184,17 +185,24 @@ static double draw_edge(gsl_rng *r) /* a few ulps around sqrt(2) 2^k and 2^k (th
 }
 
 /* moe_softmax_pairs on n pairs (v0, v1) against the scalar definition topk's gates had: e_j =
- * exp(v_j - v0) by the C library, s = 0 + e0 + e1, v_j = e_j / s; one check. */
+ * exp(v_j - v0) by the C library, s = 0 + e0 + e1, v_j = e_j / s; and moe_pairs_div on those
+ * exponentials (e0, e1) against the same; one check. */
 static void cmp_pairs(const char *what, const double *x, long n)
 {
-    static double g[BLK];
+    static double g[BLK], d[BLK];
     memcpy(g, x, (size_t)n * 2 * sizeof *g);
     moe_softmax_pairs(g, n);
+    for (long t = 0; t < n; t++) {
+        d[2 * t] = exp(x[2 * t] - x[2 * t]);
+        d[2 * t + 1] = exp(x[2 * t + 1] - x[2 * t]);
+    }
+    moe_pairs_div(d, n);
     long bad = -1;
     for (long t = 0; t < n && bad < 0; t++) {
         const double *v = x + 2 * t, e0 = exp(v[0] - v[0]), e1 = exp(v[1] - v[0]);
         const double s = 0.0 + e0 + e1;
-        if (bits(g[2 * t]) != bits(e0 / s) || bits(g[2 * t + 1]) != bits(e1 / s))
+        if (bits(g[2 * t]) != bits(e0 / s) || bits(g[2 * t + 1]) != bits(e1 / s) ||
+            bits(d[2 * t]) != bits(e0 / s) || bits(d[2 * t + 1]) != bits(e1 / s))
             bad = t;
     }
     CHECK(bad < 0, "%s: %ld pairs: pair %ld (%a, %a) differs from the scalar definition", what, n,
@@ -265,12 +273,15 @@ int main(void)
         x[i] = 20.0 * gsl_rng_uniform(r) - 10.0;
     cmp_softmax("512 rows of 8", x, BLK / 8, 8);
     /* the softmax with the top-2 of rows of eight: every row count 0..40 (eight rows at a time,
-     * then the rest), rows uniform on [-3, 3], rows of halves with ties (twice the maximum: its
-     * second place), rows with a NaN (declined) */
+     * then the rest), rows uniform on [-3, 3], wide rows (exponentials that underflow), rows of
+     * halves with ties (twice the maximum: its second place), rows with a NaN (declined) */
     for (int nrows = 0; nrows <= 40; nrows++) {
         for (int i = 0; i < nrows * 8; i++)
             x[i] = 6.0 * gsl_rng_uniform(r) - 3.0;
         cmp_top2("uniform rows", x, nrows);
+        for (int i = 0; i < nrows * 8; i++)
+            x[i] = 1600.0 * gsl_rng_uniform(r) - 800.0;
+        cmp_top2("wide rows", x, nrows);
         for (int i = 0; i < nrows * 8; i++)
             x[i] = (double)(int)(4.0 * gsl_rng_uniform(r)) / 2.0;
         cmp_top2("tied rows", x, nrows);
