@@ -128,6 +128,7 @@ typedef struct {
     moe_plan *sink;   /* the plan whose rows observer sees the rows in the adding pass, or NULL */
     int nonfinite;    /* a chunk has a non-finite logit */
     int top2;         /* the softmax leaves the rows' two largest in expert, gate (top2_rows) */
+    int first;        /* the softmax leaves each row's first choice in expert, its p in gate */
     int32_t *pmax;    /* (T) c->pmax when the rows observer takes each row's argmax of p */
     double zsum;      /* the sum of lse[t]^2 over the chunks added (moe_sum_sq) */
     int pnp, pcur;    /* counting for the resolution: its parts, and the part being added */
@@ -333,7 +334,9 @@ static void rows_part(void *arg, int i, int np)
                     .lse = j->lse ? j->lse + t0 : NULL, .mx = j->c->rowmax + t0,
                     .sel = j->c->rows_select ? j->c->expert + (size_t)t0 * j->c->K : NULL,
                     .k = j->c->K, .esel = j->c->gate + (size_t)t0 * j->c->K,
-                    .pmax = j->pmax ? j->pmax + t0 : NULL});
+                    .pmax = j->pmax ? j->pmax + t0 : NULL,
+                    .xfirst = j->first ? j->c->expert + t0 : NULL,
+                    .pfirst = j->first ? j->c->gate + t0 : NULL});
         if (j->row == moe_claims_row_first) /* one loop, no call per token */
             rows_first(j->c, t0, t1, j->logits, p0);
         for (long t = t0; j->row && j->row != moe_claims_row_first &&
@@ -371,6 +374,7 @@ int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_f
     j.stats = c->stats_in_rows && row && plan ? plan : NULL;
     j.sink = plan && plan->rows_add ? plan : NULL;
     j.top2 = c->top2_rows && c->E == 8 && c->K == 2;
+    j.first = row == moe_claims_row_first && c->K == 1;
     if (j.sink && j.sink->rows_pmax && !j.top2) { /* allocated when a pass first asks */
         if (!c->pmax && !(c->pmax = malloc((size_t)c->n_max * sizeof *c->pmax)))
             return moe_fail(MOE_ENOMEM, NULL, "out of memory (rows of %d tokens)", c->n_max);
@@ -481,16 +485,20 @@ void moe_claims_row_chunk(void *ctx, int t, const double *lt, const double *pt)
     (void)ctx, (void)t, (void)lt, (void)pt;
 }
 
-/* moe_claims_row_first over tokens [t0, t1) of a chunk, whose softmax rows start at p0. */
+/* moe_claims_row_first over tokens [t0, t1) of a chunk, whose softmax rows start at p0: the
+ * softmax has left each row's first index of its maximum in expert and its p in gate (xfirst,
+ * pfirst) but for the rows where no value equals that maximum (a NaN), which
+ * moe_claims_argmax scans. */
 static void rows_first(moe_claims *c, long t0, long t1, const double *logits, const double *p0)
 {
     const int E = c->E;
-    for (long t = t0; t < t1; t++) {
-        const int e = argmax_row(c, (int)t, logits + (size_t)t * E);
-        c->expert[t] = e;
-        c->gate[t] = p0[(size_t)(t - t0) * E + e];
-        c->claim[t] = 1;
-    }
+    for (long t = t0; t < t1; t++)
+        if (c->expert[t] < 0) {
+            const int e = moe_claims_argmax(logits + (size_t)t * E, E, -1);
+            c->expert[t] = e;
+            c->gate[t] = p0[(size_t)(t - t0) * E + e];
+        }
+    memset(c->claim + t0, 1, (size_t)(t1 - t0));
 }
 
 void moe_claims_topk(const double *v, int len, int k, int32_t *idx, double *val)

@@ -458,7 +458,8 @@ static inline void sm_top2_num(const double *e, int nr, const int32_t *idx2, dou
  * with the same operations. Returns the rows taken: nrows rounded down to a multiple of eight. */
 static inline __attribute__((always_inline)) int
 sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t *idx2,
-         double *e2, const int32_t *sel, int k, double *esel, int32_t *pmax)
+         double *e2, const int32_t *sel, int k, double *esel, int32_t *pmax, int32_t *xfirst,
+         double *pfirst)
 {
     int r0 = 0;
     for (; r0 + 8 <= nrows; r0 += 8) {
@@ -468,6 +469,10 @@ sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t
             const size_t o = (size_t)(r0 + j) * 8;
             const __m512d v = _mm512_loadu_pd(x + o);
             m[j] = _mm512_reduce_max_pd(v);
+            if (xfirst) { /* as moe_select_first_eq8 */
+                const __mmask8 eq = _mm512_cmp_pd_mask(v, _mm512_set1_pd(m[j]), _CMP_EQ_OQ);
+                xfirst[r0 + j] = eq ? __builtin_ctz(eq) : -1;
+            }
             vx_exp8_store(_mm512_sub_pd(v, _mm512_set1_pd(m[j])), p + o);
             pr[j] = p + o;
             if (idx2)
@@ -487,6 +492,9 @@ sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t
                                                        _CMP_EQ_OQ);
                 pmax[r0 + j] = eq ? __builtin_ctz(eq) : 0;
             }
+            if (pfirst && xfirst[r0 + j] >= 0)
+                pfirst[r0 + j] = _mm512_cvtsd_f64(
+                    _mm512_permutexvar_pd(_mm512_set1_epi64(xfirst[r0 + j]), q));
             if (mx)
                 mx[r0 + j] = m[j];
         }
@@ -497,16 +505,22 @@ sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t
 }
 #endif
 
-/* moe_softmax_rows_max, and moe_softmax_rows_more's esel (with sel) and pmax. */
+/* moe_softmax_rows_max, and moe_softmax_rows_more's esel (with sel), pmax, xfirst and pfirst
+ * (pfirst only with xfirst). */
 static void sm_rows(const double *x, int nrows, int len, double *p, double *lse, double *mx,
-                    const int32_t *sel, int k, double *esel, int32_t *pmax)
+                    const int32_t *sel, int k, double *esel, int32_t *pmax, int32_t *xfirst,
+                    double *pfirst)
 {
     enum { RW = 8 };
     int first = 0;
 #if defined(__AVX512F__)
     if (len == 8) { /* then the rest, fewer than eight rows, below */
-        first = sel ? sm_rows8(x, nrows, p, lse, mx, NULL, NULL, sel, k, esel, pmax)
-                    : sm_rows8(x, nrows, p, lse, mx, NULL, NULL, NULL, 0, NULL, pmax);
+        first = sel      ? sm_rows8(x, nrows, p, lse, mx, NULL, NULL, sel, k, esel, pmax, xfirst,
+                                    pfirst)
+                : xfirst ? sm_rows8(x, nrows, p, lse, mx, NULL, NULL, NULL, 0, NULL, pmax, xfirst,
+                                    pfirst)
+                         : sm_rows8(x, nrows, p, lse, mx, NULL, NULL, NULL, 0, NULL, pmax, NULL,
+                                    NULL);
         x += (size_t)first * 8;
         p += (size_t)first * 8;
         lse = lse ? lse + first : NULL;
@@ -514,6 +528,8 @@ static void sm_rows(const double *x, int nrows, int len, double *p, double *lse,
         sel = sel ? sel + (size_t)first * k : NULL;
         esel = esel ? esel + (size_t)first * k : NULL;
         pmax = pmax ? pmax + first : NULL;
+        xfirst = xfirst ? xfirst + first : NULL;
+        pfirst = pfirst ? pfirst + first : NULL;
     }
 #endif
     nrows -= first;
@@ -532,6 +548,8 @@ static void sm_rows(const double *x, int nrows, int len, double *p, double *lse,
             m[j] = moe_vmax(x + o, len);
             moe_vexp_shift(x + o, len, m[j], p + o);
             pr[j] = p + o;
+            if (xfirst)
+                xfirst[r0 + j] = moe_select_first_eq(x + o, len, m[j]);
         }
         sm_sums(pr, nr, len, s);
         if (sel)
@@ -543,6 +561,8 @@ static void sm_rows(const double *x, int nrows, int len, double *p, double *lse,
                 pmax[r0 + j] = vx_div_pmax(pj, len, s[j]);
             else
                 vx_div(pj, len, s[j]);
+            if (pfirst && xfirst[r0 + j] >= 0)
+                pfirst[r0 + j] = pj[xfirst[r0 + j]];
             if (mx)
                 mx[r0 + j] = m[j];
         }
@@ -554,14 +574,14 @@ static void sm_rows(const double *x, int nrows, int len, double *p, double *lse,
 void moe_softmax_rows_max(const double *x, int nrows, int len, double *p, double *lse,
                           double *mx)
 {
-    sm_rows(x, nrows, len, p, lse, mx, NULL, 0, NULL, NULL);
+    sm_rows(x, nrows, len, p, lse, mx, NULL, 0, NULL, NULL, NULL, NULL);
 }
 
 void moe_softmax_rows_more(const double *x, int nrows, int len, double *p,
                            const moe_softmax_more *o)
 {
     sm_rows(x, nrows, len, p, o->lse, o->mx, o->sel, o->sel ? o->k : 0, o->sel ? o->esel : NULL,
-            o->pmax);
+            o->pmax, o->xfirst, o->xfirst ? o->pfirst : NULL);
 }
 
 void moe_softmax_rows8_top2(const double *x, int nrows, double *p, double *lse, double *mx,
@@ -569,7 +589,7 @@ void moe_softmax_rows8_top2(const double *x, int nrows, double *p, double *lse, 
 {
     int first = 0;
 #if defined(__AVX512F__)
-    first = sm_rows8(x, nrows, p, lse, mx, idx2, e2, NULL, 0, NULL, NULL);
+    first = sm_rows8(x, nrows, p, lse, mx, idx2, e2, NULL, 0, NULL, NULL, NULL, NULL);
 #endif
     moe_softmax_rows_max(x + (size_t)first * 8, nrows - first, 8, p + (size_t)first * 8,
                          lse ? lse + first : NULL, mx + first);

@@ -59,6 +59,9 @@ typedef struct {
     double *esel;       /* before their division): the C library's exp of those differences */
     int32_t *pmax;      /* (nrows): each row's first index of its largest p (for a row that
                          * holds a NaN, some index in [0, len)) */
+    int32_t *xfirst;    /* (nrows), with pfirst (nrows): each row's first index of its maximum */
+    double *pfirst;     /* mx (moe_select_first_eq, select.h) and its p; -1 (pfirst unset) for
+                         * a row where no value equals it (a NaN) */
 } moe_softmax_more;
 
 /* moe_softmax_rows_max with the outputs of o: p, lse and mx the same doubles. */

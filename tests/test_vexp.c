@@ -10,7 +10,8 @@
  * against the scalar softmax written here with the C library's exp and log, bit for bit; and
  * moe_softmax_pairs (the gates of two values) and moe_pairs_div against their scalar definition,
  * moe_softmax_rows8_top2 against the softmax and moe_select_top2_8 apart, and
- * moe_softmax_rows_more against the softmax, the C library's exp and the argmax of p apart. */
+ * moe_softmax_rows_more against the softmax, the C library's exp, the argmax of p and the first
+ * index of the maximum apart. */
 #include "check.h"
 #include "moe.h"
 #include "vexp.h"
@@ -98,20 +99,23 @@ static void cmp_top2(const char *what, const double *x, int nrows)
 }
 
 /* moe_softmax_rows_more on nrows rows of len, with k columns sel per row (drawn from r, repeats
- * allowed; none for k = 0) and each row's argmax of p, against its definition: p, lse and mx
- * those of moe_softmax_rows_max, bit for bit; esel = exp(x - m) by the C library at those
- * columns, m the row's maximum; pmax the first index of the row's largest p by the serial loop
- * "if (p[i] > best)" (a row holding a NaN: any index of the row); one check. */
+ * allowed; none for k = 0), each row's argmax of p and first index of its maximum, against its
+ * definition: p, lse and mx those of moe_softmax_rows_max, bit for bit; esel = exp(x - m) by
+ * the C library at those columns, m the row's maximum; pmax the first index of the row's
+ * largest p by the serial loop "if (p[i] > best)" (a row holding a NaN: any index of the row);
+ * xfirst the first index i with x[i] == m by a scalar loop (-1 for none: a NaN) and pfirst the
+ * p there; one check. */
 static void cmp_more(const char *what, const double *x, int nrows, int len, int k, gsl_rng *r)
 {
     static double p[BLK], lse[BLK / 8], mx[BLK / 8], p0[BLK], lse0[BLK / 8], mx0[BLK / 8],
-        es[BLK];
-    static int32_t sel[BLK], pmax[BLK];
+        es[BLK], pf[BLK];
+    static int32_t sel[BLK], pmax[BLK], xf[BLK];
     for (int i = 0; i < nrows * k; i++)
         sel[i] = (int32_t)gsl_rng_uniform_int(r, (unsigned long)len);
     moe_softmax_rows_more(x, nrows, len, p,
                           &(moe_softmax_more){.lse = lse, .mx = mx, .sel = k ? sel : NULL,
-                                              .k = k, .esel = es, .pmax = pmax});
+                                              .k = k, .esel = es, .pmax = pmax, .xfirst = xf,
+                                              .pfirst = pf});
     moe_softmax_rows_max(x, nrows, len, p0, lse0, mx0);
     int bad = -1;
     for (int t = 0; t < nrows && bad < 0; t++) {
@@ -128,6 +132,11 @@ static void cmp_more(const char *what, const double *x, int nrows, int len, int 
             first = pr[i] > pr[first] ? i : first;
         }
         if (nan ? pmax[t] < 0 || pmax[t] >= len : pmax[t] != first)
+            bad = t;
+        int at = -1;
+        for (int i = len - 1; i >= 0; i--)
+            at = xr[i] == mx0[t] ? i : at;
+        if (xf[t] != at || (at >= 0 && bits(pf[t]) != bits(pr[at])))
             bad = t;
     }
     CHECK(bad < 0, "%s: %d rows of %d, %d columns each: row %d differs from the softmax, exp and "
