@@ -1,8 +1,11 @@
-/* par.h: the threads of the routers. Routing work is split into contiguous parts (token blocks or
+/* par.h: the threads of the routers, which the layer's phases share (sim/gate.c, and the jobs
+ * of sim/layer_gemm.h: dispatch, the expert phase, combine), so that no phase of a forward
+ * creates threads of its own. Routing work is split into contiguous parts (token blocks or
  * expert ranges); part i runs fn(ctx, i, nparts), part 0 on the calling thread, the others on
- * threads kept between calls (created on first use), all finished before moe_par_run returns. Every part writes only its own outputs and
- * every reduction whose rounding matters is done in a fixed order by the caller, so a router's
- * plan and statistics do not depend on the number of threads.
+ * threads kept between calls (created on first use), all finished before moe_par_run returns.
+ * Every part writes only its own outputs and every reduction whose rounding matters is done in
+ * a fixed order by the caller, so a router's plan and statistics do not depend on the number
+ * of threads.
  */
 #ifndef MOE_PAR_H
 #define MOE_PAR_H

@@ -17,8 +17,7 @@
  * same way. Built with -ffp-contract=off (Makefile): the compiler fuses nothing on its own; the
  * vector path's explicit FMAs are the only fused operations, and only on exact products. */
 #include "gate.h"
-
-#include <pthread.h>
+#include "../routers/par.h"
 
 enum { GR = 4, GC = 16, GATE_MAX_THREADS = 8 };
 
@@ -96,8 +95,9 @@ enum { VW = 4 };
 enum { NVMAX = 4, RB = 24 };
 
 /* One MR x NV tile: out[r, c0 + j] for r < nrows, j < ncols (ncols <= NV * VW) from the
- * converted rows xb (MR, d), row stride ld, and the panel wp (d, NV * VW). Accumulators start at +0.0 and take
- * k = 0..d-1 in order; the loops over r and v are unrolled so they stay in registers. */
+ * converted rows xb (MR, d), row stride ld, and the panel wp (d, NV * VW). Accumulators start at
+ * +0.0 and take k = 0..d-1 in order; the loops over r and v are unrolled so they stay in
+ * registers. */
 #define GATE_KERN(NAME, MR, NV)                                                               \
     static void NAME(const double *xb, size_t d, size_t ld, const double *wp, double *out,   \
                      size_t m, size_t nrows, size_t ncols)                                    \
@@ -245,9 +245,15 @@ static void *gate_run(void *arg)
     return NULL;
 }
 
+static void gate_part(void *jobs, int i, int nparts)
+{
+    (void)nparts;
+    gate_run((gate_job *)jobs + i);
+}
+
 /* Rows split into nt contiguous ranges (multiples of GR except the last); job 0 runs on the
- * caller, a thread that cannot be created runs its range on the caller too. Float inputs take
- * the vector path when it is built and its buffers can be allocated. */
+ * caller, the others on the workers moe_par_run keeps between calls (routers/par.h). Float
+ * inputs take the vector path when it is built and its buffers can be allocated. */
 static void gate_split(const void *x, size_t n, size_t d, const void *wg, size_t m,
                        double *out, int threads, int dbl)
 {
@@ -263,8 +269,6 @@ static void gate_split(const void *x, size_t n, size_t d, const void *wg, size_t
     if (n * d * m < ((size_t)1 << 20))
         nt = 1;
     gate_job jobs[GATE_MAX_THREADS];
-    pthread_t th[GATE_MAX_THREADS];
-    int started[GATE_MAX_THREADS] = {0};
 #ifdef GATE_VEC
     gate_panels P = {NULL, 0, 0, 0};
     double *xb = NULL;
@@ -284,15 +288,7 @@ static void gate_split(const void *x, size_t n, size_t d, const void *wg, size_t
             jobs[i].P = &P, jobs[i].xb = xb + i * RB * xb_ld(d);
 #endif
     }
-    for (size_t i = 1; i < nt; i++)
-        started[i] = pthread_create(&th[i], NULL, gate_run, &jobs[i]) == 0;
-    gate_run(&jobs[0]);
-    for (size_t i = 1; i < nt; i++) {
-        if (started[i])
-            pthread_join(th[i], NULL);
-        else
-            gate_run(&jobs[i]);
-    }
+    moe_par_run(gate_part, jobs, (int)nt);
 #ifdef GATE_VEC
     free(P.w);
     free(xb);

@@ -12,6 +12,7 @@
 
 #include "huge.h"
 #include "moe.h"
+#include "../routers/par.h"
 
 #include <gsl/gsl_blas.h>
 #include <gsl/gsl_matrix_float.h>
@@ -26,21 +27,23 @@
 
 /* ---- jobs ---- */
 
+typedef struct {
+    void *(*fn)(void *);
+    char *jobs;
+    size_t size;
+} run_jobs_ctx;
+
+static void run_jobs_part(void *ctx, int i, int nparts)
+{
+    (void)nparts;
+    const run_jobs_ctx *r = ctx;
+    r->fn(r->jobs + (size_t)i * r->size);
+}
+
 void moe_gemm_run_jobs(void *(*fn)(void *), void *jobs, size_t size, int nt)
 {
-    pthread_t th[MOE_MAX_THREADS];
-    int started[MOE_MAX_THREADS] = {0};
-    if (nt > MOE_MAX_THREADS)
-        nt = MOE_MAX_THREADS;
-    for (int i = 1; i < nt; i++)
-        started[i] = pthread_create(&th[i], NULL, fn, (char *)jobs + (size_t)i * size) == 0;
-    fn(jobs);
-    for (int i = 1; i < nt; i++) {
-        if (started[i])
-            pthread_join(th[i], NULL);
-        else
-            fn((char *)jobs + (size_t)i * size);
-    }
+    run_jobs_ctx r = {fn, jobs, size};
+    moe_par_run(run_jobs_part, &r, nt < 1 ? 1 : nt > MOE_MAX_THREADS ? MOE_MAX_THREADS : nt);
 }
 
 /* ---- OpenBLAS ---- */

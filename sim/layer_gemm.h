@@ -67,8 +67,9 @@ int moe_gemm_sgemm(int ta, size_t m, size_t n, size_t k, const float *a, size_t 
                    const char *where);
 
 /* Runs fn on nt jobs (job i at (char *)jobs + i*size; size 0: all the same job), job 0 on the
- * calling thread, the others on new threads (or on the caller when one cannot start); nt is
- * capped at MOE_MAX_THREADS. */
+ * calling thread, the others on the workers moe_par_run keeps between calls (routers/par.h; new
+ * threads when those are busy, the caller when one cannot start); nt is capped at
+ * MOE_MAX_THREADS. */
 enum { MOE_MAX_THREADS = 8 };
 void moe_gemm_run_jobs(void *(*fn)(void *), void *jobs, size_t size, int nt);
 
