@@ -265,22 +265,20 @@ int moe_all_finite(const double *x, size_t len)
 
 void moe_softmax_pairs(double *g, long n)
 {
-    long q = 0;
-    for (; q < 2 * n; q += 8) { /* four pairs a vector, the last ones masked */
+    for (long q = 0; q < 2 * n; q += 8) { /* four pairs a vector, the last ones masked */
         const long left = 2 * n - q;
         const __mmask8 m = left >= 8 ? (__mmask8)0xff : (__mmask8)((1u << left) - 1u);
         const __m512d v = _mm512_maskz_loadu_pd(m, g + q);
         double e[8];
         vx_exp8_store(_mm512_sub_pd(v, _mm512_movedup_pd(v)), e); /* v - v0 */
-        const __m512d ev = _mm512_loadu_pd(e);
-        const __m512d s = _mm512_add_pd(ev, _mm512_permute_pd(ev, 0x55)); /* e0 + e1 */
-        _mm512_mask_storeu_pd(g + q, m, _mm512_div_pd(ev, s));
+        _mm512_mask_storeu_pd(g + q, m, _mm512_loadu_pd(e));
     }
+    moe_pairs_div(g, n);
 }
 
 void moe_pairs_div(double *g, long n)
 {
-    for (long q = 0; q < 2 * n; q += 8) { /* as moe_softmax_pairs after its exponentials */
+    for (long q = 0; q < 2 * n; q += 8) { /* four pairs a vector, the last ones masked */
         const long left = 2 * n - q;
         const __mmask8 m = left >= 8 ? (__mmask8)0xff : (__mmask8)((1u << left) - 1u);
         const __m512d ev = _mm512_maskz_loadu_pd(m, g + q);
@@ -355,10 +353,10 @@ void moe_softmax_pairs(double *g, long n)
 {
     for (long t = 0; t < n; t++) {
         double *v = g + 2 * t;
-        const double e0 = exp(v[0] - v[0]), e1 = exp(v[1] - v[0]), s = 0.0 + e0 + e1;
-        v[0] = e0 / s;
-        v[1] = e1 / s;
+        v[1] = exp(v[1] - v[0]);
+        v[0] = exp(v[0] - v[0]);
     }
+    moe_pairs_div(g, n);
 }
 
 void moe_pairs_div(double *g, long n)

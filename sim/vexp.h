@@ -39,6 +39,9 @@ int moe_all_finite(const double *x, size_t len);
  * added in that order, v_j = e_j / s (the same doubles as the C library's exp and a scalar
  * division). Four pairs a vector. */
 void moe_softmax_pairs(double *g, long n);
+/* g[2i], g[2i+1] = g[2i] / s, g[2i+1] / s with s = 0 + g[2i] + g[2i+1], for i < n: the division
+ * of moe_softmax_pairs, for pairs whose exponentials are known. */
+void moe_pairs_div(double *g, long n);
 
 /* Rows r < nrows of x (nrows, len), len >= 1: p row r = the softmax moe_softmax computes, and
  * lse[r] (lse may be NULL) = the logsumexp moe_softmax_lse returns, bit for bit: exp(x - max)
@@ -77,8 +80,5 @@ void moe_softmax_rows_more(const double *x, int nrows, int len, double *p,
 void moe_softmax_rows8_top2(const double *x, int nrows, double *p, double *lse, double *mx,
                             int32_t *idx2, double *e2);
 
-/* g[2i], g[2i+1] = g[2i] / s, g[2i+1] / s with s = g[2i] + g[2i+1], for i < n: the division
- * of moe_softmax_pairs, for pairs whose exponentials are known. */
-void moe_pairs_div(double *g, long n);
 
 #endif
