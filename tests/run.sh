@@ -11,10 +11,9 @@
 # TEST_JOBS tests run at once (default: the online processors; 1 runs them one after another),
 # the longest first (FIRST below); the lines are printed in the suite's order whatever order the
 # tests end in. Markers, each a line of the shell test itself:
-#   "# run.sh: alone in the plain pass"
-#                           it runs after the others, by itself (checks that read the machine's
-#                           own timing, which the sanitizer pass skips: tests/t_calib.sh); in a
-#                           run labelled asan it runs among the others;
+#   "# run.sh: alone"       it runs after the others, by itself, in every pass (a test that times
+#                           the machine: tests/t_calib.sh, whose calibration fits its own
+#                           timings even where the sanitizer pass skips the factor checks);
 #   "# run.sh: plain only"  a run labelled asan (make test's sanitizer pass) leaves it out: what
 #                           it checks does not run the instrumented code (the line says why).
 B=${1:-build}
@@ -56,7 +55,7 @@ done
 for s in tests/t_*.sh; do
     [ -f "$s" ] || continue
     [ "$LABEL" = asan ] && grep -q '^# run\.sh: plain only' "$s" && continue
-    if [ "$LABEL" != asan ] && grep -q '^# run\.sh: alone in the plain pass' "$s"; then
+    if grep -q '^# run\.sh: alone$' "$s"; then
         alone="$alone $s"
     else
         add "$s"
