@@ -80,5 +80,4 @@ void moe_softmax_rows_more(const double *x, int nrows, int len, double *p,
 void moe_softmax_rows8_top2(const double *x, int nrows, double *p, double *lse, double *mx,
                             int32_t *idx2, double *e2);
 
-
 #endif

@@ -139,8 +139,8 @@ static void cmp_more(const char *what, const double *x, int nrows, int len, int 
         if (xf[t] != at || (at >= 0 && bits(pf[t]) != bits(pr[at])))
             bad = t;
     }
-    CHECK(bad < 0, "%s: %d rows of %d, %d columns each: row %d differs from the softmax, exp and "
-          "the argmax of p apart", what, nrows, len, k, bad);
+    CHECK(bad < 0, "%s: %d rows of %d, %d columns each: row %d differs from the softmax, exp, "
+          "the argmax of p and the first index of the maximum apart", what, nrows, len, k, bad);
 }
 
 /* x's distance from log x in units of the last place of moe_log(x), against long double logl
