@@ -31,6 +31,7 @@ static void test_threads_same_plan(void)
     } cases[] = {
         {"switch", 1, MOE_ORDER_CHOICE_MAJOR},  {"topk", 1, MOE_ORDER_CHOICE_MAJOR},
         {"topk", 2, MOE_ORDER_CHOICE_MAJOR},    {"topk", 8, MOE_ORDER_TOKEN_MAJOR},
+        {"topk", 8, MOE_ORDER_CHOICE_MAJOR},
         {"topk", 2, MOE_ORDER_BPR},             {"topk", 2, MOE_ORDER_PROBS},
         {"gshard", 2, MOE_ORDER_CHOICE_MAJOR},  {"expert_choice", 0, MOE_ORDER_CHOICE_MAJOR},
         {"dsv3_bias", 2, MOE_ORDER_CHOICE_MAJOR}, {"sinkhorn", 1, MOE_ORDER_CHOICE_MAJOR},
@@ -68,6 +69,35 @@ static void test_threads_same_plan(void)
         moe_plan_free(p);
     }
     moe_metrics_free(mt);
+}
+
+/* topk k = 8 with capacity factor 3/4 (C = 2250 slots against about 3000 claims an expert):
+ * tokens that keep all eight claims (their entries written eight at a time) next to tokens
+ * that keep some, in both orders, 1 and 2 threads the same plan. */
+static void test_topk8_drops(void)
+{
+    static const int orders[] = {MOE_ORDER_CHOICE_MAJOR, MOE_ORDER_TOKEN_MAJOR};
+    for (size_t c = 0; c < sizeof orders / sizeof orders[0]; c++) {
+        moe_route_opts o = route_helper_opts(8, orders[c]);
+        o.cf_num = 3;
+        o.cf_den = 4;
+        moe_plan *a = route_helper("topk", &o, N, E, L, U, NULL, 1);
+        moe_plan *b = route_helper("topk", &o, N, E, L, U, NULL, 2);
+        int per[9] = {0}; /* tokens by their entries */
+        for (size_t i = 0, t0 = 0; i <= b->n_entries; i++)
+            if (i == b->n_entries || b->entries[i].token != b->entries[t0].token) {
+                per[i - t0]++;
+                t0 = i;
+            }
+        CHECK(per[8] > 0 && per[1] + per[2] + per[3] + per[4] + per[5] + per[6] + per[7] > 0,
+              "topk k=8 order %d: %d tokens keep all eight claims, %d keep one to seven "
+              "(both kinds wanted)", orders[c], per[8],
+              per[1] + per[2] + per[3] + per[4] + per[5] + per[6] + per[7]);
+        CHECK(route_helper_same_plan(a, b, E), "topk k=8 cf 3/4 order %d: 1 and 2 threads differ",
+              orders[c]);
+        moe_plan_free(a);
+        moe_plan_free(b);
+    }
 }
 
 /* expert choice: expert e's entries are the first C of the stable argsort of softmax column e */
@@ -120,6 +150,7 @@ int main(void)
         U[i] = gsl_rng_uniform(g);
     gsl_rng_free(g);
     test_threads_same_plan();
+    test_topk8_drops();
     test_expert_choice_vs_argsort();
     test_topk_vs_argsort();
     printf("test_routers_par: %d passed, %d failed\n", check_pass, check_fail);
