@@ -334,6 +334,7 @@ static void rows_part(void *arg, int i, int np)
                     .lse = j->lse ? j->lse + t0 : NULL, .mx = j->c->rowmax + t0,
                     .sel = j->c->rows_select ? j->c->expert + (size_t)t0 * j->c->K : NULL,
                     .k = j->c->K, .esel = j->c->gate + (size_t)t0 * j->c->K,
+                    .esel_max = j->c->rows_select != NULL, /* (the values selected, by rank) */
                     .pmax = j->pmax ? j->pmax + t0 : NULL,
                     .xfirst = j->first ? j->c->expert + t0 : NULL,
                     .pfirst = j->first ? j->c->gate + t0 : NULL});

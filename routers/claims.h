@@ -41,9 +41,11 @@ typedef struct {
     void (*rows_chunk)(void *ctx, long t0, long t1, const double *p, int part);
     /* set by the router, or NULL: called by the rows pass for each chunk of tokens [t0, t1)
      * with row()'s ctx before the chunk's softmax, to leave each token's K choices in expert
-     * (by rank, each in [0, E)); the softmax then leaves in gate (t*K..) the exponentials
-     * exp(l - max) of the logits l of those experts (the numerators of p before its division:
-     * moe_softmax_rows_more), for rows_chunk to make the gates from without taking them again */
+     * (by rank, each in [0, E)) and their logits in gate (t*K.., the first the row's maximum,
+     * which the softmax takes instead of scanning the row); the softmax then leaves in gate the
+     * exponentials exp(l - max) of the logits l of those experts (the numerators of p before
+     * its division: moe_softmax_rows_more), for rows_chunk to make the gates from without
+     * taking them again */
     void (*rows_select)(void *ctx, long t0, long t1);
     int top2_rows;        /* set by a router with K = 2 at E = 8: the rows pass's softmax also
                            * leaves each row's two largest logits in expert and gate

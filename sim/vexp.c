@@ -506,8 +506,8 @@ sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t
 /* moe_softmax_rows_max, and moe_softmax_rows_more's esel (with sel), pmax, xfirst and pfirst
  * (pfirst only with xfirst). */
 static void sm_rows(const double *x, int nrows, int len, double *p, double *lse, double *mx,
-                    const int32_t *sel, int k, double *esel, int32_t *pmax, int32_t *xfirst,
-                    double *pfirst)
+                    const int32_t *sel, int k, double *esel, int esel_max, int32_t *pmax,
+                    int32_t *xfirst, double *pfirst)
 {
     enum { RW = 8 };
     int first = 0;
@@ -543,7 +543,7 @@ static void sm_rows(const double *x, int nrows, int len, double *p, double *lse,
             __builtin_prefetch(x + o);
         for (int j = 0; j < nr; j++) {
             const size_t o = (size_t)(r0 + j) * (size_t)len;
-            m[j] = moe_vmax(x + o, len);
+            m[j] = esel_max ? esel[(size_t)(r0 + j) * k] : moe_vmax(x + o, len);
             moe_vexp_shift(x + o, len, m[j], p + o);
             pr[j] = p + o;
             if (xfirst)
@@ -572,14 +572,14 @@ static void sm_rows(const double *x, int nrows, int len, double *p, double *lse,
 void moe_softmax_rows_max(const double *x, int nrows, int len, double *p, double *lse,
                           double *mx)
 {
-    sm_rows(x, nrows, len, p, lse, mx, NULL, 0, NULL, NULL, NULL, NULL);
+    sm_rows(x, nrows, len, p, lse, mx, NULL, 0, NULL, 0, NULL, NULL, NULL);
 }
 
 void moe_softmax_rows_more(const double *x, int nrows, int len, double *p,
                            const moe_softmax_more *o)
 {
     sm_rows(x, nrows, len, p, o->lse, o->mx, o->sel, o->sel ? o->k : 0, o->sel ? o->esel : NULL,
-            o->pmax, o->xfirst, o->xfirst ? o->pfirst : NULL);
+            o->sel && o->esel_max, o->pmax, o->xfirst, o->xfirst ? o->pfirst : NULL);
 }
 
 void moe_softmax_rows8_top2(const double *x, int nrows, double *p, double *lse, double *mx,

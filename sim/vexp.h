@@ -60,6 +60,9 @@ typedef struct {
     const int32_t *sel; /* (nrows, k), each in [0, len), with esel (nrows, k): each row's */
     int k;              /* exponentials exp(x - max) at its k columns sel (the numerators of p */
     double *esel;       /* before their division): the C library's exp of those differences */
+    int esel_max;       /* with sel: esel[r * k] holds on entry row r's maximum (its first
+                         * selected value, by rank), taken instead of a scan of the row (for a row
+                         * with a NaN any value: the softmax of such a row means nothing) */
     int32_t *pmax;      /* (nrows): each row's first index of its largest p (for a row that
                          * holds a NaN, some index in [0, len)) */
     int32_t *xfirst;    /* (nrows), with pfirst (nrows): each row's first index of its maximum */

@@ -141,6 +141,42 @@ static void cmp_more(const char *what, const double *x, int nrows, int len, int 
     }
     CHECK(bad < 0, "%s: %d rows of %d, %d columns each: row %d differs from the softmax, exp, "
           "the argmax of p and the first index of the maximum apart", what, nrows, len, k, bad);
+    if (k == 0)
+        return;
+    /* esel_max: each row's maximum given in esel[t * k] (by a scalar loop; a row with a NaN
+     * gets 0, and its outputs mean nothing): every output the same bits as the scan's, mx the
+     * value given (== the scan's: the two zeros may differ in sign) */
+    static double p2[BLK], lse2[BLK / 8], mx2[BLK / 8], es2[BLK], pf2[BLK];
+    static int32_t pmax2[BLK], xf2[BLK];
+    int fin[BLK / 8];
+    for (int t = 0; t < nrows; t++) {
+        const double *xr = x + (size_t)t * len;
+        double m = xr[0];
+        fin[t] = 1;
+        for (int i = 0; i < len; i++) {
+            fin[t] &= !isnan(xr[i]);
+            m = xr[i] > m ? xr[i] : m;
+        }
+        es2[t * k] = fin[t] ? m : 0.0;
+    }
+    moe_softmax_rows_more(x, nrows, len, p2,
+                          &(moe_softmax_more){.lse = lse2, .mx = mx2, .sel = sel, .k = k,
+                                              .esel = es2, .esel_max = 1, .pmax = pmax2,
+                                              .xfirst = xf2, .pfirst = pf2});
+    bad = -1;
+    int rows = 0;
+    for (int t = 0; t < nrows && bad < 0; t++) {
+        if (!fin[t])
+            continue;
+        rows++;
+        if (memcmp(p2 + (size_t)t * len, p + (size_t)t * len, (size_t)len * sizeof *p) ||
+            memcmp(es2 + (size_t)t * k, es + (size_t)t * k, (size_t)k * sizeof *es) ||
+            bits(lse2[t]) != bits(lse[t]) || !(mx2[t] == mx[t]) || pmax2[t] != pmax[t] ||
+            xf2[t] != xf[t] || (xf[t] >= 0 && bits(pf2[t]) != bits(pf[t])))
+            bad = t;
+    }
+    CHECK(bad < 0, "%s: %d rows of %d, the maximum given (esel_max): row %d of the %d without "
+          "a NaN differs from the scan's", what, nrows, len, bad, rows);
 }
 
 /* x's distance from log x in units of the last place of moe_log(x), against long double logl
