@@ -76,6 +76,7 @@ void moe_claims_free(moe_claims *c)
     free(c->pmean);
     free(c->rowmax);
     free(c->pmax);
+    free(c->istop);
     free(c->slot);
     free(c->fill);
     free(c->off);
@@ -130,6 +131,7 @@ typedef struct {
     int top2;         /* the softmax leaves the rows' two largest in expert, gate (top2_rows) */
     int first;        /* the softmax leaves each row's first choice in expert, its p in gate */
     int32_t *pmax;    /* (T) c->pmax when the rows observer takes each row's argmax of p */
+    uint8_t *istop;   /* (T) c->istop when the rows observer takes rows_topk_sure */
     double zsum;      /* the sum of lse[t]^2 over the chunks added (moe_sum_sq) */
     int pnp, pcur;    /* counting for the resolution: its parts, and the part being added */
     long pb[MOE_PAR_MAX + 1]; /* each part's first chunk (pb[pnp] = nch) */
@@ -335,6 +337,7 @@ static void rows_part(void *arg, int i, int np)
                     .sel = j->c->rows_select ? j->c->expert + (size_t)t0 * j->c->K : NULL,
                     .k = j->c->K, .esel = j->c->gate + (size_t)t0 * j->c->K,
                     .esel_max = j->c->rows_select != NULL, /* (the values selected, by rank) */
+                    .istop = j->istop ? j->istop + t0 : NULL,
                     .pmax = j->pmax ? j->pmax + t0 : NULL,
                     .xfirst = j->first ? j->c->expert + t0 : NULL,
                     .pfirst = j->first ? j->c->gate + t0 : NULL});
@@ -381,6 +384,16 @@ int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_f
             return moe_fail(MOE_ENOMEM, NULL, "out of memory (rows of %d tokens)", c->n_max);
         j.pmax = c->pmax;
     }
+    /* the router's choices by the selection before the softmax (rows_select) are the observer's
+     * rows_topk: the softmax tells which of them are also the K largest of p (not at E = 8,
+     * where the observer's own test is one vector and the pass the tightest, nor at K = E,
+     * where the observer has nothing to choose) */
+    if (j.sink && c->rows_select && plan->rows_topk == c->expert && plan->rows_topk_k == c->K &&
+        c->E > 8 && c->K < c->E) {
+        if (!c->istop && !(c->istop = malloc((size_t)c->n_max)))
+            return moe_fail(MOE_ENOMEM, NULL, "out of memory (rows of %d tokens)", c->n_max);
+        j.istop = c->istop;
+    }
     for (int s = 0; s < ROWS_RING; s++) /* slot 0 on top */
         j.free_slot[s] = ROWS_RING - 1 - s;
     j.nfree = ROWS_RING;
@@ -401,7 +414,11 @@ int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_f
             j.pb[i] = j.nch * i / j.pnp;
         memset(c->part_cnt, 0, (size_t)j.pnp * c->K * c->E * sizeof *c->part_cnt);
     }
+    if (j.istop)
+        plan->rows_topk_sure = j.istop;
     moe_par_run(rows_part, &j, np);
+    if (j.istop)
+        plan->rows_topk_sure = NULL;
     pthread_cond_destroy(&j.cv);
     pthread_mutex_destroy(&j.mu);
     for (int e = 0; e < c->E; e++)

@@ -69,6 +69,10 @@ typedef struct {
     int32_t *pmax;        /* (T) each row's first index of its largest p, from the last rows
                            * pass when the plan's rows observer asked for them (rows_pmax);
                            * allocated by the first such pass */
+    uint8_t *istop;       /* (T) for the plan's rows observer (moe_plan.rows_topk_sure), from
+                           * the last rows pass with rows_select: 1 where the row's K choices are
+                           * the K largest of its p (moe_softmax_more.istop); allocated when a
+                           * pass first needs it */
     const double *rts_u;  /* (T,E) order rts: the draws, set by the router per group, or NULL */
     /* scratch for moe_claims_resolve */
     long *slot;           /* (T,K) slot of each claim, -1 = dropped or no claim */

@@ -392,6 +392,7 @@ static void rows_each(void *ctx, long t0, long t1, const double *p, const int32_
     const moe_plan *plan = r->plan;
     const int k = rows_k(r), E = plan->E;
     const int32_t *own = plan->rows_topk && plan->rows_topk_k == k ? plan->rows_topk : NULL;
+    const uint8_t *sure = own ? plan->rows_topk_sure : NULL; /* (the pass's is_top) */
     double val[ROWS_KMAX];
     if (k == 1 && E > 1 && pmax) { /* the routing maps are the pass's */
         memcpy(r->tk + t0, pmax, (size_t)(t1 - t0) * sizeof *pmax);
@@ -400,8 +401,9 @@ static void rows_each(void *ctx, long t0, long t1, const double *p, const int32_
     for (long t = t0; k >= 1 && k < E && t < t1; t++) {
         const double *pt = p + (size_t)(t - t0) * E;
         int32_t *tk = r->tk + (size_t)t * k;
-        if (own && (E == 8 ? moe_select_is_top8(pt, own + (size_t)t * k, k)
-                           : moe_select_is_top(pt, E, own + (size_t)t * k, k)))
+        if (own && (sure                  ? sure[t]
+                    : E == 8 ? moe_select_is_top8(pt, own + (size_t)t * k, k)
+                             : moe_select_is_top(pt, E, own + (size_t)t * k, k)))
             for (int j = 0; j < k; j++) /* (k small: no library call per row) */
                 tk[j] = own[(size_t)t * k + j];
         else

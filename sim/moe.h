@@ -131,6 +131,10 @@ typedef struct {
      * choices are not those (noise, scores, sampling) or outside its rows pass. */
     const int32_t *rows_topk;
     int rows_topk_k;
+    /* with rows_topk or NULL: rows_topk_sure[t] = 1 where row t's rows_topk are also the
+     * rows_topk_k largest of its p (no other p of the row reaches the smallest of theirs, as
+     * moe_select_is_top of the row's p tells), 0 where they may not be; filled with them */
+    const uint8_t *rows_topk_sure;
 } moe_plan;
 
 moe_plan *moe_plan_alloc(int n_max, int E, size_t cap_entries);

@@ -297,6 +297,24 @@ static void vx_div(double *p, int len, double s)
         p[i] /= s;
 }
 
+/* vx_div, returning how many quotients are not below lo (NaNs counted, as moe_select_is_top
+ * counts them). */
+static int vx_div_count(double *p, int len, double s, double lo)
+{
+    const __m512d vs = _mm512_set1_pd(s), vl = _mm512_set1_pd(lo);
+    int i = 0, cnt = 0;
+    for (; i + 8 <= len; i += 8) {
+        const __m512d q = _mm512_div_pd(_mm512_loadu_pd(p + i), vs);
+        _mm512_storeu_pd(p + i, q);
+        cnt += __builtin_popcount(_mm512_cmp_pd_mask(q, vl, _CMP_NLT_UQ));
+    }
+    for (; i < len; i++) {
+        p[i] /= s;
+        cnt += !(p[i] < lo);
+    }
+    return cnt;
+}
+
 /* vx_div, returning the first index of the largest quotient (0 for a row where none compares:
  * NaNs): each lane keeps its largest quotient and the index of its first block with it (a later
  * block takes over only when larger), then the lowest index among the lanes with the largest. */
@@ -375,6 +393,16 @@ static void vx_div(double *p, int len, double s)
         p[i] /= s;
 }
 
+static int vx_div_count(double *p, int len, double s, double lo)
+{
+    int cnt = 0;
+    for (int i = 0; i < len; i++) {
+        p[i] /= s;
+        cnt += !(p[i] < lo);
+    }
+    return cnt;
+}
+
 static int vx_div_pmax(double *p, int len, double s)
 {
     int arg = 0;
@@ -421,6 +449,17 @@ static inline void sm_gather(const double *e, int nr, int len, const int32_t *se
             es[(size_t)j * k + q] = e[(size_t)j * len + sel[(size_t)j * k + q]];
 }
 
+/* The smallest of p at a row's k selected columns, from their exponentials es (k) and the
+ * row's sum s: the smallest exponential (NaN when one is NaN, as moe_select_is_top's minimum)
+ * divided by s, which is the smallest quotient since rounding keeps the order. */
+static inline double sm_sel_lo(const double *es, int k, double s)
+{
+    double lo = es[0];
+    for (int q = 1; q < k; q++)
+        lo = es[q] < lo || es[q] != es[q] ? es[q] : lo;
+    return lo / s;
+}
+
 /* lse[j] = m[j] + moe_log(s[j]) for j < n <= 8 (one vector with AVX-512). */
 static inline void sm_lse(const double *m, const double *s, int n, double *lse)
 {
@@ -456,8 +495,8 @@ static inline void sm_top2_num(const double *e, int nr, const int32_t *idx2, dou
  * with the same operations. Returns the rows taken: nrows rounded down to a multiple of eight. */
 static inline __attribute__((always_inline)) int
 sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t *idx2,
-         double *e2, const int32_t *sel, int k, double *esel, int32_t *pmax, int32_t *xfirst,
-         double *pfirst)
+         double *e2, const int32_t *sel, int k, double *esel, uint8_t *istop, int32_t *pmax,
+         int32_t *xfirst, double *pfirst)
 {
     int r0 = 0;
     for (; r0 + 8 <= nrows; r0 += 8) {
@@ -490,6 +529,12 @@ sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t
                                                        _CMP_EQ_OQ);
                 pmax[r0 + j] = eq ? __builtin_ctz(eq) : 0;
             }
+            if (istop) {
+                const double lo = sm_sel_lo(esel + (size_t)(r0 + j) * k, k, s[j]);
+                istop[r0 + j] = __builtin_popcount(_mm512_cmp_pd_mask(
+                                    q, _mm512_set1_pd(lo), _CMP_NLT_UQ)) == k &&
+                                lo == lo;
+            }
             if (pfirst && xfirst[r0 + j] >= 0)
                 pfirst[r0 + j] = _mm512_cvtsd_f64(
                     _mm512_permutexvar_pd(_mm512_set1_epi64(xfirst[r0 + j]), q));
@@ -503,28 +548,29 @@ sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t
 }
 #endif
 
-/* moe_softmax_rows_max, and moe_softmax_rows_more's esel (with sel), pmax, xfirst and pfirst
- * (pfirst only with xfirst). */
+/* moe_softmax_rows_max, and moe_softmax_rows_more's esel (with sel), istop (with sel), pmax,
+ * xfirst and pfirst (pfirst only with xfirst). */
 static void sm_rows(const double *x, int nrows, int len, double *p, double *lse, double *mx,
-                    const int32_t *sel, int k, double *esel, int esel_max, int32_t *pmax,
-                    int32_t *xfirst, double *pfirst)
+                    const int32_t *sel, int k, double *esel, int esel_max, uint8_t *istop,
+                    int32_t *pmax, int32_t *xfirst, double *pfirst)
 {
     enum { RW = 8 };
     int first = 0;
 #if defined(__AVX512F__)
     if (len == 8) { /* then the rest, fewer than eight rows, below */
-        first = sel      ? sm_rows8(x, nrows, p, lse, mx, NULL, NULL, sel, k, esel, pmax, xfirst,
-                                    pfirst)
-                : xfirst ? sm_rows8(x, nrows, p, lse, mx, NULL, NULL, NULL, 0, NULL, pmax, xfirst,
-                                    pfirst)
-                         : sm_rows8(x, nrows, p, lse, mx, NULL, NULL, NULL, 0, NULL, pmax, NULL,
-                                    NULL);
+        first = sel      ? sm_rows8(x, nrows, p, lse, mx, NULL, NULL, sel, k, esel, istop, pmax,
+                                    xfirst, pfirst)
+                : xfirst ? sm_rows8(x, nrows, p, lse, mx, NULL, NULL, NULL, 0, NULL, NULL, pmax,
+                                    xfirst, pfirst)
+                         : sm_rows8(x, nrows, p, lse, mx, NULL, NULL, NULL, 0, NULL, NULL, pmax,
+                                    NULL, NULL);
         x += (size_t)first * 8;
         p += (size_t)first * 8;
         lse = lse ? lse + first : NULL;
         mx = mx ? mx + first : NULL;
         sel = sel ? sel + (size_t)first * k : NULL;
         esel = esel ? esel + (size_t)first * k : NULL;
+        istop = istop ? istop + first : NULL;
         pmax = pmax ? pmax + first : NULL;
         xfirst = xfirst ? xfirst + first : NULL;
         pfirst = pfirst ? pfirst + first : NULL;
@@ -555,10 +601,19 @@ static void sm_rows(const double *x, int nrows, int len, double *p, double *lse,
                       esel + (size_t)r0 * k);
         for (int j = 0; j < nr; j++) {
             double *pj = p + (size_t)(r0 + j) * (size_t)len;
+            const double lo = istop ? sm_sel_lo(esel + (size_t)(r0 + j) * k, k, s[j]) : 0.0;
             if (pmax)
                 pmax[r0 + j] = vx_div_pmax(pj, len, s[j]);
+            else if (istop)
+                istop[r0 + j] = vx_div_count(pj, len, s[j], lo) == k && lo == lo;
             else
                 vx_div(pj, len, s[j]);
+            if (pmax && istop) {
+                int cnt = 0;
+                for (int i = 0; i < len; i++)
+                    cnt += !(pj[i] < lo);
+                istop[r0 + j] = cnt == k && lo == lo;
+            }
             if (pfirst && xfirst[r0 + j] >= 0)
                 pfirst[r0 + j] = pj[xfirst[r0 + j]];
             if (mx)
@@ -572,14 +627,15 @@ static void sm_rows(const double *x, int nrows, int len, double *p, double *lse,
 void moe_softmax_rows_max(const double *x, int nrows, int len, double *p, double *lse,
                           double *mx)
 {
-    sm_rows(x, nrows, len, p, lse, mx, NULL, 0, NULL, 0, NULL, NULL, NULL);
+    sm_rows(x, nrows, len, p, lse, mx, NULL, 0, NULL, 0, NULL, NULL, NULL, NULL);
 }
 
 void moe_softmax_rows_more(const double *x, int nrows, int len, double *p,
                            const moe_softmax_more *o)
 {
     sm_rows(x, nrows, len, p, o->lse, o->mx, o->sel, o->sel ? o->k : 0, o->sel ? o->esel : NULL,
-            o->sel && o->esel_max, o->pmax, o->xfirst, o->xfirst ? o->pfirst : NULL);
+            o->sel && o->esel_max, o->sel ? o->istop : NULL, o->pmax, o->xfirst,
+            o->xfirst ? o->pfirst : NULL);
 }
 
 void moe_softmax_rows8_top2(const double *x, int nrows, double *p, double *lse, double *mx,
@@ -587,7 +643,7 @@ void moe_softmax_rows8_top2(const double *x, int nrows, double *p, double *lse, 
 {
     int first = 0;
 #if defined(__AVX512F__)
-    first = sm_rows8(x, nrows, p, lse, mx, idx2, e2, NULL, 0, NULL, NULL, NULL, NULL);
+    first = sm_rows8(x, nrows, p, lse, mx, idx2, e2, NULL, 0, NULL, NULL, NULL, NULL, NULL);
 #endif
     moe_softmax_rows_max(x + (size_t)first * 8, nrows - first, 8, p + (size_t)first * 8,
                          lse ? lse + first : NULL, mx + first);

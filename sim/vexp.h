@@ -63,6 +63,9 @@ typedef struct {
     int esel_max;       /* with sel: esel[r * k] holds on entry row r's maximum (its first
                          * selected value, by rank), taken instead of a scan of the row (for a row
                          * with a NaN any value: the softmax of such a row means nothing) */
+    uint8_t *istop;     /* with sel, (nrows): 1 when no p of row r outside its k columns sel
+                         * reaches the smallest p at them, as moe_select_is_top (select.h) of the
+                         * row's p and sel: that set is then the k largest of p */
     int32_t *pmax;      /* (nrows): each row's first index of its largest p (for a row that
                          * holds a NaN, some index in [0, len)) */
     int32_t *xfirst;    /* (nrows), with pfirst (nrows): each row's first index of its maximum */

@@ -110,12 +110,15 @@ static void cmp_more(const char *what, const double *x, int nrows, int len, int 
     static double p[BLK], lse[BLK / 8], mx[BLK / 8], p0[BLK], lse0[BLK / 8], mx0[BLK / 8],
         es[BLK], pf[BLK];
     static int32_t sel[BLK], pmax[BLK], xf[BLK];
+    static uint8_t ist[BLK / 8];
     for (int i = 0; i < nrows * k; i++)
         sel[i] = (int32_t)gsl_rng_uniform_int(r, (unsigned long)len);
+    for (int t = 0; t < nrows && k > 1; t += 2) /* every other row: sel its k largest */
+        moe_select_topk(x + (size_t)t * len, len, k < len ? k : len, sel + (size_t)t * k, pf);
     moe_softmax_rows_more(x, nrows, len, p,
                           &(moe_softmax_more){.lse = lse, .mx = mx, .sel = k ? sel : NULL,
-                                              .k = k, .esel = es, .pmax = pmax, .xfirst = xf,
-                                              .pfirst = pf});
+                                              .k = k, .esel = es, .istop = ist, .pmax = pmax,
+                                              .xfirst = xf, .pfirst = pf});
     moe_softmax_rows_max(x, nrows, len, p0, lse0, mx0);
     int bad = -1;
     for (int t = 0; t < nrows && bad < 0; t++) {
@@ -126,6 +129,8 @@ static void cmp_more(const char *what, const double *x, int nrows, int len, int 
         for (int q = 0; q < k; q++)
             if (bits(es[t * k + q]) != bits(exp(xr[sel[t * k + q]] - mx0[t])))
                 bad = t;
+        if (k && ist[t] != moe_select_is_top(pr, len, sel + (size_t)t * k, k))
+            bad = t;
         int nan = 0, first = 0;
         for (int i = 0; i < len; i++) {
             nan |= isnan(pr[i]);
@@ -140,7 +145,8 @@ static void cmp_more(const char *what, const double *x, int nrows, int len, int 
             bad = t;
     }
     CHECK(bad < 0, "%s: %d rows of %d, %d columns each: row %d differs from the softmax, exp, "
-          "the argmax of p and the first index of the maximum apart", what, nrows, len, k, bad);
+          "the argmax of p, is_top and the first index of the maximum apart", what, nrows, len,
+          k, bad);
     if (k == 0)
         return;
     /* esel_max: each row's maximum given in esel[t * k] (by a scalar loop; a row with a NaN
