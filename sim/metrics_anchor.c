@@ -383,9 +383,9 @@ static int rows_k(const moe_metrics_rows *r)
  * the set moe_claims_topk of p chooses, into tk (on the pass's threads). At k = 1 that is the
  * first index of the row's largest p, which the pass may have taken with the softmax (pmax).
  * The router's own top-k of the logits (plan->rows_topk) is that set whenever no other
- * probability of the row reaches its smallest one (moe_select_is_top; add_row reads tk as a
- * set); a row where one does (two logits a rounding apart share a probability) takes the
- * selection on p. */
+ * probability of the row reaches its smallest one (moe_select_is_top, or the pass's own
+ * answer in rows_topk_sure; add_row reads tk as a set); a row where one does (two logits a
+ * rounding apart share a probability) takes the selection on p. */
 static void rows_each(void *ctx, long t0, long t1, const double *p, const int32_t *pmax)
 {
     const moe_metrics_rows *r = ctx;
@@ -398,12 +398,18 @@ static void rows_each(void *ctx, long t0, long t1, const double *p, const int32_
         memcpy(r->tk + t0, pmax, (size_t)(t1 - t0) * sizeof *pmax);
         return;
     }
+    if (sure && k >= 1 && k < E) { /* the router's choices in one copy, then the rows not sure */
+        memcpy(r->tk + (size_t)t0 * k, own + (size_t)t0 * k, (size_t)(t1 - t0) * k * sizeof *own);
+        for (long t = t0; t < t1; t++)
+            if (!sure[t])
+                moe_claims_topk(p + (size_t)(t - t0) * E, E, k, r->tk + (size_t)t * k, val);
+        return;
+    }
     for (long t = t0; k >= 1 && k < E && t < t1; t++) {
         const double *pt = p + (size_t)(t - t0) * E;
         int32_t *tk = r->tk + (size_t)t * k;
-        if (own && (sure                  ? sure[t]
-                    : E == 8 ? moe_select_is_top8(pt, own + (size_t)t * k, k)
-                             : moe_select_is_top(pt, E, own + (size_t)t * k, k)))
+        if (own && (E == 8 ? moe_select_is_top8(pt, own + (size_t)t * k, k)
+                           : moe_select_is_top(pt, E, own + (size_t)t * k, k)))
             for (int j = 0; j < k; j++) /* (k small: no library call per row) */
                 tk[j] = own[(size_t)t * k + j];
         else
