@@ -463,9 +463,13 @@ void moe_select_topk_rows(const double *v, long n, int len, int k, int32_t *idx,
                 idx[o] = -1;
         }
     }
-    for (; t < n; t++)
+    for (; t < n; t++) {
+        /* the row after next on its way from memory (rows longer than the pairs take) */
+        for (size_t o = 0; t + 2 < n && o < (size_t)len; o += 8)
+            __builtin_prefetch(v + (size_t)(t + 2) * len + o);
         if (!moe_select_topk(v + (size_t)t * len, len, k, idx + (size_t)t * k, val + (size_t)t * k))
             idx[(size_t)t * k] = -1;
+    }
 }
 
 int moe_select_argmax_skip(const double *x, int len, int skip)

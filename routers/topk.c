@@ -115,13 +115,16 @@ typedef struct {
     int chunk_select;
 } topk_rows_ctx;
 
-/* Whether topk_gates selects for its chunk rather than topk_row per token: k from 3 to 8 on rows
- * of up to 64 experts (moe_claims_topk_rows, four rows at a time; longer rows gain nothing from
- * the pairs), and k = 2 on rows of eight (topk_top2_8, one loop without a call per token);
- * other rows with k = 1, 2 take the row's maximum from the rows pass in topk_row. */
+/* Whether the chunk's rows are selected before their softmax (topk_select_chunk) rather than by
+ * topk_row per token after it: k from 3 to 8 (moe_claims_topk_rows, four rows at a time up to
+ * 64 experts, one at a time with the next rows prefetched above; the softmax then takes each
+ * row's maximum from the selection and tells the metrics where the choices are p's top k, and
+ * the gates are the pass's exponentials), and k = 2 on rows of eight (topk_top2_8, one loop
+ * without a call per token); other rows with k = 1, 2 take the row's maximum from the rows pass
+ * in topk_row. */
 static int topk_chunk_select(const moe_claims *cl)
 {
-    return (cl->K >= 3 && cl->K <= 8 && cl->E <= 64) || (cl->K == 2 && cl->E == 8);
+    return (cl->K >= 3 && cl->K <= 8) || (cl->K == 2 && cl->E == 8);
 }
 
 /* The two largest of each row of eight logits of tokens [t0, t1), as topk_select takes them in

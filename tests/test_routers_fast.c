@@ -398,35 +398,42 @@ static void test_threads(void)
 }
 
 /* topk's gates: the rows pass takes the exponentials of a chunk of tokens' selected logits in
- * one vector call (routers/topk.c, topk_gates), or for k >= 3 at E <= 64 takes them from its
- * softmax (the numerators of p at the selected experts, moe_softmax_rows_more: the row of eight
- * in one vector, and longer rows); each token's gates must be moe_softmax of its selected
- * logits, the definition (docs/routing.md section 3) and the per-token call the router made
- * before, bit for bit. Dropless, not renormalised: entry t*k + j is token t's choice j with its
- * gate as combine weight. k = 3 leaves a tail of the vector call that the C library's exp
- * takes; the quartered logits give ties and zeros, and the same times 300 give differences
- * below -512, which the C library's exp takes, down to subnormal and zero exponentials. Rows of
- * 8 and 16 are the first N * 8 and N * 16 values of L read as such rows. */
+ * one vector call (routers/topk.c, topk_gates), or for k >= 3 takes them from its softmax (the
+ * numerators of p at the selected experts, moe_softmax_rows_more: the row of eight in one
+ * vector, and longer rows); each token's gates must be moe_softmax of its selected logits, the
+ * definition (docs/routing.md section 3) and the per-token call the router made before, bit for
+ * bit, and its choices the k largest logits by rank (ref_topk). Dropless, not renormalised:
+ * entry t*k + j is token t's choice j with its gate as combine weight. k = 3 leaves a tail of
+ * the vector call that the C library's exp takes; the quartered logits give ties and zeros, and
+ * the same times 300 give differences below -512, which the C library's exp takes, down to
+ * subnormal and zero exponentials. Rows of 8, 16, 100 and 256 are the first values of L read
+ * as such rows (N * 64 / E of them above 64). */
 static double W[(size_t)N * E];
 
 static void test_gates(void)
 {
-    static const int ks[] = {1, 2, 3, 8}, es[] = {64, 16, 8};
+    static const int ks[] = {1, 2, 3, 8}, es[] = {64, 16, 8, 100, 256};
     for (size_t i = 0; i < (size_t)N * E; i++)
         W[i] = L[i] * 300.0;
     for (int w = 0; w < 2; w++)
         for (size_t b = 0; b < sizeof es / sizeof es[0]; b++)
             for (size_t a = 0; a < sizeof ks / sizeof ks[0]; a++) {
-                const int k = ks[a], Eb = es[b];
+                const int k = ks[a], Eb = es[b], n = (int)((size_t)N * E / (size_t)Eb < N
+                                                               ? (size_t)N * E / (size_t)Eb
+                                                               : N);
                 const double *X = w ? W : L;
                 moe_route_opts o = route_helper_opts(k, MOE_ORDER_CHOICE_MAJOR);
                 o.dropless = 1;
-                moe_plan *p = route_helper("topk", &o, N, Eb, X, U, NULL, 2);
-                int bad = !p || p->n_entries != (size_t)N * k, tiny = 0;
-                for (int t = 0; !bad && t < N; t++) {
-                    double sv[8], ref[8];
-                    for (int j = 0; j < k; j++)
+                moe_plan *p = route_helper("topk", &o, n, Eb, X, U, NULL, 2);
+                int bad = !p || p->n_entries != (size_t)n * k, tiny = 0, chosen = 0;
+                for (int t = 0; !bad && t < n; t++) {
+                    double sv[8], ref[8], rv[8];
+                    int32_t ri[8];
+                    ref_topk(X + (size_t)t * Eb, Eb, k, ri, rv); /* the choices, by rank */
+                    for (int j = 0; j < k; j++) {
                         sv[j] = X[(size_t)t * Eb + p->entries[(size_t)t * k + j].expert];
+                        chosen += p->entries[(size_t)t * k + j].expert != ri[j];
+                    }
                     moe_softmax(sv, k, ref);
                     for (int j = 0; j < k; j++) {
                         bad += memcmp(&ref[j], &p->entries[(size_t)t * k + j].combine_w,
@@ -434,10 +441,10 @@ static void test_gates(void)
                         tiny += ref[j] < 0x1p-1022;
                     }
                 }
-                CHECK(bad == 0 && (!w || k < 3 || tiny > 0),
+                CHECK(bad == 0 && chosen == 0 && (!w || k < 3 || tiny > 0),
                       "topk k=%d E=%d%s: %d gates differ from moe_softmax of the selected logits "
-                      "(%d below the smallest normal)",
-                      k, Eb, w ? " (logits x 300)" : "", bad, tiny);
+                      "(%d below the smallest normal), %d choices from the top k by rank",
+                      k, Eb, w ? " (logits x 300)" : "", bad, tiny, chosen);
                 moe_plan_free(p);
             }
 }
