@@ -524,9 +524,13 @@ sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t
             double *pj = p + (size_t)(r0 + j) * 8;
             const __m512d q = _mm512_div_pd(_mm512_loadu_pd(pj), _mm512_set1_pd(s[j]));
             _mm512_storeu_pd(pj, q);
-            if (pmax) {
-                const __mmask8 eq = _mm512_cmp_pd_mask(q, _mm512_set1_pd(_mm512_reduce_max_pd(q)),
-                                                       _CMP_EQ_OQ);
+            if (pmax) { /* the largest p is the one at the first index of the maximum (the
+                         * exponential there is 1, every other at most 1), when there is one */
+                const int xf = xfirst ? xfirst[r0 + j] : -1;
+                const __m512d big =
+                    xf >= 0 ? _mm512_permutexvar_pd(_mm512_set1_epi64(xf), q)
+                            : _mm512_set1_pd(_mm512_reduce_max_pd(q));
+                const __mmask8 eq = _mm512_cmp_pd_mask(q, big, _CMP_EQ_OQ);
                 pmax[r0 + j] = eq ? __builtin_ctz(eq) : 0;
             }
             if (istop) {
