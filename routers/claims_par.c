@@ -371,7 +371,7 @@ static inline int rp_entries8(const moe_claims *c, long t, const long *s, moe_en
         _mm512_storeu_pd(out + 8 * h, _mm512_mask_blend_pd(0x44, x, one));
     }
     *en += 8;
-    rc[0] += c->claim[q0]; /* (every claim made: slots of -1 mark the others) */
+    rc[0] += c->claim[q0]; /* (all eight kept, so all eight claimed) */
     rc[1] += c->claim[q0 + 1];
     rk[0]++;
     rk[1]++;

@@ -10,8 +10,9 @@
  * against the scalar softmax written here with the C library's exp and log, bit for bit; and
  * moe_softmax_pairs (the gates of two values) and moe_pairs_div against their scalar definition,
  * moe_softmax_rows8_top2 against the softmax and moe_select_top2_8 apart, and
- * moe_softmax_rows_more against the softmax, the C library's exp, the argmax of p and the first
- * index of the maximum apart. */
+ * moe_softmax_rows_more against the softmax, the C library's exp, the argmax of p,
+ * moe_select_is_top and the first index of the maximum apart, and with each row's maximum given
+ * (esel_max) against itself scanning. */
 #include "check.h"
 #include "moe.h"
 #include "vexp.h"
@@ -99,12 +100,13 @@ static void cmp_top2(const char *what, const double *x, int nrows)
 }
 
 /* moe_softmax_rows_more on nrows rows of len, with k columns sel per row (drawn from r, repeats
- * allowed; none for k = 0), each row's argmax of p and first index of its maximum, against its
- * definition: p, lse and mx those of moe_softmax_rows_max, bit for bit; esel = exp(x - m) by
- * the C library at those columns, m the row's maximum; pmax the first index of the row's
- * largest p by the serial loop "if (p[i] > best)" (a row holding a NaN: any index of the row);
- * xfirst the first index i with x[i] == m by a scalar loop (-1 for none: a NaN) and pfirst the
- * p there; one check. */
+ * allowed, every other row its k largest by moe_select_topk; none for k = 0), each row's argmax
+ * of p and first index of its maximum, against its definition: p, lse and mx those of
+ * moe_softmax_rows_max, bit for bit; esel = exp(x - m) by the C library at those columns, m
+ * the row's maximum; istop moe_select_is_top of the row's p at sel; pmax the first index of the
+ * row's largest p by the serial loop "if (p[i] > best)" (a row holding a NaN: any index of the
+ * row); xfirst the first index i with x[i] == m by a scalar loop (-1 for none: a NaN) and
+ * pfirst the p there; one check. Then the same with esel_max (one more check). */
 static void cmp_more(const char *what, const double *x, int nrows, int len, int k, gsl_rng *r)
 {
     static double p[BLK], lse[BLK / 8], mx[BLK / 8], p0[BLK], lse0[BLK / 8], mx0[BLK / 8],
