@@ -524,12 +524,12 @@ sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t
             double *pj = p + (size_t)(r0 + j) * 8;
             const __m512d q = _mm512_div_pd(_mm512_loadu_pd(pj), _mm512_set1_pd(s[j]));
             _mm512_storeu_pd(pj, q);
+            const int xf = xfirst ? xfirst[r0 + j] : -1;
+            const __m512d pxf = /* p at the first index of the maximum, in every lane */
+                xf >= 0 ? _mm512_permutexvar_pd(_mm512_set1_epi64(xf), q) : _mm512_setzero_pd();
             if (pmax) { /* the largest p is the one at the first index of the maximum (the
                          * exponential there is 1, every other at most 1), when there is one */
-                const int xf = xfirst ? xfirst[r0 + j] : -1;
-                const __m512d big =
-                    xf >= 0 ? _mm512_permutexvar_pd(_mm512_set1_epi64(xf), q)
-                            : _mm512_set1_pd(_mm512_reduce_max_pd(q));
+                const __m512d big = xf >= 0 ? pxf : _mm512_set1_pd(_mm512_reduce_max_pd(q));
                 const __mmask8 eq = _mm512_cmp_pd_mask(q, big, _CMP_EQ_OQ);
                 pmax[r0 + j] = eq ? __builtin_ctz(eq) : 0;
             }
@@ -539,9 +539,8 @@ sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t
                                     q, _mm512_set1_pd(lo), _CMP_NLT_UQ)) == k &&
                                 lo == lo;
             }
-            if (pfirst && xfirst[r0 + j] >= 0)
-                pfirst[r0 + j] = _mm512_cvtsd_f64(
-                    _mm512_permutexvar_pd(_mm512_set1_epi64(xfirst[r0 + j]), q));
+            if (pfirst && xf >= 0)
+                pfirst[r0 + j] = _mm512_cvtsd_f64(pxf);
             if (mx)
                 mx[r0 + j] = m[j];
         }
@@ -612,12 +611,8 @@ static void sm_rows(const double *x, int nrows, int len, double *p, double *lse,
                 istop[r0 + j] = vx_div_count(pj, len, s[j], lo) == k && lo == lo;
             else
                 vx_div(pj, len, s[j]);
-            if (pmax && istop) {
-                int cnt = 0;
-                for (int i = 0; i < len; i++)
-                    cnt += !(pj[i] < lo);
-                istop[r0 + j] = cnt == k && lo == lo;
-            }
+            if (pmax && istop) /* (its definition, on the quotients just stored) */
+                istop[r0 + j] = moe_select_is_top(pj, len, sel + (size_t)(r0 + j) * k, k);
             if (pfirst && xfirst[r0 + j] >= 0)
                 pfirst[r0 + j] = pj[xfirst[r0 + j]];
             if (mx)
