@@ -274,7 +274,7 @@ void moe_claims_parts_ranks(moe_claims_parts *p, int i, const long rc[2], const 
 }
 
 int moe_claims_parts_write(moe_claims_parts *p, moe_plan *plan, void (*write)(void *, int, int),
-                           void *ctx)
+                           void *ctx, int observe)
 {
     size_t at = 0;
     for (int i = 0; i < p->np; i++) {
@@ -284,8 +284,12 @@ int moe_claims_parts_write(moe_claims_parts *p, moe_plan *plan, void (*write)(vo
     int rc = moe_plan_reserve(plan, at);
     if (rc)
         return rc;
+    p->obs = observe && plan->ents_begin && plan->n_entries == 0 &&
+             plan->ents_begin(plan->ents_ctx, plan, p->np);
     moe_par_run(write, ctx, p->np);
     plan->n_entries += at;
+    plan->ents_seen = p->obs;
+    p->obs = 0;
     for (int i = 0; i < p->np; i++)
         for (int r = 0; r < 2; r++) {
             plan->rank_claims[r] += p->rank_claims[i][r];
@@ -312,8 +316,16 @@ static void rp_emit(void *ctx, int i, int np)
     long lo, hi, rc[2] = {0, 0}, rk[2] = {0, 0};
     moe_par_range(j->n, i, np, &lo, &hi);
     moe_entry *en = j->plan->entries + j->pt.ent0[i];
-    for (long t = lo; t < hi; t++)
-        rp_token_entries(j, t, j->c->slot + (size_t)t * j->c->K, &en, rc, rk);
+    const long B = j->pt.obs ? moe_claims_parts_block(j->c->K) : hi - lo;
+    for (long t0 = lo, t1;; t0 = t1) { /* (one block with t0 = t1 = lo for an empty part) */
+        t1 = hi - t0 > B ? t0 + B : hi;
+        moe_entry *const a = en;
+        for (long t = t0; t < t1; t++)
+            rp_token_entries(j, t, j->c->slot + (size_t)t * j->c->K, &en, rc, rk);
+        moe_claims_parts_seen(&j->pt, j->plan, i, lo, hi, t0, t1, a, en);
+        if (t1 == hi)
+            break;
+    }
     moe_claims_parts_ranks(&j->pt, i, rc, rk);
 }
 
@@ -381,7 +393,7 @@ static inline int rp_entries8(const moe_claims *c, long t, const long *s, moe_en
 
 /* Step 3 for tokens [lo, hi) in token order with K choices each: their slots, then their
  * entries at en (the compiler unrolls the ranks for a constant K). */
-static inline __attribute__((always_inline)) void
+static inline __attribute__((always_inline)) moe_entry *
 rp_assign_k(const rp_job *j, long lo, long hi, long *next, moe_entry *en, long rc[2], long rk[2],
             const int K)
 {
@@ -395,6 +407,7 @@ rp_assign_k(const rp_job *j, long lo, long hi, long *next, moe_entry *en, long r
 #endif
         rp_token_entries_k(j, r, slot, &en, rc, rk, K);
     }
+    return en;
 }
 
 #if defined(__AVX512F__)
@@ -409,7 +422,7 @@ static inline long rp_lane(__m512i x, int e)
  * (lane e), read and bumped there, without a branch on the claim, instead of through memory,
  * where an increment waits on the last store to the same count (or replays after a load that
  * ran ahead of it). */
-static inline __attribute__((always_inline)) void
+static inline __attribute__((always_inline)) moe_entry *
 rp_assign_k8(const rp_job *j, long lo, long hi, long *next, moe_entry *en, long rc[2], long rk[2],
              const int K, const int by_rank)
 {
@@ -437,11 +450,45 @@ rp_assign_k8(const rp_job *j, long lo, long hi, long *next, moe_entry *en, long 
 #pragma GCC unroll 8
     for (int r = 0; r < sets; r++)
         _mm512_mask_storeu_epi64(next + (size_t)r * E, lanes, nv[r]);
+    return en;
 }
 #endif
 
+/* Step 3 for tokens [lo, hi) of a part in token order: their slots from the next free slots,
+ * and their entries at en; returns where they end. */
+static moe_entry *rp_assign_tokens(const rp_job *j, long lo, long hi, long *next, moe_entry *en,
+                                   long rc[2], long rk[2])
+{
+    const int K = j->c->K, E = j->c->E, KR = j->KR;
+#if defined(__AVX512F__)
+    if (E <= 8 && K <= 8) {
+        /* K and the counted ranks constants: the counters' registers known at each claim */
+        if (K == 1)
+            return rp_assign_k8(j, lo, hi, next, en, rc, rk, 1, 0);
+        if (K == 2 && KR > 1)
+            return rp_assign_k8(j, lo, hi, next, en, rc, rk, 2, 1);
+        if (K == 2)
+            return rp_assign_k8(j, lo, hi, next, en, rc, rk, 2, 0);
+        if (K == 8 && KR > 1)
+            return rp_assign_k8(j, lo, hi, next, en, rc, rk, 8, 1);
+        return rp_assign_k8(j, lo, hi, next, en, rc, rk, K, KR > 1);
+    }
+#else
+    (void)E;
+    (void)KR;
+#endif
+    if (K == 1) /* K a constant: the ranks unrolled (switch, topk k = 1; gshard, topk k = 2) */
+        return rp_assign_k(j, lo, hi, next, en, rc, rk, 1);
+    if (K == 2)
+        return rp_assign_k(j, lo, hi, next, en, rc, rk, 2);
+    if (K == 8)
+        return rp_assign_k(j, lo, hi, next, en, rc, rk, 8);
+    return rp_assign_k(j, lo, hi, next, en, rc, rk, K);
+}
+
 /* Step 3 for part i: slots from the part's first slots; in token order also its entries at
- * ent0[i], else (bpr) the slots into c->slot. */
+ * ent0[i] (shown to the plan's entries observer block by block), else (bpr) the slots into
+ * c->slot. */
 static void rp_assign(void *ctx, int i, int np)
 {
     rp_job *j = ctx;
@@ -457,31 +504,15 @@ static void rp_assign(void *ctx, int i, int np)
             rp_take(j, (size_t)j->perm[r] * K, next, c->slot + (size_t)j->perm[r] * K, K);
         return;
     }
-#if defined(__AVX512F__)
-    if (E <= 8 && K <= 8) {
-        /* K and the counted ranks constants: the counters' registers known at each claim */
-        if (K == 1)
-            rp_assign_k8(j, lo, hi, next, en, rc, rk, 1, 0);
-        else if (K == 2 && KR > 1)
-            rp_assign_k8(j, lo, hi, next, en, rc, rk, 2, 1);
-        else if (K == 2)
-            rp_assign_k8(j, lo, hi, next, en, rc, rk, 2, 0);
-        else if (K == 8 && KR > 1)
-            rp_assign_k8(j, lo, hi, next, en, rc, rk, 8, 1);
-        else
-            rp_assign_k8(j, lo, hi, next, en, rc, rk, K, KR > 1);
-        moe_claims_parts_ranks(&j->pt, i, rc, rk);
-        return;
+    const long B = j->pt.obs ? moe_claims_parts_block(K) : hi - lo;
+    for (long t0 = lo, t1;; t0 = t1) { /* (one block with t0 = t1 = lo for an empty part) */
+        t1 = hi - t0 > B ? t0 + B : hi;
+        moe_entry *const a = en;
+        en = rp_assign_tokens(j, t0, t1, next, en, rc, rk);
+        moe_claims_parts_seen(&j->pt, j->plan, i, lo, hi, t0, t1, a, en);
+        if (t1 == hi)
+            break;
     }
-#endif
-    if (K == 1) /* K a constant: the ranks unrolled (switch, topk k = 1; gshard, topk k = 2) */
-        rp_assign_k(j, lo, hi, next, en, rc, rk, 1);
-    else if (K == 2)
-        rp_assign_k(j, lo, hi, next, en, rc, rk, 2);
-    else if (K == 8)
-        rp_assign_k(j, lo, hi, next, en, rc, rk, 8);
-    else
-        rp_assign_k(j, lo, hi, next, en, rc, rk, K);
     moe_claims_parts_ranks(&j->pt, i, rc, rk);
 }
 
@@ -763,7 +794,7 @@ int moe_claims_resolve_par(moe_claims *c, int n, int order, long C, int dropless
     if (!rc)
         rc = rp_prefix(&j, dropless, token_order);
     if (!rc && token_order) {
-        rc = moe_claims_parts_write(&j.pt, plan, rp_assign, &j);
+        rc = moe_claims_parts_write(&j.pt, plan, rp_assign, &j, 1);
     } else if (!rc) {
         if (order == MOE_ORDER_BPR)
             moe_par_run(rp_assign, &j, j.np);
@@ -771,7 +802,7 @@ int moe_claims_resolve_par(moe_claims *c, int n, int order, long C, int dropless
             rc = rp_keyed(&j);
         if (!rc) {
             moe_par_run(rp_emit_count, &j, j.np);
-            rc = moe_claims_parts_write(&j.pt, plan, rp_emit, &j);
+            rc = moe_claims_parts_write(&j.pt, plan, rp_emit, &j, 1);
         }
     }
     free(j.cnt);

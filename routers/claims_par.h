@@ -37,6 +37,8 @@ typedef struct {
     size_t ent0[MOE_PAR_MAX];              /* first entry of each part */
     size_t kept[MOE_PAR_MAX];              /* entries of each part */
     long rank_claims[MOE_PAR_MAX][2], rank_kept[MOE_PAR_MAX][2];
+    int obs;                               /* the parts show their entries to the plan's
+                                            * entries observer (moe_claims_parts_write) */
 } moe_claims_parts;
 
 /* Part i's counts of ranks 0 and 1 (kept apart per part: no shared cache line in the loop). */
@@ -44,8 +46,25 @@ void moe_claims_parts_ranks(moe_claims_parts *p, int i, const long rc[2], const 
 
 /* Places the parts' entries after the plan's (ent0 from kept), reserves room for them, runs
  * write(ctx, i, np) on the np parts (on the routers' threads), then adds the entries and the
- * rank counts to the plan. MOE_ENOMEM when the plan cannot grow. */
+ * rank counts to the plan. With observe, when the plan has no entries yet and its entries
+ * observer (moe_plan.ents_begin) takes them, p->obs = 1 while write runs: each part then shows
+ * the observer its entries by blocks (moe_claims_parts_seen), and the plan's ents_seen is set
+ * after. MOE_ENOMEM when the plan cannot grow. */
 int moe_claims_parts_write(moe_claims_parts *p, moe_plan *plan, void (*write)(void *, int, int),
-                           void *ctx);
+                           void *ctx, int observe);
+
+/* Tokens per block a part shows the entries observer, for K choices a token: about 32 KB of
+ * entries, read again from the first-level cache or the next. */
+static inline long moe_claims_parts_block(int K) { return K < 64 ? 1024 / K : 16; }
+
+/* Part i of the parts p (tokens [lo, hi)) wrote the entries [a, b) of its tokens [t0, t1): shown
+ * to plan's entries observer when p->obs. */
+static inline void moe_claims_parts_seen(const moe_claims_parts *p, const moe_plan *plan, int i,
+                                         long lo, long hi, long t0, long t1, const moe_entry *a,
+                                         const moe_entry *b)
+{
+    if (p->obs)
+        plan->ents_block(plan->ents_ctx, i, lo, hi, t0, t1, a, b);
+}
 
 #endif

@@ -428,7 +428,7 @@ static int cv_run(cv_job *j, int order, int dropless, long *run)
     if ((rc = moe_plan_reserve(j->plan, total)))
         return rc;
     if (order == MOE_ORDER_CHOICE_MAJOR || order == MOE_ORDER_TOKEN_MAJOR) {
-        return moe_claims_parts_write(&j->pt, j->plan, cv_assign, j);
+        return moe_claims_parts_write(&j->pt, j->plan, cv_assign, j, 0);
     }
     if (order == MOE_ORDER_BPR)
         moe_par_run(cv_assign, j, j->np);
@@ -436,7 +436,7 @@ static int cv_run(cv_job *j, int order, int dropless, long *run)
         return rc;
     j->perm = NULL;
     moe_par_run(cv_emit_count, j, j->np);
-    return moe_claims_parts_write(&j->pt, j->plan, cv_emit, j);
+    return moe_claims_parts_write(&j->pt, j->plan, cv_emit, j, 0);
 }
 
 int moe_claims_var_resolve(moe_claims_var *v, const moe_route_opts *o, int n, moe_plan *plan)

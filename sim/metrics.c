@@ -71,6 +71,7 @@ void moe_metrics_free(moe_metrics *mt)
     free(mt->experts_per_token);
     free(mt->groups_touched);
     moe_metrics_rows_free(mt->rows);
+    moe_metrics_ents_free(mt->ents);
     free(mt);
 }
 

@@ -24,6 +24,7 @@
  */
 #include "metrics_anchor.h"
 #include "anchor_memo.h"
+#include "metrics_count.h"
 #include "../routers/claims.h" /* moe_claims_topk */
 #include "../routers/par.h"
 #include "../routers/select.h"
@@ -485,7 +486,7 @@ int moe_metrics_attach(moe_metrics *mt, moe_plan *plan, int n_max, int k)
     plan->rows_ctx = r;
     plan->rows_pmax = k == 1; /* each row's routing map is its first largest p */
     plan->rows_of = NULL;
-    return MOE_OK;
+    return moe_metrics_ents_attach(mt, plan);
 }
 
 void moe_metrics_rows_free(moe_metrics_rows *r)

@@ -15,6 +15,11 @@
  * routers') are read from their own entries, found by a binary search from each part's first
  * token; a plan in another order (expert choice, dense plans) marks its (token, expert) pairs in a
  * bitmap (T, 64 * ceil(E/64)) first, filled serially.
+ *
+ * The one pass can also run inside the router (the plan's entries observer, moe_plan.ents_block):
+ * each of the router's token parts counts every block of entries right after writing it, with
+ * the part's state kept between blocks (count_run), and moe_metrics_scan_count merges the parts'
+ * counts as it merges its own parts' when the observer saw the whole plan as it is.
  */
 #include "metrics_count.h"
 #include "../routers/par.h"
@@ -201,40 +206,67 @@ static __attribute__((noinline)) long groups_ended(count_job *j, int i, long lo,
     return *g0 + gs;
 }
 
-/* count_part's one pass for E <= 64 W (W <= 4 mark words, in locals) and one expert group (a
- * token touches its group when it has an entry), over the entries [at, stop) of tokens [lo, hi)
- * (lo < hi) rather than over the tokens. An entry is accepted when its expert and slot lie
- * inside (E, C) and its token is the previous entry's (lo for the first) or a later one below
- * hi; a token with no entry is dropped, so the histogram needs only the marks of the tokens met,
- * and each routing group's dropped tokens are its tokens in the part less those met. The part is
- * bad exactly when count_part's token loop would find it so: when an entry of [at, stop) is not
- * accepted (that loop stops there, short of stop, or finds it outside (E, C)). The entry at
- * stop, when there is one, has a token at or past hi (first_entry found stop by looking at it),
- * so that loop stops there too. The counts are kept in locals (no store through a pointer the
- * compiler must assume aliases the plan) and added to the part's at the end. */
-static inline __attribute__((always_inline)) void
-count_part_words(count_job *j, int i, long lo, long hi, size_t at, size_t stop, long *ept,
-                 long *gt, long *kept, const int W)
+/* count_part's one pass for E <= 64 W (W <= 4 mark words) and one expert group (a token
+ * touches its group when it has an entry), over the entries of tokens [lo, hi) (lo < hi), read
+ * in blocks in entry order (count_run_block) rather than over the tokens, its state between
+ * blocks in a count_run. An entry is accepted when its expert and slot lie inside (E, C) and
+ * its token is the previous entry's (lo for the first) or a later one below hi; a token with no
+ * entry is dropped, so the histogram needs only the marks of the tokens met, and each routing
+ * group's dropped tokens are its tokens in the part less those met. The part is bad exactly
+ * when count_part's token loop would find it so: when an entry of [at, stop) is not accepted
+ * (that loop stops there, short of stop, or finds it outside (E, C)). The entry at stop, when
+ * there is one, has a token at or past hi (first_entry found stop by looking at it), so that
+ * loop stops there too. */
+typedef struct {
+    long lo, hi;          /* the part's tokens */
+    long present, g0, gend; /* tokens met in the routing group from g0, which ends at gend */
+    int32_t prev;         /* the token of the last entry read (lo before the first) */
+    int ok;               /* every entry read so far accepted */
+    uint64_t mark[4];     /* the experts of token prev */
+    long hist[4 * 64 + 1], kl[4 * 64]; /* tokens per count of experts, entries per expert */
+} count_run;
+
+/* Part i of job j (tokens [lo, hi)) starts its pass: u empty, the part bad until it ends. */
+static void count_run_start(count_job *j, int i, long lo, long hi, count_run *u)
 {
-    const moe_plan *plan = j->plan;
-    const int E = plan->E;
-    /* s < 0 || s >= C as one unsigned compare, likewise e and t */
-    const long C = plan->capacity;
-    const uint32_t uE = (uint32_t)E, uhi = (uint32_t)hi,
-                   uC = C <= 0 ? 0 : C > INT32_MAX ? (uint32_t)INT32_MAX + 1 : (uint32_t)C;
-    long hist[4 * 64 + 1] = {0}, kl[4 * 64] = {0}, present = 0, g0 = lo / j->gs * j->gs;
-    long gend = g0 + j->gs;
-    int32_t prev = (int32_t)lo;
-    uint64_t mark[4] = {0, 0, 0, 0}; /* the experts of token prev */
+    const int E = j->plan->E;
+    u->lo = lo;
+    u->hi = hi;
+    u->present = 0;
+    u->g0 = lo / j->gs * j->gs;
+    u->gend = u->g0 + j->gs;
+    u->prev = (int32_t)lo;
+    u->ok = 1;
+    memset(u->mark, 0, sizeof u->mark);
+    memset(u->hist, 0, ((size_t)E + 1) * sizeof *u->hist);
+    memset(u->kl, 0, (size_t)E * sizeof *u->kl);
     j->head[i] = 0;
     j->bad[i] = 1;
-    for (const moe_entry *en = plan->entries + at, *end = plan->entries + stop; en < end; en++) {
+}
+
+/* The entries [en, end) of part i into u; returns u->ok (0: one is not accepted, u stops). Its
+ * state in locals while it reads (the counts through u's arrays, which no entry field aliases). */
+static inline __attribute__((always_inline)) int
+count_run_block(count_job *j, int i, count_run *u, const moe_entry *en, const moe_entry *end,
+                const int W)
+{
+    const moe_plan *plan = j->plan;
+    /* s < 0 || s >= C as one unsigned compare, likewise e and t */
+    const long C = plan->capacity;
+    const uint32_t uE = (uint32_t)plan->E, uhi = (uint32_t)u->hi,
+                   uC = C <= 0 ? 0 : C > INT32_MAX ? (uint32_t)INT32_MAX + 1 : (uint32_t)C;
+    long *const hist = u->hist, *const kl = u->kl;
+    long present = u->present, gend = u->gend;
+    int32_t prev = u->prev;
+    uint64_t mark[4] = {u->mark[0], u->mark[1], u->mark[2], u->mark[3]};
+    int ok = 0;
+    for (; en < end; en++) {
         const int32_t t = en->token, e = en->expert;
         if (((uint32_t)e >= uE) | ((uint32_t)en->slot >= uC))
-            return;
+            goto out;
         if (t != prev) { /* token prev is done: its marks, then the groups that end before t */
             if ((uint32_t)t - (uint32_t)prev >= uhi - (uint32_t)prev)
-                return; /* before prev, or at or past hi */
+                goto out; /* before prev, or at or past hi */
             int c = 0;
 #pragma GCC unroll 4
             for (int w = 0; w < W; w++) {
@@ -244,7 +276,7 @@ count_part_words(count_job *j, int i, long lo, long hi, size_t at, size_t stop, 
             hist[c]++;
             present += c > 0;
             if (t >= gend) {
-                gend = groups_ended(j, i, lo, hi, &g0, present, t);
+                gend = groups_ended(j, i, u->lo, u->hi, &u->g0, present, t);
                 present = 0;
             }
             prev = t;
@@ -255,35 +287,63 @@ count_part_words(count_job *j, int i, long lo, long hi, size_t at, size_t stop, 
         else
             mark[e / 64] |= (uint64_t)1 << (e % 64);
     }
+    ok = 1;
+out:
+    u->present = present;
+    u->gend = gend;
+    u->prev = prev;
+    for (int w = 0; w < 4; w++)
+        u->mark[w] = mark[w];
+    return u->ok = ok;
+}
+
+static int count_block_one_word(count_job *j, int i, count_run *u, const moe_entry *en,
+                                const moe_entry *end)
+{
+    return count_run_block(j, i, u, en, end, 1);
+}
+
+static int count_block_four_words(count_job *j, int i, count_run *u, const moe_entry *en,
+                                  const moe_entry *end)
+{
+    return count_run_block(j, i, u, en, end, 4);
+}
+
+/* Part i has read all its entries into u, every one accepted: the last token's marks, the
+ * routing groups left, and the part's counts into ept (E + 1), gt (2) and kept (E). */
+static void count_run_end(count_job *j, int i, count_run *u, long *ept, long *gt, long *kept)
+{
+    const int E = j->plan->E;
     int c = 0;
-    for (int w = 0; w < W; w++)
-        c += __builtin_popcountll(mark[w]);
-    hist[c]++;
-    groups_ended(j, i, lo, hi, &g0, present + (c > 0), hi);
+    for (int w = 0; w < 4; w++)
+        c += __builtin_popcountll(u->mark[w]);
+    u->hist[c]++;
+    groups_ended(j, i, u->lo, u->hi, &u->g0, u->present + (c > 0), u->hi);
     long met = 0; /* tokens with an entry (hist[0] counted token lo only, when it has none) */
     for (int k = 1; k <= E; k++) {
-        ept[k] += hist[k];
-        met += hist[k];
+        ept[k] += u->hist[k];
+        met += u->hist[k];
     }
-    ept[0] += hi - lo - met;
-    gt[0] += hi - lo - met;
+    ept[0] += u->hi - u->lo - met;
+    gt[0] += u->hi - u->lo - met;
     gt[1] += met;
     j->touched[i] = met;
     for (int e = 0; e < E; e++)
-        kept[e] += kl[e];
+        kept[e] += u->kl[e];
     j->bad[i] = 0;
 }
 
-static void count_part_one_word(count_job *j, int i, long lo, long hi, size_t at, size_t stop,
-                                long *ept, long *gt, long *kept)
+/* count_part's one pass over the entries [at, stop) of tokens [lo, hi) (lo < hi). */
+static void count_part_entries(count_job *j, int i, long lo, long hi, size_t at, size_t stop,
+                               long *ept, long *gt, long *kept)
 {
-    count_part_words(j, i, lo, hi, at, stop, ept, gt, kept, 1);
-}
-
-static void count_part_four_words(count_job *j, int i, long lo, long hi, size_t at,
-                                  size_t stop, long *ept, long *gt, long *kept)
-{
-    count_part_words(j, i, lo, hi, at, stop, ept, gt, kept, 4);
+    const moe_entry *en = j->plan->entries;
+    count_run u;
+    count_run_start(j, i, lo, hi, &u);
+    if (j->words == 1 ? count_block_one_word(j, i, &u, en + at, en + stop)
+                      : count_block_four_words(j, i, &u, en + at, en + stop)) /* (the words
+                                                                     * past E's stay zero) */
+        count_run_end(j, i, &u, ept, gt, kept);
 }
 
 static void count_part(void *ctx, int i, int np)
@@ -299,10 +359,7 @@ static void count_part(void *ctx, int i, int np)
     size_t at = j->bits || (kept ? i == 0 : lo >= hi) ? 0 : first_entry(plan, (int)lo);
     const size_t stop = !kept ? 0 : i == np - 1 ? plan->n_entries : first_entry(plan, (int)hi);
     if (kept && j->words <= 4 && j->G == 1 && lo < hi) { /* the common case: by entries */
-        if (j->words == 1)
-            count_part_one_word(j, i, lo, hi, at, stop, ept, gt, kept);
-        else /* (the words past E's stay zero) */
-            count_part_four_words(j, i, lo, hi, at, stop, ept, gt, kept);
+        count_part_entries(j, i, lo, hi, at, stop, ept, gt, kept);
         return;
     }
     uint64_t *own = j->own + (size_t)i * (size_t)j->words; /* one token's marks, zero */
@@ -350,8 +407,9 @@ static void count_part(void *ctx, int i, int np)
     j->bad[i] = kept && at != stop; /* an entry of another token, or out of token order */
 }
 
-/* The counts of the parts into mt (count_part has run on job j of np parts). */
-static void count_merge(const count_job *j, int np, moe_metrics *mt)
+/* The counts of the parts into mt (count_part has run on job j of np parts, part i from token
+ * lo[i], or moe_par_range's parts when lo is NULL). */
+static void count_merge(const count_job *j, int np, const long *lo, moe_metrics *mt)
 {
     const moe_plan *plan = j->plan;
     const int n = plan->n, E = plan->E, G = j->G, gs = j->gs;
@@ -366,10 +424,14 @@ static void count_merge(const count_job *j, int np, moe_metrics *mt)
         for (int c = 0; c <= G; c++)
             mt->groups_touched[c] += gt[c];
         touched_sum += j->touched[i];
-        long lo, hi;
-        moe_par_range(n, i, np, &lo, &hi);
-        if (i > 0 && lo < hi && lo % gs != 0) /* the group continued from part i - 1 */
-            j->gdrop[lo / gs] += j->head[i];
+        long a, b;
+        moe_par_range(n, i, np, &a, &b);
+        if (lo) {
+            a = lo[i];
+            b = i + 1 < np ? lo[i + 1] : n;
+        }
+        if (i > 0 && a < b && a % gs != 0) /* the group continued from part i - 1 */
+            j->gdrop[a / gs] += j->head[i];
     }
     /* the drop rate of each routing group, in group order */
     double rmin = INFINITY, rmax = -INFINITY, rsum = 0.0;
@@ -424,8 +486,145 @@ int moe_metrics_count_tokens(const moe_plan *plan, const uint64_t *bits, int wor
     if (rc)
         return rc;
     moe_par_run(count_part, &j, np);
-    count_merge(&j, np, mt);
+    count_merge(&j, np, NULL, mt);
     count_free(&j);
+    return MOE_OK;
+}
+
+/* ---- the entries as the router writes them (moe_plan.ents_block) ---- */
+
+/* count_part's one pass, run by the router's own token parts on each block of entries right
+ * after writing it (while the block is in cache), for moe_metrics_scan_count to merge. */
+struct moe_metrics_ents {
+    const moe_metrics *mt;
+    const moe_plan *plan;
+    count_job j;              /* hist, gdrop and kept of the parts, as count_part fills them */
+    int np;
+    long n, C;                /* the plan's tokens and capacity at ents_begin */
+    size_t a0[MOE_PAR_MAX], a1[MOE_PAR_MAX]; /* the entries each part wrote */
+    int done[MOE_PAR_MAX];    /* part i's last block came, every entry accepted */
+    size_t cap_hist, cap_kept, cap_groups;   /* of j's arrays */
+    count_run run[MOE_PAR_MAX];
+};
+
+/* Grows *a to n longs (cap *cap); 0 when out of memory (*a as it was). */
+static int ents_grow(long **a, size_t *cap, size_t n)
+{
+    if (n <= *cap)
+        return 1;
+    long *b = realloc(*a, n * sizeof *b);
+    if (!b)
+        return 0;
+    *a = b;
+    *cap = n;
+    return 1;
+}
+
+static int ents_begin(void *ctx, const moe_plan *plan, int np)
+{
+    moe_metrics_ents *o = ctx;
+    const moe_metrics *mt = o->mt;
+    const int E = plan->E, n = plan->n;
+    if (plan != o->plan || E != mt->E || E > 4 * 64 || mt->groups != 1 || n <= 0 ||
+        plan->n_entries != 0 || np < 1 || np > MOE_PAR_MAX)
+        return 0;
+    const int gs = moe_metrics_span(mt->group_size, n);
+    const size_t ngroups = ((size_t)n + (size_t)gs - 1) / (size_t)gs,
+                 nh = (size_t)np * ((size_t)E + 3), nk = (size_t)np * (size_t)E;
+    if (!ents_grow(&o->j.hist, &o->cap_hist, nh) || !ents_grow(&o->j.kept, &o->cap_kept, nk) ||
+        !ents_grow(&o->j.gdrop, &o->cap_groups, ngroups))
+        return 0; /* (the metrics then count the entries themselves) */
+    memset(o->j.hist, 0, nh * sizeof *o->j.hist);
+    memset(o->j.kept, 0, nk * sizeof *o->j.kept);
+    o->j.plan = plan;
+    o->j.words = (E + 63) / 64;
+    o->j.G = 1;
+    o->j.per = E;
+    o->j.gs = gs;
+    o->np = np;
+    o->n = n;
+    o->C = plan->capacity;
+    memset(o->done, 0, sizeof o->done);
+    return 1;
+}
+
+static void ents_block(void *ctx, int i, long lo, long hi, long t0, long t1, const moe_entry *a,
+                       const moe_entry *b)
+{
+    moe_metrics_ents *o = ctx;
+    count_job *j = &o->j;
+    count_run *u = &o->run[i];
+    if (t0 == lo) {
+        count_run_start(j, i, lo, hi, u);
+        o->a0[i] = (size_t)(a - j->plan->entries);
+    }
+    if (!u->ok || (a < b && !(j->words == 1 ? count_block_one_word(j, i, u, a, b)
+                                            : count_block_four_words(j, i, u, a, b))))
+        return;
+    if (t1 == hi) {
+        long *ept = j->hist + (size_t)i * ((size_t)j->plan->E + 3), *kept = j->kept;
+        count_run_end(j, i, u, ept, ept + j->plan->E + 1, kept + (size_t)i * j->plan->E);
+        o->a1[i] = (size_t)(b - j->plan->entries);
+        o->done[i] = 1;
+    }
+}
+
+/* The observer counted every entry of plan, as it is, in parts that cover its tokens and its
+ * entries one after the other, for expert groups G and routing groups of group_size; then
+ * lo[i] = part i's first token. */
+static int ents_whole(const moe_metrics_ents *o, const moe_plan *plan, int G, int group_size,
+                      long *lo)
+{
+    if (!o || !plan->ents_seen || plan->ents_ctx != o || o->plan != plan || o->j.plan != plan ||
+        G != 1 || o->n != plan->n || o->C != plan->capacity || plan->dense ||
+        o->j.gs != moe_metrics_span(group_size, plan->n))
+        return 0;
+    size_t at = 0;
+    long t = 0;
+    for (int i = 0; i < o->np; i++) {
+        if (!o->done[i] || o->run[i].lo != t || o->a0[i] != at)
+            return 0;
+        lo[i] = t;
+        t = o->run[i].hi;
+        at = o->a1[i];
+    }
+    return t == plan->n && at == plan->n_entries;
+}
+
+int moe_metrics_ents_attach(moe_metrics *mt, moe_plan *plan)
+{
+    moe_metrics_ents *o = mt->ents;
+    if (!o && !(o = mt->ents = calloc(1, sizeof *o)))
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics of the plan's entries)");
+    o->mt = mt;
+    o->plan = plan;
+    o->j.plan = NULL;
+    plan->ents_begin = ents_begin;
+    plan->ents_block = ents_block;
+    plan->ents_ctx = o;
+    plan->ents_seen = 0;
+    return MOE_OK;
+}
+
+void moe_metrics_ents_free(moe_metrics_ents *o)
+{
+    if (!o)
+        return;
+    free(o->j.hist);
+    free(o->j.kept);
+    free(o->j.gdrop);
+    free(o);
+}
+
+/* moe_metrics_scan_count's last check, once its counts are in: *done = 1 unless the plan has
+ * fewer claims than entries. */
+static int scan_count_claims(const moe_plan *plan, int *done)
+{
+    if (plan->n_claims > 0 && (size_t)plan->n_claims < plan->n_entries)
+        return moe_fail(MOE_EINVAL, "the router produced an inconsistent plan",
+                        "plan has %zu entries but only %ld claims (metrics)", plan->n_entries,
+                        plan->n_claims);
+    *done = 1;
     return MOE_OK;
 }
 
@@ -436,6 +635,16 @@ int moe_metrics_scan_count(const moe_plan *plan, int G, int group_size, long *ke
     *done = 0;
     if (plan->dense || plan->n_entries == 0 || n <= 0)
         return MOE_OK;
+    long lo[MOE_PAR_MAX];
+    moe_metrics_ents *o = mt->ents;
+    if (ents_whole(o, plan, G, group_size, lo)) { /* counted as the router wrote them */
+        for (int i = 0; i < o->np; i++)
+            for (int e = 0; e < E; e++)
+                kept[e] += o->j.kept[(size_t)i * (size_t)E + (size_t)e];
+        count_merge(&o->j, o->np, lo, mt);
+        o->j.plan = NULL; /* (the merge added the heads into gdrop: once) */
+        return scan_count_claims(plan, done);
+    }
     const int gs = moe_metrics_span(group_size, n);
     const long ngroups = (n + gs - 1) / gs;
     const int np = moe_par_parts((long)plan->n_entries + n, SCAN_GRAIN);
@@ -451,17 +660,10 @@ int moe_metrics_scan_count(const moe_plan *plan, int G, int group_size, long *ke
         for (int i = 0; i < np; i++)
             for (int e = 0; e < E; e++)
                 kept[e] += j.kept[(size_t)i * (size_t)E + (size_t)e];
-        count_merge(&j, np, mt);
+        count_merge(&j, np, NULL, mt);
     }
     count_free(&j);
-    if (bad)
-        return MOE_OK;
-    if (plan->n_claims > 0 && (size_t)plan->n_claims < plan->n_entries)
-        return moe_fail(MOE_EINVAL, "the router produced an inconsistent plan",
-                        "plan has %zu entries but only %ld claims (metrics)", plan->n_entries,
-                        plan->n_claims);
-    *done = 1;
-    return MOE_OK;
+    return bad ? MOE_OK : scan_count_claims(plan, done);
 }
 
 /* ---- the marks of a plan in another order ---- */

@@ -33,6 +33,18 @@ int moe_metrics_count_tokens(const moe_plan *plan, const uint64_t *bits, int wor
 int moe_metrics_scan_count(const moe_plan *plan, int G, int group_size, long *kept,
                            moe_metrics *mt, int *done);
 
+/* The plan's entries observer (moe_plan.ents_begin, ents_block) of mt, whose state mt owns
+ * (mt->ents, freed by moe_metrics_free): moe_metrics_ents_attach lets plan's resolutions show
+ * mt's metrics the entries they write, which the observer counts as moe_metrics_scan_count's
+ * one pass does, block by block on the router's threads right after each block is written
+ * (from cache rather than from memory), for E <= 256 and one expert group. moe_metrics_scan_count
+ * then merges those counts instead of reading the entries again, when the observer saw every
+ * entry of the plan as it is (ents_seen), for the same options; the same checks and values.
+ * Errors: MOE_ENOMEM. */
+typedef struct moe_metrics_ents moe_metrics_ents;
+int moe_metrics_ents_attach(moe_metrics *mt, moe_plan *plan);
+void moe_metrics_ents_free(moe_metrics_ents *o);
+
 /* The marks bits (T, words) of the plan's (token, expert) pairs (bits zero on entry) and, for a
  * dense plan, slot_mark (E, C) zero on entry: 1 at each slot some entry fills, with kept_load
  * (E) += the slots of each expert it marks. On the routers' threads when the entries come in

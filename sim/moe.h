@@ -75,7 +75,7 @@ typedef struct {
     double dispatch_w, combine_w;
 } moe_entry;
 
-typedef struct {
+typedef struct moe_plan {
     int n;           /* T */
     int E;           /* experts */
     int m;           /* M logit columns */
@@ -135,6 +135,19 @@ typedef struct {
      * rows_topk_k largest of its p (no other p of the row reaches the smallest of theirs, as
      * moe_select_is_top of the row's p tells), 0 where they may not be; filled with them */
     const uint8_t *rows_topk_sure;
+    /* An observer of the entries a resolution writes on the routers' threads (routers/claims.h,
+     * token-major by token): when the plan has no entries yet the resolution asks
+     * ents_begin(ents_ctx, plan, np) whether to show it the entries its np token parts write;
+     * if so part i (tokens [lo, hi)) calls ents_block(ents_ctx, i, lo, hi, t0, t1, a, b) after
+     * writing the entries [a, b) of its tokens [t0, t1), the blocks of a part in token order
+     * from t0 = lo to t1 = hi (one call with t0 = t1 for an empty part), and once every part has
+     * written the resolution sets ents_seen = 1: the observer saw the entries as they are.
+     * moe_plan_reset and moe_plan_push clear ents_seen; moe_metrics_attach sets the rest. */
+    int (*ents_begin)(void *ctx, const struct moe_plan *plan, int np);
+    void (*ents_block)(void *ctx, int i, long lo, long hi, long t0, long t1, const moe_entry *a,
+                       const moe_entry *b);
+    void *ents_ctx;
+    int ents_seen;
 } moe_plan;
 
 moe_plan *moe_plan_alloc(int n_max, int E, size_t cap_entries);
@@ -421,6 +434,8 @@ typedef struct {
     double flops_expert_executed;
     struct moe_metrics_rows *rows;     /* the sums over the router's softmax rows, or NULL
                                         * (moe_metrics_attach) */
+    struct moe_metrics_ents *ents;     /* the counts of the entries as the router wrote them, or
+                                        * NULL (moe_metrics_attach) */
 } moe_metrics;
 
 moe_metrics *moe_metrics_alloc(int E);
@@ -440,8 +455,11 @@ int moe_metrics_set_opts(moe_metrics *mt, const moe_route_opts *o);
  * importance_loss_vmoe as the router's rows pass produces them, and moe_metrics_compute then
  * takes those sums instead of taking every row's exponentials again (docs/metrics.md: the
  * softmax is then the router's exp(L - max) / sum instead of exp(L - lse)). Plans of routers
- * without a rows pass, noisy plans and Megatron's own scores keep the separate pass. mt must
- * outlive every routing into plan. MOE_ENOMEM when out of memory. */
+ * without a rows pass, noisy plans and Megatron's own scores keep the separate pass. Likewise
+ * plan's entries observer (moe_plan.ents_begin, ents_block) counts the entries a resolution
+ * writes as it writes them, and moe_metrics_compute takes those counts instead of reading the
+ * entries again (the same values). mt must outlive every routing into plan. MOE_ENOMEM when
+ * out of memory. */
 int moe_metrics_attach(moe_metrics *mt, moe_plan *plan, int n_max, int k);
 /* Write the metrics as JSON (keys and order from the metric table) to a temporary name and
  * rename. */

@@ -64,6 +64,7 @@ int moe_plan_reset(moe_plan *p, int n, int E, int m)
     p->lse_of = NULL;
     p->lse_sumsq_of = NULL;
     p->rows_of = NULL;
+    p->ents_seen = 0;
     p->noisy_logits = NULL;
     p->noise_std = 0.0;
     p->rank_claims[0] = p->rank_claims[1] = p->rank_kept[0] = p->rank_kept[1] = 0;
@@ -166,6 +167,7 @@ int moe_plan_push(moe_plan *p, int32_t t, int32_t e, int32_t s, double dw, doubl
         p->entries = ne;
         p->cap_entries = nc;
     }
+    p->ents_seen = 0;
     moe_entry *en = &p->entries[p->n_entries++];
     en->token = t;
     en->expert = e;
