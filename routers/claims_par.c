@@ -445,6 +445,8 @@ rp_assign_k8(const rp_job *j, long lo, long hi, long *next, moe_entry *en, long 
             nv[r] = _mm512_mask_add_epi64(nv[r], (__mmask8)((unsigned)claim << e), nv[r], one);
             slot[k] = claim && v < j->C ? v : -1;
         }
+        if (K == 8 && !j->renormalize && rp_entries8(c, t, slot, &en, rc, rk))
+            continue;
         rp_token_entries_k(j, t, slot, &en, rc, rk, K);
     }
 #pragma GCC unroll 8

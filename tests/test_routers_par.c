@@ -71,30 +71,37 @@ static void test_threads_same_plan(void)
     moe_metrics_free(mt);
 }
 
-/* topk k = 8 with capacity factor 3/4 (C = 2250 slots against about 3000 claims an expert):
- * tokens that keep all eight claims (their entries written eight at a time) next to tokens
- * that keep some, in both orders, 1 and 2 threads the same plan. */
-static void test_topk8_drops(void)
+/* topk k = 8 with capacity factor 3/4 (E = 16: C = 2250 slots against about 3000 claims an
+ * expert) in both orders: tokens that keep all eight claims (their entries written eight at a
+ * time) next to tokens that keep some, 1 and 2 threads the same plan. E = 8 (the logits' first
+ * N * 8 values, every expert claimed by every token, the slots counted in vector registers):
+ * choice_major at 15/16 (C = 5625 of 6000 claims an expert, about 5250 of them of ranks 0 to 6,
+ * so a rank-7 claim is kept on some experts and not on others), token_major at 3/4 (each token
+ * keeps all eight claims until the experts fill, together, at token 4500, then none). */
+static void test_topk8_drops(int e)
 {
     static const int orders[] = {MOE_ORDER_CHOICE_MAJOR, MOE_ORDER_TOKEN_MAJOR};
     for (size_t c = 0; c < sizeof orders / sizeof orders[0]; c++) {
         moe_route_opts o = route_helper_opts(8, orders[c]);
-        o.cf_num = 3;
-        o.cf_den = 4;
-        moe_plan *a = route_helper("topk", &o, N, E, L, U, NULL, 1);
-        moe_plan *b = route_helper("topk", &o, N, E, L, U, NULL, 2);
+        const int all_or_none = e == 8 && orders[c] == MOE_ORDER_TOKEN_MAJOR;
+        o.cf_num = e == 8 && !all_or_none ? 15 : 3;
+        o.cf_den = e == 8 && !all_or_none ? 16 : 4;
+        moe_plan *a = route_helper("topk", &o, N, e, L, U, NULL, 1);
+        moe_plan *b = route_helper("topk", &o, N, e, L, U, NULL, 2);
         int per[9] = {0}; /* tokens by their entries */
         for (size_t i = 0, t0 = 0; i <= b->n_entries; i++)
             if (i == b->n_entries || b->entries[i].token != b->entries[t0].token) {
                 per[i - t0]++;
                 t0 = i;
             }
-        CHECK(per[8] > 0 && per[1] + per[2] + per[3] + per[4] + per[5] + per[6] + per[7] > 0,
-              "topk k=8 order %d: %d tokens keep all eight claims, %d keep one to seven "
-              "(both kinds wanted)", orders[c], per[8],
+        CHECK(per[8] > 0 && (all_or_none ? per[8] < N
+                                         : per[1] + per[2] + per[3] + per[4] + per[5] +
+                                                   per[6] + per[7] > 0),
+              "topk k=8 E %d order %d: %d tokens keep all eight claims, %d keep one to seven "
+              "(both kinds wanted)", e, orders[c], per[8],
               per[1] + per[2] + per[3] + per[4] + per[5] + per[6] + per[7]);
-        CHECK(route_helper_same_plan(a, b, E), "topk k=8 cf 3/4 order %d: 1 and 2 threads differ",
-              orders[c]);
+        CHECK(route_helper_same_plan(a, b, e), "topk k=8 E %d cf %d/%d order %d: 1 and 2 "
+              "threads differ", e, (int)o.cf_num, (int)o.cf_den, orders[c]);
         moe_plan_free(a);
         moe_plan_free(b);
     }
@@ -150,7 +157,8 @@ int main(void)
         U[i] = gsl_rng_uniform(g);
     gsl_rng_free(g);
     test_threads_same_plan();
-    test_topk8_drops();
+    test_topk8_drops(E);
+    test_topk8_drops(8);
     test_expert_choice_vs_argsort();
     test_topk_vs_argsort();
     printf("test_routers_par: %d passed, %d failed\n", check_pass, check_fail);
