@@ -147,9 +147,9 @@ static void gshard_chunk8(void *ctx, long t0, long t1, const double *p, int part
 {
     (void)part;
     gshard_ws *w = ctx;
-    moe_claims *cl = w->cl;
     long t = t0;
 #if defined(__AVX512F__)
+    moe_claims *cl = w->cl;
     for (; t + 8 <= t1; t += 8) {
         double p1[8], p2[8], g1[8], g2[8];
         int ok = 1;
