@@ -424,12 +424,9 @@ static void count_merge(const count_job *j, int np, const long *lo, moe_metrics 
         for (int c = 0; c <= G; c++)
             mt->groups_touched[c] += gt[c];
         touched_sum += j->touched[i];
-        long a, b;
-        moe_par_range(n, i, np, &a, &b);
-        if (lo) {
-            a = lo[i];
-            b = i + 1 < np ? lo[i + 1] : n;
-        }
+        long a = lo ? lo[i] : 0, b = lo ? (i + 1 < np ? lo[i + 1] : n) : 0;
+        if (!lo)
+            moe_par_range(n, i, np, &a, &b);
         if (i > 0 && a < b && a % gs != 0) /* the group continued from part i - 1 */
             j->gdrop[a / gs] += j->head[i];
     }
