@@ -310,23 +310,43 @@ static void rp_emit_count(void *ctx, int i, int np)
     j->pt.kept[i] = kept;
 }
 
-static void rp_emit(void *ctx, int i, int np)
+/* Writes the entries of tokens [t0, t1) at en from their claims' next free slots next (or,
+ * next NULL, from c->slot); returns where they end. */
+typedef moe_entry *rp_tokens_fn(const rp_job *j, long t0, long t1, long *next, moe_entry *en,
+                                long rc[2], long rk[2]);
+
+/* Part i's entries (tokens [lo, hi)) at ent0[i] by write, in blocks shown to the plan's entries
+ * observer when it looks (else one block), then the part's rank counts. */
+static void rp_write_part(rp_job *j, int i, long lo, long hi, long *next, rp_tokens_fn *write)
 {
-    rp_job *j = ctx;
-    long lo, hi, rc[2] = {0, 0}, rk[2] = {0, 0};
-    moe_par_range(j->n, i, np, &lo, &hi);
+    long rc[2] = {0, 0}, rk[2] = {0, 0};
     moe_entry *en = j->plan->entries + j->pt.ent0[i];
     const long B = j->pt.obs ? moe_claims_parts_block(j->c->K) : hi - lo;
     for (long t0 = lo, t1;; t0 = t1) { /* (one block with t0 = t1 = lo for an empty part) */
         t1 = hi - t0 > B ? t0 + B : hi;
         moe_entry *const a = en;
-        for (long t = t0; t < t1; t++)
-            rp_token_entries(j, t, j->c->slot + (size_t)t * j->c->K, &en, rc, rk);
+        en = write(j, t0, t1, next, en, rc, rk);
         moe_claims_parts_seen(&j->pt, j->plan, i, lo, hi, t0, t1, a, en);
         if (t1 == hi)
             break;
     }
     moe_claims_parts_ranks(&j->pt, i, rc, rk);
+}
+
+static moe_entry *rp_emit_tokens(const rp_job *j, long t0, long t1, long *next, moe_entry *en,
+                                 long rc[2], long rk[2])
+{
+    (void)next;
+    for (long t = t0; t < t1; t++)
+        rp_token_entries(j, t, j->c->slot + (size_t)t * j->c->K, &en, rc, rk);
+    return en;
+}
+
+static void rp_emit(void *ctx, int i, int np)
+{
+    long lo, hi;
+    moe_par_range(((rp_job *)ctx)->n, i, np, &lo, &hi);
+    rp_write_part(ctx, i, lo, hi, NULL, rp_emit_tokens);
 }
 
 /* ---- choice_major, token_major, bpr ---- */
@@ -499,23 +519,12 @@ static void rp_assign(void *ctx, int i, int np)
     long lo, hi;
     rp_range(j, i, np, &lo, &hi);
     long *next = j->cnt + (size_t)i * KR * E;
-    moe_entry *en = j->plan->entries + j->pt.ent0[i];
-    long rc[2] = {0, 0}, rk[2] = {0, 0};
     if (j->perm) { /* bpr: the slots only, visiting the tokens in its order */
         for (long r = lo; r < hi; r++)
             rp_take(j, (size_t)j->perm[r] * K, next, c->slot + (size_t)j->perm[r] * K, K);
         return;
     }
-    const long B = j->pt.obs ? moe_claims_parts_block(K) : hi - lo;
-    for (long t0 = lo, t1;; t0 = t1) { /* (one block with t0 = t1 = lo for an empty part) */
-        t1 = hi - t0 > B ? t0 + B : hi;
-        moe_entry *const a = en;
-        en = rp_assign_tokens(j, t0, t1, next, en, rc, rk);
-        moe_claims_parts_seen(&j->pt, j->plan, i, lo, hi, t0, t1, a, en);
-        if (t1 == hi)
-            break;
-    }
-    moe_claims_parts_ranks(&j->pt, i, rc, rk);
+    rp_write_part(j, i, lo, hi, next, rp_assign_tokens);
 }
 
 /* bpr keys: c->val[t] = max_e p[t,e], as the serial loop takes it. */
