@@ -47,8 +47,9 @@ struct moe_layer {
     size_t tile;                  /* rows per tile of the expert phase, 0: one per segment */
     int pad;                      /* 1: sparse plans run every expert at C rows */
     size_t rows_run;              /* rows of the last expert phase */
+    size_t ntiles;                /* its tiles (L->tiles[0..ntiles)) */
     struct expert_seg *seg;       /* (2E) row segments of the expert phase */
-    size_t *first;                /* (2E+1) first tile of each segment */
+    struct expert_tile *tiles;    /* (E (C_max / MOE_TILE_ALIGN + 2)) the expert phase's tiles */
     moe_shared_ws *sh;            /* shared experts (moe_layer_set_shared), or NULL */
     moe_gemm_pack *p1, *p2;       /* libxsmm: W1 (E,D,FW), W2 (E,F,D) packed; else NULL */
     const float *src1, *src2;     /* the w1, w2 packed into p1, p2 (NULL: none yet) */
@@ -133,12 +134,13 @@ static int ffn_rows_par(const moe_layer *L, const moe_experts *w, int e, const f
     return MOE_OK;
 }
 
-/* ---- the expert phase: segments of expert rows in parallel, one BLAS thread each ----
+/* ---- the expert phase: tiles of expert rows in parallel, one BLAS thread each ----
  * Each expert's rows form one segment [0, used_e) and, padded to capacity, a second one
- * [used_e, C) of zero rows (with libxsmm: the same segment, after a split). With T BLAS threads, T workers take segments from one queue
- * (longest first) and run the FFN of each with single-threaded sgemm: every core stays busy
- * through both GEMMs and the activation between them, and no GEMM pays OpenBLAS's fork/join on
- * a block of a few hundred rows. With one BLAS thread the segments run in turn.
+ * [used_e, C) of zero rows (with libxsmm: the same segment, after a split); a segment is one
+ * tile, or several (below). With T BLAS threads, T workers take tiles from one queue (longest
+ * first) and run the FFN of each with single-threaded sgemm: every core stays busy through both
+ * GEMMs and the activation between them, and no GEMM pays OpenBLAS's fork/join on a block of a
+ * few hundred rows. With one BLAS thread the tiles run in turn.
  *
  * Bits: the kept rows of an expert always go through one GEMM pair of M = used_e rows (libxsmm:
  * the same kernel calls), padded or not, whatever the thread count, so y is the same bits
@@ -164,36 +166,39 @@ typedef struct expert_seg {
                      * rest (padding) runs in the last tile's GEMM calls after a split */
 } expert_seg;
 
+/* One GEMM pair of the expert phase: rows [t0, t0 + rows) of segment seg, which are rows
+ * [at, at + rows) of expert e's block. */
+typedef struct expert_tile {
+    size_t t0, rows, at;
+    int seg, e, last; /* last: the segment's last tile, which takes the rest and any split */
+} expert_tile;
+
 typedef struct {
     const moe_layer *L;
     const moe_experts *w;
-    size_t C;               /* rows per expert block */
-    const expert_seg *seg;  /* (n) segments, longest first */
-    const size_t *first;    /* (n+1) first tile of each segment; first[n] = tiles */
-    int n, par;             /* par: one worker, threaded BLAS and activation */
-    atomic_size_t next;     /* next tile to take */
+    size_t C;                 /* rows per expert block */
+    const expert_seg *seg;    /* the segments */
+    const expert_tile *tile;  /* (n) tiles, longest first */
+    size_t n;
+    int par;                  /* par: one worker, threaded BLAS and activation */
+    atomic_size_t next;       /* next tile to take */
     atomic_int rc;
 } expert_pool;
 
-/* Runs tiles (whole segments unless tiled) from the pool until none is left; a worker's tiles
- * come in increasing order, so its position in the segments only moves forward. */
+/* Runs tiles from the pool until none is left. */
 static void *expert_worker(void *arg)
 {
     expert_pool *p = arg;
     size_t D = (size_t)p->L->d, FW = (size_t)p->L->fw;
-    int pos = 0;
     for (;;) {
         size_t i = atomic_fetch_add(&p->next, 1);
-        if (i >= p->first[p->n] || atomic_load(&p->rc))
+        if (i >= p->n || atomic_load(&p->rc))
             break;
-        while (p->first[pos + 1] <= i)
-            pos++;
-        const expert_seg *s = &p->seg[pos];
-        size_t nt = p->first[pos + 1] - p->first[pos], j = i - p->first[pos];
-        size_t t0 = j * p->L->tile, nr = j + 1 < nt ? p->L->tile : s->len - t0;
-        size_t r0 = (size_t)s->e * p->C + s->r0 + t0;
-        size_t split = s->split && j + 1 == nt ? s->split - t0 : 0; /* the last tile's kept rows */
-        int rc = ffn_rows_par(p->L, p->w, s->e, p->L->xin + r0 * D, nr, split,
+        const expert_tile *t = &p->tile[i];
+        const expert_seg *s = &p->seg[t->seg];
+        size_t r0 = (size_t)s->e * p->C + s->r0 + t->t0;
+        size_t split = s->split && t->last ? s->split - t->t0 : 0; /* the last tile's kept rows */
+        int rc = ffn_rows_par(p->L, p->w, s->e, p->L->xin + r0 * D, t->rows, split,
                               p->L->hid + r0 * FW, p->L->out + r0 * D, p->par);
         if (rc)
             atomic_store(&p->rc, rc);
@@ -201,15 +206,17 @@ static void *expert_worker(void *arg)
     return NULL;
 }
 
-/* Longest first; ties by expert, then row. */
-static int seg_cmp(const void *a, const void *b)
+/* Longest first, so that the queue ends on its shortest tiles and the workers finish close
+ * together (an expert of 2048 rows in 768-row tiles ends in one of 1280 rows; taken last, it
+ * left the other worker idle for about 5% of the expert phase); ties by expert, then row. */
+static int tile_cmp(const void *a, const void *b)
 {
-    const expert_seg *x = a, *y = b;
-    if (x->len != y->len)
-        return x->len > y->len ? -1 : 1;
+    const expert_tile *x = a, *y = b;
+    if (x->rows != y->rows)
+        return x->rows > y->rows ? -1 : 1;
     if (x->e != y->e)
         return x->e < y->e ? -1 : 1;
-    return x->r0 < y->r0 ? -1 : x->r0 > y->r0;
+    return x->at < y->at ? -1 : x->at > y->at;
 }
 
 /* FFN_e on rows [0, rows_e) of each expert's block, and on [rows_e, C) too when padded.
@@ -221,9 +228,9 @@ static int seg_cmp(const void *a, const void *b)
 static int experts_run(moe_layer *L, const moe_experts *w, size_t C, const long *rows, int pad)
 {
     expert_seg *seg = L->seg;
-    size_t *first = L->first;
+    expert_tile *tile = L->tiles;
     int n = 0;
-    L->rows_run = 0;
+    L->rows_run = L->ntiles = 0;
     for (int e = 0; e < L->E; e++) {
         size_t r = rows[e] > 0 ? (size_t)rows[e] : 0;
         if (r && pad && r < C && L->p1) {
@@ -236,19 +243,24 @@ static int experts_run(moe_layer *L, const moe_experts *w, size_t C, const long 
         }
         L->rows_run += pad ? C : r;
     }
-    qsort(seg, (size_t)n, sizeof *seg, seg_cmp);
-    first[0] = 0;
+    size_t T = 0; /* at most C / tile + 2 an expert (C <= C_max, tile >= MOE_TILE_ALIGN) */
     for (int i = 0; i < n; i++) {
         size_t kept = seg[i].split ? seg[i].split : seg[i].len; /* the rows that set the tiles */
-        first[i + 1] = first[i] + (L->tile && kept >= 2 * L->tile ? kept / L->tile : 1);
+        size_t nt = L->tile && kept >= 2 * L->tile ? kept / L->tile : 1;
+        for (size_t j = 0; j < nt; j++) {
+            size_t t0 = j * L->tile, len = j + 1 < nt ? L->tile : seg[i].len - t0;
+            tile[T++] = (expert_tile){t0, len, seg[i].r0 + t0, i, seg[i].e, j + 1 == nt};
+        }
     }
+    qsort(tile, T, sizeof *tile, tile_cmp);
+    L->ntiles = T;
     const int blas_threads = moe_blas_threads();
     int nt = blas_threads > MOE_MAX_THREADS ? MOE_MAX_THREADS : blas_threads;
     if (nt < 1)
         nt = 1;
-    if ((size_t)nt > first[n])
-        nt = (int)first[n];
-    expert_pool pool = {L, w, C, seg, first, n, nt == 1, 0, 0};
+    if ((size_t)nt > T)
+        nt = (int)T;
+    expert_pool pool = {L, w, C, seg, tile, T, nt == 1, 0, 0};
     if (nt > 1)
         moe_blas_set_threads(1);
     moe_gemm_run_jobs(expert_worker, &pool, 0, nt); /* every worker takes tiles from one queue */
@@ -345,8 +357,9 @@ moe_layer *moe_layer_alloc(int n_max, int E, long C_max, int d, int f, int act)
     L->used = calloc((size_t)E, sizeof *L->used);
     L->hits = malloc(rows);
     L->seg = malloc(2 * (size_t)E * sizeof *L->seg);
-    L->first = malloc((2 * (size_t)E + 1) * sizeof *L->first);
-    if (!L->xin || !L->hid || !L->out || !L->used || !L->hits || !L->seg || !L->first) {
+    L->tiles = malloc((size_t)E * ((size_t)(C_max > 0 ? C_max : 1) / MOE_TILE_ALIGN + 2) *
+                      sizeof *L->tiles);
+    if (!L->xin || !L->hid || !L->out || !L->used || !L->hits || !L->seg || !L->tiles) {
         moe_fail(MOE_ENOMEM, "use a smaller capacity, width or expert count",
                  "out of memory for layer workspaces of %zu x (%d + %d + %d) floats "
                  "(moe_layer_alloc)", rows, d, fw, d);
@@ -370,7 +383,7 @@ void moe_layer_free(moe_layer *L)
     free(L->used);
     free(L->hits);
     free(L->seg);
-    free(L->first);
+    free(L->tiles);
     moe_shared_ws_free(L->sh);
     moe_gemm_pack_free(L->p1), moe_gemm_pack_free(L->p2);
     free(L);
@@ -407,6 +420,16 @@ void moe_layer_set_tile_rows(moe_layer *L, size_t rows)
 size_t moe_layer_tile_rows(const moe_layer *L) { return L->tile; }
 
 size_t moe_layer_rows_run(const moe_layer *L) { return L->rows_run; }
+
+size_t moe_layer_tiles(const moe_layer *L, int *expert, size_t *at, size_t *rows, size_t max)
+{
+    for (size_t i = 0; i < L->ntiles && i < max; i++) {
+        expert[i] = L->tiles[i].e;
+        at[i] = L->tiles[i].at;
+        rows[i] = L->tiles[i].rows;
+    }
+    return L->ntiles;
+}
 
 /* ---- gate ---- */
 
@@ -736,7 +759,7 @@ int moe_layer_forward(moe_layer *L, const moe_experts *w, const moe_plan *plan, 
     moe_gemm_pack_sync(L->p2, w->w2, &L->src2, moe_blas_threads());
     if (tm)
         tm->dispatch = tm->experts = tm->combine = 0.0;
-    L->rows_run = 0;
+    L->rows_run = L->ntiles = 0;
     if (plan->n == 0)
         return MOE_OK;
     if (plan->capacity == 0) /* no slot: every token gets y = 0 */

@@ -87,6 +87,10 @@ void moe_layer_repack(moe_layer *L);
 /* Rows the expert phase of the last moe_layer_forward ran FFN_e on, summed over experts (the
  * kept slots up to each expert's last filled one; E*C padded to capacity; 0 before any). */
 size_t moe_layer_rows_run(const moe_layer *L);
+/* The tiles of that expert phase in the order its workers took them (longest first; ties by
+ * expert, then row): for i < min(count, max), tile i runs rows [at[i], at[i] + rows[i]) of
+ * expert[i]'s block. Returns the count (0 before any). */
+size_t moe_layer_tiles(const moe_layer *L, int *expert, size_t *at, size_t *rows, size_t max);
 
 /* logits (T,M) = x (T,D) * wg (D,M): float products summed in double in the fixed order of
  * gate.h (not a BLAS sgemm), so the bits do not depend on the BLAS kernel, threads or CPU. */

@@ -682,6 +682,56 @@ static void test_pad_tiles(gsl_rng *r)
  * 192 is a multiple of 16: layer_gemm.h). Requests whose tiles fall under tile*D*F = 2^24
  * are ignored: 100 rounds to 192 rows,
  * 192*128*512 = 12582912 < 2^24, so no tiles. */
+/* The expert phase's queue of tiles (moe_layer_tiles) after a forward of test_tile_bits' plan
+ * (experts of used[e] rows, capacity C) with tiles of `tile` rows: longest first, ties by
+ * expert then row; each expert's tiles cover its rows [0, used[e]) (padded: [0, C)) once, each
+ * starting on a multiple of the tile (or of it after used[e], in a segment of padding);
+ * unpadded, the list is want (nw tiles), worked by hand below. */
+static void check_tiles(const moe_layer *L, const size_t *used, int E, size_t C, size_t tile,
+                        int pad, const char *what, const size_t (*want)[3], int nw)
+{
+    enum { MAX = 64 };
+    int ex[MAX];
+    size_t at[MAX], rows[MAX], cover[8] = {0};
+    size_t T = moe_layer_tiles(L, ex, at, rows, MAX);
+    CHECK(T >= 1 && T <= MAX && E <= 8, "%s: %zu tiles", what, T);
+    if (T < 1 || T > MAX || E > 8)
+        return;
+    for (size_t i = 0; i < T; i++) {
+        /* a segment of padding (OpenBLAS) starts at used[e] and is tiled from there */
+        int ok = ex[i] >= 0 && ex[i] < E && rows[i] > 0 &&
+                 (at[i] % tile == 0 || (pad && at[i] >= used[ex[i]] &&
+                                        (at[i] - used[ex[i]]) % tile == 0));
+        CHECK(ok, "%s: tile %zu is expert %d rows %zu + %zu", what, i, ex[i], at[i], rows[i]);
+        if (i > 0) {
+            int later = rows[i] < rows[i - 1] ||
+                        (rows[i] == rows[i - 1] && (ex[i] > ex[i - 1] ||
+                                                    (ex[i] == ex[i - 1] && at[i] > at[i - 1])));
+            CHECK(later, "%s: tile %zu (expert %d, %zu rows at %zu) queued after expert %d, %zu "
+                  "rows at %zu", what, i, ex[i], rows[i], at[i], ex[i - 1], rows[i - 1],
+                  at[i - 1]);
+        }
+        if (ex[i] >= 0 && ex[i] < E)
+            cover[ex[i]] += rows[i];
+    }
+    for (int e = 0; e < E; e++) {
+        size_t need = pad ? C : used[e], end = 0;
+        for (size_t i = 0; i < T; i++) /* the tiles of e, in row order, must meet end to end */
+            for (size_t j = 0; j < T; j++)
+                if (ex[j] == e && at[j] == end)
+                    end += rows[j];
+        CHECK(cover[e] == need && end == need, "%s: expert %d covered %zu rows, contiguous to "
+              "%zu, want %zu", what, e, cover[e], end, need);
+    }
+    if (pad)
+        return;
+    CHECK(T == (size_t)nw, "%s: %zu tiles, want %d", what, T, nw);
+    for (int i = 0; i < nw && (size_t)i < T; i++)
+        CHECK(rows[i] == want[i][0] && (size_t)ex[i] == want[i][1] && at[i] == want[i][2],
+              "%s: tile %d is %zu rows of expert %d at %zu, want %zu of %zu at %zu", what, i,
+              rows[i], ex[i], at[i], want[i][0], want[i][1], want[i][2]);
+}
+
 static void test_tile_bits(gsl_rng *r)
 {
     enum { N = 3600, E = 4, D = 128, F = 512 };
@@ -730,7 +780,17 @@ static void test_tile_bits(gsl_rng *r)
         CHECK_INT(moe_layer_forward(L, &ow.w, p, x, y0, NULL), MOE_OK);
         compare(a ? "untiled swiglu vs naive (tile test)" : "untiled gelu vs naive (tile test)",
                 y0, yr, len);
-        const size_t tiles[3] = {300, 500, 768};
+        const size_t tiles[3] = {300, 500, 768}, used[E] = {1700, 1100, 700, 100};
+        /* unpadded queues (rows, expert, first row) from the tiles in the comment above */
+        static const size_t q384[8][3] = {{716, 1, 384}, {700, 2, 0}, {548, 0, 1152},
+                                          {384, 0, 0},   {384, 0, 384}, {384, 0, 768},
+                                          {384, 1, 0},   {100, 3, 0}};
+        static const size_t q576[5][3] = {
+            {1124, 0, 576}, {1100, 1, 0}, {700, 2, 0}, {576, 0, 0}, {100, 3, 0}};
+        static const size_t q768[5][3] = {
+            {1100, 1, 0}, {932, 0, 768}, {768, 0, 0}, {700, 2, 0}, {100, 3, 0}};
+        const size_t(*want[3])[3] = {q384, q576, q768};
+        const int nwant[3] = {8, 5, 5};
         for (int th = 1; th <= 2; th++)
             for (int pad = 0; pad < 2; pad++)
                 for (int i = 0; i < 3; i++) {
@@ -741,6 +801,11 @@ static void test_tile_bits(gsl_rng *r)
                     CHECK(bad == 0, "%s, %s, tile %zu, %d threads, pad %d: %zu of %zu outputs "
                           "differ from untiled", moe_act_name(acts[a]), moe_gemm_backend_name(g),
                           tiles[i], th, pad, bad, len);
+                    char what[160];
+                    snprintf(what, sizeof what, "%s, %s, tile %zu, %d threads, pad %d",
+                             moe_act_name(acts[a]), moe_gemm_backend_name(g), tiles[i], th, pad);
+                    check_tiles(L, used, E, (size_t)C, moe_layer_tile_rows(L), pad, what,
+                                want[i], nwant[i]);
                 }
         moe_blas_set_threads(saved);
         moe_layer_free(L);
