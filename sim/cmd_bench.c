@@ -33,6 +33,7 @@
 #include "blas_info.h"
 #include "cli.h"
 #include "layer.h"
+#include "layer_gemm.h"
 #include "npy.h"
 #include "options.h"
 #include "pipeline.h"
@@ -836,6 +837,10 @@ static void print_provenance(bench_ctx *c)
                c->bi.cpu_avx512f && !c->bi.core_avx512 ? " on an AVX-512 CPU" : "");
     printf("threads: %d BLAS; layer fp32, GELU tanh; peak for ratios %.0f GFLOP/s\n",
            c->bi.threads, c->a.peak);
+    if (moe_gemm_libxsmm_available())
+        printf("expert GEMMs: %s; next column block of the weights prefetched: %s\n",
+               moe_gemm_backend_name(MOE_GEMM_LIBXSMM),
+               moe_gemm_prefetches() ? "yes (Intel CPU)" : "no (not an Intel CPU)");
 }
 
 int moe_cmd_bench(int argc, char **argv)

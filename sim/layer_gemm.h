@@ -30,6 +30,9 @@ typedef struct moe_gemm_pack moe_gemm_pack;
 int moe_gemm_libxsmm_available(void);
 /* "libxsmm 1.17.0 (cpx)" or "OpenBLAS" for the backend id b. */
 const char *moe_gemm_backend_name(int b);
+/* 1 if the packed kernels prefetch each next column block of the weights on this CPU (Intel),
+ * 0 if not (every other vendor; layer_gemm.c says why). */
+int moe_gemm_prefetches(void);
 
 /* *out = a workspace for E packed (K,N) matrices and their kernels, which read input rows of
  * leading dimension lda >= K and write output rows of leading dimension N. Fails (*out = NULL,

@@ -877,6 +877,25 @@ static void test_gemm_backends(gsl_rng *r)
     free(x), free(y), free(yr), free(yold);
 }
 
+/* moe_gemm_prefetches (layer_gemm.h): 1 exactly on Intel CPUs. Expected value: the vendor_id
+ * line of /proc/cpuinfo (the kernel's own reading of CPUID), "GenuineIntel" or another. */
+static void test_gemm_prefetch(void)
+{
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    char line[256], vendor[64] = "";
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "vendor_id : %63s", vendor) == 1)
+            break;
+    if (f)
+        fclose(f);
+    if (!vendor[0]) {
+        printf("note: no vendor_id in /proc/cpuinfo; moe_gemm_prefetches not checked\n");
+        return;
+    }
+    CHECK(moe_gemm_prefetches() == (strcmp(vendor, "GenuineIntel") == 0),
+          "moe_gemm_prefetches() = %d on a CPU of vendor %s", moe_gemm_prefetches(), vendor);
+}
+
 int main(void)
 {
     moe_install_gsl_handler();
@@ -889,6 +908,7 @@ int main(void)
     test_copy_paths(r);
     test_tile_bits(r);
     test_gemm_backends(r);
+    test_gemm_prefetch();
     test_dense(r);
     test_mixture(r);
     test_errors(r);
