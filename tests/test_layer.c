@@ -669,19 +669,6 @@ static void test_pad_tiles(gsl_rng *r)
     free(x), free(y0), free(y), free(yr), free(has);
 }
 
-/* Row tiles keep the bits. Expected values: the layer's own untiled output y0 (one BLAS
- * thread), itself checked against the naive reference. Experts of 1700, 1100, 700 and 100 rows
- * (tokens in blocks, k = 1) at D = 128, F = 512: a request of 300 rows rounds up to 384 (a
- * multiple of 192), so the first two experts run as 384 x 3 + 548 and 384 + 716 rows, the
- * others untiled (fewer than 2 tiles); 500 rounds to 576: 576 + 1124, the rest untiled; 768
- * (libxsmm's default): 768 + 932, the rest untiled. Padded with libxsmm, the zero rows join the
- * last tile of each expert after a split (layer.c), which must not move the kept rows. Tile
- * boundaries on multiples of 192 rows keep every row in the OpenBLAS kernel it meets untiled
- * (layer.h), so y must equal y0 bit for bit for GELU and SwiGLU, 1 and 2 threads, padded or
- * not; with OpenBLAS and with libxsmm (rows in blocks of 16 from each call's first row, and
- * 192 is a multiple of 16: layer_gemm.h). Requests whose tiles fall under tile*D*F = 2^24
- * are ignored: 100 rounds to 192 rows,
- * 192*128*512 = 12582912 < 2^24, so no tiles. */
 /* The expert phase's queue of tiles (moe_layer_tiles) after a forward of test_tile_bits' plan
  * (experts of used[e] rows, capacity C) with tiles of `tile` rows: longest first, ties by
  * expert then row; each expert's tiles cover its rows [0, used[e]) (padded: [0, C)) once, each
@@ -732,6 +719,20 @@ static void check_tiles(const moe_layer *L, const size_t *used, int E, size_t C,
               rows[i], ex[i], at[i], want[i][0], want[i][1], want[i][2]);
 }
 
+/* Row tiles keep the bits. Expected values: the layer's own untiled output y0 (one BLAS
+ * thread), itself checked against the naive reference. Experts of 1700, 1100, 700 and 100 rows
+ * (tokens in blocks, k = 1) at D = 128, F = 512: a request of 300 rows rounds up to 384 (a
+ * multiple of 192), so the first two experts run as 384 x 3 + 548 and 384 + 716 rows, the
+ * others untiled (fewer than 2 tiles); 500 rounds to 576: 576 + 1124, the rest untiled; 768
+ * (libxsmm's default): 768 + 932, the rest untiled. Padded with libxsmm, the zero rows join the
+ * last tile of each expert after a split (layer.c), which must not move the kept rows. Tile
+ * boundaries on multiples of 192 rows keep every row in the OpenBLAS kernel it meets untiled
+ * (layer.h), so y must equal y0 bit for bit for GELU and SwiGLU, 1 and 2 threads, padded or
+ * not; with OpenBLAS and with libxsmm (rows in blocks of 16 from each call's first row, and
+ * 192 is a multiple of 16: layer_gemm.h). Requests whose tiles fall under tile*D*F = 2^24
+ * are ignored: 100 rounds to 192 rows,
+ * 192*128*512 = 12582912 < 2^24, so no tiles. After each forward, check_tiles checks the
+ * expert phase's queue: the tiles above, longest first. */
 static void test_tile_bits(gsl_rng *r)
 {
     enum { N = 3600, E = 4, D = 128, F = 512 };
