@@ -166,10 +166,10 @@ typedef struct expert_seg {
                      * rest (padding) runs in the last tile's GEMM calls after a split */
 } expert_seg;
 
-/* One GEMM pair of the expert phase: rows [t0, t0 + rows) of segment seg, which are rows
- * [at, at + rows) of expert e's block. */
+/* One GEMM pair of the expert phase: rows [at, at + rows) of expert e's block, in segment seg
+ * (e and at kept here for the queue's order). */
 typedef struct expert_tile {
-    size_t t0, rows, at;
+    size_t rows, at;
     int seg, e, last; /* last: the segment's last tile, which takes the rest and any split */
 } expert_tile;
 
@@ -196,8 +196,8 @@ static void *expert_worker(void *arg)
             break;
         const expert_tile *t = &p->tile[i];
         const expert_seg *s = &p->seg[t->seg];
-        size_t r0 = (size_t)s->e * p->C + s->r0 + t->t0;
-        size_t split = s->split && t->last ? s->split - t->t0 : 0; /* the last tile's kept rows */
+        size_t r0 = (size_t)t->e * p->C + t->at;
+        size_t split = s->split && t->last ? s->split - (t->at - s->r0) : 0; /* its kept rows */
         int rc = ffn_rows_par(p->L, p->w, s->e, p->L->xin + r0 * D, t->rows, split,
                               p->L->hid + r0 * FW, p->L->out + r0 * D, p->par);
         if (rc)
@@ -249,7 +249,7 @@ static int experts_run(moe_layer *L, const moe_experts *w, size_t C, const long 
         size_t nt = L->tile && kept >= 2 * L->tile ? kept / L->tile : 1;
         for (size_t j = 0; j < nt; j++) {
             size_t t0 = j * L->tile, len = j + 1 < nt ? L->tile : seg[i].len - t0;
-            tile[T++] = (expert_tile){t0, len, seg[i].r0 + t0, i, seg[i].e, j + 1 == nt};
+            tile[T++] = (expert_tile){len, seg[i].r0 + t0, i, seg[i].e, j + 1 == nt};
         }
     }
     qsort(tile, T, sizeof *tile, tile_cmp);
