@@ -193,7 +193,7 @@ static const char *spec_message(const char *text, size_t *npoints, const char **
 /* Bugs found by fuzz_spec and fixed in sim/spec.c, and what the inputs get now. */
 static void check_fixed_bugs(void)
 {
-    char want[600];
+    char want[1100];
     size_t np;
     const char *type;
     const char *msg;
@@ -233,6 +233,52 @@ static void check_fixed_bugs(void)
              "no section [router.[x]] for '[x]' (%s/spec.ini:2, key experiment.routers)",
              fuzz_dir());
     CHECK(strcmp(msg, want) == 0, "indented [x]: '%s', expected '%s'", msg, want);
+    /* an override of 300 control characters: written as \xHH, its message outgrew the buffer
+     * and was cut before its where (--set:1); now the middle is elided and the where kept */
+    char set[400] = "act";
+    memset(set + 3, 0x1A, 300);
+    set[303] = '\0';
+    const char *sets[1] = {set};
+    char path[400];
+    snprintf(path, sizeof path, "%s/spec.ini", fuzz_dir());
+    fuzz_write(path, (const uint8_t *)"[router.topk]\n", 14);
+    moe_spec *s = NULL;
+    int rc = moe_spec_load(path, sets, 1, &s);
+    msg = moe_errmsg();
+    const char *tail = "\\x1A' (--set:1)", *dots = strstr(msg, " ... ");
+    size_t ml = strlen(msg), tl = strlen(tail), hexes = 0;
+    for (const char *p = strstr(msg, "\\x"); p; p = strstr(p + 1, "\\x"))
+        hexes += p[2] == '1' && p[3] == 'A';
+    /* Worked by hand from sim/error.c's rule (1023 bytes at most; the last 400 kept whole):
+     * escaped, the message is 14 + 3 + 4 * 300 + 11 = 1228 bytes ("bad override '", "act",
+     * the \x1A's, "' (--set:1)", the label counting from 1). The tail keeps "' (--set:1)" and
+     * (400 - 11) / 4 = 97 whole \x1A's (399 bytes); the head has 1023 - 399 - 5 = 619 bytes
+     * beside " ... ": "bad override 'act" (17) and 150 \x1A's (600). 617 + 5 + 399 = 1021. */
+    CHECK(rc == MOE_EINVAL && s == NULL && strncmp(msg, "bad override 'act\\x1A", 21) == 0 &&
+              ml == 1021 && strcmp(msg + ml - tl, tail) == 0 && dots && dots - msg == 617 &&
+              !strstr(dots + 1, " ... ") && hexes == 247,
+          "override of 300 control characters: %d '%s'", rc, msg);
+    moe_spec_free(s);
+    /* the same rule cuts at characters: 600 two-byte characters (U+00E9), 1225 bytes with the
+     * rest. The tail's 400 bytes would start inside a character (11 + 389, odd), so it keeps
+     * 194 of them (399 bytes); the head's 619 bytes would end inside one (14 + 605), so it
+     * keeps 302 (618 bytes). 618 + 5 + 399 = 1022 bytes, every character whole. */
+    char wide[1300] = "";
+    for (int i = 0; i < 600; i++)
+        strcat(wide, "\xc3\xa9");
+    sets[0] = wide;
+    s = NULL;
+    rc = moe_spec_load(path, sets, 1, &s);
+    msg = moe_errmsg();
+    char head[700] = "bad override '", back[500] = "";
+    for (int i = 0; i < 302; i++)
+        strcat(head, "\xc3\xa9");
+    for (int i = 0; i < 194; i++)
+        strcat(back, "\xc3\xa9");
+    snprintf(want, sizeof want, "%s ... %s' (--set:1)", head, back);
+    CHECK(rc == MOE_EINVAL && s == NULL && strcmp(msg, want) == 0 && strlen(msg) == 1022,
+          "override of 600 two-byte characters: %d '%s' (%zu bytes)", rc, msg, strlen(msg));
+    moe_spec_free(s);
 }
 
 /* Bugs found by the command-line targets (fuzz_route, fuzz_recorded, fuzz_db) and fixed; the

@@ -83,13 +83,22 @@ static int route_is_input(const char *name)
     return 0;
 }
 
+/* path without its leading "./" (any number of them): the name the folder lists for it. */
+static const char *route_plain(const char *path)
+{
+    while (path[0] == '.' && path[1] == '/')
+        for (path += 2; *path == '/'; path++)
+            ;
+    return path;
+}
+
 /* 1 when name is an argument, or the value of an "--option=value" argument (an output the
- * command may have written). */
+ * command may have written), either one read without its leading "./". */
 static int route_is_arg(const char *name, int argc, const char *const *argv)
 {
     for (int i = 1; i < argc; i++) {
         const char *eq = strchr(argv[i], '=');
-        if (!strcmp(name, argv[i]) || (eq && !strcmp(name, eq + 1)))
+        if (!strcmp(name, route_plain(argv[i])) || (eq && !strcmp(name, route_plain(eq + 1))))
             return 1;
     }
     return 0;
