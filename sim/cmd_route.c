@@ -1,7 +1,7 @@
 /* cmd_route.c: `moesim route`: route one recorded logits matrix, write the plan (docs/routing.md
  * section 1) as CSV and the metrics (section 4) as JSON, and optionally run the real layer on
  * given weights and write its output as .npy. The batch runs through the one-batch pipeline
- * (pipeline.h), as `moesim run` does. Flags are those of DESIGN.md; the routing flags
+ * (pipeline.h), as `moesim run` does. Flags are those of docs/moesim.1; the routing flags
  * come from the option table in options.c (--capacity-factor sets capacity_factor). */
 #include "blas_info.h"
 #include "cli.h"

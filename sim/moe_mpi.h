@@ -1,4 +1,4 @@
-/* moe_mpi.h: moesim over MPI (DESIGN.md "Scale beyond one machine"), in three files: the process
+/* moe_mpi.h: moesim over MPI (README.md "Expert parallelism over MPI"), in three files: the process
  * setup, placement, collectives and error agreement (mpi_proc.c), expert parallelism (experts
  * sharded over ranks, tokens moved with MPI_Alltoallv as in Shazeer et al. 2017, GShard,
  * DeepSpeed and Tutel; mpi_ep.c) and `moesim run` spread over ranks (mpi_run.c). The header is

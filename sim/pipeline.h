@@ -1,5 +1,5 @@
-/* pipeline.h: one batch through the MoE layer, the only place that runs it (DESIGN.md "Data
- * flow"). `moesim run` (point.c, and its expert-parallel form in mpi_run.c), `moesim route`
+/* pipeline.h: one batch through the MoE layer, the only place that runs it (README.md
+ * "Layout"). `moesim run` (point.c, and its expert-parallel form in mpi_run.c), `moesim route`
  * (cmd_route.c) and `moesim bench` (cmd_bench.c) all measure this code:
  *
  *   batch     from a token source (moe_pipeline_run_source) or given (moe_pipeline_run_batch)

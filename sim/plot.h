@@ -1,4 +1,4 @@
-/* plot.h: charts from a results database (DESIGN.md "Charts"), drawn by gnuplot from SQLite
+/* plot.h: charts from a results database (README.md "Charts"), drawn by gnuplot from SQLite
  * alone. For every chart, moesim exports one whitespace-separated data file DIR/NAME.dat (a
  * header naming its columns, the query it came from, the configuration and the swept capacity
  * factors, then one gnuplot `index` block per panel and series) and runs the tracked script

@@ -1,7 +1,7 @@
 /* point.h: one sweep point (router x capacity factor x distribution x layer shape x tokens x
  * batches x seed) and the runner that measures it: the source and the expert weights of the
  * point, each batch through the one-batch pipeline (pipeline.h), the metrics and timings
- * averaged over batches (DESIGN.md "Data flow").
+ * averaged over batches (README.md "Layout").
  *
  * The configuration (moe_point) is filled by the spec expander (sim/spec.c); the result
  * (moe_point_result) is what the store (sim/store.c) writes as one row of `points` plus its rows

@@ -1,4 +1,4 @@
-/* store.h: the results database (SQLite, DESIGN.md "Results database"), the only code that
+/* store.h: the results database (SQLite, docs/database.md), the only code that
  * knows its tables and writes them. One row per sweep point in `points` with every
  * configuration value in its own column, the provenance, the mean and std over batches of
  * every scalar metric and the timings; per-expert loads in `expert_loads`, per-batch rows in
