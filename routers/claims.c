@@ -325,10 +325,12 @@ static void rows_part(void *arg, int i, int np)
         const long t0 = ch * j->chunk, t1 = t0 + j->chunk < j->n ? t0 + j->chunk : j->n;
         if (j->c->rows_select)
             j->c->rows_select(j->ctx, t0, t1);
+        int slow = 0; /* (every logit of the chunk goes through the softmax's exponentials) */
         if (j->top2)
             moe_softmax_rows8_top2(j->logits + (size_t)t0 * E, (int)(t1 - t0), p0,
                                    j->lse ? j->lse + t0 : NULL, j->c->rowmax + t0,
-                                   j->c->expert + (size_t)t0 * 2, j->c->gate + (size_t)t0 * 2);
+                                   j->c->expert + (size_t)t0 * 2, j->c->gate + (size_t)t0 * 2,
+                                   &slow);
         else
             moe_softmax_rows_more(
                 j->logits + (size_t)t0 * E, (int)(t1 - t0), E, p0,
@@ -340,7 +342,7 @@ static void rows_part(void *arg, int i, int np)
                     .istop = j->istop ? j->istop + t0 : NULL,
                     .pmax = j->pmax ? j->pmax + t0 : NULL,
                     .xfirst = j->first ? j->c->expert + t0 : NULL,
-                    .pfirst = j->first ? j->c->gate + t0 : NULL});
+                    .pfirst = j->first ? j->c->gate + t0 : NULL, .slow = &slow});
         if (j->row == moe_claims_row_first) /* one loop, no call per token */
             rows_first(j->c, t0, t1, j->logits, p0);
         for (long t = t0; j->row && j->row != moe_claims_row_first &&
@@ -355,7 +357,9 @@ static void rows_part(void *arg, int i, int np)
             const double *pt = p0 + (size_t)(t - t0) * E;
             j->c->val[t] = pt[moe_claims_argmax(pt, E, -1)];
         }
-        const int fin = moe_all_finite(j->logits + (size_t)t0 * E, (size_t)(t1 - t0) * E);
+        /* every exponential's argument on the fast path: every logit finite (vexp.h) */
+        const int fin =
+            !slow || moe_all_finite(j->logits + (size_t)t0 * E, (size_t)(t1 - t0) * E);
         pthread_mutex_lock(&j->mu);
         j->nonfinite |= !fin;
         j->ready[ch % ROWS_RING] = 1;

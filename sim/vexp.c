@@ -162,8 +162,9 @@ static inline __m512d vx_exp8(__m512d a, __mmask8 *fast)
                               _mm512_set1_pd(1.0));
 }
 
-/* out[0..7] = exp(a): vx_exp8, and the C library's exp for the lanes outside its range. */
-static inline void vx_exp8_store(__m512d a, double *out)
+/* out[0..7] = exp(a): vx_exp8, and the C library's exp for the lanes outside its range.
+ * Returns 1 when a lane was outside it, else 0: then every lane of a is finite. */
+static inline int vx_exp8_store(__m512d a, double *out)
 {
     __mmask8 fast;
     _mm512_storeu_pd(out, vx_exp8(a, &fast));
@@ -173,7 +174,9 @@ static inline void vx_exp8_store(__m512d a, double *out)
         for (int j = 0; j < 8; j++)
             if (!(fast >> j & 1))
                 out[j] = exp(av[j]);
+        return 1;
     }
+    return 0;
 }
 
 /* Eight lanes of moe_log: the same operations (k from its integer by an exact conversion),
@@ -223,14 +226,25 @@ static inline void vl_lse(const double *m, const double *s, int n, double *lse)
     _mm512_mask_storeu_pd(lse, km, _mm512_add_pd(_mm512_maskz_loadu_pd(km, m), vl_log8(sv)));
 }
 
-void moe_vexp_shift(const double *x, int len, double m, double *out)
+/* moe_vexp_shift, returning 0 when every argument x[i] - m took the vector's fast path (so
+ * that every x[i] is finite: an infinite or NaN x[i] or m makes x[i] - m infinite or NaN),
+ * else 1 (the elements after the last multiple of eight count as not on it). */
+static inline int vx_shift(const double *x, int len, double m, double *out)
 {
     const __m512d vm = _mm512_set1_pd(m);
-    int i = 0;
+    int i = 0, slow = 0;
     for (; i + 8 <= len; i += 8)
-        vx_exp8_store(_mm512_sub_pd(_mm512_loadu_pd(x + i), vm), out + i);
-    for (; i < len; i++)
+        slow |= vx_exp8_store(_mm512_sub_pd(_mm512_loadu_pd(x + i), vm), out + i);
+    for (; i < len; i++) {
         out[i] = exp(x[i] - m);
+        slow = 1;
+    }
+    return slow;
+}
+
+void moe_vexp_shift(const double *x, int len, double m, double *out)
+{
+    (void)vx_shift(x, len, m, out);
 }
 
 double moe_vmax(const double *x, int len)
@@ -417,10 +431,16 @@ static int vx_div_pmax(double *p, int len, double s)
     return arg;
 }
 
-void moe_vexp_shift(const double *x, int len, double m, double *out)
+static int vx_shift(const double *x, int len, double m, double *out)
 {
     for (int i = 0; i < len; i++)
         out[i] = exp(x[i] - m);
+    return 1;
+}
+
+void moe_vexp_shift(const double *x, int len, double m, double *out)
+{
+    (void)vx_shift(x, len, m, out);
 }
 
 #endif
@@ -496,7 +516,7 @@ static inline void sm_top2_num(const double *e, int nr, const int32_t *idx2, dou
 static inline __attribute__((always_inline)) int
 sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t *idx2,
          double *e2, const int32_t *sel, int k, double *esel, uint8_t *istop, int32_t *pmax,
-         int32_t *xfirst, double *pfirst)
+         int32_t *xfirst, double *pfirst, int *slow)
 {
     int r0 = 0;
     for (; r0 + 8 <= nrows; r0 += 8) {
@@ -510,7 +530,7 @@ sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t
                 const __mmask8 eq = _mm512_cmp_pd_mask(v, _mm512_set1_pd(m[j]), _CMP_EQ_OQ);
                 xfirst[r0 + j] = eq ? __builtin_ctz(eq) : -1;
             }
-            vx_exp8_store(_mm512_sub_pd(v, _mm512_set1_pd(m[j])), p + o);
+            *slow |= vx_exp8_store(_mm512_sub_pd(v, _mm512_set1_pd(m[j])), p + o);
             pr[j] = p + o;
             if (idx2)
                 sm_top2(v, m[j], idx2 + 2 * (size_t)(r0 + j));
@@ -555,18 +575,18 @@ sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t
  * xfirst and pfirst (pfirst only with xfirst). */
 static void sm_rows(const double *x, int nrows, int len, double *p, double *lse, double *mx,
                     const int32_t *sel, int k, double *esel, int esel_max, uint8_t *istop,
-                    int32_t *pmax, int32_t *xfirst, double *pfirst)
+                    int32_t *pmax, int32_t *xfirst, double *pfirst, int *slow)
 {
     enum { RW = 8 };
     int first = 0;
 #if defined(__AVX512F__)
     if (len == 8) { /* then the rest, fewer than eight rows, below */
         first = sel      ? sm_rows8(x, nrows, p, lse, mx, NULL, NULL, sel, k, esel, istop, pmax,
-                                    xfirst, pfirst)
+                                    xfirst, pfirst, slow)
                 : xfirst ? sm_rows8(x, nrows, p, lse, mx, NULL, NULL, NULL, 0, NULL, NULL, pmax,
-                                    xfirst, pfirst)
+                                    xfirst, pfirst, slow)
                          : sm_rows8(x, nrows, p, lse, mx, NULL, NULL, NULL, 0, NULL, NULL, pmax,
-                                    NULL, NULL);
+                                    NULL, NULL, slow);
         x += (size_t)first * 8;
         p += (size_t)first * 8;
         lse = lse ? lse + first : NULL;
@@ -593,7 +613,7 @@ static void sm_rows(const double *x, int nrows, int len, double *p, double *lse,
         for (int j = 0; j < nr; j++) {
             const size_t o = (size_t)(r0 + j) * (size_t)len;
             m[j] = esel_max ? esel[(size_t)(r0 + j) * k] : moe_vmax(x + o, len);
-            moe_vexp_shift(x + o, len, m[j], p + o);
+            *slow |= vx_shift(x + o, len, m[j], p + o);
             pr[j] = p + o;
             if (xfirst)
                 xfirst[r0 + j] = moe_select_first_eq(x + o, len, m[j]);
@@ -626,24 +646,29 @@ static void sm_rows(const double *x, int nrows, int len, double *p, double *lse,
 void moe_softmax_rows_max(const double *x, int nrows, int len, double *p, double *lse,
                           double *mx)
 {
-    sm_rows(x, nrows, len, p, lse, mx, NULL, 0, NULL, 0, NULL, NULL, NULL, NULL);
+    int slow = 0;
+    sm_rows(x, nrows, len, p, lse, mx, NULL, 0, NULL, 0, NULL, NULL, NULL, NULL, &slow);
 }
 
 void moe_softmax_rows_more(const double *x, int nrows, int len, double *p,
                            const moe_softmax_more *o)
 {
+    int slow = 0;
     sm_rows(x, nrows, len, p, o->lse, o->mx, o->sel, o->sel ? o->k : 0, o->sel ? o->esel : NULL,
             o->sel && o->esel_max, o->sel ? o->istop : NULL, o->pmax, o->xfirst,
-            o->xfirst ? o->pfirst : NULL);
+            o->xfirst ? o->pfirst : NULL, &slow);
+    if (o->slow)
+        *o->slow |= slow;
 }
 
 void moe_softmax_rows8_top2(const double *x, int nrows, double *p, double *lse, double *mx,
-                            int32_t *idx2, double *e2)
+                            int32_t *idx2, double *e2, int *slow)
 {
-    int first = 0;
+    int first = 0, sl = 0;
 #if defined(__AVX512F__)
-    first = sm_rows8(x, nrows, p, lse, mx, idx2, e2, NULL, 0, NULL, NULL, NULL, NULL, NULL);
+    first = sm_rows8(x, nrows, p, lse, mx, idx2, e2, NULL, 0, NULL, NULL, NULL, NULL, NULL, &sl);
 #endif
+    *slow |= sl | (first < nrows); /* (the rows left, below, are not told apart) */
     moe_softmax_rows_max(x + (size_t)first * 8, nrows - first, 8, p + (size_t)first * 8,
                          lse ? lse + first : NULL, mx + first);
     for (int r = first; r < nrows; r++) { /* the rows left, from memory */

@@ -71,6 +71,10 @@ typedef struct {
     int32_t *xfirst;    /* (nrows), with pfirst (nrows): each row's first index of its maximum */
     double *pfirst;     /* mx (moe_select_first_eq, select.h) and its p; -1 (pfirst unset) for
                          * a row where no value equals it (a NaN) */
+    int *slow;          /* set to 1 when some x - max left the vector exponential's fast range
+                         * (or went to the C library's exp), else left as it was: while it
+                         * stays 0, every x of the rows is finite (an infinite or NaN x, or
+                         * max, makes x - max infinite or NaN) */
 } moe_softmax_more;
 
 /* moe_softmax_rows_max with the outputs of o: p, lse and mx the same doubles. */
@@ -81,9 +85,10 @@ void moe_softmax_rows_more(const double *x, int nrows, int len, double *p,
  * largest logits as moe_select_top2_8 (select.h) takes them from the row's maximum mx[r]:
  * idx2[2r], idx2[2r+1] their indices and e2[2r], e2[2r+1] the exponentials exp(x - mx[r]) there
  * (the numerators of p before the division: the C library's exp of those differences);
- * idx2[2r] = -1 (the rest unset) for a row it declines (a NaN). With the row in a register
- * already, the selection costs a few instructions more than the softmax. */
+ * idx2[2r] = -1 (the rest unset) for a row it declines (a NaN); *slow as moe_softmax_more's
+ * slow. With the row in a register already, the selection costs a few instructions more than
+ * the softmax. */
 void moe_softmax_rows8_top2(const double *x, int nrows, double *p, double *lse, double *mx,
-                            int32_t *idx2, double *e2);
+                            int32_t *idx2, double *e2, int *slow);
 
 #endif

@@ -3,7 +3,8 @@
  * several shapes and capacity factors:
  *   ids in range, 0 <= slot < capacity, no duplicate (token, expert) for sparse plans and no two
  *   entries in one (expert, slot), kept load <= capacity, finite weights, identical plans for
- *   identical seeds, and the metrics computed from the plan are finite. */
+ *   identical seeds, and the metrics computed from the plan are finite; and a NaN or an
+ *   infinity among the logits is the error "non-finite logit", on rows of 3, 8 and 64. */
 #include "check.h"
 #include "moe.h"
 
@@ -65,6 +66,45 @@ static int route(const moe_router_type *t, const moe_route_opts *o, const shape 
     }
     *out = p;
     return 0;
+}
+
+/* Router t on 64 tokens of N(0,1) logits with E = 8 and 64 (rows the vector exponentials take
+ * whole, whose softmax tells the rows pass whether to look for non-finite logits) and one NaN,
+ * +inf or -inf planted at a different place each time: the error "non-finite logit", as for
+ * the NaN above; one check per (E, value). */
+static void check_nonfinite_wide(const moe_router_type *t, gsl_rng *g)
+{
+    enum { N = 64 };
+    static double L[N * 64];
+    static int64_t ids[N];
+    const double vals[3] = {NAN, INFINITY, -INFINITY};
+    for (int i = 0; i < N; i++)
+        ids[i] = i;
+    for (int E = 8; E <= 64; E *= 8)
+        for (int v = 0; v < 3; v++) {
+            moe_route_opts o;
+            moe_route_opts_default(&o);
+            moe_router *r = NULL;
+            if (moe_router_alloc(t, &o, N, E, &r)) {
+                CHECK(0, "%s alloc E = %d: %s", t->name, E, moe_errmsg());
+                moe_clear_error();
+                continue;
+            }
+            for (int i = 0; i < N * E; i++)
+                L[i] = gsl_ran_ugaussian(g);
+            const int at = (int)gsl_rng_uniform_int(g, (unsigned long)(N * E));
+            L[at] = vals[v];
+            moe_plan *p = moe_plan_alloc(N, r->E, (size_t)N * E);
+            moe_route_in in = {N, E, L, ids, NULL, g, NULL, NULL, 0, NULL, NULL};
+            moe_clear_error();
+            const int rc = moe_router_route(r, &in, p);
+            CHECK(rc == MOE_EINPUT && strstr(moe_errmsg(), "non-finite logit"),
+                  "%s E = %d, %g at token %d, column %d: rc %d, %s", t->name, E, vals[v],
+                  at / E, at % E, rc, moe_errmsg());
+            moe_clear_error();
+            moe_router_free(r);
+            moe_plan_free(p);
+        }
 }
 
 int main(void)
@@ -182,6 +222,7 @@ int main(void)
         CHECK(rc == MOE_EINPUT && strstr(moe_errmsg(), "non-finite logit"),
               "%s NaN: rc %d, %s", t->name, rc, moe_errmsg());
         moe_clear_error();
+        check_nonfinite_wide(t, g);
         in.n = 0;
         rc = moe_router_route(r, &in, p);
         CHECK(rc == MOE_EINPUT, "%s n = 0: rc %d", t->name, rc);

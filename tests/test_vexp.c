@@ -12,7 +12,9 @@
  * moe_softmax_rows8_top2 against the softmax and moe_select_top2_8 apart, and
  * moe_softmax_rows_more against the softmax, the C library's exp, the argmax of p,
  * moe_select_is_top and the first index of the maximum apart, and with each row's maximum given
- * (esel_max) against itself scanning. */
+ * (esel_max) against itself scanning; the slow flag of both (an exponential's argument outside
+ * the fast range, which the rows pass takes as the sign to check its logits for infinities and
+ * NaNs) against its definition, and with an infinity or a NaN planted at every place. */
 #include "check.h"
 #include "moe.h"
 #include "vexp.h"
@@ -72,6 +74,21 @@ static void cmp_softmax(const char *what, const double *x, int nrows, int len)
           what, nrows, len, bad);
 }
 
+/* What the softmax of nrows rows of len, maxima mx, must say in slow (vexp.h): 1 when some
+ * x - max is not below 512 in magnitude (or is NaN), outside the fast range of the exponential
+ * (cmp_row above checks those ranges), or when a row has elements after its last multiple of
+ * eight, which the vector lanes do not take; else 0. */
+static int want_slow(const double *x, int nrows, int len, const double *mx)
+{
+    if (nrows > 0 && len % 8)
+        return 1;
+    for (int r = 0; r < nrows; r++)
+        for (int i = 0; i < len; i++)
+            if (!(fabs(x[(size_t)r * len + i] - mx[r]) < 512.0))
+                return 1;
+    return 0;
+}
+
 /* moe_softmax_rows8_top2 on nrows rows of eight against its definition: moe_softmax_rows_max
  * (bit for bit), and moe_select_top2_8 of each row from its maximum (select.h), the C library's
  * exp(x - max) at the two indices, or -1 where that declines; one check. */
@@ -80,8 +97,14 @@ static void cmp_top2(const char *what, const double *x, int nrows)
     static double p[BLK], lse[BLK / 8], mx[BLK / 8], val[BLK / 4], p0[BLK], lse0[BLK / 8],
         mx0[BLK / 8];
     static int32_t idx[BLK / 4];
-    moe_softmax_rows8_top2(x, nrows, p, lse, mx, idx, val);
+    int slow = 0;
+    moe_softmax_rows8_top2(x, nrows, p, lse, mx, idx, val, &slow);
     moe_softmax_rows_max(x, nrows, 8, p0, lse0, mx0);
+    /* slow: as want_slow, and 1 when rows are left after the last multiple of eight (the
+     * rows the vector block does not take) */
+    const int want = nrows % 8 != 0 || want_slow(x, nrows, 8, mx0);
+    CHECK(slow == want, "%s: %d rows of 8 with the top-2: slow %d, expected %d", what, nrows,
+          slow, want);
     int bad = -1;
     for (int r = 0; r < nrows && bad < 0; r++) {
         int32_t e[2] = {-1, -1};
@@ -117,11 +140,14 @@ static void cmp_more(const char *what, const double *x, int nrows, int len, int 
         sel[i] = (int32_t)gsl_rng_uniform_int(r, (unsigned long)len);
     for (int t = 0; t < nrows && k > 1; t += 2) /* every other row: sel its k largest */
         moe_select_topk(x + (size_t)t * len, len, k < len ? k : len, sel + (size_t)t * k, pf);
+    int slow = 0;
     moe_softmax_rows_more(x, nrows, len, p,
                           &(moe_softmax_more){.lse = lse, .mx = mx, .sel = k ? sel : NULL,
                                               .k = k, .esel = es, .istop = ist, .pmax = pmax,
-                                              .xfirst = xf, .pfirst = pf});
+                                              .xfirst = xf, .pfirst = pf, .slow = &slow});
     moe_softmax_rows_max(x, nrows, len, p0, lse0, mx0);
+    CHECK(slow == want_slow(x, nrows, len, mx0), "%s: %d rows of %d, %d columns each: slow %d, "
+          "expected %d", what, nrows, len, k, slow, want_slow(x, nrows, len, mx0));
     int bad = -1;
     for (int t = 0; t < nrows && bad < 0; t++) {
         const double *xr = x + (size_t)t * len, *pr = p0 + (size_t)t * len;
@@ -262,6 +288,42 @@ static void cmp_pairs(const char *what, const double *x, long n)
           bad, bad < 0 ? 0.0 : x[2 * bad], bad < 0 ? 0.0 : x[2 * bad + 1]);
 }
 
+/* An infinity or a NaN planted at each place of 16 rows of len uniform on [-3, 3] (none
+ * leaves the fast range): the softmax must say slow (so that the rows pass checks the chunk
+ * for non-finite logits), through moe_softmax_rows_more and, for len 8, moe_softmax_rows8_top2;
+ * and slow 0 for the rows without one. One check per (len, value). */
+static void check_slow_planted(int len, gsl_rng *r)
+{
+    enum { NR = 16 };
+    static double x[NR * 64], p[NR * 64], lse[NR], mx[NR], e2[2 * NR];
+    static int32_t idx[2 * NR];
+    const double vals[3] = {INFINITY, -INFINITY, NAN};
+    for (int i = 0; i < NR * len; i++)
+        x[i] = 6.0 * gsl_rng_uniform(r) - 3.0;
+    int s0 = 0, s1 = 0;
+    moe_softmax_rows_more(x, NR, len, p, &(moe_softmax_more){.slow = &s0});
+    if (len == 8)
+        moe_softmax_rows8_top2(x, NR, p, lse, mx, idx, e2, &s1);
+    CHECK(s0 == 0 && s1 == 0, "%d rows of %d finite, within the fast range: slow %d and %d", NR,
+          len, s0, s1);
+    for (int v = 0; v < 3; v++) {
+        int missed = -1;
+        for (int q = 0; q < NR * len && missed < 0; q++) {
+            const double keep = x[q];
+            x[q] = vals[v];
+            int a = 0, b = len == 8 ? 0 : 1;
+            moe_softmax_rows_more(x, NR, len, p, &(moe_softmax_more){.lse = lse, .slow = &a});
+            if (len == 8)
+                moe_softmax_rows8_top2(x, NR, p, lse, mx, idx, e2, &b);
+            if (!a || !b)
+                missed = q;
+            x[q] = keep;
+        }
+        CHECK(missed < 0, "%d rows of %d with %g at element %d: the softmax did not say slow",
+              NR, len, vals[v], missed);
+    }
+}
+
 int main(void)
 {
     gsl_rng *r = moe_rng_alloc(20261205u, MOE_STREAM_TOKENS);
@@ -386,6 +448,9 @@ int main(void)
                     x[z] = NAN;
                 cmp_more("rows with a NaN", x, nrows, len, k, r);
             }
+    /* slow: every non-finite logit seen, at every place of a block of rows */
+    for (int len = 8; len <= 64; len *= 2)
+        check_slow_planted(len, r);
     /* rows whose two largest logits lie two ulps apart, the larger at the later index: their
      * exponentials differ (1 and 1 - 2^-53) while the division often gives both the same p,
      * and then the argmax of p is the earlier index; counted, so that the case is met */
