@@ -245,24 +245,25 @@ static void check_fixed_bugs(void)
     moe_spec *s = NULL;
     int rc = moe_spec_load(path, sets, 1, &s);
     msg = moe_errmsg();
-    const char *tail = "\\x1A' (--set:1)", *dots = strstr(msg, " ... ");
+    const char *tail = "\\x1A\\x1A\\x1A' (--set:1)", *dots = strstr(msg, " ... ");
     size_t ml = strlen(msg), tl = strlen(tail), hexes = 0;
     for (const char *p = strstr(msg, "\\x"); p; p = strstr(p + 1, "\\x"))
         hexes += p[2] == '1' && p[3] == 'A';
-    /* Worked by hand from sim/error.c's rule (1023 bytes at most; the last 400 kept whole):
-     * escaped, the message is 14 + 3 + 4 * 300 + 11 = 1228 bytes ("bad override '", "act",
-     * the \x1A's, "' (--set:1)", the label counting from 1). The tail keeps "' (--set:1)" and
-     * (400 - 11) / 4 = 97 whole \x1A's (399 bytes); the head has 1023 - 399 - 5 = 619 bytes
-     * beside " ... ": "bad override 'act" (17) and 150 \x1A's (600). 617 + 5 + 399 = 1021. */
+    /* Worked by hand from sim/error.c's rule (1023 bytes at most; the what elided so that
+     * the where stays whole, keeping the what's last 16 bytes at most): escaped, the what
+     * "bad override 'act" + 300 \x1A's + "'" is 14 + 3 + 1200 + 1 = 1218 bytes and the where
+     * " (--set:1)" 10 (the label counting from 1): 1228 in all. The what gets 1023 - 10 =
+     * 1013: its tail "'" and 3 \x1A's (13 bytes), " ... ", and a head of at most 995 bytes:
+     * "bad override 'act" (17) and 244 \x1A's (976). 993 + 5 + 13 + 10 = 1021. */
     CHECK(rc == MOE_EINVAL && s == NULL && strncmp(msg, "bad override 'act\\x1A", 21) == 0 &&
-              ml == 1021 && strcmp(msg + ml - tl, tail) == 0 && dots && dots - msg == 617 &&
+              ml == 1021 && strcmp(msg + ml - tl, tail) == 0 && dots && dots - msg == 993 &&
               !strstr(dots + 1, " ... ") && hexes == 247,
           "override of 300 control characters: %d '%s'", rc, msg);
     moe_spec_free(s);
     /* the same rule cuts at characters: 600 two-byte characters (U+00E9), 1225 bytes with the
-     * rest. The tail's 400 bytes would start inside a character (11 + 389, odd), so it keeps
-     * 194 of them (399 bytes); the head's 619 bytes would end inside one (14 + 605), so it
-     * keeps 302 (618 bytes). 618 + 5 + 399 = 1022 bytes, every character whole. */
+     * rest. The what's tail of 16 bytes would start inside a character ("'" and 15 bytes), so
+     * it keeps 7 of them (15 bytes); its head of 1013 - 15 - 5 = 993 bytes would end inside one
+     * (14 + 979), so it keeps 489 (992 bytes). 992 + 5 + 15 + 10 = 1022 bytes. */
     char wide[1300] = "";
     for (int i = 0; i < 600; i++)
         strcat(wide, "\xc3\xa9");
@@ -270,14 +271,36 @@ static void check_fixed_bugs(void)
     s = NULL;
     rc = moe_spec_load(path, sets, 1, &s);
     msg = moe_errmsg();
-    char head[700] = "bad override '", back[500] = "";
-    for (int i = 0; i < 302; i++)
+    char head[1100] = "bad override '", back[500] = "";
+    for (int i = 0; i < 489; i++)
         strcat(head, "\xc3\xa9");
-    for (int i = 0; i < 194; i++)
+    for (int i = 0; i < 7; i++)
         strcat(back, "\xc3\xa9");
     snprintf(want, sizeof want, "%s ... %s' (--set:1)", head, back);
     CHECK(rc == MOE_EINVAL && s == NULL && strcmp(msg, want) == 0 && strlen(msg) == 1022,
           "override of 600 two-byte characters: %d '%s' (%zu bytes)", rc, msg, strlen(msg));
+    moe_spec_free(s);
+    /* a section name of 180 control characters, in a file whose name is 100 bytes long: its
+     * message names it twice, in the what and in the where "(FILE:1, section [...])", which
+     * alone outgrows what the rule keeps whole (1023 - 205 bytes): the what keeps its first
+     * bytes, the where its beginning (the file and line) and its end, each with " ... ": the
+     * where's last 100 bytes at most, "])" and 24 whole \x13's (98 bytes, by hand) */
+    char spec[300] = "[router.a", where[600];
+    memset(spec + 9, 0x13, 180);
+    strcpy(spec + 189, "]\nk = 1\n");
+    snprintf(path, sizeof path, "%s/%0100d.ini", fuzz_dir(), 0);
+    fuzz_write(path, (const uint8_t *)spec, strlen(spec));
+    s = NULL;
+    rc = moe_spec_load(path, NULL, 0, &s);
+    msg = moe_errmsg();
+    snprintf(where, sizeof where, " (%s:1, section [router.a\\x13", path);
+    const char *w = strstr(msg, where), *d1 = strstr(msg, " ... ");
+    const char *d2 = d1 ? strstr(d1 + 1, " ... ") : NULL;
+    ml = strlen(msg);
+    CHECK(rc == MOE_EINVAL && s == NULL && !strncmp(msg, "bad section name [router.a\\x13", 30) &&
+              ml <= 1023 && ml > 900 && w && d1 && d1 < w && d2 > w && !strstr(d2 + 1, " ... ") &&
+              !strcmp(msg + ml - 6, "\\x13])") && strlen(d2 + 5) == 98,
+          "section name of 180 control characters: %d '%s' (%zu bytes)", rc, msg, ml);
     moe_spec_free(s);
 }
 

@@ -142,6 +142,31 @@ static int route_big(const char *arg)
     return 0;
 }
 
+/* The plan's path as getopt_long reads argv (every flag but --help takes a value, the next
+ * argument or the text after '='; a flag may be shortened to any prefix that names one flag,
+ * "--pl" for --plan; "--" ends the flags): the value of the last flag that names --plan, or
+ * NULL. An ambiguous or unknown prefix makes the command fail, which the caller does not
+ * check for a plan. */
+static const char *route_plan(int argc, const char *const *argv)
+{
+    const char *plan = NULL;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--"))
+            break;
+        if (strncmp(a, "--", 2) != 0)
+            continue;
+        const char *eq = strchr(a, '='), *name = a + 2;
+        const size_t len = eq ? (size_t)(eq - name) : strlen(name);
+        if (len > 0 && !strncmp(name, "help", len) && !eq)
+            continue; /* (no value) */
+        const char *value = eq ? eq + 1 : i + 1 < argc ? argv[++i] : NULL;
+        if (len >= 2 && len <= 4 && !strncmp(name, "plan", len))
+            plan = value;
+    }
+    return plan;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     const char *argv[FUZZ_MAX_ARGS + 1];
@@ -151,7 +176,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     copy[size] = '\0';
     int argc = 0;
     argv[argc++] = "route";
-    const char *plan = NULL;
     int skip = 0, help = 0;
     for (size_t i = 0, start = 0; i <= size && !skip; i++) {
         if (i < size && copy[i] != '\n' && copy[i] != '\0')
@@ -165,8 +189,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             skip = 1;
             break;
         }
-        if (argc > 1 && !strcmp(argv[argc - 1], "--plan"))
-            plan = arg;
         help |= !strncmp(arg, "--he", 4); /* --help, or a prefix getopt takes for it */
         argv[argc++] = arg;
     }
@@ -179,6 +201,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_REQUIRE(fchdir(here) == 0, "the harness cannot leave its folder");
         close(here);
         route_check_folder(dir, rc == MOE_OK, argc, argv);
+        const char *plan = route_plan(argc, argv);
         if (!rc && plan && !help) {
             char path[4600];
             snprintf(path, sizeof path, "%s/%s", dir, plan);
