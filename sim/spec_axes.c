@@ -181,7 +181,9 @@ static int add_variant(moe_spec *s, int si, const axis *ax, int nax, const int *
         return KV_FAIL(MOE_EINVAL, &s->secs[si], &s->secs[si].kv[ax[0].key], NULL,
                        "too many listed values for one section");
     strcat(name, "]");
-    spec_section *v = moe_spec_section_get(s, name); /* may move the sections */
+    /* (a new name: the values of each list differ, moe_spec_split_list, and no section name
+     * given in the spec holds '[', check_names) */
+    spec_section *v = moe_spec_section_new(s, name); /* may move the sections */
     if (!v)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory");
     const spec_section *orig = &s->secs[si];

@@ -68,7 +68,7 @@ typedef struct {
 struct moe_spec {
     char *path, *name;
     spec_section *secs;
-    int nsecs;
+    int nsecs, capsecs; /* sections, and the room for them in secs */
     char **labels; /* "--set" labels owned here */
     int nlabels;
     spec_router *routers;
@@ -110,6 +110,10 @@ char *moe_spec_strdup(const char *s);
 spec_section *moe_spec_section_find(moe_spec *s, const char *name);
 /* The section called name, created (without keys) when absent; NULL when out of memory. */
 spec_section *moe_spec_section_get(moe_spec *s, const char *name);
+/* A new empty section named name, appended without looking for one of that name (the
+ * caller knows there is none); NULL when out of memory. Like moe_spec_section_get, it may
+ * move the sections. */
+spec_section *moe_spec_section_new(moe_spec *s, const char *name);
 spec_kv *moe_spec_kv_find(const spec_section *sec, const char *key);
 /* Read s->path into raw sections. */
 int moe_spec_read_ini(moe_spec *s);

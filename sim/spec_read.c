@@ -72,13 +72,20 @@ spec_section *moe_spec_section_find(moe_spec *s, const char *name)
 spec_section *moe_spec_section_get(moe_spec *s, const char *name)
 {
     spec_section *sec = moe_spec_section_find(s, name);
-    if (sec)
-        return sec;
-    spec_section *ns = realloc(s->secs, (size_t)(s->nsecs + 1) * sizeof *ns);
-    if (!ns)
-        return NULL;
-    s->secs = ns;
-    sec = &s->secs[s->nsecs];
+    return sec ? sec : moe_spec_section_new(s, name);
+}
+
+spec_section *moe_spec_section_new(moe_spec *s, const char *name)
+{
+    if (s->nsecs == s->capsecs) { /* (doubling: a section of 100000 variants adds as many) */
+        const int cap = s->capsecs ? 2 * s->capsecs : 16;
+        spec_section *ns = realloc(s->secs, (size_t)cap * sizeof *ns);
+        if (!ns)
+            return NULL;
+        s->secs = ns;
+        s->capsecs = cap;
+    }
+    spec_section *sec = &s->secs[s->nsecs];
     memset(sec, 0, sizeof *sec);
     sec->name = moe_spec_strdup(name);
     if (!sec->name)
