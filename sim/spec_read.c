@@ -75,16 +75,27 @@ spec_section *moe_spec_section_get(moe_spec *s, const char *name)
     return sec ? sec : moe_spec_section_new(s, name);
 }
 
+/* The array p of n items of size bytes with room for one more: p itself when it has it
+ * (capacity *cap), else p reallocated to twice that (first when empty); NULL when out of
+ * memory (p unchanged). */
+static void *grow(void *p, int *cap, int n, size_t size, int first)
+{
+    if (n < *cap)
+        return p;
+    const int nc = *cap ? 2 * *cap : first;
+    void *np = realloc(p, (size_t)nc * size);
+    if (np)
+        *cap = nc;
+    return np;
+}
+
 spec_section *moe_spec_section_new(moe_spec *s, const char *name)
 {
-    if (s->nsecs == s->capsecs) { /* (doubling: a section of 100000 variants adds as many) */
-        const int cap = s->capsecs ? 2 * s->capsecs : 16;
-        spec_section *ns = realloc(s->secs, (size_t)cap * sizeof *ns);
-        if (!ns)
-            return NULL;
-        s->secs = ns;
-        s->capsecs = cap;
-    }
+    /* (doubling: a section of 100000 variants adds as many) */
+    spec_section *ns = grow(s->secs, &s->capsecs, s->nsecs, sizeof *ns, 16);
+    if (!ns)
+        return NULL;
+    s->secs = ns;
     spec_section *sec = &s->secs[s->nsecs];
     memset(sec, 0, sizeof *sec);
     sec->name = moe_spec_strdup(name);
@@ -109,14 +120,10 @@ spec_kv *moe_spec_kv_find(const spec_section *sec, const char *key)
 static spec_kv *kv_add(spec_section *sec, const char *key, const char *value, const char *file,
                        int line)
 {
-    if (sec->nkv == sec->cap) {
-        int cap = sec->cap ? 2 * sec->cap : 8;
-        spec_kv *nk = realloc(sec->kv, (size_t)cap * sizeof *nk);
-        if (!nk)
-            return NULL;
-        sec->kv = nk;
-        sec->cap = cap;
-    }
+    spec_kv *nk = grow(sec->kv, &sec->cap, sec->nkv, sizeof *nk, 8);
+    if (!nk)
+        return NULL;
+    sec->kv = nk;
     spec_kv *kv = &sec->kv[sec->nkv];
     kv->key = moe_spec_strdup(key);
     kv->value = moe_spec_strdup(value);
