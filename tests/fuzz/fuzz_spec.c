@@ -64,7 +64,7 @@ static void fuzz_spec_points(const moe_spec *s)
         if (bad)
             break;
         bad |= p->E < 1 || p->m < p->E || p->m % p->E != 0 || p->k < 0 || p->k > p->E;
-        bad |= p->tokens < 1 || p->d < 1 || p->f < 1 || p->batches < 1;
+        bad |= p->tokens < 1 || p->d < 1 || p->f < 0 || p->batches < 1; /* f = 0: routing only */
         bad |= !p->cf_text || (!p->cf_note && !(p->cf >= 0.0 && isfinite(p->cf)));
         bad |= !p->config_key || !p->opts_text || p->error_tokens < 0;
         keys[i] = p->config_key;
