@@ -133,6 +133,25 @@ static const uint64_t vx_tab[256] = {
     0x3c77893b4d91cd9dull, 0x3fefe7c1819e90d8ull, 0x3c5305c14160cc89ull, 0x3feff3c22b8f71f1ull,
 };
 
+/* The table's pairs at the even indices idx (eight lanes): tail = vx_tab[idx], sb =
+ * vx_tab[idx + 1]. Eight 16-byte loads and two permutes: on the AMD host (Zen 5) the two
+ * 8-lane gathers they replace made the bound's pass 15% slower. */
+static inline void vx_lookup(__m512i idx, __m512d *tail, __m512i *sb)
+{
+    int64_t ii[8];
+    _mm512_storeu_si512((void *)ii, idx);
+#define VX_PAIR(j) _mm_loadu_si128((const __m128i *)(vx_tab + ii[j]))
+#define VX_FOUR(j)                                                                          \
+    _mm256_inserti128_si256(_mm256_castsi128_si256(VX_PAIR(j)), VX_PAIR(j + 1), 1)
+    const __m512i ta = _mm512_inserti64x4(_mm512_castsi256_si512(VX_FOUR(0)), VX_FOUR(2), 1);
+    const __m512i tb = _mm512_inserti64x4(_mm512_castsi256_si512(VX_FOUR(4)), VX_FOUR(6), 1);
+#undef VX_FOUR
+#undef VX_PAIR
+    *tail = _mm512_castsi512_pd(
+        _mm512_permutex2var_epi64(ta, _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0), tb));
+    *sb = _mm512_permutex2var_epi64(ta, _mm512_set_epi64(15, 13, 11, 9, 7, 5, 3, 1), tb);
+}
+
 /* Eight lanes: the C library's fast path, operation for operation, and its tiny-argument case
  * (|a| < 2^-54: 1.0 + a, which is 1.0), which every softmax row meets at its maximum. Lanes
  * outside both are flagged in the returned mask for the caller to redo with exp(). */
@@ -148,8 +167,9 @@ static inline __m512d vx_exp8(__m512d a, __mmask8 *fast)
     __m512d r = _mm512_fmadd_pd(kd, _mm512_set1_pd(VX_NEGLN2HI), a);
     r = _mm512_fmadd_pd(kd, _mm512_set1_pd(VX_NEGLN2LO), r);
     const __m512i idx = _mm512_slli_epi64(_mm512_and_si512(ki, _mm512_set1_epi64(127)), 1);
-    const __m512d tail = _mm512_castsi512_pd(_mm512_i64gather_epi64(idx, (const void *)vx_tab, 8));
-    const __m512i sb = _mm512_i64gather_epi64(idx, (const void *)(vx_tab + 1), 8);
+    __m512d tail;
+    __m512i sb;
+    vx_lookup(idx, &tail, &sb);
     const __m512i sbits = _mm512_add_epi64(sb, _mm512_slli_epi64(ki, 45));
     const __m512d p23 = _mm512_fmadd_pd(r, _mm512_set1_pd(VX_C3), _mm512_set1_pd(VX_C2));
     const __m512d rt = _mm512_add_pd(r, tail);
