@@ -357,9 +357,7 @@ static void rows_part(void *arg, int i, int np)
             const double *pt = p0 + (size_t)(t - t0) * E;
             j->c->val[t] = pt[moe_claims_argmax(pt, E, -1)];
         }
-        /* every exponential's argument on the fast path: every logit finite (vexp.h) */
-        const int fin =
-            !slow || moe_all_finite(j->logits + (size_t)t0 * E, (size_t)(t1 - t0) * E);
+        const int fin = moe_softmax_finite(j->logits + (size_t)t0 * E, (size_t)(t1 - t0) * E, slow);
         pthread_mutex_lock(&j->mu);
         j->nonfinite |= !fin;
         j->ready[ch % ROWS_RING] = 1;

@@ -81,10 +81,10 @@ static void dense_work(void *ctx, int slot, long ch)
     const long t0 = ch * j->w->rows, t1 = t0 + j->w->rows < j->n ? t0 + j->w->rows : j->n;
     const double *lt = j->L + (size_t)t0 * E;
     double *p = dense_rows(j, slot);
-    int slow = 0; /* (no exponential off its fast path: every logit finite, vexp.h) */
+    int slow = 0;
     moe_softmax_rows_more(lt, (int)(t1 - t0), E, p,
                           &(moe_softmax_more){.lse = j->plan->lse + t0, .slow = &slow});
-    if (slow && !moe_all_finite(lt, (size_t)(t1 - t0) * E))
+    if (!moe_softmax_finite(lt, (size_t)(t1 - t0) * E, slow))
         atomic_store(&j->nonfinite, 1);
     for (long t = t0; t < t1; t++) {
         moe_entry *restrict en = j->plan->entries + (size_t)t * E;

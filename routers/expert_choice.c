@@ -174,10 +174,10 @@ static void ec_block(void *arg, int p, int np)
     for (long t0 = lo; t0 < hi; t0 += EC_ROWS) {
         const int nr = hi - t0 < EC_ROWS ? (int)(hi - t0) : EC_ROWS;
         const double *x = j->logits + (size_t)t0 * E;
-        int slow = 0; /* (no exponential off its fast path: every logit finite, vexp.h) */
+        int slow = 0;
         moe_softmax_rows_more(x, nr, E, row,
                               &(moe_softmax_more){.lse = j->lse + t0, .slow = &slow});
-        fin &= !slow || moe_all_finite(x, (size_t)nr * E);
+        fin &= moe_softmax_finite(x, (size_t)nr * E, slow);
         for (int q = 0; q < nr; q++)
             ec_row(j, lists, cnt, thr, cap, scr, row + (size_t)q * E, (int32_t)(t0 + q));
     }

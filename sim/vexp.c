@@ -668,6 +668,11 @@ static void sm_rows(const double *x, int nrows, int len, double *p, double *lse,
     }
 }
 
+int moe_softmax_finite(const double *x, size_t len, int slow)
+{
+    return !slow || moe_all_finite(x, len);
+}
+
 void moe_softmax_rows_max(const double *x, int nrows, int len, double *p, double *lse,
                           double *mx)
 {

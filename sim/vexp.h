@@ -33,6 +33,10 @@ double moe_vmax(const double *x, int len);
 
 /* 1 if x[0..len) are all finite (no infinity, no NaN), else 0. */
 int moe_all_finite(const double *x, size_t len);
+/* moe_all_finite of the rows x[0..len) a softmax below just took, given its slow flag
+ * (moe_softmax_more): 1 without a look when slow is 0, since every x then went through the
+ * exponential's fast path, which no infinite or NaN x takes; else the scan. */
+int moe_softmax_finite(const double *x, size_t len, int slow);
 
 /* g (n, 2) in place: each pair (v0, v1), a token's largest value first, replaced by its softmax
  * with the first as the shift, as topk's gates take it: e_j = exp(v_j - v0), s = 0 + e0 + e1
