@@ -20,8 +20,9 @@
  *  - switch's and topk k = 1's expert, dropless, at E = 8 (a row is one vector) and 64 on the
  *    quartered logits: the first index of the row's largest logit by a scalar scan; gshard's
  *    and topk k = 2's two choices likewise (the first index of the largest, then of the
- *    largest of the others).
- *  - gshard's gates and second claims at E = 8 (eight tokens at a time) against their
+ *    largest of the others) at E = 8, 32, 40, 48 and 64, and topk k = 2's gates against
+ *    moe_softmax of the two logits.
+ *  - gshard's gates and second claims at E = 8 (eight tokens at a time) and 64 against their
  *    definition per token, for the policies random, threshold and all. */
 #include "check.h"
 #include "moe.h"
@@ -495,76 +496,95 @@ static int first_max(const double *lt, int Ew, int skip)
 }
 
 /* gshard's two choices (every second one claiming: second_policy all) and topk k = 2's,
- * dropless, on the quartered logits read as rows of 8 (one vector: its own top-2) and of 64:
+ * dropless, on the quartered logits read as rows of 8 (one vector: its own top-2), 48 and 64
+ * (topk selects those before the softmax, four rows at a time, and gshard at 64) and 32 and 40
+ * (after it, per token):
  * the first index of the row's largest logit, then the first index of the largest of the others
- * (the maximum's second place when it has one), by scalar scans. */
+ * (the maximum's second place when it has one), by scalar scans; topk's two gates bit for bit
+ * the softmax of those two logits (moe_softmax of the pair, without renormalisation). */
 static void test_gshard_top2(void)
 {
     static const char *const routers[] = {"gshard", "topk"};
+    static const int widths[] = {8, 32, 40, 48, 64};
     for (int ri = 0; ri < 2; ri++)
-        for (int Ew = 8; Ew <= 64; Ew *= 8) {
-            const int n = 20000;
+        for (int wi = 0; wi < 5; wi++) {
+            const int n = 20000, Ew = widths[wi];
             moe_route_opts o = route_helper_opts(2, MOE_ORDER_CHOICE_MAJOR);
             o.dropless = 1;
+            o.renormalize = 0;
             o.second_policy = MOE_SECOND_ALL;
             moe_plan *p = route_helper(routers[ri], &o, n, Ew, L, U, NULL, 2);
-            int bad = -1;
+            int bad = -1, badg = -1;
             for (int t = 0; t < n && bad < 0; t++) {
                 const double *lt = L + (size_t)t * Ew;
                 const int e1 = first_max(lt, Ew, -1), e2 = first_max(lt, Ew, e1);
                 const moe_entry *en = p->entries + 2 * (size_t)t;
                 if (p->n_entries != 2 * (size_t)n || en[0].token != t || en[1].token != t ||
-                    en[0].expert != e1 || en[1].expert != e2)
+                    en[0].expert != e1 || en[1].expert != e2) {
                     bad = t;
+                    break;
+                }
+                const double v[2] = {lt[e1], lt[e2]};
+                double g[2];
+                moe_softmax(v, 2, g);
+                if (ri == 1 && badg < 0 &&
+                    (memcmp(&en[0].combine_w, &g[0], sizeof g[0]) ||
+                     memcmp(&en[1].combine_w, &g[1], sizeof g[1])))
+                    badg = t;
             }
             CHECK(bad < 0, "%s E=%d: token %d's two choices are not the scans' first and second",
                   routers[ri], Ew, bad);
+            CHECK(badg < 0, "topk E=%d: token %d's gates are not the softmax of its two logits",
+                  Ew, badg);
             moe_plan_free(p);
         }
 }
 
-/* gshard's gates and second claims at E = 8, eight tokens at a time on the rows pass, against
- * their definition per token: the two choices by scalar scans, p = moe_softmax of the row,
- * g1 = p1 / (p1 + p2), g2 = p2 / (p1 + p2), the second claiming when 2 g2 > u (policy random,
- * the draws U), g2 > 0.3 (threshold) or always (all); dropless, without renormalisation, on
- * 20003 tokens (a last chunk that is not a multiple of eight): entry by entry, bit for bit. */
-static void test_gshard_gates8(void)
+/* gshard's gates and second claims at E = 8 (eight tokens at a time on the rows pass) and 64
+ * (the choices selected before the softmax), against their definition per token: the two
+ * choices by scalar scans, p = moe_softmax of the row, g1 = p1 / (p1 + p2), g2 = p2 / (p1 +
+ * p2), the second claiming when 2 g2 > u (policy random, the draws U), g2 > 0.3 (threshold) or
+ * always (all); dropless, without renormalisation, on 20003 tokens (a last chunk that is not a
+ * multiple of eight): entry by entry, bit for bit. */
+static void test_gshard_gates(void)
 {
     static const int policy[] = {MOE_SECOND_RANDOM, MOE_SECOND_THRESHOLD, MOE_SECOND_ALL};
     static const char *pname[] = {"random", "threshold", "all"};
     const int n = 20003;
-    for (int pi = 0; pi < 3; pi++) {
-        moe_route_opts o = route_helper_opts(2, MOE_ORDER_CHOICE_MAJOR);
-        o.dropless = 1;
-        o.renormalize = 0;
-        o.second_policy = policy[pi];
-        o.second_threshold = 0.3;
-        moe_plan *p = route_helper("gshard", &o, n, 8, L, U, NULL, 2);
-        size_t at = 0;
-        int bad = -1, second = 0;
-        for (int t = 0; t < n && bad < 0; t++) {
-            const double *lt = L + (size_t)t * 8;
-            double pt[8];
-            moe_softmax(lt, 8, pt);
-            const int e1 = first_max(lt, 8, -1), e2 = first_max(lt, 8, e1);
-            const double g1 = pt[e1] / (pt[e1] + pt[e2]), g2 = pt[e2] / (pt[e1] + pt[e2]);
-            const int keep = pi == 0 ? 2.0 * g2 > U[t] : pi == 1 ? g2 > 0.3 : 1;
-            second += keep;
-            const moe_entry *en = p->entries + at;
-            if (at + 1 + (size_t)keep > p->n_entries || en[0].token != t || en[0].expert != e1 ||
-                memcmp(&en[0].combine_w, &g1, sizeof g1) ||
-                (keep && (en[1].token != t || en[1].expert != e2 ||
-                          memcmp(&en[1].combine_w, &g2, sizeof g2))))
-                bad = t;
-            at += 1 + (size_t)keep;
+    for (int Ew = 8; Ew <= 64; Ew *= 8)
+        for (int pi = 0; pi < 3; pi++) {
+            moe_route_opts o = route_helper_opts(2, MOE_ORDER_CHOICE_MAJOR);
+            o.dropless = 1;
+            o.renormalize = 0;
+            o.second_policy = policy[pi];
+            o.second_threshold = 0.3;
+            moe_plan *p = route_helper("gshard", &o, n, Ew, L, U, NULL, 2);
+            size_t at = 0;
+            int bad = -1, second = 0;
+            for (int t = 0; t < n && bad < 0; t++) {
+                const double *lt = L + (size_t)t * Ew;
+                double pt[64];
+                moe_softmax(lt, Ew, pt);
+                const int e1 = first_max(lt, Ew, -1), e2 = first_max(lt, Ew, e1);
+                const double g1 = pt[e1] / (pt[e1] + pt[e2]), g2 = pt[e2] / (pt[e1] + pt[e2]);
+                const int keep = pi == 0 ? 2.0 * g2 > U[t] : pi == 1 ? g2 > 0.3 : 1;
+                second += keep;
+                const moe_entry *en = p->entries + at;
+                if (at + 1 + (size_t)keep > p->n_entries || en[0].token != t ||
+                    en[0].expert != e1 || memcmp(&en[0].combine_w, &g1, sizeof g1) ||
+                    (keep && (en[1].token != t || en[1].expert != e2 ||
+                              memcmp(&en[1].combine_w, &g2, sizeof g2))))
+                    bad = t;
+                at += 1 + (size_t)keep;
+            }
+            CHECK(bad < 0 && at == p->n_entries,
+                  "gshard E=%d policy %s: token %d's entries differ from the definition", Ew,
+                  pname[pi], bad);
+            CHECK(pi == 2 ? second == n : second > n / 10 && second < n - n / 10,
+                  "gshard E=%d policy %s: %d of %d second choices claim", Ew, pname[pi], second,
+                  n);
+            moe_plan_free(p);
         }
-        CHECK(bad < 0 && at == p->n_entries,
-              "gshard E=8 policy %s: token %d's entries differ from the definition", pname[pi],
-              bad);
-        CHECK(pi == 2 ? second == n : second > n / 10 && second < n - n / 10,
-              "gshard E=8 policy %s: %d of %d second choices claim", pname[pi], second, n);
-        moe_plan_free(p);
-    }
 }
 
 int main(void)
@@ -587,7 +607,7 @@ int main(void)
     test_gates();
     test_switch_first();
     test_gshard_top2();
-    test_gshard_gates8();
+    test_gshard_gates();
     printf("test_routers_fast: %d passed, %d failed\n", check_pass, check_fail);
     return check_fail != 0;
 }
