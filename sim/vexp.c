@@ -351,8 +351,9 @@ static int vx_div_count(double *p, int len, double s, double lo)
 
 /* vx_div, returning the first index of the largest quotient (0 for a row where none compares:
  * NaNs): each lane keeps its largest quotient and the index of its first block with it (a later
- * block takes over only when larger), then the lowest index among the lanes with the largest. */
-static int vx_div_pmax(double *p, int len, double s)
+ * block takes over only when larger), then the lowest index among the lanes with the largest.
+ * Always inline: a call per row from sm_rows took 14% of switch's samples at E = 16. */
+static inline __attribute__((always_inline)) int vx_div_pmax(double *p, int len, double s)
 {
     const __m512d vs = _mm512_set1_pd(s);
     __m512d bv = _mm512_set1_pd(-1.0);
@@ -596,47 +597,34 @@ sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t
 }
 #endif
 
-/* moe_softmax_rows_max, and moe_softmax_rows_more's esel (with sel), istop (with sel), pmax,
- * xfirst and pfirst (pfirst only with xfirst). */
-static void sm_rows(const double *x, int nrows, int len, double *p, double *lse, double *mx,
-                    const int32_t *sel, int k, double *esel, int esel_max, uint8_t *istop,
-                    int32_t *pmax, int32_t *xfirst, double *pfirst, int *slow)
+/* The rows of sm_rows past those sm_rows8 took, RW at a time. longrows (a constant, so that
+ * the short rows' loop compiles as it did without it): rows of 32 or more, whose lines start
+ * on their way from memory a row at a time, row r + PD's before row r, instead of the next RW
+ * rows' all at once (that burst overran the loads in flight: moe_vmax waited on memory for a
+ * sixth of switch's time at E = 256, 12% longer than now, and 6% at E = 128; at E = 16 the
+ * row-at-a-time lines were 5% slower). */
+static inline __attribute__((always_inline)) void
+sm_rows_gen(const double *x, int nrows, int len, double *p, double *lse, double *mx,
+            const int32_t *sel, int k, double *esel, int esel_max, uint8_t *istop, int32_t *pmax,
+            int32_t *xfirst, double *pfirst, int *slow, const int longrows)
 {
-    enum { RW = 8 };
-    int first = 0;
-#if defined(__AVX512F__)
-    if (len == 8) { /* then the rest, fewer than eight rows, below */
-        first = sel      ? sm_rows8(x, nrows, p, lse, mx, NULL, NULL, sel, k, esel, istop, pmax,
-                                    xfirst, pfirst, slow)
-                : xfirst ? sm_rows8(x, nrows, p, lse, mx, NULL, NULL, NULL, 0, NULL, NULL, pmax,
-                                    xfirst, pfirst, slow)
-                         : sm_rows8(x, nrows, p, lse, mx, NULL, NULL, NULL, 0, NULL, NULL, pmax,
-                                    NULL, NULL, slow);
-        x += (size_t)first * 8;
-        p += (size_t)first * 8;
-        lse = lse ? lse + first : NULL;
-        mx = mx ? mx + first : NULL;
-        sel = sel ? sel + (size_t)first * k : NULL;
-        esel = esel ? esel + (size_t)first * k : NULL;
-        istop = istop ? istop + first : NULL;
-        pmax = pmax ? pmax + first : NULL;
-        xfirst = xfirst ? xfirst + first : NULL;
-        pfirst = pfirst ? pfirst + first : NULL;
-    }
-#endif
-    nrows -= first;
+    enum { RW = 8, PD = 4 };
     for (int r0 = 0; r0 < nrows; r0 += RW) {
         const int nr = nrows - r0 < RW ? nrows - r0 : RW;
         double m[RW], s[RW] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
         const double *pr[RW];
         /* the next RW rows start on their way from memory while these take their exponentials
-         * (else moe_vmax waits for each of them) */
-        const int next_end = r0 + 2 * RW < nrows ? r0 + 2 * RW : nrows;
+         * (else moe_vmax waits for each of them): short rows all at once, long ones a row at a
+         * time, below */
+        const int next_end = longrows ? r0 : r0 + 2 * RW < nrows ? r0 + 2 * RW : nrows;
         for (size_t o = (size_t)(r0 + RW) * (size_t)len; o < (size_t)next_end * (size_t)len;
              o += 8)
             __builtin_prefetch(x + o);
         for (int j = 0; j < nr; j++) {
             const size_t o = (size_t)(r0 + j) * (size_t)len;
+            for (size_t q = o + (size_t)PD * len;
+                 longrows && r0 + j + PD < nrows && q < o + (size_t)(PD + 1) * len; q += 8)
+                __builtin_prefetch(x + q);
             m[j] = esel_max ? esel[(size_t)(r0 + j) * k] : moe_vmax(x + o, len);
             *slow |= vx_shift(x + o, len, m[j], p + o);
             pr[j] = p + o;
@@ -666,6 +654,53 @@ static void sm_rows(const double *x, int nrows, int len, double *p, double *lse,
         if (lse)
             sm_lse(m, s, nr, lse + r0);
     }
+}
+
+/* sm_rows_gen for rows of 32 or more, a function of its own: inlined into sm_rows beside the
+ * short rows' loop it made that loop 2-4% slower at E = 16. */
+static __attribute__((noinline)) void
+sm_rows_long(const double *x, int nrows, int len, double *p, double *lse, double *mx,
+             const int32_t *sel, int k, double *esel, int esel_max, uint8_t *istop,
+             int32_t *pmax, int32_t *xfirst, double *pfirst, int *slow)
+{
+    sm_rows_gen(x, nrows, len, p, lse, mx, sel, k, esel, esel_max, istop, pmax, xfirst, pfirst,
+                slow, 1);
+}
+
+/* moe_softmax_rows_max, and moe_softmax_rows_more's esel (with sel), istop (with sel), pmax,
+ * xfirst and pfirst (pfirst only with xfirst). */
+static void sm_rows(const double *x, int nrows, int len, double *p, double *lse, double *mx,
+                    const int32_t *sel, int k, double *esel, int esel_max, uint8_t *istop,
+                    int32_t *pmax, int32_t *xfirst, double *pfirst, int *slow)
+{
+    int first = 0;
+#if defined(__AVX512F__)
+    if (len == 8) { /* then the rest, fewer than eight rows, below */
+        first = sel      ? sm_rows8(x, nrows, p, lse, mx, NULL, NULL, sel, k, esel, istop, pmax,
+                                    xfirst, pfirst, slow)
+                : xfirst ? sm_rows8(x, nrows, p, lse, mx, NULL, NULL, NULL, 0, NULL, NULL, pmax,
+                                    xfirst, pfirst, slow)
+                         : sm_rows8(x, nrows, p, lse, mx, NULL, NULL, NULL, 0, NULL, NULL, pmax,
+                                    NULL, NULL, slow);
+        x += (size_t)first * 8;
+        p += (size_t)first * 8;
+        lse = lse ? lse + first : NULL;
+        mx = mx ? mx + first : NULL;
+        sel = sel ? sel + (size_t)first * k : NULL;
+        esel = esel ? esel + (size_t)first * k : NULL;
+        istop = istop ? istop + first : NULL;
+        pmax = pmax ? pmax + first : NULL;
+        xfirst = xfirst ? xfirst + first : NULL;
+        pfirst = pfirst ? pfirst + first : NULL;
+    }
+#endif
+    nrows -= first;
+    if (len >= 32)
+        sm_rows_long(x, nrows, len, p, lse, mx, sel, k, esel, esel_max, istop, pmax, xfirst,
+                     pfirst, slow);
+    else
+        sm_rows_gen(x, nrows, len, p, lse, mx, sel, k, esel, esel_max, istop, pmax, xfirst,
+                    pfirst, slow, 0);
 }
 
 int moe_softmax_finite(const double *x, size_t len, int slow)
