@@ -21,7 +21,9 @@
  * stays in registers: its candidates are one 64-bit mask, their indices packed by a byte
  * compress and their values picked from the row's blocks by those indices, and
  * moe_select_topk_rows takes four such rows at a time so that their chains of dependent
- * instructions overlap. Longer rows compress their candidates through memory.
+ * instructions overlap. Longer rows find their candidates through memory: up to 256 elements
+ * (with VBMI2) their indices packed as bytes by one compress per eight blocks and their values
+ * gathered, longer ones by a compress of each block's values and indices.
  * Rows with more than SEL_MAX_CAND candidates (many equal values) or with a NaN take the
  * caller's scalar selection instead. */
 #include "select.h"
@@ -235,6 +237,56 @@ static inline __m512d sel_threshold(__m512d m1, __m512d m2, int nb, int len, int
     return _mm512_set1_pd(sel_kth_of16(s1, s2, k));
 }
 
+#if defined(__AVX512VBMI2__)
+/* sel_topk_mem's candidates (the elements not below thr, in index order) of a row of nb <= 32
+ * blocks, -inf past its end (last: the lanes of its last block): the masks of eight blocks at a
+ * time joined into 64 bits, their indices packed as bytes by one compress a group, then their
+ * values gathered (a compress of each block's values and indices, 64 for a row of 256, waited
+ * on each other through the count: a third of topk k = 8's time at E = 256). cv and ci as
+ * sel_topk_mem's loop leaves them for the first min(m, SEL_MAX_CAND + 8) candidates, *nan the
+ * lanes holding a NaN; returns m, the number of candidates. */
+static int sel_cands_bytes(const double *v, int nb, __mmask8 last, __m512d thr, double *cv,
+                           int64_t *ci, __mmask8 *nan)
+{
+    static const uint8_t iota[256 + 64] = {
+#define SEL_I8(a) a, a + 1, a + 2, a + 3, a + 4, a + 5, a + 6, a + 7
+#define SEL_I64(a) SEL_I8(a), SEL_I8(a + 8), SEL_I8(a + 16), SEL_I8(a + 24), SEL_I8(a + 32), \
+                   SEL_I8(a + 40), SEL_I8(a + 48), SEL_I8(a + 56)
+        SEL_I64(0), SEL_I64(64), SEL_I64(128), SEL_I64(192)
+#undef SEL_I64
+#undef SEL_I8
+    };
+    const __m512d ninf = _mm512_set1_pd(-__builtin_inf());
+    uint8_t at[256 + 64];
+    int m = 0;
+    for (int g = 0; g < nb; g += 8) {
+        __mmask8 c[8];
+        for (int b = 0; b < 8; b++) {
+            const int bb = g + b;
+            const __mmask8 ld = bb < nb - 1 ? 0xff : bb == nb - 1 ? last : 0;
+            const __m512d x = _mm512_maskz_loadu_pd(ld, v + 8 * bb);
+            *nan |= _mm512_mask_cmp_pd_mask(ld, x, x, _CMP_UNORD_Q);
+            c[b] = _mm512_mask_cmp_pd_mask(ld, x, thr, _CMP_GE_OQ);
+        }
+        const __mmask64 cand = _mm512_kunpackd(
+            _mm512_kunpackw(_mm512_kunpackb(c[7], c[6]), _mm512_kunpackb(c[5], c[4])),
+            _mm512_kunpackw(_mm512_kunpackb(c[3], c[2]), _mm512_kunpackb(c[1], c[0])));
+        _mm512_storeu_si512((void *)(at + m),
+                            _mm512_maskz_compress_epi8(cand, _mm512_loadu_si512(iota + 8 * g)));
+        m += __builtin_popcountll(cand);
+    }
+    const int take = m < SEL_MAX_CAND + 8 ? m : SEL_MAX_CAND + 8;
+    _mm_storeu_si128((__m128i *)(at + m), _mm_setzero_si128()); /* index 0 past the last */
+    for (int i = 0; i < take; i += 8) {
+        const __mmask8 lanes = take - i >= 8 ? 0xff : (__mmask8)((1u << (take - i)) - 1u);
+        const __m512i idx = _mm512_cvtepu8_epi64(_mm_loadl_epi64((const __m128i *)(at + i)));
+        _mm512_storeu_si512((void *)(ci + i), idx);
+        _mm512_storeu_pd(cv + i, _mm512_mask_i64gather_pd(ninf, lanes, idx, v, 8));
+    }
+    return m;
+}
+#endif
+
 /* Steps 1 to 3 through memory, for any length: the candidates compressed into cv and ci, then
  * (sorted = 1 and at most 16 of them) sel_sorted, else the ranks. */
 static int sel_topk_mem(const double *v, int len, int k, int32_t *idx, double *val, int sorted)
@@ -242,28 +294,44 @@ static int sel_topk_mem(const double *v, int len, int k, int32_t *idx, double *v
     const int nb = (len + 7) / 8;
     const __mmask8 last = (__mmask8)(0xffu >> (8 * nb - len));
     const __m512d ninf = _mm512_set1_pd(-__builtin_inf());
-    __m512d m1 = _mm512_loadu_pd(v), m2 = ninf; /* each lane's largest and second largest */
+    /* each lane's largest and second largest, over the even blocks and the odd ones (two
+     * chains of dependent instructions, not one), then of the two */
+    __m512d m1 = _mm512_loadu_pd(v), m2 = ninf, o1 = ninf, o2 = ninf;
     for (int b = 1; b < nb; b++) {
         const __m512d x = _mm512_mask_loadu_pd(ninf, b == nb - 1 ? last : 0xff, v + 8 * b);
-        m2 = _mm512_max_pd(m2, _mm512_min_pd(m1, x));
-        m1 = _mm512_max_pd(m1, x);
+        if (b & 1) {
+            o2 = _mm512_max_pd(o2, _mm512_min_pd(o1, x));
+            o1 = _mm512_max_pd(o1, x);
+        } else {
+            m2 = _mm512_max_pd(m2, _mm512_min_pd(m1, x));
+            m1 = _mm512_max_pd(m1, x);
+        }
     }
+    m2 = _mm512_max_pd(_mm512_min_pd(m1, o1), _mm512_max_pd(m2, o2));
+    m1 = _mm512_max_pd(m1, o1);
     const __m512d thr = sel_threshold(m1, m2, nb, len, k);
     /* candidates: value and index, in index order; the arrays take two full vectors past m */
     double cv[SEL_MAX_LEN + 16];
     int64_t ci[SEL_MAX_LEN + 16];
-    __m512i iv = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
-    const __m512i eight = _mm512_set1_epi64(8);
     int m = 0;
     __mmask8 nan = 0;
-    for (int b = 0; b < nb; b++, iv = _mm512_add_epi64(iv, eight)) {
-        const __mmask8 ld = b == nb - 1 ? last : 0xff;
-        const __m512d x = _mm512_mask_loadu_pd(ninf, ld, v + 8 * b);
-        nan |= _mm512_cmp_pd_mask(x, x, _CMP_UNORD_Q);
-        const __mmask8 c = _mm512_mask_cmp_pd_mask(ld, x, thr, _CMP_GE_OQ);
-        _mm512_storeu_pd(cv + m, _mm512_maskz_compress_pd(c, x));
-        _mm512_storeu_si512((void *)(ci + m), _mm512_maskz_compress_epi64(c, iv));
-        m += __builtin_popcount(c);
+#if defined(__AVX512VBMI2__)
+    if (len <= 256)
+        m = sel_cands_bytes(v, nb, last, thr, cv, ci, &nan);
+    else
+#endif
+    {
+        __m512i iv = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+        const __m512i eight = _mm512_set1_epi64(8);
+        for (int b = 0; b < nb; b++, iv = _mm512_add_epi64(iv, eight)) {
+            const __mmask8 ld = b == nb - 1 ? last : 0xff;
+            const __m512d x = _mm512_mask_loadu_pd(ninf, ld, v + 8 * b);
+            nan |= _mm512_cmp_pd_mask(x, x, _CMP_UNORD_Q);
+            const __mmask8 c = _mm512_mask_cmp_pd_mask(ld, x, thr, _CMP_GE_OQ);
+            _mm512_storeu_pd(cv + m, _mm512_maskz_compress_pd(c, x));
+            _mm512_storeu_si512((void *)(ci + m), _mm512_maskz_compress_epi64(c, iv));
+            m += __builtin_popcount(c);
+        }
     }
     if (m > SEL_MAX_CAND || nan)
         return 0; /* NaN: the scalar selection's own rule */

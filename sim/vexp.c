@@ -321,7 +321,7 @@ void moe_pairs_div(double *g, long n)
     }
 }
 
-static void vx_div(double *p, int len, double s)
+static inline __attribute__((always_inline)) void vx_div(double *p, int len, double s)
 {
     const __m512d vs = _mm512_set1_pd(s);
     int i = 0;
@@ -333,7 +333,8 @@ static void vx_div(double *p, int len, double s)
 
 /* vx_div, returning how many quotients are not below lo (NaNs counted, as moe_select_is_top
  * counts them). */
-static int vx_div_count(double *p, int len, double s, double lo)
+static inline __attribute__((always_inline)) int vx_div_count(double *p, int len, double s,
+                                                              double lo)
 {
     const __m512d vs = _mm512_set1_pd(s), vl = _mm512_set1_pd(lo);
     int i = 0, cnt = 0;
@@ -352,7 +353,8 @@ static int vx_div_count(double *p, int len, double s, double lo)
 /* vx_div, returning the first index of the largest quotient (0 for a row where none compares:
  * NaNs): each lane keeps its largest quotient and the index of its first block with it (a later
  * block takes over only when larger), then the lowest index among the lanes with the largest.
- * Always inline: a call per row from sm_rows took 14% of switch's samples at E = 16. */
+ * (vx_div, vx_div_count and vx_div_pmax are always inline: GCC stopped inlining them into the
+ * two loops of sm_rows_gen, and the call per row took 14% of switch's samples at E = 16.) */
 static inline __attribute__((always_inline)) int vx_div_pmax(double *p, int len, double s)
 {
     const __m512d vs = _mm512_set1_pd(s);
