@@ -183,8 +183,10 @@ static inline __m512d vx_exp8(__m512d a, __mmask8 *fast)
 }
 
 /* out[0..7] = exp(a): vx_exp8, and the C library's exp for the lanes outside its range.
- * Returns 1 when a lane was outside it, else 0: then every lane of a is finite. */
-static inline int vx_exp8_store(__m512d a, double *out)
+ * Returns 1 when a lane was outside it, else 0: then every lane of a is finite. Always
+ * inline: as a call (GCC's choice for a function this long) every vector of eight paid for it,
+ * and the caller's vectors went through memory around it. */
+static inline __attribute__((always_inline)) int vx_exp8_store(__m512d a, double *out)
 {
     __mmask8 fast;
     _mm512_storeu_pd(out, vx_exp8(a, &fast));
