@@ -4,7 +4,7 @@
  *   1. the largest and the second largest of each lane over the row's blocks of eight (the
  *      last block padded with -inf): sixteen distinct elements of the row (or padding);
  *   2. thr = the k-th largest of those sixteen (k <= 8), from the two lane sets sorted by a
- *      sorting network (for k = 8 a cheaper bound, sel_threshold). k distinct elements of the
+ *      sorting network (for k = 8 and k <= 2 cheaper bounds, sel_threshold). k distinct elements of the
  *      row are >= thr, so the k-th largest of the row is >= thr and every element of the
  *      answer is >= thr: the elements >= thr are the candidates, in index order (about k of
  *      them for distinct values, 16 at most for nearly every row of continuous values);
@@ -220,11 +220,20 @@ static inline __mmask8 sel_block_mask(int len, int skip, int b)
  * reach it), eight elements either way; one sort instead of two and the merge of their lists,
  * for about 12 candidates instead of 9 in a row of 64 continuous values (more than 16, which
  * the ranks then take, in about one row of 120). With a NaN in the row it means nothing: such
- * rows are declined. */
+ * rows are declined. For k <= 2 the k-th largest of the lane maxima alone (k distinct elements
+ * reach it), without a sort. */
 static inline __m512d sel_threshold(__m512d m1, __m512d m2, int nb, int len, int k)
 {
     if (k == len)
         return _mm512_set1_pd(-__builtin_inf());
+    if (k <= 2 && nb > 1) { /* the k-th largest of the lane maxima: no sort */
+        const __m512d top = _mm512_set1_pd(_mm512_reduce_max_pd(m1));
+        if (k == 1)
+            return top;
+        const __mmask8 at = _mm512_cmp_pd_mask(m1, top, _CMP_EQ_OQ);
+        return _mm512_set1_pd(_mm512_mask_reduce_max_pd((__mmask8)(at & (at - 1)) |
+                                                            (__mmask8)~at, m1));
+    }
     if (k == 8 && nb > 1) {
         const __m512d s2 = _mm512_castsi512_pd(sel_sort8(_mm512_castpd_si512(m2), 1));
         return _mm512_max_pd(_mm512_set1_pd(_mm512_reduce_min_pd(m1)),
