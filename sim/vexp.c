@@ -182,23 +182,33 @@ static inline __m512d vx_exp8(__m512d a, __mmask8 *fast)
                               _mm512_set1_pd(1.0));
 }
 
-/* out[0..7] = exp(a): vx_exp8, and the C library's exp for the lanes outside its range.
- * Returns 1 when a lane was outside it, else 0: then every lane of a is finite. Always
+/* out[0..7] = exp(a): vx_exp8, and the C library's exp for the lanes outside its range, and
+ * *e the same eight values (from the register when every lane took the fast path, else from
+ * out). Returns 1 when a lane was outside it, else 0: then every lane of a is finite. Always
  * inline: as a call (GCC's choice for a function this long) every vector of eight paid for it,
  * and the caller's vectors went through memory around it. */
-static inline __attribute__((always_inline)) int vx_exp8_store(__m512d a, double *out)
+static inline __attribute__((always_inline)) int vx_exp8_keep(__m512d a, double *out, __m512d *e)
 {
     __mmask8 fast;
-    _mm512_storeu_pd(out, vx_exp8(a, &fast));
+    *e = vx_exp8(a, &fast);
+    _mm512_storeu_pd(out, *e);
     if (fast != 0xff) {
         double av[8];
         _mm512_storeu_pd(av, a);
         for (int j = 0; j < 8; j++)
             if (!(fast >> j & 1))
                 out[j] = exp(av[j]);
+        *e = _mm512_loadu_pd(out);
         return 1;
     }
     return 0;
+}
+
+/* vx_exp8_keep without the register. */
+static inline __attribute__((always_inline)) int vx_exp8_store(__m512d a, double *out)
+{
+    __m512d e;
+    return vx_exp8_keep(a, out, &e);
 }
 
 /* Eight lanes of moe_log: the same operations (k from its integer by an exact conversion),
@@ -547,6 +557,7 @@ sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t
     for (; r0 + 8 <= nrows; r0 += 8) {
         double m[8], s[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
         const double *pr[8];
+        __m512d ev[8]; /* the rows' exponentials, kept for their division */
         /* the rows after next on their way from memory (the hardware's prefetcher does not
          * keep up with this loop's streams: the pass took 8% longer without) */
         if (r0 + 24 <= nrows)
@@ -560,7 +571,7 @@ sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t
                 const __mmask8 eq = _mm512_cmp_pd_mask(v, _mm512_set1_pd(m[j]), _CMP_EQ_OQ);
                 xfirst[r0 + j] = eq ? __builtin_ctz(eq) : -1;
             }
-            *slow |= vx_exp8_store(_mm512_sub_pd(v, _mm512_set1_pd(m[j])), p + o);
+            *slow |= vx_exp8_keep(_mm512_sub_pd(v, _mm512_set1_pd(m[j])), p + o, &ev[j]);
             pr[j] = p + o;
             if (idx2)
                 sm_top2(v, m[j], idx2 + 2 * (size_t)(r0 + j));
@@ -572,7 +583,7 @@ sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t
             sm_gather(p + (size_t)r0 * 8, 8, 8, sel + (size_t)r0 * k, k, esel + (size_t)r0 * k);
         for (int j = 0; j < 8; j++) {
             double *pj = p + (size_t)(r0 + j) * 8;
-            const __m512d q = _mm512_div_pd(_mm512_loadu_pd(pj), _mm512_set1_pd(s[j]));
+            const __m512d q = _mm512_div_pd(ev[j], _mm512_set1_pd(s[j]));
             _mm512_storeu_pd(pj, q);
             const int xf = xfirst ? xfirst[r0 + j] : -1;
             const __m512d pxf = /* p at the first index of the maximum, in every lane */
