@@ -545,70 +545,97 @@ static inline void sm_top2_num(const double *e, int nr, const int32_t *idx2, dou
         }
 }
 
+/* Step one of sm_rows8 for the eight rows from r0: each row's maximum m, first index of it
+ * (xfirst), two largest (idx2) and exponentials ev (also into p). */
+static inline __attribute__((always_inline)) void
+sm_rows8_exp(const double *x, int nrows, int r0, double *p, int32_t *idx2, int32_t *xfirst,
+             int *slow, double *m, __m512d *ev)
+{
+    /* the rows after next on their way from memory (the hardware's prefetcher does not
+     * keep up with this loop's streams: the pass took 8% longer without) */
+    if (r0 + 24 <= nrows)
+        for (int j = 0; j < 8; j++)
+            __builtin_prefetch(x + (size_t)(r0 + 16 + j) * 8);
+    for (int j = 0; j < 8; j++) {
+        const size_t o = (size_t)(r0 + j) * 8;
+        const __m512d v = _mm512_loadu_pd(x + o);
+        m[j] = _mm512_reduce_max_pd(v);
+        if (xfirst) { /* as moe_select_first_eq8 */
+            const __mmask8 eq = _mm512_cmp_pd_mask(v, _mm512_set1_pd(m[j]), _CMP_EQ_OQ);
+            xfirst[r0 + j] = eq ? __builtin_ctz(eq) : -1;
+        }
+        *slow |= vx_exp8_keep(_mm512_sub_pd(v, _mm512_set1_pd(m[j])), p + o, &ev[j]);
+        if (idx2)
+            sm_top2(v, m[j], idx2 + 2 * (size_t)(r0 + j));
+    }
+}
+
+/* Step two of sm_rows8 for the eight rows from r0, whose step one left m and ev: the sums,
+ * the quotients and what comes from them. */
+static inline __attribute__((always_inline)) void
+sm_rows8_div(int r0, double *p, double *lse, double *mx, int32_t *idx2, double *e2,
+             const int32_t *sel, int k, double *esel, uint8_t *istop, int32_t *pmax,
+             const int32_t *xfirst, double *pfirst, const double *m, const __m512d *ev)
+{
+    double s[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
+    const double *pr[8];
+    for (int j = 0; j < 8; j++)
+        pr[j] = p + (size_t)(r0 + j) * 8;
+    sm_sums(pr, 8, 8, s);
+    if (idx2)
+        sm_top2_num(p + (size_t)r0 * 8, 8, idx2 + 2 * (size_t)r0, e2 + 2 * (size_t)r0);
+    if (sel)
+        sm_gather(p + (size_t)r0 * 8, 8, 8, sel + (size_t)r0 * k, k, esel + (size_t)r0 * k);
+    for (int j = 0; j < 8; j++) {
+        double *pj = p + (size_t)(r0 + j) * 8;
+        const __m512d q = _mm512_div_pd(ev[j], _mm512_set1_pd(s[j]));
+        _mm512_storeu_pd(pj, q);
+        const int xf = xfirst ? xfirst[r0 + j] : -1;
+        const __m512d pxf = /* p at the first index of the maximum, in every lane */
+            xf >= 0 ? _mm512_permutexvar_pd(_mm512_set1_epi64(xf), q) : _mm512_setzero_pd();
+        if (pmax) { /* the largest p is the one at the first index of the maximum (the
+                     * exponential there is 1, every other at most 1), when there is one */
+            const __m512d big = xf >= 0 ? pxf : _mm512_set1_pd(_mm512_reduce_max_pd(q));
+            const __mmask8 eq = _mm512_cmp_pd_mask(q, big, _CMP_EQ_OQ);
+            pmax[r0 + j] = eq ? __builtin_ctz(eq) : 0;
+        }
+        if (istop) {
+            const double lo = sm_sel_lo(esel + (size_t)(r0 + j) * k, k, s[j]);
+            istop[r0 + j] = __builtin_popcount(_mm512_cmp_pd_mask(
+                                q, _mm512_set1_pd(lo), _CMP_NLT_UQ)) == k &&
+                            lo == lo;
+        }
+        if (pfirst && xf >= 0)
+            pfirst[r0 + j] = _mm512_cvtsd_f64(pxf);
+        if (mx)
+            mx[r0 + j] = m[j];
+    }
+    if (lse)
+        vl_lse(m, s, 8, lse + r0);
+}
+
 /* Rows of eight logits (E = 8), eight rows at a time, each row one vector: the steps of
  * moe_softmax_rows_max below (moe_vmax, moe_vexp_shift, the sums, vx_div or vx_div_pmax) inline,
- * with the same operations. Returns the rows taken: nrows rounded down to a multiple of eight. */
+ * with the same operations, step two of each eight rows after step one of the next eight (so
+ * that the sums do not wait for the last row's exponentials while nothing else is ready).
+ * Returns the rows taken: nrows rounded down to a multiple of eight. */
 static inline __attribute__((always_inline)) int
 sm_rows8(const double *x, int nrows, double *p, double *lse, double *mx, int32_t *idx2,
          double *e2, const int32_t *sel, int k, double *esel, uint8_t *istop, int32_t *pmax,
          int32_t *xfirst, double *pfirst, int *slow)
 {
-    int r0 = 0;
-    for (; r0 + 8 <= nrows; r0 += 8) {
-        double m[8], s[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-        const double *pr[8];
-        __m512d ev[8]; /* the rows' exponentials, kept for their division */
-        /* the rows after next on their way from memory (the hardware's prefetcher does not
-         * keep up with this loop's streams: the pass took 8% longer without) */
-        if (r0 + 24 <= nrows)
-            for (int j = 0; j < 8; j++)
-                __builtin_prefetch(x + (size_t)(r0 + 16 + j) * 8);
-        for (int j = 0; j < 8; j++) {
-            const size_t o = (size_t)(r0 + j) * 8;
-            const __m512d v = _mm512_loadu_pd(x + o);
-            m[j] = _mm512_reduce_max_pd(v);
-            if (xfirst) { /* as moe_select_first_eq8 */
-                const __mmask8 eq = _mm512_cmp_pd_mask(v, _mm512_set1_pd(m[j]), _CMP_EQ_OQ);
-                xfirst[r0 + j] = eq ? __builtin_ctz(eq) : -1;
-            }
-            *slow |= vx_exp8_keep(_mm512_sub_pd(v, _mm512_set1_pd(m[j])), p + o, &ev[j]);
-            pr[j] = p + o;
-            if (idx2)
-                sm_top2(v, m[j], idx2 + 2 * (size_t)(r0 + j));
-        }
-        sm_sums(pr, 8, 8, s);
-        if (idx2)
-            sm_top2_num(p + (size_t)r0 * 8, 8, idx2 + 2 * (size_t)r0, e2 + 2 * (size_t)r0);
-        if (sel)
-            sm_gather(p + (size_t)r0 * 8, 8, 8, sel + (size_t)r0 * k, k, esel + (size_t)r0 * k);
-        for (int j = 0; j < 8; j++) {
-            double *pj = p + (size_t)(r0 + j) * 8;
-            const __m512d q = _mm512_div_pd(ev[j], _mm512_set1_pd(s[j]));
-            _mm512_storeu_pd(pj, q);
-            const int xf = xfirst ? xfirst[r0 + j] : -1;
-            const __m512d pxf = /* p at the first index of the maximum, in every lane */
-                xf >= 0 ? _mm512_permutexvar_pd(_mm512_set1_epi64(xf), q) : _mm512_setzero_pd();
-            if (pmax) { /* the largest p is the one at the first index of the maximum (the
-                         * exponential there is 1, every other at most 1), when there is one */
-                const __m512d big = xf >= 0 ? pxf : _mm512_set1_pd(_mm512_reduce_max_pd(q));
-                const __mmask8 eq = _mm512_cmp_pd_mask(q, big, _CMP_EQ_OQ);
-                pmax[r0 + j] = eq ? __builtin_ctz(eq) : 0;
-            }
-            if (istop) {
-                const double lo = sm_sel_lo(esel + (size_t)(r0 + j) * k, k, s[j]);
-                istop[r0 + j] = __builtin_popcount(_mm512_cmp_pd_mask(
-                                    q, _mm512_set1_pd(lo), _CMP_NLT_UQ)) == k &&
-                                lo == lo;
-            }
-            if (pfirst && xf >= 0)
-                pfirst[r0 + j] = _mm512_cvtsd_f64(pxf);
-            if (mx)
-                mx[r0 + j] = m[j];
-        }
-        if (lse)
-            vl_lse(m, s, 8, lse + r0);
+    const int full = nrows / 8 * 8;
+    double m[2][8];
+    __m512d ev[2][8]; /* the rows' exponentials, kept for their division */
+    for (int r0 = 0; r0 < full + 8; r0 += 8) {
+        const int h = (r0 / 8) & 1;
+        if (r0 < full)
+            sm_rows8_exp(x, nrows, r0, p, idx2, xfirst, slow, m[h], ev[h]);
+        if (r0 > 0)
+            sm_rows8_div(r0 - 8, p, lse, mx, idx2, e2, sel, k, esel, istop, pmax, xfirst, pfirst,
+                         m[h ^ 1], ev[h ^ 1]);
     }
-    return r0;
+    return full;
 }
 #endif
 
