@@ -221,8 +221,9 @@ static inline __mmask8 sel_block_mask(int len, int skip, int b)
  * for about 12 candidates instead of 9 in a row of 64 continuous values (more than 16, which
  * the ranks then take, in about one row of 120). With a NaN in the row it means nothing: such
  * rows are declined. For k <= 2 the k-th largest of the lane maxima alone (k distinct elements
- * reach it), without a sort. */
-static inline __m512d sel_threshold(__m512d m1, __m512d m2, int nb, int len, int k)
+ * reach it), without a sort. (Always inline: GCC made it a call once it held the three cases.) */
+static inline __attribute__((always_inline)) __m512d sel_threshold(__m512d m1, __m512d m2, int nb,
+                                                                   int len, int k)
 {
     if (k == len)
         return _mm512_set1_pd(-__builtin_inf());
