@@ -4,10 +4,11 @@
  *   1. the largest and the second largest of each lane over the row's blocks of eight (the
  *      last block padded with -inf): sixteen distinct elements of the row (or padding);
  *   2. thr = the k-th largest of those sixteen (k <= 8), from the two lane sets sorted by a
- *      sorting network (for k = 8 and k <= 2 cheaper bounds, sel_threshold). k distinct elements of the
- *      row are >= thr, so the k-th largest of the row is >= thr and every element of the
- *      answer is >= thr: the elements >= thr are the candidates, in index order (about k of
- *      them for distinct values, 16 at most for nearly every row of continuous values);
+ *      sorting network (for k = 8 and k <= 2 cheaper bounds, sel_threshold). k distinct
+ *      elements of the row are >= thr, so the k-th largest of the row is >= thr and every
+ *      element of the answer is >= thr: the elements >= thr are the candidates, in index order
+ *      (about k of them for distinct values, 16 at most for nearly every row of continuous
+ *      values);
  *   3. up to 16 candidates: a sorting network on integer keys, each candidate's value as an
  *      integer of the same order with its slot among the candidates in the low four bits
  *      (sel_key), so that the keys are distinct, sort with integer min and max, and carry the
