@@ -249,6 +249,17 @@ static inline __attribute__((always_inline)) __m512d sel_threshold(__m512d m1, _
 }
 
 #if defined(__AVX512VBMI2__)
+/* 0, 1, ..., 255 as bytes, and 64 more for a 64-byte load from 192: the indices that a byte
+ * compress packs (the candidates of a row in registers, and of up to 256 elements). */
+static const uint8_t sel_iota[256 + 64] = {
+#define SEL_I8(a) a, a + 1, a + 2, a + 3, a + 4, a + 5, a + 6, a + 7
+#define SEL_I64(a) SEL_I8(a), SEL_I8(a + 8), SEL_I8(a + 16), SEL_I8(a + 24), SEL_I8(a + 32), \
+                   SEL_I8(a + 40), SEL_I8(a + 48), SEL_I8(a + 56)
+    SEL_I64(0), SEL_I64(64), SEL_I64(128), SEL_I64(192)
+#undef SEL_I64
+#undef SEL_I8
+};
+
 /* sel_topk_mem's candidates (the elements not below thr, in index order) of a row of nb <= 32
  * blocks, -inf past its end (last: the lanes of its last block): the masks of eight blocks at a
  * time joined into 64 bits, their indices packed as bytes by one compress a group, then their
@@ -259,14 +270,6 @@ static inline __attribute__((always_inline)) __m512d sel_threshold(__m512d m1, _
 static int sel_cands_bytes(const double *v, int nb, __mmask8 last, __m512d thr, double *cv,
                            int64_t *ci, __mmask8 *nan)
 {
-    static const uint8_t iota[256 + 64] = {
-#define SEL_I8(a) a, a + 1, a + 2, a + 3, a + 4, a + 5, a + 6, a + 7
-#define SEL_I64(a) SEL_I8(a), SEL_I8(a + 8), SEL_I8(a + 16), SEL_I8(a + 24), SEL_I8(a + 32), \
-                   SEL_I8(a + 40), SEL_I8(a + 48), SEL_I8(a + 56)
-        SEL_I64(0), SEL_I64(64), SEL_I64(128), SEL_I64(192)
-#undef SEL_I64
-#undef SEL_I8
-    };
     const __m512d ninf = _mm512_set1_pd(-__builtin_inf());
     uint8_t at[256 + 64];
     int m = 0;
@@ -283,7 +286,7 @@ static int sel_cands_bytes(const double *v, int nb, __mmask8 last, __m512d thr, 
             _mm512_kunpackw(_mm512_kunpackb(c[7], c[6]), _mm512_kunpackb(c[5], c[4])),
             _mm512_kunpackw(_mm512_kunpackb(c[3], c[2]), _mm512_kunpackb(c[1], c[0])));
         _mm512_storeu_si512((void *)(at + m),
-                            _mm512_maskz_compress_epi8(cand, _mm512_loadu_si512(iota + 8 * g)));
+                            _mm512_maskz_compress_epi8(cand, _mm512_loadu_si512(sel_iota + 8 * g)));
         m += __builtin_popcountll(cand);
     }
     const int take = m < SEL_MAX_CAND + 8 ? m : SEL_MAX_CAND + 8;
@@ -417,10 +420,6 @@ static inline __attribute__((always_inline)) void sel_topk_regs(const double *v,
                                                                  int R, int32_t *idx,
                                                                  double *val, int *st)
 {
-    static const uint8_t iota[64] = {
-        0,  1,  2,  3,  4,  5,  6,  7,  8,  9,  10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21,
-        22, 23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43,
-        44, 45, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61, 62, 63};
     const int nb = (len + 7) / 8;
     const __mmask8 last = (__mmask8)(0xffu >> (8 * nb - len));
     const __m512d ninf = _mm512_set1_pd(-__builtin_inf());
@@ -458,7 +457,7 @@ static inline __attribute__((always_inline)) void sel_topk_regs(const double *v,
     for (int r = 0; r < R; r++) {
         const double *vr = v + (size_t)r * len;
         const __m128i at = _mm512_castsi512_si128(
-            _mm512_maskz_compress_epi8(cand[r], _mm512_loadu_si512((const void *)iota)));
+            _mm512_maskz_compress_epi8(cand[r], _mm512_loadu_si512((const void *)sel_iota)));
         i0[r] = _mm512_cvtepu8_epi64(at);
         i1[r] = _mm512_cvtepu8_epi64(_mm_srli_si128(at, 8));
         const int m = __builtin_popcountll(cand[r]);
