@@ -197,14 +197,14 @@ static void topk_gates(void *ctx, long t0, long t1, const double *p, int part)
     moe_claims *cl = x->cl;
     const int k = cl->K, per = TOPK_GATES_BUF / k; /* tokens per call */
     double e[TOPK_GATES_BUF];
-    if (x->chunk_select && k == 2 && cl->E == 8) { /* the softmax's exponentials: divide */
-        topk_top2_8(cl, x->logits, t0, t1);
+    if (x->chunk_select && k == 2) { /* the softmax's exponentials: divide, four pairs a vector */
+        if (cl->E == 8)
+            topk_top2_8(cl, x->logits, t0, t1);
         moe_pairs_div(cl->gate + (size_t)t0 * 2, t1 - t0);
         for (long t = t0; t < t1; t++)
             topk_perturb(cl->gate + (size_t)t * 2);
         return;
-    } else if (x->chunk_select) { /* the exponentials, from the softmax: sum and divide (for
-                                   * k = 2 the pair's own sum, 1 + exp(v2 - v1), in that order) */
+    } else if (x->chunk_select) { /* the exponentials, from the softmax: sum and divide */
         for (long t = t0; t < t1; t++) {
             double *g = cl->gate + (size_t)t * k, s = 0.0;
             for (int j = 0; j < k; j++) /* in rank order, as moe_softmax adds them */
