@@ -32,6 +32,15 @@ void moe_par_range(long n, int i, int nparts, long *lo, long *hi);
  * thread cannot be created runs on the caller. */
 void moe_par_run(void (*fn)(void *ctx, int i, int nparts), void *ctx, int nparts);
 
+/* The mean time, in nanoseconds, for one cache line to go from the calling thread to the
+ * pool's first worker and back (parts 0 and 1 of one moe_par_run pass a counter back and forth
+ * `trips` times, spinning), or NaN with fewer than two threads or when the worker does not
+ * start within a tenth of a second. On a host whose cores share a cache it is tens of
+ * nanoseconds; where the two threads sit on cores far apart (another chiplet or socket, or
+ * virtual processors the host has moved apart) hundreds, and every handoff of data between
+ * the routers' threads costs that much more. The benchmark records it beside its times. */
+double moe_par_round_trip_ns(long trips);
+
 /* *sum = sum over t of logsumexp(x[t,:])^2 for x (n,M), each row as moe_logsumexp computes it
  * and the squares added in token order (so the sum does not depend on the number of threads);
  * the rows on the threads. MOE_ENOMEM when the (n) scratch cannot be allocated. */

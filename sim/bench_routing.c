@@ -24,9 +24,10 @@
  * config "routing_<router>_k<k>_E<E>" (d = f = 0: no layer; repeats: that row's R), and to its
  * JSON twin (results/bench.json, beside the layer benchmark's rows): time_route (s, over the
  * repeats), tokens_per_s, time_bound and ratio_vs_bound, time_torch and ratio_vs_torch
- * (PyTorch time / moesim time) when PyTorch ran, plan_same_as_torch (1/0) when checked; config
- * "routing_load" holds the load average at the start and the end of the run and the run's
- * wall and CPU seconds.
+ * (PyTorch time / moesim time) when PyTorch ran, plan_same_as_torch (1/0) when checked,
+ * thread_round_trip (ns: br_round_trip right before the cell, with two or more threads); config
+ * "routing_load" holds the load average and that round trip at the start and the end of the
+ * run and the run's wall and CPU seconds.
  */
 #include "bench.h"
 #include "bench_routing.h"
@@ -77,6 +78,7 @@ typedef struct {
 
 typedef struct {
     double ms, torch_ms, bound_ms; /* ms: the best of the repeats */
+    double rt_ns;                  /* the threads' round trip before the cell (br_round_trip) */
     bench_stat t;                  /* seconds over the repeats */
     int n, E, k, ran, same; /* k effective; same: 1 plan equal to PyTorch's, 0 differs, -1 not
                              * checked */
@@ -84,6 +86,28 @@ typedef struct {
     long C;                 /* the plan's capacity */
     size_t kept;            /* its entries */
 } br_result;
+
+/* A cache line's round trip between the first two threads, in ns (NaN with one thread): the
+ * host's state, which moves the routes' times (their threads hand data to each other) but not
+ * the bound's. The best of three runs of 2000 trips (about a millisecond each): the first run
+ * after the worker is created can find both threads on one processor (12 us a trip, once). */
+static double br_round_trip(void)
+{
+    double best = NAN;
+    for (int i = 0; i < 3; i++) {
+        const double ns = moe_par_round_trip_ns(2000);
+        best = isnan(best) || ns < best ? ns : best;
+    }
+    return best;
+}
+
+static void br_print_round_trip(const char *when, double ns)
+{
+    if (isfinite(ns))
+        printf("a cache line's round trip between the first two threads %s: %.0f ns (tens of "
+               "ns: cores that share a cache; hundreds: cores far apart, where the routes' "
+               "handoffs between threads cost more and their times rise)\n", when, ns);
+}
 
 /* The wall clock and the process's CPU time at the start of the run, for the progress lines. */
 static double br_t0_wall, br_t0_cpu;
@@ -330,8 +354,11 @@ static int br_time(const br_case *c, const double *L, int n, int E, int repeats,
         res->ms = res->t.min * 1e3;
         res->repeats = repeats;
         char what[128];
-        snprintf(what, sizeof what, "moesim %s k=%d n=%d E=%d: %.2f ms (best of %d)", c->router,
-                 res->k, n, E, res->ms, repeats);
+        int w = snprintf(what, sizeof what, "moesim %s k=%d n=%d E=%d: %.2f ms (best of %d",
+                         c->router, res->k, n, E, res->ms, repeats);
+        if (w > 0 && (size_t)w < sizeof what)
+            snprintf(what + w, sizeof what - (size_t)w,
+                     isfinite(res->rt_ns) ? "; round trip %.0f ns)" : ")", res->rt_ns);
         br_progress(what, moe_now() - t0);
     }
     br_run_free(&b);
@@ -637,12 +664,14 @@ static int br_put_cell(bench_ctx *c, const br_result *r, const char *router)
                     bench_stat_one(r->torch_ms * 1e-3 / best));
     if (!rc && r->same >= 0)
         rc = br_put(c, r, cfg, router, "plan_same_as_torch", "1", bench_stat_one(r->same));
+    if (!rc && isfinite(r->rt_ns))
+        rc = br_put(c, r, cfg, router, "thread_round_trip", "ns", bench_stat_one(r->rt_ns));
     return rc;
 }
 
 /* Every measured router's rows, the load averages and the run's wall and CPU seconds (this
  * process and its children: PyTorch) in one transaction of a->db. */
-static int br_store(const br_args *a, const br_result *res, const double run[4], int torch)
+static int br_store(const br_args *a, const br_result *res, const double run[6], int torch)
 {
     bench_ctx c;
     memset(&c, 0, sizeof c);
@@ -663,11 +692,13 @@ static int br_store(const br_args *a, const br_result *res, const double run[4],
     if (rc)
         return rc;
     const br_result lr = {.k = 0, .repeats = 1};
-    static const char *const what[4] = {"load_average_start", "load_average_end",
-                                        "wall_time_run", "cpu_time_run"};
-    for (int i = 0; !rc && i < 4; i++)
-        rc = br_put(&c, &lr, "routing_load", NULL, what[i], i < 2 ? "1" : "s",
-                    bench_stat_one(run[i]));
+    static const char *const what[6] = {"load_average_start", "load_average_end",
+                                        "wall_time_run",      "cpu_time_run",
+                                        "thread_round_trip_start", "thread_round_trip_end"};
+    static const char *const unit[6] = {"1", "1", "s", "s", "ns", "ns"};
+    for (int i = 0; !rc && i < 6; i++)
+        if (i < 4 || isfinite(run[i]))
+            rc = br_put(&c, &lr, "routing_load", NULL, what[i], unit[i], bench_stat_one(run[i]));
     for (int i = 0; !rc && i < a->nsizes * a->nexperts * BR_NCASES; i++)
         if (res[i].ran)
             rc = br_put_cell(&c, &res[i], br_cases[i % BR_NCASES].router);
@@ -789,6 +820,7 @@ static int br_size(const br_args *a, int n, int E, const char *dir, br_result *r
         spent += moe_now() - tb;
         bound = b < bound ? b : bound;
         passes += R;
+        r->rt_ns = br_round_trip();
         rc = br_time(&br_cases[c], L, n, E, R, r);
         r->ran = want[c] = !rc;
     }
@@ -824,10 +856,11 @@ int moe_bench_routing(int argc, char **argv)
     moe_par_set_threads(a.threads);
     br_t0_wall = moe_now();
     br_t0_cpu = br_cpu_all();
-    double run[4] = {br_load(), NAN, NAN, NAN};
+    double run[6] = {br_load(), NAN, NAN, NAN, br_round_trip(), NAN};
     printf("moesim bench --routing: %d threads, load average %.2f at the start; moesim best of "
            "%d below %d tokens, of %d from there on; one line per finished cell on stderr\n",
            moe_par_threads(), run[0], a.repeats, a.large_from, a.large_repeats);
+    br_print_round_trip("at the start", run[4]);
     const int ncell = a.nsizes * a.nexperts * BR_NCASES;
     br_result *res = calloc((size_t)ncell, sizeof *res);
     if (!res)
@@ -872,9 +905,12 @@ int moe_bench_routing(int argc, char **argv)
     run[1] = br_load();
     run[2] = moe_now() - br_t0_wall;
     run[3] = br_cpu_all() - br_t0_cpu;
+    run[5] = br_round_trip();
     if (!rc)
         printf("load average %.2f at the end; the run took %.1f s wall, %.1f s of CPU (moesim "
                "and PyTorch)\n", run[1], run[2], run[3]);
+    if (!rc)
+        br_print_round_trip("at the end", run[5]);
     if (!rc)
         rc = br_store(&a, res, run, have_torch);
     free(res);

@@ -80,9 +80,14 @@ has "$T/rout" '^moesim bench --routing: 2 threads, load average '
 has "$T/rout" '^\*\*\* the PyTorch comparison is SKIPPED (--no-torch) \*\*\*$'
 has "$T/rout" "^stored in $T/b.db, table bench, run '"
 has "$T/rout" '^replay is not benchmarked '
+# the threads' round trip (routers/par.c moe_par_round_trip_ns) at the start and the end of the
+# run, and before each cell (its progress line); a measured time, so only its form is checked
+has "$T/rout" "^a cache line's round trip between the first two threads at the start: [0-9][0-9]* ns "
+has "$T/rout" "^a cache line's round trip between the first two threads at the end: [0-9][0-9]* ns "
 # every router but replay at each of the 2 x 2 (n, E): 14 cases, topk k = 8 only where k <= E
 # (all here): one progress line each on stderr, 56 in all, and one per drawn set of logits
 count "$T/rerr" '^bench --routing: moesim ' 56
+count "$T/rerr" '^bench --routing: moesim .* (best of [12]; round trip [0-9][0-9]* ns) ' 56
 count "$T/rerr" '^bench --routing: logits n=' 4
 count "$T/rerr" '^bench --routing: bound n=' 4
 count "$T/rerr" '^bench --routing: PyTorch ' 0
@@ -107,7 +112,8 @@ if command -v sqlite3 >/dev/null; then
     eq "routing: no PyTorch rows with --no-torch" "SELECT count(*) FROM bench WHERE metric IN ('time_torch', 'ratio_vs_torch', 'plan_same_as_torch')" 0
     eq "routing: d = f = 0, cf 1.25" "SELECT count(*) FROM bench WHERE config LIKE 'routing%' AND (d != 0 OR f != 0 OR cf != 1.25)" 0
     eq "routing: load and run time rows" "SELECT group_concat(metric, ' ') FROM (SELECT metric FROM bench WHERE config = 'routing_load' AND median >= 0 ORDER BY metric)" \
-        "cpu_time_run load_average_end load_average_start wall_time_run"
+        "cpu_time_run load_average_end load_average_start thread_round_trip_end thread_round_trip_start wall_time_run"
+    eq "routing: each cell's round trip (ns)" "SELECT count(*) FROM bench WHERE metric = 'thread_round_trip' AND unit = 'ns' AND median > 0 AND config LIKE 'routing%'" 56
     if command -v python3 >/dev/null; then
         nj=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1]))["rows"]; print(len(r), len({x["run"] for x in r}))' "$T/b.json" 2>&1)
         eq "JSON: the layer rows kept beside the routing rows" "SELECT count(*) || ' 2' FROM bench" "$nj"

@@ -4,7 +4,8 @@
  * z-loss (also through the logsumexps the routers keep in the plan); the logits are quantised to quarters so that many scores tie and the tie rules are
  * exercised across the thread boundary. The selections that replaced full sorts are also
  * checked against the stable argsort of sim/util.c (moe_argsort_desc) run on the same values:
- * expert choice's top C tokens per expert and moe_claims_topk's k largest per row. */
+ * expert choice's top C tokens per expert and moe_claims_topk's k largest per row. Last, the
+ * threads' round-trip probe that the benchmark records. */
 #include "check.h"
 #include "moe.h"
 #include "../routers/claims.h"
@@ -148,6 +149,31 @@ static void test_topk_vs_argsort(void)
     CHECK(bad == 0, "moe_claims_topk: %d selections differ from the stable argsort", bad);
 }
 
+/* moe_par_round_trip_ns is a measured time, so only its form is checked: NaN with one thread,
+ * finite and positive with two, also when called from a part while the pool runs a job (the
+ * call then gets threads of its own). */
+static void rt_nested(void *ctx, int i, int np)
+{
+    (void)np;
+    if (i == 0)
+        *(double *)ctx = moe_par_round_trip_ns(100);
+}
+
+static void test_round_trip(void)
+{
+    moe_par_set_threads(1);
+    CHECK(isnan(moe_par_round_trip_ns(100)), "one thread: round trip not NaN");
+    moe_par_set_threads(2);
+    for (int trips = 1; trips <= 1000; trips *= 10) {
+        const double ns = moe_par_round_trip_ns(trips);
+        CHECK(isfinite(ns) && ns > 0.0, "two threads, %d trips: round trip %g ns", trips, ns);
+    }
+    double nested = NAN;
+    moe_par_run(rt_nested, &nested, 2);
+    CHECK(isfinite(nested) && nested > 0.0, "from a part: round trip %g ns", nested);
+    moe_par_set_threads(0);
+}
+
 int main(void)
 {
     gsl_rng *g = moe_rng_alloc(11, 1);
@@ -161,6 +187,7 @@ int main(void)
     test_topk8_drops(8);
     test_expert_choice_vs_argsort();
     test_topk_vs_argsort();
+    test_round_trip();
     printf("test_routers_par: %d passed, %d failed\n", check_pass, check_fail);
     return check_fail != 0;
 }
