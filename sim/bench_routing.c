@@ -734,7 +734,7 @@ static int br_parse_list(const char *s, int *v, int *nv, int max, const char *fl
 
 static int br_parse_args(int argc, char **argv, br_args *a, int *help)
 {
-    *a = (br_args){{65536, 1048576}, 2, {8, 64, 256}, 3, 3, 2, 4096, 0, 1, 1048576,
+    *a = (br_args){{65536, 1048576}, 2, {8, 64, 256}, 3, 10, 2, 4096, 0, 1, 1048576,
                    "/usr/bin/python3", "sim/bench_torch_routing.py", NULL, "results/bench.db"};
     static const struct option lo[] = {
         {"routing", no_argument, NULL, 'R'},     {"sizes", required_argument, NULL, 'n'},
