@@ -77,8 +77,13 @@
 #include "huge.h"
 #include "par.h"
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include <math.h>
 #include <sched.h>
+#include <stdint.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -247,6 +252,42 @@ static void heap_up(base_ws *w, int E, int a, int b, int i)
 
 /* Sift h[i] down in the heap h of sz nodes; when pos is given, pos[tok * stride] follows
  * every node that moves (its position). */
+#if defined(__AVX512F__) && BASE_HEAP_D == 32
+/* The index of the least (node_less) of the 32 nodes h[c0..c0+31]: the smallest key, then
+ * among the nodes with that key (== : -0.0 and +0.0 alike) the smallest token. A heap's tokens
+ * are distinct, so exactly one node is least: the one the scalar scan finds, without its 31
+ * unpredictable branches. Keys are finite or infinite, never NaN (finite logits). */
+static inline int heap_min32(const base_node *h, int c0)
+{
+    const __m512i ik = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i it = _mm512_set_epi64(15, 13, 11, 9, 7, 5, 3, 1);
+    const __m512i low = _mm512_set1_epi64(0xffffffff); /* the token; the padding cleared */
+    __m512d k[4];
+    __m512i t[4];
+    for (int q = 0; q < 4; q++) {
+        const __m512i a = _mm512_loadu_si512((const void *)(h + c0 + 8 * q));
+        const __m512i b = _mm512_loadu_si512((const void *)(h + c0 + 8 * q + 4));
+        k[q] = _mm512_castsi512_pd(_mm512_permutex2var_epi64(a, ik, b));
+        t[q] = _mm512_and_si512(_mm512_permutex2var_epi64(a, it, b), low);
+    }
+    const __m512d mk = _mm512_set1_pd(_mm512_reduce_min_pd(
+        _mm512_min_pd(_mm512_min_pd(k[0], k[1]), _mm512_min_pd(k[2], k[3]))));
+    __mmask8 eq[4];
+    __m512i tm = _mm512_set1_epi64(INT64_MAX);
+    for (int q = 0; q < 4; q++) {
+        eq[q] = _mm512_cmp_pd_mask(k[q], mk, _CMP_EQ_OQ);
+        tm = _mm512_mask_min_epi64(tm, eq[q], tm, t[q]);
+    }
+    const __m512i mt = _mm512_set1_epi64(_mm512_reduce_min_epi64(tm));
+    for (int q = 0; q < 3; q++) {
+        const __mmask8 at = _mm512_mask_cmpeq_epi64_mask(eq[q], t[q], mt);
+        if (at)
+            return c0 + 8 * q + __builtin_ctz(at);
+    }
+    return c0 + 24 + __builtin_ctz(_mm512_mask_cmpeq_epi64_mask(eq[3], t[3], mt));
+}
+#endif
+
 static void heap_sift(base_node *h, int sz, int i, int32_t *pos, int stride)
 {
     const base_node x = h[i];
@@ -256,6 +297,11 @@ static void heap_sift(base_node *h, int sz, int i, int32_t *pos, int stride)
             break;
         const int cend = c0 + BASE_HEAP_D < sz ? c0 + BASE_HEAP_D : sz;
         int c = c0;
+#if defined(__AVX512F__) && BASE_HEAP_D == 32
+        if (cend - c0 == 32)
+            c = heap_min32(h, c0);
+        else
+#endif
         for (int j = c0 + 1; j < cend; j++)
             if (node_less(h[j], h[c]))
                 c = j;
