@@ -34,8 +34,10 @@ void moe_par_run(void (*fn)(void *ctx, int i, int nparts), void *ctx, int nparts
 
 /* The mean time, in nanoseconds, for one cache line to go from the calling thread to the
  * pool's first worker and back (parts 0 and 1 of one moe_par_run pass a counter back and forth
- * `trips` times, spinning), or NaN with fewer than two threads or when the worker does not
- * start within a tenth of a second. On a host whose cores share a cache it is tens of
+ * `trips` times, spinning, yielding the processor now and then), or NaN with fewer than two
+ * threads, when the worker does not start within a second or when the trips take longer than
+ * a second and 10 ms each (a machine far busier than its processors). On a host whose cores
+ * share a cache it is tens of
  * nanoseconds; where the two threads sit on cores far apart (another chiplet or socket, or
  * virtual processors the host has moved apart) hundreds, and every handoff of data between
  * the routers' threads costs that much more. The benchmark records it beside its times. */
