@@ -33,8 +33,9 @@ void moe_par_range(long n, int i, int nparts, long *lo, long *hi);
 void moe_par_run(void (*fn)(void *ctx, int i, int nparts), void *ctx, int nparts);
 
 /* The mean time, in nanoseconds, for one cache line to go from the calling thread to the
- * pool's first worker and back (parts 0 and 1 of one moe_par_run pass a counter back and forth
- * `trips` times, spinning, yielding the processor now and then), or NaN with fewer than two
+ * pool's first worker and back (parts 0 and 1 of one moe_par_run pass a counter back and forth,
+ * spinning, yielding the processor now and then: 20 ms of trips untimed, so that two threads
+ * woken on one processor have been moved apart, then `trips` timed), or NaN with fewer than two
  * threads, when the worker does not start within a second or when the trips take longer than
  * a second and 10 ms each (a machine far busier than its processors). On a host whose cores
  * share a cache it is tens of

@@ -89,16 +89,11 @@ typedef struct {
 
 /* A cache line's round trip between the first two threads, in ns (NaN with one thread): the
  * host's state, which moves the routes' times (their threads hand data to each other) but not
- * the bound's. The best of three runs of 2000 trips (about a millisecond each): the first run
- * after the worker is created can find both threads on one processor (12 us a trip, once). */
+ * the bound's. 2000 trips after the probe's 20 ms of untimed ones (a worker woken on the
+ * caller's processor shares it until the system moves it: 4 to 12 us a trip before then). */
 static double br_round_trip(void)
 {
-    double best = NAN;
-    for (int i = 0; i < 3; i++) {
-        const double ns = moe_par_round_trip_ns(2000);
-        best = isnan(best) || ns < best ? ns : best;
-    }
-    return best;
+    return moe_par_round_trip_ns(2000);
 }
 
 static void br_print_round_trip(const char *when, double ns)
@@ -106,7 +101,8 @@ static void br_print_round_trip(const char *when, double ns)
     if (isfinite(ns))
         printf("a cache line's round trip between the first two threads %s: %.0f ns (tens of "
                "ns: cores that share a cache; hundreds: cores far apart, where the routes' "
-               "handoffs between threads cost more and their times rise)\n", when, ns);
+               "handoffs between threads cost more and their times rise; thousands: the two "
+               "threads took turns on one processor, the other one busy)\n", when, ns);
 }
 
 /* The wall clock and the process's CPU time at the start of the run, for the progress lines. */
