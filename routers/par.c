@@ -206,7 +206,7 @@ void moe_par_run(void (*fn)(void *ctx, int i, int nparts), void *ctx, int nparts
 
 typedef struct {
     _Alignas(64) _Atomic long flag; /* 1: part 1 is there; then 2i + 2 from part 0, 2i + 3 back;
-                                     * -1: part 0 gave up */
+                                     * -1: part 0 is done or gave up */
     long trips;
     double ns;
 } rt_job;

@@ -38,10 +38,10 @@ void moe_par_run(void (*fn)(void *ctx, int i, int nparts), void *ctx, int nparts
  * woken on one processor have been moved apart, then `trips` timed), or NaN with fewer than two
  * threads, when the worker does not start within a second or when the trips take longer than
  * a second and 10 ms each (a machine far busier than its processors). On a host whose cores
- * share a cache it is tens of
- * nanoseconds; where the two threads sit on cores far apart (another chiplet or socket, or
- * virtual processors the host has moved apart) hundreds, and every handoff of data between
- * the routers' threads costs that much more. The benchmark records it beside its times. */
+ * share a cache it is tens of nanoseconds; where the two threads sit on cores far apart
+ * (another chiplet or socket, or virtual processors the host has moved apart) hundreds, and
+ * every handoff of data between the routers' threads costs that much more; thousands when the
+ * two take turns on one processor. The benchmark records it beside its times. */
 double moe_par_round_trip_ns(long trips);
 
 /* *sum = sum over t of logsumexp(x[t,:])^2 for x (n,M), each row as moe_logsumexp computes it
