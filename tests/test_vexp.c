@@ -7,7 +7,8 @@
  * ln2/128 (where the table index changes), exact zeros, a NaN-free random bit pattern set, and
  * rows of every length 0..40 (the scalar tail). Counted as one check per block, naming the first
  * argument that differs. Then moe_softmax_rows_max, rows of 7, 8 (its own path) and 9 logits,
- * against the scalar softmax written here with the C library's exp and log, bit for bit; and
+ * against the scalar softmax written here with the C library's exp and log, bit for bit, and
+ * rows of eight whose maximum is a zero of either sign against moe_vmax's maximum; and
  * moe_softmax_pairs (the gates of two values) and moe_pairs_div against their scalar definition,
  * moe_softmax_rows8_top2 against the softmax and moe_select_top2_8 apart, and
  * moe_softmax_rows_more against the softmax, the C library's exp, the argmax of p,
@@ -72,6 +73,31 @@ static void cmp_softmax(const char *what, const double *x, int nrows, int len)
     }
     CHECK(bad < 0, "%s: softmax of %d rows of %d: row %d differs from the scalar definition",
           what, nrows, len, bad);
+}
+
+/* Rows of eight whose maximum is a zero of either sign: mx the same double as moe_vmax of the
+ * row (its vector maximum's fixed tree, the one the rows of eight reproduce by columns, so
+ * that a zero comes back with the sign it always had), and p and lse the scalar definition's
+ * (cmp_softmax's, its maximum moe_vmax's value); one check. */
+static void cmp_zero_max(const double *x, int nrows)
+{
+    static double p[BLK], lse[BLK / 8], mx[BLK / 8];
+    moe_softmax_rows_max(x, nrows, 8, p, lse, mx);
+    int bad = -1, neg = 0;
+    for (int r = 0; r < nrows && bad < 0; r++) {
+        const double *xr = x + (size_t)r * 8, m = moe_vmax(xr, 8);
+        double s = 0.0, e[8];
+        for (int i = 0; i < 8; i++)
+            s += e[i] = exp(xr[i] - m);
+        for (int i = 0; i < 8; i++)
+            if (bits(p[(size_t)r * 8 + i]) != bits(e[i] / s))
+                bad = r;
+        if (bits(mx[r]) != bits(m) || bits(lse[r]) != bits(m + moe_log(s)))
+            bad = r;
+        neg += signbit(m) != 0;
+    }
+    CHECK(bad < 0 && (nrows < 64 || neg > 0), "%d rows of 8, maxima of either zero (%d of -0): "
+          "row %d differs from moe_vmax's maximum and the scalar softmax", nrows, neg, bad);
 }
 
 /* What the softmax of nrows rows of len, maxima mx, must say in slow (vexp.h): 1 when some
@@ -395,6 +421,16 @@ int main(void)
     for (int i = 0; i < BLK; i++)
         x[i] = 20.0 * gsl_rng_uniform(r) - 10.0;
     cmp_softmax("512 rows of 8", x, BLK / 8, 8);
+    /* rows of +0, -0, -1 and -2: most maxima a zero, of either sign (every row count 0..40,
+     * then 512 rows) */
+    for (int c = 0; c <= 41; c++) {
+        const int nrows = c <= 40 ? c : BLK / 8;
+        for (int i = 0; i < nrows * 8; i++) {
+            const int v = (int)gsl_rng_uniform_int(r, 4);
+            x[i] = v == 0 ? 0.0 : v == 1 ? -0.0 : 1.0 - v;
+        }
+        cmp_zero_max(x, nrows);
+    }
     /* the softmax with the top-2 of rows of eight: every row count 0..40 (eight rows at a time,
      * then the rest), rows uniform on [-3, 3], wide rows (exponentials that underflow), rows of
      * halves with ties (twice the maximum: its second place), rows with a NaN (declined) */
