@@ -222,6 +222,16 @@ $(B)/bench/layer_time: tests/bench/layer_time.c $(B)/libmoesim.a
 	@mkdir -p $(@D)
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
 
+# What switch, topk and gshard's route phase cannot do without (the softmax, the top-k selection,
+# the plan's entries), each alone, in units of the routing bench's bound (tests/bench/route_floor.c)
+.PHONY: bench-route-floor
+bench-route-floor: $(B)/bench/route_floor
+	env -u OPENBLAS_CORETYPE $(B)/bench/route_floor
+
+$(B)/bench/route_floor: tests/bench/route_floor.c $(B)/libmoesim.a
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
+
 # The gate and single routers' route phase on one batch of 2^20 tokens, E = 256, with a checksum
 # of each plan (tests/bench/slow_route.c); ROUTERS overrides the list.
 ROUTERS ?= sinkhorn:2 dsv3_bias:8 topp relu expert_choice hash

@@ -222,7 +222,7 @@ static void br_bound_part(void *ctx, int i, int np)
     j->part[i] = s0 + s1 + s2 + s3 + s4 + s5 + s6 + s7;
 }
 
-static double br_bound(const double *L, int n, int E, int repeats)
+double moe_bench_routing_bound(const double *L, int n, int E, int repeats)
 {
     br_bound_job j = {L, (long)n * E, {0}};
     double best = INFINITY, sink = 0.0;
@@ -799,7 +799,7 @@ static int br_size(const br_args *a, int n, int E, const char *dir, br_result *r
      * its best is taken over as many passes as the cells have, spread over the same stretch of
      * the run (R passes before the routers alone gave 3.4 to 5.95 ms at 65536 x 64 over one day
      * on the quiet machine) */
-    double tb = moe_now(), bound = rc ? 0.0 : br_bound(L, n, E, R) * 1e3;
+    double tb = moe_now(), bound = rc ? 0.0 : moe_bench_routing_bound(L, n, E, R) * 1e3;
     double spent = moe_now() - tb; /* seconds in the bound's passes */
     const double first = bound;
     int passes = R;
@@ -812,7 +812,7 @@ static int br_size(const br_args *a, int n, int E, const char *dir, br_result *r
         if (br_skip(a, &br_cases[c], n, E))
             continue;
         tb = moe_now();
-        const double b = br_bound(L, n, E, R) * 1e3;
+        const double b = moe_bench_routing_bound(L, n, E, R) * 1e3;
         spent += moe_now() - tb;
         bound = b < bound ? b : bound;
         passes += R;

@@ -1,0 +1,184 @@
+/* route_floor.c: what the route phase of switch, topk and gshard cannot do without, in units of
+ * the bound of `moesim bench --routing` (one pass over the logits, one exponential each), each
+ * part alone on the routers' threads, on the bench's N(0,1) float64 logits:
+ *   - softmax: moe_softmax_rows_max, the exact float64 softmax every one of those routers takes
+ *     (p, the log-sum-exp for the z-loss and the row maximum), p into a buffer of one chunk of
+ *     rows per thread (the routers' chunk: 16384 / E rows, 64 to 2048), as their rows pass does;
+ *     at E = 8, k = 2 moe_softmax_rows8_top2, which also gives each row's top two, as gshard and
+ *     topk k = 2 take them there;
+ *   - + select (k >= 2 but E = 8, k = 2): what moesim's top-k of each row of logits
+ *     (moe_claims_topk_rows) adds when it goes first in each chunk, as topk takes it before its
+ *     softmax (the softmax then reads the chunk's logits from the cache): the time of both
+ *     together less the softmax's alone (at k = 1 the softmax pass gives the first index of the
+ *     maximum);
+ *   - entries: n * k plan entries (moe_entry, 32 bytes) written in token order, each thread its
+ *     tokens' entries, from the selection's experts and gates.
+ * The plan's slots, the claims' counts and the metrics come on top of these. Each figure is the
+ * best of R runs back to back (R = 10 below 2^20 tokens, 3 from there on); the bound's R passes
+ * run before the parts and again after them, and the best of all is taken, as the bench takes
+ * its bound.
+ *
+ * Usage: route_floor [N E K]: one shape; without arguments the routing bench's shapes (n = 65536
+ * and 1048576, E = 8, 64, 256, k = 1, 2, 8). `make bench-route-floor` builds and runs it. */
+#include "bench_routing.h"
+#include "moe.h"
+#include "vexp.h"
+#include "../routers/claims.h"
+#include "../routers/par.h"
+
+#include <gsl/gsl_randist.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+typedef struct {
+    const double *L;
+    int n, E, k;
+    int top2; /* E = 8, k = 2: the softmax pass gives the top two (moe_softmax_rows8_top2) */
+    long chunk;
+    double *p[MOE_PAR_MAX]; /* one chunk of rows per part */
+    double *lse, *mx;       /* (n) */
+    int32_t *idx;           /* (n, k) */
+    double *val;            /* (n, k) */
+    moe_entry *en;          /* (n * k) */
+} floor_job;
+
+/* The softmax of part i's rows, a chunk at a time, each chunk's top-k first with sel. */
+static void softmax_rows(floor_job *j, int i, int np, int sel)
+{
+    long lo, hi;
+    moe_par_range(j->n, i, np, &lo, &hi);
+    for (long t = lo; t < hi; t += j->chunk) {
+        const int nr = (int)(hi - t < j->chunk ? hi - t : j->chunk);
+        int slow = 0;
+        if (sel)
+            moe_claims_topk_rows(j->L + (size_t)t * j->E, nr, j->E, j->k,
+                                 j->idx + (size_t)t * j->k, j->val + (size_t)t * j->k);
+        if (j->top2) /* (the top two to idx and val, as the routers take them there) */
+            moe_softmax_rows8_top2(j->L + (size_t)t * 8, nr, j->p[i], j->lse + t, j->mx + t,
+                                   j->idx + (size_t)t * 2, j->val + (size_t)t * 2, &slow);
+        else
+            moe_softmax_rows_max(j->L + (size_t)t * j->E, nr, j->E, j->p[i], j->lse + t,
+                                 j->mx + t);
+    }
+}
+
+static void softmax_part(void *ctx, int i, int np)
+{
+    softmax_rows(ctx, i, np, 0);
+}
+
+static void select_softmax_part(void *ctx, int i, int np)
+{
+    softmax_rows(ctx, i, np, 1);
+}
+
+static void entries_part(void *ctx, int i, int np)
+{
+    floor_job *j = ctx;
+    long lo, hi;
+    moe_par_range(j->n, i, np, &lo, &hi);
+    const int k = j->k;
+    for (long t = lo; t < hi; t++)
+        for (int r = 0; r < k; r++) {
+            const size_t q = (size_t)t * k + r;
+            j->en[q] = (moe_entry){(int32_t)t, j->idx[q], (int32_t)(t % 4096), 1.0, j->val[q]};
+        }
+}
+
+/* The best of R runs of fn back to back, as the bound's passes run. */
+static double timed(void (*fn)(void *, int, int), floor_job *j, int R)
+{
+    double best = INFINITY;
+    for (int r = 0; r < R; r++) {
+        const double t0 = moe_now();
+        moe_par_run(fn, j, moe_par_threads());
+        const double dt = moe_now() - t0;
+        best = dt < best ? dt : best;
+    }
+    return best;
+}
+
+static int floor_shape(const double *L, int n, int E, int k)
+{
+    floor_job j = {.L = L, .n = n, .E = E, .k = k, .top2 = E == 8 && k == 2};
+    j.chunk = 16384 / E < 64 ? 64 : 16384 / E > 2048 ? 2048 : 16384 / E;
+    int ok = (j.lse = malloc((size_t)n * sizeof *j.lse)) &&
+             (j.mx = malloc((size_t)n * sizeof *j.mx)) &&
+             (j.idx = malloc((size_t)n * k * sizeof *j.idx)) &&
+             (j.val = malloc((size_t)n * k * sizeof *j.val)) &&
+             (j.en = malloc((size_t)n * k * sizeof *j.en));
+    for (int i = 0; ok && i < MOE_PAR_MAX; i++)
+        ok = (j.p[i] = malloc((size_t)j.chunk * E * sizeof(double))) != NULL;
+    if (ok) {
+        const int R = n >= 1048576 ? 3 : 10;
+        const int sel = k >= 2 && !j.top2;
+        const double b0 = moe_bench_routing_bound(L, n, E, R), s = timed(softmax_part, &j, R),
+                     c = sel ? timed(select_softmax_part, &j, R) : s;
+        if (!sel) /* the entries' experts: the first k (E = 8, k = 2: the softmax's top two) */
+            for (size_t q = 0; !j.top2 && q < (size_t)n * k; q++)
+                j.idx[q] = (int32_t)(q % (size_t)k), j.val[q] = 1.0;
+        const double w = timed(entries_part, &j, R), b1 = moe_bench_routing_bound(L, n, E, R),
+                     b = b1 < b0 ? b1 : b0;
+        double sum = 0.0; /* keeps the outputs alive */
+        for (long t = 0; t < n; t++)
+            sum += j.lse[t] + j.en[(size_t)t * k].combine_w;
+        printf("n=%-7d E=%-3d k=%d: bound %8.3f ms | softmax %5.2f | + select %5.2f | entries "
+               "%5.2f | sum %5.2f bounds (checksum %.6g)\n",
+               n, E, k, b * 1e3, s / b, (c - s) / b, w / b, (c + w) / b, sum);
+    } else {
+        fprintf(stderr, "route_floor: out of memory at n = %d, E = %d, k = %d\n", n, E, k);
+    }
+    free(j.lse), free(j.mx), free(j.idx), free(j.val), free(j.en);
+    for (int i = 0; i < MOE_PAR_MAX; i++)
+        free(j.p[i]);
+    return ok ? 0 : 1;
+}
+
+int main(int argc, char **argv)
+{
+    static const int ns[] = {65536, 1048576}, es[] = {8, 64, 256}, ks[] = {1, 2, 8};
+    const int one = argc == 4;
+    if (argc != 1 && !one) {
+        fprintf(stderr, "usage: route_floor [N E K]\n");
+        return 2;
+    }
+    printf("route_floor: %d threads; each part alone, in units of the bound (one pass over the "
+           "logits, one exponential each)\n", moe_par_threads());
+    int rc = 0;
+    for (int a = 0; a < 2 && !rc; a++)
+        for (int b = 0; b < 3 && !rc; b++) {
+            const int n = one ? atoi(argv[1]) : ns[a], E = one ? atoi(argv[2]) : es[b];
+            if (n < 1 || E < 8 || E > 1024) {
+                fprintf(stderr, "route_floor: N >= 1 and 8 <= E <= 1024, got %d and %d\n", n, E);
+                return 2;
+            }
+            double *L = malloc((size_t)n * E * sizeof *L);
+            gsl_rng *g = moe_rng_alloc(1, 0);
+            if (!L || !g) {
+                fprintf(stderr, "route_floor: out of memory (%d x %d logits)\n", n, E);
+                free(L);
+                if (g)
+                    gsl_rng_free(g);
+                return 1;
+            }
+            for (size_t q = 0; q < (size_t)n * E; q++)
+                L[q] = gsl_ran_ugaussian(g);
+            gsl_rng_free(g);
+            for (int c = 0; c < 3 && !rc; c++) {
+                const int k = one ? atoi(argv[3]) : ks[c];
+                if (k < 1 || k > 8 || k > E) {
+                    fprintf(stderr, "route_floor: 1 <= K <= 8 and K <= E, got %d\n", k);
+                    free(L);
+                    return 2;
+                }
+                rc = floor_shape(L, n, E, k);
+                if (one)
+                    c = 3;
+            }
+            free(L);
+            if (one)
+                a = 2, b = 3;
+        }
+    return rc;
+}
