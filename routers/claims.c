@@ -90,19 +90,20 @@ void moe_claims_free(moe_claims *c)
 
 /* ---- helpers for the routers ---- */
 
-/* Rows pass. Tokens go in chunks (rows_chunk), taken in increasing order by whichever thread is
- * free; a chunk's p rows (moe_softmax, exactly) are computed into c->p, at their own rows when
- * p is kept (keep_p, or few chunks) and otherwise in one of ROWS_RING chunk slots of c->p, reused
- * last freed first so that they stay in cache; row() is called on each. pmean[e] is then the sum
- * over t in token order, the order of the serial loop, so it does not depend on the number of
- * threads: the chunks are added in chunk order by whichever thread finds the next one ready,
- * while the others go on computing. A thread waits only when ROWS_RING chunks are taken and not
- * yet added (the oldest one being computed by a thread the system has paused). */
+/* Rows pass. Tokens go in chunks (moe_claims_rows_chunk), taken in increasing order by
+ * whichever thread is free; a chunk's p rows (moe_softmax, exactly) are computed into c->p, at
+ * their own rows when p is kept (keep_p, or few chunks) and otherwise in one of ROWS_RING chunk
+ * slots of c->p, reused last freed first so that they stay in cache; row() is called on each.
+ * pmean[e] is then the sum over t in token order, the order of the serial loop, so it does not
+ * depend on the number of threads: the chunks are added in chunk order by whichever thread finds
+ * the next one ready, while the others go on computing. A thread waits only when ROWS_RING
+ * chunks are taken and not yet added (the oldest one being computed by a thread the system has
+ * paused). */
 enum { ROWS_CHUNK = 64, ROWS_RING = 64 };
 
 /* Tokens per chunk: ROWS_CHUNK at E >= 256, more at smaller E (16384 / E, at most 2048), so
  * that a chunk holds about the same logits and the threads meet at the lock less often. */
-static long rows_chunk(int E)
+long moe_claims_rows_chunk(int E)
 {
     const long c = 16384 / (E > 0 ? E : 1);
     return c < ROWS_CHUNK ? ROWS_CHUNK : c > 2048 ? 2048 : c;
@@ -110,7 +111,7 @@ static long rows_chunk(int E)
 
 size_t moe_claims_rows_scratch(int n, int E)
 {
-    const long chunk = rows_chunk(E), nch = (n + chunk - 1) / chunk;
+    const long chunk = moe_claims_rows_chunk(E), nch = (n + chunk - 1) / chunk;
     return (size_t)(nch > ROWS_RING ? ROWS_RING * chunk : n) * (size_t)E;
 }
 
@@ -118,7 +119,7 @@ typedef struct {
     moe_claims *c;
     const double *logits;
     int n;
-    long chunk;       /* tokens per chunk (rows_chunk) */
+    long chunk;       /* tokens per chunk (moe_claims_rows_chunk) */
     long nch;         /* chunks */
     moe_claims_row_fn row;
     void *ctx;
@@ -374,7 +375,7 @@ int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_f
         return moe_fail(MOE_EINVAL, NULL, "router rows pass without probabilities (claims)");
     const int np = moe_claims_rows_threads(n);
     rows_job j = {.c = c, .logits = logits, .n = n, .row = row, .ctx = ctx, .store = c->p};
-    j.chunk = rows_chunk(c->E);
+    j.chunk = moe_claims_rows_chunk(c->E);
     j.nch = (n + j.chunk - 1) / j.chunk;
     j.ring = !c->keep_p && j.nch > ROWS_RING;
     j.stats = c->stats_in_rows && row && plan ? plan : NULL;

@@ -102,6 +102,9 @@ void moe_claims_scratch_p(moe_claims *c, int order);
  * workspace allocated without p may be given one of that size (of n * E for order probs). */
 size_t moe_claims_rows_scratch(int n, int E);
 
+/* The rows pass's chunk at E experts: 16384 / E tokens, at least 64 and at most 2048. */
+long moe_claims_rows_chunk(int E);
+
 /* acc[e] += p[t,e] for the rows t of p (rows, E), row after row: each acc[e] takes the same
  * additions in the same order as a loop over the rows adding one row at a time, with the sums
  * kept in registers across the rows (a sum kept in memory waits for its own store at every

@@ -3,7 +3,7 @@
  * part alone on the routers' threads, on the bench's N(0,1) float64 logits:
  *   - softmax: moe_softmax_rows_max, the exact float64 softmax every one of those routers takes
  *     (p, the log-sum-exp for the z-loss and the row maximum), p into a buffer of one chunk of
- *     rows per thread (the routers' chunk: 16384 / E rows, 64 to 2048), as their rows pass does;
+ *     rows per thread (the routers' chunk, moe_claims_rows_chunk), as their rows pass does;
  *     at E = 8, k = 2 moe_softmax_rows8_top2, which also gives each row's top two, as gshard and
  *     topk k = 2 take them there;
  *   - + select (k >= 2 but E = 8, k = 2): what moesim's top-k of each row of logits
@@ -102,7 +102,7 @@ static double timed(void (*fn)(void *, int, int), floor_job *j, int R)
 static int floor_shape(const double *L, int n, int E, int k)
 {
     floor_job j = {.L = L, .n = n, .E = E, .k = k, .top2 = E == 8 && k == 2};
-    j.chunk = 16384 / E < 64 ? 64 : 16384 / E > 2048 ? 2048 : 16384 / E;
+    j.chunk = moe_claims_rows_chunk(E);
     int ok = (j.lse = malloc((size_t)n * sizeof *j.lse)) &&
              (j.mx = malloc((size_t)n * sizeof *j.mx)) &&
              (j.idx = malloc((size_t)n * k * sizeof *j.idx)) &&
@@ -115,9 +115,9 @@ static int floor_shape(const double *L, int n, int E, int k)
         const int sel = k >= 2 && !j.top2;
         const double b0 = moe_bench_routing_bound(L, n, E, R), s = timed(softmax_part, &j, R),
                      c = sel ? timed(select_softmax_part, &j, R) : s;
-        if (!sel) /* the entries' experts: the first k (E = 8, k = 2: the softmax's top two) */
-            for (size_t q = 0; !j.top2 && q < (size_t)n * k; q++)
-                j.idx[q] = (int32_t)(q % (size_t)k), j.val[q] = 1.0;
+        if (k == 1) /* the entries' experts (k >= 2: the selection's or the softmax's top two) */
+            for (long t = 0; t < n; t++)
+                j.idx[t] = 0, j.val[t] = 1.0;
         const double w = timed(entries_part, &j, R), b1 = moe_bench_routing_bound(L, n, E, R),
                      b = b1 < b0 ? b1 : b0;
         double sum = 0.0; /* keeps the outputs alive */
