@@ -12,7 +12,7 @@
  *     together less the softmax's alone (at k = 1 the softmax pass gives the first index of the
  *     maximum);
  *   - entries: n * k plan entries (moe_entry, 32 bytes) written in token order, each thread its
- *     tokens' entries, from the selection's experts and gates.
+ *     tokens' entries, from the selection's experts and values (k = 1: expert 0, gate 1).
  * The plan's slots, the claims' counts and the metrics come on top of these. Each figure is the
  * best of R runs back to back (R = 10 below 2^20 tokens, 3 from there on); the bound's R passes
  * run before the parts and again after them, and the best of all is taken, as the bench takes
@@ -135,50 +135,49 @@ static int floor_shape(const double *L, int n, int E, int k)
     return ok ? 0 : 1;
 }
 
+/* The floors of n x E logits (N(0,1), drawn once) at each of the nk values of ks. */
+static int floor_size(int n, int E, const int *ks, int nk)
+{
+    double *L = malloc((size_t)n * E * sizeof *L);
+    gsl_rng *g = moe_rng_alloc(1, 0);
+    if (!L || !g) {
+        fprintf(stderr, "route_floor: out of memory (%d x %d logits)\n", n, E);
+        free(L);
+        if (g)
+            gsl_rng_free(g);
+        return 1;
+    }
+    for (size_t q = 0; q < (size_t)n * E; q++)
+        L[q] = gsl_ran_ugaussian(g);
+    gsl_rng_free(g);
+    int rc = 0;
+    for (int c = 0; c < nk && !rc; c++)
+        rc = floor_shape(L, n, E, ks[c]);
+    free(L);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     static const int ns[] = {65536, 1048576}, es[] = {8, 64, 256}, ks[] = {1, 2, 8};
-    const int one = argc == 4;
-    if (argc != 1 && !one) {
+    if (argc != 1 && argc != 4) {
         fprintf(stderr, "usage: route_floor [N E K]\n");
+        return 2;
+    }
+    const int n = argc == 4 ? atoi(argv[1]) : 0, E = argc == 4 ? atoi(argv[2]) : 8,
+              k = argc == 4 ? atoi(argv[3]) : 1;
+    if (argc == 4 && (n < 1 || E < 8 || E > 1024 || k < 1 || k > 8 || k > E)) {
+        fprintf(stderr, "route_floor: N >= 1, 8 <= E <= 1024, 1 <= K <= 8 and K <= E, got %d, "
+                        "%d and %d\n", n, E, k);
         return 2;
     }
     printf("route_floor: %d threads; each part alone, in units of the bound (one pass over the "
            "logits, one exponential each)\n", moe_par_threads());
+    if (argc == 4)
+        return floor_size(n, E, &k, 1);
     int rc = 0;
     for (int a = 0; a < 2 && !rc; a++)
-        for (int b = 0; b < 3 && !rc; b++) {
-            const int n = one ? atoi(argv[1]) : ns[a], E = one ? atoi(argv[2]) : es[b];
-            if (n < 1 || E < 8 || E > 1024) {
-                fprintf(stderr, "route_floor: N >= 1 and 8 <= E <= 1024, got %d and %d\n", n, E);
-                return 2;
-            }
-            double *L = malloc((size_t)n * E * sizeof *L);
-            gsl_rng *g = moe_rng_alloc(1, 0);
-            if (!L || !g) {
-                fprintf(stderr, "route_floor: out of memory (%d x %d logits)\n", n, E);
-                free(L);
-                if (g)
-                    gsl_rng_free(g);
-                return 1;
-            }
-            for (size_t q = 0; q < (size_t)n * E; q++)
-                L[q] = gsl_ran_ugaussian(g);
-            gsl_rng_free(g);
-            for (int c = 0; c < 3 && !rc; c++) {
-                const int k = one ? atoi(argv[3]) : ks[c];
-                if (k < 1 || k > 8 || k > E) {
-                    fprintf(stderr, "route_floor: 1 <= K <= 8 and K <= E, got %d\n", k);
-                    free(L);
-                    return 2;
-                }
-                rc = floor_shape(L, n, E, k);
-                if (one)
-                    c = 3;
-            }
-            free(L);
-            if (one)
-                a = 2, b = 3;
-        }
+        for (int b = 0; b < 3 && !rc; b++)
+            rc = floor_size(ns[a], es[b], ks, 3);
     return rc;
 }
