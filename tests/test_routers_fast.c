@@ -23,7 +23,9 @@
  *    largest of the others) at E = 8, 32, 40, 48 and 64, and topk k = 2's gates against
  *    moe_softmax of the two logits.
  *  - gshard's gates and second claims at E = 8 (eight tokens at a time) and 64 against their
- *    definition per token, for the policies random, threshold and all. */
+ *    definition per token, for the policies random, threshold and all.
+ *  - the sums the rows pass adds at E = 8 (importance, loads, the aux loss's mean of p, the
+ *    z-loss's sum of squares) for switch and topk k = 2 against their definitions. */
 #include "check.h"
 #include "moe.h"
 #include "../routers/claims.h"
@@ -587,6 +589,54 @@ static void test_gshard_gates(void)
         }
 }
 
+/* The sums the rows pass adds chunk by chunk in token order at E = 8 (routers/claims.c: the
+ * sums of p and of the squared logsumexps, then the claims' statistics, on whichever thread
+ * adds the chunk): switch and topk k = 2, dropless (entry t*k + j is token t's claim j, its
+ * gate the combine weight), on 2 threads on the quartered logits read as rows of 8, against
+ * their definitions summed here in token order: importance[e] the gates of the claims on e,
+ * assigned_load[e] their count, the aux loss from pmean[e] = (sum_t p[t,e]) / n (p =
+ * moe_softmax of the row) as claims.h defines it for each router, and lse_sumsq = moe_sum_sq(0,
+ * lse) with lse = moe_logsumexp of each row; all bit for bit. */
+static void test_rows_sums8(void)
+{
+    enum { EW = 8 };
+    const int n = N;
+    static double lse[N];
+    for (int ri = 0; ri < 2; ri++) {
+        const int k = ri ? 2 : 1;
+        moe_route_opts o = route_helper_opts(k, MOE_ORDER_TOKEN_MAJOR);
+        o.dropless = 1;
+        moe_plan *p = route_helper(ri ? "topk" : "switch", &o, n, EW, L, U, NULL, 2);
+        double imp[EW] = {0}, pm[EW] = {0}, pr[EW], s = 0.0;
+        long cnt[EW] = {0}, first[EW] = {0};
+        int bad = !p || p->n_entries != (size_t)n * k;
+        for (int t = 0; !bad && t < n; t++) {
+            moe_softmax(L + (size_t)t * EW, EW, pr);
+            lse[t] = moe_logsumexp(L + (size_t)t * EW, EW);
+            for (int e = 0; e < EW; e++)
+                pm[e] += pr[e];
+            for (int j = 0; j < k; j++) {
+                const moe_entry *en = &p->entries[(size_t)t * k + j];
+                imp[en->expert] += en->combine_w;
+                cnt[en->expert]++;
+                first[en->expert] += j == 0;
+            }
+        }
+        for (int e = 0; e < EW; e++) /* moe_claims_finish's sums, in its order */
+            s += ri ? (double)cnt[e] * (pm[e] / n) : (double)first[e] / n * (pm[e] / n);
+        const double aux = ri ? (double)EW / ((double)k * n) * s : EW * s;
+        const double zs = moe_sum_sq(0.0, lse, n);
+        CHECK(!bad && memcmp(imp, p->importance, sizeof imp) == 0 &&
+                  memcmp(cnt, p->assigned_load, sizeof cnt) == 0 &&
+                  p->n_claims == (long)n * k && memcmp(&aux, &p->aux_loss, sizeof aux) == 0 &&
+                  memcmp(&zs, &p->lse_sumsq, sizeof zs) == 0,
+              "%s k=%d E=8: the rows pass's sums differ from their definitions (aux %.17g "
+              "against %.17g, z-loss sum %.17g against %.17g)", ri ? "topk" : "switch", k,
+              p ? p->aux_loss : 0.0, aux, p ? p->lse_sumsq : 0.0, zs);
+        moe_plan_free(p);
+    }
+}
+
 int main(void)
 {
     gsl_rng *g = moe_rng_alloc(13, 1);
@@ -608,6 +658,7 @@ int main(void)
     test_switch_first();
     test_gshard_top2();
     test_gshard_gates();
+    test_rows_sums8();
     printf("test_routers_fast: %d passed, %d failed\n", check_pass, check_fail);
     return check_fail != 0;
 }
