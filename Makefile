@@ -195,22 +195,20 @@ test-asan:
 calib-check: moesim $(MPI_TEST:%=$(B)/%)
 	MOESIM_CALIB=1 MOESIM=./moesim BUILD=$(B) sh tests/t_calib.sh
 
+# The timing tools of tests/bench (make bench-cluster, bench-gate, bench-layer-time,
+# bench-route-floor, bench-slow-route): each one C file against the library
+$(B)/bench/%: tests/bench/%.c $(B)/libmoesim.a
+	@mkdir -p $(@D)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
+
 # CPU time of the cluster model at DeepSeek-V3 scale, linear in the tokens (docs/cluster.md)
 bench-cluster: $(B)/bench/cluster_scale
 	$(B)/bench/cluster_scale
-
-$(B)/bench/cluster_scale: tests/bench/cluster_scale.c $(B)/libmoesim.a
-	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
 
 # The fixed-order gate logits (sim/gate.c) on the shapes of `moesim bench`, 1 and 2 threads
 .PHONY: bench-gate
 bench-gate: $(B)/bench/gate_time
 	env -u OPENBLAS_CORETYPE $(B)/bench/gate_time
-
-$(B)/bench/gate_time: tests/bench/gate_time.c $(B)/libmoesim.a
-	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
 
 # The layer of `moesim bench` at n = 1k..64k tokens, interleaved round by round
 # (tests/bench/layer_time.c): per-phase time per token, min and median
@@ -218,19 +216,11 @@ $(B)/bench/gate_time: tests/bench/gate_time.c $(B)/libmoesim.a
 bench-layer-time: $(B)/bench/layer_time
 	env -u OPENBLAS_CORETYPE $(B)/bench/layer_time
 
-$(B)/bench/layer_time: tests/bench/layer_time.c $(B)/libmoesim.a
-	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
-
 # What switch, topk and gshard's route phase cannot do without (the softmax, the top-k selection,
 # the plan's entries), each alone, in units of the routing bench's bound (tests/bench/route_floor.c)
 .PHONY: bench-route-floor
 bench-route-floor: $(B)/bench/route_floor
 	env -u OPENBLAS_CORETYPE $(B)/bench/route_floor
-
-$(B)/bench/route_floor: tests/bench/route_floor.c $(B)/libmoesim.a
-	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
 
 # The gate and single routers' route phase on one batch of 2^20 tokens, E = 256, with a checksum
 # of each plan (tests/bench/slow_route.c); ROUTERS overrides the list.
@@ -238,10 +228,6 @@ ROUTERS ?= sinkhorn:2 dsv3_bias:8 topp relu expert_choice hash
 .PHONY: bench-slow-route
 bench-slow-route: $(B)/bench/slow_route
 	env -u OPENBLAS_CORETYPE $(B)/bench/slow_route 1048576 256 2 $(ROUTERS)
-
-$(B)/bench/slow_route: tests/bench/slow_route.c $(B)/libmoesim.a
-	@mkdir -p $(@D)
-	$(CC) $(ALL_CFLAGS) -o $@ $< $(B)/libmoesim.a $(LDLIBS)
 
 # PyTorch (Debian python3-torch) for the comparisons: installed when make bench runs as root,
 # otherwise its absence is announced before the run (the bench then says which parts it skipped).
