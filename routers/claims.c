@@ -331,7 +331,7 @@ static void rows_part(void *arg, int i, int np)
             moe_softmax_rows8_top2(j->logits + (size_t)t0 * E, (int)(t1 - t0), p0,
                                    j->lse ? j->lse + t0 : NULL, j->c->rowmax + t0,
                                    j->c->expert + (size_t)t0 * 2, j->c->gate + (size_t)t0 * 2,
-                                   &slow);
+                                   j->istop ? j->istop + t0 : NULL, &slow);
         else
             moe_softmax_rows_more(
                 j->logits + (size_t)t0 * E, (int)(t1 - t0), E, p0,
@@ -387,12 +387,12 @@ int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_f
             return moe_fail(MOE_ENOMEM, NULL, "out of memory (rows of %d tokens)", c->n_max);
         j.pmax = c->pmax;
     }
-    /* the router's choices by the selection before the softmax (rows_select) are the observer's
-     * rows_topk: the softmax tells which of them are also the K largest of p (not at E = 8,
-     * where the observer's own test is one vector and the pass the tightest, nor at K = E,
-     * where the observer has nothing to choose) */
-    if (j.sink && c->rows_select && plan->rows_topk == c->expert && plan->rows_topk_k == c->K &&
-        c->E > 8 && c->K < c->E) {
+    /* the router's choices by the selection before the softmax (rows_select, or the top two of
+     * rows of eight) are the observer's rows_topk: the softmax tells which of them are also the
+     * K largest of p (not for other selections at E = 8, where the observer's own test is one
+     * vector, nor at K = E, where the observer has nothing to choose) */
+    if (j.sink && (c->rows_select || j.top2) && plan->rows_topk == c->expert &&
+        plan->rows_topk_k == c->K && (c->E > 8 || j.top2) && c->K < c->E) {
         if (!c->istop && !(c->istop = malloc((size_t)c->n_max)))
             return moe_fail(MOE_ENOMEM, NULL, "out of memory (rows of %d tokens)", c->n_max);
         j.istop = c->istop;

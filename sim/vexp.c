@@ -599,7 +599,13 @@ sm_rows8_div(int r0, double *p, double *lse, double *mx, int32_t *idx2, double *
             const __mmask8 eq = _mm512_cmp_pd_mask(q, big, _CMP_EQ_OQ);
             pmax[r0 + j] = eq ? __builtin_ctz(eq) : 0;
         }
-        if (istop) {
+        if (istop && idx2) { /* p at the second choice, the smaller of the two */
+            const int32_t *ij = idx2 + 2 * (size_t)(r0 + j);
+            const int l2 = ij[0] >= 0 ? ij[1] & 7 : 0;
+            const __m512d lo = _mm512_permutexvar_pd(_mm512_set1_epi64(l2), q);
+            istop[r0 + j] = ij[0] >= 0 && __builtin_popcount(_mm512_cmp_pd_mask(
+                                              q, lo, _CMP_NLT_UQ)) == 2;
+        } else if (istop) {
             const double lo = sm_sel_lo(esel + (size_t)(r0 + j) * k, k, s[j]);
             istop[r0 + j] = __builtin_popcount(_mm512_cmp_pd_mask(
                                 q, _mm512_set1_pd(lo), _CMP_NLT_UQ)) == k &&
@@ -917,12 +923,14 @@ void moe_softmax_rows_more(const double *x, int nrows, int len, double *p,
 }
 
 void moe_softmax_rows8_top2(const double *x, int nrows, double *p, double *lse, double *mx,
-                            int32_t *idx2, double *e2, int *slow)
+                            int32_t *idx2, double *e2, uint8_t *istop, int *slow)
 {
     int first = 0, sl = 0;
 #if defined(__AVX512F__)
-    first = sm_rows8(x, nrows, p, lse, mx, idx2, e2, NULL, 0, NULL, NULL, NULL, NULL, NULL, &sl);
+    first = sm_rows8(x, nrows, p, lse, mx, idx2, e2, NULL, 0, NULL, istop, NULL, NULL, NULL, &sl);
 #endif
+    for (int r = first; istop && r < nrows; r++)
+        istop[r] = 0;
     *slow |= sl | (first < nrows); /* (the rows left, below, are not told apart) */
     moe_softmax_rows_max(x + (size_t)first * 8, nrows - first, 8, p + (size_t)first * 8,
                          lse ? lse + first : NULL, mx + first);

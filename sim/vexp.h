@@ -90,9 +90,12 @@ void moe_softmax_rows_more(const double *x, int nrows, int len, double *p,
  * idx2[2r], idx2[2r+1] their indices and e2[2r], e2[2r+1] the exponentials exp(x - mx[r]) there
  * (the numerators of p before the division: the C library's exp of those differences);
  * idx2[2r] = -1 (the rest unset) for a row it declines (a NaN); *slow as moe_softmax_more's
- * slow. With the row in a register already, the selection costs a few instructions more than
- * the softmax. */
+ * slow. istop (nrows) or NULL: 1 where row r's two are also the two largest of p (no other p
+ * of the row reaches p at idx2[2r+1], as moe_select_is_top of p and idx2 with k = 2), else 0
+ * (then nothing is said: also for a declined row and rows past the last multiple of eight).
+ * With the row in a register already, the selection costs a few instructions more than the
+ * softmax. */
 void moe_softmax_rows8_top2(const double *x, int nrows, double *p, double *lse, double *mx,
-                            int32_t *idx2, double *e2, int *slow);
+                            int32_t *idx2, double *e2, uint8_t *istop, int *slow);
 
 #endif

@@ -265,6 +265,7 @@ int main(void)
         {"switch", 2048, 8, 1, 2, 0, 0, 0.0, MOE_SCORE_AUTO, 1}, /* equal p, distinct L */
         {"topk", 2048, 8, 2, 1, 0, 0, 0.0, MOE_SCORE_AUTO, 1},
         {"topk", 2048, 8, 2, 2, 0, 0, 0.0, MOE_SCORE_AUTO, 1},
+        {"gshard", 2048, 8, 2, 2, 0, 0, 0.0, MOE_SCORE_AUTO, 1}, /* equal p, distinct L */
         /* hash: no choices of its own by logit (the routing map from the softmax's argmax of
          * p alone); E = 256 one sequence and one group (the sums of p the router's own) */
         {"hash", 2048, 64, 1, 2, 0, 0, 0.0, MOE_SCORE_AUTO, 1}, /* equal p, distinct L */

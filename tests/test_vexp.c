@@ -119,16 +119,22 @@ static int want_slow(const double *x, int nrows, int len, const double *mx)
     return 0;
 }
 
+/* Rows cmp_top2 saw whose two are (1) and are not (0) the two largest of p. */
+static long top2_is_top[2];
+
 /* moe_softmax_rows8_top2 on nrows rows of eight against its definition: moe_softmax_rows_max
  * (bit for bit), and moe_select_top2_8 of each row from its maximum (select.h), the C library's
- * exp(x - max) at the two indices, or -1 where that declines; one check. */
+ * exp(x - max) at the two indices, or -1 where that declines; istop moe_select_is_top of the
+ * row's p at those two for the rows of the vector blocks of eight, 0 for a declined row and the
+ * rows after the last block; one check. */
 static void cmp_top2(const char *what, const double *x, int nrows)
 {
     static double p[BLK], lse[BLK / 8], mx[BLK / 8], val[BLK / 4], p0[BLK], lse0[BLK / 8],
         mx0[BLK / 8];
     static int32_t idx[BLK / 4];
+    static uint8_t ist[BLK / 8];
     int slow = 0;
-    moe_softmax_rows8_top2(x, nrows, p, lse, mx, idx, val, &slow);
+    moe_softmax_rows8_top2(x, nrows, p, lse, mx, idx, val, ist, &slow);
     moe_softmax_rows_max(x, nrows, 8, p0, lse0, mx0);
     /* slow: as want_slow, and 1 when rows are left after the last multiple of eight (the
      * rows the vector block does not take) */
@@ -147,6 +153,15 @@ static void cmp_top2(const char *what, const double *x, int nrows)
                       bits(val[2 * r + 1]) != bits(exp(xr[e[1]] - mx0[r]))
                 : idx[2 * r] != -1))
             bad = r;
+        const int top = ok && moe_select_is_top(p0 + (size_t)r * 8, 8, e, 2);
+#if defined(__AVX512F__)
+        const int decided = r < nrows / 8 * 8; /* (the vector blocks' rows) */
+#else
+        const int decided = 0; /* (no vector blocks: every row undecided) */
+#endif
+        if (ist[r] != (decided && top))
+            bad = r;
+        top2_is_top[top]++;
     }
     CHECK(bad < 0, "%s: %d rows of 8: row %d differs from the softmax and top-2 apart", what,
           nrows, bad);
@@ -334,7 +349,7 @@ static void check_slow_planted(int len, gsl_rng *r)
     int s0 = 0, s1 = 0;
     moe_softmax_rows_more(x, NR, len, p, &(moe_softmax_more){.slow = &s0});
     if (len == 8)
-        moe_softmax_rows8_top2(x, NR, p, lse, mx, idx, e2, &s1);
+        moe_softmax_rows8_top2(x, NR, p, lse, mx, idx, e2, NULL, &s1);
     double mxs[NR];
     moe_softmax_rows_max(x, NR, len, p, NULL, mxs);
     const int want = want_slow(x, NR, len, mxs); /* (0 with AVX-512: all within the range) */
@@ -348,7 +363,7 @@ static void check_slow_planted(int len, gsl_rng *r)
             int a = 0, b = len == 8 ? 0 : 1;
             moe_softmax_rows_more(x, NR, len, p, &(moe_softmax_more){.lse = lse, .slow = &a});
             if (len == 8)
-                moe_softmax_rows8_top2(x, NR, p, lse, mx, idx, e2, &b);
+                moe_softmax_rows8_top2(x, NR, p, lse, mx, idx, e2, NULL, &b);
             if (!a || !b)
                 missed = q;
             x[q] = keep;
@@ -447,7 +462,18 @@ int main(void)
         for (int z = 3; z < nrows * 8; z += 29)
             x[z] = NAN;
         cmp_top2("rows with a NaN", x, nrows);
+        /* the second largest one ulp above another, both near the maximum 0.5, where their
+         * exponentials are mostly the same double (two logits a rounding apart share a p) */
+        for (int i = 0; i < nrows * 8; i++)
+            x[i] = i % 8 == 5   ? nextafter(x[i - 1], INFINITY)
+                   : i % 8 == 4 ? 0.49 - 0.0625 * (i % 3)
+                   : i % 8 == 0 ? 0.5
+                                : -1.0 - (i % 8);
+        cmp_top2("two logits a rounding apart", x, nrows);
     }
+    CHECK(top2_is_top[0] > 0 && top2_is_top[1] > 0,
+          "rows of 8 with the top-2: %ld rows whose two are the largest of p, %ld not",
+          top2_is_top[1], top2_is_top[0]);
     /* the logarithm: within one ulp everywhere it computes itself (the vector lanes, the
      * same doubles, are compared through the softmax rows' lse above and below: sums of
      * rows of up to 1024 logits) */

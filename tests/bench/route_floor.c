@@ -56,7 +56,8 @@ static void softmax_rows(floor_job *j, int i, int np, int sel)
                                  j->idx + (size_t)t * j->k, j->val + (size_t)t * j->k);
         if (j->top2) /* (the top two to idx and val, as the routers take them there) */
             moe_softmax_rows8_top2(j->L + (size_t)t * 8, nr, j->p[i], j->lse + t, j->mx + t,
-                                   j->idx + (size_t)t * 2, j->val + (size_t)t * 2, &slow);
+                                   j->idx + (size_t)t * 2, j->val + (size_t)t * 2, NULL,
+                                   &slow);
         else
             moe_softmax_rows_max(j->L + (size_t)t * j->E, nr, j->E, j->p[i], j->lse + t,
                                  j->mx + t);
