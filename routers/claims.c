@@ -387,12 +387,13 @@ int moe_claims_rows(moe_claims *c, const double *logits, int n, moe_claims_row_f
             return moe_fail(MOE_ENOMEM, NULL, "out of memory (rows of %d tokens)", c->n_max);
         j.pmax = c->pmax;
     }
-    /* the router's choices by the selection before the softmax (rows_select, or the top two of
-     * rows of eight) are the observer's rows_topk: the softmax tells which of them are also the
-     * K largest of p (not for other selections at E = 8, where the observer's own test is one
-     * vector, nor at K = E, where the observer has nothing to choose) */
-    if (j.sink && (c->rows_select || j.top2) && plan->rows_topk == c->expert &&
-        plan->rows_topk_k == c->K && (c->E > 8 || j.top2) && c->K < c->E) {
+    /* the router's choices by the selection before the softmax (rows_select above E = 8, or
+     * the top two of rows of eight) are the observer's rows_topk: the softmax tells which of
+     * them are also the K largest of p (not for other selections at E = 8, where the
+     * observer's own test is one vector, nor at K = E, where the observer has nothing to
+     * choose) */
+    if (j.sink && ((c->rows_select && c->E > 8) || j.top2) && plan->rows_topk == c->expert &&
+        plan->rows_topk_k == c->K && c->K < c->E) {
         if (!c->istop && !(c->istop = malloc((size_t)c->n_max)))
             return moe_fail(MOE_ENOMEM, NULL, "out of memory (rows of %d tokens)", c->n_max);
         j.istop = c->istop;
