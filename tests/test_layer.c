@@ -10,6 +10,7 @@
  * values with D, F <= 24 terms per sum), worst difference reported by check_close_arrays. */
 #include "check.h"
 #include "layer.h"
+#include "layer_act.h"
 #include "blas_info.h"
 #include "layer_gemm.h"
 
@@ -172,6 +173,46 @@ static void test_activations(void)
         char what[64];
         snprintf(what, sizeof what, "%s on [-10, 10]", moe_act_name(act));
         check_close_arrays(what, got, ref, NP, 1e-6, 1e-5);
+    }
+
+    /* Each element alone (a one-element call: the loop over a part chunk) gives the same float
+     * as within whole chunks of 16 (the vectorised loops, whose clamped exponential arguments
+     * go through a small array): the same operations on each element. 4099 points on [-100,
+     * 100], past both clamps of exp's argument (-87 and 88), and the biased and SwiGLU forms. */
+    enum { NB = 4099 };
+    static float xb[NB], bb[NB], ub[NB], all[NB];
+    for (int i = 0; i < NB; i++) {
+        xb[i] = (float)(-100.0 + 200.0 * i / (NB - 1));
+        bb[i] = (float)(0.25 * sin(0.37 * i));
+        ub[i] = (float)(0.5 * cos(0.11 * i));
+    }
+    for (int form = 0; form < 3 * 2 + 1; form++) {
+        const int act = form / 2, bias = form % 2; /* form 6: SwiGLU */
+        int same = 1;
+        memcpy(all, xb, sizeof all);
+        if (form == 6)
+            moe_act_swiglu_row(all, ub, bb, bb, NB);
+        else if (bias)
+            moe_act_bias(act, all, bb, NB);
+        else
+            moe_activate(act, all, NB);
+        for (int i = 0; i < NB; i++) {
+            float one = xb[i];
+            if (form == 6)
+                moe_act_swiglu_row(&one, ub + i, bb + i, bb + i, 1);
+            else if (bias)
+                moe_act_bias(act, &one, bb + i, 1);
+            else
+                moe_activate(act, &one, 1);
+            if (memcmp(&one, all + i, sizeof one) != 0) {
+                if (same)
+                    CHECK(0, "form %d at x = %a: alone %a, in a chunk %a", form, xb[i], one,
+                          all[i]);
+                same = 0;
+            }
+        }
+        CHECK(same, "activation form %d: one element alone differs from the chunked loops",
+              form);
     }
 
     /* names round-trip; unknown name is an error naming it */
