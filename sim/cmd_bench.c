@@ -837,10 +837,15 @@ static void print_provenance(bench_ctx *c)
                c->bi.cpu_avx512f && !c->bi.core_avx512 ? " on an AVX-512 CPU" : "");
     printf("threads: %d BLAS; layer fp32, GELU tanh; peak for ratios %.0f GFLOP/s\n",
            c->bi.threads, c->a.peak);
-    if (moe_gemm_libxsmm_available())
+    if (moe_gemm_default() == MOE_GEMM_LIBXSMM)
         printf("expert GEMMs: %s; next column block of the weights prefetched: %s\n",
                moe_gemm_backend_name(MOE_GEMM_LIBXSMM),
                moe_gemm_prefetches() ? "yes (Intel CPU)" : "no (not an Intel CPU)");
+    else
+        printf("expert GEMMs: OpenBLAS sgemm per expert (%s)\n",
+               moe_gemm_libxsmm_available() ? "libxsmm runs no AVX-512 kernels on this CPU, "
+                                              "and OpenBLAS was the faster there"
+                                            : "no libxsmm in this build");
 }
 
 int moe_cmd_bench(int argc, char **argv)

@@ -366,7 +366,7 @@ moe_layer *moe_layer_alloc(int n_max, int E, long C_max, int d, int f, int act)
         moe_layer_free(L);
         return NULL;
     }
-    if (moe_gemm_libxsmm_available() && moe_layer_set_gemm(L, MOE_GEMM_LIBXSMM)) {
+    if (moe_gemm_default() == MOE_GEMM_LIBXSMM && moe_layer_set_gemm(L, MOE_GEMM_LIBXSMM)) {
         moe_layer_free(L);
         return NULL;
     }

@@ -107,6 +107,23 @@ int moe_gemm_libxsmm_available(void)
 #endif
 }
 
+/* libxsmm's kernels were the faster expert GEMMs where they run AVX-512: on the Intel Xeon
+ * (Cooper Lake) and the AMD EPYC (Zen 5) moesim was tuned on, the layer's expert phase came
+ * to 0.93-1.01 of a dense OpenBLAS GEMM pair of the same FLOPs with them, well ahead of
+ * OpenBLAS per expert. On an AMD EPYC without AVX-512 (Zen 3, family 19h model 01h, where
+ * libxsmm generates its AVX2 "hsw" kernels and OpenBLAS runs its own Zen ones) it was the
+ * other way round: the expert phase took 271-277 ms with libxsmm against 228-238 with OpenBLAS
+ * at E = 64, k = 1 and 542-549 against 409-427 at E = 8, k = 2 (n = 8192, d = 512, f = 2048,
+ * two threads, runs alternated). So libxsmm only with AVX-512 kernels. */
+int moe_gemm_default(void)
+{
+#ifdef MOESIM_XSMM
+    if (moe_gemm_libxsmm_available() && libxsmm_get_target_archid() >= LIBXSMM_X86_AVX512_CORE)
+        return MOE_GEMM_LIBXSMM;
+#endif
+    return MOE_GEMM_OPENBLAS;
+}
+
 /* Whether prefetching each next column block into L2 during the calls on the current one pays
  * on this CPU. Measured at 128 rows an expert (n = 1k, E = 16, k = 2 and E = 64, k = 1 at
  * n = 8192, where each block serves 8 kernel calls): on the Intel Xeon (Cooper Lake) the layer

@@ -28,6 +28,9 @@ typedef struct moe_gemm_pack moe_gemm_pack;
 
 /* 1 if this build has libxsmm and it generates kernels for this CPU. */
 int moe_gemm_libxsmm_available(void);
+/* The backend a new layer takes (moe_layer_alloc): libxsmm where it is available and runs
+ * AVX-512 kernels on this CPU, OpenBLAS elsewhere (layer_gemm.c has the measurements). */
+int moe_gemm_default(void);
 /* "libxsmm 1.17.0 (cpx)" or "OpenBLAS" for the backend id b. */
 const char *moe_gemm_backend_name(int b);
 /* 1 if the packed kernels prefetch each next column block of the weights on this CPU (Intel),

@@ -21,11 +21,10 @@ void moe_provenance_get(moe_provenance *pv)
     moe_blas_info bi;
     moe_blas_info_get(&bi);
     snprintf(pv->git_rev, sizeof pv->git_rev, "%s", moe_git_rev());
-    /* the library, then what runs the layer's expert GEMMs (libxsmm's kernels when the build
-     * has them for this CPU, else the same OpenBLAS): their last bits depend on it */
+    /* the library, then what runs the layer's expert GEMMs (moe_gemm_default: libxsmm's
+     * kernels where they run AVX-512, else the same OpenBLAS): their last bits depend on it */
     snprintf(pv->blas_library, sizeof pv->blas_library, "%.180s; expert GEMMs %.60s", bi.library,
-             moe_gemm_backend_name(moe_gemm_libxsmm_available() ? MOE_GEMM_LIBXSMM
-                                                                 : MOE_GEMM_OPENBLAS));
+             moe_gemm_backend_name(moe_gemm_default()));
     snprintf(pv->blas_core, sizeof pv->blas_core, "%s", bi.core);
     pv->blas_threads = bi.threads;
 }

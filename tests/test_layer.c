@@ -881,9 +881,8 @@ static void test_gemm_backends(gsl_rng *r)
         owned_experts ow;
         experts_make(&ow, r, E, D, F, a);
         moe_layer *L = moe_layer_alloc(N, E, N / 2, D, F, a);
-        CHECK(moe_layer_gemm(L) == (moe_gemm_libxsmm_available() ? MOE_GEMM_LIBXSMM
-                                                                  : MOE_GEMM_OPENBLAS),
-              "default backend %d", moe_layer_gemm(L));
+        CHECK(moe_layer_gemm(L) == moe_gemm_default(), "default backend %d",
+              moe_layer_gemm(L));
         CHECK_INT(moe_layer_set_gemm(L, 7), MOE_EINVAL);
         CHECK_INT(moe_layer_forward_naive(&ow.w, p, x, yr), MOE_OK);
         for (int g = MOE_GEMM_OPENBLAS; g <= MOE_GEMM_LIBXSMM; g++) {
