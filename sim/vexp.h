@@ -1,4 +1,5 @@
-/* vexp.h: the exponentials of a row, exp(x[i] - m), eight at a time where the CPU has AVX-512.
+/* vexp.h: the exponentials of a row, exp(x[i] - m), eight at a time where the CPU has AVX-512,
+ * four at a time where it has AVX2 and FMA only (vexp_avx2.h).
  *
  * The vector lanes evaluate the algorithm of the GNU C library's exp (glibc 2.28 and later,
  * its FMA variant, which glibc selects on every CPU with FMA): x = k ln2/128 + r, exp(x) =
@@ -7,8 +8,8 @@
  * has one. Every lane is therefore the same double as the C library's exp of the same
  * argument on such a system (tests/test_vexp.c compares them bit for bit on millions of
  * arguments); arguments outside the fast range of that algorithm (|a| < 2^-54 or |a| >= 512,
- * and non-finite values) are passed to the C library's exp itself. Without AVX-512 every
- * element is the C library's exp. */
+ * and non-finite values) are passed to the C library's exp itself. Without AVX-512 the four
+ * lanes of AVX2 evaluate the same; without either, every element is the C library's exp. */
 #ifndef MOE_VEXP_H
 #define MOE_VEXP_H
 

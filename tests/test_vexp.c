@@ -103,14 +103,21 @@ static void cmp_zero_max(const double *x, int nrows)
 /* What the softmax of nrows rows of len, maxima mx, must say in slow (vexp.h): 1 when some
  * x - max is not below 512 in magnitude (or is NaN), outside the fast range of the exponential
  * (cmp_row above checks those ranges), or when a row has elements after its last multiple of
- * eight, which the vector lanes do not take; else 0. Built without AVX-512, every row. */
+ * the lanes (eight with AVX-512, four with AVX2 and FMA only), which the vector lanes do not
+ * take; else 0. Built without either, every row. */
+/* ROWS8: the rows of eight with the top-2 have their own vector blocks (AVX-512 only) */
+#if defined(__AVX512F__)
+enum { LANES = 8, ROWS8 = 1 };
+#elif defined(__AVX2__) && defined(__FMA__)
+enum { LANES = 4, ROWS8 = 0 };
+#else
+enum { LANES = 0, ROWS8 = 0 };
+#endif
 static int want_slow(const double *x, int nrows, int len, const double *mx)
 {
-#if !defined(__AVX512F__)
-    (void)x, (void)len, (void)mx;
-    return nrows > 0; /* (every exponential the C library's, none on the vector's path) */
-#endif
-    if (nrows > 0 && len % 8)
+    if (LANES == 0)
+        return nrows > 0; /* (every exponential the C library's, none on the vector's path) */
+    if (nrows > 0 && len % LANES)
         return 1;
     for (int r = 0; r < nrows; r++)
         for (int i = 0; i < len; i++)
@@ -137,8 +144,8 @@ static void cmp_top2(const char *what, const double *x, int nrows)
     moe_softmax_rows8_top2(x, nrows, p, lse, mx, idx, val, ist, &slow);
     moe_softmax_rows_max(x, nrows, 8, p0, lse0, mx0);
     /* slow: as want_slow, and 1 when rows are left after the last multiple of eight (the
-     * rows the vector block does not take) */
-    const int want = nrows % 8 != 0 || want_slow(x, nrows, 8, mx0);
+     * rows the vector block does not take; without AVX-512, every row) */
+    const int want = nrows % 8 != 0 || want_slow(x, nrows, 8, mx0) || (!ROWS8 && nrows > 0);
     CHECK(slow == want, "%s: %d rows of 8 with the top-2: slow %d, expected %d", what, nrows,
           slow, want);
     int bad = -1;
@@ -336,7 +343,7 @@ static void cmp_pairs(const char *what, const double *x, long n)
 /* An infinity or a NaN planted at each place of 16 rows of len uniform on [-3, 3] (none
  * leaves the fast range): the softmax must say slow (so that the rows pass checks the chunk
  * for non-finite logits), through moe_softmax_rows_more and, for len 8, moe_softmax_rows8_top2;
- * and for the rows without one what want_slow says (0 with AVX-512). One check per (len,
+ * and for the rows without one what want_slow says (0 with vector lanes). One check per (len,
  * value). */
 static void check_slow_planted(int len, gsl_rng *r)
 {
@@ -352,9 +359,9 @@ static void check_slow_planted(int len, gsl_rng *r)
         moe_softmax_rows8_top2(x, NR, p, lse, mx, idx, e2, NULL, &s1);
     double mxs[NR];
     moe_softmax_rows_max(x, NR, len, p, NULL, mxs);
-    const int want = want_slow(x, NR, len, mxs); /* (0 with AVX-512: all within the range) */
-    CHECK(s0 == want && s1 == (len == 8 && want), "%d rows of %d finite, within the fast range: "
-          "slow %d and %d, expected %d", NR, len, s0, s1, want);
+    const int want = want_slow(x, NR, len, mxs); /* (0 with vector lanes: all in the range) */
+    CHECK(s0 == want && s1 == (len == 8 && (want || !ROWS8)), "%d rows of %d finite, within the "
+          "fast range: slow %d and %d, expected %d", NR, len, s0, s1, want);
     for (int v = 0; v < 3; v++) {
         int missed = -1;
         for (int q = 0; q < NR * len && missed < 0; q++) {
