@@ -478,11 +478,13 @@ static inline double sm_sel_lo(const double *es, int k, double s)
     return lo / s;
 }
 
-/* lse[j] = m[j] + moe_log(s[j]) for j < n <= 8 (one vector with AVX-512). */
+/* lse[j] = m[j] + moe_log(s[j]) for j < n <= 8 (one vector with AVX-512, two with AVX2). */
 static inline void sm_lse(const double *m, const double *s, int n, double *lse)
 {
 #if defined(__AVX512F__)
     vl_lse(m, s, n, lse);
+#elif defined(__AVX2__) && defined(__FMA__)
+    vx4_lse(m, s, n, lse);
 #else
     for (int j = 0; j < n; j++)
         lse[j] = m[j] + moe_log(s[j]);

@@ -1,6 +1,6 @@
 /* vexp_avx2.h: the exponential and the softmax's row kernels of vexp.c in four lanes, for CPUs
  * with AVX2 and FMA but not AVX-512 (vexp.c takes the eight-lane ones where it has AVX-512).
- * Included by vexp.c only.
+ * Included by vexp.c only, after its logarithm's constants (VL_*, vl_c).
  *
  * vx4_exp evaluates the same algorithm as vexp.c's eight lanes, the C library's exp (FMA
  * variant), with the same constants and the same operations in the same order, each fused
@@ -173,15 +173,15 @@ static inline __attribute__((always_inline)) int vx4_div_pmax(double *p, int len
         bi = _mm256_blendv_pd(bi, at, gt);
         at = _mm256_add_pd(at, _mm256_set1_pd(4.0));
     }
-    if (i > 0) {
-        double v[4], ix[4];
-        _mm256_storeu_pd(v, bv);
-        _mm256_storeu_pd(ix, bi);
-        for (int j = 0; j < 4; j++)
-            if (v[j] > best || (v[j] == best && ix[j] < arg)) {
-                best = v[j];
-                arg = (int)ix[j];
-            }
+    if (i > 0) { /* without branches: the lanes' largest, then the least index among them */
+        __m256d m = _mm256_max_pd(bv, _mm256_permute_pd(bv, 0x5));
+        m = _mm256_max_pd(m, _mm256_permute2f128_pd(m, m, 0x01));
+        __m256d ix = _mm256_blendv_pd(_mm256_set1_pd((double)len), bi,
+                                      _mm256_cmp_pd(bv, m, _CMP_EQ_OQ));
+        ix = _mm256_min_pd(ix, _mm256_permute_pd(ix, 0x5));
+        ix = _mm256_min_pd(ix, _mm256_permute2f128_pd(ix, ix, 0x01));
+        best = _mm256_cvtsd_f64(m);
+        arg = (int)_mm256_cvtsd_f64(ix);
     }
     for (; i < len; i++) {
         p[i] /= s;
@@ -191,6 +191,65 @@ static inline __attribute__((always_inline)) int vx4_div_pmax(double *p, int len
         }
     }
     return best >= 0.0 ? arg : 0;
+}
+
+/* Four lanes of moe_log (vexp.c's VL_* constants and vl_c): the same operations, k converted
+ * exactly (AVX2 has no 64-bit integer to double conversion: 2^52 + 2^51 + e as bits, minus that
+ * as a double, exact for the exponents here), the lanes outside its range (zero, negative,
+ * subnormal, infinite, NaN) redone by the C library's log. */
+static inline __m256d vx4_log(__m256d x)
+{
+    const int ok = _mm256_movemask_pd(
+        _mm256_and_pd(_mm256_cmp_pd(x, _mm256_set1_pd(0x1p-1022), _CMP_GE_OQ),
+                      _mm256_cmp_pd(x, _mm256_set1_pd(INFINITY), _CMP_LT_OQ)));
+    const __m256i ix = _mm256_castpd_si256(x);
+    __m256i e = _mm256_sub_epi64(_mm256_srli_epi64(ix, 52), _mm256_set1_epi64x(1023));
+    __m256i mb = _mm256_or_si256(_mm256_and_si256(ix, _mm256_set1_epi64x(VL_MANT)),
+                                 _mm256_set1_epi64x(VL_ONE));
+    const __m256i big = _mm256_cmpgt_epi64(mb, _mm256_set1_epi64x(VL_SQRT2 - 1)); /* >= */
+    mb = _mm256_sub_epi64(mb, _mm256_and_si256(big, _mm256_set1_epi64x((int64_t)1 << 52)));
+    e = _mm256_sub_epi64(e, big); /* + 1 where big (all ones: -1) */
+    const __m256d f = _mm256_sub_pd(_mm256_castsi256_pd(mb), _mm256_set1_pd(1.0));
+    const __m256d k = _mm256_sub_pd(
+        _mm256_castsi256_pd(_mm256_add_epi64(e, _mm256_castpd_si256(_mm256_set1_pd(0x1.8p52)))),
+        _mm256_set1_pd(0x1.8p52));
+    const __m256d h = _mm256_mul_pd(_mm256_mul_pd(f, f), _mm256_set1_pd(0.5));
+    const __m256d s = _mm256_div_pd(f, _mm256_add_pd(_mm256_set1_pd(2.0), f));
+    const __m256d z = _mm256_mul_pd(s, s);
+    __m256d t = _mm256_set1_pd(vl_c[11]);
+#pragma GCC unroll 10
+    for (int i = 10; i >= 1; i--)
+        t = _mm256_fmadd_pd(t, z, _mm256_set1_pd(vl_c[i]));
+    const __m256d R = _mm256_mul_pd(t, z);
+    const __m256d in = _mm256_add_pd(_mm256_mul_pd(s, _mm256_add_pd(h, R)),
+                                     _mm256_mul_pd(k, _mm256_set1_pd(VL_LN2LO)));
+    __m256d y = _mm256_add_pd(_mm256_mul_pd(k, _mm256_set1_pd(VL_LN2HI)),
+                              _mm256_sub_pd(f, _mm256_sub_pd(h, in)));
+    if (ok != 0xf) {
+        double xv[4], yv[4];
+        _mm256_storeu_pd(xv, x);
+        _mm256_storeu_pd(yv, y);
+        for (int j = 0; j < 4; j++)
+            if (!(ok >> j & 1))
+                yv[j] = log(xv[j]);
+        y = _mm256_loadu_pd(yv);
+    }
+    return y;
+}
+
+/* lse[j] = m[j] + moe_log(s[j]) for j < n <= 8, four at a time. */
+static inline void vx4_lse(const double *m, const double *s, int n, double *lse)
+{
+    for (int j0 = 0; j0 < n; j0 += 4) {
+        double sv[4] = {1.0, 1.0, 1.0, 1.0}, mv[4] = {0.0, 0.0, 0.0, 0.0}, out[4];
+        const int c = n - j0 < 4 ? n - j0 : 4;
+        for (int j = 0; j < c; j++)
+            sv[j] = s[j0 + j], mv[j] = m[j0 + j];
+        _mm256_storeu_pd(out, _mm256_add_pd(_mm256_loadu_pd(mv),
+                                            vx4_log(_mm256_loadu_pd(sv))));
+        for (int j = 0; j < c; j++)
+            lse[j0 + j] = out[j];
+    }
 }
 
 /* g (n, 2): each pair (v0, v1) replaced by its softmax from v0 (vexp.h's moe_softmax_pairs),
