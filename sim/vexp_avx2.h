@@ -238,9 +238,14 @@ static inline __m256d vx4_log(__m256d x)
 }
 
 /* lse[j] = m[j] + moe_log(s[j]) for j < n <= 8, four at a time. */
-static inline void vx4_lse(const double *m, const double *s, int n, double *lse)
+static inline __attribute__((always_inline)) void vx4_lse(const double *m, const double *s,
+                                                          int n, double *lse)
 {
-    for (int j0 = 0; j0 < n; j0 += 4) {
+    int j0 = 0;
+    for (; j0 + 4 <= n; j0 += 4)
+        _mm256_storeu_pd(lse + j0, _mm256_add_pd(_mm256_loadu_pd(m + j0),
+                                                 vx4_log(_mm256_loadu_pd(s + j0))));
+    for (; j0 < n; j0 += 4) { /* the last rows, fewer than four */
         double sv[4] = {1.0, 1.0, 1.0, 1.0}, mv[4] = {0.0, 0.0, 0.0, 0.0}, out[4];
         const int c = n - j0 < 4 ? n - j0 : 4;
         for (int j = 0; j < c; j++)
