@@ -8,7 +8,7 @@
 #include "select.h"
 #include "vexp.h"
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 #include <math.h>
@@ -219,6 +219,26 @@ void moe_claims_add_rows(double *restrict pm, const double *restrict p, long row
         for (long t = 0; t < rows; t++)
             a = _mm512_add_pd(a, _mm512_loadu_pd(p + (size_t)t * E + e));
         _mm512_storeu_pd(pm + e, a);
+    }
+#elif defined(__AVX2__)
+    /* (without AVX-512: 32 experts at a time in eight registers of four, then 4, then one; a
+     * column at a time, the scalar loop below read each row's line again per column and took
+     * a fifth of switch's samples at E = 256) */
+    for (; e + 32 <= E; e += 32) {
+        __m256d a[8];
+        for (int v = 0; v < 8; v++)
+            a[v] = _mm256_loadu_pd(pm + e + 4 * v);
+        for (long t = 0; t < rows; t++)
+            for (int v = 0; v < 8; v++)
+                a[v] = _mm256_add_pd(a[v], _mm256_loadu_pd(p + (size_t)t * E + e + 4 * v));
+        for (int v = 0; v < 8; v++)
+            _mm256_storeu_pd(pm + e + 4 * v, a[v]);
+    }
+    for (; e + 4 <= E; e += 4) {
+        __m256d a = _mm256_loadu_pd(pm + e);
+        for (long t = 0; t < rows; t++)
+            a = _mm256_add_pd(a, _mm256_loadu_pd(p + (size_t)t * E + e));
+        _mm256_storeu_pd(pm + e, a);
     }
 #endif
     for (; e < E; e++)
