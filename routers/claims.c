@@ -552,20 +552,36 @@ void moe_claims_topk(const double *v, int len, int k, int32_t *idx, double *val)
     }
     if (moe_select_topk(v, len, k, idx, val))
         return; /* the same selection without a branch per element (select.h) */
-    int cnt = 0;
-    for (int e = 0; e < len; e++) {
-        const double x = v[e];
-        if (cnt == k && !(x > val[k - 1]))
-            continue; /* equal to the k-th: the lower index stays */
-        int j = cnt < k ? cnt++ : k - 1;
-        while (j > 0 && val[j - 1] < x) {
-            val[j] = val[j - 1];
-            idx[j] = idx[j - 1];
-            j--;
-        }
-        val[j] = x;
-        idx[j] = e;
+    int cnt = 0, e = 0;
+#define TOPK_INSERT(E_)                                                                       \
+    do {                                                                                      \
+        const double x = v[E_];                                                               \
+        if (cnt == k && !(x > val[k - 1]))                                                    \
+            break; /* equal to the k-th: the lower index stays */                             \
+        int j = cnt < k ? cnt++ : k - 1;                                                      \
+        while (j > 0 && val[j - 1] < x) {                                                     \
+            val[j] = val[j - 1];                                                              \
+            idx[j] = idx[j - 1];                                                              \
+            j--;                                                                              \
+        }                                                                                     \
+        val[j] = x;                                                                           \
+        idx[j] = (E_);                                                                        \
+    } while (0)
+    for (; e < len && cnt < k; e++)
+        TOPK_INSERT(e);
+#if defined(__AVX2__) && !defined(__AVX512VBMI2__)
+    /* four at a time, only those above the k-th as it was before them go on to the same steps
+     * (the k-th only rises, so the others would be passed over there too) */
+    for (; e + 4 <= len; e += 4) {
+        int gt = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(v + e),
+                                                  _mm256_set1_pd(val[k - 1]), _CMP_GT_OQ));
+        for (; gt; gt &= gt - 1)
+            TOPK_INSERT(e + __builtin_ctz((unsigned)gt));
     }
+#endif
+    for (; e < len; e++)
+        TOPK_INSERT(e);
+#undef TOPK_INSERT
 }
 
 void moe_claims_topk_rows(const double *v, long n, int len, int k, int32_t *idx, double *val)
