@@ -37,13 +37,13 @@ endif
 
 # Debian packages: what `make run` needs (build, sweep, charts), and the optional tools of
 # `make test` (the sqlite3 shell, valgrind, clang for fuzzing, Open MPI, universal-ctags and
-# cscope for the layout checks of tests/t_layering.sh); tests whose tool is missing are skipped
-# and counted.
+# cscope for the layout checks of tests/t_layering.sh, Chromium for the HTML report's checks in a
+# real browser); tests whose tool is missing are skipped and counted.
 DEB_PKGS      := build-essential pkg-config libgsl-dev libopenblas-dev libsqlite3-dev \
                  libinih-dev libjansson-dev zlib1g-dev gnuplot-nox
 DEB_PKGS      += $(if $(filter x86_64,$(shell uname -m)),libxsmm-dev)
 DEB_PKGS_TEST := sqlite3 valgrind clang libopenmpi-dev openmpi-bin python3-numpy python3-pip \
-                 python3-setuptools python3-wheel universal-ctags cscope
+                 python3-setuptools python3-wheel universal-ctags cscope chromium
 
 # MPI (sim/mpi_*.c): expert parallelism and sweeps over ranks, built only when mpicc is
 # found (`make MPICC=` builds without). Only sim/mpi_*.o see MPI's headers (-DMOESIM_MPI); the
