@@ -543,59 +543,6 @@ static void rows_first(moe_claims *c, long t0, long t1, const double *logits, co
     memset(c->claim + t0, 1, (size_t)(t1 - t0));
 }
 
-#if defined(__AVX2__) && !defined(__AVX512VBMI2__)
-/* The two largest of v[0..len), len >= 8, ties to the lower index (the first two of a stable
- * descending argsort), without AVX-512: each of four lanes keeps the two largest of the
- * elements at its positions (strict comparisons in index order, so the earlier of equals
- * stays), and the two are the first two of those eight and the tail by (value, then index).
- * 0 for a row holding a NaN (nothing written): the caller's scalar rule then decides. */
-static int topk2_lanes(const double *v, int len, int32_t *idx, double *val)
-{
-    __m256d b1 = _mm256_loadu_pd(v), b2 = _mm256_set1_pd(-INFINITY);
-    __m256d i1 = _mm256_set_pd(3.0, 2.0, 1.0, 0.0), i2 = _mm256_set1_pd(-1.0);
-    __m256d at = i1, nan = _mm256_cmp_pd(b1, b1, _CMP_UNORD_Q);
-    int e = 4;
-    for (; e + 4 <= len; e += 4) {
-        const __m256d x = _mm256_loadu_pd(v + e);
-        at = _mm256_add_pd(at, _mm256_set1_pd(4.0));
-        nan = _mm256_or_pd(nan, _mm256_cmp_pd(x, x, _CMP_UNORD_Q));
-        const __m256d gt1 = _mm256_cmp_pd(x, b1, _CMP_GT_OQ);
-        const __m256d gt2 = _mm256_cmp_pd(x, b2, _CMP_GT_OQ);
-        b2 = _mm256_blendv_pd(_mm256_blendv_pd(b2, x, gt2), b1, gt1);
-        i2 = _mm256_blendv_pd(_mm256_blendv_pd(i2, at, gt2), i1, gt1);
-        b1 = _mm256_blendv_pd(b1, x, gt1);
-        i1 = _mm256_blendv_pd(i1, at, gt1);
-    }
-    if (_mm256_movemask_pd(nan))
-        return 0;
-    double ci[12];
-    int nc = 0;
-    _mm256_storeu_pd(ci, i1);
-    _mm256_storeu_pd(ci + 4, i2);
-    nc = 8;
-    for (; e < len; e++) {
-        if (v[e] != v[e])
-            return 0;
-        ci[nc++] = (double)e;
-    }
-    int f = -1, g = -1; /* the first and the second, by value and then index */
-    for (int c = 0; c < nc; c++) {
-        const int i = (int)ci[c];
-        if (i < 0)
-            continue; /* a lane without a second */
-        if (f < 0 || v[i] > v[f] || (v[i] == v[f] && i < f)) {
-            g = f;
-            f = i;
-        } else if (g < 0 || v[i] > v[g] || (v[i] == v[g] && i < g)) {
-            g = i;
-        }
-    }
-    idx[0] = f, idx[1] = g;
-    val[0] = v[f], val[1] = v[g];
-    return 1;
-}
-#endif
-
 void moe_claims_topk(const double *v, int len, int k, int32_t *idx, double *val)
 {
     if (k == 1 && len > 0) { /* the first index of the largest */
@@ -605,10 +552,6 @@ void moe_claims_topk(const double *v, int len, int k, int32_t *idx, double *val)
     }
     if (moe_select_topk(v, len, k, idx, val))
         return; /* the same selection without a branch per element (select.h) */
-#if defined(__AVX2__) && !defined(__AVX512VBMI2__)
-    if (k == 2 && len >= 8 && topk2_lanes(v, len, idx, val))
-        return;
-#endif
     int cnt = 0, e = 0;
 #define TOPK_INSERT(E_)                                                                       \
     do {                                                                                      \

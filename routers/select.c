@@ -41,10 +41,11 @@ static double sel_min_at(const double *v, const int32_t *idx, int k)
     return lo;
 }
 
+enum { SEL_MAX_LEN = 1024, SEL_MAX_CAND = 64 };
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
-enum { SEL_MAX_LEN = 1024, SEL_MAX_CAND = 64 };
 enum { SEL_ROWS = 4 }; /* rows taken together by moe_select_topk_rows */
 
 /* The optimal six-layer sorting network for eight inputs (Knuth, TAOCP vol. 3, 5.3.4; 19
@@ -663,8 +664,69 @@ int moe_select_is_top(const double *v, int len, const int32_t *idx, int k)
 
 #else
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#include <math.h>
+
+/* Without AVX-512: the two largest of v[0..len), len >= 8, ties to the lower index (the first
+ * two of a stable descending argsort) in four lanes: each lane keeps the two largest of the
+ * elements at its positions (strict comparisons in index order, so the earlier of equals stays),
+ * and the two are the first two of those eight and the tail by value, then index. 0 for a row
+ * holding a NaN (nothing written). */
+static int sel_top2_lanes(const double *v, int len, int32_t *f_out, int32_t *g_out)
+{
+    __m256d b1 = _mm256_loadu_pd(v), b2 = _mm256_set1_pd(-INFINITY);
+    __m256d i1 = _mm256_set_pd(3.0, 2.0, 1.0, 0.0), i2 = _mm256_set1_pd(-1.0);
+    __m256d at = i1, nan = _mm256_cmp_pd(b1, b1, _CMP_UNORD_Q);
+    int e = 4;
+    for (; e + 4 <= len; e += 4) {
+        const __m256d x = _mm256_loadu_pd(v + e);
+        at = _mm256_add_pd(at, _mm256_set1_pd(4.0));
+        nan = _mm256_or_pd(nan, _mm256_cmp_pd(x, x, _CMP_UNORD_Q));
+        const __m256d gt1 = _mm256_cmp_pd(x, b1, _CMP_GT_OQ);
+        const __m256d gt2 = _mm256_cmp_pd(x, b2, _CMP_GT_OQ);
+        b2 = _mm256_blendv_pd(_mm256_blendv_pd(b2, x, gt2), b1, gt1);
+        i2 = _mm256_blendv_pd(_mm256_blendv_pd(i2, at, gt2), i1, gt1);
+        b1 = _mm256_blendv_pd(b1, x, gt1);
+        i1 = _mm256_blendv_pd(i1, at, gt1);
+    }
+    if (_mm256_movemask_pd(nan))
+        return 0;
+    double ci[11];
+    _mm256_storeu_pd(ci, i1);
+    _mm256_storeu_pd(ci + 4, i2);
+    int nc = 8;
+    for (; e < len; e++) {
+        if (v[e] != v[e])
+            return 0;
+        ci[nc++] = (double)e;
+    }
+    int f = -1, g = -1; /* the first and the second, by value and then index */
+    for (int c = 0; c < nc; c++) {
+        const int i = (int)ci[c];
+        if (i < 0)
+            continue; /* a lane without a second */
+        if (f < 0 || v[i] > v[f] || (v[i] == v[f] && i < f)) {
+            g = f;
+            f = i;
+        } else if (g < 0 || v[i] > v[g] || (v[i] == v[g] && i < g)) {
+            g = i;
+        }
+    }
+    *f_out = f, *g_out = g;
+    return 1;
+}
+#endif
+
 int moe_select_top2(const double *x, int len, double mx, int32_t *e1, int32_t *e2)
 {
+#if defined(__AVX2__)
+    int32_t f, g;
+    if (len >= 8 && len <= SEL_MAX_LEN && sel_top2_lanes(x, len, &f, &g) && x[f] == mx) {
+        *e1 = f, *e2 = g;
+        return 1;
+    }
+#endif
     (void)x, (void)len, (void)mx, (void)e1, (void)e2;
     return 0;
 }
@@ -696,6 +758,12 @@ int moe_select_first_eq(const double *x, int len, double m)
 
 int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
 {
+#if defined(__AVX2__)
+    if (k == 2 && len >= 8 && len <= SEL_MAX_LEN && sel_top2_lanes(v, len, idx, idx + 1)) {
+        val[0] = v[idx[0]], val[1] = v[idx[1]];
+        return 1;
+    }
+#endif
     (void)v, (void)len, (void)k, (void)idx, (void)val;
     return 0;
 }

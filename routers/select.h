@@ -9,7 +9,8 @@
  * stable descending argsort): idx (k) their indices, val (k) their values. Returns 1 when done,
  * 0 when the row is outside the vector path (no AVX-512, k outside 1..8, len outside 8..1024,
  * more than 64 elements at or above the threshold of the method, a NaN) and nothing was
- * written: the caller then selects another way. */
+ * written: the caller then selects another way. Without AVX-512 but with AVX2 it takes k = 2
+ * only (four lanes of two), for len 8..1024 and no NaN. */
 int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val);
 
 /* moe_select_topk of each of the n rows v (n, len): row t's answer at idx + t * k and val +
@@ -33,7 +34,8 @@ int moe_select_is_top(const double *v, int len, const int32_t *idx, int k);
  * lower index, -0.0 and +0.0 equal), as moe_claims_argmax_row and moe_claims_argmax with e1
  * skipped give them, in one pass over the row and a second one only up to e2 when mx occurs
  * once. Returns 1 when done, 0 (nothing written) for rows of fewer than 2 or more than 1024
- * elements, rows holding a NaN, an mx that is not in the row, or without AVX-512. */
+ * elements, rows holding a NaN, an mx that is not in the row, or without AVX-512 (with AVX2
+ * instead: rows of 8..1024 elements, in four lanes, mx the row's largest). */
 int moe_select_top2(const double *x, int len, double mx, int32_t *e1, int32_t *e2);
 
 /* The first i < len with x[i] == m (so -0.0 and +0.0 match each other), or -1. */

@@ -887,12 +887,48 @@ void moe_softmax_rows_more(const double *x, int nrows, int len, double *p,
         *o->slow |= slow;
 }
 
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+/* moe_softmax_rows8_top2 without AVX-512: each row's two by moe_select_topk (four lanes, ties
+ * to the lower index: the two moe_select_top2_8 takes from the row's maximum), then the rows'
+ * softmax with those as its selected columns, which keeps their numerators (e2) and tells
+ * istop; a row holding a NaN (declined) has its columns 0 and 1 stand in, then idx2 = -1 and
+ * istop 0. Every row; returns nrows. */
+static int sm_rows8_top2_lanes(const double *x, int nrows, double *p, double *lse, double *mx,
+                               int32_t *idx2, double *e2, uint8_t *istop, int *slow)
+{
+    enum { B = 64 };
+    for (int r0 = 0; r0 < nrows; r0 += B) {
+        const int nb = nrows - r0 < B ? nrows - r0 : B;
+        uint8_t declined[B];
+        for (int j = 0; j < nb; j++) {
+            int32_t *e = idx2 + 2 * (size_t)(r0 + j);
+            double v2[2];
+            declined[j] = !moe_select_topk(x + (size_t)(r0 + j) * 8, 8, 2, e, v2);
+            if (declined[j])
+                e[0] = 0, e[1] = 1;
+        }
+        sm_rows(x + (size_t)r0 * 8, nb, 8, p + (size_t)r0 * 8, lse ? lse + r0 : NULL, mx + r0,
+                idx2 + 2 * (size_t)r0, 2, e2 + 2 * (size_t)r0, 0, istop ? istop + r0 : NULL,
+                NULL, NULL, NULL, slow);
+        for (int j = 0; j < nb; j++)
+            if (declined[j]) {
+                idx2[2 * (size_t)(r0 + j)] = -1;
+                if (istop)
+                    istop[r0 + j] = 0;
+            }
+    }
+    return nrows;
+}
+#endif
+
 void moe_softmax_rows8_top2(const double *x, int nrows, double *p, double *lse, double *mx,
                             int32_t *idx2, double *e2, uint8_t *istop, int *slow)
 {
     int first = 0, sl = 0;
 #if defined(__AVX512F__)
     first = sm_rows8(x, nrows, p, lse, mx, idx2, e2, NULL, 0, NULL, istop, NULL, NULL, NULL, &sl);
+#elif defined(__AVX2__) && defined(__FMA__)
+    first = sm_rows8_top2_lanes(x, nrows, p, lse, mx, idx2, e2, istop, &sl);
 #endif
     for (int r = first; istop && r < nrows; r++)
         istop[r] = 0;

@@ -93,7 +93,9 @@ void moe_softmax_rows_more(const double *x, int nrows, int len, double *p,
  * idx2[2r] = -1 (the rest unset) for a row it declines (a NaN); *slow as moe_softmax_more's
  * slow. istop (nrows) or NULL: 1 where row r's two are also the two largest of p (no other p
  * of the row reaches p at idx2[2r+1], as moe_select_is_top of p and idx2 with k = 2), else 0
- * (then nothing is said: also for a declined row and rows past the last multiple of eight).
+ * (then nothing is said: also for a declined row and, with AVX-512, rows past the last
+ * multiple of eight; with AVX2 and without AVX-512 every row is told, its two taken first in
+ * four lanes and the softmax keeping their numerators).
  * With the row in a register already, the selection costs a few instructions more than the
  * softmax. */
 void moe_softmax_rows8_top2(const double *x, int nrows, double *p, double *lse, double *mx,

@@ -105,11 +105,13 @@ static void cmp_zero_max(const double *x, int nrows)
  * (cmp_row above checks those ranges), or when a row has elements after its last multiple of
  * the lanes (eight with AVX-512, four with AVX2 and FMA only), which the vector lanes do not
  * take; else 0. Built without either, every row. */
-/* ROWS8: the rows of eight with the top-2 have their own vector blocks (AVX-512 only) */
+/* ROWS8: the softmax of rows of eight with the top-2 takes rows in vector blocks of this many
+ * (eight with AVX-512, every row with AVX2: its two chosen first in four lanes), the rows after
+ * the last block undecided; 0: none, every row undecided (the scalar build) */
 #if defined(__AVX512F__)
-enum { LANES = 8, ROWS8 = 1 };
+enum { LANES = 8, ROWS8 = 8 };
 #elif defined(__AVX2__) && defined(__FMA__)
-enum { LANES = 4, ROWS8 = 0 };
+enum { LANES = 4, ROWS8 = 1 };
 #else
 enum { LANES = 0, ROWS8 = 0 };
 #endif
@@ -143,9 +145,9 @@ static void cmp_top2(const char *what, const double *x, int nrows)
     int slow = 0;
     moe_softmax_rows8_top2(x, nrows, p, lse, mx, idx, val, ist, &slow);
     moe_softmax_rows_max(x, nrows, 8, p0, lse0, mx0);
-    /* slow: as want_slow, and 1 when rows are left after the last multiple of eight (the
-     * rows the vector block does not take; without AVX-512, every row) */
-    const int want = nrows % 8 != 0 || want_slow(x, nrows, 8, mx0) || (!ROWS8 && nrows > 0);
+    /* slow: as want_slow, and 1 when rows are left after the last vector block (the rows the
+     * vector blocks do not take; in the scalar build, every row) */
+    const int want = (ROWS8 ? nrows % ROWS8 != 0 : nrows > 0) || want_slow(x, nrows, 8, mx0);
     CHECK(slow == want, "%s: %d rows of 8 with the top-2: slow %d, expected %d", what, nrows,
           slow, want);
     int bad = -1;
@@ -161,11 +163,7 @@ static void cmp_top2(const char *what, const double *x, int nrows)
                 : idx[2 * r] != -1))
             bad = r;
         const int top = ok && moe_select_is_top(p0 + (size_t)r * 8, 8, e, 2);
-#if defined(__AVX512F__)
-        const int decided = r < nrows / 8 * 8; /* (the vector blocks' rows) */
-#else
-        const int decided = 0; /* (no vector blocks: every row undecided) */
-#endif
+        const int decided = ROWS8 && r < nrows / ROWS8 * ROWS8; /* (the vector blocks' rows) */
         if (ist[r] != (decided && top))
             bad = r;
         top2_is_top[top] += ok;
@@ -478,11 +476,10 @@ int main(void)
                                 : -1.0 - (i % 8);
         cmp_top2("two logits a rounding apart", x, nrows);
     }
-#if defined(__AVX512F__) /* (without it every row is declined: moe_select_top2's scalar path) */
-    CHECK(top2_is_top[0] > 0 && top2_is_top[1] > 0,
-          "rows of 8 with the top-2: %ld rows whose two are the largest of p, %ld not",
-          top2_is_top[1], top2_is_top[0]);
-#endif
+    if (ROWS8) /* (in the scalar build every row is declined: moe_select_top2's scalar path) */
+        CHECK(top2_is_top[0] > 0 && top2_is_top[1] > 0,
+              "rows of 8 with the top-2: %ld rows whose two are the largest of p, %ld not",
+              top2_is_top[1], top2_is_top[0]);
     /* the logarithm: within one ulp everywhere it computes itself (the vector lanes, the
      * same doubles, are compared through the softmax rows' lse above and below: sums of
      * rows of up to 1024 logits) */
