@@ -543,6 +543,23 @@ static void rows_first(moe_claims *c, long t0, long t1, const double *logits, co
     memset(c->claim + t0, 1, (size_t)(t1 - t0));
 }
 
+/* One step of the scalar top-k selection: x (at index e) into the cnt largest so far, idx and
+ * val in descending order, when fewer than k are held or x is above the k-th (equal to it: the
+ * lower index stays). */
+static inline void topk_insert(double x, int e, int k, int *cnt, int32_t *idx, double *val)
+{
+    if (*cnt == k && !(x > val[k - 1]))
+        return;
+    int j = *cnt < k ? (*cnt)++ : k - 1;
+    while (j > 0 && val[j - 1] < x) {
+        val[j] = val[j - 1];
+        idx[j] = idx[j - 1];
+        j--;
+    }
+    val[j] = x;
+    idx[j] = e;
+}
+
 void moe_claims_topk(const double *v, int len, int k, int32_t *idx, double *val)
 {
     if (k == 1 && len > 0) { /* the first index of the largest */
@@ -553,35 +570,22 @@ void moe_claims_topk(const double *v, int len, int k, int32_t *idx, double *val)
     if (moe_select_topk(v, len, k, idx, val))
         return; /* the same selection without a branch per element (select.h) */
     int cnt = 0, e = 0;
-#define TOPK_INSERT(E_)                                                                       \
-    do {                                                                                      \
-        const double x = v[E_];                                                               \
-        if (cnt == k && !(x > val[k - 1]))                                                    \
-            break; /* equal to the k-th: the lower index stays */                             \
-        int j = cnt < k ? cnt++ : k - 1;                                                      \
-        while (j > 0 && val[j - 1] < x) {                                                     \
-            val[j] = val[j - 1];                                                              \
-            idx[j] = idx[j - 1];                                                              \
-            j--;                                                                              \
-        }                                                                                     \
-        val[j] = x;                                                                           \
-        idx[j] = (E_);                                                                        \
-    } while (0)
     for (; e < len && cnt < k; e++)
-        TOPK_INSERT(e);
+        topk_insert(v[e], e, k, &cnt, idx, val);
 #if defined(__AVX2__) && !defined(__AVX512VBMI2__)
     /* four at a time, only those above the k-th as it was before them go on to the same steps
      * (the k-th only rises, so the others would be passed over there too) */
     for (; e + 4 <= len; e += 4) {
         int gt = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(v + e),
                                                   _mm256_set1_pd(val[k - 1]), _CMP_GT_OQ));
-        for (; gt; gt &= gt - 1)
-            TOPK_INSERT(e + __builtin_ctz((unsigned)gt));
+        for (; gt; gt &= gt - 1) {
+            const int i = e + __builtin_ctz((unsigned)gt);
+            topk_insert(v[i], i, k, &cnt, idx, val);
+        }
     }
 #endif
     for (; e < len; e++)
-        TOPK_INSERT(e);
-#undef TOPK_INSERT
+        topk_insert(v[e], e, k, &cnt, idx, val);
 }
 
 void moe_claims_topk_rows(const double *v, long n, int len, int k, int32_t *idx, double *val)
