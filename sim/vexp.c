@@ -333,31 +333,9 @@ void moe_softmax_pairs(double *g, long n)
 
 void moe_pairs_div(double *g, long n) { vx4_pairs_div(g, n); }
 
-static inline __attribute__((always_inline)) void vx_div(double *p, int len, double s)
-{
-    vx4_div(p, len, s);
-}
-
-static inline __attribute__((always_inline)) int vx_div_count(double *p, int len, double s,
-                                                              double lo)
-{
-    return vx4_div_count(p, len, s, lo);
-}
-
-static inline __attribute__((always_inline)) int vx_div_pmax(double *p, int len, double s)
-{
-    return vx4_div_pmax(p, len, s);
-}
-
-static inline __attribute__((always_inline)) int vx_shift(const double *x, int len, double m,
-                                                          double *out)
-{
-    return vx4_shift(x, len, m, out);
-}
-
 void moe_vexp_shift(const double *x, int len, double m, double *out)
 {
-    (void)vx4_shift(x, len, m, out);
+    (void)vx_shift(x, len, m, out);
 }
 
 #else

@@ -6,8 +6,10 @@
  * variant), with the same constants and the same operations in the same order, each fused
  * multiply-add where it has one: every lane is the same double as exp() of its argument
  * (tests/test_vexp.c compares them bit for bit). The divisions are IEEE divisions, the same
- * quotients as the scalar code's. Without these lanes every exponential of a softmax was a call
- * of the C library's exp, and a route at 65536 x 8 took 3-5x longer than with them. */
+ * quotients as the scalar code's. vx_shift and the vx_div kernels carry the names of vexp.c's
+ * eight-lane ones, which the softmax rows call. Without these lanes every exponential of a
+ * softmax was a call of the C library's exp, and a route at 65536 x 8 took 3-5x longer than
+ * with them. */
 #ifndef MOE_VEXP_AVX2_H
 #define MOE_VEXP_AVX2_H
 
@@ -75,7 +77,7 @@ static inline __attribute__((always_inline)) int vx4_exp_store(__m256d a, double
 
 /* out[i] = exp(x[i] - m), i < len; 0 when every argument took the fast path (every x[i] and m
  * then finite), else 1 (the elements after the last multiple of four count as not on it). */
-static inline __attribute__((always_inline)) int vx4_shift(const double *x, int len, double m,
+static inline __attribute__((always_inline)) int vx_shift(const double *x, int len, double m,
                                                            double *out)
 {
     const __m256d vm = _mm256_set1_pd(m);
@@ -126,7 +128,7 @@ static inline int vx4_all_finite(const double *x, size_t len)
 }
 
 /* p[i] /= s for i < len */
-static inline __attribute__((always_inline)) void vx4_div(double *p, int len, double s)
+static inline __attribute__((always_inline)) void vx_div(double *p, int len, double s)
 {
     const __m256d vs = _mm256_set1_pd(s);
     int i = 0;
@@ -136,8 +138,8 @@ static inline __attribute__((always_inline)) void vx4_div(double *p, int len, do
         p[i] /= s;
 }
 
-/* vx4_div, returning how many quotients are not below lo (NaNs counted). */
-static inline __attribute__((always_inline)) int vx4_div_count(double *p, int len, double s,
+/* vx_div, returning how many quotients are not below lo (NaNs counted). */
+static inline __attribute__((always_inline)) int vx_div_count(double *p, int len, double s,
                                                                double lo)
 {
     const __m256d vs = _mm256_set1_pd(s), vl = _mm256_set1_pd(lo);
@@ -155,10 +157,10 @@ static inline __attribute__((always_inline)) int vx4_div_count(double *p, int le
     return cnt;
 }
 
-/* vx4_div, returning the first index of the largest quotient (0 for a row where none compares:
+/* vx_div, returning the first index of the largest quotient (0 for a row where none compares:
  * NaNs): each lane keeps its largest quotient and the first block index with it, then the
  * lowest index among the lanes with the largest, then the tail. */
-static inline __attribute__((always_inline)) int vx4_div_pmax(double *p, int len, double s)
+static inline __attribute__((always_inline)) int vx_div_pmax(double *p, int len, double s)
 {
     const __m256d vs = _mm256_set1_pd(s);
     __m256d bv = _mm256_set1_pd(-1.0), bi = _mm256_setzero_pd();
