@@ -19,7 +19,11 @@
 
 /* ---- activations ---- */
 
-enum { VL = 16 }; /* chunk length: inner loops of this constant length vectorise at -O2 */
+/* Chunk length: inner loops of this constant length vectorise at -O2. Each chunk loads the
+ * loops' constants again, so longer chunks pay that less often: GELU (tanh) with bias on rows
+ * of 2048 in L1/L2 took 1.35 ns an element with chunks of 16, 1.08 with 32, 1.01 with 64 (one
+ * thread, an AVX2 CPU, AMD EPYC Zen 3). The floats are the same at any length. */
+enum { VL = 64 };
 
 typedef union { float f; uint32_t u; } moe_fbits;
 

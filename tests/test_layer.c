@@ -149,7 +149,7 @@ static void test_activations(void)
     moe_activate(MOE_ACT_RELU, v, 2);
     CHECK(v[0] == 3.0f && v[1] == 0.0f, "relu(3), relu(-2) = %g, %g", v[0], v[1]);
 
-    /* 2001 points on [-10, 10] (125 chunks of 16 plus a tail) against libm in double.
+    /* 2001 points on [-10, 10] (31 chunks of 64 plus a tail) against libm in double.
      * Tolerance abs 1e-6 + rel 1e-5: the float argument z of exp carries a rounding of 6e-8
      * relative, which exp turns into |z| * 6e-8 relative error, |z| <= 90 on this range. */
     enum { NP = 2001 };
@@ -176,7 +176,7 @@ static void test_activations(void)
     }
 
     /* Each element alone (a one-element call: the loop over a part chunk) gives the same float
-     * as within whole chunks of 16 (the vectorised loops, whose clamped exponential arguments
+     * as within whole chunks of 64 (the vectorised loops, whose clamped exponential arguments
      * go through a small array): the same operations on each element. 4099 points on [-100,
      * 100], past both clamps of exp's argument (-87 and 88), and the biased and SwiGLU forms. */
     enum { NB = 4099 };
@@ -862,8 +862,9 @@ static void test_tile_bits(gsl_rng *r)
  * naive reference within the tolerance above; the packed weights follow the weights' address
  * and moe_layer_repack. Expected values: moe_layer_forward_naive on the weights in use (after
  * an in-place change, the new ones once repacked; before, the packed old ones, which is the
- * documented contract). Widths D = 70, F = 90 leave a partial column block (70 = 64 + 6,
- * 90 = 64 + 26), and experts of 37 rows a partial row block (37 = 2 x 16 + 5). */
+ * documented contract). Widths D = 70, F = 90 leave a partial column block (70 = 64 + 6 and
+ * 90 = 64 + 26 in blocks of 64, 2 x 32 + 6 and 2 x 32 + 26 in blocks of 32), and experts of 37
+ * rows a partial row block (37 = 2 x 16 + 5). */
 static void test_gemm_backends(gsl_rng *r)
 {
     enum { N = 74, E = 2, D = 70, F = 90 };
