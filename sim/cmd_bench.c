@@ -838,14 +838,13 @@ static void print_provenance(bench_ctx *c)
     printf("threads: %d BLAS; layer fp32, GELU tanh; peak for ratios %.0f GFLOP/s\n",
            c->bi.threads, c->a.peak);
     if (moe_gemm_default() == MOE_GEMM_LIBXSMM)
-        printf("expert GEMMs: %s; next column block of the weights prefetched: %s\n",
-               moe_gemm_backend_name(MOE_GEMM_LIBXSMM),
+        printf("expert GEMMs: %s on column blocks of %zu; next column block of the weights "
+               "prefetched: %s\n", moe_gemm_backend_name(MOE_GEMM_LIBXSMM),
+               moe_gemm_block_cols(),
                moe_gemm_prefetches() ? "yes (Intel CPU)" : "no (not an Intel CPU)");
     else
-        printf("expert GEMMs: OpenBLAS sgemm per expert (%s)\n",
-               moe_gemm_libxsmm_available() ? "libxsmm runs no AVX-512 kernels on this CPU, "
-                                              "and OpenBLAS was the faster there"
-                                            : "no libxsmm in this build");
+        printf("expert GEMMs: OpenBLAS sgemm per expert (no libxsmm in this build or for this "
+               "CPU)\n");
 }
 
 int moe_cmd_bench(int argc, char **argv)

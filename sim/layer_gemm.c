@@ -3,7 +3,7 @@
  *
  * libxsmm is column-major: our row-major c (rows,N) = a (rows,K) W (K,N) is, read
  * column-major, c^T (N,rows) = W^T (N,K) a^T (K,rows). One kernel call computes a column block
- * of width m (MOE_GEMM_BN, or the last block's N mod MOE_GEMM_BN) for n <= MOE_GEMM_BR rows:
+ * of width m (moe_gemm_block_cols, or the last block's rest of N) for n <= MOE_GEMM_BR rows:
  * its A is the packed block (m x K, lda = m), its B the rows of a (K x n, ldb = lda), its C
  * the block of c (m x n, ldc). Kernels for every n = 1..MOE_GEMM_BR and both widths are
  * generated once, in moe_gemm_pack_alloc.
@@ -76,8 +76,9 @@ typedef void (*xkern)(const float *a, const float *b, float *c, ...);
 
 struct moe_gemm_pack {
     size_t E, K, N, lda;  /* lda: leading dimension of the rows the kernels read */
+    size_t bn;            /* columns per block (moe_gemm_block_cols) */
     size_t nb;            /* column blocks per matrix */
-    size_t wt;            /* width of the last block (1..MOE_GEMM_BN) */
+    size_t wt;            /* width of the last block (1..bn) */
     int prefetch;         /* 1: each next column block is prefetched (moe_gemm_prefetches) */
     float *w;             /* (E, N*K) packed, on huge pages (huge.h): every forward streams all
                            * of it, 4 KiB at a time a TLB miss otherwise (+1-4% GEMM speed at
@@ -107,21 +108,32 @@ int moe_gemm_libxsmm_available(void)
 #endif
 }
 
-/* libxsmm's kernels were the faster expert GEMMs where they run AVX-512: on the Intel Xeon
- * (Cooper Lake) and the AMD EPYC (Zen 5) moesim was tuned on, the layer's expert phase came
- * to 0.93-1.01 of a dense OpenBLAS GEMM pair of the same FLOPs with them, well ahead of
- * OpenBLAS per expert. On an AMD EPYC without AVX-512 (Zen 3, family 19h model 01h, where
- * libxsmm generates its AVX2 "hsw" kernels and OpenBLAS runs its own Zen ones) it was the
- * other way round: the expert phase took 271-277 ms with libxsmm against 228-238 with OpenBLAS
- * at E = 64, k = 1 and 542-549 against 409-427 at E = 8, k = 2 (n = 8192, d = 512, f = 2048,
- * two threads, runs alternated). So libxsmm only with AVX-512 kernels. */
+/* libxsmm's kernels on weights packed once are the faster expert GEMMs: on the Intel Xeon
+ * (Cooper Lake) and the AMD EPYC (Zen 5) moesim was tuned on, with AVX-512, the layer's expert
+ * phase came to 0.93-1.01 of a dense OpenBLAS GEMM pair of the same FLOPs with them, well ahead
+ * of OpenBLAS per expert. On an AMD EPYC without AVX-512 (Zen 3, family 19h model 01h, where
+ * libxsmm generates AVX2 "hsw" kernels and OpenBLAS runs its Zen ones) they are too, with column
+ * blocks of 32 (moe_gemm_block_cols): per-expert GEMM pairs of 128 rows (E = 64, d = 512,
+ * f = 2048, two threads, one per expert, the two backends alternated in one process, best of 9)
+ * came to 0.98-1.00 of the dense pair against 0.90-0.94 for OpenBLAS; at 1024 and 2048 rows an
+ * expert both matched the dense pair (1.00-1.01). */
 int moe_gemm_default(void)
 {
+    return moe_gemm_libxsmm_available() ? MOE_GEMM_LIBXSMM : MOE_GEMM_OPENBLAS;
+}
+
+/* Blocks of 64 columns are four 16-float AVX-512 registers a row; an AVX2 kernel holds them as
+ * eight 8-float registers a row, so few rows fit libxsmm's register tile and its "hsw" kernels
+ * ran the expert pair at 0.74-0.78 of the dense one (the measurements above). With blocks of
+ * 32 columns they ran it at 0.98-1.00; 24 and 40 were slower (0.93, 0.71), and 8 to 24 rows a
+ * call all within 2%. */
+size_t moe_gemm_block_cols(void)
+{
 #ifdef MOESIM_XSMM
-    if (moe_gemm_libxsmm_available() && libxsmm_get_target_archid() >= LIBXSMM_X86_AVX512_CORE)
-        return MOE_GEMM_LIBXSMM;
+    if (moe_gemm_libxsmm_available() && libxsmm_get_target_archid() < LIBXSMM_X86_AVX512_CORE)
+        return 32;
 #endif
-    return MOE_GEMM_OPENBLAS;
+    return 64;
 }
 
 /* Whether prefetching each next column block into L2 during the calls on the current one pays
@@ -174,14 +186,15 @@ int moe_gemm_pack_alloc(size_t E, size_t K, size_t N, size_t lda, moe_gemm_pack 
     }
     p->E = E, p->K = K, p->N = N, p->lda = lda;
     p->prefetch = moe_gemm_prefetches();
-    p->nb = (N + MOE_GEMM_BN - 1) / MOE_GEMM_BN;
-    p->wt = N - (p->nb - 1) * MOE_GEMM_BN;
+    p->bn = moe_gemm_block_cols();
+    p->nb = (N + p->bn - 1) / p->bn;
+    p->wt = N - (p->nb - 1) * p->bn;
 #ifdef MOESIM_XSMM
     const float alpha = 1.0f, beta = 0.0f;
     const int flags = LIBXSMM_GEMM_FLAG_NONE;
     for (int last = p->nb > 1 ? 0 : 1; last < 2; last++) /* full blocks, then the last */
         for (int r = 1; r <= MOE_GEMM_BR; r++) {
-            libxsmm_blasint m = last ? (libxsmm_blasint)p->wt : MOE_GEMM_BN;
+            libxsmm_blasint m = (libxsmm_blasint)(last ? p->wt : p->bn);
             libxsmm_blasint ldw = m, ldb = (libxsmm_blasint)lda, ldc = (libxsmm_blasint)N;
             p->kern[last][r - 1] = libxsmm_smmdispatch(m, r, (libxsmm_blasint)K, &ldw, &ldb,
                                                        &ldc, &alpha, &beta, &flags, NULL);
@@ -212,7 +225,7 @@ void moe_gemm_pack_fill(moe_gemm_pack *p, const float *w, long e)
         const float *src = w + x * K * N;
         float *dst = p->w + x * K * N;
         for (size_t b = 0; b < p->nb; b++) {
-            size_t c0 = b * MOE_GEMM_BN, wd = b + 1 < p->nb ? MOE_GEMM_BN : p->wt;
+            size_t c0 = b * p->bn, wd = b + 1 < p->nb ? p->bn : p->wt;
             for (size_t k = 0; k < K; k++)
                 memcpy(dst + c0 * K + k * wd, src + k * N + c0, wd * sizeof *dst);
         }
@@ -239,13 +252,13 @@ int moe_gemm_pack_run(const moe_gemm_pack *p, size_t e, size_t rows, size_t spli
                    (rows - sp + MOE_GEMM_BR - 1) / MOE_GEMM_BR; /* kernel calls per block */
     for (size_t b = b0; b < b1; b++) {
         int last = b + 1 == p->nb;
-        const float *blk = w + b * MOE_GEMM_BN * p->K;
-        float *cb = c + b * MOE_GEMM_BN;
+        const float *blk = w + b * p->bn * p->K;
+        float *cb = c + b * p->bn;
         /* where it pays (moe_gemm_prefetches), the next block, prefetched into L2 a part
          * before each call on this one */
-        const char *nx = p->prefetch && b + 1 < b1 ? (const char *)(blk + MOE_GEMM_BN * p->K)
+        const char *nx = p->prefetch && b + 1 < b1 ? (const char *)(blk + p->bn * p->K)
                                                    : NULL;
-        size_t nxb = nx ? (b + 2 == p->nb ? p->wt : MOE_GEMM_BN) * p->K * sizeof *p->w : 0;
+        size_t nxb = nx ? (b + 2 == p->nb ? p->wt : p->bn) * p->K * sizeof *p->w : 0;
         size_t j = 0;
         /* rows [0, split), then [split, rows), each in blocks of MOE_GEMM_BR from its start */
         for (size_t s0 = 0, s1 = sp; s0 < rows; s0 = s1, s1 = rows)

@@ -2,13 +2,13 @@
  *   - OpenBLAS sgemm through GSL's BLAS interface (moe_gemm_sgemm), which packs the weights
  *     on every call;
  *   - libxsmm (built when the Makefile finds it, -DMOESIM_XSMM): JIT kernels over weights
- *     packed once (moe_gemm_pack), column blocks of MOE_GEMM_BN columns, so a GEMM of few rows
+ *     packed once (moe_gemm_pack), in column blocks (moe_gemm_block_cols), so a GEMM of few rows
  *     does not pay the packing of the whole weight matrix on every call.
  * And the layer's job runner (moe_gemm_run_jobs): nt jobs on nt threads.
  *
- * Packed layout of E matrices W_e (K,N) row-major: for each expert, blocks of MOE_GEMM_BN
- * columns (the last one N mod MOE_GEMM_BN wide), each block (K, width) row-major, so a block
- * is one contiguous column-major (width x K) operand of libxsmm's kernel.
+ * Packed layout of E matrices W_e (K,N) row-major: for each expert, blocks of
+ * moe_gemm_block_cols() columns (the last one the rest of N), each block (K, width) row-major,
+ * so a block is one contiguous column-major (width x K) operand of libxsmm's kernel.
  * Bits: rows run in blocks of MOE_GEMM_BR from the first row of each call, the rest through the
  * kernel for that many rows; a row's output depends on its input row and on the kernel its
  * block runs through, not on the other rows. The layer keeps calls on the same row boundaries
@@ -22,15 +22,20 @@
 #include <stddef.h>
 
 enum { MOE_GEMM_OPENBLAS = 0, MOE_GEMM_LIBXSMM = 1 };
-enum { MOE_GEMM_BN = 64, MOE_GEMM_BR = 16 }; /* columns per block, rows per kernel call */
+enum { MOE_GEMM_BR = 16 }; /* rows per kernel call */
 
 typedef struct moe_gemm_pack moe_gemm_pack;
 
 /* 1 if this build has libxsmm and it generates kernels for this CPU. */
 int moe_gemm_libxsmm_available(void);
-/* The backend a new layer takes (moe_layer_alloc): libxsmm where it is available and runs
- * AVX-512 kernels on this CPU, OpenBLAS elsewhere (layer_gemm.c has the measurements). */
+/* The backend a new layer takes (moe_layer_alloc): libxsmm where it is available, OpenBLAS
+ * elsewhere (layer_gemm.c has the measurements). */
 int moe_gemm_default(void);
+/* Columns per block of the packed weights: 64 where libxsmm runs AVX-512 kernels, 32 where it
+ * runs AVX2 ones (layer_gemm.c says why). Each output element is one dot product over K in the
+ * kernel, whatever block its column falls in: libxsmm's AVX2 kernels gave the same bits with
+ * blocks of 16, 32 and 64 columns (checked once on 16 rows x 512 x 2048). */
+size_t moe_gemm_block_cols(void);
 /* "libxsmm 1.17.0 (cpx)" or "OpenBLAS" for the backend id b. */
 const char *moe_gemm_backend_name(int b);
 /* 1 if the packed kernels prefetch each next column block of the weights on this CPU (Intel),
