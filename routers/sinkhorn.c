@@ -27,7 +27,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -44,13 +44,15 @@
  * a thread prefers its own column range, then the next row task, at most SK_AHEAD blocks
  * ahead of the slowest column range, so that a block is still in cache when its columns are
  * summed), so a part that moe_par_run runs on the calling thread finishes the sweep alone.
- * Each row sum runs over e in order (eight rows in the lanes of one vector: products, then
- * additions, never fused), each column sum over t in order: the values do not depend on the
+ * Each row sum runs over e in order (eight rows in the lanes of one AVX-512 vector or of two
+ * AVX2 ones: products, then additions, never fused), each column sum over t in order (blocks of
+ * columns in registers through a block's rows: 128 with AVX-512, 32 with AVX2): the values do not depend on the
  * number of threads, the block size or who ran which task, and equal those of the two-pass
  * loop of sinkhorn.h, whose iterations moe_sinkhorn_balance counts in iters. */
 
 enum { SK_ROWS = 8, SK_COLS = 128, SK_BLOCK_BYTES = 1 << 19, SK_BLOCK_MAX = 4096,
        SK_AHEAD = 2, SK_RING = 4 };
+enum { SK_COLS4 = 8 }; /* AVX2: column sums of 4 SK_COLS4 columns in registers */
 
 typedef struct {
     const double *L;
@@ -98,6 +100,27 @@ static void sk_sum8(const double *k, int E, const double *d1, double *s)
             acc = _mm512_add_pd(acc, _mm512_shuffle_f64x2(a[j], a[4 + j], 0xee));
     }
     _mm512_storeu_pd(s, acc);
+#elif defined(__AVX2__)
+    __m256d acc[2] = {_mm256_setzero_pd(), _mm256_setzero_pd()}; /* rows 0-3, rows 4-7 */
+    for (; e + 4 <= E; e += 4) {
+        const __m256d w = _mm256_loadu_pd(d1 + e);
+        _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {
+            __m256d p[4], t[4];
+            _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) /* row 4h + r, columns e..e+3 */
+                p[r] = _mm256_mul_pd(_mm256_loadu_pd(k + (size_t)(4 * h + r) * E + e), w);
+            t[0] = _mm256_unpacklo_pd(p[0], p[1]); /* columns 0, 2 of rows 0, 1 */
+            t[1] = _mm256_unpackhi_pd(p[0], p[1]); /* columns 1, 3 */
+            t[2] = _mm256_unpacklo_pd(p[2], p[3]);
+            t[3] = _mm256_unpackhi_pd(p[2], p[3]);
+            /* columns 0, 1, 2, 3 of the four rows, added in that order */
+            acc[h] = _mm256_add_pd(acc[h], _mm256_permute2f128_pd(t[0], t[2], 0x20));
+            acc[h] = _mm256_add_pd(acc[h], _mm256_permute2f128_pd(t[1], t[3], 0x20));
+            acc[h] = _mm256_add_pd(acc[h], _mm256_permute2f128_pd(t[0], t[2], 0x31));
+            acc[h] = _mm256_add_pd(acc[h], _mm256_permute2f128_pd(t[1], t[3], 0x31));
+        }
+    }
+    _mm256_storeu_pd(s, acc[0]);
+    _mm256_storeu_pd(s + 4, acc[1]);
 #else
     for (int r = 0; r < SK_ROWS; r++)
         s[r] = 0.0;
@@ -162,6 +185,27 @@ static void sk_cols(const sk_job *j, long lo, long hi, const double *d0, long e0
         }
         for (int v = 0; v < 4; v++)
             _mm512_storeu_pd(cs + e + 8 * v, acc[v]);
+    }
+#elif defined(__AVX2__)
+    for (; e + 4 * SK_COLS4 <= e1; e += 4 * SK_COLS4) {
+        __m256d acc[SK_COLS4];
+        _Pragma("GCC unroll 12") for (int v = 0; v < SK_COLS4; v++)
+            acc[v] = _mm256_loadu_pd(cs + e + 4 * v);
+        for (long t = lo; t < hi; t++) {
+            const double *kt = j->K + (size_t)t * E + e;
+            const __m256d d = _mm256_set1_pd(d0[t - lo]);
+            _Pragma("GCC unroll 12") for (int v = 0; v < SK_COLS4; v++)
+                acc[v] = _mm256_add_pd(acc[v], _mm256_mul_pd(d, _mm256_loadu_pd(kt + 4 * v)));
+        }
+        _Pragma("GCC unroll 12") for (int v = 0; v < SK_COLS4; v++)
+            _mm256_storeu_pd(cs + e + 4 * v, acc[v]);
+    }
+    for (; e + 4 <= e1; e += 4) {
+        __m256d acc = _mm256_loadu_pd(cs + e);
+        for (long t = lo; t < hi; t++)
+            acc = _mm256_add_pd(acc, _mm256_mul_pd(_mm256_set1_pd(d0[t - lo]),
+                                                   _mm256_loadu_pd(j->K + (size_t)t * E + e)));
+        _mm256_storeu_pd(cs + e, acc);
     }
 #endif
     for (long t = lo; e < e1 && t < hi; t++) {
