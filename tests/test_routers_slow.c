@@ -6,8 +6,8 @@
  *     threads, on shapes with row tails (n = 5003: the last row block short, pieces of blocks
  *     that are not multiples of eight rows) and column tails (E = 37; E = 300: a full
  *     128-column block and a tail per thread with AVX-512, blocks of 32 and a tail with
- *     AVX2; E = 256: 128 columns per range on two threads, the experiments' shape), and on n = 7 rows cut into pieces of two or three rows (every
- *     grain 1);
+ *     AVX2; E = 256: 128 columns per range on two threads, the experiments' shape), and on
+ *     n = 7 rows cut into pieces of two or three rows (every grain 1);
  *   - dropless, token_major plans (entries in token order, slot = the expert's claims so far)
  *     built from a stable descending argsort (moe_argsort_desc) of the definition's scores:
  *     topp (softmax p, claimed until the cumulative p reaches top_p), relu (logits > 0), both also
