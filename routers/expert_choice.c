@@ -17,7 +17,7 @@
 
 #include <math.h>
 #include <stdlib.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -148,6 +148,19 @@ static void ec_row(const ec_job *j, moe_cand *lists, long *cnt, double *thr, lon
         while (m) {
             const int q = e + __builtin_ctz(m);
             m &= (__mmask8)(m - 1);
+            ec_offer(j, lists + (size_t)q * j->room, cnt + q, thr + q, cap, scr, row[q], t);
+        }
+    }
+#elif defined(__AVX2__)
+    for (; e + 8 <= E; e += 8) { /* an offer changes only its own expert's threshold */
+        unsigned m = (unsigned)_mm256_movemask_pd(_mm256_cmp_pd(
+                         _mm256_loadu_pd(row + e), _mm256_loadu_pd(thr + e), _CMP_GT_OQ)) |
+                     (unsigned)_mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(row + e + 4),
+                                                                _mm256_loadu_pd(thr + e + 4),
+                                                                _CMP_GT_OQ)) << 4;
+        while (m) {
+            const int q = e + __builtin_ctz(m);
+            m &= m - 1;
             ec_offer(j, lists + (size_t)q * j->room, cnt + q, thr + q, cap, scr, row[q], t);
         }
     }

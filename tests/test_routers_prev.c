@@ -117,6 +117,33 @@ static int cand_cmp(const void *a, const void *b)
     return moe_cand_better(*x, *y) ? -1 : moe_cand_better(*y, *x) ? 1 : 0;
 }
 
+/* moe_cand_cut (colselect.h) on a copy b of a (m), 1 <= k < m, want = a sorted: it keeps c >= k
+ * candidates, the ones of a with a score above x in a's order, and the best k among them;
+ * when the sample found no x (many equal scores) it keeps just the best k, x the k-th score. */
+static int cut_keeps_best(const moe_cand *a, long m, long k, const moe_cand *want, moe_cand *b,
+                          moe_cand *tmp)
+{
+    memcpy(b, a, (size_t)m * sizeof *a);
+    double x;
+    const long c = moe_cand_cut(b, m, k, &x, tmp);
+    if (c < k || c > m)
+        return 0;
+    long above = 0; /* the candidates of a above x, in order, are b[0..above) */
+    int in_order = 1;
+    for (long i = 0; i < m; i++)
+        if (a[i].v > x) {
+            in_order &= above < c && b[above].v == a[i].v && b[above].t == a[i].t;
+            above++;
+        }
+    if (!(c == k ? above <= k : in_order && above == c))
+        return 0;
+    qsort(b, (size_t)c, sizeof *b, cand_cmp);
+    for (long i = 0; i < k; i++)
+        if (b[i].v != want[i].v || b[i].t != want[i].t)
+            return 0;
+    return 1;
+}
+
 /* Lists of 1..3000 candidates in patterns that defeat simple pivots (sorted, reversed, all
  * scores equal with tokens shuffled or reversed, organ pipe, few distinct scores, random):
  * moe_cand_sort gives qsort's order of the total order; moe_cand_select(k) leaves at a[k-1]
@@ -126,7 +153,7 @@ static void test_colselect(void)
     enum { M = 3000 };
     static moe_cand a[M], b[M], want[M], tmp[M];
     gsl_rng *g = moe_rng_alloc(31, 1);
-    int bad_sort = 0, bad_sel = 0, lists = 0;
+    int bad_sort = 0, bad_sel = 0, bad_cut = 0, lists = 0;
     static const int lens[] = {1, 2, 3, 15, 16, 17, 100, 999, M};
     for (int il = 0; il < 9; il++)
         for (int pat = 0; pat < 7; pat++) {
@@ -154,12 +181,16 @@ static void test_colselect(void)
                 qsort(b, (size_t)k, sizeof *b, cand_cmp);
                 ok = ok && memcmp(b, want, (size_t)k * sizeof *b) == 0;
                 bad_sel += !ok;
+                if (k < m) /* the cut keeps the best k: the first k of its list sorted */
+                    bad_cut += !cut_keeps_best(a, m, k, want, b, tmp);
             }
             lists++;
         }
     CHECK(bad_sort == 0, "moe_cand_sort: %d of %d lists out of qsort's order", bad_sort, lists);
     CHECK(bad_sel == 0, "moe_cand_select: %d of %d selections differ from qsort's first k",
           bad_sel, 4 * lists);
+    CHECK(bad_cut == 0, "moe_cand_cut: %d cuts lost one of the best k or kept one below x",
+          bad_cut);
     gsl_rng_free(g);
 }
 
