@@ -33,7 +33,8 @@ void moe_cand_select(moe_cand *a, long m, long k, moe_cand *tmp);
  * about k + (m - k) / 4 stay; when no sampled score will do (many equal scores), the best k
  * stay (moe_cand_select) and x is the k-th best's score. Returns the number kept; *x = x. A
  * candidate with a score <= x cannot be among the best k of the list, nor of the list with
- * later tokens added. Vector compares (eight lanes with AVX-512, four with AVX2). tmp (m): scratch. */
+ * later tokens added. Vector compares (eight lanes with AVX-512, four with AVX2). tmp (m):
+ * scratch. */
 long moe_cand_cut(moe_cand *a, long m, long k, double *x, moe_cand *tmp);
 
 /* Sort a (m) best first (merge sort, O(m log m)); tmp (m): scratch. */
