@@ -363,7 +363,8 @@ static void rows_part(void *arg, int i, int np)
                     .istop = j->istop ? j->istop + t0 : NULL,
                     .pmax = j->pmax ? j->pmax + t0 : NULL,
                     .xfirst = j->first ? j->c->expert + t0 : NULL,
-                    .pfirst = j->first ? j->c->gate + t0 : NULL, .slow = &slow});
+                    .pfirst = j->first ? j->c->gate + t0 : NULL, .slow = &slow,
+                    .num = j->c->num ? j->c->num + (size_t)t0 * E : NULL});
         if (j->row == moe_claims_row_first) /* one loop, no call per token */
             rows_first(j->c, t0, t1, j->logits, p0);
         for (long t = t0; j->row && j->row != moe_claims_row_first &&

@@ -47,6 +47,10 @@ typedef struct {
      * its division: moe_softmax_rows_more), for rows_chunk to make the gates from without
      * taking them again */
     void (*rows_select)(void *ctx, long t0, long t1);
+    const double *num;    /* set by a router, or NULL: (n, E) the numerators exp(L - rowmax)
+                           * of the rows pass's softmax (moe_vexp_shift of each row with its
+                           * moe_vmax), when the router has them already (sinkhorn's K): the
+                           * softmax copies them instead of taking the exponentials again */
     int top2_rows;        /* set by a router with K = 2 at E = 8: the rows pass's softmax also
                            * leaves each row's two largest logits in expert and gate
                            * (moe_softmax_rows8_top2: expert[2t] = -1 for a row it declines)

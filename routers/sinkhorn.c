@@ -468,7 +468,10 @@ static int sinkhorn_claims(sinkhorn_ws *w, const moe_route_in *in, moe_plan *pla
     else
         cl->keep_p = 1;
     cl->stats_in_rows = on_rows; /* the rows leave their claims final */
-    if ((rc = moe_claims_rows(cl, in->logits, n, on_rows ? sinkhorn_row : NULL, w, plan)))
+    cl->num = w->K; /* the softmax's numerators: K is exp(L - rowmax), taken the same way */
+    rc = moe_claims_rows(cl, in->logits, n, on_rows ? sinkhorn_row : NULL, w, plan);
+    cl->num = NULL;
+    if (rc)
         return rc;
     for (int t = 0; !on_rows && t < n; t++)
         sinkhorn_token(w, t, in->logits + (size_t)t * E, cl->p + (size_t)t * E, w->key);

@@ -747,7 +747,7 @@ sm_rows8c(const double *x, int nrows, double *p, double *lse, double *mx, int32_
 static inline __attribute__((always_inline)) void
 sm_rows_gen(const double *x, int nrows, int len, double *p, double *lse, double *mx,
             const int32_t *sel, int k, double *esel, int esel_max, uint8_t *istop, int32_t *pmax,
-            int32_t *xfirst, double *pfirst, int *slow, const int longrows)
+            int32_t *xfirst, double *pfirst, int *slow, const double *num, const int longrows)
 {
     enum { RW = 8, PD = 4 };
     for (int r0 = 0; r0 < nrows; r0 += RW) {
@@ -767,7 +767,12 @@ sm_rows_gen(const double *x, int nrows, int len, double *p, double *lse, double 
                  longrows && r0 + j + PD < nrows && q < o + (size_t)(PD + 1) * len; q += 8)
                 __builtin_prefetch(x + q);
             m[j] = esel_max ? esel[(size_t)(r0 + j) * k] : moe_vmax(x + o, len);
-            *slow |= vx_shift(x + o, len, m[j], p + o);
+            if (num) { /* the numerators known: the finiteness check then scans the rows */
+                memcpy(p + o, num + o, (size_t)len * sizeof *p);
+                *slow = 1;
+            } else {
+                *slow |= vx_shift(x + o, len, m[j], p + o);
+            }
             pr[j] = p + o;
             if (xfirst)
                 xfirst[r0 + j] = moe_select_first_eq(x + o, len, m[j]);
@@ -802,21 +807,21 @@ sm_rows_gen(const double *x, int nrows, int len, double *p, double *lse, double 
 static __attribute__((noinline)) void
 sm_rows_long(const double *x, int nrows, int len, double *p, double *lse, double *mx,
              const int32_t *sel, int k, double *esel, int esel_max, uint8_t *istop,
-             int32_t *pmax, int32_t *xfirst, double *pfirst, int *slow)
+             int32_t *pmax, int32_t *xfirst, double *pfirst, int *slow, const double *num)
 {
     sm_rows_gen(x, nrows, len, p, lse, mx, sel, k, esel, esel_max, istop, pmax, xfirst, pfirst,
-                slow, 1);
+                slow, num, 1);
 }
 
 /* moe_softmax_rows_max, and moe_softmax_rows_more's esel (with sel), istop (with sel), pmax,
  * xfirst and pfirst (pfirst only with xfirst). */
 static void sm_rows(const double *x, int nrows, int len, double *p, double *lse, double *mx,
                     const int32_t *sel, int k, double *esel, int esel_max, uint8_t *istop,
-                    int32_t *pmax, int32_t *xfirst, double *pfirst, int *slow)
+                    int32_t *pmax, int32_t *xfirst, double *pfirst, int *slow, const double *num)
 {
     int first = 0;
 #if defined(__AVX512F__)
-    if (len == 8) { /* then the rest, fewer than eight rows, below */
+    if (len == 8 && !num) { /* then the rest, fewer than eight rows, below */
         first = sel      ? sm_rows8(x, nrows, p, lse, mx, NULL, NULL, sel, k, esel, istop, pmax,
                                     xfirst, pfirst, slow)
                 : xfirst ? sm_rows8c(x, nrows, p, lse, mx, pmax, xfirst, pfirst, slow)
@@ -836,10 +841,10 @@ static void sm_rows(const double *x, int nrows, int len, double *p, double *lse,
     nrows -= first;
     if (len >= 32)
         sm_rows_long(x, nrows, len, p, lse, mx, sel, k, esel, esel_max, istop, pmax, xfirst,
-                     pfirst, slow);
+                     pfirst, slow, num);
     else
         sm_rows_gen(x, nrows, len, p, lse, mx, sel, k, esel, esel_max, istop, pmax, xfirst,
-                    pfirst, slow, 0);
+                    pfirst, slow, num, 0);
 }
 
 int moe_softmax_finite(const double *x, size_t len, int slow)
@@ -851,7 +856,7 @@ void moe_softmax_rows_max(const double *x, int nrows, int len, double *p, double
                           double *mx)
 {
     int slow = 0;
-    sm_rows(x, nrows, len, p, lse, mx, NULL, 0, NULL, 0, NULL, NULL, NULL, NULL, &slow);
+    sm_rows(x, nrows, len, p, lse, mx, NULL, 0, NULL, 0, NULL, NULL, NULL, NULL, &slow, NULL);
 }
 
 void moe_softmax_rows_more(const double *x, int nrows, int len, double *p,
@@ -860,7 +865,7 @@ void moe_softmax_rows_more(const double *x, int nrows, int len, double *p,
     int slow = 0;
     sm_rows(x, nrows, len, p, o->lse, o->mx, o->sel, o->sel ? o->k : 0, o->sel ? o->esel : NULL,
             o->sel && o->esel_max, o->sel ? o->istop : NULL, o->pmax, o->xfirst,
-            o->xfirst ? o->pfirst : NULL, &slow);
+            o->xfirst ? o->pfirst : NULL, &slow, o->num);
     if (o->slow)
         *o->slow |= slow;
 }
@@ -887,7 +892,7 @@ static int sm_rows8_top2_lanes(const double *x, int nrows, double *p, double *ls
         }
         sm_rows(x + (size_t)r0 * 8, nb, 8, p + (size_t)r0 * 8, lse ? lse + r0 : NULL, mx + r0,
                 idx2 + 2 * (size_t)r0, 2, e2 + 2 * (size_t)r0, 0, istop ? istop + r0 : NULL,
-                NULL, NULL, NULL, slow);
+                NULL, NULL, NULL, slow, NULL);
         for (int j = 0; j < nb; j++)
             if (declined[j]) {
                 idx2[2 * (size_t)(r0 + j)] = -1;

@@ -77,9 +77,12 @@ typedef struct {
     double *pfirst;     /* mx (moe_select_first_eq, select.h) and its p; -1 (pfirst unset) for
                          * a row where no value equals it (a NaN) */
     int *slow;          /* set to 1 when some x - max left the vector exponential's fast range
-                         * (or went to the C library's exp), else left as it was: while it
-                         * stays 0, every x of the rows is finite (an infinite or NaN x, or
-                         * max, makes x - max infinite or NaN) */
+                         * (or went to the C library's exp), or when num is given; else left as
+                         * it was: while it stays 0, every x of the rows is finite (an infinite
+                         * or NaN x, or max, makes x - max infinite or NaN) */
+    const double *num;  /* (nrows, len) or NULL: the rows' numerators exp(x - max), max the
+                         * moe_vmax of each row, computed already by moe_vexp_shift (the same
+                         * doubles this softmax would take), which it copies instead */
 } moe_softmax_more;
 
 /* moe_softmax_rows_max with the outputs of o: p, lse and mx the same doubles. */

@@ -172,6 +172,39 @@ static void cmp_top2(const char *what, const double *x, int nrows)
           nrows, bad);
 }
 
+/* The numerators given (num: each row's moe_vexp_shift by its moe_vmax, as sinkhorn's K): every
+ * output the same bits as the softmax's own (p, lse, mx, es, ist, pmax, xf, pf, from cmp_more's
+ * call with the same sel), and slow set when there are rows, so that they are then scanned for
+ * non-finite logits. One check. */
+static void cmp_more_num(const char *what, const double *x, int nrows, int len, int k,
+                         const int32_t *sel, const double *p, const double *lse,
+                         const double *mx, const double *es, const uint8_t *ist,
+                         const int32_t *pmax, const int32_t *xf, const double *pf)
+{
+    static double num[BLK], p3[BLK], lse3[BLK / 8], mx3[BLK / 8], es3[BLK], pf3[BLK];
+    static int32_t pmax3[BLK], xf3[BLK];
+    static uint8_t ist3[BLK / 8];
+    for (int t = 0; t < nrows; t++)
+        moe_vexp_shift(x + (size_t)t * len, len, moe_vmax(x + (size_t)t * len, len),
+                       num + (size_t)t * len);
+    int slow = 0;
+    moe_softmax_rows_more(x, nrows, len, p3,
+                          &(moe_softmax_more){.lse = lse3, .mx = mx3, .sel = k ? sel : NULL,
+                                              .k = k, .esel = es3, .istop = ist3, .pmax = pmax3,
+                                              .xfirst = xf3, .pfirst = pf3, .slow = &slow,
+                                              .num = num});
+    int bad = -1;
+    for (int t = 0; t < nrows && bad < 0; t++)
+        if (memcmp(p3 + (size_t)t * len, p + (size_t)t * len, (size_t)len * sizeof *p) ||
+            bits(lse3[t]) != bits(lse[t]) || bits(mx3[t]) != bits(mx[t]) ||
+            memcmp(es3 + (size_t)t * k, es + (size_t)t * k, (size_t)k * sizeof *es) ||
+            (k && ist3[t] != ist[t]) || pmax3[t] != pmax[t] || xf3[t] != xf[t] ||
+            (xf[t] >= 0 && bits(pf3[t]) != bits(pf[t])))
+            bad = t;
+    CHECK(bad < 0 && slow == (nrows > 0), "%s: %d rows of %d, %d columns each, numerators "
+          "given: row %d differs from the softmax's own, slow %d", what, nrows, len, k, bad, slow);
+}
+
 /* moe_softmax_rows_more on nrows rows of len, with k columns sel per row (drawn from r, repeats
  * allowed, every other row its k largest by moe_select_topk; none for k = 0), each row's argmax
  * of p and first index of its maximum, against its definition: p, lse and mx those of
@@ -225,6 +258,7 @@ static void cmp_more(const char *what, const double *x, int nrows, int len, int 
     CHECK(bad < 0, "%s: %d rows of %d, %d columns each: row %d differs from the softmax, exp, "
           "the argmax of p, is_top and the first index of the maximum apart", what, nrows, len,
           k, bad);
+    cmp_more_num(what, x, nrows, len, k, sel, p, lse, mx, es, ist, pmax, xf, pf);
     if (k == 0)
         return;
     /* esel_max: each row's maximum given in esel[t * k] (by a scalar loop; a row with a NaN
