@@ -716,6 +716,70 @@ static int sel_top2_lanes(const double *v, int len, int32_t *f_out, int32_t *g_o
     *f_out = f, *g_out = g;
     return 1;
 }
+
+/* Without AVX-512: the k largest of v[0..len), 3 <= k <= 8, len >= 8, ties to the lower index,
+ * in four lanes. thr = the smallest of eight lanes' maxima over the row's whole blocks of eight
+ * (lane l: the elements at 8q + l): eight elements at distinct places, so at least k of the
+ * row are >= thr and so is every element of the answer. The elements >= thr are the
+ * candidates, in index order (about 17 of 64 Gaussian values, 19 of 256); each one's rank in
+ * the order (value descending, then index) is counted against all of them, without a branch,
+ * and those of rank < k are the answer. 0 (nothing written) for a row holding a NaN or with
+ * more than SEL_MAX_CAND candidates (many equal values). */
+static int sel_topk_lanes(const double *v, int len, int k, int32_t *idx, double *val)
+{
+    __m256d a = _mm256_loadu_pd(v), b = _mm256_loadu_pd(v + 4);
+    for (int e = 8; e + 8 <= len; e += 8) {
+        a = _mm256_max_pd(a, _mm256_loadu_pd(v + e));
+        b = _mm256_max_pd(b, _mm256_loadu_pd(v + e + 4));
+    }
+    __m256d t = _mm256_min_pd(a, b); /* (a NaN here: the scan below declines the row) */
+    t = _mm256_min_pd(t, _mm256_permute2f128_pd(t, t, 1));
+    t = _mm256_min_pd(t, _mm256_permute_pd(t, 5));
+    const double thr = _mm256_cvtsd_f64(t);
+    const __m256d tv = _mm256_set1_pd(thr);
+    double cv[SEL_MAX_CAND + 4];
+    int32_t ci[SEL_MAX_CAND];
+    __m256d nan = _mm256_setzero_pd();
+    int m = 0, e = 0;
+    for (; e + 4 <= len; e += 4) {
+        const __m256d x = _mm256_loadu_pd(v + e);
+        nan = _mm256_or_pd(nan, _mm256_cmp_pd(x, x, _CMP_UNORD_Q));
+        for (int c = _mm256_movemask_pd(_mm256_cmp_pd(x, tv, _CMP_GE_OQ)); c; c &= c - 1) {
+            if (m == SEL_MAX_CAND)
+                return 0;
+            ci[m] = e + __builtin_ctz((unsigned)c);
+            cv[m] = v[ci[m]];
+            m++;
+        }
+    }
+    for (; e < len; e++) {
+        if (v[e] != v[e])
+            return 0;
+        if (v[e] >= thr) {
+            if (m == SEL_MAX_CAND)
+                return 0;
+            ci[m] = e, cv[m++] = v[e];
+        }
+    }
+    if (_mm256_movemask_pd(nan))
+        return 0;
+    for (int j = m; j < m + 4; j++) /* read by the last vector below, never counted */
+        cv[j] = -INFINITY;
+    for (int i = 0; i < m; i++) {
+        const __m256d x = _mm256_set1_pd(cv[i]);
+        int r = 0;
+        for (int j = 0; j < m; j += 4) { /* above x, or equal and earlier */
+            const __m256d c = _mm256_loadu_pd(cv + j);
+            const int before = i - j >= 4 ? 15 : i - j <= 0 ? 0 : (1 << (i - j)) - 1;
+            const int gt = _mm256_movemask_pd(_mm256_cmp_pd(c, x, _CMP_GT_OQ));
+            const int eq = _mm256_movemask_pd(_mm256_cmp_pd(c, x, _CMP_EQ_OQ));
+            r += __builtin_popcount((unsigned)gt) + __builtin_popcount((unsigned)(eq & before));
+        }
+        if (r < k)
+            idx[r] = ci[i], val[r] = cv[i];
+    }
+    return 1;
+}
 #endif
 
 int moe_select_top2(const double *x, int len, double mx, int32_t *e1, int32_t *e2)
@@ -763,6 +827,8 @@ int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
         val[0] = v[idx[0]], val[1] = v[idx[1]];
         return 1;
     }
+    if (k >= 3 && k <= 8 && len >= 8 && len <= SEL_MAX_LEN)
+        return sel_topk_lanes(v, len, k, idx, val);
 #endif
     (void)v, (void)len, (void)k, (void)idx, (void)val;
     return 0;

@@ -9,8 +9,8 @@
  * stable descending argsort): idx (k) their indices, val (k) their values. Returns 1 when done,
  * 0 when the row is outside the vector path (no AVX-512, k outside 1..8, len outside 8..1024,
  * more than 64 elements at or above the threshold of the method, a NaN) and nothing was
- * written: the caller then selects another way. Without AVX-512 but with AVX2 it takes k = 2
- * only (four lanes of two), for len 8..1024 and no NaN. */
+ * written: the caller then selects another way. Without AVX-512 but with AVX2 it takes k = 2..8
+ * (four lanes; k = 3..8 decline above 64 candidates, as above), for len 8..1024 and no NaN. */
 int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val);
 
 /* moe_select_topk of each of the n rows v (n, len): row t's answer at idx + t * k and val +
