@@ -18,6 +18,12 @@ int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val);
  * idx[t * k] = -1 and nothing else written. */
 void moe_select_topk_rows(const double *v, long n, int len, int k, int32_t *idx, double *val);
 
+/* Each of the n rows of eight x (n, 8): its two largest as moe_select_topk with k = 2 gives
+ * them, in idx2[2r], idx2[2r + 1], and ok[r] = 1; ok[r] = 0 (idx2 of the row unset) where
+ * moe_select_topk declines the row (a NaN; every row without AVX2 or AVX-512). With AVX2 and
+ * no AVX-512 four rows at a time, as columns. */
+void moe_select_top2_rows8(const double *x, int n, int32_t *idx2, uint8_t *ok);
+
 /* The index of the largest of x[0..len) other than x[skip] (skip -1: none), ties to the lower
  * index (-0.0 and +0.0 equal), exactly as moe_claims_argmax's scalar loop; -1 when there is no
  * element, -2 when the row holds a NaN or there is no AVX-512 (the caller then scans). */

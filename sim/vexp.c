@@ -871,30 +871,27 @@ void moe_softmax_rows_more(const double *x, int nrows, int len, double *p,
 }
 
 #if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
-/* moe_softmax_rows8_top2 without AVX-512: each row's two by moe_select_topk (four lanes, ties
- * to the lower index: the two moe_select_top2_8 takes from the row's maximum), then the rows'
- * softmax with those as its selected columns, which keeps their numerators (e2) and tells
- * istop; a row holding a NaN (declined) has its columns 0 and 1 stand in, then idx2 = -1 and
- * istop 0. Every row; returns nrows. */
+/* moe_softmax_rows8_top2 without AVX-512: each row's two by moe_select_top2_rows8 (four rows
+ * at a time, ties to the lower index: the two moe_select_top2_8 takes from the row's
+ * maximum), then the rows' softmax with those as its selected columns, which keeps their
+ * numerators (e2) and tells istop; a row holding a NaN (declined) has its columns 0 and 1
+ * stand in, then idx2 = -1 and istop 0. Every row; returns nrows. */
 static int sm_rows8_top2_lanes(const double *x, int nrows, double *p, double *lse, double *mx,
                                int32_t *idx2, double *e2, uint8_t *istop, int *slow)
 {
     enum { B = 64 };
     for (int r0 = 0; r0 < nrows; r0 += B) {
         const int nb = nrows - r0 < B ? nrows - r0 : B;
-        uint8_t declined[B];
-        for (int j = 0; j < nb; j++) {
-            int32_t *e = idx2 + 2 * (size_t)(r0 + j);
-            double v2[2];
-            declined[j] = !moe_select_topk(x + (size_t)(r0 + j) * 8, 8, 2, e, v2);
-            if (declined[j])
-                e[0] = 0, e[1] = 1;
-        }
+        uint8_t ok[B];
+        moe_select_top2_rows8(x + (size_t)r0 * 8, nb, idx2 + 2 * (size_t)r0, ok);
+        for (int j = 0; j < nb; j++)
+            if (!ok[j])
+                idx2[2 * (size_t)(r0 + j)] = 0, idx2[2 * (size_t)(r0 + j) + 1] = 1;
         sm_rows(x + (size_t)r0 * 8, nb, 8, p + (size_t)r0 * 8, lse ? lse + r0 : NULL, mx + r0,
                 idx2 + 2 * (size_t)r0, 2, e2 + 2 * (size_t)r0, 0, istop ? istop + r0 : NULL,
                 NULL, NULL, NULL, slow, NULL);
         for (int j = 0; j < nb; j++)
-            if (declined[j]) {
+            if (!ok[j]) {
                 idx2[2 * (size_t)(r0 + j)] = -1;
                 if (istop)
                     istop[r0 + j] = 0;
