@@ -812,15 +812,14 @@ static void sel_top2_rows4(const double *x, int32_t *idx2, uint8_t *ok)
             r[i] = _mm256_loadu_pd(x + 8 * i + 4 * h);
         sel_transpose4(r, c + 4 * h);
     }
-    __m256d nan = _mm256_cmp_pd(c[0], c[0], _CMP_UNORD_Q);
+    __m256d nan = _mm256_setzero_pd();
+    for (int e = 0; e < 8; e++)
+        nan = _mm256_or_pd(nan, _mm256_cmp_pd(c[e], c[e], _CMP_UNORD_Q));
     const __m256d gt = _mm256_cmp_pd(c[1], c[0], _CMP_GT_OQ);
     __m256d f = _mm256_blendv_pd(c[0], c[1], gt), g = _mm256_blendv_pd(c[1], c[0], gt);
     __m256d fi = _mm256_blendv_pd(_mm256_setzero_pd(), _mm256_set1_pd(1.0), gt);
     __m256d gi = _mm256_blendv_pd(_mm256_set1_pd(1.0), _mm256_setzero_pd(), gt);
-    for (int e = 1; e < 8; e++) {
-        nan = _mm256_or_pd(nan, _mm256_cmp_pd(c[e], c[e], _CMP_UNORD_Q));
-        if (e == 1)
-            continue;
+    for (int e = 2; e < 8; e++) {
         const __m256d at = _mm256_set1_pd((double)e);
         const __m256d gt1 = _mm256_cmp_pd(c[e], f, _CMP_GT_OQ);
         const __m256d gt2 = _mm256_cmp_pd(c[e], g, _CMP_GT_OQ);

@@ -45,10 +45,11 @@
  * ahead of the slowest column range, so that a block is still in cache when its columns are
  * summed), so a part that moe_par_run runs on the calling thread finishes the sweep alone.
  * Each row sum runs over e in order (eight rows in the lanes of one AVX-512 vector or of two
- * AVX2 ones: products, then additions, never fused), each column sum over t in order (blocks of
- * columns in registers through a block's rows: 128 with AVX-512, 32 with AVX2): the values do not depend on the
- * number of threads, the block size or who ran which task, and equal those of the two-pass
- * loop of sinkhorn.h, whose iterations moe_sinkhorn_balance counts in iters. */
+ * AVX2 ones: products, then additions, never fused), each column sum over t in order (blocks
+ * of columns in registers through a block's rows: 128 with AVX-512, 32 with AVX2): the values
+ * do not depend on the number of threads, the block size or who ran which task, and equal
+ * those of the two-pass loop of sinkhorn.h, whose iterations moe_sinkhorn_balance counts in
+ * iters. */
 
 enum { SK_ROWS = 8, SK_COLS = 128, SK_BLOCK_BYTES = 1 << 19, SK_BLOCK_MAX = 4096,
        SK_AHEAD = 2, SK_RING = 4 };
@@ -189,15 +190,15 @@ static void sk_cols(const sk_job *j, long lo, long hi, const double *d0, long e0
 #elif defined(__AVX2__)
     for (; e + 4 * SK_COLS4 <= e1; e += 4 * SK_COLS4) {
         __m256d acc[SK_COLS4];
-        _Pragma("GCC unroll 12") for (int v = 0; v < SK_COLS4; v++)
+        _Pragma("GCC unroll 8") for (int v = 0; v < SK_COLS4; v++)
             acc[v] = _mm256_loadu_pd(cs + e + 4 * v);
         for (long t = lo; t < hi; t++) {
             const double *kt = j->K + (size_t)t * E + e;
             const __m256d d = _mm256_set1_pd(d0[t - lo]);
-            _Pragma("GCC unroll 12") for (int v = 0; v < SK_COLS4; v++)
+            _Pragma("GCC unroll 8") for (int v = 0; v < SK_COLS4; v++)
                 acc[v] = _mm256_add_pd(acc[v], _mm256_mul_pd(d, _mm256_loadu_pd(kt + 4 * v)));
         }
-        _Pragma("GCC unroll 12") for (int v = 0; v < SK_COLS4; v++)
+        _Pragma("GCC unroll 8") for (int v = 0; v < SK_COLS4; v++)
             _mm256_storeu_pd(cs + e + 4 * v, acc[v]);
     }
     for (; e + 4 <= e1; e += 4) {

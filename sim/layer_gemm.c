@@ -114,19 +114,19 @@ int moe_gemm_libxsmm_available(void)
  * of OpenBLAS per expert. On an AMD EPYC without AVX-512 (Zen 3, family 19h model 01h, where
  * libxsmm generates AVX2 "hsw" kernels and OpenBLAS runs its Zen ones) they are too, with column
  * blocks of 32 (moe_gemm_block_cols): per-expert GEMM pairs of 128 rows (E = 64, d = 512,
- * f = 2048, two threads, one per expert, the two backends alternated in one process, best of 9)
- * came to 0.98-1.00 of the dense pair against 0.90-0.94 for OpenBLAS; at 1024 and 2048 rows an
- * expert both matched the dense pair (1.00-1.01). */
+ * f = 2048, two workers, each GEMM on one thread, the backends alternated in one process, best
+ * of 9) came to 0.98-1.00 of the dense pair against 0.90-0.94 for OpenBLAS; at 1024 and 2048
+ * rows an expert both matched the dense pair (1.00-1.01). */
 int moe_gemm_default(void)
 {
     return moe_gemm_libxsmm_available() ? MOE_GEMM_LIBXSMM : MOE_GEMM_OPENBLAS;
 }
 
-/* Blocks of 64 columns are four 16-float AVX-512 registers a row; an AVX2 kernel holds them as
- * eight 8-float registers a row, so few rows fit libxsmm's register tile and its "hsw" kernels
- * ran the expert pair at 0.74-0.78 of the dense one (the measurements above). With blocks of
- * 32 columns they ran it at 0.98-1.00; 24 and 40 were slower (0.93, 0.71), and 8 to 24 rows a
- * call all within 2%. */
+/* A block row of 64 columns is four 16-float AVX-512 registers, but eight of the sixteen 8-float
+ * AVX2 ones, which presumably leaves libxsmm's "hsw" kernels a register tile of few rows: on
+ * blocks of 64 they ran the expert pair at 0.74-0.78 of the dense one (the measurements above),
+ * on blocks of 32 at 0.98-1.00; 24 and 40 were slower (0.93, 0.71), and 8 to 24 rows a call
+ * all within 2%. */
 size_t moe_gemm_block_cols(void)
 {
 #ifdef MOESIM_XSMM

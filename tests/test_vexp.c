@@ -119,7 +119,7 @@ static int want_slow(const double *x, int nrows, int len, const double *mx)
 {
     if (LANES == 0)
         return nrows > 0; /* (every exponential the C library's, none on the vector's path) */
-    if (nrows > 0 && len % LANES)
+    if (nrows > 0 && len % (LANES ? LANES : 1)) /* (LANES is 0 only above: no division) */
         return 1;
     for (int r = 0; r < nrows; r++)
         for (int i = 0; i < len; i++)
