@@ -662,14 +662,6 @@ int moe_select_is_top(const double *v, int len, const int32_t *idx, int k)
     return cnt == k;
 }
 
-void moe_select_top2_rows8(const double *x, int n, int32_t *idx2, uint8_t *ok)
-{
-    for (int r = 0; r < n; r++) {
-        double v2[2];
-        ok[r] = (uint8_t)moe_select_topk(x + (size_t)r * 8, 8, 2, idx2 + 2 * (size_t)r, v2);
-    }
-}
-
 #else
 
 #if defined(__AVX2__)
@@ -837,19 +829,6 @@ static void sel_top2_rows4(const double *x, int32_t *idx2, uint8_t *ok)
 }
 #endif
 
-void moe_select_top2_rows8(const double *x, int n, int32_t *idx2, uint8_t *ok)
-{
-    int r = 0;
-#if defined(__AVX2__)
-    for (; r + 4 <= n; r += 4)
-        sel_top2_rows4(x + (size_t)r * 8, idx2 + 2 * (size_t)r, ok + r);
-#endif
-    for (; r < n; r++) {
-        double v2[2];
-        ok[r] = (uint8_t)moe_select_topk(x + (size_t)r * 8, 8, 2, idx2 + 2 * (size_t)r, v2);
-    }
-}
-
 int moe_select_top2(const double *x, int len, double mx, int32_t *e1, int32_t *e2)
 {
 #if defined(__AVX2__)
@@ -910,3 +889,19 @@ void moe_select_topk_rows(const double *v, long n, int len, int k, int32_t *idx,
 }
 
 #endif
+
+/* (one definition for every build: the four-row columns only without AVX-512 but with AVX2,
+ * where they were written and measured; elsewhere, and for the rows past the last four, one
+ * row at a time) */
+void moe_select_top2_rows8(const double *x, int n, int32_t *idx2, uint8_t *ok)
+{
+    int r = 0;
+#if !defined(__AVX512F__) && defined(__AVX2__)
+    for (; r + 4 <= n; r += 4)
+        sel_top2_rows4(x + (size_t)r * 8, idx2 + 2 * (size_t)r, ok + r);
+#endif
+    for (; r < n; r++) {
+        double v2[2];
+        ok[r] = (uint8_t)moe_select_topk(x + (size_t)r * 8, 8, 2, idx2 + 2 * (size_t)r, v2);
+    }
+}
