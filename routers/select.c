@@ -717,13 +717,31 @@ static int sel_top2_lanes(const double *v, int len, int32_t *f_out, int32_t *g_o
     return 1;
 }
 
+/* The compression of four lanes by a mask of four bits (SEL_PACK[mask]): the first eight the
+ * 32-bit lanes of the doubles whose bits are set, in order (for _mm256_permutevar8x32_epi32),
+ * the last four their lane numbers; the places past the set bits repeat lane 0 (written past
+ * the candidates, never read as one). */
+static const int32_t SEL_PACK[16][12] = {
+    {0, 1, 0, 1, 0, 1, 0, 1, 0, 0, 0, 0}, {0, 1, 0, 1, 0, 1, 0, 1, 0, 0, 0, 0},
+    {2, 3, 0, 1, 0, 1, 0, 1, 1, 0, 0, 0}, {0, 1, 2, 3, 0, 1, 0, 1, 0, 1, 0, 0},
+    {4, 5, 0, 1, 0, 1, 0, 1, 2, 0, 0, 0}, {0, 1, 4, 5, 0, 1, 0, 1, 0, 2, 0, 0},
+    {2, 3, 4, 5, 0, 1, 0, 1, 1, 2, 0, 0}, {0, 1, 2, 3, 4, 5, 0, 1, 0, 1, 2, 0},
+    {6, 7, 0, 1, 0, 1, 0, 1, 3, 0, 0, 0}, {0, 1, 6, 7, 0, 1, 0, 1, 0, 3, 0, 0},
+    {2, 3, 6, 7, 0, 1, 0, 1, 1, 3, 0, 0}, {0, 1, 2, 3, 6, 7, 0, 1, 0, 1, 3, 0},
+    {4, 5, 6, 7, 0, 1, 0, 1, 2, 3, 0, 0}, {0, 1, 4, 5, 6, 7, 0, 1, 0, 2, 3, 0},
+    {2, 3, 4, 5, 6, 7, 0, 1, 1, 2, 3, 0}, {0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3},
+};
+
 /* Without AVX-512: the k largest of v[0..len), 3 <= k <= 8, len >= 8, ties to the lower index,
  * in four lanes. thr = the smallest of eight lanes' maxima over the row's whole blocks of eight
  * (lane l: the elements at 8q + l): eight elements at distinct places, so at least k of the
  * row are >= thr and so is every element of the answer. The elements >= thr are the
- * candidates, in index order (about 17 of 64 Gaussian values, 19 of 256); each one's rank in
- * the order (value descending, then index) is counted against all of them, without a branch,
- * and those of rank < k are the answer. 0 (nothing written) for a row holding a NaN or with
+ * candidates (about 17 of 64 Gaussian values, 19 of 256), packed in index order four elements
+ * at a time by a permutation chosen by their mask (no branch per element). Each candidate's
+ * rank in the order (value descending, then index) is the number of candidates above it or
+ * equal and earlier; the ranks of four candidates are counted at once against each candidate
+ * in turn, and those below k are the answer (the order is total: the ranks are a permutation,
+ * and each of 0..k-1 is written once). 0 (nothing written) for a row holding a NaN or with
  * more than SEL_MAX_CAND candidates (many equal values). */
 static int sel_topk_lanes(const double *v, int len, int k, int32_t *idx, double *val)
 {
@@ -735,49 +753,63 @@ static int sel_topk_lanes(const double *v, int len, int k, int32_t *idx, double 
     __m256d t = _mm256_min_pd(a, b); /* (a NaN here: the scan below declines the row) */
     t = _mm256_min_pd(t, _mm256_permute2f128_pd(t, t, 1));
     t = _mm256_min_pd(t, _mm256_permute_pd(t, 5));
+    const __m256d tv = t; /* thr in every lane */
     const double thr = _mm256_cvtsd_f64(t);
-    const __m256d tv = _mm256_set1_pd(thr);
-    double cv[SEL_MAX_CAND + 4];
-    int32_t ci[SEL_MAX_CAND];
+    double cv[SEL_MAX_LEN + 8]; /* (every element may be a candidate; four written past them) */
+    int32_t ci[SEL_MAX_LEN + 8];
     __m256d nan = _mm256_setzero_pd();
+    __m128i at = _mm_setzero_si128();
     int m = 0, e = 0;
     for (; e + 4 <= len; e += 4) {
         const __m256d x = _mm256_loadu_pd(v + e);
         nan = _mm256_or_pd(nan, _mm256_cmp_pd(x, x, _CMP_UNORD_Q));
-        for (int c = _mm256_movemask_pd(_mm256_cmp_pd(x, tv, _CMP_GE_OQ)); c; c &= c - 1) {
-            if (m == SEL_MAX_CAND)
-                return 0;
-            ci[m] = e + __builtin_ctz((unsigned)c);
-            cv[m] = v[ci[m]];
-            m++;
-        }
+        const int c = _mm256_movemask_pd(_mm256_cmp_pd(x, tv, _CMP_GE_OQ));
+        const __m256i p = _mm256_loadu_si256((const __m256i *)SEL_PACK[c]);
+        _mm256_storeu_pd(cv + m, _mm256_castsi256_pd(
+                                     _mm256_permutevar8x32_epi32(_mm256_castpd_si256(x), p)));
+        _mm_storeu_si128((__m128i *)(ci + m),
+                         _mm_add_epi32(at, _mm_loadu_si128((const __m128i *)(SEL_PACK[c] + 8))));
+        at = _mm_add_epi32(at, _mm_set1_epi32(4));
+        m += __builtin_popcount((unsigned)c);
     }
     for (; e < len; e++) {
         if (v[e] != v[e])
             return 0;
-        if (v[e] >= thr) {
-            if (m == SEL_MAX_CAND)
-                return 0;
+        if (v[e] >= thr)
             ci[m] = e, cv[m++] = v[e];
-        }
     }
-    if (_mm256_movemask_pd(nan))
+    if (_mm256_movemask_pd(nan) || m > SEL_MAX_CAND)
         return 0;
-    for (int j = m; j < m + 4; j++) /* read by the last vector below, never counted */
+    for (int j = m; j < m + 4; j++) /* lanes of the last four past the candidates (ignored) */
         cv[j] = -INFINITY;
-    for (int i = 0; i < m; i++) {
-        const __m256d x = _mm256_set1_pd(cv[i]);
-        int r = 0;
-        for (int j = 0; j < m; j += 4) { /* above x, or equal and earlier */
-            const __m256d c = _mm256_loadu_pd(cv + j);
-            const int before = i - j >= 4 ? 15 : i - j <= 0 ? 0 : (1 << (i - j)) - 1;
-            const int gt = _mm256_movemask_pd(_mm256_cmp_pd(c, x, _CMP_GT_OQ));
-            const int eq = _mm256_movemask_pd(_mm256_cmp_pd(c, x, _CMP_EQ_OQ));
-            r += __builtin_popcount((unsigned)gt) + __builtin_popcount((unsigned)(eq & before));
+    int64_t rk[SEL_MAX_CAND + 4];
+    for (int i = 0; i < m; i += 4) { /* the ranks of candidates i..i+3 */
+        const __m256d x = _mm256_loadu_pd(cv + i);
+        __m256i r = _mm256_setzero_si256(); /* minus one for each candidate before it */
+        int j = 0;
+        for (; j < i; j++) /* earlier: before it when above or equal */
+            r = _mm256_add_epi64(r, _mm256_castpd_si256(_mm256_cmp_pd(
+                                        _mm256_broadcast_sd(cv + j), x, _CMP_GE_OQ)));
+        for (; j < i + 4 && j < m; j++) { /* among the four: lanes after j as earlier */
+            const __m256d c = _mm256_broadcast_sd(cv + j);
+            const __m256d after = _mm256_cmp_pd(_mm256_set_pd(3.0, 2.0, 1.0, 0.0),
+                                                _mm256_set1_pd((double)(j - i)), _CMP_GT_OQ);
+            const __m256d ge = _mm256_cmp_pd(c, x, _CMP_GE_OQ), gt = _mm256_cmp_pd(c, x, _CMP_GT_OQ);
+            r = _mm256_add_epi64(r, _mm256_castpd_si256(_mm256_blendv_pd(gt, ge, after)));
         }
-        if (r < k)
-            idx[r] = ci[i], val[r] = cv[i];
+        for (; j < m; j++) /* later: before it only when above */
+            r = _mm256_add_epi64(r, _mm256_castpd_si256(_mm256_cmp_pd(
+                                        _mm256_broadcast_sd(cv + j), x, _CMP_GT_OQ)));
+        _mm256_storeu_si256((__m256i *)(rk + i), _mm256_sub_epi64(_mm256_setzero_si256(), r));
     }
+    int32_t oi[9]; /* place k: where the candidates of ranks >= k go */
+    double ov[9];
+    for (int i = 0; i < m; i++) {
+        const int r = rk[i] < k ? (int)rk[i] : k;
+        oi[r] = ci[i], ov[r] = cv[i];
+    }
+    for (int j = 0; j < k; j++)
+        idx[j] = oi[j], val[j] = ov[j];
     return 1;
 }
 
