@@ -915,9 +915,13 @@ int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
 
 void moe_select_topk_rows(const double *v, long n, int len, int k, int32_t *idx, double *val)
 {
-    (void)v, (void)len, (void)val;
-    for (long t = 0; t < n; t++)
-        idx[(size_t)t * k] = -1;
+    for (long t = 0; t < n; t++) {
+        /* the row after next on its way from memory (else each row waits for its lines) */
+        for (size_t o = 0; t + 2 < n && o < (size_t)len; o += 8)
+            __builtin_prefetch(v + (size_t)(t + 2) * len + o);
+        if (!moe_select_topk(v + (size_t)t * len, len, k, idx + (size_t)t * k, val + (size_t)t * k))
+            idx[(size_t)t * k] = -1;
+    }
 }
 
 #endif
