@@ -665,6 +665,8 @@ int moe_select_is_top(const double *v, int len, const int32_t *idx, int k)
 #else
 
 #if defined(__AVX2__)
+#include "transpose4.h"
+
 #include <immintrin.h>
 #include <math.h>
 
@@ -813,17 +815,6 @@ static int sel_topk_lanes(const double *v, int len, int k, int32_t *idx, double 
     return 1;
 }
 
-/* The 4 x 4 block of rows r[0..3] transposed: c[j] lane i = r[i] lane j. */
-static inline void sel_transpose4(const __m256d *r, __m256d *c)
-{
-    const __m256d t0 = _mm256_unpacklo_pd(r[0], r[1]), t1 = _mm256_unpackhi_pd(r[0], r[1]);
-    const __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
-    c[0] = _mm256_permute2f128_pd(t0, t2, 0x20);
-    c[1] = _mm256_permute2f128_pd(t1, t3, 0x20);
-    c[2] = _mm256_permute2f128_pd(t0, t2, 0x31);
-    c[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
-}
-
 /* moe_select_top2_rows8 for the four rows at x (4 x 8): the rows as columns (lane i: row i),
  * then the scalar two-largest steps over the eight columns in index order, in every lane at
  * once: the first two ordered (ties: the first stays first), then each later x taken as the
@@ -834,7 +825,7 @@ static void sel_top2_rows4(const double *x, int32_t *idx2, uint8_t *ok)
     for (int h = 0; h < 2; h++) { /* columns 4h..4h+3 */
         for (int i = 0; i < 4; i++)
             r[i] = _mm256_loadu_pd(x + 8 * i + 4 * h);
-        sel_transpose4(r, c + 4 * h);
+        moe_transpose4_pd(r, c + 4 * h);
     }
     __m256d nan = _mm256_setzero_pd();
     for (int e = 0; e < 8; e++)

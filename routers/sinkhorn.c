@@ -30,6 +30,9 @@
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
+#if defined(__AVX2__)
+#include "transpose4.h"
+#endif
 
 /* ---- balancing ----
  * The serial definition (sinkhorn.h) on the routers' threads, with every sum in its order, in
@@ -106,18 +109,12 @@ static void sk_sum8(const double *k, int E, const double *d1, double *s)
     for (; e + 4 <= E; e += 4) {
         const __m256d w = _mm256_loadu_pd(d1 + e);
         _Pragma("GCC unroll 2") for (int h = 0; h < 2; h++) {
-            __m256d p[4], t[4];
+            __m256d p[4], c[4];
             _Pragma("GCC unroll 4") for (int r = 0; r < 4; r++) /* row 4h + r, columns e..e+3 */
                 p[r] = _mm256_mul_pd(_mm256_loadu_pd(k + (size_t)(4 * h + r) * E + e), w);
-            t[0] = _mm256_unpacklo_pd(p[0], p[1]); /* columns 0, 2 of rows 0, 1 */
-            t[1] = _mm256_unpackhi_pd(p[0], p[1]); /* columns 1, 3 */
-            t[2] = _mm256_unpacklo_pd(p[2], p[3]);
-            t[3] = _mm256_unpackhi_pd(p[2], p[3]);
-            /* columns 0, 1, 2, 3 of the four rows, added in that order */
-            acc[h] = _mm256_add_pd(acc[h], _mm256_permute2f128_pd(t[0], t[2], 0x20));
-            acc[h] = _mm256_add_pd(acc[h], _mm256_permute2f128_pd(t[1], t[3], 0x20));
-            acc[h] = _mm256_add_pd(acc[h], _mm256_permute2f128_pd(t[0], t[2], 0x31));
-            acc[h] = _mm256_add_pd(acc[h], _mm256_permute2f128_pd(t[1], t[3], 0x31));
+            moe_transpose4_pd(p, c); /* columns 0, 1, 2, 3 of the four rows, added in order */
+            _Pragma("GCC unroll 4") for (int j = 0; j < 4; j++)
+                acc[h] = _mm256_add_pd(acc[h], c[j]);
         }
     }
     _mm256_storeu_pd(s, acc[0]);

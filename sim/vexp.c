@@ -813,6 +813,35 @@ sm_rows_long(const double *x, int nrows, int len, double *p, double *lse, double
                 slow, num, 1);
 }
 
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+/* Rows of eight without AVX-512 (and without sel): four rows at a time as columns
+ * (vexp_avx2.h's vx4_cols), step two of each four after step one of the next four; four rows
+ * with a lane outside the exponential's fast path go through sm_rows_gen. Returns the rows
+ * taken: nrows rounded down to a multiple of four. */
+static int sm_rows4c(const double *x, int nrows, double *p, double *lse, double *mx,
+                     int32_t *pmax, int32_t *xfirst, double *pfirst, int *slow)
+{
+    const int full = nrows / 4 * 4;
+    vx4_cols g[2];
+    for (int r0 = 0; r0 < full + 4; r0 += 4) {
+        const int h = (r0 / 4) & 1;
+        if (r0 < full) {
+            for (int j = 0; r0 + 12 <= nrows && j < 4; j++) /* two steps ahead */
+                __builtin_prefetch(x + (size_t)(r0 + 8 + j) * 8);
+            vx4_cols_exp(x + (size_t)r0 * 8, &g[h]);
+            if (g[h].done)
+                sm_rows_gen(x + (size_t)r0 * 8, 4, 8, p + (size_t)r0 * 8, lse ? lse + r0 : NULL,
+                            mx ? mx + r0 : NULL, NULL, 0, NULL, 0, NULL,
+                            pmax ? pmax + r0 : NULL, xfirst ? xfirst + r0 : NULL,
+                            pfirst ? pfirst + r0 : NULL, slow, NULL, 0);
+        }
+        if (r0 > 0 && !g[h ^ 1].done)
+            vx4_cols_div(r0 - 4, p, lse, mx, pmax, xfirst, pfirst, &g[h ^ 1]);
+    }
+    return full;
+}
+#endif
+
 /* moe_softmax_rows_max, and moe_softmax_rows_more's esel (with sel), istop (with sel), pmax,
  * xfirst and pfirst (pfirst only with xfirst). */
 static void sm_rows(const double *x, int nrows, int len, double *p, double *lse, double *mx,
@@ -821,11 +850,16 @@ static void sm_rows(const double *x, int nrows, int len, double *p, double *lse,
 {
     int first = 0;
 #if defined(__AVX512F__)
-    if (len == 8 && !num) { /* then the rest, fewer than eight rows, below */
+    if (len == 8 && !num) /* then the rest, fewer than eight rows, below */
         first = sel      ? sm_rows8(x, nrows, p, lse, mx, NULL, NULL, sel, k, esel, istop, pmax,
                                     xfirst, pfirst, slow)
                 : xfirst ? sm_rows8c(x, nrows, p, lse, mx, pmax, xfirst, pfirst, slow)
                          : sm_rows8c(x, nrows, p, lse, mx, pmax, NULL, NULL, slow);
+#elif defined(__AVX2__) && defined(__FMA__)
+    if (len == 8 && !num && !sel) /* then the rest, fewer than four rows, below */
+        first = sm_rows4c(x, nrows, p, lse, mx, pmax, xfirst, pfirst, slow);
+#endif
+    if (first) {
         x += (size_t)first * 8;
         p += (size_t)first * 8;
         lse = lse ? lse + first : NULL;
@@ -837,7 +871,6 @@ static void sm_rows(const double *x, int nrows, int len, double *p, double *lse,
         xfirst = xfirst ? xfirst + first : NULL;
         pfirst = pfirst ? pfirst + first : NULL;
     }
-#endif
     nrows -= first;
     if (len >= 32)
         sm_rows_long(x, nrows, len, p, lse, mx, sel, k, esel, esel_max, istop, pmax, xfirst,

@@ -13,6 +13,7 @@
 #ifndef MOE_VEXP_AVX2_H
 #define MOE_VEXP_AVX2_H
 
+#include "transpose4.h"
 #include "vexp_tab.h"
 
 #include <immintrin.h>
@@ -289,6 +290,90 @@ static inline void vx4_pairs_div(double *g, long n)
         const double s = 0.0 + g[q] + g[q + 1];
         g[q] /= s;
         g[q + 1] /= s;
+    }
+}
+
+/* Four rows of eight logits as columns (lane j: row r0 + j) between the steps of vexp.c's
+ * sm_rows4c: the by-rows steps of sm_rows_gen for rows of eight (vx4_max, vx_shift,
+ * moe_select_first_eq, the sums, vx_div_pmax, vx4_lse) on four rows at once, with the same
+ * operations on the same operands: no horizontal steps, four sums a vector. */
+typedef struct {
+    __m256d ev[8];       /* the exponentials, column e in ev[e] */
+    __m256d m, s, first; /* each row's maximum, its sum, the first index of its maximum */
+    int done;            /* a lane outside the exponential's fast path: the rows go by rows */
+} vx4_cols;
+
+/* Step one for the four rows at x (4 x 8): the maxima as vx4_max takes them (the lanes of
+ * max(x[0..3], x[4..7]), then t0 > t1 ? t0 : t1 and so on: the same doubles, a zero's sign
+ * included), the exponentials, the sums in index order from 0.0, the first index of the
+ * maximum. */
+static inline __attribute__((always_inline)) void vx4_cols_exp(const double *x, vx4_cols *g)
+{
+    __m256d r[4], c[8];
+    for (int h = 0; h < 2; h++) { /* columns 4h..4h+3 */
+        for (int i = 0; i < 4; i++)
+            r[i] = _mm256_loadu_pd(x + 8 * i + 4 * h);
+        moe_transpose4_pd(r, c + 4 * h);
+    }
+    __m256d v[4];
+    for (int l = 0; l < 4; l++)
+        v[l] = _mm256_max_pd(c[l], c[4 + l]);
+    g->m = _mm256_max_pd(v[3], _mm256_max_pd(v[2], _mm256_max_pd(v[0], v[1])));
+    int fast = 0xf;
+    g->s = _mm256_setzero_pd();
+    for (int e = 0; e < 8; e++) {
+        int f;
+        g->ev[e] = vx4_exp(_mm256_sub_pd(c[e], g->m), &f);
+        fast &= f;
+        g->s = _mm256_add_pd(g->s, g->ev[e]);
+    }
+    g->done = fast != 0xf;
+    if (g->done)
+        return;
+    g->first = _mm256_set1_pd(-1.0);
+    for (int e = 7; e >= 0; e--)
+        g->first = _mm256_blendv_pd(g->first, _mm256_set1_pd((double)e),
+                                    _mm256_cmp_pd(c[e], g->m, _CMP_EQ_OQ));
+}
+
+/* Step two for the four rows from r0: the quotients (the same divisions), the first index of
+ * the largest (vx_div_pmax's), p at the first index of the maximum, the maxima, lse, and the
+ * quotients back to rows of p. */
+static inline __attribute__((always_inline)) void
+vx4_cols_div(int r0, double *p, double *lse, double *mx, int32_t *pmax, int32_t *xfirst,
+             double *pfirst, const vx4_cols *g)
+{
+    __m256d q[8];
+    for (int e = 0; e < 8; e++)
+        q[e] = _mm256_div_pd(g->ev[e], g->s);
+    if (pmax) {
+        __m256d qm = q[0], pm = _mm256_setzero_pd();
+        for (int e = 1; e < 8; e++)
+            qm = _mm256_max_pd(qm, q[e]);
+        for (int e = 7; e >= 0; e--)
+            pm = _mm256_blendv_pd(pm, _mm256_set1_pd((double)e),
+                                  _mm256_cmp_pd(q[e], qm, _CMP_EQ_OQ));
+        _mm_storeu_si128((__m128i *)(pmax + r0), _mm256_cvtpd_epi32(pm));
+    }
+    if (xfirst) {
+        _mm_storeu_si128((__m128i *)(xfirst + r0), _mm256_cvtpd_epi32(g->first));
+        __m256d pf = q[0];
+        for (int e = 1; e < 8; e++)
+            pf = _mm256_blendv_pd(pf, q[e], _mm256_cmp_pd(g->first, _mm256_set1_pd((double)e),
+                                                          _CMP_EQ_OQ));
+        if (pfirst)
+            _mm256_storeu_pd(pfirst + r0, pf);
+    }
+    if (mx)
+        _mm256_storeu_pd(mx + r0, g->m);
+    if (lse)
+        _mm256_storeu_pd(lse + r0, _mm256_add_pd(g->m, vx4_log(g->s)));
+    __m256d rw[8];
+    moe_transpose4_pd(q, rw);
+    moe_transpose4_pd(q + 4, rw + 4);
+    for (int j = 0; j < 4; j++) {
+        _mm256_storeu_pd(p + (size_t)(r0 + j) * 8, rw[j]);
+        _mm256_storeu_pd(p + (size_t)(r0 + j) * 8 + 4, rw[4 + j]);
     }
 }
 
