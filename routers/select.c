@@ -665,7 +665,7 @@ int moe_select_is_top(const double *v, int len, const int32_t *idx, int k)
 #else
 
 #if defined(__AVX2__)
-#include "transpose4.h"
+#include "cols4.h"
 
 #include <immintrin.h>
 #include <math.h>
@@ -816,36 +816,17 @@ static int sel_topk_lanes(const double *v, int len, int k, int32_t *idx, double 
 }
 
 /* moe_select_top2_rows8 for the four rows at x (4 x 8): the rows as columns (lane i: row i),
- * then the scalar two-largest steps over the eight columns in index order, in every lane at
- * once: the first two ordered (ties: the first stays first), then each later x taken as the
- * first when above it, else as the second when above that (strict: equals stay behind). */
+ * then the scalar two-largest steps over the eight columns in every lane at once (cols4.h's
+ * moe_top2_cols8). */
 static void sel_top2_rows4(const double *x, int32_t *idx2, uint8_t *ok)
 {
-    __m256d r[4], c[8];
-    for (int h = 0; h < 2; h++) { /* columns 4h..4h+3 */
-        for (int i = 0; i < 4; i++)
-            r[i] = _mm256_loadu_pd(x + 8 * i + 4 * h);
-        moe_transpose4_pd(r, c + 4 * h);
-    }
+    __m256d c[8], fi, gi;
+    moe_cols8_load(x, c);
     __m256d nan = _mm256_setzero_pd();
     for (int e = 0; e < 8; e++)
         nan = _mm256_or_pd(nan, _mm256_cmp_pd(c[e], c[e], _CMP_UNORD_Q));
-    const __m256d gt = _mm256_cmp_pd(c[1], c[0], _CMP_GT_OQ);
-    __m256d f = _mm256_blendv_pd(c[0], c[1], gt), g = _mm256_blendv_pd(c[1], c[0], gt);
-    __m256d fi = _mm256_blendv_pd(_mm256_setzero_pd(), _mm256_set1_pd(1.0), gt);
-    __m256d gi = _mm256_blendv_pd(_mm256_set1_pd(1.0), _mm256_setzero_pd(), gt);
-    for (int e = 2; e < 8; e++) {
-        const __m256d at = _mm256_set1_pd((double)e);
-        const __m256d gt1 = _mm256_cmp_pd(c[e], f, _CMP_GT_OQ);
-        const __m256d gt2 = _mm256_cmp_pd(c[e], g, _CMP_GT_OQ);
-        g = _mm256_blendv_pd(_mm256_blendv_pd(g, c[e], gt2), f, gt1);
-        gi = _mm256_blendv_pd(_mm256_blendv_pd(gi, at, gt2), fi, gt1);
-        f = _mm256_blendv_pd(f, c[e], gt1);
-        fi = _mm256_blendv_pd(fi, at, gt1);
-    }
-    const __m128i a = _mm256_cvtpd_epi32(fi), b = _mm256_cvtpd_epi32(gi);
-    _mm_storeu_si128((__m128i *)idx2, _mm_unpacklo_epi32(a, b));
-    _mm_storeu_si128((__m128i *)(idx2 + 4), _mm_unpackhi_epi32(a, b));
+    moe_top2_cols8(c, &fi, &gi);
+    moe_idx2_store(fi, gi, idx2);
     const int bad = _mm256_movemask_pd(nan);
     for (int i = 0; i < 4; i++)
         ok[i] = !(bad >> i & 1);

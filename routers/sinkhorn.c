@@ -31,7 +31,7 @@
 #include <immintrin.h>
 #endif
 #if defined(__AVX2__)
-#include "transpose4.h"
+#include "cols4.h"
 #endif
 
 /* ---- balancing ----

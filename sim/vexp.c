@@ -814,32 +814,10 @@ sm_rows_long(const double *x, int nrows, int len, double *p, double *lse, double
 }
 
 #if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
-/* Rows of eight without AVX-512 (and without sel): four rows at a time as columns
- * (vexp_avx2.h's vx4_cols), step two of each four after step one of the next four; four rows
- * with a lane outside the exponential's fast path go through sm_rows_gen. Returns the rows
- * taken: nrows rounded down to a multiple of four. */
-static int sm_rows4c(const double *x, int nrows, double *p, double *lse, double *mx,
-                     int32_t *pmax, int32_t *xfirst, double *pfirst, int *slow)
-{
-    const int full = nrows / 4 * 4;
-    vx4_cols g[2];
-    for (int r0 = 0; r0 < full + 4; r0 += 4) {
-        const int h = (r0 / 4) & 1;
-        if (r0 < full) {
-            for (int j = 0; r0 + 12 <= nrows && j < 4; j++) /* two steps ahead */
-                __builtin_prefetch(x + (size_t)(r0 + 8 + j) * 8);
-            vx4_cols_exp(x + (size_t)r0 * 8, &g[h]);
-            if (g[h].done)
-                sm_rows_gen(x + (size_t)r0 * 8, 4, 8, p + (size_t)r0 * 8, lse ? lse + r0 : NULL,
-                            mx ? mx + r0 : NULL, NULL, 0, NULL, 0, NULL,
-                            pmax ? pmax + r0 : NULL, xfirst ? xfirst + r0 : NULL,
-                            pfirst ? pfirst + r0 : NULL, slow, NULL, 0);
-        }
-        if (r0 > 0 && !g[h ^ 1].done)
-            vx4_cols_div(r0 - 4, p, lse, mx, pmax, xfirst, pfirst, &g[h ^ 1]);
-    }
-    return full;
-}
+static void sm_rows(const double *x, int nrows, int len, double *p, double *lse, double *mx,
+                    const int32_t *sel, int k, double *esel, int esel_max, uint8_t *istop,
+                    int32_t *pmax, int32_t *xfirst, double *pfirst, int *slow, const double *num);
+#include "vexp_rows4.h" /* (its drivers call sm_rows for the rows they decline) */
 #endif
 
 /* moe_softmax_rows_max, and moe_softmax_rows_more's esel (with sel), istop (with sel), pmax,
@@ -857,7 +835,7 @@ static void sm_rows(const double *x, int nrows, int len, double *p, double *lse,
                          : sm_rows8c(x, nrows, p, lse, mx, pmax, NULL, NULL, slow);
 #elif defined(__AVX2__) && defined(__FMA__)
     if (len == 8 && !num && !sel) /* then the rest, fewer than four rows, below */
-        first = sm_rows4c(x, nrows, p, lse, mx, pmax, xfirst, pfirst, slow);
+        first = sm_rows4c(x, nrows, p, lse, mx, pmax, xfirst, pfirst, NULL, NULL, NULL, slow);
 #endif
     if (first) {
         x += (size_t)first * 8;
@@ -903,37 +881,6 @@ void moe_softmax_rows_more(const double *x, int nrows, int len, double *p,
         *o->slow |= slow;
 }
 
-#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
-/* moe_softmax_rows8_top2 without AVX-512: each row's two by moe_select_top2_rows8 (four rows
- * at a time, ties to the lower index: the two moe_select_top2_8 takes from the row's
- * maximum), then the rows' softmax with those as its selected columns, which keeps their
- * numerators (e2) and tells istop; a row holding a NaN (declined) has its columns 0 and 1
- * stand in, then idx2 = -1 and istop 0. Every row; returns nrows. */
-static int sm_rows8_top2_lanes(const double *x, int nrows, double *p, double *lse, double *mx,
-                               int32_t *idx2, double *e2, uint8_t *istop, int *slow)
-{
-    enum { B = 64 };
-    for (int r0 = 0; r0 < nrows; r0 += B) {
-        const int nb = nrows - r0 < B ? nrows - r0 : B;
-        uint8_t ok[B];
-        moe_select_top2_rows8(x + (size_t)r0 * 8, nb, idx2 + 2 * (size_t)r0, ok);
-        for (int j = 0; j < nb; j++)
-            if (!ok[j])
-                idx2[2 * (size_t)(r0 + j)] = 0, idx2[2 * (size_t)(r0 + j) + 1] = 1;
-        sm_rows(x + (size_t)r0 * 8, nb, 8, p + (size_t)r0 * 8, lse ? lse + r0 : NULL, mx + r0,
-                idx2 + 2 * (size_t)r0, 2, e2 + 2 * (size_t)r0, 0, istop ? istop + r0 : NULL,
-                NULL, NULL, NULL, slow, NULL);
-        for (int j = 0; j < nb; j++)
-            if (!ok[j]) {
-                idx2[2 * (size_t)(r0 + j)] = -1;
-                if (istop)
-                    istop[r0 + j] = 0;
-            }
-    }
-    return nrows;
-}
-#endif
-
 void moe_softmax_rows8_top2(const double *x, int nrows, double *p, double *lse, double *mx,
                             int32_t *idx2, double *e2, uint8_t *istop, int *slow)
 {
@@ -941,7 +888,7 @@ void moe_softmax_rows8_top2(const double *x, int nrows, double *p, double *lse, 
 #if defined(__AVX512F__)
     first = sm_rows8(x, nrows, p, lse, mx, idx2, e2, NULL, 0, NULL, istop, NULL, NULL, NULL, &sl);
 #elif defined(__AVX2__) && defined(__FMA__)
-    first = sm_rows8_top2_lanes(x, nrows, p, lse, mx, idx2, e2, istop, &sl);
+    first = sm_rows8_top2_cols(x, nrows, p, lse, mx, idx2, e2, istop, &sl);
 #endif
     for (int r = first; istop && r < nrows; r++)
         istop[r] = 0;

@@ -13,7 +13,7 @@
 #ifndef MOE_VEXP_AVX2_H
 #define MOE_VEXP_AVX2_H
 
-#include "transpose4.h"
+#include "cols4.h"
 #include "vexp_tab.h"
 
 #include <immintrin.h>
@@ -294,28 +294,26 @@ static inline void vx4_pairs_div(double *g, long n)
 }
 
 /* Four rows of eight logits as columns (lane j: row r0 + j) between the steps of vexp.c's
- * sm_rows4c: the by-rows steps of sm_rows_gen for rows of eight (vx4_max, vx_shift,
- * moe_select_first_eq, the sums, vx_div_pmax, vx4_lse) on four rows at once, with the same
- * operations on the same operands: no horizontal steps, four sums a vector. */
+ * sm_rows4c and sm_rows8_top2_cols: the by-rows steps of sm_rows_gen for rows of eight
+ * (vx4_max, vx_shift, moe_select_first_eq, the sums, vx_div_pmax, vx4_lse; with the two
+ * largest as the selected columns, sm_gather and vx_div_count) on four rows at once, with the
+ * same operations on the same operands: no horizontal steps, four sums a vector. */
 typedef struct {
     __m256d ev[8];       /* the exponentials, column e in ev[e] */
     __m256d m, s, first; /* each row's maximum, its sum, the first index of its maximum */
+    __m256d fi, gi;      /* (top2) the indices of its two largest logits */
     int done;            /* a lane outside the exponential's fast path: the rows go by rows */
 } vx4_cols;
 
 /* Step one for the four rows at x (4 x 8): the maxima as vx4_max takes them (the lanes of
  * max(x[0..3], x[4..7]), then t0 > t1 ? t0 : t1 and so on: the same doubles, a zero's sign
- * included), the exponentials, the sums in index order from 0.0, the first index of the
- * maximum. */
-static inline __attribute__((always_inline)) void vx4_cols_exp(const double *x, vx4_cols *g)
+ * included), the exponentials, the sums in index order from 0.0, then the first index of the
+ * maximum, or with top2 the two largest logits (moe_select_top2_rows8's). */
+static inline __attribute__((always_inline)) void vx4_cols_exp(const double *x, vx4_cols *g,
+                                                               const int top2)
 {
-    __m256d r[4], c[8];
-    for (int h = 0; h < 2; h++) { /* columns 4h..4h+3 */
-        for (int i = 0; i < 4; i++)
-            r[i] = _mm256_loadu_pd(x + 8 * i + 4 * h);
-        moe_transpose4_pd(r, c + 4 * h);
-    }
-    __m256d v[4];
+    __m256d c[8], v[4];
+    moe_cols8_load(x, c);
     for (int l = 0; l < 4; l++)
         v[l] = _mm256_max_pd(c[l], c[4 + l]);
     g->m = _mm256_max_pd(v[3], _mm256_max_pd(v[2], _mm256_max_pd(v[0], v[1])));
@@ -330,18 +328,33 @@ static inline __attribute__((always_inline)) void vx4_cols_exp(const double *x, 
     g->done = fast != 0xf;
     if (g->done)
         return;
+    if (top2) {
+        moe_top2_cols8(c, &g->fi, &g->gi);
+        return;
+    }
     g->first = _mm256_set1_pd(-1.0);
     for (int e = 7; e >= 0; e--)
         g->first = _mm256_blendv_pd(g->first, _mm256_set1_pd((double)e),
                                     _mm256_cmp_pd(c[e], g->m, _CMP_EQ_OQ));
 }
 
+/* The lanes of ev[0..7] at the column indices at (as doubles). */
+static inline __attribute__((always_inline)) __m256d vx4_cols_at(const __m256d *ev, __m256d at)
+{
+    __m256d r = ev[0];
+    for (int e = 1; e < 8; e++)
+        r = _mm256_blendv_pd(r, ev[e], _mm256_cmp_pd(at, _mm256_set1_pd((double)e), _CMP_EQ_OQ));
+    return r;
+}
+
 /* Step two for the four rows from r0: the quotients (the same divisions), the first index of
- * the largest (vx_div_pmax's), p at the first index of the maximum, the maxima, lse, and the
- * quotients back to rows of p. */
+ * the largest (vx_div_pmax's), p at the first index of the maximum, with top2 (idx2 given) the
+ * two largest logits' indices, their exponentials (e2) and whether they are p's two largest
+ * (istop: vx_div_count's count of quotients not below the smaller one's, sm_sel_lo), the
+ * maxima, lse, and the quotients back to rows of p. */
 static inline __attribute__((always_inline)) void
 vx4_cols_div(int r0, double *p, double *lse, double *mx, int32_t *pmax, int32_t *xfirst,
-             double *pfirst, const vx4_cols *g)
+             double *pfirst, int32_t *idx2, double *e2, uint8_t *istop, const vx4_cols *g)
 {
     __m256d q[8];
     for (int e = 0; e < 8; e++)
@@ -357,12 +370,27 @@ vx4_cols_div(int r0, double *p, double *lse, double *mx, int32_t *pmax, int32_t 
     }
     if (xfirst) {
         _mm_storeu_si128((__m128i *)(xfirst + r0), _mm256_cvtpd_epi32(g->first));
-        __m256d pf = q[0];
-        for (int e = 1; e < 8; e++)
-            pf = _mm256_blendv_pd(pf, q[e], _mm256_cmp_pd(g->first, _mm256_set1_pd((double)e),
-                                                          _CMP_EQ_OQ));
         if (pfirst)
-            _mm256_storeu_pd(pfirst + r0, pf);
+            _mm256_storeu_pd(pfirst + r0, vx4_cols_at(q, g->first));
+    }
+    if (idx2) {
+        moe_idx2_store(g->fi, g->gi, idx2 + 2 * (size_t)r0);
+        const __m256d ef = vx4_cols_at(g->ev, g->fi), eg = vx4_cols_at(g->ev, g->gi);
+        const __m256d a = _mm256_unpacklo_pd(ef, eg), b = _mm256_unpackhi_pd(ef, eg);
+        _mm256_storeu_pd(e2 + 2 * (size_t)r0, _mm256_permute2f128_pd(a, b, 0x20));
+        _mm256_storeu_pd(e2 + 2 * (size_t)r0 + 4, _mm256_permute2f128_pd(a, b, 0x31));
+        if (istop) {
+            const __m256d lo = _mm256_div_pd(
+                _mm256_blendv_pd(ef, eg, _mm256_cmp_pd(eg, ef, _CMP_LT_OQ)), g->s);
+            __m256i cnt = _mm256_setzero_si256(); /* minus the quotients not below lo */
+            for (int e = 0; e < 8; e++)
+                cnt = _mm256_add_epi64(cnt, _mm256_castpd_si256(
+                                                _mm256_cmp_pd(q[e], lo, _CMP_NLT_UQ)));
+            const int two = _mm256_movemask_pd(_mm256_castsi256_pd(
+                _mm256_cmpeq_epi64(cnt, _mm256_set1_epi64x(-2))));
+            for (int j = 0; j < 4; j++)
+                istop[r0 + j] = (uint8_t)(two >> j & 1);
+        }
     }
     if (mx)
         _mm256_storeu_pd(mx + r0, g->m);
