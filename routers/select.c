@@ -796,7 +796,8 @@ static int sel_topk_lanes(const double *v, int len, int k, int32_t *idx, double 
             const __m256d c = _mm256_broadcast_sd(cv + j);
             const __m256d after = _mm256_cmp_pd(_mm256_set_pd(3.0, 2.0, 1.0, 0.0),
                                                 _mm256_set1_pd((double)(j - i)), _CMP_GT_OQ);
-            const __m256d ge = _mm256_cmp_pd(c, x, _CMP_GE_OQ), gt = _mm256_cmp_pd(c, x, _CMP_GT_OQ);
+            const __m256d ge = _mm256_cmp_pd(c, x, _CMP_GE_OQ);
+            const __m256d gt = _mm256_cmp_pd(c, x, _CMP_GT_OQ);
             r = _mm256_add_epi64(r, _mm256_castpd_si256(_mm256_blendv_pd(gt, ge, after)));
         }
         for (; j < m; j++) /* later: before it only when above */

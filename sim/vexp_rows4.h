@@ -8,8 +8,9 @@
 /* The rows of moe_softmax_rows8_top2 that sm_rows4c declines: each row's two by
  * moe_select_top2_rows8 (four rows at a time, ties to the lower index: the two
  * moe_select_top2_8 takes from the row's maximum), then the rows' softmax with those as its
- * selected columns, which keeps their numerators (e2) and tells istop; a row holding a NaN (declined) has its columns 0 and 1
- * stand in, then idx2 = -1 and istop 0. Every row; returns nrows. */
+ * selected columns, which keeps their numerators (e2) and tells istop; a row holding a NaN
+ * (declined) has its columns 0 and 1 stand in, then idx2 = -1 and istop 0. Every row; returns
+ * nrows. */
 static int sm_rows8_top2_lanes(const double *x, int nrows, double *p, double *lse, double *mx,
                                int32_t *idx2, double *e2, uint8_t *istop, int *slow)
 {
