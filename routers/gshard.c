@@ -22,7 +22,7 @@
 #include "score.h"
 #include "select.h"
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 #include <math.h>
@@ -140,17 +140,67 @@ static void gshard_row(void *ctx, int t, const double *lt, const double *pt)
     }
 }
 
+/* The gates g1 = p1 / (p1 + p2), g2 = p2 / (p1 + p2) of eight tokens, and the bits of those
+ * whose second choice claims: gshard_row's divisions and tests (2 test > u for random, g2 > thr
+ * for threshold, every one for all) in vector lanes, the same doubles. */
+static unsigned gshard_gates8(const gshard_ws *w, const double *p1, const double *p2,
+                              const double *u, double *g1, double *g2)
+{
+#if defined(__AVX512F__)
+    const __m512d a = _mm512_loadu_pd(p1), b = _mm512_loadu_pd(p2), s = _mm512_add_pd(a, b);
+    const __m512d ga = _mm512_div_pd(a, s), gb = _mm512_div_pd(b, s);
+    const __m512d test = w->raw ? b : gb;
+    __mmask8 keep = 0xff; /* all */
+    if (w->policy == MOE_SECOND_RANDOM)
+        keep = _mm512_cmp_pd_mask(_mm512_mul_pd(_mm512_set1_pd(2.0), test), _mm512_loadu_pd(u),
+                                  _CMP_GT_OQ);
+    else if (w->policy == MOE_SECOND_THRESHOLD)
+        keep = _mm512_cmp_pd_mask(gb, _mm512_set1_pd(w->thr), _CMP_GT_OQ);
+    _mm512_storeu_pd(g1, ga);
+    _mm512_storeu_pd(g2, gb);
+    return keep;
+#elif defined(__AVX2__)
+    unsigned keep = 0;
+    for (int h = 0; h < 8; h += 4) {
+        const __m256d a = _mm256_loadu_pd(p1 + h), b = _mm256_loadu_pd(p2 + h);
+        const __m256d s = _mm256_add_pd(a, b);
+        const __m256d ga = _mm256_div_pd(a, s), gb = _mm256_div_pd(b, s);
+        const __m256d test = w->raw ? b : gb;
+        int k = 0xf; /* all */
+        if (w->policy == MOE_SECOND_RANDOM)
+            k = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_mul_pd(_mm256_set1_pd(2.0), test),
+                                                 _mm256_loadu_pd(u + h), _CMP_GT_OQ));
+        else if (w->policy == MOE_SECOND_THRESHOLD)
+            k = _mm256_movemask_pd(_mm256_cmp_pd(gb, _mm256_set1_pd(w->thr), _CMP_GT_OQ));
+        _mm256_storeu_pd(g1 + h, ga);
+        _mm256_storeu_pd(g2 + h, gb);
+        keep |= (unsigned)k << h;
+    }
+    return keep;
+#else
+    unsigned keep = 0;
+    for (int i = 0; i < 8; i++) {
+        g1[i] = p1[i] / (p1[i] + p2[i]);
+        g2[i] = p2[i] / (p1[i] + p2[i]);
+        const double test = w->raw ? p2[i] : g2[i];
+        keep |= (unsigned)(w->policy == MOE_SECOND_RANDOM      ? 2.0 * test > u[i]
+                           : w->policy == MOE_SECOND_THRESHOLD ? g2[i] > w->thr
+                                                               : 1) << i;
+    }
+    return keep;
+#endif
+}
+
 /* rows_chunk at E = 8 for the default score and the policies random, threshold and all:
  * gshard_row's work on tokens [t0, t1) whose two choices the softmax took (claims.h top2_rows),
- * eight tokens at a time (the same divisions and comparisons in vector lanes); a group of eight
- * holding a row it declined (a NaN), and the last tokens, through gshard_row. */
+ * eight tokens at a time (gshard_gates8); a group of eight holding a row it declined (a NaN),
+ * and the last tokens, through gshard_row. */
 static void gshard_chunk8(void *ctx, long t0, long t1, const double *p, int part)
 {
     (void)part;
     gshard_ws *w = ctx;
-    long t = t0;
-#if defined(__AVX512F__)
     moe_claims *cl = w->cl;
+    long t = t0;
     for (; t + 8 <= t1; t += 8) {
         double p1[8], p2[8], g1[8], g2[8];
         int ok = 1;
@@ -166,17 +216,7 @@ static void gshard_chunk8(void *ctx, long t0, long t1, const double *p, int part
                 gshard_row(w, (int)q, w->logits + (size_t)q * 8, p + (size_t)(q - t0) * 8);
             continue;
         }
-        const __m512d a = _mm512_loadu_pd(p1), b = _mm512_loadu_pd(p2), s = _mm512_add_pd(a, b);
-        const __m512d ga = _mm512_div_pd(a, s), gb = _mm512_div_pd(b, s);
-        const __m512d test = w->raw ? b : gb;
-        __mmask8 keep = 0xff; /* all */
-        if (w->policy == MOE_SECOND_RANDOM)
-            keep = _mm512_cmp_pd_mask(_mm512_mul_pd(_mm512_set1_pd(2.0), test),
-                                      _mm512_loadu_pd(w->u + t), _CMP_GT_OQ);
-        else if (w->policy == MOE_SECOND_THRESHOLD)
-            keep = _mm512_cmp_pd_mask(gb, _mm512_set1_pd(w->thr), _CMP_GT_OQ);
-        _mm512_storeu_pd(g1, ga);
-        _mm512_storeu_pd(g2, gb);
+        const unsigned keep = gshard_gates8(w, p1, p2, w->u + t, g1, g2);
         for (int i = 0; i < 8; i++) {
             const size_t q = (size_t)(t + i) * 2;
             cl->gate[q] = g1[i];
@@ -185,7 +225,6 @@ static void gshard_chunk8(void *ctx, long t0, long t1, const double *p, int part
             cl->claim[q + 1] = keep >> i & 1;
         }
     }
-#endif
     for (; t < t1; t++)
         gshard_row(w, (int)t, w->logits + (size_t)t * 8, p + (size_t)(t - t0) * 8);
 }

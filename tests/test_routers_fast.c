@@ -560,20 +560,23 @@ static void test_gshard_top2(void)
 /* gshard's gates and second claims at E = 8 (eight tokens at a time on the rows pass) and 64
  * (the choices selected before the softmax), against their definition per token: the two
  * choices by scalar scans, p = moe_softmax of the row, g1 = p1 / (p1 + p2), g2 = p2 / (p1 +
- * p2), the second claiming when 2 g2 > u (policy random, the draws U), g2 > 0.3 (threshold) or
- * always (all); dropless, without renormalisation, on 20003 tokens (a last chunk that is not a
+ * p2), the second claiming when 2 g2 > u (policy random, the draws U), 2 p2 > u (random with
+ * threshold_on raw), g2 > 0.3 (threshold) or always (all); dropless, without renormalisation, on 20003 tokens (a last chunk that is not a
  * multiple of eight): entry by entry, bit for bit. */
 static void test_gshard_gates(void)
 {
-    static const int policy[] = {MOE_SECOND_RANDOM, MOE_SECOND_THRESHOLD, MOE_SECOND_ALL};
-    static const char *pname[] = {"random", "threshold", "all"};
+    static const int policy[] = {MOE_SECOND_RANDOM, MOE_SECOND_THRESHOLD, MOE_SECOND_ALL,
+                                 MOE_SECOND_RANDOM};
+    static const char *pname[] = {"random", "threshold", "all", "random (raw)"};
     const int n = 20003;
     for (int Ew = 8; Ew <= 64; Ew *= 8)
-        for (int pi = 0; pi < 3; pi++) {
+        for (int pi = 0; pi < 4; pi++) {
             moe_route_opts o = route_helper_opts(2, MOE_ORDER_CHOICE_MAJOR);
             o.dropless = 1;
             o.renormalize = 0;
             o.second_policy = policy[pi];
+            if (pi == 3)
+                o.threshold_on = MOE_THRESH_RAW;
             o.second_threshold = 0.3;
             moe_plan *p = route_helper("gshard", &o, n, Ew, L, U, NULL, 2);
             size_t at = 0;
@@ -584,7 +587,10 @@ static void test_gshard_gates(void)
                 moe_softmax(lt, Ew, pt);
                 const int e1 = first_max(lt, Ew, -1), e2 = first_max(lt, Ew, e1);
                 const double g1 = pt[e1] / (pt[e1] + pt[e2]), g2 = pt[e2] / (pt[e1] + pt[e2]);
-                const int keep = pi == 0 ? 2.0 * g2 > U[t] : pi == 1 ? g2 > 0.3 : 1;
+                const int keep = pi == 0   ? 2.0 * g2 > U[t]
+                                 : pi == 1 ? g2 > 0.3
+                                 : pi == 2 ? 1
+                                           : 2.0 * pt[e2] > U[t];
                 second += keep;
                 const moe_entry *en = p->entries + at;
                 if (at + 1 + (size_t)keep > p->n_entries || en[0].token != t ||
