@@ -671,50 +671,70 @@ int moe_select_is_top(const double *v, int len, const int32_t *idx, int k)
 #include <math.h>
 
 /* Without AVX-512: the two largest of v[0..len), len >= 8, ties to the lower index (the first
- * two of a stable descending argsort) in four lanes: each lane keeps the two largest of the
- * elements at its positions (strict comparisons in index order, so the earlier of equals stays),
- * and the two are the first two of those eight and the tail by value, then index. 0 for a row
- * holding a NaN (nothing written). */
+ * two of a stable descending argsort), in four lanes. thr = the second largest of eight lanes'
+ * maxima (lanes 0-3 over the row's blocks of eight and a last block of four, lanes 4-7 over the
+ * blocks' other halves): two elements at distinct places are >= thr, so both of the answer are.
+ * The elements >= thr (two or three of 64 Gaussian values) are found by masks of four, then
+ * taken in index order by value (strict comparisons, so that the earlier of equals stays
+ * ahead). 0 for a row holding a NaN (nothing written). */
 static int sel_top2_lanes(const double *v, int len, int32_t *f_out, int32_t *g_out)
 {
-    __m256d b1 = _mm256_loadu_pd(v), b2 = _mm256_set1_pd(-INFINITY);
-    __m256d i1 = _mm256_set_pd(3.0, 2.0, 1.0, 0.0), i2 = _mm256_set1_pd(-1.0);
-    __m256d at = i1, nan = _mm256_cmp_pd(b1, b1, _CMP_UNORD_Q);
-    int e = 4;
-    for (; e + 4 <= len; e += 4) {
+    __m256d a = _mm256_loadu_pd(v), b = _mm256_loadu_pd(v + 4);
+    __m256d nan = _mm256_or_pd(_mm256_cmp_pd(a, a, _CMP_UNORD_Q),
+                               _mm256_cmp_pd(b, b, _CMP_UNORD_Q));
+    int e = 8;
+    for (; e + 8 <= len; e += 8) {
+        const __m256d x = _mm256_loadu_pd(v + e), y = _mm256_loadu_pd(v + e + 4);
+        nan = _mm256_or_pd(nan, _mm256_or_pd(_mm256_cmp_pd(x, x, _CMP_UNORD_Q),
+                                             _mm256_cmp_pd(y, y, _CMP_UNORD_Q)));
+        a = _mm256_max_pd(a, x);
+        b = _mm256_max_pd(b, y);
+    }
+    if (e + 4 <= len) {
         const __m256d x = _mm256_loadu_pd(v + e);
-        at = _mm256_add_pd(at, _mm256_set1_pd(4.0));
         nan = _mm256_or_pd(nan, _mm256_cmp_pd(x, x, _CMP_UNORD_Q));
-        const __m256d gt1 = _mm256_cmp_pd(x, b1, _CMP_GT_OQ);
-        const __m256d gt2 = _mm256_cmp_pd(x, b2, _CMP_GT_OQ);
-        b2 = _mm256_blendv_pd(_mm256_blendv_pd(b2, x, gt2), b1, gt1);
-        i2 = _mm256_blendv_pd(_mm256_blendv_pd(i2, at, gt2), i1, gt1);
-        b1 = _mm256_blendv_pd(b1, x, gt1);
-        i1 = _mm256_blendv_pd(i1, at, gt1);
+        a = _mm256_max_pd(a, x);
+        e += 4;
     }
     if (_mm256_movemask_pd(nan))
         return 0;
-    double ci[11];
-    _mm256_storeu_pd(ci, i1);
-    _mm256_storeu_pd(ci + 4, i2);
-    int nc = 8;
-    for (; e < len; e++) {
-        if (v[e] != v[e])
-            return 0;
-        ci[nc++] = (double)e;
-    }
-    int f = -1, g = -1; /* the first and the second, by value and then index */
-    for (int c = 0; c < nc; c++) {
-        const int i = (int)ci[c];
-        if (i < 0)
-            continue; /* a lane without a second */
-        if (f < 0 || v[i] > v[f] || (v[i] == v[f] && i < f)) {
-            g = f;
-            f = i;
-        } else if (g < 0 || v[i] > v[g] || (v[i] == v[g] && i < g)) {
-            g = i;
+    /* the second largest of the eight: of the pairs' larger ones (hi) the larger of the two
+     * halves' smaller maxima and the larger of their second ones, or the largest smaller one */
+    const __m256d hi = _mm256_max_pd(a, b), lo = _mm256_min_pd(a, b);
+    const __m256d hs = _mm256_permute_pd(hi, 5);
+    const __m256d h1 = _mm256_max_pd(hi, hs), l1 = _mm256_min_pd(hi, hs);
+    const __m256d h1s = _mm256_permute2f128_pd(h1, h1, 1), l1s = _mm256_permute2f128_pd(l1, l1, 1);
+    __m256d t = _mm256_max_pd(_mm256_min_pd(h1, h1s), _mm256_max_pd(l1, l1s));
+    __m256d lm = _mm256_max_pd(lo, _mm256_permute_pd(lo, 5));
+    lm = _mm256_max_pd(lm, _mm256_permute2f128_pd(lm, lm, 1));
+    t = _mm256_max_pd(t, lm);
+    const double thr = _mm256_cvtsd_f64(t);
+    int f = -1, g = -1;
+#define SEL_TAKE(i)                                                                               \
+    do {                                                                                          \
+        if (f < 0 || v[i] > v[f])                                                                 \
+            g = f, f = (i);                                                                       \
+        else if (g < 0 || v[i] > v[g])                                                            \
+            g = (i);                                                                              \
+    } while (0)
+    const int whole = len & ~3;
+    for (int w0 = 0; w0 < whole; w0 += 64) { /* 64 elements a mask */
+        uint64_t m = 0;
+        for (int q = 0; q < 64 && w0 + q < whole; q += 4)
+            m |= (uint64_t)_mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(v + w0 + q), t,
+                                                            _CMP_GE_OQ)) << q;
+        for (; m; m &= m - 1) {
+            const int i = w0 + __builtin_ctzll(m);
+            SEL_TAKE(i);
         }
     }
+    for (e = whole; e < len; e++) {
+        if (v[e] != v[e])
+            return 0;
+        if (v[e] >= thr)
+            SEL_TAKE(e);
+    }
+#undef SEL_TAKE
     *f_out = f, *g_out = g;
     return 1;
 }
