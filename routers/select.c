@@ -674,7 +674,7 @@ int moe_select_is_top(const double *v, int len, const int32_t *idx, int k)
  * two of a stable descending argsort), in four lanes. thr = the second largest of eight lanes'
  * maxima (lanes 0-3 over the row's blocks of eight and a last block of four, lanes 4-7 over the
  * blocks' other halves): two elements at distinct places are >= thr, so both of the answer are.
- * The elements >= thr (two or three of 64 Gaussian values) are found by masks of four, then
+ * The elements >= thr (2.1 of 64 Gaussian values on average) are found by masks of four, then
  * taken in index order by value (strict comparisons, so that the earlier of equals stays
  * ahead). 0 for a row holding a NaN (nothing written). */
 static int sel_top2_lanes(const double *v, int len, int32_t *f_out, int32_t *g_out)
@@ -758,7 +758,7 @@ static const int32_t SEL_PACK[16][12] = {
  * in four lanes. thr = the smallest of eight lanes' maxima over the row's whole blocks of eight
  * (lane l: the elements at 8q + l): eight elements at distinct places, so at least k of the
  * row are >= thr and so is every element of the answer. The elements >= thr are the
- * candidates (about 17 of 64 Gaussian values, 19 of 256), packed in index order four elements
+ * candidates (about 18 of 64 Gaussian values, 21 of 256), packed in index order four elements
  * at a time by a permutation chosen by their mask (no branch per element). Each candidate's
  * rank in the order (value descending, then index) is the number of candidates above it or
  * equal and earlier; the ranks of four candidates are counted at once against each candidate
