@@ -24,7 +24,8 @@
  *    largest of the others) at E = 8, 32, 40, 48 and 64, and topk k = 2's gates against
  *    moe_softmax of the two logits.
  *  - gshard's gates and second claims at E = 8 (eight tokens at a time) and 64 against their
- *    definition per token, for the policies random, threshold and all.
+ *    definition per token, for the policies random (the test on g2, and on p2 with
+ *    threshold_on raw), threshold and all.
  *  - the sums the rows pass adds at E = 8 (importance, loads, the aux loss's mean of p, the
  *    z-loss's sum of squares) for switch and topk k = 2 against their definitions. */
 #include "check.h"
@@ -561,8 +562,8 @@ static void test_gshard_top2(void)
  * (the choices selected before the softmax), against their definition per token: the two
  * choices by scalar scans, p = moe_softmax of the row, g1 = p1 / (p1 + p2), g2 = p2 / (p1 +
  * p2), the second claiming when 2 g2 > u (policy random, the draws U), 2 p2 > u (random with
- * threshold_on raw), g2 > 0.3 (threshold) or always (all); dropless, without renormalisation, on 20003 tokens (a last chunk that is not a
- * multiple of eight): entry by entry, bit for bit. */
+ * threshold_on raw), g2 > 0.3 (threshold) or always (all); dropless, without renormalisation,
+ * on 20003 tokens (a last chunk that is not a multiple of eight): entry by entry, bit for bit. */
 static void test_gshard_gates(void)
 {
     static const int policy[] = {MOE_SECOND_RANDOM, MOE_SECOND_THRESHOLD, MOE_SECOND_ALL,
