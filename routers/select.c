@@ -43,6 +43,19 @@ static double sel_min_at(const double *v, const int32_t *idx, int k)
 
 enum { SEL_MAX_LEN = 1024, SEL_MAX_CAND = 64 };
 
+/* moe_select_topk_rows for rows [t, n) one at a time, the row after next on its way from
+ * memory (else each row waits for its lines); a row moe_select_topk declines gets idx -1. */
+static void sel_rows_from(const double *v, long t, long n, int len, int k, int32_t *idx,
+                          double *val)
+{
+    for (; t < n; t++) {
+        for (size_t o = 0; t + 2 < n && o < (size_t)len; o += 8)
+            __builtin_prefetch(v + (size_t)(t + 2) * len + o);
+        if (!moe_select_topk(v + (size_t)t * len, len, k, idx + (size_t)t * k, val + (size_t)t * k))
+            idx[(size_t)t * k] = -1;
+    }
+}
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
@@ -542,13 +555,7 @@ void moe_select_topk_rows(const double *v, long n, int len, int k, int32_t *idx,
                 idx[o] = -1;
         }
     }
-    for (; t < n; t++) {
-        /* the row after next on its way from memory (rows longer than the pairs take) */
-        for (size_t o = 0; t + 2 < n && o < (size_t)len; o += 8)
-            __builtin_prefetch(v + (size_t)(t + 2) * len + o);
-        if (!moe_select_topk(v + (size_t)t * len, len, k, idx + (size_t)t * k, val + (size_t)t * k))
-            idx[(size_t)t * k] = -1;
-    }
+    sel_rows_from(v, t, n, len, k, idx, val); /* (rows longer than the pairs take) */
 }
 
 int moe_select_argmax_skip(const double *x, int len, int skip)
@@ -908,13 +915,7 @@ int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
 
 void moe_select_topk_rows(const double *v, long n, int len, int k, int32_t *idx, double *val)
 {
-    for (long t = 0; t < n; t++) {
-        /* the row after next on its way from memory (else each row waits for its lines) */
-        for (size_t o = 0; t + 2 < n && o < (size_t)len; o += 8)
-            __builtin_prefetch(v + (size_t)(t + 2) * len + o);
-        if (!moe_select_topk(v + (size_t)t * len, len, k, idx + (size_t)t * k, val + (size_t)t * k))
-            idx[(size_t)t * k] = -1;
-    }
+    sel_rows_from(v, 0, n, len, k, idx, val);
 }
 
 #endif
