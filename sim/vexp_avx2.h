@@ -293,8 +293,8 @@ static inline void vx4_pairs_div(double *g, long n)
     }
 }
 
-/* Four rows of eight logits as columns (lane j: row r0 + j) between the steps of vexp.c's
- * sm_rows4c and sm_rows8_top2_cols: the by-rows steps of sm_rows_gen for rows of eight
+/* Four rows of eight logits as columns (lane j: row r0 + j) between the two steps of
+ * vexp_rows4.h's sm_rows4c: the by-rows steps of sm_rows_gen for rows of eight
  * (vx4_max, vx_shift, moe_select_first_eq, the sums, vx_div_pmax, vx4_lse; with the two
  * largest as the selected columns, sm_gather and vx_div_count) on four rows at once, with the
  * same operations on the same operands: no horizontal steps, four sums a vector. */
