@@ -34,7 +34,7 @@
  */
 #include "claims_par.h"
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -98,6 +98,79 @@ static int rp_count_from_rows(rp_job *j)
 }
 
 #if defined(__AVX512F__)
+/* Counts of up to eight experts in one vector register, lane e (rp_count's claims, rp_assign's
+ * next free slots): 64-bit lanes. */
+typedef __m512i rp_cnt;
+
+static inline rp_cnt rp_cnt_load(const long *next, int E)
+{
+    return _mm512_maskz_loadu_epi64((__mmask8)((1u << E) - 1u), next);
+}
+
+static inline void rp_cnt_store(long *next, int E, rp_cnt x)
+{
+    _mm512_mask_storeu_epi64(next, (__mmask8)((1u << E) - 1u), x);
+}
+
+/* Lane e of x. */
+static inline long rp_lane(rp_cnt x, int e)
+{
+    return (long)_mm_cvtsi128_si64(
+        _mm512_castsi512_si128(_mm512_permutexvar_epi64(_mm512_set1_epi64(e), x)));
+}
+
+/* x with lane e plus claim (0 or 1). */
+static inline rp_cnt rp_cnt_bump(rp_cnt x, int e, int claim)
+{
+    return _mm512_mask_add_epi64(x, (__mmask8)((unsigned)claim << e), x, _mm512_set1_epi64(1));
+}
+#define RP_CNT_LANES 1
+static inline int rp_cnt_fits(const rp_job *j)
+{
+    (void)j;
+    return 1;
+}
+#elif defined(__AVX2__)
+/* Without AVX-512: 32-bit lanes of one AVX2 register (rp_assign_tokens takes them only while
+ * every count stays below 2^31). */
+typedef __m256i rp_cnt;
+
+static inline rp_cnt rp_cnt_load(const long *next, int E)
+{
+    int32_t b[8] = {0};
+    for (int e = 0; e < E; e++)
+        b[e] = (int32_t)next[e];
+    return _mm256_loadu_si256((const __m256i *)b);
+}
+
+static inline void rp_cnt_store(long *next, int E, rp_cnt x)
+{
+    int32_t b[8];
+    _mm256_storeu_si256((__m256i *)b, x);
+    for (int e = 0; e < E; e++)
+        next[e] = b[e];
+}
+
+static inline long rp_lane(rp_cnt x, int e)
+{
+    return _mm_cvtsi128_si32(
+        _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(x, _mm256_set1_epi32(e))));
+}
+
+static inline rp_cnt rp_cnt_bump(rp_cnt x, int e, int claim)
+{
+    const __m256i at = _mm256_cmpeq_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+                                          _mm256_set1_epi32(e));
+    return _mm256_add_epi32(x, _mm256_and_si256(at, _mm256_set1_epi32(claim)));
+}
+#define RP_CNT_LANES 1
+static inline int rp_cnt_fits(const rp_job *j)
+{
+    return (long)j->n * j->c->K <= INT32_MAX;
+}
+#endif
+
+#if defined(RP_CNT_LANES)
 /* The counts of rp_count for E <= 8 and K <= 8: each counted rank's counts in one vector
  * register (lane e), bumped without a branch on the claim; returns the claims. */
 static inline __attribute__((always_inline)) long rp_count_k8(const rp_job *j, long lo, long hi,
@@ -106,29 +179,23 @@ static inline __attribute__((always_inline)) long rp_count_k8(const rp_job *j, l
 {
     const moe_claims *c = j->c;
     const int E = c->E, sets = by_rank ? K : 1;
-    const __mmask8 lanes = (__mmask8)((1u << E) - 1u);
-    const __m512i one = _mm512_set1_epi64(1);
-    __m512i cv[8];
+    rp_cnt cv[8];
     long claims = 0;
 #pragma GCC unroll 8
     for (int r = 0; r < sets; r++)
-        cv[r] = _mm512_setzero_si512();
+        cv[r] = rp_cnt_load(cnt + (size_t)r * E, E);
     for (long pos = lo; pos < hi; pos++) {
         const size_t q0 = (size_t)(j->perm ? j->perm[pos] : pos) * K;
 #pragma GCC unroll 8
         for (int k = 0; k < K; k++) {
             const int claim = c->claim[q0 + k] != 0, r = by_rank ? k : 0;
-            cv[r] = _mm512_mask_add_epi64(cv[r], (__mmask8)((unsigned)claim << c->expert[q0 + k]),
-                                          cv[r], one);
+            cv[r] = rp_cnt_bump(cv[r], c->expert[q0 + k], claim);
             claims += claim;
         }
     }
 #pragma GCC unroll 8
-    for (int r = 0; r < sets; r++) {
-        long *to = cnt + (size_t)r * E;
-        _mm512_mask_storeu_epi64(to, lanes,
-                                 _mm512_add_epi64(_mm512_maskz_loadu_epi64(lanes, to), cv[r]));
-    }
+    for (int r = 0; r < sets; r++)
+        rp_cnt_store(cnt + (size_t)r * E, E, cv[r]);
     return claims;
 }
 #endif
@@ -142,8 +209,8 @@ static void rp_count(void *ctx, int i, int np)
     long lo, hi, e0, e1;
     moe_par_range(j->n, i, np, &lo, &hi);
     long *cnt = j->cnt + (size_t)i * KR * E, claims = 0;
-#if defined(__AVX512F__)
-    if (E <= 8 && K <= 8) {
+#if defined(RP_CNT_LANES)
+    if (E <= 8 && K <= 8 && rp_cnt_fits(j)) {
         claims = K == 1              ? rp_count_k8(j, lo, hi, cnt, 1, 0)
                  : K == 2 && KR > 1 ? rp_count_k8(j, lo, hi, cnt, 2, 1)
                  : K == 2           ? rp_count_k8(j, lo, hi, cnt, 2, 0)
@@ -430,14 +497,7 @@ rp_assign_k(const rp_job *j, long lo, long hi, long *next, moe_entry *en, long r
     return en;
 }
 
-#if defined(__AVX512F__)
-/* Lane e of x. */
-static inline long rp_lane(__m512i x, int e)
-{
-    return (long)_mm_cvtsi128_si64(
-        _mm512_castsi512_si128(_mm512_permutexvar_epi64(_mm512_set1_epi64(e), x)));
-}
-
+#if defined(RP_CNT_LANES)
 /* rp_assign_k for E <= 8 and K <= 8: each counted rank's next free slots in one vector register
  * (lane e), read and bumped there, without a branch on the claim, instead of through memory,
  * where an increment waits on the last store to the same count (or replays after a load that
@@ -448,13 +508,10 @@ rp_assign_k8(const rp_job *j, long lo, long hi, long *next, moe_entry *en, long 
 {
     const moe_claims *c = j->c;
     const int E = c->E, sets = by_rank ? K : 1;
-    const __mmask8 lanes = (__mmask8)((1u << E) - 1u);
-    const __m512i one = _mm512_set1_epi64(1);
-    __m512i nv[8];
+    rp_cnt nv[8];
 #pragma GCC unroll 8
     for (int r = 0; r < 8; r++) /* (all eight set: the compiler cannot tell sets <= 8) */
-        nv[r] = r < sets ? _mm512_maskz_loadu_epi64(lanes, next + (size_t)r * E)
-                         : _mm512_setzero_si512();
+        nv[r] = r < sets ? rp_cnt_load(next + (size_t)r * E, E) : rp_cnt_load(next, 0);
     long slot[8] = {0};
     for (long t = lo; t < hi; t++) {
         const size_t q0 = (size_t)t * K;
@@ -462,16 +519,18 @@ rp_assign_k8(const rp_job *j, long lo, long hi, long *next, moe_entry *en, long 
         for (int k = 0; k < K; k++) {
             const int e = c->expert[q0 + k], r = by_rank ? k : 0, claim = c->claim[q0 + k] != 0;
             const long v = rp_lane(nv[r], e);
-            nv[r] = _mm512_mask_add_epi64(nv[r], (__mmask8)((unsigned)claim << e), nv[r], one);
+            nv[r] = rp_cnt_bump(nv[r], e, claim);
             slot[k] = claim && v < j->C ? v : -1;
         }
+#if defined(__AVX512F__)
         if (K == 8 && !j->renormalize && rp_entries8(c, t, slot, &en, rc, rk))
             continue;
+#endif
         rp_token_entries_k(j, t, slot, &en, rc, rk, K);
     }
 #pragma GCC unroll 8
     for (int r = 0; r < sets; r++)
-        _mm512_mask_storeu_epi64(next + (size_t)r * E, lanes, nv[r]);
+        rp_cnt_store(next + (size_t)r * E, E, nv[r]);
     return en;
 }
 #endif
@@ -482,8 +541,8 @@ static moe_entry *rp_assign_tokens(const rp_job *j, long lo, long hi, long *next
                                    long rc[2], long rk[2])
 {
     const int K = j->c->K, E = j->c->E, KR = j->KR;
-#if defined(__AVX512F__)
-    if (E <= 8 && K <= 8) {
+#if defined(RP_CNT_LANES)
+    if (E <= 8 && K <= 8 && rp_cnt_fits(j)) {
         /* K and the counted ranks constants: the counters' registers known at each claim */
         if (K == 1)
             return rp_assign_k8(j, lo, hi, next, en, rc, rk, 1, 0);
