@@ -125,14 +125,15 @@ static inline rp_cnt rp_cnt_bump(rp_cnt x, int e, int claim)
     return _mm512_mask_add_epi64(x, (__mmask8)((unsigned)claim << e), x, _mm512_set1_epi64(1));
 }
 #define RP_CNT_LANES 1
+/* Whether every count of j fits a lane: always, in 64 bits. */
 static inline int rp_cnt_fits(const rp_job *j)
 {
     (void)j;
     return 1;
 }
 #elif defined(__AVX2__)
-/* Without AVX-512: 32-bit lanes of one AVX2 register (rp_assign_tokens takes them only while
- * every count stays below 2^31). */
+/* Without AVX-512: 32-bit lanes of one AVX2 register, taken only while every count stays below
+ * 2^31 (rp_cnt_fits). */
 typedef __m256i rp_cnt;
 
 static inline rp_cnt rp_cnt_load(const long *next, int E)
@@ -164,6 +165,7 @@ static inline rp_cnt rp_cnt_bump(rp_cnt x, int e, int claim)
     return _mm256_add_epi32(x, _mm256_and_si256(at, _mm256_set1_epi32(claim)));
 }
 #define RP_CNT_LANES 1
+/* A count or a next free slot is at most the claims of all n tokens. */
 static inline int rp_cnt_fits(const rp_job *j)
 {
     return (long)j->n * j->c->K <= INT32_MAX;
