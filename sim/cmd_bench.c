@@ -667,20 +667,23 @@ static void print_targets(const bench_ctx *c, const cfg_result *res, int ncfg,
             whi = fmax(whi, w);
         }
         double glo = INFINITY, ghi = 0.0;
-        int worst = 0;
+        int worst = 0, gworst = 0; /* the slowest n per token: the layer's, the GEMM pair's */
         for (int i = 0; i < nscale; i++) {
             double gt = sr[i].grouped / sr[i].n;
             glo = fmin(glo, gt);
             ghi = fmax(ghi, gt);
             if (sr[i].per_token > sr[worst].per_token)
                 worst = i;
+            if (gt > sr[gworst].grouped / sr[gworst].n)
+                gworst = i;
         }
         printf("scaling time per token max/min n=%d..%d  %6.3f  (<= 1.10)  %s\n", sr[0].n,
                sr[nscale - 1].n, hi / lo, verdict(hi / lo <= 1.10));
         if (hi / lo > 1.10)
-            printf("         the GEMM pair alone, grouped per expert: max/min %.3f per token "
-                   "(slowest at n=%d: %.0f rows per expert on average)\n", ghi / glo,
-                   sr[worst].n, (double)sr[worst].kept / res[0].cfg->E);
+            printf("         the layer slowest at n=%d; the GEMM pair alone, grouped per expert: "
+                   "max/min %.3f per token, slowest at n=%d (%.0f rows per expert on average)\n",
+                   sr[worst].n, ghi / glo, sr[gworst].n,
+                   (double)sr[gworst].kept / res[0].cfg->E);
         /* an O(n*E*C) term would grow this ratio with n (64x from 1k to 64k tokens) */
         printf("memory workspace / 4(n*d + E*C*d) stays in %.2f..%.2f over n  %s\n", wlo, whi,
                verdict(whi / wlo <= 1.5));

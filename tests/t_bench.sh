@@ -34,6 +34,32 @@ count "$T/out" '^check: layer output vs naive double reference on 1024 tokens: r
 count "$T/out" '^torch: skipped (--no-torch)$' 3
 has "$T/out" '^== scaling E16k2: n from 256 to 4096 tokens ==$'
 for n in 256 1024 4096; do has "$T/out" "^ *$n  "; done
+# the note under the scaling verdict names the n where the layer and where the GEMM pair alone
+# are slowest per token: rows of the scaling table with the largest "/best" in its two columns
+# (the layer's, the GEMMs'; rows printed equal to three decimals all qualify); there is no note
+# when the layer's largest is within 1.10 (a value that prints as 1.100 may go either way)
+note=$(awk '
+    /^== scaling / { t = 1; next }
+    /^\(GEMMs: / { t = 0 }
+    t && /^ *[0-9]+ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ +[0-9.]+ / {
+        m++; n[m] = $1; l[m] = $5 + 0; g[m] = $7 + 0
+        if (l[m] > lb) lb = l[m]
+        if (g[m] > gb) gb = g[m] }
+    END {
+        if (lb < 1.1) { print "none"; exit }
+        if (lb == 1.1) { print "either"; exit }
+        for (i = 1; i <= m; i++) {
+            if (l[i] == lb) ls = ls (ls ? "|" : "") n[i]
+            if (g[i] == gb) gs = gs (gs ? "|" : "") n[i]
+        }
+        printf "the layer slowest at n=(%s); .*slowest at n=(%s) ", ls, gs }' "$T/out")
+case $note in
+none) if grep -q 'the layer slowest at n=' "$T/out"; then
+          no "a slowest-n note with the layer within 1.10"; else ok; fi ;;
+either) ok ;;
+*) if grep -Eq "^ *$note" "$T/out"; then ok; else
+       no "the slowest-n note does not match the scaling table ('$note'): $(grep 'slowest at' "$T/out")"; fi ;;
+esac
 has "$T/out" '^== targets ==$'
 has "$T/out" '^== training step: skipped (--quick; it runs at full size only) ==$'
 # --quick measures small shapes: a value under a full-size target is "below", never MISSED
