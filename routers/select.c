@@ -915,7 +915,19 @@ int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val)
 
 void moe_select_topk_rows(const double *v, long n, int len, int k, int32_t *idx, double *val)
 {
-    sel_rows_from(v, 0, n, len, k, idx, val);
+    long t = 0;
+#if defined(__AVX2__)
+    /* k = 3..8 of 8..256: four rows at a time by the network (select_net.c), the rows it
+     * declines one at a time */
+    for (; k >= 3 && t + 4 <= n; t += 4) {
+        const int took = moe_select_topk_net4(v + (size_t)t * len, len, k, idx + (size_t)t * k,
+                                              val + (size_t)t * k);
+        for (int i = 0; i < 4; i++)
+            if (!(took >> i & 1))
+                sel_rows_from(v, t + i, t + i + 1, len, k, idx, val);
+    }
+#endif
+    sel_rows_from(v, t, n, len, k, idx, val);
 }
 
 #endif

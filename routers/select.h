@@ -14,9 +14,18 @@
 int moe_select_topk(const double *v, int len, int k, int32_t *idx, double *val);
 
 /* moe_select_topk of each of the n rows v (n, len): row t's answer at idx + t * k and val +
- * t * k, four rows at a time where the rows are short (8..64 elements); a row it declines gets
+ * t * k, four rows at a time where the rows are short (with AVX-512: 8..64 elements; without
+ * it, with AVX2: k = 3..8 of 8..256 by moe_select_topk_net4); a row it declines gets
  * idx[t * k] = -1 and nothing else written. */
 void moe_select_topk_rows(const double *v, long n, int len, int k, int32_t *idx, double *val);
+
+/* moe_select_topk of the four rows v (4, len), each row's answer at idx + i * k and val + i * k,
+ * by a selection network in the four lanes of AVX2 registers (select_net.c), for k = 1..8 and
+ * len = 8..256 a multiple of 4. Returns the rows answered as bits (bit i: row i); a row with a
+ * NaN, an infinity, a zero among its k + 1 largest, or two of those equal in all but their low
+ * eight bits is declined (nothing written), and every row is declined with AVX-512, without
+ * AVX2 and FMA, or outside those shapes. */
+int moe_select_topk_net4(const double *v, int len, int k, int32_t *idx, double *val);
 
 /* Each of the n rows of eight x (n, 8): its two largest as moe_select_topk with k = 2 gives
  * them, in idx2[2r], idx2[2r + 1], and ok[r] = 1; ok[r] = 0 (idx2 of the row unset) where

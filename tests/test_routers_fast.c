@@ -8,6 +8,8 @@
  *    function may decline a row (returns 0), but every row it takes must match, and the
  *    Gaussian rows must mostly be taken (else the test would check nothing): with AVX-512
  *    every k, with AVX2 k = 2..8.
+ *  - moe_select_topk_net4 (routers/select_net.c, four rows by a selection network, without
+ *    AVX-512) against a stable sort, and its declines (see test_select_net4).
  *  - moe_claims_argmax with a skipped index (the vector pass of select.c) against a scalar scan.
  *  - moe_select_first_eq (the first index of a value) against a scalar scan.
  *  - moe_select_is_top (whether a set of k indices is a row's top-k) against its definition.
@@ -142,6 +144,86 @@ static int select_row(gsl_rng *g, int len, int k, int r, double *v)
     if (kind == 5)
         v[gsl_rng_uniform_int(g, len)] = NAN;
     return kind;
+}
+
+/* moe_select_topk_net4 (routers/select_net.c): four rows at once through a selection network
+ * on keys that keep a value's bits above the low eight and its column below them. Against the
+ * stable sort (by_rank) on every length it takes that occurs as an expert count or bounds a
+ * branch (8, 12, 16, 20, 32, 60, 64, 100, 128, 252, 256) and k 1..8, blocks of four rows where row i is:
+ *   0  Gaussian: must be taken (a decline needs two of its k + 1 largest equal in their top 44
+ *      bits) and equal the sort;
+ *   1  Gaussian with the (k+1)-th largest replaced by the k-th with its lowest bit flipped (at
+ *      k = len the k-th by the (k-1)-th), so that the two keys agree above the column bits and
+ *      the columns, not the values, would order them: must be declined;
+ *   2  small integers (exact ties, decided by index): must be declined, or equal the sort;
+ *   3  negative values below a +0.0 or -0.0 (the largest), or Gaussian with +inf or a NaN
+ *      anywhere: must be declined.
+ * With AVX-512, or without AVX2 and FMA, the function declines everything (checked too). */
+static void test_select_net4(void)
+{
+    static const int lens[] = {8, 12, 16, 20, 32, 60, 64, 100, 128, 252, 256};
+    gsl_rng *g = moe_rng_alloc(23, 1);
+    static double v[4 * 256];
+    static int ord[256];
+    int blocks = 0, taken[4] = {0, 0, 0, 0}, wrong = 0, seen = 0;
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++)
+        for (int k = 1; k <= 8; k++)
+            for (int rep = 0; rep < 8; rep++) {
+                const int len = lens[li];
+                for (int r = 0; r < 4; r++) {
+                    double *vr = v + (size_t)r * len;
+                    for (int i = 0; i < len; i++)
+                        vr[i] = r == 2 ? (double)gsl_rng_uniform_int(g, 12)
+                                       : gsl_ran_gaussian_ziggurat(g, 1.0);
+                    if (r == 1) { /* the k-th's lowest bit flipped, into the (k+1)-th */
+                        sort_row = vr;
+                        for (int i = 0; i < len; i++)
+                            ord[i] = i;
+                        qsort(ord, (size_t)len, sizeof ord[0], by_rank);
+                        const int a = k < len ? k - 1 : k - 2; /* k = len: the last two */
+                        uint64_t b;
+                        memcpy(&b, &vr[ord[a]], sizeof b);
+                        b ^= 1;
+                        memcpy(&vr[ord[a + 1]], &b, sizeof b);
+                    } else if (r == 3) { /* a zero above negative values, or inf, or NaN */
+                        for (int i = 0; rep % 3 == 0 && i < len; i++)
+                            vr[i] = -fabs(vr[i]) - 0.5;
+                        vr[gsl_rng_uniform_int(g, (unsigned long)len)] =
+                            rep % 3 == 0 ? (rep % 2 ? -0.0 : 0.0) : rep % 3 == 1 ? INFINITY : NAN;
+                    }
+                }
+                int32_t idx[4 * 8];
+                double val[4 * 8];
+                const int got = moe_select_topk_net4(v, len, k, idx, val);
+                blocks++;
+                for (int r = 0; r < 4; r++) {
+                    if (!(got >> r & 1))
+                        continue;
+                    taken[r]++;
+                    const double *vr = v + (size_t)r * len;
+                    sort_row = vr;
+                    for (int i = 0; i < len; i++)
+                        ord[i] = i;
+                    qsort(ord, (size_t)len, sizeof ord[0], by_rank);
+                    seen++;
+                    for (int j = 0; j < k; j++)
+                        wrong += idx[r * k + j] != ord[j] ||
+                                 memcmp(&val[r * k + j], &vr[ord[j]], sizeof(double));
+                }
+            }
+    gsl_rng_free(g);
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+    CHECK(taken[0] == blocks && taken[1] == 0 && taken[3] == 0 && wrong == 0,
+          "selection network, %d blocks of four rows: Gaussian rows taken %d (all expected), "
+          "rows with the (k+1)-th a double below the k-th taken %d and rows with a zero, an "
+          "infinity or a NaN taken %d (none expected), %d of the %d rows taken wrong (tied "
+          "integer rows taken: %d)",
+          blocks, taken[0], taken[1], taken[3], wrong, seen, taken[2]);
+#else
+    CHECK(taken[0] + taken[1] + taken[2] + taken[3] == 0,
+          "selection network without its build: %d rows taken, none expected",
+          taken[0] + taken[1] + taken[2] + taken[3]);
+#endif
 }
 
 /* moe_select_topk, moe_select_topk_rows (four rows at a time, then one by one), moe_claims_topk
@@ -670,6 +752,7 @@ int main(void)
     gsl_rng_free(g);
     test_select();
     test_select_sorted();
+    test_select_net4();
     test_argmax_skip();
     test_first_eq();
     test_is_top();
