@@ -28,8 +28,9 @@
  *  - gshard's gates and second claims at E = 8 (eight tokens at a time) and 64 against their
  *    definition per token, for the policies random (the test on g2, and on p2 with
  *    threshold_on raw), threshold and all.
- *  - the sums the rows pass adds at E = 8 (importance, loads, the aux loss's mean of p, the
- *    z-loss's sum of squares) for switch and topk k = 2 against their definitions. */
+ *  - the sums the rows pass adds at E = 8, 16, 32, 40 and 64 (importance, loads, the aux loss's
+ *    mean of p, the z-loss's sum of squares) for switch and topk k = 2 against their
+ *    definitions. */
 #include "check.h"
 #include "moe.h"
 #include "../routers/claims.h"
@@ -693,26 +694,29 @@ static void test_gshard_gates(void)
         }
 }
 
-/* The sums the rows pass adds chunk by chunk in token order at E = 8 (routers/claims.c: the
- * sums of p and of the squared logsumexps, then the claims' statistics, on whichever thread
- * adds the chunk): switch and topk k = 2, dropless (entry t*k + j is token t's claim j, its
- * gate the combine weight), on 2 threads on the quartered logits read as rows of 8, against
+/* The sums the rows pass adds chunk by chunk in token order at E = 8, 16, 32 and 64 (every
+ * sum in registers in one pass where a build has such a path) and 40 (the general loops)
+ * (routers/claims.c: the sums of p and of the squared logsumexps, then the claims'
+ * statistics, on whichever thread adds the chunk): switch and topk k = 2, dropless (entry
+ * t*k + j is token t's claim j, its gate the combine weight), on 2 threads on the quartered
+ * logits read as rows of E, against
  * their definitions summed here in token order: importance[e] the gates of the claims on e,
  * assigned_load[e] their count, the aux loss from pmean[e] = (sum_t p[t,e]) / n (p =
  * moe_softmax of the row) as claims.h defines it for each router, and lse_sumsq = moe_sum_sq(0,
  * lse) with lse = moe_logsumexp of each row; all bit for bit. */
-static void test_rows_sums8(void)
+static void test_rows_sums(void)
 {
-    enum { EW = 8 };
+    static const int widths[] = {8, 16, 32, 40, 64};
     const int n = N;
     static double lse[N];
-    for (int ri = 0; ri < 2; ri++) {
+    for (int q = 0; q < 10; q++) {
+        const int EW = widths[q / 2], ri = q % 2;
         const int k = ri ? 2 : 1;
         moe_route_opts o = route_helper_opts(k, MOE_ORDER_TOKEN_MAJOR);
         o.dropless = 1;
         moe_plan *p = route_helper(ri ? "topk" : "switch", &o, n, EW, L, U, NULL, 2);
-        double imp[EW] = {0}, pm[EW] = {0}, pr[EW], s = 0.0;
-        long cnt[EW] = {0}; /* at k = 1 also switch's first choices per expert */
+        double imp[E] = {0}, pm[E] = {0}, pr[E], s = 0.0;
+        long cnt[E] = {0}; /* at k = 1 also switch's first choices per expert */
         int bad = !p || p->n_entries != (size_t)n * k;
         for (int t = 0; !bad && t < n; t++) {
             moe_softmax(L + (size_t)t * EW, EW, pr);
@@ -729,12 +733,12 @@ static void test_rows_sums8(void)
             s += ri ? (double)cnt[e] * (pm[e] / n) : (double)cnt[e] / n * (pm[e] / n);
         const double aux = ri ? (double)EW / ((double)k * n) * s : EW * s;
         const double zs = moe_sum_sq(0.0, lse, n);
-        CHECK(!bad && memcmp(imp, p->importance, sizeof imp) == 0 &&
-                  memcmp(cnt, p->assigned_load, sizeof cnt) == 0 &&
+        CHECK(!bad && memcmp(imp, p->importance, EW * sizeof imp[0]) == 0 &&
+                  memcmp(cnt, p->assigned_load, EW * sizeof cnt[0]) == 0 &&
                   p->n_claims == (long)n * k && memcmp(&aux, &p->aux_loss, sizeof aux) == 0 &&
                   memcmp(&zs, &p->lse_sumsq, sizeof zs) == 0,
-              "%s k=%d E=8: the rows pass's sums differ from their definitions (aux %.17g "
-              "against %.17g, z-loss sum %.17g against %.17g)", ri ? "topk" : "switch", k,
+              "%s k=%d E=%d: the rows pass's sums differ from their definitions (aux %.17g "
+              "against %.17g, z-loss sum %.17g against %.17g)", ri ? "topk" : "switch", k, EW,
               p ? p->aux_loss : 0.0, aux, p ? p->lse_sumsq : 0.0, zs);
         moe_plan_free(p);
     }
@@ -762,7 +766,7 @@ int main(void)
     test_switch_first();
     test_gshard_top2();
     test_gshard_gates();
-    test_rows_sums8();
+    test_rows_sums();
     printf("test_routers_fast: %d passed, %d failed\n", check_pass, check_fail);
     return check_fail != 0;
 }
