@@ -11,7 +11,7 @@
 
 #include "vexp.h"
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 #include <gsl/gsl_randist.h>
@@ -169,14 +169,17 @@ static void topk_select_chunk(void *ctx, long t0, long t1)
     memset(cl->claim + (size_t)t0 * k, 1, (size_t)(t1 - t0) * k);
 }
 
-/* g[j] = e[j] / s for j < k, eight at a time (each quotient correctly rounded, as one at a
- * time). */
+/* g[j] = e[j] / s for j < k, eight at a time, without AVX-512 four (each quotient correctly
+ * rounded, as one at a time). */
 static void topk_div(double *g, const double *e, int k, double s)
 {
     int j = 0;
 #if defined(__AVX512F__)
     for (; j + 8 <= k; j += 8)
         _mm512_storeu_pd(g + j, _mm512_div_pd(_mm512_loadu_pd(e + j), _mm512_set1_pd(s)));
+#elif defined(__AVX2__)
+    for (; j + 4 <= k; j += 4)
+        _mm256_storeu_pd(g + j, _mm256_div_pd(_mm256_loadu_pd(e + j), _mm256_set1_pd(s)));
 #endif
     for (; j < k; j++)
         g[j] = e[j] / s;
