@@ -317,7 +317,6 @@ void moe_claims_add_rows(double *restrict pm, const double *restrict p, long row
             pm[e] += p[(size_t)t * E + e];
 }
 
-
 /* moe_claims_add_rows(pm, p, rows, E), returning moe_sum_sq(z, lse, rows): at E = 8, 16, 32 and
  * 64 in one loop, so that the chains of additions (the sums of p, the sum of squares) overlap
  * instead of running one after the other; each takes the same additions in the same order. */

@@ -150,7 +150,8 @@ static int select_row(gsl_rng *g, int len, int k, int r, double *v)
 /* moe_select_topk_net4 (routers/select_net.c): four rows at once through a selection network
  * on keys that keep a value's bits above the low eight and its column below them. Against the
  * stable sort (by_rank) on every length it takes that occurs as an expert count or bounds a
- * branch (8, 12, 16, 20, 32, 60, 64, 100, 128, 252, 256) and k 1..8, blocks of four rows where row i is:
+ * branch (8, 12, 16, 20, 32, 60, 64, 100, 128, 252, 256) and k 1..8, blocks of four rows where
+ * row i is:
  *   0  Gaussian: must be taken (a decline needs two of its k + 1 largest equal in their top 44
  *      bits) and equal the sort;
  *   1  Gaussian with the (k+1)-th largest replaced by the k-th with its lowest bit flipped (at
@@ -216,8 +217,8 @@ static void test_select_net4(void)
 #if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
     CHECK(taken[0] == blocks && taken[1] == 0 && taken[3] == 0 && wrong == 0,
           "selection network, %d blocks of four rows: Gaussian rows taken %d (all expected), "
-          "rows with the (k+1)-th a double below the k-th taken %d and rows with a zero, an "
-          "infinity or a NaN taken %d (none expected), %d of the %d rows taken wrong (tied "
+          "rows whose k-th and (k+1)-th differ in the lowest bit taken %d and rows with a zero, "
+          "an infinity or a NaN taken %d (none expected), %d of the %d rows taken wrong (tied "
           "integer rows taken: %d)",
           blocks, taken[0], taken[1], taken[3], wrong, seen, taken[2]);
 #else
@@ -699,11 +700,11 @@ static void test_gshard_gates(void)
  * (routers/claims.c: the sums of p and of the squared logsumexps, then the claims'
  * statistics, on whichever thread adds the chunk): switch and topk k = 2, dropless (entry
  * t*k + j is token t's claim j, its gate the combine weight), on 2 threads on the quartered
- * logits read as rows of E, against
- * their definitions summed here in token order: importance[e] the gates of the claims on e,
- * assigned_load[e] their count, the aux loss from pmean[e] = (sum_t p[t,e]) / n (p =
- * moe_softmax of the row) as claims.h defines it for each router, and lse_sumsq = moe_sum_sq(0,
- * lse) with lse = moe_logsumexp of each row; all bit for bit. */
+ * logits read as rows of E, against their definitions summed here in token order:
+ * importance[e] the gates of the claims on e, assigned_load[e] their count, the aux loss from
+ * pmean[e] = (sum_t p[t,e]) / n (p = moe_softmax of the row) as claims.h defines it for each
+ * router, and lse_sumsq = moe_sum_sq(0, lse) with lse = moe_logsumexp of each row; all bit for
+ * bit. */
 static void test_rows_sums(void)
 {
     static const int widths[] = {8, 16, 32, 40, 64};
