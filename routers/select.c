@@ -917,11 +917,11 @@ void moe_select_topk_rows(const double *v, long n, int len, int k, int32_t *idx,
 {
     long t = 0;
 #if defined(__AVX2__)
-    /* k = 3..8 of 8..256: four rows at a time by the network (select_net.c), the rows it
-     * declines one at a time; the rows two blocks on start on their way from memory (else
-     * each block waits for its lines: 65536 x 64 from memory, one thread, 64-99 -> 46-71 ns a
-     * row) */
-    for (; k >= 3 && t + 4 <= n; t += 4) {
+    /* k = 3..8 where the network fits (8..256, a multiple of 4): four rows at a time by the
+     * network (select_net.c), the rows it declines one at a time; the rows two blocks on start
+     * on their way from memory (else each block waits for its lines: 65536 x 64 from memory,
+     * one thread, 64-99 -> 46-71 ns a row). Other shapes: one row at a time, below. */
+    for (const int net = k >= 3 && moe_select_net4_fits(len, k); net && t + 4 <= n; t += 4) {
         for (size_t o = (size_t)(t + 8) * len; t + 12 <= n && o < (size_t)(t + 12) * len; o += 8)
             __builtin_prefetch(v + o);
         const int took = moe_select_topk_net4(v + (size_t)t * len, len, k, idx + (size_t)t * k,

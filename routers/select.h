@@ -27,6 +27,10 @@ void moe_select_topk_rows(const double *v, long n, int len, int k, int32_t *idx,
  * AVX2 and FMA, or outside those shapes. */
 int moe_select_topk_net4(const double *v, int len, int k, int32_t *idx, double *val);
 
+/* Whether moe_select_topk_net4 takes rows of len with k in this build (it may still decline a
+ * row for its values). */
+int moe_select_net4_fits(int len, int k);
+
 /* Each of the n rows of eight x (n, 8): its two largest as moe_select_topk with k = 2 gives
  * them, in idx2[2r], idx2[2r + 1], and ok[r] = 1; ok[r] = 0 (idx2 of the row unset) where
  * moe_select_topk declines the row (a NaN; every row without AVX2 or AVX-512). With AVX2 and

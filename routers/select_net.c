@@ -148,9 +148,14 @@ static inline __attribute__((always_inline)) int sn_rows4(const double *v, const
     return ~declined & 15;
 }
 
+int moe_select_net4_fits(int len, int k)
+{
+    return k >= 1 && k <= 8 && len >= 8 && len <= SN_MAX_LEN && len % 4 == 0;
+}
+
 int moe_select_topk_net4(const double *v, int len, int k, int32_t *idx, double *val)
 {
-    if (k < 1 || k > 8 || len < 8 || len > SN_MAX_LEN || len % 4)
+    if (!moe_select_net4_fits(len, k))
         return 0;
     switch (len) { /* the usual expert counts with their loops unrolled */
     case 8: return sn_rows4(v, 8, k, idx, val);
@@ -162,6 +167,12 @@ int moe_select_topk_net4(const double *v, int len, int k, int32_t *idx, double *
 }
 
 #else
+
+int moe_select_net4_fits(int len, int k)
+{
+    (void)len, (void)k;
+    return 0;
+}
 
 int moe_select_topk_net4(const double *v, int len, int k, int32_t *idx, double *val)
 {

@@ -215,6 +215,12 @@ static void test_select_net4(void)
             }
     gsl_rng_free(g);
 #if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+    /* (the shapes it fits, as select.h states them) */
+    CHECK(moe_select_net4_fits(8, 8) && moe_select_net4_fits(60, 3) &&
+              moe_select_net4_fits(256, 1) && !moe_select_net4_fits(62, 8) &&
+              !moe_select_net4_fits(260, 8) && !moe_select_net4_fits(4, 2) &&
+              !moe_select_net4_fits(64, 9),
+          "moe_select_net4_fits: not the shapes select.h gives (8..256, a multiple of 4, k 1..8)");
     CHECK(taken[0] == blocks && taken[1] == 0 && taken[3] == 0 && wrong == 0,
           "selection network, %d blocks of four rows: Gaussian rows taken %d (all expected), "
           "rows whose k-th and (k+1)-th differ in the lowest bit taken %d and rows with a zero, "
@@ -222,7 +228,7 @@ static void test_select_net4(void)
           "integer rows taken: %d)",
           blocks, taken[0], taken[1], taken[3], wrong, seen, taken[2]);
 #else
-    CHECK(taken[0] + taken[1] + taken[2] + taken[3] == 0,
+    CHECK(taken[0] + taken[1] + taken[2] + taken[3] == 0 && !moe_select_net4_fits(64, 8),
           "selection network without its build: %d rows taken, none expected",
           taken[0] + taken[1] + taken[2] + taken[3]);
 #endif
