@@ -12,8 +12,9 @@
 
 enum { MOE_PAR_MAX = 8 };
 
-/* Threads the routers use: nt >= 1, or 0 = the online processors (at most MOE_PAR_MAX).
- * Process-wide; set it before routing, not while routers run. */
+/* Threads the routers use: nt >= 1, or 0 = the online processors (at most MOE_PAR_MAX; counted
+ * at the first call and kept for the life of the process). Process-wide; set it before
+ * routing, not while routers run. */
 void moe_par_set_threads(int nt);
 int moe_par_threads(void);
 
