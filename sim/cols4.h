@@ -19,14 +19,35 @@ static inline __attribute__((always_inline)) void moe_transpose4_pd(const __m256
     c[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
 }
 
-/* The four rows of eight at x (4 x 8) as columns: c[e] lane i = x[8 i + e]. */
+/* The four rows of eight at x (4 x 8) as columns: c[e] lane i = x[8 i + e]. Pairs of columns
+ * of rows 0 and 2 (1 and 3) loaded into the halves of a register (the upper half by an insert
+ * from memory), then unpacked: half the shuffles of four row loads and moe_transpose4_pd, which
+ * in the softmax of rows of eight competed with the exponentials' own shuffles (in cache, one
+ * thread: 19.95 -> 18.6 ns a row). */
 static inline __attribute__((always_inline)) void moe_cols8_load(const double *x, __m256d *c)
 {
-    __m256d r[4];
-    for (int h = 0; h < 2; h++) { /* columns 4h..4h+3 */
-        for (int i = 0; i < 4; i++)
-            r[i] = _mm256_loadu_pd(x + 8 * i + 4 * h);
-        moe_transpose4_pd(r, c + 4 * h);
+#define MOE_COLS8_PAIR(o) \
+    _mm256_insertf128_pd(_mm256_castpd128_pd256(_mm_loadu_pd(x + (o))), _mm_loadu_pd(x + (o) + 16), 1)
+    for (int h = 0; h < 4; h++) { /* columns 2h, 2h + 1 */
+        const __m256d r02 = MOE_COLS8_PAIR(2 * h), r13 = MOE_COLS8_PAIR(2 * h + 8);
+        c[2 * h] = _mm256_unpacklo_pd(r02, r13);
+        c[2 * h + 1] = _mm256_unpackhi_pd(r02, r13);
+    }
+#undef MOE_COLS8_PAIR
+}
+
+/* The columns c[0..7] of four rows of eight (lane i: row i) stored as the rows at p (4 x 8):
+ * moe_cols8_load's way back, the halves stored apart (the upper one by an extract to memory)
+ * instead of moe_transpose4_pd's second shuffle. */
+static inline __attribute__((always_inline)) void moe_cols8_store(const __m256d *c, double *p)
+{
+    for (int h = 0; h < 4; h++) { /* columns 2h, 2h + 1 */
+        const __m256d lo = _mm256_unpacklo_pd(c[2 * h], c[2 * h + 1]);
+        const __m256d hi = _mm256_unpackhi_pd(c[2 * h], c[2 * h + 1]);
+        _mm_storeu_pd(p + 2 * h, _mm256_castpd256_pd128(lo));
+        _mm_storeu_pd(p + 2 * h + 8, _mm256_castpd256_pd128(hi));
+        _mm_storeu_pd(p + 2 * h + 16, _mm256_extractf128_pd(lo, 1));
+        _mm_storeu_pd(p + 2 * h + 24, _mm256_extractf128_pd(hi, 1));
     }
 }
 

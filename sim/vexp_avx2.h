@@ -418,13 +418,7 @@ vx4_cols_div(int r0, double *p, double *mx, int32_t *pmax, int32_t *xfirst, doub
     }
     if (mx)
         _mm256_storeu_pd(mx + r0, g->m);
-    __m256d rw[8];
-    moe_transpose4_pd(q, rw);
-    moe_transpose4_pd(q + 4, rw + 4);
-    for (int j = 0; j < 4; j++) {
-        _mm256_storeu_pd(p + (size_t)(r0 + j) * 8, rw[j]);
-        _mm256_storeu_pd(p + (size_t)(r0 + j) * 8 + 4, rw[4 + j]);
-    }
+    moe_cols8_store(q, p + (size_t)r0 * 8);
 }
 
 #endif
