@@ -399,13 +399,19 @@ vx4_cols_div(int r0, double *p, double *mx, int32_t *pmax, int32_t *xfirst, doub
     }
     if (idx2) {
         moe_idx2_store(g->fi, g->gi, idx2 + 2 * (size_t)r0);
-        const __m256d ef = vx4_cols_at(g->ev, g->fi), eg = vx4_cols_at(g->ev, g->gi);
-        const __m256d a = _mm256_unpacklo_pd(ef, eg), b = _mm256_unpackhi_pd(ef, eg);
-        _mm256_storeu_pd(e2 + 2 * (size_t)r0, _mm256_permute2f128_pd(a, b, 0x20));
-        _mm256_storeu_pd(e2 + 2 * (size_t)r0 + 4, _mm256_permute2f128_pd(a, b, 0x31));
+        /* the largest logit's exponential is exp(0) = 1 (its argument the maximum less
+         * itself, a zero of either sign: the tiny-argument case, 1.0 + a), so the pair's first
+         * needs no look-up, and the second's (at most 1, the smaller of the two) is the one
+         * istop compares the quotients with */
+        const __m256d one = _mm256_set1_pd(1.0), eg = vx4_cols_at(g->ev, g->gi);
+        const __m256d a = _mm256_unpacklo_pd(one, eg), b = _mm256_unpackhi_pd(one, eg);
+        double *const e2r = e2 + 2 * (size_t)r0; /* (rows 0 and 2 in a, 1 and 3 in b) */
+        _mm_storeu_pd(e2r, _mm256_castpd256_pd128(a));
+        _mm_storeu_pd(e2r + 2, _mm256_castpd256_pd128(b));
+        _mm_storeu_pd(e2r + 4, _mm256_extractf128_pd(a, 1));
+        _mm_storeu_pd(e2r + 6, _mm256_extractf128_pd(b, 1));
         if (istop) {
-            const __m256d lo = _mm256_div_pd(
-                _mm256_blendv_pd(ef, eg, _mm256_cmp_pd(eg, ef, _CMP_LT_OQ)), g->s);
+            const __m256d lo = _mm256_div_pd(eg, g->s);
             __m256i cnt = _mm256_setzero_si256(); /* minus the quotients not below lo */
             for (int e = 0; e < 8; e++)
                 cnt = _mm256_add_epi64(cnt, _mm256_castpd_si256(
