@@ -383,10 +383,16 @@ vx4_cols_div(int r0, double *p, double *mx, int32_t *pmax, int32_t *xfirst, doub
     __m256d q[8];
     for (int e = 0; e < 8; e++)
         q[e] = _mm256_div_pd(g->ev[e], g->s);
+    /* p at the first index of the largest logit is the largest p: its exponential is exp(0) =
+     * 1 and the others' at most 1 (exp of a negative argument), divided by the same sum */
+    const __m256d pf = xfirst && pfirst ? vx4_cols_at(q, g->first) : _mm256_setzero_pd();
     if (pmax) {
         __m256d qm = q[0], pm = _mm256_setzero_pd();
-        for (int e = 1; e < 8; e++)
-            qm = _mm256_max_pd(qm, q[e]);
+        if (xfirst && pfirst)
+            qm = pf;
+        else
+            for (int e = 1; e < 8; e++)
+                qm = _mm256_max_pd(qm, q[e]);
         for (int e = 7; e >= 0; e--)
             pm = _mm256_blendv_pd(pm, _mm256_set1_pd((double)e),
                                   _mm256_cmp_pd(q[e], qm, _CMP_EQ_OQ));
@@ -395,7 +401,7 @@ vx4_cols_div(int r0, double *p, double *mx, int32_t *pmax, int32_t *xfirst, doub
     if (xfirst) {
         _mm_storeu_si128((__m128i *)(xfirst + r0), _mm256_cvtpd_epi32(g->first));
         if (pfirst)
-            _mm256_storeu_pd(pfirst + r0, vx4_cols_at(q, g->first));
+            _mm256_storeu_pd(pfirst + r0, pf);
     }
     if (idx2) {
         moe_idx2_store(g->fi, g->gi, idx2 + 2 * (size_t)r0);
