@@ -22,8 +22,8 @@ void moe_par_set_threads(int nt)
 }
 
 /* The online processors, asked once per process: sysconf reads them from a file in /sys
- * (an open, a read and a close), about 13 us a call on a virtual machine here, and a route
- * asked four times (65536 tokens at E = 8 route in 1.2 ms). */
+ * (an open, a read and a close), 13 us a call on the virtual machine measured, and a route of
+ * switch at 65536 x 8 (1.2 ms there) asked four times. */
 static atomic_int par_online;
 
 int moe_par_threads(void)
