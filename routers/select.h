@@ -39,7 +39,7 @@ void moe_select_top2_rows8(const double *x, int n, int32_t *idx2, uint8_t *ok);
 
 /* The index of the largest of x[0..len) other than x[skip] (skip -1: none), ties to the lower
  * index (-0.0 and +0.0 equal), exactly as moe_claims_argmax's scalar loop; -1 when there is no
- * element, -2 when the row holds a NaN or there is no AVX-512 (the caller then scans). */
+ * element, -2 when the row holds a NaN or there is no AVX2 (the caller then scans). */
 int moe_select_argmax_skip(const double *x, int len, int skip);
 
 /* Whether the k distinct indices idx (k) are those of the k largest of v[0..len) under any
