@@ -148,8 +148,14 @@ int moe_metrics_compute_memo(const moe_plan *plan, const double *logits, int d, 
     int counted = 0; /* entries in token order: checked, kept and counted in one pass */
     int rc = moe_metrics_scan_count(plan, mt->groups, mt->group_size, kept, mt, &counted);
     ordered = counted;
-    if (!rc && !counted)
+    if (!rc && !counted && !plan->dense)
         rc = moe_metrics_scan(plan, kept, &ordered);
+    else if (!rc && plan->dense) /* (the marks below check the entries: one pass over them) */
+        rc = plan->n_claims > 0 && (size_t)plan->n_claims < plan->n_entries
+                 ? moe_fail(MOE_EINVAL, "the router produced an inconsistent plan",
+                            "plan has %zu entries but only %ld claims (metrics)",
+                            plan->n_entries, plan->n_claims)
+                 : MOE_OK;
     const int words = (E + 63) / 64;
     size_t tw = ordered ? 0 : (size_t)n * (size_t)words;
     size_t ec = plan->dense ? (size_t)E * (size_t)plan->capacity : 0;
@@ -171,8 +177,12 @@ int moe_metrics_compute_memo(const moe_plan *plan, const double *logits, int d, 
     memcpy(mt->kept_load, kept, (size_t)E * sizeof *mt->kept_load); /* sparse: counted */
     free(kept);
     if (!ordered) /* (dense plans never are): the marks, and a dense plan's distinct slots */
-        moe_metrics_mark(plan, bits, words, slot_mark, mt->kept_load);
+        rc = moe_metrics_mark(plan, bits, words, slot_mark, mt->kept_load);
     free(slot_mark);
+    if (rc) {
+        free(bits);
+        return rc;
+    }
     rc = counted ? MOE_OK
                  : moe_metrics_count_tokens(plan, bits, words, mt->groups, mt->group_size, mt);
     free(bits);

@@ -689,9 +689,12 @@ static void mark_part(void *ctx, int i, int np)
     const size_t b = i == np - 1 ? plan->n_entries : first_entry(plan, (int)hi);
     unsigned char *sm = j->marks ? j->marks + (size_t)i * plan->E * plan->capacity : NULL;
     j->bad[i] = 0;
+    const uint32_t uE = (uint32_t)plan->E;
+    const uint64_t uC = plan->capacity < 0 ? 0 : (uint64_t)plan->capacity;
     for (size_t x = a; x < b; x++) {
         const moe_entry *en = &plan->entries[x];
-        if (en->token < lo || en->token >= hi) {
+        if (en->token < lo || en->token >= hi || (uint32_t)en->expert >= uE ||
+            (uint64_t)(uint32_t)en->slot >= uC) { /* (the loop below decides) */
             j->bad[i] = 1;
             return;
         }
@@ -728,6 +731,15 @@ int moe_metrics_mark(const moe_plan *plan, uint64_t *bits, int words, unsigned c
               * they stopped is an entry's own, which the loop sets again) */
         for (size_t i = 0; i < plan->n_entries; i++) {
             const moe_entry *en = &plan->entries[i];
+            if (en->token < 0 || en->token >= plan->n || en->expert < 0 ||
+                en->expert >= plan->E || en->slot < 0 || en->slot >= plan->capacity) {
+                free(j.marks); /* (the scan finds the same entry and names it) */
+                long *k = calloc((size_t)plan->E, sizeof *k);
+                int o, rc = k ? moe_metrics_scan(plan, k, &o)
+                              : moe_fail(MOE_ENOMEM, NULL, "out of memory (metrics)");
+                free(k);
+                return rc ? rc : moe_fail(MOE_EINVAL, NULL, "plan entry %zu invalid (metrics)", i);
+            }
             bits[(size_t)en->token * words + (size_t)en->expert / 64] |=
                 (uint64_t)1 << (en->expert % 64);
             if (dense)

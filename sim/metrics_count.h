@@ -49,7 +49,9 @@ void moe_metrics_ents_free(moe_metrics_ents *o);
  * dense plan, slot_mark (E, C) zero on entry: 1 at each slot some entry fills, with kept_load
  * (E) += the slots of each expert it marks. On the routers' threads when the entries come in
  * token order (each thread marking its own tokens' entries, found by binary searches), else in
- * one loop. The entries must lie inside the plan's (T, E, C) (moe_metrics_scan). */
+ * one loop. Each entry is checked to lie inside the plan's (T, E, C) before it is marked; at
+ * the first that does not, moe_metrics_scan's error (so that a dense plan, whose entries the
+ * scan has nothing else to count in, needs only this pass over them). */
 int moe_metrics_mark(const moe_plan *plan, uint64_t *bits, int words, unsigned char *slot_mark,
                      long *kept_load);
 

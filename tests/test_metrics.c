@@ -228,6 +228,25 @@ static void test_dense(void)
     CHECK_INT(moe_metrics_compute(p, L, 4, 8, MOE_ACT_SWIGLU, 1, mt), MOE_OK);
     CHECK_NEAR(mt->flops_expert_useful, 576, 0);
     CHECK_NEAR(mt->flops_expert_padded, 768, 0);
+
+    /* an entry outside (T, E, C) of the dense plan, each field in turn: refused, the entry
+     * named (a dense plan's entries are checked by the same pass that marks them) */
+    for (int f = 0; f < 3; f++) {
+        moe_entry *en = &p->entries[4], keep = *en;
+        if (f == 0)
+            en->slot = 2; /* C */
+        else if (f == 1)
+            en->expert = 2; /* E */
+        else
+            en->token = 2; /* T */
+        moe_clear_error();
+        CHECK_INT(moe_metrics_compute(p, L, 4, 8, MOE_ACT_GELU_TANH, 1, mt), MOE_EINVAL);
+        CHECK(strstr(moe_errmsg(), "entry 4") != NULL, "dense, field %d: message: %s", f,
+              moe_errmsg());
+        *en = keep;
+    }
+    moe_clear_error();
+    CHECK_INT(moe_metrics_compute(p, L, 4, 8, MOE_ACT_GELU_TANH, 1, mt), MOE_OK);
 out:
     moe_metrics_free(mt);
     moe_plan_free(p);
