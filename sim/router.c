@@ -1,6 +1,8 @@
 /* router.c: the router instance around a router type (GSL's gsl_rng / gsl_rng_type pattern):
  * option validation, input validation, registry look-up. */
 #include "moe.h"
+#include "vexp.h"
+#include "../routers/par.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -155,10 +157,33 @@ void moe_router_free(moe_router *r)
     free(r);
 }
 
+typedef struct {
+    const double *x;
+    size_t len;
+    int ok[MOE_PAR_MAX];
+} finite_job;
+
+static void finite_part(void *ctx, int i, int np)
+{
+    finite_job *j = ctx;
+    long lo, hi;
+    moe_par_range((long)j->len, i, np, &lo, &hi);
+    j->ok[i] = moe_all_finite(j->x + lo, (size_t)(hi - lo));
+}
+
+/* Every logit looked at by vector lanes on the routers' threads; only when one is not finite,
+ * the scalar scan for the first (one thread, one element at a time, had taken 5% of sinkhorn's
+ * route at 65536 x 64). */
 int moe_logits_check_finite(const double *x, int n, int m)
 {
     const size_t nm = (size_t)n * (size_t)m;
-    for (size_t i = 0; i < nm; i++)
+    finite_job j = {x, nm, {0}};
+    const int np = moe_par_parts((long)nm, 1 << 16);
+    moe_par_run(finite_part, &j, np);
+    int ok = 1;
+    for (int i = 0; i < np; i++)
+        ok &= j.ok[i];
+    for (size_t i = 0; !ok && i < nm; i++)
         if (!isfinite(x[i]))
             return moe_fail(MOE_EINPUT, "logits must be finite: check the gate or the file",
                             "non-finite logit %g at token %zu, column %zu", x[i], i / (size_t)m,

@@ -4,9 +4,11 @@
  *   ids in range, 0 <= slot < capacity, no duplicate (token, expert) for sparse plans and no two
  *   entries in one (expert, slot), kept load <= capacity, finite weights, identical plans for
  *   identical seeds, and the metrics computed from the plan are finite; and a NaN or an
- *   infinity among the logits is the error "non-finite logit", on rows of 3, 8 and 64. */
+ *   infinity among the logits is the error "non-finite logit", on rows of 3, 8 and 64; and
+ *   the check of the logits split over the routers' threads names the first non-finite one. */
 #include "check.h"
 #include "moe.h"
+#include "../routers/par.h"
 
 #include <gsl/gsl_randist.h>
 #include <string.h>
@@ -105,6 +107,33 @@ static void check_nonfinite_wide(const moe_router_type *t, gsl_rng *g)
             moe_router_free(r);
             moe_plan_free(p);
         }
+}
+
+/* moe_logits_check_finite with every thread taking a part (grain 1): 300 tokens of 7 finite
+ * logits pass; with a NaN at element 1500 (token 214, column 2) and an infinity after it, in
+ * the last part, or with an infinity at element 5 of the first, the message names that first
+ * one (the scan on one thread that found it before). */
+static void check_finite_parts(void)
+{
+    enum { N = 300, M = 7 };
+    static double L[N * M];
+    for (int i = 0; i < N * M; i++)
+        L[i] = 0.001 * i - 1.0;
+    moe_par_set_grain(1);
+    CHECK_INT(moe_logits_check_finite(L, N, M), MOE_OK);
+    L[1500] = NAN;
+    L[1700] = INFINITY;
+    moe_clear_error();
+    CHECK(moe_logits_check_finite(L, N, M) == MOE_EINPUT &&
+              strstr(moe_errmsg(), "at token 214, column 2"),
+          "NaN at 1500 and inf at 1700: %s", moe_errmsg());
+    L[5] = -INFINITY;
+    moe_clear_error();
+    CHECK(moe_logits_check_finite(L, N, M) == MOE_EINPUT &&
+              strstr(moe_errmsg(), "at token 0, column 5"),
+          "-inf at 5 before them: %s", moe_errmsg());
+    moe_clear_error();
+    moe_par_set_grain(0);
 }
 
 int main(void)
@@ -234,6 +263,7 @@ int main(void)
         CHECK(rc == MOE_EINPUT && r == NULL, "%s k > E: rc %d", t->name, rc);
         moe_clear_error();
     }
+    check_finite_parts();
     gsl_rng_free(g);
     return check_report("test_invariants");
 }
