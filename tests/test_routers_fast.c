@@ -340,9 +340,10 @@ static void test_argmax_skip(void)
  * the top-k with ties to the higher index (a top-k as well unless a tie meets the k-th place);
  * rows of lengths 1..300 (multiples of 8 and not) of Gaussian values, quarters, signed zeros
  * (ties everywhere) and Gaussian values with one NaN. */
-/* moe_select_first_eq (64 elements per test, select.c) against a scalar scan for the first
- * i with x[i] == m: rows of lengths 1..300 of small integers (m present once, several times,
- * or not at all), and m = 0.0 in rows of signed zeros (-0.0 == +0.0). */
+/* moe_select_first_eq (64 elements per test, select.c with AVX-512, select_first.c with AVX2)
+ * against a scalar scan for the first i with x[i] == m: rows of lengths 1..300 of small
+ * integers (m present once, several times, or not at all), m = 0.0 in rows of signed zeros
+ * (-0.0 == +0.0), and m a NaN (equal to nothing). */
 static void test_first_eq(void)
 {
     gsl_rng *g = moe_rng_alloc(9, 1);
@@ -353,7 +354,7 @@ static void test_first_eq(void)
         for (int i = 0; i < len; i++)
             v[i] = zeros ? (gsl_rng_uniform(g) < 0.5 ? 0.0 : -0.0)
                          : (double)gsl_rng_uniform_int(g, 3 * LMAX);
-        const double m = zeros ? 0.0 : (double)gsl_rng_uniform_int(g, 3 * LMAX);
+        const double m = zeros ? 0.0 : it % 5 == 1 ? NAN : (double)gsl_rng_uniform_int(g, 3 * LMAX);
         int ref = -1;
         for (int i = len - 1; i >= 0; i--)
             ref = v[i] == m ? i : ref;
