@@ -26,8 +26,9 @@ static inline __attribute__((always_inline)) void moe_transpose4_pd(const __m256
  * with moe_cols8_store, in cache, one thread: 21.95 -> 19.95 ns a row). */
 static inline __attribute__((always_inline)) void moe_cols8_load(const double *x, __m256d *c)
 {
-#define MOE_COLS8_PAIR(o) \
-    _mm256_insertf128_pd(_mm256_castpd128_pd256(_mm_loadu_pd(x + (o))), _mm_loadu_pd(x + (o) + 16), 1)
+#define MOE_COLS8_PAIR(o)                                                                  \
+    _mm256_insertf128_pd(_mm256_castpd128_pd256(_mm_loadu_pd(x + (o))),                     \
+                         _mm_loadu_pd(x + (o) + 16), 1)
     for (int h = 0; h < 4; h++) { /* columns 2h, 2h + 1 */
         const __m256d r02 = MOE_COLS8_PAIR(2 * h), r13 = MOE_COLS8_PAIR(2 * h + 8);
         c[2 * h] = _mm256_unpacklo_pd(r02, r13);
