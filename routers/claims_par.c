@@ -439,11 +439,11 @@ static inline __attribute__((always_inline)) void rp_take(const rp_job *j, size_
     }
 }
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 /* rp_token_entries_k for K = 8 without renormalising, when every claim of token t is kept: its
- * eight entries built two to a vector register (the token and the expert as one 64-bit lane,
- * the slot with its padding zero, the dispatch weight 1, the gate), four stores instead of
- * forty. Returns 0 (nothing written) when a claim is not kept. */
+ * eight entries built in vector registers (the token and the expert as one 64-bit lane, the
+ * slot with its padding zero, the dispatch weight 1, the gate), eight or four stores instead
+ * of forty. Returns 0 (nothing written) when a claim is not kept. */
 _Static_assert(sizeof(moe_entry) == 32 && offsetof(moe_entry, slot) == 8 &&
                    offsetof(moe_entry, dispatch_w) == 16 && offsetof(moe_entry, combine_w) == 24,
                "rp_entries8 builds entries of this layout");
@@ -453,6 +453,8 @@ static inline int rp_entries8(const moe_claims *c, long t, const long *s, moe_en
     const size_t q0 = (size_t)t * 8;
     if ((s[0] | s[1] | s[2] | s[3] | s[4] | s[5] | s[6] | s[7]) < 0) /* a slot of -1 */
         return 0;
+    double *out = (double *)*en;
+#if defined(__AVX512F__)
     /* (from the scalars: a vector load of the eight just stored would wait for them) */
     const __m512i sv = _mm512_set_epi64(s[7], s[6], s[5], s[4], s[3], s[2], s[1], s[0]);
     const __m512i te = _mm512_or_si512(
@@ -460,7 +462,6 @@ static inline int rp_entries8(const moe_claims *c, long t, const long *s, moe_en
         _mm512_slli_epi64(_mm512_cvtepu32_epi64(
                               _mm256_loadu_si256((const __m256i *)(c->expert + q0))), 32));
     const __m512d g = _mm512_loadu_pd(c->gate + q0), one = _mm512_set1_pd(1.0);
-    double *out = (double *)*en;
 #pragma GCC unroll 4
     for (int h = 0; h < 4; h++) { /* entries 2h and 2h + 1 */
         const int a = 2 * h, b = 2 * h + 1;
@@ -471,6 +472,27 @@ static inline int rp_entries8(const moe_claims *c, long t, const long *s, moe_en
                                                  g);
         _mm512_storeu_pd(out + 8 * h, _mm512_mask_blend_pd(0x44, x, one));
     }
+#else
+    /* four entries at a time: the four registers (token and expert, slot, 1, gate) transposed */
+    const __m256d one = _mm256_set1_pd(1.0);
+    const __m256i tt = _mm256_set1_epi64x((int64_t)(uint32_t)t);
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) { /* entries 4h .. 4h + 3 */
+        const __m256d te = _mm256_castsi256_pd(_mm256_or_si256(
+            tt, _mm256_slli_epi64(_mm256_cvtepu32_epi64(_mm_loadu_si128(
+                                      (const __m128i *)(c->expert + q0 + 4 * h))),
+                                  32)));
+        const __m256d sv = _mm256_castsi256_pd(
+            _mm256_set_epi64x(s[4 * h + 3], s[4 * h + 2], s[4 * h + 1], s[4 * h]));
+        const __m256d g = _mm256_loadu_pd(c->gate + q0 + 4 * h);
+        const __m256d a = _mm256_unpacklo_pd(te, sv), b = _mm256_unpackhi_pd(te, sv);
+        const __m256d x = _mm256_unpacklo_pd(one, g), y = _mm256_unpackhi_pd(one, g);
+        _mm256_storeu_pd(out + 16 * h, _mm256_permute2f128_pd(a, x, 0x20));
+        _mm256_storeu_pd(out + 16 * h + 4, _mm256_permute2f128_pd(b, y, 0x20));
+        _mm256_storeu_pd(out + 16 * h + 8, _mm256_permute2f128_pd(a, x, 0x31));
+        _mm256_storeu_pd(out + 16 * h + 12, _mm256_permute2f128_pd(b, y, 0x31));
+    }
+#endif
     *en += 8;
     rc[0] += c->claim[q0]; /* (all eight kept, so all eight claimed) */
     rc[1] += c->claim[q0 + 1];
@@ -478,6 +500,7 @@ static inline int rp_entries8(const moe_claims *c, long t, const long *s, moe_en
     rk[1]++;
     return 1;
 }
+#define RP_ENTRIES8 1
 #endif
 
 /* Step 3 for tokens [lo, hi) in token order with K choices each: their slots, then their
@@ -490,7 +513,7 @@ rp_assign_k(const rp_job *j, long lo, long hi, long *next, moe_entry *en, long r
     for (long r = lo; r < hi; r++) {
         const size_t q0 = (size_t)r * K;
         rp_take(j, q0, next, slot, K);
-#if defined(__AVX512F__)
+#if defined(RP_ENTRIES8)
         if (K == 8 && !j->renormalize && rp_entries8(j->c, r, slot, &en, rc, rk))
             continue;
 #endif
@@ -524,7 +547,7 @@ rp_assign_k8(const rp_job *j, long lo, long hi, long *next, moe_entry *en, long 
             nv[r] = rp_cnt_bump(nv[r], e, claim);
             slot[k] = claim && v < j->C ? v : -1;
         }
-#if defined(__AVX512F__)
+#if defined(RP_ENTRIES8)
         if (K == 8 && !j->renormalize && rp_entries8(c, t, slot, &en, rc, rk))
             continue;
 #endif
