@@ -31,6 +31,18 @@ int moe_select_topk_net4(const double *v, int len, int k, int32_t *idx, double *
  * row for its values). */
 int moe_select_net4_fits(int len, int k);
 
+/* moe_select_topk_net4 for eight rows v (8, len) at once, in the eight lanes of AVX2 float
+ * registers, on keys of each double's high 32 bits (select_net.c), for k = 1..8 and len =
+ * 8..256 a multiple of 8. Returns the rows answered as bits (bit i: row i); declines a row as
+ * moe_select_topk_net4 does, and also where two of its k + 1 largest agree in the top
+ * 20 - ceil(log2(len)) bits of their mantissa (their sign and exponent alike) or a value's
+ * magnitude is 2^1017 or more. Every row is declined with AVX-512, without AVX2 and FMA, or
+ * outside those shapes. */
+int moe_select_topk_net8(const double *v, int len, int k, int32_t *idx, double *val);
+
+/* Whether moe_select_topk_net8 takes rows of len with k in this build. */
+int moe_select_net8_fits(int len, int k);
+
 /* Each of the n rows of eight x (n, 8): its two largest as moe_select_topk with k = 2 gives
  * them, in idx2[2r], idx2[2r + 1], and ok[r] = 1; ok[r] = 0 (idx2 of the row unset) where
  * moe_select_topk declines the row (a NaN; every row without AVX2 or AVX-512). With AVX2 and

@@ -9,7 +9,9 @@
  *    Gaussian rows must mostly be taken (else the test would check nothing): with AVX-512
  *    every k, with AVX2 k = 2..8.
  *  - moe_select_topk_net4 (routers/select_net.c, four rows by a selection network, without
- *    AVX-512) against a stable sort, and its declines (see test_select_net4).
+ *    AVX-512) against a stable sort, and its declines (see test_select_net4); likewise
+ *    moe_select_topk_net8 (eight rows, on 32-bit keys), its declines against the rule worked
+ *    out on the doubles' bits (see test_select_net8).
  *  - moe_claims_argmax with a skipped index (the vector pass of select.c) against a scalar scan.
  *  - moe_select_first_eq (the first index of a value) against a scalar scan.
  *  - moe_select_is_top (whether a set of k indices is a row's top-k) against its definition.
@@ -231,6 +233,143 @@ static void test_select_net4(void)
     CHECK(taken[0] + taken[1] + taken[2] + taken[3] == 0 && !moe_select_net4_fits(64, 8),
           "selection network without its build: %d rows taken, none expected",
           taken[0] + taken[1] + taken[2] + taken[3]);
+#endif
+}
+
+/* Whether moe_select_topk_net8 must decline row v (len) for k, by the rule select.h states,
+ * worked out here on the doubles' bits: a value whose high 32 bits read as a float NaN or
+ * infinity (exponent field 0x7f8 or more: NaN, infinity, magnitude 2^1017 or more), or, among
+ * the first k + 1 of the stable sort ord (min(k + 1, len) of them), a value whose high 32 bits
+ * above the low ceil(log2(len)) are zero in magnitude or two values alike in those bits. */
+static int net8_declines(const double *v, const int *ord, int len, int k)
+{
+    int bits = 0;
+    while ((1 << bits) < len)
+        bits++;
+    const uint32_t keep = ~((1u << bits) - 1);
+    for (int i = 0; i < len; i++) {
+        uint64_t b;
+        memcpy(&b, &v[i], sizeof b);
+        if ((b >> 52 & 0x7ff) >= 0x7f8)
+            return 1;
+    }
+    uint32_t prev = 0;
+    for (int j = 0; j <= k && j < len; j++) {
+        uint64_t b;
+        memcpy(&b, &v[ord[j]], sizeof b);
+        const uint32_t key = (uint32_t)(b >> 32) & keep;
+        if ((key & 0x7fffffffu) == 0 || (j > 0 && key == prev))
+            return 1;
+        prev = key;
+    }
+    return 0;
+}
+
+/* moe_select_topk_net8 (routers/select_net.c): eight rows at once through the selection
+ * network on keys of the doubles' high 32 bits, the column in the low ceil(log2(len)). On
+ * every length it takes that occurs as an expert count or bounds a branch (8, 16, 24, 32, 56,
+ * 64, 128, 136, 248, 256) and k 1..8, blocks of eight rows of five kinds (row r of kind r % 5):
+ *   0  Gaussian;
+ *   1  Gaussian with the (k+1)-th largest replaced by the k-th with its lowest bit flipped (at
+ *      k = len the k-th by the (k-1)-th): alike in their high 32 bits;
+ *   2  small integers (exact ties, decided by index);
+ *   3  1 + i * 2^(bits - 20) for column i, shuffled, where bits is the column's: neighbours
+ *      differ in the lowest bit a key keeps (rep even: the top 20 - bits of the mantissa), or
+ *      by half that, so that pairs of them are alike in what the keys keep (rep odd);
+ *   4  negative values below a +0.0 or -0.0, or Gaussian with +inf, a NaN or 2^1020 anywhere.
+ * Each row must be declined exactly when net8_declines says so, and a row taken must equal
+ * the stable sort (by_rank); most Gaussian rows must be taken. With AVX-512, or without AVX2
+ * and FMA, the function declines everything (checked too). */
+static void test_select_net8(void)
+{
+    static const int lens[] = {8, 16, 24, 32, 56, 64, 128, 136, 248, 256};
+    gsl_rng *g = moe_rng_alloc(29, 1);
+    static double v[8 * 256];
+    static int ord[8][256];
+    int rows = 0, mismatched = 0, wrong = 0, gauss = 0, gauss_taken = 0, kind_taken[5] = {0};
+    for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++)
+        for (int k = 1; k <= 8; k++)
+            for (int rep = 0; rep < 6; rep++) {
+                const int len = lens[li];
+                int bits = 0;
+                while ((1 << bits) < len)
+                    bits++;
+                for (int r = 0; r < 8; r++) {
+                    double *vr = v + (size_t)r * len;
+                    const int kind = r % 5;
+                    for (int i = 0; i < len; i++)
+                        vr[i] = kind == 2 ? (double)gsl_rng_uniform_int(g, 12)
+                                : kind == 3
+                                    ? 1.0 + i * ldexp(1.0, bits - 20 - rep % 2)
+                                    : gsl_ran_gaussian_ziggurat(g, 1.0);
+                    for (int i = len - 1; kind == 3 && i > 0; i--) { /* shuffled */
+                        const int j = (int)gsl_rng_uniform_int(g, (unsigned long)i + 1);
+                        const double x = vr[i];
+                        vr[i] = vr[j], vr[j] = x;
+                    }
+                    sort_row = vr;
+                    for (int i = 0; i < len; i++)
+                        ord[r][i] = i;
+                    qsort(ord[r], (size_t)len, sizeof ord[r][0], by_rank);
+                    if (kind == 1) { /* the k-th's lowest bit flipped, into the (k+1)-th */
+                        const int a = k < len ? k - 1 : k - 2;
+                        uint64_t b;
+                        memcpy(&b, &vr[ord[r][a]], sizeof b);
+                        b ^= 1;
+                        memcpy(&vr[ord[r][a + 1]], &b, sizeof b);
+                    } else if (kind == 4) { /* a zero above negative values, or inf, NaN, huge */
+                        for (int i = 0; rep % 4 == 0 && i < len; i++)
+                            vr[i] = -fabs(vr[i]) - 0.5;
+                        vr[gsl_rng_uniform_int(g, (unsigned long)len)] =
+                            rep % 4 == 0   ? (rep % 8 ? -0.0 : 0.0)
+                            : rep % 4 == 1 ? INFINITY
+                            : rep % 4 == 2 ? NAN
+                                           : ldexp(1.0, 1020);
+                    }
+                    if (kind == 1 || kind == 4) {
+                        for (int i = 0; i < len; i++)
+                            ord[r][i] = i;
+                        qsort(ord[r], (size_t)len, sizeof ord[r][0], by_rank);
+                    }
+                }
+                int32_t idx[8 * 8];
+                double val[8 * 8];
+                const int got = moe_select_topk_net8(v, len, k, idx, val);
+                for (int r = 0; r < 8; r++) {
+                    const double *vr = v + (size_t)r * len;
+                    const int taken = got >> r & 1, kind = r % 5;
+                    rows++;
+                    kind_taken[kind] += taken;
+                    gauss += kind == 0;
+                    gauss_taken += kind == 0 && taken;
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+                    mismatched += taken == net8_declines(vr, ord[r], len, k);
+#endif
+                    for (int j = 0; taken && j < k; j++)
+                        wrong += idx[r * k + j] != ord[r][j] ||
+                                 memcmp(&val[r * k + j], &vr[ord[r][j]], sizeof(double));
+                }
+            }
+    gsl_rng_free(g);
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+    CHECK(moe_select_net8_fits(8, 8) && moe_select_net8_fits(248, 1) &&
+              moe_select_net8_fits(256, 3) && !moe_select_net8_fits(60, 3) &&
+              !moe_select_net8_fits(264, 8) && !moe_select_net8_fits(64, 9),
+          "moe_select_net8_fits: not the shapes select.h gives (8..256, a multiple of 8, k 1..8)");
+    CHECK(mismatched == 0 && wrong == 0 && gauss_taken > gauss * 9 / 10 && kind_taken[1] == 0 &&
+              kind_taken[3] > 0 && kind_taken[4] == 0,
+          "eight-row selection network, %d rows: %d taken where the rule declines them or "
+          "declined where it takes them, %d taken wrong; Gaussian rows taken %d of %d (most "
+          "expected); rows whose k-th and (k+1)-th differ in the lowest bit taken %d (none), "
+          "rows at the keys' resolution taken %d (some), rows with a zero, an infinity, a NaN "
+          "or 2^1020 taken %d (none)",
+          rows, mismatched, wrong, gauss_taken, gauss, kind_taken[1], kind_taken[3],
+          kind_taken[4]);
+#else
+    CHECK(kind_taken[0] + kind_taken[1] + kind_taken[2] + kind_taken[3] + kind_taken[4] == 0 &&
+              !moe_select_net8_fits(64, 8),
+          "eight-row selection network without its build: %d rows taken, none expected",
+          kind_taken[0] + kind_taken[1] + kind_taken[2] + kind_taken[3] + kind_taken[4]);
 #endif
 }
 
@@ -769,6 +908,7 @@ int main(void)
     test_select();
     test_select_sorted();
     test_select_net4();
+    test_select_net8();
     test_argmax_skip();
     test_first_eq();
     test_is_top();
