@@ -31,7 +31,8 @@
 
 typedef struct {
     moe_claims *cl;
-    double *u;   /* (T) the draws of the group */
+    double *u;   /* (T) the draws drawn here, when the group brings none */
+    const double *ud; /* (T) the draws of the group: its own (moe_route_in uniforms) or u */
     int raw;     /* threshold_on = raw */
     moe_score_cfg sc;    /* the score path (score.h); sc.is_default: g = p / (p1 + p2) */
     moe_score_tmp *tmp;  /* its scratch, when not the default */
@@ -134,7 +135,7 @@ static void gshard_row(void *ctx, int t, const double *lt, const double *pt)
     cl->expert[i + 1] = e2;
     cl->gate[i + 1] = g2;
     switch (w->policy) {
-    case MOE_SECOND_RANDOM: cl->claim[i + 1] = 2.0 * test > w->u[t]; break;
+    case MOE_SECOND_RANDOM: cl->claim[i + 1] = 2.0 * test > w->ud[t]; break;
     case MOE_SECOND_THRESHOLD: cl->claim[i + 1] = g2 > w->thr; break;
     default: cl->claim[i + 1] = 1; break; /* all, sampling */
     }
@@ -216,7 +217,7 @@ static void gshard_chunk8(void *ctx, long t0, long t1, const double *p, int part
                 gshard_row(w, (int)q, w->logits + (size_t)q * 8, p + (size_t)(q - t0) * 8);
             continue;
         }
-        const unsigned keep = gshard_gates8(w, p1, p2, w->u + t, g1, g2);
+        const unsigned keep = gshard_gates8(w, p1, p2, w->ud + t, g1, g2);
         for (int i = 0; i < 8; i++) {
             const size_t q = (size_t)(t + i) * 2;
             cl->gate[q] = g1[i];
@@ -243,7 +244,7 @@ static void gshard_score_row(void *ctx, int t, const double *lt, const double *p
     double s1 = st[cl->expert[i]], s2 = st[cl->expert[i + 1]];
     double test = w->raw ? s2 : s2 / (s1 + s2);
     cl->claim[i] = 1;
-    cl->claim[i + 1] = 2.0 * test > w->u[t];
+    cl->claim[i + 1] = 2.0 * test > w->ud[t];
 }
 
 /* rows_select of the rows pass at 64 experts (default score): the two choices of each
@@ -272,10 +273,11 @@ static int gshard_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         if (!in->uniforms && !in->rng)
             return moe_fail(MOE_EINVAL, "give a seed or a file of draws (--uniforms U.npy)",
                             "gshard needs uniform draws or a random generator (uniforms)");
-        if (in->uniforms) /* one draw per token in token order, needed or not */
-            memcpy(w->u, in->uniforms, (size_t)n * sizeof *w->u);
-        else
+        w->ud = in->uniforms; /* one draw per token in token order, needed or not */
+        if (!w->ud) {
             moe_rng_uniform_fill(in->rng, w->u, n);
+            w->ud = w->u;
+        }
     } else if (w->policy == MOE_SECOND_SAMPLING) {
         if (!in->gumbel_u && !in->rng)
             return moe_fail(MOE_EINVAL, "give a seed or a file of draws (--gumbel-uniforms U.npy)",
