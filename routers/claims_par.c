@@ -247,7 +247,8 @@ static void rp_count(void *ctx, int i, int np)
 }
 
 /* Step 2: loads, capacity, and each part's first slots (in place of the counts) in claim
- * order (rank, part, expert); c->fill and maxload: the claims per expert and their maximum.
+ * order (rank, part, expert); c->fill and maxload: the claims per expert and their maximum
+ * (then, when c->first_ready is set, c->fill the first choices per expert instead).
  * kept_by_part: also each part's kept claims (j->pt.kept), for a claim order that is token
  * order. */
 static int rp_prefix(rp_job *j, int dropless, int kept_by_part)
@@ -268,11 +269,13 @@ static int rp_prefix(rp_job *j, int dropless, int kept_by_part)
                 C = plan->assigned_load[e];
     }
     plan->capacity = j->C = C;
-    long *run = calloc((size_t)E, sizeof *run); /* claims on e so far in claim order */
+    /* run: claims on e so far in claim order; rank0: the claims of rank 0 on e */
+    long *run = calloc(2 * (size_t)E, sizeof *run), *rank0 = run + E;
     if (!run)
         return moe_fail(MOE_ENOMEM, NULL, "out of memory (claims of %d experts)", E);
     size_t kept[MOE_PAR_MAX] = {0};
-    for (int r = 0; r < KR; r++)
+    long firsts = 0; /* claims of rank 0 (KR > 1) */
+    for (int r = 0; r < KR; r++) {
         for (int i = 0; i < np; i++)
             for (int e = 0; e < E; e++) {
                 long *q = &j->cnt[((size_t)i * KR + r) * E + e];
@@ -282,19 +285,26 @@ static int rp_prefix(rp_job *j, int dropless, int kept_by_part)
                 if (first < C)
                     kept[i] += (size_t)((first + n < C ? first + n : C) - first);
             }
+        for (int e = 0; r == 0 && KR > 1 && e < E; e++)
+            firsts += rank0[e] = run[e];
+    }
     j->maxload = 0;
     for (int e = 0; e < E; e++) { /* this call's claims per expert, for the keyed orders */
         j->c->fill[e] = run[e];
         j->maxload = run[e] > j->maxload ? run[e] : j->maxload;
     }
-    free(run);
     for (int i = 0; i < np && kept_by_part; i++)
         j->pt.kept[i] = kept[i];
     long claims = 0; /* this call's */
     for (int i = 0; i < np; i++)
         claims += j->claims[i];
-    /* one choice a token, each claiming: fill holds every token's first choice per expert */
-    j->c->first_ready = kept_by_part && j->c->K == 1 && claims == j->n;
+    /* one choice a token, each claiming: fill holds every token's first choice per expert;
+     * likewise, ranks counted apart, when every token's first choice claims (gshard's) */
+    j->c->first_ready = kept_by_part && ((j->c->K == 1 && claims == j->n) ||
+                                         (KR > 1 && firsts == j->n));
+    for (int e = 0; KR > 1 && j->c->first_ready && e < E; e++)
+        j->c->fill[e] = rank0[e];
+    free(run);
     return MOE_OK;
 }
 
