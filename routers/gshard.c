@@ -141,9 +141,11 @@ static void gshard_row(void *ctx, int t, const double *lt, const double *pt)
     }
 }
 
+#if defined(__AVX512F__) || !defined(__AVX2__)
 /* The gates g1 = p1 / (p1 + p2), g2 = p2 / (p1 + p2) of eight tokens, and the bits of those
  * whose second choice claims: gshard_row's divisions and tests (2 test > u for random, g2 > thr
- * for threshold, every one for all) in vector lanes, the same doubles. */
+ * for threshold, every one for all) in vector lanes with AVX-512 (with AVX2 gshard_block8),
+ * the same doubles. */
 static unsigned gshard_gates8(const gshard_ws *w, const double *p1, const double *p2,
                               const double *u, double *g1, double *g2)
 {
@@ -160,24 +162,6 @@ static unsigned gshard_gates8(const gshard_ws *w, const double *p1, const double
     _mm512_storeu_pd(g1, ga);
     _mm512_storeu_pd(g2, gb);
     return keep;
-#elif defined(__AVX2__)
-    unsigned keep = 0;
-    for (int h = 0; h < 8; h += 4) {
-        const __m256d a = _mm256_loadu_pd(p1 + h), b = _mm256_loadu_pd(p2 + h);
-        const __m256d s = _mm256_add_pd(a, b);
-        const __m256d ga = _mm256_div_pd(a, s), gb = _mm256_div_pd(b, s);
-        const __m256d test = w->raw ? b : gb;
-        int k = 0xf; /* all */
-        if (w->policy == MOE_SECOND_RANDOM)
-            k = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_mul_pd(_mm256_set1_pd(2.0), test),
-                                                 _mm256_loadu_pd(u + h), _CMP_GT_OQ));
-        else if (w->policy == MOE_SECOND_THRESHOLD)
-            k = _mm256_movemask_pd(_mm256_cmp_pd(gb, _mm256_set1_pd(w->thr), _CMP_GT_OQ));
-        _mm256_storeu_pd(g1 + h, ga);
-        _mm256_storeu_pd(g2 + h, gb);
-        keep |= (unsigned)k << h;
-    }
-    return keep;
 #else
     unsigned keep = 0;
     for (int i = 0; i < 8; i++) {
@@ -191,6 +175,47 @@ static unsigned gshard_gates8(const gshard_ws *w, const double *p1, const double
     return keep;
 #endif
 }
+#endif
+
+#if !defined(__AVX512F__) && defined(__AVX2__)
+/* gshard_chunk8's eight tokens t.. (p their rows of p) with AVX2, when the softmax took every
+ * one's two choices: four tokens at a time, p1 and p2 put in lanes from the rows (not through
+ * memory, where four scalar stores then a vector load of them wait for the stores), the gates
+ * interleaved by rank into cl->gate and the claims as bytes from a table, the same doubles as
+ * gshard_gates8. */
+static void gshard_block8(const gshard_ws *w, moe_claims *cl, long t, const double *p)
+{
+    /* the claims of four tokens, first choice then second: 1, keep bit i, for i = 0..3 (as
+     * bytes of a little-endian word) */
+    static const uint64_t claims4[16] = {
+        0x0001000100010001, 0x0001000100010101, 0x0001000101010001, 0x0001000101010101,
+        0x0001010100010001, 0x0001010100010101, 0x0001010101010001, 0x0001010101010101,
+        0x0101000100010001, 0x0101000100010101, 0x0101000101010001, 0x0101000101010101,
+        0x0101010100010001, 0x0101010100010101, 0x0101010101010001, 0x0101010101010101};
+    for (int h = 0; h < 8; h += 4) {
+        const int32_t *ex = cl->expert + (size_t)(t + h) * 2;
+        const double *pt = p + (size_t)h * 8;
+        const __m256d a = _mm256_set_pd(pt[24 + (ex[6] & 7)], pt[16 + (ex[4] & 7)],
+                                        pt[8 + (ex[2] & 7)], pt[ex[0] & 7]);
+        const __m256d b = _mm256_set_pd(pt[24 + (ex[7] & 7)], pt[16 + (ex[5] & 7)],
+                                        pt[8 + (ex[3] & 7)], pt[ex[1] & 7]);
+        const __m256d s = _mm256_add_pd(a, b);
+        const __m256d ga = _mm256_div_pd(a, s), gb = _mm256_div_pd(b, s);
+        const __m256d test = w->raw ? b : gb;
+        int k = 0xf; /* all */
+        if (w->policy == MOE_SECOND_RANDOM)
+            k = _mm256_movemask_pd(_mm256_cmp_pd(_mm256_mul_pd(_mm256_set1_pd(2.0), test),
+                                                 _mm256_loadu_pd(w->ud + t + h), _CMP_GT_OQ));
+        else if (w->policy == MOE_SECOND_THRESHOLD)
+            k = _mm256_movemask_pd(_mm256_cmp_pd(gb, _mm256_set1_pd(w->thr), _CMP_GT_OQ));
+        const __m256d lo = _mm256_unpacklo_pd(ga, gb), hi = _mm256_unpackhi_pd(ga, gb);
+        double *g = cl->gate + (size_t)(t + h) * 2;
+        _mm256_storeu_pd(g, _mm256_permute2f128_pd(lo, hi, 0x20));
+        _mm256_storeu_pd(g + 4, _mm256_permute2f128_pd(lo, hi, 0x31));
+        memcpy(cl->claim + (size_t)(t + h) * 2, &claims4[k], sizeof claims4[k]);
+    }
+}
+#endif
 
 /* rows_chunk at E = 8 for the default score and the policies random, threshold and all:
  * gshard_row's work on tokens [t0, t1) whose two choices the softmax took (claims.h top2_rows),
@@ -203,19 +228,23 @@ static void gshard_chunk8(void *ctx, long t0, long t1, const double *p, int part
     moe_claims *cl = w->cl;
     long t = t0;
     for (; t + 8 <= t1; t += 8) {
-        double p1[8], p2[8], g1[8], g2[8];
         int ok = 1;
-        for (int i = 0; i < 8; i++) {
-            const int32_t *ex = cl->expert + (size_t)(t + i) * 2;
-            const double *pt = p + (size_t)(t + i - t0) * 8;
-            ok &= ex[0] >= 0;
-            p1[i] = pt[ex[0] & 7];
-            p2[i] = pt[ex[1] & 7];
-        }
+        for (int i = 0; i < 8; i++)
+            ok &= cl->expert[(size_t)(t + i) * 2] >= 0;
         if (!ok) {
             for (long q = t; q < t + 8; q++)
                 gshard_row(w, (int)q, w->logits + (size_t)q * 8, p + (size_t)(q - t0) * 8);
             continue;
+        }
+#if !defined(__AVX512F__) && defined(__AVX2__)
+        gshard_block8(w, cl, t, p + (size_t)(t - t0) * 8);
+#else
+        double p1[8], p2[8], g1[8], g2[8];
+        for (int i = 0; i < 8; i++) {
+            const int32_t *ex = cl->expert + (size_t)(t + i) * 2;
+            const double *pt = p + (size_t)(t + i - t0) * 8;
+            p1[i] = pt[ex[0] & 7];
+            p2[i] = pt[ex[1] & 7];
         }
         const unsigned keep = gshard_gates8(w, p1, p2, w->ud + t, g1, g2);
         for (int i = 0; i < 8; i++) {
@@ -225,6 +254,7 @@ static void gshard_chunk8(void *ctx, long t0, long t1, const double *p, int part
             cl->claim[q] = 1;
             cl->claim[q + 1] = keep >> i & 1;
         }
+#endif
     }
     for (; t < t1; t++)
         gshard_row(w, (int)t, w->logits + (size_t)t * 8, p + (size_t)(t - t0) * 8);
