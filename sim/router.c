@@ -4,6 +4,9 @@
 #include "vexp.h"
 #include "../routers/par.h"
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -191,6 +194,27 @@ int moe_logits_check_finite(const double *x, int n, int m)
     return MOE_OK;
 }
 
+/* Whether every draw of u (n) lies in [0, 1) (a NaN fails both tests), four at a time in
+ * vector lanes with AVX2 (one scan a draw with a branch had taken 2% of switch's route at
+ * 65536 x 8 when the draws came with the logits). */
+static int uniforms_in_unit(const double *u, int n)
+{
+    int i = 0, ok = 1;
+#if defined(__AVX2__)
+    const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0);
+    __m256d all = _mm256_cmp_pd(zero, zero, _CMP_EQ_OQ);
+    for (; i + 4 <= n; i += 4) {
+        const __m256d x = _mm256_loadu_pd(u + i);
+        all = _mm256_and_pd(all, _mm256_and_pd(_mm256_cmp_pd(x, zero, _CMP_GE_OQ),
+                                               _mm256_cmp_pd(x, one, _CMP_LT_OQ)));
+    }
+    ok = _mm256_movemask_pd(all) == 15;
+#endif
+    for (; i < n; i++)
+        ok &= (u[i] >= 0.0) & (u[i] < 1.0);
+    return ok;
+}
+
 int moe_router_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
 {
     const moe_router_type *t = r->type;
@@ -218,7 +242,7 @@ int moe_router_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
                 return moe_fail(MOE_EINPUT, NULL, "negative token id %lld at token %d",
                                 (long long)in->ids[i], i);
     }
-    if (in->uniforms)
+    if (in->uniforms && !uniforms_in_unit(in->uniforms, in->n))
         for (int i = 0; i < in->n; i++)
             if (!(in->uniforms[i] >= 0.0 && in->uniforms[i] < 1.0))
                 return moe_fail(MOE_EINPUT, "uniform draws must lie in [0, 1)",

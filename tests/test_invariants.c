@@ -5,7 +5,10 @@
  *   entries in one (expert, slot), kept load <= capacity, finite weights, identical plans for
  *   identical seeds, and the metrics computed from the plan are finite; and a NaN or an
  *   infinity among the logits is the error "non-finite logit", on rows of 3, 8 and 64; and
- *   the check of the logits split over the routers' threads names the first non-finite one. */
+ *   the check of the logits split over the routers' threads names the first non-finite one;
+ *   and draws given with the logits (moe_route_in.uniforms) outside [0, 1) are refused, the
+ *   first one named, whatever the router and wherever the draw falls (the vector lanes of
+ *   four or the draws after them). */
 #include "check.h"
 #include "moe.h"
 #include "../routers/par.h"
@@ -136,6 +139,45 @@ static void check_finite_parts(void)
     moe_par_set_grain(0);
 }
 
+/* The draws u (N) with the logits: each bad value, alone at several places (in a block of
+ * four, in the last draws past the blocks), makes the route fail naming it; the draws with
+ * 0, -0.0 and the largest double below 1 pass. */
+static void check_uniforms(void)
+{
+    enum { N = 39, E = 4 };
+    static const double bad[] = {1.0, -1e-300, NAN, INFINITY, 2.0};
+    static const int at[] = {0, 5, 35, 38};
+    double L[N * E], u[N];
+    for (int i = 0; i < N * E; i++)
+        L[i] = 0.01 * i;
+    moe_route_opts o;
+    moe_route_opts_default(&o);
+    o.k = 1;
+    moe_router *r = NULL;
+    moe_plan *plan = moe_plan_alloc(N, E, N + 16);
+    CHECK_INT(moe_router_alloc(moe_router_find("switch"), &o, N, E, &r), MOE_OK);
+    int wrong = 0;
+    for (size_t b = 0; b < sizeof bad / sizeof bad[0]; b++)
+        for (size_t a = 0; a < sizeof at / sizeof at[0]; a++) {
+            for (int i = 0; i < N; i++)
+                u[i] = i == 3 ? -0.0 : i == 4 ? nextafter(1.0, 0.0) : 0.5;
+            u[at[a]] = bad[b];
+            char want[64];
+            snprintf(want, sizeof want, "at token %d is outside [0, 1)", at[a]);
+            moe_route_in in = {N, E, L, NULL, u, NULL, NULL, NULL, 0, NULL, NULL};
+            moe_clear_error();
+            wrong += moe_router_route(r, &in, plan) != MOE_EINPUT || !strstr(moe_errmsg(), want);
+        }
+    for (int i = 0; i < N; i++)
+        u[i] = i == 3 ? -0.0 : i == 4 ? nextafter(1.0, 0.0) : 0.0;
+    moe_route_in in = {N, E, L, NULL, u, NULL, NULL, NULL, 0, NULL, NULL};
+    CHECK_INT(moe_router_route(r, &in, plan), MOE_OK);
+    CHECK(wrong == 0, "%d of 20 draws outside [0, 1) not refused with their token named", wrong);
+    moe_router_free(r);
+    moe_plan_free(plan);
+    moe_clear_error();
+}
+
 int main(void)
 {
     const shape shapes[] = {
@@ -264,6 +306,7 @@ int main(void)
         moe_clear_error();
     }
     check_finite_parts();
+    check_uniforms();
     gsl_rng_free(g);
     return check_report("test_invariants");
 }
