@@ -80,15 +80,40 @@ typedef struct {
     long n;
 } fill_job;
 
+/* Four generators at once, each a quarter of [lo, hi) (the last one then the draws left): one
+ * generator's steps wait on each other (a multiplication and an addition each), four overlap. */
+void moe_pcg32_uniforms(const moe_pcg32 *start, double *u, long lo, long hi)
+{
+    const long m = hi - lo >= 256 ? (hi - lo) / 4 : 0;
+    moe_pcg32 g[4];
+    for (int j = 0; j < 4; j++) {
+        g[j] = *start;
+        moe_pcg32_advance(&g[j], (uint64_t)(lo + j * m));
+    }
+    for (long q = 0; q < m; q++)
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; j++)
+            u[lo + j * m + q] = moe_pcg32_next(&g[j]) / 4294967296.0; /* as pcg_get_double */
+    for (long q = lo + 4 * m; q < hi; q++)
+        u[q] = moe_pcg32_next(&g[3]) / 4294967296.0;
+}
+
 static void fill_part(void *ctx, int i, int np)
 {
     const fill_job *j = ctx;
     long lo, hi;
     moe_par_range(j->n, i, np, &lo, &hi);
-    moe_pcg32 g = j->start;
-    moe_pcg32_advance(&g, (uint64_t)lo);
-    for (long q = lo; q < hi; q++)
-        j->u[q] = moe_pcg32_next(&g) / 4294967296.0; /* as pcg_get_double */
+    moe_pcg32_uniforms(&j->start, j->u, lo, hi);
+}
+
+int moe_rng_uniform_defer(gsl_rng *r, long n, moe_pcg32 *start)
+{
+    if (r->type != moe_rng_pcg32)
+        return 0;
+    moe_pcg32 *g = gsl_rng_state(r);
+    *start = *g;
+    moe_pcg32_advance(g, (uint64_t)n);
+    return 1;
 }
 
 void moe_rng_uniform_fill(gsl_rng *r, double *u, long n)

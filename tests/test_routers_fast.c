@@ -29,7 +29,8 @@
  *    moe_softmax of the two logits.
  *  - gshard's gates and second claims at E = 8 (eight tokens at a time) and 64 against their
  *    definition per token, for the policies random (the test on g2, and on p2 with
- *    threshold_on raw), threshold and all.
+ *    threshold_on raw), threshold and all; and gshard drawing from a seed against the same draws
+ *    given (test_gshard_drawn).
  *  - the sums the rows pass adds at E = 8, 16, 32, 40 and 64 (importance, loads, the aux loss's
  *    mean of p, the z-loss's sum of squares) for switch and topk k = 2 against their
  *    definitions. */
@@ -845,6 +846,45 @@ static void test_gshard_gates(void)
         }
 }
 
+/* gshard drawing its second-expert draws from a PCG32 generator (at E = 8 each chunk of the
+ * rows pass draws its own, moe_rng_uniform_defer; at 64 all of them first) against the same
+ * draws given with the logits (gsl_rng_uniform one after another from a generator of the same
+ * seed), on 1 and 2 threads and token counts that are not a multiple of eight: the same plan,
+ * and the generator left where those draws leave it. */
+static void test_gshard_drawn(void)
+{
+    static double u[N];
+    const int ns[] = {20003, 4099, 77};
+    int bad = 0, cases = 0;
+    for (int Ew = 8; Ew <= 64; Ew *= 8)
+        for (size_t q = 0; q < sizeof ns / sizeof *ns; q++)
+            for (int nt = 1; nt <= 2; nt++) {
+                const int n = ns[q];
+                moe_route_opts o = route_helper_opts(2, MOE_ORDER_CHOICE_MAJOR);
+                gsl_rng *x = moe_rng_alloc(5u, MOE_STREAM_GSHARD);
+                gsl_rng *y = moe_rng_alloc(5u, MOE_STREAM_GSHARD);
+                for (int i = 0; i < n; i++)
+                    u[i] = gsl_rng_uniform(x);
+                moe_plan *a = route_helper("gshard", &o, n, Ew, L, u, NULL, nt);
+                moe_par_set_threads(nt);
+                moe_router *r = NULL;
+                moe_plan *b = moe_plan_alloc(n, Ew, 16);
+                moe_route_in in = {n, Ew, L, NULL, NULL, y, NULL, NULL, 0, NULL, NULL};
+                const int rc = moe_router_alloc(moe_router_find("gshard"), &o, n, Ew, &r) ||
+                               moe_router_route(r, &in, b);
+                moe_par_set_threads(0);
+                bad += rc || !route_helper_same_plan(a, b, Ew) || gsl_rng_get(x) != gsl_rng_get(y);
+                cases++;
+                moe_router_free(r);
+                moe_plan_free(a);
+                moe_plan_free(b);
+                gsl_rng_free(x);
+                gsl_rng_free(y);
+            }
+    CHECK(bad == 0, "gshard with its draws from a seed: %d of %d cases differ from the same draws "
+                    "given, or leave the generator elsewhere", bad, cases);
+}
+
 /* The sums the rows pass adds chunk by chunk in token order at E = 8, 16, 32 and 64 (every
  * sum in registers in one pass where a build has such a path) and 40 (the general loops)
  * (routers/claims.c: the sums of p and of the squared logsumexps, then the claims'
@@ -918,6 +958,7 @@ int main(void)
     test_switch_first();
     test_gshard_top2();
     test_gshard_gates();
+    test_gshard_drawn();
     test_rows_sums();
     printf("test_routers_fast: %d passed, %d failed\n", check_pass, check_fail);
     return check_fail != 0;
