@@ -237,6 +237,7 @@ static void test_select_net4(void)
 #endif
 }
 
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
 /* Whether moe_select_topk_net8 must decline row v (len) for k, by the rule select.h states,
  * worked out here on the doubles' bits: a value whose high 32 bits read as a float NaN or
  * infinity (exponent field 0x7f8 or more: NaN, infinity, magnitude 2^1017 or more), or, among
@@ -265,6 +266,7 @@ static int net8_declines(const double *v, const int *ord, int len, int k)
     }
     return 0;
 }
+#endif
 
 /* moe_select_topk_net8 (routers/select_net.c): eight rows at once through the selection
  * network on keys of the doubles' high 32 bits, the column in the low ceil(log2(len)). On
@@ -287,7 +289,10 @@ static void test_select_net8(void)
     gsl_rng *g = moe_rng_alloc(29, 1);
     static double v[8 * 256];
     static int ord[8][256];
-    int rows = 0, mismatched = 0, wrong = 0, gauss = 0, gauss_taken = 0, kind_taken[5] = {0};
+    int rows = 0, wrong = 0, gauss = 0, gauss_taken = 0, kind_taken[5] = {0};
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+    int mismatched = 0;
+#endif
     for (size_t li = 0; li < sizeof lens / sizeof lens[0]; li++)
         for (int k = 1; k <= 8; k++)
             for (int rep = 0; rep < 6; rep++) {
