@@ -33,8 +33,6 @@ typedef struct {
     moe_claims *cl;
     double *u;   /* (T) the draws drawn here, when the group brings none */
     const double *ud; /* (T) the draws of the group: its own (moe_route_in uniforms) or u */
-    int lazy;          /* 1: u drawn chunk by chunk in the rows pass from pcg0 (gshard_chunk8) */
-    moe_pcg32 pcg0;    /* the generator's state before the group's draws */
     int raw;     /* threshold_on = raw */
     moe_score_cfg sc;    /* the score path (score.h); sc.is_default: g = p / (p1 + p2) */
     moe_score_tmp *tmp;  /* its scratch, when not the default */
@@ -228,8 +226,6 @@ static void gshard_chunk8(void *ctx, long t0, long t1, const double *p, int part
     (void)part;
     gshard_ws *w = ctx;
     moe_claims *cl = w->cl;
-    if (w->lazy) /* the chunk's draws */
-        moe_pcg32_uniforms(&w->pcg0, w->u, t0, t1);
     long t = t0;
     for (; t + 8 <= t1; t += 8) {
         int ok = 1;
@@ -303,20 +299,13 @@ static int gshard_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     w->cl->rts_u = in->rts_u;
     w->policy = r->opts.second_policy;
     w->thr = r->opts.second_threshold;
-    const int top2 = w->sc.is_default && r->E == 8; /* the softmax takes the two largest */
-    const int chunk8 = top2 && w->policy != MOE_SECOND_SAMPLING;
-    w->lazy = 0;
     if (w->policy == MOE_SECOND_RANDOM) {
         if (!in->uniforms && !in->rng)
             return moe_fail(MOE_EINVAL, "give a seed or a file of draws (--uniforms U.npy)",
                             "gshard needs uniform draws or a random generator (uniforms)");
         w->ud = in->uniforms; /* one draw per token in token order, needed or not */
         if (!w->ud) {
-            /* at E = 8 each chunk of the rows pass takes its own draws (gshard_chunk8), on its
-             * thread, rather than all of them in a pass of their own first */
-            w->lazy = chunk8 && moe_rng_uniform_defer(in->rng, n, &w->pcg0);
-            if (!w->lazy)
-                moe_rng_uniform_fill(in->rng, w->u, n);
+            moe_rng_uniform_fill(in->rng, w->u, n);
             w->ud = w->u;
         }
     } else if (w->policy == MOE_SECOND_SAMPLING) {
@@ -337,7 +326,8 @@ static int gshard_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
         plan->rows_topk = w->cl->expert;
         plan->rows_topk_k = 2;
     }
-    w->cl->top2_rows = top2;
+    w->cl->top2_rows = w->sc.is_default && r->E == 8;
+    const int chunk8 = w->cl->top2_rows && w->policy != MOE_SECOND_SAMPLING;
     w->cl->rows_chunk = chunk8 ? gshard_chunk8 : NULL;
     w->cl->rows_select =
         w->sc.is_default && r->E == 64 ? gshard_select_chunk : NULL;
@@ -351,7 +341,6 @@ static int gshard_route(moe_router *r, const moe_route_in *in, moe_plan *plan)
     w->cl->rows_chunk = NULL;
     w->cl->rows_select = NULL;
     w->logits = NULL;
-    w->lazy = 0;
     plan->rows_topk = NULL;
     if (rc)
         return rc;

@@ -57,13 +57,6 @@ void moe_pcg32_advance(moe_pcg32 *r, uint64_t delta);
  * same doubles, drawn on the routers' threads (par.h) when r is a moe_rng_pcg32 (each thread
  * jumps ahead to its first draw), else one at a time. */
 void moe_rng_uniform_fill(gsl_rng *r, double *u, long n);
-/* Draws q = lo..hi-1 of those n, into u[q], from the state start that r had before them. */
-void moe_pcg32_uniforms(const moe_pcg32 *start, double *u, long lo, long hi);
-/* moe_rng_uniform_fill of n draws left for later, where r is a moe_rng_pcg32 (returns 1): r's
- * state into *start and r left as after the n draws; whoever needs draws q in [lo, hi) takes
- * them by moe_pcg32_uniforms(start, u, lo, hi), in any order, on any thread. Returns 0
- * (nothing done) for another generator. */
-int moe_rng_uniform_defer(gsl_rng *r, long n, moe_pcg32 *start);
 /* A gsl_rng running PCG32 seeded with (seed, stream). Free with gsl_rng_free. */
 gsl_rng *moe_rng_alloc(uint64_t seed, uint64_t stream);
 enum moe_stream {

@@ -80,11 +80,12 @@ typedef struct {
     long n;
 } fill_job;
 
-/* Four generators at once, each a quarter of [lo, hi) (the last one then the draws left): one
- * generator's steps wait on each other (a multiplication and an addition each), four overlap. */
-void moe_pcg32_uniforms(const moe_pcg32 *start, double *u, long lo, long hi)
+/* Draws q = lo..hi-1 into u[q] from the state start before draw 0: four generators at once,
+ * each a quarter of [lo, hi) (the last one then the draws left), as one generator's steps wait
+ * on each other (a multiplication and an addition each) and four overlap. */
+static void pcg32_uniforms(const moe_pcg32 *start, double *u, long lo, long hi)
 {
-    const long m = hi - lo >= 256 ? (hi - lo) / 4 : 0;
+    const long m = (hi - lo) / 4;
     moe_pcg32 g[4];
     for (int j = 0; j < 4; j++) {
         g[j] = *start;
@@ -103,17 +104,7 @@ static void fill_part(void *ctx, int i, int np)
     const fill_job *j = ctx;
     long lo, hi;
     moe_par_range(j->n, i, np, &lo, &hi);
-    moe_pcg32_uniforms(&j->start, j->u, lo, hi);
-}
-
-int moe_rng_uniform_defer(gsl_rng *r, long n, moe_pcg32 *start)
-{
-    if (r->type != moe_rng_pcg32)
-        return 0;
-    moe_pcg32 *g = gsl_rng_state(r);
-    *start = *g;
-    moe_pcg32_advance(g, (uint64_t)n);
-    return 1;
+    pcg32_uniforms(&j->start, j->u, lo, hi);
 }
 
 void moe_rng_uniform_fill(gsl_rng *r, double *u, long n)

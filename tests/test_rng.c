@@ -2,8 +2,8 @@
  * initstate 42, initseq 54, the first six outputs are 0xa15c02b7 0x7b47f409 0xba1d3330
  * 0x83d2f293 0xbfa4784b 0xcbed606e. Also: the gsl_rng_type draws the same stream, streams
  * differ, and gsl_rng_uniform is uniform on [0,1) (chi-square on 20 bins, 5 sigma); the jump
- * ahead against that many draws, and the uniforms drawn at once on the threads, or later range
- * by range (moe_rng_uniform_defer, moe_pcg32_uniforms), against one at a time. */
+ * ahead against that many draws, and the uniforms drawn at once on the threads (four
+ * generators side by side in each thread's part) against one at a time. */
 #include "check.h"
 #include "moe.h"
 #include "../routers/par.h"
@@ -93,28 +93,6 @@ int main(void)
             gsl_rng_free(y);
         }
     moe_par_set_threads(0);
-    /* moe_rng_uniform_defer leaves the generator where n draws leave it, and the draws of
-     * [lo, hi) from its start by moe_pcg32_uniforms (four generators for ranges of 256 or more,
-     * one below; lengths not a multiple of four), taken in any order, are those draws */
-    {
-        enum { ND = 5000 };
-        static const long cuts[] = {0, 3, 4, 255, 256, 257, 1290, 1291, 3000, 4999, ND};
-        gsl_rng *x = moe_rng_alloc(13u, MOE_STREAM_GSHARD);
-        gsl_rng *y = moe_rng_alloc(13u, MOE_STREAM_GSHARD);
-        for (long i = 0; i < ND; i++)
-            u[i] = gsl_rng_uniform(x);
-        moe_pcg32 start;
-        const int deferred = moe_rng_uniform_defer(y, ND, &start);
-        for (int c = (int)(sizeof cuts / sizeof *cuts) - 2; c >= 0; c--) /* last range first */
-            moe_pcg32_uniforms(&start, v, cuts[c], cuts[c + 1]);
-        CHECK(deferred && !memcmp(u, v, ND * sizeof *u) && gsl_rng_get(x) == gsl_rng_get(y),
-              "deferred uniforms by ranges differ from one at a time");
-        gsl_rng *m = gsl_rng_alloc(gsl_rng_mt19937);
-        CHECK(!moe_rng_uniform_defer(m, ND, &start), "uniforms deferred for a generator not PCG32");
-        gsl_rng_free(m);
-        gsl_rng_free(x);
-        gsl_rng_free(y);
-    }
     gsl_rng_free(g);
     gsl_rng_free(a);
     gsl_rng_free(b);

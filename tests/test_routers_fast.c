@@ -851,11 +851,10 @@ static void test_gshard_gates(void)
         }
 }
 
-/* gshard drawing its second-expert draws from a PCG32 generator (at E = 8 each chunk of the
- * rows pass draws its own, moe_rng_uniform_defer; at 64 all of them first) against the same
- * draws given with the logits (gsl_rng_uniform one after another from a generator of the same
- * seed), on 1 and 2 threads and token counts that are not a multiple of eight: the same plan,
- * and the generator left where those draws leave it. */
+/* gshard drawing its second-expert draws from a PCG32 generator (moe_rng_uniform_fill) against
+ * the same draws given with the logits (gsl_rng_uniform one after another from a generator of
+ * the same seed), on 1 and 2 threads and token counts that are not a multiple of eight: the
+ * same plan, and the generator left where those draws leave it. */
 static void test_gshard_drawn(void)
 {
     static double u[N];
