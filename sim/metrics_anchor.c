@@ -406,6 +406,19 @@ static void rows_each(void *ctx, long t0, long t1, const double *p, const int32_
                 moe_claims_topk(p + (size_t)(t - t0) * E, E, k, r->tk + (size_t)t * k, val);
         return;
     }
+    if (!own && k >= 1 && k < E) { /* ROWS_SEL rows at a time (moe_select_topk_rows) */
+        enum { ROWS_SEL = 32 };
+        double vals[ROWS_SEL * ROWS_KMAX];
+        for (long a = t0; a < t1; a += ROWS_SEL) {
+            const long b = t1 - a < ROWS_SEL ? t1 : a + ROWS_SEL;
+            moe_select_topk_rows(p + (size_t)(a - t0) * E, b - a, E, k, r->tk + (size_t)a * k,
+                                 vals);
+            for (long t = a; t < b; t++) /* the rows it declined */
+                if (r->tk[(size_t)t * k] < 0)
+                    moe_claims_topk(p + (size_t)(t - t0) * E, E, k, r->tk + (size_t)t * k, val);
+        }
+        return;
+    }
     for (long t = t0; k >= 1 && k < E && t < t1; t++) {
         const double *pt = p + (size_t)(t - t0) * E;
         int32_t *tk = r->tk + (size_t)t * k;

@@ -4,11 +4,12 @@
  * importance_loss_vmoe's terms as the rows come, instead of taking exp(L - lse) of every logit
  * again in moe_metrics_compute.
  *
- * Checked, on plans routed by switch, topk (k = 2, 8), gshard and hash from N(0,1) logits (fixed PCG
- * seed) or logits rounded to multiples of 1/2 (ties in the routing map, to the lower index),
- * or with the draws below 1.5 scaled down to multiples of 1e-20 (logits that differ while their
- * probabilities are equal: the router's choice by logit is then not the metrics' choice by
- * probability, and the metrics must not take the router's top-k for those rows):
+ * Checked, on plans routed by switch, topk (k = 2, 8), gshard, hash and dsv3_bias from N(0,1)
+ * logits (fixed PCG seed) or logits rounded to multiples of 1/2 (ties in the routing map, to the
+ * lower index), or with the draws below 1.5 scaled down to multiples of 1e-20 (logits that
+ * differ while their probabilities are equal: the router's choice by logit is then not the
+ * metrics' choice by probability, and the metrics must not take the router's top-k for those
+ * rows):
  *   - the values equal, bit for bit, those of the algorithmic reference
  *     moe_metrics_anchor_reference run on the plan without its logsumexps (then it takes each
  *     row's softmax with moe_softmax: exp(L - max) / sum, the router's formula, vexp.h), with
@@ -271,6 +272,13 @@ int main(void)
         {"hash", 2048, 64, 1, 2, 0, 0, 0.0, MOE_SCORE_AUTO, 1}, /* equal p, distinct L */
         {"hash", 6144, 8, 1, 1, 96, 640, 0.0, MOE_SCORE_AUTO, 1},
         {"hash", 1024, 256, 1, 0, 0, 0, 0.0, MOE_SCORE_AUTO, 1},
+        /* dsv3_bias: choices by its biased sigmoid keys, none the metrics can take, so the
+         * routing map is each row's top-k of p, several rows at a time (k >= 3: the selection
+         * networks, which decline rows with equal p) */
+        {"dsv3_bias", 2048, 64, 8, 0, 0, 256, 0.0, MOE_SCORE_AUTO, 1},
+        {"dsv3_bias", 2048, 256, 8, 2, 128, 0, 0.0, MOE_SCORE_AUTO, 1}, /* equal p */
+        {"dsv3_bias", 2048, 64, 2, 1, 0, 0, 0.0, MOE_SCORE_AUTO, 1},    /* ties in L */
+        {"dsv3_bias", 6144, 8, 4, 0, 96, 640, 0.0, MOE_SCORE_AUTO, 1},
         /* E = 16 and 32: the pass's sums of p and of lse^2 in one loop of their own */
         {"topk", 2048, 16, 2, 0, 0, 0, 0.0, MOE_SCORE_AUTO, 1},
         {"switch", 2048, 32, 1, 0, 0, 0, 0.0, MOE_SCORE_AUTO, 1},
