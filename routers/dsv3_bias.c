@@ -24,11 +24,12 @@
 #include "claims.h"
 #include "dsv3_bias.h"
 #include "score.h"
+#include "select.h"
 #include "vexp.h"
 
 #include <math.h>
 #include <stdlib.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -101,8 +102,8 @@ const double *moe_dsv3_bias_state(const moe_router *r)
 /* ---- routing ---- */
 
 /* s (E) = sigmoid(lt) = 1 / (1 + exp(-lt)) and key (E) = s + b, eight experts at a time where
- * the CPU has AVX-512 (the same operations on each element as the scalar loop, so the same
- * bits). exp(-L) by moe_vexp_shift, the C library's exp bit for bit. */
+ * the CPU has AVX-512, four with AVX2 (the same operations on each element as the scalar loop,
+ * so the same bits). exp(-L) by moe_vexp_shift, the C library's exp bit for bit. */
 static void dsv3_scores(const double *lt, const double *b, int E, double *s, double *key)
 {
     int e = 0;
@@ -111,6 +112,9 @@ static void dsv3_scores(const double *lt, const double *b, int E, double *s, dou
     for (; e + 8 <= E; e += 8) /* -lt: the sign bit flipped */
         _mm512_storeu_si512((void *)(s + e),
                             _mm512_xor_si512(_mm512_loadu_si512((const void *)(lt + e)), sign));
+#elif defined(__AVX2__)
+    for (; e + 4 <= E; e += 4)
+        _mm256_storeu_pd(s + e, _mm256_xor_pd(_mm256_loadu_pd(lt + e), _mm256_set1_pd(-0.0)));
 #endif
     for (; e < E; e++)
         s[e] = -lt[e];
@@ -123,6 +127,13 @@ static void dsv3_scores(const double *lt, const double *b, int E, double *s, dou
         _mm512_storeu_pd(s + e, v);
         _mm512_storeu_pd(key + e, _mm512_add_pd(v, _mm512_loadu_pd(b + e)));
     }
+#elif defined(__AVX2__)
+    const __m256d one = _mm256_set1_pd(1.0);
+    for (; e + 4 <= E; e += 4) {
+        const __m256d v = _mm256_div_pd(one, _mm256_add_pd(one, _mm256_loadu_pd(s + e)));
+        _mm256_storeu_pd(s + e, v);
+        _mm256_storeu_pd(key + e, _mm256_add_pd(v, _mm256_loadu_pd(b + e)));
+    }
 #endif
     for (; e < E; e++) {
         s[e] = 1.0 / (1.0 + s[e]);
@@ -133,7 +144,7 @@ static void dsv3_scores(const double *lt, const double *b, int E, double *s, dou
 /* Token t's experts ex (k) and gates from the scores s and keys key of its n candidates, whose
  * experts are ci (n; NULL: the candidates are experts 0..n-1), in expert order. */
 static void dsv3_choose(moe_claims *cl, int t, const double *s, const double *key,
-                        const int64_t *ci, int n)
+                        const int32_t *ci, int n)
 {
     const int k = cl->K;
     int32_t *ex = cl->expert + (size_t)t * k;
@@ -147,7 +158,7 @@ static void dsv3_choose(moe_claims *cl, int t, const double *s, const double *ke
         cl->claim[(size_t)t * k + j] = 1;
     }
     for (int j = 0; ci && j < k; j++)
-        ex[j] = (int32_t)ci[ex[j]];
+        ex[j] = ci[ex[j]];
 }
 
 /* Token t of logits lt (E): its scores into the scratch s and key (E), then its k experts and
@@ -162,25 +173,32 @@ static void dsv3_token(dsv3_ws *w, int t, const double *lt, double *s, double *k
  * The k experts of a token can be found without every expert's exponential. The largest logit
  * of each of eight lanes (experts e = i mod 8) belongs to eight distinct experts; for k <= 8
  * the smallest of them, lk, has at least k experts with L >= lk, whose keys are >=
- * sigmoid(lk) + bmin, so the k-th largest key is at least that. An expert with sigmoid(L) + bmax below it cannot be chosen:
- * every expert with L below logit(sigmoid(lk) + bmin - bmax - margin) is left out, margin =
- * 1e-9 (1 + max |b|), far above the rounding of the computed scores, keys and logit (about
- * 1e-15 (1 + max |b|) with the scores bounded away from 0 and 1 as below). The candidates
- * (usually 10-30 of 256) get their scores and keys exactly as dsv3_scores computes them for
- * every expert, so the selection and gates are the same bits. */
+ * sigmoid(lk) + bmin, so the k-th largest key is at least that. An expert with sigmoid(L) +
+ * bmax below it cannot be chosen: every expert with L below logit(sigmoid(lk) + bmin - bmax -
+ * margin) is left out, margin = 1e-9 (1 + max |b|), far above the rounding of the computed
+ * scores, keys and logit (about 1e-15 (1 + max |b|) with the scores bounded away from 0 and 1
+ * as below). The candidates (usually 10-30 of 256) get their scores and keys exactly as
+ * dsv3_scores computes them for every expert, so the selection and gates are the same bits. */
 
 enum { DSV3_CAND_MAX = 512 };      /* experts handled this way; more: every expert scored */
+/* and from how many: with AVX2 alone, from 65 (65536 tokens, two threads, best of 30, with the
+ * metrics, k = 2 / 8: at E = 64 13.1-13.6 / 16.5-16.6 ms against 12.2-12.4 / 17.1-17.3 ms
+ * scoring every expert, at 128 21.0-21.2 / 24.4-24.9 against 23.5-23.7 / 28.4-29.4, at 256
+ * 34.9-35.5 / 38.3-39.6 against 45.6-46.6 / 51.7-53.4; at 8-32 up to 1.6x slower: three calls
+ * of the C library a row, and few experts left out) */
+#if defined(__AVX512F__)
+enum { DSV3_CAND_MIN = 8 };
+#else
+enum { DSV3_CAND_MIN = 65 };
+#endif
 #define DSV3_SAFE 1e-6             /* sigmoid(lk) + bmin - bmax - margin in (SAFE, 1 - SAFE) */
 
-/* 1 when token t was routed from its candidates, 0 when the caller must score every expert
- * (no AVX-512, k > 8, E outside 8..512, scores near 0 or 1, a wide bias, non-finite logits). */
-static int dsv3_cands(dsv3_ws *w, int t, const double *lt)
+#if defined(__AVX512F__) || defined(__AVX2__)
+/* The smallest of the eight lane maxima of lt (E >= 8): lane l the largest logit of the experts
+ * e = l mod 8 (eight distinct experts), the last block padded with -inf. */
+static double dsv3_lane_min(const double *lt, int E)
 {
 #if defined(__AVX512F__)
-    moe_claims *cl = w->cl;
-    const int E = cl->E, k = cl->K;
-    if (k > 8 || E < 8 || E > DSV3_CAND_MAX)
-        return 0;
     const __m512d ninf = _mm512_set1_pd(-INFINITY);
     __m512d m0 = ninf, m1 = ninf;
     int e = 0;
@@ -192,24 +210,68 @@ static int dsv3_cands(dsv3_ws *w, int t, const double *lt)
         const __mmask8 ld = E - e >= 8 ? 0xff : (__mmask8)((1u << (E - e)) - 1u);
         m0 = _mm512_max_pd(m0, _mm512_mask_loadu_pd(ninf, ld, lt + e));
     }
+    return _mm512_reduce_min_pd(_mm512_max_pd(m0, m1));
+#else /* lanes 0..3 in a, 4..7 in b */
+    __m256d a = _mm256_set1_pd(-INFINITY), b = a;
+    int e = 0;
+    for (; e + 8 <= E; e += 8) {
+        a = _mm256_max_pd(a, _mm256_loadu_pd(lt + e));
+        b = _mm256_max_pd(b, _mm256_loadu_pd(lt + e + 4));
+    }
+    double mx[8];
+    _mm256_storeu_pd(mx, a);
+    _mm256_storeu_pd(mx + 4, b);
+    for (; e < E; e++)
+        mx[e % 8] = lt[e] > mx[e % 8] ? lt[e] : mx[e % 8];
+    double lk = mx[0];
+    for (int l = 1; l < 8; l++)
+        lk = mx[l] < lk ? mx[l] : lk;
+    return lk;
+#endif
+}
+
+/* The logits of lt (E) at or above lthr into cv and their experts into ci, in expert order;
+ * returns their number (cv, ci: E + 8 places). */
+static int dsv3_pack(const double *lt, int E, double lthr, double *cv, int32_t *ci)
+{
+#if defined(__AVX512F__)
+    const __m512d ninf = _mm512_set1_pd(-INFINITY), thr = _mm512_set1_pd(lthr);
+    __m512i iv = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
+    int n = 0;
+    for (int e = 0; e < E; e += 8, iv = _mm512_add_epi64(iv, _mm512_set1_epi64(8))) {
+        const __mmask8 ld = E - e >= 8 ? 0xff : (__mmask8)((1u << (E - e)) - 1u);
+        const __m512d x = _mm512_mask_loadu_pd(ninf, ld, lt + e);
+        const __mmask8 c = _mm512_mask_cmp_pd_mask(ld, x, thr, _CMP_GE_OQ);
+        _mm512_storeu_pd(cv + n, _mm512_maskz_compress_pd(c, x));
+        _mm256_storeu_si256((__m256i *)(ci + n),
+                            _mm512_cvtepi64_epi32(_mm512_maskz_compress_epi64(c, iv)));
+        n += __builtin_popcount(c);
+    }
+    return n;
+#else
+    return moe_select_pack(lt, E, lthr, 0, cv, ci);
+#endif
+}
+#endif
+
+/* 1 when token t was routed from its candidates, 0 when the caller must score every expert
+ * (neither AVX-512 nor AVX2, k > 8, E outside DSV3_CAND_MIN..512, scores near 0 or 1, a wide
+ * bias, non-finite logits). */
+static int dsv3_cands(dsv3_ws *w, int t, const double *lt)
+{
+#if defined(__AVX512F__) || defined(__AVX2__)
+    moe_claims *cl = w->cl;
+    const int E = cl->E, k = cl->K;
+    if (k > 8 || E < DSV3_CAND_MIN || E > DSV3_CAND_MAX)
+        return 0;
     /* the smallest lane maximum: for k <= 8, k of the lane maxima are >= it */
-    const double lk = _mm512_reduce_min_pd(_mm512_max_pd(m0, m1));
+    const double lk = dsv3_lane_min(lt, E);
     const double y = 1.0 / (1.0 + exp(-lk)) + w->bmin - w->bmax - w->margin;
     if (!(y > DSV3_SAFE && y < 1.0 - DSV3_SAFE))
         return 0;
-    const __m512d lthr = _mm512_set1_pd(log(y) - log1p(-y)); /* logit(y) */
     double cv[DSV3_CAND_MAX + 8], cb[DSV3_CAND_MAX], cs[DSV3_CAND_MAX], ck[DSV3_CAND_MAX];
-    int64_t ci[DSV3_CAND_MAX + 8];
-    __m512i iv = _mm512_set_epi64(7, 6, 5, 4, 3, 2, 1, 0);
-    int n = 0;
-    for (e = 0; e < E; e += 8, iv = _mm512_add_epi64(iv, _mm512_set1_epi64(8))) {
-        const __mmask8 ld = E - e >= 8 ? 0xff : (__mmask8)((1u << (E - e)) - 1u);
-        const __m512d x = _mm512_mask_loadu_pd(ninf, ld, lt + e);
-        const __mmask8 c = _mm512_mask_cmp_pd_mask(ld, x, lthr, _CMP_GE_OQ);
-        _mm512_storeu_pd(cv + n, _mm512_maskz_compress_pd(c, x));
-        _mm512_storeu_si512((void *)(ci + n), _mm512_maskz_compress_epi64(c, iv));
-        n += __builtin_popcount(c);
-    }
+    int32_t ci[DSV3_CAND_MAX + 8];
+    const int n = dsv3_pack(lt, E, log(y) - log1p(-y), cv, ci); /* at or above logit(y) */
     if (n < k)
         return 0; /* not with finite logits: the lane maxima are candidates */
     for (int i = 0; i < n; i++)

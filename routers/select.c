@@ -761,6 +761,19 @@ static const int32_t SEL_PACK[16][12] = {
     {2, 3, 4, 5, 6, 7, 0, 1, 1, 2, 3, 0}, {0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3},
 };
 
+/* The lanes of x whose bits are set in c, in order, at cv + m, their indices (at plus the lane)
+ * at ci + m (four places of each written); returns m plus their number. */
+static inline __attribute__((always_inline)) int sel_pack4(__m256d x, int c, __m128i at,
+                                                           double *cv, int32_t *ci, int m)
+{
+    const __m256i p = _mm256_loadu_si256((const __m256i *)SEL_PACK[c]);
+    _mm256_storeu_pd(cv + m, _mm256_castsi256_pd(
+                                 _mm256_permutevar8x32_epi32(_mm256_castpd_si256(x), p)));
+    _mm_storeu_si128((__m128i *)(ci + m),
+                     _mm_add_epi32(at, _mm_loadu_si128((const __m128i *)(SEL_PACK[c] + 8))));
+    return m + __builtin_popcount((unsigned)c);
+}
+
 /* Without AVX-512: the k largest of v[0..len), 3 <= k <= 8, len >= 8, ties to the lower index,
  * in four lanes. thr = the smallest of eight lanes' maxima over the row's whole blocks of eight
  * (lane l: the elements at 8q + l): eight elements at distinct places, so at least k of the
@@ -792,14 +805,8 @@ static int sel_topk_lanes(const double *v, int len, int k, int32_t *idx, double 
     for (; e + 4 <= len; e += 4) {
         const __m256d x = _mm256_loadu_pd(v + e);
         nan = _mm256_or_pd(nan, _mm256_cmp_pd(x, x, _CMP_UNORD_Q));
-        const int c = _mm256_movemask_pd(_mm256_cmp_pd(x, tv, _CMP_GE_OQ));
-        const __m256i p = _mm256_loadu_si256((const __m256i *)SEL_PACK[c]);
-        _mm256_storeu_pd(cv + m, _mm256_castsi256_pd(
-                                     _mm256_permutevar8x32_epi32(_mm256_castpd_si256(x), p)));
-        _mm_storeu_si128((__m128i *)(ci + m),
-                         _mm_add_epi32(at, _mm_loadu_si128((const __m128i *)(SEL_PACK[c] + 8))));
+        m = sel_pack4(x, _mm256_movemask_pd(_mm256_cmp_pd(x, tv, _CMP_GE_OQ)), at, cv, ci, m);
         at = _mm_add_epi32(at, _mm_set1_epi32(4));
-        m += __builtin_popcount((unsigned)c);
     }
     for (; e < len; e++) {
         if (v[e] != v[e])
@@ -955,4 +962,25 @@ void moe_select_top2_rows8(const double *x, int n, int32_t *idx2, uint8_t *ok)
         double v2[2];
         ok[r] = (uint8_t)moe_select_topk(x + (size_t)r * 8, 8, 2, idx2 + 2 * (size_t)r, v2);
     }
+}
+
+int moe_select_pack(const double *v, int len, double thr, int strict, double *cv, int32_t *ci)
+{
+    int m = 0, e = 0;
+#if !defined(__AVX512F__) && defined(__AVX2__)
+    const __m256d tv = _mm256_set1_pd(thr);
+    __m128i at = _mm_setzero_si128();
+    for (; e + 4 <= len; e += 4) {
+        const __m256d x = _mm256_loadu_pd(v + e);
+        const int c = _mm256_movemask_pd(strict ? _mm256_cmp_pd(x, tv, _CMP_GT_OQ)
+                                                : _mm256_cmp_pd(x, tv, _CMP_GE_OQ));
+        m = sel_pack4(x, c, at, cv, ci, m);
+        at = _mm_add_epi32(at, _mm_set1_epi32(4));
+    }
+#endif
+    for (; e < len; e++) { /* written at m whether taken or not: no branch on the value */
+        cv[m] = v[e], ci[m] = e;
+        m += strict ? v[e] > thr : v[e] >= thr;
+    }
+    return m;
 }

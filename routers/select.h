@@ -49,6 +49,12 @@ int moe_select_net8_fits(int len, int k);
  * no AVX-512 four rows at a time, as columns. */
 void moe_select_top2_rows8(const double *x, int n, int32_t *idx2, uint8_t *ok);
 
+/* The elements of v[0..len) at or above thr (strict: above; a NaN never), in index order, into
+ * cv and their indices into ci; returns their number. Places past it, up to len, may be
+ * written. Four lanes at a time without AVX-512 but with AVX2 (a permutation chosen by each
+ * four's mask), else one at a time; no branch on the values either way. */
+int moe_select_pack(const double *v, int len, double thr, int strict, double *cv, int32_t *ci);
+
 /* The index of the largest of x[0..len) other than x[skip] (skip -1: none), ties to the lower
  * index (-0.0 and +0.0 equal), exactly as moe_claims_argmax's scalar loop; -1 when there is no
  * element, -2 when the row holds a NaN or there is no AVX2 (the caller then scans). */

@@ -760,6 +760,94 @@ out:
     free(L);
 }
 
+/* dsv3_bias against its definition, every expert scored: s = 1 / (1 + exp(-L)) with the C
+ * library's exp, keys s + b, the k largest keys by a selection of the first largest (ties to
+ * the lower expert), gates s over their sum in rank order. Rows of N(0, 1) logits, some with a
+ * tie at the top, some near saturation (logits near 40, where the router scores every expert),
+ * the bias moved by observe at a rate of 0.05 between batches so that it is wide and uneven;
+ * E from 8 to 520 (multiples of 8 and not, the candidate path from 65 to 512 experts with
+ * AVX2, 8 to 512 with AVX-512), k = 1, 2, 8. The experts and gates of every token must be the
+ * reference's, bit for bit. */
+static void test_dsv3_reference(void)
+{
+    static const int Es[] = {8, 64, 72, 100, 256, 520}, ks[] = {1, 2, 8};
+    enum { N = 300, B = 4 };
+    gsl_rng *g = moe_rng_alloc(33, MOE_STREAM_TOKENS);
+    double *L = malloc((size_t)N * 520 * sizeof *L), s[520], key[520];
+    moe_plan *p = moe_plan_alloc(N, 520, 8 * N);
+    for (size_t ie = 0; ie < sizeof Es / sizeof *Es; ie++)
+        for (size_t ik = 0; ik < sizeof ks / sizeof *ks; ik++) {
+            const int E = Es[ie], k = ks[ik];
+            moe_route_opts o = opts();
+            o.k = k;
+            o.bias_rate = 0.05;
+            int rc, bad = 0, routed = 1;
+            moe_router *r = make("dsv3_bias", &o, N, E, &rc);
+            CHECK(rc == MOE_OK && r, "dsv3 E %d k %d alloc: %s", E, k, moe_errmsg());
+            for (int b = 0; r && b < B && routed; b++) {
+                for (int i = 0; i < N * E; i++) /* experts below E / 4 preferred */
+                    L[i] = gsl_ran_gaussian(g, 1.0) + (i % E < E / 4 ? 0.5 : 0.0);
+                for (int t = 0; t < N; t += 7) /* a tie at the top of every seventh row */
+                    L[(size_t)t * E + E - 1] = L[(size_t)t * E + 1] = 3.0;
+                for (int t = 3; t < N; t += 11) /* and near saturation */
+                    for (int e = 0; e < E; e++)
+                        L[(size_t)t * E + e] += 40.0;
+                const double *bias = moe_dsv3_bias_state(r);
+                moe_route_in in;
+                memset(&in, 0, sizeof in);
+                in.n = N;
+                in.m = E;
+                in.logits = L;
+                if (moe_router_route(r, &in, p) != MOE_OK) {
+                    routed = 0;
+                    break;
+                }
+                int32_t ex[N][8];
+                double gw[N][8];
+                for (int t = 0; t < N; t++) {
+                    const double *lt = L + (size_t)t * E;
+                    for (int e = 0; e < E; e++) {
+                        s[e] = 1.0 / (1.0 + exp(-lt[e]));
+                        key[e] = s[e] + bias[e];
+                    }
+                    double sum = 0.0;
+                    for (int j = 0; j < k; j++) {
+                        int best = -1;
+                        for (int e = 0; e < E; e++) {
+                            int taken = 0;
+                            for (int q = 0; q < j; q++)
+                                taken |= ex[t][q] == e;
+                            if (!taken && (best < 0 || key[e] > key[best]))
+                                best = e;
+                        }
+                        ex[t][j] = best;
+                        sum += s[best];
+                    }
+                    for (int j = 0; j < k; j++)
+                        gw[t][j] = s[ex[t][j]] / sum;
+                }
+                int seen[N] = {0};
+                for (size_t i = 0; i < p->n_entries; i++) {
+                    const moe_entry *en = &p->entries[i];
+                    int j = 0;
+                    while (j < k && ex[en->token][j] != en->expert)
+                        j++;
+                    bad += j == k || memcmp(&en->combine_w, &gw[en->token][j], sizeof(double));
+                    seen[en->token]++;
+                }
+                for (int t = 0; t < N; t++)
+                    bad += seen[t] != k;
+                r->type->observe(r, &in, p);
+            }
+            CHECK(routed && bad == 0, "dsv3 E %d k %d: %d entries or tokens unlike the "
+                  "reference", E, k, bad);
+            moe_router_free(r);
+        }
+    moe_plan_free(p);
+    gsl_rng_free(g);
+    free(L);
+}
+
 /* ---- dense ---- */
 
 static void ref_softmax(const double *x, int len, double *p)
@@ -855,6 +943,7 @@ int main(void)
     test_sinkhorn_converged();
     test_dsv3_hand();
     test_dsv3_batches();
+    test_dsv3_reference();
     test_dense();
     return check_report("test_routers_extra");
 }
