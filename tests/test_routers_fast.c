@@ -13,7 +13,8 @@
  *    moe_select_topk_net8 (eight rows, on 32-bit keys), its declines against the rule worked
  *    out on the doubles' bits (see test_select_net8).
  *  - moe_claims_argmax with a skipped index (the vector pass of select.c) against a scalar scan.
- *  - moe_select_first_eq (the first index of a value) against a scalar scan.
+ *  - moe_select_first_eq (the first index of a value) and moe_select_pack (the elements at or
+ *    above a threshold) against scalar scans.
  *  - moe_select_is_top (whether a set of k indices is a row's top-k) against its definition.
  *  - moe_select_top2 (a row's two first choices given its maximum) against scalar scans.
  *  - the claims tail on the routers' threads (routers/claims_par.c) and the rows pass: switch,
@@ -509,6 +510,32 @@ static void test_first_eq(void)
     gsl_rng_free(g);
 }
 
+/* moe_select_pack against a scalar scan: rows of small integers (some equal to the threshold),
+ * zeros of either sign against -0.0, NaN; strict and not. */
+static void test_pack(void)
+{
+    gsl_rng *g = moe_rng_alloc(10, 1);
+    int bad = 0;
+    for (int it = 0; it < 40000; it++) {
+        const int len = 1 + (int)gsl_rng_uniform_int(g, LMAX), strict = it & 1;
+        double v[LMAX], cv[LMAX];
+        int32_t ci[LMAX];
+        for (int i = 0; i < len; i++)
+            v[i] = it % 7 == 0 && i % 5 == 2 ? NAN : (double)gsl_rng_uniform_int(g, 9) - 4.0;
+        const double thr = it % 3 == 0 ? -0.0 : (double)gsl_rng_uniform_int(g, 9) - 4.0;
+        const int m = moe_select_pack(v, len, thr, strict, cv, ci);
+        int r = 0, ok = 1;
+        for (int i = 0; i < len; i++)
+            if (strict ? v[i] > thr : v[i] >= thr) {
+                ok &= r < m && ci[r] == i && memcmp(&cv[r], &v[i], sizeof v[i]) == 0;
+                r++;
+            }
+        bad += !ok || r != m;
+    }
+    CHECK(bad == 0, "moe_select_pack: %d of 40000 rows differ from a scalar scan", bad);
+    gsl_rng_free(g);
+}
+
 static void test_is_top(void)
 {
     gsl_rng *g = moe_rng_alloc(11, 1);
@@ -955,6 +982,7 @@ int main(void)
     test_select_net8();
     test_argmax_skip();
     test_first_eq();
+    test_pack();
     test_is_top();
     test_top2();
     test_threads();
