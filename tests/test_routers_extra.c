@@ -763,7 +763,8 @@ out:
 /* dsv3_bias against its definition, every expert scored: s = 1 / (1 + exp(-L)) with the C
  * library's exp, keys s + b, the k largest keys by a selection of the first largest (ties to
  * the lower expert), gates s over their sum in rank order. Rows of N(0, 1) logits, some with a
- * tie at the top, some near saturation (logits near 40, where the router scores every expert),
+ * tie at the top, some near saturation (logits near 40, whose scores round to 1: the keys tie
+ * but for the bias, and while the bias is narrow the router scores every expert of the row),
  * the bias moved by observe at a rate of 0.05 between batches so that it is wide and uneven;
  * E from 8 to 520 (multiples of 8 and not, the candidate path from 65 to 512 experts with
  * AVX2, 8 to 512 with AVX-512), k = 1, 2, 8. The experts and gates of every token must be the
