@@ -419,11 +419,11 @@ static void rows_each(void *ctx, long t0, long t1, const double *p, const int32_
         }
         return;
     }
-    for (long t = t0; k >= 1 && k < E && t < t1; t++) {
+    for (long t = t0; k >= 1 && k < E && t < t1; t++) { /* (own is set here) */
         const double *pt = p + (size_t)(t - t0) * E;
         int32_t *tk = r->tk + (size_t)t * k;
-        if (own && (E == 8 ? moe_select_is_top8(pt, own + (size_t)t * k, k)
-                           : moe_select_is_top(pt, E, own + (size_t)t * k, k)))
+        if (E == 8 ? moe_select_is_top8(pt, own + (size_t)t * k, k)
+                   : moe_select_is_top(pt, E, own + (size_t)t * k, k))
             for (int j = 0; j < k; j++) /* (k small: no library call per row) */
                 tk[j] = own[(size_t)t * k + j];
         else
