@@ -20,10 +20,12 @@ typedef struct {
 } bench_cfg;
 
 
+enum { BENCH_NSCALE = 4 }; /* the most n-scaling points */
+
 /* Layer shapes: full and --quick. cf = 1.25 in both. */
 typedef struct {
     int n, d, f;
-    int scale_n[4]; /* the n-scaling points of the first configuration */
+    int scale_n[BENCH_NSCALE]; /* the n-scaling points of the first configuration */
     int nscale;
     int check_tokens; /* tokens checked against the naive reference; 0 = all */
 } bench_shape;
@@ -104,6 +106,25 @@ void bench_point_free(layer_point *p);
 /* One warm-up, then `repeats` timed forwards on x; st[MOE_NPHASES] gets the statistics. */
 int bench_point_measure(layer_point *p, const bench_weights *w, const float *x, int repeats,
                         bench_stat *st);
+/* The reference GEMMs of a layer point, on the same useful FLOPs as its expert phase: its kept
+ * rows grouped per expert through expert e's (D,F) and (F,D) weights (OpenBLAS sgemm, one
+ * (rows,F) hidden buffer reused, the best case for the caches), and, with dense, one (N,D)(D,F)
+ * then (N,F)(F,D) pair on all N kept rows with expert 0's weights and the activation alone on
+ * its (N,F). Seconds. */
+typedef struct {
+    bench_stat dense, grouped, act; /* dense and act NaN without dense */
+} gemm_ref;
+
+/* Times the points p[0..np) and their reference GEMMs in rounds: one warm-up round, then
+ * `repeats` timed ones, each running one forward of every point, each followed by its GEMMs.
+ * Timed point after point, a slow stretch of the host lands on whichever point or GEMM is
+ * being measured (on the 2-core development VM the same layer's time per token moved by up
+ * to 25% between consecutive forwards): in rounds each point's samples spread over the whole
+ * measurement, so the ratios between points and against the GEMMs compare like with like.
+ * st[i * MOE_NPHASES + ph] gets point i's statistics, g[i] its GEMMs' (dense: also the dense
+ * pair and the activation). */
+int bench_points_measure(layer_point *p, int np, const bench_weights *w, const float *x,
+                         int repeats, int dense, bench_stat *st, gemm_ref *g);
 /* Point p again with pad_to_capacity = true: padded[MOE_NPHASES] gets its timings, printed
  * against unpadded[MOE_NPHASES]; its output must equal p's bit for bit (layer.h), else
  * c->failures counts it. */

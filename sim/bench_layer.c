@@ -5,8 +5,11 @@
 #include "bench.h"
 #include "options.h"
 
+#include <gsl/gsl_blas.h>
+#include <gsl/gsl_matrix_float.h>
 #include <gsl/gsl_sort.h>
 #include <gsl/gsl_statistics_double.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,6 +67,111 @@ int bench_point_alloc(const bench_cfg *cfg, const bench_weights *w, int n, int p
     return MOE_OK;
 }
 
+/* ---- the reference GEMMs ---- */
+
+/* c (m,n) = a (m,k) b (k,n) through GSL's BLAS interface (OpenBLAS). */
+static int sgemm_nn(size_t m, size_t n, size_t k, const float *a, const float *b, float *c)
+{
+    gsl_matrix_float_const_view A = gsl_matrix_float_const_view_array(a, m, k);
+    gsl_matrix_float_const_view B = gsl_matrix_float_const_view_array(b, k, n);
+    gsl_matrix_float_view Cv = gsl_matrix_float_view_array(c, m, n);
+    int rc = gsl_blas_sgemm(CblasNoTrans, CblasNoTrans, 1.0f, &A.matrix, &B.matrix, 0.0f,
+                            &Cv.matrix);
+    return rc ? moe_fail(MOE_EINVAL, NULL, "sgemm failed with GSL error %d (bench)", rc)
+              : MOE_OK;
+}
+
+/* One point's reference GEMMs between rounds: its kept rows grouped per expert, the buffers,
+ * the times of the rounds so far. */
+typedef struct {
+    size_t N, E;
+    size_t *off;   /* (E+1) first row of each expert */
+    float *A, *O;  /* (N,D) kept tokens grouped by expert, the outputs */
+    float *H, *Hg; /* (N,F) with dense, (maxrows,F) */
+    double *v;     /* (3 repeats) grouped, dense, activation */
+} gemm_run;
+
+static void gemm_run_free(gemm_run *g)
+{
+    free(g->off);
+    free(g->A);
+    free(g->O);
+    free(g->H);
+    free(g->Hg);
+    free(g->v);
+    memset(g, 0, sizeof *g);
+}
+
+static int gemm_run_alloc(const bench_weights *w, const moe_plan *plan, const float *x,
+                          int repeats, int dense, gemm_run *g)
+{
+    size_t D = (size_t)w->d, F = (size_t)w->f, N = plan->n_entries, E = (size_t)w->E;
+    memset(g, 0, sizeof *g);
+    if (N == 0)
+        return moe_fail(MOE_EINPUT, NULL, "the plan kept no entry (bench)");
+    g->N = N, g->E = E;
+    g->off = calloc(E + 1, sizeof *g->off);
+    size_t *fill = calloc(E, sizeof *fill);
+    g->A = malloc(N * D * sizeof *g->A);
+    g->O = malloc(N * D * sizeof *g->O);
+    g->v = malloc(3 * (size_t)repeats * sizeof *g->v);
+    size_t maxrows = 0;
+    if (g->off && fill && g->A && g->O && g->v) {
+        for (size_t i = 0; i < N; i++)
+            g->off[plan->entries[i].expert + 1]++;
+        for (size_t e = 0; e < E; e++) {
+            maxrows = g->off[e + 1] > maxrows ? g->off[e + 1] : maxrows;
+            g->off[e + 1] += g->off[e];
+        }
+        g->Hg = malloc(maxrows * F * sizeof *g->Hg);
+        g->H = dense ? malloc(N * F * sizeof *g->H) : NULL;
+    }
+    if (!g->off || !fill || !g->A || !g->O || !g->v || !g->Hg || (dense && !g->H)) {
+        free(fill);
+        gemm_run_free(g);
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (reference GEMMs on %zu rows)", N);
+    }
+    for (size_t i = 0; i < N; i++) {
+        const moe_entry *en = &plan->entries[i];
+        size_t row = g->off[en->expert] + fill[en->expert]++;
+        memcpy(g->A + row * D, x + (size_t)en->token * D, D * sizeof *g->A);
+    }
+    free(fill);
+    return MOE_OK;
+}
+
+/* Round r of g (r < 0: a warm-up, not kept): the grouped pair, then with dense the dense pair
+ * and the activation. */
+static int gemm_run_round(const bench_weights *w, gemm_run *g, int r, int repeats)
+{
+    size_t D = (size_t)w->d, F = (size_t)w->f, N = g->N;
+    int rc = MOE_OK;
+    double t0 = moe_now();
+    for (size_t e = 0; e < g->E && !rc; e++) {
+        size_t rows = g->off[e + 1] - g->off[e];
+        if (rows == 0)
+            continue;
+        rc = sgemm_nn(rows, F, D, g->A + g->off[e] * D, w->w1 + e * D * F, g->Hg);
+        if (!rc)
+            rc = sgemm_nn(rows, D, F, g->Hg, w->w2 + e * F * D, g->O + g->off[e] * D);
+    }
+    double t1 = moe_now(), t2 = t1, t3 = t1;
+    if (g->H && !rc) {
+        if ((rc = sgemm_nn(N, F, D, g->A, w->w1, g->H)) ||
+            (rc = sgemm_nn(N, D, F, g->H, w->w2, g->O)))
+            return rc;
+        t2 = moe_now();
+        moe_activate(MOE_ACT_GELU_TANH, g->H, N * F);
+        t3 = moe_now();
+    }
+    if (r >= 0 && !rc) {
+        g->v[r] = t1 - t0;
+        g->v[repeats + r] = t2 - t1;
+        g->v[2 * repeats + r] = t3 - t2;
+    }
+    return rc;
+}
+
 /* One forward through the pipeline: t[MOE_NPHASES] gets the phase times. */
 static int point_forward(layer_point *p, const bench_weights *w, const float *x, double *t)
 {
@@ -91,6 +199,41 @@ int bench_point_measure(layer_point *p, const bench_weights *w, const float *x, 
     if (!rc)
         for (int ph = 0; ph < MOE_NPHASES; ph++)
             st[ph] = bench_stat_of(v + (size_t)ph * (size_t)repeats, repeats);
+    free(v);
+    return rc;
+}
+
+int bench_points_measure(layer_point *p, int np, const bench_weights *w, const float *x,
+                         int repeats, int dense, bench_stat *st, gemm_ref *g)
+{
+    const size_t R = (size_t)repeats, nph = MOE_NPHASES;
+    double t[MOE_NPHASES];
+    double *v = malloc((size_t)np * nph * R * sizeof *v);
+    gemm_run *gr = calloc((size_t)np, sizeof *gr);
+    int rc = v && gr ? MOE_OK : moe_fail(MOE_ENOMEM, NULL, "out of memory (timings)");
+    /* the warm-up round: each point's first forward, which makes the plan its GEMMs take */
+    for (int i = 0; i < np && !rc; i++)
+        if (!(rc = point_forward(&p[i], w, x, t)) &&
+            !(rc = gemm_run_alloc(w, p[i].plan, x, repeats, dense, &gr[i])))
+            rc = gemm_run_round(w, &gr[i], -1, repeats);
+    for (int r = 0; r < repeats && !rc; r++)
+        for (int i = 0; i < np && !rc; i++) {
+            rc = point_forward(&p[i], w, x, t);
+            for (size_t ph = 0; ph < nph && !rc; ph++)
+                v[((size_t)i * nph + ph) * R + (size_t)r] = t[ph];
+            if (!rc)
+                rc = gemm_run_round(w, &gr[i], r, repeats);
+        }
+    for (int i = 0; i < np && !rc; i++) {
+        for (size_t ph = 0; ph < nph; ph++)
+            st[(size_t)i * nph + ph] = bench_stat_of(v + ((size_t)i * nph + ph) * R, repeats);
+        g[i].grouped = bench_stat_of(gr[i].v, repeats);
+        g[i].dense = dense ? bench_stat_of(gr[i].v + R, repeats) : bench_stat_one(NAN);
+        g[i].act = dense ? bench_stat_of(gr[i].v + 2 * R, repeats) : bench_stat_one(NAN);
+    }
+    for (int i = 0; gr && i < np; i++)
+        gemm_run_free(&gr[i]);
+    free(gr);
     free(v);
     return rc;
 }

@@ -3,7 +3,8 @@
  *
  * For each layer configuration (E=16 k=2 topk, E=64 k=1 switch, E=8 k=2 topk; n=8192, d=512,
  * f=2048, cf=1.25, GELU tanh, fp32; --quick shrinks the shapes for a smoke run) it measures,
- * after one warm-up, `repeats` forwards of gate + route + dispatch + experts + combine, and:
+ * after one warm-up, `repeats` forwards of gate + route + dispatch + experts + combine, each
+ * followed by one round of the reference GEMMs below (bench_points_measure), and:
  *   - each phase's median and spread, the layer's tokens/s;
  *   - the expert phase's GFLOP/s on useful FLOPs (4*d*f per kept entry) against a dense sgemm
  *     pair of the same useful FLOPs, (N x D)(D x F) then (N x F)(F x D) with N = kept entries,
@@ -20,7 +21,7 @@
  *     1 and 2 threads, OMP_WAIT_POLICY=passive; its outputs must agree with moesim's.
  * On the first configuration it also measures time per token for n = 1k, 4k, 16k, 64k (with the
  * grouped GEMM pair alone at each n, to tell the layer's overhead from OpenBLAS's small-GEMM
- * efficiency) and the layer's workspace bytes against n*d, E*C*d and the n*E*C of a one-hot
+ * efficiency; the four n in rounds, one forward of each n per round) and the layer's workspace bytes against n*d, E*C*d and the n*E*C of a one-hot
  * dispatch. Then the training step against a PyTorch training loop (bench_train.c, config
  * "train"; not with --quick). `--config` selects configurations; a forced OPENBLAS_CORETYPE weaker than the CPU
  * is warned about (blas_info.h) and recorded.
@@ -42,8 +43,6 @@
 
 #include <errno.h>
 #include <getopt.h>
-#include <gsl/gsl_blas.h>
-#include <gsl/gsl_matrix_float.h>
 #include <gsl/gsl_randist.h>
 #include <jansson.h>
 #include <math.h>
@@ -178,105 +177,6 @@ static const char *phase_name(int ph)
     return ph == MOE_PHASE_TOTAL ? "layer" : moe_phase_names[ph];
 }
 
-
-/* ---- reference GEMMs: the same useful FLOPs as the expert phase ---- */
-
-/* c (m,n) = a (m,k) b (k,n) through GSL's BLAS interface (OpenBLAS). */
-static int sgemm_nn(size_t m, size_t n, size_t k, const float *a, const float *b, float *c)
-{
-    gsl_matrix_float_const_view A = gsl_matrix_float_const_view_array(a, m, k);
-    gsl_matrix_float_const_view B = gsl_matrix_float_const_view_array(b, k, n);
-    gsl_matrix_float_view Cv = gsl_matrix_float_view_array(c, m, n);
-    int rc = gsl_blas_sgemm(CblasNoTrans, CblasNoTrans, 1.0f, &A.matrix, &B.matrix, 0.0f,
-                            &Cv.matrix);
-    return rc ? moe_fail(MOE_EINVAL, NULL, "sgemm failed with GSL error %d (bench)", rc)
-              : MOE_OK;
-}
-
-typedef struct {
-    bench_stat dense;   /* s: (N,D)(D,F) then (N,F)(F,D), N = kept entries, expert 0's weights */
-    bench_stat grouped; /* s: the same per expert, kept_e rows each, expert e's weights */
-    bench_stat act;     /* s: the activation alone on (N,F) */
-} gemm_ref;
-
-/* Times the grouped GEMM pair and, when dense, the dense pair and the activation alone. The
- * grouped pair reuses one (maxrows,F) hidden buffer, as a layer that runs one expert at a time
- * can: the best case for the caches. */
-static int gemm_measure(const bench_weights *w, const moe_plan *plan, const float *x,
-                        int repeats, int dense, gemm_ref *g)
-{
-    size_t D = (size_t)w->d, F = (size_t)w->f, N = plan->n_entries, E = (size_t)w->E;
-    if (N == 0)
-        return moe_fail(MOE_EINPUT, NULL, "the plan kept no entry (bench)");
-    size_t *off = calloc(E + 1, sizeof *off); /* (E+1) first row of each expert */
-    size_t *fill = calloc(E, sizeof *fill);   /* (E) */
-    float *A = malloc(N * D * sizeof *A);     /* (N,D) kept tokens grouped by expert */
-    float *O = malloc(N * D * sizeof *O);     /* (N,D) */
-    float *H = NULL, *Hg = NULL;              /* (N,F) dense, (maxrows,F) grouped */
-    double *v = malloc(3 * (size_t)repeats * sizeof *v);
-    int rc = MOE_OK;
-    if (!A || !O || !off || !fill || !v) {
-        rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (reference GEMMs on %zu rows)", N);
-        goto out;
-    }
-    for (size_t i = 0; i < N; i++)
-        off[plan->entries[i].expert + 1]++;
-    size_t maxrows = 0;
-    for (size_t e = 0; e < E; e++) {
-        maxrows = off[e + 1] > maxrows ? off[e + 1] : maxrows;
-        off[e + 1] += off[e];
-    }
-    Hg = malloc(maxrows * F * sizeof *Hg);
-    H = dense ? malloc(N * F * sizeof *H) : NULL;
-    if (!Hg || (dense && !H)) {
-        rc = moe_fail(MOE_ENOMEM, NULL, "out of memory (reference GEMMs on %zu rows)", N);
-        goto out;
-    }
-    for (size_t i = 0; i < N; i++) {
-        const moe_entry *en = &plan->entries[i];
-        size_t row = off[en->expert] + fill[en->expert]++;
-        memcpy(A + row * D, x + (size_t)en->token * D, D * sizeof *A);
-    }
-    /* one warm-up round (r = -1), then the timed ones */
-    for (int r = -1; r < repeats && !rc; r++) {
-        double t0 = moe_now();
-        for (size_t e = 0; e < E && !rc; e++) {
-            size_t rows = off[e + 1] - off[e];
-            if (rows == 0)
-                continue;
-            rc = sgemm_nn(rows, F, D, A + off[e] * D, w->w1 + e * D * F, Hg);
-            if (!rc)
-                rc = sgemm_nn(rows, D, F, Hg, w->w2 + e * F * D, O + off[e] * D);
-        }
-        double t1 = moe_now(), t2 = t1, t3 = t1;
-        if (dense && !rc) {
-            if ((rc = sgemm_nn(N, F, D, A, w->w1, H)) || (rc = sgemm_nn(N, D, F, H, w->w2, O)))
-                break;
-            t2 = moe_now();
-            moe_activate(MOE_ACT_GELU_TANH, H, N * F);
-            t3 = moe_now();
-        }
-        if (r >= 0) {
-            v[r] = t1 - t0;
-            v[repeats + r] = t2 - t1;
-            v[2 * repeats + r] = t3 - t2;
-        }
-    }
-    if (!rc) {
-        g->grouped = bench_stat_of(v, repeats);
-        g->dense = dense ? bench_stat_of(v + repeats, repeats) : bench_stat_one(NAN);
-        g->act = dense ? bench_stat_of(v + 2 * repeats, repeats) : bench_stat_one(NAN);
-    }
-out:
-    free(A);
-    free(H);
-    free(Hg);
-    free(O);
-    free(off);
-    free(fill);
-    free(v);
-    return rc;
-}
 
 /* ---- correctness: the layer against its naive double-precision reference ---- */
 
@@ -474,7 +374,7 @@ static int bench_config(bench_ctx *c, const bench_cfg *cfg, const bench_weights 
     r->cfg = cfg;
     r->n = n;
     r->C = p.C;
-    if ((rc = bench_point_measure(&p, w, x, c->a.repeats, r->ph)))
+    if ((rc = bench_points_measure(&p, 1, w, x, c->a.repeats, 1, r->ph, &r->g)))
         goto out;
     r->kept = p.plan->n_entries;
     r->flops = 4.0 * c->sh->d * c->sh->f * (double)r->kept;
@@ -484,8 +384,6 @@ static int bench_config(bench_ctx *c, const bench_cfg *cfg, const bench_weights 
            "claims, %d repeats ==\n", cfg->name, cfg->router, cfg->k, cfg->E, n, c->sh->d,
            c->sh->f, BENCH_CF, p.C, r->kept, p.plan->n_claims, c->a.repeats);
     print_phases(r);
-    if ((rc = gemm_measure(w, p.plan, x, c->a.repeats, 1, &r->g)))
-        goto out;
     print_gemm(c, r);
     if ((rc = naive_check(&p, w, x, c->sh->check_tokens, &r->naive_err)))
         goto out;
@@ -543,34 +441,35 @@ static int bench_scaling(bench_ctx *c, const bench_cfg *cfg, const bench_weights
     size_t D = (size_t)sh->d, F = (size_t)sh->f, E = (size_t)cfg->E;
     printf("\n== scaling %s: n from %d to %d tokens ==\n", cfg->name, sh->scale_n[0],
            sh->scale_n[sh->nscale - 1]);
-    int rc = MOE_OK;
-    for (int i = 0; i < sh->nscale && !rc; i++) {
-        layer_point p;
-        int n = sh->scale_n[i];
-        if ((rc = bench_point_alloc(cfg, w, n, 0, &p)))
-            break;
-        bench_stat st[MOE_NPHASES];
-        gemm_ref g;
-        if (!(rc = bench_point_measure(&p, w, x, c->a.repeats, st)))
-            rc = gemm_measure(w, p.plan, x, c->a.repeats, 0, &g);
-        if (!rc) {
-            sr[i] = (scale_result){n, p.C, p.plan->n_entries, st[MOE_PHASE_TOTAL], st[MOE_PHASE_EXPERTS],
-                                   {0}, st[MOE_PHASE_TOTAL].median / n, g.grouped.median,
-                                   moe_layer_workspace_bytes(moe_pipeline_layer(p.pipe)) -
-                                       moe_layer_packed_bytes(moe_pipeline_layer(p.pipe)),
-                                   moe_layer_packed_bytes(moe_pipeline_layer(p.pipe))};
-            for (int ph = 0; ph < MOE_NPHASES; ph++)
-                sr[i].phase[ph] = st[ph].median / n;
-        }
-        row_key rk = {"scaling", cfg->router, cfg->E, cfg->k, n, p.C, p.plan->n_entries};
-        double nd_ecd = 4.0 * ((double)n * (double)D + (double)E * (double)p.C * (double)D);
+    /* every n allocated first, then timed in rounds (bench_points_measure) */
+    layer_point p[BENCH_NSCALE];
+    bench_stat stv[BENCH_NSCALE * MOE_NPHASES];
+    gemm_ref g[BENCH_NSCALE];
+    int np = 0, rc = MOE_OK;
+    while (np < sh->nscale && !(rc = bench_point_alloc(cfg, w, sh->scale_n[np], 0, &p[np])))
+        np++;
+    if (!rc)
+        rc = bench_points_measure(p, np, w, x, c->a.repeats, 0, stv, g);
+    for (int i = 0; i < np && !rc; i++) {
+        const int n = sh->scale_n[i];
+        const bench_stat *st = stv + (size_t)i * MOE_NPHASES;
+        const moe_layer *L = moe_pipeline_layer(p[i].pipe);
+        sr[i] = (scale_result){n, p[i].C, p[i].plan->n_entries, st[MOE_PHASE_TOTAL],
+                               st[MOE_PHASE_EXPERTS], {0}, st[MOE_PHASE_TOTAL].median / n,
+                               g[i].grouped.median,
+                               moe_layer_workspace_bytes(L) - moe_layer_packed_bytes(L),
+                               moe_layer_packed_bytes(L)};
+        for (int ph = 0; ph < MOE_NPHASES; ph++)
+            sr[i].phase[ph] = st[ph].median / n;
+        row_key rk = {"scaling", cfg->router, cfg->E, cfg->k, n, p[i].C, p[i].plan->n_entries};
+        double nd_ecd = 4.0 * ((double)n * (double)D + (double)E * (double)p[i].C * (double)D);
         for (int ph = 0; ph < MOE_NPHASES && !rc; ph++) {
             char m[32];
             snprintf(m, sizeof m, "time_%s", phase_name(ph));
             rc = db_put(c, &rk, m, "s", st[ph]);
         }
         if (!rc)
-            rc = db_put(c, &rk, "time_grouped_gemm_pair", "s", g.grouped);
+            rc = db_put(c, &rk, "time_grouped_gemm_pair", "s", g[i].grouped);
         if (!rc)
             rc = db_put(c, &rk, "time_per_token", "s", bench_stat_one(sr[i].per_token));
         if (!rc)
@@ -581,8 +480,9 @@ static int bench_scaling(bench_ctx *c, const bench_cfg *cfg, const bench_weights
         if (!rc)
             rc = db_put(c, &rk, "ratio_workspace_vs_nd_ECd", "1",
                         bench_stat_one((double)sr[i].ws_bytes / nd_ecd));
-        bench_point_free(&p);
     }
+    for (int i = 0; i < np; i++)
+        bench_point_free(&p[i]);
     if (rc)
         return rc;
     double best = INFINITY, gbest = INFINITY;
