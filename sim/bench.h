@@ -122,9 +122,13 @@ typedef struct {
  * to 25% between consecutive forwards): in rounds each point's samples spread over the whole
  * measurement, so the ratios between points and against the GEMMs compare like with like.
  * st[i * MOE_NPHASES + ph] gets point i's statistics, g[i] its GEMMs' (dense: also the dense
- * pair and the activation). */
+ * pair and the activation), paired[i] (or NULL) the statistics of its rounds' own ratios: the
+ * reference pair's time (dense: the dense pair's, else the grouped one's) over the expert
+ * phase's of the forward before it; layer (or NULL; np x repeats) each forward's layer time,
+ * layer[i * repeats + r]. */
 int bench_points_measure(layer_point *p, int np, const bench_weights *w, const float *x,
-                         int repeats, int dense, bench_stat *st, gemm_ref *g);
+                         int repeats, int dense, bench_stat *st, gemm_ref *g, bench_stat *paired,
+                         double *layer);
 /* Point p again with pad_to_capacity = true: padded[MOE_NPHASES] gets its timings, printed
  * against unpadded[MOE_NPHASES]; its output must equal p's bit for bit (layer.h), else
  * c->failures counts it. */

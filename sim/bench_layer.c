@@ -204,13 +204,14 @@ int bench_point_measure(layer_point *p, const bench_weights *w, const float *x, 
 }
 
 int bench_points_measure(layer_point *p, int np, const bench_weights *w, const float *x,
-                         int repeats, int dense, bench_stat *st, gemm_ref *g)
+                         int repeats, int dense, bench_stat *st, gemm_ref *g, bench_stat *paired,
+                         double *layer)
 {
     const size_t R = (size_t)repeats, nph = MOE_NPHASES;
     double t[MOE_NPHASES];
-    double *v = malloc((size_t)np * nph * R * sizeof *v);
+    double *v = malloc((size_t)np * nph * R * sizeof *v), *q = malloc(R * sizeof *q);
     gemm_run *gr = calloc((size_t)np, sizeof *gr);
-    int rc = v && gr ? MOE_OK : moe_fail(MOE_ENOMEM, NULL, "out of memory (timings)");
+    int rc = v && q && gr ? MOE_OK : moe_fail(MOE_ENOMEM, NULL, "out of memory (timings)");
     /* the warm-up round: each point's first forward, which makes the plan its GEMMs take */
     for (int i = 0; i < np && !rc; i++)
         if (!(rc = point_forward(&p[i], w, x, t)) &&
@@ -225,6 +226,16 @@ int bench_points_measure(layer_point *p, int np, const bench_weights *w, const f
                 rc = gemm_run_round(w, &gr[i], r, repeats);
         }
     for (int i = 0; i < np && !rc; i++) {
+        const double *ex = v + ((size_t)i * nph + MOE_PHASE_EXPERTS) * R;
+        const double *tl = v + ((size_t)i * nph + MOE_PHASE_TOTAL) * R;
+        for (size_t r = 0; layer && r < R; r++)
+            layer[(size_t)i * R + r] = tl[r];
+        if (paired) { /* before the statistics below sort the times in place */
+            const double *ref = gr[i].v + (dense ? R : 0);
+            for (size_t r = 0; r < R; r++)
+                q[r] = ref[r] / ex[r];
+            paired[i] = bench_stat_of(q, repeats);
+        }
         for (size_t ph = 0; ph < nph; ph++)
             st[(size_t)i * nph + ph] = bench_stat_of(v + ((size_t)i * nph + ph) * R, repeats);
         g[i].grouped = bench_stat_of(gr[i].v, repeats);
@@ -235,6 +246,7 @@ int bench_points_measure(layer_point *p, int np, const bench_weights *w, const f
         gemm_run_free(&gr[i]);
     free(gr);
     free(v);
+    free(q);
     return rc;
 }
 

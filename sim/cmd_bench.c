@@ -21,8 +21,8 @@
  *     1 and 2 threads, OMP_WAIT_POLICY=passive; its outputs must agree with moesim's.
  * On the first configuration it also measures time per token for n = 1k, 4k, 16k, 64k (with the
  * grouped GEMM pair alone at each n, to tell the layer's overhead from OpenBLAS's small-GEMM
- * efficiency; the four n in rounds, one forward of each n per round) and the layer's workspace bytes against n*d, E*C*d and the n*E*C of a one-hot
- * dispatch. Then the training step against a PyTorch training loop (bench_train.c, config
+ * efficiency; the four n in rounds, one forward of each n per round) and the layer's workspace
+ * bytes against n*d, E*C*d and the n*E*C of a one-hot dispatch. Then the training step against a PyTorch training loop (bench_train.c, config
  * "train"; not with --quick). `--config` selects configurations; a forced OPENBLAS_CORETYPE weaker than the CPU
  * is warned about (blas_info.h) and recorded.
  *
@@ -225,6 +225,7 @@ typedef struct {
     bench_stat ph[MOE_NPHASES];
     double flops;     /* useful expert FLOPs: 4*d*f per kept entry */
     gemm_ref g;
+    bench_stat paired; /* round by round: the dense pair's time over the expert phase's */
     double share;     /* (route + dispatch + combine) / layer, medians */
     double naive_err;
     bench_stat pad[MOE_NPHASES]; /* pad_to_capacity = true: every expert at C rows */
@@ -278,6 +279,9 @@ static void print_gemm(const bench_ctx *c, const cfg_result *r)
     printf("  ratios: experts/dense %.3f (target >= 0.90), experts/grouped %.3f, "
            "experts/peak %.3f, dense/peak %.3f (peak %.0f GFLOP/s)\n", ge / gd, ge / gg,
            ge / c->a.peak, gd / c->a.peak, c->a.peak);
+    printf("  experts/dense round by round (each forward against the dense pair right after "
+           "it): median %.3f, min..max %.3f..%.3f\n", r->paired.median, r->paired.min,
+           r->paired.max);
     printf("route+dispatch+combine: %.2f%% of the layer (target <= 5%%)\n", 100.0 * r->share);
 }
 
@@ -333,6 +337,7 @@ static int store_cfg(bench_ctx *c, const cfg_result *r)
         (rc = db_put(c, &rk, "gflops_dense_gemm_pair", "GFLOP/s", bench_stat_one(gd))) ||
         (rc = db_put(c, &rk, "gflops_grouped_gemm_pair", "GFLOP/s", bench_stat_one(gg))) ||
         (rc = db_put(c, &rk, "ratio_experts_vs_dense", "1", bench_stat_one(ge / gd))) ||
+        (rc = db_put(c, &rk, "ratio_experts_vs_dense_rounds", "1", r->paired)) ||
         (rc = db_put(c, &rk, "ratio_experts_vs_peak", "1", bench_stat_one(ge / c->a.peak))) ||
         (rc = db_put(c, &rk, "ratio_dense_vs_peak", "1", bench_stat_one(gd / c->a.peak))) ||
         (rc = db_put(c, &rk, "peak_gflops", "GFLOP/s", bench_stat_one(c->a.peak))) ||
@@ -374,7 +379,8 @@ static int bench_config(bench_ctx *c, const bench_cfg *cfg, const bench_weights 
     r->cfg = cfg;
     r->n = n;
     r->C = p.C;
-    if ((rc = bench_points_measure(&p, 1, w, x, c->a.repeats, 1, r->ph, &r->g)))
+    if ((rc = bench_points_measure(&p, 1, w, x, c->a.repeats, 1, r->ph, &r->g, &r->paired,
+                                   NULL)))
         goto out;
     r->kept = p.plan->n_entries;
     r->flops = 4.0 * c->sh->d * c->sh->f * (double)r->kept;
@@ -445,11 +451,25 @@ static int bench_scaling(bench_ctx *c, const bench_cfg *cfg, const bench_weights
     layer_point p[BENCH_NSCALE];
     bench_stat stv[BENCH_NSCALE * MOE_NPHASES];
     gemm_ref g[BENCH_NSCALE];
-    int np = 0, rc = MOE_OK;
-    while (np < sh->nscale && !(rc = bench_point_alloc(cfg, w, sh->scale_n[np], 0, &p[np])))
+    const int R = c->a.repeats;
+    double *lay = malloc((size_t)sh->nscale * (size_t)R * sizeof *lay);
+    int np = 0, rc = lay ? MOE_OK : moe_fail(MOE_ENOMEM, NULL, "out of memory (timings)");
+    while (!rc && np < sh->nscale && !(rc = bench_point_alloc(cfg, w, sh->scale_n[np], 0, &p[np])))
         np++;
     if (!rc)
-        rc = bench_points_measure(p, np, w, x, c->a.repeats, 0, stv, g);
+        rc = bench_points_measure(p, np, w, x, R, 0, stv, g, NULL, lay);
+    bench_stat rounds = bench_stat_one(NAN); /* each round's slowest per token over its fastest */
+    for (int r = 0; !rc && r < R; r++) {
+        double lo = INFINITY, hi = 0.0;
+        for (int i = 0; i < np; i++) {
+            const double t = lay[(size_t)i * R + r] / sh->scale_n[i];
+            lo = fmin(lo, t), hi = fmax(hi, t);
+        }
+        lay[r] = hi / lo; /* (row r of point 0, read above, is no longer needed) */
+    }
+    if (!rc)
+        rounds = bench_stat_of(lay, R);
+    free(lay);
     for (int i = 0; i < np && !rc; i++) {
         const int n = sh->scale_n[i];
         const bench_stat *st = stv + (size_t)i * MOE_NPHASES;
@@ -510,6 +530,8 @@ static int bench_scaling(bench_ctx *c, const bench_cfg *cfg, const bench_weights
            "output; x and y are the caller's)\n", F);
     printf("(not in workspace: the expert weights packed in the GEMM kernels' layout, %.1f MB "
            "at every n, a copy of the weights)\n", (double)sr[0].packed_bytes / 1048576.0);
+    printf("(time per token round by round, the slowest n's over the fastest n's in the same "
+           "round: median %.3f, min..max %.3f..%.3f)\n", rounds.median, rounds.min, rounds.max);
     print_scaling_phases(sr, sh->nscale, (int)E);
     return MOE_OK;
 }

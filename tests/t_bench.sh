@@ -60,6 +60,12 @@ either) ok ;;
 *) if grep -Eq "^ *$note" "$T/out"; then ok; else
        no "the slowest-n note does not match the scaling table ('$note'): $(grep 'slowest at' "$T/out")"; fi ;;
 esac
+# timed in rounds: each configuration's forwards against the dense pair round by round, and
+# each round's slowest n over its fastest, a ratio of at least 1 (min <= median <= max)
+count "$T/out" '^  experts/dense round by round (each forward against the dense pair right after it): median [0-9.]*, min..max [0-9.]*\.\.[0-9.]*$' 3
+rr=$(sed -n 's/^(time per token round by round, the slowest n.s over the fastest n.s in the same round: median \([0-9.]*\), min..max \([0-9.]*\)\.\.\([0-9.]*\))$/\1 \2 \3/p' "$T/out")
+if [ -n "$rr" ] && echo "$rr" | awk '{ exit !($2 >= 1 && $2 <= $1 && $1 <= $3) }'; then ok
+else no "the scaling's round-by-round line: '$rr'"; fi
 has "$T/out" '^== targets ==$'
 has "$T/out" '^== training step: skipped (--quick; it runs at full size only) ==$'
 # --quick measures small shapes: a value under a full-size target is "below", never MISSED
@@ -84,6 +90,7 @@ if command -v sqlite3 >/dev/null; then
     # useful FLOPs = 4*d*f per kept entry (d = 64, f = 256)
     eq "useful flops" "SELECT count(*) FROM bench WHERE metric = 'flops_expert_useful' AND median = 4*64*256*kept" 3
     eq "naive check stored" "SELECT count(*) FROM bench WHERE metric = 'rel_l2_vs_naive' AND median < 1e-5" 3
+    eq "round-by-round ratios stored" "SELECT count(*) FROM bench WHERE metric = 'ratio_experts_vs_dense_rounds' AND config != 'scaling' AND min > 0 AND min <= median AND median <= max" 3
     # the JSON twin of the database holds the same rows (python3 reads it: the standard library)
     has "$T/out" "^and as JSON in $T/b.json$"
     if command -v python3 >/dev/null; then
