@@ -118,9 +118,10 @@ typedef struct {
 /* Times the points p[0..np) and their reference GEMMs in rounds: one warm-up round, then
  * `repeats` timed ones, each running one forward of every point, each followed by its GEMMs.
  * Timed point after point, a slow stretch of the host lands on whichever point or GEMM is
- * being measured (on the 2-core development VM the same layer's time per token moved by up
- * to 25% between consecutive forwards): in rounds each point's samples spread over the whole
- * measurement, so the ratios between points and against the GEMMs compare like with like.
+ * being measured (on the 2-core development VM the same layer's expert phase at n = 1k read
+ * 49.5-105 us a token over twelve forwards of one process): in rounds each point's samples
+ * spread over the whole measurement, so the ratios between points and against the GEMMs
+ * compare like with like.
  * st[i * MOE_NPHASES + ph] gets point i's statistics, g[i] its GEMMs' (dense: also the dense
  * pair and the activation), paired[i] (or NULL) the statistics of its rounds' own ratios: the
  * reference pair's time (dense: the dense pair's, else the grouped one's) over the expert

@@ -22,9 +22,10 @@
  * On the first configuration it also measures time per token for n = 1k, 4k, 16k, 64k (with the
  * grouped GEMM pair alone at each n, to tell the layer's overhead from OpenBLAS's small-GEMM
  * efficiency; the four n in rounds, one forward of each n per round) and the layer's workspace
- * bytes against n*d, E*C*d and the n*E*C of a one-hot dispatch. Then the training step against a PyTorch training loop (bench_train.c, config
- * "train"; not with --quick). `--config` selects configurations; a forced OPENBLAS_CORETYPE weaker than the CPU
- * is warned about (blas_info.h) and recorded.
+ * bytes against n*d, E*C*d and the n*E*C of a one-hot dispatch. Then the training step against
+ * a PyTorch training loop (bench_train.c, config "train"; not with --quick). `--config` selects
+ * configurations; a forced OPENBLAS_CORETYPE weaker than the CPU is warned about (blas_info.h)
+ * and recorded.
  *
  * Timings are reported, never asserted: the command fails only on errors and on outputs that
  * disagree. Rows go to the table `bench` of --db (default results/bench.db), one transaction per
