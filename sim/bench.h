@@ -103,9 +103,6 @@ bench_stat bench_stat_of(double *v, int len);
 int bench_point_alloc(const bench_cfg *cfg, const bench_weights *w, int n, int pad,
                       layer_point *p);
 void bench_point_free(layer_point *p);
-/* One warm-up, then `repeats` timed forwards on x; st[MOE_NPHASES] gets the statistics. */
-int bench_point_measure(layer_point *p, const bench_weights *w, const float *x, int repeats,
-                        bench_stat *st);
 /* The reference GEMMs of a layer point, on the same useful FLOPs as its expert phase: its kept
  * rows grouped per expert through expert e's (D,F) and (F,D) weights (OpenBLAS sgemm, one
  * (rows,F) hidden buffer reused, the best case for the caches), and, with dense, one (N,D)(D,F)
@@ -123,7 +120,8 @@ typedef struct {
  * spread over the whole measurement, so the ratios between points and against the GEMMs
  * compare like with like.
  * st[i * MOE_NPHASES + ph] gets point i's statistics, g[i] its GEMMs' (dense: also the dense
- * pair and the activation), paired[i] (or NULL) the statistics of its rounds' own ratios: the
+ * pair and the activation; g NULL: the forwards alone, no GEMMs), paired[i] (NULL, or with g
+ * NULL, none) the statistics of its rounds' own ratios: the
  * reference pair's time (dense: the dense pair's, else the grouped one's) over the expert
  * phase's of the forward before it; layer (or NULL; np x repeats) each forward's layer time,
  * layer[i * repeats + r]. */

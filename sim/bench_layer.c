@@ -183,26 +183,6 @@ static int point_forward(layer_point *p, const bench_weights *w, const float *x,
     return rc;
 }
 
-int bench_point_measure(layer_point *p, const bench_weights *w, const float *x, int repeats,
-                        bench_stat *st)
-{
-    double t[MOE_NPHASES];
-    double *v = malloc((size_t)MOE_NPHASES * (size_t)repeats * sizeof *v);
-    if (!v)
-        return moe_fail(MOE_ENOMEM, NULL, "out of memory (timings)");
-    int rc = point_forward(p, w, x, t);
-    for (int r = 0; !rc && r < repeats; r++) {
-        rc = point_forward(p, w, x, t);
-        for (int ph = 0; ph < MOE_NPHASES; ph++)
-            v[(size_t)ph * (size_t)repeats + (size_t)r] = t[ph];
-    }
-    if (!rc)
-        for (int ph = 0; ph < MOE_NPHASES; ph++)
-            st[ph] = bench_stat_of(v + (size_t)ph * (size_t)repeats, repeats);
-    free(v);
-    return rc;
-}
-
 int bench_points_measure(layer_point *p, int np, const bench_weights *w, const float *x,
                          int repeats, int dense, bench_stat *st, gemm_ref *g, bench_stat *paired,
                          double *layer)
@@ -214,7 +194,7 @@ int bench_points_measure(layer_point *p, int np, const bench_weights *w, const f
     int rc = v && q && gr ? MOE_OK : moe_fail(MOE_ENOMEM, NULL, "out of memory (timings)");
     /* the warm-up round: each point's first forward, which makes the plan its GEMMs take */
     for (int i = 0; i < np && !rc; i++)
-        if (!(rc = point_forward(&p[i], w, x, t)) &&
+        if (!(rc = point_forward(&p[i], w, x, t)) && g &&
             !(rc = gemm_run_alloc(w, p[i].plan, x, repeats, dense, &gr[i])))
             rc = gemm_run_round(w, &gr[i], -1, repeats);
     for (int r = 0; r < repeats && !rc; r++)
@@ -222,7 +202,7 @@ int bench_points_measure(layer_point *p, int np, const bench_weights *w, const f
             rc = point_forward(&p[i], w, x, t);
             for (size_t ph = 0; ph < nph && !rc; ph++)
                 v[((size_t)i * nph + ph) * R + (size_t)r] = t[ph];
-            if (!rc)
+            if (!rc && g)
                 rc = gemm_run_round(w, &gr[i], r, repeats);
         }
     for (int i = 0; i < np && !rc; i++) {
@@ -230,7 +210,7 @@ int bench_points_measure(layer_point *p, int np, const bench_weights *w, const f
         const double *tl = v + ((size_t)i * nph + MOE_PHASE_TOTAL) * R;
         for (size_t r = 0; layer && r < R; r++)
             layer[(size_t)i * R + r] = tl[r];
-        if (paired) { /* before the statistics below sort the times in place */
+        if (g && paired) { /* before the statistics below sort the times in place */
             const double *ref = gr[i].v + (dense ? R : 0);
             for (size_t r = 0; r < R; r++)
                 q[r] = ref[r] / ex[r];
@@ -238,6 +218,8 @@ int bench_points_measure(layer_point *p, int np, const bench_weights *w, const f
         }
         for (size_t ph = 0; ph < nph; ph++)
             st[(size_t)i * nph + ph] = bench_stat_of(v + ((size_t)i * nph + ph) * R, repeats);
+        if (!g)
+            continue;
         g[i].grouped = bench_stat_of(gr[i].v, repeats);
         g[i].dense = dense ? bench_stat_of(gr[i].v + R, repeats) : bench_stat_one(NAN);
         g[i].act = dense ? bench_stat_of(gr[i].v + 2 * R, repeats) : bench_stat_one(NAN);
@@ -258,7 +240,7 @@ int bench_padded_measure(bench_ctx *c, const bench_cfg *cfg, const bench_weights
     int rc = bench_point_alloc(cfg, w, p->n, 1, &q);
     if (rc)
         return rc;
-    if ((rc = bench_point_measure(&q, w, x, c->a.repeats, padded)))
+    if ((rc = bench_points_measure(&q, 1, w, x, c->a.repeats, 0, padded, NULL, NULL, NULL)))
         goto out;
     int same = memcmp(q.y, p->y, (size_t)p->n * (size_t)c->sh->d * sizeof *q.y) == 0;
     double rows = (double)cfg->E * (double)p->C, kept = (double)p->plan->n_entries;
