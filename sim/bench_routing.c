@@ -2,28 +2,31 @@
  *
  * For every size n and expert count E, n x E N(0,1) float64 logits are drawn once; every
  * router's route phase as a sweep runs it (moe_router_route, then moe_metrics_compute on the
- * plan) is timed (best of R; R = --repeats below 2^20 tokens, --large-repeats from 2^20 on) and
- * set against
+ * plan) is timed (the best of at least R passes, R = --repeats below 2^20 tokens,
+ * --large-repeats from 2^20 on, and of more until the passes add up to --min-time seconds: a
+ * fast route gets as many chances at a quiet moment of the host as a slow one) and set against
  *   - the bound: one pass over the logits taking one exponential per logit (the routers' own
  *     vector exponential, moe_vexp_shift), on the routers' threads (moe_par_threads), measured
- *     in the same run: the best of R passes before the routers and R before each router's
- *     cell;
+ *     in the same run: the best of R passes before the routers (repeated until they took
+ *     --min-time) and R before each router's cell;
  *   - the PyTorch twins of the routers (sim/bench_torch_routing.py, run with the same number of
- *     threads) on the same logits: they are written once per (n, E) as .npy into a temporary
- *     folder (in /dev/shm when it exists: memory, not disk), which the script memory-maps, and
- *     are timed right after moesim's cells of that (n, E); moesim routes the file's own pages,
- *     mapped, so the largest logits (2 GB at 2^20 x 256) are in memory once. Each twin is first
- *     checked to produce the same plan as moesim on `--check-n` tokens (same (token, expert,
- *     slot) entries in the same order, combine weights within 1e-12 relative).
+ *     threads, each timed as moesim's cells: at least R passes, once from 2^20 on, and more
+ *     until they add up to --min-time) on the same logits: they are written once per (n, E) as
+ *     .npy into a temporary folder (in /dev/shm when it exists: memory, not disk), which the
+ *     script memory-maps, and are timed right after moesim's cells of that (n, E); moesim
+ *     routes the file's own pages, mapped, so the largest logits (2 GB at 2^20 x 256) are in
+ *     memory once. Each twin is first checked to produce the same plan as moesim on
+ *     `--check-n` tokens (same (token, expert, slot) entries in the same order, combine
+ *     weights within 1e-12 relative).
  * Capacity factor 1.25; other options at their defaults. dense and soft_moe, whose plans hold
  * n*E entries (8.6 GB at 2^20 x 256), run where those take at most half of the machine's
  * memory, base (its workspace is 20*E*n bytes: 5 GB at 2^20 x 256) up to 2^20 tokens, and the
  * table says so; replay needs recorded choices and is not run.
  * Every finished cell prints a line on stderr (wall and CPU seconds of the cell, of the run).
  * The rows go to the table bench of --db (default results/bench.db) in one transaction,
- * config "routing_<router>_k<k>_E<E>" (d = f = 0: no layer; repeats: that row's R), and to its
- * JSON twin (results/bench.json, beside the layer benchmark's rows): time_route (s, over the
- * repeats), tokens_per_s, time_bound and ratio_vs_bound, time_torch and ratio_vs_torch
+ * config "routing_<router>_k<k>_E<E>" (d = f = 0: no layer; repeats: that row's passes), and
+ * to its JSON twin (results/bench.json, beside the layer benchmark's rows): time_route (s, over
+ * the passes), tokens_per_s, time_bound and ratio_vs_bound, time_torch and ratio_vs_torch
  * (PyTorch time / moesim time) when PyTorch ran, plan_same_as_torch (1/0) when checked,
  * thread_round_trip (ns: br_round_trip right before the cell, with two or more threads); config
  * "routing_load" holds the load average and that round trip at the start and the end of the
@@ -53,6 +56,7 @@
 #include <unistd.h>
 
 #define BR_BASE_MAX_N 1048576L
+#define BR_MAX_REPEATS 1000 /* passes of one cell at most, --repeats above it aside */
 
 typedef struct {
     const char *router;
@@ -71,6 +75,7 @@ enum { BR_NCASES = sizeof br_cases / sizeof br_cases[0] };
 typedef struct {
     int sizes[4], nsizes, experts[4], nexperts, repeats, large_repeats, check_n, threads, torch;
     int large_from; /* n from which moesim repeats large_repeats times, PyTorch once */
+    double min_time; /* seconds: each cell's timed passes go on until they add up to this */
     const char *python, *script;
     const char *routers; /* comma-separated names to run, or NULL for all */
     const char *db;
@@ -329,19 +334,26 @@ static const char *br_skip(const br_args *a, const br_case *c, long n, long E)
     return NULL;
 }
 
-/* Times router c on L: res's times, k, capacity and entries. */
-static int br_time(const br_case *c, const double *L, int n, int E, int repeats, br_result *res)
+/* Times router c on L: res's times, k, capacity and entries. At least `repeats` passes, and
+ * more until the timed passes add up to min_time seconds (at most BR_MAX_REPEATS passes, or
+ * `repeats` when that is more). */
+static int br_time(const br_case *c, const double *L, int n, int E, int repeats,
+                   double min_time, br_result *res)
 {
     const double t0 = moe_now();
+    const int most = repeats > BR_MAX_REPEATS ? repeats : BR_MAX_REPEATS;
     br_run b;
-    double *v = malloc((size_t)repeats * sizeof *v);
+    double *v = malloc((size_t)most * sizeof *v), sum = 0.0;
     int rc = v ? br_run_alloc(c, n, E, &b) : moe_fail(MOE_ENOMEM, NULL, "out of memory");
     if (rc) {
         free(v);
         return rc;
     }
-    for (int r = 0; !rc && r < repeats; r++)
-        rc = br_route_once(&b, L, n, E, NULL, &v[r]);
+    int r = 0;
+    for (; !rc && r < most && (r < repeats || sum < min_time); r++)
+        if (!(rc = br_route_once(&b, L, n, E, NULL, &v[r])))
+            sum += v[r];
+    repeats = r;
     if (!rc) {
         res->k = b.r->k;
         res->C = b.plan->capacity;
@@ -475,16 +487,19 @@ static int br_torch_cases(const int *want, char *buf, size_t len)
     return count;
 }
 
-/* Runs the script in mode on dir's inputs for cases; each "time ROUTER K N E SECONDS" line it
- * prints sets the torch time of the matching cell of row (BR_NCASES results of one (n, E)) and
- * a progress line. Returns the script's exit status (-1: could not run). */
+/* Runs the script in mode on dir's inputs for cases, each case at least `repeats` times and
+ * more until its passes took min_time, as moesim's cells; each "time ROUTER K N E SECONDS
+ * PASSES TOTAL" line it prints sets the torch time and passes of the matching cell of row
+ * (BR_NCASES results of one (n, E)) and a progress line. Returns the script's exit status (-1:
+ * could not run). */
 static int br_python(const br_args *a, const char *mode, const char *dir, const char *cases,
-                     int repeats, br_result *row)
+                     int repeats, double min_time, br_result *row)
 {
     char cmd[4096];
     snprintf(cmd, sizeof cmd, "OMP_WAIT_POLICY=passive '%s' '%s' %s --dir '%s' --cases %s "
-             "--repeats %d --threads %d --cf 5/4", a->python, a->script, mode, dir, cases,
-             repeats, moe_par_threads());
+             "--repeats %d --min-time %.17g --max-repeats %d --threads %d --cf 5/4", a->python,
+             a->script, mode, dir, cases, repeats, min_time,
+             repeats > BR_MAX_REPEATS ? repeats : BR_MAX_REPEATS, moe_par_threads());
     fflush(stdout);
     FILE *f = popen(cmd, "r");
     if (!f)
@@ -493,20 +508,20 @@ static int br_python(const br_args *a, const char *mode, const char *dir, const 
     double t0 = moe_now();
     while (fgets(line, sizeof line, f)) {
         char name[64];
-        int k, n, E;
+        int k, n, E, done;
         double s;
-        if (!row || sscanf(line, "time %63s %d %d %d %lf", name, &k, &n, &E, &s) != 5)
+        if (!row || sscanf(line, "time %63s %d %d %d %lf %d", name, &k, &n, &E, &s, &done) != 6)
             continue;
         for (int c = 0; c < BR_NCASES; c++)
             if (br_cases[c].torch && br_case_k(&br_cases[c]) == k &&
                 strcmp(br_cases[c].router, name) == 0 && row[c].n == n && row[c].E == E)
             {
                 row[c].torch_ms = s * 1e3;
-                row[c].torch_repeats = repeats;
+                row[c].torch_repeats = done;
             }
         char what[128];
         snprintf(what, sizeof what, "PyTorch %s k=%d n=%d E=%d: %.2f ms (best of %d)", name, k,
-                 n, E, s * 1e3, repeats);
+                 n, E, s * 1e3, done);
         br_progress(what, moe_now() - t0);
         t0 = moe_now();
     }
@@ -566,7 +581,7 @@ static int br_check(const br_args *a, int E, int *same, int *st)
         return rc;
     double *L = br_logits(n, E, 7), *u = br_uniforms(n, 7);
     rc = !L || !u ? MOE_ENOMEM : br_write_inputs(dir, L, u, n, E);
-    *st = rc ? -1 : br_python(a, "check", dir, cases, 1, NULL);
+    *st = rc ? -1 : br_python(a, "check", dir, cases, 1, 0.0, NULL);
     for (int c = 0; !rc && *st == 0 && c < BR_NCASES; c++)
         if (want[c] && br_cases[c].torch)
             same[c] = br_same_plan(&br_cases[c], dir, L, u, n, E);
@@ -585,7 +600,7 @@ static int br_check(const br_args *a, int E, int *same, int *st)
 
 static void br_print(const br_args *a, const br_result *res)
 {
-    printf("\n%-14s %2s %8s %4s %10s %9s %10s %8s %9s %8s %5s %3s\n", "router", "k", "n", "E",
+    printf("\n%-14s %2s %8s %4s %10s %9s %10s %8s %9s %8s %5s %8s\n", "router", "k", "n", "E",
            "moesim ms", "Mtok/s", "torch ms", "x torch", "bound ms", "/bound", "plan", "R");
     for (int i = 0; i < a->nsizes * a->nexperts * BR_NCASES; i++) {
         const br_result *r = &res[i];
@@ -608,18 +623,18 @@ static void br_print(const br_args *a, const br_result *res)
             snprintf(rr, sizeof rr, "%d/%d", r->repeats, r->torch_repeats);
         else
             snprintf(rr, sizeof rr, "%d", r->repeats);
-        printf("%-14s %2s %8d %4d %10.2f %9.2f %10s %8s %9.2f %8.2f %5s %3s\n", c->router, kk,
+        printf("%-14s %2s %8d %4d %10.2f %9.2f %10s %8s %9.2f %8.2f %5s %8s\n", c->router, kk,
                r->n, r->E, r->ms, r->n / r->ms * 1e-3, tm, xt, r->bound_ms, r->ms / r->bound_ms,
                r->same == 1 ? "same" : r->same == 0 ? "DIFF" : "-", rr);
     }
     printf("(x torch: PyTorch time / moesim time; /bound: moesim time / the time of one pass "
            "over the logits with one exp each; plan: PyTorch's plan on %d tokens vs moesim's, "
-           "'-' where moesim's router has no PyTorch twin; %d threads; R: best of R for "
-           "moesim/PyTorch, "
-           "%d/%d below %d tokens and %d/1 from there on: each PyTorch call allocates its "
-           "tensors afresh, so a repeat there warms nothing; '-' torch: no twin or PyTorch "
+           "'-' where moesim's router has no PyTorch twin; %d threads; R: best of R passes for "
+           "moesim/PyTorch, at least %d/%d below %d tokens and %d/1 from there on (each "
+           "PyTorch call allocates its tensors afresh, so a repeat there warms nothing), and "
+           "more until the passes take %g s (at most %d); '-' torch: no twin or PyTorch "
            "skipped)\n", a->check_n, moe_par_threads(), a->repeats, a->repeats, a->large_from,
-           a->large_repeats);
+           a->large_repeats, a->min_time, BR_MAX_REPEATS);
     printf("replay is not benchmarked (it routes recorded choices)\n");
 }
 
@@ -708,6 +723,14 @@ static double br_load(void)
     return getloadavg(l, 1) == 1 ? l[0] : NAN;
 }
 
+/* A number of seconds, NaN unless the whole of s is one. */
+static double br_seconds(const char *s)
+{
+    char *end;
+    const double x = strtod(s, &end);
+    return end != s && !*end ? x : NAN;
+}
+
 static int br_parse_list(const char *s, int *v, int *nv, int max, const char *flag)
 {
     *nv = 0;
@@ -724,19 +747,20 @@ static int br_parse_list(const char *s, int *v, int *nv, int max, const char *fl
 }
 
 #define BR_USAGE "usage: moesim bench --routing [--sizes N,..] [--experts E,..] [--repeats R] " \
-                 "[--large-repeats R] [--large-from N] [--threads T] [--check-n N] " \
-                 "[--no-torch] [--python PATH] [--torch-script PATH] [--routers NAME,..] " \
-                 "[--db PATH]"
+                 "[--large-repeats R] [--large-from N] [--min-time S] [--threads T] " \
+                 "[--check-n N] [--no-torch] [--python PATH] [--torch-script PATH] " \
+                 "[--routers NAME,..] [--db PATH]"
 
 static int br_parse_args(int argc, char **argv, br_args *a, int *help)
 {
-    *a = (br_args){{65536, 1048576}, 2, {8, 64, 256}, 3, 10, 2, 4096, 0, 1, 1048576,
+    *a = (br_args){{65536, 1048576}, 2, {8, 64, 256}, 3, 10, 2, 4096, 0, 1, 1048576, 0.25,
                    "/usr/bin/python3", "sim/bench_torch_routing.py", NULL, "results/bench.db"};
     static const struct option lo[] = {
         {"routing", no_argument, NULL, 'R'},     {"sizes", required_argument, NULL, 'n'},
         {"experts", required_argument, NULL, 'e'}, {"repeats", required_argument, NULL, 'r'},
         {"large-repeats", required_argument, NULL, 'L'},
         {"large-from", required_argument, NULL, 'F'},
+        {"min-time", required_argument, NULL, 'm'},
         {"threads", required_argument, NULL, 't'}, {"check-n", required_argument, NULL, 'c'},
         {"no-torch", no_argument, NULL, 'N'},    {"python", required_argument, NULL, 'p'},
         {"torch-script", required_argument, NULL, 's'}, {"routers", required_argument, NULL, 'o'},
@@ -754,6 +778,7 @@ static int br_parse_args(int argc, char **argv, br_args *a, int *help)
         case 'r': a->repeats = atoi(optarg); break;
         case 'L': a->large_repeats = atoi(optarg); break;
         case 'F': a->large_from = atoi(optarg); break;
+        case 'm': a->min_time = br_seconds(optarg); break;
         case 't': a->threads = atoi(optarg); break;
         case 'c': a->check_n = atoi(optarg); break;
         case 'N': a->torch = 0; break;
@@ -767,9 +792,9 @@ static int br_parse_args(int argc, char **argv, br_args *a, int *help)
         }
     }
     if (!rc && (a->repeats < 1 || a->large_repeats < 1 || a->large_from < 1 ||
-                a->threads < 0 || a->check_n < 16))
+                a->threads < 0 || a->check_n < 16 || !(a->min_time >= 0.0 && a->min_time <= 60.0)))
         rc = moe_fail(MOE_EINVAL, NULL, "--repeats >= 1, --large-repeats >= 1, --large-from >= 1, "
-                      "--threads >= 0, --check-n >= 16 (command line)");
+                      "--threads >= 0, --check-n >= 16, --min-time from 0 to 60 (command line)");
     return rc;
 }
 
@@ -795,14 +820,21 @@ static int br_size(const br_args *a, int n, int E, const char *dir, br_result *r
     if (!rc)
         br_progress(what, moe_now() - t0);
     const int R = br_repeats(a, n);
-    /* the bound: R passes before the routers, then R more before each router's cell, so that
-     * its best is taken over as many passes as the cells have, spread over the same stretch of
-     * the run (R passes before the routers alone gave 3.4 to 5.95 ms at 65536 x 64 over one day
-     * on the quiet machine) */
-    double tb = moe_now(), bound = rc ? 0.0 : moe_bench_routing_bound(L, n, E, R) * 1e3;
-    double spent = moe_now() - tb; /* seconds in the bound's passes */
+    /* the bound: R passes before the routers, repeated until they took min_time as a cell's
+     * passes do, then R more before each router's cell, so that its best is taken over at
+     * least as many passes as a cell has, spread over the same stretch of the run (R passes
+     * before the routers alone gave 3.4 to 5.95 ms at 65536 x 64 over one day on the quiet
+     * machine) */
+    double tb = moe_now(), bound = rc ? 0.0 : INFINITY, spent = 0.0; /* the bound's seconds */
+    int passes = 0;
+    while (!rc && (passes == 0 || spent < a->min_time)) {
+        const double b = moe_bench_routing_bound(L, n, E, R) * 1e3;
+        bound = b < bound ? b : bound;
+        passes += R;
+        spent = moe_now() - tb;
+    }
     const double first = bound;
-    int passes = R;
+    const int first_passes = passes;
     int want[BR_NCASES];
     for (int c = 0; !rc && c < BR_NCASES; c++) {
         br_result *r = &row[c];
@@ -817,13 +849,13 @@ static int br_size(const br_args *a, int n, int E, const char *dir, br_result *r
         bound = b < bound ? b : bound;
         passes += R;
         r->rt_ns = br_round_trip();
-        rc = br_time(&br_cases[c], L, n, E, R, r);
+        rc = br_time(&br_cases[c], L, n, E, R, a->min_time, r);
         r->ran = want[c] = !rc;
     }
     for (int c = 0; c < BR_NCASES; c++)
         row[c].bound_ms = bound;
     snprintf(what, sizeof what, "bound n=%d E=%d: %.2f ms (best of %d; first %d: %.2f)", n, E,
-             bound, passes, R, first);
+             bound, passes, first_passes, first);
     if (!rc)
         br_progress(what, spent);
     free(Lown);
@@ -831,7 +863,7 @@ static int br_size(const br_args *a, int n, int E, const char *dir, br_result *r
         munmap(map, map_len);
     char cases[1024];
     if (!rc && dir && br_torch_cases(want, cases, sizeof cases)) {
-        int st = br_python(a, "time", dir, cases, br_torch_repeats(a, n), row);
+        int st = br_python(a, "time", dir, cases, br_torch_repeats(a, n), a->min_time, row);
         if (st)
             fprintf(stderr, "bench --routing: *** the PyTorch timing at n=%d E=%d exited with "
                     "%d: its cells are SKIPPED ***\n", n, E, st);
@@ -854,8 +886,9 @@ int moe_bench_routing(int argc, char **argv)
     br_t0_cpu = br_cpu_all();
     double run[6] = {br_load(), NAN, NAN, NAN, br_round_trip(), NAN};
     printf("moesim bench --routing: %d threads, load average %.2f at the start; moesim best of "
-           "%d below %d tokens, of %d from there on; one line per finished cell on stderr\n",
-           moe_par_threads(), run[0], a.repeats, a.large_from, a.large_repeats);
+           "at least %d passes below %d tokens, of %d from there on, and of more until they "
+           "take %g s; one line per finished cell on stderr\n", moe_par_threads(), run[0],
+           a.repeats, a.large_from, a.large_repeats, a.min_time);
     br_print_round_trip("at the start", run[4]);
     const int ncell = a.nsizes * a.nexperts * BR_NCASES;
     br_result *res = calloc((size_t)ncell, sizeof *res);

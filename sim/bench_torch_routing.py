@@ -18,9 +18,12 @@ plan (loads, kept loads, importance, experts per token, drop rate, z-loss, aux l
 timed route phase does. Everything is float64, as moesim's logits are.
 
 Usage:
-  bench_torch_routing.py time --dir DIR --cases NAME:K,... --repeats R --threads T --cf NUM/DEN
+  bench_torch_routing.py time --dir DIR --cases NAME:K,... --repeats R [--min-time S]
+                        [--max-repeats M] --threads T --cf NUM/DEN
       reads DIR/logits.npy (n,E) float64 (memory-mapped) and DIR/uniforms.npy (n), prints
-      "time ROUTER K N E SECONDS" (best of R) for every case as soon as it is measured
+      "time ROUTER K N E SECONDS PASSES TOTAL" for every case as soon as it is measured: the
+      best of at least R passes, and of more until they add up to S seconds (at most M
+      passes); TOTAL: the seconds of all its passes
   bench_torch_routing.py check --dir DIR --cases NAME:K,... --cf NUM/DEN --threads T
       writes, for every case, DIR/torch_<router>_k<K>.npy (entries, 4) float64: token, expert,
       slot, combine weight
@@ -355,6 +358,8 @@ def main():
     ap.add_argument("--dir", required=True)
     ap.add_argument("--cases", required=True)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--min-time", type=float, default=0.0)
+    ap.add_argument("--max-repeats", type=int, default=1000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--cf", default="5/4")
     a = ap.parse_args()
@@ -370,12 +375,13 @@ def main():
         return
     float(L.sum())  # fault the mapped pages in before the first timed repeat
     for name, k in parse_cases(a.cases):
-        best = float("inf")
-        for _ in range(a.repeats):
+        best, spent, done = float("inf"), 0.0, 0
+        while done < a.max_repeats and (done < a.repeats or spent < a.min_time):
             t0 = time.perf_counter()
             ROUTERS[name](L, k, num, den, u)
-            best = min(best, time.perf_counter() - t0)
-        print("time %s %d %d %d %.9g" % (name, k, n, E, best), flush=True)
+            dt = time.perf_counter() - t0
+            best, spent, done = min(best, dt), spent + dt, done + 1
+        print("time %s %d %d %d %.9g %d %.9g" % (name, k, n, E, best, done, spent), flush=True)
 
 
 if __name__ == "__main__":

@@ -105,8 +105,8 @@ fi
 
 # ---- bench --routing into the same database: its rows beside the layer's, in both files ----
 # Two sizes and two expert counts; --large-from 1024 makes 1024 tokens a "large" size (moesim
-# best of --large-repeats 1 there, of --repeats 2 at 512).
-RB="bench --routing --sizes 512,1024 --experts 8,16 --repeats 2 --large-repeats 1 --large-from 1024"
+# best of --large-repeats 1 there, of --repeats 2 at 512); --min-time 0: exactly those passes.
+RB="bench --routing --sizes 512,1024 --experts 8,16 --repeats 2 --large-repeats 1 --large-from 1024 --min-time 0"
 if env -u OPENBLAS_CORETYPE "$M" $RB --no-torch --db "$T/b.db" >"$T/rout" 2>"$T/rerr"; then ok
 else no "bench --routing exited $?: $(cat "$T/rerr")"; fi
 has "$T/rout" '^moesim bench --routing: 2 threads, load average '
@@ -155,6 +155,19 @@ if command -v sqlite3 >/dev/null; then
     fi
 fi
 
+# ---- bench --routing --min-time: at least --repeats passes, then more until they add up to it ----
+# Checked on the stored rows (min, max over a cell's passes; repeats = its passes) by what the
+# rule implies: passes >= 2; passes * slowest >= 0.02 s unless capped at 1000; (passes - 1) *
+# fastest < 0.02 s when there are more than 2 (the pass before the last had not reached it).
+if env -u OPENBLAS_CORETYPE "$M" bench --routing --sizes 512 --experts 8 --routers switch,topk \
+        --repeats 2 --min-time 0.02 --no-torch --db "$T/m.db" >"$T/mout" 2>"$T/merr"; then ok
+else no "bench --routing --min-time exited $?: $(cat "$T/merr")"; fi
+has "$T/mout" 'moesim best of at least 2 passes below 1048576 tokens, of 2 from there on, and of more until they take 0.02 s;'
+if command -v sqlite3 >/dev/null; then
+    got=$(sqlite3 "$T/m.db" "SELECT count(*) || ' ' || sum(repeats >= 2 AND (repeats = 1000 OR repeats * max >= 0.02) AND (repeats = 2 OR (repeats - 1) * min < 0.02)) FROM bench WHERE metric = 'time_route'" 2>&1)
+    [ "$got" = "4 4" ] && ok || no "--min-time 0.02: cells / cells that keep the rule: got '$got', want '4 4'"
+fi
+
 # ---- bench --routing with PyTorch: every twin's plan equals moesim's, its rows in both files ----
 if ! /usr/bin/python3 -c 'import torch' >/dev/null 2>&1; then
     skip 10 "PyTorch does not import in /usr/bin/python3 (make bench installs python3-torch)"
@@ -162,7 +175,7 @@ elif ! command -v sqlite3 >/dev/null; then
     skip 10 "the sqlite3 command is missing"
 else
     # E = 8 only: each (n, E) starts PyTorch afresh (about 1.6 s of import here)
-    RBT="bench --routing --sizes 512,1024 --experts 8 --repeats 2 --large-repeats 1 --large-from 1024"
+    RBT="bench --routing --sizes 512,1024 --experts 8 --repeats 2 --large-repeats 1 --large-from 1024 --min-time 0"
     if env -u OPENBLAS_CORETYPE "$M" $RBT --db "$T/p.db" >"$T/pout" 2>"$T/perr"; then ok
     else no "bench --routing with PyTorch exited $?: $(cat "$T/perr")"; fi
     # the twins: every router of the 14 cases (sim/bench_torch_routing.py), 14 per (n, E); the
@@ -195,6 +208,29 @@ PY
 )
     [ "$js" = equal ] && ok || no "JSON vs database: $js"
     lacks "temporary folders left" "$T/perr" "could not remove"
+    # --min-time in the script: at least --repeats passes, then more until they add up to
+    # --min-time (or --max-repeats); checked on what it prints (best, passes, their total)
+    /usr/bin/python3 - "$T/mt" <<'PY'
+import os, sys
+import numpy as np
+d = sys.argv[1]
+os.makedirs(d)
+g = np.random.default_rng(3)
+np.save(d + "/logits.npy", g.standard_normal((64, 8)))
+np.save(d + "/uniforms.npy", g.random(64))
+PY
+    for mt in "0 1000" "0.02 1000" "0.02 5"; do
+        set -- $mt
+        out=$(/usr/bin/python3 sim/bench_torch_routing.py time --dir "$T/mt" --cases switch:1,topk:2 \
+              --repeats 3 --min-time "$1" --max-repeats "$2" --threads 1 --cf 5/4 2>&1)
+        bad=$(printf '%s\n' "$out" | awk -v S="$1" -v M="$2" '
+            $1 == "time" { n++; p = $7; best = $6; tot = $8
+                if (p < 3 || p > M || best * p > tot * (1 + 1e-9) ||
+                    (S == 0 && p != 3) || (p < M && tot < S) ||
+                    (p > 3 && (p - 1) * best >= S)) print "bad: " $0 }
+            END { if (n != 2) print "lines: " n }')
+        [ -z "$bad" ] && ok || no "bench_torch_routing.py --min-time $1 --max-repeats $2: $bad ($out)"
+    done
 fi
 
 # ---- --config train alone: no layer section (with --quick the training step only says so) ----
@@ -265,7 +301,9 @@ experr "unknown config after train" "moesim: error: unknown configuration 'train
 experr "unknown flag" "moesim: error: unknown or incomplete flag '--fast' (command line)" --fast
 experr "stray argument" "moesim: error: unexpected argument 'extra' (command line)" --quick extra
 experr "routing sizes 0" "moesim: error: bad list '0' (--sizes)" --routing --sizes 0
-experr "routing large-from 0" "moesim: error: --repeats >= 1, --large-repeats >= 1, --large-from >= 1, --threads >= 0, --check-n >= 16 (command line)" --routing --large-from 0
+experr "routing large-from 0" "moesim: error: --repeats >= 1, --large-repeats >= 1, --large-from >= 1, --threads >= 0, --check-n >= 16, --min-time from 0 to 60 (command line)" --routing --large-from 0
+experr "routing min-time -1" "moesim: error: --repeats >= 1, --large-repeats >= 1, --large-from >= 1, --threads >= 0, --check-n >= 16, --min-time from 0 to 60 (command line)" --routing --min-time -1
+experr "routing min-time x" "moesim: error: --repeats >= 1, --large-repeats >= 1, --large-from >= 1, --threads >= 0, --check-n >= 16, --min-time from 0 to 60 (command line)" --routing --min-time 1x
 experr "bad db" "moesim: error: cannot open the database: unable to open database file" --quick --no-torch --db "$T/no/such/dir/b.db"
 
 finish
