@@ -12,10 +12,12 @@
  *   - the PyTorch twins of the routers (sim/bench_torch_routing.py, run with the same number of
  *     threads, each timed as moesim's cells: at least R passes, once from 2^20 on, and more
  *     until they add up to --min-time) on the same logits: they are written once per (n, E) as
- *     .npy into a temporary folder (in /dev/shm when it exists: memory, not disk), which the
- *     script memory-maps, and are timed right after moesim's cells of that (n, E); moesim
- *     routes the file's own pages, mapped, so the largest logits (2 GB at 2^20 x 256) are in
- *     memory once. Each twin is first checked to produce the same plan as moesim on
+ *     .npy into a temporary folder (in /dev/shm when it exists: memory, not disk), which one
+ *     twin process per (n, E) memory-maps (bench_routing_io.c); moesim routes the file's own
+ *     pages, mapped, so the largest logits (2 GB at 2^20 x 256) are in memory once. A cell
+ *     runs in rounds, two below --large-from and one from there on, each moesim's passes and
+ *     then its twin's (br_cell), so that moesim and PyTorch are timed over the same stretch of
+ *     the host's time. Each twin is first checked to produce the same plan as moesim on
  *     `--check-n` tokens (same (token, expert, slot) entries in the same order, combine
  *     weights within 1e-12 relative).
  * Capacity factor 1.25; other options at their defaults. dense and soft_moe, whose plans hold
@@ -34,6 +36,7 @@
  */
 #include "bench.h"
 #include "bench_routing.h"
+#include "bench_routing_io.h"
 #include "moe.h"
 #include "npy.h"
 #include "pipeline.h"
@@ -334,143 +337,85 @@ static const char *br_skip(const br_args *a, const br_case *c, long n, long E)
     return NULL;
 }
 
-/* Times router c on L: res's times, k, capacity and entries. At least `repeats` passes, and
- * more until the timed passes add up to min_time seconds (at most BR_MAX_REPEATS passes, or
- * `repeats` when that is more). */
-static int br_time(const br_case *c, const double *L, int n, int E, int repeats,
-                   double min_time, br_result *res)
-{
-    const double t0 = moe_now();
-    const int most = repeats > BR_MAX_REPEATS ? repeats : BR_MAX_REPEATS;
-    br_run b;
-    double *v = malloc((size_t)most * sizeof *v), sum = 0.0;
-    int rc = v ? br_run_alloc(c, n, E, &b) : moe_fail(MOE_ENOMEM, NULL, "out of memory");
-    if (rc) {
-        free(v);
-        return rc;
-    }
-    int r = 0;
-    for (; !rc && r < most && (r < repeats || sum < min_time); r++)
-        if (!(rc = br_route_once(&b, L, n, E, NULL, &v[r])))
-            sum += v[r];
-    repeats = r;
-    if (!rc) {
-        res->k = b.r->k;
-        res->C = b.plan->capacity;
-        res->kept = b.plan->n_entries;
-        res->t = bench_stat_of(v, repeats);
-        res->ms = res->t.min * 1e3;
-        res->repeats = repeats;
-        char what[128];
-        int w = snprintf(what, sizeof what, "moesim %s k=%d n=%d E=%d: %.2f ms (best of %d",
-                         c->router, res->k, n, E, res->ms, repeats);
-        if (w > 0 && (size_t)w < sizeof what)
-            snprintf(what + w, sizeof what - (size_t)w,
-                     isfinite(res->rt_ns) ? "; round trip %.0f ns)" : ")", res->rt_ns);
-        br_progress(what, moe_now() - t0);
-    }
-    br_run_free(&b);
-    free(v);
-    return rc;
-}
-
-/* ---- PyTorch ---- */
-
-/* A fresh folder for the files shared with PyTorch: in /dev/shm (memory) when it is there,
- * else $TMPDIR or /tmp. */
-static int br_tmpdir(char *dir, size_t len)
-{
-    const char *tmp = getenv("TMPDIR");
-    const char *base[2] = {"/dev/shm", tmp && *tmp ? tmp : "/tmp"};
-    for (int i = 0; i < 2; i++) {
-        snprintf(dir, len, "%s/moesim-brXXXXXX", base[i]);
-        if (access(base[i], W_OK) == 0 && mkdtemp(dir))
-            return MOE_OK;
-    }
-    return moe_fail(MOE_EIO, "set TMPDIR to a writable folder",
-                    "cannot create a temporary folder (bench --routing, %s)", dir);
-}
-
-/* The shared folder while it exists, for br_on_signal. */
-static char br_shared_dir[1100];
-
-/* SIGINT, SIGTERM, SIGHUP: remove the shared folder's files (up to 2 GB of memory in /dev/shm)
- * before dying; unlink and rmdir are async-signal-safe. */
-static void br_on_signal(int sig)
-{
-    static const char *const files[] = {"logits.npy", "uniforms.npy"};
-    char path[1200];
-    if (br_shared_dir[0]) {
-        for (int i = 0; i < 2; i++) {
-            size_t len = strlen(br_shared_dir), fl = strlen(files[i]);
-            if (len + fl + 2 > sizeof path)
-                continue;
-            memcpy(path, br_shared_dir, len);
-            path[len] = '/';
-            memcpy(path + len + 1, files[i], fl + 1);
-            unlink(path);
-        }
-        rmdir(br_shared_dir);
-    }
-    signal(sig, SIG_DFL);
-    raise(sig);
-}
-
-static void br_rmdir(const char *dir)
-{
-    char cmd[1300];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "bench --routing: could not remove %s\n", dir);
-}
-
-/* The logits (n,E) and draws (n) as dir/logits.npy and dir/uniforms.npy. */
-static int br_write_inputs(const char *dir, const double *L, const double *u, int n, int E)
-{
-    char path[1200];
-    size_t shL[2] = {(size_t)n, (size_t)E}, shu[1] = {(size_t)n};
-    snprintf(path, sizeof path, "%s/logits.npy", dir);
-    int rc = moe_npy_write(path, MOE_F64, L, 2, shL);
-    snprintf(path, sizeof path, "%s/uniforms.npy", dir);
-    return rc ? rc : moe_npy_write(path, MOE_F64, u, 1, shu);
-}
-
-/* The logits that br_write_inputs wrote to dir/logits.npy (format 1.0, float64, count values),
- * mapped read-only: the pages of the shared file itself (in /dev/shm: memory), so that the
- * logits are in memory once while moesim routes them. *map, *len for munmap; NULL when they
- * cannot be mapped (after moe_fail). */
-static const double *br_map_logits(const char *dir, size_t count, void **map, size_t *len)
-{
-    char path[1200];
-    snprintf(path, sizeof path, "%s/logits.npy", dir);
-    const int fd = open(path, O_RDONLY);
-    struct stat st;
-    unsigned char *m = MAP_FAILED;
-    if (fd >= 0 && fstat(fd, &st) == 0 && st.st_size >= 10)
-        m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-    if (fd >= 0)
-        close(fd);
-    if (m == MAP_FAILED) {
-        moe_fail(MOE_EIO, NULL, "cannot map the shared logits (%s)", path);
-        return NULL;
-    }
-    const size_t off = 10 + (size_t)m[8] + ((size_t)m[9] << 8); /* magic, version, header */
-    if (m[6] != 1 || off % sizeof(double) || off + count * sizeof(double) > (size_t)st.st_size) {
-        munmap(m, (size_t)st.st_size);
-        moe_fail(MOE_EIO, NULL, "unexpected layout of the shared logits (%s)", path);
-        return NULL;
-    }
-    *map = m;
-    *len = (size_t)st.st_size;
-    return (const double *)(m + off);
-}
-
 /* k as the PyTorch twin takes it: the case's, else the router type's default. */
 static int br_case_k(const br_case *c)
 {
     const moe_router_type *t = moe_router_find(c->router);
     return c->k ? c->k : t ? t->default_k : 1;
 }
+
+/* Round q's share of `want` passes split over Q rounds. */
+static int br_share(int want, int q, int Q)
+{
+    return want / Q + (q < want % Q);
+}
+
+/* Times router c on L, and its PyTorch twin when tw is running (*tw_ok, cleared when the twin
+ * is gone): in Q rounds (two below --large-from, else one), each moesim's passes (the router
+ * allocated for the round and freed after it), then the twin's, so that both are timed over
+ * the same stretch of the host's time. Each side takes at least its repeats over the rounds
+ * and, in each round, more until that round's passes add up to min_time / Q (at most
+ * BR_MAX_REPEATS passes in all, or the repeats when more). res: moesim's times, k, capacity,
+ * entries and passes; the twin's best and passes. */
+static int br_cell(const br_args *a, const br_case *c, const double *L, int n, int E,
+                   brio_twin *tw, int *tw_ok, br_result *res)
+{
+    const int Q = n >= a->large_from ? 1 : 2, R = br_repeats(a, n), RT = br_torch_repeats(a, n);
+    const int most = R > BR_MAX_REPEATS ? R : BR_MAX_REPEATS, tmost = RT > most ? RT : most;
+    const double t0 = moe_now();
+    double *v = malloc((size_t)most * sizeof *v), tbest = INFINITY, tsec = 0.0;
+    int nv = 0, tpass = 0, rc = v ? MOE_OK : moe_fail(MOE_ENOMEM, NULL, "out of memory");
+    for (int q = 0; !rc && q < Q; q++) {
+        br_run b;
+        if ((rc = br_run_alloc(c, n, E, &b)))
+            break;
+        const int want = br_share(R, q, Q), cap = br_share(most, q, Q);
+        double sum = 0.0;
+        for (int r = 0; !rc && r < cap && (r < want || sum < a->min_time / Q); r++, nv++)
+            if (!(rc = br_route_once(&b, L, n, E, NULL, &v[nv])))
+                sum += v[nv];
+        res->k = b.r->k;
+        res->C = b.plan->capacity;
+        res->kept = b.plan->n_entries;
+        br_run_free(&b);
+        if (rc || !tw || !*tw_ok || !c->torch)
+            continue;
+        double best, tot, t1 = moe_now();
+        int p, tw_want = br_share(RT, q, Q);
+        if (brio_twin_time(tw, c->router, br_case_k(c), tw_want > 0 ? tw_want : 1,
+                           a->min_time / Q, br_share(tmost, q, Q), &best, &p, &tot)) {
+            *tw_ok = 0;
+            continue;
+        }
+        tbest = best < tbest ? best : tbest;
+        tpass += p;
+        tsec += moe_now() - t1;
+    }
+    if (!rc) {
+        res->t = bench_stat_of(v, nv);
+        res->ms = res->t.min * 1e3;
+        res->repeats = nv;
+        char what[160];
+        int w = snprintf(what, sizeof what, "moesim %s k=%d n=%d E=%d: %.2f ms (best of %d in %d "
+                         "round%s", c->router, res->k, n, E, res->ms, nv, Q, Q > 1 ? "s" : "");
+        if (w > 0 && (size_t)w < sizeof what)
+            snprintf(what + w, sizeof what - (size_t)w,
+                     isfinite(res->rt_ns) ? "; round trip %.0f ns)" : ")", res->rt_ns);
+        br_progress(what, moe_now() - t0 - tsec);
+        if (tpass > 0 && *tw_ok) {
+            res->torch_ms = tbest * 1e3;
+            res->torch_repeats = tpass;
+            snprintf(what, sizeof what, "PyTorch %s k=%d n=%d E=%d: %.2f ms (best of %d in %d "
+                     "round%s, each after moesim's)", c->router, br_case_k(c), n, E,
+                     res->torch_ms, tpass, Q, Q > 1 ? "s" : "");
+            br_progress(what, tsec);
+        }
+    }
+    free(v);
+    return rc;
+}
+
+/* ---- PyTorch ---- */
 
 /* "name:k,..." of the cases with a twin for which want[c] is set; 0 when there is none. */
 static int br_torch_cases(const int *want, char *buf, size_t len)
@@ -487,44 +432,20 @@ static int br_torch_cases(const int *want, char *buf, size_t len)
     return count;
 }
 
-/* Runs the script in mode on dir's inputs for cases, each case at least `repeats` times and
- * more until its passes took min_time, as moesim's cells; each "time ROUTER K N E SECONDS
- * PASSES TOTAL" line it prints sets the torch time and passes of the matching cell of row
- * (BR_NCASES results of one (n, E)) and a progress line. Returns the script's exit status (-1:
- * could not run). */
-static int br_python(const br_args *a, const char *mode, const char *dir, const char *cases,
-                     int repeats, double min_time, br_result *row)
+/* Runs the script's check mode on dir's inputs for cases (it writes each twin's plan into dir).
+ * Returns its exit status (-1: could not run). */
+static int br_python_check(const br_args *a, const char *dir, const char *cases)
 {
     char cmd[4096];
-    snprintf(cmd, sizeof cmd, "OMP_WAIT_POLICY=passive '%s' '%s' %s --dir '%s' --cases %s "
-             "--repeats %d --min-time %.17g --max-repeats %d --threads %d --cf 5/4", a->python,
-             a->script, mode, dir, cases, repeats, min_time,
-             repeats > BR_MAX_REPEATS ? repeats : BR_MAX_REPEATS, moe_par_threads());
+    snprintf(cmd, sizeof cmd, "OMP_WAIT_POLICY=passive '%s' '%s' check --dir '%s' --cases %s "
+             "--threads %d --cf 5/4", a->python, a->script, dir, cases, moe_par_threads());
     fflush(stdout);
     FILE *f = popen(cmd, "r");
     if (!f)
         return -1;
     char line[512];
-    double t0 = moe_now();
-    while (fgets(line, sizeof line, f)) {
-        char name[64];
-        int k, n, E, done;
-        double s;
-        if (!row || sscanf(line, "time %63s %d %d %d %lf %d", name, &k, &n, &E, &s, &done) != 6)
-            continue;
-        for (int c = 0; c < BR_NCASES; c++)
-            if (br_cases[c].torch && br_case_k(&br_cases[c]) == k &&
-                strcmp(br_cases[c].router, name) == 0 && row[c].n == n && row[c].E == E)
-            {
-                row[c].torch_ms = s * 1e3;
-                row[c].torch_repeats = done;
-            }
-        char what[128];
-        snprintf(what, sizeof what, "PyTorch %s k=%d n=%d E=%d: %.2f ms (best of %d)", name, k,
-                 n, E, s * 1e3, done);
-        br_progress(what, moe_now() - t0);
-        t0 = moe_now();
-    }
+    while (fgets(line, sizeof line, f))
+        ;
     int st = pclose(f);
     return st == -1 ? -1 : WIFEXITED(st) ? WEXITSTATUS(st) : 128;
 }
@@ -576,12 +497,12 @@ static int br_check(const br_args *a, int E, int *same, int *st)
     *st = 0;
     if (!br_torch_cases(want, cases, sizeof cases))
         return MOE_OK;
-    int rc = br_tmpdir(dir, sizeof dir);
+    int rc = brio_tmpdir(dir, sizeof dir);
     if (rc)
         return rc;
     double *L = br_logits(n, E, 7), *u = br_uniforms(n, 7);
-    rc = !L || !u ? MOE_ENOMEM : br_write_inputs(dir, L, u, n, E);
-    *st = rc ? -1 : br_python(a, "check", dir, cases, 1, 0.0, NULL);
+    rc = !L || !u ? MOE_ENOMEM : brio_write_inputs(dir, L, u, n, E);
+    *st = rc ? -1 : br_python_check(a, dir, cases);
     for (int c = 0; !rc && *st == 0 && c < BR_NCASES; c++)
         if (want[c] && br_cases[c].torch)
             same[c] = br_same_plan(&br_cases[c], dir, L, u, n, E);
@@ -590,7 +511,7 @@ static int br_check(const br_args *a, int E, int *same, int *st)
         snprintf(what, sizeof what, "plan check on %d tokens, E=%d", n, E);
         br_progress(what, NAN);
     }
-    br_rmdir(dir);
+    brio_rmdir(dir);
     free(L);
     free(u);
     return rc;
@@ -632,9 +553,10 @@ static void br_print(const br_args *a, const br_result *res)
            "'-' where moesim's router has no PyTorch twin; %d threads; R: best of R passes for "
            "moesim/PyTorch, at least %d/%d below %d tokens and %d/1 from there on (each "
            "PyTorch call allocates its tensors afresh, so a repeat there warms nothing), and "
-           "more until the passes take %g s (at most %d); '-' torch: no twin or PyTorch "
-           "skipped)\n", a->check_n, moe_par_threads(), a->repeats, a->repeats, a->large_from,
-           a->large_repeats, a->min_time, BR_MAX_REPEATS);
+           "more until the passes take %g s (at most %d), in two rounds below %d tokens (one "
+           "from there on), each moesim's passes then PyTorch's; '-' torch: no twin or "
+           "PyTorch skipped)\n", a->check_n, moe_par_threads(), a->repeats, a->repeats,
+           a->large_from, a->large_repeats, a->min_time, BR_MAX_REPEATS, a->large_from);
     printf("replay is not benchmarked (it routes recorded choices)\n");
 }
 
@@ -808,10 +730,10 @@ static int br_size(const br_args *a, int n, int E, const char *dir, br_result *r
     void *map = NULL;
     size_t map_len = 0;
     int rc = !Lown || (dir && !u) ? MOE_ENOMEM : MOE_OK;
-    if (!rc && dir && !(rc = br_write_inputs(dir, Lown, u, n, E))) {
+    if (!rc && dir && !(rc = brio_write_inputs(dir, Lown, u, n, E))) {
         free(Lown); /* route the shared file's logits: one copy in memory */
         Lown = NULL;
-        if (!(L = br_map_logits(dir, (size_t)n * E, &map, &map_len)))
+        if (!(L = brio_map_logits(dir, (size_t)n * E, &map, &map_len)))
             rc = MOE_EIO;
     }
     free(u);
@@ -819,6 +741,19 @@ static int br_size(const br_args *a, int n, int E, const char *dir, br_result *r
     snprintf(what, sizeof what, "logits n=%d E=%d drawn%s", n, E, dir ? " and shared" : "");
     if (!rc)
         br_progress(what, moe_now() - t0);
+    /* the twins' process, timing each twin right after moesim's router (br_cell) */
+    int want[BR_NCASES], any = 0, tw_ok = 0, st = 0;
+    for (int c = 0; c < BR_NCASES; c++)
+        any |= (want[c] = !br_skip(a, &br_cases[c], n, E)) && br_cases[c].torch;
+    brio_twin tw = {-1, NULL, NULL};
+    if (!rc && dir && any) {
+        const double ts = moe_now();
+        st = brio_twin_start(&tw, a->python, a->script, dir, moe_par_threads(), n, E);
+        tw_ok = st == 0;
+        snprintf(what, sizeof what, "PyTorch started on n=%d E=%d", n, E);
+        if (tw_ok)
+            br_progress(what, moe_now() - ts);
+    }
     const int R = br_repeats(a, n);
     /* the bound: R passes before the routers, repeated until they took min_time as a cell's
      * passes do, then R more before each router's cell, so that its best is taken over at
@@ -835,13 +770,11 @@ static int br_size(const br_args *a, int n, int E, const char *dir, br_result *r
     }
     const double first = bound;
     const int first_passes = passes;
-    int want[BR_NCASES];
     for (int c = 0; !rc && c < BR_NCASES; c++) {
         br_result *r = &row[c];
         r->n = n;
         r->E = E;
-        want[c] = 0;
-        if (br_skip(a, &br_cases[c], n, E))
+        if (!want[c])
             continue;
         tb = moe_now();
         const double b = moe_bench_routing_bound(L, n, E, R) * 1e3;
@@ -849,8 +782,8 @@ static int br_size(const br_args *a, int n, int E, const char *dir, br_result *r
         bound = b < bound ? b : bound;
         passes += R;
         r->rt_ns = br_round_trip();
-        rc = br_time(&br_cases[c], L, n, E, R, a->min_time, r);
-        r->ran = want[c] = !rc;
+        rc = br_cell(a, &br_cases[c], L, n, E, tw.pid > 0 ? &tw : NULL, &tw_ok, r);
+        r->ran = !rc;
     }
     for (int c = 0; c < BR_NCASES; c++)
         row[c].bound_ms = bound;
@@ -858,16 +791,17 @@ static int br_size(const br_args *a, int n, int E, const char *dir, br_result *r
              bound, passes, first_passes, first);
     if (!rc)
         br_progress(what, spent);
+    if (tw.pid > 0) {
+        const int ok = tw_ok;
+        st = brio_twin_stop(&tw);
+        tw_ok = ok && st == 0;
+    }
+    if (dir && any && !tw_ok)
+        fprintf(stderr, "bench --routing: *** the PyTorch timing at n=%d E=%d exited with %d: "
+                "its cells%s are SKIPPED ***\n", n, E, st, st ? "" : " from the first failed one");
     free(Lown);
     if (map)
         munmap(map, map_len);
-    char cases[1024];
-    if (!rc && dir && br_torch_cases(want, cases, sizeof cases)) {
-        int st = br_python(a, "time", dir, cases, br_torch_repeats(a, n), a->min_time, row);
-        if (st)
-            fprintf(stderr, "bench --routing: *** the PyTorch timing at n=%d E=%d exited with "
-                    "%d: its cells are SKIPPED ***\n", n, E, st);
-    }
     return rc;
 }
 
@@ -914,20 +848,16 @@ int moe_bench_routing(int argc, char **argv)
         printf("*** the PyTorch comparison is SKIPPED (%s) ***\n",
                a.torch ? "its script is not found: run from the repository" : "--no-torch");
     }
-    char dir[1100];
-    if (!rc && have_torch && !(rc = br_tmpdir(dir, sizeof dir))) {
-        snprintf(br_shared_dir, sizeof br_shared_dir, "%s", dir);
-        signal(SIGINT, br_on_signal);
-        signal(SIGTERM, br_on_signal);
-        signal(SIGHUP, br_on_signal);
-    }
+    char dir[1100] = "";
+    if (!rc && have_torch && !(rc = brio_tmpdir(dir, sizeof dir)))
+        brio_guard(dir);
     for (int si = 0; !rc && si < a.nsizes; si++)
         for (int ei = 0; !rc && ei < a.nexperts; ei++)
             rc = br_size(&a, a.sizes[si], a.experts[ei], have_torch ? dir : NULL,
                          &res[(si * a.nexperts + ei) * BR_NCASES]);
-    if (have_torch && br_shared_dir[0]) {
-        br_rmdir(dir);
-        br_shared_dir[0] = '\0';
+    if (have_torch && dir[0]) {
+        brio_rmdir(dir);
+        brio_guard(NULL);
     }
     if (!rc)
         br_print(&a, res);

@@ -24,6 +24,11 @@ Usage:
       "time ROUTER K N E SECONDS PASSES TOTAL" for every case as soon as it is measured: the
       best of at least R passes, and of more until they add up to S seconds (at most M
       passes); TOTAL: the seconds of all its passes
+  bench_torch_routing.py serve --dir DIR --threads T --cf NUM/DEN
+      the same timing on request, one process for many requests (moesim bench --routing runs
+      it beside its own cells, so that a twin is timed right after moesim's router): prints
+      "ready N E" once the logits are loaded, then reads lines "time ROUTER K R S M" on stdin
+      and answers each with the time line above, until stdin ends
   bench_torch_routing.py check --dir DIR --cases NAME:K,... --cf NUM/DEN --threads T
       writes, for every case, DIR/torch_<router>_k<K>.npy (entries, 4) float64: token, expert,
       slot, combine weight
@@ -335,6 +340,8 @@ ROUTERS = {"switch": route_switch, "topk": route_topk, "gshard": route_gshard,
 
 
 def parse_cases(text):
+    if not text:
+        raise SystemExit("bench_torch_routing.py: --cases is required here")
     out = []
     for item in text.split(","):
         name, k = item.split(":")
@@ -352,11 +359,38 @@ def load(d):
     return L, u
 
 
+def time_case(L, u, name, k, num, den, repeats, min_time, max_repeats):
+    """The best of at least `repeats` routes, and of more until they add up to min_time seconds
+    (at most max_repeats): (best, passes, their total seconds)."""
+    best, spent, done = float("inf"), 0.0, 0
+    while done < max_repeats and (done < repeats or spent < min_time):
+        t0 = time.perf_counter()
+        ROUTERS[name](L, k, num, den, u)
+        dt = time.perf_counter() - t0
+        best, spent, done = min(best, dt), spent + dt, done + 1
+    return best, done, spent
+
+
+def serve(L, u, num, den):
+    """Answers "time ROUTER K REPEATS MIN_TIME MAX_REPEATS" lines on stdin, one time line each,
+    after a "ready N E" line; ends at the end of stdin."""
+    n, E = L.shape
+    print("ready %d %d" % (n, E), flush=True)
+    for line in iter(sys.stdin.readline, ""):
+        w = line.split()
+        if len(w) != 6 or w[0] != "time" or w[1] not in ROUTERS:
+            raise SystemExit("bench_torch_routing.py: bad request %r" % line)
+        best, done, spent = time_case(L, u, w[1], int(w[2]), num, den, int(w[3]), float(w[4]),
+                                      int(w[5]))
+        print("time %s %s %d %d %.9g %d %.9g" % (w[1], w[2], n, E, best, done, spent),
+              flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["time", "check"])
+    ap.add_argument("mode", choices=["time", "check", "serve"])
     ap.add_argument("--dir", required=True)
-    ap.add_argument("--cases", required=True)
+    ap.add_argument("--cases", default="")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--min-time", type=float, default=0.0)
     ap.add_argument("--max-repeats", type=int, default=1000)
@@ -367,6 +401,10 @@ def main():
     num, den = (int(x) for x in a.cf.split("/"))
     L, u = load(a.dir)
     n, E = L.shape
+    if a.mode == "serve":
+        float(L.sum())  # fault the mapped pages in before the first timed repeat
+        serve(L, u, num, den)
+        return
     if a.mode == "check":
         for name, k in parse_cases(a.cases):
             (tok, ex, slot, w), _ = ROUTERS[name](L, k, num, den, u)
@@ -375,12 +413,8 @@ def main():
         return
     float(L.sum())  # fault the mapped pages in before the first timed repeat
     for name, k in parse_cases(a.cases):
-        best, spent, done = float("inf"), 0.0, 0
-        while done < a.max_repeats and (done < a.repeats or spent < a.min_time):
-            t0 = time.perf_counter()
-            ROUTERS[name](L, k, num, den, u)
-            dt = time.perf_counter() - t0
-            best, spent, done = min(best, dt), spent + dt, done + 1
+        best, done, spent = time_case(L, u, name, k, num, den, a.repeats, a.min_time,
+                                      a.max_repeats)
         print("time %s %d %d %d %.9g %d %.9g" % (name, k, n, E, best, done, spent), flush=True)
 
 

@@ -120,7 +120,9 @@ has "$T/rout" "^a cache line's round trip between the first two threads at the e
 # every router but replay at each of the 2 x 2 (n, E): 14 cases, topk k = 8 only where k <= E
 # (all here): one progress line each on stderr, 56 in all, and one per drawn set of logits
 count "$T/rerr" '^bench --routing: moesim ' 56
-count "$T/rerr" '^bench --routing: moesim .* (best of [12]; round trip [0-9][0-9]* ns) ' 56
+# two rounds below --large-from (1024 here), one from there on
+count "$T/rerr" '^bench --routing: moesim .* n=512 .* (best of 2 in 2 rounds; round trip [0-9][0-9]* ns) ' 28
+count "$T/rerr" '^bench --routing: moesim .* n=1024 .* (best of 1 in 1 round; round trip [0-9][0-9]* ns) ' 28
 count "$T/rerr" '^bench --routing: logits n=' 4
 count "$T/rerr" '^bench --routing: bound n=' 4
 count "$T/rerr" '^bench --routing: PyTorch ' 0
@@ -157,14 +159,15 @@ fi
 
 # ---- bench --routing --min-time: at least --repeats passes, then more until they add up to it ----
 # Checked on the stored rows (min, max over a cell's passes; repeats = its passes) by what the
-# rule implies: passes >= 2; passes * slowest >= 0.02 s unless capped at 1000; (passes - 1) *
-# fastest < 0.02 s when there are more than 2 (the pass before the last had not reached it).
+# rule implies, in two rounds of 0.01 s each: passes >= 2; passes * slowest >= 0.02 s unless
+# capped at 1000; (passes - 2) * fastest < 0.02 s (in each round the passes before its last had
+# not reached 0.01 s).
 if env -u OPENBLAS_CORETYPE "$M" bench --routing --sizes 512 --experts 8 --routers switch,topk \
         --repeats 2 --min-time 0.02 --no-torch --db "$T/m.db" >"$T/mout" 2>"$T/merr"; then ok
 else no "bench --routing --min-time exited $?: $(cat "$T/merr")"; fi
 has "$T/mout" 'moesim best of at least 2 passes below 1048576 tokens, of 2 from there on, and of more until they take 0.02 s;'
 if command -v sqlite3 >/dev/null; then
-    got=$(sqlite3 "$T/m.db" "SELECT count(*) || ' ' || sum(repeats >= 2 AND (repeats = 1000 OR repeats * max >= 0.02) AND (repeats = 2 OR (repeats - 1) * min < 0.02)) FROM bench WHERE metric = 'time_route'" 2>&1)
+    got=$(sqlite3 "$T/m.db" "SELECT count(*) || ' ' || sum(repeats >= 2 AND (repeats = 1000 OR repeats * max >= 0.02) AND (repeats - 2) * min < 0.02) FROM bench WHERE metric = 'time_route'" 2>&1)
     [ "$got" = "4 4" ] && ok || no "--min-time 0.02: cells / cells that keep the rule: got '$got', want '4 4'"
 fi
 
@@ -190,7 +193,53 @@ else
     # PyTorch's repeats: --repeats below --large-from, once from there on
     got=$(q2 "SELECT group_concat(nr, ' ') FROM (SELECT DISTINCT n || ':' || repeats AS nr FROM bench WHERE metric = 'time_torch' ORDER BY n)")
     [ "$got" = "512:2 1024:1" ] && ok || no "PyTorch repeats: got '$got'"
-    count "$T/perr" '^bench --routing: PyTorch ' 28
+    # one twin process per (n, E), each twin timed right after moesim's router, in its rounds
+    count "$T/perr" '^bench --routing: PyTorch started on n=' 2
+    count "$T/perr" '^bench --routing: PyTorch .* n=512 .* (best of 2 in 2 rounds, each after moesim.s) ' 14
+    count "$T/perr" '^bench --routing: PyTorch .* n=1024 .* (best of 1 in 1 round, each after moesim.s) ' 14
+    count "$T/perr" '^bench --routing: PyTorch ' 30
+    # the script's inputs in folder $1: $2 x 8 N(0,1) logits and $2 uniforms, NumPy seed $3
+    twin_inputs() {
+        /usr/bin/python3 - "$1" "$2" "$3" <<'PY'
+import os, sys
+import numpy as np
+d, n = sys.argv[1], int(sys.argv[2])
+os.makedirs(d)
+g = np.random.default_rng(int(sys.argv[3]))
+np.save(d + "/logits.npy", g.standard_normal((n, 8)))
+np.save(d + "/uniforms.npy", g.random(n))
+PY
+    }
+    # the serve mode on its own: a ready line, then one answer per request (the --min-time rule
+    # checked as below), and a bad request ends it with an error
+    twin_inputs "$T/sv" 48 5
+    out=$(printf 'time switch 1 3 0.02 1000\ntime topk 2 3 0 1000\n' |
+          /usr/bin/python3 sim/bench_torch_routing.py serve --dir "$T/sv" --threads 1 --cf 5/4 2>&1)
+    bad=$(printf '%s\n' "$out" | awk '
+        NR == 1 { if ($0 != "ready 48 8") print "first line: " $0; next }
+        $1 == "time" { n++; p = $7; best = $6; tot = $8
+            if ($4 != 48 || $5 != 8 || p < 3 || best * p > tot * (1 + 1e-9) ||
+                ($2 == "switch" && tot < 0.02 && p < 1000) || ($2 == "topk" && p != 3))
+                print "bad: " $0; next }
+        { print "extra: " $0 }
+        END { if (n != 2) print "answers: " n }')
+    [ -z "$bad" ] && ok || no "bench_torch_routing.py serve: $bad ($out)"
+    if printf 'time nosuch 1 3 0 10\n' | /usr/bin/python3 sim/bench_torch_routing.py serve \
+            --dir "$T/sv" --threads 1 --cf 5/4 >"$T/svo" 2>"$T/sve"; then
+        no "serve took a request for an unknown router"
+    else has "$T/sve" "bench_torch_routing.py: bad request 'time nosuch 1 3 0 10"; fi
+    # a twin process that ends after its first answer (one round a cell from --large-from 512
+    # on): that twin's time kept, the later twins of that (n, E) skipped and said so, the next
+    # (n, E) with a new process
+    if env -u OPENBLAS_CORETYPE "$M" bench --routing --sizes 512,1024 --experts 8 --routers switch,topk --large-from 512 \
+            --repeats 2 --large-repeats 1 --min-time 0 --python /bin/sh --torch-script tests/bench/twin_dies.sh \
+            --db "$T/d.db" >"$T/dout" 2>"$T/derr"; then ok
+    else no "bench --routing with a dying twin exited $?: $(cat "$T/derr")"; fi
+    count "$T/derr" '^bench --routing: PyTorch switch .* each after moesim' 2
+    count "$T/derr" '^bench --routing: PyTorch topk ' 0
+    count "$T/derr" '^bench --routing: \*\*\* the PyTorch timing at n=[0-9]* E=8 exited with 0: its cells from the first failed one are SKIPPED \*\*\*$' 2
+    got=$(sqlite3 "$T/d.db" "SELECT group_concat(router || ':' || n, ' ') FROM (SELECT router, n FROM bench WHERE metric = 'time_torch' ORDER BY n)" 2>&1)
+    [ "$got" = "switch:512 switch:1024" ] && ok || no "PyTorch times kept with a dying twin: got '$got'"
     count "$T/perr" '^bench --routing: plan check on 4096 tokens, E=' 1
     count "$T/pout" ' same ' 28
     # the JSON file holds exactly the database's rows (doubles written with 17 digits)
@@ -210,15 +259,7 @@ PY
     lacks "temporary folders left" "$T/perr" "could not remove"
     # --min-time in the script: at least --repeats passes, then more until they add up to
     # --min-time (or --max-repeats); checked on what it prints (best, passes, their total)
-    /usr/bin/python3 - "$T/mt" <<'PY'
-import os, sys
-import numpy as np
-d = sys.argv[1]
-os.makedirs(d)
-g = np.random.default_rng(3)
-np.save(d + "/logits.npy", g.standard_normal((64, 8)))
-np.save(d + "/uniforms.npy", g.random(64))
-PY
+    twin_inputs "$T/mt" 64 3
     for mt in "0 1000" "0.02 1000" "0.02 5"; do
         set -- $mt
         out=$(/usr/bin/python3 sim/bench_torch_routing.py time --dir "$T/mt" --cases switch:1,topk:2 \

@@ -1,0 +1,52 @@
+/* bench_routing_io.h: what `moesim bench --routing` shares with the PyTorch twins of its
+ * routers (bench_routing_io.c): a temporary folder holding the logits and draws as .npy, removed
+ * on exit and on SIGINT, SIGTERM and SIGHUP, and a running twin process
+ * (sim/bench_torch_routing.py serve) that times a twin whenever asked, so that each twin is
+ * timed right beside moesim's router. */
+#ifndef MOE_BENCH_ROUTING_IO_H
+#define MOE_BENCH_ROUTING_IO_H
+
+#include <stdio.h>
+#include <sys/types.h>
+
+/* A fresh folder in /dev/shm (memory) when it is there, else $TMPDIR or /tmp, into dir. */
+int brio_tmpdir(char *dir, size_t len);
+
+/* From now on a signal removes dir's inputs and dir before ending the process (NULL: none). */
+void brio_guard(const char *dir);
+
+/* Removes dir and its files (a message on stderr when it cannot). */
+void brio_rmdir(const char *dir);
+
+/* The logits (n,E) and draws (n) as dir/logits.npy and dir/uniforms.npy. */
+int brio_write_inputs(const char *dir, const double *L, const double *u, int n, int E);
+
+/* The logits brio_write_inputs wrote to dir/logits.npy (format 1.0, float64, count values),
+ * mapped read-only: the pages of the shared file itself, so that the logits are in memory once
+ * while moesim routes them. *map, *len for munmap; NULL when they cannot be mapped (after
+ * moe_fail). */
+const double *brio_map_logits(const char *dir, size_t count, void **map, size_t *len);
+
+/* A twin process: `PYTHON SCRIPT serve --dir DIR --threads T --cf 5/4`, with
+ * OMP_WAIT_POLICY=passive, its stdin and stdout piped to us. */
+typedef struct {
+    pid_t pid;
+    FILE *to, *from;
+} brio_twin;
+
+/* Starts the twin on dir's inputs and waits for its "ready N E" line: 0 when it gave one for
+ * n x E, else (it ended or said something else) its exit status, -1 when unknown. */
+int brio_twin_start(brio_twin *t, const char *python, const char *script, const char *dir,
+                    int threads, int n, int E);
+
+/* Times the twin of router (k) on the twin's logits: at least `repeats` passes, more until they
+ * add up to min_time seconds, at most max_repeats; 0 with *best (seconds), *passes and *total
+ * (their seconds), or -1 when the twin is gone or answered something else. */
+int brio_twin_time(brio_twin *t, const char *router, int k, int repeats, double min_time,
+                   int max_repeats, double *best, int *passes, double *total);
+
+/* Ends the twin (closes its stdin and waits for it): its exit status, 128 + the signal that
+ * ended it, or -1. */
+int brio_twin_stop(brio_twin *t);
+
+#endif
