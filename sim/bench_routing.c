@@ -44,18 +44,14 @@
 #include "vexp.h"
 #include "../routers/par.h"
 
-#include <fcntl.h>
 #include <getopt.h>
 #include <gsl/gsl_randist.h>
 #include <math.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #define BR_BASE_MAX_N 1048576L
@@ -432,23 +428,6 @@ static int br_torch_cases(const int *want, char *buf, size_t len)
     return count;
 }
 
-/* Runs the script's check mode on dir's inputs for cases (it writes each twin's plan into dir).
- * Returns its exit status (-1: could not run). */
-static int br_python_check(const br_args *a, const char *dir, const char *cases)
-{
-    char cmd[4096];
-    snprintf(cmd, sizeof cmd, "OMP_WAIT_POLICY=passive '%s' '%s' check --dir '%s' --cases %s "
-             "--threads %d --cf 5/4", a->python, a->script, dir, cases, moe_par_threads());
-    fflush(stdout);
-    FILE *f = popen(cmd, "r");
-    if (!f)
-        return -1;
-    char line[512];
-    while (fgets(line, sizeof line, f))
-        ;
-    int st = pclose(f);
-    return st == -1 ? -1 : WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
 
 /* Route the check logits with moesim and compare with the PyTorch plan written into dir. */
 static int br_same_plan(const br_case *c, const char *dir, const double *L, const double *u,
@@ -502,7 +481,7 @@ static int br_check(const br_args *a, int E, int *same, int *st)
         return rc;
     double *L = br_logits(n, E, 7), *u = br_uniforms(n, 7);
     rc = !L || !u ? MOE_ENOMEM : brio_write_inputs(dir, L, u, n, E);
-    *st = rc ? -1 : br_python_check(a, dir, cases);
+    *st = rc ? -1 : brio_check(a->python, a->script, dir, cases, moe_par_threads());
     for (int c = 0; !rc && *st == 0 && c < BR_NCASES; c++)
         if (want[c] && br_cases[c].torch)
             same[c] = br_same_plan(&br_cases[c], dir, L, u, n, E);

@@ -115,14 +115,67 @@ const double *brio_map_logits(const char *dir, size_t count, void **map, size_t 
     return (const double *)(m + off);
 }
 
-/* ---- the twin process ---- */
+/* ---- the script's processes ---- */
+
+/* Starts `python script mode --dir dir [--cases cases] --threads threads --cf 5/4` with
+ * OMP_WAIT_POLICY=passive (no threads spinning between its calls), its stdin and stdout the
+ * descriptors given (closed in this process's copy by the caller), without a shell: the
+ * process id, or -1. close1 and close2 (the pipes' other ends, or -1) are closed in it. */
+static pid_t brio_spawn(const char *python, const char *script, const char *mode,
+                        const char *dir, const char *cases, int threads, int in, int out,
+                        int close1, int close2)
+{
+    char th[16];
+    snprintf(th, sizeof th, "%d", threads);
+    fflush(NULL);
+    const pid_t pid = fork();
+    if (pid != 0)
+        return pid;
+    if (in != STDIN_FILENO)
+        dup2(in, STDIN_FILENO), close(in);
+    if (out != STDOUT_FILENO)
+        dup2(out, STDOUT_FILENO), close(out);
+    if (close1 >= 0)
+        close(close1);
+    if (close2 >= 0)
+        close(close2);
+    setenv("OMP_WAIT_POLICY", "passive", 1);
+    char *const with[] = {(char *)python, (char *)script, (char *)mode, "--dir", (char *)dir,
+                          "--cases", (char *)cases, "--threads", th, "--cf", "5/4", NULL};
+    char *const without[] = {(char *)python, (char *)script, (char *)mode, "--dir", (char *)dir,
+                             "--threads", th, "--cf", "5/4", NULL};
+    execv(python, cases ? with : without);
+    _exit(127);
+}
+
+/* The exit status of process pid once it ends, 128 + the signal that ended it, or -1. */
+static int brio_wait(pid_t pid)
+{
+    int ws;
+    pid_t w;
+    while ((w = waitpid(pid, &ws, 0)) < 0 && errno == EINTR)
+        ;
+    if (w != pid)
+        return -1;
+    return WIFEXITED(ws) ? WEXITSTATUS(ws) : WIFSIGNALED(ws) ? 128 + WTERMSIG(ws) : -1;
+}
+
+int brio_check(const char *python, const char *script, const char *dir, const char *cases,
+               int threads)
+{
+    const int null = open("/dev/null", O_RDWR);
+    if (null < 0)
+        return -1;
+    const pid_t pid = brio_spawn(python, script, "check", dir, cases, threads, null, null, -1,
+                                 -1);
+    close(null);
+    return pid > 0 ? brio_wait(pid) : -1;
+}
 
 int brio_twin_start(brio_twin *t, const char *python, const char *script, const char *dir,
                     int threads, int n, int E)
 {
     int in[2], out[2]; /* in: our requests to its stdin; out: its stdout to us */
-    char th[16];
-    snprintf(th, sizeof th, "%d", threads);
     memset(t, 0, sizeof *t);
     t->pid = -1;
     if (pipe(in) != 0)
@@ -132,18 +185,8 @@ int brio_twin_start(brio_twin *t, const char *python, const char *script, const 
         close(in[1]);
         return -1;
     }
-    fflush(NULL);
-    t->pid = fork();
-    if (t->pid == 0) {
-        dup2(in[0], STDIN_FILENO);
-        dup2(out[1], STDOUT_FILENO);
-        close(in[0]), close(in[1]), close(out[0]), close(out[1]);
-        setenv("OMP_WAIT_POLICY", "passive", 1); /* no spinning threads between requests */
-        char *const argv[] = {(char *)python, (char *)script, "serve", "--dir", (char *)dir,
-                              "--threads", th, "--cf", "5/4", NULL};
-        execv(python, argv);
-        _exit(127);
-    }
+    t->pid = brio_spawn(python, script, "serve", dir, NULL, threads, in[0], out[1], in[1],
+                        out[0]);
     close(in[0]);
     close(out[1]);
     if (t->pid < 0) {
@@ -193,14 +236,7 @@ int brio_twin_stop(brio_twin *t)
     if (t->from)
         fclose(t->from);
     t->to = t->from = NULL;
-    int st = -1, ws;
-    if (t->pid > 0) {
-        pid_t w;
-        while ((w = waitpid(t->pid, &ws, 0)) < 0 && errno == EINTR)
-            ;
-        if (w == t->pid)
-            st = WIFEXITED(ws) ? WEXITSTATUS(ws) : WIFSIGNALED(ws) ? 128 + WTERMSIG(ws) : -1;
-    }
+    const int st = t->pid > 0 ? brio_wait(t->pid) : -1;
     t->pid = -1;
     return st;
 }

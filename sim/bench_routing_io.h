@@ -27,6 +27,12 @@ int brio_write_inputs(const char *dir, const double *L, const double *u, int n, 
  * moe_fail). */
 const double *brio_map_logits(const char *dir, size_t count, void **map, size_t *len);
 
+/* Runs `PYTHON SCRIPT check --dir DIR --cases CASES --threads T --cf 5/4` (each twin's plan on
+ * dir's inputs into dir; its output discarded) without a shell and waits for it: its exit
+ * status, 128 + the signal that ended it, or -1. */
+int brio_check(const char *python, const char *script, const char *dir, const char *cases,
+               int threads);
+
 /* A twin process: `PYTHON SCRIPT serve --dir DIR --threads T --cf 5/4`, with
  * OMP_WAIT_POLICY=passive, its stdin and stdout piped to us. */
 typedef struct {
