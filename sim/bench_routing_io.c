@@ -8,12 +8,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
+#include <spawn.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+extern char **environ;
 
 int brio_tmpdir(char *dir, size_t len)
 {
@@ -118,34 +121,55 @@ const double *brio_map_logits(const char *dir, size_t count, void **map, size_t 
 /* ---- the script's processes ---- */
 
 /* Starts `python script mode --dir dir [--cases cases] --threads threads --cf 5/4` with
- * OMP_WAIT_POLICY=passive (no threads spinning between its calls), its stdin and stdout the
- * descriptors given (closed in this process's copy by the caller), without a shell: the
- * process id, or -1. close1 and close2 (the pipes' other ends, or -1) are closed in it. */
+ * OMP_WAIT_POLICY=passive (no threads spinning between its calls) and its stdin and stdout the
+ * descriptors in and out, by posix_spawn (no shell; nothing run between fork and exec in this
+ * threaded process): the process id, or -1. close1 and close2 (the other ends of the caller's
+ * pipes, or -1) are closed in it. */
 static pid_t brio_spawn(const char *python, const char *script, const char *mode,
                         const char *dir, const char *cases, int threads, int in, int out,
                         int close1, int close2)
 {
     char th[16];
     snprintf(th, sizeof th, "%d", threads);
-    fflush(NULL);
-    const pid_t pid = fork();
-    if (pid != 0)
-        return pid;
+    size_t ne = 0;
+    while (environ[ne])
+        ne++;
+    char **env = malloc((ne + 2) * sizeof *env);
+    posix_spawn_file_actions_t fa;
+    if (!env || posix_spawn_file_actions_init(&fa) != 0) {
+        free(env);
+        return -1;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < ne; i++)
+        if (strncmp(environ[i], "OMP_WAIT_POLICY=", 16) != 0)
+            env[k++] = environ[i];
+    env[k++] = "OMP_WAIT_POLICY=passive";
+    env[k] = NULL;
+    int bad = 0;
     if (in != STDIN_FILENO)
-        dup2(in, STDIN_FILENO), close(in);
+        bad |= posix_spawn_file_actions_adddup2(&fa, in, STDIN_FILENO);
     if (out != STDOUT_FILENO)
-        dup2(out, STDOUT_FILENO), close(out);
+        bad |= posix_spawn_file_actions_adddup2(&fa, out, STDOUT_FILENO);
+    if (in > STDERR_FILENO)
+        bad |= posix_spawn_file_actions_addclose(&fa, in);
+    if (out > STDERR_FILENO && out != in)
+        bad |= posix_spawn_file_actions_addclose(&fa, out);
     if (close1 >= 0)
-        close(close1);
+        bad |= posix_spawn_file_actions_addclose(&fa, close1);
     if (close2 >= 0)
-        close(close2);
-    setenv("OMP_WAIT_POLICY", "passive", 1);
+        bad |= posix_spawn_file_actions_addclose(&fa, close2);
     char *const with[] = {(char *)python, (char *)script, (char *)mode, "--dir", (char *)dir,
                           "--cases", (char *)cases, "--threads", th, "--cf", "5/4", NULL};
     char *const without[] = {(char *)python, (char *)script, (char *)mode, "--dir", (char *)dir,
                              "--threads", th, "--cf", "5/4", NULL};
-    execv(python, cases ? with : without);
-    _exit(127);
+    pid_t pid = -1;
+    fflush(NULL);
+    if (bad || posix_spawn(&pid, python, &fa, NULL, cases ? with : without, env) != 0)
+        pid = -1;
+    posix_spawn_file_actions_destroy(&fa);
+    free(env);
+    return pid;
 }
 
 /* The exit status of process pid once it ends, 128 + the signal that ended it, or -1. */
