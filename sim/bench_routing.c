@@ -770,14 +770,18 @@ static int br_size(const br_args *a, int n, int E, const char *dir, br_result *r
              bound, passes, first_passes, first);
     if (!rc)
         br_progress(what, spent);
-    if (tw.pid > 0) {
-        const int ok = tw_ok;
+    const int started = tw.pid > 0; /* (tw_ok cleared since: a cell found the twin gone) */
+    if (started)
         st = brio_twin_stop(&tw);
-        tw_ok = ok && st == 0;
-    }
-    if (dir && any && !tw_ok)
+    if (started && !tw_ok)
         fprintf(stderr, "bench --routing: *** the PyTorch timing at n=%d E=%d exited with %d: "
-                "its cells%s are SKIPPED ***\n", n, E, st, st ? "" : " from the first failed one");
+                "its cells from the first failed one are SKIPPED ***\n", n, E, st);
+    else if (started && st)
+        fprintf(stderr, "bench --routing: the PyTorch timing at n=%d E=%d exited with %d after "
+                "its last cell\n", n, E, st);
+    else if (!started && st)
+        fprintf(stderr, "bench --routing: *** the PyTorch timing at n=%d E=%d exited with %d: "
+                "its cells are SKIPPED ***\n", n, E, st);
     free(Lown);
     if (map)
         munmap(map, map_len);
