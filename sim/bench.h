@@ -141,13 +141,6 @@ int bench_selected(const bench_args *a, const char *name);
 
 /* ---- the PyTorch reference (bench_torch.c) ---- */
 
-/* Appends a space (unless at the start or after one) and s in single quotes (a ' becomes
- * '\'') to buf (len bytes, *pos used); -1 when it does not fit. */
-int bench_shell_quote(char *buf, size_t len, size_t *pos, const char *s);
-/* Runs the shell command, returns its stdout (malloc'd, NULL when out of memory) and its exit
- * status (-1: could not run; 128: killed). */
-char *bench_run_capture(const char *cmd, int *status);
-
 enum { TORCH_STYLES = 2, TORCH_MAXTH = 4 };
 extern const char *const torch_styles[TORCH_STYLES]; /* "loop", "einsum" */
 

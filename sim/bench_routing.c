@@ -36,6 +36,7 @@
  */
 #include "bench.h"
 #include "bench_routing.h"
+#include "bench_proc.h"
 #include "bench_routing_io.h"
 #include "moe.h"
 #include "npy.h"
@@ -476,7 +477,7 @@ static int br_check(const br_args *a, int E, int *same, int *st)
     *st = 0;
     if (!br_torch_cases(want, cases, sizeof cases))
         return MOE_OK;
-    int rc = brio_tmpdir(dir, sizeof dir);
+    int rc = bench_tmpdir(dir, sizeof dir, "moesim-br", 1);
     if (rc)
         return rc;
     double *L = br_logits(n, E, 7), *u = br_uniforms(n, 7);
@@ -490,7 +491,7 @@ static int br_check(const br_args *a, int E, int *same, int *st)
         snprintf(what, sizeof what, "plan check on %d tokens, E=%d", n, E);
         br_progress(what, NAN);
     }
-    brio_rmdir(dir);
+    bench_rmdir(dir, "bench --routing");
     free(L);
     free(u);
     return rc;
@@ -592,10 +593,9 @@ static int br_store(const br_args *a, const br_result *res, const double run[6],
     c.routing = 1;
     moe_blas_info_get(&c.bi);
     int st = -1;
-    char cmd[1200];
-    snprintf(cmd, sizeof cmd, "'%s' -c 'import torch; print(torch.__version__)' 2>/dev/null",
-             a->python);
-    char *ver = torch ? bench_run_capture(cmd, &st) : NULL;
+    char *const argv[] = {(char *)a->python, "-c", "import torch; print(torch.__version__)",
+                          NULL};
+    char *ver = torch ? bench_capture(argv, 1, &st) : NULL;
     if (ver && st == 0)
         snprintf(c.torch_version, sizeof c.torch_version, "%.*s", (int)strcspn(ver, "\n"),
                  ver);
@@ -832,15 +832,16 @@ int moe_bench_routing(int argc, char **argv)
                a.torch ? "its script is not found: run from the repository" : "--no-torch");
     }
     char dir[1100] = "";
-    if (!rc && have_torch && !(rc = brio_tmpdir(dir, sizeof dir)))
-        brio_guard(dir);
+    static const char *const inputs[] = {"logits.npy", "uniforms.npy", NULL};
+    if (!rc && have_torch && !(rc = bench_tmpdir(dir, sizeof dir, "moesim-br", 1)))
+        bench_guard(dir, inputs);
     for (int si = 0; !rc && si < a.nsizes; si++)
         for (int ei = 0; !rc && ei < a.nexperts; ei++)
             rc = br_size(&a, a.sizes[si], a.experts[ei], have_torch ? dir : NULL,
                          &res[(si * a.nexperts + ei) * BR_NCASES]);
     if (have_torch && dir[0]) {
-        brio_rmdir(dir);
-        brio_guard(NULL);
+        bench_rmdir(dir, "bench --routing");
+        bench_guard(NULL, NULL);
     }
     if (!rc)
         br_print(&a, res);

@@ -1,6 +1,6 @@
 /* bench_routing_io.h: what `moesim bench --routing` shares with the PyTorch twins of its
- * routers (bench_routing_io.c): a temporary folder holding the logits and draws as .npy, removed
- * on exit and on SIGINT, SIGTERM and SIGHUP, and a running twin process
+ * routers (bench_routing_io.c): the logits and draws as .npy in a temporary folder (bench_proc.h
+ * makes, guards and removes it), the plan check, and a running twin process
  * (sim/bench_torch_routing.py serve) that times a twin whenever asked, so that each twin is
  * timed right beside moesim's router. */
 #ifndef MOE_BENCH_ROUTING_IO_H
@@ -8,15 +8,6 @@
 
 #include <stdio.h>
 #include <sys/types.h>
-
-/* A fresh folder in /dev/shm (memory) when it is there, else $TMPDIR or /tmp, into dir. */
-int brio_tmpdir(char *dir, size_t len);
-
-/* From now on a signal removes dir's inputs and dir before ending the process (NULL: none). */
-void brio_guard(const char *dir);
-
-/* Removes dir and its files (a message on stderr when it cannot). */
-void brio_rmdir(const char *dir);
 
 /* The logits (n,E) and draws (n) as dir/logits.npy and dir/uniforms.npy. */
 int brio_write_inputs(const char *dir, const double *L, const double *u, int n, int E);

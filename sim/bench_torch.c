@@ -5,46 +5,20 @@
  * moesim's.
  */
 #include "bench.h"
+#include "bench_proc.h"
 
 #include "npy.h"
 
-#include <errno.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 const char *const torch_styles[TORCH_STYLES] = {"loop", "einsum"};
 
 /* ---- PyTorch reference (sim/bench_torch_moe.py) ---- */
-
-
-
-int bench_shell_quote(char *buf, size_t len, size_t *pos, const char *s)
-{
-    if (*pos + 2 >= len)
-        return -1;
-    if (*pos > 0 && buf[*pos - 1] != ' ')
-        buf[(*pos)++] = ' ';
-    buf[(*pos)++] = '\'';
-    for (; *s; s++) {
-        const char *piece = *s == '\'' ? "'\\''" : NULL;
-        size_t pl = piece ? 4 : 1;
-        if (*pos + pl + 2 >= len)
-            return -1;
-        if (piece)
-            memcpy(buf + *pos, piece, pl);
-        else
-            buf[*pos] = *s;
-        *pos += pl;
-    }
-    buf[(*pos)++] = '\'';
-    buf[*pos] = '\0';
-    return 0;
-}
 
 static int write_npy(const char *dir, const char *name, int dtype, const void *data, int ndim,
                      size_t s0, size_t s1, size_t s2)
@@ -58,16 +32,6 @@ static int write_npy(const char *dir, const char *name, int dtype, const void *d
 static const char *const torch_files[] = {"x.npy", "wg.npy", "w1.npy", "b1.npy", "w2.npy",
                                           "b2.npy", "kept.npy", "y_loop.npy", "y_einsum.npy",
                                           NULL};
-
-static void torch_cleanup(const char *dir)
-{
-    char path[4096 + 32];
-    for (int i = 0; torch_files[i]; i++) {
-        snprintf(path, sizeof path, "%s/%s", dir, torch_files[i]);
-        unlink(path);
-    }
-    rmdir(dir);
-}
 
 static int torch_write_inputs(const char *dir, const bench_weights *w, const float *x,
                               const layer_point *p)
@@ -96,38 +60,6 @@ static int torch_write_inputs(const char *dir, const bench_weights *w, const flo
         rc = write_npy(dir, "kept.npy", MOE_I64, kept, 2, N, 2, 0);
     free(kept);
     return rc;
-}
-
-char *bench_run_capture(const char *cmd, int *status)
-{
-    FILE *f = popen(cmd, "r");
-    if (!f) {
-        *status = -1;
-        return NULL;
-    }
-    size_t cap = 4096, len = 0;
-    char *buf = malloc(cap);
-    while (buf) {
-        if (len + 1024 > cap) {
-            char *nb = realloc(buf, cap * 2);
-            if (!nb) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-        size_t got = fread(buf + len, 1, cap - len - 1, f);
-        len += got;
-        if (got == 0)
-            break;
-    }
-    if (buf)
-        buf[len] = '\0';
-    int st = pclose(f);
-    *status = st == -1 ? -1 : WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-    return buf;
 }
 
 static double json_num(json_t *o, const char *key)
@@ -212,39 +144,26 @@ int bench_torch_measure(bench_ctx *c, const bench_cfg *cfg, const bench_weights 
                  c->a.script);
         return MOE_OK;
     }
-    const char *tmp = getenv("TMPDIR");
-    char dir[4096];
-    snprintf(dir, sizeof dir, "%s/moesim-bench-XXXXXX", tmp && *tmp ? tmp : "/tmp");
-    if (!mkdtemp(dir))
-        return moe_fail(MOE_EIO, "set TMPDIR to a writable folder",
-                        "cannot create a temporary folder (%s: %s)", dir, strerror(errno));
-    int rc = torch_write_inputs(dir, w, x, p);
-    char cmd[16384], num[160];
-    size_t pos = 0;
-    char *out = NULL;
+    char dir[1100];
+    int rc = bench_tmpdir(dir, sizeof dir, "moesim-bench", 0);
+    if (rc)
+        return rc;
+    bench_guard(dir, torch_files);
+    rc = torch_write_inputs(dir, w, x, p);
+    char *out = NULL, cmd[2048];
     if (rc)
         goto out;
-    pos = (size_t)snprintf(cmd, sizeof cmd, "OMP_WAIT_POLICY=passive ");
-    int repeats_einsum = c->a.repeats < 3 ? c->a.repeats : 3; /* seconds per forward */
-    snprintf(num, sizeof num, " --dir ");
-    if (bench_shell_quote(cmd, sizeof cmd, &pos, c->a.python) ||
-        bench_shell_quote(cmd, sizeof cmd, &pos, c->a.script) ||
-        pos + strlen(num) >= sizeof cmd)
-        goto toolong;
-    memcpy(cmd + pos, num, strlen(num) + 1);
-    pos += strlen(num);
-    if (bench_shell_quote(cmd, sizeof cmd, &pos, dir))
-        goto toolong;
-    snprintf(num, sizeof num,
-             " --router %s --k %d --capacity %ld --repeats %d --einsum-repeats %d --threads 1,2",
-             cfg->router, cfg->k, p->C, c->a.repeats, repeats_einsum);
-    if (pos + strlen(num) >= sizeof cmd)
-        goto toolong;
-    memcpy(cmd + pos, num, strlen(num) + 1);
-
+    char cap[24], rep[24], erep[24], k[24];
+    snprintf(cap, sizeof cap, "%ld", p->C);
+    snprintf(rep, sizeof rep, "%d", c->a.repeats);
+    snprintf(erep, sizeof erep, "%d", c->a.repeats < 3 ? c->a.repeats : 3); /* s per forward */
+    snprintf(k, sizeof k, "%d", cfg->k);
+    char *const argv[] = {(char *)c->a.python, (char *)c->a.script, "--dir", dir, "--router",
+                          (char *)cfg->router, "--k", k, "--capacity", cap, "--repeats", rep,
+                          "--einsum-repeats", erep, "--threads", "1,2", NULL};
+    bench_argv_text(argv, cmd, sizeof cmd);
     int status;
-    fflush(stdout);
-    out = bench_run_capture(cmd, &status);
+    out = bench_capture(argv, 0, &status);
     if (status == 3 || status == 127) { /* the script's "torch not importable", or no python */
         snprintf(tr->note, sizeof tr->note, "skipped: PyTorch not available to %s (exit %d)",
                  c->a.python, status);
@@ -276,12 +195,10 @@ int bench_torch_measure(bench_ctx *c, const bench_cfg *cfg, const bench_weights 
                       c->a.script);
         goto out;
     }
-    goto out;
-toolong:
-    rc = moe_fail(MOE_EINVAL, NULL, "paths too long for the PyTorch command (%s)", c->a.script);
 out:
     free(out);
-    torch_cleanup(dir);
+    bench_rmdir(dir, "bench");
+    bench_guard(NULL, NULL);
     return rc;
 }
 

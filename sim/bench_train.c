@@ -9,6 +9,7 @@
  * activation time_train_step, torch_time_train_step, ratio_train_vs_torch and both last losses.
  */
 #include "bench.h"
+#include "bench_proc.h"
 
 #include "provenance.h"
 #include "train.h"
@@ -65,17 +66,14 @@ static char *tb_script(const char *layer_script)
 static int tb_torch(bench_ctx *c, const char *script, int act, tb_result *r, char *note,
                     size_t note_len)
 {
-    char cmd[8192], num[160];
-    size_t pos = (size_t)snprintf(cmd, sizeof cmd, "OMP_WAIT_POLICY=passive");
-    snprintf(num, sizeof num, " --steps %d --threads %d --act %s", c->a.repeats, c->a.threads,
-             moe_act_name(act));
-    if (bench_shell_quote(cmd, sizeof cmd, &pos, c->a.python) ||
-        bench_shell_quote(cmd, sizeof cmd, &pos, script) || pos + strlen(num) >= sizeof cmd)
-        return moe_fail(MOE_EINVAL, NULL, "paths too long for the PyTorch command (%s)", script);
-    memcpy(cmd + pos, num, strlen(num) + 1);
+    char steps[24], th[24], cmd[2048];
+    snprintf(steps, sizeof steps, "%d", c->a.repeats);
+    snprintf(th, sizeof th, "%d", c->a.threads);
+    char *const argv[] = {(char *)c->a.python, (char *)script, "--steps", steps, "--threads", th,
+                          "--act", (char *)moe_act_name(act), NULL};
+    bench_argv_text(argv, cmd, sizeof cmd);
     int status;
-    fflush(stdout);
-    char *out = bench_run_capture(cmd, &status);
+    char *out = bench_capture(argv, 0, &status);
     int rc = MOE_OK;
     if (status == 3 || status == 127) {
         snprintf(note, note_len, "skipped: PyTorch not available to %s (exit %d)", c->a.python,

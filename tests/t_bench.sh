@@ -173,9 +173,9 @@ fi
 
 # ---- bench --routing with PyTorch: every twin's plan equals moesim's, its rows in both files ----
 if ! /usr/bin/python3 -c 'import torch' >/dev/null 2>&1; then
-    skip 10 "PyTorch does not import in /usr/bin/python3 (make bench installs python3-torch)"
+    skip 26 "PyTorch does not import in /usr/bin/python3 (make bench installs python3-torch)"
 elif ! command -v sqlite3 >/dev/null; then
-    skip 10 "the sqlite3 command is missing"
+    skip 26 "the sqlite3 command is missing"
 else
     # E = 8 only: each (n, E) starts PyTorch afresh (about 1.6 s of import here)
     RBT="bench --routing --sizes 512,1024 --experts 8 --repeats 2 --large-repeats 1 --large-from 1024 --min-time 0"
@@ -240,6 +240,17 @@ PY
     count "$T/derr" '^bench --routing: \*\*\* the PyTorch timing at n=[0-9]* E=8 exited with 0: its cells from the first failed one are SKIPPED \*\*\*$' 2
     got=$(sqlite3 "$T/d.db" "SELECT group_concat(router || ':' || n, ' ') FROM (SELECT router, n FROM bench WHERE metric = 'time_torch' ORDER BY n)" 2>&1)
     [ "$got" = "switch:512 switch:1024" ] && ok || no "PyTorch times kept with a dying twin: got '$got'"
+    # the interpreter's path holding a quote and a space is an argument, never shell text: the
+    # twin runs and the version of its torch is stored
+    hq="$T/py's dir"
+    mkdir -p "$hq" && ln -s /usr/bin/python3 "$hq/python3"
+    if env -u OPENBLAS_CORETYPE "$M" bench --routing --sizes 512 --experts 8 --routers switch \
+            --repeats 2 --min-time 0 --python "$hq/python3" --db "$T/q.db" >"$T/qout" 2>"$T/qerr"; then ok
+    else no "bench --routing with a quoted interpreter path exited $?: $(cat "$T/qerr")"; fi
+    count "$T/qerr" '^bench --routing: PyTorch switch k=1 n=512 E=8: ' 1
+    want=$(/usr/bin/python3 -c 'import torch; print(torch.__version__)' 2>&1)
+    got=$(sqlite3 "$T/q.db" "SELECT group_concat(DISTINCT torch) FROM bench" 2>&1)
+    [ -n "$want" ] && [ "$got" = "$want" ] && ok || no "torch version with a quoted interpreter path: got '$got', expected '$want'"
     count "$T/perr" '^bench --routing: plan check on 4096 tokens, E=' 1
     count "$T/pout" ' same ' 28
     # the JSON file holds exactly the database's rows (doubles written with 17 digits)
@@ -324,6 +335,29 @@ if command -v sqlite3 >/dev/null; then
     n=$(sqlite3 "$T/g.db" "SELECT count(*) FROM bench" 2>&1)
     [ "$n" = 0 ] && ok || no "failed run stored rows: $n"
 fi
+# the interpreter's path and TMPDIR holding a quote and a space are arguments, never shell
+# text: the reference runs on the inputs in that folder, and the folder is left empty
+hp="$T/it's here"
+mkdir -p "$hp/tmp" && ln -s /bin/sh "$hp/sh"
+FAKE_TORCH=wrong TMPDIR="$hp/tmp" env -u OPENBLAS_CORETYPE "$M" bench --quick --repeats 1 \
+    --config E8k2 --db "$T/h.db" --python "$hp/sh" --torch-script tests/bench/fake_torch.sh \
+    >"$T/out8" 2>"$T/err8" && no "outputs that disagree (quoted paths): exit 0" || ok
+count "$T/out8" '^  agreement: rel L2 vs moesim: .*(DISAGREE, tolerance 1e-04)' 1
+[ -z "$(ls -A "$hp/tmp")" ] && ok || no "temporary files left: $(ls -R "$hp/tmp")"
+# SIGTERM while the reference runs: the inputs and their folder are removed, and the bench ends
+# by that signal (the stand-in writes its process id, then sleeps until the test ends it)
+mkdir "$T/tmp9"
+FAKE_TORCH=hang FAKE_TORCH_PID="$T/fake.pid" TMPDIR="$T/tmp9" env -u OPENBLAS_CORETYPE "$M" \
+    bench --quick --repeats 1 --config E8k2 --db "$T/i.db" $FT >"$T/out9" 2>"$T/err9" &
+bp=$!
+i=0
+while [ ! -s "$T/fake.pid" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i + 1)); done
+[ -n "$(ls -A "$T/tmp9")" ] && ok || no "no temporary folder while the reference runs"
+kill -TERM $bp
+{ wait $bp; st=$?; } 2>/dev/null
+[ -s "$T/fake.pid" ] && kill "$(cat "$T/fake.pid")" 2>/dev/null
+[ $st = 143 ] && ok || no "bench after SIGTERM exited $st, expected 143 (128 + SIGTERM)"
+[ -z "$(ls -A "$T/tmp9")" ] && ok || no "temporary files left after SIGTERM: $(ls -R "$T/tmp9")"
 
 # ---- flags ----
 "$M" bench --help >"$T/help" 2>&1 && ok || no "bench --help exited $?"

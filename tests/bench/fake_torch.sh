@@ -6,6 +6,7 @@
 #   garbage   exit 0 with output that is not JSON
 #   wrong     valid JSON and timings, but y_loop.npy / y_einsum.npy are copies of x.npy: the
 #             outputs disagree with moesim's (x and y are both float32 (T,D))
+#   hang      writes its process id to $FAKE_TORCH_PID, then sleeps (the test ends it)
 dir=
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -16,6 +17,7 @@ done
 case "${FAKE_TORCH:-wrong}" in
 missing) echo '{"error": "cannot import torch: fake"}'; exit 3 ;;
 garbage) echo 'this is not json'; exit 0 ;;
+hang) echo $$ >"$FAKE_TORCH_PID.tmp" && mv "$FAKE_TORCH_PID.tmp" "$FAKE_TORCH_PID"; exec sleep 120 ;;
 esac
 cp "$dir/x.npy" "$dir/y_loop.npy" && cp "$dir/x.npy" "$dir/y_einsum.npy" || exit 1
 printf '%s\n' '{"torch": "fake", "routing_mismatch": 0, "results": [
