@@ -103,6 +103,8 @@ bench_stat bench_stat_of(double *v, int len);
 int bench_point_alloc(const bench_cfg *cfg, const bench_weights *w, int n, int pad,
                       layer_point *p);
 void bench_point_free(layer_point *p);
+/* One forward of point p through its pipeline: t[MOE_NPHASES] gets the phase times. */
+int bench_point_forward(layer_point *p, const bench_weights *w, const float *x, double *t);
 /* The reference GEMMs of a layer point, on the same useful FLOPs as its expert phase: its kept
  * rows grouped per expert through expert e's (D,F) and (F,D) weights (OpenBLAS sgemm, one
  * (rows,F) hidden buffer reused, the best case for the caches), and, with dense, one (N,D)(D,F)
@@ -154,13 +156,19 @@ typedef struct {
     double rel_l2[TORCH_STYLES];
     long routing_mismatch;
     int blas_threads_set; /* the script set OpenBLAS's threads along with torch's */
+    /* in rounds after the table above: two forwards of moesim's layer, then two of the
+     * fastest PyTorch configuration, `rounds` times, the second forward of each side timed (s
+     * per forward), and each round's ratio PyTorch / moesim */
+    int rounds;
+    bench_stat mine_rounds, theirs_rounds, ratio_rounds;
 } torch_result;
 
-/* Runs the PyTorch reference (c->a.script with c->a.python) on the inputs of layer point p of
- * configuration cfg and compares its outputs with p's; tr->available = 0 with a note when it is
- * skipped (--no-torch, no script, no torch). */
+/* Runs the PyTorch reference (c->a.script with c->a.python, --serve) on the inputs of layer
+ * point p of configuration cfg, compares its outputs with p's, then times p's forwards and the
+ * fastest PyTorch configuration's in c->a.repeats rounds (tr->rounds); tr->available = 0 with a
+ * note when it is skipped (--no-torch, no script, no torch). */
 int bench_torch_measure(bench_ctx *c, const bench_cfg *cfg, const bench_weights *w,
-                        const float *x, const layer_point *p, torch_result *tr);
+                        const float *x, layer_point *p, torch_result *tr);
 
 /* ---- the training-step benchmark (bench_train.c) ---- */
 

@@ -172,8 +172,7 @@ static int gemm_run_round(const bench_weights *w, gemm_run *g, int r, int repeat
     return rc;
 }
 
-/* One forward through the pipeline: t[MOE_NPHASES] gets the phase times. */
-static int point_forward(layer_point *p, const bench_weights *w, const float *x, double *t)
+int bench_point_forward(layer_point *p, const bench_weights *w, const float *x, double *t)
 {
     moe_batch b = {p->n, w->d, w->E, (float *)x, NULL, NULL, NULL, NULL, 0, NULL, NULL};
     moe_phase_times tm;
@@ -194,12 +193,12 @@ int bench_points_measure(layer_point *p, int np, const bench_weights *w, const f
     int rc = v && q && gr ? MOE_OK : moe_fail(MOE_ENOMEM, NULL, "out of memory (timings)");
     /* the warm-up round: each point's first forward, which makes the plan its GEMMs take */
     for (int i = 0; i < np && !rc; i++)
-        if (!(rc = point_forward(&p[i], w, x, t)) && g &&
+        if (!(rc = bench_point_forward(&p[i], w, x, t)) && g &&
             !(rc = gemm_run_alloc(w, p[i].plan, x, repeats, dense, &gr[i])))
             rc = gemm_run_round(w, &gr[i], -1, repeats);
     for (int r = 0; r < repeats && !rc; r++)
         for (int i = 0; i < np && !rc; i++) {
-            rc = point_forward(&p[i], w, x, t);
+            rc = bench_point_forward(&p[i], w, x, t);
             for (size_t ph = 0; ph < nph && !rc; ph++)
                 v[((size_t)i * nph + ph) * R + (size_t)r] = t[ph];
             if (!rc && g)

@@ -124,6 +124,33 @@ pid_t bench_spawn(char *const argv[], int in, int out, int err, int close1, int 
     return pid;
 }
 
+pid_t bench_spawn_piped(char *const argv[], FILE **to, FILE **from)
+{
+    int in[2], out[2]; /* in: our requests to its stdin; out: its stdout to us */
+    *to = *from = NULL;
+    if (pipe(in) != 0)
+        return -1;
+    if (pipe(out) != 0) {
+        close(in[0]);
+        close(in[1]);
+        return -1;
+    }
+    const pid_t pid = bench_spawn(argv, in[0], out[1], -1, in[1], out[0]);
+    close(in[0]);
+    close(out[1]);
+    if (pid < 0) {
+        close(in[1]);
+        close(out[0]);
+        return -1;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    if (!(*to = fdopen(in[1], "w")))
+        close(in[1]);
+    if (!(*from = fdopen(out[0], "r")))
+        close(out[0]);
+    return pid;
+}
+
 int bench_wait(pid_t pid)
 {
     int ws;

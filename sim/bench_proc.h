@@ -8,6 +8,7 @@
 #define MOE_BENCH_PROC_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <sys/types.h>
 
 /* A fresh folder named NAME-XXXXXX (mkdtemp) into dir: in /dev/shm first when in_memory (the
@@ -30,6 +31,12 @@ void bench_rmdir(const char *dir, const char *who);
  * closed in the child. The child's process id, or -1 when it could not be started (no such
  * program, out of memory). */
 pid_t bench_spawn(char *const argv[], int in, int out, int err, int close1, int close2);
+
+/* bench_spawn with the child's stdin and stdout piped to us (its stderr is ours): the process
+ * id and *to (its stdin) and *from (its stdout), each NULL when it could not be opened (then
+ * its descriptor is closed); -1, with both NULL, when it could not be started. From then on
+ * SIGPIPE is ignored: a request written to a child that ended is an error, not our end. */
+pid_t bench_spawn_piped(char *const argv[], FILE **to, FILE **from);
 
 /* Waits for process pid: its exit status, 128 + the signal that ended it, or -1. */
 int bench_wait(pid_t pid);

@@ -6,7 +6,6 @@
 #include "npy.h"
 
 #include <fcntl.h>
-#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -51,21 +50,33 @@ const double *brio_map_logits(const char *dir, size_t count, void **map, size_t 
 
 /* ---- the script's processes ---- */
 
-/* Starts `python script mode --dir dir [--cases cases] --threads threads --cf 5/4` (bench_spawn:
- * no shell, OMP_WAIT_POLICY=passive) with its stdin and stdout the descriptors in and out: the
- * process id, or -1. close1 and close2 (the other ends of the caller's pipes, or -1) are closed
- * in it. */
-static pid_t brio_spawn(const char *python, const char *script, const char *mode,
-                        const char *dir, const char *cases, int threads, int in, int out,
-                        int close1, int close2)
-{
+/* The command line `python script mode --dir dir [--cases cases] --threads threads --cf 5/4`
+ * of brio_check and brio_twin_start, in c (argv points into it). */
+typedef struct {
     char th[16];
-    snprintf(th, sizeof th, "%d", threads);
-    char *const with[] = {(char *)python, (char *)script, (char *)mode, "--dir", (char *)dir,
-                          "--cases", (char *)cases, "--threads", th, "--cf", "5/4", NULL};
-    char *const without[] = {(char *)python, (char *)script, (char *)mode, "--dir", (char *)dir,
-                             "--threads", th, "--cf", "5/4", NULL};
-    return bench_spawn(cases ? with : without, in, out, -1, close1, close2);
+    char *argv[12];
+} brio_cmd;
+
+static char *const *brio_argv(brio_cmd *c, const char *python, const char *script,
+                              const char *mode, const char *dir, const char *cases, int threads)
+{
+    int i = 0;
+    snprintf(c->th, sizeof c->th, "%d", threads);
+    c->argv[i++] = (char *)python;
+    c->argv[i++] = (char *)script;
+    c->argv[i++] = (char *)mode;
+    c->argv[i++] = "--dir";
+    c->argv[i++] = (char *)dir;
+    if (cases) {
+        c->argv[i++] = "--cases";
+        c->argv[i++] = (char *)cases;
+    }
+    c->argv[i++] = "--threads";
+    c->argv[i++] = c->th;
+    c->argv[i++] = "--cf";
+    c->argv[i++] = "5/4";
+    c->argv[i] = NULL;
+    return c->argv;
 }
 
 int brio_check(const char *python, const char *script, const char *dir, const char *cases,
@@ -74,8 +85,10 @@ int brio_check(const char *python, const char *script, const char *dir, const ch
     const int null = open("/dev/null", O_RDWR);
     if (null < 0)
         return -1;
-    const pid_t pid = brio_spawn(python, script, "check", dir, cases, threads, null, null, -1,
-                                 -1);
+    brio_cmd cmd;
+    const pid_t pid =
+        bench_spawn(brio_argv(&cmd, python, script, "check", dir, cases, threads), null, null,
+                    -1, -1, -1);
     close(null);
     return pid > 0 ? bench_wait(pid) : -1;
 }
@@ -83,36 +96,13 @@ int brio_check(const char *python, const char *script, const char *dir, const ch
 int brio_twin_start(brio_twin *t, const char *python, const char *script, const char *dir,
                     int threads, int n, int E)
 {
-    int in[2], out[2]; /* in: our requests to its stdin; out: its stdout to us */
     memset(t, 0, sizeof *t);
-    t->pid = -1;
-    if (pipe(in) != 0)
+    brio_cmd cmd;
+    if ((t->pid = bench_spawn_piped(brio_argv(&cmd, python, script, "serve", dir, NULL, threads),
+                                    &t->to, &t->from)) < 0)
         return -1;
-    if (pipe(out) != 0) {
-        close(in[0]);
-        close(in[1]);
-        return -1;
-    }
-    t->pid = brio_spawn(python, script, "serve", dir, NULL, threads, in[0], out[1], in[1],
-                        out[0]);
-    close(in[0]);
-    close(out[1]);
-    if (t->pid < 0) {
-        close(in[1]);
-        close(out[0]);
-        return -1;
-    }
-    /* a request written after the twin ended must give an error, not end this process */
-    signal(SIGPIPE, SIG_IGN);
-    t->to = fdopen(in[1], "w");
-    t->from = fdopen(out[0], "r");
-    if (!t->to || !t->from) {
-        if (!t->to)
-            close(in[1]);
-        if (!t->from)
-            close(out[0]);
+    if (!t->to || !t->from)
         return brio_twin_stop(t);
-    }
     char line[256];
     int rn = -1, rE = -1;
     if (fgets(line, sizeof line, t->from) && sscanf(line, "ready %d %d", &rn, &rE) == 2 &&

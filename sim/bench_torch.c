@@ -1,8 +1,10 @@
 /* bench_torch.c: the PyTorch reference of `moesim bench` (bench.h): writes the layer's inputs
  * and kept (token, expert) pairs as .npy into a temporary folder, runs sim/bench_torch_moe.py
  * (the per-expert loop of Mixtral and the one-hot einsum dispatch of GShard/DeepSpeed, 1 and 2
- * threads, OMP_WAIT_POLICY=passive), reads its JSON timings and compares its outputs with
- * moesim's.
+ * threads, OMP_WAIT_POLICY=passive), reads its JSON timings, compares its outputs with moesim's,
+ * then times moesim's layer and the fastest PyTorch configuration in rounds (the script's
+ * --serve mode), so that the ratio the target reads compares the two in the same stretch of
+ * time.
  */
 #include "bench.h"
 #include "bench_proc.h"
@@ -124,8 +126,96 @@ static int torch_compare(const char *dir, const char *name, const float *y, size
     return MOE_OK;
 }
 
+/* The reference process of bench_torch_measure: its stdin (our requests) and stdout. */
+typedef struct {
+    pid_t pid;
+    FILE *to, *from;
+} torch_proc;
+
+/* Closes its stdin (it ends at the end of its requests) and waits: its exit status, 128 + a
+ * signal, or 127 when it never started. */
+static int torch_stop(torch_proc *tp)
+{
+    if (tp->to)
+        fclose(tp->to);
+    if (tp->from)
+        fclose(tp->from);
+    tp->to = tp->from = NULL;
+    const int st = tp->pid > 0 ? bench_wait(tp->pid) : 127;
+    tp->pid = -1;
+    return st;
+}
+
+/* One line of the reference's stdout (malloc'd), NULL at its end. */
+static char *torch_line(torch_proc *tp)
+{
+    char *line = NULL;
+    size_t cap = 0;
+    if (getline(&line, &cap, tp->from) < 0) {
+        free(line);
+        return NULL;
+    }
+    return line;
+}
+
+/* Whether the reference's line is its {"error": ...} object (it then ends). */
+static int torch_said_error(const char *line)
+{
+    json_t *root = json_loads(line, 0, NULL);
+    const int e = json_is_object(root) && json_object_get(root, "error") != NULL;
+    json_decref(root);
+    return e;
+}
+
+/* Round after round: two forwards of p, then two of the fastest PyTorch configuration, the
+ * second of each timed; tr's rounds statistics. The first forward of each side is not timed: it
+ * starts cold, right after the other process's work (its thread pools asleep, its data out of
+ * the caches). Timed, with one forward a side a round, moesim's E8k2 layer read 469.7 ms here
+ * (its own table in the same run 446.7: forwards in a row) and PyTorch's 563.1 (578.6), 1.20x;
+ * the second forwards of two read 408.4 (417.7) and 569.4 (561.4), 1.39x. */
+static int torch_rounds(bench_ctx *c, const bench_weights *w, const float *x, layer_point *p,
+                        torch_proc *tp, torch_result *tr)
+{
+    const int R = c->a.repeats;
+    const char *style = torch_styles[tr->best_style];
+    const int th = tr->threads[tr->best_th];
+    double *v = malloc(3 * (size_t)R * sizeof *v), t[MOE_NPHASES];
+    if (!v)
+        return moe_fail(MOE_ENOMEM, NULL, "out of memory (rounds)");
+    int rc = MOE_OK;
+    for (int r = 0; r < R && !rc; r++) {
+        if ((rc = bench_point_forward(p, w, x, t)) || (rc = bench_point_forward(p, w, x, t)))
+            break;
+        char *line = NULL, name[16];
+        int got_th = 0, used = 0;
+        double s0 = NAN, s = NAN;
+        if (fprintf(tp->to, "time %s %d 2\n", style, th) < 0 || fflush(tp->to) != 0 ||
+            !(line = torch_line(tp)) ||
+            sscanf(line, "time %15s %d %lf %lf%n", name, &got_th, &s0, &s, &used) != 4 ||
+            strcmp(name, style) != 0 || got_th != th || !(s > 0.0) || line[used] != '\n') {
+            free(line);
+            rc = moe_fail(MOE_EIO, "run the script with --serve by hand to see its answers",
+                          "the PyTorch reference did not answer its round %d (%s, %d threads; "
+                          "%s)", r + 1, style, th, c->a.script);
+            break;
+        }
+        free(line);
+        v[r] = t[MOE_PHASE_TOTAL];
+        v[R + r] = s;
+        v[2 * R + r] = s / t[MOE_PHASE_TOTAL];
+    }
+    if (!rc) {
+        tr->rounds = R;
+        tr->mine_rounds = bench_stat_of(v, R);
+        tr->theirs_rounds = bench_stat_of(v + R, R);
+        tr->ratio_rounds = bench_stat_of(v + 2 * R, R);
+    }
+    free(v);
+    return rc;
+}
+
 int bench_torch_measure(bench_ctx *c, const bench_cfg *cfg, const bench_weights *w,
-                         const float *x, const layer_point *p, torch_result *tr)
+                        const float *x, layer_point *p, torch_result *tr)
 {
     memset(tr, 0, sizeof *tr);
     tr->threads[0] = 1;
@@ -151,6 +241,7 @@ int bench_torch_measure(bench_ctx *c, const bench_cfg *cfg, const bench_weights 
     bench_guard(dir, torch_files);
     rc = torch_write_inputs(dir, w, x, p);
     char *out = NULL, cmd[2048];
+    torch_proc tp = {-1, NULL, NULL};
     if (rc)
         goto out;
     char cap[24], rep[24], erep[24], k[24];
@@ -160,16 +251,24 @@ int bench_torch_measure(bench_ctx *c, const bench_cfg *cfg, const bench_weights 
     snprintf(k, sizeof k, "%d", cfg->k);
     char *const argv[] = {(char *)c->a.python, (char *)c->a.script, "--dir", dir, "--router",
                           (char *)cfg->router, "--k", k, "--capacity", cap, "--repeats", rep,
-                          "--einsum-repeats", erep, "--threads", "1,2", NULL};
+                          "--einsum-repeats", erep, "--threads", "1,2", "--serve", NULL};
     bench_argv_text(argv, cmd, sizeof cmd);
-    int status;
-    out = bench_capture(argv, 0, &status);
-    if (status == 3 || status == 127) { /* the script's "torch not importable", or no python */
+    int status = 0;
+    tp.pid = bench_spawn_piped(argv, &tp.to, &tp.from);
+    if (tp.to && tp.from) /* its table: one line of JSON, then it serves */
+        out = torch_line(&tp);
+    if (out && torch_said_error(out)) { /* then it ends: its status tells why */
+        free(out);
+        out = NULL;
+    }
+    if (!out)
+        status = torch_stop(&tp);
+    if (!out && (status == 3 || status == 127)) { /* its "torch not importable", or no python */
         snprintf(tr->note, sizeof tr->note, "skipped: PyTorch not available to %s (exit %d)",
                  c->a.python, status);
         goto out;
     }
-    if (status != 0 || !out) {
+    if (!out) {
         rc = moe_fail(MOE_EIO, "run the command by hand: it prints its error on stderr",
                       "the PyTorch reference failed with exit status %d (%s)", status, cmd);
         goto out;
@@ -195,10 +294,17 @@ int bench_torch_measure(bench_ctx *c, const bench_cfg *cfg, const bench_weights 
                       c->a.script);
         goto out;
     }
+    if ((rc = torch_rounds(c, w, x, p, &tp, tr)))
+        goto out;
+    if ((status = torch_stop(&tp)) != 0)
+        rc = moe_fail(MOE_EIO, "run the command by hand: it prints its error on stderr",
+                      "the PyTorch reference ended with exit status %d after its rounds (%s)",
+                      status, cmd);
 out:
+    if (tp.pid > 0)
+        torch_stop(&tp);
     free(out);
     bench_rmdir(dir, "bench");
     bench_guard(NULL, NULL);
     return rc;
 }
-

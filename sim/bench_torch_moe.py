@@ -27,6 +27,12 @@ its own output, and prints one JSON object on stdout:
    moesim's plan, "results": [{"style", "threads", "repeats", "median", "q1", "q3", "min",
    "max"} (seconds per forward)]}
 Exit status 3 (with {"error": ...}) when torch cannot be imported.
+
+With --serve it then stays, for the bench's rounds (moesim's forwards, then PyTorch's, round
+after round, so that both sides of the ratio are timed in the same stretch of time): for each line
+"time STYLE THREADS REPEATS" on stdin it runs REPEATS forwards of that style on that many threads
+and prints "time STYLE THREADS S1 ... SR" (seconds per forward); it ends at the end of stdin, and
+with exit status 2 on a request it cannot read.
 """
 import argparse
 import ctypes
@@ -135,6 +141,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--einsum-repeats", type=int, default=3)
     ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--serve", action="store_true",
+                    help="then time forwards on request (lines on stdin) until its end")
     a = ap.parse_args()
 
     def load(name):
@@ -170,6 +178,35 @@ def main():
             del y
     json.dump(out, sys.stdout)
     sys.stdout.write("\n")
+    sys.stdout.flush()
+    if a.serve:
+        serve(args, set_blas)
+
+
+def serve(args, set_blas):
+    """The requests of the bench's rounds (see the module's text), until the end of stdin."""
+    styles = {"loop": layer_loop, "einsum": layer_einsum}
+    now = None  # the thread count set last (setting it again would rebuild the thread pools)
+    with torch.inference_mode():
+        for line in sys.stdin:
+            f = line.split()
+            if (len(f) != 4 or f[0] != "time" or f[1] not in styles or not f[2].isdigit() or
+                    not f[3].isdigit() or int(f[2]) < 1 or int(f[3]) < 1):
+                sys.stderr.write("bench_torch_moe.py: bad request '%s'\n" % line.strip())
+                sys.exit(2)
+            th = int(f[2])
+            if th != now:
+                torch.set_num_threads(th)
+                if set_blas is not None:
+                    set_blas(th)
+                now = th
+            times = []
+            for _ in range(int(f[3])):
+                t0 = time.perf_counter()
+                styles[f[1]](*args)
+                times.append(time.perf_counter() - t0)
+            sys.stdout.write("time %s %d %s\n" % (f[1], th, " ".join("%.9g" % t for t in times)))
+            sys.stdout.flush()
 
 
 if __name__ == "__main__":

@@ -173,9 +173,9 @@ fi
 
 # ---- bench --routing with PyTorch: every twin's plan equals moesim's, its rows in both files ----
 if ! /usr/bin/python3 -c 'import torch' >/dev/null 2>&1; then
-    skip 26 "PyTorch does not import in /usr/bin/python3 (make bench installs python3-torch)"
+    skip 29 "PyTorch does not import in /usr/bin/python3 (make bench installs python3-torch)"
 elif ! command -v sqlite3 >/dev/null; then
-    skip 26 "the sqlite3 command is missing"
+    skip 29 "the sqlite3 command is missing"
 else
     # E = 8 only: each (n, E) starts PyTorch afresh (about 1.6 s of import here)
     RBT="bench --routing --sizes 512,1024 --experts 8 --repeats 2 --large-repeats 1 --large-from 1024 --min-time 0"
@@ -240,6 +240,13 @@ PY
     count "$T/derr" '^bench --routing: \*\*\* the PyTorch timing at n=[0-9]* E=8 exited with 0: its cells from the first failed one are SKIPPED \*\*\*$' 2
     got=$(sqlite3 "$T/d.db" "SELECT group_concat(router || ':' || n, ' ') FROM (SELECT router, n FROM bench WHERE metric = 'time_torch' ORDER BY n)" 2>&1)
     [ "$got" = "switch:512 switch:1024" ] && ok || no "PyTorch times kept with a dying twin: got '$got'"
+    # the layer against the real PyTorch reference in rounds (its --serve mode): its outputs
+    # agree, and each layer has its rounds
+    if env -u OPENBLAS_CORETYPE "$M" bench --quick --config E8k2 --repeats 2 --db "$T/lt.db" \
+            >"$T/ltout" 2>"$T/lterr"; then ok
+    else no "bench --quick with PyTorch exited $?: $(cat "$T/lterr")"; fi
+    count "$T/ltout" '^  agreement: rel L2 vs moesim: loop .* (ok, tolerance 1e-04); routing identical' 1
+    count "$T/ltout" '^  in 2 rounds (two moesim forwards, then two of the fastest, the second of each timed): moesim [0-9.]* ms, torch [0-9.]* ms (medians) = [0-9.]*x' 1
     # the interpreter's path holding a quote and a space is an argument, never shell text: the
     # twin runs and the version of its torch is stored
     hq="$T/py's dir"
@@ -326,6 +333,29 @@ FAKE_TORCH=wrong TMPDIR="$T/tmp" env -u OPENBLAS_CORETYPE "$M" bench --quick --r
 count "$T/out6" '^  agreement: rel L2 vs moesim: .*(DISAGREE, tolerance 1e-04)' 3
 has "$T/err6" '^moesim: error: 3 output checks failed (bench)$'
 has "$T/out6" '^E16k2  layer vs fastest PyTorch'
+# the rounds: the stand-in answers every request with 0.25 s forwards; the target's ratio is
+# PyTorch's median over moesim's in the rounds (checked on the stored rows of the three layers)
+count "$T/out6" '^  in 1 rounds (two moesim forwards, then two of the fastest, the second of each timed): moesim [0-9.]* ms, torch 250.00 ms (medians) = ' 3
+count "$T/out6" '^E[0-9]*k[0-9]  *layer vs fastest PyTorch  *[0-9.]*x  (>= 1.3x)  .* (in rounds; timed apart: [0-9.]*x)$' 3
+if command -v sqlite3 >/dev/null; then
+    got=$(sqlite3 "$T/f.db" "SELECT count(*) FROM bench a JOIN bench b ON a.run = b.run AND a.config = b.config JOIN bench c ON c.run = a.run AND c.config = a.config WHERE a.metric = 'ratio_vs_torch_best_rounds' AND b.metric = 'time_layer_rounds' AND c.metric = 'torch_best_time_layer_rounds' AND c.median = 0.25 AND b.repeats = 1 AND abs(a.median - c.median / b.median) <= 1e-12 * a.median AND a.run = (SELECT max(run) FROM bench)" 2>&1)
+    [ "$got" = 3 ] && ok || no "rounds rows (ratio = PyTorch / moesim medians): got '$got' layers, expected 3"
+else
+    skip 1 "the sqlite3 command is missing"
+fi
+# a reference that gives its table but answers no round: an error naming the round, nothing
+# stored, no file left
+mkdir "$T/tmpq"
+FAKE_TORCH=quiet TMPDIR="$T/tmpq" env -u OPENBLAS_CORETYPE "$M" bench --quick --repeats 1 \
+    --config E8k2 --db "$T/qu.db" $FT >"$T/outq" 2>"$T/errq" && no "no rounds answered: exit 0" || ok
+has "$T/errq" '^moesim: error: the PyTorch reference did not answer its round 1 (loop, 2 threads; tests/bench/fake_torch.sh)$'
+[ -z "$(ls -A "$T/tmpq")" ] && ok || no "temporary files left: $(ls -R "$T/tmpq")"
+if command -v sqlite3 >/dev/null; then
+    n=$(sqlite3 "$T/qu.db" "SELECT count(*) FROM bench" 2>&1)
+    [ "$n" = 0 ] && ok || no "run without rounds stored rows: $n"
+else
+    skip 1 "the sqlite3 command is missing"
+fi
 [ -z "$(ls -A "$T/tmp")" ] && ok || no "temporary files left: $(ls -R "$T/tmp")"
 FAKE_TORCH=garbage env -u OPENBLAS_CORETYPE "$M" bench --quick --repeats 1 --db "$T/g.db" $FT \
     >"$T/out7" 2>"$T/err7" && no "garbage from torch: exit 0" || ok
