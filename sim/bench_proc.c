@@ -238,8 +238,11 @@ void bench_argv_text(char *const argv[], char *buf, size_t len)
 {
     static const char env[] = "OMP_WAIT_POLICY=passive";
     size_t pos = sizeof env - 1;
-    if (len < sizeof env + 4)
+    if (len < sizeof env + 4) {
+        if (len > 0)
+            buf[0] = '\0';
         return;
+    }
     memcpy(buf, env, sizeof env);
     for (int i = 0; argv[i]; i++)
         if (shell_quote(buf, len - 4, &pos, argv[i]) != 0) {
