@@ -173,9 +173,9 @@ fi
 
 # ---- bench --routing with PyTorch: every twin's plan equals moesim's, its rows in both files ----
 if ! /usr/bin/python3 -c 'import torch' >/dev/null 2>&1; then
-    skip 29 "PyTorch does not import in /usr/bin/python3 (make bench installs python3-torch)"
+    skip 32 "PyTorch does not import in /usr/bin/python3 (make bench installs python3-torch)"
 elif ! command -v sqlite3 >/dev/null; then
-    skip 29 "the sqlite3 command is missing"
+    skip 32 "the sqlite3 command is missing"
 else
     # E = 8 only: each (n, E) starts PyTorch afresh (about 1.6 s of import here)
     RBT="bench --routing --sizes 512,1024 --experts 8 --repeats 2 --large-repeats 1 --large-from 1024 --min-time 0"
@@ -247,6 +247,28 @@ PY
     else no "bench --quick with PyTorch exited $?: $(cat "$T/lterr")"; fi
     count "$T/ltout" '^  agreement: rel L2 vs moesim: loop .* (ok, tolerance 1e-04); routing identical' 1
     count "$T/ltout" '^  in 2 rounds (two moesim forwards, then two of the fastest, the second of each timed): moesim [0-9.]* ms, torch [0-9.]* ms (medians) = [0-9.]*x' 1
+    # the reference's --serve protocol on a small layer written here (T 64, D 16, F 32, E 4):
+    # its table as one line of JSON, then one answer per request (as many times as asked), and
+    # exit status 2 on a request it cannot read
+    mkdir "$T/sv2"
+    /usr/bin/python3 - "$T/sv2" <<'PY'
+import sys, numpy as np
+d, r = sys.argv[1], np.random.default_rng(3)
+T, D, F, E = 64, 16, 32, 4
+for name, shape in (("x", (T, D)), ("wg", (D, E)), ("w1", (E, D, F)), ("b1", (E, F)),
+                    ("w2", (E, F, D)), ("b2", (E, D))):
+    np.save("%s/%s.npy" % (d, name), r.standard_normal(shape).astype(np.float32))
+np.save(d + "/kept.npy", np.zeros((0, 2), np.int64))
+PY
+    printf 'time loop 1 3\ntime einsum 2 1\n' | /usr/bin/python3 sim/bench_torch_moe.py --dir "$T/sv2" \
+        --router topk --k 2 --capacity 40 --repeats 1 --einsum-repeats 1 --threads 1 --serve \
+        >"$T/sv2o" 2>"$T/sv2e" && ok || no "--serve exited $?: $(cat "$T/sv2e")"
+    got=$(sed -n '2,$p' "$T/sv2o" | awk '{ ok = NF == 3 + ($1 == "time" && $2 == "loop" ? 3 : 1); for (i = 4; i <= NF; i++) ok = ok && $i > 0; printf "%s:%s:%d ", $2, $3, ok }')
+    [ "$got" = "loop:1:1 einsum:2:1 " ] && ok || no "--serve answers: got '$got' ($(cat "$T/sv2o"))"
+    if printf 'time loop 0 3\n' | /usr/bin/python3 sim/bench_torch_moe.py --dir "$T/sv2" --router topk \
+            --k 2 --capacity 40 --repeats 1 --einsum-repeats 1 --threads 1 --serve >/dev/null 2>"$T/sv3e"; then
+        no "--serve took a request for 0 threads"
+    else has "$T/sv3e" "bench_torch_moe.py: bad request 'time loop 0 3'"; fi
     # the interpreter's path holding a quote and a space is an argument, never shell text: the
     # twin runs and the version of its torch is stored
     hq="$T/py's dir"
