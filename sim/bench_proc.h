@@ -11,9 +11,9 @@
 #include <stdio.h>
 #include <sys/types.h>
 
-/* A fresh folder named NAME-XXXXXX (mkdtemp) into dir: in /dev/shm first when in_memory (the
- * inputs stay in memory) and it is writable, else in $TMPDIR, else in /tmp. 0, or an error
- * naming what asked for it. */
+/* A fresh folder named NAME-XXXXXX (mkdtemp) into dir: in /dev/shm when in_memory (the inputs
+ * stay in memory) and it is writable, else in $TMPDIR (/tmp when TMPDIR is unset or empty). 0,
+ * or an error naming what asked for it. */
 int bench_tmpdir(char *dir, size_t len, const char *name, int in_memory);
 
 /* From now on a signal (SIGINT, SIGTERM, SIGHUP) removes dir's files named in files (a
