@@ -124,10 +124,11 @@ pid_t bench_spawn(char *const argv[], int in, int out, int err, int close1, int 
     return pid;
 }
 
-pid_t bench_spawn_piped(char *const argv[], FILE **to, FILE **from)
+int bench_child_start(bench_child *ch, char *const argv[])
 {
     int in[2], out[2]; /* in: our requests to its stdin; out: its stdout to us */
-    *to = *from = NULL;
+    ch->pid = -1;
+    ch->to = ch->from = NULL;
     if (pipe(in) != 0)
         return -1;
     if (pipe(out) != 0) {
@@ -135,20 +136,35 @@ pid_t bench_spawn_piped(char *const argv[], FILE **to, FILE **from)
         close(in[1]);
         return -1;
     }
-    const pid_t pid = bench_spawn(argv, in[0], out[1], -1, in[1], out[0]);
+    ch->pid = bench_spawn(argv, in[0], out[1], -1, in[1], out[0]);
     close(in[0]);
     close(out[1]);
-    if (pid < 0) {
+    if (ch->pid < 0) {
         close(in[1]);
         close(out[0]);
         return -1;
     }
     signal(SIGPIPE, SIG_IGN);
-    if (!(*to = fdopen(in[1], "w")))
+    if (!(ch->to = fdopen(in[1], "w")))
         close(in[1]);
-    if (!(*from = fdopen(out[0], "r")))
+    if (!(ch->from = fdopen(out[0], "r")))
         close(out[0]);
-    return pid;
+    if (ch->to && ch->from)
+        return 0;
+    bench_child_stop(ch);
+    return -1;
+}
+
+int bench_child_stop(bench_child *ch)
+{
+    if (ch->to)
+        fclose(ch->to);
+    if (ch->from)
+        fclose(ch->from);
+    ch->to = ch->from = NULL;
+    const int st = ch->pid > 0 ? bench_wait(ch->pid) : -1;
+    ch->pid = -1;
+    return st;
 }
 
 int bench_wait(pid_t pid)

@@ -32,11 +32,21 @@ void bench_rmdir(const char *dir, const char *who);
  * program, out of memory). */
 pid_t bench_spawn(char *const argv[], int in, int out, int err, int close1, int close2);
 
-/* bench_spawn with the child's stdin and stdout piped to us (its stderr is ours): the process
- * id and *to (its stdin) and *from (its stdout), each NULL when it could not be opened (then
- * its descriptor is closed); -1, with both NULL, when it could not be started. From then on
+/* A child process whose stdin and stdout are piped to us (its stderr is ours): a reference
+ * that takes requests on its stdin and answers on its stdout. */
+typedef struct {
+    pid_t pid; /* -1: none */
+    FILE *to, *from;
+} bench_child;
+
+/* Starts argv (bench_spawn) as ch: 0, or -1 (ch->pid -1) when it could not be started or its
+ * pipes could not be opened (then it was ended as bench_child_stop ends it). From then on
  * SIGPIPE is ignored: a request written to a child that ended is an error, not our end. */
-pid_t bench_spawn_piped(char *const argv[], FILE **to, FILE **from);
+int bench_child_start(bench_child *ch, char *const argv[]);
+
+/* Closes its stdin (a child serving requests ends there) and stdout and waits for it: its exit
+ * status, 128 + the signal that ended it, or -1 when none was started. */
+int bench_child_stop(bench_child *ch);
 
 /* Waits for process pid: its exit status, 128 + the signal that ended it, or -1. */
 int bench_wait(pid_t pid);

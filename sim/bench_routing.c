@@ -772,7 +772,7 @@ static int br_size(const br_args *a, int n, int E, const char *dir, br_result *r
         br_progress(what, spent);
     const int started = tw.pid > 0; /* (tw_ok cleared since: a cell found the twin gone) */
     if (started)
-        st = brio_twin_stop(&tw);
+        st = bench_child_stop(&tw);
     if (started && !tw_ok)
         fprintf(stderr, "bench --routing: *** the PyTorch timing at n=%d E=%d exited with %d: "
                 "its cells from the first failed one are SKIPPED ***\n", n, E, st);

@@ -98,17 +98,14 @@ int brio_twin_start(brio_twin *t, const char *python, const char *script, const 
 {
     memset(t, 0, sizeof *t);
     brio_cmd cmd;
-    if ((t->pid = bench_spawn_piped(brio_argv(&cmd, python, script, "serve", dir, NULL, threads),
-                                    &t->to, &t->from)) < 0)
+    if (bench_child_start(t, brio_argv(&cmd, python, script, "serve", dir, NULL, threads)))
         return -1;
-    if (!t->to || !t->from)
-        return brio_twin_stop(t);
     char line[256];
     int rn = -1, rE = -1;
     if (fgets(line, sizeof line, t->from) && sscanf(line, "ready %d %d", &rn, &rE) == 2 &&
         rn == n && rE == E)
         return 0;
-    const int st = brio_twin_stop(t);
+    const int st = bench_child_stop(t);
     return st ? st : -1;
 }
 
@@ -125,16 +122,4 @@ int brio_twin_time(brio_twin *t, const char *router, int k, int repeats, double 
                total) != 7 || strcmp(name, router) != 0 || kk != k || *passes < 1)
         return -1;
     return 0;
-}
-
-int brio_twin_stop(brio_twin *t)
-{
-    if (t->to)
-        fclose(t->to);
-    if (t->from)
-        fclose(t->from);
-    t->to = t->from = NULL;
-    const int st = t->pid > 0 ? bench_wait(t->pid) : -1;
-    t->pid = -1;
-    return st;
 }

@@ -6,6 +6,8 @@
 #ifndef MOE_BENCH_ROUTING_IO_H
 #define MOE_BENCH_ROUTING_IO_H
 
+#include "bench_proc.h"
+
 #include <stdio.h>
 #include <sys/types.h>
 
@@ -24,12 +26,9 @@ const double *brio_map_logits(const char *dir, size_t count, void **map, size_t 
 int brio_check(const char *python, const char *script, const char *dir, const char *cases,
                int threads);
 
-/* A twin process: `PYTHON SCRIPT serve --dir DIR --threads T --cf 5/4`, with
- * OMP_WAIT_POLICY=passive, its stdin and stdout piped to us. */
-typedef struct {
-    pid_t pid;
-    FILE *to, *from;
-} brio_twin;
+/* A twin process: `PYTHON SCRIPT serve --dir DIR --threads T --cf 5/4` (bench_child_start),
+ * ended by bench_child_stop. */
+typedef bench_child brio_twin;
 
 /* Starts the twin on dir's inputs and waits for its "ready N E" line: 0 when it gave one for
  * n x E, else (it ended or said something else) its exit status, -1 when unknown. */
@@ -41,9 +40,5 @@ int brio_twin_start(brio_twin *t, const char *python, const char *script, const 
  * (their seconds), or -1 when the twin is gone or answered something else. */
 int brio_twin_time(brio_twin *t, const char *router, int k, int repeats, double min_time,
                    int max_repeats, double *best, int *passes, double *total);
-
-/* Ends the twin (closes its stdin and waits for it): its exit status, 128 + the signal that
- * ended it, or -1. */
-int brio_twin_stop(brio_twin *t);
 
 #endif

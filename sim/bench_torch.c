@@ -126,28 +126,8 @@ static int torch_compare(const char *dir, const char *name, const float *y, size
     return MOE_OK;
 }
 
-/* The reference process of bench_torch_measure: its stdin (our requests) and stdout. */
-typedef struct {
-    pid_t pid;
-    FILE *to, *from;
-} torch_proc;
-
-/* Closes its stdin (it ends at the end of its requests) and waits: its exit status, 128 + a
- * signal, or 127 when it never started. */
-static int torch_stop(torch_proc *tp)
-{
-    if (tp->to)
-        fclose(tp->to);
-    if (tp->from)
-        fclose(tp->from);
-    tp->to = tp->from = NULL;
-    const int st = tp->pid > 0 ? bench_wait(tp->pid) : 127;
-    tp->pid = -1;
-    return st;
-}
-
 /* One line of the reference's stdout (malloc'd), NULL at its end. */
-static char *torch_line(torch_proc *tp)
+static char *torch_line(bench_child *tp)
 {
     char *line = NULL;
     size_t cap = 0;
@@ -174,7 +154,7 @@ static int torch_said_error(const char *line)
  * (its own table in the same run 446.7: forwards in a row) and PyTorch's 563.1 (578.6), 1.20x;
  * the second forwards of two read 408.4 (417.7) and 569.4 (561.4), 1.39x. */
 static int torch_rounds(bench_ctx *c, const bench_weights *w, const float *x, layer_point *p,
-                        torch_proc *tp, torch_result *tr)
+                        bench_child *tp, torch_result *tr)
 {
     const int R = c->a.repeats;
     const char *style = torch_styles[tr->best_style];
@@ -241,7 +221,7 @@ int bench_torch_measure(bench_ctx *c, const bench_cfg *cfg, const bench_weights 
     bench_guard(dir, torch_files);
     rc = torch_write_inputs(dir, w, x, p);
     char *out = NULL, cmd[2048];
-    torch_proc tp = {-1, NULL, NULL};
+    bench_child tp = {-1, NULL, NULL};
     if (rc)
         goto out;
     char cap[24], rep[24], erep[24], k[24];
@@ -254,15 +234,14 @@ int bench_torch_measure(bench_ctx *c, const bench_cfg *cfg, const bench_weights 
                           "--einsum-repeats", erep, "--threads", "1,2", "--serve", NULL};
     bench_argv_text(argv, cmd, sizeof cmd);
     int status = 0;
-    tp.pid = bench_spawn_piped(argv, &tp.to, &tp.from);
-    if (tp.to && tp.from) /* its table: one line of JSON, then it serves */
+    if (bench_child_start(&tp, argv) == 0) /* its table: one line of JSON, then it serves */
         out = torch_line(&tp);
     if (out && torch_said_error(out)) { /* then it ends: its status tells why */
         free(out);
         out = NULL;
     }
-    if (!out)
-        status = torch_stop(&tp);
+    if (!out) /* (127 when it did not start, as a shell says of a missing program) */
+        status = tp.pid > 0 ? bench_child_stop(&tp) : 127;
     if (!out && (status == 3 || status == 127)) { /* its "torch not importable", or no python */
         snprintf(tr->note, sizeof tr->note, "skipped: PyTorch not available to %s (exit %d)",
                  c->a.python, status);
@@ -296,13 +275,13 @@ int bench_torch_measure(bench_ctx *c, const bench_cfg *cfg, const bench_weights 
     }
     if ((rc = torch_rounds(c, w, x, p, &tp, tr)))
         goto out;
-    if ((status = torch_stop(&tp)) != 0)
+    if ((status = bench_child_stop(&tp)) != 0)
         rc = moe_fail(MOE_EIO, "run the command by hand: it prints its error on stderr",
                       "the PyTorch reference ended with exit status %d after its rounds (%s)",
                       status, cmd);
 out:
     if (tp.pid > 0)
-        torch_stop(&tp);
+        bench_child_stop(&tp);
     free(out);
     bench_rmdir(dir, "bench");
     bench_guard(NULL, NULL);
