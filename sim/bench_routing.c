@@ -355,7 +355,7 @@ static int br_share(int want, int q, int Q)
  * BR_MAX_REPEATS passes in all, or the repeats when more). res: moesim's times, k, capacity,
  * entries and passes; the twin's best and passes. */
 static int br_cell(const br_args *a, const br_case *c, const double *L, int n, int E,
-                   brio_twin *tw, int *tw_ok, br_result *res)
+                   bench_child *tw, int *tw_ok, br_result *res)
 {
     const int Q = n >= a->large_from ? 1 : 2, R = br_repeats(a, n), RT = br_torch_repeats(a, n);
     const int most = R > BR_MAX_REPEATS ? R : BR_MAX_REPEATS, tmost = RT > most ? RT : most;
@@ -724,7 +724,7 @@ static int br_size(const br_args *a, int n, int E, const char *dir, br_result *r
     int want[BR_NCASES], any = 0, tw_ok = 0, st = 0;
     for (int c = 0; c < BR_NCASES; c++)
         any |= (want[c] = !br_skip(a, &br_cases[c], n, E)) && br_cases[c].torch;
-    brio_twin tw = {-1, NULL, NULL};
+    bench_child tw = {-1, NULL, NULL};
     if (!rc && dir && any) {
         const double ts = moe_now();
         st = brio_twin_start(&tw, a->python, a->script, dir, moe_par_threads(), n, E);

@@ -93,10 +93,9 @@ int brio_check(const char *python, const char *script, const char *dir, const ch
     return pid > 0 ? bench_wait(pid) : -1;
 }
 
-int brio_twin_start(brio_twin *t, const char *python, const char *script, const char *dir,
+int brio_twin_start(bench_child *t, const char *python, const char *script, const char *dir,
                     int threads, int n, int E)
 {
-    memset(t, 0, sizeof *t);
     brio_cmd cmd;
     if (bench_child_start(t, brio_argv(&cmd, python, script, "serve", dir, NULL, threads)))
         return -1;
@@ -109,7 +108,7 @@ int brio_twin_start(brio_twin *t, const char *python, const char *script, const 
     return st ? st : -1;
 }
 
-int brio_twin_time(brio_twin *t, const char *router, int k, int repeats, double min_time,
+int brio_twin_time(bench_child *t, const char *router, int k, int repeats, double min_time,
                    int max_repeats, double *best, int *passes, double *total)
 {
     char line[512], name[64];

@@ -26,19 +26,16 @@ const double *brio_map_logits(const char *dir, size_t count, void **map, size_t 
 int brio_check(const char *python, const char *script, const char *dir, const char *cases,
                int threads);
 
-/* A twin process: `PYTHON SCRIPT serve --dir DIR --threads T --cf 5/4` (bench_child_start),
- * ended by bench_child_stop. */
-typedef bench_child brio_twin;
-
-/* Starts the twin on dir's inputs and waits for its "ready N E" line: 0 when it gave one for
+/* Starts the twin, `PYTHON SCRIPT serve --dir DIR --threads T --cf 5/4`, on dir's inputs as t
+ * (ended by bench_child_stop) and waits for its "ready N E" line: 0 when it gave one for
  * n x E, else (it ended or said something else) its exit status, -1 when unknown. */
-int brio_twin_start(brio_twin *t, const char *python, const char *script, const char *dir,
+int brio_twin_start(bench_child *t, const char *python, const char *script, const char *dir,
                     int threads, int n, int E);
 
 /* Times the twin of router (k) on the twin's logits: at least `repeats` passes, more until they
  * add up to min_time seconds, at most max_repeats; 0 with *best (seconds), *passes and *total
  * (their seconds), or -1 when the twin is gone or answered something else. */
-int brio_twin_time(brio_twin *t, const char *router, int k, int repeats, double min_time,
+int brio_twin_time(bench_child *t, const char *router, int k, int repeats, double min_time,
                    int max_repeats, double *best, int *passes, double *total);
 
 #endif
