@@ -583,8 +583,10 @@ static int br_put_cell(bench_ctx *c, const br_result *r, const char *router)
 }
 
 /* Every measured router's rows, the load averages and the run's wall and CPU seconds (this
- * process and its children: PyTorch) in one transaction of a->db. */
-static int br_store(const br_args *a, const br_result *res, const double run[6], int torch)
+ * process and its children: PyTorch) in one transaction of a->db; torch_version: the twins'
+ * (empty when none ran). */
+static int br_store(const br_args *a, const br_result *res, const double run[6],
+                    const char *torch_version)
 {
     bench_ctx c;
     memset(&c, 0, sizeof c);
@@ -592,14 +594,7 @@ static int br_store(const br_args *a, const br_result *res, const double run[6],
     c.a.repeats = a->repeats;
     c.routing = 1;
     moe_blas_info_get(&c.bi);
-    int st = -1;
-    char *const argv[] = {(char *)a->python, "-c", "import torch; print(torch.__version__)",
-                          NULL};
-    char *ver = torch ? bench_capture(argv, 1, &st) : NULL;
-    if (ver && st == 0)
-        snprintf(c.torch_version, sizeof c.torch_version, "%.*s", (int)strcspn(ver, "\n"),
-                 ver);
-    free(ver);
+    snprintf(c.torch_version, sizeof c.torch_version, "%s", torch_version);
     int rc = bench_open(&c);
     if (rc)
         return rc;
@@ -700,8 +695,10 @@ static int br_parse_args(int argc, char **argv, br_args *a, int *help)
 }
 
 /* The cells of n tokens and E experts (row: their BR_NCASES results): moesim's, then, when
- * dir is given (the logits shared with PyTorch go there), PyTorch's on the same logits. */
-static int br_size(const br_args *a, int n, int E, const char *dir, br_result *row)
+ * dir is given (the logits shared with PyTorch go there), PyTorch's on the same logits;
+ * torch_version (64 bytes): the version of torch the twins' process said it runs. */
+static int br_size(const br_args *a, int n, int E, const char *dir, br_result *row,
+                   char *torch_version)
 {
     const double t0 = moe_now();
     double *Lown = br_logits(n, E, 1), *u = dir ? br_uniforms(n, 1) : NULL;
@@ -727,9 +724,10 @@ static int br_size(const br_args *a, int n, int E, const char *dir, br_result *r
     bench_child tw = {-1, NULL, NULL};
     if (!rc && dir && any) {
         const double ts = moe_now();
-        st = brio_twin_start(&tw, a->python, a->script, dir, moe_par_threads(), n, E);
+        st = brio_twin_start(&tw, a->python, a->script, dir, moe_par_threads(), n, E,
+                             torch_version, 64);
         tw_ok = st == 0;
-        snprintf(what, sizeof what, "PyTorch started on n=%d E=%d", n, E);
+        snprintf(what, sizeof what, "PyTorch %s started on n=%d E=%d", torch_version, n, E);
         if (tw_ok)
             br_progress(what, moe_now() - ts);
     }
@@ -831,14 +829,14 @@ int moe_bench_routing(int argc, char **argv)
         printf("*** the PyTorch comparison is SKIPPED (%s) ***\n",
                a.torch ? "its script is not found: run from the repository" : "--no-torch");
     }
-    char dir[1100] = "";
+    char dir[1100] = "", torch_version[64] = "";
     static const char *const inputs[] = {"logits.npy", "uniforms.npy", NULL};
     if (!rc && have_torch && !(rc = bench_tmpdir(dir, sizeof dir, "moesim-br", 1)))
         bench_guard(dir, inputs);
     for (int si = 0; !rc && si < a.nsizes; si++)
         for (int ei = 0; !rc && ei < a.nexperts; ei++)
             rc = br_size(&a, a.sizes[si], a.experts[ei], have_torch ? dir : NULL,
-                         &res[(si * a.nexperts + ei) * BR_NCASES]);
+                         &res[(si * a.nexperts + ei) * BR_NCASES], torch_version);
     if (have_torch && dir[0]) {
         bench_rmdir(dir, "bench --routing");
         bench_guard(NULL, NULL);
@@ -855,7 +853,7 @@ int moe_bench_routing(int argc, char **argv)
     if (!rc)
         br_print_round_trip("at the end", run[5]);
     if (!rc)
-        rc = br_store(&a, res, run, have_torch);
+        rc = br_store(&a, res, run, torch_version);
     free(res);
     return rc;
 }

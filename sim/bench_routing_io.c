@@ -94,16 +94,18 @@ int brio_check(const char *python, const char *script, const char *dir, const ch
 }
 
 int brio_twin_start(bench_child *t, const char *python, const char *script, const char *dir,
-                    int threads, int n, int E)
+                    int threads, int n, int E, char *version, size_t vlen)
 {
     brio_cmd cmd;
     if (bench_child_start(t, brio_argv(&cmd, python, script, "serve", dir, NULL, threads)))
         return -1;
-    char line[256];
+    char line[256], ver[64];
     int rn = -1, rE = -1;
-    if (fgets(line, sizeof line, t->from) && sscanf(line, "ready %d %d", &rn, &rE) == 2 &&
-        rn == n && rE == E)
+    if (fgets(line, sizeof line, t->from) &&
+        sscanf(line, "ready %d %d %63s", &rn, &rE, ver) == 3 && rn == n && rE == E) {
+        snprintf(version, vlen, "%s", ver);
         return 0;
+    }
     const int st = bench_child_stop(t);
     return st ? st : -1;
 }

@@ -27,10 +27,11 @@ int brio_check(const char *python, const char *script, const char *dir, const ch
                int threads);
 
 /* Starts the twin, `PYTHON SCRIPT serve --dir DIR --threads T --cf 5/4`, on dir's inputs as t
- * (ended by bench_child_stop) and waits for its "ready N E" line: 0 when it gave one for
- * n x E, else (it ended or said something else) its exit status, -1 when unknown. */
+ * (ended by bench_child_stop) and waits for its "ready N E VERSION" line: 0 when it gave one
+ * for n x E, with its torch's version in version (vlen bytes, a terminated string), else (it
+ * ended or said something else) its exit status, -1 when unknown. */
 int brio_twin_start(bench_child *t, const char *python, const char *script, const char *dir,
-                    int threads, int n, int E);
+                    int threads, int n, int E, char *version, size_t vlen);
 
 /* Times the twin of router (k) on the twin's logits: at least `repeats` passes, more until they
  * add up to min_time seconds, at most max_repeats; 0 with *best (seconds), *passes and *total

@@ -27,8 +27,9 @@ Usage:
   bench_torch_routing.py serve --dir DIR --threads T --cf NUM/DEN
       the same timing on request, one process for many requests (moesim bench --routing runs
       it beside its own cells, so that a twin is timed right after moesim's router): prints
-      "ready N E" once the logits are loaded, then reads lines "time ROUTER K R S M" on stdin
-      and answers each with the time line above, until stdin ends
+      "ready N E VERSION" (VERSION: torch's) once the logits are loaded, then reads lines
+      "time ROUTER K R S M" on stdin and answers each with the time line above, until stdin
+      ends
   bench_torch_routing.py check --dir DIR --cases NAME:K,... --cf NUM/DEN --threads T
       writes, for every case, DIR/torch_<router>_k<K>.npy (entries, 4) float64: token, expert,
       slot, combine weight
@@ -373,9 +374,9 @@ def time_case(L, u, name, k, num, den, repeats, min_time, max_repeats):
 
 def serve(L, u, num, den):
     """Answers "time ROUTER K REPEATS MIN_TIME MAX_REPEATS" lines on stdin, one time line each,
-    after a "ready N E" line; ends at the end of stdin."""
+    after a "ready N E VERSION" line (VERSION: torch's); ends at the end of stdin."""
     n, E = L.shape
-    print("ready %d %d" % (n, E), flush=True)
+    print("ready %d %d %s" % (n, E, torch.__version__), flush=True)
     for line in iter(sys.stdin.readline, ""):
         w = line.split()
         if len(w) != 6 or w[0] != "time" or w[1] not in ROUTERS:

@@ -194,7 +194,7 @@ else
     got=$(q2 "SELECT group_concat(nr, ' ') FROM (SELECT DISTINCT n || ':' || repeats AS nr FROM bench WHERE metric = 'time_torch' ORDER BY n)")
     [ "$got" = "512:2 1024:1" ] && ok || no "PyTorch repeats: got '$got'"
     # one twin process per (n, E), each twin timed right after moesim's router, in its rounds
-    count "$T/perr" '^bench --routing: PyTorch started on n=' 2
+    count "$T/perr" '^bench --routing: PyTorch [0-9][^ ]* started on n=' 2
     count "$T/perr" '^bench --routing: PyTorch .* n=512 .* (best of 2 in 2 rounds, each after moesim.s) ' 14
     count "$T/perr" '^bench --routing: PyTorch .* n=1024 .* (best of 1 in 1 round, each after moesim.s) ' 14
     count "$T/perr" '^bench --routing: PyTorch ' 30
@@ -215,8 +215,9 @@ PY
     twin_inputs "$T/sv" 48 5
     out=$(printf 'time switch 1 3 0.02 1000\ntime topk 2 3 0 1000\n' |
           /usr/bin/python3 sim/bench_torch_routing.py serve --dir "$T/sv" --threads 1 --cf 5/4 2>&1)
-    bad=$(printf '%s\n' "$out" | awk '
-        NR == 1 { if ($0 != "ready 48 8") print "first line: " $0; next }
+    tv=$(/usr/bin/python3 -c 'import torch; print(torch.__version__)' 2>&1)
+    bad=$(printf '%s\n' "$out" | awk -v tv="$tv" '
+        NR == 1 { if ($0 != "ready 48 8 " tv) print "first line: " $0; next }
         $1 == "time" { n++; p = $7; best = $6; tot = $8
             if ($4 != 48 || $5 != 8 || p < 3 || best * p > tot * (1 + 1e-9) ||
                 ($2 == "switch" && tot < 0.02 && p < 1000) || ($2 == "topk" && p != 3))
