@@ -14,9 +14,11 @@
  *   - entries: n * k plan entries (moe_entry, 32 bytes) written in token order, each thread its
  *     tokens' entries, from the selection's experts and values (k = 1: expert 0, gate 1).
  * The plan's slots, the claims' counts and the metrics come on top of these. Each figure is the
- * best of R runs back to back (R = 10 below 2^20 tokens, 3 from there on); the bound's R passes
- * run before the parts and again after them, and the best of all is taken, as the bench takes
- * its bound.
+ * best of at least R runs back to back (R = 10 below 2^20 tokens, 3 from there on), and of more
+ * until they took a quarter of a second, as the bench's cells and bound (`--min-time`): the
+ * first passes after a pause run slower on a busy host (65536 x 8 here: a bound of 0.73 ms from
+ * 10 passes, 0.37 from 460); the bound's passes run before the parts and again after them, and
+ * the best of all is taken, as the bench takes its bound.
  *
  * Usage: route_floor [N E K]: one shape; without arguments the routing bench's shapes (n = 65536
  * and 1048576, E = 8, 64, 256, k = 1, 2, 8). `make bench-route-floor` builds and runs it. */
@@ -87,15 +89,30 @@ static void entries_part(void *ctx, int i, int np)
         }
 }
 
-/* The best of R runs of fn back to back, as the bound's passes run. */
+enum { MIN_TIME_MS = 250 }; /* the bench's --min-time */
+
+/* The best of at least R runs of fn back to back, and of more until they took MIN_TIME_MS. */
 static double timed(void (*fn)(void *, int, int), floor_job *j, int R)
 {
-    double best = INFINITY;
-    for (int r = 0; r < R; r++) {
+    double best = INFINITY, spent = 0.0;
+    for (int r = 0; r < R || spent < MIN_TIME_MS * 1e-3; r++) {
         const double t0 = moe_now();
         moe_par_run(fn, j, moe_par_threads());
         const double dt = moe_now() - t0;
         best = dt < best ? dt : best;
+        spent += dt;
+    }
+    return best;
+}
+
+/* The bound as timed does the parts: the best of R passes at a time until they took
+ * MIN_TIME_MS. */
+static double bound_timed(const double *L, int n, int E, int R)
+{
+    double best = INFINITY;
+    for (const double t0 = moe_now(); best == INFINITY || moe_now() - t0 < MIN_TIME_MS * 1e-3;) {
+        const double b = moe_bench_routing_bound(L, n, E, R);
+        best = b < best ? b : best;
     }
     return best;
 }
@@ -114,12 +131,12 @@ static int floor_shape(const double *L, int n, int E, int k)
     if (ok) {
         const int R = n >= 1048576 ? 3 : 10;
         const int sel = k >= 2 && !j.top2;
-        const double b0 = moe_bench_routing_bound(L, n, E, R), s = timed(softmax_part, &j, R),
+        const double b0 = bound_timed(L, n, E, R), s = timed(softmax_part, &j, R),
                      c = sel ? timed(select_softmax_part, &j, R) : s;
         if (k == 1) /* the entries' experts (k >= 2: the selection's or the softmax's top two) */
             for (long t = 0; t < n; t++)
                 j.idx[t] = 0, j.val[t] = 1.0;
-        const double w = timed(entries_part, &j, R), b1 = moe_bench_routing_bound(L, n, E, R),
+        const double w = timed(entries_part, &j, R), b1 = bound_timed(L, n, E, R),
                      b = b1 < b0 ? b1 : b0;
         double sum = 0.0; /* keeps the outputs alive */
         for (long t = 0; t < n; t++)
