@@ -696,9 +696,9 @@ static int br_parse_args(int argc, char **argv, br_args *a, int *help)
 
 /* The cells of n tokens and E experts (row: their BR_NCASES results): moesim's, then, when
  * dir is given (the logits shared with PyTorch go there), PyTorch's on the same logits;
- * torch_version (64 bytes): the version of torch the twins' process said it runs. */
+ * torch_version (vlen bytes): the version of torch the twins' process said it runs. */
 static int br_size(const br_args *a, int n, int E, const char *dir, br_result *row,
-                   char *torch_version)
+                   char *torch_version, size_t vlen)
 {
     const double t0 = moe_now();
     double *Lown = br_logits(n, E, 1), *u = dir ? br_uniforms(n, 1) : NULL;
@@ -725,7 +725,7 @@ static int br_size(const br_args *a, int n, int E, const char *dir, br_result *r
     if (!rc && dir && any) {
         const double ts = moe_now();
         st = brio_twin_start(&tw, a->python, a->script, dir, moe_par_threads(), n, E,
-                             torch_version, 64);
+                             torch_version, vlen);
         tw_ok = st == 0;
         snprintf(what, sizeof what, "PyTorch %s started on n=%d E=%d", torch_version, n, E);
         if (tw_ok)
@@ -836,7 +836,8 @@ int moe_bench_routing(int argc, char **argv)
     for (int si = 0; !rc && si < a.nsizes; si++)
         for (int ei = 0; !rc && ei < a.nexperts; ei++)
             rc = br_size(&a, a.sizes[si], a.experts[ei], have_torch ? dir : NULL,
-                         &res[(si * a.nexperts + ei) * BR_NCASES], torch_version);
+                         &res[(si * a.nexperts + ei) * BR_NCASES], torch_version,
+                         sizeof torch_version);
     if (have_torch && dir[0]) {
         bench_rmdir(dir, "bench --routing");
         bench_guard(NULL, NULL);
