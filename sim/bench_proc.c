@@ -178,7 +178,7 @@ int bench_wait(pid_t pid)
     return WIFEXITED(ws) ? WEXITSTATUS(ws) : WIFSIGNALED(ws) ? 128 + WTERMSIG(ws) : -1;
 }
 
-char *bench_capture(char *const argv[], int quiet, int *status)
+char *bench_capture(char *const argv[], int *status)
 {
     *status = 127;
     int po[2];
@@ -188,7 +188,7 @@ char *bench_capture(char *const argv[], int quiet, int *status)
             close(null);
         return NULL;
     }
-    const pid_t pid = bench_spawn(argv, null, po[1], quiet ? null : -1, po[0], -1);
+    const pid_t pid = bench_spawn(argv, null, po[1], -1, po[0], -1);
     close(po[1]);
     close(null);
     if (pid < 0) {

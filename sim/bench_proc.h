@@ -51,11 +51,11 @@ int bench_child_stop(bench_child *ch);
 /* Waits for process pid: its exit status, 128 + the signal that ended it, or -1. */
 int bench_wait(pid_t pid);
 
-/* Runs argv (bench_spawn, stdin /dev/null, stderr this process's unless quiet, then /dev/null)
- * and waits for it: its standard output as a string (malloc'd; NULL when out of memory) and in
- * *status its exit status, 128 + a signal, or 127 when it could not be started (as a shell
- * says of a command it cannot find). */
-char *bench_capture(char *const argv[], int quiet, int *status);
+/* Runs argv (bench_spawn, stdin /dev/null, stderr this process's) and waits for it: its
+ * standard output as a string (malloc'd; NULL when out of memory) and in *status its exit
+ * status, 128 + a signal, or 127 when it could not be started (as a shell says of a command it
+ * cannot find). */
+char *bench_capture(char *const argv[], int *status);
 
 /* argv as one line a user can paste into a shell, with the environment bench_spawn gives it
  * (`OMP_WAIT_POLICY=passive 'python' 'script' ...`, each argument in single quotes, a ' in one

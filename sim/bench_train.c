@@ -73,7 +73,7 @@ static int tb_torch(bench_ctx *c, const char *script, int act, tb_result *r, cha
                           "--act", (char *)moe_act_name(act), NULL};
     bench_argv_text(argv, cmd, sizeof cmd);
     int status;
-    char *out = bench_capture(argv, 0, &status);
+    char *out = bench_capture(argv, &status);
     int rc = MOE_OK;
     if (status == 3 || status == 127) {
         snprintf(note, note_len, "skipped: PyTorch not available to %s (exit %d)", c->a.python,
