@@ -293,6 +293,13 @@ static double torch_rounds_ratio(const torch_result *tr)
     return tr->theirs_rounds.median / tr->mine_rounds.median;
 }
 
+/* The same from the tables: the fastest configuration's median forward in the script's table
+ * over the median of moesim's layer, timed before it. */
+static double torch_table_ratio(const cfg_result *r)
+{
+    return r->tr.t[r->tr.best_style][r->tr.best_th].median / r->ph[MOE_PHASE_TOTAL].median;
+}
+
 static void print_torch(const bench_ctx *c, const cfg_result *r)
 {
     const torch_result *tr = &r->tr;
@@ -314,7 +321,7 @@ static void print_torch(const bench_ctx *c, const cfg_result *r)
     printf("  fastest: %s, %d thread%s: %.0f tokens/s; moesim/torch-best = %.2fx (this table "
            "against moesim's phases above, timed before it)\n", torch_styles[tr->best_style],
            tr->threads[tr->best_th], tr->threads[tr->best_th] > 1 ? "s" : "", r->n / best,
-           best / r->ph[MOE_PHASE_TOTAL].median);
+           torch_table_ratio(r));
     printf("  in %d rounds (two moesim forwards, then two of the fastest, the second of each "
            "timed): moesim %.2f ms, "
            "torch %.2f ms (medians) = %.2fx (target >= 1.3x); round by round median %.2fx, "
@@ -373,9 +380,8 @@ static int store_cfg(bench_ctx *c, const cfg_result *r)
             rc = db_put(c, &rk, m, "1", bench_stat_one(tr->rel_l2[s]));
         }
     }
-    double best = tr->t[tr->best_style][tr->best_th].median;
     if (!rc)
-        rc = db_put(c, &rk, "ratio_vs_torch_best", "1", bench_stat_one(best / L->median));
+        rc = db_put(c, &rk, "ratio_vs_torch_best", "1", bench_stat_one(torch_table_ratio(r)));
     if (!rc)
         rc = db_put(c, &rk, "time_layer_rounds", "s", tr->mine_rounds);
     if (!rc)
@@ -587,9 +593,7 @@ static void print_targets(const bench_ctx *c, const cfg_result *res, int ncfg,
         printf("%-6s route+dispatch+combine share   %5.2f%%  (<= 5%%)    %s\n", r->cfg->name,
                100.0 * r->share, verdict(r->share <= 0.05));
         if (r->tr.available) {
-            double x = torch_rounds_ratio(&r->tr),
-                   x1 = r->tr.t[r->tr.best_style][r->tr.best_th].median /
-                        r->ph[MOE_PHASE_TOTAL].median;
+            double x = torch_rounds_ratio(&r->tr), x1 = torch_table_ratio(r);
             printf("%-6s layer vs fastest PyTorch       %5.2fx  (>= 1.3x)  %s (in rounds; "
                    "timed apart: %.2fx)\n", r->cfg->name, x, verdict(x >= 1.3), x1);
         } else {
